@@ -1,0 +1,308 @@
+"""The agent: one daemon thread that drains the hot-path ring, samples the probes on
+a monotonic schedule and hands records to the sinks.
+
+It never raises into the job (every failure is counted in ``faults``), stops
+within ``STOP_TIMEOUT_S`` even when NVML hangs, and does nothing in a forked
+child (a DataLoader worker inherits it but never runs it).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from gpuwatch._version import __version__
+from gpuwatch.config import Settings
+from gpuwatch.faults import FaultLog, log
+from gpuwatch.instrument.ring import MarkRing
+from gpuwatch.instrument.steps import StepAssembler
+from gpuwatch.probes.allocator import AllocatorProbe, torch_memory_stats
+from gpuwatch.probes.host import HostProbe
+from gpuwatch.probes.nvml import Nvml, NvmlSampler, load_pynvml, visible_gpu_indices
+from gpuwatch.probes.topology import read_topology
+from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample
+from gpuwatch.sinks.console import ConsoleStatus, status_line
+from gpuwatch.sinks.runlog import RunLogWriter
+from gpuwatch.telemetry import Telemetry
+
+STOP_TIMEOUT_S = 2.0
+LATENCY_REPORT_S = 60.0
+_DEFAULT = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Where this process sits in the job (from torchrun's environment when present)."""
+
+    job: str
+    host: str
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @classmethod
+    def from_env(cls, job: str, environ: Mapping[str, str]) -> Identity:
+        def num(name: str, default: int) -> int:
+            value = environ.get(name, "")
+            return int(value) if value.isdigit() else default
+
+        return cls(job=job, host=socket.gethostname(), rank=num("RANK", 0),
+                   local_rank=num("LOCAL_RANK", 0), world_size=num("WORLD_SIZE", 1))
+
+
+def default_out_dir(settings: Settings, environ: Mapping[str, str]) -> Path:
+    """runs/<job>-<id>: torchrun's run id when there is one (so all ranks agree), else the time."""
+    run_id = environ.get("TORCHELASTIC_RUN_ID") or time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{settings.job}-{run_id}"
+
+
+def runlog_name(identity: Identity) -> str:
+    return "run.jsonl" if identity.world_size == 1 else f"run-rank{identity.rank}.jsonl"
+
+
+class Agent:
+    """Owns the ring, the probes, the thread and the sinks of one training process.
+
+    ``nvml_library`` and ``memory_stats`` are injectable (fakes in tests); by default
+    the agent uses pynvml and ``torch.cuda.memory_stats`` when they exist.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nvml_library: Any = _DEFAULT,
+        memory_stats: Callable[[], Mapping[str, Any]] | None | object = _DEFAULT,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self.settings = settings
+        self.identity = Identity.from_env(settings.job, env)
+        self.out_dir = settings.out_dir or default_out_dir(settings, env)
+        self.runlog_path = self.out_dir / runlog_name(self.identity)
+        self.faults = FaultLog()
+        self.telemetry = Telemetry()
+        self._wake = threading.Event()
+        self.ring = MarkRing(settings.ring_capacity, wake=self._wake)
+        self._stop = threading.Event()
+        self._drain_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._env = env
+        self._nvml_library = load_pynvml() if nvml_library is _DEFAULT else nvml_library
+        self._memory_stats = memory_stats
+        self._offset = time.time() - time.perf_counter()
+        self.assembler = StepAssembler(self.identity.rank, self._offset)
+        self._writer: RunLogWriter | None = None
+        self._nvml: Nvml | None = None
+        self._gpu_sampler: NvmlSampler | None = None
+        self._allocator: AllocatorProbe | None = None
+        self._host: HostProbe | None = None
+        self._console: ConsoleStatus | None = None
+        self.thread_cpu_s = 0.0
+        self.stopped = False
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start the agent thread (idempotent); from here on the run log is written."""
+        if self._thread is not None or self.stopped:
+            return
+        self._thread = threading.Thread(target=self._run, name="gpuwatch-agent", daemon=True)
+        self._thread.start()
+        _register(self)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop the thread, write what is left and close; returns within ``timeout`` seconds."""
+        if self.stopped or os.getpid() != self._pid:
+            return
+        self.stopped = True
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(max(timeout - 0.5, 0.1))
+            if self._thread.is_alive():  # stuck in a probe call: finish from here
+                self.faults.record("agent", "agent thread did not stop in time (probe hang?)")
+                self._final_flush(max(deadline - time.monotonic(), 0.0))
+
+    # -- the thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._setup()
+            interval = self.settings.sample_interval_s
+            next_sample = time.monotonic()
+            next_latency = next_sample + LATENCY_REPORT_S
+            while not self._stop.is_set():
+                mono = time.monotonic()
+                records: list[Record] = []
+                sampled = mono >= next_sample
+                if sampled:
+                    self._sample(records, mono)
+                    next_sample += interval * max(1, int((mono - next_sample) // interval) + 1)
+                    if mono >= next_latency:
+                        self._report_latency(records)
+                        next_latency = mono + LATENCY_REPORT_S
+                self._drain(records)
+                if sampled and self._console is not None:
+                    self._console.show(status_line(self.telemetry, time.time()))
+                timeout = min(self.settings.flush_interval_s, max(next_sample - mono, 0.0))
+                self._wake.wait(timeout)
+                self._wake.clear()
+            self._final_flush(STOP_TIMEOUT_S)
+        except Exception as exc:  # the thread dies, the job does not
+            self.faults.record("agent", exc)
+        finally:
+            self.thread_cpu_s = time.thread_time()
+
+    def _setup(self) -> None:
+        ident = self.identity
+        torch = sys.modules.get("torch")
+        self._writer = RunLogWriter(self.runlog_path)
+        self._writer.write([Meta(
+            schema=SCHEMA_VERSION, gpuwatch=__version__, job=ident.job, host=ident.host,
+            rank=ident.rank, local_rank=ident.local_rank, world_size=ident.world_size,
+            pid=self._pid, started=time.time(), argv=list(sys.argv),
+            torch=getattr(torch, "__version__", None),
+        )])
+        self._host = HostProbe(ident.rank)
+        if self.settings.console:
+            self._console = ConsoleStatus()
+        self._setup_gpu(torch)
+
+    def _setup_gpu(self, torch: Any) -> None:
+        ident = self.identity
+        if self.settings.nvml:
+            nvml = Nvml(self._nvml_library, self.faults)
+            if nvml.init():
+                self._nvml = nvml
+                gpus = self.settings.gpus
+                if gpus is None:
+                    gpus = visible_gpu_indices(nvml, dict(self._env))
+                host = self._host
+                self._gpu_sampler = NvmlSampler(
+                    nvml, gpus, ident.rank, host.pids if host else set,
+                    self.settings.pcie_interval_s)
+                self._write([Event(ident.rank, time.time(), "topology",
+                                   read_topology(nvml, gpus))])
+        stats = self._memory_stats
+        if stats is _DEFAULT:
+            device = ident.local_rank
+            with contextlib.suppress(Exception):
+                if torch is not None and torch.cuda.is_initialized():
+                    device = torch.cuda.current_device()
+            stats = torch_memory_stats(device) if torch is not None else None
+        if callable(stats):
+            self._allocator = AllocatorProbe(stats, ident.rank, ident.local_rank)
+        if self._nvml is None and self._allocator is None:
+            self._write([Event(ident.rank, time.time(), "host_only",
+                               {"reason": "no NVML-visible GPU"})])
+
+    def _sample(self, records: list[Record], mono: float) -> None:
+        now = time.time()
+        for name, probe in (("host", self._host), ("nvml", self._gpu_sampler),
+                            ("allocator", self._allocator)):
+            if probe is None:
+                continue
+            try:
+                if isinstance(probe, AllocatorProbe):
+                    records.extend(probe.sample(now))
+                else:
+                    records.extend(probe.sample(now, mono))
+            except Exception as exc:
+                self.faults.record(name, exc)
+        records.append(Sample(self.identity.rank, now, "agent", {
+            "agent_cpu_seconds_total": time.thread_time(),
+            "agent_marks_dropped_total": float(self.ring.dropped),
+            "agent_errors_total": float(sum(self.faults.counts.values())),
+        }))
+
+    def _report_latency(self, records: list[Record]) -> None:
+        if self._nvml is not None:
+            slowest = self._nvml.take_latencies()
+            if slowest:
+                records.append(Sample(self.identity.rank, time.time(), "nvml_calls", slowest))
+
+    def _drain(self, records: list[Record]) -> None:
+        with self._drain_lock:
+            try:
+                self.assembler.feed(self.ring.drain(), records)
+            except Exception as exc:
+                self.faults.record("steps", exc)
+            self._write(records)
+
+    def _write(self, records: list[Record]) -> None:
+        if not records:
+            return
+        self.telemetry.add(records)
+        if self._writer is not None:
+            try:
+                self._writer.write(records)
+            except Exception as exc:
+                self.faults.record("runlog", exc)
+
+    def _final_flush(self, timeout: float) -> None:
+        if not self._drain_lock.acquire(timeout=max(timeout, 0.01)):
+            return
+        self._drain_lock.release()
+        records: list[Record] = []
+        self._report_latency(records)
+        self._drain(records)
+        if self._console is not None:
+            self._console.show(status_line(self.telemetry, time.time()))
+            self._console.close()
+        if self._writer is not None:
+            self._writer.close()
+        if self._nvml is not None:
+            self._nvml.shutdown()
+
+
+# -- process lifecycle: stop at exit and on SIGTERM, go quiet after fork ----------------
+
+_agents: weakref.WeakSet[Agent] = weakref.WeakSet()
+_lifecycle_installed = False
+
+
+def _register(agent: Agent) -> None:
+    global _lifecycle_installed
+    _agents.add(agent)
+    if _lifecycle_installed:
+        return
+    _lifecycle_installed = True
+    atexit.register(stop_all)
+    os.register_at_fork(after_in_child=_agents.clear)
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def stop_all() -> None:
+    """Stop every agent of this process (at exit; safe to call twice)."""
+    for agent in list(_agents):
+        try:
+            agent.stop()
+        except Exception as exc:  # never let shutdown raise
+            log.warning("gpuwatch: stop failed: %s", exc)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Flush the run logs, then die of SIGTERM as the job would have without us."""
+    stop_all()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)

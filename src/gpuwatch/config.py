@@ -1,0 +1,113 @@
+"""Configuration: one settings model read from arguments, GPUWATCH_* environment
+variables, ``gpuwatch.toml`` and ``[tool.gpuwatch]`` in ``pyproject.toml``
+(first wins, in that order). Unknown keys are errors, named in one line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    PyprojectTomlConfigSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ConfigError(ValueError):
+    """A user error in configuration; its message is one line naming the key."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the agent. Durations in seconds."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GPUWATCH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file="gpuwatch.toml",
+        pyproject_toml_table_header=("tool", "gpuwatch"),
+        validate_default=True,
+    )
+
+    job: str = Field(default="train", min_length=1, max_length=128,
+                     description="Job name: the `job` label and the run directory's prefix.")
+    out_dir: Path | None = Field(default=None,
+                                 description="Run directory; default runs/<job>-<start time>.")
+    sample_interval_s: float = Field(default=1.0, gt=0, le=3600,
+                                     description="NVML, allocator and host sampling period.")
+    pcie_interval_s: float = Field(default=5.0, ge=1, le=3600,
+                                   description="PCIe throughput period (each read blocks ~20 ms).")
+    flush_interval_s: float = Field(default=0.5, gt=0, le=60,
+                                    description="How often steps are assembled and logged.")
+    ring_capacity: int = Field(default=65536, ge=1024, le=1 << 24,
+                               description="Hot-path ring slots (rounded up to a power of 2).")
+    gpus: list[int] | None = Field(default=None,
+                                   description="NVML indices to sample; default this rank's GPU.")
+    nvml: bool = Field(default=True, description="Sample GPUs through NVML.")
+    console: bool = Field(default=False, description="Print a live one-line status.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _toml_source(TomlConfigSettingsSource, settings_cls, "gpuwatch.toml"),
+            _toml_source(PyprojectTomlConfigSettingsSource, settings_cls, "pyproject.toml"),
+        )
+
+
+def _toml_source(
+    source: type[TomlConfigSettingsSource], settings_cls: type[BaseSettings], name: str
+) -> PydanticBaseSettingsSource:
+    try:
+        return source(settings_cls)
+    except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"gpuwatch config: {name}: {exc}") from None
+
+
+def unknown_env_keys(environ: Mapping[str, str]) -> list[str]:
+    """GPUWATCH_* variables that name no setting (a typo would otherwise pass silently)."""
+    prefix = Settings.model_config["env_prefix"]
+    known = set(Settings.model_fields)
+    return sorted(
+        name for name in environ
+        if name.startswith(prefix)
+        and name[len(prefix):].lower().split("__", 1)[0] not in known
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from every source; raise ConfigError with a one-line message."""
+    unknown = unknown_env_keys(os.environ)
+    if unknown:
+        raise ConfigError("gpuwatch config: unknown environment variable " + ", ".join(unknown))
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per ValidationError, naming each bad key and what is wrong with it."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+        else:
+            parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return "gpuwatch config: " + "; ".join(parts)

@@ -1,0 +1,40 @@
+"""Counting the agent's own failures: each is counted per component and logged once.
+
+No exception from gpuwatch reaches the training code; this is where they go.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+
+log = logging.getLogger("gpuwatch")
+
+
+class FaultLog:
+    """Counts failures by component (``agent_errors_total{component}``), logging each kind once."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def record(self, component: str, exc: BaseException | str) -> None:
+        """Count one failure of ``component``; log it the first time its kind is seen."""
+        what = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        key = (component, what if isinstance(exc, str) else type(exc).__name__)
+        with self._lock:
+            self.counts[component] += 1
+            first = key not in self._seen
+            self._seen.add(key)
+        if first:
+            log.warning("gpuwatch %s: %s (counted; further ones are not logged)", component, what)
+
+    def note_once(self, key: str, message: str) -> None:
+        """Log an informational message once per key (not a failure)."""
+        with self._lock:
+            if ("note", key) in self._seen:
+                return
+            self._seen.add(("note", key))
+        log.info("gpuwatch: %s", message)

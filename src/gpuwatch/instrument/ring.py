@@ -1,0 +1,112 @@
+"""The hot-path ring buffer: training code pushes marks, the agent thread drains them.
+
+A push is one ``perf_counter()`` and four list stores into preallocated slots:
+no lock, no allocation beyond the float it stores, no I/O. Slots are claimed
+with ``itertools.count`` (atomic under the GIL) and committed by writing the
+sequence number last, so the reader never sees a half-written slot and knows
+exactly how many marks it missed when writers lap it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from time import perf_counter
+from typing import Any
+
+# Mark codes. A phase code P opens with +P and closes with -P.
+STEP_BEGIN = 100
+STEP_END = 101  # explicit end of a step (the `with monitor.step()` API)
+STEP_BOUNDARY = 102  # implicit end of a step (optimizer post-hook), ignored once explicit
+SAMPLES = 103  # value: samples in the batch just fetched
+TOKENS = 104  # value: tokens in the step
+CHECKPOINT_TARGET = 105  # value: path or byte count of a save in progress
+ACT_CKPT = 106  # one activation-checkpointed region entered (forward)
+ERROR = 107  # value: exception type name raised out of a step
+DEVICE_TIMING = 108  # value: (phase, start_event, end_event) to read off the hot path
+
+DATA = 1
+COMPUTE = 2
+FORWARD = 3
+BACKWARD = 4
+OPTIMIZER = 5
+CHECKPOINT = 6
+COLLECTIVE = 7
+RECOMPUTE = 8
+
+PHASES: dict[str, int] = {
+    "data": DATA,
+    "compute": COMPUTE,
+    "forward": FORWARD,
+    "backward": BACKWARD,
+    "optimizer": OPTIMIZER,
+    "checkpoint": CHECKPOINT,
+    "collective": COLLECTIVE,
+    "recompute": RECOMPUTE,
+}
+
+Mark = tuple[int, float, Any]
+
+
+class MarkRing:
+    """A bounded multi-producer, single-consumer ring of (code, time, value) marks.
+
+    ``capacity`` is rounded up to a power of two. Time is ``perf_counter()``
+    seconds. When producers lap the consumer the oldest marks are lost and
+    counted in ``dropped``.
+    """
+
+    __slots__ = ("_codes", "_claim", "_half_mask", "_mask", "_read", "_seqs", "_times",
+                 "_values", "_wake", "capacity", "dropped")
+
+    def __init__(self, capacity: int = 65536, wake: threading.Event | None = None) -> None:
+        size = 1
+        while size < max(capacity, 16):
+            size <<= 1
+        self.capacity = size
+        self._mask = size - 1
+        self._half_mask = (size >> 1) - 1
+        self._codes = [0] * size
+        self._times = [0.0] * size
+        self._values: list[Any] = [None] * size
+        self._seqs = [-1] * size
+        self._claim = itertools.count()
+        self._read = 0
+        self._wake = wake
+        self.dropped = 0
+
+    def push(self, code: int, value: Any = None) -> None:
+        """Record ``code`` at the current ``perf_counter()`` with an optional value."""
+        seq = next(self._claim)
+        slot = seq & self._mask
+        self._codes[slot] = code
+        self._times[slot] = perf_counter()
+        self._values[slot] = value
+        self._seqs[slot] = seq
+        if not seq & self._half_mask and self._wake is not None:
+            self._wake.set()
+
+    def drain(self) -> Iterator[Mark]:
+        """Yield every committed mark not yet read, oldest first (consumer side only)."""
+        mask, seqs = self._mask, self._seqs
+        codes, times, values = self._codes, self._times, self._values
+        read = self._read
+        while True:
+            slot = read & mask
+            seq = seqs[slot]
+            if seq < read:
+                break  # not yet written (or claimed but not committed)
+            if seq > read:
+                # Lapped: everything between read and the oldest live slot is lost.
+                oldest = seq - self.capacity + 1
+                self.dropped += max(oldest, read + 1) - read
+                read = max(oldest, read + 1)
+                continue
+            code, t, value = codes[slot], times[slot], values[slot]
+            if seqs[slot] != seq:  # overwritten while we copied it
+                continue
+            read += 1
+            self._read = read
+            yield code, t, value
+        self._read = read

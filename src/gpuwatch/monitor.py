@@ -1,0 +1,130 @@
+"""The public hot-path API for a hand-written loop.
+
+    monitor = gpuwatch.watch(job="gpt-small")
+    for batch in loader:
+        with monitor.step(samples=len(batch)):
+            with monitor.phase("data"): ...
+            with monitor.phase("compute"): ...
+            with monitor.phase("optimizer"): ...
+
+Each ``with`` costs two ring pushes (a ``perf_counter()`` and a few list stores);
+nothing here syncs the GPU, takes a lock, allocates a record or does I/O.
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Any
+
+from gpuwatch.agent import Agent
+from gpuwatch.config import ConfigError, Settings, load_settings
+from gpuwatch.faults import log
+from gpuwatch.instrument import ring
+
+
+class Span:
+    """A reusable context manager that marks an interval in the ring."""
+
+    __slots__ = ("_close", "_open", "_push")
+
+    def __init__(self, push: Any, open_code: int, close_code: int) -> None:
+        self._push = push
+        self._open = open_code
+        self._close = close_code
+
+    def __enter__(self) -> None:
+        self._push(self._open)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._push(self._close)
+
+
+class StepSpan(Span):
+    """A step: also marks the type of an exception leaving it (an OOM becomes an event)."""
+
+    __slots__ = ()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._push(self._close)
+        if exc_type is not None:
+            self._push(ring.ERROR, exc_type.__name__)
+
+
+class Monitor:
+    """Marks steps and phases of one training process for its agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        push = agent.ring.push
+        self._push = push
+        self._step = StepSpan(push, ring.STEP_BEGIN, ring.STEP_END)
+        self._phases = {name: Span(push, code, -code) for name, code in ring.PHASES.items()}
+        self._noop = Span(lambda code, value=None: None, 0, 0)
+
+    def step(self, samples: int | None = None, tokens: int | None = None) -> Span:
+        """The context of one training step; ``samples``/``tokens`` count its batch."""
+        if samples:
+            self._push(ring.SAMPLES, samples)
+        if tokens:
+            self._push(ring.TOKENS, tokens)
+        return self._step
+
+    def phase(self, name: str) -> Span:
+        """The context of a phase: data, compute (or forward, backward), optimizer,
+        checkpoint, collective, recompute."""
+        span = self._phases.get(name)
+        if span is None:
+            self.agent.faults.record("api", f"unknown phase {name!r}; choose from "
+                                     + ", ".join(ring.PHASES))
+            return self._noop
+        return span
+
+    def checkpoint(self, path: str | os.PathLike[str] | None = None) -> Span:
+        """The context of a checkpoint save; its size is read from ``path`` afterwards."""
+        if path is not None:
+            self._push(ring.CHECKPOINT_TARGET, os.fspath(path))
+        return self._phases["checkpoint"]
+
+    def count(self, samples: int = 0, tokens: int = 0) -> None:
+        """Add samples or tokens to the current step (when not known at its start)."""
+        if samples:
+            self._push(ring.SAMPLES, samples)
+        if tokens:
+            self._push(ring.TOKENS, tokens)
+
+    def stop(self) -> None:
+        """Stop the agent: the run log is complete when this returns (≤ 2 s)."""
+        self.agent.stop()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_current: Monitor | None = None
+
+
+def watch(**settings: Any) -> Monitor:
+    """Attach gpuwatch to this training process and start its agent.
+
+    Keyword arguments override configuration (see ``gpuwatch.config.Settings``).
+    A process has one agent: a second call returns the running monitor. Bad
+    configuration is logged in one line and yields an inert monitor; it never
+    raises into the job.
+    """
+    global _current
+    if _current is not None and not _current.agent.stopped:
+        return _current
+    try:
+        resolved = load_settings(**settings)
+    except ConfigError as exc:
+        log.error("%s; gpuwatch is off for this run", exc)
+        return Monitor(Agent(Settings.model_construct(nvml=False)))
+    _current = Monitor(Agent(resolved))
+    _current.agent.start()
+    return _current

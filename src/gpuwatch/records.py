@@ -1,0 +1,120 @@
+"""Record types shared by probes, detectors and sinks, and the run-log schema.
+
+A run log is JSON Lines: a first ``meta`` line, then one object per record,
+each with a ``kind`` field (``step``, ``sample``, ``event``). Times are Unix
+seconds (float); durations are seconds; sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+SCHEMA_VERSION = 1
+
+Kind = Literal["meta", "step", "sample", "event"]
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """The first line of a run log: who wrote it and where."""
+
+    schema: int
+    gpuwatch: str
+    job: str
+    host: str
+    rank: int
+    local_rank: int
+    world_size: int
+    pid: int
+    started: float
+    argv: list[str] = field(default_factory=list)
+    torch: str | None = None
+    kind: Literal["meta"] = "meta"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One training step (optimizer step), its wall time split into phases.
+
+    ``compute_s`` is measured when the loop marks compute (or forward and
+    backward); otherwise it is the time not spent in data wait, optimizer or
+    checkpoint. ``collective_s`` and ``recompute_s`` are parts of compute
+    (exposed collective wait, activation-checkpoint recompute), not extra time.
+    ``other_s`` is the wall time no phase accounts for.
+    """
+
+    rank: int
+    step: int
+    t: float
+    wall_s: float
+    data_s: float = 0.0
+    compute_s: float = 0.0
+    optimizer_s: float = 0.0
+    checkpoint_s: float = 0.0
+    collective_s: float = 0.0
+    recompute_s: float = 0.0
+    other_s: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+    checkpoint_bytes: int = 0
+    act_ckpt_calls: int = 0
+    kind: Literal["step"] = "step"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A probe reading at time ``t``: metric name -> value in base units.
+
+    A metric the hardware does not offer is absent from ``values``, never 0.
+    ``gpu`` is the NVML index for GPU-scoped sources, else None.
+    """
+
+    rank: int
+    t: float
+    source: str
+    values: dict[str, float]
+    gpu: int | None = None
+    kind: Literal["sample"] = "sample"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened once: an OOM, a checkpoint save, a batch-size cut."""
+
+    rank: int
+    t: float
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["event"] = "event"
+
+
+Record = Union[Meta, Step, Sample, Event]
+
+_TYPES: dict[str, type[Any]] = {"meta": Meta, "step": Step, "sample": Sample, "event": Event}
+_FIELDS: dict[str, frozenset[str]] = {
+    kind: frozenset(f.name for f in dataclasses.fields(cls)) for kind, cls in _TYPES.items()
+}
+
+
+def to_dict(record: Record) -> dict[str, Any]:
+    """The JSON-ready dict of a record (a shallow copy of its fields)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
+def from_dict(obj: dict[str, Any]) -> Record:
+    """Build a record from a decoded run-log line; unknown fields are ignored.
+
+    Raises ValueError when the kind is unknown or required fields are missing.
+    """
+    kind = obj.get("kind")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown record kind {kind!r}")
+    known = _FIELDS[kind]  # type: ignore[index]
+    try:
+        record: Record = cls(**{k: v for k, v in obj.items() if k in known})
+    except TypeError as exc:
+        raise ValueError(f"bad {kind} record: {exc}") from None
+    return record
