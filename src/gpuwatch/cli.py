@@ -1,0 +1,134 @@
+"""The ``gpuwatch`` command: run | demo | doctor.
+
+User errors (bad arguments, bad config, a command that does not exist) print
+one line and exit 2 (127 for a missing command); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from gpuwatch._version import __version__
+from gpuwatch.config import ConfigError, load_settings
+
+BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
+
+
+class UserError(Exception):
+    """A mistake of the user's: printed as one line, exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except (UserError, ConfigError) as exc:
+        print(f"gpuwatch: {exc}" if isinstance(exc, UserError) else str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpuwatch", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"gpuwatch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a training command with the agent attached, no code change",
+                         usage="gpuwatch run [--out DIR] [--job NAME] -- CMD [ARGS...]")
+    run.add_argument("--out", type=Path, help="run directory (default runs/<job>-<time>)")
+    run.add_argument("--job", help="job name (default: the script's name)")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="the training command, after --")
+    run.set_defaults(handler=cmd_run)
+
+    demo = sub.add_parser("demo", help="train a tiny GPT under the agent and show its status")
+    demo.add_argument("--seconds", type=_positive, default=30.0, help="how long to train (s)")
+    demo.add_argument("--out", type=Path, help="run directory (default runs/demo-<time>)")
+    demo.set_defaults(handler=cmd_demo)
+
+    doctor = sub.add_parser("doctor", help="what this machine offers gpuwatch")
+    doctor.set_defaults(handler=cmd_doctor)
+    return p
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def job_name(cmd: Sequence[str]) -> str:
+    """The training script's stem (``train`` for ``torchrun ... train.py``), else the program."""
+    for arg in cmd:
+        if arg.endswith(".py"):
+            return Path(arg).stem
+    return Path(cmd[0]).name
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UserError("run needs a command: gpuwatch run [--out DIR] -- CMD [ARGS...]")
+    job = args.job or os.environ.get("GPUWATCH_JOB") or job_name(cmd)
+    out = args.out or Path("runs") / f"{job}-{time.strftime('%Y%m%d-%H%M%S')}"
+    env = dict(os.environ)
+    env.update(GPUWATCH_JOB=job, GPUWATCH_OUT_DIR=str(out.resolve()))
+    load_settings(job=job, out_dir=out)  # what the child will read: fail here, not in it
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(BOOTSTRAP_DIR), env.get("PYTHONPATH", "")) if p)
+    try:
+        child = subprocess.Popen(cmd, env=env)
+    except FileNotFoundError:
+        print(f"gpuwatch: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"gpuwatch: command not executable: {cmd[0]}", file=sys.stderr)
+        return 126
+    code = _wait_forwarding_signals(child)
+    print(f"gpuwatch: run log in {out}", file=sys.stderr)
+    return code
+
+
+def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
+    """Wait for the child, passing SIGINT/SIGTERM on; its exit status becomes ours."""
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 - code if code < 0 else code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gpuwatch.demo import run_demo
+
+    return run_demo(seconds=args.seconds, out_dir=args.out)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gpuwatch.doctor import report
+
+    for key, value in report():
+        print(f"{key:<18} {value}")
+    return 0

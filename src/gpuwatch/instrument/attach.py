@@ -1,0 +1,97 @@
+"""Zero-code attach: a post-import hook that patches torch the moment it is imported.
+
+``gpuwatch run`` puts ``gpuwatch/_bootstrap`` on the child's PYTHONPATH; its
+``sitecustomize`` calls :func:`install` in every Python process of the job.
+That only registers the hook: nothing is patched until torch is imported and
+no agent starts until a hook sees training (see ``patches.LazyPush``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+from gpuwatch.instrument.patches import PATCHES, LazyPush, Push, in_dataloader_worker
+
+log = logging.getLogger("gpuwatch")
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Runs the real loader, then the patch; a failing patch is logged, never raised."""
+
+    def __init__(self, loader: Any, after: Callable[[ModuleType], None]) -> None:
+        self._loader = loader
+        self._after = after
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        create: Callable[..., ModuleType | None] | None = getattr(
+            self._loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        self._after(module)
+
+    def __getattr__(self, name: str) -> Any:  # resource readers, get_source, ...
+        return getattr(self._loader, name)
+
+
+class PostImportHook(importlib.abc.MetaPathFinder):
+    """Calls ``patches[name](module)`` right after ``name`` is first imported."""
+
+    def __init__(self, patches: dict[str, Callable[[ModuleType], None]]) -> None:
+        self._patches = patches
+        self._busy = threading.local()
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        patch = self._patches.get(fullname)
+        if patch is None or getattr(self._busy, "name", None) == fullname:
+            return None
+        self._busy.name = fullname
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._busy.name = None
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _PatchingLoader(spec.loader, _guarded(fullname, patch))
+        return spec
+
+
+def _guarded(name: str, patch: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
+    def run(module: ModuleType) -> None:
+        try:
+            patch(module)
+        except Exception as exc:  # an unexpected torch version: run unpatched
+            log.warning("gpuwatch: could not instrument %s (%s: %s); it runs unmonitored",
+                        name, type(exc).__name__, exc)
+    return run
+
+
+def _start_agent() -> Push:
+    from gpuwatch.monitor import watch
+
+    return watch().agent.ring.push
+
+
+def install(start: Callable[[], Push] = _start_agent) -> LazyPush:
+    """Patch torch now if imported, else when it is; returns the hooks' shared state."""
+    lazy = LazyPush(start, in_dataloader_worker)
+    patches: dict[str, Callable[[ModuleType], None]] = {
+        name: functools.partial(fn, lazy=lazy) for name, fn in PATCHES.items()}
+    hook = PostImportHook({n: p for n, p in patches.items() if n not in sys.modules})
+    sys.meta_path.insert(0, hook)
+    for name, patch in patches.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            _guarded(name, patch)(module)
+    return lazy

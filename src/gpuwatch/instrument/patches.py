@@ -1,0 +1,193 @@
+"""Zero-code instrumentation of torch, through public or long-stable points only:
+
+- optimizer step hooks (``register_optimizer_step_pre_hook``/``_post_hook``) delimit
+  steps and time the optimizer;
+- the DataLoader iterator's ``__next__`` times data wait and counts samples;
+- ``torch.save`` and ``torch.distributed.checkpoint.save`` time checkpoints;
+- ``torch.utils.checkpoint.checkpoint`` counts activation checkpointing and times
+  its recompute.
+
+Every hook only pushes marks. The agent starts at the first mark, so a process
+that imports torch but never trains (a launcher, a DataLoader worker) never
+starts one. This module imports nothing heavy: it runs in every process of a
+``gpuwatch run``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from gpuwatch.instrument import ring
+
+Push = Callable[..., None]
+
+
+class LazyPush:
+    """The hooks' way into the ring: the first push starts the agent (via ``start``),
+    unless this process is a DataLoader worker, where every push is dropped."""
+
+    def __init__(self, start: Callable[[], Push], in_worker: Callable[[], bool]) -> None:
+        self._start = start
+        self._in_worker = in_worker
+        self.push: Push = self._first
+        self.boundary_optimizer: int | None = None
+
+    def _first(self, code: int, value: Any = None) -> None:
+        if self._in_worker():
+            self.push = _drop
+            return
+        self.push = _drop  # a failing start must not be retried on every mark
+        self.push = self._start()
+        self.push(code, value)
+
+
+def _drop(code: int, value: Any = None) -> None:
+    return None
+
+
+def batch_size(batch: Any, depth: int = 0) -> int:
+    """Leading dimension of the first tensor-like in a batch (0 when there is none)."""
+    shape = getattr(batch, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else 0
+    if depth < 3:
+        if isinstance(batch, (list, tuple)) and batch:
+            return batch_size(batch[0], depth + 1)
+        if isinstance(batch, dict) and batch:
+            return batch_size(next(iter(batch.values())), depth + 1)
+    return 0
+
+
+def patch_torch(torch: ModuleType, lazy: LazyPush) -> None:
+    """Optimizer hooks, DataLoader wait and torch.save (torch has just been imported)."""
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+    def before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+        lazy.push(ring.OPTIMIZER)
+
+    def after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+        lazy.push(-ring.OPTIMIZER)
+        if lazy.boundary_optimizer is None:
+            lazy.boundary_optimizer = id(optimizer)  # with several optimizers, the first ends steps
+        if id(optimizer) == lazy.boundary_optimizer:
+            lazy.push(ring.STEP_BOUNDARY)
+
+    register_optimizer_step_pre_hook(before_step)
+    register_optimizer_step_post_hook(after_step)
+
+    next_batch = _BaseDataLoaderIter.__next__
+
+    @functools.wraps(next_batch)
+    def timed_next(self: Any) -> Any:
+        lazy.push(ring.DATA)
+        try:
+            batch = next_batch(self)
+        finally:
+            lazy.push(-ring.DATA)
+        try:
+            n = batch_size(batch)
+        except Exception:
+            n = 0
+        if n:
+            lazy.push(ring.SAMPLES, n)
+        return batch
+
+    _BaseDataLoaderIter.__next__ = timed_next  # type: ignore[method-assign]
+    timed_save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
+    torch.save = timed_save
+    torch.serialization.save = timed_save
+
+
+def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: int | None = None,
+                          target_kwarg: str | None = None) -> Callable[..., Any]:
+    """Wrap a save function: a checkpoint phase, and the target (path or bytes written)."""
+
+    @functools.wraps(save)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        target = kwargs.get(target_kwarg) if target_kwarg else None
+        if target is None and target_arg is not None and len(args) > target_arg:
+            target = args[target_arg]
+        elif target is None and target_arg is not None:
+            target = kwargs.get("f")
+        start = _tell(target)
+        lazy.push(ring.CHECKPOINT)
+        try:
+            return save(*args, **kwargs)
+        finally:
+            if isinstance(target, (str, os.PathLike)):
+                lazy.push(ring.CHECKPOINT_TARGET, os.fspath(target))
+            elif start is not None:
+                end = _tell(target)
+                if end is not None and end > start:
+                    lazy.push(ring.CHECKPOINT_TARGET, end - start)
+            lazy.push(-ring.CHECKPOINT)
+
+    return timed
+
+
+def _tell(f: Any) -> int | None:
+    try:
+        pos = f.tell()
+    except Exception:
+        return None
+    return pos if isinstance(pos, int) else None
+
+
+def patch_activation_checkpoint(module: ModuleType, lazy: LazyPush) -> None:
+    """Count checkpointed regions; time every re-run of one (the recompute in backward)."""
+    original = module.checkpoint
+
+    @functools.wraps(original)
+    def checkpoint(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        lazy.push(ring.ACT_CKPT)
+        calls = 0
+
+        def run(*a: Any, **k: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return function(*a, **k)
+            lazy.push(ring.RECOMPUTE)
+            try:
+                return function(*a, **k)
+            finally:
+                lazy.push(-ring.RECOMPUTE)
+
+        return original(run, *args, **kwargs)
+
+    module.checkpoint = checkpoint
+
+
+def patch_distributed_checkpoint(module: ModuleType, lazy: LazyPush) -> None:
+    """Time ``torch.distributed.checkpoint.save`` (its size: the checkpoint directory's)."""
+    for name in ("save", "save_state_dict"):
+        original = getattr(module, name, None)
+        if original is not None:
+            setattr(module, name, timed_checkpoint_save(original, lazy,
+                                                        target_kwarg="checkpoint_id"))
+
+
+def in_dataloader_worker() -> bool:
+    """True inside a DataLoader worker process (which must stay untouched)."""
+    import sys
+
+    data = sys.modules.get("torch.utils.data")
+    try:
+        return data is not None and data.get_worker_info() is not None
+    except Exception:
+        return True
+
+
+PATCHES: dict[str, Callable[[ModuleType, LazyPush], None]] = {
+    "torch": patch_torch,
+    "torch.utils.checkpoint": patch_activation_checkpoint,
+    "torch.distributed.checkpoint": patch_distributed_checkpoint,
+}
