@@ -81,7 +81,8 @@ class StepAssembler:
             elif code == ring.TOKENS:
                 self._tokens += value
             elif code == ring.CHECKPOINT_TARGET:
-                self._ckpt_targets.append(value)
+                if self._depth[ring.CHECKPOINT] <= 1:  # a nested save is part of the outer one
+                    self._ckpt_targets.append(value)
             elif code == ring.ACT_CKPT:
                 self._act_ckpt_calls += 1
             elif code == ring.ERROR:

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuwatch.records import Record, Step
+from gpuwatch.sinks.runlog import RunLogReader
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+def gpuwatch_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gpuwatch", *args]
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kw)  # type: ignore[call-overload]
+
+
+def read(path: Path) -> list[Record]:
+    return list(RunLogReader(path))
+
+
+def steps(records: list[Record]) -> list[Step]:
+    return [r for r in records if isinstance(r, Step)]
+
+
+@pytest.fixture
+def example() -> Path:
+    return ROOT / "examples"

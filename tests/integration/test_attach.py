@@ -1,0 +1,101 @@
+"""Zero-code attach: real scripts, unchanged, under `gpuwatch run`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuwatch.records import Event, Meta, Sample
+from tests.integration.conftest import SCRIPTS, gpuwatch_cmd, read, run, steps
+
+pytestmark = pytest.mark.integration
+
+
+def test_plain_script_gets_steps_whose_phases_add_up(tmp_path: Path, example: Path) -> None:
+    out = tmp_path / "out"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(example / "plain_train.py"), "--steps", "60", "--exit-code", "3"),
+               cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr  # the command's exit status is ours
+    records = read(out / "run.jsonl")
+    meta = records[0]
+    assert isinstance(meta, Meta) and meta.job == "plain_train"
+    got = steps(records)
+    assert len(got) == 60
+    for s in got:
+        parts = s.data_s + s.compute_s + s.optimizer_s + s.checkpoint_s
+        assert abs(parts - s.wall_s) <= 0.05 * s.wall_s
+        assert s.samples == 64
+        assert s.data_s > 0 and s.optimizer_s > 0
+    saves = [e for e in records if isinstance(e, Event) and e.name == "checkpoint_save"]
+    assert len(saves) == 3  # every 20 steps
+    assert all(e.data["bytes"] > 1_000_000 and e.data["seconds"] > 0 for e in saves)
+    # a save after an optimizer step belongs to the next step; the one after the
+    # last step has no step to go to, but its event is there
+    in_steps = [s.checkpoint_s for s in got if s.checkpoint_s > 0]
+    assert in_steps == pytest.approx([e.data["seconds"] for e in saves[:2]])
+
+
+def test_dataloader_workers_stay_untouched(tmp_path: Path, example: Path) -> None:
+    out = tmp_path / "out"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(example / "plain_train.py"), "--steps", "40", "--workers", "2"),
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["run.jsonl"]  # no log from a worker
+    records = read(out / "run.jsonl")
+    assert len(steps(records)) == 40
+    metas = [r for r in records if isinstance(r, Meta)]
+    assert len(metas) == 1
+    host = [r for r in records if isinstance(r, Sample) and r.source == "host"]
+    assert max(s.values["workers"] for s in host) >= 2
+
+
+def test_torchrun_two_ranks_one_log_each(tmp_path: Path, example: Path) -> None:
+    out = tmp_path / "out"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable, "-m",
+                            "torch.distributed.run", "--nproc-per-node", "2",
+                            str(example / "plain_train.py"), "--steps", "30"),
+               cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["run-rank0.jsonl", "run-rank1.jsonl"]
+    for rank in (0, 1):
+        records = read(out / f"run-rank{rank}.jsonl")
+        meta = records[0]
+        assert isinstance(meta, Meta) and meta.rank == rank and meta.world_size == 2
+        got = steps(records)
+        assert len(got) == 30 and {s.rank for s in got} == {rank}
+
+
+def test_activation_checkpointing_is_counted_and_its_recompute_timed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(SCRIPTS / "act_ckpt_train.py")), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    got = steps(read(out / "run.jsonl"))
+    assert len(got) == 20
+    assert all(s.act_ckpt_calls == 4 for s in got)
+    assert all(0 < s.recompute_s < s.compute_s for s in got)
+
+
+def test_a_process_that_never_trains_is_left_alone(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(SCRIPTS / "no_training.py")), cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "3.0", proc.stderr
+    assert not out.exists()
+
+
+def test_run_errors_are_one_line(tmp_path: Path) -> None:
+    missing = run(gpuwatch_cmd("run", "--", "no-such-program-xyz"), cwd=tmp_path)
+    assert missing.returncode == 127
+    assert missing.stderr.strip() == "gpuwatch: command not found: no-such-program-xyz"
+    empty = run(gpuwatch_cmd("run"), cwd=tmp_path)
+    assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
+    (tmp_path / "gpuwatch.toml").write_text("sample_interval_s = 0\n")
+    bad = run(gpuwatch_cmd("run", "--", sys.executable, "-c", "pass"), cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("gpuwatch config: sample_interval_s:")
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,46 @@
+"""The command line: version, doctor, demo, argument errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpuwatch._version import __version__
+from gpuwatch.records import Event, Sample
+from tests.integration.conftest import gpuwatch_cmd, read, run, steps
+
+pytestmark = pytest.mark.integration
+
+
+def test_version(tmp_path: Path) -> None:
+    proc = run(gpuwatch_cmd("--version"), cwd=tmp_path)
+    assert proc.stdout.strip() == f"gpuwatch {__version__}"
+
+
+def test_doctor_reports_host_only_on_this_machine(tmp_path: Path) -> None:
+    proc = run(gpuwatch_cmd("doctor"), cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "torch" in proc.stdout
+    assert "NVML" in proc.stdout and "host-only" in proc.stdout
+
+
+def test_demo_trains_prints_status_and_writes_a_run_log(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = run(gpuwatch_cmd("demo", "--seconds", "4", "--out", str(out)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    status = [line for line in proc.stderr.splitlines() if line.startswith("gpuwatch | step")]
+    assert any("ms/step" in line and "data wait" in line for line in status), proc.stderr
+    records = read(out / "run.jsonl")
+    got = steps(records)
+    assert len(got) >= 20
+    assert all(s.tokens == 16 * 64 and s.compute_s > 0 for s in got)
+    assert any(isinstance(r, Sample) and r.source == "host" for r in records)
+    assert [e.name for e in records if isinstance(e, Event)][0] == "host_only"
+
+
+@pytest.mark.parametrize("args", [["demo", "--seconds", "zero"], ["frobnicate"], []])
+def test_bad_arguments_exit_2_without_traceback(tmp_path: Path, args: list[str]) -> None:
+    proc = run(gpuwatch_cmd(*args), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "error:" in proc.stderr

@@ -1,0 +1,55 @@
+"""The agent stops (and the run log is complete) at exit, when the loop raises, on
+SIGTERM, and a forked child never writes to the parent's log."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpuwatch.records import Event, Meta
+from tests.integration.conftest import SCRIPTS, read, run, steps
+
+pytestmark = pytest.mark.integration
+SCRIPT = str(SCRIPTS / "explicit_loop.py")
+
+
+def test_normal_exit_flushes_every_step(tmp_path: Path) -> None:
+    proc = run([sys.executable, SCRIPT, str(tmp_path), "exit"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(steps(read(tmp_path / "run.jsonl"))) == 50
+
+
+def test_loop_that_raises_keeps_its_traceback_and_the_log(tmp_path: Path) -> None:
+    proc = run([sys.executable, SCRIPT, str(tmp_path), "raise"], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "RuntimeError: training blew up" in proc.stderr
+    records = read(tmp_path / "run.jsonl")
+    assert len(steps(records)) == 51
+    errors = [e for e in records if isinstance(e, Event) and e.name == "step_error"]
+    assert [e.data["type"] for e in errors] == ["RuntimeError"]
+
+
+def test_sigterm_flushes_then_dies_of_sigterm_within_two_seconds(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, SCRIPT, str(tmp_path), "sigterm"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=10)
+    assert time.monotonic() - start < 2.0
+    assert code == -signal.SIGTERM
+    assert len(steps(read(tmp_path / "run.jsonl"))) > 50
+
+
+def test_forked_child_does_not_write_to_the_parent_log(tmp_path: Path) -> None:
+    proc = run([sys.executable, SCRIPT, str(tmp_path), "fork"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    records = read(tmp_path / "run.jsonl")
+    assert sum(isinstance(r, Meta) for r in records) == 1
+    assert [s.step for s in steps(records)] == list(range(1, 51))

@@ -1,0 +1,127 @@
+"""The agent end to end in-process, with a fake NVML passed in."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuwatch.agent import Agent
+from gpuwatch.config import Settings
+from gpuwatch.monitor import Monitor, watch
+from gpuwatch.records import Event, Meta, Record, Sample, Step
+from gpuwatch.sinks.runlog import RunLogReader
+from tests.fakes import FakeGpu, FakeNvml
+
+
+def run_agent(tmp_path: Path, steps: int = 20, lib: Any = None, **settings: Any) -> tuple[Agent, list[Record]]:
+    s = Settings(out_dir=tmp_path, sample_interval_s=0.05, flush_interval_s=0.05, **settings)
+    agent = Agent(s, nvml_library=lib, memory_stats=None, environ={})
+    monitor = Monitor(agent)
+    agent.start()
+    for _ in range(steps):
+        with monitor.step(samples=4):
+            with monitor.phase("compute"):
+                time.sleep(0.005)
+    time.sleep(0.15)
+    agent.stop()
+    return agent, list(RunLogReader(agent.runlog_path))
+
+
+def of(records: list[Record], kind: type) -> list[Any]:
+    return [r for r in records if isinstance(r, kind)]
+
+
+def test_run_log_has_meta_topology_samples_and_every_step(tmp_path: Path) -> None:
+    agent, records = run_agent(tmp_path, lib=FakeNvml([FakeGpu(), FakeGpu()]))
+    assert isinstance(records[0], Meta) and records[0].world_size == 1
+    assert [s.step for s in of(records, Step)] == list(range(1, 21))
+    assert all(s.samples == 4 and s.compute_s > 0 for s in of(records, Step))
+    (topo,) = [e for e in of(records, Event) if e.name == "topology"]
+    assert topo.data["gpu_count"] == 2
+    gpu_samples = [s for s in of(records, Sample) if s.source == "nvml"]
+    assert {s.gpu for s in gpu_samples} == {0, 1}
+    assert {s.source for s in of(records, Sample)} >= {"host", "agent", "nvml"}
+    assert agent.faults.counts == {}
+
+
+def test_without_nvml_the_agent_runs_host_only_and_says_so(tmp_path: Path) -> None:
+    _, records = run_agent(tmp_path, lib=None)
+    assert [e.name for e in of(records, Event)] == ["host_only"]
+    assert not [s for s in of(records, Sample) if s.source == "nvml"]
+    assert len(of(records, Step)) == 20
+
+
+def test_nvml_failing_at_init_or_on_every_call_never_costs_a_step(tmp_path: Path) -> None:
+    _, records = run_agent(tmp_path / "a",
+                           lib=FakeNvml(init_error=FakeNvml.NVML_ERROR_DRIVER_NOT_LOADED))
+    assert len(of(records, Step)) == 20
+    assert [e.name for e in of(records, Event)] == ["host_only"]
+    lost = {name: FakeNvml.NVML_ERROR_GPU_IS_LOST for name in dir(FakeNvml)
+            if name.startswith("nvmlDevice")}
+    agent, records = run_agent(tmp_path / "b", lib=FakeNvml(fail=lost))
+    assert len(of(records, Step)) == 20
+    assert agent.faults.counts["nvml"] > 0
+
+
+def test_stop_returns_within_two_seconds_while_nvml_hangs(tmp_path: Path) -> None:
+    lib = FakeNvml(hang={"nvmlDeviceGetUtilizationRates": 30.0})
+    s = Settings(out_dir=tmp_path, sample_interval_s=0.05, flush_interval_s=0.05)
+    agent = Agent(s, nvml_library=lib, memory_stats=None, environ={})
+    monitor = Monitor(agent)
+    agent.start()
+    deadline = time.monotonic() + 5
+    while lib.calls["nvmlDeviceGetUtilizationRates"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for _ in range(10):
+        with monitor.step():
+            pass
+    start = time.monotonic()
+    agent.stop()
+    assert time.monotonic() - start < 2.0
+    records = list(RunLogReader(agent.runlog_path))
+    assert len(of(records, Step)) == 10  # written by stop() itself
+    assert agent.faults.counts["agent"] == 1
+    agent.stop()  # idempotent
+
+
+def test_allocator_probe_runs_on_the_agent_thread(tmp_path: Path) -> None:
+    calls = []
+
+    def memory_stats() -> dict[str, int]:
+        calls.append(1)
+        return {"num_alloc_retries": 2, "num_ooms": 0, "reserved_bytes.all.current": 7}
+
+    s = Settings(out_dir=tmp_path, sample_interval_s=0.05)
+    agent = Agent(s, nvml_library=None, memory_stats=memory_stats, environ={})
+    agent.start()
+    time.sleep(0.3)
+    agent.stop()
+    records = list(RunLogReader(agent.runlog_path))
+    alloc = [r for r in of(records, Sample) if r.source == "allocator"]
+    assert alloc and alloc[-1].values["allocator_alloc_retries_total"] == 2
+    assert not [e for e in of(records, Event) if e.name == "host_only"]
+
+
+def test_rank_and_run_log_name_follow_torchrun_environment(tmp_path: Path) -> None:
+    s = Settings(out_dir=tmp_path)
+    agent = Agent(s, nvml_library=None, memory_stats=None,
+                  environ={"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
+    assert agent.runlog_path == tmp_path / "run-rank3.jsonl"
+    assert (agent.identity.rank, agent.identity.local_rank, agent.identity.world_size) == (3, 1, 4)
+
+
+def test_unknown_phase_and_bad_config_never_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    monitor = watch(sample_interval_s=-1)
+    assert not monitor.agent.started
+    with monitor.step():
+        with monitor.phase("no-such-phase"):
+            pass
+    assert monitor.agent.faults.counts["api"] == 1
+    assert any("sample_interval_s" in r.getMessage() for r in caplog.records)
+    monitor.stop()
+    assert not (tmp_path / "runs").exists()

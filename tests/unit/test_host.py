@@ -1,0 +1,35 @@
+"""Host probe on this machine: a child process burning CPU shows as a busy worker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpuwatch.probes.host import HostProbe
+
+
+def test_children_cpu_and_process_memory() -> None:
+    probe = HostProbe(rank=0)
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        probe.sample(time.time(), time.monotonic())
+        time.sleep(1.0)
+        (s,) = probe.sample(time.time(), time.monotonic())
+        assert burner.pid in probe.pids()
+    finally:
+        burner.kill()
+        burner.wait()
+    v = s.values
+    assert v["workers"] == 1
+    assert v["workers_cpu_ratio"] == pytest.approx(1.0, abs=0.45)  # a shared 2-core box
+    assert v["process_resident_memory_bytes"] > 10 * 2**20
+    assert 0.0 <= v["system_cpu_ratio"] <= 1.0
+    assert v["system_memory_total_bytes"] >= v["system_memory_used_bytes"] > 0
+    # the child exited: its CPU stays in the total, it is no longer a worker
+    (after,) = probe.sample(time.time(), time.monotonic())
+    assert after.values["workers"] == 0
+    assert after.values["workers_cpu_seconds_total"] >= v["workers_cpu_seconds_total"]

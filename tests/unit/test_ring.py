@@ -1,0 +1,135 @@
+"""The hot-path ring: order, loss accounting, wake-ups, and what a push costs in calls."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import tracemalloc
+
+from gpuwatch.config import Settings
+from gpuwatch.instrument import ring
+from gpuwatch.instrument.ring import MarkRing
+from gpuwatch.monitor import Monitor, Span
+from gpuwatch.agent import Agent
+
+
+def test_drain_returns_marks_in_order_once() -> None:
+    r = MarkRing(64)
+    for i in range(10):
+        r.push(ring.SAMPLES, i)
+    marks = list(r.drain())
+    assert [v for _, _, v in marks] == list(range(10))
+    assert [t for _, t, _ in marks] == sorted(t for _, t, _ in marks)
+    assert list(r.drain()) == []
+    r.push(ring.STEP_END)
+    assert [c for c, _, _ in r.drain()] == [ring.STEP_END]
+    assert r.dropped == 0
+
+
+def test_lapped_reader_counts_exactly_what_it_lost() -> None:
+    r = MarkRing(16)
+    assert r.capacity == 16
+    for i in range(50):
+        r.push(ring.SAMPLES, i)
+    values = [v for _, _, v in r.drain()]
+    assert values == list(range(34, 50))  # the newest `capacity` survive
+    assert r.dropped == 34
+    r.push(ring.SAMPLES, 99)
+    assert [v for _, _, v in r.drain()] == [99]
+    assert r.dropped == 34
+
+
+def test_capacity_rounds_up_to_power_of_two() -> None:
+    assert MarkRing(1000).capacity == 1024
+    assert MarkRing(1).capacity == 16
+
+
+def test_push_wakes_consumer_every_half_ring() -> None:
+    wake = threading.Event()
+    r = MarkRing(64, wake=wake)
+    r.push(1)  # seq 0
+    assert wake.is_set()
+    wake.clear()
+    for _ in range(31):
+        r.push(1)
+    assert not wake.is_set()
+    r.push(1)  # seq 32
+    assert wake.is_set()
+
+
+def test_concurrent_producers_lose_nothing_when_ring_is_large() -> None:
+    r = MarkRing(1 << 16)
+
+    def produce(tag: int) -> None:
+        for i in range(5000):
+            r.push(tag, i)
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    marks = list(r.drain())
+    assert len(marks) == 15000
+    for tag in (1, 2, 3):
+        assert [v for c, _, v in marks if c == tag] == list(range(5000))
+
+
+def _monitor(capacity: int = 1024) -> Monitor:
+    return Monitor(Agent(Settings(ring_capacity=capacity, nvml=False), nvml_library=None,
+                         memory_stats=None))
+
+
+def test_a_monitored_step_calls_nothing_but_the_ring() -> None:
+    """Per step: the span methods and ring pushes; no lock, no I/O, no NVML, no torch."""
+    m = _monitor()
+    m.count(samples=1)  # the very first push also wakes the agent; steady state does not
+    called: list[str] = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call":
+            called.append(frame.f_code.co_name)
+        elif event == "c_call":
+            called.append(f"c:{arg.__qualname__}")
+
+    sys.setprofile(profile)
+    try:
+        with m.step(samples=32):
+            with m.phase("data"):
+                pass
+            with m.phase("compute"):
+                pass
+    finally:
+        sys.setprofile(None)
+    allowed = {"step", "phase", "push", "__enter__", "__exit__", "c:perf_counter",
+               "c:next", "c:dict.get", "c:setprofile"}
+    assert set(called) <= allowed, set(called) - allowed
+    assert called.count("push") == 7  # samples + step open/close + 2 phases x 2
+    assert called.count("c:perf_counter") == 7
+
+
+def test_steady_state_steps_allocate_nothing_that_lasts() -> None:
+    m = _monitor(capacity=1024)
+    tracemalloc.start()
+    for _ in range(2000):  # cycle the ring: from here on each slot is overwritten
+        with m.step():
+            with m.phase("compute"):
+                pass
+    before = tracemalloc.take_snapshot()
+    for _ in range(10_000):
+        with m.step():
+            with m.phase("compute"):
+                pass
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert growth < 8 * 1024, growth
+
+
+def test_span_is_reusable_and_marks_balanced() -> None:
+    r = MarkRing(64)
+    span = Span(r.push, ring.DATA, -ring.DATA)
+    for _ in range(3):
+        with span:
+            pass
+    assert [c for c, _, _ in r.drain()] == [ring.DATA, -ring.DATA] * 3

@@ -1,0 +1,58 @@
+"""Run log: round trip, and a reader that survives torn and garbage lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Sample, Step
+from gpuwatch.sinks.runlog import RunLogReader, RunLogWriter
+
+META = Meta(schema=SCHEMA_VERSION, gpuwatch="0.1.0", job="j", host="h", rank=0, local_rank=0,
+            world_size=1, pid=1, started=0.0)
+
+
+def test_records_round_trip(tmp_path: Path) -> None:
+    records = [META, Step(rank=0, step=1, t=1.0, wall_s=0.5, data_s=0.1, samples=8),
+               Sample(rank=0, t=1.0, source="nvml", values={"gpu_utilization_ratio": 0.5}, gpu=0),
+               Event(rank=0, t=2.0, name="oom", data={"count": 1})]
+    w = RunLogWriter(tmp_path / "sub" / "run.jsonl")
+    w.write(records)
+    w.close()
+    w.write(records)  # after close: ignored, not raised
+    reader = RunLogReader(tmp_path / "sub" / "run.jsonl")
+    assert list(reader) == records
+    assert reader.skipped == 0
+
+
+def test_truncated_and_garbage_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    w = RunLogWriter(path)
+    w.write([META] + [Step(rank=0, step=i, t=float(i), wall_s=0.1) for i in range(1, 4)])
+    w.close()
+    whole = path.read_text()
+    torn = whole + '{"rank":0,"step":4,"t":4.0,"wall'  # the process died mid-line
+    path.write_text("not json\n[1,2]\n" + '{"kind":"nope"}\n' + '{"kind":"step","rank":0}\n'
+                    + "\n" + torn)
+    reader = RunLogReader(path)
+    got = list(reader)
+    assert [r.step for r in got if isinstance(r, Step)] == [1, 2, 3]
+    assert reader.skipped == 5
+
+
+def test_non_finite_floats_are_written_as_null(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    w = RunLogWriter(path)
+    w.write([Step(rank=0, step=1, t=1.0, wall_s=float("nan"))])
+    w.close()
+    assert json.loads(path.read_text())["wall_s"] is None
+
+
+def test_reader_streams_a_large_log_without_holding_it(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    w = RunLogWriter(path)
+    for chunk in range(20):
+        w.write([Step(rank=0, step=chunk * 1000 + i, t=0.0, wall_s=0.1) for i in range(1000)])
+    w.close()
+    count = sum(1 for _ in RunLogReader(path))
+    assert count == 20_000

@@ -1,0 +1,133 @@
+"""Step assembly from marks: phase split, implicit and explicit steps, events."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuwatch.instrument import ring
+from gpuwatch.instrument.steps import StepAssembler, size_on_disk
+from gpuwatch.records import Event, Record, Step
+
+OFFSET = 1_000.0
+
+
+def assemble(marks: list[tuple[int, float, object]],
+             sizes: dict[str, int] | None = None) -> list[Record]:
+    sizes = sizes or {}
+    asm = StepAssembler(rank=3, clock_offset=OFFSET, size_of=lambda t: sizes.get(t, 0))
+    out: list[Record] = []
+    asm.feed(marks, out)
+    return out
+
+
+def steps(records: list[Record]) -> list[Step]:
+    return [r for r in records if isinstance(r, Step)]
+
+
+def events(records: list[Record], name: str) -> list[Event]:
+    return [r for r in records if isinstance(r, Event) and r.name == name]
+
+
+def test_explicit_step_splits_wall_time_into_phases() -> None:
+    marks = [
+        (ring.STEP_BEGIN, 0.0, None),
+        (ring.DATA, 0.0, None), (-ring.DATA, 0.2, None),
+        (ring.COMPUTE, 0.2, None), (-ring.COMPUTE, 0.7, None),
+        (ring.OPTIMIZER, 0.7, None), (-ring.OPTIMIZER, 0.9, None),
+        (ring.STEP_END, 1.0, None),
+    ]
+    (s,) = steps(assemble(marks))
+    assert s.rank == 3 and s.step == 1
+    assert s.t == pytest.approx(OFFSET + 1.0)
+    assert s.wall_s == pytest.approx(1.0)
+    assert (s.data_s, s.compute_s, s.optimizer_s) == pytest.approx((0.2, 0.5, 0.2))
+    assert s.other_s == pytest.approx(0.1)
+
+
+def test_implicit_steps_are_contiguous_and_compute_is_the_remainder() -> None:
+    marks = []
+    for k in range(3):
+        t = k * 1.0
+        marks += [(ring.DATA, t, None), (-ring.DATA, t + 0.1, None), (ring.SAMPLES, t + 0.1, 32),
+                  (ring.OPTIMIZER, t + 0.8, None), (-ring.OPTIMIZER, t + 1.0, None),
+                  (ring.STEP_BOUNDARY, t + 1.0, None)]
+    out = steps(assemble(marks))
+    assert [s.step for s in out] == [1, 2, 3]
+    for s in out:
+        assert s.wall_s == pytest.approx(1.0)
+        assert s.data_s + s.compute_s + s.optimizer_s + s.checkpoint_s == pytest.approx(s.wall_s)
+        assert s.compute_s == pytest.approx(0.7)
+        assert s.samples == 32
+
+
+def test_explicit_steps_ignore_optimizer_boundaries() -> None:
+    marks = [(ring.STEP_BEGIN, 0.0, None), (ring.STEP_BOUNDARY, 0.5, None),
+             (ring.STEP_END, 1.0, None)]
+    out = steps(assemble(marks))
+    assert len(out) == 1 and out[0].wall_s == pytest.approx(1.0)
+
+
+def test_checkpoint_phase_reports_save_with_bytes_and_nested_saves_once() -> None:
+    marks = [
+        (ring.STEP_BEGIN, 0.0, None),
+        (ring.CHECKPOINT, 0.1, None),
+        (ring.CHECKPOINT, 0.2, None), (ring.CHECKPOINT_TARGET, 0.3, 111),  # inner torch.save
+        (-ring.CHECKPOINT, 0.3, None),
+        (ring.CHECKPOINT_TARGET, 0.5, "ckpt-dir"), (-ring.CHECKPOINT, 0.5, None),
+        (ring.STEP_END, 1.0, None),
+    ]
+    out = assemble(marks, sizes={"ckpt-dir": 4096})
+    (save,) = events(out, "checkpoint_save")
+    assert save.data["seconds"] == pytest.approx(0.4)
+    assert save.data["bytes"] == 4096
+    (s,) = steps(out)
+    assert s.checkpoint_s == pytest.approx(0.4) and s.checkpoint_bytes == 4096
+
+
+def test_phase_open_across_a_step_end_is_split_between_steps() -> None:
+    marks = [(ring.STEP_BEGIN, 0.0, None), (ring.DATA, 0.5, None), (ring.STEP_END, 1.0, None),
+             (-ring.DATA, 1.25, None), (ring.STEP_END, 2.0, None)]
+    a, b = steps(assemble(marks))
+    assert a.data_s == pytest.approx(0.5)
+    assert b.data_s == pytest.approx(0.25)
+
+
+def test_close_without_open_is_ignored() -> None:
+    out = steps(assemble([(-ring.DATA, 0.1, None), (ring.STEP_END, 1.0, None)]))
+    assert out[0].data_s == 0.0
+
+
+def test_batch_cut_is_reported_once_it_persists_and_not_for_a_short_last_batch() -> None:
+    sizes = [64, 64, 64, 40, 64, 64, 32, 32, 32]
+    marks = [(ring.SAMPLES, float(i), n) for i, n in enumerate(sizes)]
+    (cut,) = events(assemble(marks), "batch_size_changed")
+    assert cut.data == {"from": 64, "to": 32}
+    assert cut.t == pytest.approx(OFFSET + 7.0)
+
+
+def test_oom_leaving_a_step_becomes_an_oom_event_other_errors_step_error() -> None:
+    out = assemble([(ring.ERROR, 0.5, "OutOfMemoryError"), (ring.ERROR, 0.6, "ValueError")])
+    assert events(out, "oom")[0].data == {"type": "OutOfMemoryError"}
+    assert events(out, "step_error")[0].data == {"type": "ValueError"}
+
+
+def test_recompute_and_collective_are_parts_of_compute_not_extra_time() -> None:
+    marks = [(ring.STEP_BEGIN, 0.0, None), (ring.ACT_CKPT, 0.1, None), (ring.ACT_CKPT, 0.2, None),
+             (ring.RECOMPUTE, 0.5, None), (-ring.RECOMPUTE, 0.7, None),
+             (ring.COLLECTIVE, 0.8, None), (-ring.COLLECTIVE, 0.9, None),
+             (ring.STEP_END, 1.0, None)]
+    (s,) = steps(assemble(marks))
+    assert s.act_ckpt_calls == 2
+    assert s.recompute_s == pytest.approx(0.2) and s.collective_s == pytest.approx(0.1)
+    assert s.compute_s == pytest.approx(1.0)
+
+
+def test_size_on_disk_of_file_directory_and_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a.bin").write_bytes(b"x" * 10)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b").write_bytes(b"y" * 5)
+    (tmp_path / "d" / "c").write_bytes(b"z" * 7)
+    assert size_on_disk(str(tmp_path / "a.bin")) == 10
+    assert size_on_disk(tmp_path / "d") == 12
+    assert size_on_disk(str(tmp_path / "missing")) == 0
+    assert size_on_disk(123) == 123
