@@ -216,7 +216,7 @@ class FakeNvml:
         sample.tick = self.gpm_ticks
         return sample
 
-    class c_nvmlGpmMetricsGet_t:  # noqa: N801 - the pynvml name
+    class c_nvmlGpmMetricsGet_t:
         def __init__(self) -> None:
             self.version = 0
             self.numMetrics = 0

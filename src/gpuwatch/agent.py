@@ -84,7 +84,7 @@ class Agent:
         settings: Settings,
         *,
         nvml_library: Any = _DEFAULT,
-        memory_stats: Callable[[], Mapping[str, Any]] | None | object = _DEFAULT,
+        memory_stats: Callable[[], Mapping[str, Any]] | object | None = _DEFAULT,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"gpuwatch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a training command with the agent attached, no code change",
+    run = sub.add_parser("run", help="run a training command under the agent, no code change",
                          usage="gpuwatch run [--out DIR] [--job NAME] -- CMD [ARGS...]")
     run.add_argument("--out", type=Path, help="run directory (default runs/<job>-<time>)")
     run.add_argument("--job", help="job name (default: the script's name)")

@@ -8,6 +8,7 @@ live, and the run log is written as in any monitored job.
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ CHECKPOINT_EVERY = 100
 
 def run_demo(seconds: float, out_dir: Path | None = None) -> int:
     try:
-        import torch
+        torch: Any = importlib.import_module("torch")
     except ImportError:
         raise SystemExit("gpuwatch demo needs torch: pip install torch") from None
     from gpuwatch.monitor import watch
@@ -74,7 +75,7 @@ def _loader(torch: Any) -> Any:
     """Synthetic "text": a noisy repeating pattern the model can learn."""
     from torch.utils.data import DataLoader, Dataset
 
-    class Tokens(Dataset):  # type: ignore[misc]
+    class Tokens(Dataset):  # type: ignore[type-arg]
         def __len__(self) -> int:
             return 4096
 
@@ -90,7 +91,7 @@ def _loader(torch: Any) -> Any:
 def _tiny_gpt(torch: Any) -> Any:
     nn = torch.nn
 
-    class Block(nn.Module):  # type: ignore[misc]
+    class Block(torch.nn.Module):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self.ln1, self.ln2 = nn.LayerNorm(D_MODEL), nn.LayerNorm(D_MODEL)
@@ -105,7 +106,7 @@ def _tiny_gpt(torch: Any) -> Any:
             x = x + self.attn(h, h, h, attn_mask=self.mask[:n, :n], need_weights=False)[0]
             return x + self.mlp(self.ln2(x))
 
-    class TinyGPT(nn.Module):  # type: ignore[misc]
+    class TinyGPT(torch.nn.Module):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self.tok = nn.Embedding(VOCAB, D_MODEL)

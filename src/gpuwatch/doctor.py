@@ -30,7 +30,8 @@ def report(nvml_library: Any = None) -> list[tuple[str, str]]:
             rows.append((f"GPU {dev['index']}",
                          f"{dev.get('name')} {mem:.0f} GiB, GPM {gpm}, "
                          f"NVLink links {dev.get('nvlink_links_active', 0)}, "
-                         f"PCIe gen {dev.get('pcie_generation', '?')} x{dev.get('pcie_width', '?')}"))
+                         f"PCIe gen {dev.get('pcie_generation', '?')} "
+                         f"x{dev.get('pcie_width', '?')}"))
         nvlink_pairs = [p for p in topo["p2p"] if p["nvlink"]]
         rows.append(("P2P over NVLink", f"{len(nvlink_pairs)} of {len(topo['p2p'])} GPU pairs"))
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 SCHEMA_VERSION = 1
 
@@ -90,17 +90,44 @@ class Event:
     kind: Literal["event"] = "event"
 
 
-Record = Union[Meta, Step, Sample, Event]
+Record = Meta | Step | Sample | Event
 
 _TYPES: dict[str, type[Any]] = {"meta": Meta, "step": Step, "sample": Sample, "event": Event}
 _FIELDS: dict[str, frozenset[str]] = {
     kind: frozenset(f.name for f in dataclasses.fields(cls)) for kind, cls in _TYPES.items()
 }
+_NAMES: dict[type[Any], tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TYPES.values()
+}
+# Per type: the fields that always appear, and (field, default) for those a compact
+# dict leaves out while at their default.
+_REQUIRED: dict[type[Any], tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls)
+               if f.default is dataclasses.MISSING or f.name == "kind")
+    for cls in _TYPES.values()
+}
+_OMITTABLE: dict[type[Any], tuple[tuple[str, Any], ...]] = {
+    cls: tuple((f.name, f.default) for f in dataclasses.fields(cls)
+               if f.default is not dataclasses.MISSING and f.name != "kind")
+    for cls in _TYPES.values()
+}
 
 
-def to_dict(record: Record) -> dict[str, Any]:
-    """The JSON-ready dict of a record (a shallow copy of its fields)."""
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+def to_dict(record: Record, compact: bool = False) -> dict[str, Any]:
+    """The JSON-ready dict of a record (a shallow copy of its fields).
+
+    ``compact`` leaves out scalar fields at their default (a step without a
+    checkpoint has no checkpoint_s); ``from_dict`` restores them.
+    """
+    cls = type(record)
+    if not compact:
+        return {name: getattr(record, name) for name in _NAMES[cls]}
+    obj = {name: getattr(record, name) for name in _REQUIRED[cls]}
+    for name, default in _OMITTABLE[cls]:
+        value = getattr(record, name)
+        if value != default:
+            obj[name] = value
+    return obj
 
 
 def from_dict(obj: dict[str, Any]) -> Record:

@@ -18,7 +18,8 @@ def gpuwatch_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "gpuwatch", *args]
 
 
-def run(cmd: list[str], cwd: Path, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+def run(cmd: list[str], cwd: Path, timeout: float = 120,
+        **kw: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, **kw)  # type: ignore[call-overload]

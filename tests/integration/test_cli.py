@@ -36,7 +36,7 @@ def test_demo_trains_prints_status_and_writes_a_run_log(tmp_path: Path) -> None:
     assert len(got) >= 20
     assert all(s.tokens == 16 * 64 and s.compute_s > 0 for s in got)
     assert any(isinstance(r, Sample) and r.source == "host" for r in records)
-    assert [e.name for e in records if isinstance(e, Event)][0] == "host_only"
+    assert next(e.name for e in records if isinstance(e, Event)) == "host_only"
 
 
 @pytest.mark.parametrize("args", [["demo", "--seconds", "zero"], ["frobnicate"], []])

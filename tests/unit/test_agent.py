@@ -16,15 +16,15 @@ from gpuwatch.sinks.runlog import RunLogReader
 from tests.fakes import FakeGpu, FakeNvml
 
 
-def run_agent(tmp_path: Path, steps: int = 20, lib: Any = None, **settings: Any) -> tuple[Agent, list[Record]]:
+def run_agent(tmp_path: Path, steps: int = 20, lib: Any = None,
+              **settings: Any) -> tuple[Agent, list[Record]]:
     s = Settings(out_dir=tmp_path, sample_interval_s=0.05, flush_interval_s=0.05, **settings)
     agent = Agent(s, nvml_library=lib, memory_stats=None, environ={})
     monitor = Monitor(agent)
     agent.start()
     for _ in range(steps):
-        with monitor.step(samples=4):
-            with monitor.phase("compute"):
-                time.sleep(0.005)
+        with monitor.step(samples=4), monitor.phase("compute"):
+            time.sleep(0.005)
     time.sleep(0.15)
     agent.stop()
     return agent, list(RunLogReader(agent.runlog_path))
@@ -118,9 +118,8 @@ def test_unknown_phase_and_bad_config_never_raise(tmp_path: Path, monkeypatch: p
     monkeypatch.chdir(tmp_path)
     monitor = watch(sample_interval_s=-1)
     assert not monitor.agent.started
-    with monitor.step():
-        with monitor.phase("no-such-phase"):
-            pass
+    with monitor.step(), monitor.phase("no-such-phase"):
+        pass
     assert monitor.agent.faults.counts["api"] == 1
     assert any("sample_interval_s" in r.getMessage() for r in caplog.records)
     monitor.stop()

@@ -38,7 +38,8 @@ def test_precedence_arguments_env_toml_pyproject(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("setup, key", [
-    (lambda p, m: (p / "gpuwatch.toml").write_text("sample_intervall_s = 2\n"), "sample_intervall_s"),
+    (lambda p, m: (p / "gpuwatch.toml").write_text("sample_intervall_s = 2\n"),
+     "sample_intervall_s"),
     (lambda p, m: (p / "pyproject.toml").write_text("[tool.gpuwatch]\nfoo = 1\n"), "foo"),
     (lambda p, m: m.setenv("GPUWATCH_SAMPLE_INTERVAL", "2"), "GPUWATCH_SAMPLE_INTERVAL"),
 ])

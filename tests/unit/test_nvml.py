@@ -20,7 +20,8 @@ def session(lib: FakeNvml) -> Nvml:
     return nvml
 
 
-def sampler(lib: FakeNvml, gpus: list[int] | None = None, pids: set[int] | None = None) -> NvmlSampler:
+def sampler(lib: FakeNvml, gpus: list[int] | None = None,
+            pids: set[int] | None = None) -> NvmlSampler:
     nvml = session(lib)
     return NvmlSampler(nvml, gpus if gpus is not None else list(range(len(lib.gpus))), rank=0,
                        job_pids=lambda: pids or set(), pcie_interval_s=5.0)
@@ -88,7 +89,8 @@ def test_not_supported_function_is_absent_and_never_asked_again() -> None:
 
 
 @pytest.mark.parametrize("code", [FakeNvml.NVML_ERROR_GPU_IS_LOST, FakeNvml.NVML_ERROR_UNKNOWN])
-def test_failing_calls_are_counted_and_logged_once(code: int, caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_calls_are_counted_and_logged_once(
+        code: int, caplog: pytest.LogCaptureFixture) -> None:
     lib = FakeNvml(fail={"nvmlDeviceGetUtilizationRates": code,
                          "nvmlDeviceGetTemperature": code})
     s = sampler(lib)

@@ -6,11 +6,11 @@ import sys
 import threading
 import tracemalloc
 
+from gpuwatch.agent import Agent
 from gpuwatch.config import Settings
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.ring import MarkRing
 from gpuwatch.monitor import Monitor, Span
-from gpuwatch.agent import Agent
 
 
 def test_drain_returns_marks_in_order_once() -> None:
@@ -112,14 +112,12 @@ def test_steady_state_steps_allocate_nothing_that_lasts() -> None:
     m = _monitor(capacity=1024)
     tracemalloc.start()
     for _ in range(2000):  # cycle the ring: from here on each slot is overwritten
-        with m.step():
-            with m.phase("compute"):
-                pass
+        with m.step(), m.phase("compute"):
+            pass
     before = tracemalloc.take_snapshot()
     for _ in range(10_000):
-        with m.step():
-            with m.phase("compute"):
-                pass
+        with m.step(), m.phase("compute"):
+            pass
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     growth = sum(s.size_diff for s in after.compare_to(before, "filename"))

@@ -87,7 +87,7 @@ def install(start: Callable[[], Push] = _start_agent) -> LazyPush:
     """Patch torch now if imported, else when it is; returns the hooks' shared state."""
     lazy = LazyPush(start, in_dataloader_worker)
     patches: dict[str, Callable[[ModuleType], None]] = {
-        name: functools.partial(fn, lazy=lazy) for name, fn in PATCHES.items()}
+        name: functools.partial(fn, lazy) for name, fn in PATCHES.items()}
     hook = PostImportHook({n: p for n, p in patches.items() if n not in sys.modules})
     sys.meta_path.insert(0, hook)
     for name, patch in patches.items():

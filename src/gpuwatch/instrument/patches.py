@@ -62,7 +62,7 @@ def batch_size(batch: Any, depth: int = 0) -> int:
     return 0
 
 
-def patch_torch(torch: ModuleType, lazy: LazyPush) -> None:
+def patch_torch(lazy: LazyPush, torch: Any) -> None:
     """Optimizer hooks, DataLoader wait and torch.save (torch has just been imported)."""
     from torch.optim.optimizer import (
         register_optimizer_step_post_hook,
@@ -141,7 +141,7 @@ def _tell(f: Any) -> int | None:
     return pos if isinstance(pos, int) else None
 
 
-def patch_activation_checkpoint(module: ModuleType, lazy: LazyPush) -> None:
+def patch_activation_checkpoint(lazy: LazyPush, module: Any) -> None:
     """Count checkpointed regions; time every re-run of one (the recompute in backward)."""
     original = module.checkpoint
 
@@ -166,7 +166,7 @@ def patch_activation_checkpoint(module: ModuleType, lazy: LazyPush) -> None:
     module.checkpoint = checkpoint
 
 
-def patch_distributed_checkpoint(module: ModuleType, lazy: LazyPush) -> None:
+def patch_distributed_checkpoint(lazy: LazyPush, module: Any) -> None:
     """Time ``torch.distributed.checkpoint.save`` (its size: the checkpoint directory's)."""
     for name in ("save", "save_state_dict"):
         original = getattr(module, name, None)
@@ -186,7 +186,7 @@ def in_dataloader_worker() -> bool:
         return True
 
 
-PATCHES: dict[str, Callable[[ModuleType, LazyPush], None]] = {
+PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
     "torch": patch_torch,
     "torch.utils.checkpoint": patch_activation_checkpoint,
     "torch.distributed.checkpoint": patch_distributed_checkpoint,

@@ -57,8 +57,19 @@ class MarkRing:
     counted in ``dropped``.
     """
 
-    __slots__ = ("_codes", "_claim", "_half_mask", "_mask", "_read", "_seqs", "_times",
-                 "_values", "_wake", "capacity", "dropped")
+    __slots__ = (
+        "_claim",
+        "_codes",
+        "_half_mask",
+        "_mask",
+        "_read",
+        "_seqs",
+        "_times",
+        "_values",
+        "_wake",
+        "capacity",
+        "dropped",
+    )
 
     def __init__(self, capacity: int = 65536, wake: threading.Event | None = None) -> None:
         size = 1

@@ -56,7 +56,7 @@ class HostProbe:
         return [Sample(self.rank, now, "host", values)]
 
     def _children_cpu(self) -> tuple[float, int]:
-        """CPU seconds of live children (cumulative per child, kept across reads) and their count."""
+        """CPU seconds of all children ever seen (the exited ones' too) and the live count."""
         try:
             live = {p.pid: p for p in self._proc.children(recursive=True)}
         except psutil.Error:

@@ -201,7 +201,8 @@ class NvmlSampler:
         _put(v, "gpu_energy_joules_total", nv.call("nvmlDeviceGetTotalEnergyConsumption", h), 1e-3)
         _put(v, "gpu_temperature_celsius",
              nv.call("nvmlDeviceGetTemperature", h, nv.const("NVML_TEMPERATURE_GPU")), 1.0)
-        _put(v, "gpu_sm_clock_hertz", nv.call("nvmlDeviceGetClockInfo", h, nv.const("NVML_CLOCK_SM")), MHZ)
+        _put(v, "gpu_sm_clock_hertz",
+             nv.call("nvmlDeviceGetClockInfo", h, nv.const("NVML_CLOCK_SM")), MHZ)
         _put(v, "gpu_memory_clock_hertz",
              nv.call("nvmlDeviceGetClockInfo", h, nv.const("NVML_CLOCK_MEM")), MHZ)
         reasons = nv.call("nvmlDeviceGetCurrentClocksEventReasons", h)

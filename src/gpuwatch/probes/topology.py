@@ -50,8 +50,10 @@ def _p2p(nvml: Nvml, handles: dict[int, Any]) -> list[dict[str, Any]]:
         for b, hb in handles.items():
             if a >= b or ha is None or hb is None:
                 continue
-            nvlink = nvml.call("nvmlDeviceGetP2PStatus", ha, hb, nvml.const("NVML_P2P_CAPS_INDEX_NVLINK"))
-            read = nvml.call("nvmlDeviceGetP2PStatus", ha, hb, nvml.const("NVML_P2P_CAPS_INDEX_READ"))
+            nvlink = nvml.call("nvmlDeviceGetP2PStatus", ha, hb,
+                               nvml.const("NVML_P2P_CAPS_INDEX_NVLINK"))
+            read = nvml.call("nvmlDeviceGetP2PStatus", ha, hb,
+                             nvml.const("NVML_P2P_CAPS_INDEX_READ"))
             out.append({"gpus": [a, b],
                         "nvlink": None if nvlink is None else nvlink == ok,
                         "read": None if read is None else read == ok})

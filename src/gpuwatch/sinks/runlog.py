@@ -24,13 +24,17 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), default=_plain).encode
+
+
 def encode(record: Record) -> str:
-    """One run-log line (without the newline). Non-finite floats become null."""
-    obj = to_dict(record)
+    """One run-log line (without the newline): fields at their default are left out,
+    non-finite floats become null."""
+    obj = to_dict(record, compact=True)
     for key, value in obj.items():
         if isinstance(value, float) and not math.isfinite(value):
             obj[key] = None
-    return json.dumps(obj, separators=(",", ":"), default=_plain)
+    return _encode(obj)
 
 
 class RunLogWriter:

@@ -10,10 +10,9 @@ import gpuwatch
 
 out, mode = sys.argv[1], sys.argv[2]
 monitor = gpuwatch.watch(out_dir=out, sample_interval_s=0.1)
-for i in range(50):
-    with monitor.step(samples=2):
-        with monitor.phase("compute"):
-            time.sleep(0.002)
+for _ in range(50):
+    with monitor.step(samples=2), monitor.phase("compute"):
+        time.sleep(0.002)
 if mode == "fork":
     pid = os.fork()
     if pid == 0:
