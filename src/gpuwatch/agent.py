@@ -210,6 +210,7 @@ class Agent:
         if callable(stats):
             self._allocator = AllocatorProbe(stats, ident.rank, ident.local_rank)
         if self._nvml is None and self._allocator is None:
+            log.warning("gpuwatch: no NVML-visible GPU; monitoring the host only")
             self._write([Event(ident.rank, time.time(), "host_only",
                                {"reason": "no NVML-visible GPU"})])
 
