@@ -25,6 +25,7 @@ from typing import Any
 
 from gpuwatch._version import __version__
 from gpuwatch.config import Settings
+from gpuwatch.detection.engine import engine_from_settings
 from gpuwatch.faults import FaultLog, log
 from gpuwatch.instrument.ring import MarkRing
 from gpuwatch.instrument.steps import StepAssembler
@@ -93,7 +94,8 @@ class Agent:
         self.out_dir = settings.out_dir or default_out_dir(settings, env)
         self.runlog_path = self.out_dir / runlog_name(self.identity)
         self.faults = FaultLog()
-        self.telemetry = Telemetry()
+        self.engine = engine_from_settings(settings, "rank", self.identity.job)
+        self.telemetry: Telemetry = self.engine.view(self.identity.rank)
         self._wake = threading.Event()
         self.ring = MarkRing(settings.ring_capacity, wake=self._wake)
         self._stop = threading.Event()
@@ -174,7 +176,7 @@ class Agent:
         ident = self.identity
         torch = sys.modules.get("torch")
         self._writer = RunLogWriter(self.runlog_path)
-        self._writer.write([Meta(
+        self._write([Meta(
             schema=SCHEMA_VERSION, gpuwatch=__version__, job=ident.job, host=ident.host,
             rank=ident.rank, local_rank=ident.local_rank, world_size=ident.world_size,
             pid=self._pid, started=time.time(), argv=list(sys.argv),
@@ -227,11 +229,14 @@ class Agent:
                     records.extend(probe.sample(now, mono))
             except Exception as exc:
                 self.faults.record(name, exc)
-        records.append(Sample(self.identity.rank, now, "agent", {
+        agent = {
             "agent_cpu_seconds_total": time.thread_time(),
             "agent_marks_dropped_total": float(self.ring.dropped),
-            "agent_errors_total": float(sum(self.faults.counts.values())),
-        }))
+            "agent_errors_total": float(sum(self.faults.counts.values()) + self.engine.errors),
+        }
+        for phase, seconds in self.assembler.open_phases(time.perf_counter()).items():
+            agent[f"open_{phase}_seconds"] = seconds
+        records.append(Sample(self.identity.rank, now, "agent", agent))
 
     def _report_latency(self, records: list[Record]) -> None:
         if self._nvml is not None:
@@ -239,19 +244,30 @@ class Agent:
             if slowest:
                 records.append(Sample(self.identity.rank, time.time(), "nvml_calls", slowest))
 
-    def _drain(self, records: list[Record]) -> None:
+    def _drain(self, records: list[Record], final: bool = False) -> None:
         with self._drain_lock:
             try:
                 self.assembler.feed(self.ring.drain(), records)
             except Exception as exc:
                 self.faults.record("steps", exc)
-            self._write(records)
+            self._write(records, final)
 
-    def _write(self, records: list[Record]) -> None:
-        if not records:
-            return
-        self.telemetry.add(records)
-        if self._writer is not None:
+    def _write(self, records: list[Record], final: bool = False) -> None:
+        """Judge the records, then log them and any finding they raised or resolved."""
+        try:
+            findings = self.engine.feed(records)
+            if final:
+                findings += self.engine.close()
+        except Exception as exc:
+            self.faults.record("detection", exc)
+            findings = []
+        for f in findings:
+            if f.state == "active":
+                log.warning("gpuwatch finding [%s] %s: %s", f.verdict, f.detector, f.summary)
+            else:
+                log.info("gpuwatch finding resolved: %s", f.detector)
+        records = [*records, *findings]
+        if records and self._writer is not None:
             try:
                 self._writer.write(records)
             except Exception as exc:
@@ -263,7 +279,7 @@ class Agent:
         self._drain_lock.release()
         records: list[Record] = []
         self._report_latency(records)
-        self._drain(records)
+        self._drain(records, final=True)
         if self._console is not None:
             self._console.show(status_line(self.telemetry, time.time()))
             self._console.close()

@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="run directory (default runs/demo-<time>)")
     demo.set_defaults(handler=cmd_demo)
 
+    analyze = sub.add_parser("analyze", help="replay run logs through the detectors")
+    analyze.add_argument("runlogs", nargs="+", type=Path, metavar="RUNLOG",
+                         help="run.jsonl files or run directories (all ranks)")
+    analyze.add_argument("--json", action="store_true", help="print findings as JSON")
+    analyze.set_defaults(handler=cmd_analyze)
+
     doctor = sub.add_parser("doctor", help="what this machine offers gpuwatch")
     doctor.set_defaults(handler=cmd_doctor)
     return p
@@ -100,8 +106,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"gpuwatch: command not executable: {cmd[0]}", file=sys.stderr)
         return 126
     code = _wait_forwarding_signals(child)
-    print(f"gpuwatch: run log in {out}", file=sys.stderr)
+    _write_findings(out)
     return code
+
+
+def _write_findings(out: Path) -> None:
+    """After the run: every rank's log through the detectors, into findings.json."""
+    from gpuwatch.detection.replay import analyze
+    from gpuwatch.sinks.report import findings_json
+
+    if not any(out.glob("run*.jsonl")):
+        print(f"gpuwatch: no training process reported; nothing in {out}", file=sys.stderr)
+        return
+    try:
+        result = analyze([out], load_settings())
+        (out / "findings.json").write_text(findings_json(result.findings) + "\n")
+    except Exception as exc:  # the run's exit status must stay the command's
+        print(f"gpuwatch: could not analyse {out}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    verdicts = ", ".join(f"{f.detector} [{f.verdict}]" for f in result.findings) or "none"
+    print(f"gpuwatch: run log in {out}; findings: {verdicts}", file=sys.stderr)
 
 
 def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
@@ -118,6 +142,21 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 128 - code if code < 0 else code
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from gpuwatch.detection.replay import analyze
+    from gpuwatch.sinks.report import findings_json, findings_text
+
+    try:
+        result = analyze(list(args.runlogs), load_settings())
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    print(findings_json(result.findings) if args.json else findings_text(result.findings))
+    if result.skipped_lines:
+        print(f"gpuwatch: skipped {result.skipped_lines} unreadable line(s) in "
+              f"{len(result.logs)} log(s)", file=sys.stderr)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

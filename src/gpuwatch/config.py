@@ -52,6 +52,18 @@ class Settings(BaseSettings):
                                    description="NVML indices to sample; default this rank's GPU.")
     nvml: bool = Field(default=True, description="Sample GPUs through NVML.")
     console: bool = Field(default=False, description="Print a live one-line status.")
+    detect_interval_s: float = Field(default=1.0, gt=0, le=600,
+                                     description="How often detectors judge (record time).")
+    detectors: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Per-detector overrides: {id: {threshold, window_s or min_steps: value}}.")
+    target_gpu: str = Field(default="H100 SXM", description="Catalogue GPU to project onto.")
+    gpu_model: str | None = Field(default=None,
+                                  description="Catalogue GPU this job runs on, if NVML cannot say.")
+    total_steps: int | None = Field(default=None, gt=0,
+                                    description="Planned steps of the run (time-to-finish).")
+    prices: dict[str, float] = Field(default_factory=dict,
+                                     description="USD per GPU-hour by catalogue name.")
 
     @classmethod
     def settings_customise_sources(

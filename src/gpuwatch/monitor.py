@@ -121,10 +121,10 @@ def watch(**settings: Any) -> Monitor:
     if _current is not None and not _current.agent.stopped:
         return _current
     try:
-        resolved = load_settings(**settings)
+        agent = Agent(load_settings(**settings))
     except ConfigError as exc:
         log.error("%s; gpuwatch is off for this run", exc)
         return Monitor(Agent(Settings.model_construct(nvml=False)))
-    _current = Monitor(Agent(resolved))
+    _current = Monitor(agent)
     _current.agent.start()
     return _current

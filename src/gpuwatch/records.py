@@ -1,7 +1,7 @@
 """Record types shared by probes, detectors and sinks, and the run-log schema.
 
 A run log is JSON Lines: a first ``meta`` line, then one object per record,
-each with a ``kind`` field (``step``, ``sample``, ``event``). Times are Unix
+each with a ``kind`` field (``step``, ``sample``, ``event``, ``finding``). Times are Unix
 seconds (float); durations are seconds; sizes are bytes.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 SCHEMA_VERSION = 1
 
-Kind = Literal["meta", "step", "sample", "event"]
+Kind = Literal["meta", "step", "sample", "event", "finding"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,7 @@ class Step:
     samples: int = 0
     tokens: int = 0
     checkpoint_bytes: int = 0
+    collective_bytes: int = 0
     act_ckpt_calls: int = 0
     kind: Literal["step"] = "step"
 
@@ -90,9 +91,41 @@ class Event:
     kind: Literal["event"] = "event"
 
 
-Record = Meta | Step | Sample | Event
+Verdict = Literal["move_to_h100", "fix_here", "info"]
+Severity = Literal["info", "warning", "critical"]
 
-_TYPES: dict[str, type[Any]] = {"meta": Meta, "step": Step, "sample": Sample, "event": Event}
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A detector's judgement, with the numbers behind it.
+
+    ``evidence`` maps names that end in their unit (``_ratio``, ``_seconds``,
+    ``_bytes``, ``_total``) to measured values. ``projection`` (where it applies)
+    says what the target GPU would buy. ``state`` is ``active`` while the
+    condition holds and ``resolved`` once it has cleared. Sinks deduplicate by
+    ``fingerprint`` (job, detector and ranks: stable while the condition lasts).
+    """
+
+    detector: str
+    verdict: Verdict
+    severity: Severity
+    summary: str
+    action: str
+    evidence: dict[str, float]
+    ranks: list[int]
+    first_seen: float
+    last_seen: float
+    fingerprint: str
+    job: str = ""
+    projection: dict[str, Any] | None = None
+    state: Literal["active", "resolved"] = "active"
+    kind: Literal["finding"] = "finding"
+
+
+Record = Meta | Step | Sample | Event | Finding
+
+_TYPES: dict[str, type[Any]] = {"meta": Meta, "step": Step, "sample": Sample, "event": Event,
+                                "finding": Finding}
 _FIELDS: dict[str, frozenset[str]] = {
     kind: frozenset(f.name for f in dataclasses.fields(cls)) for kind, cls in _TYPES.items()
 }

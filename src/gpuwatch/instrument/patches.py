@@ -5,7 +5,8 @@
 - the DataLoader iterator's ``__next__`` times data wait and counts samples;
 - ``torch.save`` and ``torch.distributed.checkpoint.save`` time checkpoints;
 - ``torch.utils.checkpoint.checkpoint`` counts activation checkpointing and times
-  its recompute.
+  its recompute;
+- ``torch.distributed`` collectives time exposed collective wait and count bytes.
 
 Every hook only pushes marks. The agent starts at the first mark, so a process
 that imports torch but never trains (a launcher, a DataLoader worker) never
@@ -175,6 +176,47 @@ def patch_distributed_checkpoint(lazy: LazyPush, module: Any) -> None:
                                                         target_kwarg="checkpoint_id"))
 
 
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter",
+               "reduce_scatter_tensor", "broadcast", "reduce", "all_to_all_single", "barrier")
+
+
+def patch_distributed(lazy: LazyPush, dist: Any) -> None:
+    """Host wall time and tensor bytes of each torch.distributed collective.
+
+    Exact for synchronous calls (gloo, or any ``async_op=False`` wait); for NCCL
+    the host only launches, and the time is the launch's.
+    """
+    for name in COLLECTIVES:
+        original = getattr(dist, name, None)
+        if original is not None:
+            setattr(dist, name, _timed_collective(original, lazy))
+
+
+def _timed_collective(collective: Callable[..., Any], lazy: LazyPush) -> Callable[..., Any]:
+    @functools.wraps(collective)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        lazy.push(ring.COLLECTIVE)
+        try:
+            return collective(*args, **kwargs)
+        finally:
+            lazy.push(-ring.COLLECTIVE)
+            nbytes = tensor_bytes(args[0] if args else None)
+            if nbytes:
+                lazy.push(ring.COLLECTIVE_BYTES, nbytes)
+
+    return timed
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of a tensor or a list of tensors (metadata only: no device sync)."""
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(t) for t in obj)
+    try:
+        return int(obj.numel() * obj.element_size())
+    except Exception:
+        return 0
+
+
 def in_dataloader_worker() -> bool:
     """True inside a DataLoader worker process (which must stay untouched)."""
     import sys
@@ -189,5 +231,6 @@ def in_dataloader_worker() -> bool:
 PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
     "torch": patch_torch,
     "torch.utils.checkpoint": patch_activation_checkpoint,
+    "torch.distributed": patch_distributed,
     "torch.distributed.checkpoint": patch_distributed_checkpoint,
 }

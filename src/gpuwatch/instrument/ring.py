@@ -24,7 +24,7 @@ TOKENS = 104  # value: tokens in the step
 CHECKPOINT_TARGET = 105  # value: path or byte count of a save in progress
 ACT_CKPT = 106  # one activation-checkpointed region entered (forward)
 ERROR = 107  # value: exception type name raised out of a step
-DEVICE_TIMING = 108  # value: (phase, start_event, end_event) to read off the hot path
+COLLECTIVE_BYTES = 108  # value: bytes a collective moved (tensor size, not wire bytes)
 
 DATA = 1
 COMPUTE = 2

@@ -56,6 +56,7 @@ class StepAssembler:
         self._ckpt_bytes = 0
         self._ckpt_targets: list[Any] = []
         self._act_ckpt_calls = 0
+        self._collective_bytes = 0
         self._batch: int | None = None
         self._batch_candidate: int | None = None
 
@@ -83,10 +84,17 @@ class StepAssembler:
             elif code == ring.CHECKPOINT_TARGET:
                 if self._depth[ring.CHECKPOINT] <= 1:  # a nested save is part of the outer one
                     self._ckpt_targets.append(value)
+            elif code == ring.COLLECTIVE_BYTES:
+                self._collective_bytes += value
             elif code == ring.ACT_CKPT:
                 self._act_ckpt_calls += 1
             elif code == ring.ERROR:
                 self._error(str(value), t, out)
+
+    def open_phases(self, now: float) -> dict[str, float]:
+        """Phases open at perf_counter time ``now``: name -> seconds open."""
+        return {name: now - self._opened[code] for name, code in ring.PHASES.items()
+                if self._depth[code]}
 
     def _open(self, phase: int, t: float) -> None:
         self._depth[phase] += 1
@@ -146,9 +154,11 @@ class StepAssembler:
             data_s=data, compute_s=compute, optimizer_s=opt, checkpoint_s=ckpt,
             collective_s=acc[ring.COLLECTIVE], recompute_s=acc[ring.RECOMPUTE],
             other_s=other, samples=self._samples, tokens=self._tokens,
-            checkpoint_bytes=self._ckpt_bytes, act_ckpt_calls=self._act_ckpt_calls,
+            checkpoint_bytes=self._ckpt_bytes, collective_bytes=self._collective_bytes,
+            act_ckpt_calls=self._act_ckpt_calls,
         ))
         self._prev_end = t
         for phase in range(_NPHASES):
             acc[phase] = 0.0
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0
+        self._collective_bytes = 0

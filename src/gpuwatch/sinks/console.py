@@ -19,7 +19,7 @@ def status_line(telemetry: Telemetry, now: float, span_s: float = 10.0) -> str:
         parts.append(f"data wait {summary.data_share:.0%}")
         if summary.checkpoint_share >= 0.005:
             parts.append(f"ckpt {summary.checkpoint_share:.0%}")
-    host = telemetry.latest.get(("host", None))
+    host = telemetry.latest("host")
     cores = host.values.get("process_cpu_cores") if host else None
     parts.append(f"cpu {cores:.1f} cores" if cores is not None else "cpu n/a")
     gpus = telemetry.gpu_samples()

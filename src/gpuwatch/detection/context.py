@@ -1,0 +1,104 @@
+"""What detectors share: their result type, the run's context (catalogue, target,
+total steps) and the signal helpers several of them read."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpuwatch.detection.projection import DEFAULT_TARGET, Gpu, StepParts, catalogue, identify
+from gpuwatch.records import Step, Verdict
+from gpuwatch.telemetry import Telemetry
+
+
+@dataclass
+class Detection:
+    """A detector's output: the measured evidence (names end in units), the ranks it
+    names, optional projection, and ``text`` fields for the rule's sentences.
+    ``verdict``/``severity`` override the rule's when the evidence says so."""
+
+    evidence: dict[str, float]
+    ranks: list[int]
+    text: dict[str, Any] = field(default_factory=dict)
+    projection: dict[str, Any] | None = None
+    verdict: Verdict | None = None
+    severity: Any = None
+
+
+@dataclass
+class Context:
+    """Run-wide facts for detectors. ``gpu_model`` overrides the GPU seen by NVML;
+    ``total_steps`` the planned steps; ``active`` is set by the engine per evaluation."""
+
+    gpus: dict[str, Gpu] = field(default_factory=catalogue)
+    target: str = DEFAULT_TARGET
+    gpu_model: str | None = None
+    total_steps: int | None = None
+    active: set[str] = field(default_factory=set)
+
+    @property
+    def target_gpu(self) -> Gpu:
+        return self.gpus[self.target]
+
+    def current_gpu(self, view: Telemetry) -> Gpu | None:
+        """The catalogue entry of the GPU this rank runs on, if known."""
+        if self.gpu_model:
+            return identify(self.gpu_model, self.gpus)
+        for device in job_devices(view):
+            gpu = identify(device.get("name"), self.gpus)
+            if gpu is not None:
+                return gpu
+        return None
+
+
+def job_devices(view: Telemetry) -> list[dict[str, Any]]:
+    """Topology entries of the GPUs this rank samples (all GPUs if it names none)."""
+    topo = view.topology or {}
+    devices: list[dict[str, Any]] = topo.get("devices", [])
+    mine = set(topo.get("job_gpus") or [])
+    return [d for d in devices if not mine or d.get("index") in mine]
+
+
+def has_nvlink(view: Telemetry) -> bool:
+    return any(d.get("nvlink_links_active", 0) > 0 for d in job_devices(view))
+
+
+def tensor_share(view: Telemetry, since: float) -> float | None:
+    """Tensor-bound share of compute from GPM: tensor / (tensor + DRAM) activity."""
+    tensor = view.values_since("nvml", "gpu_tensor_active_ratio", since)
+    dram = view.values_since("nvml", "gpu_dram_active_ratio", since)
+    if not tensor or not dram:
+        return None
+    t, d = statistics.fmean(tensor), statistics.fmean(dram)
+    return t / (t + d) if t + d > 0 else None
+
+
+def mean_parts(steps: list[Step]) -> StepParts:
+    """The mean step as projection parts (compute without its recompute and comm)."""
+    n = len(steps) or 1
+
+    def mean(attr: str) -> float:
+        return float(sum(getattr(s, attr) for s in steps)) / n
+
+    recompute, comm = mean("recompute_s"), mean("collective_s")
+    return StepParts(compute=max(mean("compute_s") - recompute - comm, 0.0), recompute=recompute,
+                     comm=comm, data=mean("data_s"), checkpoint=mean("checkpoint_s"),
+                     other=mean("other_s"), comm_bytes=mean("collective_bytes"))
+
+
+def counter_rise(view: Telemetry, source: str, key: str, since: float) -> float:
+    """How much a cumulative counter rose from the last reading before ``since`` to now."""
+    readings = [(s.t, s.values[key]) for s in view.samples_since(source, 0.0) if key in s.values]
+    if not readings:
+        return 0.0
+    base = readings[0][1]
+    for t, value in readings:
+        if t >= since:
+            break
+        base = value
+    return max(readings[-1][1] - base, 0.0)
+
+
+def host_of(view: Telemetry) -> str:
+    return str(view.meta.host) if view.meta else "?"

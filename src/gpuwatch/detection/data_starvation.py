@@ -1,0 +1,45 @@
+"""data_starvation: the loop waits for input while its loader cannot keep up (fix here)."""
+
+from __future__ import annotations
+
+import statistics
+
+from gpuwatch.detection.context import Context, Detection
+from gpuwatch.detection.rules import Rule
+from gpuwatch.telemetry import Telemetry
+
+
+def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
+    since = now - rule.window_s
+    summary = view.summarise(since)
+    if summary is None or summary.steps < rule.min_steps:
+        return None
+    if summary.data_share < rule.thresholds["data_share"]:
+        return None
+    evidence = {
+        "data_share_ratio": summary.data_share,
+        "data_seconds_per_step": summary.data_share * summary.mean_step_s,
+        "step_seconds": summary.mean_step_s,
+    }
+    host = view.latest("host")
+    workers = int(host.values.get("workers", 0)) if host else 0
+    busy = view.values_since("host", "workers_cpu_ratio", since)
+    if host is not None:
+        evidence["workers"] = float(workers)
+    if workers and busy:
+        evidence["workers_cpu_ratio"] = statistics.fmean(busy)
+    if not workers:
+        text = "batches are loaded in the training process itself (no DataLoader workers)"
+        advice = ("Load in worker processes: DataLoader(num_workers=N, pin_memory=True, "
+                  "persistent_workers=True).")
+    elif evidence.get("workers_cpu_ratio", 0.0) >= rule.thresholds["workers_saturated"]:
+        text = (f"its {workers} DataLoader workers are CPU-bound "
+                f"({evidence['workers_cpu_ratio']:.0%} busy)")
+        advice = ("Add DataLoader workers or CPU cores, or make the transforms cheaper "
+                  "(move augmentation to the GPU, pre-tokenise, cache decoded data).")
+    else:
+        text = f"its {workers} DataLoader workers are mostly idle: storage or prefetch is the limit"
+        advice = ("Read from faster storage, raise prefetch_factor, or use a streaming "
+                  "dataset format.")
+    return Detection(evidence, [view.rank],
+                     text={"rank": view.rank, "workers_text": text, "advice": advice})

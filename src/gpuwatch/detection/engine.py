@@ -1,0 +1,196 @@
+"""The detection engine: feeds records into per-rank telemetry windows and runs the
+detectors on a schedule of *record* time, so a run log replayed offline gives
+exactly the findings the live agent gave.
+
+Rank-scope detectors judge one rank at a time; job-scope detectors (straggler,
+sync bottleneck) compare ranks and run wherever several ranks' records meet
+(``gpuwatch analyze``, the end of ``gpuwatch run``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gpuwatch.config import ConfigError, Settings
+from gpuwatch.detection import (
+    checkpoint_overhead,
+    data_starvation,
+    fits_on_paper,
+    hang,
+    iteration_speed,
+    straggler,
+    sync_bottleneck,
+    underutilised,
+)
+from gpuwatch.detection.context import Context, Detection
+from gpuwatch.detection.projection import catalogue, identify
+from gpuwatch.detection.rules import Rule, Scope, load_rules
+from gpuwatch.records import Finding, Meta, Record
+from gpuwatch.telemetry import Telemetry
+
+log = logging.getLogger("gpuwatch")
+
+RankDetector = Callable[[Telemetry, Rule, Context, float], Detection | None]
+JobDetector = Callable[[list[Telemetry], Rule, Context, float], Detection | None]
+
+RANK_DETECTORS: dict[str, RankDetector] = {
+    "fits_on_paper": fits_on_paper.detect,
+    "data_starvation": data_starvation.detect,
+    "checkpoint_overhead": checkpoint_overhead.detect,
+    "hang": hang.detect,
+    "iteration_speed": iteration_speed.detect,
+    "underutilised": underutilised.detect,  # last: it defers to the others' findings
+}
+JOB_DETECTORS: dict[str, JobDetector] = {
+    "straggler": straggler.detect,
+    "sync_bottleneck": sync_bottleneck.detect,
+}
+
+
+def fingerprint(job: str, detector: str, ranks: list[int]) -> str:
+    """Stable while a condition lasts: the job, the detector and the ranks it names."""
+    key = f"{job}|{detector}|{','.join(map(str, sorted(ranks)))}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Engine:
+    """Judges the records fed to it every ``interval_s`` of record time.
+
+    ``scope`` picks the detectors: ``rank`` (what each process's agent runs) or
+    ``job`` (cross-rank). ``feed`` and ``close`` return the findings raised or
+    resolved by that call; ``findings`` keeps the latest state of each.
+    """
+
+    rules: dict[str, Rule]
+    context: Context
+    scope: Scope = "rank"
+    job: str = ""
+    interval_s: float = 1.0
+    views: dict[int, Telemetry] = field(default_factory=dict)
+    findings: dict[str, Finding] = field(default_factory=dict)
+    errors: int = 0
+    _clock: float = 0.0
+    _next_eval: float | None = None
+    _rank: int = 0
+
+    def view(self, rank: int) -> Telemetry:
+        v = self.views.get(rank)
+        if v is None:
+            v = self.views[rank] = Telemetry(rank)
+        return v
+
+    def feed(self, records: Iterable[Record]) -> list[Finding]:
+        out: list[Finding] = []
+        for r in records:
+            if isinstance(r, Finding):
+                continue  # a replayed log's own findings are outputs, not inputs
+            if isinstance(r, Meta):
+                self._rank = r.rank
+                self.job = self.job or r.job
+                self.view(r.rank).add((r,))
+                continue
+            self.view(getattr(r, "rank", self._rank)).add((r,))
+            t = r.t
+            if t > self._clock:
+                self._clock = t
+            if self._next_eval is None:
+                self._next_eval = t + self.interval_s
+            elif t >= self._next_eval:
+                out.extend(self.evaluate(self._clock))
+                self._next_eval = self._clock + self.interval_s
+        return out
+
+    def close(self) -> list[Finding]:
+        """A last evaluation at the newest record time (end of run or of the log)."""
+        return self.evaluate(self._clock) if self._clock else []
+
+    def active(self) -> list[Finding]:
+        return [f for f in self.findings.values() if f.state == "active"]
+
+    def evaluate(self, now: float) -> list[Finding]:
+        changes: list[Finding] = []
+        seen: set[str] = set()
+        views = [self.views[r] for r in sorted(self.views)]
+        for rule_id, rule in self.rules.items():
+            if rule.scope != self.scope:
+                continue
+            for detection in self._run(rule, views, now):
+                fp = fingerprint(self.job, rule_id, detection.ranks)
+                seen.add(fp)
+                changed = self._raise(rule, detection, fp, now)
+                if changed is not None:
+                    changes.append(changed)
+        for fp, f in list(self.findings.items()):
+            window = self.rules[f.detector].window_s if f.detector in self.rules else 0.0
+            if f.state == "active" and fp not in seen and now - f.last_seen >= min(window, 60.0):
+                resolved = replace(f, state="resolved", last_seen=now)
+                self.findings[fp] = resolved
+                changes.append(resolved)
+        return changes
+
+    def _run(self, rule: Rule, views: list[Telemetry], now: float) -> list[Detection]:
+        self.context.active = {f.detector for f in self.active()}
+        try:
+            if rule.scope == "job":
+                job_detect = JOB_DETECTORS.get(rule.id)
+                found = job_detect(views, rule, self.context, now) if job_detect else None
+                return [found] if found else []
+            rank_detect = RANK_DETECTORS.get(rule.id)
+            if rank_detect is None:
+                return []
+            return [d for v in views if (d := rank_detect(v, rule, self.context, now))]
+        except Exception as exc:  # a detector bug must not stop the others or the job
+            self.errors += 1
+            if self.errors == 1:
+                log.warning("gpuwatch: detector %s failed: %s: %s", rule.id,
+                            type(exc).__name__, exc)
+            return []
+
+    def _raise(self, rule: Rule, d: Detection, fp: str, now: float) -> Finding | None:
+        """Record a detection; return the finding when it is new (or back after clearing)."""
+        previous = self.findings.get(fp)
+        first_seen = previous.first_seen if previous and previous.state == "active" else now
+        finding = Finding(
+            detector=rule.id, verdict=d.verdict or rule.verdict,
+            severity=d.severity or rule.severity,
+            summary=_fill(rule.summary, d, rule.title), action=_fill(rule.action, d, ""),
+            evidence=dict(d.evidence), ranks=sorted(d.ranks), first_seen=first_seen,
+            last_seen=now, fingerprint=fp, job=self.job, projection=d.projection)
+        self.findings[fp] = finding
+        if previous is not None and previous.state == "active":
+            return None
+        return finding
+
+
+def _fill(template: str, d: Detection, fallback: str) -> str:
+    """The rule's text with the detection's numbers; the fallback if a field is missing."""
+    fields: dict[str, Any] = {**d.evidence, **d.text}
+    try:
+        return " ".join(template.format(**fields).split())
+    except (KeyError, ValueError, IndexError):
+        return fallback
+
+
+def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Engine:
+    """An engine with the shipped rules, the user's overrides and the run's context.
+
+    Raises ConfigError (one line) for overrides, GPUs or prices that do not exist.
+    """
+    rules = load_rules(overrides=settings.detectors)
+    gpus = catalogue(settings.prices)
+    for name in (settings.target_gpu, *settings.prices):
+        if name not in gpus:
+            raise ConfigError(f"gpuwatch config: unknown GPU {name!r}; the catalogue has "
+                              + ", ".join(gpus))
+    if settings.gpu_model and identify(settings.gpu_model, gpus) is None:
+        raise ConfigError(f"gpuwatch config: unknown gpu_model {settings.gpu_model!r}; "
+                          "the catalogue has " + ", ".join(gpus))
+    context = Context(gpus=gpus, target=settings.target_gpu, gpu_model=settings.gpu_model,
+                      total_steps=settings.total_steps)
+    return Engine(rules, context, scope=scope, job=job or settings.job,
+                  interval_s=settings.detect_interval_s)

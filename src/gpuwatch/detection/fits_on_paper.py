@@ -1,0 +1,108 @@
+"""fits_on_paper: the model fits the card on paper but not in practice. Memory is at
+the limit and the job shows it (allocator retries, OOMs, a cut batch, activation
+checkpointing); when its need fits the target with room: move it (move_to_h100)."""
+
+from __future__ import annotations
+
+from gpuwatch.detection.context import (
+    Context,
+    Detection,
+    counter_rise,
+    job_devices,
+    mean_parts,
+    tensor_share,
+)
+from gpuwatch.detection.projection import Gpu, project
+from gpuwatch.detection.rules import Rule
+from gpuwatch.telemetry import Telemetry
+
+GIB = 2**30
+BIGGER = ("H100 SXM", "H200", "B200")  # tried in order when the target is too small
+
+
+def card_memory(view: Telemetry, ctx: Context) -> float | None:
+    """Bytes on this rank's card: NVML, else topology, else the configured model."""
+    for sample in view.gpu_samples():
+        if sample.values.get("gpu_memory_total_bytes"):
+            return sample.values["gpu_memory_total_bytes"]
+    for device in job_devices(view):
+        if device.get("memory_total_bytes"):
+            return float(device["memory_total_bytes"])
+    gpu = ctx.current_gpu(view)
+    return gpu.memory_bytes if gpu else None
+
+
+def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
+    th = rule.thresholds
+    since = now - rule.window_s
+    steps = view.steps_since(since)
+    total = card_memory(view, ctx)
+    if len(steps) < rule.min_steps or not total:
+        return None
+    reserved = view.values_since("allocator", "allocator_reserved_bytes", since)
+    used = view.values_since("nvml", "gpu_memory_used_bytes", since)
+    peak = max(reserved + used, default=0.0)
+    peak_ratio = peak / total
+    retries = counter_rise(view, "allocator", "allocator_alloc_retries_total", since)
+    cut = next(((a, b) for a, b in view.batch_changes if b < a), None)
+    recompute_share = sum(s.recompute_s for s in steps) / max(sum(s.wall_s for s in steps), 1e-9)
+    act_ckpt = recompute_share >= th["recompute_share"]
+    symptoms = {"allocator retries": retries > 0, "OOMs": view.ooms > 0,
+                "batch cut": cut is not None, "activation checkpointing": act_ckpt}
+    pressure = peak_ratio >= th["memory_ratio"]
+    if not ((pressure and any(symptoms.values())) or sum(symptoms.values()) >= 2):
+        return None
+
+    peak_need = max([*view.values_since("allocator", "allocator_reserved_peak_bytes", 0.0),
+                     peak])
+    need = peak_need
+    if cut is not None:
+        need *= cut[0] / cut[1]
+    if act_ckpt:
+        need *= th["act_ckpt_memory_factor"]
+    target = pick_target(ctx, need, th["target_headroom"])
+    fits = need <= target.memory_bytes * th["target_headroom"]
+    parts = mean_parts(steps)
+    proj = project(parts, target, ctx.current_gpu(view),
+                   ranks=view.meta.world_size if view.meta else 1,
+                   tensor_share=tensor_share(view, since), drop_recompute=fits and act_ckpt)
+    if cut is not None:
+        proj.assumptions.append(f"batch back to {cut[0]}: per-sample compute unchanged")
+    if act_ckpt:
+        proj.assumptions.append(f"without activation checkpointing peak memory grows "
+                                f"{th['act_ckpt_memory_factor']:g}x")
+    workarounds = list(proj.workarounds_dropped)
+    if cut is not None:
+        workarounds.append(f"batch size {cut[1]} -> {cut[0]}")
+    evidence = {
+        "memory_peak_ratio": peak_ratio, "memory_peak_bytes": peak, "memory_total_bytes": total,
+        "alloc_retries_total": retries, "ooms_total": float(view.ooms),
+        "recompute_share_ratio": recompute_share, "memory_need_bytes": need,
+        "speedup_ratio": proj.speedup,
+    }
+    if cut is not None:
+        evidence["batch_size_from"], evidence["batch_size_to"] = float(cut[0]), float(cut[1])
+    inactive = view.values_since("allocator", "allocator_inactive_split_bytes", since)
+    if inactive and reserved and reserved[-1] > 0:
+        evidence["fragmentation_ratio"] = inactive[-1] / reserved[-1]
+    pcie = view.values_since("nvml", "gpu_pcie_rx_bytes_per_second", since)
+    if pcie:
+        evidence["pcie_rx_bytes_per_second"] = max(pcie)
+    text = {"rank": view.rank, "target": target.name, "memory_need_gib": need / GIB,
+            "speedup": proj.speedup,
+            "symptoms": ", ".join(k for k, v in symptoms.items() if v) or "no workaround yet",
+            "workarounds": "; ".join(workarounds) or "run without the memory workarounds"}
+    return Detection(evidence, [view.rank], text=text, projection=proj.as_dict(),
+                     verdict="move_to_h100" if fits else "fix_here")
+
+
+def pick_target(ctx: Context, need: float, headroom: float) -> Gpu:
+    """The configured target if the need fits it, else the first bigger card that fits."""
+    target = ctx.target_gpu
+    if need <= target.memory_bytes * headroom:
+        return target
+    for name in BIGGER:
+        gpu = ctx.gpus.get(name)
+        if gpu is not None and need <= gpu.memory_bytes * headroom:
+            return gpu
+    return target

@@ -1,0 +1,91 @@
+"""Detector rule files (``detectors/*.yaml``): loading, validation and user overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gpuwatch.config import ConfigError, describe_validation_error
+
+Scope = Literal["rank", "job"]
+
+
+class Rule(BaseModel):
+    """One detector's rule file. ``window_s`` in seconds; thresholds as documented in it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    title: str
+    scope: Scope
+    verdict: Literal["move_to_h100", "fix_here", "info"]
+    severity: Literal["info", "warning", "critical"]
+    window_s: float = Field(gt=0)
+    min_steps: int = Field(default=0, ge=0)
+    signals: list[str]
+    thresholds: dict[str, float]
+    summary: str
+    action: str
+    runbook: str
+
+
+def rules_dir() -> Path:
+    """The shipped rule files: inside the wheel, or at the repository root when editable."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[1] / "detectors", here.parents[3] / "detectors"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("gpuwatch's detectors/ rule files are missing from the install")
+
+
+def load_rules(
+    directory: Path | None = None,
+    overrides: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict[str, Rule]:
+    """Every rule by id, with user ``overrides``: {detector: {threshold or window_s: value}}.
+
+    Raises ConfigError (one line) for a malformed file or an override naming an
+    unknown detector or threshold.
+    """
+    rules: dict[str, Rule] = {}
+    for path in sorted((directory or rules_dir()).glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(path.read_text())
+            rule = Rule.model_validate(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"gpuwatch rules: {path.name}: {exc}".replace("\n", " ")) from None
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc).replace(
+                "gpuwatch config:", f"gpuwatch rules: {path.name}:")) from None
+        if rule.id != path.stem:
+            raise ConfigError(
+                f"gpuwatch rules: {path.name}: id {rule.id!r} must match the file name")
+        rules[rule.id] = rule
+    for detector, values in (overrides or {}).items():
+        if detector not in rules:
+            raise ConfigError(f"gpuwatch config: unknown detector 'detectors.{detector}'; "
+                              f"choose from {', '.join(sorted(rules))}")
+        rules[detector] = _override(rules[detector], values)
+    return rules
+
+
+def _override(rule: Rule, values: Mapping[str, float]) -> Rule:
+    update: dict[str, Any] = {}
+    thresholds = dict(rule.thresholds)
+    for key, value in values.items():
+        if key in ("window_s", "min_steps"):
+            update[key] = value
+        elif key in thresholds:
+            thresholds[key] = float(value)
+        else:
+            raise ConfigError(f"gpuwatch config: unknown key 'detectors.{rule.id}.{key}'; "
+                              f"{rule.id} has {', '.join(['window_s', 'min_steps', *thresholds])}")
+    try:
+        return Rule.model_validate({**rule.model_dump(), **update, "thresholds": thresholds})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc).replace(
+            "gpuwatch config: ", f"gpuwatch config: detectors.{rule.id}.")) from None

@@ -1,0 +1,56 @@
+"""straggler: one rank computes slower and the others wait for it (fix here: a bigger
+GPU for everyone would not help, however long the others' collective wait)."""
+
+from __future__ import annotations
+
+from gpuwatch.detection.context import Context, Detection, host_of, job_devices
+from gpuwatch.detection.rules import Rule
+from gpuwatch.telemetry import Telemetry
+
+# NVML clock-event reason bits worth naming on a slow rank.
+CLOCK_EVENTS = {0x4: "power cap", 0x8: "hardware slowdown", 0x40: "thermal slowdown (software)",
+                0x80: "thermal slowdown (hardware)", 0x100: "power brake"}
+
+
+def pure_compute(view: Telemetry, since: float, min_steps: int) -> float | None:
+    """Mean compute seconds per step, without the exposed collective wait."""
+    steps = view.steps_since(since)
+    if len(steps) < max(min_steps, 1):
+        return None
+    return sum(max(s.compute_s - s.collective_s, 0.0) for s in steps) / len(steps)
+
+
+def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Detection | None:
+    since = now - rule.window_s
+    compute = {v.rank: c for v in views
+               if (c := pure_compute(v, since, rule.min_steps)) is not None}
+    if len(compute) < 2:
+        return None
+    fastest = min(compute.values())
+    if fastest <= 0:
+        return None
+    slow = {r: c / fastest for r, c in compute.items()
+            if c / fastest > rule.thresholds["compute_ratio"]}
+    if not slow:
+        return None
+    worst = max(slow, key=lambda r: slow[r])
+    view = next(v for v in views if v.rank == worst)
+    others = [v.summarise(since) for v in views if v.rank not in slow]
+    waits = [s.collective_share for s in others if s is not None]
+    evidence = {"compute_ratio": slow[worst], "slow_compute_seconds": compute[worst],
+                "fastest_compute_seconds": fastest}
+    if waits:
+        evidence["others_collective_share_ratio"] = sum(waits) / len(waits)
+    reasons = clock_events(view)
+    gpus = ",".join(str(d.get("index")) for d in job_devices(view)) or "none"
+    text = {"slow_rank": worst, "host": host_of(view), "gpu": gpus,
+            "throttle": f" (its GPU reports {', '.join(reasons)})" if reasons else ""}
+    return Detection(evidence, sorted(slow), text=text)
+
+
+def clock_events(view: Telemetry) -> list[str]:
+    names: list[str] = []
+    for sample in view.gpu_samples():
+        bits = int(sample.values.get("gpu_clock_event_reasons", 0))
+        names += [name for bit, name in CLOCK_EVENTS.items() if bits & bit and name not in names]
+    return names

@@ -1,0 +1,53 @@
+"""sync_bottleneck: every rank spends a large share of each step waiting in collectives,
+symmetrically (no straggler). Without NVLink: move to H100 (NVLink/NVSwitch), with a
+ring all-reduce projection; with NVLink already: fix here (overlap, bucketing)."""
+
+from __future__ import annotations
+
+from gpuwatch.detection.context import Context, Detection, has_nvlink, mean_parts
+from gpuwatch.detection.projection import StepParts, project
+from gpuwatch.detection.rules import Rule
+from gpuwatch.detection.straggler import pure_compute
+from gpuwatch.telemetry import Telemetry
+
+
+def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Detection | None:
+    since = now - rule.window_s
+    th = rule.thresholds
+    summaries = {v.rank: s for v in views
+                 if (s := v.summarise(since)) and s.steps >= rule.min_steps}
+    if len(summaries) < 2 or len(summaries) < len(views):
+        return None
+    if min(s.collective_share for s in summaries.values()) < th["collective_share"]:
+        return None
+    compute = [c for v in views if (c := pure_compute(v, since, rule.min_steps)) is not None]
+    skew = max(compute) / min(compute) if compute and min(compute) > 0 else float("inf")
+    if skew > th["max_compute_skew"]:
+        return None  # asymmetric: the straggler detector's case, not a hardware one
+    ranks = sorted(summaries)
+    parts = [mean_parts(v.steps_since(since)) for v in views]
+    mean = StepParts(**{f: sum(getattr(p, f) for p in parts) / len(parts)
+                        for f in ("compute", "recompute", "comm", "data", "checkpoint", "other",
+                                  "comm_bytes")})
+    nvlink = any(has_nvlink(v) for v in views)
+    proj = project(mean, ctx.target_gpu, ctx.current_gpu(views[0]), ranks=len(ranks))
+    share = sum(s.collective_share for s in summaries.values()) / len(summaries)
+    evidence = {"collective_share_ratio": share, "collective_seconds_per_step": mean.comm,
+                "collective_bytes_per_step": mean.comm_bytes, "compute_skew_ratio": skew,
+                "speedup_ratio": proj.speedup}
+    pcie = [x for v in views for x in v.values_since("nvml", "gpu_pcie_tx_bytes_per_second", since)]
+    if pcie:
+        evidence["pcie_tx_bytes_per_second"] = max(pcie)
+    if nvlink:
+        link = "over NVLink already"
+        advice = ("The link is not the problem: overlap communication with compute (DDP bucket "
+                  "size, FSDP prefetch), accumulate gradients over more micro-batches, or "
+                  "compress gradients.")
+    else:
+        link = "no NVLink: over PCIe or the host"
+        advice = (f"Move to {ctx.target} nodes with NVLink/NVSwitch; meanwhile accumulate "
+                  "gradients over more micro-batches to all-reduce less often.")
+    text = {"ranks_n": len(ranks), "link": link, "target": ctx.target, "speedup": proj.speedup,
+            "advice": advice}
+    return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
+                     verdict="fix_here" if nvlink else "move_to_h100")

@@ -1,0 +1,30 @@
+"""underutilised: low GPU utilisation that no other detector explains (info)."""
+
+from __future__ import annotations
+
+import statistics
+
+from gpuwatch.detection.context import Context, Detection
+from gpuwatch.detection.rules import Rule
+from gpuwatch.telemetry import Telemetry
+
+EXPLANATIONS = {"data_starvation", "checkpoint_overhead", "hang", "straggler",
+                "sync_bottleneck", "fits_on_paper"}
+
+
+def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
+    if ctx.active & EXPLANATIONS:
+        return None
+    since = now - rule.window_s
+    summary = view.summarise(since)
+    if summary is None or summary.steps < rule.min_steps:
+        return None
+    samples = [s for s in view.samples_since("nvml", since) if "gpu_utilization_ratio" in s.values]
+    if len(samples) < 3:
+        return None
+    util = statistics.fmean(s.values["gpu_utilization_ratio"] for s in samples)
+    if util >= rule.thresholds["utilization_ratio"]:
+        return None
+    gpus = sorted({s.gpu for s in samples if s.gpu is not None})
+    return Detection({"gpu_utilization_ratio": util, "step_seconds": summary.mean_step_s},
+                     [view.rank], text={"rank": view.rank, "gpu": ",".join(map(str, gpus))})
