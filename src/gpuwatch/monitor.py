@@ -21,6 +21,7 @@ from gpuwatch.agent import Agent
 from gpuwatch.config import ConfigError, Settings, load_settings
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
+from gpuwatch.instrument.patches import size_on_disk
 
 
 class Span:
@@ -51,6 +52,21 @@ class StepSpan(Span):
         self._push(self._close)
         if exc_type is not None:
             self._push(ring.ERROR, exc_type.__name__)
+
+
+class CheckpointSpan(Span):
+    """A checkpoint save to ``path``: on exit, the bytes it wrote (a file or a directory)."""
+
+    __slots__ = ("_path",)
+
+    def __init__(self, push: Any, path: str | os.PathLike[str]) -> None:
+        super().__init__(push, ring.CHECKPOINT, -ring.CHECKPOINT)
+        self._path = path
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._push(ring.CHECKPOINT_TARGET, size_on_disk(self._path))
+        self._push(self._close)
 
 
 class Monitor:
@@ -84,9 +100,9 @@ class Monitor:
 
     def checkpoint(self, path: str | os.PathLike[str] | None = None) -> Span:
         """The context of a checkpoint save; its size is read from ``path`` afterwards."""
-        if path is not None:
-            self._push(ring.CHECKPOINT_TARGET, os.fspath(path))
-        return self._phases["checkpoint"]
+        if path is None:
+            return self._phases["checkpoint"]
+        return CheckpointSpan(self._push, path)
 
     def count(self, samples: int = 0, tokens: int = 0) -> None:
         """Add samples or tokens to the current step (when not known at its start)."""

@@ -17,6 +17,7 @@ from gpuwatch.records import Event, Meta, Record, Sample, Step
 MAX_STEPS = 8192
 MAX_SAMPLES = 900  # per (source, gpu): 15 minutes at 1 Hz
 MAX_EVENTS = 256
+WARMUP_STEPS = 5  # the first steps (allocation, compilation, worker start) are not typical
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +89,10 @@ class Telemetry:
     # -- queries ---------------------------------------------------------------------
 
     def steps_since(self, since: float) -> list[Step]:
+        """Steps that ended at or after ``since``, oldest first, warm-up steps left out."""
         out = []
         for s in reversed(self.steps):
-            if s.t < since:
+            if s.t < since or s.step <= WARMUP_STEPS:
                 break
             out.append(s)
         out.reverse()

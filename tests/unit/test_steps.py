@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.steps import StepAssembler, size_on_disk
+from gpuwatch.instrument.patches import size_on_disk
+from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.records import Event, Record, Step
 
 OFFSET = 1_000.0
 
 
-def assemble(marks: list[tuple[int, float, object]],
-             sizes: dict[str, int] | None = None) -> list[Record]:
-    sizes = sizes or {}
-    asm = StepAssembler(rank=3, clock_offset=OFFSET, size_of=lambda t: sizes.get(t, 0))
+def assemble(marks: list[tuple[int, float, object]]) -> list[Record]:
+    asm = StepAssembler(rank=3, clock_offset=OFFSET)
     out: list[Record] = []
     asm.feed(marks, out)
     return out
@@ -73,10 +72,10 @@ def test_checkpoint_phase_reports_save_with_bytes_and_nested_saves_once() -> Non
         (ring.CHECKPOINT, 0.1, None),
         (ring.CHECKPOINT, 0.2, None), (ring.CHECKPOINT_TARGET, 0.3, 111),  # inner torch.save
         (-ring.CHECKPOINT, 0.3, None),
-        (ring.CHECKPOINT_TARGET, 0.5, "ckpt-dir"), (-ring.CHECKPOINT, 0.5, None),
+        (ring.CHECKPOINT_TARGET, 0.5, 4096), (-ring.CHECKPOINT, 0.5, None),
         (ring.STEP_END, 1.0, None),
     ]
-    out = assemble(marks, sizes={"ckpt-dir": 4096})
+    out = assemble(marks)
     (save,) = events(out, "checkpoint_save")
     assert save.data["seconds"] == pytest.approx(0.4)
     assert save.data["bytes"] == 4096
@@ -130,4 +129,3 @@ def test_size_on_disk_of_file_directory_and_missing(tmp_path) -> None:  # type: 
     assert size_on_disk(str(tmp_path / "a.bin")) == 10
     assert size_on_disk(tmp_path / "d") == 12
     assert size_on_disk(str(tmp_path / "missing")) == 0
-    assert size_on_disk(123) == 123

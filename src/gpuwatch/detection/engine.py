@@ -74,6 +74,7 @@ class Engine:
     views: dict[int, Telemetry] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
     errors: int = 0
+    _pending: dict[str, float] = field(default_factory=dict)  # fingerprint -> first detected
     _clock: float = 0.0
     _next_eval: float | None = None
     _rank: int = 0
@@ -122,9 +123,14 @@ class Engine:
             for detection in self._run(rule, views, now):
                 fp = fingerprint(self.job, rule_id, detection.ranks)
                 seen.add(fp)
-                changed = self._raise(rule, detection, fp, now)
+                since = self._pending.setdefault(fp, now)
+                if now - since < rule.for_s:
+                    continue  # not sustained long enough yet
+                changed = self._raise(rule, detection, fp, now, since)
                 if changed is not None:
                     changes.append(changed)
+        for fp in [fp for fp in self._pending if fp not in seen]:
+            del self._pending[fp]
         for fp, f in list(self.findings.items()):
             window = self.rules[f.detector].window_s if f.detector in self.rules else 0.0
             if f.state == "active" and fp not in seen and now - f.last_seen >= min(window, 60.0):
@@ -151,10 +157,12 @@ class Engine:
                             type(exc).__name__, exc)
             return []
 
-    def _raise(self, rule: Rule, d: Detection, fp: str, now: float) -> Finding | None:
-        """Record a detection; return the finding when it is new (or back after clearing)."""
+    def _raise(self, rule: Rule, d: Detection, fp: str, now: float,
+               since: float) -> Finding | None:
+        """Record a detection; return the finding when it is new (or back after clearing).
+        ``first_seen`` is when the condition was first detected, before ``for_s`` ran."""
         previous = self.findings.get(fp)
-        first_seen = previous.first_seen if previous and previous.state == "active" else now
+        first_seen = previous.first_seen if previous and previous.state == "active" else since
         finding = Finding(
             detector=rule.id, verdict=d.verdict or rule.verdict,
             severity=d.severity or rule.severity,

@@ -25,6 +25,7 @@ class Rule(BaseModel):
     verdict: Literal["move_to_h100", "fix_here", "info"]
     severity: Literal["info", "warning", "critical"]
     window_s: float = Field(gt=0)
+    for_s: float = Field(default=0.0, ge=0)
     min_steps: int = Field(default=0, ge=0)
     signals: list[str]
     thresholds: dict[str, float]
@@ -77,13 +78,14 @@ def _override(rule: Rule, values: Mapping[str, float]) -> Rule:
     update: dict[str, Any] = {}
     thresholds = dict(rule.thresholds)
     for key, value in values.items():
-        if key in ("window_s", "min_steps"):
+        if key in ("window_s", "for_s", "min_steps"):
             update[key] = value
         elif key in thresholds:
             thresholds[key] = float(value)
         else:
             raise ConfigError(f"gpuwatch config: unknown key 'detectors.{rule.id}.{key}'; "
-                              f"{rule.id} has {', '.join(['window_s', 'min_steps', *thresholds])}")
+                              f"{rule.id} has "
+                              + ", ".join(["window_s", "for_s", "min_steps", *thresholds]))
     try:
         return Rule.model_validate({**rule.model_dump(), **update, "thresholds": thresholds})
     except ValidationError as exc:

@@ -26,21 +26,26 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
                if (c := pure_compute(v, since, rule.min_steps)) is not None}
     if len(compute) < 2:
         return None
+    summaries = {v.rank: s for v in views if (s := v.summarise(since)) is not None}
     fastest = min(compute.values())
-    if fastest <= 0:
+    if fastest <= 0 or len(summaries) < len(compute):
         return None
+    th = rule.thresholds
     slow = {r: c / fastest for r, c in compute.items()
-            if c / fastest > rule.thresholds["compute_ratio"]}
-    if not slow:
+            if c / fastest > th["compute_ratio"]
+            and (c - fastest) / summaries[r].mean_step_s >= th["min_extra_share"]}
+    waits = [summaries[r].collective_share for r in compute if r not in slow]
+    if not slow or not waits:
         return None
+    others_wait = sum(waits) / len(waits)
     worst = max(slow, key=lambda r: slow[r])
+    if others_wait - summaries[worst].collective_share < th["min_wait_gap"]:
+        return None  # everyone waits alike: no one rank holds the others back
     view = next(v for v in views if v.rank == worst)
-    others = [v.summarise(since) for v in views if v.rank not in slow]
-    waits = [s.collective_share for s in others if s is not None]
     evidence = {"compute_ratio": slow[worst], "slow_compute_seconds": compute[worst],
-                "fastest_compute_seconds": fastest}
-    if waits:
-        evidence["others_collective_share_ratio"] = sum(waits) / len(waits)
+                "fastest_compute_seconds": fastest,
+                "slow_collective_share_ratio": summaries[worst].collective_share,
+                "others_collective_share_ratio": others_wait}
     reasons = clock_events(view)
     gpus = ",".join(str(d.get("index")) for d in job_devices(view)) or "none"
     text = {"slow_rank": worst, "host": host_of(view), "gpu": gpus,

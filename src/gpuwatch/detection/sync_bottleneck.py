@@ -7,7 +7,6 @@ from __future__ import annotations
 from gpuwatch.detection.context import Context, Detection, has_nvlink, mean_parts
 from gpuwatch.detection.projection import StepParts, project
 from gpuwatch.detection.rules import Rule
-from gpuwatch.detection.straggler import pure_compute
 from gpuwatch.telemetry import Telemetry
 
 
@@ -18,12 +17,11 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
                  if (s := v.summarise(since)) and s.steps >= rule.min_steps}
     if len(summaries) < 2 or len(summaries) < len(views):
         return None
-    if min(s.collective_share for s in summaries.values()) < th["collective_share"]:
+    shares = [s.collective_share for s in summaries.values()]
+    if min(shares) < th["collective_share"]:
         return None
-    compute = [c for v in views if (c := pure_compute(v, since, rule.min_steps)) is not None]
-    skew = max(compute) / min(compute) if compute and min(compute) > 0 else float("inf")
-    if skew > th["max_compute_skew"]:
-        return None  # asymmetric: the straggler detector's case, not a hardware one
+    if max(shares) - min(shares) > th["max_share_spread"]:
+        return None  # asymmetric: one rank holds the others (the straggler's case)
     ranks = sorted(summaries)
     parts = [mean_parts(v.steps_since(since)) for v in views]
     mean = StepParts(**{f: sum(getattr(p, f) for p in parts) / len(parts)
@@ -31,9 +29,10 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
                                   "comm_bytes")})
     nvlink = any(has_nvlink(v) for v in views)
     proj = project(mean, ctx.target_gpu, ctx.current_gpu(views[0]), ranks=len(ranks))
-    share = sum(s.collective_share for s in summaries.values()) / len(summaries)
+    share = sum(shares) / len(shares)
     evidence = {"collective_share_ratio": share, "collective_seconds_per_step": mean.comm,
-                "collective_bytes_per_step": mean.comm_bytes, "compute_skew_ratio": skew,
+                "collective_bytes_per_step": mean.comm_bytes,
+                "collective_share_spread_ratio": max(shares) - min(shares),
                 "speedup_ratio": proj.speedup}
     pcie = [x for v in views for x in v.values_since("nvml", "gpu_pcie_tx_bytes_per_second", since)]
     if pcie:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -124,7 +125,7 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
             return save(*args, **kwargs)
         finally:
             if isinstance(target, (str, os.PathLike)):
-                lazy.push(ring.CHECKPOINT_TARGET, os.fspath(target))
+                lazy.push(ring.CHECKPOINT_TARGET, size_on_disk(target))
             elif start is not None:
                 end = _tell(target)
                 if end is not None and end > start:
@@ -132,6 +133,17 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
             lazy.push(-ring.CHECKPOINT)
 
     return timed
+
+
+def size_on_disk(target: Any) -> int:
+    """Bytes of a saved file, or of every file under a saved directory; 0 if unknown."""
+    try:
+        path = Path(os.fspath(target))
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except (OSError, TypeError):
+        return 0
 
 
 def _tell(f: Any) -> int | None:

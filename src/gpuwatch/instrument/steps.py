@@ -9,10 +9,7 @@ them, at the first optimizer's post-step hook.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
 
 from gpuwatch.instrument import ring
 from gpuwatch.records import Event, Record, Step
@@ -20,32 +17,13 @@ from gpuwatch.records import Event, Record, Step
 _NPHASES = max(ring.PHASES.values()) + 1
 
 
-def size_on_disk(target: Any) -> int:
-    """Bytes of a saved file, or of every file under a saved directory; 0 if unknown."""
-    if isinstance(target, int):
-        return target
-    try:
-        path = Path(os.fspath(target))
-        if path.is_dir():
-            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        return path.stat().st_size
-    except (OSError, TypeError):
-        return 0
-
-
 class StepAssembler:
     """Folds marks into records. ``clock_offset`` turns perf_counter seconds into Unix time."""
 
-    def __init__(
-        self,
-        rank: int,
-        clock_offset: float,
-        size_of: Callable[[Any], int] = size_on_disk,
-    ) -> None:
+    def __init__(self, rank: int, clock_offset: float) -> None:
         self.rank = rank
         self.steps = 0
         self._offset = clock_offset
-        self._size_of = size_of
         self._explicit = False
         self._prev_end: float | None = None
         self._depth = [0] * _NPHASES
@@ -54,7 +32,7 @@ class StepAssembler:
         self._samples = 0
         self._tokens = 0
         self._ckpt_bytes = 0
-        self._ckpt_targets: list[Any] = []
+        self._ckpt_targets: list[int] = []  # bytes of each file the save wrote
         self._act_ckpt_calls = 0
         self._collective_bytes = 0
         self._batch: int | None = None
@@ -110,7 +88,7 @@ class StepAssembler:
         seconds = t - self._opened[phase]
         self._acc[phase] += seconds
         if phase == ring.CHECKPOINT:
-            nbytes = sum(self._size_of(target) for target in self._ckpt_targets)
+            nbytes = sum(self._ckpt_targets)
             self._ckpt_targets.clear()
             self._ckpt_bytes += nbytes
             out.append(Event(self.rank, t + self._offset, "checkpoint_save",
