@@ -44,10 +44,10 @@ def main() -> None:
         loss = model(x).square().mean()
         opt.zero_grad()
         loss.backward()
+        if args.scenario != "comm":
+            time.sleep(0.02)  # stands in for real compute
         if args.scenario == "straggler" and last:
             time.sleep(0.05)  # this rank's extra work: a slow host, a throttled GPU
-        if args.scenario == "balanced":
-            time.sleep(0.02)  # stands in for real compute
         if args.scenario == "stall" and last and step == 30:
             print(f"rank {rank} stalls for {args.stall_seconds:g} s", flush=True)
             time.sleep(args.stall_seconds)

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from gpuwatch._version import __version__
-from gpuwatch.config import Settings
+from gpuwatch.config import Settings, detection_settings
 from gpuwatch.detection.engine import engine_from_settings
 from gpuwatch.faults import FaultLog, log
 from gpuwatch.instrument.ring import MarkRing
@@ -181,6 +181,7 @@ class Agent:
             rank=ident.rank, local_rank=ident.local_rank, world_size=ident.world_size,
             pid=self._pid, started=time.time(), argv=list(sys.argv),
             torch=getattr(torch, "__version__", None),
+            detection=detection_settings(self.settings),
         )])
         self._host = HostProbe(ident.rank)
         if self.settings.console:

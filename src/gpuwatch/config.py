@@ -102,6 +102,23 @@ def unknown_env_keys(environ: Mapping[str, str]) -> list[str]:
     )
 
 
+DETECTION_KEYS = frozenset({"detect_interval_s", "detectors", "target_gpu", "gpu_model",
+                            "total_steps", "prices"})
+
+
+def detection_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that change findings: recorded in each run log so a replay agrees."""
+    return settings.model_dump(include=set(DETECTION_KEYS))
+
+
+def replay_settings(recorded: dict[str, Any], settings: Settings) -> Settings:
+    """Settings for replaying a run: what the run recorded, except where the analysing
+    user set a detection setting explicitly (argument, environment or config file)."""
+    explicit = settings.model_fields_set & DETECTION_KEYS
+    update = {k: v for k, v in recorded.items() if k in DETECTION_KEYS and k not in explicit}
+    return Settings.model_validate({**settings.model_dump(), **update})
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from every source; raise ConfigError with a one-line message."""
     unknown = unknown_env_keys(os.environ)

@@ -31,6 +31,7 @@ class Meta:
     started: float
     argv: list[str] = field(default_factory=list)
     torch: str | None = None
+    detection: dict[str, Any] = field(default_factory=dict)  # the detection settings in force
     kind: Literal["meta"] = "meta"
 
 

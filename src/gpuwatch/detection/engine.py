@@ -74,6 +74,7 @@ class Engine:
     views: dict[int, Telemetry] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
     errors: int = 0
+    settings: Settings | None = None
     _pending: dict[str, float] = field(default_factory=dict)  # fingerprint -> first detected
     _clock: float = 0.0
     _next_eval: float | None = None
@@ -200,5 +201,5 @@ def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Eng
                           "the catalogue has " + ", ".join(gpus))
     context = Context(gpus=gpus, target=settings.target_gpu, gpu_model=settings.gpu_model,
                       total_steps=settings.total_steps)
-    return Engine(rules, context, scope=scope, job=job or settings.job,
-                  interval_s=settings.detect_interval_s)
+    return Engine(rules, context, scope=scope, job=job,
+                  interval_s=settings.detect_interval_s, settings=settings)

@@ -9,13 +9,14 @@ stream: memory stays flat whatever the logs' size.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpuwatch.config import Settings
+from gpuwatch.config import Settings, replay_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
-from gpuwatch.records import Finding, Record
+from gpuwatch.records import Finding, Meta, Record
 from gpuwatch.sinks.runlog import RunLogReader
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
@@ -51,12 +52,23 @@ def run_logs(paths: list[Path]) -> list[Path]:
 
 
 def analyze(paths: list[Path], settings: Settings) -> Analysis:
+    """Findings of the runs in ``paths``, judged with the detection settings each run
+    recorded (except those the caller's ``settings`` set explicitly)."""
     logs = run_logs(paths)
     readers = [RunLogReader(p) for p in logs]
-    rank_engines = [engine_from_settings(settings, "rank", job="") for _ in logs]
-    job_engine = engine_from_settings(settings, "job", job="")
+    streams: list[Iterator[tuple[float, int, Record]]] = []
+    rank_engines: list[Engine] = []
+    for i, reader in enumerate(readers):
+        records = iter(reader)
+        first = next(records, None)
+        recorded = first.detection if isinstance(first, Meta) else {}
+        rank_engines.append(engine_from_settings(replay_settings(recorded, settings), "rank"))
+        if first is not None:
+            records = itertools.chain((first,), records)
+        streams.append(_tagged(i, records))
+    job_settings = rank_engines[0].settings if rank_engines else settings
+    job_engine = engine_from_settings(job_settings, "job")
     result = Analysis(logs=logs)
-    streams = [_tagged(i, reader) for i, reader in enumerate(readers)]
     for _, index, record in heapq.merge(*streams, key=lambda x: (x[0], x[1])):
         rank_engines[index].feed((record,))
         job_engine.feed((record,))
@@ -68,10 +80,10 @@ def analyze(paths: list[Path], settings: Settings) -> Analysis:
     return result
 
 
-def _tagged(index: int, reader: RunLogReader) -> Iterator[tuple[float, int, Record]]:
+def _tagged(index: int, records: Iterator[Record]) -> Iterator[tuple[float, int, Record]]:
     """(merge key, log index, record): a log's records keep their file order."""
     clock = 0.0
-    for record in reader:
+    for record in records:
         clock = max(clock, getattr(record, "t", clock))
         yield clock, index, record
 

@@ -37,16 +37,24 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
     pcie = [x for v in views for x in v.values_since("nvml", "gpu_pcie_tx_bytes_per_second", since)]
     if pcie:
         evidence["pcie_tx_bytes_per_second"] = max(pcie)
+    small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
     if nvlink:
         link = "over NVLink already"
         advice = ("The link is not the problem: overlap communication with compute (DDP bucket "
                   "size, FSDP prefetch), accumulate gradients over more micro-batches, or "
                   "compress gradients.")
+    elif small:
+        link = f"{mean.comm_bytes / 1e6:.2f} MB per step: latency-bound, not bandwidth-bound"
+        advice = ("Many small collectives: fuse them (flatten gradients into one buffer, larger "
+                  "DDP buckets) and overlap them with backward. A faster link would barely help.")
     else:
         link = "no NVLink: over PCIe or the host"
         advice = (f"Move to {ctx.target} nodes with NVLink/NVSwitch; meanwhile accumulate "
                   "gradients over more micro-batches to all-reduce less often.")
-    text = {"ranks_n": len(ranks), "link": link, "target": ctx.target, "speedup": proj.speedup,
-            "advice": advice}
+    outcome = ("" if nvlink or small else
+               f"; on {ctx.target} with NVLink the step is projected {proj.speedup:.2f}x faster")
+    text = {"ranks_n": len(ranks), "link": link, "outcome": outcome, "advice": advice}
+    if nvlink or small:
+        return Detection(evidence, ranks, text=text, verdict="fix_here")
     return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
-                     verdict="fix_here" if nvlink else "move_to_h100")
+                     verdict="move_to_h100")
