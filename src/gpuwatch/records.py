@@ -1,5 +1,9 @@
 """Record types shared by probes, detectors and sinks, and the run-log schema.
 
+Steps and samples are the bulk of a log: they are plain slotted dataclasses
+(frozen ones cost three times as much to build when a log is replayed) and are
+never changed after creation.
+
 A run log is JSON Lines: a first ``meta`` line, then one object per record,
 each with a ``kind`` field (``step``, ``sample``, ``event``, ``finding``). Times are Unix
 seconds (float); durations are seconds; sizes are bytes.
@@ -35,7 +39,7 @@ class Meta:
     kind: Literal["meta"] = "meta"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Step:
     """One training step (optimizer step), its wall time split into phases.
 
@@ -65,7 +69,7 @@ class Step:
     kind: Literal["step"] = "step"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sample:
     """A probe reading at time ``t``: metric name -> value in base units.
 
@@ -173,6 +177,10 @@ def from_dict(obj: dict[str, Any]) -> Record:
     cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"unknown record kind {kind!r}")
+    try:
+        return cls(**obj)  # type: ignore[no-any-return]
+    except TypeError:  # a field from a newer schema, or one missing
+        pass
     known = _FIELDS[kind]  # type: ignore[index]
     try:
         record: Record = cls(**{k: v for k, v in obj.items() if k in known})

@@ -7,6 +7,9 @@ run-log order and it holds the same state either way.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import operator
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,20 +23,82 @@ MAX_EVENTS = 256
 WARMUP_STEPS = 5  # the first steps (allocation, compilation, worker start) are not typical
 
 
+# Step fields summed over windows.
+SUMMED = ("wall_s", "data_s", "compute_s", "checkpoint_s", "collective_s", "recompute_s",
+          "other_s", "collective_bytes")
+
+
 @dataclass(frozen=True, slots=True)
 class StepSummary:
-    """Steps over a recent span: count, mean step seconds, phase shares of wall time."""
+    """Steps over a recent span: their count and the mean of each part per step
+    (seconds; ``samples`` and ``collective_bytes`` per step)."""
 
     steps: int
     wall_s: float
-    mean_step_s: float
-    data_share: float
-    compute_share: float
-    checkpoint_share: float
-    collective_share: float
-    recompute_share: float
-    samples_per_s: float
+    data_s: float
     compute_s: float
+    checkpoint_s: float
+    collective_s: float
+    recompute_s: float
+    other_s: float
+    collective_bytes: float
+
+    @property
+    def pure_compute_s(self) -> float:
+        """Compute without the exposed collective wait nested in it."""
+        return max(self.compute_s - self.collective_s, 0.0)
+
+    @property
+    def mean_step_s(self) -> float:
+        return self.wall_s
+
+    @property
+    def data_share(self) -> float:
+        return self.data_s / self.wall_s
+
+    @property
+    def checkpoint_share(self) -> float:
+        return self.checkpoint_s / self.wall_s
+
+    @property
+    def collective_share(self) -> float:
+        return self.collective_s / self.wall_s
+
+    @property
+    def recompute_share(self) -> float:
+        return self.recompute_s / self.wall_s
+
+
+class StepWindow:
+    """Running totals of steps by end time, so any recent window sums in O(log n)."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._maxlen = maxlen
+        self._t: list[float] = []
+        self._totals: list[tuple[float, ...]] = []
+        self._last: tuple[float, ...] = (0.0,) * len(SUMMED)
+
+    def add(self, s: Step) -> None:
+        last = self._last  # the order of SUMMED
+        self._last = tuple(map(operator.add, last, (
+            s.wall_s, s.data_s, s.compute_s, s.checkpoint_s, s.collective_s, s.recompute_s,
+            s.other_s, s.collective_bytes)))
+        self._t.append(s.t)
+        self._totals.append(self._last)
+        if len(self._t) > 2 * self._maxlen:  # amortised trim
+            del self._t[: self._maxlen], self._totals[: self._maxlen]
+
+    def since(self, since: float) -> StepSummary | None:
+        """Mean step over the steps that ended at or after ``since``; None if none."""
+        i = bisect.bisect_left(self._t, since)
+        n = len(self._t) - i
+        if n <= 0:
+            return None
+        base = self._totals[i - 1] if i > 0 else (0.0,) * len(SUMMED)
+        sums = [(a - b) / n for a, b in zip(self._last, base, strict=True)]
+        if sums[0] <= 0:
+            return None
+        return StepSummary(n, *sums)
 
 
 class Telemetry:
@@ -43,6 +108,7 @@ class Telemetry:
         self.rank = rank
         self.meta: Meta | None = None
         self.steps: deque[Step] = deque(maxlen=MAX_STEPS)
+        self.window = StepWindow(MAX_STEPS)
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.samples: dict[tuple[str, int | None], deque[Sample]] = {}
         self.total_steps = 0
@@ -55,25 +121,29 @@ class Telemetry:
 
     def add(self, records: Iterable[Record]) -> None:
         for r in records:
-            if isinstance(r, Step):
-                self.steps.append(r)
-                self.total_steps = r.step
-            elif isinstance(r, Sample):
-                window = self.samples.get((r.source, r.gpu))
-                if window is None:
-                    window = self.samples[(r.source, r.gpu)] = deque(maxlen=MAX_SAMPLES)
-                window.append(r)
-            elif isinstance(r, Event):
-                self._event(r)
-            elif isinstance(r, Meta):
+            self.add_one(r)
+
+    def add_one(self, r: Record) -> None:
+        if isinstance(r, Step):
+            self.steps.append(r)
+            self.total_steps = r.step
+            if r.step > WARMUP_STEPS:
+                self.window.add(r)
+        elif isinstance(r, Sample):
+            window = self.samples.get((r.source, r.gpu))
+            if window is None:
+                window = self.samples[(r.source, r.gpu)] = deque(maxlen=MAX_SAMPLES)
+            window.append(r)
+        elif isinstance(r, Event):
+            self._event(r)
+        else:
+            if isinstance(r, Meta):
                 self.meta = r
                 self.rank = r.rank
                 self.started = self.started or r.started
-                continue
-            else:
-                continue
-            if r.t > self.clock:
-                self.clock = r.t
+            return
+        if r.t > self.clock:
+            self.clock = r.t
 
     def _event(self, e: Event) -> None:
         self.events.append(e)
@@ -88,28 +158,38 @@ class Telemetry:
 
     # -- queries ---------------------------------------------------------------------
 
-    def steps_since(self, since: float) -> list[Step]:
-        """Steps that ended at or after ``since``, oldest first, warm-up steps left out."""
-        out = []
-        for s in reversed(self.steps):
-            if s.t < since or s.step <= WARMUP_STEPS:
-                break
-            out.append(s)
-        out.reverse()
-        return out
-
     def summarise(self, since: float) -> StepSummary | None:
-        """Summary of the steps that ended at or after Unix time ``since``; None if none."""
-        return summarise(self.steps_since(since))
+        """The mean step over steps that ended at or after ``since`` (warm-up left out)."""
+        return self.window.since(since)
 
     def samples_since(self, source: str, since: float) -> list[Sample]:
         """Every sample of ``source`` (all GPUs) at or after ``since``, oldest first."""
-        out: list[Sample] = []
+        parts: list[list[Sample]] = []
         for (src, _), window in self.samples.items():
             if src == source:
-                out.extend(s for s in window if s.t >= since)
-        out.sort(key=lambda s: s.t)
-        return out
+                part = list(itertools.takewhile(lambda s: s.t >= since, reversed(window)))
+                part.reverse()
+                parts.append(part)
+        if len(parts) == 1:
+            return parts[0]
+        return sorted(itertools.chain.from_iterable(parts), key=lambda s: s.t)
+
+    def counter_rise(self, source: str, key: str, since: float) -> float:
+        """How much a cumulative counter rose since the last reading before ``since``."""
+        newest = base = None
+        for (src, _), window in self.samples.items():
+            if src != source:
+                continue
+            for sample in reversed(window):
+                value = sample.values.get(key)
+                if value is None:
+                    continue
+                if newest is None:
+                    newest = value
+                base = value
+                if sample.t < since:
+                    break
+        return max(newest - base, 0.0) if newest is not None and base is not None else 0.0
 
     def latest(self, source: str, gpu: int | None = None) -> Sample | None:
         window = self.samples.get((source, gpu))
@@ -122,21 +202,3 @@ class Telemetry:
 
     def values_since(self, source: str, key: str, since: float) -> list[float]:
         return [s.values[key] for s in self.samples_since(source, since) if key in s.values]
-
-
-def summarise(steps: list[Step]) -> StepSummary | None:
-    wall = sum(s.wall_s for s in steps)
-    if not steps or wall <= 0:
-        return None
-    return StepSummary(
-        steps=len(steps),
-        wall_s=wall,
-        mean_step_s=wall / len(steps),
-        data_share=sum(s.data_s for s in steps) / wall,
-        compute_share=sum(s.compute_s for s in steps) / wall,
-        checkpoint_share=sum(s.checkpoint_s for s in steps) / wall,
-        collective_share=sum(s.collective_s for s in steps) / wall,
-        recompute_share=sum(s.recompute_s for s in steps) / wall,
-        samples_per_s=sum(s.samples for s in steps) / wall,
-        compute_s=sum(s.compute_s for s in steps),
-    )

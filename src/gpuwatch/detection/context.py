@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpuwatch.detection.projection import DEFAULT_TARGET, Gpu, StepParts, catalogue, identify
-from gpuwatch.records import Step, Verdict
-from gpuwatch.telemetry import Telemetry
+from gpuwatch.records import Verdict
+from gpuwatch.telemetry import StepSummary, Telemetry
 
 
 @dataclass
@@ -74,30 +74,13 @@ def tensor_share(view: Telemetry, since: float) -> float | None:
     return t / (t + d) if t + d > 0 else None
 
 
-def mean_parts(steps: list[Step]) -> StepParts:
+def mean_parts(summary: StepSummary) -> StepParts:
     """The mean step as projection parts (compute without its recompute and comm)."""
-    n = len(steps) or 1
-
-    def mean(attr: str) -> float:
-        return float(sum(getattr(s, attr) for s in steps)) / n
-
-    recompute, comm = mean("recompute_s"), mean("collective_s")
-    return StepParts(compute=max(mean("compute_s") - recompute - comm, 0.0), recompute=recompute,
-                     comm=comm, data=mean("data_s"), checkpoint=mean("checkpoint_s"),
-                     other=mean("other_s"), comm_bytes=mean("collective_bytes"))
-
-
-def counter_rise(view: Telemetry, source: str, key: str, since: float) -> float:
-    """How much a cumulative counter rose from the last reading before ``since`` to now."""
-    readings = [(s.t, s.values[key]) for s in view.samples_since(source, 0.0) if key in s.values]
-    if not readings:
-        return 0.0
-    base = readings[0][1]
-    for t, value in readings:
-        if t >= since:
-            break
-        base = value
-    return max(readings[-1][1] - base, 0.0)
+    return StepParts(
+        compute=max(summary.compute_s - summary.recompute_s - summary.collective_s, 0.0),
+        recompute=summary.recompute_s, comm=summary.collective_s, data=summary.data_s,
+        checkpoint=summary.checkpoint_s, other=summary.other_s,
+        comm_bytes=summary.collective_bytes)
 
 
 def host_of(view: Telemetry) -> str:

@@ -74,38 +74,53 @@ class Engine:
     views: dict[int, Telemetry] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
     errors: int = 0
-    settings: Settings | None = None
     _pending: dict[str, float] = field(default_factory=dict)  # fingerprint -> first detected
     _clock: float = 0.0
-    _next_eval: float | None = None
-    _rank: int = 0
+    next_eval: float = float("-inf")  # record time of the next judgement
+    _own: set[int] = field(default_factory=set)
 
     def view(self, rank: int) -> Telemetry:
+        """This rank's telemetry (created on first use); the rank becomes this engine's own."""
         v = self.views.get(rank)
         if v is None:
             v = self.views[rank] = Telemetry(rank)
+        self._own.add(rank)
         return v
 
     def feed(self, records: Iterable[Record]) -> list[Finding]:
+        """Take records into the telemetry windows, judging whenever their time says so."""
         out: list[Finding] = []
+        rank, view = -1, None
         for r in records:
             if isinstance(r, Finding):
                 continue  # a replayed log's own findings are outputs, not inputs
             if isinstance(r, Meta):
-                self._rank = r.rank
                 self.job = self.job or r.job
-                self.view(r.rank).add((r,))
+                self.view(r.rank).add_one(r)
                 continue
-            self.view(getattr(r, "rank", self._rank)).add((r,))
+            if r.rank != rank or view is None:
+                rank, view = r.rank, self.view(r.rank)
+            view.add_one(r)
             t = r.t
-            if t > self._clock:
+            if t >= self.next_eval:
+                out.extend(self.observe(t))
+            elif t > self._clock:
                 self._clock = t
-            if self._next_eval is None:
-                self._next_eval = t + self.interval_s
-            elif t >= self._next_eval:
-                out.extend(self.evaluate(self._clock))
-                self._next_eval = self._clock + self.interval_s
         return out
+
+    def observe(self, t: float) -> list[Finding]:
+        """Advance the record clock to ``t``; judge when an interval has passed.
+
+        An engine that shares ``views`` with the engines that ingest (the job engine
+        of a replay) is driven by this alone."""
+        self._clock = max(self._clock, t)
+        if self.next_eval == float("-inf"):
+            self.next_eval = t + self.interval_s
+            return []
+        if t < self.next_eval:
+            return []
+        self.next_eval = self._clock + self.interval_s
+        return self.evaluate(self._clock)
 
     def close(self) -> list[Finding]:
         """A last evaluation at the newest record time (end of run or of the log)."""
@@ -117,7 +132,8 @@ class Engine:
     def evaluate(self, now: float) -> list[Finding]:
         changes: list[Finding] = []
         seen: set[str] = set()
-        views = [self.views[r] for r in sorted(self.views)]
+        ranks = sorted(self.views) if self.scope == "job" else sorted(self._own)
+        views = [self.views[r] for r in ranks]
         for rule_id, rule in self.rules.items():
             if rule.scope != self.scope:
                 continue
@@ -201,5 +217,4 @@ def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Eng
                           "the catalogue has " + ", ".join(gpus))
     context = Context(gpus=gpus, target=settings.target_gpu, gpu_model=settings.gpu_model,
                       total_steps=settings.total_steps)
-    return Engine(rules, context, scope=scope, job=job,
-                  interval_s=settings.detect_interval_s, settings=settings)
+    return Engine(rules, context, scope=scope, job=job, interval_s=settings.detect_interval_s)

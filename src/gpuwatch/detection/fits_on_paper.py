@@ -7,7 +7,6 @@ from __future__ import annotations
 from gpuwatch.detection.context import (
     Context,
     Detection,
-    counter_rise,
     job_devices,
     mean_parts,
     tensor_share,
@@ -35,17 +34,17 @@ def card_memory(view: Telemetry, ctx: Context) -> float | None:
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     th = rule.thresholds
     since = now - rule.window_s
-    steps = view.steps_since(since)
+    summary = view.summarise(since)
     total = card_memory(view, ctx)
-    if len(steps) < rule.min_steps or not total:
+    if summary is None or summary.steps < rule.min_steps or not total:
         return None
     reserved = view.values_since("allocator", "allocator_reserved_bytes", since)
     used = view.values_since("nvml", "gpu_memory_used_bytes", since)
     peak = max(reserved + used, default=0.0)
     peak_ratio = peak / total
-    retries = counter_rise(view, "allocator", "allocator_alloc_retries_total", since)
+    retries = view.counter_rise("allocator", "allocator_alloc_retries_total", since)
     cut = next(((a, b) for a, b in view.batch_changes if b < a), None)
-    recompute_share = sum(s.recompute_s for s in steps) / max(sum(s.wall_s for s in steps), 1e-9)
+    recompute_share = summary.recompute_share
     act_ckpt = recompute_share >= th["recompute_share"]
     symptoms = {"allocator retries": retries > 0, "OOMs": view.ooms > 0,
                 "batch cut": cut is not None, "activation checkpointing": act_ckpt}
@@ -62,7 +61,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         need *= th["act_ckpt_memory_factor"]
     target = pick_target(ctx, need, th["target_headroom"])
     fits = need <= target.memory_bytes * th["target_headroom"]
-    parts = mean_parts(steps)
+    parts = mean_parts(summary)
     proj = project(parts, target, ctx.current_gpu(view),
                    ranks=view.meta.world_size if view.meta else 1,
                    tensor_share=tensor_share(view, since), drop_recompute=fits and act_ckpt)

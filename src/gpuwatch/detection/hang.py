@@ -3,6 +3,7 @@ process lives (its agent still reports). Severity critical."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 
 from gpuwatch.detection.context import Context, Detection, host_of
@@ -14,7 +15,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if len(view.steps) < max(rule.min_steps, 1):
         return None  # a job that never stepped is starting, not hung
     last = view.steps[-1]
-    recent = [s.wall_s for s in list(view.steps)[-100:]]
+    recent = [s.wall_s for s in itertools.islice(reversed(view.steps), 100)]
     median = statistics.median(recent)
     bound = max(rule.thresholds["min_seconds"], rule.thresholds["median_multiple"] * median)
     stalled = now - last.t

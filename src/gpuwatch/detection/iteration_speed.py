@@ -14,12 +14,12 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if not planned:
         return None
     since = now - rule.window_s
-    steps = view.steps_since(since)
-    if len(steps) < rule.min_steps:
+    summary = view.summarise(since)
+    if summary is None or summary.steps < rule.min_steps:
         return None
     remaining = planned - view.total_steps
     th = rule.thresholds
-    parts = mean_parts(steps)
+    parts = mean_parts(summary)
     hours_now = remaining * parts.total / 3600
     if remaining <= 0 or hours_now < th["min_remaining_hours"]:
         return None

@@ -12,23 +12,15 @@ CLOCK_EVENTS = {0x4: "power cap", 0x8: "hardware slowdown", 0x40: "thermal slowd
                 0x80: "thermal slowdown (hardware)", 0x100: "power brake"}
 
 
-def pure_compute(view: Telemetry, since: float, min_steps: int) -> float | None:
-    """Mean compute seconds per step, without the exposed collective wait."""
-    steps = view.steps_since(since)
-    if len(steps) < max(min_steps, 1):
-        return None
-    return sum(max(s.compute_s - s.collective_s, 0.0) for s in steps) / len(steps)
-
-
 def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Detection | None:
     since = now - rule.window_s
-    compute = {v.rank: c for v in views
-               if (c := pure_compute(v, since, rule.min_steps)) is not None}
-    if len(compute) < 2:
+    summaries = {v.rank: s for v in views
+                 if (s := v.summarise(since)) is not None and s.steps >= max(rule.min_steps, 1)}
+    if len(summaries) < 2:
         return None
-    summaries = {v.rank: s for v in views if (s := v.summarise(since)) is not None}
+    compute = {r: s.pure_compute_s for r, s in summaries.items()}  # without collective wait
     fastest = min(compute.values())
-    if fastest <= 0 or len(summaries) < len(compute):
+    if fastest <= 0:
         return None
     th = rule.thresholds
     slow = {r: c / fastest for r, c in compute.items()

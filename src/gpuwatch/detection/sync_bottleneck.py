@@ -23,7 +23,7 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
     if max(shares) - min(shares) > th["max_share_spread"]:
         return None  # asymmetric: one rank holds the others (the straggler's case)
     ranks = sorted(summaries)
-    parts = [mean_parts(v.steps_since(since)) for v in views]
+    parts = [mean_parts(s) for s in summaries.values()]
     mean = StepParts(**{f: sum(getattr(p, f) for p in parts) / len(parts)
                         for f in ("compute", "recompute", "comm", "data", "checkpoint", "other",
                                   "comm_bytes")})
