@@ -52,13 +52,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if not ((pressure and any(symptoms.values())) or sum(symptoms.values()) >= 2):
         return None
 
-    peak_need = max([*view.values_since("allocator", "allocator_reserved_peak_bytes", 0.0),
-                     peak])
-    need = peak_need
-    if cut is not None:
-        need *= cut[0] / cut[1]
-    if act_ckpt:
-        need *= th["act_ckpt_memory_factor"]
+    need = memory_need(view, since, peak, cut, th["act_ckpt_memory_factor"] if act_ckpt else 1.0)
     target = pick_target(ctx, need, th["target_headroom"])
     fits = need <= target.memory_bytes * th["target_headroom"]
     parts = mean_parts(summary)
@@ -68,8 +62,11 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if cut is not None:
         proj.assumptions.append(f"batch back to {cut[0]}: per-sample compute unchanged")
     if act_ckpt:
-        proj.assumptions.append(f"without activation checkpointing peak memory grows "
-                                f"{th['act_ckpt_memory_factor']:g}x")
+        proj.assumptions.append(f"without activation checkpointing activations take "
+                                f"{th['act_ckpt_memory_factor']:g}x the memory")
+    if not view.values_since("allocator", "allocator_allocated_bytes", since):
+        proj.assumptions.append("no allocator readings: half the peak taken as weights and "
+                                "optimizer state")
     workarounds = list(proj.workarounds_dropped)
     if cut is not None:
         workarounds.append(f"batch size {cut[1]} -> {cut[0]}")
@@ -93,6 +90,18 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
             "workarounds": "; ".join(workarounds) or "run without the memory workarounds"}
     return Detection(evidence, [view.rank], text=text, projection=proj.as_dict(),
                      verdict="move_to_h100" if fits else "fix_here")
+
+
+def memory_need(view: Telemetry, since: float, peak: float, cut: tuple[int, int] | None,
+                act_factor: float) -> float:
+    """Bytes the job would need without its workarounds: what stays allocated between
+    steps (weights, gradients, optimizer state: the least allocated seen) plus the
+    activations, scaled back to the original batch and to no activation checkpointing."""
+    peak = max([*view.values_since("allocator", "allocator_reserved_peak_bytes", since), peak])
+    allocated = view.values_since("allocator", "allocator_allocated_bytes", since)
+    static = min(allocated) if allocated else peak / 2
+    batch_factor = cut[0] / cut[1] if cut is not None else 1.0
+    return static + max(peak - static, 0.0) * batch_factor * act_factor
 
 
 def pick_target(ctx: Context, need: float, headroom: float) -> Gpu:

@@ -1,0 +1,269 @@
+"""Every detector on constructed windows: it fires on its condition, with the right
+verdict and evidence, and stays silent on healthy runs and on its look-alikes."""
+
+from __future__ import annotations
+
+from gpuwatch.records import Event, Record, Sample
+from tests.runs import GB, START, judge, meta, only, samples, steps, topology
+
+HEALTHY_GPU = {"gpu_utilization_ratio": 0.93, "gpu_memory_used_bytes": 40 * GB,
+               "gpu_memory_total_bytes": 80 * GB, "gpu_clock_event_reasons": 0.0}
+HOST = {"workers": 4.0, "workers_cpu_ratio": 0.35, "process_cpu_cores": 1.2}
+
+
+def healthy(rank: int = 0, world: int = 1, seconds: float = 120) -> list[Record]:
+    return [meta(rank, world), topology("NVIDIA H100 80GB HBM3", 80 * GB, nvlinks=18, rank=rank),
+            *steps(seconds, rank=rank, data_s=0.004, optimizer_s=0.01, collective_s=0.005,
+                   collective_bytes=int(50e6)),
+            *samples("nvml", seconds, HEALTHY_GPU, rank=rank, gpu=0),
+            *samples("host", seconds, HOST, rank=rank),
+            *samples("allocator", seconds, {"allocator_reserved_bytes": 42 * GB,
+                                            "allocator_alloc_retries_total": 0.0}, rank=rank)]
+
+
+def test_a_healthy_run_has_no_findings_at_all() -> None:
+    assert judge(healthy()) == []
+    ranks = [r for rank in range(3) for r in healthy(rank, world=3)]
+    assert judge(ranks, scope="job") == []
+    assert judge(ranks) == []
+
+
+# -- data_starvation ---------------------------------------------------------------------
+
+def test_data_starvation_with_busy_workers_is_fixed_here() -> None:
+    records = [meta(), *steps(30, data_s=0.06),
+               *samples("host", 30, {"workers": 4.0, "workers_cpu_ratio": 0.97})]
+    f = only(judge(records), "data_starvation")
+    assert f.verdict == "fix_here" and f.ranks == [0]
+    assert abs(f.evidence["data_share_ratio"] - 0.6) < 1e-6
+    assert f.evidence["workers_cpu_ratio"] > 0.9
+    assert "CPU-bound" in f.summary and "A faster GPU would only wait longer" in f.action
+
+
+def test_data_starvation_without_workers_says_to_add_them() -> None:
+    records = [meta(), *steps(30, data_s=0.05), *samples("host", 30, {"workers": 0.0})]
+    f = only(judge(records), "data_starvation")
+    assert "num_workers" in f.action and "no DataLoader workers" in f.summary
+
+
+def test_small_data_wait_is_not_starvation() -> None:
+    records = [meta(), *steps(30, data_s=0.02), *samples("host", 30, {"workers": 0.0})]
+    assert judge(records) == []
+
+
+# -- checkpoint_overhead -----------------------------------------------------------------
+
+def checkpointing(share: float) -> list[Record]:
+    out: list[Record] = [meta()]
+    every = 10  # steps
+    for k, s in enumerate(steps(120)):
+        if k % every == 0:
+            seconds = share * 0.1 * every
+            s = type(s)(**{**{f: getattr(s, f) for f in s.__slots__}, "checkpoint_s": seconds,
+                           "compute_s": s.compute_s - seconds, "checkpoint_bytes": int(2e9)})
+            out.append(Event(0, s.t, "checkpoint_save", {"seconds": seconds, "bytes": int(2e9)}))
+        out.append(s)
+    return out
+
+
+def test_blocking_checkpoints_are_fixed_here_with_size_and_speed() -> None:
+    f = only(judge(checkpointing(0.3)), "checkpoint_overhead")
+    assert f.verdict == "fix_here"
+    assert abs(f.evidence["checkpoint_share_ratio"] - 0.3) < 0.02
+    assert f.evidence["bytes_per_save"] == 2e9
+    assert abs(f.evidence["seconds_per_save"] - 0.3) < 1e-6
+    assert "2000 MB" in f.summary
+
+
+def test_occasional_cheap_checkpoints_are_fine() -> None:
+    assert judge(checkpointing(0.03)) == []
+
+
+# -- hang ----------------------------------------------------------------------------------
+
+def stalled(open_phase: str | None) -> list[Record]:
+    agent = {"agent_cpu_seconds_total": 1.0}
+    if open_phase:
+        agent[f"open_{open_phase}_seconds"] = 50.0
+    return [meta(), *steps(10), *samples("agent", 120, agent), *samples("host", 120, HOST)]
+
+
+def test_no_step_for_a_minute_while_the_process_lives_is_a_critical_hang() -> None:
+    f = only(judge(stalled("collective")), "hang")
+    assert f.severity == "critical" and f.verdict == "fix_here"
+    assert f.evidence["stalled_seconds"] >= 60
+    assert f.evidence["bound_seconds"] == 60
+    assert f.first_seen - (START + 10) < 62  # reported as soon as the bound passes
+    assert "collective" in f.summary and "another rank stopped first" in f.summary
+
+
+def test_a_rank_stuck_outside_collectives_is_named_as_the_one_that_stopped() -> None:
+    f = only(judge(stalled("data")), "hang")
+    assert "stuck in data" in f.summary and "not in a collective" in f.summary
+
+
+def test_hang_bound_follows_slow_steps_and_overrides() -> None:
+    slow = [meta(), *steps(100, wall=10.0), *samples("agent", 260, {"x": 1.0})]
+    f = only(judge(slow), "hang")
+    assert f.evidence["bound_seconds"] == 100  # 10 x the 10 s median step
+    quick = judge(stalled(None), detectors={"hang": {"min_seconds": 5}})
+    assert only(quick, "hang").evidence["bound_seconds"] == 5
+
+
+def test_steady_steps_or_no_steps_at_all_are_not_a_hang() -> None:
+    assert judge([meta(), *steps(200), *samples("agent", 200, {"x": 1.0})]) == []
+    assert judge([meta(), *samples("agent", 200, {"x": 1.0})]) == []
+
+
+# -- iteration_speed -----------------------------------------------------------------------
+
+def test_days_to_go_on_a_consumer_card_is_a_reason_to_move() -> None:
+    records = [meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB), *steps(60, wall=0.5)]
+    f = only(judge(records, total_steps=1_000_000), "iteration_speed")
+    assert f.verdict == "move_to_h100"
+    assert f.evidence["remaining_hours_now"] > 130
+    assert f.evidence["remaining_hours_scaled"] < f.evidence["remaining_hours_target"]
+    assert f.projection is not None and f.projection["current"] == "RTX 5090"
+    assert f.projection["cost_per_run_target_usd"] > 0
+
+
+def test_time_to_finish_on_an_unknown_gpu_is_only_information() -> None:
+    f = only(judge([meta(), *steps(60, wall=0.5)], total_steps=1_000_000), "iteration_speed")
+    assert f.verdict == "info"
+    assert "current GPU unknown: compute is not scaled" in f.projection["assumptions"]
+
+
+def test_a_short_run_or_unknown_total_is_not_reported() -> None:
+    records = [meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB), *steps(60, wall=0.5)]
+    assert judge(records, total_steps=5000) == []
+    assert judge(records) == []
+
+
+# -- underutilised -------------------------------------------------------------------------
+
+def test_low_utilisation_without_explanation_is_info() -> None:
+    idle = {**HEALTHY_GPU, "gpu_utilization_ratio": 0.3}
+    f = only(judge([meta(), *steps(60), *samples("nvml", 60, idle, gpu=0)]), "underutilised")
+    assert f.verdict == "info" and abs(f.evidence["gpu_utilization_ratio"] - 0.3) < 1e-9
+
+
+def test_low_utilisation_explained_by_starvation_is_not_repeated() -> None:
+    idle = {**HEALTHY_GPU, "gpu_utilization_ratio": 0.3}
+    records = [meta(), *steps(60, data_s=0.06), *samples("nvml", 60, idle, gpu=0),
+               *samples("host", 60, {"workers": 2.0, "workers_cpu_ratio": 1.0})]
+    assert {f.detector for f in judge(records)} == {"data_starvation"}
+
+
+# -- fits_on_paper -------------------------------------------------------------------------
+
+def consumer_card_at_its_limit(**extra: float) -> list[Record]:
+    reserved = {"allocator_reserved_bytes": 31.5 * GB, "allocator_reserved_peak_bytes": 31.8 * GB,
+                "allocator_allocated_bytes": 16 * GB, "allocator_inactive_split_bytes": 2 * GB,
+                "allocator_alloc_retries_total": 0.0}
+    return [meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB),
+            Event(0, START + 5, "oom", {"type": "OutOfMemoryError"}),
+            Event(0, START + 6, "batch_size_changed", {"from": 16, "to": 12}),
+            *steps(60, wall=0.5, recompute_s=0.1, act_ckpt_calls=24, **extra),
+            *samples("allocator", 60, reserved, ramp={"allocator_alloc_retries_total": 1.0}),
+            *samples("nvml", 60, {"gpu_memory_used_bytes": 31.9 * GB,
+                                  "gpu_memory_total_bytes": 32 * GB}, gpu=0)]
+
+
+def test_memory_bound_consumer_card_should_move_to_h100_with_evidence() -> None:
+    f = only(judge(consumer_card_at_its_limit()), "fits_on_paper")
+    assert f.verdict == "move_to_h100"
+    ev = f.evidence
+    assert ev["memory_peak_ratio"] > 0.95
+    assert ev["alloc_retries_total"] > 0 and ev["ooms_total"] == 1
+    assert (ev["batch_size_from"], ev["batch_size_to"]) == (16, 12)
+    # 16 GB stay allocated; 15.9 GB of activations x 16/12 batch x 2 without checkpointing
+    assert abs(ev["memory_need_bytes"] - (16 + 15.9 * 16 / 12 * 2) * GB) < 1e6
+    assert abs(ev["recompute_share_ratio"] - 0.2) < 1e-9
+    assert abs(ev["fragmentation_ratio"] - 2 / 31.5) < 1e-9
+    p = f.projection
+    assert p is not None and p["target"] == "H100 SXM" and p["current"] == "RTX 5090"
+    assert p["parts_seconds_projected"]["recompute"] == 0
+    assert p["workarounds_dropped"] == ["activation checkpointing off: -20% step time"]
+    assert p["speedup_ratio"] > 1.5
+    assert "H100 SXM" in f.summary and "batch size 12 -> 16" in f.action
+
+
+def test_a_full_cache_without_symptoms_is_not_memory_pressure() -> None:
+    """PyTorch's caching allocator keeps memory reserved: that alone proves nothing."""
+    cached = [meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB), *steps(60, wall=0.5),
+              *samples("allocator", 60, {"allocator_reserved_bytes": 31 * GB,
+                                         "allocator_alloc_retries_total": 3.0})]
+    assert judge(cached) == []
+
+
+def test_a_need_too_big_for_any_single_card_is_fixed_here() -> None:
+    huge = [r for r in consumer_card_at_its_limit()
+            if not (isinstance(r, Event) and r.name == "batch_size_changed")]
+    huge.append(Event(0, START + 6, "batch_size_changed", {"from": 512, "to": 12}))
+    f = only(judge(huge), "fits_on_paper")
+    assert f.verdict == "fix_here"
+    assert f.evidence["memory_need_bytes"] > 180e9
+
+
+def test_an_explicit_target_and_prices_are_used() -> None:
+    f = only(judge(consumer_card_at_its_limit(), target_gpu="H200", prices={"H200": 9.0}),
+             "fits_on_paper")
+    p = f.projection
+    assert p is not None and p["target"] == "H200"
+    assert abs(p["cost_per_step_target_usd"] - p["step_seconds_projected"] * 9.0 / 3600) < 1e-12
+
+
+# -- cross-rank: straggler and sync_bottleneck -------------------------------------------
+
+def ranks(world: int, slow: int | None = None, share: float = 0.6, nbytes: float = 64e6,
+          nvlinks: int = 0, name: str = "NVIDIA GeForce RTX 5090") -> list[Record]:
+    out: list[Record] = []
+    for r in range(world):
+        out += [meta(r, world, host=f"node-{r}"), topology(name, 32 * GB, nvlinks=nvlinks, rank=r)]
+        if r == slow:
+            out += steps(60, rank=r, compute_s=0.09, collective_s=0.01,
+                         collective_bytes=int(nbytes))
+            out.append(Sample(r, START + 30, "nvml", {"gpu_clock_event_reasons": 0x40 | 0x80},
+                              gpu=0))
+        elif slow is not None:
+            out += steps(60, rank=r, compute_s=0.09, collective_s=0.06,
+                         collective_bytes=int(nbytes))
+        else:
+            out += steps(60, rank=r, compute_s=0.095, collective_s=share * 0.1,
+                         collective_bytes=int(nbytes))
+    return out
+
+
+def test_a_slow_rank_is_a_straggler_to_fix_not_a_reason_to_buy() -> None:
+    findings = judge(ranks(3, slow=2), scope="job")
+    f = only(findings, "straggler")
+    assert f.verdict == "fix_here" and f.ranks == [2]
+    assert f.evidence["compute_ratio"] > 2.5
+    assert f.evidence["others_collective_share_ratio"] > 0.5
+    assert "Rank 2 (host node-2" in f.summary and "thermal slowdown" in f.summary
+    assert not [x for x in findings if x.verdict == "move_to_h100"]
+
+
+def test_symmetric_collective_wait_without_nvlink_should_move_to_h100() -> None:
+    findings = judge(ranks(2), scope="job")
+    f = only(findings, "sync_bottleneck")
+    assert f.verdict == "move_to_h100" and f.ranks == [0, 1]
+    assert abs(f.evidence["collective_share_ratio"] - 0.6) < 1e-9
+    p = f.projection
+    assert p is not None
+    # ring all-reduce of 64 MB over 2 ranks on 450 GB/s NVLink: 2(n-1)/n * bytes / bw
+    assert abs(p["parts_seconds_projected"]["comm"] - 64e6 / 450e9) < 1e-9
+    assert p["speedup_ratio"] > 1.5
+    assert not [x for x in findings if x.detector == "straggler"]
+
+
+def test_collective_wait_over_nvlink_or_in_small_messages_is_fixed_here() -> None:
+    nvlink = only(judge(ranks(2, nvlinks=18, name="NVIDIA H100 80GB HBM3"), scope="job"),
+                  "sync_bottleneck")
+    assert nvlink.verdict == "fix_here" and "NVLink already" in nvlink.summary
+    tiny = only(judge(ranks(2, nbytes=100e3), scope="job"), "sync_bottleneck")
+    assert tiny.verdict == "fix_here" and "latency-bound" in tiny.summary
+
+
+def test_little_collective_wait_is_no_bottleneck() -> None:
+    assert judge(ranks(2, share=0.05), scope="job") == []
