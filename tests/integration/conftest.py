@@ -19,10 +19,12 @@ def gpuwatch_cmd(*args: str) -> list[str]:
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 120,
-        **kw: object) -> subprocess.CompletedProcess[str]:
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command with no GPUWATCH_* settings but ``extra_env``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    env.update(extra_env or {})
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, **kw)  # type: ignore[call-overload]
+                          timeout=timeout)
 
 
 def read(path: Path) -> list[Record]:
