@@ -131,3 +131,16 @@ def test_span_is_reusable_and_marks_balanced() -> None:
         with span:
             pass
     assert [c for c, _, _ in r.drain()] == [ring.DATA, -ring.DATA] * 3
+
+
+def test_one_drain_yields_at_most_one_ring_of_marks() -> None:
+    """A slow consumer works in bounded batches while producers keep pushing."""
+    r = MarkRing(16)
+    for i in range(16):
+        r.push(ring.SAMPLES, i)
+    got = []
+    for _, _, v in r.drain():
+        got.append(v)
+        r.push(ring.SAMPLES, 100 + len(got))  # a producer racing the consumer
+    assert got == list(range(16))
+    assert [v for _, _, v in r.drain()] == list(range(101, 117))

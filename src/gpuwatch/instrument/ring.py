@@ -99,11 +99,16 @@ class MarkRing:
             self._wake.set()
 
     def drain(self) -> Iterator[Mark]:
-        """Yield every committed mark not yet read, oldest first (consumer side only)."""
+        """Yield the committed marks not yet read, oldest first (consumer side only).
+
+        At most ``capacity`` marks per call, so a consumer slower than its producers
+        works in bounded batches (and the ring, not the consumer, absorbs the excess).
+        """
         mask, seqs = self._mask, self._seqs
         codes, times, values = self._codes, self._times, self._values
         read = self._read
-        while True:
+        budget = self.capacity
+        while budget:
             slot = read & mask
             seq = seqs[slot]
             if seq < read:
@@ -118,6 +123,7 @@ class MarkRing:
             if seqs[slot] != seq:  # overwritten while we copied it
                 continue
             read += 1
+            budget -= 1
             self._read = read
             yield code, t, value
         self._read = read

@@ -1,6 +1,6 @@
 """The run log: JSON Lines written by the agent thread, read back by ``gpuwatch analyze``.
 
-Each batch of records is written with one ``write`` and flushed, so a killed
+Each batch of records goes through a 1 MiB buffer and is flushed, so a killed
 process leaves whole lines behind but for at most one torn last line, which
 the reader skips and counts.
 """
@@ -26,9 +26,10 @@ def _plain(value: Any) -> Any:
 
 
 def encode(record: Record) -> bytes:
-    """One run-log line (without the newline): fields at their default are left out,
+    """One run-log line, newline included: fields at their default are left out,
     non-finite floats become null."""
-    return orjson.dumps(to_dict(record, compact=True), default=_plain)
+    return orjson.dumps(to_dict(record, compact=True), default=_plain,
+                        option=orjson.OPT_APPEND_NEWLINE)
 
 
 class RunLogWriter:
@@ -38,19 +39,22 @@ class RunLogWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.records = 0
-        self._file: IO[bytes] | None = open(path, "ab")  # noqa: SIM115
+        self._file: IO[bytes] | None = open(path, "ab", buffering=1 << 20)  # noqa: SIM115
         self._lock = threading.Lock()
 
     def write(self, records: Iterable[Record]) -> None:
-        lines = [encode(r) for r in records]
-        if not lines:
-            return
+        """Append records, then flush. Lines are encoded one at a time: orjson's bytes
+        keep a 4 KiB allocation each, so a batch of them held at once costs megabytes."""
         with self._lock:
             if self._file is None:
                 return
-            self._file.write(b"\n".join(lines) + b"\n")
-            self._file.flush()
-            self.records += len(lines)
+            write, n = self._file.write, 0
+            for record in records:
+                write(encode(record))
+                n += 1
+            if n:
+                self._file.flush()
+                self.records += n
 
     def close(self) -> None:
         with self._lock:
