@@ -163,6 +163,8 @@ class Agent:
                 self._drain(records)
                 if sampled and self._console is not None:
                     self._console.show(status_line(self.telemetry, time.time()))
+                if self.ring.pending():
+                    continue  # a backlog: keep draining, in bounded batches
                 timeout = min(self.settings.flush_interval_s, max(next_sample - mono, 0.0))
                 self._wake.wait(timeout)
                 self._wake.clear()

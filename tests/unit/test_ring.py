@@ -144,3 +144,15 @@ def test_one_drain_yields_at_most_one_ring_of_marks() -> None:
         r.push(ring.SAMPLES, 100 + len(got))  # a producer racing the consumer
     assert got == list(range(16))
     assert [v for _, _, v in r.drain()] == list(range(101, 117))
+
+
+def test_pending_says_whether_marks_wait() -> None:
+    r = MarkRing(16)
+    assert not r.pending()
+    r.push(ring.STEP_END)
+    assert r.pending()
+    list(r.drain())
+    assert not r.pending()
+    for _ in range(40):
+        r.push(ring.STEP_END)
+    assert r.pending()  # lapped counts as pending too

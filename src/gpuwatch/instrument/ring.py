@@ -98,6 +98,10 @@ class MarkRing:
         if not seq & self._half_mask and self._wake is not None:
             self._wake.set()
 
+    def pending(self) -> bool:
+        """Whether a committed (or lapped) mark waits to be drained."""
+        return self._seqs[self._read & self._mask] >= self._read
+
     def drain(self) -> Iterator[Mark]:
         """Yield the committed marks not yet read, oldest first (consumer side only).
 
