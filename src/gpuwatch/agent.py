@@ -35,6 +35,7 @@ from gpuwatch.probes.nvml import Nvml, NvmlSampler, load_pynvml, visible_gpu_ind
 from gpuwatch.probes.topology import read_topology
 from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample
 from gpuwatch.sinks.console import ConsoleStatus, status_line
+from gpuwatch.sinks.prometheus import Exporter, ExporterState
 from gpuwatch.sinks.runlog import RunLogWriter
 from gpuwatch.telemetry import Telemetry
 
@@ -113,6 +114,7 @@ class Agent:
         self._allocator: AllocatorProbe | None = None
         self._host: HostProbe | None = None
         self._console: ConsoleStatus | None = None
+        self.exporter: Exporter | None = None
         self.thread_cpu_s = 0.0
         self.stopped = False
 
@@ -186,9 +188,21 @@ class Agent:
             detection=detection_settings(self.settings),
         )])
         self._host = HostProbe(ident.rank)
+        self._start_exporter()
         if self.settings.console:
             self._console = ConsoleStatus()
         self._setup_gpu(torch)
+
+    def _start_exporter(self) -> None:
+        cfg, ident = self.settings.exporter, self.identity
+        if not cfg.enabled:
+            return
+        labels = {"job": ident.job, "host": ident.host, "rank": str(ident.rank),
+                  "local_rank": str(ident.local_rank)}
+        exporter = Exporter(ExporterState(labels, cfg.max_series),
+                            on_error=lambda exc: self.faults.record("exporter", exc))
+        if exporter.start(cfg.addr, cfg.port + ident.local_rank if cfg.port else 0):
+            self.exporter = exporter
 
     def _setup_gpu(self, torch: Any) -> None:
         ident = self.identity
@@ -270,6 +284,8 @@ class Agent:
             else:
                 log.info("gpuwatch finding resolved: %s", f.detector)
         records = [*records, *findings]
+        if self.exporter is not None:
+            self.exporter.state.update(records, self.engine.active(), self.faults.counts)
         if records and self._writer is not None:
             try:
                 self._writer.write(records)
@@ -288,6 +304,8 @@ class Agent:
             self._console.close()
         if self._writer is not None:
             self._writer.close()
+        if self.exporter is not None:
+            self.exporter.stop()
         if self._nvml is not None:
             self._nvml.shutdown()
 

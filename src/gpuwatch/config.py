@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +22,17 @@ from pydantic_settings import (
 
 class ConfigError(ValueError):
     """A user error in configuration; its message is one line naming the key."""
+
+
+class ExporterSettings(BaseModel):
+    """The per-process Prometheus endpoint: ``port`` + the local rank (0: any free port)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    addr: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=9410, ge=0, le=65535)
+    max_series: int = Field(default=5000, ge=10)
 
 
 class Settings(BaseSettings):
@@ -64,6 +75,8 @@ class Settings(BaseSettings):
                                     description="Planned steps of the run (time-to-finish).")
     prices: dict[str, float] = Field(default_factory=dict,
                                      description="USD per GPU-hour by catalogue name.")
+    exporter: ExporterSettings = Field(default_factory=ExporterSettings,
+                                       description="Prometheus endpoint of each process.")
 
     @classmethod
     def settings_customise_sources(

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from gpuwatch.detection.context import Context, Detection, host_of, job_devices
 from gpuwatch.detection.rules import Rule
+from gpuwatch.probes.nvml import CLOCK_EVENT_REASONS
 from gpuwatch.telemetry import Telemetry
 
-# NVML clock-event reason bits worth naming on a slow rank.
-CLOCK_EVENTS = {0x4: "power cap", 0x8: "hardware slowdown", 0x40: "thermal slowdown (software)",
-                0x80: "thermal slowdown (hardware)", 0x100: "power brake"}
+# Clock-event reasons that slow a GPU down (idle, boost and settings do not).
+SLOWING = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
+           "hw_power_brake_slowdown")
 
 
 def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Detection | None:
@@ -46,8 +47,10 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
 
 
 def clock_events(view: Telemetry) -> list[str]:
+    """The slowing clock-event reasons this rank's GPUs report now."""
     names: list[str] = []
     for sample in view.gpu_samples():
         bits = int(sample.values.get("gpu_clock_event_reasons", 0))
-        names += [name for bit, name in CLOCK_EVENTS.items() if bits & bit and name not in names]
-    return names
+        names += [name for bit, name in CLOCK_EVENT_REASONS.items()
+                  if bits & bit and name in SLOWING and name not in names]
+    return [n.replace("_", " ") for n in names]

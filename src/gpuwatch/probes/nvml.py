@@ -19,6 +19,14 @@ from gpuwatch.records import Sample
 
 MHZ = 1e6
 
+# NVML clock-event (throttle) reason bits -> bounded label values.
+CLOCK_EVENT_REASONS = {
+    0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap",
+    0x8: "hw_slowdown", 0x10: "sync_boost", 0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
 # Errors after which a function is never asked again for that device.
 _UNSUPPORTED = ("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND",
                 "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_INVALID_ARGUMENT")

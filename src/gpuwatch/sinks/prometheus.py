@@ -1,0 +1,241 @@
+"""The Prometheus endpoint: a pull-based collector over the agent's latest state.
+
+The agent thread folds each batch of records into ``ExporterState`` (a lock held
+for microseconds); a scrape builds metric families from a copy of it, driven by
+the metric catalogue (``metrics.toml``). Nothing is set per step on the hot path.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from gpuwatch.probes.nvml import CLOCK_EVENT_REASONS
+from gpuwatch.records import Finding, Record, Sample, Step
+
+log = logging.getLogger("gpuwatch")
+
+BASE_LABELS = ("job", "host", "rank", "local_rank")
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                30.0, 60.0, 120.0)
+PHASES = ("data", "compute", "optimizer", "checkpoint", "collective", "recompute", "other")
+STEP_TOTALS = ("samples", "tokens", "checkpoint_bytes", "collective_bytes", "act_ckpt_calls")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One catalogue entry: ``source`` and ``key`` say where its value comes from."""
+
+    name: str
+    type: str
+    source: str
+    key: str
+    labels: tuple[str, ...]
+    help: str
+
+
+@cache
+def catalogue() -> tuple[MetricSpec, ...]:
+    text = resources.files("gpuwatch.sinks").joinpath("metrics.toml").read_text()
+    return tuple(MetricSpec(name=m["name"], type=m["type"], source=m["source"], key=m["key"],
+                            labels=tuple(m["labels"]), help=m["help"])
+                 for m in tomllib.loads(text)["metric"])
+
+
+class ExporterState:
+    """What the next scrape reports. ``update`` runs on the agent thread, ``families``
+    on the HTTP server's; they share one short lock."""
+
+    def __init__(self, labels: Mapping[str, str], max_series: int = 5000) -> None:
+        self.labels = dict(labels)
+        self.max_series = max_series
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._latest: dict[tuple[str, int | None], dict[str, float]] = {}
+        self._buckets = [0] * (len(STEP_BUCKETS) + 1)
+        self._step_sum = 0.0
+        self._phases = dict.fromkeys(PHASES, 0.0)
+        self._totals = dict.fromkeys(STEP_TOTALS, 0.0)
+        self._findings: list[Finding] = []
+        self._faults: dict[str, int] = {}
+
+    def update(self, records: Iterable[Record], active: list[Finding],
+               faults: Mapping[str, int]) -> None:
+        with self._lock:
+            for r in records:
+                if isinstance(r, Step):
+                    self._add_step(r)
+                elif isinstance(r, Sample):
+                    self._latest[(r.source, r.gpu)] = r.values
+            self._findings = list(active)
+            self._faults = dict(faults)
+
+    def _add_step(self, s: Step) -> None:
+        self._buckets[bisect.bisect_left(STEP_BUCKETS, s.wall_s)] += 1
+        self._step_sum += s.wall_s
+        p = self._phases
+        p["data"] += s.data_s
+        p["compute"] += s.compute_s - s.collective_s - s.recompute_s
+        p["optimizer"] += s.optimizer_s
+        p["checkpoint"] += s.checkpoint_s
+        p["collective"] += s.collective_s
+        p["recompute"] += s.recompute_s
+        p["other"] += s.other_s
+        t = self._totals
+        t["samples"] += s.samples
+        t["tokens"] += s.tokens
+        t["checkpoint_bytes"] += s.checkpoint_bytes
+        t["collective_bytes"] += s.collective_bytes
+        t["act_ckpt_calls"] += s.act_ckpt_calls
+
+    def families(self) -> list[Metric]:
+        """The metric families of the catalogue, from a consistent copy of the state."""
+        with self._lock:
+            snap = _Snapshot(latest=dict(self._latest), buckets=list(self._buckets),
+                             step_sum=self._step_sum, phases=dict(self._phases),
+                             totals=dict(self._totals), findings=list(self._findings),
+                             faults=dict(self._faults), dropped=self.dropped)
+        budget = _Budget(self.max_series)
+        out = [f for spec in catalogue() if (f := self._family(spec, snap, budget))]
+        self.dropped += budget.dropped
+        return out
+
+    def _family(self, spec: MetricSpec, snap: _Snapshot, budget: _Budget) -> Metric | None:
+        names = [*BASE_LABELS, *spec.labels]
+        base = [self.labels.get(k, "") for k in BASE_LABELS]
+        if spec.type == "histogram":
+            family: Metric = HistogramMetricFamily(spec.name, spec.help, labels=names)
+        elif spec.type == "counter":
+            family = CounterMetricFamily(spec.name, spec.help, labels=names)
+        else:
+            family = GaugeMetricFamily(spec.name, spec.help, labels=names)
+        for extra, value in _series(spec, snap):
+            if isinstance(value, list):  # histogram buckets
+                if budget.take(len(value) + 2):
+                    family.add_metric(base, value, snap.step_sum)  # type: ignore[call-arg]
+            elif budget.take(1):
+                family.add_metric([*base, *extra], value)
+        return family if family.samples else None
+
+
+@dataclass
+class _Snapshot:
+    latest: dict[tuple[str, int | None], dict[str, float]]
+    buckets: list[int]
+    step_sum: float
+    phases: dict[str, float]
+    totals: dict[str, float]
+    findings: list[Finding]
+    faults: dict[str, int]
+    dropped: int
+
+
+class _Budget:
+    """The series cap: each series takes from it; what does not fit is counted."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.dropped = 0
+
+    def take(self, n: int) -> bool:
+        if n > self.left:
+            self.dropped += n
+            return False
+        self.left -= n
+        return True
+
+
+def _series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
+    """(extra label values, value) for each series of ``spec``."""
+    if spec.source in ("nvml", "allocator", "host", "agent"):
+        for (source, gpu), values in sorted(snap.latest.items(), key=lambda kv: str(kv[0])):
+            if source != spec.source or spec.key not in values:
+                continue
+            gpu_label = [] if "gpu" not in spec.labels else [str(gpu) if gpu is not None else ""]
+            if spec.name == "gpuwatch_gpu_clock_event_active":
+                bits = int(values[spec.key])
+                for bit, reason in CLOCK_EVENT_REASONS.items():
+                    yield [*gpu_label, reason], float(bool(bits & bit))
+            else:
+                yield gpu_label, values[spec.key]
+    elif spec.source == "steps":
+        count = sum(snap.buckets)
+        if spec.key == "wall_s":
+            cumulative, running = [], 0
+            for bound, n in zip([*map(str, STEP_BUCKETS), "+Inf"], snap.buckets, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            yield [], cumulative
+        elif spec.key == "phases":
+            for phase in PHASES:
+                yield [phase], max(snap.phases[phase], 0.0)
+        elif spec.key == "count":
+            yield [], float(count)
+        else:
+            yield [], snap.totals[spec.key]
+    elif spec.source == "findings":
+        for f in snap.findings:
+            if spec.key == "active":
+                yield [f.detector, f.verdict, f.severity], 1.0
+            elif f.projection and "speedup_ratio" in f.projection:
+                yield [f.projection["target"]], float(f.projection["speedup_ratio"])
+    elif spec.source == "faults":
+        for component, n in sorted(snap.faults.items()):
+            yield [component], float(n)
+    elif spec.source == "exporter":
+        yield [], float(snap.dropped)
+
+
+class _Collector:
+    def __init__(self, state: ExporterState, on_error: Any) -> None:
+        self._state = state
+        self._on_error = on_error
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            yield from self._state.families()
+        except Exception as exc:  # a scrape gets what there is; the job never notices
+            self._on_error(exc)
+
+
+class Exporter:
+    """Serves ``/metrics`` for one process on ``port`` (0: any free port)."""
+
+    def __init__(self, state: ExporterState, on_error: Any) -> None:
+        self.state = state
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(state, on_error))  # type: ignore[arg-type]
+        self.port: int | None = None
+        self._server: Any = None
+
+    def start(self, addr: str, port: int) -> bool:
+        """Bind and serve; False (warned once) when the port is taken."""
+        try:
+            self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            log.warning("gpuwatch: metrics endpoint %s:%d unavailable (%s); training goes on "
+                        "without it", addr, port, exc.strerror or exc)
+            return False
+        self.port = self._server.server_port
+        return True
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
