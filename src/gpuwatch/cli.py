@@ -61,6 +61,32 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print findings as JSON")
     analyze.set_defaults(handler=cmd_analyze)
 
+    dash = sub.add_parser("dashboards", help="Grafana dashboards: export or push")
+    dash_sub = dash.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = dash_sub.add_parser("export", help="write the dashboards' JSON")
+    export.add_argument("dir", type=Path, help="directory for <uid>.json files")
+    export.add_argument("--kubernetes", type=Path, metavar="FILE",
+                        help="also write them as a Kubernetes ConfigMap")
+    export.set_defaults(handler=cmd_dashboards_export)
+    push = dash_sub.add_parser("push", help="upload them through the Grafana HTTP API")
+    push.add_argument("--url", help="Grafana URL (default: GPUWATCH_GRAFANA__URL)")
+    push.add_argument("--folder", help="folder title (default: gpuwatch)")
+    push.set_defaults(handler=cmd_dashboards_push)
+
+    rules = sub.add_parser("rules", help="Prometheus alerting rules from detectors/*.yaml")
+    rules_sub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rexport = rules_sub.add_parser("export", help="write the rules and their promtool tests")
+    rexport.add_argument("dir", type=Path, nargs="?", default=Path("detectors/prometheus"),
+                         help="output directory (default detectors/prometheus)")
+    rexport.add_argument("--kubernetes", type=Path, metavar="FILE",
+                         help="also write them as a PrometheusRule")
+    rexport.add_argument("--runbook-base", default="", metavar="URL",
+                         help="prefix of runbook_url (default: the repository path)")
+    rexport.set_defaults(handler=cmd_rules_export)
+
+    metrics = sub.add_parser("metrics", help="print the metric catalogue (docs/metrics.md)")
+    metrics.set_defaults(handler=cmd_metrics)
+
     doctor = sub.add_parser("doctor", help="what this machine offers gpuwatch")
     doctor.set_defaults(handler=cmd_doctor)
     return p
@@ -156,6 +182,73 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if result.skipped_lines:
         print(f"gpuwatch: skipped {result.skipped_lines} unreadable line(s) in "
               f"{len(result.logs)} log(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_dashboards_export(args: argparse.Namespace) -> int:
+    from gpuwatch.dashboards import export, kubernetes_configmap
+    from gpuwatch.detection.alerts import dump
+
+    for path in export(args.dir):
+        print(path)
+    if args.kubernetes:
+        args.kubernetes.parent.mkdir(parents=True, exist_ok=True)
+        args.kubernetes.write_text(dump(kubernetes_configmap(), by="gpuwatch dashboards export"))
+        print(args.kubernetes)
+    return 0
+
+
+def cmd_dashboards_push(args: argparse.Namespace) -> int:
+    from gpuwatch.grafana import push
+
+    grafana = load_settings().grafana
+    url = args.url or grafana.url
+    if not url:
+        raise UserError("dashboards push needs a Grafana URL: --url or GPUWATCH_GRAFANA__URL")
+    try:
+        token = grafana.secret()
+    except OSError as exc:
+        raise UserError(f"cannot read grafana.token_file: {exc.strerror}") from None
+    if not token:
+        raise UserError("dashboards push needs a token: GPUWATCH_GRAFANA__TOKEN or "
+                        "GPUWATCH_GRAFANA__TOKEN_FILE")
+    try:
+        pushed = push(url, token, args.folder or grafana.folder)
+    except Exception as exc:  # HTTP and connection errors: one line, token never shown
+        raise UserError(f"dashboards push to {url} failed: {type(exc).__name__}: "
+                        f"{str(exc).replace(token, '***')}") from None
+    print(f"pushed {', '.join(pushed)} to {url}")
+    return 0
+
+
+def cmd_rules_export(args: argparse.Namespace) -> int:
+    from gpuwatch.detection.alerts import (
+        RULES_FILE,
+        TESTS_FILE,
+        dump,
+        kubernetes_rule,
+        prometheus_rules,
+        promtool_tests,
+    )
+    from gpuwatch.detection.rules import load_rules
+
+    rules = load_rules()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    outputs = {args.dir / RULES_FILE: prometheus_rules(rules, args.runbook_base),
+               args.dir / TESTS_FILE: promtool_tests(rules, args.runbook_base)}
+    if args.kubernetes:
+        args.kubernetes.parent.mkdir(parents=True, exist_ok=True)
+        outputs[args.kubernetes] = kubernetes_rule(rules, args.runbook_base)
+    for path, data in outputs.items():
+        path.write_text(dump(data))
+        print(path)
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from gpuwatch.sinks.prometheus import metrics_markdown
+
+    print(metrics_markdown(), end="")
     return 0
 
 

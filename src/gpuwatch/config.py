@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +33,25 @@ class ExporterSettings(BaseModel):
     addr: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=9410, ge=0, le=65535)
     max_series: int = Field(default=5000, ge=10)
+
+
+class GrafanaSettings(BaseModel):
+    """Where ``gpuwatch dashboards push`` uploads; the token never leaves this object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    folder: str = Field(default="gpuwatch", min_length=1)
+
+    def secret(self) -> str | None:
+        """The API token: ``token``, else the first line of ``token_file``."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text().strip() or None
+        return None
 
 
 class Settings(BaseSettings):
@@ -77,6 +96,8 @@ class Settings(BaseSettings):
                                      description="USD per GPU-hour by catalogue name.")
     exporter: ExporterSettings = Field(default_factory=ExporterSettings,
                                        description="Prometheus endpoint of each process.")
+    grafana: GrafanaSettings = Field(default_factory=GrafanaSettings,
+                                     description="Grafana for `gpuwatch dashboards push`.")
 
     @classmethod
     def settings_customise_sources(

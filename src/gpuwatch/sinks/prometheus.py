@@ -57,6 +57,19 @@ def catalogue() -> tuple[MetricSpec, ...]:
                  for m in tomllib.loads(text)["metric"])
 
 
+def metrics_markdown() -> str:
+    """docs/metrics.md: the catalogue as a table (``gpuwatch metrics`` prints it)."""
+    lines = ["# Metrics", "",
+             "Generated from `src/gpuwatch/sinks/metrics.toml` by `gpuwatch metrics`: do not edit.",
+             "", f"Every series has the labels {', '.join(f'`{k}`' for k in BASE_LABELS)}. "
+             "A metric the hardware does not offer is absent, never 0.", "",
+             "| metric | type | labels | source | meaning |", "| --- | --- | --- | --- | --- |"]
+    for m in catalogue():
+        labels = ", ".join(f"`{k}`" for k in m.labels) or "-"
+        lines.append(f"| `{m.name}` | {m.type} | {labels} | {m.source} | {m.help} |")
+    return "\n".join(lines) + "\n"
+
+
 class ExporterState:
     """What the next scrape reports. ``update`` runs on the agent thread, ``families``
     on the HTTP server's; they share one short lock."""
@@ -188,12 +201,16 @@ def _series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]
             yield [], float(count)
         else:
             yield [], snap.totals[spec.key]
-    elif spec.source == "findings":
+    elif spec.source == "findings":  # one series per label set (the best projection)
+        best: dict[tuple[str, ...], float] = {}
         for f in snap.findings:
             if spec.key == "active":
-                yield [f.detector, f.verdict, f.severity], 1.0
-            elif f.projection and "speedup_ratio" in f.projection:
-                yield [f.projection["target"]], float(f.projection["speedup_ratio"])
+                best[(f.detector, f.verdict, f.severity)] = 1.0
+            elif f.projection and spec.key in f.projection:
+                key, value = (f.projection["target"],), float(f.projection[spec.key])
+                best[key] = max(best.get(key, value), value)
+        for labels, value in sorted(best.items()):
+            yield list(labels), value
     elif spec.source == "faults":
         for component, n in sorted(snap.faults.items()):
             yield [component], float(n)
