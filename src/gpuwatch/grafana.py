@@ -17,7 +17,7 @@ def push(url: str, token: str, folder: str, client: Any = None) -> list[str]:
     """
     if client is None:
         try:
-            from grafana_client import GrafanaApi
+            from grafana_client.api import GrafanaApi
         except ImportError:
             raise RuntimeError("dashboards push needs grafana-client: "
                                "pip install 'gpuwatch[grafana]'") from None

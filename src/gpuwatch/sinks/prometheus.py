@@ -10,13 +10,13 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
+import tomllib
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -132,16 +132,16 @@ class ExporterState:
         names = [*BASE_LABELS, *spec.labels]
         base = [self.labels.get(k, "") for k in BASE_LABELS]
         if spec.type == "histogram":
-            family: Metric = HistogramMetricFamily(spec.name, spec.help, labels=names)
-        elif spec.type == "counter":
-            family = CounterMetricFamily(spec.name, spec.help, labels=names)
-        else:
-            family = GaugeMetricFamily(spec.name, spec.help, labels=names)
+            hist = HistogramMetricFamily(spec.name, spec.help, labels=names)
+            for _, buckets in _series(spec, snap):
+                if budget.take(len(buckets) + 2):  # buckets, _sum and _count
+                    hist.add_metric(base, buckets, snap.step_sum)
+            return hist if hist.samples else None
+        family: CounterMetricFamily | GaugeMetricFamily = (
+            CounterMetricFamily(spec.name, spec.help, labels=names) if spec.type == "counter"
+            else GaugeMetricFamily(spec.name, spec.help, labels=names))
         for extra, value in _series(spec, snap):
-            if isinstance(value, list):  # histogram buckets
-                if budget.take(len(value) + 2):
-                    family.add_metric(base, value, snap.step_sum)  # type: ignore[call-arg]
-            elif budget.take(1):
+            if budget.take(1):
                 family.add_metric([*base, *extra], value)
         return family if family.samples else None
 
@@ -236,7 +236,7 @@ class Exporter:
     def __init__(self, state: ExporterState, on_error: Any) -> None:
         self.state = state
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(state, on_error))  # type: ignore[arg-type]
+        self.registry.register(_Collector(state, on_error))
         self.port: int | None = None
         self._server: Any = None
 
