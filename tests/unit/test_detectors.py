@@ -240,7 +240,8 @@ def test_a_slow_rank_is_a_straggler_to_fix_not_a_reason_to_buy() -> None:
     assert f.verdict == "fix_here" and f.ranks == [2]
     assert f.evidence["compute_ratio"] > 2.5
     assert f.evidence["others_collective_share_ratio"] > 0.5
-    assert "Rank 2 (host node-2" in f.summary and "(its GPU reports hw thermal slowdown)" in f.summary
+    assert "Rank 2 (host node-2" in f.summary
+    assert "(its GPU reports hw thermal slowdown)" in f.summary
     assert not [x for x in findings if x.verdict == "move_to_h100"]
 
 

@@ -15,12 +15,11 @@ to it (see docs/projection.md):
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
-
-import tomllib
 
 # PCIe x16, one direction, bytes/s (nominal), by generation.
 PCIE_BYTES_PER_S = {3: 16e9, 4: 32e9, 5: 64e9, 6: 128e9}

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import bisect
 import logging
+import socketserver
 import threading
+import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import tomllib
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -78,6 +80,7 @@ class ExporterState:
         self.labels = dict(labels)
         self.max_series = max_series
         self.dropped = 0
+        self.version = 0  # bumped by every update: the exporter renders again
         self._lock = threading.Lock()
         self._latest: dict[tuple[str, int | None], dict[str, float]] = {}
         self._buckets = [0] * (len(STEP_BUCKETS) + 1)
@@ -97,6 +100,7 @@ class ExporterState:
                     self._latest[(r.source, r.gpu)] = r.values
             self._findings = list(active)
             self._faults = dict(faults)
+            self.version += 1
 
     def _add_step(self, s: Step) -> None:
         self._buckets[bisect.bisect_left(STEP_BUCKETS, s.wall_s)] += 1
@@ -230,25 +234,69 @@ class _Collector:
             self._on_error(exc)
 
 
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes are not the training log's business
+
+
 class Exporter:
-    """Serves ``/metrics`` for one process on ``port`` (0: any free port)."""
+    """Serves ``/metrics`` for one process on ``port`` (0: any free port).
+
+    The text is rendered once per state change (the agent updates it every
+    flush) and served from cache in between, so frequent scrapes cost the
+    training process almost nothing.
+    """
 
     def __init__(self, state: ExporterState, on_error: Any) -> None:
         self.state = state
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(state, on_error))
+        self._on_error = on_error
         self.port: int | None = None
-        self._server: Any = None
+        self.renders = 0
+        self._server: _Server | None = None
+        self._cache: tuple[int, bytes] = (-1, b"")
+        self._render_lock = threading.Lock()
+
+    def render(self) -> bytes:
+        """The exposition text of the current state (rendered again only if it changed)."""
+        with self._render_lock:
+            version = self.state.version
+            if self._cache[0] != version:
+                self._cache = (version, generate_latest(self.registry))
+                self.renders += 1
+            return self._cache[1]
+
+    def _app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"see /metrics\n"]
+        try:
+            body = self.render()
+        except Exception as exc:  # counted, never a traceback in the training log
+            self._on_error(exc)
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+            return [b"gpuwatch exporter error\n"]
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
 
     def start(self, addr: str, port: int) -> bool:
         """Bind and serve; False (warned once) when the port is taken."""
         try:
-            self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+            server = make_server(addr, port, self._app, _Server, handler_class=_QuietHandler)
         except OSError as exc:
             log.warning("gpuwatch: metrics endpoint %s:%d unavailable (%s); training goes on "
                         "without it", addr, port, exc.strerror or exc)
             return False
-        self.port = self._server.server_port
+        self._server = server
+        self.port = server.server_port
+        threading.Thread(target=server.serve_forever, name="gpuwatch-metrics",
+                         daemon=True).start()
         return True
 
     def stop(self) -> None:
