@@ -36,6 +36,7 @@ BASE_LABELS = ("job", "host", "rank", "local_rank")
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 30.0, 60.0, 120.0)
 PHASES = ("data", "compute", "optimizer", "checkpoint", "collective", "recompute", "other")
+HEALTH = ("faults", "exporter")  # catalogue sources exempt from the series cap
 STEP_TOTALS = ("samples", "tokens", "checkpoint_bytes", "collective_bytes", "act_ckpt_calls")
 
 
@@ -128,7 +129,9 @@ class ExporterState:
                              totals=dict(self._totals), findings=list(self._findings),
                              faults=dict(self._faults), dropped=self.dropped)
         budget = _Budget(self.max_series)
-        out = [f for spec in catalogue() if (f := self._family(spec, snap, budget))]
+        health = _Budget(10_000)  # gpuwatch's own health series are never capped away
+        out = [f for spec in catalogue()
+               if (f := self._family(spec, snap, health if spec.source in HEALTH else budget))]
         self.dropped += budget.dropped
         return out
 
