@@ -9,6 +9,7 @@ checkpoint every --ckpt-every steps, on CPU (or the GPU when there is one).
 import argparse
 import os
 import tempfile
+import time
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--seconds", type=float, default=0.0, help="train this long instead")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=20)
@@ -34,7 +36,8 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ckpt_dir = tempfile.mkdtemp(prefix="plain-ckpt-")
     step = 0
-    while step < args.steps:
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    while step < args.steps or (deadline and time.monotonic() < deadline):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             loss = nn.functional.cross_entropy(model(x), y)
@@ -45,7 +48,7 @@ def main() -> None:
             if args.ckpt_every and step % args.ckpt_every == 0:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict()},
                            os.path.join(ckpt_dir, "last.pt"))
-            if step >= args.steps:
+            if (deadline and time.monotonic() >= deadline) or (not deadline and step >= args.steps):
                 break
     raise SystemExit(args.exit_code)
 

@@ -8,8 +8,9 @@ the metric catalogue (``metrics.toml``). Nothing is set per step on the hot path
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
-import socketserver
+import socket
 import threading
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -36,6 +36,8 @@ BASE_LABELS = ("job", "host", "rank", "local_rank")
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 30.0, 60.0, 120.0)
 PHASES = ("data", "compute", "optimizer", "checkpoint", "collective", "recompute", "other")
+REQUEST_TIMEOUT_S = 2.0
+MAX_REQUEST_BYTES = 64 * 1024
 HEALTH = ("faults", "exporter")  # catalogue sources exempt from the series cap
 STEP_TOTALS = ("samples", "tokens", "checkpoint_bytes", "collective_bytes", "act_ckpt_calls")
 
@@ -237,21 +239,20 @@ class _Collector:
             self._on_error(exc)
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # scrapes are not the training log's business
+def _response(status: bytes, body: bytes, content_type: bytes = b"text/plain",
+              head: bool = False) -> bytes:
+    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type
+            + b"\r\nContent-Length: " + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n" + (b"" if head else body))
 
 
 class Exporter:
     """Serves ``/metrics`` for one process on ``port`` (0: any free port).
 
     The text is rendered once per state change (the agent updates it every
-    flush) and served from cache in between, so frequent scrapes cost the
-    training process almost nothing.
+    flush) and served from cache in between; the server is a minimal one-thread
+    HTTP/1.1 responder (a request line and headers in, cached bytes out), so
+    frequent scrapes cost the training process almost nothing.
     """
 
     def __init__(self, state: ExporterState, on_error: Any) -> None:
@@ -261,7 +262,7 @@ class Exporter:
         self._on_error = on_error
         self.port: int | None = None
         self.renders = 0
-        self._server: _Server | None = None
+        self._listener: socket.socket | None = None
         self._cache: tuple[int, bytes] = (-1, b"")
         self._render_lock = threading.Lock()
 
@@ -274,36 +275,58 @@ class Exporter:
                 self.renders += 1
             return self._cache[1]
 
-    def _app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"see /metrics\n"]
-        try:
-            body = self.render()
-        except Exception as exc:  # counted, never a traceback in the training log
-            self._on_error(exc)
-            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
-            return [b"gpuwatch exporter error\n"]
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
-                                  ("Content-Length", str(len(body)))])
-        return [body]
+    def _respond(self, conn: socket.socket) -> None:
+        """One request, one response, then close (HTTP/1.1 with Connection: close)."""
+        conn.settimeout(REQUEST_TIMEOUT_S)
+        request = b""
+        while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST_BYTES:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            request += chunk
+        method, _, rest = request.partition(b" ")
+        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            conn.sendall(_response(b"405 Method Not Allowed", b"GET /metrics\n"))
+        elif path not in (b"/", b"/metrics"):
+            conn.sendall(_response(b"404 Not Found", b"see /metrics\n"))
+        else:
+            try:
+                body = self.render()
+            except Exception as exc:  # counted, never a traceback in the training log
+                self._on_error(exc)
+                conn.sendall(_response(b"500 Internal Server Error", b"exporter error\n"))
+                return
+            conn.sendall(_response(b"200 OK", body, CONTENT_TYPE_LATEST.encode(),
+                                   head=method == b"HEAD"))
+
+    def _serve(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed by stop()
+            with conn, contextlib.suppress(OSError):  # a scraper gone mid-request
+                self._respond(conn)
 
     def start(self, addr: str, port: int) -> bool:
         """Bind and serve; False (warned once) when the port is taken."""
         try:
-            server = make_server(addr, port, self._app, _Server, handler_class=_QuietHandler)
+            listener = socket.create_server((addr, port), backlog=16)
         except OSError as exc:
             log.warning("gpuwatch: metrics endpoint %s:%d unavailable (%s); training goes on "
                         "without it", addr, port, exc.strerror or exc)
             return False
-        self._server = server
-        self.port = server.server_port
-        threading.Thread(target=server.serve_forever, name="gpuwatch-metrics",
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        threading.Thread(target=self._serve, args=(listener,), name="gpuwatch-metrics",
                          daemon=True).start()
         return True
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Close the endpoint; a scrape in flight finishes or fails on its own."""
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
