@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -20,7 +20,7 @@ TOKEN = "glsa_secret_token_123"
 
 
 class FakeGrafana(BaseHTTPRequestHandler):
-    requests: list[tuple[str, str, str, Any]] = []
+    requests: ClassVar[list[tuple[str, str, str, Any]]] = []
     status = 200
 
     def _reply(self, body: Any) -> None:
