@@ -37,6 +37,7 @@ from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample
 from gpuwatch.sinks.console import ConsoleStatus, status_line
 from gpuwatch.sinks.prometheus import Exporter, ExporterState
 from gpuwatch.sinks.runlog import RunLogWriter
+from gpuwatch.sinks.slack import SlackNotifier, notifier_from_settings
 from gpuwatch.telemetry import Telemetry
 
 STOP_TIMEOUT_S = 2.0
@@ -115,6 +116,7 @@ class Agent:
         self._host: HostProbe | None = None
         self._console: ConsoleStatus | None = None
         self.exporter: Exporter | None = None
+        self.slack: SlackNotifier | None = None
         self.thread_cpu_s = 0.0
         self.stopped = False
 
@@ -163,8 +165,10 @@ class Agent:
                         self._report_latency(records)
                         next_latency = mono + LATENCY_REPORT_S
                 self._drain(records)
-                if sampled and self._console is not None:
-                    self._console.show(status_line(self.telemetry, time.time()))
+                if sampled:
+                    self._remind()
+                    if self._console is not None:
+                        self._console.show(status_line(self.telemetry, time.time()))
                 if self.ring.pending():
                     continue  # a backlog: keep draining, in bounded batches
                 timeout = min(self.settings.flush_interval_s, max(next_sample - mono, 0.0))
@@ -189,6 +193,7 @@ class Agent:
         )])
         self._host = HostProbe(ident.rank)
         self._start_exporter()
+        self._start_slack()
         if self.settings.console:
             self._console = ConsoleStatus()
         self._setup_gpu(torch)
@@ -203,6 +208,17 @@ class Agent:
                             on_error=lambda exc: self.faults.record("exporter", exc))
         if exporter.start(cfg.addr, cfg.port + ident.local_rank if cfg.port else 0):
             self.exporter = exporter
+
+    def _start_slack(self) -> None:
+        try:
+            self.slack = notifier_from_settings(
+                self.settings, self.out_dir / "slack-spool" / f"rank{self.identity.rank}",
+                on_error=lambda what: self.faults.record("slack", what))
+        except OSError as exc:
+            self.faults.record("slack", f"cannot read slack.webhook_url_file: {exc.strerror}")
+            return
+        if self.slack is not None:
+            self.slack.start()  # also delivers what an earlier start left spooled
 
     def _setup_gpu(self, torch: Any) -> None:
         ident = self.identity
@@ -255,6 +271,13 @@ class Agent:
             agent[f"open_{phase}_seconds"] = seconds
         records.append(Sample(self.identity.rank, now, "agent", agent))
 
+    def _remind(self) -> None:
+        if self.slack is not None:
+            try:
+                self.slack.remind(self.engine.active())
+            except OSError as exc:
+                self.faults.record("slack", exc)
+
     def _report_latency(self, records: list[Record]) -> None:
         if self._nvml is not None:
             slowest = self._nvml.take_latencies()
@@ -284,6 +307,11 @@ class Agent:
             else:
                 log.info("gpuwatch finding resolved: %s", f.detector)
         records = [*records, *findings]
+        if self.slack is not None:
+            try:
+                self.slack.notify(findings)
+            except OSError as exc:
+                self.faults.record("slack", exc)
         if self.exporter is not None:
             self.exporter.state.update(records, self.engine.active(), self.faults.counts)
         if records and self._writer is not None:
@@ -306,6 +334,9 @@ class Agent:
             self._writer.close()
         if self.exporter is not None:
             self.exporter.stop()
+        if self.slack is not None:  # a last chance; what is left stays spooled
+            self.slack.flush(timeout=0.5)
+            self.slack.stop(timeout=0.2)
         if self._nvml is not None:
             self._nvml.shutdown()
 

@@ -7,6 +7,7 @@ one line and exit 2 (127 for a missing command); never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from gpuwatch._version import __version__
 from gpuwatch.config import ConfigError, load_settings
@@ -84,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
                          help="prefix of runbook_url (default: the repository path)")
     rexport.set_defaults(handler=cmd_rules_export)
 
+    alerts = sub.add_parser("alerts", help="Slack notifications: test or flush")
+    alerts_sub = alerts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    atest = alerts_sub.add_parser("test", help="send one test message to the webhook")
+    atest.set_defaults(handler=cmd_alerts_test)
+    aflush = alerts_sub.add_parser("flush", help="deliver notifications spooled in run dirs")
+    aflush.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR")
+    aflush.add_argument("--timeout", type=_positive, default=120.0, help="seconds to try")
+    aflush.set_defaults(handler=cmd_alerts_flush)
+
     metrics = sub.add_parser("metrics", help="print the metric catalogue (docs/metrics.md)")
     metrics.set_defaults(handler=cmd_metrics)
 
@@ -138,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _write_findings(out: Path) -> None:
     """After the run: every rank's log through the detectors, into findings.json."""
+    from gpuwatch.detection.engine import JOB_DETECTORS
     from gpuwatch.detection.replay import analyze
     from gpuwatch.sinks.report import findings_json
 
@@ -147,6 +159,7 @@ def _write_findings(out: Path) -> None:
     try:
         result = analyze([out], load_settings())
         (out / "findings.json").write_text(findings_json(result.findings) + "\n")
+        _notify_job_findings(out, [f for f in result.findings if f.detector in JOB_DETECTORS])
     except Exception as exc:  # the run's exit status must stay the command's
         print(f"gpuwatch: could not analyse {out}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return
@@ -168,6 +181,20 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 128 - code if code < 0 else code
+
+
+def _notify_job_findings(out: Path, findings: list[Any]) -> None:
+    """Cross-rank findings exist only once all ranks' logs meet: tell Slack now."""
+    from gpuwatch.sinks.slack import notifier_from_settings
+
+    notifier = notifier_from_settings(load_settings(), out / "slack-spool" / "job")
+    if notifier is None:
+        return
+    notifier.notify([dataclasses.replace(f, state="active") for f in findings])
+    if not notifier.flush(timeout=15):
+        print(f"gpuwatch: Slack notifications spooled in {out}; deliver them with "
+              f"`gpuwatch alerts flush {out}`", file=sys.stderr)
+    notifier.stop()
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -243,6 +270,58 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
         path.write_text(dump(data))
         print(path)
     return 0
+
+
+def _notifier(spool: Path) -> Any:
+    from gpuwatch.sinks.slack import notifier_from_settings
+
+    try:
+        notifier = notifier_from_settings(load_settings(), spool)
+    except OSError as exc:
+        raise UserError(f"cannot read slack.webhook_url_file: {exc.strerror}") from None
+    if notifier is None:
+        raise UserError("no Slack webhook: set GPUWATCH_SLACK__WEBHOOK_URL or "
+                        "GPUWATCH_SLACK__WEBHOOK_URL_FILE")
+    return notifier
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    import socket
+    import tempfile
+
+    from gpuwatch.sinks.slack import Note
+
+    with tempfile.TemporaryDirectory() as spool:
+        notifier = _notifier(Path(spool))
+        notifier.spool.put(Note("test", {"summary": f"gpuwatch test message from "
+                                                    f"{socket.gethostname()}: alerts reach "
+                                                    "this channel.", "job": "test"},
+                                time.time() - 60))
+        ok = notifier.flush(timeout=30)
+        notifier.stop()
+    if not ok:
+        print("gpuwatch: the test message was not delivered (see the warning above)",
+              file=sys.stderr)
+        return 1
+    print("gpuwatch: test message delivered")
+    return 0
+
+
+def cmd_alerts_flush(args: argparse.Namespace) -> int:
+    from gpuwatch.sinks.slack import spool_dirs
+
+    left = 0
+    for run in args.runs:
+        if not run.is_dir():
+            raise UserError(f"no such run directory: {run}")
+        for spool in spool_dirs(run):
+            notifier = _notifier(spool)
+            notifier.flush(timeout=args.timeout)
+            notifier.stop()
+            left += len(notifier.spool.pending())
+            print(f"{spool}: {notifier.delivered} delivered, {len(notifier.spool.pending())} "
+                  "left")
+    return 1 if left else 0
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -51,6 +51,31 @@ class GrafanaSettings(BaseModel):
             return self.token.get_secret_value()
         if self.token_file is not None:
             return self.token_file.read_text().strip() or None
+        return None
+
+
+class SlackSettings(BaseModel):
+    """Slack incoming-webhook notifications; the URL is a secret and never printed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: SecretStr | None = None
+    webhook_url_file: Path | None = None
+    repeat_interval_s: float = Field(default=4 * 3600.0, gt=0)
+    messages_per_second: float = Field(default=1.0, gt=0, le=10)
+    group_window_s: float = Field(default=2.0, ge=0, le=300)
+    max_group: int = Field(default=50, ge=1, le=500)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    verdicts: list[Literal["move_to_h100", "fix_here", "info"]] = Field(
+        default=["move_to_h100", "fix_here"])  # pydantic copies the default per instance
+    grafana_url: str | None = None
+
+    def url(self) -> str | None:
+        """The webhook: ``webhook_url``, else the first line of ``webhook_url_file``."""
+        if self.webhook_url is not None:
+            return self.webhook_url.get_secret_value()
+        if self.webhook_url_file is not None:
+            return self.webhook_url_file.read_text().strip() or None
         return None
 
 
@@ -98,6 +123,8 @@ class Settings(BaseSettings):
                                        description="Prometheus endpoint of each process.")
     grafana: GrafanaSettings = Field(default_factory=GrafanaSettings,
                                      description="Grafana for `gpuwatch dashboards push`.")
+    slack: SlackSettings = Field(default_factory=SlackSettings,
+                                 description="Slack notifications of findings.")
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,73 @@
+"""A local Slack-webhook stand-in on 127.0.0.1 that answers from a script:
+"ok" (200), "429:N" (Retry-After: N), "500", "404", "hang:N" (answers after N s),
+"reset" (drops the connection). After the script it answers ``then``."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class ScriptedWebhook:
+    def __init__(self, script: list[str] | None = None, then: str = "ok") -> None:
+        self.script = list(script or [])
+        self.then = then
+        self.attempts: list[tuple[float, str]] = []  # (monotonic time, action)
+        self.delivered: list[dict[str, Any]] = []  # bodies answered 200
+        self._lock = threading.Lock()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with hook._lock:
+                    action = hook.script.pop(0) if hook.script else hook.then
+                    hook.attempts.append((time.monotonic(), action))
+                name, _, arg = action.partition(":")
+                if name == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    return
+                if name == "hang":
+                    time.sleep(float(arg))
+                status = {"ok": 200, "hang": 200, "429": 429, "500": 500, "404": 404}[name]
+                if status == 200:
+                    with hook._lock:
+                        hook.delivered.append(json.loads(body))
+                self.send_response(status)
+                if name == "429":
+                    self.send_header("Retry-After", arg)
+                payload = b"ok" if status == 200 else b"no_service"
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T0/B0/secret"
+
+    def texts(self) -> list[str]:
+        return [body["text"] for body in self.delivered]
+
+
+@contextmanager
+def webhook(script: list[str] | None = None, then: str = "ok") -> Iterator[ScriptedWebhook]:
+    hook = ScriptedWebhook(script, then)
+    thread = threading.Thread(target=hook.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hook
+    finally:
+        hook.server.shutdown()
+        hook.server.server_close()
