@@ -1,0 +1,79 @@
+"""The cluster route: a firing gpuwatch alert, sent to a real Alertmanager (Debian's
+prometheus-alertmanager, on loopback) with the shipped deploy config, reaches a
+Slack webhook (a local receiver) with the alert's summary and runbook."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpuwatch.detection.alerts import promtool_tests
+from gpuwatch.detection.rules import load_rules
+from tests.integration.conftest import ROOT
+from tests.webhook import webhook
+
+pytestmark = pytest.mark.integration
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_firing_gpuwatch_alert_is_routed_to_slack(tmp_path: Path) -> None:
+    assert ALERTMANAGER, "Debian's prometheus-alertmanager is required (.ci/run installs it)"
+    rule = load_rules()["fits_on_paper"]
+    # the alert exactly as Prometheus sends it for the generated rule (from its promtool test)
+    test = next(t for t in promtool_tests(load_rules())["tests"]
+                if t["alert_rule_test"][1]["alertname"] == "GpuwatchFitsOnPaper")
+    expected = test["alert_rule_test"][1]["exp_alerts"][0]
+    with webhook() as hook:
+        secret = tmp_path / "slack_webhook_url"
+        secret.write_text(hook.url + "\n")
+        config = yaml.safe_load((ROOT / "deploy" / "alertmanager" / "alertmanager.yml").read_text())
+        config["receivers"][0]["slack_configs"][0]["api_url_file"] = str(secret)
+        config["route"]["group_wait"] = "1s"
+        (tmp_path / "am.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        proc = subprocess.Popen(
+            [ALERTMANAGER, f"--config.file={tmp_path / 'am.yml'}",
+             f"--storage.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+             "--cluster.listen-address="],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            api = f"http://127.0.0.1:{port}/api/v2"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(f"{api}/status", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            alert = [{"labels": {"alertname": "GpuwatchFitsOnPaper", **expected["exp_labels"]},
+                      "annotations": expected["exp_annotations"],
+                      "startsAt": datetime.now(timezone.utc).isoformat()}]
+            request = urllib.request.Request(f"{api}/alerts", data=json.dumps(alert).encode(),
+                                             headers={"Content-Type": "application/json"},
+                                             method="POST")
+            assert urllib.request.urlopen(request, timeout=5).status == 200
+            deadline = time.monotonic() + 30
+            while not hook.delivered and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert hook.delivered, "Alertmanager never called the Slack webhook"
+    payload = json.dumps(hook.delivered[0])
+    assert "GpuwatchFitsOnPaper" in payload and "move_to_h100" in payload
+    assert rule.title in payload and "docs/runbooks.md#fits_on_paper" in payload
