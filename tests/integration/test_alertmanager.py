@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -62,7 +62,7 @@ def test_firing_gpuwatch_alert_is_routed_to_slack(tmp_path: Path) -> None:
                     time.sleep(0.2)
             alert = [{"labels": {"alertname": "GpuwatchFitsOnPaper", **expected["exp_labels"]},
                       "annotations": expected["exp_annotations"],
-                      "startsAt": datetime.now(timezone.utc).isoformat()}]
+                      "startsAt": datetime.now(UTC).isoformat()}]
             request = urllib.request.Request(f"{api}/alerts", data=json.dumps(alert).encode(),
                                              headers={"Content-Type": "application/json"},
                                              method="POST")
