@@ -125,6 +125,13 @@ class Monitor:
 _current: Monitor | None = None
 
 
+def attach(settings: dict[str, Any], *, rank: int, local_rank: int,
+           world_size: int) -> Monitor:
+    """``watch`` for a framework adapter that knows this process's place in the job."""
+    return _start(settings, {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(local_rank),
+                             "WORLD_SIZE": str(world_size)})
+
+
 def watch(**settings: Any) -> Monitor:
     """Attach gpuwatch to this training process and start its agent.
 
@@ -133,11 +140,15 @@ def watch(**settings: Any) -> Monitor:
     configuration is logged in one line and yields an inert monitor; it never
     raises into the job.
     """
+    return _start(settings, None)
+
+
+def _start(settings: dict[str, Any], environ: dict[str, str] | None) -> Monitor:
     global _current
     if _current is not None and not _current.agent.stopped:
         return _current
     try:
-        agent = Agent(load_settings(**settings))
+        agent = Agent(load_settings(**settings), environ=environ)
     except ConfigError as exc:
         log.error("%s; gpuwatch is off for this run", exc)
         return Monitor(Agent(Settings.model_construct(nvml=False)))

@@ -25,6 +25,8 @@ CHECKPOINT_TARGET = 105  # value: bytes a save wrote
 ACT_CKPT = 106  # one activation-checkpointed region entered (forward)
 ERROR = 107  # value: exception type name raised out of a step
 COLLECTIVE_BYTES = 108  # value: bytes a collective moved (tensor size, not wire bytes)
+PHASE_SECONDS = 109  # value: (phase code, seconds) measured elsewhere (a callback, a future)
+TOTAL_STEPS = 110  # value: the steps the run plans (from the framework or the user)
 
 DATA = 1
 COMPUTE = 2

@@ -62,6 +62,14 @@ class StepAssembler:
             elif code == ring.CHECKPOINT_TARGET:
                 if self._depth[ring.CHECKPOINT] <= 1:  # a nested save is part of the outer one
                     self._ckpt_targets.append(value)
+            elif code == ring.PHASE_SECONDS:
+                phase, seconds = value
+                if 0 < phase < _NPHASES and seconds > 0:
+                    self._acc[phase] += seconds
+                    if phase == ring.CHECKPOINT:
+                        self._saved(seconds, t, out)
+            elif code == ring.TOTAL_STEPS:
+                out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
             elif code == ring.COLLECTIVE_BYTES:
                 self._collective_bytes += value
             elif code == ring.ACT_CKPT:
@@ -88,11 +96,14 @@ class StepAssembler:
         seconds = t - self._opened[phase]
         self._acc[phase] += seconds
         if phase == ring.CHECKPOINT:
-            nbytes = sum(self._ckpt_targets)
-            self._ckpt_targets.clear()
-            self._ckpt_bytes += nbytes
-            out.append(Event(self.rank, t + self._offset, "checkpoint_save",
-                             {"seconds": seconds, "bytes": nbytes}))
+            self._saved(seconds, t, out)
+
+    def _saved(self, seconds: float, t: float, out: list[Record]) -> None:
+        nbytes = sum(self._ckpt_targets)
+        self._ckpt_targets.clear()
+        self._ckpt_bytes += nbytes
+        out.append(Event(self.rank, t + self._offset, "checkpoint_save",
+                         {"seconds": seconds, "bytes": nbytes}))
 
     def _track_batch(self, size: int, t: float, out: list[Record]) -> None:
         """Report a batch-size change once the new size repeats (a short last batch does not)."""

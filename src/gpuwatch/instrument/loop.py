@@ -1,0 +1,107 @@
+"""Framework-free marking of a training loop from its callbacks.
+
+Lightning's and Hugging Face's callbacks are thin adapters over this: each
+framework hook calls one method here, which pushes ring marks. Nothing here
+knows a framework; everything here is hot-path cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gpuwatch.instrument import ring
+from gpuwatch.instrument.patches import batch_size, size_on_disk
+
+Push = Any  # MarkRing.push
+
+
+class LoopMarker:
+    """Steps, phases, checkpoints and plans of a callback-driven loop.
+
+    Steps are batches: ``batch_start`` .. ``batch_end``. Between them the loop
+    fetches data; inside, forward, backward and the optimizer. Phases left open
+    by a framework that skipped a hook are closed at the next step boundary.
+    """
+
+    __slots__ = ("_open", "_paused", "_push")
+
+    def __init__(self, push: Push) -> None:
+        self._push = push
+        self._open: list[int] = []  # phases this marker opened, innermost last
+        self._paused = 0  # the phase a checkpoint interrupted
+
+    def _enter(self, phase: int) -> None:
+        self._close_all()
+        self._push(phase)
+        self._open.append(phase)
+
+    def _close_all(self) -> None:
+        while self._open:
+            self._push(-self._open.pop())
+
+    def loop_start(self) -> None:
+        """The loop is about to fetch its first batch."""
+        self._enter(ring.DATA)
+
+    def batch_start(self, batch: Any = None, phase: int = ring.FORWARD) -> None:
+        """A batch arrived: data wait ends, ``phase`` (forward, or compute) begins."""
+        self._close_all()
+        self._push(ring.STEP_BEGIN)
+        try:
+            n = batch_size(batch) if batch is not None else 0
+        except Exception:  # an exotic batch: no sample count, never an error
+            n = 0
+        if n:
+            self._push(ring.SAMPLES, n)
+        self._enter(phase)
+
+    def backward(self) -> None:
+        self._enter(ring.BACKWARD)
+
+    def optimizer(self) -> None:
+        self._enter(ring.OPTIMIZER)
+
+    def optimizer_done(self) -> None:
+        self._close_all()
+
+    def batch_end(self, then_data: bool = True) -> None:
+        """The step is over; the loop goes back to its data (timed here unless the
+        adapter reports it with ``elapsed``)."""
+        self._close_all()
+        self._push(ring.STEP_END)
+        if then_data:
+            self._enter(ring.DATA)
+
+    def loop_end(self) -> None:
+        self._close_all()
+
+    def elapsed(self, phase: int, seconds: float) -> None:
+        """Time measured by the adapter, for a phase the framework has no hooks around."""
+        self._push(ring.PHASE_SECONDS, (phase, seconds))
+
+    def saved(self, seconds: float, path: str | os.PathLike[str] | None) -> None:
+        """A checkpoint save the framework announces only once done."""
+        if path is not None:
+            self._push(ring.CHECKPOINT_TARGET, size_on_disk(path))
+        self._push(ring.PHASE_SECONDS, (ring.CHECKPOINT, seconds))
+
+    def checkpoint_start(self) -> None:
+        """A save begins; the phase it interrupts (data wait, usually) resumes after it."""
+        self._paused = self._open[-1] if self._open else 0
+        self._close_all()
+        self._push(ring.CHECKPOINT)
+
+    def checkpoint_end(self, path: str | os.PathLike[str] | None) -> None:
+        if path is not None:
+            self._push(ring.CHECKPOINT_TARGET, size_on_disk(path))
+        self._push(-ring.CHECKPOINT)
+        if self._paused:
+            self._enter(self._paused)
+            self._paused = 0
+
+    def plan(self, total_steps: int | None) -> None:
+        """The steps the run will take (for time-to-finish projections)."""
+        if total_steps and total_steps > 0:
+            self._push(ring.TOTAL_STEPS, int(total_steps))
+

@@ -1,0 +1,103 @@
+"""The hook bodies shared by the ``lightning`` and ``pytorch_lightning`` callbacks
+(the two namespaces have distinct Callback classes with the same hooks)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import Any
+
+from gpuwatch.instrument.loop import LoopMarker
+from gpuwatch.monitor import Monitor, attach
+
+
+class LightningHooks:
+    """Steps are training batches; data wait is the gap before each batch starts;
+    backward and optimizer from their hooks; a checkpoint from ``on_save_checkpoint``
+    to the end of the strategy's ``CheckpointIO.save_checkpoint``."""
+
+    def __init__(self, **settings: Any) -> None:
+        """Keyword arguments are gpuwatch settings (see ``gpuwatch.config.Settings``)."""
+        super().__init__()
+        self._settings = settings
+        self.monitor: Monitor | None = None
+        self._marker: LoopMarker | None = None
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit" or self.monitor is not None:
+            return
+        self.monitor = attach(self._settings, rank=trainer.global_rank,
+                              local_rank=trainer.local_rank, world_size=trainer.world_size)
+        self._marker = LoopMarker(self.monitor.agent.ring.push)
+        self._time_checkpoint_io(trainer)
+
+    def _time_checkpoint_io(self, trainer: Any) -> None:
+        io = getattr(trainer.strategy, "checkpoint_io", None)
+        save = getattr(io, "save_checkpoint", None)
+        marker = self._marker
+        if io is None or save is None or marker is None:
+            return
+
+        @functools.wraps(save)
+        def timed(checkpoint: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return save(checkpoint, path, *args, **kwargs)
+            finally:
+                marker.checkpoint_end(path)
+
+        with contextlib.suppress(AttributeError, TypeError):
+            io.save_checkpoint = timed
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._marker is None:
+            return
+        self._marker.plan(_planned_batches(trainer))
+        self._marker.loop_start()
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
+                             batch_idx: int) -> None:
+        if self._marker is not None:
+            self._marker.batch_start(batch)
+
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
+        if self._marker is not None:
+            self._marker.backward()
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if self._marker is not None:
+            self._marker.optimizer()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._marker is not None:
+            self._marker.batch_end()
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any,
+                           checkpoint: dict[str, Any]) -> None:
+        if self._marker is not None:
+            self._marker.checkpoint_start()
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._marker is not None:
+            self._marker.loop_end()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit" and self.monitor is not None:
+            self.monitor.stop()
+
+
+def _planned_batches(trainer: Any) -> int | None:
+    """Training batches the fit will run: max_steps, else Lightning's estimate (both count
+    optimizer steps: times the accumulation)."""
+    accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+    steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+    if steps is None:
+        try:
+            estimate = trainer.estimated_stepping_batches
+        except Exception:  # no dataloader length: an iterable dataset
+            return None
+        if not isinstance(estimate, (int, float)) or math.isinf(estimate):
+            return None
+        steps = int(estimate)
+    return steps * accumulate

@@ -1,0 +1,77 @@
+"""Hugging Face Transformers: ``Trainer(..., callbacks=[GpuWatchCallback()])``.
+
+Install with ``pip install 'gpuwatch[hf]'``. The Trainer has no hook around a
+backward or a save, so: compute runs from ``on_step_begin`` to
+``on_pre_optimizer_step``; a save takes the time since the last step, log or
+evaluation ended (``on_save`` comes once it is written); data wait is the time
+from the last of those to the next ``on_step_begin``.
+"""
+
+from __future__ import annotations
+
+import os
+from time import perf_counter
+from typing import Any
+
+from transformers import TrainerCallback
+
+from gpuwatch.instrument import ring
+from gpuwatch.instrument.loop import LoopMarker
+from gpuwatch.monitor import Monitor, attach
+
+
+class GpuWatchCallback(TrainerCallback):
+    """Attach gpuwatch to ``Trainer.train`` on every rank; keyword arguments are settings."""
+
+    def __init__(self, **settings: Any) -> None:
+        self._settings = settings
+        self.monitor: Monitor | None = None
+        self._marker: LoopMarker | None = None
+        self._last = 0.0  # perf_counter at the end of the last step, log, evaluation or save
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.monitor is None:
+            self.monitor = attach(self._settings, rank=args.process_index,
+                                  local_rank=args.local_process_index,
+                                  world_size=args.world_size)
+            self._marker = LoopMarker(self.monitor.agent.ring.push)
+        if self._marker is not None:
+            self._marker.plan(state.max_steps)
+        self._last = perf_counter()
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._marker is not None:
+            self._marker.elapsed(ring.DATA, perf_counter() - self._last)
+            self._marker.batch_start(phase=ring.COMPUTE)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._marker is not None:
+            self._marker.optimizer()
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._marker is not None:
+            self._marker.optimizer_done()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._marker is not None:
+            self._marker.batch_end(then_data=False)
+        self._last = perf_counter()
+
+    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last = perf_counter()
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last = perf_counter()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        now = perf_counter()
+        if self._marker is not None:
+            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            self._marker.saved(now - self._last, path if os.path.isdir(path) else None)
+        self._last = perf_counter()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._marker is not None:
+            self._marker.loop_end()
+        if self.monitor is not None:
+            self.monitor.stop()

@@ -1,0 +1,96 @@
+"""Real Lightning and Hugging Face trainers on CPU with the one-line callback: every
+step in the run log, the phases adding up, checkpoint saves seen, the plan known."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+
+from gpuwatch.records import Event, Meta, Step
+from tests.integration.conftest import read
+
+pytestmark = pytest.mark.integration
+torch = pytest.importorskip("torch")
+
+
+def phases_add_up(s: Step) -> bool:
+    parts = s.data_s + s.compute_s + s.optimizer_s + s.checkpoint_s + s.other_s
+    return abs(parts - s.wall_s) <= 1e-6 + 0.05 * s.wall_s
+
+
+def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
+    import lightning as L  # noqa: N812
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gpuwatch.integrations.lightning import GpuWatchCallback
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(),
+                                           torch.nn.Linear(64, 1))
+
+        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):  # type: ignore[no-untyped-def]
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = TensorDataset(torch.randn(1600, 32), torch.randn(1600, 1))
+    callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False})
+    trainer = L.Trainer(max_steps=300, accelerator="cpu", devices=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[callback, ModelCheckpoint(dirpath=tmp_path / "ckpt",
+                                                             every_n_train_steps=100,
+                                                             save_top_k=-1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        trainer.fit(Tiny(), DataLoader(data, batch_size=16))
+    records = read(tmp_path / "run" / "run.jsonl")
+    steps = [r for r in records if isinstance(r, Step)]
+    assert len(steps) == 300
+    assert all(phases_add_up(s) for s in steps)
+    assert all(s.samples == 16 and s.compute_s > 0 and s.optimizer_s > 0 for s in steps)
+    assert sum(s.data_s > 0 for s in steps) == 300
+    saves = [e for e in records if isinstance(e, Event) and e.name == "checkpoint_save"]
+    assert len(saves) == 3 and all(e.data["bytes"] > 5_000 for e in saves)
+    assert sum(s.checkpoint_s > 0 for s in steps) == 2  # the save after the last step: no step
+    plans = [e.data["steps"] for e in records if isinstance(e, Event) and e.name == "total_steps"]
+    assert plans == [300]
+    assert isinstance(records[0], Meta) and records[0].rank == 0
+
+
+def test_huggingface_trainer_with_the_callback(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+    from gpuwatch.integrations.huggingface import GpuWatchCallback
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=128,
+                                       n_positions=32, bos_token_id=0, eos_token_id=0))  # random weights: nothing downloaded
+    tokens = torch.randint(0, 128, (256, 32))
+    dataset = [{"input_ids": t, "labels": t} for t in tokens]
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=60,
+                             per_device_train_batch_size=8, save_steps=20, logging_steps=10,
+                             report_to=[], use_cpu=True, disable_tqdm=True)
+    callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback]).train()
+    records = read(tmp_path / "run" / "run.jsonl")
+    steps = [r for r in records if isinstance(r, Step)]
+    assert len(steps) == 60
+    assert all(phases_add_up(s) for s in steps)
+    assert all(s.compute_s > 0 and s.optimizer_s > 0 and s.data_s > 0 for s in steps)
+    saves = [e for e in records if isinstance(e, Event) and e.name == "checkpoint_save"]
+    assert len(saves) == 3 and all(e.data["bytes"] > 50_000 and e.data["seconds"] > 0
+                                   for e in saves)
+    assert sum(s.checkpoint_s > 0 for s in steps) == 2  # the save after the last step: no step
+    plans = [e.data["steps"] for e in records if isinstance(e, Event) and e.name == "total_steps"]
+    assert plans == [60]
