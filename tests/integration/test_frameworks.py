@@ -22,7 +22,7 @@ def phases_add_up(s: Step) -> bool:
 
 
 def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
-    import lightning as L  # noqa: N812
+    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader, TensorDataset
 
