@@ -72,8 +72,9 @@ def test_huggingface_trainer_with_the_callback(tmp_path: Path) -> None:
     from gpuwatch.integrations.huggingface import GpuWatchCallback
 
     torch.manual_seed(0)
+    # a tiny model built from a config: random weights, nothing downloaded
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=128,
-                                       n_positions=32, bos_token_id=0, eos_token_id=0))  # random weights: nothing downloaded
+                                       n_positions=32, bos_token_id=0, eos_token_id=0))
     tokens = torch.randint(0, 128, (256, 32))
     dataset = [{"input_ids": t, "labels": t} for t in tokens]
     args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=60,
