@@ -10,7 +10,8 @@ balanced:  small gradients, even ranks: nothing to report.
 stall:     the last rank stops inside a step for --stall-seconds, the others
            block in the all-reduce, then all carry on.
 
-Gradients are averaged with explicit torch.distributed.all_reduce calls.
+Gradients are averaged with explicit torch.distributed.all_reduce calls, or by
+DistributedDataParallel with --ddp.
 """
 
 import argparse
@@ -28,13 +29,17 @@ def main() -> None:
     p.add_argument("--scenario", choices=SCENARIOS, required=True)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--stall-seconds", type=float, default=20.0)
+    p.add_argument("--ddp", action="store_true", help="DistributedDataParallel, not explicit "
+                   "all-reduce calls")
     args = p.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(rank)
     torch.set_num_threads(1)
     width = 2048 if args.scenario == "comm" else 256  # comm: 4M params = 16 MB of gradients
-    model = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 16))
+    model: nn.Module = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 16))
+    if args.ddp:
+        model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     last = rank == world - 1
     deadline = time.monotonic() + args.seconds
@@ -51,9 +56,10 @@ def main() -> None:
         if args.scenario == "stall" and last and step == 30:
             print(f"rank {rank} stalls for {args.stall_seconds:g} s", flush=True)
             time.sleep(args.stall_seconds)
-        for param in model.parameters():
-            dist.all_reduce(param.grad)
-            param.grad /= world
+        if not args.ddp:  # DDP all-reduces during backward
+            for param in model.parameters():
+                dist.all_reduce(param.grad)
+                param.grad /= world
         opt.step()
         step += 1
         done = torch.tensor([float(time.monotonic() >= deadline)])

@@ -87,20 +87,26 @@ def test_blocking_checkpoints_are_fixed_here(tmp_path: Path) -> None:
     assert_analyze_reproduces_live(out, tmp_path)
 
 
-def test_symmetric_gradient_sync_without_nvlink_moves_to_h100(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", [[], ["--ddp"]], ids=["all_reduce", "ddp"])
+def test_symmetric_gradient_sync_without_nvlink_moves_to_h100(tmp_path: Path,
+                                                              sync: list[str]) -> None:
     out, findings, _ = scenario(tmp_path, *TORCHRUN, "2", str(EXAMPLES / "distributed.py"),
-                                "--scenario", "comm", "--seconds", "15")
+                                "--scenario", "comm", "--seconds", "15", *sync)
     assert verdicts(findings) == {("sync_bottleneck", "move_to_h100")}
     f = findings[0]
     assert f["ranks"] == [0, 1]
     assert f["evidence"]["collective_bytes_per_step"] > 16e6
     assert f["projection"]["speedup_ratio"] > 1
+    for log in sorted(out.glob("run-rank*.jsonl")):  # measured on every rank
+        steps = [r for r in read(log) if getattr(r, "kind", "") == "step"]
+        assert sum(s.collective_s for s in steps) / sum(s.wall_s for s in steps) > 0.3
     assert_analyze_reproduces_live(out, tmp_path)
 
 
-def test_slow_rank_is_a_straggler_never_a_reason_to_buy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", [[], ["--ddp"]], ids=["all_reduce", "ddp"])
+def test_slow_rank_is_a_straggler_never_a_reason_to_buy(tmp_path: Path, sync: list[str]) -> None:
     out, findings, _ = scenario(tmp_path, *TORCHRUN, "3", str(EXAMPLES / "distributed.py"),
-                                "--scenario", "straggler", "--seconds", "15")
+                                "--scenario", "straggler", "--seconds", "15", *sync)
     assert verdicts(findings) == {("straggler", "fix_here")}
     assert findings[0]["ranks"] == [2]
     assert_analyze_reproduces_live(out, tmp_path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -103,6 +104,9 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
         return batch
 
     _BaseDataLoaderIter.__next__ = timed_next  # type: ignore[method-assign]
+    from torch.nn.parallel import DistributedDataParallel
+
+    patch_ddp(lazy, DistributedDataParallel)
     timed_save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
     torch.save = timed_save
     torch.serialization.save = timed_save
@@ -216,6 +220,57 @@ def _timed_collective(collective: Callable[..., Any], lazy: LazyPush) -> Callabl
             if nbytes:
                 lazy.push(ring.COLLECTIVE_BYTES, nbytes)
 
+    return timed
+
+
+def patch_ddp(lazy: LazyPush, ddp: Any) -> None:
+    """Time DDP's gradient all-reduce: exposed wait and bytes, through a comm hook.
+
+    The user's own hook is wrapped when registered; otherwise the default all-reduce
+    hook, wrapped, is registered at the first forward (after the user's chance).
+    """
+    register, forward = ddp.register_comm_hook, ddp.forward
+
+    def register_comm_hook(self: Any, state: Any, hook: Callable[..., Any]) -> Any:
+        self._gpuwatch_hooked = True
+        return register(self, state, timed_comm_hook(hook, lazy))
+
+    def timed_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self, "_gpuwatch_hooked", False):
+            self._gpuwatch_hooked = True
+            try:
+                from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
+                    allreduce_hook,
+                )
+
+                register(self, self.process_group, timed_comm_hook(allreduce_hook, lazy))
+            except Exception:  # a built-in hook already in place: leave it alone
+                pass
+        return forward(self, *args, **kwargs)
+
+    ddp.register_comm_hook = functools.wraps(register)(register_comm_hook)
+    ddp.forward = functools.wraps(forward)(timed_forward)
+
+
+def timed_comm_hook(hook: Callable[..., Any], lazy: LazyPush) -> Callable[..., Any]:
+    """A comm hook that, on the last bucket of a backward, reports the exposed wait: from
+    that bucket being ready to its all-reduce done (the time backward waits with nothing
+    left to compute). Host time: exact for gloo. Bytes are counted by the collective the
+    hook calls (``torch.distributed`` is timed too)."""
+
+    def timed(state: Any, bucket: Any) -> Any:
+        ready = time.perf_counter()
+        future = hook(state, bucket)
+        if not bucket.is_last():
+            return future
+
+        def done(f: Any) -> Any:
+            lazy.push(ring.PHASE_SECONDS, (ring.COLLECTIVE, time.perf_counter() - ready))
+            return f.value()
+
+        return future.then(done)
+
+    timed.__annotations__ = {}  # DDP rejects any bucket annotation but dist.GradBucket
     return timed
 
 
