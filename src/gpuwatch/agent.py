@@ -25,15 +25,17 @@ from typing import Any
 
 from gpuwatch._version import __version__
 from gpuwatch.config import Settings, detection_settings
-from gpuwatch.detection.engine import engine_from_settings
+from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.faults import FaultLog, log
 from gpuwatch.instrument.ring import MarkRing
 from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.probes.allocator import AllocatorProbe, torch_memory_stats
 from gpuwatch.probes.host import HostProbe
 from gpuwatch.probes.nvml import Nvml, NvmlSampler, load_pynvml, visible_gpu_indices
+from gpuwatch.probes.peers import PeerExchange, PeerView
+from gpuwatch.probes.peers import summary as peer_summary
 from gpuwatch.probes.topology import read_topology
-from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample
+from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample
 from gpuwatch.sinks.console import ConsoleStatus, status_line
 from gpuwatch.sinks.prometheus import Exporter, ExporterState
 from gpuwatch.sinks.runlog import RunLogWriter
@@ -117,6 +119,9 @@ class Agent:
         self._console: ConsoleStatus | None = None
         self.exporter: Exporter | None = None
         self.slack: SlackNotifier | None = None
+        self.peers: PeerExchange | None = None
+        self.job_engine: Engine | None = None  # rank 0 of a multi-rank job: across ranks
+        self._peer_views: dict[int, PeerView] = {}
         self.thread_cpu_s = 0.0
         self.stopped = False
 
@@ -166,6 +171,7 @@ class Agent:
                         next_latency = mono + LATENCY_REPORT_S
                 self._drain(records)
                 if sampled:
+                    self._write(self._judge_peers(time.time()))
                     self._remind()
                     if self._console is not None:
                         self._console.show(status_line(self.telemetry, time.time()))
@@ -194,6 +200,7 @@ class Agent:
         self._host = HostProbe(ident.rank)
         self._start_exporter()
         self._start_slack()
+        self._start_peers()
         if self.settings.console:
             self._console = ConsoleStatus()
         self._setup_gpu(torch)
@@ -208,6 +215,32 @@ class Agent:
                             on_error=lambda exc: self.faults.record("exporter", exc))
         if exporter.start(cfg.addr, cfg.port + ident.local_rank if cfg.port else 0):
             self.exporter = exporter
+
+    def _start_peers(self) -> None:
+        ident = self.identity
+        if ident.world_size < 2 or not self.settings.peers_interval_s:
+            return
+        self.peers = PeerExchange(ident.rank, ident.world_size, self.faults,
+                                  interval_s=self.settings.peers_interval_s)
+        self.peers.start()
+        if ident.rank == 0:
+            self.job_engine = engine_from_settings(self.settings, "job", ident.job)
+            self.job_engine.views[ident.rank] = self.telemetry
+
+    def _judge_peers(self, now: float) -> list[Record]:
+        """Publish this rank's summary; on rank 0, fold the others' in and judge across."""
+        if self.peers is None:
+            return []
+        self.peers.publish(peer_summary(self.telemetry, self.identity.host, now))
+        if self.job_engine is None:
+            return []
+        for rank, data in self.peers.peers().items():
+            view = self._peer_views.get(rank)
+            if view is None:
+                view = self._peer_views[rank] = PeerView(rank)
+                self.job_engine.views[rank] = view.telemetry
+            view.update(data, self.identity.job, self.identity.world_size)
+        return list(self.job_engine.evaluate(now))
 
     def _start_slack(self) -> None:
         try:
@@ -301,6 +334,8 @@ class Agent:
         except Exception as exc:
             self.faults.record("detection", exc)
             findings = []
+        findings += [r for r in records if isinstance(r, Finding)]  # judged across ranks
+        records = [r for r in records if not isinstance(r, Finding)]
         for f in findings:
             if f.state == "active":
                 log.warning("gpuwatch finding [%s] %s: %s", f.verdict, f.detector, f.summary)
@@ -313,7 +348,10 @@ class Agent:
             except OSError as exc:
                 self.faults.record("slack", exc)
         if self.exporter is not None:
-            self.exporter.state.update(records, self.engine.active(), self.faults.counts)
+            active = self.engine.active()
+            if self.job_engine is not None:
+                active += self.job_engine.active()
+            self.exporter.state.update(records, active, self.faults.counts)
         if records and self._writer is not None:
             try:
                 self._writer.write(records)
@@ -332,6 +370,8 @@ class Agent:
             self._console.close()
         if self._writer is not None:
             self._writer.close()
+        if self.peers is not None:
+            self.peers.stop()
         if self.exporter is not None:
             self.exporter.stop()
         if self.slack is not None:  # a last chance; what is left stays spooled

@@ -159,7 +159,9 @@ def _write_findings(out: Path) -> None:
     try:
         result = analyze([out], load_settings())
         (out / "findings.json").write_text(findings_json(result.findings) + "\n")
-        _notify_job_findings(out, [f for f in result.findings if f.detector in JOB_DETECTORS])
+        told = live_fingerprints(out)  # rank 0 judged across ranks live and told Slack then
+        _notify_job_findings(out, [f for f in result.findings
+                                   if f.detector in JOB_DETECTORS and f.fingerprint not in told])
     except Exception as exc:  # the run's exit status must stay the command's
         print(f"gpuwatch: could not analyse {out}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return
@@ -181,6 +183,14 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 128 - code if code < 0 else code
+
+
+def live_fingerprints(out: Path) -> set[str]:
+    from gpuwatch.records import Finding
+    from gpuwatch.sinks.runlog import RunLogReader
+
+    return {r.fingerprint for log in out.glob("run*.jsonl") for r in RunLogReader(log)
+            if isinstance(r, Finding)}
 
 
 def _notify_job_findings(out: Path, findings: list[Any]) -> None:

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
                                     description="Planned steps of the run (time-to-finish).")
     prices: dict[str, float] = Field(default_factory=dict,
                                      description="USD per GPU-hour by catalogue name.")
+    peers_interval_s: float = Field(default=5.0, ge=0, le=600,
+                                    description="Cross-rank summaries through the c10d store "
+                                                "(0: off).")
     exporter: ExporterSettings = Field(default_factory=ExporterSettings,
                                        description="Prometheus endpoint of each process.")
     grafana: GrafanaSettings = Field(default_factory=GrafanaSettings,

@@ -23,9 +23,9 @@ MAX_EVENTS = 256
 WARMUP_STEPS = 5  # the first steps (allocation, compilation, worker start) are not typical
 
 
-# Step fields summed over windows.
-SUMMED = ("wall_s", "data_s", "compute_s", "checkpoint_s", "collective_s", "recompute_s",
-          "other_s", "collective_bytes")
+# What step windows sum: the step count, then these step fields.
+SUMMED = ("steps", "wall_s", "data_s", "compute_s", "checkpoint_s", "collective_s",
+          "recompute_s", "other_s", "collective_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,35 +70,46 @@ class StepSummary:
 
 
 class StepWindow:
-    """Running totals of steps by end time, so any recent window sums in O(log n)."""
+    """Running totals of steps by end time, so any recent window sums in O(log n).
+
+    Entries are single steps (``add``) or, for another rank's published totals,
+    many steps at once (``add_totals``).
+    """
 
     def __init__(self, maxlen: int) -> None:
         self._maxlen = maxlen
         self._t: list[float] = []
         self._totals: list[tuple[float, ...]] = []
-        self._last: tuple[float, ...] = (0.0,) * len(SUMMED)
+        self.last: tuple[float, ...] = (0.0,) * len(SUMMED)  # cumulative, in SUMMED order
 
     def add(self, s: Step) -> None:
-        last = self._last  # the order of SUMMED
-        self._last = tuple(map(operator.add, last, (
-            s.wall_s, s.data_s, s.compute_s, s.checkpoint_s, s.collective_s, s.recompute_s,
-            s.other_s, s.collective_bytes)))
-        self._t.append(s.t)
-        self._totals.append(self._last)
+        self._append(s.t, (1, s.wall_s, s.data_s, s.compute_s, s.checkpoint_s, s.collective_s,
+                           s.recompute_s, s.other_s, s.collective_bytes))
+
+    def add_totals(self, t: float, totals: tuple[float, ...]) -> None:
+        """Steps that ended by ``t``, summed (SUMMED order, the count first)."""
+        self._append(t, totals)
+
+    def _append(self, t: float, values: tuple[float, ...]) -> None:
+        self.last = tuple(map(operator.add, self.last, values))
+        self._t.append(t)
+        self._totals.append(self.last)
         if len(self._t) > 2 * self._maxlen:  # amortised trim
             del self._t[: self._maxlen], self._totals[: self._maxlen]
 
     def since(self, since: float) -> StepSummary | None:
         """Mean step over the steps that ended at or after ``since``; None if none."""
         i = bisect.bisect_left(self._t, since)
-        n = len(self._t) - i
-        if n <= 0:
+        if i >= len(self._t):
             return None
         base = self._totals[i - 1] if i > 0 else (0.0,) * len(SUMMED)
-        sums = [(a - b) / n for a, b in zip(self._last, base, strict=True)]
+        n = self.last[0] - base[0]
+        if n <= 0:
+            return None
+        sums = [(a - b) / n for a, b in zip(self.last[1:], base[1:], strict=True)]
         if sums[0] <= 0:
             return None
-        return StepSummary(n, *sums)
+        return StepSummary(int(n), *sums)
 
 
 class Telemetry:

@@ -1,0 +1,104 @@
+"""The cross-rank exchange over a store passed in: publish, collect on rank 0, rebuild
+the other ranks' windows, and never wait on a store that hangs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from gpuwatch.faults import FaultLog
+from gpuwatch.probes.peers import PeerExchange, PeerView, summary
+from gpuwatch.telemetry import Telemetry
+from tests.runs import START, meta, steps
+
+
+class DictStore:
+    """A c10d-store stand-in: set, get, check (torch's stores are real but need a job)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+
+    def set(self, key: str, value: str) -> None:
+        with self.lock:
+            self.data[key] = value.encode()
+
+    def get(self, key: str) -> bytes:
+        with self.lock:
+            return self.data[key]
+
+    def check(self, keys: list[str]) -> bool:
+        with self.lock:
+            return all(k in self.data for k in keys)
+
+
+def rank_view(rank: int, compute: float) -> Telemetry:
+    view = Telemetry(rank)
+    view.add([meta(rank, 3, host=f"node-{rank}"), *steps(20, rank=rank, compute_s=compute)])
+    return view
+
+
+def test_rank_zero_collects_every_rank_and_rebuilds_their_windows() -> None:
+    store = DictStore()
+    exchanges = [PeerExchange(r, 3, FaultLog(), store=lambda: store, interval_s=0.05)
+                 for r in range(3)]
+    for r, ex in enumerate(exchanges):
+        ex.publish(summary(rank_view(r, 0.05 + 0.05 * (r == 2)), f"node-{r}", START + 20))
+        ex.start()
+    deadline = time.monotonic() + 5
+    while len(exchanges[0].peers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for ex in exchanges:
+        ex.stop()
+    received = exchanges[0].peers()
+    assert sorted(received) == [1, 2]
+    assert exchanges[1].peers() == {}  # only rank 0 collects
+    view = PeerView(2)
+    view.update(received[2], "job", 3)
+    s = view.telemetry.summarise(START)
+    assert s is not None and s.steps == 200 - 5  # every step but the warm-up
+    assert abs(s.compute_s - 0.1) < 1e-9
+    assert view.telemetry.meta is not None and view.telemetry.meta.host == "node-2"
+    view.update(received[2], "job", 3)  # the same publication twice: counted once
+    assert view.telemetry.summarise(START).steps == 195  # type: ignore[union-attr]
+
+
+def test_a_hanging_store_never_blocks_publishing_or_stopping() -> None:
+    release = threading.Event()
+
+    class HangingStore(DictStore):
+        def set(self, key: str, value: str) -> None:
+            release.wait(30)
+
+    faults = FaultLog()
+    ex = PeerExchange(1, 2, faults, store=HangingStore, interval_s=0.01)
+    ex.start()
+    time.sleep(0.1)
+    start = time.monotonic()
+    for i in range(100):
+        ex.publish({"n": i})
+    ex.stop()
+    assert time.monotonic() - start < 0.1
+    release.set()
+
+
+def test_store_errors_are_counted_not_raised() -> None:
+    class BrokenStore(DictStore):
+        def set(self, key: str, value: str) -> None:
+            raise RuntimeError("store is gone")
+
+    faults = FaultLog()
+    ex = PeerExchange(1, 2, faults, store=BrokenStore, interval_s=0.01)
+    ex.publish({"x": 1})
+    ex.start()
+    time.sleep(0.2)
+    ex.stop()
+    assert faults.counts["peers"] >= 1
+
+
+def test_summary_carries_totals_and_facts() -> None:
+    view = rank_view(1, 0.05)
+    s: dict[str, Any] = summary(view, "node-1", START + 21)
+    assert s["rank"] == 1 and s["host"] == "node-1" and s["steps_total"] == 200
+    assert s["totals"][0] == 195 and s["last_step_t"] == START + 20
