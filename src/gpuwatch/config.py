@@ -24,6 +24,16 @@ class ConfigError(ValueError):
     """A user error in configuration; its message is one line naming the key."""
 
 
+def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
+    """A secret given directly, else read from a file (stripped); None when neither.
+    Raises OSError when the file cannot be read."""
+    if value is not None:
+        return value.get_secret_value()
+    if path is not None:
+        return path.read_text().strip() or None
+    return None
+
+
 class ExporterSettings(BaseModel):
     """The per-process Prometheus endpoint: ``port`` + the local rank (0: any free port)."""
 
@@ -47,11 +57,7 @@ class GrafanaSettings(BaseModel):
 
     def secret(self) -> str | None:
         """The API token: ``token``, else the first line of ``token_file``."""
-        if self.token is not None:
-            return self.token.get_secret_value()
-        if self.token_file is not None:
-            return self.token_file.read_text().strip() or None
-        return None
+        return read_secret(self.token, self.token_file)
 
 
 class SlackSettings(BaseModel):
@@ -72,11 +78,7 @@ class SlackSettings(BaseModel):
 
     def url(self) -> str | None:
         """The webhook: ``webhook_url``, else the first line of ``webhook_url_file``."""
-        if self.webhook_url is not None:
-            return self.webhook_url.get_secret_value()
-        if self.webhook_url_file is not None:
-            return self.webhook_url_file.read_text().strip() or None
-        return None
+        return read_secret(self.webhook_url, self.webhook_url_file)
 
 
 class Settings(BaseSettings):

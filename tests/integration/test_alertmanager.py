@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,17 +17,11 @@ import yaml
 
 from gpuwatch.detection.alerts import promtool_tests
 from gpuwatch.detection.rules import load_rules
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, free_port, wait_until_up
 from tests.webhook import webhook
 
 pytestmark = pytest.mark.integration
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_firing_gpuwatch_alert_is_routed_to_slack(tmp_path: Path) -> None:
@@ -53,13 +46,7 @@ def test_firing_gpuwatch_alert_is_routed_to_slack(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             api = f"http://127.0.0.1:{port}/api/v2"
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(f"{api}/status", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_until_up(f"{api}/status")
             alert = [{"labels": {"alertname": "GpuwatchFitsOnPaper", **expected["exp_labels"]},
                       "annotations": expected["exp_annotations"],
                       "startsAt": datetime.now(UTC).isoformat()}]

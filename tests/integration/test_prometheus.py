@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,10 @@ from typing import Any
 import pytest
 
 from gpuwatch.dashboards import DASHBOARDS
-from tests.integration.conftest import ROOT, gpuwatch_cmd
+from tests.integration.conftest import ROOT, free_port, gpuwatch_cmd, wait_until_up
 
 pytestmark = pytest.mark.integration
 PROMETHEUS = shutil.which("prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> Any:
@@ -72,13 +65,7 @@ def prometheus(tmp_path: Path, training: int) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_until_up(f"{url}/-/ready")
         yield url
     finally:
         proc.terminate()

@@ -127,12 +127,6 @@ def test_catalogue_names_follow_the_conventions_and_docs_are_current() -> None:
     assert (ROOT / "docs" / "metrics.md").read_text() == metrics_markdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_port_in_use_warns_once_and_training_goes_on(tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as taken:

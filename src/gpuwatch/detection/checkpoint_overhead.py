@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection
+from gpuwatch.detection.context import Context, Detection, recent
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     since = now - rule.window_s
-    summary = view.summarise(since)
-    if summary is None or summary.steps < rule.min_steps:
+    summary = recent(view, rule, now)
+    if summary is None:
         return None
     if summary.checkpoint_share < rule.thresholds["checkpoint_share"]:
         return None

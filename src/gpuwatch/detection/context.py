@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpuwatch.detection.projection import DEFAULT_TARGET, Gpu, StepParts, catalogue, identify
+from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Verdict
 from gpuwatch.telemetry import StepSummary, Telemetry
 
@@ -50,6 +51,12 @@ class Context:
             if gpu is not None:
                 return gpu
         return None
+
+
+def recent(view: Telemetry, rule: Rule, now: float) -> StepSummary | None:
+    """The mean step over the rule's window, if the window holds its minimum of steps."""
+    summary = view.summarise(now - rule.window_s)
+    return summary if summary is not None and summary.steps >= rule.min_steps else None
 
 
 def job_devices(view: Telemetry) -> list[dict[str, Any]]:

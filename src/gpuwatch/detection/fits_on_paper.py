@@ -9,6 +9,7 @@ from gpuwatch.detection.context import (
     Detection,
     job_devices,
     mean_parts,
+    recent,
     tensor_share,
 )
 from gpuwatch.detection.projection import Gpu, project
@@ -34,9 +35,9 @@ def card_memory(view: Telemetry, ctx: Context) -> float | None:
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     th = rule.thresholds
     since = now - rule.window_s
-    summary = view.summarise(since)
+    summary = recent(view, rule, now)
     total = card_memory(view, ctx)
-    if summary is None or summary.steps < rule.min_steps or not total:
+    if summary is None or not total:
         return None
     reserved = view.values_since("allocator", "allocator_reserved_bytes", since)
     used = view.values_since("nvml", "gpu_memory_used_bytes", since)

@@ -3,7 +3,7 @@ GPU (one, and scaled out): days versus hours."""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, mean_parts, tensor_share
+from gpuwatch.detection.context import Context, Detection, mean_parts, recent, tensor_share
 from gpuwatch.detection.projection import project
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
@@ -14,8 +14,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if not planned:
         return None
     since = now - rule.window_s
-    summary = view.summarise(since)
-    if summary is None or summary.steps < rule.min_steps:
+    summary = recent(view, rule, now)
+    if summary is None:
         return None
     remaining = planned - view.total_steps
     th = rule.thresholds

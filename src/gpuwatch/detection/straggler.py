@@ -3,7 +3,7 @@ GPU for everyone would not help, however long the others' collective wait)."""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, host_of, job_devices
+from gpuwatch.detection.context import Context, Detection, host_of, job_devices, recent
 from gpuwatch.detection.rules import Rule
 from gpuwatch.probes.nvml import CLOCK_EVENT_REASONS
 from gpuwatch.telemetry import Telemetry
@@ -14,9 +14,7 @@ SLOWING = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slo
 
 
 def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Detection | None:
-    since = now - rule.window_s
-    summaries = {v.rank: s for v in views
-                 if (s := v.summarise(since)) is not None and s.steps >= max(rule.min_steps, 1)}
+    summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
     if len(summaries) < 2:
         return None
     compute = {r: s.pure_compute_s for r, s in summaries.items()}  # without collective wait

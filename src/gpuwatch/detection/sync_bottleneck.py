@@ -4,7 +4,7 @@ ring all-reduce projection; with NVLink already: fix here (overlap, bucketing)."
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, has_nvlink, mean_parts
+from gpuwatch.detection.context import Context, Detection, has_nvlink, mean_parts, recent
 from gpuwatch.detection.projection import StepParts, project
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
@@ -13,8 +13,7 @@ from gpuwatch.telemetry import Telemetry
 def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Detection | None:
     since = now - rule.window_s
     th = rule.thresholds
-    summaries = {v.rank: s for v in views
-                 if (s := v.summarise(since)) and s.steps >= rule.min_steps}
+    summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
     if len(summaries) < 2 or len(summaries) < len(views):
         return None
     shares = [s.collective_share for s in summaries.values()]

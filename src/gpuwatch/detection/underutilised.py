@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from gpuwatch.detection.context import Context, Detection
+from gpuwatch.detection.context import Context, Detection, recent
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
@@ -16,8 +16,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if ctx.active & EXPLANATIONS:
         return None
     since = now - rule.window_s
-    summary = view.summarise(since)
-    if summary is None or summary.steps < rule.min_steps:
+    summary = recent(view, rule, now)
+    if summary is None:
         return None
     samples = [s for s in view.samples_since("nvml", since) if "gpu_utilization_ratio" in s.values]
     if len(samples) < 3:

@@ -18,6 +18,7 @@ starts on the same run directory, or by ``gpuwatch alerts flush``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -74,14 +75,18 @@ class Spool:
         return self.directory / name
 
     def pending(self) -> list[tuple[Path, Note]]:
-        """Spooled notes, oldest first; unreadable files are set aside as ``*.bad``."""
+        """Spooled notes, oldest first; unreadable files are set aside as ``*.bad``.
+        Safe while another thread delivers (and deletes) notes."""
         out = []
         for path in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []:
             try:
                 raw = json.loads(path.read_text())
                 out.append((path, Note(raw["kind"], raw["finding"], float(raw["created"]))))
+            except FileNotFoundError:
+                continue  # delivered while we looked
             except (OSError, ValueError, KeyError, TypeError):
-                path.rename(path.with_suffix(".bad"))
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_suffix(".bad"))
         return out
 
     def remove(self, paths: Iterable[Path]) -> None:
