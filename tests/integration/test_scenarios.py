@@ -5,6 +5,8 @@ reported in time, and `gpuwatch analyze` gives back what the live agents found."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 
 from gpuwatch.records import Finding
-from tests.integration.conftest import ROOT, gpuwatch_cmd, read, run
+from tests.integration.conftest import ROOT, free_port, gpuwatch_cmd, read, run
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "examples"
@@ -137,3 +139,32 @@ def test_stalled_rank_is_a_hang_and_the_waiting_rank_points_at_it(tmp_path: Path
             assert f.last_seen - (f.evidence["last_step_time_seconds"]) <= 5 + 2.5
     assert not [f for f in findings if f["verdict"] == "move_to_h100"]
     assert_analyze_reproduces_live(out, tmp_path)
+
+
+def test_two_nodes_each_with_its_own_run_directory(tmp_path: Path) -> None:
+    """torchrun --nnodes 2 (both "nodes" on this machine): each node's agent writes its
+    own run directory, and analyzing them together names the slow rank across nodes."""
+    port = free_port()
+    nodes = []
+    for node in range(2):
+        cmd = gpuwatch_cmd("run", "--out", str(tmp_path / f"node{node}"), "--", *TORCHRUN[:-1],
+                           "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                           "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "twonodes",
+                           str(EXAMPLES / "distributed.py"), "--scenario", "straggler",
+                           "--seconds", "15")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+        env["GPUWATCH_EXPORTER__PORT"] = "0"  # two "nodes", one machine: no shared port
+        nodes.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    for proc in nodes:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+    logs = sorted(p.name for node in (0, 1) for p in (tmp_path / f"node{node}").glob("run*"))
+    assert logs == ["run-rank0.jsonl", "run-rank1.jsonl"]
+    metas = [read(log)[0] for node in (0, 1) for log in (tmp_path / f"node{node}").glob("run*")]
+    assert sorted((m.rank, m.local_rank, m.world_size) for m in metas) == [(0, 0, 2), (1, 0, 2)]
+    proc = run(gpuwatch_cmd("analyze", "--json", str(tmp_path / "node0"),
+                            str(tmp_path / "node1")), cwd=tmp_path)
+    found = json.loads(proc.stdout)
+    assert {(f["detector"], f["verdict"], tuple(f["ranks"])) for f in found} == {
+        ("straggler", "fix_here", (1,))}
