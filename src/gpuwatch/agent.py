@@ -171,10 +171,7 @@ class Agent:
                         next_latency = mono + LATENCY_REPORT_S
                 self._drain(records)
                 if sampled:
-                    self._write(self._judge_peers(time.time()))
-                    self._remind()
-                    if self._console is not None:
-                        self._console.show(status_line(self.telemetry, time.time()))
+                    self._periodic()
                 if self.ring.pending():
                     continue  # a backlog: keep draining, in bounded batches
                 timeout = min(self.settings.flush_interval_s, max(next_sample - mono, 0.0))
@@ -226,6 +223,22 @@ class Agent:
         if ident.rank == 0:
             self.job_engine = engine_from_settings(self.settings, "job", ident.job)
             self.job_engine.views[ident.rank] = self.telemetry
+
+    def _periodic(self) -> None:
+        """Once a sample interval: judge across ranks, remind Slack, redraw the status.
+        A failure of one is counted and the others still run."""
+        tasks: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("peers", lambda: self._write(self._judge_peers(time.time()))),
+            ("slack", self._remind), ("console", self._show_status))
+        for component, task in tasks:
+            try:
+                task()
+            except Exception as exc:
+                self.faults.record(component, exc)
+
+    def _show_status(self) -> None:
+        if self._console is not None:
+            self._console.show(status_line(self.telemetry, time.time()))
 
     def _judge_peers(self, now: float) -> list[Record]:
         """Publish this rank's summary; on rank 0, fold the others' in and judge across."""
@@ -306,10 +319,7 @@ class Agent:
 
     def _remind(self) -> None:
         if self.slack is not None:
-            try:
-                self.slack.remind(self.engine.active())
-            except OSError as exc:
-                self.faults.record("slack", exc)
+            self.slack.remind(self.engine.active())
 
     def _report_latency(self, records: list[Record]) -> None:
         if self._nvml is not None:
