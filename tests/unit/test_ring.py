@@ -156,3 +156,17 @@ def test_pending_says_whether_marks_wait() -> None:
     for _ in range(40):
         r.push(ring.STEP_END)
     assert r.pending()  # lapped counts as pending too
+
+
+def test_zero_code_hooks_never_raise_when_the_agent_cannot_start() -> None:
+    from gpuwatch.instrument.patches import LazyPush
+
+    def broken_start() -> object:
+        raise OSError("read-only file system")
+
+    lazy = LazyPush(broken_start, in_worker=lambda: False)  # type: ignore[arg-type]
+    lazy.push(ring.DATA)  # the first mark tries to start the agent: no exception
+    lazy.push(-ring.DATA)
+    worker = LazyPush(lambda: (_ for _ in ()).throw(AssertionError("started")),  # type: ignore[arg-type]
+                      in_worker=lambda: True)
+    worker.push(ring.DATA)  # a DataLoader worker never starts an agent

@@ -17,6 +17,7 @@ starts one. This module imports nothing heavy: it runs in every process of a
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import Any
 from gpuwatch.instrument import ring
 
 Push = Callable[..., None]
+log = logging.getLogger("gpuwatch")
 
 
 class LazyPush:
@@ -40,11 +42,15 @@ class LazyPush:
         self.boundary_optimizer: int | None = None
 
     def _first(self, code: int, value: Any = None) -> None:
+        self.push = _drop  # a failing start is not retried on every mark
         if self._in_worker():
-            self.push = _drop
             return
-        self.push = _drop  # a failing start must not be retried on every mark
-        self.push = self._start()
+        try:
+            self.push = self._start()
+        except Exception as exc:  # the job runs on, unmonitored
+            log.warning("gpuwatch: could not start the agent (%s: %s); running unmonitored",
+                        type(exc).__name__, exc)
+            return
         self.push(code, value)
 
 
