@@ -26,9 +26,11 @@ from types import ModuleType
 from typing import Any
 
 from gpuwatch.instrument import ring
+from gpuwatch.instrument.device import EventPool, on_device
 
 Push = Callable[..., None]
 log = logging.getLogger("gpuwatch")
+EVENTS = EventPool()  # CUDA timing events, reused across collectives
 
 
 class LazyPush:
@@ -202,29 +204,40 @@ COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_sca
                "reduce_scatter_tensor", "broadcast", "reduce", "all_to_all_single", "barrier")
 
 
-def patch_distributed(lazy: LazyPush, dist: Any) -> None:
-    """Host wall time and tensor bytes of each torch.distributed collective.
+def patch_distributed(lazy: LazyPush, dist: Any, pool: EventPool = EVENTS) -> None:
+    """Time and size each torch.distributed collective.
 
-    Exact for synchronous calls (gloo, or any ``async_op=False`` wait); for NCCL
-    the host only launches, and the time is the launch's.
+    CPU tensors (gloo): host wall time in the call. CUDA tensors (NCCL): CUDA events
+    on the current stream around the call, read later by the agent, so the time is
+    how long that stream waited; nothing syncs the host.
     """
     for name in COLLECTIVES:
         original = getattr(dist, name, None)
         if original is not None:
-            setattr(dist, name, _timed_collective(original, lazy))
+            setattr(dist, name, timed_collective(original, lazy, pool))
 
 
-def _timed_collective(collective: Callable[..., Any], lazy: LazyPush) -> Callable[..., Any]:
+def timed_collective(collective: Callable[..., Any], lazy: LazyPush,
+                     pool: EventPool) -> Callable[..., Any]:
     @functools.wraps(collective)
     def timed(*args: Any, **kwargs: Any) -> Any:
+        tensor = args[0] if args else kwargs.get("tensor", kwargs.get("tensor_list"))
+        nbytes = tensor_bytes(tensor)
+        if nbytes:
+            lazy.push(ring.COLLECTIVE_BYTES, nbytes)
+        if on_device(tensor):
+            start, end = pool.pair()
+            start.record()
+            try:
+                return collective(*args, **kwargs)
+            finally:
+                end.record()
+                lazy.push(ring.DEVICE_TIMING, (ring.COLLECTIVE, start, end))
         lazy.push(ring.COLLECTIVE)
         try:
             return collective(*args, **kwargs)
         finally:
             lazy.push(-ring.COLLECTIVE)
-            nbytes = tensor_bytes(args[0] if args else None)
-            if nbytes:
-                lazy.push(ring.COLLECTIVE_BYTES, nbytes)
 
     return timed
 

@@ -27,6 +27,7 @@ ERROR = 107  # value: exception type name raised out of a step
 COLLECTIVE_BYTES = 108  # value: bytes a collective moved (tensor size, not wire bytes)
 PHASE_SECONDS = 109  # value: (phase code, seconds) measured elsewhere (a callback, a future)
 TOTAL_STEPS = 110  # value: the steps the run plans (from the framework or the user)
+DEVICE_TIMING = 111  # value: (phase, start event, end event) to read off the hot path
 
 DATA = 1
 COMPUTE = 2

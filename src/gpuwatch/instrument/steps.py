@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gpuwatch.instrument import ring
+from gpuwatch.instrument.device import EventPool, PendingTimings
+from gpuwatch.instrument.patches import EVENTS
 from gpuwatch.records import Event, Record, Step
 
 _NPHASES = max(ring.PHASES.values()) + 1
@@ -20,9 +22,10 @@ _NPHASES = max(ring.PHASES.values()) + 1
 class StepAssembler:
     """Folds marks into records. ``clock_offset`` turns perf_counter seconds into Unix time."""
 
-    def __init__(self, rank: int, clock_offset: float) -> None:
+    def __init__(self, rank: int, clock_offset: float, events: EventPool = EVENTS) -> None:
         self.rank = rank
         self.steps = 0
+        self.device = PendingTimings(events)
         self._offset = clock_offset
         self._explicit = False
         self._prev_end: float | None = None
@@ -39,7 +42,11 @@ class StepAssembler:
         self._batch_candidate: int | None = None
 
     def feed(self, marks: Iterable[ring.Mark], out: list[Record]) -> None:
-        """Consume marks in order, appending finished records to ``out``."""
+        """Consume marks in order, appending finished records to ``out``. Device timings
+        the GPU has finished are added to the step being assembled (they lag it by the
+        depth of the stream's queue)."""
+        for phase, seconds in self.device.ready():
+            self._acc[phase] += seconds
         for code, t, value in marks:
             if self._prev_end is None:
                 self._prev_end = t  # the first mark ever opens the first step
@@ -70,6 +77,8 @@ class StepAssembler:
                         self._saved(seconds, t, out)
             elif code == ring.TOTAL_STEPS:
                 out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
+            elif code == ring.DEVICE_TIMING:
+                self.device.add(*value)
             elif code == ring.COLLECTIVE_BYTES:
                 self._collective_bytes += value
             elif code == ring.ACT_CKPT:
