@@ -44,7 +44,8 @@ def write_log(path: Path, records: int) -> None:
                           optimizer_s=0.002, samples=32))
         n += 1
         if step % 50 == 0:  # once a second
-            batch += [Sample(0, t, "nvml", dict(GPU), gpu=0), Sample(0, t, "nvml", dict(GPU), gpu=1),
+            batch += [Sample(0, t, "nvml", dict(GPU), gpu=0),
+                      Sample(0, t, "nvml", dict(GPU), gpu=1),
                       Sample(0, t, "host", {"process_cpu_cores": 1.0, "workers": 4.0,
                                             "workers_cpu_ratio": 0.3}),
                       Sample(0, t, "agent", {"agent_cpu_seconds_total": 1.0})]

@@ -18,7 +18,7 @@ import tempfile
 import time
 import warnings
 
-import lightning as L  # noqa: N812
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, DeviceStatsMonitor
 from lightning.pytorch.loggers import CSVLogger
