@@ -22,13 +22,19 @@ results table last (also written to DIR/results.json):
 5. zero_sync: a monitored loop under torch.cuda.set_sync_debug_mode("error").
 6. overhead: healthy steps with and without an agent, interleaved, >= 20 pairs.
 7. nvml: per-call latency of every NVML function the agent uses, GPM support.
+
+The run logs of 1-4 are gzipped into DIR/fixtures/ for tests/data. In --smoke
+mode the sizes are too small for the memory and checkpoint scenarios to show
+their bottleneck, and the GPU-only checks are skipped: it checks the plumbing.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -319,6 +325,11 @@ def run_scenario(name: str, out: Path, smoke: bool) -> dict[str, Any]:
         result["stderr"] = proc.stderr[-2000:]
         return result
     result.update(json.loads((run_dir / "workload.json").read_text()))
+    fixtures = out / "fixtures"  # the real telemetry, for tests/data (issue 7)
+    fixtures.mkdir(exist_ok=True)
+    for log in run_dir.glob("run*.jsonl"):
+        with log.open("rb") as src, gzip.open(fixtures / f"{name}-{log.name}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
     findings = json.loads((run_dir / "findings.json").read_text())
     found = {(f["detector"], f["verdict"]) for f in findings if f["verdict"] != "info"}
     result["found"] = sorted(found)
