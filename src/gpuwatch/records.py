@@ -17,8 +17,6 @@ from typing import Any, Literal
 
 SCHEMA_VERSION = 1
 
-Kind = Literal["meta", "step", "sample", "event", "finding"]
-
 
 @dataclass(frozen=True, slots=True)
 class Meta:

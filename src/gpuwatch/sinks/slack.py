@@ -195,12 +195,10 @@ class SlackNotifier:
         self._spooled_keys = {n.key for _, n in self.spool.pending()}
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_bad_webhook = False
         self._backoff_s = 0.0  # the last exponential backoff (s); 0 after a success
         self._not_before = 0.0  # monotonic time before which no attempt is made
-        self.attempts = 0
 
     # -- called from the agent's thread: spool only, never wait on Slack ----------------
 
@@ -285,7 +283,6 @@ class SlackNotifier:
             return wait
         self._bucket.take()
         status, retry_after = self._post(message([n for _, n in batch], self._grafana_url))
-        self.attempts += 1
         if status == 200:
             self._delivered(batch)
             self._backoff_s = 0.0
