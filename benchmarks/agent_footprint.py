@@ -19,30 +19,19 @@ import tempfile
 import time
 
 import psutil
+from workload import cpu_mlp
 
 import gpuwatch
 
 
 def cpu(seconds: float) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.ReLU(),
-                                torch.nn.Linear(1024, 512))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(64, 512)
     with tempfile.TemporaryDirectory() as out:
         monitor = gpuwatch.watch(out_dir=out, job="bench")  # default intervals
+        step = cpu_mlp(monitor)
         start = time.monotonic()
         steps = 0
         while time.monotonic() - start < seconds:
-            with monitor.step(samples=64):
-                with monitor.phase("compute"):
-                    loss = model(x).square().mean()
-                    loss.backward()
-                with monitor.phase("optimizer"):
-                    opt.step()
-                    opt.zero_grad()
+            step()
             steps += 1
         wall = time.monotonic() - start
         monitor.stop()

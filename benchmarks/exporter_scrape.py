@@ -22,6 +22,8 @@ import tempfile
 import time
 import urllib.request
 
+from workload import cpu_mlp
+
 import gpuwatch
 from gpuwatch.records import Finding, Sample
 from gpuwatch.sinks.prometheus import Exporter, ExporterState, catalogue
@@ -69,29 +71,18 @@ def latency(scrapes: int) -> None:
 
 
 def overhead(pairs: int, steps: int) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.ReLU(),
-                                torch.nn.Linear(1024, 512))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(64, 512)
     with tempfile.TemporaryDirectory() as out:
         monitor = gpuwatch.watch(out_dir=out, job="bench", exporter={"port": 0})
-        port = monitor.agent.exporter.port if monitor.agent.exporter else None
+        train_step = cpu_mlp(monitor)
         time.sleep(1.5)  # the agent starts the endpoint on its thread
-        port = monitor.agent.exporter.port if monitor.agent.exporter else port
+        port = monitor.agent.exporter.port if monitor.agent.exporter else None
         assert port, "no endpoint"
         url = f"http://127.0.0.1:{port}/metrics"
 
         def block() -> float:
             t0 = time.perf_counter()
             for _ in range(steps):
-                with monitor.step(samples=64):
-                    loss = model(x).square().mean()
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad()
+                train_step()
             return (time.perf_counter() - t0) / steps
 
         block()  # warm-up

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -228,7 +228,7 @@ class Agent:
         """Once a sample interval: judge across ranks, remind Slack, redraw the status.
         A failure of one is counted and the others still run."""
         tasks: tuple[tuple[str, Callable[[], None]], ...] = (
-            ("peers", lambda: self._write(self._judge_peers(time.time()))),
+            ("peers", lambda: self._write([], judged=self._judge_peers(time.time()))),
             ("slack", self._remind), ("console", self._show_status))
         for component, task in tasks:
             try:
@@ -240,7 +240,7 @@ class Agent:
         if self._console is not None:
             self._console.show(status_line(self.telemetry, time.time()))
 
-    def _judge_peers(self, now: float) -> list[Record]:
+    def _judge_peers(self, now: float) -> list[Finding]:
         """Publish this rank's summary; on rank 0, fold the others' in and judge across."""
         if self.peers is None:
             return []
@@ -335,8 +335,10 @@ class Agent:
                 self.faults.record("steps", exc)
             self._write(records, final)
 
-    def _write(self, records: list[Record], final: bool = False) -> None:
-        """Judge the records, then log them and any finding they raised or resolved."""
+    def _write(self, records: list[Record], final: bool = False,
+               judged: Sequence[Finding] = ()) -> None:
+        """Judge the records, then log them and any finding they raised or resolved
+        (``judged``: findings reached elsewhere, across ranks)."""
         try:
             findings = self.engine.feed(records)
             if final:
@@ -344,8 +346,7 @@ class Agent:
         except Exception as exc:
             self.faults.record("detection", exc)
             findings = []
-        findings += [r for r in records if isinstance(r, Finding)]  # judged across ranks
-        records = [r for r in records if not isinstance(r, Finding)]
+        findings += judged
         for f in findings:
             if f.state == "active":
                 log.warning("gpuwatch finding [%s] %s: %s", f.verdict, f.detector, f.summary)
