@@ -81,6 +81,20 @@ class SlackSettings(BaseModel):
         return read_secret(self.webhook_url, self.webhook_url_file)
 
 
+class OwnedGpu(BaseModel):
+    """A card you own (owned-hardware cost): USD per hour = power draw x electricity price
+    + purchase price over its amortisation period (used around the clock)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    purchase_usd: float = Field(gt=0, description="What the card cost (USD).")
+    amortisation_years: float = Field(default=4.0, gt=0, le=20,
+                                      description="Years its purchase price is spread over.")
+    power_watts: float | None = Field(default=None, gt=0, le=5000,
+                                      description="Its draw (W); default NVML's measured "
+                                                  "draw, else the catalogue's board power.")
+
+
 class Settings(BaseSettings):
     """Every knob of the agent. Durations in seconds."""
 
@@ -120,7 +134,19 @@ class Settings(BaseSettings):
     total_steps: int | None = Field(default=None, gt=0,
                                     description="Planned steps of the run (time-to-finish).")
     prices: dict[str, float] = Field(default_factory=dict,
-                                     description="USD per GPU-hour by catalogue name.")
+                                     description="USD per GPU-hour by catalogue name (the "
+                                                 "catalogue's dated defaults otherwise).")
+    owned: dict[str, OwnedGpu] = Field(default_factory=dict,
+                                       description="Cards you own, by catalogue name: priced "
+                                                   "by power and amortisation, not rent.")
+    electricity_usd_per_kwh: float = Field(default=0.15, gt=0, le=10,
+                                           description="Electricity price for owned cards "
+                                                       "(default: US commercial, 2025).")
+    precision: Literal["tf32", "bf16", "fp8"] = Field(
+        default="bf16", description="Tensor math the job uses (sets the FLOPS compared).")
+    move_min_time_gain: float = Field(default=1.5, ge=1,
+                                      description="Time-to-result gain (at the low end of "
+                                                  "the range) that alone justifies a move.")
     peers_interval_s: float = Field(default=5.0, ge=0, le=600,
                                     description="Cross-rank summaries through the c10d store "
                                                 "(0: off).")
@@ -169,7 +195,8 @@ def unknown_env_keys(environ: Mapping[str, str]) -> list[str]:
 
 
 DETECTION_KEYS = frozenset({"detect_interval_s", "detectors", "target_gpu", "gpu_model",
-                            "total_steps", "prices"})
+                            "total_steps", "prices", "owned", "electricity_usd_per_kwh",
+                            "precision", "move_min_time_gain"})
 
 
 def detection_settings(settings: Settings) -> dict[str, Any]:

@@ -25,13 +25,13 @@ WARMUP_STEPS = 5  # the first steps (allocation, compilation, worker start) are 
 
 # What step windows sum: the step count, then these step fields.
 SUMMED = ("steps", "wall_s", "data_s", "compute_s", "checkpoint_s", "collective_s",
-          "recompute_s", "other_s", "collective_bytes")
+          "recompute_s", "other_s", "collective_bytes", "optimizer_s", "samples", "tokens")
 
 
 @dataclass(frozen=True, slots=True)
 class StepSummary:
     """Steps over a recent span: their count and the mean of each part per step
-    (seconds; ``samples`` and ``collective_bytes`` per step)."""
+    (seconds; ``samples``, ``tokens`` and ``collective_bytes`` per step)."""
 
     steps: int
     wall_s: float
@@ -42,6 +42,9 @@ class StepSummary:
     recompute_s: float
     other_s: float
     collective_bytes: float
+    optimizer_s: float = 0.0
+    samples: float = 0.0
+    tokens: float = 0.0
 
     @property
     def pure_compute_s(self) -> float:
@@ -84,7 +87,8 @@ class StepWindow:
 
     def add(self, s: Step) -> None:
         self._append(s.t, (1, s.wall_s, s.data_s, s.compute_s, s.checkpoint_s, s.collective_s,
-                           s.recompute_s, s.other_s, s.collective_bytes))
+                           s.recompute_s, s.other_s, s.collective_bytes, s.optimizer_s,
+                           s.samples, s.tokens))
 
     def add_totals(self, t: float, totals: tuple[float, ...]) -> None:
         """Steps that ended by ``t``, summed (SUMMED order, the count first)."""

@@ -17,7 +17,7 @@ from gpuwatch.detection.projection import (
 )
 from gpuwatch.detection.rules import load_rules, rules_dir
 
-REQUIRED_GPUS = {"RTX 4090", "RTX 5090", "L40S", "A100 40GB", "A100 80GB", "H100 PCIe",
+REQUIRED_GPUS = {"RTX 4090", "RTX 5090", "L40S", "A100 SXM 40GB", "A100 SXM 80GB", "H100 PCIe",
                  "H100 SXM", "H200", "B200"}
 
 
@@ -48,7 +48,7 @@ def test_catalogue_has_the_cards_that_matter_and_identifies_nvml_names() -> None
     assert identify("NVIDIA H100 80GB HBM3", gpus).name == "H100 SXM"  # type: ignore[union-attr]
     assert identify("NVIDIA H100 PCIe", gpus).name == "H100 PCIe"  # type: ignore[union-attr]
     assert identify("NVIDIA GeForce RTX 4090", gpus).name == "RTX 4090"  # type: ignore[union-attr]
-    assert identify("NVIDIA A100-SXM4-80GB", gpus).name == "A100 80GB"  # type: ignore[union-attr]
+    assert identify("NVIDIA A100-SXM4-80GB", gpus).name == "A100 SXM 80GB"  # type: ignore[union-attr]
     assert identify("Tesla K80", gpus) is None
 
 

@@ -4,10 +4,23 @@ total steps) and the signal helpers several of them read."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuwatch.detection.projection import DEFAULT_TARGET, Gpu, StepParts, catalogue, identify
+from gpuwatch.detection.moves import Costs, decide, price
+from gpuwatch.detection.projection import (
+    DEFAULT_TARGET,
+    PCIE_BYTES_PER_S,
+    Gpu,
+    Inputs,
+    Precision,
+    Projection,
+    StepParts,
+    catalogue,
+    identify,
+    project,
+)
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Verdict
 from gpuwatch.telemetry import StepSummary, Telemetry
@@ -37,6 +50,8 @@ class Context:
     gpu_model: str | None = None
     total_steps: int | None = None
     active: set[str] = field(default_factory=set)
+    costs: Costs = field(default_factory=Costs)
+    precision: Precision = "bf16"
 
     @property
     def target_gpu(self) -> Gpu:
@@ -51,6 +66,65 @@ class Context:
             if gpu is not None:
                 return gpu
         return None
+
+
+    def device_name(self, view: Telemetry) -> str | None:
+        """What NVML calls this rank's card (or the configured model)."""
+        return self.gpu_model or next((d["name"] for d in job_devices(view) if d.get("name")),
+                                      None)
+
+    def project(self, views: list[Telemetry], parts: StepParts, since: float, *,
+                target: Gpu | None = None, drop_recompute: bool = False,
+                target_gpus: int | None = None) -> Projection:
+        """``parts`` (the mean step of ``views``' ranks) projected onto ``target`` (default
+        the configured one) with what the views measured, priced for the whole job
+        (its world size; tokens and samples per rank taken as the same on every rank)."""
+        view = views[0]
+        current = self.current_gpu(view)
+        world = max(view.meta.world_size if view.meta else 1, len(views))
+        summaries = [s for v in views if (s := v.summarise(since)) is not None]
+        tokens = _mean(s.tokens for s in summaries) or 0.0
+        samples = _mean(s.samples for s in summaries) or 0.0
+        tokens, samples = tokens * world, samples * world  # per rank -> the job
+        unit, units = (("1M tokens", tokens) if tokens > 0 else
+                       ("1M samples", samples) if samples > 0 else ("step", 0.0))
+        planned = self.total_steps or view.planned_steps
+        inputs = Inputs(
+            tensor_share=_mean(tensor_share(v, since) for v in views),
+            gpu_busy=_mean(_mean(v.values_since("nvml", "gpu_utilization_ratio", since))
+                           for v in views),
+            link_now=link_now(view, current), units_per_step=units, unit=unit,
+            remaining_steps=planned - view.total_steps if planned else None,
+            device_name=self.device_name(view), precision=self.precision,
+            power_watts=_mean(view.values_since("nvml", "gpu_power_watts", since)))
+        proj = project(parts, target or self.target_gpu, current, ranks=world,
+                       drop_recompute=drop_recompute, total_steps=planned,
+                       target_gpus=target_gpus, inputs=inputs)
+        price(proj, self.costs)
+        return proj
+
+    def decide(self, proj: Projection, *, otherwise: Verdict,
+               cannot_run_here: str | None = None) -> Verdict:
+        """The move gate (gpuwatch.detection.moves.decide) with this run's costs."""
+        return decide(proj, self.costs, otherwise=otherwise, cannot_run_here=cannot_run_here)
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    xs = [v for v in values if v is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def link_now(view: Telemetry, current: Gpu | None) -> float | None:
+    """Today's GPU-to-GPU link (bytes/s, one direction): NVLink where links are up and the
+    card is known, else PCIe at the slot's maximum generation and width; None if unknown."""
+    devices = job_devices(view)
+    if any(d.get("nvlink_links_active", 0) > 0 for d in devices):
+        return current.nvlink_bandwidth if current and current.nvlink_bandwidth else None
+    gens = [d.get("pcie_generation_max") or d.get("pcie_generation") for d in devices]
+    widths = [d.get("pcie_width_max") or d.get("pcie_width") for d in devices]
+    links = [PCIE_BYTES_PER_S[g] * w / 16 for g, w in zip(gens, widths, strict=True)
+             if g in PCIE_BYTES_PER_S and w]
+    return min(links) if links else None
 
 
 def recent(view: Telemetry, rule: Rule, now: float) -> StepSummary | None:
@@ -87,7 +161,7 @@ def mean_parts(summary: StepSummary) -> StepParts:
         compute=max(summary.compute_s - summary.recompute_s - summary.collective_s, 0.0),
         recompute=summary.recompute_s, comm=summary.collective_s, data=summary.data_s,
         checkpoint=summary.checkpoint_s, other=summary.other_s,
-        comm_bytes=summary.collective_bytes)
+        comm_bytes=summary.collective_bytes, optimizer=summary.optimizer_s)
 
 
 def host_of(view: Telemetry) -> str:

@@ -27,6 +27,7 @@ from gpuwatch.detection import (
     underutilised,
 )
 from gpuwatch.detection.context import Context, Detection
+from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rules import Rule, Scope, load_rules
 from gpuwatch.records import Finding, Meta, Record
@@ -208,7 +209,7 @@ def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Eng
     """
     rules = load_rules(overrides=settings.detectors)
     gpus = catalogue(settings.prices)
-    for name in (settings.target_gpu, *settings.prices):
+    for name in (settings.target_gpu, *settings.prices, *settings.owned):
         if name not in gpus:
             raise ConfigError(f"gpuwatch config: unknown GPU {name!r}; the catalogue has "
                               + ", ".join(gpus))
@@ -216,5 +217,6 @@ def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Eng
         raise ConfigError(f"gpuwatch config: unknown gpu_model {settings.gpu_model!r}; "
                           "the catalogue has " + ", ".join(gpus))
     context = Context(gpus=gpus, target=settings.target_gpu, gpu_model=settings.gpu_model,
-                      total_steps=settings.total_steps)
+                      total_steps=settings.total_steps, costs=Costs.from_settings(settings),
+                      precision=settings.precision)
     return Engine(rules, context, scope=scope, job=job, interval_s=settings.detect_interval_s)

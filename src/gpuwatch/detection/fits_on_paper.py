@@ -10,9 +10,8 @@ from gpuwatch.detection.context import (
     job_devices,
     mean_parts,
     recent,
-    tensor_share,
 )
-from gpuwatch.detection.projection import Gpu, project
+from gpuwatch.detection.projection import Gpu
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
@@ -57,9 +56,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     target = pick_target(ctx, need, th["target_headroom"])
     fits = need <= target.memory_bytes * th["target_headroom"]
     parts = mean_parts(summary)
-    proj = project(parts, target, ctx.current_gpu(view),
-                   ranks=view.meta.world_size if view.meta else 1,
-                   tensor_share=tensor_share(view, since), drop_recompute=fits and act_ckpt)
+    proj = ctx.project([view], parts, since, target=target, drop_recompute=fits and act_ckpt)
     if cut is not None:
         proj.assumptions.append(f"batch back to {cut[0]}: per-sample compute unchanged")
     if act_ckpt:
@@ -89,8 +86,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
             "speedup": proj.speedup,
             "symptoms": ", ".join(k for k, v in symptoms.items() if v) or "no workaround yet",
             "workarounds": "; ".join(workarounds) or "run without the memory workarounds"}
+    verdict = ctx.decide(proj, otherwise="fix_here", cannot_run_here=(
+        f"memory at {peak_ratio:.0%} of the card with {text['symptoms']}")) if fits else "fix_here"
     return Detection(evidence, [view.rank], text=text, projection=proj.as_dict(),
-                     verdict="move_to_h100" if fits else "fix_here")
+                     verdict=verdict)
 
 
 def memory_need(view: Telemetry, since: float, peak: float, cut: tuple[int, int] | None,

@@ -3,8 +3,8 @@ GPU (one, and scaled out): days versus hours."""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, mean_parts, recent, tensor_share
-from gpuwatch.detection.projection import project
+from gpuwatch.detection.context import Context, Detection, mean_parts, recent
+from gpuwatch.detection.projection import speedup_text
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
@@ -24,20 +24,19 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if remaining <= 0 or hours_now < th["min_remaining_hours"]:
         return None
     world = view.meta.world_size if view.meta else 1
-    proj = project(parts, ctx.target_gpu, ctx.current_gpu(view), ranks=world,
-                   tensor_share=tensor_share(view, since), total_steps=planned)
-    hours_target = remaining * proj.projected.total / 3600
     scale = th["scale_out_gpus"]
+    proj = ctx.project([view], parts, since, target_gpus=max(int(scale), world))
+    hours_target = remaining * proj.projected.total / 3600
     hours_scaled = hours_target * world / max(scale, world)  # data-parallel, linear scaling
-    proj.assumptions.append(f"{scale:.0f} {ctx.target} GPUs scale linearly (data parallel)")
     evidence = {"remaining_steps": float(remaining), "step_seconds": parts.total,
                 "remaining_hours_now": hours_now, "remaining_hours_target": hours_target,
                 "remaining_hours_scaled": hours_scaled, "speedup_ratio": proj.speedup,
                 "scale_out_gpus": scale}
-    worth_it = proj.speedup >= th["min_speedup"]
+    verdict = ctx.decide(proj, otherwise="info")
+    worth_it = verdict == "move_to_h100"
     advice = (f"Move to {ctx.target}: {hours_now / 24:.1f} days become "
               f"{hours_scaled:.1f} h on {scale:.0f} GPUs." if worth_it else
-              f"The projected gain on {ctx.target} is small ({proj.speedup:.2f}x): scale out "
-              "or make the step itself cheaper.")
+              f"The projected gain on {ctx.target} ({speedup_text(proj.as_dict())}) does not "
+              "pay for a move: make the step itself cheaper.")
     return Detection(evidence, [view.rank], text={"target": ctx.target, "advice": advice},
-                     projection=proj.as_dict(), verdict="move_to_h100" if worth_it else "info")
+                     projection=proj.as_dict(), verdict=verdict)

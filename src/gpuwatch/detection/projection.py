@@ -1,84 +1,54 @@
-"""What another GPU would buy: the GPU catalogue and the step-time projection.
+"""What another GPU would buy: the step-time projection, as a range.
 
-The measured step is split into parts, each scaled by the ratio that applies
-to it (see docs/projection.md):
+The measured mean step is split into parts that sum to it, and each part is
+scaled by the ratio that applies to it (docs/projection.md):
 
-- tensor-bound compute by dense BF16 TFLOPS, memory-bound compute by memory
-  bandwidth (the split from GPM tensor vs DRAM activity when measured, else
-  half and half);
-- exposed collective wait by link bandwidth, with the ring all-reduce model
-  t = 2(n-1)/n * bytes / bus bandwidth;
-- activation-checkpoint recompute like compute, or dropped when the target's
+- GPU-busy compute: its tensor-bound share by the dense tensor FLOPS ratio, the
+  rest by the memory bandwidth ratio. The share comes from GPM (tensor vs DRAM
+  activity) where measured; otherwise it is unknown and the projection spans
+  all-memory-bound to all-tensor-bound, with the middle (half and half) named;
+- optimizer: memory-bound (elementwise updates), by the bandwidth ratio;
+- activation-checkpoint recompute: like compute, or dropped when the target's
   memory makes checkpointing unnecessary;
-- data wait, checkpoint saves and unattributed time do not scale.
+- exposed collective wait: the ring all-reduce on the target's link;
+- GPU idle time inside compute (NVML utilisation), data wait, checkpoint saves
+  and unattributed time: kept as measured.
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-# PCIe x16, one direction, bytes/s (nominal), by generation.
-PCIE_BYTES_PER_S = {3: 16e9, 4: 32e9, 5: 64e9, 6: 128e9}
-DEFAULT_TENSOR_SHARE = 0.5
+from gpuwatch.detection.catalogue import (
+    PCIE_BYTES_PER_S,
+    PRECISIONS,
+    Gpu,
+    Precision,
+    catalogue,
+    identify,
+)
+
+__all__ = ["DEFAULT_TARGET", "PCIE_BYTES_PER_S", "PRECISIONS", "Gpu", "Precision", "Projection",
+           "StepParts", "catalogue", "identify", "mean_step_parts", "project",
+           "projection_text", "ring_allreduce_seconds", "speedup_text"]
+
 DEFAULT_TARGET = "H100 SXM"
-
-
-@dataclass(frozen=True, slots=True)
-class Gpu:
-    """One catalogue entry. Bandwidths in bytes/s (NVLink: one direction), FLOPS in FLOP/s."""
-
-    name: str
-    match: tuple[str, ...]
-    memory_bytes: float
-    memory_bandwidth: float
-    bf16_flops: float
-    fp8_flops: float
-    nvlink_bandwidth: float
-    pcie_gen: int
-    price_per_hour: float
-
-    @property
-    def link_bandwidth(self) -> float:
-        """The GPU-to-GPU link a collective uses: NVLink if it has it, else PCIe."""
-        return self.nvlink_bandwidth or PCIE_BYTES_PER_S.get(self.pcie_gen, 32e9)
-
-
-@cache
-def _raw_catalogue() -> dict[str, Any]:
-    text = resources.files("gpuwatch.detection").joinpath("gpus.toml").read_text()
-    gpus: dict[str, Any] = tomllib.loads(text)["gpus"]
-    return gpus
-
-
-def catalogue(prices: dict[str, float] | None = None) -> dict[str, Gpu]:
-    """Every GPU in the catalogue by name, with ``prices`` (USD per GPU-hour) applied."""
-    prices = prices or {}
-    out = {}
-    for name, g in _raw_catalogue().items():
-        out[name] = Gpu(
-            name=name, match=tuple(g["match"]), memory_bytes=g["memory_gb"] * 1e9,
-            memory_bandwidth=g["memory_bandwidth_tbs"] * 1e12, bf16_flops=g["bf16_tflops"] * 1e12,
-            fp8_flops=g["fp8_tflops"] * 1e12, nvlink_bandwidth=g["nvlink_gbs"] * 1e9 / 2,
-            pcie_gen=int(g["pcie_gen"]), price_per_hour=prices.get(name, g["price_per_hour"]))
-    return out
-
-
-def identify(device_name: str | None, gpus: dict[str, Gpu]) -> Gpu | None:
-    """The catalogue entry whose match strings occur in an NVML device name."""
-    if not device_name:
-        return None
-    if device_name in gpus:
-        return gpus[device_name]
-    return next((g for g in gpus.values() if any(m in device_name for m in g.match)), None)
+# The middle of the range where the tensor share is not measured.
+DEFAULT_TENSOR_SHARE = 0.5
+# Half-width of the range around a GPM-measured tensor share: tensor and DRAM activity
+# overlap in time, so their ratio is an estimate of the time share, not the share itself.
+MEASURED_SHARE_MARGIN = 0.15
+# Range ends closer than this (high / low) are shown as one number.
+POINT_TOLERANCE = 1.03
+TIMES, DASH = "\u00d7", "\u2013"  # multiplication sign, en dash
 
 
 @dataclass(frozen=True, slots=True)
 class StepParts:
-    """A mean step split into parts (seconds). ``compute`` excludes recompute and comm."""
+    """A mean step split into parts (seconds) that sum to the step. ``compute`` excludes
+    recompute, comm and ``idle`` (GPU idle inside compute and optimizer)."""
 
     compute: float
     recompute: float = 0.0
@@ -86,60 +56,120 @@ class StepParts:
     data: float = 0.0
     checkpoint: float = 0.0
     other: float = 0.0
-    comm_bytes: float = 0.0  # bytes all-reduced per step (0: unknown)
+    comm_bytes: float = 0.0  # bytes all-reduced per step (0: unknown); not a time
+    optimizer: float = 0.0
+    idle: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.compute + self.recompute + self.comm + self.data + self.checkpoint + self.other
+        return (self.compute + self.recompute + self.comm + self.data + self.checkpoint
+                + self.other + self.optimizer + self.idle)
+
+    def seconds(self) -> dict[str, float]:
+        """The parts by name (seconds), without ``comm_bytes``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "comm_bytes"}
+
+
+def mean_step_parts(parts: list[StepParts]) -> StepParts:
+    """The field-by-field mean of several ranks' parts."""
+    n = max(len(parts), 1)
+    return StepParts(**{f.name: sum(getattr(p, f.name) for p in parts) / n
+                        for f in fields(StepParts)})
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What the job measured besides its step parts; None where not measured.
+
+    ``tensor_share`` tensor-bound share of compute (GPM, 0..1); ``gpu_busy`` NVML
+    utilisation (0..1); ``link_now`` today's GPU link (bytes/s, one direction);
+    ``units_per_step`` tokens or samples per step, all ranks (``unit`` names them);
+    ``remaining_steps`` steps left to the plan; ``device_name`` what NVML calls the card;
+    ``precision`` the tensor math the job uses; ``power_watts`` its card's draw.
+    """
+
+    tensor_share: float | None = None
+    gpu_busy: float | None = None
+    link_now: float | None = None
+    units_per_step: float = 0.0
+    unit: str = "step"
+    remaining_steps: int | None = None
+    device_name: str | None = None
+    precision: Precision = "bf16"
+    power_watts: float | None = None  # the current card's mean NVML power draw
 
 
 @dataclass
 class Projection:
-    """The projected step on ``target`` and what it costs; ``as_dict`` is what findings carry."""
+    """The step now (split) and on ``target`` at both ends and the middle of the range.
+
+    ``slowest`` is the end with the least speedup, ``fastest`` the most. Costs are
+    filled by :mod:`gpuwatch.detection.moves`; ``as_dict`` is what findings carry.
+    """
 
     target: Gpu
     current: Gpu | None
     now: StepParts
-    projected: StepParts
+    projected: StepParts  # the middle
+    slowest: StepParts
+    fastest: StepParts
     gpus: int
+    inputs: Inputs = field(default_factory=Inputs)
+    tensor_share: tuple[float, float, float] = (0.0, DEFAULT_TENSOR_SHARE, 1.0)  # low, mid, high
+    target_gpus: int = 0
+    total_steps: int | None = None
     assumptions: list[str] = field(default_factory=list)
     workarounds_dropped: list[str] = field(default_factory=list)
-    total_steps: int | None = None
+    economics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
-        return self.now.total / self.projected.total if self.projected.total > 0 else 1.0
+        """At the middle of the range."""
+        return _ratio(self.now.total, self.projected.total)
+
+    @property
+    def speedup_low(self) -> float:
+        return _ratio(self.now.total, self.slowest.total)
+
+    @property
+    def speedup_high(self) -> float:
+        return _ratio(self.now.total, self.fastest.total)
+
+    @property
+    def scale_out(self) -> float:
+        """Target GPUs over GPUs now (data-parallel scale-out, 1: same count)."""
+        return (self.target_gpus or self.gpus) / self.gpus
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "target": self.target.name,
             "current": self.current.name if self.current else None,
+            "current_device": self.inputs.device_name,
+            "gpus": self.gpus,
+            "target_gpus": self.target_gpus or self.gpus,
+            "precision": self.inputs.precision,
             "step_seconds_now": self.now.total,
             "step_seconds_projected": self.projected.total,
+            "step_seconds_projected_slowest": self.slowest.total,
+            "step_seconds_projected_fastest": self.fastest.total,
             "speedup_ratio": self.speedup,
-            "parts_seconds_now": _parts(self.now),
-            "parts_seconds_projected": _parts(self.projected),
-            "cost_per_step_target_usd": self._cost(self.projected.total, self.target),
+            "speedup_low_ratio": self.speedup_low,
+            "speedup_high_ratio": self.speedup_high,
+            "tensor_share_ratio": self.tensor_share[1],
+            "tensor_share_low_ratio": self.tensor_share[0],
+            "tensor_share_high_ratio": self.tensor_share[2],
+            "tensor_share_measured": self.inputs.tensor_share is not None,
+            "parts_seconds_now": self.now.seconds(),
+            "parts_seconds_projected": self.projected.seconds(),
             "assumptions": list(self.assumptions),
             "workarounds_dropped": list(self.workarounds_dropped),
         }
-        if self.current is not None:
-            out["cost_per_step_now_usd"] = self._cost(self.now.total, self.current)
-        if self.total_steps:
-            out["total_steps"] = self.total_steps
-            out["run_hours_projected"] = self.projected.total * self.total_steps / 3600
-            out["cost_per_run_target_usd"] = out["cost_per_step_target_usd"] * self.total_steps
-            if self.current is not None:
-                out["cost_per_run_now_usd"] = out["cost_per_step_now_usd"] * self.total_steps
+        out.update(self.economics)
         return out
 
-    def _cost(self, step_s: float, gpu: Gpu) -> float:
-        return step_s * gpu.price_per_hour / 3600 * self.gpus
 
-
-def _parts(p: StepParts) -> dict[str, float]:
-    return {"compute": p.compute, "recompute": p.recompute, "comm": p.comm, "data": p.data,
-            "checkpoint": p.checkpoint, "other": p.other}
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else 1.0
 
 
 def project(
@@ -149,41 +179,114 @@ def project(
     *,
     ranks: int = 1,
     tensor_share: float | None = None,
+    gpu_busy: float | None = None,
     link_now: float | None = None,
     drop_recompute: bool = False,
     total_steps: int | None = None,
+    target_gpus: int | None = None,
+    inputs: Inputs | None = None,
 ) -> Projection:
-    """Project ``now`` onto ``target``.
+    """Project ``now`` onto ``target``; every part of the step is accounted for.
 
-    ``tensor_share`` is the tensor-bound part of compute (0..1, from GPM);
-    ``link_now`` the link collectives use today (bytes/s, one direction), used
-    when the bytes per step are unknown; ``drop_recompute`` when the target's
-    memory removes the need for activation checkpointing.
+    ``tensor_share``, ``gpu_busy`` and ``link_now`` override the same fields of
+    ``inputs``; ``drop_recompute`` when the target's memory removes the need for
+    activation checkpointing; ``target_gpus`` for a scale-out (default ``ranks``).
     """
+    inputs = inputs or Inputs()
+    inputs = replace(inputs, tensor_share=_given(tensor_share, inputs.tensor_share),
+                     gpu_busy=_given(gpu_busy, inputs.gpu_busy),
+                     link_now=_given(link_now, inputs.link_now))
     notes: list[str] = []
     dropped: list[str] = []
     if current is None:
-        notes.append("current GPU unknown: compute is not scaled")
-        compute_factor = 1.0
-    else:
-        if tensor_share is None:
-            tensor_share = DEFAULT_TENSOR_SHARE
-            notes.append("no GPM tensor/DRAM split measured: compute taken as half "
-                         "tensor-bound, half memory-bound")
-        compute_factor = (tensor_share * current.bf16_flops / target.bf16_flops
-                          + (1 - tensor_share) * current.memory_bandwidth / target.memory_bandwidth)
-    comm = _projected_comm(now, target, ranks, link_now, notes) if now.comm > 0 else 0.0
-    recompute = now.recompute * compute_factor
-    if drop_recompute and now.recompute > 0:
-        recompute = 0.0
-        share = now.recompute / now.total if now.total else 0.0
-        dropped.append(f"activation checkpointing off: -{share:.0%} step time")
-    notes.append("data wait, checkpoint saves and unattributed time do not scale")
-    projected = StepParts(compute=now.compute * compute_factor, recompute=recompute, comm=comm,
-                          data=now.data, checkpoint=now.checkpoint, other=now.other,
-                          comm_bytes=now.comm_bytes)
-    return Projection(target=target, current=current, now=now, projected=projected, gpus=ranks,
-                      assumptions=notes, workarounds_dropped=dropped, total_steps=total_steps)
+        notes.append(f"current GPU {inputs.device_name!r} is not in the catalogue: compute is "
+                     "not scaled" if inputs.device_name else
+                     "current GPU unknown: compute is not scaled")
+    split = _split_idle(now, inputs.gpu_busy, notes)
+    shares = _tensor_shares(inputs.tensor_share, current, notes)
+    flops_now, flops_target = _flops(current, target, inputs.precision, notes)
+    bw_ratio = current.memory_bandwidth / target.memory_bandwidth if current else 1.0
+    if current is not None:
+        notes.append(f"optimizer memory-bound: {bw_ratio:.2f}x its time (bandwidth "
+                     f"{current.memory_bandwidth / 1e12:.2f} -> "
+                     f"{target.memory_bandwidth / 1e12:.2f} TB/s)")
+    comm = _projected_comm(split, target, ranks, inputs.link_now, notes) if split.comm > 0 else 0.0
+    drop = drop_recompute and split.recompute > 0
+    if drop:
+        dropped.append(f"activation checkpointing off: -{split.recompute / now.total:.0%} "
+                       "step time")
+    notes.append("idle GPU time, data wait, checkpoint saves and unattributed time kept as "
+                 "measured")
+
+    def at(share: float) -> StepParts:
+        factor = (share * flops_now / flops_target + (1 - share) * bw_ratio) if current else 1.0
+        return replace(split, compute=split.compute * factor,
+                       recompute=0.0 if drop else split.recompute * factor,
+                       optimizer=split.optimizer * bw_ratio, comm=comm)
+
+    ends = sorted((at(shares[0]), at(shares[2])), key=lambda p: p.total)
+    return Projection(target=target, current=current, now=split, projected=at(shares[1]),
+                      slowest=ends[1], fastest=ends[0], gpus=ranks, inputs=inputs,
+                      tensor_share=shares, target_gpus=target_gpus or ranks,
+                      total_steps=total_steps, assumptions=notes, workarounds_dropped=dropped)
+
+
+def _given(value: float | None, default: float | None) -> float | None:
+    return default if value is None else value
+
+
+def _split_idle(now: StepParts, gpu_busy: float | None, notes: list[str]) -> StepParts:
+    """Carve the GPU's idle time out of compute and optimizer. NVML's utilisation says how
+    long no kernel ran; data wait, saves and unattributed time are taken as idle first,
+    the rest of the idle time lies in compute and optimizer (host-bound: launches, Python)."""
+    if gpu_busy is None:
+        notes.append("GPU utilisation not measured: compute taken as all GPU-busy "
+                     "(the speedup is an upper bound)")
+        return now
+    idle = max((1 - min(max(gpu_busy, 0.0), 1.0)) * now.total
+               - now.data - now.checkpoint - now.other, 0.0)
+    scalable = now.compute + now.optimizer
+    idle = min(idle, scalable)
+    if idle <= 0:
+        return now
+    keep = 1 - idle / scalable
+    notes.append(f"GPU {gpu_busy:.0%} busy (NVML): {idle / now.total:.0%} of the step is "
+                 "idle time inside compute, kept as is")
+    return replace(now, compute=now.compute * keep, optimizer=now.optimizer * keep,
+                   idle=now.idle + idle)
+
+
+def _tensor_shares(measured: float | None, current: Gpu | None,
+                   notes: list[str]) -> tuple[float, float, float]:
+    """(low, middle, high) tensor-bound share of compute."""
+    if measured is None:
+        if current is not None:
+            notes.append("tensor share not measured (no GPM): range from all memory-bound "
+                         "to all tensor-bound, middle at half and half")
+        return 0.0, DEFAULT_TENSOR_SHARE, 1.0
+    s = min(max(measured, 0.0), 1.0)
+    notes.append(f"tensor share {s:.0%} of compute from GPM (range +/-"
+                 f"{MEASURED_SHARE_MARGIN:.0%})")
+    return max(s - MEASURED_SHARE_MARGIN, 0.0), s, min(s + MEASURED_SHARE_MARGIN, 1.0)
+
+
+def _flops(current: Gpu | None, target: Gpu, precision: Precision,
+           notes: list[str]) -> tuple[float, float]:
+    """Dense tensor FLOP/s now and on the target at the job's precision; BF16 where a card
+    lacks it (it cannot run FP8 math)."""
+    if current is None:
+        return 1.0, 1.0
+    now, there = current.tensor_flops(precision), target.tensor_flops(precision)
+    if not now:
+        notes.append(f"{current.name} has no {precision.upper()} tensor cores: BF16 compared")
+        return current.bf16_flops, target.bf16_flops
+    if not there:
+        notes.append(f"{target.name} has no {precision.upper()} tensor cores: it would run "
+                     "BF16")
+        return now, target.bf16_flops
+    notes.append(f"dense {precision.upper()} tensor math: {now / 1e12:.1f} -> "
+                 f"{there / 1e12:.1f} TFLOPS")
+    return now, there
 
 
 def ring_allreduce_seconds(nbytes: float, ranks: int, bus_bandwidth: float) -> float:
@@ -208,4 +311,43 @@ def _projected_comm(now: StepParts, target: Gpu, ranks: int, link_now: float | N
     if link_now is None:
         link_now = PCIE_BYTES_PER_S[4]
         notes.append("today's link unknown: taken as PCIe gen4 x16 (32 GB/s)")
+    else:
+        notes.append(f"today's link {link_now / 1e9:.0f} GB/s per direction (topology)")
     return now.comm * min(link_now / target_bw, 1.0)
+
+
+# -- text: one formatter for every sink --------------------------------------------------
+
+def speedup_text(p: Mapping[str, Any]) -> str:
+    """The projected speedup of a finding's projection dict, e.g. "1.9-4.7x (2.7x at the
+    middle)" with an en dash and multiplication signs; one number where the ends agree."""
+    mid = float(p.get("speedup_ratio", 1.0))
+    low = float(p.get("speedup_low_ratio", mid))
+    high = float(p.get("speedup_high_ratio", mid))
+    if high <= low * POINT_TOLERANCE:
+        return f"{_x(mid)}{TIMES}"
+    return f"{_x(low)}{DASH}{_x(high)}{TIMES} ({_x(mid)}{TIMES} at the middle)"
+
+
+def _x(v: float) -> str:
+    return f"{v:.1f}" if v < 10 else f"{v:.0f}"
+
+
+def projection_text(p: Mapping[str, Any]) -> str:
+    """One line for people: step now and on the target, the speedup range, cost per unit of
+    work now and on the target (at the low end), and the move decision with its reason."""
+    text = (f"{p['step_seconds_now']:.3g} s/step now -> {p['step_seconds_projected']:.3g} s/step "
+            f"on {p['target']}: {speedup_text(p)}")
+    unit = p.get("unit")
+    if unit and p.get("cost_per_unit_now_usd") is not None:
+        text += (f"; ${p['cost_per_unit_now_usd']:.3g} -> "
+                 f"${p['cost_per_unit_target_worst_usd']:.3g} per {unit} at the low end")
+    elif unit and p.get("cost_per_unit_target_worst_usd") is not None:
+        text += f"; ${p['cost_per_unit_target_worst_usd']:.3g} per {unit} on {p['target']}"
+    if p.get("hours_to_finish_now") is not None:
+        text += (f"; finishes in {p['hours_to_finish_now']:.3g} h here, "
+                 f"{p['hours_to_finish_target_slowest']:.3g} h at the low end there")
+    decision = p.get("decision")
+    if isinstance(decision, Mapping) and decision.get("why"):
+        text += f"; {decision.get('verdict')}: {decision['why']}"
+    return text

@@ -5,7 +5,7 @@ ring all-reduce projection; with NVLink already: fix here (overlap, bucketing)."
 from __future__ import annotations
 
 from gpuwatch.detection.context import Context, Detection, has_nvlink, mean_parts, recent
-from gpuwatch.detection.projection import StepParts, project
+from gpuwatch.detection.projection import mean_step_parts, speedup_text
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
@@ -23,11 +23,9 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
         return None  # asymmetric: one rank holds the others (the straggler's case)
     ranks = sorted(summaries)
     parts = [mean_parts(s) for s in summaries.values()]
-    mean = StepParts(**{f: sum(getattr(p, f) for p in parts) / len(parts)
-                        for f in ("compute", "recompute", "comm", "data", "checkpoint", "other",
-                                  "comm_bytes")})
+    mean = mean_step_parts(parts)
     nvlink = any(has_nvlink(v) for v in views)
-    proj = project(mean, ctx.target_gpu, ctx.current_gpu(views[0]), ranks=len(ranks))
+    proj = ctx.project(views, mean, since)
     share = sum(shares) / len(shares)
     evidence = {"collective_share_ratio": share, "collective_seconds_per_step": mean.comm,
                 "collective_bytes_per_step": mean.comm_bytes,
@@ -48,12 +46,16 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
                   "DDP buckets) and overlap them with backward. A faster link would barely help.")
     else:
         link = "no NVLink: over PCIe or the host"
+        pays = ctx.decide(proj, otherwise="fix_here") == "move_to_h100"
         advice = (f"Move to {ctx.target} nodes with NVLink/NVSwitch; meanwhile accumulate "
-                  "gradients over more micro-batches to all-reduce less often.")
+                  "gradients over more micro-batches to all-reduce less often." if pays else
+                  f"A move does not pay ({proj.economics['decision']['why']}): accumulate "
+                  "gradients over more micro-batches and overlap the all-reduce with backward.")
     outcome = ("" if nvlink or small else
-               f"; on {ctx.target} with NVLink the step is projected {proj.speedup:.2f}x faster")
+               f"; on {ctx.target} with NVLink the step is projected "
+               f"{speedup_text(proj.as_dict())} faster")
     text = {"ranks_n": len(ranks), "link": link, "outcome": outcome, "advice": advice}
     if nvlink or small:
         return Detection(evidence, ranks, text=text, verdict="fix_here")
     return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
-                     verdict="move_to_h100")
+                     verdict="move_to_h100" if pays else "fix_here")

@@ -1,0 +1,143 @@
+"""Moves that pay: what a step and a unit of work cost here and on the target, and the
+gate that decides whether a projection is worth a move.
+
+A move is recommended only when (1) the job cannot run well here at all (memory),
+(2) the target is cheaper per unit of work even at the low end of the speedup range,
+or (3) the time to result shrinks by at least ``min_time_gain`` at the low end, card
+for card (a scale-out is open on either card, so it does not count).
+Never to the card the job already runs on. Otherwise the detector's own verdict
+(``fix_here`` or ``info``) stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpuwatch.config import Settings
+from gpuwatch.detection.catalogue import Gpu
+from gpuwatch.detection.projection import Projection
+from gpuwatch.records import Verdict
+
+HOURS_PER_YEAR = 8760.0
+MOVE: Verdict = "move_to_h100"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedCard:
+    """A card you own: its price (USD) spread over ``amortisation_years`` of use, and its
+    power draw (W; None: NVML's measured draw, else the catalogue's board power)."""
+
+    purchase_usd: float
+    amortisation_years: float
+    power_watts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    """How GPU time is priced and when a move pays."""
+
+    owned: Mapping[str, OwnedCard] = field(default_factory=dict)
+    electricity_usd_per_kwh: float = 0.15
+    min_time_gain: float = 1.5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Costs:
+        return cls(owned={name: OwnedCard(o.purchase_usd, o.amortisation_years, o.power_watts)
+                          for name, o in settings.owned.items()},
+                   electricity_usd_per_kwh=settings.electricity_usd_per_kwh,
+                   min_time_gain=settings.move_min_time_gain)
+
+    def hourly(self, gpu: Gpu, measured_watts: float | None = None) -> tuple[float, str]:
+        """USD per GPU-hour of ``gpu`` and where the figure comes from."""
+        card = self.owned.get(gpu.name)
+        if card is None:
+            return gpu.price_per_hour, gpu.price_source
+        watts, seen = ((card.power_watts, "set") if card.power_watts else
+                       (measured_watts, "measured") if measured_watts else
+                       (gpu.power_watts, "board power"))
+        usd = (watts / 1000 * self.electricity_usd_per_kwh
+               + card.purchase_usd / (card.amortisation_years * HOURS_PER_YEAR))
+        return usd, (f"owned: {watts:.0f} W ({seen}) at ${self.electricity_usd_per_kwh:g}/kWh "
+                     f"+ ${card.purchase_usd:,.0f} over {card.amortisation_years:g} years")
+
+
+def price(p: Projection, costs: Costs) -> None:
+    """Fill ``p.economics``: cost per step and per unit of work (per 1M tokens or samples
+    when counted, else per step) now and on the target at each end of the range, and the
+    time to finish when the remaining steps are known."""
+    e: dict[str, Any] = {}
+    per_unit = _per_unit(p)
+    e["unit"] = p.inputs.unit
+    e["units_per_step"] = p.inputs.units_per_step
+    target_hourly, target_source = costs.hourly(p.target)
+    e["price_target_usd_per_hour"], e["price_target_source"] = target_hourly, target_source
+
+    def step_cost(seconds: float, hourly: float) -> float:
+        return seconds * hourly / 3600 * p.gpus
+
+    e["cost_per_step_target_usd"] = step_cost(p.projected.total, target_hourly)
+    for end, parts in (("", p.projected), ("_worst", p.slowest), ("_best", p.fastest)):
+        e[f"cost_per_unit_target{end}_usd"] = step_cost(parts.total, target_hourly) * per_unit
+    if p.current is not None:
+        hourly, source = costs.hourly(p.current, p.inputs.power_watts)
+        e["price_now_usd_per_hour"], e["price_now_source"] = hourly, source
+        e["cost_per_step_now_usd"] = step_cost(p.now.total, hourly)
+        e["cost_per_unit_now_usd"] = e["cost_per_step_now_usd"] * per_unit
+    remaining = p.inputs.remaining_steps
+    if remaining is not None and remaining > 0:
+        e["remaining_steps"] = remaining
+        e["hours_to_finish_now"] = remaining * p.now.total / 3600
+        for end, parts in (("", p.projected), ("_slowest", p.slowest), ("_fastest", p.fastest)):
+            e[f"hours_to_finish_target{end}"] = remaining * parts.total / p.scale_out / 3600
+        if p.scale_out != 1:
+            p.assumptions.append(f"{p.target_gpus} GPUs on {p.target.name} for {p.gpus} now: "
+                                 "data parallel, linear scaling")
+    if p.total_steps:
+        e["total_steps"] = p.total_steps
+        e["run_hours_projected"] = p.projected.total * p.total_steps / p.scale_out / 3600
+        e["cost_per_run_target_usd"] = e["cost_per_step_target_usd"] * p.total_steps
+        if "cost_per_step_now_usd" in e:
+            e["cost_per_run_now_usd"] = e["cost_per_step_now_usd"] * p.total_steps
+    p.economics.update(e)
+
+
+def _per_unit(p: Projection) -> float:
+    """Units of work in one step's cost: 1e6 / units per step, or 1 per step."""
+    if p.inputs.unit != "step" and p.inputs.units_per_step > 0:
+        return 1e6 / p.inputs.units_per_step
+    return 1.0
+
+
+def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
+           cannot_run_here: str | None = None) -> Verdict:
+    """The gate: ``move_to_h100`` when the move pays (see the module), else ``otherwise``.
+    Prices ``p`` if not done yet and records the decision and its reason in it."""
+    if "cost_per_step_target_usd" not in p.economics:
+        price(p, costs)
+    e = p.economics
+    low = gain = p.speedup_low  # the card's own gain: a scale-out is open on either card
+    now_cost, worst = e.get("cost_per_unit_now_usd"), e["cost_per_unit_target_worst_usd"]
+    cheaper = now_cost is not None and worst < now_cost
+    rule: str | None = None
+    if p.current is not None and p.current.name == p.target.name:
+        why = f"already on {p.target.name}"
+    elif cannot_run_here:
+        rule, why = "memory", f"cannot run well here: {cannot_run_here}"
+    elif cheaper:
+        rule, why = "cheaper", (f"cheaper per {e['unit']} even at the low end "
+                                f"(${now_cost:.3g} -> ${worst:.3g})")
+    elif gain >= costs.min_time_gain:
+        rule, why = "time", (f"time to result {gain:.1f}x shorter at the low end "
+                             f"(at least {costs.min_time_gain:g}x wanted)")
+    else:
+        cost = (f", {worst / now_cost:.2f}x the cost per {e['unit']}" if now_cost else
+                ", cost now unknown")
+        why = (f"the move does not pay: {low:.2f}x at the low end{cost} "
+               f"(a move needs a lower cost or {costs.min_time_gain:g}x the speed)")
+    verdict: Verdict = MOVE if rule else otherwise
+    e["decision"] = {"verdict": verdict, "rule": rule, "why": why,
+                     "time_gain_low_ratio": gain, "min_time_gain_ratio": costs.min_time_gain,
+                     "cheaper_at_low_end": cheaper if now_cost is not None else None}
+    return verdict
