@@ -1,0 +1,152 @@
+"""The move gate, rule by rule, and what a step and a unit of work cost (rented or owned)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuwatch.config import ConfigError, Settings, load_settings
+from gpuwatch.detection.catalogue import catalogue
+from gpuwatch.detection.engine import engine_from_settings
+from gpuwatch.detection.moves import Costs, OwnedCard, decide, price
+from gpuwatch.detection.projection import Inputs, Projection, StepParts, project, projection_text
+
+GPUS = catalogue()
+STEP = StepParts(compute=1.0)
+
+
+def proj(target: str, current: str | None, *, prices: dict[str, float] | None = None,
+         **inputs: object) -> Projection:
+    gpus = catalogue(prices)
+    return project(STEP, gpus[target], gpus[current] if current else None,
+                   inputs=Inputs(**inputs))  # type: ignore[arg-type]
+
+
+def test_a_move_that_costs_more_and_gains_little_is_not_recommended() -> None:
+    """The issue's case: an H100 job told to move to an H200 at a higher cost per step."""
+    p = proj("H200", "H100 SXM")
+    assert p.speedup_low == pytest.approx(1.0, abs=0.01) and p.speedup_high > 1.4
+    assert decide(p, Costs(), otherwise="info") == "info"
+    d = p.as_dict()["decision"]
+    assert d["rule"] is None and d["cheaper_at_low_end"] is False
+    assert d["why"].startswith("the move does not pay: 1.00x at the low end, 1.40x the cost")
+
+
+def test_a_move_to_the_card_the_job_runs_on_is_never_recommended() -> None:
+    p = proj("H100 SXM", "H100 SXM", prices={"H100 SXM": 0.01})
+    assert decide(p, Costs(), otherwise="fix_here", cannot_run_here="OOMs") == "fix_here"
+    assert p.as_dict()["decision"]["why"] == "already on H100 SXM"
+
+
+def test_a_job_that_cannot_run_here_moves_whatever_the_cost() -> None:
+    p = proj("H100 SXM", "RTX 5090")
+    costs = Costs(min_time_gain=10)
+    assert decide(p, costs, otherwise="fix_here", cannot_run_here="3 OOMs, batch cut") == \
+        "move_to_h100"
+    assert p.as_dict()["decision"]["rule"] == "memory"
+    assert "cannot run well here: 3 OOMs, batch cut" in p.as_dict()["decision"]["why"]
+
+
+def test_cheaper_per_unit_at_the_low_end_is_a_move() -> None:
+    p = proj("H100 SXM", "A100 SXM 80GB")  # 1.64x at the low end for 1.39x the price
+    assert decide(p, Costs(min_time_gain=10), otherwise="info") == "move_to_h100"
+    e = p.as_dict()
+    assert e["decision"]["rule"] == "cheaper"
+    assert e["cost_per_unit_target_worst_usd"] < e["cost_per_unit_now_usd"]
+    assert e["cost_per_unit_target_worst_usd"] == pytest.approx(2.50 / 3600 / p.speedup_low)
+
+
+def test_the_low_end_decides_not_the_middle() -> None:
+    p = proj("H100 SXM", "RTX 5090", prices={"H100 SXM": 1.5})
+    assert decide(p, Costs(min_time_gain=3), otherwise="info") == "info"
+    e = p.as_dict()
+    assert e["cost_per_unit_target_usd"] < e["cost_per_unit_now_usd"]  # the middle would say yes
+    assert e["cost_per_unit_target_worst_usd"] > e["cost_per_unit_now_usd"]
+    assert e["decision"]["cheaper_at_low_end"] is False
+
+
+def test_a_time_to_result_gain_at_the_low_end_is_a_move_even_at_a_higher_cost() -> None:
+    p = proj("H100 SXM", "RTX 5090")  # 1.87x at the low end, 3.6x the price per hour
+    assert decide(p, Costs(min_time_gain=1.5), otherwise="info") == "move_to_h100"
+    d = p.as_dict()["decision"]
+    assert d["rule"] == "time" and d["time_gain_low_ratio"] == pytest.approx(p.speedup_low)
+    p = proj("H100 SXM", "RTX 5090")
+    assert decide(p, Costs(min_time_gain=2.0), otherwise="fix_here") == "fix_here"
+
+
+def test_a_scale_out_alone_is_no_reason_to_change_cards() -> None:
+    p = project(STEP, GPUS["H100 SXM"], GPUS["H100 PCIe"], target_gpus=8)
+    p.economics.clear()
+    assert decide(p, Costs(min_time_gain=1.5), otherwise="info") == "move_to_h100"  # cheaper
+    q = project(STEP, GPUS["H200"], GPUS["H100 SXM"], target_gpus=8)
+    assert decide(q, Costs(), otherwise="info") == "info"
+    assert q.as_dict()["decision"]["time_gain_low_ratio"] == pytest.approx(q.speedup_low)
+
+
+def test_an_unknown_card_is_never_called_cheaper() -> None:
+    p = proj("H100 SXM", None)
+    assert decide(p, Costs(), otherwise="info") == "info"
+    d = p.as_dict()
+    assert "cost_per_unit_now_usd" not in d and d["decision"]["cheaper_at_low_end"] is None
+    assert "cost now unknown" in d["decision"]["why"]
+
+
+# -- what work costs -----------------------------------------------------------------------
+
+def test_cost_per_million_tokens_and_time_to_finish() -> None:
+    p = project(StepParts(compute=2.0), GPUS["H100 SXM"], GPUS["RTX 5090"], ranks=4,
+                target_gpus=8, inputs=Inputs(units_per_step=4 * 8192, unit="1M tokens",
+                                             remaining_steps=36_000))
+    price(p, Costs())
+    e = p.as_dict()
+    assert e["unit"] == "1M tokens"
+    assert e["cost_per_step_now_usd"] == pytest.approx(2.0 * 0.70 / 3600 * 4)
+    assert e["cost_per_unit_now_usd"] == pytest.approx(e["cost_per_step_now_usd"] * 1e6 / 32768)
+    assert e["hours_to_finish_now"] == pytest.approx(20.0)
+    assert e["hours_to_finish_target_slowest"] == pytest.approx(
+        36_000 * p.slowest.total / 2 / 3600)  # 8 GPUs for 4: half the steps' time
+    assert "8 GPUs on H100 SXM for 4 now: data parallel, linear scaling" in e["assumptions"]
+    per_step = project(STEP, GPUS["H100 SXM"], GPUS["RTX 5090"])
+    price(per_step, Costs())
+    assert per_step.as_dict()["cost_per_unit_now_usd"] == per_step.as_dict()[
+        "cost_per_step_now_usd"]
+    assert "hours_to_finish_now" not in per_step.as_dict()
+
+
+def test_an_owned_card_costs_its_power_and_amortisation() -> None:
+    owned = Costs(owned={"RTX 5090": OwnedCard(2000.0, 4.0)}, electricity_usd_per_kwh=0.20)
+    amortised = 2000 / (4 * 8760)
+    usd, source = owned.hourly(GPUS["RTX 5090"], measured_watts=450.0)
+    assert usd == pytest.approx(0.450 * 0.20 + amortised)
+    assert source == "owned: 450 W (measured) at $0.2/kWh + $2,000 over 4 years"
+    assert owned.hourly(GPUS["RTX 5090"])[0] == pytest.approx(0.575 * 0.20 + amortised)
+    fixed = Costs(owned={"RTX 5090": OwnedCard(2000.0, 4.0, power_watts=300.0)})
+    assert fixed.hourly(GPUS["RTX 5090"], 450.0)[0] == pytest.approx(0.3 * 0.15 + amortised)
+    assert owned.hourly(GPUS["H100 SXM"]) == (2.50, "default as of 2025-06")
+    p = project(STEP, GPUS["H100 SXM"], GPUS["RTX 5090"], inputs=Inputs(power_watts=450.0))
+    price(p, owned)
+    assert p.as_dict()["price_now_usd_per_hour"] == pytest.approx(usd)
+
+
+def test_owned_and_gate_settings_are_read_and_checked() -> None:
+    s = Settings(owned={"RTX 5090": {"purchase_usd": 2000}}, electricity_usd_per_kwh=0.3,
+                 move_min_time_gain=3, precision="fp8")
+    costs = Costs.from_settings(s)
+    assert costs.owned["RTX 5090"] == OwnedCard(2000.0, 4.0, None)
+    assert (costs.electricity_usd_per_kwh, costs.min_time_gain) == (0.3, 3)
+    assert engine_from_settings(s, "rank").context.precision == "fp8"
+    with pytest.raises(ConfigError, match="unknown GPU 'RTX 9090'"):
+        engine_from_settings(Settings(owned={"RTX 9090": {"purchase_usd": 1}}), "rank")
+    with pytest.raises(ConfigError) as err:
+        load_settings(owned={"RTX 5090": {"purchase_usd": -5}})
+    assert "owned.RTX 5090.purchase_usd" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_one_line_for_people() -> None:
+    p = project(StepParts(compute=2.0), GPUS["H100 SXM"], GPUS["RTX 5090"],
+                inputs=Inputs(units_per_step=8192, unit="1M tokens", remaining_steps=36_000))
+    decide(p, Costs(), otherwise="info")
+    text = projection_text(p.as_dict())
+    assert text.startswith("2 s/step now -> 0.747 s/step on H100 SXM: "
+                           "1.9\u20134.7\u00d7 (2.7\u00d7 at the middle); $0.0475 -> $0.0907 "
+                           "per 1M tokens at the low end; finishes in 20 h here, 10.7 h at "
+                           "the low end there; move_to_h100: time to result 1.9x shorter")
