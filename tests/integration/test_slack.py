@@ -208,4 +208,6 @@ def test_webhook_url_is_never_written_to_the_run_log(tmp_path: Path) -> None:
     assert hook.url not in log and "/services/T0/B0/secret" not in log
     meta = json.loads(log.splitlines()[0])
     assert set(meta["detection"]) == {"detect_interval_s", "detectors", "target_gpu",
-                                      "gpu_model", "total_steps", "prices"}
+                                      "gpu_model", "total_steps", "prices", "owned",
+                                      "electricity_usd_per_kwh", "precision",
+                                      "move_min_time_gain"}
