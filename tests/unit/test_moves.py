@@ -9,6 +9,8 @@ from gpuwatch.detection.catalogue import catalogue
 from gpuwatch.detection.engine import engine_from_settings
 from gpuwatch.detection.moves import Costs, OwnedCard, decide, price
 from gpuwatch.detection.projection import Inputs, Projection, StepParts, project, projection_text
+from gpuwatch.records import Event, Record
+from tests.runs import GB, START, judge, meta, only, samples, steps, topology
 
 GPUS = catalogue()
 STEP = StepParts(compute=1.0)
@@ -150,3 +152,34 @@ def test_one_line_for_people() -> None:
                            "1.9\u20134.7\u00d7 (2.7\u00d7 at the middle); $0.0475 -> $0.0907 "
                            "per 1M tokens at the low end; finishes in 20 h here, 10.7 h at "
                            "the low end there; move_to_h100: time to result 1.9x shorter")
+
+
+# -- the gate in the detectors -------------------------------------------------------------
+
+def test_a_job_short_of_memory_on_the_target_card_is_not_told_to_move_to_it() -> None:
+    records = [meta(), topology("NVIDIA H100 80GB HBM3", 80 * GB),
+               Event(0, START + 5, "oom", {"type": "OutOfMemoryError"}),
+               *steps(60, wall=0.5),
+               *samples("allocator", 60, {"allocator_reserved_bytes": 60 * GB,
+                                          "allocator_allocated_bytes": 30 * GB,
+                                          "allocator_alloc_retries_total": 0.0},
+                        ramp={"allocator_alloc_retries_total": 1.0})]
+    f = only(judge(records), "fits_on_paper")
+    assert f.verdict == "fix_here"
+    assert f.projection is not None and f.projection["decision"]["why"] == "already on H100 SXM"
+
+
+def test_a_sync_bottleneck_whose_move_does_not_pay_is_fixed_here() -> None:
+    records: list[Record] = []
+    for r in range(2):
+        records += [meta(r, 2, host=f"node-{r}"),
+                    topology("NVIDIA GeForce RTX 5090", 32 * GB, rank=r),
+                    *steps(60, rank=r, compute_s=0.095, collective_s=0.06,
+                           collective_bytes=int(64e6))]
+    pays = only(judge(records, scope="job"), "sync_bottleneck")
+    assert pays.verdict == "move_to_h100"
+    assert pays.projection is not None and pays.projection["decision"]["rule"] == "cheaper"
+    costly = only(judge(records, scope="job", prices={"H100 SXM": 100.0},
+                        move_min_time_gain=50), "sync_bottleneck")
+    assert costly.verdict == "fix_here" and costly.action.startswith("A move does not pay")
+    assert costly.projection is not None and costly.projection["decision"]["rule"] is None
