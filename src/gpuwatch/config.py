@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -133,9 +133,9 @@ class Settings(BaseSettings):
                                   description="Catalogue GPU this job runs on, if NVML cannot say.")
     total_steps: int | None = Field(default=None, gt=0,
                                     description="Planned steps of the run (time-to-finish).")
-    prices: dict[str, float] = Field(default_factory=dict,
-                                     description="USD per GPU-hour by catalogue name (the "
-                                                 "catalogue's dated defaults otherwise).")
+    prices: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="USD per GPU-hour by catalogue name (else the catalogue's dated defaults).")
     owned: dict[str, OwnedGpu] = Field(default_factory=dict,
                                        description="Cards you own, by catalogue name: priced "
                                                    "by power and amortisation, not rent.")
