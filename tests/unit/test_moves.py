@@ -141,7 +141,7 @@ def test_owned_and_gate_settings_are_read_and_checked() -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(owned={"RTX 5090": {"purchase_usd": -5}})
     assert "owned.RTX 5090.purchase_usd" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="prices.H100 SXM: Input should be greater than 0"):
+    with pytest.raises(ConfigError, match=r"prices\.H100 SXM: Input should be greater than 0"):
         load_settings(prices={"H100 SXM": 0})
 
 
