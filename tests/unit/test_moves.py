@@ -107,6 +107,8 @@ def test_cost_per_million_tokens_and_time_to_finish() -> None:
     assert e["hours_to_finish_target_slowest"] == pytest.approx(
         36_000 * p.slowest.total / 2 / 3600)  # 8 GPUs for 4: half the steps' time
     assert "8 GPUs on H100 SXM for 4 now: data parallel, linear scaling" in e["assumptions"]
+    assert f"{e['hours_to_finish_target_slowest']:.3g} h on 8 GPUs at the low end" in \
+        projection_text(e)
     per_step = project(STEP, GPUS["H100 SXM"], GPUS["RTX 5090"])
     price(per_step, Costs())
     assert per_step.as_dict()["cost_per_unit_now_usd"] == per_step.as_dict()[
@@ -152,8 +154,8 @@ def test_one_line_for_people() -> None:
     text = projection_text(p.as_dict())
     assert text.startswith("2 s/step now -> 0.747 s/step on H100 SXM: "
                            "1.9\u20134.7\u00d7 (2.7\u00d7 at the middle); $0.0475 -> $0.0907 "
-                           "per 1M tokens at the low end; finishes in 20 h here, 10.7 h at "
-                           "the low end there; move_to_h100: time to result 1.9x shorter")
+                           "per 1M tokens at the low end; finishes in 20 h here, 10.7 h there "
+                           "at the low end; move_to_h100: time to result 1.9x shorter")
 
 
 # -- the gate in the detectors -------------------------------------------------------------

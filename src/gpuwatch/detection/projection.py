@@ -206,7 +206,7 @@ def project(
     shares = _tensor_shares(inputs.tensor_share, current, notes)
     flops_now, flops_target = _flops(current, target, inputs.precision, notes)
     bw_ratio = current.memory_bandwidth / target.memory_bandwidth if current else 1.0
-    if current is not None:
+    if current is not None and split.optimizer > 0:
         notes.append(f"optimizer memory-bound: {bw_ratio:.2f}x its time (bandwidth "
                      f"{current.memory_bandwidth / 1e12:.2f} -> "
                      f"{target.memory_bandwidth / 1e12:.2f} TB/s)")
@@ -345,8 +345,10 @@ def projection_text(p: Mapping[str, Any]) -> str:
     elif unit and p.get("cost_per_unit_target_worst_usd") is not None:
         text += f"; ${p['cost_per_unit_target_worst_usd']:.3g} per {unit} on {p['target']}"
     if p.get("hours_to_finish_now") is not None:
+        there = (f"on {p['target_gpus']} GPUs" if p.get("target_gpus", 0) != p.get("gpus", 0)
+                 else "there")
         text += (f"; finishes in {p['hours_to_finish_now']:.3g} h here, "
-                 f"{p['hours_to_finish_target_slowest']:.3g} h at the low end there")
+                 f"{p['hours_to_finish_target_slowest']:.3g} h {there} at the low end")
     decision = p.get("decision")
     if isinstance(decision, Mapping) and decision.get("why"):
         text += f"; {decision.get('verdict')}: {decision['why']}"
