@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from gpuwatch.config import ConfigError, Settings, load_settings
+from gpuwatch.config import (
+    ConfigError,
+    Settings,
+    detection_settings,
+    load_settings,
+    replay_settings,
+)
 from gpuwatch.detection.catalogue import catalogue
 from gpuwatch.detection.engine import engine_from_settings
 from gpuwatch.detection.moves import Costs, OwnedCard, decide, price
@@ -138,6 +146,8 @@ def test_owned_and_gate_settings_are_read_and_checked() -> None:
     assert costs.owned["RTX 5090"] == OwnedCard(2000.0, 4.0, None)
     assert (costs.electricity_usd_per_kwh, costs.min_time_gain) == (0.3, 3)
     assert engine_from_settings(s, "rank").context.precision == "fp8"
+    replayed = replay_settings(json.loads(json.dumps(detection_settings(s))), Settings())
+    assert Costs.from_settings(replayed) == costs  # a replay prices as the run did
     with pytest.raises(ConfigError, match="unknown GPU 'RTX 9090'"):
         engine_from_settings(Settings(owned={"RTX 9090": {"purchase_usd": 1}}), "rank")
     with pytest.raises(ConfigError) as err:
