@@ -170,10 +170,23 @@ def test_comm_without_bytes_scales_by_todays_link_and_never_slows_down() -> None
     p = project(now, H100, RTX5090, ranks=2, link_now=16e9)
     assert p.projected.comm == pytest.approx(0.5 * 16e9 / 450e9)
     assert "today's link 16 GB/s per direction (topology)" in p.assumptions
-    guessed = project(now, H100, RTX5090, ranks=2)
+    catalogued = project(now, H100, RTX5090, ranks=2)  # the card's own PCIe gen5 x16
+    assert catalogued.projected.comm == pytest.approx(0.5 * 64e9 / 450e9)
+    guessed = project(now, H100, None, ranks=2)
     assert guessed.projected.comm == pytest.approx(0.5 * 32e9 / 450e9)
+    assert "today's link unknown: taken as PCIe gen4 x16 (32 GB/s)" in guessed.assumptions
     fast = project(StepParts(compute=1.0, comm=0.001, comm_bytes=1e9), H100, None, ranks=2)
     assert fast.projected.comm == 0.001
+
+
+def test_collective_time_is_kept_where_the_link_does_not_change() -> None:
+    now = StepParts(compute=1.0, comm=0.5, comm_bytes=4e9)
+    p = project(now, GPUS["H200"], H100, ranks=8)  # NVLink 900 GB/s on both
+    assert p.projected.comm == 0.5  # the ring model's ideal would be 0.0156 s
+    assert any(a.startswith("collectives kept: H200's link (450 GB/s per direction)")
+               for a in p.assumptions)
+    pcie = project(now, GPUS["L40S"], GPUS["RTX 4090"], ranks=2, link_now=32e9)
+    assert pcie.projected.comm == 0.5
 
 
 def test_precision_picks_the_tensor_figure_and_a_card_without_fp8_runs_bf16() -> None:

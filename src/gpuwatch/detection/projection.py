@@ -10,7 +10,8 @@ scaled by the ratio that applies to it (docs/projection.md):
 - optimizer: memory-bound (elementwise updates), by the bandwidth ratio;
 - activation-checkpoint recompute: like compute, or dropped when the target's
   memory makes checkpointing unnecessary;
-- exposed collective wait: the ring all-reduce on the target's link;
+- exposed collective wait: kept where the target's link is no faster, else the ring
+  all-reduce on the target's link;
 - GPU idle time inside compute (NVML utilisation), data wait, checkpoint saves
   and unattributed time: kept as measured.
 """
@@ -210,7 +211,8 @@ def project(
         notes.append(f"optimizer memory-bound: {bw_ratio:.2f}x its time (bandwidth "
                      f"{current.memory_bandwidth / 1e12:.2f} -> "
                      f"{target.memory_bandwidth / 1e12:.2f} TB/s)")
-    comm = _projected_comm(split, target, ranks, inputs.link_now, notes) if split.comm > 0 else 0.0
+    comm = (_projected_comm(split, target, current, ranks, inputs.link_now, notes)
+            if split.comm > 0 else 0.0)
     drop = drop_recompute and split.recompute > 0
     if drop:
         dropped.append(f"activation checkpointing off: -{split.recompute / now.total:.0%} "
@@ -296,11 +298,18 @@ def ring_allreduce_seconds(nbytes: float, ranks: int, bus_bandwidth: float) -> f
     return 2 * (ranks - 1) / ranks * nbytes / bus_bandwidth
 
 
-def _projected_comm(now: StepParts, target: Gpu, ranks: int, link_now: float | None,
-                    notes: list[str]) -> float:
-    """Exposed collective seconds on ``target``: the ring model when bytes are known,
-    else today's time scaled by the link bandwidth ratio. Never more than today."""
+def _projected_comm(now: StepParts, target: Gpu, current: Gpu | None, ranks: int,
+                    link_now: float | None, notes: list[str]) -> float:
+    """Exposed collective seconds on ``target``. Kept where the link does not get faster
+    (today's link from the topology, else the current card's); else the ring model when
+    the bytes are known, or today's time scaled by the link bandwidth ratio. Never more
+    than today."""
     target_bw = target.link_bandwidth
+    today = link_now if link_now is not None else current.link_bandwidth if current else None
+    if today is not None and target_bw <= today:
+        notes.append(f"collectives kept: {target.name}'s link ({target_bw / 1e9:.0f} GB/s per "
+                     f"direction) is no faster than today's ({today / 1e9:.0f} GB/s)")
+        return now.comm
     notes.append(f"collectives on {target.name} at {target_bw / 1e9:.0f} GB/s per direction "
                  "(ring all-reduce model)")
     if now.comm_bytes > 0 and ranks > 1:
@@ -308,12 +317,12 @@ def _projected_comm(now: StepParts, target: Gpu, ranks: int, link_now: float | N
         notes.append(f"today's bus bandwidth measured at {measured / 1e9:.2f} GB/s from "
                      f"{now.comm_bytes / 1e6:.1f} MB all-reduced per step")
         return min(ring_allreduce_seconds(now.comm_bytes, ranks, target_bw), now.comm)
-    if link_now is None:
-        link_now = PCIE_BYTES_PER_S[4]
+    if today is None:
+        today = PCIE_BYTES_PER_S[4]
         notes.append("today's link unknown: taken as PCIe gen4 x16 (32 GB/s)")
-    else:
+    elif link_now is not None:
         notes.append(f"today's link {link_now / 1e9:.0f} GB/s per direction (topology)")
-    return now.comm * min(link_now / target_bw, 1.0)
+    return now.comm * min(today / target_bw, 1.0)
 
 
 # -- text: one formatter for every sink --------------------------------------------------
