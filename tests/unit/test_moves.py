@@ -8,6 +8,7 @@ import pytest
 
 from gpuwatch.config import (
     ConfigError,
+    OwnedGpu,
     Settings,
     detection_settings,
     load_settings,
@@ -140,7 +141,7 @@ def test_an_owned_card_costs_its_power_and_amortisation() -> None:
 
 
 def test_owned_and_gate_settings_are_read_and_checked() -> None:
-    s = Settings(owned={"RTX 5090": {"purchase_usd": 2000}}, electricity_usd_per_kwh=0.3,
+    s = Settings(owned={"RTX 5090": OwnedGpu(purchase_usd=2000)}, electricity_usd_per_kwh=0.3,
                  move_min_time_gain=3, precision="fp8")
     costs = Costs.from_settings(s)
     assert costs.owned["RTX 5090"] == OwnedCard(2000.0, 4.0, None)
@@ -149,7 +150,7 @@ def test_owned_and_gate_settings_are_read_and_checked() -> None:
     replayed = replay_settings(json.loads(json.dumps(detection_settings(s))), Settings())
     assert Costs.from_settings(replayed) == costs  # a replay prices as the run did
     with pytest.raises(ConfigError, match="unknown GPU 'RTX 9090'"):
-        engine_from_settings(Settings(owned={"RTX 9090": {"purchase_usd": 1}}), "rank")
+        engine_from_settings(Settings(owned={"RTX 9090": OwnedGpu(purchase_usd=1)}), "rank")
     with pytest.raises(ConfigError) as err:
         load_settings(owned={"RTX 5090": {"purchase_usd": -5}})
     assert "owned.RTX 5090.purchase_usd" in str(err.value) and "\n" not in str(err.value)
@@ -171,13 +172,14 @@ def test_one_line_for_people() -> None:
 # -- the gate in the detectors -------------------------------------------------------------
 
 def test_a_job_short_of_memory_on_the_target_card_is_not_told_to_move_to_it() -> None:
-    records = [meta(), topology("NVIDIA H100 80GB HBM3", 80 * GB),
-               Event(0, START + 5, "oom", {"type": "OutOfMemoryError"}),
-               *steps(60, wall=0.5),
-               *samples("allocator", 60, {"allocator_reserved_bytes": 60 * GB,
-                                          "allocator_allocated_bytes": 30 * GB,
-                                          "allocator_alloc_retries_total": 0.0},
-                        ramp={"allocator_alloc_retries_total": 1.0})]
+    records: list[Record] = [
+        meta(), topology("NVIDIA H100 80GB HBM3", 80 * GB),
+        Event(0, START + 5, "oom", {"type": "OutOfMemoryError"}),
+        *steps(60, wall=0.5),
+        *samples("allocator", 60, {"allocator_reserved_bytes": 60 * GB,
+                                   "allocator_allocated_bytes": 30 * GB,
+                                   "allocator_alloc_retries_total": 0.0},
+                 ramp={"allocator_alloc_retries_total": 1.0})]
     f = only(judge(records), "fits_on_paper")
     assert f.verdict == "fix_here"
     assert f.projection is not None and f.projection["decision"]["why"] == "already on H100 SXM"
