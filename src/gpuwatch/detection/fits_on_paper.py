@@ -11,7 +11,7 @@ from gpuwatch.detection.context import (
     mean_parts,
     recent,
 )
-from gpuwatch.detection.projection import Gpu
+from gpuwatch.detection.projection import Gpu, speedup_text
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
@@ -83,7 +83,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if pcie:
         evidence["pcie_rx_bytes_per_second"] = max(pcie)
     text = {"rank": view.rank, "target": target.name, "memory_need_gib": need / GIB,
-            "speedup": proj.speedup,
+            "speedup": speedup_text(proj.as_dict()),
             "symptoms": ", ".join(k for k, v in symptoms.items() if v) or "no workaround yet",
             "workarounds": "; ".join(workarounds) or "run without the memory workarounds"}
     verdict = ctx.decide(proj, otherwise="fix_here", cannot_run_here=(
