@@ -236,12 +236,17 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def _projections(findings: list[Finding]) -> list[tuple[Finding, dict[str, Any]]]:
-    """One projection per target GPU, from the most severe finding carrying one."""
-    seen: dict[str, tuple[Finding, dict[str, Any]]] = {}
-    for f in sorted(findings, key=lambda f: VERDICT_ORDER[f.verdict]):
-        if f.projection:
-            seen.setdefault(str(f.projection.get("target")), (f, f.projection))
-    return list(seen.values())
+    """One projection per target GPU: the most cautious (lowest speedup) of the findings
+    that carry one, so ranks that disagree never show the rosiest."""
+    best: dict[str, tuple[float, Finding, dict[str, Any]]] = {}
+    for f in findings:
+        p = f.projection
+        speed = projected_speedup(p) if p else None
+        if p and speed is not None:
+            target = str(p.get("target"))
+            if target not in best or speed.speedup < best[target][0]:
+                best[target] = (speed.speedup, f, p)
+    return [(f, p) for _, f, p in best.values()]
 
 
 SHOWN = {"target", "current", "parts_seconds_now", "parts_seconds_projected", "assumptions",
@@ -255,6 +260,11 @@ def _projection(findings: list[Finding]) -> str:
         return head + _note("No detector projected this run onto another GPU: nothing here "
                             "that a bigger card would clearly change.") + "</section>"
     out = [head]
+    fixes = sorted({f.detector for f in findings
+                    if f.verdict == "fix_here" and f.state == "active"})
+    if fixes:
+        out.append(_note(f"Fix here first ({', '.join(fixes)}): a projection carries today's "
+                         "waste over to the new card."))
     for f, p in found:
         speed = projected_speedup(p)
         span = ""
