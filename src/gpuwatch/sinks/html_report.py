@@ -152,9 +152,10 @@ def _phases(run: RunProfile) -> str:
     series = {p: [values[i] for _, values in bins] for i, p in enumerate(PHASES)}
     used = {p: v for p, v in series.items() if any(x > 0 for x in v)}
     fmt_x, x_label = _time_axis(run)
+    markers = _checkpoint_markers(run)
     chart = svg.stacked_area("phases", title, xs, used, fmt_x=fmt_x, fmt_y=fmt.seconds,
-                             x_label=f"{x_label} (dashed: checkpoint saves)",
-                             markers=_checkpoint_markers(run))
+                             x_label=x_label + (" (dashed: checkpoint saves)" if markers else ""),
+                             markers=markers)
     totals = run.phase_seconds()
     wall = sum(totals.values())
     shares = ", ".join(f"{p} {fmt.share(s / wall)}" for p, s in totals.items() if s > 0) \
