@@ -4,7 +4,8 @@ already watch (Lightning loggers, Hugging Face ``report_to``, a plain loop's own
 Keys are ``gpuwatch/<name>`` in base units: the mean step and each phase's share of
 it over the last ``WINDOW_S`` seconds, samples and tokens per second, the newest GPU
 reading, and one ``gpuwatch/<verdict>/<detector>`` per finding (1 while it holds,
-0 once resolved). A figure that was not measured is absent, never 0.
+0 once resolved). Step figures cover at most the newest ``MAX_STEPS`` steps. A
+figure that was not measured is absent, never 0.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gpuwatch.records import Finding
 from gpuwatch.telemetry import WARMUP_STEPS, Telemetry
 
 WINDOW_S = 60.0
+MAX_STEPS = 1024  # the newest steps of the window at most: a bounded cost per refresh
 GPU_KEYS = ("gpu_utilization_ratio", "gpu_memory_used_bytes", "gpu_memory_total_bytes",
             "gpu_power_watts", "gpu_sm_active_ratio", "gpu_tensor_active_ratio")
 PREFIX = "gpuwatch/"
@@ -26,7 +28,8 @@ def figures(view: Telemetry, findings: Iterable[Finding], now: float,
             window_s: float = WINDOW_S) -> dict[str, float]:
     """The figures of one rank's telemetry at ``now`` (record time, Unix seconds)."""
     out: dict[str, float] = {}
-    recent = list(itertools.takewhile(lambda s: s.t >= now - window_s, reversed(view.steps)))
+    recent = list(itertools.islice(itertools.takewhile(lambda s: s.t >= now - window_s,
+                                                       reversed(view.steps)), MAX_STEPS))
     recent = [s for s in recent if s.step > WARMUP_STEPS] or recent
     wall = sum(s.wall_s for s in recent)
     if recent and wall > 0:
