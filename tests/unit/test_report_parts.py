@@ -36,6 +36,14 @@ def test_bins_stay_bounded_and_keep_every_value() -> None:
     assert all(peak == [6.0] for peak in bins.maxima.values())
 
 
+def test_bins_stay_bounded_when_a_later_log_starts_earlier() -> None:
+    bins = Bins(1, 1.0)
+    for key in [*range(1000, 2000), *range(0, 1000)]:  # rank 1's log read after rank 0's
+        bins.add(float(key), (1.0,))
+    assert len(bins.sums) <= MAX_BINS
+    assert sum(acc[0] for acc in bins.sums.values()) == 2000
+
+
 def test_phases_per_unit_add_up_to_the_step() -> None:
     run = run_of([meta(), *steps(30, wall=0.2, data_s=0.05, optimizer_s=0.03,
                                  collective_s=0.02, samples=16, tokens=16 * 512)])

@@ -50,10 +50,10 @@ class Bins:
         b = int(key // self.width)
         acc = self.sums.get(b)
         if acc is None:
-            if len(self.sums) >= MAX_BINS and b > max(self.sums):
+            while len(self.sums) >= MAX_BINS and b not in self.sums:
                 self._halve()
                 b = int(key // self.width)
-                acc = self.sums.get(b)
+            acc = self.sums.get(b)
             if acc is None:
                 acc = self.sums[b] = [0.0] * (self.size + 2)
                 self.maxima[b] = [float("-inf")] * self.size
@@ -137,7 +137,7 @@ class RunProfile:
     detection: dict[str, Any] = field(default_factory=dict)
     ranks: dict[int, RankTotals] = field(default_factory=dict)
     timeline: Bins = field(default_factory=lambda: Bins(len(PHASES) + 1, 1.0))  # by step
-    gpu_timelines: dict[tuple[int, int], Bins] = field(default_factory=dict)  # (rank, gpu)
+    gpu_timelines: dict[tuple[int, int], Bins] = field(default_factory=dict)  # (rank, gpu), by t
     checkpoints: list[Checkpoint] = field(default_factory=list)
     checkpoints_total: int = 0
     device_names: dict[int, str] = field(default_factory=dict)  # rank -> its GPU's NVML name
@@ -189,7 +189,7 @@ class RunProfile:
                 bins = self.gpu_timelines[(s.rank, s.gpu)] = Bins(len(GPU_SERIES), 1.0)
             util = v.get("gpu_utilization_ratio", float("nan"))
             used, total = v.get("gpu_memory_used_bytes", float("nan")), v["gpu_memory_total_bytes"]
-            bins.add(s.t - (self.started or s.t), (util, used, total))
+            bins.add(s.t, (util, used, total))  # Unix seconds: ranks' logs agree
             self._memory(used, total)
         elif s.source == "allocator":
             self._memory(max(v.get("allocator_reserved_peak_bytes", 0.0),

@@ -179,8 +179,8 @@ def _gpus(run: RunProfile) -> str:
     for (rank, gpu), bins in sorted(run.gpu_timelines.items()):
         label = f"rank {rank} · GPU {gpu}"
         means, peaks = bins.means(), bins.peaks()
-        util[label] = ([x for x, _ in means], [v[0] for _, v in means])
-        used[label] = ([x for x, _ in peaks], [v[1] for _, v in peaks])
+        util[label] = ([t - run.started for t, _ in means], [v[0] for _, v in means])
+        used[label] = ([t - run.started for t, _ in peaks], [v[1] for _, v in peaks])
     markers = _checkpoint_markers(run)
     fmt_x, x_label = _time_axis(run)
     util_chart = svg.lines("gpu_utilization", "GPU utilisation", util, fmt_x=fmt_x,
