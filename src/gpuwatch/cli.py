@@ -16,10 +16,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuwatch._version import __version__
 from gpuwatch.config import ConfigError, load_settings
+
+if TYPE_CHECKING:
+    from gpuwatch.detection.compare import Comparison
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
 
@@ -255,7 +258,7 @@ def _run_dir(path: Path) -> Path:
     return path
 
 
-def _compared(before: Path, after: Path) -> Any:
+def _compared(before: Path, after: Path) -> Comparison:
     """BEFORE against AFTER, with BEFORE's findings (for its projections)."""
     from gpuwatch.detection.compare import compare
     from gpuwatch.detection.replay import analyze

@@ -145,7 +145,6 @@ class RunProfile:
     memory_peak_bytes: float | None = None  # the largest a GPU's memory use reached
     planned_steps: int | None = None
     ooms: int = 0
-    gpu_samples: int = 0
     skipped_lines: int = 0
 
     # -- building ------------------------------------------------------------------
@@ -183,7 +182,6 @@ class RunProfile:
     def _sample(self, s: Sample) -> None:
         v = s.values
         if s.source == "nvml" and s.gpu is not None and "gpu_memory_total_bytes" in v:
-            self.gpu_samples += 1
             bins = self.gpu_timelines.get((s.rank, s.gpu))
             if bins is None:
                 bins = self.gpu_timelines[(s.rank, s.gpu)] = Bins(len(GPU_SERIES), 1.0)

@@ -91,6 +91,10 @@ def _header(run: RunProfile, generated: float) -> str:
              f"{', '.join(sorted(run.hosts)) or '?'}", gpu,
              f"{run.last_step} steps", f"{fmt.seconds(duration)} of records",
              f"mean step {fmt.seconds(run.mean_step_s())}"]
+    if run.ooms:
+        facts.append(f"{run.ooms} out-of-memory error{'s' if run.ooms != 1 else ''}")
+    if run.skipped_lines:
+        facts.append(f"{run.skipped_lines} unreadable log line(s) skipped")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.started)) if run.started else ""
     made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(generated))
     return (f"<header><h1>gpuwatch report: {escape(run.job or 'run')}</h1>"
