@@ -40,6 +40,7 @@ from gpuwatch.sinks.console import ConsoleStatus, status_line
 from gpuwatch.sinks.prometheus import Exporter, ExporterState
 from gpuwatch.sinks.runlog import RunLogWriter
 from gpuwatch.sinks.slack import SlackNotifier, notifier_from_settings
+from gpuwatch.sinks.trackers import figures
 from gpuwatch.telemetry import Telemetry
 
 STOP_TIMEOUT_S = 2.0
@@ -124,6 +125,7 @@ class Agent:
         self._peer_views: dict[int, PeerView] = {}
         self.thread_cpu_s = 0.0
         self.stopped = False
+        self.figures: dict[str, float] = {}  # the latest, for trackers (sinks/trackers.py)
 
     @property
     def started(self) -> bool:
@@ -229,12 +231,20 @@ class Agent:
         A failure of one is counted and the others still run."""
         tasks: tuple[tuple[str, Callable[[], None]], ...] = (
             ("peers", lambda: self._write([], judged=self._judge_peers(time.time()))),
-            ("slack", self._remind), ("console", self._show_status))
+            ("slack", self._remind), ("console", self._show_status),
+            ("figures", self._publish_figures))
         for component, task in tasks:
             try:
                 task()
             except Exception as exc:
                 self.faults.record(component, exc)
+
+    def _publish_figures(self) -> None:
+        """Replace (never mutate) the figures a tracker reads from another thread."""
+        findings = list(self.engine.findings.values())
+        if self.job_engine is not None:
+            findings += self.job_engine.findings.values()
+        self.figures = figures(self.telemetry, findings, self.telemetry.clock or time.time())
 
     def _show_status(self) -> None:
         if self._console is not None:

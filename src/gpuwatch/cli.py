@@ -1,4 +1,4 @@
-"""The ``gpuwatch`` command: run | demo | doctor.
+"""The ``gpuwatch`` command: run | demo | analyze | report | compare | doctor | ...
 
 User errors (bad arguments, bad config, a command that does not exist) print
 one line and exit 2 (127 for a missing command); never a traceback.
@@ -16,10 +16,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuwatch._version import __version__
 from gpuwatch.config import ConfigError, load_settings
+
+if TYPE_CHECKING:
+    from gpuwatch.detection.compare import Comparison
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
 
@@ -62,6 +65,20 @@ def _parser() -> argparse.ArgumentParser:
                          help="run.jsonl files or run directories (all ranks)")
     analyze.add_argument("--json", action="store_true", help="print findings as JSON")
     analyze.set_defaults(handler=cmd_analyze)
+
+    report = sub.add_parser("report", help="write the run's self-contained HTML report")
+    report.add_argument("rundir", type=Path, metavar="RUNDIR", help="the run directory")
+    report.add_argument("--out", type=Path, metavar="FILE",
+                        help="where to write it (default RUNDIR/report.html)")
+    report.add_argument("--compare", type=Path, metavar="BEFORE",
+                        help="add a comparison with an earlier run (its directory)")
+    report.set_defaults(handler=cmd_report)
+
+    compare = sub.add_parser("compare", help="two runs of a job per unit of work")
+    compare.add_argument("before", type=Path, metavar="BEFORE", help="the earlier run directory")
+    compare.add_argument("after", type=Path, metavar="AFTER", help="the later run directory")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compare.set_defaults(handler=cmd_compare)
 
     dash = sub.add_parser("dashboards", help="Grafana dashboards: export or push")
     dash_sub = dash.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -167,6 +184,19 @@ def _write_findings(out: Path) -> None:
         return
     verdicts = ", ".join(f"{f.detector} [{f.verdict}]" for f in result.findings) or "none"
     print(f"gpuwatch: run log in {out}; findings: {verdicts}", file=sys.stderr)
+    _write_report(out, result.findings)
+
+
+def _write_report(out: Path, findings: list[Any]) -> None:
+    from gpuwatch.sinks.html_report import write_report
+
+    try:
+        path = write_report(out, findings)
+    except Exception as exc:  # the run's exit status must stay the command's
+        print(f"gpuwatch: could not write the report: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return
+    print(f"gpuwatch: report in {path}", file=sys.stderr)
 
 
 def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
@@ -219,6 +249,55 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if result.skipped_lines:
         print(f"gpuwatch: skipped {result.skipped_lines} unreadable line(s) in "
               f"{len(result.logs)} log(s)", file=sys.stderr)
+    return 0
+
+
+def _run_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise UserError(f"not a run directory: {path}")
+    return path
+
+
+def _compared(before: Path, after: Path) -> Comparison:
+    """BEFORE against AFTER, with BEFORE's findings (for its projections)."""
+    from gpuwatch.detection.compare import compare
+    from gpuwatch.detection.replay import analyze
+    from gpuwatch.detection.run_profile import profile
+
+    try:
+        runs = profile([_run_dir(before)]), profile([_run_dir(after)])
+        findings = analyze([before], load_settings()).findings
+        return compare(*runs, findings)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gpuwatch.detection.replay import analyze
+    from gpuwatch.detection.run_profile import profile
+    from gpuwatch.sinks.html_report import REPORT_NAME, render
+
+    rundir = _run_dir(args.rundir)
+    try:
+        run = profile([rundir])
+        findings = analyze([rundir], load_settings()).findings
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    comparison = _compared(args.compare, rundir) if args.compare else None
+    path = args.out or rundir / REPORT_NAME
+    try:
+        path.write_text(render(run, findings, comparison), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    print(path)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from gpuwatch.sinks.comparison import comparison_json, comparison_text
+
+    comparison = _compared(args.before, args.after)
+    print(comparison_json(comparison) if args.json else comparison_text(comparison))
     return 0
 
 

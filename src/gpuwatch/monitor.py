@@ -111,6 +111,14 @@ class Monitor:
         if tokens:
             self._push(ring.TOKENS, tokens)
 
+    def summary(self) -> dict[str, float]:
+        """The latest figures for a tracker: ``gpuwatch/step_seconds``, each phase's
+        ``..._share_ratio``, samples/tokens per second, the GPU's newest reading and
+        ``gpuwatch/<verdict>/<detector>`` per finding (1 active, 0 resolved). The agent
+        refreshes them once a sample interval; this only copies a dict, so log it at
+        your logger's cadence. Empty until the agent's first refresh."""
+        return dict(self.agent.figures)
+
     def stop(self) -> None:
         """Stop the agent: the run log is complete when this returns (≤ 2 s)."""
         self.agent.stop()

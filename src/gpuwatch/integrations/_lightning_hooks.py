@@ -15,7 +15,9 @@ from gpuwatch.monitor import Monitor, attach
 class LightningHooks:
     """Steps are training batches; data wait is the gap before each batch starts;
     backward and optimizer from their hooks; a checkpoint from ``on_save_checkpoint``
-    to the end of the strategy's ``CheckpointIO.save_checkpoint``."""
+    to the end of the strategy's ``CheckpointIO.save_checkpoint``. Every
+    ``log_every_n_steps`` (the trainer's own cadence) and at the end, gpuwatch's
+    figures (``Monitor.summary()``) go to each of ``trainer.loggers``."""
 
     def __init__(self, **settings: Any) -> None:
         """Keyword arguments are gpuwatch settings (see ``gpuwatch.config.Settings``)."""
@@ -23,6 +25,7 @@ class LightningHooks:
         self._settings = settings
         self.monitor: Monitor | None = None
         self._marker: LoopMarker | None = None
+        self._logged_step = -1
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit" or self.monitor is not None:
@@ -72,6 +75,24 @@ class LightningHooks:
                            batch_idx: int) -> None:
         if self._marker is not None:
             self._marker.batch_end()
+        step = trainer.global_step
+        if step != self._logged_step and step % max(trainer.log_every_n_steps or 1, 1) == 0:
+            self._log_figures(trainer)
+
+    def _log_figures(self, trainer: Any) -> None:
+        """The latest figures to every logger of the trainer (CSV, TensorBoard, W&B, MLflow:
+        each writes them on rank 0). A logger's failure is counted, never raised."""
+        if self.monitor is None:
+            return
+        self._logged_step = trainer.global_step
+        metrics = self.monitor.summary()
+        if not metrics:
+            return
+        for logger in trainer.loggers:
+            try:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            except Exception as exc:
+                self.monitor.agent.faults.record("tracker", exc)
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any,
                            checkpoint: dict[str, Any]) -> None:
@@ -81,6 +102,8 @@ class LightningHooks:
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self._marker is not None:
             self._marker.loop_end()
+        if trainer.global_step != self._logged_step:
+            self._log_figures(trainer)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit" and self.monitor is not None:

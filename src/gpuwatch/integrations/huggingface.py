@@ -5,11 +5,18 @@ backward or a save, so: compute runs from ``on_step_begin`` to
 ``on_pre_optimizer_step``; a save takes the time since the last step, log or
 evaluation ended (``on_save`` comes once it is written); data wait is the time
 from the last of those to the next ``on_step_begin``.
+
+At each ``on_log`` (the Trainer's ``logging_steps`` cadence) gpuwatch's figures
+(``Monitor.summary()``) join the logs. The Trainer calls its ``report_to``
+callbacks before the ones a user passes, so this callback moves itself ahead of
+them when training begins; W&B, MLflow, TensorBoard and the rest then carry the
+figures.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from time import perf_counter
 from typing import Any
 
@@ -37,7 +44,16 @@ class GpuWatchCallback(TrainerCallback):
             self._marker = LoopMarker(self.monitor.agent.ring.push)
         if self._marker is not None:
             self._marker.plan(state.max_steps)
+        self._run_before_reporters(sys._getframe(1).f_locals.get("self"))
         self._last = perf_counter()
+
+    def _run_before_reporters(self, handler: Any) -> None:
+        """Move this callback first in the calling ``CallbackHandler`` (a new list: the
+        handler is iterating over the old one), so figures added in ``on_log`` reach the
+        ``report_to`` callbacks."""
+        callbacks = getattr(handler, "callbacks", None)
+        if isinstance(callbacks, list) and self in callbacks and callbacks[0] is not self:
+            handler.callbacks = [self, *(c for c in callbacks if c is not self)]
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._marker is not None:
@@ -57,7 +73,13 @@ class GpuWatchCallback(TrainerCallback):
             self._marker.batch_end(then_data=False)
         self._last = perf_counter()
 
-    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> None:
+        if logs is not None and self.monitor is not None:
+            figures = self.monitor.summary()
+            logs.update(figures)
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update(figures)  # trainer_state.json keeps them too
         self._last = perf_counter()
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -1,0 +1,174 @@
+"""The parts behind report, compare and the tracker figures, on constructed records."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from gpuwatch.detection.compare import compare, projected_speedup
+from gpuwatch.detection.run_profile import MAX_BINS, PHASES, Bins, RunProfile
+from gpuwatch.records import Event, Finding, Record, Sample
+from gpuwatch.sinks.html_report import render
+from gpuwatch.sinks.svg import nice_ticks
+from gpuwatch.sinks.trackers import figures
+from gpuwatch.telemetry import Telemetry
+from tests.runs import GB, START, meta, samples, steps, topology
+
+
+def run_of(records: list[Record]) -> RunProfile:
+    out = RunProfile()
+    out.add(sorted(records, key=lambda r: getattr(r, "t", 0.0)))
+    return out
+
+
+def test_bins_stay_bounded_and_keep_every_value() -> None:
+    bins = Bins(1, 1.0)
+    n = 10_000
+    for i in range(n):
+        bins.add(float(i), (float(i % 7),))
+    assert len(bins.sums) <= MAX_BINS
+    assert sum(acc[0] for acc in bins.sums.values()) == n
+    assert sum(acc[2] for acc in bins.sums.values()) == sum(i % 7 for i in range(n))
+    keys = [k for k, _ in bins.means()]
+    assert keys == sorted(keys) and keys[0] < n / MAX_BINS * 2 and keys[-1] > n * 0.95
+    assert all(peak == [6.0] for peak in bins.maxima.values())
+
+
+def test_bins_stay_bounded_when_a_later_log_starts_earlier() -> None:
+    bins = Bins(1, 1.0)
+    for key in [*range(1000, 2000), *range(0, 1000)]:  # rank 1's log read after rank 0's
+        bins.add(float(key), (1.0,))
+    assert len(bins.sums) <= MAX_BINS
+    assert sum(acc[0] for acc in bins.sums.values()) == 2000
+
+
+def test_phases_per_unit_add_up_to_the_step() -> None:
+    run = run_of([meta(), *steps(30, wall=0.2, data_s=0.05, optimizer_s=0.03,
+                                 collective_s=0.02, samples=16, tokens=16 * 512)])
+    assert run.unit() == "token"
+    per = run.seconds_per_unit("token")
+    assert per is not None
+    assert per["step"] == pytest.approx(0.2 / (16 * 512))
+    assert sum(per[p] for p in PHASES) == pytest.approx(per["step"])
+    assert per["collective"] == pytest.approx(0.02 / (16 * 512))
+    assert per["compute"] == pytest.approx((0.2 - 0.05 - 0.03 - 0.02) / (16 * 512))
+
+
+def test_a_doubled_batch_compares_per_sample_not_per_step() -> None:
+    """Same time per sample, twice the batch: per step AFTER is 2x slower, per sample even."""
+    before = run_of([meta(), *steps(30, wall=0.1, samples=32)])
+    after = run_of([meta(), *steps(30, wall=0.2, samples=64)])
+    c = compare(before, after)
+    assert c.unit == "sample"
+    assert c.speedup["step"] == pytest.approx(1.0)
+    assert not any("per step" in n for n in c.notes)
+
+
+def test_runs_without_counts_compare_per_step_and_say_so() -> None:
+    before = run_of([meta(), *steps(30, wall=0.1, samples=0)])
+    after = run_of([meta(), *steps(30, wall=0.05, samples=0)])
+    c = compare(before, after)
+    assert c.unit == "step" and c.speedup["step"] == pytest.approx(2.0)
+    assert any("compared per step" in n for n in c.notes)
+
+
+def test_a_run_with_no_steps_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="AFTER has no training steps"):
+        compare(run_of([meta(), *steps(30, wall=0.1)]), run_of([meta()]))
+
+
+def finding(projection: dict[str, Any], detector: str = "fits_on_paper") -> Finding:
+    return Finding(detector=detector, verdict="move_to_h100", severity="warning",
+                   summary="s", action="a", evidence={}, ranks=[0], first_seen=START,
+                   last_seen=START, fingerprint=detector, projection=projection)
+
+
+@pytest.mark.parametrize(("projection", "expected"), [
+    ({"speedup_ratio": 2.0}, (2.0, None, None)),
+    ({"speedup": 2.5, "speedup_low": 1.8, "speedup_high": 3.1}, (2.5, 1.8, 3.1)),
+    ({"step_seconds_now": 1.0, "step_seconds_projected": 0.5,
+      "step_seconds_projected_low": 0.4, "step_seconds_projected_high": 0.8}, (2.0, 1.25, 2.5)),
+])
+def test_projected_speedup_reads_whichever_keys_a_projection_has(
+        projection: dict[str, Any], expected: tuple[float, float | None, float | None]) -> None:
+    got = projected_speedup(projection)
+    assert got is not None and (got.speedup, got.low, got.high) == pytest.approx(expected)
+
+
+def test_projection_error_and_range_against_what_happened() -> None:
+    before = run_of([meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB),
+                     *steps(30, wall=0.3, samples=8)])
+    after = run_of([meta(), topology("NVIDIA H100 80GB HBM3", 80 * GB),
+                    *steps(30, wall=0.1, samples=8)])
+    promise = finding({"target": "H100 SXM", "speedup": 2.0, "speedup_low": 1.5,
+                       "speedup_high": 2.5,
+                       "parts_seconds_now": {"compute": 0.3},
+                       "parts_seconds_projected": {"compute": 0.15}})
+    c = compare(before, after, [finding({"target": "B200", "speedup_ratio": 9.0}), promise])
+    assert c.projection is not None
+    assert c.projection.measured == pytest.approx(3.0)
+    assert c.projection.error_ratio == pytest.approx(0.5)  # 3x measured, 2x promised
+    assert c.projection.within_range is False
+    assert c.projection.phases["compute"] == pytest.approx((2.0, 3.0))
+    assert c.cost_ratio is not None and c.before.usd_per_unit and c.after.usd_per_unit
+    html = render(after, [promise], c)
+    assert "2.00x (range 1.50-2.50x)" in html and 'id="compare"' in html
+
+
+def test_memory_headroom_is_the_peak_against_the_card() -> None:
+    run = run_of([meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB),
+                  *samples("nvml", 10, {"gpu_memory_used_bytes": 24 * GB,
+                                        "gpu_memory_total_bytes": 32 * GB,
+                                        "gpu_utilization_ratio": 0.9}, gpu=0),
+                  *steps(30, wall=0.1)])
+    c = compare(run, run)
+    assert c.before.memory_headroom_ratio == pytest.approx(0.25)
+    html = render(run, [])
+    assert 'data-plot="gpu_memory"' in html and "limit 32 GB" in html
+
+
+def test_report_renders_whatever_a_projection_carries() -> None:
+    run = run_of([meta(), *steps(30, wall=0.1)])
+    html = render(run, [finding({"target": "H100 SXM", "speedup_low": 1.2, "speedup": 1.5,
+                                 "speedup_high": 1.9, "future_key_seconds": 3.0,
+                                 "assumptions": ["an assumption"]})])
+    assert "1.50x (range 1.20-1.90x)" in html and "an assumption" in html
+    assert "future_key_seconds" in html
+    assert render(run, [finding({"target": "H100 SXM"})])  # nothing to read: still a page
+
+
+def test_tracker_figures_from_a_rank_s_telemetry() -> None:
+    view = Telemetry()
+    view.add([meta(), *steps(20, wall=0.1, data_s=0.04, samples=8),
+              *samples("nvml", 20, {"gpu_utilization_ratio": 0.5,
+                                    "gpu_memory_used_bytes": 3 * GB,
+                                    "gpu_memory_total_bytes": 32 * GB}, gpu=0)])
+    now = START + 20
+    resolved = dataclasses.replace(finding({}, "straggler"), state="resolved")
+    out = figures(view, [finding({}, "data_starvation"), finding({}, "checkpoint_overhead"),
+                         resolved], now)
+    assert out["gpuwatch/step_seconds"] == pytest.approx(0.1)
+    assert out["gpuwatch/data_share_ratio"] == pytest.approx(0.4)
+    assert sum(v for k, v in out.items() if k.endswith("_share_ratio")) == pytest.approx(1.0)
+    assert out["gpuwatch/samples_per_second"] == pytest.approx(80)
+    assert out["gpuwatch/gpu_utilization_ratio"] == 0.5
+    assert out["gpuwatch/move_to_h100/data_starvation"] == 1.0
+    assert out["gpuwatch/move_to_h100/straggler"] == 0.0  # resolved: 0, so a chart drops
+    assert out["gpuwatch/findings_active"] == 2.0
+    assert "gpuwatch/tokens_per_second" not in out  # not counted: absent, never 0
+
+
+def test_tracker_figures_leave_out_the_gpu_when_there_is_none() -> None:
+    view = Telemetry()
+    view.add([meta(), Event(0, START, "host_only", {}),
+              Sample(0, START + 1, "host", {"system_cpu_ratio": 0.5})])
+    out = figures(view, [], START + 2)
+    assert not any(k.startswith("gpuwatch/gpu") for k in out) and "gpuwatch/step_seconds" not in out
+
+
+def test_nice_ticks_cover_the_range_in_round_steps() -> None:
+    assert nice_ticks(0, 1) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert nice_ticks(0, 0.37) == pytest.approx([0, 0.1, 0.2, 0.3])
+    assert nice_ticks(5, 5) == [5]
