@@ -87,9 +87,10 @@ def finding(projection: dict[str, Any], detector: str = "fits_on_paper") -> Find
 
 @pytest.mark.parametrize(("projection", "expected"), [
     ({"speedup_ratio": 2.0}, (2.0, None, None)),
-    ({"speedup": 2.5, "speedup_low": 1.8, "speedup_high": 3.1}, (2.5, 1.8, 3.1)),
+    ({"speedup_ratio": 2.5, "speedup_low_ratio": 1.8, "speedup_high_ratio": 3.1},
+     (2.5, 1.8, 3.1)),
     ({"step_seconds_now": 1.0, "step_seconds_projected": 0.5,
-      "step_seconds_projected_low": 0.4, "step_seconds_projected_high": 0.8}, (2.0, 1.25, 2.5)),
+      "step_seconds_projected_fastest": 0.4, "step_seconds_projected_slowest": 0.8}, (2.0, 1.25, 2.5)),
 ])
 def test_projected_speedup_reads_whichever_keys_a_projection_has(
         projection: dict[str, Any], expected: tuple[float, float | None, float | None]) -> None:
@@ -102,8 +103,8 @@ def test_projection_error_and_range_against_what_happened() -> None:
                      *steps(30, wall=0.3, samples=8)])
     after = run_of([meta(), topology("NVIDIA H100 80GB HBM3", 80 * GB),
                     *steps(30, wall=0.1, samples=8)])
-    promise = finding({"target": "H100 SXM", "speedup": 2.0, "speedup_low": 1.5,
-                       "speedup_high": 2.5,
+    promise = finding({"target": "H100 SXM", "speedup_ratio": 2.0, "speedup_low_ratio": 1.5,
+                       "speedup_high_ratio": 2.5,
                        "parts_seconds_now": {"compute": 0.3},
                        "parts_seconds_projected": {"compute": 0.15}})
     c = compare(before, after, [finding({"target": "B200", "speedup_ratio": 9.0}), promise])
@@ -114,7 +115,7 @@ def test_projection_error_and_range_against_what_happened() -> None:
     assert c.projection.phases["compute"] == pytest.approx((2.0, 3.0))
     assert c.cost_ratio is not None and c.before.usd_per_unit and c.after.usd_per_unit
     html = render(after, [promise], c)
-    assert "2.00x (range 1.50-2.50x)" in html and 'id="compare"' in html
+    assert "1.5\u2013" "2.5\u00d7 (2.0\u00d7 at the middle)" in html and 'id="compare"' in html
 
 
 def test_memory_headroom_is_the_peak_against_the_card() -> None:
@@ -131,10 +132,11 @@ def test_memory_headroom_is_the_peak_against_the_card() -> None:
 
 def test_report_renders_whatever_a_projection_carries() -> None:
     run = run_of([meta(), *steps(30, wall=0.1)])
-    html = render(run, [finding({"target": "H100 SXM", "speedup_low": 1.2, "speedup": 1.5,
-                                 "speedup_high": 1.9, "future_key_seconds": 3.0,
+    html = render(run, [finding({"target": "H100 SXM", "speedup_low_ratio": 1.2,
+                                 "speedup_ratio": 1.5, "speedup_high_ratio": 1.9,
+                                 "future_key_seconds": 3.0,
                                  "assumptions": ["an assumption"]})])
-    assert "1.50x (range 1.20-1.90x)" in html and "an assumption" in html
+    assert "1.2\u20131.9\u00d7 (1.5\u00d7 at the middle)" in html and "an assumption" in html
     assert "future_key_seconds" in html
     assert render(run, [finding({"target": "H100 SXM"})])  # nothing to read: still a page
 

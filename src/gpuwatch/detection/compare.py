@@ -31,8 +31,8 @@ class SpeedRange:
 
 def projected_speedup(p: dict[str, Any]) -> SpeedRange | None:
     """The speedup a finding's projection promised, whichever keys it carries:
-    ``speedup_ratio`` or ``speedup`` (else step seconds now over projected), and a range
-    from ``*_low``/``*_high`` speedup keys or projected step seconds (slower is lower)."""
+    ``speedup_ratio`` or ``speedup`` (else step seconds now over projected), and a range from
+    ``speedup_low_ratio``/``speedup_high_ratio`` or projected step seconds (slower is lower)."""
     mid = _number(p.get("speedup_ratio", p.get("speedup")))
     now = _number(p.get("step_seconds_now"))
     if mid is None and now is not None:
@@ -40,11 +40,11 @@ def projected_speedup(p: dict[str, Any]) -> SpeedRange | None:
         mid = now / proj if proj else None
     if mid is None:
         return None
-    low = _number(p.get("speedup_low", p.get("speedup_ratio_low")))
-    high = _number(p.get("speedup_high", p.get("speedup_ratio_high")))
+    low = _number(p.get("speedup_low_ratio"))
+    high = _number(p.get("speedup_high_ratio"))
     if now and low is None and high is None:
-        slow = _number(p.get("step_seconds_projected_high"))
-        fast = _number(p.get("step_seconds_projected_low"))
+        slow = _number(p.get("step_seconds_projected_slowest"))
+        fast = _number(p.get("step_seconds_projected_fastest"))
         low = now / slow if slow else None
         high = now / fast if fast else None
     return SpeedRange(mid, low, high)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuwatch.detection.compare import Comparison, projected_speedup
-from gpuwatch.detection.projection import Gpu
+from gpuwatch.detection.projection import Gpu, speedup_text
 from gpuwatch.detection.run_profile import PHASES, RunProfile, profile
 from gpuwatch.records import Finding
 from gpuwatch.sinks import fmt, svg
@@ -271,12 +271,7 @@ def _projection(findings: list[Finding]) -> str:
         out.append(_note(f"Fix here first ({', '.join(fixes)}): a projection carries today's "
                          "waste over to the new card."))
     for f, p in found:
-        speed = projected_speedup(p)
-        span = ""
-        if speed is not None:
-            span = f"{speed.speedup:.2f}x"
-            if speed.low is not None and speed.high is not None:
-                span += f" (range {speed.low:.2f}-{speed.high:.2f}x)"
+        span = speedup_text(p) if "speedup_ratio" in p else ""
         out.append(f"<h3>{escape(str(p.get('current') or 'this GPU'))} → "
                    f"{escape(str(p.get('target')))}: {escape(span)}</h3>"
                    f'<p class="note">from {escape(f.detector)}</p>')

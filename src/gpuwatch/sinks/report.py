@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from gpuwatch.detection.projection import projection_text
 from gpuwatch.records import Finding, to_dict
 
 
@@ -23,7 +23,7 @@ def findings_text(findings: list[Finding]) -> str:
                  f"  {f.summary}",
                  f"  evidence: {_evidence(f.evidence)}"]
         if f.projection:
-            lines.append(f"  projection: {_projection(f.projection)}")
+            lines.append(f"  projection: {projection_text(f.projection)}")
         lines.append(f"  do: {f.action}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
@@ -31,17 +31,6 @@ def findings_text(findings: list[Finding]) -> str:
 
 def _evidence(evidence: dict[str, float]) -> str:
     return ", ".join(f"{k}={_number(v)}" for k, v in evidence.items())
-
-
-def _projection(p: dict[str, Any]) -> str:
-    text = (f"{p['step_seconds_now']:.4g} s/step now -> {p['step_seconds_projected']:.4g} s/step "
-            f"on {p['target']} ({p['speedup_ratio']:.2f}x)")
-    if "cost_per_step_now_usd" in p:
-        text += (f"; ${p['cost_per_step_now_usd']:.3g} -> ${p['cost_per_step_target_usd']:.3g} "
-                 "per step")
-    for workaround in p.get("workarounds_dropped", []):
-        text += f"; {workaround}"
-    return text
 
 
 def _number(v: float) -> str:
