@@ -43,6 +43,12 @@ class ExporterSettings(BaseModel):
     addr: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=9410, ge=0, le=65535)
     max_series: int = Field(default=5000, ge=10)
+    # False: leave device metrics (the NVML series) to dcgm-exporter; gpuwatch_gpu_info
+    # is still exported so dcgm's series join on UUID.
+    device_metrics: bool = True
+    # On a normal exit, wait up to this long for one more scrape so Prometheus sees
+    # the end-of-run marker (only when something has scraped the endpoint; 0: never).
+    final_scrape_s: float = Field(default=15.0, ge=0, le=300)
 
 
 class GrafanaSettings(BaseModel):
@@ -124,6 +130,10 @@ class Settings(BaseSettings):
     peers_interval_s: float = Field(default=5.0, ge=0, le=600,
                                     description="Cross-rank summaries through the c10d store "
                                                 "(0: off).")
+    runbook_url: str = Field(
+        default="https://github.com/gpuwatch/gpuwatch/blob/main/docs/runbooks.md",
+        pattern=r"^https?://", description="Absolute URL of docs/runbooks.md: alerts link "
+                                           "to <runbook_url>#<detector>.")
     exporter: ExporterSettings = Field(default_factory=ExporterSettings,
                                        description="Prometheus endpoint of each process.")
     grafana: GrafanaSettings = Field(default_factory=GrafanaSettings,

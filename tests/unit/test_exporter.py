@@ -18,10 +18,17 @@ from gpuwatch.agent import Agent
 from gpuwatch.config import Settings
 from gpuwatch.monitor import Monitor
 from gpuwatch.records import Finding, Sample, Step
-from gpuwatch.sinks.prometheus import Exporter, ExporterState, catalogue, metrics_markdown
+from gpuwatch.sinks.prometheus import (
+    HEALTH,
+    STEP_BUCKETS,
+    Exporter,
+    ExporterState,
+    catalogue,
+    metrics_markdown,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-LABELS = {"job": "gpt", "host": "node-a", "rank": "1", "local_rank": "1"}
+LABELS = {"training_job": "gpt", "run": "gpt-42", "host": "node-a", "rank": "1", "local_rank": "1"}
 
 
 def finding(detector: str, verdict: str, speedup: float | None = None) -> Finding:
@@ -56,8 +63,8 @@ def test_steps_become_a_histogram_phase_counters_and_totals() -> None:
     s = scrape(state)
     assert value(s, "gpuwatch_step_duration_seconds_count") == 10
     assert value(s, "gpuwatch_step_duration_seconds_sum") == pytest.approx(2.0)
-    assert value(s, "gpuwatch_step_duration_seconds_bucket", le="0.1") == 0
-    assert value(s, "gpuwatch_step_duration_seconds_bucket", le="0.25") == 10
+    assert value(s, "gpuwatch_step_duration_seconds_bucket", le="0.1613") == 0
+    assert value(s, "gpuwatch_step_duration_seconds_bucket", le="0.2032") == 10
     phases = {p: value(s, "gpuwatch_phase_seconds_total", phase=p)
               for p in ("data", "compute", "optimizer", "checkpoint", "collective", "recompute",
                         "other")}
@@ -89,20 +96,20 @@ def test_active_findings_and_the_best_projection() -> None:
                       finding("data_starvation", "fix_here")], {})
     s = scrape(state)
     assert value(s, "gpuwatch_finding", detector="data_starvation", verdict="fix_here",
-                 severity="warning") == 1
+                 severity="warning", subject_rank="1") == 1
     assert value(s, "gpuwatch_projected_speedup_ratio", target="H100 SXM") == 2.4
     state.update([], [], {})  # cleared: the series goes away
     assert not any(name == "gpuwatch_finding" for name, _ in scrape(state))
 
 
 def test_odd_label_values_are_escaped_and_read_back_intact() -> None:
-    odd = {**LABELS, "job": 'a "quoted"\\job\nwith newline', "host": "hôst,{x=1}"}
+    odd = {**LABELS, "training_job": 'a "quoted"\\job\nwith newline', "host": "hôst,{x=1}"}
     state = ExporterState(odd)
     state.update([Step(rank=1, step=1, t=1.0, wall_s=0.1)], [], {})
     samples = scrape(state)
-    jobs = {dict(labels)["job"] for _, labels in samples}
+    jobs = {dict(labels)["training_job"] for _, labels in samples}
     hosts = {dict(labels)["host"] for _, labels in samples}
-    assert jobs == {odd["job"]} and hosts == {odd["host"]}
+    assert jobs == {odd["training_job"]} and hosts == {odd["host"]}
 
 
 def test_series_cap_drops_and_counts_what_does_not_fit() -> None:
@@ -110,7 +117,8 @@ def test_series_cap_drops_and_counts_what_does_not_fit() -> None:
     gpu = {spec.key: 1.0 for spec in catalogue() if spec.source == "nvml"}
     state.update([Sample(1, 1.0, "nvml", dict(gpu), gpu=g) for g in range(8)], [], {})
     first = scrape(state)
-    capped = [name for name, _ in first if name != "gpuwatch_exporter_dropped_series_total"]
+    health = {m.name for m in catalogue() if m.source in HEALTH}
+    capped = [name for name, _ in first if name not in health]
     assert len(capped) == 40  # 8 GPUs x 24 metrics would be 192 series
     second = scrape(state)  # the health series is exempt, and counts what the cap dropped
     assert value(second, "gpuwatch_exporter_dropped_series_total") >= 192 - 40
@@ -123,7 +131,9 @@ def test_catalogue_names_follow_the_conventions_and_docs_are_current() -> None:
         assert re.fullmatch(r"gpuwatch_[a-z0-9_]+", m.name)
         assert (m.type == "counter") == m.name.endswith("_total"), m.name
         assert set(m.labels) <= {"gpu", "phase", "detector", "verdict", "severity", "target",
-                                 "component", "reason"}, m.labels
+                                 "component", "reason", "subject_rank", "link", "UUID",
+                                 "modelName", "pci_bus_id", "Hostname"}, m.labels
+        assert not {"job", "instance"} & set(m.labels)  # Prometheus's own
     assert (ROOT / "docs" / "metrics.md").read_text() == metrics_markdown()
 
 
