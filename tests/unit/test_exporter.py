@@ -3,12 +3,18 @@ endpoint's faults (port taken, errors, scrapes during shutdown)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import random
 import re
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,16 +22,22 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatch.agent import Agent
 from gpuwatch.config import Settings
+from gpuwatch.faults import FaultLog
 from gpuwatch.monitor import Monitor
-from gpuwatch.records import Finding, Sample, Step
+from gpuwatch.probes.nvml import Nvml, NvmlSampler
+from gpuwatch.records import Event, Finding, Sample, Step
 from gpuwatch.sinks.prometheus import (
+    CLIENT_DEADLINE_S,
     HEALTH,
+    MAX_CLIENTS,
     STEP_BUCKETS,
     Exporter,
     ExporterState,
     catalogue,
     metrics_markdown,
+    node_name,
 )
+from tests.fakes import FakeGpu, FakeNvml
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = {"training_job": "gpt", "run": "gpt-42", "host": "node-a", "rank": "1", "local_rank": "1"}
@@ -197,3 +209,223 @@ def test_endpoint_serves_caches_and_survives_errors_and_shutdown() -> None:
     assert not t.is_alive() and failures == []
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def topology(job_gpus: list[int]) -> Event:
+    devices = [{"index": i, "name": "NVIDIA H100 80GB HBM3", "uuid": f"GPU-{i:08d}",
+                "pci_bus_id": f"00000000:{0x18 + i:02X}:00.0", "nvlink_links_active": 18,
+                "pcie_generation": 5, "pcie_width": 16} for i in range(8)]
+    return Event(1, 0.0, "topology", {"devices": devices, "job_gpus": job_gpus})
+
+
+def test_gpu_info_joins_dcgm_on_uuid_and_gpu_is_the_node_index() -> None:
+    """Rank 1 of a pod that sees all 8 GPUs uses NVML GPU 5 (CUDA_VISIBLE_DEVICES order):
+    every series says gpu="5", the allocator's included (torch calls it device 0)."""
+    state = ExporterState(LABELS, hostname="gpu-node-7")
+    state.update([topology([5]),
+                  Sample(1, 1.0, "nvml", {"gpu_utilization_ratio": 0.5}, gpu=5),
+                  Sample(1, 1.0, "allocator", {"allocator_reserved_bytes": 1e9}, gpu=0)], [], {})
+    s = scrape(state)
+    assert value(s, "gpuwatch_gpu_info", gpu="5", UUID="GPU-00000005",
+                 modelName="NVIDIA H100 80GB HBM3", pci_bus_id="00000000:1D:00.0",
+                 Hostname="gpu-node-7") == 1
+    assert sum(name == "gpuwatch_gpu_info" for name, _ in s) == 1  # only the GPU it uses
+    assert value(s, "gpuwatch_allocator_reserved_bytes", gpu="5") == 1e9
+    assert value(s, "gpuwatch_gpu_link_bandwidth_bytes_per_second", gpu="5",
+                 link="nvlink") == 450e9  # H100 SXM: 900 GB/s both ways
+    assert {dict(labels).get("gpu") for _, labels in s} - {None} == {"5"}
+
+
+def test_node_name_prefers_the_downward_api() -> None:
+    assert node_name({"NODE_NAME": "gpu-node-7"}, "trainer-0-abcde") == "gpu-node-7"
+    assert node_name({}, "trainer-0-abcde") == "trainer-0-abcde"
+
+
+def test_throttle_seconds_come_from_nvml_violation_counters() -> None:
+    nvml_lib = FakeNvml([FakeGpu(violation_ns={0: 2_500_000_000, 1: 0})])
+    faults = FaultLog()
+    nvml = Nvml(nvml_lib, faults)
+    assert nvml.init()
+    sample = NvmlSampler(nvml, [0], 1, set).sample(1.0, 0.0)
+    state = ExporterState(LABELS)
+    state.update(sample, [], {})
+    s = scrape(state)
+    assert value(s, "gpuwatch_gpu_throttle_seconds_total", gpu="0", reason="power") == 2.5
+    assert value(s, "gpuwatch_gpu_throttle_seconds_total", gpu="0", reason="thermal") == 0
+    reasons = {dict(k)["reason"] for n, k in s if n == "gpuwatch_gpu_throttle_seconds_total"}
+    assert reasons == {"power", "thermal"}  # sync_boost is NOT_SUPPORTED: absent, not 0
+    NvmlSampler(nvml, [0], 1, set).sample(2.0, 0.0)
+    assert nvml_lib.calls["nvmlDeviceGetViolationStatus"] == 3 + 2  # unsupported: not asked again
+
+
+def test_device_metrics_can_be_left_to_dcgm_exporter() -> None:
+    state = ExporterState(LABELS, device_metrics=False)
+    state.update([topology([2]), Sample(1, 1.0, "nvml", {"gpu_utilization_ratio": 0.5}, gpu=2),
+                  Step(rank=1, step=1, t=1.0, wall_s=0.1)], [], {})
+    names = {name for name, _ in scrape(state)}
+    assert "gpuwatch_gpu_utilization_ratio" not in names
+    assert {"gpuwatch_gpu_info", "gpuwatch_steps_total"} <= names  # the join still works
+
+
+def test_cross_rank_findings_name_their_subject_rank() -> None:
+    state = ExporterState({**LABELS, "rank": "0"})
+    straggler = dataclasses.replace(finding("straggler", "fix_here"), ranks=[3])
+    state.update([], [straggler], {})
+    s = scrape(state)
+    assert value(s, "gpuwatch_finding", rank="0", detector="straggler", verdict="fix_here",
+                 severity="warning", subject_rank="3") == 1
+
+
+def histogram_quantile(q: float, bounds: tuple[float, ...], counts: list[int]) -> float:
+    """Prometheus's histogram_quantile: linear interpolation inside the bucket."""
+    rank, seen, lower = q * sum(counts), 0, 0.0
+    for upper, n in zip(bounds, counts, strict=False):
+        if seen + n >= rank:
+            return lower + (upper - lower) * (rank - seen) / n
+        seen, lower = seen + n, upper
+    return bounds[-1]
+
+
+@pytest.mark.parametrize("scale", [0.003, 0.04, 0.35, 2.0, 17.0])
+@pytest.mark.parametrize("shape", ["lognormal", "uniform", "bimodal"])
+def test_step_buckets_give_a_p90_within_30_percent(scale: float, shape: str) -> None:
+    rng = random.Random(f"{scale}{shape}")
+    draw = {"lognormal": lambda: scale * rng.lognormvariate(0, 0.3),
+            "uniform": lambda: scale * rng.uniform(0.9, 1.1),
+            "bimodal": lambda: scale * (3.0 if rng.random() < 0.15 else 1.0)}[shape]
+    walls = sorted(draw() for _ in range(2000))
+    state = ExporterState(LABELS)
+    state.update([Step(rank=1, step=i, t=float(i), wall_s=w) for i, w in enumerate(walls)], [],
+                 {})
+    s = scrape(state)
+    cumulative = [value(s, "gpuwatch_step_duration_seconds_bucket", le=str(b))
+                  for b in STEP_BUCKETS]
+    counts = [int(c - p) for c, p in zip(cumulative, [0.0, *cumulative[:-1]], strict=True)]
+    true_p90 = walls[int(0.9 * len(walls))]
+    assert histogram_quantile(0.9, STEP_BUCKETS, counts) == pytest.approx(true_p90, rel=0.3)
+
+
+# -- hostile clients: each has one overall deadline and none holds up a scrape -----------
+
+@pytest.fixture
+def endpoint() -> Iterator[Exporter]:
+    state = ExporterState(LABELS)
+    state.update([Step(rank=1, step=1, t=1.0, wall_s=0.1)], [], {})
+    exporter = Exporter(state, on_error=lambda exc: None)
+    assert exporter.start("127.0.0.1", 0)
+    yield exporter
+    exporter.stop()
+
+
+def get_metrics(exporter: Exporter) -> int:
+    url = f"http://127.0.0.1:{exporter.port}/metrics"
+    with urllib.request.urlopen(url, timeout=CLIENT_DEADLINE_S / 2) as response:
+        assert b"gpuwatch_steps_total" in response.read()
+        return int(response.status)
+
+
+def raw(exporter: Exporter, data: bytes) -> bytes:
+    """Send ``data``, read until the server closes (bounded by a socket timeout)."""
+    with socket.create_connection(("127.0.0.1", exporter.port or 0), timeout=10) as sock:
+        with contextlib.suppress(ConnectionError):  # the server may close before all is sent
+            sock.sendall(data)
+        out = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := sock.recv(65536):
+                out += chunk
+        return out
+
+
+def test_a_slow_client_sending_a_byte_every_1_5_s_blocks_no_scrape(
+        endpoint: Exporter) -> None:
+    closed = threading.Event()
+
+    def slowloris() -> None:
+        with socket.create_connection(("127.0.0.1", endpoint.port or 0), timeout=10) as sock:
+            with contextlib.suppress(OSError):
+                for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n":
+                    sock.sendall(bytes([byte]))
+                    if closed.wait(1.5):
+                        return
+            closed.set()  # the server hung up on it
+
+    attacker = threading.Thread(target=slowloris)
+    attacker.start()
+    for _ in range(5):  # each would time out if the slow client held the server
+        assert get_metrics(endpoint) == 200
+    attacker.join(CLIENT_DEADLINE_S + 10)
+    assert not attacker.is_alive() and closed.is_set()  # cut off at its deadline
+    assert endpoint.rejected >= 1
+
+
+def test_a_client_that_never_sends_is_cut_off_at_its_deadline(endpoint: Exporter) -> None:
+    with socket.create_connection(("127.0.0.1", endpoint.port or 0), timeout=30) as idle:
+        assert get_metrics(endpoint) == 200
+        reply = idle.recv(4096)  # returns when the server gives up on it
+    assert reply.startswith(b"HTTP/1.1 408")
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"\x00\xff\xfe garbage\r\n\r\n",
+    b"GET\r\n\r\n",
+    b"GET /metrics\r\n\r\n",  # HTTP/0.9 style: no version
+    b"GET /metrics SPDY/3\r\n\r\n",
+])
+def test_malformed_requests_get_400_and_the_next_scrape_works(
+        endpoint: Exporter, request_bytes: bytes) -> None:
+    assert raw(endpoint, request_bytes).startswith(b"HTTP/1.1 400")
+    assert get_metrics(endpoint) == 200
+
+
+def test_huge_requests_are_refused_without_reading_them_all(endpoint: Exporter) -> None:
+    huge = b"GET /metrics HTTP/1.1\r\n" + b"X-Junk: " + b"a" * (8 << 20)
+    assert raw(endpoint, huge).startswith(b"HTTP/1.1 431")
+    assert get_metrics(endpoint) == 200
+
+
+def test_many_clients_at_once_never_hang_a_scrape(endpoint: Exporter) -> None:
+    idle = [socket.create_connection(("127.0.0.1", endpoint.port or 0), timeout=10)
+            for _ in range(MAX_CLIENTS * 4)]
+    try:
+        # every slot is taken by an idle client: a scrape is answered 503 at once
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get_metrics(endpoint)
+        assert refused.value.code == 503
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + CLIENT_DEADLINE_S + 10
+    while True:  # the slots come back as the server notices the closed clients
+        try:
+            assert get_metrics(endpoint) == 200
+            break
+        except urllib.error.HTTPError:
+            assert time.monotonic() < deadline, "slots never freed"
+            time.sleep(0.05)
+    # parallel scrapes all succeed
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda _: get_metrics(endpoint), range(MAX_CLIENTS))) \
+            == [200] * MAX_CLIENTS
+
+
+def test_finish_waits_for_one_scrape_to_take_the_end_marker(endpoint: Exporter) -> None:
+    get_metrics(endpoint)  # something scrapes this endpoint
+    seen: list[bool] = []
+    finisher = threading.Thread(target=lambda: seen.append(endpoint.finish(30)))
+    finisher.start()
+    url = f"http://127.0.0.1:{endpoint.port}/metrics"
+    deadline = time.monotonic() + 10
+    while True:
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        if "gpuwatch_run_end_time_seconds" in body or time.monotonic() > deadline:
+            break
+    finisher.join(10)
+    assert "gpuwatch_run_end_time_seconds" in body and seen == [True]
+
+
+def test_finish_does_not_wait_when_nothing_ever_scraped() -> None:
+    exporter = Exporter(ExporterState(LABELS), on_error=lambda exc: None)
+    assert exporter.start("127.0.0.1", 0)
+    done = threading.Event()
+    threading.Thread(target=lambda: (exporter.finish(60), done.set())).start()
+    assert done.wait(10)  # would take 60 s if it waited for a scraper that never comes

@@ -44,6 +44,7 @@ PHASES = ("data", "compute", "optimizer", "checkpoint", "collective", "recompute
 CLIENT_DEADLINE_S = 5.0  # a client has this long, all told, to send a request and read the reply
 MAX_CLIENTS = 16  # clients served at once; more are answered 503 at once
 MAX_REQUEST_BYTES = 16 * 1024
+LINGER_BYTES = 1 << 20  # read and dropped after refusing a request, at most
 HEALTH = ("faults", "exporter", "run")  # catalogue sources exempt from the series cap
 STEP_TOTALS = ("samples", "tokens", "checkpoint_bytes", "collective_bytes", "act_ckpt_calls")
 SAMPLE_SOURCES = ("nvml", "allocator", "host", "agent", "collectives")  # Sample.source
@@ -417,8 +418,19 @@ class Exporter:
         return request
 
     def _reject(self, conn: socket.socket, status: bytes, deadline: float) -> None:
+        """Answer ``status``, then a lingering close: what the client still sends is read
+        and dropped for a moment, so the close does not reset the answer away."""
         self.rejected += 1
         self._send(conn, _response(status, status + b"\n"), deadline)
+        conn.shutdown(socket.SHUT_WR)
+        linger = min(deadline, time.monotonic() + 0.5)
+        drained = 0
+        while drained < LINGER_BYTES and (left := linger - time.monotonic()) > 0:
+            conn.settimeout(left)
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            drained += len(chunk)
 
     @staticmethod
     def _send(conn: socket.socket, data: bytes, deadline: float) -> None:
