@@ -109,7 +109,8 @@ def test_alertmanager_config_routes_to_slack_from_a_secret_file(tmp_path: Path) 
     assert check.returncode == 0, check.stdout + check.stderr
     config = yaml.safe_load(text)
     assert config["route"]["receiver"] == "slack"
-    assert config["receivers"][0]["slack_configs"][0]["send_resolved"] is True
+    slack = next(r for r in config["receivers"] if r["name"] == "slack")
+    assert slack["slack_configs"][0]["send_resolved"] is True
 
 
 def test_compose_and_kubernetes_manifests() -> None:
