@@ -213,9 +213,12 @@ class Agent:
         if not cfg.enabled:
             return
         node = node_name(self._env, ident.host)
-        # `run` tells apart runs of one training_job: the run directory's name, which
-        # every rank of a torchrun job shares (<job>-<TORCHELASTIC_RUN_ID>).
-        labels = {"training_job": ident.job, "run": self.out_dir.name, "host": node,
+        # `run` tells apart runs of one training_job: torchrun's rendezvous id, which
+        # every rank on every node shares (torchrun's default id "none" does not tell
+        # runs apart), else the run directory's name.
+        run_id = self._env.get("TORCHELASTIC_RUN_ID", "none")
+        run = f"{ident.job}-{run_id}" if run_id != "none" else self.out_dir.name
+        labels = {"training_job": ident.job, "run": run, "host": node,
                   "rank": str(ident.rank), "local_rank": str(ident.local_rank)}
         state = ExporterState(labels, cfg.max_series, hostname=node,
                               device_metrics=cfg.device_metrics)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gpuwatch.config import Settings
 from gpuwatch.dashboards import DASHBOARDS, metric_names
-from gpuwatch.detection.alerts import alert_name
+from gpuwatch.detection.alerts import RUN_VANISHED, STEPS_STOPPED, alert_name, lifecycle_alerts
 from gpuwatch.detection.rules import load_rules
 from gpuwatch.sinks.prometheus import catalogue
 from tests.integration.conftest import ROOT, gpuwatch_cmd, run
@@ -22,6 +23,7 @@ PROMTOOL = shutil.which("promtool")
 AMTOOL = shutil.which("amtool")
 RULES_DIR = ROOT / "detectors" / "prometheus"
 DEPLOY = ROOT / "deploy"
+RUNBOOK = Settings().runbook_url
 
 
 def tool(name: str | None) -> str:
@@ -39,8 +41,8 @@ def test_generated_files_are_current(tmp_path: Path) -> None:
     pairs = [(tmp_path / "rules" / p.name, p) for p in RULES_DIR.glob("*.yaml")]
     pairs += [(tmp_path / "dash" / f"{d.uid}.json", ROOT / "dashboards" / f"{d.uid}.json")
               for d in DASHBOARDS]
-    pairs += [(k8s_rule, DEPLOY / "kubernetes" / "prometheusrule.yaml"),
-              (k8s_dash, DEPLOY / "kubernetes" / "dashboards-configmap.yaml")]
+    pairs += [(k8s_rule, DEPLOY / "kubernetes" / "base" / "prometheusrule.yaml"),
+              (k8s_dash, DEPLOY / "kubernetes" / "base" / "dashboards-configmap.yaml")]
     assert len(pairs) == 7
     stale = [str(committed.relative_to(ROOT)) for fresh, committed in pairs
              if fresh.read_text() != committed.read_text()]
@@ -50,7 +52,9 @@ def test_generated_files_are_current(tmp_path: Path) -> None:
 def test_rules_pass_promtool_check_and_their_unit_tests() -> None:
     check = subprocess.run([tool(PROMTOOL), "check", "rules", "gpuwatch.rules.yaml"],
                            cwd=RULES_DIR, capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 8 rules found" in check.stdout, check.stdout
+    expected = len(load_rules()) + len(lifecycle_alerts(RUNBOOK))
+    assert check.returncode == 0 and f"SUCCESS: {expected} rules found" in check.stdout, \
+        check.stdout
     tests = subprocess.run([tool(PROMTOOL), "test", "rules", "gpuwatch.rules.test.yaml"],
                            cwd=RULES_DIR, capture_output=True, text=True)
     assert tests.returncode == 0 and "SUCCESS" in tests.stdout, tests.stdout + tests.stderr
@@ -60,16 +64,25 @@ def test_every_detector_has_an_alert_and_positive_and_negative_tests() -> None:
     rules = load_rules()
     alerts = yaml.safe_load((RULES_DIR / "gpuwatch.rules.yaml").read_text())
     names = [r["alert"] for r in alerts["groups"][0]["rules"]]
-    assert names == [alert_name(r) for r in rules.values()]
+    assert names == [*(alert_name(r) for r in rules.values()), RUN_VANISHED, STEPS_STOPPED]
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
     for r in alerts["groups"][0]["rules"]:
         assert set(r) == {"alert", "expr", "for", "labels", "annotations"}
         assert set(r["annotations"]) == {"summary", "description", "runbook_url"}
         assert r["labels"]["severity"] in ("info", "warning", "critical")
+        url = r["annotations"]["runbook_url"]
+        assert url.startswith(RUNBOOK + "#"), url  # absolute, from the runbook_url setting
+        assert f"\n## {url.rsplit('#', 1)[1]}\n" in runbooks  # and the anchor exists
+        assert "max by" not in r["expr"] and "without (instance, endpoint, rank, local_rank)" \
+            in r["expr"]  # namespace, pod, training_job and run survive
     tests = yaml.safe_load((RULES_DIR / "gpuwatch.rules.test.yaml").read_text())["tests"]
-    for test in tests:
+    for test in tests[:len(rules)]:
         fired, silent = test["alert_rule_test"][1], test["alert_rule_test"][0]
         assert fired["exp_alerts"] and not silent["exp_alerts"]
         assert any(s["values"].startswith("0x") for s in test["input_series"])  # a cleared one
+    lifecycle = {t["name"].split(":")[0] for t in tests[len(rules):]}
+    assert lifecycle == {"job dies while a finding is active", "job finishes normally",
+                         "steps stop while the process is up"}
 
 
 def test_dashboards_only_query_exported_metrics_and_use_template_variables() -> None:
@@ -122,14 +135,15 @@ def test_compose_and_kubernetes_manifests() -> None:
             if source.startswith("."):
                 path = (DEPLOY / source).resolve()
                 assert path.exists() or path.name == "slack_webhook_url", volume
-    docs = {p.name: yaml.safe_load(p.read_text()) for p in (DEPLOY / "kubernetes").glob("*.yaml")}
+    base = DEPLOY / "kubernetes" / "base"
+    docs = {p.name: yaml.safe_load(p.read_text()) for p in base.glob("*.yaml")}
     assert set(docs["kustomization.yaml"]["resources"]) == set(docs) - {"kustomization.yaml"}
     pod = docs["podmonitor.yaml"]
     assert pod["kind"] == "PodMonitor"
-    assert pod["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert "honorLabels" not in pod["spec"]["podMetricsEndpoints"][0]  # never needed
     rule = docs["prometheusrule.yaml"]
     assert rule["kind"] == "PrometheusRule"
-    assert len(rule["spec"]["groups"][0]["rules"]) == len(load_rules())
+    assert len(rule["spec"]["groups"][0]["rules"]) == len(load_rules()) + 2
     configmap = docs["dashboards-configmap.yaml"]
     assert sorted(configmap["data"]) == sorted(f"{d.uid}.json" for d in DASHBOARDS)
     for body in configmap["data"].values():
