@@ -4,6 +4,7 @@ the deploy configs are valid for the real tools (promtool, amtool)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -89,16 +90,85 @@ def test_dashboards_only_query_exported_metrics_and_use_template_variables() -> 
     exported = {m.name for m in catalogue()}
     for d in DASHBOARDS:
         model = json.loads((ROOT / "dashboards" / f"{d.uid}.json").read_text())
-        variables = {v["name"] for v in model["templating"]["list"]}
-        assert "datasource" in variables
+        variables = {v["name"]: v for v in model["templating"]["list"]}
+        assert {"datasource", "namespace"} <= set(variables)
         if d.per_job:
-            assert {"job", "host", "rank"} <= variables
+            assert {"training_job", "run", "rank", "gpu"} <= set(variables)
+            assert variables["rank"]["sort"] == 3 and variables["gpu"]["sort"] == 3  # numeric
+        assert all(v.get("allValue") == ".*" for v in variables.values() if v["type"] == "query")
         for panel in model["panels"]:
+            if panel["type"] == "row":
+                continue
             assert panel["datasource"]["uid"] == "${datasource}"  # never a hard-coded uid
             for target in panel["targets"]:
                 assert metric_names(target["expr"]) <= exported, target["expr"]
+                assert "$namespace" in target["expr"] or d.per_job, target["expr"]
                 if d.per_job:
-                    assert "$job" in target["expr"], target["expr"]
+                    assert "$training_job" in target["expr"], target["expr"]
+                assert not re.search(r"\bjob\b|\binstance\b", target["expr"].replace(
+                    "instance, endpoint", "")), target["expr"]  # only Prometheus's, never ours
+
+
+def test_dashboards_are_built_to_be_kept() -> None:
+    """Rows, thresholds, instant queries for tables and stats, legends with mean, last
+    and max, numeric rank sort in tables, links between the dashboards, finding
+    annotations."""
+    for d in DASHBOARDS:
+        model = json.loads((ROOT / "dashboards" / f"{d.uid}.json").read_text())
+        panels = model["panels"]
+        rows = [p for p in panels if p["type"] == "row"]
+        assert panels[0]["type"] == "row" and len(rows) >= 2
+        assert model["links"][0]["type"] == "dashboards" and model["links"][0]["includeVars"]
+        assert model["links"][0]["tags"] == ["gpuwatch"]  # job <-> migration <-> fleet
+        annotation = model["annotations"]["list"][0]
+        assert "gpuwatch_finding" in annotation["expr"]
+        for p in panels:
+            if p["type"] == "row":
+                continue
+            steps = p["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            assert steps[0]["value"] is None
+            assert all(t["instant"] == (p["type"] in ("table", "stat")) for t in p["targets"])
+            if p["type"] == "timeseries":
+                assert p["options"]["legend"]["calcs"] == ["mean", "lastNotNull", "max"]
+            if p["type"] == "table":
+                assert all(t["format"] == "table" for t in p["targets"])
+                ids = [t["id"] for t in p["transformations"]]
+                assert ids.index("convertFieldType") < ids.index("sortBy")  # sorts as numbers
+    with_thresholds = [p for d in DASHBOARDS for p in d.panels if p.thresholds]
+    assert len(with_thresholds) >= 10
+    fleet = json.loads((ROOT / "dashboards" / "gpuwatch-fleet.json").read_text())
+    table = next(p for p in fleet["panels"] if p["title"] == "Findings by job")
+    assert "/d/gpuwatch-job?var-training_job=" in table["fieldConfig"]["defaults"]["links"][0][
+        "url"]
+
+
+def test_dcgm_join_of_the_tensor_panel_with_promtool(tmp_path: Path) -> None:
+    """The tensor-activity panel's query joins dcgm-exporter's series (its label names)
+    with gpuwatch_gpu_info on UUID and gets training_job and rank."""
+    panel = next(p for p in DASHBOARDS[0].panels if "dcgm" in p.title)
+    expr = panel.queries[0][0]
+    for var, value in (("$namespace", ".*"), ("$training_job", ".+"), ("$run", ".+"),
+                       ("$rank", ".+"), ("$gpu", ".*")):
+        expr = expr.replace(var, value)
+    info = ('gpuwatch_gpu_info{{training_job="gpt", run="gpt-1", host="node-a", rank="{r}", '
+            'local_rank="{r}", gpu="{g}", UUID="GPU-{g}", modelName="NVIDIA H100 80GB HBM3", '
+            'pci_bus_id="00000000:{g}B:00.0", Hostname="node-a", job="ml/gpuwatch", '
+            'instance="10.0.0.5:941{r}"}}')
+    dcgm = ('DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{{gpu="{g}", UUID="GPU-{g}", device="nvidia{g}", '
+            'modelName="NVIDIA H100 80GB HBM3", Hostname="node-a", pci_bus_id="00000000:{g}B:00.0",'
+            ' job="dcgm-exporter", instance="10.0.0.9:9400"}}')
+    series = [{"series": info.format(r=r, g=g), "values": "1x10"} for r, g in ((0, 3), (1, 5))]
+    series += [{"series": dcgm.format(g=g), "values": f"{v}x10"} for g, v in
+               ((3, 0.6), (5, 0.4), (7, 0.9))]  # GPU 7 is another job's
+    test = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [{"expr": expr, "eval_time": "5m", "exp_samples": [
+            {"labels": '{training_job="gpt", rank="0", gpu="3"}', "value": 0.6},
+            {"labels": '{training_job="gpt", rank="1", gpu="5"}', "value": 0.4}]}]}]}
+    (tmp_path / "join.test.yaml").write_text(yaml.safe_dump(test))
+    out = subprocess.run([tool(PROMTOOL), "test", "rules", "join.test.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_prometheus_config_is_valid(tmp_path: Path) -> None:
