@@ -48,7 +48,7 @@ class ExporterSettings(BaseModel):
     device_metrics: bool = True
     # On a normal exit, wait up to this long for one more scrape so Prometheus sees
     # the end-of-run marker (only when something has scraped the endpoint; 0: never).
-    final_scrape_s: float = Field(default=15.0, ge=0, le=300)
+    final_scrape_s: float = Field(default=20.0, ge=0, le=300)
 
 
 class GrafanaSettings(BaseModel):
@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     )
 
     job: str = Field(default="train", min_length=1, max_length=128,
-                     description="Job name: the `job` label and the run directory's prefix.")
+                     description="Job name: the `training_job` label, the run directory prefix.")
     out_dir: Path | None = Field(default=None,
                                  description="Run directory; default runs/<job>-<start time>.")
     sample_interval_s: float = Field(default=1.0, gt=0, le=3600,
