@@ -381,6 +381,7 @@ class Exporter:
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self._served = threading.Condition()
         self._served_version = -1  # the newest state version a scrape has taken in full
+        self._scraped = False  # a scrape has asked for /metrics (set before it is answered)
 
     def render(self) -> bytes:
         """The exposition text of the current state (rendered again only if it changed)."""
@@ -453,6 +454,7 @@ class Exporter:
         elif path not in (b"/", b"/metrics"):
             self._send(conn, _response(b"404 Not Found", b"see /metrics\n"), deadline)
         else:
+            self._scraped = self._scraped or method == b"GET"
             try:
                 version, body = self._render()
             except Exception as exc:  # counted, never a traceback in the training log
@@ -514,7 +516,7 @@ class Exporter:
         version = self.state.finish(time.time())
         with self._served:
             seen = self._served.wait_for(
-                lambda: self._served_version >= version or self._served_version < 0,
+                lambda: self._served_version >= version or not self._scraped,
                 timeout=wait_s if self._listener is not None else 0)
             seen = seen and self._served_version >= version
         self.stop()
