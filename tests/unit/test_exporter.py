@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -429,3 +429,63 @@ def test_finish_does_not_wait_when_nothing_ever_scraped() -> None:
     done = threading.Event()
     threading.Thread(target=lambda: (exporter.finish(60), done.set())).start()
     assert done.wait(10)  # would take 60 s if it waited for a scraper that never comes
+
+
+def test_agent_labels_a_torchrun_rank_for_prometheus_and_dcgm(tmp_path: Path) -> None:
+    """A real agent as local rank 1 of a pod that may use GPUs 4 and 5: its series say
+    training_job, run (torchrun's id) and host (the node), gpu="5" for NVML and allocator
+    series alike; gpuwatch_gpu_info carries GPU 5's UUID. On a normal stop, one more
+    scrape takes the end-of-run marker before the endpoint closes."""
+    gpus = [FakeGpu(uuid=f"GPU-{i}", pci_bus_id=f"00000000:{i}B:00.0") for i in range(8)]
+    settings = Settings(job="gpt", out_dir=tmp_path, exporter={"port": 0},
+                        sample_interval_s=0.05, peers_interval_s=0)
+    agent = Agent(settings, nvml_library=FakeNvml(gpus),
+                  memory_stats=lambda: {"reserved_bytes.all.current": 2**30},
+                  environ={"RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16",
+                           "CUDA_VISIBLE_DEVICES": "4,5", "TORCHELASTIC_RUN_ID": "7f3a",
+                           "NODE_NAME": "gpu-node-7"})
+    agent.start()
+    try:
+        assert agent.exporter is not None or wait(lambda: agent.exporter is not None)
+        exporter = agent.exporter
+        assert exporter is not None
+        url = f"http://127.0.0.1:{exporter.port}/metrics"
+
+        def parsed() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for f in text_string_to_metric_families(text) for s in f.samples}
+
+        assert wait(lambda: any(n == "gpuwatch_allocator_reserved_bytes" for n, _ in parsed()))
+        samples = parsed()
+    finally:
+        stopper = threading.Thread(target=agent.stop)
+        stopper.start()
+    ended = False
+    deadline = time.monotonic() + 20
+    while not ended and time.monotonic() < deadline:  # the endpoint stays up for this scrape
+        with contextlib.suppress(OSError):
+            ended = "gpuwatch_run_end_time_seconds" in urllib.request.urlopen(
+                url, timeout=5).read().decode()
+    stopper.join(30)
+    assert ended and not stopper.is_alive()
+    base = {"training_job": "gpt", "run": "gpt-7f3a", "host": "gpu-node-7", "rank": "9",
+            "local_rank": "1"}
+    info = [dict(k) for n, k in samples if n == "gpuwatch_gpu_info"]
+    assert info == [{**base, "gpu": "5", "UUID": "GPU-5", "modelName": gpus[5].name,
+                     "pci_bus_id": "00000000:5B:00.0", "Hostname": "gpu-node-7"}]
+    assert {dict(k)["gpu"] for n, k in samples if n == "gpuwatch_allocator_reserved_bytes"} \
+        == {"5"}
+    assert {dict(k)["gpu"] for n, k in samples if n == "gpuwatch_gpu_utilization_ratio"} \
+        == {"5"}
+    assert all({k: v for k, v in dict(labels).items() if k in base} == base
+               for _, labels in samples)
+
+
+def wait(predicate: Callable[[], bool], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
