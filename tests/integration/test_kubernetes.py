@@ -187,11 +187,9 @@ def test_plain_prometheus_scrape_config_mirrors_the_podmonitor() -> None:
     podmonitor = yaml.safe_load((K8S / "base" / "podmonitor.yaml").read_text())
     config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "kubernetes.yml").read_text())
     job = config["scrape_configs"][0]
-    ours = [{k: v for k, v in r.items()}
+    snake = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    tail = [{snake.get(k, k): v for k, v in r.items()}
             for r in podmonitor["spec"]["podMetricsEndpoints"][0]["relabelings"]]
-    tail = [{("source_labels" if k == "sourceLabels" else
-              "target_label" if k == "targetLabel" else k): v for k, v in r.items()}
-            for r in ours]
     assert job["relabel_configs"][-len(tail):] == tail
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
     assert "honor_labels" not in job
