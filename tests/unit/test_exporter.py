@@ -36,6 +36,7 @@ from gpuwatch.sinks.prometheus import (
     catalogue,
     metrics_markdown,
     node_name,
+    rank_ranges,
 )
 from tests.fakes import FakeGpu, FakeNvml
 
@@ -274,6 +275,12 @@ def test_cross_rank_findings_name_their_subject_rank() -> None:
     s = scrape(state)
     assert value(s, "gpuwatch_finding", rank="0", detector="straggler", verdict="fix_here",
                  severity="warning", subject_rank="3") == 1
+
+
+def test_subject_ranks_stay_short() -> None:
+    assert rank_ranges([3]) == "3"
+    assert rank_ranges(range(64)) == "0-63"
+    assert rank_ranges([9, 0, 1, 2, 3, 7, 8, 12]) == "0-3,7-9,12"
 
 
 def histogram_quantile(q: float, bounds: tuple[float, ...], counts: list[int]) -> float:

@@ -262,7 +262,7 @@ def _series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]
         best: dict[tuple[str, ...], float] = {}
         for f in snap.findings:
             if spec.key == "active":
-                subject = ",".join(str(r) for r in sorted(f.ranks)) or snap.rank
+                subject = rank_ranges(f.ranks) or snap.rank
                 best[(f.detector, f.verdict, f.severity, subject)] = 1.0
             elif f.projection and spec.key in f.projection:
                 key, value = (f.projection["target"],), float(f.projection[spec.key])
@@ -276,6 +276,20 @@ def _series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]
         yield [], float(snap.dropped)
     elif spec.source == "run" and spec.key in snap.run:
         yield [], snap.run[spec.key]
+
+
+def rank_ranges(ranks: Iterable[int]) -> str:
+    """Ranks as a short label value: ``[0, 1, 2, 3, 7]`` -> ``"0-3,7"``."""
+    parts: list[str] = []
+    run: list[int] = []
+    for r in sorted(set(ranks)):
+        if run and r != run[-1] + 1:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(r)
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
 
 
 def _sample_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], float]]:
