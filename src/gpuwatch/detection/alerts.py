@@ -47,11 +47,25 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
+def finding_expr(detector: str) -> str:
+    """Active now, or active when its process vanished without the end-of-run marker
+    (seen within two minutes of the process's last scrape): a job that dies does not
+    resolve its findings."""
+    finding = f'gpuwatch_finding{{detector="{detector}"}}'
+    last_seen = f"max_over_time(timestamp({finding} == 1)[{VANISHED_WINDOW}:1m])"
+    process_last_seen = ("max_over_time(timestamp(gpuwatch_run_start_time_seconds)"
+                         f"[{VANISHED_WINDOW}:1m])")
+    died_with = (f"({last_seen} - on (instance, run) group_left {process_last_seen} > -120)"
+                 " unless on (instance, run) gpuwatch_run_start_time_seconds"
+                 " unless on (instance, run) "
+                 f"last_over_time(gpuwatch_run_end_time_seconds[{VANISHED_WINDOW}])")
+    return (f"max without ({PER_PROCESS}) ({finding} == 1 or ({died_with}) * 0 + 1)")
+
+
 def finding_alert(rule: Rule, runbook_url: str) -> dict[str, Any]:
     return {
         "alert": alert_name(rule),
-        "expr": (f"max without ({PER_PROCESS}) "
-                 f'(gpuwatch_finding{{detector="{rule.id}"}}) == 1'),
+        "expr": finding_expr(rule.id),
         "for": _duration(rule.for_s + rule.window_s / 2),
         "labels": {"severity": rule.severity, "detector": rule.id},
         "annotations": {
@@ -86,8 +100,8 @@ def lifecycle_alerts(runbook_url: str) -> list[dict[str, Any]]:
              "description": (f"The gpuwatch endpoints of {WHERE} stopped reporting and "
                              "never exported the end-of-run marker: the processes were "
                              "killed (OOM, preemption, eviction, node loss) or hang "
-                             "unscraped. Findings active when it died are in ALERTS and "
-                             "in the run's findings.json."),
+                             "unscraped. Findings active when it died keep firing; they "
+                             "are in the run's findings.json."),
              "runbook_url": runbook(runbook_url, "run_vanished")}},
         {"alert": STEPS_STOPPED, "expr": stalled, "for": "5m",
          "labels": {"severity": "critical", "detector": "lifecycle", "verdict": "fix_here"},
@@ -143,9 +157,11 @@ def _finding_test(rule: Rule, alert: dict[str, Any]) -> dict[str, Any]:
 
 def _lifecycle_tests(rules: dict[str, Rule], runbook_url: str) -> list[dict[str, Any]]:
     vanished, stalled = lifecycle_alerts(runbook_url)
-    hang = next(r for r in rules.values() if r.scope == "rank")
-    finding = {"detector": hang.id, "verdict": hang.verdict, "severity": hang.severity,
+    rule = next(r for r in rules.values() if r.scope == "rank")
+    finding = {"detector": rule.id, "verdict": rule.verdict, "severity": rule.severity,
                "subject_rank": "0"}
+    held = {k: _render(v, {**PROCESS, **finding})
+            for k, v in finding_alert(rule, runbook_url)["annotations"].items()}
     steps = "0+10x10 stale"  # stepping for 10 minutes, then gone
     start = "1700000000x10 stale"
 
@@ -166,15 +182,19 @@ def _lifecycle_tests(rules: dict[str, Rule], runbook_url: str) -> list[dict[str,
                     "verdict": "fix_here"}
     exp_stalled = {**exp_vanished, "subject_rank": "1"}
     return [
-        {"name": "job dies while a finding is active: the vanished alert fires",
+        {"name": "job dies while a finding is active: it and the vanished alert keep firing",
          "interval": "1m",
-         "input_series": [*run_series(0, None, "1x10 stale"), *run_series(1, None)],
+         "input_series": [*run_series(0, None, "1x10 stale"), *run_series(1, None),
+                          {"series": _selector("gpuwatch_finding", {  # cleared before: stays so
+                              **_rank(1), **finding, "subject_rank": "1"}),
+                           "values": "1x3 stale"}],
          "alert_rule_test": [
-             {"eval_time": "9m", "alertname": alert_name(hang),
-              "exp_alerts": [{"exp_labels": {**PROCESS, **finding}, "exp_annotations": {
-                  k: _render(v, {**PROCESS, **finding}) for k, v in
-                  finding_alert(hang, runbook_url)["annotations"].items()}}]},
+             {"eval_time": "9m", "alertname": alert_name(rule),
+              "exp_alerts": [{"exp_labels": {**PROCESS, **finding}, "exp_annotations": held}]},
              {"eval_time": "9m", "alertname": RUN_VANISHED, "exp_alerts": []},
+             *({"eval_time": t, "alertname": alert_name(rule),  # held, not resolved
+                "exp_alerts": [{"exp_labels": {**PROCESS, **finding},
+                                "exp_annotations": held}]} for t in ("15m", "2h")),
              *({"eval_time": t, "alertname": RUN_VANISHED, "exp_alerts": [{
                  "exp_labels": exp_vanished,
                  "exp_annotations": {k: _render(v, exp_vanished)
@@ -184,11 +204,13 @@ def _lifecycle_tests(rules: dict[str, Rule], runbook_url: str) -> list[dict[str,
          ]},
         {"name": "job finishes normally: no alert",
          "interval": "1m",
-         "input_series": [*run_series(0, "_x9 1700000600 stale"),
+         "input_series": [*run_series(0, "_x9 1700000600 stale", "1x10 stale"),
                           *run_series(1, "_x9 1700000600 stale")],
          "alert_rule_test": [
-             {"eval_time": t, "alertname": name, "exp_alerts": []}
-             for t in ("9m", "15m", "1h") for name in (RUN_VANISHED, STEPS_STOPPED)]},
+             *({"eval_time": t, "alertname": name, "exp_alerts": []}
+               for t in ("9m", "15m", "1h") for name in (RUN_VANISHED, STEPS_STOPPED)),
+             *({"eval_time": t, "alertname": alert_name(rule), "exp_alerts": []}
+               for t in ("15m", "1h"))]},  # its finding ends with it
         {"name": "steps stop while the process is up: the stalled alert names the rank",
          "interval": "1m",
          "input_series": [*run_series(0, None, step_values="0+10x60",
