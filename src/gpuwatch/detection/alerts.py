@@ -1,9 +1,10 @@
 """Prometheus alerting rules, generated from the same detector rule files.
 
 Each detector becomes one alert on the exported ``gpuwatch_finding`` series, so a
-cluster can alert from Prometheus alone (through Alertmanager); two lifecycle
-alerts say when a run vanished without its end-of-run marker and when its steps
-stopped while the process is still up. Every alert aggregates ``without`` the
+cluster can alert from Prometheus alone (through Alertmanager); a finding active
+when its process vanished without the end-of-run marker keeps firing. Two lifecycle
+alerts say when a run vanished so and when its steps stopped while the process is
+still up. Every alert aggregates ``without`` the
 per-process labels, so ``namespace``, ``pod``, ``training_job`` and ``run`` survive
 and ranks of one pod fold into one alert; ``subject_rank`` names the rank a
 finding is about. The generated files are committed under detectors/prometheus/
