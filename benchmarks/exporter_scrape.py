@@ -25,7 +25,7 @@ import urllib.request
 from workload import cpu_mlp
 
 import gpuwatch
-from gpuwatch.records import Finding, Sample
+from gpuwatch.records import Finding, Sample, Step
 from gpuwatch.sinks.prometheus import Exporter, ExporterState, catalogue
 
 SCRAPER = """
@@ -47,7 +47,9 @@ def eight_gpus() -> list[Sample]:
 
 
 def latency(scrapes: int) -> None:
-    state = ExporterState({"job": "bench", "host": "h", "rank": "0", "local_rank": "0"})
+    state = ExporterState({"training_job": "bench", "run": "bench-1", "host": "h", "rank": "0",
+                           "local_rank": "0"})
+    state.update([Step(rank=0, step=1, t=0.0, wall_s=0.1)], [], {})  # the step histogram
     finding = Finding(detector="fits_on_paper", verdict="move_to_h100", severity="warning",
                       summary="", action="", evidence={}, ranks=[0], first_seen=0.0,
                       last_seen=0.0, fingerprint="f",

@@ -39,6 +39,8 @@ class FakeGpu:
     nvlinks: int = 18  # active links; 0: no NVLink (NOT_SUPPORTED, as on consumer cards)
     gpm: bool = True
     procs: list[tuple[int, int]] = field(default_factory=list)  # (pid, bytes)
+    pci_bus_id: str = "00000000:3B:00.0"
+    violation_ns: dict[int, int] = field(default_factory=dict)  # perf policy -> ns throttled
 
 
 class FakeNvml:
@@ -72,6 +74,9 @@ class FakeNvml:
     NVML_GPM_METRIC_ANY_TENSOR_UTIL = 5
     NVML_GPM_METRIC_DRAM_BW_UTIL = 10
     nvmlMemory_v2 = 0x02000028
+    NVML_PERF_POLICY_POWER = 0
+    NVML_PERF_POLICY_THERMAL = 1
+    NVML_PERF_POLICY_SYNC_BOOST = 2
 
     def __init__(self, gpus: list[FakeGpu] | None = None, *, init_error: int | None = None,
                  fail: dict[str, int] | None = None, hang: dict[str, float] | None = None,
@@ -142,6 +147,16 @@ class FakeNvml:
 
     def nvmlDeviceGetUUID(self, h: FakeGpu) -> str:
         return h.uuid
+
+    def nvmlDeviceGetPciInfo(self, h: FakeGpu) -> Any:
+        return SimpleNamespace(busId=self._gpu(h).pci_bus_id.encode())
+
+    def nvmlDeviceGetViolationStatus(self, h: FakeGpu, policy: int) -> Any:
+        """Like NVML: the cumulative nanoseconds clocks were held down by ``policy``."""
+        ns = self._gpu(h).violation_ns.get(policy)
+        if ns is None:
+            raise NVMLError(self.NVML_ERROR_NOT_SUPPORTED)
+        return SimpleNamespace(referenceTime=0, violationTime=ns)
 
     def nvmlDeviceGetUtilizationRates(self, h: FakeGpu) -> Any:
         return SimpleNamespace(gpu=h.util, memory=h.mem_util)

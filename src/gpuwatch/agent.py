@@ -37,7 +37,7 @@ from gpuwatch.probes.peers import summary as peer_summary
 from gpuwatch.probes.topology import read_topology
 from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample
 from gpuwatch.sinks.console import ConsoleStatus, status_line
-from gpuwatch.sinks.prometheus import Exporter, ExporterState
+from gpuwatch.sinks.prometheus import Exporter, ExporterState, node_name
 from gpuwatch.sinks.runlog import RunLogWriter
 from gpuwatch.sinks.slack import SlackNotifier, notifier_from_settings
 from gpuwatch.sinks.trackers import figures
@@ -139,8 +139,10 @@ class Agent:
         self._thread.start()
         _register(self)
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Stop the thread, write what is left and close; returns within ``timeout`` seconds."""
+    def stop(self, timeout: float = STOP_TIMEOUT_S, ended: bool = True) -> None:
+        """Stop the thread, write what is left and close; returns within ``timeout`` seconds,
+        plus, when the process ``ended`` on its own, up to exporter.final_scrape_s for a
+        scrape to take the end-of-run marker."""
         if self.stopped or os.getpid() != self._pid:
             return
         self.stopped = True
@@ -152,6 +154,10 @@ class Agent:
             if self._thread.is_alive():  # stuck in a probe call: finish from here
                 self.faults.record("agent", "agent thread did not stop in time (probe hang?)")
                 self._final_flush(max(deadline - time.monotonic(), 0.0))
+        if self.exporter is not None and ended:
+            self.exporter.finish(self.settings.exporter.final_scrape_s)
+        elif self.exporter is not None:
+            self.exporter.stop()
 
     # -- the thread ----------------------------------------------------------------
 
@@ -208,10 +214,17 @@ class Agent:
         cfg, ident = self.settings.exporter, self.identity
         if not cfg.enabled:
             return
-        labels = {"job": ident.job, "host": ident.host, "rank": str(ident.rank),
-                  "local_rank": str(ident.local_rank)}
-        exporter = Exporter(ExporterState(labels, cfg.max_series),
-                            on_error=lambda exc: self.faults.record("exporter", exc))
+        node = node_name(self._env, ident.host)
+        # `run` tells apart runs of one training_job: torchrun's rendezvous id, which
+        # every rank on every node shares (torchrun's default id "none" does not tell
+        # runs apart), else the run directory's name.
+        run_id = self._env.get("TORCHELASTIC_RUN_ID", "none")
+        run = f"{ident.job}-{run_id}" if run_id != "none" else self.out_dir.name
+        labels = {"training_job": ident.job, "run": run, "host": node,
+                  "rank": str(ident.rank), "local_rank": str(ident.local_rank)}
+        state = ExporterState(labels, cfg.max_series, hostname=node,
+                              device_metrics=cfg.device_metrics)
+        exporter = Exporter(state, on_error=lambda exc: self.faults.record("exporter", exc))
         if exporter.start(cfg.addr, cfg.port + ident.local_rank if cfg.port else 0):
             self.exporter = exporter
 
@@ -393,8 +406,6 @@ class Agent:
             self._writer.close()
         if self.peers is not None:
             self.peers.stop()
-        if self.exporter is not None:
-            self.exporter.stop()
         if self.slack is not None:  # a last chance; what is left stays spooled
             self.slack.flush(timeout=0.5)
             self.slack.stop(timeout=0.2)
@@ -422,17 +433,18 @@ def _register(agent: Agent) -> None:
                 signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def stop_all() -> None:
-    """Stop every agent of this process (at exit; safe to call twice)."""
+def stop_all(ended: bool = True) -> None:
+    """Stop every agent of this process (at exit; safe to call twice). ``ended``: the
+    process ends on its own (not killed), so the end-of-run marker is exported."""
     for agent in list(_agents):
         try:
-            agent.stop()
+            agent.stop(ended=ended)
         except Exception as exc:  # never let shutdown raise
             log.warning("gpuwatch: stop failed: %s", exc)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     """Flush the run logs, then die of SIGTERM as the job would have without us."""
-    stop_all()
+    stop_all(ended=False)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)

@@ -99,8 +99,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="output directory (default detectors/prometheus)")
     rexport.add_argument("--kubernetes", type=Path, metavar="FILE",
                          help="also write them as a PrometheusRule")
-    rexport.add_argument("--runbook-base", default="", metavar="URL",
-                         help="prefix of runbook_url (default: the repository path)")
+    rexport.add_argument("--runbook-url", default=None, metavar="URL",
+                         help="absolute URL of docs/runbooks.md (default: the runbook_url "
+                              "setting)")
     rexport.set_defaults(handler=cmd_rules_export)
 
     alerts = sub.add_parser("alerts", help="Slack notifications: test or flush")
@@ -349,12 +350,13 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
     from gpuwatch.detection.rules import load_rules
 
     rules = load_rules()
+    url = args.runbook_url or load_settings().runbook_url
     args.dir.mkdir(parents=True, exist_ok=True)
-    outputs = {args.dir / RULES_FILE: prometheus_rules(rules, args.runbook_base),
-               args.dir / TESTS_FILE: promtool_tests(rules, args.runbook_base)}
+    outputs = {args.dir / RULES_FILE: prometheus_rules(rules, url),
+               args.dir / TESTS_FILE: promtool_tests(rules, url)}
     if args.kubernetes:
         args.kubernetes.parent.mkdir(parents=True, exist_ok=True)
-        outputs[args.kubernetes] = kubernetes_rule(rules, args.runbook_base)
+        outputs[args.kubernetes] = kubernetes_rule(rules, url)
     for path, data in outputs.items():
         path.write_text(dump(data))
         print(path)

@@ -43,6 +43,12 @@ class ExporterSettings(BaseModel):
     addr: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=9410, ge=0, le=65535)
     max_series: int = Field(default=5000, ge=10)
+    # False: leave device metrics (the NVML series) to dcgm-exporter; gpuwatch_gpu_info
+    # is still exported so dcgm's series join on UUID.
+    device_metrics: bool = True
+    # On a normal exit, wait up to this long for one more scrape so Prometheus sees
+    # the end-of-run marker (only when something has scraped the endpoint; 0: never).
+    final_scrape_s: float = Field(default=20.0, ge=0, le=300)
 
 
 class GrafanaSettings(BaseModel):
@@ -108,7 +114,7 @@ class Settings(BaseSettings):
     )
 
     job: str = Field(default="train", min_length=1, max_length=128,
-                     description="Job name: the `job` label and the run directory's prefix.")
+                     description="Job name: the `training_job` label, the run directory prefix.")
     out_dir: Path | None = Field(default=None,
                                  description="Run directory; default runs/<job>-<start time>.")
     sample_interval_s: float = Field(default=1.0, gt=0, le=3600,
@@ -150,6 +156,10 @@ class Settings(BaseSettings):
     peers_interval_s: float = Field(default=5.0, ge=0, le=600,
                                     description="Cross-rank summaries through the c10d store "
                                                 "(0: off).")
+    runbook_url: str = Field(
+        default="https://github.com/gpuwatch/gpuwatch/blob/main/docs/runbooks.md",
+        pattern=r"^https?://", description="Absolute URL of docs/runbooks.md: alerts link "
+                                           "to <runbook_url>#<detector>.")
     exporter: ExporterSettings = Field(default_factory=ExporterSettings,
                                        description="Prometheus endpoint of each process.")
     grafana: GrafanaSettings = Field(default_factory=GrafanaSettings,

@@ -11,10 +11,12 @@ import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from gpuwatch.config import Settings
 from gpuwatch.detection.alerts import promtool_tests
 from gpuwatch.detection.rules import load_rules
 from tests.integration.conftest import ROOT, free_port, wait_until_up
@@ -22,20 +24,44 @@ from tests.webhook import webhook
 
 pytestmark = pytest.mark.integration
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+AMTOOL = shutil.which("amtool")
+RUNBOOK = Settings().runbook_url
+
+
+def as_prometheus_sends(alertname: str) -> dict[str, Any]:
+    """The alert exactly as Prometheus sends it for the generated rule (from its promtool
+    test): labels and rendered annotations."""
+    test = next(t for t in promtool_tests(load_rules(), RUNBOOK)["tests"]
+                if t["alert_rule_test"][-1]["alertname"] == alertname)
+    expected = test["alert_rule_test"][-1]["exp_alerts"][0]
+    return {"labels": {"alertname": alertname, **expected["exp_labels"]},
+            "annotations": expected["exp_annotations"],
+            "startsAt": datetime.now(UTC).isoformat()}
+
+
+def test_info_goes_to_the_null_receiver_and_jobs_group_by_namespace() -> None:
+    config = str(ROOT / "deploy" / "alertmanager" / "alertmanager.yml")
+    for labels, receiver in ((["severity=info", "verdict=info"], "null"),
+                             (["severity=info", "verdict=move_to_h100"], "null"),
+                             (["severity=warning", "verdict=fix_here"], "slack"),
+                             (["severity=critical", "alertname=GpuwatchRunVanished"], "slack")):
+        routed = subprocess.run([AMTOOL or "amtool", "config", "routes", "test",
+                                 f"--config.file={config}", *labels],
+                                capture_output=True, text=True)
+        assert routed.stdout.strip() == receiver, (labels, routed.stdout, routed.stderr)
+    route = yaml.safe_load(Path(config).read_text())["route"]
+    assert route["group_by"] == ["namespace", "training_job"]
 
 
 def test_firing_gpuwatch_alert_is_routed_to_slack(tmp_path: Path) -> None:
     assert ALERTMANAGER, "Debian's prometheus-alertmanager is required (.ci/run installs it)"
     rule = load_rules()["fits_on_paper"]
-    # the alert exactly as Prometheus sends it for the generated rule (from its promtool test)
-    test = next(t for t in promtool_tests(load_rules())["tests"]
-                if t["alert_rule_test"][1]["alertname"] == "GpuwatchFitsOnPaper")
-    expected = test["alert_rule_test"][1]["exp_alerts"][0]
     with webhook() as hook:
         secret = tmp_path / "slack_webhook_url"
         secret.write_text(hook.url + "\n")
         config = yaml.safe_load((ROOT / "deploy" / "alertmanager" / "alertmanager.yml").read_text())
-        config["receivers"][0]["slack_configs"][0]["api_url_file"] = str(secret)
+        slack = next(r for r in config["receivers"] if r["name"] == "slack")
+        slack["slack_configs"][0]["api_url_file"] = str(secret)
         config["route"]["group_wait"] = "1s"
         (tmp_path / "am.yml").write_text(yaml.safe_dump(config))
         port = free_port()
@@ -47,9 +73,8 @@ def test_firing_gpuwatch_alert_is_routed_to_slack(tmp_path: Path) -> None:
         try:
             api = f"http://127.0.0.1:{port}/api/v2"
             wait_until_up(f"{api}/status")
-            alert = [{"labels": {"alertname": "GpuwatchFitsOnPaper", **expected["exp_labels"]},
-                      "annotations": expected["exp_annotations"],
-                      "startsAt": datetime.now(UTC).isoformat()}]
+            alert = [as_prometheus_sends("GpuwatchFitsOnPaper"),
+                     as_prometheus_sends("GpuwatchUnderutilised")]  # info: not to Slack
             request = urllib.request.Request(f"{api}/alerts", data=json.dumps(alert).encode(),
                                              headers={"Content-Type": "application/json"},
                                              method="POST")
@@ -61,6 +86,8 @@ def test_firing_gpuwatch_alert_is_routed_to_slack(tmp_path: Path) -> None:
             proc.terminate()
             proc.wait(timeout=30)
     assert hook.delivered, "Alertmanager never called the Slack webhook"
-    payload = json.dumps(hook.delivered[0])
+    payload = json.dumps(hook.delivered)
     assert "GpuwatchFitsOnPaper" in payload and "move_to_h100" in payload
-    assert rule.title in payload and "docs/runbooks.md#fits_on_paper" in payload
+    assert rule.title in payload and f"{RUNBOOK}#fits_on_paper" in payload
+    assert "GpuwatchUnderutilised" not in payload
+    assert "gpt: 1 gpuwatch alert(s) (ml)" in payload  # the job's group, named

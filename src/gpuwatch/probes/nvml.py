@@ -27,6 +27,17 @@ CLOCK_EVENT_REASONS = {
     0x100: "display_clock_setting",
 }
 
+# NVML performance policies whose violation counters (cumulative ns of reduced
+# clocks) are exported as throttle seconds, by reason.
+THROTTLE_POLICIES = {
+    "NVML_PERF_POLICY_POWER": "power", "NVML_PERF_POLICY_THERMAL": "thermal",
+    "NVML_PERF_POLICY_SYNC_BOOST": "sync_boost", "NVML_PERF_POLICY_BOARD_LIMIT": "board_limit",
+    "NVML_PERF_POLICY_LOW_UTILIZATION": "low_utilization",
+    "NVML_PERF_POLICY_RELIABILITY": "reliability",
+    "NVML_PERF_POLICY_TOTAL_APP_CLOCKS": "app_clocks",
+    "NVML_PERF_POLICY_TOTAL_BASE_CLOCKS": "base_clocks",
+}
+
 # Errors after which a function is never asked again for that device.
 _UNSUPPORTED = ("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND",
                 "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_INVALID_ARGUMENT")
@@ -217,6 +228,12 @@ class NvmlSampler:
         if reasons is None:
             reasons = nv.call("nvmlDeviceGetCurrentClocksThrottleReasons", h)
         _put(v, "gpu_clock_event_reasons", reasons, 1.0)
+        for const, reason in THROTTLE_POLICIES.items():
+            policy = nv.const(const)
+            if policy is not None:
+                viol = nv.call("nvmlDeviceGetViolationStatus", h, policy)
+                _put(v, f"gpu_throttle_{reason}_seconds_total",
+                     getattr(viol, "violationTime", None), 1e-9)
         if read_pcie:
             for key, const in (("gpu_pcie_tx_bytes_per_second", "NVML_PCIE_UTIL_TX_BYTES"),
                                ("gpu_pcie_rx_bytes_per_second", "NVML_PCIE_UTIL_RX_BYTES")):

@@ -24,6 +24,7 @@ def read_topology(nvml: Nvml, gpus: list[int]) -> dict[str, Any]:
             "index": index,
             "name": _text(nvml.call("nvmlDeviceGetName", h)),
             "uuid": _text(nvml.call("nvmlDeviceGetUUID", h)),
+            "pci_bus_id": _text(getattr(nvml.call("nvmlDeviceGetPciInfo", h), "busId", None)),
             "memory_total_bytes": getattr(mem, "total", None),
             "nvlink_links_active": sum(1 for s in states if s),
             "pcie_generation": nvml.call("nvmlDeviceGetCurrPcieLinkGeneration", h),

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,19 +28,33 @@ from prometheus_client.core import (
     Metric,
 )
 
-from gpuwatch.probes.nvml import CLOCK_EVENT_REASONS
-from gpuwatch.records import Finding, Record, Sample, Step
+from gpuwatch.detection.projection import PCIE_BYTES_PER_S, identify
+from gpuwatch.detection.projection import catalogue as gpu_catalogue
+from gpuwatch.probes.nvml import CLOCK_EVENT_REASONS, THROTTLE_POLICIES
+from gpuwatch.records import Event, Finding, Record, Sample, Step
 
 log = logging.getLogger("gpuwatch")
 
-BASE_LABELS = ("job", "host", "rank", "local_rank")
-STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                30.0, 60.0, 120.0)
+# Never `job` or `instance`: Prometheus owns those (the scrape job, the target).
+BASE_LABELS = ("training_job", "run", "host", "rank", "local_rank")
+# Step-time buckets: 1 ms to ~2 min, each 2^(1/3) (26 %) above the last, so a quantile
+# interpolated within one bucket is off by at most 26 % of its value.
+STEP_BUCKETS = tuple(float(f"{0.001 * 2 ** (k / 3):.4g}") for k in range(52))
 PHASES = ("data", "compute", "optimizer", "checkpoint", "collective", "recompute", "other")
-REQUEST_TIMEOUT_S = 2.0
-MAX_REQUEST_BYTES = 64 * 1024
-HEALTH = ("faults", "exporter")  # catalogue sources exempt from the series cap
+CLIENT_DEADLINE_S = 5.0  # a client has this long, all told, to send a request and read the reply
+MAX_CLIENTS = 16  # clients served at once; more are answered 503 at once
+MAX_REQUEST_BYTES = 16 * 1024
+LINGER_BYTES = 1 << 20  # read and dropped after refusing a request, at most
+HEALTH = ("faults", "exporter", "run")  # catalogue sources exempt from the series cap
 STEP_TOTALS = ("samples", "tokens", "checkpoint_bytes", "collective_bytes", "act_ckpt_calls")
+SAMPLE_SOURCES = ("nvml", "allocator", "host", "agent", "collectives")  # Sample.source
+DEVICE_SOURCES = ("nvml",)  # left to dcgm-exporter when exporter.device_metrics is off
+
+
+def node_name(environ: Mapping[str, str], hostname: str) -> str:
+    """The node's name as dcgm-exporter reports it (``Hostname``): ``NODE_NAME`` (set from
+    the downward API's spec.nodeName), else the host name (in a pod: the pod's name)."""
+    return environ.get("NODE_NAME") or hostname
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +81,10 @@ def metrics_markdown() -> str:
     """docs/metrics.md: the catalogue as a table (``gpuwatch metrics`` prints it)."""
     lines = ["# Metrics", "",
              "Generated from `src/gpuwatch/sinks/metrics.toml` by `gpuwatch metrics`: do not edit.",
-             "", f"Every series has the labels {', '.join(f'`{k}`' for k in BASE_LABELS)}. "
-             "A metric the hardware does not offer is absent, never 0.", "",
+             "", f"Every series has the labels {', '.join(f'`{k}`' for k in BASE_LABELS)}; "
+             "Prometheus adds `job` and `instance` (and, on Kubernetes, `namespace`, `pod`, "
+             "`container`). `gpu` is the NVML index of the GPU on its node, as in "
+             "dcgm-exporter. A metric the hardware does not offer is absent, never 0.", "",
              "| metric | type | labels | source | meaning |", "| --- | --- | --- | --- | --- |"]
     for m in catalogue():
         labels = ", ".join(f"`{k}`" for k in m.labels) or "-"
@@ -77,11 +94,19 @@ def metrics_markdown() -> str:
 
 class ExporterState:
     """What the next scrape reports. ``update`` runs on the agent thread, ``families``
-    on the HTTP server's; they share one short lock."""
+    on the HTTP server's; they share one short lock.
 
-    def __init__(self, labels: Mapping[str, str], max_series: int = 5000) -> None:
+    ``labels`` holds the values of BASE_LABELS; ``hostname`` is the node's name for
+    ``gpuwatch_gpu_info``; ``device_metrics=False`` leaves the NVML series out.
+    """
+
+    def __init__(self, labels: Mapping[str, str], max_series: int = 5000, *,
+                 hostname: str = "", device_metrics: bool = True,
+                 started: float | None = None) -> None:
         self.labels = dict(labels)
         self.max_series = max_series
+        self.hostname = hostname or self.labels.get("host", "")
+        self.device_metrics = device_metrics
         self.dropped = 0
         self.version = 0  # bumped by every update: the exporter renders again
         self._lock = threading.Lock()
@@ -92,6 +117,9 @@ class ExporterState:
         self._totals = dict.fromkeys(STEP_TOTALS, 0.0)
         self._findings: list[Finding] = []
         self._faults: dict[str, int] = {}
+        self._devices: dict[int, dict[str, Any]] = {}  # NVML index -> topology device
+        self._job_gpus: list[int] = []
+        self._run = {"start": time.time() if started is None else started}
 
     def update(self, records: Iterable[Record], active: list[Finding],
                faults: Mapping[str, int]) -> None:
@@ -101,9 +129,28 @@ class ExporterState:
                     self._add_step(r)
                 elif isinstance(r, Sample):
                     self._latest[(r.source, r.gpu)] = r.values
+                elif isinstance(r, Event) and r.name == "topology":
+                    self._add_topology(r.data)
             self._findings = list(active)
             self._faults = dict(faults)
             self.version += 1
+
+    def finish(self, now: float) -> int:
+        """Mark the run ended on its own (``gpuwatch_run_end_time_seconds``); returns the
+        state version that carries the marker."""
+        with self._lock:
+            self._run["end"] = now
+            self.version += 1
+            return self.version
+
+    def _add_topology(self, data: Mapping[str, Any]) -> None:
+        devices = data.get("devices")
+        if isinstance(devices, list):
+            self._devices = {d["index"]: d for d in devices
+                             if isinstance(d, dict) and isinstance(d.get("index"), int)}
+        gpus = data.get("job_gpus")
+        if isinstance(gpus, list):
+            self._job_gpus = [g for g in gpus if isinstance(g, int)]
 
     def _add_step(self, s: Step) -> None:
         self._buckets[bisect.bisect_left(STEP_BUCKETS, s.wall_s)] += 1
@@ -129,11 +176,15 @@ class ExporterState:
             snap = _Snapshot(latest=dict(self._latest), buckets=list(self._buckets),
                              step_sum=self._step_sum, phases=dict(self._phases),
                              totals=dict(self._totals), findings=list(self._findings),
-                             faults=dict(self._faults), dropped=self.dropped)
+                             faults=dict(self._faults), dropped=self.dropped,
+                             devices=dict(self._devices), job_gpus=list(self._job_gpus),
+                             run=dict(self._run), hostname=self.hostname,
+                             rank=self.labels.get("rank", ""))
         budget = _Budget(self.max_series)
         health = _Budget(10_000)  # gpuwatch's own health series are never capped away
         out = [f for spec in catalogue()
-               if (f := self._family(spec, snap, health if spec.source in HEALTH else budget))]
+               if (self.device_metrics or spec.source not in DEVICE_SOURCES)
+               and (f := self._family(spec, snap, health if spec.source in HEALTH else budget))]
         self.dropped += budget.dropped
         return out
 
@@ -165,6 +216,23 @@ class _Snapshot:
     findings: list[Finding]
     faults: dict[str, int]
     dropped: int
+    devices: dict[int, dict[str, Any]]
+    job_gpus: list[int]
+    run: dict[str, float]
+    hostname: str
+    rank: str
+
+    def node_gpu(self, source: str, gpu: int | None) -> str:
+        """The ``gpu`` label: the NVML index on the node. Allocator samples carry the
+        CUDA device index, which counts this process's GPUs (``job_gpus``, in order)."""
+        if gpu is None:
+            return ""
+        if source == "allocator" and self.job_gpus:
+            if len(self.job_gpus) == 1:
+                return str(self.job_gpus[0])
+            if gpu < len(self.job_gpus):
+                return str(self.job_gpus[gpu])
+        return str(gpu)
 
 
 class _Budget:
@@ -184,37 +252,18 @@ class _Budget:
 
 def _series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
     """(extra label values, value) for each series of ``spec``."""
-    if spec.source in ("nvml", "allocator", "host", "agent"):
-        for (source, gpu), values in sorted(snap.latest.items(), key=lambda kv: str(kv[0])):
-            if source != spec.source or spec.key not in values:
-                continue
-            gpu_label = [] if "gpu" not in spec.labels else [str(gpu) if gpu is not None else ""]
-            if spec.name == "gpuwatch_gpu_clock_event_active":
-                bits = int(values[spec.key])
-                for bit, reason in CLOCK_EVENT_REASONS.items():
-                    yield [*gpu_label, reason], float(bool(bits & bit))
-            else:
-                yield gpu_label, values[spec.key]
+    if spec.source in SAMPLE_SOURCES:
+        yield from _sample_series(spec, snap)
+    elif spec.source == "topology":
+        yield from _topology_series(spec, snap)
     elif spec.source == "steps":
-        count = sum(snap.buckets)
-        if spec.key == "wall_s":
-            cumulative, running = [], 0
-            for bound, n in zip([*map(str, STEP_BUCKETS), "+Inf"], snap.buckets, strict=True):
-                running += n
-                cumulative.append((bound, running))
-            yield [], cumulative
-        elif spec.key == "phases":
-            for phase in PHASES:
-                yield [phase], max(snap.phases[phase], 0.0)
-        elif spec.key == "count":
-            yield [], float(count)
-        else:
-            yield [], snap.totals[spec.key]
+        yield from _step_series(spec, snap)
     elif spec.source == "findings":  # one series per label set (the best projection)
         best: dict[tuple[str, ...], float] = {}
         for f in snap.findings:
             if spec.key == "active":
-                best[(f.detector, f.verdict, f.severity)] = 1.0
+                subject = rank_ranges(f.ranks) or snap.rank
+                best[(f.detector, f.verdict, f.severity, subject)] = 1.0
             elif f.projection and spec.key in f.projection:
                 key, value = (f.projection["target"],), float(f.projection[spec.key])
                 best[key] = max(best.get(key, value), value)
@@ -225,6 +274,81 @@ def _series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]
             yield [component], float(n)
     elif spec.source == "exporter":
         yield [], float(snap.dropped)
+    elif spec.source == "run" and spec.key in snap.run:
+        yield [], snap.run[spec.key]
+
+
+def rank_ranges(ranks: Iterable[int]) -> str:
+    """Ranks as a short label value: ``[0, 1, 2, 3, 7]`` -> ``"0-3,7"``."""
+    parts: list[str] = []
+    run: list[int] = []
+    for r in sorted(set(ranks)):
+        if run and r != run[-1] + 1:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(r)
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+def _sample_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], float]]:
+    for (source, gpu), values in sorted(snap.latest.items(), key=lambda kv: str(kv[0])):
+        if source != spec.source:
+            continue
+        gpu_label = [snap.node_gpu(source, gpu)] if "gpu" in spec.labels else []
+        if spec.key == "gpu_clock_event_reasons" and spec.key in values:
+            bits = int(values[spec.key])
+            for bit, reason in CLOCK_EVENT_REASONS.items():
+                yield [*gpu_label, reason], float(bool(bits & bit))
+        elif spec.key == "gpu_throttle_seconds_total":
+            for reason in THROTTLE_POLICIES.values():
+                key = f"gpu_throttle_{reason}_seconds_total"
+                if key in values:
+                    yield [*gpu_label, reason], values[key]
+        elif spec.key in values:
+            yield gpu_label, values[spec.key]
+
+
+def _topology_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], float]]:
+    for index in snap.job_gpus:
+        d = snap.devices.get(index)
+        if d is None:
+            continue
+        if spec.key == "info":  # dcgm-exporter's label names and spellings
+            yield [str(index), str(d.get("uuid", "")), str(d.get("name", "")),
+                   str(d.get("pci_bus_id", "")), snap.hostname], 1.0
+        elif spec.key == "link_bandwidth" and (link := link_bandwidth(d)) is not None:
+            yield [str(index), link[0]], link[1]
+
+
+def link_bandwidth(device: Mapping[str, Any]) -> tuple[str, float] | None:
+    """("nvlink" | "pcie", bytes/s one direction) for a topology device: NVLink when links
+    are up and the catalogue knows the model, else the PCIe link as trained now."""
+    if device.get("nvlink_links_active"):
+        gpu = identify(device.get("name"), gpu_catalogue())
+        if gpu is not None and gpu.nvlink_bandwidth:
+            return "nvlink", gpu.nvlink_bandwidth
+    gen, width = device.get("pcie_generation"), device.get("pcie_width")
+    if isinstance(gen, int) and isinstance(width, int) and gen in PCIE_BYTES_PER_S:
+        return "pcie", PCIE_BYTES_PER_S[gen] * width / 16
+    return None
+
+
+def _step_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
+    if spec.key == "wall_s":
+        cumulative, running = [], 0
+        for bound, n in zip([*map(str, STEP_BUCKETS), "+Inf"], snap.buckets, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        yield [], cumulative
+    elif spec.key == "phases":
+        for phase in PHASES:
+            yield [phase], max(snap.phases[phase], 0.0)
+    elif spec.key == "count":
+        yield [], float(sum(snap.buckets))
+    else:
+        yield [], snap.totals[spec.key]
 
 
 class _Collector:
@@ -250,9 +374,11 @@ class Exporter:
     """Serves ``/metrics`` for one process on ``port`` (0: any free port).
 
     The text is rendered once per state change (the agent updates it every
-    flush) and served from cache in between; the server is a minimal one-thread
-    HTTP/1.1 responder (a request line and headers in, cached bytes out), so
-    frequent scrapes cost the training process almost nothing.
+    flush) and served from cache in between. The server is a minimal HTTP/1.1
+    responder (a request line and headers in, cached bytes out): each client is
+    served on its own short-lived thread and has CLIENT_DEADLINE_S in all to send
+    its request and take the reply, so a slow or hostile client never holds up a
+    scrape; at most MAX_CLIENTS are served at once, the rest get 503 at once.
     """
 
     def __init__(self, state: ExporterState, on_error: Any) -> None:
@@ -262,43 +388,107 @@ class Exporter:
         self._on_error = on_error
         self.port: int | None = None
         self.renders = 0
+        self.rejected = 0  # clients turned away: too many at once, malformed, too slow
         self._listener: socket.socket | None = None
         self._cache: tuple[int, bytes] = (-1, b"")
         self._render_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._served = threading.Condition()
+        self._served_version = -1  # the newest state version a scrape has taken in full
+        self._scraped = False  # a scrape has asked for /metrics (set before it is answered)
 
     def render(self) -> bytes:
         """The exposition text of the current state (rendered again only if it changed)."""
+        return self._render()[1]
+
+    def _render(self) -> tuple[int, bytes]:
         with self._render_lock:
             version = self.state.version
             if self._cache[0] != version:
                 self._cache = (version, generate_latest(self.registry))
                 self.renders += 1
-            return self._cache[1]
+            return self._cache
 
-    def _respond(self, conn: socket.socket) -> None:
-        """One request, one response, then close (HTTP/1.1 with Connection: close)."""
-        conn.settimeout(REQUEST_TIMEOUT_S)
+    def _read_request(self, conn: socket.socket, deadline: float) -> bytes | None:
+        """The request line and headers, or None when the client is too slow, too big
+        or gone (it is answered where it can still read)."""
         request = b""
-        while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST_BYTES:
-            chunk = conn.recv(4096)
+        while b"\r\n\r\n" not in request:
+            if len(request) > MAX_REQUEST_BYTES:
+                self._reject(conn, b"431 Request Header Fields Too Large", deadline)
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._reject(conn, b"408 Request Timeout", deadline + 0.2)
+                return None
+            conn.settimeout(left)
+            try:
+                chunk = conn.recv(4096)
+            except TimeoutError:
+                self._reject(conn, b"408 Request Timeout", time.monotonic() + 0.2)
+                return None
+            if not chunk:
+                return None
+            request += chunk
+        return request
+
+    def _reject(self, conn: socket.socket, status: bytes, deadline: float) -> None:
+        """Answer ``status``, then a lingering close: what the client still sends is read
+        and dropped for a moment, so the close does not reset the answer away."""
+        self.rejected += 1
+        self._send(conn, _response(status, status + b"\n"), deadline)
+        conn.shutdown(socket.SHUT_WR)
+        linger = min(deadline, time.monotonic() + 0.5)
+        drained = 0
+        while drained < LINGER_BYTES and (left := linger - time.monotonic()) > 0:
+            conn.settimeout(left)
+            chunk = conn.recv(65536)
             if not chunk:
                 return
-            request += chunk
-        method, _, rest = request.partition(b" ")
-        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+            drained += len(chunk)
+
+    @staticmethod
+    def _send(conn: socket.socket, data: bytes, deadline: float) -> None:
+        conn.settimeout(max(deadline - time.monotonic(), 0.01))  # the whole sendall
+        conn.sendall(data)
+
+    def _respond(self, conn: socket.socket, deadline: float) -> None:
+        """One request, one response, then close (HTTP/1.1 with Connection: close)."""
+        request = self._read_request(conn, deadline)
+        if request is None:
+            return
+        line = request.split(b"\r\n", 1)[0].split(b" ")
+        if len(line) != 3 or not line[2].startswith(b"HTTP/1."):
+            self._reject(conn, b"400 Bad Request", deadline)
+            return
+        method, target = line[0], line[1]
+        path = target.split(b"?", 1)[0]
         if method not in (b"GET", b"HEAD"):
-            conn.sendall(_response(b"405 Method Not Allowed", b"GET /metrics\n"))
+            self._send(conn, _response(b"405 Method Not Allowed", b"GET /metrics\n"), deadline)
         elif path not in (b"/", b"/metrics"):
-            conn.sendall(_response(b"404 Not Found", b"see /metrics\n"))
+            self._send(conn, _response(b"404 Not Found", b"see /metrics\n"), deadline)
         else:
+            self._scraped = self._scraped or method == b"GET"
             try:
-                body = self.render()
+                version, body = self._render()
             except Exception as exc:  # counted, never a traceback in the training log
                 self._on_error(exc)
-                conn.sendall(_response(b"500 Internal Server Error", b"exporter error\n"))
+                self._send(conn, _response(b"500 Internal Server Error", b"exporter error\n"),
+                           deadline)
                 return
-            conn.sendall(_response(b"200 OK", body, CONTENT_TYPE_LATEST.encode(),
-                                   head=method == b"HEAD"))
+            self._send(conn, _response(b"200 OK", body, CONTENT_TYPE_LATEST.encode(),
+                                       head=method == b"HEAD"), deadline)
+            if method == b"GET":
+                with self._served:
+                    self._served_version = max(self._served_version, version)
+                    self._served.notify_all()
+
+    def _client(self, conn: socket.socket) -> None:
+        try:
+            with conn, contextlib.suppress(OSError):  # a client gone or too slow
+                self._respond(conn, time.monotonic() + CLIENT_DEADLINE_S)
+        finally:
+            self._slots.release()
 
     def _serve(self, listener: socket.socket) -> None:
         while True:
@@ -306,13 +496,23 @@ class Exporter:
                 conn, _ = listener.accept()
             except OSError:
                 return  # closed by stop()
-            with conn, contextlib.suppress(OSError):  # a scraper gone mid-request
-                self._respond(conn)
+            if not self._slots.acquire(blocking=False):
+                with conn, contextlib.suppress(OSError):
+                    self.rejected += 1
+                    conn.setblocking(False)  # never wait on this client
+                    conn.send(_response(b"503 Service Unavailable", b"too many clients\n"))
+                continue
+            try:
+                threading.Thread(target=self._client, args=(conn,), daemon=True,
+                                 name="gpuwatch-metrics-client").start()
+            except RuntimeError:  # no thread to be had: drop this client, keep serving
+                self._slots.release()
+                conn.close()
 
     def start(self, addr: str, port: int) -> bool:
         """Bind and serve; False (warned once) when the port is taken."""
         try:
-            listener = socket.create_server((addr, port), backlog=16)
+            listener = socket.create_server((addr, port), backlog=64)
         except OSError as exc:
             log.warning("gpuwatch: metrics endpoint %s:%d unavailable (%s); training goes on "
                         "without it", addr, port, exc.strerror or exc)
@@ -322,6 +522,19 @@ class Exporter:
         threading.Thread(target=self._serve, args=(listener,), name="gpuwatch-metrics",
                          daemon=True).start()
         return True
+
+    def finish(self, wait_s: float) -> bool:
+        """Export the end-of-run marker, wait until a scrape has taken it (at most
+        ``wait_s`` seconds, and only if anything ever scraped this endpoint), then
+        close. True when a scrape saw the marker."""
+        version = self.state.finish(time.time())
+        with self._served:
+            seen = self._served.wait_for(
+                lambda: self._served_version >= version or not self._scraped,
+                timeout=wait_s if self._listener is not None else 0)
+            seen = seen and self._served_version >= version
+        self.stop()
+        return seen
 
     def stop(self) -> None:
         """Close the endpoint; a scrape in flight finishes or fails on its own."""
