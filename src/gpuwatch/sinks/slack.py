@@ -51,9 +51,10 @@ _QUIET.propagate = False
 _QUIET.addHandler(logging.NullHandler())
 
 
-def retry_after_seconds(raw: object, now: float | None = None) -> float:
+def retry_after_seconds(raw: object, now: float | None = None,
+                        cap_s: float = RETRY_AFTER_CAP_S) -> float:
     """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date),
-    clamped to 1..``RETRY_AFTER_CAP_S``; a missing or unreadable value gives 1 s."""
+    clamped to 1..``cap_s``; a missing or unreadable value gives 1 s."""
     value = raw[0] if isinstance(raw, list) and raw else raw
     if value is None:
         return DEFAULT_RETRY_AFTER_S
@@ -70,7 +71,7 @@ def retry_after_seconds(raw: object, now: float | None = None) -> float:
         seconds = when.timestamp() - (time.time() if now is None else now)
     if math.isnan(seconds):
         return DEFAULT_RETRY_AFTER_S
-    return min(max(seconds, DEFAULT_RETRY_AFTER_S), RETRY_AFTER_CAP_S)
+    return min(max(seconds, DEFAULT_RETRY_AFTER_S), cap_s)
 
 
 class TokenBucket:
@@ -93,7 +94,8 @@ class SlackNotifier:
 
     ``spool_dir`` is where this sender's notes go; ``also`` are other senders' spools
     it delivers too (a flush over several run directories). ``relay`` is called with
-    every note spooled here (a non-leader rank hands them to rank 0).
+    every note spooled here (a non-leader rank hands them to rank 0). A 429 waits at
+    most ``max_retry_after_s``.
     """
 
     def __init__(self, webhook_url: str | None, spool_dir: Path, *,
@@ -104,7 +106,8 @@ class SlackNotifier:
                  verdicts: Iterable[str] = ("move_to_h100", "fix_here"),
                  silenced: Iterable[str] = (), grafana_url: str | None = None,
                  relay: Callable[[Note], None] | None = None,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None,
+                 max_retry_after_s: float = RETRY_AFTER_CAP_S) -> None:
         self.spool = Spool(spool_dir)
         self.spools = [self.spool, *(Spool(p) for p in also if p != spool_dir)]
         self.ledger = Ledger(s.root for s in self.spools)
@@ -118,6 +121,7 @@ class SlackNotifier:
         self.group_window_s = group_window_s
         self._max_group = max_group
         self._timeout_s = timeout_s
+        self._max_retry_after_s = max_retry_after_s
         self._repeat_s = repeat_interval_s
         self._verdicts = set(verdicts)
         self._grafana_url = grafana_url
@@ -333,7 +337,8 @@ class SlackNotifier:
             self._on_error(f"slack: {type(exc).__name__}")
             return None, 0.0
         headers = {str(k).lower(): v for k, v in (response.headers or {}).items()}
-        return response.status_code, retry_after_seconds(headers.get("retry-after"))
+        return response.status_code, retry_after_seconds(headers.get("retry-after"),
+                                                         cap_s=self._max_retry_after_s)
 
     def _forget(self, key: str, copies: list[tuple[Spool, Path, Note]]) -> None:
         for spool, path, _ in copies:
