@@ -26,6 +26,7 @@ import pytest
 
 from gpuwatch.records import Finding
 from gpuwatch.sinks.slack import SlackNotifier
+from gpuwatch.sinks.slack_message import DASH
 from gpuwatch.sinks.slack_spool import Note, Spool
 from tests.integration.conftest import ROOT, SCRIPTS, gpuwatch_cmd, run
 from tests.unit.test_slack_message import full_disk
@@ -360,9 +361,9 @@ def ranks_told(hook: ScriptedWebhook) -> Counter[tuple[str, int]]:
     """(detector, rank) -> how many times Slack was told it was raised."""
     told: Counter[tuple[str, int]] = Counter()
     for text in hook.texts():
-        for detector, ranks in re.findall(r"\] (\w+) on gpt rank ([\d,–]+):", text):
+        for detector, ranks in re.findall(rf"\] (\w+) on gpt rank ([\d,{DASH}]+):", text):
             for part in ranks.split(","):
-                lo, _, hi = part.partition("–")
+                lo, _, hi = part.partition(DASH)
                 for r in range(int(lo), int(hi or lo) + 1):
                     told[(detector, r)] += 1
     return told
@@ -380,7 +381,7 @@ def test_eight_ranks_one_sender_one_message_per_finding(tmp_path: Path) -> None:
         j.tell("exit")
     assert len(hook.attempts) == 2  # one message per finding, not one per rank
     assert set(ranks_told(hook).values()) == {1}
-    assert "ranks 0–7" in hook.delivered[0]["blocks"][1]["text"]["text"]
+    assert f"ranks 0{DASH}7" in hook.delivered[0]["blocks"][1]["text"]["text"]
 
 
 def test_leader_killed_mid_run_flush_over_both_nodes_delivers_each_note_once(

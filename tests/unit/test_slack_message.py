@@ -18,6 +18,8 @@ import pytest
 from gpuwatch.config import ConfigError, load_settings, webhook_problem
 from gpuwatch.sinks.slack import TokenBucket, retry_after_seconds
 from gpuwatch.sinks.slack_message import (
+    DASH,
+    TIMES,
     cut,
     dashboard_link,
     evidence_lines,
@@ -72,7 +74,7 @@ def test_a_raised_message_has_header_summary_evidence_projection_action_and_link
     assert header["text"]["text"] == ":wrench: Fix it here: data_starvation on gpt-1b"
     text = section["text"]["text"]
     assert "Rank 3 waits for data 97% of each step." in text
-    assert ("*Projection:* Step 78 ms now → 41 ms on H100 SXM (1.9× faster); "
+    assert (f"*Projection:* Step 78 ms now → 41 ms on H100 SXM (1.9{TIMES} faster); "
             "cost per step $0.0009 → $0.0021") in text
     assert "*What to do:* Add DataLoader workers." in text
     assert "*Data wait*\n97% of step, 76 ms of 78 ms" in [x["text"] for x in fields["fields"]]
@@ -84,11 +86,13 @@ def test_a_raised_message_has_header_summary_evidence_projection_action_and_link
 def test_projection_shows_a_range_and_cost_per_million_tokens_when_present() -> None:
     ranged = {**PROJECTION, "speedup_low": 1.6, "speedup_high": 2.2, "tokens_per_step": 4096}
     line = projection_line(ranged)
-    assert line == ("Step 78 ms now → 41 ms on H100 SXM (1.9×, 1.6–2.2× faster); "
+    assert line == (f"Step 78 ms now → 41 ms on H100 SXM (1.9{TIMES}, 1.6{DASH}2.2{TIMES} "
+                    "faster); "
                     "cost per 1M tokens $0.22 → $0.513")
     explicit = {"target": "H100 SXM", "speedup_ratio_low": 1.2, "speedup_ratio_high": 1.5,
                 "cost_per_million_tokens_now_usd": 0.4, "cost_per_million_tokens_target_usd": 0.3}
-    assert projection_line(explicit) == "On H100 SXM (1.2–1.5× faster); cost per 1M tokens $0.4 → $0.3"
+    assert projection_line(explicit) == \
+        f"On H100 SXM (1.2{DASH}1.5{TIMES} faster); cost per 1M tokens $0.4 → $0.3"
     assert projection_line({"target": "H100", "assumptions": ["x"]}) is None
 
 
@@ -126,7 +130,7 @@ def test_the_same_detector_on_eight_ranks_is_one_note_naming_all_ranks() -> None
     body = message([("raised", {**FINDING, "ranks": [r], "fingerprint": f"fp{r}"})
                     for r in range(8)])
     assert len([b for b in body["blocks"] if b["type"] == "section" and "text" in b]) == 1
-    assert "ranks 0–7" in body["blocks"][1]["text"]["text"]
+    assert f"ranks 0{DASH}7" in body["blocks"][1]["text"]["text"]
     assert dashboard_link("http://g", {"job": "a b", "ranks": [1, 2]}) == \
         "http://g/d/gpuwatch-job?var-job=a+b&var-rank=1&var-rank=2"
 
