@@ -461,3 +461,31 @@ def test_webhook_url_is_never_written_to_the_run_log(tmp_path: Path) -> None:
         monitor.stop()
     log = (tmp_path / "run.jsonl").read_text()
     assert hook.url not in log and "/services/T0/B0/secret" not in log
+
+
+def test_a_real_gloo_job_sends_once_from_rank_0_through_the_agents(tmp_path: Path) -> None:
+    from tests.integration.conftest import free_port
+
+    world, port = 4, free_port()
+    with webhook() as hook:
+        procs = []
+        for rank in range(world):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+            env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            procs.append(subprocess.Popen(
+                [sys.executable, str(SCRIPTS / "slack_gloo.py"), str(tmp_path), hook.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                cwd=ROOT, env=env))
+        try:
+            for proc in procs:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "told"
+            wait_for(lambda: any(f"rank 0{DASH}3" in t for t in hook.texts()), 60,
+                     "rank 0 to send every rank's finding")
+        finally:
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.close()
+            for proc in procs:
+                proc.wait(60)
+    assert len(hook.attempts) == 1  # one message for the job, not one per rank
+    assert "gloo-job" in hook.texts()[0]
