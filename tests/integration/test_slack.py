@@ -474,8 +474,8 @@ def test_a_real_gloo_job_sends_once_from_rank_0_through_the_agents(tmp_path: Pat
             env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
             procs.append(subprocess.Popen(
-                [sys.executable, str(SCRIPTS / "slack_gloo.py"), str(tmp_path), hook.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                cwd=ROOT, env=env))
+                [sys.executable, str(SCRIPTS / "slack_gloo.py"), str(tmp_path), hook.url],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env))
         try:
             for proc in procs:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == "told"

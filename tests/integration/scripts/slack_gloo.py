@@ -1,7 +1,7 @@
 """One rank of a real gloo job under ``gpuwatch.watch()`` with Slack on: the agent's own
-notifier and relay, over the job's c10d store. RANK and WORLD_SIZE come from the
-environment, with MASTER_ADDR and MASTER_PORT; argv: RUNDIR WEBHOOK_URL. The rank raises one data_starvation
-finding through its agent, prints "told", and leaves when stdin closes."""
+notifier and relay, over the job's c10d store. RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT come from the environment; argv: RUNDIR WEBHOOK_URL. The rank raises one
+data_starvation finding through its agent, prints "told", and leaves when stdin closes."""
 
 import sys
 import time
