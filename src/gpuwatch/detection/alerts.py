@@ -33,8 +33,10 @@ def prometheus_rules(rules: dict[str, Rule], runbook_base: str = "") -> dict[str
     for rule in rules.values():
         alerts.append({
             "alert": alert_name(rule),
+            # a process that posts to Slack itself (slack.delivery) is not alerted twice
             "expr": (f'max by (job, host, rank, verdict) '
-                     f'(gpuwatch_finding{{detector="{rule.id}"}}) == 1'),
+                     f'(gpuwatch_finding{{detector="{rule.id}"}}) == 1 '
+                     'unless on (job, host, rank) gpuwatch_slack_in_process == 1'),
             "for": _duration(rule.for_s + rule.window_s / 2),
             "labels": {"severity": rule.severity, "detector": rule.id},
             "annotations": {
@@ -67,6 +69,11 @@ def promtool_tests(rules: dict[str, Rule], runbook_base: str = "") -> dict[str, 
              "values": "1x30"},
             {"series": _selector({**base, "rank": "1", "verdict": rule.verdict}),
              "values": "0x30"},
+            {"series": _selector({**base, "rank": "2", "verdict": rule.verdict}),
+             "values": "1x30"},  # active, but its process posts to Slack itself
+            {"series": _selector({k: v for k, v in base.items()
+                                  if k in ("job", "host", "local_rank")} | {"rank": "2"},
+                                 "gpuwatch_slack_in_process"), "values": "1x30"},
         ]
         tests.append({
             "interval": "1m",
@@ -96,9 +103,9 @@ def _render(template: str, labels: dict[str, str]) -> str:
     return template
 
 
-def _selector(labels: dict[str, str]) -> str:
+def _selector(labels: dict[str, str], metric: str = "gpuwatch_finding") -> str:
     inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
-    return f"gpuwatch_finding{{{inner}}}"
+    return f"{metric}{{{inner}}}"
 
 
 def dump(data: dict[str, Any], by: str = "gpuwatch rules export") -> str:
