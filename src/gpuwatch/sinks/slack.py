@@ -154,8 +154,8 @@ class SlackNotifier:
             if f.state == "active":
                 if f.fingerprint in self._last_told:
                     continue  # already told this episode
-                self.accept(Note("raised", plain(to_dict(f)), now))
-                self._last_told[f.fingerprint] = (now, now, 0)
+                if self.accept(Note("raised", plain(to_dict(f)), now)):
+                    self._last_told[f.fingerprint] = (now, now, 0)
             elif self._last_told.pop(f.fingerprint, None) is not None:
                 self.accept(Note("resolved", plain(to_dict(f)), now))  # only what was told
 
@@ -174,30 +174,32 @@ class SlackNotifier:
         if not self.sends:
             self.prune()
 
-    def accept(self, note: Note) -> None:
+    def accept(self, note: Note) -> bool:
         """Spool ``note`` (from this rank, or relayed from another) unless the same news
-        is spooled or delivered already. A note the disk refuses is kept in memory and
-        retried; it counts as spooled only once written."""
+        is spooled or delivered already; False when its detector is silenced. A note
+        the disk refuses is kept in memory and retried; it counts as spooled only once
+        written."""
         if note.kind in TELLS and self._is_silenced(note, self.ledger.roots):
             self.silenced += 1
-            return
+            return False
         with self._put_lock:
             key = note.key
             if key in self._spooled_keys or self.ledger.delivered(key):
-                return
+                return True
             try:
                 self.spool.put(note)
             except OSError as exc:
                 if len(self._unwritten) < MAX_UNWRITTEN:
                     self._unwritten[key] = note
                 self._on_error(f"slack spool: {type(exc).__name__}: {exc.strerror}")
-                return
+                return True
             self._unwritten.pop(key, None)
             self._spooled_keys.add(key)
             self._arrived[key] = time.monotonic()
         if self._relay is not None:
             self._relay(note)
         self._wake.set()
+        return True
 
     def _retry_unwritten(self) -> None:
         for note in list(self._unwritten.values()):

@@ -28,7 +28,7 @@ class StoreRelay:
     store that ``store`` returns (None until the job has one)."""
 
     def __init__(self, rank: int, world_size: int, store: Callable[[], Any],
-                 deliver: Callable[[Note], None] | None = None, interval_s: float = 1.0,
+                 deliver: Callable[[Note], object] | None = None, interval_s: float = 1.0,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.rank = rank
         self.world_size = world_size
