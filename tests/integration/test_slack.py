@@ -458,9 +458,34 @@ def test_webhook_url_is_never_written_to_the_run_log(tmp_path: Path) -> None:
         with monitor.step():
             pass
         assert hook.url not in repr(monitor.agent.settings)
+        assert agent_samples(tmp_path)[-1]["slack_in_process"] == 1.0  # alerts stay silent
         monitor.stop()
     log = (tmp_path / "run.jsonl").read_text()
     assert hook.url not in log and "/services/T0/B0/secret" not in log
+
+
+def agent_samples(run_dir: Path) -> list[dict[str, float]]:
+    """The agent's own samples in a live run log, once there is one."""
+    def read() -> list[dict[str, float]]:
+        path = run_dir / "run.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [r["values"] for r in map(json.loads, lines) if r.get("source") == "agent"]
+
+    wait_for(read, 10, "an agent sample in the run log")
+    return read()
+
+
+def test_alertmanager_as_the_path_of_record_leaves_slack_to_it(tmp_path: Path) -> None:
+    import gpuwatch
+
+    with webhook() as hook:
+        monitor = gpuwatch.watch(out_dir=tmp_path, exporter={"enabled": False},
+                                 slack={"webhook_url": hook.url, "delivery": "alertmanager"})
+        with monitor.step():
+            pass
+        assert agent_samples(tmp_path)[-1]["slack_in_process"] == 0.0
+        monitor.stop()
+    assert monitor.agent.slack is None and not hook.attempts
 
 
 def test_a_real_gloo_job_sends_once_from_rank_0_through_the_agents(tmp_path: Path) -> None:

@@ -192,6 +192,8 @@ class SlackNotifier:
                 if len(self._unwritten) < MAX_UNWRITTEN:
                     self._unwritten[key] = note
                 self._on_error(f"slack spool: {type(exc).__name__}: {exc.strerror}")
+                if self._relay is not None:
+                    self._relay(note)  # rank 0 may still tell it (it drops a repeat)
                 return True
             self._unwritten.pop(key, None)
             self._spooled_keys.add(key)
