@@ -150,7 +150,7 @@ def test_malformed_spool_files_are_quarantined_and_counted(tmp_path: Path) -> No
            "3.json": json.dumps({"kind": "raised", "finding": "x", "created": 1}).encode(),
            "4.json": json.dumps({"kind": "boom", "finding": {}, "created": 1}).encode(),
            "5.json": b'{"kind": "raised", "finding": {}, "created": NaN}',
-           "6.json": b"[" * 100_000}
+           "6.json": b"[" * 100_000, "7.json": b" " * (2 << 20)}
     for name, data in bad.items():
         (spool.directory / name).write_bytes(data)
     assert [p for p, _ in spool.pending()] == [good]
@@ -206,6 +206,7 @@ def test_a_claimed_note_cannot_be_claimed_by_another_process(tmp_path: Path) -> 
     assert queue.get(timeout=60) == []  # held here: the other sender leaves it
     proc.join(60)
     ledger.mark(["k1"])
+    assert not (tmp_path / "locks" / "k1.lock").exists()  # delivered: no lock file kept
     claim.release()
     assert ledger.claim(["k1"]).keys == []  # delivered: nobody posts it again
     assert ledger.claim(["k2"]).keys == ["k2"]  # released by the first claim

@@ -35,6 +35,7 @@ from typing import Any
 KINDS = frozenset({"raised", "resolved", "reminder", "test"})
 SPOOL = "slack-spool"
 SERVICE_DIRS = frozenset({"delivered", "locks", "quarantine"})
+MAX_NOTE_BYTES = 1 << 20  # a note is a few KiB; anything bigger is not one
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ class Spool:
         names = sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []
         for path in names:
             try:
+                if path.stat().st_size > MAX_NOTE_BYTES:
+                    raise ValueError("too big for a note")
                 out.append((path, Note.from_json(path.read_bytes())))
             except FileNotFoundError:
                 continue
@@ -212,7 +215,8 @@ class Ledger:
         return fds
 
     def mark(self, keys: Iterable[str]) -> None:
-        """Record notes as delivered in every root (durably; OSError is raised)."""
+        """Record notes as delivered in every root (durably; OSError is raised), then
+        drop their lock files: whoever locks one later finds it delivered."""
         keys = list(keys)
         for root in self.roots:
             done = root / "delivered"
@@ -221,6 +225,10 @@ class Ledger:
                 fd = os.open(done / key, os.O_WRONLY | os.O_CREAT, 0o600)
                 os.close(fd)
             _fsync_dir(done)
+        for root in self.roots:
+            for key in keys:
+                with contextlib.suppress(OSError):
+                    (root / "locks" / f"{key}.lock").unlink()
 
 
 # -- silences ----------------------------------------------------------------------------
