@@ -230,10 +230,13 @@ class SlackNotifier:
         return sum(1 for _ in by_key(self.spools))
 
     def prune(self) -> None:
-        """Drop spooled notes another sender has delivered (a rank that does not send)."""
-        for key, copies in by_key(self.spools):
-            if self.ledger.delivered(key):
-                self._forget(key, copies)
+        """Drop spooled notes another sender has delivered (a rank that does not send);
+        by file name (a note's key), without reading the notes."""
+        for spool in self.spools:
+            for path in spool.names():
+                if self.ledger.delivered(path.stem):
+                    spool.remove([path])
+                    self._spooled_keys.discard(path.stem)
 
     def flush(self, timeout: float) -> bool:
         """Deliver everything spooled, waiting at most ``timeout``; True when nothing is left

@@ -130,12 +130,15 @@ class Spool:
             write_durably(path, note.to_json())
         return path
 
+    def names(self) -> list[Path]:
+        """The spooled files (``<key>.json``), unread."""
+        return sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []
+
     def pending(self) -> list[tuple[Path, Note]]:
         """Spooled notes, oldest first. A file that is not a note is moved to
         ``quarantine/`` and counted; one deleted meanwhile (delivered) is skipped."""
         out = []
-        names = sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []
-        for path in names:
+        for path in self.names():
             try:
                 if path.stat().st_size > MAX_NOTE_BYTES:
                     raise ValueError("too big for a note")
