@@ -127,7 +127,7 @@ class SlackNotifier:
         self._grafana_url = grafana_url
         self._relay = relay
         self._on_error = on_error or (lambda what: None)
-        self._last_told: dict[str, tuple[float, float, int]] = {}  # fp -> (first, last, n)
+        self._last_told: dict[str, tuple[float, int]] = {}  # fp -> (Unix time, reminders)
         self._spooled_keys = {n.key for s in self.spools for _, n in s.pending()}
         self._unwritten: dict[str, Note] = {}  # notes the disk refused, retried
         self._arrived: dict[str, float] = {}  # key -> monotonic time spooled here
@@ -155,7 +155,7 @@ class SlackNotifier:
                 if f.fingerprint in self._last_told:
                     continue  # already told this episode
                 if self.accept(Note("raised", plain(to_dict(f)), now)):
-                    self._last_told[f.fingerprint] = (now, now, 0)
+                    self._last_told[f.fingerprint] = (now, 0)
             elif self._last_told.pop(f.fingerprint, None) is not None:
                 self.accept(Note("resolved", plain(to_dict(f)), now))  # only what was told
 
@@ -166,10 +166,10 @@ class SlackNotifier:
         now = time.time() if now is None else now
         for f in active:
             told = self._last_told.get(f.fingerprint)
-            if told is not None and now - told[1] >= self._repeat_s:
-                first, _, n = told
-                self.accept(Note("reminder", plain(to_dict(f)), time.time(), n + 1))
-                self._last_told[f.fingerprint] = (first, now, n + 1)
+            if told is not None and now - told[0] >= self._repeat_s:
+                n = told[1] + 1
+                self.accept(Note("reminder", plain(to_dict(f)), time.time(), n))
+                self._last_told[f.fingerprint] = (now, n)
         self._retry_unwritten()
         if not self.sends:
             self.prune()
