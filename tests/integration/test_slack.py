@@ -514,3 +514,38 @@ def test_a_real_gloo_job_sends_once_from_rank_0_through_the_agents(tmp_path: Pat
                 proc.wait(60)
     assert len(hook.attempts) == 1  # one message for the job, not one per rank
     assert "gloo-job" in hook.texts()[0]
+
+
+def test_relay_hands_notes_to_rank_0_and_survives_a_store_that_fails() -> None:
+    from torch.distributed import TCPStore
+
+    from gpuwatch.sinks.slack_relay import StoreRelay
+
+    store = TCPStore("127.0.0.1", 0, 2, is_master=True, timeout=timedelta(seconds=10),
+                     wait_for_workers=False)
+    got: list[Note] = []
+    leader = StoreRelay(0, 2, lambda: store, deliver=got.append)
+    sender = StoreRelay(1, 2, lambda: store)
+    notes = [Note("raised", {"fingerprint": f"fp{i}", "detector": "hang"}, float(i))
+             for i in range(3)]
+    for note in notes:
+        sender.publish(note)
+    leader.exchange()  # nothing written yet: rank 0 never waits on a missing key
+    assert got == []
+    sender.exchange()
+    leader.exchange()
+    leader.exchange()  # read once, not again
+    assert [n.key for n in got] == [n.key for n in notes]
+    assert not store.check(["slack/1/0"])  # read notes leave the store
+
+    errors: list[str] = []
+
+    def broken() -> Any:
+        raise ConnectionResetError("store gone with its job")
+
+    relay = StoreRelay(1, 2, broken, on_error=errors.append, interval_s=0.05)
+    relay.start()
+    relay.publish(notes[0])
+    wait_for(lambda: len(errors) >= 2, 10, "the relay to keep trying")
+    relay.stop()
+    assert all("ConnectionResetError" in e for e in errors)
