@@ -88,11 +88,11 @@ def test_projection_shows_a_range_and_cost_per_million_tokens_when_present() -> 
     line = projection_line(ranged)
     assert line == (f"Step 78 ms now → 41 ms on H100 SXM (1.9{TIMES}, 1.6{DASH}2.2{TIMES} "
                     "faster); "
-                    "cost per 1M tokens $0.22 → $0.513")
+                    "cost per 1M tokens $0.22 → $0.51")
     explicit = {"target": "H100 SXM", "speedup_ratio_low": 1.2, "speedup_ratio_high": 1.5,
                 "cost_per_million_tokens_now_usd": 0.4, "cost_per_million_tokens_target_usd": 0.3}
     assert projection_line(explicit) == \
-        f"On H100 SXM (1.2{DASH}1.5{TIMES} faster); cost per 1M tokens $0.4 → $0.3"
+        f"On H100 SXM (1.2{DASH}1.5{TIMES} faster); cost per 1M tokens $0.40 → $0.30"
     assert projection_line({"target": "H100", "assumptions": ["x"]}) is None
 
 

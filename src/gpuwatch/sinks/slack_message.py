@@ -89,7 +89,12 @@ def _times(v: float) -> str:
 
 
 def _usd(v: float) -> str:
-    return f"${v:.3g}" if abs(v) < 1000 else f"${v:,.0f}"
+    """Dollars with two significant digits below $1 ($0.00015), cents above."""
+    if v == 0 or abs(v) >= 1:
+        return f"${v:,.2f}"
+    decimals = 1 - math.floor(math.log10(abs(v)))
+    text = f"{v:.{decimals}f}"
+    return "$" + (text.rstrip("0") if decimals > 2 else text)
 
 
 UNITS: dict[str, Callable[[float], str]] = {
