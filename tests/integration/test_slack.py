@@ -549,3 +549,27 @@ def test_relay_hands_notes_to_rank_0_and_survives_a_store_that_fails() -> None:
     wait_for(lambda: len(errors) >= 2, 10, "the relay to keep trying")
     relay.stop()
     assert all("ConnectionResetError" in e for e in errors)
+
+
+NON_LEADER = """
+import time
+import gpuwatch
+from tests.integration.test_slack import finding
+monitor = gpuwatch.watch(exporter={"enabled": False})
+deadline = time.monotonic() + 30
+while monitor.agent.slack is None and time.monotonic() < deadline:
+    time.sleep(0.05)
+monitor.agent.slack.notify([finding(5, detector="hang")])
+monitor.stop()
+"""
+
+
+def test_gpuwatch_run_delivers_what_rank_0_never_sent(tmp_path: Path) -> None:
+    with webhook() as hook:  # rank 1 of 2, no store and no rank 0: it only spools
+        proc = run(gpuwatch_cmd("run", "--out", str(tmp_path / "run"), "--", sys.executable,
+                                "-c", NON_LEADER), cwd=ROOT, timeout=120,
+                   extra_env={"GPUWATCH_SLACK__WEBHOOK_URL": hook.url, "RANK": "1",
+                              "WORLD_SIZE": "2", "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    assert proc.returncode == 0, proc.stderr
+    assert delivered_numbers(hook.texts()) == [5]  # by the end of the run, once
+    assert not list((tmp_path / "run" / "slack-spool").glob("*/*.json"))
