@@ -1,6 +1,7 @@
 """A local Slack-webhook stand-in on 127.0.0.1 that answers from a script:
-"ok" (200), "429:N" (Retry-After: N), "500", "404", "hang:N" (answers after N s),
-"reset" (drops the connection). After the script it answers ``then``."""
+"ok" (200), "429:V" (Retry-After: V, any text), any other status code ("500", "503",
+"404"), "hang:N" (answers 200 after N s: delivered, late), "reset" (drops the
+connection). After the script it answers ``then``. Every body it got is in ``received``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class ScriptedWebhook:
         self.then = then
         self.attempts: list[tuple[float, str]] = []  # (monotonic time, action)
         self.delivered: list[dict[str, Any]] = []  # bodies answered 200
+        self.received: list[dict[str, Any]] = []  # every body, whatever the answer
         self._lock = threading.Lock()
         hook = self
 
@@ -30,6 +32,7 @@ class ScriptedWebhook:
                 with hook._lock:
                     action = hook.script.pop(0) if hook.script else hook.then
                     hook.attempts.append((time.monotonic(), action))
+                    hook.received.append(json.loads(body))
                 name, _, arg = action.partition(":")
                 if name == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
@@ -38,7 +41,7 @@ class ScriptedWebhook:
                     return
                 if name == "hang":
                     time.sleep(float(arg))
-                status = {"ok": 200, "hang": 200, "429": 429, "500": 500, "404": 404}[name]
+                status = 200 if name in ("ok", "hang") else int(name)
                 if status == 200:
                     with hook._lock:
                         hook.delivered.append(json.loads(body))

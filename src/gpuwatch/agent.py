@@ -32,14 +32,15 @@ from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.probes.allocator import AllocatorProbe, torch_memory_stats
 from gpuwatch.probes.host import HostProbe
 from gpuwatch.probes.nvml import Nvml, NvmlSampler, load_pynvml, visible_gpu_indices
-from gpuwatch.probes.peers import PeerExchange, PeerView
+from gpuwatch.probes.peers import PeerExchange, PeerView, job_store
 from gpuwatch.probes.peers import summary as peer_summary
 from gpuwatch.probes.topology import read_topology
 from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample
 from gpuwatch.sinks.console import ConsoleStatus, status_line
 from gpuwatch.sinks.prometheus import Exporter, ExporterState, node_name
 from gpuwatch.sinks.runlog import RunLogWriter
-from gpuwatch.sinks.slack import SlackNotifier, notifier_from_settings
+from gpuwatch.sinks.slack import SlackNotifier, job_notifier
+from gpuwatch.sinks.slack_relay import StoreRelay
 from gpuwatch.sinks.trackers import figures
 from gpuwatch.telemetry import Telemetry
 
@@ -120,6 +121,7 @@ class Agent:
         self._console: ConsoleStatus | None = None
         self.exporter: Exporter | None = None
         self.slack: SlackNotifier | None = None
+        self._slack_relay: StoreRelay | None = None
         self.peers: PeerExchange | None = None
         self.job_engine: Engine | None = None  # rank 0 of a multi-rank job: across ranks
         self._peer_views: dict[int, PeerView] = {}
@@ -279,13 +281,16 @@ class Agent:
         return list(self.job_engine.evaluate(now))
 
     def _start_slack(self) -> None:
+        ident = self.identity
         try:
-            self.slack = notifier_from_settings(
-                self.settings, self.out_dir / "slack-spool" / f"rank{self.identity.rank}",
+            self.slack, self._slack_relay = job_notifier(
+                self.settings, self.out_dir, ident.rank, ident.world_size, job_store,
                 on_error=lambda what: self.faults.record("slack", what))
-        except OSError as exc:
-            self.faults.record("slack", f"cannot read slack.webhook_url_file: {exc.strerror}")
+        except (OSError, ValueError) as exc:  # load_settings said so at start already
+            self.faults.record("slack", f"slack webhook unusable: {type(exc).__name__}")
             return
+        if self._slack_relay is not None:
+            self._slack_relay.start()
         if self.slack is not None:
             self.slack.start()  # also delivers what an earlier start left spooled
 
@@ -335,6 +340,7 @@ class Agent:
             "agent_cpu_seconds_total": time.thread_time(),
             "agent_marks_dropped_total": float(self.ring.dropped),
             "agent_errors_total": float(sum(self.faults.counts.values()) + self.engine.errors),
+            "slack_in_process": float(self.slack is not None),
         }
         for phase, seconds in self.assembler.open_phases(time.perf_counter()).items():
             agent[f"open_{phase}_seconds"] = seconds
@@ -406,6 +412,8 @@ class Agent:
             self._writer.close()
         if self.peers is not None:
             self.peers.stop()
+        if self._slack_relay is not None:
+            self._slack_relay.stop()
         if self.slack is not None:  # a last chance; what is left stays spooled
             self.slack.flush(timeout=0.5)
             self.slack.stop(timeout=0.2)

@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                               "setting)")
     rexport.set_defaults(handler=cmd_rules_export)
 
-    alerts = sub.add_parser("alerts", help="Slack notifications: test or flush")
+    alerts = sub.add_parser("alerts", help="Slack notifications: test, flush or silence")
     alerts_sub = alerts.add_subparsers(dest="action", required=True, metavar="ACTION")
     atest = alerts_sub.add_parser("test", help="send one test message to the webhook")
     atest.set_defaults(handler=cmd_alerts_test)
@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     aflush.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR")
     aflush.add_argument("--timeout", type=_positive, default=120.0, help="seconds to try")
     aflush.set_defaults(handler=cmd_alerts_flush)
+    asilence = alerts_sub.add_parser("silence", help="stop notes of one job's finding")
+    asilence.add_argument("run", type=Path, metavar="RUNDIR")
+    asilence.add_argument("detector", metavar="DETECTOR", help="detector id, e.g. hang")
+    asilence.add_argument("--for", dest="seconds", type=_duration, metavar="DURATION",
+                          help="how long (90s, 30m, 4h, 2d; default: for the whole run)")
+    asilence.set_defaults(handler=cmd_alerts_silence)
 
     metrics = sub.add_parser("metrics", help="print the metric catalogue (docs/metrics.md)")
     metrics.set_defaults(handler=cmd_metrics)
@@ -225,10 +231,13 @@ def live_fingerprints(out: Path) -> set[str]:
 
 
 def _notify_job_findings(out: Path, findings: list[Any]) -> None:
-    """Cross-rank findings exist only once all ranks' logs meet: tell Slack now."""
+    """Cross-rank findings exist only once all ranks' logs meet: tell Slack now, and
+    deliver what the ranks left spooled (rank 0 may have died before sending it)."""
     from gpuwatch.sinks.slack import notifier_from_settings
+    from gpuwatch.sinks.slack_spool import SPOOL, spool_dirs
 
-    notifier = notifier_from_settings(load_settings(), out / "slack-spool" / "job")
+    notifier = notifier_from_settings(load_settings(), out / SPOOL / "job",
+                                      also=spool_dirs(out))
     if notifier is None:
         return
     notifier.notify([dataclasses.replace(f, state="active") for f in findings])
@@ -363,11 +372,13 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _notifier(spool: Path) -> Any:
+def _notifier(spool: Path, also: Sequence[Path] = ()) -> Any:
+    """A notifier for the alerts commands: whenever a webhook is configured, whichever
+    path of record ``slack.delivery`` names."""
     from gpuwatch.sinks.slack import notifier_from_settings
 
     try:
-        notifier = notifier_from_settings(load_settings(), spool)
+        notifier = notifier_from_settings(load_settings(), spool, also=also, always=True)
     except OSError as exc:
         raise UserError(f"cannot read slack.webhook_url_file: {exc.strerror}") from None
     if notifier is None:
@@ -380,14 +391,14 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
     import socket
     import tempfile
 
-    from gpuwatch.sinks.slack import Note
+    from gpuwatch.sinks.slack_spool import Note
 
-    with tempfile.TemporaryDirectory() as spool:
-        notifier = _notifier(Path(spool))
-        notifier.spool.put(Note("test", {"summary": f"gpuwatch test message from "
-                                                    f"{socket.gethostname()}: alerts reach "
-                                                    "this channel.", "job": "test"},
-                                time.time() - 60))
+    with tempfile.TemporaryDirectory() as tmp:
+        notifier = _notifier(Path(tmp) / "test")
+        notifier.accept(Note("test", {"summary": f"gpuwatch test message from "
+                                                 f"{socket.gethostname()}: alerts reach "
+                                                 "this channel.", "job": "test"},
+                             time.time()))
         ok = notifier.flush(timeout=30)
         notifier.stop()
     if not ok:
@@ -399,20 +410,58 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts_flush(args: argparse.Namespace) -> int:
-    from gpuwatch.sinks.slack import spool_dirs
+    """Deliver what every sender spooled in the run directories, each note once."""
+    from gpuwatch.sinks.slack_spool import spool_dirs
 
-    left = 0
     for run in args.runs:
         if not run.is_dir():
             raise UserError(f"no such run directory: {run}")
-        for spool in spool_dirs(run):
-            notifier = _notifier(spool)
-            notifier.flush(timeout=args.timeout)
-            notifier.stop()
-            left += len(notifier.spool.pending())
-            print(f"{spool}: {notifier.delivered} delivered, {len(notifier.spool.pending())} "
-                  "left")
+    spools = [spool for run in args.runs for spool in spool_dirs(run)]
+    if not spools:
+        print("gpuwatch: nothing spooled")
+        return 0
+    notifier = _notifier(spools[0], also=spools[1:])
+    notifier.group_window_s = 0.0  # nothing more is coming: send at once
+    notifier.flush(timeout=args.timeout)
+    notifier.stop()
+    left = notifier.pending()
+    print(f"gpuwatch: {notifier.delivered} delivered, {left} left, {notifier.silenced} "
+          f"silenced, {notifier.dropped} dropped (webhook refused), {notifier.quarantined} "
+          "malformed (moved to slack-spool/quarantine)")
     return 1 if left else 0
+
+
+def cmd_alerts_silence(args: argparse.Namespace) -> int:
+    from gpuwatch.detection.rules import load_rules
+    from gpuwatch.sinks.slack_spool import silence
+
+    if not args.run.is_dir():
+        raise UserError(f"no such run directory: {args.run}")
+    known = sorted(load_rules())
+    if args.detector not in known:
+        raise UserError(f"unknown detector {args.detector!r}; one of: {', '.join(known)}")
+    try:
+        until = silence(args.run, args.detector, args.seconds)
+    except OSError as exc:
+        raise UserError(f"cannot write the silence into {args.run}: {exc.strerror}") from None
+    when = "for good" if until is None else time.strftime("until %Y-%m-%d %H:%M:%S %Z",
+                                                          time.localtime(until))
+    print(f"gpuwatch: {args.detector} silenced in {args.run} {when}")
+    return 0
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``4h``, ``2d`` -> seconds (> 0)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 90s, 30m, 4h, 2d)") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
+    return seconds
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -67,12 +68,17 @@ class GrafanaSettings(BaseModel):
 
 
 class SlackSettings(BaseModel):
-    """Slack incoming-webhook notifications; the URL is a secret and never printed."""
+    """Slack incoming-webhook notifications; the URL is a secret and never printed.
+
+    ``delivery`` picks the one path of record: ``in_process`` (this job posts to
+    Slack itself), ``alertmanager`` (the generated Prometheus rules do; the agent
+    posts nothing) or ``auto`` (in process when a webhook is configured)."""
 
     model_config = ConfigDict(extra="forbid")
 
     webhook_url: SecretStr | None = None
     webhook_url_file: Path | None = None
+    delivery: Literal["auto", "in_process", "alertmanager"] = "auto"
     repeat_interval_s: float = Field(default=4 * 3600.0, gt=0)
     messages_per_second: float = Field(default=1.0, gt=0, le=10)
     group_window_s: float = Field(default=2.0, ge=0, le=300)
@@ -80,11 +86,50 @@ class SlackSettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0, le=120)
     verdicts: list[Literal["move_to_h100", "fix_here", "info"]] = Field(
         default=["move_to_h100", "fix_here"])  # pydantic copies the default per instance
+    silence: list[str] = Field(default_factory=list)  # detectors never re-notified
     grafana_url: str | None = None
 
     def url(self) -> str | None:
         """The webhook: ``webhook_url``, else the first line of ``webhook_url_file``."""
         return read_secret(self.webhook_url, self.webhook_url_file)
+
+    def in_process(self) -> bool:
+        """Whether this job posts findings to Slack itself (the path of record)."""
+        if self.delivery == "auto":
+            return self.webhook_url is not None or self.webhook_url_file is not None
+        return self.delivery == "in_process"
+
+    def problem(self) -> str | None:
+        """Why the configured webhook cannot work (never quoting it), or None."""
+        if self.webhook_url is None and self.webhook_url_file is None:
+            return ("slack.delivery is in_process but no slack.webhook_url is set"
+                    if self.delivery == "in_process" else None)
+        try:
+            url = self.url()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            return f"slack.webhook_url_file: cannot read it ({reason})"
+        return webhook_problem(url or "")
+
+
+def webhook_problem(url: str) -> str | None:
+    """What makes ``url`` unusable as a webhook (a message without the URL), or None."""
+    if not url:
+        return "slack webhook URL is empty"
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        return "slack webhook URL contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "slack webhook URL cannot be parsed"
+    if parts.scheme not in ("https", "http"):
+        return "slack webhook URL must start with https:// (https://hooks.slack.com/services/...)"
+    if not parts.hostname or port == 0:
+        return "slack webhook URL has no host"
+    if parts.path in ("", "/"):
+        return "slack webhook URL has no path (the /services/... part)"
+    return None
 
 
 class OwnedGpu(BaseModel):
@@ -228,9 +273,12 @@ def load_settings(**overrides: Any) -> Settings:
     if unknown:
         raise ConfigError("gpuwatch config: unknown environment variable " + ", ".join(unknown))
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    if problem := settings.slack.problem():  # a webhook that cannot work: say so at start
+        raise ConfigError(f"gpuwatch config: {problem}")
+    return settings
 
 
 def describe_validation_error(exc: ValidationError) -> str:

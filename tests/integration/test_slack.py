@@ -1,9 +1,12 @@
 """Slack delivery against a real HTTP endpoint on 127.0.0.1 that answers from a script:
-nothing lost, nothing repeated, rate-limited, Retry-After honoured, a hanging or
-dead webhook never slows training, and spooled notes survive a killed process."""
+nothing lost, nothing posted twice (not by 8 ranks, not by concurrent flushes, not
+after a leader dies), rate-limited, a hostile webhook (5xx, absurd Retry-After,
+hanging, refusing) never kills delivery nor slows training, a full disk never
+counts a note as spooled, malformed spool files are set aside."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -13,30 +16,47 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gpuwatch.records import Finding
 from gpuwatch.sinks.slack import SlackNotifier
-from tests.integration.conftest import gpuwatch_cmd, run
-from tests.webhook import webhook
+from gpuwatch.sinks.slack_message import DASH
+from gpuwatch.sinks.slack_spool import Note, Spool
+from tests.integration.conftest import ROOT, SCRIPTS, gpuwatch_cmd, run
+from tests.unit.test_slack_message import full_disk
+from tests.webhook import ScriptedWebhook, webhook
 
 pytestmark = pytest.mark.integration
 
 
-def finding(i: int, verdict: str = "move_to_h100", state: str = "active") -> Finding:
-    return Finding(detector="fits_on_paper", verdict=verdict, severity="warning",  # type: ignore[arg-type]
+def wait_for(predicate: Callable[[], object], seconds: float, what: str) -> None:
+    """Poll ``predicate`` until it is true, failing after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def finding(i: int, verdict: str = "move_to_h100", state: str = "active",
+            job: str = "gpt", detector: str = "fits_on_paper") -> Finding:
+    return Finding(detector=detector, verdict=verdict, severity="warning",  # type: ignore[arg-type]
                    summary=f"finding #{i}", action="move it", evidence={"memory_peak_ratio": 0.97},
-                   ranks=[i % 8], first_seen=0.0, last_seen=0.0, fingerprint=f"fp{i}",
-                   job="gpt", projection={"target": "H100 SXM", "speedup_ratio": 1.9,
-                                          "cost_per_step_target_usd": 0.002},
+                   ranks=[i % 8], first_seen=float(i), last_seen=0.0, fingerprint=f"fp{i}",
+                   job=job, projection={"target": "H100 SXM", "speedup_ratio": 1.9,
+                                        "cost_per_step_target_usd": 0.002},
                    state=state)  # type: ignore[arg-type]
 
 
-def notifier(url: str, tmp_path: Path, **kw: object) -> SlackNotifier:
-    defaults: dict[str, object] = {"group_window_s": 0.2, "timeout_s": 2.0}
-    return SlackNotifier(url, tmp_path / "spool", **{**defaults, **kw})  # type: ignore[arg-type]
+def notifier(url: str, tmp_path: Path, **kw: Any) -> SlackNotifier:
+    defaults: dict[str, Any] = {"group_window_s": 0.2, "timeout_s": 2.0}
+    return SlackNotifier(url, tmp_path / "slack-spool" / "rank0", **{**defaults, **kw})
 
 
 def delivered_numbers(texts: list[str]) -> list[int]:
@@ -51,8 +71,8 @@ def test_burst_of_1000_is_folded_rate_limited_and_fully_delivered(tmp_path: Path
     with webhook(["500", "500", "reset"]) as hook:  # down for a while, then recovers
         n = notifier(hook.url, tmp_path, max_group=50)
         n.start()
-        burst = [finding(i % 250) for i in range(1000)]  # 250 distinct, each 4 times
-        n.notify(burst)
+        burst = [finding(i % 250, detector=f"d{i % 250}") for i in range(1000)]
+        n.notify(burst)  # 250 distinct, each 4 times
         assert n.flush(timeout=90)
         n.stop()
         attempts = [t for t, _ in hook.attempts]
@@ -60,7 +80,22 @@ def test_burst_of_1000_is_folded_rate_limited_and_fully_delivered(tmp_path: Path
     assert sorted(numbers) == list(range(250))  # every distinct finding, exactly once: 0 lost
     assert all(g >= 0.95 for g in gaps(attempts))  # at most one message a second leaves
     assert len(hook.delivered) == 5  # grouped: 250 findings in messages of up to 50
-    assert n.delivered == 250 and n.spool.pending() == []
+    assert n.delivered == 250 and n.pending() == 0
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "-inf", "nan", "-5", "1e999", "soon", ""])
+def test_absurd_retry_after_never_kills_delivery(tmp_path: Path, retry_after: str) -> None:
+    errors: list[str] = []
+    with webhook([f"429:{retry_after}"]) as hook:
+        n = notifier(hook.url, tmp_path, max_retry_after_s=2.0, on_error=errors.append)
+        n.notify([finding(1)])
+        assert n.flush(timeout=20)
+        assert n._thread is not None and n._thread.is_alive()
+        n.stop()
+    (t0, first), (t1, second) = hook.attempts
+    assert (first, second) == (f"429:{retry_after}", "ok")
+    assert 0.9 <= t1 - t0 <= 2.5  # clamped to 1..2 s here (300 s by default)
+    assert delivered_numbers(hook.texts()) == [1] and errors == []
 
 
 def test_429_retry_after_delays_the_next_attempt(tmp_path: Path) -> None:
@@ -76,7 +111,7 @@ def test_429_retry_after_delays_the_next_attempt(tmp_path: Path) -> None:
 
 
 def test_5xx_backs_off_exponentially_with_jitter(tmp_path: Path) -> None:
-    with webhook(["500", "500", "500"]) as hook:
+    with webhook(["500", "503", "502"]) as hook:
         n = notifier(hook.url, tmp_path)
         n.notify([finding(1)])
         assert n.flush(timeout=30)
@@ -85,6 +120,17 @@ def test_5xx_backs_off_exponentially_with_jitter(tmp_path: Path) -> None:
     assert len(g) == 3
     assert g[0] >= 0.8 and g[1] >= 1.6 and g[2] >= 3.2  # 1, 2, 4 s, each x 0.8..1.2
     assert g[2] > g[0]
+
+
+def test_a_refusing_webhook_keeps_notes_spooled_and_backs_off(tmp_path: Path) -> None:
+    errors: list[str] = []
+    n = notifier("http://127.0.0.1:9/services/T0/B0/X", tmp_path, on_error=errors.append)
+    n.notify([finding(1)])
+    assert not n.flush(timeout=2.5)  # refused: 1 s then 2 s of backoff
+    n.stop()
+    assert n.pending() == 1 and n.delivered == 0
+    assert 1 <= len(errors) <= 3 and all("ConnectionRefused" in e or "URLError" in e
+                                         for e in errors)
 
 
 def test_bad_webhook_4xx_is_dropped_and_logged_once(tmp_path: Path,
@@ -111,13 +157,71 @@ def test_duplicates_fold_reminders_repeat_and_resolved_follow(tmp_path: Path) ->
         assert n.flush(timeout=10)
         n.remind([finding(1)], now=time.time() + 150)
         assert n.flush(timeout=10)
+        n.remind([finding(1)], now=time.time() + 300)  # a second reminder is news too
+        assert n.flush(timeout=10)
         n.notify([finding(1, state="resolved")])
         assert n.flush(timeout=10)
         n.stop()
     texts = hook.texts()
-    assert len(texts) == 3
-    assert "still active" in texts[1] and "RESOLVED" in texts[2]
-    assert delivered_numbers(texts) == [1, 1, 1]
+    assert len(texts) == 4
+    assert "still active" in texts[1] and "still active" in texts[2] and "RESOLVED" in texts[3]
+    assert delivered_numbers(texts) == [1, 1, 1, 1]
+
+
+def test_hostile_job_names_reach_slack_escaped(tmp_path: Path) -> None:
+    with webhook() as hook:
+        n = notifier(hook.url, tmp_path, grafana_url="https://grafana.example")
+        n.notify([finding(1, job="<!channel> & <@U42> <https://evil|x>")])
+        assert n.flush(timeout=10)
+        n.stop()
+    raw = json.dumps(hook.delivered[0])
+    assert "<!channel>" not in raw and "<@U42>" not in raw and "<https://evil" not in raw
+    assert "&lt;!channel&gt; &amp; &lt;@U42&gt;" in hook.delivered[0]["blocks"][0]["text"]["text"]
+
+
+def test_a_note_the_full_disk_refused_is_not_counted_and_is_sent_once_there_is_room(
+        tmp_path: Path) -> None:
+    errors: list[str] = []
+    with webhook() as hook, full_disk(tmp_path / "disk") as filler:
+        n = SlackNotifier(hook.url, filler.parent / "rank0", group_window_s=0, timeout_s=2,
+                          on_error=errors.append)
+        n.start()
+        n.notify([finding(1)])
+        assert n.pending() == 0 and any("ENOSPC" in e or "No space" in e for e in errors)
+        assert not hook.attempts  # nothing claimed it was spooled, nothing sent
+        filler.unlink()
+        n.remind([])  # the agent's next tick retries the refused note
+        assert n.flush(timeout=10)
+        n.stop()
+    assert delivered_numbers(hook.texts()) == [1]
+
+
+def test_malformed_spool_files_neither_stop_flush_nor_kill_a_restarted_agent(
+        tmp_path: Path) -> None:
+    import gpuwatch
+
+    spool = Spool(tmp_path / "slack-spool" / "rank0")
+    spool.put(Note("raised", {"detector": "hang", "summary": "finding #7", "job": "gpt",
+                              "fingerprint": "x", "verdict": "fix_here"}, 1.0))
+    for name, data in {"a.json": b"{", "b.json": b"\x00\xff", "c.json": b'"str"'}.items():
+        (spool.directory / name).write_bytes(data)
+    with webhook() as hook:
+        monitor = gpuwatch.watch(out_dir=tmp_path, exporter={"enabled": False},
+                                 slack={"webhook_url": hook.url, "group_window_s": 0})
+        wait_for(lambda: hook.delivered, 10, "the restarted agent to deliver")
+        with monitor.step():
+            pass
+        assert monitor.agent.slack is not None and monitor.agent.slack.quarantined == 3
+        monitor.stop()
+        assert not monitor.agent.faults.counts.get("agent")
+    assert delivered_numbers(hook.texts()) == [7]
+    (spool.directory / "d.json").write_text("[1, 2")
+    with webhook() as hook:
+        flushed = run(gpuwatch_cmd("alerts", "flush", str(tmp_path)), cwd=tmp_path,
+                      extra_env={"GPUWATCH_SLACK__WEBHOOK_URL": hook.url})
+    assert flushed.returncode == 0, flushed.stderr
+    assert "1 malformed" in flushed.stdout and not hook.attempts
+    assert len(list((tmp_path / "slack-spool" / "quarantine").iterdir())) == 4
 
 
 def test_a_hanging_webhook_never_slows_the_training_step(tmp_path: Path) -> None:
@@ -127,15 +231,11 @@ def test_a_hanging_webhook_never_slows_the_training_step(tmp_path: Path) -> None
         monitor = gpuwatch.watch(out_dir=tmp_path / "run", exporter={"enabled": False},
                                  slack={"webhook_url": hook.url, "timeout_s": 1,
                                         "group_window_s": 0})
+        wait_for(lambda: monitor.agent.slack is not None, 5, "the agent to set up Slack")
         slack = monitor.agent.slack
-        deadline = time.monotonic() + 5
-        while slack is None and time.monotonic() < deadline:  # set up on the agent thread
-            time.sleep(0.05)
-            slack = monitor.agent.slack
         assert slack is not None
         slack.notify([finding(1)])
-        while not hook.attempts:
-            time.sleep(0.05)
+        wait_for(lambda: hook.attempts, 10, "the first attempt")
         start = time.monotonic()
         for _ in range(200):
             with monitor.step():
@@ -146,7 +246,7 @@ def test_a_hanging_webhook_never_slows_the_training_step(tmp_path: Path) -> None
         stopped_in = time.monotonic() - stop_start
     assert loop < 200 * 0.005 * 1.5  # 1 s of steps took about 1 s while Slack hung
     assert stopped_in < 2.0
-    assert len(slack.spool.pending()) == 1  # undelivered: still spooled
+    assert slack.pending() == 1  # undelivered: still spooled
 
 
 KILLED = """
@@ -157,24 +257,22 @@ monitor = gpuwatch.watch(out_dir=sys.argv[1], exporter={"enabled": False},
                          slack={"webhook_url": sys.argv[2], "group_window_s": 0})
 while monitor.agent.slack is None:
     time.sleep(0.05)
-monitor.agent.slack.notify([finding(i) for i in range(3)])
+monitor.agent.slack.notify([finding(i, detector=f"d{i}") for i in range(3)])
 print("spooled", flush=True)
 time.sleep(60)
 """
 
 
-def test_spooled_notes_survive_kill_and_are_delivered_once_on_restart(tmp_path: Path) -> None:
+def test_spooled_notes_survive_kill_and_are_delivered_once(tmp_path: Path) -> None:
     dead = "http://127.0.0.1:9/services/T0/B0/X"  # nothing listens: connection refused
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(tmp_path), dead],
-                            stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[2])
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "spooled"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    spooled = list((tmp_path / "slack-spool" / "rank0").glob("*.json"))
-    assert len(spooled) == 3
-    with webhook() as hook:  # the next start on the same run directory delivers
-        env = {"GPUWATCH_SLACK__WEBHOOK_URL": hook.url, "GPUWATCH_SLACK__GROUP_WINDOW_S": "0"}
+    assert len(list((tmp_path / "slack-spool" / "rank0").glob("*.json"))) == 3
+    with webhook() as hook:
+        env = {"GPUWATCH_SLACK__WEBHOOK_URL": hook.url}
         flushed = run(gpuwatch_cmd("alerts", "flush", str(tmp_path)), cwd=tmp_path,
                       extra_env=env)
         assert flushed.returncode == 0, flushed.stderr
@@ -184,7 +282,159 @@ def test_spooled_notes_survive_kill_and_are_delivered_once_on_restart(tmp_path: 
     assert hook.url not in flushed.stdout + flushed.stderr
 
 
-def test_alerts_test_command_and_missing_webhook(tmp_path: Path) -> None:
+def test_concurrent_flushes_and_a_flush_during_the_job_post_each_note_once(
+        tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "slack-spool" / "rank0")
+    for i in range(40):
+        spool.put(Note("raised", {"detector": f"d{i}", "summary": f"finding #{i}", "job": "gpt",
+                                  "fingerprint": f"fp{i}", "verdict": "fix_here"}, float(i)))
+    with webhook(then="hang:0.3") as hook:  # a slow Slack widens every race
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+        env.update(GPUWATCH_SLACK__WEBHOOK_URL=hook.url, GPUWATCH_SLACK__MAX_GROUP="5",
+                   GPUWATCH_SLACK__MESSAGES_PER_SECOND="10")
+        live = notifier(hook.url, tmp_path, max_group=5, messages_per_second=10)  # the job
+        flushes = [subprocess.Popen(gpuwatch_cmd("alerts", "flush", str(tmp_path)), cwd=tmp_path,
+                                    env=env, stdout=subprocess.PIPE, text=True)
+                   for _ in range(3)]
+        live.start()
+        for proc in flushes:
+            proc.wait(timeout=120)
+        assert live.flush(timeout=30)
+        live.stop()
+    counts = Counter(delivered_numbers(hook.texts()))
+    assert sorted(counts) == list(range(40)) and set(counts.values()) == {1}
+
+
+# -- one sender per job: 8 ranks sharing a c10d TCPStore ----------------------------------
+
+class Job:
+    """8 rank processes (scripts/slack_rank.py) around a TCPStore served here."""
+
+    def __init__(self, run_dirs: list[Path], url: str, world: int = 8,
+                 group_window_s: float = 5.0) -> None:
+        from torch.distributed import TCPStore
+
+        self.store = TCPStore("127.0.0.1", 0, world, is_master=True,
+                              timeout=timedelta(seconds=60), wait_for_workers=False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+        env.update(GPUWATCH_SLACK__WEBHOOK_URL=url,
+                   GPUWATCH_SLACK__GROUP_WINDOW_S=str(group_window_s))
+        self.ranks = [subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "slack_rank.py"),
+             str(run_dirs[r * len(run_dirs) // world]), str(self.store.port), str(r),
+             str(world)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            env=env) for r in range(world)]
+        for proc in self.ranks:
+            assert self._line(proc) == "ready"
+
+    @staticmethod
+    def _line(proc: subprocess.Popen[str]) -> str:
+        assert proc.stdout is not None
+        return proc.stdout.readline().strip()
+
+    def tell(self, command: str, ranks: range | list[int] | None = None) -> None:
+        targets = [self.ranks[r] for r in (ranks if ranks is not None else range(8))]
+        for proc in targets:
+            assert proc.stdin is not None
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+        for proc in targets:
+            assert self._line(proc) == ("bye" if command == "exit" else "ok")
+
+    def close(self) -> None:
+        for proc in self.ranks:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(30)
+
+
+@contextlib.contextmanager
+def job(run_dirs: list[Path], url: str) -> Iterator[Job]:
+    j = Job(run_dirs, url)
+    try:
+        yield j
+    finally:
+        j.close()
+
+
+def ranks_told(hook: ScriptedWebhook) -> Counter[tuple[str, int]]:
+    """(detector, rank) -> how many times Slack was told it was raised."""
+    told: Counter[tuple[str, int]] = Counter()
+    for text in hook.texts():
+        for detector, ranks in re.findall(rf"\] (\w+) on gpt rank ([\d,{DASH}]+):", text):
+            for part in ranks.split(","):
+                lo, _, hi = part.partition(DASH)
+                for r in range(int(lo), int(hi or lo) + 1):
+                    told[(detector, r)] += 1
+    return told
+
+
+def test_eight_ranks_one_sender_one_message_per_finding(tmp_path: Path) -> None:
+    with webhook() as hook, job([tmp_path], hook.url) as j:
+        j.tell("raise data_starvation")
+        wait_for(lambda: len(ranks_told(hook)) == 8, 30, "all 8 ranks' findings")
+        j.tell("raise checkpoint_overhead", [0, 5])
+        wait_for(lambda: len(ranks_told(hook)) == 10, 30, "the second finding")
+        spools = list((tmp_path / "slack-spool").glob("rank*/*.json"))
+        wait_for(lambda: not list((tmp_path / "slack-spool").glob("rank*/*.json")), 15,
+                 f"the ranks to drop what rank 0 delivered ({len(spools)} left)")
+        j.tell("exit")
+    assert len(hook.attempts) == 2  # one message per finding, not one per rank
+    assert set(ranks_told(hook).values()) == {1}
+    assert f"ranks 0{DASH}7" in hook.delivered[0]["blocks"][1]["text"]["text"]
+
+
+def test_leader_killed_mid_run_flush_over_both_nodes_delivers_each_note_once(
+        tmp_path: Path) -> None:
+    node_a, node_b = tmp_path / "node-a", tmp_path / "node-b"  # ranks 0-3 and 4-7
+    with webhook() as hook:
+        with job([node_a, node_b], hook.url) as j:
+            j.tell("raise data_starvation")
+            wait_for(lambda: len(ranks_told(hook)) == 8, 30, "rank 0 to send the first")
+            j.tell("raise checkpoint_overhead")
+            os.kill(j.ranks[0].pid, signal.SIGKILL)  # inside its 5 s group window: unsent
+            j.ranks[0].wait(10)
+            j.tell("exit", range(1, 8))
+        assert len(hook.attempts) == 1
+        env = {"GPUWATCH_SLACK__WEBHOOK_URL": hook.url}
+        flushes = [subprocess.Popen(gpuwatch_cmd("alerts", "flush", str(node_a), str(node_b)),
+                                    cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                                    env={**{k: v for k, v in os.environ.items()
+                                            if not k.startswith("GPUWATCH_")}, **env})
+                   for _ in range(2)]  # two at once, over both nodes' directories
+        assert all(proc.wait(120) in (0, 1) for proc in flushes)
+        again = run(gpuwatch_cmd("alerts", "flush", str(node_a), str(node_b)), cwd=tmp_path,
+                    extra_env=env)
+        assert again.returncode == 0, again.stdout + again.stderr
+    told = ranks_told(hook)
+    assert {k for k in told if k[0] == "checkpoint_overhead"} == \
+        {("checkpoint_overhead", r) for r in range(8)}
+    assert set(told.values()) == {1}  # data_starvation not again, checkpoints once each
+
+
+def test_alerts_silence_stops_reminders_for_one_finding(tmp_path: Path) -> None:
+    with webhook() as hook:
+        n = notifier(hook.url, tmp_path, repeat_interval_s=100.0)
+        n.notify([finding(1), finding(2, detector="hang")])
+        assert n.flush(timeout=10)
+        silenced = run(gpuwatch_cmd("alerts", "silence", str(tmp_path), "fits_on_paper",
+                                    "--for", "2h"), cwd=tmp_path)
+        assert silenced.returncode == 0, silenced.stderr
+        n.remind([finding(1), finding(2, detector="hang")], now=time.time() + 150)
+        assert n.flush(timeout=10)
+        n.stop()
+        bad = run(gpuwatch_cmd("alerts", "silence", str(tmp_path), "no_such"), cwd=tmp_path)
+        bad_for = run(gpuwatch_cmd("alerts", "silence", str(tmp_path), "hang", "--for", "x"),
+                      cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown detector 'no_such'" in bad.stderr
+    assert bad_for.returncode == 2 and "not a duration" in bad_for.stderr
+    texts = hook.texts()
+    assert len(texts) == 2 and "still active" in texts[1]
+    assert delivered_numbers(texts) == [1, 2, 2]  # the silenced one was not repeated
+    assert n.silenced == 1
+
+
+def test_alerts_test_command_and_missing_or_broken_webhook(tmp_path: Path) -> None:
     with webhook() as hook:
         proc = run(gpuwatch_cmd("alerts", "test"), cwd=tmp_path,
                    extra_env={"GPUWATCH_SLACK__WEBHOOK_URL": hook.url})
@@ -192,6 +442,11 @@ def test_alerts_test_command_and_missing_webhook(tmp_path: Path) -> None:
     assert "test message from" in hook.texts()[0]
     missing = run(gpuwatch_cmd("alerts", "test"), cwd=tmp_path)
     assert missing.returncode == 2 and "no Slack webhook" in missing.stderr
+    broken = run(gpuwatch_cmd("run", "--", sys.executable, "-c", "print('trained')"),
+                 cwd=tmp_path, extra_env={"GPUWATCH_SLACK__WEBHOOK_URL": "hooks.slack.com/x/s3"})
+    assert broken.returncode == 2 and "trained" not in broken.stdout
+    assert broken.stderr.count("\n") == 1 and "https://" in broken.stderr
+    assert "s3" not in broken.stderr
 
 
 def test_webhook_url_is_never_written_to_the_run_log(tmp_path: Path) -> None:
@@ -203,6 +458,7 @@ def test_webhook_url_is_never_written_to_the_run_log(tmp_path: Path) -> None:
         with monitor.step():
             pass
         assert hook.url not in repr(monitor.agent.settings)
+        assert agent_samples(tmp_path)[-1]["slack_in_process"] == 1.0  # alerts stay silent
         monitor.stop()
     log = (tmp_path / "run.jsonl").read_text()
     assert hook.url not in log and "/services/T0/B0/secret" not in log
@@ -211,3 +467,114 @@ def test_webhook_url_is_never_written_to_the_run_log(tmp_path: Path) -> None:
                                       "gpu_model", "total_steps", "prices", "owned",
                                       "electricity_usd_per_kwh", "precision",
                                       "move_min_time_gain"}
+
+
+def agent_samples(run_dir: Path) -> list[dict[str, float]]:
+    """The agent's own samples in a live run log, once there is one."""
+    def read() -> list[dict[str, float]]:
+        path = run_dir / "run.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [r["values"] for r in map(json.loads, lines) if r.get("source") == "agent"]
+
+    wait_for(read, 10, "an agent sample in the run log")
+    return read()
+
+
+def test_alertmanager_as_the_path_of_record_leaves_slack_to_it(tmp_path: Path) -> None:
+    import gpuwatch
+
+    with webhook() as hook:
+        monitor = gpuwatch.watch(out_dir=tmp_path, exporter={"enabled": False},
+                                 slack={"webhook_url": hook.url, "delivery": "alertmanager"})
+        with monitor.step():
+            pass
+        assert agent_samples(tmp_path)[-1]["slack_in_process"] == 0.0
+        monitor.stop()
+    assert monitor.agent.slack is None and not hook.attempts
+
+
+def test_a_real_gloo_job_sends_once_from_rank_0_through_the_agents(tmp_path: Path) -> None:
+    from tests.integration.conftest import free_port
+
+    world, port = 4, free_port()
+    with webhook() as hook:
+        procs = []
+        for rank in range(world):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+            env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            procs.append(subprocess.Popen(
+                [sys.executable, str(SCRIPTS / "slack_gloo.py"), str(tmp_path), hook.url],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env))
+        try:
+            for proc in procs:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "told"
+            wait_for(lambda: any(f"rank 0{DASH}3" in t for t in hook.texts()), 60,
+                     "rank 0 to send every rank's finding")
+        finally:
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.close()
+            for proc in procs:
+                proc.wait(60)
+    assert len(hook.attempts) == 1  # one message for the job, not one per rank
+    assert "gloo-job" in hook.texts()[0]
+
+
+def test_relay_hands_notes_to_rank_0_and_survives_a_store_that_fails() -> None:
+    from torch.distributed import TCPStore
+
+    from gpuwatch.sinks.slack_relay import StoreRelay
+
+    store = TCPStore("127.0.0.1", 0, 2, is_master=True, timeout=timedelta(seconds=10),
+                     wait_for_workers=False)
+    got: list[Note] = []
+    leader = StoreRelay(0, 2, lambda: store, deliver=got.append)
+    sender = StoreRelay(1, 2, lambda: store)
+    notes = [Note("raised", {"fingerprint": f"fp{i}", "detector": "hang"}, float(i))
+             for i in range(3)]
+    for note in notes:
+        sender.publish(note)
+    leader.exchange()  # nothing written yet: rank 0 never waits on a missing key
+    assert got == []
+    sender.exchange()
+    leader.exchange()
+    leader.exchange()  # read once, not again
+    assert [n.key for n in got] == [n.key for n in notes]
+    assert not store.check(["slack/1/0"])  # read notes leave the store
+
+    errors: list[str] = []
+
+    def broken() -> Any:
+        raise ConnectionResetError("store gone with its job")
+
+    relay = StoreRelay(1, 2, broken, on_error=errors.append, interval_s=0.05)
+    relay.start()
+    relay.publish(notes[0])
+    wait_for(lambda: len(errors) >= 2, 10, "the relay to keep trying")
+    relay.stop()
+    assert all("ConnectionResetError" in e for e in errors)
+
+
+NON_LEADER = """
+import time
+import gpuwatch
+from tests.integration.test_slack import finding
+monitor = gpuwatch.watch(exporter={"enabled": False})
+deadline = time.monotonic() + 30
+while monitor.agent.slack is None and time.monotonic() < deadline:
+    time.sleep(0.05)
+monitor.agent.slack.notify([finding(5, detector="hang")])
+monitor.stop()
+"""
+
+
+def test_gpuwatch_run_delivers_what_rank_0_never_sent(tmp_path: Path) -> None:
+    with webhook() as hook:  # rank 1 of 2, no store and no rank 0: it only spools
+        proc = run(gpuwatch_cmd("run", "--out", str(tmp_path / "run"), "--", sys.executable,
+                                "-c", NON_LEADER), cwd=ROOT, timeout=120,
+                   extra_env={"GPUWATCH_SLACK__WEBHOOK_URL": hook.url, "RANK": "1",
+                              "WORLD_SIZE": "2", "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    assert proc.returncode == 0, proc.stderr
+    assert delivered_numbers(hook.texts()) == [5]  # by the end of the run, once
+    assert not list((tmp_path / "run" / "slack-spool").glob("*/*.json"))

@@ -90,7 +90,8 @@ def finding(projection: dict[str, Any], detector: str = "fits_on_paper") -> Find
     ({"speedup_ratio": 2.5, "speedup_low_ratio": 1.8, "speedup_high_ratio": 3.1},
      (2.5, 1.8, 3.1)),
     ({"step_seconds_now": 1.0, "step_seconds_projected": 0.5,
-      "step_seconds_projected_fastest": 0.4, "step_seconds_projected_slowest": 0.8}, (2.0, 1.25, 2.5)),
+      "step_seconds_projected_fastest": 0.4, "step_seconds_projected_slowest": 0.8},
+     (2.0, 1.25, 2.5)),
 ])
 def test_projected_speedup_reads_whichever_keys_a_projection_has(
         projection: dict[str, Any], expected: tuple[float, float | None, float | None]) -> None:

@@ -1,56 +1,254 @@
-"""What a Slack message says: Block Kit with a plain-text fallback, evidence with units,
-the projection, what to do, the Grafana link, and the resolved variant."""
+"""What a Slack message says (readable in two seconds, escaped, within Block Kit's
+limits), and the spool's guarantees: identity, durability, quarantine, locks."""
 
 from __future__ import annotations
 
-from gpuwatch.sinks.slack import Note, Spool, TokenBucket, message
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-FINDING = {"detector": "fits_on_paper", "verdict": "move_to_h100", "severity": "warning",
-           "summary": "Memory is the constraint on rank 3.", "action": "Move this job to H100.",
-           "evidence": {"memory_peak_ratio": 0.973, "alloc_retries_total": 12.0},
-           "ranks": [3], "job": "gpt-1b", "fingerprint": "abc",
-           "projection": {"target": "H100 SXM", "speedup_ratio": 2.31,
-                          "cost_per_step_target_usd": 0.0021, "cost_per_step_now_usd": 0.0009}}
+import pytest
+
+from gpuwatch.config import ConfigError, load_settings, webhook_problem
+from gpuwatch.sinks.slack import TokenBucket, retry_after_seconds
+from gpuwatch.sinks.slack_message import (
+    DASH,
+    TIMES,
+    cut,
+    dashboard_link,
+    evidence_lines,
+    message,
+    projection_line,
+)
+from gpuwatch.sinks.slack_spool import Ledger, Note, Silences, Spool, silence
+
+FINDING: dict[str, Any] = {
+    "detector": "data_starvation", "verdict": "fix_here", "severity": "warning",
+    "summary": "Rank 3 waits for data 97% of each step.", "action": "Add DataLoader workers.",
+    "evidence": {"data_share_ratio": 0.9743, "data_seconds_per_step": 0.076,
+                 "step_seconds": 0.078, "workers": 2.0, "workers_cpu_ratio": 0.99},
+    "ranks": [3], "job": "gpt-1b", "fingerprint": "abc", "first_seen": 100.0}
+PROJECTION = {"target": "H100 SXM", "step_seconds_now": 0.078, "step_seconds_projected": 0.041,
+              "speedup_ratio": 1.9, "cost_per_step_target_usd": 0.0021,
+              "cost_per_step_now_usd": 0.0009}
 
 
-def test_a_raised_finding_message_has_everything_to_act_on() -> None:
-    body = message([Note("raised", FINDING, 0.0)], grafana_url="http://grafana/d/gpuwatch-migrate")
-    assert body["text"].startswith("gpuwatch: [move_to_h100] fits_on_paper on gpt-1b rank 3")
+def texts(body: dict[str, Any]) -> list[str]:
+    """Every string Slack would render from a message."""
+    out = [body["text"]]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "text" and isinstance(value, str):
+                    out.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(body["blocks"])
+    return out
+
+
+def test_evidence_reads_as_labelled_values_with_units() -> None:
+    lines = dict(evidence_lines(FINDING["evidence"]))
+    assert lines["Data wait"] == "97% of step, 76 ms of 78 ms"
+    assert lines["Loader workers"] == "2, 99% busy"
+    unknown = dict(evidence_lines({"queue_depth_bytes": 3.2e9, "mystery_total": 12.0,
+                                   "odd": float("nan")}))
+    assert unknown == {"Queue depth": "3.2 GB", "Mystery": "12", "Odd": "nan"}
+
+
+def test_a_raised_message_has_header_summary_evidence_projection_action_and_link() -> None:
+    f = {**FINDING, "projection": PROJECTION}
+    body = message([("raised", f)], grafana_url="https://grafana.example/")
+    header, section, fields, context = body["blocks"]
+    assert header["text"]["text"] == ":wrench: Fix it here: data_starvation on gpt-1b"
+    text = section["text"]["text"]
+    assert "Rank 3 waits for data 97% of each step." in text
+    assert (f"*Projection:* Step 78 ms now → 41 ms on H100 SXM (1.9{TIMES} faster); "
+            "cost per step $0.0009 → $0.0021") in text
+    assert "*What to do:* Add DataLoader workers." in text
+    assert "*Data wait*\n97% of step, 76 ms of 78 ms" in [x["text"] for x in fields["fields"]]
+    assert ("https://grafana.example/d/gpuwatch-job?var-job=gpt-1b&amp;var-rank=3|dashboard"
+            in context["elements"][0]["text"])
+    assert body["text"].startswith("gpuwatch: [fix_here] data_starvation on gpt-1b rank 3:")
+
+
+def test_projection_shows_a_range_and_cost_per_million_tokens_when_present() -> None:
+    ranged = {**PROJECTION, "speedup_low": 1.6, "speedup_high": 2.2, "tokens_per_step": 4096}
+    line = projection_line(ranged)
+    assert line == (f"Step 78 ms now → 41 ms on H100 SXM (1.9{TIMES}, 1.6{DASH}2.2{TIMES} "
+                    "faster); "
+                    "cost per 1M tokens $0.22 → $0.51")
+    explicit = {"target": "H100 SXM", "speedup_ratio_low": 1.2, "speedup_ratio_high": 1.5,
+                "cost_per_million_tokens_now_usd": 0.4, "cost_per_million_tokens_target_usd": 0.3}
+    assert projection_line(explicit) == \
+        f"On H100 SXM (1.2{DASH}1.5{TIMES} faster); cost per 1M tokens $0.40 → $0.30"
+    assert projection_line({"target": "H100", "assumptions": ["x"]}) is None
+
+
+def test_hostile_job_names_are_escaped_everywhere() -> None:
+    hostile = {**FINDING, "job": "<!channel> & <@U123>", "summary": "x <!here> y",
+               "action": "<https://evil|click>", "detector": "<b>", "ranks": [0, "<!x>"],
+               "evidence": {"<!everyone>": 1.0}, "projection": {"target": "<!channel>",
+                                                               "speedup_ratio": 2.0}}
+    for kind in ("raised", "reminder", "resolved"):
+        body = message([(kind, hostile)], grafana_url="https://g")
+        for text in texts(body):
+            stripped = text.replace("<https://g/d/gpuwatch-job?", "")  # our own link
+            assert "<!" not in stripped and "<@" not in stripped and "<https://evil" not in text
+        assert "&lt;!channel&gt; &amp; &lt;@U123&gt;" in body["blocks"][0]["text"]["text"]
+
+
+def test_block_kit_limits_hold_and_text_is_cut_at_a_word() -> None:
+    long = {**FINDING, "job": "j" * 400, "summary": "word " * 2000, "action": "act " * 2000,
+            "evidence": {f"metric_{i}_seconds": float(i) for i in range(40)}}
+    body = message([("raised", {**long, "detector": f"d{i}", "ranks": [i]}) for i in range(60)])
     blocks = body["blocks"]
-    assert blocks[0]["type"] == "header"
-    section = blocks[1]["text"]["text"]
-    assert "Move to H100" in section and "Memory is the constraint" in section
-    assert "*What to do:* Move this job to H100." in section
-    fields = [f["text"] for f in blocks[2]["fields"]]
-    assert "*memory_peak_ratio*\n0.973" in fields and "*alloc_retries_total*\n12" in fields
-    context = blocks[3]["elements"][0]["text"]
-    assert "job `gpt-1b`" in context and "ranks 3" in context
-    assert "on H100 SXM: 2.31x faster, $0.0021/step (now $0.0009/step)" in context
-    assert blocks[-1]["elements"][0]["url"] == "http://grafana/d/gpuwatch-migrate"
+    assert len(blocks) <= 50
+    assert len(blocks[0]["text"]["text"]) <= 150
+    for block in blocks:
+        if block["type"] == "section":
+            if "text" in block:
+                assert len(block["text"]["text"]) <= 3000
+            assert len(block.get("fields", [])) <= 10
+    assert "+" in blocks[-1]["elements"][0]["text"]  # the rest are counted, not lost
+    assert cut("alpha beta gamma", 12) == "alpha beta…"
+    assert cut("a &amp; b", 5) == "a…"  # never half an escape
 
 
-def test_resolved_and_grouped_messages() -> None:
-    resolved = message([Note("resolved", FINDING, 0.0)])
-    assert resolved["text"].startswith("gpuwatch: RESOLVED: [move_to_h100] fits_on_paper")
-    assert "Resolved: fits_on_paper" in resolved["blocks"][1]["text"]["text"]
-    assert "What to do" not in resolved["blocks"][1]["text"]["text"]
-    many = message([Note("raised", {**FINDING, "summary": f"s{i}"}, 0.0) for i in range(14)])
-    assert many["text"].splitlines()[0] == "gpuwatch: 14 findings on gpt-1b"
-    assert len(many["text"].splitlines()) == 15  # every finding in the fallback text
-    assert "+4 more" in many["blocks"][-1]["elements"][0]["text"]
-    assert len(many["blocks"]) <= 50  # Slack's limit
+def test_the_same_detector_on_eight_ranks_is_one_note_naming_all_ranks() -> None:
+    body = message([("raised", {**FINDING, "ranks": [r], "fingerprint": f"fp{r}"})
+                    for r in range(8)])
+    assert len([b for b in body["blocks"] if b["type"] == "section" and "text" in b]) == 1
+    assert f"ranks 0{DASH}7" in body["blocks"][1]["text"]["text"]
+    assert dashboard_link("http://g", {"job": "a b", "ranks": [1, 2]}) == \
+        "http://g/d/gpuwatch-job?var-job=a+b&var-rank=1&var-rank=2"
 
 
-def test_spool_round_trip_and_bad_files_set_aside(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    spool = Spool(tmp_path)
-    a = spool.put(Note("raised", FINDING, 1.0))
-    spool.put(Note("resolved", FINDING, 2.0))
-    (tmp_path / "0-corrupt.json").write_text("{not json")
-    pending = spool.pending()
-    assert [n.kind for _, n in pending] == ["raised", "resolved"]
-    assert (tmp_path / "0-corrupt.bad").exists()
-    spool.remove([a])
-    assert [n.kind for _, n in spool.pending()] == ["resolved"]
+def test_note_identity_is_fingerprint_episode_and_state() -> None:
+    raised = Note("raised", FINDING, 1.0)
+    assert raised.key == Note("raised", FINDING, 999.0).key  # another rank, later: same news
+    assert raised.key != Note("resolved", FINDING, 1.0).key
+    assert raised.key != Note("raised", {**FINDING, "first_seen": 500.0}, 1.0).key  # new episode
+    assert Note("reminder", FINDING, 1.0, 1).key != Note("reminder", FINDING, 1.0, 2).key
+
+
+def test_malformed_spool_files_are_quarantined_and_counted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "slack-spool" / "rank0")
+    good = spool.put(Note("raised", FINDING, 1.0))
+    bad = {"0.json": b"{not json", "1.json": b"\xff\xfe", "2.json": b"[]",
+           "3.json": json.dumps({"kind": "raised", "finding": "x", "created": 1}).encode(),
+           "4.json": json.dumps({"kind": "boom", "finding": {}, "created": 1}).encode(),
+           "5.json": b'{"kind": "raised", "finding": {}, "created": NaN}',
+           "6.json": b"[" * 100_000, "7.json": b" " * (2 << 20)}
+    for name, data in bad.items():
+        (spool.directory / name).write_bytes(data)
+    assert [p for p, _ in spool.pending()] == [good]
+    assert spool.quarantined == len(bad)
+    assert sorted(p.name for p in (tmp_path / "slack-spool" / "quarantine").iterdir()) == \
+        sorted(f"rank0-{n}" for n in bad)
+
+
+@contextlib.contextmanager
+def full_disk(path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs at ``path`` holding an empty ``rank0/`` and a file that fills the
+    rest to the last byte (root only, else skipped); yields the filler."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (path / "rank0").mkdir()
+        fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"x" * 512)
+        os.close(fd)
+        yield path / "filler"
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_write_to_a_full_disk_fails_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    with full_disk(tmp_path / "disk") as filler:
+        spool = Spool(filler.parent / "rank0")
+        with pytest.raises(OSError):
+            spool.put(Note("raised", FINDING, 1.0))
+        assert list(spool.directory.iterdir()) == []
+        assert spool.pending() == []
+        filler.unlink()
+        spool.put(Note("raised", FINDING, 1.0))  # room again: written, and whole
+        assert [n.finding for _, n in spool.pending()] == [FINDING]
+
+
+def _try_claim(root: str, key: str, queue: Any) -> None:
+    queue.put(Ledger([Path(root)]).claim([key]).keys)
+
+
+def test_a_claimed_note_cannot_be_claimed_by_another_process(tmp_path: Path) -> None:
+    ledger = Ledger([tmp_path])
+    claim = ledger.claim(["k1", "k2"])
+    assert claim.keys == ["k1", "k2"]
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_try_claim, args=(str(tmp_path), "k1", queue))
+    proc.start()
+    assert queue.get(timeout=60) == []  # held here: the other sender leaves it
+    proc.join(60)
+    ledger.mark(["k1"])
+    assert not (tmp_path / "locks" / "k1.lock").exists()  # delivered: no lock file kept
+    claim.release()
+    assert ledger.claim(["k1"]).keys == []  # delivered: nobody posts it again
+    assert ledger.claim(["k2"]).keys == ["k2"]  # released by the first claim
+
+
+def test_silences_from_the_run_directory_and_the_setting(tmp_path: Path) -> None:
+    silence(tmp_path, "hang", 60.0, now=1000.0)
+    silence(tmp_path, "straggler", None)
+    s = Silences(tmp_path / "slack-spool", always=["fits_on_paper"])
+    assert s.silenced("hang", now=1059.0) and not s.silenced("hang", now=1061.0)
+    assert s.silenced("straggler") and s.silenced("fits_on_paper")
+    assert not s.silenced("data_starvation")
+    (tmp_path / "slack-spool" / "silences.json").write_text("garbage")
+    assert not Silences(tmp_path / "slack-spool").silenced("straggler")
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [
+    ("2", 2.0), (["3"], 3.0), ("inf", 300.0), ("-inf", 1.0), ("nan", 1.0), ("-5", 1.0),
+    ("1e308", 300.0), ("garbage", 1.0), (None, 1.0), ("", 1.0),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 1.0)])
+def test_retry_after_is_clamped_whatever_the_header_says(raw: object, seconds: float) -> None:
+    value = retry_after_seconds(raw)
+    assert math.isfinite(value) and value == seconds
+
+
+def test_webhooks_that_cannot_work_are_one_line_errors_without_the_url(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for url in ("hooks.slack.com/services/T/B/secret", "ftp://h/services/secret",
+                "https://hooks.slack.com", "https://hooks.slack.com/services/T/B/se cret",
+                "https://[::1/services/secret"):
+        assert webhook_problem(url) is not None
+        with pytest.raises(ConfigError) as err:
+            load_settings(slack={"webhook_url": url})
+        assert "secret" not in str(err.value) and "\n" not in str(err.value)
+    assert webhook_problem("https://hooks.slack.com/services/T/B/x") is None
+    with pytest.raises(ConfigError, match="webhook_url_file: cannot read it"):
+        load_settings(slack={"webhook_url_file": str(tmp_path / "missing")})
+    assert load_settings().slack.in_process() is False  # no webhook: Alertmanager's job
+    assert load_settings(slack={"webhook_url": "https://h/s/x"}).slack.in_process()
+    assert not load_settings(slack={"webhook_url": "https://h/s/x",
+                                    "delivery": "alertmanager"}).slack.in_process()
 
 
 def test_token_bucket_allows_one_message_per_interval() -> None:

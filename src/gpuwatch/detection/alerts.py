@@ -60,7 +60,11 @@ def finding_expr(detector: str) -> str:
                  " unless on (instance, run) gpuwatch_run_start_time_seconds"
                  " unless on (instance, run) "
                  f"last_over_time(gpuwatch_run_end_time_seconds[{VANISHED_WINDOW}])")
-    return (f"max without ({PER_PROCESS}) ({finding} == 1 or ({died_with}) * 0 + 1)")
+    # a process that posts to Slack itself (slack.delivery) is not alerted twice
+    in_process = ("unless on (instance, run) "
+                  f"last_over_time(gpuwatch_slack_in_process[{VANISHED_WINDOW}]) == 1")
+    return (f"max without ({PER_PROCESS}) "
+            f"(({finding} == 1 or ({died_with}) * 0 + 1) {in_process})")
 
 
 def finding_alert(rule: Rule, runbook_url: str) -> dict[str, Any]:
@@ -145,6 +149,10 @@ def _finding_test(rule: Rule, alert: dict[str, Any]) -> dict[str, Any]:
     series.append({"series": _selector("gpuwatch_finding", {**_rank(2), **labels,
                                                             "subject_rank": "2"}),
                    "values": "0x30"})  # a finding that cleared: value 0, never fires
+    series += [{"series": _selector("gpuwatch_finding", {**_rank(4), **labels,
+                                                         "subject_rank": "4"}),
+                "values": "1x30"},  # active, but its process posts to Slack itself
+               {"series": _selector("gpuwatch_slack_in_process", _rank(4)), "values": "1x30"}]
     exp_labels = {**PROCESS, **labels}
     rendered = {k: _render(v, exp_labels) for k, v in alert["annotations"].items()}
     return {"name": f"{alert['alert']}: fires per pod for subject rank {subject}",

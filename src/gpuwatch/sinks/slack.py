@@ -1,44 +1,49 @@
-"""Slack notifications that are never lost and never spam.
+"""Slack notifications that are never lost, never posted twice and never spam.
 
 A finding raised, resolved or still active after ``repeat_interval_s`` becomes a
-note, written at once to a spool directory (one file per note: the agent's
-thread never waits on Slack). A delivery thread groups the notes spooled close
-together into one message, sends it through an incoming webhook (slack-sdk's
-``WebhookClient``, one attempt at a time), and deletes the notes only when Slack
-said 200. In between:
+note, spooled durably at once (``slack_spool``: the agent's thread never waits on
+Slack). A delivery thread groups the notes spooled close together into one
+message (``slack_message``), sends it through an incoming webhook (slack-sdk's
+``WebhookClient``, one attempt at a time) holding a lock on each note, records
+them as delivered when Slack said 200, and only then deletes them. In between:
 
 - at most ``messages_per_second`` messages leave (a token bucket);
-- HTTP 429 waits as long as ``Retry-After`` says;
+- HTTP 429 waits as long as ``Retry-After`` says (a number of seconds or an HTTP
+  date; garbage, negative or absurd values are clamped to 1..``RETRY_AFTER_CAP_S``);
 - 5xx, timeouts and connection resets back off exponentially, with jitter;
 - any other 4xx means the webhook is wrong: logged once, the notes dropped.
 
-What is still spooled when the process dies is sent by the next agent that
-starts on the same run directory, or by ``gpuwatch alerts flush``.
+In a multi-rank job only rank 0 sends (``sends``); the other ranks spool what they
+would have sent and relay it to rank 0 (``slack_relay``). What is still spooled
+when a process dies is sent by the next agent on the same run directory, at the
+end of ``gpuwatch run``, or by ``gpuwatch alerts flush``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import email.utils
 import logging
-import os
+import math
 import random
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gpuwatch.config import webhook_problem
 from gpuwatch.records import Finding, to_dict
+from gpuwatch.sinks.slack_message import message
+from gpuwatch.sinks.slack_relay import StoreRelay
+from gpuwatch.sinks.slack_spool import SPOOL, Ledger, Note, Silences, Spool, by_key, plain
 
 log = logging.getLogger("gpuwatch")
 
-VERDICT_TITLES = {"move_to_h100": ":rocket: Move to H100", "fix_here": ":wrench: Fix it here",
-                  "info": ":information_source: For information"}
-BLOCK_FINDINGS = 10  # findings shown as blocks in one message; the text lists them all
 BACKOFF_CAP_S = 60.0
+RETRY_AFTER_CAP_S = 300.0
+DEFAULT_RETRY_AFTER_S = 1.0
+MAX_UNWRITTEN = 10_000  # notes kept in memory while the spool cannot be written
+TELLS = frozenset({"raised", "reminder"})  # kinds a silence holds back
 
 # slack-sdk logs each failed request as an error; failures are counted here instead.
 _QUIET = logging.getLogger("gpuwatch.slack_sdk")
@@ -46,114 +51,27 @@ _QUIET.propagate = False
 _QUIET.addHandler(logging.NullHandler())
 
 
-@dataclass(frozen=True)
-class Note:
-    """One thing to tell: ``kind`` is raised, resolved, reminder or test."""
-
-    kind: str
-    finding: dict[str, Any]
-    created: float
-
-    @property
-    def key(self) -> str:
-        return f"{self.finding.get('fingerprint', 'test')}-{self.kind}"
-
-
-class Spool:
-    """Notes on disk, one JSON file each (written atomically), until delivered."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def put(self, note: Note) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{note.created:017.6f}-{uuid.uuid4().hex[:8]}.json"
-        tmp = self.directory / f".{name}.tmp"
-        tmp.write_text(json.dumps({"kind": note.kind, "finding": note.finding,
-                                   "created": note.created}))
-        os.replace(tmp, self.directory / name)
-        return self.directory / name
-
-    def pending(self) -> list[tuple[Path, Note]]:
-        """Spooled notes, oldest first; unreadable files are set aside as ``*.bad``.
-        Safe while another thread delivers (and deletes) notes."""
-        out = []
-        for path in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []:
-            try:
-                raw = json.loads(path.read_text())
-                out.append((path, Note(raw["kind"], raw["finding"], float(raw["created"]))))
-            except FileNotFoundError:
-                continue  # delivered while we looked
-            except (OSError, ValueError, KeyError, TypeError):
-                with contextlib.suppress(OSError):
-                    path.rename(path.with_suffix(".bad"))
-        return out
-
-    def remove(self, paths: Iterable[Path]) -> None:
-        for path in paths:
-            path.unlink(missing_ok=True)
-
-
-def message(notes: list[Note], grafana_url: str | None = None) -> dict[str, Any]:
-    """A Block Kit message with a plain-text fallback for a group of notes."""
-    lines = [_line(n) for n in notes]
-    first = notes[0].finding
-    job = first.get("job") or "a training job"
-    title = (f"gpuwatch: {len(notes)} findings on {job}" if len(notes) > 1
-             else f"gpuwatch: {lines[0]}")
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": title[:150]}}]
-    for note in notes[:BLOCK_FINDINGS]:
-        blocks += _blocks(note)
-    if len(notes) > BLOCK_FINDINGS:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text":
-                       f"+{len(notes) - BLOCK_FINDINGS} more: see the text of this message"}]})
-    if grafana_url:
-        blocks.append({"type": "actions", "elements": [{
-            "type": "button", "text": {"type": "plain_text", "text": "Open in Grafana"},
-            "url": grafana_url}]})
-    return {"text": "\n".join([title, *lines[1:]] if len(notes) == 1 else [title, *lines]),
-            "blocks": blocks}
-
-
-def _line(note: Note) -> str:
-    f = note.finding
-    state = {"resolved": "RESOLVED: ", "reminder": "still active: "}.get(note.kind, "")
-    ranks = ",".join(map(str, f.get("ranks", [])))
-    return (f"{state}[{f.get('verdict')}] {f.get('detector')} on {f.get('job')} rank {ranks}: "
-            f"{f.get('summary', '')}")
-
-
-def _blocks(note: Note) -> list[dict[str, Any]]:
-    f = note.finding
-    if note.kind == "test":
-        return [{"type": "section", "text": {"type": "mrkdwn", "text": f["summary"]}}]
-    verdict = VERDICT_TITLES.get(f.get("verdict", ""), f.get("verdict", ""))
-    head = {"resolved": f":white_check_mark: Resolved: {f.get('detector')}",
-            "reminder": f"{verdict} (still active): {f.get('detector')}"}.get(
-                note.kind, f"{verdict}: {f.get('detector')}")
-    ranks = ",".join(map(str, f.get("ranks", [])))
-    body = f"*{head}*\n{f.get('summary', '')}"
-    if note.kind != "resolved":
-        body += f"\n*What to do:* {f.get('action', '')}"
-    fields = [{"type": "mrkdwn", "text": f"*{k}*\n{_number(v)}"}
-              for k, v in list(f.get("evidence", {}).items())[:8]]
-    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": body}}]
-    if fields and note.kind != "resolved":
-        blocks.append({"type": "section", "fields": fields})
-    projection = f.get("projection") or {}
-    context = f"job `{f.get('job')}` · ranks {ranks} · severity {f.get('severity')}"
-    if projection and note.kind != "resolved":
-        context += (f" · on {projection.get('target')}: {projection.get('speedup_ratio', 1):.2f}x"
-                    f" faster, ${projection.get('cost_per_step_target_usd', 0):.4g}/step")
-        if "cost_per_step_now_usd" in projection:
-            context += f" (now ${projection['cost_per_step_now_usd']:.4g}/step)"
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
-    return blocks
-
-
-def _number(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def retry_after_seconds(raw: object, now: float | None = None,
+                        cap_s: float = RETRY_AFTER_CAP_S) -> float:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date),
+    clamped to 1..``cap_s``; a missing or unreadable value gives 1 s."""
+    value = raw[0] if isinstance(raw, list) and raw else raw
+    if value is None:
+        return DEFAULT_RETRY_AFTER_S
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return DEFAULT_RETRY_AFTER_S
+        if when is None or when.tzinfo is None:
+            return DEFAULT_RETRY_AFTER_S
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return DEFAULT_RETRY_AFTER_S
+    return min(max(seconds, DEFAULT_RETRY_AFTER_S), cap_s)
 
 
 class TokenBucket:
@@ -172,33 +90,58 @@ class TokenBucket:
 
 
 class SlackNotifier:
-    """Spools notes for a webhook and delivers them from its own thread."""
+    """Spools notes for a webhook and, when ``sends``, delivers them from its own thread.
 
-    def __init__(self, webhook_url: str, spool_dir: Path, *, messages_per_second: float = 1.0,
-                 group_window_s: float = 2.0, max_group: int = 50, timeout_s: float = 10.0,
-                 repeat_interval_s: float = 4 * 3600.0, verdicts: Iterable[str] = (
-                     "move_to_h100", "fix_here"), grafana_url: str | None = None,
-                 on_error: Callable[[str], None] | None = None) -> None:
+    ``spool_dir`` is where this sender's notes go; ``also`` are other senders' spools
+    it delivers too (a flush over several run directories). ``relay`` is called with
+    every note spooled here (a non-leader rank hands them to rank 0). A 429 waits at
+    most ``max_retry_after_s``.
+    """
+
+    def __init__(self, webhook_url: str | None, spool_dir: Path, *,
+                 also: Sequence[Path] = (), sends: bool = True,
+                 messages_per_second: float = 1.0, group_window_s: float = 2.0,
+                 max_group: int = 50, timeout_s: float = 10.0,
+                 repeat_interval_s: float = 4 * 3600.0,
+                 verdicts: Iterable[str] = ("move_to_h100", "fix_here"),
+                 silenced: Iterable[str] = (), grafana_url: str | None = None,
+                 relay: Callable[[Note], None] | None = None,
+                 on_error: Callable[[str], None] | None = None,
+                 max_retry_after_s: float = RETRY_AFTER_CAP_S) -> None:
         self.spool = Spool(spool_dir)
+        self.spools = [self.spool, *(Spool(p) for p in also if p != spool_dir)]
+        self.ledger = Ledger(s.root for s in self.spools)
+        self._silences = {root: Silences(root, silenced) for root in self.ledger.roots}
+        self.sends = sends and webhook_url is not None
         self.delivered = 0
         self.dropped = 0
+        self.silenced = 0
         self._url = webhook_url
         self._bucket = TokenBucket(messages_per_second)
-        self._group_window_s = group_window_s
+        self.group_window_s = group_window_s
         self._max_group = max_group
         self._timeout_s = timeout_s
+        self._max_retry_after_s = max_retry_after_s
         self._repeat_s = repeat_interval_s
         self._verdicts = set(verdicts)
         self._grafana_url = grafana_url
+        self._relay = relay
         self._on_error = on_error or (lambda what: None)
-        self._last_told: dict[str, float] = {}
-        self._spooled_keys = {n.key for _, n in self.spool.pending()}
+        self._last_told: dict[str, tuple[float, int]] = {}  # fp -> (Unix time, reminders)
+        self._spooled_keys = {n.key for s in self.spools for _, n in s.pending()}
+        self._unwritten: dict[str, Note] = {}  # notes the disk refused, retried
+        self._arrived: dict[str, float] = {}  # key -> monotonic time spooled here
+        self._put_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_bad_webhook = False
         self._backoff_s = 0.0  # the last exponential backoff (s); 0 after a success
         self._not_before = 0.0  # monotonic time before which no attempt is made
+
+    @property
+    def quarantined(self) -> int:
+        return sum(s.quarantined for s in self.spools)
 
     # -- called from the agent's thread: spool only, never wait on Slack ----------------
 
@@ -208,36 +151,70 @@ class SlackNotifier:
         for f in findings:
             if f.verdict not in self._verdicts:
                 continue
-            kind = "raised" if f.state == "active" else "resolved"
-            if kind == "resolved" and f.fingerprint not in self._last_told:
-                continue  # never told it was raised: no need to say it cleared
-            self._put(Note(kind, _plain(f), now))
-            if kind == "raised":
-                self._last_told[f.fingerprint] = now
-            else:
-                self._last_told.pop(f.fingerprint, None)
+            if f.state == "active":
+                if f.fingerprint in self._last_told:
+                    continue  # already told this episode
+                if self.accept(Note("raised", plain(to_dict(f)), now)):
+                    self._last_told[f.fingerprint] = (now, 0)
+            elif self._last_told.pop(f.fingerprint, None) is not None:
+                self.accept(Note("resolved", plain(to_dict(f)), now))  # only what was told
 
     def remind(self, active: Iterable[Finding], now: float | None = None) -> None:
         """Re-notify a finding still active ``repeat_interval_s`` after it was last told
-        (``now``: the Unix time to judge by; the clock's by default)."""
+        (``now``: the Unix time to judge by; the clock's by default). Also retries notes
+        the disk refused earlier."""
         now = time.time() if now is None else now
         for f in active:
             told = self._last_told.get(f.fingerprint)
-            if told is not None and now - told >= self._repeat_s:
-                self._put(Note("reminder", _plain(f), time.time()))
-                self._last_told[f.fingerprint] = now
+            if told is not None and now - told[0] >= self._repeat_s:
+                n = told[1] + 1
+                self.accept(Note("reminder", plain(to_dict(f)), time.time(), n))
+                self._last_told[f.fingerprint] = (now, n)
+        self._retry_unwritten()
+        if not self.sends:
+            self.prune()
 
-    def _put(self, note: Note) -> None:
-        if note.key in self._spooled_keys:
-            return  # the same news is already waiting to go: fold it
-        self._spooled_keys.add(note.key)
-        self.spool.put(note)
+    def accept(self, note: Note) -> bool:
+        """Spool ``note`` (from this rank, or relayed from another) unless the same news
+        is spooled or delivered already; False when its detector is silenced. A note
+        the disk refuses is kept in memory and retried; it counts as spooled only once
+        written."""
+        if note.kind in TELLS and self._is_silenced(note, self.ledger.roots):
+            self.silenced += 1
+            return False
+        with self._put_lock:
+            key = note.key
+            if key in self._spooled_keys or self.ledger.delivered(key):
+                return True
+            try:
+                self.spool.put(note)
+            except OSError as exc:
+                if len(self._unwritten) < MAX_UNWRITTEN:
+                    self._unwritten[key] = note
+                self._on_error(f"slack spool: {type(exc).__name__}: {exc.strerror}")
+                if self._relay is not None:
+                    self._relay(note)  # rank 0 may still tell it (it drops a repeat)
+                return True
+            self._unwritten.pop(key, None)
+            self._spooled_keys.add(key)
+            self._arrived[key] = time.monotonic()
+        if self._relay is not None:
+            self._relay(note)
         self._wake.set()
+        return True
+
+    def _retry_unwritten(self) -> None:
+        for note in list(self._unwritten.values()):
+            self.accept(note)
+
+    def _is_silenced(self, note: Note, roots: Iterable[Path]) -> bool:
+        detector = str(note.finding.get("detector", ""))
+        return any(self._silences[r].silenced(detector) for r in roots if r in self._silences)
 
     # -- delivery ------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None:
+        if self._thread is None and self.sends:
             self._thread = threading.Thread(target=self._run, name="gpuwatch-slack", daemon=True)
             self._thread.start()
 
@@ -248,47 +225,97 @@ class SlackNotifier:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def pending(self) -> int:
+        """Notes spooled and not yet delivered (each identity once)."""
+        return sum(1 for _ in by_key(self.spools))
+
+    def prune(self) -> None:
+        """Drop spooled notes another sender has delivered (a rank that does not send);
+        by file name (a note's key), without reading the notes."""
+        for spool in self.spools:
+            for path in spool.names():
+                if self.ledger.delivered(path.stem):
+                    spool.remove([path])
+                    self._spooled_keys.discard(path.stem)
+
     def flush(self, timeout: float) -> bool:
-        """Deliver everything spooled, waiting at most ``timeout``; True when nothing is left."""
+        """Deliver everything spooled, waiting at most ``timeout``; True when nothing is left
+        (a notifier that does not send returns at once)."""
+        if not self.sends:
+            return not self.pending()
         deadline = time.monotonic() + timeout
         self.start()
         self._wake.set()
         while time.monotonic() < deadline:
-            if not self.spool.pending():
+            if not self.pending():
                 return True
-            time.sleep(0.05)
-        return not self.spool.pending()
+            self._stop.wait(0.05)
+        return not self.pending()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 delay = self._deliver_some()
-            except Exception as exc:  # never let the thread die silently
+            except Exception as exc:  # never let the thread die
                 self._on_error(f"slack delivery: {type(exc).__name__}: {exc}")
                 delay = 1.0
             self._wake.wait(delay)
             self._wake.clear()
 
+    def _due(self) -> tuple[list[tuple[str, list[tuple[Spool, Path, Note]]]], float]:
+        """Notes to post now (delivered, silenced and held ones set aside) and, when
+        none, how long to wait."""
+        batch = []
+        for key, copies in by_key(self.spools):
+            note = copies[0][2]
+            if self.ledger.delivered(key):  # another sender posted it
+                self._forget(key, copies)
+                continue
+            roots = {spool.root for spool, _, _ in copies}
+            if note.kind in TELLS and self._is_silenced(note, roots):
+                self.silenced += 1
+                self._forget(key, copies)
+                continue
+            batch.append((key, copies))
+            if len(batch) >= self._max_group:
+                return batch, 0.0
+        if not batch:
+            return [], 3600.0
+        youngest = max(self._arrived.get(k, 0.0) for k, _ in batch)
+        gather = youngest + self.group_window_s - time.monotonic()
+        return (batch, 0.0) if gather <= 0 else ([], gather)  # let the group gather
+
     def _deliver_some(self) -> float:
         """Send one group if it is due; return how long to wait before trying again."""
-        pending = self.spool.pending()
-        if not pending:
-            return 3600.0
-        youngest_allowed = time.time() - self._group_window_s
-        batch = pending[: self._max_group]
-        if batch[-1][1].created > youngest_allowed and len(batch) < self._max_group:
-            return max(batch[-1][1].created - youngest_allowed, 0.01)  # let the group gather
+        batch, wait = self._due()
+        if not batch:
+            return wait
         wait = max(self._bucket.wait(), self._not_before - time.monotonic())
         if wait > 0:
             return wait
-        self._bucket.take()
-        status, retry_after = self._post(message([n for _, n in batch], self._grafana_url))
-        if status == 200:
-            self._delivered(batch)
-            self._backoff_s = 0.0
-            return 0.0
+        claim = self.ledger.claim(k for k, _ in batch)
+        try:
+            claimed = [(k, copies) for k, copies in batch if k in set(claim.keys)]
+            if not claimed:
+                return 0.5  # another sender holds them: look again soon
+            self._bucket.take()
+            notes = [(c[0][2].kind, c[0][2].finding) for _, c in claimed]
+            status, retry_after = self._post(message(notes, self._grafana_url))
+            if status == 200:
+                self.ledger.mark(claim.keys)
+                self.delivered += len(claimed)
+                for key, copies in claimed:
+                    self._forget(key, copies)
+                self._backoff_s = 0.0
+                return 0.0
+        finally:
+            claim.release()
+        return self._after_failure(status, retry_after, claimed)
+
+    def _after_failure(self, status: int | None, retry_after: float,
+                       claimed: list[tuple[str, list[tuple[Spool, Path, Note]]]]) -> float:
         if status == 429:
-            delay = retry_after if retry_after is not None else 1.0
+            delay = retry_after
         elif status is None or status >= 500:
             self._backoff_s = min(max(self._backoff_s * 2, 1.0), BACKOFF_CAP_S)
             delay = self._backoff_s * random.uniform(0.8, 1.2)  # jitter: no thundering herd
@@ -297,62 +324,77 @@ class SlackNotifier:
                 self._warned_bad_webhook = True
                 log.warning("gpuwatch: Slack webhook answered HTTP %d: notes dropped (check the "
                             "webhook URL)", status)
-            self.dropped += len(batch)
-            self._forget(batch)
+            self.dropped += len(claimed)
+            for key, copies in claimed:
+                self._forget(key, copies)
             return 0.0
         self._not_before = time.monotonic() + delay
         return delay
 
-    def _post(self, body: dict[str, Any]) -> tuple[int | None, float | None]:
-        """(HTTP status or None for a network failure, Retry-After seconds if given)."""
+    def _post(self, body: dict[str, Any]) -> tuple[int | None, float]:
+        """(HTTP status or None for a network failure, seconds Retry-After asks for)."""
         from slack_sdk.webhook import WebhookClient
 
         try:
-            client = WebhookClient(self._url, timeout=int(max(self._timeout_s, 1)),
+            client = WebhookClient(str(self._url), timeout=math.ceil(self._timeout_s),
                                    retry_handlers=[],  # one attempt: retries are ours
                                    logger=_QUIET)
             response = client.send_dict(body)
         except Exception as exc:  # timeouts, resets, refused connections
             self._on_error(f"slack: {type(exc).__name__}")
-            return None, None
-        headers = {k.lower(): v for k, v in (response.headers or {}).items()}
-        raw = headers.get("retry-after")
-        value: Any = raw[0] if isinstance(raw, list) and raw else raw
-        try:
-            retry_after = float(str(value)) if value is not None else None
-        except ValueError:
-            retry_after = None
-        return response.status_code, retry_after
+            return None, 0.0
+        headers = {str(k).lower(): v for k, v in (response.headers or {}).items()}
+        return response.status_code, retry_after_seconds(headers.get("retry-after"),
+                                                         cap_s=self._max_retry_after_s)
 
-    def _delivered(self, batch: list[tuple[Path, Note]]) -> None:
-        self.delivered += len(batch)
-        self._forget(batch)
-
-    def _forget(self, batch: list[tuple[Path, Note]]) -> None:
-        self.spool.remove(p for p, _ in batch)
-        for _, note in batch:
-            self._spooled_keys.discard(note.key)
+    def _forget(self, key: str, copies: list[tuple[Spool, Path, Note]]) -> None:
+        for spool, path, _ in copies:
+            spool.remove([path])
+        self._spooled_keys.discard(key)
+        self._arrived.pop(key, None)
 
 
-def _plain(f: Finding) -> dict[str, Any]:
-    return json.loads(json.dumps(to_dict(f), default=str))  # type: ignore[no-any-return]
-
-
-def notifier_from_settings(settings: Any, spool_dir: Path,
-                           on_error: Callable[[str], None] | None = None) -> SlackNotifier | None:
-    """A notifier for ``settings.slack`` (a ``SlackSettings``), or None when no webhook
-    is configured. Raises OSError when the webhook file cannot be read."""
+def notifier_from_settings(settings: Any, spool_dir: Path, *, sends: bool = True,
+                           also: Sequence[Path] = (), always: bool = False,
+                           relay: Callable[[Note], None] | None = None,
+                           on_error: Callable[[str], None] | None = None,
+                           ) -> SlackNotifier | None:
+    """A notifier for ``settings.slack`` (a ``SlackSettings``), or None when Slack is not
+    the path of record (no webhook, or ``slack.delivery`` is ``alertmanager``). Raises
+    OSError when the webhook file cannot be read, ValueError when the URL cannot work
+    (``load_settings`` has said so already, at start). ``always``: whatever the path
+    of record (the ``alerts`` commands)."""
     cfg = settings.slack
+    if not (always or cfg.in_process()):
+        return None
     url = cfg.url()
     if not url:
         return None
-    return SlackNotifier(url, spool_dir, messages_per_second=cfg.messages_per_second,
+    if problem := webhook_problem(url):
+        raise ValueError(problem)
+    return SlackNotifier(url, spool_dir, also=also, sends=sends,
+                         messages_per_second=cfg.messages_per_second,
                          group_window_s=cfg.group_window_s, max_group=cfg.max_group,
                          timeout_s=cfg.timeout_s, repeat_interval_s=cfg.repeat_interval_s,
-                         verdicts=cfg.verdicts, grafana_url=cfg.grafana_url, on_error=on_error)
+                         verdicts=cfg.verdicts, silenced=cfg.silence,
+                         grafana_url=cfg.grafana_url, relay=relay, on_error=on_error)
 
 
-def spool_dirs(run_dir: Path) -> list[Path]:
-    """Every spool under a run directory (one per rank, one for the job)."""
-    root = run_dir / "slack-spool"
-    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+def job_notifier(settings: Any, run_dir: Path, rank: int, world_size: int,
+                 store: Callable[[], Any], on_error: Callable[[str], None] | None = None,
+                 ) -> tuple[SlackNotifier | None, StoreRelay | None]:
+    """The notifier of one rank of a job, and its relay to rank 0 in a multi-rank job:
+    rank 0 sends (its own notes and those relayed); the others spool and relay.
+    Raises as ``notifier_from_settings`` does."""
+    spool = run_dir / SPOOL / f"rank{rank}"
+    if world_size < 2:
+        return notifier_from_settings(settings, spool, on_error=on_error), None
+    relay = StoreRelay(rank, world_size, store, on_error=on_error)
+    notifier = notifier_from_settings(settings, spool, sends=rank == 0,
+                                      relay=relay.publish if rank else None,
+                                      on_error=on_error)
+    if notifier is None:
+        return None, None
+    if rank == 0:
+        relay.deliver = notifier.accept
+    return notifier, relay

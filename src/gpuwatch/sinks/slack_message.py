@@ -1,0 +1,393 @@
+"""What a Slack message says, readable in two seconds: a short header (verdict and
+job), the one-sentence summary, the evidence as labelled values with units, the
+projection ("now -> on H100 (range)", cost per 1M tokens now -> there), what to do
+and a link to the job's dashboard with its variables filled.
+
+Every user-controlled string is escaped for Slack (``&``, ``<``, ``>``: a job named
+``<!channel>`` pings nobody) and every Block Kit limit is kept (3000 characters a
+section, 150 a header, 10 fields, 50 blocks), cutting at a word.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+VERDICT_TITLES = {"move_to_h100": ":rocket: Move to H100", "fix_here": ":wrench: Fix it here",
+                  "info": ":information_source: For information"}
+STATE_PREFIX = {"resolved": "RESOLVED: ", "reminder": "still active: "}
+HEADER_CHARS = 150
+SECTION_CHARS = 3000
+TEXT_CHARS = 3000  # the plain-text fallback (notifications, old clients)
+MAX_BLOCKS = 50
+BLOCKS_PER_NOTE = 4  # section, evidence, context, (room for the link)
+BLOCK_FINDINGS = 10  # findings shown as blocks in one message; the text lists them all
+DASHBOARD_UID = "gpuwatch-job"
+TIMES, DASH = "\u00d7", "\u2013"  # shown in messages
+HIDDEN_EVIDENCE = frozenset({"last_step_time_seconds"})  # a timestamp, not a measurement
+
+
+def escape(text: object) -> str:
+    """Slack's three control characters escaped, so user text is shown, never parsed."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, cut at a word with an ellipsis, never
+    inside an escape (``&amp;``)."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    space = head.rfind(" ")
+    if space >= limit // 2:
+        head = head[:space]
+    amp = head.rfind("&")
+    if amp != -1 and ";" not in head[amp:]:
+        head = head[:amp]
+    return head.rstrip() + "…"
+
+
+# -- values with units --------------------------------------------------------------------
+
+def _pct(v: float) -> str:
+    return f"{v:.1%}" if 0 < abs(v) < 0.1 else f"{v:.0%}"
+
+
+def _seconds(v: float) -> str:
+    if abs(v) < 1:
+        return f"{v * 1000:.3g} ms"
+    if abs(v) < 120:
+        return f"{v:.3g} s"
+    if abs(v) < 2 * 3600:
+        return f"{v / 60:.3g} min"
+    return _hours(v / 3600)
+
+
+def _hours(v: float) -> str:
+    return f"{v:.3g} h" if abs(v) < 48 else f"{v / 24:.3g} days"
+
+
+def _bytes(v: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:.3g} {unit}"
+    return f"{v:.0f} B"
+
+
+def _rate(v: float) -> str:
+    return _bytes(v) + "/s"
+
+
+def _count(v: float) -> str:
+    return f"{v:,.0f}" if float(v).is_integer() else f"{v:.3g}"
+
+
+def _times(v: float) -> str:
+    return f"{v:.2g}{TIMES}"
+
+
+def _usd(v: float) -> str:
+    """Dollars with two significant digits below $1 ($0.00015), cents above."""
+    if v == 0 or abs(v) >= 1:
+        return f"${v:,.2f}"
+    decimals = 1 - math.floor(math.log10(abs(v)))
+    text = f"{v:.{decimals}f}"
+    return "$" + (text.rstrip("0") if decimals > 2 else text)
+
+
+UNITS: dict[str, Callable[[float], str]] = {
+    "pct": _pct, "s": _seconds, "h": _hours, "bytes": _bytes, "rate": _rate, "n": _count,
+    "x": _times, "usd": _usd}
+
+# Suffix -> unit for evidence no line below names (longest suffix first).
+SUFFIX_UNITS = (("_bytes_per_second", "rate"), ("_ratio", "pct"), ("_seconds", "s"),
+                ("_hours", "h"), ("_bytes", "bytes"), ("_total", "n"), ("_usd", "usd"),
+                ("_steps", "n"), ("_s", "s"))
+
+# Evidence lines: a label and a template over evidence keys ``{key:unit}``. A line is
+# shown when all its keys are present; keys no line took are shown one by one.
+EVIDENCE_LINES: tuple[tuple[str, str], ...] = (
+    ("Data wait", "{data_share_ratio:pct} of step, {data_seconds_per_step:s} of "
+                  "{step_seconds:s}"),
+    ("Data wait", "{data_share_ratio:pct} of step"),
+    ("Loader workers", "{workers:n}, {workers_cpu_ratio:pct} busy"),
+    ("Loader workers", "{workers:n}"),
+    ("Checkpoints", "{checkpoint_share_ratio:pct} of wall time, {saves_total:n} saves"),
+    ("Per save", "{seconds_per_save:s}, {bytes_per_save:bytes} at {save_bytes_per_second:rate}"),
+    ("Memory peak", "{memory_peak_ratio:pct} of the card, {memory_peak_bytes:bytes} of "
+                    "{memory_total_bytes:bytes}"),
+    ("Memory needed", "{memory_need_bytes:bytes}"),
+    ("Allocator retries", "{alloc_retries_total:n}"),
+    ("Out-of-memory errors", "{ooms_total:n}"),
+    ("Recompute", "{recompute_share_ratio:pct} of step"),
+    ("Batch size cut", "{batch_size_from:n} → {batch_size_to:n}"),
+    ("Stalled", "{stalled_seconds:s} (limit {bound_seconds:s}, median step "
+                "{median_step_seconds:s})"),
+    ("Waiting in a collective", "{in_collective_seconds:s}"),
+    ("Steps so far", "{steps_total:n}"),
+    ("Slow rank's compute", "{slow_compute_seconds:s} vs fastest {fastest_compute_seconds:s} "
+                            "({compute_ratio:x})"),
+    ("Collective wait", "slow rank {slow_collective_share_ratio:pct}, others "
+                        "{others_collective_share_ratio:pct} of step"),
+    ("Collective wait", "{collective_share_ratio:pct} of step, {collective_seconds_per_step:s} "
+                        "a step"),
+    ("Collective traffic", "{collective_bytes_per_step:bytes} a step"),
+    ("Wait spread across ranks", "{collective_share_spread_ratio:pct}"),
+    ("Remaining", "{remaining_steps:n} steps: {remaining_hours_now:h} here, "
+                  "{remaining_hours_target:h} on the target"),
+    ("Scaled out", "{remaining_hours_scaled:h} on {scale_out_gpus:n} GPUs"),
+    ("GPU busy", "{gpu_utilization_ratio:pct}"),
+)
+
+
+def _fields(template: str) -> list[tuple[str, str]]:
+    out = []
+    for part in template.split("{")[1:]:
+        key, _, unit = part.split("}", 1)[0].partition(":")
+        out.append((key, unit))
+    return out
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def evidence_lines(evidence: Mapping[str, Any], skip: frozenset[str] = frozenset()
+                   ) -> list[tuple[str, str]]:
+    """(label, value with units) for each piece of evidence; e.g. ``("Data wait",
+    "97% of step, 76 ms of 78 ms")``."""
+    left = {k: v for k, v in evidence.items() if k not in skip and k not in HIDDEN_EVIDENCE}
+    out: list[tuple[str, str]] = []
+    for label, template in EVIDENCE_LINES:
+        fields = _fields(template)
+        numbers = {key: _number(left.get(key)) for key, _ in fields}
+        if any(n is None for n in numbers.values()):
+            continue
+        text = template
+        for key, unit in fields:
+            text = text.replace(f"{{{key}:{unit}}}", UNITS[unit](numbers[key] or 0.0))
+            left.pop(key, None)
+        out.append((label, text))
+    for key, value in left.items():
+        out.append(_generic(str(key), value))
+    return out
+
+
+def _generic(key: str, value: Any) -> tuple[str, str]:
+    unit = next((u for suffix, u in SUFFIX_UNITS if key.endswith(suffix)), None)
+    name = key[: -len(next(s for s, u in SUFFIX_UNITS if u == unit and key.endswith(s)))] \
+        if unit else key
+    label = name.replace("_", " ").strip().capitalize() or key
+    number = _number(value)
+    if number is None:
+        return label, str(value)
+    return label, UNITS[unit](number) if unit else f"{number:.4g}"
+
+
+# -- the projection ----------------------------------------------------------------------
+
+def _find(projection: Mapping[str, Any], *parts: str, avoid: tuple[str, ...] = ()
+          ) -> float | None:
+    """The first numeric projection value whose key holds every part and no avoided one
+    (projections change shape; the message reads whatever is there)."""
+    for key, value in projection.items():
+        k = str(key).lower()
+        if all(p in k for p in parts) and not any(a in k for a in avoid):
+            number = _number(value)
+            if number is not None:
+                return number
+    return None
+
+
+def _range(projection: Mapping[str, Any], *parts: str) -> tuple[float, float] | None:
+    for low, high in (("low", "high"), ("min", "max"), ("lower", "upper")):
+        lo, hi = _find(projection, *parts, low), _find(projection, *parts, high)
+        if lo is not None and hi is not None:
+            return lo, hi
+    for key, value in projection.items():  # e.g. "speedup_range": [1.6, 2.2]
+        if all(p in str(key) for p in parts) and "range" in str(key) and \
+                isinstance(value, list | tuple) and len(value) == 2:
+            lo, hi = _number(value[0]), _number(value[1])
+            if lo is not None and hi is not None:
+                return lo, hi
+    return None
+
+
+def projection_line(projection: Mapping[str, Any]) -> str | None:
+    """"Step 78 ms now → 41 ms on H100 SXM (1.9x faster, 1.6 to 2.2x); cost per 1M tokens
+    $0.12 → $0.08", from whichever keys the projection carries; None when it says nothing."""
+    target = escape(projection.get("target") or "the target GPU")
+    bounds = ("low", "high", "min", "max", "lower", "upper", "range")
+    now = _find(projection, "step", "now", avoid=("cost", *bounds))
+    there = _find(projection, "step", "projected", avoid=("cost", *bounds))
+    speedup = _find(projection, "speedup", avoid=bounds)
+    spread = _range(projection, "speedup")
+    parts: list[str] = []
+    if now is not None and there is not None:
+        parts.append(f"Step {_seconds(now)} now → {_seconds(there)} on {target}")
+    elif speedup is not None or spread is not None:
+        parts.append(f"On {target}")
+    gain = []
+    if speedup is not None:
+        gain.append(_times(speedup))
+    if spread is not None:
+        gain.append(f"{spread[0]:.2g}{DASH}{_times(spread[1])}")
+    if gain and parts:
+        parts[-1] += f" ({', '.join(gain)} faster)"
+    cost = _cost_line(projection)
+    if cost:
+        parts.append(cost)
+    return "; ".join(parts) or None
+
+
+def _cost_line(projection: Mapping[str, Any]) -> str | None:
+    million = ("million", "1m", "mtok")
+    for marker in million:
+        now = _find(projection, "cost", marker, "now")
+        there = _find(projection, "cost", marker, "target")
+        if there is not None:
+            return _arrow("cost per 1M tokens", now, there)
+    tokens = _find(projection, "tokens_per_step")
+    now = _find(projection, "cost_per_step", "now", avoid=("low", "high"))
+    there = _find(projection, "cost_per_step", "target", avoid=("low", "high"))
+    if there is None:
+        return None
+    if tokens:
+        scale = 1e6 / tokens
+        return _arrow("cost per 1M tokens", None if now is None else now * scale, there * scale)
+    return _arrow("cost per step", now, there)
+
+
+def _arrow(what: str, now: float | None, there: float) -> str:
+    return f"{what} {_usd(now)} → {_usd(there)}" if now is not None else \
+        f"{what} there {_usd(there)}"
+
+
+# -- the message ------------------------------------------------------------------------
+
+def dashboard_link(grafana_url: str, finding: Mapping[str, Any]) -> str:
+    """The job dashboard with its job and rank variables filled in."""
+    query = [("var-job", str(finding.get("job") or ""))]
+    query += [("var-rank", str(r)) for r in finding.get("ranks") or [] if _number(r) is not None]
+    return (f"{grafana_url.rstrip('/')}/d/{DASHBOARD_UID}?"
+            + urllib.parse.urlencode(query))
+
+
+def headline(kind: str, finding: Mapping[str, Any]) -> str:
+    """One line: state, verdict, detector, job and ranks (escaped)."""
+    ranks = rank_list(finding.get("ranks") or [])
+    return escape(f"{STATE_PREFIX.get(kind, '')}[{finding.get('verdict')}] "
+                  f"{finding.get('detector')} on {finding.get('job') or 'a job'}"
+                  + (f" rank {ranks}" if ranks else "") + f": {finding.get('summary', '')}")
+
+
+def rank_list(ranks: Sequence[Any]) -> str:
+    """``[0, 1, 2, 3, 5]`` -> ``0-3,5`` (with an en dash)."""
+    numbers = sorted({int(r) for r in ranks if _number(r) is not None})
+    runs: list[list[int]] = []
+    for r in numbers:
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return ",".join(str(run[0]) if len(run) == 1 else f"{run[0]}{DASH}{run[-1]}"
+                    for run in runs)
+
+
+def merge_ranks(notes: Sequence[tuple[str, Mapping[str, Any]]]
+                ) -> list[tuple[str, Mapping[str, Any]]]:
+    """The same news from one detector on several ranks becomes one note naming every
+    rank (the first rank's evidence stands for the rest)."""
+    merged: dict[tuple[str, ...], tuple[str, dict[str, Any]]] = {}
+    out: list[tuple[str, Mapping[str, Any]]] = []
+    for kind, f in notes:
+        if kind == "test":
+            out.append((kind, f))
+            continue
+        group = (kind, str(f.get("detector")), str(f.get("verdict")), str(f.get("job")))
+        ranks = [r for r in f.get("ranks") or [] if _number(r) is not None]
+        if group in merged:
+            into = merged[group][1]
+            into["ranks"] = sorted({*into["ranks"], *ranks})
+        else:
+            merged[group] = (kind, {**f, "ranks": sorted(set(ranks))})
+            out.append(merged[group])
+    return out
+
+
+def message(notes: Sequence[tuple[str, Mapping[str, Any]]],
+            grafana_url: str | None = None) -> dict[str, Any]:
+    """A Block Kit message with a plain-text fallback for (kind, finding) pairs; one
+    detector's news from several ranks is merged into one."""
+    notes = merge_ranks(notes)
+    first = notes[0][1]
+    job = escape(first.get("job") or "a training job")
+    if len(notes) == 1:
+        kind, f = notes[0]
+        if kind == "test":
+            title = "gpuwatch: test message"
+        else:
+            verdict = VERDICT_TITLES.get(str(f.get("verdict")), escape(f.get("verdict")))
+            state = {"resolved": ":white_check_mark: Resolved", "reminder": f"{verdict} "
+                     "(still active)"}.get(kind, verdict)
+            title = f"{state}: {escape(f.get('detector'))} on {job}"
+    else:
+        title = f"gpuwatch: {len(notes)} findings on {job}"
+    lines = [headline(k, f) if k != "test" else escape(f.get("summary", "")) for k, f in notes]
+    text = "\n".join([f"gpuwatch: {lines[0]}"] if len(notes) == 1 else [title, *lines])
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": cut(title, HEADER_CHARS),
+                                    "emoji": True}}]
+    shown = notes[: min(BLOCK_FINDINGS, (MAX_BLOCKS - 3) // BLOCKS_PER_NOTE)]
+    for kind, f in shown:
+        blocks += note_blocks(kind, f, grafana_url)
+    if len(notes) > len(shown):
+        blocks.append(_context(f"+{len(notes) - len(shown)} more: see the text of this message"))
+    return {"text": cut(text, TEXT_CHARS), "blocks": blocks[:MAX_BLOCKS]}
+
+
+def note_blocks(kind: str, f: Mapping[str, Any], grafana_url: str | None = None
+                ) -> list[dict[str, Any]]:
+    """The blocks of one note: summary, evidence, projection and action, context."""
+    summary = escape(f.get("summary", ""))
+    if kind == "test":
+        return [_section(summary)]
+    detector = escape(f.get("detector"))
+    ranks = rank_list(f.get("ranks") or [])
+    label = "ranks" if len(f.get("ranks") or []) > 1 else "rank"
+    where = f"*{detector}*" + (f" · {label} {ranks}" if ranks else "")
+    if kind == "resolved":
+        return [_section(f"{where}\n{summary}\nThis has cleared.")]
+    body = [f"{where}\n{summary}"]
+    projection = f.get("projection")
+    projection = projection if isinstance(projection, Mapping) else {}
+    line = projection_line(projection) if projection else None
+    if line:
+        body.append(f"*Projection:* {line}")
+    if f.get("action"):
+        body.append(f"*What to do:* {escape(f.get('action'))}")
+    blocks = [_section("\n".join(body))]
+    evidence = f.get("evidence")
+    skip = frozenset({"speedup_ratio"}) if line else frozenset()
+    rows = evidence_lines(evidence, skip) if isinstance(evidence, Mapping) else []
+    if rows:
+        blocks.append({"type": "section", "fields": [
+            {"type": "mrkdwn", "text": cut(f"*{escape(label)}*\n{escape(value)}", 2000)}
+            for label, value in rows[:10]]})
+    context = [f"job {escape(f.get('job') or '?')}", f"severity {escape(f.get('severity'))}"]
+    if grafana_url:
+        context.append(f"<{escape(dashboard_link(grafana_url, f))}|dashboard>")
+    blocks.append(_context(" · ".join(context)))
+    return blocks
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": cut(text, SECTION_CHARS)}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": cut(text, SECTION_CHARS)}]}
