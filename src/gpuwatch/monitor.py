@@ -13,6 +13,7 @@ nothing here syncs the GPU, takes a lock, allocates a record or does I/O.
 
 from __future__ import annotations
 
+import itertools
 import os
 from types import TracebackType
 from typing import Any
@@ -43,13 +44,18 @@ class Span:
 
 
 class StepSpan(Span):
-    """A step: also marks the type of an exception leaving it (an OOM becomes an event)."""
+    """A step: its end carries the step's ordinal (lost marks leave a gap in the
+    numbers); also marks the type of an exception leaving it (an OOM becomes an event)."""
 
-    __slots__ = ()
+    __slots__ = ("_ends",)
+
+    def __init__(self, push: Any) -> None:
+        super().__init__(push, ring.STEP_BEGIN, ring.STEP_END)
+        self._ends = itertools.count(1)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._push(self._close)
+        self._push(self._close, next(self._ends))
         if exc_type is not None:
             self._push(ring.ERROR, exc_type.__name__)
 
@@ -76,7 +82,7 @@ class Monitor:
         self.agent = agent
         push = agent.ring.push
         self._push = push
-        self._step = StepSpan(push, ring.STEP_BEGIN, ring.STEP_END)
+        self._step = StepSpan(push)
         self._phases = {name: Span(push, code, -code) for name, code in ring.PHASES.items()}
         self._noop = Span(lambda code, value=None: None, 0, 0)
 
