@@ -87,34 +87,38 @@ class Monitor:
         self._noop = Span(lambda code, value=None: None, 0, 0)
 
     def step(self, samples: int | None = None, tokens: int | None = None) -> Span:
-        """The context of one training step; ``samples``/``tokens`` count its batch."""
-        if samples:
+        """The context of one training step; ``samples``/``tokens`` count its batch.
+        Counts are checked by the agent, never here (a tensor is not read: no sync)."""
+        if samples is not None:
             self._push(ring.SAMPLES, samples)
-        if tokens:
+        if tokens is not None:
             self._push(ring.TOKENS, tokens)
         return self._step
 
     def phase(self, name: str) -> Span:
         """The context of a phase: data, compute (or forward, backward), optimizer,
         checkpoint, collective, recompute."""
-        span = self._phases.get(name)
+        try:
+            span = self._phases.get(name)
+        except TypeError:  # an unhashable name: misuse, never an exception
+            span = None
         if span is None:
-            self.agent.faults.record("api", f"unknown phase {name!r}; choose from "
+            self.agent.faults.record("api", f"unknown phase {name!r:.60}; choose from "
                                      + ", ".join(ring.PHASES))
             return self._noop
         return span
 
     def checkpoint(self, path: str | os.PathLike[str] | None = None) -> Span:
         """The context of a checkpoint save; its size is read from ``path`` afterwards."""
-        if path is None:
+        if not isinstance(path, (str, os.PathLike)):
             return self._phases["checkpoint"]
         return CheckpointSpan(self._push, path)
 
-    def count(self, samples: int = 0, tokens: int = 0) -> None:
+    def count(self, samples: int | None = None, tokens: int | None = None) -> None:
         """Add samples or tokens to the current step (when not known at its start)."""
-        if samples:
+        if samples is not None:
             self._push(ring.SAMPLES, samples)
-        if tokens:
+        if tokens is not None:
             self._push(ring.TOKENS, tokens)
 
     def stop(self) -> None:
@@ -154,10 +158,23 @@ def _start(settings: dict[str, Any], environ: dict[str, str] | None) -> Monitor:
     if _current is not None and not _current.agent.stopped:
         return _current
     try:
-        agent = Agent(load_settings(**settings), environ=environ)
+        loaded = load_settings(**settings)
+        if not loaded.enabled:
+            return _inert()
+        agent = Agent(loaded, environ=environ)
     except ConfigError as exc:
         log.error("%s; gpuwatch is off for this run", exc)
-        return Monitor(Agent(Settings.model_construct(nvml=False)))
+        return _inert()
+    except Exception as exc:  # whatever else: the job runs on, unmonitored
+        log.error("gpuwatch could not start (%s: %s); gpuwatch is off for this run",
+                  type(exc).__name__, exc)
+        return _inert()
     _current = Monitor(agent)
     _current.agent.start()
     return _current
+
+
+def _inert() -> Monitor:
+    """A monitor whose marks go nowhere: its agent never starts, reads nothing, writes nothing."""
+    return Monitor(Agent(Settings.model_construct(enabled=False, nvml=False), nvml_library=None,
+                         memory_stats=None, environ={}))
