@@ -13,7 +13,6 @@ counted, so whatever a file holds, replay never fails on it.
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import types
 import typing
@@ -135,51 +134,84 @@ class RunLogReader:
 
 
 # -- what a valid record is: its fields' types, from the record classes themselves ------
+# JSON numbers decode as int or float (never NaN or inf: orjson rejects them), so a
+# field's plain types are checked with ``type(value) in (...)`` (bool is not an int
+# here); lists, dicts and literals with a predicate.
 
 Check = Callable[[Any], bool]
+_NUMBERS = frozenset({int, float})
+_PLAIN: dict[Any, tuple[type, ...]] = {float: (float, int), int: (int,), str: (str,),
+                                       type(None): (type(None),)}
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return type(v) in (float, int)
 
 
-def _integer(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _plain_types(hint: Any) -> tuple[type, ...] | None:
+    """The JSON types of a plain (optional) scalar annotation, else None."""
+    if hint in _PLAIN:
+        return _PLAIN[hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = [_plain_types(a) for a in typing.get_args(hint)]
+        if all(p is not None for p in parts):
+            return tuple(t for p in parts if p is not None for t in p)
+    return None
 
 
 def _check(hint: Any) -> Check:
     """A predicate for values of the annotated type (the few shapes records use)."""
+    plain = _plain_types(hint)
+    if plain is not None:
+        return lambda v: type(v) in plain
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is float:
-        return _number
-    if hint is int:
-        return _integer
-    if hint is str:
-        return lambda v: isinstance(v, str)
     if hint is typing.Any:
         return lambda v: True
     if origin is typing.Literal:
-        return lambda v: isinstance(v, str) and v in args
+        return lambda v: v in args and type(v) is str
     if origin in (typing.Union, types.UnionType):
         checks = [_check(a) for a in args]
         return lambda v: any(c(v) for c in checks)
-    if hint is type(None):
-        return lambda v: v is None
     if origin is list:
         item = _check(args[0])
-        return lambda v: isinstance(v, list) and all(item(x) for x in v)
+        return lambda v: type(v) is list and all(item(x) for x in v)
     if origin is dict:
+        if args[1] is float:  # readings and evidence: all numbers, checked in C
+            return lambda v: type(v) is dict and _NUMBERS.issuperset(map(type, v.values()))
         value = _check(args[1])
-        return lambda v: isinstance(v, dict) and all(
-            isinstance(k, str) and value(x) for k, x in v.items())
+        return lambda v: type(v) is dict and all(
+            type(k) is str and value(x) for k, x in v.items())
     raise TypeError(f"no run-log check for {hint!r}")
 
 
-_CHECKS: dict[str, dict[str, Check]] = {
-    cls.__name__.lower(): {f.name: _check(typing.get_type_hints(cls)[f.name])
-                           for f in dataclasses.fields(cls)}
-    for cls in (Meta, Step, Sample, Event, Finding)
-}
+def _spec(cls: type[Any]) -> tuple[frozenset[tuple[str, type]], frozenset[str], dict[str, Check]]:
+    """(field, JSON type) pairs a valid line may hold, the field names, and the deeper
+    checks of fields that are lists, dicts or literals."""
+    hints = typing.get_type_hints(cls)
+    pairs: set[tuple[str, type]] = set()
+    deep: dict[str, Check] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        plain = _plain_types(hint)
+        if plain is None:
+            deep[f.name] = _check(hint)
+            plain = _container_types(hint)
+        pairs.update((f.name, t) for t in plain)
+    deep.pop("kind")  # it selected the spec: known to be right
+    return frozenset(pairs), frozenset(n for n, _ in pairs), deep
+
+
+def _container_types(hint: Any) -> tuple[type, ...]:
+    """The JSON types a list, dict, literal or optional one of them decodes as."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for a in typing.get_args(hint) for t in _container_types(a))
+    if hint is type(None):
+        return (type(None),)
+    return {list: (list,), dict: (dict,), typing.Literal: (str,)}.get(origin, (object,))
+
+
+_SPECS = {cls.__name__.lower(): _spec(cls) for cls in (Meta, Step, Sample, Event, Finding)}
 
 # Event data that consumers read: the keys each event must have as numbers, and may have.
 _EVENT_NUMBERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -190,19 +222,33 @@ _EVENT_NUMBERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+
+
 def _record(obj: dict[str, Any]) -> Record | None:
     """The record a decoded line holds, or None when it is not a valid one."""
-    checks = _CHECKS.get(obj.get("kind"))  # type: ignore[arg-type]
-    if checks is None:
+    kind = obj.get("kind")
+    if kind == "step":  # the bulk of a log, where every field but its kind is a number
+        del obj["kind"]
+        if _NUMBERS.issuperset(map(type, obj.values())):
+            try:
+                return Step(**obj)
+            except TypeError:  # a newer schema's fields: the general path below
+                pass
+        obj["kind"] = kind
+    spec = _SPECS.get(kind) if type(kind) is str else None
+    if spec is None:
         return None
-    if obj["kind"] == "sample" and isinstance(obj.get("values"), dict):
+    pairs, names, deep = spec
+    values = obj.get("values")
+    if kind == "sample" and type(values) is dict and None in values.values():
         # a non-finite reading was written as null: that metric is absent, the rest stand
-        obj["values"] = {k: v for k, v in obj["values"].items() if v is not None}
-    for name, value in obj.items():
-        check = checks.get(name)
-        if check is not None and not check(value):
+        obj["values"] = {k: v for k, v in values.items() if v is not None}
+    if any(k in names and (k, type(v)) not in pairs for k, v in obj.items()):
+        return None  # a known field of the wrong type (unknown ones, a newer schema's, pass)
+    for name, check in deep.items():
+        if name in obj and not check(obj[name]):
             return None
-    if obj["kind"] == "event" and not _event_data_ok(obj.get("name"), obj.get("data", {})):
+    if kind == "event" and not _event_data_ok(obj.get("name"), obj.get("data", {})):
         return None
     try:
         return from_dict(obj)
@@ -218,6 +264,6 @@ def _event_data_ok(name: Any, data: dict[str, Any]) -> bool:
         return False
     if name == "topology":
         devices, gpus = data.get("devices", []), data.get("job_gpus", [])
-        return (isinstance(devices, list) and all(isinstance(d, dict) for d in devices)
-                and (gpus is None or isinstance(gpus, list)))
+        return (type(devices) is list and all(type(d) is dict for d in devices)
+                and (gpus is None or type(gpus) is list))
     return True
