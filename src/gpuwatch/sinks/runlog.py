@@ -111,8 +111,11 @@ class RunLogReader:
                 return lines or None
             if len(line) > MAX_LINE_BYTES:
                 self.skipped += 1
-                while line and not line.endswith(b"\n"):
-                    line = f.readline(MAX_LINE_BYTES)
+                line = b""
+                while True:
+                    piece = f.readline(1 << 16)
+                    if not piece or piece.endswith(b"\n"):
+                        break
                 continue
             if line.strip():
                 lines.append(line)
