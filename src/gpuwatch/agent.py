@@ -393,20 +393,29 @@ class Agent:
         records: list[Record] = []
         self._report_latency(records)
         self._drain(records, final=True)
-        if self._console is not None:
-            self._console.show(status_line(self.telemetry, time.time()))
-            self._console.close()
+        guarded = self._guarded  # one sink failing to close never stops the others
+        console, slack, nvml = self._console, self.slack, self._nvml
+        if console is not None:
+            guarded("console", lambda: console.show(status_line(self.telemetry, time.time())))
+            guarded("console", console.close)
         if self._writer is not None:
-            self._writer.close()
+            guarded("runlog", self._writer.close)  # a full disk fails here: counted
         if self.peers is not None:
-            self.peers.stop()
+            guarded("peers", self.peers.stop)
         if self.exporter is not None:
-            self.exporter.stop()
-        if self.slack is not None:  # a last chance; what is left stays spooled
-            self.slack.flush(timeout=min(0.5, max(deadline - time.monotonic() - 0.4, 0.0)))
-            self.slack.stop(timeout=0.2)
-        if self._nvml is not None:
-            self._nvml.shutdown(timeout=max(deadline - time.monotonic(), 0.0))
+            guarded("exporter", self.exporter.stop)
+        if slack is not None:  # a last chance; what is left stays spooled
+            guarded("slack", lambda: slack.flush(
+                timeout=min(0.5, max(deadline - time.monotonic() - 0.4, 0.0))))
+            guarded("slack", lambda: slack.stop(timeout=0.2))
+        if nvml is not None:
+            guarded("nvml", lambda: nvml.shutdown(timeout=max(deadline - time.monotonic(), 0.0)))
+
+    def _guarded(self, component: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception as exc:
+            self.faults.record(component, exc)
 
 
 # -- process lifecycle: stop at exit, go quiet after fork (no signal handler: see above) --

@@ -66,10 +66,11 @@ class RunLogWriter:
                 self.records += n
 
     def close(self) -> None:
+        """Flush and close; raises OSError when the last flush fails (a full disk)."""
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            file, self._file = self._file, None
+            if file is not None:
+                file.close()
 
 
 class RunLogReader:
