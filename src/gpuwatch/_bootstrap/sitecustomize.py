@@ -16,8 +16,13 @@ def _attach() -> None:
 
         install()
     except Exception as exc:
-        print(f"gpuwatch: zero-code attach failed ({type(exc).__name__}: {exc}); "
-              "running unmonitored", file=sys.stderr)
+        try:
+            from gpuwatch.redact import redact
+        except Exception:  # gpuwatch itself is broken: say only what failed
+            def redact(text: str) -> str:
+                return text.split(":", 1)[0]
+        print(redact(f"gpuwatch: zero-code attach failed ({type(exc).__name__}: {exc}); "
+                     "running unmonitored"), file=sys.stderr)
 
 
 def _chain() -> None:
