@@ -16,13 +16,18 @@ def _attach() -> None:
 
         install()
     except Exception as exc:
-        try:
-            from gpuwatch.redact import redact
-        except Exception:  # gpuwatch itself is broken: say only what failed
-            def redact(text: str) -> str:
-                return text.split(":", 1)[0]
-        print(redact(f"gpuwatch: zero-code attach failed ({type(exc).__name__}: {exc}); "
-                     "running unmonitored"), file=sys.stderr)
+        print(f"gpuwatch: zero-code attach failed ({_describe(exc)}); running unmonitored",
+              file=sys.stderr)
+
+
+def _describe(exc: Exception) -> str:
+    """The error, redacted; only its type when gpuwatch itself cannot be imported."""
+    try:
+        from gpuwatch.redact import redact
+
+        return redact(f"{type(exc).__name__}: {exc}")
+    except Exception:
+        return type(exc).__name__
 
 
 def _chain() -> None:
