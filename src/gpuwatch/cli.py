@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from gpuwatch._version import __version__
-from gpuwatch.config import ConfigError, Settings, load_settings
+from gpuwatch.config import ConfigError, Settings, disabled, load_settings
 from gpuwatch.redact import redact
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
@@ -137,8 +137,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = args.job or os.environ.get("GPUWATCH_JOB") or job_name(cmd)
     out = args.out or Path("runs") / f"{job}-{time.strftime('%Y%m%d-%H%M%S')}"
     env = dict(os.environ)
-    settings = load_settings(job=job, out_dir=out)  # what the child reads: fail here, not in it
-    if settings.enabled:
+    # what the child will read: fail here, not in it (unless gpuwatch is off)
+    settings = None if disabled(env) else load_settings(job=job, out_dir=out)
+    enabled = settings is not None and settings.enabled
+    if settings is not None and enabled:
         check_names(settings)
         env.update(GPUWATCH_JOB=job, GPUWATCH_OUT_DIR=str(out.resolve()))
         env["PYTHONPATH"] = os.pathsep.join(
@@ -152,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"gpuwatch: command not executable: {cmd[0]}", file=sys.stderr)
         return 126
     code = _wait_forwarding_signals(child)
-    if settings.enabled:
+    if enabled:
         _write_findings(out)
     return code
 

@@ -3,7 +3,8 @@ variables, ``gpuwatch.toml`` and ``[tool.gpuwatch]`` in ``pyproject.toml``
 (first wins, in that order). Every way settings can be wrong (an unknown key, a
 bad value, garbage where JSON is expected, a malformed TOML file) is a
 ``ConfigError`` whose message is one line naming the key and never a secret.
-``GPUWATCH_ENABLED=false`` turns gpuwatch off before anything else is read.
+``GPUWATCH_ENABLED=false`` turns the agent off before anything else is read
+(``disabled``); the offline commands still read the settings.
 """
 
 from __future__ import annotations
@@ -208,8 +209,8 @@ def replay_settings(recorded: dict[str, Any], settings: Settings) -> Settings:
 
 
 def disabled(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``enabled=False`` was passed or ``GPUWATCH_ENABLED`` says false (then
-    nothing else is read, so a broken setting cannot matter)."""
+    """Whether ``enabled=False`` was passed or ``GPUWATCH_ENABLED`` says false: the agent's
+    callers ask this before loading anything, so a broken setting cannot matter."""
     if overrides is not None and overrides.get("enabled") is False:
         return True
     return environ.get("GPUWATCH_ENABLED", "").strip().lower() in _FALSE
@@ -222,8 +223,6 @@ def load_settings(**overrides: Any) -> Settings:
     registered for redaction from here on.
     """
     register_environ(os.environ)
-    if disabled(os.environ, overrides):
-        return Settings.model_construct(enabled=False)
     unknown = unknown_env_keys(os.environ)
     if unknown:
         raise ConfigError("gpuwatch config: unknown environment variable " + ", ".join(unknown))

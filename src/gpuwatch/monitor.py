@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from gpuwatch.agent import Agent
-from gpuwatch.config import ConfigError, Settings, load_settings
+from gpuwatch.config import ConfigError, Settings, disabled, load_settings
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.patches import size_on_disk
@@ -157,6 +157,8 @@ def _start(settings: dict[str, Any], environ: dict[str, str] | None) -> Monitor:
     global _current
     if _current is not None and not _current.agent.stopped:
         return _current
+    if disabled(os.environ, settings):
+        return _inert()
     try:
         loaded = load_settings(**settings)
         if not loaded.enabled:

@@ -151,3 +151,13 @@ def test_enabled_false_turns_everything_off_even_with_broken_settings(
     assert code == 0, capsys.readouterr().err
     assert "_bootstrap" not in (clean_env / "started").read_text()  # no agent in the child
     assert not (clean_env / "out").exists()  # no run directory, no findings
+
+
+def test_enabled_false_in_the_config_file_turns_the_agent_off(
+        clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (clean_env / "gpuwatch.toml").write_text("enabled = false\n")
+    monitor = watch(out_dir=str(clean_env / "w"))
+    assert not monitor.agent.started and not (clean_env / "w").exists()
+    code = cli.main(["run", "--out", str(clean_env / "out"), "--", sys.executable, "-c",
+                     "raise SystemExit(7)"])
+    assert code == 7 and not (clean_env / "out").exists()
