@@ -161,10 +161,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def check_names(settings: Settings) -> None:
     """Every name a setting refers to (target_gpu, gpu_model, prices, detectors and their
-    thresholds) exists; ConfigError naming the first that does not."""
+    thresholds, the webhook file) exists; ConfigError naming the first that does not."""
     from gpuwatch.detection.engine import engine_from_settings
 
     engine_from_settings(settings, "rank")
+    try:
+        settings.slack.url()
+    except OSError as exc:
+        raise ConfigError(f"gpuwatch config: cannot read slack.webhook_url_file: "
+                          f"{exc.strerror}") from None
 
 
 def _write_findings(out: Path) -> None:

@@ -161,3 +161,14 @@ def test_enabled_false_in_the_config_file_turns_the_agent_off(
     code = cli.main(["run", "--out", str(clean_env / "out"), "--", sys.executable, "-c",
                      "raise SystemExit(7)"])
     assert code == 7 and not (clean_env / "out").exists()
+
+
+def test_gpuwatch_run_checks_the_webhook_file_before_starting_the_command(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GPUWATCH_SLACK__WEBHOOK_URL_FILE", str(clean_env / "no-such-file"))
+    code = cli.main(["run", "--out", str(clean_env / "out"), "--", sys.executable, "-c",
+                     "open('started', 'w')"])
+    err = capsys.readouterr().err
+    assert code == 2 and "slack.webhook_url_file" in err and len(err.splitlines()) == 1
+    assert not (clean_env / "started").exists()
