@@ -2,7 +2,7 @@
 
 ``FakeNvml`` mimics the pynvml module's surface that gpuwatch uses, with the
 same error type and constants, and can be told to fail per function the way
-real drivers do (NOT_SUPPORTED, GPU_IS_LOST, UNKNOWN) or to hang.
+real drivers do (NOT_SUPPORTED, GPU_IS_LOST, UNKNOWN, TIMEOUT) or to hang.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class FakeNvml:
     NVML_ERROR_NOT_SUPPORTED = 3
     NVML_ERROR_NO_PERMISSION = 4
     NVML_ERROR_FUNCTION_NOT_FOUND = 13
+    NVML_ERROR_TIMEOUT = 10
     NVML_ERROR_GPU_IS_LOST = 15
     NVML_ERROR_UNKNOWN = 999
     NVML_ERROR_DRIVER_NOT_LOADED = 9

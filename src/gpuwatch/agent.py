@@ -2,8 +2,12 @@
 a monotonic schedule and hands records to the sinks.
 
 It never raises into the job (every failure is counted in ``faults``), stops
-within ``STOP_TIMEOUT_S`` even when NVML hangs, and does nothing in a forked
-child (a DataLoader worker inherits it but never runs it).
+within ``STOP_TIMEOUT_S`` even when NVML hangs (never waiting on a thread known
+to be stuck, never calling into a hung library), and does nothing in a forked
+child (a DataLoader worker inherits it but never runs it). It installs no signal
+handler: SIGTERM ends the process as promptly as it would without gpuwatch,
+even inside a long C call, and the run log then misses at most the last
+``flush_interval_s`` of steps.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import signal
 import socket
 import sys
 import threading
@@ -20,7 +23,6 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from gpuwatch._version import __version__
@@ -36,6 +38,7 @@ from gpuwatch.probes.peers import PeerExchange, PeerView, job_store
 from gpuwatch.probes.peers import summary as peer_summary
 from gpuwatch.probes.topology import read_topology
 from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample
+from gpuwatch.redact import redact_argv
 from gpuwatch.sinks.console import ConsoleStatus, status_line
 from gpuwatch.sinks.prometheus import Exporter, ExporterState, node_name
 from gpuwatch.sinks.runlog import RunLogWriter
@@ -45,6 +48,7 @@ from gpuwatch.sinks.trackers import figures
 from gpuwatch.telemetry import Telemetry
 
 STOP_TIMEOUT_S = 2.0
+STUCK_CALL_S = 0.5  # an NVML call in flight this long is taken as hung
 LATENCY_REPORT_S = 60.0
 _DEFAULT = object()
 
@@ -106,6 +110,7 @@ class Agent:
         self.ring = MarkRing(settings.ring_capacity, wake=self._wake)
         self._stop = threading.Event()
         self._drain_lock = threading.Lock()
+        self._finishing = threading.Lock()  # the final flush runs once, by whoever gets here
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._env = env
@@ -141,25 +146,32 @@ class Agent:
         self._thread.start()
         _register(self)
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S, ended: bool = True) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Stop the thread, write what is left and close; returns within ``timeout`` seconds,
-        plus, when the process ``ended`` on its own, up to exporter.final_scrape_s for a
-        scrape to take the end-of-run marker."""
+        plus, when the endpoint is being scraped, up to exporter.final_scrape_s for a scrape
+        to take the end-of-run marker (a killed process exports none: it vanished)."""
         if self.stopped or os.getpid() != self._pid:
             return
         self.stopped = True
         deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(max(timeout - 0.5, 0.1))
-            if self._thread.is_alive():  # stuck in a probe call: finish from here
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            join_until = deadline - 0.5 * timeout
+            while thread.is_alive() and not self._stuck() and time.monotonic() < join_until:
+                thread.join(0.02)
+            if thread.is_alive():  # stuck in a probe call, or slow: finish from here
                 self.faults.record("agent", "agent thread did not stop in time (probe hang?)")
-                self._final_flush(max(deadline - time.monotonic(), 0.0))
-        if self.exporter is not None and ended:
-            self.exporter.finish(self.settings.exporter.final_scrape_s)
-        elif self.exporter is not None:
-            self.exporter.stop()
+                self._final_flush(deadline)
+        exporter = self.exporter
+        if exporter is not None:  # the end-of-run marker, for one last scrape to take
+            self._guarded("exporter",
+                          lambda: exporter.finish(self.settings.exporter.final_scrape_s))
+
+    def _stuck(self) -> bool:
+        """Whether the agent thread is known to be stuck (in an NVML call that hangs)."""
+        return self._nvml is not None and self._nvml.in_call_for() > STUCK_CALL_S
 
     # -- the thread ----------------------------------------------------------------
 
@@ -187,7 +199,7 @@ class Agent:
                 timeout = min(self.settings.flush_interval_s, max(next_sample - mono, 0.0))
                 self._wake.wait(timeout)
                 self._wake.clear()
-            self._final_flush(STOP_TIMEOUT_S)
+            self._final_flush(time.monotonic() + STOP_TIMEOUT_S)
         except Exception as exc:  # the thread dies, the job does not
             self.faults.record("agent", exc)
         finally:
@@ -200,7 +212,7 @@ class Agent:
         self._write([Meta(
             schema=SCHEMA_VERSION, gpuwatch=__version__, job=ident.job, host=ident.host,
             rank=ident.rank, local_rank=ident.local_rank, world_size=ident.world_size,
-            pid=self._pid, started=time.time(), argv=list(sys.argv),
+            pid=self._pid, started=time.time(), argv=redact_argv(sys.argv),
             torch=getattr(torch, "__version__", None),
             detection=detection_settings(self.settings),
         )])
@@ -398,30 +410,43 @@ class Agent:
             except Exception as exc:
                 self.faults.record("runlog", exc)
 
-    def _final_flush(self, timeout: float) -> None:
-        if not self._drain_lock.acquire(timeout=max(timeout, 0.01)):
-            return
+    def _final_flush(self, deadline: float) -> None:
+        """Write what is left and close every sink by ``deadline`` (monotonic seconds);
+        once, by the agent thread or by ``stop`` when that thread is stuck."""
+        if not self._finishing.acquire(blocking=False):
+            return  # the other side is doing it
+        if not self._drain_lock.acquire(timeout=max(deadline - time.monotonic() - 0.5, 0.01)):
+            return  # a drain holds it (a write stuck on a full disk?): leave the rest as is
         self._drain_lock.release()
         records: list[Record] = []
         self._report_latency(records)
         self._drain(records, final=True)
-        if self._console is not None:
-            self._console.show(status_line(self.telemetry, time.time()))
-            self._console.close()
+        guarded = self._guarded  # one sink failing to close never stops the others
+        console, slack, nvml = self._console, self.slack, self._nvml
+        if console is not None:
+            guarded("console", lambda: console.show(status_line(self.telemetry, time.time())))
+            guarded("console", console.close)
         if self._writer is not None:
-            self._writer.close()
+            guarded("runlog", self._writer.close)  # a full disk fails here: counted
         if self.peers is not None:
-            self.peers.stop()
+            guarded("peers", self.peers.stop)
         if self._slack_relay is not None:
-            self._slack_relay.stop()
-        if self.slack is not None:  # a last chance; what is left stays spooled
-            self.slack.flush(timeout=0.5)
-            self.slack.stop(timeout=0.2)
-        if self._nvml is not None:
-            self._nvml.shutdown()
+            guarded("slack", self._slack_relay.stop)
+        if slack is not None:  # a last chance; what is left stays spooled
+            guarded("slack", lambda: slack.flush(
+                timeout=min(0.5, max(deadline - time.monotonic() - 0.4, 0.0))))
+            guarded("slack", lambda: slack.stop(timeout=0.2))
+        if nvml is not None:
+            guarded("nvml", lambda: nvml.shutdown(timeout=max(deadline - time.monotonic(), 0.0)))
+
+    def _guarded(self, component: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception as exc:
+            self.faults.record(component, exc)
 
 
-# -- process lifecycle: stop at exit and on SIGTERM, go quiet after fork ----------------
+# -- process lifecycle: stop at exit, go quiet after fork (no signal handler: see above) --
 
 _agents: weakref.WeakSet[Agent] = weakref.WeakSet()
 _lifecycle_installed = False
@@ -435,24 +460,13 @@ def _register(agent: Agent) -> None:
     _lifecycle_installed = True
     atexit.register(stop_all)
     os.register_at_fork(after_in_child=_agents.clear)
-    if threading.current_thread() is threading.main_thread():
-        with contextlib.suppress(ValueError, OSError):
-            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def stop_all(ended: bool = True) -> None:
-    """Stop every agent of this process (at exit; safe to call twice). ``ended``: the
-    process ends on its own (not killed), so the end-of-run marker is exported."""
+def stop_all() -> None:
+    """Stop every agent of this process (at exit; safe to call twice)."""
     for agent in list(_agents):
         try:
-            agent.stop(ended=ended)
+            agent.stop()
         except Exception as exc:  # never let shutdown raise
             log.warning("gpuwatch: stop failed: %s", exc)
 
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Flush the run logs, then die of SIGTERM as the job would have without us."""
-    stop_all(ended=False)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)

@@ -1,7 +1,8 @@
 """The ``gpuwatch`` command: run | demo | analyze | report | compare | doctor | ...
 
-User errors (bad arguments, bad config, a command that does not exist) print
-one line and exit 2 (127 for a missing command); never a traceback.
+User errors (bad arguments, bad config, a command that does not exist, a file
+that cannot be read or written) print one line and exit 2 (127 for a missing
+command); never a traceback. Everything printed is redacted (``gpuwatch.redact``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gpuwatch._version import __version__
-from gpuwatch.config import ConfigError, load_settings
+from gpuwatch.config import ConfigError, Settings, disabled, load_settings
+from gpuwatch.redact import redact
 
 if TYPE_CHECKING:
     from gpuwatch.detection.compare import Comparison
@@ -36,7 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except (UserError, ConfigError) as exc:
-        print(f"gpuwatch: {exc}" if isinstance(exc, UserError) else str(exc), file=sys.stderr)
+        text = f"gpuwatch: {exc}" if isinstance(exc, UserError) else str(exc)
+        print(redact(text), file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be read or written: one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(redact(f"gpuwatch: {exc.strerror or exc}{where}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -154,10 +161,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = args.job or os.environ.get("GPUWATCH_JOB") or job_name(cmd)
     out = args.out or Path("runs") / f"{job}-{time.strftime('%Y%m%d-%H%M%S')}"
     env = dict(os.environ)
-    env.update(GPUWATCH_JOB=job, GPUWATCH_OUT_DIR=str(out.resolve()))
-    load_settings(job=job, out_dir=out)  # what the child will read: fail here, not in it
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(BOOTSTRAP_DIR), env.get("PYTHONPATH", "")) if p)
+    # what the child will read: fail here, not in it (unless gpuwatch is off)
+    settings = None if disabled(env) else load_settings(job=job, out_dir=out)
+    enabled = settings is not None and settings.enabled
+    if settings is not None and enabled:
+        check_names(settings)
+        env.update(GPUWATCH_JOB=job, GPUWATCH_OUT_DIR=str(out.resolve()))
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(BOOTSTRAP_DIR), env.get("PYTHONPATH", "")) if p)
     try:
         child = subprocess.Popen(cmd, env=env)
     except FileNotFoundError:
@@ -167,8 +178,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"gpuwatch: command not executable: {cmd[0]}", file=sys.stderr)
         return 126
     code = _wait_forwarding_signals(child)
-    _write_findings(out)
+    if enabled:
+        _write_findings(out)
     return code
+
+
+def check_names(settings: Settings) -> None:
+    """Every name a setting refers to (target_gpu, gpu_model, prices, detectors and their
+    thresholds, the webhook file) exists; ConfigError naming the first that does not."""
+    from gpuwatch.detection.engine import engine_from_settings
+
+    engine_from_settings(settings, "rank")
+    try:
+        settings.slack.url()
+    except OSError as exc:
+        raise ConfigError(f"gpuwatch config: cannot read slack.webhook_url_file: "
+                          f"{exc.strerror}") from None
 
 
 def _write_findings(out: Path) -> None:
@@ -187,7 +212,8 @@ def _write_findings(out: Path) -> None:
         _notify_job_findings(out, [f for f in result.findings
                                    if f.detector in JOB_DETECTORS and f.fingerprint not in told])
     except Exception as exc:  # the run's exit status must stay the command's
-        print(f"gpuwatch: could not analyse {out}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(redact(f"gpuwatch: could not analyse {out}: {type(exc).__name__}: {exc}"),
+              file=sys.stderr)
         return
     verdicts = ", ".join(f"{f.detector} [{f.verdict}]" for f in result.findings) or "none"
     print(f"gpuwatch: run log in {out}; findings: {verdicts}", file=sys.stderr)
@@ -255,6 +281,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         result = analyze(list(args.runlogs), load_settings())
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:  # unreadable (permissions, a directory, an I/O error)
+        raise UserError(f"cannot read {exc.filename or 'a run log'}: "
+                        f"{exc.strerror or exc}") from None
     print(findings_json(result.findings) if args.json else findings_text(result.findings))
     if result.skipped_lines:
         print(f"gpuwatch: skipped {result.skipped_lines} unreadable line(s) in "
@@ -342,7 +371,7 @@ def cmd_dashboards_push(args: argparse.Namespace) -> int:
         pushed = push(url, token, args.folder or grafana.folder)
     except Exception as exc:  # HTTP and connection errors: one line, token never shown
         raise UserError(f"dashboards push to {url} failed: {type(exc).__name__}: "
-                        f"{str(exc).replace(token, '***')}") from None
+                        f"{exc}") from None  # main() redacts the token in every form
     print(f"pushed {', '.join(pushed)} to {url}")
     return 0
 

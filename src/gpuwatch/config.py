@@ -1,11 +1,16 @@
 """Configuration: one settings model read from arguments, GPUWATCH_* environment
 variables, ``gpuwatch.toml`` and ``[tool.gpuwatch]`` in ``pyproject.toml``
-(first wins, in that order). Unknown keys are errors, named in one line.
+(first wins, in that order). Every way settings can be wrong (an unknown key, a
+bad value, garbage where JSON is expected, a malformed TOML file) is a
+``ConfigError`` whose message is one line naming the key and never a secret.
+``GPUWATCH_ENABLED=false`` turns the agent off before anything else is read
+(``disabled``); the offline commands still read the settings.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,8 +22,14 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     PyprojectTomlConfigSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
+
+from gpuwatch.redact import SECRET_NAME, redact, register, register_environ
+
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+_SECRET_SECTIONS = frozenset({"slack", "grafana"})  # never echo what was given for these
 
 
 class ConfigError(ValueError):
@@ -27,12 +38,12 @@ class ConfigError(ValueError):
 
 def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
     """A secret given directly, else read from a file (stripped); None when neither.
-    Raises OSError when the file cannot be read."""
-    if value is not None:
-        return value.get_secret_value()
-    if path is not None:
-        return path.read_text().strip() or None
-    return None
+    Either way it is registered for redaction. Raises OSError when the file cannot be read."""
+    secret = value.get_secret_value() if value is not None else None
+    if secret is None and path is not None:
+        secret = path.read_text().strip() or None
+    register(secret)
+    return secret
 
 
 class ExporterSettings(BaseModel):
@@ -158,6 +169,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
+    enabled: bool = Field(default=True, description="false: gpuwatch does nothing at all.")
     job: str = Field(default="train", min_length=1, max_length=128,
                      description="Job name: the `training_job` label, the run directory prefix.")
     out_dir: Path | None = Field(default=None,
@@ -261,14 +273,38 @@ def detection_settings(settings: Settings) -> dict[str, Any]:
 
 def replay_settings(recorded: dict[str, Any], settings: Settings) -> Settings:
     """Settings for replaying a run: what the run recorded, except where the analysing
-    user set a detection setting explicitly (argument, environment or config file)."""
+    user set a detection setting explicitly (argument, environment or config file).
+    A recorded value that is not valid (a damaged log) is left out: the caller's holds.
+    """
     explicit = settings.model_fields_set & DETECTION_KEYS
     update = {k: v for k, v in recorded.items() if k in DETECTION_KEYS and k not in explicit}
-    return Settings.model_validate({**settings.model_dump(), **update})
+    base = settings.model_dump()
+    try:
+        return Settings.model_validate({**base, **update})
+    except ValidationError as exc:
+        bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+    good = {k: v for k, v in update.items() if k not in bad}
+    try:
+        return Settings.model_validate({**base, **good})
+    except ValidationError:
+        return settings
+
+
+def disabled(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``enabled=False`` was passed or ``GPUWATCH_ENABLED`` says false: the agent's
+    callers ask this before loading anything, so a broken setting cannot matter."""
+    if overrides is not None and overrides.get("enabled") is False:
+        return True
+    return environ.get("GPUWATCH_ENABLED", "").strip().lower() in _FALSE
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings from every source; raise ConfigError with a one-line message."""
+    """Read settings from every source; raise ConfigError with a one-line message.
+
+    Secrets found (in the settings or in secret-named environment variables) are
+    registered for redaction from here on.
+    """
+    register_environ(os.environ)
     unknown = unknown_env_keys(os.environ)
     if unknown:
         raise ConfigError("gpuwatch config: unknown environment variable " + ", ".join(unknown))
@@ -276,18 +312,49 @@ def load_settings(**overrides: Any) -> Settings:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(describe_settings_error(exc, os.environ)) from None
+    except (ValueError, TypeError) as exc:  # any other source failure: still one line
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(redact(f"gpuwatch config: {type(exc).__name__}: {exc}")) from None
+    for secret in (settings.slack.webhook_url, settings.grafana.token):
+        if secret is not None:
+            register(secret.get_secret_value())
     if problem := settings.slack.problem():  # a webhook that cannot work: say so at start
         raise ConfigError(f"gpuwatch config: {problem}")
     return settings
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line per ValidationError, naming each bad key and what is wrong with it."""
+    """One line naming each bad key and what is wrong with it; what was given is shown
+    only when it is a short plain value of a setting that holds no secret."""
     parts = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "<root>"
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key '{key}'")
-        else:
-            parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
-    return "gpuwatch config: " + "; ".join(parts)
+            continue
+        value = err.get("input")
+        secret = (bool(loc) and loc[0] in _SECRET_SECTIONS) or any(SECRET_NAME.match(p)
+                                                                  for p in loc)
+        shown = (not secret and isinstance(value, (int, float, str, type(None)))
+                 and len(repr(value)) <= 80)
+        parts.append(f"{key}: {err['msg']}" + (f" (got {value!r})" if shown else ""))
+    return redact("gpuwatch config: " + "; ".join(parts).replace("\n", " "))
+
+
+def describe_settings_error(exc: SettingsError, environ: Mapping[str, str]) -> str:
+    """pydantic-settings' parse failure (JSON garbage in a GPUWATCH_* variable), as one
+    line naming the variables involved, never their values."""
+    match = re.search(r'field "(\w+)" from source "(\w+)"', str(exc))
+    if match is None:
+        return redact(f"gpuwatch config: {exc}".replace("\n", " "))
+    field, source = match.groups()
+    if source != "EnvSettingsSource":
+        return f"gpuwatch config: {field}: cannot parse the value from {source}"
+    prefix = f"GPUWATCH_{field.upper()}"
+    names = sorted(n for n in environ if n.upper() == prefix or n.upper().startswith(prefix + "__"))
+    return (f"gpuwatch config: {', '.join(names) or prefix}: not valid for '{field}' "
+            "(lists and tables are JSON, e.g. GPUWATCH_GPUS='[0,1]')")

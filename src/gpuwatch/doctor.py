@@ -35,7 +35,7 @@ def report(nvml_library: Any = None) -> list[tuple[str, str]]:
         nvlink_pairs = [p for p in topo["p2p"] if p["nvlink"]]
         rows.append(("P2P over NVLink", f"{len(nvlink_pairs)} of {len(topo['p2p'])} GPU pairs"))
     finally:
-        nvml.shutdown()
+        nvml.shutdown(timeout=1.0)
     return rows
 
 

@@ -1,6 +1,7 @@
 """Counting the agent's own failures: each is counted per component and logged once.
 
 No exception from gpuwatch reaches the training code; this is where they go.
+Every message of the ``gpuwatch`` logger is redacted (``gpuwatch.redact``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ import logging
 import threading
 from collections import Counter
 
+from gpuwatch.redact import RedactingFilter
+
 log = logging.getLogger("gpuwatch")
+if not any(isinstance(f, RedactingFilter) for f in log.filters):
+    log.addFilter(RedactingFilter())
 
 
 class FaultLog:

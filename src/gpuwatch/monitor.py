@@ -13,12 +13,13 @@ nothing here syncs the GPU, takes a lock, allocates a record or does I/O.
 
 from __future__ import annotations
 
+import itertools
 import os
 from types import TracebackType
 from typing import Any
 
 from gpuwatch.agent import Agent
-from gpuwatch.config import ConfigError, Settings, load_settings
+from gpuwatch.config import ConfigError, Settings, disabled, load_settings
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.patches import size_on_disk
@@ -43,13 +44,18 @@ class Span:
 
 
 class StepSpan(Span):
-    """A step: also marks the type of an exception leaving it (an OOM becomes an event)."""
+    """A step: its end carries the step's ordinal (lost marks leave a gap in the
+    numbers); also marks the type of an exception leaving it (an OOM becomes an event)."""
 
-    __slots__ = ()
+    __slots__ = ("_ends",)
+
+    def __init__(self, push: Any) -> None:
+        super().__init__(push, ring.STEP_BEGIN, ring.STEP_END)
+        self._ends = itertools.count(1)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._push(self._close)
+        self._push(self._close, next(self._ends))
         if exc_type is not None:
             self._push(ring.ERROR, exc_type.__name__)
 
@@ -76,39 +82,43 @@ class Monitor:
         self.agent = agent
         push = agent.ring.push
         self._push = push
-        self._step = StepSpan(push, ring.STEP_BEGIN, ring.STEP_END)
+        self._step = StepSpan(push)
         self._phases = {name: Span(push, code, -code) for name, code in ring.PHASES.items()}
         self._noop = Span(lambda code, value=None: None, 0, 0)
 
     def step(self, samples: int | None = None, tokens: int | None = None) -> Span:
-        """The context of one training step; ``samples``/``tokens`` count its batch."""
-        if samples:
+        """The context of one training step; ``samples``/``tokens`` count its batch.
+        Counts are checked by the agent, never here (a tensor is not read: no sync)."""
+        if samples is not None:
             self._push(ring.SAMPLES, samples)
-        if tokens:
+        if tokens is not None:
             self._push(ring.TOKENS, tokens)
         return self._step
 
     def phase(self, name: str) -> Span:
         """The context of a phase: data, compute (or forward, backward), optimizer,
         checkpoint, collective, recompute."""
-        span = self._phases.get(name)
+        try:
+            span = self._phases.get(name)
+        except TypeError:  # an unhashable name: misuse, never an exception
+            span = None
         if span is None:
-            self.agent.faults.record("api", f"unknown phase {name!r}; choose from "
+            self.agent.faults.record("api", f"unknown phase {name!r:.60}; choose from "
                                      + ", ".join(ring.PHASES))
             return self._noop
         return span
 
     def checkpoint(self, path: str | os.PathLike[str] | None = None) -> Span:
         """The context of a checkpoint save; its size is read from ``path`` afterwards."""
-        if path is None:
+        if not isinstance(path, (str, os.PathLike)):
             return self._phases["checkpoint"]
         return CheckpointSpan(self._push, path)
 
-    def count(self, samples: int = 0, tokens: int = 0) -> None:
+    def count(self, samples: int | None = None, tokens: int | None = None) -> None:
         """Add samples or tokens to the current step (when not known at its start)."""
-        if samples:
+        if samples is not None:
             self._push(ring.SAMPLES, samples)
-        if tokens:
+        if tokens is not None:
             self._push(ring.TOKENS, tokens)
 
     def summary(self) -> dict[str, float]:
@@ -155,11 +165,26 @@ def _start(settings: dict[str, Any], environ: dict[str, str] | None) -> Monitor:
     global _current
     if _current is not None and not _current.agent.stopped:
         return _current
+    if disabled(os.environ, settings):
+        return _inert()
     try:
-        agent = Agent(load_settings(**settings), environ=environ)
+        loaded = load_settings(**settings)
+        if not loaded.enabled:
+            return _inert()
+        agent = Agent(loaded, environ=environ)
     except ConfigError as exc:
         log.error("%s; gpuwatch is off for this run", exc)
-        return Monitor(Agent(Settings.model_construct(nvml=False)))
+        return _inert()
+    except Exception as exc:  # whatever else: the job runs on, unmonitored
+        log.error("gpuwatch could not start (%s: %s); gpuwatch is off for this run",
+                  type(exc).__name__, exc)
+        return _inert()
     _current = Monitor(agent)
     _current.agent.start()
     return _current
+
+
+def _inert() -> Monitor:
+    """A monitor whose marks go nowhere: its agent never starts, reads nothing, writes nothing."""
+    return Monitor(Agent(Settings.model_construct(enabled=False, nvml=False), nvml_library=None,
+                         memory_stats=None, environ={}))

@@ -4,7 +4,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from gpuwatch.records import Record, Step
 from gpuwatch.sinks.runlog import RunLogReader
+from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -39,14 +39,15 @@ def free_port() -> int:
 
 def wait_until_up(url: str, seconds: float = 30) -> None:
     """Poll ``url`` until it answers (a server we just started)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         try:
             urllib.request.urlopen(url, timeout=1)
-            return
         except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not come up in {seconds:g} s")
+            return False
+        return True
+
+    wait_for(answers, seconds, f"{url} to come up", poll_s=0.2)
 
 
 def read(path: Path) -> list[Record]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from gpuwatch.config import Settings
 from gpuwatch.detection.alerts import promtool_tests
 from gpuwatch.detection.rules import load_rules
 from tests.integration.conftest import ROOT, free_port, wait_until_up
+from tests.wait import wait_for
 from tests.webhook import webhook
 
 pytestmark = pytest.mark.integration
@@ -79,9 +79,8 @@ def test_firing_gpuwatch_alert_is_routed_to_slack(tmp_path: Path) -> None:
                                              headers={"Content-Type": "application/json"},
                                              method="POST")
             assert urllib.request.urlopen(request, timeout=5).status == 200
-            deadline = time.monotonic() + 30
-            while not hook.delivered and time.monotonic() < deadline:
-                time.sleep(0.2)
+            wait_for(lambda: hook.delivered, 30, "Alertmanager calling the Slack webhook",
+                     poll_s=0.2)
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,22 +14,27 @@ from tests.integration.conftest import SCRIPTS, gpuwatch_cmd, read, run, steps
 pytestmark = pytest.mark.integration
 
 
-def test_plain_script_gets_steps_whose_phases_add_up(tmp_path: Path, example: Path) -> None:
+def test_plain_script_gets_steps_whose_measured_phases_fit_inside_them(
+        tmp_path: Path, example: Path) -> None:
     out = tmp_path / "out"
+    started = time.monotonic()
     proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
                             str(example / "plain_train.py"), "--steps", "60", "--exit-code", "3"),
                cwd=tmp_path)
+    elapsed = time.monotonic() - started
     assert proc.returncode == 3, proc.stderr  # the command's exit status is ours
     records = read(out / "run.jsonl")
     meta = records[0]
     assert isinstance(meta, Meta) and meta.job == "plain_train"
     got = steps(records)
     assert len(got) == 60
+    # compute is what the measured phases leave of each step, so their sum is the wall
+    # time by construction; what can be wrong is a measured phase outgrowing its step
     for s in got:
-        parts = s.data_s + s.compute_s + s.optimizer_s + s.checkpoint_s
-        assert abs(parts - s.wall_s) <= 0.05 * s.wall_s
+        assert s.data_s + s.optimizer_s + s.checkpoint_s <= s.wall_s * (1 + 1e-9)
         assert s.samples == 64
-        assert s.data_s > 0 and s.optimizer_s > 0
+        assert s.data_s > 0 and s.optimizer_s > 0 and s.compute_s > 0
+    assert 0 < sum(s.wall_s for s in got) < elapsed  # seconds, measured from outside
     saves = [e for e in records if isinstance(e, Event) and e.name == "checkpoint_save"]
     assert len(saves) == 3  # every 20 steps
     assert all(e.data["bytes"] > 1_000_000 and e.data["seconds"] > 0 for e in saves)

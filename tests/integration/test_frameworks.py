@@ -1,5 +1,6 @@
 """Real Lightning and Hugging Face trainers on CPU with the one-line callback: every
-step in the run log, the phases adding up, checkpoint saves seen, the plan known."""
+step in the run log, its measured phases fitting inside it, checkpoint saves seen,
+the plan known."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ pytestmark = pytest.mark.integration
 torch = pytest.importorskip("torch")
 
 
-def phases_add_up(s: Step) -> bool:
-    parts = s.data_s + s.compute_s + s.optimizer_s + s.checkpoint_s + s.other_s
-    return abs(parts - s.wall_s) <= 1e-6 + 0.05 * s.wall_s
+def phases_fit_in_step(s: Step) -> bool:
+    """The measured phases (all marked here) do not overlap beyond the step's wall time.
+    ``other_s`` is derived (what they leave), so adding it in would prove nothing."""
+    measured = s.data_s + s.compute_s + s.optimizer_s + s.checkpoint_s
+    return measured <= 1e-6 + 1.05 * s.wall_s
 
 
 def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
@@ -55,7 +58,7 @@ def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
     records = read(tmp_path / "run" / "run.jsonl")
     steps = [r for r in records if isinstance(r, Step)]
     assert len(steps) == 300
-    assert all(phases_add_up(s) for s in steps)
+    assert all(phases_fit_in_step(s) for s in steps)
     assert all(s.samples == 16 and s.compute_s > 0 and s.optimizer_s > 0 for s in steps)
     assert sum(s.data_s > 0 for s in steps) == 300
     saves = [e for e in records if isinstance(e, Event) and e.name == "checkpoint_save"]
@@ -87,7 +90,7 @@ def test_huggingface_trainer_with_the_callback(tmp_path: Path) -> None:
     records = read(tmp_path / "run" / "run.jsonl")
     steps = [r for r in records if isinstance(r, Step)]
     assert len(steps) == 60
-    assert all(phases_add_up(s) for s in steps)
+    assert all(phases_fit_in_step(s) for s in steps)
     assert all(s.compute_s > 0 and s.optimizer_s > 0 and s.data_s > 0 for s in steps)
     saves = [e for e in records if isinstance(e, Event) and e.name == "checkpoint_save"]
     assert len(saves) == 3 and all(e.data["bytes"] > 50_000 and e.data["seconds"] > 0

@@ -14,6 +14,7 @@ from gpuwatch.monitor import Monitor, watch
 from gpuwatch.records import Event, Meta, Record, Sample, Step
 from gpuwatch.sinks.runlog import RunLogReader
 from tests.fakes import FakeGpu, FakeNvml
+from tests.wait import wait_for
 
 
 def run_agent(tmp_path: Path, steps: int = 20, lib: Any = None,
@@ -24,10 +25,18 @@ def run_agent(tmp_path: Path, steps: int = 20, lib: Any = None,
     agent.start()
     for _ in range(steps):
         with monitor.step(samples=4), monitor.phase("compute"):
-            time.sleep(0.005)
-    time.sleep(0.15)
+            time.sleep(0.005)  # the step's work
+    wait_for(lambda: sample_rounds(agent) >= 2, 10, "two sample rounds")
     agent.stop()
     return agent, list(RunLogReader(agent.runlog_path))
+
+
+def sample_rounds(agent: Agent) -> int:
+    """Sampling rounds in the run log so far (each writes one agent sample)."""
+    if not agent.runlog_path.exists():
+        return 0
+    return sum(isinstance(r, Sample) and r.source == "agent"
+               for r in RunLogReader(agent.runlog_path))
 
 
 def of(records: list[Record], kind: type) -> list[Any]:
@@ -72,9 +81,7 @@ def test_stop_returns_within_two_seconds_while_nvml_hangs(tmp_path: Path) -> Non
     agent = Agent(s, nvml_library=lib, memory_stats=None, environ={})
     monitor = Monitor(agent)
     agent.start()
-    deadline = time.monotonic() + 5
-    while lib.calls["nvmlDeviceGetUtilizationRates"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: lib.calls["nvmlDeviceGetUtilizationRates"], 5, "the hanging call")
     for _ in range(10):
         with monitor.step():
             pass
@@ -97,7 +104,7 @@ def test_allocator_probe_runs_on_the_agent_thread(tmp_path: Path) -> None:
     s = Settings(out_dir=tmp_path, sample_interval_s=0.05)
     agent = Agent(s, nvml_library=None, memory_stats=memory_stats, environ={})
     agent.start()
-    time.sleep(0.3)
+    wait_for(lambda: len(calls) >= 2, 10, "two allocator reads")
     agent.stop()
     records = list(RunLogReader(agent.runlog_path))
     alloc = [r for r in of(records, Sample) if r.source == "allocator"]

@@ -6,18 +6,21 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from gpuwatch.probes.host import HostProbe
+from tests.wait import wait_for
 
 
 def test_children_cpu_and_process_memory() -> None:
     probe = HostProbe(rank=0)
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        time.sleep(0.3)
+        wait_for(lambda: sum(psutil.Process(burner.pid).cpu_times()[:2]) > 0.1, 10,
+                 "the burner to run")
         probe.sample(time.time(), time.monotonic())
-        time.sleep(1.0)
+        time.sleep(1.0)  # the interval the CPU ratio is measured over
         (s,) = probe.sample(time.time(), time.monotonic())
         assert burner.pid in probe.pids()
     finally:

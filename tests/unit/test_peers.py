@@ -11,6 +11,7 @@ from gpuwatch.faults import FaultLog
 from gpuwatch.probes.peers import PeerExchange, PeerView, summary
 from gpuwatch.telemetry import Telemetry
 from tests.runs import START, meta, steps
+from tests.wait import wait_for
 
 
 class DictStore:
@@ -46,9 +47,7 @@ def test_rank_zero_collects_every_rank_and_rebuilds_their_windows() -> None:
     for r, ex in enumerate(exchanges):
         ex.publish(summary(rank_view(r, 0.05 + 0.05 * (r == 2)), f"node-{r}", START + 20))
         ex.start()
-    deadline = time.monotonic() + 5
-    while len(exchanges[0].peers()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: len(exchanges[0].peers()) >= 2, 5, "rank 0 to hear from both peers")
     for ex in exchanges:
         ex.stop()
     received = exchanges[0].peers()
@@ -65,16 +64,18 @@ def test_rank_zero_collects_every_rank_and_rebuilds_their_windows() -> None:
 
 
 def test_a_hanging_store_never_blocks_publishing_or_stopping() -> None:
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
 
     class HangingStore(DictStore):
         def set(self, key: str, value: str) -> None:
+            entered.set()
             release.wait(30)
 
     faults = FaultLog()
     ex = PeerExchange(1, 2, faults, store=HangingStore, interval_s=0.01)
+    ex.publish({"n": -1})
     ex.start()
-    time.sleep(0.1)
+    assert entered.wait(5)  # the store call hangs now
     start = time.monotonic()
     for i in range(100):
         ex.publish({"n": i})
@@ -92,9 +93,8 @@ def test_store_errors_are_counted_not_raised() -> None:
     ex = PeerExchange(1, 2, faults, store=BrokenStore, interval_s=0.01)
     ex.publish({"x": 1})
     ex.start()
-    time.sleep(0.2)
+    wait_for(lambda: faults.counts["peers"] >= 1, 5, "the store error to be counted")
     ex.stop()
-    assert faults.counts["peers"] >= 1
 
 
 def test_summary_carries_totals_and_facts() -> None:

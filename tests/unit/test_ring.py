@@ -31,8 +31,9 @@ def test_lapped_reader_counts_exactly_what_it_lost() -> None:
     assert r.capacity == 16
     for i in range(50):
         r.push(ring.SAMPLES, i)
-    values = [v for _, _, v in r.drain()]
-    assert values == list(range(34, 50))  # the newest `capacity` survive
+    marks = list(r.drain())
+    assert marks[0][0] == ring.LOST and marks[0][2] == 34  # the gap, where it is
+    assert [v for _, _, v in marks[1:]] == list(range(34, 50))  # the newest `capacity` survive
     assert r.dropped == 34
     r.push(ring.SAMPLES, 99)
     assert [v for _, _, v in r.drain()] == [99]
@@ -167,6 +168,74 @@ def test_zero_code_hooks_never_raise_when_the_agent_cannot_start() -> None:
     lazy = LazyPush(broken_start, in_worker=lambda: False)  # type: ignore[arg-type]
     lazy.push(ring.DATA)  # the first mark tries to start the agent: no exception
     lazy.push(-ring.DATA)
-    worker = LazyPush(lambda: (_ for _ in ()).throw(AssertionError("started")),  # type: ignore[arg-type]
-                      in_worker=lambda: True)
-    worker.push(ring.DATA)  # a DataLoader worker never starts an agent
+
+
+def test_lazy_push_starts_the_agent_once_in_a_trainer_and_never_in_a_worker() -> None:
+    from gpuwatch.instrument.patches import LazyPush
+
+    r = MarkRing(64)
+    starts: list[str] = []
+
+    def start() -> object:
+        starts.append("started")
+        return r.push
+
+    trainer = LazyPush(start, in_worker=lambda: False)  # type: ignore[arg-type]
+    trainer.push(ring.DATA)
+    trainer.push(-ring.DATA)
+    assert starts == ["started"]  # once, at the first mark
+    assert [c for c, _, _ in r.drain()] == [ring.DATA, -ring.DATA]  # the first mark is kept
+    worker = LazyPush(start, in_worker=lambda: True)  # type: ignore[arg-type]
+    worker.push(ring.DATA)
+    worker.push(-ring.DATA)
+    assert starts == ["started"]  # a DataLoader worker never starts an agent
+    assert list(r.drain()) == []
+
+
+def test_a_reader_draining_while_writers_lap_it_yields_no_torn_mark_and_loses_count() -> None:
+    """Writers push (tag, i) pairs into a small ring while a reader drains in a loop:
+    every yielded mark is whole (code matches value), each writer's marks come in
+    order without repeats, and yielded + announced losses == pushed."""
+    r = MarkRing(16)
+    per_writer = 20_000
+    writers_done = threading.Event()
+    got: list[tuple[int, int]] = []
+    lost = 0
+
+    def write(tag: int) -> None:
+        for i in range(per_writer):
+            r.push(tag, (tag, i))
+
+    def read() -> None:
+        nonlocal lost
+        while True:
+            finished = writers_done.is_set()
+            for code, _, value in r.drain():
+                if code == ring.LOST:
+                    lost += value
+                else:
+                    got.append((code, value))
+            if finished:
+                return
+
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        reader = threading.Thread(target=read)
+        writers = [threading.Thread(target=write, args=(tag,)) for tag in (1, 2, 3)]
+        reader.start()
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(timeout=60)
+        writers_done.set()
+        reader.join(timeout=60)
+    finally:
+        sys.setswitchinterval(0.005)
+    assert not reader.is_alive()
+    assert all(code == value[0] for code, value in got)  # never a half-written slot
+    for tag in (1, 2, 3):
+        seen = [v[1] for c, v in got if c == tag]
+        assert seen == sorted(set(seen))  # in order, no repeats
+    assert lost > 0, "the writers never lapped the reader: the test proves nothing"
+    assert len(got) + lost == 3 * per_writer
+    assert r.dropped == lost

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Sample, Step
@@ -48,11 +49,24 @@ def test_non_finite_floats_are_written_as_null(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["wall_s"] is None
 
 
-def test_reader_streams_a_large_log_without_holding_it(tmp_path: Path) -> None:
-    path = tmp_path / "run.jsonl"
+def _read_peak(path: Path, steps: int) -> int:
+    """Peak bytes allocated while counting the records of a fresh log of ``steps`` steps."""
     w = RunLogWriter(path)
-    for chunk in range(20):
-        w.write([Step(rank=0, step=chunk * 1000 + i, t=0.0, wall_s=0.1) for i in range(1000)])
+    for chunk in range(steps // 1000):
+        w.write([Step(rank=0, step=chunk * 1000 + i, t=float(i), wall_s=0.1, data_s=0.01,
+                      samples=64) for i in range(1000)])
     w.close()
+    tracemalloc.start()
     count = sum(1 for _ in RunLogReader(path))
-    assert count == 20_000
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == steps
+    return peak
+
+
+def test_reader_streams_a_large_log_without_holding_it(tmp_path: Path) -> None:
+    """Memory while reading is bounded by a block of lines: five times the log, not
+    more memory (a reader holding the log would need five times as much)."""
+    small = _read_peak(tmp_path / "small.jsonl", 20_000)
+    large = _read_peak(tmp_path / "large.jsonl", 100_000)
+    assert large < 1.5 * small, (small, large)

@@ -16,8 +16,18 @@ def _attach() -> None:
 
         install()
     except Exception as exc:
-        print(f"gpuwatch: zero-code attach failed ({type(exc).__name__}: {exc}); "
-              "running unmonitored", file=sys.stderr)
+        print(f"gpuwatch: zero-code attach failed ({_describe(exc)}); running unmonitored",
+              file=sys.stderr)
+
+
+def _describe(exc: Exception) -> str:
+    """The error, redacted; only its type when gpuwatch itself cannot be imported."""
+    try:
+        from gpuwatch.redact import redact
+
+        return redact(f"{type(exc).__name__}: {exc}")
+    except Exception:
+        return type(exc).__name__
 
 
 def _chain() -> None:

@@ -7,6 +7,7 @@ knows a framework; everything here is hot-path cheap.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -24,12 +25,13 @@ class LoopMarker:
     by a framework that skipped a hook are closed at the next step boundary.
     """
 
-    __slots__ = ("_open", "_paused", "_push")
+    __slots__ = ("_ends", "_open", "_paused", "_push")
 
     def __init__(self, push: Push) -> None:
         self._push = push
         self._open: list[int] = []  # phases this marker opened, innermost last
         self._paused = 0  # the phase a checkpoint interrupted
+        self._ends = itertools.count(1)  # step ordinals (lost marks leave gaps, see ring)
 
     def _enter(self, phase: int) -> None:
         self._close_all()
@@ -69,7 +71,7 @@ class LoopMarker:
         """The step is over; the loop goes back to its data (timed here unless the
         adapter reports it with ``elapsed``)."""
         self._close_all()
-        self._push(ring.STEP_END)
+        self._push(ring.STEP_END, next(self._ends))
         if then_data:
             self._enter(ring.DATA)
 

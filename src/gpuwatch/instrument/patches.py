@@ -17,7 +17,7 @@ starts one. This module imports nothing heavy: it runs in every process of a
 from __future__ import annotations
 
 import functools
-import logging
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -25,11 +25,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from gpuwatch.faults import log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EventPool, on_device
 
 Push = Callable[..., None]
-log = logging.getLogger("gpuwatch")
 EVENTS = EventPool()  # CUDA timing events, reused across collectives
 
 
@@ -42,6 +42,7 @@ class LazyPush:
         self._in_worker = in_worker
         self.push: Push = self._first
         self.boundary_optimizer: int | None = None
+        self.boundaries = itertools.count(1)  # step ordinals (see ring: lost marks leave gaps)
 
     def _first(self, code: int, value: Any = None) -> None:
         self.push = _drop  # a failing start is not retried on every mark
@@ -89,7 +90,7 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
         if lazy.boundary_optimizer is None:
             lazy.boundary_optimizer = id(optimizer)  # with several optimizers, the first ends steps
         if id(optimizer) == lazy.boundary_optimizer:
-            lazy.push(ring.STEP_BOUNDARY)
+            lazy.push(ring.STEP_BOUNDARY, next(lazy.boundaries))
 
     register_optimizer_step_pre_hook(before_step)
     register_optimizer_step_post_hook(after_step)

@@ -1,10 +1,16 @@
 """The hot-path ring buffer: training code pushes marks, the agent thread drains them.
 
-A push is one ``perf_counter()`` and four list stores into preallocated slots:
+A push is one ``perf_counter()`` and five list stores into preallocated slots:
 no lock, no allocation beyond the float it stores, no I/O. Slots are claimed
-with ``itertools.count`` (atomic under the GIL) and committed by writing the
-sequence number last, so the reader never sees a half-written slot and knows
-exactly how many marks it missed when writers lap it.
+with ``itertools.count`` (atomic under the GIL); a writer marks its slot as
+being written, fills it and commits it by writing the sequence number last
+(a seqlock), so the reader never yields a half-written or overwritten slot and
+knows exactly how many marks it missed when writers lap it: it says so with a
+``LOST`` mark in the stream, where the gap is.
+
+Steps are numbered where they end (``STEP_END``/``STEP_BOUNDARY`` carry the
+ordinal from their producer's ``itertools.count``), so marks lost in a lap leave
+missing step numbers, never renumbered ones.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ COLLECTIVE_BYTES = 108  # value: bytes a collective moved (tensor size, not wire
 PHASE_SECONDS = 109  # value: (phase code, seconds) measured elsewhere (a callback, a future)
 TOTAL_STEPS = 110  # value: the steps the run plans (from the framework or the user)
 DEVICE_TIMING = 111  # value: (phase, start event, end event) to read off the hot path
+LOST = 112  # from drain, never pushed: value marks were lost here (writers lapped the reader)
+_WRITING = -2  # a slot's sequence while a writer fills it
 
 DATA = 1
 COMPUTE = 2
@@ -57,7 +65,7 @@ class MarkRing:
 
     ``capacity`` is rounded up to a power of two. Time is ``perf_counter()``
     seconds. When producers lap the consumer the oldest marks are lost and
-    counted in ``dropped``.
+    counted in ``dropped`` and announced by a ``LOST`` mark where they were.
     """
 
     __slots__ = (
@@ -94,6 +102,7 @@ class MarkRing:
         """Record ``code`` at the current ``perf_counter()`` with an optional value."""
         seq = next(self._claim)
         slot = seq & self._mask
+        self._seqs[slot] = _WRITING
         self._codes[slot] = code
         self._times[slot] = perf_counter()
         self._values[slot] = value
@@ -110,27 +119,36 @@ class MarkRing:
 
         At most ``capacity`` marks per call, so a consumer slower than its producers
         works in bounded batches (and the ring, not the consumer, absorbs the excess).
+        Marks lost to a lap are counted in ``dropped`` and yielded as one
+        ``(LOST, time of the next mark, count)`` before the marks that follow them.
         """
         mask, seqs = self._mask, self._seqs
         codes, times, values = self._codes, self._times, self._values
         read = self._read
         budget = self.capacity
+        lost = 0
         while budget:
             slot = read & mask
             seq = seqs[slot]
             if seq < read:
-                break  # not yet written (or claimed but not committed)
+                break  # not yet written (or being written)
             if seq > read:
                 # Lapped: everything between read and the oldest live slot is lost.
-                oldest = seq - self.capacity + 1
-                self.dropped += max(oldest, read + 1) - read
-                read = max(oldest, read + 1)
+                oldest = max(seq - self.capacity + 1, read + 1)
+                lost += oldest - read
+                read = oldest
                 continue
             code, t, value = codes[slot], times[slot], values[slot]
-            if seqs[slot] != seq:  # overwritten while we copied it
+            if seqs[slot] != seq:  # a writer took the slot while we copied it
                 continue
+            if lost:
+                self.dropped += lost
+                self._read = read
+                yield LOST, t, lost
+                lost = 0
             read += 1
             budget -= 1
             self._read = read
             yield code, t, value
-        self._read = read
+        if lost:  # the marks after the gap are not committed yet: report it next time
+            self._read = read - lost

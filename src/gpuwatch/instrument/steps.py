@@ -4,12 +4,19 @@ Steps are contiguous: a step's wall time runs from the end of the previous
 step (or the first mark ever) to its own end, so the steps of a run add up to
 its training time and every gap (logging, evaluation) is accounted for.
 Steps end explicitly (``with monitor.step()``) or, when the loop never marks
-them, at the first optimizer's post-step hook.
+them, at the first optimizer's post-step hook. A step's number is its
+producer's ordinal: when the ring lost marks, the step they cut into is not
+emitted and the numbers skip the lost steps (never renumbered).
+
+Marks carry what the training code gave: a value that is not a finite count
+is ignored (and counted in ``bad_values``), never raised on.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from typing import Any
 
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EventPool, PendingTimings
@@ -24,7 +31,8 @@ class StepAssembler:
 
     def __init__(self, rank: int, clock_offset: float, events: EventPool = EVENTS) -> None:
         self.rank = rank
-        self.steps = 0
+        self.steps = 0  # the number of the last step ended (emitted or lost)
+        self.bad_values = 0  # marks whose value was not a usable count
         self.device = PendingTimings(events)
         self._offset = clock_offset
         self._explicit = False
@@ -40,6 +48,8 @@ class StepAssembler:
         self._collective_bytes = 0
         self._batch: int | None = None
         self._batch_candidate: int | None = None
+        self._ordinals = {ring.STEP_END: 0, ring.STEP_BOUNDARY: 0}  # last seen per producer
+        self._torn = False  # marks of the step being assembled were lost
 
     def feed(self, marks: Iterable[ring.Mark], out: list[Record]) -> None:
         """Consume marks in order, appending finished records to ``out``. Device timings
@@ -50,41 +60,73 @@ class StepAssembler:
         for code, t, value in marks:
             if self._prev_end is None:
                 self._prev_end = t  # the first mark ever opens the first step
-            if 0 < code < _NPHASES:
-                self._open(code, t)
-            elif -_NPHASES < code < 0:
-                self._close(-code, t, out)
-            elif code == ring.STEP_END:
-                self._finish(t, out)
-            elif code == ring.STEP_BOUNDARY:
-                if not self._explicit:
-                    self._finish(t, out)
-            elif code == ring.STEP_BEGIN:
-                self._explicit = True
-            elif code == ring.SAMPLES:
-                self._samples += value
-                self._track_batch(int(value), t, out)
-            elif code == ring.TOKENS:
-                self._tokens += value
-            elif code == ring.CHECKPOINT_TARGET:
-                if self._depth[ring.CHECKPOINT] <= 1:  # a nested save is part of the outer one
-                    self._ckpt_targets.append(value)
-            elif code == ring.PHASE_SECONDS:
-                phase, seconds = value
-                if 0 < phase < _NPHASES and seconds > 0:
-                    self._acc[phase] += seconds
-                    if phase == ring.CHECKPOINT:
-                        self._saved(seconds, t, out)
-            elif code == ring.TOTAL_STEPS:
-                out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
-            elif code == ring.DEVICE_TIMING:
-                self.device.add(*value)
-            elif code == ring.COLLECTIVE_BYTES:
-                self._collective_bytes += value
-            elif code == ring.ACT_CKPT:
-                self._act_ckpt_calls += 1
-            elif code == ring.ERROR:
-                self._error(str(value), t, out)
+            try:
+                self._mark(code, t, value, out)
+            except (TypeError, ValueError):  # a value the training code got wrong
+                self.bad_values += 1
+
+    def _mark(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        if 0 < code < _NPHASES:
+            self._open(code, t)
+        elif -_NPHASES < code < 0:
+            self._close(-code, t, out)
+        elif code == ring.STEP_END or code == ring.STEP_BOUNDARY:
+            ended = self._ended(code, value)
+            if code == ring.STEP_END or not self._explicit:
+                self._finish(t, ended, out)
+        elif code == ring.STEP_BEGIN:
+            self._explicit = True
+        elif code == ring.LOST:
+            self._lost()
+        elif code == ring.SAMPLES:
+            n = self._count(value)
+            self._samples += n
+            if n:
+                self._track_batch(n, t, out)
+        elif code == ring.TOKENS:
+            self._tokens += self._count(value)
+        elif code == ring.CHECKPOINT_TARGET:
+            if self._depth[ring.CHECKPOINT] <= 1:  # a nested save is part of the outer one
+                self._ckpt_targets.append(self._count(value))
+        elif code == ring.PHASE_SECONDS:
+            phase, seconds = value
+            if 0 < phase < _NPHASES and seconds > 0:
+                self._acc[phase] += seconds
+                if phase == ring.CHECKPOINT:
+                    self._saved(seconds, t, out)
+        elif code == ring.TOTAL_STEPS:
+            out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
+        elif code == ring.DEVICE_TIMING:
+            self.device.add(*value)
+        elif code == ring.COLLECTIVE_BYTES:
+            self._collective_bytes += self._count(value)
+        elif code == ring.ACT_CKPT:
+            self._act_ckpt_calls += 1
+        elif code == ring.ERROR:
+            self._error(str(value), t, out)
+
+    def _count(self, value: Any) -> int:
+        """A mark's count (samples, tokens, bytes): a finite number >= 0, else 0 (counted)."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and value >= 0:
+            return int(value)
+        self.bad_values += 1
+        return 0
+
+    def _ended(self, code: int, value: Any) -> int:
+        """Steps ended by this mark: its ordinal minus the last one its producer sent
+        (more than one when marks were lost); 1 for a mark without an ordinal."""
+        last = self._ordinals[code]
+        if isinstance(value, int) and value > last:
+            self._ordinals[code] = value
+            return value - last
+        return 1
+
+    def _lost(self) -> None:
+        """Marks were lost here: the step they cut into is dropped, open phases and all."""
+        self._torn = True
+        self._depth = [0] * _NPHASES
+        self._ckpt_targets.clear()
 
     def open_phases(self, now: float) -> dict[str, float]:
         """Phases open at perf_counter time ``now``: name -> seconds open."""
@@ -131,7 +173,12 @@ class StepAssembler:
         name = "oom" if type_name == "OutOfMemoryError" else "step_error"
         out.append(Event(self.rank, t + self._offset, name, {"type": type_name}))
 
-    def _finish(self, t: float, out: list[Record]) -> None:
+    def _finish(self, t: float, ended: int, out: list[Record]) -> None:
+        self.steps += ended
+        if self._torn:  # its start and phases are unknown: it stays a missing number
+            self._torn = False
+            self._reset(t)
+            return
         acc = self._acc
         for phase in range(1, _NPHASES):  # split phases still open across the boundary
             if self._depth[phase]:
@@ -146,7 +193,6 @@ class StepAssembler:
             other = max(rest - compute, 0.0)
         else:
             compute, other = max(rest, 0.0), 0.0
-        self.steps += 1
         out.append(Step(
             rank=self.rank, step=self.steps, t=t + self._offset, wall_s=wall,
             data_s=data, compute_s=compute, optimizer_s=opt, checkpoint_s=ckpt,
@@ -155,6 +201,11 @@ class StepAssembler:
             checkpoint_bytes=self._ckpt_bytes, collective_bytes=self._collective_bytes,
             act_ckpt_calls=self._act_ckpt_calls,
         ))
+        self._reset(t)
+
+    def _reset(self, t: float) -> None:
+        """Start the next step at ``t``."""
+        acc = self._acc
         self._prev_end = t
         for phase in range(_NPHASES):
             acc[phase] = 0.0

@@ -75,6 +75,7 @@ class Nvml:
         self._unsupported: set[tuple[str, int, int | None]] = set()
         self._lock = threading.Lock()
         self._tried = False
+        self._calling_since: float | None = None  # perf_counter() when the call in flight began
 
     def init(self) -> bool:
         """Initialise NVML once; False (and logged once) when there is no usable driver."""
@@ -103,7 +104,7 @@ class Nvml:
             self._unsupported.add(key)
             self.faults.note_once(f"nvml:{name}", f"NVML has no {name}; metric absent")
             return default
-        start = perf_counter()
+        start = self._calling_since = perf_counter()
         try:
             return fn(*args)
         except Exception as exc:
@@ -113,6 +114,7 @@ class Nvml:
                 self.faults.record("nvml", exc)
             return default
         finally:
+            self._calling_since = None
             elapsed = perf_counter() - start
             if elapsed > self.latency_s.get(name, 0.0):
                 self.latency_s[name] = elapsed
@@ -125,13 +127,33 @@ class Nvml:
         out, self.latency_s = self.latency_s, {}
         return out
 
-    def shutdown(self) -> None:
-        if self.available:
-            self.available = False
+    def in_call_for(self) -> float:
+        """Seconds the NVML call now in flight has taken (0.0 when none is)."""
+        since = self._calling_since
+        return 0.0 if since is None else perf_counter() - since
+
+    def shutdown(self, timeout: float) -> None:
+        """Shut NVML down, waiting at most ``timeout`` seconds. Never while a call is in
+        flight (a hung driver would hang this too): then NVML is left to the process's end."""
+        if not self.available:
+            return
+        self.available = False
+        if self._calling_since is not None:
+            self.faults.record("nvml", "an NVML call hung; nvmlShutdown skipped")
+            return
+        done = threading.Event()
+
+        def run() -> None:
             try:
                 self.lib.nvmlShutdown()
             except Exception as exc:
                 self.faults.record("nvml", exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="gpuwatch-nvml-shutdown", daemon=True).start()
+        if not done.wait(max(timeout, 0.0)):
+            self.faults.record("nvml", "nvmlShutdown hung; left to the process's end")
 
     def _is_unsupported(self, exc: Exception) -> bool:
         value = getattr(exc, "value", None)

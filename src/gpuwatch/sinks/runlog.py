@@ -3,19 +3,28 @@
 Each batch of records goes through a 1 MiB buffer and is flushed, so a killed
 process leaves whole lines behind but for at most one torn last line, which
 the reader skips and counts.
+
+The reader trusts nothing: a line that is not JSON, too long, of an unknown kind,
+or whose fields have the wrong types (``null`` or a string where a number
+belongs, a string rank, event data a consumer cannot use) is skipped and
+counted, so whatever a file holds, replay never fails on it.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import threading
-from collections.abc import Iterable, Iterator
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-from gpuwatch.records import Record, from_dict, to_dict
+from gpuwatch.records import Event, Finding, Meta, Record, Sample, Step, from_dict, to_dict
+
+MAX_LINE_BYTES = 4 << 20  # a longer line is not one gpuwatch wrote: skipped unread
 
 
 def _plain(value: Any) -> Any:
@@ -57,14 +66,16 @@ class RunLogWriter:
                 self.records += n
 
     def close(self) -> None:
+        """Flush and close; raises OSError when the last flush fails (a full disk)."""
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            file, self._file = self._file, None
+            if file is not None:
+                file.close()
 
 
 class RunLogReader:
-    """Streams the records of one run log; bad or truncated lines are skipped and counted.
+    """Streams the records of one run log; bad, mistyped, huge or truncated lines are
+    skipped and counted. Raises OSError only when the file cannot be opened or read.
 
     Lines are parsed a block at a time (one JSON array per block); a block with a
     bad line is parsed again line by line, so one torn line costs only itself.
@@ -80,17 +91,36 @@ class RunLogReader:
     def __iter__(self) -> Iterator[Record]:
         with open(self.path, "rb") as f:
             while True:
-                lines = [line for line in itertools.islice(f, self.BLOCK_LINES) if line.strip()]
-                if not lines:
+                lines = self._block(f)
+                if lines is None:
                     return
                 for obj in self._parse(lines):
-                    try:
-                        record = from_dict(obj)
-                    except ValueError:
+                    record = _record(obj)
+                    if record is None:
                         self.skipped += 1
                         continue
                     self.records += 1
                     yield record
+
+    def _block(self, f: IO[bytes]) -> list[bytes] | None:
+        """Up to BLOCK_LINES non-blank lines (None at the end); an over-long line is
+        skipped, counted and read past in bounded pieces."""
+        lines: list[bytes] = []
+        for _ in range(self.BLOCK_LINES):
+            line = f.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                return lines or None
+            if len(line) > MAX_LINE_BYTES:
+                self.skipped += 1
+                line = b""
+                while True:
+                    piece = f.readline(1 << 16)
+                    if not piece or piece.endswith(b"\n"):
+                        break
+                continue
+            if line.strip():
+                lines.append(line)
+        return lines
 
     def _parse(self, lines: list[bytes]) -> list[dict[str, Any]]:
         try:
@@ -105,3 +135,139 @@ class RunLogReader:
         good = [o for o in objs if isinstance(o, dict)]
         self.skipped += len(objs) - len(good)
         return good
+
+
+# -- what a valid record is: its fields' types, from the record classes themselves ------
+# JSON numbers decode as int or float (never NaN or inf: orjson rejects them), so a
+# field's plain types are checked with ``type(value) in (...)`` (bool is not an int
+# here); lists, dicts and literals with a predicate.
+
+Check = Callable[[Any], bool]
+_NUMBERS = frozenset({int, float})
+_PLAIN: dict[Any, tuple[type, ...]] = {float: (float, int), int: (int,), str: (str,),
+                                       type(None): (type(None),)}
+
+
+def _number(v: Any) -> bool:
+    return type(v) in (float, int)
+
+
+def _plain_types(hint: Any) -> tuple[type, ...] | None:
+    """The JSON types of a plain (optional) scalar annotation, else None."""
+    if hint in _PLAIN:
+        return _PLAIN[hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = [_plain_types(a) for a in typing.get_args(hint)]
+        if all(p is not None for p in parts):
+            return tuple(t for p in parts if p is not None for t in p)
+    return None
+
+
+def _check(hint: Any) -> Check:
+    """A predicate for values of the annotated type (the few shapes records use)."""
+    plain = _plain_types(hint)
+    if plain is not None:
+        return lambda v: type(v) in plain
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return lambda v: True
+    if origin is typing.Literal:
+        return lambda v: v in args and type(v) is str
+    if origin in (typing.Union, types.UnionType):
+        checks = [_check(a) for a in args]
+        return lambda v: any(c(v) for c in checks)
+    if origin is list:
+        item = _check(args[0])
+        return lambda v: type(v) is list and all(item(x) for x in v)
+    if origin is dict:
+        if args[1] is float:  # readings and evidence: all numbers, checked in C
+            return lambda v: type(v) is dict and _NUMBERS.issuperset(map(type, v.values()))
+        value = _check(args[1])
+        return lambda v: type(v) is dict and all(
+            type(k) is str and value(x) for k, x in v.items())
+    raise TypeError(f"no run-log check for {hint!r}")
+
+
+def _spec(cls: type[Any]) -> tuple[frozenset[tuple[str, type]], frozenset[str], dict[str, Check]]:
+    """(field, JSON type) pairs a valid line may hold, the field names, and the deeper
+    checks of fields that are lists, dicts or literals."""
+    hints = typing.get_type_hints(cls)
+    pairs: set[tuple[str, type]] = set()
+    deep: dict[str, Check] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        plain = _plain_types(hint)
+        if plain is None:
+            deep[f.name] = _check(hint)
+            plain = _container_types(hint)
+        pairs.update((f.name, t) for t in plain)
+    deep.pop("kind")  # it selected the spec: known to be right
+    return frozenset(pairs), frozenset(n for n, _ in pairs), deep
+
+
+def _container_types(hint: Any) -> tuple[type, ...]:
+    """The JSON types a list, dict, literal or optional one of them decodes as."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for a in typing.get_args(hint) for t in _container_types(a))
+    if hint is type(None):
+        return (type(None),)
+    return {list: (list,), dict: (dict,), typing.Literal: (str,)}.get(origin, (object,))
+
+
+_SPECS = {cls.__name__.lower(): _spec(cls) for cls in (Meta, Step, Sample, Event, Finding)}
+
+# Event data that consumers read: the keys each event must have as numbers, and may have.
+_EVENT_NUMBERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "oom": ((), ("count",)),
+    "batch_size_changed": (("from", "to"), ()),
+    "total_steps": (("steps",), ()),
+    "checkpoint_save": ((), ("seconds", "bytes")),
+}
+
+
+
+
+def _record(obj: dict[str, Any]) -> Record | None:
+    """The record a decoded line holds, or None when it is not a valid one."""
+    kind = obj.get("kind")
+    if kind == "step":  # the bulk of a log, where every field but its kind is a number
+        del obj["kind"]
+        if _NUMBERS.issuperset(map(type, obj.values())):
+            try:
+                return Step(**obj)
+            except TypeError:  # a newer schema's fields: the general path below
+                pass
+        obj["kind"] = kind
+    spec = _SPECS.get(kind) if type(kind) is str else None
+    if spec is None:
+        return None
+    pairs, names, deep = spec
+    values = obj.get("values")
+    if kind == "sample" and type(values) is dict and None in values.values():
+        # a non-finite reading was written as null: that metric is absent, the rest stand
+        obj["values"] = {k: v for k, v in values.items() if v is not None}
+    if any(k in names and (k, type(v)) not in pairs for k, v in obj.items()):
+        return None  # a known field of the wrong type (unknown ones, a newer schema's, pass)
+    for name, check in deep.items():
+        if name in obj and not check(obj[name]):
+            return None
+    if kind == "event" and not _event_data_ok(obj.get("name"), obj.get("data", {})):
+        return None
+    try:
+        return from_dict(obj)
+    except ValueError:
+        return None
+
+
+def _event_data_ok(name: Any, data: dict[str, Any]) -> bool:
+    required, optional = _EVENT_NUMBERS.get(name, ((), ()))
+    if not all(_number(data.get(k)) for k in required):
+        return False
+    if not all(_number(data[k]) for k in optional if k in data):
+        return False
+    if name == "topology":
+        devices, gpus = data.get("devices", []), data.get("job_gpus", [])
+        return (type(devices) is list and all(type(d) is dict for d in devices)
+                and (gpus is None or type(gpus) is list))
+    return True

@@ -1,0 +1,115 @@
+"""Secrets out of every text that leaves the process (logs, errors, run-log meta, console).
+
+Two nets, both applied by :func:`redact`:
+
+- by value: each secret gpuwatch is given (``register``) or finds in a secret-named
+  environment variable (``register_environ``) is replaced in every form a platform
+  or a library may print it: as given, stripped (a Kubernetes secret made
+  ``--from-file`` ends in a newline), JSON-escaped, URL-quoted, ``repr``-escaped;
+- by shape: URL passwords (``https://user:pw@host``), Slack webhook paths,
+  ``--token X`` / ``--token=X`` arguments and ``API_KEY=X`` assignments whose name
+  says secret.
+
+This module is in the lowest layer: everything above may call it, it calls nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from urllib.parse import quote, quote_plus
+
+MASK = "***"
+MIN_SECRET_CHARS = 6  # shorter values are too likely to occur by chance to replace
+_SECRET_WORDS = r"(?:token|secret|passw(?:or)?d|pwd|api[-_]?key|access[-_]?key|private[-_]?key|" \
+                r"auth|credential|webhook|cookie|session[-_]?key|signature)"
+# A name that says secret: HF_TOKEN, hf-token, GPUWATCH_SLACK__WEBHOOK_URL, aws_secret_access_key.
+SECRET_NAME = re.compile(rf"(?i)^[\w.-]*{_SECRET_WORDS}[\w.-]*$")
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*):([^\s/@]+)@")
+_SLACK_HOOK = re.compile(r"(?i)(hooks\.slack\.com/(?:services|workflows|triggers)/)[^\s\"'<>]+")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+# --hf-token=X, HF_TOKEN=X, ?api_key=X (the value up to a space, quote or separator)
+_ASSIGNED = re.compile(rf"(?i)([\w.-]*{_SECRET_WORDS}[\w.-]*=)[^\s\"',;&]+")
+# "api_key": "X" (JSON, YAML flow, Python reprs)
+_FIELD = re.compile(rf"(?i)([\"'][\w.-]*{_SECRET_WORDS}[\w.-]*[\"']\s*:\s*[\"'])[^\"']+")
+
+_lock = threading.Lock()
+_forms: tuple[str, ...] = ()  # every form of every registered secret, longest first
+
+
+def forms(secret: str) -> set[str]:
+    """The ways ``secret`` may appear in printed text."""
+    out = set()
+    for value in {secret, secret.strip()}:
+        if len(value.strip()) < MIN_SECRET_CHARS:
+            continue
+        out |= {value, json.dumps(value)[1:-1], quote(value, safe=""), quote_plus(value),
+                quote(value), repr(value)[1:-1]}
+    return {f for f in out if len(f.strip()) >= MIN_SECRET_CHARS}
+
+
+def register(*secrets: str | None) -> None:
+    """Remember secrets so that ``redact`` removes them wherever they appear."""
+    global _forms
+    new: set[str] = set()
+    for secret in secrets:
+        if secret:
+            new |= forms(secret)
+    if not new:
+        return
+    with _lock:
+        _forms = tuple(sorted(set(_forms) | new, key=len, reverse=True))
+
+
+def register_environ(environ: Mapping[str, str]) -> None:
+    """Register the values of environment variables whose names say secret (HF_TOKEN, ...)."""
+    register(*(value for name, value in environ.items() if SECRET_NAME.match(name)))
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret and every secret-shaped value masked."""
+    for form in _forms:
+        if form in text:
+            text = text.replace(form, MASK)
+    text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
+    text = _SLACK_HOOK.sub(rf"\1{MASK}", text)
+    text = _BEARER.sub(rf"\1 {MASK}", text)
+    text = _FIELD.sub(rf"\1{MASK}", text)
+    return _ASSIGNED.sub(rf"\1{MASK}", text)
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """A command line safe to record: values of secret-named options masked
+    (``--hf-token X``, ``--token=X``, ``KEY=X``), then each argument redacted."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(MASK)
+            hide_next = False
+            continue
+        name = arg.lstrip("-")
+        if arg.startswith("-") and "=" not in arg and SECRET_NAME.match(name):
+            hide_next = True
+            out.append(arg)
+            continue
+        out.append(redact(arg))
+    return out
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts each record's final message (arguments merged in)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        return True

@@ -1,0 +1,119 @@
+"""Attack: the hot-path API misused by the training code, and marks pushed faster than
+the agent drains them. What must hold: nothing raises into the loop, the good steps
+are still logged, a bad value is ignored and counted; lost marks leave missing step
+numbers, never renumbered ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuwatch.agent import Agent
+from gpuwatch.config import Settings
+from gpuwatch.monitor import Monitor
+from gpuwatch.records import Step
+from gpuwatch.sinks.runlog import RunLogReader
+
+
+def _monitor(tmp_path: Path, **settings: Any) -> Monitor:
+    s = Settings(out_dir=tmp_path, nvml=False, exporter={"enabled": False}, **settings)
+    return Monitor(Agent(s, nvml_library=None, memory_stats=None, environ={}))
+
+
+def _logged(monitor: Monitor) -> list[Step]:
+    return [r for r in RunLogReader(monitor.agent.runlog_path) if isinstance(r, Step)]
+
+
+def _phase(name: Any) -> Callable[[Monitor], None]:
+    def step(m: Monitor) -> None:
+        with m.step(samples=2), m.phase(name):
+            pass
+    return step
+
+
+def _samples(value: Any, tokens: Any = None) -> Callable[[Monitor], None]:
+    def step(m: Monitor) -> None:
+        with m.step(samples=value, tokens=tokens):
+            m.count(samples=2)
+    return step
+
+
+def _count(value: Any) -> Callable[[Monitor], None]:
+    def step(m: Monitor) -> None:
+        with m.step(samples=2):
+            m.count(samples=value, tokens=value)
+    return step
+
+
+def _checkpoint(path: Any) -> Callable[[Monitor], None]:
+    def step(m: Monitor) -> None:
+        with m.step(samples=2), m.checkpoint(path):
+            pass
+    return step
+
+
+MISUSE: list[tuple[str, Callable[[Monitor], None]]] = [  # each: one step with the misuse in it
+    ("phase-list", _phase([])),
+    ("phase-dict", _phase({})),
+    ("phase-none", _phase(None)),
+    ("phase-unknown", _phase("warmup")),
+    ("samples-string", _samples("32")),
+    ("samples-negative", _samples(-4)),
+    ("samples-nan", _samples(float("nan"))),
+    ("samples-bool", _samples(True)),
+    ("tokens-list", _samples(None, tokens=[1, 2])),
+    ("count-object", _count(object())),
+    ("checkpoint-int-path", _checkpoint(123)),
+    ("checkpoint-missing-path", _checkpoint("/nonexistent/ckpt.pt")),
+]
+
+
+@pytest.mark.parametrize("misuse", [pytest.param(f, id=i) for i, f in MISUSE])
+def test_hot_path_misuse_never_raises_and_every_step_is_still_logged(
+        tmp_path: Path, misuse: Callable[[Monitor], None]) -> None:
+    m = _monitor(tmp_path)
+    m.agent.start()
+    for _ in range(3):
+        with m.step(samples=2), m.phase("compute"):
+            pass
+    for _ in range(3):
+        misuse(m)
+    with m.step(samples=2):
+        pass
+    m.stop()
+    steps = _logged(m)
+    assert [s.step for s in steps] == list(range(1, 8))
+    assert all(s.samples == 2 for s in steps)  # the bad counts ignored, the good ones kept
+
+
+def test_a_monitor_used_after_stop_does_nothing_and_never_raises(tmp_path: Path) -> None:
+    m = _monitor(tmp_path)
+    m.agent.start()
+    with m.step():
+        pass
+    m.stop()
+    for _ in range(10):
+        with m.step(samples=1), m.phase("data"), m.checkpoint():
+            pass
+    m.stop()
+    assert [s.step for s in _logged(m)] == [1]
+
+
+def test_marks_dropped_at_a_very_high_step_rate_leave_gaps_never_renumbering(
+        tmp_path: Path) -> None:
+    """A ring far too small for the rate, drained only at the end: the steps that survive
+    keep their own numbers; those the ring lost are missing, and counted."""
+    m = _monitor(tmp_path, ring_capacity=1024)  # the agent is never started: nothing drains
+    for n in range(5000):
+        with m.step(samples=1), m.phase("compute"):
+            pass
+        if n == 2000:
+            m.agent.start()  # from here on the thread drains, but the loop laps it
+    m.stop()
+    steps = [s.step for s in _logged(m)]
+    assert steps == sorted(set(steps)) and steps[-1] == 5000
+    assert m.agent.ring.dropped > 0 and len(steps) < 5000
+    assert steps[0] > 1  # the first steps were lost in the lap, not renumbered into 1..

@@ -1,0 +1,161 @@
+"""Attack: run logs damaged or hostile. What must hold: `gpuwatch analyze` never
+tracebacks: a bad line is skipped and counted (the good ones still judged), an
+unreadable file is a one-line error, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuwatch import cli
+from gpuwatch.records import SCHEMA_VERSION, Meta, Step, to_dict
+from gpuwatch.sinks.runlog import MAX_LINE_BYTES, RunLogReader, RunLogWriter
+
+META = Meta(schema=SCHEMA_VERSION, gpuwatch="0", job="j", host="h", rank=0, local_rank=0,
+            world_size=1, pid=1, started=0.0)
+STEP = to_dict(Step(rank=0, step=1, t=10.0, wall_s=0.5, data_s=0.4, samples=8))
+SAMPLE = {"kind": "sample", "rank": 0, "t": 10.0, "source": "host",
+          "values": {"host_cpu_ratio": 0.5}}
+EVENT = {"kind": "event", "rank": 0, "t": 10.0, "name": "oom", "data": {"count": 1}}
+FINDING = {"kind": "finding", "detector": "hang", "verdict": "fix_here", "severity": "critical",
+           "summary": "s", "action": "a", "evidence": {"x_seconds": 1.0}, "ranks": [0],
+           "first_seen": 1.0, "last_seen": 2.0, "fingerprint": "f"}
+
+
+def _with(base: dict[str, Any], **change: Any) -> bytes:
+    return json.dumps({**base, **change}).encode()
+
+
+BAD_LINES: list[tuple[str, bytes]] = [  # (row id, one hostile line)
+    ("step-null-wall", _with(STEP, wall_s=None)),
+    ("step-string-wall", _with(STEP, wall_s="0.5")),
+    ("step-string-rank", _with(STEP, rank="0")),
+    ("step-bool-samples", _with(STEP, samples=True)),
+    ("step-list-data", _with(STEP, data_s=[1])),
+    ("step-missing-time", json.dumps({k: v for k, v in STEP.items() if k != "t"}).encode()),
+    ("sample-values-not-dict", _with(SAMPLE, values=[1, 2])),
+    ("sample-string-reading", _with(SAMPLE, values={"host_cpu_ratio": "high"})),
+    ("sample-string-gpu", _with(SAMPLE, gpu="0")),
+    ("event-data-not-dict", _with(EVENT, data="oom")),
+    ("event-oom-count-string", _with(EVENT, data={"count": "many"})),
+    ("event-batch-cut-missing", _with(EVENT, name="batch_size_changed", data={"from": 8})),
+    ("event-total-steps-null", _with(EVENT, name="total_steps", data={"steps": None})),
+    ("event-checkpoint-string", _with(EVENT, name="checkpoint_save", data={"seconds": "1s"})),
+    ("event-topology-devices-string", _with(EVENT, name="topology", data={"devices": "x"})),
+    ("finding-bad-verdict", _with(FINDING, verdict="panic")),
+    ("finding-ranks-strings", _with(FINDING, ranks=["0"])),
+    ("meta-detection-not-dict", json.dumps({**to_dict(META), "detection": 5}).encode()),
+    ("unknown-kind", b'{"kind": "nope", "t": 1}'),
+    ("not-an-object", b"[1, 2, 3]"),
+    ("not-json", b"step 1 took 0.5 s"),
+    ("binary", bytes(b for b in range(256) if b != ord("\n")) * 4),
+    ("invalid-utf8", b'{"kind": "step", "rank": 0, "note": "\xff\xfe"}'),
+    ("deeply-nested", b"[" * 5000 + b"]" * 5000),
+    ("huge-line", b'{"kind": "event", "pad": "' + b"x" * (MAX_LINE_BYTES + 10) + b'"}'),
+    ("torn-last-line", b'{"kind": "step", "rank": 0, "st'),
+]
+
+
+def _log(path: Path, bad: bytes, meta: Meta = META) -> Path:
+    """A run log: meta, a good step, the hostile line, another good step."""
+    w = RunLogWriter(path)
+    w.write([meta, Step(rank=0, step=1, t=10.0, wall_s=0.5)])
+    w.close()
+    with open(path, "ab") as f:
+        f.write(bad + b"\n")
+        f.write(json.dumps(to_dict(Step(rank=0, step=2, t=10.5, wall_s=0.5))).encode() + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("bad", [pytest.param(b, id=i) for i, b in BAD_LINES])
+def test_a_hostile_line_is_skipped_and_counted_and_the_rest_is_read(
+        tmp_path: Path, bad: bytes) -> None:
+    reader = RunLogReader(_log(tmp_path / "run.jsonl", bad))
+    records = list(reader)
+    assert [r.step for r in records if isinstance(r, Step)] == [1, 2]
+    assert reader.skipped == 1
+
+
+@pytest.mark.parametrize("bad", [pytest.param(b, id=i) for i, b in BAD_LINES])
+def test_analyze_never_tracebacks_on_a_hostile_line(tmp_path: Path, clean_env: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    bad: bytes) -> None:
+    path = _log(tmp_path / "run.jsonl", bad)
+    assert cli.main(["analyze", str(path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert isinstance(json.loads(out), list)
+    assert "skipped 1 unreadable line" in err and "Traceback" not in err
+
+
+BAD_DETECTION: list[tuple[str, Any]] = [  # the meta line's recorded detection settings
+    ("interval-string", {"detect_interval_s": "fast"}),
+    ("interval-negative", {"detect_interval_s": -1}),
+    ("detectors-not-dict", {"detectors": 5}),
+    ("threshold-string", {"detectors": {"hang": {"min_seconds": "soon"}}}),
+    ("prices-string", {"prices": "cheap"}),
+    ("total-steps-null-and-target-list", {"total_steps": "x", "target_gpu": ["H100 SXM"]}),
+]
+
+
+@pytest.mark.parametrize("detection", [pytest.param(d, id=i) for i, d in BAD_DETECTION])
+def test_a_bad_recorded_detection_block_falls_back_to_the_analysts_settings(
+        tmp_path: Path, clean_env: Path, capsys: pytest.CaptureFixture[str],
+        detection: Any) -> None:
+    meta = Meta(**{**to_dict(META), "detection": detection})
+    path = _log(tmp_path / "run.jsonl", b"", meta)
+    assert cli.main(["analyze", str(path)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_mixed_schema_versions_in_one_directory_are_read_alike(
+        tmp_path: Path, clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A newer writer adds fields and kinds; an older one lacks optional fields."""
+    newer = {**to_dict(META), "schema": SCHEMA_VERSION + 1, "world_size": 2,
+             "cluster": {"name": "x"}}
+    older = {k: v for k, v in to_dict(META).items() if k not in ("argv", "torch", "detection")}
+    older.update(rank=1, world_size=2)
+    (tmp_path / "run-rank0.jsonl").write_text(
+        json.dumps(newer) + "\n" + json.dumps({**STEP, "tflops": 3.5}) + "\n"
+        + '{"kind": "span", "t": 1.0}\n')
+    (tmp_path / "run-rank1.jsonl").write_text(
+        json.dumps(older) + "\n" + json.dumps({**STEP, "rank": 1}) + "\n")
+    assert cli.main(["analyze", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable line" in err  # only the unknown kind
+
+
+def test_an_unreadable_run_log_is_a_one_line_error(tmp_path: Path, clean_env: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "run-rank0.jsonl").write_text(json.dumps(to_dict(META)) + "\n")
+    (tmp_path / "run-rank1.jsonl").mkdir()  # matches the glob, cannot be read
+    assert cli.main(["analyze", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "run-rank1.jsonl" in err, err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_a_run_log_without_read_permission_is_a_one_line_error(
+        tmp_path: Path, clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "run.jsonl"
+    path.write_text(json.dumps(to_dict(META)) + "\n")
+    path.chmod(0)
+    assert cli.main(["analyze", str(path)]) == 2
+    assert "Permission denied" in capsys.readouterr().err
+
+
+def test_a_huge_line_is_read_past_in_bounded_pieces(tmp_path: Path) -> None:
+    """Memory stays bounded: the reader never holds more than MAX_LINE_BYTES of a line."""
+    import tracemalloc
+
+    path = _log(tmp_path / "run.jsonl", b"{" + b" " * (8 * MAX_LINE_BYTES) + b"}")
+    tracemalloc.start()
+    reader = RunLogReader(path)
+    steps = [r for r in reader if isinstance(r, Step)]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(steps) == 2 and reader.skipped == 1
+    assert peak < 3 * MAX_LINE_BYTES, peak  # the line is 8 times that

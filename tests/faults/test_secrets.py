@@ -1,0 +1,118 @@
+"""Attack: secrets shaped every way a platform delivers them. What must hold: no form
+of a secret leaves the process: not in logs, errors, the run log's meta, the console."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from gpuwatch import cli, redact
+from gpuwatch.agent import Agent
+from gpuwatch.config import load_settings
+from gpuwatch.faults import FaultLog
+from gpuwatch.records import Meta
+from gpuwatch.sinks.runlog import RunLogReader
+from tests.wait import wait_for
+
+TOKEN = "glsa_S3cr3tT0ken+/=é"  # characters that JSON-, URL- and repr-escaping all change
+REGISTERED = [  # (row id, how the secret was delivered, how it shows up in text)
+    ("as-given", TOKEN, TOKEN),
+    ("k8s-from-file-newline", TOKEN + "\n", TOKEN),
+    ("newline-escaped-in-repr", TOKEN + "\n", repr(TOKEN + "\n")),
+    ("json-escaped", TOKEN, json.dumps(TOKEN)),
+    ("json-escaped-with-newline", TOKEN + "\n", json.dumps(TOKEN + "\n")),
+    ("url-quoted", TOKEN, quote(TOKEN, safe="")),
+    ("form-quoted", TOKEN, quote_plus(TOKEN)),
+    ("crlf-padded", "  " + TOKEN + "\r\n", TOKEN),
+]
+
+
+@pytest.mark.parametrize(("given", "shown"), [pytest.param(g, s, id=i) for i, g, s in REGISTERED])
+def test_a_registered_secret_is_redacted_in_every_form(given: str, shown: str) -> None:
+    redact.register(given)
+    text = redact.redact(f"POST failed: header value {shown} rejected")
+    assert "S3cr3tT0ken" not in text and "rejected" in text
+
+
+SHAPES = [  # (row id, text, the secret part) — never registered: found by shape
+    ("url-userinfo-password", "connect https://admin:hunter2hunter2@grafana.local/api", "hunter2"),
+    ("slack-webhook-path", "POST https://hooks.slack.com/services/T01/B02/xYzSeCrEt failed",
+     "xYzSeCrEt"),
+    ("env-assignment", "HF_TOKEN=hf_abcdefSECRET python train.py", "hf_abcdefSECRET"),
+    ("option-equals", "train.py --api-key=sk-proj-SECRET42 --lr 3e-4", "sk-proj-SECRET42"),
+    ("query-parameter", "GET /x?access_token=ya29SECRET&y=1", "ya29SECRET"),
+    ("json-field", '{"password": "pw-SECRET-123", "user": "a"}', "pw-SECRET-123"),
+    ("bearer-header", "Authorization: Bearer eyJhbGciSECRET.payload", "eyJhbGciSECRET"),
+]
+
+
+@pytest.mark.parametrize(("text", "secret"), [pytest.param(t, s, id=i) for i, t, s in SHAPES])
+def test_a_secret_shaped_value_is_redacted_without_being_registered(text: str,
+                                                                    secret: str) -> None:
+    assert secret not in redact.redact(text)
+
+
+ARGV = [  # (row id, command line, the secret)
+    ("option-then-value", ["train.py", "--hf-token", "hf_ARGSECRET1"], "hf_ARGSECRET1"),
+    ("option-equals-value", ["train.py", "--token=ARGSECRET2xx"], "ARGSECRET2xx"),
+    ("env-like-argument", ["env", "WANDB_API_KEY=ARGSECRET3xx", "python"], "ARGSECRET3xx"),
+    ("password-option", ["train.py", "--db-password", "ARGSECRET4xx"], "ARGSECRET4xx"),
+    ("url-with-password", ["train.py", "--data", "s3://u:ARGSECRET5xx@bucket/x"],
+     "ARGSECRET5xx"),
+]
+
+
+@pytest.mark.parametrize(("argv", "secret"), [pytest.param(a, s, id=i) for i, a, s in ARGV])
+def test_the_run_log_meta_records_the_command_line_without_its_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], secret: str) -> None:
+    monkeypatch.setattr(sys, "argv", argv)
+    agent = Agent(load_settings(out_dir=tmp_path, nvml=False), nvml_library=None,
+                  memory_stats=None, environ={})
+    agent.start()
+    wait_for(lambda: agent.runlog_path.exists() and agent.runlog_path.stat().st_size, 10,
+             "the meta line")
+    agent.stop()
+    (meta,) = [r for r in RunLogReader(agent.runlog_path) if isinstance(r, Meta)]
+    assert secret not in json.dumps(meta.argv) and secret not in agent.runlog_path.read_text()
+    assert meta.argv[0] == argv[0] and len(meta.argv) == len(argv)  # the rest is kept
+
+
+def test_fault_log_messages_never_carry_a_secret_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "envSECRET-0123456789\n")
+    load_settings()  # registers secret-named variables' values
+    faults = FaultLog()
+    with caplog.at_level(logging.WARNING, logger="gpuwatch"):
+        faults.record("slack", RuntimeError("bad header 'Bearer envSECRET-0123456789\\n'"))
+        faults.record("exporter", f"peer sent {json.dumps('envSECRET-0123456789')}")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "envSECRET" not in text and "bad header" in text
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("token_source", ["env-with-newline", "file-with-newline"])
+def test_dashboards_push_errors_never_echo_the_token_or_the_url_password(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        token_source: str) -> None:
+    token = "glsa_PUSHSECRET_0123456789"
+    if token_source == "env-with-newline":
+        monkeypatch.setenv("GPUWATCH_GRAFANA__TOKEN", token + "\n")
+    else:
+        (clean_env / "token").write_text(token + "\n")
+        monkeypatch.setenv("GPUWATCH_GRAFANA__TOKEN_FILE", str(clean_env / "token"))
+    url = f"http://admin:URLSECRETpw@127.0.0.1:{_closed_port()}"
+    code = cli.main(["dashboards", "push", "--url", url])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "PUSHSECRET" not in err and "URLSECRETpw" not in err and "failed" in err

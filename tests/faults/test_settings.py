@@ -1,0 +1,174 @@
+"""Attack: settings garbage from every source. What must hold: one line naming the key
+(never the secret), `gpuwatch run` exits 2 before starting the command, `watch()`
+logs it and leaves the job unmonitored without raising; GPUWATCH_ENABLED=false
+turns everything off."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuwatch import cli
+from gpuwatch.config import ConfigError, load_settings
+from gpuwatch.monitor import watch
+
+SECRET = "T0SECRET/B0SECRET/xoxSECRETvalue"
+HOOK = f"https://hooks.slack.com/services/{SECRET}"
+
+# (row id, environment, gpuwatch.toml, pyproject.toml, what the one line must name)
+ROWS: list[tuple[str, dict[str, str], str, str, str]] = [
+    ("env-detectors-not-json", {"GPUWATCH_DETECTORS": "garbage"}, "", "", "GPUWATCH_DETECTORS"),
+    ("env-exporter-not-json", {"GPUWATCH_EXPORTER": "garbage"}, "", "", "GPUWATCH_EXPORTER"),
+    ("env-prices-not-json", {"GPUWATCH_PRICES": "{\"H100 SXM\":"}, "", "", "GPUWATCH_PRICES"),
+    ("env-slack-verdicts-not-json", {"GPUWATCH_SLACK__VERDICTS": "fix_here"}, "", "",
+     "GPUWATCH_SLACK__VERDICTS"),
+    ("env-slack-whole-webhook", {"GPUWATCH_SLACK": HOOK}, "", "", "GPUWATCH_SLACK"),
+    ("env-gpus-torn-json", {"GPUWATCH_GPUS": "[0,"}, "", "", "gpus"),
+    ("env-gpus-wrong-shape", {"GPUWATCH_GPUS": "{\"a\": 1}"}, "", "", "gpus"),
+    ("env-float-word", {"GPUWATCH_SAMPLE_INTERVAL_S": "fast"}, "", "", "sample_interval_s"),
+    ("env-float-negative", {"GPUWATCH_SAMPLE_INTERVAL_S": "-1"}, "", "", "sample_interval_s"),
+    ("env-float-nan", {"GPUWATCH_FLUSH_INTERVAL_S": "nan"}, "", "", "flush_interval_s"),
+    ("env-int-huge", {"GPUWATCH_RING_CAPACITY": "1e30"}, "", "", "ring_capacity"),
+    ("env-bool-word", {"GPUWATCH_NVML": "maybe"}, "", "", "nvml"),
+    ("env-nested-port", {"GPUWATCH_EXPORTER__PORT": "99999"}, "", "", "exporter.port"),
+    ("env-detector-threshold-word", {"GPUWATCH_DETECTORS__HANG__MIN_SECONDS": "soon"}, "", "",
+     "detectors"),
+    ("env-unknown-variable", {"GPUWATCH_SMAPLE_INTERVAL_S": "1"}, "", "",
+     "GPUWATCH_SMAPLE_INTERVAL_S"),
+    ("env-binary-value", {"GPUWATCH_JOB": "\udcff\udcfe" * 100}, "", "", "job"),
+    ("toml-malformed", {}, "x = = 1\n", "", "gpuwatch.toml"),
+    ("toml-not-utf8", {}, "\udcff\udcfe = 1\n", "", "gpuwatch.toml"),
+    ("toml-wrong-type", {}, "sample_interval_s = \"fast\"\n", "", "sample_interval_s"),
+    ("toml-slack-whole-webhook", {}, f"slack = \"{HOOK}\"\n", "", "slack"),
+    ("toml-secret-wrong-type", {}, f"[slack]\nwebhook_url = [\"{HOOK}\"]\n", "",
+     "slack.webhook_url"),
+    ("toml-table-wrong-type", {}, "[exporter]\nport = [1]\n", "", "exporter.port"),
+    ("toml-unknown-key", {}, "smaple_interval_s = 1\n", "", "smaple_interval_s"),
+    ("pyproject-wrong-type", {}, "", "[tool.gpuwatch]\nring_capacity = \"big\"\n",
+     "ring_capacity"),
+    ("pyproject-malformed", {}, "", "[tool.gpuwatch\n", "pyproject.toml"),
+    # names a setting refers to: checked before the job starts
+    ("unknown-target-gpu", {"GPUWATCH_TARGET_GPU": "Z100"}, "", "", "Z100"),
+    ("unknown-gpu-model", {"GPUWATCH_GPU_MODEL": "Z100"}, "", "", "Z100"),
+    ("unknown-price-name", {"GPUWATCH_PRICES": "{\"Z100\": 1.0}"}, "", "", "Z100"),
+    ("unknown-detector", {"GPUWATCH_DETECTORS__NOPE__THRESHOLD": "1"}, "", "", "nope"),
+    ("unknown-threshold", {}, "[detectors.hang]\nnope = 1\n", "", "nope"),
+]
+
+
+def _setup(monkeypatch: pytest.MonkeyPatch, tmp: Path, env: dict[str, str], toml: str,
+           pyproject: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if toml:
+        (tmp / "gpuwatch.toml").write_bytes(toml.encode("utf-8", "surrogateescape"))
+    if pyproject:
+        (tmp / "pyproject.toml").write_text(pyproject)
+
+
+@pytest.mark.parametrize(("env", "toml", "pyproject", "names"),
+                         [pytest.param(*row[1:], id=row[0]) for row in ROWS])
+def test_gpuwatch_run_exits_2_with_one_line_before_starting_the_command(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        env: dict[str, str], toml: str, pyproject: str, names: str) -> None:
+    _setup(monkeypatch, clean_env, env, toml, pyproject)
+    code = cli.main(["run", "--out", str(clean_env / "out"), "--", sys.executable, "-c",
+                     "open('started', 'w')"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert not (clean_env / "started").exists()  # the command never started
+    assert len(err.strip().splitlines()) == 1 and names in err, err
+    assert "Traceback" not in err and SECRET not in err
+
+
+@pytest.mark.parametrize(("env", "toml", "pyproject", "names"),
+                         [pytest.param(*row[1:], id=row[0]) for row in ROWS])
+def test_watch_logs_one_line_and_leaves_the_job_unmonitored_never_raising(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        env: dict[str, str], toml: str, pyproject: str, names: str) -> None:
+    _setup(monkeypatch, clean_env, env, toml, pyproject)
+    with caplog.at_level(logging.ERROR, logger="gpuwatch"):
+        monitor = watch(out_dir=str(clean_env / "out"))
+        with monitor.step(samples=1), monitor.phase("compute"):
+            pass
+        monitor.stop()
+    assert not monitor.agent.started
+    assert not (clean_env / "out").exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert names in line and "\n" not in line and SECRET not in line
+
+
+# watch(**kwargs): bad keyword arguments, the same promise
+KWARGS: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown-kwarg", {"smaple_interval_s": 1}, "smaple_interval_s"),
+    ("float-string", {"sample_interval_s": "x"}, "sample_interval_s"),
+    ("dict-not-dict", {"detectors": 5}, "detectors"),
+    ("price-not-number", {"prices": {"H100 SXM": "cheap"}}, "prices"),
+    ("job-not-string", {"job": ["a"]}, "job"),
+    ("secret-not-string", {"slack": {"webhook_url": 12345678}}, "slack.webhook_url"),
+    ("ring-capacity-huge", {"ring_capacity": 1 << 40}, "ring_capacity"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "names"),
+                         [pytest.param(k, n, id=i) for i, k, n in KWARGS])
+def test_watch_with_bad_keyword_arguments_never_raises(
+        clean_env: Path, caplog: pytest.LogCaptureFixture, kwargs: dict[str, Any],
+        names: str) -> None:
+    with caplog.at_level(logging.ERROR, logger="gpuwatch"):
+        monitor = watch(**kwargs)
+    assert not monitor.agent.started
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert names in line and "12345678" not in line
+
+
+def test_load_settings_error_is_a_config_error_for_every_row(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layer below both: every settings row fails as ConfigError, one line."""
+    for _, env, toml, pyproject, _names in ROWS[:25]:
+        with monkeypatch.context() as m:
+            _setup(m, clean_env, env, toml, pyproject)
+            with pytest.raises(ConfigError) as info:
+                load_settings()
+            assert "\n" not in str(info.value)
+        for f in ("gpuwatch.toml", "pyproject.toml"):
+            (clean_env / f).unlink(missing_ok=True)
+
+
+def test_enabled_false_turns_everything_off_even_with_broken_settings(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GPUWATCH_ENABLED", "false")
+    monkeypatch.setenv("GPUWATCH_DETECTORS", "garbage")
+    monitor = watch(out_dir=str(clean_env / "w"))
+    assert not monitor.agent.started and not (clean_env / "w").exists()
+    script = "import os, sys; open('started', 'w').write(os.environ.get('PYTHONPATH', ''))"
+    code = cli.main(["run", "--out", str(clean_env / "out"), "--", sys.executable, "-c", script])
+    assert code == 0, capsys.readouterr().err
+    assert "_bootstrap" not in (clean_env / "started").read_text()  # no agent in the child
+    assert not (clean_env / "out").exists()  # no run directory, no findings
+
+
+def test_enabled_false_in_the_config_file_turns_the_agent_off(
+        clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (clean_env / "gpuwatch.toml").write_text("enabled = false\n")
+    monitor = watch(out_dir=str(clean_env / "w"))
+    assert not monitor.agent.started and not (clean_env / "w").exists()
+    code = cli.main(["run", "--out", str(clean_env / "out"), "--", sys.executable, "-c",
+                     "raise SystemExit(7)"])
+    assert code == 7 and not (clean_env / "out").exists()
+
+
+def test_gpuwatch_run_checks_the_webhook_file_before_starting_the_command(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GPUWATCH_SLACK__WEBHOOK_URL_FILE", str(clean_env / "no-such-file"))
+    code = cli.main(["run", "--out", str(clean_env / "out"), "--", sys.executable, "-c",
+                     "open('started', 'w')"])
+    err = capsys.readouterr().err
+    assert code == 2 and "slack.webhook_url_file" in err and len(err.splitlines()) == 1
+    assert not (clean_env / "started").exists()

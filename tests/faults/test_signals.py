@@ -1,0 +1,98 @@
+"""Attack: SIGTERM, SIGINT and SIGKILL at random points, including inside a long C
+call. What must hold: the process ends as promptly as it would without gpuwatch and
+of the same signal; a user's own handler runs as before; the run log stays
+readable, its steps numbered 1..N without a gap, at most one torn last line."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from gpuwatch.records import Step
+from gpuwatch.sinks.runlog import RunLogReader
+from tests.wait import wait_for
+
+pytestmark = pytest.mark.integration
+SCRIPT = str(Path(__file__).resolve().parent / "scripts" / "signal_target.py")
+
+
+def _start(out: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    proc = subprocess.Popen([sys.executable, SCRIPT, str(out), *args], stdout=subprocess.PIPE,
+                            env=env, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()  # the child's own deadline: a test timeout
+    assert line == "ready", line
+    return proc
+
+
+def _steps(out: Path) -> tuple[list[int], int]:
+    path = out / "run.jsonl"
+    if not path.exists():
+        return [], 0
+    reader = RunLogReader(path)
+    return [r.step for r in reader if isinstance(r, Step)], reader.skipped
+
+
+def _wait_death(proc: subprocess.Popen[str], sig: int) -> float:
+    start = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    return time.monotonic() - start
+
+
+def test_sigterm_inside_a_long_c_call_ends_the_process_at_once(tmp_path: Path) -> None:
+    proc = _start(tmp_path, "c-call")
+    cpu = psutil.Process(proc.pid)
+    at_ready = sum(cpu.cpu_times()[:2])
+    # inside torch's matrix_power: the process burns CPU with no Python step running
+    wait_for(lambda: sum(cpu.cpu_times()[:2]) - at_ready > 0.5, 60, "the long C call")
+    wait_for(lambda: len(_steps(tmp_path)[0]) >= 50, 10, "the first 50 steps to be logged")
+    took = _wait_death(proc, signal.SIGTERM)
+    assert proc.returncode == -signal.SIGTERM
+    assert took < 1.0, took  # not when the C call returns (many seconds later)
+    steps, skipped = _steps(tmp_path)
+    assert steps == list(range(1, 51)) and skipped <= 1
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_users_own_sigterm_handler_still_runs(tmp_path: Path, when: str) -> None:
+    proc = _start(tmp_path, "loop", when)
+    _wait_death(proc, signal.SIGTERM)
+    assert proc.returncode == 0  # the handler's sys.exit(0)
+    assert (tmp_path / "handled").read_text() == "yes"
+    steps, skipped = _steps(tmp_path)  # a normal exit: stopped at exit, complete
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 50 and skipped == 0
+
+
+def test_sigint_raises_keyboard_interrupt_and_the_log_is_complete(tmp_path: Path) -> None:
+    proc = _start(tmp_path, "loop")
+    took = _wait_death(proc, signal.SIGINT)
+    assert proc.returncode in (1, -signal.SIGINT)  # KeyboardInterrupt, as without gpuwatch
+    assert took < 2.5
+    steps, skipped = _steps(tmp_path)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 50 and skipped == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_at_a_random_point_leaves_a_readable_gapless_log(tmp_path: Path,
+                                                                 seed: int) -> None:
+    proc = _start(tmp_path, "loop")
+    logged = len(_steps(tmp_path)[0])
+    wait_for(lambda: len(_steps(tmp_path)[0]) > logged + random.Random(seed).randint(1, 400),
+             20, "more steps to be logged")
+    _wait_death(proc, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    steps, skipped = _steps(tmp_path)
+    assert steps == list(range(1, len(steps) + 1)) and skipped <= 1
