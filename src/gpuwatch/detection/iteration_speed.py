@@ -3,7 +3,14 @@ GPU (one, and scaled out): days versus hours."""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, mean_parts, recent, tensor_share
+from gpuwatch.detection.context import (
+    Context,
+    Detection,
+    mean_parts,
+    recent,
+    tensor_share,
+    window_s,
+)
 from gpuwatch.detection.projection import project
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
@@ -13,7 +20,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     planned = ctx.total_steps or view.planned_steps
     if not planned:
         return None
-    since = now - rule.window_s
+    since = now - window_s(view, rule)
     summary = recent(view, rule, now)
     if summary is None:
         return None
@@ -24,7 +31,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if remaining <= 0 or hours_now < th["min_remaining_hours"]:
         return None
     world = view.meta.world_size if view.meta else 1
-    proj = project(parts, ctx.target_gpu, ctx.current_gpu(view), ranks=world,
+    current = ctx.current_gpu(view)
+    proj = project(parts, ctx.target_gpu, current, ranks=world,
                    tensor_share=tensor_share(view, since), total_steps=planned)
     hours_target = remaining * proj.projected.total / 3600
     scale = th["scale_out_gpus"]
@@ -34,10 +42,16 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                 "remaining_hours_now": hours_now, "remaining_hours_target": hours_target,
                 "remaining_hours_scaled": hours_scaled, "speedup_ratio": proj.speedup,
                 "scale_out_gpus": scale}
-    worth_it = proj.speedup >= th["min_speedup"]
-    advice = (f"Move to {ctx.target}: {hours_now / 24:.1f} days become "
-              f"{hours_scaled:.1f} h on {scale:.0f} GPUs." if worth_it else
-              f"The projected gain on {ctx.target} is small ({proj.speedup:.2f}x): scale out "
-              "or make the step itself cheaper.")
+    already = current is not None and current.name == ctx.target
+    worth_it = proj.speedup >= th["min_speedup"] and not already
+    if worth_it:
+        advice = (f"Move to {ctx.target}: {hours_now / 24:.1f} days become "
+                  f"{hours_scaled:.1f} h on {scale:.0f} GPUs.")
+    elif already:
+        advice = (f"The job already runs on {ctx.target}: scale out (data parallel) or make "
+                  "the step itself cheaper to finish sooner.")
+    else:
+        advice = (f"The projected gain on {ctx.target} is small ({proj.speedup:.2f}x): scale "
+                  "out or make the step itself cheaper.")
     return Detection(evidence, [view.rank], text={"target": ctx.target, "advice": advice},
                      projection=proj.as_dict(), verdict="move_to_h100" if worth_it else "info")

@@ -1,24 +1,28 @@
-"""underutilised: low GPU utilisation that no other detector explains (info)."""
+"""underutilised: low GPU utilisation that no other detector explains (info).
+
+Every active finding that covers this rank explains it: the rank's own (data
+starvation, blocking checkpoints, a hang, memory pressure) and the job's
+(a straggler or a sync bottleneck leaves every rank waiting)."""
 
 from __future__ import annotations
 
 import statistics
 
-from gpuwatch.detection.context import Context, Detection, recent
+from gpuwatch.detection.context import Context, Detection, recent, window_s
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
-EXPLANATIONS = {"data_starvation", "checkpoint_overhead", "hang", "straggler",
-                "sync_bottleneck", "fits_on_paper"}
+EXPLANATIONS = frozenset({"data_starvation", "checkpoint_overhead", "hang", "straggler",
+                          "sync_bottleneck", "fits_on_paper"})
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
-    if ctx.active & EXPLANATIONS:
+    if ctx.explained.get(view.rank, set()) & EXPLANATIONS:
         return None
-    since = now - rule.window_s
     summary = recent(view, rule, now)
     if summary is None:
         return None
+    since = now - window_s(view, rule)
     samples = [s for s in view.samples_since("nvml", since) if "gpu_utilization_ratio" in s.values]
     if len(samples) < 3:
         return None
