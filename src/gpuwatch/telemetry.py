@@ -33,7 +33,7 @@ MEDIAN_STEPS = 15  # the running median step is taken over this many recent step
 INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an interruption
 RHYTHM_SHARE = 0.10  # interruptions more frequent than this share of steps are the rhythm
 # Events that show the job is working between steps (besides steps themselves).
-PROGRESS_EVENTS = frozenset({"loader_progress", "eval", "checkpoint_save"})
+PROGRESS_EVENTS = frozenset({"progress", "checkpoint_save"})
 
 
 # What step windows sum: the step count, then these step fields.

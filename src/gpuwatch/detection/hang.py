@@ -1,9 +1,10 @@
 """hang: all progress has stopped for max(min_seconds, median_multiple x median step)
 while the process lives (its agent still reports). Severity critical.
 
-Progress is anything that shows the job working: a step, a DataLoader batch
-outside a step (an eval loop, an epoch restart), an eval hook, a finished save
-(``PROGRESS_EVENTS``), and, for logs without those records, what the probes see:
+Progress is anything that shows the job working: a step, DataLoader or eval
+batches between steps (a ``progress`` event: an eval loop, an epoch restart, the
+micro-batches of a long step), a finished save (``PROGRESS_EVENTS``), and, for
+logs without those records, what the probes see:
 a save still being written, the GPU busy at its working power (an eval, a long
 step), or the process busy on its CPU outside a wait (a ``torch.compile``
 recompile). Waiting is not progress: an open data or collective phase, or the

@@ -28,6 +28,8 @@ COLLECTIVE_BYTES = 108  # value: bytes a collective moved (tensor size, not wire
 PHASE_SECONDS = 109  # value: (phase code, seconds) measured elsewhere (a callback, a future)
 TOTAL_STEPS = 110  # value: the steps the run plans (from the framework or the user)
 DEVICE_TIMING = 111  # value: (phase, start event, end event) to read off the hot path
+EVAL_BATCH = 112  # an evaluation batch done (a framework's eval hook)
+BACKGROUND_SAVE = 113  # value: (seconds, bytes) of a save written off the training thread
 
 DATA = 1
 COMPUTE = 2

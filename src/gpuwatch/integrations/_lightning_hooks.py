@@ -73,6 +73,11 @@ class LightningHooks:
         if self._marker is not None:
             self._marker.batch_end()
 
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._marker is not None:
+            self._marker.eval_batch()
+
     def on_save_checkpoint(self, trainer: Any, pl_module: Any,
                            checkpoint: dict[str, Any]) -> None:
         if self._marker is not None:

@@ -60,6 +60,10 @@ class GpuWatchCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._last = perf_counter()
 
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._marker is not None:
+            self._marker.eval_batch()
+
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._last = perf_counter()
 
