@@ -146,7 +146,8 @@ class Telemetry:
         self.topology: dict[str, Any] | None = None
         self.planned_steps: int | None = None
         self.steps_seen = 0  # steps this log holds (a resumed run counts from its first)
-        self.interruptions = 0  # steps left out of the windows as interruptions
+        # (start, end) of recent steps left out of the windows as interruptions
+        self.interruptions: deque[tuple[float, float]] = deque(maxlen=MAX_EVENTS)
         self.first_step_start: float | None = None  # start of the first step (Unix s)
         self.last_progress = 0.0  # newest step or progress event time
         self._walls: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent step walls
@@ -192,7 +193,7 @@ class Telemetry:
         self._walls.append(s.wall_s)
         self.every_step.add(s)
         if median is not None and s.wall_s > INTERRUPTION_MULTIPLE * median:
-            self.interruptions += 1  # an eval, a save, a recompile: progress, not typical
+            self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
             return
         self.window.add(s)
 
@@ -204,7 +205,7 @@ class Telemetry:
             self.ooms += int(e.data.get("count", 1))
             self.oom_times.append(e.t)
         elif e.name == "batch_size_changed":
-            self.batch.change(int(e.data["from"]), int(e.data["to"]), e.t)
+            self.batch.change(int(e.data["from"]), int(e.data["to"]), e.t, self.steps_seen)
         elif e.name == "checkpoint_save":
             self.saves.add(e)
         elif e.name == "topology":
@@ -238,6 +239,10 @@ class Telemetry:
     def working_power_w(self) -> float | None:
         """The GPU's median power draw while the job was stepping (watts), if sampled."""
         return statistics.median(self._stepping_power) if self._stepping_power else None
+
+    def interrupted(self, t: float) -> bool:
+        """Whether time ``t`` fell inside a recent interruption (an eval, a save...)."""
+        return any(a <= t <= b for a, b in reversed(self.interruptions))
 
     def ooms_since(self, since: float) -> int:
         return sum(1 for t in self.oom_times if t >= since)
@@ -287,26 +292,30 @@ class Telemetry:
 class TrainingBatch:
     """The training loader's batch size over the run, from ``batch_size_changed`` events.
 
-    A cut is a drop below the largest size seen that never rises again: a batch-size
-    finder that grows, hits its limit and settles lower is one cut; sizes that go up
-    and down again (two loaders in an older log) are no cut at all.
+    A cut is a drop below the largest size that trained at least one step, which never
+    rises again: a batch-size finder that grows, hits its limit and settles lower is
+    one cut; a size that held no step (an eval loader's batches between two steps, in
+    older logs) is no peak, and sizes that go up and down again are no cut at all.
     """
 
-    __slots__ = ("current", "cut_at", "flipped", "peak")
+    __slots__ = ("_since", "current", "cut_at", "flipped", "peak")
 
     def __init__(self) -> None:
         self.peak = 0
         self.current = 0
         self.cut_at: float | None = None  # when the size first fell below its peak
-        self.flipped = False  # it rose again after a drop
+        self.flipped = False  # it rose again after a cut
+        self._since = 0  # steps seen when the current size began
 
-    def change(self, before: int, after: int, t: float) -> None:
-        self.peak = max(self.peak, before, after)
-        if after < before and self.cut_at is None:
-            self.cut_at = t
-        elif after > before and self.cut_at is not None:
+    def change(self, before: int, after: int, t: float, steps: int) -> None:
+        """The size went from ``before`` to ``after`` at ``t``, ``steps`` steps in."""
+        if steps > self._since or not self.current:
+            self.peak = max(self.peak, before)  # ``before`` trained at least one step
+        if self.cut_at is not None and after > before:
             self.flipped = True
-        self.current = after
+        self.current, self._since = after, steps
+        if after < self.peak and self.cut_at is None:
+            self.cut_at = t
 
     @property
     def cut(self) -> tuple[int, int] | None:

@@ -58,17 +58,22 @@ class Context:
         return None
 
 
+STEP_SLACK = 1.25  # a window sized in steps holds this many times min_steps median steps
+
+
 def scale(view: Telemetry, rule: Rule) -> float:
     """How much longer than its ``window_s`` a rule looks at this rank (>= 1): enough
-    for ``min_steps`` median steps, so a 30 s step gets as many steps as a 0.1 s one."""
+    for ``min_steps`` median steps (with ``STEP_SLACK`` for steps that vary), so a 30 s
+    step gets as many steps as a 0.1 s one."""
     median = view.median_step_s()
     if not median or rule.min_steps <= 0:
         return 1.0
-    return max(1.0, rule.min_steps * median / rule.window_s)
+    return max(1.0, STEP_SLACK * rule.min_steps * median / rule.window_s)
 
 
 def window_s(view: Telemetry, rule: Rule) -> float:
-    """The rule's window on this rank (seconds): max(window_s, min_steps x median step)."""
+    """The rule's window on this rank (seconds):
+    max(window_s, STEP_SLACK x min_steps x median step)."""
     return rule.window_s * scale(view, rule)
 
 

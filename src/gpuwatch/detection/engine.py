@@ -78,6 +78,7 @@ class Engine:
     findings: dict[str, Finding] = field(default_factory=dict)
     errors: int = 0
     _pending: dict[str, float] = field(default_factory=dict)  # fingerprint -> first detected
+    _detected: dict[str, tuple[str, list[int]]] = field(default_factory=dict)  # fp -> id, ranks
     _clock: float = 0.0
     next_eval: float = float("-inf")  # record time of the next judgement
     _own: set[int] = field(default_factory=set)
@@ -145,6 +146,7 @@ class Engine:
                 fp = fingerprint(self.job, rule_id, detection.ranks)
                 seen.add(fp)
                 since = self._pending.setdefault(fp, now)
+                self._detected[fp] = (rule_id, detection.ranks)
                 named = [self.views[r] for r in detection.ranks if r in self.views] or views
                 if now - since < for_s(named, rule):
                     continue  # not sustained long enough yet
@@ -152,7 +154,7 @@ class Engine:
                 if changed is not None:
                     changes.append(changed)
         for fp in [fp for fp in self._pending if fp not in seen]:
-            del self._pending[fp]
+            del self._pending[fp], self._detected[fp]
         for fp, f in list(self.findings.items()):
             if f.state == "active" and fp not in seen and now - f.last_seen >= self._hold(f):
                 resolved = replace(f, state="resolved", last_seen=now)
@@ -171,15 +173,18 @@ class Engine:
         return min(rule.window_s, 60.0) * factor
 
     def _explain(self) -> None:
-        """Tell the detectors which findings are active, and on which ranks."""
-        active = [f for e in (self, *self.peers) for f in e.active()]
-        self.context.active = {f.detector for f in active}
+        """Tell the detectors which findings are active and which conditions are detected
+        (still short of ``for_s``), and on which ranks: job-scope ones cover every rank."""
+        self.context.active = {f.detector for e in (self, *self.peers) for f in e.active()}
         explained: dict[int, set[str]] = {}
-        for f in active:
-            rule = self.rules.get(f.detector)
-            job_wide = rule is not None and rule.scope == "job"
-            for r in (self.views if job_wide else f.ranks):
-                explained.setdefault(r, set()).add(f.detector)
+        for engine in (self, *self.peers):
+            covered = [(f.detector, f.ranks) for f in engine.active()]
+            covered += engine._detected.values()
+            for detector, ranks in covered:
+                rule = self.rules.get(detector)
+                job_wide = rule is not None and rule.scope == "job"
+                for r in (self.views if job_wide else ranks):
+                    explained.setdefault(r, set()).add(detector)
         self.context.explained = explained
 
     def _run(self, rule: Rule, views: list[Telemetry], now: float) -> list[Detection]:

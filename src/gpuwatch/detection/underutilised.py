@@ -1,4 +1,6 @@
-"""underutilised: low GPU utilisation that no other detector explains (info).
+"""underutilised: low GPU utilisation during typical steps that no other detector
+explains (info). Samples taken during interruptions (an eval, a save, a recompile)
+and stalls are not judged.
 
 Every active finding that covers this rank explains it: the rank's own (data
 starvation, blocking checkpoints, a hang, memory pressure) and the job's
@@ -12,6 +14,7 @@ from gpuwatch.detection.context import Context, Detection, recent, window_s
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
+STALL_S = 10.0  # no step or progress for this long (or 3 median steps): not judged
 EXPLANATIONS = frozenset({"data_starvation", "checkpoint_overhead", "hang", "straggler",
                           "sync_bottleneck", "fits_on_paper"})
 
@@ -20,10 +23,11 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if ctx.explained.get(view.rank, set()) & EXPLANATIONS:
         return None
     summary = recent(view, rule, now)
-    if summary is None:
-        return None
+    if summary is None or now - view.last_progress > max(STALL_S, 3 * summary.mean_step_s):
+        return None  # not stepping now: a stall is the hang detector's to judge
     since = now - window_s(view, rule)
-    samples = [s for s in view.samples_since("nvml", since) if "gpu_utilization_ratio" in s.values]
+    samples = [s for s in view.samples_since("nvml", since)
+               if "gpu_utilization_ratio" in s.values and not view.interrupted(s.t)]
     if len(samples) < 3:
         return None
     util = statistics.fmean(s.values["gpu_utilization_ratio"] for s in samples)
