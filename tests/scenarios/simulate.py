@@ -287,7 +287,7 @@ def _samples(shape: Shape, rank: int, out: list[Record], busy: list[_Busy],
     gpu = rank % 8
     i = 0
     t = START + shape.sample_s
-    end = START + shape.duration_s
+    end = max([START + shape.duration_s, *(b.t1 for b in busy)])  # the probes outlive steps
     cpu_total = 0.0
     retries = 0.0
     while t <= end:
