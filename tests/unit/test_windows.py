@@ -84,3 +84,23 @@ def test_a_healthy_loop_is_never_flagged_at_any_step_time(step_s: float) -> None
     engine.feed(records)
     engine.close()
     assert engine.findings == {}
+
+
+@settings(max_examples=10, deadline=None)
+@given(STEP_TIMES)
+def test_a_stall_is_reported_within_the_hang_bound_at_any_step_time(step_s: float) -> None:
+    """docs/runbooks.md: hang reports within max(60 s, 10 x median step) of the last
+    progress, plus one detection interval and one probe sample."""
+    from tests.scenarios import Shape, Stop, simulate
+
+    rule = RULES["hang"]
+    bound = max(rule.thresholds["min_seconds"], rule.thresholds["median_multiple"] * step_s)
+    stop_at = max(30 * step_s, 60.0)
+    shape = Shape(step_s=step_s, duration_s=stop_at + bound + 2 * step_s + 30, jitter=0.0,
+                  sample_s=2.0,
+                  stop=Stop(at_s=stop_at, ranks=(0,), kind="loader"))
+    records = simulate(shape)[0]
+    last_step = max(r.t for r in records if isinstance(r, Step))
+    at = raised(records, "hang")
+    assert at is not None
+    assert last_step + bound <= at <= last_step + bound + 1.0 + shape.sample_s
