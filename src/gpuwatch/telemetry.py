@@ -112,17 +112,26 @@ class StepWindow:
 
     def since(self, since: float) -> StepSummary | None:
         """Mean step over the steps that ended at or after ``since``; None if none."""
+        return mean_step(self.sums_since(since))
+
+    def sums_since(self, since: float) -> tuple[float, ...]:
+        """Sums (SUMMED order, the count first) of the steps that ended at or after ``since``."""
         i = bisect.bisect_left(self._t, since)
         if i >= len(self._t):
-            return None
-        base = self._totals[i - 1] if i > 0 else (0.0,) * len(SUMMED)
-        n = self.last[0] - base[0]
-        if n <= 0:
-            return None
-        sums = [(a - b) / n for a, b in zip(self.last[1:], base[1:], strict=True)]
-        if sums[0] <= 0:
-            return None
-        return StepSummary(int(n), *sums)
+            return ZERO
+        base = self._totals[i - 1] if i > 0 else ZERO
+        return tuple(map(operator.sub, self.last, base))
+
+
+ZERO = (0.0,) * len(SUMMED)
+
+
+def mean_step(sums: tuple[float, ...]) -> StepSummary | None:
+    """The mean step of summed steps (SUMMED order); None for no steps or no time."""
+    n = sums[0]
+    if n <= 0 or sums[1] <= 0:
+        return None
+    return StepSummary(int(n), *(x / n for x in sums[1:]))
 
 
 class Telemetry:
@@ -133,7 +142,7 @@ class Telemetry:
         self.meta: Meta | None = None
         self.steps: deque[Step] = deque(maxlen=MAX_STEPS)
         self.window = StepWindow(MAX_STEPS)  # typical steps (what peers are sent)
-        self.every_step = StepWindow(MAX_STEPS)  # typical steps and interruptions
+        self.interrupting = StepWindow(MAX_EVENTS)  # the steps that were interruptions
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.samples: dict[tuple[str, int | None], deque[Sample]] = {}
         self.total_steps = 0
@@ -151,6 +160,7 @@ class Telemetry:
         self.first_step_start: float | None = None  # start of the first step (Unix s)
         self.last_progress = 0.0  # newest step or progress event time
         self._walls: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent step walls
+        self._median = 0.0  # their median (0: none yet)
         self._stepping_power: deque[float] = deque(maxlen=120)  # watts while steps ran
 
     def add(self, records: Iterable[Record]) -> None:
@@ -184,16 +194,19 @@ class Telemetry:
         self.steps.append(s)
         self.total_steps = s.step
         self.steps_seen += 1
-        self.last_progress = max(self.last_progress, s.t)
+        if s.t > self.last_progress:
+            self.last_progress = s.t
         if self.first_step_start is None:
             self.first_step_start = s.t - s.wall_s
         if self.steps_seen <= WARMUP_STEPS:
             return
-        median = statistics.median(self._walls) if len(self._walls) >= 5 else None
+        median = self._median if len(self._walls) >= 5 else 0.0
         self._walls.append(s.wall_s)
-        self.every_step.add(s)
-        if median is not None and s.wall_s > INTERRUPTION_MULTIPLE * median:
+        ordered = sorted(self._walls)
+        self._median = ordered[len(ordered) // 2]  # (the upper median of an even count)
+        if median and s.wall_s > INTERRUPTION_MULTIPLE * median:
             self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
+            self.interrupting.add(s)
             return
         self.window.add(s)
 
@@ -220,19 +233,19 @@ class Telemetry:
         and interruptions too while they are rare (under ``RHYTHM_SHARE`` of the steps);
         more often than that they are the job's rhythm (a loader that stalls every few
         steps) and count."""
-        typical = self.window.since(since)
-        every = self.every_step.since(since)
-        if every is None or typical is None:
-            return every if every is not None and every.steps > 1 else typical
-        if every.steps - typical.steps > RHYTHM_SHARE * every.steps:
-            return every
-        return typical
+        typical = self.window.sums_since(since)
+        if not self.interruptions or self.interruptions[-1][1] < since:
+            return mean_step(typical)  # the common case: no interruption in the window
+        interrupting = self.interrupting.sums_since(since)
+        if interrupting[0] > RHYTHM_SHARE * (typical[0] + interrupting[0]):
+            return mean_step(tuple(map(operator.add, typical, interrupting)))
+        return mean_step(typical)
 
     def median_step_s(self) -> float | None:
         """The running median of recent steps (seconds); for a peer's view, which
         holds only published totals, the mean step of its last minute of totals."""
         if self._walls:
-            return statistics.median(self._walls)
+            return self._median
         summary = self.window.since(self.clock - 60.0)
         return summary.wall_s if summary is not None else None
 
@@ -242,6 +255,8 @@ class Telemetry:
 
     def interrupted(self, t: float) -> bool:
         """Whether time ``t`` fell inside a recent interruption (an eval, a save...)."""
+        if not self.interruptions or t > self.interruptions[-1][1]:
+            return False
         return any(a <= t <= b for a, b in reversed(self.interruptions))
 
     def ooms_since(self, since: float) -> int:
