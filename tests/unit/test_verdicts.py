@@ -134,5 +134,18 @@ def test_a_job_level_finding_explains_low_utilisation_on_every_rank(tmp_path: Pa
     shape = job("slow_rank_of_four").shape
     found = analyze(write(shape, tmp_path), Settings()).findings
     assert {f.detector for f in found} == {"straggler"}
-    rank_only = analyze(write(shape, tmp_path / "one")[:1], Settings()).findings
-    assert {f.detector for f in rank_only} == {"underutilised"}  # rank 0 alone: unexplained
+    # the job engine's findings reach the rank engines: with the rank-local explanation
+    # (waiting in collectives) switched off, the straggler finding alone keeps them quiet
+    quiet = {"underutilised": {"collective_share": 1.0}}
+    found = analyze(write(shape, tmp_path / "b"), Settings(detectors=quiet)).findings
+    assert {f.detector for f in found} == {"straggler"}
+    one = write(shape, tmp_path / "one")[:1]  # rank 0 alone: nothing explains it
+    assert {f.detector for f in analyze(one, Settings(detectors=quiet)).findings} == {
+        "underutilised"}
+
+
+def test_a_rank_waiting_for_its_peers_is_explained_without_the_job_view(tmp_path: Path) -> None:
+    """Rank 0's log alone (as a live rank other than 0 judges): its collective wait
+    explains its idle GPU."""
+    one = write(job("slow_rank_of_four").shape, tmp_path)[:1]
+    assert analyze(one, Settings()).findings == []

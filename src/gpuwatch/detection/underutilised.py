@@ -4,7 +4,9 @@ and stalls are not judged.
 
 Every active finding that covers this rank explains it: the rank's own (data
 starvation, blocking checkpoints, a hang, memory pressure) and the job's
-(a straggler or a sync bottleneck leaves every rank waiting)."""
+(a straggler or a sync bottleneck leaves every rank waiting). A rank that spends
+a large share of its steps waiting in collectives is explained by its peers even
+where the job's findings are not judged (live ranks other than rank 0)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     summary = recent(view, rule, now)
     if summary is None or now - view.last_progress > max(STALL_S, 3 * summary.mean_step_s):
         return None  # not stepping now: a stall is the hang detector's to judge
+    if summary.collective_share >= rule.thresholds["collective_share"]:
+        return None  # waiting for its peers: explained on every rank, even without rank 0's
     since = now - window_s(view, rule)
     samples = [s for s in view.samples_since("nvml", since)
                if "gpu_utilization_ratio" in s.values and not view.interrupted(s.t)]
