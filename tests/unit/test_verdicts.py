@@ -149,3 +149,43 @@ def test_a_rank_waiting_for_its_peers_is_explained_without_the_job_view(tmp_path
     explains its idle GPU."""
     one = write(job("slow_rank_of_four").shape, tmp_path)[:1]
     assert analyze(one, Settings()).findings == []
+
+
+def test_progress_records_alone_keep_a_long_eval_from_being_a_hang() -> None:
+    """A CPU-side eval (generation on the host, say): GPU idle, yet its batches are logged
+    as progress, so no hang; without them the same quiet stretch would be one."""
+    shape = Shape(step_s=1.0, duration_s=500, evals=Evals(every_s=100, seconds=240))
+    records = simulate(shape)[0]
+    idle = [_idle(r) for r in records]
+    assert [f for f in judge(idle) if f.detector == "hang"] == []
+    silent = [r for r in idle if not (isinstance(r, Event) and r.name == "progress")]
+    assert only(judge(silent), "hang").severity == "critical"
+
+
+def _idle(r: Record) -> Record:
+    """The record with the GPU idle and the CPU quiet during evals."""
+    if isinstance(r, Sample) and r.source == "nvml" and r.values["gpu_utilization_ratio"] == 0.85:
+        return Sample(r.rank, r.t, r.source, {**r.values, "gpu_utilization_ratio": 0.0,
+                                              "gpu_power_watts": 60.0}, gpu=r.gpu)
+    if isinstance(r, Sample) and r.source == "host" and r.values["process_cpu_cores"] == 1.0:
+        return Sample(r.rank, r.t, r.source, {**r.values, "process_cpu_cores": 0.05})
+    return r
+
+
+def test_training_batch_cuts_follow_the_size_that_trained() -> None:
+    from gpuwatch.telemetry import TrainingBatch
+
+    finder = TrainingBatch()
+    for step, (a, b) in enumerate([(4, 8), (8, 16), (16, 12)], start=1):
+        finder.change(a, b, float(step), steps=step)
+    assert finder.cut == (16, 12)
+    eval_flips = TrainingBatch()
+    for k in range(4):  # train 16 for 40 steps, eval 64 between two steps, back to 16
+        eval_flips.change(16, 64, 0.0, steps=40 * (k + 1))
+        eval_flips.change(64, 16, 0.0, steps=40 * (k + 1))
+    assert eval_flips.cut is None
+    restored = TrainingBatch()
+    restored.change(32, 24, 1.0, steps=100)
+    assert restored.cut == (32, 24)
+    restored.change(24, 32, 2.0, steps=200)  # back up: the cut is over
+    assert restored.cut is None
