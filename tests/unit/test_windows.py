@@ -104,3 +104,44 @@ def test_a_stall_is_reported_within_the_hang_bound_at_any_step_time(step_s: floa
     at = raised(records, "hang")
     assert at is not None
     assert last_step + bound <= at <= last_step + bound + 1.0 + shape.sample_s
+
+
+def two_ranks(step_s: float, healthy_s: float, slow_s: float) -> list[Record]:
+    """Two ranks in lockstep; from the onset rank 1 computes 1.6x longer and rank 0 waits
+    for it in its collective (the step grows accordingly)."""
+    out: list[Record] = [meta(0, 2), meta(1, 2)]
+    t, n = START, 0
+    while t < START + healthy_s + slow_s:
+        n += 1
+        slow = t >= START + healthy_s
+        pure = 0.8 * step_s
+        wall = step_s + (0.6 * pure if slow else 0.0)
+        t += wall
+        for rank in (0, 1):
+            mine = pure * (1.6 if slow and rank == 1 else 1.0)
+            wait = wall - 0.1 * step_s - mine
+            out.append(Step(rank=rank, step=n, t=t, wall_s=wall, data_s=0.05 * step_s,
+                            optimizer_s=0.05 * step_s, compute_s=mine + wait,
+                            collective_s=wait, collective_bytes=int(1e8)))
+    return out
+
+
+@settings(max_examples=10, deadline=None)
+@given(STEP_TIMES)
+def test_a_straggler_is_reported_within_the_stated_bound_at_any_step_time(step_s: float) -> None:
+    """The job-scope detectors inherit the same windows (bound on the slowed step)."""
+    rule = RULES["straggler"]
+    slowed = step_s * 1.48
+    bound = first_finding_bound(rule, slowed)
+    healthy_s = max(40 * step_s, 60.0)
+    records = two_ranks(step_s, healthy_s, bound + 5 * slowed)
+    engine = engine_from_settings(Settings(), "job")
+    at = None
+    for r in records:
+        engine.view(r.rank).add_one(r)
+        found = engine.observe(r.t) if isinstance(r, Step) and at is None else []
+        if any(f.detector == "straggler" for f in found):
+            at = r.t
+    onset = START + healthy_s
+    assert at is not None, bound
+    assert onset <= at <= onset + bound
