@@ -148,7 +148,6 @@ class Telemetry:
         self.total_steps = 0
         self.clock = 0.0
         self.started = 0.0
-        self.ooms = 0
         self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
         self.batch = TrainingBatch()
         self.saves = SaveTotals()
@@ -215,8 +214,7 @@ class Telemetry:
         if e.name in PROGRESS_EVENTS:
             self.last_progress = max(self.last_progress, e.t)
         if e.name == "oom":
-            self.ooms += int(e.data.get("count", 1))
-            self.oom_times.append(e.t)
+            self.oom_times.extend([e.t] * min(int(e.data.get("count", 1)), MAX_EVENTS))
         elif e.name == "batch_size_changed":
             self.batch.change(int(e.data["from"]), int(e.data["to"]), e.t, self.steps_seen)
         elif e.name == "checkpoint_save":

@@ -32,15 +32,14 @@ class Detection:
 @dataclass
 class Context:
     """Run-wide facts for detectors. ``gpu_model`` overrides the GPU seen by NVML;
-    ``total_steps`` the planned steps. The engine sets, per evaluation, ``active``
-    (detectors with an active finding on any rank) and ``explained`` (rank -> the
-    detectors whose active findings cover that rank: job-scope findings cover all)."""
+    ``total_steps`` the planned steps. The engine sets ``explained`` per evaluation:
+    rank -> the detectors whose active findings or detected conditions cover that
+    rank (job-scope ones cover every rank)."""
 
     gpus: dict[str, Gpu] = field(default_factory=catalogue)
     target: str = DEFAULT_TARGET
     gpu_model: str | None = None
     total_steps: int | None = None
-    active: set[str] = field(default_factory=set)
     explained: dict[int, set[str]] = field(default_factory=dict)
 
     @property

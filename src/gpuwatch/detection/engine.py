@@ -175,7 +175,6 @@ class Engine:
     def _explain(self) -> None:
         """Tell the detectors which findings are active and which conditions are detected
         (still short of ``for_s``), and on which ranks: job-scope ones cover every rank."""
-        self.context.active = {f.detector for e in (self, *self.peers) for f in e.active()}
         explained: dict[int, set[str]] = {}
         for engine in (self, *self.peers):
             covered = [(f.detector, f.ranks) for f in engine.active()]
