@@ -28,11 +28,13 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if len(view.steps) < max(rule.min_steps, 1):
         return None  # a job that never stepped is starting, not hung
     th = rule.thresholds
+    if now - view.last_progress < th["min_seconds"]:
+        return None  # the cheap path: a step or progress event is recent
     recent = [s.wall_s for s in itertools.islice(reversed(view.steps), 100)]
     median = statistics.median(recent)
     bound = max(th["min_seconds"], th["median_multiple"] * median)
     if now - view.last_progress < bound:
-        return None  # the cheap path: a step or progress event is recent
+        return None
     working = view.working_power_w()
     last, signature = last_busy(view, th, working)
     progress = max(view.last_progress, last)
