@@ -252,6 +252,7 @@ class Agent:
         if ident.rank == 0:
             self.job_engine = engine_from_settings(self.settings, "job", ident.job)
             self.job_engine.views[ident.rank] = self.telemetry
+            self.engine.peers.append(self.job_engine)  # job findings explain this rank too
 
     def _periodic(self) -> None:
         """Once a sample interval: judge across ranks, remind Slack, redraw the status.

@@ -1,8 +1,15 @@
 """Telemetry windows of one rank: the recent past of each signal, bounded, plus the
-few run-long facts detectors need (OOMs, batch cuts, topology, total steps).
+few run-long facts detectors need (OOMs, the training batch size, checkpoint time,
+progress, topology, total steps).
 
 The same class serves the live agent and offline replay: feed it records in
 run-log order and it holds the same state either way.
+
+Step windows hold *typical* steps only: the first ``WARMUP_STEPS`` steps a process
+logs (allocation, compilation, worker start) and every interruption (a step more
+than ``INTERRUPTION_MULTIPLE`` times the running median: an eval loop, a blocking
+save, a recompile, a DataLoader epoch restart) are left out of the means and kept
+as progress only.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import operator
+import statistics
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +29,11 @@ MAX_STEPS = 8192
 MAX_SAMPLES = 900  # per (source, gpu): 15 minutes at 1 Hz
 MAX_EVENTS = 256
 WARMUP_STEPS = 5  # the first steps (allocation, compilation, worker start) are not typical
+MEDIAN_STEPS = 15  # the running median step is taken over this many recent steps
+INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an interruption
+RHYTHM_SHARE = 0.10  # interruptions more frequent than this share of steps are the rhythm
+# Events that show the job is working between steps (besides steps themselves).
+PROGRESS_EVENTS = frozenset({"progress", "checkpoint_save"})
 
 
 # What step windows sum: the step count, then these step fields.
@@ -103,17 +116,26 @@ class StepWindow:
 
     def since(self, since: float) -> StepSummary | None:
         """Mean step over the steps that ended at or after ``since``; None if none."""
+        return mean_step(self.sums_since(since))
+
+    def sums_since(self, since: float) -> tuple[float, ...]:
+        """Sums (SUMMED order, the count first) of the steps that ended at or after ``since``."""
         i = bisect.bisect_left(self._t, since)
         if i >= len(self._t):
-            return None
-        base = self._totals[i - 1] if i > 0 else (0.0,) * len(SUMMED)
-        n = self.last[0] - base[0]
-        if n <= 0:
-            return None
-        sums = [(a - b) / n for a, b in zip(self.last[1:], base[1:], strict=True)]
-        if sums[0] <= 0:
-            return None
-        return StepSummary(int(n), *sums)
+            return ZERO
+        base = self._totals[i - 1] if i > 0 else ZERO
+        return tuple(map(operator.sub, self.last, base))
+
+
+ZERO = (0.0,) * len(SUMMED)
+
+
+def mean_step(sums: tuple[float, ...]) -> StepSummary | None:
+    """The mean step of summed steps (SUMMED order); None for no steps or no time."""
+    n = sums[0]
+    if n <= 0 or sums[1] <= 0:
+        return None
+    return StepSummary(int(n), *(x / n for x in sums[1:]))
 
 
 class Telemetry:
@@ -123,16 +145,26 @@ class Telemetry:
         self.rank = rank
         self.meta: Meta | None = None
         self.steps: deque[Step] = deque(maxlen=MAX_STEPS)
-        self.window = StepWindow(MAX_STEPS)
+        self.window = StepWindow(MAX_STEPS)  # typical steps (what peers are sent)
+        self.interrupting = StepWindow(MAX_EVENTS)  # the steps that were interruptions
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.samples: dict[tuple[str, int | None], deque[Sample]] = {}
         self.total_steps = 0
         self.clock = 0.0
         self.started = 0.0
-        self.ooms = 0
-        self.batch_changes: list[tuple[int, int]] = []  # (from, to), run-long, bounded below
+        self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
+        self.batch = TrainingBatch()
+        self.saves = SaveTotals()
         self.topology: dict[str, Any] | None = None
         self.planned_steps: int | None = None
+        self.steps_seen = 0  # steps this log holds (a resumed run counts from its first)
+        # (start, end) of recent steps left out of the windows as interruptions
+        self.interruptions: deque[tuple[float, float]] = deque(maxlen=MAX_EVENTS)
+        self.first_step_start: float | None = None  # start of the first step (Unix s)
+        self.last_progress = 0.0  # newest step or progress event time
+        self._walls: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent step walls
+        self._median = 0.0  # their median (0: none yet)
+        self._stepping_power: deque[float] = deque(maxlen=120)  # watts while steps ran
 
     def add(self, records: Iterable[Record]) -> None:
         for r in records:
@@ -140,15 +172,16 @@ class Telemetry:
 
     def add_one(self, r: Record) -> None:
         if isinstance(r, Step):
-            self.steps.append(r)
-            self.total_steps = r.step
-            if r.step > WARMUP_STEPS:
-                self.window.add(r)
+            self._step(r)
         elif isinstance(r, Sample):
             window = self.samples.get((r.source, r.gpu))
             if window is None:
                 window = self.samples[(r.source, r.gpu)] = deque(maxlen=MAX_SAMPLES)
             window.append(r)
+            power = r.values.get("gpu_power_watts")
+            if power is not None and self.steps and r.t - self.steps[-1].t <= max(
+                    5.0, 2 * (self.median_step_s() or 0.0)):
+                self._stepping_power.append(power)
         elif isinstance(r, Event):
             self._event(r)
         else:
@@ -160,12 +193,36 @@ class Telemetry:
         if r.t > self.clock:
             self.clock = r.t
 
+    def _step(self, s: Step) -> None:
+        self.steps.append(s)
+        self.total_steps = s.step
+        self.steps_seen += 1
+        if s.t > self.last_progress:
+            self.last_progress = s.t
+        if self.first_step_start is None:
+            self.first_step_start = s.t - s.wall_s
+        if self.steps_seen <= WARMUP_STEPS:
+            return
+        median = self._median if len(self._walls) >= 5 else 0.0
+        self._walls.append(s.wall_s)
+        ordered = sorted(self._walls)
+        self._median = ordered[len(ordered) // 2]  # (the upper median of an even count)
+        if median and s.wall_s > INTERRUPTION_MULTIPLE * median:
+            self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
+            self.interrupting.add(s)
+            return
+        self.window.add(s)
+
     def _event(self, e: Event) -> None:
         self.events.append(e)
+        if e.name in PROGRESS_EVENTS:
+            self.last_progress = max(self.last_progress, e.t)
         if e.name == "oom":
-            self.ooms += int(e.data.get("count", 1))
-        elif e.name == "batch_size_changed" and len(self.batch_changes) < 64:
-            self.batch_changes.append((int(e.data["from"]), int(e.data["to"])))
+            self.oom_times.extend([e.t] * min(int(e.data.get("count", 1)), MAX_EVENTS))
+        elif e.name == "batch_size_changed":
+            self.batch.change(int(e.data["from"]), int(e.data["to"]), e.t, self.steps_seen)
+        elif e.name == "checkpoint_save":
+            self.saves.add(e)
         elif e.name == "topology":
             self.topology = e.data
         elif e.name == "total_steps":
@@ -174,8 +231,38 @@ class Telemetry:
     # -- queries ---------------------------------------------------------------------
 
     def summarise(self, since: float) -> StepSummary | None:
-        """The mean step over steps that ended at or after ``since`` (warm-up left out)."""
-        return self.window.since(since)
+        """The mean step over steps that ended at or after ``since``: warm-up left out,
+        and interruptions too while they are rare (under ``RHYTHM_SHARE`` of the steps);
+        more often than that they are the job's rhythm (a loader that stalls every few
+        steps) and count."""
+        typical = self.window.sums_since(since)
+        if not self.interruptions or self.interruptions[-1][1] < since:
+            return mean_step(typical)  # the common case: no interruption in the window
+        interrupting = self.interrupting.sums_since(since)
+        if interrupting[0] > RHYTHM_SHARE * (typical[0] + interrupting[0]):
+            return mean_step(tuple(map(operator.add, typical, interrupting)))
+        return mean_step(typical)
+
+    def median_step_s(self) -> float | None:
+        """The running median of recent steps (seconds); for a peer's view, which
+        holds only published totals, the mean step of its last minute of totals."""
+        if self._walls:
+            return self._median
+        summary = self.window.since(self.clock - 60.0)
+        return summary.wall_s if summary is not None else None
+
+    def working_power_w(self) -> float | None:
+        """The GPU's median power draw while the job was stepping (watts), if sampled."""
+        return statistics.median(self._stepping_power) if self._stepping_power else None
+
+    def interrupted(self, t: float) -> bool:
+        """Whether time ``t`` fell inside a recent interruption (an eval, a save...)."""
+        if not self.interruptions or t > self.interruptions[-1][1]:
+            return False
+        return any(a <= t <= b for a, b in reversed(self.interruptions))
+
+    def ooms_since(self, since: float) -> int:
+        return sum(1 for t in self.oom_times if t >= since)
 
     def samples_since(self, source: str, since: float) -> list[Sample]:
         """Every sample of ``source`` (all GPUs) at or after ``since``, oldest first."""
@@ -217,3 +304,68 @@ class Telemetry:
 
     def values_since(self, source: str, key: str, since: float) -> list[float]:
         return [s.values[key] for s in self.samples_since(source, since) if key in s.values]
+
+
+class TrainingBatch:
+    """The training loader's batch size over the run, from ``batch_size_changed`` events.
+
+    A cut is a drop below the largest size that trained at least one step, which never
+    rises again: a batch-size finder that grows, hits its limit and settles lower is
+    one cut; a size that held no step (an eval loader's batches between two steps, in
+    older logs) is no peak, and sizes that go up and down again are no cut at all.
+    """
+
+    __slots__ = ("_since", "current", "cut_at", "flipped", "peak")
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self.current = 0
+        self.cut_at: float | None = None  # when the size first fell below its peak
+        self.flipped = False  # it rose again after a cut
+        self._since = 0  # steps seen when the current size began
+
+    def change(self, before: int, after: int, t: float, steps: int) -> None:
+        """The size went from ``before`` to ``after`` at ``t``, ``steps`` steps in."""
+        if steps > self._since or not self.current:
+            self.peak = max(self.peak, before)  # ``before`` trained at least one step
+        if self.cut_at is not None and after > before:
+            self.flipped = True
+        self.current, self._since = after, steps
+        if after < self.peak and self.cut_at is None:
+            self.cut_at = t
+
+    @property
+    def cut(self) -> tuple[int, int] | None:
+        """(largest size, size now) while the training batch stays cut, else None."""
+        if self.flipped or self.cut_at is None or self.current >= self.peak:
+            return None
+        return self.peak, self.current
+
+
+class SaveTotals:
+    """Run-long checkpoint totals from ``checkpoint_save`` events (seconds, bytes).
+
+    A save the event marks ``blocking: false`` (written by a background thread, the
+    background part of ``async_save``) is counted but costs the loop no time.
+    """
+
+    __slots__ = ("async_saves", "blocking_bytes", "blocking_s", "first_start", "saves")
+
+    def __init__(self) -> None:
+        self.saves = 0  # blocking saves
+        self.async_saves = 0
+        self.blocking_s = 0.0
+        self.blocking_bytes = 0.0
+        self.first_start: float | None = None
+
+    def add(self, e: Event) -> None:
+        seconds = float(e.data.get("seconds", 0.0))
+        if not e.data.get("blocking", True):
+            self.async_saves += 1
+            return
+        self.saves += 1
+        self.blocking_s += seconds
+        self.blocking_bytes += float(e.data.get("bytes", 0))
+        start = e.t - seconds
+        if self.first_start is None or start < self.first_start:
+            self.first_start = start

@@ -96,12 +96,45 @@ def test_close_without_open_is_ignored() -> None:
     assert out[0].data_s == 0.0
 
 
+def training(sizes: list[int], eval_size: int | None = None) -> list[tuple[int, float, object]]:
+    """One batch then an optimizer step per size, 0.1 s apart; with ``eval_size``, 30
+    eval batches of that size (0.1 s each) before every third step."""
+    marks: list[tuple[int, float, object]] = []
+    t = 0.0
+    for i, n in enumerate(sizes):
+        if eval_size and i % 3 == 2:
+            for _ in range(30):
+                t += 0.1
+                marks.append((ring.SAMPLES, t, eval_size))
+        marks += [(ring.SAMPLES, t + 0.05, n), (ring.STEP_BOUNDARY, t + 0.1, None)]
+        t += 0.1
+    return marks
+
+
 def test_batch_cut_is_reported_once_it_persists_and_not_for_a_short_last_batch() -> None:
     sizes = [64, 64, 64, 40, 64, 64, 32, 32, 32]
-    marks = [(ring.SAMPLES, float(i), n) for i, n in enumerate(sizes)]
-    (cut,) = events(assemble(marks), "batch_size_changed")
+    (cut,) = events(assemble(training(sizes)), "batch_size_changed")
     assert cut.data == {"from": 64, "to": 32}
-    assert cut.t == pytest.approx(OFFSET + 7.0)
+    assert cut.t == pytest.approx(OFFSET + 0.8)  # when the new size repeated
+
+
+def test_an_eval_loaders_batches_are_progress_not_a_batch_change() -> None:
+    out = assemble(training([64] * 9, eval_size=256))
+    assert events(out, "batch_size_changed") == []
+    progress = events(out, "progress")
+    # 3 s of eval batches between steps, three times: a progress event a second
+    assert 6 <= len(progress) <= 9
+    assert all(e.data["loader_batches"] >= 9 for e in progress)
+    assert len(steps(out)) == 9
+
+
+def test_a_save_on_a_writer_thread_is_timed_but_not_blocking() -> None:
+    marks = [(ring.SAMPLES, 0.05, 8), (ring.BACKGROUND_SAVE, 0.08, (4.0, 1000)),
+             (ring.STEP_BOUNDARY, 0.1, None)]
+    out = assemble(marks)
+    (save,) = events(out, "checkpoint_save")
+    assert save.data == {"seconds": 4.0, "bytes": 1000, "blocking": False}
+    assert steps(out)[0].checkpoint_s == 0.0
 
 
 def test_oom_leaving_a_step_becomes_an_oom_event_other_errors_step_error() -> None:

@@ -1,30 +1,39 @@
-"""checkpoint_overhead: blocking checkpoint saves eat the run's wall time (fix here)."""
+"""checkpoint_overhead: blocking checkpoint saves eat the run's wall time (fix here).
+
+The share is run-long: blocking save seconds over the wall time since training (or
+the first save) began, so one 40 s save an hour is about 1% and a save every few
+steps is what it costs. Saves written in the background (``blocking: false``:
+a writer thread, the background part of ``async_save``) cost the loop nothing."""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, recent
+from gpuwatch.detection.context import Context, Detection
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
-    since = now - rule.window_s
-    summary = recent(view, rule, now)
-    if summary is None:
+    saves = view.saves
+    th = rule.thresholds
+    if saves.saves < th["min_saves"] or saves.first_start is None:
+        return None  # one save says nothing about how often the run pays for it
+    begun = min(saves.first_start, view.first_step_start or saves.first_start)
+    wall = now - begun
+    if wall <= 0:
         return None
-    if summary.checkpoint_share < rule.thresholds["checkpoint_share"]:
+    share = saves.blocking_s / wall
+    if share < th["checkpoint_share"]:
         return None
-    saves = [e for e in view.events if e.name == "checkpoint_save" and e.t >= since]
-    if not saves:
-        return None
-    seconds = sum(float(e.data.get("seconds", 0.0)) for e in saves)
-    nbytes = sum(float(e.data.get("bytes", 0)) for e in saves)
     evidence = {
-        "checkpoint_share_ratio": summary.checkpoint_share,
-        "saves_total": float(len(saves)),
-        "seconds_per_save": seconds / len(saves),
-        "bytes_per_save": nbytes / len(saves),
-        "save_bytes_per_second": nbytes / seconds if seconds > 0 else 0.0,
+        "checkpoint_share_ratio": share,
+        "saves_total": float(saves.saves),
+        "async_saves_total": float(saves.async_saves),
+        "seconds_per_save": saves.blocking_s / saves.saves,
+        "bytes_per_save": saves.blocking_bytes / saves.saves,
+        "save_bytes_per_second": saves.blocking_bytes / saves.blocking_s
+        if saves.blocking_s > 0 else 0.0,
+        "seconds_between_saves": wall / saves.saves,
+        "wall_seconds": wall,
     }
     text = {"rank": view.rank, "megabytes_per_save": evidence["bytes_per_save"] / 1e6,
             "save_megabytes_per_second": evidence["save_bytes_per_second"] / 1e6}

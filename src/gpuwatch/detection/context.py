@@ -30,7 +30,8 @@ from gpuwatch.telemetry import StepSummary, Telemetry
 class Detection:
     """A detector's output: the measured evidence (names end in units), the ranks it
     names, optional projection, and ``text`` fields for the rule's sentences.
-    ``verdict``/``severity`` override the rule's when the evidence says so."""
+    ``verdict``/``severity`` override the rule's when the evidence says so; ``variant``
+    names the rule's alternative wording to use."""
 
     evidence: dict[str, float]
     ranks: list[int]
@@ -38,12 +39,15 @@ class Detection:
     projection: dict[str, Any] | None = None
     verdict: Verdict | None = None
     severity: Any = None
+    variant: str | None = None
 
 
 @dataclass
 class Context:
     """Run-wide facts for detectors. ``gpu_model`` overrides the GPU seen by NVML;
-    ``total_steps`` the planned steps; ``active`` is set by the engine per evaluation."""
+    ``total_steps`` the planned steps. The engine sets ``explained`` per evaluation:
+    rank -> the detectors whose active findings or detected conditions cover that
+    rank (job-scope ones cover every rank)."""
 
     gpus: dict[str, Gpu] = field(default_factory=catalogue)
     target: str = DEFAULT_TARGET
@@ -52,6 +56,7 @@ class Context:
     active: set[str] = field(default_factory=set)
     costs: Costs = field(default_factory=Costs)
     precision: Precision = "bf16"
+    explained: dict[int, set[str]] = field(default_factory=dict)
 
     @property
     def target_gpu(self) -> Gpu:
@@ -127,9 +132,34 @@ def link_now(view: Telemetry, current: Gpu | None) -> float | None:
     return min(links) if links else None
 
 
+STEP_SLACK = 1.25  # a window sized in steps holds this many times min_steps median steps
+
+
+def scale(view: Telemetry, rule: Rule) -> float:
+    """How much longer than its ``window_s`` a rule looks at this rank (>= 1): enough
+    for ``min_steps`` median steps (with ``STEP_SLACK`` for steps that vary), so a 30 s
+    step gets as many steps as a 0.1 s one."""
+    median = view.median_step_s()
+    if not median or rule.min_steps <= 0:
+        return 1.0
+    return max(1.0, STEP_SLACK * rule.min_steps * median / rule.window_s)
+
+
+def window_s(view: Telemetry, rule: Rule) -> float:
+    """The rule's window on this rank (seconds):
+    max(window_s, STEP_SLACK x min_steps x median step)."""
+    return rule.window_s * scale(view, rule)
+
+
+def for_s(views: list[Telemetry], rule: Rule) -> float:
+    """How long a condition must hold on these ranks (seconds): ``for_s`` scaled as the
+    window is, by the slowest of them."""
+    return rule.for_s * max((scale(v, rule) for v in views), default=1.0)
+
+
 def recent(view: Telemetry, rule: Rule, now: float) -> StepSummary | None:
     """The mean step over the rule's window, if the window holds its minimum of steps."""
-    summary = view.summarise(now - rule.window_s)
+    summary = view.summarise(now - window_s(view, rule))
     return summary if summary is not None and summary.steps >= rule.min_steps else None
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import statistics
 
-from gpuwatch.detection.context import Context, Detection, recent
+from gpuwatch.detection.context import Context, Detection, recent, window_s
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
-    since = now - rule.window_s
+    since = now - window_s(view, rule)
     summary = recent(view, rule, now)
     if summary is None:
         return None

@@ -26,7 +26,7 @@ from gpuwatch.detection import (
     sync_bottleneck,
     underutilised,
 )
-from gpuwatch.detection.context import Context, Detection
+from gpuwatch.detection.context import Context, Detection, for_s, scale
 from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rules import Rule, Scope, load_rules
@@ -64,7 +64,10 @@ class Engine:
 
     ``scope`` picks the detectors: ``rank`` (what each process's agent runs) or
     ``job`` (cross-rank). ``feed`` and ``close`` return the findings raised or
-    resolved by that call; ``findings`` keeps the latest state of each.
+    resolved by that call; ``findings`` keeps the latest state of each. ``peers``
+    are engines whose active findings also explain this one's ranks (the job engine,
+    for the rank engines beside it). ``for_s`` and the resolve delay scale with the
+    window (see ``context.scale``).
     """
 
     rules: dict[str, Rule]
@@ -76,9 +79,11 @@ class Engine:
     findings: dict[str, Finding] = field(default_factory=dict)
     errors: int = 0
     _pending: dict[str, float] = field(default_factory=dict)  # fingerprint -> first detected
+    _detected: dict[str, tuple[str, list[int]]] = field(default_factory=dict)  # fp -> id, ranks
     _clock: float = 0.0
     next_eval: float = float("-inf")  # record time of the next judgement
     _own: set[int] = field(default_factory=set)
+    peers: list[Engine] = field(default_factory=list)
 
     def view(self, rank: int) -> Telemetry:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
@@ -142,23 +147,48 @@ class Engine:
                 fp = fingerprint(self.job, rule_id, detection.ranks)
                 seen.add(fp)
                 since = self._pending.setdefault(fp, now)
-                if now - since < rule.for_s:
+                self._detected[fp] = (rule_id, detection.ranks)
+                named = [self.views[r] for r in detection.ranks if r in self.views] or views
+                if now - since < for_s(named, rule):
                     continue  # not sustained long enough yet
                 changed = self._raise(rule, detection, fp, now, since)
                 if changed is not None:
                     changes.append(changed)
         for fp in [fp for fp in self._pending if fp not in seen]:
-            del self._pending[fp]
+            del self._pending[fp], self._detected[fp]
         for fp, f in list(self.findings.items()):
-            window = self.rules[f.detector].window_s if f.detector in self.rules else 0.0
-            if f.state == "active" and fp not in seen and now - f.last_seen >= min(window, 60.0):
+            if f.state == "active" and fp not in seen and now - f.last_seen >= self._hold(f):
                 resolved = replace(f, state="resolved", last_seen=now)
                 self.findings[fp] = resolved
                 changes.append(resolved)
         return changes
 
+    def _hold(self, f: Finding) -> float:
+        """How long a finding stays active after its condition was last seen (seconds):
+        its window, at most a minute, scaled as the window is."""
+        rule = self.rules.get(f.detector)
+        if rule is None:
+            return 0.0
+        factor = max((scale(self.views[r], rule) for r in f.ranks if r in self.views),
+                     default=1.0)
+        return min(rule.window_s, 60.0) * factor
+
+    def _explain(self) -> None:
+        """Tell the detectors which findings are active and which conditions are detected
+        (still short of ``for_s``), and on which ranks: job-scope ones cover every rank."""
+        explained: dict[int, set[str]] = {}
+        for engine in (self, *self.peers):
+            covered = [(f.detector, f.ranks) for f in engine.active()]
+            covered += engine._detected.values()
+            for detector, ranks in covered:
+                rule = self.rules.get(detector)
+                job_wide = rule is not None and rule.scope == "job"
+                for r in (self.views if job_wide else ranks):
+                    explained.setdefault(r, set()).add(detector)
+        self.context.explained = explained
+
     def _run(self, rule: Rule, views: list[Telemetry], now: float) -> list[Detection]:
-        self.context.active = {f.detector for f in self.active()}
+        self._explain()
         try:
             if rule.scope == "job":
                 job_detect = JOB_DETECTORS.get(rule.id)
@@ -181,10 +211,11 @@ class Engine:
         ``first_seen`` is when the condition was first detected, before ``for_s`` ran."""
         previous = self.findings.get(fp)
         first_seen = previous.first_seen if previous and previous.state == "active" else since
+        wording = rule.variants.get(d.variant or "") or rule
         finding = Finding(
             detector=rule.id, verdict=d.verdict or rule.verdict,
             severity=d.severity or rule.severity,
-            summary=_fill(rule.summary, d, rule.title), action=_fill(rule.action, d, ""),
+            summary=_fill(wording.summary, d, rule.title), action=_fill(wording.action, d, ""),
             evidence=dict(d.evidence), ranks=sorted(d.ranks), first_seen=first_seen,
             last_seen=now, fingerprint=fp, job=self.job, projection=d.projection)
         self.findings[fp] = finding

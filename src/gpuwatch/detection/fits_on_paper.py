@@ -1,6 +1,11 @@
-"""fits_on_paper: the model fits the card on paper but not in practice. Memory is at
-the limit and the job shows it (allocator retries, OOMs, a cut batch, activation
-checkpointing); when its need fits the target with room: move it (move_to_h100)."""
+"""fits_on_paper: the model fits the card on paper but not in practice. The job's own
+memory is at the limit and it shows (allocator retries or OOMs inside the window, a
+training batch cut that persists); when its need fits a bigger card with room: move it
+(move_to_h100), else fix it here.
+
+Activation checkpointing alone is a design choice, not a symptom: without pressure
+symptoms it gets no move, at most an ``info`` that turning it off here would save
+its recompute time. The card the job already runs on is never recommended."""
 
 from __future__ import annotations
 
@@ -10,13 +15,21 @@ from gpuwatch.detection.context import (
     job_devices,
     mean_parts,
     recent,
+    window_s,
 )
 from gpuwatch.detection.projection import Gpu, speedup_text
 from gpuwatch.detection.rules import Rule
-from gpuwatch.telemetry import Telemetry
+from gpuwatch.telemetry import StepSummary, Telemetry
 
 GIB = 2**30
 BIGGER = ("H100 SXM", "H200", "B200")  # tried in order when the target is too small
+# The job's own memory, best source first: (source, key, what the evidence calls it).
+MEMORY_SOURCES = (
+    ("allocator", "allocator_reserved_bytes", "the allocator"),
+    ("nvml", "gpu_process_memory_bytes", "its processes (NVML)"),
+    ("nvml", "gpu_memory_used_bytes",
+     "the whole card (NVML), other processes included: no allocator or per-process reading"),
+)
 
 
 def card_memory(view: Telemetry, ctx: Context) -> float | None:
@@ -31,32 +44,44 @@ def card_memory(view: Telemetry, ctx: Context) -> float | None:
     return gpu.memory_bytes if gpu else None
 
 
+def own_memory(view: Telemetry, since: float) -> tuple[float, int] | None:
+    """The job's peak memory in the window (bytes) and which MEMORY_SOURCES gave it."""
+    for i, (source, key, _) in enumerate(MEMORY_SOURCES):
+        values = view.values_since(source, key, since)
+        if values:
+            return max(values), i
+    return None
+
+
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     th = rule.thresholds
-    since = now - rule.window_s
     summary = recent(view, rule, now)
     total = card_memory(view, ctx)
     if summary is None or not total:
         return None
-    reserved = view.values_since("allocator", "allocator_reserved_bytes", since)
-    used = view.values_since("nvml", "gpu_memory_used_bytes", since)
-    peak = max(reserved + used, default=0.0)
-    peak_ratio = peak / total
-    retries = view.counter_rise("allocator", "allocator_alloc_retries_total", since)
-    cut = next(((a, b) for a, b in view.batch_changes if b < a), None)
-    recompute_share = summary.recompute_share
-    act_ckpt = recompute_share >= th["recompute_share"]
-    symptoms = {"allocator retries": retries > 0, "OOMs": view.ooms > 0,
-                "batch cut": cut is not None, "activation checkpointing": act_ckpt}
-    pressure = peak_ratio >= th["memory_ratio"]
-    if not ((pressure and any(symptoms.values())) or sum(symptoms.values()) >= 2):
+    since = now - window_s(view, rule)
+    measured = own_memory(view, since)
+    if measured is None:
         return None
-
+    peak, source = measured
+    retries = view.counter_rise("allocator", "allocator_alloc_retries_total", since)
+    ooms = view.ooms_since(since)
+    cut = view.batch.cut
+    act_ckpt = summary.recompute_share >= th["recompute_share"]
+    symptoms = {"allocator retries": retries > 0, "OOMs": ooms > 0, "batch cut": cut is not None}
+    pressure = peak / total >= th["memory_ratio"]
+    if not any(symptoms.values()):
+        return by_design(view, th, summary, peak, total, since) if act_ckpt else None
+    if not (pressure or sum(symptoms.values()) + act_ckpt >= 2):
+        return None
+    symptoms["activation checkpointing"] = act_ckpt
+    current = ctx.current_gpu(view)
     need = memory_need(view, since, peak, cut, th["act_ckpt_memory_factor"] if act_ckpt else 1.0)
-    target = pick_target(ctx, need, th["target_headroom"])
-    fits = need <= target.memory_bytes * th["target_headroom"]
+    target = pick_target(ctx, need, th["target_headroom"], current, total)
+    fits = target is not None
+    shown = target or ctx.target_gpu
     parts = mean_parts(summary)
-    proj = ctx.project([view], parts, since, target=target, drop_recompute=fits and act_ckpt)
+    proj = ctx.project([view], parts, since, target=shown, drop_recompute=fits and act_ckpt)
     if cut is not None:
         proj.assumptions.append(f"batch back to {cut[0]}: per-sample compute unchanged")
     if act_ckpt:
@@ -69,27 +94,54 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if cut is not None:
         workarounds.append(f"batch size {cut[1]} -> {cut[0]}")
     evidence = {
-        "memory_peak_ratio": peak_ratio, "memory_peak_bytes": peak, "memory_total_bytes": total,
-        "alloc_retries_total": retries, "ooms_total": float(view.ooms),
-        "recompute_share_ratio": recompute_share, "memory_need_bytes": need,
+        "memory_peak_ratio": peak / total, "memory_peak_bytes": peak, "memory_total_bytes": total,
+        "alloc_retries_total": retries, "ooms_total": float(ooms),
+        "recompute_share_ratio": summary.recompute_share, "memory_need_bytes": need,
         "speedup_ratio": proj.speedup,
     }
+    if source == len(MEMORY_SOURCES) - 1:
+        evidence["whole_card_memory"] = 1.0
     if cut is not None:
         evidence["batch_size_from"], evidence["batch_size_to"] = float(cut[0]), float(cut[1])
+    reserved = view.values_since("allocator", "allocator_reserved_bytes", since)
     inactive = view.values_since("allocator", "allocator_inactive_split_bytes", since)
     if inactive and reserved and reserved[-1] > 0:
         evidence["fragmentation_ratio"] = inactive[-1] / reserved[-1]
     pcie = view.values_since("nvml", "gpu_pcie_rx_bytes_per_second", since)
     if pcie:
         evidence["pcie_rx_bytes_per_second"] = max(pcie)
-    text = {"rank": view.rank, "target": target.name, "memory_need_gib": need / GIB,
-            "speedup": speedup_text(proj.as_dict()),
-            "symptoms": ", ".join(k for k, v in symptoms.items() if v) or "no workaround yet",
-            "workarounds": "; ".join(workarounds) or "run without the memory workarounds"}
     verdict = ctx.decide(proj, otherwise="fix_here", cannot_run_here=(
-        f"memory at {peak_ratio:.0%} of the card with {text['symptoms']}")) if fits else "fix_here"
+        f"memory at {peak / total:.0%} of the card with "
+        + ", ".join(k for k, v in symptoms.items() if v))) if fits else "fix_here"
+    if fits and verdict == "move_to_h100":
+        outcome = (f"On {shown.name} it fits ({need / GIB:.1f} GiB needed) and the step is "
+                   f"projected {speedup_text(proj.as_dict())} faster")
+    elif fits:
+        outcome = (f"It would fit {shown.name} ({need / GIB:.1f} GiB needed), but "
+                   f"{proj.economics['decision']['why']}: cut its memory here")
+    else:
+        outcome = (f"It needs {need / GIB:.1f} GiB: no bigger single card in the catalogue "
+                   "fits it with room, so cut its memory here")
+    text = {"rank": view.rank, "target": shown.name, "outcome": outcome,
+            "memory_source": MEMORY_SOURCES[source][2],
+            "symptoms": ", ".join(k for k, v in symptoms.items() if v),
+            "workarounds": "; ".join(workarounds) or "run without the memory workarounds"}
     return Detection(evidence, [view.rank], text=text, projection=proj.as_dict(),
-                     verdict=verdict)
+                     verdict=verdict, variant=None if verdict == "move_to_h100" else "too_big")
+
+
+def by_design(view: Telemetry, th: dict[str, float], summary: StepSummary, peak: float,
+              total: float, since: float) -> Detection | None:
+    """Activation checkpointing with no pressure symptom: an ``info`` when turning it off
+    would still fit this card with room, else nothing (it is what lets the job fit)."""
+    need = memory_need(view, since, peak, None, th["act_ckpt_memory_factor"])
+    if need > total * th["target_headroom"]:
+        return None
+    evidence = {"recompute_share_ratio": summary.recompute_share, "memory_peak_bytes": peak,
+                "memory_total_bytes": total, "memory_need_bytes": need}
+    text = {"rank": view.rank, "memory_need_gib": need / GIB, "total_gib": total / GIB}
+    return Detection(evidence, [view.rank], text=text, verdict="info", severity="info",
+                     variant="by_design")
 
 
 def memory_need(view: Telemetry, since: float, peak: float, cut: tuple[int, int] | None,
@@ -104,13 +156,15 @@ def memory_need(view: Telemetry, since: float, peak: float, cut: tuple[int, int]
     return static + max(peak - static, 0.0) * batch_factor * act_factor
 
 
-def pick_target(ctx: Context, need: float, headroom: float) -> Gpu:
-    """The configured target if the need fits it, else the first bigger card that fits."""
-    target = ctx.target_gpu
-    if need <= target.memory_bytes * headroom:
-        return target
-    for name in BIGGER:
+def pick_target(ctx: Context, need: float, headroom: float, current: Gpu | None,
+                card_bytes: float) -> Gpu | None:
+    """The configured target if the need fits it, else the first bigger card that fits;
+    never the card the job runs on, nor one with no more memory than it has."""
+    names = (ctx.target, *(n for n in BIGGER if n != ctx.target))
+    for name in names:
         gpu = ctx.gpus.get(name)
-        if gpu is not None and need <= gpu.memory_bytes * headroom:
+        if gpu is None or (current is not None and gpu.name == current.name):
+            continue
+        if gpu.memory_bytes > card_bytes and need <= gpu.memory_bytes * headroom:
             return gpu
-    return target
+    return None

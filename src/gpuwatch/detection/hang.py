@@ -1,5 +1,15 @@
-"""hang: no step completes for max(min_seconds, median_multiple x median step) while the
-process lives (its agent still reports). Severity critical."""
+"""hang: all progress has stopped for max(min_seconds, median_multiple x median step)
+while the process lives (its agent still reports). Severity critical.
+
+Progress is anything that shows the job working: a step, DataLoader or eval
+batches between steps (a ``progress`` event: an eval loop, an epoch restart, the
+micro-batches of a long step), a finished save (``PROGRESS_EVENTS``), and, for
+logs without those records, what the probes see:
+a save still being written, the GPU busy at its working power (an eval, a long
+step), or the process busy on its CPU outside a wait (a ``torch.compile``
+recompile). Waiting is not progress: an open data or collective phase, or the
+GPU pinned at full utilisation at low power with no step, the signature of a
+hung NCCL collective."""
 
 from __future__ import annotations
 
@@ -8,29 +18,46 @@ import statistics
 
 from gpuwatch.detection.context import Context, Detection, host_of
 from gpuwatch.detection.rules import Rule
+from gpuwatch.records import Sample
 from gpuwatch.telemetry import Telemetry
+
+WAITS = ("data", "collective")  # phases in which a busy CPU is waiting, not working
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     if len(view.steps) < max(rule.min_steps, 1):
         return None  # a job that never stepped is starting, not hung
-    last = view.steps[-1]
+    th = rule.thresholds
+    if now - view.last_progress < th["min_seconds"]:
+        return None  # the cheap path: a step or progress event is recent
     recent = [s.wall_s for s in itertools.islice(reversed(view.steps), 100)]
     median = statistics.median(recent)
-    bound = max(rule.thresholds["min_seconds"], rule.thresholds["median_multiple"] * median)
-    stalled = now - last.t
+    bound = max(th["min_seconds"], th["median_multiple"] * median)
+    if now - view.last_progress < bound:
+        return None
+    working = view.working_power_w()
+    last, signature = last_busy(view, th, working)
+    progress = max(view.last_progress, last)
+    stalled = now - progress
     if stalled < bound:
         return None
     agent = view.latest("agent")
     open_phases = {k[len("open_"):-len("_seconds")]: v for k, v in
                    (agent.values.items() if agent else ()) if k.startswith("open_")}
     evidence = {"stalled_seconds": stalled, "bound_seconds": bound,
-                "median_step_seconds": median, "last_step_time_seconds": last.t,
-                "steps_total": float(view.total_steps)}
+                "median_step_seconds": median, "last_step_time_seconds": view.steps[-1].t,
+                "last_progress_time_seconds": progress, "steps_total": float(view.total_steps)}
+    if signature is not None:
+        evidence["gpu_utilization_ratio"], evidence["gpu_power_watts"] = signature
+        if working:
+            evidence["working_power_watts"] = working
     if "collective" in open_phases:
         evidence["in_collective_seconds"] = open_phases["collective"]
         where = (f"it has waited {open_phases['collective']:.0f} s in a collective, "
                  "so another rank stopped first")
+    elif signature is not None:
+        where = (f"its GPU is pinned at {signature[0]:.0%} utilisation at {signature[1]:.0f} W "
+                 "with no step: the signature of a hung NCCL collective")
     elif open_phases:
         phase, seconds = max(open_phases.items(), key=lambda kv: kv[1])
         where = f"it is stuck in {phase} ({seconds:.0f} s), not in a collective"
@@ -39,3 +66,43 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     pid = view.meta.pid if view.meta else 0
     return Detection(evidence, [view.rank],
                      text={"rank": view.rank, "host": host_of(view), "where": where, "pid": pid})
+
+
+def last_busy(view: Telemetry, th: dict[str, float],
+              working: float | None) -> tuple[float, tuple[float, float] | None]:
+    """When the probes last saw the job working after its last progress record (Unix s,
+    0 if never), and the newest NCCL-hang signature (utilisation, watts) if seen."""
+    since = view.last_progress
+    latest, signature = 0.0, None
+    for s in view.samples_since("nvml", since):
+        util, power = s.values.get("gpu_utilization_ratio"), s.values.get("gpu_power_watts")
+        if util is None:
+            continue
+        low_power = (power is not None and working is not None
+                     and power < th["working_power_ratio"] * working)
+        if util >= th["pinned_utilization"] and low_power:
+            signature = (util, power or 0.0)
+        elif util >= th["busy_utilization"] and not low_power and (
+                power is not None or util < th["pinned_utilization"]):
+            latest, signature = max(latest, s.t), None  # busy at working power
+    for s in view.samples_since("agent", since):
+        if 0 < s.values.get("open_checkpoint_seconds", 0.0) < th["max_save_seconds"]:
+            latest = max(latest, s.t)  # a save still being written
+    if signature is None:
+        latest = max(latest, _cpu_busy(view, since, th["busy_cpu_cores"]))
+    return latest, signature
+
+
+def _cpu_busy(view: Telemetry, since: float, cores: float) -> float:
+    """The newest host sample with the process busy on CPU outside a wait (0 if none)."""
+    agent: dict[float, Sample] = {s.t: s for s in view.samples_since("agent", since)}
+    latest = 0.0
+    for s in view.samples_since("host", since):
+        if s.values.get("process_cpu_cores", 0.0) < cores:
+            continue
+        beside = agent.get(s.t) or view.latest("agent")
+        waiting = beside is not None and any(
+            beside.values.get(f"open_{p}_seconds", 0.0) > 0 for p in WAITS)
+        if not waiting:
+            latest = max(latest, s.t)
+    return latest

@@ -3,7 +3,7 @@ GPU (one, and scaled out): days versus hours."""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, mean_parts, recent
+from gpuwatch.detection.context import Context, Detection, mean_parts, recent, window_s
 from gpuwatch.detection.projection import speedup_text
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
@@ -13,7 +13,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     planned = ctx.total_steps or view.planned_steps
     if not planned:
         return None
-    since = now - rule.window_s
+    since = now - window_s(view, rule)
     summary = recent(view, rule, now)
     if summary is None:
         return None
@@ -33,10 +33,15 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                 "remaining_hours_scaled": hours_scaled, "speedup_ratio": proj.speedup,
                 "scale_out_gpus": scale}
     verdict = ctx.decide(proj, otherwise="info")
-    worth_it = verdict == "move_to_h100"
-    advice = (f"Move to {ctx.target}: {hours_now / 24:.1f} days become "
-              f"{hours_scaled:.1f} h on {scale:.0f} GPUs." if worth_it else
-              f"The projected gain on {ctx.target} ({speedup_text(proj.as_dict())}) does not "
-              "pay for a move: make the step itself cheaper.")
+    current = ctx.current_gpu(view)
+    if verdict == "move_to_h100":
+        advice = (f"Move to {ctx.target}: {hours_now / 24:.1f} days become "
+                  f"{hours_scaled:.1f} h on {scale:.0f} GPUs.")
+    elif current is not None and current.name == ctx.target:
+        advice = (f"The job already runs on {ctx.target}: scale out (data parallel) or make "
+                  "the step itself cheaper to finish sooner.")
+    else:
+        advice = (f"The projected gain on {ctx.target} ({speedup_text(proj.as_dict())}) does "
+                  "not pay for a move: scale out or make the step itself cheaper.")
     return Detection(evidence, [view.rank], text={"target": ctx.target, "advice": advice},
                      projection=proj.as_dict(), verdict=verdict)

@@ -80,6 +80,7 @@ def _analyze(logs: list[Path], settings: Settings) -> Analysis:
     job_engine = engine_from_settings(heads[0][0] if heads else settings, "job")
     for engine in rank_engines:  # every rank's telemetry, ingested once, by its own log's engine
         engine.views = job_engine.views
+        engine.peers = [job_engine]  # a straggler or sync finding explains every rank
     if len(heads) == 1:  # one log: nothing to compare across ranks
         rank_engines[0].feed(heads[0][1])
     else:

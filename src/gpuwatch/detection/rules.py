@@ -14,8 +14,19 @@ from gpuwatch.config import ConfigError, describe_validation_error
 Scope = Literal["rank", "job"]
 
 
+class Wording(BaseModel):
+    """An alternative summary and action for one kind of detection (``variants``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    summary: str
+    action: str
+
+
 class Rule(BaseModel):
-    """One detector's rule file. ``window_s`` in seconds; thresholds as documented in it."""
+    """One detector's rule file. ``window_s`` in seconds; thresholds as documented in it;
+    ``variants`` the wording of detections that are not the rule's main case (chosen by
+    the detector, e.g. an ``info`` beside a ``move_to_h100``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,6 +43,7 @@ class Rule(BaseModel):
     summary: str
     action: str
     runbook: str
+    variants: dict[str, Wording] = Field(default_factory=dict)
 
 
 def rules_dir() -> Path:

@@ -102,6 +102,10 @@ class LoopMarker:
             self._enter(self._paused)
             self._paused = 0
 
+    def eval_batch(self) -> None:
+        """An evaluation batch is done (progress between training steps)."""
+        self._push(ring.EVAL_BATCH)
+
     def plan(self, total_steps: int | None) -> None:
         """The steps the run will take (for time-to-finish projections)."""
         if total_steps and total_steps > 0:

@@ -3,7 +3,9 @@
 - optimizer step hooks (``register_optimizer_step_pre_hook``/``_post_hook``) delimit
   steps and time the optimizer;
 - the DataLoader iterator's ``__next__`` times data wait and counts samples;
-- ``torch.save`` and ``torch.distributed.checkpoint.save`` time checkpoints;
+- ``torch.save``, ``torch.distributed.checkpoint.save``/``async_save`` and
+  ``safetensors.torch.save_file`` time checkpoints (a save on another thread than
+  the training loop's is a background save: timed, never blocking time);
 - ``torch.utils.checkpoint.checkpoint`` counts activation checkpointing and times
   its recompute;
 - ``torch.distributed`` collectives time exposed collective wait and count bytes.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -132,6 +135,8 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
             target = args[target_arg]
         elif target is None and target_arg is not None:
             target = kwargs.get("f")
+        if threading.current_thread() is not threading.main_thread():
+            return _background_save(save, target, lazy, args, kwargs)
         start = _tell(target)
         lazy.push(ring.CHECKPOINT)
         try:
@@ -146,6 +151,17 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
             lazy.push(-ring.CHECKPOINT)
 
     return timed
+
+
+def _background_save(save: Callable[..., Any], target: Any, lazy: LazyPush,
+                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A save on a writer thread: timed and sized, but the training loop does not wait."""
+    start = time.perf_counter()
+    try:
+        return save(*args, **kwargs)
+    finally:
+        nbytes = size_on_disk(target) if isinstance(target, (str, os.PathLike)) else 0
+        lazy.push(ring.BACKGROUND_SAVE, (time.perf_counter() - start, nbytes))
 
 
 def size_on_disk(target: Any) -> int:
@@ -193,12 +209,21 @@ def patch_activation_checkpoint(lazy: LazyPush, module: Any) -> None:
 
 
 def patch_distributed_checkpoint(lazy: LazyPush, module: Any) -> None:
-    """Time ``torch.distributed.checkpoint.save`` (its size: the checkpoint directory's)."""
-    for name in ("save", "save_state_dict"):
+    """Time ``torch.distributed.checkpoint.save`` (its size: the checkpoint directory's)
+    and ``async_save``, whose call is the part that blocks (staging to host memory)."""
+    for name in ("save", "save_state_dict", "async_save"):
         original = getattr(module, name, None)
         if original is not None:
             setattr(module, name, timed_checkpoint_save(original, lazy,
                                                         target_kwarg="checkpoint_id"))
+
+
+def patch_safetensors(lazy: LazyPush, module: Any) -> None:
+    """Time ``safetensors.torch.save_file`` (``save_model`` calls it)."""
+    original = getattr(module, "save_file", None)
+    if original is not None:
+        module.save_file = timed_checkpoint_save(original, lazy, target_arg=1,
+                                                 target_kwarg="filename")
 
 
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter",
@@ -320,4 +345,5 @@ PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
     "torch.utils.checkpoint": patch_activation_checkpoint,
     "torch.distributed": patch_distributed,
     "torch.distributed.checkpoint": patch_distributed_checkpoint,
+    "safetensors.torch": patch_safetensors,
 }

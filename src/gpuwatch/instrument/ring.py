@@ -36,6 +36,8 @@ TOTAL_STEPS = 110  # value: the steps the run plans (from the framework or the u
 DEVICE_TIMING = 111  # value: (phase, start event, end event) to read off the hot path
 LOST = 112  # from drain, never pushed: value marks were lost here (writers lapped the reader)
 _WRITING = -2  # a slot's sequence while a writer fills it
+EVAL_BATCH = 113  # an evaluation batch done (a framework's eval hook)
+BACKGROUND_SAVE = 114  # value: (seconds, bytes) of a save written off the training thread
 
 DATA = 1
 COMPUTE = 2

@@ -10,6 +10,15 @@ emitted and the numbers skip the lost steps (never renumbered).
 
 Marks carry what the training code gave: a value that is not a finite count
 is ignored (and counted in ``bad_values``), never raised on.
+
+them, at the first optimizer's post-step hook.
+
+Between steps the job may still be working (an eval loop, a long step of many
+micro-batches): loader and eval batches seen more than ``PROGRESS_EVERY_S`` after
+the last step or progress record make a ``progress`` event, at most one per
+``PROGRESS_EVERY_S``. The training batch size is the last batch fetched before a
+step ends (an eval loader's batches come earlier), reported when it changes and
+the new size repeats.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from gpuwatch.instrument.patches import EVENTS
 from gpuwatch.records import Event, Record, Step
 
 _NPHASES = max(ring.PHASES.values()) + 1
+PROGRESS_EVERY_S = 1.0
 
 
 class StepAssembler:
@@ -50,6 +60,10 @@ class StepAssembler:
         self._batch_candidate: int | None = None
         self._ordinals = {ring.STEP_END: 0, ring.STEP_BOUNDARY: 0}  # last seen per producer
         self._torn = False  # marks of the step being assembled were lost
+        self._last_batch = 0  # size of the newest batch fetched
+        self._progress_at = 0.0  # perf_counter time of the last step end or progress event
+        self._loader_batches = 0  # batches fetched since then
+        self._eval_batches = 0  # eval batches done since then
 
     def feed(self, marks: Iterable[ring.Mark], out: list[Record]) -> None:
         """Consume marks in order, appending finished records to ``out``. Device timings
@@ -59,7 +73,7 @@ class StepAssembler:
             self._acc[phase] += seconds
         for code, t, value in marks:
             if self._prev_end is None:
-                self._prev_end = t  # the first mark ever opens the first step
+                self._prev_end = self._progress_at = t  # the first mark opens the first step
             try:
                 self._mark(code, t, value, out)
             except (TypeError, ValueError):  # a value the training code got wrong
@@ -82,7 +96,16 @@ class StepAssembler:
             n = self._count(value)
             self._samples += n
             if n:
-                self._track_batch(n, t, out)
+                self._last_batch = n
+            self._loader_batches += 1
+            self._progress(t, out)
+        elif code == ring.EVAL_BATCH:
+            self._eval_batches += 1
+            self._progress(t, out)
+        elif code == ring.BACKGROUND_SAVE:
+            seconds, nbytes = value
+            out.append(Event(self.rank, t + self._offset, "checkpoint_save",
+                             {"seconds": seconds, "bytes": nbytes, "blocking": False}))
         elif code == ring.TOKENS:
             self._tokens += self._count(value)
         elif code == ring.CHECKPOINT_TARGET:
@@ -156,6 +179,17 @@ class StepAssembler:
         out.append(Event(self.rank, t + self._offset, "checkpoint_save",
                          {"seconds": seconds, "bytes": nbytes}))
 
+    def _progress(self, t: float, out: list[Record]) -> None:
+        """A ``progress`` event for the batches seen since the last step or progress
+        record, once that is ``PROGRESS_EVERY_S`` ago."""
+        if t - self._progress_at < PROGRESS_EVERY_S:
+            return
+        out.append(Event(self.rank, t + self._offset, "progress",
+                         {"loader_batches": self._loader_batches,
+                          "eval_batches": self._eval_batches}))
+        self._progress_at = t
+        self._loader_batches = self._eval_batches = 0
+
     def _track_batch(self, size: int, t: float, out: list[Record]) -> None:
         """Report a batch-size change once the new size repeats (a short last batch does not)."""
         if self._batch is None or size == self._batch:
@@ -193,6 +227,8 @@ class StepAssembler:
             other = max(rest - compute, 0.0)
         else:
             compute, other = max(rest, 0.0), 0.0
+        if self._last_batch:
+            self._track_batch(self._last_batch, t, out)
         out.append(Step(
             rank=self.rank, step=self.steps, t=t + self._offset, wall_s=wall,
             data_s=data, compute_s=compute, optimizer_s=opt, checkpoint_s=ckpt,
@@ -207,6 +243,8 @@ class StepAssembler:
         """Start the next step at ``t``."""
         acc = self._acc
         self._prev_end = t
+        self._progress_at = t
+        self._loader_batches = self._eval_batches = 0
         for phase in range(_NPHASES):
             acc[phase] = 0.0
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0

@@ -94,6 +94,11 @@ class LightningHooks:
             except Exception as exc:
                 self.monitor.agent.faults.record("tracker", exc)
 
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._marker is not None:
+            self._marker.eval_batch()
+
     def on_save_checkpoint(self, trainer: Any, pl_module: Any,
                            checkpoint: dict[str, Any]) -> None:
         if self._marker is not None:

@@ -82,6 +82,10 @@ class GpuWatchCallback(TrainerCallback):
                 state.log_history[-1].update(figures)  # trainer_state.json keeps them too
         self._last = perf_counter()
 
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._marker is not None:
+            self._marker.eval_batch()
+
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._last = perf_counter()
 

@@ -1,0 +1,57 @@
+"""Checkpoint saves as the patches see them, with real torch and safetensors: a save on
+the training thread is a blocking checkpoint phase, one on a writer thread is timed as
+a background save that blocks nothing."""
+
+from __future__ import annotations
+
+import threading
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuwatch.instrument import ring
+from gpuwatch.instrument.patches import LazyPush, patch_safetensors, timed_checkpoint_save
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+
+def recorder() -> tuple[LazyPush, list[tuple[int, Any]]]:
+    marks: list[tuple[int, Any]] = []
+
+    def push(code: int, value: Any = None) -> None:
+        marks.append((code, value))
+
+    return LazyPush(lambda: push, lambda: False), marks
+
+
+def test_a_save_on_the_training_thread_is_a_blocking_checkpoint(tmp_path: Path) -> None:
+    lazy, marks = recorder()
+    save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
+    save({"w": torch.zeros(1000)}, tmp_path / "a.pt")
+    codes = [c for c, _ in marks]
+    assert codes[0] == ring.CHECKPOINT and codes[-1] == -ring.CHECKPOINT
+    assert (ring.CHECKPOINT_TARGET, (tmp_path / "a.pt").stat().st_size) in marks
+
+
+def test_a_save_on_a_writer_thread_is_a_background_save(tmp_path: Path) -> None:
+    lazy, marks = recorder()
+    save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
+    writer = threading.Thread(target=save, args=({"w": torch.zeros(1000)}, tmp_path / "b.pt"))
+    writer.start()
+    writer.join(timeout=60)
+    assert not writer.is_alive()
+    ((code, (seconds, nbytes)),) = marks
+    assert code == ring.BACKGROUND_SAVE
+    assert seconds > 0 and nbytes == (tmp_path / "b.pt").stat().st_size
+
+
+def test_safetensors_saves_are_timed(tmp_path: Path) -> None:
+    lazy, marks = recorder()
+    module = types.SimpleNamespace(save_file=safetensors_torch.save_file)
+    patch_safetensors(lazy, module)
+    module.save_file({"w": torch.ones(256)}, str(tmp_path / "m.safetensors"))
+    assert marks[0][0] == ring.CHECKPOINT
+    assert (ring.CHECKPOINT_TARGET, (tmp_path / "m.safetensors").stat().st_size) in marks

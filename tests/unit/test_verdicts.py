@@ -1,0 +1,191 @@
+"""Ordinary training life is not an alarm: hang judged on all progress, checkpoint
+share over the run, fits_on_paper on the job's own memory, never the current card."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from gpuwatch.config import Settings
+from gpuwatch.detection.replay import analyze
+from gpuwatch.records import Event, Finding, Record, Sample
+from tests.runs import GB, START, judge, meta, only, samples, steps, topology
+from tests.scenarios import H100, Evals, Memory, Saves, Shape, Stop, job, simulate, write
+
+
+def findings_of(shape: Shape, **settings: object) -> list[Finding]:
+    records = simulate(shape)
+    assert len(records) == 1
+    return judge(records[0], **settings)
+
+
+# -- hang ------------------------------------------------------------------------------
+
+def test_an_eval_longer_than_the_hang_bound_is_progress_with_or_without_progress_records() -> None:
+    evals = Shape(step_s=1.0, duration_s=600, evals=Evals(every_s=120, seconds=200))
+    assert findings_of(evals) == []
+    assert findings_of(replace(evals, progress_records=False)) == []
+
+
+def test_without_progress_records_an_idle_gpu_and_cpu_during_an_eval_would_be_a_hang() -> None:
+    """The GPU-busy rule is what keeps old logs' evals from being hangs: the same stall
+    with nothing busy is reported."""
+    shape = Shape(step_s=1.0, duration_s=400, stop=Stop(at_s=120, ranks=(0,), kind="loader"))
+    f = only(findings_of(shape), "hang")
+    assert f.severity == "critical"
+    assert "stuck in data" in f.summary
+
+
+def test_a_hung_nccl_collective_is_named_by_its_gpu_signature() -> None:
+    records = simulate(job("nccl_hang").shape)
+    f = only(judge(records[0]), "hang")
+    assert f.evidence["gpu_utilization_ratio"] == 1.0
+    assert f.evidence["gpu_power_watts"] < 0.6 * f.evidence["working_power_watts"]
+    assert "collective" in f.summary
+    no_agent = [r for r in records[0] if not (isinstance(r, Sample) and r.source == "agent")]
+    f = only(judge(no_agent), "hang")  # no open phases known: the GPU alone tells
+    assert "signature of a hung NCCL collective" in f.summary
+
+
+def test_a_long_blocking_save_is_progress_not_a_hang() -> None:
+    shape = Shape(step_s=0.5, duration_s=600, saves=Saves(every_s=200, blocking_s=150),
+                  progress_records=False)
+    assert not [f for f in findings_of(shape) if f.detector == "hang"]
+
+
+# -- checkpoint_overhead -----------------------------------------------------------------
+
+def test_checkpoint_share_is_blocking_time_over_wall_time_between_saves() -> None:
+    rare = Shape(step_s=1.0, duration_s=7300, saves=Saves(every_s=3600, blocking_s=40),
+                 sample_s=5.0)
+    assert [f for f in findings_of(rare) if f.detector == "checkpoint_overhead"] == []
+    frequent = Shape(step_s=0.5, duration_s=600, saves=Saves(every_s=60, blocking_s=15,
+                                                             nbytes=int(3e9)))
+    f = only(findings_of(frequent), "checkpoint_overhead")
+    assert abs(f.evidence["checkpoint_share_ratio"] - 15 / 75) < 0.03
+    assert f.evidence["seconds_per_save"] == 15 and f.evidence["bytes_per_save"] == 3e9
+    assert f.verdict == "fix_here"
+
+
+def test_background_saves_cost_no_blocking_time() -> None:
+    asynchronous = Shape(step_s=0.5, duration_s=600,
+                         saves=Saves(every_s=60, blocking_s=0.2, background_s=15))
+    assert [f for f in findings_of(asynchronous) if f.detector == "checkpoint_overhead"] == []
+
+
+# -- fits_on_paper -----------------------------------------------------------------------
+
+def test_whole_card_memory_is_a_last_resort_and_says_so() -> None:
+    shape = replace(job("rtx5090_memory_bound_finetune").shape,
+                    memory=Memory(reserved_gb=31.4, allocated_gb=17, retries_per_min=12,
+                                  allocator=False))
+    records = [r for r in simulate(shape)[0] if not (
+        isinstance(r, Sample) and r.source == "nvml")]
+    card_only = [Sample(0, s.t, "nvml", {"gpu_memory_used_bytes": 31.5 * GB,
+                                         "gpu_memory_total_bytes": 32 * GB}, gpu=0)
+                 for s in records if isinstance(s, Sample) and s.source == "host"]
+    f = only(judge([*records, *card_only]), "fits_on_paper")
+    assert f.evidence["whole_card_memory"] == 1.0
+    assert "the whole card" in f.summary
+    with_process = only(findings_of(shape), "fits_on_paper")  # NVML per-process memory
+    assert "whole_card_memory" not in with_process.evidence
+    assert "its processes" in with_process.summary
+
+
+def test_the_card_the_job_runs_on_is_never_recommended() -> None:
+    """An H100 job with real memory pressure: the move is to a bigger card, never H100."""
+    shape = Shape(step_s=1.0, duration_s=300, gpu=H100, batch_size=16,
+                  batch_sizes=((3, 8),), memory=Memory(reserved_gb=78, allocated_gb=40,
+                                                       retries_per_min=20))
+    f = only(findings_of(shape), "fits_on_paper")
+    assert f.verdict == "move_to_h100"
+    assert f.projection is not None and f.projection["target"] != "H100 SXM"
+    assert f.projection["current"] == "H100 SXM"
+
+
+def test_a_batch_finder_at_start_is_one_cut_reported_once() -> None:
+    fs = [f for f in findings_of(job("rtx5090_memory_bound_finetune").shape)
+          if f.detector == "fits_on_paper"]
+    assert len(fs) == 1 and fs[0].state == "active"
+    assert (fs[0].evidence["batch_size_from"], fs[0].evidence["batch_size_to"]) == (16, 12)
+
+
+def test_an_oom_outside_the_window_is_not_a_symptom_now() -> None:
+    records: list[Record] = [
+        meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB),
+        Event(0, START + 10, "oom", {"type": "OutOfMemoryError"}),
+        *steps(300, wall=0.5),
+        *samples("allocator", 300, {"allocator_reserved_bytes": 31 * GB,
+                                    "allocator_allocated_bytes": 16 * GB,
+                                    "allocator_alloc_retries_total": 0.0})]
+    fs = judge(records)
+    assert [f.state for f in fs if f.detector == "fits_on_paper"] in ([], ["resolved"])
+
+
+# -- iteration_speed and underutilised ---------------------------------------------------
+
+def test_a_long_run_already_on_the_target_is_information_not_a_move() -> None:
+    f = only(findings_of(Shape(step_s=1.0, duration_s=200, total_steps=1_000_000)),
+             "iteration_speed")
+    assert f.verdict == "info" and "already runs on H100 SXM" in f.action
+
+
+def test_a_job_level_finding_explains_low_utilisation_on_every_rank(tmp_path: Path) -> None:
+    shape = job("slow_rank_of_four").shape
+    found = analyze(write(shape, tmp_path), Settings()).findings
+    assert {f.detector for f in found} == {"straggler"}
+    # the job engine's findings reach the rank engines: with the rank-local explanation
+    # (waiting in collectives) switched off, the straggler finding alone keeps them quiet
+    quiet = {"underutilised": {"collective_share": 1.0}}
+    found = analyze(write(shape, tmp_path / "b"), Settings(detectors=quiet)).findings
+    assert {f.detector for f in found} == {"straggler"}
+    one = write(shape, tmp_path / "one")[:1]  # rank 0 alone: nothing explains it
+    assert {f.detector for f in analyze(one, Settings(detectors=quiet)).findings} == {
+        "underutilised"}
+
+
+def test_a_rank_waiting_for_its_peers_is_explained_without_the_job_view(tmp_path: Path) -> None:
+    """Rank 0's log alone (as a live rank other than 0 judges): its collective wait
+    explains its idle GPU."""
+    one = write(job("slow_rank_of_four").shape, tmp_path)[:1]
+    assert analyze(one, Settings()).findings == []
+
+
+def test_progress_records_alone_keep_a_long_eval_from_being_a_hang() -> None:
+    """A CPU-side eval (generation on the host, say): GPU idle, yet its batches are logged
+    as progress, so no hang; without them the same quiet stretch would be one."""
+    shape = Shape(step_s=1.0, duration_s=500, evals=Evals(every_s=100, seconds=240))
+    records = simulate(shape)[0]
+    idle = [_idle(r) for r in records]
+    assert [f for f in judge(idle) if f.detector == "hang"] == []
+    silent = [r for r in idle if not (isinstance(r, Event) and r.name == "progress")]
+    assert only(judge(silent), "hang").severity == "critical"
+
+
+def _idle(r: Record) -> Record:
+    """The record with the GPU idle and the CPU quiet during evals."""
+    if isinstance(r, Sample) and r.source == "nvml" and r.values["gpu_utilization_ratio"] == 0.85:
+        return Sample(r.rank, r.t, r.source, {**r.values, "gpu_utilization_ratio": 0.0,
+                                              "gpu_power_watts": 60.0}, gpu=r.gpu)
+    if isinstance(r, Sample) and r.source == "host" and r.values["process_cpu_cores"] == 1.0:
+        return Sample(r.rank, r.t, r.source, {**r.values, "process_cpu_cores": 0.05})
+    return r
+
+
+def test_training_batch_cuts_follow_the_size_that_trained() -> None:
+    from gpuwatch.telemetry import TrainingBatch
+
+    finder = TrainingBatch()
+    for step, (a, b) in enumerate([(4, 8), (8, 16), (16, 12)], start=1):
+        finder.change(a, b, float(step), steps=step)
+    assert finder.cut == (16, 12)
+    eval_flips = TrainingBatch()
+    for k in range(4):  # train 16 for 40 steps, eval 64 between two steps, back to 16
+        eval_flips.change(16, 64, 0.0, steps=40 * (k + 1))
+        eval_flips.change(64, 16, 0.0, steps=40 * (k + 1))
+    assert eval_flips.cut is None
+    restored = TrainingBatch()
+    restored.change(32, 24, 1.0, steps=100)
+    assert restored.cut == (32, 24)
+    restored.change(24, 32, 2.0, steps=200)  # back up: the cut is over
+    assert restored.cut is None
