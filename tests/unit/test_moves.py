@@ -171,7 +171,7 @@ def test_one_line_for_people() -> None:
 
 # -- the gate in the detectors -------------------------------------------------------------
 
-def test_a_job_short_of_memory_on_the_target_card_is_not_told_to_move_to_it() -> None:
+def test_a_job_short_of_memory_on_the_target_card_is_sent_to_a_bigger_one_not_to_it() -> None:
     records: list[Record] = [
         meta(), topology("NVIDIA H100 80GB HBM3", 80 * GB),
         Event(0, START + 5, "oom", {"type": "OutOfMemoryError"}),
@@ -181,8 +181,9 @@ def test_a_job_short_of_memory_on_the_target_card_is_not_told_to_move_to_it() ->
                                    "allocator_alloc_retries_total": 0.0},
                  ramp={"allocator_alloc_retries_total": 1.0})]
     f = only(judge(records), "fits_on_paper")
-    assert f.verdict == "fix_here"
-    assert f.projection is not None and f.projection["decision"]["why"] == "already on H100 SXM"
+    assert f.projection is not None and f.projection["target"] != "H100 SXM"
+    assert f.verdict == "move_to_h100" and f.projection["decision"]["rule"] == "memory"
+    assert f.projection["target"] == "H200"  # the first bigger card the need fits
 
 
 def test_a_sync_bottleneck_whose_move_does_not_pay_is_fixed_here() -> None:
