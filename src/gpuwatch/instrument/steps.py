@@ -38,6 +38,8 @@ class StepAssembler:
         self._ckpt_targets: list[int] = []  # bytes of each file the save wrote
         self._act_ckpt_calls = 0
         self._collective_bytes = 0
+        self._timed_s = 0.0
+        self._timed_bytes = 0
         self._batch: int | None = None
         self._batch_candidate: int | None = None
 
@@ -45,8 +47,11 @@ class StepAssembler:
         """Consume marks in order, appending finished records to ``out``. Device timings
         the GPU has finished are added to the step being assembled (they lag it by the
         depth of the stream's queue)."""
-        for phase, seconds in self.device.ready():
-            self._acc[phase] += seconds
+        for interval in self.device.ready():
+            self._acc[interval.phase] += interval.seconds
+            if interval.nbytes:
+                self._timed_s += interval.seconds
+                self._timed_bytes += interval.nbytes
         for code, t, value in marks:
             if self._prev_end is None:
                 self._prev_end = t  # the first mark ever opens the first step
@@ -79,6 +84,9 @@ class StepAssembler:
                 out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
             elif code == ring.DEVICE_TIMING:
                 self.device.add(*value)
+            elif code == ring.COLLECTIVE_DURATION:
+                self._timed_s += value[0]
+                self._timed_bytes += value[1]
             elif code == ring.COLLECTIVE_BYTES:
                 self._collective_bytes += value
             elif code == ring.ACT_CKPT:
@@ -153,10 +161,12 @@ class StepAssembler:
             collective_s=acc[ring.COLLECTIVE], recompute_s=acc[ring.RECOMPUTE],
             other_s=other, samples=self._samples, tokens=self._tokens,
             checkpoint_bytes=self._ckpt_bytes, collective_bytes=self._collective_bytes,
+            collective_timed_s=self._timed_s, collective_timed_bytes=self._timed_bytes,
             act_ckpt_calls=self._act_ckpt_calls,
         ))
         self._prev_end = t
         for phase in range(_NPHASES):
             acc[phase] = 0.0
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0
-        self._collective_bytes = 0
+        self._collective_bytes = self._timed_bytes = 0
+        self._timed_s = 0.0
