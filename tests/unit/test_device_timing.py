@@ -134,7 +134,7 @@ def test_ddp_last_bucket_to_end_of_backward_is_the_exposed_wait() -> None:
         callbacks[i]()
         i += 1
     dev.run(30)  # optimizer
-    host, step = rig.step()
+    _, step = rig.step()
     assert step.collective_s == pytest.approx(0.060)
 
 

@@ -1,10 +1,26 @@
-"""sync_bottleneck: every rank spends a large share of each step waiting in collectives,
-symmetrically (no straggler). Without NVLink: move to H100 (NVLink/NVSwitch), with a
-ring all-reduce projection; with NVLink already: fix here (overlap, bucketing)."""
+"""sync_bottleneck: ranks spend a large share of each step waiting in collectives.
+
+Step by step (``skew.split``) the wait is split into transfer (the least wait across
+ranks) and waiting on a slower rank. Mostly waiting on a rank that changes from step
+to step: fix here (balance the batches). Mostly waiting on one fixed rank: the
+straggler's case, not this one. Mostly transfer: a move only when the bytes over the
+slowest link the collectives cross explain it (no NVLink, bandwidth-bound); with
+NVLink already, or latency-bound, or a link that could carry the bytes far faster:
+fix here (overlap, bucketing).
+"""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, has_nvlink, mean_parts, recent
+from gpuwatch.detection import skew
+from gpuwatch.detection.context import (
+    Context,
+    Detection,
+    has_nvlink,
+    host_of,
+    job_devices,
+    mean_parts,
+    recent,
+)
 from gpuwatch.detection.projection import StepParts, project
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
@@ -16,44 +32,113 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
     summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
     if len(summaries) < 2 or len(summaries) < len(views):
         return None
-    shares = [s.collective_share for s in summaries.values()]
-    if min(shares) < th["collective_share"]:
+    split = skew.split(views, since, rule.min_steps)
+    if split is None:
         return None
-    if max(shares) - min(shares) > th["max_share_spread"]:
-        return None  # asymmetric: one rank holds the others (the straggler's case)
+    wait_share = split.transfer_share + split.skew_share
+    if wait_share < th["collective_share"]:
+        return None
     ranks = sorted(summaries)
     parts = [mean_parts(s) for s in summaries.values()]
     mean = StepParts(**{f: sum(getattr(p, f) for p in parts) / len(parts)
                         for f in ("compute", "recompute", "comm", "data", "checkpoint", "other",
                                   "comm_bytes")})
-    nvlink = any(has_nvlink(v) for v in views)
-    proj = project(mean, ctx.target_gpu, ctx.current_gpu(views[0]), ranks=len(ranks))
-    share = sum(shares) / len(shares)
-    evidence = {"collective_share_ratio": share, "collective_seconds_per_step": mean.comm,
+    evidence = {"collective_share_ratio": wait_share,
+                "collective_seconds_per_step": split.transfer_s + split.mean_skew_s,
+                "transfer_seconds_per_step": split.transfer_s,
+                "skew_seconds_per_step": split.mean_skew_s,
                 "collective_bytes_per_step": mean.comm_bytes,
-                "collective_share_spread_ratio": max(shares) - min(shares),
-                "speedup_ratio": proj.speedup}
+                "last_arrival_max_share_ratio": max(split.last_share.values())}
+    achieved = achieved_bandwidth(views, since)
+    if achieved is not None:
+        evidence["achieved_bus_bytes_per_second"] = achieved
+    link, link_name = slowest_link(views, th["inter_node_bytes_per_second"])
+    if link is not None:
+        evidence["link_bytes_per_second"] = link
     pcie = [x for v in views for x in v.values_since("nvml", "gpu_pcie_tx_bytes_per_second", since)]
     if pcie:
         evidence["pcie_tx_bytes_per_second"] = max(pcie)
-    small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
-    if nvlink:
-        link = "over NVLink already"
-        advice = ("The link is not the problem: overlap communication with compute (DDP bucket "
-                  "size, FSDP prefetch), accumulate gradients over more micro-batches, or "
-                  "compress gradients.")
-    elif small:
-        link = f"{mean.comm_bytes / 1e6:.2f} MB per step: latency-bound, not bandwidth-bound"
-        advice = ("Many small collectives: fuse them (flatten gradients into one buffer, larger "
-                  "DDP buckets) and overlap them with backward. A faster link would barely help.")
-    else:
-        link = "no NVLink: over PCIe or the host"
-        advice = (f"Move to {ctx.target} nodes with NVLink/NVSwitch; meanwhile accumulate "
-                  "gradients over more micro-batches to all-reduce less often.")
-    outcome = ("" if nvlink or small else
-               f"; on {ctx.target} with NVLink the step is projected {proj.speedup:.2f}x faster")
-    text = {"ranks_n": len(ranks), "link": link, "outcome": outcome, "advice": advice}
-    if nvlink or small:
+    text = {"ranks_n": len(ranks), "outcome": ""}
+    if split.transfer_share < th["transfer_share"]:
+        if split.fixed_last(th["fixed_rank_share"]) is not None:
+            return None  # one rank holds the others: the straggler's finding
+        text |= {"link": "most of it waiting on a slower rank, a different one from step "
+                         "to step, not transfer",
+                 "advice": "Balance the work per rank per step: bucket or pack variable-length "
+                           "sequences to equal tokens per rank, balance MoE routing (capacity "
+                           "factor, auxiliary loss). A faster link would not help."}
         return Detection(evidence, ranks, text=text, verdict="fix_here")
-    return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
-                     verdict="move_to_h100")
+    proj = project(mean, ctx.target_gpu, ctx.current_gpu(views[0]), ranks=len(ranks))
+    evidence["speedup_ratio"] = proj.speedup
+    multi_node = len({host_of(v) for v in views}) > 1
+    small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
+    needed = mean.comm_bytes / link if link else None  # seconds the link needs for the bytes
+    if needed is not None:
+        evidence["link_seconds_per_step"] = needed
+    if has_nvlink(views[0]) and not multi_node:
+        text |= {"link": "over NVLink already",
+                 "advice": "The link is not the problem: overlap communication with compute "
+                           "(DDP bucket size, FSDP prefetch), accumulate gradients over more "
+                           "micro-batches, or compress gradients."}
+    elif small:
+        text |= {"link": f"{mean.comm_bytes / 1e6:.2f} MB per step: latency-bound, not "
+                         "bandwidth-bound",
+                 "advice": "Many small collectives: fuse them (flatten gradients into one "
+                           "buffer, larger DDP buckets) and overlap them with backward. A "
+                           "faster link would barely help."}
+    elif needed is not None and needed < th["link_explained_ratio"] * split.transfer_s:
+        text |= {"link": f"{link_name} could move these bytes in {needed:.3g} s: not the "
+                         "link's bandwidth",
+                 "advice": "The wait is not explained by bytes over the link: look for "
+                           "latency (many small collectives), contention or a misconfigured "
+                           "NCCL (check NCCL_DEBUG=INFO for the transport it picked)."}
+    else:
+        text |= {"link": f"bandwidth-bound over {link_name}",
+                 "outcome": f"; on {ctx.target} with NVLink the step is projected "
+                            f"{proj.speedup:.2f}x faster",
+                 "advice": f"Move to {ctx.target} nodes with NVLink/NVSwitch; meanwhile "
+                           "accumulate gradients over more micro-batches to all-reduce less "
+                           "often."}
+        return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
+                         verdict="move_to_h100")
+    return Detection(evidence, ranks, text=text, verdict="fix_here")
+
+
+def achieved_bandwidth(views: list[Telemetry], since: float) -> float | None:
+    """Bus bytes over the full device duration of the collectives whose duration was
+    seen, across the ranks' steps in the window (bytes/s); None when none was seen."""
+    nbytes = seconds = 0.0
+    for v in views:
+        for s in reversed(v.steps):
+            if s.t < since:
+                break
+            nbytes += s.collective_timed_bytes
+            seconds += s.collective_timed_s
+    return nbytes / seconds if seconds > 0 and nbytes > 0 else None
+
+
+def slowest_link(views: list[Telemetry], inter_node: float) -> tuple[float | None, str]:
+    """The slowest link the job's collectives cross (bytes/s per direction) and its name:
+    within a node NVLink, else PCIe; across nodes also the inter-node link (the setting,
+    else the fastest active InfiniBand port). None where nothing says."""
+    links: list[tuple[float, str]] = []
+    for v in views:
+        for d in job_devices(v):
+            if d.get("nvlink_bytes_per_second") and d.get("nvlink_links_active", 0) > 0:
+                links.append((float(d["nvlink_bytes_per_second"]), "NVLink"))
+            elif d.get("pcie_bytes_per_second"):
+                links.append((float(d["pcie_bytes_per_second"]),
+                              f"PCIe gen {d.get('pcie_generation')} x{d.get('pcie_width')}"))
+    if len({host_of(v) for v in views}) > 1:
+        if inter_node > 0:
+            links.append((inter_node, "the inter-node link"))
+        else:
+            for v in views:
+                ports = (v.topology or {}).get("infiniband") or []
+                if ports:
+                    best = max(ports, key=lambda p: p.get("bytes_per_second", 0))
+                    links.append((float(best["bytes_per_second"]),
+                                  f"{best.get('link_layer', 'InfiniBand')} (inter-node)"))
+    if not links:
+        return None, "no NVLink: over PCIe or the host"
+    return min(links)
