@@ -70,12 +70,13 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
         return Detection(evidence, ranks, text=text, verdict="fix_here")
     proj = project(mean, ctx.target_gpu, ctx.current_gpu(views[0]), ranks=len(ranks))
     evidence["speedup_ratio"] = proj.speedup
-    multi_node = len({host_of(v) for v in views}) > 1
     small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
     needed = mean.comm_bytes / link if link else None  # seconds the link needs for the bytes
     if needed is not None:
         evidence["link_seconds_per_step"] = needed
-    if has_nvlink(views[0]) and not multi_node:
+    explained = needed is None or needed >= th["link_explained_ratio"] * split.transfer_s
+    inter_node = "inter-node" in link_name
+    if has_nvlink(views[0]) and not (inter_node and explained):
         text |= {"link": "over NVLink already",
                  "advice": "The link is not the problem: overlap communication with compute "
                            "(DDP bucket size, FSDP prefetch), accumulate gradients over more "
@@ -86,7 +87,7 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
                  "advice": "Many small collectives: fuse them (flatten gradients into one "
                            "buffer, larger DDP buckets) and overlap them with backward. A "
                            "faster link would barely help."}
-    elif needed is not None and needed < th["link_explained_ratio"] * split.transfer_s:
+    elif not explained:
         text |= {"link": f"{link_name} could move these bytes in {needed:.3g} s: not the "
                          "link's bandwidth",
                  "advice": "The wait is not explained by bytes over the link: look for "
@@ -96,9 +97,10 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
         text |= {"link": f"bandwidth-bound over {link_name}",
                  "outcome": f"; on {ctx.target} with NVLink the step is projected "
                             f"{proj.speedup:.2f}x faster",
-                 "advice": f"Move to {ctx.target} nodes with NVLink/NVSwitch; meanwhile "
-                           "accumulate gradients over more micro-batches to all-reduce less "
-                           "often."}
+                 "advice": f"Move to {ctx.target} nodes with NVLink/NVSwitch"
+                           + (" and a faster inter-node fabric" if inter_node else "")
+                           + "; meanwhile accumulate gradients over more micro-batches to "
+                             "all-reduce less often."}
         return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
                          verdict="move_to_h100")
     return Detection(evidence, ranks, text=text, verdict="fix_here")
