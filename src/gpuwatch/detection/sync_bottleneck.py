@@ -1,12 +1,12 @@
 """sync_bottleneck: ranks spend a large share of each step waiting in collectives.
 
 Step by step (``skew.split``) the wait is split into transfer (the least wait across
-ranks) and waiting on a slower rank. Mostly waiting on a rank that changes from step
-to step: fix here (balance the batches). Mostly waiting on one fixed rank: the
-straggler's case, not this one. Mostly transfer: a move only when the bytes over the
-slowest link the collectives cross explain it (no NVLink, bandwidth-bound); with
-NVLink already, or latency-bound, or a link that could carry the bytes far faster:
-fix here (overlap, bucketing).
+ranks) and waiting on a slower rank, and the larger part decides. Mostly waiting on a
+rank that changes from step to step: fix here (balance the batches). Mostly waiting
+on one fixed rank: the straggler's case, not this one. Mostly transfer: a move only
+when the bytes over the slowest link the collectives cross explain it (no NVLink,
+bandwidth-bound); with NVLink already, latency-bound, or a link that could carry the
+bytes far faster: fix here (overlap, bucketing).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
     if pcie:
         evidence["pcie_tx_bytes_per_second"] = max(pcie)
     text = {"ranks_n": len(ranks), "outcome": ""}
-    if split.transfer_share < th["transfer_share"]:
+    if split.mean_skew_s > split.transfer_s:
         if split.fixed_last(th["fixed_rank_share"]) is not None:
             return None  # one rank holds the others: the straggler's finding
         text |= {"link": "most of it waiting on a slower rank, a different one from step "
