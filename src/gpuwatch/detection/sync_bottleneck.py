@@ -108,7 +108,12 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
 
 def achieved_bandwidth(views: list[Telemetry], since: float) -> float | None:
     """Bus bytes over the full device duration of the collectives whose duration was
-    seen, across the ranks' steps in the window (bytes/s); None when none was seen."""
+    seen in the window (bytes/s): NCCL's own timing where on (every collective), else
+    the blocking collectives timed in the ranks' steps; None when none was seen."""
+    nbytes = sum(v.counter_rise("nccl", "nccl_bus_bytes_total", since) for v in views)
+    seconds = sum(v.counter_rise("nccl", "nccl_collective_seconds_total", since) for v in views)
+    if seconds > 0 and nbytes > 0:
+        return nbytes / seconds
     nbytes = seconds = 0.0
     for v in views:
         for s in reversed(v.steps):
