@@ -201,8 +201,9 @@ class Agent:
         nccl_on, nccl_how = timing_setting(os.environ)
         dump = default_dump() if nccl_on else None
         self._nccl = FlightRecorderProbe(ident.rank, dump) if dump is not None else None
-        self._write([Event(ident.rank, time.time(), "collective_timing",
-                           {**COVERAGE, "nccl_timing": nccl_how})])
+        if ident.world_size > 1:  # what collective waits can be seen, and how
+            self._write([Event(ident.rank, time.time(), "collective_timing",
+                               {**COVERAGE, "nccl_timing": nccl_how})])
         self._start_exporter()
         self._start_slack()
         self._start_peers()
