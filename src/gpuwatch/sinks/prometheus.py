@@ -39,7 +39,8 @@ PHASES = ("data", "compute", "optimizer", "checkpoint", "collective", "recompute
 REQUEST_TIMEOUT_S = 2.0
 MAX_REQUEST_BYTES = 64 * 1024
 HEALTH = ("faults", "exporter")  # catalogue sources exempt from the series cap
-STEP_TOTALS = ("samples", "tokens", "checkpoint_bytes", "collective_bytes", "act_ckpt_calls")
+STEP_TOTALS = ("samples", "tokens", "checkpoint_bytes", "collective_bytes", "act_ckpt_calls",
+               "collective_timed_s", "collective_timed_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,8 @@ class ExporterState:
         t["checkpoint_bytes"] += s.checkpoint_bytes
         t["collective_bytes"] += s.collective_bytes
         t["act_ckpt_calls"] += s.act_ckpt_calls
+        t["collective_timed_s"] += s.collective_timed_s
+        t["collective_timed_bytes"] += s.collective_timed_bytes
 
     def families(self) -> list[Metric]:
         """The metric families of the catalogue, from a consistent copy of the state."""
