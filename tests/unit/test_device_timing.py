@@ -169,6 +169,27 @@ def test_fsdp_side_stream_all_gather_counts_its_wait_not_its_duration() -> None:
     assert step.collective_timed_s == pytest.approx(0.040)
 
 
+def test_a_wait_inside_a_timed_wait_counts_once() -> None:
+    """FSDP2's async path: wait_for_unshard calls Work.wait itself."""
+    dev = Device()
+    rig = Rig(dev)
+    dist = patched(NcclGroup(dev, size=2, bytes_per_ms=1 * MB), rig)
+    works: list[Any] = []
+
+    class FSDPParamGroup:
+        device = SimpleNamespace(type="cuda")
+
+        def wait_for_unshard(self) -> None:
+            works.pop().wait()
+
+    patch_fsdp2(rig.lazy, SimpleNamespace(FSDPParamGroup=FSDPParamGroup), pool=rig.pool)
+    works.append(dist.all_gather_into_tensor(Tensor(20 * MB), Tensor(10 * MB), async_op=True))
+    dev.run(5)  # 0-5 compute; the all-gather runs 0-20
+    FSDPParamGroup().wait_for_unshard()  # compute waits 5-20
+    _, step = rig.step()
+    assert step.collective_s == pytest.approx(0.015)
+
+
 def test_functional_collective_wait_tensor_is_timed_on_the_device() -> None:
     dev = Device()
     rig = Rig(dev)

@@ -106,6 +106,16 @@ def test_inter_node_link_from_infiniband_is_the_slowest_link() -> None:
     assert fast.verdict == "fix_here"
 
 
+def test_what_was_not_timed_is_said() -> None:
+    records = run(4, rotating)
+    records.append(Event(0, START + 1, "collective_timing", {
+        "ddp": "not timed: no autograd queue_callback in this torch",
+        "work_wait": "Work.wait on the current stream"}))
+    f = only(judge(records, scope="job"), "sync_bottleneck")
+    assert "; not timed: ddp (no autograd queue_callback in this torch)." in f.summary
+    assert "work_wait" not in f.summary
+
+
 def test_split_aligns_steps_by_number_and_breaks_ties_evenly() -> None:
     views = []
     for r in range(2):

@@ -58,7 +58,7 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
     pcie = [x for v in views for x in v.values_since("nvml", "gpu_pcie_tx_bytes_per_second", since)]
     if pcie:
         evidence["pcie_tx_bytes_per_second"] = max(pcie)
-    text = {"ranks_n": len(ranks), "outcome": ""}
+    text = {"ranks_n": len(ranks), "outcome": "", "unseen": unseen(views)}
     if split.mean_skew_s > split.transfer_s:
         if split.fixed_last(th["fixed_rank_share"]) is not None:
             return None  # one rank holds the others: the straggler's finding
@@ -104,6 +104,19 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
         return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
                          verdict="move_to_h100")
     return Detection(evidence, ranks, text=text, verdict="fix_here")
+
+
+def unseen(views: list[Telemetry]) -> str:
+    """What collective waits the ranks could not time (their ``collective_timing``
+    events), as a clause for the summary; empty when everything was timed."""
+    missing: list[str] = []
+    for v in views:
+        event = next((e for e in reversed(v.events) if e.name == "collective_timing"), None)
+        for what, how in (event.data.items() if event else ()):
+            note = f"{what} ({how.removeprefix('not timed: ')})"
+            if isinstance(how, str) and how.startswith("not timed") and note not in missing:
+                missing.append(note)
+    return f"; not timed: {', '.join(missing)}" if missing else ""
 
 
 def achieved_bandwidth(views: list[Telemetry], since: float) -> float | None:

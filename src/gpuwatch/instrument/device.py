@@ -21,6 +21,7 @@ Events are pooled: after warm-up a timed call allocates nothing.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -107,12 +108,19 @@ def on_device(obj: Any) -> bool:
 
 @dataclass(slots=True)
 class Span:
-    """An open interval: a recorded start event and its stream, or a host start time."""
+    """An open interval: a recorded start event and its stream, or a host start time;
+    ``inner`` when it opened inside another on the same thread (it then counts nothing:
+    FSDP2's wait_for_unshard calls Work.wait, and the wait is counted once)."""
 
     start: Any
     stream: Any
     t0: float
     marked: bool  # host intervals: whether an open mark was pushed (hang detection sees it)
+    tracked: bool = False  # counted in this thread's open intervals
+    inner: bool = False
+
+
+_open = threading.local()  # intervals open on this thread (begin and end in one call)
 
 
 class Intervals:
@@ -128,21 +136,37 @@ class Intervals:
         self.pool = pool
         self._push = push  # the hooks' current push (it changes once the agent starts)
 
-    def begin(self, cuda: bool, phase: int = ring.COLLECTIVE, mark: bool = True) -> Span:
+    def begin(self, cuda: bool, phase: int = ring.COLLECTIVE, mark: bool = True,
+              nested: bool = True) -> Span:
         """Open an interval now: on the current stream when ``cuda``, else on the host
-        (``mark``: push the phase open, so a wait that never ends shows as open)."""
-        if cuda:
+        (``mark``: push the phase open, so a wait that never ends shows as open).
+        ``nested``: it closes in the same call on the same thread, so an interval inside
+        it is not counted twice (False for one that closes elsewhere, as DDP's)."""
+        depth = getattr(_open, "depth", 0)
+        if nested and depth:
+            span = Span(None, None, 0.0, False, inner=True)
+        elif cuda:
             start = self.pool.take()
             stream = self.pool.stream()
             start.record(stream)
-            return Span(start, stream, 0.0, False)
-        if mark and phase:
-            self._push()(phase)
-        return Span(None, None, time.perf_counter(), mark and bool(phase))
+            span = Span(start, stream, 0.0, False)
+        else:
+            if mark and phase:
+                self._push()(phase)
+            span = Span(None, None, time.perf_counter(), mark and bool(phase))
+        if nested:
+            span.tracked = True
+            _open.depth = depth + 1
+        return span
 
     def end(self, span: Span, phase: int = ring.COLLECTIVE, nbytes: int = 0) -> None:
         """Close ``span`` on its own stream (or the host clock). ``nbytes``: the bus bytes
-        of a collective whose full duration this interval is (0 for a pure wait)."""
+        of a collective whose full duration this interval is (0 for a pure wait). Call
+        it exactly once per ``begin`` made with ``nested``."""
+        if span.tracked:
+            _open.depth -= 1
+        if span.inner:
+            return
         push = self._push()
         if span.start is not None:
             end = self.pool.take()
