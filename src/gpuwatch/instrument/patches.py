@@ -209,8 +209,10 @@ COLLECTIVES: dict[str, tuple[str, str, bool]] = {
     "all_reduce": ("all_reduce", "tensor", False),
     "all_gather": ("all_gather", "tensor_list", False),
     "all_gather_into_tensor": ("all_gather", "output_tensor", False),
+    "all_gather_single": ("all_gather", "output_tensor", False),  # torch 2.13 (FSDP2's)
     "reduce_scatter": ("reduce_scatter", "input_list", False),
     "reduce_scatter_tensor": ("reduce_scatter", "input", False),
+    "reduce_scatter_single": ("reduce_scatter", "input", False),  # torch 2.13 (FSDP2's)
     "broadcast": ("broadcast", "tensor", False),
     "reduce": ("reduce", "tensor", False),
     "all_to_all_single": ("all_to_all", "input", False),
@@ -218,9 +220,9 @@ COLLECTIVES: dict[str, tuple[str, str, bool]] = {
     "barrier": ("", "", False),
     "send": ("send_recv", "tensor", False),
     "recv": ("send_recv", "tensor", False),
-    "isend": ("send_recv", "tensor", False),
-    "irecv": ("send_recv", "tensor", False),
 }
+# isend/irecv stay unwrapped: P2POp checks its op *is* torch's own isend or irecv.
+# batch_isend_irecv (what pipeline schedules use) counts their bytes instead.
 # Functional collectives (DTensor, torch.compile-free eager use): same, their buffer is
 # the first argument; an all-gather's input is one shard of the output.
 FUNCTIONAL: dict[str, tuple[str, str, bool]] = {
@@ -229,7 +231,6 @@ FUNCTIONAL: dict[str, tuple[str, str, bool]] = {
     "reduce_scatter_tensor": ("reduce_scatter", "self", False),
     "all_to_all_single": ("all_to_all", "self", False),
 }
-ASYNC_ALWAYS = ("isend", "irecv")
 COVERAGE: dict[str, str] = {}  # what collective timing was installed: name -> how (or why not)
 
 
@@ -262,7 +263,7 @@ def patch_distributed(lazy: LazyPush, dist: Any, pool: EventPool = EVENTS,
 
     A blocking collective is an interval on the issuing stream (CUDA) or the host
     (gloo): its full duration, exposed unless issued from a side stream. An async
-    one (``async_op=True``, ``isend``/``irecv``, ``batch_isend_irecv``) is exposed
+    one (``async_op=True``, ``batch_isend_irecv``) is exposed
     where the compute stream waits: ``Work.wait`` is bracketed on the current stream.
     Bytes are bus bytes (``device.bus_bytes``).
     """
@@ -271,14 +272,26 @@ def patch_distributed(lazy: LazyPush, dist: Any, pool: EventPool = EVENTS,
         original = getattr(dist, name, None)
         if original is not None:
             setattr(dist, name, timed_collective(original, lazy, timer, works, spec,
-                                                 _world_size(dist), name in ASYNC_ALWAYS))
+                                                 _world_size(dist)))
     batch = getattr(dist, "batch_isend_irecv", None)
     if batch is not None:
-        dist.batch_isend_irecv = tracked_batch(batch, works)
+        dist.batch_isend_irecv = tracked_batch(batch, lazy, works)
     work = getattr(dist, "Work", None)
     if work is not None and hasattr(work, "wait"):
         work.wait = timed_work_wait(work.wait, timer, works)
         COVERAGE["work_wait"] = "Work.wait on the current stream"
+
+
+def _never() -> bool:
+    return False
+
+
+def _is_compiling() -> Callable[[], bool]:
+    """``torch.compiler.is_compiling`` (True while dynamo traces; torch >= 2.3), so a
+    wrapper traced into a compiled graph steps aside instead of breaking the graph."""
+    compiler = getattr(sys.modules.get("torch"), "compiler", None)
+    fn = getattr(compiler, "is_compiling", None)
+    return fn if callable(fn) else _never
 
 
 def _world_size(dist: Any) -> Callable[[Any], int]:
@@ -307,21 +320,24 @@ def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], at: dict[str, int], name
 
 def timed_collective(collective: Callable[..., Any], lazy: LazyPush, timer: Intervals,
                      works: AsyncWorks | None, spec: tuple[str, str, bool],
-                     world_size: Callable[[Any], int], always_async: bool = False,
-                     group_arg: str = "group") -> Callable[..., Any]:
+                     world_size: Callable[[Any], int],
+                     always_async: bool = False) -> Callable[..., Any]:
     """Wrap one collective: count its bus bytes; time it when it blocks, or remember
     where its work runs when it is async (timed at its wait)."""
     kind, buffer_arg, is_shard = spec
     at = _positions(collective)
+    compiling = _is_compiling()
 
     @functools.wraps(collective)
     def timed(*args: Any, **kwargs: Any) -> Any:
+        if compiling():
+            return collective(*args, **kwargs)
         try:
             buffer = _arg(args, kwargs, at, buffer_arg) if buffer_arg else None
             cuda = on_device(buffer)
             nbytes = 0
             if kind:
-                n = world_size(_arg(args, kwargs, at, group_arg))
+                n = world_size(_arg(args, kwargs, at, "group"))
                 nbytes = bus_bytes(kind, tensor_bytes(buffer) * (n if is_shard else 1), n)
             if nbytes:
                 lazy.push(ring.COLLECTIVE_BYTES, nbytes)
@@ -343,19 +359,26 @@ def timed_collective(collective: Callable[..., Any], lazy: LazyPush, timer: Inte
     return timed
 
 
-def tracked_batch(batch: Callable[..., Any], works: AsyncWorks) -> Callable[..., Any]:
-    """``batch_isend_irecv``: its ops' bytes are counted by the isend/irecv it calls;
-    its works are remembered so their waits are timed on the right clock."""
+def tracked_batch(batch: Callable[..., Any], lazy: LazyPush,
+                  works: AsyncWorks) -> Callable[..., Any]:
+    """``batch_isend_irecv``: the bytes its sends carry (send/recv bus bytes: the bytes,
+    counted once, on the sending side); its works are remembered so their waits are
+    timed on the right clock."""
 
     @functools.wraps(batch)
     def tracked(p2p_op_list: Any, *args: Any, **kwargs: Any) -> Any:
-        result = batch(p2p_op_list, *args, **kwargs)
         try:
-            cuda = on_device([op.tensor for op in p2p_op_list])
-            for work in result or ():
-                works.issued(work, cuda)
+            tensors = [op.tensor for op in p2p_op_list]
+            nbytes = tensor_bytes([op.tensor for op in p2p_op_list
+                                   if getattr(op.op, "__name__", "") == "isend"])
+            if nbytes:
+                lazy.push(ring.COLLECTIVE_BYTES, nbytes)
         except Exception:
-            pass
+            tensors = []
+        result = batch(p2p_op_list, *args, **kwargs)
+        cuda = on_device(tensors)
+        for work in result or ():
+            works.issued(work, cuda)
         return result
 
     return tracked
@@ -365,8 +388,12 @@ def timed_work_wait(wait: Callable[..., Any], timer: Intervals,
                     works: AsyncWorks) -> Callable[..., Any]:
     """``Work.wait`` bracketed where it waits: the compute stream (CUDA) or the host."""
 
+    compiling = _is_compiling()
+
     @functools.wraps(wait)
     def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if compiling():
+            return wait(self, *args, **kwargs)
         cuda = works.waited(self)
         if cuda is None or (cuda and timer.pool.on_side_stream()):
             return wait(self, *args, **kwargs)  # not ours, or a wait that overlaps by design
@@ -384,8 +411,12 @@ def timed_wait(wait: Callable[..., Any], timer: Intervals,
     """Any other wait point (``wait_tensor``, FSDP2's waits) bracketed where it waits;
     ``cuda(*args)`` says whether it waits on a CUDA stream."""
 
+    compiling = _is_compiling()
+
     @functools.wraps(wait)
     def timed(*args: Any, **kwargs: Any) -> Any:
+        if compiling():
+            return wait(*args, **kwargs)
         try:
             span = timer.begin(cuda(*args), mark=False)
         except Exception:
