@@ -339,7 +339,7 @@ class Agent:
     def _drain(self, records: list[Record], final: bool = False) -> None:
         with self._drain_lock:
             try:
-                self.assembler.feed(self.ring.drain(), records)
+                self.assembler.feed(self.ring.drain(), records, final)
             except Exception as exc:
                 self.faults.record("steps", exc)
             self._write(records, final)

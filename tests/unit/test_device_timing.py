@@ -24,6 +24,7 @@ from gpuwatch.instrument.patches import (
     timed_comm_hook,
 )
 from gpuwatch.instrument.ring import MarkRing
+from gpuwatch.instrument.steps import HOLD_STEPS as STEPS_HELD
 from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.records import Record, Step
 from tests import fake_cuda
@@ -44,17 +45,16 @@ class Rig:
         self.asm = StepAssembler(rank=0, clock_offset=0.0, events=self.pool)
         self.out: list[Record] = []
 
-    def step(self) -> tuple[Step, Step]:
-        """End the step; let the device finish; end the next. Host counts (bytes) land in
-        the first, device time in the one the agent assembles after the device is done."""
+    def step(self) -> Step:
+        """End the step: it is held back (nothing waits on the device) until the device
+        has finished it, then comes out with its device time and host counts."""
         self.lazy.push(ring.STEP_END)
         self.asm.feed(self.ring.drain(), self.out)
-        host = [s for s in self.out if isinstance(s, Step)][-1]
-        assert host.collective_s == 0  # the device had not finished: nothing waited for it
+        assert not [s for s in self.out if isinstance(s, Step)]  # the device is not done
         self.device.finish()
-        self.lazy.push(ring.STEP_END)
         self.asm.feed(self.ring.drain(), self.out)
-        return host, [s for s in self.out if isinstance(s, Step)][-1]
+        (step,) = [s for s in self.out if isinstance(s, Step)]
+        return step
 
 
 def patched(group: NcclGroup, rig: Rig) -> Any:
@@ -73,9 +73,9 @@ def test_async_all_reduce_exposed_wait_is_what_the_compute_stream_waits() -> Non
     dev.run(20)  # overlapped compute: 50-70
     work.wait()  # compute waits 70-130: 60 ms exposed; the host did not wait at all
     dev.run(10)
-    host, step = rig.step()
+    step = rig.step()
     assert step.collective_s == pytest.approx(0.060)
-    assert host.collective_bytes == 80 * MB  # all-reduce at n=2: 2(n-1)/n = 1
+    assert step.collective_bytes == 80 * MB  # all-reduce at n=2: 2(n-1)/n = 1
     assert step.collective_timed_s == 0  # an async collective's full duration is not seen
 
 
@@ -87,9 +87,9 @@ def test_fully_overlapped_collective_is_no_wait() -> None:
     work = dist.all_to_all_single(Tensor(8 * MB), Tensor(8 * MB), async_op=True)  # 10-18
     dev.run(30)  # MoE expert compute covers it
     work.wait()
-    host, step = rig.step()
+    step = rig.step()
     assert step.collective_s == 0
-    assert host.collective_bytes == 6 * MB  # all-to-all: (n-1)/n of the buffer
+    assert step.collective_bytes == 6 * MB  # all-to-all: (n-1)/n of the buffer
 
 
 def test_blocking_collective_is_exposed_in_full_and_gives_its_bandwidth() -> None:
@@ -98,10 +98,10 @@ def test_blocking_collective_is_exposed_in_full_and_gives_its_bandwidth() -> Non
     dist = patched(NcclGroup(dev, size=4, bytes_per_ms=2 * MB), rig)
     dev.run(5)
     dist.reduce_scatter_tensor(Tensor(10 * MB), Tensor(40 * MB))  # 20 ms, blocking
-    host, step = rig.step()
+    step = rig.step()
     assert step.collective_s == pytest.approx(0.020)
     # reduce-scatter: (n-1)/n of the *input* (the whole buffer), not the 1/n output
-    assert host.collective_bytes == 30 * MB
+    assert step.collective_bytes == 30 * MB
     assert step.collective_timed_s == pytest.approx(0.020)
     assert step.collective_timed_bytes / step.collective_timed_s == pytest.approx(1.5e9)
 
@@ -134,7 +134,7 @@ def test_ddp_last_bucket_to_end_of_backward_is_the_exposed_wait() -> None:
         callbacks[i]()
         i += 1
     dev.run(30)  # optimizer
-    _, step = rig.step()
+    step = rig.step()
     assert step.collective_s == pytest.approx(0.060)
 
 
@@ -163,9 +163,9 @@ def test_fsdp_side_stream_all_gather_counts_its_wait_not_its_duration() -> None:
     done.append(side.tail_ms)
     dev.current = dev.compute
     FSDPParamGroup().wait_for_unshard()  # compute waits 30-50
-    host, step = rig.step()
+    step = rig.step()
     assert step.collective_s == pytest.approx(0.020)
-    assert host.collective_bytes == 30 * MB  # all-gather: (n-1)/n of the output
+    assert step.collective_bytes == 30 * MB  # all-gather: (n-1)/n of the output
     assert step.collective_timed_s == pytest.approx(0.040)
 
 
@@ -186,7 +186,7 @@ def test_a_wait_inside_a_timed_wait_counts_once() -> None:
     works.append(dist.all_gather_into_tensor(Tensor(20 * MB), Tensor(10 * MB), async_op=True))
     dev.run(5)  # 0-5 compute; the all-gather runs 0-20
     FSDPParamGroup().wait_for_unshard()  # compute waits 5-20
-    _, step = rig.step()
+    step = rig.step()
     assert step.collective_s == pytest.approx(0.015)
 
 
@@ -211,9 +211,9 @@ def test_functional_collective_wait_tensor_is_timed_on_the_device() -> None:
     out = funcol.all_gather_tensor(Tensor(2 * MB), 0, None)  # 16 MB: 5-21
     dev.run(10)
     funcol.wait_tensor(out)  # 15-21
-    host, step = rig.step()
+    step = rig.step()
     assert step.collective_s == pytest.approx(0.006)
-    assert host.collective_bytes == 14 * MB
+    assert step.collective_bytes == 14 * MB
 
 
 def test_no_event_is_read_before_the_device_finishes_and_events_are_reused() -> None:
@@ -249,3 +249,34 @@ def test_bus_bytes_follow_nccl_tests() -> None:
 def test_on_device_reads_tensors_and_lists() -> None:
     assert on_device(Tensor(4)) and on_device([Tensor(4)])
     assert not on_device([]) and not on_device(object()) and not on_device(None)
+
+
+def test_each_step_gets_its_own_device_time_in_order_and_never_waits_forever() -> None:
+    dev = Device()
+    rig = Rig(dev)
+    dist = patched(NcclGroup(dev, size=2, bytes_per_ms=1 * MB), rig)
+
+    def one_step(wait_ms: float) -> None:
+        dev.run(10)
+        work = dist.all_reduce(Tensor(int(wait_ms * MB)), async_op=True)
+        work.wait()  # compute waits the whole all-reduce
+        rig.lazy.push(ring.STEP_END)
+
+    one_step(30)
+    one_step(50)
+    rig.asm.feed(rig.ring.drain(), rig.out)
+    dev.now_ms = 45  # the first step's wait is done (ends at 40), the second's is not
+    rig.asm.feed(rig.ring.drain(), rig.out)
+    steps = [s for s in rig.out if isinstance(s, Step)]
+    assert [(s.step, round(s.collective_s, 6)) for s in steps] == [(1, 0.030)]
+    dev.finish()
+    rig.asm.feed(rig.ring.drain(), rig.out)
+    steps = [s for s in rig.out if isinstance(s, Step)]
+    assert [(s.step, round(s.collective_s, 6)) for s in steps] == [(1, 0.030), (2, 0.050)]
+
+    for _ in range(STEPS_HELD + 1):  # a device that never finishes holds no step forever
+        one_step(1)
+    rig.asm.feed(rig.ring.drain(), rig.out)
+    assert len([s for s in rig.out if isinstance(s, Step)]) == 3
+    rig.asm.feed([], rig.out, final=True)  # the run ends: everything held comes out
+    assert len([s for s in rig.out if isinstance(s, Step)]) == 2 + STEPS_HELD + 1

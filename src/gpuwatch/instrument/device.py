@@ -184,12 +184,13 @@ class Intervals:
 
 @dataclass(frozen=True, slots=True)
 class DeviceInterval:
-    """A finished device interval: its phase (0: none), seconds, and bus bytes when it
-    is a collective's full duration."""
+    """A finished device interval: its phase (0: none), seconds, bus bytes when it is a
+    collective's full duration, and the step it was recorded in."""
 
     phase: int
     seconds: float
     nbytes: int
+    step: int
 
 
 class PendingTimings:
@@ -197,15 +198,19 @@ class PendingTimings:
 
     def __init__(self, pool: EventPool, limit: int = 10_000) -> None:
         self._pool = pool
-        self._pending: deque[tuple[int, Any, Any, int]] = deque()
+        self._pending: deque[tuple[int, Any, Any, int, int]] = deque()
         self._limit = limit
         self.dropped = 0
 
-    def add(self, phase: int, start: Any, end: Any, nbytes: int = 0) -> None:
+    def add(self, phase: int, start: Any, end: Any, nbytes: int = 0, step: int = 0) -> None:
         if len(self._pending) >= self._limit:
             self._pending.popleft()
             self.dropped += 1
-        self._pending.append((phase, start, end, nbytes))
+        self._pending.append((phase, start, end, nbytes, step))
+
+    def oldest_step(self) -> int | None:
+        """The step of the oldest interval the device has not finished (None: none)."""
+        return self._pending[0][4] if self._pending else None
 
     def ready(self) -> list[DeviceInterval]:
         """Every pair the device has finished, in the order they were recorded. A pair
@@ -213,11 +218,11 @@ class PendingTimings:
         streams this only delays a reading, never loses it)."""
         done = []
         while self._pending:
-            phase, start, end, nbytes = self._pending[0]
+            phase, start, end, nbytes, step = self._pending[0]
             if not end.query():
                 break
             self._pending.popleft()
             done.append(DeviceInterval(phase, max(start.elapsed_time(end), 0.0) / 1000.0,
-                                       nbytes))
+                                       nbytes, step))
             self._pool.release(start, end)
         return done

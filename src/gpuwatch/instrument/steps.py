@@ -5,10 +5,15 @@ step (or the first mark ever) to its own end, so the steps of a run add up to
 its training time and every gap (logging, evaluation) is accounted for.
 Steps end explicitly (``with monitor.step()``) or, when the loop never marks
 them, at the first optimizer's post-step hook.
+
+Device timings (collective waits on the GPU timeline) belong to the step they were
+recorded in, which the GPU finishes later: such a step is held back until they are
+read (at most ``HOLD_STEPS`` later steps), so ranks compare the same step's waits.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 
 from gpuwatch.instrument import ring
@@ -17,6 +22,7 @@ from gpuwatch.instrument.patches import EVENTS
 from gpuwatch.records import Event, Record, Step
 
 _NPHASES = max(ring.PHASES.values()) + 1
+HOLD_STEPS = 64  # a step waits for its device timings behind at most this many steps
 
 
 class StepAssembler:
@@ -40,18 +46,15 @@ class StepAssembler:
         self._collective_bytes = 0
         self._timed_s = 0.0
         self._timed_bytes = 0
+        self._held: deque[Step] = deque()  # finished steps waiting for the device
         self._batch: int | None = None
         self._batch_candidate: int | None = None
 
-    def feed(self, marks: Iterable[ring.Mark], out: list[Record]) -> None:
-        """Consume marks in order, appending finished records to ``out``. Device timings
-        the GPU has finished are added to the step being assembled (they lag it by the
-        depth of the stream's queue)."""
-        for interval in self.device.ready():
-            self._acc[interval.phase] += interval.seconds
-            if interval.nbytes:
-                self._timed_s += interval.seconds
-                self._timed_bytes += interval.nbytes
+    def feed(self, marks: Iterable[ring.Mark], out: list[Record], final: bool = False) -> None:
+        """Consume marks in order, appending finished records to ``out``. A step with
+        device timings the GPU has not finished is held back until it has (``final``:
+        release every held step now)."""
+        self._read_device()
         for code, t, value in marks:
             if self._prev_end is None:
                 self._prev_end = t  # the first mark ever opens the first step
@@ -83,7 +86,8 @@ class StepAssembler:
             elif code == ring.TOTAL_STEPS:
                 out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
             elif code == ring.DEVICE_TIMING:
-                self.device.add(*value)
+                phase, start, end, nbytes = value
+                self.device.add(phase, start, end, nbytes, self.steps + 1)
             elif code == ring.COLLECTIVE_DURATION:
                 self._timed_s += value[0]
                 self._timed_bytes += value[1]
@@ -93,6 +97,35 @@ class StepAssembler:
                 self._act_ckpt_calls += 1
             elif code == ring.ERROR:
                 self._error(str(value), t, out)
+        self._read_device()
+        self._release(out, final)
+
+    def _read_device(self) -> None:
+        """Add finished device intervals to the step they were recorded in: a held one,
+        else the one being assembled."""
+        held = {s.step: s for s in self._held} if self._held else {}
+        for interval in self.device.ready():
+            step = held.get(interval.step)
+            if step is None:
+                self._acc[interval.phase] += interval.seconds
+                if interval.nbytes:
+                    self._timed_s += interval.seconds
+                    self._timed_bytes += interval.nbytes
+                continue
+            if interval.phase == ring.COLLECTIVE:
+                step.collective_s += interval.seconds
+            if interval.nbytes:
+                step.collective_timed_s += interval.seconds
+                step.collective_timed_bytes += interval.nbytes
+
+    def _waiting(self, step: int) -> bool:
+        oldest = self.device.oldest_step()
+        return oldest is not None and oldest <= step
+
+    def _release(self, out: list[Record], final: bool) -> None:
+        held = self._held
+        while held and (final or len(held) > HOLD_STEPS or not self._waiting(held[0].step)):
+            out.append(held.popleft())
 
     def open_phases(self, now: float) -> dict[str, float]:
         """Phases open at perf_counter time ``now``: name -> seconds open."""
@@ -155,7 +188,7 @@ class StepAssembler:
         else:
             compute, other = max(rest, 0.0), 0.0
         self.steps += 1
-        out.append(Step(
+        step = Step(
             rank=self.rank, step=self.steps, t=t + self._offset, wall_s=wall,
             data_s=data, compute_s=compute, optimizer_s=opt, checkpoint_s=ckpt,
             collective_s=acc[ring.COLLECTIVE], recompute_s=acc[ring.RECOMPUTE],
@@ -163,7 +196,11 @@ class StepAssembler:
             checkpoint_bytes=self._ckpt_bytes, collective_bytes=self._collective_bytes,
             collective_timed_s=self._timed_s, collective_timed_bytes=self._timed_bytes,
             act_ckpt_calls=self._act_ckpt_calls,
-        ))
+        )
+        if self._held or self._waiting(step.step):
+            self._held.append(step)
+        else:
+            out.append(step)
         self._prev_end = t
         for phase in range(_NPHASES):
             acc[phase] = 0.0
