@@ -223,8 +223,8 @@ COLLECTIVES: dict[str, tuple[str, str, bool]] = {
 }
 # isend/irecv stay unwrapped: P2POp checks its op *is* torch's own isend or irecv.
 # batch_isend_irecv (what pipeline schedules use) counts their bytes instead.
-# Functional collectives (DTensor, torch.compile-free eager use): same, their buffer is
-# the first argument; an all-gather's input is one shard of the output.
+# Functional collectives (under DTensor, and in eager code): their buffer is the first
+# argument; an all-gather's input is one shard of the output.
 FUNCTIONAL: dict[str, tuple[str, str, bool]] = {
     "all_reduce": ("all_reduce", "self", False),
     "all_gather_tensor": ("all_gather", "self", True),
@@ -262,9 +262,9 @@ def patch_distributed(lazy: LazyPush, dist: Any, pool: EventPool = EVENTS,
     """Time and size torch.distributed's collectives and the waits on async ones.
 
     A blocking collective is an interval on the issuing stream (CUDA) or the host
-    (gloo): its full duration, exposed unless issued from a side stream. An async
-    one (``async_op=True``, ``batch_isend_irecv``) is exposed
-    where the compute stream waits: ``Work.wait`` is bracketed on the current stream.
+    (gloo): its full duration, exposed unless issued from a side stream. An async one
+    (``async_op=True``, ``batch_isend_irecv``) is exposed where the compute stream
+    waits: ``Work.wait`` is bracketed on the current stream.
     Bytes are bus bytes (``device.bus_bytes``).
     """
     timer = Intervals(pool, lambda: lazy.push)
