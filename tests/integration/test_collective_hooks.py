@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import ROOT, free_port, run
+from tests.integration.conftest import ROOT, run
 
 pytestmark = pytest.mark.integration
 SCRIPT = ROOT / "tests" / "integration" / "scripts" / "collective_hooks.py"
@@ -18,8 +18,8 @@ LINEAR_BYTES = (64 * 64 + 64) * 4
 
 
 def test_collective_hooks_on_real_torch_paths() -> None:
-    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-port", str(free_port()), str(SCRIPT)], cwd=ROOT, timeout=300)
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", str(SCRIPT)], cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["rank"] for r in results) == [0, 1]
