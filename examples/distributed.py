@@ -3,10 +3,13 @@
     gpuwatch run -- torchrun --nproc-per-node 2 examples/distributed.py --scenario comm
     gpuwatch run -- torchrun --nproc-per-node 3 examples/distributed.py --scenario straggler
     gpuwatch run -- torchrun --nproc-per-node 2 examples/distributed.py --scenario stall
+    gpuwatch run -- torchrun --nproc-per-node 3 examples/distributed.py --scenario rotating
 
 comm:      gradients dwarf compute: every rank waits in all-reduce (symmetric).
 straggler: the last rank does extra work each step; the others wait for it.
 balanced:  small gradients, even ranks: nothing to report.
+rotating:  each step a different rank gets the long batch; the others wait for it
+           (every rank waits about alike on average, but no link would help).
 stall:     the last rank stops inside a step for --stall-seconds, the others
            block in the all-reduce, then all carry on.
 
@@ -21,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-SCENARIOS = ("comm", "straggler", "balanced", "stall")
+SCENARIOS = ("comm", "straggler", "balanced", "stall", "rotating")
 
 
 def main() -> None:
@@ -53,6 +56,8 @@ def main() -> None:
             time.sleep(0.02)  # stands in for real compute
         if args.scenario == "straggler" and last:
             time.sleep(0.05)  # this rank's extra work: a slow host, a throttled GPU
+        if args.scenario == "rotating" and step % world == rank:
+            time.sleep(0.05)  # this step's long batch landed on this rank
         if args.scenario == "stall" and last and step == 30:
             print(f"rank {rank} stalls for {args.stall_seconds:g} s", flush=True)
             time.sleep(args.stall_seconds)

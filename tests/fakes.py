@@ -193,6 +193,11 @@ class FakeNvml:
             raise NVMLError(self.NVML_ERROR_INVALID_ARGUMENT)
         return 1 if link < h.nvlinks else 0
 
+    def nvmlDeviceGetNvLinkVersion(self, h: FakeGpu, link: int) -> int:
+        if link >= h.nvlinks:
+            raise NVMLError(self.NVML_ERROR_INVALID_ARGUMENT)
+        return 4  # H100's NVLink generation
+
     def nvmlDeviceGetFieldValues(self, h: FakeGpu, fields: list[int]) -> list[Any]:
         return [SimpleNamespace(nvmlReturn=0, value=SimpleNamespace(ullVal=1000 * (i + 1)))
                 for i, _ in enumerate(fields)]

@@ -29,10 +29,12 @@ from gpuwatch._version import __version__
 from gpuwatch.config import Settings, detection_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.faults import FaultLog, log
+from gpuwatch.instrument.patches import COVERAGE
 from gpuwatch.instrument.ring import MarkRing
 from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.probes.allocator import AllocatorProbe, torch_memory_stats
 from gpuwatch.probes.host import HostProbe
+from gpuwatch.probes.nccl import FlightRecorderProbe, default_dump, timing_setting
 from gpuwatch.probes.nvml import Nvml, NvmlSampler, load_pynvml, visible_gpu_indices
 from gpuwatch.probes.peers import PeerExchange, PeerView, job_store
 from gpuwatch.probes.peers import summary as peer_summary
@@ -123,6 +125,7 @@ class Agent:
         self._gpu_sampler: NvmlSampler | None = None
         self._allocator: AllocatorProbe | None = None
         self._host: HostProbe | None = None
+        self._nccl: FlightRecorderProbe | None = None
         self._console: ConsoleStatus | None = None
         self.exporter: Exporter | None = None
         self.slack: SlackNotifier | None = None
@@ -217,6 +220,12 @@ class Agent:
             detection=detection_settings(self.settings),
         )])
         self._host = HostProbe(ident.rank)
+        nccl_on, nccl_how = timing_setting(os.environ)
+        dump = default_dump() if nccl_on else None
+        self._nccl = FlightRecorderProbe(ident.rank, dump) if dump is not None else None
+        if ident.world_size > 1:  # what collective waits can be seen, and how
+            self._write([Event(ident.rank, time.time(), "collective_timing",
+                               {**COVERAGE, "nccl_timing": nccl_how})])
         self._start_exporter()
         self._start_slack()
         self._start_peers()
@@ -339,7 +348,7 @@ class Agent:
     def _sample(self, records: list[Record], mono: float) -> None:
         now = time.time()
         for name, probe in (("host", self._host), ("nvml", self._gpu_sampler),
-                            ("allocator", self._allocator)):
+                            ("allocator", self._allocator), ("nccl", self._nccl)):
             if probe is None:
                 continue
             try:
@@ -372,7 +381,7 @@ class Agent:
     def _drain(self, records: list[Record], final: bool = False) -> None:
         with self._drain_lock:
             try:
-                self.assembler.feed(self.ring.drain(), records)
+                self.assembler.feed(self.ring.drain(), records, final)
             except Exception as exc:
                 self.faults.record("steps", exc)
             self._write(records, final)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from gpuwatch._version import __version__
 from gpuwatch.faults import FaultLog
+from gpuwatch.probes.nccl import timing_setting
 from gpuwatch.probes.nvml import Nvml, load_pynvml
 from gpuwatch.probes.topology import read_topology
 
 
-def report(nvml_library: Any = None) -> list[tuple[str, str]]:
-    """(item, finding) rows; ``nvml_library`` defaults to pynvml."""
-    rows = [("gpuwatch", __version__), ("torch", _torch())]
+def report(nvml_library: Any = None,
+           environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(item, finding) rows; ``nvml_library`` defaults to pynvml, ``environ`` to the
+    process environment."""
+    rows = [("gpuwatch", __version__), ("torch", _torch()),
+            ("NCCL timing", timing_setting(os.environ if environ is None else environ)[1])]
     nvml = Nvml(nvml_library if nvml_library is not None else load_pynvml(), FaultLog())
     if not nvml.init():
         rows.append(("NVML", "no (no NVIDIA driver or GPU): the agent runs host-only"))

@@ -45,7 +45,10 @@ class Step:
     backward); otherwise it is the time not spent in data wait, optimizer or
     checkpoint. ``collective_s`` and ``recompute_s`` are parts of compute
     (exposed collective wait, activation-checkpoint recompute), not extra time.
-    ``other_s`` is the wall time no phase accounts for.
+    ``other_s`` is the wall time no phase accounts for. ``collective_bytes`` are bus
+    bytes (nccl-tests convention); ``collective_timed_s`` is the full duration of the
+    collectives whose duration was seen and ``collective_timed_bytes`` their bus bytes
+    (their ratio is the achieved bus bandwidth).
     """
 
     rank: int
@@ -63,6 +66,8 @@ class Step:
     tokens: int = 0
     checkpoint_bytes: int = 0
     collective_bytes: int = 0
+    collective_timed_s: float = 0.0
+    collective_timed_bytes: int = 0
     act_ckpt_calls: int = 0
     kind: Literal["step"] = "step"
 

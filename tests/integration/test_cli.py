@@ -23,6 +23,7 @@ def test_doctor_reports_host_only_on_this_machine(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "torch" in proc.stdout
     assert "NVML" in proc.stdout and "host-only" in proc.stdout
+    assert "NCCL timing        off" in proc.stdout
 
 
 def test_demo_trains_prints_status_and_writes_a_run_log(tmp_path: Path) -> None:

@@ -123,6 +123,21 @@ def test_slow_rank_is_a_straggler_never_a_reason_to_buy(tmp_path: Path, sync: li
     assert_analyze_reproduces_live(out, tmp_path)
 
 
+@pytest.mark.parametrize("sync", [[], ["--ddp"]], ids=["all_reduce", "ddp"])
+def test_rotating_imbalance_is_fixed_here_never_a_straggler_nor_a_move(
+        tmp_path: Path, sync: list[str]) -> None:
+    out, findings, _ = scenario(tmp_path, *TORCHRUN, "3", str(EXAMPLES / "distributed.py"),
+                                "--scenario", "rotating", "--seconds", "20", *sync,
+                                env={"GPUWATCH_PEERS_INTERVAL_S": "2"})
+    assert verdicts(findings) == {("sync_bottleneck", "fix_here")}
+    (f,) = findings
+    assert "different one from step to step" in f["summary"]
+    assert f["evidence"]["skew_seconds_per_step"] > f["evidence"]["transfer_seconds_per_step"]
+    live = [f for f in live_findings(out) if f.detector == "sync_bottleneck"]
+    assert live and all(f.verdict == "fix_here" for f in live)
+    assert not [f for f in live_findings(out) if f.detector == "straggler"]
+
+
 def test_stalled_rank_is_a_hang_and_the_waiting_rank_points_at_it(tmp_path: Path) -> None:
     out, findings, stdout = scenario(
         tmp_path, *TORCHRUN, "2", str(EXAMPLES / "distributed.py"), "--scenario", "stall",

@@ -8,7 +8,6 @@ import pytest
 
 from gpuwatch.config import ConfigError
 from gpuwatch.detection.engine import JOB_DETECTORS, RANK_DETECTORS
-from gpuwatch.detection.projection import ring_allreduce_seconds
 from gpuwatch.detection.rules import load_rules, rules_dir
 
 
@@ -28,6 +27,3 @@ def test_a_malformed_rule_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_ring_allreduce_model() -> None:
-    assert ring_allreduce_seconds(1e9, 8, 100e9) == pytest.approx(2 * 7 / 8 * 1e9 / 100e9)
-    assert ring_allreduce_seconds(1e9, 1, 100e9) == 0

@@ -33,7 +33,7 @@ from gpuwatch.detection.catalogue import (
 
 __all__ = ["DEFAULT_TARGET", "PCIE_BYTES_PER_S", "PRECISIONS", "Gpu", "Precision", "Projection",
            "StepParts", "catalogue", "identify", "mean_step_parts", "project",
-           "projection_text", "ring_allreduce_seconds", "speedup_text"]
+           "projection_text", "speedup_text"]
 
 DEFAULT_TARGET = "H100 SXM"
 # The middle of the range where the tensor share is not measured.
@@ -291,13 +291,6 @@ def _flops(current: Gpu | None, target: Gpu, precision: Precision,
     return now, there
 
 
-def ring_allreduce_seconds(nbytes: float, ranks: int, bus_bandwidth: float) -> float:
-    """Ring all-reduce time: 2(n-1)/n * bytes / bandwidth (bytes/s, one direction)."""
-    if ranks < 2 or bus_bandwidth <= 0:
-        return 0.0
-    return 2 * (ranks - 1) / ranks * nbytes / bus_bandwidth
-
-
 def _projected_comm(now: StepParts, target: Gpu, current: Gpu | None, ranks: int,
                     link_now: float | None, notes: list[str]) -> float:
     """Exposed collective seconds on ``target``. Kept where the link does not get faster
@@ -311,12 +304,12 @@ def _projected_comm(now: StepParts, target: Gpu, current: Gpu | None, ranks: int
                      f"direction) is no faster than today's ({today / 1e9:.0f} GB/s)")
         return now.comm
     notes.append(f"collectives on {target.name} at {target_bw / 1e9:.0f} GB/s per direction "
-                 "(ring all-reduce model)")
+                 "(bus bytes over the link, nccl-tests convention)")
     if now.comm_bytes > 0 and ranks > 1:
-        measured = 2 * (ranks - 1) / ranks * now.comm_bytes / now.comm
+        measured = now.comm_bytes / now.comm
         notes.append(f"today's bus bandwidth measured at {measured / 1e9:.2f} GB/s from "
-                     f"{now.comm_bytes / 1e6:.1f} MB all-reduced per step")
-        return min(ring_allreduce_seconds(now.comm_bytes, ranks, target_bw), now.comm)
+                     f"{now.comm_bytes / 1e6:.1f} MB of bus bytes per step")
+        return min(now.comm_bytes / target_bw, now.comm)
     if today is None:
         today = PCIE_BYTES_PER_S[4]
         notes.append("today's link unknown: taken as PCIe gen4 x16 (32 GB/s)")

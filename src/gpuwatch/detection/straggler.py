@@ -1,9 +1,14 @@
 """straggler: one rank computes slower and the others wait for it (fix here: a bigger
-GPU for everyone would not help, however long the others' collective wait)."""
+GPU for everyone would not help, however long the others' collective wait).
+
+Where ranks' per-step waits are known (``skew.split``), the slow rank must also be the
+last to arrive in most steps: a slowness that rotates between ranks is an imbalance
+(sync_bottleneck's fix-here case), not one slow rank."""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, host_of, job_devices, recent
+from gpuwatch.detection import skew
+from gpuwatch.detection.context import Context, Detection, host_of, job_devices, recent, window_s
 from gpuwatch.detection.rules import Rule
 from gpuwatch.probes.nvml import CLOCK_EVENT_REASONS
 from gpuwatch.telemetry import Telemetry
@@ -37,6 +42,11 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
                 "fastest_compute_seconds": fastest,
                 "slow_collective_share_ratio": summaries[worst].collective_share,
                 "others_collective_share_ratio": others_wait}
+    split = skew.split(views, now - max(window_s(v, rule) for v in views), rule.min_steps)
+    if split is not None:
+        if split.last_share[worst] < th["fixed_rank_share"]:
+            return None  # not the same rank every step: an imbalance, not a straggler
+        evidence["last_arrival_share_ratio"] = split.last_share[worst]
     reasons = clock_events(view)
     gpus = ",".join(str(d.get("index")) for d in job_devices(view)) or "none"
     text = {"slow_rank": worst, "host": host_of(view), "gpu": gpus,

@@ -1,61 +1,172 @@
-"""sync_bottleneck: every rank spends a large share of each step waiting in collectives,
-symmetrically (no straggler). Without NVLink: move to H100 (NVLink/NVSwitch), with a
-ring all-reduce projection; with NVLink already: fix here (overlap, bucketing)."""
+"""sync_bottleneck: ranks spend a large share of each step waiting in collectives.
+
+Step by step (``skew.split``) the wait is split into transfer (the least wait across
+ranks) and waiting on a slower rank, and the larger part decides. Mostly waiting on a
+rank that changes from step to step: fix here (balance the batches). Mostly waiting
+on one fixed rank: the straggler's case, not this one. Mostly transfer: a move only
+when the bytes over the slowest link the collectives cross explain it (no NVLink,
+bandwidth-bound); with NVLink already, latency-bound, or a link that could carry the
+bytes far faster: fix here (overlap, bucketing).
+"""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, has_nvlink, mean_parts, recent
+from gpuwatch.detection import skew
+from gpuwatch.detection.context import (
+    Context,
+    Detection,
+    has_nvlink,
+    host_of,
+    job_devices,
+    mean_parts,
+    recent,
+    window_s,
+)
 from gpuwatch.detection.projection import mean_step_parts, speedup_text
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
 
 def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Detection | None:
-    since = now - rule.window_s
+    since = now - max(window_s(v, rule) for v in views)
     th = rule.thresholds
     summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
     if len(summaries) < 2 or len(summaries) < len(views):
         return None
-    shares = [s.collective_share for s in summaries.values()]
-    if min(shares) < th["collective_share"]:
+    split = skew.split(views, since, rule.min_steps)
+    if split is None:
         return None
-    if max(shares) - min(shares) > th["max_share_spread"]:
-        return None  # asymmetric: one rank holds the others (the straggler's case)
+    wait_share = split.transfer_share + split.skew_share
+    if wait_share < th["collective_share"]:
+        return None
     ranks = sorted(summaries)
     parts = [mean_parts(s) for s in summaries.values()]
     mean = mean_step_parts(parts)
-    nvlink = any(has_nvlink(v) for v in views)
-    proj = ctx.project(views, mean, since)
-    share = sum(shares) / len(shares)
-    evidence = {"collective_share_ratio": share, "collective_seconds_per_step": mean.comm,
+    evidence = {"collective_share_ratio": wait_share,
+                "collective_seconds_per_step": split.transfer_s + split.mean_skew_s,
+                "transfer_seconds_per_step": split.transfer_s,
+                "skew_seconds_per_step": split.mean_skew_s,
                 "collective_bytes_per_step": mean.comm_bytes,
-                "collective_share_spread_ratio": max(shares) - min(shares),
-                "speedup_ratio": proj.speedup}
+                "last_arrival_max_share_ratio": max(split.last_share.values())}
+    achieved = achieved_bandwidth(views, since)
+    if achieved is not None:
+        evidence["achieved_bus_bytes_per_second"] = achieved
+    link, link_name = slowest_link(views, th["inter_node_bytes_per_second"])
+    if link is not None:
+        evidence["link_bytes_per_second"] = link
     pcie = [x for v in views for x in v.values_since("nvml", "gpu_pcie_tx_bytes_per_second", since)]
     if pcie:
         evidence["pcie_tx_bytes_per_second"] = max(pcie)
-    small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
-    if nvlink:
-        link = "over NVLink already"
-        advice = ("The link is not the problem: overlap communication with compute (DDP bucket "
-                  "size, FSDP prefetch), accumulate gradients over more micro-batches, or "
-                  "compress gradients.")
-    elif small:
-        link = f"{mean.comm_bytes / 1e6:.2f} MB per step: latency-bound, not bandwidth-bound"
-        advice = ("Many small collectives: fuse them (flatten gradients into one buffer, larger "
-                  "DDP buckets) and overlap them with backward. A faster link would barely help.")
-    else:
-        link = "no NVLink: over PCIe or the host"
-        pays = ctx.decide(proj, otherwise="fix_here") == "move_to_h100"
-        advice = (f"Move to {ctx.target} nodes with NVLink/NVSwitch; meanwhile accumulate "
-                  "gradients over more micro-batches to all-reduce less often." if pays else
-                  f"A move does not pay ({proj.economics['decision']['why']}): accumulate "
-                  "gradients over more micro-batches and overlap the all-reduce with backward.")
-    outcome = ("" if nvlink or small else
-               f"; on {ctx.target} with NVLink the step is projected "
-               f"{speedup_text(proj.as_dict())} faster")
-    text = {"ranks_n": len(ranks), "link": link, "outcome": outcome, "advice": advice}
-    if nvlink or small:
+    text = {"ranks_n": len(ranks), "outcome": "", "unseen": unseen(views)}
+    if split.mean_skew_s > split.transfer_s:
+        if split.fixed_last(th["fixed_rank_share"]) is not None:
+            return None  # one rank holds the others: the straggler's finding
+        text |= {"link": "most of it waiting on a slower rank, a different one from step "
+                         "to step, not transfer",
+                 "advice": "Balance the work per rank per step: bucket or pack variable-length "
+                           "sequences to equal tokens per rank, balance MoE routing (capacity "
+                           "factor, auxiliary loss). A faster link would not help."}
         return Detection(evidence, ranks, text=text, verdict="fix_here")
-    return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
-                     verdict="move_to_h100" if pays else "fix_here")
+    proj = ctx.project(views, mean, since)
+    evidence["speedup_ratio"] = proj.speedup
+    small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
+    needed = mean.comm_bytes / link if link else None  # seconds the link needs for the bytes
+    if needed is not None:
+        evidence["link_seconds_per_step"] = needed
+    explained = needed is None or needed >= th["link_explained_ratio"] * split.transfer_s
+    inter_node = "inter-node" in link_name
+    if has_nvlink(views[0]) and not (inter_node and explained):
+        text |= {"link": "over NVLink already",
+                 "advice": "The link is not the problem: overlap communication with compute "
+                           "(DDP bucket size, FSDP prefetch), accumulate gradients over more "
+                           "micro-batches, or compress gradients."}
+    elif small:
+        text |= {"link": f"{mean.comm_bytes / 1e6:.2f} MB per step: latency-bound, not "
+                         "bandwidth-bound",
+                 "advice": "Many small collectives: fuse them (flatten gradients into one "
+                           "buffer, larger DDP buckets) and overlap them with backward. A "
+                           "faster link would barely help."}
+    elif not explained:
+        text |= {"link": f"{link_name} could move these bytes in {needed:.3g} s: not the "
+                         "link's bandwidth",
+                 "advice": "The wait is not explained by bytes over the link: look for "
+                           "latency (many small collectives), contention or a misconfigured "
+                           "NCCL (check NCCL_DEBUG=INFO for the transport it picked)."}
+    elif ctx.decide(proj, otherwise="fix_here") != "move_to_h100":
+        text |= {"link": f"bandwidth-bound over {link_name}",
+                 "outcome": f"; on {ctx.target} with NVLink the step is projected "
+                            f"{speedup_text(proj.as_dict())} faster",
+                 "advice": f"A move does not pay ({proj.economics['decision']['why']}): "
+                           "accumulate gradients over more micro-batches and overlap the "
+                           "all-reduce with backward."}
+        return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
+                         verdict="fix_here")
+    else:
+        text |= {"link": f"bandwidth-bound over {link_name}",
+                 "outcome": f"; on {ctx.target} with NVLink the step is projected "
+                            f"{speedup_text(proj.as_dict())} faster",
+                 "advice": f"Move to {ctx.target} nodes with NVLink/NVSwitch"
+                           + (" and a faster inter-node fabric" if inter_node else "")
+                           + "; meanwhile accumulate gradients over more micro-batches to "
+                             "all-reduce less often."}
+        return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
+                         verdict="move_to_h100")
+    return Detection(evidence, ranks, text=text, verdict="fix_here")
+
+
+def unseen(views: list[Telemetry]) -> str:
+    """What collective waits the ranks could not time (their ``collective_timing``
+    events), as a clause for the summary; empty when everything was timed."""
+    missing: list[str] = []
+    for v in views:
+        event = next((e for e in reversed(v.events) if e.name == "collective_timing"), None)
+        for what, how in (event.data.items() if event else ()):
+            note = f"{what} ({how.removeprefix('not timed: ')})"
+            if isinstance(how, str) and how.startswith("not timed") and note not in missing:
+                missing.append(note)
+    return f"; not timed: {', '.join(missing)}" if missing else ""
+
+
+def achieved_bandwidth(views: list[Telemetry], since: float) -> float | None:
+    """Bus bytes over the full device duration of the collectives whose duration was
+    seen in the window (bytes/s): NCCL's own timing where on (every collective), else
+    the blocking collectives timed in the ranks' steps; None when none was seen."""
+    nbytes = sum(v.counter_rise("nccl", "nccl_bus_bytes_total", since) for v in views)
+    seconds = sum(v.counter_rise("nccl", "nccl_collective_seconds_total", since) for v in views)
+    if seconds > 0 and nbytes > 0:
+        return nbytes / seconds
+    nbytes = seconds = 0.0
+    for v in views:
+        for s in reversed(v.steps):
+            if s.t < since:
+                break
+            nbytes += s.collective_timed_bytes
+            seconds += s.collective_timed_s
+    return nbytes / seconds if seconds > 0 and nbytes > 0 else None
+
+
+def slowest_link(views: list[Telemetry], inter_node: float) -> tuple[float | None, str]:
+    """The slowest link the job's collectives cross (bytes/s per direction) and its name:
+    within a node NVLink, else PCIe; across nodes also the inter-node link (the setting,
+    else the fastest active InfiniBand port). None where nothing says."""
+    links: list[tuple[float, str]] = []
+    for v in views:
+        for d in job_devices(v):
+            if d.get("nvlink_bytes_per_second") and d.get("nvlink_links_active", 0) > 0:
+                links.append((float(d["nvlink_bytes_per_second"]), "NVLink"))
+            elif d.get("pcie_bytes_per_second"):
+                links.append((float(d["pcie_bytes_per_second"]),
+                              f"PCIe gen {d.get('pcie_generation')} x{d.get('pcie_width')}"))
+    if len({host_of(v) for v in views}) > 1:
+        if inter_node > 0:
+            links.append((inter_node, "the inter-node link"))
+        else:
+            for v in views:
+                ports = (v.topology or {}).get("infiniband") or []
+                if ports:
+                    best = max(ports, key=lambda p: p.get("bytes_per_second", 0))
+                    links.append((float(best["bytes_per_second"]),
+                                  f"{best.get('link_layer', 'InfiniBand')} (inter-node)"))
+    if not links:
+        return None, "no NVLink: over PCIe or the host"
+    return min(links)

@@ -1,37 +1,96 @@
-"""Device time without syncing: CUDA events recorded on the hot path, read later.
+"""Collective time without syncing: the one home of the timing events and of what an
+interval between two of them means.
 
-An event pair brackets work on the current stream; the agent thread asks
-``query()`` (non-blocking) and, once both are done, reads ``elapsed_time``.
+An interval opens at one point of the training code and closes at another:
+
+- on a CUDA stream, as a pair of pooled timing events recorded on that stream; the
+  agent thread asks ``query()`` (non-blocking) and, once the end is done, reads
+  ``elapsed_time``. The time between two events on the *compute* stream around a
+  point where that stream waits for a collective (``Work.wait``, ``wait_tensor``,
+  DDP's end of backward, FSDP2's wait for an all-gather) is exactly the exposed
+  wait: the end event completes at ``max(compute reaches the wait, collective
+  done)``, so overlapped communication counts zero and the rest counts in full.
+  Around a blocking collective issued on a stream, the interval is the
+  collective's full device duration (which is also exposed when that stream is
+  the compute stream; not when it is a side stream, as with FSDP2's all-gather);
+- on the host clock, for CPU tensors (gloo), where the call itself blocks.
+
 Events are pooled: after warm-up a timed call allocates nothing.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from gpuwatch.instrument import ring
+
 MAX_POOLED = 1024
+Push = Callable[..., None]
+
+# nccl-tests' bus-bandwidth factors: bus bytes = factor(n) * bytes of the buffer named in
+# ``BUFFER`` (https://github.com/NVIDIA/nccl-tests/blob/master/doc/PERFORMANCE.md).
+BUS_FACTOR: dict[str, Callable[[int], float]] = {
+    "all_reduce": lambda n: 2 * (n - 1) / n,
+    "all_gather": lambda n: (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "all_to_all": lambda n: (n - 1) / n,
+    "broadcast": lambda n: 1.0,
+    "reduce": lambda n: 1.0,
+    "send_recv": lambda n: 1.0,
+}
+
+
+def bus_bytes(kind: str, total_bytes: int, world_size: int) -> int:
+    """Bus bytes of one collective: ``total_bytes`` is the whole buffer (an all-gather's
+    output, a reduce-scatter's input, an all-to-all's input); 0 for one rank."""
+    factor = BUS_FACTOR.get(kind)
+    if factor is None or world_size < 1 or (world_size == 1 and kind != "send_recv"):
+        return 0
+    return int(total_bytes * factor(world_size))
 
 
 class EventPool:
     """Reusable timing events. ``factory`` makes one (``torch.cuda.Event(enable_timing=True)``
-    by default; a fake in tests)."""
+    by default); ``current_stream``/``default_stream`` name streams (torch.cuda's by
+    default). Tests pass fakes that keep a device clock."""
 
-    def __init__(self, factory: Callable[[], Any] | None = None) -> None:
+    def __init__(self, factory: Callable[[], Any] | None = None,
+                 current_stream: Callable[[], Any] | None = None,
+                 default_stream: Callable[[], Any] | None = None) -> None:
         self._factory = factory
+        self._current = current_stream
+        self._default = default_stream
         self._free: deque[Any] = deque()
 
+    def take(self) -> Any:
+        return self._free.pop() if self._free else self._make()
+
     def pair(self) -> tuple[Any, Any]:
-        free = self._free
-        start = free.pop() if free else self._make()
-        end = free.pop() if free else self._make()
-        return start, end
+        return self.take(), self.take()
 
     def release(self, *events: Any) -> None:
         if len(self._free) < MAX_POOLED:
             self._free.extend(events)
+
+    def stream(self) -> Any:
+        """The current stream (where the next event would be recorded)."""
+        if self._current is None:
+            return sys.modules["torch"].cuda.current_stream()
+        return self._current()
+
+    def on_side_stream(self) -> bool:
+        """Whether work is being issued on a stream other than the device's default one
+        (a communication stream: what runs there overlaps by design)."""
+        if self._default is None:
+            cuda = sys.modules["torch"].cuda
+            return bool(cuda.current_stream() != cuda.default_stream())
+        return bool(self._current is not None and self._current() != self._default())
 
     def _make(self) -> Any:
         if self._factory is None:
@@ -47,29 +106,123 @@ def on_device(obj: Any) -> bool:
     return bool(getattr(obj, "is_cuda", False))
 
 
+@dataclass(slots=True)
+class Span:
+    """An open interval: a recorded start event and its stream, or a host start time;
+    ``inner`` when it opened inside another on the same thread (it then counts nothing:
+    FSDP2's wait_for_unshard calls Work.wait, and the wait is counted once)."""
+
+    start: Any
+    stream: Any
+    t0: float
+    marked: bool  # host intervals: whether an open mark was pushed (hang detection sees it)
+    tracked: bool = False  # counted in this thread's open intervals
+    inner: bool = False
+
+
+_open = threading.local()  # intervals open on this thread (begin and end in one call)
+
+
+class Intervals:
+    """Opens and closes intervals and hands them to the agent as marks.
+
+    Closed device intervals become ``DEVICE_TIMING`` marks (phase, start, end, bus
+    bytes); host intervals become a phase close (or ``PHASE_SECONDS``) plus, for a
+    blocking collective, ``COLLECTIVE_DURATION`` (seconds, bus bytes). ``phase`` 0
+    means the interval is a full collective duration that nothing waited on.
+    """
+
+    def __init__(self, pool: EventPool, push: Callable[[], Push]) -> None:
+        self.pool = pool
+        self._push = push  # the hooks' current push (it changes once the agent starts)
+
+    def begin(self, cuda: bool, phase: int = ring.COLLECTIVE, mark: bool = True,
+              nested: bool = True) -> Span:
+        """Open an interval now: on the current stream when ``cuda``, else on the host
+        (``mark``: push the phase open, so a wait that never ends shows as open).
+        ``nested``: it closes in the same call on the same thread, so an interval inside
+        it is not counted twice (False for one that closes elsewhere, as DDP's)."""
+        depth = getattr(_open, "depth", 0)
+        if nested and depth:
+            span = Span(None, None, 0.0, False, inner=True)
+        elif cuda:
+            start = self.pool.take()
+            stream = self.pool.stream()
+            start.record(stream)
+            span = Span(start, stream, 0.0, False)
+        else:
+            if mark and phase:
+                self._push()(phase)
+            span = Span(None, None, time.perf_counter(), mark and bool(phase))
+        if nested:
+            span.tracked = True
+            _open.depth = depth + 1
+        return span
+
+    def end(self, span: Span, phase: int = ring.COLLECTIVE, nbytes: int = 0) -> None:
+        """Close ``span`` on its own stream (or the host clock). ``nbytes``: the bus bytes
+        of a collective whose full duration this interval is (0 for a pure wait). Call
+        it exactly once per ``begin`` made with ``nested``."""
+        if span.tracked:
+            _open.depth -= 1
+        if span.inner:
+            return
+        push = self._push()
+        if span.start is not None:
+            end = self.pool.take()
+            end.record(span.stream)
+            push(ring.DEVICE_TIMING, (phase, span.start, end, nbytes))
+            return
+        seconds = time.perf_counter() - span.t0
+        if span.marked:
+            push(-phase)
+        elif phase:
+            push(ring.PHASE_SECONDS, (phase, seconds))
+        if nbytes:
+            push(ring.COLLECTIVE_DURATION, (seconds, nbytes))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInterval:
+    """A finished device interval: its phase (0: none), seconds, bus bytes when it is a
+    collective's full duration, and the step it was recorded in."""
+
+    phase: int
+    seconds: float
+    nbytes: int
+    step: int
+
+
 class PendingTimings:
     """Event pairs waiting for the device (agent thread only): polled, never waited on."""
 
     def __init__(self, pool: EventPool, limit: int = 10_000) -> None:
         self._pool = pool
-        self._pending: deque[tuple[int, Any, Any]] = deque()
+        self._pending: deque[tuple[int, Any, Any, int, int]] = deque()
         self._limit = limit
         self.dropped = 0
 
-    def add(self, phase: int, start: Any, end: Any) -> None:
+    def add(self, phase: int, start: Any, end: Any, nbytes: int = 0, step: int = 0) -> None:
         if len(self._pending) >= self._limit:
             self._pending.popleft()
             self.dropped += 1
-        self._pending.append((phase, start, end))
+        self._pending.append((phase, start, end, nbytes, step))
 
-    def ready(self) -> list[tuple[int, float]]:
-        """(phase, seconds) of every pair the device has finished, in order."""
+    def oldest_step(self) -> int | None:
+        """The step of the oldest interval the device has not finished (None: none)."""
+        return self._pending[0][4] if self._pending else None
+
+    def ready(self) -> list[DeviceInterval]:
+        """Every pair the device has finished, in the order they were recorded. A pair
+        not yet done holds back the ones after it (one stream runs in order; across
+        streams this only delays a reading, never loses it)."""
         done = []
         while self._pending:
-            phase, start, end = self._pending[0]
+            phase, start, end, nbytes, step = self._pending[0]
             if not end.query():
-                break  # the stream runs in order: later pairs are not done either
+                break
             self._pending.popleft()
-            done.append((phase, start.elapsed_time(end) / 1000.0))
+            done.append(DeviceInterval(phase, max(start.elapsed_time(end), 0.0) / 1000.0,
+                                       nbytes, step))
             self._pool.release(start, end)
         return done

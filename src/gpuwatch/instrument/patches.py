@@ -8,7 +8,9 @@
   the training loop's is a background save: timed, never blocking time);
 - ``torch.utils.checkpoint.checkpoint`` counts activation checkpointing and times
   its recompute;
-- ``torch.distributed`` collectives time exposed collective wait and count bytes.
+- ``torch.distributed`` collectives, their async waits, DDP's gradient all-reduce,
+  FSDP2's waits and functional collectives time the exposed collective wait on the
+  device timeline (``device.Intervals``) and count bus bytes.
 
 Every hook only pushes marks. The agent starts at the first mark, so a process
 that imports torch but never trains (a launcher, a DataLoader worker) never
@@ -19,8 +21,10 @@ starts one. This module imports nothing heavy: it runs in every process of a
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +34,7 @@ from typing import Any
 
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.device import EventPool, on_device
+from gpuwatch.instrument.device import EventPool, Intervals, bus_bytes, on_device
 
 Push = Callable[..., None]
 EVENTS = EventPool()  # CUDA timing events, reused across collectives
@@ -226,59 +230,307 @@ def patch_safetensors(lazy: LazyPush, module: Any) -> None:
                                                  target_kwarg="filename")
 
 
-COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter",
-               "reduce_scatter_tensor", "broadcast", "reduce", "all_to_all_single", "barrier")
+# name -> (bus-bandwidth kind, the argument holding the whole buffer, whether that
+# argument is one rank's shard of it). The signature gives the group/async_op positions.
+COLLECTIVES: dict[str, tuple[str, str, bool]] = {
+    "all_reduce": ("all_reduce", "tensor", False),
+    "all_gather": ("all_gather", "tensor_list", False),
+    "all_gather_into_tensor": ("all_gather", "output_tensor", False),
+    "all_gather_single": ("all_gather", "output_tensor", False),  # torch 2.13 (FSDP2's)
+    "reduce_scatter": ("reduce_scatter", "input_list", False),
+    "reduce_scatter_tensor": ("reduce_scatter", "input", False),
+    "reduce_scatter_single": ("reduce_scatter", "input", False),  # torch 2.13 (FSDP2's)
+    "broadcast": ("broadcast", "tensor", False),
+    "reduce": ("reduce", "tensor", False),
+    "all_to_all_single": ("all_to_all", "input", False),
+    "all_to_all": ("all_to_all", "input_tensor_list", False),
+    "barrier": ("", "", False),
+    "send": ("send_recv", "tensor", False),
+    "recv": ("send_recv", "tensor", False),
+}
+# isend/irecv stay unwrapped: P2POp checks its op *is* torch's own isend or irecv.
+# batch_isend_irecv (what pipeline schedules use) counts their bytes instead.
+# Functional collectives (under DTensor, and in eager code): their buffer is the first
+# argument; an all-gather's input is one shard of the output.
+FUNCTIONAL: dict[str, tuple[str, str, bool]] = {
+    "all_reduce": ("all_reduce", "self", False),
+    "all_gather_tensor": ("all_gather", "self", True),
+    "reduce_scatter_tensor": ("reduce_scatter", "self", False),
+    "all_to_all_single": ("all_to_all", "self", False),
+}
+COVERAGE: dict[str, str] = {}  # what collective timing was installed: name -> how (or why not)
 
 
-def patch_distributed(lazy: LazyPush, dist: Any, pool: EventPool = EVENTS) -> None:
-    """Time and size each torch.distributed collective.
+class AsyncWorks:
+    """Which issued ``Work`` objects run on a CUDA device, until waited on (bounded:
+    a work never waited on is forgotten after ``limit`` newer ones)."""
 
-    CPU tensors (gloo): host wall time in the call. CUDA tensors (NCCL): CUDA events
-    on the current stream around the call, read later by the agent, so the time is
-    how long that stream waited; nothing syncs the host.
+    def __init__(self, limit: int = 4096) -> None:
+        self._cuda: dict[int, bool] = {}
+        self._limit = limit
+
+    def issued(self, work: Any, cuda: bool) -> None:
+        if work is None:
+            return
+        if len(self._cuda) >= self._limit:
+            self._cuda.pop(next(iter(self._cuda)))
+        self._cuda[id(work)] = cuda
+
+    def waited(self, work: Any) -> bool | None:
+        """Whether ``work`` ran on CUDA (None: not issued through a timed call)."""
+        return self._cuda.pop(id(work), None)
+
+
+WORKS = AsyncWorks()
+
+
+def patch_distributed(lazy: LazyPush, dist: Any, pool: EventPool = EVENTS,
+                      works: AsyncWorks = WORKS) -> None:
+    """Time and size torch.distributed's collectives and the waits on async ones.
+
+    A blocking collective is an interval on the issuing stream (CUDA) or the host
+    (gloo): its full duration, exposed unless issued from a side stream. An async one
+    (``async_op=True``, ``batch_isend_irecv``) is exposed where the compute stream
+    waits: ``Work.wait`` is bracketed on the current stream.
+    Bytes are bus bytes (``device.bus_bytes``).
     """
-    for name in COLLECTIVES:
+    timer = Intervals(pool, lambda: lazy.push)
+    for name, spec in COLLECTIVES.items():
         original = getattr(dist, name, None)
         if original is not None:
-            setattr(dist, name, timed_collective(original, lazy, pool))
+            setattr(dist, name, timed_collective(original, lazy, timer, works, spec,
+                                                 _world_size(dist)))
+    batch = getattr(dist, "batch_isend_irecv", None)
+    if batch is not None:
+        dist.batch_isend_irecv = tracked_batch(batch, lazy, works)
+    work = getattr(dist, "Work", None)
+    if work is not None and hasattr(work, "wait"):
+        work.wait = timed_work_wait(work.wait, timer, works)
+        COVERAGE["work_wait"] = "Work.wait on the current stream"
 
 
-def timed_collective(collective: Callable[..., Any], lazy: LazyPush,
-                     pool: EventPool) -> Callable[..., Any]:
+def _never() -> bool:
+    return False
+
+
+def _is_compiling() -> Callable[[], bool]:
+    """``torch.compiler.is_compiling`` (True while dynamo traces; torch >= 2.3), so a
+    wrapper traced into a compiled graph steps aside instead of breaking the graph."""
+    compiler = getattr(sys.modules.get("torch"), "compiler", None)
+    fn = getattr(compiler, "is_compiling", None)
+    return fn if callable(fn) else _never
+
+
+def _world_size(dist: Any) -> Callable[[Any], int]:
+    def size(group: Any) -> int:
+        try:
+            return int(dist.get_world_size(group))
+        except Exception:
+            return 0
+
+    return size
+
+
+def _positions(fn: Callable[..., Any]) -> dict[str, int]:
+    try:
+        return {name: i for i, name in enumerate(inspect.signature(fn).parameters)}
+    except (TypeError, ValueError):
+        return {}
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], at: dict[str, int], name: str) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    i = at.get(name, -1)
+    return args[i] if 0 <= i < len(args) else None
+
+
+def timed_collective(collective: Callable[..., Any], lazy: LazyPush, timer: Intervals,
+                     works: AsyncWorks | None, spec: tuple[str, str, bool],
+                     world_size: Callable[[Any], int],
+                     always_async: bool = False) -> Callable[..., Any]:
+    """Wrap one collective: count its bus bytes; time it when it blocks, or remember
+    where its work runs when it is async (timed at its wait)."""
+    kind, buffer_arg, is_shard = spec
+    at = _positions(collective)
+    compiling = _is_compiling()
+
     @functools.wraps(collective)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        tensor = args[0] if args else kwargs.get("tensor", kwargs.get("tensor_list"))
-        nbytes = tensor_bytes(tensor)
-        if nbytes:
-            lazy.push(ring.COLLECTIVE_BYTES, nbytes)
-        if on_device(tensor):
-            start, end = pool.pair()
-            start.record()
-            try:
-                return collective(*args, **kwargs)
-            finally:
-                end.record()
-                lazy.push(ring.DEVICE_TIMING, (ring.COLLECTIVE, start, end))
-        lazy.push(ring.COLLECTIVE)
+        if compiling():
+            return collective(*args, **kwargs)
+        try:
+            buffer = _arg(args, kwargs, at, buffer_arg) if buffer_arg else None
+            cuda = on_device(buffer)
+            nbytes = 0
+            if kind:
+                n = world_size(_arg(args, kwargs, at, "group"))
+                nbytes = bus_bytes(kind, tensor_bytes(buffer) * (n if is_shard else 1), n)
+            if nbytes:
+                lazy.push(ring.COLLECTIVE_BYTES, nbytes)
+            is_async = always_async or bool(_arg(args, kwargs, at, "async_op"))
+        except Exception:  # never let the bookkeeping break the call
+            return collective(*args, **kwargs)
+        if is_async:
+            work = collective(*args, **kwargs)
+            if works is not None:
+                works.issued(work, cuda)
+            return work
+        phase = 0 if cuda and timer.pool.on_side_stream() else ring.COLLECTIVE
+        span = timer.begin(cuda, phase)
         try:
             return collective(*args, **kwargs)
         finally:
-            lazy.push(-ring.COLLECTIVE)
+            timer.end(span, phase, nbytes)
 
     return timed
 
 
-def patch_ddp(lazy: LazyPush, ddp: Any) -> None:
-    """Time DDP's gradient all-reduce: exposed wait and bytes, through a comm hook.
+def tracked_batch(batch: Callable[..., Any], lazy: LazyPush,
+                  works: AsyncWorks) -> Callable[..., Any]:
+    """``batch_isend_irecv``: the bytes its sends carry (send/recv bus bytes: the bytes,
+    counted once, on the sending side); its works are remembered so their waits are
+    timed on the right clock."""
+
+    @functools.wraps(batch)
+    def tracked(p2p_op_list: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            tensors = [op.tensor for op in p2p_op_list]
+            nbytes = tensor_bytes([op.tensor for op in p2p_op_list
+                                   if getattr(op.op, "__name__", "") == "isend"])
+            if nbytes:
+                lazy.push(ring.COLLECTIVE_BYTES, nbytes)
+        except Exception:
+            tensors = []
+        result = batch(p2p_op_list, *args, **kwargs)
+        cuda = on_device(tensors)
+        for work in result or ():
+            works.issued(work, cuda)
+        return result
+
+    return tracked
+
+
+def timed_work_wait(wait: Callable[..., Any], timer: Intervals,
+                    works: AsyncWorks) -> Callable[..., Any]:
+    """``Work.wait`` bracketed where it waits: the compute stream (CUDA) or the host."""
+
+    compiling = _is_compiling()
+
+    @functools.wraps(wait)
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if compiling():
+            return wait(self, *args, **kwargs)
+        cuda = works.waited(self)
+        if cuda is None or (cuda and timer.pool.on_side_stream()):
+            return wait(self, *args, **kwargs)  # not ours, or a wait that overlaps by design
+        span = timer.begin(cuda)
+        try:
+            return wait(self, *args, **kwargs)
+        finally:
+            timer.end(span)
+
+    return timed
+
+
+def timed_wait(wait: Callable[..., Any], timer: Intervals,
+               cuda: Callable[..., bool]) -> Callable[..., Any]:
+    """Any other wait point (``wait_tensor``, FSDP2's waits) bracketed where it waits;
+    ``cuda(*args)`` says whether it waits on a CUDA stream."""
+
+    compiling = _is_compiling()
+
+    @functools.wraps(wait)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if compiling():
+            return wait(*args, **kwargs)
+        try:
+            span = timer.begin(cuda(*args), mark=False)
+        except Exception:
+            return wait(*args, **kwargs)
+        try:
+            return wait(*args, **kwargs)
+        finally:
+            timer.end(span)
+
+    return timed
+
+
+def patch_functional_collectives(lazy: LazyPush, funcol: Any, pool: EventPool = EVENTS,
+                                 group_size: Callable[[Any], int] | None = None) -> None:
+    """Functional collectives (and DTensor, built on them), eager mode: bytes at issue,
+    exposed wait at ``wait_tensor``. Inside a compiled graph neither runs in Python, so
+    such collectives are not seen (torch 2.1-2.13 layout: ``wait_tensor`` and the four
+    collectives as module functions, groups resolved by ``_resolve_group_name``)."""
+    timer = Intervals(pool, lambda: lazy.push)
+    size = group_size or _funcol_group_size(funcol)
+    for name, spec in FUNCTIONAL.items():
+        original = getattr(funcol, name, None)
+        if original is not None:
+            setattr(funcol, name, timed_collective(original, lazy, timer, None, spec, size,
+                                                   always_async=True))
+    wait = getattr(funcol, "wait_tensor", None)
+    if wait is not None:
+        funcol.wait_tensor = timed_wait(wait, timer, lambda tensor, *a, **k: on_device(tensor))
+        COVERAGE["funcol"] = "wait_tensor (eager; not inside compiled graphs)"
+
+
+def _funcol_group_size(funcol: Any) -> Callable[[Any], int]:
+    """A functional collective's group (a group, mesh, ranks or name) to its size."""
+
+    def size(group: Any) -> int:
+        try:
+            name = funcol._resolve_group_name(group, "")
+            c10d = sys.modules["torch.distributed"].distributed_c10d
+            return int(c10d._resolve_process_group(name).size())
+        except Exception:
+            return 0
+
+    return size
+
+
+def patch_fsdp2(lazy: LazyPush, module: Any, pool: EventPool = EVENTS) -> None:
+    """FSDP2 (``fully_shard``): the compute stream's waits for an all-gather
+    (``FSDPParamGroup.wait_for_unshard``, which also copies the gathered parameters
+    out) and for the reduce-scatter at the end of backward (``finalize_backward``).
+    Private API, present in torch 2.4-2.13; absent methods are left alone."""
+    group = getattr(module, "FSDPParamGroup", None)
+    if group is None:
+        COVERAGE["fsdp2"] = "not timed: FSDPParamGroup not found in this torch"
+        return
+    timer = Intervals(pool, lambda: lazy.push)
+
+    def cuda(self: Any, *args: Any, **kwargs: Any) -> bool:
+        return getattr(getattr(self, "device", None), "type", None) == "cuda"
+
+    for name in ("wait_for_unshard", "finalize_backward"):
+        original = getattr(group, name, None)
+        if original is not None:
+            setattr(group, name, timed_wait(original, timer, cuda))
+    COVERAGE["fsdp2"] = "wait_for_unshard, finalize_backward"
+
+
+def patch_ddp(lazy: LazyPush, ddp: Any, pool: EventPool = EVENTS,
+              queue_callback: Callable[[Callable[[], None]], None] | None = None) -> None:
+    """Time DDP's gradient all-reduce: exposed wait through a comm hook.
 
     The user's own hook is wrapped when registered; otherwise the default all-reduce
     hook, wrapped, is registered at the first forward (after the user's chance).
+    ``queue_callback`` is the autograd engine's (``Variable._execution_engine``, a
+    private API present in torch 1.x-2.13); without it DDP is not timed.
     """
+    if queue_callback is None:
+        queue_callback = _engine_queue_callback()
+    if queue_callback is None:
+        COVERAGE["ddp"] = "not timed: no autograd queue_callback in this torch"
+        return
+    timer = Intervals(pool, lambda: lazy.push)
     register, forward = ddp.register_comm_hook, ddp.forward
+    enqueue = queue_callback
 
     def register_comm_hook(self: Any, state: Any, hook: Callable[..., Any]) -> Any:
         self._gpuwatch_hooked = True
-        return register(self, state, timed_comm_hook(hook, lazy))
+        return register(self, state, timed_comm_hook(hook, timer, enqueue))
 
     def timed_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not getattr(self, "_gpuwatch_hooked", False):
@@ -288,32 +540,42 @@ def patch_ddp(lazy: LazyPush, ddp: Any) -> None:
                     allreduce_hook,
                 )
 
-                register(self, self.process_group, timed_comm_hook(allreduce_hook, lazy))
+                register(self, self.process_group,
+                         timed_comm_hook(allreduce_hook, timer, enqueue))
             except Exception:  # a built-in hook already in place: leave it alone
                 pass
         return forward(self, *args, **kwargs)
 
     ddp.register_comm_hook = functools.wraps(register)(register_comm_hook)
     ddp.forward = functools.wraps(forward)(timed_forward)
+    COVERAGE["ddp"] = "last bucket ready to end of backward"
 
 
-def timed_comm_hook(hook: Callable[..., Any], lazy: LazyPush) -> Callable[..., Any]:
-    """A comm hook that, on the last bucket of a backward, reports the exposed wait: from
-    that bucket being ready to its all-reduce done (the time backward waits with nothing
-    left to compute). Host time: exact for gloo. Bytes are counted by the collective the
-    hook calls (``torch.distributed`` is timed too)."""
+def _engine_queue_callback() -> Callable[[Callable[[], None]], None] | None:
+    torch = sys.modules.get("torch")
+    engine = getattr(getattr(getattr(torch, "autograd", None), "Variable", None),
+                     "_execution_engine", None)
+    return getattr(engine, "queue_callback", None)
+
+
+def timed_comm_hook(hook: Callable[..., Any], timer: Intervals,
+                    queue_callback: Callable[[Callable[[], None]], None]) -> Callable[..., Any]:
+    """A comm hook that, on the last bucket of a backward, opens an interval on the
+    compute stream (or host clock) once that bucket's all-reduce is issued, and closes
+    it when backward returns: after DDP's own end-of-backward callback, which makes the
+    compute stream (or the host) wait for every bucket's all-reduce. That interval is
+    the exposed wait. DDP queues its callback after this hook returns, so ours queues a
+    second one from the first, which the engine runs after DDP's."""
 
     def timed(state: Any, bucket: Any) -> Any:
-        ready = time.perf_counter()
         future = hook(state, bucket)
-        if not bucket.is_last():
-            return future
-
-        def done(f: Any) -> Any:
-            lazy.push(ring.PHASE_SECONDS, (ring.COLLECTIVE, time.perf_counter() - ready))
-            return f.value()
-
-        return future.then(done)
+        if bucket.is_last():
+            try:
+                span = timer.begin(on_device(bucket.buffer()), mark=False, nested=False)
+                queue_callback(lambda: queue_callback(lambda: timer.end(span)))
+            except Exception:
+                pass
+        return future
 
     timed.__annotations__ = {}  # DDP rejects any bucket annotation but dist.GradBucket
     return timed
@@ -331,8 +593,6 @@ def tensor_bytes(obj: Any) -> int:
 
 def in_dataloader_worker() -> bool:
     """True inside a DataLoader worker process (which must stay untouched)."""
-    import sys
-
     data = sys.modules.get("torch.utils.data")
     try:
         return data is not None and data.get_worker_info() is not None
@@ -346,4 +606,7 @@ PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
     "torch.distributed": patch_distributed,
     "torch.distributed.checkpoint": patch_distributed_checkpoint,
     "safetensors.torch": patch_safetensors,
+    "torch.distributed._functional_collectives": patch_functional_collectives,
+    "torch.distributed.fsdp._fully_shard._fsdp_param_group": patch_fsdp2,  # torch >= 2.6
+    "torch.distributed._composable.fsdp._fsdp_param_group": patch_fsdp2,  # torch 2.4-2.5
 }

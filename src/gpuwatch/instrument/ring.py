@@ -30,14 +30,15 @@ TOKENS = 104  # value: tokens in the step
 CHECKPOINT_TARGET = 105  # value: bytes a save wrote
 ACT_CKPT = 106  # one activation-checkpointed region entered (forward)
 ERROR = 107  # value: exception type name raised out of a step
-COLLECTIVE_BYTES = 108  # value: bytes a collective moved (tensor size, not wire bytes)
+COLLECTIVE_BYTES = 108  # value: bus bytes of a collective (nccl-tests convention)
 PHASE_SECONDS = 109  # value: (phase code, seconds) measured elsewhere (a callback, a future)
 TOTAL_STEPS = 110  # value: the steps the run plans (from the framework or the user)
-DEVICE_TIMING = 111  # value: (phase, start event, end event) to read off the hot path
+DEVICE_TIMING = 111  # value: (phase or 0, start event, end event, bus bytes) read off the hot path
 LOST = 112  # from drain, never pushed: value marks were lost here (writers lapped the reader)
 _WRITING = -2  # a slot's sequence while a writer fills it
 EVAL_BATCH = 113  # an evaluation batch done (a framework's eval hook)
 BACKGROUND_SAVE = 114  # value: (seconds, bytes) of a save written off the training thread
+COLLECTIVE_DURATION = 115  # value: (seconds, bus bytes) of one blocking collective (host clock)
 
 DATA = 1
 COMPUTE = 2

@@ -19,11 +19,16 @@ the last step or progress record make a ``progress`` event, at most one per
 ``PROGRESS_EVERY_S``. The training batch size is the last batch fetched before a
 step ends (an eval loader's batches come earlier), reported when it changes and
 the new size repeats.
+
+Device timings (collective waits on the GPU timeline) belong to the step they were
+recorded in, which the GPU finishes later: such a step is held back until they are
+read (at most ``HOLD_STEPS`` later steps), so ranks compare the same step's waits.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +39,7 @@ from gpuwatch.records import Event, Record, Step
 
 _NPHASES = max(ring.PHASES.values()) + 1
 PROGRESS_EVERY_S = 1.0
+HOLD_STEPS = 64  # a step waits for its device timings behind at most this many steps
 
 
 class StepAssembler:
@@ -56,6 +62,9 @@ class StepAssembler:
         self._ckpt_targets: list[int] = []  # bytes of each file the save wrote
         self._act_ckpt_calls = 0
         self._collective_bytes = 0
+        self._timed_s = 0.0
+        self._timed_bytes = 0
+        self._held: deque[Step] = deque()  # finished steps waiting for the device
         self._batch: int | None = None
         self._batch_candidate: int | None = None
         self._ordinals = {ring.STEP_END: 0, ring.STEP_BOUNDARY: 0}  # last seen per producer
@@ -65,12 +74,11 @@ class StepAssembler:
         self._loader_batches = 0  # batches fetched since then
         self._eval_batches = 0  # eval batches done since then
 
-    def feed(self, marks: Iterable[ring.Mark], out: list[Record]) -> None:
-        """Consume marks in order, appending finished records to ``out``. Device timings
-        the GPU has finished are added to the step being assembled (they lag it by the
-        depth of the stream's queue)."""
-        for phase, seconds in self.device.ready():
-            self._acc[phase] += seconds
+    def feed(self, marks: Iterable[ring.Mark], out: list[Record], final: bool = False) -> None:
+        """Consume marks in order, appending finished records to ``out``. A step with
+        device timings the GPU has not finished is held back until it has (``final``:
+        release every held step now)."""
+        self._read_device()
         for code, t, value in marks:
             if self._prev_end is None:
                 self._prev_end = self._progress_at = t  # the first mark opens the first step
@@ -78,6 +86,35 @@ class StepAssembler:
                 self._mark(code, t, value, out)
             except (TypeError, ValueError):  # a value the training code got wrong
                 self.bad_values += 1
+        self._read_device()
+        self._release(out, final)
+
+    def _read_device(self) -> None:
+        """Add finished device intervals to the step they were recorded in: a held one,
+        else the one being assembled."""
+        held = {s.step: s for s in self._held} if self._held else {}
+        for interval in self.device.ready():
+            step = held.get(interval.step)
+            if step is None:
+                self._acc[interval.phase] += interval.seconds
+                if interval.nbytes:
+                    self._timed_s += interval.seconds
+                    self._timed_bytes += interval.nbytes
+                continue
+            if interval.phase == ring.COLLECTIVE:
+                step.collective_s += interval.seconds
+            if interval.nbytes:
+                step.collective_timed_s += interval.seconds
+                step.collective_timed_bytes += interval.nbytes
+
+    def _waiting(self, step: int) -> bool:
+        oldest = self.device.oldest_step()
+        return oldest is not None and oldest <= step
+
+    def _release(self, out: list[Record], final: bool) -> None:
+        held = self._held
+        while held and (final or len(held) > HOLD_STEPS or not self._waiting(held[0].step)):
+            out.append(held.popleft())
 
     def _mark(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         if 0 < code < _NPHASES:
@@ -120,7 +157,12 @@ class StepAssembler:
         elif code == ring.TOTAL_STEPS:
             out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
         elif code == ring.DEVICE_TIMING:
-            self.device.add(*value)
+            phase, start, end, nbytes = value
+            self.device.add(phase, start, end, nbytes, self.steps + 1)
+        elif code == ring.COLLECTIVE_DURATION:
+            seconds, nbytes = value
+            self._timed_s += seconds
+            self._timed_bytes += self._count(nbytes)
         elif code == ring.COLLECTIVE_BYTES:
             self._collective_bytes += self._count(value)
         elif code == ring.ACT_CKPT:
@@ -229,14 +271,19 @@ class StepAssembler:
             compute, other = max(rest, 0.0), 0.0
         if self._last_batch:
             self._track_batch(self._last_batch, t, out)
-        out.append(Step(
+        step = Step(
             rank=self.rank, step=self.steps, t=t + self._offset, wall_s=wall,
             data_s=data, compute_s=compute, optimizer_s=opt, checkpoint_s=ckpt,
             collective_s=acc[ring.COLLECTIVE], recompute_s=acc[ring.RECOMPUTE],
             other_s=other, samples=self._samples, tokens=self._tokens,
             checkpoint_bytes=self._ckpt_bytes, collective_bytes=self._collective_bytes,
             act_ckpt_calls=self._act_ckpt_calls,
-        ))
+            collective_timed_s=self._timed_s, collective_timed_bytes=self._timed_bytes,
+        )
+        if self._held or self._waiting(step.step):
+            self._held.append(step)
+        else:
+            out.append(step)
         self._reset(t)
 
     def _reset(self, t: float) -> None:
@@ -248,4 +295,5 @@ class StepAssembler:
         for phase in range(_NPHASES):
             acc[phase] = 0.0
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0
-        self._collective_bytes = 0
+        self._collective_bytes = self._timed_bytes = 0
+        self._timed_s = 0.0

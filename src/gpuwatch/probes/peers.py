@@ -9,16 +9,75 @@ publishing is simply absent from rank 0's view (and reports its own hang).
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gpuwatch.faults import FaultLog
-from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Sample
+from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Sample, Step
 from gpuwatch.telemetry import Telemetry
 
 PREFIX = "gpuwatch/"
+PUBLISHED_STEPS = 256  # per-step waits each summary carries (the newest)
+LINK_FACTS = ("nvlink_bytes_per_second", "pcie_bytes_per_second", "pcie_generation",
+              "pcie_width")
+
+
+@dataclass(frozen=True, slots=True)
+class StepWait:
+    """One step of one rank, for comparing ranks step by step: its number, exposed
+    collective wait, compute without that wait, and wall time (seconds)."""
+
+    step: int
+    wait_s: float
+    compute_s: float
+    wall_s: float
+
+    @classmethod
+    def of(cls, s: Step) -> StepWait:
+        return cls(s.step, s.collective_s, max(s.compute_s - s.collective_s, 0.0), s.wall_s)
+
+
+def encode_steps(steps: Sequence[Step], limit: int = PUBLISHED_STEPS) -> dict[str, Any]:
+    """The newest ``limit`` steps as parallel lists (microsecond precision): step numbers,
+    waits, computes, walls. Compact in JSON, aligned by step number on the reader's side
+    (never by clock, so host clock skew does not matter)."""
+    waits = [StepWait.of(s) for s in itertools.islice(reversed(steps), limit)][::-1]
+    return {"step": [w.step for w in waits],
+            "wait": [round(w.wait_s, 6) for w in waits],
+            "compute": [round(w.compute_s, 6) for w in waits],
+            "wall": [round(w.wall_s, 6) for w in waits]}
+
+
+def decode_steps(data: dict[str, Any]) -> list[StepWait]:
+    """``encode_steps``'s inverse; raises ValueError on malformed data."""
+    try:
+        return [StepWait(int(k), float(w), float(c), float(t)) for k, w, c, t in
+                zip(data["step"], data["wait"], data["compute"], data["wall"], strict=True)]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"bad per-step data from a peer: {exc}") from None
+
+
+class PeerTelemetry(Telemetry):
+    """Another rank's telemetry on rank 0: window totals, plus its newest per-step
+    waits by step number (``published_steps``)."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__(rank)
+        self.published_steps: dict[int, StepWait] = {}
+        self._order: deque[int] = deque()
+
+    def add_step_waits(self, waits: Iterable[StepWait]) -> None:
+        for w in waits:
+            if w.step not in self.published_steps:
+                self._order.append(w.step)
+            self.published_steps[w.step] = w
+        while len(self._order) > 4 * PUBLISHED_STEPS:
+            self.published_steps.pop(self._order.popleft(), None)
 
 
 def job_store() -> Any:
@@ -44,7 +103,10 @@ def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
         "nvlink_links_active": max((d.get("nvlink_links_active", 0) for d in devices),
                                    default=0),
         "gpu_name": devices[0].get("name") if devices else None,
+        "links": {k: devices[0][k] for k in LINK_FACTS if devices and k in devices[0]},
+        "infiniband": (view.topology or {}).get("infiniband", []),
         "clock_event_reasons": gpu.values.get("gpu_clock_event_reasons") if gpu else None,
+        "steps": encode_steps(view.steps),
     }
 
 
@@ -52,7 +114,7 @@ class PeerView:
     """Rank 0's telemetry of another rank, rebuilt from its published summaries."""
 
     def __init__(self, rank: int) -> None:
-        self.telemetry = Telemetry(rank)
+        self.telemetry = PeerTelemetry(rank)
         self._seen_t = 0.0
 
     def update(self, s: dict[str, Any], job: str, world_size: int) -> None:
@@ -66,13 +128,16 @@ class PeerView:
         if view.topology is None and s.get("gpu_name"):
             view.add_one(Event(s["rank"], s["t"], "topology", {
                 "devices": [{"index": 0, "name": s.get("gpu_name"),
-                             "nvlink_links_active": s.get("nvlink_links_active", 0)}],
-                "job_gpus": [0]}))
+                             "nvlink_links_active": s.get("nvlink_links_active", 0),
+                             **s.get("links", {})}],
+                "job_gpus": [0], "infiniband": s.get("infiniband", [])}))
         delta = tuple(a - b for a, b in zip(s["totals"], view.window.last, strict=True))
         end = s.get("last_step_t") or s["t"]
         if delta[0] > 0:
             view.window.add_totals(end, delta)
         view.total_steps = s.get("steps_total", view.total_steps)
+        if s.get("steps"):
+            view.add_step_waits(decode_steps(s["steps"]))
         if s.get("clock_event_reasons") is not None:
             view.add_one(Sample(s["rank"], s["t"], "nvml",
                                 {"gpu_clock_event_reasons": s["clock_event_reasons"]}, gpu=0))

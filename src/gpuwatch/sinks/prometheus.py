@@ -46,7 +46,8 @@ MAX_CLIENTS = 16  # clients served at once; more are answered 503 at once
 MAX_REQUEST_BYTES = 16 * 1024
 LINGER_BYTES = 1 << 20  # read and dropped after refusing a request, at most
 HEALTH = ("faults", "exporter", "run")  # catalogue sources exempt from the series cap
-STEP_TOTALS = ("samples", "tokens", "checkpoint_bytes", "collective_bytes", "act_ckpt_calls")
+STEP_TOTALS = ("samples", "tokens", "checkpoint_bytes", "collective_bytes", "act_ckpt_calls",
+               "collective_timed_s", "collective_timed_bytes")
 SAMPLE_SOURCES = ("nvml", "allocator", "host", "agent", "collectives")  # Sample.source
 DEVICE_SOURCES = ("nvml",)  # left to dcgm-exporter when exporter.device_metrics is off
 
@@ -169,6 +170,8 @@ class ExporterState:
         t["checkpoint_bytes"] += s.checkpoint_bytes
         t["collective_bytes"] += s.collective_bytes
         t["act_ckpt_calls"] += s.act_ckpt_calls
+        t["collective_timed_s"] += s.collective_timed_s
+        t["collective_timed_bytes"] += s.collective_timed_bytes
 
     def families(self) -> list[Metric]:
         """The metric families of the catalogue, from a consistent copy of the state."""

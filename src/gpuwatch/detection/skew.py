@@ -1,0 +1,96 @@
+"""Collective wait split step by step into transfer and waiting on a slower rank.
+
+In a step every rank leaves a collective together, so the rank that arrives last waits
+least: that least wait is the transfer itself (bytes over the link, latency), and what
+another rank waits beyond it is time spent waiting for the last rank to arrive. Over
+a window: the mean transfer, each rank's mean skew, and how often each rank was the
+last to arrive (one rank most of the time: a straggler; changing ranks: a rotating
+imbalance, e.g. variable-length batches or uneven MoE routing).
+
+Steps are aligned by step number, never by clock (host clocks differ).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from gpuwatch.probes.peers import PeerTelemetry, StepWait
+from gpuwatch.telemetry import WARMUP_STEPS, Telemetry
+
+TIE_S = 1e-5  # waits this close are equal (the published precision is 1e-6 s)
+
+
+@dataclass(frozen=True, slots=True)
+class SkewSplit:
+    """Per-step comparison of ranks over a window (seconds are means per step)."""
+
+    steps: int
+    wall_s: float
+    transfer_s: float  # least wait across ranks
+    skew_s: dict[int, float]  # rank -> its wait beyond the least
+    last_share: dict[int, float]  # rank -> share of steps it arrived last (waited least)
+
+    @property
+    def mean_skew_s(self) -> float:
+        return statistics.fmean(self.skew_s.values())
+
+    @property
+    def transfer_share(self) -> float:
+        return self.transfer_s / self.wall_s
+
+    @property
+    def skew_share(self) -> float:
+        return self.mean_skew_s / self.wall_s
+
+    def fixed_last(self, share: float) -> int | None:
+        """The rank that arrived last in at least ``share`` of the steps, if one did."""
+        rank = max(self.last_share, key=lambda r: self.last_share[r])
+        return rank if self.last_share[rank] >= share else None
+
+
+def step_waits(view: Telemetry, since: float) -> dict[int, StepWait]:
+    """A rank's per-step waits by step number: its own steps that ended at or after
+    ``since`` (the live rank, a replayed log), or what a peer published."""
+    if isinstance(view, PeerTelemetry):
+        return {k: w for k, w in view.published_steps.items() if k > WARMUP_STEPS}
+    out: dict[int, StepWait] = {}
+    for s in reversed(view.steps):
+        if s.t < since:
+            break
+        if s.step > WARMUP_STEPS:
+            out[s.step] = StepWait.of(s)
+    return out
+
+
+def split(views: list[Telemetry], since: float, min_steps: int) -> SkewSplit | None:
+    """Compare ranks over the steps every rank has, within the window of the ranks that
+    carry step times; None with fewer than ``min_steps`` such steps or under two ranks."""
+    if len(views) < 2:
+        return None
+    per_rank = {v.rank: step_waits(v, since) for v in views}
+    common = set.intersection(*(set(w) for w in per_rank.values()))
+    timed = [v.rank for v in views if not isinstance(v, PeerTelemetry)]
+    if timed:  # the window: steps a rank with step times saw end within it
+        common &= {k for r in timed for k in per_rank[r]}
+    if len(common) < max(min_steps, 1):
+        return None
+    ranks = sorted(per_rank)
+    transfer = walls = 0.0
+    skew = dict.fromkeys(ranks, 0.0)
+    last = dict.fromkeys(ranks, 0.0)
+    for k in common:
+        waits = {r: per_rank[r][k].wait_s for r in ranks}
+        least = min(waits.values())
+        transfer += least
+        walls += statistics.fmean(per_rank[r][k].wall_s for r in ranks)
+        for r in ranks:
+            skew[r] += waits[r] - least
+        tied = [r for r in ranks if waits[r] - least <= TIE_S]
+        for r in tied:  # equal waits: no one rank was last
+            last[r] += 1 / len(tied)
+    n = len(common)
+    if walls <= 0:
+        return None
+    return SkewSplit(n, walls / n, transfer / n, {r: v / n for r, v in skew.items()},
+                     {r: c / n for r, c in last.items()})

@@ -1,0 +1,162 @@
+"""Collective wait split step by step: transfer (the least wait across ranks) versus
+waiting on a slower rank, and the verdicts that follow, judged offline (every rank's
+steps) and live (rank 0's own steps plus the others' published per-step waits)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpuwatch.config import Settings
+from gpuwatch.detection.engine import engine_from_settings
+from gpuwatch.detection.skew import split
+from gpuwatch.probes.peers import PeerView, decode_steps, encode_steps, summary
+from gpuwatch.records import Event, Finding, Record, Step
+from gpuwatch.telemetry import Telemetry
+from tests.runs import START, judge, meta, only
+
+WALL = 0.1
+N_STEPS = 150
+
+
+def run(world: int, wait: Any, nbytes: int = 64_000_000, devices: dict[str, Any] | None = None,
+        same_host: bool = False) -> list[Record]:
+    """``world`` ranks of 0.1 s steps; ``wait(rank, step)`` is that rank's exposed wait."""
+    out: list[Record] = []
+    for r in range(world):
+        out.append(meta(r, world, host="node-a" if same_host else f"node-{r}"))
+        out.append(Event(r, START, "topology", {"devices": [{
+            "index": 0, "name": "NVIDIA GeForce RTX 5090", "nvlink_links_active": 0,
+            **(devices or {})}], "job_gpus": [0]}))
+        for k in range(1, N_STEPS + 1):
+            w = wait(r, k)
+            out.append(Step(rank=r, step=k, t=START + k * WALL, wall_s=WALL, compute_s=0.095,
+                            collective_s=w, collective_bytes=nbytes, samples=8))
+    return out
+
+
+def rotating(r: int, k: int) -> float:
+    """Each step a different rank is slow (its batch is the long one): it arrives last
+    and waits only the transfer; the others wait for it."""
+    return 0.004 + (0.0 if k % 4 == r else 0.05)
+
+
+def fixed(r: int, k: int) -> float:
+    return 0.004 + (0.0 if r == 2 else 0.05)
+
+
+def slow_rank_two() -> list[Record]:
+    """Rank 2 computes longer, every step, by what the others wait for it."""
+    return [Step(rank=r.rank, step=r.step, t=r.t, wall_s=r.wall_s,
+                 compute_s=r.compute_s + (0.05 if r.rank == 2 else 0.0),
+                 collective_s=r.collective_s, collective_bytes=r.collective_bytes)
+            if isinstance(r, Step) else r for r in run(4, fixed)]
+
+
+def transfer(r: int, k: int) -> float:
+    return 0.06 + 0.001 * ((k + r) % 3)  # everyone waits about alike: the transfer itself
+
+
+def test_rotating_skew_is_fixed_here_by_balancing_not_a_move_nor_a_straggler() -> None:
+    findings = judge(run(4, rotating), scope="job")
+    f = only(findings, "sync_bottleneck")
+    assert f.verdict == "fix_here"
+    assert "different one from step to step" in f.summary and "Balance" in f.action
+    assert f.evidence["transfer_seconds_per_step"] < 0.005
+    assert f.evidence["skew_seconds_per_step"] > 0.03
+    assert not [x for x in findings if x.detector == "straggler" or x.verdict == "move_to_h100"]
+
+
+def test_the_same_slow_rank_every_step_is_a_straggler_only() -> None:
+    findings = judge(slow_rank_two(), scope="job")
+    f = only(findings, "straggler")
+    assert f.ranks == [2] and f.evidence["last_arrival_share_ratio"] == 1.0
+    assert not [x for x in findings if x.detector == "sync_bottleneck"]
+
+
+def test_transfer_a_slow_link_explains_is_a_move() -> None:
+    pcie1 = {"pcie_bytes_per_second": 0.25e9 * 4, "pcie_generation": 1, "pcie_width": 4}
+    f = only(judge(run(2, transfer, devices=pcie1, same_host=True), scope="job"),
+             "sync_bottleneck")
+    assert f.verdict == "move_to_h100" and "bandwidth-bound over PCIe gen 1 x4" in f.summary
+    assert f.evidence["link_bytes_per_second"] == 1e9
+    assert f.evidence["link_seconds_per_step"] == 0.064
+
+
+def test_transfer_a_fast_link_does_not_explain_is_fixed_here() -> None:
+    pcie4 = {"pcie_bytes_per_second": 1.969e9 * 16, "pcie_generation": 4, "pcie_width": 16}
+    f = only(judge(run(2, transfer, devices=pcie4, same_host=True), scope="job"),
+             "sync_bottleneck")
+    assert f.verdict == "fix_here" and "not the link's bandwidth" in f.summary
+
+
+def test_inter_node_link_from_infiniband_is_the_slowest_link() -> None:
+    records = run(2, transfer, devices={"pcie_bytes_per_second": 31.5e9,
+                                        "nvlink_links_active": 18,
+                                        "nvlink_bytes_per_second": 450e9})
+    ib = [{"device": "mlx5_0", "port": 1, "link_layer": "InfiniBand",
+           "bytes_per_second": 12.5e9 / 10}]  # a 10 Gb/s port
+    records = [Event(r.rank, r.t, "topology", {**r.data, "infiniband": ib})
+               if isinstance(r, Event) else r for r in records]
+    f = only(judge(records, scope="job"), "sync_bottleneck")
+    assert f.verdict == "move_to_h100" and "InfiniBand (inter-node)" in f.summary
+    assert "inter-node fabric" in f.action
+    # the same job told its inter-node link is 400 Gb/s: not the link
+    fast = only(judge(records, scope="job", detectors={"sync_bottleneck": {
+        "inter_node_bytes_per_second": 50e9}}), "sync_bottleneck")
+    assert fast.verdict == "fix_here"
+
+
+def test_what_was_not_timed_is_said() -> None:
+    records = run(4, rotating)
+    records.append(Event(0, START + 1, "collective_timing", {
+        "ddp": "not timed: no autograd queue_callback in this torch",
+        "work_wait": "Work.wait on the current stream"}))
+    f = only(judge(records, scope="job"), "sync_bottleneck")
+    assert "; not timed: ddp (no autograd queue_callback in this torch)." in f.summary
+    assert "work_wait" not in f.summary
+
+
+def test_split_aligns_steps_by_number_and_breaks_ties_evenly() -> None:
+    views = []
+    for r in range(2):
+        v = Telemetry(r)
+        v.add([s for s in run(2, lambda r, k: 0.01)[1:] if isinstance(s, Step) and s.rank == r])
+        views.append(v)
+    result = split(views, START, 10)
+    assert result is not None and result.last_share == {0: 0.5, 1: 0.5}
+    assert abs(result.transfer_s - 0.01) < 1e-12 and result.mean_skew_s == 0
+
+
+def test_published_step_waits_round_trip_compactly() -> None:
+    steps = [s for s in run(1, rotating) if isinstance(s, Step)]
+    data = encode_steps(steps)
+    waits = decode_steps(data)
+    assert [w.step for w in waits] == list(range(N_STEPS - len(waits) + 1, N_STEPS + 1))
+    assert abs(waits[-1].wait_s - rotating(0, N_STEPS)) < 1e-6
+
+
+def live(records: list[Record], **settings: Any) -> list[Finding]:
+    """Rank 0's live judgement: its own steps, the others only as published summaries."""
+    engine = engine_from_settings(Settings(**settings), "job", "job")
+    own = Telemetry(0)
+    own.add([r for r in records if r.rank == 0])
+    engine.views[0] = own
+    world = 1 + max(r.rank for r in records)
+    for rank in range(1, world):
+        peer = Telemetry(rank)
+        peer.add([r for r in records if r.rank == rank])
+        view = PeerView(rank)
+        view.update(summary(peer, f"node-{rank}", START + N_STEPS * WALL), "job", world)
+        engine.views[rank] = view.telemetry
+    end = START + N_STEPS * WALL
+    engine.evaluate(end)
+    engine.evaluate(end + 6)  # past the rules' for_s
+    return engine.active()
+
+
+def test_live_judgement_from_published_waits_matches_offline() -> None:
+    rotating_live = only(live(run(4, rotating)), "sync_bottleneck")
+    assert rotating_live.verdict == "fix_here"
+    assert "different one from step to step" in rotating_live.summary
+    verdicts = {(f.detector, tuple(f.ranks)) for f in live(slow_rank_two())}
+    assert verdicts == {("straggler", (2,))}
