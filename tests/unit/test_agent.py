@@ -72,10 +72,12 @@ def test_stop_returns_within_two_seconds_while_nvml_hangs(tmp_path: Path) -> Non
     agent = Agent(s, nvml_library=lib, memory_stats=None, environ={})
     monitor = Monitor(agent)
     agent.start()
+    with monitor.step():  # a lone process knows it is one once a step ends: sampling starts
+        pass
     deadline = time.monotonic() + 5
     while lib.calls["nvmlDeviceGetUtilizationRates"] == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    for _ in range(10):
+    for _ in range(9):
         with monitor.step():
             pass
     start = time.monotonic()
@@ -95,7 +97,8 @@ def test_allocator_probe_runs_on_the_agent_thread(tmp_path: Path) -> None:
         return {"num_alloc_retries": 2, "num_ooms": 0, "reserved_bytes.all.current": 7}
 
     s = Settings(out_dir=tmp_path, sample_interval_s=0.05)
-    agent = Agent(s, nvml_library=None, memory_stats=memory_stats, environ={})
+    agent = Agent(s, nvml_library=None, memory_stats=memory_stats,
+                  environ={"RANK": "0", "WORLD_SIZE": "1"})  # settled: sampling from the start
     agent.start()
     time.sleep(0.3)
     agent.stop()
@@ -106,11 +109,18 @@ def test_allocator_probe_runs_on_the_agent_thread(tmp_path: Path) -> None:
 
 
 def test_rank_and_run_log_name_follow_torchrun_environment(tmp_path: Path) -> None:
-    s = Settings(out_dir=tmp_path)
+    s = Settings(out_dir=tmp_path, exporter={"enabled": False})
     agent = Agent(s, nvml_library=None, memory_stats=None,
-                  environ={"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
-    assert agent.runlog_path == tmp_path / "run-rank3.jsonl"
+                  environ={"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4",
+                           "TORCHELASTIC_RESTART_COUNT": "2"})
     assert (agent.identity.rank, agent.identity.local_rank, agent.identity.world_size) == (3, 1, 4)
+    agent.start()
+    agent.stop()
+    assert agent.runlog_path == tmp_path / "run-rank3.attempt2.jsonl"  # torchrun's 2nd restart
+    meta = next(iter(RunLogReader(tmp_path / "run-rank3.attempt2.jsonl")))
+    assert isinstance(meta, Meta)
+    assert (meta.run, meta.attempt, meta.identity, meta.device) == (tmp_path.name, 2,
+                                                                    "torchrun", 1)
 
 
 def test_unknown_phase_and_bad_config_never_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

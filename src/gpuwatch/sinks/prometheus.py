@@ -32,7 +32,7 @@ from gpuwatch.records import Finding, Record, Sample, Step
 
 log = logging.getLogger("gpuwatch")
 
-BASE_LABELS = ("job", "host", "rank", "local_rank")
+BASE_LABELS = ("job", "run", "host", "rank", "local_rank")
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 30.0, 60.0, 120.0)
 PHASES = ("data", "compute", "optimizer", "checkpoint", "collective", "recompute", "other")
@@ -309,13 +309,18 @@ class Exporter:
             with conn, contextlib.suppress(OSError):  # a scraper gone mid-request
                 self._respond(conn)
 
-    def start(self, addr: str, port: int) -> bool:
-        """Bind and serve; False (warned once) when the port is taken."""
-        try:
-            listener = socket.create_server((addr, port), backlog=16)
-        except OSError as exc:
+    def start(self, addr: str, port: int, tries: int = 1) -> bool:
+        """Bind ``port`` (or, when taken, the next of ``tries`` ports up) and serve;
+        False (warned once) when none is free."""
+        for candidate in range(port, min(port + max(tries, 1), 65536)):
+            try:
+                listener = socket.create_server((addr, candidate), backlog=16)
+                break
+            except OSError as exc:
+                error = exc
+        else:
             log.warning("gpuwatch: metrics endpoint %s:%d unavailable (%s); training goes on "
-                        "without it", addr, port, exc.strerror or exc)
+                        "without it", addr, port, error.strerror or error)
             return False
         self._listener = listener
         self.port = listener.getsockname()[1]
