@@ -357,6 +357,9 @@ class Agent:
 
     def _setup_gpu(self, torch: Any) -> None:
         ident = self.identity
+        device = ident.device  # seen in use, else one GPU per local rank (the convention)
+        if device is None and ident.world_size > 1:
+            device = ident.local_rank
         if self.settings.nvml:
             nvml = Nvml(self._nvml_library, self.faults)
             if nvml.init():
@@ -364,8 +367,8 @@ class Agent:
                 gpus = self.settings.gpus
                 if gpus is None:
                     env = dict(self._env)
-                    if ident.device is not None:  # the index among the visible GPUs
-                        env["LOCAL_RANK"] = str(ident.device)
+                    if device is not None:  # the index among the visible GPUs
+                        env["LOCAL_RANK"] = str(device)
                     gpus = visible_gpu_indices(nvml, env)
                 host = self._host
                 self._gpu_sampler = NvmlSampler(
@@ -375,8 +378,7 @@ class Agent:
                                    read_topology(nvml, gpus))])
         stats = self._memory_stats
         if stats is _DEFAULT:
-            device = ident.device if ident.device is not None else ident.local_rank
-            stats = torch_memory_stats(device) if torch is not None else None
+            stats = torch_memory_stats(device or 0) if torch is not None else None
         if callable(stats):
             self._allocator = AllocatorProbe(stats, ident.rank, ident.local_rank)
         if self._nvml is None and self._allocator is None:

@@ -119,8 +119,7 @@ def test_rank_and_run_log_name_follow_torchrun_environment(tmp_path: Path) -> No
     assert agent.runlog_path == tmp_path / "run-rank3.attempt2.jsonl"  # torchrun's 2nd restart
     meta = next(iter(RunLogReader(tmp_path / "run-rank3.attempt2.jsonl")))
     assert isinstance(meta, Meta)
-    assert (meta.run, meta.attempt, meta.identity, meta.device) == (tmp_path.name, 2,
-                                                                    "torchrun", 1)
+    assert (meta.run, meta.attempt, meta.identity) == (tmp_path.name, 2, "torchrun")
 
 
 def test_unknown_phase_and_bad_config_never_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

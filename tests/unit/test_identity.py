@@ -40,22 +40,22 @@ def who(environ: dict[str, str], group: tuple[int, int] | None = None,
 
 def test_torchrun_environment_is_settled_at_once() -> None:
     env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
-    assert who(env) == (5, 8, 1, 1, "torchrun", True)
+    assert who(env) == (5, 8, 1, None, "torchrun", True)
 
 
 def test_mp_spawn_ranks_come_from_the_process_group() -> None:
     # mp.spawn: no launcher environment at all; init_process_group(rank=2, world_size=3)
-    assert who({}, group=(2, 3)) == (2, 3, 2, 2, "process_group", True)
+    assert who({}, group=(2, 3)) == (2, 3, 2, None, "process_group", True)
     assert who({}, group=(2, 3), device=0) == (2, 3, 0, 0, "process_group", True)
 
 
 def test_srun_tasks_take_slurm_ranks_until_a_group_says_otherwise() -> None:
     slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"}
-    assert who(slurm) == (3, 4, 1, 1, "slurm", False)  # a group may still come
-    assert who(slurm, group=(3, 4)) == (3, 4, 1, 1, "process_group", True)
+    assert who(slurm) == (3, 4, 1, None, "slurm", False)  # a group may still come
+    assert who(slurm, group=(3, 4)) == (3, 4, 1, None, "process_group", True)
     # one srun task that mp.spawns 4 ranks itself: SLURM's numbers are the task's, not theirs
     task = {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"}
-    assert who(task, group=(2, 4)) == (2, 4, 2, 2, "process_group", True)
+    assert who(task, group=(2, 4)) == (2, 4, 2, None, "process_group", True)
 
 
 def test_a_group_overrides_an_environment_that_disagrees() -> None:

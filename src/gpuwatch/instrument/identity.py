@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Where this process sits in the job. ``device`` is the torch CUDA device index
-    (None when the process has no GPU in use); ``source`` names where the rank came
-    from: ``process_group``, ``torchrun``, ``slurm``, ``explicit`` or ``single``."""
+    """Where this process sits in the job. ``device`` is the torch CUDA device index the
+    process was seen to use (None until then: the agent then assumes the local rank's
+    GPU in a multi-rank job); ``source`` names where the rank came from:
+    ``process_group``, ``torchrun``, ``slurm``, ``explicit`` or ``single``."""
 
     job: str
     host: str
@@ -134,8 +135,6 @@ def resolve(job: str, environ: Mapping[str, str], group: tuple[int, int] | None 
         local = device
     else:
         local = rank if world > 1 else 0
-    if device is None and world > 1:
-        device = local  # one GPU per local rank: the launchers' convention
     identity = Identity(job=job, host=host, rank=rank, local_rank=local, world_size=world,
                         device=device, source=source)
     return identity, source in ("process_group", "torchrun")
@@ -145,7 +144,4 @@ def explicit(job: str, rank: int, local_rank: int, world_size: int,
              device: int | None = None) -> Identity:
     """The identity a framework adapter knows (it asked the trainer)."""
     return Identity(job=job, host=socket.gethostname(), rank=rank, local_rank=local_rank,
-                    world_size=world_size,
-                    device=device if device is not None else (local_rank if world_size > 1
-                                                              else None),
-                    source="explicit")
+                    world_size=world_size, device=device, source="explicit")
