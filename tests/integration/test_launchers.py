@@ -21,8 +21,11 @@ from tests.integration.conftest import SCRIPTS, gpuwatch_cmd, read, run, steps
 
 pytestmark = pytest.mark.integration
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-# a stall bound far below any gap between two attempts (a new interpreter imports torch)
-SHORT_HANG = {"GPUWATCH_DETECTORS__HANG__MIN_SECONDS": "1"}
+# A stall bound well below the gap between two attempts (each attempt starts with
+# STARTUP_S of loading before its first step) and well above the wait of the surviving
+# rank while torchrun tears a failed attempt down.
+SHORT_HANG = {"GPUWATCH_DETECTORS__HANG__MIN_SECONDS": "5"}
+STARTUP_S = "10"
 
 
 def metas(out: Path) -> dict[str, Meta]:
@@ -84,9 +87,10 @@ def test_mp_spawn_ranks_each_get_their_log_and_port_and_the_slow_one_is_named(
 def test_torchrun_restart_is_a_second_attempt_not_a_hang(tmp_path: Path) -> None:
     out = tmp_path / "run"
     marker = tmp_path / "failed-once"
-    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", *TORCHRUN, "--nproc-per-node", "2",
-                            "--max-restarts", "1", "--monitor-interval", "0.5",
-                            str(SCRIPTS / "fails_once.py"), "--marker", str(marker)),
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", *TORCHRUN, "--standalone",
+                            "--nproc-per-node", "2", "--max-restarts", "1",
+                            "--monitor-interval", "0.5", str(SCRIPTS / "restartable.py"),
+                            "--fail-once", str(marker), "--startup-seconds", STARTUP_S),
                cwd=tmp_path, timeout=300, extra_env=SHORT_HANG)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.exists() and "rank 1 fails at step 20" in proc.stdout + proc.stderr
@@ -104,12 +108,12 @@ def test_torchrun_restart_is_a_second_attempt_not_a_hang(tmp_path: Path) -> None
     assert [f for f in analyzed([tmp_path / "control"], tmp_path) if f["detector"] == "hang"]
 
 
-def test_reused_out_dir_is_a_second_attempt_not_a_hang(tmp_path: Path, example: Path) -> None:
+def test_reused_out_dir_is_a_second_attempt_not_a_hang(tmp_path: Path) -> None:
     out = tmp_path / "run"
     for _ in range(2):
         proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
-                                str(example / "plain_train.py"), "--steps", "30",
-                                "--ckpt-every", "0"),
+                                str(SCRIPTS / "restartable.py"), "--steps", "30",
+                                "--startup-seconds", STARTUP_S),
                    cwd=tmp_path, extra_env=SHORT_HANG)
         assert proc.returncode == 0, proc.stderr[-3000:]
     got = metas(out)

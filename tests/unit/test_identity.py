@@ -69,13 +69,12 @@ def test_a_lone_process_is_rank_zero_of_one_but_not_settled() -> None:
 
 
 def fake_torch(current: list[int]) -> tuple[Any, list[Any]]:
-    """torch.cuda and the optimizer hook registry as the device hook sees them (no GPU here)."""
+    """torch.cuda as the device hook sees it (no GPU here), and a list for its optimizer
+    pre-hook."""
     hooks: list[Any] = []
     cuda = SimpleNamespace(set_device=lambda device: current.__setitem__(0, int(device)),
                            current_device=lambda: current[0])
-    optim = SimpleNamespace(optimizer=SimpleNamespace(
-        register_optimizer_step_pre_hook=hooks.append))
-    return SimpleNamespace(cuda=cuda, optim=optim), hooks
+    return SimpleNamespace(cuda=cuda), hooks
 
 
 def optimizer_on(*devices: int | None) -> Any:
@@ -88,7 +87,7 @@ def test_device_hook_takes_set_device_else_the_first_cuda_parameters() -> None:
     hints, woken = Hints(), []
     hints.listen(lambda: woken.append(1))
     torch, hooks = fake_torch([0])
-    watch_device(torch, hints)
+    watch_device(torch, hooks.append, hints)
     (first_params,) = hooks
     first_params(optimizer_on(None, 2), (), {})  # a CPU parameter, then one on cuda:2
     assert hints.device == 2 and woken
@@ -99,7 +98,7 @@ def test_device_hook_takes_set_device_else_the_first_cuda_parameters() -> None:
 
     hints = Hints()
     torch, hooks = fake_torch([0])
-    watch_device(torch, hints)
+    watch_device(torch, hooks.append, hints)
     cpu_only = optimizer_on(None)
     hooks[0](cpu_only, (), {})
     assert hints.device is None and cpu_only._gpuwatch_device_seen  # looked once, no GPU

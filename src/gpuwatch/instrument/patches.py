@@ -120,7 +120,7 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
     timed_save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
     torch.save = timed_save
     torch.serialization.save = timed_save
-    watch_device(torch)
+    watch_device(torch, register_optimizer_step_pre_hook)
 
 
 def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: int | None = None,
@@ -317,7 +317,8 @@ def in_dataloader_worker() -> bool:
         return True
 
 
-def watch_device(torch: Any, hints: Hints = HINTS) -> None:
+def watch_device(torch: Any, register_pre_hook: Callable[[Any], Any],
+                 hints: Hints = HINTS) -> None:
     """Tell ``hints`` which CUDA device this process uses: the one ``torch.cuda.set_device``
     chose, else that of the first CUDA parameters an optimizer steps (metadata only,
     once per optimizer until one is found)."""
@@ -341,7 +342,7 @@ def watch_device(torch: Any, hints: Hints = HINTS) -> None:
                     hints.saw_device(param.device.index, chosen=False)
                     return
 
-    torch.optim.optimizer.register_optimizer_step_pre_hook(first_cuda_params)
+    register_pre_hook(first_cuda_params)
 
 
 def watch_process_group(lazy: LazyPush, c10d: Any, hints: Hints = HINTS) -> None:
