@@ -22,7 +22,7 @@ def run_demo(seconds: float, out_dir: Path | None = None) -> int:
         torch: Any = importlib.import_module("torch")
     except ImportError:
         raise SystemExit("gpuwatch demo needs torch: pip install torch") from None
-    from gpuwatch.monitor import watch
+    from gpuwatch.monitor import attach
     from gpuwatch.sinks.runlog import create_run_dir
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,7 +31,9 @@ def run_demo(seconds: float, out_dir: Path | None = None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=device == "cuda")
     loader = _loader(torch)
     out = out_dir or create_run_dir(Path("runs"), "demo")
-    monitor = watch(job="demo", console=True, out_dir=out)
+    # one process, and it says so: the agent need not wait for a first step to know it
+    monitor = attach({"job": "demo", "console": True, "out_dir": out}, rank=0, local_rank=0,
+                     world_size=1)
     ckpt = out / "demo-checkpoint.pt"
     print(f"gpuwatch demo: training a {_params(model) / 1e6:.1f}M-parameter GPT on {device} "
           f"for {seconds:g} s; run directory: {out}", flush=True)
