@@ -200,3 +200,22 @@ def _has_steps(port: int) -> bool:
         return scrape_labels(port) is not None
     except AssertionError:
         return False
+
+
+def test_lightning_ddp_spawn_ranks_learn_their_place_from_the_process_group(
+        tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    out = tmp_path / "run"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(SCRIPTS / "lightning_spawn.py"), "--steps", "30"),
+               cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = metas(out)
+    assert sorted(got) == ["run-rank0.jsonl", "run-rank1.jsonl"]
+    assert sorted((m.rank, m.world_size, m.local_rank, m.identity) for m in got.values()) == [
+        (0, 2, 0, "process_group"), (1, 2, 1, "process_group")]
+    ports = {m.metrics_port for m in got.values()}
+    assert None not in ports and len(ports) == 2
+    for rank in (0, 1):
+        logged = steps(read(out / f"run-rank{rank}.jsonl"))
+        assert len(logged) == 30 and {s.rank for s in logged} == {rank}
