@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatch.records import Meta
-from tests.integration.conftest import SCRIPTS, gpuwatch_cmd, read, run, steps
+from tests.integration.conftest import SCRIPTS, free_port, gpuwatch_cmd, read, run, steps
 
 pytestmark = pytest.mark.integration
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -219,3 +219,25 @@ def test_lightning_ddp_spawn_ranks_learn_their_place_from_the_process_group(
     for rank in (0, 1):
         logged = steps(read(out / f"run-rank{rank}.jsonl"))
         assert len(logged) == 30 and {s.rank for s in logged} == {rank}
+
+
+HOOKED_INIT = """
+import sys
+from gpuwatch.instrument.attach import install
+from gpuwatch.instrument.identity import HINTS
+install(start=lambda: (lambda code, value=None: None))
+import torch.distributed as dist
+from torch.distributed import distributed_c10d
+assert dist.init_process_group is distributed_c10d.init_process_group
+assert hasattr(dist.init_process_group, "__wrapped__")  # the hook, on both names
+assert HINTS.group is None
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[1], rank=0,
+                        world_size=1)
+print(HINTS.group)
+"""
+
+
+def test_init_process_group_hook_reports_the_group(tmp_path: Path) -> None:
+    proc = run([sys.executable, "-c", HOOKED_INIT, str(free_port())], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "(0, 1)"

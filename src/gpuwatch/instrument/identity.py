@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -44,22 +43,21 @@ class Identity:
 class Hints:
     """What the hooks saw in the training threads, for the agent to read.
 
-    Writes are single attribute stores (atomic under the GIL); ``listen`` registers a
-    callable (the agent's wake-up) that each new fact calls.
+    Writes are single attribute stores and list operations, atomic under the GIL (no
+    lock: a forked DataLoader worker must never inherit a held one); ``listen``
+    registers a callable (the agent's wake-up) that each new fact calls.
     """
 
     def __init__(self) -> None:
         self.group: tuple[int, int] | None = None  # (rank, world size)
         self.device: int | None = None
         self._listeners: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
 
     def listen(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            self._listeners.append(callback)
+        self._listeners.append(callback)
 
     def unlisten(self, callback: Callable[[], None]) -> None:
-        with self._lock, contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError):
             self._listeners.remove(callback)
 
     def saw_group(self, rank: int, world_size: int) -> None:
@@ -74,9 +72,7 @@ class Hints:
         self._notify()
 
     def _notify(self) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for callback in listeners:
+        for callback in list(self._listeners):
             callback()
 
 
