@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gpuwatch.agent import Agent
-from gpuwatch.config import Settings
+from gpuwatch.config import ExporterSettings, Settings
 from gpuwatch.monitor import Monitor, watch
 from gpuwatch.records import Event, Meta, Record, Sample, Step
 from gpuwatch.sinks.runlog import RunLogReader
@@ -27,7 +27,13 @@ def run_agent(tmp_path: Path, steps: int = 20, lib: Any = None,
             time.sleep(0.005)
     time.sleep(0.15)
     agent.stop()
-    return agent, list(RunLogReader(agent.runlog_path))
+    return agent, list(RunLogReader(logged(agent)))
+
+
+def logged(agent: Agent) -> Path:
+    """The run log an agent claimed (once its identity settled)."""
+    assert agent.runlog_path is not None
+    return agent.runlog_path
 
 
 def of(records: list[Record], kind: type) -> list[Any]:
@@ -83,7 +89,7 @@ def test_stop_returns_within_two_seconds_while_nvml_hangs(tmp_path: Path) -> Non
     start = time.monotonic()
     agent.stop()
     assert time.monotonic() - start < 2.0
-    records = list(RunLogReader(agent.runlog_path))
+    records = list(RunLogReader(logged(agent)))
     assert len(of(records, Step)) == 10  # written by stop() itself
     assert agent.faults.counts["agent"] == 1
     agent.stop()  # idempotent
@@ -102,14 +108,14 @@ def test_allocator_probe_runs_on_the_agent_thread(tmp_path: Path) -> None:
     agent.start()
     time.sleep(0.3)
     agent.stop()
-    records = list(RunLogReader(agent.runlog_path))
+    records = list(RunLogReader(logged(agent)))
     alloc = [r for r in of(records, Sample) if r.source == "allocator"]
     assert alloc and alloc[-1].values["allocator_alloc_retries_total"] == 2
     assert not [e for e in of(records, Event) if e.name == "host_only"]
 
 
 def test_rank_and_run_log_name_follow_torchrun_environment(tmp_path: Path) -> None:
-    s = Settings(out_dir=tmp_path, exporter={"enabled": False})
+    s = Settings(out_dir=tmp_path, exporter=ExporterSettings(enabled=False))
     agent = Agent(s, nvml_library=None, memory_stats=None,
                   environ={"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4",
                            "TORCHELASTIC_RESTART_COUNT": "2"})

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gpuwatch.agent import Agent, default_out_dir
-from gpuwatch.config import Settings
+from gpuwatch.config import ExporterSettings, Settings
 from gpuwatch.detection.replay import analyze
 from gpuwatch.instrument.identity import Hints, resolve
 from gpuwatch.instrument.patches import watch_device
@@ -114,7 +114,7 @@ def wait_for(condition: Any, seconds: float = 10.0) -> None:
 def test_marks_before_the_rank_is_known_are_held_then_logged_under_it(tmp_path: Path) -> None:
     hints = Hints()
     settings = Settings(out_dir=tmp_path, flush_interval_s=0.05, sample_interval_s=0.05,
-                        exporter={"enabled": False})
+                        exporter=ExporterSettings(enabled=False))
     agent = Agent(settings, nvml_library=None, memory_stats=None, environ={}, hints=hints)
     monitor = Monitor(agent)
     agent.start()
@@ -138,7 +138,8 @@ def test_marks_before_the_rank_is_known_are_held_then_logged_under_it(tmp_path: 
 
 
 def test_a_lone_process_settles_at_its_first_step(tmp_path: Path) -> None:
-    settings = Settings(out_dir=tmp_path, flush_interval_s=0.05, exporter={"enabled": False})
+    settings = Settings(out_dir=tmp_path, flush_interval_s=0.05,
+                        exporter=ExporterSettings(enabled=False))
     agent = Agent(settings, nvml_library=None, memory_stats=None, environ={}, hints=Hints())
     monitor = Monitor(agent)
     agent.start()
