@@ -135,7 +135,6 @@ class Agent:
         self._env = env
         self._hints = hints
         self._settled = identity is not None
-        self._given = identity is not None
         if identity is None:
             identity, self._settled = self._resolve()
         self.identity = identity
@@ -253,8 +252,7 @@ class Agent:
                     self._wake.clear()
             finally:
                 self._hints.unlisten(self._wake.set)
-            if not self._given:
-                self.identity, _ = self._resolve()
+            self.identity, _ = self._resolve()  # the latest word, however the wait ended
         ident = self.identity
         self.assembler.rank = ident.rank
         self.telemetry = self.engine.view(ident.rank)
