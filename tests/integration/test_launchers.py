@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatch.records import Meta
+from gpuwatch.sinks.runlog import attempt_of
 from tests.integration.conftest import SCRIPTS, free_port, gpuwatch_cmd, read, run, steps
 
 pytestmark = pytest.mark.integration
@@ -50,13 +51,17 @@ def analyzed(paths: list[Path], tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def one_timeline(out: Path, control: Path) -> None:
-    """The logs of every attempt of each rank concatenated into one file per rank, as
-    gpuwatch used to append a restart to the same log: the control for 'no hang'."""
+    """The records of every attempt of each rank in one file per rank under the first
+    attempt's meta line, as one process would have logged them: the control for 'no
+    hang' (the gap between the attempts must be long enough to be a stall)."""
     control.mkdir()
-    for log in sorted(out.glob("run*.jsonl")):
-        base = log.name.split(".")[0] + ".jsonl"
-        with open(control / base, "ab") as f:
-            f.write(log.read_bytes())
+    for log in sorted(out.glob("run*.jsonl"),
+                      key=lambda p: (p.name.split(".")[0], attempt_of(p.name))):
+        base = control / (log.name.split(".")[0] + ".jsonl")
+        lines = log.read_bytes().splitlines(keepends=True)
+        later = base.exists()
+        with open(base, "ab") as f:
+            f.write(b"".join(lines[1:] if later else lines))
 
 
 def test_mp_spawn_ranks_each_get_their_log_and_port_and_the_slow_one_is_named(

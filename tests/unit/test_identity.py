@@ -231,3 +231,10 @@ def test_the_gap_between_attempts_is_a_restart_not_a_hang(tmp_path: Path) -> Non
                   [meta(rank, 2), *attempt(rank, True), *attempt(rank, False)])
     hangs = [f for f in analyze([control], Settings()).findings if f.detector == "hang"]
     assert sorted(r for f in hangs for r in f.ranks) == [0, 1]
+    # an older log: the restart appended to the same file, after a meta line of its own
+    legacy = tmp_path / "legacy"
+    for rank in (0, 1):
+        write_log(legacy / f"run-rank{rank}.jsonl",
+                  [meta(rank, 2), *attempt(rank, True),
+                   replace(meta(rank, 2), started=restarted - 5), *attempt(rank, False)])
+    assert not [f for f in analyze([legacy], Settings()).findings if f.detector == "hang"]
