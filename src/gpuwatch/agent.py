@@ -8,20 +8,26 @@ child (a DataLoader worker inherits it but never runs it). It installs no signal
 handler: SIGTERM ends the process as promptly as it would without gpuwatch,
 even inside a long C call, and the run log then misses at most the last
 ``flush_interval_s`` of steps.
+
+Identity first: until the process knows its rank (a process group, torchrun's
+environment; see ``instrument.identity``) the thread holds the hot path's marks,
+at most a ring's worth and ``IDENTITY_WAIT_S``, or until the first step ends
+(a process that steps without a process group is what its environment says).
+Then it claims its own run log (one per rank and attempt), binds its metrics
+port (``exporter.port`` + local rank, the next free one if taken) and writes
+what it held.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
+import itertools
 import os
-import socket
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +35,17 @@ from gpuwatch._version import __version__
 from gpuwatch.config import Settings, detection_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.faults import FaultLog, log
+from gpuwatch.instrument import ring
+from gpuwatch.instrument.identity import (
+    HINTS,
+    Hints,
+    Identity,
+    current_device,
+    process_group,
+    resolve,
+)
 from gpuwatch.instrument.patches import COVERAGE
-from gpuwatch.instrument.ring import MarkRing
+from gpuwatch.instrument.ring import Mark, MarkRing
 from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.probes.allocator import AllocatorProbe, torch_memory_stats
 from gpuwatch.probes.host import HostProbe
@@ -43,7 +58,7 @@ from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sampl
 from gpuwatch.redact import redact_argv
 from gpuwatch.sinks.console import ConsoleStatus, status_line
 from gpuwatch.sinks.prometheus import Exporter, ExporterState, node_name
-from gpuwatch.sinks.runlog import RunLogWriter
+from gpuwatch.sinks.runlog import RunLogWriter, claim_runlog, create_run_dir
 from gpuwatch.sinks.slack import SlackNotifier, job_notifier
 from gpuwatch.sinks.slack_relay import StoreRelay
 from gpuwatch.sinks.trackers import figures
@@ -52,44 +67,64 @@ from gpuwatch.telemetry import Telemetry
 STOP_TIMEOUT_S = 2.0
 STUCK_CALL_S = 0.5  # an NVML call in flight this long is taken as hung
 LATENCY_REPORT_S = 60.0
+IDENTITY_WAIT_S = 30.0  # the longest marks are held for a process to learn its rank
+PORT_TRIES = 64  # exporter.port + local rank, then the next ports up, this many in all
 _DEFAULT = object()
+_STEP_ENDS = frozenset({ring.STEP_END, ring.STEP_BOUNDARY})
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Where this process sits in the job (from torchrun's environment when present)."""
-
-    job: str
-    host: str
-    rank: int
-    local_rank: int
-    world_size: int
-
-    @classmethod
-    def from_env(cls, job: str, environ: Mapping[str, str]) -> Identity:
-        def num(name: str, default: int) -> int:
-            value = environ.get(name, "")
-            return int(value) if value.isdigit() else default
-
-        return cls(job=job, host=socket.gethostname(), rank=num("RANK", 0),
-                   local_rank=num("LOCAL_RANK", 0), world_size=num("WORLD_SIZE", 1))
+def launch_key(environ: Mapping[str, str]) -> str | None:
+    """A name every rank of one launch shares: torchrun's run id (unless ``none``),
+    SLURM's job and step; None when the launcher gives none."""
+    run_id = environ.get("TORCHELASTIC_RUN_ID", "")
+    if run_id and run_id != "none":
+        return run_id
+    slurm_job = environ.get("SLURM_JOB_ID")
+    if slurm_job:
+        step = environ.get("SLURM_STEP_ID")
+        return f"slurm{slurm_job}" + (f".{step}" if step else "")
+    return None
 
 
-def default_out_dir(settings: Settings, environ: Mapping[str, str]) -> Path:
-    """runs/<job>-<id>: torchrun's run id when there is one (so all ranks agree), else the time."""
-    run_id = environ.get("TORCHELASTIC_RUN_ID") or time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{settings.job}-{run_id}"
+def parent_key() -> str:
+    """The launching process (torchrun's agent, the ``mp.spawn`` parent): its start time
+    and pid, the same for all the ranks it starts and its restarts of them."""
+    import psutil
+
+    try:
+        parent = psutil.Process().parent()
+        started = parent.create_time() if parent is not None else time.time()
+    except psutil.Error:
+        started = time.time()
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}-p{os.getppid()}"
 
 
-def runlog_name(identity: Identity) -> str:
-    return "run.jsonl" if identity.world_size == 1 else f"run-rank{identity.rank}.jsonl"
+def default_out_dir(settings: Settings, identity: Identity, environ: Mapping[str, str]) -> Path:
+    """The run directory when none is configured: ``runs/<job>-<key>`` shared by the
+    ranks of one launch (``launch_key``, else the launching process), or for a lone
+    process a new directory of its own (``create_run_dir``)."""
+    key = launch_key(environ)
+    if key is None and (identity.world_size > 1 or "TORCHELASTIC_RESTART_COUNT" in environ):
+        key = parent_key()
+    if key is None:
+        return create_run_dir(Path("runs"), settings.job)
+    return Path("runs") / f"{settings.job}-{key}"
+
+
+def restart_count(environ: Mapping[str, str]) -> int:
+    """How often torchrun has restarted this worker (0 without torchrun)."""
+    value = environ.get("TORCHELASTIC_RESTART_COUNT", "")
+    return int(value) if value.isdigit() else 0
 
 
 class Agent:
     """Owns the ring, the probes, the thread and the sinks of one training process.
 
     ``nvml_library`` and ``memory_stats`` are injectable (fakes in tests); by default
-    the agent uses pynvml and ``torch.cuda.memory_stats`` when they exist.
+    the agent uses pynvml and ``torch.cuda.memory_stats`` when they exist. ``identity``
+    is for a caller that knows it (a framework adapter); otherwise it is resolved from
+    ``hints`` (what the torch hooks saw), the process group and ``environ``.
+    ``out_dir``, ``runlog_path`` and ``attempt`` are None until the identity settles.
     """
 
     def __init__(
@@ -99,15 +134,24 @@ class Agent:
         nvml_library: Any = _DEFAULT,
         memory_stats: Callable[[], Mapping[str, Any]] | object | None = _DEFAULT,
         environ: Mapping[str, str] | None = None,
+        identity: Identity | None = None,
+        hints: Hints = HINTS,
     ) -> None:
         env = os.environ if environ is None else environ
         self.settings = settings
-        self.identity = Identity.from_env(settings.job, env)
-        self.out_dir = settings.out_dir or default_out_dir(settings, env)
-        self.runlog_path = self.out_dir / runlog_name(self.identity)
+        self._env = env
+        self._hints = hints
+        self._settled = identity is not None
+        if identity is None:
+            identity, self._settled = self._resolve()
+        self.identity = identity
+        self.out_dir: Path | None = settings.out_dir
+        self.runlog_path: Path | None = None
+        self.attempt: int | None = None
         self.faults = FaultLog()
-        self.engine = engine_from_settings(settings, "rank", self.identity.job)
-        self.telemetry: Telemetry = self.engine.view(self.identity.rank)
+        self.engine = engine_from_settings(settings, "rank", identity.job)
+        self.telemetry = Telemetry(identity.rank)  # the engine's own view once settled
+        self._held: list[Mark] = []  # marks from before the identity settled
         self._wake = threading.Event()
         self.ring = MarkRing(settings.ring_capacity, wake=self._wake)
         self._stop = threading.Event()
@@ -115,7 +159,6 @@ class Agent:
         self._finishing = threading.Lock()  # the final flush runs once, by whoever gets here
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        self._env = env
         self._nvml_library = load_pynvml() if nvml_library is _DEFAULT else nvml_library
         self._memory_stats = memory_stats
         self._offset = time.time() - time.perf_counter()
@@ -180,6 +223,7 @@ class Agent:
 
     def _run(self) -> None:
         try:
+            self._settle()
             self._setup()
             interval = self.settings.sample_interval_s
             next_sample = time.monotonic()
@@ -208,17 +252,57 @@ class Agent:
         finally:
             self.thread_cpu_s = time.thread_time()
 
-    def _setup(self) -> None:
+    def _resolve(self) -> tuple[Identity, bool]:
+        hints = self._hints
+        device = hints.device if hints.device is not None else current_device()
+        return resolve(self.settings.job, self._env, hints.group or process_group(), device)
+
+    def _settle(self) -> None:
+        """Hold the marks until the identity is settled, the first step has ended, the
+        held marks fill a ring or ``IDENTITY_WAIT_S`` has passed; then adopt it."""
+        if not self._settled:
+            deadline = time.monotonic() + IDENTITY_WAIT_S
+            self._hints.listen(self._wake.set)
+            try:
+                while not self._stop.is_set():
+                    fresh = len(self._held)
+                    self._held.extend(self.ring.drain())
+                    stepped = any(code in _STEP_ENDS for code, _, _ in self._held[fresh:])
+                    self.identity, self._settled = self._resolve()
+                    if (self._settled or stepped or len(self._held) >= self.ring.capacity
+                            or time.monotonic() >= deadline):
+                        break
+                    self._wake.wait(self.settings.flush_interval_s)
+                    self._wake.clear()
+            finally:
+                self._hints.unlisten(self._wake.set)
+            self.identity, _ = self._resolve()  # the latest word, however the wait ended
         ident = self.identity
+        self.assembler.rank = ident.rank
+        self.telemetry = self.engine.view(ident.rank)
+        if self.out_dir is None:
+            self.out_dir = default_out_dir(self.settings, ident, self._env)
+
+    def _setup(self) -> None:
+        ident, out_dir = self.identity, self.out_dir
+        assert out_dir is not None  # set by _settle
         torch = sys.modules.get("torch")
-        self._writer = RunLogWriter(self.runlog_path)
+        first = (self.settings.attempt or 0) + restart_count(self._env)
+        self._writer, self.attempt = claim_runlog(out_dir, ident.rank, ident.world_size, first)
+        self.runlog_path = self._writer.path
+        self._start_exporter()
+        port = self.exporter.port if self.exporter is not None else None
         self._write([Meta(
             schema=SCHEMA_VERSION, gpuwatch=__version__, job=ident.job, host=ident.host,
             rank=ident.rank, local_rank=ident.local_rank, world_size=ident.world_size,
             pid=self._pid, started=time.time(), argv=redact_argv(sys.argv),
             torch=getattr(torch, "__version__", None),
-            detection=detection_settings(self.settings),
+            detection=detection_settings(self.settings), run=self.run_id(),
+            attempt=self.attempt, device=ident.device, identity=ident.source,
+            metrics_port=port,
         )])
+        log.info("gpuwatch: rank %d of %d (%s), attempt %d: %s; metrics port %s", ident.rank,
+                 ident.world_size, ident.source, self.attempt, self.runlog_path, port)
         self._host = HostProbe(ident.rank)
         nccl_on, nccl_how = timing_setting(os.environ)
         dump = default_dump() if nccl_on else None
@@ -226,29 +310,33 @@ class Agent:
         if ident.world_size > 1:  # what collective waits can be seen, and how
             self._write([Event(ident.rank, time.time(), "collective_timing",
                                {**COVERAGE, "nccl_timing": nccl_how})])
-        self._start_exporter()
         self._start_slack()
         self._start_peers()
         if self.settings.console:
             self._console = ConsoleStatus()
         self._setup_gpu(torch)
 
+    def run_id(self) -> str:
+        """What tells apart runs of one job (``run`` in the meta line and the exporter's
+        labels): torchrun's rendezvous id, which every rank on every node shares (its
+        default "none" tells nothing apart), else the run directory's name."""
+        rdzv = self._env.get("TORCHELASTIC_RUN_ID", "none")
+        if rdzv != "none":
+            return f"{self.identity.job}-{rdzv}"
+        return self.out_dir.name if self.out_dir is not None else ""
+
     def _start_exporter(self) -> None:
         cfg, ident = self.settings.exporter, self.identity
         if not cfg.enabled:
             return
         node = node_name(self._env, ident.host)
-        # `run` tells apart runs of one training_job: torchrun's rendezvous id, which
-        # every rank on every node shares (torchrun's default id "none" does not tell
-        # runs apart), else the run directory's name.
-        run_id = self._env.get("TORCHELASTIC_RUN_ID", "none")
-        run = f"{ident.job}-{run_id}" if run_id != "none" else self.out_dir.name
-        labels = {"training_job": ident.job, "run": run, "host": node,
+        labels = {"training_job": ident.job, "run": self.run_id(), "host": node,
                   "rank": str(ident.rank), "local_rank": str(ident.local_rank)}
         state = ExporterState(labels, cfg.max_series, hostname=node,
                               device_metrics=cfg.device_metrics)
         exporter = Exporter(state, on_error=lambda exc: self.faults.record("exporter", exc))
-        if exporter.start(cfg.addr, cfg.port + ident.local_rank if cfg.port else 0):
+        port = cfg.port + ident.local_rank if cfg.port else 0
+        if exporter.start(cfg.addr, port, tries=PORT_TRIES if port else 1):
             self.exporter = exporter
 
     def _start_peers(self) -> None:
@@ -304,6 +392,7 @@ class Agent:
 
     def _start_slack(self) -> None:
         ident = self.identity
+        assert self.out_dir is not None
         try:
             self.slack, self._slack_relay = job_notifier(
                 self.settings, self.out_dir, ident.rank, ident.world_size, job_store,
@@ -318,13 +407,19 @@ class Agent:
 
     def _setup_gpu(self, torch: Any) -> None:
         ident = self.identity
+        device = ident.device  # seen in use, else one GPU per local rank (the convention)
+        if device is None and ident.world_size > 1:
+            device = ident.local_rank
         if self.settings.nvml:
             nvml = Nvml(self._nvml_library, self.faults)
             if nvml.init():
                 self._nvml = nvml
                 gpus = self.settings.gpus
                 if gpus is None:
-                    gpus = visible_gpu_indices(nvml, dict(self._env))
+                    env = dict(self._env)
+                    if device is not None:  # the index among the visible GPUs
+                        env["LOCAL_RANK"] = str(device)
+                    gpus = visible_gpu_indices(nvml, env)
                 host = self._host
                 self._gpu_sampler = NvmlSampler(
                     nvml, gpus, ident.rank, host.pids if host else set,
@@ -333,11 +428,7 @@ class Agent:
                                    read_topology(nvml, gpus))])
         stats = self._memory_stats
         if stats is _DEFAULT:
-            device = ident.local_rank
-            with contextlib.suppress(Exception):
-                if torch is not None and torch.cuda.is_initialized():
-                    device = torch.cuda.current_device()
-            stats = torch_memory_stats(device) if torch is not None else None
+            stats = torch_memory_stats(device or 0) if torch is not None else None
         if callable(stats):
             self._allocator = AllocatorProbe(stats, ident.rank, ident.local_rank)
         if self._nvml is None and self._allocator is None:
@@ -380,8 +471,11 @@ class Agent:
 
     def _drain(self, records: list[Record], final: bool = False) -> None:
         with self._drain_lock:
+            marks: Iterable[Mark] = self.ring.drain()
+            if self._held:  # what came before the identity settled goes first
+                marks, self._held = itertools.chain(self._held, marks), []
             try:
-                self.assembler.feed(self.ring.drain(), records, final)
+                self.assembler.feed(marks, records, final)
             except Exception as exc:
                 self.faults.record("steps", exc)
             self._write(records, final)

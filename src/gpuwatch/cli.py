@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a training command under the agent, no code change",
                          usage="gpuwatch run [--out DIR] [--job NAME] -- CMD [ARGS...]")
-    run.add_argument("--out", type=Path, help="run directory (default runs/<job>-<time>)")
+    run.add_argument("--out", type=Path, help="run directory (default: a new "
+                     "runs/<job>-<time>-<suffix>; a reused one gets the next attempt)")
     run.add_argument("--job", help="job name (default: the script's name)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the training command, after --")
     run.set_defaults(handler=cmd_run)
@@ -159,14 +160,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cmd:
         raise UserError("run needs a command: gpuwatch run [--out DIR] -- CMD [ARGS...]")
     job = args.job or os.environ.get("GPUWATCH_JOB") or job_name(cmd)
-    out = args.out or Path("runs") / f"{job}-{time.strftime('%Y%m%d-%H%M%S')}"
     env = dict(os.environ)
     # what the child will read: fail here, not in it (unless gpuwatch is off)
-    settings = None if disabled(env) else load_settings(job=job, out_dir=out)
+    settings = None if disabled(env) else load_settings(job=job, out_dir=args.out)
     enabled = settings is not None and settings.enabled
+    out = args.out
     if settings is not None and enabled:
         check_names(settings)
-        env.update(GPUWATCH_JOB=job, GPUWATCH_OUT_DIR=str(out.resolve()))
+        out, attempt = run_dir(args.out, job)
+        env.update(GPUWATCH_JOB=job, GPUWATCH_OUT_DIR=str(out.resolve()),
+                   GPUWATCH_ATTEMPT=str(attempt))
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(BOOTSTRAP_DIR), env.get("PYTHONPATH", "")) if p)
     try:
@@ -178,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"gpuwatch: command not executable: {cmd[0]}", file=sys.stderr)
         return 126
     code = _wait_forwarding_signals(child)
-    if enabled:
+    if enabled and out is not None:
         _write_findings(out)
     return code
 
@@ -194,6 +197,20 @@ def check_names(settings: Settings) -> None:
     except OSError as exc:
         raise ConfigError(f"gpuwatch config: cannot read slack.webhook_url_file: "
                           f"{exc.strerror}") from None
+
+
+def run_dir(out: Path | None, job: str) -> tuple[Path, int]:
+    """The run directory of one ``gpuwatch run`` and its first attempt number: a new
+    ``runs/<job>-<time>-<suffix>`` (attempt 0), or ``--out``, where a reused directory
+    continues with the attempt after the last one logged there."""
+    from gpuwatch.sinks.runlog import create_run_dir, next_attempt
+
+    if out is None:
+        try:
+            return create_run_dir(Path("runs"), job), 0
+        except OSError as exc:
+            raise UserError(f"cannot create a run directory under runs/: {exc.strerror}") from None
+    return out, next_attempt(out)
 
 
 def _write_findings(out: Path) -> None:

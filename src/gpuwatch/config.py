@@ -173,7 +173,12 @@ class Settings(BaseSettings):
     job: str = Field(default="train", min_length=1, max_length=128,
                      description="Job name: the `training_job` label, the run directory prefix.")
     out_dir: Path | None = Field(default=None,
-                                 description="Run directory; default runs/<job>-<start time>.")
+                                 description="Run directory; default a new "
+                                             "runs/<job>-<start time>-<suffix>.")
+    attempt: int | None = Field(default=None, ge=0,
+                                description="First attempt number of this launch in its run "
+                                            "directory (`gpuwatch run` sets it); torchrun "
+                                            "restarts add to it. Default: the next free one.")
     sample_interval_s: float = Field(default=1.0, gt=0, le=3600,
                                      description="NVML, allocator and host sampling period.")
     pcie_interval_s: float = Field(default=5.0, ge=1, le=3600,

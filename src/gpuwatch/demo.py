@@ -22,20 +22,21 @@ def run_demo(seconds: float, out_dir: Path | None = None) -> int:
         torch: Any = importlib.import_module("torch")
     except ImportError:
         raise SystemExit("gpuwatch demo needs torch: pip install torch") from None
-    from gpuwatch.monitor import watch
+    from gpuwatch.monitor import attach
+    from gpuwatch.sinks.runlog import create_run_dir
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     model = _tiny_gpt(torch).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=device == "cuda")
     loader = _loader(torch)
-    overrides: dict[str, Any] = {"job": "demo", "console": True}
-    if out_dir is not None:
-        overrides["out_dir"] = out_dir
-    monitor = watch(**overrides)
-    ckpt = monitor.agent.out_dir / "demo-checkpoint.pt"
+    out = out_dir or create_run_dir(Path("runs"), "demo")
+    # one process, and it says so: the agent need not wait for a first step to know it
+    monitor = attach({"job": "demo", "console": True, "out_dir": out}, rank=0, local_rank=0,
+                     world_size=1)
+    ckpt = out / "demo-checkpoint.pt"
     print(f"gpuwatch demo: training a {_params(model) / 1e6:.1f}M-parameter GPT on {device} "
-          f"for {seconds:g} s; run log: {monitor.agent.runlog_path}", flush=True)
+          f"for {seconds:g} s; run directory: {out}", flush=True)
     deadline = time.monotonic() + seconds
     step, loss_value = 0, float("nan")
     batches = iter(loader)

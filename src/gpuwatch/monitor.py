@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +23,7 @@ from gpuwatch.agent import Agent
 from gpuwatch.config import ConfigError, Settings, disabled, load_settings
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
+from gpuwatch.instrument.identity import Identity, explicit
 from gpuwatch.instrument.patches import size_on_disk
 
 
@@ -146,8 +148,7 @@ _current: Monitor | None = None
 def attach(settings: dict[str, Any], *, rank: int, local_rank: int,
            world_size: int) -> Monitor:
     """``watch`` for a framework adapter that knows this process's place in the job."""
-    return _start(settings, {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(local_rank),
-                             "WORLD_SIZE": str(world_size)})
+    return _start(settings, lambda job: explicit(job, rank, local_rank, world_size))
 
 
 def watch(**settings: Any) -> Monitor:
@@ -161,7 +162,10 @@ def watch(**settings: Any) -> Monitor:
     return _start(settings, None)
 
 
-def _start(settings: dict[str, Any], environ: dict[str, str] | None) -> Monitor:
+def _start(settings: dict[str, Any],
+           identity: Callable[[str], Identity] | None) -> Monitor:
+    """Start this process's one agent; ``identity`` (given the job name) when the
+    caller knows it, else the agent resolves it (``instrument.identity``)."""
     global _current
     if _current is not None and not _current.agent.stopped:
         return _current
@@ -171,7 +175,7 @@ def _start(settings: dict[str, Any], environ: dict[str, str] | None) -> Monitor:
         loaded = load_settings(**settings)
         if not loaded.enabled:
             return _inert()
-        agent = Agent(loaded, environ=environ)
+        agent = Agent(loaded, identity=identity(loaded.job) if identity else None)
     except ConfigError as exc:
         log.error("%s; gpuwatch is off for this run", exc)
         return _inert()

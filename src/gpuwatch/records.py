@@ -20,7 +20,8 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class Meta:
-    """The first line of a run log: who wrote it and where."""
+    """The first line of a run log: who wrote it, where, and which run and attempt it is
+    (one log file per rank and attempt)."""
 
     schema: int
     gpuwatch: str
@@ -34,6 +35,11 @@ class Meta:
     argv: list[str] = field(default_factory=list)
     torch: str | None = None
     detection: dict[str, Any] = field(default_factory=dict)  # the detection settings in force
+    run: str = ""  # the run id: the run directory's name
+    attempt: int = 0  # which start of the process within the run (0, then restarts)
+    device: int | None = None  # torch CUDA device index, None without a GPU in use
+    identity: str = ""  # where the rank came from: process_group, torchrun, slurm, ...
+    metrics_port: int | None = None  # the port /metrics is served on, None without one
     kind: Literal["meta"] = "meta"
 
 

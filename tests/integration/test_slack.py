@@ -231,6 +231,8 @@ def test_a_hanging_webhook_never_slows_the_training_step(tmp_path: Path) -> None
         monitor = gpuwatch.watch(out_dir=tmp_path / "run", exporter={"enabled": False},
                                  slack={"webhook_url": hook.url, "timeout_s": 1,
                                         "group_window_s": 0})
+        with monitor.step():  # a lone process knows it is one once a step ends
+            pass
         wait_for(lambda: monitor.agent.slack is not None, 5, "the agent to set up Slack")
         slack = monitor.agent.slack
         assert slack is not None

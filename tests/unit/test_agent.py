@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gpuwatch.agent import Agent
-from gpuwatch.config import Settings
+from gpuwatch.config import ExporterSettings, Settings
 from gpuwatch.monitor import Monitor, watch
 from gpuwatch.records import Event, Meta, Record, Sample, Step
 from gpuwatch.sinks.runlog import RunLogReader
@@ -28,7 +28,13 @@ def run_agent(tmp_path: Path, steps: int = 20, lib: Any = None,
             time.sleep(0.005)  # the step's work
     wait_for(lambda: sample_rounds(agent) >= 2, 10, "two sample rounds")
     agent.stop()
-    return agent, list(RunLogReader(agent.runlog_path))
+    return agent, list(RunLogReader(logged(agent)))
+
+
+def logged(agent: Agent) -> Path:
+    """The run log an agent claimed (once its identity settled)."""
+    assert agent.runlog_path is not None
+    return agent.runlog_path
 
 
 def sample_rounds(agent: Agent) -> int:
@@ -81,14 +87,16 @@ def test_stop_returns_within_two_seconds_while_nvml_hangs(tmp_path: Path) -> Non
     agent = Agent(s, nvml_library=lib, memory_stats=None, environ={})
     monitor = Monitor(agent)
     agent.start()
+    with monitor.step():  # a lone process knows it is one once a step ends: sampling starts
+        pass
     wait_for(lambda: lib.calls["nvmlDeviceGetUtilizationRates"], 5, "the hanging call")
-    for _ in range(10):
+    for _ in range(9):
         with monitor.step():
             pass
     start = time.monotonic()
     agent.stop()
     assert time.monotonic() - start < 2.0
-    records = list(RunLogReader(agent.runlog_path))
+    records = list(RunLogReader(logged(agent)))
     assert len(of(records, Step)) == 10  # written by stop() itself
     assert agent.faults.counts["agent"] == 1
     agent.stop()  # idempotent
@@ -102,22 +110,29 @@ def test_allocator_probe_runs_on_the_agent_thread(tmp_path: Path) -> None:
         return {"num_alloc_retries": 2, "num_ooms": 0, "reserved_bytes.all.current": 7}
 
     s = Settings(out_dir=tmp_path, sample_interval_s=0.05)
-    agent = Agent(s, nvml_library=None, memory_stats=memory_stats, environ={})
+    agent = Agent(s, nvml_library=None, memory_stats=memory_stats,
+                  environ={"RANK": "0", "WORLD_SIZE": "1"})  # settled: sampling from the start
     agent.start()
     wait_for(lambda: len(calls) >= 2, 10, "two allocator reads")
     agent.stop()
-    records = list(RunLogReader(agent.runlog_path))
+    records = list(RunLogReader(logged(agent)))
     alloc = [r for r in of(records, Sample) if r.source == "allocator"]
     assert alloc and alloc[-1].values["allocator_alloc_retries_total"] == 2
     assert not [e for e in of(records, Event) if e.name == "host_only"]
 
 
 def test_rank_and_run_log_name_follow_torchrun_environment(tmp_path: Path) -> None:
-    s = Settings(out_dir=tmp_path)
+    s = Settings(out_dir=tmp_path, exporter=ExporterSettings(enabled=False))
     agent = Agent(s, nvml_library=None, memory_stats=None,
-                  environ={"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
-    assert agent.runlog_path == tmp_path / "run-rank3.jsonl"
+                  environ={"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4",
+                           "TORCHELASTIC_RESTART_COUNT": "2"})
     assert (agent.identity.rank, agent.identity.local_rank, agent.identity.world_size) == (3, 1, 4)
+    agent.start()
+    agent.stop()
+    assert agent.runlog_path == tmp_path / "run-rank3.attempt2.jsonl"  # torchrun's 2nd restart
+    meta = next(iter(RunLogReader(tmp_path / "run-rank3.attempt2.jsonl")))
+    assert isinstance(meta, Meta)
+    assert (meta.run, meta.attempt, meta.identity) == (tmp_path.name, 2, "torchrun")
 
 
 def test_unknown_phase_and_bad_config_never_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -102,7 +102,11 @@ class Engine:
                 continue  # a replayed log's own findings are outputs, not inputs
             if isinstance(r, Meta):
                 self.job = self.job or r.job
+                old = self.views.get(r.rank)
+                if old is not None and old.meta is not None:  # a restart logged in one file
+                    self.views[r.rank] = Telemetry(r.rank)  # (older logs): a new timeline
                 self.view(r.rank).add_one(r)
+                view = None
                 continue
             if r.rank != rank or view is None:
                 rank, view = r.rank, self.view(r.rank)

@@ -2,8 +2,10 @@
 
 Each log goes through its own rank-scope engine, fed in file order exactly as
 the live agent fed it, so the live findings come back unchanged; all logs merged
-by time go through one job-scope engine for the cross-rank detectors. Records
-stream: memory stays flat whatever the logs' size.
+by time go through one job-scope engine for the cross-rank detectors. Each
+attempt (a restart, a resumed job: the ``attempt`` of a log's meta line) is a
+timeline of its own, so the time between attempts is a restart, never a stall.
+Records stream: memory stays flat whatever the logs' size.
 """
 
 from __future__ import annotations
@@ -76,8 +78,20 @@ def _without_cyclic_gc() -> Iterator[None]:
 def _analyze(logs: list[Path], settings: Settings) -> Analysis:
     readers = [RunLogReader(p) for p in logs]
     heads = [_recorded_settings(reader, settings) for reader in readers]
+    attempts: dict[int, list[tuple[Settings, Iterator[Record]]]] = {}
+    for recorded, attempt, records in heads:
+        attempts.setdefault(attempt, []).append((recorded, records))
+    engines = [_replay_attempt(attempts[a]) for a in sorted(attempts)]
+    return Analysis(findings=_ordered(engines),
+                    records=sum(r.records for r in readers),
+                    skipped_lines=sum(r.skipped for r in readers), logs=logs)
+
+
+def _replay_attempt(heads: list[tuple[Settings, Iterator[Record]]]
+                    ) -> tuple[list[Engine], Engine]:
+    """One attempt's logs through their rank engines and a job engine of their own."""
     rank_engines = [engine_from_settings(s, "rank") for s, _ in heads]
-    job_engine = engine_from_settings(heads[0][0] if heads else settings, "job")
+    job_engine = engine_from_settings(heads[0][0], "job")
     for engine in rank_engines:  # every rank's telemetry, ingested once, by its own log's engine
         engine.views = job_engine.views
         engine.peers = [job_engine]  # a straggler or sync finding explains every rank
@@ -91,20 +105,21 @@ def _analyze(logs: list[Path], settings: Settings) -> Analysis:
                 job_engine.observe(clock)
     for engine in [*rank_engines, job_engine]:
         engine.close()
-    return Analysis(findings=_ordered(rank_engines, job_engine),
-                    records=sum(r.records for r in readers),
-                    skipped_lines=sum(r.skipped for r in readers), logs=logs)
+    return rank_engines, job_engine
 
 
 def _recorded_settings(reader: RunLogReader,
-                       settings: Settings) -> tuple[Settings, Iterator[Record]]:
-    """The settings a log's run recorded in its meta line, and all of its records."""
+                       settings: Settings) -> tuple[Settings, int, Iterator[Record]]:
+    """The settings and attempt a log's run recorded in its meta line, and all of its
+    records."""
     records = iter(reader)
     first = next(records, None)
     if first is None:
-        return settings, records
-    recorded = first.detection if isinstance(first, Meta) else {}
-    return replay_settings(recorded, settings), itertools.chain((first,), records)
+        return settings, 0, records
+    meta = first if isinstance(first, Meta) else None
+    recorded = meta.detection if meta else {}
+    return (replay_settings(recorded, settings), meta.attempt if meta else 0,
+            itertools.chain((first,), records))
 
 
 def _tagged(index: int, records: Iterator[Record]) -> Iterator[tuple[float, int, Record]]:
@@ -115,6 +130,7 @@ def _tagged(index: int, records: Iterator[Record]) -> Iterator[tuple[float, int,
         yield clock, index, record
 
 
-def _ordered(rank_engines: list[Engine], job_engine: Engine) -> list[Finding]:
-    findings = [f for e in [*rank_engines, job_engine] for f in e.findings.values()]
+def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:
+    findings = [f for rank_engines, job_engine in attempts
+                for e in [*rank_engines, job_engine] for f in e.findings.values()]
     return sorted(findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.first_seen, f.detector))

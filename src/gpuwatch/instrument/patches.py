@@ -20,6 +20,7 @@ starts one. This module imports nothing heavy: it runs in every process of a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
@@ -35,6 +36,7 @@ from typing import Any
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EventPool, Intervals, bus_bytes, on_device
+from gpuwatch.instrument.identity import HINTS, Hints
 
 Push = Callable[..., None]
 EVENTS = EventPool()  # CUDA timing events, reused across collectives
@@ -126,6 +128,7 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
     timed_save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
     torch.save = timed_save
     torch.serialization.save = timed_save
+    watch_device(torch, register_optimizer_step_pre_hook)
 
 
 def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: int | None = None,
@@ -600,6 +603,55 @@ def in_dataloader_worker() -> bool:
         return True
 
 
+def watch_device(torch: Any, register_pre_hook: Callable[[Any], Any],
+                 hints: Hints = HINTS) -> None:
+    """Tell ``hints`` which CUDA device this process uses: the one ``torch.cuda.set_device``
+    chose, else that of the first CUDA parameters an optimizer steps (metadata only,
+    once per optimizer until one is found)."""
+    set_device = torch.cuda.set_device
+
+    @functools.wraps(set_device)
+    def chosen(device: Any) -> None:
+        set_device(device)
+        with contextlib.suppress(Exception):  # the job's call has succeeded: that is what counts
+            hints.saw_device(int(torch.cuda.current_device()), chosen=True)
+
+    torch.cuda.set_device = chosen
+
+    def first_cuda_params(optimizer: Any, args: Any, kwargs: Any) -> None:
+        if hints.device is not None or getattr(optimizer, "_gpuwatch_device_seen", False):
+            return
+        optimizer._gpuwatch_device_seen = True
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if getattr(param, "is_cuda", False):
+                    hints.saw_device(param.device.index, chosen=False)
+                    return
+
+    register_pre_hook(first_cuda_params)
+
+
+def watch_process_group(lazy: LazyPush, c10d: Any, hints: Hints = HINTS) -> None:
+    """Tell ``hints`` the rank and world size once ``init_process_group`` returns (every
+    launcher and spawn strategy goes through it). Patched in ``distributed_c10d`` and,
+    if it already re-exported the original, in ``torch.distributed``."""
+    import sys
+
+    original = c10d.init_process_group
+
+    @functools.wraps(original)
+    def init_process_group(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        with contextlib.suppress(Exception):  # the group is up: that is what counts
+            hints.saw_group(int(c10d.get_rank()), int(c10d.get_world_size()))
+        return result
+
+    c10d.init_process_group = init_process_group
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and getattr(dist, "init_process_group", None) is original:
+        setattr(dist, "init_process_group", init_process_group)  # noqa: B010
+
+
 PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
     "torch": patch_torch,
     "torch.utils.checkpoint": patch_activation_checkpoint,
@@ -609,4 +661,5 @@ PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
     "torch.distributed._functional_collectives": patch_functional_collectives,
     "torch.distributed.fsdp._fully_shard._fsdp_param_group": patch_fsdp2,  # torch >= 2.6
     "torch.distributed._composable.fsdp._fsdp_param_group": patch_fsdp2,  # torch 2.4-2.5
+    "torch.distributed.distributed_c10d": watch_process_group,
 }

@@ -512,13 +512,18 @@ class Exporter:
                 self._slots.release()
                 conn.close()
 
-    def start(self, addr: str, port: int) -> bool:
-        """Bind and serve; False (warned once) when the port is taken."""
-        try:
-            listener = socket.create_server((addr, port), backlog=64)
-        except OSError as exc:
+    def start(self, addr: str, port: int, tries: int = 1) -> bool:
+        """Bind ``port`` (or, when taken, the next of ``tries`` ports up) and serve;
+        False (warned once) when none is free."""
+        for candidate in range(port, min(port + max(tries, 1), 65536)):
+            try:
+                listener = socket.create_server((addr, candidate), backlog=64)
+                break
+            except OSError as exc:
+                error = exc
+        else:
             log.warning("gpuwatch: metrics endpoint %s:%d unavailable (%s); training goes on "
-                        "without it", addr, port, exc.strerror or exc)
+                        "without it", addr, port, error.strerror or error)
             return False
         self._listener = listener
         self.port = listener.getsockname()[1]

@@ -1,4 +1,5 @@
-"""The run log: JSON Lines written by the agent thread, read back by ``gpuwatch analyze``.
+"""The run log: JSON Lines written by the agent thread, read back by ``gpuwatch analyze``,
+and the run directory that holds one log per rank and attempt.
 
 Each batch of records goes through a 1 MiB buffer and is flushed, so a killed
 process leaves whole lines behind but for at most one torn last line, which
@@ -8,12 +9,21 @@ The reader trusts nothing: a line that is not JSON, too long, of an unknown kind
 or whose fields have the wrong types (``null`` or a string where a number
 belongs, a string rank, event data a consumer cannot use) is skipped and
 counted, so whatever a file holds, replay never fails on it.
+
+Layout of a run directory (docs/runlog.md)::
+
+    <run>/run.jsonl                      one process (world size 1), attempt 0
+    <run>/run-rank<R>.jsonl              rank R of a multi-rank job, attempt 0
+    <run>/run-rank<R>.attempt<N>.jsonl   rank R, attempt N > 0 (a restart, a resumed job)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import secrets
 import threading
+import time
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +36,43 @@ from gpuwatch.records import Event, Finding, Meta, Record, Sample, Step, from_di
 
 MAX_LINE_BYTES = 4 << 20  # a longer line is not one gpuwatch wrote: skipped unread
 
+_LOG_NAME = re.compile(r"run(?:-rank(\d+))?(?:\.attempt(\d+))?\.jsonl")
+MAX_ATTEMPTS = 100_000  # a bound on the search for a free log name
+
+
+def runlog_name(rank: int, world_size: int, attempt: int) -> str:
+    """The file name of a rank's log in one attempt (see the layout above)."""
+    base = "run" if world_size == 1 else f"run-rank{rank}"
+    return f"{base}.jsonl" if attempt == 0 else f"{base}.attempt{attempt}.jsonl"
+
+
+def attempt_of(name: str) -> int | None:
+    """The attempt a run-log file name says, None for a name that is not a run log."""
+    match = _LOG_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return int(match.group(2) or 0)
+
+
+def next_attempt(run_dir: Path) -> int:
+    """The attempt after every one already logged in ``run_dir`` (0 for a new run)."""
+    seen = [a for p in run_dir.glob("run*.jsonl") if (a := attempt_of(p.name)) is not None]
+    return max(seen) + 1 if seen else 0
+
+
+def create_run_dir(parent: Path, prefix: str) -> Path:
+    """A new, empty run directory ``<parent>/<prefix>-<YYYYmmdd-HHMMSS>-<6 hex>``, created
+    exclusively: two runs started in the same second never share one."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    while True:
+        path = parent / f"{prefix}-{stamp}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue  # 1 in 16 million per pair of runs in one second: draw again
+        return path
+
 
 def _plain(value: Any) -> Any:
     """JSON for what json does not know (paths, sets, numpy scalars): its str or list."""
@@ -37,18 +84,20 @@ def _plain(value: Any) -> Any:
 def encode(record: Record) -> bytes:
     """One run-log line, newline included: fields at their default are left out,
     non-finite floats become null."""
-    return orjson.dumps(to_dict(record, compact=True), default=_plain,
-                        option=orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(to_dict(record, compact=not isinstance(record, Meta)), default=_plain,
+                        option=orjson.OPT_APPEND_NEWLINE)  # a meta line is written in full
 
 
 class RunLogWriter:
-    """Appends records to ``path`` (created with its parent directory)."""
+    """Writes records to ``path`` (created with its parent directory): appends, or
+    with ``exclusive`` creates a new file and raises FileExistsError if there is one."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, exclusive: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.records = 0
-        self._file: IO[bytes] | None = open(path, "ab", buffering=1 << 20)  # noqa: SIM115
+        self._file: IO[bytes] | None = open(  # noqa: SIM115
+            path, "xb" if exclusive else "ab", buffering=1 << 20)
         self._lock = threading.Lock()
 
     def write(self, records: Iterable[Record]) -> None:
@@ -71,6 +120,21 @@ class RunLogWriter:
             file, self._file = self._file, None
             if file is not None:
                 file.close()
+
+
+def claim_runlog(run_dir: Path, rank: int, world_size: int,
+                 first_attempt: int) -> tuple[RunLogWriter, int]:
+    """A writer on a new log for ``rank``, at the first attempt from ``first_attempt`` on
+    whose file does not exist yet (created exclusively: a reused directory is never
+    appended to), and that attempt."""
+    for attempt in range(first_attempt, first_attempt + MAX_ATTEMPTS):
+        try:
+            return RunLogWriter(run_dir / runlog_name(rank, world_size, attempt),
+                                exclusive=True), attempt
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{run_dir}: no free run-log name for rank {rank} after "
+                          f"{MAX_ATTEMPTS} attempts")
 
 
 class RunLogReader:

@@ -1,0 +1,240 @@
+"""Who a process is: rank, world size, local rank and device from the process group,
+torchrun's or SLURM's environment, and the torch hooks; held marks; run directories
+and attempts."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gpuwatch.agent import Agent, default_out_dir
+from gpuwatch.config import ExporterSettings, Settings
+from gpuwatch.detection.replay import analyze
+from gpuwatch.instrument.identity import Hints, resolve
+from gpuwatch.instrument.patches import watch_device
+from gpuwatch.monitor import Monitor
+from gpuwatch.records import Meta, Record, Step
+from gpuwatch.sinks.runlog import (
+    RunLogReader,
+    RunLogWriter,
+    attempt_of,
+    claim_runlog,
+    create_run_dir,
+    next_attempt,
+)
+from tests.runs import START, meta, samples, steps
+
+
+def who(environ: dict[str, str], group: tuple[int, int] | None = None,
+        device: int | None = None) -> tuple[int, int, int, int | None, str, bool]:
+    ident, settled = resolve("job", environ, group, device, host="h")
+    return (ident.rank, ident.world_size, ident.local_rank, ident.device, ident.source, settled)
+
+
+def test_torchrun_environment_is_settled_at_once() -> None:
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
+    assert who(env) == (5, 8, 1, None, "torchrun", True)
+
+
+def test_mp_spawn_ranks_come_from_the_process_group() -> None:
+    # mp.spawn: no launcher environment at all; init_process_group(rank=2, world_size=3)
+    assert who({}, group=(2, 3)) == (2, 3, 2, None, "process_group", True)
+    assert who({}, group=(2, 3), device=0) == (2, 3, 0, 0, "process_group", True)
+
+
+def test_srun_tasks_take_slurm_ranks_until_a_group_says_otherwise() -> None:
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"}
+    assert who(slurm) == (3, 4, 1, None, "slurm", False)  # a group may still come
+    assert who(slurm, group=(3, 4)) == (3, 4, 1, None, "process_group", True)
+    # one srun task that mp.spawns 4 ranks itself: SLURM's numbers are the task's, not theirs
+    task = {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"}
+    assert who(task, group=(2, 4)) == (2, 4, 2, None, "process_group", True)
+
+
+def test_a_group_overrides_an_environment_that_disagrees() -> None:
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}  # inherited from a launcher
+    assert who(env, group=(1, 2), device=1) == (1, 2, 1, 1, "process_group", True)
+
+
+def test_a_lone_process_is_rank_zero_of_one_but_not_settled() -> None:
+    assert who({}) == (0, 1, 0, None, "single", False)
+    assert who({}, device=3) == (0, 1, 3, 3, "single", False)  # set_device(3) in a lone job
+
+
+def fake_torch(current: list[int]) -> tuple[Any, list[Any]]:
+    """torch.cuda as the device hook sees it (no GPU here), and a list for its optimizer
+    pre-hook."""
+    hooks: list[Any] = []
+    cuda = SimpleNamespace(set_device=lambda device: current.__setitem__(0, int(device)),
+                           current_device=lambda: current[0])
+    return SimpleNamespace(cuda=cuda), hooks
+
+
+def optimizer_on(*devices: int | None) -> Any:
+    params = [SimpleNamespace(is_cuda=d is not None, device=SimpleNamespace(index=d))
+              for d in devices]
+    return SimpleNamespace(param_groups=[{"params": params}])
+
+
+def test_device_hook_takes_set_device_else_the_first_cuda_parameters() -> None:
+    hints, woken = Hints(), []
+    hints.listen(lambda: woken.append(1))
+    torch, hooks = fake_torch([0])
+    watch_device(torch, hooks.append, hints)
+    (first_params,) = hooks
+    first_params(optimizer_on(None, 2), (), {})  # a CPU parameter, then one on cuda:2
+    assert hints.device == 2 and woken
+    torch.cuda.set_device(5)
+    assert hints.device == 5  # chosen outright: wins
+    first_params(optimizer_on(1), (), {})
+    assert hints.device == 5  # a tensor merely seen never overrides the choice
+
+    hints = Hints()
+    torch, hooks = fake_torch([0])
+    watch_device(torch, hooks.append, hints)
+    cpu_only = optimizer_on(None)
+    hooks[0](cpu_only, (), {})
+    assert hints.device is None and cpu_only._gpuwatch_device_seen  # looked once, no GPU
+
+
+def wait_for(condition: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_marks_before_the_rank_is_known_are_held_then_logged_under_it(tmp_path: Path) -> None:
+    hints = Hints()
+    settings = Settings(out_dir=tmp_path, flush_interval_s=0.05, sample_interval_s=0.05,
+                        exporter=ExporterSettings(enabled=False))
+    agent = Agent(settings, nvml_library=None, memory_stats=None, environ={}, hints=hints)
+    monitor = Monitor(agent)
+    agent.start()
+    with monitor.phase("data"):  # the loader's first batch, before init_process_group
+        time.sleep(0.05)
+    assert agent.runlog_path is None  # nothing claimed, nothing written yet
+    hints.saw_group(2, 3)  # what the init_process_group hook reports
+    wait_for(lambda: agent.runlog_path is not None)
+    for _ in range(5):
+        with monitor.step(), monitor.phase("compute"):
+            pass
+    agent.stop()
+    assert agent.runlog_path == tmp_path / "run-rank2.jsonl"
+    records = list(RunLogReader(agent.runlog_path))
+    first = records[0]
+    assert isinstance(first, Meta)
+    assert (first.rank, first.world_size, first.identity) == (2, 3, "process_group")
+    got = [r for r in records if isinstance(r, Step)]
+    assert len(got) == 5 and {s.rank for s in got} == {2}
+    assert got[0].data_s >= 0.05  # the held data wait is in the first step, not lost
+
+
+def test_a_lone_process_settles_at_its_first_step(tmp_path: Path) -> None:
+    settings = Settings(out_dir=tmp_path, flush_interval_s=0.05,
+                        exporter=ExporterSettings(enabled=False))
+    agent = Agent(settings, nvml_library=None, memory_stats=None, environ={}, hints=Hints())
+    monitor = Monitor(agent)
+    agent.start()
+    with monitor.step():
+        pass
+    wait_for(lambda: agent.runlog_path is not None)  # well before IDENTITY_WAIT_S
+    agent.stop()
+    assert agent.runlog_path == tmp_path / "run.jsonl"
+
+
+def test_names_and_attempts_of_run_logs(tmp_path: Path) -> None:
+    assert [attempt_of(n) for n in ("run.jsonl", "run-rank3.jsonl", "run-rank3.attempt2.jsonl",
+                                    "run.attempt1.jsonl", "findings.json")] == [0, 0, 2, 1, None]
+    assert next_attempt(tmp_path / "missing") == 0
+    first, attempt = claim_runlog(tmp_path, 1, 2, 0)
+    assert (first.path.name, attempt) == ("run-rank1.jsonl", 0)
+    again, attempt = claim_runlog(tmp_path, 1, 2, 0)  # the same rank started again
+    assert (again.path.name, attempt) == ("run-rank1.attempt1.jsonl", 1)
+    assert next_attempt(tmp_path) == 2
+    restarted, attempt = claim_runlog(tmp_path, 0, 2, 3)  # e.g. torchrun's third restart
+    assert (restarted.path.name, attempt) == ("run-rank0.attempt3.jsonl", 3)
+    for writer in (first, again, restarted):
+        writer.close()
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path: Path) -> None:
+    made: list[Path] = []
+    start = threading.Barrier(8)
+
+    def make() -> None:
+        start.wait()
+        made.append(create_run_dir(tmp_path / "runs", "train"))
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(set(made)) == 8 and all(p.is_dir() and not any(p.iterdir()) for p in made)
+
+
+def test_default_run_dir_is_shared_by_one_launch_and_new_for_a_lone_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(job="gpt")
+
+    def out(env: dict[str, str], world: int = 1) -> Path:
+        ident, _ = resolve("gpt", {**env, "WORLD_SIZE": str(world), "RANK": "0"}, host="h")
+        return default_out_dir(settings, ident, env)
+
+    assert out({"TORCHELASTIC_RUN_ID": "abc", "TORCHELASTIC_RESTART_COUNT": "0"}, 2) == \
+        Path("runs/gpt-abc")
+    assert out({"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0"}, 4) == Path("runs/gpt-slurm77.0")
+    spawned = out({}, 3)  # mp.spawn: named after the parent, the same for every rank
+    assert spawned.name.endswith(f"-p{os.getppid()}") and spawned == out({}, 3)
+    lone = [out({}), out({})]
+    assert lone[0] != lone[1] and all(p.is_dir() for p in lone)
+
+
+def write_log(path: Path, records: list[Record]) -> None:
+    writer = RunLogWriter(path)
+    writer.write(records)
+    writer.close()
+
+
+def test_the_gap_between_attempts_is_a_restart_not_a_hang(tmp_path: Path) -> None:
+    gap = 300.0  # well past the hang bound of max(60 s, 10 x median step)
+    restarted = START + 30 + gap
+
+    def attempt(rank: int, first: bool) -> list[Record]:
+        """30 s of steps; the restart's agent samples the host while the job starts up."""
+        if first:
+            return [*steps(30, rank=rank)]
+        return [*samples("host", 5, {"process_cpu_cores": 1.0}, rank=rank,
+                         start=restarted - 5),
+                *steps(30, rank=rank, start=restarted, first=301)]
+
+    for rank in (0, 1):
+        write_log(tmp_path / f"run-rank{rank}.jsonl", [meta(rank, 2), *attempt(rank, True)])
+        second = replace(meta(rank, 2), attempt=1, started=restarted - 5)
+        write_log(tmp_path / f"run-rank{rank}.attempt1.jsonl", [second, *attempt(rank, False)])
+    result = analyze([tmp_path], Settings())
+    assert result.records == 2 * (2 + 300 + 5 + 300)  # every record of both attempts replayed
+    assert not [f for f in result.findings if f.detector == "hang"]
+    # the same records as one attempt: a stall of `gap` seconds on both ranks
+    control = tmp_path / "control"
+    for rank in (0, 1):
+        write_log(control / f"run-rank{rank}.jsonl",
+                  [meta(rank, 2), *attempt(rank, True), *attempt(rank, False)])
+    hangs = [f for f in analyze([control], Settings()).findings if f.detector == "hang"]
+    assert sorted(r for f in hangs for r in f.ranks) == [0, 1]
+    # an older log: the restart appended to the same file, after a meta line of its own
+    legacy = tmp_path / "legacy"
+    for rank in (0, 1):
+        write_log(legacy / f"run-rank{rank}.jsonl",
+                  [meta(rank, 2), *attempt(rank, True),
+                   replace(meta(rank, 2), started=restarted - 5), *attempt(rank, False)])
+    assert not [f for f in analyze([legacy], Settings()).findings if f.detector == "hang"]
