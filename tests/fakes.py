@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from gpuwatch.instrument.identity import Identity, explicit
+
 
 class NVMLError(Exception):
     def __init__(self, value: int) -> None:
@@ -252,3 +254,9 @@ class FakeNvml:
         for m in req.metrics[: req.numMetrics]:
             m.value = values.get(m.metricId, 0.0)
         return req
+
+
+def solo(job: str = "job") -> Identity:
+    """A lone process's identity, given up front: tests of a single agent need not wait
+    for the identity hold (a process group or a first step) to end."""
+    return explicit(job, rank=0, local_rank=0, world_size=1)

@@ -16,11 +16,13 @@ from gpuwatch.config import Settings
 from gpuwatch.monitor import Monitor
 from gpuwatch.records import Step
 from gpuwatch.sinks.runlog import RunLogReader
+from tests.fakes import solo
 
 
 def _monitor(tmp_path: Path, **settings: Any) -> Monitor:
     s = Settings(out_dir=tmp_path, nvml=False, exporter={"enabled": False}, **settings)
-    return Monitor(Agent(s, nvml_library=None, memory_stats=None, environ={}))
+    return Monitor(Agent(s, nvml_library=None, memory_stats=None, environ={},
+                         identity=solo()))
 
 
 def _logged(monitor: Monitor) -> list[Step]:

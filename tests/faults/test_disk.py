@@ -13,13 +13,15 @@ import pytest
 from gpuwatch.agent import STOP_TIMEOUT_S, Agent
 from gpuwatch.config import Settings
 from gpuwatch.monitor import Monitor
+from tests.disk import full_disk
+from tests.fakes import solo
 from tests.wait import wait_for
 
 
 def _run(out_dir: Path, steps: int = 200) -> tuple[Agent, float]:
     s = Settings(out_dir=out_dir, sample_interval_s=0.05, flush_interval_s=0.05, nvml=False,
                  exporter={"enabled": False})
-    agent = Agent(s, nvml_library=None, memory_stats=None, environ={})
+    agent = Agent(s, nvml_library=None, memory_stats=None, environ={}, identity=solo())
     monitor = Monitor(agent)
     agent.start()
     for _ in range(steps):
@@ -31,11 +33,10 @@ def _run(out_dir: Path, steps: int = 200) -> tuple[Agent, float]:
     return agent, time.monotonic() - start
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_disk_under_the_run_log_is_counted_and_costs_the_loop_nothing(
         tmp_path: Path) -> None:
-    (tmp_path / "run.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
-    agent, stop_s = _run(tmp_path)
+    with full_disk(tmp_path / "disk") as filler:  # the log is created; every write: ENOSPC
+        agent, stop_s = _run(filler.parent / "rank0")
     assert stop_s < STOP_TIMEOUT_S
     assert agent.faults.counts["runlog"] >= 1 and agent.assembler.steps == 200
 

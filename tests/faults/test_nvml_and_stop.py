@@ -19,7 +19,7 @@ from gpuwatch.monitor import Monitor
 from gpuwatch.records import Sample, Step
 from gpuwatch.sinks.runlog import RunLogReader
 from gpuwatch.sinks.slack import Note, notifier_from_settings
-from tests.fakes import FakeNvml
+from tests.fakes import FakeNvml, solo
 from tests.wait import wait_for
 from tests.webhook import webhook
 
@@ -32,7 +32,7 @@ DEVICE_CALLS = [n for n in dir(FakeNvml) if n.startswith("nvmlDevice") or n.star
 def _agent(tmp_path: Path, lib: Any, **settings: Any) -> tuple[Agent, Monitor]:
     s = Settings(out_dir=tmp_path, sample_interval_s=0.05, flush_interval_s=0.05,
                  exporter={"enabled": False}, **settings)
-    agent = Agent(s, nvml_library=lib, memory_stats=None, environ={})
+    agent = Agent(s, nvml_library=lib, memory_stats=None, environ={}, identity=solo())
     agent.start()
     return agent, Monitor(agent)
 

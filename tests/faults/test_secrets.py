@@ -18,6 +18,7 @@ from gpuwatch.config import load_settings
 from gpuwatch.faults import FaultLog
 from gpuwatch.records import Meta
 from gpuwatch.sinks.runlog import RunLogReader
+from tests.fakes import solo
 from tests.wait import wait_for
 
 TOKEN = "glsa_S3cr3tT0ken+/=é"  # characters that JSON-, URL- and repr-escaping all change
@@ -73,11 +74,12 @@ def test_the_run_log_meta_records_the_command_line_without_its_secrets(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], secret: str) -> None:
     monkeypatch.setattr(sys, "argv", argv)
     agent = Agent(load_settings(out_dir=tmp_path, nvml=False), nvml_library=None,
-                  memory_stats=None, environ={})
+                  memory_stats=None, environ={}, identity=solo())
     agent.start()
-    wait_for(lambda: agent.runlog_path.exists() and agent.runlog_path.stat().st_size, 10,
-             "the meta line")
+    wait_for(lambda: agent.runlog_path is not None and agent.runlog_path.exists()
+             and agent.runlog_path.stat().st_size, 10, "the meta line")
     agent.stop()
+    assert agent.runlog_path is not None
     (meta,) = [r for r in RunLogReader(agent.runlog_path) if isinstance(r, Meta)]
     assert secret not in json.dumps(meta.argv) and secret not in agent.runlog_path.read_text()
     assert meta.argv[0] == argv[0] and len(meta.argv) == len(argv)  # the rest is kept

@@ -210,10 +210,11 @@ def test_the_gap_between_attempts_is_a_restart_not_a_hang(tmp_path: Path) -> Non
     restarted = START + 30 + gap
 
     def attempt(rank: int, first: bool) -> list[Record]:
-        """30 s of steps; the restart's agent samples the host while the job starts up."""
+        """30 s of steps; the restart's agent samples an idle host while the job starts up
+        (a busy CPU would count as progress)."""
         if first:
             return [*steps(30, rank=rank)]
-        return [*samples("host", 5, {"process_cpu_cores": 1.0}, rank=rank,
+        return [*samples("host", 5, {"process_cpu_cores": 0.02}, rank=rank,
                          start=restarted - 5),
                 *steps(30, rank=rank, start=restarted, first=301)]
 

@@ -3,13 +3,9 @@ limits), and the spool's guarantees: identity, durability, quarantine, locks."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import multiprocessing
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +23,7 @@ from gpuwatch.sinks.slack_message import (
     projection_line,
 )
 from gpuwatch.sinks.slack_spool import Ledger, Note, Silences, Spool, silence
+from tests.disk import full_disk
 
 FINDING: dict[str, Any] = {
     "detector": "data_starvation", "verdict": "fix_here", "severity": "warning",
@@ -157,26 +154,6 @@ def test_malformed_spool_files_are_quarantined_and_counted(tmp_path: Path) -> No
     assert spool.quarantined == len(bad)
     assert sorted(p.name for p in (tmp_path / "slack-spool" / "quarantine").iterdir()) == \
         sorted(f"rank0-{n}" for n in bad)
-
-
-@contextlib.contextmanager
-def full_disk(path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs at ``path`` holding an empty ``rank0/`` and a file that fills the
-    rest to the last byte (root only, else skipped); yields the filler."""
-    path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        (path / "rank0").mkdir()
-        fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT)
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"x" * 512)
-        os.close(fd)
-        yield path / "filler"
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_a_write_to_a_full_disk_fails_and_leaves_nothing_behind(tmp_path: Path) -> None:
