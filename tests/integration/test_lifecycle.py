@@ -41,7 +41,8 @@ def test_sigterm_kills_at_once_and_leaves_the_steps_flushed_so_far(tmp_path: Pat
     proc = subprocess.Popen([sys.executable, SCRIPT, str(tmp_path), "sigterm"],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    wait_for(lambda: len(steps(read(tmp_path / "run.jsonl"))) > 50, 10, "step 51 logged")
+    log = tmp_path / "run.jsonl"  # created once the identity settles (at the first step)
+    wait_for(lambda: log.exists() and len(steps(read(log))) > 50, 10, "step 51 logged")
     start = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=10)

@@ -208,9 +208,9 @@ def test_malformed_spool_files_neither_stop_flush_nor_kill_a_restarted_agent(
     with webhook() as hook:
         monitor = gpuwatch.watch(out_dir=tmp_path, exporter={"enabled": False},
                                  slack={"webhook_url": hook.url, "group_window_s": 0})
-        wait_for(lambda: hook.delivered, 10, "the restarted agent to deliver")
-        with monitor.step():
+        with monitor.step():  # a lone process knows it is one once a step ends
             pass
+        wait_for(lambda: hook.delivered, 10, "the restarted agent to deliver")
         assert monitor.agent.slack is not None and monitor.agent.slack.quarantined == 3
         monitor.stop()
         assert not monitor.agent.faults.counts.get("agent")
