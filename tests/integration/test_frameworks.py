@@ -30,19 +30,8 @@ def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from gpuwatch.integrations.lightning import GpuWatchCallback
+    from tests.tiny_lightning import Tiny
 
-    class Tiny(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(),
-                                           torch.nn.Linear(64, 1))
-
-        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
-            x, y = batch
-            return torch.nn.functional.mse_loss(self.net(x), y)
-
-        def configure_optimizers(self):  # type: ignore[no-untyped-def]
-            return torch.optim.SGD(self.parameters(), lr=0.01)
 
     data = TensorDataset(torch.randn(1600, 32), torch.randn(1600, 1))
     callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False})

@@ -31,21 +31,8 @@ def test_lightning_csv_logger_gets_gpuwatch_columns_at_its_cadence(tmp_path: Pat
     from torch.utils.data import DataLoader, TensorDataset
 
     from gpuwatch.integrations.lightning import GpuWatchCallback
+    from tests.tiny_lightning import Tiny
 
-    class Tiny(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(),
-                                           torch.nn.Linear(64, 1))
-
-        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.net(x), y)
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self):  # type: ignore[no-untyped-def]
-            return torch.optim.SGD(self.parameters(), lr=0.01)
 
     data = TensorDataset(torch.randn(1600, 32), torch.randn(1600, 1))
     callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False},
@@ -58,7 +45,7 @@ def test_lightning_csv_logger_gets_gpuwatch_columns_at_its_cadence(tmp_path: Pat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-        trainer.fit(Tiny(), DataLoader(data, batch_size=16))
+        trainer.fit(Tiny(log_loss=True), DataLoader(data, batch_size=16))
     with open(Path(logger.log_dir) / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     ours = [r for r in rows if r.get("gpuwatch/steps_total")]

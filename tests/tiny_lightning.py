@@ -1,0 +1,28 @@
+"""The tiny regression model the real-Lightning tests train (import inside a test: it
+imports lightning)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+
+class Tiny(L.LightningModule):
+    """32 -> 64 -> 1 MLP on MSE; ``log_loss`` logs ``train_loss`` every step (so a logger
+    has a column of the model's own beside gpuwatch's)."""
+
+    def __init__(self, log_loss: bool = False) -> None:
+        super().__init__()
+        self.log_loss = log_loss
+        self.net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(),
+                                       torch.nn.Linear(64, 1))
+
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        if self.log_loss:
+            self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
