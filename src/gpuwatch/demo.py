@@ -63,8 +63,9 @@ def run_demo(seconds: float, out_dir: Path | None = None) -> int:
                     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, ckpt)
                 loss_value = loss.item()  # once per checkpoint, off the per-step path
     monitor.stop()
-    print(f"gpuwatch demo: {step} steps, last checkpointed loss {loss_value:.3f}; "
-          f"run log: {monitor.agent.runlog_path}")
+    loss_text = (f"last checkpointed loss {loss_value:.3f}" if step >= CHECKPOINT_EVERY else
+                 f"no checkpoint yet (one every {CHECKPOINT_EVERY} steps)")
+    print(f"gpuwatch demo: {step} steps, {loss_text}; run log: {monitor.agent.runlog_path}")
     return 0
 
 
