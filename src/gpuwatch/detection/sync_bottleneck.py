@@ -168,5 +168,5 @@ def slowest_link(views: list[Telemetry], inter_node: float) -> tuple[float | Non
                     links.append((float(best["bytes_per_second"]),
                                   f"{best.get('link_layer', 'InfiniBand')} (inter-node)"))
     if not links:
-        return None, "no NVLink: over PCIe or the host"
+        return None, "PCIe or the host (no NVLink seen)"
     return min(links)
