@@ -35,6 +35,7 @@ INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an i
 RHYTHM_SHARE = 0.10  # interruptions more frequent than this share of steps are the rhythm
 # Events that show the job is working between steps (besides steps themselves).
 PROGRESS_EVENTS = frozenset({"progress", "checkpoint_save"})
+_CHANGES = itertools.count(1)  # stamps of steps and events, unique across views
 
 
 # What step windows sum: the step count, then these step fields.
@@ -168,6 +169,7 @@ class Telemetry:
         self.interruptions: deque[tuple[float, float]] = deque(maxlen=MAX_EVENTS)
         self.first_step_start: float | None = None  # start of the first step (Unix s)
         self.last_progress = 0.0  # newest step or progress event time
+        self.changed = 0  # a stamp that changes with every step or event (not samples)
         self._walls: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent step walls
         self._median = 0.0  # their median (0: none yet)
         self._stepping_power: deque[float] = deque(maxlen=120)  # watts while steps ran
@@ -206,6 +208,7 @@ class Telemetry:
             self.clock = r.t
 
     def _step(self, s: Step) -> None:
+        self.changed = next(_CHANGES)
         self.steps.append(s)
         self.total_steps = s.step
         self.steps_seen += 1
@@ -226,6 +229,7 @@ class Telemetry:
         self.window.add(s)
 
     def _event(self, e: Event) -> None:
+        self.changed = next(_CHANGES)
         self.events.append(e)
         if e.name in PROGRESS_EVENTS:
             self.last_progress = max(self.last_progress, e.t)
