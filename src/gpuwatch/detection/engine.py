@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from gpuwatch.config import ConfigError, Settings
 from gpuwatch.detection import (
@@ -56,6 +56,13 @@ ABSENCE_DRIVEN = frozenset({"hang"})
 STALL_S = 10.0  # a rank with no step or progress this long (or 3 median steps) is stalled
 
 
+class Explains(Protocol):
+    """What explains a rank's condition: findings active and conditions detected (still
+    short of ``for_s``), as (detector, ranks)."""
+
+    def covered(self) -> list[tuple[str, list[int]]]: ...
+
+
 def fingerprint(job: str, detector: str, ranks: list[int]) -> str:
     """Stable while a condition lasts: the job, the detector and the ranks it names."""
     key = f"{job}|{detector}|{','.join(map(str, sorted(ranks)))}"
@@ -87,7 +94,7 @@ class Engine:
     _clock: float = 0.0
     next_eval: float = float("-inf")  # record time of the next judgement
     _own: set[int] = field(default_factory=set)
-    peers: list[Engine] = field(default_factory=list)
+    peers: list[Explains] = field(default_factory=list)
     # (rule, ranks) -> (what the judgement saw, what it found): reused while that holds
     _judged: dict[tuple[str, tuple[int, ...]], tuple[Any, Detection | None]] = field(
         default_factory=dict)
@@ -146,6 +153,10 @@ class Engine:
     def active(self) -> list[Finding]:
         return [f for f in self.findings.values() if f.state == "active"]
 
+    def covered(self) -> list[tuple[str, list[int]]]:
+        """(detector, ranks) of the active findings, then of the conditions detected."""
+        return [(f.detector, f.ranks) for f in self.active()] + list(self._detected.values())
+
     def evaluate(self, now: float) -> list[Finding]:
         changes: list[Finding] = []
         seen: set[str] = set()
@@ -194,9 +205,7 @@ class Engine:
         (still short of ``for_s``), and on which ranks: job-scope ones cover every rank."""
         explained: dict[int, set[str]] = {}
         for engine in (self, *self.peers):
-            covered = [(f.detector, f.ranks) for f in engine.active()]
-            covered += engine._detected.values()
-            for detector, ranks in covered:
+            for detector, ranks in engine.covered():
                 rule = self.rules.get(detector)
                 job_wide = rule is not None and rule.scope == "job"
                 for r in (self.views if job_wide else ranks):

@@ -14,9 +14,14 @@ import contextlib
 import gc
 import heapq
 import itertools
+import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
 
 from gpuwatch.config import Settings, replay_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
@@ -24,6 +29,7 @@ from gpuwatch.records import Finding, Meta, Record
 from gpuwatch.sinks.runlog import RunLogReader
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+TICK_RECORDS = 65536  # the progress bar moves every this many records
 
 
 @dataclass
@@ -55,11 +61,18 @@ def run_logs(paths: list[Path]) -> list[Path]:
     return out
 
 
-def analyze(paths: list[Path], settings: Settings) -> Analysis:
+def analyze(paths: list[Path], settings: Settings, *, workers: int | None = None,
+            progress: TextIO | None = None, progress_delay_s: float = 3.0) -> Analysis:
     """Findings of the runs in ``paths``, judged with the detection settings each run
-    recorded (except those the caller's ``settings`` set explicitly)."""
+    recorded (except those the caller's ``settings`` set explicitly).
+
+    ``workers``: processes that replay ranks side by side (default: every core; 1: all
+    in this process); the findings are the same either way. ``progress``: a stream
+    (stderr) for a progress bar, shown only on a terminal and once the analysis has
+    run ``progress_delay_s`` seconds."""
+    workers = workers or len(os.sched_getaffinity(0))
     with _without_cyclic_gc():
-        return _analyze(run_logs(paths), settings)
+        return _analyze(run_logs(paths), settings, workers, progress, progress_delay_s)
 
 
 @contextlib.contextmanager
@@ -75,19 +88,55 @@ def _without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _analyze(logs: list[Path], settings: Settings) -> Analysis:
+def _analyze(logs: list[Path], settings: Settings, workers: int,
+             progress: TextIO | None, delay_s: float) -> Analysis:
     readers = [RunLogReader(p) for p in logs]
     heads = [_recorded_settings(reader, settings) for reader in readers]
     attempts: dict[int, list[tuple[Settings, Iterator[Record]]]] = {}
     for recorded, attempt, records in heads:
         attempts.setdefault(attempt, []).append((recorded, records))
-    engines = [_replay_attempt(attempts[a]) for a in sorted(attempts)]
-    return Analysis(findings=_ordered(engines),
-                    records=sum(r.records for r in readers),
-                    skipped_lines=sum(r.skipped for r in readers), logs=logs)
+    total = sum(p.stat().st_size for p in logs)
+    with _bar(total, progress, delay_s) as bar:
+        if workers > 1 and any(len(a) > 1 for a in attempts.values()):
+            by_attempt: dict[int, list[int]] = {}
+            for i, (_, attempt, _) in enumerate(heads):
+                by_attempt.setdefault(attempt, []).append(i)
+            engines, n_records, skipped = _parallel(
+                readers, heads, [by_attempt[a] for a in sorted(by_attempt)], workers, bar)
+        else:
+            engines = [_replay_attempt(attempts[a], Reading(readers, bar))
+                       for a in sorted(attempts)]
+            n_records = sum(r.records for r in readers)
+            skipped = sum(r.skipped for r in readers)
+    return Analysis(findings=_ordered(engines), records=n_records, skipped_lines=skipped,
+                    logs=logs)
 
 
-def _replay_attempt(heads: list[tuple[Settings, Iterator[Record]]]
+@dataclass
+class Reading:
+    """The readers of a replay and the bar that shows how far they got (by bytes)."""
+
+    readers: list[RunLogReader]
+    bar: tqdm[Any] | None
+
+    def tick(self) -> None:
+        if self.bar is not None:
+            done = sum(r.bytes_read for r in self.readers)
+            self.bar.update(done - self.bar.n)
+
+
+@contextlib.contextmanager
+def _bar(total: int, stream: TextIO | None, delay_s: float) -> Iterator[tqdm[Any] | None]:
+    """A progress bar over ``total`` bytes on ``stream`` if it is a terminal."""
+    if stream is None or not stream.isatty():
+        yield None
+        return
+    with tqdm(total=total, file=stream, unit="B", unit_scale=True, delay=delay_s,
+              desc="gpuwatch analyze", leave=False) as bar:
+        yield bar
+
+
+def _replay_attempt(heads: list[tuple[Settings, Iterator[Record]]], reading: Reading
                     ) -> tuple[list[Engine], Engine]:
     """One attempt's logs through their rank engines and a job engine of their own."""
     rank_engines = [engine_from_settings(s, "rank") for s, _ in heads]
@@ -96,16 +145,128 @@ def _replay_attempt(heads: list[tuple[Settings, Iterator[Record]]]
         engine.views = job_engine.views
         engine.peers = [job_engine]  # a straggler or sync finding explains every rank
     if len(heads) == 1:  # one log: nothing to compare across ranks
-        rank_engines[0].feed(heads[0][1])
+        for n, record in enumerate(heads[0][1]):
+            rank_engines[0].feed((record,))
+            if not n % TICK_RECORDS:
+                reading.tick()
     else:
         streams = [_tagged(i, records) for i, (_, records) in enumerate(heads)]
-        for clock, index, record in heapq.merge(*streams, key=lambda x: x[:2]):
+        for n, (clock, index, record) in enumerate(
+                heapq.merge(*streams, key=lambda x: x[:2])):
             rank_engines[index].feed((record,))
             if clock >= job_engine.next_eval:
                 job_engine.observe(clock)
+            if not n % TICK_RECORDS:
+                reading.tick()
     for engine in [*rank_engines, job_engine]:
         engine.close()
+    reading.tick()
     return rank_engines, job_engine
+
+
+# -- ranks side by side ---------------------------------------------------------------
+# The job engine needs every rank's records; each rank engine needs only its own log and
+# what the job engine's findings explained at each moment. So one pass in this process
+# runs the job engine over all logs merged (the rank engines ingest but judge nothing)
+# and notes each change of what its findings cover, at its place in the merged order
+# (clock, log, line); then each log's rank engine replays in a process of its own,
+# taking in those changes at the same places. The findings are the serial replay's.
+
+Position = tuple[float, int, int]  # (merged clock, log index, record index in the log)
+Covered = list[tuple[str, list[int]]]
+
+
+@dataclass
+class JobTimeline:
+    """What the job engine's findings covered, from each position of the merged replay."""
+
+    changes: list[tuple[Position, Covered]] = field(default_factory=list)
+    _at: int = 0
+    _covered: Covered = field(default_factory=list)
+
+    def note(self, at: Position, covered: Covered) -> None:
+        if covered != (self.changes[-1][1] if self.changes else []):
+            self.changes.append((at, covered))
+
+    def advance(self, before: Position) -> None:
+        """Take in every change made before ``before``."""
+        while self._at < len(self.changes) and self.changes[self._at][0] < before:
+            self._covered = self.changes[self._at][1]
+            self._at += 1
+
+    def covered(self) -> Covered:
+        return self._covered
+
+
+def _parallel(readers: list[RunLogReader],
+              heads: list[tuple[Settings, int, Iterator[Record]]], attempts: list[list[int]],
+              workers: int, bar: tqdm[Any] | None) -> tuple[
+                  list[tuple[list[Engine], Engine]], int, int]:
+    """Each attempt's job engine here, its rank engines in ``workers`` processes;
+    ``attempts`` lists each attempt's logs (indices into ``readers``)."""
+    reading = Reading(readers, bar)
+    job_engines = []
+    with ProcessPoolExecutor(max_workers=min(workers, len(readers))) as pool:
+        futures: dict[int, Future[tuple[Engine, int, int]]] = {}
+        for logs in attempts:
+            job_engine, timeline = _job_pass([(heads[i][0], heads[i][2]) for i in logs],
+                                             reading)
+            job_engines.append(job_engine)
+            for tag, i in enumerate(logs):  # the log's merge tag: its place in the attempt
+                futures[i] = pool.submit(_replay_rank, readers[i].path, heads[i][0], tag,
+                                         timeline)
+        if bar is not None:
+            bar.reset(total=len(futures))
+            bar.unit, bar.unit_scale = "log", False
+        for future in as_completed(futures.values()):
+            future.result()
+            if bar is not None:
+                bar.update(1)
+    results = {i: f.result() for i, f in futures.items()}
+    out = [([results[i][0] for i in logs], job) for logs, job in zip(attempts, job_engines,
+                                                                       strict=True)]
+    return (out, sum(r[1] for r in results.values()), sum(r[2] for r in results.values()))
+
+
+def _job_pass(heads: list[tuple[Settings, Iterator[Record]]], reading: Reading
+              ) -> tuple[Engine, JobTimeline]:
+    """The job engine over one attempt's logs merged, and what its findings covered."""
+    job_engine = engine_from_settings(heads[0][0], "job")
+    ingest = [engine_from_settings(s, "rank") for s, _ in heads]
+    for engine in ingest:
+        engine.rules = {}  # they only ingest: their own judgements come later, per log
+        engine.views = job_engine.views
+    timeline = JobTimeline()
+    counts = [0] * len(heads)
+    streams = [_tagged(i, records) for i, (_, records) in enumerate(heads)]
+    for n, (clock, index, record) in enumerate(heapq.merge(*streams, key=lambda x: x[:2])):
+        ingest[index].feed((record,))
+        if clock >= job_engine.next_eval:
+            job_engine.observe(clock)
+            timeline.note((clock, index, counts[index]), job_engine.covered())
+        counts[index] += 1
+        if not n % TICK_RECORDS:
+            reading.tick()
+    for engine in ingest:
+        engine.close()
+    job_engine.close()
+    return job_engine, timeline
+
+
+def _replay_rank(path: Path, settings: Settings, index: int,
+                 timeline: JobTimeline) -> tuple[Engine, int, int]:
+    """One log's rank engine, explained by the job engine's timeline (in a worker)."""
+    reader = RunLogReader(path)
+    engine = engine_from_settings(settings, "rank")
+    engine.peers = [timeline]
+    with _without_cyclic_gc():
+        for n, (clock, _, record) in enumerate(_tagged(index, iter(reader))):
+            timeline.advance((clock, index, n))
+            engine.feed((record,))
+        timeline.advance((float("inf"), 0, 0))
+        engine.close()
+    engine.views = {}  # what goes back is the findings, not the telemetry
+    return engine, reader.records, reader.skipped
 
 
 def _recorded_settings(reader: RunLogReader,

@@ -151,11 +151,13 @@ class RunLogReader:
         self.path = path
         self.records = 0
         self.skipped = 0
+        self.bytes_read = 0  # of the file, as far as the reader got
 
     def __iter__(self) -> Iterator[Record]:
         with open(self.path, "rb") as f:
             while True:
                 lines = self._block(f)
+                self.bytes_read = f.tell()
                 if lines is None:
                     return
                 for obj in self._parse(lines):
