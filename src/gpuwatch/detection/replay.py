@@ -95,9 +95,11 @@ def _analyze(logs: list[Path], settings: Settings, workers: int,
     attempts: dict[int, list[tuple[Settings, Iterator[Record]]]] = {}
     for recorded, attempt, records in heads:
         attempts.setdefault(attempt, []).append((recorded, records))
-    total = sum(p.stat().st_size for p in logs)
-    with _bar(total, progress, delay_s) as bar:
-        if workers > 1 and any(len(a) > 1 for a in attempts.values()):
+    size = sum(p.stat().st_size for p in logs)
+    parallel = workers > 1 and any(len(a) > 1 for a in attempts.values())
+    # (in parallel, the logs are read twice: by the job engine, then by the rank engines)
+    with _bar(2 * size if parallel else size, progress, delay_s) as bar:
+        if parallel:
             by_attempt: dict[int, list[int]] = {}
             for i, (_, attempt, _) in enumerate(heads):
                 by_attempt.setdefault(attempt, []).append(i)
@@ -215,13 +217,11 @@ def _parallel(readers: list[RunLogReader],
             for tag, i in enumerate(logs):  # the log's merge tag: its place in the attempt
                 futures[i] = pool.submit(_replay_rank, readers[i].path, heads[i][0], tag,
                                          timeline)
-        if bar is not None:
-            bar.reset(total=len(futures))
-            bar.unit, bar.unit_scale = "log", False
-        for future in as_completed(futures.values()):
+        log_of = {f: i for i, f in futures.items()}
+        for future in as_completed(log_of):
             future.result()
             if bar is not None:
-                bar.update(1)
+                bar.update(readers[log_of[future]].path.stat().st_size)
     results = {i: f.result() for i, f in futures.items()}
     out = [([results[i][0] for i in logs], job) for logs, job in zip(attempts, job_engines,
                                                                        strict=True)]
