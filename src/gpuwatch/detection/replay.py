@@ -26,7 +26,7 @@ from tqdm import tqdm
 from gpuwatch.config import Settings, replay_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.records import Finding, Meta, Record
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.sinks.runlog import RunLogReader, is_segment
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 TICK_RECORDS = 65536  # the progress bar moves every this many records
@@ -50,7 +50,7 @@ def run_logs(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(p.glob("run*.jsonl"))
+            found = sorted(f for f in p.glob("run*.jsonl") if not is_segment(f.name))
             if not found:
                 raise FileNotFoundError(f"no run*.jsonl run log in {p}")
             out += found
