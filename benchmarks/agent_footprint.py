@@ -39,7 +39,7 @@ from gpuwatch.config import load_settings
 from gpuwatch.monitor import Monitor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.fakes import REALISTIC_LATENCY, FakeGpu, FakeNvml  # noqa: E402
+from tests.fakes import REALISTIC_LATENCY, FakeGpu, FakeNvml
 
 
 def cpu(seconds: float) -> None:

@@ -3,6 +3,8 @@ over a corpus-generated multi-rank log (tests/scenarios, the corpus's own genera
 
     python benchmarks/analyze_throughput.py [--ranks 8] [--hours 0.5] [--runs 5]
     python benchmarks/analyze_throughput.py --memory 1000000,10000000
+    python benchmarks/analyze_throughput.py --job 64 --minutes 10
+    python benchmarks/analyze_throughput.py --bytes-per-day
 
 Throughput: ``--ranks`` ranks of 4 s steps (LLM pretraining, 10% in collectives,
 hourly blocking saves) with the usual 1 Hz NVML, host, allocator and agent samples,
@@ -13,26 +15,34 @@ parse: median and spread (min-max).
 
 Memory (``--memory N,M``): one rank's log of each record count, replayed in a fresh
 process each; reports the peak RSS, which stays flat when replay streams.
+
+Job (``--job R --minutes M``): R ranks of the same shape for M minutes, analysed with
+every core (``analyze`` as the CLI calls it); wall and CPU time, and the wall time
+scaled linearly to 24 hours (replay cost is linear in records: memory is flat).
+
+Bytes per rank per day (``--bytes-per-day``): one rank's 24 hours written by the run-log
+writer at the default segment size (rotation and gzip), on disk at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze
-from tests.scenarios import Shape, Saves, write
+from gpuwatch.sinks.runlog import RunLogWriter, encode, segments
+from tests.scenarios import Saves, Shape, simulate, write
 
 RECORDS_PER_RANK_S = 4.25  # four 1 Hz samples and a 4 s step's record per second
 
@@ -84,20 +94,61 @@ def throughput(ranks: int, hours: float, runs: int) -> None:
 
 
 def memory(counts: list[int]) -> None:
+    """Each log written by one process, replayed by a fresh one (its peak RSS is the
+    replay's own)."""
     for n in counts:
-        out = subprocess.run([sys.executable, __file__, "--one-rank-rss", str(n)],
-                             check=True, capture_output=True, text=True).stdout
-        print(out.strip())
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-c", WRITE.format(root=str(ROOT), records=n,
+                                                                 tmp=tmp)], check=True)
+            out = subprocess.run([sys.executable, __file__, "--one-rank-rss", tmp],
+                                 check=True, capture_output=True, text=True).stdout
+            print(out.strip())
 
 
-def one_rank_rss(records: int) -> None:
+ROOT = Path(__file__).resolve().parents[1]
+WRITE = """import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {root!r} + '/benchmarks')
+from pathlib import Path
+from analyze_throughput import shape, RECORDS_PER_RANK_S
+from tests.scenarios import write
+write(shape(1, {records} / RECORDS_PER_RANK_S), Path({tmp!r}))
+"""
+
+
+def one_rank_rss(directory: str) -> None:
+    result = analyze([Path(directory)], Settings(), workers=1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{result.records:>10} records: peak RSS of the replay {peak / 1024:.0f} MiB")
+
+
+def job(ranks: int, minutes: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write(shape(1, records / RECORDS_PER_RANK_S), Path(tmp))
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        result = analyze(paths, Settings(), workers=1)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(f"{result.records:>10} records: peak RSS {peak / 1024:.0f} MiB "
-              f"(writing the log peaked at {before / 1024:.0f} MiB)")
+        paths = write(shape(ranks, minutes * 60), Path(tmp))
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = analyze(paths, Settings())
+        wall = time.perf_counter() - wall0
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (time.process_time() - cpu0 + children.ru_utime - children0.ru_utime
+               + children.ru_stime - children0.ru_stime)
+        print(f"{ranks} ranks x {minutes} min: {result.records} records, "
+              f"{len(os.sched_getaffinity(0))} cores: wall {wall:.1f} s, CPU {cpu:.1f} s; "
+              f"24 h scaled: wall {wall * 24 * 60 / minutes / 60:.1f} min")
+
+
+def bytes_per_day() -> None:
+    settings = Settings()
+    (records,) = simulate(shape(1, 24 * 3600))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "run-rank0.jsonl"
+        writer = RunLogWriter(path, segment_bytes=int(settings.runlog_segment_mb * 2**20))
+        for k in range(0, len(records), 64):  # the agent writes in small batches
+            writer.write(records[k:k + 64])
+        writer.close()
+        raw = sum(len(encode(r)) for r in records)
+        on_disk = sum(p.stat().st_size for p in Path(tmp).iterdir())
+        print(f"one rank, 24 h, {len(records)} records: {raw / 1e6:.1f} MB of JSON lines, "
+              f"{on_disk / 1e6:.1f} MB on disk with {len(segments(path))} gzip segments "
+              f"of {settings.runlog_segment_mb:g} MiB (the live file is the rest)")
 
 
 def main() -> None:
@@ -106,9 +157,16 @@ def main() -> None:
     p.add_argument("--hours", type=float, default=0.5)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--memory", type=lambda s: [int(x) for x in s.split(",")])
-    p.add_argument("--one-rank-rss", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--one-rank-rss", help=argparse.SUPPRESS)
+    p.add_argument("--job", type=int, metavar="RANKS")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--bytes-per-day", action="store_true")
     args = p.parse_args()
-    if args.one_rank_rss:
+    if args.bytes_per_day:
+        bytes_per_day()
+    elif args.job:
+        job(args.job, args.minutes)
+    elif args.one_rank_rss:
         one_rank_rss(args.one_rank_rss)
     elif args.memory:
         memory(args.memory)
