@@ -31,15 +31,19 @@ def test_parallel_replay_finds_what_serial_replay_finds(j, tmp_path):
     assert (parallel.records, parallel.skipped_lines) == (serial.records, serial.skipped_lines)
 
 
-def test_parallel_replay_keeps_attempts_apart(tmp_path):
-    """Two attempts of a 4-rank job: each attempt's job engine and its ranks, in parallel,
-    as serially."""
+@pytest.mark.parametrize("restarted", [4, 1])
+def test_parallel_replay_keeps_attempts_apart(tmp_path, restarted):
+    """Two attempts of a 4-rank job (all ranks restarted, or one: an attempt of one log
+    has no job engine pass): each attempt's job engine and ranks, in parallel, as
+    serially."""
     shape = job("nccl_hang").shape
     first = write(shape, tmp_path / "a")
     second = write(replace(shape, seed=1), tmp_path / "b")
     logs = []
     for rank, (a, b) in enumerate(zip(first, second, strict=True)):
         logs.append(a.rename(tmp_path / f"run-rank{rank}.jsonl"))
+        if rank >= restarted:
+            continue
         text = b.read_text().replace('"attempt":0', '"attempt":1', 1)
         if '"attempt":1' not in text:  # attempt 0 is left out of the meta line: add it
             text = text.replace('"kind":"meta",', '"kind":"meta","attempt":1,', 1)

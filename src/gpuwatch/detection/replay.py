@@ -230,8 +230,11 @@ def _parallel(readers: list[RunLogReader],
 
 def _job_pass(heads: list[tuple[Settings, Iterator[Record]]], reading: Reading
               ) -> tuple[Engine, JobTimeline]:
-    """The job engine over one attempt's logs merged, and what its findings covered."""
+    """The job engine over one attempt's logs merged, and what its findings covered
+    (one log: nothing to compare across ranks, as in the serial replay)."""
     job_engine = engine_from_settings(heads[0][0], "job")
+    if len(heads) == 1:
+        return job_engine, JobTimeline()
     ingest = [engine_from_settings(s, "rank") for s, _ in heads]
     for engine in ingest:
         engine.rules = {}  # they only ingest: their own judgements come later, per log
