@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Protocol
 
 from gpuwatch.config import ConfigError, Settings
@@ -65,7 +65,12 @@ class Explains(Protocol):
 
 def fingerprint(job: str, detector: str, ranks: list[int]) -> str:
     """Stable while a condition lasts: the job, the detector and the ranks it names."""
-    key = f"{job}|{detector}|{','.join(map(str, sorted(ranks)))}"
+    return _fingerprint(job, detector, tuple(sorted(ranks)))
+
+
+@lru_cache(maxsize=4096)
+def _fingerprint(job: str, detector: str, ranks: tuple[int, ...]) -> str:
+    key = f"{job}|{detector}|{','.join(map(str, ranks))}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -98,6 +103,7 @@ class Engine:
     # (rule, ranks) -> (what the judgement saw, what it found): reused while that holds
     _judged: dict[tuple[str, tuple[int, ...]], tuple[Any, Detection | None]] = field(
         default_factory=dict)
+    _raised: dict[str, Detection] = field(default_factory=dict)  # fp -> its finding's detection
 
     def view(self, rank: int) -> Telemetry:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
@@ -254,6 +260,10 @@ class Engine:
         """Record a detection; return the finding when it is new (or back after clearing).
         ``first_seen`` is when the condition was first detected, before ``for_s`` ran."""
         previous = self.findings.get(fp)
+        if previous is not None and previous.state == "active" and self._raised.get(fp) is d:
+            self.findings[fp] = replace(previous, last_seen=now)  # the same judgement, again
+            return None
+        self._raised[fp] = d
         first_seen = previous.first_seen if previous and previous.state == "active" else since
         wording = rule.variants.get(d.variant or "") or rule
         finding = Finding(
