@@ -1,9 +1,10 @@
 """gpuwatch's Lightning callback against Lightning's own DeviceStatsMonitor, on the same
 CPU run: per-step cost over a bare Trainer, in interleaved fits.
 
-    python benchmarks/lightning_overhead.py [--rounds 5] [--steps 600]
+    python benchmarks/lightning_overhead.py [--rounds 5] [--steps 3000]
 
-Each round fits a small MLP (~10 ms steps, one thread) for --steps steps four times,
+Each round fits a small MLP (under 1 ms steps, one thread, so that tens of
+microseconds show) for --steps steps four times,
 in an order that rotates each round:
 
 - ``bare``: no monitoring callback;
@@ -41,9 +42,8 @@ from gpuwatch.integrations.lightning import GpuWatchCallback
 class Tiny(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.ReLU(),
-                                       torch.nn.Linear(2048, 512), torch.nn.ReLU(),
-                                       torch.nn.Linear(512, 1))
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
+                                       torch.nn.Linear(256, 1))
 
     def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
         x, y = batch
@@ -79,20 +79,20 @@ def fit(kind: str, steps: int, data: TensorDataset, every: int) -> float:
                             log_every_n_steps=log_every, enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False,
                             callbacks=callbacks)
-        trainer.fit(Tiny(), DataLoader(data, batch_size=64))
+        trainer.fit(Tiny(), DataLoader(data, batch_size=32))
     return (clock.end - clock.start) / steps
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=3000)
     args = p.parse_args()
     warnings.simplefilter("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("gpuwatch").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    data = TensorDataset(torch.randn(args.steps * 64, 512), torch.randn(args.steps * 64, 1))
+    data = TensorDataset(torch.randn(args.steps * 32, 64), torch.randn(args.steps * 32, 1))
     bare_step = fit("bare", 100, data, 50)  # warm-up, and the step time for 1 Hz
     every = max(1, round(1.0 / bare_step))
     kinds = ["bare", "gpuwatch", "devicestats@50", "devicestats@1Hz"]
