@@ -70,9 +70,16 @@ def analyze(paths: list[Path], settings: Settings, *, workers: int | None = None
     in this process); the findings are the same either way. ``progress``: a stream
     (stderr) for a progress bar, shown only on a terminal and once the analysis has
     run ``progress_delay_s`` seconds."""
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or _cores()
     with _without_cyclic_gc():
         return _analyze(run_logs(paths), settings, workers, progress, progress_delay_s)
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
