@@ -107,7 +107,7 @@ def segments(path: Path) -> list[Path]:
     ``.jsonl.gz``, or its ``.jsonl`` where compression never finished."""
     stem = path.name.removesuffix(".jsonl")
     parts: dict[int, Path] = {}
-    for p in path.parent.glob(f"{glob_escape(stem)}.part*.jsonl*"):
+    for p in path.parent.glob(f"{_glob_escape(stem)}.part*.jsonl*"):
         match = _PART.fullmatch(p.name[len(stem):])
         if match is not None:
             k = int(match.group(1))
@@ -116,7 +116,12 @@ def segments(path: Path) -> list[Path]:
     return [parts[k] for k in sorted(parts)]
 
 
-def glob_escape(name: str) -> str:
+def _part_number(name: str) -> int:
+    match = _PART.search(name)
+    return int(match.group(1)) if match else 0
+
+
+def _glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
@@ -141,7 +146,7 @@ class RunLogWriter:
             path, "xb" if exclusive else "ab", buffering=1 << 20)
         self._lock = threading.Lock()
         parts = segments(path)  # (appending to a rotated log: numbering goes on)
-        self._parts = int(_PART.search(parts[-1].name).group(1)) if parts else 0  # type: ignore[union-attr]
+        self._parts = _part_number(parts[-1].name) if parts else 0
 
     def write(self, records: Iterable[Record]) -> None:
         """Append records, then flush. Lines are encoded one at a time: orjson's bytes
