@@ -120,18 +120,19 @@ def one_rank_rss(directory: str) -> None:
     print(f"{result.records:>10} records: peak RSS of the replay {peak / 1024:.0f} MiB")
 
 
-def job(ranks: int, minutes: float) -> None:
+def job(ranks: int, minutes: float, workers: int | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write(shape(ranks, minutes * 60), Path(tmp))
         wall0, cpu0 = time.perf_counter(), time.process_time()
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        result = analyze(paths, Settings())
+        result = analyze(paths, Settings(), workers=workers)
         wall = time.perf_counter() - wall0
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (time.process_time() - cpu0 + children.ru_utime - children0.ru_utime
                + children.ru_stime - children0.ru_stime)
         print(f"{ranks} ranks x {minutes} min: {result.records} records, "
-              f"{len(os.sched_getaffinity(0))} cores: wall {wall:.1f} s, CPU {cpu:.1f} s; "
+              f"workers {workers or 'default'} of {len(os.sched_getaffinity(0))} cores: "
+              f"wall {wall:.1f} s, CPU {cpu:.1f} s; "
               f"24 h scaled: wall {wall * 24 * 60 / minutes / 60:.1f} min")
 
 
@@ -160,12 +161,13 @@ def main() -> None:
     p.add_argument("--one-rank-rss", help=argparse.SUPPRESS)
     p.add_argument("--job", type=int, metavar="RANKS")
     p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--workers", type=int, help="default: analyze's own")
     p.add_argument("--bytes-per-day", action="store_true")
     args = p.parse_args()
     if args.bytes_per_day:
         bytes_per_day()
     elif args.job:
-        job(args.job, args.minutes)
+        job(args.job, args.minutes, args.workers)
     elif args.one_rank_rss:
         one_rank_rss(args.one_rank_rss)
     elif args.memory:

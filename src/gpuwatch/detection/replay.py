@@ -30,6 +30,9 @@ from gpuwatch.sinks.runlog import RunLogReader, is_segment
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 TICK_RECORDS = 65536  # the progress bar moves every this many records
+# Parallel replay reads every log twice (the job pass, then the ranks): on fewer cores
+# than this it loses to one process (RESULTS.md, the 64-rank job on 2 cores).
+PARALLEL_CORES = 4
 
 
 @dataclass
@@ -66,11 +69,13 @@ def analyze(paths: list[Path], settings: Settings, *, workers: int | None = None
     """Findings of the runs in ``paths``, judged with the detection settings each run
     recorded (except those the caller's ``settings`` set explicitly).
 
-    ``workers``: processes that replay ranks side by side (default: every core; 1: all
-    in this process); the findings are the same either way. ``progress``: a stream
+    ``workers``: processes that replay ranks side by side (default: every core on a
+    machine of ``PARALLEL_CORES`` or more, else 1: all in this process); the findings
+    are the same either way. ``progress``: a stream
     (stderr) for a progress bar, shown only on a terminal and once the analysis has
     run ``progress_delay_s`` seconds."""
-    workers = workers or _cores()
+    if workers is None:
+        workers = _cores() if _cores() >= PARALLEL_CORES else 1
     with _without_cyclic_gc():
         return _analyze(run_logs(paths), settings, workers, progress, progress_delay_s)
 
