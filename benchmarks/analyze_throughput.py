@@ -1,82 +1,179 @@
-"""Offline analysis speed and memory: `gpuwatch analyze` over a synthetic run log.
+"""Offline analysis speed and memory on the shape real jobs write: `gpuwatch analyze`
+over a corpus-generated multi-rank log (tests/scenarios, the corpus's own generator).
 
-    python benchmarks/analyze_throughput.py [--records 1000000]
+    python benchmarks/analyze_throughput.py [--ranks 8] [--hours 0.5] [--runs 5]
+    python benchmarks/analyze_throughput.py --memory 1000000,10000000
+    python benchmarks/analyze_throughput.py --job 64 --minutes 10
+    python benchmarks/analyze_throughput.py --bytes-per-day
 
-Writes a run log of --records records (steps at 20 ms plus host, agent and
-two GPUs' NVML samples at 1 Hz, as a 2-GPU job would log them), then replays it
-through every detector on one core, for logs of a tenth, one and three times
---records. Reports records/s (CPU time) and the process's RSS after each
-replay: flat memory means the RSS does not grow with the log.
+Throughput: ``--ranks`` ranks of 4 s steps (LLM pretraining, 10% in collectives,
+hourly blocking saves) with the usual 1 Hz NVML, host, allocator and agent samples,
+``--hours`` of training. Each run replays the logs on one core (the serial path),
+then parses the same lines with a bare ``json.loads``; the two alternate, ``--runs``
+times. Reports CPU seconds (parsing included), records/s and the ratio to the bare
+parse: median and spread (min-max).
+
+Memory (``--memory N,M``): one rank's log of each record count, replayed in a fresh
+process each; reports the peak RSS, which stays flat when replay streams.
+
+Job (``--job R --minutes M``): R ranks of the same shape for M minutes, analysed with
+every core (``analyze`` as the CLI calls it); wall and CPU time, and the wall time
+scaled linearly to 24 hours (replay cost is linear in records: memory is flat).
+
+Bytes per rank per day (``--bytes-per-day``): one rank's 24 hours written by the run-log
+writer at the default segment size (rotation and gzip), on disk at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze
-from gpuwatch.records import SCHEMA_VERSION, Meta, Record, Sample, Step
-from gpuwatch.sinks.runlog import RunLogWriter
+from gpuwatch.sinks.runlog import RunLogWriter, encode, segments
+from tests.scenarios import Saves, Shape, simulate, write
 
-STEP_S = 0.02
-GPU = {"gpu_utilization_ratio": 0.9, "gpu_memory_used_bytes": 6e10, "gpu_memory_total_bytes": 8e10,
-       "gpu_power_watts": 400.0, "gpu_energy_joules_total": 1e6, "gpu_temperature_celsius": 60.0,
-       "gpu_sm_clock_hertz": 1.9e9, "gpu_memory_clock_hertz": 2.6e9,
-       "gpu_clock_event_reasons": 0.0, "gpu_tensor_active_ratio": 0.5,
-       "gpu_dram_active_ratio": 0.4}
+RECORDS_PER_RANK_S = 4.25  # four 1 Hz samples and a 4 s step's record per second
 
 
-def write_log(path: Path, records: int) -> None:
-    w = RunLogWriter(path)
-    w.write([Meta(schema=SCHEMA_VERSION, gpuwatch="bench", job="bench", host="h", rank=0,
-                  local_rank=0, world_size=1, pid=1, started=0.0)])
-    n, step, t = 1, 0, 0.0
-    batch: list[Record] = []
-    while n < records:
-        step += 1
-        t += STEP_S
-        batch.append(Step(rank=0, step=step, t=t, wall_s=STEP_S, data_s=0.001, compute_s=0.017,
-                          optimizer_s=0.002, samples=32))
-        n += 1
-        if step % 50 == 0:  # once a second
-            batch += [Sample(0, t, "nvml", dict(GPU), gpu=0),
-                      Sample(0, t, "nvml", dict(GPU), gpu=1),
-                      Sample(0, t, "host", {"process_cpu_cores": 1.0, "workers": 4.0,
-                                            "workers_cpu_ratio": 0.3}),
-                      Sample(0, t, "agent", {"agent_cpu_seconds_total": 1.0})]
-            n += 4
-            w.write(batch)
-            batch = []
-    w.write(batch)
-    w.close()
+def shape(ranks: int, seconds: float) -> Shape:
+    """Multi-second LLM steps on ``ranks`` ranks, sampled at 1 Hz."""
+    return Shape(step_s=4.0, duration_s=seconds, world=ranks, collective_share=0.1,
+                 collective_bytes=int(2e9), saves=Saves(every_s=3600.0, blocking_s=30.0),
+                 total_steps=100_000)
 
 
-def replay(path: Path) -> tuple[int, float, float]:
-    """(records, CPU seconds, RSS after the replay in MiB)."""
+def bare_parse(paths: list[Path]) -> tuple[int, float]:
+    """(lines, CPU seconds) of json.loads over every line."""
     start = time.process_time()
-    result = analyze([path], Settings())
-    cpu = time.process_time() - start
-    return result.records, cpu, psutil.Process().memory_info().rss / 2**20
+    n = 0
+    for path in paths:
+        with path.open("rb") as f:
+            for line in f:
+                json.loads(line)
+                n += 1
+    return n, time.process_time() - start
+
+
+def replay(paths: list[Path]) -> tuple[int, float]:
+    """(records, CPU seconds) of the serial replay."""
+    start = time.process_time()
+    result = analyze(paths, Settings(), workers=1)
+    return result.records, time.process_time() - start
+
+
+def throughput(ranks: int, hours: float, runs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write(shape(ranks, hours * 3600), Path(tmp))
+        size = sum(p.stat().st_size for p in paths)
+        rates, ratios, cpus = [], [], []
+        for _ in range(runs):
+            records, cpu = replay(paths)
+            _, parse = bare_parse(paths)
+            cpus.append(cpu)
+            rates.append(records / cpu)
+            ratios.append(cpu / parse)
+        print(f"{ranks} ranks x {hours} h: {records} records, {size / 2**20:.1f} MiB")
+        print(f"  replay CPU s   median {statistics.median(cpus):.2f}  "
+              f"[{min(cpus):.2f}-{max(cpus):.2f}]")
+        print(f"  records/s      median {statistics.median(rates):,.0f}  "
+              f"[{min(rates):,.0f}-{max(rates):,.0f}]")
+        print(f"  x json.loads   median {statistics.median(ratios):.2f}  "
+              f"[{min(ratios):.2f}-{max(ratios):.2f}]")
+
+
+def memory(counts: list[int]) -> None:
+    """Each log written by one process, replayed by a fresh one (its peak RSS is the
+    replay's own)."""
+    for n in counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-c", WRITE.format(root=str(ROOT), records=n,
+                                                                 tmp=tmp)], check=True)
+            out = subprocess.run([sys.executable, __file__, "--one-rank-rss", tmp],
+                                 check=True, capture_output=True, text=True).stdout
+            print(out.strip())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+WRITE = """import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {root!r} + '/benchmarks')
+from pathlib import Path
+from analyze_throughput import shape, RECORDS_PER_RANK_S
+from tests.scenarios import write
+write(shape(1, {records} / RECORDS_PER_RANK_S), Path({tmp!r}))
+"""
+
+
+def one_rank_rss(directory: str) -> None:
+    result = analyze([Path(directory)], Settings(), workers=1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{result.records:>10} records: peak RSS of the replay {peak / 1024:.0f} MiB")
+
+
+def job(ranks: int, minutes: float, workers: int | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write(shape(ranks, minutes * 60), Path(tmp))
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = analyze(paths, Settings(), workers=workers)
+        wall = time.perf_counter() - wall0
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (time.process_time() - cpu0 + children.ru_utime - children0.ru_utime
+               + children.ru_stime - children0.ru_stime)
+        print(f"{ranks} ranks x {minutes} min: {result.records} records, "
+              f"workers {workers or 'default'} of {len(os.sched_getaffinity(0))} cores: "
+              f"wall {wall:.1f} s, CPU {cpu:.1f} s; "
+              f"24 h scaled: wall {wall * 24 * 60 / minutes / 60:.1f} min")
+
+
+def bytes_per_day() -> None:
+    settings = Settings()
+    (records,) = simulate(shape(1, 24 * 3600))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "run-rank0.jsonl"
+        writer = RunLogWriter(path, segment_bytes=int(settings.runlog_segment_mb * 2**20))
+        for k in range(0, len(records), 64):  # the agent writes in small batches
+            writer.write(records[k:k + 64])
+        writer.close()
+        raw = sum(len(encode(r)) for r in records)
+        on_disk = sum(p.stat().st_size for p in Path(tmp).iterdir())
+        print(f"one rank, 24 h, {len(records)} records: {raw / 1e6:.1f} MB of JSON lines, "
+              f"{on_disk / 1e6:.1f} MB on disk with {len(segments(path))} gzip segments "
+              f"of {settings.runlog_segment_mb:g} MiB (the live file is the rest)")
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--records", type=int, default=1_000_000)
+    p.add_argument("--ranks", type=int, default=8)
+    p.add_argument("--hours", type=float, default=0.5)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--memory", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--one-rank-rss", help=argparse.SUPPRESS)
+    p.add_argument("--job", type=int, metavar="RANKS")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--workers", type=int, help="default: analyze's own")
+    p.add_argument("--bytes-per-day", action="store_true")
     args = p.parse_args()
-    sizes = (args.records // 10, args.records, 3 * args.records)
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
-            path = Path(tmp) / f"{n}.jsonl"
-            write_log(path, n)
-            records, cpu, rss = replay(path)
-            path.unlink()
-            print(f"{records:>9} records: {cpu:6.2f} s of CPU, {records / cpu:,.0f} records/s; "
-                  f"RSS after {rss:.1f} MiB")
+    if args.bytes_per_day:
+        bytes_per_day()
+    elif args.job:
+        job(args.job, args.minutes, args.workers)
+    elif args.one_rank_rss:
+        one_rank_rss(args.one_rank_rss)
+    elif args.memory:
+        memory(args.memory)
+    else:
+        throughput(args.ranks, args.hours, args.runs)
 
 
 if __name__ == "__main__":

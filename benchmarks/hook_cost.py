@@ -5,7 +5,9 @@
 Each step is timed with perf_counter_ns; the cost is the monitored step minus an
 empty step timed the same way (interleaved in blocks, so both see the same
 machine). Reported: median and p99 of the per-step cost in microseconds, for a
-bare step and for a step with three phases (data, compute, optimizer).
+bare step, a step with three pre-built phase spans (data, compute, optimizer), and
+the README's own usage: ``with monitor.phase("data"):`` looked up by name inside
+every step. RESULTS.md reports the median and spread of five such runs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main() -> None:
         empty: list[int] = []
         bare: list[int] = []
         phased: list[int] = []
+        readme: list[int] = []
+        phase = monitor.phase
         for _ in range(args.steps // BLOCK):
             for _ in range(BLOCK):
                 t0 = perf_counter_ns()
@@ -57,6 +61,17 @@ def main() -> None:
                         pass
                 t1 = perf_counter_ns()
                 phased.append(t1 - t0)
+            for _ in range(BLOCK):
+                t0 = perf_counter_ns()
+                with monitor.step():
+                    with phase("data"):
+                        pass
+                    with phase("compute"):
+                        pass
+                    with phase("optimizer"):
+                        pass
+                t1 = perf_counter_ns()
+                readme.append(t1 - t0)
         monitor.stop()
         dropped = monitor.agent.ring.dropped
         logged = monitor.agent.assembler.steps
@@ -64,7 +79,8 @@ def main() -> None:
     print(f"steps per variant: {len(bare)}; steps assembled by the agent: {logged}; "
           f"marks dropped: {dropped}")
     print(f"timer floor (empty step):          median {base_med:.3f} us, p99 {base_p99:.3f} us")
-    for name, ns in (("step()", bare), ("step() + 3 phases", phased)):
+    for name, ns in (("step()", bare), ("step() + 3 pre-built phases", phased),
+                     ('step() + 3 x phase("name") (README)', readme)):
         med, p99 = quantiles(ns)
         print(f"{name:<34} median {med - base_med:.3f} us, p99 {p99 - base_med:.3f} us "
               "(floor subtracted)")

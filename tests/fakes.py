@@ -45,9 +45,32 @@ class FakeGpu:
     violation_ns: dict[int, int] = field(default_factory=dict)  # perf policy -> ns throttled
 
 
+# Per-call times of a healthy datacenter driver (seconds): PCIe throughput blocks for
+# its ~20 ms sampling window; NVLink state and field reads are ioctls; the rest are
+# cached reads of a few tens of microseconds.
+REALISTIC_LATENCY = {
+    "nvmlDeviceGetPcieThroughput": 0.020,
+    "nvmlDeviceGetNvLinkState": 0.000_2,
+    "nvmlDeviceGetFieldValues": 0.000_3,
+    "nvmlDeviceGetUtilizationRates": 0.000_05,
+    "nvmlDeviceGetMemoryInfo": 0.000_05,
+    "nvmlDeviceGetPowerUsage": 0.000_05,
+    "nvmlDeviceGetTotalEnergyConsumption": 0.000_05,
+    "nvmlDeviceGetTemperature": 0.000_03,
+    "nvmlDeviceGetClockInfo": 0.000_03,
+    "nvmlDeviceGetCurrentClocksEventReasons": 0.000_03,
+    "nvmlDeviceGetComputeRunningProcesses": 0.000_2,
+    "nvmlDeviceGetViolationStatus": 0.000_05,
+    "nvmlGpmSampleGet": 0.000_5,
+}
+
+
 class FakeNvml:
     """A pynvml stand-in. ``fail`` maps function name -> error code raised on each call;
-    ``hang`` maps function name -> seconds to block; ``calls`` counts calls."""
+    ``hang`` maps function name -> seconds to block (a fault); ``latency`` maps function
+    name -> seconds each call takes on a healthy driver, spent blocked outside the GIL
+    as ctypes calls into libnvidia-ml are (see ``REALISTIC_LATENCY``); ``calls`` counts
+    calls."""
 
     NVMLError = NVMLError
     NVML_SUCCESS = 0
@@ -83,11 +106,12 @@ class FakeNvml:
 
     def __init__(self, gpus: list[FakeGpu] | None = None, *, init_error: int | None = None,
                  fail: dict[str, int] | None = None, hang: dict[str, float] | None = None,
+                 latency: dict[str, float] | None = None,
                  driver: str = "570.86.15") -> None:
         self.gpus = gpus if gpus is not None else [FakeGpu()]
         self.init_error = init_error
         self.fail = fail or {}
-        self.hang = hang or {}
+        self.hang = {**(latency or {}), **(hang or {})}
         self.driver = driver
         self.calls: Counter[str] = Counter()
         self.gpm_ticks = 0

@@ -288,7 +288,9 @@ class Agent:
         assert out_dir is not None  # set by _settle
         torch = sys.modules.get("torch")
         first = (self.settings.attempt or 0) + restart_count(self._env)
-        self._writer, self.attempt = claim_runlog(out_dir, ident.rank, ident.world_size, first)
+        self._writer, self.attempt = claim_runlog(
+            out_dir, ident.rank, ident.world_size, first,
+            segment_bytes=int(self.settings.runlog_segment_mb * 2**20))
         self.runlog_path = self._writer.path
         self._start_exporter()
         port = self.exporter.port if self.exporter is not None else None

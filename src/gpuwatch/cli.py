@@ -295,7 +295,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from gpuwatch.sinks.report import findings_json, findings_text
 
     try:
-        result = analyze(list(args.runlogs), load_settings())
+        result = analyze(list(args.runlogs), load_settings(), progress=sys.stderr)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:  # unreadable (permissions, a directory, an I/O error)

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
                                      description="NVML, allocator and host sampling period.")
     pcie_interval_s: float = Field(default=5.0, ge=1, le=3600,
                                    description="PCIe throughput period (each read blocks ~20 ms).")
+    runlog_segment_mb: float = Field(default=64.0, ge=0, le=1 << 20,
+                                     description="Run-log size (MiB) past which the log is "
+                                                 "rotated into a gzip-compressed segment; "
+                                                 "0: never rotated.")
     flush_interval_s: float = Field(default=0.5, gt=0, le=60,
                                     description="How often steps are assembled and logged.")
     ring_capacity: int = Field(default=65536, ge=1024, le=1 << 24,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuwatch.records import Event, Meta, Record, Sample, Step
+from gpuwatch.series import Figure, Series
 
 MAX_STEPS = 8192
 MAX_SAMPLES = 900  # per (source, gpu): 15 minutes at 1 Hz
@@ -34,6 +35,7 @@ INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an i
 RHYTHM_SHARE = 0.10  # interruptions more frequent than this share of steps are the rhythm
 # Events that show the job is working between steps (besides steps themselves).
 PROGRESS_EVENTS = frozenset({"progress", "checkpoint_save"})
+_CHANGES = itertools.count(1)  # stamps of steps and events, unique across views
 
 
 # What step windows sum: the step count, then these step fields.
@@ -149,6 +151,11 @@ class Telemetry:
         self.interrupting = StepWindow(MAX_EVENTS)  # the steps that were interruptions
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.samples: dict[tuple[str, int | None], deque[Sample]] = {}
+        # Running aggregates of the keys detectors ask about, per (source, GPU): made on
+        # the first question (from the window), kept current as samples arrive.
+        self._series: dict[tuple[str, int | None], dict[str, Series]] = {}
+        self._seq: dict[tuple[str, int | None], int] = {}  # samples seen per (source, GPU)
+        self._tracked: dict[str, tuple[str, ...]] = {}  # keys asked about, by source
         self.total_steps = 0
         self.clock = 0.0
         self.started = 0.0
@@ -162,6 +169,7 @@ class Telemetry:
         self.interruptions: deque[tuple[float, float]] = deque(maxlen=MAX_EVENTS)
         self.first_step_start: float | None = None  # start of the first step (Unix s)
         self.last_progress = 0.0  # newest step or progress event time
+        self.changed = 0  # a stamp that changes with every step or event (not samples)
         self._walls: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent step walls
         self._median = 0.0  # their median (0: none yet)
         self._stepping_power: deque[float] = deque(maxlen=120)  # watts while steps ran
@@ -174,10 +182,16 @@ class Telemetry:
         if isinstance(r, Step):
             self._step(r)
         elif isinstance(r, Sample):
-            window = self.samples.get((r.source, r.gpu))
+            group = (r.source, r.gpu)
+            window = self.samples.get(group)
             if window is None:
-                window = self.samples[(r.source, r.gpu)] = deque(maxlen=MAX_SAMPLES)
+                window = self.samples[group] = deque(maxlen=MAX_SAMPLES)
+                self._seq[group] = 0
             window.append(r)
+            seq = self._seq[group] = self._seq[group] + 1
+            tracked = self._tracked.get(r.source)
+            if tracked:
+                self._track(group, seq, r, tracked)
             power = r.values.get("gpu_power_watts")
             if power is not None and self.steps and r.t - self.steps[-1].t <= max(
                     5.0, 2 * (self.median_step_s() or 0.0)):
@@ -194,6 +208,7 @@ class Telemetry:
             self.clock = r.t
 
     def _step(self, s: Step) -> None:
+        self.changed = next(_CHANGES)
         self.steps.append(s)
         self.total_steps = s.step
         self.steps_seen += 1
@@ -214,6 +229,7 @@ class Telemetry:
         self.window.add(s)
 
     def _event(self, e: Event) -> None:
+        self.changed = next(_CHANGES)
         self.events.append(e)
         if e.name in PROGRESS_EVENTS:
             self.last_progress = max(self.last_progress, e.t)
@@ -265,7 +281,9 @@ class Telemetry:
         return sum(1 for t in self.oom_times if t >= since)
 
     def samples_since(self, source: str, since: float) -> list[Sample]:
-        """Every sample of ``source`` (all GPUs) at or after ``since``, oldest first."""
+        """Every sample of ``source`` (all GPUs) at or after ``since``, oldest first.
+        For per-sample judgements over short spans (since the last step); a window's
+        figures come from ``figure``."""
         parts: list[list[Sample]] = []
         for (src, _), window in self.samples.items():
             if src == source:
@@ -276,22 +294,105 @@ class Telemetry:
             return parts[0]
         return sorted(itertools.chain.from_iterable(parts), key=lambda s: s.t)
 
+    def figure(self, source: str, key: str, since: float) -> Figure | None:
+        """The readings of ``key`` from ``source`` (all GPUs) at or after ``since`` as one
+        figure (None if there are none), in O(log n) of the window."""
+        count, total, low, high = 0, 0.0, float("inf"), float("-inf")
+        last_t, last, gpus = float("-inf"), 0.0, []
+        for group, series in self._key_series(source, key):
+            n, s = series.count_sum(since)
+            extrema, newest = series.extrema(since), series.newest()
+            if not n or extrema is None or newest is None:
+                continue
+            count, total = count + n, total + s
+            low, high = min(low, extrema[0]), max(high, extrema[1])
+            if newest[0] >= last_t:  # (ties: the later GPU, as a stable time sort has it)
+                last_t, last = newest
+            if group[1] is not None:
+                gpus.append(group[1])
+        if not count:
+            return None
+        return Figure(count, total, low, high, last, tuple(sorted(set(gpus))))
+
+    def uninterrupted(self, source: str, key: str, since: float
+                      ) -> tuple[int, float, tuple[int, ...]]:
+        """Count, sum and GPUs of the readings of ``key`` at or after ``since`` taken
+        outside recent interruptions (as ``interrupted`` tells them apart)."""
+        cuts = self._interrupted_spans(since)
+        count, total, gpus = 0, 0.0, set()
+        for group, series in self._key_series(source, key):
+            n, s = series.count_sum(since)
+            for a, b in cuts:
+                dn, ds = series.count_sum(a, b)
+                n, s = n - dn, s - ds
+            if n > 0:
+                count, total = count + n, total + s
+                if group[1] is not None:
+                    gpus.add(group[1])
+        return count, total, tuple(sorted(gpus))
+
     def counter_rise(self, source: str, key: str, since: float) -> float:
         """How much a cumulative counter rose since the last reading before ``since``."""
         newest = base = None
-        for (src, _), window in self.samples.items():
-            if src != source:
+        for _, series in self._key_series(source, key):
+            rise = series.rise(since)
+            if rise is None:
                 continue
-            for sample in reversed(window):
-                value = sample.values.get(key)
-                if value is None:
-                    continue
-                if newest is None:
-                    newest = value
-                base = value
-                if sample.t < since:
-                    break
+            if newest is None:
+                newest = rise[1]
+            base = rise[0]
         return max(newest - base, 0.0) if newest is not None and base is not None else 0.0
+
+    def _key_series(self, source: str, key: str) -> list[tuple[tuple[str, int | None], Series]]:
+        """The series of ``key`` on each GPU of ``source`` (window order), trimmed to the
+        window; tracked from now on if it was not."""
+        tracked = self._tracked.get(source, ())
+        if key not in tracked:
+            self._tracked[source] = (*tracked, key)
+            for group, window in self.samples.items():
+                if group[0] == source:
+                    made = self._series.setdefault(group, {})[key] = Series()
+                    first = self._seq[group] - len(window) + 1
+                    for seq, sample in enumerate(window, first):
+                        value = sample.values.get(key)
+                        if value is not None:
+                            made.append(seq, sample.t, value)
+        out = []
+        for group, by_key in self._series.items():
+            series = by_key.get(key) if group[0] == source else None
+            if series is not None:
+                series.trim(self._seq[group] - MAX_SAMPLES + 1)
+                out.append((group, series))
+        return out
+
+    def _track(self, group: tuple[str, int | None], seq: int, r: Sample,
+               keys: tuple[str, ...]) -> None:
+        by_key = self._series.get(group)
+        if by_key is None:
+            by_key = self._series[group] = {k: Series() for k in keys}
+        for key in keys:
+            value = r.values.get(key)
+            if value is not None:
+                series = by_key.get(key)
+                if series is None:
+                    series = by_key[key] = Series()
+                series.append(seq, r.t, value)
+                if len(series) > MAX_SAMPLES:
+                    series.trim(seq - MAX_SAMPLES + 1)
+
+    def _interrupted_spans(self, since: float) -> list[tuple[float, float]]:
+        """The union of recent interruptions that reach ``since`` or later, as disjoint
+        closed spans clipped to start no earlier than ``since``."""
+        spans: list[tuple[float, float]] = []
+        for a, b in sorted(self.interruptions):
+            if b < since:
+                continue
+            a = max(a, since)
+            if spans and a <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], b))
+            else:
+                spans.append((a, b))
+        return spans
 
     def latest(self, source: str, gpu: int | None = None) -> Sample | None:
         window = self.samples.get((source, gpu))
@@ -301,9 +402,6 @@ class Telemetry:
         """The newest NVML sample of each GPU, by GPU index."""
         latest = [w[-1] for (src, _), w in self.samples.items() if src == "nvml" and w]
         return sorted(latest, key=lambda s: s.gpu or 0)
-
-    def values_since(self, source: str, key: str, since: float) -> list[float]:
-        return [s.values[key] for s in self.samples_since(source, since) if key in s.values]
 
 
 class TrainingBatch:

@@ -96,12 +96,12 @@ class Context:
         planned = self.total_steps or view.planned_steps
         inputs = Inputs(
             tensor_share=_mean(tensor_share(v, since) for v in views),
-            gpu_busy=_mean(_mean(v.values_since("nvml", "gpu_utilization_ratio", since))
+            gpu_busy=_mean(_figure_mean(v, "nvml", "gpu_utilization_ratio", since)
                            for v in views),
             link_now=link_now(view, current), units_per_step=units, unit=unit,
             remaining_steps=planned - view.total_steps if planned else None,
             device_name=self.device_name(view), precision=self.precision,
-            power_watts=_mean(view.values_since("nvml", "gpu_power_watts", since)))
+            power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since))
         proj = project(parts, target or self.target_gpu, current, ranks=world,
                        drop_recompute=drop_recompute, total_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)
@@ -112,6 +112,11 @@ class Context:
                cannot_run_here: str | None = None) -> Verdict:
         """The move gate (gpuwatch.detection.moves.decide) with this run's costs."""
         return decide(proj, self.costs, otherwise=otherwise, cannot_run_here=cannot_run_here)
+
+
+def _figure_mean(view: Telemetry, source: str, key: str, since: float) -> float | None:
+    figure = view.figure(source, key, since)
+    return figure.mean if figure is not None else None
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -177,11 +182,10 @@ def has_nvlink(view: Telemetry) -> bool:
 
 def tensor_share(view: Telemetry, since: float) -> float | None:
     """Tensor-bound share of compute from GPM: tensor / (tensor + DRAM) activity."""
-    tensor = view.values_since("nvml", "gpu_tensor_active_ratio", since)
-    dram = view.values_since("nvml", "gpu_dram_active_ratio", since)
-    if not tensor or not dram:
+    t = _figure_mean(view, "nvml", "gpu_tensor_active_ratio", since)
+    d = _figure_mean(view, "nvml", "gpu_dram_active_ratio", since)
+    if t is None or d is None:
         return None
-    t, d = statistics.fmean(tensor), statistics.fmean(dram)
     return t / (t + d) if t + d > 0 else None
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-
 from gpuwatch.detection.context import Context, Detection, recent, window_s
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
@@ -23,11 +21,11 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     }
     host = view.latest("host")
     workers = int(host.values.get("workers", 0)) if host else 0
-    busy = view.values_since("host", "workers_cpu_ratio", since)
+    busy = view.figure("host", "workers_cpu_ratio", since)
     if host is not None:
         evidence["workers"] = float(workers)
     if workers and busy:
-        evidence["workers_cpu_ratio"] = statistics.fmean(busy)
+        evidence["workers_cpu_ratio"] = busy.mean
     if not workers:
         text = "batches are loaded in the training process itself (no DataLoader workers)"
         advice = ("Load in worker processes: DataLoader(num_workers=N, pin_memory=True, "

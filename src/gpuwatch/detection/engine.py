@@ -13,7 +13,8 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from functools import lru_cache, partial
+from typing import Any, Protocol
 
 from gpuwatch.config import ConfigError, Settings
 from gpuwatch.detection import (
@@ -50,11 +51,26 @@ JOB_DETECTORS: dict[str, JobDetector] = {
     "straggler": straggler.detect,
     "sync_bottleneck": sync_bottleneck.detect,
 }
+# Judged on every interval: what they see is what did *not* happen.
+ABSENCE_DRIVEN = frozenset({"hang"})
+STALL_S = 10.0  # a rank with no step or progress this long (or 3 median steps) is stalled
+
+
+class Explains(Protocol):
+    """What explains a rank's condition: findings active and conditions detected (still
+    short of ``for_s``), as (detector, ranks)."""
+
+    def covered(self) -> list[tuple[str, list[int]]]: ...
 
 
 def fingerprint(job: str, detector: str, ranks: list[int]) -> str:
     """Stable while a condition lasts: the job, the detector and the ranks it names."""
-    key = f"{job}|{detector}|{','.join(map(str, sorted(ranks)))}"
+    return _fingerprint(job, detector, tuple(sorted(ranks)))
+
+
+@lru_cache(maxsize=4096)
+def _fingerprint(job: str, detector: str, ranks: tuple[int, ...]) -> str:
+    key = f"{job}|{detector}|{','.join(map(str, ranks))}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -83,7 +99,11 @@ class Engine:
     _clock: float = 0.0
     next_eval: float = float("-inf")  # record time of the next judgement
     _own: set[int] = field(default_factory=set)
-    peers: list[Engine] = field(default_factory=list)
+    peers: list[Explains] = field(default_factory=list)
+    # (rule, ranks) -> (what the judgement saw, what it found): reused while that holds
+    _judged: dict[tuple[str, tuple[int, ...]], tuple[Any, Detection | None]] = field(
+        default_factory=dict)
+    _raised: dict[str, Detection] = field(default_factory=dict)  # fp -> its finding's detection
 
     def view(self, rank: int) -> Telemetry:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
@@ -139,15 +159,24 @@ class Engine:
     def active(self) -> list[Finding]:
         return [f for f in self.findings.values() if f.state == "active"]
 
+    def covered(self) -> list[tuple[str, list[int]]]:
+        """(detector, ranks) of the active findings, then of the conditions detected."""
+        return [(f.detector, f.ranks) for f in self.active()] + list(self._detected.values())
+
     def evaluate(self, now: float) -> list[Finding]:
         changes: list[Finding] = []
         seen: set[str] = set()
         ranks = sorted(self.views) if self.scope == "job" else sorted(self._own)
         views = [self.views[r] for r in ranks]
+        stale = True  # whether what explains what changed since ``_explain`` last ran
         for rule_id, rule in self.rules.items():
             if rule.scope != self.scope:
                 continue
-            for detection in self._run(rule, views, now):
+            if stale:
+                self._explain()
+            detections = self._run(rule, views, now)
+            stale = bool(detections)
+            for detection in detections:
                 fp = fingerprint(self.job, rule_id, detection.ranks)
                 seen.add(fp)
                 since = self._pending.setdefault(fp, now)
@@ -182,9 +211,7 @@ class Engine:
         (still short of ``for_s``), and on which ranks: job-scope ones cover every rank."""
         explained: dict[int, set[str]] = {}
         for engine in (self, *self.peers):
-            covered = [(f.detector, f.ranks) for f in engine.active()]
-            covered += engine._detected.values()
-            for detector, ranks in covered:
+            for detector, ranks in engine.covered():
                 rule = self.rules.get(detector)
                 job_wide = rule is not None and rule.scope == "job"
                 for r in (self.views if job_wide else ranks):
@@ -192,16 +219,17 @@ class Engine:
         self.context.explained = explained
 
     def _run(self, rule: Rule, views: list[Telemetry], now: float) -> list[Detection]:
-        self._explain()
         try:
             if rule.scope == "job":
                 job_detect = JOB_DETECTORS.get(rule.id)
-                found = job_detect(views, rule, self.context, now) if job_detect else None
+                found = (self._judge(rule, views, now, partial(
+                    job_detect, views, rule, self.context, now)) if job_detect else None)
                 return [found] if found else []
             rank_detect = RANK_DETECTORS.get(rule.id)
             if rank_detect is None:
                 return []
-            return [d for v in views if (d := rank_detect(v, rule, self.context, now))]
+            return [d for v in views if (d := self._judge(
+                rule, [v], now, partial(rank_detect, v, rule, self.context, now)))]
         except Exception as exc:  # a detector bug must not stop the others or the job
             self.errors += 1
             if self.errors == 1:
@@ -209,11 +237,33 @@ class Engine:
                             type(exc).__name__, exc)
             return []
 
+    def _judge(self, rule: Rule, views: list[Telemetry], now: float,
+               detect: Callable[[], Detection | None]) -> Detection | None:
+        """The rule's judgement of ``views``; the previous one again when nothing it can
+        see changed since (no step, event or explaining finding) and no rank is stalled.
+        Absence-driven rules always judge afresh."""
+        ranks = tuple(v.rank for v in views)
+        explained = self.context.explained
+        seen = (tuple(v.changed for v in views),
+                tuple(frozenset(explained.get(r, ())) for r in ranks))
+        key = (rule.id, ranks)
+        previous = self._judged.get(key)
+        if (previous is not None and previous[0] == seen and rule.id not in ABSENCE_DRIVEN
+                and not any(_stalled(v, now) for v in views)):
+            return previous[1]
+        found = detect()
+        self._judged[key] = (seen, found)
+        return found
+
     def _raise(self, rule: Rule, d: Detection, fp: str, now: float,
                since: float) -> Finding | None:
         """Record a detection; return the finding when it is new (or back after clearing).
         ``first_seen`` is when the condition was first detected, before ``for_s`` ran."""
         previous = self.findings.get(fp)
+        if previous is not None and previous.state == "active" and self._raised.get(fp) is d:
+            self.findings[fp] = replace(previous, last_seen=now)  # the same judgement, again
+            return None
+        self._raised[fp] = d
         first_seen = previous.first_seen if previous and previous.state == "active" else since
         wording = rule.variants.get(d.variant or "") or rule
         finding = Finding(
@@ -226,6 +276,11 @@ class Engine:
         if previous is not None and previous.state == "active":
             return None
         return finding
+
+
+def _stalled(view: Telemetry, now: float) -> bool:
+    """No step or progress for ``STALL_S`` or three median steps, whichever is longer."""
+    return now - view.last_progress > max(STALL_S, 3 * (view.median_step_s() or 0.0))
 
 
 def _fill(template: str, d: Detection, fallback: str) -> str:

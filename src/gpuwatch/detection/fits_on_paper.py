@@ -47,9 +47,9 @@ def card_memory(view: Telemetry, ctx: Context) -> float | None:
 def own_memory(view: Telemetry, since: float) -> tuple[float, int] | None:
     """The job's peak memory in the window (bytes) and which MEMORY_SOURCES gave it."""
     for i, (source, key, _) in enumerate(MEMORY_SOURCES):
-        values = view.values_since(source, key, since)
-        if values:
-            return max(values), i
+        figure = view.figure(source, key, since)
+        if figure is not None:
+            return figure.high, i
     return None
 
 
@@ -87,7 +87,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if act_ckpt:
         proj.assumptions.append(f"without activation checkpointing activations take "
                                 f"{th['act_ckpt_memory_factor']:g}x the memory")
-    if not view.values_since("allocator", "allocator_allocated_bytes", since):
+    if view.figure("allocator", "allocator_allocated_bytes", since) is None:
         proj.assumptions.append("no allocator readings: half the peak taken as weights and "
                                 "optimizer state")
     workarounds = list(proj.workarounds_dropped)
@@ -103,13 +103,13 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         evidence["whole_card_memory"] = 1.0
     if cut is not None:
         evidence["batch_size_from"], evidence["batch_size_to"] = float(cut[0]), float(cut[1])
-    reserved = view.values_since("allocator", "allocator_reserved_bytes", since)
-    inactive = view.values_since("allocator", "allocator_inactive_split_bytes", since)
-    if inactive and reserved and reserved[-1] > 0:
-        evidence["fragmentation_ratio"] = inactive[-1] / reserved[-1]
-    pcie = view.values_since("nvml", "gpu_pcie_rx_bytes_per_second", since)
+    reserved = view.figure("allocator", "allocator_reserved_bytes", since)
+    inactive = view.figure("allocator", "allocator_inactive_split_bytes", since)
+    if inactive and reserved and reserved.last > 0:
+        evidence["fragmentation_ratio"] = inactive.last / reserved.last
+    pcie = view.figure("nvml", "gpu_pcie_rx_bytes_per_second", since)
     if pcie:
-        evidence["pcie_rx_bytes_per_second"] = max(pcie)
+        evidence["pcie_rx_bytes_per_second"] = pcie.high
     verdict = ctx.decide(proj, otherwise="fix_here", cannot_run_here=(
         f"memory at {peak / total:.0%} of the card with "
         + ", ".join(k for k, v in symptoms.items() if v))) if fits else "fix_here"
@@ -149,9 +149,10 @@ def memory_need(view: Telemetry, since: float, peak: float, cut: tuple[int, int]
     """Bytes the job would need without its workarounds: what stays allocated between
     steps (weights, gradients, optimizer state: the least allocated seen) plus the
     activations, scaled back to the original batch and to no activation checkpointing."""
-    peak = max([*view.values_since("allocator", "allocator_reserved_peak_bytes", since), peak])
-    allocated = view.values_since("allocator", "allocator_allocated_bytes", since)
-    static = min(allocated) if allocated else peak / 2
+    peaks = view.figure("allocator", "allocator_reserved_peak_bytes", since)
+    peak = max(peaks.high, peak) if peaks else peak
+    allocated = view.figure("allocator", "allocator_allocated_bytes", since)
+    static = allocated.low if allocated else peak / 2
     batch_factor = cut[0] / cut[1] if cut is not None else 1.0
     return static + max(peak - static, 0.0) * batch_factor * act_factor
 

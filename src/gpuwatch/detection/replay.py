@@ -14,16 +14,25 @@ import contextlib
 import gc
 import heapq
 import itertools
+import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
 
 from gpuwatch.config import Settings, replay_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.records import Finding, Meta, Record
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.sinks.runlog import RunLogReader, is_segment
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+TICK_RECORDS = 65536  # the progress bar moves every this many records
+# Parallel replay reads every log twice (the job pass, then the ranks): on fewer cores
+# than this it loses to one process (RESULTS.md, the 64-rank job on 2 cores).
+PARALLEL_CORES = 4
 
 
 @dataclass
@@ -44,7 +53,7 @@ def run_logs(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(p.glob("run*.jsonl"))
+            found = sorted(f for f in p.glob("run*.jsonl") if not is_segment(f.name))
             if not found:
                 raise FileNotFoundError(f"no run*.jsonl run log in {p}")
             out += found
@@ -55,11 +64,27 @@ def run_logs(paths: list[Path]) -> list[Path]:
     return out
 
 
-def analyze(paths: list[Path], settings: Settings) -> Analysis:
+def analyze(paths: list[Path], settings: Settings, *, workers: int | None = None,
+            progress: TextIO | None = None, progress_delay_s: float = 3.0) -> Analysis:
     """Findings of the runs in ``paths``, judged with the detection settings each run
-    recorded (except those the caller's ``settings`` set explicitly)."""
+    recorded (except those the caller's ``settings`` set explicitly).
+
+    ``workers``: processes that replay ranks side by side (default: every core on a
+    machine of ``PARALLEL_CORES`` or more, else 1: all in this process); the findings
+    are the same either way. ``progress``: a stream
+    (stderr) for a progress bar, shown only on a terminal and once the analysis has
+    run ``progress_delay_s`` seconds."""
+    if workers is None:
+        workers = _cores() if _cores() >= PARALLEL_CORES else 1
     with _without_cyclic_gc():
-        return _analyze(run_logs(paths), settings)
+        return _analyze(run_logs(paths), settings, workers, progress, progress_delay_s)
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -75,19 +100,57 @@ def _without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _analyze(logs: list[Path], settings: Settings) -> Analysis:
+def _analyze(logs: list[Path], settings: Settings, workers: int,
+             progress: TextIO | None, delay_s: float) -> Analysis:
     readers = [RunLogReader(p) for p in logs]
     heads = [_recorded_settings(reader, settings) for reader in readers]
     attempts: dict[int, list[tuple[Settings, Iterator[Record]]]] = {}
     for recorded, attempt, records in heads:
         attempts.setdefault(attempt, []).append((recorded, records))
-    engines = [_replay_attempt(attempts[a]) for a in sorted(attempts)]
-    return Analysis(findings=_ordered(engines),
-                    records=sum(r.records for r in readers),
-                    skipped_lines=sum(r.skipped for r in readers), logs=logs)
+    size = sum(p.stat().st_size for p in logs)
+    parallel = workers > 1 and any(len(a) > 1 for a in attempts.values())
+    # (in parallel, the logs are read twice: by the job engine, then by the rank engines)
+    with _bar(2 * size if parallel else size, progress, delay_s) as bar:
+        if parallel:
+            by_attempt: dict[int, list[int]] = {}
+            for i, (_, attempt, _) in enumerate(heads):
+                by_attempt.setdefault(attempt, []).append(i)
+            engines, n_records, skipped = _parallel(
+                readers, heads, [by_attempt[a] for a in sorted(by_attempt)], workers, bar)
+        else:
+            engines = [_replay_attempt(attempts[a], Reading(readers, bar))
+                       for a in sorted(attempts)]
+            n_records = sum(r.records for r in readers)
+            skipped = sum(r.skipped for r in readers)
+    return Analysis(findings=_ordered(engines), records=n_records, skipped_lines=skipped,
+                    logs=logs)
 
 
-def _replay_attempt(heads: list[tuple[Settings, Iterator[Record]]]
+@dataclass
+class Reading:
+    """The readers of a replay and the bar that shows how far they got (by bytes)."""
+
+    readers: list[RunLogReader]
+    bar: tqdm[Any] | None
+
+    def tick(self) -> None:
+        if self.bar is not None:
+            done = sum(r.bytes_read for r in self.readers)
+            self.bar.update(done - self.bar.n)
+
+
+@contextlib.contextmanager
+def _bar(total: int, stream: TextIO | None, delay_s: float) -> Iterator[tqdm[Any] | None]:
+    """A progress bar over ``total`` bytes on ``stream`` if it is a terminal."""
+    if stream is None or not stream.isatty():
+        yield None
+        return
+    with tqdm(total=total, file=stream, unit="B", unit_scale=True, delay=delay_s,
+              desc="gpuwatch analyze", leave=False) as bar:
+        yield bar
+
+
+def _replay_attempt(heads: list[tuple[Settings, Iterator[Record]]], reading: Reading
                     ) -> tuple[list[Engine], Engine]:
     """One attempt's logs through their rank engines and a job engine of their own."""
     rank_engines = [engine_from_settings(s, "rank") for s, _ in heads]
@@ -96,16 +159,129 @@ def _replay_attempt(heads: list[tuple[Settings, Iterator[Record]]]
         engine.views = job_engine.views
         engine.peers = [job_engine]  # a straggler or sync finding explains every rank
     if len(heads) == 1:  # one log: nothing to compare across ranks
-        rank_engines[0].feed(heads[0][1])
+        for n, record in enumerate(heads[0][1]):
+            rank_engines[0].feed((record,))
+            if not n % TICK_RECORDS:
+                reading.tick()
     else:
         streams = [_tagged(i, records) for i, (_, records) in enumerate(heads)]
-        for clock, index, record in heapq.merge(*streams, key=lambda x: x[:2]):
+        for n, (clock, index, record) in enumerate(
+                heapq.merge(*streams, key=lambda x: x[:2])):
             rank_engines[index].feed((record,))
             if clock >= job_engine.next_eval:
                 job_engine.observe(clock)
+            if not n % TICK_RECORDS:
+                reading.tick()
     for engine in [*rank_engines, job_engine]:
         engine.close()
+    reading.tick()
     return rank_engines, job_engine
+
+
+# -- ranks side by side ---------------------------------------------------------------
+# The job engine needs every rank's records; each rank engine needs only its own log and
+# what the job engine's findings explained at each moment. So one pass in this process
+# runs the job engine over all logs merged (the rank engines ingest but judge nothing)
+# and notes each change of what its findings cover, at its place in the merged order
+# (clock, log, line); then each log's rank engine replays in a process of its own,
+# taking in those changes at the same places. The findings are the serial replay's.
+
+Position = tuple[float, int, int]  # (merged clock, log index, record index in the log)
+Covered = list[tuple[str, list[int]]]
+
+
+@dataclass
+class JobTimeline:
+    """What the job engine's findings covered, from each position of the merged replay."""
+
+    changes: list[tuple[Position, Covered]] = field(default_factory=list)
+    _at: int = 0
+    _covered: Covered = field(default_factory=list)
+
+    def note(self, at: Position, covered: Covered) -> None:
+        if covered != (self.changes[-1][1] if self.changes else []):
+            self.changes.append((at, covered))
+
+    def advance(self, before: Position) -> None:
+        """Take in every change made before ``before``."""
+        while self._at < len(self.changes) and self.changes[self._at][0] < before:
+            self._covered = self.changes[self._at][1]
+            self._at += 1
+
+    def covered(self) -> Covered:
+        return self._covered
+
+
+def _parallel(readers: list[RunLogReader],
+              heads: list[tuple[Settings, int, Iterator[Record]]], attempts: list[list[int]],
+              workers: int, bar: tqdm[Any] | None) -> tuple[
+                  list[tuple[list[Engine], Engine]], int, int]:
+    """Each attempt's job engine here, its rank engines in ``workers`` processes;
+    ``attempts`` lists each attempt's logs (indices into ``readers``)."""
+    reading = Reading(readers, bar)
+    job_engines = []
+    with ProcessPoolExecutor(max_workers=min(workers, len(readers))) as pool:
+        futures: dict[int, Future[tuple[Engine, int, int]]] = {}
+        for logs in attempts:
+            job_engine, timeline = _job_pass([(heads[i][0], heads[i][2]) for i in logs],
+                                             reading)
+            job_engines.append(job_engine)
+            for tag, i in enumerate(logs):  # the log's merge tag: its place in the attempt
+                futures[i] = pool.submit(_replay_rank, readers[i].path, heads[i][0], tag,
+                                         timeline)
+        log_of = {f: i for i, f in futures.items()}
+        for future in as_completed(log_of):
+            future.result()
+            if bar is not None:
+                bar.update(readers[log_of[future]].path.stat().st_size)
+    results = {i: f.result() for i, f in futures.items()}
+    out = [([results[i][0] for i in logs], job) for logs, job in zip(attempts, job_engines,
+                                                                       strict=True)]
+    return (out, sum(r[1] for r in results.values()), sum(r[2] for r in results.values()))
+
+
+def _job_pass(heads: list[tuple[Settings, Iterator[Record]]], reading: Reading
+              ) -> tuple[Engine, JobTimeline]:
+    """The job engine over one attempt's logs merged, and what its findings covered
+    (one log: nothing to compare across ranks, as in the serial replay)."""
+    job_engine = engine_from_settings(heads[0][0], "job")
+    if len(heads) == 1:
+        return job_engine, JobTimeline()
+    ingest = [engine_from_settings(s, "rank") for s, _ in heads]
+    for engine in ingest:
+        engine.rules = {}  # they only ingest: their own judgements come later, per log
+        engine.views = job_engine.views
+    timeline = JobTimeline()
+    counts = [0] * len(heads)
+    streams = [_tagged(i, records) for i, (_, records) in enumerate(heads)]
+    for n, (clock, index, record) in enumerate(heapq.merge(*streams, key=lambda x: x[:2])):
+        ingest[index].feed((record,))
+        if clock >= job_engine.next_eval:
+            job_engine.observe(clock)
+            timeline.note((clock, index, counts[index]), job_engine.covered())
+        counts[index] += 1
+        if not n % TICK_RECORDS:
+            reading.tick()
+    for engine in ingest:
+        engine.close()
+    job_engine.close()
+    return job_engine, timeline
+
+
+def _replay_rank(path: Path, settings: Settings, index: int,
+                 timeline: JobTimeline) -> tuple[Engine, int, int]:
+    """One log's rank engine, explained by the job engine's timeline (in a worker)."""
+    reader = RunLogReader(path)
+    engine = engine_from_settings(settings, "rank")
+    engine.peers = [timeline]
+    with _without_cyclic_gc():
+        for n, (clock, _, record) in enumerate(_tagged(index, iter(reader))):
+            timeline.advance((clock, index, n))
+            engine.feed((record,))
+        timeline.advance((float("inf"), 0, 0))
+        engine.close()
+    engine.views = {}  # what goes back is the findings, not the telemetry
+    return engine, reader.records, reader.skipped
 
 
 def _recorded_settings(reader: RunLogReader,

@@ -54,7 +54,8 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
     link, link_name = slowest_link(views, th["inter_node_bytes_per_second"])
     if link is not None:
         evidence["link_bytes_per_second"] = link
-    pcie = [x for v in views for x in v.values_since("nvml", "gpu_pcie_tx_bytes_per_second", since)]
+    pcie = [f.high for v in views
+            if (f := v.figure("nvml", "gpu_pcie_tx_bytes_per_second", since)) is not None]
     if pcie:
         evidence["pcie_tx_bytes_per_second"] = max(pcie)
     text = {"ranks_n": len(ranks), "outcome": "", "unseen": unseen(views)}

@@ -10,8 +10,6 @@ where the job's findings are not judged (live ranks other than rank 0)."""
 
 from __future__ import annotations
 
-import statistics
-
 from gpuwatch.detection.context import Context, Detection, recent, window_s
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
@@ -30,13 +28,11 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if summary.collective_share >= rule.thresholds["collective_share"]:
         return None  # waiting for its peers: explained on every rank, even without rank 0's
     since = now - window_s(view, rule)
-    samples = [s for s in view.samples_since("nvml", since)
-               if "gpu_utilization_ratio" in s.values and not view.interrupted(s.t)]
-    if len(samples) < 3:
+    count, total, gpus = view.uninterrupted("nvml", "gpu_utilization_ratio", since)
+    if count < 3:
         return None
-    util = statistics.fmean(s.values["gpu_utilization_ratio"] for s in samples)
+    util = total / count
     if util >= rule.thresholds["utilization_ratio"]:
         return None
-    gpus = sorted({s.gpu for s in samples if s.gpu is not None})
     return Detection({"gpu_utilization_ratio": util, "step_seconds": summary.mean_step_s},
                      [view.rank], text={"rank": view.rank, "gpu": ",".join(map(str, gpus))})

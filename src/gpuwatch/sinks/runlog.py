@@ -15,17 +15,29 @@ Layout of a run directory (docs/runlog.md)::
     <run>/run.jsonl                      one process (world size 1), attempt 0
     <run>/run-rank<R>.jsonl              rank R of a multi-rank job, attempt 0
     <run>/run-rank<R>.attempt<N>.jsonl   rank R, attempt N > 0 (a restart, a resumed job)
+    <run>/<log>.part<K>.jsonl.gz         K-th rotated segment of <log> (<log>: one of the
+                                         names above without .jsonl), oldest first; the
+                                         log's own name holds its newest records
+
+A writer with a segment size rotates the log past it: the file becomes the next
+``.part<K>.jsonl`` and is compressed with gzip (``.gz`` appears whole, by rename, then
+the uncompressed part goes); a fresh file takes its name. The reader reads a log's
+segments, then the log itself, as one stream.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import os
 import re
 import secrets
+import shutil
 import threading
 import time
 import types
 import typing
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -37,6 +49,8 @@ from gpuwatch.records import Event, Finding, Meta, Record, Sample, Step, from_di
 MAX_LINE_BYTES = 4 << 20  # a longer line is not one gpuwatch wrote: skipped unread
 
 _LOG_NAME = re.compile(r"run(?:-rank(\d+))?(?:\.attempt(\d+))?\.jsonl")
+_PART = re.compile(r"\.part(\d+)\.jsonl(?:\.gz)?")
+GZIP_LEVEL = 6  # 20x on the corpus's logs, ~190 MB/s of input on one core (RESULTS.md)
 MAX_ATTEMPTS = 100_000  # a bound on the search for a free log name
 
 
@@ -88,17 +102,51 @@ def encode(record: Record) -> bytes:
                         option=orjson.OPT_APPEND_NEWLINE)  # a meta line is written in full
 
 
+def segments(path: Path) -> list[Path]:
+    """The rotated segments of the log at ``path``, oldest first: each part's
+    ``.jsonl.gz``, or its ``.jsonl`` where compression never finished."""
+    stem = path.name.removesuffix(".jsonl")
+    parts: dict[int, Path] = {}
+    for p in path.parent.glob(f"{_glob_escape(stem)}.part*.jsonl*"):
+        match = _PART.fullmatch(p.name[len(stem):])
+        if match is not None:
+            k = int(match.group(1))
+            if k not in parts or p.name.endswith(".gz"):
+                parts[k] = p
+    return [parts[k] for k in sorted(parts)]
+
+
+def _part_number(name: str) -> int:
+    match = _PART.search(name)
+    return int(match.group(1)) if match else 0
+
+
+def _glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def is_segment(name: str) -> bool:
+    """Whether a file name is a rotated segment (read through its log, not alone)."""
+    return ".part" in name and _PART.search(name) is not None
+
+
 class RunLogWriter:
     """Writes records to ``path`` (created with its parent directory): appends, or
-    with ``exclusive`` creates a new file and raises FileExistsError if there is one."""
+    with ``exclusive`` creates a new file and raises FileExistsError if there is one.
 
-    def __init__(self, path: Path, exclusive: bool = False) -> None:
+    ``segment_bytes`` (0: never): past this size the file is rotated into a compressed
+    segment (see the layout above); records are never split across segments."""
+
+    def __init__(self, path: Path, exclusive: bool = False, segment_bytes: int = 0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.records = 0
+        self.segment_bytes = segment_bytes
         self._file: IO[bytes] | None = open(  # noqa: SIM115
             path, "xb" if exclusive else "ab", buffering=1 << 20)
         self._lock = threading.Lock()
+        parts = segments(path)  # (appending to a rotated log: numbering goes on)
+        self._parts = _part_number(parts[-1].name) if parts else 0
 
     def write(self, records: Iterable[Record]) -> None:
         """Append records, then flush. Lines are encoded one at a time: orjson's bytes
@@ -113,6 +161,28 @@ class RunLogWriter:
             if n:
                 self._file.flush()
                 self.records += n
+                if self.segment_bytes and self._file.tell() >= self.segment_bytes:
+                    self._rotate()
+
+    def _rotate(self) -> None:
+        """The full file becomes the next compressed segment; a new one takes its name.
+        (On the agent's thread, never the training loop's: ~0.4 s per 64 MiB.)"""
+        assert self._file is not None
+        self._file.close()
+        self._parts += 1
+        part = self.path.with_name(f"{self.path.name.removesuffix('.jsonl')}"
+                                   f".part{self._parts:05d}.jsonl")
+        os.replace(self.path, part)
+        self._file = open(self.path, "xb", buffering=1 << 20)  # noqa: SIM115
+        compress(part)
+
+    def size(self) -> int:
+        """Bytes on disk: the compressed segments and the current file."""
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+        paths = [*segments(self.path), self.path]
+        return sum(p.stat().st_size for p in paths if p.exists())
 
     def close(self) -> None:
         """Flush and close; raises OSError when the last flush fails (a full disk)."""
@@ -122,15 +192,27 @@ class RunLogWriter:
                 file.close()
 
 
-def claim_runlog(run_dir: Path, rank: int, world_size: int,
-                 first_attempt: int) -> tuple[RunLogWriter, int]:
+def compress(part: Path) -> Path:
+    """``<part>.gz`` written whole (a temporary name, then a rename), then ``part``
+    removed; the compressed file's path."""
+    target = part.with_name(part.name + ".gz")
+    partial = part.with_name(part.name + ".gz.tmp")
+    with open(part, "rb") as src, gzip.open(partial, "wb", compresslevel=GZIP_LEVEL) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(partial, target)
+    part.unlink()
+    return target
+
+
+def claim_runlog(run_dir: Path, rank: int, world_size: int, first_attempt: int,
+                 segment_bytes: int = 0) -> tuple[RunLogWriter, int]:
     """A writer on a new log for ``rank``, at the first attempt from ``first_attempt`` on
     whose file does not exist yet (created exclusively: a reused directory is never
     appended to), and that attempt."""
     for attempt in range(first_attempt, first_attempt + MAX_ATTEMPTS):
         try:
             return RunLogWriter(run_dir / runlog_name(rank, world_size, attempt),
-                                exclusive=True), attempt
+                                exclusive=True, segment_bytes=segment_bytes), attempt
         except FileExistsError:
             continue
     raise FileExistsError(f"{run_dir}: no free run-log name for rank {rank} after "
@@ -138,8 +220,9 @@ def claim_runlog(run_dir: Path, rank: int, world_size: int,
 
 
 class RunLogReader:
-    """Streams the records of one run log; bad, mistyped, huge or truncated lines are
-    skipped and counted. Raises OSError only when the file cannot be opened or read.
+    """Streams the records of one run log, its rotated segments first; bad, mistyped,
+    huge or truncated lines (and a damaged compressed segment's unreadable end) are
+    skipped and counted. Raises OSError only when a file cannot be opened or read.
 
     Lines are parsed a block at a time (one JSON array per block); a block with a
     bad line is parsed again line by line, so one torn line costs only itself.
@@ -151,27 +234,43 @@ class RunLogReader:
         self.path = path
         self.records = 0
         self.skipped = 0
+        self.bytes_read = 0  # of the file, as far as the reader got
+        self._cut = False
 
     def __iter__(self) -> Iterator[Record]:
-        with open(self.path, "rb") as f:
-            while True:
-                lines = self._block(f)
-                if lines is None:
-                    return
-                for obj in self._parse(lines):
-                    record = _record(obj)
-                    if record is None:
-                        self.skipped += 1
-                        continue
-                    self.records += 1
-                    yield record
+        done = 0
+        for path in [*segments(self.path), self.path]:
+            self._cut = False  # a compressed segment ended short
+            with open(path, "rb") as raw:
+                f = typing.cast(IO[bytes], gzip.GzipFile(fileobj=raw)
+                                if path.name.endswith(".gz") else raw)
+                while True:
+                    lines = self._block(f)
+                    self.bytes_read = done + raw.tell()
+                    if lines is None:
+                        break
+                    for obj in self._parse(lines):
+                        record = _record(obj)
+                        if record is None:
+                            self.skipped += 1
+                            continue
+                        self.records += 1
+                        yield record
+            done = self.bytes_read
 
     def _block(self, f: IO[bytes]) -> list[bytes] | None:
         """Up to BLOCK_LINES non-blank lines (None at the end); an over-long line is
         skipped, counted and read past in bounded pieces."""
+        if self._cut:
+            return None
         lines: list[bytes] = []
         for _ in range(self.BLOCK_LINES):
-            line = f.readline(MAX_LINE_BYTES + 1)
+            try:
+                line = f.readline(MAX_LINE_BYTES + 1)
+            except (EOFError, gzip.BadGzipFile, zlib.error):
+                self.skipped += 1  # a cut or damaged segment: the rest of it is lost
+                self._cut = True
+                return lines or None
             if not line:
                 return lines or None
             if len(line) > MAX_LINE_BYTES:

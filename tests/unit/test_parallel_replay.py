@@ -1,0 +1,120 @@
+"""Ranks replayed side by side give the serial replay's findings; the progress bar shows
+only on a terminal, and only once the analysis has run a while; a judgement is reused
+only while nothing it can see changed."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gpuwatch.config import Settings
+from gpuwatch.detection.engine import engine_from_settings
+from gpuwatch.detection.replay import analyze
+from gpuwatch.records import Sample, Step
+from tests.scenarios import JOBS, job, write
+
+MULTI_RANK = [j for j in JOBS if j.shape.world > 1]
+
+
+@pytest.mark.parametrize("j", MULTI_RANK, ids=lambda j: j.name)
+def test_parallel_replay_finds_what_serial_replay_finds(j, tmp_path):
+    logs = write(j.shape, tmp_path, job=j.name)
+    settings = Settings(**j.settings)
+    serial = analyze(logs, settings, workers=1)
+    parallel = analyze(logs, settings, workers=3)
+    assert parallel.findings == serial.findings
+    assert (parallel.records, parallel.skipped_lines) == (serial.records, serial.skipped_lines)
+
+
+@pytest.mark.parametrize("restarted", [4, 1])
+def test_parallel_replay_keeps_attempts_apart(tmp_path, restarted):
+    """Two attempts of a 4-rank job (all ranks restarted, or one: an attempt of one log
+    has no job engine pass): each attempt's job engine and ranks, in parallel, as
+    serially."""
+    shape = job("nccl_hang").shape
+    first = write(shape, tmp_path / "a")
+    second = write(replace(shape, seed=1), tmp_path / "b")
+    logs = []
+    for rank, (a, b) in enumerate(zip(first, second, strict=True)):
+        logs.append(a.rename(tmp_path / f"run-rank{rank}.jsonl"))
+        if rank >= restarted:
+            continue
+        text = b.read_text().replace('"attempt":0', '"attempt":1', 1)
+        if '"attempt":1' not in text:  # attempt 0 is left out of the meta line: add it
+            text = text.replace('"kind":"meta",', '"kind":"meta","attempt":1,', 1)
+        target = tmp_path / f"run-rank{rank}.attempt1.jsonl"
+        target.write_text(text)
+        logs.append(target)
+    serial = analyze(logs, Settings(), workers=1)
+    parallel = analyze(logs, Settings(), workers=2)
+    assert parallel.findings == serial.findings
+    assert {f.detector for f in serial.findings} >= {"hang"}
+
+
+def _long_log(tmp_path: Path) -> list[Path]:
+    return write(replace(job("slow_rank_of_four").shape, duration_s=120), tmp_path)
+
+
+def test_no_progress_bar_off_a_terminal(tmp_path):
+    stream = io.StringIO()
+    analyze(_long_log(tmp_path), Settings(), workers=1, progress=stream, progress_delay_s=0)
+    assert stream.getvalue() == ""
+
+
+def _on_terminal(tmp_path: Path, delay_s: float) -> str:
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w") as terminal:
+        analyze(_long_log(tmp_path), Settings(), workers=2, progress=terminal,
+                progress_delay_s=delay_s)
+    out = b""
+    os.set_blocking(leader, False)
+    try:
+        while chunk := os.read(leader, 65536):
+            out += chunk
+    except (BlockingIOError, OSError):
+        pass
+    os.close(leader)
+    return out.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_once_the_analysis_runs_long(tmp_path):
+    assert "gpuwatch analyze" in _on_terminal(tmp_path, delay_s=0)
+
+
+def test_no_progress_bar_for_a_short_analysis(tmp_path):
+    assert _on_terminal(tmp_path, delay_s=600) == ""
+
+
+def _workers_busy(engine) -> float:
+    (finding,) = [f for f in engine.findings.values() if f.detector == "data_starvation"]
+    return finding.evidence["workers_cpu_ratio"]
+
+
+def test_a_judgement_is_reused_only_while_nothing_changed():
+    """Samples alone (the rank still stepping) leave the last judgement standing; the
+    next step judges afresh, with what the samples said in the meantime."""
+    engine = engine_from_settings(Settings(), "rank")
+    t, step = 1000.0, 0
+
+    def steps(seconds: float, busy: float) -> None:
+        nonlocal t, step
+        end = t + seconds
+        while t < end:
+            step += 1
+            t += 0.5
+            engine.feed([Step(rank=0, step=step, t=t, wall_s=0.5, data_s=0.3, compute_s=0.2),
+                         Sample(0, t, "host", {"workers": 4.0, "workers_cpu_ratio": busy})])
+
+    steps(120.0, busy=0.2)
+    for k, busy in enumerate([0.2] * 3 + [0.9] * 4, 1):  # samples only, 3.5 s (no stall):
+        engine.feed([Sample(0, t + 0.5 * k, "host",  # the workers look saturated now
+                            {"workers": 4.0, "workers_cpu_ratio": busy})])
+    assert _workers_busy(engine) == pytest.approx(0.2)  # judged after the last step only
+    t += 3.5
+    steps(0.5, busy=0.9)
+    assert _workers_busy(engine) > 0.2

@@ -1,0 +1,113 @@
+"""Run logs rotated into gzip segments past a size, read back as one stream."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+from gpuwatch.config import Settings
+from gpuwatch.detection.replay import analyze, run_logs
+from gpuwatch.records import Sample, Step
+from gpuwatch.sinks.runlog import RunLogReader, RunLogWriter, compress, segments
+from tests.scenarios import job, write
+
+
+def _records(n: int, start: int = 0) -> list[Step | Sample]:
+    out: list[Step | Sample] = []
+    for i in range(start, start + n):
+        out.append(Step(rank=0, step=i + 1, t=float(i), wall_s=1.0, compute_s=0.9))
+        out.append(Sample(0, float(i), "nvml", {"gpu_utilization_ratio": 0.5}, gpu=0))
+    return out
+
+
+def test_writer_rotates_into_compressed_segments_and_the_reader_reads_across_them(tmp_path):
+    path = tmp_path / "run-rank3.jsonl"
+    writer = RunLogWriter(path, segment_bytes=4096)
+    written = _records(400)
+    for k in range(0, len(written), 20):  # batches, as the agent writes them
+        writer.write(written[k:k + 20])
+    writer.close()
+    parts = segments(path)
+    assert len(parts) >= 3
+    assert all(p.name.startswith("run-rank3.part") and p.name.endswith(".jsonl.gz")
+               for p in parts)
+    assert all(gzip.decompress(p.read_bytes()).endswith(b"\n") for p in parts)  # whole lines
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.part*.jsonl"))
+    reader = RunLogReader(path)
+    assert list(reader) == written
+    assert reader.skipped == 0
+
+
+def test_a_reopened_log_numbers_its_segments_on(tmp_path):
+    path = tmp_path / "run.jsonl"
+    first = RunLogWriter(path, segment_bytes=2048)
+    first.write(_records(50))
+    first.close()
+    before = segments(path)
+    second = RunLogWriter(path, segment_bytes=2048)
+    second.write(_records(50, start=50))
+    second.close()
+    after = segments(path)
+    assert after[:len(before)] == before and len(after) > len(before)
+    assert list(RunLogReader(path)) == _records(100)
+
+
+def test_torn_last_line_in_a_compressed_segment_is_skipped_and_the_rest_read(tmp_path):
+    path = tmp_path / "run.jsonl"
+    writer = RunLogWriter(path)
+    writer.write(_records(10))
+    writer.close()
+    whole = path.read_bytes()
+    part = tmp_path / "run.part00001.jsonl"
+    part.write_bytes(whole[: len(whole) - 30])  # a torn last line
+    compress(part)
+    RunLogWriter(path).close()
+    path.write_bytes(b"")
+    tail = RunLogWriter(path)
+    tail.write(_records(2, start=10))
+    tail.close()
+    reader = RunLogReader(path)
+    got = list(reader)
+    assert got == _records(10)[:-1] + _records(2, start=10)
+    assert reader.skipped == 1
+
+
+def test_a_cut_compressed_segment_gives_what_it_holds(tmp_path):
+    """A segment cut short (a copy that stopped, a full disk): its readable lines, then
+    the next segments; the cut counted."""
+    path = tmp_path / "run.jsonl"
+    part = tmp_path / "run.part00001.jsonl"
+    RunLogWriter(part).write(_records(2000))
+    packed = compress(part)
+    packed.write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
+    writer = RunLogWriter(path)
+    writer.write(_records(3, start=2000))
+    writer.close()
+    reader = RunLogReader(path)
+    got = list(reader)
+    assert 0 < len(got) - 6 < 4000 and got[-6:] == _records(3, start=2000)
+    assert got[: len(got) - 6] == _records(2000)[: len(got) - 6]
+    assert reader.skipped >= 1
+
+
+def test_analyze_reads_rotated_logs_with_the_same_findings(tmp_path):
+    j = job("nccl_hang")
+    plain = write(j.shape, tmp_path / "plain", job=j.name)
+    rotated_dir = tmp_path / "rotated"
+    for p in plain:
+        writer = RunLogWriter(rotated_dir / p.name, segment_bytes=64 << 10)
+        writer.write(list(RunLogReader(p)))
+        writer.close()
+    assert len(run_logs([rotated_dir])) == len(plain)  # segments are not logs of their own
+    assert all(segments(rotated_dir / p.name) for p in plain)
+    settings = Settings(**j.settings)
+    assert (analyze([rotated_dir], settings).findings
+            == analyze([tmp_path / "plain"], settings).findings)
+
+
+def test_segments_of_one_log_are_not_anothers(tmp_path):
+    for name in ("run-rank1.part00001.jsonl.gz", "run-rank10.part00001.jsonl.gz",
+                 "run-rank1.attempt2.part00001.jsonl.gz", "run-rank1.part00002.jsonl"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in segments(Path(tmp_path / "run-rank1.jsonl"))] == [
+        "run-rank1.part00001.jsonl.gz", "run-rank1.part00002.jsonl"]
