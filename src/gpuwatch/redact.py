@@ -70,15 +70,18 @@ def register_environ(environ: Mapping[str, str]) -> None:
 
 
 def redact(text: str) -> str:
-    """``text`` with every registered secret and every secret-shaped value masked."""
-    for form in _forms:
-        if form in text:
-            text = text.replace(form, MASK)
+    """``text`` with every secret-shaped value and every registered secret masked.
+    Shapes go first: a registered value that is only a prefix of a secret-shaped one
+    (``https://hooks.slack.com``) must not hide the shape from its pattern."""
     text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
     text = _SLACK_HOOK.sub(rf"\1{MASK}", text)
     text = _BEARER.sub(rf"\1 {MASK}", text)
     text = _FIELD.sub(rf"\1{MASK}", text)
-    return _ASSIGNED.sub(rf"\1{MASK}", text)
+    text = _ASSIGNED.sub(rf"\1{MASK}", text)
+    for form in _forms:
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:

@@ -118,3 +118,9 @@ def test_dashboards_push_errors_never_echo_the_token_or_the_url_password(
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "PUSHSECRET" not in err and "URLSECRETpw" not in err and "failed" in err
+
+
+def test_a_registered_prefix_never_hides_a_secret_shaped_value_from_its_pattern() -> None:
+    redact.register("https://hooks.slack.com")  # e.g. a webhook setting cut short
+    assert "xYzPrefixed" not in redact.redact(
+        "POST https://hooks.slack.com/services/T01/B02/xYzPrefixed failed")
