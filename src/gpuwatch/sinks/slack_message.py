@@ -15,6 +15,8 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from gpuwatch.detection.projection import speedup_text
+
 VERDICT_TITLES = {"move_to_h100": ":rocket: Move to H100", "fix_here": ":wrench: Fix it here",
                   "info": ":information_source: For information"}
 STATE_PREFIX = {"resolved": "RESOLVED: ", "reminder": "still active: "}
@@ -190,81 +192,30 @@ def _generic(key: str, value: Any) -> tuple[str, str]:
 
 # -- the projection ----------------------------------------------------------------------
 
-def _find(projection: Mapping[str, Any], *parts: str, avoid: tuple[str, ...] = ()
-          ) -> float | None:
-    """The first numeric projection value whose key holds every part and no avoided one
-    (projections change shape; the message reads whatever is there)."""
-    for key, value in projection.items():
-        k = str(key).lower()
-        if all(p in k for p in parts) and not any(a in k for a in avoid):
-            number = _number(value)
-            if number is not None:
-                return number
-    return None
-
-
-def _range(projection: Mapping[str, Any], *parts: str) -> tuple[float, float] | None:
-    for low, high in (("low", "high"), ("min", "max"), ("lower", "upper")):
-        lo, hi = _find(projection, *parts, low), _find(projection, *parts, high)
-        if lo is not None and hi is not None:
-            return lo, hi
-    for key, value in projection.items():  # e.g. "speedup_range": [1.6, 2.2]
-        if all(p in str(key) for p in parts) and "range" in str(key) and \
-                isinstance(value, list | tuple) and len(value) == 2:
-            lo, hi = _number(value[0]), _number(value[1])
-            if lo is not None and hi is not None:
-                return lo, hi
-    return None
-
-
 def projection_line(projection: Mapping[str, Any]) -> str | None:
-    """"Step 78 ms now → 41 ms on H100 SXM (1.9x faster, 1.6 to 2.2x); cost per 1M tokens
-    $0.12 → $0.08", from whichever keys the projection carries; None when it says nothing."""
-    target = escape(projection.get("target") or "the target GPU")
-    bounds = ("low", "high", "min", "max", "lower", "upper", "range")
-    now = _find(projection, "step", "now", avoid=("cost", *bounds))
-    there = _find(projection, "step", "projected", avoid=("cost", *bounds))
-    speedup = _find(projection, "speedup", avoid=bounds)
-    spread = _range(projection, "speedup")
-    parts: list[str] = []
-    if now is not None and there is not None:
-        parts.append(f"Step {_seconds(now)} now → {_seconds(there)} on {target}")
-    elif speedup is not None or spread is not None:
-        parts.append(f"On {target}")
-    gain = []
-    if speedup is not None:
-        gain.append(_times(speedup))
-    if spread is not None:
-        gain.append(f"{spread[0]:.2g}{DASH}{_times(spread[1])}")
-    if gain and parts:
-        parts[-1] += f" ({', '.join(gain)} faster)"
-    cost = _cost_line(projection)
-    if cost:
-        parts.append(cost)
-    return "; ".join(parts) or None
-
-
-def _cost_line(projection: Mapping[str, Any]) -> str | None:
-    million = ("million", "1m", "mtok")
-    for marker in million:
-        now = _find(projection, "cost", marker, "now")
-        there = _find(projection, "cost", marker, "target")
-        if there is not None:
-            return _arrow("cost per 1M tokens", now, there)
-    tokens = _find(projection, "tokens_per_step")
-    now = _find(projection, "cost_per_step", "now", avoid=("low", "high"))
-    there = _find(projection, "cost_per_step", "target", avoid=("low", "high"))
-    if there is None:
+    """"Step 78 ms now → 41 ms on H100 SXM (1.9-4.7x (2.7x at the middle) faster); cost
+    per 1M tokens $0.12 → $0.08 at the low end", from a finding's projection (the shape in
+    docs/projection.md; one replayed from an older run log may lack parts); None when it
+    projects nothing."""
+    speedup = _number(projection.get("speedup_ratio"))
+    if speedup is None:
         return None
-    if tokens:
-        scale = 1e6 / tokens
-        return _arrow("cost per 1M tokens", None if now is None else now * scale, there * scale)
-    return _arrow("cost per step", now, there)
-
-
-def _arrow(what: str, now: float | None, there: float) -> str:
-    return f"{what} {_usd(now)} → {_usd(there)}" if now is not None else \
-        f"{what} there {_usd(there)}"
+    target = escape(projection.get("target") or "the target GPU")
+    now = _number(projection.get("step_seconds_now"))
+    there = _number(projection.get("step_seconds_projected"))
+    gain = escape(speedup_text(projection))
+    line = (f"Step {_seconds(now)} now → {_seconds(there)} on {target} ({gain} faster)"
+            if now is not None and there is not None else f"On {target} ({gain} faster)")
+    unit = escape(projection.get("unit") or "step")
+    cost_now = _number(projection.get("cost_per_unit_now_usd",
+                                       projection.get("cost_per_step_now_usd")))
+    cost_there = _number(projection.get("cost_per_unit_target_worst_usd",
+                                         projection.get("cost_per_step_target_usd")))
+    if cost_there is not None:
+        ends = " at the low end" if "cost_per_unit_target_worst_usd" in projection else ""
+        line += (f"; cost per {unit} {_usd(cost_now)} → {_usd(cost_there)}{ends}"
+                 if cost_now is not None else f"; cost per {unit} there {_usd(cost_there)}")
+    return line
 
 
 # -- the message ------------------------------------------------------------------------
