@@ -150,8 +150,12 @@ MIGRATION = Dashboard("gpuwatch-migrate", "gpuwatch / Should this job move to H1
         Panel("Fix-here verdicts (a bigger GPU would not help)", ((
             f'max without ({PER_PROCESS}) (gpuwatch_finding{{{S}, verdict="fix_here"}}) == 1',
             ""),), kind="table"),
-        Panel("Projected speedup", ((
-            f"max by (target) (gpuwatch_projected_speedup_ratio{{{S}}})", "{{target}}"),),
+        Panel("Projected speedup (low end, middle, high end)", (
+            (f"min by (target) (gpuwatch_projected_speedup_low_ratio{{{S}}})",
+             "{{target}} low"),
+            (f"max by (target) (gpuwatch_projected_speedup_ratio{{{S}}})", "{{target}}"),
+            (f"max by (target) (gpuwatch_projected_speedup_high_ratio{{{S}}})",
+             "{{target}} high")),
             kind="stat", unit="x", cpu=False,
             thresholds=((None, "blue"), (1.3, YELLOW), (1.8, GREEN))),
         Panel("Projected cost per step", ((
