@@ -28,7 +28,12 @@ def main() -> None:
     time.sleep(args.startup_seconds)
     distributed = "RANK" in os.environ
     if distributed:
-        dist.init_process_group("gloo")
+        # A namespace of its own per attempt: torchrun's agent store outlives a restart,
+        # and gloo could otherwise read a dead worker's address from the attempt before.
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("gloo", store=dist.PrefixStore(f"attempt{attempt}", store),
+                                rank=rank, world_size=world)
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
     torch.manual_seed(rank)
