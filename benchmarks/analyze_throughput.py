@@ -21,7 +21,7 @@ import psutil
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze
 from gpuwatch.records import SCHEMA_VERSION, Meta, Record, Sample, Step
-from gpuwatch.sinks.runlog import RunLogWriter
+from gpuwatch.runlog import RunLogWriter
 
 STEP_S = 0.02
 GPU = {"gpu_utilization_ratio": 0.9, "gpu_memory_used_bytes": 6e10, "gpu_memory_total_bytes": 8e10,

@@ -56,9 +56,9 @@ from gpuwatch.probes.peers import summary as peer_summary
 from gpuwatch.probes.topology import read_topology
 from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample
 from gpuwatch.redact import redact_argv
+from gpuwatch.runlog import RunLogWriter, claim_runlog, create_run_dir
 from gpuwatch.sinks.console import ConsoleStatus, status_line
 from gpuwatch.sinks.prometheus import Exporter, ExporterState, node_name
-from gpuwatch.sinks.runlog import RunLogWriter, claim_runlog, create_run_dir
 from gpuwatch.sinks.slack import SlackNotifier, job_notifier
 from gpuwatch.sinks.slack_relay import StoreRelay
 from gpuwatch.sinks.trackers import figures

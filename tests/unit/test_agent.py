@@ -12,7 +12,7 @@ from gpuwatch.agent import Agent
 from gpuwatch.config import ExporterSettings, Settings
 from gpuwatch.monitor import Monitor, watch
 from gpuwatch.records import Event, Meta, Record, Sample, Step
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 from tests.fakes import FakeGpu, FakeNvml
 from tests.wait import wait_for
 

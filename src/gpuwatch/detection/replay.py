@@ -21,7 +21,7 @@ from pathlib import Path
 from gpuwatch.config import Settings, replay_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.records import Finding, Meta, Record
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 

@@ -18,7 +18,7 @@ from typing import Any
 from gpuwatch.detection.projection import Gpu, catalogue, identify
 from gpuwatch.detection.replay import run_logs
 from gpuwatch.records import Event, Meta, Record, Sample, Step
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 from gpuwatch.telemetry import WARMUP_STEPS
 
 MAX_BINS = 240
