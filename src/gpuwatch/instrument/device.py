@@ -99,6 +99,9 @@ class EventPool:
         return self._factory()
 
 
+EVENTS = EventPool()  # CUDA timing events, shared by the step assembler and the collective hooks
+
+
 def on_device(obj: Any) -> bool:
     """Whether a tensor (or the first of a list of tensors) lives on a CUDA device."""
     if isinstance(obj, (list, tuple)):

@@ -33,8 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.device import EventPool, PendingTimings
-from gpuwatch.instrument.patches import EVENTS
+from gpuwatch.instrument.device import EVENTS, EventPool, PendingTimings
 from gpuwatch.records import Event, Record, Step
 
 _NPHASES = max(ring.PHASES.values()) + 1

@@ -30,8 +30,8 @@ from prometheus_client.core import (
 
 from gpuwatch.detection.projection import PCIE_BYTES_PER_S, identify
 from gpuwatch.detection.projection import catalogue as gpu_catalogue
-from gpuwatch.probes.nvml import CLOCK_EVENT_REASONS, THROTTLE_POLICIES
 from gpuwatch.records import Event, Finding, Record, Sample, Step
+from gpuwatch.vocabulary import CLOCK_EVENT_REASONS, THROTTLE_POLICIES
 
 log = logging.getLogger("gpuwatch")
 
