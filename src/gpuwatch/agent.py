@@ -34,6 +34,8 @@ from typing import Any
 from gpuwatch._version import __version__
 from gpuwatch.config import Settings, detection_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
+from gpuwatch.detection.peer_view import PeerView
+from gpuwatch.detection.peer_view import summary as peer_summary
 from gpuwatch.faults import FaultLog, log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.identity import (
@@ -51,8 +53,7 @@ from gpuwatch.probes.allocator import AllocatorProbe, torch_memory_stats
 from gpuwatch.probes.host import HostProbe
 from gpuwatch.probes.nccl import FlightRecorderProbe, default_dump, timing_setting
 from gpuwatch.probes.nvml import Nvml, NvmlSampler, load_pynvml, visible_gpu_indices
-from gpuwatch.probes.peers import PeerExchange, PeerView, job_store
-from gpuwatch.probes.peers import summary as peer_summary
+from gpuwatch.probes.peers import PeerExchange, job_store
 from gpuwatch.probes.topology import read_topology
 from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample
 from gpuwatch.redact import redact_argv

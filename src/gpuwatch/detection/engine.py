@@ -38,13 +38,16 @@ log = logging.getLogger("gpuwatch")
 RankDetector = Callable[[Telemetry, Rule, Context, float], Detection | None]
 JobDetector = Callable[[list[Telemetry], Rule, Context, float], Detection | None]
 
+# Detectors in the order they judge (dict order): a detector sees which conditions the
+# ones before it found in the same evaluation (``Context.explained``), so
+# ``underutilised``, which defers to the others, runs last.
 RANK_DETECTORS: dict[str, RankDetector] = {
-    "fits_on_paper": fits_on_paper.detect,
-    "data_starvation": data_starvation.detect,
     "checkpoint_overhead": checkpoint_overhead.detect,
+    "data_starvation": data_starvation.detect,
+    "fits_on_paper": fits_on_paper.detect,
     "hang": hang.detect,
     "iteration_speed": iteration_speed.detect,
-    "underutilised": underutilised.detect,  # last: it defers to the others' findings
+    "underutilised": underutilised.detect,
 }
 JOB_DETECTORS: dict[str, JobDetector] = {
     "straggler": straggler.detect,
@@ -144,8 +147,9 @@ class Engine:
         seen: set[str] = set()
         ranks = sorted(self.views) if self.scope == "job" else sorted(self._own)
         views = [self.views[r] for r in ranks]
-        for rule_id, rule in self.rules.items():
-            if rule.scope != self.scope:
+        for rule_id in RANK_DETECTORS if self.scope == "rank" else JOB_DETECTORS:
+            rule = self.rules.get(rule_id)
+            if rule is None or rule.scope != self.scope:
                 continue
             for detection in self._run(rule, views, now):
                 fp = fingerprint(self.job, rule_id, detection.ranks)
