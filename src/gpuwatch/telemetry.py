@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuwatch.records import Event, Meta, Record, Sample, Step
+from gpuwatch.vocabulary import unwaited_compute_s
 
 MAX_STEPS = 8192
 MAX_SAMPLES = 900  # per (source, gpu): 15 minutes at 1 Hz
@@ -60,9 +61,10 @@ class StepSummary:
     tokens: float = 0.0
 
     @property
-    def pure_compute_s(self) -> float:
-        """Compute without the exposed collective wait nested in it."""
-        return max(self.compute_s - self.collective_s, 0.0)
+    def unwaited_compute_s(self) -> float:
+        """Compute without the exposed collective wait nested in it (recompute included;
+        ``vocabulary.unwaited_compute_s``)."""
+        return unwaited_compute_s(self.compute_s, self.collective_s)
 
     @property
     def mean_step_s(self) -> float:

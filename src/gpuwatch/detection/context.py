@@ -24,6 +24,7 @@ from gpuwatch.detection.projection import (
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Verdict
 from gpuwatch.telemetry import StepSummary, Telemetry
+from gpuwatch.vocabulary import split_step
 
 
 @dataclass
@@ -186,12 +187,12 @@ def tensor_share(view: Telemetry, since: float) -> float | None:
 
 
 def mean_parts(summary: StepSummary) -> StepParts:
-    """The mean step as projection parts (compute without its recompute and comm)."""
-    return StepParts(
-        compute=max(summary.compute_s - summary.recompute_s - summary.collective_s, 0.0),
-        recompute=summary.recompute_s, comm=summary.collective_s, data=summary.data_s,
-        checkpoint=summary.checkpoint_s, other=summary.other_s,
-        comm_bytes=summary.collective_bytes, optimizer=summary.optimizer_s)
+    """The mean step as projection parts (``vocabulary.split_step``; ``comm`` is the
+    collective part)."""
+    data, compute, recompute, comm, optimizer, checkpoint, other = split_step(summary)
+    return StepParts(compute=compute, recompute=recompute, comm=comm, data=data,
+                     checkpoint=checkpoint, other=other, comm_bytes=summary.collective_bytes,
+                     optimizer=optimizer)
 
 
 def host_of(view: Telemetry) -> str:

@@ -22,7 +22,7 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
     summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
     if len(summaries) < 2:
         return None
-    compute = {r: s.pure_compute_s for r, s in summaries.items()}  # without collective wait
+    compute = {r: s.unwaited_compute_s for r, s in summaries.items()}  # without collective wait
     fastest = min(compute.values())
     if fastest <= 0:
         return None

@@ -35,8 +35,9 @@ from typing import Any
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EVENTS, EventPool, PendingTimings
 from gpuwatch.records import Event, Record, Step
+from gpuwatch.vocabulary import COMPUTE_PHASES, Phase
 
-_NPHASES = max(ring.PHASES.values()) + 1
+_NPHASES = max(Phase) + 1
 PROGRESS_EVERY_S = 1.0
 HOLD_STEPS = 64  # a step waits for its device timings behind at most this many steps
 
@@ -262,7 +263,7 @@ class StepAssembler:
         start = self._prev_end if self._prev_end is not None else t
         wall = t - start
         data, opt, ckpt = acc[ring.DATA], acc[ring.OPTIMIZER], acc[ring.CHECKPOINT]
-        compute = acc[ring.COMPUTE] + acc[ring.FORWARD] + acc[ring.BACKWARD]
+        compute = sum(acc[p] for p in COMPUTE_PHASES)
         rest = wall - data - opt - ckpt
         if compute > 0.0:
             other = max(rest - compute, 0.0)

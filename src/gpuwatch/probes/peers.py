@@ -18,6 +18,7 @@ from typing import Any
 
 from gpuwatch.faults import FaultLog
 from gpuwatch.records import Step
+from gpuwatch.vocabulary import unwaited_compute_s
 
 PREFIX = "gpuwatch/"
 PUBLISHED_STEPS = 256  # per-step waits each summary carries (the newest)
@@ -37,7 +38,8 @@ class StepWait:
 
     @classmethod
     def of(cls, s: Step) -> StepWait:
-        return cls(s.step, s.collective_s, max(s.compute_s - s.collective_s, 0.0), s.wall_s)
+        return cls(s.step, s.collective_s, unwaited_compute_s(s.compute_s, s.collective_s),
+                   s.wall_s)
 
 
 def encode_steps(steps: Sequence[Step], limit: int = PUBLISHED_STEPS) -> dict[str, Any]:

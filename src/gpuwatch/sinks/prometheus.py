@@ -31,7 +31,7 @@ from prometheus_client.core import (
 from gpuwatch.detection.projection import PCIE_BYTES_PER_S, identify
 from gpuwatch.detection.projection import catalogue as gpu_catalogue
 from gpuwatch.records import Event, Finding, Record, Sample, Step
-from gpuwatch.vocabulary import CLOCK_EVENT_REASONS, THROTTLE_POLICIES
+from gpuwatch.vocabulary import CLOCK_EVENT_REASONS, PARTS, THROTTLE_POLICIES, split_step
 
 log = logging.getLogger("gpuwatch")
 
@@ -40,7 +40,6 @@ BASE_LABELS = ("training_job", "run", "host", "rank", "local_rank")
 # Step-time buckets: 1 ms to ~2 min, each 2^(1/3) (26 %) above the last, so a quantile
 # interpolated within one bucket is off by at most 26 % of its value.
 STEP_BUCKETS = tuple(float(f"{0.001 * 2 ** (k / 3):.4g}") for k in range(52))
-PHASES = ("data", "compute", "optimizer", "checkpoint", "collective", "recompute", "other")
 CLIENT_DEADLINE_S = 5.0  # a client has this long, all told, to send a request and read the reply
 MAX_CLIENTS = 16  # clients served at once; more are answered 503 at once
 MAX_REQUEST_BYTES = 16 * 1024
@@ -114,7 +113,7 @@ class ExporterState:
         self._latest: dict[tuple[str, int | None], dict[str, float]] = {}
         self._buckets = [0] * (len(STEP_BUCKETS) + 1)
         self._step_sum = 0.0
-        self._phases = dict.fromkeys(PHASES, 0.0)
+        self._phases = dict.fromkeys(PARTS, 0.0)
         self._totals = dict.fromkeys(STEP_TOTALS, 0.0)
         self._findings: list[Finding] = []
         self._faults: dict[str, int] = {}
@@ -157,13 +156,8 @@ class ExporterState:
         self._buckets[bisect.bisect_left(STEP_BUCKETS, s.wall_s)] += 1
         self._step_sum += s.wall_s
         p = self._phases
-        p["data"] += s.data_s
-        p["compute"] += s.compute_s - s.collective_s - s.recompute_s
-        p["optimizer"] += s.optimizer_s
-        p["checkpoint"] += s.checkpoint_s
-        p["collective"] += s.collective_s
-        p["recompute"] += s.recompute_s
-        p["other"] += s.other_s
+        for part, seconds in zip(PARTS, split_step(s), strict=True):
+            p[part] += seconds
         t = self._totals
         t["samples"] += s.samples
         t["tokens"] += s.tokens
@@ -346,7 +340,7 @@ def _step_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str],
             cumulative.append((bound, running))
         yield [], cumulative
     elif spec.key == "phases":
-        for phase in PHASES:
+        for phase in PARTS:
             yield [phase], max(snap.phases[phase], 0.0)
     elif spec.key == "count":
         yield [], float(sum(snap.buckets))
