@@ -151,7 +151,7 @@ class Telemetry:
         self.interrupting = StepWindow(MAX_EVENTS)  # the steps that were interruptions
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.samples: dict[tuple[str, int | None], deque[Sample]] = {}
-        self.total_steps = 0
+        self.steps_done = 0  # the number of the newest step (steps done so far)
         self.clock = 0.0
         self.started = 0.0
         self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
@@ -197,7 +197,7 @@ class Telemetry:
 
     def _step(self, s: Step) -> None:
         self.steps.append(s)
-        self.total_steps = s.step
+        self.steps_done = s.step
         self.steps_seen += 1
         if s.t > self.last_progress:
             self.last_progress = s.t

@@ -46,15 +46,14 @@ class Detection:
 @dataclass
 class Context:
     """Run-wide facts for detectors. ``gpu_model`` overrides the GPU seen by NVML;
-    ``total_steps`` the planned steps. The engine sets ``explained`` per evaluation:
-    rank -> the detectors whose active findings or detected conditions cover that
-    rank (job-scope ones cover every rank)."""
+    ``planned_steps`` the steps the run plans (settings.total_steps). The engine sets
+    ``explained`` per evaluation: rank -> the detectors whose active findings or
+    detected conditions cover that rank (job-scope ones cover every rank)."""
 
     gpus: dict[str, Gpu] = field(default_factory=catalogue)
     target: str = DEFAULT_TARGET
     gpu_model: str | None = None
-    total_steps: int | None = None
-    active: set[str] = field(default_factory=set)
+    planned_steps: int | None = None
     costs: Costs = field(default_factory=Costs)
     precision: Precision = "bf16"
     explained: dict[int, set[str]] = field(default_factory=dict)
@@ -94,13 +93,13 @@ class Context:
         tokens, samples = tokens * world, samples * world  # per rank -> the job
         unit, units = (("1M tokens", tokens) if tokens > 0 else
                        ("1M samples", samples) if samples > 0 else ("step", 0.0))
-        planned = self.total_steps or view.planned_steps
+        planned = self.planned_steps or view.planned_steps
         inputs = Inputs(
             tensor_share=_mean(tensor_share(v, since) for v in views),
             gpu_busy=_mean(_mean(v.values_since("nvml", "gpu_utilization_ratio", since))
                            for v in views),
             link_now=link_now(view, current), units_per_step=units, unit=unit,
-            remaining_steps=planned - view.total_steps if planned else None,
+            remaining_steps=planned - view.steps_done if planned else None,
             device_name=self.device_name(view), precision=self.precision,
             power_watts=_mean(view.values_since("nvml", "gpu_power_watts", since)))
         proj = project(parts, target or self.target_gpu, current, ranks=world,

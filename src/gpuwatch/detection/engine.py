@@ -256,6 +256,6 @@ def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Eng
         raise ConfigError(f"gpuwatch config: unknown gpu_model {settings.gpu_model!r}; "
                           "the catalogue has " + ", ".join(gpus))
     context = Context(gpus=gpus, target=settings.target_gpu, gpu_model=settings.gpu_model,
-                      total_steps=settings.total_steps, costs=Costs.from_settings(settings),
+                      planned_steps=settings.total_steps, costs=Costs.from_settings(settings),
                       precision=settings.precision)
     return Engine(rules, context, scope=scope, job=job, interval_s=settings.detect_interval_s)

@@ -38,7 +38,7 @@ def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
     return {
         "rank": view.rank, "host": host, "t": now,
         "totals": list(view.window.last),
-        "steps_total": view.total_steps,
+        "steps_total": view.steps_done,
         "last_step_t": view.steps[-1].t if view.steps else None,
         "nvlink_links_active": max((d.get("nvlink_links_active", 0) for d in devices),
                                    default=0),
@@ -75,7 +75,7 @@ class PeerView:
         end = s.get("last_step_t") or s["t"]
         if delta[0] > 0:
             view.window.add_totals(end, delta)
-        view.total_steps = s.get("steps_total", view.total_steps)
+        view.steps_done = s.get("steps_total", view.steps_done)
         if s.get("steps"):
             view.add_step_waits(decode_steps(s["steps"]))
         if s.get("clock_event_reasons") is not None:

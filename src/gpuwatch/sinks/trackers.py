@@ -42,7 +42,7 @@ def figures(view: Telemetry, findings: Iterable[Finding], now: float,
             out[PREFIX + "samples_per_second"] = samples / wall
         if tokens:
             out[PREFIX + "tokens_per_second"] = tokens / wall
-    out[PREFIX + "steps_total"] = float(view.total_steps)
+    out[PREFIX + "steps_total"] = float(view.steps_done)
     gpus = view.gpu_samples()
     for sample in gpus:
         infix = "" if len(gpus) == 1 else f"gpu{sample.gpu}_"
