@@ -444,6 +444,8 @@ class Agent:
         agent = {
             "agent_cpu_seconds_total": time.thread_time(),
             "agent_marks_dropped_total": float(self.ring.dropped),
+            "agent_device_timings_dropped_total": float(self.assembler.device.dropped),
+            "agent_bad_marks_total": float(self.assembler.bad_values),
             "agent_errors_total": float(sum(self.faults.counts.values()) + self.engine.errors),
             "slack_in_process": float(self.slack is not None),
         }

@@ -196,10 +196,13 @@ class DeviceInterval:
     step: int
 
 
+MAX_PENDING = 10_000  # event pairs waiting for the device; beyond, the oldest are dropped
+
+
 class PendingTimings:
     """Event pairs waiting for the device (agent thread only): polled, never waited on."""
 
-    def __init__(self, pool: EventPool, limit: int = 10_000) -> None:
+    def __init__(self, pool: EventPool, limit: int = MAX_PENDING) -> None:
         self._pool = pool
         self._pending: deque[tuple[int, Any, Any, int, int]] = deque()
         self._limit = limit
