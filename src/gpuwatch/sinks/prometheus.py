@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -248,30 +248,37 @@ class _Budget:
 
 
 def _series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
-    """(extra label values, value) for each series of ``spec``."""
-    if spec.source in SAMPLE_SOURCES:
-        yield from _sample_series(spec, snap)
-    elif spec.source == "topology":
-        yield from _topology_series(spec, snap)
-    elif spec.source == "steps":
-        yield from _step_series(spec, snap)
-    elif spec.source == "findings":  # one series per label set (the best projection)
-        best: dict[tuple[str, ...], float] = {}
-        for f in snap.findings:
-            if spec.key == "active":
-                subject = rank_ranges(f.ranks) or snap.rank
-                best[(f.detector, f.verdict, f.severity, subject)] = 1.0
-            elif f.projection and spec.key in f.projection:
-                key, value = (f.projection["target"],), float(f.projection[spec.key])
-                best[key] = max(best.get(key, value), value)
-        for labels, value in sorted(best.items()):
-            yield list(labels), value
-    elif spec.source == "faults":
-        for component, n in sorted(snap.faults.items()):
-            yield [component], float(n)
-    elif spec.source == "exporter":
-        yield [], float(snap.dropped)
-    elif spec.source == "run" and spec.key in snap.run:
+    """(extra label values, value) for each series of ``spec``, by its source."""
+    series = _sample_series if spec.source in SAMPLE_SOURCES else _BY_SOURCE.get(spec.source)
+    if series is not None:
+        yield from series(spec, snap)
+
+
+def _finding_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
+    """One series per label set (the best projection)."""
+    best: dict[tuple[str, ...], float] = {}
+    for f in snap.findings:
+        if spec.key == "active":
+            subject = rank_ranges(f.ranks) or snap.rank
+            best[(f.detector, f.verdict, f.severity, subject)] = 1.0
+        elif f.projection and spec.key in f.projection:
+            key, value = (f.projection["target"],), float(f.projection[spec.key])
+            best[key] = max(best.get(key, value), value)
+    for labels, value in sorted(best.items()):
+        yield list(labels), value
+
+
+def _fault_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
+    for component, n in sorted(snap.faults.items()):
+        yield [component], float(n)
+
+
+def _exporter_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
+    yield [], float(snap.dropped)
+
+
+def _run_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
+    if spec.key in snap.run:
         yield [], snap.run[spec.key]
 
 
@@ -545,3 +552,10 @@ class Exporter:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+
+
+# The series of each metric source (``_series``), after the functions they name.
+Series = Callable[[MetricSpec, _Snapshot], Iterator[tuple[list[str], Any]]]
+_BY_SOURCE: dict[str, Series] = {
+    "topology": _topology_series, "steps": _step_series, "findings": _finding_series,
+    "faults": _fault_series, "exporter": _exporter_series, "run": _run_series}
