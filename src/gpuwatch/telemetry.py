@@ -25,6 +25,7 @@ from typing import Any
 
 from gpuwatch.records import Event, Meta, Record, Sample, Step
 from gpuwatch.series import Figure, Series
+from gpuwatch.vocabulary import unwaited_compute_s
 
 MAX_STEPS = 8192
 MAX_SAMPLES = 900  # per (source, gpu): 15 minutes at 1 Hz
@@ -62,9 +63,10 @@ class StepSummary:
     tokens: float = 0.0
 
     @property
-    def pure_compute_s(self) -> float:
-        """Compute without the exposed collective wait nested in it."""
-        return max(self.compute_s - self.collective_s, 0.0)
+    def unwaited_compute_s(self) -> float:
+        """Compute without the exposed collective wait nested in it (recompute included;
+        ``vocabulary.unwaited_compute_s``)."""
+        return unwaited_compute_s(self.compute_s, self.collective_s)
 
     @property
     def mean_step_s(self) -> float:
@@ -156,7 +158,7 @@ class Telemetry:
         self._series: dict[tuple[str, int | None], dict[str, Series]] = {}
         self._seq: dict[tuple[str, int | None], int] = {}  # samples seen per (source, GPU)
         self._tracked: dict[str, tuple[str, ...]] = {}  # keys asked about, by source
-        self.total_steps = 0
+        self.steps_done = 0  # the number of the newest step (steps done so far)
         self.clock = 0.0
         self.started = 0.0
         self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
@@ -210,7 +212,7 @@ class Telemetry:
     def _step(self, s: Step) -> None:
         self.changed = next(_CHANGES)
         self.steps.append(s)
-        self.total_steps = s.step
+        self.steps_done = s.step
         self.steps_seen += 1
         if s.t > self.last_progress:
             self.last_progress = s.t

@@ -7,8 +7,9 @@ import threading
 import time
 from typing import Any
 
+from gpuwatch.detection.peer_view import PeerView, summary
 from gpuwatch.faults import FaultLog
-from gpuwatch.probes.peers import PeerExchange, PeerView, summary
+from gpuwatch.probes.peers import PeerExchange
 from gpuwatch.telemetry import Telemetry
 from tests.runs import START, meta, steps
 from tests.wait import wait_for

@@ -8,8 +8,9 @@ from typing import Any
 
 from gpuwatch.config import Settings
 from gpuwatch.detection.engine import engine_from_settings
+from gpuwatch.detection.peer_view import PeerView, summary
 from gpuwatch.detection.skew import split
-from gpuwatch.probes.peers import PeerView, decode_steps, encode_steps, summary
+from gpuwatch.probes.peers import decode_steps, encode_steps
 from gpuwatch.records import Event, Finding, Record, Step
 from gpuwatch.telemetry import Telemetry
 from tests.runs import START, judge, meta, only

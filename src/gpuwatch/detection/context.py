@@ -24,6 +24,7 @@ from gpuwatch.detection.projection import (
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Verdict
 from gpuwatch.telemetry import StepSummary, Telemetry
+from gpuwatch.vocabulary import split_step
 
 
 @dataclass
@@ -45,15 +46,14 @@ class Detection:
 @dataclass
 class Context:
     """Run-wide facts for detectors. ``gpu_model`` overrides the GPU seen by NVML;
-    ``total_steps`` the planned steps. The engine sets ``explained`` per evaluation:
-    rank -> the detectors whose active findings or detected conditions cover that
-    rank (job-scope ones cover every rank)."""
+    ``planned_steps`` the steps the run plans (settings.total_steps). The engine sets
+    ``explained`` per evaluation: rank -> the detectors whose active findings or
+    detected conditions cover that rank (job-scope ones cover every rank)."""
 
     gpus: dict[str, Gpu] = field(default_factory=catalogue)
     target: str = DEFAULT_TARGET
     gpu_model: str | None = None
-    total_steps: int | None = None
-    active: set[str] = field(default_factory=set)
+    planned_steps: int | None = None
     costs: Costs = field(default_factory=Costs)
     precision: Precision = "bf16"
     explained: dict[int, set[str]] = field(default_factory=dict)
@@ -93,13 +93,13 @@ class Context:
         tokens, samples = tokens * world, samples * world  # per rank -> the job
         unit, units = (("1M tokens", tokens) if tokens > 0 else
                        ("1M samples", samples) if samples > 0 else ("step", 0.0))
-        planned = self.total_steps or view.planned_steps
+        planned = self.planned_steps or view.planned_steps
         inputs = Inputs(
             tensor_share=_mean(tensor_share(v, since) for v in views),
             gpu_busy=_mean(_figure_mean(v, "nvml", "gpu_utilization_ratio", since)
                            for v in views),
             link_now=link_now(view, current), units_per_step=units, unit=unit,
-            remaining_steps=planned - view.total_steps if planned else None,
+            remaining_steps=planned - view.steps_done if planned else None,
             device_name=self.device_name(view), precision=self.precision,
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since))
         proj = project(parts, target or self.target_gpu, current, ranks=world,
@@ -190,12 +190,12 @@ def tensor_share(view: Telemetry, since: float) -> float | None:
 
 
 def mean_parts(summary: StepSummary) -> StepParts:
-    """The mean step as projection parts (compute without its recompute and comm)."""
-    return StepParts(
-        compute=max(summary.compute_s - summary.recompute_s - summary.collective_s, 0.0),
-        recompute=summary.recompute_s, comm=summary.collective_s, data=summary.data_s,
-        checkpoint=summary.checkpoint_s, other=summary.other_s,
-        comm_bytes=summary.collective_bytes, optimizer=summary.optimizer_s)
+    """The mean step as projection parts (``vocabulary.split_step``; ``comm`` is the
+    collective part)."""
+    data, compute, recompute, comm, optimizer, checkpoint, other = split_step(summary)
+    return StepParts(compute=compute, recompute=recompute, comm=comm, data=data,
+                     checkpoint=checkpoint, other=other, comm_bytes=summary.collective_bytes,
+                     optimizer=optimizer)
 
 
 def host_of(view: Telemetry) -> str:

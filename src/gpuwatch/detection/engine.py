@@ -39,13 +39,16 @@ log = logging.getLogger("gpuwatch")
 RankDetector = Callable[[Telemetry, Rule, Context, float], Detection | None]
 JobDetector = Callable[[list[Telemetry], Rule, Context, float], Detection | None]
 
+# Detectors in the order they judge (dict order): a detector sees which conditions the
+# ones before it found in the same evaluation (``Context.explained``), so
+# ``underutilised``, which defers to the others, runs last.
 RANK_DETECTORS: dict[str, RankDetector] = {
-    "fits_on_paper": fits_on_paper.detect,
-    "data_starvation": data_starvation.detect,
     "checkpoint_overhead": checkpoint_overhead.detect,
+    "data_starvation": data_starvation.detect,
+    "fits_on_paper": fits_on_paper.detect,
     "hang": hang.detect,
     "iteration_speed": iteration_speed.detect,
-    "underutilised": underutilised.detect,  # last: it defers to the others' findings
+    "underutilised": underutilised.detect,
 }
 JOB_DETECTORS: dict[str, JobDetector] = {
     "straggler": straggler.detect,
@@ -169,8 +172,9 @@ class Engine:
         ranks = sorted(self.views) if self.scope == "job" else sorted(self._own)
         views = [self.views[r] for r in ranks]
         stale = True  # whether what explains what changed since ``_explain`` last ran
-        for rule_id, rule in self.rules.items():
-            if rule.scope != self.scope:
+        for rule_id in RANK_DETECTORS if self.scope == "rank" else JOB_DETECTORS:
+            rule = self.rules.get(rule_id)
+            if rule is None or rule.scope != self.scope:
                 continue
             if stale:
                 self._explain()
@@ -307,6 +311,6 @@ def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Eng
         raise ConfigError(f"gpuwatch config: unknown gpu_model {settings.gpu_model!r}; "
                           "the catalogue has " + ", ".join(gpus))
     context = Context(gpus=gpus, target=settings.target_gpu, gpu_model=settings.gpu_model,
-                      total_steps=settings.total_steps, costs=Costs.from_settings(settings),
+                      planned_steps=settings.total_steps, costs=Costs.from_settings(settings),
                       precision=settings.precision)
     return Engine(rules, context, scope=scope, job=job, interval_s=settings.detect_interval_s)

@@ -46,7 +46,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                    (agent.values.items() if agent else ()) if k.startswith("open_")}
     evidence = {"stalled_seconds": stalled, "bound_seconds": bound,
                 "median_step_seconds": median, "last_step_time_seconds": view.steps[-1].t,
-                "last_progress_time_seconds": progress, "steps_total": float(view.total_steps)}
+                "last_progress_time_seconds": progress, "steps_total": float(view.steps_done)}
     if signature is not None:
         evidence["gpu_utilization_ratio"], evidence["gpu_power_watts"] = signature
         if working:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from gpuwatch.probes.peers import PeerTelemetry, StepWait
+from gpuwatch.detection.peer_view import PeerTelemetry
+from gpuwatch.probes.peers import StepWait
 from gpuwatch.telemetry import WARMUP_STEPS, Telemetry
 
 TIE_S = 1e-5  # waits this close are equal (the published precision is 1e-6 s)

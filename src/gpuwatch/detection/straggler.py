@@ -10,8 +10,8 @@ from __future__ import annotations
 from gpuwatch.detection import skew
 from gpuwatch.detection.context import Context, Detection, host_of, job_devices, recent, window_s
 from gpuwatch.detection.rules import Rule
-from gpuwatch.probes.nvml import CLOCK_EVENT_REASONS
 from gpuwatch.telemetry import Telemetry
+from gpuwatch.vocabulary import CLOCK_EVENT_REASONS
 
 # Clock-event reasons that slow a GPU down (idle, boost and settings do not).
 SLOWING = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
@@ -22,7 +22,7 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
     summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
     if len(summaries) < 2:
         return None
-    compute = {r: s.pure_compute_s for r, s in summaries.items()}  # without collective wait
+    compute = {r: s.unwaited_compute_s for r, s in summaries.items()}  # without collective wait
     fastest = min(compute.values())
     if fastest <= 0:
         return None

@@ -1,0 +1,60 @@
+"""The cross-rank judge of a multi-rank job: every rank publishes its summary through
+``probes.peers``; rank 0 rebuilds the others' telemetry (``detection.peer_view``) and
+runs the job-scope detectors over every rank."""
+
+from __future__ import annotations
+
+from gpuwatch.config import Settings
+from gpuwatch.detection.engine import Engine, engine_from_settings
+from gpuwatch.detection.peer_view import PeerView, summary
+from gpuwatch.faults import FaultLog
+from gpuwatch.instrument.identity import Identity
+from gpuwatch.probes.peers import PeerExchange
+from gpuwatch.records import Finding
+from gpuwatch.telemetry import Telemetry
+
+
+class CrossRankJudge:
+    """Publishes ``telemetry`` (this rank's) and, on rank 0, judges across ranks with a
+    job engine whose active findings also explain the rank engine's (``rank_engine``)."""
+
+    def __init__(self, settings: Settings, identity: Identity, telemetry: Telemetry,
+                 rank_engine: Engine, faults: FaultLog) -> None:
+        self._identity = identity
+        self._telemetry = telemetry
+        self.exchange = PeerExchange(identity.rank, identity.world_size, faults,
+                                     interval_s=settings.peers_interval_s)
+        self.engine: Engine | None = None
+        if identity.rank == 0:
+            self.engine = engine_from_settings(settings, "job", identity.job)
+            self.engine.views[identity.rank] = telemetry
+            rank_engine.peers.append(self.engine)  # job findings explain this rank too
+        self._views: dict[int, PeerView] = {}
+
+    def start(self) -> None:
+        self.exchange.start()
+
+    def stop(self) -> None:
+        self.exchange.stop()
+
+    def judge(self, now: float) -> list[Finding]:
+        """Publish this rank's summary; on rank 0, fold the others' in and judge across
+        ranks (the findings raised or resolved)."""
+        ident = self._identity
+        self.exchange.publish(summary(self._telemetry, ident.host, now))
+        if self.engine is None:
+            return []
+        for rank, data in self.exchange.peers().items():
+            view = self._views.get(rank)
+            if view is None:
+                view = self._views[rank] = PeerView(rank)
+                self.engine.views[rank] = view.telemetry
+            view.update(data, ident.job, ident.world_size)
+        return list(self.engine.evaluate(now))
+
+    def active(self) -> list[Finding]:
+        return self.engine.active() if self.engine is not None else []
+
+    def findings(self) -> list[Finding]:
+        """The latest state of every finding across ranks (rank 0; else none)."""
+        return list(self.engine.findings.values()) if self.engine is not None else []
