@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,11 +25,19 @@ def gpuwatch_cmd(*args: str) -> list[str]:
 
 def run(cmd: list[str], cwd: Path, timeout: float = 120,
         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command with no GPUWATCH_* settings but ``extra_env``."""
+    """Run a command with no GPUWATCH_* settings but ``extra_env``, in a process group of
+    its own that is killed when it ends or times out: nothing it started (launcher
+    workers stuck waiting for a dead peer) outlives the test."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
     env.update(extra_env or {})
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def free_port() -> int:
