@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from gpuwatch.config import Settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
-from gpuwatch.detection.peer_view import PeerView, summary
+from gpuwatch.detection.peer_view import JobCover, PeerView, summary
 from gpuwatch.faults import FaultLog
 from gpuwatch.instrument.identity import Identity
 from gpuwatch.probes.peers import PeerExchange
@@ -25,10 +25,14 @@ class CrossRankJudge:
         self.exchange = PeerExchange(identity.rank, identity.world_size, faults,
                                      interval_s=settings.peers_interval_s)
         self.engine: Engine | None = None
+        self._cover: JobCover | None = None
         if identity.rank == 0:
             self.engine = engine_from_settings(settings, "job", identity.job)
             self.engine.views[identity.rank] = telemetry
             rank_engine.peers.append(self.engine)  # job findings explain this rank too
+        else:  # ... and, through the store, every other rank
+            self._cover = JobCover()
+            rank_engine.peers.append(self._cover)
         self._views: dict[int, PeerView] = {}
 
     def start(self) -> None:
@@ -42,6 +46,8 @@ class CrossRankJudge:
         ranks (the findings raised or resolved)."""
         ident = self._identity
         self.exchange.publish(summary(self._telemetry, ident.host, now))
+        if self._cover is not None:
+            self._cover.update(self.exchange.job_word())
         if self.engine is None:
             return []
         for rank, data in self.exchange.peers().items():
@@ -50,7 +56,9 @@ class CrossRankJudge:
                 view = self._views[rank] = PeerView(rank)
                 self.engine.views[rank] = view.telemetry
             view.update(data, ident.job, ident.world_size)
-        return list(self.engine.evaluate(now))
+        changes = list(self.engine.evaluate(now))
+        self.exchange.publish_job({"covered": self.engine.covered()})
+        return changes
 
     def active(self) -> list[Finding]:
         return self.engine.active() if self.engine is not None else []

@@ -103,3 +103,37 @@ def test_summary_carries_totals_and_facts() -> None:
     s: dict[str, Any] = summary(view, "node-1", START + 21)
     assert s["rank"] == 1 and s["host"] == "node-1" and s["steps_total"] == 200
     assert s["totals"][0] == 195 and s["last_step_t"] == START + 20
+
+
+def test_rank_zero_s_job_findings_reach_the_other_ranks_and_explain_them() -> None:
+    """A straggler judged at rank 0 explains low utilisation on rank 1 too: rank 0
+    publishes what its job findings cover; rank 1 reads it without waiting."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    from gpuwatch.config import Settings
+    from gpuwatch.detection.engine import engine_from_settings
+    from gpuwatch.detection.peer_view import JobCover
+
+    store = TCPStore("127.0.0.1", 0, 2, is_master=True, timeout=timedelta(seconds=10),
+                     wait_for_workers=False)
+    leader = PeerExchange(0, 2, FaultLog(), store=lambda: store, interval_s=0.02)
+    follower = PeerExchange(1, 2, FaultLog(), store=lambda: store, interval_s=0.02)
+    for ex in (leader, follower):
+        ex.start()
+    try:
+        leader.publish_job({"covered": [["straggler", [1]], ["bogus"], 7]})
+        wait_for(lambda: follower.job_word(), 5, "rank 0's word to reach rank 1")
+    finally:
+        leader.stop()
+        follower.stop()
+    cover = JobCover()
+    cover.update(follower.job_word())
+    assert cover.covered() == [("straggler", [1])]  # malformed entries left out
+    engine = engine_from_settings(Settings(), "rank")
+    engine.view(0)
+    engine.view(1)
+    engine.peers.append(cover)
+    engine.evaluate(1.0)
+    assert all("straggler" in engine.context.explained.get(r, set()) for r in (0, 1))

@@ -82,3 +82,25 @@ class PeerView:
             view.add_one(Sample(s["rank"], s["t"], "nvml",
                                 {"gpu_clock_event_reasons": s["clock_event_reasons"]}, gpu=0))
         self._seen_t = s["t"]
+
+
+class JobCover:
+    """What rank 0's job-scope findings cover, as another rank reads it from the store
+    (``Explains`` for that rank's engine): a straggler or sync finding judged at rank 0
+    explains low utilisation on every rank, not only on rank 0."""
+
+    def __init__(self) -> None:
+        self._covered: list[tuple[str, list[int]]] = []
+
+    def update(self, word: dict[str, Any]) -> None:
+        """Take rank 0's newest word (``{"covered": [[detector, [ranks...]], ...]}``);
+        entries of the wrong shape are left out."""
+        covered = word.get("covered")
+        if not isinstance(covered, list):
+            return
+        self._covered = [(d, [r for r in ranks if isinstance(r, int)])
+                         for item in covered if isinstance(item, list) and len(item) == 2
+                         for d, ranks in [item] if isinstance(d, str) and isinstance(ranks, list)]
+
+    def covered(self) -> list[tuple[str, list[int]]]:
+        return list(self._covered)

@@ -73,8 +73,12 @@ def job_store() -> Any:
     return dist.PrefixStore(PREFIX, dist.distributed_c10d._get_default_store())
 
 
+JOB_KEY = "job"  # rank 0's word on the job (what its job-scope findings cover)
+
+
 class PeerExchange:
-    """Publishes this rank's summary and, on rank 0, collects every other rank's."""
+    """Publishes this rank's summary and, on rank 0, collects every other rank's; rank 0
+    also publishes what its job-scope judgement found, which every other rank reads."""
 
     def __init__(self, rank: int, world_size: int, faults: FaultLog,
                  store: Callable[[], Any] = job_store, interval_s: float = 5.0) -> None:
@@ -82,6 +86,8 @@ class PeerExchange:
         self.world_size = world_size
         self.interval_s = interval_s
         self.received: dict[int, dict[str, Any]] = {}  # rank -> newest summary (rank 0)
+        self.job: dict[str, Any] = {}  # rank 0's newest word on the job (other ranks)
+        self._job_outgoing: dict[str, Any] | None = None
         self._store = store
         self._faults = faults
         self._outgoing: dict[str, Any] | None = None
@@ -99,9 +105,19 @@ class PeerExchange:
         with self._lock:
             self._outgoing = data
 
+    def publish_job(self, data: dict[str, Any]) -> None:
+        """Rank 0: what the job-scope judgement found, for the other ranks."""
+        with self._lock:
+            self._job_outgoing = data
+
     def peers(self) -> dict[int, dict[str, Any]]:
         with self._lock:
             return dict(self.received)
+
+    def job_word(self) -> dict[str, Any]:
+        """Rank 0's newest word on the job, as published ({} before any)."""
+        with self._lock:
+            return dict(self.job)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -111,10 +127,17 @@ class PeerExchange:
                     continue
                 with self._lock:
                     outgoing, self._outgoing = self._outgoing, None
+                    job, self._job_outgoing = self._job_outgoing, None
                 if outgoing is not None:
                     store.set(f"rank{self.rank}", json.dumps(outgoing))
                 if self.rank == 0:
+                    if job is not None:
+                        store.set(JOB_KEY, json.dumps(job))
                     self._collect(store)
+                elif store.check([JOB_KEY]):  # never wait for rank 0's word
+                    word = json.loads(store.get(JOB_KEY))
+                    with self._lock:
+                        self.job = word if isinstance(word, dict) else {}
             except Exception as exc:  # a store gone with its job: counted, never raised
                 self._faults.record("peers", exc)
 
