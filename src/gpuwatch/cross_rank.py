@@ -1,12 +1,12 @@
 """The cross-rank judge of a multi-rank job: every rank publishes its summary through
-``probes.peers``; rank 0 rebuilds the others' telemetry (``detection.peer_view``) and
-runs the job-scope detectors over every rank."""
+``probes.peers``; rank 0 knows the others from it (``detection.peer_view.PeerRank``)
+and runs the job-scope detectors over every rank."""
 
 from __future__ import annotations
 
 from gpuwatch.config import Settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
-from gpuwatch.detection.peer_view import JobCover, PeerView, summary
+from gpuwatch.detection.peer_view import JobCover, PeerRank, summary
 from gpuwatch.faults import FaultLog
 from gpuwatch.instrument.identity import Identity
 from gpuwatch.probes.peers import PeerExchange
@@ -33,7 +33,7 @@ class CrossRankJudge:
         else:  # ... and, through the store, every other rank
             self._cover = JobCover()
             rank_engine.peers.append(self._cover)
-        self._views: dict[int, PeerView] = {}
+        self._peers: dict[int, PeerRank] = {}  # the other ranks, at rank 0
 
     def start(self) -> None:
         self.exchange.start()
@@ -51,11 +51,10 @@ class CrossRankJudge:
         if self.engine is None:
             return []
         for rank, data in self.exchange.peers().items():
-            view = self._views.get(rank)
-            if view is None:
-                view = self._views[rank] = PeerView(rank)
-                self.engine.views[rank] = view.telemetry
-            view.update(data, ident.job, ident.world_size)
+            peer = self._peers.get(rank)
+            if peer is None:
+                peer = self._peers[rank] = self.engine.published[rank] = PeerRank(rank)
+            peer.update(data, ident.world_size)
         changes = list(self.engine.evaluate(now))
         self.exchange.publish_job({"covered": self.engine.covered()})
         return changes

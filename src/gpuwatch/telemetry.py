@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from gpuwatch.probes.peers import StepWait
 from gpuwatch.records import Event, Meta, Record, Sample, Step
 from gpuwatch.series import Figure, Series
 from gpuwatch.vocabulary import unwaited_compute_s
@@ -92,8 +93,8 @@ class StepSummary:
 class StepWindow:
     """Running totals of steps by end time, so any recent window sums in O(log n).
 
-    Entries are single steps (``add``) or, for another rank's published totals,
-    many steps at once (``add_totals``).
+    Entries are single steps (``add``) or, for another rank's published totals
+    (``detection.peer_view``), many steps at once (``add_totals``).
     """
 
     def __init__(self, maxlen: int) -> None:
@@ -262,12 +263,47 @@ class Telemetry:
         return mean_step(typical)
 
     def median_step_s(self) -> float | None:
-        """The running median of recent steps (seconds); for a peer's view, which
-        holds only published totals, the mean step of its last minute of totals."""
-        if self._walls:
-            return self._median
-        summary = self.window.since(self.clock - 60.0)
-        return summary.wall_s if summary is not None else None
+        """The running median of recent steps (seconds); None before the warm-up ends."""
+        return self._median if self._walls else None
+
+    @property
+    def host(self) -> str:
+        return str(self.meta.host) if self.meta else "?"
+
+    @property
+    def world_size(self) -> int:
+        return self.meta.world_size if self.meta else 1
+
+    def step_waits(self, since: float) -> dict[int, StepWait]:
+        """Per-step waits by step number of the steps that ended at or after ``since``
+        (warm-up left out)."""
+        out: dict[int, StepWait] = {}
+        for s in reversed(self.steps):
+            if s.t < since:
+                break
+            if s.step > WARMUP_STEPS:
+                out[s.step] = StepWait.of(s)
+        return out
+
+    def timed_collectives(self, since: float) -> tuple[float, float]:
+        """Bus bytes and device seconds of the blocking collectives timed in the steps
+        that ended at or after ``since``."""
+        nbytes = seconds = 0.0
+        for s in reversed(self.steps):
+            if s.t < since:
+                break
+            nbytes += s.collective_timed_bytes
+            seconds += s.collective_timed_s
+        return nbytes, seconds
+
+    def collective_timing(self) -> dict[str, Any]:
+        """The newest ``collective_timing`` event's data: what was and was not timed."""
+        event = next((e for e in reversed(self.events) if e.name == "collective_timing"), None)
+        return event.data if event else {}
+
+    def clock_event_reasons(self) -> list[int]:
+        """The clock-event reason bits of each GPU's newest NVML sample."""
+        return [int(s.values.get("gpu_clock_event_reasons", 0)) for s in self.gpu_samples()]
 
     def working_power_w(self) -> float | None:
         """The GPU's median power draw while the job was stepping (watts), if sampled."""

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from gpuwatch.detection.peer_view import PeerView, summary
+from gpuwatch.detection.peer_view import PeerRank, summary
 from gpuwatch.faults import FaultLog
 from gpuwatch.probes.peers import PeerExchange
 from gpuwatch.telemetry import Telemetry
@@ -54,14 +54,15 @@ def test_rank_zero_collects_every_rank_and_rebuilds_their_windows() -> None:
     received = exchanges[0].peers()
     assert sorted(received) == [1, 2]
     assert exchanges[1].peers() == {}  # only rank 0 collects
-    view = PeerView(2)
-    view.update(received[2], "job", 3)
-    s = view.telemetry.summarise(START)
+    peer = PeerRank(2)
+    peer.update(received[2], 3)
+    s = peer.summarise(START)
     assert s is not None and s.steps == 200 - 5  # every step but the warm-up
     assert abs(s.compute_s - 0.1) < 1e-9
-    assert view.telemetry.meta is not None and view.telemetry.meta.host == "node-2"
-    view.update(received[2], "job", 3)  # the same publication twice: counted once
-    assert view.telemetry.summarise(START).steps == 195  # type: ignore[union-attr]
+    assert peer.host == "node-2" and peer.world_size == 3 and peer.steps_done == 200
+    assert sorted(peer.step_waits(START)) == list(range(6, 201))  # warm-up left out
+    peer.update(received[2], 3)  # the same publication twice: counted once
+    assert peer.summarise(START).steps == 195  # type: ignore[union-attr]
 
 
 def test_a_hanging_store_never_blocks_publishing_or_stopping() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import statistics
 
-from gpuwatch.detection.context import Context, Detection, host_of
+from gpuwatch.detection.context import Context, Detection
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Sample
 from gpuwatch.telemetry import Telemetry
@@ -65,7 +65,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         where = "it is not in a collective or a marked phase"
     pid = view.meta.pid if view.meta else 0
     return Detection(evidence, [view.rank],
-                     text={"rank": view.rank, "host": host_of(view), "where": where, "pid": pid})
+                     text={"rank": view.rank, "host": view.host, "where": where, "pid": pid})
 
 
 def last_busy(view: Telemetry, th: dict[str, float],

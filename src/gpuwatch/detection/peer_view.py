@@ -1,34 +1,17 @@
 """Rank 0's view of the other ranks: what each rank publishes (``summary``) and the
-telemetry rank 0 rebuilds from it (``PeerView``), for the job-scope detectors.
-The transport is ``probes.peers``."""
+rank rank 0 knows from it (``PeerRank``, a ``rank_input.RankInput`` for the job-scope
+detectors). The transport is ``probes.peers``."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 from gpuwatch.probes.peers import LINK_FACTS, PUBLISHED_STEPS, StepWait, decode_steps, encode_steps
-from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Sample
-from gpuwatch.telemetry import Telemetry
+from gpuwatch.series import Figure
+from gpuwatch.telemetry import MAX_STEPS, WARMUP_STEPS, StepSummary, StepWindow, Telemetry
 
-
-class PeerTelemetry(Telemetry):
-    """Another rank's telemetry on rank 0: window totals, plus its newest per-step
-    waits by step number (``published_steps``)."""
-
-    def __init__(self, rank: int) -> None:
-        super().__init__(rank)
-        self.published_steps: dict[int, StepWait] = {}
-        self._order: deque[int] = deque()
-
-    def add_step_waits(self, waits: Iterable[StepWait]) -> None:
-        for w in waits:
-            if w.step not in self.published_steps:
-                self._order.append(w.step)
-            self.published_steps[w.step] = w
-        while len(self._order) > 4 * PUBLISHED_STEPS:
-            self.published_steps.pop(self._order.popleft(), None)
+MEDIAN_SPAN_S = 60.0  # a peer's typical step: its mean over this much of its newest totals
 
 
 def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
@@ -50,38 +33,87 @@ def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
     }
 
 
-class PeerView:
-    """Rank 0's telemetry of another rank, rebuilt from its published summaries."""
+class PeerRank:
+    """Another rank as rank 0 knows it from its published summaries: step totals (in a
+    window by end time), its newest per-step waits by step number, its host, GPU and
+    link facts and its GPUs' clock-event reasons. Samples and records it does not
+    publish read as absent (no figures, no timed collectives)."""
 
     def __init__(self, rank: int) -> None:
-        self.telemetry = PeerTelemetry(rank)
-        self._seen_t = 0.0
+        self.rank = rank
+        self.host = "?"
+        self.world_size = 1
+        self.topology: dict[str, Any] | None = None
+        self.window = StepWindow(MAX_STEPS)
+        self.steps_done = 0
+        self.planned_steps: int | None = None
+        self.changed = 0  # counts the summaries that said something new
+        self.last_progress = 0.0  # its newest step's end (Unix s, its clock)
+        self._published_t = 0.0  # when it last published (its clock)
+        self._clock_reasons: int | None = None
+        self._waits: dict[int, StepWait] = {}
+        self._order: deque[int] = deque()
 
-    def update(self, s: dict[str, Any], job: str, world_size: int) -> None:
-        if s["t"] <= self._seen_t:
-            return  # nothing new published
-        view = self.telemetry
-        if view.meta is None:
-            view.add_one(Meta(schema=SCHEMA_VERSION, gpuwatch="", job=job, host=s["host"],
-                              rank=s["rank"], local_rank=-1, world_size=world_size, pid=0,
-                              started=s["t"]))
-        if view.topology is None and s.get("gpu_name"):
-            view.add_one(Event(s["rank"], s["t"], "topology", {
+    def update(self, s: dict[str, Any], world_size: int) -> None:
+        """Fold in a published summary (``summary``); one seen before changes nothing."""
+        if s["t"] <= self._published_t:
+            return
+        self.host, self.world_size = s["host"], world_size
+        if self.topology is None and s.get("gpu_name"):
+            self.topology = {
                 "devices": [{"index": 0, "name": s.get("gpu_name"),
                              "nvlink_links_active": s.get("nvlink_links_active", 0),
                              **s.get("links", {})}],
-                "job_gpus": [0], "infiniband": s.get("infiniband", [])}))
-        delta = tuple(a - b for a, b in zip(s["totals"], view.window.last, strict=True))
+                "job_gpus": [0], "infiniband": s.get("infiniband", [])}
+        delta = tuple(a - b for a, b in zip(s["totals"], self.window.last, strict=True))
         end = s.get("last_step_t") or s["t"]
         if delta[0] > 0:
-            view.window.add_totals(end, delta)
-        view.steps_done = s.get("steps_total", view.steps_done)
+            self.window.add_totals(end, delta)
+        self.steps_done = s.get("steps_total", self.steps_done)
+        self.last_progress = max(self.last_progress, s.get("last_step_t") or 0.0)
         if s.get("steps"):
-            view.add_step_waits(decode_steps(s["steps"]))
+            self._add_waits(decode_steps(s["steps"]))
         if s.get("clock_event_reasons") is not None:
-            view.add_one(Sample(s["rank"], s["t"], "nvml",
-                                {"gpu_clock_event_reasons": s["clock_event_reasons"]}, gpu=0))
-        self._seen_t = s["t"]
+            self._clock_reasons = int(s["clock_event_reasons"])
+        self._published_t = s["t"]
+        self.changed += 1
+
+    def _add_waits(self, waits: list[StepWait]) -> None:
+        for w in waits:
+            if w.step not in self._waits:
+                self._order.append(w.step)
+            self._waits[w.step] = w
+        while len(self._order) > 4 * PUBLISHED_STEPS:
+            self._waits.pop(self._order.popleft(), None)
+
+    def summarise(self, since: float) -> StepSummary | None:
+        return self.window.since(since)
+
+    def median_step_s(self) -> float | None:
+        """Its mean step over the last ``MEDIAN_SPAN_S`` of totals it published (only
+        totals travel, not steps)."""
+        summary = self.window.since(self._published_t - MEDIAN_SPAN_S)
+        return summary.wall_s if summary is not None else None
+
+    def step_waits(self, since: float) -> dict[int, StepWait]:
+        """Every per-step wait it published and rank 0 still holds (its step times are
+        on its own clock, so ``since`` does not apply: ranks align by step number)."""
+        return {k: w for k, w in self._waits.items() if k > WARMUP_STEPS}
+
+    def figure(self, source: str, key: str, since: float) -> Figure | None:
+        return None  # samples are not published
+
+    def counter_rise(self, source: str, key: str, since: float) -> float:
+        return 0.0
+
+    def clock_event_reasons(self) -> list[int]:
+        return [self._clock_reasons] if self._clock_reasons is not None else []
+
+    def timed_collectives(self, since: float) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def collective_timing(self) -> dict[str, Any]:
+        return {}
 
 
 class JobCover:
