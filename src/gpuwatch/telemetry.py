@@ -20,7 +20,7 @@ import operator
 import statistics
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from gpuwatch.probes.peers import StepWait
@@ -40,15 +40,13 @@ PROGRESS_EVENTS = frozenset({"progress", "checkpoint_save"})
 _CHANGES = itertools.count(1)  # stamps of steps and events, unique across views
 
 
-# What step windows sum: the step count, then these step fields.
-SUMMED = ("steps", "wall_s", "data_s", "compute_s", "checkpoint_s", "collective_s",
-          "recompute_s", "other_s", "collective_bytes", "optimizer_s", "samples", "tokens")
-
-
 @dataclass(frozen=True, slots=True)
 class StepSummary:
     """Steps over a recent span: their count and the mean of each part per step
-    (seconds; ``samples``, ``tokens`` and ``collective_bytes`` per step)."""
+    (seconds; ``samples``, ``tokens`` and ``collective_bytes`` per step).
+
+    The one list of what step windows sum (``SUMMED``): the count, then these fields
+    of ``records.Step``."""
 
     steps: int
     wall_s: float
@@ -59,9 +57,9 @@ class StepSummary:
     recompute_s: float
     other_s: float
     collective_bytes: float
-    optimizer_s: float = 0.0
-    samples: float = 0.0
-    tokens: float = 0.0
+    optimizer_s: float
+    samples: float
+    tokens: float
 
     @property
     def unwaited_compute_s(self) -> float:
@@ -90,6 +88,12 @@ class StepSummary:
         return self.recompute_s / self.wall_s
 
 
+# What step windows sum, in this order (published totals too): the step count, then
+# these fields of each step.
+SUMMED = tuple(f.name for f in fields(StepSummary))
+_summed_of = operator.attrgetter(*SUMMED[1:])  # a Step -> its summed fields
+
+
 class StepWindow:
     """Running totals of steps by end time, so any recent window sums in O(log n).
 
@@ -104,9 +108,7 @@ class StepWindow:
         self.last: tuple[float, ...] = (0.0,) * len(SUMMED)  # cumulative, in SUMMED order
 
     def add(self, s: Step) -> None:
-        self._append(s.t, (1, s.wall_s, s.data_s, s.compute_s, s.checkpoint_s, s.collective_s,
-                           s.recompute_s, s.other_s, s.collective_bytes, s.optimizer_s,
-                           s.samples, s.tokens))
+        self._append(s.t, (1, *_summed_of(s)))
 
     def add_totals(self, t: float, totals: tuple[float, ...]) -> None:
         """Steps that ended by ``t``, summed (SUMMED order, the count first)."""
