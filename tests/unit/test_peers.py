@@ -138,3 +138,27 @@ def test_rank_zero_s_job_findings_reach_the_other_ranks_and_explain_them() -> No
     engine.peers.append(cover)
     engine.evaluate(1.0)
     assert all("straggler" in engine.context.explained.get(r, set()) for r in (0, 1))
+
+
+def test_a_published_rank_answers_job_detectors_as_its_own_telemetry_does() -> None:
+    """What rank 0 knows of a peer from its summary reads as the peer's own telemetry
+    for what a summary carries: step means, per-step waits, host, GPU and link facts,
+    clock-event reasons (a power cap here)."""
+    from gpuwatch.detection.context import job_devices
+    from gpuwatch.records import Event, Sample
+
+    own = rank_view(1, 0.05)
+    own.add([Event(1, START + 20, "topology", {
+                 "devices": [{"index": 0, "name": "NVIDIA A100-SXM4-80GB",
+                              "nvlink_links_active": 12, "nvlink_bytes_per_second": 3e11}],
+                 "job_gpus": [0], "infiniband": []}),
+             Sample(1, START + 20, "nvml", {"gpu_clock_event_reasons": 0x4}, gpu=0)])
+    peer = PeerRank(1)
+    peer.update(summary(own, "node-1", START + 21), 3)
+    assert peer.summarise(START) == own.summarise(START)  # (totals: as fine as published)
+    theirs, mine = peer.step_waits(START), own.step_waits(START)
+    assert sorted(theirs) == sorted(mine)
+    assert all(abs(theirs[k].wait_s - mine[k].wait_s) < 1e-6 for k in mine)
+    assert (peer.host, peer.world_size) == (own.host, own.world_size) == ("node-1", 3)
+    assert peer.clock_event_reasons() == own.clock_event_reasons() == [0x4]
+    assert job_devices(peer) == job_devices(own)
