@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze
-from gpuwatch.sinks.runlog import RunLogWriter, encode, segments
+from gpuwatch.runlog import RunLogWriter, encode, segments
 from tests.scenarios import Saves, Shape, simulate, write
 
 RECORDS_PER_RANK_S = 4.25  # four 1 Hz samples and a 4 s step's record per second

@@ -33,7 +33,8 @@ from typing import Any
 
 from gpuwatch._version import __version__
 from gpuwatch.config import Settings, detection_settings
-from gpuwatch.detection.engine import Engine, engine_from_settings
+from gpuwatch.cross_rank import CrossRankJudge
+from gpuwatch.detection.engine import engine_from_settings
 from gpuwatch.faults import FaultLog, log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.identity import (
@@ -47,18 +48,19 @@ from gpuwatch.instrument.identity import (
 from gpuwatch.instrument.patches import COVERAGE
 from gpuwatch.instrument.ring import Mark, MarkRing
 from gpuwatch.instrument.steps import StepAssembler
+from gpuwatch.pipeline import ExporterSink, Pipeline, RunLogSink, SlackSink
 from gpuwatch.probes.allocator import AllocatorProbe, torch_memory_stats
 from gpuwatch.probes.host import HostProbe
 from gpuwatch.probes.nccl import FlightRecorderProbe, default_dump, timing_setting
 from gpuwatch.probes.nvml import Nvml, NvmlSampler, load_pynvml, visible_gpu_indices
-from gpuwatch.probes.peers import PeerExchange, PeerView, job_store
-from gpuwatch.probes.peers import summary as peer_summary
+from gpuwatch.probes.peers import job_store
+from gpuwatch.probes.probe import Probe
 from gpuwatch.probes.topology import read_topology
 from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample
 from gpuwatch.redact import redact_argv
+from gpuwatch.runlog import RunLogWriter, claim_runlog, create_run_dir
 from gpuwatch.sinks.console import ConsoleStatus, status_line
 from gpuwatch.sinks.prometheus import Exporter, ExporterState, node_name
-from gpuwatch.sinks.runlog import RunLogWriter, claim_runlog, create_run_dir
 from gpuwatch.sinks.slack import SlackNotifier, job_notifier
 from gpuwatch.sinks.slack_relay import StoreRelay
 from gpuwatch.sinks.trackers import figures
@@ -118,7 +120,10 @@ def restart_count(environ: Mapping[str, str]) -> int:
 
 
 class Agent:
-    """Owns the ring, the probes, the thread and the sinks of one training process.
+    """The thread, schedule and lifecycle of one training process's monitoring: it
+    drains the ring into records, reads the probes once a sample interval, and hands
+    records to the pipeline (engine, then sinks); a multi-rank job's cross-rank judge
+    runs on the same schedule.
 
     ``nvml_library`` and ``memory_stats`` are injectable (fakes in tests); by default
     the agent uses pynvml and ``torch.cuda.memory_stats`` when they exist. ``identity``
@@ -150,6 +155,7 @@ class Agent:
         self.attempt: int | None = None
         self.faults = FaultLog()
         self.engine = engine_from_settings(settings, "rank", identity.job)
+        self.pipeline = Pipeline(self.engine, self.faults)
         self.telemetry = Telemetry(identity.rank)  # the engine's own view once settled
         self._held: list[Mark] = []  # marks from before the identity settled
         self._wake = threading.Event()
@@ -165,17 +171,12 @@ class Agent:
         self.assembler = StepAssembler(self.identity.rank, self._offset)
         self._writer: RunLogWriter | None = None
         self._nvml: Nvml | None = None
-        self._gpu_sampler: NvmlSampler | None = None
-        self._allocator: AllocatorProbe | None = None
-        self._host: HostProbe | None = None
-        self._nccl: FlightRecorderProbe | None = None
+        self._probes: list[tuple[str, Probe]] = []  # read in this order
         self._console: ConsoleStatus | None = None
         self.exporter: Exporter | None = None
         self.slack: SlackNotifier | None = None
         self._slack_relay: StoreRelay | None = None
-        self.peers: PeerExchange | None = None
-        self.job_engine: Engine | None = None  # rank 0 of a multi-rank job: across ranks
-        self._peer_views: dict[int, PeerView] = {}
+        self.cross_rank: CrossRankJudge | None = None
         self.thread_cpu_s = 0.0
         self.stopped = False
         self.figures: dict[str, float] = {}  # the latest, for trackers (sinks/trackers.py)
@@ -292,6 +293,7 @@ class Agent:
             out_dir, ident.rank, ident.world_size, first,
             segment_bytes=int(self.settings.runlog_segment_mb * 2**20))
         self.runlog_path = self._writer.path
+        self.pipeline.add("runlog", RunLogSink(self._writer))
         self._start_exporter()
         port = self.exporter.port if self.exporter is not None else None
         self._write([Meta(
@@ -305,10 +307,10 @@ class Agent:
         )])
         log.info("gpuwatch: rank %d of %d (%s), attempt %d: %s; metrics port %s", ident.rank,
                  ident.world_size, ident.source, self.attempt, self.runlog_path, port)
-        self._host = HostProbe(ident.rank)
+        host = HostProbe(ident.rank)
         nccl_on, nccl_how = timing_setting(os.environ)
         dump = default_dump() if nccl_on else None
-        self._nccl = FlightRecorderProbe(ident.rank, dump) if dump is not None else None
+        nccl = FlightRecorderProbe(ident.rank, dump) if dump is not None else None
         if ident.world_size > 1:  # what collective waits can be seen, and how
             self._write([Event(ident.rank, time.time(), "collective_timing",
                                {**COVERAGE, "nccl_timing": nccl_how})])
@@ -316,7 +318,9 @@ class Agent:
         self._start_peers()
         if self.settings.console:
             self._console = ConsoleStatus()
-        self._setup_gpu(torch)
+        gpu, allocator = self._setup_gpu(torch, host)
+        probes = (("host", host), ("nvml", gpu), ("allocator", allocator), ("nccl", nccl))
+        self._probes = [(name, probe) for name, probe in probes if probe is not None]
 
     def run_id(self) -> str:
         """What tells apart runs of one job (``run`` in the meta line and the exporter's
@@ -340,24 +344,26 @@ class Agent:
         port = cfg.port + ident.local_rank if cfg.port else 0
         if exporter.start(cfg.addr, port, tries=PORT_TRIES if port else 1):
             self.exporter = exporter
+            self.pipeline.add("exporter", ExporterSink(exporter, self._active, self.faults))
+
+    def _active(self) -> list[Finding]:
+        """Every active finding: this rank's, and across ranks (rank 0)."""
+        cross = self.cross_rank
+        return self.engine.active() + (cross.active() if cross is not None else [])
 
     def _start_peers(self) -> None:
         ident = self.identity
         if ident.world_size < 2 or not self.settings.peers_interval_s:
             return
-        self.peers = PeerExchange(ident.rank, ident.world_size, self.faults,
-                                  interval_s=self.settings.peers_interval_s)
-        self.peers.start()
-        if ident.rank == 0:
-            self.job_engine = engine_from_settings(self.settings, "job", ident.job)
-            self.job_engine.views[ident.rank] = self.telemetry
-            self.engine.peers.append(self.job_engine)  # job findings explain this rank too
+        self.cross_rank = CrossRankJudge(self.settings, ident, self.telemetry, self.engine,
+                                         self.faults)
+        self.cross_rank.start()
 
     def _periodic(self) -> None:
         """Once a sample interval: judge across ranks, remind Slack, redraw the status.
         A failure of one is counted and the others still run."""
         tasks: tuple[tuple[str, Callable[[], None]], ...] = (
-            ("peers", lambda: self._write([], judged=self._judge_peers(time.time()))),
+            ("peers", lambda: self._write([], judged=self._judge_across(time.time()))),
             ("slack", self._remind), ("console", self._show_status),
             ("figures", self._publish_figures))
         for component, task in tasks:
@@ -369,28 +375,16 @@ class Agent:
     def _publish_figures(self) -> None:
         """Replace (never mutate) the figures a tracker reads from another thread."""
         findings = list(self.engine.findings.values())
-        if self.job_engine is not None:
-            findings += self.job_engine.findings.values()
+        if self.cross_rank is not None:
+            findings += self.cross_rank.findings()
         self.figures = figures(self.telemetry, findings, self.telemetry.clock or time.time())
 
     def _show_status(self) -> None:
         if self._console is not None:
             self._console.show(status_line(self.telemetry, time.time()))
 
-    def _judge_peers(self, now: float) -> list[Finding]:
-        """Publish this rank's summary; on rank 0, fold the others' in and judge across."""
-        if self.peers is None:
-            return []
-        self.peers.publish(peer_summary(self.telemetry, self.identity.host, now))
-        if self.job_engine is None:
-            return []
-        for rank, data in self.peers.peers().items():
-            view = self._peer_views.get(rank)
-            if view is None:
-                view = self._peer_views[rank] = PeerView(rank)
-                self.job_engine.views[rank] = view.telemetry
-            view.update(data, self.identity.job, self.identity.world_size)
-        return list(self.job_engine.evaluate(now))
+    def _judge_across(self, now: float) -> list[Finding]:
+        return self.cross_rank.judge(now) if self.cross_rank is not None else []
 
     def _start_slack(self) -> None:
         ident = self.identity
@@ -406,9 +400,14 @@ class Agent:
             self._slack_relay.start()
         if self.slack is not None:
             self.slack.start()  # also delivers what an earlier start left spooled
+            self.pipeline.add("slack", SlackSink(self.slack))
 
-    def _setup_gpu(self, torch: Any) -> None:
+    def _setup_gpu(self, torch: Any,
+                   host: HostProbe) -> tuple[NvmlSampler | None, AllocatorProbe | None]:
+        """The GPU's probes (NVML, the allocator), and the topology event."""
         ident = self.identity
+        sampler: NvmlSampler | None = None
+        allocator: AllocatorProbe | None = None
         device = ident.device  # seen in use, else one GPU per local rank (the convention)
         if device is None and ident.world_size > 1:
             device = ident.local_rank
@@ -422,38 +421,33 @@ class Agent:
                     if device is not None:  # the index among the visible GPUs
                         env["LOCAL_RANK"] = str(device)
                     gpus = visible_gpu_indices(nvml, env)
-                host = self._host
-                self._gpu_sampler = NvmlSampler(
-                    nvml, gpus, ident.rank, host.pids if host else set,
-                    self.settings.pcie_interval_s)
+                sampler = NvmlSampler(nvml, gpus, ident.rank, host.pids,
+                                      self.settings.pcie_interval_s)
                 self._write([Event(ident.rank, time.time(), "topology",
                                    read_topology(nvml, gpus))])
         stats = self._memory_stats
         if stats is _DEFAULT:
             stats = torch_memory_stats(device or 0) if torch is not None else None
         if callable(stats):
-            self._allocator = AllocatorProbe(stats, ident.rank, ident.local_rank)
-        if self._nvml is None and self._allocator is None:
+            allocator = AllocatorProbe(stats, ident.rank, ident.local_rank)
+        if self._nvml is None and allocator is None:
             log.warning("gpuwatch: no NVML-visible GPU; monitoring the host only")
             self._write([Event(ident.rank, time.time(), "host_only",
                                {"reason": "no NVML-visible GPU"})])
+        return sampler, allocator
 
     def _sample(self, records: list[Record], mono: float) -> None:
         now = time.time()
-        for name, probe in (("host", self._host), ("nvml", self._gpu_sampler),
-                            ("allocator", self._allocator), ("nccl", self._nccl)):
-            if probe is None:
-                continue
+        for name, probe in self._probes:
             try:
-                if isinstance(probe, AllocatorProbe):
-                    records.extend(probe.sample(now))
-                else:
-                    records.extend(probe.sample(now, mono))
+                records.extend(probe.sample(now, mono))
             except Exception as exc:
                 self.faults.record(name, exc)
         agent = {
             "agent_cpu_seconds_total": time.thread_time(),
             "agent_marks_dropped_total": float(self.ring.dropped),
+            "agent_device_timings_dropped_total": float(self.assembler.device.dropped),
+            "agent_bad_marks_total": float(self.assembler.bad_values),
             "agent_errors_total": float(sum(self.faults.counts.values()) + self.engine.errors),
             "slack_in_process": float(self.slack is not None),
         }
@@ -484,37 +478,9 @@ class Agent:
 
     def _write(self, records: list[Record], final: bool = False,
                judged: Sequence[Finding] = ()) -> None:
-        """Judge the records, then log them and any finding they raised or resolved
-        (``judged``: findings reached elsewhere, across ranks)."""
-        try:
-            findings = self.engine.feed(records)
-            if final:
-                findings += self.engine.close()
-        except Exception as exc:
-            self.faults.record("detection", exc)
-            findings = []
-        findings += judged
-        for f in findings:
-            if f.state == "active":
-                log.warning("gpuwatch finding [%s] %s: %s", f.verdict, f.detector, f.summary)
-            else:
-                log.info("gpuwatch finding resolved: %s", f.detector)
-        records = [*records, *findings]
-        if self.slack is not None:
-            try:
-                self.slack.notify(findings)
-            except OSError as exc:
-                self.faults.record("slack", exc)
-        if self.exporter is not None:
-            active = self.engine.active()
-            if self.job_engine is not None:
-                active += self.job_engine.active()
-            self.exporter.state.update(records, active, self.faults.counts)
-        if records and self._writer is not None:
-            try:
-                self._writer.write(records)
-            except Exception as exc:
-                self.faults.record("runlog", exc)
+        """Judge the records, then deliver them and any finding they raised or resolved
+        (``judged``: findings reached elsewhere, across ranks) to every sink."""
+        self.pipeline.write(records, final, judged)
 
     def _final_flush(self, deadline: float) -> None:
         """Write what is left and close every sink by ``deadline`` (monotonic seconds);
@@ -534,8 +500,8 @@ class Agent:
             guarded("console", console.close)
         if self._writer is not None:
             guarded("runlog", self._writer.close)  # a full disk fails here: counted
-        if self.peers is not None:
-            guarded("peers", self.peers.stop)
+        if self.cross_rank is not None:
+            guarded("peers", self.cross_rank.stop)
         if self._slack_relay is not None:
             guarded("slack", self._slack_relay.stop)
         if slack is not None:  # a last chance; what is left stays spooled

@@ -203,7 +203,7 @@ def run_dir(out: Path | None, job: str) -> tuple[Path, int]:
     """The run directory of one ``gpuwatch run`` and its first attempt number: a new
     ``runs/<job>-<time>-<suffix>`` (attempt 0), or ``--out``, where a reused directory
     continues with the attempt after the last one logged there."""
-    from gpuwatch.sinks.runlog import create_run_dir, next_attempt
+    from gpuwatch.runlog import create_run_dir, next_attempt
 
     if out is None:
         try:
@@ -267,7 +267,7 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
 
 def live_fingerprints(out: Path) -> set[str]:
     from gpuwatch.records import Finding
-    from gpuwatch.sinks.runlog import RunLogReader
+    from gpuwatch.runlog import RunLogReader
 
     return {r.fingerprint for log in out.glob("run*.jsonl") for r in RunLogReader(log)
             if isinstance(r, Finding)}

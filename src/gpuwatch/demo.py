@@ -23,7 +23,7 @@ def run_demo(seconds: float, out_dir: Path | None = None) -> int:
     except ImportError:
         raise SystemExit("gpuwatch demo needs torch: pip install torch") from None
     from gpuwatch.monitor import attach
-    from gpuwatch.sinks.runlog import create_run_dir
+    from gpuwatch.runlog import create_run_dir
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ from gpuwatch.config import ConfigError, Settings, disabled, load_settings
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.identity import Identity, explicit
-from gpuwatch.instrument.patches import size_on_disk
+from gpuwatch.instrument.sizes import size_on_disk
 
 
 class Span:
@@ -160,6 +160,12 @@ def watch(**settings: Any) -> Monitor:
     raises into the job.
     """
     return _start(settings, None)
+
+
+def start_agent() -> Callable[..., None]:
+    """Start (or find) this process's agent; returns where the zero-code hooks push marks
+    (``instrument.attach.install`` calls it at the first mark)."""
+    return watch().agent.ring.push
 
 
 def _start(settings: dict[str, Any],

@@ -20,11 +20,13 @@ import operator
 import statistics
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
+from gpuwatch.probes.peers import StepWait
 from gpuwatch.records import Event, Meta, Record, Sample, Step
 from gpuwatch.series import Figure, Series
+from gpuwatch.vocabulary import unwaited_compute_s
 
 MAX_STEPS = 8192
 MAX_SAMPLES = 900  # per (source, gpu): 15 minutes at 1 Hz
@@ -38,15 +40,13 @@ PROGRESS_EVENTS = frozenset({"progress", "checkpoint_save"})
 _CHANGES = itertools.count(1)  # stamps of steps and events, unique across views
 
 
-# What step windows sum: the step count, then these step fields.
-SUMMED = ("steps", "wall_s", "data_s", "compute_s", "checkpoint_s", "collective_s",
-          "recompute_s", "other_s", "collective_bytes", "optimizer_s", "samples", "tokens")
-
-
 @dataclass(frozen=True, slots=True)
 class StepSummary:
     """Steps over a recent span: their count and the mean of each part per step
-    (seconds; ``samples``, ``tokens`` and ``collective_bytes`` per step)."""
+    (seconds; ``samples``, ``tokens`` and ``collective_bytes`` per step).
+
+    The one list of what step windows sum (``SUMMED``): the count, then these fields
+    of ``records.Step``."""
 
     steps: int
     wall_s: float
@@ -57,14 +57,15 @@ class StepSummary:
     recompute_s: float
     other_s: float
     collective_bytes: float
-    optimizer_s: float = 0.0
-    samples: float = 0.0
-    tokens: float = 0.0
+    optimizer_s: float
+    samples: float
+    tokens: float
 
     @property
-    def pure_compute_s(self) -> float:
-        """Compute without the exposed collective wait nested in it."""
-        return max(self.compute_s - self.collective_s, 0.0)
+    def unwaited_compute_s(self) -> float:
+        """Compute without the exposed collective wait nested in it (recompute included;
+        ``vocabulary.unwaited_compute_s``)."""
+        return unwaited_compute_s(self.compute_s, self.collective_s)
 
     @property
     def mean_step_s(self) -> float:
@@ -87,11 +88,17 @@ class StepSummary:
         return self.recompute_s / self.wall_s
 
 
+# What step windows sum, in this order (published totals too): the step count, then
+# these fields of each step.
+SUMMED = tuple(f.name for f in fields(StepSummary))
+_summed_of = operator.attrgetter(*SUMMED[1:])  # a Step -> its summed fields
+
+
 class StepWindow:
     """Running totals of steps by end time, so any recent window sums in O(log n).
 
-    Entries are single steps (``add``) or, for another rank's published totals,
-    many steps at once (``add_totals``).
+    Entries are single steps (``add``) or, for another rank's published totals
+    (``detection.peer_view``), many steps at once (``add_totals``).
     """
 
     def __init__(self, maxlen: int) -> None:
@@ -101,9 +108,7 @@ class StepWindow:
         self.last: tuple[float, ...] = (0.0,) * len(SUMMED)  # cumulative, in SUMMED order
 
     def add(self, s: Step) -> None:
-        self._append(s.t, (1, s.wall_s, s.data_s, s.compute_s, s.checkpoint_s, s.collective_s,
-                           s.recompute_s, s.other_s, s.collective_bytes, s.optimizer_s,
-                           s.samples, s.tokens))
+        self._append(s.t, (1, *_summed_of(s)))
 
     def add_totals(self, t: float, totals: tuple[float, ...]) -> None:
         """Steps that ended by ``t``, summed (SUMMED order, the count first)."""
@@ -156,7 +161,7 @@ class Telemetry:
         self._series: dict[tuple[str, int | None], dict[str, Series]] = {}
         self._seq: dict[tuple[str, int | None], int] = {}  # samples seen per (source, GPU)
         self._tracked: dict[str, tuple[str, ...]] = {}  # keys asked about, by source
-        self.total_steps = 0
+        self.steps_done = 0  # the number of the newest step (steps done so far)
         self.clock = 0.0
         self.started = 0.0
         self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
@@ -210,7 +215,7 @@ class Telemetry:
     def _step(self, s: Step) -> None:
         self.changed = next(_CHANGES)
         self.steps.append(s)
-        self.total_steps = s.step
+        self.steps_done = s.step
         self.steps_seen += 1
         if s.t > self.last_progress:
             self.last_progress = s.t
@@ -260,12 +265,47 @@ class Telemetry:
         return mean_step(typical)
 
     def median_step_s(self) -> float | None:
-        """The running median of recent steps (seconds); for a peer's view, which
-        holds only published totals, the mean step of its last minute of totals."""
-        if self._walls:
-            return self._median
-        summary = self.window.since(self.clock - 60.0)
-        return summary.wall_s if summary is not None else None
+        """The running median of recent steps (seconds); None before the warm-up ends."""
+        return self._median if self._walls else None
+
+    @property
+    def host(self) -> str:
+        return str(self.meta.host) if self.meta else "?"
+
+    @property
+    def world_size(self) -> int:
+        return self.meta.world_size if self.meta else 1
+
+    def step_waits(self, since: float) -> dict[int, StepWait]:
+        """Per-step waits by step number of the steps that ended at or after ``since``
+        (warm-up left out)."""
+        out: dict[int, StepWait] = {}
+        for s in reversed(self.steps):
+            if s.t < since:
+                break
+            if s.step > WARMUP_STEPS:
+                out[s.step] = StepWait.of(s)
+        return out
+
+    def timed_collectives(self, since: float) -> tuple[float, float]:
+        """Bus bytes and device seconds of the blocking collectives timed in the steps
+        that ended at or after ``since``."""
+        nbytes = seconds = 0.0
+        for s in reversed(self.steps):
+            if s.t < since:
+                break
+            nbytes += s.collective_timed_bytes
+            seconds += s.collective_timed_s
+        return nbytes, seconds
+
+    def collective_timing(self) -> dict[str, Any]:
+        """The newest ``collective_timing`` event's data: what was and was not timed."""
+        event = next((e for e in reversed(self.events) if e.name == "collective_timing"), None)
+        return event.data if event else {}
+
+    def clock_event_reasons(self) -> list[int]:
+        """The clock-event reason bits of each GPU's newest NVML sample."""
+        return [int(s.values.get("gpu_clock_event_reasons", 0)) for s in self.gpu_samples()]
 
     def working_power_w(self) -> float | None:
         """The GPU's median power draw while the job was stepping (watts), if sampled."""

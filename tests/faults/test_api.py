@@ -15,7 +15,7 @@ from gpuwatch.agent import Agent
 from gpuwatch.config import Settings
 from gpuwatch.monitor import Monitor
 from gpuwatch.records import Step
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 from tests.fakes import solo
 
 

@@ -17,7 +17,7 @@ from gpuwatch.agent import STOP_TIMEOUT_S, Agent
 from gpuwatch.config import Settings
 from gpuwatch.monitor import Monitor
 from gpuwatch.records import Sample, Step
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 from gpuwatch.sinks.slack import Note, notifier_from_settings
 from tests.fakes import FakeNvml, solo
 from tests.wait import wait_for

@@ -13,7 +13,7 @@ import pytest
 
 from gpuwatch import cli
 from gpuwatch.records import SCHEMA_VERSION, Meta, Step, to_dict
-from gpuwatch.sinks.runlog import MAX_LINE_BYTES, RunLogReader, RunLogWriter
+from gpuwatch.runlog import MAX_LINE_BYTES, RunLogReader, RunLogWriter
 
 META = Meta(schema=SCHEMA_VERSION, gpuwatch="0", job="j", host="h", rank=0, local_rank=0,
             world_size=1, pid=1, started=0.0)

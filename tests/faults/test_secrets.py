@@ -17,7 +17,7 @@ from gpuwatch.agent import Agent
 from gpuwatch.config import load_settings
 from gpuwatch.faults import FaultLog
 from gpuwatch.records import Meta
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 from tests.fakes import solo
 from tests.wait import wait_for
 

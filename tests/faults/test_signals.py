@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from gpuwatch.records import Step
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 from tests.wait import wait_for
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.gpu,
 def test_monitored_loop_runs_under_sync_debug_mode_error(tmp_path: Path) -> None:
     import gpuwatch
     from gpuwatch.instrument.attach import install
+    from gpuwatch.monitor import start_agent
 
-    lazy = install()  # the zero-code hooks too (already-imported torch is patched now)
+    lazy = install(start_agent)  # the zero-code hooks too (already-imported torch is patched now)
     monitor = gpuwatch.watch(out_dir=tmp_path, sample_interval_s=0.1)
     model = torch.nn.Linear(1024, 1024, device="cuda")
     opt = torch.optim.AdamW(model.parameters(), capturable=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpuwatch.records import Record, Step
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatch.records import Meta
-from gpuwatch.sinks.runlog import attempt_of
+from gpuwatch.runlog import attempt_of
 from tests.integration.conftest import SCRIPTS, free_port, gpuwatch_cmd, read, run, steps
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from gpuwatch.config import Settings
 from gpuwatch.detection.projection import catalogue
 from gpuwatch.monitor import Monitor
 from gpuwatch.records import Finding, Step
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 from gpuwatch.telemetry import WARMUP_STEPS
 from tests.chromium import Browser, PageLoad, chromium_binary
 from tests.fakes import FakeGpu, FakeNvml

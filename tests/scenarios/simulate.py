@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample, Step
-from gpuwatch.sinks.runlog import RunLogWriter
+from gpuwatch.runlog import RunLogWriter
 
 START = 1_700_000_000.0
 GB = 1e9

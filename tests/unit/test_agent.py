@@ -10,9 +10,11 @@ import pytest
 
 from gpuwatch.agent import Agent
 from gpuwatch.config import ExporterSettings, Settings
+from gpuwatch.instrument import ring
+from gpuwatch.instrument.device import MAX_PENDING
 from gpuwatch.monitor import Monitor, watch
 from gpuwatch.records import Event, Meta, Record, Sample, Step
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 from tests.fakes import FakeGpu, FakeNvml
 from tests.wait import wait_for
 
@@ -146,3 +148,39 @@ def test_unknown_phase_and_bad_config_never_raise(tmp_path: Path, monkeypatch: p
     assert any("sample_interval_s" in r.getMessage() for r in caplog.records)
     monitor.stop()
     assert not (tmp_path / "runs").exists()
+
+
+class NeverDone:
+    """A CUDA event whose work the device never finishes."""
+
+    def query(self) -> bool:
+        return False
+
+
+def test_device_timings_dropped_and_bad_marks_are_counted_in_the_agent_sample(
+        tmp_path: Path) -> None:
+    s = Settings(out_dir=tmp_path, sample_interval_s=0.05, flush_interval_s=0.05)
+    agent = Agent(s, nvml_library=None, memory_stats=None, environ={})
+    monitor = Monitor(agent)
+    agent.start()
+    with monitor.step():
+        pass
+    never = NeverDone()
+    for _ in range(MAX_PENDING + 5):  # the device never finishes: the oldest 5 are dropped
+        agent.ring.push(ring.DEVICE_TIMING, (ring.COLLECTIVE, never, never, 0))
+    agent.ring.push(ring.TOKENS, "many")  # not a count
+    agent.ring.push(ring.SAMPLES, -3)  # not a count either
+    with monitor.step():
+        pass
+
+    def counted() -> dict[str, float]:
+        if agent.runlog_path is None or not agent.runlog_path.exists():
+            return {}
+        samples = [r for r in RunLogReader(agent.runlog_path)
+                   if isinstance(r, Sample) and r.source == "agent"]
+        return samples[-1].values if samples else {}
+
+    wait_for(lambda: counted().get("agent_device_timings_dropped_total") == 5, 10,
+             "the dropped device timings in an agent sample")
+    agent.stop()
+    assert counted()["agent_bad_marks_total"] == 2

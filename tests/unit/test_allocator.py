@@ -16,16 +16,16 @@ def stats(retries: int, ooms: int) -> dict[str, int]:
 def test_samples_and_an_oom_event_when_num_ooms_rises() -> None:
     script = iter([{}, stats(0, 0), stats(2, 0), stats(3, 2), stats(3, 2)])
     probe = AllocatorProbe(lambda: next(script), rank=1, gpu=0)
-    assert probe.sample(0.0) == []  # CUDA not initialised yet
-    first = probe.sample(1.0)
+    assert probe.sample(0.0, 0.0) == []  # CUDA not initialised yet
+    first = probe.sample(1.0, 1.0)
     assert len(first) == 1 and isinstance(first[0], Sample)
     assert first[0].values == {
         "allocator_allocated_bytes": 10.0, "allocator_allocated_peak_bytes": 20.0,
         "allocator_reserved_bytes": 30.0, "allocator_reserved_peak_bytes": 40.0,
         "allocator_inactive_split_bytes": 5.0, "allocator_alloc_retries_total": 0.0,
         "allocator_ooms_total": 0.0}
-    assert len(probe.sample(2.0)) == 1
-    third = probe.sample(3.0)
+    assert len(probe.sample(2.0, 2.0)) == 1
+    third = probe.sample(3.0, 3.0)
     (oom,) = [r for r in third if isinstance(r, Event)]
     assert oom.name == "oom" and oom.data["count"] == 2 and oom.rank == 1
-    assert not [r for r in probe.sample(4.0) if isinstance(r, Event)]
+    assert not [r for r in probe.sample(4.0, 4.0) if isinstance(r, Event)]

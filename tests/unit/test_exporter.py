@@ -38,6 +38,7 @@ from gpuwatch.sinks.prometheus import (
     node_name,
     rank_ranges,
 )
+from gpuwatch.vocabulary import PARTS, split_step
 from tests.fakes import FakeGpu, FakeNvml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -500,3 +501,19 @@ def wait(predicate: Callable[[], bool], seconds: float = 20) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_phase_counters_split_steps_as_the_report_does() -> None:
+    # the second step's device-timed wait is longer than its host-measured compute:
+    # pure compute is 0 for it, never negative, in the exporter as in the report
+    steps = [Step(rank=1, step=1, t=1.0, wall_s=0.2, data_s=0.05, compute_s=0.12,
+                  collective_s=0.03, recompute_s=0.01, other_s=0.03),
+             Step(rank=1, step=2, t=2.0, wall_s=0.2, compute_s=0.1, collective_s=0.15,
+                  other_s=0.1)]
+    state = ExporterState(LABELS)
+    state.update(steps, [], {})
+    s = scrape(state)
+    report = dict(zip(PARTS, map(sum, zip(*map(split_step, steps), strict=True)), strict=True))
+    for part in PARTS:
+        assert value(s, "gpuwatch_phase_seconds_total", phase=part) == pytest.approx(report[part])
+    assert report["compute"] == pytest.approx(0.08)

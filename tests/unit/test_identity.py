@@ -21,7 +21,7 @@ from gpuwatch.instrument.identity import Hints, resolve
 from gpuwatch.instrument.patches import watch_device
 from gpuwatch.monitor import Monitor
 from gpuwatch.records import Meta, Record, Step
-from gpuwatch.sinks.runlog import (
+from gpuwatch.runlog import (
     RunLogReader,
     RunLogWriter,
     attempt_of,

@@ -7,8 +7,9 @@ import threading
 import time
 from typing import Any
 
+from gpuwatch.detection.peer_view import PeerRank, summary
 from gpuwatch.faults import FaultLog
-from gpuwatch.probes.peers import PeerExchange, PeerView, summary
+from gpuwatch.probes.peers import PeerExchange
 from gpuwatch.telemetry import Telemetry
 from tests.runs import START, meta, steps
 from tests.wait import wait_for
@@ -53,14 +54,15 @@ def test_rank_zero_collects_every_rank_and_rebuilds_their_windows() -> None:
     received = exchanges[0].peers()
     assert sorted(received) == [1, 2]
     assert exchanges[1].peers() == {}  # only rank 0 collects
-    view = PeerView(2)
-    view.update(received[2], "job", 3)
-    s = view.telemetry.summarise(START)
+    peer = PeerRank(2)
+    peer.update(received[2], 3)
+    s = peer.summarise(START)
     assert s is not None and s.steps == 200 - 5  # every step but the warm-up
     assert abs(s.compute_s - 0.1) < 1e-9
-    assert view.telemetry.meta is not None and view.telemetry.meta.host == "node-2"
-    view.update(received[2], "job", 3)  # the same publication twice: counted once
-    assert view.telemetry.summarise(START).steps == 195  # type: ignore[union-attr]
+    assert peer.host == "node-2" and peer.world_size == 3 and peer.steps_done == 200
+    assert sorted(peer.step_waits(START)) == list(range(6, 201))  # warm-up left out
+    peer.update(received[2], 3)  # the same publication twice: counted once
+    assert peer.summarise(START).steps == 195  # type: ignore[union-attr]
 
 
 def test_a_hanging_store_never_blocks_publishing_or_stopping() -> None:
@@ -102,3 +104,61 @@ def test_summary_carries_totals_and_facts() -> None:
     s: dict[str, Any] = summary(view, "node-1", START + 21)
     assert s["rank"] == 1 and s["host"] == "node-1" and s["steps_total"] == 200
     assert s["totals"][0] == 195 and s["last_step_t"] == START + 20
+
+
+def test_rank_zero_s_job_findings_reach_the_other_ranks_and_explain_them() -> None:
+    """A straggler judged at rank 0 explains low utilisation on rank 1 too: rank 0
+    publishes what its job findings cover; rank 1 reads it without waiting."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    from gpuwatch.config import Settings
+    from gpuwatch.detection.engine import engine_from_settings
+    from gpuwatch.detection.peer_view import JobCover
+
+    store = TCPStore("127.0.0.1", 0, 2, is_master=True, timeout=timedelta(seconds=10),
+                     wait_for_workers=False)
+    leader = PeerExchange(0, 2, FaultLog(), store=lambda: store, interval_s=0.02)
+    follower = PeerExchange(1, 2, FaultLog(), store=lambda: store, interval_s=0.02)
+    for ex in (leader, follower):
+        ex.start()
+    try:
+        leader.publish_job({"covered": [["straggler", [1]], ["bogus"], 7]})
+        wait_for(lambda: follower.job_word(), 5, "rank 0's word to reach rank 1")
+    finally:
+        leader.stop()
+        follower.stop()
+    cover = JobCover()
+    cover.update(follower.job_word())
+    assert cover.covered() == [("straggler", [1])]  # malformed entries left out
+    engine = engine_from_settings(Settings(), "rank")
+    engine.view(0)
+    engine.view(1)
+    engine.peers.append(cover)
+    engine.evaluate(1.0)
+    assert all("straggler" in engine.context.explained.get(r, set()) for r in (0, 1))
+
+
+def test_a_published_rank_answers_job_detectors_as_its_own_telemetry_does() -> None:
+    """What rank 0 knows of a peer from its summary reads as the peer's own telemetry
+    for what a summary carries: step means, per-step waits, host, GPU and link facts,
+    clock-event reasons (a power cap here)."""
+    from gpuwatch.detection.context import job_devices
+    from gpuwatch.records import Event, Sample
+
+    own = rank_view(1, 0.05)
+    own.add([Event(1, START + 20, "topology", {
+                 "devices": [{"index": 0, "name": "NVIDIA A100-SXM4-80GB",
+                              "nvlink_links_active": 12, "nvlink_bytes_per_second": 3e11}],
+                 "job_gpus": [0], "infiniband": []}),
+             Sample(1, START + 20, "nvml", {"gpu_clock_event_reasons": 0x4}, gpu=0)])
+    peer = PeerRank(1)
+    peer.update(summary(own, "node-1", START + 21), 3)
+    assert peer.summarise(START) == own.summarise(START)  # (totals: as fine as published)
+    theirs, mine = peer.step_waits(START), own.step_waits(START)
+    assert sorted(theirs) == sorted(mine)
+    assert all(abs(theirs[k].wait_s - mine[k].wait_s) < 1e-6 for k in mine)
+    assert (peer.host, peer.world_size) == (own.host, own.world_size) == ("node-1", 3)
+    assert peer.clock_event_reasons() == own.clock_event_reasons() == [0x4]
+    assert job_devices(peer) == job_devices(own)

@@ -232,7 +232,7 @@ def test_the_context_feeds_the_projection_what_the_run_measured() -> None:
               *samples("nvml", 60, {"gpu_utilization_ratio": 0.8, "gpu_tensor_active_ratio": 0.3,
                                     "gpu_dram_active_ratio": 0.1, "gpu_power_watts": 400.0},
                        gpu=0)])
-    ctx = Context(gpus=GPUS, total_steps=10_000)
+    ctx = Context(gpus=GPUS, planned_steps=10_000)
     since = START + 30
     summary = view.summarise(since)
     assert summary is not None

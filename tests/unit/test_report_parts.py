@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from gpuwatch.detection.compare import compare, projected_speedup
-from gpuwatch.detection.run_profile import MAX_BINS, PHASES, Bins, RunProfile
+from gpuwatch.detection.run_profile import MAX_BINS, Bins, RunProfile
 from gpuwatch.records import Event, Finding, Record, Sample
 from gpuwatch.sinks.html_report import render
 from gpuwatch.sinks.svg import nice_ticks
 from gpuwatch.sinks.trackers import figures
 from gpuwatch.telemetry import Telemetry
+from gpuwatch.vocabulary import PARTS
 from tests.runs import GB, START, meta, samples, steps, topology
 
 
@@ -51,7 +52,7 @@ def test_phases_per_unit_add_up_to_the_step() -> None:
     per = run.seconds_per_unit("token")
     assert per is not None
     assert per["step"] == pytest.approx(0.2 / (16 * 512))
-    assert sum(per[p] for p in PHASES) == pytest.approx(per["step"])
+    assert sum(per[p] for p in PARTS) == pytest.approx(per["step"])
     assert per["collective"] == pytest.approx(0.02 / (16 * 512))
     assert per["compute"] == pytest.approx((0.2 - 0.05 - 0.03 - 0.02) / (16 * 512))
 

@@ -7,7 +7,7 @@ import tracemalloc
 from pathlib import Path
 
 from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Sample, Step
-from gpuwatch.sinks.runlog import RunLogReader, RunLogWriter
+from gpuwatch.runlog import RunLogReader, RunLogWriter
 
 META = Meta(schema=SCHEMA_VERSION, gpuwatch="0.1.0", job="j", host="h", rank=0, local_rank=0,
             world_size=1, pid=1, started=0.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze, run_logs
 from gpuwatch.records import Sample, Step
-from gpuwatch.sinks.runlog import RunLogReader, RunLogWriter, compress, segments
+from gpuwatch.runlog import RunLogReader, RunLogWriter, compress, segments
 from tests.scenarios import job, write
 
 

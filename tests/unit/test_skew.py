@@ -8,8 +8,9 @@ from typing import Any
 
 from gpuwatch.config import Settings
 from gpuwatch.detection.engine import engine_from_settings
+from gpuwatch.detection.peer_view import PeerRank, summary
 from gpuwatch.detection.skew import split
-from gpuwatch.probes.peers import PeerView, decode_steps, encode_steps, summary
+from gpuwatch.probes.peers import decode_steps, encode_steps
 from gpuwatch.records import Event, Finding, Record, Step
 from gpuwatch.telemetry import Telemetry
 from tests.runs import START, judge, meta, only
@@ -145,9 +146,8 @@ def live(records: list[Record], **settings: Any) -> list[Finding]:
     for rank in range(1, world):
         peer = Telemetry(rank)
         peer.add([r for r in records if r.rank == rank])
-        view = PeerView(rank)
-        view.update(summary(peer, f"node-{rank}", START + N_STEPS * WALL), "job", world)
-        engine.views[rank] = view.telemetry
+        known = engine.published[rank] = PeerRank(rank)
+        known.update(summary(peer, f"node-{rank}", START + N_STEPS * WALL), world)
     end = START + N_STEPS * WALL
     engine.evaluate(end)
     engine.evaluate(end + 6)  # past the rules' for_s

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.patches import size_on_disk
+from gpuwatch.instrument.sizes import size_on_disk
 from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.records import Event, Record, Step
 

@@ -8,16 +8,23 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 
 
 def _attach() -> None:
     try:
         from gpuwatch.instrument.attach import install
 
-        install()
+        install(start=_start_agent)
     except Exception as exc:
         print(f"gpuwatch: zero-code attach failed ({_describe(exc)}); running unmonitored",
               file=sys.stderr)
+
+
+def _start_agent() -> Callable[..., None]:  # runs at the first mark, not at startup
+    from gpuwatch.monitor import start_agent
+
+    return start_agent()
 
 
 def _describe(exc: Exception) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuwatch.detection.run_profile import PHASES, RunProfile
+from gpuwatch.detection.run_profile import RunProfile
 from gpuwatch.records import Finding
+from gpuwatch.vocabulary import PARTS
 
 # Projection parts (detection/projection.py) -> the report's phases.
 PROJECTION_PARTS = {"compute": "compute", "recompute": "recompute", "comm": "collective",
@@ -167,7 +168,7 @@ def compare(before: RunProfile, after: RunProfile,
         notes.append(f"ranks differ ({b.ranks} vs {a.ranks}): per-unit figures are for the "
                      "whole job")
     speedup = {k: b.seconds_per_unit[k] / a.seconds_per_unit[k]
-               for k in ("step", *PHASES)
+               for k in ("step", *PARTS)
                if b.seconds_per_unit.get(k, 0.0) > 0 and a.seconds_per_unit.get(k, 0.0) > 0}
     cost_ratio = (a.usd_per_unit / b.usd_per_unit
                   if a.usd_per_unit is not None and b.usd_per_unit else None)

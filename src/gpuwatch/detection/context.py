@@ -4,7 +4,7 @@ total steps) and the signal helpers several of them read."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +21,11 @@ from gpuwatch.detection.projection import (
     identify,
     project,
 )
+from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Verdict
-from gpuwatch.telemetry import StepSummary, Telemetry
+from gpuwatch.telemetry import StepSummary
+from gpuwatch.vocabulary import split_step
 
 
 @dataclass
@@ -45,15 +47,14 @@ class Detection:
 @dataclass
 class Context:
     """Run-wide facts for detectors. ``gpu_model`` overrides the GPU seen by NVML;
-    ``total_steps`` the planned steps. The engine sets ``explained`` per evaluation:
-    rank -> the detectors whose active findings or detected conditions cover that
-    rank (job-scope ones cover every rank)."""
+    ``planned_steps`` the steps the run plans (settings.total_steps). The engine sets
+    ``explained`` per evaluation: rank -> the detectors whose active findings or
+    detected conditions cover that rank (job-scope ones cover every rank)."""
 
     gpus: dict[str, Gpu] = field(default_factory=catalogue)
     target: str = DEFAULT_TARGET
     gpu_model: str | None = None
-    total_steps: int | None = None
-    active: set[str] = field(default_factory=set)
+    planned_steps: int | None = None
     costs: Costs = field(default_factory=Costs)
     precision: Precision = "bf16"
     explained: dict[int, set[str]] = field(default_factory=dict)
@@ -62,7 +63,7 @@ class Context:
     def target_gpu(self) -> Gpu:
         return self.gpus[self.target]
 
-    def current_gpu(self, view: Telemetry) -> Gpu | None:
+    def current_gpu(self, view: RankInput) -> Gpu | None:
         """The catalogue entry of the GPU this rank runs on, if known."""
         if self.gpu_model:
             return identify(self.gpu_model, self.gpus)
@@ -73,12 +74,12 @@ class Context:
         return None
 
 
-    def device_name(self, view: Telemetry) -> str | None:
+    def device_name(self, view: RankInput) -> str | None:
         """What NVML calls this rank's card (or the configured model)."""
         return self.gpu_model or next((d["name"] for d in job_devices(view) if d.get("name")),
                                       None)
 
-    def project(self, views: list[Telemetry], parts: StepParts, since: float, *,
+    def project(self, views: Sequence[RankInput], parts: StepParts, since: float, *,
                 target: Gpu | None = None, drop_recompute: bool = False,
                 target_gpus: int | None = None) -> Projection:
         """``parts`` (the mean step of ``views``' ranks) projected onto ``target`` (default
@@ -86,20 +87,20 @@ class Context:
         (its world size; tokens and samples per rank taken as the same on every rank)."""
         view = views[0]
         current = self.current_gpu(view)
-        world = max(view.meta.world_size if view.meta else 1, len(views))
+        world = max(view.world_size, len(views))
         summaries = [s for v in views if (s := v.summarise(since)) is not None]
         tokens = _mean(s.tokens for s in summaries) or 0.0
         samples = _mean(s.samples for s in summaries) or 0.0
         tokens, samples = tokens * world, samples * world  # per rank -> the job
         unit, units = (("1M tokens", tokens) if tokens > 0 else
                        ("1M samples", samples) if samples > 0 else ("step", 0.0))
-        planned = self.total_steps or view.planned_steps
+        planned = self.planned_steps or view.planned_steps
         inputs = Inputs(
             tensor_share=_mean(tensor_share(v, since) for v in views),
             gpu_busy=_mean(_figure_mean(v, "nvml", "gpu_utilization_ratio", since)
                            for v in views),
             link_now=link_now(view, current), units_per_step=units, unit=unit,
-            remaining_steps=planned - view.total_steps if planned else None,
+            remaining_steps=planned - view.steps_done if planned else None,
             device_name=self.device_name(view), precision=self.precision,
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since))
         proj = project(parts, target or self.target_gpu, current, ranks=world,
@@ -114,7 +115,7 @@ class Context:
         return decide(proj, self.costs, otherwise=otherwise, cannot_run_here=cannot_run_here)
 
 
-def _figure_mean(view: Telemetry, source: str, key: str, since: float) -> float | None:
+def _figure_mean(view: RankInput, source: str, key: str, since: float) -> float | None:
     figure = view.figure(source, key, since)
     return figure.mean if figure is not None else None
 
@@ -124,7 +125,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
-def link_now(view: Telemetry, current: Gpu | None) -> float | None:
+def link_now(view: RankInput, current: Gpu | None) -> float | None:
     """Today's GPU-to-GPU link (bytes/s, one direction): NVLink where links are up and the
     card is known, else PCIe at the slot's maximum generation and width; None if unknown."""
     devices = job_devices(view)
@@ -140,7 +141,7 @@ def link_now(view: Telemetry, current: Gpu | None) -> float | None:
 STEP_SLACK = 1.25  # a window sized in steps holds this many times min_steps median steps
 
 
-def scale(view: Telemetry, rule: Rule) -> float:
+def scale(view: RankInput, rule: Rule) -> float:
     """How much longer than its ``window_s`` a rule looks at this rank (>= 1): enough
     for ``min_steps`` median steps (with ``STEP_SLACK`` for steps that vary), so a 30 s
     step gets as many steps as a 0.1 s one."""
@@ -150,25 +151,25 @@ def scale(view: Telemetry, rule: Rule) -> float:
     return max(1.0, STEP_SLACK * rule.min_steps * median / rule.window_s)
 
 
-def window_s(view: Telemetry, rule: Rule) -> float:
+def window_s(view: RankInput, rule: Rule) -> float:
     """The rule's window on this rank (seconds):
     max(window_s, STEP_SLACK x min_steps x median step)."""
     return rule.window_s * scale(view, rule)
 
 
-def for_s(views: list[Telemetry], rule: Rule) -> float:
+def for_s(views: Sequence[RankInput], rule: Rule) -> float:
     """How long a condition must hold on these ranks (seconds): ``for_s`` scaled as the
     window is, by the slowest of them."""
     return rule.for_s * max((scale(v, rule) for v in views), default=1.0)
 
 
-def recent(view: Telemetry, rule: Rule, now: float) -> StepSummary | None:
+def recent(view: RankInput, rule: Rule, now: float) -> StepSummary | None:
     """The mean step over the rule's window, if the window holds its minimum of steps."""
     summary = view.summarise(now - window_s(view, rule))
     return summary if summary is not None and summary.steps >= rule.min_steps else None
 
 
-def job_devices(view: Telemetry) -> list[dict[str, Any]]:
+def job_devices(view: RankInput) -> list[dict[str, Any]]:
     """Topology entries of the GPUs this rank samples (all GPUs if it names none)."""
     topo = view.topology or {}
     devices: list[dict[str, Any]] = topo.get("devices", [])
@@ -176,11 +177,11 @@ def job_devices(view: Telemetry) -> list[dict[str, Any]]:
     return [d for d in devices if not mine or d.get("index") in mine]
 
 
-def has_nvlink(view: Telemetry) -> bool:
+def has_nvlink(view: RankInput) -> bool:
     return any(d.get("nvlink_links_active", 0) > 0 for d in job_devices(view))
 
 
-def tensor_share(view: Telemetry, since: float) -> float | None:
+def tensor_share(view: RankInput, since: float) -> float | None:
     """Tensor-bound share of compute from GPM: tensor / (tensor + DRAM) activity."""
     t = _figure_mean(view, "nvml", "gpu_tensor_active_ratio", since)
     d = _figure_mean(view, "nvml", "gpu_dram_active_ratio", since)
@@ -190,13 +191,10 @@ def tensor_share(view: Telemetry, since: float) -> float | None:
 
 
 def mean_parts(summary: StepSummary) -> StepParts:
-    """The mean step as projection parts (compute without its recompute and comm)."""
-    return StepParts(
-        compute=max(summary.compute_s - summary.recompute_s - summary.collective_s, 0.0),
-        recompute=summary.recompute_s, comm=summary.collective_s, data=summary.data_s,
-        checkpoint=summary.checkpoint_s, other=summary.other_s,
-        comm_bytes=summary.collective_bytes, optimizer=summary.optimizer_s)
+    """The mean step as projection parts (``vocabulary.split_step``; ``comm`` is the
+    collective part)."""
+    data, compute, recompute, comm, optimizer, checkpoint, other = split_step(summary)
+    return StepParts(compute=compute, recompute=recompute, comm=comm, data=data,
+                     checkpoint=checkpoint, other=other, comm_bytes=summary.collective_bytes,
+                     optimizer=optimizer)
 
-
-def host_of(view: Telemetry) -> str:
-    return str(view.meta.host) if view.meta else "?"

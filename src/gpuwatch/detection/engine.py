@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from typing import Any, Protocol
@@ -30,6 +30,7 @@ from gpuwatch.detection import (
 from gpuwatch.detection.context import Context, Detection, for_s, scale
 from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
+from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule, Scope, load_rules
 from gpuwatch.records import Finding, Meta, Record
 from gpuwatch.telemetry import Telemetry
@@ -37,15 +38,18 @@ from gpuwatch.telemetry import Telemetry
 log = logging.getLogger("gpuwatch")
 
 RankDetector = Callable[[Telemetry, Rule, Context, float], Detection | None]
-JobDetector = Callable[[list[Telemetry], Rule, Context, float], Detection | None]
+JobDetector = Callable[[Sequence[RankInput], Rule, Context, float], Detection | None]
 
+# Detectors in the order they judge (dict order): a detector sees which conditions the
+# ones before it found in the same evaluation (``Context.explained``), so
+# ``underutilised``, which defers to the others, runs last.
 RANK_DETECTORS: dict[str, RankDetector] = {
-    "fits_on_paper": fits_on_paper.detect,
-    "data_starvation": data_starvation.detect,
     "checkpoint_overhead": checkpoint_overhead.detect,
+    "data_starvation": data_starvation.detect,
+    "fits_on_paper": fits_on_paper.detect,
     "hang": hang.detect,
     "iteration_speed": iteration_speed.detect,
-    "underutilised": underutilised.detect,  # last: it defers to the others' findings
+    "underutilised": underutilised.detect,
 }
 JOB_DETECTORS: dict[str, JobDetector] = {
     "straggler": straggler.detect,
@@ -80,10 +84,11 @@ class Engine:
 
     ``scope`` picks the detectors: ``rank`` (what each process's agent runs) or
     ``job`` (cross-rank). ``feed`` and ``close`` return the findings raised or
-    resolved by that call; ``findings`` keeps the latest state of each. ``peers``
-    are engines whose active findings also explain this one's ranks (the job engine,
-    for the rank engines beside it). ``for_s`` and the resolve delay scale with the
-    window (see ``context.scale``).
+    resolved by that call; ``findings`` keeps the latest state of each. ``published``
+    are the ranks a job engine knows only from what they publish (rank 0's, live).
+    ``peers`` are engines whose active findings also explain this one's ranks (the job
+    engine, for the rank engines beside it). ``for_s`` and the resolve delay scale
+    with the window (see ``context.scale``).
     """
 
     rules: dict[str, Rule]
@@ -92,6 +97,7 @@ class Engine:
     job: str = ""
     interval_s: float = 1.0
     views: dict[int, Telemetry] = field(default_factory=dict)
+    published: dict[int, RankInput] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
     errors: int = 0
     _pending: dict[str, float] = field(default_factory=dict)  # fingerprint -> first detected
@@ -166,22 +172,22 @@ class Engine:
     def evaluate(self, now: float) -> list[Finding]:
         changes: list[Finding] = []
         seen: set[str] = set()
-        ranks = sorted(self.views) if self.scope == "job" else sorted(self._own)
-        views = [self.views[r] for r in ranks]
+        judged = self._judged_ranks()
         stale = True  # whether what explains what changed since ``_explain`` last ran
-        for rule_id, rule in self.rules.items():
-            if rule.scope != self.scope:
+        for rule_id in RANK_DETECTORS if self.scope == "rank" else JOB_DETECTORS:
+            rule = self.rules.get(rule_id)
+            if rule is None or rule.scope != self.scope:
                 continue
             if stale:
                 self._explain()
-            detections = self._run(rule, views, now)
+            detections = self._run(rule, judged, now)
             stale = bool(detections)
             for detection in detections:
                 fp = fingerprint(self.job, rule_id, detection.ranks)
                 seen.add(fp)
                 since = self._pending.setdefault(fp, now)
                 self._detected[fp] = (rule_id, detection.ranks)
-                named = [self.views[r] for r in detection.ranks if r in self.views] or views
+                named = [judged[r] for r in detection.ranks if r in judged] or [*judged.values()]
                 if now - since < for_s(named, rule):
                     continue  # not sustained long enough yet
                 changed = self._raise(rule, detection, fp, now, since)
@@ -190,19 +196,28 @@ class Engine:
         for fp in [fp for fp in self._pending if fp not in seen]:
             del self._pending[fp], self._detected[fp]
         for fp, f in list(self.findings.items()):
-            if f.state == "active" and fp not in seen and now - f.last_seen >= self._hold(f):
+            if (f.state == "active" and fp not in seen
+                    and now - f.last_seen >= self._hold(f, judged)):
                 resolved = replace(f, state="resolved", last_seen=now)
                 self.findings[fp] = resolved
                 changes.append(resolved)
         return changes
 
-    def _hold(self, f: Finding) -> float:
+    def _judged_ranks(self) -> dict[int, RankInput]:
+        """The ranks this engine judges, by rank: its own (rank scope); every rank it
+        holds records of or hears from (job scope)."""
+        if self.scope == "job":
+            every: dict[int, RankInput] = {**self.views, **self.published}
+            return {r: every[r] for r in sorted(every)}
+        return {r: self.views[r] for r in sorted(self._own)}
+
+    def _hold(self, f: Finding, judged: dict[int, RankInput]) -> float:
         """How long a finding stays active after its condition was last seen (seconds):
         its window, at most a minute, scaled as the window is."""
         rule = self.rules.get(f.detector)
         if rule is None:
             return 0.0
-        factor = max((scale(self.views[r], rule) for r in f.ranks if r in self.views),
+        factor = max((scale(judged[r], rule) for r in f.ranks if r in judged),
                      default=1.0)
         return min(rule.window_s, 60.0) * factor
 
@@ -218,17 +233,18 @@ class Engine:
                     explained.setdefault(r, set()).add(detector)
         self.context.explained = explained
 
-    def _run(self, rule: Rule, views: list[Telemetry], now: float) -> list[Detection]:
+    def _run(self, rule: Rule, judged: dict[int, RankInput], now: float) -> list[Detection]:
         try:
             if rule.scope == "job":
                 job_detect = JOB_DETECTORS.get(rule.id)
+                views = [*judged.values()]
                 found = (self._judge(rule, views, now, partial(
                     job_detect, views, rule, self.context, now)) if job_detect else None)
                 return [found] if found else []
             rank_detect = RANK_DETECTORS.get(rule.id)
             if rank_detect is None:
                 return []
-            return [d for v in views if (d := self._judge(
+            return [d for v in (self.views[r] for r in judged) if (d := self._judge(
                 rule, [v], now, partial(rank_detect, v, rule, self.context, now)))]
         except Exception as exc:  # a detector bug must not stop the others or the job
             self.errors += 1
@@ -237,7 +253,7 @@ class Engine:
                             type(exc).__name__, exc)
             return []
 
-    def _judge(self, rule: Rule, views: list[Telemetry], now: float,
+    def _judge(self, rule: Rule, views: Sequence[RankInput], now: float,
                detect: Callable[[], Detection | None]) -> Detection | None:
         """The rule's judgement of ``views``; the previous one again when nothing it can
         see changed since (no step, event or explaining finding) and no rank is stalled.
@@ -278,7 +294,7 @@ class Engine:
         return finding
 
 
-def _stalled(view: Telemetry, now: float) -> bool:
+def _stalled(view: RankInput, now: float) -> bool:
     """No step or progress for ``STALL_S`` or three median steps, whichever is longer."""
     return now - view.last_progress > max(STALL_S, 3 * (view.median_step_s() or 0.0))
 
@@ -307,6 +323,6 @@ def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Eng
         raise ConfigError(f"gpuwatch config: unknown gpu_model {settings.gpu_model!r}; "
                           "the catalogue has " + ", ".join(gpus))
     context = Context(gpus=gpus, target=settings.target_gpu, gpu_model=settings.gpu_model,
-                      total_steps=settings.total_steps, costs=Costs.from_settings(settings),
+                      planned_steps=settings.total_steps, costs=Costs.from_settings(settings),
                       precision=settings.precision)
     return Engine(rules, context, scope=scope, job=job, interval_s=settings.detect_interval_s)

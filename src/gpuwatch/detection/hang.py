@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import statistics
 
-from gpuwatch.detection.context import Context, Detection, host_of
+from gpuwatch.detection.context import Context, Detection
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Sample
 from gpuwatch.telemetry import Telemetry
@@ -46,7 +46,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                    (agent.values.items() if agent else ()) if k.startswith("open_")}
     evidence = {"stalled_seconds": stalled, "bound_seconds": bound,
                 "median_step_seconds": median, "last_step_time_seconds": view.steps[-1].t,
-                "last_progress_time_seconds": progress, "steps_total": float(view.total_steps)}
+                "last_progress_time_seconds": progress, "steps_total": float(view.steps_done)}
     if signature is not None:
         evidence["gpu_utilization_ratio"], evidence["gpu_power_watts"] = signature
         if working:
@@ -65,7 +65,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         where = "it is not in a collective or a marked phase"
     pid = view.meta.pid if view.meta else 0
     return Detection(evidence, [view.rank],
-                     text={"rank": view.rank, "host": host_of(view), "where": where, "pid": pid})
+                     text={"rank": view.rank, "host": view.host, "where": where, "pid": pid})
 
 
 def last_busy(view: Telemetry, th: dict[str, float],

@@ -10,14 +10,14 @@ from gpuwatch.telemetry import Telemetry
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
-    planned = ctx.total_steps or view.planned_steps
+    planned = ctx.planned_steps or view.planned_steps
     if not planned:
         return None
     since = now - window_s(view, rule)
     summary = recent(view, rule, now)
     if summary is None:
         return None
-    remaining = planned - view.total_steps
+    remaining = planned - view.steps_done
     th = rule.thresholds
     parts = mean_parts(summary)
     hours_now = remaining * parts.total / 3600

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from gpuwatch.config import Settings, replay_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.records import Finding, Meta, Record
-from gpuwatch.sinks.runlog import RunLogReader, is_segment
+from gpuwatch.runlog import RunLogReader, is_segment
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 TICK_RECORDS = 65536  # the progress bar moves every this many records

@@ -38,7 +38,6 @@ class Rule(BaseModel):
     window_s: float = Field(gt=0)
     for_s: float = Field(default=0.0, ge=0)
     min_steps: int = Field(default=0, ge=0)
-    signals: list[str]
     thresholds: dict[str, float]
     summary: str
     action: str

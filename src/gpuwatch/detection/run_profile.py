@@ -18,22 +18,15 @@ from typing import Any
 from gpuwatch.detection.projection import Gpu, catalogue, identify
 from gpuwatch.detection.replay import run_logs
 from gpuwatch.records import Event, Meta, Record, Sample, Step
-from gpuwatch.sinks.runlog import RunLogReader
+from gpuwatch.runlog import RunLogReader
 from gpuwatch.telemetry import WARMUP_STEPS
+from gpuwatch.vocabulary import PARTS, split_step
 
 MAX_BINS = 240
 MAX_CHECKPOINTS = 2000
-# Step phases as the report stacks them (seconds per step). ``compute`` here is compute
-# without the exposed collective wait and the recompute nested in it, so they add up.
-PHASES = ("data", "compute", "recompute", "collective", "optimizer", "checkpoint", "other")
 GPU_SERIES = ("gpu_utilization_ratio", "gpu_memory_used_bytes", "gpu_memory_total_bytes")
 
 
-def step_phases(s: Step) -> tuple[float, ...]:
-    """The step's seconds in PHASES order (they sum to its wall time)."""
-    compute = max(s.compute_s - s.collective_s - s.recompute_s, 0.0)
-    return (s.data_s, compute, s.recompute_s, s.collective_s, s.optimizer_s, s.checkpoint_s,
-            s.other_s)
 
 
 class Bins:
@@ -95,7 +88,7 @@ class RankTotals:
     steps: int = 0
     last_step: int = 0
     wall_s: float = 0.0
-    phases: list[float] = field(default_factory=lambda: [0.0] * len(PHASES))
+    phases: list[float] = field(default_factory=lambda: [0.0] * len(PARTS))
     samples: int = 0
     tokens: int = 0
     counted_steps: int = 0  # steps that counted samples or tokens
@@ -107,7 +100,7 @@ class RankTotals:
             return
         self.steps += 1
         self.wall_s += s.wall_s
-        for i, v in enumerate(step_phases(s)):
+        for i, v in enumerate(split_step(s)):
             self.phases[i] += v
         self.samples += s.samples
         self.tokens += s.tokens
@@ -136,7 +129,7 @@ class RunProfile:
     ended: float = 0.0
     detection: dict[str, Any] = field(default_factory=dict)
     ranks: dict[int, RankTotals] = field(default_factory=dict)
-    timeline: Bins = field(default_factory=lambda: Bins(len(PHASES) + 1, 1.0))  # by step
+    timeline: Bins = field(default_factory=lambda: Bins(len(PARTS) + 1, 1.0))  # by step
     gpu_timelines: dict[tuple[int, int], Bins] = field(default_factory=dict)  # (rank, gpu), by t
     checkpoints: list[Checkpoint] = field(default_factory=list)
     checkpoints_total: int = 0
@@ -176,7 +169,7 @@ class RunProfile:
         if totals is None:
             totals = self.ranks[s.rank] = RankTotals()
         totals.add(s)
-        self.timeline.add(float(s.step), (*step_phases(s), s.t))
+        self.timeline.add(float(s.step), (*split_step(s), s.t))
         self.ended = max(self.ended, s.t)
 
     def _sample(self, s: Sample) -> None:
@@ -256,7 +249,7 @@ class RunProfile:
 
     def phase_seconds(self) -> dict[str, float]:
         """Each phase's total seconds, summed over ranks."""
-        return {p: sum(t.phases[i] for t in self.ranks.values()) for i, p in enumerate(PHASES)}
+        return {p: sum(t.phases[i] for t in self.ranks.values()) for i, p in enumerate(PARTS)}
 
     def seconds_per_unit(self, unit: str) -> dict[str, float] | None:
         """Job seconds per unit of work: ``step`` the whole step, then each phase (they add

@@ -13,10 +13,10 @@ Steps are aligned by step number, never by clock (host clocks differ).
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gpuwatch.probes.peers import PeerTelemetry, StepWait
-from gpuwatch.telemetry import WARMUP_STEPS, Telemetry
+from gpuwatch.detection.rank_input import RankInput
 
 TIE_S = 1e-5  # waits this close are equal (the published precision is 1e-6 s)
 
@@ -49,30 +49,15 @@ class SkewSplit:
         return rank if self.last_share[rank] >= share else None
 
 
-def step_waits(view: Telemetry, since: float) -> dict[int, StepWait]:
-    """A rank's per-step waits by step number: its own steps that ended at or after
-    ``since`` (the live rank, a replayed log), or what a peer published."""
-    if isinstance(view, PeerTelemetry):
-        return {k: w for k, w in view.published_steps.items() if k > WARMUP_STEPS}
-    out: dict[int, StepWait] = {}
-    for s in reversed(view.steps):
-        if s.t < since:
-            break
-        if s.step > WARMUP_STEPS:
-            out[s.step] = StepWait.of(s)
-    return out
-
-
-def split(views: list[Telemetry], since: float, min_steps: int) -> SkewSplit | None:
-    """Compare ranks over the steps every rank has, within the window of the ranks that
-    carry step times; None with fewer than ``min_steps`` such steps or under two ranks."""
+def split(views: Sequence[RankInput], since: float, min_steps: int) -> SkewSplit | None:
+    """Compare ranks over the steps every rank has: within the window where a rank's
+    step times are on this host's clock (``RankInput.step_waits``), every step a peer
+    published otherwise. None with fewer than ``min_steps`` such steps or under two
+    ranks."""
     if len(views) < 2:
         return None
-    per_rank = {v.rank: step_waits(v, since) for v in views}
+    per_rank = {v.rank: v.step_waits(since) for v in views}
     common = set.intersection(*(set(w) for w in per_rank.values()))
-    timed = [v.rank for v in views if not isinstance(v, PeerTelemetry)]
-    if timed:  # the window: steps a rank with step times saw end within it
-        common &= {k for r in timed for k in per_rank[r]}
     if len(common) < max(min_steps, 1):
         return None
     ranks = sorted(per_rank)

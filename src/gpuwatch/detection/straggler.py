@@ -7,22 +7,24 @@ last to arrive in most steps: a slowness that rotates between ranks is an imbala
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gpuwatch.detection import skew
-from gpuwatch.detection.context import Context, Detection, host_of, job_devices, recent, window_s
+from gpuwatch.detection.context import Context, Detection, job_devices, recent, window_s
+from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
-from gpuwatch.probes.nvml import CLOCK_EVENT_REASONS
-from gpuwatch.telemetry import Telemetry
+from gpuwatch.vocabulary import CLOCK_EVENT_REASONS
 
 # Clock-event reasons that slow a GPU down (idle, boost and settings do not).
 SLOWING = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
            "hw_power_brake_slowdown")
 
 
-def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Detection | None:
+def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> Detection | None:
     summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
     if len(summaries) < 2:
         return None
-    compute = {r: s.pure_compute_s for r, s in summaries.items()}  # without collective wait
+    compute = {r: s.unwaited_compute_s for r, s in summaries.items()}  # without collective wait
     fastest = min(compute.values())
     if fastest <= 0:
         return None
@@ -49,16 +51,15 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
         evidence["last_arrival_share_ratio"] = split.last_share[worst]
     reasons = clock_events(view)
     gpus = ",".join(str(d.get("index")) for d in job_devices(view)) or "none"
-    text = {"slow_rank": worst, "host": host_of(view), "gpu": gpus,
+    text = {"slow_rank": worst, "host": view.host, "gpu": gpus,
             "throttle": f" (its GPU reports {', '.join(reasons)})" if reasons else ""}
     return Detection(evidence, sorted(slow), text=text)
 
 
-def clock_events(view: Telemetry) -> list[str]:
+def clock_events(view: RankInput) -> list[str]:
     """The slowing clock-event reasons this rank's GPUs report now."""
     names: list[str] = []
-    for sample in view.gpu_samples():
-        bits = int(sample.values.get("gpu_clock_event_reasons", 0))
+    for bits in view.clock_event_reasons():
         names += [name for bit, name in CLOCK_EVENT_REASONS.items()
                   if bits & bit and name in SLOWING and name not in names]
     return [n.replace("_", " ") for n in names]

@@ -11,23 +11,24 @@ bytes far faster: fix here (overlap, bucketing).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gpuwatch.detection import skew
 from gpuwatch.detection.context import (
     Context,
     Detection,
     has_nvlink,
-    host_of,
     job_devices,
     mean_parts,
     recent,
     window_s,
 )
 from gpuwatch.detection.projection import mean_step_parts, speedup_text
+from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
-from gpuwatch.telemetry import Telemetry
 
 
-def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Detection | None:
+def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> Detection | None:
     since = now - max(window_s(v, rule) for v in views)
     th = rule.thresholds
     summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
@@ -115,20 +116,19 @@ def detect(views: list[Telemetry], rule: Rule, ctx: Context, now: float) -> Dete
     return Detection(evidence, ranks, text=text, verdict="fix_here")
 
 
-def unseen(views: list[Telemetry]) -> str:
+def unseen(views: Sequence[RankInput]) -> str:
     """What collective waits the ranks could not time (their ``collective_timing``
     events), as a clause for the summary; empty when everything was timed."""
     missing: list[str] = []
     for v in views:
-        event = next((e for e in reversed(v.events) if e.name == "collective_timing"), None)
-        for what, how in (event.data.items() if event else ()):
+        for what, how in v.collective_timing().items():
             note = f"{what} ({how.removeprefix('not timed: ')})"
             if isinstance(how, str) and how.startswith("not timed") and note not in missing:
                 missing.append(note)
     return f"; not timed: {', '.join(missing)}" if missing else ""
 
 
-def achieved_bandwidth(views: list[Telemetry], since: float) -> float | None:
+def achieved_bandwidth(views: Sequence[RankInput], since: float) -> float | None:
     """Bus bytes over the full device duration of the collectives whose duration was
     seen in the window (bytes/s): NCCL's own timing where on (every collective), else
     the blocking collectives timed in the ranks' steps; None when none was seen."""
@@ -136,17 +136,12 @@ def achieved_bandwidth(views: list[Telemetry], since: float) -> float | None:
     seconds = sum(v.counter_rise("nccl", "nccl_collective_seconds_total", since) for v in views)
     if seconds > 0 and nbytes > 0:
         return nbytes / seconds
-    nbytes = seconds = 0.0
-    for v in views:
-        for s in reversed(v.steps):
-            if s.t < since:
-                break
-            nbytes += s.collective_timed_bytes
-            seconds += s.collective_timed_s
+    timed = [v.timed_collectives(since) for v in views]
+    nbytes, seconds = sum(b for b, _ in timed), sum(s for _, s in timed)
     return nbytes / seconds if seconds > 0 and nbytes > 0 else None
 
 
-def slowest_link(views: list[Telemetry], inter_node: float) -> tuple[float | None, str]:
+def slowest_link(views: Sequence[RankInput], inter_node: float) -> tuple[float | None, str]:
     """The slowest link the job's collectives cross (bytes/s per direction) and its name:
     within a node NVLink, else PCIe; across nodes also the inter-node link (the setting,
     else the fastest active InfiniBand port). None where nothing says."""
@@ -158,7 +153,7 @@ def slowest_link(views: list[Telemetry], inter_node: float) -> tuple[float | Non
             elif d.get("pcie_bytes_per_second"):
                 links.append((float(d["pcie_bytes_per_second"]),
                               f"PCIe gen {d.get('pcie_generation')} x{d.get('pcie_width')}"))
-    if len({host_of(v) for v in views}) > 1:
+    if len({v.host for v in views}) > 1:
         if inter_node > 0:
             links.append((inter_node, "the inter-node link"))
         else:

@@ -77,14 +77,10 @@ def _guarded(name: str, patch: Callable[[ModuleType], None]) -> Callable[[Module
     return run
 
 
-def _start_agent() -> Push:
-    from gpuwatch.monitor import watch
-
-    return watch().agent.ring.push
-
-
-def install(start: Callable[[], Push] = _start_agent) -> LazyPush:
-    """Patch torch now if imported, else when it is; returns the hooks' shared state."""
+def install(start: Callable[[], Push]) -> LazyPush:
+    """Patch torch now if imported, else when it is; returns the hooks' shared state.
+    ``start`` starts the agent at the first mark and returns its push (the layer above
+    passes ``gpuwatch.monitor.start_agent``)."""
     lazy = LazyPush(start, in_dataloader_worker)
     patches: dict[str, Callable[[ModuleType], None]] = {
         name: functools.partial(fn, lazy) for name, fn in PATCHES.items()}

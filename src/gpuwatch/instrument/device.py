@@ -99,6 +99,9 @@ class EventPool:
         return self._factory()
 
 
+EVENTS = EventPool()  # CUDA timing events, shared by the step assembler and the collective hooks
+
+
 def on_device(obj: Any) -> bool:
     """Whether a tensor (or the first of a list of tensors) lives on a CUDA device."""
     if isinstance(obj, (list, tuple)):
@@ -193,10 +196,13 @@ class DeviceInterval:
     step: int
 
 
+MAX_PENDING = 10_000  # event pairs waiting for the device; beyond, the oldest are dropped
+
+
 class PendingTimings:
     """Event pairs waiting for the device (agent thread only): polled, never waited on."""
 
-    def __init__(self, pool: EventPool, limit: int = 10_000) -> None:
+    def __init__(self, pool: EventPool, limit: int = MAX_PENDING) -> None:
         self._pool = pool
         self._pending: deque[tuple[int, Any, Any, int, int]] = deque()
         self._limit = limit

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.patches import batch_size, size_on_disk
+from gpuwatch.instrument.sizes import batch_size, size_on_disk
 
 Push = Any  # MarkRing.push
 

@@ -29,17 +29,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.device import EventPool, Intervals, bus_bytes, on_device
+from gpuwatch.instrument.device import EVENTS, EventPool, Intervals, bus_bytes, on_device
 from gpuwatch.instrument.identity import HINTS, Hints
+from gpuwatch.instrument.sizes import batch_size, size_on_disk, tensor_bytes
 
 Push = Callable[..., None]
-EVENTS = EventPool()  # CUDA timing events, reused across collectives
 
 
 class LazyPush:
@@ -68,19 +67,6 @@ class LazyPush:
 
 def _drop(code: int, value: Any = None) -> None:
     return None
-
-
-def batch_size(batch: Any, depth: int = 0) -> int:
-    """Leading dimension of the first tensor-like in a batch (0 when there is none)."""
-    shape = getattr(batch, "shape", None)
-    if shape is not None:
-        return int(shape[0]) if len(shape) else 0
-    if depth < 3:
-        if isinstance(batch, (list, tuple)) and batch:
-            return batch_size(batch[0], depth + 1)
-        if isinstance(batch, dict) and batch:
-            return batch_size(next(iter(batch.values())), depth + 1)
-    return 0
 
 
 def patch_torch(lazy: LazyPush, torch: Any) -> None:
@@ -169,17 +155,6 @@ def _background_save(save: Callable[..., Any], target: Any, lazy: LazyPush,
     finally:
         nbytes = size_on_disk(target) if isinstance(target, (str, os.PathLike)) else 0
         lazy.push(ring.BACKGROUND_SAVE, (time.perf_counter() - start, nbytes))
-
-
-def size_on_disk(target: Any) -> int:
-    """Bytes of a saved file, or of every file under a saved directory; 0 if unknown."""
-    try:
-        path = Path(os.fspath(target))
-        if path.is_dir():
-            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        return path.stat().st_size
-    except (OSError, TypeError):
-        return 0
 
 
 def _tell(f: Any) -> int | None:
@@ -582,16 +557,6 @@ def timed_comm_hook(hook: Callable[..., Any], timer: Intervals,
 
     timed.__annotations__ = {}  # DDP rejects any bucket annotation but dist.GradBucket
     return timed
-
-
-def tensor_bytes(obj: Any) -> int:
-    """Bytes of a tensor or a list of tensors (metadata only: no device sync)."""
-    if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(t) for t in obj)
-    try:
-        return int(obj.numel() * obj.element_size())
-    except Exception:
-        return 0
 
 
 def in_dataloader_worker() -> bool:

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
 
+from gpuwatch.vocabulary import Phase
+
 # Mark codes. A phase code P opens with +P and closes with -P.
 STEP_BEGIN = 100
 STEP_END = 101  # explicit end of a step (the `with monitor.step()` API)
@@ -40,25 +42,17 @@ EVAL_BATCH = 113  # an evaluation batch done (a framework's eval hook)
 BACKGROUND_SAVE = 114  # value: (seconds, bytes) of a save written off the training thread
 COLLECTIVE_DURATION = 115  # value: (seconds, bus bytes) of one blocking collective (host clock)
 
-DATA = 1
-COMPUTE = 2
-FORWARD = 3
-BACKWARD = 4
-OPTIMIZER = 5
-CHECKPOINT = 6
-COLLECTIVE = 7
-RECOMPUTE = 8
+# Phase codes (``vocabulary.Phase``) as plain ints: the hot path pushes them.
+DATA = int(Phase.DATA)
+COMPUTE = int(Phase.COMPUTE)
+FORWARD = int(Phase.FORWARD)
+BACKWARD = int(Phase.BACKWARD)
+OPTIMIZER = int(Phase.OPTIMIZER)
+CHECKPOINT = int(Phase.CHECKPOINT)
+COLLECTIVE = int(Phase.COLLECTIVE)
+RECOMPUTE = int(Phase.RECOMPUTE)
 
-PHASES: dict[str, int] = {
-    "data": DATA,
-    "compute": COMPUTE,
-    "forward": FORWARD,
-    "backward": BACKWARD,
-    "optimizer": OPTIMIZER,
-    "checkpoint": CHECKPOINT,
-    "collective": COLLECTIVE,
-    "recompute": RECOMPUTE,
-}
+PHASES: dict[str, int] = {p.label: int(p) for p in Phase}  # name -> code
 
 Mark = tuple[int, float, Any]
 

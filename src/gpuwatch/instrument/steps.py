@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.device import EventPool, PendingTimings
-from gpuwatch.instrument.patches import EVENTS
+from gpuwatch.instrument.device import EVENTS, EventPool, PendingTimings
 from gpuwatch.records import Event, Record, Step
+from gpuwatch.vocabulary import COMPUTE_PHASES, Phase
 
-_NPHASES = max(ring.PHASES.values()) + 1
+_NPHASES = max(Phase) + 1
 PROGRESS_EVERY_S = 1.0
 HOLD_STEPS = 64  # a step waits for its device timings behind at most this many steps
 
@@ -73,6 +73,17 @@ class StepAssembler:
         self._progress_at = 0.0  # perf_counter time of the last step end or progress event
         self._loader_batches = 0  # batches fetched since then
         self._eval_batches = 0  # eval batches done since then
+        self._handlers: dict[int, Callable[[int, float, Any, list[Record]], None]] = {
+            ring.STEP_END: self._on_step_end, ring.STEP_BOUNDARY: self._on_step_end,
+            ring.STEP_BEGIN: self._on_step_begin, ring.LOST: self._on_lost,
+            ring.SAMPLES: self._on_samples, ring.EVAL_BATCH: self._on_eval_batch,
+            ring.BACKGROUND_SAVE: self._on_background_save, ring.TOKENS: self._on_tokens,
+            ring.CHECKPOINT_TARGET: self._on_checkpoint_target,
+            ring.PHASE_SECONDS: self._on_phase_seconds,
+            ring.TOTAL_STEPS: self._on_total_steps, ring.DEVICE_TIMING: self._on_device_timing,
+            ring.COLLECTIVE_DURATION: self._on_collective_duration,
+            ring.COLLECTIVE_BYTES: self._on_collective_bytes, ring.ACT_CKPT: self._on_act_ckpt,
+            ring.ERROR: self._on_error}  # mark code -> what it does (phases aside)
 
     def feed(self, marks: Iterable[ring.Mark], out: list[Record], final: bool = False) -> None:
         """Consume marks in order, appending finished records to ``out``. A step with
@@ -121,54 +132,76 @@ class StepAssembler:
             self._open(code, t)
         elif -_NPHASES < code < 0:
             self._close(-code, t, out)
-        elif code == ring.STEP_END or code == ring.STEP_BOUNDARY:
-            ended = self._ended(code, value)
-            if code == ring.STEP_END or not self._explicit:
-                self._finish(t, ended, out)
-        elif code == ring.STEP_BEGIN:
-            self._explicit = True
-        elif code == ring.LOST:
-            self._lost()
-        elif code == ring.SAMPLES:
-            n = self._count(value)
-            self._samples += n
-            if n:
-                self._last_batch = n
-            self._loader_batches += 1
-            self._progress(t, out)
-        elif code == ring.EVAL_BATCH:
-            self._eval_batches += 1
-            self._progress(t, out)
-        elif code == ring.BACKGROUND_SAVE:
-            seconds, nbytes = value
-            out.append(Event(self.rank, t + self._offset, "checkpoint_save",
-                             {"seconds": seconds, "bytes": nbytes, "blocking": False}))
-        elif code == ring.TOKENS:
-            self._tokens += self._count(value)
-        elif code == ring.CHECKPOINT_TARGET:
-            if self._depth[ring.CHECKPOINT] <= 1:  # a nested save is part of the outer one
-                self._ckpt_targets.append(self._count(value))
-        elif code == ring.PHASE_SECONDS:
-            phase, seconds = value
-            if 0 < phase < _NPHASES and seconds > 0:
-                self._acc[phase] += seconds
-                if phase == ring.CHECKPOINT:
-                    self._saved(seconds, t, out)
-        elif code == ring.TOTAL_STEPS:
-            out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
-        elif code == ring.DEVICE_TIMING:
-            phase, start, end, nbytes = value
-            self.device.add(phase, start, end, nbytes, self.steps + 1)
-        elif code == ring.COLLECTIVE_DURATION:
-            seconds, nbytes = value
-            self._timed_s += seconds
-            self._timed_bytes += self._count(nbytes)
-        elif code == ring.COLLECTIVE_BYTES:
-            self._collective_bytes += self._count(value)
-        elif code == ring.ACT_CKPT:
-            self._act_ckpt_calls += 1
-        elif code == ring.ERROR:
-            self._error(str(value), t, out)
+        else:
+            handle = self._handlers.get(code)
+            if handle is not None:
+                handle(code, t, value, out)
+
+    def _on_step_end(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        ended = self._ended(code, value)
+        if code == ring.STEP_END or not self._explicit:
+            self._finish(t, ended, out)
+
+    def _on_step_begin(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        self._explicit = True
+
+    def _on_lost(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        self._lost()
+
+    def _on_samples(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        n = self._count(value)
+        self._samples += n
+        if n:
+            self._last_batch = n
+        self._loader_batches += 1
+        self._progress(t, out)
+
+    def _on_eval_batch(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        self._eval_batches += 1
+        self._progress(t, out)
+
+    def _on_background_save(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        seconds, nbytes = value
+        out.append(Event(self.rank, t + self._offset, "checkpoint_save",
+                         {"seconds": seconds, "bytes": nbytes, "blocking": False}))
+
+    def _on_tokens(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        self._tokens += self._count(value)
+
+    def _on_checkpoint_target(self, code: int, t: float, value: Any,
+                              out: list[Record]) -> None:
+        if self._depth[ring.CHECKPOINT] <= 1:  # a nested save is part of the outer one
+            self._ckpt_targets.append(self._count(value))
+
+    def _on_phase_seconds(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        phase, seconds = value
+        if 0 < phase < _NPHASES and seconds > 0:
+            self._acc[phase] += seconds
+            if phase == ring.CHECKPOINT:
+                self._saved(seconds, t, out)
+
+    def _on_total_steps(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
+
+    def _on_device_timing(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        phase, start, end, nbytes = value
+        self.device.add(phase, start, end, nbytes, self.steps + 1)
+
+    def _on_collective_duration(self, code: int, t: float, value: Any,
+                                out: list[Record]) -> None:
+        seconds, nbytes = value
+        self._timed_s += seconds
+        self._timed_bytes += self._count(nbytes)
+
+    def _on_collective_bytes(self, code: int, t: float, value: Any,
+                             out: list[Record]) -> None:
+        self._collective_bytes += self._count(value)
+
+    def _on_act_ckpt(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        self._act_ckpt_calls += 1
+
+    def _on_error(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        self._error(str(value), t, out)
 
     def _count(self, value: Any) -> int:
         """A mark's count (samples, tokens, bytes): a finite number >= 0, else 0 (counted)."""
@@ -263,7 +296,7 @@ class StepAssembler:
         start = self._prev_end if self._prev_end is not None else t
         wall = t - start
         data, opt, ckpt = acc[ring.DATA], acc[ring.OPTIMIZER], acc[ring.CHECKPOINT]
-        compute = acc[ring.COMPUTE] + acc[ring.FORWARD] + acc[ring.BACKWARD]
+        compute = sum(acc[p] for p in COMPUTE_PHASES)
         rest = wall - data - opt - ckpt
         if compute > 0.0:
             other = max(rest - compute, 0.0)

@@ -33,7 +33,8 @@ class AllocatorProbe:
         self.gpu = gpu
         self._ooms: float | None = None
 
-    def sample(self, now: float) -> list[Record]:
+    def sample(self, now: float, mono: float) -> list[Record]:
+        """What the allocator says at ``now`` (``mono`` unused: nothing here is paced)."""
         stats = self._memory_stats()
         if not stats:
             return []  # CUDA not initialised yet, or nothing allocated

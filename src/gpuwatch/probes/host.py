@@ -1,5 +1,6 @@
 """Host probe (psutil): process and system CPU, memory, and the CPU of child
-processes (in a training process these are the DataLoader workers)."""
+processes. ``workers`` counts every live child (in a training process mostly the
+DataLoader workers, but compile workers and anything else it started too)."""
 
 from __future__ import annotations
 

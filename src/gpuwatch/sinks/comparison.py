@@ -6,8 +6,8 @@ import json
 from html import escape
 
 from gpuwatch.detection.compare import Comparison
-from gpuwatch.detection.run_profile import PHASES
 from gpuwatch.sinks import fmt
+from gpuwatch.vocabulary import PARTS
 
 
 def comparison_json(c: Comparison) -> str:
@@ -21,7 +21,7 @@ def _rows(c: Comparison) -> list[tuple[str, str, str, str]]:
             ("ranks", str(b.ranks), str(a.ranks), ""),
             (f"time per {c.unit}", fmt.seconds(b.seconds_per_unit.get("step")),
              fmt.seconds(a.seconds_per_unit.get("step")), _speed(c.speedup.get("step")))]
-    for phase in PHASES:
+    for phase in PARTS:
         if phase in c.speedup or b.seconds_per_unit.get(phase) or a.seconds_per_unit.get(phase):
             rows.append((f"  {phase}", fmt.seconds(b.seconds_per_unit.get(phase)),
                          fmt.seconds(a.seconds_per_unit.get(phase)), _speed(c.speedup.get(phase))))

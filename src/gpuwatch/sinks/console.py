@@ -10,7 +10,7 @@ from gpuwatch.telemetry import Telemetry
 
 def status_line(telemetry: Telemetry, now: float, span_s: float = 10.0) -> str:
     """One line about the last ``span_s`` seconds; fields without data say n/a."""
-    parts = [f"step {telemetry.total_steps}"]
+    parts = [f"step {telemetry.steps_done}"]
     summary = telemetry.summarise(now - span_s)
     if summary is None:
         parts.append("waiting for steps")

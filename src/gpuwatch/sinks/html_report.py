@@ -17,10 +17,11 @@ from typing import Any
 
 from gpuwatch.detection.compare import Comparison, projected_speedup
 from gpuwatch.detection.projection import Gpu, speedup_text
-from gpuwatch.detection.run_profile import PHASES, RunProfile, profile
+from gpuwatch.detection.run_profile import RunProfile, profile
 from gpuwatch.records import Finding
 from gpuwatch.sinks import fmt, svg
 from gpuwatch.sinks.comparison import comparison_html
+from gpuwatch.vocabulary import PARTS
 
 REPORT_NAME = "report.html"
 TIME_UNITS = ((180, 1, "seconds"), (3 * 3600, 60, "minutes"), (3 * 86400, 3600, "hours"))
@@ -153,7 +154,7 @@ def _phases(run: RunProfile) -> str:
         return f'<section id="phases"><h2>{title}</h2>{_note("No training steps recorded.")}'\
                "</section>"
     xs = [values[-1] - run.started for _, values in bins]  # the bin's mean end time
-    series = {p: [values[i] for _, values in bins] for i, p in enumerate(PHASES)}
+    series = {p: [values[i] for _, values in bins] for i, p in enumerate(PARTS)}
     used = {p: v for p, v in series.items() if any(x > 0 for x in v)}
     fmt_x, x_label = _time_axis(run)
     markers = _checkpoint_markers(run)
@@ -206,7 +207,7 @@ def _gpus(run: RunProfile) -> str:
 
 def _collectives(run: RunProfile) -> str:
     head = '<section id="collectives"><h2>Collective wait per rank</h2>'
-    i = PHASES.index("collective")
+    i = PARTS.index("collective")
     per_rank = {f"rank {r}": t.phases[i] / t.steps for r, t in sorted(run.ranks.items())
                 if t.steps}
     if not any(per_rank.values()):

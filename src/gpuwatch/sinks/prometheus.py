@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -30,8 +30,8 @@ from prometheus_client.core import (
 
 from gpuwatch.detection.projection import PCIE_BYTES_PER_S, identify
 from gpuwatch.detection.projection import catalogue as gpu_catalogue
-from gpuwatch.probes.nvml import CLOCK_EVENT_REASONS, THROTTLE_POLICIES
 from gpuwatch.records import Event, Finding, Record, Sample, Step
+from gpuwatch.vocabulary import CLOCK_EVENT_REASONS, PARTS, THROTTLE_POLICIES, split_step
 
 log = logging.getLogger("gpuwatch")
 
@@ -40,7 +40,6 @@ BASE_LABELS = ("training_job", "run", "host", "rank", "local_rank")
 # Step-time buckets: 1 ms to ~2 min, each 2^(1/3) (26 %) above the last, so a quantile
 # interpolated within one bucket is off by at most 26 % of its value.
 STEP_BUCKETS = tuple(float(f"{0.001 * 2 ** (k / 3):.4g}") for k in range(52))
-PHASES = ("data", "compute", "optimizer", "checkpoint", "collective", "recompute", "other")
 CLIENT_DEADLINE_S = 5.0  # a client has this long, all told, to send a request and read the reply
 MAX_CLIENTS = 16  # clients served at once; more are answered 503 at once
 MAX_REQUEST_BYTES = 16 * 1024
@@ -114,7 +113,7 @@ class ExporterState:
         self._latest: dict[tuple[str, int | None], dict[str, float]] = {}
         self._buckets = [0] * (len(STEP_BUCKETS) + 1)
         self._step_sum = 0.0
-        self._phases = dict.fromkeys(PHASES, 0.0)
+        self._phases = dict.fromkeys(PARTS, 0.0)
         self._totals = dict.fromkeys(STEP_TOTALS, 0.0)
         self._findings: list[Finding] = []
         self._faults: dict[str, int] = {}
@@ -157,13 +156,8 @@ class ExporterState:
         self._buckets[bisect.bisect_left(STEP_BUCKETS, s.wall_s)] += 1
         self._step_sum += s.wall_s
         p = self._phases
-        p["data"] += s.data_s
-        p["compute"] += s.compute_s - s.collective_s - s.recompute_s
-        p["optimizer"] += s.optimizer_s
-        p["checkpoint"] += s.checkpoint_s
-        p["collective"] += s.collective_s
-        p["recompute"] += s.recompute_s
-        p["other"] += s.other_s
+        for part, seconds in zip(PARTS, split_step(s), strict=True):
+            p[part] += seconds
         t = self._totals
         t["samples"] += s.samples
         t["tokens"] += s.tokens
@@ -254,30 +248,37 @@ class _Budget:
 
 
 def _series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
-    """(extra label values, value) for each series of ``spec``."""
-    if spec.source in SAMPLE_SOURCES:
-        yield from _sample_series(spec, snap)
-    elif spec.source == "topology":
-        yield from _topology_series(spec, snap)
-    elif spec.source == "steps":
-        yield from _step_series(spec, snap)
-    elif spec.source == "findings":  # one series per label set (the best projection)
-        best: dict[tuple[str, ...], float] = {}
-        for f in snap.findings:
-            if spec.key == "active":
-                subject = rank_ranges(f.ranks) or snap.rank
-                best[(f.detector, f.verdict, f.severity, subject)] = 1.0
-            elif f.projection and spec.key in f.projection:
-                key, value = (f.projection["target"],), float(f.projection[spec.key])
-                best[key] = max(best.get(key, value), value)
-        for labels, value in sorted(best.items()):
-            yield list(labels), value
-    elif spec.source == "faults":
-        for component, n in sorted(snap.faults.items()):
-            yield [component], float(n)
-    elif spec.source == "exporter":
-        yield [], float(snap.dropped)
-    elif spec.source == "run" and spec.key in snap.run:
+    """(extra label values, value) for each series of ``spec``, by its source."""
+    series = _sample_series if spec.source in SAMPLE_SOURCES else _BY_SOURCE.get(spec.source)
+    if series is not None:
+        yield from series(spec, snap)
+
+
+def _finding_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
+    """One series per label set (the best projection)."""
+    best: dict[tuple[str, ...], float] = {}
+    for f in snap.findings:
+        if spec.key == "active":
+            subject = rank_ranges(f.ranks) or snap.rank
+            best[(f.detector, f.verdict, f.severity, subject)] = 1.0
+        elif f.projection and spec.key in f.projection:
+            key, value = (f.projection["target"],), float(f.projection[spec.key])
+            best[key] = max(best.get(key, value), value)
+    for labels, value in sorted(best.items()):
+        yield list(labels), value
+
+
+def _fault_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
+    for component, n in sorted(snap.faults.items()):
+        yield [component], float(n)
+
+
+def _exporter_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
+    yield [], float(snap.dropped)
+
+
+def _run_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str], Any]]:
+    if spec.key in snap.run:
         yield [], snap.run[spec.key]
 
 
@@ -346,7 +347,7 @@ def _step_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str],
             cumulative.append((bound, running))
         yield [], cumulative
     elif spec.key == "phases":
-        for phase in PHASES:
+        for phase in PARTS:
             yield [phase], max(snap.phases[phase], 0.0)
     elif spec.key == "count":
         yield [], float(sum(snap.buckets))
@@ -551,3 +552,10 @@ class Exporter:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+
+
+# The series of each metric source (``_series``), after the functions they name.
+Series = Callable[[MetricSpec, _Snapshot], Iterator[tuple[list[str], Any]]]
+_BY_SOURCE: dict[str, Series] = {
+    "topology": _topology_series, "steps": _step_series, "findings": _finding_series,
+    "faults": _fault_series, "exporter": _exporter_series, "run": _run_series}

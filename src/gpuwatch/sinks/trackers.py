@@ -13,9 +13,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 
-from gpuwatch.detection.run_profile import PHASES, step_phases
 from gpuwatch.records import Finding
 from gpuwatch.telemetry import WARMUP_STEPS, Telemetry
+from gpuwatch.vocabulary import PARTS, split_step
 
 WINDOW_S = 60.0
 MAX_STEPS = 1024  # the newest steps of the window at most: a bounded cost per refresh
@@ -34,15 +34,15 @@ def figures(view: Telemetry, findings: Iterable[Finding], now: float,
     wall = sum(s.wall_s for s in recent)
     if recent and wall > 0:
         out[PREFIX + "step_seconds"] = wall / len(recent)
-        totals = [sum(parts) for parts in zip(*(step_phases(s) for s in recent), strict=True)]
-        for phase, seconds in zip(PHASES, totals, strict=True):
+        totals = [sum(parts) for parts in zip(*(split_step(s) for s in recent), strict=True)]
+        for phase, seconds in zip(PARTS, totals, strict=True):
             out[f"{PREFIX}{phase}_share_ratio"] = seconds / wall
         samples, tokens = sum(s.samples for s in recent), sum(s.tokens for s in recent)
         if samples:
             out[PREFIX + "samples_per_second"] = samples / wall
         if tokens:
             out[PREFIX + "tokens_per_second"] = tokens / wall
-    out[PREFIX + "steps_total"] = float(view.total_steps)
+    out[PREFIX + "steps_total"] = float(view.steps_done)
     gpus = view.gpu_samples()
     for sample in gpus:
         infix = "" if len(gpus) == 1 else f"gpu{sample.gpu}_"

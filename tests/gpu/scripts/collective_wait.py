@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 import gpuwatch
 from gpuwatch.instrument.attach import install
+from gpuwatch.monitor import start_agent
 from gpuwatch.records import Step, from_dict
 
 STEPS = 30
@@ -31,7 +32,7 @@ def busy(a: torch.Tensor, n: int = 8) -> None:
 def main(mode: str, out: Path) -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29533")
-    install()
+    install(start_agent)
     dist.init_process_group("nccl", rank=0, world_size=1)
     torch.cuda.set_device(0)
     monitor = gpuwatch.watch(out_dir=out, sample_interval_s=0.1)

@@ -1,0 +1,138 @@
+"""Rank 0's view of the other ranks: what each rank publishes (``summary``) and the
+rank rank 0 knows from it (``PeerRank``, a ``rank_input.RankInput`` for the job-scope
+detectors). The transport is ``probes.peers``."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from gpuwatch.probes.peers import LINK_FACTS, PUBLISHED_STEPS, StepWait, decode_steps, encode_steps
+from gpuwatch.series import Figure
+from gpuwatch.telemetry import MAX_STEPS, WARMUP_STEPS, StepSummary, StepWindow, Telemetry
+
+MEDIAN_SPAN_S = 60.0  # a peer's typical step: its mean over this much of its newest totals
+
+
+def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
+    """What a rank publishes: cumulative step totals and a few facts, as JSON-ready data."""
+    gpu = next(iter(view.gpu_samples()), None)
+    devices = (view.topology or {}).get("devices", [])
+    return {
+        "rank": view.rank, "host": host, "t": now,
+        "totals": list(view.window.last),
+        "steps_total": view.steps_done,
+        "last_step_t": view.steps[-1].t if view.steps else None,
+        "nvlink_links_active": max((d.get("nvlink_links_active", 0) for d in devices),
+                                   default=0),
+        "gpu_name": devices[0].get("name") if devices else None,
+        "links": {k: devices[0][k] for k in LINK_FACTS if devices and k in devices[0]},
+        "infiniband": (view.topology or {}).get("infiniband", []),
+        "clock_event_reasons": gpu.values.get("gpu_clock_event_reasons") if gpu else None,
+        "steps": encode_steps(view.steps),
+    }
+
+
+class PeerRank:
+    """Another rank as rank 0 knows it from its published summaries: step totals (in a
+    window by end time), its newest per-step waits by step number, its host, GPU and
+    link facts and its GPUs' clock-event reasons. Samples and records it does not
+    publish read as absent (no figures, no timed collectives)."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.host = "?"
+        self.world_size = 1
+        self.topology: dict[str, Any] | None = None
+        self.window = StepWindow(MAX_STEPS)
+        self.steps_done = 0
+        self.planned_steps: int | None = None
+        self.changed = 0  # counts the summaries that said something new
+        self.last_progress = 0.0  # its newest step's end (Unix s, its clock)
+        self._published_t = 0.0  # when it last published (its clock)
+        self._clock_reasons: int | None = None
+        self._waits: dict[int, StepWait] = {}
+        self._order: deque[int] = deque()
+
+    def update(self, s: dict[str, Any], world_size: int) -> None:
+        """Fold in a published summary (``summary``); one seen before changes nothing."""
+        if s["t"] <= self._published_t:
+            return
+        self.host, self.world_size = s["host"], world_size
+        if self.topology is None and s.get("gpu_name"):
+            self.topology = {
+                "devices": [{"index": 0, "name": s.get("gpu_name"),
+                             "nvlink_links_active": s.get("nvlink_links_active", 0),
+                             **s.get("links", {})}],
+                "job_gpus": [0], "infiniband": s.get("infiniband", [])}
+        delta = tuple(a - b for a, b in zip(s["totals"], self.window.last, strict=True))
+        end = s.get("last_step_t") or s["t"]
+        if delta[0] > 0:
+            self.window.add_totals(end, delta)
+        self.steps_done = s.get("steps_total", self.steps_done)
+        self.last_progress = max(self.last_progress, s.get("last_step_t") or 0.0)
+        if s.get("steps"):
+            self._add_waits(decode_steps(s["steps"]))
+        if s.get("clock_event_reasons") is not None:
+            self._clock_reasons = int(s["clock_event_reasons"])
+        self._published_t = s["t"]
+        self.changed += 1
+
+    def _add_waits(self, waits: list[StepWait]) -> None:
+        for w in waits:
+            if w.step not in self._waits:
+                self._order.append(w.step)
+            self._waits[w.step] = w
+        while len(self._order) > 4 * PUBLISHED_STEPS:
+            self._waits.pop(self._order.popleft(), None)
+
+    def summarise(self, since: float) -> StepSummary | None:
+        return self.window.since(since)
+
+    def median_step_s(self) -> float | None:
+        """Its mean step over the last ``MEDIAN_SPAN_S`` of totals it published (only
+        totals travel, not steps)."""
+        summary = self.window.since(self._published_t - MEDIAN_SPAN_S)
+        return summary.wall_s if summary is not None else None
+
+    def step_waits(self, since: float) -> dict[int, StepWait]:
+        """Every per-step wait it published and rank 0 still holds (its step times are
+        on its own clock, so ``since`` does not apply: ranks align by step number)."""
+        return {k: w for k, w in self._waits.items() if k > WARMUP_STEPS}
+
+    def figure(self, source: str, key: str, since: float) -> Figure | None:
+        return None  # samples are not published
+
+    def counter_rise(self, source: str, key: str, since: float) -> float:
+        return 0.0
+
+    def clock_event_reasons(self) -> list[int]:
+        return [self._clock_reasons] if self._clock_reasons is not None else []
+
+    def timed_collectives(self, since: float) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def collective_timing(self) -> dict[str, Any]:
+        return {}
+
+
+class JobCover:
+    """What rank 0's job-scope findings cover, as another rank reads it from the store
+    (``Explains`` for that rank's engine): a straggler or sync finding judged at rank 0
+    explains low utilisation on every rank, not only on rank 0."""
+
+    def __init__(self) -> None:
+        self._covered: list[tuple[str, list[int]]] = []
+
+    def update(self, word: dict[str, Any]) -> None:
+        """Take rank 0's newest word (``{"covered": [[detector, [ranks...]], ...]}``);
+        entries of the wrong shape are left out."""
+        covered = word.get("covered")
+        if not isinstance(covered, list):
+            return
+        self._covered = [(d, [r for r in ranks if isinstance(r, int)])
+                         for item in covered if isinstance(item, list) and len(item) == 2
+                         for d, ranks in [item] if isinstance(d, str) and isinstance(ranks, list)]
+
+    def covered(self) -> list[tuple[str, list[int]]]:
+        return list(self._covered)

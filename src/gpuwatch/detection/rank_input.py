@@ -1,0 +1,67 @@
+"""What a job-scope detector reads of one rank (``RankInput``): the same questions of a
+rank whose records this process holds (``telemetry.Telemetry``: the live rank 0, every
+rank of a replay) and of a rank known only from what it publishes
+(``peer_view.PeerRank``: the other ranks, live at rank 0)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from gpuwatch.probes.peers import StepWait
+from gpuwatch.series import Figure
+from gpuwatch.telemetry import StepSummary
+
+
+class RankInput(Protocol):
+    """One rank for the job-scope detectors and the engine that runs them."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def host(self) -> str:
+        """The host it runs on ("?" if unknown)."""
+
+    @property
+    def world_size(self) -> int:
+        """The job's ranks as this rank knows them (1 if unknown)."""
+
+    @property
+    def topology(self) -> dict[str, Any] | None:
+        """Its GPUs and links (a ``topology`` event's data), if known."""
+
+    @property
+    def steps_done(self) -> int:
+        """The number of its newest step."""
+
+    @property
+    def planned_steps(self) -> int | None: ...
+
+    @property
+    def changed(self) -> int:
+        """A stamp that changes whenever what it says about its steps changes."""
+
+    @property
+    def last_progress(self) -> float:
+        """Its newest step or progress (Unix s)."""
+
+    def summarise(self, since: float) -> StepSummary | None:
+        """The mean step over steps that ended at or after ``since``."""
+
+    def median_step_s(self) -> float | None: ...
+
+    def step_waits(self, since: float) -> dict[int, StepWait]:
+        """Per-step waits by step number (warm-up left out)."""
+
+    def figure(self, source: str, key: str, since: float) -> Figure | None: ...
+
+    def counter_rise(self, source: str, key: str, since: float) -> float: ...
+
+    def clock_event_reasons(self) -> list[int]:
+        """The clock-event reason bits its GPUs report now, one per GPU."""
+
+    def timed_collectives(self, since: float) -> tuple[float, float]:
+        """Bus bytes and device seconds of the collectives timed in its steps since."""
+
+    def collective_timing(self) -> dict[str, Any]:
+        """What it could and could not time of its collectives (newest word; {} if none)."""

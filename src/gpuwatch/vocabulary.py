@@ -1,0 +1,93 @@
+"""Names every layer shares: the GPU's clock-event reasons and throttle policies as
+NVML reports them (read by the NVML probe, the detectors and the exporter alike), and
+the phases of a step: the ones the training loop marks (``Phase``) and the parts a
+finished step splits into (``PARTS``, ``split_step``).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Protocol
+
+# NVML clock-event (throttle) reason bits -> bounded label values.
+CLOCK_EVENT_REASONS = {
+    0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap",
+    0x8: "hw_slowdown", 0x10: "sync_boost", 0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+# NVML performance policies whose violation counters (cumulative ns of reduced
+# clocks) are exported as throttle seconds, by reason.
+THROTTLE_POLICIES = {
+    "NVML_PERF_POLICY_POWER": "power", "NVML_PERF_POLICY_THERMAL": "thermal",
+    "NVML_PERF_POLICY_SYNC_BOOST": "sync_boost", "NVML_PERF_POLICY_BOARD_LIMIT": "board_limit",
+    "NVML_PERF_POLICY_LOW_UTILIZATION": "low_utilization",
+    "NVML_PERF_POLICY_RELIABILITY": "reliability",
+    "NVML_PERF_POLICY_TOTAL_APP_CLOCKS": "app_clocks",
+    "NVML_PERF_POLICY_TOTAL_BASE_CLOCKS": "base_clocks",
+}
+
+
+class Phase(IntEnum):
+    """A part of a step the training loop marks: the ring carries ``+phase`` when it opens
+    and ``-phase`` when it closes (``instrument.ring``)."""
+
+    DATA = 1
+    COMPUTE = 2
+    FORWARD = 3
+    BACKWARD = 4
+    OPTIMIZER = 5
+    CHECKPOINT = 6
+    COLLECTIVE = 7
+    RECOMPUTE = 8
+
+    @property
+    def label(self) -> str:
+        """The phase's name in the API and in records (``monitor.phase("data")``)."""
+        return self.name.lower()
+
+
+# Marked phases that make up a step's compute (``Step.compute_s``).
+COMPUTE_PHASES = (Phase.COMPUTE, Phase.FORWARD, Phase.BACKWARD)
+
+# The parts a step splits into, in the order reports stack them; they sum to its wall
+# time (seconds). ``compute`` is pure compute: without the recompute and the exposed
+# collective wait nested in ``Step.compute_s``.
+PARTS = ("data", "compute", "recompute", "collective", "optimizer", "checkpoint", "other")
+
+
+class StepTimes(Protocol):
+    """A step's times (seconds) as ``records.Step`` and its means carry them."""
+
+    @property
+    def data_s(self) -> float: ...
+    @property
+    def compute_s(self) -> float: ...
+    @property
+    def recompute_s(self) -> float: ...
+    @property
+    def collective_s(self) -> float: ...
+    @property
+    def optimizer_s(self) -> float: ...
+    @property
+    def checkpoint_s(self) -> float: ...
+    @property
+    def other_s(self) -> float: ...
+
+
+def pure_compute_s(s: StepTimes) -> float:
+    """Compute without the recompute and the exposed collective wait nested in it (seconds)."""
+    return max(s.compute_s - s.collective_s - s.recompute_s, 0.0)
+
+
+def split_step(s: StepTimes) -> tuple[float, ...]:
+    """A step's (or a mean step's) seconds in ``PARTS`` order."""
+    return (s.data_s, pure_compute_s(s), s.recompute_s, s.collective_s, s.optimizer_s,
+            s.checkpoint_s, s.other_s)
+
+
+def unwaited_compute_s(compute_s: float, collective_s: float) -> float:
+    """Compute without its exposed collective wait, recompute included: the work a rank
+    does itself, compared across ranks (seconds)."""
+    return max(compute_s - collective_s, 0.0)
