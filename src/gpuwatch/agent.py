@@ -21,6 +21,7 @@ what it held.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import sys
@@ -151,6 +152,9 @@ class Agent:
             identity, self._settled = self._resolve()
         self.identity = identity
         self.out_dir: Path | None = settings.out_dir
+        if self.out_dir is not None:  # there from the start: the job may save into it
+            with contextlib.suppress(OSError):  # unwritable: the run-log claim counts it
+                self.out_dir.mkdir(parents=True, exist_ok=True)
         self.runlog_path: Path | None = None
         self.attempt: int | None = None
         self.faults = FaultLog()
