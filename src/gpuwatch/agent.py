@@ -152,9 +152,6 @@ class Agent:
             identity, self._settled = self._resolve()
         self.identity = identity
         self.out_dir: Path | None = settings.out_dir
-        if self.out_dir is not None:  # there from the start: the job may save into it
-            with contextlib.suppress(OSError):  # unwritable: the run-log claim counts it
-                self.out_dir.mkdir(parents=True, exist_ok=True)
         self.runlog_path: Path | None = None
         self.attempt: int | None = None
         self.faults = FaultLog()
@@ -193,6 +190,9 @@ class Agent:
         """Start the agent thread (idempotent); from here on the run log is written."""
         if self._thread is not None or self.stopped:
             return
+        if self.out_dir is not None:  # there from the start: the job may save into it
+            with contextlib.suppress(OSError):  # unwritable: the run-log claim counts it
+                self.out_dir.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name="gpuwatch-agent", daemon=True)
         self._thread.start()
         _register(self)
