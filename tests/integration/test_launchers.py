@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpuwatch.records import Meta
 from gpuwatch.runlog import attempt_of
 from tests.integration.conftest import SCRIPTS, free_port, gpuwatch_cmd, read, run, steps
+from tests.wait import wait_for
 
 pytestmark = pytest.mark.integration
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -156,13 +156,6 @@ def test_srun_tasks_take_their_ranks_from_slurm(tmp_path: Path, example: Path) -
     for rank in (0, 1):
         logged = steps(read(out / f"run-rank{rank}.jsonl"))
         assert len(logged) == 20 and {s.rank for s in logged} == {rank}
-
-
-def wait_for(condition: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not within {seconds:g} s"
-        time.sleep(0.1)
 
 
 def scrape_labels(port: int) -> dict[str, str]:

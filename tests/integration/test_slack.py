@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,18 +30,10 @@ from gpuwatch.sinks.slack_message import DASH
 from gpuwatch.sinks.slack_spool import Note, Spool
 from tests.integration.conftest import ROOT, SCRIPTS, gpuwatch_cmd, run
 from tests.unit.test_slack_message import full_disk
+from tests.wait import wait_for
 from tests.webhook import ScriptedWebhook, webhook
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate: Callable[[], object], seconds: float, what: str) -> None:
-    """Poll ``predicate`` until it is true, failing after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def finding(i: int, verdict: str = "move_to_h100", state: str = "active",
@@ -257,8 +249,10 @@ import gpuwatch
 from tests.integration.test_slack import finding
 monitor = gpuwatch.watch(out_dir=sys.argv[1], exporter={"enabled": False},
                          slack={"webhook_url": sys.argv[2], "group_window_s": 0})
-while monitor.agent.slack is None:
-    time.sleep(0.05)
+from tests.wait import wait_for
+with monitor.step():  # a lone process knows it is one once a step ends
+    pass
+wait_for(lambda: monitor.agent.slack is not None, 30, "the agent to set up Slack")
 monitor.agent.slack.notify([finding(i, detector=f"d{i}") for i in range(3)])
 print("spooled", flush=True)
 time.sleep(60)
@@ -563,9 +557,10 @@ import time
 import gpuwatch
 from tests.integration.test_slack import finding
 monitor = gpuwatch.watch(exporter={"enabled": False})
-deadline = time.monotonic() + 30
-while monitor.agent.slack is None and time.monotonic() < deadline:
-    time.sleep(0.05)
+from tests.wait import wait_for
+with monitor.step():  # a lone process knows it is one once a step ends
+    pass
+wait_for(lambda: monitor.agent.slack is not None, 30, "the agent to set up Slack")
 monitor.agent.slack.notify([finding(5, detector="hang")])
 monitor.stop()
 """
