@@ -412,6 +412,7 @@ class Agent:
         ident = self.identity
         sampler: NvmlSampler | None = None
         allocator: AllocatorProbe | None = None
+        gpus: list[int] | None = None  # the NVML indices of this process's GPUs
         device = ident.device  # seen in use, else one GPU per local rank (the convention)
         if device is None and ident.world_size > 1:
             device = ident.local_rank
@@ -419,7 +420,7 @@ class Agent:
             nvml = Nvml(self._nvml_library, self.faults)
             if nvml.init():
                 self._nvml = nvml
-                gpus = self.settings.gpus
+                gpus = None if self.settings.gpus is None else list(self.settings.gpus)
                 if gpus is None:
                     env = dict(self._env)
                     if device is not None:  # the index among the visible GPUs
@@ -433,7 +434,7 @@ class Agent:
         if stats is _DEFAULT:
             stats = torch_memory_stats(device or 0) if torch is not None else None
         if callable(stats):
-            allocator = AllocatorProbe(stats, ident.rank, ident.local_rank)
+            allocator = AllocatorProbe(stats, ident.rank, _nvml_index(gpus, device))
         if self._nvml is None and allocator is None:
             log.warning("gpuwatch: no NVML-visible GPU; monitoring the host only")
             self._write([Event(ident.rank, time.time(), "host_only",
@@ -546,3 +547,12 @@ def stop_all() -> None:
         except Exception as exc:  # never let shutdown raise
             log.warning("gpuwatch: stop failed: %s", exc)
 
+
+def _nvml_index(gpus: list[int] | None, device: int | None) -> int | None:
+    """The NVML index of the GPU the allocator counts (torch's ``device``, an index among
+    the visible GPUs, which ``gpus`` lists in order); None where NVML names none."""
+    if not gpus:
+        return None
+    if len(gpus) == 1:
+        return gpus[0]
+    return gpus[device] if device is not None and 0 <= device < len(gpus) else None

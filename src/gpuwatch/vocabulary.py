@@ -1,11 +1,13 @@
 """Names every layer shares: the GPU's clock-event reasons and throttle policies as
-NVML reports them (read by the NVML probe, the detectors and the exporter alike), and
-the phases of a step: the ones the training loop marks (``Phase``) and the parts a
-finished step splits into (``PARTS``, ``split_step``).
+NVML reports them (read by the NVML probe, the detectors and the exporter alike), the
+phases of a step: the ones the training loop marks (``Phase``) and the parts a
+finished step splits into (``PARTS``, ``split_step``), and the collectives' bus bytes
+(``bus_bytes``: the timed hooks and the NCCL flight recorder count them alike).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Protocol
 
@@ -91,3 +93,25 @@ def unwaited_compute_s(compute_s: float, collective_s: float) -> float:
     """Compute without its exposed collective wait, recompute included: the work a rank
     does itself, compared across ranks (seconds)."""
     return max(compute_s - collective_s, 0.0)
+
+
+# nccl-tests' bus-bandwidth factors: bus bytes = factor(n) * bytes of the buffer named in
+# ``BUFFER`` (https://github.com/NVIDIA/nccl-tests/blob/master/doc/PERFORMANCE.md).
+BUS_FACTOR: dict[str, Callable[[int], float]] = {
+    "all_reduce": lambda n: 2 * (n - 1) / n,
+    "all_gather": lambda n: (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "all_to_all": lambda n: (n - 1) / n,
+    "broadcast": lambda n: 1.0,
+    "reduce": lambda n: 1.0,
+    "send_recv": lambda n: 1.0,
+}
+
+
+def bus_bytes(kind: str, total_bytes: int, world_size: int) -> int:
+    """Bus bytes of one collective: ``total_bytes`` is the whole buffer (an all-gather's
+    output, a reduce-scatter's input, an all-to-all's input); 0 for one rank."""
+    factor = BUS_FACTOR.get(kind)
+    if factor is None or world_size < 1 or (world_size == 1 and kind != "send_recv"):
+        return 0
+    return int(total_bytes * factor(world_size))

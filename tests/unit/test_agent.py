@@ -41,7 +41,7 @@ def logged(agent: Agent) -> Path:
 
 def sample_rounds(agent: Agent) -> int:
     """Sampling rounds in the run log so far (each writes one agent sample)."""
-    if not agent.runlog_path.exists():
+    if agent.runlog_path is None or not agent.runlog_path.exists():
         return 0
     return sum(isinstance(r, Sample) and r.source == "agent"
                for r in RunLogReader(agent.runlog_path))
@@ -121,6 +121,23 @@ def test_allocator_probe_runs_on_the_agent_thread(tmp_path: Path) -> None:
     alloc = [r for r in of(records, Sample) if r.source == "allocator"]
     assert alloc and alloc[-1].values["allocator_alloc_retries_total"] == 2
     assert not [e for e in of(records, Event) if e.name == "host_only"]
+
+
+def test_allocator_samples_name_the_nvml_index_of_the_ranks_gpu(tmp_path: Path) -> None:
+    """Local rank 1 under CUDA_VISIBLE_DEVICES=6,2 uses NVML GPU 2: torch calls it
+    device 1, but its allocator samples say gpu=2, as its NVML samples do."""
+    s = Settings(out_dir=tmp_path, sample_interval_s=0.05,
+                 exporter=ExporterSettings(enabled=False))
+    agent = Agent(s, nvml_library=FakeNvml([FakeGpu() for _ in range(8)]),
+                  memory_stats=lambda: {"reserved_bytes.all.current": 7},
+                  environ={"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2",
+                           "CUDA_VISIBLE_DEVICES": "6,2"})
+    agent.start()
+    wait_for(lambda: sample_rounds(agent) >= 1, 10, "a sample round")
+    agent.stop()
+    samples = of(list(RunLogReader(logged(agent))), Sample)
+    assert {r.gpu for r in samples if r.source == "allocator"} == {2}
+    assert {r.gpu for r in samples if r.source == "nvml"} == {2}
 
 
 def test_rank_and_run_log_name_follow_torchrun_environment(tmp_path: Path) -> None:

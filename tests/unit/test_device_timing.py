@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.device import EventPool, Intervals, PendingTimings, bus_bytes, on_device
+from gpuwatch.instrument.device import EventPool, Intervals, PendingTimings, on_device
 from gpuwatch.instrument.patches import (
     AsyncWorks,
     LazyPush,
@@ -27,6 +27,7 @@ from gpuwatch.instrument.ring import MarkRing
 from gpuwatch.instrument.steps import HOLD_STEPS as STEPS_HELD
 from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.records import Record, Step
+from gpuwatch.vocabulary import bus_bytes
 from tests import fake_cuda
 from tests.fake_cuda import Device, NcclGroup, Tensor
 

@@ -226,11 +226,12 @@ def topology(job_gpus: list[int]) -> Event:
 
 def test_gpu_info_joins_dcgm_on_uuid_and_gpu_is_the_node_index() -> None:
     """Rank 1 of a pod that sees all 8 GPUs uses NVML GPU 5 (CUDA_VISIBLE_DEVICES order):
-    every series says gpu="5", the allocator's included (torch calls it device 0)."""
+    every series says gpu="5", the allocator's included (its probe records the NVML
+    index, though torch calls the card device 0)."""
     state = ExporterState(LABELS, hostname="gpu-node-7")
     state.update([topology([5]),
                   Sample(1, 1.0, "nvml", {"gpu_utilization_ratio": 0.5}, gpu=5),
-                  Sample(1, 1.0, "allocator", {"allocator_reserved_bytes": 1e9}, gpu=0)], [], {})
+                  Sample(1, 1.0, "allocator", {"allocator_reserved_bytes": 1e9}, gpu=5)], [], {})
     s = scrape(state)
     assert value(s, "gpuwatch_gpu_info", gpu="5", UUID="GPU-00000005",
                  modelName="NVIDIA H100 80GB HBM3", pci_bus_id="00000000:1D:00.0",

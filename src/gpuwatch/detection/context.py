@@ -104,7 +104,7 @@ class Context:
             device_name=self.device_name(view), precision=self.precision,
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since))
         proj = project(parts, target or self.target_gpu, current, ranks=world,
-                       drop_recompute=drop_recompute, total_steps=planned,
+                       drop_recompute=drop_recompute, planned_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)
         price(proj, self.costs)
         return proj

@@ -94,12 +94,12 @@ def price(p: Projection, costs: Costs) -> None:
         if p.scale_out != 1:
             p.assumptions.append(f"{p.target_gpus} GPUs on {p.target.name} for {p.gpus} now: "
                                  "data parallel, linear scaling")
-    if p.total_steps:
-        e["total_steps"] = p.total_steps
-        e["run_hours_projected"] = p.projected.total * p.total_steps / p.scale_out / 3600
-        e["cost_per_run_target_usd"] = e["cost_per_step_target_usd"] * p.total_steps
+    if p.planned_steps:
+        e["total_steps"] = p.planned_steps
+        e["run_hours_projected"] = p.projected.total * p.planned_steps / p.scale_out / 3600
+        e["cost_per_run_target_usd"] = e["cost_per_step_target_usd"] * p.planned_steps
         if "cost_per_step_now_usd" in e:
-            e["cost_per_run_now_usd"] = e["cost_per_step_now_usd"] * p.total_steps
+            e["cost_per_run_now_usd"] = e["cost_per_step_now_usd"] * p.planned_steps
     p.economics.update(e)
 
 

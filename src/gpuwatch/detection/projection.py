@@ -118,7 +118,7 @@ class Projection:
     inputs: Inputs = field(default_factory=Inputs)
     tensor_share: tuple[float, float, float] = (0.0, DEFAULT_TENSOR_SHARE, 1.0)  # low, mid, high
     target_gpus: int = 0
-    total_steps: int | None = None
+    planned_steps: int | None = None
     assumptions: list[str] = field(default_factory=list)
     workarounds_dropped: list[str] = field(default_factory=list)
     economics: dict[str, Any] = field(default_factory=dict)
@@ -183,7 +183,7 @@ def project(
     gpu_busy: float | None = None,
     link_now: float | None = None,
     drop_recompute: bool = False,
-    total_steps: int | None = None,
+    planned_steps: int | None = None,
     target_gpus: int | None = None,
     inputs: Inputs | None = None,
 ) -> Projection:
@@ -230,7 +230,7 @@ def project(
     return Projection(target=target, current=current, now=split, projected=at(shares[1]),
                       slowest=ends[1], fastest=ends[0], gpus=ranks, inputs=inputs,
                       tensor_share=shares, target_gpus=target_gpus or ranks,
-                      total_steps=total_steps, assumptions=notes, workarounds_dropped=dropped)
+                      planned_steps=planned_steps, assumptions=notes, workarounds_dropped=dropped)
 
 
 def _given(value: float | None, default: float | None) -> float | None:

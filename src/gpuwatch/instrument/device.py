@@ -33,28 +33,6 @@ from gpuwatch.instrument import ring
 MAX_POOLED = 1024
 Push = Callable[..., None]
 
-# nccl-tests' bus-bandwidth factors: bus bytes = factor(n) * bytes of the buffer named in
-# ``BUFFER`` (https://github.com/NVIDIA/nccl-tests/blob/master/doc/PERFORMANCE.md).
-BUS_FACTOR: dict[str, Callable[[int], float]] = {
-    "all_reduce": lambda n: 2 * (n - 1) / n,
-    "all_gather": lambda n: (n - 1) / n,
-    "reduce_scatter": lambda n: (n - 1) / n,
-    "all_to_all": lambda n: (n - 1) / n,
-    "broadcast": lambda n: 1.0,
-    "reduce": lambda n: 1.0,
-    "send_recv": lambda n: 1.0,
-}
-
-
-def bus_bytes(kind: str, total_bytes: int, world_size: int) -> int:
-    """Bus bytes of one collective: ``total_bytes`` is the whole buffer (an all-gather's
-    output, a reduce-scatter's input, an all-to-all's input); 0 for one rank."""
-    factor = BUS_FACTOR.get(kind)
-    if factor is None or world_size < 1 or (world_size == 1 and kind != "send_recv"):
-        return 0
-    return int(total_bytes * factor(world_size))
-
-
 class EventPool:
     """Reusable timing events. ``factory`` makes one (``torch.cuda.Event(enable_timing=True)``
     by default); ``current_stream``/``default_stream`` name streams (torch.cuda's by

@@ -34,9 +34,10 @@ from typing import Any
 
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.device import EVENTS, EventPool, Intervals, bus_bytes, on_device
+from gpuwatch.instrument.device import EVENTS, EventPool, Intervals, on_device
 from gpuwatch.instrument.identity import HINTS, Hints
 from gpuwatch.instrument.sizes import batch_size, size_on_disk, tensor_bytes
+from gpuwatch.vocabulary import bus_bytes
 
 Push = Callable[..., None]
 

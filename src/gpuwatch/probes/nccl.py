@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gpuwatch.instrument.device import bus_bytes
 from gpuwatch.records import Sample
+from gpuwatch.vocabulary import bus_bytes
 
 MIN_INTERVAL_S = 1.0
 SEEN_LIMIT = 8192

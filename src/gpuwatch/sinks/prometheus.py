@@ -219,18 +219,6 @@ class _Snapshot:
     hostname: str
     rank: str
 
-    def node_gpu(self, source: str, gpu: int | None) -> str:
-        """The ``gpu`` label: the NVML index on the node. Allocator samples carry the
-        CUDA device index, which counts this process's GPUs (``job_gpus``, in order)."""
-        if gpu is None:
-            return ""
-        if source == "allocator" and self.job_gpus:
-            if len(self.job_gpus) == 1:
-                return str(self.job_gpus[0])
-            if gpu < len(self.job_gpus):
-                return str(self.job_gpus[gpu])
-        return str(gpu)
-
 
 class _Budget:
     """The series cap: each series takes from it; what does not fit is counted."""
@@ -300,7 +288,7 @@ def _sample_series(spec: MetricSpec, snap: _Snapshot) -> Iterator[tuple[list[str
     for (source, gpu), values in sorted(snap.latest.items(), key=lambda kv: str(kv[0])):
         if source != spec.source:
             continue
-        gpu_label = [snap.node_gpu(source, gpu)] if "gpu" in spec.labels else []
+        gpu_label = ["" if gpu is None else str(gpu)] if "gpu" in spec.labels else []
         if spec.key == "gpu_clock_event_reasons" and spec.key in values:
             bits = int(values[spec.key])
             for bit, reason in CLOCK_EVENT_REASONS.items():
