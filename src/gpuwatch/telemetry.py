@@ -175,6 +175,7 @@ class Telemetry:
         self.first_step_start: float | None = None  # start of the first step (Unix s)
         self.last_progress = 0.0  # newest step or progress event time
         self.changed = 0  # a stamp that changes with every step or event (not samples)
+        self.event_stamp = 0  # one that changes with every event (not steps or samples)
         self._walls: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent step walls
         self._median = 0.0  # their median (0: none yet)
         self._stepping_power: deque[float] = deque(maxlen=120)  # watts while steps ran
@@ -234,7 +235,7 @@ class Telemetry:
         self.window.add(s)
 
     def _event(self, e: Event) -> None:
-        self.changed = next(_CHANGES)
+        self.changed = self.event_stamp = next(_CHANGES)
         self.events.append(e)
         if e.name in PROGRESS_EVENTS:
             self.last_progress = max(self.last_progress, e.t)

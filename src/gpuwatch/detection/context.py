@@ -57,7 +57,7 @@ class Context:
     planned_steps: int | None = None
     costs: Costs = field(default_factory=Costs)
     precision: Precision = "bf16"
-    explained: dict[int, set[str]] = field(default_factory=dict)
+    explained: dict[int, frozenset[str]] = field(default_factory=dict)
 
     @property
     def target_gpu(self) -> Gpu:

@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any, Protocol
 
 from gpuwatch.config import ConfigError, Settings
@@ -27,7 +27,7 @@ from gpuwatch.detection import (
     sync_bottleneck,
     underutilised,
 )
-from gpuwatch.detection.context import Context, Detection, for_s, scale
+from gpuwatch.detection.context import Context, Detection, for_s, scale, window_s
 from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rank_input import RankInput
@@ -57,6 +57,12 @@ JOB_DETECTORS: dict[str, JobDetector] = {
 }
 # Judged on every interval: what they see is what did *not* happen.
 ABSENCE_DRIVEN = frozenset({"hang"})
+# A judgement over steps is refreshed once new steps have moved its window by this
+# fraction of itself: a new mean differs little before, and judging at every step costs
+# most of a replay of multi-second steps (an event or a change of what explains the
+# rank is seen at once).
+REFRESH_DIVISIONS = 8
+NOTHING: frozenset[str] = frozenset()
 STALL_S = 10.0  # a rank with no step or progress this long (or 3 median steps) is stalled
 
 
@@ -76,6 +82,18 @@ def fingerprint(job: str, detector: str, ranks: list[int]) -> str:
 def _fingerprint(job: str, detector: str, ranks: tuple[int, ...]) -> str:
     key = f"{job}|{detector}|{','.join(map(str, ranks))}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """What a rule found, and what it saw then: its ranks' step and event stamps, the
+    detectors that explained them, and the record time (s)."""
+
+    steps: tuple[int, ...]
+    events: tuple[int, ...]
+    covers: tuple[frozenset[str], ...]
+    at: float
+    found: Detection | None
 
 
 @dataclass
@@ -106,9 +124,8 @@ class Engine:
     next_eval: float = float("-inf")  # record time of the next judgement
     _own: set[int] = field(default_factory=set)
     peers: list[Explains] = field(default_factory=list)
-    # (rule, ranks) -> (what the judgement saw, what it found): reused while that holds
-    _judged: dict[tuple[str, tuple[int, ...]], tuple[Any, Detection | None]] = field(
-        default_factory=dict)
+    # (rule, ranks) -> the latest judgement: reused while what it saw holds
+    _judged: dict[tuple[str, tuple[int, ...]], Judgement] = field(default_factory=dict)
     _raised: dict[str, Detection] = field(default_factory=dict)  # fp -> its finding's detection
 
     def view(self, rank: int) -> Telemetry:
@@ -231,21 +248,23 @@ class Engine:
                 job_wide = rule is not None and rule.scope == "job"
                 for r in (self.views if job_wide else ranks):
                     explained.setdefault(r, set()).add(detector)
-        self.context.explained = explained
+        before = self.context.explained
+        self.context.explained = {  # the sets of before where unchanged: cheap to compare
+            r: old if (old := before.get(r)) == (new := frozenset(ds)) else new
+            for r, ds in explained.items()}
 
     def _run(self, rule: Rule, judged: dict[int, RankInput], now: float) -> list[Detection]:
         try:
             if rule.scope == "job":
                 job_detect = JOB_DETECTORS.get(rule.id)
                 views = [*judged.values()]
-                found = (self._judge(rule, views, now, partial(
-                    job_detect, views, rule, self.context, now)) if job_detect else None)
+                found = self._judge(rule, views, now, job_detect) if job_detect else None
                 return [found] if found else []
             rank_detect = RANK_DETECTORS.get(rule.id)
             if rank_detect is None:
                 return []
-            return [d for v in (self.views[r] for r in judged) if (d := self._judge(
-                rule, [v], now, partial(rank_detect, v, rule, self.context, now)))]
+            return [d for r in judged if (d := self._judge(
+                rule, [self.views[r]], now, rank_detect))]
         except Exception as exc:  # a detector bug must not stop the others or the job
             self.errors += 1
             if self.errors == 1:
@@ -254,21 +273,27 @@ class Engine:
             return []
 
     def _judge(self, rule: Rule, views: Sequence[RankInput], now: float,
-               detect: Callable[[], Detection | None]) -> Detection | None:
-        """The rule's judgement of ``views``; the previous one again when nothing it can
-        see changed since (no step, event or explaining finding) and no rank is stalled.
+               detect: Callable[..., Detection | None]) -> Detection | None:
+        """The rule's judgement of ``views`` (one rank's telemetry for a rank detector,
+        every rank for a job detector). The previous one is reused while what explains
+        them and their events are the same, no rank is stalled, and either no step came
+        or the window has moved by less than 1/``REFRESH_DIVISIONS`` of itself since.
         Absence-driven rules always judge afresh."""
         ranks = tuple(v.rank for v in views)
         explained = self.context.explained
-        seen = (tuple(v.changed for v in views),
-                tuple(frozenset(explained.get(r, ())) for r in ranks))
+        steps = tuple(v.changed for v in views)
+        events = tuple(v.event_stamp for v in views)
+        covers = tuple(explained.get(r, NOTHING) for r in ranks)
         key = (rule.id, ranks)
         previous = self._judged.get(key)
-        if (previous is not None and previous[0] == seen and rule.id not in ABSENCE_DRIVEN
+        if (previous is not None and rule.id not in ABSENCE_DRIVEN
+                and previous.events == events and previous.covers == covers
+                and (previous.steps == steps
+                     or now - previous.at < refresh_s(views, rule))
                 and not any(_stalled(v, now) for v in views)):
-            return previous[1]
-        found = detect()
-        self._judged[key] = (seen, found)
+            return previous.found
+        found = detect(views[0] if rule.scope == "rank" else views, rule, self.context, now)
+        self._judged[key] = Judgement(steps, events, covers, now, found)
         return found
 
     def _raise(self, rule: Rule, d: Detection, fp: str, now: float,
@@ -292,6 +317,12 @@ class Engine:
         if previous is not None and previous.state == "active":
             return None
         return finding
+
+
+def refresh_s(views: Sequence[RankInput], rule: Rule) -> float:
+    """How long a judgement of ``views`` stands while only steps come (seconds): the
+    widest of their windows over ``REFRESH_DIVISIONS``."""
+    return max(window_s(v, rule) for v in views) / REFRESH_DIVISIONS
 
 
 def _stalled(view: RankInput, now: float) -> bool:

@@ -54,6 +54,11 @@ class PeerRank:
         self._waits: dict[int, StepWait] = {}
         self._order: deque[int] = deque()
 
+    @property
+    def event_stamp(self) -> int:
+        """Any new summary may carry news (a peer publishes no events apart)."""
+        return self.changed
+
     def update(self, s: dict[str, Any], world_size: int) -> None:
         """Fold in a published summary (``summary``); one seen before changes nothing."""
         if s["t"] <= self._published_t:

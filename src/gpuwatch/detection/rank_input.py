@@ -42,6 +42,11 @@ class RankInput(Protocol):
         """A stamp that changes whenever what it says about its steps changes."""
 
     @property
+    def event_stamp(self) -> int:
+        """A stamp that changes whenever it reports something other than steps (an OOM, a
+        save, a batch cut): what a judgement must see at once."""
+
+    @property
     def last_progress(self) -> float:
         """Its newest step or progress (Unix s)."""
 

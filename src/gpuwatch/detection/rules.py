@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,17 +66,7 @@ def load_rules(
     """
     rules: dict[str, Rule] = {}
     for path in sorted((directory or rules_dir()).glob("*.yaml")):
-        try:
-            raw = yaml.safe_load(path.read_text())
-            rule = Rule.model_validate(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"gpuwatch rules: {path.name}: {exc}".replace("\n", " ")) from None
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(exc).replace(
-                "gpuwatch config:", f"gpuwatch rules: {path.name}:")) from None
-        if rule.id != path.stem:
-            raise ConfigError(
-                f"gpuwatch rules: {path.name}: id {rule.id!r} must match the file name")
+        rule = _rule_file(path, path.stat().st_mtime_ns)
         rules[rule.id] = rule
     for detector, values in (overrides or {}).items():
         if detector not in rules:
@@ -83,6 +74,23 @@ def load_rules(
                               f"choose from {', '.join(sorted(rules))}")
         rules[detector] = _override(rules[detector], values)
     return rules
+
+
+@lru_cache(maxsize=256)
+def _rule_file(path: Path, mtime_ns: int) -> Rule:
+    """One rule file, parsed once per version (``mtime_ns``): a replay builds an engine
+    per log, and parsing YAML is most of what that costs."""
+    try:
+        rule = Rule.model_validate(yaml.safe_load(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"gpuwatch rules: {path.name}: {exc}".replace("\n", " ")) from None
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc).replace(
+            "gpuwatch config:", f"gpuwatch rules: {path.name}:")) from None
+    if rule.id != path.stem:
+        raise ConfigError(
+            f"gpuwatch rules: {path.name}: id {rule.id!r} must match the file name")
+    return rule
 
 
 def _override(rule: Rule, values: Mapping[str, float]) -> Rule:
