@@ -86,14 +86,16 @@ def _fingerprint(job: str, detector: str, ranks: tuple[int, ...]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    """What a rule found, and what it saw then: its ranks' step and event stamps, the
-    detectors that explained them, and the record time (s)."""
+    """What a rule found and what it saw: its ranks' step stamps, their event stamps and
+    the detectors that explained them (``seen``). It is refreshed after ``refresh_at``
+    once steps came, and stands no longer than ``stands_until`` (record time, s: when a
+    rank would count as stalled; never past now for an absence-driven rule)."""
 
     steps: tuple[int, ...]
-    events: tuple[int, ...]
-    covers: tuple[frozenset[str], ...]
-    at: float
+    seen: tuple[Any, ...]
     found: Detection | None
+    refresh_at: float
+    stands_until: float
 
 
 @dataclass
@@ -198,12 +200,14 @@ class Engine:
             if stale:
                 self._explain()
             detections = self._run(rule, judged, now)
-            stale = bool(detections)
+            stale = False
             for detection in detections:
                 fp = fingerprint(self.job, rule_id, detection.ranks)
                 seen.add(fp)
                 since = self._pending.setdefault(fp, now)
-                self._detected[fp] = (rule_id, detection.ranks)
+                if fp not in self._detected:  # newly detected: it explains from now on
+                    self._detected[fp] = (rule_id, detection.ranks)
+                    stale = True
                 named = [judged[r] for r in detection.ranks if r in judged] or [*judged.values()]
                 if now - since < for_s(named, rule):
                     continue  # not sustained long enough yet
@@ -279,21 +283,29 @@ class Engine:
         them and their events are the same, no rank is stalled, and either no step came
         or the window has moved by less than 1/``REFRESH_DIVISIONS`` of itself since.
         Absence-driven rules always judge afresh."""
-        ranks = tuple(v.rank for v in views)
         explained = self.context.explained
-        steps = tuple(v.changed for v in views)
-        events = tuple(v.event_stamp for v in views)
-        covers = tuple(explained.get(r, NOTHING) for r in ranks)
+        if len(views) == 1:
+            v = views[0]
+            ranks: tuple[int, ...] = (v.rank,)
+            steps: tuple[int, ...] = (v.changed,)
+            seen: tuple[Any, ...] = (v.event_stamp, explained.get(v.rank, NOTHING))
+        else:
+            ranks = tuple(v.rank for v in views)
+            steps = tuple(v.changed for v in views)
+            seen = (*(v.event_stamp for v in views),
+                    *(explained.get(r, NOTHING) for r in ranks))
         key = (rule.id, ranks)
         previous = self._judged.get(key)
-        if (previous is not None and rule.id not in ABSENCE_DRIVEN
-                and previous.events == events and previous.covers == covers
-                and (previous.steps == steps
-                     or now - previous.at < refresh_s(views, rule))
-                and not any(_stalled(v, now) for v in views)):
+        if (previous is not None and now <= previous.stands_until and previous.seen == seen
+                and (now < previous.refresh_at or previous.steps == steps)):
             return previous.found
         found = detect(views[0] if rule.scope == "rank" else views, rule, self.context, now)
-        self._judged[key] = Judgement(steps, events, covers, now, found)
+        if rule.id in ABSENCE_DRIVEN:
+            stands_until = float("-inf")
+        else:
+            stands_until = min(v.last_progress + stall_s(v) for v in views)
+        self._judged[key] = Judgement(steps, seen, found, now + refresh_s(views, rule),
+                                      stands_until)
         return found
 
     def _raise(self, rule: Rule, d: Detection, fp: str, now: float,
@@ -325,9 +337,10 @@ def refresh_s(views: Sequence[RankInput], rule: Rule) -> float:
     return max(window_s(v, rule) for v in views) / REFRESH_DIVISIONS
 
 
-def _stalled(view: RankInput, now: float) -> bool:
-    """No step or progress for ``STALL_S`` or three median steps, whichever is longer."""
-    return now - view.last_progress > max(STALL_S, 3 * (view.median_step_s() or 0.0))
+def stall_s(view: RankInput) -> float:
+    """How long a rank may go without a step or progress before it counts as stalled
+    (seconds): ``STALL_S`` or three median steps, whichever is longer."""
+    return max(STALL_S, 3 * (view.median_step_s() or 0.0))
 
 
 def _fill(template: str, d: Detection, fallback: str) -> str:
