@@ -307,6 +307,7 @@ class RunLogReader:
 
 Check = Callable[[Any], bool]
 _NUMBERS = frozenset({int, float})
+_GPU_TYPES = frozenset({int, type(None)})
 _PLAIN: dict[Any, tuple[type, ...]] = {float: (float, int), int: (int,), str: (str,),
                                        type(None): (type(None),)}
 
@@ -394,7 +395,17 @@ _EVENT_NUMBERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 def _record(obj: dict[str, Any]) -> Record | None:
     """The record a decoded line holds, or None when it is not a valid one."""
     kind = obj.get("kind")
-    if kind == "step":  # the bulk of a log, where every field but its kind is a number
+    if kind == "sample":  # most of a log: checked field by field, readings in C
+        values = obj.get("values")
+        if (type(values) is dict and type(obj.get("rank")) is int
+                and type(obj.get("t")) in _NUMBERS and type(obj.get("source")) is str
+                and type(obj.get("gpu")) in _GPU_TYPES
+                and _NUMBERS.issuperset(map(type, values.values()))):
+            try:
+                return Sample(**obj)
+            except TypeError:  # a newer schema's fields: the general path below
+                pass
+    elif kind == "step":  # where every field but its kind is a number
         del obj["kind"]
         if _NUMBERS.issuperset(map(type, obj.values())):
             try:

@@ -96,6 +96,8 @@ class Judgement:
     found: Detection | None
     refresh_at: float
     stands_until: float
+    fp: str = ""  # the finding's fingerprint, when something was found
+    sustain_s: float = 0.0  # how long it must hold before it is reported (``for_s``)
 
 
 @dataclass
@@ -118,7 +120,8 @@ class Engine:
     interval_s: float = 1.0
     views: dict[int, Telemetry] = field(default_factory=dict)
     published: dict[int, RankInput] = field(default_factory=dict)
-    findings: dict[str, Finding] = field(default_factory=dict)
+    _findings: dict[str, Finding] = field(default_factory=dict)
+    _seen_at: dict[str, float] = field(default_factory=dict)  # fp -> last seen, not yet in it
     errors: int = 0
     _pending: dict[str, float] = field(default_factory=dict)  # fingerprint -> first detected
     _detected: dict[str, tuple[str, list[int]]] = field(default_factory=dict)  # fp -> id, ranks
@@ -181,8 +184,16 @@ class Engine:
         """A last evaluation at the newest record time (end of run or of the log)."""
         return self.evaluate(self._clock) if self._clock else []
 
+    @property
+    def findings(self) -> dict[str, Finding]:
+        """The latest state of every finding, by fingerprint."""
+        for fp, t in self._seen_at.items():  # (kept apart: judging again is frequent)
+            self._findings[fp] = replace(self._findings[fp], last_seen=t)
+        self._seen_at.clear()
+        return self._findings
+
     def active(self) -> list[Finding]:
-        return [f for f in self.findings.values() if f.state == "active"]
+        return [f for f in self._findings.values() if f.state == "active"]
 
     def covered(self) -> list[tuple[str, list[int]]]:
         """(detector, ranks) of the active findings, then of the conditions detected."""
@@ -199,28 +210,29 @@ class Engine:
                 continue
             if stale:
                 self._explain()
-            detections = self._run(rule, judged, now)
             stale = False
-            for detection in detections:
-                fp = fingerprint(self.job, rule_id, detection.ranks)
+            for judgement in self._run(rule, judged, now):
+                fp, detection = judgement.fp, judgement.found
+                if detection is None:  # (_run returns only what found something)
+                    continue
                 seen.add(fp)
                 since = self._pending.setdefault(fp, now)
                 if fp not in self._detected:  # newly detected: it explains from now on
                     self._detected[fp] = (rule_id, detection.ranks)
                     stale = True
-                named = [judged[r] for r in detection.ranks if r in judged] or [*judged.values()]
-                if now - since < for_s(named, rule):
+                if now - since < judgement.sustain_s:
                     continue  # not sustained long enough yet
                 changed = self._raise(rule, detection, fp, now, since)
                 if changed is not None:
                     changes.append(changed)
         for fp in [fp for fp in self._pending if fp not in seen]:
             del self._pending[fp], self._detected[fp]
-        for fp, f in list(self.findings.items()):
+        for fp, f in self._findings.items():  # (values replaced in place: no resize)
             if (f.state == "active" and fp not in seen
-                    and now - f.last_seen >= self._hold(f, judged)):
+                    and now - self._seen_at.get(fp, f.last_seen) >= self._hold(f, judged)):
+                self._seen_at.pop(fp, None)
                 resolved = replace(f, state="resolved", last_seen=now)
-                self.findings[fp] = resolved
+                self._findings[fp] = resolved
                 changes.append(resolved)
         return changes
 
@@ -257,18 +269,21 @@ class Engine:
             r: old if (old := before.get(r)) == (new := frozenset(ds)) else new
             for r, ds in explained.items()}
 
-    def _run(self, rule: Rule, judged: dict[int, RankInput], now: float) -> list[Detection]:
+    def _run(self, rule: Rule, judged: dict[int, RankInput], now: float) -> list[Judgement]:
+        """The rule's judgements that found something: one of every rank (rank scope),
+        one of them all (job scope)."""
         try:
             if rule.scope == "job":
                 job_detect = JOB_DETECTORS.get(rule.id)
-                views = [*judged.values()]
-                found = self._judge(rule, views, now, job_detect) if job_detect else None
-                return [found] if found else []
+                if job_detect is None:
+                    return []
+                found = self._judge(rule, [*judged.values()], now, job_detect)
+                return [found] if found.found else []
             rank_detect = RANK_DETECTORS.get(rule.id)
             if rank_detect is None:
                 return []
-            return [d for r in judged if (d := self._judge(
-                rule, [self.views[r]], now, rank_detect))]
+            return [j for r in judged if (j := self._judge(
+                rule, [self.views[r]], now, rank_detect)).found]
         except Exception as exc:  # a detector bug must not stop the others or the job
             self.errors += 1
             if self.errors == 1:
@@ -277,12 +292,13 @@ class Engine:
             return []
 
     def _judge(self, rule: Rule, views: Sequence[RankInput], now: float,
-               detect: Callable[..., Detection | None]) -> Detection | None:
+               detect: Callable[..., Detection | None]) -> Judgement:
         """The rule's judgement of ``views`` (one rank's telemetry for a rank detector,
         every rank for a job detector). The previous one is reused while what explains
         them and their events are the same, no rank is stalled, and either no step came
         or the window has moved by less than 1/``REFRESH_DIVISIONS`` of itself since.
-        Absence-driven rules always judge afresh."""
+        Absence-driven rules always judge afresh. How long a detection must hold
+        (``for_s``, scaled by the slowest rank it names) is set when it is judged."""
         explained = self.context.explained
         if len(views) == 1:
             v = views[0]
@@ -298,24 +314,29 @@ class Engine:
         previous = self._judged.get(key)
         if (previous is not None and now <= previous.stands_until and previous.seen == seen
                 and (now < previous.refresh_at or previous.steps == steps)):
-            return previous.found
+            return previous
         found = detect(views[0] if rule.scope == "rank" else views, rule, self.context, now)
         if rule.id in ABSENCE_DRIVEN:
             stands_until = float("-inf")
         else:
             stands_until = min(v.last_progress + stall_s(v) for v in views)
-        self._judged[key] = Judgement(steps, seen, found, now + refresh_s(views, rule),
-                                      stands_until)
-        return found
+        judgement = Judgement(steps, seen, found, now + refresh_s(views, rule), stands_until)
+        if found is not None:
+            named = [v for v in views if v.rank in found.ranks] or views
+            judgement = replace(judgement, fp=fingerprint(self.job, rule.id, found.ranks),
+                                sustain_s=for_s(named, rule))
+        self._judged[key] = judgement
+        return judgement
 
     def _raise(self, rule: Rule, d: Detection, fp: str, now: float,
                since: float) -> Finding | None:
         """Record a detection; return the finding when it is new (or back after clearing).
         ``first_seen`` is when the condition was first detected, before ``for_s`` ran."""
-        previous = self.findings.get(fp)
+        previous = self._findings.get(fp)
         if previous is not None and previous.state == "active" and self._raised.get(fp) is d:
-            self.findings[fp] = replace(previous, last_seen=now)  # the same judgement, again
+            self._seen_at[fp] = now  # the same judgement, again
             return None
+        self._seen_at.pop(fp, None)
         self._raised[fp] = d
         first_seen = previous.first_seen if previous and previous.state == "active" else since
         wording = rule.variants.get(d.variant or "") or rule
@@ -325,7 +346,7 @@ class Engine:
             summary=_fill(wording.summary, d, rule.title), action=_fill(wording.action, d, ""),
             evidence=dict(d.evidence), ranks=sorted(d.ranks), first_seen=first_seen,
             last_seen=now, fingerprint=fp, job=self.job, projection=d.projection)
-        self.findings[fp] = finding
+        self._findings[fp] = finding
         if previous is not None and previous.state == "active":
             return None
         return finding

@@ -165,8 +165,7 @@ def _replay_attempt(heads: list[tuple[Settings, Iterator[Record]]], reading: Rea
                 reading.tick()
     else:
         streams = [_tagged(i, records) for i, (_, records) in enumerate(heads)]
-        for n, (clock, index, record) in enumerate(
-                heapq.merge(*streams, key=lambda x: x[:2])):
+        for n, (clock, index, _, record) in enumerate(heapq.merge(*streams)):
             rank_engines[index].feed((record,))
             if clock >= job_engine.next_eval:
                 job_engine.observe(clock)
@@ -252,14 +251,12 @@ def _job_pass(heads: list[tuple[Settings, Iterator[Record]]], reading: Reading
         engine.rules = {}  # they only ingest: their own judgements come later, per log
         engine.views = job_engine.views
     timeline = JobTimeline()
-    counts = [0] * len(heads)
     streams = [_tagged(i, records) for i, (_, records) in enumerate(heads)]
-    for n, (clock, index, record) in enumerate(heapq.merge(*streams, key=lambda x: x[:2])):
+    for n, (clock, index, line, record) in enumerate(heapq.merge(*streams)):
         ingest[index].feed((record,))
         if clock >= job_engine.next_eval:
             job_engine.observe(clock)
-            timeline.note((clock, index, counts[index]), job_engine.covered())
-        counts[index] += 1
+            timeline.note((clock, index, line), job_engine.covered())
         if not n % TICK_RECORDS:
             reading.tick()
     for engine in ingest:
@@ -275,7 +272,7 @@ def _replay_rank(path: Path, settings: Settings, index: int,
     engine = engine_from_settings(settings, "rank")
     engine.peers = [timeline]
     with _without_cyclic_gc():
-        for n, (clock, _, record) in enumerate(_tagged(index, iter(reader))):
+        for clock, _, n, record in _tagged(index, iter(reader)):
             timeline.advance((clock, index, n))
             engine.feed((record,))
         timeline.advance((float("inf"), 0, 0))
@@ -298,12 +295,16 @@ def _recorded_settings(reader: RunLogReader,
             itertools.chain((first,), records))
 
 
-def _tagged(index: int, records: Iterator[Record]) -> Iterator[tuple[float, int, Record]]:
-    """(merge key, log index, record): a log's records keep their file order."""
+def _tagged(index: int, records: Iterator[Record]
+            ) -> Iterator[tuple[float, int, int, Record]]:
+    """(clock, log index, record index in the log, record): ordered as tuples, merged
+    logs interleave by time and keep each log's file order (no two compare equal)."""
     clock = 0.0
-    for record in records:
-        clock = max(clock, getattr(record, "t", clock))
-        yield clock, index, record
+    for n, record in enumerate(records):
+        t = getattr(record, "t", clock)
+        if t > clock:
+            clock = t
+        yield clock, index, n, record
 
 
 def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:
