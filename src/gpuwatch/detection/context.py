@@ -58,6 +58,7 @@ class Context:
     costs: Costs = field(default_factory=Costs)
     precision: Precision = "bf16"
     explained: dict[int, frozenset[str]] = field(default_factory=dict)
+    _identified: dict[str, Gpu | None] = field(default_factory=dict)  # device name -> entry
 
     @property
     def target_gpu(self) -> Gpu:
@@ -66,12 +67,20 @@ class Context:
     def current_gpu(self, view: RankInput) -> Gpu | None:
         """The catalogue entry of the GPU this rank runs on, if known."""
         if self.gpu_model:
-            return identify(self.gpu_model, self.gpus)
+            return self._identify(self.gpu_model)
         for device in job_devices(view):
-            gpu = identify(device.get("name"), self.gpus)
+            gpu = self._identify(device.get("name"))
             if gpu is not None:
                 return gpu
         return None
+
+    def _identify(self, name: str | None) -> Gpu | None:
+        """``catalogue.identify``, remembered per name (detectors ask at every judgement)."""
+        if not name:
+            return None
+        if name not in self._identified:
+            self._identified[name] = identify(name, self.gpus)
+        return self._identified[name]
 
 
     def device_name(self, view: RankInput) -> str | None:
