@@ -5,6 +5,7 @@ over a corpus-generated multi-rank log (tests/scenarios, the corpus's own genera
     python benchmarks/analyze_throughput.py --memory 1000000,10000000
     python benchmarks/analyze_throughput.py --job 64 --minutes 10
     python benchmarks/analyze_throughput.py --bytes-per-day
+    python benchmarks/analyze_throughput.py --codecs --hours 6
 
 Throughput: ``--ranks`` ranks of 4 s steps (LLM pretraining, 10% in collectives,
 hourly blocking saves) with the usual 1 Hz NVML, host, allocator and agent samples,
@@ -22,11 +23,15 @@ scaled linearly to 24 hours (replay cost is linear in records: memory is flat).
 
 Bytes per rank per day (``--bytes-per-day``): one rank's 24 hours written by the run-log
 writer at the default segment size (rotation and gzip), on disk at the end.
+
+Codecs (``--codecs``): gzip levels against zstd levels (if ``zstandard`` is installed)
+on one rank's ``--hours``: ratio and speed each way.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import resource
@@ -35,7 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -107,7 +114,9 @@ def memory(counts: list[int]) -> None:
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITE = """import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {root!r} + '/benchmarks')
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from analyze_throughput import shape, RECORDS_PER_RANK_S
 from tests.scenarios import write
 write(shape(1, {records} / RECORDS_PER_RANK_S), Path({tmp!r}))
@@ -152,6 +161,38 @@ def bytes_per_day() -> None:
               f"of {settings.runlog_segment_mb:g} MiB (the live file is the rest)")
 
 
+def codecs(hours: float) -> None:
+    """gzip (what the writer uses, from the standard library) against zstd (the
+    ``zstandard`` package, if installed: not a gpuwatch dependency) on one rank's log:
+    ratio, and MB/s of compressing and decompressing (median of 5)."""
+    (records,) = simulate(shape(1, hours * 3600))
+    raw = b"".join(encode(r) for r in records)
+    candidates: dict[str, tuple[Any, Any]] = {
+        f"gzip -{level}": (lambda b, lv=level: gzip.compress(b, compresslevel=lv),
+                           gzip.decompress) for level in (1, 6, 9)}
+    try:
+        import zstandard
+    except ImportError:
+        print("zstandard not installed: gzip only")
+    else:
+        for level in (3, 9, 19):
+            candidates[f"zstd -{level}"] = (zstandard.ZstdCompressor(level=level).compress,
+                                            zstandard.ZstdDecompressor().decompress)
+    print(f"one rank, {hours:g} h: {len(records)} records, {len(raw) / 1e6:.1f} MB of JSON lines")
+    for name, (compress, decompress) in candidates.items():
+        packed = compress(raw)
+        put = statistics.median(_seconds(lambda c=compress: c(raw)) for _ in range(5))
+        get = statistics.median(_seconds(lambda d=decompress, p=packed: d(p)) for _ in range(5))
+        print(f"{name:>8}: {len(raw) / len(packed):5.1f}x, compress {len(raw) / put / 1e6:6.0f} "
+              f"MB/s, decompress {len(raw) / get / 1e6:6.0f} MB/s")
+
+
+def _seconds(work: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ranks", type=int, default=8)
@@ -163,8 +204,11 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--workers", type=int, help="default: analyze's own")
     p.add_argument("--bytes-per-day", action="store_true")
+    p.add_argument("--codecs", action="store_true", help="gzip against zstd on --hours")
     args = p.parse_args()
-    if args.bytes_per_day:
+    if args.codecs:
+        codecs(args.hours)
+    elif args.bytes_per_day:
         bytes_per_day()
     elif args.job:
         job(args.job, args.minutes, args.workers)

@@ -38,7 +38,7 @@ import time
 import types
 import typing
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -226,19 +226,31 @@ class RunLogReader:
 
     Lines are parsed a block at a time (one JSON array per block); a block with a
     bad line is parsed again line by line, so one torn line costs only itself.
+
+    ``sample_sources``: read only the samples of these sources; the others are passed
+    over unparsed where the writer's own layout shows their source and time (counted in
+    ``passed_over``, not in ``records``). While a record is yielded, ``line`` is its
+    line's number in the log (non-blank lines, segments first) and ``clock`` the newest
+    time of any line so far, passed-over ones included: the same with or without a
+    filter, so readers of one log with different filters agree on where they are.
     """
 
     BLOCK_LINES = 4096
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sample_sources: frozenset[str] | None = None) -> None:
         self.path = path
         self.records = 0
         self.skipped = 0
+        self.passed_over = 0
         self.bytes_read = 0  # of the file, as far as the reader got
+        self.line = -1
+        self.clock = 0.0
+        self._sources = sample_sources
         self._cut = False
 
     def __iter__(self) -> Iterator[Record]:
         done = 0
+        number = -1  # of the newest line read
         for path in [*segments(self.path), self.path]:
             self._cut = False  # a compressed segment ended short
             with open(path, "rb") as raw:
@@ -249,14 +261,48 @@ class RunLogReader:
                     self.bytes_read = done + raw.tell()
                     if lines is None:
                         break
-                    for obj in self._parse(lines):
-                        record = _record(obj)
+                    numbers: Sequence[int] = range(number + 1, number + 1 + len(lines))
+                    number += len(lines)
+                    floors: Sequence[float] = [0.0] * len(lines)
+                    last = 0.0
+                    if self._sources is not None:
+                        numbers, lines, floors, last = self._pass_over(numbers, lines,
+                                                                       self._sources)
+                    for line, obj, floor in zip(numbers, self._parse(lines), floors,
+                                                strict=True):
+                        if floor > self.clock:
+                            self.clock = floor
+                        record = _record(obj) if obj is not None else None
                         if record is None:
                             self.skipped += 1
                             continue
                         self.records += 1
+                        t = getattr(record, "t", None)
+                        if t is not None and t > self.clock:
+                            self.clock = t
+                        self.line = line
                         yield record
+                    self.clock = max(self.clock, last)
             done = self.bytes_read
+
+    def _pass_over(self, numbers: Sequence[int], lines: list[bytes], sources: frozenset[str]
+                   ) -> tuple[list[int], list[bytes], list[float], float]:
+        """The lines to parse, with their numbers: all but the whole sample lines of other
+        sources; and the newest time of the lines passed over before each one and
+        before the block's end (they move the clock where they stand)."""
+        kept_numbers, kept, floors = [], [], []
+        newest = 0.0
+        for number, line in zip(numbers, lines, strict=True):
+            head = _SAMPLE_HEAD.match(line)
+            if (head is not None and head[2].decode() not in sources
+                    and line.rstrip().endswith(b"}")):
+                newest = max(newest, float(head[1]))
+                self.passed_over += 1
+                continue
+            kept_numbers.append(number)
+            kept.append(line)
+            floors.append(newest)
+        return kept_numbers, kept, floors, newest
 
     def _block(self, f: IO[bytes]) -> list[bytes] | None:
         """Up to BLOCK_LINES non-blank lines (None at the end); an over-long line is
@@ -285,19 +331,27 @@ class RunLogReader:
                 lines.append(line)
         return lines
 
-    def _parse(self, lines: list[bytes]) -> list[dict[str, Any]]:
+    @staticmethod
+    def _parse(lines: list[bytes]) -> list[dict[str, Any] | None]:
+        """Each line's object, or None where a line is not a JSON object."""
         try:
             objs: list[Any] = orjson.loads(b"[" + b",".join(lines) + b"]")
         except orjson.JSONDecodeError:
-            objs = []
-            for line in lines:
-                try:
-                    objs.append(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    self.skipped += 1
-        good = [o for o in objs if isinstance(o, dict)]
-        self.skipped += len(objs) - len(good)
-        return good
+            objs = [_loads(line) for line in lines]
+        return [o if type(o) is dict else None for o in objs]
+
+
+# A sample line as the writer lays it out: rank and time, then the source (the first
+# string of the line: nothing before it can hold a quote).
+_SAMPLE_HEAD = re.compile(
+    rb'\{"rank":-?\d+,"t":(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?),"source":"([a-z_]+)"')
+
+
+def _loads(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
 
 
 # -- what a valid record is: its fields' types, from the record classes themselves ------

@@ -6,7 +6,7 @@ import json
 import tracemalloc
 from pathlib import Path
 
-from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Sample, Step
+from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample, Step
 from gpuwatch.runlog import RunLogReader, RunLogWriter
 
 META = Meta(schema=SCHEMA_VERSION, gpuwatch="0.1.0", job="j", host="h", rank=0, local_rank=0,
@@ -70,3 +70,35 @@ def test_reader_streams_a_large_log_without_holding_it(tmp_path: Path) -> None:
     small = _read_peak(tmp_path / "small.jsonl", 20_000)
     large = _read_peak(tmp_path / "large.jsonl", 100_000)
     assert large < 1.5 * small, (small, large)
+
+
+def test_a_reader_of_some_sources_agrees_with_a_full_reader_on_where_it_is(
+        tmp_path: Path) -> None:
+    """Passing over the samples of other sources (unparsed) yields the rest with the line
+    numbers and clock a full reader gives them, even where a passed-over sample is the
+    newest time so far (records are written in batches, not in time order)."""
+    records: list[Record] = [META]
+    for i in range(1, 3000):  # more than one parse block
+        t = float(i)
+        records.append(Sample(rank=0, t=t + 0.9, source="host", values={"workers": 2.0}))
+        records.append(Sample(rank=0, t=t, source="nvml", values={"gpu_power_watts": 300.0},
+                              gpu=0))
+        if i % 4 == 0:
+            records.append(Step(rank=0, step=i // 4, t=t + 0.5, wall_s=4.0))
+    path = tmp_path / "run.jsonl"
+    w = RunLogWriter(path)
+    w.write(records)
+    w.close()
+    with path.open("a") as f:
+        f.write('{"rank":0,"t":9e9,"source":"host","val\n')  # torn: read, skipped, no time
+    full = RunLogReader(path)
+    where = {}
+    for r in full:  # (the reader's line and clock describe the record it just gave)
+        where[full.line] = (full.clock, r)
+    some = RunLogReader(path, frozenset({"nvml"}))
+    kept = [(some.line, some.clock, r) for r in some]
+    assert [r for _, _, r in kept] == [r for r in records
+                                        if not (isinstance(r, Sample) and r.source == "host")]
+    assert all(where[line] == (clock, r) for line, clock, r in kept)
+    assert some.passed_over == 2999 and some.records + some.passed_over == full.records
+    assert (some.skipped, full.skipped) == (1, 1)

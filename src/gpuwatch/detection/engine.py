@@ -32,7 +32,7 @@ from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule, Scope, load_rules
-from gpuwatch.records import Finding, Meta, Record
+from gpuwatch.records import Finding, Meta, Record, Sample
 from gpuwatch.telemetry import Telemetry
 
 log = logging.getLogger("gpuwatch")
@@ -55,6 +55,8 @@ JOB_DETECTORS: dict[str, JobDetector] = {
     "straggler": straggler.detect,
     "sync_bottleneck": sync_bottleneck.detect,
 }
+# The sample sources job-scope detectors read: a job pass may pass over the rest.
+JOB_SOURCES = frozenset({"nvml", "nccl"})
 # Judged on every interval: what they see is what did *not* happen.
 ABSENCE_DRIVEN = frozenset({"hang"})
 # A judgement over steps is refreshed once new steps have moved its window by this
@@ -71,6 +73,11 @@ class Explains(Protocol):
     short of ``for_s``), as (detector, ranks)."""
 
     def covered(self) -> list[tuple[str, list[int]]]: ...
+
+
+def for_job(record: Record) -> bool:
+    """Whether job-scope detectors read this record (all but other sources' samples)."""
+    return not isinstance(record, Sample) or record.source in JOB_SOURCES
 
 
 def fingerprint(job: str, detector: str, ranks: list[int]) -> str:

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from gpuwatch.config import Settings, replay_settings
-from gpuwatch.detection.engine import Engine, engine_from_settings
+from gpuwatch.detection.engine import JOB_SOURCES, Engine, engine_from_settings, for_job
 from gpuwatch.records import Finding, Meta, Record
 from gpuwatch.runlog import RunLogReader, is_segment
 
@@ -100,30 +100,38 @@ def _without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _analyze(logs: list[Path], settings: Settings, workers: int,
+@dataclass
+class Log:
+    """One run log opened for replay: its reader, the settings and attempt its meta line
+    recorded, and its records (the meta line first)."""
+
+    reader: RunLogReader
+    settings: Settings
+    attempt: int
+    records: Iterator[Record]
+
+
+def _analyze(paths: list[Path], settings: Settings, workers: int,
              progress: TextIO | None, delay_s: float) -> Analysis:
-    readers = [RunLogReader(p) for p in logs]
-    heads = [_recorded_settings(reader, settings) for reader in readers]
-    attempts: dict[int, list[tuple[Settings, Iterator[Record]]]] = {}
-    for recorded, attempt, records in heads:
-        attempts.setdefault(attempt, []).append((recorded, records))
-    size = sum(p.stat().st_size for p in logs)
+    logs = [_open(path, settings) for path in paths]
+    readers = [log.reader for log in logs]
+    attempts: dict[int, list[Log]] = {}
+    for log in logs:
+        attempts.setdefault(log.attempt, []).append(log)
+    size = sum(p.stat().st_size for p in paths)
     parallel = workers > 1 and any(len(a) > 1 for a in attempts.values())
     # (in parallel, the logs are read twice: by the job engine, then by the rank engines)
     with _bar(2 * size if parallel else size, progress, delay_s) as bar:
         if parallel:
-            by_attempt: dict[int, list[int]] = {}
-            for i, (_, attempt, _) in enumerate(heads):
-                by_attempt.setdefault(attempt, []).append(i)
             engines, n_records, skipped = _parallel(
-                readers, heads, [by_attempt[a] for a in sorted(by_attempt)], workers, bar)
+                [attempts[a] for a in sorted(attempts)], workers, Reading(readers, bar))
         else:
             engines = [_replay_attempt(attempts[a], Reading(readers, bar))
                        for a in sorted(attempts)]
             n_records = sum(r.records for r in readers)
             skipped = sum(r.skipped for r in readers)
     return Analysis(findings=_ordered(engines), records=n_records, skipped_lines=skipped,
-                    logs=logs)
+                    logs=paths)
 
 
 @dataclass
@@ -150,24 +158,27 @@ def _bar(total: int, stream: TextIO | None, delay_s: float) -> Iterator[tqdm[Any
         yield bar
 
 
-def _replay_attempt(heads: list[tuple[Settings, Iterator[Record]]], reading: Reading
-                    ) -> tuple[list[Engine], Engine]:
-    """One attempt's logs through their rank engines and a job engine of their own."""
-    rank_engines = [engine_from_settings(s, "rank") for s, _ in heads]
-    job_engine = engine_from_settings(heads[0][0], "job")
+def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], Engine]:
+    """One attempt's logs through their rank engines and a job engine of their own.
+
+    The job engine judges when the merged clock reaches its next evaluation at a
+    record it reads (``for_job``), so a job pass that reads only those (``_job_pass``)
+    judges at the same moments."""
+    rank_engines = [engine_from_settings(log.settings, "rank") for log in logs]
+    job_engine = engine_from_settings(logs[0].settings, "job")
     for engine in rank_engines:  # every rank's telemetry, ingested once, by its own log's engine
         engine.views = job_engine.views
         engine.peers = [job_engine]  # a straggler or sync finding explains every rank
-    if len(heads) == 1:  # one log: nothing to compare across ranks
-        for n, record in enumerate(heads[0][1]):
+    if len(logs) == 1:  # one log: nothing to compare across ranks
+        for n, record in enumerate(logs[0].records):
             rank_engines[0].feed((record,))
             if not n % TICK_RECORDS:
                 reading.tick()
     else:
-        streams = [_tagged(i, records) for i, (_, records) in enumerate(heads)]
+        streams = [_tagged(i, log.reader, log.records) for i, log in enumerate(logs)]
         for n, (clock, index, _, record) in enumerate(heapq.merge(*streams)):
             rank_engines[index].feed((record,))
-            if clock >= job_engine.next_eval:
+            if clock >= job_engine.next_eval and for_job(record):
                 job_engine.observe(clock)
             if not n % TICK_RECORDS:
                 reading.tick()
@@ -211,50 +222,48 @@ class JobTimeline:
         return self._covered
 
 
-def _parallel(readers: list[RunLogReader],
-              heads: list[tuple[Settings, int, Iterator[Record]]], attempts: list[list[int]],
-              workers: int, bar: tqdm[Any] | None) -> tuple[
-                  list[tuple[list[Engine], Engine]], int, int]:
-    """Each attempt's job engine here, its rank engines in ``workers`` processes;
-    ``attempts`` lists each attempt's logs (indices into ``readers``)."""
-    reading = Reading(readers, bar)
+def _parallel(attempts: list[list[Log]], workers: int, reading: Reading) -> tuple[
+        list[tuple[list[Engine], Engine]], int, int]:
+    """Each attempt's job engine here, its rank engines in ``workers`` processes."""
     job_engines = []
-    with ProcessPoolExecutor(max_workers=min(workers, len(readers))) as pool:
+    every = [log for logs in attempts for log in logs]
+    with ProcessPoolExecutor(max_workers=min(workers, len(every))) as pool:
         futures: dict[int, Future[tuple[Engine, int, int]]] = {}
         for logs in attempts:
-            job_engine, timeline = _job_pass([(heads[i][0], heads[i][2]) for i in logs],
-                                             reading)
+            job_engine, timeline = _job_pass(logs, reading)
             job_engines.append(job_engine)
-            for tag, i in enumerate(logs):  # the log's merge tag: its place in the attempt
-                futures[i] = pool.submit(_replay_rank, readers[i].path, heads[i][0], tag,
-                                         timeline)
-        log_of = {f: i for i, f in futures.items()}
-        for future in as_completed(log_of):
+            for tag, log in enumerate(logs):  # the log's merge tag: its place in the attempt
+                futures[id(log)] = pool.submit(_replay_rank, log.reader.path, log.settings,
+                                               tag, timeline)
+        path_of = {f: log.reader.path for log in every for f in [futures[id(log)]]}
+        for future in as_completed(path_of):
             future.result()
-            if bar is not None:
-                bar.update(readers[log_of[future]].path.stat().st_size)
-    results = {i: f.result() for i, f in futures.items()}
-    out = [([results[i][0] for i in logs], job) for logs, job in zip(attempts, job_engines,
-                                                                       strict=True)]
-    return (out, sum(r[1] for r in results.values()), sum(r[2] for r in results.values()))
+            if reading.bar is not None:
+                reading.bar.update(path_of[future].stat().st_size)
+    results = [futures[id(log)].result() for log in every]
+    out, done = [], iter(results)
+    for logs, job in zip(attempts, job_engines, strict=True):
+        out.append(([next(done)[0] for _ in logs], job))
+    return out, sum(r[1] for r in results), sum(r[2] for r in results)
 
 
-def _job_pass(heads: list[tuple[Settings, Iterator[Record]]], reading: Reading
-              ) -> tuple[Engine, JobTimeline]:
+def _job_pass(logs: list[Log], reading: Reading) -> tuple[Engine, JobTimeline]:
     """The job engine over one attempt's logs merged, and what its findings covered
-    (one log: nothing to compare across ranks, as in the serial replay)."""
-    job_engine = engine_from_settings(heads[0][0], "job")
-    if len(heads) == 1:
+    (one log: nothing to compare across ranks, as in the serial replay). It reads each
+    log again, passing over the samples no job detector reads (``JOB_SOURCES``)."""
+    job_engine = engine_from_settings(logs[0].settings, "job")
+    if len(logs) == 1:
         return job_engine, JobTimeline()
-    ingest = [engine_from_settings(s, "rank") for s, _ in heads]
+    ingest = [engine_from_settings(log.settings, "rank") for log in logs]
     for engine in ingest:
         engine.rules = {}  # they only ingest: their own judgements come later, per log
         engine.views = job_engine.views
     timeline = JobTimeline()
-    streams = [_tagged(i, records) for i, (_, records) in enumerate(heads)]
+    readers = [RunLogReader(log.reader.path, JOB_SOURCES) for log in logs]
+    streams = [_tagged(i, reader, iter(reader)) for i, reader in enumerate(readers)]
     for n, (clock, index, line, record) in enumerate(heapq.merge(*streams)):
         ingest[index].feed((record,))
-        if clock >= job_engine.next_eval:
+        if clock >= job_engine.next_eval and for_job(record):
             job_engine.observe(clock)
             timeline.note((clock, index, line), job_engine.covered())
         if not n % TICK_RECORDS:
@@ -272,8 +281,8 @@ def _replay_rank(path: Path, settings: Settings, index: int,
     engine = engine_from_settings(settings, "rank")
     engine.peers = [timeline]
     with _without_cyclic_gc():
-        for clock, _, n, record in _tagged(index, iter(reader)):
-            timeline.advance((clock, index, n))
+        for clock, _, line, record in _tagged(index, reader, iter(reader)):
+            timeline.advance((clock, index, line))
             engine.feed((record,))
         timeline.advance((float("inf"), 0, 0))
         engine.close()
@@ -281,30 +290,26 @@ def _replay_rank(path: Path, settings: Settings, index: int,
     return engine, reader.records, reader.skipped
 
 
-def _recorded_settings(reader: RunLogReader,
-                       settings: Settings) -> tuple[Settings, int, Iterator[Record]]:
-    """The settings and attempt a log's run recorded in its meta line, and all of its
-    records."""
+def _open(path: Path, settings: Settings) -> Log:
+    """A log with the settings and attempt its run recorded in its meta line."""
+    reader = RunLogReader(path)
     records = iter(reader)
     first = next(records, None)
     if first is None:
-        return settings, 0, records
+        return Log(reader, settings, 0, records)
     meta = first if isinstance(first, Meta) else None
     recorded = meta.detection if meta else {}
-    return (replay_settings(recorded, settings), meta.attempt if meta else 0,
-            itertools.chain((first,), records))
+    return Log(reader, replay_settings(recorded, settings), meta.attempt if meta else 0,
+               itertools.chain((first,), records))
 
 
-def _tagged(index: int, records: Iterator[Record]
+def _tagged(index: int, reader: RunLogReader, records: Iterator[Record]
             ) -> Iterator[tuple[float, int, int, Record]]:
-    """(clock, log index, record index in the log, record): ordered as tuples, merged
-    logs interleave by time and keep each log's file order (no two compare equal)."""
-    clock = 0.0
-    for n, record in enumerate(records):
-        t = getattr(record, "t", clock)
-        if t > clock:
-            clock = t
-        yield clock, index, n, record
+    """(clock, log index, line, record) of ``reader``'s records (``records``: what it
+    yields): ordered as tuples, merged logs interleave by time and keep each log's
+    file order (no two compare equal)."""
+    for record in records:
+        yield reader.clock, index, reader.line, record
 
 
 def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:
