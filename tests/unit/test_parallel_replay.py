@@ -7,6 +7,9 @@ from __future__ import annotations
 import io
 import os
 import pty
+import subprocess
+import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 
 from gpuwatch.config import Settings
 from gpuwatch.detection.engine import engine_from_settings
-from gpuwatch.detection.replay import analyze
+from gpuwatch.detection.replay import analyze, default_workers
 from gpuwatch.records import Sample, Step
 from tests.scenarios import JOBS, job, write
 
@@ -118,3 +121,21 @@ def test_a_judgement_is_reused_only_while_nothing_changed():
     t += 3.5
     steps(0.5, busy=0.9)
     assert _workers_busy(engine) > 0.2
+
+
+def test_analysis_forks_workers_only_from_a_single_threaded_process() -> None:
+    """A fork copies other threads' locks as they are, so with another thread running
+    the default is one process; alone (a fresh interpreter), every core it may use."""
+    alone = subprocess.run(
+        [sys.executable, "-c", "from gpuwatch.detection.replay import default_workers; "
+                               "print(default_workers())"],
+        capture_output=True, text=True, timeout=60, check=True)
+    assert int(alone.stdout) == len(os.sched_getaffinity(0))
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, args=(30,))
+    other.start()
+    try:
+        assert default_workers() == 1
+    finally:
+        release.set()
+        other.join()

@@ -15,6 +15,7 @@ import gc
 import heapq
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -30,9 +31,6 @@ from gpuwatch.runlog import RunLogReader, is_segment
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 TICK_RECORDS = 65536  # the progress bar moves every this many records
-# Parallel replay reads every log twice (the job pass, then the ranks): on fewer cores
-# than this it loses to one process (RESULTS.md, the 64-rank job on 2 cores).
-PARALLEL_CORES = 4
 
 
 @dataclass
@@ -69,15 +67,21 @@ def analyze(paths: list[Path], settings: Settings, *, workers: int | None = None
     """Findings of the runs in ``paths``, judged with the detection settings each run
     recorded (except those the caller's ``settings`` set explicitly).
 
-    ``workers``: processes that replay ranks side by side (default: every core on a
-    machine of ``PARALLEL_CORES`` or more, else 1: all in this process); the findings
-    are the same either way. ``progress``: a stream
-    (stderr) for a progress bar, shown only on a terminal and once the analysis has
-    run ``progress_delay_s`` seconds."""
+    ``workers``: processes that replay ranks side by side (forked); by default every
+    core, unless this process runs other threads (a fork copies their locks as they
+    are: a held one would never be released), then 1: all in this process. The
+    findings are the same either way. ``progress``: a stream (stderr) for a progress
+    bar, shown only on a terminal and once the analysis has run ``progress_delay_s``
+    seconds."""
     if workers is None:
-        workers = _cores() if _cores() >= PARALLEL_CORES else 1
+        workers = default_workers()
     with _without_cyclic_gc():
         return _analyze(run_logs(paths), settings, workers, progress, progress_delay_s)
+
+
+def default_workers() -> int:
+    """Every core this process may run on; 1 while it runs other threads."""
+    return _cores() if threading.active_count() == 1 else 1
 
 
 def _cores() -> int:
