@@ -216,7 +216,7 @@ class Engine:
             if rule is None or rule.scope != self.scope:
                 continue
             if stale:
-                self._explain()
+                self._explain(judged)
             stale = False
             for judgement in self._run(rule, judged, now):
                 fp, detection = judgement.fp, judgement.found
@@ -261,16 +261,18 @@ class Engine:
                      default=1.0)
         return min(rule.window_s, 60.0) * factor
 
-    def _explain(self) -> None:
+    def _explain(self, judged: dict[int, RankInput]) -> None:
         """Tell the detectors which findings are active and which conditions are detected
-        (still short of ``for_s``), and on which ranks: job-scope ones cover every rank."""
+        (still short of ``for_s``), and on which of the ``judged`` ranks: job-scope ones
+        cover every rank."""
         explained: dict[int, set[str]] = {}
         for engine in (self, *self.peers):
             for detector, ranks in engine.covered():
                 rule = self.rules.get(detector)
                 job_wide = rule is not None and rule.scope == "job"
-                for r in (self.views if job_wide else ranks):
-                    explained.setdefault(r, set()).add(detector)
+                for r in (judged if job_wide else ranks):
+                    if r in judged:
+                        explained.setdefault(r, set()).add(detector)
         before = self.context.explained
         self.context.explained = {  # the sets of before where unchanged: cheap to compare
             r: old if (old := before.get(r)) == (new := frozenset(ds)) else new
