@@ -3,10 +3,12 @@ findings whether records arrive one by one (live) or all at once (replay)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from gpuwatch.config import ConfigError, Settings
-from gpuwatch.detection.engine import engine_from_settings, fingerprint
+from gpuwatch.detection.engine import Quiet, engine_from_settings, fingerprint
 from gpuwatch.records import Record
 from tests.runs import START, meta, samples, steps
 
@@ -75,3 +77,31 @@ def test_bad_overrides_and_unknown_gpus_are_one_line_errors() -> None:
         engine_from_settings(Settings(target_gpu="H1000"), "rank")
     with pytest.raises(ConfigError, match=r"unknown gpu_model"):
         engine_from_settings(Settings(gpu_model="Voodoo 2"), "rank")
+
+
+def test_a_quiet_evaluation_concludes_what_judging_again_would() -> None:
+    """Multi-second steps: most evaluations see no new step and reuse every judgement
+    (``Quiet``). At each one, a copy of the engine made to judge everything afresh
+    must raise, resolve and keep exactly the same findings: through a starvation that
+    starts and stops between steps, judgements due for a refresh, and a stall long
+    enough to be a hang."""
+    records = ordered([
+        meta(), *steps(120, wall=4.0), *steps(120, wall=4.0, start=START + 120, first=31,
+                                             data_s=2.4),
+        *steps(120, wall=4.0, start=START + 240, first=61),
+        *samples("host", 500, {"workers": 0.0})])  # the last 140 s without a step
+    engine = engine_from_settings(Settings(), "rank")
+    quiet = 0
+    for r in records:
+        engine.view(r.rank).add_one(r)
+        t = getattr(r, "t", 0.0)
+        if t < engine.next_eval:
+            continue
+        afresh = copy.deepcopy(engine)
+        afresh._quiet = Quiet()  # nothing seen before: every rule is asked again
+        quiet += engine._quiet.holds(engine._judged_ranks(), t)
+        assert engine.observe(t) == afresh.observe(t)
+        assert engine.findings == afresh.findings
+    assert quiet > 100  # (the quiet path was taken, often)
+    assert {(f.detector, f.state) for f in engine.findings.values()} == {
+        ("data_starvation", "resolved"), ("hang", "active")}

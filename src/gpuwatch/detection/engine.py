@@ -57,8 +57,10 @@ JOB_DETECTORS: dict[str, JobDetector] = {
 }
 # The sample sources job-scope detectors read: a job pass may pass over the rest.
 JOB_SOURCES = frozenset({"nvml", "nccl"})
-# Judged on every interval: what they see is what did *not* happen.
-ABSENCE_DRIVEN = frozenset({"hang"})
+# Judged on every interval once the silence they need may have passed (the threshold
+# named here, seconds since a rank's last progress): what they see is what did *not*
+# happen.
+ABSENCE_DRIVEN = {"hang": "min_seconds"}
 # A judgement over steps is refreshed once new steps have moved its window by this
 # fraction of itself: a new mean differs little before, and judging at every step costs
 # most of a replay of multi-second steps (an event or a change of what explains the
@@ -108,6 +110,38 @@ class Judgement:
 
 
 @dataclass
+class Quiet:
+    """What the last full evaluation saw, for telling whether the next one can reuse it
+    whole: the judged ranks' step and event stamps, each rule's judgements that found
+    something, and the record time (s) until which all of its judgements stand (none
+    stalled, none due for a refresh) and no absence-driven rule is due."""
+
+    stamps: tuple[int, ...] = ()
+    found: dict[str, list[Judgement]] = field(default_factory=dict)
+    until: float = float("-inf")
+
+    def holds(self, judged: dict[int, RankInput], now: float) -> bool:
+        return now < self.until and tuple(v.changed for v in judged.values()) == self.stamps
+
+    def settle(self, judged: dict[int, RankInput],
+               judgements: Iterable[tuple[tuple[str, tuple[int, ...]], Judgement]],
+               rules: dict[str, Rule]) -> None:
+        """After a full evaluation: what it saw, and until when it stands."""
+        self.stamps = tuple(v.changed for v in judged.values())
+        stands = []
+        for (rule_id, ranks), j in judgements:
+            if rule_id in ABSENCE_DRIVEN:
+                continue
+            stands.append(j.stands_until)
+            if j.steps != tuple(judged[r].changed for r in ranks if r in judged):
+                stands.append(j.refresh_at)  # steps came since: refreshed then
+        last_progress = min((v.last_progress for v in judged.values()), default=0.0)
+        due = [last_progress + rules[rule_id].thresholds[threshold]
+               for rule_id, threshold in ABSENCE_DRIVEN.items() if rule_id in rules]
+        self.until = min([*stands, *due], default=float("inf"))
+
+
+@dataclass
 class Engine:
     """Judges the records fed to it every ``interval_s`` of record time.
 
@@ -139,6 +173,7 @@ class Engine:
     # (rule, ranks) -> the latest judgement: reused while what it saw holds
     _judged: dict[tuple[str, tuple[int, ...]], Judgement] = field(default_factory=dict)
     _raised: dict[str, Detection] = field(default_factory=dict)  # fp -> its finding's detection
+    _quiet: Quiet = field(default_factory=Quiet)
 
     def view(self, rank: int) -> Telemetry:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
@@ -207,18 +242,33 @@ class Engine:
         return [(f.detector, f.ranks) for f in self.active()] + list(self._detected.values())
 
     def evaluate(self, now: float) -> list[Finding]:
+        """Judge at record time ``now``: the findings raised or resolved.
+
+        When nothing a judgement saw has changed since the last evaluation (no step or
+        event on the judged ranks, the same explanations, none past standing, no
+        absence-driven rule due), every judgement stands and none is asked again:
+        only the time-driven bookkeeping runs (``for_s``, last seen, resolving)."""
         changes: list[Finding] = []
         seen: set[str] = set()
         judged = self._judged_ranks()
-        stale = True  # whether what explains what changed since ``_explain`` last ran
+        before = self.context.explained
+        self._explain(judged)
+        quiet = self._quiet.holds(judged, now) and self.context.explained == before
+        stale = False  # whether what explains changed since ``_explain`` last ran
         for rule_id in RANK_DETECTORS if self.scope == "rank" else JOB_DETECTORS:
             rule = self.rules.get(rule_id)
             if rule is None or rule.scope != self.scope:
                 continue
             if stale:
+                before = self.context.explained
                 self._explain(judged)
+                quiet = quiet and self.context.explained == before
             stale = False
-            for judgement in self._run(rule, judged, now):
+            if quiet:
+                judgements = self._quiet.found.get(rule_id, [])
+            else:
+                judgements = self._quiet.found[rule_id] = self._run(rule, judged, now)
+            for judgement in judgements:
                 fp, detection = judgement.fp, judgement.found
                 if detection is None:  # (_run returns only what found something)
                     continue
@@ -232,6 +282,8 @@ class Engine:
                 changed = self._raise(rule, detection, fp, now, since)
                 if changed is not None:
                     changes.append(changed)
+        if not quiet:
+            self._quiet.settle(judged, self._judged.items(), self.rules)
         for fp in [fp for fp in self._pending if fp not in seen]:
             del self._pending[fp], self._detected[fp]
         for fp, f in self._findings.items():  # (values replaced in place: no resize)
