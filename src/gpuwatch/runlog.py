@@ -282,7 +282,8 @@ class RunLogReader:
                             self.clock = t
                         self.line = line
                         yield record
-                    self.clock = max(self.clock, last)
+                    if last > self.clock:
+                        self.clock = last
             done = self.bytes_read
 
     def _pass_over(self, numbers: Sequence[int], lines: list[bytes], sources: frozenset[str]
@@ -296,7 +297,9 @@ class RunLogReader:
             head = _SAMPLE_HEAD.match(line)
             if (head is not None and head[2].decode() not in sources
                     and line.rstrip().endswith(b"}")):
-                newest = max(newest, float(head[1]))
+                t = float(head[1])
+                if t > newest:
+                    newest = t
                 self.passed_over += 1
                 continue
             kept_numbers.append(number)

@@ -214,6 +214,9 @@ class Engine:
         An engine that shares ``views`` with the engines that ingest (the job engine
         of a replay) is driven by this alone."""
         self._clock = max(self._clock, t)
+        if not self.rules:  # an engine without rules only ingests (a replay's job pass)
+            self.next_eval = float("inf")
+            return []
         if self.next_eval == float("-inf"):
             self.next_eval = t + self.interval_s
             return []
