@@ -139,10 +139,11 @@ def job(ranks: int, minutes: float, workers: int | None) -> None:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (time.process_time() - cpu0 + children.ru_utime - children0.ru_utime
                + children.ru_stime - children0.ru_stime)
+        rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, children.ru_maxrss)
         print(f"{ranks} ranks x {minutes} min: {result.records} records, "
               f"workers {workers or 'default'} of {len(os.sched_getaffinity(0))} cores: "
-              f"wall {wall:.1f} s, CPU {cpu:.1f} s; "
-              f"24 h scaled: wall {wall * 24 * 60 / minutes / 60:.1f} min")
+              f"wall {wall:.1f} s, CPU {cpu:.1f} s, peak RSS of a process "
+              f"{rss / 1024:.0f} MiB; 24 h scaled: wall {wall * 24 * 60 / minutes / 60:.1f} min")
 
 
 def bytes_per_day() -> None:

@@ -123,10 +123,12 @@ def simulate(shape: Shape, job: str = "job") -> list[list[Record]]:
 
 
 def write(shape: Shape, directory: Path, job: str = "job") -> list[Path]:
-    """Write each rank's run log into ``directory`` as the agent names them."""
+    """Write each rank's run log into ``directory`` as the agent names them (one rank's
+    records in memory at a time)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for rank, records in enumerate(simulate(shape, job)):
+    for rank in range(shape.world):
+        records = _rank(shape, rank, job)
         name = "run.jsonl" if shape.world == 1 else f"run-rank{rank}.jsonl"
         path = directory / name
         writer = RunLogWriter(path)
