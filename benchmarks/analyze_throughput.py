@@ -130,20 +130,31 @@ def one_rank_rss(directory: str) -> None:
 
 
 def job(ranks: int, minutes: float, workers: int | None) -> None:
+    """Write the job's logs here; analyse them in a fresh process (whose memory is the
+    analysis's own)."""
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write(shape(ranks, minutes * 60), Path(tmp))
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        result = analyze(paths, Settings(), workers=workers)
-        wall = time.perf_counter() - wall0
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (time.process_time() - cpu0 + children.ru_utime - children0.ru_utime
-               + children.ru_stime - children0.ru_stime)
-        rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, children.ru_maxrss)
-        print(f"{ranks} ranks x {minutes} min: {result.records} records, "
-              f"workers {workers or 'default'} of {len(os.sched_getaffinity(0))} cores: "
-              f"wall {wall:.1f} s, CPU {cpu:.1f} s, peak RSS of a process "
-              f"{rss / 1024:.0f} MiB; 24 h scaled: wall {wall * 24 * 60 / minutes / 60:.1f} min")
+        write(shape(ranks, minutes * 60), Path(tmp))
+        command = [sys.executable, __file__, "--analyze-dir", tmp]
+        if workers is not None:
+            command += ["--workers", str(workers)]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        wall = float(out.split()[0])
+        print(f"{ranks} ranks x {minutes} min: {out.split(maxsplit=1)[1].strip()}; "
+              f"24 h scaled: wall {wall * 24 * 60 / minutes / 60:.1f} min")
+
+
+def analyze_dir(directory: str, workers: int | None) -> None:
+    """Wall seconds first, then records, CPU (with the workers') and peak RSS."""
+    wall0 = time.perf_counter()
+    result = analyze([Path(directory)], Settings(), workers=workers)
+    wall = time.perf_counter() - wall0
+    own, children = (resource.getrusage(who) for who in
+                     (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    print(f"{wall:.1f} {result.records} records, workers {workers or 'default'} of "
+          f"{len(os.sched_getaffinity(0))} cores: wall {wall:.1f} s, CPU {cpu:.1f} s, peak "
+          f"RSS {own.ru_maxrss / 1024:.0f} MiB (this process), {children.ru_maxrss / 1024:.0f}"
+          " MiB (a worker)")
 
 
 def bytes_per_day() -> None:
@@ -201,6 +212,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--memory", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--one-rank-rss", help=argparse.SUPPRESS)
+    p.add_argument("--analyze-dir", help=argparse.SUPPRESS)
     p.add_argument("--job", type=int, metavar="RANKS")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--workers", type=int, help="default: analyze's own")
@@ -213,6 +225,8 @@ def main() -> None:
         bytes_per_day()
     elif args.job:
         job(args.job, args.minutes, args.workers)
+    elif args.analyze_dir:
+        analyze_dir(args.analyze_dir, args.workers)
     elif args.one_rank_rss:
         one_rank_rss(args.one_rank_rss)
     elif args.memory:

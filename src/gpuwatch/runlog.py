@@ -235,7 +235,7 @@ class RunLogReader:
     filter, so readers of one log with different filters agree on where they are.
     """
 
-    BLOCK_LINES = 4096
+    BLOCK_LINES = 256  # (a merge holds a parsed block per log: kept small)
 
     def __init__(self, path: Path, sample_sources: frozenset[str] | None = None) -> None:
         self.path = path

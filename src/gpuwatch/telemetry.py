@@ -18,6 +18,7 @@ import bisect
 import itertools
 import operator
 import statistics
+from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -98,13 +99,15 @@ class StepWindow:
     """Running totals of steps by end time, so any recent window sums in O(log n).
 
     Entries are single steps (``add``) or, for another rank's published totals
-    (``detection.peer_view``), many steps at once (``add_totals``).
+    (``detection.peer_view``), many steps at once (``add_totals``). The running totals
+    are kept flat, ``len(SUMMED)`` doubles an entry (a tuple of floats would take
+    about four times the memory: a job engine holds one window per rank).
     """
 
     def __init__(self, maxlen: int) -> None:
         self._maxlen = maxlen
-        self._t: list[float] = []
-        self._totals: list[tuple[float, ...]] = []
+        self._t = array("d")
+        self._totals = array("d")
         self.last: tuple[float, ...] = (0.0,) * len(SUMMED)  # cumulative, in SUMMED order
 
     def add(self, s: Step) -> None:
@@ -117,9 +120,9 @@ class StepWindow:
     def _append(self, t: float, values: tuple[float, ...]) -> None:
         self.last = tuple(map(operator.add, self.last, values))
         self._t.append(t)
-        self._totals.append(self.last)
+        self._totals.extend(self.last)
         if len(self._t) > 2 * self._maxlen:  # amortised trim
-            del self._t[: self._maxlen], self._totals[: self._maxlen]
+            del self._t[: self._maxlen], self._totals[: self._maxlen * _WIDTH]
 
     def since(self, since: float) -> StepSummary | None:
         """Mean step over the steps that ended at or after ``since``; None if none."""
@@ -130,11 +133,14 @@ class StepWindow:
         i = bisect.bisect_left(self._t, since)
         if i >= len(self._t):
             return ZERO
-        base = self._totals[i - 1] if i > 0 else ZERO
+        if i == 0:
+            return self.last
+        base = self._totals[(i - 1) * _WIDTH: i * _WIDTH]
         return tuple(map(operator.sub, self.last, base))
 
 
 ZERO = (0.0,) * len(SUMMED)
+_WIDTH = len(SUMMED)
 
 
 def mean_step(sums: tuple[float, ...]) -> StepSummary | None:

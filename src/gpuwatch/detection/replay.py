@@ -232,6 +232,7 @@ def _parallel(attempts: list[list[Log]], workers: int, reading: Reading) -> tupl
     job_engines = []
     every = [log for logs in attempts for log in logs]
     with ProcessPoolExecutor(max_workers=min(workers, len(every))) as pool:
+        pool.submit(int)  # forks every worker now, before the job pass makes this process big
         futures: dict[int, Future[tuple[Engine, int, int]]] = {}
         for logs in attempts:
             job_engine, timeline = _job_pass(logs, reading)
