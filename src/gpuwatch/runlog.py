@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import re
 import secrets
@@ -296,9 +297,8 @@ class RunLogReader:
         for number, line in zip(numbers, lines, strict=True):
             head = _SAMPLE_HEAD.match(line)
             if (head is not None and head[2].decode() not in sources
-                    and line.rstrip().endswith(b"}")):
-                t = float(head[1])
-                if t > newest:
+                    and line.rstrip().endswith(b"}") and math.isfinite(t := float(head[1]))):
+                if t > newest:  # (a time JSON cannot hold is parsed, and refused, instead)
                     newest = t
                 self.passed_over += 1
                 continue
