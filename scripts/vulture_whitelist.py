@@ -148,3 +148,4 @@ _.do_POST  # unused method (tests/webhook.py:30)
 _.log_message  # unused method (tests/webhook.py:56)
 _.daemon_threads  # unused attribute (tests/webhook.py:60)
 RECORDS_PER_RANK_S  # used by the subprocess code analyze_throughput.py builds as text
+mtime_ns  # unused variable (src/gpuwatch/detection/rules.py:80): the cache key of a rule file's version
