@@ -39,7 +39,7 @@ import time
 import types
 import typing
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -249,7 +249,7 @@ class RunLogReader:
         self._sources = sample_sources
         self._cut = False
 
-    def __iter__(self) -> Iterator[Record]:
+    def __iter__(self) -> Generator[Record, None, None]:
         done = 0
         number = -1  # of the newest line read
         for path in [*segments(self.path), self.path]:

@@ -16,7 +16,7 @@ import heapq
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,12 +107,22 @@ def _without_cyclic_gc() -> Iterator[None]:
 @dataclass
 class Log:
     """One run log opened for replay: its reader, the settings and attempt its meta line
-    recorded, and its records (the meta line first)."""
+    recorded, its first record and the reader's stream of the rest."""
 
     reader: RunLogReader
     settings: Settings
     attempt: int
-    records: Iterator[Record]
+    first: Record | None
+    rest: Generator[Record, None, None]
+
+    @property
+    def records(self) -> Iterator[Record]:
+        """Every record of the log, the first included (once)."""
+        return itertools.chain((self.first,) if self.first is not None else (), self.rest)
+
+    def close(self) -> None:
+        """Done with the stream: its file closes, its parsed block goes."""
+        self.rest.close()
 
 
 def _analyze(paths: list[Path], settings: Settings, workers: int,
@@ -128,7 +138,7 @@ def _analyze(paths: list[Path], settings: Settings, workers: int,
     with _bar(2 * size if parallel else size, progress, delay_s) as bar:
         if parallel:
             engines, n_records, skipped = _parallel(
-                [attempts[a] for a in sorted(attempts)], workers, Reading(readers, bar))
+                [attempts[a] for a in sorted(attempts)], workers, bar)
         else:
             engines = [_replay_attempt(attempts[a], Reading(readers, bar))
                        for a in sorted(attempts)]
@@ -226,16 +236,21 @@ class JobTimeline:
         return self._covered
 
 
-def _parallel(attempts: list[list[Log]], workers: int, reading: Reading) -> tuple[
+def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) -> tuple[
         list[tuple[list[Engine], Engine]], int, int]:
     """Each attempt's job engine here, its rank engines in ``workers`` processes."""
     job_engines = []
     every = [log for logs in attempts for log in logs]
+    for log in every:
+        log.close()  # the job pass reads each log afresh, the workers too
+    readers = {id(log): RunLogReader(log.reader.path, JOB_SOURCES) for log in every}
+    reading = Reading(list(readers.values()), bar)
     with ProcessPoolExecutor(max_workers=min(workers, len(every))) as pool:
         pool.submit(int)  # forks every worker now, before the job pass makes this process big
         futures: dict[int, Future[tuple[Engine, int, int]]] = {}
         for logs in attempts:
-            job_engine, timeline = _job_pass(logs, reading)
+            job_engine, timeline = _job_pass(logs, [readers[id(log)] for log in logs],
+                                             reading)
             job_engines.append(job_engine)
             for tag, log in enumerate(logs):  # the log's merge tag: its place in the attempt
                 futures[id(log)] = pool.submit(_replay_rank, log.reader.path, log.settings,
@@ -252,10 +267,12 @@ def _parallel(attempts: list[list[Log]], workers: int, reading: Reading) -> tupl
     return out, sum(r[1] for r in results), sum(r[2] for r in results)
 
 
-def _job_pass(logs: list[Log], reading: Reading) -> tuple[Engine, JobTimeline]:
+def _job_pass(logs: list[Log], readers: list[RunLogReader], reading: Reading
+              ) -> tuple[Engine, JobTimeline]:
     """The job engine over one attempt's logs merged, and what its findings covered
-    (one log: nothing to compare across ranks, as in the serial replay). It reads each
-    log again, passing over the samples no job detector reads (``JOB_SOURCES``)."""
+    (one log: nothing to compare across ranks, as in the serial replay). ``readers``
+    read the logs again, passing over the samples no job detector reads
+    (``JOB_SOURCES``)."""
     job_engine = engine_from_settings(logs[0].settings, "job")
     if len(logs) == 1:
         return job_engine, JobTimeline()
@@ -264,7 +281,6 @@ def _job_pass(logs: list[Log], reading: Reading) -> tuple[Engine, JobTimeline]:
         engine.rules = {}  # they only ingest: their own judgements come later, per log
         engine.views = job_engine.views
     timeline = JobTimeline()
-    readers = [RunLogReader(log.reader.path, JOB_SOURCES) for log in logs]
     streams = [_tagged(i, reader, iter(reader)) for i, reader in enumerate(readers)]
     for n, (clock, index, line, record) in enumerate(heapq.merge(*streams)):
         ingest[index].feed((record,))
@@ -276,6 +292,7 @@ def _job_pass(logs: list[Log], reading: Reading) -> tuple[Engine, JobTimeline]:
     for engine in ingest:
         engine.close()
     job_engine.close()
+    reading.tick()
     return job_engine, timeline
 
 
@@ -301,11 +318,11 @@ def _open(path: Path, settings: Settings) -> Log:
     records = iter(reader)
     first = next(records, None)
     if first is None:
-        return Log(reader, settings, 0, records)
+        return Log(reader, settings, 0, None, records)
     meta = first if isinstance(first, Meta) else None
     recorded = meta.detection if meta else {}
     return Log(reader, replay_settings(recorded, settings), meta.attempt if meta else 0,
-               itertools.chain((first,), records))
+               first, records)
 
 
 def _tagged(index: int, reader: RunLogReader, records: Iterator[Record]
