@@ -30,6 +30,7 @@ from gpuwatch.runlog import (
     next_attempt,
 )
 from tests.runs import START, meta, samples, steps
+from tests.wait import wait_for
 
 
 def who(environ: dict[str, str], group: tuple[int, int] | None = None,
@@ -104,13 +105,6 @@ def test_device_hook_takes_set_device_else_the_first_cuda_parameters() -> None:
     assert hints.device is None and cpu_only._gpuwatch_device_seen  # looked once, no GPU
 
 
-def wait_for(condition: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_marks_before_the_rank_is_known_are_held_then_logged_under_it(tmp_path: Path) -> None:
     hints = Hints()
     settings = Settings(out_dir=tmp_path, flush_interval_s=0.05, sample_interval_s=0.05,
@@ -122,7 +116,7 @@ def test_marks_before_the_rank_is_known_are_held_then_logged_under_it(tmp_path: 
         time.sleep(0.05)
     assert agent.runlog_path is None  # nothing claimed, nothing written yet
     hints.saw_group(2, 3)  # what the init_process_group hook reports
-    wait_for(lambda: agent.runlog_path is not None)
+    wait_for(lambda: agent.runlog_path is not None, 10, "the run log claimed")
     for _ in range(5):
         with monitor.step(), monitor.phase("compute"):
             pass
@@ -145,7 +139,8 @@ def test_a_lone_process_settles_at_its_first_step(tmp_path: Path) -> None:
     agent.start()
     with monitor.step():
         pass
-    wait_for(lambda: agent.runlog_path is not None)  # well before IDENTITY_WAIT_S
+    wait_for(lambda: agent.runlog_path is not None, 10,
+             "the run log claimed")  # well before IDENTITY_WAIT_S
     agent.stop()
     assert agent.runlog_path == tmp_path / "run.jsonl"
 
