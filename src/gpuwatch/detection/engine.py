@@ -61,10 +61,11 @@ JOB_SOURCES = frozenset({"nvml", "nccl"})
 # named here, seconds since a rank's last progress): what they see is what did *not*
 # happen.
 ABSENCE_DRIVEN = {"hang": "min_seconds"}
-# A judgement over steps is refreshed once new steps have moved its window by this
-# fraction of itself: a new mean differs little before, and judging at every step costs
-# most of a replay of multi-second steps (an event or a change of what explains the
-# rank is seen at once).
+# A judgement over steps is refreshed at the first step to come once new steps have
+# moved its window by this fraction of itself: a new mean differs little before, and
+# judging at every step costs most of a replay of multi-second steps (an event or a
+# change of what explains the rank is seen at once). Refreshing only as a step arrives
+# lets one evaluation refresh every judgement that is due, not one evaluation each.
 REFRESH_DIVISIONS = 8
 NOTHING: frozenset[str] = frozenset()
 STALL_S = 10.0  # a rank with no step or progress this long (or 3 median steps) is stalled
@@ -75,6 +76,10 @@ class Explains(Protocol):
     short of ``for_s``), as (detector, ranks)."""
 
     def covered(self) -> list[tuple[str, list[int]]]: ...
+
+
+def _stamps(judged: dict[int, RankInput]) -> dict[int, int]:
+    return {r: v.changed for r, v in judged.items()}
 
 
 def for_job(record: Record) -> bool:
@@ -96,15 +101,13 @@ def _fingerprint(job: str, detector: str, ranks: tuple[int, ...]) -> str:
 @dataclass(frozen=True, slots=True)
 class Judgement:
     """What a rule found and what it saw: its ranks' step stamps, their event stamps and
-    the detectors that explained them (``seen``). It is refreshed after ``refresh_at``
-    once steps came, and stands no longer than ``stands_until`` (record time, s: when a
-    rank would count as stalled; never past now for an absence-driven rule)."""
+    the detectors that explained them (``seen``). It is refreshed at the first step to
+    come after ``refresh_at`` (record time, s)."""
 
     steps: tuple[int, ...]
     seen: tuple[Any, ...]
     found: Detection | None
     refresh_at: float
-    stands_until: float
     fp: str = ""  # the finding's fingerprint, when something was found
     sustain_s: float = 0.0  # how long it must hold before it is reported (``for_s``)
 
@@ -113,32 +116,29 @@ class Judgement:
 class Quiet:
     """What the last full evaluation saw, for telling whether the next one can reuse it
     whole: the judged ranks' step and event stamps, each rule's judgements that found
-    something, and the record time (s) until which all of its judgements stand (none
-    stalled, none due for a refresh) and no absence-driven rule is due."""
+    something, and the record time (s) until which no judged rank counts as stalled and
+    no absence-driven rule is due. (A judgement due for a refresh waits for the next
+    step, which changes the stamps.)"""
 
-    stamps: tuple[int, ...] = ()
+    stamps: dict[int, int] = field(default_factory=dict)  # rank -> its ``changed``
     found: dict[str, list[Judgement]] = field(default_factory=dict)
     until: float = float("-inf")
 
     def holds(self, judged: dict[int, RankInput], now: float) -> bool:
-        return now < self.until and tuple(v.changed for v in judged.values()) == self.stamps
+        return now < self.until and _stamps(judged) == self.stamps
 
-    def settle(self, judged: dict[int, RankInput],
-               judgements: Iterable[tuple[tuple[str, tuple[int, ...]], Judgement]],
-               rules: dict[str, Rule]) -> None:
+    def stepped(self, views: Sequence[RankInput]) -> bool:
+        """Whether a step or event came on any of ``views`` since the last evaluation."""
+        return any(v.changed != self.stamps.get(v.rank) for v in views)
+
+    def settle(self, judged: dict[int, RankInput], rules: dict[str, Rule]) -> None:
         """After a full evaluation: what it saw, and until when it stands."""
-        self.stamps = tuple(v.changed for v in judged.values())
-        stands = []
-        for (rule_id, ranks), j in judgements:
-            if rule_id in ABSENCE_DRIVEN:
-                continue
-            stands.append(j.stands_until)
-            if j.steps != tuple(judged[r].changed for r in ranks if r in judged):
-                stands.append(j.refresh_at)  # steps came since: refreshed then
+        self.stamps = _stamps(judged)
+        stall = [v.last_progress + stall_s(v) for v in judged.values()]
         last_progress = min((v.last_progress for v in judged.values()), default=0.0)
         due = [last_progress + rules[rule_id].thresholds[threshold]
                for rule_id, threshold in ABSENCE_DRIVEN.items() if rule_id in rules]
-        self.until = min([*stands, *due], default=float("inf"))
+        self.until = min([*stall, *due], default=float("inf"))
 
 
 @dataclass
@@ -286,7 +286,7 @@ class Engine:
                 if changed is not None:
                     changes.append(changed)
         if not quiet:
-            self._quiet.settle(judged, self._judged.items(), self.rules)
+            self._quiet.settle(judged, self.rules)
         for fp in [fp for fp in self._pending if fp not in seen]:
             del self._pending[fp], self._detected[fp]
         for fp, f in self._findings.items():  # (values replaced in place: no resize)
@@ -359,8 +359,10 @@ class Engine:
                detect: Callable[..., Detection | None]) -> Judgement:
         """The rule's judgement of ``views`` (one rank's telemetry for a rank detector,
         every rank for a job detector). The previous one is reused while what explains
-        them and their events are the same, no rank is stalled, and either no step came
-        or the window has moved by less than 1/``REFRESH_DIVISIONS`` of itself since.
+        them and their events are the same, no rank is stalled (``stall_s``), and either
+        no step came, or the window has moved by less than 1/``REFRESH_DIVISIONS`` of
+        itself since, or no step came since the last evaluation (a refresh waits for the
+        next step).
         Absence-driven rules always judge afresh. How long a detection must hold
         (``for_s``, scaled by the slowest rank it names) is set when it is judged."""
         explained = self.context.explained
@@ -376,15 +378,14 @@ class Engine:
                     *(explained.get(r, NOTHING) for r in ranks))
         key = (rule.id, ranks)
         previous = self._judged.get(key)
-        if (previous is not None and now <= previous.stands_until and previous.seen == seen
-                and (now < previous.refresh_at or previous.steps == steps)):
+        if (previous is not None and previous.seen == seen
+                and (previous.steps == steps or now < previous.refresh_at
+                     or not self._quiet.stepped(views))
+                and rule.id not in ABSENCE_DRIVEN
+                and all(now <= v.last_progress + stall_s(v) for v in views)):
             return previous
         found = detect(views[0] if rule.scope == "rank" else views, rule, self.context, now)
-        if rule.id in ABSENCE_DRIVEN:
-            stands_until = float("-inf")
-        else:
-            stands_until = min(v.last_progress + stall_s(v) for v in views)
-        judgement = Judgement(steps, seen, found, now + refresh_s(views, rule), stands_until)
+        judgement = Judgement(steps, seen, found, now + refresh_s(views, rule))
         if found is not None:
             named = [v for v in views if v.rank in found.ranks] or views
             judgement = replace(judgement, fp=fingerprint(self.job, rule.id, found.ranks),
