@@ -81,7 +81,8 @@ def test_bad_overrides_and_unknown_gpus_are_one_line_errors() -> None:
 
 def test_a_quiet_evaluation_concludes_what_judging_again_would() -> None:
     """Multi-second steps: most evaluations see no new step and reuse every judgement
-    (``Quiet``). At each one, a copy of the engine made to judge everything afresh
+    (``Quiet``), most of them without even the bookkeeping, no deadline being near
+    (``Calm``). At each one, a copy of the engine made to judge everything afresh
     must raise, resolve and keep exactly the same findings: through a starvation that
     starts and stops between steps, judgements due for a refresh, and a stall long
     enough to be a hang."""
@@ -91,7 +92,7 @@ def test_a_quiet_evaluation_concludes_what_judging_again_would() -> None:
         *steps(120, wall=4.0, start=START + 240, first=61),
         *samples("host", 500, {"workers": 0.0})])  # the last 140 s without a step
     engine = engine_from_settings(Settings(), "rank")
-    quiet = 0
+    quiet = calm = 0
     for r in records:
         engine.view(r.rank).add_one(r)
         t = getattr(r, "t", 0.0)
@@ -102,8 +103,9 @@ def test_a_quiet_evaluation_concludes_what_judging_again_would() -> None:
         # due waits for a step that came after it)
         afresh._quiet = Quiet(stamps=dict(engine._quiet.stamps))
         quiet += engine._quiet.holds(engine._judged_ranks(), t)
+        calm += engine._quiet.holds(engine._judged_ranks(), t) and t < engine._calm.until
         assert engine.observe(t) == afresh.observe(t)
         assert engine.findings == afresh.findings
-    assert quiet > 100  # (the quiet path was taken, often)
+    assert quiet > 100 and calm > 100  # (the quiet and calm paths were taken, often)
     assert {(f.detector, f.state) for f in engine.findings.values()} == {
         ("data_starvation", "resolved"), ("hang", "active")}

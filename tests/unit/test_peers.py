@@ -138,6 +138,9 @@ def test_rank_zero_s_job_findings_reach_the_other_ranks_and_explain_them() -> No
     engine.peers.append(cover)
     engine.evaluate(1.0)
     assert all("straggler" in engine.context.explained.get(r, set()) for r in (0, 1))
+    cover.update({"covered": []})  # rank 0's straggler finding resolved: seen at once
+    engine.evaluate(2.0)
+    assert not any("straggler" in engine.context.explained.get(r, set()) for r in (0, 1))
 
 
 def test_a_published_rank_answers_job_detectors_as_its_own_telemetry_does() -> None:

@@ -73,7 +73,10 @@ STALL_S = 10.0  # a rank with no step or progress this long (or 3 median steps) 
 
 class Explains(Protocol):
     """What explains a rank's condition: findings active and conditions detected (still
-    short of ``for_s``), as (detector, ranks)."""
+    short of ``for_s``), as (detector, ranks). ``revision`` changes whenever that may
+    have changed."""
+
+    revision: int
 
     def covered(self) -> list[tuple[str, list[int]]]: ...
 
@@ -142,6 +145,22 @@ class Quiet:
 
 
 @dataclass
+class Calm:
+    """After an evaluation: until when (record time, s) the next ones can change nothing
+    but last-seen times while no step or event comes and nothing that explains the
+    ranks changes (``revisions``: this engine's and its peers', as read then): no
+    detection reaches its ``for_s`` and no finding's hold runs out before. ``seen``:
+    the active findings each such evaluation sees again."""
+
+    until: float = float("-inf")
+    revisions: tuple[int, ...] = ()
+    seen: list[str] = field(default_factory=list)
+
+
+CALM_MARGIN_S = 1e-3  # a deadline this near is left to a full evaluation (rounding)
+
+
+@dataclass
 class Engine:
     """Judges the records fed to it every ``interval_s`` of record time.
 
@@ -174,6 +193,8 @@ class Engine:
     _judged: dict[tuple[str, tuple[int, ...]], Judgement] = field(default_factory=dict)
     _raised: dict[str, Detection] = field(default_factory=dict)  # fp -> its finding's detection
     _quiet: Quiet = field(default_factory=Quiet)
+    _calm: Calm = field(default_factory=Calm)
+    revision: int = 0  # changes with what ``covered`` returns
 
     def view(self, rank: int) -> Telemetry:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
@@ -248,12 +269,20 @@ class Engine:
         """Judge at record time ``now``: the findings raised or resolved.
 
         When nothing a judgement saw has changed since the last evaluation (no step or
-        event on the judged ranks, the same explanations, none past standing, no
+        event on the judged ranks, the same explanations, none stalled, no
         absence-driven rule due), every judgement stands and none is asked again:
-        only the time-driven bookkeeping runs (``for_s``, last seen, resolving)."""
+        only the time-driven bookkeeping runs (``for_s``, last seen, resolving), and
+        not even that before its next deadline (``Calm``)."""
+        judged = self._judged_ranks()
+        revisions = (self.revision, *(peer.revision for peer in self.peers))
+        calm = self._calm
+        if now < calm.until and revisions == calm.revisions and self._quiet.holds(judged, now):
+            for fp in calm.seen:
+                self._seen_at[fp] = now
+            return []
         changes: list[Finding] = []
         seen: set[str] = set()
-        judged = self._judged_ranks()
+        deadlines: list[float] = []  # when a detection is sustained or a finding resolves
         before = self.context.explained
         self._explain(judged)
         quiet = self._quiet.holds(judged, now) and self.context.explained == before
@@ -279,8 +308,10 @@ class Engine:
                 since = self._pending.setdefault(fp, now)
                 if fp not in self._detected:  # newly detected: it explains from now on
                     self._detected[fp] = (rule_id, detection.ranks)
+                    self.revision += 1
                     stale = True
                 if now - since < judgement.sustain_s:
+                    deadlines.append(since + judgement.sustain_s)
                     continue  # not sustained long enough yet
                 changed = self._raise(rule, detection, fp, now, since)
                 if changed is not None:
@@ -289,13 +320,22 @@ class Engine:
             self._quiet.settle(judged, self.rules)
         for fp in [fp for fp in self._pending if fp not in seen]:
             del self._pending[fp], self._detected[fp]
+            self.revision += 1
         for fp, f in self._findings.items():  # (values replaced in place: no resize)
-            if (f.state == "active" and fp not in seen
-                    and now - self._seen_at.get(fp, f.last_seen) >= self._hold(f, judged)):
+            if f.state != "active" or fp in seen:
+                continue
+            last, hold = self._seen_at.get(fp, f.last_seen), self._hold(f, judged)
+            if now - last >= hold:
                 self._seen_at.pop(fp, None)
                 resolved = replace(f, state="resolved", last_seen=now)
                 self._findings[fp] = resolved
+                self.revision += 1
                 changes.append(resolved)
+            else:
+                deadlines.append(last + hold)
+        self._calm = Calm(min(deadlines, default=float("inf")) - CALM_MARGIN_S, revisions,
+                          [fp for fp in seen if fp in self._findings
+                           and self._findings[fp].state == "active"])
         return changes
 
     def _judged_ranks(self) -> dict[int, RankInput]:
@@ -414,6 +454,7 @@ class Engine:
         self._findings[fp] = finding
         if previous is not None and previous.state == "active":
             return None
+        self.revision += 1
         return finding
 
 

@@ -128,6 +128,7 @@ class JobCover:
 
     def __init__(self) -> None:
         self._covered: list[tuple[str, list[int]]] = []
+        self.revision = 0  # changes with what ``covered`` returns
 
     def update(self, word: dict[str, Any]) -> None:
         """Take rank 0's newest word (``{"covered": [[detector, [ranks...]], ...]}``);
@@ -135,9 +136,12 @@ class JobCover:
         covered = word.get("covered")
         if not isinstance(covered, list):
             return
-        self._covered = [(d, [r for r in ranks if isinstance(r, int)])
-                         for item in covered if isinstance(item, list) and len(item) == 2
-                         for d, ranks in [item] if isinstance(d, str) and isinstance(ranks, list)]
+        taken = [(d, [r for r in ranks if isinstance(r, int)])
+                 for item in covered if isinstance(item, list) and len(item) == 2
+                 for d, ranks in [item] if isinstance(d, str) and isinstance(ranks, list)]
+        if taken != self._covered:
+            self._covered = taken
+            self.revision += 1
 
     def covered(self) -> list[tuple[str, list[int]]]:
         return list(self._covered)

@@ -221,6 +221,7 @@ class JobTimeline:
     changes: list[tuple[Position, Covered]] = field(default_factory=list)
     _at: int = 0
     _covered: Covered = field(default_factory=list)
+    revision: int = 0  # the changes taken in
 
     def note(self, at: Position, covered: Covered) -> None:
         if covered != (self.changes[-1][1] if self.changes else []):
@@ -231,6 +232,7 @@ class JobTimeline:
         while self._at < len(self.changes) and self.changes[self._at][0] < before:
             self._covered = self.changes[self._at][1]
             self._at += 1
+            self.revision = self._at
 
     def covered(self) -> Covered:
         return self._covered
