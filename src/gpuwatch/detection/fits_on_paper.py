@@ -56,22 +56,24 @@ def own_memory(view: Telemetry, since: float) -> tuple[float, int] | None:
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     th = rule.thresholds
     summary = recent(view, rule, now)
-    total = card_memory(view, ctx)
-    if summary is None or not total:
+    if summary is None:
         return None
     since = now - window_s(view, rule)
-    measured = own_memory(view, since)
-    if measured is None:
-        return None
-    peak, source = measured
     retries = view.counter_rise("allocator", "allocator_alloc_retries_total", since)
     ooms = view.ooms_since(since)
     cut = view.batch.cut
     act_ckpt = summary.recompute_share >= th["recompute_share"]
     symptoms = {"allocator retries": retries > 0, "OOMs": ooms > 0, "batch cut": cut is not None}
+    if not act_ckpt and not any(symptoms.values()):
+        return None  # (the common case: nothing to weigh memory against)
+    total = card_memory(view, ctx)
+    measured = own_memory(view, since)
+    if not total or measured is None:
+        return None
+    peak, source = measured
     pressure = peak / total >= th["memory_ratio"]
     if not any(symptoms.values()):
-        return by_design(view, th, summary, peak, total, since) if act_ckpt else None
+        return by_design(view, th, summary, peak, total, since)
     if not (pressure or sum(symptoms.values()) + act_ckpt >= 2):
         return None
     symptoms["activation checkpointing"] = act_ckpt
