@@ -187,7 +187,7 @@ class Engine:
     _detected: dict[str, tuple[str, list[int]]] = field(default_factory=dict)  # fp -> id, ranks
     _clock: float = 0.0
     next_eval: float = float("-inf")  # record time of the next judgement
-    _own: set[int] = field(default_factory=set)
+    _own: dict[int, Telemetry] = field(default_factory=dict)  # this engine's ranks' views
     peers: list[Explains] = field(default_factory=list)
     # (rule, ranks) -> the latest judgement: reused while what it saw holds
     _judged: dict[tuple[str, tuple[int, ...]], Judgement] = field(default_factory=dict)
@@ -201,33 +201,39 @@ class Engine:
         v = self.views.get(rank)
         if v is None:
             v = self.views[rank] = Telemetry(rank)
-        self._own.add(rank)
+        self._own[rank] = v
         return v
 
     def feed(self, records: Iterable[Record]) -> list[Finding]:
         """Take records into the telemetry windows, judging whenever their time says so."""
         out: list[Finding] = []
-        rank, view = -1, None
         for r in records:
-            if isinstance(r, Finding):
-                continue  # a replayed log's own findings are outputs, not inputs
-            if isinstance(r, Meta):
-                self.job = self.job or r.job
-                old = self.views.get(r.rank)
-                if old is not None and old.meta is not None:  # a restart logged in one file
-                    self.views[r.rank] = Telemetry(r.rank)  # (older logs): a new timeline
-                self.view(r.rank).add_one(r)
-                view = None
-                continue
-            if r.rank != rank or view is None:
-                rank, view = r.rank, self.view(r.rank)
-            view.add_one(r)
-            t = r.t
-            if t >= self.next_eval:
-                out.extend(self.observe(t))
-            elif t > self._clock:
-                self._clock = t
+            changes = self.take(r)
+            if changes:
+                out.extend(changes)
         return out
+
+    def take(self, r: Record) -> list[Finding]:
+        """``feed`` of one record (a replay's merge hands them over one at a time)."""
+        if isinstance(r, Finding):
+            return []  # a replayed log's own findings are outputs, not inputs
+        if isinstance(r, Meta):
+            self.job = self.job or r.job
+            old = self.views.get(r.rank)
+            if old is not None and old.meta is not None:  # a restart logged in one file
+                self.views[r.rank] = Telemetry(r.rank)  # (older logs): a new timeline
+            self.view(r.rank).add_one(r)
+            return []
+        view = self._own.get(r.rank)
+        if view is None:
+            view = self.view(r.rank)
+        view.add_one(r)
+        t = r.t
+        if t >= self.next_eval:
+            return self.observe(t)
+        if t > self._clock:
+            self._clock = t
+        return []
 
     def observe(self, t: float) -> list[Finding]:
         """Advance the record clock to ``t``; judge when an interval has passed.
@@ -344,7 +350,7 @@ class Engine:
         if self.scope == "job":
             every: dict[int, RankInput] = {**self.views, **self.published}
             return {r: every[r] for r in sorted(every)}
-        return {r: self.views[r] for r in sorted(self._own)}
+        return {r: self._own[r] for r in sorted(self._own)}
 
     def _hold(self, f: Finding, judged: dict[int, RankInput]) -> float:
         """How long a finding stays active after its condition was last seen (seconds):

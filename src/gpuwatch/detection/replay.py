@@ -185,13 +185,13 @@ def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], En
         engine.peers = [job_engine]  # a straggler or sync finding explains every rank
     if len(logs) == 1:  # one log: nothing to compare across ranks
         for n, record in enumerate(logs[0].records):
-            rank_engines[0].feed((record,))
+            rank_engines[0].take(record)
             if not n % TICK_RECORDS:
                 reading.tick()
     else:
         streams = [_tagged(i, log.reader, log.records) for i, log in enumerate(logs)]
         for n, (clock, index, _, record) in enumerate(heapq.merge(*streams)):
-            rank_engines[index].feed((record,))
+            rank_engines[index].take(record)
             if clock >= job_engine.next_eval and for_job(record):
                 job_engine.observe(clock)
             if not n % TICK_RECORDS:
@@ -285,7 +285,7 @@ def _job_pass(logs: list[Log], readers: list[RunLogReader], reading: Reading
     timeline = JobTimeline()
     streams = [_tagged(i, reader, iter(reader)) for i, reader in enumerate(readers)]
     for n, (clock, index, line, record) in enumerate(heapq.merge(*streams)):
-        ingest[index].feed((record,))
+        ingest[index].take(record)
         if clock >= job_engine.next_eval and for_job(record):
             job_engine.observe(clock)
             timeline.note((clock, index, line), job_engine.covered())
@@ -307,7 +307,7 @@ def _replay_rank(path: Path, settings: Settings, index: int,
     with _without_cyclic_gc():
         for clock, _, line, record in _tagged(index, reader, iter(reader)):
             timeline.advance((clock, index, line))
-            engine.feed((record,))
+            engine.take(record)
         timeline.advance((float("inf"), 0, 0))
         engine.close()
     engine.views = {}  # what goes back is the findings, not the telemetry
