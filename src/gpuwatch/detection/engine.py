@@ -428,14 +428,17 @@ class Engine:
                 and (previous.steps == steps or now < previous.refresh_at
                      or not self._quiet.stepped(views))
                 and rule.id not in ABSENCE_DRIVEN
-                and all(now <= v.last_progress + stall_s(v) for v in views)):
+                and not any(now > v.last_progress + stall_s(v) for v in views)):
             return previous
         found = detect(views[0] if rule.scope == "rank" else views, rule, self.context, now)
-        judgement = Judgement(steps, seen, found, now + refresh_s(views, rule))
-        if found is not None:
+        refresh_at = now + refresh_s(views, rule)
+        if found is None:
+            judgement = Judgement(steps, seen, None, refresh_at)
+        else:
             named = [v for v in views if v.rank in found.ranks] or views
-            judgement = replace(judgement, fp=fingerprint(self.job, rule.id, found.ranks),
-                                sustain_s=for_s(named, rule))
+            judgement = Judgement(steps, seen, found, refresh_at,
+                                  fingerprint(self.job, rule.id, found.ranks),
+                                  for_s(named, rule))
         self._judged[key] = judgement
         return judgement
 
