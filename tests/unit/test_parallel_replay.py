@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import pty
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from gpuwatch.config import Settings
 from gpuwatch.detection.engine import engine_from_settings
-from gpuwatch.detection.replay import analyze, default_workers
+from gpuwatch.detection.replay import JobTimeline, _replay_rank, analyze, default_workers
 from gpuwatch.records import Sample, Step
 from tests.scenarios import JOBS, job, write
 
@@ -57,6 +58,16 @@ def test_parallel_replay_keeps_attempts_apart(tmp_path, restarted):
     parallel = analyze(logs, Settings(), workers=2)
     assert parallel.findings == serial.findings
     assert {f.detector for f in serial.findings} >= {"hang"}
+
+
+def test_a_worker_sends_back_its_findings_not_the_rank_s_telemetry(tmp_path):
+    """What a worker returns is pickled across to the parent: 64 ranks' windows would
+    weigh more than the job engine itself."""
+    (log,) = write(job("frequent_blocking_saves").shape, tmp_path)
+    engine, records, _ = _replay_rank(log, Settings(), 0, JobTimeline())
+    sent = pickle.dumps(engine)
+    assert records > 1000 and engine.findings
+    assert b"Telemetry" not in sent and len(sent) < 20_000
 
 
 def _long_log(tmp_path: Path) -> list[Path]:

@@ -204,6 +204,11 @@ class Engine:
         self._own[rank] = v
         return v
 
+    def drop_windows(self) -> None:
+        """Let go of every rank's telemetry, keeping the findings (what a replay worker
+        sends back)."""
+        self.views, self._own = {}, {}
+
     def feed(self, records: Iterable[Record]) -> list[Finding]:
         """Take records into the telemetry windows, judging whenever their time says so."""
         out: list[Finding] = []

@@ -310,7 +310,7 @@ def _replay_rank(path: Path, settings: Settings, index: int,
             engine.take(record)
         timeline.advance((float("inf"), 0, 0))
         engine.close()
-    engine.views = {}  # what goes back is the findings, not the telemetry
+    engine.drop_windows()  # what goes back is the findings, not the telemetry
     return engine, reader.records, reader.skipped
 
 
