@@ -32,7 +32,8 @@ from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule, Scope, load_rules
-from gpuwatch.records import Finding, Meta, Record, Sample
+from gpuwatch.detection.step_digest import DigestRank, StepDigest
+from gpuwatch.records import Finding, Meta, Record
 from gpuwatch.telemetry import Telemetry
 
 log = logging.getLogger("gpuwatch")
@@ -55,8 +56,6 @@ JOB_DETECTORS: dict[str, JobDetector] = {
     "straggler": straggler.detect,
     "sync_bottleneck": sync_bottleneck.detect,
 }
-# The sample sources job-scope detectors read: a job pass may pass over the rest.
-JOB_SOURCES = frozenset({"nvml", "nccl"})
 # Judged on every interval once the silence they need may have passed (the threshold
 # named here, seconds since a rank's last progress): what they see is what did *not*
 # happen.
@@ -83,11 +82,6 @@ class Explains(Protocol):
 
 def _stamps(judged: dict[int, RankInput]) -> dict[int, int]:
     return {r: v.changed for r, v in judged.items()}
-
-
-def for_job(record: Record) -> bool:
-    """Whether job-scope detectors read this record (all but other sources' samples)."""
-    return not isinstance(record, Sample) or record.source in JOB_SOURCES
 
 
 def fingerprint(job: str, detector: str, ranks: list[int]) -> str:
@@ -165,9 +159,11 @@ class Engine:
     """Judges the records fed to it every ``interval_s`` of record time.
 
     ``scope`` picks the detectors: ``rank`` (what each process's agent runs) or
-    ``job`` (cross-rank). ``feed`` and ``close`` return the findings raised or
-    resolved by that call; ``findings`` keeps the latest state of each. ``published``
-    are the ranks a job engine knows only from what they publish (rank 0's, live).
+    ``job`` (cross-rank). ``make_view`` makes a rank's telemetry (a replay's job engine
+    knows ranks by their step digests: ``step_digest.DigestRank``). ``feed`` and
+    ``close`` return the findings raised or resolved by that call; ``findings`` keeps
+    the latest state of each. ``published`` are the ranks a job engine knows only from
+    what they publish (rank 0's, live).
     ``peers`` are engines whose active findings also explain this one's ranks (the job
     engine, for the rank engines beside it). ``for_s`` and the resolve delay scale
     with the window (see ``context.scale``).
@@ -179,6 +175,7 @@ class Engine:
     job: str = ""
     interval_s: float = 1.0
     views: dict[int, Telemetry] = field(default_factory=dict)
+    make_view: Callable[[int], Telemetry] = Telemetry
     published: dict[int, RankInput] = field(default_factory=dict)
     _findings: dict[str, Finding] = field(default_factory=dict)
     _seen_at: dict[str, float] = field(default_factory=dict)  # fp -> last seen, not yet in it
@@ -200,7 +197,7 @@ class Engine:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
         v = self.views.get(rank)
         if v is None:
-            v = self.views[rank] = Telemetry(rank)
+            v = self.views[rank] = self.make_view(rank)
         self._own[rank] = v
         return v
 
@@ -218,21 +215,27 @@ class Engine:
                 out.extend(changes)
         return out
 
-    def take(self, r: Record) -> list[Finding]:
-        """``feed`` of one record (a replay's merge hands them over one at a time)."""
+    def take(self, r: Record | StepDigest) -> list[Finding]:
+        """``feed`` of one record or step digest (a replay's merge hands them over one at
+        a time)."""
         if isinstance(r, Finding):
             return []  # a replayed log's own findings are outputs, not inputs
         if isinstance(r, Meta):
             self.job = self.job or r.job
             old = self.views.get(r.rank)
             if old is not None and old.meta is not None:  # a restart logged in one file
-                self.views[r.rank] = Telemetry(r.rank)  # (older logs): a new timeline
+                self.views[r.rank] = self.make_view(r.rank)  # (older logs): a new timeline
             self.view(r.rank).add_one(r)
             return []
         view = self._own.get(r.rank)
         if view is None:
             view = self.view(r.rank)
-        view.add_one(r)
+        if not isinstance(r, StepDigest):
+            view.add_one(r)
+        elif isinstance(view, DigestRank):
+            view.add_digest(r)
+        else:
+            raise TypeError("a step digest for an engine whose views are not DigestRank")
         t = r.t
         if t >= self.next_eval:
             return self.observe(t)

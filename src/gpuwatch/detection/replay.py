@@ -1,8 +1,9 @@
 """Offline analysis: replay run logs through the same detectors the live agent runs.
 
 Each log goes through its own rank-scope engine, fed in file order exactly as
-the live agent fed it, so the live findings come back unchanged; all logs merged
-by time go through one job-scope engine for the cross-rank detectors. Each
+the live agent fed it, so the live findings come back unchanged; every log's meta
+line, events and step digests (``step_digest``), merged by time, go through one
+job-scope engine for the cross-rank detectors. Each
 attempt (a restart, a resumed job: the ``attempt`` of a log's meta line) is a
 timeline of its own, so the time between attempts is a restart, never a stall.
 Records stream: memory stays flat whatever the logs' size.
@@ -15,6 +16,8 @@ import gc
 import heapq
 import itertools
 import os
+import pickle
+import tempfile
 import threading
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -25,7 +28,8 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from gpuwatch.config import Settings, replay_settings
-from gpuwatch.detection.engine import JOB_SOURCES, Engine, engine_from_settings, for_job
+from gpuwatch.detection.engine import Engine, engine_from_settings
+from gpuwatch.detection.step_digest import JOB_SOURCES, DigestRank, JobInput, StepDigester
 from gpuwatch.records import Finding, Meta, Record
 from gpuwatch.runlog import RunLogReader, is_segment
 
@@ -173,15 +177,11 @@ def _bar(total: int, stream: TextIO | None, delay_s: float) -> Iterator[tqdm[Any
 
 
 def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], Engine]:
-    """One attempt's logs through their rank engines and a job engine of their own.
-
-    The job engine judges when the merged clock reaches its next evaluation at a
-    record it reads (``for_job``), so a job pass that reads only those (``_job_pass``)
-    judges at the same moments."""
+    """One attempt's logs through their rank engines and a job engine of their own, which
+    takes each log's meta line, events and step digests where they come in the merge."""
     rank_engines = [engine_from_settings(log.settings, "rank") for log in logs]
-    job_engine = engine_from_settings(logs[0].settings, "job")
-    for engine in rank_engines:  # every rank's telemetry, ingested once, by its own log's engine
-        engine.views = job_engine.views
+    job_engine = _job_engine(logs[0].settings)
+    for engine in rank_engines:
         engine.peers = [job_engine]  # a straggler or sync finding explains every rank
     if len(logs) == 1:  # one log: nothing to compare across ranks
         for n, record in enumerate(logs[0].records):
@@ -189,11 +189,13 @@ def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], En
             if not n % TICK_RECORDS:
                 reading.tick()
     else:
+        digesters = [StepDigester() for _ in logs]
         streams = [_tagged(i, log.reader, log.records) for i, log in enumerate(logs)]
-        for n, (clock, index, _, record) in enumerate(heapq.merge(*streams)):
+        for n, (_, index, _, record) in enumerate(heapq.merge(*streams)):
             rank_engines[index].take(record)
-            if clock >= job_engine.next_eval and for_job(record):
-                job_engine.observe(clock)
+            item = digesters[index].add(record)
+            if item is not None:
+                job_engine.take(item)
             if not n % TICK_RECORDS:
                 reading.tick()
     for engine in [*rank_engines, job_engine]:
@@ -202,16 +204,25 @@ def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], En
     return rank_engines, job_engine
 
 
+def _job_engine(settings: Settings) -> Engine:
+    """A job engine that knows ranks by their step digests."""
+    engine = engine_from_settings(settings, "job")
+    engine.make_view = DigestRank
+    return engine
+
+
 # -- ranks side by side ---------------------------------------------------------------
-# The job engine needs every rank's records; each rank engine needs only its own log and
-# what the job engine's findings explained at each moment. So one pass in this process
-# runs the job engine over all logs merged (the rank engines ingest but judge nothing)
-# and notes each change of what its findings cover, at its place in the merged order
-# (clock, log, line); then each log's rank engine replays in a process of its own,
-# taking in those changes at the same places. The findings are the serial replay's.
+# The job engine needs every rank's digests; each rank engine needs only its own log and
+# what the job engine's findings explained at each moment. So workers first digest each
+# log (``_digest_log``: meta line, events, step digests, each at its place in the merged
+# order: clock, log, line); this process runs the job engine over them merged and notes
+# each change of what its findings cover at its place; then each log's rank engine
+# replays in a worker, taking in those changes at the same places. The findings are the
+# serial replay's.
 
 Position = tuple[float, int, int]  # (merged clock, log index, record index in the log)
 Covered = list[tuple[str, list[int]]]
+DIGEST_BATCH = 1024  # digests pickled at a time
 
 
 @dataclass
@@ -240,28 +251,30 @@ class JobTimeline:
 
 def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) -> tuple[
         list[tuple[list[Engine], Engine]], int, int]:
-    """Each attempt's job engine here, its rank engines in ``workers`` processes."""
+    """Each attempt's job engine here, the digests and rank engines in ``workers``
+    processes."""
     job_engines = []
     every = [log for logs in attempts for log in logs]
     for log in every:
-        log.close()  # the job pass reads each log afresh, the workers too
-    readers = {id(log): RunLogReader(log.reader.path, JOB_SOURCES) for log in every}
-    reading = Reading(list(readers.values()), bar)
-    with ProcessPoolExecutor(max_workers=min(workers, len(every))) as pool:
-        pool.submit(int)  # forks every worker now, before the job pass makes this process big
+        log.close()  # the workers read each log afresh
+    with (ProcessPoolExecutor(max_workers=min(workers, len(every))) as pool,
+          tempfile.TemporaryDirectory(prefix="gpuwatch-digests-") as tmp):
+        pool.submit(int)  # forks every worker now, before this process grows
+        tagged = [(tag, log) for logs in attempts for tag, log in enumerate(logs)]
+        digested = {id(log): pool.submit(_digest_log, log.reader.path, tag,
+                                         Path(tmp) / f"{n}.pickle")
+                    for n, (tag, log) in enumerate(tagged)}
+        _progress(bar, {digested[id(log)]: log.reader.path for log in every})
         futures: dict[int, Future[tuple[Engine, int, int]]] = {}
         for logs in attempts:
-            job_engine, timeline = _job_pass(logs, [readers[id(log)] for log in logs],
-                                             reading)
+            files = [digested[id(log)].result() for log in logs]
+            job_engine, timeline = _job_pass(logs[0].settings,
+                                             [_digests(path) for path in files])
             job_engines.append(job_engine)
             for tag, log in enumerate(logs):  # the log's merge tag: its place in the attempt
                 futures[id(log)] = pool.submit(_replay_rank, log.reader.path, log.settings,
                                                tag, timeline)
-        path_of = {f: log.reader.path for log in every for f in [futures[id(log)]]}
-        for future in as_completed(path_of):
-            future.result()
-            if reading.bar is not None:
-                reading.bar.update(path_of[future].stat().st_size)
+        _progress(bar, {futures[id(log)]: log.reader.path for log in every})
     results = [futures[id(log)].result() for log in every]
     out, done = [], iter(results)
     for logs, job in zip(attempts, job_engines, strict=True):
@@ -269,32 +282,58 @@ def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) ->
     return out, sum(r[1] for r in results), sum(r[2] for r in results)
 
 
-def _job_pass(logs: list[Log], readers: list[RunLogReader], reading: Reading
+def _progress(bar: tqdm[Any] | None, paths: dict[Future[Any], Path]) -> None:
+    """Wait for ``paths``' futures, moving the bar by each one's log size as it ends."""
+    for future in as_completed(paths):
+        future.result()
+        if bar is not None:
+            bar.update(paths[future].stat().st_size)
+
+
+def _digest_log(path: Path, index: int, out: Path) -> Path:
+    """What the job engine takes of one log (``StepDigester``), each with its place in
+    the merged order, pickled to ``out`` in batches (in a worker). The samples no job
+    detector reads are passed over unparsed (``JOB_SOURCES``)."""
+    reader = RunLogReader(path, JOB_SOURCES)
+    digester = StepDigester()
+    batch: list[tuple[Position, JobInput]] = []
+    with out.open("wb") as f, _without_cyclic_gc():
+        for clock, _, line, record in _tagged(index, reader, iter(reader)):
+            item = digester.add(record)
+            if item is not None:
+                batch.append(((clock, index, line), item))
+                if len(batch) == DIGEST_BATCH:
+                    pickle.dump(batch, f)
+                    batch = []
+        pickle.dump(batch, f)
+    return out
+
+
+def _digests(path: Path) -> Iterator[tuple[Position, JobInput]]:
+    """A digested log, batch by batch (a file this process's workers wrote)."""
+    with path.open("rb") as f:
+        while True:
+            try:
+                batch = pickle.load(f)
+            except EOFError:
+                return
+            yield from batch
+
+
+def _job_pass(settings: Settings, logs: list[Iterator[tuple[Position, JobInput]]]
               ) -> tuple[Engine, JobTimeline]:
-    """The job engine over one attempt's logs merged, and what its findings covered
-    (one log: nothing to compare across ranks, as in the serial replay). ``readers``
-    read the logs again, passing over the samples no job detector reads
-    (``JOB_SOURCES``)."""
-    job_engine = engine_from_settings(logs[0].settings, "job")
-    if len(logs) == 1:
-        return job_engine, JobTimeline()
-    ingest = [engine_from_settings(log.settings, "rank") for log in logs]
-    for engine in ingest:
-        engine.rules = {}  # they only ingest: their own judgements come later, per log
-        engine.views = job_engine.views
+    """The job engine over one attempt's digested logs merged, and what its findings
+    covered (one log: nothing to compare across ranks, as in the serial replay)."""
+    job_engine = _job_engine(settings)
     timeline = JobTimeline()
-    streams = [_tagged(i, reader, iter(reader)) for i, reader in enumerate(readers)]
-    for n, (clock, index, line, record) in enumerate(heapq.merge(*streams)):
-        ingest[index].take(record)
-        if clock >= job_engine.next_eval and for_job(record):
-            job_engine.observe(clock)
-            timeline.note((clock, index, line), job_engine.covered())
-        if not n % TICK_RECORDS:
-            reading.tick()
-    for engine in ingest:
-        engine.close()
+    if len(logs) == 1:
+        return job_engine, timeline
+    for position, item in heapq.merge(*logs):
+        revision = job_engine.revision
+        job_engine.take(item)
+        if job_engine.revision != revision:
+            timeline.note(position, job_engine.covered())
     job_engine.close()
-    reading.tick()
     return job_engine, timeline
 
 

@@ -1,0 +1,225 @@
+"""What the job-scope detectors know of a rank in a replay: its meta line, steps and events
+as they are, and its samples digested per step (``StepDigest``: count, sum, least,
+greatest, first and last reading of each key those detectors read, per GPU).
+
+A replay feeds its job engine digests rather than every rank's samples, so the job pass
+of a parallel replay merges what its workers digested instead of reading every log
+(``replay``). A digest closes at each step, and while no step comes, once its readings
+span ``DIGEST_SPAN_S`` (an eval, a save, a hang). Its readings count at its close: a
+window over digests holds those that closed at or after its start, as a window over
+steps holds the steps that ended there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpuwatch.records import Event, Meta, Record, Sample, Step
+from gpuwatch.series import Figure, Series
+from gpuwatch.telemetry import MAX_SAMPLES, Telemetry
+
+# The sample keys job-scope detectors read, by source (a test holds them to it).
+JOB_READINGS: dict[str, tuple[str, ...]] = {
+    "nvml": ("gpu_utilization_ratio", "gpu_power_watts", "gpu_tensor_active_ratio",
+             "gpu_dram_active_ratio", "gpu_pcie_tx_bytes_per_second",
+             "gpu_clock_event_reasons"),
+    "nccl": ("nccl_bus_bytes_total", "nccl_collective_seconds_total"),
+}
+JOB_SOURCES = frozenset(JOB_READINGS)
+DIGEST_SPAN_S = 10.0  # while no step comes, a digest closes once its readings span this
+
+ReadingKey = tuple[str, int | None, str]  # (source, GPU, key)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingSummary:
+    """One key's readings on one GPU within one digest: how many, their sum, least,
+    greatest, first and last (in the key's unit), and when the last was taken (Unix s)."""
+
+    count: int
+    total: float
+    low: float
+    high: float
+    first: float
+    last: float
+    last_t: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepDigest:
+    """One rank's step (None: a span without one) and the readings since its last digest,
+    closed at ``t`` (Unix s)."""
+
+    rank: int
+    t: float
+    step: Step | None
+    readings: dict[ReadingKey, ReadingSummary]
+
+
+JobInput = Meta | Event | StepDigest
+
+
+class StepDigester:
+    """Digests one rank's records in their order: ``add`` returns what the job engine
+    takes of a record (a meta line or event as it is, the digest a step closes), else
+    None."""
+
+    def __init__(self) -> None:
+        # (source, GPU, key) -> [count, total, low, high, first, last, last_t]
+        self._open: dict[ReadingKey, list[float]] = {}
+        self._since = 0.0  # the first open reading's time
+        self._newest = 0.0  # the newest open reading's time
+
+    def add(self, r: Record) -> JobInput | None:
+        if isinstance(r, Sample):
+            keys = JOB_READINGS.get(r.source)
+            if keys is None:
+                return None
+            closed = (self._close(r.rank, self._newest, None)
+                      if self._open and r.t - self._since > DIGEST_SPAN_S else None)
+            self._take(r, keys)
+            return closed
+        if isinstance(r, Step):
+            return self._close(r.rank, r.t, r)
+        if isinstance(r, Meta | Event):
+            return r
+        return None
+
+    def _take(self, r: Sample, keys: tuple[str, ...]) -> None:
+        values = r.values
+        for key in keys:
+            v = values.get(key)
+            if v is None:
+                continue
+            if not self._open:
+                self._since = r.t
+            self._newest = r.t
+            acc = self._open.get((r.source, r.gpu, key))
+            if acc is None:
+                self._open[(r.source, r.gpu, key)] = [1, v, v, v, v, v, r.t]
+            else:
+                acc[0] += 1
+                acc[1] += v
+                acc[2] = min(acc[2], v)
+                acc[3] = max(acc[3], v)
+                acc[5] = v
+                acc[6] = r.t
+
+    def _close(self, rank: int, t: float, step: Step | None) -> StepDigest:
+        readings = {k: ReadingSummary(int(a[0]), *a[1:]) for k, a in self._open.items()}
+        self._open = {}
+        return StepDigest(rank, t, step, readings)
+
+
+class ReadingSeries:
+    """One key's digested readings on one GPU, oldest first: any window's figure and
+    counter rise in O(log n)."""
+
+    __slots__ = ("_count", "_firsts", "_high", "_last", "_low", "_newest_t", "_seq", "_total")
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self._count, self._total, self._low, self._high, self._last = (
+            Series(), Series(), Series(), Series(), Series())
+        self._firsts: dict[int, float] = {}  # by sequence number: a counter's base
+        self._newest_t = float("-inf")  # when the newest reading was taken
+
+    def append(self, t: float, r: ReadingSummary) -> None:
+        self._seq += 1
+        seq = self._seq
+        for series, v in ((self._count, float(r.count)), (self._total, r.total),
+                          (self._low, r.low), (self._high, r.high), (self._last, r.last)):
+            series.append(seq, t, v)
+        self._firsts[seq] = r.first
+        self._newest_t = r.last_t
+        if len(self._count) > MAX_SAMPLES:
+            oldest = seq - MAX_SAMPLES + 1
+            for series in (self._count, self._total, self._low, self._high, self._last):
+                series.trim(oldest)
+            self._firsts.pop(oldest - 1, None)
+
+    def figure(self, since: float) -> Figure | None:
+        """The readings of the digests that closed at or after ``since``; None if none."""
+        entries, count = self._count.count_sum(since)
+        newest = self._last.newest()
+        low, high = self._low.extrema(since), self._high.extrema(since)
+        if not entries or newest is None or low is None or high is None:
+            return None
+        return Figure(int(count), self._total.count_sum(since)[1], low[0], high[1], newest[1])
+
+    def newest(self) -> tuple[float, float] | None:
+        """(time, value) of the newest reading, if any."""
+        newest = self._last.newest()
+        return (self._newest_t, newest[1]) if newest is not None else None
+
+    def rise(self, since: float) -> tuple[float, float] | None:
+        """(base, newest) of a counter: the last reading before the window, else the
+        first reading kept; None if there are none."""
+        rise = self._last.rise(since)
+        if rise is None:
+            return None
+        if self._last.count_sum(since)[0] == len(self._last):  # none before the window
+            return self._firsts[self._seq - len(self._last) + 1], rise[1]
+        return rise
+
+
+class DigestRank(Telemetry):
+    """A rank as a replay's job engine knows it: its meta line and events taken as
+    ``Telemetry`` takes them, its steps and samples as digests (``add_digest``). The
+    sample questions the job-scope detectors ask (figures, counter rises, clock-event
+    reasons) are answered from the digests, as ``Telemetry`` answers them from samples;
+    it holds none."""
+
+    def __init__(self, rank: int = 0) -> None:
+        super().__init__(rank)
+        self._digested: dict[ReadingKey, ReadingSeries] = {}
+
+    def add_digest(self, d: StepDigest) -> None:
+        """Take a digest: its step as ``add_one`` takes a step, its readings into the
+        digested series."""
+        if d.step is not None:
+            self.add_one(d.step)
+        for key, reading in d.readings.items():
+            series = self._digested.get(key)
+            if series is None:
+                series = self._digested[key] = ReadingSeries()
+            series.append(d.t, reading)
+        if d.t > self.clock:
+            self.clock = d.t
+
+    def _series_of(self, source: str, key: str) -> list[tuple[int | None, ReadingSeries]]:
+        return [(gpu, series) for (src, gpu, k), series in self._digested.items()
+                if src == source and k == key]
+
+    def figure(self, source: str, key: str, since: float) -> Figure | None:
+        count, total, low, high = 0, 0.0, float("inf"), float("-inf")
+        last_t, last, gpus = float("-inf"), 0.0, []
+        for gpu, series in self._series_of(source, key):
+            f, newest = series.figure(since), series.newest()
+            if f is None or newest is None:
+                continue
+            count, total = count + f.count, total + f.total
+            low, high = min(low, f.low), max(high, f.high)
+            if newest[0] >= last_t:  # (ties: the later GPU, as ``Telemetry.figure``)
+                last_t, last = newest
+            if gpu is not None:
+                gpus.append(gpu)
+        if not count:
+            return None
+        return Figure(count, total, low, high, last, tuple(sorted(set(gpus))))
+
+    def counter_rise(self, source: str, key: str, since: float) -> float:
+        newest = base = None
+        for _, series in self._series_of(source, key):
+            rise = series.rise(since)
+            if rise is None:
+                continue
+            if newest is None:
+                newest = rise[1]
+            base = rise[0]
+        return max(newest - base, 0.0) if newest is not None and base is not None else 0.0
+
+    def clock_event_reasons(self) -> list[int]:
+        newest = sorted((gpu or 0, series.newest()) for gpu, series
+                        in self._series_of("nvml", "gpu_clock_event_reasons"))
+        return [int(reading[1]) for _, reading in newest if reading is not None]

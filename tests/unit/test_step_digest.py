@@ -1,0 +1,154 @@
+"""Step digests: a window over them answers as the same window over the samples they
+digest, and the job-scope detectors ask them nothing they do not digest."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Any, ClassVar
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpuwatch.config import Settings
+from gpuwatch.detection.engine import engine_from_settings
+from gpuwatch.detection.step_digest import (
+    DIGEST_SPAN_S,
+    JOB_READINGS,
+    DigestRank,
+    StepDigest,
+    StepDigester,
+)
+from gpuwatch.records import Record, Sample, Step
+from gpuwatch.series import Figure
+from gpuwatch.telemetry import Telemetry
+from tests.runs import START, meta
+from tests.scenarios import JOBS, simulate
+
+KEYS = [("nvml", "gpu_utilization_ratio"), ("nvml", "gpu_power_watts"),
+        ("nccl", "nccl_bus_bytes_total")]
+
+
+def rank_records(gaps: list[float], per_step: list[int], values: list[float]) -> list[Record]:
+    """One rank: steps ``gaps`` apart (seconds), each after ``per_step`` NVML and NCCL
+    samples spread over it (two GPUs; a counter that only rises)."""
+    out: list[Record] = [meta()]
+    t, counter, k = START, 0.0, 0
+    for n, (gap, count) in enumerate(zip(gaps, per_step, strict=False), 1):
+        for i in range(count):
+            at = t + gap * (i + 1) / (count + 1)
+            v = values[k % len(values)]
+            k += 1
+            counter += abs(v)
+            out.append(Sample(0, at, "nvml", {"gpu_utilization_ratio": v % 1,
+                                              "gpu_power_watts": 300 + v}, gpu=k % 2))
+            out.append(Sample(0, at, "nccl", {"nccl_bus_bytes_total": counter}))
+            out.append(Sample(0, at, "host", {"workers_cpu_ratio": 0.5}))
+        t += gap
+        out.append(Step(rank=0, step=n, t=t, wall_s=gap, compute_s=gap))
+    return out
+
+
+def same(a: Figure | None, b: Figure | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.count, a.low, a.high, a.last, a.gpus) == (b.count, b.low, b.high, b.last, b.gpus) \
+        and abs(a.total - b.total) <= 1e-9 * max(1.0, abs(a.total))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.05, 30.0), min_size=2, max_size=30),
+       st.lists(st.integers(0, 8), min_size=2, max_size=30),
+       st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=20))
+def test_a_window_of_digests_is_the_window_of_their_samples(
+        gaps: list[float], per_step: list[int], values: list[float]) -> None:
+    """From each digest's close, the digests' figures and counter rises equal the
+    samples' over the same span: their count, sum, least, greatest, newest and GPUs."""
+    records = rank_records(gaps, per_step, values)
+    raw, digested, digester = Telemetry(), DigestRank(), StepDigester()
+    closes = []
+    for r in records:
+        raw.add_one(r)
+        item = digester.add(r)
+        if isinstance(item, StepDigest):
+            digested.add_digest(item)
+            closes.append(item.t)
+        elif item is not None:
+            digested.add_one(item)
+    for close in closes:
+        since = close + 1e-6  # (readings before it closed with it)
+        for source, key in KEYS:
+            assert same(digested.figure(source, key, since), raw.figure(source, key, since))
+            if since <= raw.clock:
+                assert digested.counter_rise(source, key, since) == raw.counter_rise(
+                    source, key, since)
+    assert digested.summarise(START) == raw.summarise(START)
+    assert digested.samples == {}  # it holds digests, not samples
+
+
+def test_a_long_wait_without_steps_is_digested_in_spans() -> None:
+    """An eval or a hang: readings keep coming while no step does; a digest closes once
+    its readings span DIGEST_SPAN_S, so they count near when they were taken."""
+    records: list[Record] = [meta(), Step(rank=0, step=1, t=START, wall_s=1.0, compute_s=1.0)]
+    records += [Sample(0, START + s, "nvml", {"gpu_utilization_ratio": 1.0}, gpu=0)
+                for s in range(1, 101)]
+    digester = StepDigester()
+    closed = [item for r in records if isinstance(item := digester.add(r), StepDigest)]
+    spans = [d for d in closed if d.step is None]
+    counted = sum(d.readings[("nvml", 0, "gpu_utilization_ratio")].count for d in spans)
+    assert 100 - (DIGEST_SPAN_S + 1) <= counted < 100  # (the newest are still open)
+    assert max(b.t - a.t for a, b in itertools.pairwise(spans)) <= DIGEST_SPAN_S + 1
+
+
+class Asked(DigestRank):
+    """A digested rank that notes every sample question asked of it."""
+
+    asked: ClassVar[set[tuple[str, Any]]] = set()
+
+    def figure(self, source: str, key: str, since: float) -> Figure | None:
+        self.asked.add(("figure", (source, key)))
+        return super().figure(source, key, since)
+
+    def counter_rise(self, source: str, key: str, since: float) -> float:
+        self.asked.add(("counter_rise", (source, key)))
+        return super().counter_rise(source, key, since)
+
+    def clock_event_reasons(self) -> list[int]:
+        self.asked.add(("figure", ("nvml", "gpu_clock_event_reasons")))
+        return super().clock_event_reasons()
+
+    def latest(self, source: str, gpu: int | None = None) -> Sample | None:
+        self.asked.add(("samples", source))
+        return None
+
+    def samples_since(self, source: str, since: float) -> list[Sample]:
+        self.asked.add(("samples", source))
+        return []
+
+    def gpu_samples(self) -> list[Sample]:
+        self.asked.add(("samples", "nvml"))
+        return []
+
+
+def test_job_detectors_ask_digested_ranks_only_what_they_digest() -> None:
+    """Every multi-rank job of the corpus through a job engine of digested ranks: each
+    sample key asked for is one ``JOB_READINGS`` digests, and no samples are asked for
+    (a digested rank holds none: they would read as absent)."""
+    digested = {(source, key) for source, keys in JOB_READINGS.items() for key in keys}
+    for j in JOBS:
+        if j.shape.world < 2:
+            continue
+        engine = engine_from_settings(Settings(**j.settings), "job")
+        engine.make_view = Asked
+        ranks = simulate(j.shape, job=j.name)
+        digesters = [StepDigester() for _ in ranks]
+        merged = heapq.merge(*[[(getattr(r, "t", 0.0), i, n, r) for n, r in enumerate(rs)]
+                               for i, rs in enumerate(ranks)])
+        for _, i, _, r in merged:
+            if (item := digesters[i].add(r)) is not None:
+                engine.take(item)
+        engine.close()
+    kinds = {kind for kind, _ in Asked.asked}
+    assert "samples" not in kinds
+    assert {what for kind, what in Asked.asked if kind != "samples"} <= digested
+    assert ("counter_rise", ("nccl", "nccl_bus_bytes_total")) in Asked.asked  # (it ran)
