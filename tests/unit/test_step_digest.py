@@ -95,7 +95,7 @@ def test_a_long_wait_without_steps_is_digested_in_spans() -> None:
     digester = StepDigester()
     closed = [item for r in records if isinstance(item := digester.add(r), StepDigest)]
     spans = [d for d in closed if d.step is None]
-    counted = sum(d.readings[("nvml", 0, "gpu_utilization_ratio")].count for d in spans)
+    counted = sum(d.readings[("nvml", 0, "gpu_utilization_ratio")].n for d in spans)
     assert 100 - (DIGEST_SPAN_S + 1) <= counted < 100  # (the newest are still open)
     assert max(b.t - a.t for a, b in itertools.pairwise(spans)) <= DIGEST_SPAN_S + 1
 

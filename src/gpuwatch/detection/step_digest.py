@@ -12,10 +12,11 @@ steps holds the steps that ended there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from typing import NamedTuple
 
 from gpuwatch.records import Event, Meta, Record, Sample, Step
-from gpuwatch.series import Figure, Series
+from gpuwatch.series import Figure
 from gpuwatch.telemetry import MAX_SAMPLES, Telemetry
 
 # The sample keys job-scope detectors read, by source (a test holds them to it).
@@ -31,12 +32,12 @@ DIGEST_SPAN_S = 10.0  # while no step comes, a digest closes once its readings s
 ReadingKey = tuple[str, int | None, str]  # (source, GPU, key)
 
 
-@dataclass(frozen=True, slots=True)
-class ReadingSummary:
-    """One key's readings on one GPU within one digest: how many, their sum, least,
-    greatest, first and last (in the key's unit), and when the last was taken (Unix s)."""
+class ReadingSummary(NamedTuple):
+    """One key's readings on one GPU within one digest: how many (``n``), their sum,
+    least, greatest, first and last (in the key's unit), and when the last was taken
+    (Unix s)."""
 
-    count: int
+    n: int
     total: float
     low: float
     high: float
@@ -45,8 +46,7 @@ class ReadingSummary:
     last_t: float
 
 
-@dataclass(frozen=True, slots=True)
-class StepDigest:
+class StepDigest(NamedTuple):
     """One rank's step (None: a span without one) and the readings since its last digest,
     closed at ``t`` (Unix s)."""
 
@@ -65,8 +65,8 @@ class StepDigester:
     None."""
 
     def __init__(self) -> None:
-        # (source, GPU, key) -> [count, total, low, high, first, last, last_t]
-        self._open: dict[ReadingKey, list[float]] = {}
+        # (source, GPU) -> key -> [count, total, low, high, first, last, last_t]
+        self._open: dict[tuple[str, int | None], dict[str, list[float]]] = {}
         self._since = 0.0  # the first open reading's time
         self._newest = 0.0  # the newest open reading's time
 
@@ -86,81 +86,80 @@ class StepDigester:
         return None
 
     def _take(self, r: Sample, keys: tuple[str, ...]) -> None:
-        values = r.values
+        values, t = r.values, r.t
+        group = self._open.get((r.source, r.gpu))
+        if group is None:
+            if not self._open:
+                self._since = t
+            group = self._open[(r.source, r.gpu)] = {}
         for key in keys:
             v = values.get(key)
             if v is None:
                 continue
-            if not self._open:
-                self._since = r.t
-            self._newest = r.t
-            acc = self._open.get((r.source, r.gpu, key))
+            acc = group.get(key)
             if acc is None:
-                self._open[(r.source, r.gpu, key)] = [1, v, v, v, v, v, r.t]
-            else:
-                acc[0] += 1
-                acc[1] += v
-                acc[2] = min(acc[2], v)
-                acc[3] = max(acc[3], v)
-                acc[5] = v
-                acc[6] = r.t
+                group[key] = [1, v, v, v, v, v, t]
+                continue
+            acc[0] += 1
+            acc[1] += v
+            if v < acc[2]:
+                acc[2] = v
+            if v > acc[3]:
+                acc[3] = v
+            acc[5] = v
+            acc[6] = t
+        self._newest = t
 
     def _close(self, rank: int, t: float, step: Step | None) -> StepDigest:
-        readings = {k: ReadingSummary(int(a[0]), *a[1:]) for k, a in self._open.items()}
+        readings = {(source, gpu, key): ReadingSummary(int(a[0]), *a[1:])
+                    for (source, gpu), group in self._open.items() for key, a in group.items()}
         self._open = {}
         return StepDigest(rank, t, step, readings)
 
 
 class ReadingSeries:
-    """One key's digested readings on one GPU, oldest first: any window's figure and
-    counter rise in O(log n)."""
+    """One key's digested readings on one GPU, oldest first, as (close time, summary).
+    A window is read newest first: it holds a few digests (one a step, and only those
+    with readings: about as many as the seconds of samples it spans, or its steps)."""
 
-    __slots__ = ("_count", "_firsts", "_high", "_last", "_low", "_newest_t", "_seq", "_total")
+    __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        self._seq = 0
-        self._count, self._total, self._low, self._high, self._last = (
-            Series(), Series(), Series(), Series(), Series())
-        self._firsts: dict[int, float] = {}  # by sequence number: a counter's base
-        self._newest_t = float("-inf")  # when the newest reading was taken
+        self._entries: deque[tuple[float, ReadingSummary]] = deque(maxlen=MAX_SAMPLES)
 
     def append(self, t: float, r: ReadingSummary) -> None:
-        self._seq += 1
-        seq = self._seq
-        for series, v in ((self._count, float(r.count)), (self._total, r.total),
-                          (self._low, r.low), (self._high, r.high), (self._last, r.last)):
-            series.append(seq, t, v)
-        self._firsts[seq] = r.first
-        self._newest_t = r.last_t
-        if len(self._count) > MAX_SAMPLES:
-            oldest = seq - MAX_SAMPLES + 1
-            for series in (self._count, self._total, self._low, self._high, self._last):
-                series.trim(oldest)
-            self._firsts.pop(oldest - 1, None)
+        self._entries.append((t, r))
 
     def figure(self, since: float) -> Figure | None:
         """The readings of the digests that closed at or after ``since``; None if none."""
-        entries, count = self._count.count_sum(since)
-        newest = self._last.newest()
-        low, high = self._low.extrema(since), self._high.extrema(since)
-        if not entries or newest is None or low is None or high is None:
+        count, total, low, high = 0, 0.0, float("inf"), float("-inf")
+        for t, r in reversed(self._entries):
+            if t < since:
+                break
+            count, total = count + r.n, total + r.total
+            low, high = min(low, r.low), max(high, r.high)
+        if not count:
             return None
-        return Figure(int(count), self._total.count_sum(since)[1], low[0], high[1], newest[1])
+        return Figure(count, total, low, high, self._entries[-1][1].last)
 
     def newest(self) -> tuple[float, float] | None:
         """(time, value) of the newest reading, if any."""
-        newest = self._last.newest()
-        return (self._newest_t, newest[1]) if newest is not None else None
+        if not self._entries:
+            return None
+        r = self._entries[-1][1]
+        return r.last_t, r.last
 
     def rise(self, since: float) -> tuple[float, float] | None:
         """(base, newest) of a counter: the last reading before the window, else the
         first reading kept; None if there are none."""
-        rise = self._last.rise(since)
-        if rise is None:
+        if not self._entries:
             return None
-        if self._last.count_sum(since)[0] == len(self._last):  # none before the window
-            return self._firsts[self._seq - len(self._last) + 1], rise[1]
-        return rise
+        base = self._entries[0][1].first
+        for t, r in reversed(self._entries):
+            if t < since:
+                base = r.last
+                break
+        return base, self._entries[-1][1].last
 
 
 class DigestRank(Telemetry):
