@@ -138,8 +138,10 @@ def _analyze(paths: list[Path], settings: Settings, workers: int,
         attempts.setdefault(log.attempt, []).append(log)
     size = sum(p.stat().st_size for p in paths)
     parallel = workers > 1 and any(len(a) > 1 for a in attempts.values())
-    # (in parallel, the logs are read twice: by the job engine, then by the rank engines)
-    with _bar(2 * size if parallel else size, progress, delay_s) as bar:
+    if parallel:  # the logs of attempts with ranks to compare are read twice: digested first
+        size += sum(log.reader.path.stat().st_size for a in attempts.values() if len(a) > 1
+                    for log in a)
+    with _bar(size, progress, delay_s) as bar:
         if parallel:
             engines, n_records, skipped = _parallel(
                 [attempts[a] for a in sorted(attempts)], workers, bar)
@@ -260,14 +262,15 @@ def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) ->
     with (ProcessPoolExecutor(max_workers=min(workers, len(every))) as pool,
           tempfile.TemporaryDirectory(prefix="gpuwatch-digests-") as tmp):
         pool.submit(int)  # forks every worker now, before this process grows
-        tagged = [(tag, log) for logs in attempts for tag, log in enumerate(logs)]
+        tagged = [(tag, log) for logs in attempts if len(logs) > 1  # (ranks to compare)
+                  for tag, log in enumerate(logs)]
         digested = {id(log): pool.submit(_digest_log, log.reader.path, tag,
                                          Path(tmp) / f"{n}.pickle")
                     for n, (tag, log) in enumerate(tagged)}
-        _progress(bar, {digested[id(log)]: log.reader.path for log in every})
+        _progress(bar, {digested[id(log)]: log.reader.path for _, log in tagged})
         futures: dict[int, Future[tuple[Engine, int, int]]] = {}
         for logs in attempts:
-            files = [digested[id(log)].result() for log in logs]
+            files = [digested[id(log)].result() for log in logs if id(log) in digested]
             job_engine, timeline = _job_pass(logs[0].settings,
                                              [_digests(path) for path in files])
             job_engines.append(job_engine)
@@ -323,10 +326,11 @@ def _digests(path: Path) -> Iterator[tuple[Position, JobInput]]:
 def _job_pass(settings: Settings, logs: list[Iterator[tuple[Position, JobInput]]]
               ) -> tuple[Engine, JobTimeline]:
     """The job engine over one attempt's digested logs merged, and what its findings
-    covered (one log: nothing to compare across ranks, as in the serial replay)."""
+    covered (fewer than two logs: nothing to compare across ranks, as in the serial
+    replay, and nothing was digested)."""
     job_engine = _job_engine(settings)
     timeline = JobTimeline()
-    if len(logs) == 1:
+    if len(logs) < 2:
         return job_engine, timeline
     for position, item in heapq.merge(*logs):
         revision = job_engine.revision
