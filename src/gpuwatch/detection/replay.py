@@ -224,7 +224,7 @@ def _job_engine(settings: Settings) -> Engine:
 
 Position = tuple[float, int, int]  # (merged clock, log index, record index in the log)
 Covered = list[tuple[str, list[int]]]
-DIGEST_BATCH = 1024  # digests pickled at a time
+DIGEST_BATCH = 128  # digests pickled at a time (a merge holds a batch of each log)
 
 
 @dataclass
