@@ -8,8 +8,11 @@ import copy
 import pytest
 
 from gpuwatch.config import ConfigError, Settings
-from gpuwatch.detection.engine import Quiet, engine_from_settings, fingerprint
-from gpuwatch.records import Record
+from gpuwatch.detection.context import Context, Detection
+from gpuwatch.detection.engine import Engine, Quiet, engine_from_settings, fingerprint
+from gpuwatch.detection.rules import Rule
+from gpuwatch.records import Record, Step
+from gpuwatch.telemetry import Telemetry
 from tests.runs import START, meta, samples, steps
 
 
@@ -79,33 +82,61 @@ def test_bad_overrides_and_unknown_gpus_are_one_line_errors() -> None:
         engine_from_settings(Settings(gpu_model="Voodoo 2"), "rank")
 
 
-def test_a_quiet_evaluation_concludes_what_judging_again_would() -> None:
-    """Multi-second steps: most evaluations see no new step and reuse every judgement
-    (``Quiet``), most of them without even the bookkeeping, no deadline being near
-    (``Calm``). At each one, a copy of the engine made to judge everything afresh
-    must raise, resolve and keep exactly the same findings: through a starvation that
-    starts and stops between steps, judgements due for a refresh, and a stall long
-    enough to be a hang."""
-    records = ordered([
-        meta(), *steps(120, wall=4.0), *steps(120, wall=4.0, start=START + 120, first=31,
-                                             data_s=2.4),
-        *steps(120, wall=4.0, start=START + 240, first=61),
-        *samples("host", 500, {"workers": 0.0})])  # the last 140 s without a step
-    engine = engine_from_settings(Settings(), "rank")
+def shortcuts_agree(engine: Engine, records: list[Record]) -> tuple[int, int]:
+    """Feed ``records``; at each evaluation, a copy of the engine that takes neither
+    shortcut (``Quiet``: no rule asked; ``Calm``: no bookkeeping either) and asks every
+    rule (reusing a judgement only as ``_judge`` allows) must raise, resolve and keep
+    exactly the same findings. Returns how many evaluations were quiet, and calm."""
     quiet = calm = 0
     for r in records:
         engine.view(r.rank).add_one(r)
         t = getattr(r, "t", 0.0)
         if t < engine.next_eval:
             continue
-        afresh = copy.deepcopy(engine)
-        # every rule is asked again; what the last evaluation saw is kept (a refresh
-        # due waits for a step that came after it)
-        afresh._quiet = Quiet(stamps=dict(engine._quiet.stamps))
+        full = copy.deepcopy(engine)
+        # (what the last evaluation saw is kept: a refresh due waits for a later step)
+        full._quiet = Quiet(stamps=dict(engine._quiet.stamps))
         quiet += engine._quiet.holds(engine._judged_ranks(), t)
         calm += engine._quiet.holds(engine._judged_ranks(), t) and t < engine._calm.until
-        assert engine.observe(t) == afresh.observe(t)
-        assert engine.findings == afresh.findings
+        assert engine.observe(t) == full.observe(t)
+        assert engine.findings == full.findings
+    return quiet, calm
+
+
+def test_a_quiet_evaluation_concludes_what_judging_again_would() -> None:
+    """Multi-second steps: most evaluations see no new step and reuse every judgement,
+    most of them without even the bookkeeping, no deadline being near; through a
+    starvation that starts and stops between steps, judgements due for a refresh, and
+    a stall long enough to be a hang, they conclude what a full evaluation would."""
+    records = ordered([
+        meta(), *steps(120, wall=4.0), *steps(120, wall=4.0, start=START + 120, first=31,
+                                             data_s=2.4),
+        *steps(120, wall=4.0, start=START + 240, first=61),
+        *samples("host", 500, {"workers": 0.0})])  # the last 140 s without a step
+    engine = engine_from_settings(Settings(), "rank")
+    quiet, calm = shortcuts_agree(engine, records)
     assert quiet > 100 and calm > 100  # (the quiet and calm paths were taken, often)
     assert {(f.detector, f.state) for f in engine.findings.values()} == {
         ("data_starvation", "resolved"), ("hang", "active")}
+
+
+def last_step_waited(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
+    """A detector as jumpy as a condition can be: its rank's newest step waited on data."""
+    return Detection({}, [view.rank]) if view.steps and view.steps[-1].data_s > 0 else None
+
+
+def test_a_condition_back_before_its_finding_resolves_is_not_seen_until_it_holds() -> None:
+    """An active finding whose condition stops, then comes back for less than ``for_s``
+    before the finding's hold runs out: it is not seen again until the condition has
+    held again, so it resolves when a full evaluation would resolve it, shortcuts or
+    not."""
+    engine = engine_from_settings(Settings(), "rank")
+    engine.rules = {"data_starvation": engine.rules["data_starvation"]}
+    engine.rank_detectors = {"data_starvation": last_step_waited}
+    waiting = {*range(25, 35), *range(37, 39)}  # steps that waited: on 40 s, back for 8
+    records = ordered([meta(), *samples("host", 320, {"workers": 0.0}), *(
+        Step(rank=0, step=k, t=START + 4.0 * k, wall_s=4.0, compute_s=3.0,
+             data_s=1.0 if k in waiting else 0.0) for k in range(1, 80))])
+    _, calm = shortcuts_agree(engine, records)
+    (finding,) = engine.findings.values()
+    assert finding.state == "resolved" and calm > 100

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any, ClassVar
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuwatch.config import Settings
-from gpuwatch.detection.engine import engine_from_settings
+from gpuwatch.detection.engine import JOB_DETECTORS, engine_from_settings
 from gpuwatch.detection.step_digest import (
     DIGEST_SPAN_S,
-    JOB_READINGS,
     DigestRank,
     StepDigest,
     StepDigester,
@@ -60,7 +59,7 @@ def same(a: Figure | None, b: Figure | None) -> bool:
 @given(st.lists(st.floats(0.05, 30.0), min_size=2, max_size=30),
        st.lists(st.integers(0, 8), min_size=2, max_size=30),
        st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=20))
-def test_a_window_of_digests_is_the_window_of_their_samples(
+def test_from_a_digest_s_close_a_window_of_digests_is_that_of_their_samples(
         gaps: list[float], per_step: list[int], values: list[float]) -> None:
     """From each digest's close, the digests' figures and counter rises equal the
     samples' over the same span: their count, sum, least, greatest, newest and GPUs."""
@@ -100,46 +99,15 @@ def test_a_long_wait_without_steps_is_digested_in_spans() -> None:
     assert max(b.t - a.t for a, b in itertools.pairwise(spans)) <= DIGEST_SPAN_S + 1
 
 
-class Asked(DigestRank):
-    """A digested rank that notes every sample question asked of it."""
-
-    asked: ClassVar[set[tuple[str, Any]]] = set()
-
-    def figure(self, source: str, key: str, since: float) -> Figure | None:
-        self.asked.add(("figure", (source, key)))
-        return super().figure(source, key, since)
-
-    def counter_rise(self, source: str, key: str, since: float) -> float:
-        self.asked.add(("counter_rise", (source, key)))
-        return super().counter_rise(source, key, since)
-
-    def clock_event_reasons(self) -> list[int]:
-        self.asked.add(("figure", ("nvml", "gpu_clock_event_reasons")))
-        return super().clock_event_reasons()
-
-    def latest(self, source: str, gpu: int | None = None) -> Sample | None:
-        self.asked.add(("samples", source))
-        return None
-
-    def samples_since(self, source: str, since: float) -> list[Sample]:
-        self.asked.add(("samples", source))
-        return []
-
-    def gpu_samples(self) -> list[Sample]:
-        self.asked.add(("samples", "nvml"))
-        return []
-
-
 def test_job_detectors_ask_digested_ranks_only_what_they_digest() -> None:
-    """Every multi-rank job of the corpus through a job engine of digested ranks: each
-    sample key asked for is one ``JOB_READINGS`` digests, and no samples are asked for
-    (a digested rank holds none: they would read as absent)."""
-    digested = {(source, key) for source, keys in JOB_READINGS.items() for key in keys}
+    """Every multi-rank job of the corpus through a job engine of digested ranks, which
+    refuse any question of samples or of a key not digested: no detector fails, and
+    the job-scope verdicts the corpus expects are found."""
     for j in JOBS:
         if j.shape.world < 2:
             continue
         engine = engine_from_settings(Settings(**j.settings), "job")
-        engine.make_view = Asked
+        engine.make_view = DigestRank
         ranks = simulate(j.shape, job=j.name)
         digesters = [StepDigester() for _ in ranks]
         merged = heapq.merge(*[[(getattr(r, "t", 0.0), i, n, r) for n, r in enumerate(rs)]
@@ -148,7 +116,16 @@ def test_job_detectors_ask_digested_ranks_only_what_they_digest() -> None:
             if (item := digesters[i].add(r)) is not None:
                 engine.take(item)
         engine.close()
-    kinds = {kind for kind, _ in Asked.asked}
-    assert "samples" not in kinds
-    assert {what for kind, what in Asked.asked if kind != "samples"} <= digested
-    assert ("counter_rise", ("nccl", "nccl_bus_bytes_total")) in Asked.asked  # (it ran)
+        assert engine.errors == 0, j.name
+        expected = {(v.detector, v.verdict) for v in j.expected
+                    if v.detector in JOB_DETECTORS}
+        assert {(f.detector, f.verdict) for f in engine.findings.values()} == expected, j.name
+
+
+def test_a_digested_rank_refuses_what_it_does_not_digest() -> None:
+    rank = DigestRank()
+    with pytest.raises(LookupError):
+        rank.figure("host", "workers_cpu_ratio", START)
+    with pytest.raises(LookupError):
+        rank.gpu_samples()
+    assert rank.figure("nvml", "gpu_utilization_ratio", START) is None  # digested: none yet

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Protocol
@@ -160,7 +160,8 @@ class Engine:
 
     ``scope`` picks the detectors: ``rank`` (what each process's agent runs) or
     ``job`` (cross-rank). ``make_view`` makes a rank's telemetry (a replay's job engine
-    knows ranks by their step digests: ``step_digest.DigestRank``). ``feed`` and
+    knows ranks by their step digests: ``step_digest.DigestRank``); ``rank_detectors``
+    are the rank-scope detectors, in the order they judge. ``feed`` and
     ``close`` return the findings raised or resolved by that call; ``findings`` keeps
     the latest state of each. ``published`` are the ranks a job engine knows only from
     what they publish (rank 0's, live).
@@ -176,6 +177,7 @@ class Engine:
     interval_s: float = 1.0
     views: dict[int, Telemetry] = field(default_factory=dict)
     make_view: Callable[[int], Telemetry] = Telemetry
+    rank_detectors: Mapping[str, RankDetector] = field(default_factory=lambda: RANK_DETECTORS)
     published: dict[int, RankInput] = field(default_factory=dict)
     _findings: dict[str, Finding] = field(default_factory=dict)
     _seen_at: dict[str, float] = field(default_factory=dict)  # fp -> last seen, not yet in it
@@ -201,10 +203,11 @@ class Engine:
         self._own[rank] = v
         return v
 
-    def drop_windows(self) -> None:
-        """Let go of every rank's telemetry, keeping the findings (what a replay worker
-        sends back)."""
-        self.views, self._own = {}, {}
+    def retire(self) -> None:
+        """Done judging: keep the findings, let go of every rank's telemetry, the peers
+        and the judgements (what a replay keeps of an engine, and a worker sends back)."""
+        self.views, self._own, self.published, self.peers = {}, {}, {}, []
+        self._judged, self._raised, self._quiet = {}, {}, Quiet()
 
     def feed(self, records: Iterable[Record]) -> list[Finding]:
         """Take records into the telemetry windows, judging whenever their time says so."""
@@ -244,14 +247,8 @@ class Engine:
         return []
 
     def observe(self, t: float) -> list[Finding]:
-        """Advance the record clock to ``t``; judge when an interval has passed.
-
-        An engine that shares ``views`` with the engines that ingest (the job engine
-        of a replay) is driven by this alone."""
+        """Advance the record clock to ``t``; judge when an interval has passed."""
         self._clock = max(self._clock, t)
-        if not self.rules:  # an engine without rules only ingests (a replay's job pass)
-            self.next_eval = float("inf")
-            return []
         if self.next_eval == float("-inf"):
             self.next_eval = t + self.interval_s
             return []
@@ -296,12 +293,13 @@ class Engine:
             return []
         changes: list[Finding] = []
         seen: set[str] = set()
+        sustained: list[str] = []  # seen, and held for ``for_s``: reported as seen again
         deadlines: list[float] = []  # when a detection is sustained or a finding resolves
         before = self.context.explained
         self._explain(judged)
         quiet = self._quiet.holds(judged, now) and self.context.explained == before
         stale = False  # whether what explains changed since ``_explain`` last ran
-        for rule_id in RANK_DETECTORS if self.scope == "rank" else JOB_DETECTORS:
+        for rule_id in self.rank_detectors if self.scope == "rank" else JOB_DETECTORS:
             rule = self.rules.get(rule_id)
             if rule is None or rule.scope != self.scope:
                 continue
@@ -327,6 +325,7 @@ class Engine:
                 if now - since < judgement.sustain_s:
                     deadlines.append(since + judgement.sustain_s)
                     continue  # not sustained long enough yet
+                sustained.append(fp)
                 changed = self._raise(rule, detection, fp, now, since)
                 if changed is not None:
                     changes.append(changed)
@@ -348,8 +347,7 @@ class Engine:
             else:
                 deadlines.append(last + hold)
         self._calm = Calm(min(deadlines, default=float("inf")) - CALM_MARGIN_S, revisions,
-                          [fp for fp in seen if fp in self._findings
-                           and self._findings[fp].state == "active"])
+                          sustained)
         return changes
 
     def _judged_ranks(self) -> dict[int, RankInput]:
@@ -397,7 +395,7 @@ class Engine:
                     return []
                 found = self._judge(rule, [*judged.values()], now, job_detect)
                 return [found] if found.found else []
-            rank_detect = RANK_DETECTORS.get(rule.id)
+            rank_detect = self.rank_detectors.get(rule.id)
             if rank_detect is None:
                 return []
             return [j for r in judged if (j := self._judge(

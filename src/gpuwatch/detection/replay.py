@@ -202,6 +202,8 @@ def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], En
                 reading.tick()
     for engine in [*rank_engines, job_engine]:
         engine.close()
+    for engine in [*rank_engines, job_engine]:
+        engine.retire()  # (after every close: a rank engine's peer is the job engine)
     reading.tick()
     return rank_engines, job_engine
 
@@ -259,8 +261,8 @@ def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) ->
     every = [log for logs in attempts for log in logs]
     for log in every:
         log.close()  # the workers read each log afresh
-    with (ProcessPoolExecutor(max_workers=min(workers, len(every))) as pool,
-          tempfile.TemporaryDirectory(prefix="gpuwatch-digests-") as tmp):
+    with (tempfile.TemporaryDirectory(prefix="gpuwatch-digests-") as tmp,
+          ProcessPoolExecutor(max_workers=min(workers, len(every))) as pool):
         pool.submit(int)  # forks every worker now, before this process grows
         tagged = [(tag, log) for logs in attempts if len(logs) > 1  # (ranks to compare)
                   for tag, log in enumerate(logs)]
@@ -273,6 +275,8 @@ def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) ->
             files = [digested[id(log)].result() for log in logs if id(log) in digested]
             job_engine, timeline = _job_pass(logs[0].settings,
                                              [_digests(path) for path in files])
+            for path in files:
+                path.unlink()  # (digests are ~15% of a log's size: gone once judged)
             job_engines.append(job_engine)
             for tag, log in enumerate(logs):  # the log's merge tag: its place in the attempt
                 futures[id(log)] = pool.submit(_replay_rank, log.reader.path, log.settings,
@@ -338,6 +342,7 @@ def _job_pass(settings: Settings, logs: list[Iterator[tuple[Position, JobInput]]
         if job_engine.revision != revision:
             timeline.note(position, job_engine.covered())
     job_engine.close()
+    job_engine.retire()
     return job_engine, timeline
 
 
@@ -353,7 +358,7 @@ def _replay_rank(path: Path, settings: Settings, index: int,
             engine.take(record)
         timeline.advance((float("inf"), 0, 0))
         engine.close()
-    engine.drop_windows()  # what goes back is the findings, not the telemetry
+    engine.retire()  # what goes back is the findings, not the telemetry or the timeline
     return engine, reader.records, reader.skipped
 
 

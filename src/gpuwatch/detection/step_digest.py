@@ -4,10 +4,11 @@ greatest, first and last reading of each key those detectors read, per GPU).
 
 A replay feeds its job engine digests rather than every rank's samples, so the job pass
 of a parallel replay merges what its workers digested instead of reading every log
-(``replay``). A digest closes at each step, and while no step comes, once its readings
-span ``DIGEST_SPAN_S`` (an eval, a save, a hang). Its readings count at its close: a
-window over digests holds those that closed at or after its start, as a window over
-steps holds the steps that ended there.
+(``replay``). A digest closes at each step, and between steps once its readings span
+``DIGEST_SPAN_S`` (a long step, an eval, a save, a hang). Its readings count at its
+close: a window over digests holds those that closed at or after its start, as a
+window over steps holds the steps that ended there. Readings after a log's last
+digest (under ``DIGEST_SPAN_S`` of them) reach no job detector.
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ class StepDigester:
             return closed
         if isinstance(r, Step):
             return self._close(r.rank, r.t, r)
-        if isinstance(r, Meta | Event):
+        if isinstance(r, Meta):
+            self._open = {}  # (a restart logged in the same file: a new timeline)
             return r
-        return None
+        return r if isinstance(r, Event) else None
 
     def _take(self, r: Sample, keys: tuple[str, ...]) -> None:
         values, t = r.values, r.t
@@ -167,7 +169,8 @@ class DigestRank(Telemetry):
     ``Telemetry`` takes them, its steps and samples as digests (``add_digest``). The
     sample questions the job-scope detectors ask (figures, counter rises, clock-event
     reasons) are answered from the digests, as ``Telemetry`` answers them from samples;
-    it holds none."""
+    it holds none, and any other question of samples, or of a key not digested, raises
+    LookupError (a detector's error, counted by its engine: never a silent absence)."""
 
     def __init__(self, rank: int = 0) -> None:
         super().__init__(rank)
@@ -187,8 +190,29 @@ class DigestRank(Telemetry):
             self.clock = d.t
 
     def _series_of(self, source: str, key: str) -> list[tuple[int | None, ReadingSeries]]:
+        if key not in JOB_READINGS.get(source, ()):
+            raise LookupError(f"{source} {key} is not digested (step_digest.JOB_READINGS)")
         return [(gpu, series) for (src, gpu, k), series in self._digested.items()
                 if src == source and k == key]
+
+    def _no_samples(self) -> LookupError:
+        return LookupError("a digested rank holds no samples: ask for a digested figure")
+
+    def latest(self, source: str, gpu: int | None = None) -> Sample | None:
+        raise self._no_samples()
+
+    def gpu_samples(self) -> list[Sample]:
+        raise self._no_samples()
+
+    def samples_since(self, source: str, since: float) -> list[Sample]:
+        raise self._no_samples()
+
+    def uninterrupted(self, source: str, key: str, since: float
+                      ) -> tuple[int, float, tuple[int, ...]]:
+        raise self._no_samples()
+
+    def working_power_w(self) -> float | None:
+        raise self._no_samples()
 
     def figure(self, source: str, key: str, since: float) -> Figure | None:
         count, total, low, high = 0, 0.0, float("inf"), float("-inf")
