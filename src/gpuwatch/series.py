@@ -11,6 +11,7 @@ exactly the readings its probe's bounded window dropped.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -29,6 +30,38 @@ class Figure:
     @property
     def mean(self) -> float:
         return self.total / self.count
+
+
+def combined(parts: Iterable[tuple[int | None, Figure, float]]) -> Figure | None:
+    """One figure of a key's readings on several GPUs, from each GPU's (index, figure,
+    time of its newest reading): counts and sums added, extrema of all, the value of
+    the newest reading (ties: the later GPU, as a stable time sort has it); None if
+    there are none."""
+    count, total, low, high = 0, 0.0, float("inf"), float("-inf")
+    last_t, last, gpus = float("-inf"), 0.0, []
+    for gpu, f, newest_t in parts:
+        count, total = count + f.count, total + f.total
+        low, high = min(low, f.low), max(high, f.high)
+        if newest_t >= last_t:
+            last_t, last = newest_t, f.last
+        if gpu is not None:
+            gpus.append(gpu)
+    if not count:
+        return None
+    return Figure(count, total, low, high, last, tuple(sorted(set(gpus))))
+
+
+def combined_rise(rises: Iterable[tuple[float, float] | None]) -> float:
+    """How much a cumulative counter rose, from each GPU's (base, newest) (None: no
+    readings): the first one's newest less the last one's base, never below 0."""
+    newest = base = None
+    for rise in rises:
+        if rise is None:
+            continue
+        if newest is None:
+            newest = rise[1]
+        base = rise[0]
+    return max(newest - base, 0.0) if newest is not None and base is not None else 0.0
 
 
 class Series:

@@ -26,7 +26,7 @@ from typing import Any
 
 from gpuwatch.probes.peers import StepWait
 from gpuwatch.records import Event, Meta, Record, Sample, Step
-from gpuwatch.series import Figure, Series
+from gpuwatch.series import Figure, Series, combined, combined_rise
 from gpuwatch.vocabulary import unwaited_compute_s
 
 MAX_STEPS = 8192
@@ -344,22 +344,13 @@ class Telemetry:
     def figure(self, source: str, key: str, since: float) -> Figure | None:
         """The readings of ``key`` from ``source`` (all GPUs) at or after ``since`` as one
         figure (None if there are none), in O(log n) of the window."""
-        count, total, low, high = 0, 0.0, float("inf"), float("-inf")
-        last_t, last, gpus = float("-inf"), 0.0, []
+        parts = []
         for group, series in self._key_series(source, key):
             n, s = series.count_sum(since)
             extrema, newest = series.extrema(since), series.newest()
-            if not n or extrema is None or newest is None:
-                continue
-            count, total = count + n, total + s
-            low, high = min(low, extrema[0]), max(high, extrema[1])
-            if newest[0] >= last_t:  # (ties: the later GPU, as a stable time sort has it)
-                last_t, last = newest
-            if group[1] is not None:
-                gpus.append(group[1])
-        if not count:
-            return None
-        return Figure(count, total, low, high, last, tuple(sorted(set(gpus))))
+            if n and extrema is not None and newest is not None:
+                parts.append((group[1], Figure(n, s, *extrema, newest[1]), newest[0]))
+        return combined(parts)
 
     def uninterrupted(self, source: str, key: str, since: float
                       ) -> tuple[int, float, tuple[int, ...]]:
@@ -380,15 +371,7 @@ class Telemetry:
 
     def counter_rise(self, source: str, key: str, since: float) -> float:
         """How much a cumulative counter rose since the last reading before ``since``."""
-        newest = base = None
-        for _, series in self._key_series(source, key):
-            rise = series.rise(since)
-            if rise is None:
-                continue
-            if newest is None:
-                newest = rise[1]
-            base = rise[0]
-        return max(newest - base, 0.0) if newest is not None and base is not None else 0.0
+        return combined_rise(series.rise(since) for _, series in self._key_series(source, key))
 
     def _key_series(self, source: str, key: str) -> list[tuple[tuple[str, int | None], Series]]:
         """The series of ``key`` on each GPU of ``source`` (window order), trimmed to the

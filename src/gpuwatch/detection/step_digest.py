@@ -17,7 +17,7 @@ from collections import deque
 from typing import NamedTuple
 
 from gpuwatch.records import Event, Meta, Record, Sample, Step
-from gpuwatch.series import Figure
+from gpuwatch.series import Figure, combined, combined_rise
 from gpuwatch.telemetry import MAX_SAMPLES, Telemetry
 
 # The sample keys job-scope detectors read, by source (a test holds them to it).
@@ -215,32 +215,12 @@ class DigestRank(Telemetry):
         raise self._no_samples()
 
     def figure(self, source: str, key: str, since: float) -> Figure | None:
-        count, total, low, high = 0, 0.0, float("inf"), float("-inf")
-        last_t, last, gpus = float("-inf"), 0.0, []
-        for gpu, series in self._series_of(source, key):
-            f, newest = series.figure(since), series.newest()
-            if f is None or newest is None:
-                continue
-            count, total = count + f.count, total + f.total
-            low, high = min(low, f.low), max(high, f.high)
-            if newest[0] >= last_t:  # (ties: the later GPU, as ``Telemetry.figure``)
-                last_t, last = newest
-            if gpu is not None:
-                gpus.append(gpu)
-        if not count:
-            return None
-        return Figure(count, total, low, high, last, tuple(sorted(set(gpus))))
+        return combined((gpu, f, newest[0]) for gpu, series in self._series_of(source, key)
+                        if (f := series.figure(since)) is not None
+                        and (newest := series.newest()) is not None)
 
     def counter_rise(self, source: str, key: str, since: float) -> float:
-        newest = base = None
-        for _, series in self._series_of(source, key):
-            rise = series.rise(since)
-            if rise is None:
-                continue
-            if newest is None:
-                newest = rise[1]
-            base = rise[0]
-        return max(newest - base, 0.0) if newest is not None and base is not None else 0.0
+        return combined_rise(series.rise(since) for _, series in self._series_of(source, key))
 
     def clock_event_reasons(self) -> list[int]:
         newest = sorted((gpu or 0, series.newest()) for gpu, series
