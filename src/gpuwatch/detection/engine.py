@@ -144,7 +144,8 @@ class Calm:
     but last-seen times while no step or event comes and nothing that explains the
     ranks changes (``revisions``: this engine's and its peers', as read then): no
     detection reaches its ``for_s`` and no finding's hold runs out before. ``seen``:
-    the active findings each such evaluation sees again."""
+    the findings whose condition has held for its ``for_s``, which each such evaluation
+    sees again (one back for less is not seen until it has held again)."""
 
     until: float = float("-inf")
     revisions: tuple[int, ...] = ()
