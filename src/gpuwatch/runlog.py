@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
 import math
 import os
 import re
@@ -250,8 +251,16 @@ class RunLogReader:
         self._cut = False
 
     def __iter__(self) -> Generator[Record, None, None]:
+        for _, _, _, record in self.placed(0):
+            yield record
+
+    def placed(self, tag: int) -> Generator[tuple[float, int, int, Record], None, None]:
+        """Each record with its place: (``clock``, ``tag``, ``line``, record). Ordered as
+        tuples, several logs' records interleave by time and keep each log's file order
+        (no two compare equal while their logs' tags differ)."""
         done = 0
         number = -1  # of the newest line read
+        clock = self.clock
         for path in [*segments(self.path), self.path]:
             self._cut = False  # a compressed segment ended short
             with open(path, "rb") as raw:
@@ -264,27 +273,27 @@ class RunLogReader:
                         break
                     numbers: Sequence[int] = range(number + 1, number + 1 + len(lines))
                     number += len(lines)
-                    floors: Sequence[float] = [0.0] * len(lines)
-                    last = 0.0
-                    if self._sources is not None:
+                    if self._sources is None:
+                        floors: Iterable[float] = itertools.repeat(0.0, len(lines))
+                        last = 0.0
+                    else:
                         numbers, lines, floors, last = self._pass_over(numbers, lines,
                                                                        self._sources)
-                    for line, obj, floor in zip(numbers, self._parse(lines), floors,
-                                                strict=True):
-                        if floor > self.clock:
-                            self.clock = floor
+                    for line, obj, floor in zip(numbers, self._parse(lines), floors, strict=True):
+                        if floor > clock:
+                            clock = self.clock = floor
                         record = _record(obj) if obj is not None else None
                         if record is None:
                             self.skipped += 1
                             continue
                         self.records += 1
-                        t = getattr(record, "t", None)
-                        if t is not None and t > self.clock:
-                            self.clock = t
+                        t = getattr(record, "t", clock)
+                        if t > clock:
+                            clock = self.clock = t
                         self.line = line
-                        yield record
-                    if last > self.clock:
-                        self.clock = last
+                        yield clock, tag, line, record
+                    if last > clock:
+                        clock = self.clock = last
             done = self.bytes_read
 
     def _pass_over(self, numbers: Sequence[int], lines: list[bytes], sources: frozenset[str]

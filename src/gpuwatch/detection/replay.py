@@ -108,20 +108,24 @@ def _without_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+Placed = tuple[float, int, int, Record]  # (clock, log tag, line, record): ``placed``
+
+
 @dataclass
 class Log:
     """One run log opened for replay: its reader, the settings and attempt its meta line
-    recorded, its first record and the reader's stream of the rest."""
+    recorded, its first record and the reader's stream of the rest, placed
+    (``RunLogReader.placed``, tagged with the log's index among those analysed)."""
 
     reader: RunLogReader
     settings: Settings
     attempt: int
-    first: Record | None
-    rest: Generator[Record, None, None]
+    first: Placed | None
+    rest: Generator[Placed, None, None]
 
     @property
-    def records(self) -> Iterator[Record]:
-        """Every record of the log, the first included (once)."""
+    def placed(self) -> Iterator[Placed]:
+        """Every record of the log with its place, the first included (once)."""
         return itertools.chain((self.first,) if self.first is not None else (), self.rest)
 
     def close(self) -> None:
@@ -131,7 +135,7 @@ class Log:
 
 def _analyze(paths: list[Path], settings: Settings, workers: int,
              progress: TextIO | None, delay_s: float) -> Analysis:
-    logs = [_open(path, settings) for path in paths]
+    logs = [_open(path, tag, settings) for tag, path in enumerate(paths)]
     readers = [log.reader for log in logs]
     attempts: dict[int, list[Log]] = {}
     for log in logs:
@@ -186,18 +190,21 @@ def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], En
     for engine in rank_engines:
         engine.peers = [job_engine]  # a straggler or sync finding explains every rank
     if len(logs) == 1:  # one log: nothing to compare across ranks
-        for n, record in enumerate(logs[0].records):
-            rank_engines[0].take(record)
+        take = rank_engines[0].take
+        for n, (_, _, _, record) in enumerate(logs[0].placed):
+            take(record)
             if not n % TICK_RECORDS:
                 reading.tick()
     else:
-        digesters = [StepDigester() for _ in logs]
-        streams = [_tagged(i, log.reader, log.records) for i, log in enumerate(logs)]
-        for n, (_, index, _, record) in enumerate(heapq.merge(*streams)):
-            rank_engines[index].take(record)
-            item = digesters[index].add(record)
+        by_tag = {log.first[1]: (engine.take, StepDigester().add)
+                  for log, engine in zip(logs, rank_engines, strict=True) if log.first}
+        take_job = job_engine.take
+        for n, (_, tag, _, record) in enumerate(heapq.merge(*(log.placed for log in logs))):
+            take, digest = by_tag[tag]
+            take(record)
+            item = digest(record)
             if item is not None:
-                job_engine.take(item)
+                take_job(item)
             if not n % TICK_RECORDS:
                 reading.tick()
     for engine in [*rank_engines, job_engine]:
@@ -305,7 +312,7 @@ def _digest_log(path: Path, index: int, out: Path) -> Path:
     digester = StepDigester()
     batch: list[tuple[Position, JobInput]] = []
     with out.open("wb") as f, _without_cyclic_gc():
-        for clock, _, line, record in _tagged(index, reader, iter(reader)):
+        for clock, _, line, record in reader.placed(index):
             item = digester.add(record)
             if item is not None:
                 batch.append(((clock, index, line), item))
@@ -353,7 +360,7 @@ def _replay_rank(path: Path, settings: Settings, index: int,
     engine = engine_from_settings(settings, "rank")
     engine.peers = [timeline]
     with _without_cyclic_gc():
-        for clock, _, line, record in _tagged(index, reader, iter(reader)):
+        for clock, _, line, record in reader.placed(index):
             timeline.advance((clock, index, line))
             engine.take(record)
         timeline.advance((float("inf"), 0, 0))
@@ -362,26 +369,17 @@ def _replay_rank(path: Path, settings: Settings, index: int,
     return engine, reader.records, reader.skipped
 
 
-def _open(path: Path, settings: Settings) -> Log:
+def _open(path: Path, tag: int, settings: Settings) -> Log:
     """A log with the settings and attempt its run recorded in its meta line."""
     reader = RunLogReader(path)
-    records = iter(reader)
-    first = next(records, None)
+    placed = reader.placed(tag)
+    first = next(placed, None)
     if first is None:
-        return Log(reader, settings, 0, None, records)
-    meta = first if isinstance(first, Meta) else None
+        return Log(reader, settings, 0, None, placed)
+    meta = first[3] if isinstance(first[3], Meta) else None
     recorded = meta.detection if meta else {}
     return Log(reader, replay_settings(recorded, settings), meta.attempt if meta else 0,
-               first, records)
-
-
-def _tagged(index: int, reader: RunLogReader, records: Iterator[Record]
-            ) -> Iterator[tuple[float, int, int, Record]]:
-    """(clock, log index, line, record) of ``reader``'s records (``records``: what it
-    yields): ordered as tuples, merged logs interleave by time and keep each log's
-    file order (no two compare equal)."""
-    for record in records:
-        yield reader.clock, index, reader.line, record
+               first, placed)
 
 
 def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:
