@@ -9,7 +9,13 @@ import pytest
 
 from gpuwatch.config import ConfigError, Settings
 from gpuwatch.detection.context import Context, Detection
-from gpuwatch.detection.engine import Engine, Quiet, engine_from_settings, fingerprint
+from gpuwatch.detection.engine import (
+    Engine,
+    Quiet,
+    _stamps,
+    engine_from_settings,
+    fingerprint,
+)
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Record, Step
 from gpuwatch.telemetry import Telemetry
@@ -96,8 +102,9 @@ def shortcuts_agree(engine: Engine, records: list[Record]) -> tuple[int, int]:
         full = copy.deepcopy(engine)
         # (what the last evaluation saw is kept: a refresh due waits for a later step)
         full._quiet = Quiet(stamps=dict(engine._quiet.stamps))
-        quiet += engine._quiet.holds(engine._judged_ranks(), t)
-        calm += engine._quiet.holds(engine._judged_ranks(), t) and t < engine._calm.until
+        unchanged = engine._quiet.holds(_stamps(engine._judged_ranks()), t)
+        quiet += unchanged
+        calm += unchanged and t < engine._calm.until
         assert engine.observe(t) == full.observe(t)
         assert engine.findings == full.findings
     return quiet, calm

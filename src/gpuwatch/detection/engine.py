@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gpuwatch.config import ConfigError, Settings
 from gpuwatch.detection import (
@@ -95,8 +95,7 @@ def _fingerprint(job: str, detector: str, ranks: tuple[int, ...]) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True, slots=True)
-class Judgement:
+class Judgement(NamedTuple):
     """What a rule found and what it saw: its ranks' step stamps, their event stamps and
     the detectors that explained them (``seen``). It is refreshed at the first step to
     come after ``refresh_at`` (record time, s)."""
@@ -121,21 +120,19 @@ class Quiet:
     found: dict[str, list[Judgement]] = field(default_factory=dict)
     until: float = float("-inf")
 
-    def holds(self, judged: dict[int, RankInput], now: float) -> bool:
-        return now < self.until and _stamps(judged) == self.stamps
+    def holds(self, stamps: dict[int, int], now: float) -> bool:
+        """Whether an evaluation at ``now`` of ranks with these ``stamps`` sees what the
+        last full one saw."""
+        return now < self.until and stamps == self.stamps
 
-    def stepped(self, views: Sequence[RankInput]) -> bool:
-        """Whether a step or event came on any of ``views`` since the last evaluation."""
-        return any(v.changed != self.stamps.get(v.rank) for v in views)
-
-    def settle(self, judged: dict[int, RankInput], rules: dict[str, Rule]) -> None:
+    def settle(self, judged: dict[int, RankInput], stamps: dict[int, int],
+               stall_at: dict[int, float], rules: dict[str, Rule]) -> None:
         """After a full evaluation: what it saw, and until when it stands."""
-        self.stamps = _stamps(judged)
-        stall = [v.last_progress + stall_s(v) for v in judged.values()]
+        self.stamps = stamps
         last_progress = min((v.last_progress for v in judged.values()), default=0.0)
         due = [last_progress + rules[rule_id].thresholds[threshold]
                for rule_id, threshold in ABSENCE_DRIVEN.items() if rule_id in rules]
-        self.until = min([*stall, *due], default=float("inf"))
+        self.until = min([*stall_at.values(), *due], default=float("inf"))
 
 
 @dataclass
@@ -150,6 +147,15 @@ class Calm:
     until: float = float("-inf")
     revisions: tuple[int, ...] = ()
     seen: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    """What a full evaluation must judge afresh: the ranks with a step or event since
+    the last full one (``stepped``) and those stalled now."""
+
+    stepped: set[int]
+    stalled: set[int]
 
 
 CALM_MARGIN_S = 1e-3  # a deadline this near is left to a full evaluation (rounding)
@@ -194,6 +200,9 @@ class Engine:
     _raised: dict[str, Detection] = field(default_factory=dict)  # fp -> its finding's detection
     _quiet: Quiet = field(default_factory=Quiet)
     _calm: Calm = field(default_factory=Calm)
+    _views_made: int = 0  # views made or replaced (a restart): the judged ranks change
+    _judged_cache: dict[int, RankInput] = field(default_factory=dict)
+    _judged_key: tuple[int, ...] = ()  # (_views_made, len(views), len(published)) of it
     revision: int = 0  # changes with what ``covered`` returns
 
     def view(self, rank: int) -> Telemetry:
@@ -201,7 +210,9 @@ class Engine:
         v = self.views.get(rank)
         if v is None:
             v = self.views[rank] = self.make_view(rank)
-        self._own[rank] = v
+        if self._own.get(rank) is not v:
+            self._own[rank] = v
+            self._views_made += 1
         return v
 
     def retire(self) -> None:
@@ -209,6 +220,7 @@ class Engine:
         and the judgements (what a replay keeps of an engine, and a worker sends back)."""
         self.views, self._own, self.published, self.peers = {}, {}, {}, []
         self._judged, self._raised, self._quiet = {}, {}, Quiet()
+        self._judged_cache, self._judged_key = {}, ()
 
     def feed(self, records: Iterable[Record]) -> list[Finding]:
         """Take records into the telemetry windows, judging whenever their time says so."""
@@ -286,9 +298,11 @@ class Engine:
         only the time-driven bookkeeping runs (``for_s``, last seen, resolving), and
         not even that before its next deadline (``Calm``)."""
         judged = self._judged_ranks()
+        stamps = _stamps(judged)
         revisions = (self.revision, *(peer.revision for peer in self.peers))
         calm = self._calm
-        if now < calm.until and revisions == calm.revisions and self._quiet.holds(judged, now):
+        unchanged = self._quiet.holds(stamps, now)
+        if now < calm.until and revisions == calm.revisions and unchanged:
             for fp in calm.seen:
                 self._seen_at[fp] = now
             return []
@@ -298,8 +312,12 @@ class Engine:
         deadlines: list[float] = []  # when a detection is sustained or a finding resolves
         before = self.context.explained
         self._explain(judged)
-        quiet = self._quiet.holds(judged, now) and self.context.explained == before
+        quiet = unchanged and self.context.explained == before
         stale = False  # whether what explains changed since ``_explain`` last ran
+        stall_at = {r: v.last_progress + stall_s(v) for r, v in judged.items()}
+        fresh = Fresh(stepped={r for r, stamp in stamps.items()
+                               if stamp != self._quiet.stamps.get(r)},
+                      stalled={r for r, at in stall_at.items() if now > at})
         for rule_id in self.rank_detectors if self.scope == "rank" else JOB_DETECTORS:
             rule = self.rules.get(rule_id)
             if rule is None or rule.scope != self.scope:
@@ -312,7 +330,7 @@ class Engine:
             if quiet:
                 judgements = self._quiet.found.get(rule_id, [])
             else:
-                judgements = self._quiet.found[rule_id] = self._run(rule, judged, now)
+                judgements = self._quiet.found[rule_id] = self._run(rule, judged, now, fresh)
             for judgement in judgements:
                 fp, detection = judgement.fp, judgement.found
                 if detection is None:  # (_run returns only what found something)
@@ -331,7 +349,7 @@ class Engine:
                 if changed is not None:
                     changes.append(changed)
         if not quiet:
-            self._quiet.settle(judged, self.rules)
+            self._quiet.settle(judged, stamps, stall_at, self.rules)
         for fp in [fp for fp in self._pending if fp not in seen]:
             del self._pending[fp], self._detected[fp]
             self.revision += 1
@@ -353,11 +371,17 @@ class Engine:
 
     def _judged_ranks(self) -> dict[int, RankInput]:
         """The ranks this engine judges, by rank: its own (rank scope); every rank it
-        holds records of or hears from (job scope)."""
-        if self.scope == "job":
-            every: dict[int, RankInput] = {**self.views, **self.published}
-            return {r: every[r] for r in sorted(every)}
-        return {r: self._own[r] for r in sorted(self._own)}
+        holds records of or hears from (job scope). Made again only when a view is made
+        or replaced, or a rank is added to ``views`` or ``published`` (which only grow)."""
+        key = (self._views_made, len(self.views), len(self.published))
+        if key != self._judged_key:
+            if self.scope == "job":
+                every: dict[int, RankInput] = {**self.views, **self.published}
+                self._judged_cache = {r: every[r] for r in sorted(every)}
+            else:
+                self._judged_cache = {r: self._own[r] for r in sorted(self._own)}
+            self._judged_key = key
+        return self._judged_cache
 
     def _hold(self, f: Finding, judged: dict[int, RankInput]) -> float:
         """How long a finding stays active after its condition was last seen (seconds):
@@ -386,7 +410,8 @@ class Engine:
             r: old if (old := before.get(r)) == (new := frozenset(ds)) else new
             for r, ds in explained.items()}
 
-    def _run(self, rule: Rule, judged: dict[int, RankInput], now: float) -> list[Judgement]:
+    def _run(self, rule: Rule, judged: dict[int, RankInput], now: float,
+             fresh: Fresh) -> list[Judgement]:
         """The rule's judgements that found something: one of every rank (rank scope),
         one of them all (job scope)."""
         try:
@@ -394,13 +419,13 @@ class Engine:
                 job_detect = JOB_DETECTORS.get(rule.id)
                 if job_detect is None:
                     return []
-                found = self._judge(rule, [*judged.values()], now, job_detect)
+                found = self._judge(rule, [*judged.values()], now, job_detect, fresh)
                 return [found] if found.found else []
             rank_detect = self.rank_detectors.get(rule.id)
             if rank_detect is None:
                 return []
             return [j for r in judged if (j := self._judge(
-                rule, [self.views[r]], now, rank_detect)).found]
+                rule, [self.views[r]], now, rank_detect, fresh)).found]
         except Exception as exc:  # a detector bug must not stop the others or the job
             self.errors += 1
             if self.errors == 1:
@@ -409,7 +434,7 @@ class Engine:
             return []
 
     def _judge(self, rule: Rule, views: Sequence[RankInput], now: float,
-               detect: Callable[..., Detection | None]) -> Judgement:
+               detect: Callable[..., Detection | None], fresh: Fresh) -> Judgement:
         """The rule's judgement of ``views`` (one rank's telemetry for a rank detector,
         every rank for a job detector). The previous one is reused while what explains
         them and their events are the same, no rank is stalled (``stall_s``), and either
@@ -433,9 +458,9 @@ class Engine:
         previous = self._judged.get(key)
         if (previous is not None and previous.seen == seen
                 and (previous.steps == steps or now < previous.refresh_at
-                     or not self._quiet.stepped(views))
+                     or fresh.stepped.isdisjoint(ranks))
                 and rule.id not in ABSENCE_DRIVEN
-                and not any(now > v.last_progress + stall_s(v) for v in views)):
+                and fresh.stalled.isdisjoint(ranks)):
             return previous
         found = detect(views[0] if rule.scope == "rank" else views, rule, self.context, now)
         refresh_at = now + refresh_s(views, rule)
