@@ -19,8 +19,8 @@ scaled by the ratio that applies to it (docs/projection.md):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 from gpuwatch.detection.catalogue import (
     PCIE_BYTES_PER_S,
@@ -46,10 +46,10 @@ POINT_TOLERANCE = 1.03
 TIMES, DASH = "\u00d7", "\u2013"  # multiplication sign, en dash
 
 
-@dataclass(frozen=True, slots=True)
-class StepParts:
+class StepParts(NamedTuple):
     """A mean step split into parts (seconds) that sum to the step. ``compute`` excludes
-    recompute, comm and ``idle`` (GPU idle inside compute and optimizer)."""
+    recompute, comm and ``idle`` (GPU idle inside compute and optimizer). A named tuple:
+    a projection makes several per judgement."""
 
     compute: float
     recompute: float = 0.0
@@ -68,14 +68,14 @@ class StepParts:
 
     def seconds(self) -> dict[str, float]:
         """The parts by name (seconds), without ``comm_bytes``."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "comm_bytes"}
+        return {k: v for k, v in zip(self._fields, self, strict=True) if k != "comm_bytes"}
 
 
 def mean_step_parts(parts: list[StepParts]) -> StepParts:
     """The field-by-field mean of several ranks' parts."""
     n = max(len(parts), 1)
-    return StepParts(**{f.name: sum(getattr(p, f.name) for p in parts) / n
-                        for f in fields(StepParts)})
+    return StepParts(*[sum(getattr(p, name) for p in parts) / n
+                       for name in StepParts._fields])
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +194,10 @@ def project(
     activation checkpointing; ``target_gpus`` for a scale-out (default ``ranks``).
     """
     inputs = inputs or Inputs()
-    inputs = replace(inputs, tensor_share=_given(tensor_share, inputs.tensor_share),
-                     gpu_busy=_given(gpu_busy, inputs.gpu_busy),
-                     link_now=_given(link_now, inputs.link_now))
+    if tensor_share is not None or gpu_busy is not None or link_now is not None:
+        inputs = replace(inputs, tensor_share=_given(tensor_share, inputs.tensor_share),
+                         gpu_busy=_given(gpu_busy, inputs.gpu_busy),
+                         link_now=_given(link_now, inputs.link_now))
     notes: list[str] = []
     dropped: list[str] = []
     if current is None:
@@ -222,9 +223,9 @@ def project(
 
     def at(share: float) -> StepParts:
         factor = (share * flops_now / flops_target + (1 - share) * bw_ratio) if current else 1.0
-        return replace(split, compute=split.compute * factor,
-                       recompute=0.0 if drop else split.recompute * factor,
-                       optimizer=split.optimizer * bw_ratio, comm=comm)
+        return split._replace(compute=split.compute * factor,
+                              recompute=0.0 if drop else split.recompute * factor,
+                              optimizer=split.optimizer * bw_ratio, comm=comm)
 
     ends = sorted((at(shares[0]), at(shares[2])), key=lambda p: p.total)
     return Projection(target=target, current=current, now=split, projected=at(shares[1]),
@@ -254,8 +255,8 @@ def _split_idle(now: StepParts, gpu_busy: float | None, notes: list[str]) -> Ste
     keep = 1 - idle / scalable
     notes.append(f"GPU {gpu_busy:.0%} busy (NVML): {idle / now.total:.0%} of the step is "
                  "idle time inside compute, kept as is")
-    return replace(now, compute=now.compute * keep, optimizer=now.optimizer * keep,
-                   idle=now.idle + idle)
+    return now._replace(compute=now.compute * keep, optimizer=now.optimizer * keep,
+                        idle=now.idle + idle)
 
 
 def _tensor_shares(measured: float | None, current: Gpu | None,
