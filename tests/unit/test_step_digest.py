@@ -30,10 +30,13 @@ KEYS = [("nvml", "gpu_utilization_ratio"), ("nvml", "gpu_power_watts"),
 
 def rank_records(gaps: list[float], per_step: list[int], values: list[float]) -> list[Record]:
     """One rank: steps ``gaps`` apart (seconds), each after ``per_step`` NVML and NCCL
-    samples spread over it (two GPUs; a counter that only rises)."""
+    samples spread over it (two GPUs; a counter that only rises); the job ends after
+    the samples of one more gap and no step (a run's last readings)."""
     out: list[Record] = [meta()]
     t, counter, k = START, 0.0, 0
-    for n, (gap, count) in enumerate(zip(gaps, per_step, strict=False), 1):
+    for n, (gap, count) in enumerate(zip([*gaps, gaps[0]], per_step, strict=False), 1):
+        if n > len(gaps):
+            gap = min(gap, DIGEST_SPAN_S)  # (under a span: only the end closes them)
         for i in range(count):
             at = t + gap * (i + 1) / (count + 1)
             v = values[k % len(values)]
@@ -44,7 +47,8 @@ def rank_records(gaps: list[float], per_step: list[int], values: list[float]) ->
             out.append(Sample(0, at, "nccl", {"nccl_bus_bytes_total": counter}))
             out.append(Sample(0, at, "host", {"workers_cpu_ratio": 0.5}))
         t += gap
-        out.append(Step(rank=0, step=n, t=t, wall_s=gap, compute_s=gap))
+        if n <= len(gaps):
+            out.append(Step(rank=0, step=n, t=t, wall_s=gap, compute_s=gap))
     return out
 
 
@@ -62,7 +66,8 @@ def same(a: Figure | None, b: Figure | None) -> bool:
 def test_from_a_digest_s_close_a_window_of_digests_is_that_of_their_samples(
         gaps: list[float], per_step: list[int], values: list[float]) -> None:
     """From each digest's close, the digests' figures and counter rises equal the
-    samples' over the same span: their count, sum, least, greatest, newest and GPUs."""
+    samples' over the same span: their count, sum, least, greatest, newest and GPUs;
+    the log's end closes the readings after its last step."""
     records = rank_records(gaps, per_step, values)
     raw, digested, digester = Telemetry(), DigestRank(), StepDigester()
     closes = []
@@ -74,7 +79,12 @@ def test_from_a_digest_s_close_a_window_of_digests_is_that_of_their_samples(
             closes.append(item.t)
         elif item is not None:
             digested.add_one(item)
-    for close in closes:
+    last = digester.flush()
+    if last is not None:
+        digested.add_digest(last)
+        closes.append(last.t)
+    assert digester.flush() is None  # (nothing is left open)
+    for close in [START, *closes]:
         since = close + 1e-6  # (readings before it closed with it)
         for source, key in KEYS:
             assert same(digested.figure(source, key, since), raw.figure(source, key, since))
@@ -96,6 +106,9 @@ def test_a_long_wait_without_steps_is_digested_in_spans() -> None:
     spans = [d for d in closed if d.step is None]
     counted = sum(d.readings[("nvml", 0, "gpu_utilization_ratio")].n for d in spans)
     assert 100 - (DIGEST_SPAN_S + 1) <= counted < 100  # (the newest are still open)
+    end = digester.flush()  # the log ends: they close too
+    assert end is not None and end.step is None and end.t == START + 100
+    assert counted + end.readings[("nvml", 0, "gpu_utilization_ratio")].n == 100
     assert max(b.t - a.t for a, b in itertools.pairwise(spans)) <= DIGEST_SPAN_S + 1
 
 

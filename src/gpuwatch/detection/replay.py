@@ -196,13 +196,16 @@ def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], En
             if not n % TICK_RECORDS:
                 reading.tick()
     else:
-        by_tag = {log.first[1]: (engine.take, StepDigester().add)
+        by_tag = {log.first[1]: (engine.take, StepDigester())
                   for log, engine in zip(logs, rank_engines, strict=True) if log.first}
         take_job = job_engine.take
-        for n, (_, tag, _, record) in enumerate(heapq.merge(*(log.placed for log in logs))):
-            take, digest = by_tag[tag]
-            take(record)
-            item = digest(record)
+        for n, (_, tag, _, read) in enumerate(heapq.merge(*map(_ended, logs))):
+            take, digester = by_tag[tag]
+            if read is None:  # the log's end
+                item: JobInput | None = digester.flush()
+            else:
+                take(read)
+                item = digester.add(read)
             if item is not None:
                 take_job(item)
             if not n % TICK_RECORDS:
@@ -213,6 +216,14 @@ def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], En
         engine.retire()  # (after every close: a rank engine's peer is the job engine)
     reading.tick()
     return rank_engines, job_engine
+
+
+def _ended(log: Log) -> Iterator[tuple[float, int, int, Record | None]]:
+    """The log's placed records, then its end (None) placed after them: where its
+    digester flushes, here as in a worker (``_digest_log``)."""
+    yield from log.placed
+    if log.first is not None:
+        yield log.reader.clock, log.first[1], log.reader.line + 1, None
 
 
 def _job_engine(settings: Settings) -> Engine:
@@ -319,6 +330,9 @@ def _digest_log(path: Path, index: int, out: Path) -> Path:
                 if len(batch) == DIGEST_BATCH:
                     pickle.dump(batch, f)
                     batch = []
+        last = digester.flush()  # (placed as the serial replay places a log's end)
+        if last is not None:
+            batch.append(((reader.clock, index, reader.line + 1), last))
         pickle.dump(batch, f)
     return out
 

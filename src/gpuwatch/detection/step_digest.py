@@ -7,8 +7,8 @@ of a parallel replay merges what its workers digested instead of reading every l
 (``replay``). A digest closes at each step, and between steps once its readings span
 ``DIGEST_SPAN_S`` (a long step, an eval, a save, a hang). Its readings count at its
 close: a window over digests holds those that closed at or after its start, as a
-window over steps holds the steps that ended there. Readings after a log's last
-digest (under ``DIGEST_SPAN_S`` of them) reach no job detector.
+window over steps holds the steps that ended there. At a log's end, the readings since
+its last digest close in one more (``flush``).
 """
 
 from __future__ import annotations
@@ -63,13 +63,14 @@ JobInput = Meta | Event | StepDigest
 class StepDigester:
     """Digests one rank's records in their order: ``add`` returns what the job engine
     takes of a record (a meta line or event as it is, the digest a step closes), else
-    None."""
+    None; ``flush``, at the end, the digest of the readings still open."""
 
     def __init__(self) -> None:
         # (source, GPU) -> key -> [count, total, low, high, first, last, last_t]
         self._open: dict[tuple[str, int | None], dict[str, list[float]]] = {}
         self._since = 0.0  # the first open reading's time
         self._newest = 0.0  # the newest open reading's time
+        self._rank = 0  # of the newest open reading
 
     def add(self, r: Record) -> JobInput | None:
         if isinstance(r, Sample):
@@ -86,6 +87,11 @@ class StepDigester:
             self._open = {}  # (a restart logged in the same file: a new timeline)
             return r
         return r if isinstance(r, Event) else None
+
+    def flush(self) -> StepDigest | None:
+        """The readings since the last digest, closed at the newest of them (a log's
+        end: none is left unjudged); None if there are none."""
+        return self._close(self._rank, self._newest, None) if self._open else None
 
     def _take(self, r: Sample, keys: tuple[str, ...]) -> None:
         values, t = r.values, r.t
@@ -111,6 +117,7 @@ class StepDigester:
             acc[5] = v
             acc[6] = t
         self._newest = t
+        self._rank = r.rank
 
     def _close(self, rank: int, t: float, step: Step | None) -> StepDigest:
         readings = {(source, gpu, key): ReadingSummary(int(a[0]), *a[1:])
