@@ -167,6 +167,8 @@ class Telemetry:
         self._series: dict[tuple[str, int | None], dict[str, Series]] = {}
         self._seq: dict[tuple[str, int | None], int] = {}  # samples seen per (source, GPU)
         self._tracked: dict[str, tuple[str, ...]] = {}  # keys asked about, by source
+        # (source, key) -> its series on each GPU, in window order (cleared when one is made)
+        self._key_lists: dict[tuple[str, str], list[tuple[tuple[str, int | None], Series]]] = {}
         self.steps_done = 0  # the number of the newest step (steps done so far)
         self.clock = 0.0
         self.started = 0.0
@@ -206,7 +208,7 @@ class Telemetry:
                 self._track(group, seq, r, tracked)
             power = r.values.get("gpu_power_watts")
             if power is not None and self.steps and r.t - self.steps[-1].t <= max(
-                    5.0, 2 * (self.median_step_s() or 0.0)):
+                    5.0, 2 * self._median):  # (0 before the warm-up ends)
                 self._stepping_power.append(power)
         elif isinstance(r, Event):
             self._event(r)
@@ -376,23 +378,24 @@ class Telemetry:
     def _key_series(self, source: str, key: str) -> list[tuple[tuple[str, int | None], Series]]:
         """The series of ``key`` on each GPU of ``source`` (window order), trimmed to the
         window; tracked from now on if it was not."""
-        tracked = self._tracked.get(source, ())
-        if key not in tracked:
-            self._tracked[source] = (*tracked, key)
-            for group, window in self.samples.items():
-                if group[0] == source:
-                    made = self._series.setdefault(group, {})[key] = Series()
-                    first = self._seq[group] - len(window) + 1
-                    for seq, sample in enumerate(window, first):
-                        value = sample.values.get(key)
-                        if value is not None:
-                            made.append(seq, sample.t, value)
-        out = []
-        for group, by_key in self._series.items():
-            series = by_key.get(key) if group[0] == source else None
-            if series is not None:
-                series.trim(self._seq[group] - MAX_SAMPLES + 1)
-                out.append((group, series))
+        out = self._key_lists.get((source, key))
+        if out is None:
+            tracked = self._tracked.get(source, ())
+            if key not in tracked:
+                self._tracked[source] = (*tracked, key)
+                for group, window in self.samples.items():
+                    if group[0] == source:
+                        made = self._series.setdefault(group, {})[key] = Series()
+                        first = self._seq[group] - len(window) + 1
+                        for seq, sample in enumerate(window, first):
+                            value = sample.values.get(key)
+                            if value is not None:
+                                made.append(seq, sample.t, value)
+            out = self._key_lists[(source, key)] = [
+                (group, series) for group, by_key in self._series.items()
+                if group[0] == source and (series := by_key.get(key)) is not None]
+        for group, series in out:
+            series.trim(self._seq[group] - MAX_SAMPLES + 1)
         return out
 
     def _track(self, group: tuple[str, int | None], seq: int, r: Sample,
@@ -400,12 +403,14 @@ class Telemetry:
         by_key = self._series.get(group)
         if by_key is None:
             by_key = self._series[group] = {k: Series() for k in keys}
+            self._key_lists.clear()
         for key in keys:
             value = r.values.get(key)
             if value is not None:
                 series = by_key.get(key)
                 if series is None:
                     series = by_key[key] = Series()
+                    self._key_lists.clear()
                 series.append(seq, r.t, value)
                 if len(series) > MAX_SAMPLES:
                     series.trim(seq - MAX_SAMPLES + 1)

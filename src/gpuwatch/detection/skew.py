@@ -12,6 +12,7 @@ Steps are aligned by step number, never by clock (host clocks differ).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,14 +65,18 @@ def split(views: Sequence[RankInput], since: float, min_steps: int) -> SkewSplit
     transfer = walls = 0.0
     skew = dict.fromkeys(ranks, 0.0)
     last = dict.fromkeys(ranks, 0.0)
+    rows = [per_rank[r] for r in ranks]
     for k in common:
-        waits = {r: per_rank[r][k].wait_s for r in ranks}
-        least = min(waits.values())
+        step = [row[k] for row in rows]
+        waits = [w.wait_s for w in step]
+        least = min(waits)
         transfer += least
-        walls += statistics.fmean(per_rank[r][k].wall_s for r in ranks)
-        for r in ranks:
-            skew[r] += waits[r] - least
-        tied = [r for r in ranks if waits[r] - least <= TIE_S]
+        walls += math.fsum([w.wall_s for w in step]) / len(step)  # (their fmean)
+        tied = []
+        for r, wait in zip(ranks, waits, strict=True):
+            skew[r] += wait - least
+            if wait - least <= TIE_S:
+                tied.append(r)
         for r in tied:  # equal waits: no one rank was last
             last[r] += 1 / len(tied)
     n = len(common)
