@@ -13,8 +13,7 @@ import itertools
 import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpuwatch.faults import FaultLog
 from gpuwatch.records import Step
@@ -26,10 +25,10 @@ LINK_FACTS = ("nvlink_bytes_per_second", "pcie_bytes_per_second", "pcie_generati
               "pcie_width")
 
 
-@dataclass(frozen=True, slots=True)
-class StepWait:
+class StepWait(NamedTuple):
     """One step of one rank, for comparing ranks step by step: its number, exposed
-    collective wait, compute without that wait, and wall time (seconds)."""
+    collective wait, compute without that wait, and wall time (seconds). A named tuple:
+    a judgement across ranks makes one per step of each rank's window."""
 
     step: int
     wait_s: float
