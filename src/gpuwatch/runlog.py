@@ -462,15 +462,14 @@ def _record(obj: dict[str, Any]) -> Record | None:
     """The record a decoded line holds, or None when it is not a valid one."""
     kind = obj.get("kind")
     if kind == "sample":  # most of a log: checked field by field, readings in C
-        values = obj.get("values")
-        if (type(values) is dict and type(obj.get("rank")) is int
-                and type(obj.get("t")) in _NUMBERS and type(obj.get("source")) is str
-                and type(obj.get("gpu")) in _GPU_TYPES
+        t: Any = obj.get("t")
+        values, rank, source, gpu = (obj.get("values"), obj.get("rank"), obj.get("source"),
+                                     obj.get("gpu"))
+        if (type(values) is dict and type(rank) is int and type(t) in _NUMBERS
+                and type(source) is str and type(gpu) in _GPU_TYPES
+                and len(obj) == 5 + ("gpu" in obj)  # (a newer schema's fields: below)
                 and _NUMBERS.issuperset(map(type, values.values()))):
-            try:
-                return Sample(**obj)
-            except TypeError:  # a newer schema's fields: the general path below
-                pass
+            return Sample(rank, t, source, values, gpu)
     elif kind == "step":  # where every field but its kind is a number
         del obj["kind"]
         if _NUMBERS.issuperset(map(type, obj.values())):

@@ -193,9 +193,7 @@ class Telemetry:
             self.add_one(r)
 
     def add_one(self, r: Record) -> None:
-        if isinstance(r, Step):
-            self._step(r)
-        elif isinstance(r, Sample):
+        if isinstance(r, Sample):  # (most records)
             group = (r.source, r.gpu)
             window = self.samples.get(group)
             if window is None:
@@ -210,6 +208,8 @@ class Telemetry:
             if power is not None and self.steps and r.t - self.steps[-1].t <= max(
                     5.0, 2 * self._median):  # (0 before the warm-up ends)
                 self._stepping_power.append(power)
+        elif isinstance(r, Step):
+            self._step(r)
         elif isinstance(r, Event):
             self._event(r)
         else:

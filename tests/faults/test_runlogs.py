@@ -120,6 +120,8 @@ def test_mixed_schema_versions_in_one_directory_are_read_alike(
     older.update(rank=1, world_size=2)
     (tmp_path / "run-rank0.jsonl").write_text(
         json.dumps(newer) + "\n" + json.dumps({**STEP, "tflops": 3.5}) + "\n"
+        + json.dumps({"kind": "sample", "rank": 0, "t": 1.0, "source": "nvml", "gpu": 0,
+                      "values": {"gpu_utilization_ratio": 0.5}, "sampler": "v2"}) + "\n"
         + '{"kind": "span", "t": 1.0}\n')
     (tmp_path / "run-rank1.jsonl").write_text(
         json.dumps(older) + "\n" + json.dumps({**STEP, "rank": 1}) + "\n")
