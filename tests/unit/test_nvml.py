@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from gpuwatch.faults import FaultLog
-from gpuwatch.probes.nvml import Nvml, NvmlSampler, visible_gpu_indices
+from gpuwatch.probes.nvml import LINK_STATE_INTERVAL_S, Nvml, NvmlSampler, visible_gpu_indices
 from gpuwatch.probes.topology import read_topology
 from tests.fakes import FakeGpu, FakeNvml
 
@@ -64,6 +64,24 @@ def test_pcie_is_read_at_most_every_interval() -> None:
     for mono in (0.0, 1.0, 2.0, 4.9, 5.0, 6.0):
         s.sample(mono, mono)
     assert lib.calls["nvmlDeviceGetPcieThroughput"] == 2 * 2  # tx and rx, at 0 s and 5 s
+
+
+def test_nvlink_link_states_are_read_every_interval_and_carried_between() -> None:
+    """Up to 18 calls a GPU: read every LINK_STATE_INTERVAL_S; every sample carries the
+    count read last, and a link that goes down shows at the next read."""
+    gpu = FakeGpu()
+    lib = FakeNvml([gpu])
+    s = sampler(lib)
+    seen = []
+    for mono in range(int(2 * LINK_STATE_INTERVAL_S) + 1):
+        if mono == 10:
+            gpu.nvlinks = 12  # six links go down
+        seen.append(s.sample(float(mono), float(mono))[0].values["gpu_nvlink_links_active"])
+    reads = lib.calls["nvmlDeviceGetNvLinkState"] // FakeNvml.NVML_NVLINK_MAX_LINKS
+    assert reads == 3  # at 0 s, 30 s and 60 s
+    first = int(LINK_STATE_INTERVAL_S)
+    assert seen[:first] == [18.0] * first and seen[first:] == [12.0] * (len(seen) - first)
+    assert lib.calls["nvmlDeviceGetFieldValues"] == len(seen)  # traffic: every sample
 
 
 def test_consumer_card_without_nvlink_or_gpm_has_those_metrics_absent_not_zero() -> None:

@@ -168,10 +168,17 @@ def visible_gpu_indices(nvml: Nvml, environ: dict[str, str] | os._Environ[str]) 
     return visible
 
 
+# How often NVLink link states are read again (seconds): a link goes down only on a
+# fault, and each of a GPU's up to 18 links is a call into the driver (about 80% of a
+# sample's calls on an 8-GPU NVLink node); the count read last is carried in between.
+LINK_STATE_INTERVAL_S = 30.0
+
+
 class NvmlSampler:
     """Reads one Sample per GPU per call: utilisation, memory, power, energy, clocks,
-    clock-event reasons, PCIe (every ``pcie_interval_s``), NVLink, this job's process
-    memory and, on GPUs that have it, GPM (SM, tensor, DRAM, PCIe and NVLink rates).
+    clock-event reasons, PCIe (every ``pcie_interval_s``), NVLink (link states every
+    ``LINK_STATE_INTERVAL_S``, traffic every sample), this job's process memory and,
+    on GPUs that have it, GPM (SM, tensor, DRAM, PCIe and NVLink rates).
     """
 
     def __init__(
@@ -188,6 +195,8 @@ class NvmlSampler:
         self._job_pids = job_pids
         self._pcie_interval_s = pcie_interval_s
         self._next_pcie = 0.0
+        self._next_links = 0.0
+        self._links: dict[int, int | None] = {}  # GPU -> active links read last (None: none)
         self._handles = {i: nvml.call("nvmlDeviceGetHandleByIndex", i) for i in self.gpus}
         self._gpm = {i: _Gpm(nvml, h) for i, h in self._handles.items() if h is not None}
 
@@ -196,12 +205,17 @@ class NvmlSampler:
         read_pcie = mono >= self._next_pcie
         if read_pcie:
             self._next_pcie = mono + self._pcie_interval_s
+        if mono >= self._next_links:
+            self._next_links = mono + LINK_STATE_INTERVAL_S
+            self._links = {i: self._active_links(h) for i, h in self._handles.items()
+                           if h is not None}
         pids = self._job_pids()
         out = []
         for index, handle in self._handles.items():
             if handle is None:
                 continue
             values = self._read(handle, read_pcie, pids)
+            self._nvlink(handle, self._links.get(index), values)
             gpm = self._gpm.get(index)
             if gpm is not None:
                 values.update(gpm.read())
@@ -242,7 +256,6 @@ class NvmlSampler:
             for key, const in (("gpu_pcie_tx_bytes_per_second", "NVML_PCIE_UTIL_TX_BYTES"),
                                ("gpu_pcie_rx_bytes_per_second", "NVML_PCIE_UTIL_RX_BYTES")):
                 _put(v, key, nv.call("nvmlDeviceGetPcieThroughput", h, nv.const(const)), 1e3)
-        self._nvlink(h, v)
         procs = nv.call("nvmlDeviceGetComputeRunningProcesses", h)
         if procs is not None:
             v["gpu_process_memory_bytes"] = float(sum(
@@ -257,13 +270,21 @@ class NvmlSampler:
                 return mem
         return self.nvml.call("nvmlDeviceGetMemoryInfo", h)
 
-    def _nvlink(self, h: Any, v: dict[str, float]) -> None:
+    def _active_links(self, h: Any) -> int | None:
+        """The GPU's active NVLink links; None without NVLink (every state unreadable)."""
         nv = self.nvml
         max_links = nv.const("NVML_NVLINK_MAX_LINKS") or 0
         states = [nv.call("nvmlDeviceGetNvLinkState", h, link) for link in range(max_links)]
         if not any(s is not None for s in states):
+            return None
+        return sum(1 for s in states if s)
+
+    def _nvlink(self, h: Any, links: int | None, v: dict[str, float]) -> None:
+        """The active links (``links``, as last read) and the NVLink traffic counters."""
+        if links is None:
             return  # no NVLink on this GPU: the metrics are absent, not 0
-        v["gpu_nvlink_links_active"] = float(sum(1 for s in states if s))
+        nv = self.nvml
+        v["gpu_nvlink_links_active"] = float(links)
         fields = [nv.const("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX"),
                   nv.const("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX")]
         if None in fields:
