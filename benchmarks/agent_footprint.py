@@ -18,7 +18,9 @@ PCIe throughput reads ~20 ms, NVLink state queries, GPM samples), at default
 intervals. A pure-Python step (~20 ms, holding the GIL throughout) runs
 ``--seconds`` without gpuwatch, then as long with the agent; ``--runs`` such pairs,
 in alternating order. Reports the agent thread's CPU as a share of one core and
-the step's median and p99 with and without the agent (their ratio).
+the step's median and p99 with and without the agent (their ratio), and the samples the
+agent took per second (it is set to 1 Hz; a sampler starved of the GIL falls behind)
+with the agent's CPU per sample.
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ def with_nvml(runs: int, seconds: float) -> None:
     gpus = [FakeGpu(uuid=f"GPU-{i:08d}-0000-0000-0000-000000000000",
                     pci_bus_id=f"00000000:{0x18 + i:02X}:00.0") for i in range(8)]
     cpu_shares: list[float] = []
+    rates: list[float] = []  # samples of every GPU taken per second
+    per_sample: list[float] = []  # agent CPU per sample of every GPU (s)
     ratio_med: list[float] = []
     ratio_p99: list[float] = []
     meds: dict[str, list[float]] = {"without": [], "with": []}
@@ -140,6 +144,9 @@ def with_nvml(runs: int, seconds: float) -> None:
                 agent.stop()
                 cpu_shares.append(agent.thread_cpu_s / wall)
                 calls += sum(nvml.calls.values())
+                taken = nvml.calls["nvmlDeviceGetUtilizationRates"] / len(gpus)
+                rates.append(taken / wall)
+                per_sample.append(agent.thread_cpu_s / max(taken, 1.0))
         for kind in got:
             meds[kind].append(statistics.median(got[kind]))
         q = {k: statistics.quantiles(v, n=100)[98] for k, v in got.items()}
@@ -151,6 +158,8 @@ def with_nvml(runs: int, seconds: float) -> None:
         print(f"  {name:<34} median {format(statistics.median(xs), fmt)}  "
               f"[{format(min(xs), fmt)} - {format(max(xs), fmt)}]")
     show("agent thread CPU, share of a core", cpu_shares, ".3%")
+    show("samples taken per second (1 Hz set)", rates, ".2f")
+    show("agent CPU per sample (ms)", [c * 1e3 for c in per_sample], ".1f")
     show("step median without agent (ms)", [m * 1e3 for m in meds["without"]], ".3f")
     show("step median with agent (ms)", [m * 1e3 for m in meds["with"]], ".3f")
     show("step median ratio with/without", ratio_med, ".4f")
