@@ -235,6 +235,8 @@ class RunLogReader:
     line's number in the log (non-blank lines, segments first) and ``clock`` the newest
     time of any line so far, passed-over ones included: the same with or without a
     filter, so readers of one log with different filters agree on where they are.
+    ``lines_read`` counts the non-blank lines read so far, whatever became of them
+    (after the last, it places the log's end the same way with or without a filter).
     """
 
     BLOCK_LINES = 256  # (a merge holds a parsed block per log: kept small)
@@ -246,6 +248,7 @@ class RunLogReader:
         self.passed_over = 0
         self.bytes_read = 0  # of the file, as far as the reader got
         self.line = -1
+        self.lines_read = 0
         self.clock = 0.0
         self._sources = sample_sources
         self._cut = False
@@ -273,6 +276,7 @@ class RunLogReader:
                         break
                     numbers: Sequence[int] = range(number + 1, number + 1 + len(lines))
                     number += len(lines)
+                    self.lines_read = number + 1
                     if self._sources is None:
                         floors: Iterable[float] = itertools.repeat(0.0, len(lines))
                         last = 0.0

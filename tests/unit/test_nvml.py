@@ -84,6 +84,22 @@ def test_nvlink_link_states_are_read_every_interval_and_carried_between() -> Non
     assert lib.calls["nvmlDeviceGetFieldValues"] == len(seen)  # traffic: every sample
 
 
+def test_nvlink_link_states_are_read_again_at_once_when_a_read_fails() -> None:
+    """No state readable (a transient error), or the traffic read failing (a GPU gone):
+    the states are read again at the next sample, not after the interval."""
+    lib = FakeNvml([FakeGpu()])
+    s = sampler(lib)
+    lib.fail["nvmlDeviceGetNvLinkState"] = FakeNvml.NVML_ERROR_UNKNOWN
+    assert "gpu_nvlink_links_active" not in s.sample(0.0, 0.0)[0].values
+    del lib.fail["nvmlDeviceGetNvLinkState"]
+    assert s.sample(1.0, 1.0)[0].values["gpu_nvlink_links_active"] == 18.0
+    lib.fail["nvmlDeviceGetFieldValues"] = FakeNvml.NVML_ERROR_GPU_IS_LOST
+    s.sample(2.0, 2.0)
+    before = lib.calls["nvmlDeviceGetNvLinkState"]
+    s.sample(3.0, 3.0)
+    assert lib.calls["nvmlDeviceGetNvLinkState"] == before + FakeNvml.NVML_NVLINK_MAX_LINKS
+
+
 def test_consumer_card_without_nvlink_or_gpm_has_those_metrics_absent_not_zero() -> None:
     lib = FakeNvml([FakeGpu(name="NVIDIA GeForce RTX 5090", nvlinks=0, gpm=False)])
     s = sampler(lib)

@@ -19,7 +19,9 @@ import pytest
 from gpuwatch.config import Settings
 from gpuwatch.detection.engine import engine_from_settings
 from gpuwatch.detection.replay import JobTimeline, _replay_rank, analyze, default_workers
+from gpuwatch.detection.step_digest import JOB_SOURCES
 from gpuwatch.records import Sample, Step
+from gpuwatch.runlog import RunLogReader, encode
 from gpuwatch.telemetry import Telemetry
 from tests.scenarios import JOBS, job, write
 
@@ -59,6 +61,24 @@ def test_parallel_replay_keeps_attempts_apart(tmp_path, restarted):
     parallel = analyze(logs, Settings(), workers=2)
     assert parallel.findings == serial.findings
     assert {f.detector for f in serial.findings} >= {"hang"}
+
+
+def test_a_log_s_end_is_placed_alike_whether_its_reader_passes_samples_over(tmp_path):
+    """A log's end (where its digester flushes) is placed by its reader's clock and lines
+    read: a worker's reader, which passes over the samples no job detector reads, must
+    place it where the serial replay's reader does, after every line of the log, also
+    when the log ends with such samples."""
+    path = write(job("nccl_hang").shape, tmp_path)[0]
+    last = max(RunLogReader(path), key=lambda r: getattr(r, "t", 0.0))
+    with path.open("a") as f:  # the host and the agent sample last
+        f.write(encode(Sample(0, last.t + 1.0, "host", {"workers": 8.0})).decode())
+        f.write(encode(Sample(0, last.t + 2.0, "agent", {"agent_cpu_seconds_total": 1.0})).decode())
+    ends = []
+    for reader in (RunLogReader(path), RunLogReader(path, JOB_SOURCES)):
+        lines = [reader.line for _ in reader]
+        assert reader.lines_read > max(lines)
+        ends.append((reader.clock, reader.lines_read))
+    assert ends[0] == ends[1] == (last.t + 2.0, len(path.read_text().splitlines()))
 
 
 def test_a_worker_sends_back_its_findings_not_the_rank_s_telemetry(tmp_path):

@@ -372,7 +372,8 @@ class Engine:
     def _judged_ranks(self) -> dict[int, RankInput]:
         """The ranks this engine judges, by rank: its own (rank scope); every rank it
         holds records of or hears from (job scope). Made again only when a view is made
-        or replaced, or a rank is added to ``views`` or ``published`` (which only grow)."""
+        or replaced, or a rank is added to ``views`` or ``published`` (which only grow:
+        a view is replaced through ``view``, never by assigning an existing rank's)."""
         key = (self._views_made, len(self.views), len(self.published))
         if key != self._judged_key:
             if self.scope == "job":

@@ -219,11 +219,11 @@ def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], En
 
 
 def _ended(log: Log) -> Iterator[tuple[float, int, int, Record | None]]:
-    """The log's placed records, then its end (None) placed after them: where its
-    digester flushes, here as in a worker (``_digest_log``)."""
+    """The log's placed records, then its end (None) placed after every line of it:
+    where its digester flushes, here as in a worker (``_digest_log``)."""
     yield from log.placed
     if log.first is not None:
-        yield log.reader.clock, log.first[1], log.reader.line + 1, None
+        yield log.reader.clock, log.first[1], log.reader.lines_read, None
 
 
 def _job_engine(settings: Settings) -> Engine:
@@ -332,7 +332,7 @@ def _digest_log(path: Path, index: int, out: Path) -> Path:
                     batch = []
         last = digester.flush()  # (placed as the serial replay places a log's end)
         if last is not None:
-            batch.append(((reader.clock, index, reader.line + 1), last))
+            batch.append(((reader.clock, index, reader.lines_read), last))
         pickle.dump(batch, f)
     return out
 

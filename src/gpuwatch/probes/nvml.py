@@ -169,8 +169,11 @@ def visible_gpu_indices(nvml: Nvml, environ: dict[str, str] | os._Environ[str]) 
 
 
 # How often NVLink link states are read again (seconds): a link goes down only on a
-# fault, and each of a GPU's up to 18 links is a call into the driver (about 80% of a
-# sample's calls on an 8-GPU NVLink node); the count read last is carried in between.
+# fault, and each of a GPU's up to 18 links is a call into the driver (over half of a
+# sample's calls on an NVLink node); the count read last is carried in between. A read
+# that finds no state, or a failed read of the link traffic (a GPU gone), has them read
+# again at the next sample (a card without NVLink costs no call: NVML's "not supported"
+# is remembered).
 LINK_STATE_INTERVAL_S = 30.0
 
 
@@ -195,8 +198,8 @@ class NvmlSampler:
         self._job_pids = job_pids
         self._pcie_interval_s = pcie_interval_s
         self._next_pcie = 0.0
-        self._next_links = 0.0
-        self._links: dict[int, int | None] = {}  # GPU -> active links read last (None: none)
+        # GPU -> (active links read last, None: none; when to read them again, monotonic s)
+        self._links: dict[int, tuple[int | None, float]] = {}
         self._handles = {i: nvml.call("nvmlDeviceGetHandleByIndex", i) for i in self.gpus}
         self._gpm = {i: _Gpm(nvml, h) for i, h in self._handles.items() if h is not None}
 
@@ -205,17 +208,13 @@ class NvmlSampler:
         read_pcie = mono >= self._next_pcie
         if read_pcie:
             self._next_pcie = mono + self._pcie_interval_s
-        if mono >= self._next_links:
-            self._next_links = mono + LINK_STATE_INTERVAL_S
-            self._links = {i: self._active_links(h) for i, h in self._handles.items()
-                           if h is not None}
         pids = self._job_pids()
         out = []
         for index, handle in self._handles.items():
             if handle is None:
                 continue
             values = self._read(handle, read_pcie, pids)
-            self._nvlink(handle, self._links.get(index), values)
+            self._nvlink(index, handle, mono, values)
             gpm = self._gpm.get(index)
             if gpm is not None:
                 values.update(gpm.read())
@@ -279,8 +278,14 @@ class NvmlSampler:
             return None
         return sum(1 for s in states if s)
 
-    def _nvlink(self, h: Any, links: int | None, v: dict[str, float]) -> None:
-        """The active links (``links``, as last read) and the NVLink traffic counters."""
+    def _nvlink(self, index: int, h: Any, mono: float, v: dict[str, float]) -> None:
+        """GPU ``index``'s active links (read every ``LINK_STATE_INTERVAL_S``) and its
+        NVLink traffic counters, into ``v``."""
+        links, due = self._links.get(index, (None, mono))
+        if mono >= due:
+            links = self._active_links(h)
+            due = mono + LINK_STATE_INTERVAL_S if links is not None else mono
+        self._links[index] = (links, due)
         if links is None:
             return  # no NVLink on this GPU: the metrics are absent, not 0
         nv = self.nvml
@@ -290,6 +295,8 @@ class NvmlSampler:
         if None in fields:
             return
         values = nv.call("nvmlDeviceGetFieldValues", h, fields)
+        if values is None:  # the GPU may be gone: its links are read again next time
+            self._links[index] = (links, mono)
         for key, fv in zip(("gpu_nvlink_tx_bytes_total", "gpu_nvlink_rx_bytes_total"),
                            values or (), strict=False):
             if getattr(fv, "nvmlReturn", 1) == 0:
