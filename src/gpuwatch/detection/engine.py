@@ -98,7 +98,8 @@ def _fingerprint(job: str, detector: str, ranks: tuple[int, ...]) -> str:
 class Judgement(NamedTuple):
     """What a rule found and what it saw: its ranks' step stamps, their event stamps and
     the detectors that explained them (``seen``). It is refreshed at the first step to
-    come after ``refresh_at`` (record time, s)."""
+    come after ``refresh_at`` (record time, s; an absence-driven rule's is judged afresh
+    at every evaluation)."""
 
     steps: tuple[int, ...]
     seen: tuple[Any, ...]
@@ -203,6 +204,7 @@ class Engine:
     _views_made: int = 0  # views made or replaced (a restart): the judged ranks change
     _judged_cache: dict[int, RankInput] = field(default_factory=dict)
     _judged_key: tuple[int, ...] = ()  # (_views_made, len(views), len(published)) of it
+    _explained_key: tuple[int, ...] = ()  # the revisions and judged key ``_explain`` saw
     revision: int = 0  # changes with what ``covered`` returns
 
     def view(self, rank: int) -> Telemetry:
@@ -220,7 +222,7 @@ class Engine:
         and the judgements (what a replay keeps of an engine, and a worker sends back)."""
         self.views, self._own, self.published, self.peers = {}, {}, {}, []
         self._judged, self._raised, self._quiet = {}, {}, Quiet()
-        self._judged_cache, self._judged_key = {}, ()
+        self._judged_cache, self._judged_key, self._explained_key = {}, (), ()
 
     def feed(self, records: Iterable[Record]) -> list[Finding]:
         """Take records into the telemetry windows, judging whenever their time says so."""
@@ -397,7 +399,12 @@ class Engine:
     def _explain(self, judged: dict[int, RankInput]) -> None:
         """Tell the detectors which findings are active and which conditions are detected
         (still short of ``for_s``), and on which of the ``judged`` ranks: job-scope ones
-        cover every rank."""
+        cover every rank. Nothing to do while neither the revisions of what explains nor
+        the judged ranks changed since the last time."""
+        key = (self.revision, *[peer.revision for peer in self.peers], *self._judged_key)
+        if key == self._explained_key:
+            return
+        self._explained_key = key
         explained: dict[int, set[str]] = {}
         for engine in (self, *self.peers):
             for detector, ranks in engine.covered():
@@ -464,7 +471,7 @@ class Engine:
                 and fresh.stalled.isdisjoint(ranks)):
             return previous
         found = detect(views[0] if rule.scope == "rank" else views, rule, self.context, now)
-        refresh_at = now + refresh_s(views, rule)
+        refresh_at = now if rule.id in ABSENCE_DRIVEN else now + refresh_s(views, rule)
         if found is None:
             judgement = Judgement(steps, seen, None, refresh_at)
         else:
@@ -503,6 +510,8 @@ class Engine:
 def refresh_s(views: Sequence[RankInput], rule: Rule) -> float:
     """How long a judgement of ``views`` stands while only steps come (seconds): the
     widest of their windows over ``REFRESH_DIVISIONS``."""
+    if len(views) == 1:
+        return window_s(views[0], rule) / REFRESH_DIVISIONS
     return max(window_s(v, rule) for v in views) / REFRESH_DIVISIONS
 
 
