@@ -510,8 +510,6 @@ class Engine:
 def refresh_s(views: Sequence[RankInput], rule: Rule) -> float:
     """How long a judgement of ``views`` stands while only steps come (seconds): the
     widest of their windows over ``REFRESH_DIVISIONS``."""
-    if len(views) == 1:
-        return window_s(views[0], rule) / REFRESH_DIVISIONS
     return max(window_s(v, rule) for v in views) / REFRESH_DIVISIONS
 
 

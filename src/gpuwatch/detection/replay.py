@@ -115,9 +115,11 @@ Placed = tuple[float, int, int, Record]  # (clock, log tag, line, record): ``pla
 class Log:
     """One run log opened for replay: its reader, the settings and attempt its meta line
     recorded, its first record and the reader's stream of the rest, placed
-    (``RunLogReader.placed``, tagged with the log's index among those analysed)."""
+    (``RunLogReader.placed``) with its ``tag``: its index among the logs analysed, which
+    orders logs at equal times in every merge, serial or in workers."""
 
     reader: RunLogReader
+    tag: int
     settings: Settings
     attempt: int
     first: Placed | None
@@ -196,8 +198,8 @@ def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], En
             if not n % TICK_RECORDS:
                 reading.tick()
     else:
-        by_tag = {log.first[1]: (engine.take, StepDigester())
-                  for log, engine in zip(logs, rank_engines, strict=True) if log.first}
+        by_tag = {log.tag: (engine.take, StepDigester())
+                  for log, engine in zip(logs, rank_engines, strict=True)}
         take_job = job_engine.take
         for n, (_, tag, _, read) in enumerate(heapq.merge(*map(_ended, logs))):
             take, digester = by_tag[tag]
@@ -223,7 +225,7 @@ def _ended(log: Log) -> Iterator[tuple[float, int, int, Record | None]]:
     where its digester flushes, here as in a worker (``_digest_log``)."""
     yield from log.placed
     if log.first is not None:
-        yield log.reader.clock, log.first[1], log.reader.lines_read, None
+        yield log.reader.clock, log.tag, log.reader.lines_read, None
 
 
 def _job_engine(settings: Settings) -> Engine:
@@ -242,7 +244,7 @@ def _job_engine(settings: Settings) -> Engine:
 # replays in a worker, taking in those changes at the same places. The findings are the
 # serial replay's.
 
-Position = tuple[float, int, int]  # (merged clock, log index, record index in the log)
+Position = tuple[float, int, int]  # (merged clock, log tag, line in the log)
 Covered = list[tuple[str, list[int]]]
 DIGEST_BATCH = 128  # digests pickled at a time (a merge holds a batch of each log)
 
@@ -282,25 +284,23 @@ def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) ->
     with (tempfile.TemporaryDirectory(prefix="gpuwatch-digests-") as tmp,
           ProcessPoolExecutor(max_workers=min(workers, len(every))) as pool):
         pool.submit(int)  # forks every worker now, before this process grows
-        tagged = [(tag, log) for logs in attempts if len(logs) > 1  # (ranks to compare)
-                  for tag, log in enumerate(logs)]
-        digested = {id(log): pool.submit(_digest_log, log.reader.path, tag,
-                                         Path(tmp) / f"{n}.pickle")
-                    for n, (tag, log) in enumerate(tagged)}
-        _progress(bar, {digested[id(log)]: log.reader.path for _, log in tagged})
+        compared = [log for logs in attempts if len(logs) > 1 for log in logs]
+        digested = {log.tag: pool.submit(_digest_log, log.reader.path, log.tag,
+                                         Path(tmp) / f"{log.tag}.pickle") for log in compared}
+        _progress(bar, {digested[log.tag]: log.reader.path for log in compared})
         futures: dict[int, Future[tuple[Engine, int, int]]] = {}
         for logs in attempts:
-            files = [digested[id(log)].result() for log in logs if id(log) in digested]
+            files = [digested[log.tag].result() for log in logs if log.tag in digested]
             job_engine, timeline = _job_pass(logs[0].settings,
                                              [_digests(path) for path in files])
             for path in files:
                 path.unlink()  # (digests are ~15% of a log's size: gone once judged)
             job_engines.append(job_engine)
-            for tag, log in enumerate(logs):  # the log's merge tag: its place in the attempt
-                futures[id(log)] = pool.submit(_replay_rank, log.reader.path, log.settings,
-                                               tag, timeline)
-        _progress(bar, {futures[id(log)]: log.reader.path for log in every})
-    results = [futures[id(log)].result() for log in every]
+            for log in logs:
+                futures[log.tag] = pool.submit(_replay_rank, log.reader.path, log.settings,
+                                               log.tag, timeline)
+        _progress(bar, {futures[log.tag]: log.reader.path for log in every})
+    results = [futures[log.tag].result() for log in every]
     out, done = [], iter(results)
     for logs, job in zip(attempts, job_engines, strict=True):
         out.append(([next(done)[0] for _ in logs], job))
@@ -389,11 +389,11 @@ def _open(path: Path, tag: int, settings: Settings) -> Log:
     placed = reader.placed(tag)
     first = next(placed, None)
     if first is None:
-        return Log(reader, settings, 0, None, placed)
+        return Log(reader, tag, settings, 0, None, placed)
     meta = first[3] if isinstance(first[3], Meta) else None
     recorded = meta.detection if meta else {}
-    return Log(reader, replay_settings(recorded, settings), meta.attempt if meta else 0,
-               first, placed)
+    return Log(reader, tag, replay_settings(recorded, settings),
+               meta.attempt if meta else 0, first, placed)
 
 
 def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:

@@ -287,7 +287,7 @@ class NvmlSampler:
             due = mono + LINK_STATE_INTERVAL_S if links is not None else mono
         self._links[index] = (links, due)
         if links is None:
-            return  # no NVLink on this GPU: the metrics are absent, not 0
+            return  # no NVLink on this GPU (or none read): the metrics are absent, not 0
         nv = self.nvml
         v["gpu_nvlink_links_active"] = float(links)
         fields = [nv.const("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX"),
