@@ -37,6 +37,7 @@ INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an i
 RHYTHM_SHARE = 0.10  # interruptions more frequent than this share of steps are the rhythm
 # Events that show the job is working between steps (besides steps themselves).
 PROGRESS_EVENTS = frozenset({"progress", "checkpoint_save"})
+OPEN_SAVE_KEY = "open_checkpoint_seconds"  # agent samples: how long a save has been open
 _CHANGES = itertools.count(1)  # stamps of steps and events, unique across views
 
 
@@ -432,6 +433,13 @@ class Telemetry:
     def latest(self, source: str, gpu: int | None = None) -> Sample | None:
         window = self.samples.get((source, gpu))
         return window[-1] if window else None
+
+    def open_save(self) -> tuple[float, float] | None:
+        """(when, seconds open) of a save its newest agent sample says is being written
+        (Unix s, s); None if that sample shows none."""
+        agent = self.latest("agent")
+        seconds = agent.values.get(OPEN_SAVE_KEY, 0.0) if agent is not None else 0.0
+        return (agent.t, seconds) if agent is not None and seconds > 0 else None
 
     def gpu_samples(self) -> list[Sample]:
         """The newest NVML sample of each GPU, by GPU index."""

@@ -94,6 +94,16 @@ JOBS: tuple[Job, ...] = (
               memory=H100_HEALTHY),
         expected=(Verdict("checkpoint_overhead", FIX, (0,)),),
         wrong=(Verdict("hang", FIX), Verdict("fits_on_paper", MOVE))),
+    Job("ddp_rank0_saves",
+        "DDP on 4 H100s, 1 s steps; rank 0 alone writes an 80 GB checkpoint every 10 "
+        "minutes (150 s, `if rank == 0: torch.save`) while the others wait in the next "
+        "all-reduce: a fifth of the job's time lost to blocking saves, no hang.",
+        Shape(step_s=1.0, duration_s=1500, world=4, collective_share=0.05,
+              collective_bytes=int(2e9), memory=Memory(60, 35),
+              saves=Saves(every_s=600, blocking_s=150, nbytes=int(80e9), ranks=(0,))),
+        expected=(Verdict("checkpoint_overhead", FIX, (0,)),),
+        wrong=(Verdict("hang", FIX), Verdict("sync_bottleneck", MOVE),
+               Verdict("straggler", FIX))),
     Job("async_saves",
         "The same save rhythm with DCP async_save: 0.3 s staging blocks, the write runs "
         "in the background: nothing to fix.",

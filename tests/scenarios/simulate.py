@@ -39,12 +39,15 @@ class Evals:
 @dataclass(frozen=True)
 class Saves:
     """Periodic checkpoint saves. ``blocking_s`` stalls the loop; ``background_s`` (async
-    saves) is written by a thread after the blocking staging."""
+    saves) is written by a thread after the blocking staging. ``ranks``: the ranks that
+    write it (None: every rank); the others wait for them at their next collective
+    (``if rank == 0: torch.save(...)`` in DDP: NCCL kernels spin, pinned at low power)."""
 
     every_s: float
     blocking_s: float
     nbytes: int = int(10e9)
     background_s: float = 0.0
+    ranks: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,14 @@ def _steps(shape: Shape, rank: int, rng: random.Random, out: list[Record],
             _progress(rank, t, wall, micro, out, evals=False)
         t += wall
         saved = 0
-        if next_save is not None and shape.saves and since >= next_save:
+        waited = 0.0  # for a rank that writes the save, in the next collective
+        if next_save is not None and shape.saves and since >= next_save and not (
+                shape.saves.ranks is None or rank in shape.saves.ranks):
+            busy.append(_Busy(t, t + shape.saves.blocking_s, "save_wait"))
+            waited = shape.saves.blocking_s
+            t += waited
+            next_save += shape.saves.every_s
+        elif next_save is not None and shape.saves and since >= next_save:
             sv = shape.saves
             busy.append(_Busy(t, t + sv.blocking_s, "save"))
             t += sv.blocking_s
@@ -233,9 +243,9 @@ def _steps(shape: Shape, rank: int, rng: random.Random, out: list[Record],
         out.append(Step(
             rank=rank, step=step, t=t, wall_s=t - step_start,
             data_s=parts["data"] + extra["data_s"],
-            compute_s=parts["compute"] + extra["compute_s"],
+            compute_s=parts["compute"] + extra["compute_s"] + waited,
             optimizer_s=parts["optimizer"], checkpoint_s=extra["checkpoint_s"],
-            collective_s=parts["collective"], recompute_s=parts["recompute"],
+            collective_s=parts["collective"] + waited, recompute_s=parts["recompute"],
             samples=batch * shape.accumulation, checkpoint_bytes=saved,
             collective_bytes=shape.collective_bytes if shape.world > 1 else 0,
             act_ckpt_calls=24 if shape.recompute_share else 0))
@@ -322,7 +332,7 @@ def _samples(shape: Shape, rank: int, out: list[Record], busy: list[_Busy],
         elif kind == "restart" or (kind == "stopped" and shape.stop and
                                    shape.stop.kind == "loader"):
             agent["open_data_seconds"] = open_s
-        elif kind == "waiting":
+        elif kind in ("waiting", "save_wait"):
             agent["open_collective_seconds"] = open_s
         out.append(Sample(rank, t, "agent", agent))
         t += shape.sample_s
@@ -343,8 +353,8 @@ def _gpu_state(shape: Shape, rank: int, kind: str, watts: float) -> tuple[float,
         return 0.0, 0.12 * watts, 1.0  # Inductor compiles on the CPU
     if kind == "restart":
         return 0.0, 0.12 * watts, 0.05  # waiting for new workers
-    if kind == "waiting":
-        if shape.stop and shape.stop.kind == "nccl":
+    if kind in ("waiting", "save_wait"):
+        if kind == "save_wait" or (shape.stop and shape.stop.kind == "nccl"):
             return 1.0, 0.2 * watts, 1.0  # NCCL kernels spin: pinned, low power
         return 0.0, 0.1 * watts, 0.02
     return 0.0, 0.1 * watts, 0.01  # stopped: hung in Python or the loader

@@ -9,6 +9,7 @@ from pathlib import Path
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze
 from gpuwatch.records import Event, Finding, Record, Sample
+from gpuwatch.runlog import encode
 from tests.runs import GB, START, judge, meta, only, samples, steps, topology
 from tests.scenarios import H100, Evals, Memory, Saves, Shape, Stop, job, simulate, write
 
@@ -51,6 +52,27 @@ def test_a_long_blocking_save_is_progress_not_a_hang() -> None:
     shape = Shape(step_s=0.5, duration_s=600, saves=Saves(every_s=200, blocking_s=150),
                   progress_records=False)
     assert not [f for f in findings_of(shape) if f.detector == "hang"]
+
+
+def test_ranks_waiting_for_a_save_that_died_with_its_process_are_hung(tmp_path: Path) -> None:
+    """Waiting for a rank's save is no hang only while that rank's agent says it is
+    still writing: rank 0 killed 20 s into its save (the host OOM killer) leaves the
+    others waiting in a collective for good."""
+    shape = Shape(step_s=1.0, duration_s=900, world=4, collective_share=0.05,
+                  collective_bytes=int(2e9), memory=Memory(60, 35),
+                  saves=Saves(every_s=300, blocking_s=150, ranks=(0,)))
+    logs = simulate(shape)
+    died = 20 + next(r.t - r.values["open_checkpoint_seconds"] for r in logs[0]
+                     if isinstance(r, Sample) and "open_checkpoint_seconds" in r.values)
+    logs[0] = [r for r in logs[0] if getattr(r, "t", 0.0) < died]
+    paths = []
+    for rank, records in enumerate(logs):
+        path = tmp_path / f"run-rank{rank}.jsonl"
+        path.write_bytes(b"".join(map(encode, records)))
+        paths.append(path)
+    hung = {r for f in analyze(paths, Settings(), workers=1).findings
+            if f.detector == "hang" for r in f.ranks}
+    assert hung == {1, 2, 3}
 
 
 # -- checkpoint_overhead -----------------------------------------------------------------

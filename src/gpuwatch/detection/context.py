@@ -44,6 +44,11 @@ class Detection:
     variant: str | None = None
 
 
+# A job-wide condition the job engine reports beside its findings (``Engine.covered``):
+# a rank is writing a save, so every rank waits for it at their next collective.
+SAVING = "saving"
+
+
 @dataclass
 class Context:
     """Run-wide facts for detectors. ``gpu_model`` overrides the GPU seen by NVML;

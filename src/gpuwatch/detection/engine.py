@@ -27,7 +27,7 @@ from gpuwatch.detection import (
     sync_bottleneck,
     underutilised,
 )
-from gpuwatch.detection.context import Context, Detection, for_s, scale, window_s
+from gpuwatch.detection.context import SAVING, Context, Detection, for_s, scale, window_s
 from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rank_input import RankInput
@@ -160,6 +160,7 @@ class Fresh:
 
 
 CALM_MARGIN_S = 1e-3  # a deadline this near is left to a full evaluation (rounding)
+SAVE_FRESH_S = 30.0  # a save reading older than this no longer says its rank is saving
 
 
 @dataclass
@@ -206,6 +207,7 @@ class Engine:
     _judged_key: tuple[int, ...] = ()  # (_views_made, len(views), len(published)) of it
     _explained_key: tuple[int, ...] = ()  # the revisions and judged key ``_explain`` saw
     revision: int = 0  # changes with what ``covered`` returns
+    _saving: list[int] = field(default_factory=list)  # job scope: ranks writing a save
 
     def view(self, rank: int) -> Telemetry:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
@@ -223,6 +225,7 @@ class Engine:
         self.views, self._own, self.published, self.peers = {}, {}, {}, []
         self._judged, self._raised, self._quiet = {}, {}, Quiet()
         self._judged_cache, self._judged_key, self._explained_key = {}, (), ()
+        self._saving = []
 
     def feed(self, records: Iterable[Record]) -> list[Finding]:
         """Take records into the telemetry windows, judging whenever their time says so."""
@@ -288,8 +291,11 @@ class Engine:
         return [f for f in self._findings.values() if f.state == "active"]
 
     def covered(self) -> list[tuple[str, list[int]]]:
-        """(detector, ranks) of the active findings, then of the conditions detected."""
-        return [(f.detector, f.ranks) for f in self.active()] + list(self._detected.values())
+        """(detector, ranks) of the active findings, then of the conditions detected, then
+        (``SAVING``, ranks) while ranks are writing a save (job scope)."""
+        saving = [(SAVING, self._saving)] if self._saving else []
+        return ([(f.detector, f.ranks) for f in self.active()] + list(self._detected.values())
+                + saving)
 
     def evaluate(self, now: float) -> list[Finding]:
         """Judge at record time ``now``: the findings raised or resolved.
@@ -300,6 +306,8 @@ class Engine:
         only the time-driven bookkeeping runs (``for_s``, last seen, resolving), and
         not even that before its next deadline (``Calm``)."""
         judged = self._judged_ranks()
+        if self.scope == "job":
+            self._note_saving(judged, now)
         stamps = _stamps(judged)
         revisions = (self.revision, *(peer.revision for peer in self.peers))
         calm = self._calm
@@ -371,6 +379,20 @@ class Engine:
                           sustained)
         return changes
 
+    def _note_saving(self, judged: dict[int, RankInput], now: float) -> None:
+        """Which ranks are writing a save now: their newest agent reading, no older than
+        ``SAVE_FRESH_S``, says so, and the save is younger than the longest a save may
+        take before ``hang`` counts it a stall (its ``max_save_seconds``)."""
+        hang_rule = self.rules.get("hang")
+        longest = hang_rule.thresholds.get("max_save_seconds", float("inf")) if hang_rule \
+            else float("inf")
+        saving = [r for r, v in judged.items()
+                  if (save := v.open_save()) is not None and now - save[0] <= SAVE_FRESH_S
+                  and save[1] + now - save[0] < longest]
+        if saving != self._saving:
+            self._saving = saving
+            self.revision += 1
+
     def _judged_ranks(self) -> dict[int, RankInput]:
         """The ranks this engine judges, by rank: its own (rank scope); every rank it
         holds records of or hears from (job scope). Made again only when a view is made
@@ -409,7 +431,7 @@ class Engine:
         for engine in (self, *self.peers):
             for detector, ranks in engine.covered():
                 rule = self.rules.get(detector)
-                job_wide = rule is not None and rule.scope == "job"
+                job_wide = detector == SAVING or (rule is not None and rule.scope == "job")
                 for r in (judged if job_wide else ranks):
                     if r in judged:
                         explained.setdefault(r, set()).add(detector)

@@ -30,14 +30,15 @@ def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
         "infiniband": (view.topology or {}).get("infiniband", []),
         "clock_event_reasons": gpu.values.get("gpu_clock_event_reasons") if gpu else None,
         "steps": encode_steps(view.steps),
+        "open_save": view.open_save(),
     }
 
 
 class PeerRank:
     """Another rank as rank 0 knows it from its published summaries: step totals (in a
     window by end time), its newest per-step waits by step number, its host, GPU and
-    link facts and its GPUs' clock-event reasons. Samples and records it does not
-    publish read as absent (no figures, no timed collectives)."""
+    link facts, its GPUs' clock-event reasons and a save it is writing. Samples and
+    records it does not publish read as absent (no figures, no timed collectives)."""
 
     def __init__(self, rank: int) -> None:
         self.rank = rank
@@ -51,6 +52,7 @@ class PeerRank:
         self.last_progress = 0.0  # its newest step's end (Unix s, its clock)
         self._published_t = 0.0  # when it last published (its clock)
         self._clock_reasons: int | None = None
+        self._open_save: tuple[float, float] | None = None
         self._waits: dict[int, StepWait] = {}
         self._order: deque[int] = deque()
 
@@ -80,6 +82,9 @@ class PeerRank:
             self._add_waits(decode_steps(s["steps"]))
         if s.get("clock_event_reasons") is not None:
             self._clock_reasons = int(s["clock_event_reasons"])
+        save = s.get("open_save")  # [when, seconds open] or None
+        self._open_save = ((float(save[0]), float(save[1]))
+                           if isinstance(save, (list, tuple)) and len(save) == 2 else None)
         self._published_t = s["t"]
         self.changed += 1
 
@@ -116,6 +121,9 @@ class PeerRank:
 
     def timed_collectives(self, since: float) -> tuple[float, float]:
         return 0.0, 0.0
+
+    def open_save(self) -> tuple[float, float] | None:
+        return self._open_save
 
     def collective_timing(self) -> dict[str, Any]:
         return {}

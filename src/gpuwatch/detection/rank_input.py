@@ -70,3 +70,8 @@ class RankInput(Protocol):
 
     def collective_timing(self) -> dict[str, Any]:
         """What it could and could not time of its collectives (newest word; {} if none)."""
+
+    def open_save(self) -> tuple[float, float] | None:
+        """(when, seconds open): a save its newest agent reading says is being written,
+        when that reading was taken (Unix s, its clock) and how long the save had been
+        open then; None if that reading shows none."""

@@ -18,14 +18,17 @@ from typing import NamedTuple
 
 from gpuwatch.records import Event, Meta, Record, Sample, Step
 from gpuwatch.series import Figure, combined, combined_rise
-from gpuwatch.telemetry import MAX_SAMPLES, Telemetry
+from gpuwatch.telemetry import MAX_SAMPLES, OPEN_SAVE_KEY, Telemetry
 
+AGENT_CPU_KEY = "agent_cpu_seconds_total"
 # The sample keys job-scope detectors read, by source (a test holds them to it).
 JOB_READINGS: dict[str, tuple[str, ...]] = {
     "nvml": ("gpu_utilization_ratio", "gpu_power_watts", "gpu_tensor_active_ratio",
              "gpu_dram_active_ratio", "gpu_pcie_tx_bytes_per_second",
              "gpu_clock_event_reasons"),
     "nccl": ("nccl_bus_bytes_total", "nccl_collective_seconds_total"),
+    # every agent sample has the first; the second while a save is open (``open_save``)
+    "agent": (AGENT_CPU_KEY, OPEN_SAVE_KEY),
 }
 JOB_SOURCES = frozenset(JOB_READINGS)
 DIGEST_SPAN_S = 10.0  # while no step comes, a digest closes once its readings span this
@@ -228,6 +231,16 @@ class DigestRank(Telemetry):
 
     def counter_rise(self, source: str, key: str, since: float) -> float:
         return combined_rise(series.rise(since) for _, series in self._series_of(source, key))
+
+    def open_save(self) -> tuple[float, float] | None:
+        """As ``Telemetry.open_save``: the newest agent reading names a save still open
+        only if it is also the newest agent reading of all."""
+        agent = self._digested.get(("agent", None, AGENT_CPU_KEY))
+        save = self._digested.get(("agent", None, OPEN_SAVE_KEY))
+        newest, open_ = agent.newest() if agent else None, save.newest() if save else None
+        if newest is None or open_ is None or open_[0] != newest[0] or open_[1] <= 0:
+            return None
+        return open_
 
     def clock_event_reasons(self) -> list[int]:
         newest = sorted((gpu or 0, series.newest()) for gpu, series
