@@ -253,7 +253,7 @@ class Telemetry:
         elif e.name == "batch_size_changed":
             self.batch.change(int(e.data["from"]), int(e.data["to"]), e.t, self.steps_seen)
         elif e.name == "checkpoint_save":
-            self.saves.add(e)
+            self.saves.add(e, self.steps_seen)
         elif e.name == "topology":
             self.topology = e.data
         elif e.name == "total_steps":
@@ -434,6 +434,15 @@ class Telemetry:
         window = self.samples.get((source, gpu))
         return window[-1] if window else None
 
+    def save_share(self, now: float) -> float:
+        """Blocking save seconds over the wall time since training (or the first save)
+        began, up to ``now`` (Unix s): the run-long share of time saves cost the loop."""
+        first = self.saves.first_start
+        if first is None:
+            return 0.0
+        wall = now - min(first, self.first_step_start or first)
+        return min(self.saves.blocking_s / wall, 1.0) if wall > 0 else 0.0
+
     def open_save(self) -> tuple[float, float] | None:
         """(when, seconds open) of a save its newest agent sample says is being written
         (Unix s, s); None if that sample shows none."""
@@ -490,16 +499,22 @@ class SaveTotals:
     background part of ``async_save``) is counted but costs the loop no time.
     """
 
-    __slots__ = ("async_saves", "blocking_bytes", "blocking_s", "first_start", "saves")
+    __slots__ = ("_steps_at_last", "async_saves", "blocking_bytes", "blocking_s",
+                 "checkpoints", "first_start", "last_start", "saves")
 
     def __init__(self) -> None:
         self.saves = 0  # blocking saves
+        self.checkpoints = 0  # runs of blocking saves with no step between them
         self.async_saves = 0
         self.blocking_s = 0.0
         self.blocking_bytes = 0.0
         self.first_start: float | None = None
+        self.last_start: float | None = None  # of the newest checkpoint
+        self._steps_at_last = -1
 
-    def add(self, e: Event) -> None:
+    def add(self, e: Event, steps: int) -> None:
+        """Take a ``checkpoint_save`` event, ``steps`` steps into the run: saves with no
+        step between them (a model file, then the optimizer's) are one checkpoint."""
         seconds = float(e.data.get("seconds", 0.0))
         if not e.data.get("blocking", True):
             self.async_saves += 1
@@ -510,3 +525,13 @@ class SaveTotals:
         start = e.t - seconds
         if self.first_start is None or start < self.first_start:
             self.first_start = start
+        if steps != self._steps_at_last:
+            self.checkpoints += 1
+            self.last_start = start
+            self._steps_at_last = steps
+
+    def interval_s(self) -> float | None:
+        """The mean time from one checkpoint's start to the next's (s); None before two."""
+        if self.checkpoints < 2 or self.first_start is None or self.last_start is None:
+            return None
+        return (self.last_start - self.first_start) / (self.checkpoints - 1)

@@ -11,7 +11,18 @@ from gpuwatch.detection.replay import analyze
 from gpuwatch.records import Event, Finding, Record, Sample
 from gpuwatch.runlog import encode
 from tests.runs import GB, START, judge, meta, only, samples, steps, topology
-from tests.scenarios import H100, Evals, Memory, Saves, Shape, Stop, job, simulate, write
+from tests.scenarios import (
+    H100,
+    RTX_5090,
+    Evals,
+    Memory,
+    Saves,
+    Shape,
+    Stop,
+    job,
+    simulate,
+    write,
+)
 
 
 def findings_of(shape: Shape, **settings: object) -> list[Finding]:
@@ -87,6 +98,28 @@ def test_checkpoint_share_is_blocking_time_over_wall_time_between_saves() -> Non
     assert abs(f.evidence["checkpoint_share_ratio"] - 15 / 75) < 0.03
     assert f.evidence["seconds_per_save"] == 15 and f.evidence["bytes_per_save"] == 3e9
     assert f.verdict == "fix_here"
+    # how often: from one save's start to the next's (the generator's every_s is wall time)
+    assert abs(f.evidence["seconds_between_saves"] - 60) < 1.0
+    assert "every 60 s" in f.summary
+
+
+def test_saves_with_no_step_between_them_are_one_checkpoint() -> None:
+    """A model file, then the optimizer's: one checkpoint of both files' time and bytes,
+    as often as it comes."""
+    shape = Shape(step_s=0.5, duration_s=600, saves=Saves(every_s=60, blocking_s=15,
+                                                          nbytes=int(3e9)))
+    records = simulate(shape)[0]
+    split: list[Record] = []
+    for r in records:  # each save as two files written back to back
+        if isinstance(r, Event) and r.name == "checkpoint_save":
+            half = {"seconds": 7.5, "bytes": r.data["bytes"] / 2}
+            split += [Event(0, r.t - 7.5, r.name, half), Event(0, r.t, r.name, half)]
+        else:
+            split.append(r)
+    f = only(judge(split), "checkpoint_overhead")
+    assert f.evidence["saves_total"] == 2 * f.evidence["checkpoints_total"]
+    assert f.evidence["seconds_per_save"] == 15 and f.evidence["bytes_per_save"] == 3e9
+    assert abs(f.evidence["seconds_between_saves"] - 60) < 1.0
 
 
 def test_background_saves_cost_no_blocking_time() -> None:
@@ -114,13 +147,30 @@ def test_whole_card_memory_is_a_last_resort_and_says_so() -> None:
     assert "its processes" in with_process.summary
 
 
+def test_memory_is_no_reason_to_move_a_step_that_waits_on_its_loader() -> None:
+    """A consumer card at its memory limit whose step waits 45% on CPU-bound loader
+    workers: the loader is the fix; a move must pay on what it would gain, not on memory
+    alone."""
+    shape = Shape(step_s=1.0, duration_s=300, gpu=RTX_5090, data_share=0.45, workers=4,
+                  workers_cpu=0.97, recompute_share=0.15,
+                  memory=Memory(reserved_gb=31.5, allocated_gb=18, retries_per_min=8))
+    found = findings_of(shape)
+    assert only(found, "data_starvation").verdict == "fix_here"
+    f = only(found, "fits_on_paper")
+    assert f.projection is not None and f.projection["decision"]["rule"] != "memory"
+    assert f.verdict == "fix_here" and "fix the loader first" in f.summary
+    fed = only(findings_of(replace(shape, data_share=0.03, workers_cpu=0.3)), "fits_on_paper")
+    assert fed.verdict == "move_to_h100"  # the same memory with a fed step: move
+
+
 def test_the_card_the_job_runs_on_is_never_recommended() -> None:
-    """An H100 job with real memory pressure: the move is to a bigger card, never H100."""
+    """An H100 job with real memory pressure: the card named is a bigger one, never H100,
+    and the verdict is no ``move_to_h100`` (it is on one)."""
     shape = Shape(step_s=1.0, duration_s=300, gpu=H100, batch_size=16,
                   batch_sizes=((3, 8),), memory=Memory(reserved_gb=78, allocated_gb=40,
                                                        retries_per_min=20))
     f = only(findings_of(shape), "fits_on_paper")
-    assert f.verdict == "move_to_h100"
+    assert f.verdict == "fix_here"
     assert f.projection is not None and f.projection["target"] != "H100 SXM"
     assert f.projection["current"] == "H100 SXM"
 
@@ -145,6 +195,34 @@ def test_an_oom_outside_the_window_is_not_a_symptom_now() -> None:
 
 
 # -- iteration_speed and underutilised ---------------------------------------------------
+
+def test_time_to_finish_pays_for_the_run_s_blocking_saves() -> None:
+    """Saves are interruptions a window of typical steps leaves out, yet a week-long run
+    pays for each: the time left here and on the target both carry the run-long share
+    (a fifth of the time here), and the move is judged on what is left to gain."""
+    shape = Shape(step_s=0.8, duration_s=1500, gpu=RTX_5090, total_steps=1_000_000,
+                  memory=Memory(24, 12), saves=Saves(every_s=300, blocking_s=75))
+    f = only(findings_of(shape), "iteration_speed")
+    c = only(findings_of(shape), "checkpoint_overhead")
+    share = c.evidence["checkpoint_share_ratio"]
+    step = f.evidence["step_seconds"]
+    assert abs(step - 0.8 / (1 - share)) < 0.05 * step  # saves spread over the steps
+    assert f.projection is not None
+    parts = f.projection["parts_seconds_now"]
+    assert parts["checkpoint"] == f.projection["parts_seconds_projected"]["checkpoint"] > 0
+    without = only(findings_of(replace(shape, saves=None)), "iteration_speed")
+    assert without.projection is not None
+    assert f.projection["speedup_low_ratio"] < without.projection["speedup_low_ratio"]
+    assert f.evidence["remaining_hours_now"] > 1.15 * without.evidence["remaining_hours_now"]
+
+
+def test_a_move_says_its_card_for_card_time_before_the_scale_out() -> None:
+    """The gate counts the card's own gain (a scale-out is open on either card): so does
+    the advice, the scaled-out time after it."""
+    f = only(findings_of(job("rtx5090_week_long_plan").shape), "iteration_speed")
+    assert f.verdict == "move_to_h100"
+    assert "on one GPU as now" in f.action and "scaled out" in f.action
+
 
 def test_a_long_run_already_on_the_target_is_information_not_a_move() -> None:
     f = only(findings_of(Shape(step_s=1.0, duration_s=200, total_steps=1_000_000)),

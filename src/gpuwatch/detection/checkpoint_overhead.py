@@ -2,8 +2,11 @@
 
 The share is run-long: blocking save seconds over the wall time since training (or
 the first save) began, so one 40 s save an hour is about 1% and a save every few
-steps is what it costs. Saves written in the background (``blocking: false``:
-a writer thread, the background part of ``async_save``) cost the loop nothing."""
+steps is what it costs. A checkpoint is a run of saves with no step between them
+(a model file, then the optimizer's): its time and bytes are the figures per save,
+and the time between checkpoints' starts is how often it comes. Saves written in the
+background (``blocking: false``: a writer thread, the background part of
+``async_save``) cost the loop nothing."""
 
 from __future__ import annotations
 
@@ -17,22 +20,21 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     th = rule.thresholds
     if saves.saves < th["min_saves"] or saves.first_start is None:
         return None  # one save says nothing about how often the run pays for it
-    begun = min(saves.first_start, view.first_step_start or saves.first_start)
-    wall = now - begun
-    if wall <= 0:
-        return None
-    share = saves.blocking_s / wall
+    share = view.save_share(now)
     if share < th["checkpoint_share"]:
         return None
+    wall = saves.blocking_s / share
+    per = max(saves.checkpoints, 1)
     evidence = {
         "checkpoint_share_ratio": share,
         "saves_total": float(saves.saves),
+        "checkpoints_total": float(saves.checkpoints),
         "async_saves_total": float(saves.async_saves),
-        "seconds_per_save": saves.blocking_s / saves.saves,
-        "bytes_per_save": saves.blocking_bytes / saves.saves,
+        "seconds_per_save": saves.blocking_s / per,
+        "bytes_per_save": saves.blocking_bytes / per,
         "save_bytes_per_second": saves.blocking_bytes / saves.blocking_s
         if saves.blocking_s > 0 else 0.0,
-        "seconds_between_saves": wall / saves.saves,
+        "seconds_between_saves": saves.interval_s() or wall / per,
         "wall_seconds": wall,
     }
     text = {"rank": view.rank, "megabytes_per_save": evidence["bytes_per_save"] / 1e6,

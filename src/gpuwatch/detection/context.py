@@ -24,7 +24,7 @@ from gpuwatch.detection.projection import (
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Verdict
-from gpuwatch.telemetry import StepSummary
+from gpuwatch.telemetry import StepSummary, Telemetry
 from gpuwatch.vocabulary import split_step
 
 
@@ -202,6 +202,18 @@ def tensor_share(view: RankInput, since: float) -> float | None:
     if t is None or d is None:
         return None
     return t / (t + d) if t + d > 0 else None
+
+
+def with_saves(parts: StepParts, view: Telemetry, now: float) -> StepParts:
+    """``parts`` with the rank's blocking saves spread over its steps: a window of typical
+    steps leaves rare saves out (interruptions), yet the run pays for them at the
+    run-long share ``Telemetry.save_share`` (a GPU does not write them faster). The
+    checkpoint part x is such that x / (step without saves + x) is that share."""
+    share = view.save_share(now)
+    if share <= 0 or share >= 1:
+        return parts
+    spread = share * (parts.total - parts.checkpoint) / (1 - share)
+    return parts._replace(checkpoint=spread) if spread > parts.checkpoint else parts
 
 
 def mean_parts(summary: StepSummary) -> StepParts:

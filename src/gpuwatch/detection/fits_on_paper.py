@@ -5,7 +5,10 @@ training batch cut that persists); when its need fits a bigger card with room: m
 
 Activation checkpointing alone is a design choice, not a symptom: without pressure
 symptoms it gets no move, at most an ``info`` that turning it off here would save
-its recompute time. The card the job already runs on is never recommended."""
+its recompute time. The card the job already runs on is never recommended, and a job
+already on the target gets ``fix_here`` (shard it), naming a bigger card that would
+hold it. A step that waits on its data loader (``data_starvation``, judged first)
+does not make memory alone a reason to move: the move must pay as any other."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from gpuwatch.detection.context import (
     mean_parts,
     recent,
     window_s,
+    with_saves,
 )
 from gpuwatch.detection.projection import Gpu, speedup_text
 from gpuwatch.detection.rules import Rule
@@ -82,7 +86,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     target = pick_target(ctx, need, th["target_headroom"], current, total)
     fits = target is not None
     shown = target or ctx.target_gpu
-    parts = mean_parts(summary)
+    parts = with_saves(mean_parts(summary), view, now)
     proj = ctx.project([view], parts, since, target=shown, drop_recompute=fits and act_ckpt)
     if cut is not None:
         proj.assumptions.append(f"batch back to {cut[0]}: per-sample compute unchanged")
@@ -112,12 +116,26 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     pcie = view.figure("nvml", "gpu_pcie_rx_bytes_per_second", since)
     if pcie:
         evidence["pcie_rx_bytes_per_second"] = pcie.high
-    verdict = ctx.decide(proj, otherwise="fix_here", cannot_run_here=(
+    on_target = current is not None and current.name == ctx.target
+    data_bound = "data_starvation" in ctx.explained.get(view.rank, ())
+    cannot_run_here = None if data_bound else (
         f"memory at {peak / total:.0%} of the card with "
-        + ", ".join(k for k, v in symptoms.items() if v))) if fits else "fix_here"
+        + ", ".join(k for k, v in symptoms.items() if v))
+    verdict = ctx.decide(proj, otherwise="fix_here", cannot_run_here=cannot_run_here) \
+        if fits else "fix_here"
+    if on_target:
+        verdict = "fix_here"  # a bigger card than the target is no move to it
     if fits and verdict == "move_to_h100":
         outcome = (f"On {shown.name} it fits ({need / GIB:.1f} GiB needed) and the step is "
                    f"projected {speedup_text(proj.as_dict())} faster")
+    elif fits and on_target:
+        outcome = (f"It would fit {shown.name} ({need / GIB:.1f} GiB needed), but it already "
+                   f"runs on {ctx.target}: shard it across more GPUs here, or run it on "
+                   f"{shown.name}")
+    elif fits and data_bound:
+        outcome = (f"It would fit {shown.name} ({need / GIB:.1f} GiB needed), but the step "
+                   "waits on its data loader, which no card fixes, and "
+                   f"{proj.economics['decision']['why']}: fix the loader first")
     elif fits:
         outcome = (f"It would fit {shown.name} ({need / GIB:.1f} GiB needed), but "
                    f"{proj.economics['decision']['why']}: cut its memory here")

@@ -1,9 +1,18 @@
 """iteration_speed: with the total steps known, time to finish here versus on the target
-GPU (one, and scaled out): days versus hours."""
+GPU (as many GPUs as now, and scaled out): days versus hours. Steps are the window's
+typical ones with the run's blocking saves spread over them (``with_saves``): a
+week-long run pays for every save, whatever card it runs on."""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, mean_parts, recent, window_s
+from gpuwatch.detection.context import (
+    Context,
+    Detection,
+    mean_parts,
+    recent,
+    window_s,
+    with_saves,
+)
 from gpuwatch.detection.projection import speedup_text
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
@@ -19,7 +28,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return None
     remaining = planned - view.steps_done
     th = rule.thresholds
-    parts = mean_parts(summary)
+    parts = with_saves(mean_parts(summary), view, now)
     hours_now = remaining * parts.total / 3600
     if remaining <= 0 or hours_now < th["min_remaining_hours"]:
         return None
@@ -35,8 +44,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     verdict = ctx.decide(proj, otherwise="info")
     current = ctx.current_gpu(view)
     if verdict == "move_to_h100":
+        gpus = f"{world} GPUs" if world > 1 else "one GPU"
         advice = (f"Move to {ctx.target}: {hours_now / 24:.1f} days become "
-                  f"{hours_scaled:.1f} h on {scale:.0f} GPUs.")
+                  f"{_span(hours_target)} on {gpus} as now ({_span(hours_scaled)} on "
+                  f"{scale:.0f}, scaled out).")
     elif current is not None and current.name == ctx.target:
         advice = (f"The job already runs on {ctx.target}: scale out (data parallel) or make "
                   "the step itself cheaper to finish sooner.")
@@ -45,3 +56,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                   "not pay for a move: scale out or make the step itself cheaper.")
     return Detection(evidence, [view.rank], text={"target": ctx.target, "advice": advice},
                      projection=proj.as_dict(), verdict=verdict)
+
+
+def _span(hours: float) -> str:
+    """Hours as a person says them: "31.2 h", "4.5 days"."""
+    return f"{hours / 24:.1f} days" if hours >= 72 else f"{hours:.1f} h"
