@@ -158,6 +158,16 @@ JOBS: tuple[Job, ...] = (
               memory=Memory(22, 12)),
         expected=(Verdict("straggler", FIX, (2,)),),
         wrong=(Verdict("sync_bottleneck", MOVE), Verdict("underutilised", "info"))),
+    Job("one_rank_starved_by_its_loader",
+        "DDP on 8 H100s (NVLink), 2 s steps; rank 6's loader (a slow disk on its host) "
+        "makes it wait 28% of each step for data, under the starvation threshold, and "
+        "the other seven wait as long in the all-reduce: fix rank 6's loader.",
+        Shape(step_s=2.0, duration_s=240, world=8, collective_share=0.05,
+              collective_bytes=int(1.4e9), slow_rank=6, slow_data_share=0.28,
+              memory=Memory(60, 35)),
+        expected=(Verdict("straggler", FIX, (6,)),),
+        wrong=(Verdict("sync_bottleneck", MOVE), Verdict("sync_bottleneck", FIX),
+               Verdict("underutilised", "info"))),
     Job("pcie_sync_bound",
         "DDP of a 1.5B model on 8 RTX 5090s over PCIe, 3 s steps, every rank waits 40% in "
         "the all-reduce of 3 GB: NVLink H100s would pay.",

@@ -89,6 +89,7 @@ class Shape:
     optimizer_share: float = 0.05
     slow_rank: int | None = None
     slow_factor: float = 1.0  # the slow rank's compute, x the others'
+    slow_data_share: float | None = None  # instead, the slow rank's data wait (its loader)
     accumulation: int = 1  # micro-batches per optimizer step
     batch_size: int = 32
     batch_sizes: tuple[tuple[int, int], ...] = ()  # (step, new training batch size)
@@ -261,16 +262,23 @@ def _typical(shape: Shape, rank: int, rng: random.Random) -> float:
 
 
 def _split(shape: Shape, rank: int, wall: float) -> dict[str, float]:
-    """The step's parts. A slow rank computes ``slow_factor`` times longer and waits only
-    for the transfer (``collective_share``); its peers wait for it as well, so every
-    rank's step takes as long."""
-    data = shape.data_share * wall
+    """The step's parts. A slow rank computes ``slow_factor`` times longer (or waits
+    ``slow_data_share`` of the step for its data) and waits only for the transfer
+    (``collective_share``); its peers wait for it as well, so every rank's step takes
+    as long."""
+    data_share = shape.data_share
+    if shape.slow_data_share is not None and rank == shape.slow_rank:
+        data_share = shape.slow_data_share
+    data = data_share * wall
     opt = shape.optimizer_share * wall
     wait = shape.collective_share * wall
     recompute = shape.recompute_share * wall
     compute = wall - data - opt  # collective wait and recompute are parts of compute
     if shape.slow_rank is not None and rank != shape.slow_rank:
-        wait = compute - (compute - wait) / shape.slow_factor  # transfer + the slow rank
+        if shape.slow_data_share is not None:  # + what the slow rank's loader costs it
+            wait += (shape.slow_data_share - shape.data_share) * wall
+        else:
+            wait = compute - (compute - wait) / shape.slow_factor  # transfer + the slow rank
     return {"data": data, "optimizer": opt, "compute": compute, "collective": wait,
             "recompute": recompute}
 
@@ -342,8 +350,9 @@ def _gpu_state(shape: Shape, rank: int, kind: str, watts: float) -> tuple[float,
     """(utilisation, watts, process CPU cores) of a rank doing ``kind``."""
     working = 0.85 * watts
     if kind == "train":  # idle while waiting for data or for a slow peer
-        waited = _split(shape, rank, shape.step_s)["collective"] / shape.step_s
-        util = shape.utilization * (1 - shape.data_share - waited + shape.collective_share)
+        parts = _split(shape, rank, shape.step_s)
+        waited, data = parts["collective"] / shape.step_s, parts["data"] / shape.step_s
+        util = shape.utilization * (1 - data - waited + shape.collective_share)
         return util, working * (0.3 + 0.7 * util), 1.1
     if kind == "eval":
         return 0.85, 0.8 * working, 1.0

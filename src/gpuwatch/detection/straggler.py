@@ -1,5 +1,9 @@
-"""straggler: one rank computes slower and the others wait for it (fix here: a bigger
-GPU for everyone would not help, however long the others' collective wait).
+"""straggler: one rank takes longer to reach the collectives and the others wait for it
+(fix here: a bigger GPU for everyone would not help, however long the others' wait).
+
+A rank's *work* is its step without its collective wait: data wait, compute, optimizer,
+whatever it does before it arrives. A rank slow to compute and a rank whose own loader
+starves it hold the others back alike; the summary names which part makes it slow.
 
 Where ranks' per-step waits are known (``skew.split``), the slow rank must also be the
 last to arrive in most steps: a slowness that rotates between ranks is an imbalance
@@ -24,15 +28,15 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
     if len(summaries) < 2:
         return None
-    compute = {r: s.unwaited_compute_s for r, s in summaries.items()}  # without collective wait
-    fastest = min(compute.values())
+    work = {r: s.wall_s - s.collective_s for r, s in summaries.items()}
+    fastest = min(work.values())
     if fastest <= 0:
         return None
     th = rule.thresholds
-    slow = {r: c / fastest for r, c in compute.items()
-            if c / fastest > th["compute_ratio"]
-            and (c - fastest) / summaries[r].mean_step_s >= th["min_extra_share"]}
-    waits = [summaries[r].collective_share for r in compute if r not in slow]
+    slow = {r: w / fastest for r, w in work.items()
+            if w / fastest > th["work_ratio"]
+            and (w - fastest) / summaries[r].mean_step_s >= th["min_extra_share"]}
+    waits = [summaries[r].collective_share for r in work if r not in slow]
     if not slow or not waits:
         return None
     others_wait = sum(waits) / len(waits)
@@ -40,9 +44,12 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     if others_wait - summaries[worst].collective_share < th["min_wait_gap"]:
         return None  # everyone waits alike: no one rank holds the others back
     view = next(v for v in views if v.rank == worst)
-    evidence = {"compute_ratio": slow[worst], "slow_compute_seconds": compute[worst],
-                "fastest_compute_seconds": fastest,
-                "slow_collective_share_ratio": summaries[worst].collective_share,
+    fast = min(work, key=lambda r: work[r])
+    mine, theirs = summaries[worst], summaries[fast]
+    evidence = {"work_ratio": slow[worst], "slow_work_seconds": work[worst],
+                "fastest_work_seconds": fastest,
+                "slow_data_seconds": mine.data_s, "fastest_data_seconds": theirs.data_s,
+                "slow_collective_share_ratio": mine.collective_share,
                 "others_collective_share_ratio": others_wait}
     split = skew.split(views, now - max(window_s(v, rule) for v in views), rule.min_steps)
     if split is not None:
@@ -51,7 +58,10 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         evidence["last_arrival_share_ratio"] = split.last_share[worst]
     reasons = clock_events(view)
     gpus = ",".join(str(d.get("index")) for d in job_devices(view)) or "none"
+    starved = mine.data_s - theirs.data_s >= (work[worst] - fastest) / 2
     text = {"slow_rank": worst, "host": view.host, "gpu": gpus,
+            "cause": (f"waiting for its data ({mine.data_share:.0%} of each step)"
+                      if starved else "computing"),
             "throttle": f" (its GPU reports {', '.join(reasons)})" if reasons else ""}
     return Detection(evidence, sorted(slow), text=text)
 

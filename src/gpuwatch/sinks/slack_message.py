@@ -129,8 +129,9 @@ EVIDENCE_LINES: tuple[tuple[str, str], ...] = (
                 "{median_step_seconds:s})"),
     ("Waiting in a collective", "{in_collective_seconds:s}"),
     ("Steps so far", "{steps_total:n}"),
-    ("Slow rank's compute", "{slow_compute_seconds:s} vs fastest {fastest_compute_seconds:s} "
-                            "({compute_ratio:x})"),
+    ("Slow rank's step before its collectives", "{slow_work_seconds:s} vs fastest "
+                                                "{fastest_work_seconds:s} ({work_ratio:x})"),
+    ("Data wait", "slow rank {slow_data_seconds:s}, fastest {fastest_data_seconds:s} a step"),
     ("Collective wait", "slow rank {slow_collective_share_ratio:pct}, others "
                         "{others_collective_share_ratio:pct} of step"),
     ("Collective wait", "{collective_share_ratio:pct} of step, {collective_seconds_per_step:s} "
