@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpuwatch.probes.topology import nvlink_rate, pcie_rate
 from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample, Step
 from gpuwatch.runlog import RunLogWriter
 
@@ -24,6 +25,11 @@ GB = 1e9
 H100 = ("NVIDIA H100 80GB HBM3", 80.0, 18, 700.0)  # NVML name, GB, NVLink links, watts
 RTX_5090 = ("NVIDIA GeForce RTX 5090", 32.0, 0, 575.0)
 L40S = ("NVIDIA L40S", 48.0, 0, 350.0)
+# How each card's GPUs reach each other in a node: (PCIe generation, NVLink version of its
+# links or None, whether peer-to-peer reads work). GeForce cards have no P2P: their
+# collectives go through host memory.
+LINKS: dict[str, tuple[int, int | None, bool]] = {
+    H100[0]: (5, 4, True), RTX_5090[0]: (5, None, False), L40S[0]: (4, None, True)}
 
 
 @dataclass(frozen=True)
@@ -144,14 +150,11 @@ def write(shape: Shape, directory: Path, job: str = "job") -> list[Path]:
 
 def _rank(shape: Shape, rank: int, job: str) -> list[Record]:
     rng = random.Random(shape.seed * 1000 + rank)
-    name, memory_gb, nvlinks, watts = shape.gpu
+    watts = shape.gpu[3]
     meta = Meta(schema=SCHEMA_VERSION, gpuwatch="corpus", job=job, host=f"node-{rank // 8}",
                 rank=rank, local_rank=rank % 8, world_size=shape.world, pid=1000 + rank,
                 started=START, argv=["train.py"])
-    out: list[Record] = [Event(rank, START, "topology", {
-        "devices": [{"index": rank % 8, "name": name, "memory_total_bytes": memory_gb * GB,
-                     "nvlink_links_active": nvlinks}],
-        "job_gpus": [rank % 8], "gpu_count": 8, "p2p": []})]
+    out: list[Record] = [_topology(shape, rank)]
     if shape.total_steps:
         out.append(Event(rank, START, "total_steps", {"steps": shape.total_steps}))
     busy: list[_Busy] = []
@@ -161,6 +164,25 @@ def _rank(shape: Shape, rank: int, job: str) -> list[Record]:
         out.append(Event(rank, START + t, "oom", {"type": "OutOfMemoryError"}))
     out.sort(key=lambda r: r.t)  # type: ignore[union-attr]
     return [meta, *out]
+
+
+def _topology(shape: Shape, rank: int) -> Event:
+    """The topology event the agent writes: every GPU of the rank's node (one per rank,
+    eight to a node), its links and the P2P map between them."""
+    name, memory_gb, nvlinks, _ = shape.gpu
+    generation, version, p2p = LINKS[name]
+    node = rank // 8
+    gpus = range(min(8, shape.world - 8 * node))
+    devices = [{"index": i, "name": name, "memory_total_bytes": memory_gb * GB,
+                "nvlink_links_active": nvlinks, "pcie_generation": generation,
+                "pcie_generation_max": generation, "pcie_width": 16, "pcie_width_max": 16,
+                "pcie_bytes_per_second": pcie_rate(generation, 16),
+                **({"nvlink_bytes_per_second": nvlink_rate([version] * nvlinks)}
+                   if version and nvlinks else {})} for i in gpus]
+    pairs = [{"gpus": [a, b], "nvlink": bool(nvlinks), "read": p2p}
+             for a in gpus for b in gpus if a < b]
+    return Event(rank, START, "topology", {"devices": devices, "job_gpus": [rank % 8],
+                                           "gpu_count": len(gpus), "p2p": pairs})
 
 
 def _steps(shape: Shape, rank: int, rng: random.Random, out: list[Record],

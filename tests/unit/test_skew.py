@@ -90,6 +90,37 @@ def test_transfer_a_fast_link_does_not_explain_is_fixed_here() -> None:
     assert f.verdict == "fix_here" and "not the link's bandwidth" in f.summary
 
 
+def with_p2p(records: list[Record], read: bool) -> list[Record]:
+    """Each rank on its own GPU of one node, with the P2P map the agent writes."""
+    return [Event(r.rank, r.t, "topology", {
+                **r.data, "devices": [{**r.data["devices"][0], "index": r.rank}],
+                "job_gpus": [r.rank], "p2p": [{"gpus": [0, 1], "nvlink": False, "read": read}]})
+            if isinstance(r, Event) else r for r in records]
+
+
+def test_transfer_through_host_memory_is_that_path_s_bandwidth_whatever_the_slot() -> None:
+    """GeForce cards cannot copy peer to peer: each byte crosses PCIe twice and the
+    host's memory, far below the slot's rate. The wait a gen4 x16 slot would not explain
+    is that path's bandwidth, and NVLink would fix it."""
+    pcie4 = {"pcie_bytes_per_second": 1.969e9 * 16, "pcie_generation": 4, "pcie_width": 16}
+    records = run(2, transfer, devices=pcie4, same_host=True)
+    staged = only(judge(with_p2p(records, read=False), scope="job"), "sync_bottleneck")
+    assert staged.verdict == "move_to_h100" and "through host memory" in staged.summary
+    direct = only(judge(with_p2p(records, read=True), scope="job"), "sync_bottleneck")
+    assert direct.verdict == "fix_here" and "not the link's bandwidth" in direct.summary
+
+
+def test_a_wait_whose_bytes_were_not_seen_is_no_move() -> None:
+    """With no bytes, nothing tells a slow link from latency or a misconfigured NCCL:
+    the wait is reported, no move is (and no link is blamed for it)."""
+    pcie4 = {"pcie_bytes_per_second": 1.969e9 * 16, "pcie_generation": 4, "pcie_width": 16}
+    for devices in (pcie4, None):
+        f = only(judge(run(2, transfer, nbytes=0, devices=devices, same_host=True),
+                       scope="job"), "sync_bottleneck")
+        assert f.verdict == "info" and "bytes per step not seen" in f.summary
+        assert "link_seconds_per_step" not in f.evidence
+
+
 def test_inter_node_link_from_infiniband_is_the_slowest_link() -> None:
     records = run(2, transfer, devices={"pcie_bytes_per_second": 31.5e9,
                                         "nvlink_links_active": 18,

@@ -195,6 +195,24 @@ def has_nvlink(view: RankInput) -> bool:
     return any(d.get("nvlink_links_active", 0) > 0 for d in job_devices(view))
 
 
+def host_staged(views: Sequence[RankInput]) -> bool:
+    """Whether copies between the job's GPUs on a host go through host memory: the
+    topology says peer-to-peer reads are impossible between two GPUs the job uses there
+    (GeForce cards, some PCIe topologies). Each byte then crosses PCIe twice and the
+    host's memory, at a fraction of the slot's rate."""
+    used: dict[str, set[int]] = {}
+    for v in views:
+        used.setdefault(v.host, set()).update((v.topology or {}).get("job_gpus") or [])
+    for v in views:
+        mine = used.get(v.host, set())
+        for pair in (v.topology or {}).get("p2p") or []:
+            gpus = pair.get("gpus") if isinstance(pair, dict) else None
+            if (isinstance(gpus, list) and len(gpus) == 2 and set(gpus) <= mine
+                    and pair.get("read") is False):
+                return True
+    return False
+
+
 def tensor_share(view: RankInput, since: float) -> float | None:
     """Tensor-bound share of compute from GPM: tensor / (tensor + DRAM) activity."""
     t = _figure_mean(view, "nvml", "gpu_tensor_active_ratio", since)

@@ -5,8 +5,10 @@ ranks) and waiting on a slower rank, and the larger part decides. Mostly waiting
 rank that changes from step to step: fix here (balance the batches). Mostly waiting
 on one fixed rank: the straggler's case, not this one. Mostly transfer: a move only
 when the bytes over the slowest link the collectives cross explain it (no NVLink,
-bandwidth-bound); with NVLink already, latency-bound, or a link that could carry the
-bytes far faster: fix here (overlap, bucketing).
+bandwidth-bound; a path through host memory, where the GPUs cannot reach each other
+peer to peer, always is); with NVLink already, latency-bound, or a link that could
+carry the bytes far faster: fix here (overlap, bucketing). With no bytes seen, nothing
+tells bandwidth from the rest: ``info``, no move.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from gpuwatch.detection.context import (
     Context,
     Detection,
     has_nvlink,
+    host_staged,
     job_devices,
     mean_parts,
     recent,
@@ -71,17 +74,31 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         return Detection(evidence, ranks, text=text, verdict="fix_here")
     proj = ctx.project(views, mean, since)
     evidence["speedup_ratio"] = proj.speedup
+    unsized = mean.comm_bytes <= 0  # no collective's bytes were seen
     small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
-    needed = mean.comm_bytes / link if link else None  # seconds the link needs for the bytes
+    needed = mean.comm_bytes / link if link and not unsized else None  # the link's seconds
     if needed is not None:
         evidence["link_seconds_per_step"] = needed
-    explained = needed is None or needed >= th["link_explained_ratio"] * split.transfer_s
+    staged = host_staged(views)
+    if staged:
+        link_name += " through host memory (no P2P between the GPUs)"
+    # A host-staged path moves bytes at a fraction of the slot's rate: whatever the slot
+    # could do, the wait is that path's bandwidth.
+    explained = staged or needed is None or needed >= th["link_explained_ratio"] * split.transfer_s
     inter_node = "inter-node" in link_name
-    if has_nvlink(views[0]) and not (inter_node and explained):
+    if has_nvlink(views[0]) and not (inter_node and explained and not unsized):
         text |= {"link": "over NVLink already",
                  "advice": "The link is not the problem: overlap communication with compute "
                            "(DDP bucket size, FSDP prefetch), accumulate gradients over more "
                            "micro-batches, or compress gradients."}
+    elif unsized:
+        text |= {"link": f"over {link_name}, bytes per step not seen",
+                 "advice": "Without the bytes the collectives move, gpuwatch cannot tell a "
+                           "slow link from latency, contention or a misconfigured NCCL, so it "
+                           "recommends no move: let gpuwatch size the collectives "
+                           "(torch.distributed calls or a DDP comm hook), or run nccl-tests "
+                           "on these GPUs and compare their bus bandwidth."}
+        return Detection(evidence, ranks, text=text, verdict="info")
     elif small:
         text |= {"link": f"{mean.comm_bytes / 1e6:.2f} MB per step: latency-bound, not "
                          "bandwidth-bound",
