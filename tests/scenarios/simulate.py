@@ -26,9 +26,9 @@ H100 = ("NVIDIA H100 80GB HBM3", 80.0, 18, 700.0)  # NVML name, GB, NVLink links
 RTX_5090 = ("NVIDIA GeForce RTX 5090", 32.0, 0, 575.0)
 L40S = ("NVIDIA L40S", 48.0, 0, 350.0)
 # How each card's GPUs reach each other in a node: (PCIe generation, NVLink version of its
-# links or None, whether peer-to-peer reads work). GeForce cards have no P2P: their
-# collectives go through host memory.
-LINKS: dict[str, tuple[int, int | None, bool]] = {
+# links or None, whether peer-to-peer reads work, None: unknown). GeForce cards have no
+# P2P: their collectives go through host memory. Other cards: gen4, P2P unknown.
+LINKS: dict[str, tuple[int, int | None, bool | None]] = {
     H100[0]: (5, 4, True), RTX_5090[0]: (5, None, False), L40S[0]: (4, None, True)}
 
 
@@ -170,7 +170,7 @@ def _topology(shape: Shape, rank: int) -> Event:
     """The topology event the agent writes: every GPU of the rank's node (one per rank,
     eight to a node), its links and the P2P map between them."""
     name, memory_gb, nvlinks, _ = shape.gpu
-    generation, version, p2p = LINKS[name]
+    generation, version, p2p = LINKS.get(name, (4, None, None))
     node = rank // 8
     gpus = range(min(8, shape.world - 8 * node))
     devices = [{"index": i, "name": name, "memory_total_bytes": memory_gb * GB,
