@@ -200,7 +200,8 @@ class Agent:
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Stop the thread, write what is left and close; returns within ``timeout`` seconds,
         plus, when the endpoint is being scraped, up to exporter.final_scrape_s for a scrape
-        to take the end-of-run marker (a killed process exports none: it vanished)."""
+        to take the end-of-run marker: on a normal end only, never while the process dies
+        of an uncaught exception or Ctrl-C (a killed process exports none: it vanished)."""
         if self.stopped or os.getpid() != self._pid:
             return
         self.stopped = True
@@ -217,8 +218,8 @@ class Agent:
                 self._final_flush(deadline)
         exporter = self.exporter
         if exporter is not None:  # the end-of-run marker, for one last scrape to take
-            self._guarded("exporter",
-                          lambda: exporter.finish(self.settings.exporter.final_scrape_s))
+            wait_s = 0.0 if dying_of_an_exception() else self.settings.exporter.final_scrape_s
+            self._guarded("exporter", lambda: exporter.finish(wait_s))
 
     def _stuck(self) -> bool:
         """Whether the agent thread is known to be stuck (in an NVML call that hangs)."""
@@ -546,6 +547,14 @@ def stop_all() -> None:
             agent.stop()
         except Exception as exc:  # never let shutdown raise
             log.warning("gpuwatch: stop failed: %s", exc)
+
+
+def dying_of_an_exception() -> bool:
+    """Whether the process is exiting because an exception (KeyboardInterrupt included)
+    went uncaught in its main thread: Python keeps the last one it printed in
+    ``sys.last_value`` before the atexit handlers run. (An exit through ``sys.exit``
+    leaves no trace of its status there, whatever it is.)"""
+    return getattr(sys, "last_value", None) is not None
 
 
 def _nvml_index(gpus: list[int] | None, device: int | None) -> int | None:

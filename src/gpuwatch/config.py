@@ -59,7 +59,8 @@ class ExporterSettings(BaseModel):
     # is still exported so dcgm's series join on UUID.
     device_metrics: bool = True
     # On a normal exit, wait up to this long for one more scrape so Prometheus sees
-    # the end-of-run marker (only when something has scraped the endpoint; 0: never).
+    # the end-of-run marker (only when something has scraped the endpoint; 0: never;
+    # never while dying of an uncaught exception or Ctrl-C).
     final_scrape_s: float = Field(default=20.0, ge=0, le=300)
 
 

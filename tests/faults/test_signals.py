@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
-from gpuwatch.records import Step
+from gpuwatch.records import Meta, Step
 from gpuwatch.runlog import RunLogReader
 from tests.wait import wait_for
 
@@ -24,8 +25,9 @@ pytestmark = pytest.mark.integration
 SCRIPT = str(Path(__file__).resolve().parent / "scripts" / "signal_target.py")
 
 
-def _start(out: Path, *args: str) -> subprocess.Popen[str]:
+def _start(out: Path, *args: str, **settings: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    env.update({f"GPUWATCH_{k.upper()}": v for k, v in settings.items()})
     proc = subprocess.Popen([sys.executable, SCRIPT, str(out), *args], stdout=subprocess.PIPE,
                             env=env, text=True)
     assert proc.stdout is not None
@@ -83,6 +85,21 @@ def test_sigint_raises_keyboard_interrupt_and_the_log_is_complete(tmp_path: Path
     assert took < 2.5
     steps, skipped = _steps(tmp_path)
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 50 and skipped == 0
+
+
+def test_a_scraped_process_dying_of_ctrl_c_does_not_wait_for_a_last_scrape(
+        tmp_path: Path) -> None:
+    """The wait for one more scrape (``exporter.final_scrape_s``) is for a run that ends
+    on its own: one dying of an uncaught KeyboardInterrupt ends as promptly as without
+    gpuwatch, scraped or not."""
+    proc = _start(tmp_path, "loop", exporter__port="0", exporter__final_scrape_s="60")
+    port = wait_for(lambda: next((r.metrics_port for r in RunLogReader(tmp_path / "run.jsonl")
+                                  if isinstance(r, Meta)), None)
+                    if (tmp_path / "run.jsonl").exists() else None, 10, "the metrics port")
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    took = _wait_death(proc, signal.SIGINT)
+    assert proc.returncode in (1, -signal.SIGINT)
+    assert took < 20  # it would wait up to 60 s for the next scrape
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
