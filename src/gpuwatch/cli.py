@@ -180,9 +180,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PermissionError:
         print(f"gpuwatch: command not executable: {cmd[0]}", file=sys.stderr)
         return 126
-    code = _wait_forwarding_signals(child)
+    code, stopped_by = _wait_forwarding_signals(child)
     if enabled and out is not None:
-        _write_findings(out)
+        if stopped_by is None:
+            _write_findings(out)
+        else:  # told to stop: end with the command, do not replay the logs first
+            print(f"gpuwatch: stopped by {signal.Signals(stopped_by).name}; run log in {out} "
+                  f"(`gpuwatch analyze {out}` to judge it)", file=sys.stderr)
     return code
 
 
@@ -249,20 +253,47 @@ def _write_report(out: Path, findings: list[Any]) -> None:
     print(f"gpuwatch: report in {path}", file=sys.stderr)
 
 
-def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
-    """Wait for the child, passing SIGINT/SIGTERM on; its exit status becomes ours."""
+# Signals passed on to the command. The ones a terminal sends to its whole foreground
+# process group (Ctrl-C, Ctrl-backslash, a hangup) reached the command already when this
+# process is in that group, and a second one would cut the command's own graceful
+# shutdown short: those are passed on only when they came from elsewhere (``kill``,
+# a scheduler, a container runtime).
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+STOPPING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+
+
+def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> tuple[int, int | None]:
+    """Wait for the child, passing signals on (``FORWARDED``); its exit status becomes
+    ours. Also returns the last signal that told this process to stop, if any."""
+    stopped_by: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        if child.poll() is None:
+        if signum in STOPPING:
+            stopped_by.append(signum)
+        if child.poll() is None and not (signum in FROM_TERMINAL and _terminal_foreground()):
             child.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
         code = child.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return 128 - code if code < 0 else code
+    return (128 - code if code < 0 else code), (stopped_by[-1] if stopped_by else None)
+
+
+def _terminal_foreground() -> bool:
+    """Whether this process is in the foreground process group of its terminal (so a
+    signal the terminal sends reaches the whole group, the command included)."""
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return os.tcgetpgrp(fd) == os.getpgrp()
+        except OSError:
+            continue
+    return False
 
 
 def live_fingerprints(out: Path) -> set[str]:

@@ -1,0 +1,91 @@
+"""Attack: signals sent to ``gpuwatch run``, from ``kill`` and from a terminal. What must
+hold: the command gets each signal exactly once (a second Ctrl-C would cut its own
+graceful shutdown short), every one it would have got without the wrapper (none left
+running as an orphan), and its exit status is the wrapper's."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+
+from tests.wait import wait_for
+
+pytestmark = pytest.mark.integration
+CHILD = str(Path(__file__).resolve().parent / "scripts" / "counting_child.py")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    env["GPUWATCH_ENABLED"] = "false"  # the wrapper alone: nothing to attach or analyse
+    return env
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    try:
+        return proc.wait(timeout=30)
+    finally:
+        proc.kill()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                                 signal.SIGUSR1])
+def test_a_signal_sent_to_gpuwatch_run_reaches_the_command_once(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    record = tmp_path / "got"
+    proc = subprocess.Popen([sys.executable, "-m", "gpuwatch", "run", "--", sys.executable,
+                             CHILD, str(record)], env=_env(), stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # no terminal: a scheduler's kill
+    wait_for(lambda: record.with_suffix(".ready").exists(), 30, "the command to start")
+    proc.send_signal(sig)
+    assert _wait(proc) == 0  # the command's status: it shut down gracefully
+    assert record.read_text().split() == [sig.name]
+
+
+def test_ctrl_c_at_a_terminal_reaches_the_command_once(tmp_path: Path) -> None:
+    """Ctrl-C typed at the terminal signals its whole foreground group, the command
+    included: the wrapper must not send it a second one."""
+    record = tmp_path / "got"
+    master, slave = os.openpty()
+
+    def own_terminal() -> None:  # a session of its own, the pty its controlling terminal
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "gpuwatch", "run", "--", sys.executable,
+                             CHILD, str(record)], env=_env(), stdin=slave, stdout=slave,
+                            stderr=slave, preexec_fn=own_terminal)
+    os.close(slave)
+    try:
+        wait_for(lambda: record.with_suffix(".ready").exists(), 30, "the command to start")
+        os.write(master, b"\x03")  # Ctrl-C: the line discipline signals the foreground group
+        assert _wait(proc) == 0
+        assert record.read_text().split() == ["SIGINT"]
+    finally:
+        os.close(master)
+
+
+def test_gpuwatch_run_told_to_stop_ends_with_the_command_without_judging_the_logs(
+        tmp_path: Path) -> None:
+    """A wrapper told to stop (SIGTERM: a pod's eviction) ends as soon as the command
+    does: replaying every log of the run directory first would delay its death by
+    their size. It says where the logs are instead."""
+    record = tmp_path / "got"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    proc = subprocess.Popen([sys.executable, "-m", "gpuwatch", "run", "--out",
+                             str(tmp_path / "run"), "--", sys.executable, CHILD, str(record)],
+                            env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    wait_for(lambda: record.with_suffix(".ready").exists(), 30, "the command to start")
+    proc.send_signal(signal.SIGTERM)
+    assert _wait(proc) == 0
+    assert proc.stderr is not None
+    said = proc.stderr.read().decode()
+    assert "stopped by SIGTERM" in said and "gpuwatch analyze" in said
+    assert "findings:" not in said and "no training process" not in said
