@@ -152,19 +152,29 @@ class RunLogWriter:
 
     def write(self, records: Iterable[Record]) -> None:
         """Append records, then flush. Lines are encoded one at a time: orjson's bytes
-        keep a 4 KiB allocation each, so a batch of them held at once costs megabytes."""
+        keep a 4 KiB allocation each, so a batch of them held at once costs megabytes.
+        A record that cannot be encoded (a number JSON cannot hold) is left out, the
+        rest written; then the first such error is raised, for the caller to count."""
         with self._lock:
             if self._file is None:
                 return
             write, n = self._file.write, 0
+            failed: Exception | None = None
             for record in records:
-                write(encode(record))
+                try:
+                    line = encode(record)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    failed = failed or exc
+                    continue
+                write(line)
                 n += 1
             if n:
                 self._file.flush()
                 self.records += n
                 if self.segment_bytes and self._file.tell() >= self.segment_bytes:
                     self._rotate()
+            if failed is not None:
+                raise failed
 
     def _rotate(self) -> None:
         """The full file becomes the next compressed segment; a new one takes its name.

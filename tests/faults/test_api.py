@@ -67,6 +67,8 @@ MISUSE: list[tuple[str, Callable[[Monitor], None]]] = [  # each: one step with t
     ("samples-nan", _samples(float("nan"))),
     ("samples-bool", _samples(True)),
     ("tokens-list", _samples(None, tokens=[1, 2])),
+    ("tokens-2**64", _samples(None, tokens=2**64)),  # no 64-bit integer holds it
+    ("count-10**400", _count(10**400)),  # no float either
     ("count-object", _count(object())),
     ("checkpoint-int-path", _checkpoint(123)),
     ("checkpoint-missing-path", _checkpoint("/nonexistent/ckpt.pt")),

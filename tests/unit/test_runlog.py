@@ -6,6 +6,8 @@ import json
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
 from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample, Step
 from gpuwatch.runlog import RunLogReader, RunLogWriter, encode
 
@@ -103,3 +105,16 @@ def test_a_reader_of_some_sources_agrees_with_a_full_reader_on_where_it_is(
     assert all(where[line] == (clock, r) for line, clock, r in kept)
     assert some.passed_over == 2999 and some.records + some.passed_over == full.records
     assert (some.skipped, full.skipped) == (2, 2)
+
+
+def test_a_record_json_cannot_hold_is_left_out_the_rest_written_the_error_raised(
+        tmp_path: Path) -> None:
+    """One number too big for a JSON integer must not cost the records around it."""
+    writer = RunLogWriter(tmp_path / "run.jsonl")
+    records: list[Record] = [Step(rank=0, step=1, t=1.0, wall_s=0.1),
+                             Step(rank=0, step=2, t=2.0, wall_s=0.1, tokens=2**64),
+                             Step(rank=0, step=3, t=3.0, wall_s=0.1)]
+    with pytest.raises(TypeError):
+        writer.write(records)
+    writer.close()
+    assert [r.step for r in RunLogReader(tmp_path / "run.jsonl") if isinstance(r, Step)] == [1, 3]

@@ -40,6 +40,7 @@ from gpuwatch.vocabulary import COMPUTE_PHASES, Phase
 _NPHASES = max(Phase) + 1
 PROGRESS_EVERY_S = 1.0
 HOLD_STEPS = 64  # a step waits for its device timings behind at most this many steps
+MAX_COUNT = 2**63  # counts from here on are no count (a run-log line holds 64-bit integers)
 
 
 class StepAssembler:
@@ -204,9 +205,11 @@ class StepAssembler:
         self._error(str(value), t, out)
 
     def _count(self, value: Any) -> int:
-        """A mark's count (samples, tokens, bytes): a finite number >= 0, else 0 (counted)."""
-        if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and math.isfinite(value) and value >= 0:
+        """A mark's count (samples, tokens, bytes): a number in [0, 2**63) (what a run-log
+        line holds), else 0 (counted)."""
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT:
+            return value
+        if isinstance(value, float) and math.isfinite(value) and 0 <= value < MAX_COUNT:
             return int(value)
         self.bad_values += 1
         return 0
