@@ -98,6 +98,10 @@ BAD_DETECTION: list[tuple[str, Any]] = [  # the meta line's recorded detection s
     ("threshold-string", {"detectors": {"hang": {"min_seconds": "soon"}}}),
     ("prices-string", {"prices": "cheap"}),
     ("total-steps-null-and-target-list", {"total_steps": "x", "target_gpu": ["H100 SXM"]}),
+    # valid in shape, unknown to this gpuwatch (a newer writer's): the engine refuses them
+    ("unknown-detector", {"detectors": {"new_detector": {"threshold": 0.5}}}),
+    ("unknown-threshold", {"detectors": {"hang": {"new_threshold": 1.0}}}),
+    ("unknown-target-gpu", {"target_gpu": "Z900", "detect_interval_s": 2.0}),
 ]
 
 

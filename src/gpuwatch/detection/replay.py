@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from gpuwatch.config import Settings, replay_settings
+from gpuwatch.config import ConfigError, Settings, replay_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.detection.step_digest import JOB_SOURCES, DigestRank, JobInput, StepDigester
 from gpuwatch.records import Finding, Meta, Record
@@ -392,8 +392,27 @@ def _open(path: Path, tag: int, settings: Settings) -> Log:
         return Log(reader, tag, settings, 0, None, placed)
     meta = first[3] if isinstance(first[3], Meta) else None
     recorded = meta.detection if meta else {}
-    return Log(reader, tag, replay_settings(recorded, settings),
+    return Log(reader, tag, _replayed(recorded, settings),
                meta.attempt if meta else 0, first, placed)
+
+
+def _replayed(recorded: dict[str, Any], settings: Settings) -> Settings:
+    """``replay_settings``, less any recorded value the engine refuses (a detector, a
+    threshold or a GPU this gpuwatch does not know: a newer writer's, or a damaged meta
+    line): the log is judged with the caller's setting there instead."""
+    chosen = replay_settings(recorded, settings)
+    if _accepted(chosen):
+        return chosen
+    return replay_settings({k: v for k, v in recorded.items()
+                            if _accepted(replay_settings({k: v}, settings))}, settings)
+
+
+def _accepted(settings: Settings) -> bool:
+    try:
+        engine_from_settings(settings, "rank")
+    except ConfigError:
+        return False
+    return True
 
 
 def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:
