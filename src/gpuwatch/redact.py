@@ -64,9 +64,15 @@ def register(*secrets: str | None) -> None:
         _forms = tuple(sorted(set(_forms) | new, key=len, reverse=True))
 
 
+# Names that look secret and are not: the shell's working directories ("pwd"). Masking
+# them would hide every path under the current directory in every message.
+NOT_SECRET = frozenset({"PWD", "OLDPWD"})
+
+
 def register_environ(environ: Mapping[str, str]) -> None:
     """Register the values of environment variables whose names say secret (HF_TOKEN, ...)."""
-    register(*(value for name, value in environ.items() if SECRET_NAME.match(name)))
+    register(*(value for name, value in environ.items()
+               if SECRET_NAME.match(name) and name not in NOT_SECRET))
 
 
 def redact(text: str) -> str:

@@ -124,3 +124,13 @@ def test_a_registered_prefix_never_hides_a_secret_shaped_value_from_its_pattern(
     redact.register("https://hooks.slack.com")  # e.g. a webhook setting cut short
     assert "xYzPrefixed" not in redact.redact(
         "POST https://hooks.slack.com/services/T01/B02/xYzPrefixed failed")
+
+
+def test_the_working_directory_is_no_secret_though_its_variable_says_pwd() -> None:
+    """PWD and OLDPWD match "pwd": masking them would hide every path under the current
+    directory in every error (``cannot read ***/runs/x``)."""
+    workdir = "/srv/team-gpuwatch-workdir-7f3a"
+    redact.register_environ({"PWD": workdir, "OLDPWD": workdir + "-old",
+                             "DB_PWD": "hunter2-db-password"})
+    text = redact.redact(f"cannot read {workdir}/runs/x/run.jsonl (DB hunter2-db-password)")
+    assert f"{workdir}/runs/x/run.jsonl" in text and "hunter2" not in text
