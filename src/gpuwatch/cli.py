@@ -476,11 +476,11 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
                                                  f"{socket.gethostname()}: alerts reach "
                                                  "this channel.", "job": "test"},
                              time.time()))
-        ok = notifier.flush(timeout=30)
+        ok = notifier.flush(timeout=30) and notifier.delivered > 0
         notifier.stop()
     if not ok:
-        print("gpuwatch: the test message was not delivered (see the warning above)",
-              file=sys.stderr)
+        why = notifier.last_failure or "no answer within 30 s"
+        print(redact(f"gpuwatch: the test message was not delivered: {why}"), file=sys.stderr)
         return 1
     print("gpuwatch: test message delivered")
     return 0

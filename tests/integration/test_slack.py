@@ -438,6 +438,12 @@ def test_alerts_test_command_and_missing_or_broken_webhook(tmp_path: Path) -> No
     assert "test message from" in hook.texts()[0]
     missing = run(gpuwatch_cmd("alerts", "test"), cwd=tmp_path)
     assert missing.returncode == 2 and "no Slack webhook" in missing.stderr
+    for refusal in ("404", "302"):  # a revoked webhook, a proxy's login page: not delivered
+        with webhook(then=refusal) as hook:
+            refused = run(gpuwatch_cmd("alerts", "test"), cwd=tmp_path,
+                          extra_env={"GPUWATCH_SLACK__WEBHOOK_URL": hook.url})
+        assert refused.returncode == 1 and "delivered" not in refused.stdout
+        assert f"not delivered: the webhook answered HTTP {refusal}" in refused.stderr
     broken = run(gpuwatch_cmd("run", "--", sys.executable, "-c", "print('trained')"),
                  cwd=tmp_path, extra_env={"GPUWATCH_SLACK__WEBHOOK_URL": "hooks.slack.com/x/s3"})
     assert broken.returncode == 2 and "trained" not in broken.stdout

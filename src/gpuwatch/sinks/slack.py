@@ -116,6 +116,7 @@ class SlackNotifier:
         self.delivered = 0
         self.dropped = 0
         self.silenced = 0
+        self.last_failure: str | None = None  # what the last failed post met (for people)
         self._url = webhook_url
         self._bucket = TokenBucket(messages_per_second)
         self.group_window_s = group_window_s
@@ -314,6 +315,8 @@ class SlackNotifier:
 
     def _after_failure(self, status: int | None, retry_after: float,
                        claimed: list[tuple[str, list[tuple[Spool, Path, Note]]]]) -> float:
+        self.last_failure = (f"the webhook answered HTTP {status}" if status is not None
+                             else "no answer from the webhook (timeout or connection refused)")
         if status == 429:
             delay = retry_after
         elif status is None or status >= 500:
