@@ -214,6 +214,8 @@ def run_dir(out: Path | None, job: str) -> tuple[Path, int]:
             return create_run_dir(Path("runs"), job), 0
         except OSError as exc:
             raise UserError(f"cannot create a run directory under runs/: {exc.strerror}") from None
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is not a directory")
     return out, next_attempt(out)
 
 

@@ -106,12 +106,13 @@ def encode(record: Record) -> bytes:
 
 def segments(path: Path) -> list[Path]:
     """The rotated segments of the log at ``path``, oldest first: each part's
-    ``.jsonl.gz``, or its ``.jsonl`` where compression never finished."""
+    ``.jsonl.gz``, or its ``.jsonl`` where compression never finished. Only regular
+    files: a FIFO or a device (a link to /dev/zero) would be read forever."""
     stem = path.name.removesuffix(".jsonl")
     parts: dict[int, Path] = {}
     for p in path.parent.glob(f"{_glob_escape(stem)}.part*.jsonl*"):
         match = _PART.fullmatch(p.name[len(stem):])
-        if match is not None:
+        if match is not None and p.is_file():
             k = int(match.group(1))
             if k not in parts or p.name.endswith(".gz"):
                 parts[k] = p

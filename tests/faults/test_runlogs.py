@@ -143,6 +143,21 @@ def test_an_unreadable_run_log_is_a_one_line_error(tmp_path: Path, clean_env: Pa
     assert len(err.strip().splitlines()) == 1 and "run-rank1.jsonl" in err, err
 
 
+def test_a_fifo_or_a_device_among_the_logs_is_an_error_or_left_out_never_read_forever(
+        tmp_path: Path, clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A FIFO named like a run log would block the analysis; a segment linked to
+    /dev/zero would be read forever: neither is a regular file."""
+    (tmp_path / "run-rank0.jsonl").write_text(json.dumps(to_dict(META)) + "\n")
+    (tmp_path / "run-rank0.part00001.jsonl.gz").symlink_to("/dev/zero")  # left out
+    assert cli.main(["analyze", str(tmp_path)]) == 0
+    os.mkfifo(tmp_path / "run-rank1.jsonl")  # (opening it would wait for a writer)
+    for args in ([str(tmp_path)], [str(tmp_path / "run-rank1.jsonl")]):
+        capsys.readouterr()
+        assert cli.main(["analyze", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a regular file" in err and "run-rank1" in err
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
 def test_a_run_log_without_read_permission_is_a_one_line_error(
         tmp_path: Path, clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:

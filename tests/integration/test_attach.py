@@ -100,6 +100,11 @@ def test_run_errors_are_one_line(tmp_path: Path) -> None:
     assert missing.stderr.strip() == "gpuwatch: command not found: no-such-program-xyz"
     empty = run(gpuwatch_cmd("run"), cwd=tmp_path)
     assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
+    (tmp_path / "taken").write_text("a file")
+    onto_file = run(gpuwatch_cmd("run", "--out", "taken", "--", sys.executable, "-c",
+                                 "print('trained')"), cwd=tmp_path)
+    assert onto_file.returncode == 2 and "trained" not in onto_file.stdout  # never unmonitored
+    assert onto_file.stderr.strip() == "gpuwatch: --out taken is not a directory"
     (tmp_path / "gpuwatch.toml").write_text("sample_interval_s = 0\n")
     bad = run(gpuwatch_cmd("run", "--", sys.executable, "-c", "pass"), cwd=tmp_path)
     assert bad.returncode == 2

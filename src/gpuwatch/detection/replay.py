@@ -50,7 +50,8 @@ class Analysis:
 def run_logs(paths: list[Path]) -> list[Path]:
     """Run-log files named directly or found in directories (``run*.jsonl``).
 
-    Raises FileNotFoundError naming the first path that is neither.
+    Raises FileNotFoundError naming the first path that is neither, or that is no
+    regular file (a FIFO or a device would be read forever).
     """
     out: list[Path] = []
     for p in paths:
@@ -58,12 +59,20 @@ def run_logs(paths: list[Path]) -> list[Path]:
             found = sorted(f for f in p.glob("run*.jsonl") if not is_segment(f.name))
             if not found:
                 raise FileNotFoundError(f"no run*.jsonl run log in {p}")
-            out += found
+            out += [_regular(f) for f in found]
         elif p.is_file():
             out.append(p)
+        elif p.exists():
+            raise FileNotFoundError(f"not a regular file: {p}")
         else:
             raise FileNotFoundError(f"no such run log or directory: {p}")
     return out
+
+
+def _regular(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"not a regular file: {path}")
+    return path
 
 
 def analyze(paths: list[Path], settings: Settings, *, workers: int | None = None,
