@@ -247,6 +247,22 @@ def test_a_slow_rank_is_a_straggler_to_fix_not_a_reason_to_buy() -> None:
     assert not [x for x in findings if x.verdict == "move_to_h100"]
 
 
+def test_a_straggler_s_summary_names_the_part_of_its_step_that_is_slow() -> None:
+    """Rank 0 logging metrics on the host every step (time outside every marked phase)
+    holds the others at the all-reduce as a slow GPU would: named as host work."""
+    out: list[Record] = []
+    for r in range(3):
+        out += [meta(r, 3, host=f"node-{r}"), topology("NVIDIA H100 80GB HBM3", 80 * GB, rank=r)]
+        if r == 0:
+            out += steps(60, rank=r, compute_s=0.05, collective_s=0.005, other_s=0.045,
+                         collective_bytes=int(64e6))
+        else:
+            out += steps(60, rank=r, compute_s=0.095, collective_s=0.05,
+                         collective_bytes=int(64e6))
+    f = only(judge(out, scope="job"), "straggler")
+    assert f.ranks == [0] and "mostly outside the training phases (host work" in f.summary
+
+
 def test_symmetric_collective_wait_without_nvlink_should_move_to_h100() -> None:
     findings = judge(ranks(2), scope="job")
     f = only(findings, "sync_bottleneck")

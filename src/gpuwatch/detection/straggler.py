@@ -17,6 +17,7 @@ from gpuwatch.detection import skew
 from gpuwatch.detection.context import Context, Detection, job_devices, recent, window_s
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
+from gpuwatch.telemetry import StepSummary
 from gpuwatch.vocabulary import CLOCK_EVENT_REASONS
 
 # Clock-event reasons that slow a GPU down (idle, boost and settings do not).
@@ -58,12 +59,21 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         evidence["last_arrival_share_ratio"] = split.last_share[worst]
     reasons = clock_events(view)
     gpus = ",".join(str(d.get("index")) for d in job_devices(view)) or "none"
-    starved = mine.data_s - theirs.data_s >= (work[worst] - fastest) / 2
-    text = {"slow_rank": worst, "host": view.host, "gpu": gpus,
-            "cause": (f"waiting for its data ({mine.data_share:.0%} of each step)"
-                      if starved else "computing"),
+    text = {"slow_rank": worst, "host": view.host, "gpu": gpus, "cause": cause(mine, theirs),
             "throttle": f" (its GPU reports {', '.join(reasons)})" if reasons else ""}
     return Detection(evidence, sorted(slow), text=text)
+
+
+def cause(slow: StepSummary, fast: StepSummary) -> str:
+    """Which part of its step makes the slow rank slower than the fast one, in words."""
+    extra = {
+        f"waiting for its data ({slow.data_share:.0%} of each step)": slow.data_s - fast.data_s,
+        "computing": slow.unwaited_compute_s - fast.unwaited_compute_s,
+        "in its optimizer step": slow.optimizer_s - fast.optimizer_s,
+        "saving checkpoints": slow.checkpoint_s - fast.checkpoint_s,
+        "outside the training phases (host work: logging, metrics)": slow.other_s - fast.other_s,
+    }
+    return max(extra, key=lambda k: extra[k])
 
 
 def clock_events(view: RankInput) -> list[str]:
