@@ -26,3 +26,14 @@ class Tiny(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class TinyWithEval(Tiny):
+    """``Tiny`` with a validation step that takes 10 ms a batch (model time, no data)."""
+
+    def validation_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(0.01)
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)

@@ -30,8 +30,7 @@ def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from gpuwatch.integrations.lightning import GpuWatchCallback
-    from tests.tiny_lightning import Tiny
-
+    from tests.tiny_lightning import TinyWithEval
 
     data = TensorDataset(torch.randn(1600, 32), torch.randn(1600, 1))
     callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False})
@@ -39,17 +38,22 @@ def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
                         enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[callback, ModelCheckpoint(dirpath=tmp_path / "ckpt",
                                                              every_n_train_steps=100,
-                                                             save_top_k=-1)])
+                                                             save_top_k=-1)],
+                        val_check_interval=50, limit_val_batches=20)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-        trainer.fit(Tiny(), DataLoader(data, batch_size=16))
+        trainer.fit(TinyWithEval(), DataLoader(data, batch_size=16),
+                    DataLoader(data, batch_size=16))
     records = read(tmp_path / "run" / "run.jsonl")
     steps = [r for r in records if isinstance(r, Step)]
     assert len(steps) == 300
     assert all(phases_fit_in_step(s) for s in steps)
     assert all(s.samples == 16 and s.compute_s > 0 and s.optimizer_s > 0 for s in steps)
     assert sum(s.data_s > 0 for s in steps) == 300
+    # a validation pass (20 batches, 10 ms each) between steps 50 and 51: no data wait
+    after_eval = steps[50]
+    assert after_eval.wall_s > 0.2 and after_eval.data_s < 0.1 * after_eval.wall_s
     saves = [e for e in records if isinstance(e, Event) and e.name == "checkpoint_save"]
     assert len(saves) == 3 and all(e.data["bytes"] > 5_000 for e in saves)
     assert sum(s.checkpoint_s > 0 for s in steps) == 2  # the save after the last step: no step
@@ -81,6 +85,7 @@ def test_huggingface_trainer_with_the_callback(tmp_path: Path) -> None:
     assert len(steps) == 60
     assert all(phases_fit_in_step(s) for s in steps)
     assert all(s.compute_s > 0 and s.optimizer_s > 0 and s.data_s > 0 for s in steps)
+    assert all(s.samples == 8 for s in steps)  # the micro-batch x 1 accumulated
     saves = [e for e in records if isinstance(e, Event) and e.name == "checkpoint_save"]
     assert len(saves) == 3 and all(e.data["bytes"] > 50_000 and e.data["seconds"] > 0
                                    for e in saves)

@@ -128,6 +128,29 @@ def test_an_eval_loaders_batches_are_progress_not_a_batch_change() -> None:
     assert len(steps(out)) == 9
 
 
+def test_an_eval_loaders_batches_and_waits_are_not_the_training_steps() -> None:
+    """A zero-code run: every DataLoader's fetch is timed. An eval loop between two
+    steps fetches from another loader: its samples and its waits belong to no training
+    step, which counts its own loader's (the one whose batch came last before it ended)."""
+    train, evals = 1, 2  # loader keys
+    marks: list[tuple[int, float, object]] = []
+    t = 0.0
+    for k in range(4):
+        if k == 2:  # an eval loop: 30 batches of 256, each fetched in 0.05 s
+            for _ in range(30):
+                marks += [(ring.DATA, t, None), (-ring.DATA, t + 0.05, None),
+                          (ring.LOADER_BATCH, t + 0.05, (evals, 256))]
+                t += 0.1
+        marks += [(ring.DATA, t, None), (-ring.DATA, t + 0.2, None),
+                  (ring.LOADER_BATCH, t + 0.2, (train, 64)),
+                  (ring.STEP_BOUNDARY, t + 1.0, None)]
+        t += 1.0
+    out = steps(assemble(marks))
+    assert [s.samples for s in out] == [64] * 4
+    assert [s.data_s for s in out] == pytest.approx([0.2] * 4)
+    assert out[2].wall_s == pytest.approx(4.0)  # the eval is in the step's wall time
+
+
 def test_a_save_on_a_writer_thread_is_timed_but_not_blocking() -> None:
     marks = [(ring.SAMPLES, 0.05, 8), (ring.BACKGROUND_SAVE, 0.08, (4.0, 1000)),
              (ring.STEP_BOUNDARY, 0.1, None)]

@@ -25,12 +25,13 @@ class LoopMarker:
     by a framework that skipped a hook are closed at the next step boundary.
     """
 
-    __slots__ = ("_ends", "_open", "_paused", "_push")
+    __slots__ = ("_ends", "_eval_paused", "_open", "_paused", "_push")
 
     def __init__(self, push: Push) -> None:
         self._push = push
         self._open: list[int] = []  # phases this marker opened, innermost last
         self._paused = 0  # the phase a checkpoint interrupted
+        self._eval_paused = 0  # the phase an evaluation interrupted
         self._ends = itertools.count(1)  # step ordinals (lost marks leave gaps, see ring)
 
     def _enter(self, phase: int) -> None:
@@ -46,12 +47,13 @@ class LoopMarker:
         """The loop is about to fetch its first batch."""
         self._enter(ring.DATA)
 
-    def batch_start(self, batch: Any = None, phase: int = ring.FORWARD) -> None:
-        """A batch arrived: data wait ends, ``phase`` (forward, or compute) begins."""
+    def batch_start(self, batch: Any = None, phase: int = ring.FORWARD, samples: int = 0) -> None:
+        """A batch arrived: data wait ends, ``phase`` (forward, or compute) begins. Its
+        samples are counted from ``batch``, else taken from ``samples``."""
         self._close_all()
         self._push(ring.STEP_BEGIN)
         try:
-            n = batch_size(batch) if batch is not None else 0
+            n = batch_size(batch) if batch is not None else samples
         except Exception:  # an exotic batch: no sample count, never an error
             n = 0
         if n:
@@ -101,6 +103,17 @@ class LoopMarker:
         if self._paused:
             self._enter(self._paused)
             self._paused = 0
+
+    def eval_start(self) -> None:
+        """An evaluation loop begins between steps: the training loop's data wait pauses
+        (its time is no wait for training data) and resumes at ``eval_end``."""
+        self._eval_paused = self._open[-1] if self._open else 0
+        self._close_all()
+
+    def eval_end(self) -> None:
+        if self._eval_paused:
+            self._enter(self._eval_paused)
+            self._eval_paused = 0
 
     def eval_batch(self) -> None:
         """An evaluation batch is done (progress between training steps)."""

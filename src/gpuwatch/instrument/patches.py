@@ -104,8 +104,7 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
             n = batch_size(batch)
         except Exception:
             n = 0
-        if n:
-            lazy.push(ring.SAMPLES, n)
+        lazy.push(ring.LOADER_BATCH, (id(self._dataset), n))  # (an eval loader's is its own)
         return batch
 
     _BaseDataLoaderIter.__next__ = timed_next  # type: ignore[method-assign]

@@ -41,6 +41,7 @@ _WRITING = -2  # a slot's sequence while a writer fills it
 EVAL_BATCH = 113  # an evaluation batch done (a framework's eval hook)
 BACKGROUND_SAVE = 114  # value: (seconds, bytes) of a save written off the training thread
 COLLECTIVE_DURATION = 115  # value: (seconds, bus bytes) of one blocking collective (host clock)
+LOADER_BATCH = 116  # value: (loader key, samples) of the DataLoader batch just fetched
 
 # Phase codes (``vocabulary.Phase``) as plain ints: the hot path pushes them.
 DATA = int(Phase.DATA)

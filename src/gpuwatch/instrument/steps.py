@@ -74,10 +74,14 @@ class StepAssembler:
         self._progress_at = 0.0  # perf_counter time of the last step end or progress event
         self._loader_batches = 0  # batches fetched since then
         self._eval_batches = 0  # eval batches done since then
+        self._by_loader: dict[int, list[float]] = {}  # loader -> [samples, data s] this step
+        self._loader = 0  # the loader of the step's newest batch: the one that feeds steps
+        self._data_closed_s = 0.0  # the newest data wait closed (for the batch that ends it)
         self._handlers: dict[int, Callable[[int, float, Any, list[Record]], None]] = {
             ring.STEP_END: self._on_step_end, ring.STEP_BOUNDARY: self._on_step_end,
             ring.STEP_BEGIN: self._on_step_begin, ring.LOST: self._on_lost,
             ring.SAMPLES: self._on_samples, ring.EVAL_BATCH: self._on_eval_batch,
+            ring.LOADER_BATCH: self._on_loader_batch,
             ring.BACKGROUND_SAVE: self._on_background_save, ring.TOKENS: self._on_tokens,
             ring.CHECKPOINT_TARGET: self._on_checkpoint_target,
             ring.PHASE_SECONDS: self._on_phase_seconds,
@@ -152,6 +156,22 @@ class StepAssembler:
     def _on_samples(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         n = self._count(value)
         self._samples += n
+        if n:
+            self._last_batch = n
+        self._loader_batches += 1
+        self._progress(t, out)
+
+    def _on_loader_batch(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        """A DataLoader batch: its samples and the wait that fetched it, by loader. A step
+        counts those of the loader whose batch came last before it ended (the one that
+        feeds training); an eval loader iterated in between counts for neither."""
+        key, n = value
+        n = self._count(n)
+        spent = self._by_loader.setdefault(key, [0.0, 0.0])
+        spent[0] += n
+        spent[1] += self._data_closed_s
+        self._data_closed_s = 0.0
+        self._loader = key
         if n:
             self._last_batch = n
         self._loader_batches += 1
@@ -249,6 +269,8 @@ class StepAssembler:
         self._acc[phase] += seconds
         if phase == ring.CHECKPOINT:
             self._saved(seconds, t, out)
+        elif phase == ring.DATA:
+            self._data_closed_s = seconds
 
     def _saved(self, seconds: float, t: float, out: list[Record]) -> None:
         nbytes = sum(self._ckpt_targets)
@@ -298,7 +320,12 @@ class StepAssembler:
                 self._opened[phase] = t
         start = self._prev_end if self._prev_end is not None else t
         wall = t - start
-        data, opt, ckpt = acc[ring.DATA], acc[ring.OPTIMIZER], acc[ring.CHECKPOINT]
+        samples, data = self._samples, acc[ring.DATA]
+        feeding = self._by_loader.get(self._loader)
+        if feeding is not None:  # the other loaders' batches and waits are not training's
+            samples += int(feeding[0])
+            data -= sum(w for k, (_, w) in self._by_loader.items() if k != self._loader)
+        opt, ckpt = acc[ring.OPTIMIZER], acc[ring.CHECKPOINT]
         compute = sum(acc[p] for p in COMPUTE_PHASES)
         rest = wall - data - opt - ckpt
         if compute > 0.0:
@@ -311,7 +338,7 @@ class StepAssembler:
             rank=self.rank, step=self.steps, t=t + self._offset, wall_s=wall,
             data_s=data, compute_s=compute, optimizer_s=opt, checkpoint_s=ckpt,
             collective_s=acc[ring.COLLECTIVE], recompute_s=acc[ring.RECOMPUTE],
-            other_s=other, samples=self._samples, tokens=self._tokens,
+            other_s=other, samples=samples, tokens=self._tokens,
             checkpoint_bytes=self._ckpt_bytes, collective_bytes=self._collective_bytes,
             act_ckpt_calls=self._act_ckpt_calls,
             collective_timed_s=self._timed_s, collective_timed_bytes=self._timed_bytes,
@@ -332,4 +359,5 @@ class StepAssembler:
             acc[phase] = 0.0
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0
         self._collective_bytes = self._timed_bytes = 0
+        self._by_loader.clear()
         self._timed_s = 0.0

@@ -94,6 +94,14 @@ class LightningHooks:
             except Exception as exc:
                 self.monitor.agent.faults.record("tracker", exc)
 
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._marker is not None:
+            self._marker.eval_start()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._marker is not None:
+            self._marker.eval_end()
+
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if self._marker is not None:

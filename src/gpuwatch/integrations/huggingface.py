@@ -58,7 +58,7 @@ class GpuWatchCallback(TrainerCallback):
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._marker is not None:
             self._marker.elapsed(ring.DATA, perf_counter() - self._last)
-            self._marker.batch_start(phase=ring.COMPUTE)
+            self._marker.batch_start(phase=ring.COMPUTE, samples=_samples_per_step(args))
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._marker is not None:
@@ -101,3 +101,12 @@ class GpuWatchCallback(TrainerCallback):
             self._marker.loop_end()
         if self.monitor is not None:
             self.monitor.stop()
+
+
+def _samples_per_step(args: Any) -> int:
+    """Samples one optimizer step of this process trains on: its micro-batch times the
+    micro-batches it accumulates (the step hooks see no batch; 0 if unknown)."""
+    batch = getattr(args, "per_device_train_batch_size", 0)
+    accumulate = getattr(args, "gradient_accumulation_steps", 1)
+    ok = isinstance(batch, int) and isinstance(accumulate, int) and batch > 0 and accumulate > 0
+    return batch * accumulate if ok else 0
