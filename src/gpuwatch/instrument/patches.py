@@ -104,7 +104,8 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
             n = batch_size(batch)
         except Exception:
             n = 0
-        lazy.push(ring.LOADER_BATCH, (id(self._dataset), n))  # (an eval loader's is its own)
+        # by loader (its dataset): an eval loader's batches are not the training step's
+        lazy.push(ring.LOADER_BATCH, (id(getattr(self, "_dataset", None)), n))
         return batch
 
     _BaseDataLoaderIter.__next__ = timed_next  # type: ignore[method-assign]
