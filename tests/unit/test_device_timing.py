@@ -8,6 +8,7 @@ event interval on the compute stream must read the exposed wait exactly.
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -137,6 +138,30 @@ def test_ddp_last_bucket_to_end_of_backward_is_the_exposed_wait() -> None:
     dev.run(30)  # optimizer
     step = rig.step()
     assert step.collective_s == pytest.approx(0.060)
+
+
+def test_a_rank_blocked_in_ddp_s_host_all_reduce_reads_as_waiting_in_a_collective() -> None:
+    """On the host clock (gloo, CPU tensors) backward blocks until every bucket's
+    all-reduce is done. A peer that never joins leaves the rank blocked there: its open
+    phases must say "collective" (hang names the rank that is *not* waiting), yet the
+    wait, never marked as a phase, cannot leak into the steps after it."""
+    rig = Rig(Device())
+    callbacks: list[Any] = []
+    hook = timed_comm_hook(lambda state, bucket: fake_cuda.Future(),
+                           Intervals(rig.pool, lambda: rig.lazy.push), callbacks.append)
+    hook(None, SimpleNamespace(is_last=lambda: True, buffer=lambda: "host tensor"))
+    rig.asm.feed(rig.ring.drain(), rig.out)  # the engine has not reached our callback: blocked
+    assert "collective" in rig.asm.open_phases(time.perf_counter())
+    for callback in callbacks:  # (it queues a second, which the engine runs after DDP's)
+        callback()
+    for callback in callbacks[1:]:
+        callback()
+    rig.asm.feed(rig.ring.drain(), rig.out)
+    assert "collective" not in rig.asm.open_phases(time.perf_counter())
+    hook(None, SimpleNamespace(is_last=lambda: True, buffer=lambda: "host tensor"))
+    rig.lazy.push(ring.STEP_END)  # a backward that raised before its end: the step's end
+    rig.asm.feed(rig.ring.drain(), rig.out)  # clears the wait
+    assert "collective" not in rig.asm.open_phases(time.perf_counter())
 
 
 def test_fsdp_side_stream_all_gather_counts_its_wait_not_its_duration() -> None:

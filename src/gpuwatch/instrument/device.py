@@ -99,6 +99,7 @@ class Span:
     marked: bool  # host intervals: whether an open mark was pushed (hang detection sees it)
     tracked: bool = False  # counted in this thread's open intervals
     inner: bool = False
+    waiting: bool = False  # host intervals: a WAITING mark was pushed (see ``begin``)
 
 
 _open = threading.local()  # intervals open on this thread (begin and end in one call)
@@ -118,11 +119,14 @@ class Intervals:
         self._push = push  # the hooks' current push (it changes once the agent starts)
 
     def begin(self, cuda: bool, phase: int = ring.COLLECTIVE, mark: bool = True,
-              nested: bool = True) -> Span:
+              nested: bool = True, waiting: bool = False) -> Span:
         """Open an interval now: on the current stream when ``cuda``, else on the host
         (``mark``: push the phase open, so a wait that never ends shows as open).
         ``nested``: it closes in the same call on the same thread, so an interval inside
-        it is not counted twice (False for one that closes elsewhere, as DDP's)."""
+        it is not counted twice (False for one that closes elsewhere, as DDP's).
+        ``waiting``: a host interval not marked as a phase (one that may never close
+        where it should) still shows as a wait in progress (``WAITING``) until it closes
+        or the step ends: a rank blocked there reads as waiting in a collective."""
         depth = getattr(_open, "depth", 0)
         if nested and depth:
             span = Span(None, None, 0.0, False, inner=True)
@@ -134,7 +138,10 @@ class Intervals:
         else:
             if mark and phase:
                 self._push()(phase)
-            span = Span(None, None, time.perf_counter(), mark and bool(phase))
+            elif waiting:
+                self._push()(ring.WAITING, 1)
+            span = Span(None, None, time.perf_counter(), mark and bool(phase),
+                        waiting=waiting and not (mark and phase))
         if nested:
             span.tracked = True
             _open.depth = depth + 1
@@ -155,6 +162,8 @@ class Intervals:
             push(ring.DEVICE_TIMING, (phase, span.start, end, nbytes))
             return
         seconds = time.perf_counter() - span.t0
+        if span.waiting:
+            push(ring.WAITING, 0)
         if span.marked:
             push(-phase)
         elif phase:

@@ -550,7 +550,8 @@ def timed_comm_hook(hook: Callable[..., Any], timer: Intervals,
         future = hook(state, bucket)
         if bucket.is_last():
             try:
-                span = timer.begin(on_device(bucket.buffer()), mark=False, nested=False)
+                span = timer.begin(on_device(bucket.buffer()), mark=False, nested=False,
+                                   waiting=True)
                 queue_callback(lambda: queue_callback(lambda: timer.end(span)))
             except Exception:
                 pass

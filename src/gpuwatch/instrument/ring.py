@@ -42,6 +42,7 @@ EVAL_BATCH = 113  # an evaluation batch done (a framework's eval hook)
 BACKGROUND_SAVE = 114  # value: (seconds, bytes) of a save written off the training thread
 COLLECTIVE_DURATION = 115  # value: (seconds, bus bytes) of one blocking collective (host clock)
 LOADER_BATCH = 116  # value: (loader key, samples) of the DataLoader batch just fetched
+WAITING = 117  # value: 1 a wait timed elsewhere begins (DDP's, on the host), 0 it ends
 
 # Phase codes (``vocabulary.Phase``) as plain ints: the hot path pushes them.
 DATA = int(Phase.DATA)

@@ -77,11 +77,12 @@ class StepAssembler:
         self._by_loader: dict[int, list[float]] = {}  # loader -> [samples, data s] this step
         self._loader = 0  # the loader of the step's newest batch: the one that feeds steps
         self._data_closed_s = 0.0  # the newest data wait closed (for the batch that ends it)
+        self._waiting_at: float | None = None  # a wait timed elsewhere in progress since
         self._handlers: dict[int, Callable[[int, float, Any, list[Record]], None]] = {
             ring.STEP_END: self._on_step_end, ring.STEP_BOUNDARY: self._on_step_end,
             ring.STEP_BEGIN: self._on_step_begin, ring.LOST: self._on_lost,
             ring.SAMPLES: self._on_samples, ring.EVAL_BATCH: self._on_eval_batch,
-            ring.LOADER_BATCH: self._on_loader_batch,
+            ring.LOADER_BATCH: self._on_loader_batch, ring.WAITING: self._on_waiting,
             ring.BACKGROUND_SAVE: self._on_background_save, ring.TOKENS: self._on_tokens,
             ring.CHECKPOINT_TARGET: self._on_checkpoint_target,
             ring.PHASE_SECONDS: self._on_phase_seconds,
@@ -177,6 +178,12 @@ class StepAssembler:
         self._loader_batches += 1
         self._progress(t, out)
 
+    def _on_waiting(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        if not value:
+            self._waiting_at = None
+        elif self._waiting_at is None:
+            self._waiting_at = t
+
     def _on_eval_batch(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         self._eval_batches += 1
         self._progress(t, out)
@@ -250,9 +257,14 @@ class StepAssembler:
         self._ckpt_targets.clear()
 
     def open_phases(self, now: float) -> dict[str, float]:
-        """Phases open at perf_counter time ``now``: name -> seconds open."""
-        return {name: now - self._opened[code] for name, code in ring.PHASES.items()
-                if self._depth[code]}
+        """Phases open at perf_counter time ``now``: name -> seconds open. A wait timed
+        elsewhere in progress (``WAITING``: DDP's all-reduce at the end of backward,
+        on the host) reads as an open collective."""
+        phases = {name: now - self._opened[code] for name, code in ring.PHASES.items()
+                  if self._depth[code]}
+        if self._waiting_at is not None and "collective" not in phases:
+            phases["collective"] = now - self._waiting_at
+        return phases
 
     def _open(self, phase: int, t: float) -> None:
         self._depth[phase] += 1
@@ -360,4 +372,5 @@ class StepAssembler:
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0
         self._collective_bytes = self._timed_bytes = 0
         self._by_loader.clear()
+        self._waiting_at = None  # (a wait that never said it ended ends with its step)
         self._timed_s = 0.0
