@@ -46,6 +46,13 @@ def test_data_starvation_without_workers_says_to_add_them() -> None:
     assert "num_workers" in f.action and "no DataLoader workers" in f.summary
 
 
+def test_data_starvation_without_host_readings_claims_nothing_about_workers() -> None:
+    """No host probe is no worker count of 0: an absent metric is never zero."""
+    f = only(judge([meta(), *steps(30, data_s=0.05)]), "data_starvation")
+    assert "workers" not in f.evidence and "not known" in f.summary
+    assert "no DataLoader workers" not in f.summary
+
+
 def test_small_data_wait_is_not_starvation() -> None:
     records = [meta(), *steps(30, data_s=0.02), *samples("host", 30, {"workers": 0.0})]
     assert judge(records) == []

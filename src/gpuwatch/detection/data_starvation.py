@@ -20,13 +20,18 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         "step_seconds": summary.mean_step_s,
     }
     host = view.latest("host")
-    workers = int(host.values.get("workers", 0)) if host else 0
+    counted = host.values.get("workers") if host else None
+    workers = int(counted) if counted is not None else 0
     busy = view.figure("host", "workers_cpu_ratio", since)
-    if host is not None:
+    if counted is not None:
         evidence["workers"] = float(workers)
     if workers and busy:
         evidence["workers_cpu_ratio"] = busy.mean
-    if not workers:
+    if counted is None:  # no host probe: nothing says how batches are loaded
+        text = "its DataLoader workers are not known (no host readings)"
+        advice = ("Check the loader: enough workers (num_workers), CPU cores for them, "
+                  "fast enough storage, prefetch_factor, pin_memory.")
+    elif not workers:
         text = "batches are loaded in the training process itself (no DataLoader workers)"
         advice = ("Load in worker processes: DataLoader(num_workers=N, pin_memory=True, "
                   "persistent_workers=True).")
