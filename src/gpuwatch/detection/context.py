@@ -95,10 +95,11 @@ class Context:
 
     def project(self, views: Sequence[RankInput], parts: StepParts, since: float, *,
                 target: Gpu | None = None, drop_recompute: bool = False,
-                target_gpus: int | None = None) -> Projection:
+                target_gpus: int | None = None, fabric: float | None = None) -> Projection:
         """``parts`` (the mean step of ``views``' ranks) projected onto ``target`` (default
         the configured one) with what the views measured, priced for the whole job
-        (its world size; tokens and samples per rank taken as the same on every rank)."""
+        (its world size; tokens and samples per rank taken as the same on every rank).
+        ``fabric``: the link between the job's nodes (default ``inter_node_link``)."""
         view = views[0]
         current = self.current_gpu(view)
         world = max(view.world_size, len(views))
@@ -116,7 +117,8 @@ class Context:
             link_now=link_now(view, current), units_per_step=units, unit=unit,
             remaining_steps=planned - view.steps_done if planned else None,
             device_name=self.device_name(view), precision=self.precision,
-            power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since))
+            power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since),
+            fabric=fabric if fabric is not None else inter_node_link(views))
         proj = project(parts, target or self.target_gpu, current, ranks=world,
                        drop_recompute=drop_recompute, planned_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)
@@ -193,6 +195,30 @@ def job_devices(view: RankInput) -> list[dict[str, Any]]:
 
 def has_nvlink(view: RankInput) -> bool:
     return any(d.get("nvlink_links_active", 0) > 0 for d in job_devices(view))
+
+
+def spans_nodes(views: Sequence[RankInput]) -> bool:
+    """Whether the job runs on more than one node: its ranks name several hosts, or it
+    has more ranks than a rank's node has GPUs (one rank seen alone)."""
+    if len({v.host for v in views}) > 1:
+        return True
+    return any(v.world_size > ((v.topology or {}).get("gpu_count") or v.world_size)
+               for v in views)
+
+
+def inter_node_link(views: Sequence[RankInput], setting: float = 0.0) -> float | None:
+    """The link between the job's nodes (bytes/s, one direction): ``setting`` when set,
+    else the fastest active InfiniBand port of each rank that reports one, the slowest
+    of those; None within one node, or where nothing says."""
+    if not spans_nodes(views):
+        return None
+    if setting > 0:
+        return setting
+    best = [max((float(p.get("bytes_per_second") or 0) for p in ports if isinstance(p, dict)),
+                default=0.0)
+            for v in views if (ports := (v.topology or {}).get("infiniband"))]
+    rates = [b for b in best if b > 0]
+    return min(rates) if rates else None
 
 
 def host_staged(views: Sequence[RankInput]) -> bool:

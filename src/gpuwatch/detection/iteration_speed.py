@@ -33,10 +33,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if remaining <= 0 or hours_now < th["min_remaining_hours"]:
         return None
     world = view.meta.world_size if view.meta else 1
-    scale = th["scale_out_gpus"]
-    proj = ctx.project([view], parts, since, target_gpus=max(int(scale), world))
+    scale = max(th["scale_out_gpus"], world)  # (a job already larger is not scaled down)
+    proj = ctx.project([view], parts, since, target_gpus=int(scale))
     hours_target = remaining * proj.projected.total / 3600
-    hours_scaled = hours_target * world / max(scale, world)  # data-parallel, linear scaling
+    hours_scaled = hours_target * world / scale  # data-parallel, linear scaling
     evidence = {"remaining_steps": float(remaining), "step_seconds": parts.total,
                 "remaining_hours_now": hours_now, "remaining_hours_target": hours_target,
                 "remaining_hours_scaled": hours_scaled, "speedup_ratio": proj.speedup,
@@ -54,7 +54,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     else:
         advice = (f"The projected gain on {ctx.target} ({speedup_text(proj.as_dict())}) does "
                   "not pay for a move: scale out or make the step itself cheaper.")
-    return Detection(evidence, [view.rank], text={"target": ctx.target, "advice": advice},
+    text = {"target": ctx.target, "advice": advice,
+            "gpus_now": "one" if world == 1 else f"{world}"}
+    return Detection(evidence, [view.rank], text=text,
                      projection=proj.as_dict(), verdict=verdict)
 
 

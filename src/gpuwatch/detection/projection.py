@@ -86,7 +86,9 @@ class Inputs:
     utilisation (0..1); ``link_now`` today's GPU link (bytes/s, one direction);
     ``units_per_step`` tokens or samples per step, all ranks (``unit`` names them);
     ``remaining_steps`` steps left to the plan; ``device_name`` what NVML calls the card;
-    ``precision`` the tensor math the job uses; ``power_watts`` its card's draw.
+    ``precision`` the tensor math the job uses; ``power_watts`` its card's draw;
+    ``fabric`` the link between nodes the collectives cross (bytes/s, one direction;
+    None within one node): a move to other GPUs keeps it.
     """
 
     tensor_share: float | None = None
@@ -98,6 +100,7 @@ class Inputs:
     device_name: str | None = None
     precision: Precision = "bf16"
     power_watts: float | None = None  # the current card's mean NVML power draw
+    fabric: float | None = None
 
 
 @dataclass
@@ -212,7 +215,8 @@ def project(
         notes.append(f"optimizer memory-bound: {bw_ratio:.2f}x its time (bandwidth "
                      f"{current.memory_bandwidth / 1e12:.2f} -> "
                      f"{target.memory_bandwidth / 1e12:.2f} TB/s)")
-    comm = (_projected_comm(split, target, current, ranks, inputs.link_now, notes)
+    comm = (_projected_comm(split, target, current, ranks, inputs.link_now, notes,
+                            inputs.fabric)
             if split.comm > 0 else 0.0)
     drop = drop_recompute and split.recompute > 0
     if drop:
@@ -293,13 +297,20 @@ def _flops(current: Gpu | None, target: Gpu, precision: Precision,
 
 
 def _projected_comm(now: StepParts, target: Gpu, current: Gpu | None, ranks: int,
-                    link_now: float | None, notes: list[str]) -> float:
+                    link_now: float | None, notes: list[str],
+                    fabric: float | None = None) -> float:
     """Exposed collective seconds on ``target``. Kept where the link does not get faster
-    (today's link from the topology, else the current card's); else the ring model when
-    the bytes are known, or today's time scaled by the link bandwidth ratio. Never more
-    than today."""
+    (today's link from the topology, else the current card's; across nodes, neither is
+    faster than the ``fabric`` between them, which a move keeps); else the ring model
+    when the bytes are known, or today's time scaled by the link bandwidth ratio. Never
+    more than today."""
     target_bw = target.link_bandwidth
     today = link_now if link_now is not None else current.link_bandwidth if current else None
+    if fabric is not None:
+        target_bw = min(target_bw, fabric)
+        today = min(today, fabric) if today is not None else fabric
+        notes.append(f"collectives cross the link between nodes ({fabric / 1e9:.0f} GB/s per "
+                     "direction), which a move keeps")
     if today is not None and target_bw <= today:
         notes.append(f"collectives kept: {target.name}'s link ({target_bw / 1e9:.0f} GB/s per "
                      f"direction) is no faster than today's ({today / 1e9:.0f} GB/s)")

@@ -7,8 +7,9 @@ on one fixed rank: the straggler's case, not this one. Mostly transfer: a move o
 when the bytes over the slowest link the collectives cross explain it (no NVLink,
 bandwidth-bound; a path through host memory, where the GPUs cannot reach each other
 peer to peer, always is); with NVLink already, latency-bound, or a link that could
-carry the bytes far faster: fix here (overlap, bucketing). With no bytes seen, nothing
-tells bandwidth from the rest: ``info``, no move.
+carry the bytes far faster: fix here (overlap, bucketing). Bound by the link between
+nodes: fix here too (no GPU changes the fabric; projections keep that wait). With no
+bytes seen, nothing tells bandwidth from the rest: ``info``, no move.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gpuwatch.detection.context import (
     Detection,
     has_nvlink,
     host_staged,
+    inter_node_link,
     job_devices,
     mean_parts,
     recent,
@@ -72,7 +74,8 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "sequences to equal tokens per rank, balance MoE routing (capacity "
                            "factor, auxiliary loss). A faster link would not help."}
         return Detection(evidence, ranks, text=text, verdict="fix_here")
-    proj = ctx.project(views, mean, since)
+    proj = ctx.project(views, mean, since,
+                       fabric=inter_node_link(views, th["inter_node_bytes_per_second"]))
     evidence["speedup_ratio"] = proj.speedup
     unsized = mean.comm_bytes <= 0  # no collective's bytes were seen
     small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
@@ -86,7 +89,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     # could do, the wait is that path's bandwidth.
     explained = staged or needed is None or needed >= th["link_explained_ratio"] * split.transfer_s
     inter_node = "inter-node" in link_name
-    if has_nvlink(views[0]) and not (inter_node and explained and not unsized):
+    if has_nvlink(views[0]) and not inter_node:
         text |= {"link": "over NVLink already",
                  "advice": "The link is not the problem: overlap communication with compute "
                            "(DDP bucket size, FSDP prefetch), accumulate gradients over more "
@@ -111,6 +114,16 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                  "advice": "The wait is not explained by bytes over the link: look for "
                            "latency (many small collectives), contention or a misconfigured "
                            "NCCL (check NCCL_DEBUG=INFO for the transport it picked)."}
+    elif inter_node:  # no GPU changes the link between nodes: the wait stays
+        text |= {"link": f"bandwidth-bound over {link_name}",
+                 "outcome": f"; on {ctx.target} nodes on the same fabric the wait stays (the "
+                            f"step {speedup_text(proj.as_dict())} faster, from compute alone)",
+                 "advice": "The link between nodes bounds the all-reduce on any GPU: a faster "
+                           "fabric (more rails, GPUDirect RDMA), hierarchical all-reduce, or "
+                           "fewer all-reduces (accumulate gradients over more micro-batches, "
+                           "overlap them with backward)."}
+        return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
+                         verdict="fix_here")
     elif ctx.decide(proj, otherwise="fix_here") != "move_to_h100":
         text |= {"link": f"bandwidth-bound over {link_name}",
                  "outcome": f"; on {ctx.target} with NVLink the step is projected "
@@ -124,10 +137,9 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         text |= {"link": f"bandwidth-bound over {link_name}",
                  "outcome": f"; on {ctx.target} with NVLink the step is projected "
                             f"{speedup_text(proj.as_dict())} faster",
-                 "advice": f"Move to {ctx.target} nodes with NVLink/NVSwitch"
-                           + (" and a faster inter-node fabric" if inter_node else "")
-                           + "; meanwhile accumulate gradients over more micro-batches to "
-                             "all-reduce less often."}
+                 "advice": f"Move to {ctx.target} nodes with NVLink/NVSwitch; meanwhile "
+                           "accumulate gradients over more micro-batches to all-reduce less "
+                           "often."}
         return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
                          verdict="move_to_h100")
     return Detection(evidence, ranks, text=text, verdict="fix_here")
@@ -160,8 +172,8 @@ def achieved_bandwidth(views: Sequence[RankInput], since: float) -> float | None
 
 def slowest_link(views: Sequence[RankInput], inter_node: float) -> tuple[float | None, str]:
     """The slowest link the job's collectives cross (bytes/s per direction) and its name:
-    within a node NVLink, else PCIe; across nodes also the inter-node link (the setting,
-    else the fastest active InfiniBand port). None where nothing says."""
+    within a node NVLink, else PCIe; across nodes also the link between them
+    (``inter_node_link``: the setting, else InfiniBand). None where nothing says."""
     links: list[tuple[float, str]] = []
     for v in views:
         for d in job_devices(v):
@@ -170,16 +182,19 @@ def slowest_link(views: Sequence[RankInput], inter_node: float) -> tuple[float |
             elif d.get("pcie_bytes_per_second"):
                 links.append((float(d["pcie_bytes_per_second"]),
                               f"PCIe gen {d.get('pcie_generation')} x{d.get('pcie_width')}"))
-    if len({v.host for v in views}) > 1:
-        if inter_node > 0:
-            links.append((inter_node, "the inter-node link"))
-        else:
-            for v in views:
-                ports = (v.topology or {}).get("infiniband") or []
-                if ports:
-                    best = max(ports, key=lambda p: p.get("bytes_per_second", 0))
-                    links.append((float(best["bytes_per_second"]),
-                                  f"{best.get('link_layer', 'InfiniBand')} (inter-node)"))
+    between = inter_node_link(views, inter_node)
+    if between is not None:
+        links.append((between, "the inter-node link" if inter_node > 0 else
+                      f"{_link_layer(views)} (inter-node)"))
     if not links:
         return None, "PCIe or the host (no NVLink seen)"
     return min(links)
+
+
+def _link_layer(views: Sequence[RankInput]) -> str:
+    """What the ranks' InfiniBand ports call their link layer (InfiniBand, Ethernet)."""
+    for v in views:
+        for port in (v.topology or {}).get("infiniband") or []:
+            if isinstance(port, dict) and port.get("link_layer"):
+                return str(port["link_layer"])
+    return "InfiniBand"
