@@ -151,6 +151,34 @@ def test_an_eval_loaders_batches_and_waits_are_not_the_training_steps() -> None:
     assert out[2].wall_s == pytest.approx(4.0)  # the eval is in the step's wall time
 
 
+def test_loaders_zipped_together_all_feed_the_step() -> None:
+    """Multi-task training zips two loaders: both feed every step (their samples and
+    waits count), unlike an eval loader's burst between two steps."""
+    marks: list[tuple[int, float, object]] = []
+    t = 0.0
+    for _ in range(4):
+        for key, wait in ((1, 0.3), (2, 0.1)):  # loader 1 is the slow one
+            marks += [(ring.DATA, t, None), (-ring.DATA, t + wait, None),
+                      (ring.LOADER_BATCH, t + wait, (key, 8))]
+            t += wait
+        marks.append((ring.STEP_BOUNDARY, t + 0.6, None))
+        t += 0.6
+    out = steps(assemble(marks))
+    assert [s.samples for s in out] == [16] * 4
+    assert [s.data_s for s in out] == pytest.approx([0.4] * 4)
+
+
+def test_samples_the_loop_counts_come_before_the_loaders() -> None:
+    """A framework's callback counts the step's samples itself; under ``gpuwatch run``
+    the DataLoader is timed too: the samples are counted once."""
+    marks: list[tuple[int, float, object]] = []
+    for k in range(3):
+        t = float(k)
+        marks += [(ring.SAMPLES, t, 32), (ring.DATA, t, None), (-ring.DATA, t + 0.1, None),
+                  (ring.LOADER_BATCH, t + 0.1, (1, 32)), (ring.STEP_BOUNDARY, t + 1.0, None)]
+    assert [s.samples for s in steps(assemble(marks))] == [32] * 3
+
+
 def test_a_save_on_a_writer_thread_is_timed_but_not_blocking() -> None:
     marks = [(ring.SAMPLES, 0.05, 8), (ring.BACKGROUND_SAVE, 0.08, (4.0, 1000)),
              (ring.STEP_BOUNDARY, 0.1, None)]

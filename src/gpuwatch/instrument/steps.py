@@ -75,7 +75,8 @@ class StepAssembler:
         self._loader_batches = 0  # batches fetched since then
         self._eval_batches = 0  # eval batches done since then
         self._by_loader: dict[int, list[float]] = {}  # loader -> [samples, data s] this step
-        self._loader = 0  # the loader of the step's newest batch: the one that feeds steps
+        self._loader = 0  # the loader of the step's newest batch: one that feeds steps
+        self._fed_by: set[int] | None = None  # the loaders the last step counted
         self._data_closed_s = 0.0  # the newest data wait closed (for the batch that ends it)
         self._waiting_at: float | None = None  # a wait timed elsewhere in progress since
         self._handlers: dict[int, Callable[[int, float, Any, list[Record]], None]] = {
@@ -164,8 +165,8 @@ class StepAssembler:
 
     def _on_loader_batch(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         """A DataLoader batch: its samples and the wait that fetched it, by loader. A step
-        counts those of the loader whose batch came last before it ended (the one that
-        feeds training); an eval loader iterated in between counts for neither."""
+        counts the loaders that feed training (``_feeding``); an eval loader iterated
+        between two steps counts for neither."""
         key, n = value
         n = self._count(n)
         spent = self._by_loader.setdefault(key, [0.0, 0.0])
@@ -333,10 +334,11 @@ class StepAssembler:
         start = self._prev_end if self._prev_end is not None else t
         wall = t - start
         samples, data = self._samples, acc[ring.DATA]
-        feeding = self._by_loader.get(self._loader)
-        if feeding is not None:  # the other loaders' batches and waits are not training's
-            samples += int(feeding[0])
-            data -= sum(w for k, (_, w) in self._by_loader.items() if k != self._loader)
+        if self._by_loader:
+            feeding = self._feeding()
+            if not samples:  # (samples the loop or its framework counts come first)
+                samples = int(sum(n for k, (n, _) in self._by_loader.items() if k in feeding))
+            data -= sum(w for k, (_, w) in self._by_loader.items() if k not in feeding)
         opt, ckpt = acc[ring.OPTIMIZER], acc[ring.CHECKPOINT]
         compute = sum(acc[p] for p in COMPUTE_PHASES)
         rest = wall - data - opt - ckpt
@@ -360,6 +362,16 @@ class StepAssembler:
         else:
             out.append(step)
         self._reset(t)
+
+    def _feeding(self) -> set[int]:
+        """The loaders that feed this step: the one whose batch came last before it ended
+        and every one the last step counted that fetched here too (several loaders zipped
+        feed every step; an eval loader's burst between two steps fed neither). The
+        first step counts every loader it saw."""
+        seen = set(self._by_loader)
+        fed = seen if self._fed_by is None else {self._loader} | (self._fed_by & seen)
+        self._fed_by = fed
+        return fed
 
     def _reset(self, t: float) -> None:
         """Start the next step at ``t``."""
