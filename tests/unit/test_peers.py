@@ -195,3 +195,31 @@ def test_a_peer_writing_a_save_covers_every_rank_at_rank_0_until_it_is_done() ->
     peer.update(summary(own, "node-1", START + 34), 2)  # saved: nothing open
     job.evaluate(START + 35)
     assert peer.open_save() is None and SAVING not in dict(job.covered())
+
+
+def test_published_ranks_say_when_their_gpus_cannot_reach_each_other() -> None:
+    """GeForce cards have no P2P: rank 0 must see, from the summaries, what a replay sees
+    from the logs (``host_staged``), and each rank's own GPU, not its host's first."""
+    from gpuwatch.detection.context import host_staged, job_devices
+    from gpuwatch.records import Event
+
+    def on_gpu(rank: int, read: bool) -> Telemetry:
+        view = Telemetry(rank)
+        view.add([meta(rank, 2, host="node-0"), *steps(20, rank=rank, compute_s=0.05),
+                  Event(rank, START + 20, "topology", {
+            "devices": [{"index": i, "name": f"NVIDIA GeForce RTX 5090 #{i}",
+                         "nvlink_links_active": 0, "pcie_bytes_per_second": 63e9}
+                        for i in range(2)],
+            "job_gpus": [rank], "p2p": [{"gpus": [0, 1], "nvlink": False, "read": read}]})])
+        return view
+
+    for read in (False, True):
+        own = [on_gpu(r, read) for r in range(2)]
+        peers = []
+        for view in own:
+            peer = PeerRank(view.rank)
+            peer.update(summary(view, "node-0", START + 21), 2)
+            peers.append(peer)
+        assert host_staged(peers) == host_staged(own) == (not read)
+        assert [job_devices(p)[0]["name"] for p in peers] == \
+            [job_devices(v)[0]["name"] for v in own]  # each its own GPU

@@ -15,9 +15,15 @@ MEDIAN_SPAN_S = 60.0  # a peer's typical step: its mean over this much of its ne
 
 
 def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
-    """What a rank publishes: cumulative step totals and a few facts, as JSON-ready data."""
+    """What a rank publishes: cumulative step totals and a few facts, as JSON-ready data:
+    its own GPU's (the first it uses) name and links, and the GPUs of its host that GPU
+    cannot reach peer to peer (``no_p2p_to``)."""
     gpu = next(iter(view.gpu_samples()), None)
-    devices = (view.topology or {}).get("devices", [])
+    topology = view.topology or {}
+    every = [d for d in topology.get("devices", []) if isinstance(d, dict)]
+    mine = set(topology.get("job_gpus") or [])
+    devices = [d for d in every if not mine or d.get("index") in mine] or every
+    index = devices[0].get("index") if devices else None
     return {
         "rank": view.rank, "host": host, "t": now,
         "totals": list(view.window.last),
@@ -31,6 +37,11 @@ def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
         "clock_event_reasons": gpu.values.get("gpu_clock_event_reasons") if gpu else None,
         "steps": encode_steps(view.steps),
         "open_save": view.open_save(),
+        "gpu_index": index,
+        "no_p2p_to": sorted(
+            other for pair in topology.get("p2p") or [] if isinstance(pair, dict)
+            and pair.get("read") is False and isinstance(pair.get("gpus"), list)
+            and index in pair["gpus"] for other in pair["gpus"] if other != index),
     }
 
 
@@ -67,11 +78,14 @@ class PeerRank:
             return
         self.host, self.world_size = s["host"], world_size
         if self.topology is None and s.get("gpu_name"):
+            index = s.get("gpu_index") if isinstance(s.get("gpu_index"), int) else 0
             self.topology = {
-                "devices": [{"index": 0, "name": s.get("gpu_name"),
+                "devices": [{"index": index, "name": s.get("gpu_name"),
                              "nvlink_links_active": s.get("nvlink_links_active", 0),
                              **s.get("links", {})}],
-                "job_gpus": [0], "infiniband": s.get("infiniband", [])}
+                "job_gpus": [index], "infiniband": s.get("infiniband", []),
+                "p2p": [{"gpus": [index, other], "read": False}
+                        for other in s.get("no_p2p_to") or [] if isinstance(other, int)]}
         delta = tuple(a - b for a, b in zip(s["totals"], self.window.last, strict=True))
         end = s.get("last_step_t") or s["t"]
         if delta[0] > 0:
