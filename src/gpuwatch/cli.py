@@ -14,9 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gpuwatch._version import __version__
@@ -258,12 +257,15 @@ def _write_report(out: Path, findings: list[Any]) -> None:
 # Signals passed on to the command. The ones a terminal sends to its whole foreground
 # process group (Ctrl-C, Ctrl-backslash, a hangup) reached the command already when this
 # process is in that group, and a second one would cut the command's own graceful
-# shutdown short: those are passed on only when they came from elsewhere (``kill``,
-# a scheduler, a container runtime).
+# shutdown short: those are not passed on. The kernel says who sent a signal
+# (``si_code``: SI_KERNEL for the terminal's, SI_USER for ``kill``), where Python can
+# wait for signals (``sigtimedwait``, Linux); elsewhere a terminal's foreground is
+# taken to be the sender.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
 FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
 STOPPING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+SI_KERNEL = 0x80  # siginfo's si_code of a signal the kernel sent (a terminal's keys)
 
 
 def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> tuple[int, int | None]:
@@ -271,19 +273,49 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> tuple[int, int |
     ours. Also returns the last signal that told this process to stop, if any."""
     stopped_by: list[int] = []
 
-    def forward(signum: int, frame: FrameType | None) -> None:
+    def forward(signum: int, from_terminal: bool) -> None:
         if signum in STOPPING:
             stopped_by.append(signum)
-        if child.poll() is None and not (signum in FROM_TERMINAL and _terminal_foreground()):
+        if child.poll() is None and not (from_terminal and _terminal_foreground()):
             child.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    if hasattr(signal, "sigtimedwait"):
+        code = _wait_with_siginfo(child, forward)
+    else:  # pragma: no cover (macOS)
+        code = _wait_with_handlers(child, forward)
+    return (128 - code if code < 0 else code), (stopped_by[-1] if stopped_by else None)
+
+
+def _wait_with_siginfo(child: subprocess.Popen[bytes],
+                       forward: Callable[[int, bool], None]) -> int:
+    """The signals blocked and taken one by one with their sender (SIGCHLD wakes the
+    wait when the child ends); what is still pending at the end is taken, not left to
+    kill this process once unblocked."""
+    waited = {*FORWARDED, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
-        code = child.wait()
+        while child.poll() is None:
+            info = signal.sigtimedwait(waited, 1.0)
+            if info is not None and info.si_signo != signal.SIGCHLD:
+                forward(info.si_signo, info.si_signo in FROM_TERMINAL
+                        and info.si_code == SI_KERNEL)
+        while signal.sigtimedwait(waited, 0) is not None:
+            pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
+    return child.wait()
+
+
+def _wait_with_handlers(child: subprocess.Popen[bytes],
+                        forward: Callable[[int, bool], None]) -> int:
+    previous = {s: signal.signal(s, lambda signum, frame: forward(signum, signum in
+                                                                  FROM_TERMINAL))
+                for s in FORWARDED}
+    try:
+        return child.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return (128 - code if code < 0 else code), (stopped_by[-1] if stopped_by else None)
 
 
 def _terminal_foreground() -> bool:

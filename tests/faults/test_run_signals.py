@@ -48,9 +48,11 @@ def test_a_signal_sent_to_gpuwatch_run_reaches_the_command_once(
     assert record.read_text().split() == [sig.name]
 
 
-def test_ctrl_c_at_a_terminal_reaches_the_command_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sender", ["terminal", "kill"])
+def test_a_signal_at_a_terminal_reaches_the_command_once(tmp_path: Path, sender: str) -> None:
     """Ctrl-C typed at the terminal signals its whole foreground group, the command
-    included: the wrapper must not send it a second one."""
+    included: the wrapper must not send it a second one. A SIGINT sent with ``kill`` to
+    the wrapper alone, in that same foreground, must still reach the command."""
     record = tmp_path / "got"
     master, slave = os.openpty()
 
@@ -64,7 +66,10 @@ def test_ctrl_c_at_a_terminal_reaches_the_command_once(tmp_path: Path) -> None:
     os.close(slave)
     try:
         wait_for(lambda: record.with_suffix(".ready").exists(), 30, "the command to start")
-        os.write(master, b"\x03")  # Ctrl-C: the line discipline signals the foreground group
+        if sender == "terminal":
+            os.write(master, b"\x03")  # Ctrl-C: the line discipline signals the group
+        else:
+            os.kill(proc.pid, signal.SIGINT)
         assert _wait(proc) == 0
         assert record.read_text().split() == ["SIGINT"]
     finally:
