@@ -180,3 +180,31 @@ def test_a_huge_line_is_read_past_in_bounded_pieces(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert len(steps) == 2 and reader.skipped == 1
     assert peak < 3 * MAX_LINE_BYTES, peak  # the line is 8 times that
+
+
+def test_a_recorded_override_this_gpuwatch_refuses_costs_only_itself(tmp_path: Path) -> None:
+    """One threshold a newer gpuwatch recorded (unknown here) is left out; the run's other
+    overrides still judge its log: a hang bound of 900 s keeps a 200 s stall quiet."""
+    from dataclasses import replace as replaced
+
+    from gpuwatch.config import Settings
+    from gpuwatch.detection.replay import analyze
+    from tests.scenarios import Shape, Stop, simulate
+
+    records = simulate(Shape(step_s=1.0, duration_s=300, stop=Stop(at_s=60, ranks=(0,),
+                                                                   kind="loader")))[0]
+    path = tmp_path / "run.jsonl"
+
+    def judged(detectors: dict[str, Any]) -> set[str]:
+        meta = records[0]
+        assert isinstance(meta, Meta)
+        path.unlink(missing_ok=True)
+        w = RunLogWriter(path)
+        w.write([replaced(meta, detection={"detectors": detectors}), *records[1:]])
+        w.close()
+        return {f.detector for f in analyze([path], Settings(), workers=1).findings}
+
+    assert "hang" in judged({})
+    assert "hang" not in judged({"hang": {"min_seconds": 900}})
+    assert "hang" not in judged({"hang": {"min_seconds": 900, "new_threshold": 1.0},
+                                 "new_detector": {"x": 1.0}})

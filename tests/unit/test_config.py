@@ -64,3 +64,11 @@ def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "gpuwatch.toml").write_text("job = \n")
     with pytest.raises(ConfigError, match=r"^gpuwatch config: gpuwatch.toml: "):
         load_settings()
+
+
+def test_a_renamed_threshold_still_sets_the_new_one() -> None:
+    """straggler's compute_ratio became work_ratio: configs written before still work."""
+    from gpuwatch.detection.rules import load_rules
+
+    rules = load_rules(overrides={"straggler": {"compute_ratio": 1.5}})
+    assert rules["straggler"].thresholds["work_ratio"] == 1.5

@@ -408,12 +408,20 @@ def _open(path: Path, tag: int, settings: Settings) -> Log:
 def _replayed(recorded: dict[str, Any], settings: Settings) -> Settings:
     """``replay_settings``, less any recorded value the engine refuses (a detector, a
     threshold or a GPU this gpuwatch does not know: a newer writer's, or a damaged meta
-    line): the log is judged with the caller's setting there instead."""
+    line): the log is judged with the caller's setting there instead. Detector
+    overrides are kept or left out one threshold at a time."""
     chosen = replay_settings(recorded, settings)
     if _accepted(chosen):
         return chosen
-    return replay_settings({k: v for k, v in recorded.items()
-                            if _accepted(replay_settings({k: v}, settings))}, settings)
+    kept = {k: v for k, v in recorded.items()
+            if k != "detectors" and _accepted(replay_settings({k: v}, settings))}
+    detectors = recorded.get("detectors")
+    if isinstance(detectors, dict):
+        each = {d: {k: v for k, v in values.items() if _accepted(
+                    replay_settings({"detectors": {d: {k: v}}}, settings))}
+                for d, values in detectors.items() if isinstance(values, dict)}
+        kept["detectors"] = {d: values for d, values in each.items() if values}
+    return replay_settings(kept, settings)
 
 
 def _accepted(settings: Settings) -> bool:

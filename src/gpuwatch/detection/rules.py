@@ -93,10 +93,17 @@ def _rule_file(path: Path, mtime_ns: int) -> Rule:
     return rule
 
 
+# Thresholds renamed, by rule: the old name still sets the new one (configs and recorded
+# run logs written before the rename).
+RENAMED: dict[str, dict[str, str]] = {"straggler": {"compute_ratio": "work_ratio"}}
+
+
 def _override(rule: Rule, values: Mapping[str, float]) -> Rule:
     update: dict[str, Any] = {}
     thresholds = dict(rule.thresholds)
+    renamed = RENAMED.get(rule.id, {})
     for key, value in values.items():
+        key = renamed.get(key, key)
         if key in ("window_s", "for_s", "min_steps"):
             update[key] = value
         elif key in thresholds:
