@@ -21,9 +21,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if saves.saves < th["min_saves"] or saves.first_start is None:
         return None  # one save says nothing about how often the run pays for it
     share = view.save_share(now)
-    if share < th["checkpoint_share"]:
+    if share <= 0 or share < th["checkpoint_share"]:
         return None
-    wall = saves.blocking_s / share
+    wall = now - min(saves.first_start, view.first_step_start or saves.first_start)
     per = max(saves.checkpoints, 1)
     evidence = {
         "checkpoint_share_ratio": share,
