@@ -443,6 +443,11 @@ class Telemetry:
         wall = now - min(first, self.first_step_start or first)
         return min(self.saves.blocking_s / wall, 1.0) if wall > 0 else 0.0
 
+    @property
+    def last_step_t(self) -> float:
+        """When its newest step ended (Unix s; 0 before any)."""
+        return self.steps[-1].t if self.steps else 0.0
+
     def open_save(self) -> tuple[float, float] | None:
         """(when, seconds open) of a save its newest agent sample says is being written
         (Unix s, s); None if that sample shows none."""

@@ -104,6 +104,16 @@ JOBS: tuple[Job, ...] = (
         expected=(Verdict("checkpoint_overhead", FIX, (0,)),),
         wrong=(Verdict("hang", FIX), Verdict("sync_bottleneck", MOVE),
                Verdict("straggler", FIX))),
+    Job("ddp_rank0_eval",
+        "DDP on 4 H100s, 1 s steps; rank 0 alone runs a 150 s eval every 10 minutes "
+        "(`if rank == 0: evaluate()`) while the others wait in the next all-reduce: "
+        "progress on rank 0, no hang anywhere.",
+        Shape(step_s=1.0, duration_s=1500, world=4, collective_share=0.05,
+              collective_bytes=int(2e9), memory=Memory(60, 35),
+              evals=Evals(every_s=600, seconds=150, ranks=(0,))),
+        expected=(),
+        wrong=(Verdict("hang", FIX), Verdict("sync_bottleneck", MOVE),
+               Verdict("straggler", FIX), Verdict("data_starvation", FIX))),
     Job("async_saves",
         "The same save rhythm with DCP async_save: 0.3 s staging blocks, the write runs "
         "in the background: nothing to fix.",

@@ -34,12 +34,15 @@ LINKS: dict[str, tuple[int, int | None, bool | None]] = {
 
 @dataclass(frozen=True)
 class Evals:
-    """A periodic eval loop: every ``every_s`` of training, ``seconds`` long, GPU busy."""
+    """A periodic eval loop: every ``every_s`` of training, ``seconds`` long, GPU busy.
+    ``ranks``: the ranks that run it (None: every rank); the others wait for them at
+    their next collective (``if rank == 0: evaluate()`` in DDP)."""
 
     every_s: float
     seconds: float
     batch_s: float = 0.25  # one eval batch
     batch_size: int = 64
+    ranks: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,14 @@ def _steps(shape: Shape, rank: int, rng: random.Random, out: list[Record],
         step_start = t
         if n == 0:  # warm-up: allocation and compilation make the first step long
             extra["compute_s"] += 5 * shape.step_s
-        if next_eval is not None and shape.evals and since >= next_eval:
+        waited = 0.0  # for a rank that runs an eval or writes a save, in the next collective
+        if next_eval is not None and shape.evals and since >= next_eval and not (
+                shape.evals.ranks is None or rank in shape.evals.ranks):
+            busy.append(_Busy(t, t + shape.evals.seconds, "peer_wait"))
+            waited += shape.evals.seconds
+            t += shape.evals.seconds
+            next_eval += shape.evals.every_s
+        elif next_eval is not None and shape.evals and since >= next_eval:
             ev = shape.evals
             busy.append(_Busy(t, t + ev.seconds, "eval"))
             if shape.progress_records:
@@ -240,12 +250,11 @@ def _steps(shape: Shape, rank: int, rng: random.Random, out: list[Record],
             _progress(rank, t, wall, micro, out, evals=False)
         t += wall
         saved = 0
-        waited = 0.0  # for a rank that writes the save, in the next collective
         if next_save is not None and shape.saves and since >= next_save and not (
                 shape.saves.ranks is None or rank in shape.saves.ranks):
-            busy.append(_Busy(t, t + shape.saves.blocking_s, "save_wait"))
-            waited = shape.saves.blocking_s
-            t += waited
+            busy.append(_Busy(t, t + shape.saves.blocking_s, "peer_wait"))
+            waited += shape.saves.blocking_s
+            t += shape.saves.blocking_s
             next_save += shape.saves.every_s
         elif next_save is not None and shape.saves and since >= next_save:
             sv = shape.saves
@@ -362,7 +371,7 @@ def _samples(shape: Shape, rank: int, out: list[Record], busy: list[_Busy],
         elif kind == "restart" or (kind == "stopped" and shape.stop and
                                    shape.stop.kind == "loader"):
             agent["open_data_seconds"] = open_s
-        elif kind in ("waiting", "save_wait"):
+        elif kind in ("waiting", "peer_wait"):
             agent["open_collective_seconds"] = open_s
         out.append(Sample(rank, t, "agent", agent))
         t += shape.sample_s
@@ -384,8 +393,8 @@ def _gpu_state(shape: Shape, rank: int, kind: str, watts: float) -> tuple[float,
         return 0.0, 0.12 * watts, 1.0  # Inductor compiles on the CPU
     if kind == "restart":
         return 0.0, 0.12 * watts, 0.05  # waiting for new workers
-    if kind in ("waiting", "save_wait"):
-        if kind == "save_wait" or (shape.stop and shape.stop.kind == "nccl"):
+    if kind in ("waiting", "peer_wait"):
+        if kind == "peer_wait" or (shape.stop and shape.stop.kind == "nccl"):
             return 1.0, 0.2 * watts, 1.0  # NCCL kernels spin: pinned, low power
         return 0.0, 0.1 * watts, 0.02
     return 0.0, 0.1 * watts, 0.01  # stopped: hung in Python or the loader

@@ -170,11 +170,11 @@ def test_a_published_rank_answers_job_detectors_as_its_own_telemetry_does() -> N
 def test_a_peer_writing_a_save_covers_every_rank_at_rank_0_until_it_is_done() -> None:
     """A rank writing a save (``if rank == 0: torch.save`` anywhere but rank 0) holds
     the others at their next collective: rank 0 learns it from the rank's summary and
-    says so in its word (``SAVING``, job-wide), until the save is done or the word is
+    says so in its word (``HOLDING``, job-wide), until the save is done or the word is
     stale (the saver's process gone)."""
     from gpuwatch.config import Settings
-    from gpuwatch.detection.context import SAVING
-    from gpuwatch.detection.engine import SAVE_FRESH_S, engine_from_settings
+    from gpuwatch.detection.context import HOLDING
+    from gpuwatch.detection.engine import HOLD_FRESH_S, engine_from_settings
     from gpuwatch.records import Sample
 
     own = rank_view(1, 0.05)
@@ -187,14 +187,14 @@ def test_a_peer_writing_a_save_covers_every_rank_at_rank_0_until_it_is_done() ->
     job.views[0] = rank_view(0, 0.05)
     job.published[1] = peer
     job.evaluate(START + 32)
-    assert (SAVING, [1]) in job.covered()
-    job.evaluate(START + 31 + SAVE_FRESH_S)  # no newer word: the save may have died
-    assert SAVING not in dict(job.covered())
+    assert (HOLDING, [1]) in job.covered()
+    job.evaluate(START + 31 + HOLD_FRESH_S)  # no newer word: the save may have died
+    assert HOLDING not in dict(job.covered())
     job.evaluate(START + 32)  # (a fresh word again)
     own.add([Sample(1, START + 33, "agent", {"agent_cpu_seconds_total": 1.1})])
     peer.update(summary(own, "node-1", START + 34), 2)  # saved: nothing open
     job.evaluate(START + 35)
-    assert peer.open_save() is None and SAVING not in dict(job.covered())
+    assert peer.open_save() is None and HOLDING not in dict(job.covered())
 
 
 def test_published_ranks_say_when_their_gpus_cannot_reach_each_other() -> None:

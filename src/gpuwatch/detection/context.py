@@ -45,8 +45,9 @@ class Detection:
 
 
 # A job-wide condition the job engine reports beside its findings (``Engine.covered``):
-# a rank is writing a save, so every rank waits for it at their next collective.
-SAVING = "saving"
+# a rank still working between steps (writing a save, running an eval alone), so every
+# other rank waits for it at their next collective.
+HOLDING = "holding"
 
 
 @dataclass

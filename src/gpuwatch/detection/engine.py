@@ -27,7 +27,7 @@ from gpuwatch.detection import (
     sync_bottleneck,
     underutilised,
 )
-from gpuwatch.detection.context import SAVING, Context, Detection, for_s, scale, window_s
+from gpuwatch.detection.context import HOLDING, Context, Detection, for_s, scale, window_s
 from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rank_input import RankInput
@@ -160,7 +160,7 @@ class Fresh:
 
 
 CALM_MARGIN_S = 1e-3  # a deadline this near is left to a full evaluation (rounding)
-SAVE_FRESH_S = 30.0  # a save reading older than this no longer says its rank is saving
+HOLD_FRESH_S = 30.0  # a sign of work older than this no longer says its rank works
 
 
 @dataclass
@@ -207,7 +207,7 @@ class Engine:
     _judged_key: tuple[int, ...] = ()  # (_views_made, len(views), len(published)) of it
     _explained_key: tuple[int, ...] = ()  # the revisions and judged key ``_explain`` saw
     revision: int = 0  # changes with what ``covered`` returns
-    _saving: list[int] = field(default_factory=list)  # job scope: ranks writing a save
+    _holding: list[int] = field(default_factory=list)  # job scope: ranks working off-step
 
     def view(self, rank: int) -> Telemetry:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
@@ -225,7 +225,7 @@ class Engine:
         self.views, self._own, self.published, self.peers = {}, {}, {}, []
         self._judged, self._raised, self._quiet = {}, {}, Quiet()
         self._judged_cache, self._judged_key, self._explained_key = {}, (), ()
-        self._saving = []
+        self._holding = []
 
     def feed(self, records: Iterable[Record]) -> list[Finding]:
         """Take records into the telemetry windows, judging whenever their time says so."""
@@ -292,10 +292,10 @@ class Engine:
 
     def covered(self) -> list[tuple[str, list[int]]]:
         """(detector, ranks) of the active findings, then of the conditions detected, then
-        (``SAVING``, ranks) while ranks are writing a save (job scope)."""
-        saving = [(SAVING, self._saving)] if self._saving else []
+        (``HOLDING``, ranks) while ranks work between steps (job scope)."""
+        holding = [(HOLDING, self._holding)] if self._holding else []
         return ([(f.detector, f.ranks) for f in self.active()] + list(self._detected.values())
-                + saving)
+                + holding)
 
     def evaluate(self, now: float) -> list[Finding]:
         """Judge at record time ``now``: the findings raised or resolved.
@@ -307,7 +307,7 @@ class Engine:
         not even that before its next deadline (``Calm``)."""
         judged = self._judged_ranks()
         if self.scope == "job":
-            self._note_saving(judged, now)
+            self._note_holding(judged, now)
         stamps = _stamps(judged)
         revisions = (self.revision, *(peer.revision for peer in self.peers))
         calm = self._calm
@@ -379,18 +379,18 @@ class Engine:
                           sustained)
         return changes
 
-    def _note_saving(self, judged: dict[int, RankInput], now: float) -> None:
-        """Which ranks are writing a save now: their newest agent reading, no older than
-        ``SAVE_FRESH_S``, says so, and the save is younger than the longest a save may
-        take before ``hang`` counts it a stall (its ``max_save_seconds``)."""
+    def _note_holding(self, judged: dict[int, RankInput], now: float) -> None:
+        """Which ranks are working between steps now, holding the others at their next
+        collective: a save their newest agent reading says is open (younger than the
+        longest ``hang`` lets a save take, its ``max_save_seconds``), or progress since
+        their newest step (an eval's or a long step's batches); either no older than
+        ``HOLD_FRESH_S``."""
         hang_rule = self.rules.get("hang")
         longest = hang_rule.thresholds.get("max_save_seconds", float("inf")) if hang_rule \
             else float("inf")
-        saving = [r for r, v in judged.items()
-                  if (save := v.open_save()) is not None and now - save[0] <= SAVE_FRESH_S
-                  and save[1] + now - save[0] < longest]
-        if saving != self._saving:
-            self._saving = saving
+        holding = [r for r, v in judged.items() if _works_off_step(v, now, longest)]
+        if holding != self._holding:
+            self._holding = holding
             self.revision += 1
 
     def _judged_ranks(self) -> dict[int, RankInput]:
@@ -431,7 +431,7 @@ class Engine:
         for engine in (self, *self.peers):
             for detector, ranks in engine.covered():
                 rule = self.rules.get(detector)
-                job_wide = detector == SAVING or (rule is not None and rule.scope == "job")
+                job_wide = detector == HOLDING or (rule is not None and rule.scope == "job")
                 for r in (judged if job_wide else ranks):
                     if r in judged:
                         explained.setdefault(r, set()).add(detector)
@@ -527,6 +527,15 @@ class Engine:
             return None
         self.revision += 1
         return finding
+
+
+def _works_off_step(view: RankInput, now: float, longest_save_s: float) -> bool:
+    save = view.open_save()
+    if (save is not None and now - save[0] <= HOLD_FRESH_S
+            and save[1] + now - save[0] < longest_save_s):
+        return True
+    progress = view.last_progress
+    return progress > view.last_step_t and now - progress <= HOLD_FRESH_S
 
 
 def refresh_s(views: Sequence[RankInput], rule: Rule) -> float:

@@ -9,16 +9,16 @@ a save still being written, the GPU busy at its working power (an eval, a long
 step), or the process busy on its CPU outside a wait (a ``torch.compile``
 recompile). Waiting is not progress: an open data or collective phase, or the
 GPU pinned at full utilisation at low power with no step, the signature of a
-hung NCCL collective. Waiting for another rank that is writing a save (the job
-engine's ``SAVING``: a rank-0-only ``torch.save`` holds every other rank at its
-next collective) is no hang: the save's cost is ``checkpoint_overhead``'s."""
+hung NCCL collective. Waiting for another rank that works between steps (the job
+engine's ``HOLDING``: a rank-0-only ``torch.save`` or eval holds every other rank at
+its next collective) is no hang: a save's cost is ``checkpoint_overhead``'s."""
 
 from __future__ import annotations
 
 import itertools
 import statistics
 
-from gpuwatch.detection.context import SAVING, Context, Detection
+from gpuwatch.detection.context import HOLDING, Context, Detection
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Sample
 from gpuwatch.telemetry import Telemetry
@@ -53,9 +53,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         evidence["gpu_utilization_ratio"], evidence["gpu_power_watts"] = signature
         if working:
             evidence["working_power_watts"] = working
-    if SAVING in ctx.explained.get(view.rank, ()) and (
+    if HOLDING in ctx.explained.get(view.rank, ()) and (
             "collective" in open_phases or signature is not None or not open_phases):
-        return None  # waiting for a rank that is writing a save: the save's cost, no hang
+        return None  # waiting for a rank that works between steps (a save, an eval): no hang
     if "collective" in open_phases:
         evidence["in_collective_seconds"] = open_phases["collective"]
         where = (f"it has waited {open_phases['collective']:.0f} s in a collective, "

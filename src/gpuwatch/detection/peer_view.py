@@ -29,6 +29,7 @@ def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
         "totals": list(view.window.last),
         "steps_total": view.steps_done,
         "last_step_t": view.steps[-1].t if view.steps else None,
+        "last_progress": view.last_progress,
         "nvlink_links_active": max((d.get("nvlink_links_active", 0) for d in devices),
                                    default=0),
         "gpu_name": devices[0].get("name") if devices else None,
@@ -60,7 +61,8 @@ class PeerRank:
         self.steps_done = 0
         self.planned_steps: int | None = None
         self.changed = 0  # counts the summaries that said something new
-        self.last_progress = 0.0  # its newest step's end (Unix s, its clock)
+        self.last_progress = 0.0  # its newest step or progress (Unix s, its clock)
+        self.last_step_t = 0.0  # its newest step's end (Unix s, its clock)
         self._published_t = 0.0  # when it last published (its clock)
         self._clock_reasons: int | None = None
         self._open_save: tuple[float, float] | None = None
@@ -91,7 +93,9 @@ class PeerRank:
         if delta[0] > 0:
             self.window.add_totals(end, delta)
         self.steps_done = s.get("steps_total", self.steps_done)
-        self.last_progress = max(self.last_progress, s.get("last_step_t") or 0.0)
+        self.last_step_t = max(self.last_step_t, s.get("last_step_t") or 0.0)
+        self.last_progress = max(self.last_progress, self.last_step_t,
+                                 float(s.get("last_progress") or 0.0))
         if s.get("steps"):
             self._add_waits(decode_steps(s["steps"]))
         if s.get("clock_event_reasons") is not None:

@@ -50,6 +50,10 @@ class RankInput(Protocol):
     def last_progress(self) -> float:
         """Its newest step or progress (Unix s)."""
 
+    @property
+    def last_step_t(self) -> float:
+        """When its newest step ended (Unix s; 0 before any)."""
+
     def summarise(self, since: float) -> StepSummary | None:
         """The mean step over steps that ended at or after ``since``."""
 
