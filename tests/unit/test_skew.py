@@ -55,6 +55,31 @@ def slow_rank_two() -> list[Record]:
             if isinstance(r, Step) else r for r in run(4, fixed)]
 
 
+def slow_node() -> list[Record]:
+    """16 ranks on two hosts; the eight of node-1 compute 0.05 s longer every step, the
+    last to arrive rotating among them (they differ by a hair); the others wait."""
+    out: list[Record] = []
+    for r in range(16):
+        out.append(meta(r, 16, host=f"node-{r // 8}"))
+        slow = r >= 8
+        for k in range(1, N_STEPS + 1):
+            wait = 0.004 + 0.0001 * ((r + k) % 8) if slow else 0.054
+            out.append(Step(rank=r, step=k, t=START + k * WALL, wall_s=WALL,
+                            compute_s=0.095,
+                            collective_s=wait, collective_bytes=64_000_000, samples=8))
+    return out
+
+
+def test_a_slow_node_is_eight_stragglers_not_a_rotating_imbalance() -> None:
+    """The last to arrive rotates, but only among node-1's ranks: a slow node to fix,
+    not batches to balance."""
+    findings = judge(slow_node(), scope="job")
+    f = only(findings, "straggler")
+    assert f.ranks == list(range(8, 16)) and "Ranks 8-15 (host node-1) take" in f.summary
+    assert f.evidence["last_arrival_share_ratio"] == pytest.approx(1.0)
+    assert not [x for x in findings if x.detector == "sync_bottleneck"]
+
+
 def transfer(r: int, k: int) -> float:
     return 0.06 + 0.001 * ((k + r) % 3)  # everyone waits about alike: the transfer itself
 

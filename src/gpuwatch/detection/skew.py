@@ -4,8 +4,9 @@ In a step every rank leaves a collective together, so the rank that arrives last
 least: that least wait is the transfer itself (bytes over the link, latency), and what
 another rank waits beyond it is time spent waiting for the last rank to arrive. Over
 a window: the mean transfer, each rank's mean skew, and how often each rank was the
-last to arrive (one rank most of the time: a straggler; changing ranks: a rotating
-imbalance, e.g. variable-length batches or uneven MoE routing).
+last to arrive (one rank, or a few — a slow node's — most of the time: stragglers;
+changing among most ranks: a rotating imbalance, e.g. variable-length batches or
+uneven MoE routing).
 
 Steps are aligned by step number, never by clock (host clocks differ).
 """

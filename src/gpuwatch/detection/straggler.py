@@ -1,13 +1,14 @@
-"""straggler: one rank takes longer to reach the collectives and the others wait for it
-(fix here: a bigger GPU for everyone would not help, however long the others' wait).
+"""straggler: one rank, or a few (a slow node's), take longer to reach the collectives
+and the others wait for them (fix here: a bigger GPU for everyone would not help,
+however long the others' wait).
 
 A rank's *work* is its step without its collective wait: data wait, compute, optimizer,
 whatever it does before it arrives. A rank slow to compute and a rank whose own loader
 starves it hold the others back alike; the summary names which part makes it slow.
 
-Where ranks' per-step waits are known (``skew.split``), the slow rank must also be the
-last to arrive in most steps: a slowness that rotates between ranks is an imbalance
-(sync_bottleneck's fix-here case), not one slow rank."""
+Where ranks' per-step waits are known (``skew.split``), the slow ranks must also be
+the last to arrive in most steps: a slowness that rotates among most ranks is an
+imbalance (sync_bottleneck's fix-here case), not stragglers."""
 
 from __future__ import annotations
 
@@ -37,31 +38,52 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     slow = {r: w / fastest for r, w in work.items()
             if w / fastest > th["work_ratio"]
             and (w - fastest) / summaries[r].mean_step_s >= th["min_extra_share"]}
+    if not slow or len(slow) > len(summaries) // 2:
+        return None  # none, or most: the typical speed, not a few holding the rest back
     waits = [summaries[r].collective_share for r in work if r not in slow]
-    if not slow or not waits:
-        return None
     others_wait = sum(waits) / len(waits)
+    slow_wait = sum(summaries[r].collective_share for r in slow) / len(slow)
+    if others_wait - slow_wait < th["min_wait_gap"]:
+        return None  # everyone waits alike: no rank holds the others back
     worst = max(slow, key=lambda r: slow[r])
-    if others_wait - summaries[worst].collective_share < th["min_wait_gap"]:
-        return None  # everyone waits alike: no one rank holds the others back
-    view = next(v for v in views if v.rank == worst)
     fast = min(work, key=lambda r: work[r])
     mine, theirs = summaries[worst], summaries[fast]
     evidence = {"work_ratio": slow[worst], "slow_work_seconds": work[worst],
                 "fastest_work_seconds": fastest,
                 "slow_data_seconds": mine.data_s, "fastest_data_seconds": theirs.data_s,
-                "slow_collective_share_ratio": mine.collective_share,
-                "others_collective_share_ratio": others_wait}
+                "slow_collective_share_ratio": slow_wait,
+                "others_collective_share_ratio": others_wait, "slow_ranks": float(len(slow))}
     split = skew.split(views, now - max(window_s(v, rule) for v in views), rule.min_steps)
     if split is not None:
-        if split.last_share[worst] < th["fixed_rank_share"]:
-            return None  # not the same rank every step: an imbalance, not a straggler
-        evidence["last_arrival_share_ratio"] = split.last_share[worst]
-    reasons = clock_events(view)
-    gpus = ",".join(str(d.get("index")) for d in job_devices(view)) or "none"
-    text = {"slow_rank": worst, "host": view.host, "gpu": gpus, "cause": cause(mine, theirs),
-            "throttle": f" (its GPU reports {', '.join(reasons)})" if reasons else ""}
+        last = sum(split.last_share[r] for r in slow)
+        if last < th["fixed_rank_share"]:
+            return None  # not the same ranks every step: an imbalance, not stragglers
+        evidence["last_arrival_share_ratio"] = last
+    by_rank = {v.rank: v for v in views}
+    reasons = sorted({reason for r in slow for reason in clock_events(by_rank[r])})
+    one = len(slow) == 1
+    text = {"who": who(sorted(slow), by_rank), "cause": cause(mine, theirs),
+            "them": "it" if one else "them",
+            "throttle": (f" ({'its GPU reports' if one else 'their GPUs report'} "
+                         f"{', '.join(reasons)})") if reasons else ""}
     return Detection(evidence, sorted(slow), text=text)
+
+
+def who(ranks: list[int], views: dict[int, RankInput]) -> str:
+    """The slow ranks as the summary's subject: "Rank 2 (host a, GPU 2) takes",
+    "Ranks 8-15 (host b) take up to"."""
+    hosts = sorted({views[r].host for r in ranks})
+    if len(ranks) == 1:
+        gpus = ",".join(str(d.get("index")) for d in job_devices(views[ranks[0]])) or "none"
+        return f"Rank {ranks[0]} (host {hosts[0]}, GPU {gpus}) takes"
+    spans: list[str] = []
+    for r in ranks:
+        if spans and spans[-1].split("-")[-1] == str(r - 1):
+            spans[-1] = f"{spans[-1].split('-')[0]}-{r}"
+        else:
+            spans.append(str(r))
+    where = f"host {hosts[0]}" if len(hosts) == 1 else f"hosts {', '.join(hosts)}"
+    return f"Ranks {', '.join(spans)} ({where}) take up to"
 
 
 def cause(slow: StepSummary, fast: StepSummary) -> str:

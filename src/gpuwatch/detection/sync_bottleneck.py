@@ -66,8 +66,9 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         evidence["pcie_tx_bytes_per_second"] = max(pcie)
     text = {"ranks_n": len(ranks), "outcome": "", "unseen": unseen(views)}
     if split.mean_skew_s > split.transfer_s:
-        if split.fixed_last(th["fixed_rank_share"]) is not None:
-            return None  # one rank holds the others: the straggler's finding
+        if (split.fixed_last(th["fixed_rank_share"]) is not None
+                or any("straggler" in ctx.explained.get(r, ()) for r in ranks)):
+            return None  # one rank, or a few (judged first), hold the others: stragglers
         text |= {"link": "most of it waiting on a slower rank, a different one from step "
                          "to step, not transfer",
                  "advice": "Balance the work per rank per step: bucket or pack variable-length "
