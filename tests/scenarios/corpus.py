@@ -9,7 +9,7 @@ and a second check: none of them may appear).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tests.scenarios.simulate import (
@@ -44,6 +44,9 @@ class Job:
 
 
 H100_HEALTHY = Memory(reserved_gb=52, allocated_gb=30)
+# DDP on 4 H100s, 1 s steps, 25 minutes: the base of the jobs where one rank works alone
+DDP_FOUR = Shape(step_s=1.0, duration_s=1500, world=4, collective_share=0.05,
+                 collective_bytes=int(2e9), memory=Memory(60, 35))
 MOVE = "move_to_h100"
 FIX = "fix_here"
 
@@ -98,9 +101,8 @@ JOBS: tuple[Job, ...] = (
         "DDP on 4 H100s, 1 s steps; rank 0 alone writes an 80 GB checkpoint every 10 "
         "minutes (150 s, `if rank == 0: torch.save`) while the others wait in the next "
         "all-reduce: a fifth of the job's time lost to blocking saves, no hang.",
-        Shape(step_s=1.0, duration_s=1500, world=4, collective_share=0.05,
-              collective_bytes=int(2e9), memory=Memory(60, 35),
-              saves=Saves(every_s=600, blocking_s=150, nbytes=int(80e9), ranks=(0,))),
+        replace(DDP_FOUR, saves=Saves(every_s=600, blocking_s=150, nbytes=int(80e9),
+                                      ranks=(0,))),
         expected=(Verdict("checkpoint_overhead", FIX, (0,)),),
         wrong=(Verdict("hang", FIX), Verdict("sync_bottleneck", MOVE),
                Verdict("straggler", FIX))),
@@ -108,9 +110,7 @@ JOBS: tuple[Job, ...] = (
         "DDP on 4 H100s, 1 s steps; rank 0 alone runs a 150 s eval every 10 minutes "
         "(`if rank == 0: evaluate()`) while the others wait in the next all-reduce: "
         "progress on rank 0, no hang anywhere.",
-        Shape(step_s=1.0, duration_s=1500, world=4, collective_share=0.05,
-              collective_bytes=int(2e9), memory=Memory(60, 35),
-              evals=Evals(every_s=600, seconds=150, ranks=(0,))),
+        replace(DDP_FOUR, evals=Evals(every_s=600, seconds=150, ranks=(0,))),
         expected=(),
         wrong=(Verdict("hang", FIX), Verdict("sync_bottleneck", MOVE),
                Verdict("straggler", FIX), Verdict("data_starvation", FIX))),

@@ -212,11 +212,9 @@ def _steps(shape: Shape, rank: int, rng: random.Random, out: list[Record],
         if n == 0:  # warm-up: allocation and compilation make the first step long
             extra["compute_s"] += 5 * shape.step_s
         waited = 0.0  # for a rank that runs an eval or writes a save, in the next collective
-        if next_eval is not None and shape.evals and since >= next_eval and not (
-                shape.evals.ranks is None or rank in shape.evals.ranks):
-            busy.append(_Busy(t, t + shape.evals.seconds, "peer_wait"))
-            waited += shape.evals.seconds
-            t += shape.evals.seconds
+        if next_eval is not None and shape.evals and since >= next_eval and _others(
+                shape.evals.ranks, rank):
+            t, waited = _wait_for_peers(busy, t, shape.evals.seconds, waited)
             next_eval += shape.evals.every_s
         elif next_eval is not None and shape.evals and since >= next_eval:
             ev = shape.evals
@@ -250,11 +248,9 @@ def _steps(shape: Shape, rank: int, rng: random.Random, out: list[Record],
             _progress(rank, t, wall, micro, out, evals=False)
         t += wall
         saved = 0
-        if next_save is not None and shape.saves and since >= next_save and not (
-                shape.saves.ranks is None or rank in shape.saves.ranks):
-            busy.append(_Busy(t, t + shape.saves.blocking_s, "peer_wait"))
-            waited += shape.saves.blocking_s
-            t += shape.saves.blocking_s
+        if next_save is not None and shape.saves and since >= next_save and _others(
+                shape.saves.ranks, rank):
+            t, waited = _wait_for_peers(busy, t, shape.saves.blocking_s, waited)
             next_save += shape.saves.every_s
         elif next_save is not None and shape.saves and since >= next_save:
             sv = shape.saves
@@ -285,6 +281,19 @@ def _steps(shape: Shape, rank: int, rng: random.Random, out: list[Record],
             out.append(Event(rank, t, "batch_size_changed", {"from": previous, "to": batch}))
         step += 1
         n += 1
+
+
+def _others(ranks: tuple[int, ...] | None, rank: int) -> bool:
+    """Whether ``ranks`` run something (an eval, a save) that ``rank`` does not."""
+    return ranks is not None and rank not in ranks
+
+
+def _wait_for_peers(busy: list[_Busy], t: float, seconds: float,
+                    waited: float) -> tuple[float, float]:
+    """``seconds`` waiting at the next collective for ranks that run something this one
+    does not: (the time after, the step's wait so far)."""
+    busy.append(_Busy(t, t + seconds, "peer_wait"))
+    return t + seconds, waited + seconds
 
 
 def _typical(shape: Shape, rank: int, rng: random.Random) -> float:

@@ -11,18 +11,7 @@ from gpuwatch.detection.replay import analyze
 from gpuwatch.records import Event, Finding, Record, Sample
 from gpuwatch.runlog import encode
 from tests.runs import GB, START, judge, meta, only, samples, steps, topology
-from tests.scenarios import (
-    H100,
-    RTX_5090,
-    Evals,
-    Memory,
-    Saves,
-    Shape,
-    Stop,
-    job,
-    simulate,
-    write,
-)
+from tests.scenarios import H100, RTX_5090, Evals, Memory, Saves, Shape, Stop, job, simulate, write
 
 
 def findings_of(shape: Shape, **settings: object) -> list[Finding]:
