@@ -73,6 +73,19 @@ def checkpointing(share: float) -> list[Record]:
     return out
 
 
+def test_saves_of_no_time_are_nothing_to_report_even_at_a_zero_threshold() -> None:
+    """A threshold of 0 is allowed; saves that cost no time must not divide by zero (a
+    detector error) nor be reported."""
+    from gpuwatch.config import Settings
+    from gpuwatch.detection.engine import engine_from_settings
+
+    engine = engine_from_settings(Settings(detectors={"checkpoint_overhead": {
+        "checkpoint_share": 0.0}}), "rank")
+    engine.feed(checkpointing(0.0))
+    engine.close()
+    assert engine.errors == 0 and not engine.findings
+
+
 def test_blocking_checkpoints_are_fixed_here_with_size_and_speed() -> None:
     f = only(judge(checkpointing(0.3)), "checkpoint_overhead")
     assert f.verdict == "fix_here"
