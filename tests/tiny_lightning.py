@@ -29,11 +29,15 @@ class Tiny(L.LightningModule):
 
 
 class TinyWithEval(Tiny):
-    """``Tiny`` with a validation step that takes 10 ms a batch (model time, no data)."""
+    """``Tiny`` with a validation step that computes for 10 ms a batch (model time, no
+    data): a wide layer applied until that much CPU time has passed."""
 
     def validation_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
         import time
 
-        time.sleep(0.01)
         x, y = batch
+        wide = torch.ones(256, 256)
+        until = time.thread_time() + 0.01
+        while time.thread_time() < until:
+            wide = torch.tanh(wide @ wide)
         return torch.nn.functional.mse_loss(self.net(x), y)

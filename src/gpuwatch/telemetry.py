@@ -434,13 +434,16 @@ class Telemetry:
         window = self.samples.get((source, gpu))
         return window[-1] if window else None
 
-    def save_share(self, now: float) -> float:
-        """Blocking save seconds over the wall time since training (or the first save)
-        began, up to ``now`` (Unix s): the run-long share of time saves cost the loop."""
+    def saves_wall_s(self, now: float) -> float:
+        """Wall time since training (or the first save, if earlier) began, up to ``now``
+        (Unix s): what the run-long save share is of (0 before any blocking save)."""
         first = self.saves.first_start
-        if first is None:
-            return 0.0
-        wall = now - min(first, self.first_step_start or first)
+        return 0.0 if first is None else now - min(first, self.first_step_start or first)
+
+    def save_share(self, now: float) -> float:
+        """Blocking save seconds over ``saves_wall_s``: the run-long share of time saves
+        cost the loop."""
+        wall = self.saves_wall_s(now)
         return min(self.saves.blocking_s / wall, 1.0) if wall > 0 else 0.0
 
     @property

@@ -23,7 +23,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     share = view.save_share(now)
     if share <= 0 or share < th["checkpoint_share"]:
         return None
-    wall = now - min(saves.first_start, view.first_step_start or saves.first_start)
+    wall = view.saves_wall_s(now)
     per = max(saves.checkpoints, 1)
     evidence = {
         "checkpoint_share_ratio": share,

@@ -21,7 +21,7 @@ import statistics
 from gpuwatch.detection.context import HOLDING, Context, Detection
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Sample
-from gpuwatch.telemetry import Telemetry
+from gpuwatch.telemetry import OPEN_SAVE_KEY, Telemetry
 
 WAITS = ("data", "collective")  # phases in which a busy CPU is waiting, not working
 
@@ -91,7 +91,7 @@ def last_busy(view: Telemetry, th: dict[str, float],
                 power is not None or util < th["pinned_utilization"]):
             latest, signature = max(latest, s.t), None  # busy at working power
     for s in view.samples_since("agent", since):
-        if 0 < s.values.get("open_checkpoint_seconds", 0.0) < th["max_save_seconds"]:
+        if 0 < s.values.get(OPEN_SAVE_KEY, 0.0) < th["max_save_seconds"]:
             latest = max(latest, s.t)  # a save still being written
     if signature is None:
         latest = max(latest, _cpu_busy(view, since, th["busy_cpu_cores"]))

@@ -34,7 +34,7 @@ def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
                                    default=0),
         "gpu_name": devices[0].get("name") if devices else None,
         "links": {k: devices[0][k] for k in LINK_FACTS if devices and k in devices[0]},
-        "infiniband": (view.topology or {}).get("infiniband", []),
+        "infiniband": topology.get("infiniband", []),
         "clock_event_reasons": gpu.values.get("gpu_clock_event_reasons") if gpu else None,
         "steps": encode_steps(view.steps),
         "open_save": view.open_save(),

@@ -59,20 +59,15 @@ def run_logs(paths: list[Path]) -> list[Path]:
             found = sorted(f for f in p.glob("run*.jsonl") if not is_segment(f.name))
             if not found:
                 raise FileNotFoundError(f"no run*.jsonl run log in {p}")
-            out += [_regular(f) for f in found]
-        elif p.is_file():
-            out.append(p)
         elif p.exists():
-            raise FileNotFoundError(f"not a regular file: {p}")
+            found = [p]
         else:
             raise FileNotFoundError(f"no such run log or directory: {p}")
+        for f in found:
+            if not f.is_file():
+                raise FileNotFoundError(f"not a regular file: {f}")
+        out += found
     return out
-
-
-def _regular(path: Path) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"not a regular file: {path}")
-    return path
 
 
 def analyze(paths: list[Path], settings: Settings, *, workers: int | None = None,

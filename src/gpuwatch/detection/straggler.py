@@ -12,6 +12,7 @@ imbalance (sync_bottleneck's fix-here case), not stragglers."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from gpuwatch.detection import skew
@@ -76,12 +77,9 @@ def who(ranks: list[int], views: dict[int, RankInput]) -> str:
     if len(ranks) == 1:
         gpus = ",".join(str(d.get("index")) for d in job_devices(views[ranks[0]])) or "none"
         return f"Rank {ranks[0]} (host {hosts[0]}, GPU {gpus}) takes"
-    spans: list[str] = []
-    for r in ranks:
-        if spans and spans[-1].split("-")[-1] == str(r - 1):
-            spans[-1] = f"{spans[-1].split('-')[0]}-{r}"
-        else:
-            spans.append(str(r))
+    runs = [[r for _, r in run]  # consecutive ranks: (position - rank) stays the same
+            for _, run in itertools.groupby(enumerate(ranks), lambda p: p[1] - p[0])]
+    spans = [str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs]
     where = f"host {hosts[0]}" if len(hosts) == 1 else f"hosts {', '.join(hosts)}"
     return f"Ranks {', '.join(spans)} ({where}) take up to"
 

@@ -158,6 +158,10 @@ class StepAssembler:
     def _on_samples(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         n = self._count(value)
         self._samples += n
+        self._fetched(n, t, out)
+
+    def _fetched(self, n: int, t: float, out: list[Record]) -> None:
+        """A batch of ``n`` samples arrived (progress between steps, a batch size seen)."""
         if n:
             self._last_batch = n
         self._loader_batches += 1
@@ -174,10 +178,7 @@ class StepAssembler:
         spent[1] += self._data_closed_s
         self._data_closed_s = 0.0
         self._loader = key
-        if n:
-            self._last_batch = n
-        self._loader_batches += 1
-        self._progress(t, out)
+        self._fetched(n, t, out)
 
     def _on_waiting(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         if not value:
