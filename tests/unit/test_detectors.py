@@ -241,7 +241,8 @@ def ranks(world: int, slow: int | None = None, share: float = 0.6, nbytes: float
           nvlinks: int = 0, name: str = "NVIDIA GeForce RTX 5090") -> list[Record]:
     out: list[Record] = []
     for r in range(world):
-        out += [meta(r, world, host=f"node-{r}"), topology(name, 32 * GB, nvlinks=nvlinks, rank=r)]
+        out += [meta(r, world, host="node-0"),  # one node of ``world`` GPUs
+                topology(name, 32 * GB, nvlinks=nvlinks, rank=r, gpus=world)]
         if r == slow:
             out += steps(60, rank=r, compute_s=0.09, collective_s=0.01,
                          collective_bytes=int(nbytes))
@@ -262,7 +263,7 @@ def test_a_slow_rank_is_a_straggler_to_fix_not_a_reason_to_buy() -> None:
     assert f.verdict == "fix_here" and f.ranks == [2]
     assert f.evidence["work_ratio"] > 2.0 and "mostly computing" in f.summary
     assert f.evidence["others_collective_share_ratio"] > 0.5
-    assert "Rank 2 (host node-2" in f.summary
+    assert "Rank 2 (host node-0" in f.summary
     assert "(its GPU reports hw thermal slowdown)" in f.summary
     assert not [x for x in findings if x.verdict == "move_to_h100"]
 
@@ -302,6 +303,38 @@ def test_collective_wait_over_nvlink_or_in_small_messages_is_fixed_here() -> Non
     assert nvlink.verdict == "fix_here" and "NVLink already" in nvlink.summary
     tiny = only(judge(ranks(2, nbytes=100e3), scope="job"), "sync_bottleneck")
     assert tiny.verdict == "fix_here" and "latency-bound" in tiny.summary
+
+
+def test_a_wait_across_nodes_over_a_network_nothing_reports_is_fixed_here() -> None:
+    """Two nodes, no InfiniBand or RoCE port and no setting: the collectives cross a
+    network gpuwatch cannot see (NCCL over TCP sockets, likely), which other GPUs on the
+    same network keep: no move, and the projection keeps the wait as measured."""
+    records: list[Record] = []
+    for r in range(2):
+        records += [meta(r, 2, host=f"node-{r}"), topology("NVIDIA GeForce RTX 5090", 32 * GB,
+                                                          rank=r),
+                    *steps(60, rank=r, compute_s=0.095, collective_s=0.06,
+                           collective_bytes=int(64e6))]
+    f = only(judge(records, scope="job"), "sync_bottleneck")
+    assert f.verdict == "fix_here" and "network gpuwatch cannot see" in f.summary
+    p = f.projection
+    assert p is not None
+    assert p["parts_seconds_projected"]["comm"] == p["parts_seconds_now"]["comm"] > 0
+
+
+def test_a_collective_wait_with_no_topology_recommends_no_move() -> None:
+    """No NVML in the container: neither the card nor the links are known, so the wait
+    is reported without a verdict on hardware."""
+    records = [r for r in ranks(2) if not (isinstance(r, Event) and r.name == "topology")]
+    f = only(judge(records, scope="job"), "sync_bottleneck")
+    assert f.verdict == "info" and "cannot see" in f.summary
+
+
+def test_a_malformed_collective_timing_word_does_not_silence_the_detector() -> None:
+    records = [*ranks(2), Event(0, START + 1, "collective_timing",
+                                {"nccl": False, "all_reduce": "not timed: async"})]
+    f = only(judge(records, scope="job"), "sync_bottleneck")
+    assert "not timed: all_reduce (async)" in f.summary
 
 
 def test_little_collective_wait_is_no_bottleneck() -> None:

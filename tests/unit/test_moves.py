@@ -191,8 +191,8 @@ def test_a_job_short_of_memory_on_the_target_card_is_fixed_there_naming_a_bigger
 def test_a_sync_bottleneck_whose_move_does_not_pay_is_fixed_here() -> None:
     records: list[Record] = []
     for r in range(2):
-        records += [meta(r, 2, host=f"node-{r}"),
-                    topology("NVIDIA GeForce RTX 5090", 32 * GB, rank=r),
+        records += [meta(r, 2),
+                    topology("NVIDIA GeForce RTX 5090", 32 * GB, rank=r, gpus=2),
                     *steps(60, rank=r, compute_s=0.095, collective_s=0.06,
                            collective_bytes=int(64e6))]
     pays = only(judge(records, scope="job"), "sync_bottleneck")

@@ -4,6 +4,7 @@ steps) and live (rank 0's own steps plus the others' published per-step waits)."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -92,6 +93,20 @@ def test_rotating_skew_is_fixed_here_by_balancing_not_a_move_nor_a_straggler() -
     assert f.evidence["transfer_seconds_per_step"] < 0.005
     assert f.evidence["skew_seconds_per_step"] > 0.03
     assert not [x for x in findings if x.detector == "straggler" or x.verdict == "move_to_h100"]
+
+
+@pytest.mark.parametrize("offset_s", [3.0, 9.5])
+def test_hosts_whose_clocks_disagree_are_compared_step_for_step(offset_s: float) -> None:
+    """Ranks 2 and 3 on a host whose clock runs ``offset_s`` ahead (most of the 10 s
+    window): their steps come that much later in the merged log, yet step k is still
+    compared with step k, and the verdict is that of synchronised clocks."""
+    shifted = [replace(r, t=r.t + offset_s) if isinstance(r, Step) and r.rank >= 2 else r
+               for r in run(4, rotating)]
+    f = only(judge(shifted, scope="job"), "sync_bottleneck")
+    same = only(judge(run(4, rotating), scope="job"), "sync_bottleneck")
+    assert (f.verdict, f.state) == (same.verdict, "active") == ("fix_here", "active")
+    assert f.evidence["skew_seconds_per_step"] == pytest.approx(
+        same.evidence["skew_seconds_per_step"], rel=0.05)
 
 
 def test_the_same_slow_rank_every_step_is_a_straggler_only() -> None:

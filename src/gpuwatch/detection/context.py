@@ -103,6 +103,8 @@ class Context:
         ``fabric``: the link between the job's nodes (default ``inter_node_link``)."""
         view = views[0]
         current = self.current_gpu(view)
+        if fabric is None:
+            fabric = inter_node_link(views)
         world = max(view.world_size, len(views))
         summaries = [s for v in views if (s := v.summarise(since)) is not None]
         tokens = _mean(s.tokens for s in summaries) or 0.0
@@ -119,7 +121,7 @@ class Context:
             remaining_steps=planned - view.steps_done if planned else None,
             device_name=self.device_name(view), precision=self.precision,
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since),
-            fabric=fabric if fabric is not None else inter_node_link(views))
+            fabric=fabric, fabric_unseen=fabric is None and spans_nodes(views))
         proj = project(parts, target or self.target_gpu, current, ranks=world,
                        drop_recompute=drop_recompute, planned_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)

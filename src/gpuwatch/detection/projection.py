@@ -88,7 +88,9 @@ class Inputs:
     ``remaining_steps`` steps left to the plan; ``device_name`` what NVML calls the card;
     ``precision`` the tensor math the job uses; ``power_watts`` its card's draw;
     ``fabric`` the link between nodes the collectives cross (bytes/s, one direction;
-    None within one node): a move to other GPUs keeps it.
+    None within one node): a move to other GPUs keeps it. ``fabric_unseen``: the job
+    spans nodes but nothing reports the link between them (no InfiniBand or RoCE port,
+    no setting): a move keeps its collective wait as measured.
     """
 
     tensor_share: float | None = None
@@ -101,6 +103,7 @@ class Inputs:
     precision: Precision = "bf16"
     power_watts: float | None = None  # the current card's mean NVML power draw
     fabric: float | None = None
+    fabric_unseen: bool = False
 
 
 @dataclass
@@ -215,8 +218,7 @@ def project(
         notes.append(f"optimizer memory-bound: {bw_ratio:.2f}x its time (bandwidth "
                      f"{current.memory_bandwidth / 1e12:.2f} -> "
                      f"{target.memory_bandwidth / 1e12:.2f} TB/s)")
-    comm = (_projected_comm(split, target, current, ranks, inputs.link_now, notes,
-                            inputs.fabric)
+    comm = (_projected_comm(split, target, current, ranks, inputs, notes)
             if split.comm > 0 else 0.0)
     drop = drop_recompute and split.recompute > 0
     if drop:
@@ -297,13 +299,17 @@ def _flops(current: Gpu | None, target: Gpu, precision: Precision,
 
 
 def _projected_comm(now: StepParts, target: Gpu, current: Gpu | None, ranks: int,
-                    link_now: float | None, notes: list[str],
-                    fabric: float | None = None) -> float:
+                    inputs: Inputs, notes: list[str]) -> float:
     """Exposed collective seconds on ``target``. Kept where the link does not get faster
     (today's link from the topology, else the current card's; across nodes, neither is
-    faster than the ``fabric`` between them, which a move keeps); else the ring model
-    when the bytes are known, or today's time scaled by the link bandwidth ratio. Never
-    more than today."""
+    faster than the ``fabric`` between them, which a move keeps, and an unseen fabric
+    keeps the wait); else the ring model when the bytes are known, or today's time
+    scaled by the link bandwidth ratio. Never more than today."""
+    link_now, fabric = inputs.link_now, inputs.fabric
+    if fabric is None and inputs.fabric_unseen:
+        notes.append("collectives cross a link between nodes that nothing reports (no "
+                     "InfiniBand or RoCE port): kept as measured, which a move keeps")
+        return now.comm
     target_bw = target.link_bandwidth
     today = link_now if link_now is not None else current.link_bandwidth if current else None
     if fabric is not None:

@@ -52,14 +52,24 @@ class SkewSplit:
 
 
 def split(views: Sequence[RankInput], since: float, min_steps: int) -> SkewSplit | None:
-    """Compare ranks over the steps every rank has: within the window where a rank's
-    step times are on this host's clock (``RankInput.step_waits``), every step a peer
-    published otherwise. None with fewer than ``min_steps`` such steps or under two
-    ranks."""
+    """Compare ranks over the newest steps every rank has, as many as the window
+    holds (``RankInput.step_waits``: from ``since`` on the rank's own clock; a peer's
+    every published step). Where ranks' newest step numbers differ (their hosts' clocks
+    disagree, or some records lag), each is read back far enough for the steps the
+    others have. None with fewer than ``min_steps`` such steps or under two ranks."""
     if len(views) < 2:
         return None
     per_rank = {v.rank: v.step_waits(since) for v in views}
-    common = set.intersection(*(set(w) for w in per_rank.values()))
+    if not all(per_rank.values()):
+        return None
+    span = max(len(w) for w in per_rank.values())
+    newest = {r: max(w) for r, w in per_rank.items()}
+    upto = min(newest.values())
+    if max(newest.values()) > upto:
+        lag_s = (max(newest.values()) - upto) * max(v.median_step_s() or 0.0 for v in views)
+        per_rank = {v.rank: v.step_waits(since - lag_s) for v in views}
+    common = {k for k in set.intersection(*(set(w) for w in per_rank.values()))
+              if upto - span < k <= upto}
     if len(common) < max(min_steps, 1):
         return None
     ranks = sorted(per_rank)

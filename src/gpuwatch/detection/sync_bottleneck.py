@@ -8,8 +8,9 @@ when the bytes over the slowest link the collectives cross explain it (no NVLink
 bandwidth-bound; a path through host memory, where the GPUs cannot reach each other
 peer to peer, always is); with NVLink already, latency-bound, or a link that could
 carry the bytes far faster: fix here (overlap, bucketing). Bound by the link between
-nodes: fix here too (no GPU changes the fabric; projections keep that wait). With no
-bytes seen, nothing tells bandwidth from the rest: ``info``, no move.
+nodes, or by a network between nodes that nothing reports: fix here too (no GPU
+changes the fabric; projections keep that wait). With no bytes or no topology seen,
+nothing tells bandwidth from the rest: ``info``, no move.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from gpuwatch.detection.context import (
     job_devices,
     mean_parts,
     recent,
+    spans_nodes,
     window_s,
 )
 from gpuwatch.detection.projection import mean_step_parts, speedup_text
@@ -75,8 +77,8 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "sequences to equal tokens per rank, balance MoE routing (capacity "
                            "factor, auxiliary loss). A faster link would not help."}
         return Detection(evidence, ranks, text=text, verdict="fix_here")
-    proj = ctx.project(views, mean, since,
-                       fabric=inter_node_link(views, th["inter_node_bytes_per_second"]))
+    fabric = inter_node_link(views, th["inter_node_bytes_per_second"])
+    proj = ctx.project(views, mean, since, fabric=fabric)
     evidence["speedup_ratio"] = proj.speedup
     unsized = mean.comm_bytes <= 0  # no collective's bytes were seen
     small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
@@ -90,6 +92,26 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     # could do, the wait is that path's bandwidth.
     explained = staged or needed is None or needed >= th["link_explained_ratio"] * split.transfer_s
     inter_node = "inter-node" in link_name
+    if not any(job_devices(v) for v in views):
+        text |= {"link": "over links gpuwatch cannot see (no GPU topology: NVML not "
+                         "readable)",
+                 "advice": "Without the links between the GPUs, gpuwatch cannot tell a slow "
+                           "link from latency or contention, so it recommends no move: give "
+                           "the agent NVML access, or run nccl-tests on these GPUs and "
+                           "compare their bus bandwidth."}
+        return Detection(evidence, ranks, text=text, verdict="info")
+    if fabric is None and spans_nodes(views):
+        text |= {"link": "across nodes over a network gpuwatch cannot see (no InfiniBand or "
+                         "RoCE port reported: NCCL over TCP sockets?)",
+                 "outcome": f"; on {ctx.target} nodes on the same network the wait stays",
+                 "advice": "The network between nodes bounds the collectives on any GPU: "
+                           "use RDMA (InfiniBand or RoCE with GPUDirect), hierarchical "
+                           "all-reduce, or all-reduce less often (accumulate gradients over "
+                           "more micro-batches, overlap them with backward). Set "
+                           "sync_bottleneck's inter_node_bytes_per_second to the network's "
+                           "rate for gpuwatch to judge the bytes."}
+        return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
+                         verdict="fix_here")
     if has_nvlink(views[0]) and not inter_node:
         text |= {"link": "over NVLink already",
                  "advice": "The link is not the problem: overlap communication with compute "
@@ -152,8 +174,10 @@ def unseen(views: Sequence[RankInput]) -> str:
     missing: list[str] = []
     for v in views:
         for what, how in v.collective_timing().items():
+            if not isinstance(how, str) or not how.startswith("not timed"):
+                continue
             note = f"{what} ({how.removeprefix('not timed: ')})"
-            if isinstance(how, str) and how.startswith("not timed") and note not in missing:
+            if note not in missing:
                 missing.append(note)
     return f"; not timed: {', '.join(missing)}" if missing else ""
 
