@@ -251,7 +251,8 @@ class Telemetry:
         if e.name == "oom":
             self.oom_times.extend([e.t] * min(int(e.data.get("count", 1)), MAX_EVENTS))
         elif e.name == "batch_size_changed":
-            self.batch.change(int(e.data["from"]), int(e.data["to"]), e.t, self.steps_seen)
+            self.batch.change(int(e.data["from"]), int(e.data["to"]), e.t, self.steps_seen,
+                              self.steps[-1].tokens if self.steps else 0)
         elif e.name == "checkpoint_save":
             self.saves.add(e, self.steps_seen)
         elif e.name == "topology":
@@ -473,19 +474,22 @@ class TrainingBatch:
     older logs) is no peak, and sizes that go up and down again are no cut at all.
     """
 
-    __slots__ = ("_since", "current", "cut_at", "flipped", "peak")
+    __slots__ = ("_since", "current", "cut_at", "flipped", "peak", "peak_tokens")
 
     def __init__(self) -> None:
         self.peak = 0
+        self.peak_tokens = 0  # tokens of the newest step trained at ``peak`` (0: unknown)
         self.current = 0
         self.cut_at: float | None = None  # when the size first fell below its peak
         self.flipped = False  # it rose again after a cut
         self._since = 0  # steps seen when the current size began
 
-    def change(self, before: int, after: int, t: float, steps: int) -> None:
-        """The size went from ``before`` to ``after`` at ``t``, ``steps`` steps in."""
-        if steps > self._since or not self.current:
-            self.peak = max(self.peak, before)  # ``before`` trained at least one step
+    def change(self, before: int, after: int, t: float, steps: int, tokens: int = 0) -> None:
+        """The size went from ``before`` to ``after`` at ``t``, ``steps`` steps in, the
+        newest step (at ``before``) of ``tokens`` tokens."""
+        if (steps > self._since or not self.current) and before >= self.peak:
+            self.peak = before  # ``before`` trained at least one step
+            self.peak_tokens = tokens
         if self.cut_at is not None and after > before:
             self.flipped = True
         self.current, self._since = after, steps

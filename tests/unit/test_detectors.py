@@ -3,7 +3,9 @@ verdict and evidence, and stays silent on healthy runs and on its look-alikes.""
 
 from __future__ import annotations
 
-from gpuwatch.records import Event, Record, Sample
+import pytest
+
+from gpuwatch.records import Event, Record, Sample, Step
 from tests.runs import GB, START, judge, meta, only, samples, steps, topology
 
 HEALTHY_GPU = {"gpu_utilization_ratio": 0.93, "gpu_memory_used_bytes": 40 * GB,
@@ -208,6 +210,40 @@ def test_memory_bound_consumer_card_should_move_to_h100_with_evidence() -> None:
     assert p["workarounds_dropped"] == ["activation checkpointing off: -20% step time"]
     assert p["speedup_ratio"] > 1.5
     assert "H100 SXM" in f.summary and "batch size 12 -> 16" in f.action
+
+
+def test_a_smaller_batch_of_longer_sequences_is_no_batch_cut() -> None:
+    """Sequence-length warm-up: 16 x 1024 tokens, then 12 x 1366 (the same tokens per
+    step): the batch shrank by schedule, not for memory, so no need is scaled by it."""
+    records = [r for r in consumer_card_at_its_limit() if not isinstance(r, Step)]
+    records += [*steps(6, wall=0.5, recompute_s=0.1, tokens=16 * 1024),
+                *steps(54, wall=0.5, start=START + 6, first=13, recompute_s=0.1,
+                       tokens=12 * 1366)]
+    f = only(judge(records), "fits_on_paper")
+    assert "batch cut" not in f.summary and "batch_size_from" not in f.evidence
+    cut = only(judge(consumer_card_at_its_limit()), "fits_on_paper")
+    assert f.evidence["memory_need_bytes"] < cut.evidence["memory_need_bytes"]
+
+
+def fragmenting(live_peak_gib: float) -> list[Record]:
+    """A 48 GB L40S whose allocator reserves 44 GB and retries, never OOMs."""
+    return [meta(), topology("NVIDIA L40S", 48 * GB), *steps(60, wall=0.5),
+            *samples("allocator", 60, {
+                "allocator_reserved_bytes": 44 * GB, "allocator_reserved_peak_bytes": 44 * GB,
+                "allocator_allocated_bytes": 12 * GB,
+                "allocator_allocated_peak_bytes": live_peak_gib * GB,
+                "allocator_inactive_split_bytes": 12 * GB,
+                "allocator_alloc_retries_total": 0.0},
+                ramp={"allocator_alloc_retries_total": 0.1})]
+
+
+def test_retries_while_live_tensors_fit_with_room_are_fragmentation_fixed_here() -> None:
+    f = only(judge(fragmenting(27)), "fits_on_paper")
+    assert f.verdict == "fix_here" and "fragmented" in f.summary
+    assert "expandable_segments:True" in f.action and f.projection is None
+    assert f.evidence["memory_live_peak_ratio"] == pytest.approx(27 / 48)
+    near_full = only(judge(fragmenting(43)), "fits_on_paper")  # live tensors at the limit
+    assert "fragmented" not in near_full.summary
 
 
 def test_a_full_cache_without_symptoms_is_not_memory_pressure() -> None:

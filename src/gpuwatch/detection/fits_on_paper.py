@@ -27,6 +27,7 @@ from gpuwatch.telemetry import StepSummary, Telemetry
 
 GIB = 2**30
 BIGGER = ("H100 SXM", "H200", "B200")  # tried in order when the target is too small
+TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
 # The job's own memory, best source first: (source, key, what the evidence calls it).
 MEMORY_SOURCES = (
     ("allocator", "allocator_reserved_bytes", "the allocator"),
@@ -66,6 +67,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     retries = view.counter_rise("allocator", "allocator_alloc_retries_total", since)
     ooms = view.ooms_since(since)
     cut = view.batch.cut
+    if cut is not None and summary.tokens >= TOKENS_HELD * view.batch.peak_tokens > 0:
+        cut = None  # tokens per step held: longer sequences in smaller batches (a schedule)
     act_ckpt = summary.recompute_share >= th["recompute_share"]
     symptoms = {"allocator retries": retries > 0, "OOMs": ooms > 0, "batch cut": cut is not None}
     if not act_ckpt and not any(symptoms.values()):
@@ -78,6 +81,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     pressure = peak / total >= th["memory_ratio"]
     if not any(symptoms.values()):
         return by_design(view, th, summary, peak, total, since)
+    live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
+    if (live is not None and retries > 0 and not ooms and cut is None
+            and live.high < th["live_ratio"] * total):
+        return fragmented(view, since, retries, live.high, peak, total)
     if not (pressure or sum(symptoms.values()) + act_ckpt >= 2):
         return None
     symptoms["activation checkpointing"] = act_ckpt
@@ -164,17 +171,38 @@ def by_design(view: Telemetry, th: dict[str, float], summary: StepSummary, peak:
                      variant="by_design")
 
 
+def fragmented(view: Telemetry, since: float, retries: float, live: float, peak: float,
+               total: float) -> Detection:
+    """Allocator retries while live tensors peak well below the card: the cache is
+    fragmented (blocks reserved but split, free yet too small), which the allocator can
+    be told to avoid; the job fits this card."""
+    evidence = {"alloc_retries_total": retries, "memory_live_peak_ratio": live / total,
+                "memory_peak_ratio": peak / total, "memory_live_peak_bytes": live,
+                "memory_total_bytes": total}
+    inactive = view.figure("allocator", "allocator_inactive_split_bytes", since)
+    if inactive is not None:
+        evidence["inactive_split_bytes"] = inactive.high
+    text = {"rank": view.rank, "live_gib": live / GIB, "peak_gib": peak / GIB,
+            "total_gib": total / GIB}
+    return Detection(evidence, [view.rank], text=text, verdict="fix_here",
+                     variant="fragmented")
+
+
 def memory_need(view: Telemetry, since: float, peak: float, cut: tuple[int, int] | None,
                 act_factor: float) -> float:
     """Bytes the job would need without its workarounds: what stays allocated between
     steps (weights, gradients, optimizer state: the least allocated seen) plus the
-    activations, scaled back to the original batch and to no activation checkpointing."""
+    activations (the live peak above that), scaled back to the original batch and to no
+    activation checkpointing, plus the allocator's cache beyond the live peak as it is.
+    Without a live peak reading, the reserved peak is taken as all activations."""
     peaks = view.figure("allocator", "allocator_reserved_peak_bytes", since)
     peak = max(peaks.high, peak) if peaks else peak
     allocated = view.figure("allocator", "allocator_allocated_bytes", since)
     static = allocated.low if allocated else peak / 2
+    live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
+    top = min(live.high, peak) if live is not None else peak
     batch_factor = cut[0] / cut[1] if cut is not None else 1.0
-    return static + max(peak - static, 0.0) * batch_factor * act_factor
+    return static + max(top - static, 0.0) * batch_factor * act_factor + (peak - top)
 
 
 def pick_target(ctx: Context, need: float, headroom: float, current: Gpu | None,
