@@ -3,6 +3,8 @@ verdict and evidence, and stays silent on healthy runs and on its look-alikes.""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gpuwatch.records import Event, Record, Sample, Step
@@ -148,6 +150,23 @@ def test_days_to_go_on_a_consumer_card_is_a_reason_to_move() -> None:
     assert f.evidence["remaining_hours_scaled"] < f.evidence["remaining_hours_target"]
     assert f.projection is not None and f.projection["current"] == "RTX 5090"
     assert f.projection["cost_per_run_target_usd"] > 0
+
+
+def test_days_to_go_on_eight_gpus_whose_collectives_were_not_seen_is_no_move() -> None:
+    """FSDP on 8 cards, none of its collectives seen: what reads as compute may be
+    communication, which faster math does not shorten, so no move on time or cost. The
+    job is as large as the scale-out: no "scaled out" clause."""
+    records = [meta(3, 8), topology("NVIDIA GeForce RTX 5090", 32 * GB, rank=3, gpus=8),
+               *steps(60, wall=0.5, rank=3)]
+    f = only(judge(records, total_steps=1_000_000), "iteration_speed")
+    assert f.verdict == "info" and f.projection is not None
+    assert "no collective seen on 8 GPUs" in f.projection["decision"]["why"]
+    assert "no collective seen on 8 GPUs" in f.action
+    assert f.summary.endswith("on 8 H100 SXM.")
+    seen = [s if not isinstance(s, Step) else replace(s, collective_s=0.02,
+                                                      collective_bytes=int(1e8))
+            for s in records]
+    assert only(judge(seen, total_steps=1_000_000), "iteration_speed").verdict == "move_to_h100"
 
 
 def test_time_to_finish_on_an_unknown_gpu_is_only_information() -> None:

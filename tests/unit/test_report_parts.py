@@ -11,6 +11,7 @@ from gpuwatch.detection.compare import compare, projected_speedup
 from gpuwatch.detection.run_profile import MAX_BINS, Bins, RunProfile
 from gpuwatch.records import Event, Finding, Record, Sample
 from gpuwatch.sinks.html_report import render
+from gpuwatch.sinks.report import findings_text
 from gpuwatch.sinks.svg import nice_ticks
 from gpuwatch.sinks.trackers import figures
 from gpuwatch.telemetry import Telemetry
@@ -176,3 +177,24 @@ def test_nice_ticks_cover_the_range_in_round_steps() -> None:
     assert nice_ticks(0, 1) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     assert nice_ticks(0, 0.37) == pytest.approx([0, 0.1, 0.2, 0.3])
     assert nice_ticks(5, 5) == [5]
+
+
+def test_a_rank_finding_alike_on_every_rank_is_shown_once_naming_them() -> None:
+    """A data-parallel job's 8 ranks each find the same time to finish: one block names
+    ranks 0-7; a job finding naming its own ranks, and a rank finding unlike the rest
+    (another verdict), stay as they are."""
+    def found(detector: str, ranks: list[int], verdict: Any = "move_to_h100") -> Finding:
+        return Finding(detector=detector, verdict=verdict, severity="info",
+                       summary=f"{detector} on {ranks}", action="do", evidence={},
+                       ranks=ranks, first_seen=START, last_seen=START + 1,
+                       fingerprint=f"{detector}{ranks}", job="job")
+    findings = [*(found("iteration_speed", [r]) for r in (3, 0, 1, 2, 4, 5, 6, 7)),
+                found("iteration_speed", [9], "info"), found("straggler", [2], "fix_here"),
+                found("straggler", [5], "fix_here")]
+    text = findings_text(findings)
+    assert text.count("iteration_speed - info, ranks 0\u20137 (rank 0's figures)") == 1
+    assert "iteration_speed on [0]" in text and "iteration_speed on [3]" not in text
+    assert "iteration_speed - info, rank 9" in text
+    assert "straggler - info, rank 2" in text and "straggler - info, rank 5" in text
+    html = render(run_of([meta(), *steps(5)]), findings)
+    assert html.count("ranks 0\u20137 (rank 0&#x27;s figures)") == 1

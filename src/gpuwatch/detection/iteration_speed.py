@@ -43,18 +43,21 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                 "scale_out_gpus": scale}
     verdict = ctx.decide(proj, otherwise="info")
     current = ctx.current_gpu(view)
+    scaled = (f", {hours_scaled:.1f} h on {scale:.0f}" if scale > world else "")
     if verdict == "move_to_h100":
         gpus = f"{world} GPUs" if world > 1 else "one GPU"
         advice = (f"Move to {ctx.target}: {hours_now / 24:.1f} days become "
-                  f"{_span(hours_target)} on {gpus} as now ({_span(hours_scaled)} on "
-                  f"{scale:.0f}, scaled out).")
+                  f"{_span(hours_target)} on {gpus} as now"
+                  + (f" ({_span(hours_scaled)} on {scale:.0f}, scaled out)." if scaled
+                     else "."))
     elif current is not None and current.name == ctx.target:
         advice = (f"The job already runs on {ctx.target}: scale out (data parallel) or make "
                   "the step itself cheaper to finish sooner.")
     else:
-        advice = (f"The projected gain on {ctx.target} ({speedup_text(proj.as_dict())}) does "
-                  "not pay for a move: scale out or make the step itself cheaper.")
-    text = {"target": ctx.target, "advice": advice,
+        advice = (f"No move to {ctx.target} ({speedup_text(proj.as_dict())} projected): "
+                  f"{proj.economics['decision']['why']}. Scale out or make the step itself "
+                  "cheaper.")
+    text = {"target": ctx.target, "advice": advice, "scaled": scaled,
             "gpus_now": "one" if world == 1 else f"{world}"}
     return Detection(evidence, [view.rank], text=text,
                      projection=proj.as_dict(), verdict=verdict)

@@ -4,7 +4,9 @@ gate that decides whether a projection is worth a move.
 A move is recommended only when (1) the job cannot run well here at all (memory),
 (2) the target is cheaper per unit of work even at the low end of the speedup range,
 or (3) the time to result shrinks by at least ``min_time_gain`` at the low end, card
-for card (a scale-out is open on either card, so it does not count).
+for card (a scale-out is open on either card, so it does not count). A job on several
+GPUs whose collectives were not seen at all gets no move by (2) or (3): what looks like
+compute may be communication, which faster math does not shorten.
 Never to the card the job already runs on. Otherwise the detector's own verdict
 (``fix_here`` or ``info``) stands.
 """
@@ -125,6 +127,10 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
         why = f"already on {p.target.name}"
     elif cannot_run_here:
         rule, why = "memory", f"cannot run well here: {cannot_run_here}"
+    elif p.gpus > 1 and p.now.comm <= 0 and p.now.comm_bytes <= 0:
+        why = (f"no collective seen on {p.gpus} GPUs: their communication cannot be told "
+               "from compute, so the projection is an upper bound (let gpuwatch see the "
+               "collectives: torch.distributed calls, a DDP comm hook)")
     elif cheaper:
         rule, why = "cheaper", (f"cheaper per {e['unit']} even at the low end "
                                 f"(${now_cost:.3g} -> ${worst:.3g})")

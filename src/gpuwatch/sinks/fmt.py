@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def seconds(v: float | None) -> str:
     """``v`` seconds as µs, ms, s, min, h or days, whichever reads best."""
@@ -46,3 +48,16 @@ def usd(v: float | None) -> str:
 
 def ratio(v: float | None) -> str:
     return "—" if v is None or v != v else f"{v:.2f}x"
+
+
+def spans(numbers: Iterable[int]) -> str:
+    """``[0, 1, 2, 3, 5]`` -> "0-3,5": runs of consecutive numbers as spans, with an en
+    dash."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ",".join(str(run[0]) if len(run) == 1 else f"{run[0]}\u2013{run[-1]}"
+                    for run in runs)

@@ -21,6 +21,7 @@ from gpuwatch.detection.run_profile import RunProfile, profile
 from gpuwatch.records import Finding
 from gpuwatch.sinks import fmt, svg
 from gpuwatch.sinks.comparison import comparison_html
+from gpuwatch.sinks.report import fold_ranks, rank_text
 from gpuwatch.vocabulary import PARTS
 
 REPORT_NAME = "report.html"
@@ -107,17 +108,17 @@ def _verdicts(findings: list[Finding]) -> str:
     if not findings:
         return ('<section id="verdicts"><h2>Verdicts</h2><p class="none">No findings: nothing '
                 "held this run back that gpuwatch can see.</p></section>")
-    ordered = sorted(findings, key=lambda f: (f.state != "active", VERDICT_ORDER[f.verdict]))
+    ordered = sorted(fold_ranks(findings),
+                     key=lambda pair: (pair[0].state != "active", VERDICT_ORDER[pair[0].verdict]))
     cards = []
-    for f in ordered:
+    for f, ranks in ordered:
         evidence = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
                              for k, v in f.evidence.items())
         state = " (resolved)" if f.state == "resolved" else ""
-        ranks = ",".join(map(str, f.ranks))
         cards.append(
             f'<div class="finding {f.verdict} {f.state}" data-detector="{escape(f.detector)}">'
             f'<p><span class="badge">{escape(VERDICT_TEXT[f.verdict])}</span>'
-            f"<b>{escape(f.detector)}</b> · {escape(f.severity)} · rank {escape(ranks)}"
+            f"<b>{escape(f.detector)}</b> · {escape(f.severity)} · {escape(rank_text(f, ranks))}"
             f"{escape(state)}</p><p>{escape(f.summary)}</p>"
             f'<p class="do">Do: {escape(f.action)}</p>'
             f"<details><summary>evidence</summary>{escape(evidence)}</details></div>")

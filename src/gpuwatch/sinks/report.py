@@ -3,23 +3,53 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
+from gpuwatch.detection.engine import RANK_DETECTORS
 from gpuwatch.detection.projection import projection_text
 from gpuwatch.records import Finding, to_dict
+from gpuwatch.sinks import fmt
 
 
 def findings_json(findings: list[Finding]) -> str:
     return json.dumps([to_dict(f) for f in findings], indent=2, default=str)
 
 
+def fold_ranks(findings: Sequence[Finding]) -> list[tuple[Finding, list[int]]]:
+    """Each finding with the ranks it stands for: a rank detector's findings that say the
+    same (detector, verdict, severity, state) on several ranks of a job become one, the
+    lowest rank's text standing for the rest (a data-parallel job's ranks see alike)."""
+    out: list[tuple[Finding, list[int]]] = []
+    alike: dict[tuple[str, ...], list[int]] = {}
+    for f in sorted(findings, key=lambda f: f.ranks):
+        if f.detector not in RANK_DETECTORS or len(f.ranks) != 1:
+            out.append((f, list(f.ranks)))
+            continue
+        key = (f.job, f.detector, f.verdict, str(f.severity), f.state)
+        if key in alike:
+            alike[key].extend(f.ranks)
+        else:
+            alike[key] = list(f.ranks)
+            out.append((f, alike[key]))
+    order = {id(f): i for i, f in enumerate(findings)}
+    return sorted(out, key=lambda pair: order[id(pair[0])])
+
+
+def rank_text(f: Finding, ranks: list[int]) -> str:
+    """How a finding names its ranks: "rank 3", "rank 0,1" (a job finding's), or a folded
+    finding's "ranks 0-31 (rank 0's figures)"."""
+    if len(ranks) <= 1 or ranks == f.ranks:
+        return f"rank {','.join(map(str, ranks))}"
+    return f"ranks {fmt.spans(ranks)} (rank {f.ranks[0]}'s figures)"
+
+
 def findings_text(findings: list[Finding]) -> str:
     if not findings:
         return "No findings: nothing held this run back that gpuwatch can see."
     blocks = []
-    for f in findings:
-        ranks = ",".join(map(str, f.ranks))
+    for f, ranks in fold_ranks(findings):
         state = "" if f.state == "active" else " (resolved)"
-        lines = [f"[{f.verdict}] {f.detector} - {f.severity}, rank {ranks}{state}",
+        lines = [f"[{f.verdict}] {f.detector} - {f.severity}, {rank_text(f, ranks)}{state}",
                  f"  {f.summary}",
                  f"  evidence: {_evidence(f.evidence)}"]
         if f.projection:

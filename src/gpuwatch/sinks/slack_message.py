@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gpuwatch.detection.projection import speedup_text
+from gpuwatch.sinks import fmt
 
 VERDICT_TITLES = {"move_to_h100": ":rocket: Move to H100", "fix_here": ":wrench: Fix it here",
                   "info": ":information_source: For information"}
@@ -238,16 +239,8 @@ def headline(kind: str, finding: Mapping[str, Any]) -> str:
 
 
 def rank_list(ranks: Sequence[Any]) -> str:
-    """``[0, 1, 2, 3, 5]`` -> ``0-3,5`` (with an en dash)."""
-    numbers = sorted({int(r) for r in ranks if _number(r) is not None})
-    runs: list[list[int]] = []
-    for r in numbers:
-        if runs and r == runs[-1][-1] + 1:
-            runs[-1].append(r)
-        else:
-            runs.append([r])
-    return ",".join(str(run[0]) if len(run) == 1 else f"{run[0]}{DASH}{run[-1]}"
-                    for run in runs)
+    """``[0, 1, 2, 3, 5]`` -> ``0-3,5`` (with an en dash); what is not a number is left out."""
+    return fmt.spans(int(r) for r in ranks if _number(r) is not None)
 
 
 def merge_ranks(notes: Sequence[tuple[str, Mapping[str, Any]]]
