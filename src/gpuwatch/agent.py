@@ -54,7 +54,7 @@ from gpuwatch.probes.allocator import AllocatorProbe, torch_memory_stats
 from gpuwatch.probes.host import HostProbe
 from gpuwatch.probes.nccl import FlightRecorderProbe, default_dump, timing_setting
 from gpuwatch.probes.nvml import Nvml, NvmlSampler, load_pynvml, visible_gpu_indices
-from gpuwatch.probes.peers import job_store
+from gpuwatch.probes.peers import agree_run_key, job_store
 from gpuwatch.probes.probe import Probe
 from gpuwatch.probes.topology import read_topology
 from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample
@@ -89,9 +89,10 @@ def launch_key(environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def parent_key() -> str:
+def parent_key(environ: Mapping[str, str]) -> str:
     """The launching process (torchrun's agent, the ``mp.spawn`` parent): its start time
-    and pid, the same for all the ranks it starts and its restarts of them."""
+    and pid, the same for all the ranks it starts and its restarts of them; with the
+    job's rendezvous port (``MASTER_PORT``), which tells apart jobs one shell started."""
     import psutil
 
     try:
@@ -99,16 +100,24 @@ def parent_key() -> str:
         started = parent.create_time() if parent is not None else time.time()
     except psutil.Error:
         started = time.time()
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}-p{os.getppid()}"
+    port = environ.get("MASTER_PORT", "")
+    return (f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}-p{os.getppid()}"
+            + (f"-m{port}" if port.isdigit() else ""))
 
 
-def default_out_dir(settings: Settings, identity: Identity, environ: Mapping[str, str]) -> Path:
+def default_out_dir(settings: Settings, identity: Identity, environ: Mapping[str, str],
+                    store: Any = None, wait_s: float = IDENTITY_WAIT_S) -> Path:
     """The run directory when none is configured: ``runs/<job>-<key>`` shared by the
-    ranks of one launch (``launch_key``, else the launching process), or for a lone
-    process a new directory of its own (``create_run_dir``)."""
+    ranks of one launch (``launch_key``; else rank 0's launching process, read from the
+    job's ``store`` where there is one — a launcher that is itself rank 0, as
+    Lightning's, is no rank's parent but its own — else this rank's), or for a lone
+    process a new directory of its own (``create_run_dir``). ``wait_s``: how long a rank
+    waits for rank 0's word."""
     key = launch_key(environ)
     if key is None and (identity.world_size > 1 or "TORCHELASTIC_RESTART_COUNT" in environ):
-        key = parent_key()
+        key = parent_key(environ)
+        if store is not None and identity.world_size > 1:
+            key = agree_run_key(store, identity.rank, key, wait_s) or key
     if key is None:
         return create_run_dir(Path("runs"), settings.job)
     return Path("runs") / f"{settings.job}-{key}"
@@ -287,7 +296,7 @@ class Agent:
         self.assembler.rank = ident.rank
         self.telemetry = self.engine.view(ident.rank)
         if self.out_dir is None:
-            self.out_dir = default_out_dir(self.settings, ident, self._env)
+            self.out_dir = default_out_dir(self.settings, ident, self._env, job_store())
 
     def _setup(self) -> None:
         ident, out_dir = self.identity, self.out_dir

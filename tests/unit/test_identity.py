@@ -20,6 +20,7 @@ from gpuwatch.detection.replay import analyze
 from gpuwatch.instrument.identity import Hints, resolve
 from gpuwatch.instrument.patches import watch_device
 from gpuwatch.monitor import Monitor
+from gpuwatch.probes.peers import agree_run_key
 from gpuwatch.records import Meta, Record, Step
 from gpuwatch.runlog import (
     RunLogReader,
@@ -192,6 +193,39 @@ def test_default_run_dir_is_shared_by_one_launch_and_new_for_a_lone_process(
     assert spawned.name.endswith(f"-p{os.getppid()}") and spawned == out({}, 3)
     lone = [out({}), out({})]
     assert lone[0] != lone[1] and all(p.is_dir() for p in lone)
+
+
+def test_ranks_of_one_job_take_rank_0_s_run_name_from_the_job_s_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's launcher is rank 0 itself: rank 1's parent is rank 0, rank 0's the
+    shell. Each job's store carries rank 0's name, so rank 1 takes it, even when it asks
+    first; two jobs one shell started (each its own store and port) stay apart; a rank
+    whose rank 0 says nothing in time keeps its own name."""
+    dist = pytest.importorskip("torch.distributed")
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(job="pl")
+
+    def out(rank: int, store: Any, port: str = "29500", wait_s: float = 60.0) -> Path:
+        env = {"MASTER_PORT": port}
+        ident, _ = resolve("pl", {**env, "WORLD_SIZE": "2", "RANK": str(rank)}, host="h")
+        return default_out_dir(settings, ident, env, store, wait_s)
+
+    job_a = dist.PrefixStore("gpuwatch/", dist.HashStore())
+    own = out(0, job_a)  # rank 0 publishes its own name
+    assert own.name.endswith(f"-p{os.getppid()}-m29500")
+    assert job_a.get("run_key").decode() == own.name.removeprefix("pl-")
+    shell = dist.HashStore()  # rank 0 started from a shell: a name rank 1 cannot make
+    taken: list[str | None] = []
+    rank1 = threading.Thread(target=lambda: taken.append(
+        agree_run_key(shell, 1, "rank1-own", 60.0)))
+    rank1.start()  # asks before rank 0 has said anything, and waits
+    assert agree_run_key(shell, 0, "20261129-120000-p4242-m29500", 60.0) is not None
+    rank1.join(60)
+    assert taken == ["20261129-120000-p4242-m29500"]
+    assert out(1, shell) == Path("runs/pl-20261129-120000-p4242-m29500")
+    assert out(0, dist.HashStore(), port="29501") != own  # another job, another port
+    silent = out(1, dist.HashStore(), wait_s=0.2)  # rank 0 never published: its own name
+    assert silent.name.endswith("-m29500")
 
 
 def write_log(path: Path, records: list[Record]) -> None:

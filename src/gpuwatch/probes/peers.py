@@ -73,6 +73,24 @@ def job_store() -> Any:
 
 
 JOB_KEY = "job"  # rank 0's word on the job (what its job-scope findings cover)
+RUN_KEY = "run_key"  # rank 0's name for the run, which every rank's run directory takes
+
+
+def agree_run_key(store: Any, rank: int, mine: str, wait_s: float) -> str | None:
+    """The run's name every rank of one job takes: rank 0 publishes ``mine`` in the job's
+    store, the others read it (waiting at most ``wait_s``). Each job has a store of its
+    own, so no other job's rank can read it. None where the store fails or rank 0 says
+    nothing in time (an agent thread call: it never runs on the training loop)."""
+    from datetime import timedelta
+
+    try:
+        if rank == 0:
+            store.set(RUN_KEY, mine)
+            return mine
+        store.wait([RUN_KEY], timedelta(seconds=wait_s))
+        return bytes(store.get(RUN_KEY)).decode()
+    except Exception:  # a store down, a timeout, a rank 0 without gpuwatch
+        return None
 
 
 class PeerExchange:
