@@ -181,6 +181,10 @@ class Telemetry:
         self.steps_seen = 0  # steps this log holds (a resumed run counts from its first)
         # (start, end) of recent steps left out of the windows as interruptions
         self.interruptions: deque[tuple[float, float]] = deque(maxlen=MAX_EVENTS)
+        # run-long: how many steps were interruptions, and the seconds they took beyond a
+        # typical step, their blocking saves aside (those are ``saves``)
+        self.interrupting_steps = 0
+        self.interrupted_s = 0.0
         self.first_step_start: float | None = None  # start of the first step (Unix s)
         self.last_progress = 0.0  # newest step or progress event time
         self.changed = 0  # a stamp that changes with every step or event (not samples)
@@ -240,6 +244,8 @@ class Telemetry:
         if median and s.wall_s > INTERRUPTION_MULTIPLE * median:
             self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
             self.interrupting.add(s)
+            self.interrupting_steps += 1
+            self.interrupted_s += max(s.wall_s - median - s.checkpoint_s, 0.0)
             return
         self.window.add(s)
 
@@ -446,6 +452,17 @@ class Telemetry:
         cost the loop."""
         wall = self.saves_wall_s(now)
         return min(self.saves.blocking_s / wall, 1.0) if wall > 0 else 0.0
+
+    def interruption_share(self, now: float) -> float:
+        """The run-long share of time (up to ``now``, Unix s) interruptions took beyond a
+        typical step, blocking saves aside: evals, recompiles, epoch restarts. 0 while
+        they are the job's rhythm (over ``RHYTHM_SHARE`` of the steps: the windows'
+        means hold them already)."""
+        start = self.first_step_start
+        if (not self.interrupted_s or start is None or now <= start
+                or self.interrupting_steps > RHYTHM_SHARE * self.steps_seen):
+            return 0.0
+        return min(self.interrupted_s / (now - start), 1.0)
 
     @property
     def last_step_t(self) -> float:

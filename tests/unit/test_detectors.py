@@ -169,6 +169,22 @@ def test_days_to_go_on_eight_gpus_whose_collectives_were_not_seen_is_no_move() -
     assert only(judge(seen, total_steps=1_000_000), "iteration_speed").verdict == "move_to_h100"
 
 
+def test_time_to_finish_counts_the_evals_the_window_leaves_out() -> None:
+    """Every 20th step runs a 10 s eval: the window's typical step is 0.5 s, but the run
+    goes at 0.975 s a step, and no move is projected to shorten the eval's share."""
+    records: list[Record] = [meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB)]
+    t = START
+    for k in range(1, 241):
+        wall = 10.0 if k % 20 == 0 else 0.5
+        t += wall
+        records.append(Step(rank=0, step=k, t=t, wall_s=wall, compute_s=wall, samples=32))
+    f = only(judge(records, total_steps=1_000_000), "iteration_speed")
+    assert f.evidence["step_seconds"] == pytest.approx(0.975, rel=0.03)
+    p = f.projection
+    assert p is not None
+    assert p["parts_seconds_projected"]["other"] == p["parts_seconds_now"]["other"] > 0.4
+
+
 def test_time_to_finish_on_an_unknown_gpu_is_only_information() -> None:
     f = only(judge([meta(), *steps(60, wall=0.5)], total_steps=1_000_000), "iteration_speed")
     assert f.verdict == "info"

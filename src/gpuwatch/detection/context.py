@@ -251,16 +251,19 @@ def tensor_share(view: RankInput, since: float) -> float | None:
     return t / (t + d) if t + d > 0 else None
 
 
-def with_saves(parts: StepParts, view: Telemetry, now: float) -> StepParts:
-    """``parts`` with the rank's blocking saves spread over its steps: a window of typical
-    steps leaves rare saves out (interruptions), yet the run pays for them at the
-    run-long share ``Telemetry.save_share`` (a GPU does not write them faster). The
-    checkpoint part x is such that x / (step without saves + x) is that share."""
-    share = view.save_share(now)
-    if share <= 0 or share >= 1:
+def with_interruptions(parts: StepParts, view: Telemetry, now: float) -> StepParts:
+    """``parts`` with the rank's interruptions spread over its steps at their run-long
+    shares: a window of typical steps leaves rare ones out, yet the run pays for each.
+    Blocking saves (``Telemetry.save_share``) become checkpoint time, the rest (evals,
+    recompiles, epoch restarts: ``Telemetry.interruption_share``) other time, which a
+    projection keeps as measured. The step grows so that each part is its share of it;
+    a window that already holds more checkpoint time keeps its own."""
+    saves, rest = view.save_share(now), view.interruption_share(now)
+    if saves + rest <= 0 or saves + rest >= 1:
         return parts
-    spread = share * (parts.total - parts.checkpoint) / (1 - share)
-    return parts._replace(checkpoint=spread) if spread > parts.checkpoint else parts
+    total = (parts.total - parts.checkpoint) / (1 - saves - rest)
+    checkpoint = max(saves * total, parts.checkpoint)
+    return parts._replace(checkpoint=checkpoint, other=parts.other + rest * total)
 
 
 def mean_parts(summary: StepSummary) -> StepParts:

@@ -19,7 +19,7 @@ from gpuwatch.detection.context import (
     mean_parts,
     recent,
     window_s,
-    with_saves,
+    with_interruptions,
 )
 from gpuwatch.detection.projection import Gpu, speedup_text
 from gpuwatch.detection.rules import Rule
@@ -93,7 +93,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     target = pick_target(ctx, need, th["target_headroom"], current, total)
     fits = target is not None
     shown = target or ctx.target_gpu
-    parts = with_saves(mean_parts(summary), view, now)
+    parts = with_interruptions(mean_parts(summary), view, now)
     proj = ctx.project([view], parts, since, target=shown, drop_recompute=fits and act_ckpt)
     if cut is not None:
         proj.assumptions.append(f"batch back to {cut[0]}: per-sample compute unchanged")

@@ -1,7 +1,8 @@
 """iteration_speed: with the total steps known, time to finish here versus on the target
 GPU (as many GPUs as now, and scaled out): days versus hours. Steps are the window's
-typical ones with the run's blocking saves spread over them (``with_saves``): a
-week-long run pays for every save, whatever card it runs on."""
+typical ones with the run's blocking saves and other interruptions (evals) spread
+over them (``with_interruptions``): a week-long run pays for every one, and a faster
+card writes no save faster."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from gpuwatch.detection.context import (
     mean_parts,
     recent,
     window_s,
-    with_saves,
+    with_interruptions,
 )
 from gpuwatch.detection.projection import speedup_text
 from gpuwatch.detection.rules import Rule
@@ -28,7 +29,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return None
     remaining = planned - view.steps_done
     th = rule.thresholds
-    parts = with_saves(mean_parts(summary), view, now)
+    parts = with_interruptions(mean_parts(summary), view, now)
     hours_now = remaining * parts.total / 3600
     if remaining <= 0 or hours_now < th["min_remaining_hours"]:
         return None
