@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.patches import LazyPush, patch_safetensors, timed_checkpoint_save
+from gpuwatch.instrument.patches import (
+    LazyPush,
+    _closure_outside_the_update,
+    patch_safetensors,
+    timed_checkpoint_save,
+)
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -55,3 +60,32 @@ def test_safetensors_saves_are_timed(tmp_path: Path) -> None:
     module.save_file({"w": torch.ones(256)}, str(tmp_path / "m.safetensors"))
     assert marks[0][0] == ring.CHECKPOINT
     assert (ring.CHECKPOINT_TARGET, (tmp_path / "m.safetensors").stat().st_size) in marks
+
+
+def test_forward_and_backward_in_an_optimizer_closure_are_not_the_update() -> None:
+    """Lightning (and LBFGS) run forward and backward inside ``optimizer.step(closure)``:
+    the step's pre-hook wraps the closure so the optimizer phase is closed while it
+    runs, and the closure's loss still comes back to the caller."""
+    torch = pytest.importorskip("torch")
+    lazy, marks = recorder()
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+
+    def before(opt: Any, args: Any, kwargs: Any) -> Any:
+        lazy.push(ring.OPTIMIZER)
+        return _closure_outside_the_update(lazy, opt, args, kwargs)
+
+    optimizer.register_step_pre_hook(before)
+
+    def closure() -> Any:
+        marks.append((0, "closure"))
+        optimizer.zero_grad()
+        loss = (weight * 2).sum()
+        loss.backward()
+        return loss
+
+    assert float(optimizer.step(closure)) == 6.0
+    assert float(optimizer.step(closure=closure)) == pytest.approx(4.8)  # after one update
+    assert optimizer.step() is None  # no closure: nothing wrapped
+    opened = [ring.OPTIMIZER, -ring.OPTIMIZER, 0, ring.OPTIMIZER]
+    assert [code for code, _ in marks] == [*opened, *opened, ring.OPTIMIZER]

@@ -149,6 +149,11 @@ def test_an_eval_loaders_batches_and_waits_are_not_the_training_steps() -> None:
     assert [s.samples for s in out] == [64] * 4
     assert [s.data_s for s in out] == pytest.approx([0.2] * 4)
     assert out[2].wall_s == pytest.approx(4.0)  # the eval is in the step's wall time
+    # the eval loop is no training compute: from its first fetch to the next training
+    # fetch, 3 s of the step are other time; the training step itself still computes
+    assert out[2].other_s == pytest.approx(3.0)
+    assert out[2].compute_s == pytest.approx(0.8)
+    assert [s.other_s for s in out[:2]] == [0.0, 0.0]
 
 
 def test_loaders_zipped_together_all_feed_the_step() -> None:

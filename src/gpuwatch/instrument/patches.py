@@ -70,6 +70,36 @@ def _drop(code: int, value: Any = None) -> None:
     return None
 
 
+def _closure_outside_the_update(lazy: LazyPush, optimizer: Any, args: Any, kwargs: Any
+                                ) -> tuple[Any, Any] | None:
+    """``optimizer.step(closure)`` (Lightning, LBFGS) runs forward and backward inside the
+    step: the closure, wrapped, closes the optimizer phase while it runs, so the update
+    alone is optimizer time. ``args`` are the step's, the optimizer first (as torch hands
+    them to a step pre-hook). None (nothing changed) without a closure."""
+    try:
+        at = 1 if isinstance(args, tuple) and args and args[0] is optimizer else 0
+        if isinstance(kwargs, dict) and callable(kwargs.get("closure")):
+            closure, place = kwargs["closure"], -1
+        elif isinstance(args, tuple) and len(args) > at and callable(args[at]):
+            closure, place = args[at], at
+        else:
+            return None
+    except Exception:
+        return None
+
+    @functools.wraps(closure)
+    def outside(*a: Any, **kw: Any) -> Any:
+        lazy.push(-ring.OPTIMIZER)
+        try:
+            return closure(*a, **kw)
+        finally:
+            lazy.push(ring.OPTIMIZER)
+
+    if place < 0:
+        return args, {**kwargs, "closure": outside}
+    return (*args[:place], outside, *args[place + 1:]), kwargs
+
+
 def patch_torch(lazy: LazyPush, torch: Any) -> None:
     """Optimizer hooks, DataLoader wait and torch.save (torch has just been imported)."""
     from torch.optim.optimizer import (
@@ -78,8 +108,9 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
     )
     from torch.utils.data.dataloader import _BaseDataLoaderIter
 
-    def before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    def before_step(optimizer: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
         lazy.push(ring.OPTIMIZER)
+        return _closure_outside_the_update(lazy, optimizer, args, kwargs)
 
     def after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
         lazy.push(-ring.OPTIMIZER)

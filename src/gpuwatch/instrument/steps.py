@@ -75,6 +75,7 @@ class StepAssembler:
         self._loader_batches = 0  # batches fetched since then
         self._eval_batches = 0  # eval batches done since then
         self._by_loader: dict[int, list[float]] = {}  # loader -> [samples, data s] this step
+        self._fetches: list[tuple[int, float, float]] = []  # (loader, wait start, arrival)
         self._loader = 0  # the loader of the step's newest batch: one that feeds steps
         self._fed_by: set[int] | None = None  # the loaders the last step counted
         self._data_closed_s = 0.0  # the newest data wait closed (for the batch that ends it)
@@ -176,6 +177,7 @@ class StepAssembler:
         spent = self._by_loader.setdefault(key, [0.0, 0.0])
         spent[0] += n
         spent[1] += self._data_closed_s
+        self._fetches.append((key, t - self._data_closed_s, t))
         self._data_closed_s = 0.0
         self._loader = key
         self._fetched(n, t, out)
@@ -335,18 +337,21 @@ class StepAssembler:
         start = self._prev_end if self._prev_end is not None else t
         wall = t - start
         samples, data = self._samples, acc[ring.DATA]
+        evaluating = 0.0
         if self._by_loader:
             feeding = self._feeding()
             if not samples:  # (samples the loop or its framework counts come first)
                 samples = int(sum(n for k, (n, _) in self._by_loader.items() if k in feeding))
             data -= sum(w for k, (_, w) in self._by_loader.items() if k not in feeding)
+            evaluating = self._evaluating(feeding)
         opt, ckpt = acc[ring.OPTIMIZER], acc[ring.CHECKPOINT]
         compute = sum(acc[p] for p in COMPUTE_PHASES)
         rest = wall - data - opt - ckpt
         if compute > 0.0:
             other = max(rest - compute, 0.0)
-        else:
-            compute, other = max(rest, 0.0), 0.0
+        else:  # no compute marked: the rest, but for an eval loop seen through its loader
+            other = min(evaluating, max(rest, 0.0))
+            compute = max(rest - other, 0.0)
         if self._last_batch:
             self._track_batch(self._last_batch, t, out)
         step = Step(
@@ -374,6 +379,20 @@ class StepAssembler:
         self._fed_by = fed
         return fed
 
+    def _evaluating(self, feeding: set[int]) -> float:
+        """Seconds this step spent iterating loaders that do not feed it (an eval loop
+        between two steps): from its first batch's wait to the next wait for a feeding
+        loader's batch after its last one (or that last batch, if none came)."""
+        first: float | None = None
+        last = 0.0
+        for key, start, arrival in self._fetches:
+            if key not in feeding:
+                first = start if first is None else first
+                last = arrival
+            elif first is not None:
+                return start - first
+        return last - first if first is not None else 0.0
+
     def _reset(self, t: float) -> None:
         """Start the next step at ``t``."""
         acc = self._acc
@@ -385,5 +404,6 @@ class StepAssembler:
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0
         self._collective_bytes = self._timed_bytes = 0
         self._by_loader.clear()
+        self._fetches.clear()
         self._waiting_at = None  # (a wait that never said it ended ends with its step)
         self._timed_s = 0.0
