@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -36,3 +37,33 @@ def test_children_cpu_and_process_memory() -> None:
     (after,) = probe.sample(time.time(), time.monotonic())
     assert after.values["workers"] == 0
     assert after.values["workers_cpu_seconds_total"] >= v["workers_cpu_seconds_total"]
+
+
+def test_other_ranks_this_process_launched_are_no_workers() -> None:
+    """Lightning's rank 0 starts ranks 1.. itself: a child whose environment names
+    another rank, and the workers it starts in turn, are not this rank's DataLoader
+    workers (nor its GPU memory); a child that inherited this process's environment is."""
+    import os
+
+    probe = HostProbe(rank=0)
+    env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
+    rank1 = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time; "
+        "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print(w.pid, flush=True); time.sleep(60)")], env=env, stdout=subprocess.PIPE,
+        text=True)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert rank1.stdout is not None
+    its_worker = int(rank1.stdout.readline())
+    try:
+        wait_for(lambda: its_worker in {p.pid for p in psutil.Process().children(True)}, 10,
+                 "rank 1's worker to start")
+        (s,) = probe.sample(time.time(), time.monotonic())
+        assert s.values["workers"] == 1
+        assert probe.pids() == {os.getpid(), worker.pid}
+    finally:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(its_worker).kill()
+        for p in (rank1, worker):
+            p.kill()
+            p.wait()

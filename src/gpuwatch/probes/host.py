@@ -1,9 +1,12 @@
 """Host probe (psutil): process and system CPU, memory, and the CPU of child
 processes. ``workers`` counts every live child (in a training process mostly the
-DataLoader workers, but compile workers and anything else it started too)."""
+DataLoader workers, but compile workers and anything else it started too), except
+other ranks of the job this process launched (Lightning's rank 0 starts the others)
+and what they started."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import psutil
@@ -20,6 +23,9 @@ class HostProbe:
         self.rank = rank
         self._proc = psutil.Process(pid)
         self._children: dict[int, psutil.Process] = {}
+        self._ranks: set[int] = set()  # children that are other ranks, and theirs
+        self._known: set[int] = set()  # children already told apart
+        self._born_as = _rank_word(_environ(self._proc) or {})  # what it was started with
         self._last: tuple[float, float, float] | None = None  # mono, own cpu, children cpu
         self._child_cpu: dict[int, float] = {}
         self._dead_cpu = 0.0
@@ -62,8 +68,10 @@ class HostProbe:
             live = {p.pid: p for p in self._proc.children(recursive=True)}
         except psutil.Error:
             live = {}
+        self._tell_ranks(live)
         for pid, p in live.items():
-            self._children.setdefault(pid, p)
+            if pid not in self._ranks:
+                self._children.setdefault(pid, p)
         for pid, child in list(self._children.items()):
             try:
                 t: Any = child.cpu_times()
@@ -73,3 +81,35 @@ class HostProbe:
                 self._dead_cpu += self._child_cpu.pop(pid, 0.0)
         total = self._dead_cpu + sum(self._child_cpu.values())
         return total, len(self._children)
+
+    def _tell_ranks(self, live: dict[int, psutil.Process]) -> None:
+        """Note which new children are other ranks (their environment names a rank this
+        process's does not, as it was started or as it is now: a worker inherits one of
+        them) or descend from one. A child whose environment cannot be read is a worker."""
+        mine = {self._born_as, _rank_word(os.environ)}
+        for pid, p in live.items():
+            if pid in self._known:
+                continue
+            self._known.add(pid)
+            try:
+                parent = p.ppid()
+            except psutil.Error:
+                continue
+            env = _environ(p)
+            if parent in self._ranks or (env is not None and _rank_word(env) not in mine):
+                self._ranks.add(pid)
+        self._known &= set(live)
+        self._ranks &= set(live)
+
+
+def _environ(p: psutil.Process) -> dict[str, str] | None:
+    try:
+        env: dict[str, str] = p.environ()
+    except (psutil.Error, OSError):
+        return None
+    return env
+
+
+def _rank_word(env: Any) -> tuple[str | None, str | None]:
+    """What an environment says the process's rank is: (RANK, LOCAL_RANK)."""
+    return env.get("RANK"), env.get("LOCAL_RANK")
