@@ -158,15 +158,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise UserError("run needs a command: gpuwatch run [--out DIR] -- CMD [ARGS...]")
-    job = args.job or os.environ.get("GPUWATCH_JOB") or job_name(cmd)
     env = dict(os.environ)
     # what the child will read: fail here, not in it (unless gpuwatch is off)
-    settings = None if disabled(env) else load_settings(job=job, out_dir=args.out)
+    given = {k: v for k, v in (("job", args.job), ("out_dir", args.out)) if v is not None}
+    settings = None if disabled(env) else load_settings(**given)
     enabled = settings is not None and settings.enabled
-    out = args.out
+    # the flag, else a configured job (environment, gpuwatch.toml), else the script's name
+    job = (settings.job if settings is not None and "job" in settings.model_fields_set
+           else args.job or os.environ.get("GPUWATCH_JOB") or job_name(cmd))
+    out = settings.out_dir if settings is not None else args.out
     if settings is not None and enabled:
         check_names(settings)
-        out, attempt = run_dir(args.out, job)
+        out, attempt = run_dir(out, job)
         env.update(GPUWATCH_JOB=job, GPUWATCH_OUT_DIR=str(out.resolve()),
                    GPUWATCH_ATTEMPT=str(attempt))
         env["PYTHONPATH"] = os.pathsep.join(

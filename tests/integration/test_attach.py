@@ -86,6 +86,28 @@ def test_activation_checkpointing_is_counted_and_its_recompute_timed(tmp_path: P
     assert all(0 < s.recompute_s < s.compute_s for s in got)
 
 
+def test_the_job_and_run_directory_configured_are_the_run_s(
+        tmp_path: Path, example: Path) -> None:
+    """``job`` and ``out_dir`` from gpuwatch.toml (or the environment) name the run as
+    they do for ``watch()``; the flags come first, the script's name is the default."""
+    (tmp_path / "gpuwatch.toml").write_text('job = "tomljob"\nout_dir = "toml_out"\n')
+    script = [sys.executable, str(example / "plain_train.py"), "--steps", "3"]
+    proc = run(gpuwatch_cmd("run", "--", *script), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    meta = read(tmp_path / "toml_out" / "run.jsonl")[0]
+    assert isinstance(meta, Meta) and meta.job == "tomljob"
+    env = {"GPUWATCH_OUT_DIR": str(tmp_path / "env_out"), "GPUWATCH_JOB": "envjob"}
+    by_env = run(gpuwatch_cmd("run", "--", *script), cwd=tmp_path, extra_env=env)
+    assert by_env.returncode == 0, by_env.stderr
+    meta = read(tmp_path / "env_out" / "run.jsonl")[0]
+    assert isinstance(meta, Meta) and meta.job == "envjob"
+    flags = run(gpuwatch_cmd("run", "--job", "flagjob", "--out", "flag_out", "--", *script),
+                cwd=tmp_path, extra_env=env)
+    assert flags.returncode == 0, flags.stderr
+    meta = read(tmp_path / "flag_out" / "run.jsonl")[0]
+    assert isinstance(meta, Meta) and meta.job == "flagjob"
+
+
 def test_a_process_that_never_trains_is_left_alone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
