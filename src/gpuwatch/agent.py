@@ -206,11 +206,12 @@ class Agent:
         self._thread.start()
         _register(self)
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S, failed: bool = False) -> None:
         """Stop the thread, write what is left and close; returns within ``timeout`` seconds,
         plus, when the endpoint is being scraped, up to exporter.final_scrape_s for a scrape
         to take the end-of-run marker: on a normal end only, never while the process dies
-        of an uncaught exception or Ctrl-C (a killed process exports none: it vanished)."""
+        of an uncaught exception or Ctrl-C, nor when the caller says the job ``failed`` (a
+        framework that caught the exception). A Ctrl-C during that wait ends it."""
         if self.stopped or os.getpid() != self._pid:
             return
         self.stopped = True
@@ -227,8 +228,10 @@ class Agent:
                 self._final_flush(deadline)
         exporter = self.exporter
         if exporter is not None:  # the end-of-run marker, for one last scrape to take
-            wait_s = 0.0 if dying_of_an_exception() else self.settings.exporter.final_scrape_s
-            self._guarded("exporter", lambda: exporter.finish(wait_s))
+            wait_s = (0.0 if failed or dying_of_an_exception()
+                      else self.settings.exporter.final_scrape_s)
+            with contextlib.suppress(KeyboardInterrupt):  # told again to go: go
+                self._guarded("exporter", lambda: exporter.finish(wait_s))
 
     def _stuck(self) -> bool:
         """Whether the agent thread is known to be stuck (in an NVML call that hangs)."""

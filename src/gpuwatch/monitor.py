@@ -131,15 +131,17 @@ class Monitor:
         your logger's cadence. Empty until the agent's first refresh."""
         return dict(self.agent.figures)
 
-    def stop(self) -> None:
-        """Stop the agent: the run log is complete when this returns (≤ 2 s)."""
-        self.agent.stop()
+    def stop(self, failed: bool = False) -> None:
+        """Stop the agent: the run log is complete when this returns (≤ 2 s, or up to
+        exporter.final_scrape_s more on a normal end for a last scrape; none when the job
+        ``failed``)."""
+        self.agent.stop(failed=failed)
 
     def __enter__(self) -> Monitor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self.stop(failed=kind is not None)
 
 
 _current: Monitor | None = None

@@ -5,6 +5,9 @@ the plan known."""
 from __future__ import annotations
 
 import logging
+import signal
+import time
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -60,6 +63,45 @@ def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
     plans = [e.data["steps"] for e in records if isinstance(e, Event) and e.name == "total_steps"]
     assert plans == [300]
     assert isinstance(records[0], Meta) and records[0].rank == 0
+
+
+def test_a_lightning_fit_ended_by_ctrl_c_does_not_wait_for_a_last_scrape(
+        tmp_path: Path) -> None:
+    """Lightning catches a KeyboardInterrupt and exits through ``sys.exit(1)``, which
+    looks like a normal end at exit: its ``on_exception`` stops the agent at once, so a
+    scraped endpoint does not hold the dying job for ``final_scrape_s``."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gpuwatch.integrations.lightning import GpuWatchCallback
+    from tests.tiny_lightning import Tiny
+
+    class Interrupted(Tiny):
+        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            if batch_idx == 20:
+                port = callback.monitor.agent.exporter.port  # type: ignore[union-attr]
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+                raise KeyboardInterrupt
+            return super().training_step(batch, batch_idx)
+
+    data = TensorDataset(torch.randn(1600, 32), torch.randn(1600, 1))
+    callback = GpuWatchCallback(out_dir=tmp_path / "run",
+                                exporter={"port": 0, "final_scrape_s": 60})
+    trainer = L.Trainer(max_steps=300, accelerator="cpu", devices=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[callback])
+    handler = signal.getsignal(signal.SIGINT)
+    started = time.monotonic()
+    try:
+        with warnings.catch_warnings(), pytest.raises(SystemExit):
+            warnings.simplefilter("ignore")
+            logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+            trainer.fit(Interrupted(), DataLoader(data, batch_size=16))
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores a second Ctrl-C
+    assert time.monotonic() - started < 30  # not the 60 s it would wait for a scrape
+    assert callback.monitor is not None and callback.monitor.agent.stopped
+    assert len([r for r in read(tmp_path / "run" / "run.jsonl") if isinstance(r, Step)]) == 20
 
 
 def test_huggingface_trainer_with_the_callback(tmp_path: Path) -> None:

@@ -118,6 +118,12 @@ class LightningHooks:
         if trainer.global_step != self._logged_step:
             self._log_figures(trainer)
 
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """Lightning caught it (a Ctrl-C too) and will exit through ``sys.exit``: stop now,
+        without waiting for a last scrape."""
+        if self.monitor is not None:
+            self.monitor.stop(failed=True)
+
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit" and self.monitor is not None:
             self.monitor.stop()
