@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,11 +146,13 @@ def _positive(text: str) -> float:
 
 
 def job_name(cmd: Sequence[str]) -> str:
-    """The training script's stem (``train`` for ``torchrun ... train.py``), else the program."""
-    for arg in cmd:
-        if arg.endswith(".py"):
-            return Path(arg).stem
-    return Path(cmd[0]).name
+    """The training script's stem (``train`` for ``torchrun ... train.py``, or for ``bash -c
+    "X=1 python train.py"``), else the program's name; characters other than letters,
+    digits, ``.``, ``_`` and ``-`` become ``_`` (it names a directory and a label)."""
+    words = [word for arg in cmd for word in arg.split()]
+    script = next((w for w in words if w.endswith(".py")), None)
+    name = Path(script).stem if script else Path(cmd[0]).name
+    return re.sub(r"[^\w.-]", "_", name) or "train"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -177,10 +180,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         child = subprocess.Popen(cmd, env=env)
     except FileNotFoundError:
-        print(f"gpuwatch: command not found: {cmd[0]}", file=sys.stderr)
+        print(redact(f"gpuwatch: command not found: {cmd[0]}"), file=sys.stderr)
         return 127
     except PermissionError:
-        print(f"gpuwatch: command not executable: {cmd[0]}", file=sys.stderr)
+        print(redact(f"gpuwatch: command not executable: {cmd[0]}"), file=sys.stderr)
         return 126
     code, stopped_by = _wait_forwarding_signals(child)
     if enabled and out is not None:
@@ -457,7 +460,7 @@ def cmd_dashboards_push(args: argparse.Namespace) -> int:
     except Exception as exc:  # HTTP and connection errors: one line, token never shown
         raise UserError(f"dashboards push to {url} failed: {type(exc).__name__}: "
                         f"{exc}") from None  # main() redacts the token in every form
-    print(f"pushed {', '.join(pushed)} to {url}")
+    print(redact(f"pushed {', '.join(pushed)} to {url}"))
     return 0
 
 

@@ -172,7 +172,9 @@ class Settings(BaseSettings):
 
     enabled: bool = Field(default=True, description="false: gpuwatch does nothing at all.")
     job: str = Field(default="train", min_length=1, max_length=128,
-                     description="Job name: the `training_job` label, the run directory prefix.")
+                     pattern=r"^[^/\\\x00-\x1f\x7f]+$",
+                     description="Job name: the `training_job` label, the run directory prefix "
+                                 "(no slash, backslash or control character).")
     out_dir: Path | None = Field(default=None,
                                  description="Run directory; default a new "
                                              "runs/<job>-<start time>-<suffix>.")
@@ -351,8 +353,15 @@ def describe_validation_error(exc: ValidationError) -> str:
                                                                   for p in loc)
         shown = (not secret and isinstance(value, (int, float, str, type(None)))
                  and len(repr(value)) <= 80)
-        parts.append(f"{key}: {err['msg']}" + (f" (got {value!r})" if shown else ""))
+        msg = PATTERN_HELP.get(key, err["msg"]) if err["type"] == "string_pattern_mismatch" \
+            else err["msg"]
+        parts.append(f"{key}: {msg}" + (f" (got {value!r})" if shown else ""))
     return redact("gpuwatch config: " + "; ".join(parts).replace("\n", " "))
+
+
+# What a setting's pattern asks, in words (a regular expression is no message).
+PATTERN_HELP = {"job": "no slash, backslash or control character (it names a directory)",
+                "runbook_url": "an http:// or https:// URL"}
 
 
 def describe_settings_error(exc: SettingsError, environ: Mapping[str, str]) -> str:

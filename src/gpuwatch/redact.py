@@ -24,13 +24,19 @@ from urllib.parse import quote, quote_plus
 
 MASK = "***"
 MIN_SECRET_CHARS = 6  # shorter values are too likely to occur by chance to replace
-_SECRET_WORDS = r"(?:token|secret|passw(?:or)?d|pwd|api[-_]?key|access[-_]?key|private[-_]?key|" \
-                r"auth|credential|webhook|cookie|session[-_]?key|signature)"
+_SECRET_WORDS = r"(?:token|secret|passw(?:or)?d|passphrase|pwd|api[-_]?key|access[-_]?key|" \
+                r"private[-_]?key|auth|credential|webhook|cookie|session[-_]?key|signature)"
 # A name that says secret: HF_TOKEN, hf-token, GPUWATCH_SLACK__WEBHOOK_URL, aws_secret_access_key.
 SECRET_NAME = re.compile(rf"(?i)^[\w.-]*{_SECRET_WORDS}[\w.-]*$")
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*):([^\s/@]+)@")
-_SLACK_HOOK = re.compile(r"(?i)(hooks\.slack\.com/(?:services|workflows|triggers)/)[^\s\"'<>]+")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+# (the password runs to the argument's last "@": passwords hold "/" and "@" unescaped)
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*):(\S+)@")
+# (its path as written, or URL-encoded)
+_SLACK_HOOK = re.compile(r"(?i)(hooks\.slack\.com(?:/|%2F)(?:services|workflows|triggers)"
+                         r"(?:/|%2F))[^\s\"'<>&]+")
+_BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
+# HTTP headers that carry credentials: "Authorization: ...", "X-Api-Key: ..."
+_HEADER = re.compile(r"(?i)\b((?:proxy-)?authorization|(?:x-)?[\w-]*api-key|x-[\w-]*token|"
+                     r"cookie|set-cookie)(\s*:\s*)[^\r\n]+")
 # --hf-token=X, HF_TOKEN=X, ?api_key=X (the value up to a space, quote or separator)
 _ASSIGNED = re.compile(rf"(?i)([\w.-]*{_SECRET_WORDS}[\w.-]*=)[^\s\"',;&]+")
 # "api_key": "X" (JSON, YAML flow, Python reprs)
@@ -82,6 +88,7 @@ def redact(text: str) -> str:
     text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
     text = _SLACK_HOOK.sub(rf"\1{MASK}", text)
     text = _BEARER.sub(rf"\1 {MASK}", text)
+    text = _HEADER.sub(rf"\1\2{MASK}", text)
     text = _FIELD.sub(rf"\1{MASK}", text)
     text = _ASSIGNED.sub(rf"\1{MASK}", text)
     for form in _forms:
@@ -91,8 +98,9 @@ def redact(text: str) -> str:
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:
-    """A command line safe to record: values of secret-named options masked
-    (``--hf-token X``, ``--token=X``, ``KEY=X``), then each argument redacted."""
+    """A command line safe to record: the whole value of a secret-named option masked
+    (``--hf-token X``, ``--token=X``, ``KEY=X``, whatever the value holds), then each
+    argument redacted."""
     out: list[str] = []
     hide_next = False
     for arg in argv:
@@ -100,10 +108,10 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             out.append(MASK)
             hide_next = False
             continue
-        name = arg.lstrip("-")
-        if arg.startswith("-") and "=" not in arg and SECRET_NAME.match(name):
-            hide_next = True
-            out.append(arg)
+        name, eq, _ = arg.partition("=")
+        if SECRET_NAME.match(name.lstrip("-")) and (eq or arg.startswith("-")):
+            hide_next = not eq
+            out.append(f"{name}={MASK}" if eq else arg)
             continue
         out.append(redact(arg))
     return out

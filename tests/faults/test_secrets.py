@@ -50,6 +50,12 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     ("query-parameter", "GET /x?access_token=ya29SECRET&y=1", "ya29SECRET"),
     ("json-field", '{"password": "pw-SECRET-123", "user": "a"}', "pw-SECRET-123"),
     ("bearer-header", "Authorization: Bearer eyJhbGciSECRET.payload", "eyJhbGciSECRET"),
+    ("token-header", "--header Authorization: token ghp_abcSECRETdef", "ghp_abcSECRETdef"),
+    ("api-key-header", "X-Api-Key: sk-hdrSECRET42", "sk-hdrSECRET42"),
+    ("url-encoded-slack-webhook",
+     "https%3A%2F%2Fhooks.slack.com%2Fservices%2FT01%2FB02%2FxYzEncSECRET", "xYzEncSECRET"),
+    ("url-password-with-slash-and-at", "s3://AKIAEXAMPLE:wJal/K7MD@ENG/bPxSECRET@bucket/ckpt",
+     "bPxSECRET"),
 ]
 
 
@@ -66,6 +72,9 @@ ARGV = [  # (row id, command line, the secret)
     ("password-option", ["train.py", "--db-password", "ARGSECRET4xx"], "ARGSECRET4xx"),
     ("url-with-password", ["train.py", "--data", "s3://u:ARGSECRET5xx@bucket/x"],
      "ARGSECRET5xx"),
+    ("value-with-separators", ["train.py", "--db-password=ab;c,ARGSECRET6xx"], "ARGSECRET6xx"),
+    ("value-with-spaces", ["train.py", "--hf-token=words ARGSECRET7xx"], "ARGSECRET7xx"),
+    ("value-in-quotes", ["train.py", '--TOKEN="ARGSECRET8xx here"'], "ARGSECRET8xx"),
 ]
 
 
@@ -134,3 +143,18 @@ def test_the_working_directory_is_no_secret_though_its_variable_says_pwd() -> No
                              "DB_PWD": "hunter2-db-password"})
     text = redact.redact(f"cannot read {workdir}/runs/x/run.jsonl (DB hunter2-db-password)")
     assert f"{workdir}/runs/x/run.jsonl" in text and "hunter2" not in text
+
+
+def test_a_command_line_holding_a_secret_names_no_job_and_errors_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``gpuwatch run -- bash -c "HF_TOKEN=... python train.py"``: the job is the script's
+    name, not the whole string (it becomes a directory, a label, a report title); a
+    command that cannot be found is named without its secret."""
+    assert cli.job_name(["bash", "-c", "HF_TOKEN=hf_JOBSECRET9 python /x/train.py --lr 1"]) \
+        == "train"
+    assert cli.job_name(["./my run!.sh"]) == "my_run_.sh"
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["run", "--", "WANDB_API_KEY=RUNSECRET0123456789", "python"])
+    err = capsys.readouterr().err
+    assert code == 127 and "RUNSECRET" not in err and "command not found" in err

@@ -40,6 +40,8 @@ ROWS: list[tuple[str, dict[str, str], str, str, str]] = [
     ("env-unknown-variable", {"GPUWATCH_SMAPLE_INTERVAL_S": "1"}, "", "",
      "GPUWATCH_SMAPLE_INTERVAL_S"),
     ("env-binary-value", {"GPUWATCH_JOB": "\udcff\udcfe" * 100}, "", "", "job"),
+    ("env-job-with-slash", {"GPUWATCH_JOB": "team/model"}, "", "", "job: no slash"),
+    ("env-job-with-newline", {"GPUWATCH_JOB": "a\nb"}, "", "", "job: no slash"),
     ("toml-malformed", {}, "x = = 1\n", "", "gpuwatch.toml"),
     ("toml-not-utf8", {}, "\udcff\udcfe = 1\n", "", "gpuwatch.toml"),
     ("toml-wrong-type", {}, "sample_interval_s = \"fast\"\n", "", "sample_interval_s"),

@@ -78,6 +78,12 @@ def test_push_creates_the_folder_and_imports_every_dashboard(grafana: str,
     imported = [body for path, body in posts if path == "/api/dashboards/db"]
     assert [b["dashboard"]["uid"] for b in imported] == [d.uid for d in DASHBOARDS]
     assert all(b["folderUid"] == "gpuwatch" and b["overwrite"] for b in imported)
+    # a URL with a password (basic auth): the success line names the URL without it
+    with_password = grafana.replace("http://", "http://admin:URLSECRETpw@")
+    again = run(gpuwatch_cmd("dashboards", "push", "--url", with_password), cwd=tmp_path,
+                extra_env={"GPUWATCH_GRAFANA__TOKEN_FILE": str(token_file)})
+    assert again.returncode == 0 and again.stdout.startswith("pushed "), again.stderr
+    assert "URLSECRETpw" not in again.stdout + again.stderr
 
 
 def test_push_errors_are_one_line_and_never_show_the_token(grafana: str,
