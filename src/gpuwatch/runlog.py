@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import itertools
-import math
 import os
 import re
 import secrets
@@ -319,10 +318,10 @@ class RunLogReader:
         kept_numbers, kept, floors = [], [], []
         newest = 0.0
         for number, line in zip(numbers, lines, strict=True):
-            head = _SAMPLE_HEAD.match(line)
-            if (head is not None and head[2].decode() not in sources
-                    and line.rstrip().endswith(b"}") and math.isfinite(t := float(head[1]))):
-                if t > newest:  # (a time JSON cannot hold is parsed, and refused, instead)
+            head = _SAMPLE_LINE.match(line)
+            if head is not None and head[2].decode() not in sources:
+                t = float(head[1])
+                if t > newest:
                     newest = t
                 self.passed_over += 1
                 continue
@@ -368,10 +367,15 @@ class RunLogReader:
         return [o if type(o) is dict else None for o in objs]
 
 
-# A sample line as the writer lays it out: rank and time, then the source (the first
-# string of the line: nothing before it can hold a quote).
-_SAMPLE_HEAD = re.compile(
-    rb'\{"rank":-?\d+,"t":(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?),"source":"([a-z_]+)"')
+# A whole sample line as the writer lays it out, readings all numbers (or null) that
+# JSON holds as finite doubles: what the full reader would take as a sample, so a line
+# passed over unparsed moves the clock exactly where a parsed one would.
+_NUM = rb"-?\d{1,200}(?:\.\d+)?(?:[eE][-+]?\d{1,2})?"
+_READING = rb'"[a-z0-9_]+":(?:' + _NUM + rb"|null)"
+_SAMPLE_LINE = re.compile(
+    rb'\{"rank":-?\d{1,18},"t":(' + _NUM + rb'),"source":"([a-z_]+)","values":\{(?:'
+    + _READING + rb"(?:," + _READING + rb')*)?\},"kind":"sample"(?:,"gpu":(?:\d{1,9}|null))?'
+    rb"\}\s*\Z")
 
 
 def _loads(line: bytes) -> Any:

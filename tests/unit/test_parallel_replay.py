@@ -81,6 +81,27 @@ def test_a_log_s_end_is_placed_alike_whether_its_reader_passes_samples_over(tmp_
     assert ends[0] == ends[1] == (last.t + 2.0, len(path.read_text().splitlines()))
 
 
+@pytest.mark.parametrize("line", [
+    '{"rank":2,"t":1800000000.0,"source":"host","values":{"workers":"lots"}}',
+    '{"rank":2,"t":1800000000.0,"source":"host","values":{"workers":"lots"},"kind":"sample"}',
+    '{"rank":2,"t":1800000000.0,"source":"host","values":{"workers":1},"kind":"sample","x":1}',
+    '{"rank":2,"t":1800000000.0,"source":"host","values":{"workers":1e400},"kind":"sample"}',
+])
+def test_a_damaged_sample_line_is_judged_alike_serially_and_in_parallel(tmp_path, line):
+    """A line shaped like a sample, with a far-future time, that the full reader refuses
+    (a reading not a number, or one no double holds) or takes on its general path (a
+    field of a newer schema): a worker's reader, which passes samples over unparsed,
+    moves its clock only where the full reader would."""
+    j = job("slow_rank_of_four")
+    logs = write(j.shape, tmp_path)
+    lines = logs[2].read_text().splitlines(keepends=True)
+    logs[2].write_text("".join([*lines[:5], line + "\n", *lines[5:]]))  # early in the log
+    serial = analyze(logs, Settings(), workers=1)
+    if '"x"' not in line:  # (a valid record two years ahead ends the judging: a hang)
+        assert {f.detector for f in serial.findings} == {"straggler"}
+    assert analyze(logs, Settings(), workers=2).findings == serial.findings
+
+
 def test_a_worker_sends_back_its_findings_not_the_rank_s_telemetry(tmp_path):
     """What a worker returns is pickled across to the parent: 64 ranks' windows would
     weigh more than the job engine itself."""
