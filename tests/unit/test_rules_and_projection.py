@@ -27,3 +27,17 @@ def test_a_malformed_rule_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+
+
+@pytest.mark.parametrize("template", ["Rank {rank[0]} stalled", "{rank.real.x}", "{rank:%Q}"])
+def test_a_rule_template_that_cannot_be_filled_gives_the_title_never_an_error(
+        template: str) -> None:
+    """A user's rule file whose summary indexes, reaches into or formats a field in a way
+    its value does not allow: the finding says the rule's title instead."""
+    from gpuwatch.detection.context import Detection
+    from gpuwatch.detection.engine import _fill
+
+    found = Detection({"stalled_seconds": 90.0}, [3], text={"rank": 3})
+    assert _fill(template, found, "Hang") == "Hang"
+    assert _fill("Rank {rank} stalled {stalled_seconds:.0f} s", found, "Hang") == \
+        "Rank 3 stalled 90 s"

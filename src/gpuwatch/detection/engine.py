@@ -555,7 +555,7 @@ def _fill(template: str, d: Detection, fallback: str) -> str:
     fields: dict[str, Any] = {**d.evidence, **d.text}
     try:
         return " ".join(template.format(**fields).split())
-    except (KeyError, ValueError, IndexError):
+    except Exception:  # a user's rule file asking for a field, index or format not there
         return fallback
 
 
