@@ -216,6 +216,26 @@ def test_malformed_spool_files_neither_stop_flush_nor_kill_a_restarted_agent(
     assert len(list((tmp_path / "slack-spool" / "quarantine").iterdir())) == 4
 
 
+def test_a_note_no_message_can_be_made_of_is_quarantined_and_the_others_go(
+        tmp_path: Path) -> None:
+    """A spooled note whose finding is well-formed JSON but of the wrong shape (ranks a
+    number, evidence a list: written by hand, or by another version) cannot become a
+    message: it is set aside, and the notes spooled with it are delivered."""
+    spool = Spool(tmp_path / "slack-spool" / "rank0")
+    good = {"detector": "hang", "summary": "finding #7", "job": "gpt", "fingerprint": "x",
+            "verdict": "fix_here", "ranks": [0]}
+    spool.put(Note("raised", good, 1.0))
+    spool.put(Note("raised", {**good, "fingerprint": "y", "summary": "finding #8",
+                              "ranks": 3, "evidence": [1]}, 2.0))
+    with webhook() as hook:
+        flushed = run(gpuwatch_cmd("alerts", "flush", str(tmp_path)), cwd=tmp_path,
+                      extra_env={"GPUWATCH_SLACK__WEBHOOK_URL": hook.url})
+    assert flushed.returncode == 0, flushed.stdout + flushed.stderr
+    assert delivered_numbers(hook.texts()) == [7]
+    assert "1 malformed" in flushed.stdout
+    assert len(list((tmp_path / "slack-spool" / "quarantine").iterdir())) == 1
+
+
 def test_a_hanging_webhook_never_slows_the_training_step(tmp_path: Path) -> None:
     import gpuwatch
 

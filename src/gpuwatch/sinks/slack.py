@@ -299,9 +299,11 @@ class SlackNotifier:
             claimed = [(k, copies) for k, copies in batch if k in set(claim.keys)]
             if not claimed:
                 return 0.5  # another sender holds them: look again soon
+            claimed, body = self._rendered(claimed)
+            if not claimed:
+                return 0.0
             self._bucket.take()
-            notes = [(c[0][2].kind, c[0][2].finding) for _, c in claimed]
-            status, retry_after = self._post(message(notes, self._grafana_url))
+            status, retry_after = self._post(body)
             if status == 200:
                 self.ledger.mark(claim.keys)
                 self.delivered += len(claimed)
@@ -349,6 +351,31 @@ class SlackNotifier:
         headers = {str(k).lower(): v for k, v in (response.headers or {}).items()}
         return response.status_code, retry_after_seconds(headers.get("retry-after"),
                                                          cap_s=self._max_retry_after_s)
+
+    def _rendered(self, claimed: list[tuple[str, list[tuple[Spool, Path, Note]]]]
+                  ) -> tuple[list[tuple[str, list[tuple[Spool, Path, Note]]]], dict[str, Any]]:
+        """The claimed notes a message can be made of, and that message: a note that
+        cannot be rendered (a spool file damaged or written by hand, its finding's fields
+        of the wrong type) is moved to quarantine, so it never holds back the others."""
+        def render(group: list[tuple[str, list[tuple[Spool, Path, Note]]]]) -> dict[str, Any]:
+            return message([(c[0][2].kind, c[0][2].finding) for _, c in group],
+                           self._grafana_url)
+
+        try:
+            return claimed, render(claimed)
+        except Exception:
+            pass
+        good = []
+        for key, copies in claimed:
+            try:
+                render([(key, copies)])
+                good.append((key, copies))
+            except Exception:
+                for spool, path, _ in copies:
+                    spool.quarantine(path)
+                self._spooled_keys.discard(key)
+                self._arrived.pop(key, None)
+        return good, render(good) if good else {}
 
     def _forget(self, key: str, copies: list[tuple[Spool, Path, Note]]) -> None:
         for spool, path, _ in copies:

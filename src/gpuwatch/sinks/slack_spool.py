@@ -146,10 +146,11 @@ class Spool:
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-                self._quarantine(path)
+                self.quarantine(path)
         return sorted(out, key=lambda pn: (pn[1].created, pn[0].name))
 
-    def _quarantine(self, path: Path) -> None:
+    def quarantine(self, path: Path) -> None:
+        """Set a spooled file aside in ``quarantine/`` (counted), never to be sent."""
         self.quarantined += 1
         target = self.root / "quarantine"
         with contextlib.suppress(OSError):
