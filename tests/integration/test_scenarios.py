@@ -92,22 +92,29 @@ def test_blocking_checkpoints_are_fixed_here(tmp_path: Path) -> None:
     assert_analyze_reproduces_live(out, tmp_path)
 
 
-@pytest.mark.parametrize("sync", [[], ["--ddp"]], ids=["all_reduce", "ddp"])
-def test_symmetric_gradient_sync_without_nvlink_moves_to_h100(tmp_path: Path,
-                                                              sync: list[str]) -> None:
+@pytest.mark.parametrize(("sync", "model", "verdict"),
+                         [([], "RTX 4090", "fix_here"), (["--ddp"], None, "info")],
+                         ids=["all_reduce-declared-card", "ddp-unknown-card"])
+def test_symmetric_gradient_sync_is_judged_against_the_link_it_crosses(
+        tmp_path: Path, sync: list[str], model: str | None, verdict: str) -> None:
+    """Two ranks all-reducing over gloo on this CPU box, the wait measured on both and
+    judged live by rank 0 as by ``analyze``. No GPU here, so no topology: with the card
+    declared (an RTX 4090 on PCIe gen4), the bytes would cross its link far faster than
+    they did, so no link explains the wait (fix here); with nothing known of the card
+    or its links, no verdict on hardware (info)."""
+    env = {"GPUWATCH_PEERS_INTERVAL_S": "1", **({"GPUWATCH_GPU_MODEL": model} if model else {})}
     out, findings, _ = scenario(tmp_path, *TORCHRUN, "2", str(EXAMPLES / "distributed.py"),
-                                "--scenario", "comm", "--seconds", "20", *sync,
-                                env={"GPUWATCH_PEERS_INTERVAL_S": "1"})
-    assert verdicts(findings) == {("sync_bottleneck", "move_to_h100")}
+                                "--scenario", "comm", "--seconds", "20", *sync, env=env)
+    assert verdicts(findings) == {("sync_bottleneck", verdict)}
     f = findings[0]
     assert f["ranks"] == [0, 1]
     assert f["evidence"]["collective_bytes_per_step"] > 16e6
-    assert f["projection"]["speedup_ratio"] > 1
+    assert ("could move these bytes" if model else "cannot see") in f["summary"]
     for log in sorted(out.glob("run-rank*.jsonl")):  # measured on every rank
         steps = [r for r in read(log) if getattr(r, "kind", "") == "step"]
         assert sum(s.collective_s for s in steps) / sum(s.wall_s for s in steps) > 0.3
     live = [f for f in live_findings(out) if f.detector == "sync_bottleneck"]
-    assert live and live[0].verdict == "move_to_h100"  # judged live by rank 0 too
+    assert live and live[0].verdict == verdict  # judged live by rank 0 too
     assert_analyze_reproduces_live(out, tmp_path)
 
 

@@ -399,6 +399,9 @@ def test_a_collective_wait_with_no_topology_recommends_no_move() -> None:
     records = [r for r in ranks(2) if not (isinstance(r, Event) and r.name == "topology")]
     f = only(judge(records, scope="job"), "sync_bottleneck")
     assert f.verdict == "info" and "cannot see" in f.summary
+    declared = only(judge(records, scope="job", gpu_model="RTX 5090"), "sync_bottleneck")
+    assert "PCIe (RTX 5090, as configured)" in declared.summary  # its link is known
+    assert declared.evidence["link_bytes_per_second"] == pytest.approx(64e9)  # gen 5 x16
 
 
 def test_a_malformed_collective_timing_word_does_not_silence_the_detector() -> None:

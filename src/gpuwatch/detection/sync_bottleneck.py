@@ -60,6 +60,12 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     if achieved is not None:
         evidence["achieved_bus_bytes_per_second"] = achieved
     link, link_name = slowest_link(views, th["inter_node_bytes_per_second"])
+    seen = any(job_devices(v) for v in views)  # a topology from NVML
+    declared = ctx.current_gpu(views[0]) if not seen and ctx.gpu_model else None
+    if declared is not None:  # no topology, but the user named the card: its own link
+        link = declared.link_bandwidth
+        link_name = (f"{'NVLink' if declared.nvlink_bandwidth else 'PCIe'} "
+                     f"({declared.name}, as configured)")
     if link is not None:
         evidence["link_bytes_per_second"] = link
     pcie = [f.high for v in views
@@ -92,7 +98,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     # could do, the wait is that path's bandwidth.
     explained = staged or needed is None or needed >= th["link_explained_ratio"] * split.transfer_s
     inter_node = "inter-node" in link_name
-    if not any(job_devices(v) for v in views):
+    if not seen and declared is None:
         text |= {"link": "over links gpuwatch cannot see (no GPU topology: NVML not "
                          "readable)",
                  "advice": "Without the links between the GPUs, gpuwatch cannot tell a slow "
