@@ -57,7 +57,7 @@ from gpuwatch.probes.nvml import Nvml, NvmlSampler, load_pynvml, visible_gpu_ind
 from gpuwatch.probes.peers import agree_run_key, job_store
 from gpuwatch.probes.probe import Probe
 from gpuwatch.probes.topology import read_topology
-from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample
+from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample, utf8
 from gpuwatch.redact import redact_argv
 from gpuwatch.runlog import RunLogWriter, claim_runlog, create_run_dir
 from gpuwatch.sinks.console import ConsoleStatus, status_line
@@ -353,8 +353,8 @@ class Agent:
         if not cfg.enabled:
             return
         node = node_name(self._env, ident.host)
-        labels = {"training_job": ident.job, "run": self.run_id(), "host": node,
-                  "rank": str(ident.rank), "local_rank": str(ident.local_rank)}
+        labels = utf8({"training_job": ident.job, "run": self.run_id(), "host": node,
+                       "rank": str(ident.rank), "local_rank": str(ident.local_rank)})
         state = ExporterState(labels, cfg.max_series, hostname=node,
                               device_metrics=cfg.device_metrics)
         exporter = Exporter(state, on_error=lambda exc: self.faults.record("exporter", exc))

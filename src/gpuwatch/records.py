@@ -196,3 +196,14 @@ def from_dict(obj: dict[str, Any]) -> Record:
     except TypeError as exc:
         raise ValueError(f"bad {kind} record: {exc}") from None
     return record
+
+
+def utf8(value: Any) -> Any:
+    """``value`` with every string's surrogates (undecodable bytes) replaced by "?"."""
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "replace").decode()
+    if isinstance(value, dict):
+        return {utf8(k): utf8(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [utf8(v) for v in value]
+    return value

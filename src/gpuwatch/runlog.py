@@ -45,7 +45,17 @@ from typing import IO, Any
 
 import orjson
 
-from gpuwatch.records import Event, Finding, Meta, Record, Sample, Step, from_dict, to_dict
+from gpuwatch.records import (
+    Event,
+    Finding,
+    Meta,
+    Record,
+    Sample,
+    Step,
+    from_dict,
+    to_dict,
+    utf8,
+)
 
 MAX_LINE_BYTES = 4 << 20  # a longer line is not one gpuwatch wrote: skipped unread
 
@@ -98,9 +108,14 @@ def _plain(value: Any) -> Any:
 
 def encode(record: Record) -> bytes:
     """One run-log line, newline included: fields at their default are left out,
-    non-finite floats become null."""
-    return orjson.dumps(to_dict(record, compact=not isinstance(record, Meta)), default=_plain,
-                        option=orjson.OPT_APPEND_NEWLINE)  # a meta line is written in full
+    non-finite floats become null, and text that is not UTF-8 (a path or an argument
+    in another encoding: Python holds its bytes as surrogates) has those bytes replaced
+    by "?"."""
+    obj = to_dict(record, compact=not isinstance(record, Meta))  # a meta line in full
+    try:
+        return orjson.dumps(obj, default=_plain, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return orjson.dumps(utf8(obj), default=_plain, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def segments(path: Path) -> list[Path]:

@@ -208,3 +208,37 @@ def test_a_recorded_override_this_gpuwatch_refuses_costs_only_itself(tmp_path: P
     assert "hang" not in judged({"hang": {"min_seconds": 900}})
     assert "hang" not in judged({"hang": {"min_seconds": 900, "new_threshold": 1.0},
                                  "new_detector": {"x": 1.0}})
+
+
+def test_a_command_line_and_run_directory_not_in_utf8_lose_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data path in Latin-1 on the command line and a run directory named in it (Python
+    holds the bytes as surrogates, which JSON cannot): the meta line is written, with
+    those bytes replaced, and the endpoint labelled with the run's name still answers."""
+    import sys
+    import urllib.request
+
+    from gpuwatch.agent import Agent
+    from gpuwatch.config import load_settings
+    from tests.fakes import solo
+    from tests.wait import wait_for
+
+    latin1 = os.fsdecode(b"donn\xe9es")
+    monkeypatch.setattr(sys, "argv", ["train.py", "--data", f"/mnt/{latin1}"])
+    out = tmp_path / os.fsdecode(b"caf\xe9-run")
+    agent = Agent(load_settings(out_dir=out, nvml=False, exporter={"port": 0}),
+                  nvml_library=None, memory_stats=None, environ={}, identity=solo())
+    agent.start()
+    try:
+        wait_for(lambda: agent.exporter is not None and agent.runlog_path is not None
+                 and agent.runlog_path.exists() and agent.runlog_path.stat().st_size, 10,
+                 "the meta line and the endpoint")
+        assert agent.exporter is not None
+        port = agent.exporter.port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            assert reply.status == 200 and b'run="caf?-run"' in reply.read()
+    finally:
+        agent.stop()
+    assert agent.runlog_path is not None
+    (meta,) = [r for r in RunLogReader(agent.runlog_path) if isinstance(r, Meta)]
+    assert meta.argv == ["train.py", "--data", "/mnt/donn?es"] and meta.run == "caf?-run"
