@@ -200,3 +200,10 @@ def test_a_rank_finding_alike_on_every_rank_is_shown_once_naming_them() -> None:
     assert "straggler - info, rank 2" in text and "straggler - info, rank 5" in text
     html = render(run_of([meta(), *steps(5)]), findings)
     assert html.count("ranks 0\u20137 (rank 0&#x27;s figures)") == 1
+
+
+@pytest.mark.parametrize("started", [-1e308, 1e300, float("nan")])
+def test_a_start_time_no_calendar_holds_leaves_the_date_out(started: float) -> None:
+    """A damaged meta line's ``started``: the report renders, without a start date."""
+    html = render(run_of([dataclasses.replace(meta(), started=started), *steps(5)]), [])
+    assert "<header>" in html and "started ;" in html

@@ -118,6 +118,9 @@ class Checkpoint:
     nbytes: float
 
 
+LATEST_UNIX_S = 1e11  # a start time later than this (year 5138) is a damaged one
+
+
 @dataclass
 class RunProfile:
     """Everything the report and the comparison show of one run (all ranks)."""
@@ -157,7 +160,8 @@ class RunProfile:
         self.job = self.job or m.job
         self.hosts.add(m.host)
         self.world_size = max(self.world_size, m.world_size)
-        self.started = min(self.started, m.started) if self.started else m.started
+        if 0 < m.started < LATEST_UNIX_S:  # (a damaged line's start is no start)
+            self.started = min(self.started, m.started) if self.started else m.started
         if m.rank == 0 or not self.detection:
             self.detection = dict(m.detection)
         total = self.detection.get("total_steps")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 
@@ -61,3 +62,12 @@ def spans(numbers: Iterable[int]) -> str:
             runs.append([n])
     return ",".join(str(run[0]) if len(run) == 1 else f"{run[0]}\u2013{run[-1]}"
                     for run in runs)
+
+
+def utc(t: float | None) -> str:
+    """Unix time ``t`` as "2026-11-29 17:05 UTC"; "" for none, or one no calendar holds
+    (a damaged log's)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else ""
+    except (OverflowError, OSError, ValueError):
+        return ""

@@ -97,8 +97,7 @@ def _header(run: RunProfile, generated: float) -> str:
         facts.append(f"{run.ooms} out-of-memory error{'s' if run.ooms != 1 else ''}")
     if run.skipped_lines:
         facts.append(f"{run.skipped_lines} unreadable log line(s) skipped")
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.started)) if run.started else ""
-    made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(generated))
+    started, made = fmt.utc(run.started), fmt.utc(generated)
     return (f"<header><h1>gpuwatch report: {escape(run.job or 'run')}</h1>"
             f'<p class="sub">{escape(" · ".join(facts))}<br>started {escape(started)}; '
             f"report made {escape(made)}</p></header>")
