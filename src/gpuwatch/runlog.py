@@ -60,6 +60,7 @@ from gpuwatch.records import (
 MAX_LINE_BYTES = 4 << 20  # a longer line is not one gpuwatch wrote: skipped unread
 
 _LOG_NAME = re.compile(r"run(?:-rank(\d+))?(?:\.attempt(\d+))?\.jsonl")
+FOLLOW_TRIES = 10_000  # segments read plus rotations raced, at most, in one reading
 _PART = re.compile(r"\.part(\d+)\.jsonl(?:\.gz)?")
 GZIP_LEVEL = 6  # 20x on the corpus's logs, ~190 MB/s of input on one core (RESULTS.md)
 MAX_ATTEMPTS = 100_000  # a bound on the search for a free log name
@@ -289,9 +290,9 @@ class RunLogReader:
         done = 0
         number = -1  # of the newest line read
         clock = self.clock
-        for path in [*segments(self.path), self.path]:
+        for path, opened in self._files():
             self._cut = False  # a compressed segment ended short
-            with open(path, "rb") as raw:
+            with opened as raw:
                 f = typing.cast(IO[bytes], gzip.GzipFile(fileobj=raw)
                                 if path.name.endswith(".gz") else raw)
                 while True:
@@ -324,6 +325,32 @@ class RunLogReader:
                     if last > clock:
                         clock = self.clock = last
             done = self.bytes_read
+
+    def _files(self) -> Generator[tuple[Path, IO[bytes]], None, None]:
+        """The log's segments in order, then its current file, each opened; a log that
+        rotates meanwhile (a new segment made of the current file, a segment
+        compressed) is followed, so no part of it is left out or read twice: the current
+        file is read only once no segment newer than the last one read has appeared
+        since it was opened."""
+        read = -1  # the newest segment number read
+        for _ in range(FOLLOW_TRIES):  # (each try without a segment to read is a race lost)
+            newer = [p for p in segments(self.path) if _part_number(p.name) > read]
+            try:
+                if newer:
+                    opened = open(newer[0], "rb")  # noqa: SIM115 (closed by the reader)
+                    read = _part_number(newer[0].name)
+                    yield newer[0], opened
+                    continue
+                opened = open(self.path, "rb")  # noqa: SIM115 (closed by the reader)
+            except FileNotFoundError:  # compressed or rotated between the listing and open
+                if newer or any(_part_number(p.name) > read for p in segments(self.path)):
+                    continue
+                raise
+            if any(_part_number(p.name) > read for p in segments(self.path)):
+                opened.close()  # rotated just now: its content is a segment to read first
+                continue
+            yield self.path, opened
+            return
 
     def _pass_over(self, numbers: Sequence[int], lines: list[bytes], sources: frozenset[str]
                    ) -> tuple[list[int], list[bytes], list[float], float]:

@@ -20,6 +20,26 @@ def _records(n: int, start: int = 0) -> list[Step | Sample]:
     return out
 
 
+def test_a_log_that_rotates_while_it_is_read_is_read_whole(tmp_path):
+    """The writer rotates its current file into new segments while a reader is still in
+    an older one: the reader follows, reading each new segment once and then the
+    current file, so it sees every record written before it got there, in order."""
+    path = tmp_path / "run.jsonl"
+    writer = RunLogWriter(path, segment_bytes=4096)
+    first = _records(200)
+    for k in range(0, len(first), 20):
+        writer.write(first[k:k + 20])
+    assert len(segments(path)) >= 2
+    reader = iter(RunLogReader(path))
+    got = [next(reader)]  # in the oldest segment
+    later = _records(200, start=200)
+    for k in range(0, len(later), 20):  # meanwhile: more segments, a new current file
+        writer.write(later[k:k + 20])
+    writer.close()
+    got += list(reader)
+    assert got == first + later
+
+
 def test_writer_rotates_into_compressed_segments_and_the_reader_reads_across_them(tmp_path):
     path = tmp_path / "run-rank3.jsonl"
     writer = RunLogWriter(path, segment_bytes=4096)
