@@ -174,3 +174,13 @@ def test_gpuwatch_run_checks_the_webhook_file_before_starting_the_command(
     err = capsys.readouterr().err
     assert code == 2 and "slack.webhook_url_file" in err and len(err.splitlines()) == 1
     assert not (clean_env / "started").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "soon"])
+def test_a_duration_on_the_command_line_must_be_a_finite_positive_number(
+        value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``gpuwatch demo --seconds nan`` trained nothing and said nothing wrong."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["demo", "--seconds", value])
+    assert stop.value.code == 2
+    assert "argument --seconds:" in capsys.readouterr().err
