@@ -143,6 +143,22 @@ def test_a_measured_tensor_share_narrows_the_range() -> None:
     assert narrow.as_dict()["tensor_share_measured"] is True
 
 
+def test_a_busy_card_drawing_little_power_keeps_compute_at_the_low_end() -> None:
+    """NVML says 90% busy, yet the RTX 5090 draws 150 W of its 575 W: kernels too small to
+    fill it, launch-bound; the low end keeps compute as measured (a faster card barely
+    helps), the middle and the high end stay the catalogue's. At 500 W it is the
+    catalogue's range."""
+    light = project(StepParts(compute=1.0), H100, RTX5090,
+                    inputs=Inputs(gpu_busy=0.9, power_watts=150.0))
+    assert light.speedup_low == pytest.approx(1.0)  # busy and idle time alike as they are
+    assert light.speedup == pytest.approx(
+        project(StepParts(compute=1.0), H100, RTX5090, gpu_busy=0.9).speedup)
+    assert any("board power" in a for a in light.assumptions)
+    full = project(StepParts(compute=1.0), H100, RTX5090,
+                   inputs=Inputs(gpu_busy=0.9, power_watts=500.0))
+    assert full.speedup_low > 1.5 and not any("board power" in a for a in full.assumptions)
+
+
 def test_a_point_is_shown_as_one_number() -> None:
     same = project(StepParts(compute=1.0), H100, H100)
     assert speedup_text(same.as_dict()) == "1.0\u00d7"

@@ -41,6 +41,9 @@ DEFAULT_TENSOR_SHARE = 0.5
 # Half-width of the range around a GPM-measured tensor share: tensor and DRAM activity
 # overlap in time, so their ratio is an estimate of the time share, not the share itself.
 MEASURED_SHARE_MARGIN = 0.15
+# A card at least this busy (NVML) drawing under this share of its board power runs
+# kernels too small to fill it: launch-bound (``_light_kernels``).
+LIGHT_BUSY, LIGHT_POWER_SHARE = 0.6, 0.45
 # Range ends closer than this (high / low) are shown as one number.
 POINT_TOLERANCE = 1.03
 TIMES, DASH = "\u00d7", "\u2013"  # multiplication sign, en dash
@@ -227,15 +230,21 @@ def project(
     notes.append("idle GPU time, data wait, checkpoint saves and unattributed time kept as "
                  "measured")
 
-    def at(share: float) -> StepParts:
-        factor = (share * flops_now / flops_target + (1 - share) * bw_ratio) if current else 1.0
+    def scaled(factor: float) -> StepParts:
         return split._replace(compute=split.compute * factor,
                               recompute=0.0 if drop else split.recompute * factor,
                               optimizer=split.optimizer * bw_ratio, comm=comm)
 
-    ends = sorted((at(shares[0]), at(shares[2])), key=lambda p: p.total)
+    def at(share: float) -> StepParts:
+        return scaled((share * flops_now / flops_target + (1 - share) * bw_ratio)
+                      if current else 1.0)
+
+    ends = [at(shares[0]), at(shares[2])]
+    if _light_kernels(inputs, current, notes):
+        ends.append(scaled(1.0))
+    ends.sort(key=lambda p: p.total)
     return Projection(target=target, current=current, now=split, projected=at(shares[1]),
-                      slowest=ends[1], fastest=ends[0], gpus=ranks, inputs=inputs,
+                      slowest=ends[-1], fastest=ends[0], gpus=ranks, inputs=inputs,
                       tensor_share=shares, target_gpus=target_gpus or ranks,
                       planned_steps=planned_steps, assumptions=notes, workarounds_dropped=dropped)
 
@@ -263,6 +272,22 @@ def _split_idle(now: StepParts, gpu_busy: float | None, notes: list[str]) -> Ste
                  "idle time inside compute, kept as is")
     return now._replace(compute=now.compute * keep, optimizer=now.optimizer * keep,
                         idle=now.idle + idle)
+
+
+def _light_kernels(inputs: Inputs, current: Gpu | None, notes: list[str]) -> bool:
+    """Whether the card is busy (NVML) yet draws little of its board power: kernels too
+    small to fill it, bound by their launches and the Python thread more than by its
+    math or memory, which a faster card barely shortens (the range's low end then keeps
+    compute as measured)."""
+    if current is None or inputs.power_watts is None or inputs.gpu_busy is None:
+        return False
+    share = inputs.power_watts / current.power_watts
+    if inputs.gpu_busy < LIGHT_BUSY or share >= LIGHT_POWER_SHARE:
+        return False
+    notes.append(f"the card draws {share:.0%} of its board power while {inputs.gpu_busy:.0%} "
+                 "busy: small kernels, bound by their launches more than by its math; the "
+                 "low end keeps compute as measured")
+    return True
 
 
 def _tensor_shares(measured: float | None, current: Gpu | None,
