@@ -44,6 +44,21 @@ def test_data_starvation_with_busy_workers_is_fixed_here() -> None:
     assert "CPU-bound" in f.summary and "A faster GPU would only wait longer" in f.action
 
 
+def test_a_starved_step_goes_at_its_loader_s_pace_on_any_card() -> None:
+    """An RTX 5090 waiting 40% of each step on CPU-bound workers, a week to go: no card
+    feeds the step faster, so the time to finish is projected at today's pace and no
+    move is recommended; data_starvation says what to fix."""
+    records = [meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB),
+               *steps(60, wall=0.5, data_s=0.2),
+               *samples("host", 60, {"workers": 4.0, "workers_cpu_ratio": 0.97})]
+    findings = judge(records, total_steps=2_000_000)
+    assert only(findings, "data_starvation").verdict == "fix_here"
+    f = only(findings, "iteration_speed")
+    assert f.verdict == "info" and f.projection is not None
+    assert f.projection["speedup_high_ratio"] == pytest.approx(1.0)
+    assert any("data loader" in a for a in f.projection["assumptions"])
+
+
 def test_data_starvation_without_workers_says_to_add_them() -> None:
     records = [meta(), *steps(30, data_s=0.05), *samples("host", 30, {"workers": 0.0})]
     f = only(judge(records), "data_starvation")

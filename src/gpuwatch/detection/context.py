@@ -121,7 +121,9 @@ class Context:
             remaining_steps=planned - view.steps_done if planned else None,
             device_name=self.device_name(view), precision=self.precision,
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since),
-            fabric=fabric, fabric_unseen=fabric is None and spans_nodes(views))
+            fabric=fabric, fabric_unseen=fabric is None and spans_nodes(views),
+            loader_bound=any("data_starvation" in self.explained.get(v.rank, ())
+                             for v in views))
         proj = project(parts, target or self.target_gpu, current, ranks=world,
                        drop_recompute=drop_recompute, planned_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)

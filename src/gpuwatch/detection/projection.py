@@ -93,7 +93,9 @@ class Inputs:
     ``fabric`` the link between nodes the collectives cross (bytes/s, one direction;
     None within one node): a move to other GPUs keeps it. ``fabric_unseen``: the job
     spans nodes but nothing reports the link between them (no InfiniBand or RoCE port,
-    no setting): a move keeps its collective wait as measured.
+    no setting): a move keeps its collective wait as measured. ``loader_bound``: the step
+    waits on its data loader (``data_starvation``), so it goes at the loader's pace on any
+    card: time a faster card saves is spent waiting for data instead.
     """
 
     tensor_share: float | None = None
@@ -107,6 +109,7 @@ class Inputs:
     power_watts: float | None = None  # the current card's mean NVML power draw
     fabric: float | None = None
     fabric_unseen: bool = False
+    loader_bound: bool = False
 
 
 @dataclass
@@ -242,8 +245,13 @@ def project(
     ends = [at(shares[0]), at(shares[2])]
     if _light_kernels(inputs, current, notes):
         ends.append(scaled(1.0))
+    middle = at(shares[1])
+    if inputs.loader_bound:
+        notes.append("the step waits on its data loader: at the loader's pace on any card, "
+                     "the time a faster card saves spent waiting for data")
+        ends, middle = [_at_pace(p, split) for p in ends], _at_pace(middle, split)
     ends.sort(key=lambda p: p.total)
-    return Projection(target=target, current=current, now=split, projected=at(shares[1]),
+    return Projection(target=target, current=current, now=split, projected=middle,
                       slowest=ends[-1], fastest=ends[0], gpus=ranks, inputs=inputs,
                       tensor_share=shares, target_gpus=target_gpus or ranks,
                       planned_steps=planned_steps, assumptions=notes, workarounds_dropped=dropped)
@@ -272,6 +280,12 @@ def _split_idle(now: StepParts, gpu_busy: float | None, notes: list[str]) -> Ste
                  "idle time inside compute, kept as is")
     return now._replace(compute=now.compute * keep, optimizer=now.optimizer * keep,
                         idle=now.idle + idle)
+
+
+def _at_pace(projected: StepParts, now: StepParts) -> StepParts:
+    """``projected`` no faster than ``now``: what it saves becomes data wait."""
+    saved = now.total - projected.total
+    return projected._replace(data=projected.data + saved) if saved > 0 else projected
 
 
 def _light_kernels(inputs: Inputs, current: Gpu | None, notes: list[str]) -> bool:
