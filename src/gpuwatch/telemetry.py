@@ -34,6 +34,7 @@ MAX_EVENTS = 256
 WARMUP_STEPS = 5  # the first steps (allocation, compilation, worker start) are not typical
 MEDIAN_STEPS = 15  # the running median step is taken over this many recent steps
 INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an interruption
+BATCH_SIZES = 64  # batch sizes whose tokens per step a rank remembers
 RHYTHM_SHARE = 0.10  # interruptions more frequent than this share of steps are the rhythm
 # Events that show the job is working between steps (besides steps themselves).
 PROGRESS_EVENTS = frozenset({"progress", "checkpoint_save"})
@@ -175,6 +176,7 @@ class Telemetry:
         self.started = 0.0
         self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
         self.batch = TrainingBatch()
+        self.tokens_at: dict[int, int] = {}  # samples in a step -> the newest such step's tokens
         self.saves = SaveTotals()
         self.topology: dict[str, Any] | None = None
         self.planned_steps: int | None = None
@@ -231,6 +233,8 @@ class Telemetry:
         self.steps.append(s)
         self.steps_done = s.step
         self.steps_seen += 1
+        if s.samples and (s.samples in self.tokens_at or len(self.tokens_at) < BATCH_SIZES):
+            self.tokens_at[s.samples] = s.tokens
         if s.t > self.last_progress:
             self.last_progress = s.t
         if self.first_step_start is None:
@@ -257,8 +261,7 @@ class Telemetry:
         if e.name == "oom":
             self.oom_times.extend([e.t] * min(int(e.data.get("count", 1)), MAX_EVENTS))
         elif e.name == "batch_size_changed":
-            self.batch.change(int(e.data["from"]), int(e.data["to"]), e.t, self.steps_seen,
-                              self.steps[-1].tokens if self.steps else 0)
+            self.batch.change(int(e.data["from"]), int(e.data["to"]), e.t, self.steps_seen)
         elif e.name == "checkpoint_save":
             self.saves.add(e, self.steps_seen)
         elif e.name == "topology":
@@ -491,22 +494,19 @@ class TrainingBatch:
     older logs) is no peak, and sizes that go up and down again are no cut at all.
     """
 
-    __slots__ = ("_since", "current", "cut_at", "flipped", "peak", "peak_tokens")
+    __slots__ = ("_since", "current", "cut_at", "flipped", "peak")
 
     def __init__(self) -> None:
         self.peak = 0
-        self.peak_tokens = 0  # tokens of the newest step trained at ``peak`` (0: unknown)
         self.current = 0
         self.cut_at: float | None = None  # when the size first fell below its peak
         self.flipped = False  # it rose again after a cut
         self._since = 0  # steps seen when the current size began
 
-    def change(self, before: int, after: int, t: float, steps: int, tokens: int = 0) -> None:
-        """The size went from ``before`` to ``after`` at ``t``, ``steps`` steps in, the
-        newest step (at ``before``) of ``tokens`` tokens."""
-        if (steps > self._since or not self.current) and before >= self.peak:
-            self.peak = before  # ``before`` trained at least one step
-            self.peak_tokens = tokens
+    def change(self, before: int, after: int, t: float, steps: int) -> None:
+        """The size went from ``before`` to ``after`` at ``t``, ``steps`` steps in."""
+        if steps > self._since or not self.current:
+            self.peak = max(self.peak, before)  # ``before`` trained at least one step
         if self.cut_at is not None and after > before:
             self.flipped = True
         self.current, self._since = after, steps

@@ -266,13 +266,22 @@ def test_a_smaller_batch_of_longer_sequences_is_no_batch_cut() -> None:
     """Sequence-length warm-up: 16 x 1024 tokens, then 12 x 1366 (the same tokens per
     step): the batch shrank by schedule, not for memory, so no need is scaled by it."""
     records = [r for r in consumer_card_at_its_limit() if not isinstance(r, Step)]
-    records += [*steps(6, wall=0.5, recompute_s=0.1, tokens=16 * 1024),
+    records += [*steps(6, wall=0.5, recompute_s=0.1, samples=16, tokens=16 * 1024),
                 *steps(54, wall=0.5, start=START + 6, first=13, recompute_s=0.1,
-                       tokens=12 * 1366)]
+                       samples=12, tokens=12 * 1366)]
     f = only(judge(records), "fits_on_paper")
     assert "batch cut" not in f.summary and "batch_size_from" not in f.evidence
     cut = only(judge(consumer_card_at_its_limit()), "fits_on_paper")
     assert f.evidence["memory_need_bytes"] < cut.evidence["memory_need_bytes"]
+    # the same cut at 1024 tokens a sequence (tokens per step fall with the batch), with
+    # the event where the agent puts it, after the first step at the new size: a cut
+    same_length = [r for r in consumer_card_at_its_limit() if not isinstance(r, Step)
+                   and not (isinstance(r, Event) and r.name == "batch_size_changed")]
+    same_length += [*steps(6.5, wall=0.5, recompute_s=0.1, samples=16, tokens=16 * 1024),
+                    *steps(53.5, wall=0.5, start=START + 6.5, first=14, recompute_s=0.1,
+                           samples=12, tokens=12 * 1024),
+                    Event(0, START + 7.01, "batch_size_changed", {"from": 16, "to": 12})]
+    assert "batch cut" in only(judge(same_length), "fits_on_paper").summary
 
 
 def fragmenting(live_peak_gib: float) -> list[Record]:

@@ -67,7 +67,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     retries = view.counter_rise("allocator", "allocator_alloc_retries_total", since)
     ooms = view.ooms_since(since)
     cut = view.batch.cut
-    if cut is not None and summary.tokens >= TOKENS_HELD * view.batch.peak_tokens > 0:
+    if cut is not None and summary.tokens >= TOKENS_HELD * view.tokens_at.get(cut[0], 0) > 0:
         cut = None  # tokens per step held: longer sequences in smaller batches (a schedule)
     act_ckpt = summary.recompute_share >= th["recompute_share"]
     symptoms = {"allocator retries": retries > 0, "OOMs": ooms > 0, "batch cut": cut is not None}
