@@ -71,6 +71,7 @@ STOP_TIMEOUT_S = 2.0
 STUCK_CALL_S = 0.5  # an NVML call in flight this long is taken as hung
 LATENCY_REPORT_S = 60.0
 IDENTITY_WAIT_S = 30.0  # the longest marks are held for a process to learn its rank
+RUN_KEY_WAIT_S = 10.0  # the longest a rank waits for rank 0 to name the run
 PORT_TRIES = 64  # exporter.port + local rank, then the next ports up, this many in all
 _DEFAULT = object()
 _STEP_ENDS = frozenset({ring.STEP_END, ring.STEP_BOUNDARY})
@@ -106,18 +107,19 @@ def parent_key(environ: Mapping[str, str]) -> str:
 
 
 def default_out_dir(settings: Settings, identity: Identity, environ: Mapping[str, str],
-                    store: Any = None, wait_s: float = IDENTITY_WAIT_S) -> Path:
+                    store: Any = None, wait_s: float = RUN_KEY_WAIT_S,
+                    pause: Callable[[float], object] = time.sleep) -> Path:
     """The run directory when none is configured: ``runs/<job>-<key>`` shared by the
     ranks of one launch (``launch_key``; else rank 0's launching process, read from the
     job's ``store`` where there is one — a launcher that is itself rank 0, as
     Lightning's, is no rank's parent but its own — else this rank's), or for a lone
     process a new directory of its own (``create_run_dir``). ``wait_s``: how long a rank
-    waits for rank 0's word."""
+    waits for rank 0's word (``pause``: how, ending early when it returns True)."""
     key = launch_key(environ)
     if key is None and (identity.world_size > 1 or "TORCHELASTIC_RESTART_COUNT" in environ):
         key = parent_key(environ)
         if store is not None and identity.world_size > 1:
-            key = agree_run_key(store, identity.rank, key, wait_s) or key
+            key = agree_run_key(store, identity.rank, key, wait_s, pause) or key
     if key is None:
         return create_run_dir(Path("runs"), settings.job)
     return Path("runs") / f"{settings.job}-{key}"
@@ -299,7 +301,8 @@ class Agent:
         self.assembler.rank = ident.rank
         self.telemetry = self.engine.view(ident.rank)
         if self.out_dir is None:
-            self.out_dir = default_out_dir(self.settings, ident, self._env, job_store())
+            self.out_dir = default_out_dir(self.settings, ident, self._env, job_store(),
+                                           pause=self._stop.wait)
 
     def _setup(self) -> None:
         ident, out_dir = self.identity, self.out_dir

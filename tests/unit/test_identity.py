@@ -268,3 +268,28 @@ def test_the_gap_between_attempts_is_a_restart_not_a_hang(tmp_path: Path) -> Non
                   [meta(rank, 2), *attempt(rank, True),
                    replace(meta(rank, 2), started=restarted - 5), *attempt(rank, False)])
     assert not [f for f in analyze([legacy], Settings()).findings if f.detector == "hang"]
+
+
+def test_waiting_for_rank_0_s_word_never_holds_the_job_s_store() -> None:
+    """The job's store connection is shared with the training thread, one call at a time:
+    the agent asks without blocking, so a store call of the job's is answered while the
+    agent is still waiting for rank 0."""
+    dist = pytest.importorskip("torch.distributed")
+    from datetime import timedelta
+
+    server = dist.TCPStore("127.0.0.1", 0, 2, True, timeout=timedelta(seconds=30),
+                           wait_for_workers=False)
+    client = dist.TCPStore("127.0.0.1", server.port, 2, False, timeout=timedelta(seconds=30))
+    stop = threading.Event()
+    waiting = threading.Thread(target=agree_run_key,
+                               args=(dist.PrefixStore("gpuwatch/", client), 1, "mine", 60.0,
+                                     stop.wait))
+    waiting.start()
+    try:
+        client.set("job's own key", "value")
+        assert client.get("job's own key") == b"value"
+        assert waiting.is_alive()  # answered while the agent still waits
+    finally:
+        stop.set()
+        waiting.join(10)
+    assert not waiting.is_alive()  # told to stop, it stops waiting

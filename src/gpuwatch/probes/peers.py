@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -76,20 +77,27 @@ JOB_KEY = "job"  # rank 0's word on the job (what its job-scope findings cover)
 RUN_KEY = "run_key"  # rank 0's name for the run, which every rank's run directory takes
 
 
-def agree_run_key(store: Any, rank: int, mine: str, wait_s: float) -> str | None:
-    """The run's name every rank of one job takes: rank 0 publishes ``mine`` in the job's
-    store, the others read it (waiting at most ``wait_s``). Each job has a store of its
-    own, so no other job's rank can read it. None where the store fails or rank 0 says
-    nothing in time (an agent thread call: it never runs on the training loop)."""
-    from datetime import timedelta
+RUN_KEY_POLL_S = 0.05
 
+
+def agree_run_key(store: Any, rank: int, mine: str, wait_s: float,
+                  pause: Callable[[float], object] = time.sleep) -> str | None:
+    """The run's name every rank of one job takes: rank 0 publishes ``mine`` in the job's
+    store, the others read it, asking every ``RUN_KEY_POLL_S`` for at most ``wait_s``
+    (``pause`` waits; it ends the wait early by returning True). Each job has a store
+    of its own, so no other job's rank can read it. None where the store fails or rank 0
+    says nothing in time. Called on the agent's thread; every store call returns at once
+    (a blocking wait would hold the connection the training thread shares)."""
+    deadline = time.monotonic() + wait_s
     try:
         if rank == 0:
             store.set(RUN_KEY, mine)
             return mine
-        store.wait([RUN_KEY], timedelta(seconds=wait_s))
+        while not store.check([RUN_KEY]):
+            if time.monotonic() >= deadline or pause(RUN_KEY_POLL_S) is True:
+                return None
         return bytes(store.get(RUN_KEY)).decode()
-    except Exception:  # a store down, a timeout, a rank 0 without gpuwatch
+    except Exception:  # a store down, a rank 0 without gpuwatch
         return None
 
 
