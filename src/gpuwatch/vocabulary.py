@@ -115,3 +115,23 @@ def bus_bytes(kind: str, total_bytes: int, world_size: int) -> int:
     if factor is None or world_size < 1 or (world_size == 1 and kind != "send_recv"):
         return 0
     return int(total_bytes * factor(world_size))
+
+
+def duration(v: float | None) -> str:
+    """``v`` seconds as µs, ms, s, min, h or days, whichever reads best."""
+    if v is None or v != v:
+        return "—"
+    a = abs(v)
+    if a == 0:
+        return "0 s"
+    if a < 1e-3:
+        return f"{v * 1e6:.3g} µs"
+    if a < 1:
+        return f"{v * 1e3:.3g} ms"
+    if a < 120:
+        return f"{v:.3g} s"
+    if a < 7200:
+        return f"{v / 60:.3g} min"
+    if a < 172800:
+        return f"{v / 3600:.3g} h"
+    return f"{v / 86400:.3g} days"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from gpuwatch.detection.context import Context, Detection
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
+from gpuwatch.vocabulary import duration
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
@@ -38,5 +39,6 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         "wall_seconds": wall,
     }
     text = {"rank": view.rank, "megabytes_per_save": evidence["bytes_per_save"] / 1e6,
-            "save_megabytes_per_second": evidence["save_bytes_per_second"] / 1e6}
+            "save_megabytes_per_second": evidence["save_bytes_per_second"] / 1e6,
+            "every": duration(evidence["seconds_between_saves"])}
     return Detection(evidence, [view.rank], text=text)

@@ -82,7 +82,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if not any(symptoms.values()):
         return by_design(view, th, summary, peak, total, since)
     live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
-    if (live is not None and retries > 0 and not ooms and cut is None
+    if (live is not None and retries > 0 and not ooms and cut is None and not act_ckpt
             and live.high < th["live_ratio"] * total):
         return fragmented(view, since, retries, live.high, peak, total)
     if not (pressure or sum(symptoms.values()) + act_ckpt >= 2):

@@ -40,8 +40,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     hours_scaled = hours_target * world / scale  # data-parallel, linear scaling
     evidence = {"remaining_steps": float(remaining), "step_seconds": parts.total,
                 "remaining_hours_now": hours_now, "remaining_hours_target": hours_target,
-                "remaining_hours_scaled": hours_scaled, "speedup_ratio": proj.speedup,
-                "scale_out_gpus": scale}
+                "speedup_ratio": proj.speedup}
+    if scale > world:
+        evidence |= {"remaining_hours_scaled": hours_scaled, "scale_out_gpus": scale}
     verdict = ctx.decide(proj, otherwise="info")
     current = ctx.current_gpu(view)
     scaled = (f", {hours_scaled:.1f} h on {scale:.0f}" if scale > world else "")

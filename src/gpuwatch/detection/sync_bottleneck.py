@@ -62,8 +62,8 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     link, link_name = slowest_link(views, th["inter_node_bytes_per_second"])
     seen = any(job_devices(v) for v in views)  # a topology from NVML
     declared = ctx.current_gpu(views[0]) if not seen and ctx.gpu_model else None
-    if declared is not None:  # no topology, but the user named the card: its own link
-        link = declared.link_bandwidth
+    if declared is not None and (link is None or declared.link_bandwidth < link):
+        link = declared.link_bandwidth  # no topology, but the card is named: its own link
         link_name = (f"{'NVLink' if declared.nvlink_bandwidth else 'PCIe'} "
                      f"({declared.name}, as configured)")
     if link is not None:

@@ -5,25 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from gpuwatch.vocabulary import duration
+
 
 def seconds(v: float | None) -> str:
-    """``v`` seconds as µs, ms, s, min, h or days, whichever reads best."""
-    if v is None or v != v:
-        return "—"
-    a = abs(v)
-    if a == 0:
-        return "0 s"
-    if a < 1e-3:
-        return f"{v * 1e6:.3g} µs"
-    if a < 1:
-        return f"{v * 1e3:.3g} ms"
-    if a < 120:
-        return f"{v:.3g} s"
-    if a < 7200:
-        return f"{v / 60:.3g} min"
-    if a < 172800:
-        return f"{v / 3600:.3g} h"
-    return f"{v / 86400:.3g} days"
+    """``v`` seconds as µs, ms, s, min, h or days, whichever reads best ("—" for none)."""
+    return duration(v)
 
 
 def nbytes(v: float | None) -> str:
