@@ -158,7 +158,8 @@ def test_steady_steps_or_no_steps_at_all_are_not_a_hang() -> None:
 # -- iteration_speed -----------------------------------------------------------------------
 
 def test_days_to_go_on_a_consumer_card_is_a_reason_to_move() -> None:
-    records = [meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB), *steps(60, wall=0.5)]
+    records = [meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB), *steps(60, wall=0.5),
+               *samples("nvml", 60, {"gpu_utilization_ratio": 0.97}, gpu=0)]
     f = only(judge(records, total_steps=1_000_000), "iteration_speed")
     assert f.verdict == "move_to_h100"
     assert f.evidence["remaining_hours_now"] > 130
@@ -172,7 +173,8 @@ def test_days_to_go_on_eight_gpus_whose_collectives_were_not_seen_is_no_move() -
     communication, which faster math does not shorten, so no move on time or cost. The
     job is as large as the scale-out: no "scaled out" clause."""
     records = [meta(3, 8), topology("NVIDIA GeForce RTX 5090", 32 * GB, rank=3, gpus=8),
-               *steps(60, wall=0.5, rank=3)]
+               *steps(60, wall=0.5, rank=3),
+               *samples("nvml", 60, {"gpu_utilization_ratio": 0.97}, rank=3, gpu=3)]
     f = only(judge(records, total_steps=1_000_000), "iteration_speed")
     assert f.verdict == "info" and f.projection is not None
     assert "no collective seen on 8 GPUs" in f.projection["decision"]["why"]

@@ -27,9 +27,10 @@ STEP = StepParts(compute=1.0)
 
 def proj(target: str, current: str | None, *, prices: dict[str, float] | None = None,
          **inputs: object) -> Projection:
+    """A step of pure compute, the GPU measured busy throughout (NVML)."""
     gpus = catalogue(prices)
     return project(STEP, gpus[target], gpus[current] if current else None,
-                   inputs=Inputs(**inputs))  # type: ignore[arg-type]
+                   inputs=Inputs(**{"gpu_busy": 1.0, **inputs}))  # type: ignore[arg-type]
 
 
 def test_a_move_that_costs_more_and_gains_little_is_not_recommended() -> None:
@@ -85,12 +86,23 @@ def test_a_time_to_result_gain_at_the_low_end_is_a_move_even_at_a_higher_cost() 
 
 
 def test_a_scale_out_alone_is_no_reason_to_change_cards() -> None:
-    p = project(STEP, GPUS["H100 SXM"], GPUS["H100 PCIe"], target_gpus=8)
+    p = project(STEP, GPUS["H100 SXM"], GPUS["H100 PCIe"], target_gpus=8, gpu_busy=1.0)
     p.economics.clear()
     assert decide(p, Costs(min_time_gain=1.5), otherwise="info") == "move_to_h100"  # cheaper
-    q = project(STEP, GPUS["H200"], GPUS["H100 SXM"], target_gpus=8)
+    q = project(STEP, GPUS["H200"], GPUS["H100 SXM"], target_gpus=8, gpu_busy=1.0)
     assert decide(q, Costs(), otherwise="info") == "info"
     assert q.as_dict()["decision"]["time_gain_low_ratio"] == pytest.approx(q.speedup_low)
+
+
+def test_a_gain_in_math_whose_gpu_utilisation_was_not_measured_is_no_move() -> None:
+    """Without NVML's utilisation all compute counts as GPU-busy: the whole range is an
+    upper bound, so no move rests on it; a gain on the link (collectives) still can."""
+    math = project(STEP, GPUS["H100 SXM"], GPUS["RTX 5090"])
+    assert decide(math, Costs(), otherwise="info") == "info"
+    assert "GPU utilisation not measured" in math.as_dict()["decision"]["why"]
+    link = project(StepParts(compute=0.2, comm=0.8, comm_bytes=8e9), GPUS["H100 SXM"],
+                   GPUS["RTX 5090"], ranks=8)
+    assert decide(link, Costs(), otherwise="fix_here") == "move_to_h100"
 
 
 def test_an_unknown_card_is_never_called_cheaper() -> None:
@@ -160,7 +172,8 @@ def test_owned_and_gate_settings_are_read_and_checked() -> None:
 
 def test_one_line_for_people() -> None:
     p = project(StepParts(compute=2.0), GPUS["H100 SXM"], GPUS["RTX 5090"],
-                inputs=Inputs(units_per_step=8192, unit="1M tokens", remaining_steps=36_000))
+                inputs=Inputs(units_per_step=8192, unit="1M tokens", remaining_steps=36_000,
+                              gpu_busy=1.0))
     decide(p, Costs(), otherwise="info")
     text = projection_text(p.as_dict())
     assert text.startswith("2 s/step now -> 0.747 s/step on H100 SXM: "

@@ -6,7 +6,9 @@ A move is recommended only when (1) the job cannot run well here at all (memory)
 or (3) the time to result shrinks by at least ``min_time_gain`` at the low end, card
 for card (a scale-out is open on either card, so it does not count). A job on several
 GPUs whose collectives were not seen at all gets no move by (2) or (3): what looks like
-compute may be communication, which faster math does not shorten.
+compute may be communication, which faster math does not shorten; nor does a gain that
+comes mostly from faster math where GPU utilisation was not measured (the projection
+counts all compute as GPU-busy, an upper bound even at its low end).
 Never to the card the job already runs on. Otherwise the detector's own verdict
 (``fix_here`` or ``info``) stands.
 """
@@ -112,6 +114,15 @@ def _per_unit(p: Projection) -> float:
     return 1.0
 
 
+def _gain_is_compute(p: Projection) -> bool:
+    """Whether the low end's gain comes mostly from faster math (compute, recompute,
+    optimizer) rather than from collectives on a faster link."""
+    now, low = p.now, p.slowest
+    math_saved = (now.compute + now.recompute + now.optimizer
+                  - low.compute - low.recompute - low.optimizer)
+    return math_saved > now.comm - low.comm
+
+
 def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
            cannot_run_here: str | None = None) -> Verdict:
     """The gate: ``move_to_h100`` when the move pays (see the module), else ``otherwise``.
@@ -127,6 +138,9 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
         why = f"already on {p.target.name}"
     elif cannot_run_here:
         rule, why = "memory", f"cannot run well here: {cannot_run_here}"
+    elif p.inputs.gpu_busy is None and p.current is not None and _gain_is_compute(p):
+        why = ("GPU utilisation not measured: all compute was counted as GPU-busy, so even "
+               "the low end is an upper bound (give the agent NVML)")
     elif p.gpus > 1 and p.now.comm <= 0 and p.now.comm_bytes <= 0:
         why = (f"no collective seen on {p.gpus} GPUs: their communication cannot be told "
                "from compute, so the projection is an upper bound (let gpuwatch see the "
