@@ -180,6 +180,12 @@ def test_inter_node_link_from_infiniband_is_the_slowest_link_and_no_move_changes
     assert f.projection is not None
     assert f.projection["parts_seconds_projected"]["comm"] == pytest.approx(
         f.projection["parts_seconds_now"]["comm"])  # the fabric stays: so does the wait
+    # eight such rails on each node carry 8x the bytes: NCCL spreads its rings over all
+    rails = [Event(r.rank, r.t, "topology", {**r.data, "infiniband": [
+        {**ib[0], "device": f"mlx5_{k}"} for k in range(8)]}) if isinstance(r, Event) else r
+        for r in records]
+    railed = only(judge(rails, scope="job"), "sync_bottleneck")
+    assert railed.evidence["link_bytes_per_second"] == pytest.approx(8 * 12.5e9 / 10)
     # the same job told its inter-node link is 400 Gb/s: not the link
     fast = only(judge(records, scope="job", detectors={"sync_bottleneck": {
         "inter_node_bytes_per_second": 50e9}}), "sync_bottleneck")

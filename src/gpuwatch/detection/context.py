@@ -213,16 +213,16 @@ def spans_nodes(views: Sequence[RankInput]) -> bool:
 
 def inter_node_link(views: Sequence[RankInput], setting: float = 0.0) -> float | None:
     """The link between the job's nodes (bytes/s, one direction): ``setting`` when set,
-    else the fastest active InfiniBand port of each rank that reports one, the slowest
-    of those; None within one node, or where nothing says."""
+    else each reporting rank's node's active InfiniBand or RoCE ports together (NCCL
+    spreads its rings over every rail), the slowest node's; None within one node, or
+    where nothing says."""
     if not spans_nodes(views):
         return None
     if setting > 0:
         return setting
-    best = [max((float(p.get("bytes_per_second") or 0) for p in ports if isinstance(p, dict)),
-                default=0.0)
-            for v in views if (ports := (v.topology or {}).get("infiniband"))]
-    rates = [b for b in best if b > 0]
+    nodes = [sum(float(p.get("bytes_per_second") or 0) for p in ports if isinstance(p, dict))
+             for v in views if (ports := (v.topology or {}).get("infiniband"))]
+    rates = [n for n in nodes if n > 0]
     return min(rates) if rates else None
 
 
