@@ -188,6 +188,7 @@ class Telemetry:
         self.interrupting_steps = 0
         self.interrupted_s = 0.0
         self.first_step_start: float | None = None  # start of the first step (Unix s)
+        self.warmed_at = 0.0  # when warm-up (loading, the first steps) ended (Unix s)
         self.last_progress = 0.0  # newest step or progress event time
         self.changed = 0  # a stamp that changes with every step or event (not samples)
         self.event_stamp = 0  # one that changes with every event (not steps or samples)
@@ -240,6 +241,7 @@ class Telemetry:
         if self.first_step_start is None:
             self.first_step_start = s.t - s.wall_s
         if self.steps_seen <= WARMUP_STEPS:
+            self.warmed_at = s.t
             return
         median = self._median if len(self._walls) >= 5 else 0.0
         self._walls.append(s.wall_s)
@@ -368,7 +370,9 @@ class Telemetry:
     def uninterrupted(self, source: str, key: str, since: float
                       ) -> tuple[int, float, tuple[int, ...]]:
         """Count, sum and GPUs of the readings of ``key`` at or after ``since`` taken
-        outside recent interruptions (as ``interrupted`` tells them apart)."""
+        outside recent interruptions (as ``interrupted`` tells them apart) and after
+        warm-up (loading, the first steps: ``warmed_at``)."""
+        since = max(since, self.warmed_at)
         cuts = self._interrupted_spans(since)
         count, total, gpus = 0, 0.0, set()
         for group, series in self._key_series(source, key):

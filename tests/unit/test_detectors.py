@@ -223,6 +223,14 @@ def test_low_utilisation_without_explanation_is_info() -> None:
     assert f.verdict == "info" and abs(f.evidence["gpu_utilization_ratio"] - 0.3) < 1e-9
 
 
+def test_loading_before_the_first_steps_is_no_low_utilisation() -> None:
+    """45 s of loading weights (an idle GPU), then a busy one: warm-up, not a finding."""
+    loading = samples("nvml", 45, {**HEALTHY_GPU, "gpu_utilization_ratio": 0.0}, gpu=0)
+    busy = samples("nvml", 60, HEALTHY_GPU, gpu=0, start=START + 45)
+    records = [meta(), *loading, *steps(60, wall=0.5, start=START + 45), *busy]
+    assert judge(records) == []
+
+
 def test_low_utilisation_explained_by_starvation_is_not_repeated() -> None:
     idle = {**HEALTHY_GPU, "gpu_utilization_ratio": 0.3}
     records = [meta(), *steps(60, data_s=0.06), *samples("nvml", 60, idle, gpu=0),
