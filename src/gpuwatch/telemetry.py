@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import operator
 import statistics
 from array import array
@@ -34,6 +35,7 @@ MAX_EVENTS = 256
 WARMUP_STEPS = 5  # the first steps (allocation, compilation, worker start) are not typical
 MEDIAN_STEPS = 15  # the running median step is taken over this many recent steps
 INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an interruption
+PAUSE_S = 60.0  # a silence this long that a step ends is one of the job's pauses
 BATCH_SIZES = 64  # batch sizes whose tokens per step a rank remembers
 RHYTHM_SHARE = 0.10  # interruptions more frequent than this share of steps are the rhythm
 # Events that show the job is working between steps (besides steps themselves).
@@ -189,6 +191,8 @@ class Telemetry:
         self.interrupted_s = 0.0
         self.first_step_start: float | None = None  # start of the first step (Unix s)
         self.warmed_at = 0.0  # when warm-up (loading, the first steps) ended (Unix s)
+        # recent silences (no step, batch or save for PAUSE_S or more) a step ended (s)
+        self.pauses: deque[float] = deque(maxlen=8)
         self.last_progress = 0.0  # newest step or progress event time
         self.changed = 0  # a stamp that changes with every step or event (not samples)
         self.event_stamp = 0  # one that changes with every event (not steps or samples)
@@ -234,6 +238,8 @@ class Telemetry:
         self.steps.append(s)
         self.steps_done = s.step
         self.steps_seen += 1
+        if self.last_progress and s.t - self.last_progress >= PAUSE_S:
+            self.pauses.append(s.t - self.last_progress)  # a silence that ended on its own
         if s.samples and (s.samples in self.tokens_at or len(self.tokens_at) < BATCH_SIZES):
             self.tokens_at[s.samples] = s.tokens
         if s.t > self.last_progress:
@@ -334,7 +340,10 @@ class Telemetry:
         return statistics.median(self._stepping_power) if self._stepping_power else None
 
     def interrupted(self, t: float) -> bool:
-        """Whether time ``t`` fell inside a recent interruption (an eval, a save...)."""
+        """Whether time ``t`` fell inside warm-up (before ``warmed_at``) or a recent
+        interruption (an eval, a save...)."""
+        if t < self.warmed_at:
+            return True
         if not self.interruptions or t > self.interruptions[-1][1]:
             return False
         return any(a <= t <= b for a, b in reversed(self.interruptions))
@@ -372,8 +381,9 @@ class Telemetry:
         """Count, sum and GPUs of the readings of ``key`` at or after ``since`` taken
         outside recent interruptions (as ``interrupted`` tells them apart) and after
         warm-up (loading, the first steps: ``warmed_at``)."""
-        since = max(since, self.warmed_at)
         cuts = self._interrupted_spans(since)
+        if since < self.warmed_at:  # (a reading at warmed_at itself is after warm-up)
+            cuts = [(since, math.nextafter(self.warmed_at, -math.inf)), *cuts]
         count, total, gpus = 0, 0.0, set()
         for group, series in self._key_series(source, key):
             n, s = series.count_sum(since)

@@ -142,6 +142,26 @@ def test_a_rank_stuck_outside_collectives_is_named_as_the_one_that_stopped() -> 
     assert "stuck in data" in f.summary and "not in a collective" in f.summary
 
 
+def test_a_worker_that_pauses_by_habit_is_given_its_usual_pause() -> None:
+    """An HPO worker: 30 s of steps, then 300 s idle waiting for its next trial, again and
+    again. Once it has paused twice and gone on, a silence of up to 1.5 x its longest
+    pause is its rhythm; a silence beyond that is still a hang."""
+    records: list[Record] = [meta()]
+    for trial in range(4):  # the last trial's steps end at START + 1020
+        records += steps(30, start=START + 330 * trial, first=300 * trial + 1)
+    idle = {**HOST, "process_cpu_cores": 0.02}
+    records += samples("agent", 1420, {"agent_cpu_seconds_total": 1.0})  # 400 s idle now
+    records += samples("host", 1420, idle)
+    hangs = [f for f in judge(records) if f.detector == "hang"]
+    assert hangs and all(f.state == "resolved" for f in hangs)  # the first pauses only
+    assert all(f.first_seen < START + 2 * 330 for f in hangs)
+    longer = records + samples("agent", 300, {"agent_cpu_seconds_total": 1.0},
+                               start=START + 1420)  # 700 s: stopped for good this time
+    late = [f for f in judge(longer) if f.detector == "hang" and f.state == "active"]
+    assert late and late[0].evidence["usual_pause_seconds"] == pytest.approx(300, abs=1)
+    assert late[0].evidence["bound_seconds"] == pytest.approx(450, abs=2)
+
+
 def test_hang_bound_follows_slow_steps_and_overrides() -> None:
     slow = [meta(), *steps(100, wall=10.0), *samples("agent", 260, {"x": 1.0})]
     f = only(judge(slow), "hang")

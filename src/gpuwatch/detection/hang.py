@@ -11,7 +11,9 @@ recompile). Waiting is not progress: an open data or collective phase, or the
 GPU pinned at full utilisation at low power with no step, the signature of a
 hung NCCL collective. Waiting for another rank that works between steps (the job
 engine's ``HOLDING``: a rank-0-only ``torch.save`` or eval holds every other rank at
-its next collective) is no hang: a save's cost is ``checkpoint_overhead``'s."""
+its next collective) is no hang: a save's cost is ``checkpoint_overhead``'s. A rank
+that has already paused at least twice and gone on (a worker between trials) is given
+1.5 times its longest pause."""
 
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ from gpuwatch.records import Sample
 from gpuwatch.telemetry import OPEN_SAVE_KEY, Telemetry
 
 WAITS = ("data", "collective")  # phases in which a busy CPU is waiting, not working
+# A rank that has paused this many times (``Telemetry.pauses``: silences a step ended)
+# pauses by habit (a worker between trials, an eval loop without markers): a silence up
+# to PAUSE_MARGIN times its longest is its rhythm, not a hang.
+RHYTHM_PAUSES, PAUSE_MARGIN = 2, 1.5
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
@@ -35,6 +41,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     recent = [s.wall_s for s in itertools.islice(reversed(view.steps), 100)]
     median = statistics.median(recent)
     bound = max(th["min_seconds"], th["median_multiple"] * median)
+    usual = max(view.pauses) if len(view.pauses) >= RHYTHM_PAUSES else 0.0
+    bound = max(bound, PAUSE_MARGIN * usual)  # the job pauses like this and goes on
     if now - view.last_progress < bound:
         return None
     working = view.working_power_w()
@@ -47,6 +55,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     open_phases = {k[len("open_"):-len("_seconds")]: v for k, v in
                    (agent.values.items() if agent else ()) if k.startswith("open_")}
     evidence = {"stalled_seconds": stalled, "bound_seconds": bound,
+                **({"usual_pause_seconds": usual} if usual else {}),
                 "median_step_seconds": median, "last_step_time_seconds": view.steps[-1].t,
                 "last_progress_time_seconds": progress, "steps_total": float(view.steps_done)}
     if signature is not None:
