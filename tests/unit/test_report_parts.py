@@ -197,6 +197,8 @@ def test_a_rank_finding_alike_on_every_rank_is_shown_once_naming_them() -> None:
     assert "iteration_speed - info, rank 9" in text
     twice = findings_text([found("hang", [1], "fix_here"), found("hang", [1], "fix_here")])
     assert twice.count("hang - info, rank 1\n") == 1  # two attempts of one rank
+    job = findings_text([found("sync_bottleneck", list(range(16)), "fix_here")])
+    assert "sync_bottleneck - info, ranks 0\u201315\n" in job  # a job finding's own ranks
     assert "straggler - info, rank 2" in text and "straggler - info, rank 5" in text
     html = render(run_of([meta(), *steps(5)]), findings)
     assert html.count("ranks 0\u20137 (rank 0&#x27;s figures)") == 1

@@ -127,6 +127,11 @@ class Context:
         proj = project(parts, target or self.target_gpu, current, ranks=world,
                        drop_recompute=drop_recompute, planned_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)
+        if world > 1 and units > 0:
+            proj.assumptions.append(f"each of the {world} ranks' {unit.removeprefix('1M ')} "
+                                    "taken as its own (data parallel): with tensor or "
+                                    "pipeline parallelism ranks share them, and each costs "
+                                    "that degree more")
         price(proj, self.costs)
         return proj
 

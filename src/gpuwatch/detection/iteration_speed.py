@@ -48,8 +48,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     scaled = (f", {hours_scaled:.1f} h on {scale:.0f}" if scale > world else "")
     if verdict == "move_to_h100":
         gpus = f"{world} GPUs" if world > 1 else "one GPU"
+        hours_low = remaining * proj.slowest.total / 3600
         advice = (f"Move to {ctx.target}: {hours_now / 24:.1f} days become "
-                  f"{_span(hours_target)} on {gpus} as now"
+                  f"{_span(hours_target)} ({_span(hours_low)} at the low end) on {gpus} "
+                  "as now"
                   + (f" ({_span(hours_scaled)} on {scale:.0f}, scaled out)." if scaled
                      else "."))
     elif current is not None and current.name == ctx.target:

@@ -36,10 +36,12 @@ def fold_ranks(findings: Sequence[Finding]) -> list[tuple[Finding, list[int]]]:
 
 
 def rank_text(f: Finding, ranks: list[int]) -> str:
-    """How a finding names its ranks: "rank 3", "rank 0,1" (a job finding's), or a folded
-    finding's "ranks 0-31 (rank 0's figures)"."""
-    if len(set(ranks)) <= 1 or ranks == f.ranks:
-        return f"rank {','.join(map(str, f.ranks))}"
+    """How a finding names its ranks: "rank 3", "ranks 0-15" (a job finding's), or a
+    folded finding's "ranks 0-31 (rank 0's figures)"."""
+    if len(set(ranks)) <= 1:
+        return f"rank {fmt.spans(f.ranks)}"
+    if ranks == f.ranks:  # a job finding's own ranks
+        return f"ranks {fmt.spans(ranks)}"
     return f"ranks {fmt.spans(ranks)} (rank {f.ranks[0]}'s figures)"
 
 
