@@ -47,12 +47,13 @@ def test_other_ranks_this_process_launched_are_no_workers() -> None:
 
     probe = HostProbe(rank=0)
     env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
+    idle = "import sys; sys.stdin.read()"  # idle until its stdin closes (or it is killed)
     rank1 = subprocess.Popen([sys.executable, "-c", (
-        "import subprocess, sys, time; "
-        "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-        "print(w.pid, flush=True); time.sleep(60)")], env=env, stdout=subprocess.PIPE,
-        text=True)
-    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        "import subprocess, sys; "
+        f"w = subprocess.Popen([sys.executable, '-c', {idle!r}], stdin=subprocess.PIPE); "
+        f"print(w.pid, flush=True); {idle}")], env=env, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    worker = subprocess.Popen([sys.executable, "-c", idle], stdin=subprocess.PIPE)
     assert rank1.stdout is not None
     its_worker = int(rank1.stdout.readline())
     try:

@@ -41,11 +41,12 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     evidence = {"remaining_steps": float(remaining), "step_seconds": parts.total,
                 "remaining_hours_now": hours_now, "remaining_hours_target": hours_target,
                 "speedup_ratio": proj.speedup}
+    scaled = ""  # the scale-out clause, when the job is smaller than the scale-out
     if scale > world:
         evidence |= {"remaining_hours_scaled": hours_scaled, "scale_out_gpus": scale}
+        scaled = f", {hours_scaled:.1f} h on {scale:.0f}"
     verdict = ctx.decide(proj, otherwise="info")
     current = ctx.current_gpu(view)
-    scaled = (f", {hours_scaled:.1f} h on {scale:.0f}" if scale > world else "")
     if verdict == "move_to_h100":
         gpus = f"{world} GPUs" if world > 1 else "one GPU"
         hours_low = remaining * proj.slowest.total / 3600

@@ -87,8 +87,7 @@ def _closure_outside_the_update(lazy: LazyPush, optimizer: Any, args: Any, kwarg
     except Exception:
         return None
 
-    @functools.wraps(closure)
-    def outside(*a: Any, **kw: Any) -> Any:
+    def outside(*a: Any, **kw: Any) -> Any:  # (once per step: no functools.wraps copying)
         lazy.push(-ring.OPTIMIZER)
         try:
             return closure(*a, **kw)

@@ -75,9 +75,7 @@ def job_store() -> Any:
 
 JOB_KEY = "job"  # rank 0's word on the job (what its job-scope findings cover)
 RUN_KEY = "run_key"  # rank 0's name for the run, which every rank's run directory takes
-
-
-RUN_KEY_POLL_S = 0.05
+RUN_KEY_POLL_S = 0.05  # how often a rank asks for it (s)
 
 
 def agree_run_key(store: Any, rank: int, mine: str, wait_s: float,
