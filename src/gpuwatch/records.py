@@ -52,9 +52,10 @@ class Step:
     checkpoint. ``collective_s`` and ``recompute_s`` are parts of compute
     (exposed collective wait, activation-checkpoint recompute), not extra time.
     ``other_s`` is the wall time no phase accounts for. ``collective_bytes`` are bus
-    bytes (nccl-tests convention); ``collective_timed_s`` is the full duration of the
-    collectives whose duration was seen and ``collective_timed_bytes`` their bus bytes
-    (their ratio is the achieved bus bandwidth).
+    bytes (nccl-tests convention), ``p2p_bytes`` the part of them point-to-point sends
+    and receives carry (a pipeline's activations); ``collective_timed_s`` is the full
+    duration of the collectives whose duration was seen and ``collective_timed_bytes``
+    their bus bytes (their ratio is the achieved bus bandwidth).
     """
 
     rank: int
@@ -75,6 +76,7 @@ class Step:
     collective_timed_s: float = 0.0
     collective_timed_bytes: int = 0
     act_ckpt_calls: int = 0
+    p2p_bytes: int = 0
     kind: Literal["step"] = "step"
 
 

@@ -46,7 +46,7 @@ _CHANGES = itertools.count(1)  # stamps of steps and events, unique across views
 
 class StepSummary(NamedTuple):
     """Steps over a recent span: their count and the mean of each part per step
-    (seconds; ``samples``, ``tokens`` and ``collective_bytes`` per step). A named tuple:
+    (seconds; ``samples``, ``tokens`` and the bytes per step). A named tuple:
     detectors make one per judgement, and it is built three times faster than a frozen
     dataclass.
 
@@ -62,6 +62,7 @@ class StepSummary(NamedTuple):
     recompute_s: float
     other_s: float
     collective_bytes: float
+    p2p_bytes: float
     optimizer_s: float
     samples: float
     tokens: float

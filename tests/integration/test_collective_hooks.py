@@ -1,7 +1,7 @@
 """The collective hooks on real torch code paths (gloo, 2 ranks under torchrun): FSDP2's
 all-gathers and reduce-scatters and its waits, an async all-to-all, batch_isend_irecv,
-and functional collectives eager and inside a fullgraph compile (where the hooks step
-aside instead of breaking the graph)."""
+blocking send and recv, and functional collectives eager and inside a fullgraph compile
+(where the hooks step aside instead of breaking the graph)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ def test_collective_hooks_on_real_torch_paths() -> None:
         assert r["fsdp2"]["waits"] == 6  # wait_for_unshard x4, finalize_backward x2
         assert r["fsdp2"]["durations"] == 6  # each blocking collective's own duration
         assert r["all_to_all"] == {"bytes": 2 * 256 * 4 // 2, "closed": 1}
-        assert r["p2p"] == {"bytes": 4000, "closed": 2}  # one send counted; both waits
+        # point-to-point bytes apart from the collectives' (a pipeline's, for its bubble)
+        assert r["p2p"] == {"p2p_bytes": 4000, "closed": 2}  # one send counted; both waits
+        assert r["send_recv"] == {"p2p_bytes": 2000, "closed": 1, "durations": 1}
         assert r["compiled_ok"] and r["funcol"] == {"bytes": 32, "waits": 1, "ok": True}
         assert set(r["coverage"]) == {"ddp", "work_wait", "funcol", "fsdp2"}
         assert not [v for v in r["coverage"].values() if v.startswith("not timed")]

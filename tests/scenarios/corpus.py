@@ -185,6 +185,15 @@ JOBS: tuple[Job, ...] = (
               collective_bytes=int(3e9), memory=Memory(26, 14)),
         expected=(Verdict("sync_bottleneck", MOVE),),
         wrong=(Verdict("straggler", FIX), Verdict("underutilised", "info"))),
+    Job("pipeline_bubble_no_p2p",
+        "A 4-stage 1F1B pipeline on 4 RTX 5090s without P2P, 1 s steps of 6 micro-batches: "
+        "every stage idles 30% in its receives, the schedule's bubble, while the 400 MB of "
+        "activations it sends would take 0.05 s even through host memory. More "
+        "micro-batches, not NVLink.",
+        Shape(step_s=1.0, duration_s=300, world=4, gpu=RTX_5090, collective_share=0.3,
+              collective_bytes=int(400e6), p2p_bytes=int(400e6), memory=Memory(26, 14)),
+        expected=(Verdict("sync_bottleneck", FIX),),
+        wrong=(Verdict("sync_bottleneck", MOVE), Verdict("iteration_speed", MOVE))),
     Job("fsdp_16_ranks_long_steps",
         "FSDP pre-train on 16 H100s, 12 s steps with 8-way gradient accumulation: healthy.",
         Shape(step_s=12.0, duration_s=600, world=16, accumulation=8, collective_share=0.06,

@@ -94,6 +94,7 @@ class Shape:
     data_share: float = 0.03
     collective_share: float = 0.0
     collective_bytes: int = 0
+    p2p_bytes: int = 0  # of collective_bytes, point-to-point sends' (a pipeline's)
     recompute_share: float = 0.0
     optimizer_share: float = 0.05
     slow_rank: int | None = None
@@ -276,6 +277,7 @@ def _steps(shape: Shape, rank: int, rng: random.Random, out: list[Record],
             collective_s=parts["collective"] + waited, recompute_s=parts["recompute"],
             samples=batch * shape.accumulation, checkpoint_bytes=saved,
             collective_bytes=shape.collective_bytes if shape.world > 1 else 0,
+            p2p_bytes=shape.p2p_bytes if shape.world > 1 else 0,
             act_ckpt_calls=24 if shape.recompute_share else 0))
         if batch != previous:
             out.append(Event(rank, t, "batch_size_changed", {"from": previous, "to": batch}))

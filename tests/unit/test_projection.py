@@ -204,6 +204,26 @@ def test_collective_time_is_kept_where_the_link_does_not_change() -> None:
     assert pcie.projected.comm == 0.5
 
 
+def test_a_pipelines_wait_beyond_its_bytes_is_a_bubble_scaled_like_compute() -> None:
+    # 0.3 s of receives a step, 400 MB of activations sent: through host memory at a
+    # quarter of PCIe gen5 x16 (16 GB/s) that is 0.025 s; the rest is the bubble.
+    now = StepParts(compute=1.0, comm=0.3, comm_bytes=400e6, p2p_bytes=400e6)
+    staged = Inputs(link_now=64e9, host_staged=True, tensor_share=1.0)
+    p = project(now, H100, RTX5090, ranks=4, inputs=staged)
+    assert p.now.comm == pytest.approx(0.025) and p.now.bubble == pytest.approx(0.275)
+    assert p.now.total == pytest.approx(now.total)  # carved out, nothing lost
+    assert p.projected.bubble == pytest.approx(0.275 * FLOPS)  # shrinks with compute only
+    assert p.projected.comm == pytest.approx(400e6 / 450e9)
+    assert any("the pipeline's bubble, scaled with compute" in a for a in p.assumptions)
+    # the same bytes from all-reduces: all of the wait is transfer, as before
+    reduced = project(now._replace(p2p_bytes=0.0), H100, RTX5090, ranks=4, inputs=staged)
+    assert reduced.now.bubble == 0 and reduced.projected.comm == pytest.approx(400e6 / 450e9)
+    # bytes that take the whole wait over today's path: no bubble
+    heavy = project(now._replace(comm_bytes=8e9, p2p_bytes=8e9), H100, RTX5090, ranks=4,
+                    inputs=staged)
+    assert heavy.now.bubble == 0 and heavy.now.comm == 0.3
+
+
 def test_precision_picks_the_tensor_figure_and_a_card_without_fp8_runs_bf16() -> None:
     fp8 = project(StepParts(compute=1.0), H100, RTX5090, tensor_share=1.0,
                   inputs=Inputs(precision="fp8"))

@@ -152,6 +152,27 @@ def test_transfer_through_host_memory_is_that_path_s_bandwidth_whatever_the_slot
     assert direct.verdict == "fix_here" and "not the link's bandwidth" in direct.summary
 
 
+def test_a_pipelines_bubble_is_told_from_its_sends_through_host_memory() -> None:
+    """Pipeline stages wait in their receives alike (the schedule's bubble). When even
+    the host-staged path at its worst moves the sends in a fraction of that wait, the
+    stages wait on each other, not on the link: fix here. Sends that take the wait are
+    that path's bandwidth, as all-reduces are."""
+    pcie4 = {"pcie_bytes_per_second": 1.969e9 * 16, "pcie_generation": 4, "pcie_width": 16}
+
+    def sent(nbytes: int) -> list[Record]:
+        records = with_p2p(run(2, transfer, nbytes=nbytes, devices=pcie4, same_host=True),
+                           read=False)
+        return [replace(r, p2p_bytes=r.collective_bytes) if isinstance(r, Step) else r
+                for r in records]
+
+    bubble = only(judge(sent(64_000_000), scope="job"), "sync_bottleneck")
+    assert bubble.verdict == "fix_here" and "the pipeline's bubble" in bubble.summary
+    assert "micro-batches" in bubble.action
+    assert bubble.evidence["p2p_bytes_per_step"] == 64_000_000
+    heavy = only(judge(sent(2_000_000_000), scope="job"), "sync_bottleneck")
+    assert heavy.verdict == "move_to_h100" and "bandwidth-bound" in heavy.summary
+
+
 def test_a_wait_whose_bytes_were_not_seen_is_no_move() -> None:
     """With no bytes, nothing tells a slow link from latency or a misconfigured NCCL:
     the wait is reported, no move is (and no link is blamed for it)."""

@@ -210,6 +210,15 @@ def test_recompute_and_collective_are_parts_of_compute_not_extra_time() -> None:
     assert s.compute_s == pytest.approx(1.0)
 
 
+def test_point_to_point_bytes_are_collective_bytes_and_kept_apart() -> None:
+    marks = [(ring.STEP_BEGIN, 0.0, None), (ring.COLLECTIVE_BYTES, 0.1, 1000),
+             (ring.P2P_BYTES, 0.2, 300), (ring.P2P_BYTES, 0.3, 200), (ring.STEP_END, 1.0, None),
+             (ring.STEP_BEGIN, 1.0, None), (ring.STEP_END, 2.0, None)]
+    first, second = steps(assemble(marks))
+    assert (first.collective_bytes, first.p2p_bytes) == (1500, 500)
+    assert (second.collective_bytes, second.p2p_bytes) == (0, 0)  # each step its own
+
+
 def test_size_on_disk_of_file_directory_and_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "a.bin").write_bytes(b"x" * 10)
     (tmp_path / "d").mkdir()

@@ -122,6 +122,7 @@ class Context:
             device_name=self.device_name(view), precision=self.precision,
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since),
             fabric=fabric, fabric_unseen=fabric is None and spans_nodes(views),
+            host_staged=host_staged(views),
             loader_bound=any("data_starvation" in self.explained.get(v.rank, ())
                              for v in views))
         proj = project(parts, target or self.target_gpu, current, ranks=world,
@@ -279,5 +280,5 @@ def mean_parts(summary: StepSummary) -> StepParts:
     data, compute, recompute, comm, optimizer, checkpoint, other = split_step(summary)
     return StepParts(compute=compute, recompute=recompute, comm=comm, data=data,
                      checkpoint=checkpoint, other=other, comm_bytes=summary.collective_bytes,
-                     optimizer=optimizer)
+                     p2p_bytes=summary.p2p_bytes, optimizer=optimizer)
 

@@ -116,10 +116,11 @@ def _per_unit(p: Projection) -> float:
 
 def _gain_is_compute(p: Projection) -> bool:
     """Whether the low end's gain comes mostly from faster math (compute, recompute,
-    optimizer) rather than from collectives on a faster link."""
+    optimizer, and a pipeline's bubble, which shrinks with them) rather than from
+    collectives on a faster link."""
     now, low = p.now, p.slowest
-    math_saved = (now.compute + now.recompute + now.optimizer
-                  - low.compute - low.recompute - low.optimizer)
+    math_saved = (now.compute + now.recompute + now.optimizer + now.bubble
+                  - low.compute - low.recompute - low.optimizer - low.bubble)
     return math_saved > now.comm - low.comm
 
 
@@ -141,7 +142,7 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
     elif p.inputs.gpu_busy is None and p.current is not None and _gain_is_compute(p):
         why = ("GPU utilisation not measured: all compute was counted as GPU-busy, so even "
                "the low end is an upper bound (give the agent NVML)")
-    elif p.gpus > 1 and p.now.comm <= 0 and p.now.comm_bytes <= 0:
+    elif p.gpus > 1 and p.now.comm + p.now.bubble <= 0 and p.now.comm_bytes <= 0:
         why = (f"no collective seen on {p.gpus} GPUs: their communication cannot be told "
                "from compute, so the projection is an upper bound (let gpuwatch see the "
                "collectives: torch.distributed calls, a DDP comm hook)")

@@ -11,7 +11,9 @@ scaled by the ratio that applies to it (docs/projection.md):
 - activation-checkpoint recompute: like compute, or dropped when the target's
   memory makes checkpointing unnecessary;
 - exposed collective wait: kept where the target's link is no faster, else the ring
-  all-reduce on the target's link;
+  all-reduce on the target's link; where point-to-point sends carry most of the bytes
+  (a pipeline), the wait beyond what they take over today's path is the pipeline's
+  bubble, scaled like compute;
 - GPU idle time inside compute (NVML utilisation), data wait, checkpoint saves
   and unattributed time: kept as measured.
 """
@@ -44,6 +46,9 @@ MEASURED_SHARE_MARGIN = 0.15
 # A card at least this busy (NVML) drawing under this share of its board power runs
 # kernels too small to fill it: launch-bound (``_light_kernels``).
 LIGHT_BUSY, LIGHT_POWER_SHARE = 0.6, 0.45
+# A copy between GPUs that cannot reach each other peer to peer goes through host memory:
+# at worst this share of the slot's rate (it crosses PCIe twice and shares host memory).
+HOST_STAGED_SHARE = 0.25
 # Range ends closer than this (high / low) are shown as one number.
 POINT_TOLERANCE = 1.03
 TIMES, DASH = "\u00d7", "\u2013"  # multiplication sign, en dash
@@ -60,18 +65,23 @@ class StepParts(NamedTuple):
     data: float = 0.0
     checkpoint: float = 0.0
     other: float = 0.0
-    comm_bytes: float = 0.0  # bytes all-reduced per step (0: unknown); not a time
+    comm_bytes: float = 0.0  # bus bytes of the collectives per step (0: unknown); not a time
     optimizer: float = 0.0
     idle: float = 0.0
+    p2p_bytes: float = 0.0  # the part of comm_bytes point-to-point sends carry; not a time
+    bubble: float = 0.0  # a pipeline's stages waiting on each other (``_split_bubble``)
 
     @property
     def total(self) -> float:
         return (self.compute + self.recompute + self.comm + self.data + self.checkpoint
-                + self.other + self.optimizer + self.idle)
+                + self.other + self.optimizer + self.idle + self.bubble)
 
     def seconds(self) -> dict[str, float]:
-        """The parts by name (seconds), without ``comm_bytes``."""
-        return {k: v for k, v in zip(self._fields, self, strict=True) if k != "comm_bytes"}
+        """The parts by name (seconds), without the bytes."""
+        return {k: v for k, v in zip(self._fields, self, strict=True) if k not in _BYTES}
+
+
+_BYTES = frozenset({"comm_bytes", "p2p_bytes"})
 
 
 def mean_step_parts(parts: list[StepParts]) -> StepParts:
@@ -91,11 +101,13 @@ class Inputs:
     ``remaining_steps`` steps left to the plan; ``device_name`` what NVML calls the card;
     ``precision`` the tensor math the job uses; ``power_watts`` its card's draw;
     ``fabric`` the link between nodes the collectives cross (bytes/s, one direction;
-    None within one node): a move to other GPUs keeps it. ``fabric_unseen``: the job
-    spans nodes but nothing reports the link between them (no InfiniBand or RoCE port,
-    no setting): a move keeps its collective wait as measured. ``loader_bound``: the step
-    waits on its data loader (``data_starvation``), so it goes at the loader's pace on any
-    card: time a faster card saves is spent waiting for data instead.
+    None within one node): a move to other GPUs keeps it. ``host_staged``: copies
+    between the job's GPUs go through host memory (no peer-to-peer access).
+    ``fabric_unseen``: the job spans nodes but nothing reports the link between them (no
+    InfiniBand or RoCE port, no setting): a move keeps its collective wait as measured.
+    ``loader_bound``: the step waits on its data loader (``data_starvation``), so it goes
+    at the loader's pace on any card: time a faster card saves is spent waiting for data
+    instead.
     """
 
     tensor_share: float | None = None
@@ -110,6 +122,7 @@ class Inputs:
     fabric: float | None = None
     fabric_unseen: bool = False
     loader_bound: bool = False
+    host_staged: bool = False
 
 
 @dataclass
@@ -216,7 +229,7 @@ def project(
         notes.append(f"current GPU {inputs.device_name!r} is not in the catalogue: compute is "
                      "not scaled" if inputs.device_name else
                      "current GPU unknown: compute is not scaled")
-    split = _split_idle(now, inputs.gpu_busy, notes)
+    split = _split_bubble(_split_idle(now, inputs.gpu_busy, notes), current, inputs, notes)
     shares = _tensor_shares(inputs.tensor_share, current, notes)
     flops_now, flops_target = _flops(current, target, inputs.precision, notes)
     bw_ratio = current.memory_bandwidth / target.memory_bandwidth if current else 1.0
@@ -236,7 +249,8 @@ def project(
     def scaled(factor: float) -> StepParts:
         return split._replace(compute=split.compute * factor,
                               recompute=0.0 if drop else split.recompute * factor,
-                              optimizer=split.optimizer * bw_ratio, comm=comm)
+                              optimizer=split.optimizer * bw_ratio, comm=comm,
+                              bubble=split.bubble * factor)
 
     def at(share: float) -> StepParts:
         return scaled((share * flops_now / flops_target + (1 - share) * bw_ratio)
@@ -280,6 +294,42 @@ def _split_idle(now: StepParts, gpu_busy: float | None, notes: list[str]) -> Ste
                  "idle time inside compute, kept as is")
     return now._replace(compute=now.compute * keep, optimizer=now.optimizer * keep,
                         idle=now.idle + idle)
+
+
+def _split_bubble(now: StepParts, current: Gpu | None, inputs: Inputs,
+                  notes: list[str]) -> StepParts:
+    """Carve a pipeline's bubble out of the collective wait. Where point-to-point sends
+    carry most of the bytes (a pipeline schedule), the wait beyond what those bytes take
+    over today's path (``p2p_rate``) is the stages waiting on each other's compute: it
+    shrinks with compute on a faster card, not with the link."""
+    if now.comm <= 0 or now.comm_bytes <= 0 or 2 * now.p2p_bytes < now.comm_bytes:
+        return now
+    rate = p2p_rate(inputs, current)
+    if rate is None:
+        return now
+    transfer = min(now.comm, now.comm_bytes / rate)
+    bubble = now.comm - transfer
+    if bubble <= 0:
+        return now
+    path = " through host memory" if inputs.host_staged else ""
+    notes.append(f"point-to-point sends carry most of the {now.comm_bytes / 1e6:.0f} MB a step "
+                 f"(a pipeline): {transfer:.3g} s of the wait at {rate / 1e9:.1f} GB/s{path}, "
+                 f"the other {bubble:.3g} s the pipeline's bubble, scaled with compute")
+    return now._replace(comm=transfer, bubble=bubble)
+
+
+def p2p_rate(inputs: Inputs, current: Gpu | None) -> float | None:
+    """The slowest rate copies between the job's GPUs reach today (bytes/s, one
+    direction): today's link (the topology's, else the card's), at ``HOST_STAGED_SHARE``
+    of it through host memory, no faster than the link between nodes; None where
+    unknown (or the job crosses a network nothing reports)."""
+    link = inputs.link_now if inputs.link_now is not None else (
+        current.link_bandwidth if current else None)
+    if link is None or inputs.fabric_unseen:
+        return None
+    if inputs.host_staged:
+        link *= HOST_STAGED_SHARE
+    return min(link, inputs.fabric) if inputs.fabric is not None else link
 
 
 def _at_pace(projected: StepParts, now: StepParts) -> StepParts:

@@ -7,7 +7,9 @@ on one fixed rank: the straggler's case, not this one. Mostly transfer: a move o
 when the bytes over the slowest link the collectives cross explain it (no NVLink,
 bandwidth-bound; a path through host memory, where the GPUs cannot reach each other
 peer to peer, always is); with NVLink already, latency-bound, or a link that could
-carry the bytes far faster: fix here (overlap, bucketing). Bound by the link between
+carry the bytes far faster: fix here (overlap, bucketing). Mostly point-to-point bytes
+(a pipeline) that even the path's slowest rate moves in a fraction of the wait: the
+pipeline's bubble, fix here (more micro-batches, another schedule). Bound by the link between
 nodes, or by a network between nodes that nothing reports: fix here too (no GPU
 changes the fabric; projections keep that wait). With no bytes or no topology seen,
 nothing tells bandwidth from the rest: ``info``, no move.
@@ -30,7 +32,7 @@ from gpuwatch.detection.context import (
     spans_nodes,
     window_s,
 )
-from gpuwatch.detection.projection import mean_step_parts, speedup_text
+from gpuwatch.detection.projection import HOST_STAGED_SHARE, mean_step_parts, speedup_text
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 
@@ -55,6 +57,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                 "transfer_seconds_per_step": split.transfer_s,
                 "skew_seconds_per_step": split.mean_skew_s,
                 "collective_bytes_per_step": mean.comm_bytes,
+                "p2p_bytes_per_step": mean.p2p_bytes,
                 "last_arrival_max_share_ratio": max(split.last_share.values())}
     achieved = achieved_bandwidth(views, since)
     if achieved is not None:
@@ -118,6 +121,18 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "rate for gpuwatch to judge the bytes."}
         return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
                          verdict="fix_here")
+    bubble = _bubble(mean.comm_bytes, mean.p2p_bytes, link, staged,
+                     th["link_explained_ratio"] * split.transfer_s)
+    if bubble is not None:
+        text |= {"link": f"the pipeline's bubble: point-to-point sends carry "
+                         f"{mean.comm_bytes / 1e6:.0f} MB per step, at most {bubble:.2g} s "
+                         f"over {link_name}",
+                 "advice": "The pipeline's stages wait on each other's compute, not on the "
+                           "link: more micro-batches per step (a 1F1B schedule idles "
+                           "(stages - 1) / (micro-batches + stages - 1) of it), an interleaved "
+                           "or zero-bubble schedule, stages of equal compute. A faster link "
+                           "would barely help."}
+        return Detection(evidence, ranks, text=text, verdict="fix_here")
     if has_nvlink(views[0]) and not inter_node:
         text |= {"link": "over NVLink already",
                  "advice": "The link is not the problem: overlap communication with compute "
@@ -172,6 +187,17 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
                          verdict="move_to_h100")
     return Detection(evidence, ranks, text=text, verdict="fix_here")
+
+
+def _bubble(nbytes: float, p2p: float, link: float | None, staged: bool,
+            explains: float) -> float | None:
+    """The seconds a pipeline's bytes take over the link at its slowest (through host
+    memory: ``HOST_STAGED_SHARE`` of it) when point-to-point sends carry most of them and
+    those seconds fall short of ``explains`` (the wait is then the bubble); else None."""
+    if not link or nbytes <= 0 or 2 * p2p < nbytes:
+        return None
+    seconds = nbytes / (link * HOST_STAGED_SHARE if staged else link)
+    return seconds if seconds < explains else None
 
 
 def unseen(views: Sequence[RankInput]) -> str:

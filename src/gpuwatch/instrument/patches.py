@@ -376,7 +376,8 @@ def timed_collective(collective: Callable[..., Any], lazy: LazyPush, timer: Inte
                 n = world_size(_arg(args, kwargs, at, "group"))
                 nbytes = bus_bytes(kind, tensor_bytes(buffer) * (n if is_shard else 1), n)
             if nbytes:
-                lazy.push(ring.COLLECTIVE_BYTES, nbytes)
+                lazy.push(ring.P2P_BYTES if kind == "send_recv" else ring.COLLECTIVE_BYTES,
+                          nbytes)
             is_async = always_async or bool(_arg(args, kwargs, at, "async_op"))
         except Exception:  # never let the bookkeeping break the call
             return collective(*args, **kwargs)
@@ -408,7 +409,7 @@ def tracked_batch(batch: Callable[..., Any], lazy: LazyPush,
             nbytes = tensor_bytes([op.tensor for op in p2p_op_list
                                    if getattr(op.op, "__name__", "") == "isend"])
             if nbytes:
-                lazy.push(ring.COLLECTIVE_BYTES, nbytes)
+                lazy.push(ring.P2P_BYTES, nbytes)
         except Exception:
             tensors = []
         result = batch(p2p_op_list, *args, **kwargs)

@@ -43,6 +43,7 @@ BACKGROUND_SAVE = 114  # value: (seconds, bytes) of a save written off the train
 COLLECTIVE_DURATION = 115  # value: (seconds, bus bytes) of one blocking collective (host clock)
 LOADER_BATCH = 116  # value: (loader key, samples) of the DataLoader batch just fetched
 WAITING = 117  # value: 1 a wait timed elsewhere begins (DDP's, on the host), 0 it ends
+P2P_BYTES = 118  # value: bus bytes of a point-to-point send or receive (collective bytes too)
 
 # Phase codes (``vocabulary.Phase``) as plain ints: the hot path pushes them.
 DATA = int(Phase.DATA)

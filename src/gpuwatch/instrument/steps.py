@@ -63,6 +63,7 @@ class StepAssembler:
         self._ckpt_targets: list[int] = []  # bytes of each file the save wrote
         self._act_ckpt_calls = 0
         self._collective_bytes = 0
+        self._p2p_bytes = 0
         self._timed_s = 0.0
         self._timed_bytes = 0
         self._held: deque[Step] = deque()  # finished steps waiting for the device
@@ -90,7 +91,8 @@ class StepAssembler:
             ring.PHASE_SECONDS: self._on_phase_seconds,
             ring.TOTAL_STEPS: self._on_total_steps, ring.DEVICE_TIMING: self._on_device_timing,
             ring.COLLECTIVE_DURATION: self._on_collective_duration,
-            ring.COLLECTIVE_BYTES: self._on_collective_bytes, ring.ACT_CKPT: self._on_act_ckpt,
+            ring.COLLECTIVE_BYTES: self._on_collective_bytes, ring.P2P_BYTES: self._on_p2p_bytes,
+            ring.ACT_CKPT: self._on_act_ckpt,
             ring.ERROR: self._on_error}  # mark code -> what it does (phases aside)
 
     def feed(self, marks: Iterable[ring.Mark], out: list[Record], final: bool = False) -> None:
@@ -229,6 +231,11 @@ class StepAssembler:
                              out: list[Record]) -> None:
         self._collective_bytes += self._count(value)
 
+    def _on_p2p_bytes(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        nbytes = self._count(value)
+        self._collective_bytes += nbytes
+        self._p2p_bytes += nbytes
+
     def _on_act_ckpt(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         self._act_ckpt_calls += 1
 
@@ -360,7 +367,7 @@ class StepAssembler:
             collective_s=acc[ring.COLLECTIVE], recompute_s=acc[ring.RECOMPUTE],
             other_s=other, samples=samples, tokens=self._tokens,
             checkpoint_bytes=self._ckpt_bytes, collective_bytes=self._collective_bytes,
-            act_ckpt_calls=self._act_ckpt_calls,
+            p2p_bytes=self._p2p_bytes, act_ckpt_calls=self._act_ckpt_calls,
             collective_timed_s=self._timed_s, collective_timed_bytes=self._timed_bytes,
         )
         if self._held or self._waiting(step.step):
@@ -402,7 +409,7 @@ class StepAssembler:
         for phase in range(_NPHASES):
             acc[phase] = 0.0
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0
-        self._collective_bytes = self._timed_bytes = 0
+        self._collective_bytes = self._p2p_bytes = self._timed_bytes = 0
         self._by_loader.clear()
         self._fetches.clear()
         self._waiting_at = None  # (a wait that never said it ended ends with its step)

@@ -1,7 +1,7 @@
 """Run under torchrun (gloo, 2 ranks): the collective hooks on real torch code paths.
 
 Prints one JSON line per rank: the marks the hooks pushed for FSDP2, all-to-all,
-batch_isend_irecv and a fullgraph-compiled functional collective.
+batch_isend_irecv, a blocking send and receive, and a fullgraph-compiled functional collective.
 """
 
 import json
@@ -23,11 +23,14 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 
 def drain() -> dict[str, float]:
-    """Collective bytes, waits timed (host clock: phase seconds or open/close) by kind."""
+    """Collective bytes, point-to-point bytes, waits timed (host clock: phase seconds or
+    open/close) by kind."""
     out: Counter[str] = Counter()
     for code, _, value in marks.drain():
         if code == ring.COLLECTIVE_BYTES:
             out["bytes"] += value
+        elif code == ring.P2P_BYTES:
+            out["p2p_bytes"] += value
         elif code == ring.PHASE_SECONDS and value[0] == ring.COLLECTIVE:
             out["waits"] += 1
         elif code == -ring.COLLECTIVE:
@@ -62,6 +65,12 @@ def main() -> None:
     for w in dist.batch_isend_irecv(ops):
         w.wait()
     result["p2p"] = drain()
+
+    if rank == 0:
+        dist.send(torch.ones(500), 1)
+    elif rank == 1:
+        dist.recv(torch.empty(500), 0)
+    result["send_recv"] = drain()
 
     def f(x: torch.Tensor) -> torch.Tensor:
         return funcol.all_reduce(x * 2, "sum", group=dist.group.WORLD) + 1
