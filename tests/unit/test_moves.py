@@ -105,6 +105,32 @@ def test_a_gain_in_math_whose_gpu_utilisation_was_not_measured_is_no_move() -> N
     assert decide(link, Costs(), otherwise="fix_here") == "move_to_h100"
 
 
+def test_no_move_to_a_card_that_cannot_hold_the_job_as_it_runs() -> None:
+    """A job holding 86 GB on a 96 GB card would not load on an 80 GB H100, however much
+    faster or cheaper its step would be there."""
+    p = proj("H100 SXM", "RTX 5090", memory_bytes=86e9)
+    assert decide(p, Costs(), otherwise="info") == "info"
+    assert p.as_dict()["decision"]["why"] == (
+        "the job holds 80 GiB today, more than H100 SXM holds (75 GiB): shard it first")
+    held = proj("H100 SXM", "RTX 5090", memory_bytes=60e9)
+    assert decide(held, Costs(), otherwise="info") == "move_to_h100"
+
+
+def test_a_gpu_idling_on_host_work_is_fixed_here_before_any_move() -> None:
+    p = proj("H100 SXM", "RTX 5090", host_bound=True)
+    assert decide(p, Costs(), otherwise="info") == "info"
+    assert "idles on host work" in p.as_dict()["decision"]["why"]
+    assert decide(p, Costs(), otherwise="fix_here", cannot_run_here="OOMs") == "move_to_h100"
+
+
+def test_a_job_on_the_configured_target_stays_whatever_bigger_card_is_projected() -> None:
+    p = proj("H200", "H100 SXM", prices={"H200": 0.01})  # cheaper there: still no move
+    assert decide(p, Costs(), otherwise="fix_here", cannot_run_here="OOMs",
+                  configured="H100 SXM") == "fix_here"
+    assert p.as_dict()["decision"] == {**p.as_dict()["decision"], "verdict": "fix_here",
+                                       "why": "already on H100 SXM"}
+
+
 def test_an_unknown_card_is_never_called_cheaper() -> None:
     p = proj("H100 SXM", None)
     assert decide(p, Costs(), otherwise="info") == "info"

@@ -173,6 +173,30 @@ def test_a_pipelines_bubble_is_told_from_its_sends_through_host_memory() -> None
     assert heavy.verdict == "move_to_h100" and "bandwidth-bound" in heavy.summary
 
 
+def test_nvlink_bridges_in_pairs_leave_the_ring_on_pcie() -> None:
+    """Four GPUs bridged two by two (RTX 3090s, H100 NVL): the ring crosses PCIe between
+    the pairs, through host memory where those cannot copy peer to peer. The slowest
+    link is that path, not the bridges' NVLink."""
+    pcie4 = {"pcie_bytes_per_second": 1.969e9 * 16, "pcie_generation": 4, "pcie_width": 16,
+             "nvlink_links_active": 4, "nvlink_bytes_per_second": 112e9}
+    pairs = [{"gpus": [a, b], "nvlink": a // 2 == b // 2, "read": a // 2 == b // 2}
+             for a in range(4) for b in range(a + 1, 4)]
+    records = [Event(r.rank, r.t, "topology", {
+                   **r.data, "devices": [{**r.data["devices"][0], "index": r.rank}],
+                   "job_gpus": [r.rank], "p2p": pairs})
+               if isinstance(r, Event) else r
+               for r in run(4, transfer, nbytes=1_000_000_000, devices=pcie4, same_host=True)]
+    f = only(judge(records, scope="job"), "sync_bottleneck")
+    assert f.verdict == "move_to_h100" and "over PCIe gen 4 x16 through host memory" in f.summary
+    assert f.evidence["link_bytes_per_second"] == pytest.approx(1.969e9 * 16)
+    bridged = [Event(r.rank, r.t, "topology", {**r.data, "p2p": [
+                   {**pair, "nvlink": True, "read": True} for pair in pairs]})
+               if isinstance(r, Event) else r for r in records]  # NVSwitch: every pair
+    f = only(judge(bridged, scope="job"), "sync_bottleneck")
+    assert f.verdict == "fix_here" and "NVLink could move these bytes" in f.summary
+    assert "not the link's bandwidth" in f.summary
+
+
 def test_a_wait_whose_bytes_were_not_seen_is_no_move() -> None:
     """With no bytes, nothing tells a slow link from latency or a misconfigured NCCL:
     the wait is reported, no move is (and no link is blamed for it)."""

@@ -162,6 +162,9 @@ def test_the_card_the_job_runs_on_is_never_recommended() -> None:
     assert f.verdict == "fix_here"
     assert f.projection is not None and f.projection["target"] != "H100 SXM"
     assert f.projection["current"] == "H100 SXM"
+    # the decision the projection records agrees with the finding's verdict
+    assert f.projection["decision"]["verdict"] == "fix_here"
+    assert f.projection["decision"]["why"] == "already on H100 SXM"
 
 
 def test_a_batch_finder_at_start_is_one_cut_reported_once() -> None:
@@ -211,6 +214,20 @@ def test_a_move_says_its_card_for_card_time_before_the_scale_out() -> None:
     f = only(findings_of(job("rtx5090_week_long_plan").shape), "iteration_speed")
     assert f.verdict == "move_to_h100"
     assert "on one GPU as now" in f.action and "scaled out" in f.action
+
+
+def test_a_long_run_is_projected_onto_a_card_that_holds_its_memory() -> None:
+    """88 GB on a 96 GB card would not load on an 80 GB H100: the projection and the
+    advice are for the first bigger card that holds it."""
+    pro6000 = ("NVIDIA RTX PRO 6000 Blackwell Server Edition", 96.0, 0, 600.0)
+    shape = Shape(step_s=1.5, duration_s=300, gpu=pro6000, total_steps=500_000,
+                  memory=Memory(reserved_gb=88, allocated_gb=62))
+    f = only(findings_of(shape), "iteration_speed")
+    assert f.projection is not None and f.projection["target"] == "H200"
+    assert "H200" in f.action and "H100" not in f.action
+    small = only(findings_of(replace(shape, memory=Memory(reserved_gb=60, allocated_gb=40))),
+                 "iteration_speed")
+    assert small.projection is not None and small.projection["target"] == "H100 SXM"
 
 
 def test_a_long_run_already_on_the_target_is_information_not_a_move() -> None:

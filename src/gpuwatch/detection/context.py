@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuwatch.detection.moves import Costs, decide, price
+from gpuwatch.detection.moves import HOLD_SHARE, Costs, decide, price
 from gpuwatch.detection.projection import (
     DEFAULT_TARGET,
     PCIE_BYTES_PER_S,
@@ -43,6 +43,12 @@ class Detection:
     severity: Any = None
     variant: str | None = None
 
+
+BIGGER = ("H100 SXM", "H200", "B200")  # tried in order when the target cannot hold a job
+# The job's own memory, its tensors' first: (source, key), best first.
+HELD = (("allocator", "allocator_allocated_peak_bytes"),
+        ("allocator", "allocator_reserved_peak_bytes"),
+        ("allocator", "allocator_reserved_bytes"), ("nvml", "gpu_process_memory_bytes"))
 
 # A job-wide condition the job engine reports beside its findings (``Engine.covered``):
 # a rank still working between steps (writing a save, running an eval alone), so every
@@ -80,6 +86,20 @@ class Context:
                 return gpu
         return None
 
+    def holding(self, held: float | None) -> Gpu:
+        """The configured target, or where ``held`` bytes (the job's memory today) would
+        not fit ``HOLD_SHARE`` of it, the first bigger card (``BIGGER``) they fit; the
+        target where nothing was measured or no card holds them."""
+        target = self.target_gpu
+        if held is None or held <= target.memory_bytes * HOLD_SHARE:
+            return target
+        for name in BIGGER:
+            gpu = self.gpus.get(name)
+            if (gpu is not None and gpu.memory_bytes > target.memory_bytes
+                    and held <= gpu.memory_bytes * HOLD_SHARE):
+                return gpu
+        return target
+
     def _identify(self, name: str | None) -> Gpu | None:
         """``catalogue.identify``, remembered per name (detectors ask at every judgement)."""
         if not name:
@@ -98,10 +118,13 @@ class Context:
                 target: Gpu | None = None, drop_recompute: bool = False,
                 target_gpus: int | None = None, fabric: float | None = None) -> Projection:
         """``parts`` (the mean step of ``views``' ranks) projected onto ``target`` (default
-        the configured one) with what the views measured, priced for the whole job
-        (its world size; tokens and samples per rank taken as the same on every rank).
-        ``fabric``: the link between the job's nodes (default ``inter_node_link``)."""
+        the configured one, or a bigger card where it cannot hold the job: ``holding``)
+        with what the views measured, priced for the whole job (its world size; tokens and
+        samples per rank taken as the same on every rank). ``fabric``: the link between
+        the job's nodes (default ``inter_node_link``)."""
         view = views[0]
+        held = max((b for v in views if (b := memory_held(v, since)) is not None),
+                   default=None)
         current = self.current_gpu(view)
         if fabric is None:
             fabric = inter_node_link(views)
@@ -117,15 +140,16 @@ class Context:
             tensor_share=_mean(tensor_share(v, since) for v in views),
             gpu_busy=_mean(_figure_mean(v, "nvml", "gpu_utilization_ratio", since)
                            for v in views),
-            link_now=link_now(view, current), units_per_step=units, unit=unit,
+            link_now=link_now(views, current), units_per_step=units, unit=unit,
             remaining_steps=planned - view.steps_done if planned else None,
             device_name=self.device_name(view), precision=self.precision,
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since),
             fabric=fabric, fabric_unseen=fabric is None and spans_nodes(views),
-            host_staged=host_staged(views),
+            host_staged=host_staged(views), memory_bytes=held,
+            host_bound=any("underutilised" in self.explained.get(v.rank, ()) for v in views),
             loader_bound=any("data_starvation" in self.explained.get(v.rank, ())
                              for v in views))
-        proj = project(parts, target or self.target_gpu, current, ranks=world,
+        proj = project(parts, target or self.holding(held), current, ranks=world,
                        drop_recompute=drop_recompute, planned_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)
         if world > 1 and units > 0:
@@ -139,7 +163,8 @@ class Context:
     def decide(self, proj: Projection, *, otherwise: Verdict,
                cannot_run_here: str | None = None) -> Verdict:
         """The move gate (gpuwatch.detection.moves.decide) with this run's costs."""
-        return decide(proj, self.costs, otherwise=otherwise, cannot_run_here=cannot_run_here)
+        return decide(proj, self.costs, otherwise=otherwise, cannot_run_here=cannot_run_here,
+                      configured=self.target)
 
 
 def _figure_mean(view: RankInput, source: str, key: str, since: float) -> float | None:
@@ -152,12 +177,24 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return math.fsum(xs) / len(xs) if xs else None  # (fmean, without its overhead)
 
 
-def link_now(view: RankInput, current: Gpu | None) -> float | None:
-    """Today's GPU-to-GPU link (bytes/s, one direction): NVLink where links are up and the
-    card is known, else PCIe at the slot's maximum generation and width; None if unknown."""
-    devices = job_devices(view)
-    if any(d.get("nvlink_links_active", 0) > 0 for d in devices):
+def memory_held(view: RankInput, since: float) -> float | None:
+    """The most memory this rank's job held in the window (bytes): its tensors' live peak
+    (allocator), else the allocator's reserved memory, else its processes' (NVML); None
+    where nothing measured it."""
+    for source, key in HELD:
+        figure = view.figure(source, key, since)
+        if figure is not None:
+            return figure.high
+    return None
+
+
+def link_now(views: Sequence[RankInput], current: Gpu | None) -> float | None:
+    """Today's GPU-to-GPU link (bytes/s, one direction): NVLink where it joins the job's
+    GPUs (``has_nvlink``) and the card is known, else PCIe at the slot's maximum
+    generation and width; None if unknown."""
+    if has_nvlink(views):
         return current.nvlink_bandwidth if current and current.nvlink_bandwidth else None
+    devices = [d for v in views[:1] for d in job_devices(v)]
     gens = [d.get("pcie_generation_max") or d.get("pcie_generation") for d in devices]
     widths = [d.get("pcie_width_max") or d.get("pcie_width") for d in devices]
     links = [PCIE_BYTES_PER_S[g] * w / 16 for g, w in zip(gens, widths, strict=True)
@@ -204,8 +241,11 @@ def job_devices(view: RankInput) -> list[dict[str, Any]]:
     return [d for d in devices if not mine or d.get("index") in mine]
 
 
-def has_nvlink(view: RankInput) -> bool:
-    return any(d.get("nvlink_links_active", 0) > 0 for d in job_devices(view))
+def has_nvlink(views: Sequence[RankInput]) -> bool:
+    """Whether the job's GPUs talk over NVLink: their links are up, and no two of them
+    on a host lack NVLink between them (``pcie_between``)."""
+    return (any(d.get("nvlink_links_active", 0) > 0 for v in views for d in job_devices(v))
+            and not pcie_between(views))
 
 
 def spans_nodes(views: Sequence[RankInput]) -> bool:
@@ -237,6 +277,19 @@ def host_staged(views: Sequence[RankInput]) -> bool:
     topology says peer-to-peer reads are impossible between two GPUs the job uses there
     (GeForce cards, some PCIe topologies). Each byte then crosses PCIe twice and the
     host's memory, at a fraction of the slot's rate."""
+    return _pair_without(views, "read")
+
+
+def pcie_between(views: Sequence[RankInput]) -> bool:
+    """Whether two GPUs the job uses on a host have no NVLink between them (the topology's
+    P2P map: NVLink bridges that pair the cards two by two, a mixed node): collectives
+    between them cross PCIe, whatever links the others have."""
+    return _pair_without(views, "nvlink")
+
+
+def _pair_without(views: Sequence[RankInput], what: str) -> bool:
+    """Whether the P2P map of a host says ``what`` (``read``, ``nvlink``) is false for a
+    pair of GPUs the job uses there (an absent word says nothing)."""
     used: dict[str, set[int]] = {}
     for v in views:
         used.setdefault(v.host, set()).update((v.topology or {}).get("job_gpus") or [])
@@ -245,7 +298,7 @@ def host_staged(views: Sequence[RankInput]) -> bool:
         for pair in (v.topology or {}).get("p2p") or []:
             gpus = pair.get("gpus") if isinstance(pair, dict) else None
             if (isinstance(gpus, list) and len(gpus) == 2 and set(gpus) <= mine
-                    and pair.get("read") is False):
+                    and pair.get(what) is False):
                 return True
     return False
 

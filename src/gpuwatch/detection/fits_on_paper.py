@@ -13,6 +13,7 @@ does not make memory alone a reason to move: the move must pay as any other."""
 from __future__ import annotations
 
 from gpuwatch.detection.context import (
+    BIGGER,
     Context,
     Detection,
     job_devices,
@@ -26,7 +27,6 @@ from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import StepSummary, Telemetry
 
 GIB = 2**30
-BIGGER = ("H100 SXM", "H200", "B200")  # tried in order when the target is too small
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
 # The job's own memory, best source first: (source, key, what the evidence calls it).
 MEMORY_SOURCES = (
@@ -128,10 +128,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     cannot_run_here = None if data_bound else (
         f"memory at {peak / total:.0%} of the card with "
         + ", ".join(k for k, v in symptoms.items() if v))
+    # (a job on the configured target stays: a bigger card than it is no move to it)
     verdict = ctx.decide(proj, otherwise="fix_here", cannot_run_here=cannot_run_here) \
         if fits else "fix_here"
-    if on_target:
-        verdict = "fix_here"  # a bigger card than the target is no move to it
     if fits and verdict == "move_to_h100":
         outcome = (f"On {shown.name} it fits ({need / GIB:.1f} GiB needed) and the step is "
                    f"projected {speedup_text(proj.as_dict())} faster")

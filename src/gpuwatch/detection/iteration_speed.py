@@ -50,7 +50,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if verdict == "move_to_h100":
         gpus = f"{world} GPUs" if world > 1 else "one GPU"
         hours_low = remaining * proj.slowest.total / 3600
-        advice = (f"Move to {ctx.target}: {hours_now / 24:.1f} days become "
+        advice = (f"Move to {proj.target.name}: {hours_now / 24:.1f} days become "
                   f"{_span(hours_target)} ({_span(hours_low)} at the low end) on {gpus} "
                   "as now"
                   + (f" ({_span(hours_scaled)} on {scale:.0f}, scaled out)." if scaled
@@ -59,10 +59,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         advice = (f"The job already runs on {ctx.target}: scale out (data parallel) or make "
                   "the step itself cheaper to finish sooner.")
     else:
-        advice = (f"No move to {ctx.target} ({speedup_text(proj.as_dict())} projected): "
+        advice = (f"No move to {proj.target.name} ({speedup_text(proj.as_dict())} projected): "
                   f"{proj.economics['decision']['why']}. Scale out or make the step itself "
                   "cheaper.")
-    text = {"target": ctx.target, "advice": advice, "scaled": scaled,
+    text = {"target": proj.target.name, "advice": advice, "scaled": scaled,
             "gpus_now": "one" if world == 1 else f"{world}"}
     return Detection(evidence, [view.rank], text=text,
                      projection=proj.as_dict(), verdict=verdict)

@@ -8,9 +8,11 @@ for card (a scale-out is open on either card, so it does not count). A job on se
 GPUs whose collectives were not seen at all gets no move by (2) or (3): what looks like
 compute may be communication, which faster math does not shorten; nor does a gain that
 comes mostly from faster math where GPU utilisation was not measured (the projection
-counts all compute as GPU-busy, an upper bound even at its low end).
-Never to the card the job already runs on. Otherwise the detector's own verdict
-(``fix_here`` or ``info``) stands.
+counts all compute as GPU-busy, an upper bound even at its low end). Nor is a move
+recommended by (2) or (3) to a card that cannot hold the job's memory as it runs
+today, or while the GPU idles on host work (``underutilised``), which no card
+shortens: fix that first. Never to the card the job already runs on. Otherwise the
+detector's own verdict (``fix_here`` or ``info``) stands.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from gpuwatch.detection.projection import Projection
 from gpuwatch.records import Verdict
 
 HOURS_PER_YEAR = 8760.0
+HOLD_SHARE = 0.9  # a job's memory today must fit this share of a card it moves to
+GIB = 2**30
 MOVE: Verdict = "move_to_h100"
 
 
@@ -125,9 +129,11 @@ def _gain_is_compute(p: Projection) -> bool:
 
 
 def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
-           cannot_run_here: str | None = None) -> Verdict:
+           cannot_run_here: str | None = None, configured: str | None = None) -> Verdict:
     """The gate: ``move_to_h100`` when the move pays (see the module), else ``otherwise``.
-    Prices ``p`` if not done yet and records the decision and its reason in it."""
+    Prices ``p`` if not done yet and records the decision and its reason in it.
+    ``configured``: the configured target's name (a job already on it stays, whatever
+    bigger card the projection is for)."""
     if "cost_per_step_target_usd" not in p.economics:
         price(p, costs)
     e = p.economics
@@ -135,10 +141,16 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
     now_cost, worst = e.get("cost_per_unit_now_usd"), e["cost_per_unit_target_worst_usd"]
     cheaper = now_cost is not None and worst < now_cost
     rule: str | None = None
-    if p.current is not None and p.current.name == p.target.name:
-        why = f"already on {p.target.name}"
+    if p.current is not None and p.current.name in (p.target.name, configured):
+        why = f"already on {p.current.name}"
     elif cannot_run_here:
         rule, why = "memory", f"cannot run well here: {cannot_run_here}"
+    elif (held := p.inputs.memory_bytes or 0.0) > p.target.memory_bytes * HOLD_SHARE:
+        why = (f"the job holds {held / GIB:.0f} GiB today, more than {p.target.name} holds "
+               f"({p.target.memory_bytes / GIB:.0f} GiB): shard it first")
+    elif p.inputs.host_bound:
+        why = ("the GPU idles on host work (underutilised), which no card shortens: fix "
+               "that here first")
     elif p.inputs.gpu_busy is None and p.current is not None and _gain_is_compute(p):
         why = ("GPU utilisation not measured: all compute was counted as GPU-busy, so even "
                "the low end is an upper bound (give the agent NVML)")

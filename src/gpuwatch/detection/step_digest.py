@@ -25,7 +25,10 @@ AGENT_CPU_KEY = "agent_cpu_seconds_total"
 JOB_READINGS: dict[str, tuple[str, ...]] = {
     "nvml": ("gpu_utilization_ratio", "gpu_power_watts", "gpu_tensor_active_ratio",
              "gpu_dram_active_ratio", "gpu_pcie_tx_bytes_per_second",
-             "gpu_clock_event_reasons"),
+             "gpu_clock_event_reasons", "gpu_process_memory_bytes"),
+    # the job's memory, for the card a move must hold (``context.memory_held``)
+    "allocator": ("allocator_allocated_peak_bytes", "allocator_reserved_peak_bytes",
+                  "allocator_reserved_bytes"),
     "nccl": ("nccl_bus_bytes_total", "nccl_collective_seconds_total"),
     # every agent sample has the first; the second while a save is open (``open_save``)
     "agent": (AGENT_CPU_KEY, OPEN_SAVE_KEY),

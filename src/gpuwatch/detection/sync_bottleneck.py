@@ -112,7 +112,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     if fabric is None and spans_nodes(views):
         text |= {"link": "across nodes over a network gpuwatch cannot see (no InfiniBand or "
                          "RoCE port reported: NCCL over TCP sockets?)",
-                 "outcome": f"; on {ctx.target} nodes on the same network the wait stays",
+                 "outcome": f"; on {proj.target.name} nodes on the same network the wait stays",
                  "advice": "The network between nodes bounds the collectives on any GPU: "
                            "use RDMA (InfiniBand or RoCE with GPUDirect), hierarchical "
                            "all-reduce, or all-reduce less often (accumulate gradients over "
@@ -133,7 +133,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "or zero-bubble schedule, stages of equal compute. A faster link "
                            "would barely help."}
         return Detection(evidence, ranks, text=text, verdict="fix_here")
-    if has_nvlink(views[0]) and not inter_node:
+    if explained and has_nvlink(views) and not inter_node:  # (bytes unseen: explained)
         text |= {"link": "over NVLink already",
                  "advice": "The link is not the problem: overlap communication with compute "
                            "(DDP bucket size, FSDP prefetch), accumulate gradients over more "
@@ -160,7 +160,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "NCCL (check NCCL_DEBUG=INFO for the transport it picked)."}
     elif inter_node:  # no GPU changes the link between nodes: the wait stays
         text |= {"link": f"bandwidth-bound over {link_name}",
-                 "outcome": f"; on {ctx.target} nodes on the same fabric the wait stays (the "
+                 "outcome": f"; on {proj.target.name} nodes on the same fabric the wait stays (the "
                             f"step {speedup_text(proj.as_dict())} faster, from compute alone)",
                  "advice": "The link between nodes bounds the all-reduce on any GPU: a faster "
                            "fabric (more rails, GPUDirect RDMA), hierarchical all-reduce, or "
@@ -170,7 +170,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                          verdict="fix_here")
     elif ctx.decide(proj, otherwise="fix_here") != "move_to_h100":
         text |= {"link": f"bandwidth-bound over {link_name}",
-                 "outcome": f"; on {ctx.target} with NVLink the step is projected "
+                 "outcome": f"; on {proj.target.name} with NVLink the step is projected "
                             f"{speedup_text(proj.as_dict())} faster",
                  "advice": f"A move does not pay ({proj.economics['decision']['why']}): "
                            "accumulate gradients over more micro-batches and overlap the "
@@ -179,9 +179,9 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                          verdict="fix_here")
     else:
         text |= {"link": f"bandwidth-bound over {link_name}",
-                 "outcome": f"; on {ctx.target} with NVLink the step is projected "
+                 "outcome": f"; on {proj.target.name} with NVLink the step is projected "
                             f"{speedup_text(proj.as_dict())} faster",
-                 "advice": f"Move to {ctx.target} nodes with NVLink/NVSwitch; meanwhile "
+                 "advice": f"Move to {proj.target.name} nodes with NVLink/NVSwitch; meanwhile "
                            "accumulate gradients over more micro-batches to all-reduce less "
                            "often."}
         return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
@@ -232,9 +232,10 @@ def slowest_link(views: Sequence[RankInput], inter_node: float) -> tuple[float |
     within a node NVLink, else PCIe; across nodes also the link between them
     (``inter_node_link``: the setting, else InfiniBand). None where nothing says."""
     links: list[tuple[float, str]] = []
+    nvlink = has_nvlink(views)
     for v in views:
         for d in job_devices(v):
-            if d.get("nvlink_bytes_per_second") and d.get("nvlink_links_active", 0) > 0:
+            if nvlink and d.get("nvlink_bytes_per_second") and d.get("nvlink_links_active", 0):
                 links.append((float(d["nvlink_bytes_per_second"]), "NVLink"))
             elif d.get("pcie_bytes_per_second"):
                 links.append((float(d["pcie_bytes_per_second"]),
