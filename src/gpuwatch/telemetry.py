@@ -190,6 +190,8 @@ class Telemetry:
         # typical step, their blocking saves aside (those are ``saves``)
         self.interrupting_steps = 0
         self.interrupted_s = 0.0
+        self.eval_interrupted_s = 0.0  # of ``interrupted_s``, in steps an eval ran in
+        self._eval_at = 0.0  # when the newest eval batch was seen (a progress event)
         self.first_step_start: float | None = None  # start of the first step (Unix s)
         self.warmed_at = 0.0  # when warm-up (loading, the first steps) ended (Unix s)
         # recent silences (no step, batch or save for PAUSE_S or more) a step ended (s)
@@ -258,7 +260,10 @@ class Telemetry:
             self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
             self.interrupting.add(s)
             self.interrupting_steps += 1
-            self.interrupted_s += max(s.wall_s - median - s.checkpoint_s, 0.0)
+            excess = max(s.wall_s - median - s.checkpoint_s, 0.0)
+            self.interrupted_s += excess
+            if self._eval_at >= s.t - s.wall_s:
+                self.eval_interrupted_s += excess
             return
         self.window.add(s)
 
@@ -267,6 +272,9 @@ class Telemetry:
         self.events.append(e)
         if e.name in PROGRESS_EVENTS:
             self.last_progress = max(self.last_progress, e.t)
+            batches = e.data.get("eval_batches")
+            if isinstance(batches, (int, float)) and batches > 0:
+                self._eval_at = e.t
         if e.name == "oom":
             self.oom_times.extend([e.t] * min(int(e.data.get("count", 1)), MAX_EVENTS))
         elif e.name == "batch_size_changed":

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze
 from gpuwatch.records import Event, Finding, Record, Sample
@@ -115,6 +117,48 @@ def test_background_saves_cost_no_blocking_time() -> None:
     asynchronous = Shape(step_s=0.5, duration_s=600,
                          saves=Saves(every_s=60, blocking_s=0.2, background_s=15))
     assert [f for f in findings_of(asynchronous) if f.detector == "checkpoint_overhead"] == []
+
+
+# -- interruptions ----------------------------------------------------------------------
+
+def test_loader_restarts_rare_among_steps_but_a_third_of_the_run_are_fixed_here() -> None:
+    """A 12 s DataLoader restart every 30 s of 0.1 s steps: 1 step in 300, the windows
+    leave it out, yet it costs more than a third of the run."""
+    shape = Shape(step_s=0.1, duration_s=600, epoch_every_s=30, epoch_restart_s=12)
+    f = only(findings_of(shape), "interruptions")
+    assert f.verdict == "fix_here" and "the DataLoader starting over" in f.summary
+    assert "persistent_workers=True" in f.action
+    assert 0.3 < f.evidence["interruption_share_ratio"] < 0.45  # 12 s of each 30 s
+    assert f.evidence["seconds_per_interruption"] == pytest.approx(12, rel=0.05)
+
+
+def test_evaluations_that_cost_a_share_of_the_run_are_information() -> None:
+    shape = Shape(step_s=1.0, duration_s=900, evals=Evals(every_s=120, seconds=40))
+    f = only(findings_of(shape), "interruptions")
+    assert f.verdict == "info" and "evaluations" in f.summary
+    assert f.evidence["eval_seconds_share_ratio"] == pytest.approx(1.0)
+
+
+def test_a_recompile_every_minute_is_compute_outside_the_typical_steps() -> None:
+    """torch.compile meeting a new shape every minute: a 15 s step of compute among
+    0.3 s ones, a fifth of the run."""
+    out: list[Record] = [meta()]
+    t = START
+    for k in range(6):
+        batch = steps(60, wall=0.3, data_s=0.003, start=t, first=k * 201 + 1)
+        long = replace(batch[-1], t=batch[-1].t + 15, wall_s=15.3, compute_s=15.297)
+        out += [*batch[:-1], long]
+        t = long.t
+    f = only(judge(out), "interruptions")
+    assert f.verdict == "fix_here" and "recompiles" in f.summary
+    assert f.evidence["compute_seconds_beyond_typical"] == pytest.approx(15, rel=0.01)
+
+
+def test_rare_interruptions_are_no_finding() -> None:
+    """A 60 s eval every half hour: 3% of the run."""
+    shape = Shape(step_s=1.0, duration_s=7200, evals=Evals(every_s=1800, seconds=60),
+                  sample_s=5.0)
+    assert not [f for f in findings_of(shape) if f.detector == "interruptions"]
 
 
 # -- fits_on_paper -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from gpuwatch.detection import (
     data_starvation,
     fits_on_paper,
     hang,
+    interruptions,
     iteration_speed,
     straggler,
     sync_bottleneck,
@@ -49,6 +50,7 @@ RANK_DETECTORS: dict[str, RankDetector] = {
     "data_starvation": data_starvation.detect,
     "fits_on_paper": fits_on_paper.detect,
     "hang": hang.detect,
+    "interruptions": interruptions.detect,
     "iteration_speed": iteration_speed.detect,
     "underutilised": underutilised.detect,
 }
