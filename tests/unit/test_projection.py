@@ -85,6 +85,10 @@ def test_spec_sheet_figures_of_the_cards_that_matter() -> None:
     ("NVIDIA A100 80GB PCIe", "A100 PCIe 80GB"),
     ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", "RTX PRO 6000 Blackwell"),
     ("NVIDIA L40S", "L40S"),
+    ("NVIDIA A30", "A30"),
+    ("NVIDIA A40", "A40"),
+    ("NVIDIA RTX A6000", "RTX A6000"),
+    ("NVIDIA RTX 6000 Ada Generation", "RTX 6000 Ada"),
     ("NVIDIA B200", "B200"),
     ("RTX 5090", "RTX 5090"),  # a catalogue name (the gpu_model setting)
 ])
@@ -100,6 +104,8 @@ def test_nvml_names_match_their_own_entry(device: str, entry: str) -> None:
     "NVIDIA GeForce RTX 5090 D",
     "NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition",  # other clocks: not guessed
     "Tesla K80",
+    "NVIDIA A10G",  # AWS's variant of the A10, with no datasheet of its own
+    "NVIDIA A40-48Q",  # a vGPU profile
 ])
 def test_other_names_are_unknown_not_guessed(device: str) -> None:
     assert identify(device, GPUS) is None

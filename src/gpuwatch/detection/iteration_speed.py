@@ -59,7 +59,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         advice = (f"The job already runs on {ctx.target}: scale out (data parallel) or make "
                   "the step itself cheaper to finish sooner.")
     else:
-        advice = (f"No move to {proj.target.name} ({speedup_text(proj.as_dict())} projected): "
+        projected = f" ({speedup_text(proj.as_dict())} projected)" if current else ""
+        advice = (f"No move to {proj.target.name}{projected}: "
                   f"{proj.economics['decision']['why']}. Scale out or make the step itself "
                   "cheaper.")
     text = {"target": proj.target.name, "advice": advice, "scaled": scaled,

@@ -164,6 +164,10 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
     elif gain >= costs.min_time_gain:
         rule, why = "time", (f"time to result {gain:.1f}x shorter at the low end "
                              f"(at least {costs.min_time_gain:g}x wanted)")
+    elif p.current is None:
+        why = (f"{p.inputs.device_name or 'the card'} is not in gpuwatch's catalogue: its "
+               "speed and price are unknown, so the move is not judged (set gpu_model to "
+               "the nearest catalogued card and prices to what you pay)")
     else:
         cost = (f", {worst / now_cost:.2f}x the cost per {e['unit']}" if now_cost else
                 ", cost now unknown")
