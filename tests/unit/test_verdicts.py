@@ -230,6 +230,25 @@ def test_an_oom_outside_the_window_is_not_a_symptom_now() -> None:
     assert [f.state for f in fs if f.detector == "fits_on_paper"] in ([], ["resolved"])
 
 
+def test_an_oom_that_cut_the_batch_holds_while_the_batch_stays_cut() -> None:
+    """OOM at batch 16, then 8 for the rest of the run (an auto batch-size finder): the
+    job does not fit as meant for as long as the batch stays cut, not only while the OOM
+    is in the window."""
+    records: list[Record] = [
+        meta(), topology("NVIDIA L40S", 48 * GB),
+        Event(0, START + 2, "oom", {"type": "OutOfMemoryError"}),
+        Event(0, START + 2.5, "batch_size_changed", {"from": 16, "to": 8}),
+        *steps(2.5, wall=1.25, samples=16, tokens=16 * 2048),
+        *steps(300, wall=0.7, samples=8, tokens=8 * 2048, start=START + 2.5, first=3),
+        *samples("allocator", 300, {"allocator_reserved_bytes": 37 * GB,
+                                    "allocator_allocated_bytes": 20 * GB,
+                                    "allocator_allocated_peak_bytes": 36 * GB,
+                                    "allocator_alloc_retries_total": 0.0})]
+    f = only(judge(records), "fits_on_paper")
+    assert f.state == "active" and f.evidence["batch_size_from"] == 16
+    assert f.evidence["ooms_total"] == 1
+
+
 # -- iteration_speed and underutilised ---------------------------------------------------
 
 def test_time_to_finish_pays_for_the_run_s_blocking_saves() -> None:

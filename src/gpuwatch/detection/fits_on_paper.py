@@ -28,6 +28,7 @@ from gpuwatch.telemetry import StepSummary, Telemetry
 
 GIB = 2**30
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
+CUT_AFTER_OOM_S = 60.0  # an OOM this long before a batch cut is what cut it
 # The job's own memory, best source first: (source, key, what the evidence calls it).
 MEMORY_SOURCES = (
     ("allocator", "allocator_reserved_bytes", "the allocator"),
@@ -65,10 +66,12 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return None
     since = now - window_s(view, rule)
     retries = view.counter_rise("allocator", "allocator_alloc_retries_total", since)
-    ooms = view.ooms_since(since)
     cut = view.batch.cut
     if cut is not None and summary.tokens >= TOKENS_HELD * view.tokens_at.get(cut[0], 0) > 0:
         cut = None  # tokens per step held: longer sequences in smaller batches (a schedule)
+    cut_at = view.batch.cut_at
+    # OOMs that brought the batch down stay a symptom while it stays down
+    ooms = view.ooms_since(min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else since)
     act_ckpt = summary.recompute_share >= th["recompute_share"]
     symptoms = {"allocator retries": retries > 0, "OOMs": ooms > 0, "batch cut": cut is not None}
     if not act_ckpt and not any(symptoms.values()):
