@@ -21,7 +21,7 @@ from gpuwatch.instrument.identity import Hints, resolve
 from gpuwatch.instrument.patches import watch_device
 from gpuwatch.monitor import Monitor
 from gpuwatch.probes.peers import agree_run_key
-from gpuwatch.records import Meta, Record, Step
+from gpuwatch.records import Finding, Meta, Record, Step
 from gpuwatch.runlog import (
     RunLogReader,
     RunLogWriter,
@@ -293,3 +293,27 @@ def test_waiting_for_rank_0_s_word_never_holds_the_job_s_store() -> None:
         stop.set()
         waiting.join(10)
     assert not waiting.is_alive()  # told to stop, it stops waiting
+
+
+def test_the_newest_attempt_states_the_run(tmp_path: Path) -> None:
+    """A run restarted after a fix: the first attempt's data starvation ended with it
+    (resolved), and a condition both attempts show is the newest attempt's finding,
+    once, with its figures."""
+    restarted = START + 400
+
+    def attempt(start: float, data_s: float, first: int) -> list[Record]:
+        return [*steps(300, wall=1.0, data_s=data_s, start=start, first=first),
+                *samples("host", 300, {"workers": 2.0, "workers_cpu_ratio": 0.98},
+                         start=start)]
+
+    def starved(run: Path, data_s: float) -> list[Finding]:
+        write_log(run / "run.jsonl", [meta(), *attempt(START, 0.5, 1)])
+        write_log(run / "run.attempt1.jsonl", [replace(meta(), attempt=1, started=restarted),
+                                               *attempt(restarted, data_s, 301)])
+        return [f for f in analyze([run], Settings()).findings
+                if f.detector == "data_starvation"]
+
+    assert [f.state for f in starved(tmp_path / "fixed", 0.0)] == ["resolved"]
+    again = starved(tmp_path / "still", 0.6)
+    assert [f.state for f in again] == ["active"] and again[0].first_seen > restarted
+    assert again[0].evidence["data_share_ratio"] == pytest.approx(0.6, abs=0.02)

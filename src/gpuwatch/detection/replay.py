@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -428,6 +428,16 @@ def _accepted(settings: Settings) -> bool:
 
 
 def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:
-    findings = [f for rank_engines, job_engine in attempts
-                for e in [*rank_engines, job_engine] for f in e.findings.values()]
+    """Every attempt's findings, the newest attempt's standing for the run: an earlier
+    attempt's finding the same condition (fingerprint) shows again later gives way to
+    the later one, and one still active when its attempt ended was ended by the
+    restart (resolved), so the report states the run as it is now."""
+    later: set[str] = set()
+    findings: list[Finding] = []
+    for i, (rank_engines, job_engine) in enumerate(reversed(attempts)):
+        mine = [f for e in [*rank_engines, job_engine] for f in e.findings.values()
+                if f.fingerprint not in later]
+        findings += [replace(f, state="resolved") if i and f.state == "active" else f
+                     for f in mine]
+        later.update(f.fingerprint for f in mine)
     return sorted(findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.first_seen, f.detector))
