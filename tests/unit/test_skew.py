@@ -81,6 +81,18 @@ def test_a_slow_node_is_eight_stragglers_not_a_rotating_imbalance() -> None:
     assert not [x for x in findings if x.detector == "sync_bottleneck"]
 
 
+def test_a_straggler_on_a_slower_card_is_named_by_its_card() -> None:
+    same = only(judge(slow_rank_two(), scope="job"), "straggler")
+    assert "among" not in same.summary and not same.action.startswith("A slower card")
+    mixed = [Event(r.rank, r.t, "topology", {**r.data, "devices": [
+                 {**r.data["devices"][0], "name": "NVIDIA GeForce RTX 3090"}]})
+             if isinstance(r, Event) and r.rank == 2 else r for r in slow_rank_two()]
+    f = only(judge(mixed, scope="job"), "straggler")
+    assert f.ranks == [2] and (", on NVIDIA GeForce RTX 3090 among NVIDIA GeForce RTX 5090"
+                               in f.summary)
+    assert f.action.startswith("A slower card among faster ones")
+
+
 def transfer(r: int, k: int) -> float:
     return 0.06 + 0.001 * ((k + r) % 3)  # everyone waits about alike: the transfer itself
 

@@ -63,11 +63,21 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     by_rank = {v.rank: v for v in views}
     reasons = sorted({reason for r in slow for reason in clock_events(by_rank[r])})
     one = len(slow) == 1
+    card, fast_card = card_name(by_rank[worst]), card_name(by_rank[fast])
+    mixed = card is not None and fast_card is not None and card != fast_card
     text = {"who": who(sorted(slow), by_rank), "cause": cause(mine, theirs),
             "them": "it" if one else "them",
             "throttle": (f" ({'its GPU reports' if one else 'their GPUs report'} "
-                         f"{', '.join(reasons)})") if reasons else ""}
+                         f"{', '.join(reasons)})") if reasons else "",
+            "card": f", on {card} among {fast_card}" if mixed else "",
+            "mixed": ("A slower card among faster ones: run the job on matching cards, or "
+                      "give it a smaller share of each batch. ") if mixed else ""}
     return Detection(evidence, sorted(slow), text=text)
+
+
+def card_name(view: RankInput) -> str | None:
+    """What NVML calls the rank's (first) GPU; None where no topology says."""
+    return next((str(d["name"]) for d in job_devices(view) if d.get("name")), None)
 
 
 def who(ranks: list[int], views: dict[int, RankInput]) -> str:
