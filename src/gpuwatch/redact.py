@@ -8,7 +8,8 @@ Two nets, both applied by :func:`redact`:
   ``--from-file`` ends in a newline), JSON-escaped, URL-quoted, ``repr``-escaped;
 - by shape: URL passwords (``https://user:pw@host``), Slack webhook paths,
   ``--token X`` / ``--token=X`` arguments and ``API_KEY=X`` assignments whose name
-  says secret.
+  says secret, and tokens whose issuers give them a telling prefix (``hf_``, ``ghp_``,
+  ``AKIA``, ``sk-``, ``xoxb-``, JWTs...) wherever they stand.
 
 This module is in the lowest layer: everything above may call it, it calls nothing.
 """
@@ -20,12 +21,14 @@ import logging
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
 MIN_SECRET_CHARS = 6  # shorter values are too likely to occur by chance to replace
 _SECRET_WORDS = r"(?:token|secret|passw(?:or)?d|passphrase|pwd|api[-_]?key|access[-_]?key|" \
-                r"private[-_]?key|auth|credential|webhook|cookie|session[-_]?key|signature)"
+                r"private[-_]?key|auth|credential|webhook|cookie|session[-_]?key|signature|" \
+                r"(?<![a-z])(?:key|pass|creds?)(?![a-z]))"  # (--wandb-key, --db-pass; not monkey)
 # A name that says secret: HF_TOKEN, hf-token, GPUWATCH_SLACK__WEBHOOK_URL, aws_secret_access_key.
 SECRET_NAME = re.compile(rf"(?i)^[\w.-]*{_SECRET_WORDS}[\w.-]*$")
 # (the password runs to the argument's last "@": passwords hold "/" and "@" unescaped)
@@ -33,6 +36,12 @@ _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*):(\S+)@")
 # (its path as written, or URL-encoded)
 _SLACK_HOOK = re.compile(r"(?i)(hooks\.slack\.com(?:/|%2F)(?:services|workflows|triggers)"
                          r"(?:/|%2F))[^\s\"'<>&]+")
+# Tokens whose issuers give them a prefix: Hugging Face, GitHub, GitLab, AWS access key
+# ids, OpenAI/Anthropic-style keys, Slack, Google API keys, JWTs.
+_TOKEN = re.compile(r"\b(?:hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|"
+                    r"glpat-[\w-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}|sk-[\w-]{20,}|"
+                    r"xox[abeprs]-[\w-]{10,}|AIza[\w-]{35}|"
+                    r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,})")
 _BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
 # HTTP headers that carry credentials: "Authorization: ...", "X-Api-Key: ..."
 _HEADER = re.compile(r"(?i)\b((?:proxy-)?authorization|(?:x-)?[\w-]*api-key|x-[\w-]*token|"
@@ -87,6 +96,7 @@ def redact(text: str) -> str:
     (``https://hooks.slack.com``) must not hide the shape from its pattern."""
     text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
     text = _SLACK_HOOK.sub(rf"\1{MASK}", text)
+    text = _TOKEN.sub(MASK, text)
     text = _BEARER.sub(rf"\1 {MASK}", text)
     text = _HEADER.sub(rf"\1\2{MASK}", text)
     text = _FIELD.sub(rf"\1{MASK}", text)
@@ -115,6 +125,19 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             continue
         out.append(redact(arg))
     return out
+
+
+def redact_tree(value: Any) -> Any:
+    """``value`` (JSON-like data: dicts, lists, strings, numbers) with every string in it
+    redacted: a message body made of parts, each redacted on its own, never its
+    serialised text (a pattern must not run across its fields)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: redact_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_tree(v) for v in value]
+    return value
 
 
 class RedactingFilter(logging.Filter):

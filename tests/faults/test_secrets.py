@@ -56,7 +56,34 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
      "https%3A%2F%2Fhooks.slack.com%2Fservices%2FT01%2FB02%2FxYzEncSECRET", "xYzEncSECRET"),
     ("url-password-with-slash-and-at", "s3://AKIAEXAMPLE:wJal/K7MD@ENG/bPxSECRET@bucket/ckpt",
      "bPxSECRET"),
+    # tokens known by their issuers' prefixes, wherever they stand
+    ("hugging-face-token", "resume from hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345", "hf_AbCdEf"),
+    ("github-token-as-url-user", "git clone https://ghp_AbCdEfGhIjKlMnOpQrStUvWx0123@github.com/o",
+     "ghp_AbCdEf"),
+    ("aws-access-key-id", "--aws AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+    ("openai-style-key", "--openai sk-proj-AbCdEfGhIjKlMnOpQrStUv", "sk-proj-AbCdEf"),
+    ("slack-bot-token", "bot xoxb-1234567890-AbCdEfGhIj", "xoxb-1234567890"),
+    ("jwt", "cookie eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
+     "dozjgNryP4J3jVmNHl0w5N"),
 ]
+
+
+def test_ordinary_words_and_hashes_are_no_secrets() -> None:
+    """Only the words: a monkey, sorted keys, a pass count, a git commit, a task id."""
+    text = ("monkey --sort-keys --passes 3 KEYBOARD=us "
+            "commit 9fceb02d0ae598e95dc970b74767f19372d61af8 "
+            "task-1234567890abcdefghij")
+    assert redact.redact(text) == text
+    assert redact.redact_argv(["train.py", "--passes", "3", "--keys", "a,b"]) == [
+        "train.py", "--passes", "3", "--keys", "a,b"]
+
+
+def test_a_message_body_is_redacted_field_by_field() -> None:
+    body = {"blocks": [{"text": {"text": "<https://admin:Gr4fanaPassw0rd@grafana.example/d/x|"
+                                         "open>"}}], "n": 3, "cookie: x": "kept"}
+    out = redact.redact_tree(body)
+    assert "Gr4fanaPassw0rd" not in json.dumps(out) and out["n"] == 3
+    assert out["cookie: x"] == "kept"  # keys are structure, never run together with values
 
 
 @pytest.mark.parametrize(("text", "secret"), [pytest.param(t, s, id=i) for i, t, s in SHAPES])
@@ -75,6 +102,11 @@ ARGV = [  # (row id, command line, the secret)
     ("value-with-separators", ["train.py", "--db-password=ab;c,ARGSECRET6xx"], "ARGSECRET6xx"),
     ("value-with-spaces", ["train.py", "--hf-token=words ARGSECRET7xx"], "ARGSECRET7xx"),
     ("value-in-quotes", ["train.py", '--TOKEN="ARGSECRET8xx here"'], "ARGSECRET8xx"),
+    ("key-option", ["train.py", "--wandb-key", "0123456789abcdefARGSECRET9"], "ARGSECRET9"),
+    ("pass-option", ["train.py", "--db-pass=hunter2ARGSECRET10"], "ARGSECRET10"),
+    ("cred-option", ["train.py", "--cred", "s3cr3tARGSECRET11"], "ARGSECRET11"),
+    ("prefixed-token-value", ["train.py", "--hub", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345"],
+     "hf_AbCdEfGh"),
 ]
 
 
@@ -158,3 +190,9 @@ def test_a_command_line_holding_a_secret_names_no_job_and_errors_after_it(
     code = cli.main(["run", "--", "WANDB_API_KEY=RUNSECRET0123456789", "python"])
     err = capsys.readouterr().err
     assert code == 127 and "RUNSECRET" not in err and "command not found" in err
+
+
+def test_a_password_in_the_runbook_url_stays_out_of_the_alert_rules() -> None:
+    from gpuwatch.detection.alerts import lifecycle_alerts
+    rules = json.dumps(lifecycle_alerts("https://wiki:W1kiPassw0rd@wiki.example/runbooks.md"))
+    assert "W1kiPassw0rd" not in rules and "wiki.example/runbooks.md#run_vanished" in rules

@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,18 @@ def test_hostile_job_names_reach_slack_escaped(tmp_path: Path) -> None:
     raw = json.dumps(hook.delivered[0])
     assert "<!channel>" not in raw and "<@U42>" not in raw and "<https://evil" not in raw
     assert "&lt;!channel&gt; &amp; &lt;@U42&gt;" in hook.delivered[0]["blocks"][0]["text"]["text"]
+
+
+def test_a_password_in_the_grafana_url_never_reaches_slack(tmp_path: Path) -> None:
+    with webhook() as hook:
+        n = notifier(hook.url, tmp_path,
+                     grafana_url="https://admin:Gr4fanaPassw0rd@grafana.example")
+        n.notify([replace(finding(1), summary="see https://ghp_AbCdEfGhIjKlMnOpQrStUvWx0123@gh.io")])
+        assert n.flush(timeout=10)
+        n.stop()
+    raw = json.dumps(hook.delivered[0])
+    assert "Gr4fanaPassw0rd" not in raw and "ghp_AbCdEf" not in raw
+    assert "grafana.example/d/" in raw  # the link is there, its password masked
 
 
 def test_a_note_the_full_disk_refused_is_not_counted_and_is_sent_once_there_is_room(

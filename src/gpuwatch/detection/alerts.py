@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from gpuwatch.detection.rules import Rule
+from gpuwatch.redact import redact
 
 RULES_FILE = "gpuwatch.rules.yaml"
 TESTS_FILE = "gpuwatch.rules.test.yaml"
@@ -40,7 +41,7 @@ def alert_name(rule: Rule) -> str:
 
 def runbook(runbook_url: str, anchor: str) -> str:
     """The absolute runbook link: ``runbook_url`` (docs/runbooks.md as served) + anchor."""
-    return f"{runbook_url.split('#', 1)[0]}#{anchor}"
+    return redact(f"{runbook_url.split('#', 1)[0]}#{anchor}")
 
 
 def _duration(seconds: float) -> str:

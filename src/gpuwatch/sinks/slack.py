@@ -33,6 +33,7 @@ from typing import Any
 
 from gpuwatch.config import webhook_problem
 from gpuwatch.records import Finding, to_dict
+from gpuwatch.redact import redact_tree
 from gpuwatch.sinks.slack_message import message
 from gpuwatch.sinks.slack_relay import StoreRelay
 from gpuwatch.sinks.slack_spool import SPOOL, Ledger, Note, Silences, Spool, by_key, plain
@@ -358,8 +359,9 @@ class SlackNotifier:
         cannot be rendered (a spool file damaged or written by hand, its finding's fields
         of the wrong type) is moved to quarantine, so it never holds back the others."""
         def render(group: list[tuple[str, list[tuple[Spool, Path, Note]]]]) -> dict[str, Any]:
-            return message([(c[0][2].kind, c[0][2].finding) for _, c in group],
-                           self._grafana_url)
+            body: dict[str, Any] = redact_tree(message(
+                [(c[0][2].kind, c[0][2].finding) for _, c in group], self._grafana_url))
+            return body
 
         try:
             return claimed, render(claimed)
