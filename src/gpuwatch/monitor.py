@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -24,7 +25,7 @@ from gpuwatch.config import ConfigError, Settings, disabled, load_settings
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.identity import Identity, explicit
-from gpuwatch.instrument.sizes import size_on_disk
+from gpuwatch.instrument.sizes import saved_at
 
 
 class Span:
@@ -63,17 +64,23 @@ class StepSpan(Span):
 
 
 class CheckpointSpan(Span):
-    """A checkpoint save to ``path``: on exit, the bytes it wrote (a file or a directory)."""
+    """A checkpoint save to ``path``: on exit, where the agent reads the bytes it wrote
+    (a file, or what a directory gained since the save began)."""
 
-    __slots__ = ("_path",)
+    __slots__ = ("_path", "_since")
 
     def __init__(self, push: Any, path: str | os.PathLike[str]) -> None:
         super().__init__(push, ring.CHECKPOINT, -ring.CHECKPOINT)
         self._path = path
+        self._since = 0.0
+
+    def __enter__(self) -> None:
+        self._since = time.time()
+        super().__enter__()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._push(ring.CHECKPOINT_TARGET, size_on_disk(self._path))
+        self._push(ring.CHECKPOINT_TARGET, saved_at(self._path, self._since))
         self._push(self._close)
 
 

@@ -18,6 +18,7 @@ from gpuwatch.instrument.patches import (
     patch_safetensors,
     timed_checkpoint_save,
 )
+from gpuwatch.instrument.sizes import size_on_disk
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -32,13 +33,21 @@ def recorder() -> tuple[LazyPush, list[tuple[int, Any]]]:
     return LazyPush(lambda: push, lambda: False), marks
 
 
+def saved_size(marks: list[tuple[int, Any]]) -> int:
+    """The bytes of the save the marks hand over: its path and start, sized as the agent
+    sizes it (the training thread never stats the files)."""
+    (target,) = [v for c, v in marks if c == ring.CHECKPOINT_TARGET]
+    assert isinstance(target, tuple)
+    return size_on_disk(*target)
+
+
 def test_a_save_on_the_training_thread_is_a_blocking_checkpoint(tmp_path: Path) -> None:
     lazy, marks = recorder()
     save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
     save({"w": torch.zeros(1000)}, tmp_path / "a.pt")
     codes = [c for c, _ in marks]
     assert codes[0] == ring.CHECKPOINT and codes[-1] == -ring.CHECKPOINT
-    assert (ring.CHECKPOINT_TARGET, (tmp_path / "a.pt").stat().st_size) in marks
+    assert saved_size(marks) == (tmp_path / "a.pt").stat().st_size
 
 
 def test_a_save_on_a_writer_thread_is_a_background_save(tmp_path: Path) -> None:
@@ -59,7 +68,7 @@ def test_safetensors_saves_are_timed(tmp_path: Path) -> None:
     patch_safetensors(lazy, module)
     module.save_file({"w": torch.ones(256)}, str(tmp_path / "m.safetensors"))
     assert marks[0][0] == ring.CHECKPOINT
-    assert (ring.CHECKPOINT_TARGET, (tmp_path / "m.safetensors").stat().st_size) in marks
+    assert saved_size(marks) == (tmp_path / "m.safetensors").stat().st_size
 
 
 def test_forward_and_backward_in_an_optimizer_closure_are_not_the_update() -> None:

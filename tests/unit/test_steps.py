@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.sizes import size_on_disk
 from gpuwatch.instrument.steps import StepAssembler
+from gpuwatch.monitor import CheckpointSpan
 from gpuwatch.records import Event, Record, Step
 
 OFFSET = 1_000.0
@@ -227,6 +231,29 @@ def test_size_on_disk_of_file_directory_and_missing(tmp_path) -> None:  # type: 
     assert size_on_disk(str(tmp_path / "a.bin")) == 10
     assert size_on_disk(tmp_path / "d") == 12
     assert size_on_disk(str(tmp_path / "missing")) == 0
+    os.utime(tmp_path / "d" / "b", (1_000.0, 1_000.0))  # an older checkpoint beside the save
+    assert size_on_disk(tmp_path / "d", since=2_000.0) == 7
+    (tmp_path / "d" / "e").mkdir()
+    (tmp_path / "d" / "e" / "f").write_bytes(b"w" * 3)
+    assert size_on_disk(tmp_path / "d", since=2_000.0) == 10  # nested directories too
+
+
+def test_a_checkpoint_is_sized_by_the_agent_not_the_training_thread(tmp_path: Path) -> None:
+    """The training thread hands over where and when the save began; the assembler (the
+    agent's thread) reads the bytes: only what the save wrote, beside old files."""
+    (tmp_path / "old.bin").write_bytes(b"o" * 100)
+    os.utime(tmp_path / "old.bin", (1_000.0, 1_000.0))
+    pushed: list[tuple[int, object]] = []
+    span = CheckpointSpan(lambda code, value=None: pushed.append((code, value)), tmp_path)
+    with span:
+        (tmp_path / "new.bin").write_bytes(b"n" * 40)
+    target = next(v for code, v in pushed if code == ring.CHECKPOINT_TARGET)
+    assert isinstance(target, tuple) and target[0] == str(tmp_path)
+    marks = [(ring.STEP_BEGIN, 0.0, None), (ring.CHECKPOINT, 0.1, None),
+             (ring.CHECKPOINT_TARGET, 0.2, target), (-ring.CHECKPOINT, 0.3, None),
+             (ring.STEP_END, 1.0, None)]
+    (s,) = steps(assemble(marks))
+    assert s.checkpoint_bytes == 40
 
 
 def test_marks_lost_in_a_lap_leave_missing_step_numbers_never_renumbered() -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from typing import Any
 
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.sizes import batch_size, size_on_disk
+from gpuwatch.instrument.sizes import batch_size, saved_at
 
 Push = Any  # MarkRing.push
 
@@ -25,7 +26,7 @@ class LoopMarker:
     by a framework that skipped a hook are closed at the next step boundary.
     """
 
-    __slots__ = ("_ends", "_eval_paused", "_open", "_paused", "_push")
+    __slots__ = ("_ends", "_eval_paused", "_open", "_paused", "_push", "_save_since")
 
     def __init__(self, push: Push) -> None:
         self._push = push
@@ -33,6 +34,7 @@ class LoopMarker:
         self._paused = 0  # the phase a checkpoint interrupted
         self._eval_paused = 0  # the phase an evaluation interrupted
         self._ends = itertools.count(1)  # step ordinals (lost marks leave gaps, see ring)
+        self._save_since = 0.0  # when the open save began (Unix s)
 
     def _enter(self, phase: int) -> None:
         self._close_all()
@@ -87,18 +89,19 @@ class LoopMarker:
     def saved(self, seconds: float, path: str | os.PathLike[str] | None) -> None:
         """A checkpoint save the framework announces only once done."""
         if path is not None:
-            self._push(ring.CHECKPOINT_TARGET, size_on_disk(path))
+            self._push(ring.CHECKPOINT_TARGET, saved_at(path, time.time() - seconds))
         self._push(ring.PHASE_SECONDS, (ring.CHECKPOINT, seconds))
 
     def checkpoint_start(self) -> None:
         """A save begins; the phase it interrupts (data wait, usually) resumes after it."""
         self._paused = self._open[-1] if self._open else 0
         self._close_all()
+        self._save_since = time.time()
         self._push(ring.CHECKPOINT)
 
     def checkpoint_end(self, path: str | os.PathLike[str] | None) -> None:
         if path is not None:
-            self._push(ring.CHECKPOINT_TARGET, size_on_disk(path))
+            self._push(ring.CHECKPOINT_TARGET, saved_at(path, self._save_since))
         self._push(-ring.CHECKPOINT)
         if self._paused:
             self._enter(self._paused)

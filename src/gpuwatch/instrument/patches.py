@@ -36,7 +36,7 @@ from gpuwatch.faults import log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EVENTS, EventPool, Intervals, on_device
 from gpuwatch.instrument.identity import HINTS, Hints
-from gpuwatch.instrument.sizes import batch_size, size_on_disk, tensor_bytes
+from gpuwatch.instrument.sizes import batch_size, saved_at, size_on_disk, tensor_bytes
 from gpuwatch.vocabulary import bus_bytes
 
 Push = Callable[..., None]
@@ -162,12 +162,13 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
         if threading.current_thread() is not threading.main_thread():
             return _background_save(save, target, lazy, args, kwargs)
         start = _tell(target)
+        since = time.time()
         lazy.push(ring.CHECKPOINT)
         try:
             return save(*args, **kwargs)
         finally:
-            if isinstance(target, (str, os.PathLike)):
-                lazy.push(ring.CHECKPOINT_TARGET, size_on_disk(target))
+            if isinstance(target, (str, os.PathLike)):  # sized later, by the agent
+                lazy.push(ring.CHECKPOINT_TARGET, saved_at(target, since))
             elif start is not None:
                 end = _tell(target)
                 if end is not None and end > start:
@@ -180,11 +181,12 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
 def _background_save(save: Callable[..., Any], target: Any, lazy: LazyPush,
                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A save on a writer thread: timed and sized, but the training loop does not wait."""
-    start = time.perf_counter()
+    start, since = time.perf_counter(), time.time()
     try:
         return save(*args, **kwargs)
     finally:
-        nbytes = size_on_disk(target) if isinstance(target, (str, os.PathLike)) else 0
+        saved = saved_at(target, since) if isinstance(target, (str, os.PathLike)) else None
+        nbytes = size_on_disk(*saved) if saved else 0  # (the writer's thread, not training's)
         lazy.push(ring.BACKGROUND_SAVE, (time.perf_counter() - start, nbytes))
 
 

@@ -21,15 +21,48 @@ def batch_size(batch: Any, depth: int = 0) -> int:
     return 0
 
 
-def size_on_disk(target: Any) -> int:
-    """Bytes of a saved file, or of every file under a saved directory; 0 if unknown."""
+MAX_ENTRIES = 10_000  # a directory sized for a save is walked no further than this
+# Files a save wrote may carry a time a little before it began: a file server whose clock
+# runs behind this host's, coarse timestamps.
+MTIME_SLACK_S = 5.0
+
+
+def saved_at(target: Any, since: float) -> tuple[str, float] | None:
+    """What a save's size is read from later, off the training thread: its path and
+    when it began (Unix s, less ``MTIME_SLACK_S``); None for a target that is no path."""
+    try:
+        return os.fspath(target), since - MTIME_SLACK_S
+    except TypeError:
+        return None
+
+
+def size_on_disk(target: Any, since: float = 0.0) -> int:
+    """Bytes of a saved file, or of the files under a saved directory written at or
+    after ``since`` (Unix s: the save's own, not the older checkpoints beside them),
+    walking at most ``MAX_ENTRIES`` entries; 0 if unknown. It stats every file: never
+    on the training thread."""
     try:
         path = Path(os.fspath(target))
-        if path.is_dir():
-            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        return path.stat().st_size
+        if not path.is_dir():
+            return path.stat().st_size
     except (OSError, TypeError):
         return 0
+    total, seen, pending = 0, 0, [path]
+    while pending and seen < MAX_ENTRIES:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    seen += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        total += st.st_size if st.st_mtime >= since else 0
+                    if seen >= MAX_ENTRIES:
+                        break
+        except OSError:
+            continue
+    return total
 
 
 def tensor_bytes(obj: Any) -> int:

@@ -34,6 +34,7 @@ from typing import Any
 
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EVENTS, EventPool, PendingTimings
+from gpuwatch.instrument.sizes import size_on_disk
 from gpuwatch.records import Event, Record, Step
 from gpuwatch.vocabulary import COMPUTE_PHASES, Phase
 
@@ -205,7 +206,8 @@ class StepAssembler:
     def _on_checkpoint_target(self, code: int, t: float, value: Any,
                               out: list[Record]) -> None:
         if self._depth[ring.CHECKPOINT] <= 1:  # a nested save is part of the outer one
-            self._ckpt_targets.append(self._count(value))
+            self._ckpt_targets.append(size_on_disk(*value) if isinstance(value, tuple)
+                                      else self._count(value))
 
     def _on_phase_seconds(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         phase, seconds = value
