@@ -125,22 +125,52 @@ def segments(path: Path) -> list[Path]:
     files: a FIFO or a device (a link to /dev/zero) would be read forever."""
     stem = path.name.removesuffix(".jsonl")
     parts: dict[int, Path] = {}
-    for p in path.parent.glob(f"{_glob_escape(stem)}.part*.jsonl*"):
-        match = _PART.fullmatch(p.name[len(stem):])
-        if match is not None and p.is_file():
-            k = int(match.group(1))
-            if k not in parts or p.name.endswith(".gz"):
+    for name in _segment_names(path.parent).get(stem, ()):
+        p = path.parent / name
+        if p.is_file():
+            k = _part_number(name)
+            if k not in parts or name.endswith(".gz"):
                 parts[k] = p
     return [parts[k] for k in sorted(parts)]
+
+
+# directory -> (its mtime (ns) when listed, segment names by their log's stem)
+_LISTINGS: dict[Path, tuple[int, dict[str, list[str]]]] = {}
+_LISTINGS_LOCK = threading.Lock()
+LISTINGS_KEPT = 16
+LISTING_STABLE_S = 2.0  # a directory unchanged this long keeps its listing until it changes
+
+
+def _segment_names(directory: Path) -> dict[str, list[str]]:
+    """The segment names in ``directory`` by their log's stem. A directory's listing is
+    kept while its mtime stays the same (segments are made by renames, which change it)
+    once that mtime is old enough for coarse file-system clocks: a directory of many
+    logs is listed once, not once per log."""
+    try:
+        mtime_ns = directory.stat().st_mtime_ns
+        with _LISTINGS_LOCK:
+            kept = _LISTINGS.get(directory)
+        if kept is not None and kept[0] == mtime_ns:
+            return kept[1]
+        names = os.listdir(directory)
+    except OSError:
+        return {}
+    by_stem: dict[str, list[str]] = {}
+    for name in names:
+        match = _PART.search(name)
+        if match is not None and match.end() == len(name):
+            by_stem.setdefault(name[:match.start()], []).append(name)
+    if time.time() - mtime_ns / 1e9 > LISTING_STABLE_S:
+        with _LISTINGS_LOCK:
+            if len(_LISTINGS) >= LISTINGS_KEPT:
+                _LISTINGS.pop(next(iter(_LISTINGS)))
+            _LISTINGS[directory] = (mtime_ns, by_stem)
+    return by_stem
 
 
 def _part_number(name: str) -> int:
     match = _PART.search(name)
     return int(match.group(1)) if match else 0
-
-
-def _glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def is_segment(name: str) -> bool:
@@ -250,7 +280,8 @@ def claim_runlog(run_dir: Path, rank: int, world_size: int, first_attempt: int,
 class RunLogReader:
     """Streams the records of one run log, its rotated segments first; bad, mistyped,
     huge or truncated lines (and a damaged compressed segment's unreadable end) are
-    skipped and counted. Raises OSError only when a file cannot be opened or read.
+    skipped and counted, and so are lines naming a rank other than the log's own (its
+    first record's). Raises OSError only when a file cannot be opened or read.
 
     Lines are parsed a block at a time (one JSON array per block); a block with a
     bad line is parsed again line by line, so one torn line costs only itself.
@@ -290,6 +321,7 @@ class RunLogReader:
         done = 0
         number = -1  # of the newest line read
         clock = self.clock
+        owner: int | None = None  # the log's rank: a line naming another is not its own
         for path, opened in self._files():
             self._cut = False  # a compressed segment ended short
             with opened as raw:
@@ -316,10 +348,16 @@ class RunLogReader:
                         if record is None:
                             self.skipped += 1
                             continue
-                        self.records += 1
                         t = getattr(record, "t", clock)
                         if t > clock:
                             clock = self.clock = t
+                        rank = getattr(record, "rank", owner)
+                        if owner is None:
+                            owner = rank
+                        elif rank != owner:  # (its time counts, as a line passed over)
+                            self.skipped += 1
+                            continue
+                        self.records += 1
                         self.line = line
                         yield clock, tag, line, record
                     if last > clock:

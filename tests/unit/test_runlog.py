@@ -43,6 +43,21 @@ def test_truncated_and_garbage_lines_are_skipped_and_counted(tmp_path: Path) -> 
     assert reader.skipped == 5
 
 
+def test_lines_naming_another_rank_are_not_the_logs_own(tmp_path: Path) -> None:
+    """A rank's log holds its rank's records: lines naming thousands of other ranks (a
+    hostile or corrupted file) are skipped and counted, never judged as ranks (each
+    would be a view the engine judges at every interval)."""
+    path = tmp_path / "run.jsonl"
+    w = RunLogWriter(path)
+    w.write([META, *(Step(rank=r, step=1, t=1.0 + r, wall_s=0.1) for r in range(1, 2001)),
+             Step(rank=0, step=1, t=3000.0, wall_s=0.1)])
+    w.close()
+    reader = RunLogReader(path)
+    got = list(reader)
+    assert [(r.rank, r.t) for r in got if isinstance(r, Step)] == [(0, 3000.0)]
+    assert reader.skipped == 2000 and reader.clock == 3000.0
+
+
 def test_non_finite_floats_are_written_as_null(tmp_path: Path) -> None:
     path = tmp_path / "run.jsonl"
     w = RunLogWriter(path)
