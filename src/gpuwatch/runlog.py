@@ -58,6 +58,10 @@ from gpuwatch.records import (
 )
 
 MAX_LINE_BYTES = 4 << 20  # a longer line is not one gpuwatch wrote: skipped unread
+# The writer writes no blank line: a file with this many is no log of its own (a
+# compressed segment of nothing but newlines expands a thousandfold): the rest of it
+# is skipped, counted as one line.
+MAX_BLANK_LINES = 100_000
 
 _LOG_NAME = re.compile(r"run(?:-rank(\d+))?(?:\.attempt(\d+))?\.jsonl")
 FOLLOW_TRIES = 10_000  # segments read plus rotations raced, at most, in one reading
@@ -309,6 +313,7 @@ class RunLogReader:
         self.clock = 0.0
         self._sources = sample_sources
         self._cut = False
+        self._blank = 0
 
     def __iter__(self) -> Generator[Record, None, None]:
         for _, _, _, record in self.placed(0):
@@ -324,6 +329,7 @@ class RunLogReader:
         owner: int | None = None  # the log's rank: a line naming another is not its own
         for path, opened in self._files():
             self._cut = False  # a compressed segment ended short
+            self._blank = 0  # blank lines in this file
             with opened as raw:
                 f = typing.cast(IO[bytes], gzip.GzipFile(fileobj=raw)
                                 if path.name.endswith(".gz") else raw)
@@ -412,7 +418,8 @@ class RunLogReader:
 
     def _block(self, f: IO[bytes]) -> list[bytes] | None:
         """Up to BLOCK_LINES non-blank lines (None at the end); an over-long line is
-        skipped, counted and read past in bounded pieces."""
+        skipped, counted and read past in bounded pieces; past ``MAX_BLANK_LINES`` blank
+        ones the file ends there."""
         if self._cut:
             return None
         lines: list[bytes] = []
@@ -435,6 +442,12 @@ class RunLogReader:
                 continue
             if line.strip():
                 lines.append(line)
+            else:
+                self._blank += 1
+                if self._blank > MAX_BLANK_LINES:
+                    self.skipped += 1
+                    self._cut = True
+                    return lines or None
         return lines
 
     @staticmethod

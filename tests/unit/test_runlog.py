@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample, Step
-from gpuwatch.runlog import RunLogReader, RunLogWriter, encode
+from gpuwatch.runlog import MAX_BLANK_LINES, RunLogReader, RunLogWriter, encode
 
 META = Meta(schema=SCHEMA_VERSION, gpuwatch="0.1.0", job="j", host="h", rank=0, local_rank=0,
             world_size=1, pid=1, started=0.0)
@@ -56,6 +56,21 @@ def test_lines_naming_another_rank_are_not_the_logs_own(tmp_path: Path) -> None:
     got = list(reader)
     assert [(r.rank, r.t) for r in got if isinstance(r, Step)] == [(0, 3000.0)]
     assert reader.skipped == 2000 and reader.clock == 3000.0
+
+
+def test_a_file_of_blank_lines_ends_where_no_log_would_go_on(tmp_path: Path) -> None:
+    """The writer writes no blank line: past MAX_BLANK_LINES the rest of the file is no
+    log's (a compressed segment of newlines expands a thousandfold), skipped as one line."""
+    path = tmp_path / "run.jsonl"
+    w = RunLogWriter(path)
+    w.write([META, Step(rank=0, step=1, t=1.0, wall_s=0.1)])
+    w.close()
+    with path.open("ab") as f:
+        f.write(b"\n" * 10 + encode(Step(rank=0, step=2, t=2.0, wall_s=0.1)) + b"\n")
+        f.write(b"\n" * (MAX_BLANK_LINES + 1) + encode(Step(rank=0, step=3, t=3.0, wall_s=0.1)))
+    reader = RunLogReader(path)
+    assert [r.step for r in reader if isinstance(r, Step)] == [1, 2]  # a few blanks: read on
+    assert reader.skipped == 1
 
 
 def test_non_finite_floats_are_written_as_null(tmp_path: Path) -> None:
