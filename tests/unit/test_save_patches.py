@@ -98,3 +98,39 @@ def test_forward_and_backward_in_an_optimizer_closure_are_not_the_update() -> No
     assert optimizer.step() is None  # no closure: nothing wrapped
     opened = [ring.OPTIMIZER, -ring.OPTIMIZER, 0, ring.OPTIMIZER]
     assert [code for code, _ in marks] == [*opened, *opened, ring.OPTIMIZER]
+
+
+def test_a_replaced_optimizer_takes_over_ending_steps() -> None:
+    """The first optimizer to step ends the steps, one per iteration with several (a
+    GAN's two); one that steps twice while it does not has replaced it (a second phase
+    of a fine-tune, a new Trainer): it ends them from then on, none lost."""
+    lazy, _ = recorder()
+    d, g = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))]), \
+        torch.optim.SGD([torch.nn.Parameter(torch.ones(1))])
+    assert [lazy.ends_step(o) for o in (d, g, d, g, d, g)] == [True, False] * 3
+    phase_two = torch.optim.AdamW([torch.nn.Parameter(torch.ones(1))])
+    assert [lazy.ends_step(phase_two) for _ in range(5)] == [False, True, True, True, True]
+    assert lazy.ends_step(d) is False  # the old one, stepping once more, does not take back
+
+
+def test_a_save_on_the_training_loops_own_thread_blocks_it(tmp_path: Path) -> None:
+    """A loop run in a thread of its own: its saves block its steps (a checkpoint
+    phase), while a writer thread beside it writes in the background."""
+    lazy, marks = recorder()
+    save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))])
+
+    def loop() -> None:
+        lazy.ends_step(optimizer)  # (what the optimizer's post-hook does on this thread)
+        save({"w": torch.zeros(10)}, tmp_path / "loop.pt")
+        writer = threading.Thread(target=save, args=({"w": torch.zeros(10)}, tmp_path / "w.pt"))
+        writer.start()
+        writer.join(timeout=60)
+
+    trainer = threading.Thread(target=loop)
+    trainer.start()
+    trainer.join(timeout=60)
+    assert not trainer.is_alive()
+    codes = [code for code, _ in marks]
+    assert codes[0] == ring.CHECKPOINT and ring.BACKGROUND_SAVE in codes
+    assert codes.index(-ring.CHECKPOINT) < codes.index(ring.BACKGROUND_SAVE)

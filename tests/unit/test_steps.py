@@ -287,3 +287,23 @@ def test_a_bad_count_from_the_training_code_is_ignored_and_counted(bad: object) 
     (s,) = steps(out)
     assert s.samples == 8 and s.tokens == 0
     assert asm.bad_values == 3
+
+
+def test_an_adapters_time_stands_only_where_the_patches_timed_none() -> None:
+    """The Hugging Face callback times data wait and saves between the Trainer's hooks;
+    under ``gpuwatch run`` the DataLoader and save patches time the same things closer.
+    Their figure stands; the adapter's counts only where they timed none."""
+    both = [(ring.STEP_BEGIN, 0.0, None), (ring.DATA, 0.05, None), (-ring.DATA, 0.25, None),
+            (ring.ADAPTER_SECONDS, 0.3, (ring.DATA, 0.3, None)),
+            (ring.CHECKPOINT, 0.4, None), (-ring.CHECKPOINT, 0.6, None),
+            (ring.ADAPTER_SECONDS, 0.7, (ring.CHECKPOINT, 0.3, None)),
+            (ring.STEP_END, 1.0, None),
+            (ring.STEP_BEGIN, 1.0, None), (ring.ADAPTER_SECONDS, 1.3, (ring.DATA, 0.3, None)),
+            (ring.ADAPTER_SECONDS, 1.6, (ring.CHECKPOINT, 0.2, None)),
+            (ring.STEP_END, 2.0, None)]
+    out = assemble(both)
+    first, second = steps(out)
+    assert first.data_s == pytest.approx(0.2) and first.checkpoint_s == pytest.approx(0.2)
+    assert second.data_s == pytest.approx(0.3) and second.checkpoint_s == pytest.approx(0.2)
+    assert [e.data["seconds"] for e in events(out, "checkpoint_save")] == pytest.approx(
+        [0.2, 0.2])  # one save each, never the same one twice

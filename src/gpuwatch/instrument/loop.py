@@ -83,14 +83,15 @@ class LoopMarker:
         self._close_all()
 
     def elapsed(self, phase: int, seconds: float) -> None:
-        """Time measured by the adapter, for a phase the framework has no hooks around."""
-        self._push(ring.PHASE_SECONDS, (phase, seconds))
+        """Time measured by the adapter, for a phase the framework has no hooks around
+        (the patches' own timing of it, under ``gpuwatch run``, stands instead)."""
+        self._push(ring.ADAPTER_SECONDS, (phase, seconds, None))
 
     def saved(self, seconds: float, path: str | os.PathLike[str] | None) -> None:
-        """A checkpoint save the framework announces only once done."""
-        if path is not None:
-            self._push(ring.CHECKPOINT_TARGET, saved_at(path, time.time() - seconds))
-        self._push(ring.PHASE_SECONDS, (ring.CHECKPOINT, seconds))
+        """A checkpoint save the framework announces only once done (the patches' own
+        timing of its files, under ``gpuwatch run``, stands instead)."""
+        saved = saved_at(path, time.time() - seconds) if path is not None else None
+        self._push(ring.ADAPTER_SECONDS, (ring.CHECKPOINT, seconds, saved))
 
     def checkpoint_start(self) -> None:
         """A save begins; the phase it interrupts (data wait, usually) resumes after it."""

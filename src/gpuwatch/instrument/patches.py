@@ -52,6 +52,30 @@ class LazyPush:
         self.push: Push = self._first
         self.boundary_optimizer: int | None = None
         self.boundaries = itertools.count(1)  # step ordinals (see ring: lost marks leave gaps)
+        self.loop_thread: int | None = None  # the thread optimizers step on: the loop's
+        self._others: dict[int, int] = {}  # other optimizers' steps since the last boundary
+
+    def ends_step(self, optimizer: Any) -> bool:
+        """Whether ``optimizer``'s step ends a training step. The first optimizer to step
+        ends them (with several, as in a GAN, one step per iteration) until another
+        steps twice while it does not: it was replaced (a new optimizer for a second
+        phase, a second ``Trainer``), and the new one ends them from then on."""
+        self.loop_thread = threading.get_ident()
+        key = id(optimizer)
+        if key != self.boundary_optimizer:
+            seen = self._others[key] = self._others.get(key, 0) + 1
+            if self.boundary_optimizer is not None and seen < 2:
+                return False
+            self.boundary_optimizer = key
+        if self._others:
+            self._others.clear()
+        return True
+
+    def off_loop(self) -> bool:
+        """Whether the calling thread is neither the main thread nor the training loop's
+        (the thread optimizers step on): a save there (a writer thread) blocks no step."""
+        ident = threading.get_ident()
+        return ident != threading.main_thread().ident and ident != self.loop_thread
 
     def _first(self, code: int, value: Any = None) -> None:
         self.push = _drop  # a failing start is not retried on every mark
@@ -113,9 +137,7 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
 
     def after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
         lazy.push(-ring.OPTIMIZER)
-        if lazy.boundary_optimizer is None:
-            lazy.boundary_optimizer = id(optimizer)  # with several optimizers, the first ends steps
-        if id(optimizer) == lazy.boundary_optimizer:
+        if lazy.ends_step(optimizer):
             lazy.push(ring.STEP_BOUNDARY, next(lazy.boundaries))
 
     register_optimizer_step_pre_hook(before_step)
@@ -159,7 +181,7 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
             target = args[target_arg]
         elif target is None and target_arg is not None:
             target = kwargs.get("f")
-        if threading.current_thread() is not threading.main_thread():
+        if lazy.off_loop():
             return _background_save(save, target, lazy, args, kwargs)
         start = _tell(target)
         since = time.time()

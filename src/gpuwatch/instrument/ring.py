@@ -44,6 +44,9 @@ COLLECTIVE_DURATION = 115  # value: (seconds, bus bytes) of one blocking collect
 LOADER_BATCH = 116  # value: (loader key, samples) of the DataLoader batch just fetched
 WAITING = 117  # value: 1 a wait timed elsewhere begins (DDP's, on the host), 0 it ends
 P2P_BYTES = 118  # value: bus bytes of a point-to-point send or receive (collective bytes too)
+# value: (phase code, seconds, a save's ``sizes.saved_at`` or None) an adapter timed between
+# a framework's hooks: counted only where the patches timed none of that phase in the step
+ADAPTER_SECONDS = 119
 
 # Phase codes (``vocabulary.Phase``) as plain ints: the hot path pushes them.
 DATA = int(Phase.DATA)

@@ -58,6 +58,7 @@ class StepAssembler:
         self._depth = [0] * _NPHASES
         self._opened = [0.0] * _NPHASES
         self._acc = [0.0] * _NPHASES
+        self._timed = [False] * _NPHASES  # phases an interval of closed in this step
         self._samples = 0
         self._tokens = 0
         self._ckpt_bytes = 0
@@ -90,6 +91,7 @@ class StepAssembler:
             ring.BACKGROUND_SAVE: self._on_background_save, ring.TOKENS: self._on_tokens,
             ring.CHECKPOINT_TARGET: self._on_checkpoint_target,
             ring.PHASE_SECONDS: self._on_phase_seconds,
+            ring.ADAPTER_SECONDS: self._on_adapter_seconds,
             ring.TOTAL_STEPS: self._on_total_steps, ring.DEVICE_TIMING: self._on_device_timing,
             ring.COLLECTIVE_DURATION: self._on_collective_duration,
             ring.COLLECTIVE_BYTES: self._on_collective_bytes, ring.P2P_BYTES: self._on_p2p_bytes,
@@ -216,6 +218,19 @@ class StepAssembler:
             if phase == ring.CHECKPOINT:
                 self._saved(seconds, t, out)
 
+    def _on_adapter_seconds(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        """An adapter's time between a framework's hooks: the same time the patches
+        timed closer where they timed that phase in this step (the DataLoader's fetches,
+        the save's files), so it counts only where they did not."""
+        phase, seconds, saved = value
+        if not 0 < phase < _NPHASES or seconds <= 0 or self._timed[phase]:
+            return
+        self._acc[phase] += seconds
+        if phase == ring.CHECKPOINT:
+            if saved is not None:
+                self._ckpt_targets.append(size_on_disk(*saved))
+            self._saved(seconds, t, out)
+
     def _on_total_steps(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
 
@@ -292,6 +307,7 @@ class StepAssembler:
             return
         seconds = t - self._opened[phase]
         self._acc[phase] += seconds
+        self._timed[phase] = True
         if phase == ring.CHECKPOINT:
             self._saved(seconds, t, out)
         elif phase == ring.DATA:
@@ -410,6 +426,7 @@ class StepAssembler:
         self._loader_batches = self._eval_batches = 0
         for phase in range(_NPHASES):
             acc[phase] = 0.0
+            self._timed[phase] = False
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0
         self._collective_bytes = self._p2p_bytes = self._timed_bytes = 0
         self._by_loader.clear()
