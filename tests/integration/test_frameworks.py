@@ -65,6 +65,33 @@ def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
     assert isinstance(records[0], Meta) and records[0].rank == 0
 
 
+def test_lightning_steps_are_optimizer_steps_when_gradients_accumulate(tmp_path: Path) -> None:
+    """accumulate_grad_batches=4: a step is the optimizer's (as in a plain loop and the
+    Hugging Face callback), its four micro-batches' samples together."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gpuwatch.integrations.lightning import GpuWatchCallback
+    from tests.tiny_lightning import TinyWithEval
+
+    data = TensorDataset(torch.randn(640, 32), torch.randn(640, 1))
+    callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False})
+    trainer = L.Trainer(max_steps=20, accumulate_grad_batches=4, accelerator="cpu",
+                        devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        limit_val_batches=0, callbacks=[callback])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        trainer.fit(TinyWithEval(), DataLoader(data, batch_size=8))
+    records = read(tmp_path / "run" / "run.jsonl")
+    steps = [r for r in records if isinstance(r, Step)]
+    assert trainer.global_step == 20 and len(steps) == 20
+    assert all(s.samples == 32 and s.optimizer_s > 0 for s in steps)
+    plans = [e.data["steps"] for e in records if isinstance(e, Event) and e.name == "total_steps"]
+    assert plans == [20]
+
+
 def test_a_lightning_fit_ended_by_ctrl_c_does_not_wait_for_a_last_scrape(
         tmp_path: Path) -> None:
     """Lightning catches a KeyboardInterrupt and exits through ``sys.exit(1)``, which

@@ -71,11 +71,13 @@ class LoopMarker:
     def optimizer_done(self) -> None:
         self._close_all()
 
-    def batch_end(self, then_data: bool = True) -> None:
-        """The step is over; the loop goes back to its data (timed here unless the
+    def batch_end(self, then_data: bool = True, step: bool = True) -> None:
+        """The batch is over, and with ``step`` its step (a batch that only accumulates
+        gradients leaves it open); the loop goes back to its data (timed here unless the
         adapter reports it with ``elapsed``)."""
         self._close_all()
-        self._push(ring.STEP_END, next(self._ends))
+        if step:
+            self._push(ring.STEP_END, next(self._ends))
         if then_data:
             self._enter(ring.DATA)
 

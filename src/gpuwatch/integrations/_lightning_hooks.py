@@ -13,9 +13,10 @@ from gpuwatch.monitor import Monitor, attach
 
 
 class LightningHooks:
-    """Steps are training batches; data wait is the gap before each batch starts;
-    backward and optimizer from their hooks; a checkpoint from ``on_save_checkpoint``
-    to the end of the strategy's ``CheckpointIO.save_checkpoint``. Every
+    """Steps are optimizer steps: a training batch, or with ``accumulate_grad_batches``
+    the batches up to the one the optimizer steps in; data wait is the gap before each
+    batch starts; backward and optimizer from their hooks; a checkpoint from
+    ``on_save_checkpoint`` to the end of the strategy's ``CheckpointIO.save_checkpoint``. Every
     ``log_every_n_steps`` (the trainer's own cadence) and at the end, gpuwatch's
     figures (``Monitor.summary()``) go to each of ``trainer.loggers``."""
 
@@ -26,6 +27,7 @@ class LightningHooks:
         self.monitor: Monitor | None = None
         self._marker: LoopMarker | None = None
         self._logged_step = -1
+        self._stepped = False  # the optimizer stepped in the batch under way
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit" or self.monitor is not None:
@@ -55,7 +57,7 @@ class LightningHooks:
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self._marker is None:
             return
-        self._marker.plan(_planned_batches(trainer))
+        self._marker.plan(_planned_steps(trainer))
         self._marker.loop_start()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
@@ -68,13 +70,16 @@ class LightningHooks:
             self._marker.backward()
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        self._stepped = True
         if self._marker is not None:
             self._marker.optimizer()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._marker is not None:
-            self._marker.batch_end()
+        if self._marker is not None:  # (a batch that only accumulates goes on to the next)
+            accumulating = int(getattr(trainer, "accumulate_grad_batches", 1) or 1) > 1
+            self._marker.batch_end(step=self._stepped or not accumulating)
+        self._stepped = False
         step = trainer.global_step
         if step != self._logged_step and step % max(trainer.log_every_n_steps or 1, 1) == 0:
             self._log_figures(trainer)
@@ -129,17 +134,14 @@ class LightningHooks:
             self.monitor.stop()
 
 
-def _planned_batches(trainer: Any) -> int | None:
-    """Training batches the fit will run: max_steps, else Lightning's estimate (both count
-    optimizer steps: times the accumulation)."""
-    accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
-    steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-    if steps is None:
-        try:
-            estimate = trainer.estimated_stepping_batches
-        except Exception:  # no dataloader length: an iterable dataset
-            return None
-        if not isinstance(estimate, (int, float)) or math.isinf(estimate):
-            return None
-        steps = int(estimate)
-    return steps * accumulate
+def _planned_steps(trainer: Any) -> int | None:
+    """Optimizer steps the fit will run: max_steps, else Lightning's estimate."""
+    if trainer.max_steps and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    try:
+        estimate = trainer.estimated_stepping_batches
+    except Exception:  # no dataloader length: an iterable dataset
+        return None
+    if not isinstance(estimate, (int, float)) or math.isinf(estimate):
+        return None
+    return int(estimate)
