@@ -208,6 +208,12 @@ def test_a_recorded_override_this_gpuwatch_refuses_costs_only_itself(tmp_path: P
     assert "hang" not in judged({"hang": {"min_seconds": 900}})
     assert "hang" not in judged({"hang": {"min_seconds": 900, "new_threshold": 1.0},
                                  "new_detector": {"x": 1.0}})
+    # a damaged meta line with thousands of them: the first ones checked, the rest left out
+    # (each check builds an engine: 20,000 took 24 s)
+    assert "hang" not in judged({"hang": {"min_seconds": 900,
+                                          **{f"bogus_{i}": 1.0 for i in range(5000)}}})
+    assert "hang" in judged({"hang": {**{f"bogus_{i}": 1.0 for i in range(5000)},
+                                      "min_seconds": 900}})  # (past the budget: not read)
 
 
 def test_a_command_line_and_run_directory_not_in_utf8_lose_nothing(

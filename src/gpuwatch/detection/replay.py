@@ -404,19 +404,27 @@ def _replayed(recorded: dict[str, Any], settings: Settings) -> Settings:
     """``replay_settings``, less any recorded value the engine refuses (a detector, a
     threshold or a GPU this gpuwatch does not know: a newer writer's, or a damaged meta
     line): the log is judged with the caller's setting there instead. Detector
-    overrides are kept or left out one threshold at a time."""
+    overrides are kept or left out one threshold at a time, the first
+    ``MAX_CHECKED_SETTINGS`` of them (a meta line holding more is damaged: the rest go)."""
     chosen = replay_settings(recorded, settings)
     if _accepted(chosen):
         return chosen
-    kept = {k: v for k, v in recorded.items()
-            if k != "detectors" and _accepted(replay_settings({k: v}, settings))}
+    checks = itertools.repeat(True, MAX_CHECKED_SETTINGS)
+
+    def taken(part: dict[str, Any]) -> bool:
+        """Whether the engine takes ``part`` of the recorded settings (no, past the budget)."""
+        return next(checks, False) and _accepted(replay_settings(part, settings))
+
+    kept = {k: v for k, v in recorded.items() if k != "detectors" and taken({k: v})}
     detectors = recorded.get("detectors")
     if isinstance(detectors, dict):
-        each = {d: {k: v for k, v in values.items() if _accepted(
-                    replay_settings({"detectors": {d: {k: v}}}, settings))}
+        each = {d: {k: v for k, v in values.items() if taken({"detectors": {d: {k: v}}})}
                 for d, values in detectors.items() if isinstance(values, dict)}
         kept["detectors"] = {d: values for d, values in each.items() if values}
     return replay_settings(kept, settings)
+
+
+MAX_CHECKED_SETTINGS = 256  # recorded settings tried one by one (each builds an engine)
 
 
 def _accepted(settings: Settings) -> bool:
