@@ -15,6 +15,7 @@ from gpuwatch.instrument import ring
 from gpuwatch.instrument.patches import (
     LazyPush,
     _closure_outside_the_update,
+    patch_activation_checkpoint,
     patch_safetensors,
     timed_checkpoint_save,
 )
@@ -134,3 +135,22 @@ def test_a_save_on_the_training_loops_own_thread_blocks_it(tmp_path: Path) -> No
     codes = [code for code, _ in marks]
     assert codes[0] == ring.CHECKPOINT and ring.BACKGROUND_SAVE in codes
     assert codes.index(-ring.CHECKPOINT) < codes.index(ring.BACKGROUND_SAVE)
+
+
+def test_checkpointed_regions_count_only_where_a_graph_is_built() -> None:
+    """Training forwards through torch.utils.checkpoint are counted and their re-run in
+    backward timed as recompute; an eval's forward under no_grad checkpoints nothing."""
+    import torch.utils.checkpoint as ckpt
+
+    lazy, marks = recorder()
+    module = types.SimpleNamespace(checkpoint=ckpt.checkpoint)
+    patch_activation_checkpoint(lazy, module)
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4, requires_grad=True)
+    module.checkpoint(layer, x, use_reentrant=False).sum().backward()
+    with torch.no_grad():
+        for _ in range(5):
+            module.checkpoint(layer, x, use_reentrant=False)
+    codes = [code for code, _ in marks]
+    assert codes.count(ring.ACT_CKPT) == 1
+    assert codes.count(ring.RECOMPUTE) == 1 == codes.count(-ring.RECOMPUTE)

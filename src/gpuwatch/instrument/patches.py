@@ -221,11 +221,15 @@ def _tell(f: Any) -> int | None:
 
 
 def patch_activation_checkpoint(lazy: LazyPush, module: Any) -> None:
-    """Count checkpointed regions; time every re-run of one (the recompute in backward)."""
+    """Count checkpointed regions; time every re-run of one (the recompute in backward).
+    Under ``no_grad`` (an eval's forward) nothing is checkpointed: not counted."""
     original = module.checkpoint
+    grad_enabled = getattr(sys.modules.get("torch"), "is_grad_enabled", None) or _always
 
     @functools.wraps(original)
     def checkpoint(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not grad_enabled():
+            return original(function, *args, **kwargs)
         lazy.push(ring.ACT_CKPT)
         calls = 0
 
@@ -344,6 +348,10 @@ def patch_distributed(lazy: LazyPush, dist: Any, pool: EventPool = EVENTS,
 
 def _never() -> bool:
     return False
+
+
+def _always() -> bool:
+    return True
 
 
 def _is_compiling() -> Callable[[], bool]:
