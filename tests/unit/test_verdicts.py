@@ -154,6 +154,19 @@ def test_a_recompile_every_minute_is_compute_outside_the_typical_steps() -> None
     assert f.evidence["compute_seconds_beyond_typical"] == pytest.approx(15, rel=0.01)
 
 
+def test_ranks_waiting_for_rank_0s_own_eval_are_told_what_holds_them() -> None:
+    """``if rank == 0: evaluate()`` in DDP, 40 s every two minutes: rank 0's steps hold
+    its eval (information), the others' a wait in their next all-reduce for it."""
+    shape = replace(job("ddp_rank0_eval").shape, duration_s=900,
+                    evals=Evals(every_s=120, seconds=40, ranks=(0,)))
+    ranks = simulate(shape)
+    mine = only(judge(ranks[0]), "interruptions")
+    assert mine.verdict == "info" and "evaluations" in mine.summary
+    theirs = only(judge(ranks[2]), "interruptions")
+    assert theirs.verdict == "fix_here" and "waiting in collectives" in theirs.summary
+    assert theirs.evidence["collective_seconds_beyond_typical"] > 30
+
+
 def test_rare_interruptions_are_no_finding() -> None:
     """A 60 s eval every half hour: 3% of the run."""
     shape = Shape(step_s=1.0, duration_s=7200, evals=Evals(every_s=1800, seconds=60),

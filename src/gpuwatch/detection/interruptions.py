@@ -8,8 +8,9 @@ The share is run-long: the seconds those steps took beyond a typical step, saves
 aside, over the wall time since training began. What they took it in names the
 cause: eval batches seen in them (an evaluation: ``info``, a choice worth its cost
 being known), else the part that grew most over a typical step: data wait (the
-loader restarting), compute (recompiles, host work in the step) or time no phase
-accounts for (work between steps). Those are ``fix_here``."""
+loader restarting), compute (recompiles, host work in the step), time no phase
+accounts for (work between steps), or a wait in collectives (another rank working
+alone: an eval or a save on rank 0 only). Those are ``fix_here``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ CAUSES = {
                 "batches. Recompiles (torch.compile meeting new shapes): pad or bucket them "
                 "(torch._dynamo.mark_dynamic, dynamic=True). Host work in the step (logging, "
                 "metric syncs, garbage collection): move it out."),
+    "collective": ("mostly waiting in collectives: another rank works alone (an eval or a "
+                   "save on rank 0 only)",
+                   "Spread the work over every rank (a sharded eval, a distributed "
+                   "checkpoint) or run it off the training path: the ranks that do not run "
+                   "it wait for the one that does."),
     "other": ("mostly time no phase accounts for: work between steps",
               "Find the work between steps (logging, metric gathering, an eval outside the "
               "marked loop) and do it less often or off the training thread."),
@@ -49,7 +55,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if stalls is None or typical is None:
         return None
     grew = {"data": stalls.data_s - typical.data_s,
-            "compute": stalls.compute_s - typical.compute_s,
+            "compute": stalls.unwaited_compute_s - typical.unwaited_compute_s,
+            "collective": stalls.collective_s - typical.collective_s,
             "other": stalls.other_s - typical.other_s}
     evals = view.eval_interrupted_s >= 0.5 * view.interrupted_s
     cause, advice = EVALS if evals else CAUSES[max(grew, key=grew.__getitem__)]
