@@ -249,6 +249,24 @@ def test_inter_node_link_from_infiniband_is_the_slowest_link_and_no_move_changes
     assert fast.verdict == "fix_here"
 
 
+def test_a_node_short_of_its_rails_is_named() -> None:
+    """Node 1 lost one of its eight rails: whatever the verdict, the advice names it."""
+    records = run(2, transfer, nbytes=64_000_000, devices={
+        "pcie_bytes_per_second": 31.5e9, "nvlink_links_active": 18,
+        "nvlink_bytes_per_second": 450e9})
+    port = {"device": "mlx5_0", "port": 1, "link_layer": "InfiniBand",
+            "bytes_per_second": 50e9}
+    railed = [Event(r.rank, r.t, "topology", {**r.data, "infiniband": [
+        {**port, "device": f"mlx5_{k}"} for k in range(8 - r.rank)]})
+        if isinstance(r, Event) else r for r in records]
+    f = only(judge(railed, scope="job"), "sync_bottleneck")
+    assert "host node-1 has 7 ports up, the others 8" in f.action
+    even = [Event(r.rank, r.t, "topology", {**r.data, "infiniband": [
+        {**port, "device": f"mlx5_{k}"} for k in range(8)]})
+        if isinstance(r, Event) else r for r in records]
+    assert "ports up" not in only(judge(even, scope="job"), "sync_bottleneck").action
+
+
 def test_what_was_not_timed_is_said() -> None:
     records = run(4, rotating)
     records.append(Event(0, START + 1, "collective_timing", {

@@ -272,6 +272,20 @@ def inter_node_link(views: Sequence[RankInput], setting: float = 0.0) -> float |
     return min(rates) if rates else None
 
 
+def uneven_rails(views: Sequence[RankInput]) -> str:
+    """Nodes with fewer active InfiniBand or RoCE ports than the job's others, in words
+    ("host b has 7 ports up, the others 8"); empty when every node has as many."""
+    ports = {v.host: len([p for p in (v.topology or {}).get("infiniband") or []
+                          if isinstance(p, dict)]) for v in views}
+    ports = {host: n for host, n in ports.items() if n}
+    most = max(ports.values(), default=0)
+    short = sorted(host for host, n in ports.items() if n < most)
+    if len(ports) < 2 or not short:
+        return ""
+    return "; ".join(f"host {host} has {ports[host]} ports up" for host in short) + \
+        f", the others {most}"
+
+
 def host_staged(views: Sequence[RankInput]) -> bool:
     """Whether copies between the job's GPUs on a host go through host memory: the
     topology says peer-to-peer reads are impossible between two GPUs the job uses there

@@ -30,6 +30,7 @@ from gpuwatch.detection.context import (
     mean_parts,
     recent,
     spans_nodes,
+    uneven_rails,
     window_s,
 )
 from gpuwatch.detection.projection import HOST_STAGED_SHARE, mean_step_parts, speedup_text
@@ -76,6 +77,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     if pcie:
         evidence["pcie_tx_bytes_per_second"] = max(pcie)
     text = {"ranks_n": len(ranks), "outcome": "", "unseen": unseen(views)}
+    rails = uneven_rails(views)
     if split.mean_skew_s > split.transfer_s:
         if (split.fixed_last(th["fixed_rank_share"]) is not None
                 or any("straggler" in ctx.explained.get(r, ()) for r in ranks)):
@@ -157,7 +159,8 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                          "link's bandwidth",
                  "advice": "The wait is not explained by bytes over the link: look for "
                            "latency (many small collectives), contention or a misconfigured "
-                           "NCCL (check NCCL_DEBUG=INFO for the transport it picked)."}
+                           "NCCL (check NCCL_DEBUG=INFO for the transport it picked)."
+                           + _rails_advice(rails)}
     elif inter_node:  # no GPU changes the link between nodes: the wait stays
         text |= {"link": f"bandwidth-bound over {link_name}",
                  "outcome": f"; on {proj.target.name} nodes on the same fabric the wait stays (the "
@@ -165,7 +168,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                  "advice": "The link between nodes bounds the all-reduce on any GPU: a faster "
                            "fabric (more rails, GPUDirect RDMA), hierarchical all-reduce, or "
                            "fewer all-reduces (accumulate gradients over more micro-batches, "
-                           "overlap them with backward)."}
+                           "overlap them with backward)." + _rails_advice(rails)}
         return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
                          verdict="fix_here")
     elif ctx.decide(proj, otherwise="fix_here") != "move_to_h100":
@@ -198,6 +201,12 @@ def _bubble(nbytes: float, p2p: float, link: float | None, staged: bool,
         return None
     seconds = nbytes / (link * HOST_STAGED_SHARE if staged else link)
     return seconds if seconds < explains else None
+
+
+def _rails_advice(rails: str) -> str:
+    """A clause for nodes short of InfiniBand ports (``uneven_rails``), else empty."""
+    return (f" Not every node has all its rails: {rails}; NCCL's rings go at the pace of "
+            "the node with the fewest, so bring its ports up (ibstat)." if rails else "")
 
 
 def unseen(views: Sequence[RankInput]) -> str:
