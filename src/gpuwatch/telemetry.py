@@ -38,6 +38,8 @@ INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an i
 PAUSE_S = 60.0  # a silence this long that a step ends is one of the job's pauses
 BATCH_SIZES = 64  # batch sizes whose tokens per step a rank remembers
 RHYTHM_SHARE = 0.10  # interruptions more frequent than this share of steps are the rhythm
+GPU_BUSY_RATIO = 0.5  # an interruption the GPU was this busy through is GPU work
+TYPICAL_S = 60.0  # an interruption is weighed against the typical steps of this long before
 # Events that show the job is working between steps (besides steps themselves).
 PROGRESS_EVENTS = frozenset({"progress", "checkpoint_save"})
 OPEN_SAVE_KEY = "open_checkpoint_seconds"  # agent samples: how long a save has been open
@@ -190,8 +192,9 @@ class Telemetry:
         # typical step, their blocking saves aside (those are ``saves``)
         self.interrupting_steps = 0
         self.interrupted_s = 0.0
-        self.eval_interrupted_s = 0.0  # of ``interrupted_s``, in steps an eval ran in
+        self.interrupted_by = Interruptions()  # the same seconds by what they were
         self._eval_at = 0.0  # when the newest eval batch was seen (a progress event)
+        self._per_work: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent s per token/sample
         self.first_step_start: float | None = None  # start of the first step (Unix s)
         self.warmed_at = 0.0  # when warm-up (loading, the first steps) ended (Unix s)
         # recent silences (no step, batch or save for PAUSE_S or more) a step ended (s)
@@ -256,16 +259,46 @@ class Telemetry:
         self._walls.append(s.wall_s)
         ordered = sorted(self._walls)
         self._median = ordered[len(ordered) // 2]  # (the upper median of an even count)
-        if median and s.wall_s > INTERRUPTION_MULTIPLE * median:
+        work = s.tokens or s.samples
+        if (median and s.wall_s > INTERRUPTION_MULTIPLE * median
+                and not self._long_batch(s.wall_s, work)):
             self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
             self.interrupting.add(s)
             self.interrupting_steps += 1
             excess = max(s.wall_s - median - s.checkpoint_s, 0.0)
             self.interrupted_s += excess
-            if self._eval_at >= s.t - s.wall_s:
-                self.eval_interrupted_s += excess
+            self.interrupted_by.add(self._interruption_kind(s, excess), s, excess)
             return
+        if work:
+            self._per_work.append(s.wall_s / work)
         self.window.add(s)
+
+    def _long_batch(self, wall: float, work: int) -> bool:
+        """Whether a long step is long in proportion to its tokens (or samples): a long
+        batch (variable-length sequences grouped by length), not an interruption."""
+        per_work = self._per_work
+        if not work or len(per_work) < 5:
+            return False
+        return wall / work <= INTERRUPTION_MULTIPLE * sorted(per_work)[len(per_work) // 2]
+
+    def _interruption_kind(self, s: Step, excess: float) -> str:
+        """What an interruption was (``Interruptions.KINDS``): eval batches seen in it, a
+        wait in collectives for most of its excess (another rank worked alone), the GPU
+        busy through it (GPU work outside the loop's steps), else a stall."""
+        start = s.t - s.wall_s
+        if self._eval_at >= start:
+            return "eval"
+        typical = mean_step(self.window.sums_since(start - TYPICAL_S))
+        waited = s.collective_s - (typical.collective_s if typical else 0.0)
+        if excess > 0 and waited >= 0.5 * excess:
+            return "waited"
+        busy = [v for (source, _), samples in self.samples.items() if source == "nvml"
+                for sample in itertools.takewhile(lambda x: x.t >= start, reversed(samples))
+                if sample.t <= s.t and (v := sample.values.get("gpu_utilization_ratio"))
+                is not None]
+        if busy and math.fsum(busy) / len(busy) >= GPU_BUSY_RATIO:
+            return "gpu"
+        return "stall"
 
     def _event(self, e: Event) -> None:
         self.changed = self.event_stamp = next(_CHANGES)
@@ -479,16 +512,18 @@ class Telemetry:
         wall = self.saves_wall_s(now)
         return min(self.saves.blocking_s / wall, 1.0) if wall > 0 else 0.0
 
-    def interruption_share(self, now: float) -> float:
+    def interruption_share(self, now: float, kinds: Iterable[str] | None = None) -> float:
         """The run-long share of time (up to ``now``, Unix s) interruptions took beyond a
-        typical step, blocking saves aside: evals, recompiles, epoch restarts. 0 while
-        they are the job's rhythm (over ``RHYTHM_SHARE`` of the steps: the windows'
-        means hold them already)."""
+        typical step, blocking saves aside: evals, recompiles, epoch restarts; only those
+        of ``kinds`` (``Interruptions.KINDS``) if given. 0 while they are the job's rhythm
+        (over ``RHYTHM_SHARE`` of the steps: the windows' means hold them already)."""
         start = self.first_step_start
         if (not self.interrupted_s or start is None or now <= start
                 or self.interrupting_steps > RHYTHM_SHARE * self.steps_seen):
             return 0.0
-        return min(self.interrupted_s / (now - start), 1.0)
+        seconds = self.interrupted_s if kinds is None else math.fsum(
+            self.interrupted_by.seconds[k] for k in kinds)
+        return min(seconds / (now - start), 1.0)
 
     @property
     def last_step_t(self) -> float:
@@ -506,6 +541,35 @@ class Telemetry:
         """The newest NVML sample of each GPU, by GPU index."""
         latest = [w[-1] for (src, _), w in self.samples.items() if src == "nvml" and w]
         return sorted(latest, key=lambda s: s.gpu or 0)
+
+
+class Interruptions:
+    """Run-long totals of the steps left out of the windows as interruptions, by what
+    they were (``KINDS``): seconds beyond a typical step (blocking saves aside) and
+    counts; when the first and the newest judged one (evals and stalls) ended; the
+    stalls' own steps (their parts, for what grew in them)."""
+
+    # eval: eval batches ran in it; waited: mostly a wait in collectives (another rank
+    # worked alone); gpu: the GPU busy through it (a rollout, generation); stall: the rest
+    KINDS = ("eval", "waited", "gpu", "stall")
+    JUDGED = ("eval", "stall")
+
+    __slots__ = ("count", "first_t", "last_t", "seconds", "stalled")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.KINDS, 0.0)
+        self.count = dict.fromkeys(self.KINDS, 0)
+        self.first_t = self.last_t = 0.0
+        self.stalled = StepWindow(MAX_EVENTS)
+
+    def add(self, kind: str, s: Step, excess: float) -> None:
+        self.seconds[kind] += excess
+        self.count[kind] += 1
+        if kind in self.JUDGED:
+            self.first_t = self.first_t or s.t
+            self.last_t = s.t
+        if kind == "stall":
+            self.stalled.add(s)
 
 
 class TrainingBatch:
