@@ -114,6 +114,10 @@ def test_no_move_to_a_card_that_cannot_hold_the_job_as_it_runs() -> None:
         "the job holds 80 GiB today, more than H100 SXM holds (75 GiB): shard it first")
     held = proj("H100 SXM", "RTX 5090", memory_bytes=60e9)
     assert decide(held, Costs(), otherwise="info") == "move_to_h100"
+    # 75 GB on an 80 GB A100: an H100's 80 GB hold what the job holds today
+    same = proj("H100 SXM", "A100 SXM 80GB", memory_bytes=75e9, card_bytes=80e9)
+    decide(same, Costs(), otherwise="info")
+    assert "shard" not in same.as_dict()["decision"]["why"]
 
 
 def test_a_gpu_idling_on_host_work_is_fixed_here_before_any_move() -> None:
@@ -126,9 +130,17 @@ def test_a_gpu_idling_on_host_work_is_fixed_here_before_any_move() -> None:
 def test_a_job_on_the_configured_target_stays_whatever_bigger_card_is_projected() -> None:
     p = proj("H200", "H100 SXM", prices={"H200": 0.01})  # cheaper there: still no move
     assert decide(p, Costs(), otherwise="fix_here", cannot_run_here="OOMs",
-                  configured="H100 SXM") == "fix_here"
+                  configured=GPUS["H100 SXM"]) == "fix_here"
     assert p.as_dict()["decision"] == {**p.as_dict()["decision"], "verdict": "fix_here",
                                        "why": "already on H100 SXM"}
+    # a card at least the target's (memory and math) stays too: an H200 or a B200 job
+    for card, there in (("H200", "B200"), ("B200", "H100 SXM")):
+        cheaper = proj(there, card, prices={there: 0.01})
+        assert decide(cheaper, Costs(), otherwise="info", configured=GPUS["H100 SXM"]) == "info"
+        assert cheaper.as_dict()["decision"]["why"] == f"already on {card}"
+    smaller = proj("H100 SXM", "H100 PCIe", prices={"H100 SXM": 0.01})
+    assert decide(smaller, Costs(), otherwise="info", configured=GPUS["H100 SXM"]) == \
+        "move_to_h100"
 
 
 def test_an_unknown_card_is_never_called_cheaper() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuwatch.detection.moves import HOLD_SHARE, Costs, decide, price
+from gpuwatch.detection.moves import Costs, decide, holds, price
 from gpuwatch.detection.projection import (
     DEFAULT_TARGET,
     PCIE_BYTES_PER_S,
@@ -86,17 +86,18 @@ class Context:
                 return gpu
         return None
 
-    def holding(self, held: float | None) -> Gpu:
-        """The configured target, or where ``held`` bytes (the job's memory today) would
-        not fit ``HOLD_SHARE`` of it, the first bigger card (``BIGGER``) they fit; the
-        target where nothing was measured or no card holds them."""
+    def holding(self, held: float | None, card: float | None) -> Gpu:
+        """The configured target, or where ``held`` bytes (the job's memory today, on a
+        card of ``card`` bytes) would not fit ``HOLD_SHARE`` of it, and it has less
+        memory than that card, the first bigger card (``BIGGER``) they fit; the target
+        where nothing was measured or no card holds them."""
         target = self.target_gpu
-        if held is None or held <= target.memory_bytes * HOLD_SHARE:
+        if holds(target, held, card):
             return target
         for name in BIGGER:
             gpu = self.gpus.get(name)
-            if (gpu is not None and gpu.memory_bytes > target.memory_bytes
-                    and held <= gpu.memory_bytes * HOLD_SHARE):
+            if gpu is not None and gpu.memory_bytes > target.memory_bytes and holds(
+                    gpu, held, card):
                 return gpu
         return target
 
@@ -123,9 +124,10 @@ class Context:
         samples per rank taken as the same on every rank). ``fabric``: the link between
         the job's nodes (default ``inter_node_link``)."""
         view = views[0]
-        held = max((b for v in views if (b := memory_held(v, since)) is not None),
-                   default=None)
+        held = memory_held(view, since)  # (rank 0's in a job: what live and replay both see)
         current = self.current_gpu(view)
+        card = next((float(d["memory_total_bytes"]) for d in job_devices(view)
+                     if d.get("memory_total_bytes")), current.memory_bytes if current else None)
         if fabric is None:
             fabric = inter_node_link(views)
         world = max(view.world_size, len(views))
@@ -145,11 +147,11 @@ class Context:
             device_name=self.device_name(view), precision=self.precision,
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since),
             fabric=fabric, fabric_unseen=fabric is None and spans_nodes(views),
-            host_staged=host_staged(views), memory_bytes=held,
+            host_staged=host_staged(views), memory_bytes=held, card_bytes=card,
             host_bound=any("underutilised" in self.explained.get(v.rank, ()) for v in views),
             loader_bound=any("data_starvation" in self.explained.get(v.rank, ())
                              for v in views))
-        proj = project(parts, target or self.holding(held), current, ranks=world,
+        proj = project(parts, target or self.holding(held, card), current, ranks=world,
                        drop_recompute=drop_recompute, planned_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)
         if world > 1 and units > 0:
@@ -164,7 +166,7 @@ class Context:
                cannot_run_here: str | None = None) -> Verdict:
         """The move gate (gpuwatch.detection.moves.decide) with this run's costs."""
         return decide(proj, self.costs, otherwise=otherwise, cannot_run_here=cannot_run_here,
-                      configured=self.target)
+                      configured=self.target_gpu)
 
 
 def _figure_mean(view: RankInput, source: str, key: str, since: float) -> float | None:

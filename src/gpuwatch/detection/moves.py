@@ -128,12 +128,25 @@ def _gain_is_compute(p: Projection) -> bool:
     return math_saved > now.comm - low.comm
 
 
+def holds(target: Gpu, held: float | None, card: float | None) -> bool:
+    """Whether ``target`` holds a job that takes ``held`` bytes today on a card of
+    ``card`` bytes: within ``HOLD_SHARE`` of its memory, or as much memory as that card
+    (unknown: held)."""
+    return (held is None or held <= target.memory_bytes * HOLD_SHARE
+            or (card is not None and target.memory_bytes >= card))
+
+
+def _at_least(card: Gpu, target: Gpu) -> bool:
+    """Whether ``card`` has at least ``target``'s memory and dense BF16 math."""
+    return card.memory_bytes >= target.memory_bytes and card.bf16_flops >= target.bf16_flops
+
+
 def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
-           cannot_run_here: str | None = None, configured: str | None = None) -> Verdict:
+           cannot_run_here: str | None = None, configured: Gpu | None = None) -> Verdict:
     """The gate: ``move_to_h100`` when the move pays (see the module), else ``otherwise``.
     Prices ``p`` if not done yet and records the decision and its reason in it.
-    ``configured``: the configured target's name (a job already on it stays, whatever
-    bigger card the projection is for)."""
+    ``configured``: the configured target (a job on it, or on a card with as much
+    memory and math, stays, whatever bigger card the projection is for)."""
     if "cost_per_step_target_usd" not in p.economics:
         price(p, costs)
     e = p.economics
@@ -141,11 +154,13 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
     now_cost, worst = e.get("cost_per_unit_now_usd"), e["cost_per_unit_target_worst_usd"]
     cheaper = now_cost is not None and worst < now_cost
     rule: str | None = None
-    if p.current is not None and p.current.name in (p.target.name, configured):
+    if p.current is not None and (p.current.name == p.target.name
+                                  or (configured is not None and _at_least(p.current, configured))):
         why = f"already on {p.current.name}"
     elif cannot_run_here:
         rule, why = "memory", f"cannot run well here: {cannot_run_here}"
-    elif (held := p.inputs.memory_bytes or 0.0) > p.target.memory_bytes * HOLD_SHARE:
+    elif not holds(p.target, p.inputs.memory_bytes, p.inputs.card_bytes):
+        held = p.inputs.memory_bytes or 0.0
         why = (f"the job holds {held / GIB:.0f} GiB today, more than {p.target.name} holds "
                f"({p.target.memory_bytes / GIB:.0f} GiB): shard it first")
     elif p.inputs.host_bound:

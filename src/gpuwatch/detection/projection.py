@@ -103,7 +103,8 @@ class Inputs:
     ``fabric`` the link between nodes the collectives cross (bytes/s, one direction;
     None within one node): a move to other GPUs keeps it. ``host_staged``: copies
     between the job's GPUs go through host memory (no peer-to-peer access).
-    ``memory_bytes``: the most memory the job's tensors took today on a rank (bytes).
+    ``memory_bytes``: the most memory the job's tensors took today on a rank, on a card
+    of ``card_bytes`` (bytes).
     ``host_bound``: the GPU idles on host work (``underutilised``).
     ``fabric_unseen``: the job spans nodes but nothing reports the link between them (no
     InfiniBand or RoCE port, no setting): a move keeps its collective wait as measured.
@@ -126,6 +127,7 @@ class Inputs:
     loader_bound: bool = False
     host_staged: bool = False
     memory_bytes: float | None = None
+    card_bytes: float | None = None
     host_bound: bool = False
 
 
