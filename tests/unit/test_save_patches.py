@@ -4,6 +4,7 @@ a background save that blocks nothing."""
 
 from __future__ import annotations
 
+import os
 import threading
 import types
 from pathlib import Path
@@ -19,7 +20,7 @@ from gpuwatch.instrument.patches import (
     patch_safetensors,
     timed_checkpoint_save,
 )
-from gpuwatch.instrument.sizes import size_on_disk
+from gpuwatch.instrument.sizes import saved_bytes
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -35,11 +36,21 @@ def recorder() -> tuple[LazyPush, list[tuple[int, Any]]]:
 
 
 def saved_size(marks: list[tuple[int, Any]]) -> int:
-    """The bytes of the save the marks hand over: its path and start, sized as the agent
-    sizes it (the training thread never stats the files)."""
+    """The bytes of the save the marks hand over: a file's, stat'ed at once (it may be
+    renamed away next), as the agent reads them."""
     (target,) = [v for c, v in marks if c == ring.CHECKPOINT_TARGET]
-    assert isinstance(target, tuple)
-    return size_on_disk(*target)
+    assert isinstance(target, int)
+    return saved_bytes(target)
+
+
+def test_a_file_saved_under_a_temporary_name_keeps_its_size(tmp_path: Path) -> None:
+    """The atomic-save pattern: torch.save to a temporary name, then os.replace. The
+    bytes are read before the loop renames the file away."""
+    lazy, marks = recorder()
+    save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
+    save({"w": torch.zeros(1000)}, tmp_path / "ckpt.pt.tmp")
+    os.replace(tmp_path / "ckpt.pt.tmp", tmp_path / "ckpt.pt")
+    assert saved_size(marks) == (tmp_path / "ckpt.pt").stat().st_size
 
 
 def test_a_save_on_the_training_thread_is_a_blocking_checkpoint(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from gpuwatch.faults import log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EVENTS, EventPool, Intervals, on_device
 from gpuwatch.instrument.identity import HINTS, Hints
-from gpuwatch.instrument.sizes import batch_size, saved_at, size_on_disk, tensor_bytes
+from gpuwatch.instrument.sizes import batch_size, saved_at, saved_bytes, tensor_bytes
 from gpuwatch.vocabulary import bus_bytes
 
 Push = Callable[..., None]
@@ -208,7 +208,7 @@ def _background_save(save: Callable[..., Any], target: Any, lazy: LazyPush,
         return save(*args, **kwargs)
     finally:
         saved = saved_at(target, since) if isinstance(target, (str, os.PathLike)) else None
-        nbytes = size_on_disk(*saved) if saved else 0  # (the writer's thread, not training's)
+        nbytes = saved_bytes(saved)  # (the writer's thread, not training's)
         lazy.push(ring.BACKGROUND_SAVE, (time.perf_counter() - start, nbytes))
 
 

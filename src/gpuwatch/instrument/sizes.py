@@ -4,6 +4,7 @@ batch's leading dimension, a tensor's bytes, a saved checkpoint's bytes on disk.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,25 @@ MAX_ENTRIES = 10_000  # a directory sized for a save is walked no further than t
 MTIME_SLACK_S = 5.0
 
 
-def saved_at(target: Any, since: float) -> tuple[str, float] | None:
-    """What a save's size is read from later, off the training thread: its path and
-    when it began (Unix s, less ``MTIME_SLACK_S``); None for a target that is no path."""
+def saved_at(target: Any, since: float) -> int | tuple[str, float] | None:
+    """What a save wrote, as the training thread can tell it at once: a file's bytes
+    (one stat: a file saved under a temporary name and renamed is gone by the time the
+    agent looks), or for a directory its path and when the save began (Unix s, less
+    ``MTIME_SLACK_S``), sized later off the training thread; None for no path."""
     try:
-        return os.fspath(target), since - MTIME_SLACK_S
-    except TypeError:
+        path = os.fspath(target)
+        st = os.stat(path)
+    except (OSError, TypeError):
         return None
+    return (path, since - MTIME_SLACK_S) if stat.S_ISDIR(st.st_mode) else st.st_size
+
+
+def saved_bytes(saved: Any) -> int:
+    """The bytes a ``saved_at`` value stands for (a directory's read now: never on the
+    training thread); 0 for none."""
+    if isinstance(saved, tuple):
+        return size_on_disk(*saved)
+    return saved if isinstance(saved, int) and saved > 0 else 0
 
 
 def size_on_disk(target: Any, since: float = 0.0) -> int:

@@ -34,7 +34,7 @@ from typing import Any
 
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EVENTS, EventPool, PendingTimings
-from gpuwatch.instrument.sizes import size_on_disk
+from gpuwatch.instrument.sizes import saved_bytes
 from gpuwatch.records import Event, Record, Step
 from gpuwatch.vocabulary import COMPUTE_PHASES, Phase
 
@@ -208,8 +208,7 @@ class StepAssembler:
     def _on_checkpoint_target(self, code: int, t: float, value: Any,
                               out: list[Record]) -> None:
         if self._depth[ring.CHECKPOINT] <= 1:  # a nested save is part of the outer one
-            self._ckpt_targets.append(size_on_disk(*value) if isinstance(value, tuple)
-                                      else self._count(value))
+            self._ckpt_targets.append(saved_bytes(value))
 
     def _on_phase_seconds(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         phase, seconds = value
@@ -227,8 +226,7 @@ class StepAssembler:
             return
         self._acc[phase] += seconds
         if phase == ring.CHECKPOINT:
-            if saved is not None:
-                self._ckpt_targets.append(size_on_disk(*saved))
+            self._ckpt_targets.append(saved_bytes(saved))
             self._saved(seconds, t, out)
 
     def _on_total_steps(self, code: int, t: float, value: Any, out: list[Record]) -> None:
