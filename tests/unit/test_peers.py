@@ -199,8 +199,9 @@ def test_a_peer_writing_a_save_covers_every_rank_at_rank_0_until_it_is_done() ->
 
 def test_published_ranks_say_when_their_gpus_cannot_reach_each_other() -> None:
     """GeForce cards have no P2P: rank 0 must see, from the summaries, what a replay sees
-    from the logs (``host_staged``), and each rank's own GPU, not its host's first."""
-    from gpuwatch.detection.context import host_staged, job_devices
+    from the logs (``host_staged``; cards bridged in pairs: ``pcie_between``), and each
+    rank's own GPU, not its host's first."""
+    from gpuwatch.detection.context import host_staged, job_devices, pcie_between
     from gpuwatch.records import Event
 
     def on_gpu(rank: int, read: bool) -> Telemetry:
@@ -210,7 +211,7 @@ def test_published_ranks_say_when_their_gpus_cannot_reach_each_other() -> None:
             "devices": [{"index": i, "name": f"NVIDIA GeForce RTX 5090 #{i}",
                          "nvlink_links_active": 0, "pcie_bytes_per_second": 63e9}
                         for i in range(2)],
-            "job_gpus": [rank], "p2p": [{"gpus": [0, 1], "nvlink": False, "read": read}]})])
+            "job_gpus": [rank], "p2p": [{"gpus": [0, 1], "nvlink": read, "read": read}]})])
         return view
 
     for read in (False, True):
@@ -221,5 +222,6 @@ def test_published_ranks_say_when_their_gpus_cannot_reach_each_other() -> None:
             peer.update(summary(view, "node-0", START + 21), 2)
             peers.append(peer)
         assert host_staged(peers) == host_staged(own) == (not read)
+        assert pcie_between(peers) == pcie_between(own) == (not read)
         assert [job_devices(p)[0]["name"] for p in peers] == \
             [job_devices(v)[0]["name"] for v in own]  # each its own GPU

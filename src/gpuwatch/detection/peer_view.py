@@ -17,7 +17,7 @@ MEDIAN_SPAN_S = 60.0  # a peer's typical step: its mean over this much of its ne
 def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
     """What a rank publishes: cumulative step totals and a few facts, as JSON-ready data:
     its own GPU's (the first it uses) name and links, and the GPUs of its host that GPU
-    cannot reach peer to peer (``no_p2p_to``)."""
+    cannot reach peer to peer (``no_p2p_to``) or has no NVLink to (``no_nvlink_to``)."""
     gpu = next(iter(view.gpu_samples()), None)
     topology = view.topology or {}
     every = [d for d in topology.get("devices", []) if isinstance(d, dict)]
@@ -39,11 +39,17 @@ def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
         "steps": encode_steps(view.steps),
         "open_save": view.open_save(),
         "gpu_index": index,
-        "no_p2p_to": sorted(
-            other for pair in topology.get("p2p") or [] if isinstance(pair, dict)
-            and pair.get("read") is False and isinstance(pair.get("gpus"), list)
-            and index in pair["gpus"] for other in pair["gpus"] if other != index),
+        "no_p2p_to": _pairs_without(topology, index, "read"),
+        "no_nvlink_to": _pairs_without(topology, index, "nvlink"),
     }
+
+
+def _pairs_without(topology: dict[str, Any], index: Any, what: str) -> list[Any]:
+    """The GPUs the topology's P2P map says GPU ``index`` has no ``what`` (``read``,
+    ``nvlink``) with."""
+    return sorted(other for pair in topology.get("p2p") or [] if isinstance(pair, dict)
+                  and pair.get(what) is False and isinstance(pair.get("gpus"), list)
+                  and index in pair["gpus"] for other in pair["gpus"] if other != index)
 
 
 class PeerRank:
@@ -86,8 +92,10 @@ class PeerRank:
                              "nvlink_links_active": s.get("nvlink_links_active", 0),
                              **s.get("links", {})}],
                 "job_gpus": [index], "infiniband": s.get("infiniband", []),
-                "p2p": [{"gpus": [index, other], "read": False}
-                        for other in s.get("no_p2p_to") or [] if isinstance(other, int)]}
+                "p2p": [*({"gpus": [index, other], "read": False}
+                          for other in s.get("no_p2p_to") or [] if isinstance(other, int)),
+                        *({"gpus": [index, other], "nvlink": False}
+                          for other in s.get("no_nvlink_to") or [] if isinstance(other, int))]}
         delta = tuple(a - b for a, b in zip(s["totals"], self.window.last, strict=True))
         end = s.get("last_step_t") or s["t"]
         if delta[0] > 0:
