@@ -27,10 +27,12 @@ from urllib.parse import quote, quote_plus
 MASK = "***"
 MIN_SECRET_CHARS = 6  # shorter values are too likely to occur by chance to replace
 _SECRET_WORDS = r"(?:token|secret|passw(?:or)?d|passphrase|pwd|api[-_]?key|access[-_]?key|" \
-                r"private[-_]?key|auth|credential|webhook|cookie|session[-_]?key|signature|" \
-                r"(?<![a-z])(?:key|pass|creds?)(?![a-z]))"  # (--wandb-key, --db-pass; not monkey)
+                r"private[-_]?key|auth|credential|webhook|cookie|session[-_]?key|signature)"
+# Whole names that say secret though their words alone do not: --key, --wandb-key,
+# --db-pass, DB_PASS, --cred (not --sort-key, --csv-img-key, --pass-count, SSL_KEY_FILE).
+_SECRET_NAMES = r"(?:key|wandb[-_]?(?:api[-_]?)?key|(?:[\w.]+[-_])?pass|creds?)"
 # A name that says secret: HF_TOKEN, hf-token, GPUWATCH_SLACK__WEBHOOK_URL, aws_secret_access_key.
-SECRET_NAME = re.compile(rf"(?i)^[\w.-]*{_SECRET_WORDS}[\w.-]*$")
+SECRET_NAME = re.compile(rf"(?i)^(?:[\w.-]*{_SECRET_WORDS}[\w.-]*|{_SECRET_NAMES})$")
 # (the password runs to the argument's last "@": passwords hold "/" and "@" unescaped)
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*):(\S+)@")
 # (its path as written, or URL-encoded)
@@ -38,11 +40,14 @@ _SLACK_HOOK = re.compile(r"(?i)(hooks\.slack\.com(?:/|%2F)(?:services|workflows|
                          r"(?:/|%2F))[^\s\"'<>&]+")
 # Tokens whose issuers give them a prefix: Hugging Face, GitHub, GitLab, AWS access key
 # ids, OpenAI/Anthropic-style keys, Slack, Google API keys, JWTs.
-_TOKEN = re.compile(r"\b(?:hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|"
-                    r"glpat-[\w-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}|sk-[\w-]{20,}|"
+_TOKEN = re.compile(r"(?<![\w-])(?:hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}|"
+                    r"github_pat_\w{20,}|glpat-[\w-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])|"
+                    r"sk-(?:proj|ant|svcacct|admin)-[\w-]{20,}|sk-[A-Za-z0-9]{32,}|"
                     r"xox[abeprs]-[\w-]{10,}|AIza[\w-]{35}|"
                     r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,})")
-_BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
+# (a word after "basic" or "token" is a credential only if it has a digit: "token embeddings")
+_BEARER = re.compile(r"(?i)\b(bearer\s+|(?:basic|token)\s+(?=[A-Za-z0-9._~+/=-]*\d))"
+                     r"[A-Za-z0-9._~+/=-]{8,}")
 # HTTP headers that carry credentials: "Authorization: ...", "X-Api-Key: ..."
 _HEADER = re.compile(r"(?i)\b((?:proxy-)?authorization|(?:x-)?[\w-]*api-key|x-[\w-]*token|"
                      r"cookie|set-cookie)(\s*:\s*)[^\r\n]+")
@@ -97,7 +102,7 @@ def redact(text: str) -> str:
     text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
     text = _SLACK_HOOK.sub(rf"\1{MASK}", text)
     text = _TOKEN.sub(MASK, text)
-    text = _BEARER.sub(rf"\1 {MASK}", text)
+    text = _BEARER.sub(rf"\1{MASK}", text)
     text = _HEADER.sub(rf"\1\2{MASK}", text)
     text = _FIELD.sub(rf"\1{MASK}", text)
     text = _ASSIGNED.sub(rf"\1{MASK}", text)

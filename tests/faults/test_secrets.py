@@ -58,8 +58,8 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
      "bPxSECRET"),
     # tokens known by their issuers' prefixes, wherever they stand
     ("hugging-face-token", "resume from hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345", "hf_AbCdEf"),
-    ("github-token-as-url-user", "git clone https://ghp_AbCdEfGhIjKlMnOpQrStUvWx0123@github.com/o",
-     "ghp_AbCdEf"),
+    ("github-token-as-url-user",
+     "git clone https://ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789@github.com/o", "ghp_AbCdEf"),
     ("aws-access-key-id", "--aws AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
     ("openai-style-key", "--openai sk-proj-AbCdEfGhIjKlMnOpQrStUv", "sk-proj-AbCdEf"),
     ("slack-bot-token", "bot xoxb-1234567890-AbCdEfGhIj", "xoxb-1234567890"),
@@ -68,14 +68,23 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
 ]
 
 
-def test_ordinary_words_and_hashes_are_no_secrets() -> None:
-    """Only the words: a monkey, sorted keys, a pass count, a git commit, a task id."""
-    text = ("monkey --sort-keys --passes 3 KEYBOARD=us "
-            "commit 9fceb02d0ae598e95dc970b74767f19372d61af8 "
-            "task-1234567890abcdefghij")
+@pytest.mark.parametrize("text", [
+    "monkey --sort-keys --passes 3 KEYBOARD=us", "KeyError: sort_key=loss not in metrics",
+    "bad value: {'metric_key': 'val_loss'}", "commit 9fceb02d0ae598e95dc970b74767f19372d61af8",
+    "task-1234567890abcdefghij", "/data/shards/sk-wiki-deduplicated-2024-v2/part-0001.tar",
+    "opus-mt-en-sk-finetuned-on-europarl-v7", "/runs/exp1/hf_checkpointsStep0012000/model.pt",
+    "a basic checkpoint layout", "token embeddings of size 4096"])
+def test_ordinary_words_paths_and_hashes_are_no_secrets(text: str) -> None:
     assert redact.redact(text) == text
-    assert redact.redact_argv(["train.py", "--passes", "3", "--keys", "a,b"]) == [
-        "train.py", "--passes", "3", "--keys", "a,b"]
+
+
+def test_options_named_like_keys_are_not_all_secret() -> None:
+    argv = ["train.py", "--csv-img-key", "filepath", "--sort_key", "loss", "--pass_count", "3",
+            "--keys", "a,b"]
+    assert redact.redact_argv(argv) == argv
+    assert not [n for n in ("SSL_KEY_FILE", "PRIMARY_KEY_COLUMN", "KEYBOARD", "PASSES")
+                if redact.SECRET_NAME.match(n)]
+    assert all(redact.SECRET_NAME.match(n) for n in ("DB_PASS", "WANDB_API_KEY", "key", "cred"))
 
 
 def test_a_message_body_is_redacted_field_by_field() -> None:

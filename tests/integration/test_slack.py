@@ -176,7 +176,7 @@ def test_a_password_in_the_grafana_url_never_reaches_slack(tmp_path: Path) -> No
     with webhook() as hook:
         n = notifier(hook.url, tmp_path,
                      grafana_url="https://admin:Gr4fanaPassw0rd@grafana.example")
-        n.notify([replace(finding(1), summary="see https://ghp_AbCdEfGhIjKlMnOpQrStUvWx0123@gh.io")])
+        n.notify([replace(finding(1), summary="see https://ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789@gh.io")])
         assert n.flush(timeout=10)
         n.stop()
     raw = json.dumps(hook.delivered[0])
