@@ -4,6 +4,7 @@ a background save that blocks nothing."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import types
@@ -14,6 +15,7 @@ import pytest
 
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.patches import (
+    TAKEOVER_STEPS,
     LazyPush,
     _closure_outside_the_update,
     patch_activation_checkpoint,
@@ -113,16 +115,25 @@ def test_forward_and_backward_in_an_optimizer_closure_are_not_the_update() -> No
 
 
 def test_a_replaced_optimizer_takes_over_ending_steps() -> None:
-    """The first optimizer to step ends the steps, one per iteration with several (a
-    GAN's two); one that steps twice while it does not has replaced it (a second phase
-    of a fine-tune, a new Trainer): it ends them from then on, none lost."""
+    """The first optimizer to step ends the steps, one per iteration however often the
+    others step in it (a GAN's critic, twice); a new one takes over once the first is
+    gone (a second phase of a fine-tune, a new Trainer), or has been idle while the new
+    one stepped TAKEOVER_STEPS times (put aside, still referenced)."""
     lazy, _ = recorder()
-    d, g = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))]), \
-        torch.optim.SGD([torch.nn.Parameter(torch.ones(1))])
-    assert [lazy.ends_step(o) for o in (d, g, d, g, d, g)] == [True, False] * 3
-    phase_two = torch.optim.AdamW([torch.nn.Parameter(torch.ones(1))])
-    assert [lazy.ends_step(phase_two) for _ in range(5)] == [False, True, True, True, True]
-    assert lazy.ends_step(d) is False  # the old one, stepping once more, does not take back
+
+    def sgd() -> Any:
+        return torch.optim.SGD([torch.nn.Parameter(torch.ones(1))])
+
+    g, critic = sgd(), sgd()
+    assert [lazy.ends_step(o) for o in (g, critic, critic) * 3] == [True, False, False] * 3
+    put_aside = sgd()
+    steps = [lazy.ends_step(put_aside) for _ in range(TAKEOVER_STEPS + 2)]
+    assert steps == [False] * (TAKEOVER_STEPS - 1) + [True] * 3
+    assert lazy.ends_step(g) is False  # the old one, stepping once more, does not take back
+    del put_aside, steps
+    gc.collect()
+    replaced = sgd()  # the one before is gone: its successor ends the very next step
+    assert [lazy.ends_step(replaced) for _ in range(3)] == [True] * 3
 
 
 def test_a_save_on_the_training_loops_own_thread_blocks_it(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -40,6 +41,7 @@ from gpuwatch.instrument.sizes import batch_size, saved_at, saved_bytes, tensor_
 from gpuwatch.vocabulary import bus_bytes
 
 Push = Callable[..., None]
+TAKEOVER_STEPS = 16  # steps of another optimizer while the first is idle: it was put aside
 
 
 class LazyPush:
@@ -50,23 +52,29 @@ class LazyPush:
         self._start = start
         self._in_worker = in_worker
         self.push: Push = self._first
-        self.boundary_optimizer: int | None = None
         self.boundaries = itertools.count(1)  # step ordinals (see ring: lost marks leave gaps)
         self.loop_thread: int | None = None  # the thread optimizers step on: the loop's
-        self._others: dict[int, int] = {}  # other optimizers' steps since the last boundary
+        self._boundary: Callable[[], Any] = _nothing  # the optimizer whose steps end steps
+        self._others: dict[int, int] = {}  # other optimizers' steps since its last one
 
     def ends_step(self, optimizer: Any) -> bool:
         """Whether ``optimizer``'s step ends a training step. The first optimizer to step
-        ends them (with several, as in a GAN, one step per iteration) until another
-        steps twice while it does not: it was replaced (a new optimizer for a second
-        phase, a second ``Trainer``), and the new one ends them from then on."""
+        ends them (with several, as in a GAN, one step per iteration, however many times
+        the others step in it) until it is gone (collected: replaced by a new optimizer
+        for a second phase, a second ``Trainer``) or another has stepped
+        ``TAKEOVER_STEPS`` times while it did not (it was put aside): that one ends them
+        from then on."""
         self.loop_thread = threading.get_ident()
-        key = id(optimizer)
-        if key != self.boundary_optimizer:
+        boundary = self._boundary()
+        if optimizer is not boundary:
+            key = id(optimizer)
             seen = self._others[key] = self._others.get(key, 0) + 1
-            if self.boundary_optimizer is not None and seen < 2:
+            if boundary is not None and seen < TAKEOVER_STEPS:
                 return False
-            self.boundary_optimizer = key
+            try:
+                self._boundary = weakref.ref(optimizer)
+            except TypeError:  # (no weak references to it: a step is each of its steps)
+                self._boundary = _nothing
         if self._others:
             self._others.clear()
         return True
@@ -344,6 +352,10 @@ def patch_distributed(lazy: LazyPush, dist: Any, pool: EventPool = EVENTS,
     if work is not None and hasattr(work, "wait"):
         work.wait = timed_work_wait(work.wait, timer, works)
         COVERAGE["work_wait"] = "Work.wait on the current stream"
+
+
+def _nothing() -> None:
+    return None
 
 
 def _never() -> bool:
