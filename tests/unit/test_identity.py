@@ -297,8 +297,8 @@ def test_waiting_for_rank_0_s_word_never_holds_the_job_s_store() -> None:
 
 def test_the_newest_attempt_states_the_run(tmp_path: Path) -> None:
     """A run restarted after a fix: the first attempt's data starvation ended with it
-    (resolved), and a condition both attempts show is the newest attempt's finding,
-    once, with its figures."""
+    (resolved), once the restart trained long enough to tell; a condition both attempts
+    show is the newest attempt's finding, once, with its figures."""
     restarted = START + 400
 
     def attempt(start: float, data_s: float, first: int) -> list[Record]:
@@ -314,6 +314,12 @@ def test_the_newest_attempt_states_the_run(tmp_path: Path) -> None:
                 if f.detector == "data_starvation"]
 
     assert [f.state for f in starved(tmp_path / "fixed", 0.0)] == ["resolved"]
+    # a restart that died at start-up (a meta line, no steps) judged nothing: still active
+    died = tmp_path / "died"
+    write_log(died / "run.jsonl", [meta(), *attempt(START, 0.5, 1)])
+    write_log(died / "run.attempt1.jsonl", [replace(meta(), attempt=1, started=restarted)])
+    assert [f.state for f in analyze([died], Settings()).findings
+            if f.detector == "data_starvation"] == ["active"]
     again = starved(tmp_path / "still", 0.6)
     assert [f.state for f in again] == ["active"] and again[0].first_seen > restarted
     assert again[0].evidence["data_share_ratio"] == pytest.approx(0.6, abs=0.02)

@@ -210,6 +210,7 @@ class Engine:
     _explained_key: tuple[int, ...] = ()  # the revisions and judged key ``_explain`` saw
     revision: int = 0  # changes with what ``covered`` returns
     _holding: list[int] = field(default_factory=list)  # job scope: ranks working off-step
+    trained_s: float = 0.0  # set by ``retire``: the longest any rank trained past warm-up
 
     def view(self, rank: int) -> Telemetry:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
@@ -224,6 +225,8 @@ class Engine:
     def retire(self) -> None:
         """Done judging: keep the findings, let go of every rank's telemetry, the peers
         and the judgements (what a replay keeps of an engine, and a worker sends back)."""
+        self.trained_s = max((v.last_step_t - v.warmed_at for v in self.views.values()
+                              if v.warmed_at), default=0.0)
         self.views, self._own, self.published, self.peers = {}, {}, {}, []
         self._judged, self._raised, self._quiet = {}, {}, Quiet()
         self._judged_cache, self._judged_key, self._explained_key = {}, (), ()

@@ -424,6 +424,7 @@ def _replayed(recorded: dict[str, Any], settings: Settings) -> Settings:
     return replay_settings(kept, settings)
 
 
+JUDGED_S = 120.0  # an attempt that trained this long judged the run (past warm-up)
 MAX_CHECKED_SETTINGS = 256  # recorded settings tried one by one (each builds an engine)
 
 
@@ -439,13 +440,16 @@ def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:
     """Every attempt's findings, the newest attempt's standing for the run: an earlier
     attempt's finding the same condition (fingerprint) shows again later gives way to
     the later one, and one still active when its attempt ended was ended by the
-    restart (resolved), so the report states the run as it is now."""
+    restart (resolved) once a later attempt trained long enough to be judged
+    (``JUDGED_S``): a restart that died at start-up resolves nothing."""
     later: set[str] = set()
+    judged = False  # a later attempt trained long enough to be judged
     findings: list[Finding] = []
-    for i, (rank_engines, job_engine) in enumerate(reversed(attempts)):
+    for rank_engines, job_engine in reversed(attempts):
         mine = [f for e in [*rank_engines, job_engine] for f in e.findings.values()
                 if f.fingerprint not in later]
-        findings += [replace(f, state="resolved") if i and f.state == "active" else f
+        findings += [replace(f, state="resolved") if judged and f.state == "active" else f
                      for f in mine]
         later.update(f.fingerprint for f in mine)
+        judged = judged or max((e.trained_s for e in rank_engines), default=0.0) >= JUDGED_S
     return sorted(findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.first_seen, f.detector))
