@@ -71,6 +71,24 @@ def slow_node() -> list[Record]:
     return out
 
 
+def test_a_node_throttled_by_a_quarter_is_a_straggler_too() -> None:
+    """Node 1's eight GPUs compute 1.25x slower (thermal slowdown), waiting on each
+    other's jitter a little: past work_ratio (1.2), so stragglers, however many."""
+    out: list[Record] = []
+    for r in range(16):
+        out.append(meta(r, 16, host=f"node-{r // 8}"))
+        slow = r >= 8
+        for k in range(1, N_STEPS + 1):
+            jitter = 0.006 * ((r + k) % 4) / 3
+            wait = 0.006 + jitter if slow else 0.006 + 0.025 + 0.003
+            compute = 0.1 * 1.25 if slow else 0.1
+            out.append(Step(rank=r, step=k, t=START + k * 0.14, wall_s=0.14,
+                            compute_s=compute - (0.006 + jitter if slow else 0.0) + wait,
+                            collective_s=wait, collective_bytes=64_000_000, samples=8))
+    f = only(judge(out, scope="job"), "straggler")
+    assert f.ranks == list(range(8, 16))
+
+
 def test_a_slow_node_is_eight_stragglers_not_a_rotating_imbalance() -> None:
     """The last to arrive rotates, but only among node-1's ranks: a slow node to fix,
     not batches to balance."""

@@ -225,6 +225,21 @@ def test_rare_interruptions_are_no_finding() -> None:
     assert not [f for f in findings_of(shape) if f.detector == "interruptions"]
 
 
+def test_a_loader_that_stalls_every_few_steps_starves_the_job() -> None:
+    """Every 7th 1 s step waits 3.5 s for data from network storage (workers idle): a
+    third of the run, judged over windows long enough to hold several stalls."""
+    out: list[Record] = [meta()]
+    t = START
+    for k in range(1, 600):
+        data = 3.5 if k % 7 == 0 else 0.02
+        t += 1.0 + data
+        out.append(Step(rank=0, step=k, t=t, wall_s=1.0 + data, data_s=data, compute_s=1.0,
+                        samples=32))
+    out += samples("host", t - START, {"workers": 8.0, "workers_cpu_ratio": 0.1})
+    f = only(judge(out), "data_starvation")
+    assert f.state == "active" and "storage or prefetch" in f.summary
+
+
 # -- fits_on_paper -----------------------------------------------------------------------
 
 def test_whole_card_memory_is_a_last_resort_and_says_so() -> None:

@@ -1,4 +1,8 @@
-"""data_starvation: the loop waits for input while its loader cannot keep up (fix here)."""
+"""data_starvation: the loop waits for input while its loader cannot keep up (fix here).
+
+Judged over the rule's window, and over ``LONG_WINDOWS`` of them: a loader that stalls
+every few steps (network storage) shows its mean only over several stalls, while one
+window holds one stall or two."""
 
 from __future__ import annotations
 
@@ -6,14 +10,18 @@ from gpuwatch.detection.context import Context, Detection, recent, window_s
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
+LONG_WINDOWS = 6
+
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     since = now - window_s(view, rule)
     summary = recent(view, rule, now)
-    if summary is None:
-        return None
-    if summary.data_share < rule.thresholds["data_share"]:
-        return None
+    if summary is None or summary.data_share < rule.thresholds["data_share"]:
+        since = now - LONG_WINDOWS * window_s(view, rule)
+        summary = view.summarise(since)
+        if (summary is None or summary.steps < rule.min_steps
+                or summary.data_share < rule.thresholds["data_share"]):
+            return None
     evidence = {
         "data_share_ratio": summary.data_share,
         "data_seconds_per_step": summary.data_share * summary.mean_step_s,
