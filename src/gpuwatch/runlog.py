@@ -177,6 +177,15 @@ def _part_number(name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _rank_in_name(name: str) -> int | None:
+    """The rank a run log's name gives (``run-rank3.jsonl``: 3; ``run.jsonl``: 0, a
+    single process's); None for another name."""
+    match = _LOG_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return int(match.group(1)) if match.group(1) is not None else 0
+
+
 def is_segment(name: str) -> bool:
     """Whether a file name is a rotated segment (read through its log, not alone)."""
     return ".part" in name and _PART.search(name) is not None
@@ -285,7 +294,7 @@ class RunLogReader:
     """Streams the records of one run log, its rotated segments first; bad, mistyped,
     huge or truncated lines (and a damaged compressed segment's unreadable end) are
     skipped and counted, and so are lines naming a rank other than the log's own (its
-    first record's). Raises OSError only when a file cannot be opened or read.
+    meta line's). Raises OSError only when a file cannot be opened or read.
 
     Lines are parsed a block at a time (one JSON array per block); a block with a
     bad line is parsed again line by line, so one torn line costs only itself.
@@ -326,7 +335,9 @@ class RunLogReader:
         done = 0
         number = -1  # of the newest line read
         clock = self.clock
-        owner: int | None = None  # the log's rank: a line naming another is not its own
+        # the log's rank (its meta line's; until one comes, its name's): a line naming
+        # another rank is not its own
+        owner = _rank_in_name(self.path.name)
         for path, opened in self._files():
             self._cut = False  # a compressed segment ended short
             self._blank = 0  # blank lines in this file
@@ -358,10 +369,10 @@ class RunLogReader:
                         if t > clock:
                             clock = self.clock = t
                         rank = getattr(record, "rank", owner)
-                        if owner is None:
+                        if type(record) is Meta:
                             owner = rank
-                        elif rank != owner:  # (its time counts, as a line passed over)
-                            self.skipped += 1
+                        elif owner is not None and rank != owner:  # (its time counts, as a
+                            self.skipped += 1  # line passed over does)
                             continue
                         self.records += 1
                         self.line = line

@@ -56,6 +56,12 @@ def test_lines_naming_another_rank_are_not_the_logs_own(tmp_path: Path) -> None:
     got = list(reader)
     assert [(r.rank, r.t) for r in got if isinstance(r, Step)] == [(0, 3000.0)]
     assert reader.skipped == 2000 and reader.clock == 3000.0
+    # a stray line first does not make its rank the log's: the meta line (or, before it,
+    # the log's name) says whose log it is
+    stray = tmp_path / "run-rank0.jsonl"
+    stray.write_bytes(encode(Step(rank=1, step=1, t=1.0, wall_s=0.1)) + path.read_bytes())
+    kept = list(RunLogReader(stray))
+    assert [r.rank for r in kept] == [0, 0] and isinstance(kept[0], Meta)
 
 
 def test_a_file_of_blank_lines_ends_where_no_log_would_go_on(tmp_path: Path) -> None:
