@@ -291,7 +291,7 @@ COLLECTIVES: dict[str, tuple[str, str, bool]] = {
     "all_to_all": ("all_to_all", "input_tensor_list", False),
     "barrier": ("", "", False),
     "send": ("send_recv", "tensor", False),
-    "recv": ("send_recv", "tensor", False),
+    "recv": ("", "tensor", False),  # (timed; its bytes are the sender's, counted there once)
 }
 # isend/irecv stay unwrapped: P2POp checks its op *is* torch's own isend or irecv.
 # batch_isend_irecv (what pipeline schedules use) counts their bytes instead.
