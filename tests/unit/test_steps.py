@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.sizes import size_on_disk
+from gpuwatch.instrument.sizes import QUICK_ENTRIES, saved_at, size_on_disk
 from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.monitor import CheckpointSpan
 from gpuwatch.records import Event, Record, Step
@@ -239,10 +240,13 @@ def test_size_on_disk_of_file_directory_and_missing(tmp_path) -> None:  # type: 
 
 
 def test_a_checkpoint_is_sized_by_the_agent_not_the_training_thread(tmp_path: Path) -> None:
-    """The training thread hands over where and when the save began; the assembler (the
-    agent's thread) reads the bytes: only what the save wrote, beside old files."""
-    (tmp_path / "old.bin").write_bytes(b"o" * 100)
-    os.utime(tmp_path / "old.bin", (1_000.0, 1_000.0))
+    """A checkpoint directory among many old files: the training thread hands over where
+    and when the save began; the assembler (the agent's thread) reads the bytes, only
+    what the save wrote. A small directory (a checkpoint's shards) is sized at once: it
+    may be renamed next."""
+    for k in range(QUICK_ENTRIES + 1):
+        (tmp_path / f"old{k}.bin").write_bytes(b"o" * 100)
+        os.utime(tmp_path / f"old{k}.bin", (1_000.0, 1_000.0))
     pushed: list[tuple[int, object]] = []
     span = CheckpointSpan(lambda code, value=None: pushed.append((code, value)), tmp_path)
     with span:
@@ -254,6 +258,10 @@ def test_a_checkpoint_is_sized_by_the_agent_not_the_training_thread(tmp_path: Pa
              (ring.STEP_END, 1.0, None)]
     (s,) = steps(assemble(marks))
     assert s.checkpoint_bytes == 40
+    shards = tmp_path / "step10"
+    shards.mkdir()
+    (shards / "__0_0.distcp").write_bytes(b"s" * 30)
+    assert saved_at(shards, time.time() - 1) == 30
 
 
 def test_marks_lost_in_a_lap_leave_missing_step_numbers_never_renumbered() -> None:

@@ -23,22 +23,27 @@ def batch_size(batch: Any, depth: int = 0) -> int:
 
 
 MAX_ENTRIES = 10_000  # a directory sized for a save is walked no further than this
+QUICK_ENTRIES = 64  # a directory this small is sized at once, on the training thread
 # Files a save wrote may carry a time a little before it began: a file server whose clock
 # runs behind this host's, coarse timestamps.
 MTIME_SLACK_S = 5.0
 
 
 def saved_at(target: Any, since: float) -> int | tuple[str, float] | None:
-    """What a save wrote, as the training thread can tell it at once: a file's bytes
-    (one stat: a file saved under a temporary name and renamed is gone by the time the
-    agent looks), or for a directory its path and when the save began (Unix s, less
+    """What a save wrote, as the training thread can tell it at once: a file's bytes,
+    or a small directory's (``QUICK_ENTRIES``: a checkpoint's shards; saved under a
+    temporary name and renamed, either is gone by the time the agent looks); for a
+    larger directory its path and when the save began (Unix s, less
     ``MTIME_SLACK_S``), sized later off the training thread; None for no path."""
     try:
         path = os.fspath(target)
         st = os.stat(path)
     except (OSError, TypeError):
         return None
-    return (path, since - MTIME_SLACK_S) if stat.S_ISDIR(st.st_mode) else st.st_size
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size
+    total, whole = _walk(Path(path), since - MTIME_SLACK_S, QUICK_ENTRIES)
+    return total if whole else (path, since - MTIME_SLACK_S)
 
 
 def saved_bytes(saved: Any) -> int:
@@ -60,22 +65,28 @@ def size_on_disk(target: Any, since: float = 0.0) -> int:
             return path.stat().st_size
     except (OSError, TypeError):
         return 0
+    return _walk(path, since, MAX_ENTRIES)[0]
+
+
+def _walk(path: Path, since: float, limit: int) -> tuple[int, bool]:
+    """(bytes of the files under ``path`` changed at or after ``since``, whether the
+    walk saw every entry) walking at most ``limit`` entries."""
     total, seen, pending = 0, 0, [path]
-    while pending and seen < MAX_ENTRIES:
+    while pending:
         try:
             with os.scandir(pending.pop()) as entries:
                 for entry in entries:
                     seen += 1
+                    if seen > limit:
+                        return total, False
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(Path(entry.path))
                     elif entry.is_file(follow_symlinks=False):
                         st = entry.stat(follow_symlinks=False)
                         total += st.st_size if st.st_mtime >= since else 0
-                    if seen >= MAX_ENTRIES:
-                        break
         except OSError:
             continue
-    return total
+    return total, True
 
 
 def tensor_bytes(obj: Any) -> int:
