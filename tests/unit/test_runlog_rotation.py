@@ -41,7 +41,7 @@ def test_a_log_that_rotates_while_it_is_read_is_read_whole(tmp_path):
 
 
 def test_writer_rotates_into_compressed_segments_and_the_reader_reads_across_them(tmp_path):
-    path = tmp_path / "run-rank3.jsonl"
+    path = tmp_path / "run-rank0.jsonl"
     writer = RunLogWriter(path, segment_bytes=4096)
     written = _records(400)
     for k in range(0, len(written), 20):  # batches, as the agent writes them
@@ -49,7 +49,7 @@ def test_writer_rotates_into_compressed_segments_and_the_reader_reads_across_the
     writer.close()
     parts = segments(path)
     assert len(parts) >= 3
-    assert all(p.name.startswith("run-rank3.part") and p.name.endswith(".jsonl.gz")
+    assert all(p.name.startswith("run-rank0.part") and p.name.endswith(".jsonl.gz")
                for p in parts)
     assert all(gzip.decompress(p.read_bytes()).endswith(b"\n") for p in parts)  # whole lines
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.part*.jsonl"))

@@ -67,11 +67,12 @@ def test_a_save_on_the_training_thread_is_a_blocking_checkpoint(tmp_path: Path) 
 def test_a_save_on_a_writer_thread_is_a_background_save(tmp_path: Path) -> None:
     lazy, marks = recorder()
     save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
+    lazy.push(ring.STEP_BOUNDARY, 1)  # the loop has marked: this thread is its
     writer = threading.Thread(target=save, args=({"w": torch.zeros(1000)}, tmp_path / "b.pt"))
     writer.start()
     writer.join(timeout=60)
     assert not writer.is_alive()
-    ((code, (seconds, nbytes)),) = marks
+    ((code, (seconds, nbytes)),) = marks[1:]
     assert code == ring.BACKGROUND_SAVE
     assert seconds > 0 and nbytes == (tmp_path / "b.pt").stat().st_size
 
@@ -138,7 +139,8 @@ def test_a_replaced_optimizer_takes_over_ending_steps() -> None:
 
 def test_a_save_on_the_training_loops_own_thread_blocks_it(tmp_path: Path) -> None:
     """A loop run in a thread of its own: its saves block its steps (a checkpoint
-    phase), while a writer thread beside it writes in the background."""
+    phase), while a writer thread beside it writes in the background, and so does the
+    main thread once the loop has stepped."""
     lazy, marks = recorder()
     save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))])
@@ -157,6 +159,8 @@ def test_a_save_on_the_training_loops_own_thread_blocks_it(tmp_path: Path) -> No
     codes = [code for code, _ in marks]
     assert codes[0] == ring.CHECKPOINT and ring.BACKGROUND_SAVE in codes
     assert codes.index(-ring.CHECKPOINT) < codes.index(ring.BACKGROUND_SAVE)
+    save({"w": torch.zeros(10)}, tmp_path / "main.pt")  # the main thread, beside the loop
+    assert marks[-1][0] == ring.BACKGROUND_SAVE
 
 
 def test_checkpointed_regions_count_only_where_a_graph_is_built() -> None:
@@ -176,3 +180,29 @@ def test_checkpointed_regions_count_only_where_a_graph_is_built() -> None:
     codes = [code for code, _ in marks]
     assert codes.count(ring.ACT_CKPT) == 1
     assert codes.count(ring.RECOMPUTE) == 1 == codes.count(-ring.RECOMPUTE)
+
+
+def test_marks_of_other_threads_wait_for_the_agent_to_start() -> None:
+    """The first mark starts the agent (imports, settings: ~0.2 s); a loop on another
+    thread marking meanwhile waits for it, its marks kept, not dropped."""
+    marks: list[tuple[int, Any]] = []
+    started, release = threading.Event(), threading.Event()
+
+    def push(code: int, value: Any = None) -> None:
+        marks.append((code, value))
+
+    def start() -> Any:
+        started.set()
+        assert release.wait(30)
+        return push
+
+    lazy = LazyPush(start, lambda: False)
+    first = threading.Thread(target=lazy.push, args=(ring.DATA,))
+    first.start()
+    assert started.wait(30)
+    loop = threading.Thread(target=lazy.push, args=(ring.STEP_BOUNDARY, 1))
+    loop.start()
+    release.set()
+    first.join(30)
+    loop.join(30)
+    assert sorted(code for code, _ in marks) == [ring.DATA, ring.STEP_BOUNDARY]

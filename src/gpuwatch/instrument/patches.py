@@ -56,12 +56,15 @@ class LazyPush:
         self.loop_thread: int | None = None  # the thread optimizers step on: the loop's
         self._boundary: Callable[[], Any] = _nothing  # the optimizer whose steps end steps
         self._others: dict[int, int] = {}  # other optimizers' steps since its last one
+        self._starting = threading.Lock()  # held while the first mark starts the agent
+        self._starter: int | None = None  # the thread starting it
 
     def ends_step(self, optimizer: Any) -> bool:
         """Whether ``optimizer``'s step ends a training step. The first optimizer to step
-        ends them (with several, as in a GAN, one step per iteration, however many times
-        the others step in it) until it is gone (collected: replaced by a new optimizer
-        for a second phase, a second ``Trainer``) or another has stepped
+        ends them (with several, as in a GAN, its steps are the steps: one per iteration
+        when it steps once in each, however often the others do) until it is gone
+        (collected: replaced by a new optimizer for a second phase, a second
+        ``Trainer``) or another has stepped
         ``TAKEOVER_STEPS`` times while it did not (it was put aside): that one ends them
         from then on."""
         self.loop_thread = threading.get_ident()
@@ -80,22 +83,31 @@ class LazyPush:
         return True
 
     def off_loop(self) -> bool:
-        """Whether the calling thread is neither the main thread nor the training loop's
-        (the thread optimizers step on): a save there (a writer thread) blocks no step."""
-        ident = threading.get_ident()
-        return ident != threading.main_thread().ident and ident != self.loop_thread
+        """Whether the calling thread is not the training loop's (the thread optimizers
+        step on, else the one that marked first; before any mark, the caller's): a save
+        there (a writer thread, the main thread beside a loop on a thread of its own)
+        blocks no step."""
+        return self.loop_thread is not None and threading.get_ident() != self.loop_thread
 
     def _first(self, code: int, value: Any = None) -> None:
-        self.push = _drop  # a failing start is not retried on every mark
-        if self._in_worker():
-            return
-        try:
-            self.push = self._start()
-        except Exception as exc:  # the job runs on, unmonitored
-            log.warning("gpuwatch: could not start the agent (%s: %s); running unmonitored",
-                        type(exc).__name__, exc)
-            return
-        self.push(code, value)
+        """Start the agent, then push: once (a failing start is not retried on every
+        mark); marks of other threads meanwhile wait for it, the start's own are dropped."""
+        me = threading.get_ident()
+        if me == self._starter:
+            return  # a mark of the start itself
+        with self._starting:
+            if self.push == self._first:  # (not started by another thread meanwhile)
+                self._starter = self.loop_thread = me  # (the loop's until an optimizer steps)
+                try:
+                    self.push = _drop if self._in_worker() else self._start()
+                except Exception as exc:  # the job runs on, unmonitored
+                    self.push = _drop
+                    log.warning("gpuwatch: could not start the agent (%s: %s); running "
+                                "unmonitored", type(exc).__name__, exc)
+                finally:
+                    self._starter = None
+            push = self.push
+        push(code, value)
 
 
 def _drop(code: int, value: Any = None) -> None:
