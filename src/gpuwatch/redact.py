@@ -26,33 +26,46 @@ from urllib.parse import quote, quote_plus
 
 MASK = "***"
 MIN_SECRET_CHARS = 6  # shorter values are too likely to occur by chance to replace
-_SECRET_WORDS = r"(?:token|secret|passw(?:or)?d|passphrase|pwd|api[-_]?key|access[-_]?key|" \
-                r"private[-_]?key|auth|credential|webhook|cookie|session[-_]?key|signature)"
+# (token and auth as words of their own: not max_tokens, tokenizer, pad_token_id, author)
+_SECRET_WORDS = r"(?:token(?![a-z]|[-_]ids?(?![a-z]))|secret|passw(?:or)?d|passphrase|" \
+                r"(?<=[-_.])pwd|" \
+                r"api[-_]?key|access[-_]?key|private[-_]?key|auth(?![a-z])|credential|" \
+                r"webhook|cookie|session[-_]?key|signature)"
 # Whole names that say secret though their words alone do not: --key, --wandb-key,
-# --db-pass, DB_PASS, --cred (not --sort-key, --csv-img-key, --pass-count, SSL_KEY_FILE).
-_SECRET_NAMES = r"(?:key|wandb[-_]?(?:api[-_]?)?key|(?:[\w.]+[-_])?pass|creds?)"
+# --db-pass, DB_PASS, --cred (not --sort-key, --csv-img-key, --first-pass, SSL_KEY_FILE).
+_SECRET_NAMES = (r"(?:key|pw|wandb[-_]?(?:api[-_]?)?key|creds?|(?:(?:db|database|sql|mysql|"
+                 r"postgres|pg|redis|mongo|admin|user|root|ldap|smtp|mail|ftp|ssh|proxy)[-_])?"
+                 r"pass)")
+_NAME = rf"(?:[\w.-]*{_SECRET_WORDS}[\w.-]*|(?<![\w.])-{{0,2}}{_SECRET_NAMES}(?![\w.-]))"
 # A name that says secret: HF_TOKEN, hf-token, GPUWATCH_SLACK__WEBHOOK_URL, aws_secret_access_key.
 SECRET_NAME = re.compile(rf"(?i)^(?:[\w.-]*{_SECRET_WORDS}[\w.-]*|{_SECRET_NAMES})$")
-# (the password runs to the argument's last "@": passwords hold "/" and "@" unescaped)
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*):(\S+)@")
+# (the password runs to the argument's last "@": passwords hold "/" and "@" unescaped; a
+# port is no password: host:8443/path@x)
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*):(?!\d+(?:/|$))(\S+)@")
 # (its path as written, or URL-encoded)
 _SLACK_HOOK = re.compile(r"(?i)(hooks\.slack\.com(?:/|%2F)(?:services|workflows|triggers)"
                          r"(?:/|%2F))[^\s\"'<>&]+")
 # Tokens whose issuers give them a prefix: Hugging Face, GitHub, GitLab, AWS access key
 # ids, OpenAI/Anthropic-style keys, Slack, Google API keys, JWTs.
-_TOKEN = re.compile(r"(?<![\w-])(?:hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}|"
+_TOKEN = re.compile(r"(?:(?<![\w-])|(?<=%22)|(?<=%27))"  # (URL-quoted too)
+                    r"(?:hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}|"
                     r"github_pat_\w{20,}|glpat-[\w-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])|"
                     r"sk-(?:proj|ant|svcacct|admin)-[\w-]{20,}|sk-[A-Za-z0-9]{32,}|"
                     r"xox[abeprs]-[\w-]{10,}|AIza[\w-]{35}|"
                     r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,})")
-# (a word after "basic" or "token" is a credential only if it has a digit: "token embeddings")
-_BEARER = re.compile(r"(?i)\b(bearer\s+|(?:basic|token)\s+(?=[A-Za-z0-9._~+/=-]*\d))"
+# (the word after is a credential only if it has a digit: not "token embeddings")
+_BEARER = re.compile(r"(?i)\b((?:bearer|basic|token)\s+(?=[A-Za-z0-9._~+/=-]*\d))"
                      r"[A-Za-z0-9._~+/=-]{8,}")
 # HTTP headers that carry credentials: "Authorization: ...", "X-Api-Key: ..."
 _HEADER = re.compile(r"(?i)\b((?:proxy-)?authorization|(?:x-)?[\w-]*api-key|x-[\w-]*token|"
                      r"cookie|set-cookie)(\s*:\s*)[^\r\n]+")
-# --hf-token=X, HF_TOKEN=X, ?api_key=X (the value up to a space, quote or separator)
-_ASSIGNED = re.compile(rf"(?i)([\w.-]*{_SECRET_WORDS}[\w.-]*=)[^\s\"',;&]+")
+# --hf-token=X, HF_TOKEN=X, ?api_key=X, password = "X" (up to a space, quote or separator)
+_ASSIGNED = re.compile(rf"(?i)({_NAME}\s*=\s*[\"']?)[^\s\"',;&]+")
+# --password X, '--hf-token', 'X' (a command line in text: a CalledProcessError's list)
+_OPTION = re.compile(rf"(?i)((?<![\w-])--?{_NAME}[\"']?(?:\s*,\s*[\"']?|\s+[\"']?))"
+                     r"(?!--?\w)[^\s\"',\])]+")
+# password: X at a line's start (YAML, credentials files)
+_COLON = re.compile(rf"(?im)^(\s*{_NAME}\s*:\s*)\S.*$")
 # "api_key": "X" (JSON, YAML flow, Python reprs)
 _FIELD = re.compile(rf"(?i)([\"'][\w.-]*{_SECRET_WORDS}[\w.-]*[\"']\s*:\s*[\"'])[^\"']+")
 
@@ -106,6 +119,8 @@ def redact(text: str) -> str:
     text = _HEADER.sub(rf"\1\2{MASK}", text)
     text = _FIELD.sub(rf"\1{MASK}", text)
     text = _ASSIGNED.sub(rf"\1{MASK}", text)
+    text = _OPTION.sub(rf"\1{MASK}", text)
+    text = _COLON.sub(rf"\1{MASK}", text)
     for form in _forms:
         if form in text:
             text = text.replace(form, MASK)

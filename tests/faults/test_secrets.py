@@ -65,6 +65,16 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     ("slack-bot-token", "bot xoxb-1234567890-AbCdEfGhIj", "xoxb-1234567890"),
     ("jwt", "cookie eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
      "dozjgNryP4J3jVmNHl0w5N"),
+    # command lines and config lines quoted in errors and tracebacks
+    ("called-process-error", "Command '['python', 'train.py', '--hf-token', 'abcdSECRETmnop']'"
+     " returned non-zero exit status 1.", "abcdSECRETmnop"),
+    ("option-then-value-in-text", "python train.py --password hunterSECRET", "hunterSECRET"),
+    ("traceback-source-line", '    password = "hunterSECRET2"', "hunterSECRET2"),
+    ("credentials-file", "aws_secret_access_key = wJalrXUtnFEMISECRET", "wJalrXUtnFEMISECRET"),
+    ("yaml-line", "password: hunterSECRET3", "hunterSECRET3"),
+    ("whole-name-option", "--key=abcdefSECRET4 and DB_PASS=hunterSECRET5", "SECRET"),
+    ("url-quoted-token", "body=%7B%22token%22%3A+%22hf_abcdefghijklmnopqrstuvwxyzABCDEFGH%22%7D",
+     "hf_abcdefghij"),
 ]
 
 
@@ -73,14 +83,19 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     "bad value: {'metric_key': 'val_loss'}", "commit 9fceb02d0ae598e95dc970b74767f19372d61af8",
     "task-1234567890abcdefghij", "/data/shards/sk-wiki-deduplicated-2024-v2/part-0001.tar",
     "opus-mt-en-sk-finetuned-on-europarl-v7", "/runs/exp1/hf_checkpointsStep0012000/model.pt",
-    "a basic checkpoint layout", "token embeddings of size 4096"])
+    "a basic checkpoint layout", "token embeddings of size 4096",
+    "ValueError: max_tokens=4096 exceeds the context", "tokenizer=gpt2 pad_token_id=50256",
+    "pulling docker://registry.example.com:5000/img@sha256:abcdef",
+    "see https://example.com:8443/users/me@example.com for details",
+    "PWD=/home/me/project", "the bearer instrument failed", "the author=alice"])
 def test_ordinary_words_paths_and_hashes_are_no_secrets(text: str) -> None:
     assert redact.redact(text) == text
 
 
 def test_options_named_like_keys_are_not_all_secret() -> None:
     argv = ["train.py", "--csv-img-key", "filepath", "--sort_key", "loss", "--pass_count", "3",
-            "--keys", "a,b"]
+            "--keys", "a,b", "--max-tokens", "4096", "--tokenizer", "gpt2", "--author", "alice",
+            "--pad_token_id", "0", "--first-pass", "3"]
     assert redact.redact_argv(argv) == argv
     assert not [n for n in ("SSL_KEY_FILE", "PRIMARY_KEY_COLUMN", "KEYBOARD", "PASSES")
                 if redact.SECRET_NAME.match(n)]
