@@ -150,10 +150,14 @@ def test_an_eval_loaders_batches_and_waits_are_not_the_training_steps() -> None:
                   (ring.LOADER_BATCH, t + 0.2, (train, 64)),
                   (ring.STEP_BOUNDARY, t + 1.0, None)]
         t += 1.0
-    out = steps(assemble(marks))
+    records = assemble(marks)
+    out = steps(records)
     assert [s.samples for s in out] == [64] * 4
     assert [s.data_s for s in out] == pytest.approx([0.2] * 4)
     assert out[2].wall_s == pytest.approx(4.0)  # the eval is in the step's wall time
+    # the progress it makes is an eval's: batches of a loader that fed no step so far
+    evals_seen = [e.data["eval_batches"] for e in events(records, "progress")]
+    assert evals_seen and all(n > 0 for n in evals_seen)
     # the eval loop is no training compute: from its first fetch to the next training
     # fetch, 3 s of the step are other time; the training step itself still computes
     assert out[2].other_s == pytest.approx(3.0)

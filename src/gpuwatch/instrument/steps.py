@@ -185,6 +185,8 @@ class StepAssembler:
         self._fetches.append((key, t - self._data_closed_s, t))
         self._data_closed_s = 0.0
         self._loader = key
+        if self._fed_by is not None and key not in self._fed_by:
+            self._eval_batches += 1  # a loader that fed no step yet: an eval loop's, so far
         self._fetched(n, t, out)
 
     def _on_waiting(self, code: int, t: float, value: Any, out: list[Record]) -> None:
