@@ -195,6 +195,9 @@ class Telemetry:
         self.interrupted_by = Interruptions()  # the same seconds by what they were
         self._eval_at = 0.0  # when the newest eval batch was seen (a progress event)
         self._per_work: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent s per token/sample
+        # what the allocator held at the first reading after warm-up (bytes): the floor a
+        # leak grows from
+        self.allocated_at_start: float | None = None
         self.first_step_start: float | None = None  # start of the first step (Unix s)
         self.warmed_at = 0.0  # when warm-up (loading, the first steps) ended (Unix s)
         # recent silences (no step, batch or save for PAUSE_S or more) a step ended (s)
@@ -218,6 +221,8 @@ class Telemetry:
                 window = self.samples[group] = deque(maxlen=MAX_SAMPLES)
                 self._seq[group] = 0
             window.append(r)
+            if self.allocated_at_start is None and self.warmed_at and r.source == "allocator":
+                self.allocated_at_start = r.values.get("allocator_allocated_bytes")
             seq = self._seq[group] = self._seq[group] + 1
             tracked = self._tracked.get(r.source)
             if tracked:

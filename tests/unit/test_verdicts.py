@@ -242,6 +242,21 @@ def test_a_loader_that_stalls_every_few_steps_starves_the_job() -> None:
 
 # -- fits_on_paper -----------------------------------------------------------------------
 
+def test_a_leak_is_fixed_here_not_moved_to_a_bigger_card() -> None:
+    """Memory held between steps climbs from 14 to 46 GB at the same batch on an L40S,
+    retries near the top, then an OOM: a leak fills any card; no move."""
+    out: list[Record] = [meta(), topology("NVIDIA L40S", 48 * GB),
+                         *steps(2400, wall=0.5, samples=16, tokens=16 * 2048)]
+    out += [Sample(0, START + i, "allocator", {
+        "allocator_allocated_bytes": (14 + 32 * i / 2400) * GB,
+        "allocator_reserved_bytes": min(47.5, 18 + 32 * i / 2400) * GB,
+        "allocator_alloc_retries_total": float(max(i - 2100, 0) // 30)}) for i in range(1, 2400)]
+    out.append(Event(0, START + 2390, "oom", {"type": "OutOfMemoryError"}))
+    f = [x for x in judge(out) if x.detector == "fits_on_paper"][-1]
+    assert f.verdict == "fix_here" and "a leak" in f.summary
+    assert f.evidence["memory_held_growth_ratio"] > 0.5
+
+
 def test_whole_card_memory_is_a_last_resort_and_says_so() -> None:
     shape = replace(job("rtx5090_memory_bound_finetune").shape,
                     memory=Memory(reserved_gb=31.4, allocated_gb=17, retries_per_min=12,

@@ -88,6 +88,11 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if (live is not None and retries > 0 and not ooms and cut is None and not act_ckpt
             and live.high < th["live_ratio"] * total):
         return fragmented(view, since, retries, live.high, peak, total)
+    held = view.figure("allocator", "allocator_allocated_bytes", since)
+    start = view.allocated_at_start
+    if (held is not None and start is not None and cut is None
+            and held.low - start >= th["leak_ratio"] * total):
+        return leak(view, start, held.low, peak, total, retries, ooms)
     if not (pressure or sum(symptoms.values()) + act_ckpt >= 2):
         return None
     symptoms["activation checkpointing"] = act_ckpt
@@ -188,6 +193,20 @@ def fragmented(view: Telemetry, since: float, retries: float, live: float, peak:
             "total_gib": total / GIB}
     return Detection(evidence, [view.rank], text=text, verdict="fix_here",
                      variant="fragmented")
+
+
+def leak(view: Telemetry, start: float, held: float, peak: float, total: float,
+         retries: float, ooms: int) -> Detection:
+    """What the allocator holds between steps (weights, gradients, optimizer state) grew
+    by a large share of the card at the same batch: tensors kept across steps, which
+    fill any card in time; no bigger one is the fix."""
+    evidence = {"memory_held_start_bytes": start, "memory_held_bytes": held,
+                "memory_held_growth_ratio": (held - start) / total,
+                "memory_peak_ratio": peak / total, "memory_total_bytes": total,
+                "alloc_retries_total": retries, "ooms_total": float(ooms)}
+    text = {"rank": view.rank, "start_gib": start / GIB, "held_gib": held / GIB,
+            "total_gib": total / GIB}
+    return Detection(evidence, [view.rank], text=text, verdict="fix_here", variant="leak")
 
 
 def memory_need(view: Telemetry, since: float, peak: float, cut: tuple[int, int] | None,
