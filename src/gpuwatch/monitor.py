@@ -64,8 +64,8 @@ class StepSpan(Span):
 
 
 class CheckpointSpan(Span):
-    """A checkpoint save to ``path``: on exit, where the agent reads the bytes it wrote
-    (a file, or what a directory gained since the save began)."""
+    """A checkpoint save to ``path``: on exit, the bytes it wrote (``sizes.saved_at``: a
+    file, or what a directory gained since the save began)."""
 
     __slots__ = ("_path", "_since")
 

@@ -190,9 +190,7 @@ class Telemetry:
         self.interruptions: deque[tuple[float, float]] = deque(maxlen=MAX_EVENTS)
         # run-long: how many steps were interruptions, and the seconds they took beyond a
         # typical step, their blocking saves aside (those are ``saves``)
-        self.interrupting_steps = 0
-        self.interrupted_s = 0.0
-        self.interrupted_by = Interruptions()  # the same seconds by what they were
+        self.interrupted_by = Interruptions()
         self._eval_at = 0.0  # when the newest eval batch was seen (a progress event)
         self._per_work: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent s per token/sample
         # what the allocator held at the first reading after warm-up (bytes): the floor a
@@ -269,9 +267,7 @@ class Telemetry:
                 and not self._long_batch(s.wall_s, work)):
             self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
             self.interrupting.add(s)
-            self.interrupting_steps += 1
             excess = max(s.wall_s - median - s.checkpoint_s, 0.0)
-            self.interrupted_s += excess
             self.interrupted_by.add(self._interruption_kind(s, excess), s, excess)
             return
         if work:
@@ -297,13 +293,23 @@ class Telemetry:
         waited = s.collective_s - (typical.collective_s if typical else 0.0)
         if excess > 0 and waited >= 0.5 * excess:
             return "waited"
-        busy = [v for (source, _), samples in self.samples.items() if source == "nvml"
-                for sample in itertools.takewhile(lambda x: x.t >= start, reversed(samples))
-                if sample.t <= s.t and (v := sample.values.get("gpu_utilization_ratio"))
-                is not None]
-        if busy and math.fsum(busy) / len(busy) >= GPU_BUSY_RATIO:
-            return "gpu"
-        return "stall"
+        busy = self._gpu_busy(start, s.t)
+        return "gpu" if busy is not None and busy >= GPU_BUSY_RATIO else "stall"
+
+    def _gpu_busy(self, start: float, end: float) -> float | None:
+        """Mean NVML utilisation of the rank's GPUs over [start, end] (newest samples
+        first, back to ``start``); None without readings."""
+        busy: list[float] = []
+        for (source, _), samples in self.samples.items():
+            if source != "nvml":
+                continue
+            for sample in reversed(samples):
+                if sample.t < start:
+                    break
+                v = sample.values.get("gpu_utilization_ratio")
+                if v is not None and sample.t <= end:
+                    busy.append(v)
+        return math.fsum(busy) / len(busy) if busy else None
 
     def _event(self, e: Event) -> None:
         self.changed = self.event_stamp = next(_CHANGES)
@@ -523,11 +529,11 @@ class Telemetry:
         of ``kinds`` (``Interruptions.KINDS``) if given. 0 while they are the job's rhythm
         (over ``RHYTHM_SHARE`` of the steps: the windows' means hold them already)."""
         start = self.first_step_start
-        if (not self.interrupted_s or start is None or now <= start
-                or self.interrupting_steps > RHYTHM_SHARE * self.steps_seen):
+        by = self.interrupted_by
+        if (start is None or now <= start
+                or sum(by.count.values()) > RHYTHM_SHARE * self.steps_seen):
             return 0.0
-        seconds = self.interrupted_s if kinds is None else math.fsum(
-            self.interrupted_by.seconds[k] for k in kinds)
+        seconds = math.fsum(by.seconds[k] for k in (by.KINDS if kinds is None else kinds))
         return min(seconds / (now - start), 1.0)
 
     @property

@@ -126,8 +126,7 @@ class Context:
         view = views[0]
         held = memory_held(view, since)  # (rank 0's in a job: what live and replay both see)
         current = self.current_gpu(view)
-        card = next((float(d["memory_total_bytes"]) for d in job_devices(view)
-                     if d.get("memory_total_bytes")), current.memory_bytes if current else None)
+        card = card_bytes(view, current)
         if fabric is None:
             fabric = inter_node_link(views)
         world = max(view.world_size, len(views))
@@ -183,11 +182,25 @@ def memory_held(view: RankInput, since: float) -> float | None:
     """The most memory this rank's job held in the window (bytes): its tensors' live peak
     (allocator), else the allocator's reserved memory, else its processes' (NVML); None
     where nothing measured it."""
-    for source, key in HELD:
+    found = first_high(view, HELD, since)
+    return found[0] if found else None
+
+
+def first_high(view: RankInput, keys: Sequence[tuple[str, str]],
+               since: float) -> tuple[float, int] | None:
+    """The highest reading in the window of the first of ``keys`` ((source, key), best
+    first) that has readings, and that key's index; None if none has."""
+    for i, (source, key) in enumerate(keys):
         figure = view.figure(source, key, since)
         if figure is not None:
-            return figure.high
+            return figure.high, i
     return None
+
+
+def card_bytes(view: RankInput, current: Gpu | None) -> float | None:
+    """Bytes on this rank's card: its topology's, else the catalogue's for ``current``."""
+    return next((float(d["memory_total_bytes"]) for d in job_devices(view)
+                 if d.get("memory_total_bytes")), current.memory_bytes if current else None)
 
 
 def link_now(views: Sequence[RankInput], current: Gpu | None) -> float | None:

@@ -16,7 +16,8 @@ from gpuwatch.detection.context import (
     BIGGER,
     Context,
     Detection,
-    job_devices,
+    card_bytes,
+    first_high,
     mean_parts,
     recent,
     window_s,
@@ -43,20 +44,12 @@ def card_memory(view: Telemetry, ctx: Context) -> float | None:
     for sample in view.gpu_samples():
         if sample.values.get("gpu_memory_total_bytes"):
             return sample.values["gpu_memory_total_bytes"]
-    for device in job_devices(view):
-        if device.get("memory_total_bytes"):
-            return float(device["memory_total_bytes"])
-    gpu = ctx.current_gpu(view)
-    return gpu.memory_bytes if gpu else None
+    return card_bytes(view, ctx.current_gpu(view))
 
 
 def own_memory(view: Telemetry, since: float) -> tuple[float, int] | None:
     """The job's peak memory in the window (bytes) and which MEMORY_SOURCES gave it."""
-    for i, (source, key, _) in enumerate(MEMORY_SOURCES):
-        figure = view.figure(source, key, since)
-        if figure is not None:
-            return figure.high, i
-    return None
+    return first_high(view, [(source, key) for source, key, _ in MEMORY_SOURCES], since)
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:

@@ -64,9 +64,8 @@ class LazyPush:
         ends them (with several, as in a GAN, its steps are the steps: one per iteration
         when it steps once in each, however often the others do) until it is gone
         (collected: replaced by a new optimizer for a second phase, a second
-        ``Trainer``) or another has stepped
-        ``TAKEOVER_STEPS`` times while it did not (it was put aside): that one ends them
-        from then on."""
+        ``Trainer``) or another has stepped ``TAKEOVER_STEPS`` times while it did not (it
+        was put aside): that one ends them from then on."""
         self.loop_thread = threading.get_ident()
         boundary = self._boundary()
         if optimizer is not boundary:
@@ -209,7 +208,7 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
         try:
             return save(*args, **kwargs)
         finally:
-            if isinstance(target, (str, os.PathLike)):  # sized later, by the agent
+            if isinstance(target, (str, os.PathLike)):  # (``saved_at``: a large directory later)
                 lazy.push(ring.CHECKPOINT_TARGET, saved_at(target, since))
             elif start is not None:
                 end = _tell(target)

@@ -33,7 +33,7 @@ CHECKPOINT_TARGET = 105  # value: bytes a save wrote
 ACT_CKPT = 106  # one activation-checkpointed region entered (forward)
 ERROR = 107  # value: exception type name raised out of a step
 COLLECTIVE_BYTES = 108  # value: bus bytes of a collective (nccl-tests convention)
-PHASE_SECONDS = 109  # value: (phase code, seconds) measured elsewhere (a callback, a future)
+PHASE_SECONDS = 109  # value: (phase code, seconds) of a host interval timed elsewhere (a wait)
 TOTAL_STEPS = 110  # value: the steps the run plans (from the framework or the user)
 DEVICE_TIMING = 111  # value: (phase or 0, start event, end event, bus bytes) read off the hot path
 LOST = 112  # from drain, never pushed: value marks were lost here (writers lapped the reader)
@@ -43,7 +43,7 @@ BACKGROUND_SAVE = 114  # value: (seconds, bytes) of a save written off the train
 COLLECTIVE_DURATION = 115  # value: (seconds, bus bytes) of one blocking collective (host clock)
 LOADER_BATCH = 116  # value: (loader key, samples) of the DataLoader batch just fetched
 WAITING = 117  # value: 1 a wait timed elsewhere begins (DDP's, on the host), 0 it ends
-P2P_BYTES = 118  # value: bus bytes of a point-to-point send or receive (collective bytes too)
+P2P_BYTES = 118  # value: bus bytes of a point-to-point send (collective bytes too)
 # value: (phase code, seconds, a save's ``sizes.saved_at`` or None) an adapter timed between
 # a framework's hooks: counted only where the patches timed none of that phase in the step
 ADAPTER_SECONDS = 119

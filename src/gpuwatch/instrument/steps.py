@@ -216,8 +216,6 @@ class StepAssembler:
         phase, seconds = value
         if 0 < phase < _NPHASES and seconds > 0:
             self._acc[phase] += seconds
-            if phase == ring.CHECKPOINT:
-                self._saved(seconds, t, out)
 
     def _on_adapter_seconds(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         """An adapter's time between a framework's hooks: the same time the patches
