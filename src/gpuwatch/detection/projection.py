@@ -308,7 +308,7 @@ def _split_bubble(now: StepParts, current: Gpu | None, inputs: Inputs,
     carry most of the bytes (a pipeline schedule), the wait beyond what those bytes take
     over today's path (``p2p_rate``) is the stages waiting on each other's compute: it
     shrinks with compute on a faster card, not with the link."""
-    if now.comm <= 0 or now.comm_bytes <= 0 or 2 * now.p2p_bytes < now.comm_bytes:
+    if now.comm <= 0 or not pipelined(now.comm_bytes, now.p2p_bytes):
         return now
     rate = p2p_rate(inputs, current)
     if rate is None:
@@ -322,6 +322,12 @@ def _split_bubble(now: StepParts, current: Gpu | None, inputs: Inputs,
                  f"(a pipeline): {transfer:.3g} s of the wait at {rate / 1e9:.1f} GB/s{path}, "
                  f"the other {bubble:.3g} s the pipeline's bubble, scaled with compute")
     return now._replace(comm=transfer, bubble=bubble)
+
+
+def pipelined(nbytes: float, p2p: float) -> bool:
+    """Whether point-to-point sends carry most of a step's ``nbytes`` bus bytes (a
+    pipeline schedule's activations)."""
+    return 0 < nbytes <= 2 * p2p
 
 
 def p2p_rate(inputs: Inputs, current: Gpu | None) -> float | None:

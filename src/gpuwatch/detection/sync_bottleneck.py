@@ -33,7 +33,7 @@ from gpuwatch.detection.context import (
     uneven_rails,
     window_s,
 )
-from gpuwatch.detection.projection import HOST_STAGED_SHARE, mean_step_parts, speedup_text
+from gpuwatch.detection.projection import mean_step_parts, p2p_rate, pipelined, speedup_text
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 
@@ -123,11 +123,13 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "rate for gpuwatch to judge the bytes."}
         return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
                          verdict="fix_here")
-    bubble = _bubble(mean.comm_bytes, mean.p2p_bytes, link, staged,
-                     th["link_explained_ratio"] * split.transfer_s)
-    if bubble is not None:
+    # a pipeline's sends at the slowest rate of their path (the projection's own split)
+    rate = p2p_rate(proj.inputs, proj.current) if pipelined(mean.comm_bytes, mean.p2p_bytes) \
+        else None
+    sends_s = mean.comm_bytes / rate if rate else None
+    if sends_s is not None and sends_s < th["link_explained_ratio"] * split.transfer_s:
         text |= {"link": f"the pipeline's bubble: point-to-point sends carry "
-                         f"{mean.comm_bytes / 1e6:.0f} MB per step, at most {bubble:.2g} s "
+                         f"{mean.comm_bytes / 1e6:.0f} MB per step, at most {sends_s:.2g} s "
                          f"over {link_name}",
                  "advice": "The pipeline's stages wait on each other's compute, not on the "
                            "link: more micro-batches per step (a 1F1B schedule idles "
@@ -190,17 +192,6 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
                          verdict="move_to_h100")
     return Detection(evidence, ranks, text=text, verdict="fix_here")
-
-
-def _bubble(nbytes: float, p2p: float, link: float | None, staged: bool,
-            explains: float) -> float | None:
-    """The seconds a pipeline's bytes take over the link at its slowest (through host
-    memory: ``HOST_STAGED_SHARE`` of it) when point-to-point sends carry most of them and
-    those seconds fall short of ``explains`` (the wait is then the bubble); else None."""
-    if not link or nbytes <= 0 or 2 * p2p < nbytes:
-        return None
-    seconds = nbytes / (link * HOST_STAGED_SHARE if staged else link)
-    return seconds if seconds < explains else None
 
 
 def _rails_advice(rails: str) -> str:
