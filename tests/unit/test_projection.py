@@ -283,7 +283,7 @@ def test_the_context_feeds_the_projection_what_the_run_measured() -> None:
     p = ctx.project([view], parts, since)
     i = p.inputs
     assert i.tensor_share == pytest.approx(0.75) and i.gpu_busy == pytest.approx(0.8)
-    assert i.link_now == pytest.approx(16e9)  # PCIe gen4 x8
+    assert i.link_now == pytest.approx(1.969e9 * 8)  # PCIe gen4 x8
     assert (i.unit, i.units_per_step) == ("1M tokens", 2 * 4096)  # two ranks
     assert i.power_watts == 400 and i.remaining_steps == 10_000 - 120
     assert p.current is not None and p.current.name == "RTX 4090" and p.gpus == 2

@@ -162,6 +162,18 @@ def test_transfer_a_fast_link_does_not_explain_is_fixed_here() -> None:
     assert f.verdict == "fix_here" and "not the link's bandwidth" in f.summary
 
 
+def test_a_link_trained_down_at_idle_is_judged_at_its_slot_s_rate() -> None:
+    """An idle card's PCIe link runs at gen 1 to save power, as when the agent reads the
+    topology at start-up (and narrower); under load it trains up to the slot's maximum. The wait is
+    judged against the slot's gen 4 x16, not the idle gen 1."""
+    idle = {"pcie_bytes_per_second": 0.25e9 * 8, "pcie_generation": 1, "pcie_width": 8,
+            "pcie_generation_max": 4, "pcie_width_max": 16}
+    f = only(judge(run(2, transfer, devices=idle, same_host=True), scope="job"),
+             "sync_bottleneck")
+    assert f.verdict == "fix_here" and "PCIe gen 4 x16 could move" in f.summary
+    assert f.evidence["link_bytes_per_second"] == pytest.approx(1.969e9 * 16)
+
+
 def with_p2p(records: list[Record], read: bool) -> list[Record]:
     """Each rank on its own GPU of one node, with the P2P map the agent writes."""
     return [Event(r.rank, r.t, "topology", {

@@ -11,7 +11,6 @@ from typing import Any
 from gpuwatch.detection.moves import Costs, decide, holds, price
 from gpuwatch.detection.projection import (
     DEFAULT_TARGET,
-    PCIE_BYTES_PER_S,
     Gpu,
     Inputs,
     Precision,
@@ -23,6 +22,7 @@ from gpuwatch.detection.projection import (
 )
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
+from gpuwatch.probes.topology import pcie_rate
 from gpuwatch.records import Verdict
 from gpuwatch.telemetry import StepSummary, Telemetry
 from gpuwatch.vocabulary import split_step
@@ -209,12 +209,22 @@ def link_now(views: Sequence[RankInput], current: Gpu | None) -> float | None:
     generation and width; None if unknown."""
     if has_nvlink(views):
         return current.nvlink_bandwidth if current and current.nvlink_bandwidth else None
-    devices = [d for v in views[:1] for d in job_devices(v)]
-    gens = [d.get("pcie_generation_max") or d.get("pcie_generation") for d in devices]
-    widths = [d.get("pcie_width_max") or d.get("pcie_width") for d in devices]
-    links = [PCIE_BYTES_PER_S[g] * w / 16 for g, w in zip(gens, widths, strict=True)
-             if g in PCIE_BYTES_PER_S and w]
+    links = [link[0] for v in views[:1] for d in job_devices(v) if (link := pcie_slot(d))]
     return min(links) if links else None
+
+
+def pcie_slot(device: dict[str, Any]) -> tuple[float, str] | None:
+    """What a device's PCIe slot carries per direction (bytes/s) and its name ("PCIe gen 4
+    x16"): at the link's maximum generation and width, since an idle card trains its link
+    down to save power (gen 1 at start-up); the recorded rate where neither is known."""
+    gen = device.get("pcie_generation_max") or device.get("pcie_generation")
+    width = device.get("pcie_width_max") or device.get("pcie_width")
+    rate = pcie_rate(gen, width)
+    if rate is not None:
+        return rate, f"PCIe gen {gen} x{width}"
+    rate = device.get("pcie_bytes_per_second")
+    return (float(rate), f"PCIe gen {device.get('pcie_generation')} x{device.get('pcie_width')}"
+            ) if rate else None
 
 
 STEP_SLACK = 1.25  # a window sized in steps holds this many times min_steps median steps

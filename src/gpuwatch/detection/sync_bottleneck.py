@@ -28,6 +28,7 @@ from gpuwatch.detection.context import (
     inter_node_link,
     job_devices,
     mean_parts,
+    pcie_slot,
     recent,
     spans_nodes,
     uneven_rails,
@@ -237,9 +238,8 @@ def slowest_link(views: Sequence[RankInput], inter_node: float) -> tuple[float |
         for d in job_devices(v):
             if nvlink and d.get("nvlink_bytes_per_second") and d.get("nvlink_links_active", 0):
                 links.append((float(d["nvlink_bytes_per_second"]), "NVLink"))
-            elif d.get("pcie_bytes_per_second"):
-                links.append((float(d["pcie_bytes_per_second"]),
-                              f"PCIe gen {d.get('pcie_generation')} x{d.get('pcie_width')}"))
+            elif (slot := pcie_slot(d)) is not None:
+                links.append(slot)
     between = inter_node_link(views, inter_node)
     if between is not None:
         links.append((between, "the inter-node link" if inter_node > 0 else

@@ -23,7 +23,7 @@ from gpuwatch.vocabulary import unwaited_compute_s
 PREFIX = "gpuwatch/"
 PUBLISHED_STEPS = 256  # per-step waits each summary carries (the newest)
 LINK_FACTS = ("nvlink_bytes_per_second", "pcie_bytes_per_second", "pcie_generation",
-              "pcie_width")
+              "pcie_width", "pcie_generation_max", "pcie_width_max")
 
 
 class StepWait(NamedTuple):
