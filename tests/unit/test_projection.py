@@ -4,11 +4,14 @@ every part accounted for, each scaled by its own ratio, as a range."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
+from gpuwatch.config import Settings
 from gpuwatch.detection.catalogue import catalogue, identify
 from gpuwatch.detection.context import Context, mean_parts
+from gpuwatch.detection.engine import engine_from_settings
 from gpuwatch.detection.projection import (
     Inputs,
     StepParts,
@@ -210,6 +213,27 @@ def test_collective_time_is_kept_where_the_link_does_not_change() -> None:
     assert pcie.projected.comm == 0.5
 
 
+def test_a_wait_todays_link_does_not_explain_is_kept_on_any_card() -> None:
+    """sync_bottleneck's reading: few bytes (latency-bound), or bytes today's link moves
+    in a fraction of the wait (contention, a misconfigured NCCL), are not the link's
+    bandwidth; only the link's part of the wait shrinks on the target. A wait the link
+    explains goes at the target's rate."""
+    judged = Inputs(link_now=64e9, latency_bytes=8e6, link_explained=0.3, tensor_share=1.0)
+    small = project(StepParts(compute=1.0, comm=0.35, comm_bytes=4e6), H100, RTX5090,
+                    ranks=4, inputs=judged)
+    assert small.projected.comm == pytest.approx(0.35 - 4e6 / 64e9 + 4e6 / 450e9)
+    assert any("(latency, contention) kept on any card" in a for a in small.assumptions)
+    unexplained = project(StepParts(compute=1.0, comm=0.6, comm_bytes=1.2e9), H100, RTX5090,
+                          ranks=4, inputs=judged)  # 0.019 s at 64 GB/s
+    assert unexplained.projected.comm == pytest.approx(0.6 - 1.2e9 / 64e9 + 1.2e9 / 450e9)
+    explained = project(StepParts(compute=1.0, comm=0.6, comm_bytes=20e9), H100, RTX5090,
+                        ranks=4, inputs=judged)  # 0.31 s at 64 GB/s: bandwidth-bound
+    assert explained.projected.comm == pytest.approx(20e9 / 450e9)
+    staged = project(StepParts(compute=1.0, comm=0.6, comm_bytes=1.2e9), H100, RTX5090,
+                     ranks=4, inputs=replace(judged, host_staged=True))
+    assert staged.projected.comm == pytest.approx(1.2e9 / 450e9)  # that path's bandwidth
+
+
 def test_a_pipelines_wait_beyond_its_bytes_is_a_bubble_scaled_like_compute() -> None:
     # 0.3 s of receives a step, 400 MB of activations sent: through host memory at a
     # quarter of PCIe gen5 x16 (16 GB/s) that is 0.025 s; the rest is the bubble.
@@ -290,3 +314,9 @@ def test_the_context_feeds_the_projection_what_the_run_measured() -> None:
     d = p.as_dict()
     assert d["hours_to_finish_now"] == pytest.approx(9_880 * 0.5 / 3600)
     assert d["cost_per_unit_now_usd"] == pytest.approx(0.5 * 0.40 / 3600 * 2 * 1e6 / 8192)
+
+
+def test_projections_read_a_link_as_sync_bottleneck_does_with_the_users_thresholds() -> None:
+    context = engine_from_settings(Settings(detectors={"sync_bottleneck": {
+        "link_explained_ratio": 0.5, "min_bytes_per_step": 1e6}}), "job").context
+    assert (context.link_explained, context.latency_bytes) == (0.5, 1e6)

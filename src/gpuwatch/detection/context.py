@@ -70,6 +70,8 @@ class Context:
     costs: Costs = field(default_factory=Costs)
     precision: Precision = "bf16"
     explained: dict[int, frozenset[str]] = field(default_factory=dict)
+    latency_bytes: float = 0.0  # sync_bottleneck's min_bytes_per_step (Inputs.latency_bytes)
+    link_explained: float = 0.0  # and its link_explained_ratio (Inputs.link_explained)
     _identified: dict[str, Gpu | None] = field(default_factory=dict)  # device name -> entry
 
     @property
@@ -149,7 +151,8 @@ class Context:
             host_staged=host_staged(views), memory_bytes=held, card_bytes=card,
             host_bound=any("underutilised" in self.explained.get(v.rank, ()) for v in views),
             loader_bound=any("data_starvation" in self.explained.get(v.rank, ())
-                             for v in views))
+                             for v in views),
+            latency_bytes=self.latency_bytes, link_explained=self.link_explained)
         proj = project(parts, target or self.holding(held, card), current, ranks=world,
                        drop_recompute=drop_recompute, planned_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)

@@ -578,7 +578,10 @@ def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Eng
     if settings.gpu_model and identify(settings.gpu_model, gpus) is None:
         raise ConfigError(f"gpuwatch config: unknown gpu_model {settings.gpu_model!r}; "
                           "the catalogue has " + ", ".join(gpus))
+    link = rules["sync_bottleneck"].thresholds if "sync_bottleneck" in rules else {}
     context = Context(gpus=gpus, target=settings.target_gpu, gpu_model=settings.gpu_model,
                       planned_steps=settings.total_steps, costs=Costs.from_settings(settings),
-                      precision=settings.precision)
+                      precision=settings.precision,
+                      latency_bytes=link.get("min_bytes_per_step", 0.0),
+                      link_explained=link.get("link_explained_ratio", 0.0))
     return Engine(rules, context, scope=scope, job=job, interval_s=settings.detect_interval_s)

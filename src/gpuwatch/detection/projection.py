@@ -106,6 +106,11 @@ class Inputs:
     ``memory_bytes``: the most memory the job's tensors took today on a rank, on a card
     of ``card_bytes`` (bytes).
     ``host_bound``: the GPU idles on host work (``underutilised``).
+    ``latency_bytes`` and ``link_explained``: below ``latency_bytes`` bus bytes per step,
+    or where today's link moves the bytes in less than ``link_explained`` of the wait,
+    the wait is not the link's bandwidth (latency, contention, a misconfigured NCCL):
+    the part today's link does not explain is kept on any card (sync_bottleneck's
+    thresholds; 0 and 0: every wait is the link's).
     ``fabric_unseen``: the job spans nodes but nothing reports the link between them (no
     InfiniBand or RoCE port, no setting): a move keeps its collective wait as measured.
     ``loader_bound``: the step waits on its data loader (``data_starvation``), so it goes
@@ -129,6 +134,8 @@ class Inputs:
     memory_bytes: float | None = None
     card_bytes: float | None = None
     host_bound: bool = False
+    latency_bytes: float = 0.0
+    link_explained: float = 0.0
 
 
 @dataclass
@@ -404,7 +411,8 @@ def _projected_comm(now: StepParts, target: Gpu, current: Gpu | None, ranks: int
     """Exposed collective seconds on ``target``. Kept where the link does not get faster
     (today's link from the topology, else the current card's; across nodes, neither is
     faster than the ``fabric`` between them, which a move keeps, and an unseen fabric
-    keeps the wait); else the ring model when the bytes are known, or today's time
+    keeps the wait); else the ring model when the bytes are known (with the wait today's
+    link does not explain kept: ``_unexplained``), or today's time
     scaled by the link bandwidth ratio. Never more than today."""
     link_now, fabric = inputs.link_now, inputs.fabric
     if fabric is None and inputs.fabric_unseen:
@@ -428,13 +436,35 @@ def _projected_comm(now: StepParts, target: Gpu, current: Gpu | None, ranks: int
         measured = now.comm_bytes / now.comm
         notes.append(f"today's bus bandwidth measured at {measured / 1e9:.2f} GB/s from "
                      f"{now.comm_bytes / 1e6:.1f} MB of bus bytes per step")
-        return min(now.comm_bytes / target_bw, now.comm)
+        seen = min(link_now, fabric) if link_now is not None and fabric is not None \
+            else link_now
+        return min(now.comm_bytes / target_bw + _unexplained(now, seen, inputs, notes),
+                   now.comm)
     if today is None:
         today = PCIE_BYTES_PER_S[4]
         notes.append("today's link unknown: taken as PCIe gen4 x16 (32 GB/s)")
     elif link_now is not None:
         notes.append(f"today's link {link_now / 1e9:.0f} GB/s per direction (topology)")
     return now.comm * min(today / target_bw, 1.0)
+
+
+def _unexplained(now: StepParts, today: float | None, inputs: Inputs,
+                 notes: list[str]) -> float:
+    """The collective seconds per step ``today``'s link (the topology's) does not explain,
+    where the wait is not its bandwidth (``Inputs.latency_bytes``,
+    ``Inputs.link_explained``): latency, contention or a misconfigured NCCL, which no
+    faster link removes; else 0. As sync_bottleneck reads it: a path through host memory,
+    or a link the topology does not give, explains the wait."""
+    if today is None or inputs.host_staged:
+        return 0.0
+    link_s = now.comm_bytes / today
+    if now.comm_bytes >= inputs.latency_bytes and link_s >= inputs.link_explained * now.comm:
+        return 0.0
+    kept = max(now.comm - link_s, 0.0)
+    notes.append(f"today's link moves the {now.comm_bytes / 1e6:.3g} MB in {link_s:.3g} s of "
+                 f"the {now.comm:.3g} s wait: the other {kept:.3g} s (latency, contention) "
+                 "kept on any card")
+    return kept
 
 
 # -- text: one formatter for every sink --------------------------------------------------
