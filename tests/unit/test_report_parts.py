@@ -204,6 +204,19 @@ def test_a_rank_finding_alike_on_every_rank_is_shown_once_naming_them() -> None:
     assert html.count("ranks 0\u20137 (rank 0&#x27;s figures)") == 1
 
 
+def test_ranks_saying_different_things_are_not_folded_into_one() -> None:
+    """A hang: three ranks wait in a collective, the fourth stopped elsewhere. Folding by
+    detector alone showed rank 0's words for all four and hid the rank that stopped."""
+    def hung(rank: int, summary: str) -> Finding:
+        return Finding(detector="hang", verdict="fix_here", severity="critical",
+                       summary=summary, action="do", evidence={}, ranks=[rank],
+                       first_seen=START, last_seen=START + 1, fingerprint=f"h{rank}", job="job")
+    waiting = [hung(r, f"Rank {r} has waited {180 + r} s in a collective") for r in range(3)]
+    text = findings_text([*waiting, hung(3, "Rank 3 is not in a collective or a marked phase")])
+    assert "ranks 0\u20132 (rank 0's figures)" in text
+    assert "critical, rank 3\n  Rank 3 is not in a collective" in text
+
+
 @pytest.mark.parametrize("started", [-1e308, 1e300, float("nan")])
 def test_a_start_time_no_calendar_holds_leaves_the_date_out(started: float) -> None:
     """A damaged meta line's ``started``: the report renders, without a start date."""

@@ -127,6 +127,14 @@ def test_the_same_detector_on_eight_ranks_is_one_note_naming_all_ranks() -> None
                     for r in range(8)])
     assert len([b for b in body["blocks"] if b["type"] == "section" and "text" in b]) == 1
     assert f"ranks 0{DASH}7" in body["blocks"][1]["text"]["text"]
+    unlike = message([("raised", {**FINDING, "ranks": [r], "fingerprint": f"fp{r}",
+                                  "summary": f"Rank {r} waited {r + 180} s in a collective"})
+                      for r in range(3)]
+                     + [("raised", {**FINDING, "ranks": [3], "fingerprint": "fp3",
+                                    "summary": "Rank 3 is not in a collective"})])
+    sections = [b["text"]["text"] for b in unlike["blocks"]
+                if b["type"] == "section" and "text" in b]
+    assert len(sections) == 2 and "Rank 3 is not in a collective" in sections[1]
     assert dashboard_link("http://g", {"job": "a b", "ranks": [1, 2]}) == \
         "http://g/d/gpuwatch-job?var-job=a+b&var-rank=1&var-rank=2"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 
@@ -58,3 +59,13 @@ def utc(t: float | None) -> str:
         return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else ""
     except (OverflowError, OSError, ValueError):
         return ""
+
+
+_FIGURE = re.compile(r"\d[\d.,]*")
+
+
+def wording(summary: str) -> str:
+    """A summary with its figures blanked: what ranks saying the same thing share, so
+    findings are folded only where their words agree ("waits for data 84%" and "83%"
+    do; a hang's "waited 180 s in a collective" and "not in a collective" do not)."""
+    return _FIGURE.sub("#", summary)

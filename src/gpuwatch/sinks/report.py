@@ -17,15 +17,16 @@ def findings_json(findings: list[Finding]) -> str:
 
 def fold_ranks(findings: Sequence[Finding]) -> list[tuple[Finding, list[int]]]:
     """Each finding with the ranks it stands for: a rank detector's findings that say the
-    same (detector, verdict, severity, state) on several ranks of a job become one, the
-    lowest rank's text standing for the rest (a data-parallel job's ranks see alike)."""
+    same (detector, verdict, severity, state, and the summary's words: ``fmt.wording``)
+    on several ranks of a job become one, the lowest rank's figures standing for the rest
+    (a data-parallel job's ranks see alike)."""
     out: list[tuple[Finding, list[int]]] = []
     alike: dict[tuple[str, ...], list[int]] = {}
     for f in sorted(findings, key=lambda f: f.ranks):
         if f.detector not in RANK_DETECTORS or len(f.ranks) != 1:
             out.append((f, list(f.ranks)))
             continue
-        key = (f.job, f.detector, f.verdict, str(f.severity), f.state)
+        key = (f.job, f.detector, f.verdict, str(f.severity), f.state, fmt.wording(f.summary))
         if key in alike:
             alike[key].extend(f.ranks)
         else:

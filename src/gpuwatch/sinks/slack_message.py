@@ -245,15 +245,17 @@ def rank_list(ranks: Sequence[Any]) -> str:
 
 def merge_ranks(notes: Sequence[tuple[str, Mapping[str, Any]]]
                 ) -> list[tuple[str, Mapping[str, Any]]]:
-    """The same news from one detector on several ranks becomes one note naming every
-    rank (the first rank's evidence stands for the rest)."""
+    """The same news from one detector on several ranks (the same verdict, severity and
+    words: ``fmt.wording``) becomes one note naming every rank (the first rank's
+    evidence stands for the rest)."""
     merged: dict[tuple[str, ...], tuple[str, dict[str, Any]]] = {}
     out: list[tuple[str, Mapping[str, Any]]] = []
     for kind, f in notes:
         if kind == "test":
             out.append((kind, f))
             continue
-        group = (kind, str(f.get("detector")), str(f.get("verdict")), str(f.get("job")))
+        group = (kind, str(f.get("detector")), str(f.get("verdict")), str(f.get("job")),
+                 str(f.get("severity")), fmt.wording(str(f.get("summary", ""))))
         ranks = [r for r in f.get("ranks") or [] if _number(r) is not None]
         if group in merged:
             into = merged[group][1]
