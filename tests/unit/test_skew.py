@@ -209,6 +209,7 @@ def test_a_pipelines_bubble_is_told_from_its_sends_through_host_memory() -> None
 
     bubble = only(judge(sent(64_000_000), scope="job"), "sync_bottleneck")
     assert bubble.verdict == "fix_here" and "the pipeline's bubble" in bubble.summary
+    assert bubble.projection is None and "speedup_ratio" not in bubble.evidence
     assert "micro-batches" in bubble.action
     assert bubble.evidence["p2p_bytes_per_step"] == 64_000_000
     heavy = only(judge(sent(2_000_000_000), scope="job"), "sync_bottleneck")

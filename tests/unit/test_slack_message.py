@@ -246,3 +246,13 @@ def test_token_bucket_allows_one_message_per_interval() -> None:
     now[0] += 5
     bucket.take()
     assert bucket.wait() == 1.0  # no burst saved up while idle
+
+
+def test_evidence_no_line_names_is_shown_in_its_own_unit() -> None:
+    """A time of day is a date, not "1.97e+04 days"; a speedup a factor, not "237%"."""
+    shown = dict(evidence_lines({"last_progress_time_seconds": 1_700_000_000.0,
+                                 "speedup_ratio": 2.37, "gpu_power_watts": 140.2,
+                                 "stalled_seconds": 180.0}))
+    assert shown["Last progress"] == "2023-11-14 22:13 UTC"
+    assert shown["Speedup"] == "2.4\u00d7" and shown["Gpu power"] == "140 W"
+    assert shown["Stalled"] == "3 min"

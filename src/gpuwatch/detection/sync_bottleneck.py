@@ -34,7 +34,13 @@ from gpuwatch.detection.context import (
     uneven_rails,
     window_s,
 )
-from gpuwatch.detection.projection import mean_step_parts, p2p_rate, pipelined, speedup_text
+from gpuwatch.detection.projection import (
+    Projection,
+    mean_step_parts,
+    p2p_rate,
+    pipelined,
+    speedup_text,
+)
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 
@@ -91,7 +97,6 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         return Detection(evidence, ranks, text=text, verdict="fix_here")
     fabric = inter_node_link(views, th["inter_node_bytes_per_second"])
     proj = ctx.project(views, mean, since, fabric=fabric)
-    evidence["speedup_ratio"] = proj.speedup
     unsized = mean.comm_bytes <= 0  # no collective's bytes were seen
     small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
     needed = mean.comm_bytes / link if link and not unsized else None  # the link's seconds
@@ -122,7 +127,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "more micro-batches, overlap them with backward). Set "
                            "sync_bottleneck's inter_node_bytes_per_second to the network's "
                            "rate for gpuwatch to judge the bytes."}
-        return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
+        return Detection(_priced(evidence, proj), ranks, text=text, projection=proj.as_dict(),
                          verdict="fix_here")
     # a pipeline's sends at the slowest rate of their path (the projection's own split)
     rate = p2p_rate(proj.inputs, proj.current) if pipelined(mean.comm_bytes, mean.p2p_bytes) \
@@ -172,7 +177,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "fabric (more rails, GPUDirect RDMA), hierarchical all-reduce, or "
                            "fewer all-reduces (accumulate gradients over more micro-batches, "
                            "overlap them with backward)." + _rails_advice(rails)}
-        return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
+        return Detection(_priced(evidence, proj), ranks, text=text, projection=proj.as_dict(),
                          verdict="fix_here")
     elif ctx.decide(proj, otherwise="fix_here") != "move_to_h100":
         text |= {"link": f"bandwidth-bound over {link_name}",
@@ -181,7 +186,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                  "advice": f"A move does not pay ({proj.economics['decision']['why']}): "
                            "accumulate gradients over more micro-batches and overlap the "
                            "all-reduce with backward."}
-        return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
+        return Detection(_priced(evidence, proj), ranks, text=text, projection=proj.as_dict(),
                          verdict="fix_here")
     else:
         text |= {"link": f"bandwidth-bound over {link_name}",
@@ -190,9 +195,15 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                  "advice": f"Move to {proj.target.name} nodes with NVLink/NVSwitch; meanwhile "
                            "accumulate gradients over more micro-batches to all-reduce less "
                            "often."}
-        return Detection(evidence, ranks, text=text, projection=proj.as_dict(),
+        return Detection(_priced(evidence, proj), ranks, text=text, projection=proj.as_dict(),
                          verdict="move_to_h100")
     return Detection(evidence, ranks, text=text, verdict="fix_here")
+
+
+def _priced(evidence: dict[str, float], proj: Projection) -> dict[str, float]:
+    """``evidence`` with the projected speedup, for a detection that carries ``proj``
+    (one without a projection claims no speedup)."""
+    return evidence | {"speedup_ratio": proj.speedup}
 
 
 def _rails_advice(rails: str) -> str:

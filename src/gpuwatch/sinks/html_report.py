@@ -21,7 +21,7 @@ from gpuwatch.detection.run_profile import RunProfile, profile
 from gpuwatch.records import Finding
 from gpuwatch.sinks import fmt, svg
 from gpuwatch.sinks.comparison import comparison_html
-from gpuwatch.sinks.report import fold_ranks, rank_text
+from gpuwatch.sinks.report import evidence_text, fold_ranks, rank_text
 from gpuwatch.vocabulary import PARTS
 
 REPORT_NAME = "report.html"
@@ -111,8 +111,7 @@ def _verdicts(findings: list[Finding]) -> str:
                      key=lambda pair: (pair[0].state != "active", VERDICT_ORDER[pair[0].verdict]))
     cards = []
     for f, ranks in ordered:
-        evidence = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
-                             for k, v in f.evidence.items())
+        evidence = evidence_text(f.evidence)
         state = " (resolved)" if f.state == "resolved" else ""
         cards.append(
             f'<div class="finding {f.verdict} {f.state}" data-detector="{escape(f.detector)}">'

@@ -54,7 +54,7 @@ def findings_text(findings: list[Finding]) -> str:
         state = "" if f.state == "active" else " (resolved)"
         lines = [f"[{f.verdict}] {f.detector} - {f.severity}, {rank_text(f, ranks)}{state}",
                  f"  {f.summary}",
-                 f"  evidence: {_evidence(f.evidence)}"]
+                 f"  evidence: {evidence_text(f.evidence)}"]
         if f.projection:
             lines.append(f"  projection: {projection_text(f.projection)}")
         lines.append(f"  do: {f.action}")
@@ -62,8 +62,11 @@ def findings_text(findings: list[Finding]) -> str:
     return "\n\n".join(blocks)
 
 
-def _evidence(evidence: dict[str, float]) -> str:
-    return ", ".join(f"{k}={_number(v)}" for k, v in evidence.items())
+def evidence_text(evidence: dict[str, float]) -> str:
+    """A finding's evidence as "key=value" pairs: figures to 4 significant digits, times
+    of day (keys ending ``_time_seconds``) as UTC."""
+    return ", ".join(f"{k}={fmt.utc(v) if k.endswith('_time_seconds') else _number(v)}"
+                     for k, v in evidence.items())
 
 
 def _number(v: float) -> str:

@@ -29,7 +29,7 @@ BLOCKS_PER_NOTE = 4  # section, evidence, context, (room for the link)
 BLOCK_FINDINGS = 10  # findings shown as blocks in one message; the text lists them all
 DASHBOARD_UID = "gpuwatch-job"
 TIMES, DASH = "\u00d7", "\u2013"  # shown in messages
-HIDDEN_EVIDENCE = frozenset({"last_step_time_seconds"})  # a timestamp, not a measurement
+HIDDEN_EVIDENCE = frozenset({"last_step_time_seconds"})  # the last progress's time says it
 
 
 def escape(text: object) -> str:
@@ -102,10 +102,11 @@ def _usd(v: float) -> str:
 
 UNITS: dict[str, Callable[[float], str]] = {
     "pct": _pct, "s": _seconds, "h": _hours, "bytes": _bytes, "rate": _rate, "n": _count,
-    "x": _times, "usd": _usd}
+    "x": _times, "usd": _usd, "utc": fmt.utc, "w": lambda v: f"{v:.0f} W"}
 
 # Suffix -> unit for evidence no line below names (longest suffix first).
-SUFFIX_UNITS = (("_bytes_per_second", "rate"), ("_ratio", "pct"), ("_seconds", "s"),
+SUFFIX_UNITS = (("_bytes_per_second", "rate"), ("_time_seconds", "utc"), ("_watts", "w"),
+                ("_ratio", "pct"), ("_seconds", "s"),
                 ("_hours", "h"), ("_bytes", "bytes"), ("_total", "n"), ("_usd", "usd"),
                 ("_steps", "n"), ("_s", "s"))
 
@@ -117,6 +118,7 @@ EVIDENCE_LINES: tuple[tuple[str, str], ...] = (
     ("Data wait", "{data_share_ratio:pct} of step"),
     ("Loader workers", "{workers:n}, {workers_cpu_ratio:pct} busy"),
     ("Loader workers", "{workers:n}"),
+    ("Speedup", "{speedup_ratio:x}"),
     ("Checkpoints", "{checkpoint_share_ratio:pct} of wall time, {saves_total:n} saves"),
     ("Per save", "{seconds_per_save:s}, {bytes_per_save:bytes} at {save_bytes_per_second:rate}"),
     ("Memory peak", "{memory_peak_ratio:pct} of the card, {memory_peak_bytes:bytes} of "
