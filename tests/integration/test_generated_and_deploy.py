@@ -83,7 +83,8 @@ def test_every_detector_has_an_alert_and_positive_and_negative_tests() -> None:
         assert any(s["values"].startswith("0x") for s in test["input_series"])  # a cleared one
     lifecycle = {t["name"].split(":")[0] for t in tests[len(rules):]}
     assert lifecycle == {"job dies while a finding is active", "job finishes normally",
-                         "steps stop while the process is up"}
+                         "steps stop while the process is up",
+                         "one process of a pod stops answering while another goes on"}
 
 
 def test_dashboards_only_query_exported_metrics_and_use_template_variables() -> None:

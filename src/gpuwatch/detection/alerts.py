@@ -27,7 +27,9 @@ MIN_FOR_S = 60  # at least a minute of scrapes before an alert fires
 # (instance; endpoint, the port name, on Kubernetes) and gpuwatch's rank labels.
 PER_PROCESS = "instance, endpoint, rank, local_rank"
 VANISHED_WINDOW = "3h"  # how long after a run vanished its alert keeps firing
-STALLED_WINDOW = "15m"  # no step for this long while the process is scraped: stalled
+# No step for STALLED_WINDOW and then STALLED_FOR more while the process is scraped:
+# stalled (15 minutes in all).
+STALLED_WINDOW, STALLED_FOR = "10m", "5m"
 RUN_VANISHED = "GpuwatchRunVanished"
 STEPS_STOPPED = "GpuwatchStepsStopped"
 WHERE = ("{{ $labels.training_job }} (run {{ $labels.run }}, namespace "
@@ -89,9 +91,10 @@ def finding_alert(rule: Rule, runbook_url: str) -> dict[str, Any]:
 def lifecycle_alerts(runbook_url: str) -> list[dict[str, Any]]:
     """A run that vanished without its end-of-run marker (killed, OOM-killed, node
     lost), and steps that stopped while the process is still being scraped."""
+    # gone, unless another process of the same run and pod still answers
     vanished = (f"group without ({PER_PROCESS}) ("
                 f"last_over_time(gpuwatch_run_start_time_seconds[{VANISHED_WINDOW}])"
-                " unless gpuwatch_run_start_time_seconds"
+                f" unless ignoring ({PER_PROCESS}) gpuwatch_run_start_time_seconds"
                 f" unless last_over_time(gpuwatch_run_end_time_seconds[{VANISHED_WINDOW}]))")
     stalled = (f"max without ({PER_PROCESS}) (label_replace("
                f"increase(gpuwatch_steps_total[{STALLED_WINDOW}]) == 0"
@@ -109,13 +112,13 @@ def lifecycle_alerts(runbook_url: str) -> list[dict[str, Any]]:
                              "unscraped. Findings active when it died keep firing; they "
                              "are in the run's findings.json."),
              "runbook_url": runbook(runbook_url, "run_vanished")}},
-        {"alert": STEPS_STOPPED, "expr": stalled, "for": "5m",
+        {"alert": STEPS_STOPPED, "expr": stalled, "for": STALLED_FOR,
          "labels": {"severity": "critical", "detector": "lifecycle", "verdict": "fix_here"},
          "annotations": {
              "summary": "Steps stopped on {{ $labels.training_job }} rank "
                         "{{ $labels.subject_rank }} while the process is up",
              "description": (f"Rank {{{{ $labels.subject_rank }}}} of {WHERE} completed "
-                             f"no training step in {STALLED_WINDOW} though its process "
+                             "no training step in 15 minutes though its process "
                              "answers scrapes: a hang (collective, data loader, I/O)."),
              "runbook_url": runbook(runbook_url, "steps_stopped")}},
     ]
@@ -229,12 +232,20 @@ def _lifecycle_tests(rules: dict[str, Rule], runbook_url: str) -> list[dict[str,
                                       start_values="1700000000x60")],
          "alert_rule_test": [
              {"eval_time": "20m", "alertname": STEPS_STOPPED, "exp_alerts": []},
-             {"eval_time": "35m", "alertname": STEPS_STOPPED, "exp_alerts": [{
+             {"eval_time": "26m", "alertname": STEPS_STOPPED, "exp_alerts": [{  # 15 min on
                  "exp_labels": exp_stalled,
                  "exp_annotations": {k: _render(v, exp_stalled)
                                      for k, v in stalled["annotations"].items()}}]},
              {"eval_time": "35m", "alertname": RUN_VANISHED, "exp_alerts": []},
          ]},
+        {"name": "one process of a pod stops answering while another goes on: the run "
+                 "has not vanished",
+         "interval": "1m",
+         "input_series": [*run_series(0, None, step_values="0+10x60",
+                                      start_values="1700000000x60"),
+                          *run_series(1, None)],
+         "alert_rule_test": [{"eval_time": t, "alertname": RUN_VANISHED, "exp_alerts": []}
+                             for t in ("15m", "40m")]},
     ]
 
 
