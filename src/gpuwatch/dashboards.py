@@ -106,8 +106,9 @@ OVERVIEW = Dashboard("gpuwatch-job", "gpuwatch / Job overview", (
         Panel("GPU power", ((f"gpuwatch_gpu_power_watts{{{G}}}", "rank {{rank}} gpu {{gpu}}"),),
               unit="watt", cpu=False),
         Panel("Throttled share of time", ((
-            f"sum by (gpu, reason) (rate(gpuwatch_gpu_throttle_seconds_total{{{G}}}[{RATE}]))",
-            "gpu {{gpu}} {{reason}}"),), unit="percentunit", cpu=False,
+            f"max by (rank, gpu, reason) (rate(gpuwatch_gpu_throttle_seconds_total{{{G}}}"
+            f"[{RATE}]))", "rank {{rank}} gpu {{gpu}} {{reason}}"),), unit="percentunit",
+            cpu=False,
             thresholds=((0.05, YELLOW), (0.2, RED)),
             description="From NVML's violation counters: seconds of reduced clocks per second."),
         Panel("Tensor activity (dcgm-exporter)", ((

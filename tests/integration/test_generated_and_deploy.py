@@ -172,6 +172,29 @@ def test_dcgm_join_of_the_tensor_panel_with_promtool(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_the_throttled_share_stays_a_share_on_a_job_of_two_nodes(tmp_path: Path) -> None:
+    """GPU 0 of each of two nodes throttled all the time: each rank's GPU at 100%, not
+    the two GPUs 0 added into 200%."""
+    panel = next(p for p in DASHBOARDS[0].panels if p.title == "Throttled share of time")
+    expr = panel.queries[0][0]
+    for var, value in (("$namespace", ".*"), ("$training_job", ".+"), ("$run", ".+"),
+                       ("$rank", ".+"), ("$gpu", ".*"), ("$__rate_interval", "5m")):
+        expr = expr.replace(var, value)
+    counter = ('gpuwatch_gpu_throttle_seconds_total{{training_job="gpt", run="gpt-1", '
+               'namespace="ml", host="node-{h}", rank="{r}", gpu="0", reason="power"}}')
+    series = [{"series": counter.format(h=h, r=r), "values": "0+60x10"}
+              for h, r in (("a", 0), ("b", 8))]
+    test = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [{"expr": expr, "eval_time": "8m", "exp_samples": [
+            {"labels": f'{{rank="{r}", gpu="0", reason="power"}}', "value": 1.0}
+            for r in (0, 8)]}]}]}
+    (tmp_path / "throttle.test.yaml").write_text(yaml.safe_dump(test))
+    out = subprocess.run([tool(PROMTOOL), "test", "rules", "throttle.test.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_prometheus_config_is_valid(tmp_path: Path) -> None:
     config = (DEPLOY / "prometheus" / "prometheus.yml").read_text().replace(
         "/etc/prometheus/rules", str(RULES_DIR))
