@@ -222,3 +222,15 @@ def test_a_start_time_no_calendar_holds_leaves_the_date_out(started: float) -> N
     """A damaged meta line's ``started``: the report renders, without a start date."""
     html = render(run_of([dataclasses.replace(meta(), started=started), *steps(5)]), [])
     assert "<header>" in html and "started ;" in html
+
+
+def test_the_checkpoint_section_gives_the_saving_rank_s_share_beside_the_mean() -> None:
+    """Rank 0 alone saves (20% of its steps): the all-rank mean (5% on 4 ranks) is not
+    the figure checkpoint_overhead judges, so the saving rank's share is shown too."""
+    records: list[Record] = []
+    for r in range(4):
+        records += [meta(r, 4), *steps(10, rank=r, checkpoint_s=0.02 if r == 0 else 0.0)]
+    records.append(Event(0, START + 5, "checkpoint_save", {"seconds": 2.0, "bytes": 1e9}))
+    html = render(run_of(records), [])
+    assert "share of step time, all ranks</td><td>5.0%" in html
+    assert "share of rank 0&#x27;s step time</td><td>20%" in html

@@ -231,8 +231,21 @@ def _checkpoints(run: RunProfile) -> str:
             ("mean save", fmt.seconds(total_s / len(cps))),
             ("longest save", fmt.seconds(max(c.seconds for c in cps))),
             ("mean size", fmt.nbytes(sum(c.nbytes for c in cps) / len(cps))),
-            ("share of step time", fmt.share(share))]
+            ("share of step time" + (", all ranks" if len(run.ranks) > 1 else ""),
+             fmt.share(share))]
+    saver = _most_saving(run)
+    if saver is not None and len(run.ranks) > 1:
+        rows.append((f"share of rank {saver[0]}'s step time", fmt.share(saver[1])))
     return head + _table(rows) + "</section>"
+
+
+def _most_saving(run: RunProfile) -> tuple[int, float] | None:
+    """The rank that spends the largest share of its step time saving, and that share
+    (the saving rank's figure, which checkpoint_overhead judges); None without saves."""
+    i = PARTS.index("checkpoint")
+    shares = [(t.phases[i] / t.wall_s, rank) for rank, t in run.ranks.items() if t.wall_s > 0]
+    share, rank = max(shares, default=(0.0, -1))
+    return (rank, share) if share > 0 else None
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
