@@ -334,9 +334,37 @@ def test_retries_while_live_tensors_fit_with_room_are_fragmentation_fixed_here()
     assert f.evidence["memory_live_peak_ratio"] == pytest.approx(27 / 48)
     near_full = only(judge(fragmenting(43)), "fits_on_paper")  # live tensors at the limit
     assert "fragmented" not in near_full.summary
+    # with activation checkpointing on too: the retries are still the split cache, which
+    # no bigger card needs to fix (the cache beyond live tensors is no need of the job)
     checkpointed = [replace(r, recompute_s=0.1) if isinstance(r, Step) else r
-                    for r in fragmenting(27)]  # a workaround in use: weighed as one
-    assert "fragmented" not in only(judge(checkpointed), "fits_on_paper").summary
+                    for r in fragmenting(27)]
+    ckpt = only(judge(checkpointed), "fits_on_paper")
+    assert ckpt.verdict == "fix_here" and "fragmented" in ckpt.summary
+
+
+def test_symptoms_on_a_card_other_processes_fill_are_a_shared_card_fixed_here() -> None:
+    """An RTX 4090 beside a notebook holding 9.5 GB: the job reserves 13.8 GB (57%),
+    retries and OOMs. It fits the card alone: free it, no move. Without the NVML reading
+    of the job's own processes nothing says the card is shared."""
+    def job(process_gib: float | None) -> list[Record]:
+        nvml = {"gpu_memory_used_bytes": 23.3 * GB, "gpu_memory_total_bytes": 24 * GB}
+        if process_gib is not None:
+            nvml["gpu_process_memory_bytes"] = process_gib * GB
+        return [meta(), topology("NVIDIA GeForce RTX 4090", 24 * GB), *steps(60, wall=0.5),
+                *samples("nvml", 60, nvml),
+                *samples("allocator", 60, {
+                    "allocator_reserved_bytes": 13.8 * GB,
+                    "allocator_reserved_peak_bytes": 13.8 * GB,
+                    "allocator_allocated_bytes": 6 * GB,
+                    "allocator_allocated_peak_bytes": 13 * GB,
+                    "allocator_alloc_retries_total": 0.0, "allocator_ooms_total": 0.0},
+                    ramp={"allocator_alloc_retries_total": 0.1, "allocator_ooms_total": 0.05})]
+    f = only(judge(job(13.8)), "fits_on_paper")
+    assert f.verdict == "fix_here" and "card is shared" in f.summary
+    assert f.evidence["memory_others_bytes"] == pytest.approx(9.5 * GB)
+    assert "nvidia-smi" in f.action and f.projection is None
+    unknown = [x for x in judge(job(None)) if x.detector == "fits_on_paper"]
+    assert all("shared" not in x.summary for x in unknown)
 
 
 def test_a_full_cache_without_symptoms_is_not_memory_pressure() -> None:

@@ -5,7 +5,9 @@ training batch cut that persists); when its need fits a bigger card with room: m
 
 Activation checkpointing alone is a design choice, not a symptom: without pressure
 symptoms it gets no move, at most an ``info`` that turning it off here would save
-its recompute time. The card the job already runs on is never recommended, and a job
+its recompute time. Symptoms while other processes hold the rest of the card (a shared
+card), or retries while the cache holds far more than live tensors (fragmentation),
+are fixed here. The card the job already runs on is never recommended, and a job
 already on the target gets ``fix_here`` (shard it), naming a bigger card that would
 hold it. A step that waits on its data loader (``data_starvation``, judged first)
 does not make memory alone a reason to move: the move must pay as any other."""
@@ -77,9 +79,14 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     pressure = peak / total >= th["memory_ratio"]
     if not any(symptoms.values()):
         return by_design(view, th, summary, peak, total, since)
+    others = other_processes(view, since)
+    if (others is not None and not pressure and others >= th["others_ratio"] * total
+            and peak + others >= th["memory_ratio"] * total):
+        return shared(view, symptoms, others, peak, total)
     live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
-    if (live is not None and retries > 0 and not ooms and cut is None and not act_ckpt
-            and live.high < th["live_ratio"] * total):
+    if (live is not None and retries > 0 and not ooms and cut is None
+            and live.high < th["live_ratio"] * total
+            and peak - live.high >= th["split_cache_ratio"] * total):
         return fragmented(view, since, retries, live.high, peak, total)
     held = view.figure("allocator", "allocator_allocated_bytes", since)
     start = view.allocated_at_start
@@ -169,6 +176,27 @@ def by_design(view: Telemetry, th: dict[str, float], summary: StepSummary, peak:
     text = {"rank": view.rank, "memory_need_gib": need / GIB, "total_gib": total / GIB}
     return Detection(evidence, [view.rank], text=text, verdict="info", severity="info",
                      variant="by_design")
+
+
+def other_processes(view: Telemetry, since: float) -> float | None:
+    """Bytes other processes hold on this rank's card at its fullest: NVML's used memory
+    beyond the job's own processes'; None where NVML gave either not."""
+    used = view.figure("nvml", "gpu_memory_used_bytes", since)
+    own = view.figure("nvml", "gpu_process_memory_bytes", since)
+    return max(used.high - own.high, 0.0) if used is not None and own is not None else None
+
+
+def shared(view: Telemetry, symptoms: dict[str, bool], others: float, peak: float,
+           total: float) -> Detection:
+    """Retries, OOMs or a cut batch while the job's own memory is below the limit and
+    other processes hold the rest of the card: the card is shared, and the job would fit
+    it alone; no bigger one is needed."""
+    evidence = {"memory_others_bytes": others, "memory_others_ratio": others / total,
+                "memory_peak_ratio": peak / total, "memory_peak_bytes": peak,
+                "memory_total_bytes": total}
+    text = {"rank": view.rank, "others_gib": others / GIB, "peak_gib": peak / GIB,
+            "total_gib": total / GIB, "symptoms": ", ".join(k for k, v in symptoms.items() if v)}
+    return Detection(evidence, [view.rank], text=text, verdict="fix_here", variant="shared")
 
 
 def fragmented(view: Telemetry, since: float, retries: float, live: float, peak: float,
