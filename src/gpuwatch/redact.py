@@ -36,12 +36,17 @@ _SECRET_WORDS = r"(?:token(?![a-z]|[-_]ids?(?![a-z]))|secret|passw(?:or)?d|passp
 _SECRET_NAMES = (r"(?:key|pw|wandb[-_]?(?:api[-_]?)?key|creds?|(?:(?:db|database|sql|mysql|"
                  r"postgres|pg|redis|mongo|admin|user|root|ldap|smtp|mail|ftp|ssh|proxy)[-_])?"
                  r"pass)")
-_NAME = rf"(?:[\w.-]*{_SECRET_WORDS}[\w.-]*|(?<![\w.])-{{0,2}}{_SECRET_NAMES}(?![\w.-]))"
+# A name holding a secret word, matched in linear time: a lookahead finds the word, then
+# the name is taken whole and never given back (nested "[\w.-]*" around the word made
+# a long argument cost cubic time, with the GIL held). Patterns anchor where it starts.
+_WORDY = rf"(?=[\w.-]*?{_SECRET_WORDS})[\w.-]++"
+_NAME = rf"(?:{_WORDY}|(?<![\w.])-{{0,2}}{_SECRET_NAMES}(?![\w.-]))"
 # A name that says secret: HF_TOKEN, hf-token, GPUWATCH_SLACK__WEBHOOK_URL, aws_secret_access_key.
-SECRET_NAME = re.compile(rf"(?i)^(?:[\w.-]*{_SECRET_WORDS}[\w.-]*|{_SECRET_NAMES})$")
-# (the password runs to the argument's last "@": passwords hold "/" and "@" unescaped; a
-# port is no password: host:8443/path@x)
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*):(?!\d+(?:/|$))(\S+)@")
+SECRET_NAME = re.compile(rf"(?i)^(?:{_WORDY}|{_SECRET_NAMES})$")
+# (the password runs to the argument's last "@" within 512 characters: passwords hold "/"
+# and "@" unescaped; a port is no password: host:8443/path@x)
+_URL_PASSWORD = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://[^\s/:@]*+):"
+                           r"(?!\d+(?:/|$))(\S{1,512})@")  # (bounded: linear time)
 # (its path as written, or URL-encoded)
 _SLACK_HOOK = re.compile(r"(?i)(hooks\.slack\.com(?:/|%2F)(?:services|workflows|triggers)"
                          r"(?:/|%2F))[^\s\"'<>&]+")
@@ -57,17 +62,19 @@ _TOKEN = re.compile(r"(?:(?<![\w-])|(?<=%22)|(?<=%27))"  # (URL-quoted too)
 _BEARER = re.compile(r"(?i)\b((?:bearer|basic|token)\s+(?=[A-Za-z0-9._~+/=-]*\d))"
                      r"[A-Za-z0-9._~+/=-]{8,}")
 # HTTP headers that carry credentials: "Authorization: ...", "X-Api-Key: ..."
-_HEADER = re.compile(r"(?i)\b((?:proxy-)?authorization|(?:x-)?[\w-]*api-key|x-[\w-]*token|"
-                     r"cookie|set-cookie)(\s*:\s*)[^\r\n]+")
+# (each name from its start, found by a lookahead and never given back: linear time)
+_HEADER = re.compile(r"(?i)(?<![\w-])((?:proxy-)?authorization|"
+                     r"(?=[\w-]*?api-key(?![\w-]))[\w-]++|x-(?=[\w-]*?token(?![\w-]))[\w-]++|"
+                     r"(?:set-)?cookie)(\s*:\s*)[^\r\n]+")
 # --hf-token=X, HF_TOKEN=X, ?api_key=X, password = "X" (up to a space, quote or separator)
-_ASSIGNED = re.compile(rf"(?i)({_NAME}\s*=\s*[\"']?)[^\s\"',;&]+")
+_ASSIGNED = re.compile(rf"(?i)((?<![\w.-]){_NAME}\s*=\s*[\"']?)[^\s\"',;&]+")
 # --password X, '--hf-token', 'X' (a command line in text: a CalledProcessError's list)
 _OPTION = re.compile(rf"(?i)((?<![\w-])--?{_NAME}[\"']?(?:\s*,\s*[\"']?|\s+[\"']?))"
                      r"(?!--?\w)[^\s\"',\])]+")
 # password: X at a line's start (YAML, credentials files)
 _COLON = re.compile(rf"(?im)^(\s*{_NAME}\s*:\s*)\S.*$")
 # "api_key": "X" (JSON, YAML flow, Python reprs)
-_FIELD = re.compile(rf"(?i)([\"'][\w.-]*{_SECRET_WORDS}[\w.-]*[\"']\s*:\s*[\"'])[^\"']+")
+_FIELD = re.compile(rf"(?i)([\"']{_WORDY}[\"']\s*:\s*[\"'])[^\"']+")
 
 _lock = threading.Lock()
 _forms: tuple[str, ...] = ()  # every form of every registered secret, longest first

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import sys
+import time
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -220,3 +221,17 @@ def test_a_password_in_the_runbook_url_stays_out_of_the_alert_rules() -> None:
     from gpuwatch.detection.alerts import lifecycle_alerts
     rules = json.dumps(lifecycle_alerts("https://wiki:W1kiPassw0rd@wiki.example/runbooks.md"))
     assert "W1kiPassw0rd" not in rules and "wiki.example/runbooks.md#run_vanished" in rules
+
+
+@pytest.mark.parametrize("unit", ["secret", "cookie", "token.", "password", "x-", "a-", "--a",
+                                  "api-key", "sk-", "https://a:", "db_pass", "'token':"])
+def test_a_long_argument_is_redacted_in_linear_time(unit: str) -> None:
+    """The agent redacts the job's command line on its thread with the GIL held: a
+    pattern that backtracks over a long argument (4 KB of "secret" once took 22 s)
+    would stall training. 40 KB of any of these takes ~0.05 s when linear; the bound is
+    generous for a shared box, and far below what quadratic time takes."""
+    text = unit * (40_000 // len(unit))
+    started = time.perf_counter()
+    redact.redact(text)
+    redact.redact_argv(["train.py", text, "--" + text])
+    assert time.perf_counter() - started < 5.0
