@@ -45,6 +45,15 @@ def test_torchrun_environment_is_settled_at_once() -> None:
     assert who(env) == (5, 8, 1, None, "torchrun", True)
 
 
+def test_a_bogus_launcher_environment_is_no_identity() -> None:
+    """A sentinel world size (every per-rank table the agent keeps would be that big: 43 s
+    and 10 GB at 100M) or a rank outside its world is not taken from the environment."""
+    assert who({"RANK": "0", "WORLD_SIZE": "100000000"})[:2] == (0, 1)
+    assert who({"RANK": "0", "WORLD_SIZE": "4294967295"})[4] == "single"
+    assert who({"RANK": "9", "WORLD_SIZE": "8"})[4] == "single"
+    assert who({"RANK": "0", "WORLD_SIZE": "100000"})[:2] == (0, 100000)  # a big, real job
+
+
 def test_mp_spawn_ranks_come_from_the_process_group() -> None:
     # mp.spawn: no launcher environment at all; init_process_group(rank=2, world_size=3)
     assert who({}, group=(2, 3)) == (2, 3, 2, None, "process_group", True)

@@ -101,9 +101,15 @@ def current_device() -> int | None:
         return None
 
 
+MAX_RANKS = 1 << 17  # more ranks than any job has run on: a bogus environment
+
+
 def _num(environ: Mapping[str, str], name: str) -> int | None:
+    """A rank or world size from the environment; None unless a number below
+    ``MAX_RANKS`` (a sentinel such as 4294967295 would make every per-rank table huge)."""
     value = environ.get(name, "").strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isdigit() and len(value) < 8 and int(value) < MAX_RANKS \
+        else None
 
 
 def resolve(job: str, environ: Mapping[str, str], group: tuple[int, int] | None = None,
@@ -115,9 +121,9 @@ def resolve(job: str, environ: Mapping[str, str], group: tuple[int, int] | None 
     slurm_rank, slurm_world = _num(environ, "SLURM_PROCID"), _num(environ, "SLURM_NTASKS")
     if group is not None:
         (rank, world), source = group, "process_group"
-    elif env_rank is not None and env_world is not None:
+    elif env_rank is not None and env_world is not None and env_rank < env_world:
         rank, world, source = env_rank, env_world, "torchrun"
-    elif slurm_rank is not None and slurm_world is not None:
+    elif slurm_rank is not None and slurm_world is not None and slurm_rank < slurm_world:
         rank, world, source = slurm_rank, slurm_world, "slurm"
     else:
         rank, world, source = 0, 1, "single"
