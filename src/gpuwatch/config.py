@@ -9,8 +9,10 @@ bad value, garbage where JSON is expected, a malformed TOML file) is a
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,14 +38,32 @@ class ConfigError(ValueError):
     """A user error in configuration; its message is one line naming the key."""
 
 
+SECRET_FILE_BYTES = 64 * 1024  # a token or a webhook URL: more is no secret file
+
+
 def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
     """A secret given directly, else read from a file (stripped); None when neither.
-    Either way it is registered for redaction. Raises OSError when the file cannot be read."""
+    Either way it is registered for redaction. Raises OSError when the file cannot be
+    read, is not a regular file (a FIFO would block, /dev/zero never end) or is larger
+    than ``SECRET_FILE_BYTES``."""
     secret = value.get_secret_value() if value is not None else None
     if secret is None and path is not None:
-        secret = path.read_text().strip() or None
+        secret = _secret_file(path).strip() or None
     register(secret)
     return secret
+
+
+def _secret_file(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (opening a FIFO must not wait)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if info.st_size > SECRET_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {SECRET_FILE_BYTES} bytes", str(path))
+        return os.read(fd, SECRET_FILE_BYTES + 1).decode()
+    finally:
+        os.close(fd)
 
 
 class ExporterSettings(BaseModel):

@@ -6,6 +6,7 @@ turns everything off."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,27 @@ def test_gpuwatch_run_checks_the_webhook_file_before_starting_the_command(
     err = capsys.readouterr().err
     assert code == 2 and "slack.webhook_url_file" in err and len(err.splitlines()) == 1
     assert not (clean_env / "started").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "endless", "large"])
+def test_a_webhook_file_that_is_no_small_regular_file_is_one_line_not_a_hang(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    """A FIFO nobody writes would block the read (and the job) for ever, /dev/zero would
+    fill memory: neither is read; the command is not started, one line says why."""
+    path = clean_env / "hook"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "endless":
+        path = Path("/dev/zero")
+    else:
+        path.write_text("https://hooks.slack.com/services/T/B/" + "x" * 100_000)
+    monkeypatch.setenv("GPUWATCH_SLACK__WEBHOOK_URL_FILE", str(path))
+    code = cli.main(["run", "--out", str(clean_env / "out"), "--", sys.executable, "-c",
+                     "open('started', 'w')"])
+    err = capsys.readouterr().err
+    assert code == 2 and "slack.webhook_url_file: cannot read it" in err
+    assert len(err.splitlines()) == 1 and not (clean_env / "started").exists()
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "soon"])
