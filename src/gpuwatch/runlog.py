@@ -62,6 +62,10 @@ MAX_LINE_BYTES = 4 << 20  # a longer line is not one gpuwatch wrote: skipped unr
 # compressed segment of nothing but newlines expands a thousandfold): the rest of it
 # is skipped, counted as one line.
 MAX_BLANK_LINES = 100_000
+# A compressed segment ends past this many times its size (gzip gives run logs ~20x):
+# a small file that inflates without end (a "gzip bomb") is cut, not read for hours.
+MAX_EXPANSION = 200
+MIN_EXPANDED_BYTES = 1 << 20  # ... and never before this much
 
 _LOG_NAME = re.compile(r"run(?:-rank(\d+))?(?:\.attempt(\d+))?\.jsonl")
 FOLLOW_TRIES = 10_000  # segments read plus rotations raced, at most, in one reading
@@ -323,6 +327,7 @@ class RunLogReader:
         self._sources = sample_sources
         self._cut = False
         self._blank = 0
+        self._room: int | None = None  # bytes a compressed segment may still inflate to
 
     def __iter__(self) -> Generator[Record, None, None]:
         for _, _, _, record in self.placed(0):
@@ -342,8 +347,10 @@ class RunLogReader:
             self._cut = False  # a compressed segment ended short
             self._blank = 0  # blank lines in this file
             with opened as raw:
-                f = typing.cast(IO[bytes], gzip.GzipFile(fileobj=raw)
-                                if path.name.endswith(".gz") else raw)
+                compressed = path.name.endswith(".gz")
+                f = typing.cast(IO[bytes], gzip.GzipFile(fileobj=raw) if compressed else raw)
+                self._room = (max(os.fstat(raw.fileno()).st_size * MAX_EXPANSION,
+                                  MIN_EXPANDED_BYTES) if compressed else None)
                 while True:
                     lines = self._block(f)
                     self.bytes_read = done + raw.tell()
@@ -443,12 +450,20 @@ class RunLogReader:
                 return lines or None
             if not line:
                 return lines or None
+            if self._room is not None:
+                self._room -= len(line)
+                if self._room < 0:  # inflated far past any log's ratio: the rest is lost
+                    self.skipped += 1
+                    self._cut = True
+                    return lines or None
             if len(line) > MAX_LINE_BYTES:
                 self.skipped += 1
                 line = b""
                 while True:
                     piece = f.readline(1 << 16)
-                    if not piece or piece.endswith(b"\n"):
+                    if self._room is not None:
+                        self._room -= len(piece)
+                    if not piece or piece.endswith(b"\n") or (self._room or 0) < 0:
                         break
                 continue
             if line.strip():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import tracemalloc
 from pathlib import Path
@@ -9,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample, Step
-from gpuwatch.runlog import MAX_BLANK_LINES, RunLogReader, RunLogWriter, encode
+from gpuwatch.runlog import (
+    MAX_BLANK_LINES,
+    MAX_EXPANSION,
+    MIN_EXPANDED_BYTES,
+    RunLogReader,
+    RunLogWriter,
+    encode,
+)
 
 META = Meta(schema=SCHEMA_VERSION, gpuwatch="0.1.0", job="j", host="h", rank=0, local_rank=0,
             world_size=1, pid=1, started=0.0)
@@ -154,3 +162,25 @@ def test_a_record_json_cannot_hold_is_left_out_the_rest_written_the_error_raised
         writer.write(records)
     writer.close()
     assert [r.step for r in RunLogReader(tmp_path / "run.jsonl") if isinstance(r, Step)] == [1, 3]
+
+
+def test_a_compressed_segment_inflating_past_any_logs_ratio_is_cut(tmp_path: Path) -> None:
+    """A small gzip segment of 200 MB of junk lines (a "gzip bomb": a thousandfold)
+    would be read line by line for minutes; past MAX_EXPANSION times its size (at least
+    MIN_EXPANDED_BYTES) the segment ends there, counted as skipped. The live file after
+    it is still read."""
+    path = tmp_path / "run-rank0.jsonl"
+    w = RunLogWriter(path)
+    w.write([META, Step(rank=0, step=2, t=2.0, wall_s=0.1)])
+    w.close()
+    bomb = tmp_path / "run-rank0.part00001.jsonl.gz"
+    junk = (b"x" * (64 * 1024 - 1) + b"\n") * 16  # 1 MiB
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        f.write(encode(META) + b"\n" + encode(Step(rank=0, step=1, t=1.0, wall_s=0.1)) + b"\n")
+        for _ in range(200):  # 200 MiB of junk lines
+            f.write(junk)
+    limit = max(bomb.stat().st_size * MAX_EXPANSION, MIN_EXPANDED_BYTES)
+    assert limit < 50 << 20  # a quarter of what it inflates to
+    reader = RunLogReader(path)
+    assert [r.step for r in reader if isinstance(r, Step)] == [1, 2]
+    assert reader.skipped > 0 and reader.lines_read < limit // (64 * 1024) + 10
