@@ -568,8 +568,11 @@ def cmd_alerts_silence(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_DURATION_S = 100 * 365 * 86400.0  # a century: longer is no duration a calendar holds
+
+
 def _duration(text: str) -> float:
-    """``90``, ``90s``, ``30m``, ``4h``, ``2d`` -> seconds (> 0)."""
+    """``90``, ``90s``, ``30m``, ``4h``, ``2d`` -> seconds (> 0, at most a century)."""
     units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
     number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
     try:
@@ -577,8 +580,8 @@ def _duration(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not a duration: {text!r} (e.g. 90s, 30m, 4h, 2d)") from None
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(f"must be > 0 and at most 100 years, got {text}")
     return seconds
 
 

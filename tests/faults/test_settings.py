@@ -206,3 +206,12 @@ def test_a_duration_on_the_command_line_must_be_a_finite_positive_number(
         cli.main(["demo", "--seconds", value])
     assert stop.value.code == 2
     assert "argument --seconds:" in capsys.readouterr().err
+
+
+def test_a_silence_longer_than_a_calendar_holds_is_refused_and_not_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--for 1e300d`` wrote the silence, then died in a traceback printing its end."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["alerts", "silence", str(tmp_path), "hang", "--for", "1e300d"])
+    assert stop.value.code == 2 and "100 years" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
