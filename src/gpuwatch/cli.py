@@ -189,11 +189,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     code, stopped_by = _wait_forwarding_signals(child)
     if enabled and out is not None:
         if stopped_by is None:
-            _write_findings(out)
-        else:  # told to stop: end with the command, do not replay the logs first
+            stopped_by = _until_stopped(lambda: _write_findings(out))
+        if stopped_by is not None:  # told to stop: end with the command's own status
             print(f"gpuwatch: stopped by {signal.Signals(stopped_by).name}; run log in {out} "
                   f"(`gpuwatch analyze {out}` to judge it)", file=sys.stderr)
     return code
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _until_stopped(work: Callable[[], None]) -> int | None:
+    """Run ``work`` (the replay after the command ended) until done, or until a stopping
+    signal comes: then it is left unfinished and that signal returned, so the command's
+    exit status stays the process's (a SIGTERM during the replay turned 0 into 143)."""
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOPPING}
+    try:
+        work()
+    except _Stopped as stopped:
+        return stopped.signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return None
 
 
 def check_names(settings: Settings) -> None:

@@ -5,6 +5,7 @@ running as an orphan), and its exit status is the wrapper's."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import signal
@@ -94,3 +95,30 @@ def test_gpuwatch_run_told_to_stop_ends_with_the_command_without_judging_the_log
     said = proc.stderr.read().decode()
     assert "stopped by SIGTERM" in said and "gpuwatch analyze" in said
     assert "findings:" not in said and "no training process" not in said
+
+
+def test_a_signal_during_the_replay_after_the_command_keeps_the_commands_status(
+        tmp_path: Path) -> None:
+    """The command exited 0; gpuwatch run then replays the run's logs (seconds, in a
+    reused --out holding two hours of an earlier attempt). A SIGTERM then ends the
+    replay, not the status: 0 stays 0 (it was 143), and the logs are left to analyze."""
+    import psutil
+
+    from tests.scenarios import job, write
+
+    out = tmp_path / "out"
+    write(dataclasses.replace(job("vision_small_steps").shape, duration_s=7200), out,
+          job="train")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    ran = tmp_path / "ran"
+    proc = subprocess.Popen([sys.executable, "-m", "gpuwatch", "run", "--out", str(out), "--",
+                             sys.executable, "-c", f"open({str(ran)!r}, 'w')"], env=env,
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    wrapper = psutil.Process(proc.pid)
+    wait_for(lambda: ran.exists() and not wrapper.children(), 60,
+             "the command to end and the replay to start")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"stopped by SIGTERM" in err and not (out / "findings.json").exists()
