@@ -32,8 +32,11 @@ _SECRET_WORDS = r"(?:token(?![a-z]|[-_]ids?(?![a-z]))|secret|passw(?:or)?d|passp
                 r"api[-_]?key|access[-_]?key|private[-_]?key|auth(?![a-z])|credential|" \
                 r"webhook|cookie|session[-_]?key|signature)"
 # Whole names that say secret though their words alone do not: --key, --wandb-key,
-# --db-pass, DB_PASS, --cred (not --sort-key, --csv-img-key, --first-pass, SSL_KEY_FILE).
-_SECRET_NAMES = (r"(?:key|pw|wandb[-_]?(?:api[-_]?)?key|creds?|(?:(?:db|database|sql|mysql|"
+# --openai-key, --db-pass, DB_PASS, --cred, a signed URL's sig= (not --sort-key,
+# --csv-img-key, --first-pass, SSL_KEY_FILE).
+_SECRET_NAMES = (r"(?:key|pw|sig|(?:wandb|openai|anthropic|comet|neptune|clearml|ssh|hf|"
+                 r"huggingface|cohere|mistral|groq|pinecone|replicate|openrouter|datadog|sentry)"
+                 r"[-_]?(?:api[-_]?)?key|creds?|(?:(?:db|database|sql|mysql|"
                  r"postgres|pg|redis|mongo|admin|user|root|ldap|smtp|mail|ftp|ssh|proxy)[-_])?"
                  r"pass)")
 # A name holding a secret word, matched in linear time: a lookahead finds the word, then
@@ -66,8 +69,10 @@ _BEARER = re.compile(r"(?i)\b((?:bearer|basic|token)\s+(?=[A-Za-z0-9._~+/=-]*\d)
 _HEADER = re.compile(r"(?i)(?<![\w-])((?:proxy-)?authorization|"
                      r"(?=[\w-]*?api-key(?![\w-]))[\w-]++|x-(?=[\w-]*?token(?![\w-]))[\w-]++|"
                      r"(?:set-)?cookie)(\s*:\s*)[^\r\n]+")
-# --hf-token=X, HF_TOKEN=X, ?api_key=X, password = "X" (up to a space, quote or separator)
-_ASSIGNED = re.compile(rf"(?i)((?<![\w.-]){_NAME}\s*=\s*[\"']?)[^\s\"',;&]+")
+# --hf-token=X, HF_TOKEN=X, ?api_key=X, environ['HF_TOKEN']='X', password = "X" (a quoted
+# value whole, spaces and all; else up to a space, quote or separator)
+_ASSIGNED = re.compile(rf"(?i)((?<![\w.-]){_NAME}(?:[\"']\])?\s*=\s*)"
+                       r"(?:\"[^\"\n]*+\"|'[^'\n]*+'|[\"']?[^\s\"',;&]+)")
 # --password X, '--hf-token', 'X' (a command line in text: a CalledProcessError's list)
 _OPTION = re.compile(rf"(?i)((?<![\w-])--?{_NAME}[\"']?(?:\s*,\s*[\"']?|\s+[\"']?))"
                      r"(?!--?\w)[^\s\"',\])]+")
@@ -125,13 +130,21 @@ def redact(text: str) -> str:
     text = _BEARER.sub(rf"\1{MASK}", text)
     text = _HEADER.sub(rf"\1\2{MASK}", text)
     text = _FIELD.sub(rf"\1{MASK}", text)
-    text = _ASSIGNED.sub(rf"\1{MASK}", text)
+    text = _ASSIGNED.sub(_masked_value, text)
     text = _OPTION.sub(rf"\1{MASK}", text)
     text = _COLON.sub(rf"\1{MASK}", text)
     for form in _forms:
         if form in text:
             text = text.replace(form, MASK)
     return text
+
+
+def _masked_value(match: re.Match[str]) -> str:
+    """An assignment with its value masked, the value's quotes kept."""
+    value = match[0][len(match[1]):]
+    quote = value[0] if value[:1] in ("'", '"') else ""
+    close = quote if quote and len(value) > 1 and value.endswith(quote) else ""
+    return f"{match[1]}{quote}{MASK}{close}"
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:
@@ -146,7 +159,9 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             hide_next = False
             continue
         name, eq, _ = arg.partition("=")
-        if SECRET_NAME.match(name.lstrip("-")) and (eq or arg.startswith("-")):
+        # (a dotted config key names its secret last: --config.wandb.key=X)
+        if (SECRET_NAME.match(name.lstrip("-")) or SECRET_NAME.match(name.rsplit(".", 1)[-1])) \
+                and (eq or arg.startswith("-")):
             hide_next = not eq
             out.append(f"{name}={MASK}" if eq else arg)
             continue

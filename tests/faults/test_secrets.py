@@ -43,6 +43,11 @@ def test_a_registered_secret_is_redacted_in_every_form(given: str, shown: str) -
 
 
 SHAPES = [  # (row id, text, the secret part) — never registered: found by shape
+    ("signed-url-sig", "GET https://a.blob.core.windows.net/c/x?sv=2022-11-02&sp=r&"
+     "sig=Zk9vQmFyU2lnbmF0dXJl%3D&se=2030", "Zk9vQmFyU2lnbmF0dXJl"),
+    ("quoted-value-with-spaces", "export WANDB_API_KEY='abc 123456789'", "123456789"),
+    ("environ-item-assigned", "python -c \"os.environ['HF_TOKEN']='SECRETenv99'\"",
+     "SECRETenv99"),
     ("url-userinfo-password", "connect https://admin:hunter2hunter2@grafana.local/api", "hunter2"),
     ("slack-webhook-path", "POST https://hooks.slack.com/services/T01/B02/xYzSeCrEt failed",
      "xYzSeCrEt"),
@@ -88,7 +93,8 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     "ValueError: max_tokens=4096 exceeds the context", "tokenizer=gpt2 pad_token_id=50256",
     "pulling docker://registry.example.com:5000/img@sha256:abcdef",
     "see https://example.com:8443/users/me@example.com for details",
-    "PWD=/home/me/project", "the bearer instrument failed", "the author=alice"])
+    "PWD=/home/me/project", "the bearer instrument failed", "the author=alice",
+    "design=sig, signal=1, sigma=0.5", "--sort-key loss --csv-img-key filepath"])
 def test_ordinary_words_paths_and_hashes_are_no_secrets(text: str) -> None:
     assert redact.redact(text) == text
 
@@ -118,6 +124,10 @@ def test_a_secret_shaped_value_is_redacted_without_being_registered(text: str,
 
 
 ARGV = [  # (row id, command line, the secret)
+    ("provider-key-option", ["train.py", "--comet-key", "7f3a9c1e5b2d4f6a8c0e"],
+     "7f3a9c1e5b2d4f6a8c0e"),
+    ("openai-key-option", ["train.py", "--openai-key", "ARGSECRET9xx"], "ARGSECRET9xx"),
+    ("dotted-config-key", ["train.py", "--config.wandb.key=ARGSECRET8xx"], "ARGSECRET8xx"),
     ("option-then-value", ["train.py", "--hf-token", "hf_ARGSECRET1"], "hf_ARGSECRET1"),
     ("option-equals-value", ["train.py", "--token=ARGSECRET2xx"], "ARGSECRET2xx"),
     ("env-like-argument", ["env", "WANDB_API_KEY=ARGSECRET3xx", "python"], "ARGSECRET3xx"),
