@@ -160,6 +160,12 @@ def attach(settings: dict[str, Any], *, rank: int, local_rank: int,
     return _start(settings, lambda job: explicit(job, rank, local_rank, world_size))
 
 
+def running() -> Monitor | None:
+    """This process's monitor while its agent runs (whoever started it: ``watch``, an
+    adapter, ``gpuwatch run``'s hooks), else None."""
+    return _current if _current is not None and not _current.agent.stopped else None
+
+
 def watch(**settings: Any) -> Monitor:
     """Attach gpuwatch to this training process and start its agent.
 

@@ -161,3 +161,61 @@ def test_huggingface_trainer_with_the_callback(tmp_path: Path) -> None:
     assert sum(s.checkpoint_s > 0 for s in steps) == 2  # the save after the last step: no step
     plans = [e.data["steps"] for e in records if isinstance(e, Event) and e.name == "total_steps"]
     assert plans == [60]
+
+
+def test_a_second_lightning_fit_is_recorded_as_the_next_attempt(tmp_path: Path) -> None:
+    """fit() twice with one callback (a fine-tune after pre-training): the first fit's
+    end stopped the agent and the second fit went unrecorded (40 of 80 steps)."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gpuwatch.integrations.lightning import GpuWatchCallback
+    from tests.tiny_lightning import TinyWithEval
+
+    data = TensorDataset(torch.randn(320, 32), torch.randn(320, 1))
+    callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False})
+    for _ in range(2):
+        trainer = L.Trainer(max_steps=20, accelerator="cpu", devices=1, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False, limit_val_batches=0,
+                            callbacks=[callback])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+            trainer.fit(TinyWithEval(), DataLoader(data, batch_size=8))
+    logs = sorted((tmp_path / "run").glob("run*.jsonl"))
+    assert [p.name for p in logs] == ["run.attempt1.jsonl", "run.jsonl"]
+    assert [sum(isinstance(r, Step) for r in read(p)) for p in logs] == [20, 20]
+
+
+def test_a_second_hf_train_goes_on_in_an_agent_the_callback_did_not_start(
+        tmp_path: Path) -> None:
+    """Under gpuwatch run the process's agent is the zero-code hooks': the callback's
+    train end stopped it, and the second train() went unrecorded. Now the callback
+    stops only an agent it started; the process's goes on."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+    from gpuwatch.integrations.huggingface import GpuWatchCallback
+    from gpuwatch.monitor import watch
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=128,
+                                       n_positions=32, bos_token_id=0, eos_token_id=0))
+    tokens = torch.randint(0, 128, (64, 32))
+    dataset = [{"input_ids": t, "labels": t} for t in tokens]
+    process = watch(out_dir=tmp_path / "run", exporter={"enabled": False})
+    try:
+        for _ in range(2):
+            args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=10,
+                                     per_device_train_batch_size=8, save_strategy="no",
+                                     report_to=[], use_cpu=True, disable_tqdm=True)
+            callback = GpuWatchCallback(exporter={"enabled": False})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                Trainer(model=model, args=args, train_dataset=dataset,
+                        callbacks=[callback]).train()
+            assert not process.agent.stopped
+    finally:
+        process.stop()
+    steps = [r for r in read(tmp_path / "run" / "run.jsonl") if isinstance(r, Step)]
+    assert len(steps) == 20

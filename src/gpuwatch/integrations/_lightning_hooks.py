@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from gpuwatch.instrument.loop import LoopMarker
-from gpuwatch.monitor import Monitor, attach
+from gpuwatch.monitor import Monitor, attach, running
 
 
 class LightningHooks:
@@ -25,13 +25,16 @@ class LightningHooks:
         super().__init__()
         self._settings = settings
         self.monitor: Monitor | None = None
+        self._owned = False  # this callback started the agent (not gpuwatch run's hooks)
         self._marker: LoopMarker | None = None
         self._logged_step = -1
         self._stepped = False  # the optimizer stepped in the batch under way
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit" or self.monitor is not None:
+        if stage != "fit" or (self.monitor is not None and not self.monitor.agent.stopped):
             return
+        # (a fit after one this callback ended starts the next attempt's log)
+        self._owned = running() is None
         self.monitor = attach(self._settings, rank=trainer.global_rank,
                               local_rank=trainer.local_rank, world_size=trainer.world_size)
         self._marker = LoopMarker(self.monitor.agent.ring.push)
@@ -130,7 +133,9 @@ class LightningHooks:
             self.monitor.stop(failed=True)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage == "fit" and self.monitor is not None:
+        """The end of a fit ends the agent this callback started (another's, gpuwatch
+        run's, goes on for what the process does next)."""
+        if stage == "fit" and self.monitor is not None and self._owned:
             self.monitor.stop()
 
 

@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.loop import LoopMarker
-from gpuwatch.monitor import Monitor, attach
+from gpuwatch.monitor import Monitor, attach, running
 
 
 class GpuWatchCallback(TrainerCallback):
@@ -33,11 +33,13 @@ class GpuWatchCallback(TrainerCallback):
     def __init__(self, **settings: Any) -> None:
         self._settings = settings
         self.monitor: Monitor | None = None
+        self._owned = False  # this callback started the agent (not gpuwatch run's hooks)
         self._marker: LoopMarker | None = None
         self._last = 0.0  # perf_counter at the end of the last step, log, evaluation or save
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.monitor is None:
+        if self.monitor is None or self.monitor.agent.stopped:  # (a train after one ended)
+            self._owned = running() is None
             self.monitor = attach(self._settings, rank=args.process_index,
                                   local_rank=args.local_process_index,
                                   world_size=args.world_size)
@@ -99,7 +101,7 @@ class GpuWatchCallback(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._marker is not None:
             self._marker.loop_end()
-        if self.monitor is not None:
+        if self.monitor is not None and self._owned:  # (another's goes on: gpuwatch run's)
             self.monitor.stop()
 
 
