@@ -162,24 +162,8 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
     register_optimizer_step_pre_hook(before_step)
     register_optimizer_step_post_hook(after_step)
 
-    next_batch = _BaseDataLoaderIter.__next__
-
-    @functools.wraps(next_batch)
-    def timed_next(self: Any) -> Any:
-        lazy.push(ring.DATA)
-        try:
-            batch = next_batch(self)
-        finally:
-            lazy.push(-ring.DATA)
-        try:
-            n = batch_size(batch)
-        except Exception:
-            n = 0
-        # by loader (its dataset): an eval loader's batches are not the training step's
-        lazy.push(ring.LOADER_BATCH, (id(getattr(self, "_dataset", None)), n))
-        return batch
-
-    _BaseDataLoaderIter.__next__ = timed_next  # type: ignore[method-assign]
+    _BaseDataLoaderIter.__next__ = timed_loader_next(  # type: ignore[method-assign,assignment]
+        _BaseDataLoaderIter.__next__, lazy)
     from torch.nn.parallel import DistributedDataParallel
 
     patch_ddp(lazy, DistributedDataParallel)
@@ -187,6 +171,34 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
     torch.save = timed_save
     torch.serialization.save = timed_save
     watch_device(torch, register_optimizer_step_pre_hook)
+
+
+def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush) -> Callable[[Any], Any]:
+    """Wrap a DataLoader iterator's ``__next__``: the training loop's wait for the batch
+    (on its own thread only: a thread that fetches ahead of the loop, a prefetcher,
+    keeps the loop waiting on nothing of its own) and the batch's samples, by loader."""
+
+    @functools.wraps(next_batch)
+    def timed_next(self: Any) -> Any:
+        if lazy.off_loop():
+            batch = next_batch(self)
+        else:
+            lazy.push(ring.DATA)
+            try:
+                batch = next_batch(self)
+            finally:
+                lazy.push(-ring.DATA)
+        try:
+            n = batch_size(batch)
+        except Exception:
+            n = 0
+        # by loader (its dataset and sampler, the same every epoch; two loaders over one
+        # dataset split by samplers are two): an eval loader's batches are not the step's
+        lazy.push(ring.LOADER_BATCH, (id(getattr(self, "_dataset", None)),
+                                      id(getattr(self, "_index_sampler", None)), n))
+        return batch
+
+    return timed_next
 
 
 def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: int | None = None,

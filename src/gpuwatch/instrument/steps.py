@@ -42,6 +42,7 @@ _NPHASES = max(Phase) + 1
 PROGRESS_EVERY_S = 1.0
 HOLD_STEPS = 64  # a step waits for its device timings behind at most this many steps
 MAX_COUNT = 2**63  # counts from here on are no count (a run-log line holds 64-bit integers)
+Loader = tuple[int, ...]  # a DataLoader as its batches name it (ring.LOADER_BATCH)
 
 
 class StepAssembler:
@@ -77,10 +78,10 @@ class StepAssembler:
         self._progress_at = 0.0  # perf_counter time of the last step end or progress event
         self._loader_batches = 0  # batches fetched since then
         self._eval_batches = 0  # eval batches done since then
-        self._by_loader: dict[int, list[float]] = {}  # loader -> [samples, data s] this step
-        self._fetches: list[tuple[int, float, float]] = []  # (loader, wait start, arrival)
-        self._loader = 0  # the loader of the step's newest batch: one that feeds steps
-        self._fed_by: set[int] | None = None  # the loaders the last step counted
+        self._by_loader: dict[Loader, list[float]] = {}  # loader -> [samples, data s] this step
+        self._fetches: list[tuple[Loader, float, float]] = []  # (loader, wait start, arrival)
+        self._loader: Loader = ()  # the loader of the step's newest batch: one that feeds steps
+        self._fed_by: set[Loader] | None = None  # the loaders the last step counted
         self._data_closed_s = 0.0  # the newest data wait closed (for the batch that ends it)
         self._waiting_at: float | None = None  # a wait timed elsewhere in progress since
         self._handlers: dict[int, Callable[[int, float, Any, list[Record]], None]] = {
@@ -177,7 +178,8 @@ class StepAssembler:
         """A DataLoader batch: its samples and the wait that fetched it, by loader. A step
         counts the loaders that feed training (``_feeding``); an eval loader iterated
         between two steps counts for neither."""
-        key, n = value
+        *loader, n = value
+        key = tuple(loader)
         n = self._count(n)
         spent = self._by_loader.setdefault(key, [0.0, 0.0])
         spent[0] += n
@@ -392,7 +394,7 @@ class StepAssembler:
             out.append(step)
         self._reset(t)
 
-    def _feeding(self) -> set[int]:
+    def _feeding(self) -> set[Loader]:
         """The loaders that feed this step: the one whose batch came last before it ended
         and every one the last step counted that fetched here too (several loaders zipped
         feed every step; an eval loader's burst between two steps fed neither). The
@@ -402,7 +404,7 @@ class StepAssembler:
         self._fed_by = fed
         return fed
 
-    def _evaluating(self, feeding: set[int]) -> float:
+    def _evaluating(self, feeding: set[Loader]) -> float:
         """Seconds this step spent iterating loaders that do not feed it (an eval loop
         between two steps): from its first batch's wait to the next wait for a feeding
         loader's batch after its last one (or that last batch, if none came)."""
