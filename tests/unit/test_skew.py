@@ -280,24 +280,6 @@ def test_inter_node_link_from_infiniband_is_the_slowest_link_and_no_move_changes
     assert fast.verdict == "fix_here"
 
 
-def test_more_bytes_than_the_fabric_carries_in_the_wait_stay_inside_the_nodes() -> None:
-    """200 MB a step where the 10 Gb/s link between nodes would need 0.16 s and the wait
-    is 0.06 s: most bytes never crossed it (tensor parallel inside the nodes). Not
-    "bandwidth-bound over InfiniBand": the link inside the nodes is judged, and with no
-    split of the bytes by link, no move is projected."""
-    slow_slot = {"pcie_bytes_per_second": 2e9, "pcie_generation": 1, "pcie_width": 8}
-    ib = [{"device": "mlx5_0", "port": 1, "link_layer": "InfiniBand",
-           "bytes_per_second": 12.5e9 / 10}]
-    records = [Event(r.rank, r.t, "topology", {**r.data, "infiniband": ib})
-               if isinstance(r, Event) else r
-               for r in run(2, transfer, nbytes=200_000_000, devices=slow_slot)]
-    f = only(judge(records, scope="job"), "sync_bottleneck")
-    assert "InfiniBand" not in f.summary and "inside the nodes" in f.summary
-    assert "bandwidth-bound over PCIe gen 1 x8" in f.summary
-    assert f.verdict == "info" and f.projection is None
-    assert f.evidence["link_bytes_per_second"] == 2e9
-
-
 def test_a_node_short_of_its_rails_is_named() -> None:
     """Node 1 lost one of its eight rails: whatever the verdict, the advice names it."""
     records = run(2, transfer, nbytes=64_000_000, devices={

@@ -71,15 +71,6 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     if achieved is not None:
         evidence["achieved_bus_bytes_per_second"] = achieved
     link, link_name = slowest_link(views, th["inter_node_bytes_per_second"])
-    fabric = inter_node_link(views, th["inter_node_bytes_per_second"])
-    # More bytes than the link between nodes carries in the whole wait: most of them stay
-    # inside the nodes (tensor or expert parallel), so the fabric is not what bounds it.
-    within = (fabric is not None and link == fabric and mean.comm_bytes > 0
-              and mean.comm_bytes / fabric > split.transfer_s)
-    if within:
-        link, link_name = slowest_link(views, th["inter_node_bytes_per_second"], nodes=False)
-        link_name += (" inside the nodes (the link between them could not carry these bytes "
-                      "in the wait: tensor or expert parallel?)")
     seen = any(job_devices(v) for v in views)  # a topology from NVML
     declared = ctx.current_gpu(views[0]) if not seen and ctx.gpu_model else None
     if declared is not None and (link is None or declared.link_bandwidth < link):
@@ -104,6 +95,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "sequences to equal tokens per rank, balance MoE routing (capacity "
                            "factor, auxiliary loss). A faster link would not help."}
         return Detection(evidence, ranks, text=text, verdict="fix_here")
+    fabric = inter_node_link(views, th["inter_node_bytes_per_second"])
     proj = ctx.project(views, mean, since, fabric=fabric)
     unsized = mean.comm_bytes <= 0  # no collective's bytes were seen
     small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
@@ -177,14 +169,6 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "latency (many small collectives), contention or a misconfigured "
                            "NCCL (check NCCL_DEBUG=INFO for the transport it picked)."
                            + _rails_advice(rails)}
-    elif within:  # how the bytes split between the links is not known: no projection
-        text |= {"link": f"bandwidth-bound over {link_name}",
-                 "advice": "Most bytes stay inside the nodes, over a link NVLink/NVSwitch "
-                           "nodes would carry faster, but gpuwatch cannot tell how many cross "
-                           "between nodes to project a move: compare nccl-tests inside one "
-                           "node with the job's wait; meanwhile overlap the tensor-parallel "
-                           "collectives with compute (sequence parallel, async TP)."}
-        return Detection(evidence, ranks, text=text, verdict="info")
     elif inter_node:  # no GPU changes the link between nodes: the wait stays
         text |= {"link": f"bandwidth-bound over {link_name}",
                  "outcome": f"; on {proj.target.name} nodes on the same fabric the wait stays (the "
@@ -255,12 +239,10 @@ def achieved_bandwidth(views: Sequence[RankInput], since: float) -> float | None
     return nbytes / seconds if seconds > 0 and nbytes > 0 else None
 
 
-def slowest_link(views: Sequence[RankInput], inter_node: float,
-                 nodes: bool = True) -> tuple[float | None, str]:
+def slowest_link(views: Sequence[RankInput], inter_node: float) -> tuple[float | None, str]:
     """The slowest link the job's collectives cross (bytes/s per direction) and its name:
-    within a node NVLink, else PCIe; across nodes (unless not ``nodes``) also the link
-    between them (``inter_node_link``: the setting, else InfiniBand). None where nothing
-    says."""
+    within a node NVLink, else PCIe; across nodes also the link between them
+    (``inter_node_link``: the setting, else InfiniBand). None where nothing says."""
     links: list[tuple[float, str]] = []
     nvlink = has_nvlink(views)
     for v in views:
@@ -269,7 +251,7 @@ def slowest_link(views: Sequence[RankInput], inter_node: float,
                 links.append((float(d["nvlink_bytes_per_second"]), "NVLink"))
             elif (slot := pcie_slot(d)) is not None:
                 links.append(slot)
-    between = inter_node_link(views, inter_node) if nodes else None
+    between = inter_node_link(views, inter_node)
     if between is not None:
         links.append((between, "the inter-node link" if inter_node > 0 else
                       f"{_link_layer(views)} (inter-node)"))
