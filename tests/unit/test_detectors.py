@@ -479,6 +479,22 @@ def test_a_wait_across_nodes_over_a_network_nothing_reports_is_fixed_here() -> N
     assert p["parts_seconds_projected"]["comm"] == p["parts_seconds_now"]["comm"] > 0
 
 
+def test_a_job_no_card_can_hold_shows_no_projection_onto_a_smaller_one() -> None:
+    """8 B200s at their limit with retries: no card in the catalogue holds the need, so
+    "cut its memory here", without a projection onto the 80 GB target (0.4x, 72 h)."""
+    records = [meta(), topology("NVIDIA B200", 180 * GB), *steps(60, wall=0.5),
+               *samples("allocator", 60, {
+                   "allocator_reserved_bytes": 177 * GB,
+                   "allocator_reserved_peak_bytes": 177 * GB,
+                   "allocator_allocated_bytes": 90 * GB,
+                   "allocator_allocated_peak_bytes": 176 * GB,
+                   "allocator_alloc_retries_total": 0.0},
+                   ramp={"allocator_alloc_retries_total": 0.1})]
+    f = only(judge(records), "fits_on_paper")
+    assert f.verdict == "fix_here" and "no bigger single card" in f.summary
+    assert f.projection is None and "speedup_ratio" not in f.evidence
+
+
 def test_a_collective_wait_with_no_topology_recommends_no_move() -> None:
     """No NVML in the container: neither the card nor the links are known, so the wait
     is reported without a verdict on hardware."""

@@ -223,5 +223,8 @@ def test_published_ranks_say_when_their_gpus_cannot_reach_each_other() -> None:
             peers.append(peer)
         assert host_staged(peers) == host_staged(own) == (not read)
         assert pcie_between(peers) == pcie_between(own) == (not read)
+        # one rank seen alone (a rank-scope projection): its peers' GPUs are the host's
+        # others, so it reads the links as the job-wide judgement does
+        assert host_staged(own[1:]) == pcie_between(own[1:]) == (not read)
         assert [job_devices(p)[0]["name"] for p in peers] == \
             [job_devices(v)[0]["name"] for v in own]  # each its own GPU

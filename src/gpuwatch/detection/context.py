@@ -331,15 +331,18 @@ def pcie_between(views: Sequence[RankInput]) -> bool:
 
 def _pair_without(views: Sequence[RankInput], what: str) -> bool:
     """Whether the P2P map of a host says ``what`` (``read``, ``nvlink``) is false for a
-    pair of GPUs the job uses there (an absent word says nothing)."""
+    pair of GPUs the job uses there (an absent word says nothing). A rank of a larger job
+    seen alone knows only its own GPU: its peers' are taken as the host's others (a
+    rank-scope projection judges the links as the job-wide one does)."""
     used: dict[str, set[int]] = {}
     for v in views:
         used.setdefault(v.host, set()).update((v.topology or {}).get("job_gpus") or [])
     for v in views:
         mine = used.get(v.host, set())
+        alone = len(mine) <= 1 and v.world_size > 1
         for pair in (v.topology or {}).get("p2p") or []:
             gpus = pair.get("gpus") if isinstance(pair, dict) else None
-            if (isinstance(gpus, list) and len(gpus) == 2 and set(gpus) <= mine
+            if (isinstance(gpus, list) and len(gpus) == 2 and (alone or set(gpus) <= mine)
                     and pair.get(what) is False):
                 return True
     return False

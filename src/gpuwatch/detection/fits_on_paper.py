@@ -118,8 +118,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         "memory_peak_ratio": peak / total, "memory_peak_bytes": peak, "memory_total_bytes": total,
         "alloc_retries_total": retries, "ooms_total": float(ooms),
         "recompute_share_ratio": summary.recompute_share, "memory_need_bytes": need,
-        "speedup_ratio": proj.speedup,
     }
+    if fits:  # (onto a card that cannot hold the job, a projection is no figure)
+        evidence["speedup_ratio"] = proj.speedup
     if source == len(MEMORY_SOURCES) - 1:
         evidence["whole_card_memory"] = 1.0
     if cut is not None:
@@ -160,7 +161,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
             "memory_source": MEMORY_SOURCES[source][2],
             "symptoms": ", ".join(k for k, v in symptoms.items() if v),
             "workarounds": "; ".join(workarounds) or "run without the memory workarounds"}
-    return Detection(evidence, [view.rank], text=text, projection=proj.as_dict(),
+    return Detection(evidence, [view.rank], text=text,
+                     projection=proj.as_dict() if fits else None,
                      verdict=verdict, variant=None if verdict == "move_to_h100" else "too_big")
 
 
