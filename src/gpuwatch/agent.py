@@ -545,14 +545,22 @@ _agents: weakref.WeakSet[Agent] = weakref.WeakSet()
 _lifecycle_installed = False
 
 
+_finalized_in: int | None = None  # the process whose multiprocessing finalizer stops agents
+
+
 def _register(agent: Agent) -> None:
-    global _lifecycle_installed
+    global _lifecycle_installed, _finalized_in
     _agents.add(agent)
-    if _lifecycle_installed:
-        return
-    _lifecycle_installed = True
-    atexit.register(stop_all)
-    os.register_at_fork(after_in_child=_agents.clear)
+    if not _lifecycle_installed:
+        _lifecycle_installed = True
+        atexit.register(stop_all)
+        os.register_at_fork(after_in_child=_agents.clear)
+    # A multiprocessing child (a rank started with multiprocessing.Process) ends in
+    # os._exit after its run(): atexit never runs there, its finalizers do.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and _finalized_in != os.getpid():
+        _finalized_in = os.getpid()
+        util.Finalize(None, stop_all, exitpriority=0)
 
 
 def stop_all() -> None:

@@ -89,6 +89,23 @@ def test_mp_spawn_ranks_each_get_their_log_and_port_and_the_slow_one_is_named(
     assert named == [[2]], findings(out)
 
 
+def test_ranks_forked_as_multiprocessing_processes_keep_their_last_steps(
+        tmp_path: Path) -> None:
+    """A forked multiprocessing.Process rank ends in os._exit after its run(): atexit never
+    runs, and its last steps (those not yet flushed) were lost (38 of 42). Its
+    multiprocessing finalizer stops the agent: every step is in the log."""
+    out, counts = tmp_path / "run", tmp_path / "counts"
+    counts.mkdir()
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(SCRIPTS / "spawned.py"), "--world", "2", "--seconds", "4",
+                            "--slow", "0", "--fork", "--count", str(counts)),
+               cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in range(2):
+        done = int((counts / f"rank{rank}").read_text())
+        assert len(steps(read(out / f"run-rank{rank}.jsonl"))) == done > 10
+
+
 def test_torchrun_restart_is_a_second_attempt_not_a_hang(tmp_path: Path) -> None:
     # torch's own elastic restart over gloo fails now and then on a loaded box, with or
     # without gpuwatch (a worker aborts while the new mesh connects): up to three tries of

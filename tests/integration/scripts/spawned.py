@@ -5,10 +5,13 @@ the ranks passed to init_process_group, no RANK/LOCAL_RANK/WORLD_SIZE in the env
 
 The last rank does ``--slow`` seconds of extra work each step (the others wait for it in
 the all-reduce). The job ends after ``--seconds`` or, with ``--until FILE``, once FILE
-exists; all ranks stop at the same step.
+exists; all ranks stop at the same step. ``--fork``: ranks started as forked
+multiprocessing.Process children instead (they end in os._exit); ``--count DIR``: each
+rank writes its number of steps to DIR/rank<r>.
 """
 
 import argparse
+import multiprocessing
 import os
 import socket
 import time
@@ -27,6 +30,7 @@ def train(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
     model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 16))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     deadline = time.monotonic() + args.seconds
+    done_steps = 0
     while True:
         loss = model(torch.randn(8, 256)).square().mean()
         opt.zero_grad()
@@ -38,12 +42,16 @@ def train(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
             dist.all_reduce(param.grad)
             param.grad /= world
         opt.step()
+        done_steps += 1
         over = time.monotonic() >= deadline or bool(args.until and os.path.exists(args.until))
         done = torch.tensor([float(over)])
         dist.all_reduce(done, op=dist.ReduceOp.MAX)
         if done.item():
             break
     dist.destroy_process_group()
+    if args.count:
+        with open(os.path.join(args.count, f"rank{rank}"), "w") as f:
+            f.write(str(done_steps))
 
 
 def main() -> None:
@@ -52,11 +60,21 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--slow", type=float, default=0.1)
     p.add_argument("--until", default="")
+    p.add_argument("--fork", action="store_true")
+    p.add_argument("--count", default="")
     args = p.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(train, args=(args.world, port, args), nprocs=args.world, join=True)
+    if not args.fork:
+        mp.spawn(train, args=(args.world, port, args), nprocs=args.world, join=True)
+        return
+    ranks = [multiprocessing.get_context("fork").Process(
+        target=train, args=(rank, args.world, port, args)) for rank in range(args.world)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join()
 
 
 if __name__ == "__main__":
