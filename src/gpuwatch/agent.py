@@ -7,7 +7,9 @@ to be stuck, never calling into a hung library), and does nothing in a forked
 child (a DataLoader worker inherits it but never runs it). It installs no signal
 handler: SIGTERM ends the process as promptly as it would without gpuwatch,
 even inside a long C call, and the run log then misses at most the last
-``flush_interval_s`` of steps.
+``flush_interval_s`` of steps. A handler the job installed itself is chained (it
+runs as before), so an exit it makes (``sys.exit(143)``) is known for a death, and
+the end waits for no last scrape.
 
 Identity first: until the process knows its rank (a process group, torchrun's
 environment; see ``instrument.identity``) the thread holds the hot path's marks,
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import os
+import signal
 import sys
 import threading
 import time
@@ -207,6 +211,7 @@ class Agent:
         self._thread = threading.Thread(target=self._run, name="gpuwatch-agent", daemon=True)
         self._thread.start()
         _register(self)
+        _chain_stop_handlers()
 
     def stop(self, timeout: float = STOP_TIMEOUT_S, failed: bool = False) -> None:
         """Stop the thread, write what is left and close; returns within ``timeout`` seconds,
@@ -572,12 +577,43 @@ def stop_all() -> None:
             log.warning("gpuwatch: stop failed: %s", exc)
 
 
+_stop_signalled = False  # a stopping signal reached a handler of the job's (chained)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _chain_stop_handlers() -> None:
+    """Chain the job's own Python handlers of the stopping signals (never one where it
+    has none: SIG_DFL ends the process at once), so that an exit they make is known:
+    ``sys.exit`` leaves no trace of its status for the atexit handlers. Main thread
+    only (where handlers are set); once per handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        handler = signal.getsignal(signum)
+        if (callable(handler) and handler is not signal.default_int_handler  # (Ctrl-C's
+                and not getattr(handler, "gpuwatch_chained", False)):  # KeyboardInterrupt)
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signum, _chained(handler))
+
+
+def _chained(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+    @functools.wraps(handler)
+    def chained(signum: int, frame: Any) -> Any:
+        global _stop_signalled
+        _stop_signalled = True
+        return handler(signum, frame)
+
+    chained.gpuwatch_chained = True  # type: ignore[attr-defined]
+    return chained
+
+
 def dying_of_an_exception() -> bool:
     """Whether the process is exiting because an exception (KeyboardInterrupt included)
-    went uncaught in its main thread: Python keeps the last one it printed in
-    ``sys.last_value`` before the atexit handlers run. (An exit through ``sys.exit``
-    leaves no trace of its status there, whatever it is.)"""
-    return getattr(sys, "last_value", None) is not None
+    went uncaught in its main thread (Python keeps the last one it printed in
+    ``sys.last_value`` before the atexit handlers run), or after a stopping signal
+    reached a handler of the job's (``_chain_stop_handlers``: its ``sys.exit`` leaves
+    no other trace)."""
+    return _stop_signalled or getattr(sys, "last_value", None) is not None
 
 
 def _nvml_index(gpus: list[int] | None, device: int | None) -> int | None:
