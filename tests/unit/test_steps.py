@@ -268,6 +268,22 @@ def test_a_checkpoint_is_sized_by_the_agent_not_the_training_thread(tmp_path: Pa
     assert saved_at(shards, time.time() - 1) == 30
 
 
+def test_a_distributed_checkpoint_counts_only_the_saving_ranks_own_shards(
+        tmp_path: Path) -> None:
+    """Every rank of a torch.distributed.checkpoint save writes its shards (named by its
+    rank) into one directory: each rank logged the whole directory (2x the bytes on 2
+    ranks). Its own shards, and files no rank names (.metadata), count."""
+    shards = tmp_path / "step10"
+    shards.mkdir()
+    for name, size in (("__0_0.distcp", 300), ("__1_0.distcp", 200), ("__1_1.distcp", 50),
+                       (".metadata", 10)):
+        (shards / name).write_bytes(b"s" * size)
+    since = time.time() - 1
+    assert saved_at(shards, since) == 560  # no group: the whole directory
+    assert [saved_at(shards, since, rank) for rank in (0, 1)] == [310, 260]
+    assert size_on_disk(shards, since, 1) == 260  # a large directory, sized later
+
+
 def test_marks_lost_in_a_lap_leave_missing_step_numbers_never_renumbered() -> None:
     """Steps 1-2 whole, marks of steps 3-5 lost mid-step 3, then 6-7 whole: step 6 was
     cut into by the loss and is dropped, 7 keeps its number."""

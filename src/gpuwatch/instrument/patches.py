@@ -221,7 +221,7 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
             return save(*args, **kwargs)
         finally:
             if isinstance(target, (str, os.PathLike)):  # (``saved_at``: a large directory later)
-                lazy.push(ring.CHECKPOINT_TARGET, saved_at(target, since))
+                lazy.push(ring.CHECKPOINT_TARGET, saved_at(target, since, _group_rank()))
             elif start is not None:
                 end = _tell(target)
                 if end is not None and end > start:
@@ -238,9 +238,20 @@ def _background_save(save: Callable[..., Any], target: Any, lazy: LazyPush,
     try:
         return save(*args, **kwargs)
     finally:
-        saved = saved_at(target, since) if isinstance(target, (str, os.PathLike)) else None
+        saved = (saved_at(target, since, _group_rank())
+                 if isinstance(target, (str, os.PathLike)) else None)
         nbytes = saved_bytes(saved)  # (the writer's thread, not training's)
         lazy.push(ring.BACKGROUND_SAVE, (time.perf_counter() - start, nbytes))
+
+
+def _group_rank() -> int | None:
+    """This process's rank in torch.distributed's default group, if one is up: the
+    shards of a distributed checkpoint it wrote are named by it."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        return int(dist.get_rank()) if dist is not None and dist.is_initialized() else None
+    except Exception:
+        return None
 
 
 def _tell(f: Any) -> int | None:

@@ -4,6 +4,7 @@ batch's leading dimension, a tensor's bytes, a saved checkpoint's bytes on disk.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,19 @@ QUICK_ENTRIES = 64  # a directory this small is sized at once, on the training t
 MTIME_SLACK_S = 5.0
 
 
-def saved_at(target: Any, since: float) -> int | tuple[str, float] | None:
+# A torch.distributed.checkpoint shard: written by the rank its name gives
+_SHARD = re.compile(r"__(\d+)_\d+\.distcp")
+
+
+def saved_at(target: Any, since: float, rank: int | None = None
+             ) -> int | tuple[str, float, int | None] | None:
     """What a save wrote, as the training thread can tell it at once: a file's bytes,
     or a small directory's (``QUICK_ENTRIES``: a checkpoint's shards; saved under a
     temporary name and renamed, either is gone by the time the agent looks); for a
-    larger directory its path and when the save began (Unix s, less
-    ``MTIME_SLACK_S``), sized later off the training thread; None for no path."""
+    larger directory its path, when the save began (Unix s, less ``MTIME_SLACK_S``) and
+    ``rank``, sized later off the training thread; None for no path. ``rank``: the
+    saving process's in its group, whose own shards alone count (every rank of a
+    distributed checkpoint writes into one directory)."""
     try:
         path = os.fspath(target)
         st = os.stat(path)
@@ -42,8 +50,8 @@ def saved_at(target: Any, since: float) -> int | tuple[str, float] | None:
         return None
     if not stat.S_ISDIR(st.st_mode):
         return st.st_size
-    total, whole = _walk(Path(path), since - MTIME_SLACK_S, QUICK_ENTRIES)
-    return total if whole else (path, since - MTIME_SLACK_S)
+    total, whole = _walk(Path(path), since - MTIME_SLACK_S, QUICK_ENTRIES, rank)
+    return total if whole else (path, since - MTIME_SLACK_S, rank)
 
 
 def saved_bytes(saved: Any) -> int:
@@ -54,23 +62,23 @@ def saved_bytes(saved: Any) -> int:
     return saved if isinstance(saved, int) and saved > 0 else 0
 
 
-def size_on_disk(target: Any, since: float = 0.0) -> int:
+def size_on_disk(target: Any, since: float = 0.0, rank: int | None = None) -> int:
     """Bytes of a saved file, or of the files under a saved directory written at or
-    after ``since`` (Unix s: the save's own, not the older checkpoints beside them),
-    walking at most ``MAX_ENTRIES`` entries; 0 if unknown. It stats every file: never
-    on the training thread."""
+    after ``since`` (Unix s: the save's own, not the older checkpoints beside them;
+    of ``rank``'s shards, not the other ranks'), walking at most ``MAX_ENTRIES``
+    entries; 0 if unknown. It stats every file: never on the training thread."""
     try:
         path = Path(os.fspath(target))
         if not path.is_dir():
             return path.stat().st_size
     except (OSError, TypeError):
         return 0
-    return _walk(path, since, MAX_ENTRIES)[0]
+    return _walk(path, since, MAX_ENTRIES, rank)[0]
 
 
-def _walk(path: Path, since: float, limit: int) -> tuple[int, bool]:
-    """(bytes of the files under ``path`` changed at or after ``since``, whether the
-    walk saw every entry) walking at most ``limit`` entries."""
+def _walk(path: Path, since: float, limit: int, rank: int | None) -> tuple[int, bool]:
+    """(bytes of the files under ``path`` changed at or after ``since``, but another
+    rank's shards, whether the walk saw every entry) walking at most ``limit`` entries."""
     total, seen, pending = 0, 0, [path]
     while pending:
         try:
@@ -81,7 +89,9 @@ def _walk(path: Path, since: float, limit: int) -> tuple[int, bool]:
                         return total, False
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(Path(entry.path))
-                    elif entry.is_file(follow_symlinks=False):
+                    elif entry.is_file(follow_symlinks=False) and not (
+                            rank is not None and (shard := _SHARD.fullmatch(entry.name))
+                            and int(shard[1]) != rank):
                         st = entry.stat(follow_symlinks=False)
                         total += st.st_size if st.st_mtime >= since else 0
         except OSError:
