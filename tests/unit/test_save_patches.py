@@ -18,6 +18,7 @@ from gpuwatch.instrument.patches import (
     TAKEOVER_STEPS,
     LazyPush,
     _closure_outside_the_update,
+    _writer_path,
     patch_activation_checkpoint,
     patch_safetensors,
     timed_checkpoint_save,
@@ -249,3 +250,33 @@ def test_loaders_over_one_dataset_split_by_samplers_are_two_loaders() -> None:
         timed_loader_next(type(iterator).__next__, lazy)(iterator)
         keys.append(marks[-1][1][:-1])
     assert keys[0] == keys[1] != keys[2]
+
+
+def test_a_distributed_checkpoints_writer_threads_are_part_of_its_save(tmp_path: Path) -> None:
+    """dcp.save with FileSystemWriter(path, thread_count=4): its writer threads' per-tensor
+    torch.save calls were logged as background saves of their own (54 for 3 saves), and
+    with no checkpoint_id the save had no path (0 bytes). The writer's path sizes it."""
+    lazy, marks = recorder()
+    torch_save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
+
+    class Writer:  # what a storage writer tells of itself: where it writes
+        path = tmp_path / "step10"
+
+    def dcp_save(state: dict[str, Any], *, storage_writer: Writer) -> None:
+        storage_writer.path.mkdir()
+        writers = [threading.Thread(target=torch_save, args=(
+            state, storage_writer.path / f"__0_{k}.distcp")) for k in range(4)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(timeout=60)
+
+    save = timed_checkpoint_save(dcp_save, lazy, target_kwarg="checkpoint_id",
+                                 target_of=_writer_path)
+    lazy.push(ring.STEP_BOUNDARY, 1)  # the loop has marked: this thread is its
+    save({"w": torch.zeros(100)}, storage_writer=Writer())
+    codes = [code for code, _ in marks]
+    assert ring.BACKGROUND_SAVE not in codes
+    assert codes[1:] == [ring.CHECKPOINT, ring.CHECKPOINT_TARGET, -ring.CHECKPOINT]
+    written = sum(p.stat().st_size for p in Writer.path.iterdir())
+    assert saved_bytes(marks[2][1]) == written > 0

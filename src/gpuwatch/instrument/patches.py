@@ -58,6 +58,7 @@ class LazyPush:
         self._others: dict[int, int] = {}  # other optimizers' steps since its last one
         self._starting = threading.Lock()  # held while the first mark starts the agent
         self._starter: int | None = None  # the thread starting it
+        self.saving = 0  # timed saves under way on the loop's thread (their writers' are theirs)
 
     def ends_step(self, optimizer: Any) -> bool:
         """Whether ``optimizer``'s step ends a training step. The first optimizer to step
@@ -202,8 +203,14 @@ def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush) -> Calla
 
 
 def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: int | None = None,
-                          target_kwarg: str | None = None) -> Callable[..., Any]:
-    """Wrap a save function: a checkpoint phase, and the target (path or bytes written)."""
+                          target_kwarg: str | None = None,
+                          target_of: Callable[[dict[str, Any]], Any] | None = None
+                          ) -> Callable[..., Any]:
+    """Wrap a save function: a checkpoint phase, and the target (path or bytes written):
+    the ``target_kwarg`` or ``target_arg`` argument, else what ``target_of`` finds in the
+    keyword arguments. A save another thread makes while the loop's own save is under
+    way (a distributed checkpoint's writer threads) is a part of that one, not a
+    background save of its own."""
 
     @functools.wraps(save)
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -212,14 +219,20 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
             target = args[target_arg]
         elif target is None and target_arg is not None:
             target = kwargs.get("f")
+        if target is None and target_of is not None:
+            target = target_of(kwargs)
         if lazy.off_loop():
+            if lazy.saving:
+                return save(*args, **kwargs)
             return _background_save(save, target, lazy, args, kwargs)
         start = _tell(target)
         since = time.time()
         lazy.push(ring.CHECKPOINT)
+        lazy.saving += 1
         try:
             return save(*args, **kwargs)
         finally:
+            lazy.saving -= 1
             if isinstance(target, (str, os.PathLike)):  # (``saved_at``: a large directory later)
                 lazy.push(ring.CHECKPOINT_TARGET, saved_at(target, since, _group_rank()))
             elif start is not None:
@@ -297,8 +310,14 @@ def patch_distributed_checkpoint(lazy: LazyPush, module: Any) -> None:
     for name in ("save", "save_state_dict", "async_save"):
         original = getattr(module, name, None)
         if original is not None:
-            setattr(module, name, timed_checkpoint_save(original, lazy,
-                                                        target_kwarg="checkpoint_id"))
+            setattr(module, name, timed_checkpoint_save(
+                original, lazy, target_kwarg="checkpoint_id", target_of=_writer_path))
+
+
+def _writer_path(kwargs: dict[str, Any]) -> Any:
+    """Where a distributed checkpoint goes when only its storage writer says so
+    (``storage_writer=FileSystemWriter(path)``)."""
+    return getattr(kwargs.get("storage_writer"), "path", None)
 
 
 def patch_safetensors(lazy: LazyPush, module: Any) -> None:
