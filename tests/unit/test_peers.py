@@ -211,7 +211,8 @@ def test_published_ranks_say_when_their_gpus_cannot_reach_each_other() -> None:
             "devices": [{"index": i, "name": f"NVIDIA GeForce RTX 5090 #{i}",
                          "nvlink_links_active": 0, "pcie_bytes_per_second": 63e9}
                         for i in range(2)],
-            "job_gpus": [rank], "p2p": [{"gpus": [0, 1], "nvlink": read, "read": read}]})])
+            "gpu_count": 2, "job_gpus": [rank],
+            "p2p": [{"gpus": [0, 1], "nvlink": read, "read": read}]})])
         return view
 
     for read in (False, True):

@@ -232,6 +232,11 @@ def test_a_wait_todays_link_does_not_explain_is_kept_on_any_card() -> None:
     staged = project(StepParts(compute=1.0, comm=0.6, comm_bytes=1.2e9), H100, RTX5090,
                      ranks=4, inputs=replace(judged, host_staged=True))
     assert staged.projected.comm == pytest.approx(1.2e9 / 450e9)  # that path's bandwidth
+    # where the ranks were compared, waiting on a slower rank is no latency: 3 GB take
+    # 0.047 s of a 0.15 s transfer (explained), the other 0.21 s of the wait is skew
+    skewed = project(StepParts(compute=1.0, comm=0.36, comm_bytes=3e9), H100, RTX5090,
+                     ranks=4, inputs=replace(judged, transfer_s=0.15))
+    assert skewed.projected.comm == pytest.approx(3e9 / 450e9)
 
 
 def test_a_pipelines_wait_beyond_its_bytes_is_a_bubble_scaled_like_compute() -> None:

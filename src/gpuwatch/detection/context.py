@@ -119,12 +119,14 @@ class Context:
 
     def project(self, views: Sequence[RankInput], parts: StepParts, since: float, *,
                 target: Gpu | None = None, drop_recompute: bool = False,
-                target_gpus: int | None = None, fabric: float | None = None) -> Projection:
+                target_gpus: int | None = None, fabric: float | None = None,
+                transfer_s: float | None = None) -> Projection:
         """``parts`` (the mean step of ``views``' ranks) projected onto ``target`` (default
         the configured one, or a bigger card where it cannot hold the job: ``holding``)
         with what the views measured, priced for the whole job (its world size; tokens and
         samples per rank taken as the same on every rank). ``fabric``: the link between
-        the job's nodes (default ``inter_node_link``)."""
+        the job's nodes (default ``inter_node_link``); ``transfer_s`` the transfer part of
+        the collective wait where the ranks were compared (``Inputs.transfer_s``)."""
         view = views[0]
         held = memory_held(view, since)  # (rank 0's in a job: what live and replay both see)
         current = self.current_gpu(view)
@@ -152,7 +154,8 @@ class Context:
             host_bound=any("underutilised" in self.explained.get(v.rank, ()) for v in views),
             loader_bound=any("data_starvation" in self.explained.get(v.rank, ())
                              for v in views),
-            latency_bytes=self.latency_bytes, link_explained=self.link_explained)
+            latency_bytes=self.latency_bytes, link_explained=self.link_explained,
+            transfer_s=transfer_s)
         proj = project(parts, target or self.holding(held, card), current, ranks=world,
                        drop_recompute=drop_recompute, planned_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)
@@ -331,21 +334,32 @@ def pcie_between(views: Sequence[RankInput]) -> bool:
 
 def _pair_without(views: Sequence[RankInput], what: str) -> bool:
     """Whether the P2P map of a host says ``what`` (``read``, ``nvlink``) is false for a
-    pair of GPUs the job uses there (an absent word says nothing). A rank of a larger job
-    seen alone knows only its own GPU: its peers' are taken as the host's others (a
-    rank-scope projection judges the links as the job-wide one does)."""
+    pair of GPUs the job uses there (an absent word says nothing). A rank seen alone
+    knows only its own GPU: its peers' are inferred (``_peers_gpus``), so a rank-scope
+    projection judges the links as the job-wide one does."""
     used: dict[str, set[int]] = {}
     for v in views:
         used.setdefault(v.host, set()).update((v.topology or {}).get("job_gpus") or [])
     for v in views:
         mine = used.get(v.host, set())
-        alone = len(mine) <= 1 and v.world_size > 1
+        if len(views) == 1:
+            mine = _peers_gpus(v, mine)
         for pair in (v.topology or {}).get("p2p") or []:
             gpus = pair.get("gpus") if isinstance(pair, dict) else None
-            if (isinstance(gpus, list) and len(gpus) == 2 and (alone or set(gpus) <= mine)
+            if (isinstance(gpus, list) and len(gpus) == 2 and set(gpus) <= mine
                     and pair.get(what) is False):
                 return True
     return False
+
+
+def _peers_gpus(view: RankInput, mine: set[int]) -> set[int]:
+    """The GPUs a rank seen alone (it knows its own) takes its job to use on its host:
+    where the job fits the host and the rank's GPU is among its first ``world_size``,
+    those (each rank on the device of its local rank); else its own alone."""
+    count = (view.topology or {}).get("gpu_count") or 0
+    if len(mine) == 1 and 1 < view.world_size <= count and max(mine) < view.world_size:
+        return set(range(view.world_size))
+    return mine
 
 
 def tensor_share(view: RankInput, since: float) -> float | None:

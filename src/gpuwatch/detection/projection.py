@@ -110,7 +110,9 @@ class Inputs:
     or where today's link moves the bytes in less than ``link_explained`` of the wait,
     the wait is not the link's bandwidth (latency, contention, a misconfigured NCCL):
     the part today's link does not explain is kept on any card (sync_bottleneck's
-    thresholds; 0 and 0: every wait is the link's).
+    thresholds; 0 and 0: every wait is the link's). ``transfer_s``: the part of the
+    wait that is transfer (the least wait across ranks, per step), where the job's
+    ranks were compared; the rest is waiting on slower ranks, never kept as latency.
     ``fabric_unseen``: the job spans nodes but nothing reports the link between them (no
     InfiniBand or RoCE port, no setting): a move keeps its collective wait as measured.
     ``loader_bound``: the step waits on its data loader (``data_starvation``), so it goes
@@ -136,6 +138,7 @@ class Inputs:
     host_bound: bool = False
     latency_bytes: float = 0.0
     link_explained: float = 0.0
+    transfer_s: float | None = None
 
 
 @dataclass
@@ -458,11 +461,12 @@ def _unexplained(now: StepParts, today: float | None, inputs: Inputs,
     if today is None or inputs.host_staged:
         return 0.0
     link_s = now.comm_bytes / today
-    if now.comm_bytes >= inputs.latency_bytes and link_s >= inputs.link_explained * now.comm:
+    wait = min(inputs.transfer_s, now.comm) if inputs.transfer_s is not None else now.comm
+    if now.comm_bytes >= inputs.latency_bytes and link_s >= inputs.link_explained * wait:
         return 0.0
-    kept = max(now.comm - link_s, 0.0)
+    kept = max(wait - link_s, 0.0)
     notes.append(f"today's link moves the {now.comm_bytes / 1e6:.3g} MB in {link_s:.3g} s of "
-                 f"the {now.comm:.3g} s wait: the other {kept:.3g} s (latency, contention) "
+                 f"the {wait:.3g} s transfer: the other {kept:.3g} s (latency, contention) "
                  "kept on any card")
     return kept
 

@@ -96,7 +96,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "factor, auxiliary loss). A faster link would not help."}
         return Detection(evidence, ranks, text=text, verdict="fix_here")
     fabric = inter_node_link(views, th["inter_node_bytes_per_second"])
-    proj = ctx.project(views, mean, since, fabric=fabric)
+    proj = ctx.project(views, mean, since, fabric=fabric, transfer_s=split.transfer_s)
     unsized = mean.comm_bytes <= 0  # no collective's bytes were seen
     small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
     needed = mean.comm_bytes / link if link and not unsized else None  # the link's seconds
