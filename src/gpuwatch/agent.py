@@ -565,14 +565,23 @@ def _register(agent: Agent) -> None:
     util = sys.modules.get("multiprocessing.util")
     if util is not None and _finalized_in != os.getpid():
         _finalized_in = os.getpid()
-        util.Finalize(None, stop_all, exitpriority=0)
+        util.Finalize(None, _stop_at_process_end, exitpriority=0)
 
 
-def stop_all() -> None:
-    """Stop every agent of this process (at exit; safe to call twice)."""
+def _stop_at_process_end() -> None:
+    """A multiprocessing child's end (its run() returned or raised: the exception is
+    still under way here, and a failed process waits for no last scrape)."""
+    exc = sys.exc_info()[1]
+    stop_all(failed=exc is not None and not (isinstance(exc, SystemExit)
+                                             and exc.code in (0, None)))
+
+
+def stop_all(failed: bool = False) -> None:
+    """Stop every agent of this process (at exit; safe to call twice); ``failed``: the
+    process ends in an error (``Agent.stop``)."""
     for agent in list(_agents):
         try:
-            agent.stop()
+            agent.stop(failed=failed)
         except Exception as exc:  # never let shutdown raise
             log.warning("gpuwatch: stop failed: %s", exc)
 

@@ -196,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-class _Stopped(Exception):
+class _Stopped(BaseException):  # (not an Exception: the replay's own handlers let it by)
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum

@@ -130,3 +130,46 @@ def test_sigkill_at_a_random_point_leaves_a_readable_gapless_log(tmp_path: Path,
     assert proc.returncode == -signal.SIGKILL
     steps, skipped = _steps(tmp_path)
     assert steps == list(range(1, len(steps) + 1)) and skipped <= 1
+
+
+CRASHING_CHILD = """
+import multiprocessing, sys, time, urllib.request
+from pathlib import Path
+import gpuwatch
+from gpuwatch.records import Meta
+from gpuwatch.runlog import RunLogReader
+
+def rank(out):
+    monitor = gpuwatch.watch(out_dir=out, flush_interval_s=0.1,
+                             exporter={"port": 0, "final_scrape_s": 60})
+    with monitor.step(samples=1):
+        pass
+    log = Path(out) / "run.jsonl"
+    deadline = time.monotonic() + 30
+    port = None
+    while port is None and time.monotonic() < deadline:
+        try:
+            port = next((r.metrics_port for r in RunLogReader(log) if isinstance(r, Meta)), None)
+        except OSError:
+            pass
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+child = multiprocessing.get_context("fork").Process(target=rank, args=(sys.argv[1],))
+started = time.monotonic()
+child.start()
+child.join(60)
+print(child.exitcode, round(time.monotonic() - started, 1))
+"""
+
+
+def test_a_multiprocessing_rank_that_crashes_waits_for_no_last_scrape(tmp_path: Path) -> None:
+    """A forked rank raising out of its run(): its agent is stopped by the process's
+    multiprocessing finalizer while the exception is under way, as a failure, so a
+    scraped endpoint does not hold the crashed rank for ``final_scrape_s``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    done = subprocess.run([sys.executable, "-c", CRASHING_CHILD, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    code, took = done.stdout.split()
+    assert code == "1", done.stderr[-2000:]
+    assert float(took) < 20  # it would wait up to 60 s for the next scrape

@@ -365,6 +365,10 @@ def test_symptoms_on_a_card_other_processes_fill_are_a_shared_card_fixed_here() 
     assert "nvidia-smi" in f.action and f.projection is None
     unknown = [x for x in judge(job(None)) if x.detector == "fits_on_paper"]
     assert all("shared" not in x.summary for x in unknown)
+    # in a container NVML names host PIDs: none matched the job's own, which is no
+    # reading of them (the job's own memory would count as another process's)
+    unmatched = [x for x in judge(job(0.0)) if x.detector == "fits_on_paper"]
+    assert all("shared" not in x.summary for x in unmatched)
 
 
 def test_a_full_cache_without_symptoms_is_not_memory_pressure() -> None:

@@ -81,8 +81,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return by_design(view, th, summary, peak, total, since)
     others = other_processes(view, since)
     if (others is not None and not pressure and others >= th["others_ratio"] * total
-            and peak + others >= th["memory_ratio"] * total):
-        return shared(view, symptoms, others, peak, total)
+            and peak + others >= th["memory_ratio"] * total
+            and memory_need(view, since, peak, cut, 1.0) <= th["target_headroom"] * total):
+        return shared(view, symptoms, others, peak, total)  # (it fits the card alone)
     live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
     if (live is not None and retries > 0 and not ooms and cut is None
             and live.high < th["live_ratio"] * total
@@ -182,10 +183,13 @@ def by_design(view: Telemetry, th: dict[str, float], summary: StepSummary, peak:
 
 def other_processes(view: Telemetry, since: float) -> float | None:
     """Bytes other processes hold on this rank's card at its fullest: NVML's used memory
-    beyond the job's own processes'; None where NVML gave either not."""
+    beyond the job's own processes'; None where NVML gave either not, or none of the
+    job's own (in a container NVML names host PIDs the job cannot match to its own)."""
     used = view.figure("nvml", "gpu_memory_used_bytes", since)
     own = view.figure("nvml", "gpu_process_memory_bytes", since)
-    return max(used.high - own.high, 0.0) if used is not None and own is not None else None
+    if used is None or own is None or own.high <= 0:
+        return None
+    return max(used.high - own.high, 0.0)
 
 
 def shared(view: Telemetry, symptoms: dict[str, bool], others: float, peak: float,
