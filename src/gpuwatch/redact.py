@@ -32,18 +32,19 @@ _SECRET_WORDS = r"(?:token(?![a-z]|[-_]ids?(?![a-z]))|secret|passw(?:or)?d|passp
                 r"api[-_]?key|access[-_]?key|private[-_]?key|auth(?![a-z])|credential|" \
                 r"webhook|cookie|session[-_]?key|signature)"
 # Whole names that say secret though their words alone do not: --key, --wandb-key,
-# --openai-key, --db-pass, DB_PASS, --cred, a signed URL's sig= (not --sort-key,
-# --csv-img-key, --first-pass, SSL_KEY_FILE).
-_SECRET_NAMES = (r"(?:key|pw|sig|(?:wandb|openai|anthropic|comet|neptune|clearml|ssh|hf|"
-                 r"huggingface|cohere|mistral|groq|pinecone|replicate|openrouter|datadog|sentry)"
-                 r"[-_]?(?:api[-_]?)?key|creds?|(?:(?:db|database|sql|mysql|"
+# --openai-key, --config.wandb.key, --db-pass, DB_PASS, --cred (not --sort-key,
+# --csv-img-key, --data.sort.key, --first-pass, SSL_KEY_FILE).
+_PROVIDER_KEY = (r"(?:wandb|openai|anthropic|comet|neptune|clearml|ssh|hf|huggingface|cohere|"
+                 r"mistral|groq|pinecone|replicate|openrouter|datadog|sentry)[-_.]?(?:api[-_]?)?key")
+_SECRET_NAMES = (rf"(?:key|pw|{_PROVIDER_KEY}|creds?|(?:(?:db|database|sql|mysql|"
                  r"postgres|pg|redis|mongo|admin|user|root|ldap|smtp|mail|ftp|ssh|proxy)[-_])?"
                  r"pass)")
 # A name holding a secret word, matched in linear time: a lookahead finds the word, then
 # the name is taken whole and never given back (nested "[\w.-]*" around the word made
 # a long argument cost cubic time, with the GIL held). Patterns anchor where it starts.
 _WORDY = rf"(?=[\w.-]*?{_SECRET_WORDS})[\w.-]++"
-_NAME = rf"(?:{_WORDY}|(?<![\w.])-{{0,2}}{_SECRET_NAMES}(?![\w.-]))"
+_NAME = (rf"(?:{_WORDY}|(?<![\w.])-{{0,2}}(?:(?:\w++\.)*?{_PROVIDER_KEY}|{_SECRET_NAMES})"
+         r"(?![\w.-]))")
 # A name that says secret: HF_TOKEN, hf-token, GPUWATCH_SLACK__WEBHOOK_URL, aws_secret_access_key.
 SECRET_NAME = re.compile(rf"(?i)^(?:{_WORDY}|{_SECRET_NAMES})$")
 # (the password runs to the argument's last "@" within 512 characters: passwords hold "/"
@@ -65,6 +66,8 @@ _TOKEN = re.compile(r"(?:(?<![\w-])|(?<=%22)|(?<=%27))"  # (URL-quoted too)
 _BEARER = re.compile(r"(?i)\b((?:bearer|basic|token)\s+(?=[A-Za-z0-9._~+/=-]*\d))"
                      r"[A-Za-z0-9._~+/=-]{8,}")
 # HTTP headers that carry credentials: "Authorization: ...", "X-Api-Key: ..."
+# A signed URL's signature (Azure SAS, S3 and GCS presigned): ?sig=X, &X-Amz-Signature=X
+_SIGNED = re.compile(r"(?i)([?&](?:sig|x-amz-signature|x-goog-signature)=)[^&\s\"'<>]+")
 # (each name from its start, found by a lookahead and never given back: linear time)
 _HEADER = re.compile(r"(?i)(?<![\w-])((?:proxy-)?authorization|"
                      r"(?=[\w-]*?api-key(?![\w-]))[\w-]++|x-(?=[\w-]*?token(?![\w-]))[\w-]++|"
@@ -74,7 +77,7 @@ _HEADER = re.compile(r"(?i)(?<![\w-])((?:proxy-)?authorization|"
 _ASSIGNED = re.compile(rf"(?i)((?<![\w.-]){_NAME}(?:[\"']\])?\s*=\s*)"
                        r"(?:\"[^\"\n]*+\"|'[^'\n]*+'|[\"']?[^\s\"',;&]+)")
 # --password X, '--hf-token', 'X' (a command line in text: a CalledProcessError's list)
-_OPTION = re.compile(rf"(?i)((?<![\w-])--?{_NAME}[\"']?(?:\s*,\s*[\"']?|\s+[\"']?))"
+_OPTION = re.compile(rf"(?i)((?<![\w.-])--?{_NAME}[\"']?(?:\s*,\s*[\"']?|\s+[\"']?))"
                      r"(?!--?\w)[^\s\"',\])]+")
 # password: X at a line's start (YAML, credentials files)
 _COLON = re.compile(rf"(?im)^(\s*{_NAME}\s*:\s*)\S.*$")
@@ -130,6 +133,7 @@ def redact(text: str) -> str:
     text = _BEARER.sub(rf"\1{MASK}", text)
     text = _HEADER.sub(rf"\1\2{MASK}", text)
     text = _FIELD.sub(rf"\1{MASK}", text)
+    text = _SIGNED.sub(rf"\1{MASK}", text)
     text = _ASSIGNED.sub(_masked_value, text)
     text = _OPTION.sub(rf"\1{MASK}", text)
     text = _COLON.sub(rf"\1{MASK}", text)
@@ -159,8 +163,9 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             hide_next = False
             continue
         name, eq, _ = arg.partition("=")
-        # (a dotted config key names its secret last: --config.wandb.key=X)
-        if (SECRET_NAME.match(name.lstrip("-")) or SECRET_NAME.match(name.rsplit(".", 1)[-1])) \
+        # (a dotted config key names its secret last: --config.wandb.key=X, --db.password)
+        last = ".".join(name.lstrip("-").rsplit(".", 2)[-2:])  # (its last two words)
+        if (SECRET_NAME.match(name.lstrip("-")) or SECRET_NAME.match(last)) \
                 and (eq or arg.startswith("-")):
             hide_next = not eq
             out.append(f"{name}={MASK}" if eq else arg)

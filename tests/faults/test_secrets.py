@@ -46,6 +46,10 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     ("signed-url-sig", "GET https://a.blob.core.windows.net/c/x?sv=2022-11-02&sp=r&"
      "sig=Zk9vQmFyU2lnbmF0dXJl%3D&se=2030", "Zk9vQmFyU2lnbmF0dXJl"),
     ("quoted-value-with-spaces", "export WANDB_API_KEY='abc 123456789'", "123456789"),
+    ("dotted-config-key-in-text", "failed: python t.py --config.wandb.key=SECRETdot7 x",
+     "SECRETdot7"),
+    ("presigned-s3-url", "GET https://b.s3.amazonaws.com/x?X-Amz-Signature=abc123def456&y=1",
+     "abc123def456"),
     ("environ-item-assigned", "python -c \"os.environ['HF_TOKEN']='SECRETenv99'\"",
      "SECRETenv99"),
     ("url-userinfo-password", "connect https://admin:hunter2hunter2@grafana.local/api", "hunter2"),
@@ -94,7 +98,8 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     "pulling docker://registry.example.com:5000/img@sha256:abcdef",
     "see https://example.com:8443/users/me@example.com for details",
     "PWD=/home/me/project", "the bearer instrument failed", "the author=alice",
-    "design=sig, signal=1, sigma=0.5", "--sort-key loss --csv-img-key filepath"])
+    "design=sig, signal=1, sigma=0.5", "--sort-key loss --csv-img-key filepath",
+    "--data.sort.key=len --trainer.sig=1 --sig 3.0"])
 def test_ordinary_words_paths_and_hashes_are_no_secrets(text: str) -> None:
     assert redact.redact(text) == text
 
@@ -102,7 +107,8 @@ def test_ordinary_words_paths_and_hashes_are_no_secrets(text: str) -> None:
 def test_options_named_like_keys_are_not_all_secret() -> None:
     argv = ["train.py", "--csv-img-key", "filepath", "--sort_key", "loss", "--pass_count", "3",
             "--keys", "a,b", "--max-tokens", "4096", "--tokenizer", "gpt2", "--author", "alice",
-            "--pad_token_id", "0", "--first-pass", "3"]
+            "--pad_token_id", "0", "--first-pass", "3", "--data.sort.key=len",
+            "--trainer.sig", "1", "--sig", "3.0"]
     assert redact.redact_argv(argv) == argv
     assert not [n for n in ("SSL_KEY_FILE", "PRIMARY_KEY_COLUMN", "KEYBOARD", "PASSES")
                 if redact.SECRET_NAME.match(n)]
@@ -128,6 +134,7 @@ ARGV = [  # (row id, command line, the secret)
      "7f3a9c1e5b2d4f6a8c0e"),
     ("openai-key-option", ["train.py", "--openai-key", "ARGSECRET9xx"], "ARGSECRET9xx"),
     ("dotted-config-key", ["train.py", "--config.wandb.key=ARGSECRET8xx"], "ARGSECRET8xx"),
+    ("dotted-password", ["train.py", "--db.password", "ARGSECRET7xx"], "ARGSECRET7xx"),
     ("option-then-value", ["train.py", "--hf-token", "hf_ARGSECRET1"], "hf_ARGSECRET1"),
     ("option-equals-value", ["train.py", "--token=ARGSECRET2xx"], "ARGSECRET2xx"),
     ("env-like-argument", ["env", "WANDB_API_KEY=ARGSECRET3xx", "python"], "ARGSECRET3xx"),
@@ -234,7 +241,8 @@ def test_a_password_in_the_runbook_url_stays_out_of_the_alert_rules() -> None:
 
 
 @pytest.mark.parametrize("unit", ["secret", "cookie", "token.", "password", "x-", "a-", "--a",
-                                  "api-key", "sk-", "https://a:", "db_pass", "'token':"])
+                                  "api-key", "sk-", "https://a:", "db_pass", "'token':", "-.",
+                                  "x.wandb."])
 def test_a_long_argument_is_redacted_in_linear_time(unit: str) -> None:
     """The agent redacts the job's command line on its thread with the GIL held: a
     pattern that backtracks over a long argument (4 KB of "secret" once took 22 s)
