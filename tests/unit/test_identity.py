@@ -51,6 +51,7 @@ def test_a_bogus_launcher_environment_is_no_identity() -> None:
     assert who({"RANK": "0", "WORLD_SIZE": "100000000"})[:2] == (0, 1)
     assert who({"RANK": "0", "WORLD_SIZE": "4294967295"})[4] == "single"
     assert who({"RANK": "9", "WORLD_SIZE": "8"})[4] == "single"
+    assert who({"RANK": "0", "WORLD_SIZE": "\u00b2"})[4] == "single"  # a digit, no number
     assert who({"RANK": "0", "WORLD_SIZE": "100000"})[:2] == (0, 100000)  # a big, real job
 
 

@@ -108,7 +108,7 @@ def _num(environ: Mapping[str, str], name: str) -> int | None:
     """A rank or world size from the environment; None unless a number below
     ``MAX_RANKS`` (a sentinel such as 4294967295 would make every per-rank table huge)."""
     value = environ.get(name, "").strip()
-    return int(value) if value.isdigit() and len(value) < 8 and int(value) < MAX_RANKS \
+    return int(value) if value.isdecimal() and len(value) < 8 and int(value) < MAX_RANKS \
         else None
 
 
