@@ -165,6 +165,37 @@ def test_an_eval_loaders_batches_and_waits_are_not_the_training_steps() -> None:
     assert [s.other_s for s in out[:2]] == [0.0, 0.0]
 
 
+def test_an_eval_inside_a_step_or_before_the_first_is_not_the_training_loaders() -> None:
+    """``for batch in train: if step % N == 0: evaluate(); train(batch)``: the eval loader
+    is iterated after the training batch came and before the optimizer steps, so its
+    batch is the last before the step ends; and a baseline eval before step 1 fetches
+    many batches before the first training one. Neither counts as training (5,080
+    samples were logged for 1,688, the eval's time as data wait)."""
+    train, evals = 1, 2
+    marks: list[tuple[int, float, object]] = []
+    t = 0.0
+
+    def eval_loop() -> None:
+        nonlocal t
+        for _ in range(10):
+            marks.extend([(ring.DATA, t, None), (-ring.DATA, t + 0.05, None),
+                          (ring.LOADER_BATCH, t + 0.05, (evals, 100))])
+            t += 0.1
+
+    eval_loop()  # a baseline eval before the first step
+    for k in range(4):
+        marks += [(ring.DATA, t, None), (-ring.DATA, t + 0.01, None),
+                  (ring.LOADER_BATCH, t + 0.01, (train, 8))]
+        t += 0.01
+        if k == 2:
+            eval_loop()  # inside the step, after its batch came
+        marks.append((ring.STEP_BOUNDARY, t + 0.2, None))
+        t += 0.2
+    out = steps(assemble(marks))
+    assert [s.samples for s in out] == [8] * 4
+    assert [s.data_s for s in out] == pytest.approx([0.01] * 4)
+
+
 def test_loaders_zipped_together_all_feed_the_step() -> None:
     """Multi-task training zips two loaders: both feed every step (their samples and
     waits count), unlike an eval loader's burst between two steps."""

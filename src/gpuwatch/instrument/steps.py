@@ -28,7 +28,7 @@ read (at most ``HOLD_STEPS`` later steps), so ranks compare the same step's wait
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -395,12 +395,19 @@ class StepAssembler:
         self._reset(t)
 
     def _feeding(self) -> set[Loader]:
-        """The loaders that feed this step: the one whose batch came last before it ended
-        and every one the last step counted that fetched here too (several loaders zipped
-        feed every step; an eval loader's burst between two steps fed neither). The
-        first step counts every loader it saw."""
+        """The loaders that feed this step: those the last step counted that fetched here
+        too (several loaders zipped feed every step; an eval loader iterated between two
+        steps, or inside one before its optimizer step, feeds none), else the one whose
+        batch came last before it ended (training went on with another loader). The
+        first step counts the loaders that fetched the fewest batches in it (a baseline
+        eval before it fetches many)."""
         seen = set(self._by_loader)
-        fed = seen if self._fed_by is None else {self._loader} | (self._fed_by & seen)
+        if self._fed_by is None:
+            counts = Counter(key for key, _, _ in self._fetches)
+            least = min(counts.values(), default=0)
+            fed = {key for key, n in counts.items() if n == least} or seen
+        else:
+            fed = (self._fed_by & seen) or {self._loader}
         self._fed_by = fed
         return fed
 
