@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 import urllib.request
 import warnings
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gpuwatch.records import Event, Meta, Step
-from tests.integration.conftest import read
+from tests.integration.conftest import ROOT, gpuwatch_cmd, read, run
 
 pytestmark = pytest.mark.integration
 torch = pytest.importorskip("torch")
@@ -219,3 +220,36 @@ def test_a_second_hf_train_goes_on_in_an_agent_the_callback_did_not_start(
         process.stop()
     steps = [r for r in read(tmp_path / "run" / "run.jsonl") if isinstance(r, Step)]
     assert len(steps) == 20
+
+
+LIGHTNING_THEN_PLAIN = """
+import sys, torch, lightning as L
+from torch.utils.data import DataLoader, TensorDataset
+from gpuwatch.integrations.lightning import GpuWatchCallback
+sys.path.insert(0, sys.argv[1])
+from tests.tiny_lightning import TinyWithEval
+
+data = TensorDataset(torch.randn(160, 32), torch.randn(160, 1))
+L.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False,
+          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+          callbacks=[GpuWatchCallback()]).fit(TinyWithEval(), DataLoader(data, batch_size=8))
+model = torch.nn.Linear(32, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+for x, y in DataLoader(data, batch_size=8):
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+"""
+
+
+def test_under_gpuwatch_run_a_callback_leaves_the_process_agent_running(
+        tmp_path: Path) -> None:
+    """gpuwatch run's hooks own the process's agent even where a callback's fit starts it
+    (no mark came before): the fit's end stopped it, and the plain loop after the fit
+    went unrecorded (10 of 30 steps)."""
+    out = tmp_path / "run"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable, "-c",
+                            LIGHTNING_THEN_PLAIN, str(ROOT)), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in out.glob("run*.jsonl")] == ["run.jsonl"]
+    assert len([r for r in read(out / "run.jsonl") if isinstance(r, Step)]) == 30

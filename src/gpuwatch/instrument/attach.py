@@ -77,11 +77,28 @@ def _guarded(name: str, patch: Callable[[ModuleType], None]) -> Callable[[Module
     return run
 
 
+_installed: LazyPush | None = None  # the zero-code hooks' state, once installed
+
+
+def installed() -> bool:
+    """Whether the zero-code hooks are installed in this process (``gpuwatch run``): its
+    agent is theirs, for the whole process, whoever starts it."""
+    return _installed is not None
+
+
+def framework_loop_ended() -> None:
+    """A framework's training loop ended: the zero-code hooks let the next optimizer to
+    step end steps at once (a plain loop after a fit)."""
+    if _installed is not None:
+        _installed.release_boundary()
+
+
 def install(start: Callable[[], Push]) -> LazyPush:
     """Patch torch now if imported, else when it is; returns the hooks' shared state.
     ``start`` starts the agent at the first mark and returns its push (the layer above
     passes ``gpuwatch.monitor.start_agent``)."""
-    lazy = LazyPush(start, in_dataloader_worker)
+    global _installed
+    lazy = _installed = LazyPush(start, in_dataloader_worker)
     patches: dict[str, Callable[[ModuleType], None]] = {
         name: functools.partial(fn, lazy) for name, fn in PATCHES.items()}
     hook = PostImportHook({n: p for n, p in patches.items() if n not in sys.modules})

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from gpuwatch.instrument import ring
+from gpuwatch.instrument.attach import framework_loop_ended
 from gpuwatch.instrument.sizes import batch_size, saved_at
 
 Push = Any  # MarkRing.push
@@ -82,7 +83,11 @@ class LoopMarker:
             self._enter(ring.DATA)
 
     def loop_end(self) -> None:
+        """The framework's loop is over: what the process trains next (a plain loop, the
+        next fit) steps on its own marks."""
         self._close_all()
+        self._push(ring.LOOP_END)
+        framework_loop_ended()
 
     def elapsed(self, phase: int, seconds: float) -> None:
         """Time measured by the adapter, for a phase the framework has no hooks around

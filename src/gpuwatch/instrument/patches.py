@@ -82,6 +82,12 @@ class LazyPush:
             self._others.clear()
         return True
 
+    def release_boundary(self) -> None:
+        """The optimizer whose steps ended steps is done with (its framework's loop
+        ended): the next optimizer to step ends them at once."""
+        self._boundary = _nothing
+        self._others.clear()
+
     def off_loop(self) -> bool:
         """Whether the calling thread is not the training loop's (the thread optimizers
         step on, else the one that marked first; before any mark, the caller's): a save

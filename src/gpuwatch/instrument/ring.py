@@ -47,6 +47,7 @@ P2P_BYTES = 118  # value: bus bytes of a point-to-point send (collective bytes t
 # value: (phase code, seconds, a save's ``sizes.saved_at`` or None) an adapter timed between
 # a framework's hooks: counted only where the patches timed none of that phase in the step
 ADAPTER_SECONDS = 119
+LOOP_END = 120  # a framework's training loop ended: its explicit steps end with it
 
 # Phase codes (``vocabulary.Phase``) as plain ints: the hot path pushes them.
 DATA = int(Phase.DATA)

@@ -92,7 +92,7 @@ class StepAssembler:
             ring.BACKGROUND_SAVE: self._on_background_save, ring.TOKENS: self._on_tokens,
             ring.CHECKPOINT_TARGET: self._on_checkpoint_target,
             ring.PHASE_SECONDS: self._on_phase_seconds,
-            ring.ADAPTER_SECONDS: self._on_adapter_seconds,
+            ring.ADAPTER_SECONDS: self._on_adapter_seconds, ring.LOOP_END: self._on_loop_end,
             ring.TOTAL_STEPS: self._on_total_steps, ring.DEVICE_TIMING: self._on_device_timing,
             ring.COLLECTIVE_DURATION: self._on_collective_duration,
             ring.COLLECTIVE_BYTES: self._on_collective_bytes, ring.P2P_BYTES: self._on_p2p_bytes,
@@ -158,6 +158,9 @@ class StepAssembler:
 
     def _on_step_begin(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         self._explicit = True
+
+    def _on_loop_end(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        self._explicit = False  # (implicit boundaries end steps again after a framework's fit)
 
     def _on_lost(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         self._lost()
