@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import itertools
 import os
 import signal
@@ -598,15 +597,16 @@ def _chain_stop_handlers() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in STOP_SIGNALS:
-        handler = signal.getsignal(signum)
-        if (callable(handler) and handler is not signal.default_int_handler  # (Ctrl-C's
-                and not getattr(handler, "gpuwatch_chained", False)):  # KeyboardInterrupt)
-            with contextlib.suppress(ValueError, OSError):
+        try:  # (a handler object of the job's may raise on any attribute read)
+            handler = signal.getsignal(signum)
+            if (callable(handler) and handler is not signal.default_int_handler  # (Ctrl-C's
+                    and not getattr(handler, "gpuwatch_chained", False)):  # KeyboardInterrupt)
                 signal.signal(signum, _chained(handler))
+        except Exception as exc:
+            log.debug("gpuwatch: signal %s's handler left as it is (%s)", signum, exc)
 
 
 def _chained(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
-    @functools.wraps(handler)
     def chained(signum: int, frame: Any) -> Any:
         global _stop_signalled
         _stop_signalled = True

@@ -80,7 +80,7 @@ _ASSIGNED = re.compile(rf"(?i)((?<![\w.-]){_NAME}(?:[\"']\])?\s*=\s*)"
 _OPTION = re.compile(rf"(?i)((?<![\w.-])--?{_NAME}[\"']?(?:\s*,\s*[\"']?|\s+[\"']?))"
                      r"(?!--?\w)[^\s\"',\])]+")
 # password: X at a line's start (YAML, credentials files)
-_COLON = re.compile(rf"(?im)^(\s*{_NAME}\s*:\s*)\S.*$")
+_COLON = re.compile(rf"(?im)^([ \t]*+{_NAME}[ \t]*:[ \t]*)\S.*$")  # (one line each)
 # "api_key": "X" (JSON, YAML flow, Python reprs)
 _FIELD = re.compile(rf"(?i)([\"']{_WORDY}[\"']\s*:\s*[\"'])[^\"']+")
 
@@ -159,9 +159,10 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     hide_next = False
     for arg in argv:
         if hide_next:
-            out.append(MASK)
             hide_next = False
-            continue
+            if not arg.startswith("-"):  # (a flag after a secret-named switch is its own)
+                out.append(MASK)
+                continue
         name, eq, _ = arg.partition("=")
         # (a dotted config key names its secret last: --config.wandb.key=X, --db.password)
         last = ".".join(name.lstrip("-").rsplit(".", 2)[-2:])  # (its last two words)

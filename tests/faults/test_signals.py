@@ -173,3 +173,29 @@ def test_a_multiprocessing_rank_that_crashes_waits_for_no_last_scrape(tmp_path: 
     code, took = done.stdout.split()
     assert code == "1", done.stderr[-2000:]
     assert float(took) < 20  # it would wait up to 60 s for the next scrape
+
+
+HANDLER_OBJECT = """
+import signal, sys, time
+class Graceful:  # a handler object reading its settings through __getattr__
+    def __init__(self): self.cfg = {"grace_s": 5}
+    def __getattr__(self, k): return self.__dict__["cfg"][k]  # KeyError, not AttributeError
+    def __call__(self, signum, frame): sys.exit(0)
+signal.signal(signal.SIGTERM, Graceful())
+import gpuwatch
+m = gpuwatch.watch(out_dir=sys.argv[1], exporter={"enabled": False})
+for _ in range(3):
+    with m.step():
+        pass
+print("trained")
+"""
+
+
+def test_a_handler_object_of_the_jobs_that_raises_on_reads_raises_nothing_into_it(
+        tmp_path: Path) -> None:
+    """Chaining the job's handlers reads an attribute of it: an object whose __getattr__
+    raises KeyError made watch() raise into the job. Its handler is left as it is."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    done = subprocess.run([sys.executable, "-c", HANDLER_OBJECT, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["trained"], done.stderr[-2000:]

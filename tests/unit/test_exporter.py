@@ -175,6 +175,24 @@ def test_port_in_use_moves_the_agent_up_or_warns_once_and_training_goes_on(
     assert sum("metrics endpoint" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_a_port_past_the_last_is_a_warning_not_a_dead_agent(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``exporter.port`` 65535 plus local rank 1 is no port: the agent died of an
+    UnboundLocalError and its run log stayed empty. Now it warns and goes on."""
+    settings = Settings(out_dir=tmp_path, exporter={"port": 65535}, sample_interval_s=0.05)
+    agent = Agent(settings, nvml_library=None, memory_stats=None,
+                  environ={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    monitor = Monitor(agent)
+    with caplog.at_level(logging.WARNING, logger="gpuwatch"):
+        agent.start()
+        for _ in range(5):
+            with monitor.step():
+                pass
+        agent.stop()
+    assert agent.assembler.steps == 5 and not agent.faults.counts
+    assert any("no port in 0-65535" in r.getMessage() for r in caplog.records)
+
+
 def test_endpoint_serves_caches_and_survives_errors_and_shutdown() -> None:
     errors: list[BaseException] = []
     state = ExporterState(LABELS)

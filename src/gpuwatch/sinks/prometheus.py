@@ -504,15 +504,16 @@ class Exporter:
     def start(self, addr: str, port: int, tries: int = 1) -> bool:
         """Bind ``port`` (or, when taken, the next of ``tries`` ports up) and serve;
         False (warned once) when none is free."""
+        reason = "no port in 0-65535"  # (a base port plus a local rank past the last one)
         for candidate in range(port, min(port + max(tries, 1), 65536)):
             try:
                 listener = socket.create_server((addr, candidate), backlog=64)
                 break
             except OSError as exc:
-                error = exc
+                reason = str(exc.strerror or exc)
         else:
             log.warning("gpuwatch: metrics endpoint %s:%d unavailable (%s); training goes on "
-                        "without it", addr, port, error.strerror or error)
+                        "without it", addr, port, reason)
             return False
         self._listener = listener
         self.port = listener.getsockname()[1]
