@@ -44,8 +44,8 @@ SECRET_FILE_BYTES = 64 * 1024  # a token or a webhook URL: more is no secret fil
 def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
     """A secret given directly, else read from a file (stripped); None when neither.
     Either way it is registered for redaction. Raises OSError when the file cannot be
-    read, is not a regular file (a FIFO would block, /dev/zero never end) or is larger
-    than ``SECRET_FILE_BYTES``."""
+    read, is not a regular file (a FIFO would block, /dev/zero never end), is larger
+    than ``SECRET_FILE_BYTES`` or is not UTF-8 text."""
     secret = value.get_secret_value() if value is not None else None
     if secret is None and path is not None:
         secret = _secret_file(path).strip() or None
@@ -61,7 +61,10 @@ def _secret_file(path: Path) -> str:
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         if info.st_size > SECRET_FILE_BYTES:
             raise OSError(errno.EFBIG, f"larger than {SECRET_FILE_BYTES} bytes", str(path))
-        return os.read(fd, SECRET_FILE_BYTES + 1).decode()
+        try:
+            return os.read(fd, SECRET_FILE_BYTES + 1).decode()
+        except UnicodeDecodeError:
+            raise OSError(errno.EINVAL, "not UTF-8 text", str(path)) from None
     finally:
         os.close(fd)
 
@@ -138,8 +141,8 @@ class SlackSettings(BaseModel):
                     if self.delivery == "in_process" else None)
         try:
             url = self.url()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
             return f"slack.webhook_url_file: cannot read it ({reason})"
         return webhook_problem(url or "")
 

@@ -177,6 +177,17 @@ def test_gpuwatch_run_checks_the_webhook_file_before_starting_the_command(
     assert not (clean_env / "started").exists()
 
 
+def test_a_token_file_that_is_not_text_is_one_line(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    token = clean_env / "token"
+    token.write_bytes(b"\xe8\x00\xff binary")
+    monkeypatch.setenv("GPUWATCH_GRAFANA__TOKEN_FILE", str(token))
+    code = cli.main(["dashboards", "push", "--url", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not UTF-8 text" in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize("kind", ["fifo", "endless", "large"])
 def test_a_webhook_file_that_is_no_small_regular_file_is_one_line_not_a_hang(
         clean_env: Path, monkeypatch: pytest.MonkeyPatch,
