@@ -11,6 +11,7 @@ import time
 import urllib.request
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -253,3 +254,32 @@ def test_under_gpuwatch_run_a_callback_leaves_the_process_agent_running(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in out.glob("run*.jsonl")] == ["run.jsonl"]
     assert len([r for r in read(out / "run.jsonl") if isinstance(r, Step)]) == 30
+
+
+def test_a_resumed_hf_run_plans_the_steps_it_has_left(tmp_path: Path) -> None:
+    """resume_from_checkpoint at step 6 of 12: the new attempt's log counts its steps from
+    1, so its plan is the 6 left (it said 12: time to finish counted done steps again)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+    from gpuwatch.integrations.huggingface import GpuWatchCallback
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 128, (96, 32))
+    dataset = [{"input_ids": t, "labels": t} for t in tokens]
+
+    def trainer() -> Any:
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=128,
+                                           n_positions=32, bos_token_id=0, eos_token_id=0))
+        args = TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=12,
+                                 per_device_train_batch_size=8, save_steps=6,
+                                 report_to=[], use_cpu=True, disable_tqdm=True)
+        callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False})
+        return Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer().train()
+        trainer().train(resume_from_checkpoint=str(tmp_path / "hf" / "checkpoint-6"))
+    resumed = read(tmp_path / "run" / "run.attempt1.jsonl")
+    plans = [e.data["steps"] for e in resumed if isinstance(e, Event) and e.name == "total_steps"]
+    assert plans == [6] and len([r for r in resumed if isinstance(r, Step)]) == 6

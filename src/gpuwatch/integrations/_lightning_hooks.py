@@ -141,13 +141,15 @@ class LightningHooks:
 
 
 def _planned_steps(trainer: Any) -> int | None:
-    """Optimizer steps the fit will run: max_steps, else Lightning's estimate."""
+    """Optimizer steps the fit will run from here: max_steps, else Lightning's estimate,
+    less the steps a resumed checkpoint already trained (this log counts from 1)."""
+    done = int(getattr(trainer, "global_step", 0) or 0)
     if trainer.max_steps and trainer.max_steps > 0:
-        return int(trainer.max_steps)
+        return max(int(trainer.max_steps) - done, 0)
     try:
         estimate = trainer.estimated_stepping_batches
     except Exception:  # no dataloader length: an iterable dataset
         return None
     if not isinstance(estimate, (int, float)) or math.isinf(estimate):
         return None
-    return int(estimate)
+    return max(int(estimate) - done, 0)

@@ -45,8 +45,8 @@ class GpuWatchCallback(TrainerCallback):
                                   local_rank=args.local_process_index,
                                   world_size=args.world_size)
             self._marker = LoopMarker(self.monitor.agent.ring.push)
-        if self._marker is not None:
-            self._marker.plan(state.max_steps)
+        if self._marker is not None:  # (a resumed run: the steps still to go; its log counts
+            self._marker.plan(max(state.max_steps - state.global_step, 0))  # from 1)
         self._run_before_reporters(sys._getframe(1).f_locals.get("self"))
         self._last = perf_counter()
 
