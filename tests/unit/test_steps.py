@@ -303,7 +303,7 @@ def test_a_distributed_checkpoint_counts_only_the_saving_ranks_own_shards(
         tmp_path: Path) -> None:
     """Every rank of a torch.distributed.checkpoint save writes its shards (named by its
     rank) into one directory: each rank logged the whole directory (2x the bytes on 2
-    ranks). Its own shards, and files no rank names (.metadata), count."""
+    ranks). Its own shards count, and the files no rank names (.metadata) for rank 0."""
     shards = tmp_path / "step10"
     shards.mkdir()
     for name, size in (("__0_0.distcp", 300), ("__1_0.distcp", 200), ("__1_1.distcp", 50),
@@ -311,8 +311,12 @@ def test_a_distributed_checkpoint_counts_only_the_saving_ranks_own_shards(
         (shards / name).write_bytes(b"s" * size)
     since = time.time() - 1
     assert saved_at(shards, since) == 560  # no group: the whole directory
-    assert [saved_at(shards, since, rank) for rank in (0, 1)] == [310, 260]
-    assert size_on_disk(shards, since, 1) == 260  # a large directory, sized later
+    assert [saved_at(shards, since, rank) for rank in (0, 1)] == [310, 250]  # .metadata: 0's
+    assert size_on_disk(shards, since, 1) == 250  # a large directory, sized later
+    plain = tmp_path / "hf"  # a rank saving a directory of its own: every file its own
+    plain.mkdir()
+    (plain / "model.safetensors").write_bytes(b"m" * 70)
+    assert saved_at(plain, since, 1) == 70
 
 
 def test_marks_lost_in_a_lap_leave_missing_step_numbers_never_renumbered() -> None:

@@ -77,26 +77,38 @@ def size_on_disk(target: Any, since: float = 0.0, rank: int | None = None) -> in
 
 
 def _walk(path: Path, since: float, limit: int, rank: int | None) -> tuple[int, bool]:
-    """(bytes of the files under ``path`` changed at or after ``since``, but another
-    rank's shards, whether the walk saw every entry) walking at most ``limit`` entries."""
-    total, seen, pending = 0, 0, [path]
+    """(bytes of the files under ``path`` changed at or after ``since``, whether the
+    walk saw every entry) walking at most ``limit`` entries. With ``rank``, of a
+    distributed checkpoint (shards named by rank) only that rank's shards count, and the
+    files no rank names (.metadata) only for rank 0, their writer."""
+    own = unnamed = 0
+    shards = False
+    seen, pending = 0, [path]
     while pending:
         try:
             with os.scandir(pending.pop()) as entries:
                 for entry in entries:
                     seen += 1
                     if seen > limit:
-                        return total, False
+                        return own + unnamed, False
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(Path(entry.path))
-                    elif entry.is_file(follow_symlinks=False) and not (
-                            rank is not None and (shard := _SHARD.fullmatch(entry.name))
-                            and int(shard[1]) != rank):
-                        st = entry.stat(follow_symlinks=False)
-                        total += st.st_size if st.st_mtime >= since else 0
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    shard = _SHARD.fullmatch(entry.name) if rank is not None else None
+                    shards = shards or shard is not None
+                    if shard is not None and int(shard[1]) != rank:
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    size = st.st_size if st.st_mtime >= since else 0
+                    if shard is not None:
+                        own += size
+                    else:
+                        unnamed += size
         except OSError:
             continue
-    return total, True
+    return own + (unnamed if not shards or not rank else 0), True
 
 
 def tensor_bytes(obj: Any) -> int:
