@@ -30,7 +30,8 @@ MIN_SECRET_CHARS = 6  # shorter values are too likely to occur by chance to repl
 _SECRET_WORDS = r"(?:token(?![a-z]|[-_]ids?(?![a-z]))|secret|passw(?:or)?d|passphrase|" \
                 r"(?<=[-_.])pwd|" \
                 r"api[-_]?key|access[-_]?key|private[-_]?key|auth(?![a-z])|credential|" \
-                r"webhook|cookie|session[-_]?key|signature)"
+                r"webhook|cookie|session[-_]?key|signature|" \
+                r"(?:account|storage|encryption|signing|master)[-_]?key)"
 # Whole names that say secret though their words alone do not: --key, --wandb-key,
 # --openai-key, --config.wandb.key, --db-pass, DB_PASS, --cred (not --sort-key,
 # --csv-img-key, --data.sort.key, --first-pass, SSL_KEY_FILE).
@@ -42,7 +43,11 @@ _SECRET_NAMES = (rf"(?:key|pw|{_PROVIDER_KEY}|creds?|(?:(?:db|database|sql|mysql
 # A name holding a secret word, matched in linear time: a lookahead finds the word, then
 # the name is taken whole and never given back (nested "[\w.-]*" around the word made
 # a long argument cost cubic time, with the GIL held). Patterns anchor where it starts.
-_WORDY = rf"(?=[\w.-]*?{_SECRET_WORDS})[\w.-]++"
+# (not a measure of one, --token-budget, --session-key-len, nor a tokenizer's special
+# token, --pad-token)
+_NOT_SECRET = (r"(?![\w.-]*[-_.](?:len|length|budget|limit|count|size|num|max|min|dim)s?"
+               r"(?![\w.-]))(?!(?:[\w.-]*[-_.])?(?:pad|eos|bos|unk|sep|cls|mask)[-_]?token)")
+_WORDY = rf"{_NOT_SECRET}(?=[\w.-]*?{_SECRET_WORDS})[\w.-]++"
 _NAME = (rf"(?:{_WORDY}|(?<![\w.])-{{0,2}}(?:(?:\w++\.)*?{_PROVIDER_KEY}|{_SECRET_NAMES})"
          r"(?![\w.-]))")
 # A name that says secret: HF_TOKEN, hf-token, GPUWATCH_SLACK__WEBHOOK_URL, aws_secret_access_key.
@@ -77,8 +82,8 @@ _HEADER = re.compile(r"(?i)(?<![\w-])((?:proxy-)?authorization|"
 _ASSIGNED = re.compile(rf"(?i)((?<![\w.-]){_NAME}(?:[\"']\])?\s*=\s*)"
                        r"(?:\"[^\"\n]*+\"|'[^'\n]*+'|[\"']?[^\s\"',;&]+)")
 # --password X, '--hf-token', 'X' (a command line in text: a CalledProcessError's list)
-_OPTION = re.compile(rf"(?i)((?<![\w.-])--?{_NAME}[\"']?(?:\s*,\s*[\"']?|\s+[\"']?))"
-                     r"(?!--?\w)[^\s\"',\])]+")
+_OPTION = re.compile(rf"(?i)((?<![\w.-])--?{_NAME}[\"']?(?:\s*,\s*|\s+))"
+                     r"(?!--?\w)(?:\"[^\"\n]*+\"|'[^'\n]*+'|[^\s\"',\])]+)")
 # password: X at a line's start (YAML, credentials files)
 _COLON = re.compile(rf"(?im)^([ \t]*+{_NAME}[ \t]*:[ \t]*)\S.*$")  # (one line each)
 # "api_key": "X" (JSON, YAML flow, Python reprs)
@@ -135,7 +140,7 @@ def redact(text: str) -> str:
     text = _FIELD.sub(rf"\1{MASK}", text)
     text = _SIGNED.sub(rf"\1{MASK}", text)
     text = _ASSIGNED.sub(_masked_value, text)
-    text = _OPTION.sub(rf"\1{MASK}", text)
+    text = _OPTION.sub(_masked_value, text)
     text = _COLON.sub(rf"\1{MASK}", text)
     for form in _forms:
         if form in text:

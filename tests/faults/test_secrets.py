@@ -46,6 +46,10 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     ("signed-url-sig", "GET https://a.blob.core.windows.net/c/x?sv=2022-11-02&sp=r&"
      "sig=Zk9vQmFyU2lnbmF0dXJl%3D&se=2030", "Zk9vQmFyU2lnbmF0dXJl"),
     ("quoted-value-with-spaces", "export WANDB_API_KEY='abc 123456789'", "123456789"),
+    ("quoted-option-value-with-spaces",
+     "python eval.py --password 'correct horse SECRETstaple' --x 1", "SECRETstaple"),
+    ("azure-connection-string", "DefaultEndpointsProtocol=https;AccountName=x;"
+     "AccountKey=Zq7xW2vK9mPr4tY8abc==;EndpointSuffix=core", "Zq7xW2vK9mPr4tY8abc"),
     ("dotted-config-key-in-text", "failed: python t.py --config.wandb.key=SECRETdot7 x",
      "SECRETdot7"),
     ("presigned-s3-url", "GET https://b.s3.amazonaws.com/x?X-Amz-Signature=abc123def456&y=1",
@@ -108,7 +112,8 @@ def test_options_named_like_keys_are_not_all_secret() -> None:
     argv = ["train.py", "--csv-img-key", "filepath", "--sort_key", "loss", "--pass_count", "3",
             "--keys", "a,b", "--max-tokens", "4096", "--tokenizer", "gpt2", "--author", "alice",
             "--pad_token_id", "0", "--first-pass", "3", "--data.sort.key=len",
-            "--trainer.sig", "1", "--sig", "3.0", "--use_auth_token", "--model", "gpt2"]
+            "--trainer.sig", "1", "--sig", "3.0", "--use_auth_token", "--model", "gpt2",
+            "--token-budget", "4096", "--session-key-len", "32", "--pad-token", "0"]
     assert redact.redact_argv(argv) == argv  # (a switch's next word that is a flag: a flag)
     assert not [n for n in ("SSL_KEY_FILE", "PRIMARY_KEY_COLUMN", "KEYBOARD", "PASSES")
                 if redact.SECRET_NAME.match(n)]
@@ -135,6 +140,8 @@ ARGV = [  # (row id, command line, the secret)
     ("openai-key-option", ["train.py", "--openai-key", "ARGSECRET9xx"], "ARGSECRET9xx"),
     ("dotted-config-key", ["train.py", "--config.wandb.key=ARGSECRET8xx"], "ARGSECRET8xx"),
     ("dotted-password", ["train.py", "--db.password", "ARGSECRET7xx"], "ARGSECRET7xx"),
+    ("storage-account-key", ["az.py", "--storage-account-key", "ARGSECRET6xx"],
+     "ARGSECRET6xx"),
     ("option-then-value", ["train.py", "--hf-token", "hf_ARGSECRET1"], "hf_ARGSECRET1"),
     ("option-equals-value", ["train.py", "--token=ARGSECRET2xx"], "ARGSECRET2xx"),
     ("env-like-argument", ["env", "WANDB_API_KEY=ARGSECRET3xx", "python"], "ARGSECRET3xx"),
