@@ -151,6 +151,16 @@ def test_catalogue_names_follow_the_conventions_and_docs_are_current() -> None:
     assert (ROOT / "docs" / "metrics.md").read_text() == metrics_markdown()
 
 
+def train(agent: Agent, steps: int) -> None:
+    """Start ``agent``, run ``steps`` empty steps through its monitor, stop it."""
+    monitor = Monitor(agent)
+    agent.start()
+    for _ in range(steps):
+        with monitor.step():
+            pass
+    agent.stop()
+
+
 def test_port_in_use_moves_the_agent_up_or_warns_once_and_training_goes_on(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as taken:
@@ -159,13 +169,8 @@ def test_port_in_use_moves_the_agent_up_or_warns_once_and_training_goes_on(
         port = taken.getsockname()[1]
         settings = Settings(out_dir=tmp_path, exporter={"port": port}, sample_interval_s=0.05)
         agent = Agent(settings, nvml_library=None, memory_stats=None, environ={})
-        monitor = Monitor(agent)
         with caplog.at_level(logging.WARNING, logger="gpuwatch"):
-            agent.start()
-            for _ in range(20):
-                with monitor.step():
-                    pass
-            agent.stop()
+            train(agent, 20)
             # another job's rank holds the port: this one serves on a free one above it
             assert agent.exporter is not None and agent.exporter.port not in (None, port)
             assert agent.assembler.steps == 20
@@ -182,13 +187,8 @@ def test_a_port_past_the_last_is_a_warning_not_a_dead_agent(
     settings = Settings(out_dir=tmp_path, exporter={"port": 65535}, sample_interval_s=0.05)
     agent = Agent(settings, nvml_library=None, memory_stats=None,
                   environ={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
-    monitor = Monitor(agent)
     with caplog.at_level(logging.WARNING, logger="gpuwatch"):
-        agent.start()
-        for _ in range(5):
-            with monitor.step():
-                pass
-        agent.stop()
+        train(agent, 5)
     assert agent.assembler.steps == 5 and not agent.faults.counts
     assert any("no port in 0-65535" in r.getMessage() for r in caplog.records)
 
