@@ -24,6 +24,7 @@ from gpuwatch.agent import Agent
 from gpuwatch.config import ConfigError, Settings, disabled, load_settings
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
+from gpuwatch.instrument.attach import installed as hooks_installed
 from gpuwatch.instrument.identity import Identity, explicit
 from gpuwatch.instrument.sizes import saved_at
 
@@ -164,6 +165,13 @@ def running() -> Monitor | None:
     """This process's monitor while its agent runs (whoever started it: ``watch``, an
     adapter, ``gpuwatch run``'s hooks), else None."""
     return _current if _current is not None and not _current.agent.stopped else None
+
+
+def owns_next_agent() -> bool:
+    """Whether an adapter's ``attach`` now starts an agent of its own, to stop at its
+    loop's end: none runs, and ``gpuwatch run``'s hooks (whose agent is the process's,
+    whoever starts it) are not installed."""
+    return running() is None and not hooks_installed()
 
 
 def watch(**settings: Any) -> Monitor:

@@ -40,13 +40,13 @@ _PROVIDER_KEY = (r"(?:wandb|openai|anthropic|comet|neptune|clearml|ssh|hf|huggin
 _SECRET_NAMES = (rf"(?:key|pw|{_PROVIDER_KEY}|creds?|(?:(?:db|database|sql|mysql|"
                  r"postgres|pg|redis|mongo|admin|user|root|ldap|smtp|mail|ftp|ssh|proxy)[-_])?"
                  r"pass)")
+# Not a secret's name though it holds a secret word: a measure of one (--token-budget,
+# --session-key-len), a tokenizer's special token (--pad-token).
+_NOT_SECRET = (r"(?![\w.-]*[-_.](?:len|length|budget|limit|count|size|num|max|min|dim)s?"
+               r"(?![\w.-]))(?!(?:[\w.-]*[-_.])?(?:pad|eos|bos|unk|sep|cls|mask)[-_]?token)")
 # A name holding a secret word, matched in linear time: a lookahead finds the word, then
 # the name is taken whole and never given back (nested "[\w.-]*" around the word made
 # a long argument cost cubic time, with the GIL held). Patterns anchor where it starts.
-# (not a measure of one, --token-budget, --session-key-len, nor a tokenizer's special
-# token, --pad-token)
-_NOT_SECRET = (r"(?![\w.-]*[-_.](?:len|length|budget|limit|count|size|num|max|min|dim)s?"
-               r"(?![\w.-]))(?!(?:[\w.-]*[-_.])?(?:pad|eos|bos|unk|sep|cls|mask)[-_]?token)")
 _WORDY = rf"{_NOT_SECRET}(?=[\w.-]*?{_SECRET_WORDS})[\w.-]++"
 _NAME = (rf"(?:{_WORDY}|(?<![\w.])-{{0,2}}(?:(?:\w++\.)*?{_PROVIDER_KEY}|{_SECRET_NAMES})"
          r"(?![\w.-]))")
@@ -70,20 +70,21 @@ _TOKEN = re.compile(r"(?:(?<![\w-])|(?<=%22)|(?<=%27))"  # (URL-quoted too)
 # (the word after is a credential only if it has a digit: not "token embeddings")
 _BEARER = re.compile(r"(?i)\b((?:bearer|basic|token)\s+(?=[A-Za-z0-9._~+/=-]*\d))"
                      r"[A-Za-z0-9._~+/=-]{8,}")
-# HTTP headers that carry credentials: "Authorization: ...", "X-Api-Key: ..."
 # A signed URL's signature (Azure SAS, S3 and GCS presigned): ?sig=X, &X-Amz-Signature=X
 _SIGNED = re.compile(r"(?i)([?&](?:sig|x-amz-signature|x-goog-signature)=)[^&\s\"'<>]+")
-# (each name from its start, found by a lookahead and never given back: linear time)
+# HTTP headers that carry credentials: "Authorization: ...", "X-Api-Key: ..." (each name
+# from its start, found by a lookahead and never given back: linear time)
 _HEADER = re.compile(r"(?i)(?<![\w-])((?:proxy-)?authorization|"
                      r"(?=[\w-]*?api-key(?![\w-]))[\w-]++|x-(?=[\w-]*?token(?![\w-]))[\w-]++|"
                      r"(?:set-)?cookie)(\s*:\s*)[^\r\n]+")
 # --hf-token=X, HF_TOKEN=X, ?api_key=X, environ['HF_TOKEN']='X', password = "X" (a quoted
 # value whole, spaces and all; else up to a space, quote or separator)
+_QUOTED = r"\"[^\"\n]*+\"|'[^'\n]*+'"  # a quoted value, spaces and all (one line)
 _ASSIGNED = re.compile(rf"(?i)((?<![\w.-]){_NAME}(?:[\"']\])?\s*=\s*)"
-                       r"(?:\"[^\"\n]*+\"|'[^'\n]*+'|[\"']?[^\s\"',;&]+)")
+                       rf"(?:{_QUOTED}|[\"']?[^\s\"',;&]+)")
 # --password X, '--hf-token', 'X' (a command line in text: a CalledProcessError's list)
 _OPTION = re.compile(rf"(?i)((?<![\w.-])--?{_NAME}[\"']?(?:\s*,\s*|\s+))"
-                     r"(?!--?\w)(?:\"[^\"\n]*+\"|'[^'\n]*+'|[^\s\"',\])]+)")
+                     rf"(?!--?\w)(?:{_QUOTED}|[^\s\"',\])]+)")
 # password: X at a line's start (YAML, credentials files)
 _COLON = re.compile(rf"(?im)^([ \t]*+{_NAME}[ \t]*:[ \t]*)\S.*$")  # (one line each)
 # "api_key": "X" (JSON, YAML flow, Python reprs)

@@ -137,7 +137,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     data_bound = "data_starvation" in ctx.explained.get(view.rank, ())
     cannot_run_here = None if data_bound else (
         f"memory at {peak / total:.0%} of the card with "
-        + ", ".join(k for k, v in symptoms.items() if v))
+        + _named(symptoms))
     # (a job on the configured target stays: a bigger card than it is no move to it)
     verdict = ctx.decide(proj, otherwise="fix_here", cannot_run_here=cannot_run_here) \
         if fits else "fix_here"
@@ -160,7 +160,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                    "fits it with room, so cut its memory here")
     text = {"rank": view.rank, "target": shown.name, "outcome": outcome,
             "memory_source": MEMORY_SOURCES[source][2],
-            "symptoms": ", ".join(k for k, v in symptoms.items() if v),
+            "symptoms": _named(symptoms),
             "workarounds": "; ".join(workarounds) or "run without the memory workarounds"}
     return Detection(evidence, [view.rank], text=text,
                      projection=proj.as_dict() if fits else None,
@@ -179,6 +179,11 @@ def by_design(view: Telemetry, th: dict[str, float], summary: StepSummary, peak:
     text = {"rank": view.rank, "memory_need_gib": need / GIB, "total_gib": total / GIB}
     return Detection(evidence, [view.rank], text=text, verdict="info", severity="info",
                      variant="by_design")
+
+
+def _named(symptoms: dict[str, bool]) -> str:
+    """The symptoms present, in words: "allocator retries, OOMs"."""
+    return ", ".join(k for k, v in symptoms.items() if v)
 
 
 def other_processes(view: Telemetry, since: float) -> float | None:
@@ -201,7 +206,7 @@ def shared(view: Telemetry, symptoms: dict[str, bool], others: float, peak: floa
                 "memory_peak_ratio": peak / total, "memory_peak_bytes": peak,
                 "memory_total_bytes": total}
     text = {"rank": view.rank, "others_gib": others / GIB, "peak_gib": peak / GIB,
-            "total_gib": total / GIB, "symptoms": ", ".join(k for k, v in symptoms.items() if v)}
+            "total_gib": total / GIB, "symptoms": _named(symptoms)}
     return Detection(evidence, [view.rank], text=text, verdict="fix_here", variant="shared")
 
 

@@ -84,13 +84,17 @@ def _walk(path: Path, since: float, limit: int, rank: int | None) -> tuple[int, 
     own = unnamed = 0
     shards = False
     seen, pending = 0, [path]
+
+    def total() -> int:
+        return own + (unnamed if not shards or not rank else 0)
+
     while pending:
         try:
             with os.scandir(pending.pop()) as entries:
                 for entry in entries:
                     seen += 1
                     if seen > limit:
-                        return own + unnamed, False
+                        return total(), False
                     if entry.is_dir(follow_symlinks=False):
                         pending.append(Path(entry.path))
                         continue
@@ -108,7 +112,7 @@ def _walk(path: Path, since: float, limit: int, rank: int | None) -> tuple[int, 
                         unnamed += size
         except OSError:
             continue
-    return own + (unnamed if not shards or not rank else 0), True
+    return total(), True
 
 
 def tensor_bytes(obj: Any) -> int:

@@ -8,9 +8,8 @@ import functools
 import math
 from typing import Any
 
-from gpuwatch.instrument.attach import installed as hooks_installed
 from gpuwatch.instrument.loop import LoopMarker
-from gpuwatch.monitor import Monitor, attach, running
+from gpuwatch.monitor import Monitor, attach, owns_next_agent
 
 
 class LightningHooks:
@@ -35,7 +34,7 @@ class LightningHooks:
         if stage != "fit" or (self.monitor is not None and not self.monitor.agent.stopped):
             return
         # (a fit after one this callback ended starts the next attempt's log)
-        self._owned = running() is None and not hooks_installed()
+        self._owned = owns_next_agent()
         self.monitor = attach(self._settings, rank=trainer.global_rank,
                               local_rank=trainer.local_rank, world_size=trainer.world_size)
         self._marker = LoopMarker(self.monitor.agent.ring.push)

@@ -23,9 +23,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.attach import installed as hooks_installed
 from gpuwatch.instrument.loop import LoopMarker
-from gpuwatch.monitor import Monitor, attach, running
+from gpuwatch.monitor import Monitor, attach, owns_next_agent
 
 
 class GpuWatchCallback(TrainerCallback):
@@ -40,7 +39,7 @@ class GpuWatchCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is None or self.monitor.agent.stopped:  # (a train after one ended)
-            self._owned = running() is None and not hooks_installed()
+            self._owned = owns_next_agent()
             self.monitor = attach(self._settings, rank=args.process_index,
                                   local_rank=args.local_process_index,
                                   world_size=args.world_size)
