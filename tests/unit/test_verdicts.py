@@ -14,7 +14,7 @@ from gpuwatch.detection.replay import analyze
 from gpuwatch.records import Event, Finding, Record, Sample, Step
 from gpuwatch.runlog import encode
 from tests.runs import GB, START, judge, meta, only, samples, steps, topology
-from tests.scenarios import H100, RTX_5090, Evals, Memory, Saves, Shape, Stop, job, simulate, write
+from tests.scenarios import H100, L40S, RTX_5090, Evals, Memory, Saves, Shape, Stop, job, simulate, write
 
 
 def findings_of(shape: Shape, **settings: object) -> list[Finding]:
@@ -412,6 +412,40 @@ def test_a_rank_waiting_for_its_peers_is_explained_without_the_job_view(tmp_path
     explains its idle GPU."""
     one = write(job("slow_rank_of_four").shape, tmp_path)[:1]
     assert analyze(one, Settings()).findings == []
+
+
+def test_ranks_waiting_for_a_straggler_are_projected_at_its_pace(tmp_path: Path) -> None:
+    """Four GeForce cards without P2P, rank 3 starved by its loader: the others' long
+    collective wait is waiting for it, not transfer through host memory. Projected alone,
+    a waiting rank would move that wait away on H100; with the straggler named it goes at
+    the straggler's pace: no rank's time to finish says move."""
+    shape = Shape(step_s=1.0, duration_s=1500, world=4, gpu=RTX_5090, slow_rank=3,
+                  slow_data_share=0.5, collective_share=0.02, collective_bytes=int(0.5e9),
+                  total_steps=1_000_000)
+    found = analyze(write(shape, tmp_path), Settings()).findings
+    assert only(found, "straggler").ranks == [3]
+    speeds = [f for f in found if f.detector == "iteration_speed"]
+    assert speeds and all(f.verdict != "move_to_h100" for f in speeds)
+    waiting = [f for f in speeds if 0 in f.ranks]
+    assert waiting and waiting[0].projection is not None
+    assert waiting[0].projection["speedup_ratio"] < 1.1
+    one = analyze(write(shape, tmp_path / "one")[:1], Settings()).findings
+    assert only(one, "iteration_speed").verdict == "move_to_h100"  # alone, it cannot know
+
+
+def test_a_straggler_s_own_slowness_is_no_reason_to_move(tmp_path: Path) -> None:
+    """Rank 2 of four L40S computes 1.7x as long as the others (throttled, say): its own
+    projection would count the fault as compute a faster card shortens. While a straggler
+    holds the job, no rank's time to finish says move: fix it first."""
+    shape = Shape(step_s=1.0, duration_s=1500, world=4, gpu=L40S, slow_rank=2,
+                  slow_factor=1.7, collective_share=0.03, total_steps=1_000_000)
+    found = analyze(write(shape, tmp_path), Settings()).findings
+    assert only(found, "straggler").ranks == [2]
+    speeds = [f for f in found if f.detector == "iteration_speed"]
+    assert {r for f in speeds for r in f.ranks} == {0, 1, 2, 3}
+    assert all(f.verdict != "move_to_h100" for f in speeds)
+    assert all("straggler" in (f.projection or {})["decision"]["why"]
+               for f in speeds)
 
 
 def test_progress_records_alone_keep_a_long_eval_from_being_a_hang() -> None:

@@ -54,6 +54,9 @@ HELD = (("allocator", "allocator_allocated_peak_bytes"),
 # a rank still working between steps (writing a save, running an eval alone), so every
 # other rank waits for it at their next collective.
 HOLDING = "holding"
+# What the engine adds to ``Context.explained`` for a rank a job-scope ``straggler``
+# covers but does not name: it waits at its collectives for the slower ranks.
+WAITING = "waiting_on_slower_ranks"
 
 
 @dataclass
@@ -141,6 +144,8 @@ class Context:
         unit, units = (("1M tokens", tokens) if tokens > 0 else
                        ("1M samples", samples) if samples > 0 else ("step", 0.0))
         planned = self.planned_steps or view.planned_steps
+        held_back = transfer_s is None and any(
+            "straggler" in self.explained.get(v.rank, ()) for v in views)
         inputs = Inputs(
             tensor_share=_mean(tensor_share(v, since) for v in views),
             gpu_busy=_mean(_figure_mean(v, "nvml", "gpu_utilization_ratio", since)
@@ -154,6 +159,8 @@ class Context:
             host_bound=any("underutilised" in self.explained.get(v.rank, ()) for v in views),
             loader_bound=any("data_starvation" in self.explained.get(v.rank, ())
                              for v in views),
+            held_back=held_back, peer_bound=held_back and any(
+                WAITING in self.explained.get(v.rank, ()) for v in views),
             latency_bytes=self.latency_bytes, link_explained=self.link_explained,
             transfer_s=transfer_s)
         proj = project(parts, target or self.holding(held, card), current, ranks=world,

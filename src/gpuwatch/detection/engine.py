@@ -28,7 +28,7 @@ from gpuwatch.detection import (
     sync_bottleneck,
     underutilised,
 )
-from gpuwatch.detection.context import HOLDING, Context, Detection, for_s, scale, window_s
+from gpuwatch.detection.context import HOLDING, WAITING, Context, Detection, for_s, scale, window_s
 from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rank_input import RankInput
@@ -440,6 +440,8 @@ class Engine:
                 for r in (judged if job_wide else ranks):
                     if r in judged:
                         explained.setdefault(r, set()).add(detector)
+                        if detector == "straggler" and r not in ranks:
+                            explained[r].add(WAITING)
         before = self.context.explained
         self.context.explained = {  # the sets of before where unchanged: cheap to compare
             r: old if (old := before.get(r)) == (new := frozenset(ds)) else new

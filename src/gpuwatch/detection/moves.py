@@ -10,8 +10,8 @@ compute may be communication, which faster math does not shorten; nor does a gai
 comes mostly from faster math where GPU utilisation was not measured (the projection
 counts all compute as GPU-busy, an upper bound even at its low end). Nor is a move
 recommended by (2) or (3) to a card that cannot hold the job's memory as it runs
-today, or while the GPU idles on host work (``underutilised``), which no card
-shortens: fix that first. Never to the card the job already runs on. Otherwise the
+today, while the GPU idles on host work (``underutilised``), or while slower ranks
+hold the job back (``straggler``): no card fixes either, so fix that first. Never to the card the job already runs on. Otherwise the
 detector's own verdict (``fix_here`` or ``info``) stands.
 """
 
@@ -166,6 +166,9 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
     elif p.inputs.host_bound:
         why = ("the GPU idles on host work (underutilised), which no card shortens: fix "
                "that here first")
+    elif p.inputs.held_back:
+        why = ("a slower rank holds the job back (straggler), which no card fixes: fix it "
+               "here first, then judge a move")
     elif p.inputs.gpu_busy is None and p.current is not None and _gain_is_compute(p):
         why = ("GPU utilisation not measured: all compute was counted as GPU-busy, so even "
                "the low end is an upper bound (give the agent NVML)")

@@ -117,7 +117,11 @@ class Inputs:
     InfiniBand or RoCE port, no setting): a move keeps its collective wait as measured.
     ``loader_bound``: the step waits on its data loader (``data_starvation``), so it goes
     at the loader's pace on any card: time a faster card saves is spent waiting for data
-    instead.
+    instead. ``held_back``: slower ranks hold the job back (a ``straggler`` finding or
+    condition, judged job-wide, covers the ranks projected): what a move gains is judged
+    once they are fixed. ``peer_bound``: the rank waits at its collectives for them and
+    cannot tell that wait from transfer: it goes at their pace, and time a faster card
+    saves is spent waiting for them.
     """
 
     tensor_share: float | None = None
@@ -132,6 +136,8 @@ class Inputs:
     fabric: float | None = None
     fabric_unseen: bool = False
     loader_bound: bool = False
+    held_back: bool = False
+    peer_bound: bool = False
     host_staged: bool = False
     memory_bytes: float | None = None
     card_bytes: float | None = None
@@ -280,6 +286,12 @@ def project(
         notes.append("the step waits on its data loader: at the loader's pace on any card, "
                      "the time a faster card saves spent waiting for data")
         ends, middle = [_at_pace(p, split) for p in ends], _at_pace(middle, split)
+    if inputs.peer_bound:
+        notes.append("the rank waits at its collectives for slower ranks (straggler): at "
+                     "their pace on any card, the time a faster card saves spent waiting "
+                     "for them")
+        ends = [_at_pace(p, split, "comm") for p in ends]
+        middle = _at_pace(middle, split, "comm")
     ends.sort(key=lambda p: p.total)
     return Projection(target=target, current=current, now=split, projected=middle,
                       slowest=ends[-1], fastest=ends[0], gpus=ranks, inputs=inputs,
@@ -354,10 +366,12 @@ def p2p_rate(inputs: Inputs, current: Gpu | None) -> float | None:
     return min(link, inputs.fabric) if inputs.fabric is not None else link
 
 
-def _at_pace(projected: StepParts, now: StepParts) -> StepParts:
-    """``projected`` no faster than ``now``: what it saves becomes data wait."""
+def _at_pace(projected: StepParts, now: StepParts, wait: str = "data") -> StepParts:
+    """``projected`` no faster than ``now``: what it saves becomes ``wait`` (the part
+    named: data wait, or collective wait)."""
     saved = now.total - projected.total
-    return projected._replace(data=projected.data + saved) if saved > 0 else projected
+    return (projected._replace(**{wait: getattr(projected, wait) + saved}) if saved > 0
+            else projected)
 
 
 def _light_kernels(inputs: Inputs, current: Gpu | None, notes: list[str]) -> bool:
