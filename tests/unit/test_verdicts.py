@@ -14,7 +14,19 @@ from gpuwatch.detection.replay import analyze
 from gpuwatch.records import Event, Finding, Record, Sample, Step
 from gpuwatch.runlog import encode
 from tests.runs import GB, START, judge, meta, only, samples, steps, topology
-from tests.scenarios import H100, L40S, RTX_5090, Evals, Memory, Saves, Shape, Stop, job, simulate, write
+from tests.scenarios import (
+    H100,
+    L40S,
+    RTX_5090,
+    Evals,
+    Memory,
+    Saves,
+    Shape,
+    Stop,
+    job,
+    simulate,
+    write,
+)
 
 
 def findings_of(shape: Shape, **settings: object) -> list[Finding]:

@@ -11,8 +11,9 @@ comes mostly from faster math where GPU utilisation was not measured (the projec
 counts all compute as GPU-busy, an upper bound even at its low end). Nor is a move
 recommended by (2) or (3) to a card that cannot hold the job's memory as it runs
 today, while the GPU idles on host work (``underutilised``), or while slower ranks
-hold the job back (``straggler``): no card fixes either, so fix that first. Never to the card the job already runs on. Otherwise the
-detector's own verdict (``fix_here`` or ``info``) stands.
+hold the job back (``straggler``): no card fixes either, so fix that first. Never
+to the card the job already runs on. Otherwise the detector's own verdict
+(``fix_here`` or ``info``) stands.
 """
 
 from __future__ import annotations
