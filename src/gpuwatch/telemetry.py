@@ -180,6 +180,7 @@ class Telemetry:
         self.clock = 0.0
         self.started = 0.0
         self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
+        self.oom_left_step_at = 0.0  # when an OOM last left a step (Unix s; 0: never)
         self.batch = TrainingBatch()
         self.tokens_at: dict[int, int] = {}  # samples in a step -> the newest such step's tokens
         self.saves = SaveTotals()
@@ -321,6 +322,8 @@ class Telemetry:
                 self._eval_at = e.t
         if e.name == "oom":
             self.oom_times.extend([e.t] * min(int(e.data.get("count", 1)), MAX_EVENTS))
+            if "type" in e.data:
+                self.oom_left_step_at = e.t
         elif e.name == "batch_size_changed":
             self.batch.change(int(e.data["from"]), int(e.data["to"]), e.t, self.steps_seen)
         elif e.name == "checkpoint_save":
@@ -540,6 +543,12 @@ class Telemetry:
     def last_step_t(self) -> float:
         """When its newest step ended (Unix s; 0 before any)."""
         return self.steps[-1].t if self.steps else 0.0
+
+    @property
+    def died_of_oom(self) -> bool:
+        """Whether an OOM left its newest step and no step ended after it (at the end of a
+        log: the process died of it)."""
+        return self.oom_left_step_at > self.last_step_t
 
     def open_save(self) -> tuple[float, float] | None:
         """(when, seconds open) of a save its newest agent sample says is being written

@@ -336,6 +336,45 @@ def test_an_oom_outside_the_window_is_not_a_symptom_now() -> None:
     assert [f.state for f in fs if f.detector == "fits_on_paper"] in ([], ["resolved"])
 
 
+@pytest.mark.parametrize("at_s", [1.5, 60.0])
+def test_retries_and_an_oom_in_warm_up_are_no_pressure(at_s: float) -> None:
+    """A card at 94% whose allocator retried and hit one caught OOM while the job warmed
+    up (cudnn.benchmark trying workspace-hungry algorithms, a batch finder): no symptom,
+    nothing raised; the same a minute into training is one."""
+    held = {"allocator_reserved_bytes": 30 * GB, "allocator_allocated_bytes": 16 * GB}
+    records: list[Record] = [
+        meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB),
+        Event(0, START + at_s, "oom", {"type": "OutOfMemoryError"}),
+        *steps(300, wall=0.5),
+        *samples("allocator", at_s, {**held, "allocator_alloc_retries_total": 0.0}),
+        *samples("allocator", 300 - at_s, {**held, "allocator_alloc_retries_total": 3.0},
+                 start=START + at_s)]
+    fits = [f for f in judge(records) if f.detector == "fits_on_paper"]
+    assert (fits == []) == (at_s < 2.5)  # (warm-up: the first five steps of 0.5 s)
+
+
+@pytest.mark.parametrize("died", [True, False])
+def test_a_job_that_dies_of_an_oom_at_the_limit_is_told_why(died: bool) -> None:
+    """A card at 97% for five minutes, then retries and an OOM that leaves the step and
+    ends the process: the log ends before any condition could hold for ``for_s``, yet
+    the job died of it. An OOM the loop caught, with steps after it, waits as usual."""
+    end = START + 300
+    held = {"allocator_reserved_bytes": 31 * GB, "allocator_allocated_bytes": 16 * GB}
+    records: list[Record] = [
+        meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB),
+        *steps(299, wall=1.0),  # the last ends at end - 1
+        *samples("allocator", 298, {**held, "allocator_alloc_retries_total": 0.0}),
+        Sample(0, end - 1.5, "allocator", {**held, "allocator_alloc_retries_total": 2.0}),
+        Event(0, end - 0.6 if died else end - 1.4, "oom", {"type": "OutOfMemoryError"}),
+        Sample(0, end - 0.5, "allocator", {**held, "allocator_alloc_retries_total": 2.0})]
+    fits = [f for f in judge(records) if f.detector == "fits_on_paper"]
+    if died:
+        assert [(f.state, f.verdict) for f in fits] == [("active", "move_to_h100")]
+        assert fits[0].evidence["ooms_total"] == 1
+    else:
+        assert fits == []
+
+
 def test_an_oom_that_cut_the_batch_holds_while_the_batch_stays_cut() -> None:
     """OOM at batch 16, then 8 for the rest of the run (an auto batch-size finder): the
     job does not fit as meant for as long as the batch stays cut, not only while the OOM

@@ -281,8 +281,24 @@ class Engine:
         return self.evaluate(self._clock)
 
     def close(self) -> list[Finding]:
-        """A last evaluation at the newest record time (end of run or of the log)."""
-        return self.evaluate(self._clock) if self._clock else []
+        """A last evaluation at the newest record time (end of run or of the log). A
+        condition still detected on a rank that died of an OOM, whose detection counts
+        OOMs, is raised however briefly it held: the job died of it."""
+        if not self._clock:
+            return []
+        changes = self.evaluate(self._clock)
+        died = {r for r, v in self._own.items() if self.scope == "rank" and v.died_of_oom}
+        for (rule_id, _), j in self._judged.items() if died else ():
+            since = self._pending.get(j.fp)
+            active = self._findings.get(j.fp)
+            if (j.found is None or since is None or not j.found.evidence.get("ooms_total")
+                    or died.isdisjoint(j.found.ranks)
+                    or (active is not None and active.state == "active")):
+                continue
+            raised = self._raise(self.rules[rule_id], j.found, j.fp, self._clock, since)
+            if raised is not None:
+                changes.append(raised)
+        return changes
 
     @property
     def findings(self) -> dict[str, Finding]:

@@ -14,6 +14,8 @@ does not make memory alone a reason to move: the move must pay as any other."""
 
 from __future__ import annotations
 
+import math
+
 from gpuwatch.detection.context import (
     BIGGER,
     Context,
@@ -60,13 +62,17 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if summary is None:
         return None
     since = now - window_s(view, rule)
-    retries = view.counter_rise("allocator", "allocator_alloc_retries_total", since)
+    # warm-up's retries and OOMs (cudnn.benchmark's tries, a batch finder) are no pressure:
+    # where the window reaches back into it, counters rise from the first reading after
+    trained = max(since, view.warmed_at)
+    retries = view.counter_rise("allocator", "allocator_alloc_retries_total",
+                                math.nextafter(trained, math.inf) if trained > since else since)
     cut = view.batch.cut
     if cut is not None and summary.tokens >= TOKENS_HELD * view.tokens_at.get(cut[0], 0) > 0:
         cut = None  # tokens per step held: longer sequences in smaller batches (a schedule)
     cut_at = view.batch.cut_at
     # OOMs that brought the batch down stay a symptom while it stays down
-    ooms = view.ooms_since(min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else since)
+    ooms = view.ooms_since(min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else trained)
     act_ckpt = summary.recompute_share >= th["recompute_share"]
     symptoms = {"allocator retries": retries > 0, "OOMs": ooms > 0, "batch cut": cut is not None}
     if not act_ckpt and not any(symptoms.values()):
