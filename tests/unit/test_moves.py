@@ -106,16 +106,17 @@ def test_a_gain_in_math_whose_gpu_utilisation_was_not_measured_is_no_move() -> N
 
 
 def test_no_move_to_a_card_that_cannot_hold_the_job_as_it_runs() -> None:
-    """A job holding 86 GB on a 96 GB card would not load on an 80 GB H100, however much
+    """A job holding 90 GB on a 96 GB card would not load on an 80 GB H100, however much
     faster or cheaper its step would be there."""
-    p = proj("H100 SXM", "RTX 5090", memory_bytes=86e9)
+    p = proj("H100 SXM", "RTX 5090", memory_bytes=90e9)
     assert decide(p, Costs(), otherwise="info") == "info"
     assert p.as_dict()["decision"]["why"] == (
-        "the job holds 80 GiB today, more than H100 SXM holds (75 GiB): shard it first")
+        "the job holds 84 GiB today, more than H100 SXM holds (80 GiB): shard it first")
     held = proj("H100 SXM", "RTX 5090", memory_bytes=60e9)
     assert decide(held, Costs(), otherwise="info") == "move_to_h100"
-    # 75 GB on an 80 GB A100: an H100's 80 GB hold what the job holds today
-    same = proj("H100 SXM", "A100 SXM 80GB", memory_bytes=75e9, card_bytes=80e9)
+    # 75 GB on an 80 GB A100, its size as NVML gives it (81,920 MiB): an H100's 80 GB
+    # (as many bytes: a card's "GB" are binary) hold what the job holds today
+    same = proj("H100 SXM", "A100 SXM 80GB", memory_bytes=75e9, card_bytes=81920 * 2**20)
     decide(same, Costs(), otherwise="info")
     assert "shard" not in same.as_dict()["decision"]["why"]
 

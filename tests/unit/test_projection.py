@@ -65,7 +65,10 @@ def test_spec_sheet_figures_of_the_cards_that_matter() -> None:
                  "GH200 96GB": 4.0, "GH200 144GB": 4.9, "RTX 5090": 1.792}
     for name, tbs in bandwidth.items():
         assert GPUS[name].memory_bandwidth == pytest.approx(tbs * 1e12), name
-    assert GPUS["H200"].memory_bytes == 141e9 and GPUS["GH200 144GB"].memory_bytes == 144e9
+    # a card's "GB" are binary: what NVML reports (an A100 80GB: 81,920 MiB)
+    assert GPUS["H200"].memory_bytes == 141 * 2**30
+    assert GPUS["GH200 144GB"].memory_bytes == 144 * 2**30
+    assert GPUS["A100 SXM 80GB"].memory_bytes == 81920 * 2**20
     assert GPUS["RTX 5090"].fp8_flops == pytest.approx(419e12)
     assert GPUS["L40S"].fp8_flops == pytest.approx(733e12)
     assert GPUS["A100 SXM 80GB"].fp8_flops == 0 and GPUS["H100 SXM"].fp4_flops == 0

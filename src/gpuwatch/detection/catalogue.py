@@ -73,7 +73,7 @@ def catalogue(prices: dict[str, float] | None = None) -> dict[str, Gpu]:
         price_source = ("setting `prices`" if name in prices
                         else f"default as of {g['price_date']}")
         out[name] = Gpu(
-            name=name, match=tuple(g["match"]), memory_bytes=g["memory_gb"] * 1e9,
+            name=name, match=tuple(g["match"]), memory_bytes=g["memory_gb"] * 2**30,
             memory_bandwidth=g["memory_bandwidth_tbs"] * 1e12,
             tf32_flops=g["tf32_tflops"] * t, bf16_flops=g["bf16_tflops"] * t,
             fp16acc_flops=g.get("fp16acc_tflops", g["bf16_tflops"]) * t,
