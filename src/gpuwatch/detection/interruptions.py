@@ -24,23 +24,24 @@ from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Interruptions, Telemetry, mean_step
 from gpuwatch.vocabulary import duration
 
+NO_CARD = " A bigger GPU would not help."
 CAUSES = {
     "data": ("mostly data wait: the DataLoader starting over",
              "Keep the loader's workers between epochs (persistent_workers=True) and make "
-             "its first batches cheap (prefetch_factor, a lighter worker start-up)."),
+             "its first batches cheap (prefetch_factor, a lighter worker start-up)." + NO_CARD),
     "compute": ("mostly compute with the GPU idle: recompiles, host work or an evaluation "
                 "gpuwatch cannot tell as one",
                 "Recompiles (torch.compile meeting new shapes): pad or bucket them "
                 "(torch._dynamo.mark_dynamic, dynamic=True). Host work in the step (logging, "
                 "metric syncs, garbage collection): move it out. An evaluation this often "
-                "costs this share: evaluate less often or on fewer batches."),
+                "costs this share: evaluate less often or on fewer batches." + NO_CARD),
     "other": ("mostly time no phase accounts for: work between steps",
               "Find the work between steps (logging, metric gathering, an eval outside the "
-              "marked loop) and do it less often or off the training thread."),
+              "marked loop) and do it less often or off the training thread." + NO_CARD),
 }
-EVALS = ("mostly evaluations (eval batches ran in them)",
+EVALS = ("mostly evaluations (eval batches ran in them)",  # (GPU work: any card runs them)
          "Evaluate less often or on fewer batches, or on another GPU: the run pays this "
-         "share for them.")
+         "share for them on any card.")
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
