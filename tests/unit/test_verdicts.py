@@ -500,6 +500,26 @@ def test_a_straggler_s_own_slowness_is_no_reason_to_move(tmp_path: Path) -> None
                for f in speeds)
 
 
+def test_nvlink_down_on_sxm_cards_is_a_fault_to_fix_not_a_move(tmp_path: Path) -> None:
+    """Eight SXM cards whose NVLink links all read down (the fabric manager not running):
+    the collectives crawl over PCIe. On H100s and on A100s alike the fix is the links,
+    named as such; no projection moves the job for them. The same cards with NVLink up
+    are no such finding."""
+    down = {"H100": ("NVIDIA H100 80GB HBM3", 80.0, 0, 700.0),
+            "A100": ("NVIDIA A100-SXM4-80GB", 80.0, 0, 400.0)}
+    for name, gpu in down.items():
+        shape = Shape(step_s=2.0, duration_s=600, world=8, gpu=gpu, collective_share=0.4,
+                      collective_bytes=int(26e9), total_steps=500_000)
+        found = analyze(write(shape, tmp_path / name), Settings()).findings
+        sync = only(found, "sync_bottleneck")
+        assert sync.verdict == "fix_here" and "NVLink link" in sync.summary, name
+        assert "nvidia-fabricmanager" in sync.action
+        assert all(f.verdict != "move_to_h100" for f in found), name
+    up = replace(shape, gpu=H100)
+    found = analyze(write(up, tmp_path / "up"), Settings()).findings
+    assert all("reads down" not in f.summary for f in found)
+
+
 def test_progress_records_alone_keep_a_long_eval_from_being_a_hang() -> None:
     """A CPU-side eval (generation on the host, say): GPU idle, yet its batches are logged
     as progress, so no hang; without them the same quiet stretch would be one."""

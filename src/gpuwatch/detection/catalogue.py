@@ -43,6 +43,7 @@ class Gpu:
     price_source: str
     source: str
     source_date: str
+    nvlink_built_in: bool = False  # the board carries its NVLink (SXM): never without it
 
     @property
     def link_bandwidth(self) -> float:
@@ -82,7 +83,8 @@ def catalogue(prices: dict[str, float] | None = None) -> dict[str, Gpu]:
             fp4_flops=g["fp4_tflops"] * t, nvlink_bandwidth=g["nvlink_gbs"] * 1e9 / 2,
             pcie_gen=int(g["pcie_gen"]), power_watts=float(g["power_w"]),
             price_per_hour=prices.get(name, g["price_per_hour"]), price_source=price_source,
-            source=g["source"], source_date=g["source_date"])
+            source=g["source"], source_date=g["source_date"],
+            nvlink_built_in=bool(g.get("nvlink_built_in", False)))
     return out
 
 

@@ -218,8 +218,11 @@ def card_bytes(view: RankInput, current: Gpu | None) -> float | None:
 
 def link_now(views: Sequence[RankInput], current: Gpu | None) -> float | None:
     """Today's GPU-to-GPU link (bytes/s, one direction): NVLink where it joins the job's
-    GPUs (``has_nvlink``) and the card is known, else PCIe at the slot's maximum
-    generation and width; None if unknown."""
+    GPUs (``has_nvlink``) and the card is known, or where it is down on cards built with
+    it (``nvlink_down``: a fault to fix, no reason to move), else PCIe at the slot's
+    maximum generation and width; None if unknown."""
+    if nvlink_down(views, current):
+        return current.nvlink_bandwidth if current else None
     if has_nvlink(views):
         return current.nvlink_bandwidth if current and current.nvlink_bandwidth else None
     links = [link[0] for v in views[:1] for d in job_devices(v) if (link := pcie_slot(d))]
@@ -330,6 +333,16 @@ def host_staged(views: Sequence[RankInput]) -> bool:
     (GeForce cards, some PCIe topologies). Each byte then crosses PCIe twice and the
     host's memory, at a fraction of the slot's rate."""
     return _pair_without(views, "read")
+
+
+def nvlink_down(views: Sequence[RankInput], current: Gpu | None) -> bool:
+    """Whether the job runs on several cards built with NVLink (SXM: ``nvlink_built_in``)
+    whose every link reads down in the topology: collectives fall back to PCIe."""
+    if current is None or not current.nvlink_built_in or max(
+            (v.world_size for v in views), default=1) < 2:
+        return False
+    devices = [d for v in views for d in job_devices(v)]
+    return bool(devices) and all(d.get("nvlink_links_active", 1) == 0 for d in devices)
 
 
 def pcie_between(views: Sequence[RankInput]) -> bool:

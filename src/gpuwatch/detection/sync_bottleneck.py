@@ -28,6 +28,7 @@ from gpuwatch.detection.context import (
     inter_node_link,
     job_devices,
     mean_parts,
+    nvlink_down,
     pcie_slot,
     recent,
     spans_nodes,
@@ -142,6 +143,15 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "(stages - 1) / (micro-batches + stages - 1) of it), an interleaved "
                            "or zero-bubble schedule, stages of equal compute. A faster link "
                            "would barely help."}
+        return Detection(evidence, ranks, text=text, verdict="fix_here")
+    if (card := proj.current) is not None and nvlink_down(views, card) and not inter_node:
+        text |= {"link": f"over {link_name}: every NVLink link of these {card.name} cards "
+                         "reads down",
+                 "advice": "These cards are built to talk over NVLink; with every link down "
+                           "the collectives fall back to PCIe. Check `nvidia-smi nvlink "
+                           "--status` and `nvidia-smi topo -m`, and on NVSwitch systems the "
+                           "fabric manager (nvidia-fabricmanager), then run again: no move is "
+                           "judged until the links are up."}
         return Detection(evidence, ranks, text=text, verdict="fix_here")
     if explained and has_nvlink(views) and not inter_node:  # (bytes unseen: explained)
         text |= {"link": "over NVLink already",
