@@ -122,7 +122,7 @@ def test_no_move_to_a_card_that_cannot_hold_the_job_as_it_runs() -> None:
 
 
 def test_a_gpu_idling_on_host_work_is_fixed_here_before_any_move() -> None:
-    p = proj("H100 SXM", "RTX 5090", host_bound=True)
+    p = proj("H100 SXM", "RTX 5090", fix_first="underutilised")
     assert decide(p, Costs(), otherwise="info") == "info"
     assert "idles on host work" in p.as_dict()["decision"]["why"]
     assert decide(p, Costs(), otherwise="fix_here", cannot_run_here="OOMs") == "move_to_h100"

@@ -520,6 +520,39 @@ def test_nvlink_down_on_sxm_cards_is_a_fault_to_fix_not_a_move(tmp_path: Path) -
     assert all("reads down" not in f.summary for f in found)
 
 
+THERMAL = 0x20 | 0x40  # NVML's software and hardware thermal slowdown bits
+POWER_CAP = 0x4
+
+
+@pytest.mark.parametrize(("reasons", "raised"), [(THERMAL, True), (POWER_CAP, False),
+                                                 (0, False)])
+def test_a_gpu_held_below_its_clocks_by_heat_is_fixed_here_and_moves_nothing(
+        reasons: int, raised: bool) -> None:
+    """An L40S too hot to hold its clocks (1.1 of 2.5 GHz) for the whole run, its time
+    to finish planned: the fault is the machine's, and a projection from the throttled
+    card would overstate any move. At the power cap it runs as designed: no finding."""
+    nvml = {"gpu_utilization_ratio": 0.97, "gpu_clock_event_reasons": float(reasons),
+            "gpu_sm_clock_hertz": 1.1e9 if reasons == THERMAL else 2.5e9,
+            "gpu_temperature_celsius": 91.0 if reasons == THERMAL else 70.0}
+    records: list[Record] = [
+        meta(), topology("NVIDIA L40S", 48 * GB),
+        Event(0, START, "total_steps", {"steps": 2_000_000}),
+        *steps(300, wall=1.0, tokens=32 * 2048),
+        *samples("nvml", 300, nvml, gpu=0)]
+    found = judge(records)
+    throttled = [f for f in found if f.detector == "throttling"]
+    if not raised:
+        assert throttled == []
+        return
+    f = only(found, "throttling")
+    assert f.verdict == "fix_here" and "thermal slowdown" in f.summary
+    assert f.evidence["throttled_share_ratio"] == 1.0
+    assert f.evidence["sm_clock_throttled_hertz"] == 1.1e9
+    speed = only(found, "iteration_speed")
+    assert speed.verdict != "move_to_h100" and speed.projection is not None
+    assert "throttled" in speed.projection["decision"]["why"]
+
+
 def test_progress_records_alone_keep_a_long_eval_from_being_a_hang() -> None:
     """A CPU-side eval (generation on the host, say): GPU idle, yet its batches are logged
     as progress, so no hang; without them the same quiet stretch would be one."""

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuwatch.detection.moves import Costs, decide, holds, price
+from gpuwatch.detection.moves import FIX_FIRST, Costs, decide, holds, price
 from gpuwatch.detection.projection import (
     DEFAULT_TARGET,
     Gpu,
@@ -144,8 +144,10 @@ class Context:
         unit, units = (("1M tokens", tokens) if tokens > 0 else
                        ("1M samples", samples) if samples > 0 else ("step", 0.0))
         planned = self.planned_steps or view.planned_steps
-        held_back = transfer_s is None and any(
-            "straggler" in self.explained.get(v.rank, ()) for v in views)
+        holding = {d for v in views for d in self.explained.get(v.rank, ())}
+        if transfer_s is not None:  # (the ranks were compared: a straggler is told apart)
+            holding.discard("straggler")
+        fix_first = next((d for d in FIX_FIRST if d in holding), None)
         inputs = Inputs(
             tensor_share=_mean(tensor_share(v, since) for v in views),
             gpu_busy=_mean(_figure_mean(v, "nvml", "gpu_utilization_ratio", since)
@@ -156,11 +158,10 @@ class Context:
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since),
             fabric=fabric, fabric_unseen=fabric is None and spans_nodes(views),
             host_staged=host_staged(views), memory_bytes=held, card_bytes=card,
-            host_bound=any("underutilised" in self.explained.get(v.rank, ()) for v in views),
+            fix_first=fix_first,
             loader_bound=any("data_starvation" in self.explained.get(v.rank, ())
                              for v in views),
-            held_back=held_back, peer_bound=held_back and any(
-                WAITING in self.explained.get(v.rank, ()) for v in views),
+            peer_bound=transfer_s is None and WAITING in holding,
             latency_bytes=self.latency_bytes, link_explained=self.link_explained,
             transfer_s=transfer_s)
         proj = project(parts, target or self.holding(held, card), current, ranks=world,

@@ -26,6 +26,7 @@ from gpuwatch.detection import (
     iteration_speed,
     straggler,
     sync_bottleneck,
+    throttling,
     underutilised,
 )
 from gpuwatch.detection.context import HOLDING, WAITING, Context, Detection, for_s, scale, window_s
@@ -51,6 +52,7 @@ RANK_DETECTORS: dict[str, RankDetector] = {
     "fits_on_paper": fits_on_paper.detect,
     "hang": hang.detect,
     "interruptions": interruptions.detect,
+    "throttling": throttling.detect,  # (before the projections, which it holds back)
     "iteration_speed": iteration_speed.detect,
     "underutilised": underutilised.detect,
 }

@@ -10,8 +10,8 @@ compute may be communication, which faster math does not shorten; nor does a gai
 comes mostly from faster math where GPU utilisation was not measured (the projection
 counts all compute as GPU-busy, an upper bound even at its low end). Nor is a move
 recommended by (2) or (3) to a card that cannot hold the job's memory as it runs
-today, while the GPU idles on host work (``underutilised``), or while slower ranks
-hold the job back (``straggler``): no card fixes either, so fix that first. Never
+today, nor while the rank is held back in a way no card fixes (``FIX_FIRST``: a
+throttled GPU, host work, slower ranks): fix that first. Never
 to the card the job already runs on. Otherwise the detector's own verdict
 (``fix_here`` or ``info``) stands.
 """
@@ -28,6 +28,16 @@ from gpuwatch.detection.projection import Projection
 from gpuwatch.records import Verdict
 
 HOURS_PER_YEAR = 8760.0
+# Findings (or conditions) that hold a rank back in a way no card fixes, by detector, in
+# the order they are named: what a move gains is judged once they are fixed.
+FIX_FIRST = {
+    "throttling": "the GPU runs throttled (heat or power), which a move away from this "
+                  "machine would not explain: fix its cooling or power first, then judge a move",
+    "underutilised": "the GPU idles on host work (underutilised), which no card shortens: "
+                     "fix that here first",
+    "straggler": "a slower rank holds the job back (straggler), which no card fixes: fix it "
+                 "here first, then judge a move",
+}
 HOLD_SHARE = 0.9  # a job's memory today must fit this share of a card it moves to
 GIB = 2**30
 MOVE: Verdict = "move_to_h100"
@@ -164,12 +174,8 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
         held = p.inputs.memory_bytes or 0.0
         why = (f"the job holds {held / GIB:.0f} GiB today, more than {p.target.name} holds "
                f"({p.target.memory_bytes / GIB:.0f} GiB): shard it first")
-    elif p.inputs.host_bound:
-        why = ("the GPU idles on host work (underutilised), which no card shortens: fix "
-               "that here first")
-    elif p.inputs.held_back:
-        why = ("a slower rank holds the job back (straggler), which no card fixes: fix it "
-               "here first, then judge a move")
+    elif p.inputs.fix_first in FIX_FIRST:
+        why = FIX_FIRST[p.inputs.fix_first]
     elif p.inputs.gpu_busy is None and p.current is not None and _gain_is_compute(p):
         why = ("GPU utilisation not measured: all compute was counted as GPU-busy, so even "
                "the low end is an upper bound (give the agent NVML)")

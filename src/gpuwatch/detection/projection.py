@@ -105,7 +105,9 @@ class Inputs:
     between the job's GPUs go through host memory (no peer-to-peer access).
     ``memory_bytes``: the most memory the job's tensors took today on a rank, on a card
     of ``card_bytes`` (bytes).
-    ``host_bound``: the GPU idles on host work (``underutilised``).
+    ``fix_first``: the detector whose finding or condition holds the rank back in a way no
+    card fixes (``moves.FIX_FIRST``: host work, a straggler, a throttled GPU): what a
+    move gains is judged once that is fixed.
     ``latency_bytes`` and ``link_explained``: below ``latency_bytes`` bus bytes per step,
     or where today's link moves the bytes in less than ``link_explained`` of the wait,
     the wait is not the link's bandwidth (latency, contention, a misconfigured NCCL):
@@ -117,11 +119,9 @@ class Inputs:
     InfiniBand or RoCE port, no setting): a move keeps its collective wait as measured.
     ``loader_bound``: the step waits on its data loader (``data_starvation``), so it goes
     at the loader's pace on any card: time a faster card saves is spent waiting for data
-    instead. ``held_back``: slower ranks hold the job back (a ``straggler`` finding or
-    condition, judged job-wide, covers the ranks projected): what a move gains is judged
-    once they are fixed. ``peer_bound``: the rank waits at its collectives for them and
-    cannot tell that wait from transfer: it goes at their pace, and time a faster card
-    saves is spent waiting for them.
+    instead. ``peer_bound``: the rank waits at its collectives for slower ranks (a
+    ``straggler`` names them) and cannot tell that wait from transfer: it goes at their
+    pace, and time a faster card saves is spent waiting for them.
     """
 
     tensor_share: float | None = None
@@ -136,12 +136,11 @@ class Inputs:
     fabric: float | None = None
     fabric_unseen: bool = False
     loader_bound: bool = False
-    held_back: bool = False
     peer_bound: bool = False
     host_staged: bool = False
     memory_bytes: float | None = None
     card_bytes: float | None = None
-    host_bound: bool = False
+    fix_first: str | None = None
     latency_bytes: float = 0.0
     link_explained: float = 0.0
     transfer_s: float | None = None
