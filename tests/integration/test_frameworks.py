@@ -67,6 +67,29 @@ def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
     assert isinstance(records[0], Meta) and records[0].rank == 0
 
 
+def test_lightning_ddp_saves_are_closed_on_ranks_that_write_nothing(tmp_path: Path) -> None:
+    """DDP writes a checkpoint on rank 0 alone, yet every rank's ``on_save_checkpoint``
+    opens the save: on rank 1 it must close with the strategy's save, taking no time of
+    its steps and no bytes of rank 0's files (an open save would also hide a hang)."""
+    pytest.importorskip("lightning")
+    out = tmp_path / "run"
+    proc = run([sys.executable, str(ROOT / "tests/integration/scripts/lightning_ddp_checkpoint.py"),
+                str(out), "--steps", "40"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        records = read(out / f"run-rank{rank}.jsonl")
+        logged = [r for r in records if isinstance(r, Step)]
+        saves = [r for r in records if isinstance(r, Event) and r.name == "checkpoint_save"]
+        assert len(logged) == 40 and all(phases_fit_in_step(s) for s in logged), rank
+        assert len(saves) == 4, rank
+        written = sum(e.data.get("bytes", 0) for e in saves)
+        if rank == 0:
+            assert written > 0
+        else:
+            assert written == 0
+            assert sum(s.checkpoint_s for s in logged) < 0.1 * sum(s.wall_s for s in logged)
+
+
 def test_lightning_steps_are_optimizer_steps_when_gradients_accumulate(tmp_path: Path) -> None:
     """accumulate_grad_batches=4: a step is the optimizer's (as in a plain loop and the
     Hugging Face callback), its four micro-batches' samples together."""

@@ -16,7 +16,7 @@ class LightningHooks:
     """Steps are optimizer steps: a training batch, or with ``accumulate_grad_batches``
     the batches up to the one the optimizer steps in; data wait is the gap before each
     batch starts; backward and optimizer from their hooks; a checkpoint from
-    ``on_save_checkpoint`` to the end of the strategy's ``CheckpointIO.save_checkpoint``. Every
+    ``on_save_checkpoint`` to the end of the strategy's ``save_checkpoint``. Every
     ``log_every_n_steps`` (the trainer's own cadence) and at the end, gpuwatch's
     figures (``Monitor.summary()``) go to each of ``trainer.loggers``."""
 
@@ -41,21 +41,34 @@ class LightningHooks:
         self._time_checkpoint_io(trainer)
 
     def _time_checkpoint_io(self, trainer: Any) -> None:
-        io = getattr(trainer.strategy, "checkpoint_io", None)
-        save = getattr(io, "save_checkpoint", None)
+        """A save ends where the strategy's ``save_checkpoint`` returns, on every rank (DDP
+        writes on rank 0 alone, yet every rank's ``on_save_checkpoint`` opened it); its
+        files are sized only where this rank's ``CheckpointIO`` wrote them."""
+        strategy = trainer.strategy
+        io = getattr(strategy, "checkpoint_io", None)
+        write, save = getattr(io, "save_checkpoint", None), getattr(strategy, "save_checkpoint",
+                                                                     None)
         marker = self._marker
-        if io is None or save is None or marker is None:
+        if io is None or write is None or save is None or marker is None:
             return
+        written: list[Any] = []  # the paths this rank's CheckpointIO wrote in the save
+
+        @functools.wraps(write)
+        def writing(checkpoint: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+            written.append(path)
+            return write(checkpoint, path, *args, **kwargs)
 
         @functools.wraps(save)
-        def timed(checkpoint: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+        def saving(checkpoint: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+            written.clear()
             try:
                 return save(checkpoint, path, *args, **kwargs)
             finally:
-                marker.checkpoint_end(path)
+                marker.checkpoint_end(written[-1] if written else None)
 
         with contextlib.suppress(AttributeError, TypeError):
-            io.save_checkpoint = timed
+            io.save_checkpoint = writing
+            strategy.save_checkpoint = saving
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self._marker is None:
