@@ -188,6 +188,24 @@ def test_huggingface_trainer_with_the_callback(tmp_path: Path) -> None:
     assert plans == [60]
 
 
+def test_hf_ddp_saves_are_sized_on_the_rank_that_writes_them(tmp_path: Path) -> None:
+    """Every rank's ``on_save`` comes once the checkpoint is written, into one shared
+    directory; rank 0 writes it (``should_save``): rank 1's saves carry none of its bytes."""
+    pytest.importorskip("transformers")
+    out = tmp_path / "run"
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--standalone", str(ROOT / "tests/integration/scripts/hf_ddp_save.py"),
+                str(out)], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = {}
+    for rank in (0, 1):
+        records = read(out / f"run-rank{rank}.jsonl")
+        saves = [e for e in records if isinstance(e, Event) and e.name == "checkpoint_save"]
+        assert len(saves) == 3, rank
+        written[rank] = sum(e.data.get("bytes", 0) for e in saves)
+    assert written[0] > 3 * 50_000 and written[1] == 0
+
+
 def test_a_second_lightning_fit_is_recorded_as_the_next_attempt(tmp_path: Path) -> None:
     """fit() twice with one callback (a fine-tune after pre-training): the first fit's
     end stopped the agent and the second fit went unrecorded (40 of 80 steps)."""

@@ -95,7 +95,9 @@ class GpuWatchCallback(TrainerCallback):
         now = perf_counter()
         if self._marker is not None:
             path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            self._marker.saved(now - self._last, path if os.path.isdir(path) else None)
+            mine = getattr(args, "should_save", True)  # (else another process wrote it)
+            self._marker.saved(now - self._last,
+                               path if mine and os.path.isdir(path) else None)
         self._last = perf_counter()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
