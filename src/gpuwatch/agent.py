@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -592,18 +593,45 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 def _chain_stop_handlers() -> None:
     """Chain the job's own Python handlers of the stopping signals (never one where it
     has none: SIG_DFL ends the process at once), so that an exit they make is known:
-    ``sys.exit`` leaves no trace of its status for the atexit handlers. Main thread
-    only (where handlers are set); once per handler."""
+    ``sys.exit`` leaves no trace of its status for the atexit handlers. Those installed
+    already (main thread only, where handlers are set), and, through ``signal.signal``,
+    those the job installs later; once per handler."""
+    if not getattr(signal.signal, "gpuwatch_chaining", False):
+        signal.signal = _chaining(signal.signal)
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in STOP_SIGNALS:
         try:  # (a handler object of the job's may raise on any attribute read)
             handler = signal.getsignal(signum)
-            if (callable(handler) and handler is not signal.default_int_handler  # (Ctrl-C's
-                    and not getattr(handler, "gpuwatch_chained", False)):  # KeyboardInterrupt)
-                signal.signal(signum, _chained(handler))
+            if _to_chain(handler):
+                signal.signal(signum, handler)  # (chained on its way in)
         except Exception as exc:
             log.debug("gpuwatch: signal %s's handler left as it is (%s)", signum, exc)
+
+
+def _to_chain(handler: Any) -> bool:
+    """Whether ``handler`` is a Python handler of the job's not chained yet (Ctrl-C's
+    KeyboardInterrupt, ``default_int_handler``, is left as it is). May raise (a handler
+    object's attribute reads)."""
+    return (callable(handler) and handler is not signal.default_int_handler
+            and not getattr(handler, "gpuwatch_chained", False))
+
+
+def _chaining(install: Callable[..., Any]) -> Callable[..., Any]:
+    """``signal.signal`` that chains the job's handlers of the stopping signals as it
+    installs them (what it returns, the previous handler, installs unchanged again)."""
+
+    @functools.wraps(install)
+    def chaining(signum: Any, handler: Any) -> Any:
+        try:
+            if signum in STOP_SIGNALS and _to_chain(handler):
+                handler = _chained(handler)
+        except Exception as exc:  # (never raised into the job: its handler goes in as is)
+            log.debug("gpuwatch: signal %s's handler not chained (%s)", signum, exc)
+        return install(signum, handler)
+
+    chaining.gpuwatch_chaining = True  # type: ignore[attr-defined]
+    return chaining
 
 
 def _chained(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:

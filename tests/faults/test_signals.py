@@ -102,13 +102,15 @@ def test_a_scraped_process_dying_of_ctrl_c_does_not_wait_for_a_last_scrape(
     assert took < 20  # it would wait up to 60 s for the next scrape
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
 def test_a_scraped_process_ended_by_its_own_sigterm_handler_does_not_wait_either(
-        tmp_path: Path) -> None:
+        tmp_path: Path, when: str) -> None:
     """The usual graceful stop, a SIGTERM handler that calls ``sys.exit``: the exit leaves
     no trace of its cause for the atexit handlers, so a scraped process waited the whole
     ``final_scrape_s`` (20 s by default) after SIGTERM. The job's handler, installed before
-    the agent started, is chained (it still runs) and the death is known."""
-    proc = _start(tmp_path, "loop", "before", exporter__port="0",
+    the agent started or after it (``gpuwatch.watch()`` first, as the README shows), is
+    chained (it still runs) and the death is known."""
+    proc = _start(tmp_path, "loop", when, exporter__port="0",
                   exporter__final_scrape_s="60")
     port = wait_for(lambda: next((r.metrics_port for r in RunLogReader(tmp_path / "run.jsonl")
                                   if isinstance(r, Meta)), None)
