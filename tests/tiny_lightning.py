@@ -41,3 +41,34 @@ class TinyWithEval(Tiny):
         while time.thread_time() < until:
             wide = torch.tanh(wide @ wide)
         return torch.nn.functional.mse_loss(self.net(x), y)
+
+
+class TinyGan(L.LightningModule):
+    """A GAN with manual optimization: two optimizers, each stepped every ``accumulate``
+    batches (gradients the job accumulates itself)."""
+
+    def __init__(self, accumulate: int = 1) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.accumulate = accumulate
+        self.generator = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
+                                             torch.nn.Linear(32, 32))
+        self.critic = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                                          torch.nn.Linear(32, 1))
+
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        (real,) = batch
+        critic_opt, generator_opt = self.optimizers()
+        fake = self.generator(torch.randn(len(real), 16))
+        soft = torch.nn.functional.softplus
+        self.manual_backward((soft(self.critic(fake.detach())).mean()
+                              + soft(-self.critic(real)).mean()) / self.accumulate)
+        self.manual_backward(soft(-self.critic(fake)).mean() / self.accumulate)
+        if (batch_idx + 1) % self.accumulate == 0:
+            for opt in (critic_opt, generator_opt):
+                opt.step()
+                opt.zero_grad()
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        return (torch.optim.Adam(self.critic.parameters(), 1e-3),
+                torch.optim.Adam(self.generator.parameters(), 1e-3))

@@ -117,6 +117,36 @@ def test_lightning_steps_are_optimizer_steps_when_gradients_accumulate(tmp_path:
     assert plans == [20]
 
 
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_manual_optimization_s_steps_are_the_batches_its_optimizers_step_in(
+        tmp_path: Path, accumulate: int) -> None:
+    """A GAN stepping two optimizers by hand: Lightning's ``max_steps`` counts each
+    optimizer's steps, so 60 of them are 30 steps of the job (the plan says so); where the
+    job accumulates gradients itself, a step is a batch its optimizers step in."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gpuwatch.integrations.lightning import GpuWatchCallback
+    from tests.tiny_lightning import TinyGan
+
+    callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False})
+    trainer = L.Trainer(max_steps=60, accelerator="cpu", devices=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, callbacks=[callback])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        trainer.fit(TinyGan(accumulate), DataLoader(TensorDataset(torch.randn(2000, 32)),
+                                                    batch_size=10))
+    records = read(tmp_path / "run" / "run.jsonl")
+    steps = [r for r in records if isinstance(r, Step)]
+    plans = [e.data["steps"] for e in records if isinstance(e, Event) and e.name == "total_steps"]
+    assert plans[-1] == 30
+    # (the first batch ends a step of its own: no optimizer has stepped yet to tell)
+    assert len(steps) == 30 + (accumulate > 1)
+    assert sum(s.samples for s in steps) == 30 * accumulate * 10
+
+
 def test_a_lightning_fit_ended_by_ctrl_c_does_not_wait_for_a_last_scrape(
         tmp_path: Path) -> None:
     """Lightning catches a KeyboardInterrupt and exits through ``sys.exit(1)``, which

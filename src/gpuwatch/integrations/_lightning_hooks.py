@@ -28,7 +28,9 @@ class LightningHooks:
         self._owned = False  # this callback started the agent (not gpuwatch run's hooks)
         self._marker: LoopMarker | None = None
         self._logged_step = -1
-        self._stepped = False  # the optimizer stepped in the batch under way
+        self._stepped = 0  # optimizer steps in the batch under way
+        self._plan: int | None = None  # the plan told at the fit's start, from max_steps
+        self._per_batch = 0  # optimizer steps in a stepping batch of a manual optimization
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit" or (self.monitor is not None and not self.monitor.agent.stopped):
@@ -73,7 +75,11 @@ class LightningHooks:
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self._marker is None:
             return
-        self._marker.plan(_planned_steps(trainer))
+        plan = _planned_steps(trainer)
+        self._marker.plan(plan)
+        # (max_steps counts every optimizer's steps: a manual optimization's may be many)
+        self._plan = plan if trainer.max_steps and trainer.max_steps > 0 else None
+        self._per_batch = 0
         self._marker.loop_start()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
@@ -86,16 +92,22 @@ class LightningHooks:
             self._marker.backward()
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        self._stepped = True
+        self._stepped += 1
         if self._marker is not None:
             self._marker.optimizer()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        manual = not getattr(pl_module, "automatic_optimization", True)
         if self._marker is not None:  # (a batch that only accumulates goes on to the next)
-            accumulating = int(getattr(trainer, "accumulate_grad_batches", 1) or 1) > 1
-            self._marker.batch_end(step=self._stepped or not accumulating)
-        self._stepped = False
+            accumulating = (int(getattr(trainer, "accumulate_grad_batches", 1) or 1) > 1
+                            or (manual and self._per_batch > 0))  # (the job's own)
+            self._marker.batch_end(step=self._stepped > 0 or not accumulating)
+            if manual and self._stepped and not self._per_batch:
+                self._per_batch = self._stepped
+                if self._plan and self._stepped > 1:  # (a GAN's two optimizers)
+                    self._marker.plan(-(-self._plan // self._stepped))
+        self._stepped = 0
         step = trainer.global_step
         if step != self._logged_step and step % max(trainer.log_every_n_steps or 1, 1) == 0:
             self._log_figures(trainer)
