@@ -236,6 +236,24 @@ def test_hf_ddp_saves_are_sized_on_the_rank_that_writes_them(tmp_path: Path) -> 
     assert written[0] > 3 * 50_000 and written[1] == 0
 
 
+def test_a_zero_code_hf_checkpoint_is_one_save_of_its_whole_directory(tmp_path: Path) -> None:
+    """Under ``gpuwatch run`` a Trainer's checkpoint writes five files (weights, optimizer,
+    scheduler, RNG, state) through ``torch.save`` and ``save_file``: one save each time,
+    sized as the directory it wrote, not five small ones."""
+    pytest.importorskip("transformers")
+    out = tmp_path / "run"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(ROOT / "tests/integration/scripts/hf_ddp_save.py"), str(out),
+                            "--zero-code"), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saves = [e for e in read(out / "run.jsonl")
+             if isinstance(e, Event) and e.name == "checkpoint_save"]
+    written = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+               for d in (tmp_path / "run-hf").glob("checkpoint-*")}
+    assert len(written) == 3 and len(saves) == 3
+    assert sorted(e.data["bytes"] for e in saves) == sorted(written.values())
+
+
 def test_a_second_lightning_fit_is_recorded_as_the_next_attempt(tmp_path: Path) -> None:
     """fit() twice with one callback (a fine-tune after pre-training): the first fit's
     end stopped the agent and the second fit went unrecorded (40 of 80 steps)."""

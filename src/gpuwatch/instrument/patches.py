@@ -3,9 +3,11 @@
 - optimizer step hooks (``register_optimizer_step_pre_hook``/``_post_hook``) delimit
   steps and time the optimizer;
 - the DataLoader iterator's ``__next__`` times data wait and counts samples;
-- ``torch.save``, ``torch.distributed.checkpoint.save``/``async_save`` and
-  ``safetensors.torch.save_file`` time checkpoints (a save on another thread than
-  the training loop's is a background save: timed, never blocking time);
+- ``torch.save``, ``torch.distributed.checkpoint.save``/``async_save``,
+  ``safetensors.torch.save_file`` and a Hugging Face ``Trainer``'s
+  ``_save_checkpoint`` time checkpoints (saves within a save are part of it; a save on
+  another thread than the training loop's is a background save: timed, never
+  blocking time);
 - ``torch.utils.checkpoint.checkpoint`` counts activation checkpointing and times
   its recompute;
 - ``torch.distributed`` collectives, their async waits, DDP's gradient all-reduce,
@@ -210,13 +212,14 @@ def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush) -> Calla
 
 def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: int | None = None,
                           target_kwarg: str | None = None,
-                          target_of: Callable[[dict[str, Any]], Any] | None = None
-                          ) -> Callable[..., Any]:
+                          target_of: Callable[[tuple[Any, ...], dict[str, Any]], Any] | None
+                          = None) -> Callable[..., Any]:
     """Wrap a save function: a checkpoint phase, and the target (path or bytes written):
     the ``target_kwarg`` or ``target_arg`` argument, else what ``target_of`` finds in the
-    keyword arguments. A save another thread makes while the loop's own save is under
-    way (a distributed checkpoint's writer threads) is a part of that one, not a
-    background save of its own."""
+    arguments (None: unsized). A save made while the loop's own save is under way, on
+    the loop (a framework's checkpoint writing its files) or on another thread (a
+    distributed checkpoint's writer threads), is a part of that one, not a save of its
+    own."""
 
     @functools.wraps(save)
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -225,11 +228,14 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
             target = args[target_arg]
         elif target is None and target_arg is not None:
             target = kwargs.get("f")
+        if lazy.saving:  # (part of the save under way)
+            return save(*args, **kwargs)
         if target is None and target_of is not None:
-            target = target_of(kwargs)
+            try:
+                target = target_of(args, kwargs)
+            except Exception:  # (never raised into the job: the save goes unsized)
+                target = None
         if lazy.off_loop():
-            if lazy.saving:
-                return save(*args, **kwargs)
             return _background_save(save, target, lazy, args, kwargs)
         start = _tell(target)
         since = time.time()
@@ -320,10 +326,30 @@ def patch_distributed_checkpoint(lazy: LazyPush, module: Any) -> None:
                 original, lazy, target_kwarg="checkpoint_id", target_of=_writer_path))
 
 
-def _writer_path(kwargs: dict[str, Any]) -> Any:
+def _writer_path(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Where a distributed checkpoint goes when only its storage writer says so
     (``storage_writer=FileSystemWriter(path)``)."""
     return getattr(kwargs.get("storage_writer"), "path", None)
+
+
+def patch_hf_trainer(lazy: LazyPush, module: Any) -> None:
+    """Time a Hugging Face ``Trainer``'s checkpoint as one save (``_save_checkpoint``: the
+    model, optimizer, scheduler, RNG and trainer state files it writes), sized by its
+    directory on the process that writes it (``should_save``)."""
+    trainer: Any = getattr(module, "Trainer", None)
+    original = getattr(trainer, "_save_checkpoint", None)
+    if original is not None:
+        trainer._save_checkpoint = timed_checkpoint_save(original, lazy,
+                                                         target_of=_hf_checkpoint_dir)
+
+
+def _hf_checkpoint_dir(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The directory ``Trainer._save_checkpoint(model, trial)`` writes (a plain run's, on
+    the process that saves the model); None elsewhere (unsized)."""
+    trainer, trial = args[0], (args[2] if len(args) > 2 else kwargs.get("trial"))
+    if trial is not None or not trainer.args.should_save:
+        return None
+    return os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.state.global_step}")
 
 
 def patch_safetensors(lazy: LazyPush, module: Any) -> None:
@@ -759,6 +785,7 @@ PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
     "torch.distributed": patch_distributed,
     "torch.distributed.checkpoint": patch_distributed_checkpoint,
     "safetensors.torch": patch_safetensors,
+    "transformers.trainer": patch_hf_trainer,
     "torch.distributed._functional_collectives": patch_functional_collectives,
     "torch.distributed.fsdp._fully_shard._fsdp_param_group": patch_fsdp2,  # torch >= 2.6
     "torch.distributed._composable.fsdp._fsdp_param_group": patch_fsdp2,  # torch 2.4-2.5
