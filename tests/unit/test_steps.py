@@ -123,6 +123,23 @@ def test_batch_cut_is_reported_once_it_persists_and_not_for_a_short_last_batch()
     assert cut.t == pytest.approx(OFFSET + 0.8)  # when the new size repeated
 
 
+def test_a_short_last_batch_fetched_ahead_is_no_batch_cut() -> None:
+    """A loop that fetches its next batch before the step ends (accelerate's prefetch):
+    an epoch's short last batch arrives in one step and trains in the next, which
+    fetches none. A step without a fetch says no batch size: no cut, epoch after epoch."""
+    marks: list[tuple[int, float, object]] = []
+    t = 0.0
+    for _ in range(3):  # epochs of 8, 8, 8 and a last batch of 4
+        for n in (8, 8, 8, 4):
+            marks += [(ring.SAMPLES, t + 0.05, n), (ring.STEP_BOUNDARY, t + 0.1, None)]
+            t += 0.1
+        marks += [(ring.STEP_BOUNDARY, t + 0.1, None)]  # trains the prefetched 4
+        t += 0.1
+    out = assemble(marks)
+    assert events(out, "batch_size_changed") == []
+    assert len(steps(out)) == 15
+
+
 def test_an_eval_loaders_batches_are_progress_not_a_batch_change() -> None:
     out = assemble(training([64] * 9, eval_size=256))
     assert events(out, "batch_size_changed") == []

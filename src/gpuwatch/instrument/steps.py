@@ -74,7 +74,7 @@ class StepAssembler:
         self._batch_candidate: int | None = None
         self._ordinals = {ring.STEP_END: 0, ring.STEP_BOUNDARY: 0}  # last seen per producer
         self._torn = False  # marks of the step being assembled were lost
-        self._last_batch = 0  # size of the newest batch fetched
+        self._last_batch = 0  # size of the newest batch fetched in this step (0: none)
         self._progress_at = 0.0  # perf_counter time of the last step end or progress event
         self._loader_batches = 0  # batches fetched since then
         self._eval_batches = 0  # eval batches done since then
@@ -438,6 +438,7 @@ class StepAssembler:
             acc[phase] = 0.0
             self._timed[phase] = False
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0
+        self._last_batch = 0  # (a step that fetched none, a prefetching loop's, says no size)
         self._collective_bytes = self._p2p_bytes = self._timed_bytes = 0
         self._by_loader.clear()
         self._fetches.clear()
