@@ -149,7 +149,7 @@ def test_an_unknown_card_is_never_called_cheaper() -> None:
     assert decide(p, Costs(), otherwise="info") == "info"
     d = p.as_dict()
     assert "cost_per_unit_now_usd" not in d and d["decision"]["cheaper_at_low_end"] is None
-    assert "not in gpuwatch's catalogue" in d["decision"]["why"]
+    assert "the card was not seen" in d["decision"]["why"]
     named = proj("H100 SXM", None, device_name="Tesla V100-SXM2-32GB")
     decide(named, Costs(), otherwise="info")
     assert named.as_dict()["decision"]["why"].startswith(

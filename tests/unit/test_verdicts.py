@@ -439,6 +439,24 @@ def test_a_long_run_is_projected_onto_a_card_that_holds_its_memory() -> None:
     assert small.projection is not None and small.projection["target"] == "H100 SXM"
 
 
+def test_a_card_not_known_projects_no_time_on_another() -> None:
+    """No NVML and no gpu_model: the time here is all that is known; the summary said the
+    same hours "on one H100 SXM" (compute not scaled). A card outside the catalogue with
+    its memory at the limit still moves for memory, its speed there not claimed."""
+    f = only(judge([meta(), Event(0, START, "total_steps", {"steps": 2_000_000}),
+                    *steps(300, wall=0.4)]), "iteration_speed")
+    assert f.verdict == "info" and "H100" not in f.summary and "not seen" in f.summary
+    assert f.projection is None
+    t4 = [meta(), topology("Tesla T4", 16 * GB),
+          *steps(300, wall=1.2),
+          *samples("allocator", 300, {"allocator_reserved_bytes": 15.6 * GB,
+                                      "allocator_allocated_bytes": 8 * GB},
+                   ramp={"allocator_alloc_retries_total": 0.1})]
+    fits = only(judge(t4), "fits_on_paper")
+    assert "Tesla T4 is not in gpuwatch's catalogue" in fits.summary
+    assert "projected 1.0" not in fits.summary
+
+
 def test_a_long_run_already_on_the_target_is_information_not_a_move() -> None:
     f = only(findings_of(Shape(step_s=1.0, duration_s=200, total_steps=1_000_000)),
              "iteration_speed")

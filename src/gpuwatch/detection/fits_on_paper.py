@@ -27,6 +27,7 @@ from gpuwatch.detection.context import (
     window_s,
     with_interruptions,
 )
+from gpuwatch.detection.moves import unknown_card
 from gpuwatch.detection.projection import Gpu, speedup_text
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import StepSummary, Telemetry
@@ -148,8 +149,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     verdict = ctx.decide(proj, otherwise="fix_here", cannot_run_here=cannot_run_here) \
         if fits else "fix_here"
     if fits and verdict == "move_to_h100":
-        outcome = (f"On {shown.name} it fits ({need / GIB:.1f} GiB needed) and the step is "
-                   f"projected {speedup_text(proj.as_dict())} faster")
+        speed = (f"the step is projected {speedup_text(proj.as_dict())} faster" if current
+                 else f"its speed there is not projected: {unknown_card(ctx.device_name(view))}")
+        outcome = f"On {shown.name} it fits ({need / GIB:.1f} GiB needed) and {speed}"
     elif fits and on_target:
         outcome = (f"It would fit {shown.name} ({need / GIB:.1f} GiB needed), but it already "
                    f"runs on {ctx.target}: shard it across more GPUs here, or run it on "

@@ -14,6 +14,7 @@ from gpuwatch.detection.context import (
     window_s,
     with_interruptions,
 )
+from gpuwatch.detection.moves import unknown_card
 from gpuwatch.detection.projection import speedup_text
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
@@ -33,6 +34,12 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     hours_now = remaining * parts.total / 3600
     if remaining <= 0 or hours_now < th["min_remaining_hours"]:
         return None
+    current = ctx.current_gpu(view)
+    if current is None:  # (no other card's time can be told from it)
+        return Detection({"remaining_steps": float(remaining), "step_seconds": parts.total,
+                          "remaining_hours_now": hours_now}, [view.rank],
+                         text={"why": unknown_card(ctx.device_name(view))}, verdict="info",
+                         variant="unknown_card")
     world = view.meta.world_size if view.meta else 1
     scale = max(th["scale_out_gpus"], world)  # (a job already larger is not scaled down)
     proj = ctx.project([view], parts, since, target_gpus=int(scale))
@@ -46,7 +53,6 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         evidence |= {"remaining_hours_scaled": hours_scaled, "scale_out_gpus": scale}
         scaled = f", {hours_scaled:.1f} h on {scale:.0f}"
     verdict = ctx.decide(proj, otherwise="info")
-    current = ctx.current_gpu(view)
     if verdict == "move_to_h100":
         gpus = f"{world} GPUs" if world > 1 else "one GPU"
         hours_low = remaining * proj.slowest.total / 3600
@@ -55,12 +61,11 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                   "as now"
                   + (f" ({_span(hours_scaled)} on {scale:.0f}, scaled out)." if scaled
                      else "."))
-    elif current is not None and current.name == ctx.target:
+    elif current.name == ctx.target:
         advice = (f"The job already runs on {ctx.target}: scale out (data parallel) or make "
                   "the step itself cheaper to finish sooner.")
     else:
-        projected = f" ({speedup_text(proj.as_dict())} projected)" if current else ""
-        advice = (f"No move to {proj.target.name}{projected}: "
+        advice = (f"No move to {proj.target.name} ({speedup_text(proj.as_dict())} projected): "
                   f"{proj.economics['decision']['why']}. Scale out or make the step itself "
                   "cheaper.")
     text = {"target": proj.target.name, "advice": advice, "scaled": scaled,

@@ -139,6 +139,14 @@ def _gain_is_compute(p: Projection) -> bool:
     return math_saved > now.comm - low.comm
 
 
+def unknown_card(device_name: str | None) -> str:
+    """Why a card's speed and price are unknown, and what to set, as a clause."""
+    what = (f"{device_name} is not in gpuwatch's catalogue" if device_name else
+            "the card was not seen (no NVML reading, no gpu_model set)")
+    return (f"{what}: its speed and price are unknown (set gpu_model to the nearest "
+            "catalogued card and prices to what you pay)")
+
+
 def holds(target: Gpu, held: float | None, card: float | None) -> bool:
     """Whether ``target`` holds a job that takes ``held`` bytes today on a card of
     ``card`` bytes: within ``HOLD_SHARE`` of its memory, or as much memory as that card
@@ -190,9 +198,7 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
         rule, why = "time", (f"time to result {gain:.1f}x shorter at the low end "
                              f"(at least {costs.min_time_gain:g}x wanted)")
     elif p.current is None:
-        why = (f"{p.inputs.device_name or 'the card'} is not in gpuwatch's catalogue: its "
-               "speed and price are unknown, so the move is not judged (set gpu_model to "
-               "the nearest catalogued card and prices to what you pay)")
+        why = f"{unknown_card(p.inputs.device_name)}, so the move is not judged"
     else:
         cost = (f", {worst / now_cost:.2f}x the cost per {e['unit']}" if now_cost else
                 ", cost now unknown")
