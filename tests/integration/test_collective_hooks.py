@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, run
+from tests.integration.conftest import ROOT, free_port, gpuwatch_cmd, run
 
 pytestmark = pytest.mark.integration
 SCRIPT = ROOT / "tests" / "integration" / "scripts" / "collective_hooks.py"
@@ -38,3 +39,22 @@ def test_collective_hooks_on_real_torch_paths() -> None:
         assert r["compiled_ok"] and r["funcol"] == {"bytes": 32, "waits": 1, "ok": True}
         assert set(r["coverage"]) == {"ddp", "work_wait", "funcol", "fsdp2"}
         assert not [v for v in r["coverage"].values() if v.startswith("not timed")]
+
+
+@pytest.mark.parametrize("mode", ["python", "builtin", "twice"])
+def test_a_ddp_hook_the_job_registers_after_a_first_forward_takes_gpuwatch_s_place(
+        tmp_path: Path, mode: str) -> None:
+    """DDP takes one comm hook, once; gpuwatch registers its own at the first forward.
+    A job that registers its hook after a dry-run forward crashed under ``gpuwatch run``
+    ("can only be called once"): its hook now takes gpuwatch's place and runs every
+    backward; a second registration still fails as it does without gpuwatch."""
+    script = ROOT / "tests" / "integration" / "scripts" / "ddp_hook_after_forward.py"
+    plain = run([sys.executable, str(script), mode, str(free_port())], cwd=ROOT, timeout=120)
+    hooked = run(gpuwatch_cmd("run", "--out", f"{tmp_path}/run", "--", sys.executable,
+                              str(script), mode, str(free_port())), cwd=ROOT, timeout=120)
+    assert plain.returncode == 0 and hooked.returncode == 0, hooked.stderr[-3000:]
+    expected = json.loads(plain.stdout.splitlines()[-1])
+    got = json.loads(next(line for line in hooked.stdout.splitlines() if line.startswith("{")))
+    assert got == expected
+    assert got["calls"] == (0 if mode == "builtin" else 10)
+    assert (got["error"] is not None) == (mode == "twice")

@@ -653,10 +653,13 @@ def patch_ddp(lazy: LazyPush, ddp: Any, pool: EventPool = EVENTS,
               queue_callback: Callable[[Callable[[], None]], None] | None = None) -> None:
     """Time DDP's gradient all-reduce: exposed wait through a comm hook.
 
-    The user's own hook is wrapped when registered; otherwise the default all-reduce
-    hook, wrapped, is registered at the first forward (after the user's chance).
-    ``queue_callback`` is the autograd engine's (``Variable._execution_engine``, a
-    private API present in torch 1.x-2.13); without it DDP is not timed.
+    The user's own hook is wrapped when registered; otherwise a hook is registered at
+    the first forward (after the user's chance) that sends the buckets through the
+    default all-reduce until the job registers its own (DDP takes one hook, once: a job
+    that registers it after a first forward, a dry run, gets its hook in that one's
+    place, a built-in one as its Python twin). ``queue_callback`` is the autograd
+    engine's (``Variable._execution_engine``, a private API present in torch
+    1.x-2.13); without it DDP is not timed.
     """
     if queue_callback is None:
         queue_callback = _engine_queue_callback()
@@ -665,11 +668,24 @@ def patch_ddp(lazy: LazyPush, ddp: Any, pool: EventPool = EVENTS,
         return
     timer = Intervals(pool, lambda: lazy.push)
     register, forward = ddp.register_comm_hook, ddp.forward
+    builtin = getattr(ddp, "_register_builtin_comm_hook", None)
+    original_builtin: Callable[..., Any] = builtin or (lambda *_: None)
     enqueue = queue_callback
 
     def register_comm_hook(self: Any, state: Any, hook: Callable[..., Any]) -> Any:
+        if getattr(self, "_gpuwatch_standing_in", False):  # (ours came first: the job's
+            self._gpuwatch_standing_in = False              # takes its place, once)
+            self._gpuwatch_hook = (state, hook)
+            return None
         self._gpuwatch_hooked = True
         return register(self, state, timed_comm_hook(hook, timer, enqueue))
+
+    def register_builtin_comm_hook(self: Any, comm_hook_type: Any) -> Any:
+        twin = _python_twin(comm_hook_type)
+        if getattr(self, "_gpuwatch_standing_in", False) and twin is not None:
+            return register_comm_hook(self, self.process_group, twin)
+        self._gpuwatch_hooked = True
+        return original_builtin(self, comm_hook_type)
 
     def timed_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not getattr(self, "_gpuwatch_hooked", False):
@@ -679,15 +695,39 @@ def patch_ddp(lazy: LazyPush, ddp: Any, pool: EventPool = EVENTS,
                     allreduce_hook,
                 )
 
-                register(self, self.process_group,
-                         timed_comm_hook(allreduce_hook, timer, enqueue))
+                self._gpuwatch_hook = (self.process_group, allreduce_hook)
+                register(self, None, timed_comm_hook(_standing_hook(self), timer, enqueue))
+                self._gpuwatch_standing_in = True
             except Exception:  # a built-in hook already in place: leave it alone
                 pass
         return forward(self, *args, **kwargs)
 
     ddp.register_comm_hook = functools.wraps(register)(register_comm_hook)
+    if builtin is not None:
+        ddp._register_builtin_comm_hook = functools.wraps(builtin)(register_builtin_comm_hook)
     ddp.forward = functools.wraps(forward)(timed_forward)
     COVERAGE["ddp"] = "last bucket ready to end of backward"
+
+
+def _standing_hook(model: Any) -> Callable[[Any, Any], Any]:
+    """The hook gpuwatch registers on a DDP ``model``: the one it holds now (the default
+    all-reduce, until the job registers its own)."""
+
+    def hook(_: Any, bucket: Any) -> Any:
+        state, inner = model._gpuwatch_hook
+        return inner(state, bucket)
+
+    return hook
+
+
+def _python_twin(comm_hook_type: Any) -> Callable[..., Any] | None:
+    """The Python hook that does what a built-in DDP comm hook type does (its state: the
+    process group); None for a type without one."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    twins = {"ALLREDUCE": default_hooks.allreduce_hook,
+             "FP16_COMPRESS": default_hooks.fp16_compress_hook}
+    return twins.get(getattr(comm_hook_type, "name", ""))
 
 
 def _engine_queue_callback() -> Callable[[Callable[[], None]], None] | None:
