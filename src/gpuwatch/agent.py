@@ -39,7 +39,8 @@ from typing import Any
 from gpuwatch._version import __version__
 from gpuwatch.config import Settings, detection_settings
 from gpuwatch.cross_rank import CrossRankJudge
-from gpuwatch.detection.engine import engine_from_settings
+from gpuwatch.detection.context import Context
+from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.faults import FaultLog, log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.identity import (
@@ -170,7 +171,8 @@ class Agent:
         self.runlog_path: Path | None = None
         self.attempt: int | None = None
         self.faults = FaultLog()
-        self.engine = engine_from_settings(settings, "rank", identity.job)
+        self.engine = (engine_from_settings(settings, "rank", identity.job) if settings.enabled
+                       else Engine({}, Context(gpus={}), job=identity.job))  # (reads no file)
         self.pipeline = Pipeline(self.engine, self.faults)
         self.telemetry = Telemetry(identity.rank)  # the engine's own view once settled
         self._held: list[Mark] = []  # marks from before the identity settled

@@ -226,3 +226,31 @@ def test_a_silence_longer_than_a_calendar_holds_is_refused_and_not_written(
         cli.main(["alerts", "silence", str(tmp_path), "hang", "--for", "1e300d"])
     assert stop.value.code == 2 and "100 years" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("enabled", ["true", "false"])
+def test_a_broken_rule_file_shipped_with_gpuwatch_never_raises_into_the_job(
+        tmp_path: Path, enabled: str) -> None:
+    """A detectors/*.yaml that does not parse (a bad install, an edit): ``watch()`` logs
+    one line and the job trains on, monitored or switched off alike (the inert monitor
+    it falls back to read the rules again, and raised)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(root / "src", tmp_path / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(root / "detectors", tmp_path / "detectors")
+    with (tmp_path / "detectors" / "data_starvation.yaml").open("a") as f:
+        f.write("window_s: [unclosed\n")
+    job = ("import gpuwatch\nm = gpuwatch.watch(out_dir='out')\n"
+           "with m.step(samples=1):\n    pass\nprint('trained')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    proc = subprocess.run([sys.executable, "-c", job], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**env, "GPUWATCH_ENABLED": enabled,
+                                                      "PYTHONPATH": str(tmp_path / "src")})
+    assert proc.returncode == 0 and proc.stdout.strip() == "trained", proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    if enabled == "true":
+        (line,) = [x for x in proc.stderr.splitlines() if "data_starvation.yaml" in x]
+        assert "gpuwatch is off for this run" in line
