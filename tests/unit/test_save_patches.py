@@ -117,6 +117,25 @@ def test_forward_and_backward_in_an_optimizer_closure_are_not_the_update() -> No
     assert [code for code, _ in marks] == [*opened, *opened, ring.OPTIMIZER]
 
 
+def test_a_callable_object_passed_to_a_custom_step_is_no_closure() -> None:
+    """A custom optimizer whose ``step(model)`` takes the module (callable, yet no
+    closure) gets the module itself: replacing it broke the job
+    (``'function' object has no attribute 'parameters'``)."""
+    torch = pytest.importorskip("torch")
+    lazy, marks = recorder()
+    model = torch.nn.Linear(2, 1)
+
+    class ByModel(torch.optim.SGD):
+        def step(self, model: Any = None) -> Any:  # type: ignore[override]
+            return sum(p.numel() for p in model.parameters())
+
+    optimizer = ByModel(model.parameters(), lr=0.1)
+    optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: _closure_outside_the_update(lazy, opt, args, kwargs))
+    assert optimizer.step(model) == 3
+    assert marks == []
+
+
 def test_a_replaced_optimizer_takes_over_ending_steps() -> None:
     """The first optimizer to step ends the steps, one per iteration however often the
     others step in it (a GAN's critic, twice); a new one takes over once the first is

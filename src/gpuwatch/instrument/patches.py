@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable
 from types import ModuleType
@@ -122,17 +123,23 @@ def _drop(code: int, value: Any = None) -> None:
     return None
 
 
+CLOSURE_TYPES = (types.FunctionType, types.MethodType, functools.partial)
+
+
 def _closure_outside_the_update(lazy: LazyPush, optimizer: Any, args: Any, kwargs: Any
                                 ) -> tuple[Any, Any] | None:
     """``optimizer.step(closure)`` (Lightning, LBFGS) runs forward and backward inside the
     step: the closure, wrapped, closes the optimizer phase while it runs, so the update
     alone is optimizer time. ``args`` are the step's, the optimizer first (as torch hands
-    them to a step pre-hook). None (nothing changed) without a closure."""
+    them to a step pre-hook). None (nothing changed) without a closure: one passed by
+    position must be a function (a custom optimizer's ``step(model)`` takes a callable
+    object that is no closure, and gets it unchanged)."""
     try:
         at = 1 if isinstance(args, tuple) and args and args[0] is optimizer else 0
         if isinstance(kwargs, dict) and callable(kwargs.get("closure")):
             closure, place = kwargs["closure"], -1
-        elif isinstance(args, tuple) and len(args) > at and callable(args[at]):
+        elif (isinstance(args, tuple) and len(args) > at
+              and isinstance(args[at], CLOSURE_TYPES)):
             closure, place = args[at], at
         else:
             return None
