@@ -1,10 +1,13 @@
 """A local Slack-webhook stand-in on 127.0.0.1 that answers from a script:
 "ok" (200), "429:V" (Retry-After: V, any text), any other status code ("500", "503",
 "404"), "hang:N" (answers 200 after N s: delivered, late), "reset" (drops the
-connection). After the script it answers ``then``. Every body it got is in ``received``."""
+connection), "flood:N" (200 with a body of N MiB, streamed until the client hangs up),
+"garbled" (200 in a charset no one knows). After the script it answers ``then``. Every
+body it got is in ``received``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -41,14 +44,25 @@ class ScriptedWebhook:
                     return
                 if name == "hang":
                     time.sleep(float(arg))
-                status = 200 if name in ("ok", "hang") else int(name)
+                status = 200 if name in ("ok", "hang", "flood", "garbled") else int(name)
                 if status == 200:
                     with hook._lock:
                         hook.delivered.append(json.loads(body))
                 self.send_response(status)
                 if name == "429":
                     self.send_header("Retry-After", arg)
-                payload = b"ok" if status == 200 else b"no_service"
+                if name == "flood":
+                    self.send_header("Content-Length", str(int(arg) << 20))
+                    self.end_headers()
+                    chunk = b"x" * (1 << 20)
+                    with contextlib.suppress(OSError):  # (the client hung up)
+                        for _ in range(int(arg)):
+                            self.wfile.write(chunk)
+                    return
+                if name == "garbled":
+                    self.send_header("Content-Type", "text/plain; charset=x-no-such-charset")
+                payload = (b"\xff\xfe ok" if name == "garbled" else b"ok" if status == 200
+                           else b"no_service")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

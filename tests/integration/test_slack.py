@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -139,6 +140,22 @@ def test_bad_webhook_4xx_is_dropped_and_logged_once(tmp_path: Path,
     assert n.dropped == 2 and n.delivered == 0
     assert sum("HTTP 404" in r.getMessage() for r in caplog.records) == 1
     assert hook.url not in caplog.text  # the webhook is a secret
+
+
+@pytest.mark.parametrize("answer", ["flood:400", "garbled"])
+def test_an_answer_s_body_is_never_read(tmp_path: Path, answer: str) -> None:
+    """A 200 whose body never ends (400 MiB streamed) grew the training process by all
+    of it; one in a charset no one knows read as a failure and was posted again and
+    again. The status says all there is: delivered once, nothing read."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with webhook(then=answer) as hook:
+        n = notifier(hook.url, tmp_path, timeout_s=5.0)
+        n.notify([finding(1)])
+        assert n.flush(timeout=30)
+        n.stop()
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert n.delivered == 1 and len(hook.attempts) == 1
+    assert grown_mib < 100, grown_mib
 
 
 def test_duplicates_fold_reminders_repeat_and_resolved_follow(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 A finding raised, resolved or still active after ``repeat_interval_s`` becomes a
 note, spooled durably at once (``slack_spool``: the agent's thread never waits on
 Slack). A delivery thread groups the notes spooled close together into one
-message (``slack_message``), sends it through an incoming webhook (slack-sdk's
-``WebhookClient``, one attempt at a time) holding a lock on each note, records
-them as delivered when Slack said 200, and only then deletes them. In between:
+message (``slack_message``), posts it to an incoming webhook (one attempt at a time;
+redirects not followed, the answer's body never read: a hostile endpoint's endless
+body costs nothing) holding a lock on each note, records them as delivered when
+Slack said 200, and only then deletes them. In between:
 
 - at most ``messages_per_second`` messages leave (a token bucket);
 - HTTP 429 waits as long as ``Retry-After`` says (a number of seconds or an HTTP
@@ -27,9 +28,13 @@ import math
 import random
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from gpuwatch.config import webhook_problem
 from gpuwatch.records import Finding, to_dict
@@ -46,10 +51,16 @@ DEFAULT_RETRY_AFTER_S = 1.0
 MAX_UNWRITTEN = 10_000  # notes kept in memory while the spool cannot be written
 TELLS = frozenset({"raised", "reminder"})  # kinds a silence holds back
 
-# slack-sdk logs each failed request as an error; failures are counted here instead.
-_QUIET = logging.getLogger("gpuwatch.slack_sdk")
-_QUIET.propagate = False
-_QUIET.addHandler(logging.NullHandler())
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A webhook that answers with a redirect is a wrong one (its 3xx is the answer)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def retry_after_seconds(raw: object, now: float | None = None,
@@ -338,20 +349,22 @@ class SlackNotifier:
         return delay
 
     def _post(self, body: dict[str, Any]) -> tuple[int | None, float]:
-        """(HTTP status or None for a network failure, seconds Retry-After asks for)."""
-        from slack_sdk.webhook import WebhookClient
-
+        """(HTTP status or None for a network failure, seconds Retry-After asks for). The
+        answer's body is not read: its status and headers say all there is."""
+        request = urllib.request.Request(
+            str(self._url), data=orjson.dumps(body), method="POST",
+            headers={"Content-Type": "application/json; charset=utf-8"})
         try:
-            client = WebhookClient(str(self._url), timeout=math.ceil(self._timeout_s),
-                                   retry_handlers=[],  # one attempt: retries are ours
-                                   logger=_QUIET)
-            response = client.send_dict(body)
-        except Exception as exc:  # timeouts, resets, refused connections
+            with _OPENER.open(request, timeout=self._timeout_s) as response:
+                status, headers = int(response.status), response.headers
+        except urllib.error.HTTPError as exc:  # 3xx (not followed), 4xx, 5xx
+            status, headers = exc.code, exc.headers
+            exc.close()
+        except Exception as exc:  # timeouts, resets, refused connections, TLS
             self._on_error(f"slack: {type(exc).__name__}")
             return None, 0.0
-        headers = {str(k).lower(): v for k, v in (response.headers or {}).items()}
-        return response.status_code, retry_after_seconds(headers.get("retry-after"),
-                                                         cap_s=self._max_retry_after_s)
+        raw = headers.get("Retry-After") if headers is not None else None
+        return status, retry_after_seconds(raw, cap_s=self._max_retry_after_s)
 
     def _rendered(self, claimed: list[tuple[str, list[tuple[Spool, Path, Note]]]]
                   ) -> tuple[list[tuple[str, list[tuple[Spool, Path, Note]]]], dict[str, Any]]:
