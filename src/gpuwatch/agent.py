@@ -113,8 +113,9 @@ def parent_key(environ: Mapping[str, str]) -> str:
 
 def default_out_dir(settings: Settings, identity: Identity, environ: Mapping[str, str],
                     store: Any = None, wait_s: float = RUN_KEY_WAIT_S,
-                    pause: Callable[[float], object] = time.sleep) -> Path:
-    """The run directory when none is configured: ``runs/<job>-<key>`` shared by the
+                    pause: Callable[[float], object] = time.sleep,
+                    runs: Path = Path("runs")) -> Path:
+    """The run directory when none is configured: ``<runs>/<job>-<key>`` shared by the
     ranks of one launch (``launch_key``; else rank 0's launching process, read from the
     job's ``store`` where there is one — a launcher that is itself rank 0, as
     Lightning's, is no rank's parent but its own — else this rank's), or for a lone
@@ -126,8 +127,8 @@ def default_out_dir(settings: Settings, identity: Identity, environ: Mapping[str
         if store is not None and identity.world_size > 1:
             key = agree_run_key(store, identity.rank, key, wait_s, pause) or key
     if key is None:
-        return create_run_dir(Path("runs"), settings.job)
-    return Path("runs") / f"{settings.job}-{key}"
+        return create_run_dir(runs, settings.job)
+    return runs / f"{settings.job}-{key}"
 
 
 def restart_count(environ: Mapping[str, str]) -> int:
@@ -167,7 +168,9 @@ class Agent:
         if identity is None:
             identity, self._settled = self._resolve()
         self.identity = identity
-        self.out_dir: Path | None = settings.out_dir
+        self._cwd = Path.cwd()  # (a relative run directory is the job's cwd's at start)
+        self.out_dir: Path | None = (self._cwd / settings.out_dir if settings.out_dir
+                                     else None)
         self.runlog_path: Path | None = None
         self.attempt: int | None = None
         self.faults = FaultLog()
@@ -309,7 +312,7 @@ class Agent:
         self.telemetry = self.engine.view(ident.rank)
         if self.out_dir is None:
             self.out_dir = default_out_dir(self.settings, ident, self._env, job_store(),
-                                           pause=self._stop.wait)
+                                           pause=self._stop.wait, runs=self._cwd / "runs")
 
     def _setup(self) -> None:
         ident, out_dir = self.identity, self.out_dir

@@ -27,6 +27,7 @@ segments, then the log itself, as one stream.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import itertools
@@ -196,75 +197,117 @@ def is_segment(name: str) -> bool:
 
 
 class RunLogWriter:
-    """Writes records to ``path`` (created with its parent directory): appends, or
-    with ``exclusive`` creates a new file and raises FileExistsError if there is one.
+    """Writes records to ``path`` (created with its parent directory; taken as absolute
+    now, so a job that changes its directory later changes nothing): appends, or with
+    ``exclusive`` creates a new file and raises FileExistsError if there is one.
 
     ``segment_bytes`` (0: never): past this size the file is rotated into a compressed
-    segment (see the layout above); records are never split across segments."""
+    segment (see the layout above); records are never split across segments. A
+    rotation that cannot make the new file (no inode, no room) leaves the log as it was
+    and is tried again after another eighth of a segment.
+
+    Writes go straight to the file's descriptor, checked to be still this file's before
+    each: a job that closes every descriptor and opens one of its own, which gets the
+    same number, gets none of the log's lines (the log stops, counted by the caller)."""
 
     def __init__(self, path: Path, exclusive: bool = False, segment_bytes: int = 0) -> None:
+        path = path.absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.records = 0
         self.segment_bytes = segment_bytes
-        self._file: IO[bytes] | None = open(  # noqa: SIM115
-            path, "xb" if exclusive else "ab", buffering=1 << 20)
+        self._fd: int | None = self._open(
+            os.O_CREAT | (os.O_EXCL if exclusive else 0))
         self._lock = threading.Lock()
         parts = segments(path)  # (appending to a rotated log: numbering goes on)
         self._parts = _part_number(parts[-1].name) if parts else 0
+        self._rotate_at = segment_bytes
+
+    def _open(self, flags: int) -> int:
+        """Open the log's file for appending; remember which file it is."""
+        fd = os.open(self.path, flags | os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
+                     0o644)
+        info = os.fstat(fd)
+        self._file_id, self._size = (info.st_dev, info.st_ino), info.st_size
+        return fd
+
+    def _still_mine(self, fd: int) -> bool:
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self._file_id
 
     def write(self, records: Iterable[Record]) -> None:
-        """Append records, then flush. Lines are encoded one at a time: orjson's bytes
-        keep a 4 KiB allocation each, so a batch of them held at once costs megabytes.
-        A record that cannot be encoded (a number JSON cannot hold) is left out, the
-        rest written; then the first such error is raised, for the caller to count."""
+        """Append records. Lines are encoded one at a time into one buffer (orjson's bytes
+        keep a 4 KiB allocation each: a batch of them held at once costs megabytes). A
+        record that cannot be encoded (a number JSON cannot hold) is left out, the rest
+        written; then the first such error is raised, for the caller to count. Raises
+        OSError when the file is no longer this log's (its descriptor closed under it)."""
         with self._lock:
-            if self._file is None:
+            fd = self._fd
+            if fd is None:
                 return
-            write, n = self._file.write, 0
+            buffer, n = bytearray(), 0
             failed: Exception | None = None
             for record in records:
                 try:
-                    line = encode(record)
+                    buffer += encode(record)
                 except (TypeError, ValueError, OverflowError) as exc:
                     failed = failed or exc
                     continue
-                write(line)
                 n += 1
             if n:
-                self._file.flush()
+                if not self._still_mine(fd):
+                    self._fd = None  # (never closed here: the number may be the job's now)
+                    raise OSError(f"run log {self.path.name}: its file was closed under it")
+                view = memoryview(buffer)
+                while view:
+                    view = view[os.write(fd, view):]
+                self._size += len(buffer)
                 self.records += n
-                if self.segment_bytes and self._file.tell() >= self.segment_bytes:
-                    self._rotate()
+                if self.segment_bytes and self._size >= self._rotate_at:
+                    self._rotate(fd)
             if failed is not None:
                 raise failed
 
-    def _rotate(self) -> None:
+    def _rotate(self, fd: int) -> None:
         """The full file becomes the next compressed segment; a new one takes its name.
-        (On the agent's thread, never the training loop's: ~0.4 s per 64 MiB.)"""
-        assert self._file is not None
-        self._file.close()
-        self._parts += 1
+        (On the agent's thread, never the training loop's: ~0.4 s per 64 MiB.) Where the
+        new file cannot be made, the segment takes the log's name back."""
         part = self.path.with_name(f"{self.path.name.removesuffix('.jsonl')}"
-                                   f".part{self._parts:05d}.jsonl")
-        os.replace(self.path, part)
-        self._file = open(self.path, "xb", buffering=1 << 20)  # noqa: SIM115
+                                   f".part{self._parts + 1:05d}.jsonl")
+        try:
+            os.replace(self.path, part)
+        except OSError:
+            self._rotate_at = self._size + self.segment_bytes // 8
+            return
+        old_id, old_size = self._file_id, self._size
+        try:
+            self._fd = self._open(os.O_CREAT | os.O_EXCL)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.replace(part, self.path)  # (the log as it was: try again later)
+            self._file_id, self._size = old_id, old_size
+            self._rotate_at = self._size + self.segment_bytes // 8
+            return
+        os.close(fd)
+        self._parts += 1
+        self._rotate_at = self.segment_bytes
         compress(part)
 
     def size(self) -> int:
         """Bytes on disk: the compressed segments and the current file."""
-        with self._lock:
-            if self._file is not None:
-                self._file.flush()
         paths = [*segments(self.path), self.path]
         return sum(p.stat().st_size for p in paths if p.exists())
 
     def close(self) -> None:
-        """Flush and close; raises OSError when the last flush fails (a full disk)."""
+        """Close (every write is already in the file). Its descriptor is left alone when
+        it is no longer this log's."""
         with self._lock:
-            file, self._file = self._file, None
-            if file is not None:
-                file.close()
+            fd, self._fd = self._fd, None
+            if fd is not None and self._still_mine(fd):
+                os.close(fd)
 
 
 def compress(part: Path) -> Path:

@@ -248,3 +248,80 @@ def test_a_command_line_and_run_directory_not_in_utf8_lose_nothing(
     assert agent.runlog_path is not None
     (meta,) = [r for r in RunLogReader(agent.runlog_path) if isinstance(r, Meta)]
     assert meta.argv == ["train.py", "--data", "/mnt/donn?es"] and meta.run == "caf?-run"
+
+
+CLOSING_JOB = """
+import os, sys, time, gpuwatch
+from pathlib import Path
+from gpuwatch.records import Step
+from gpuwatch.runlog import RunLogReader
+m = gpuwatch.watch(job="cf", out_dir=sys.argv[1], exporter={"enabled": False},
+                   flush_interval_s=0.05)
+def train(n):
+    for _ in range(n):
+        with m.step(samples=1):
+            pass
+def logged():
+    path = Path(sys.argv[1]) / "run.jsonl"
+    return path.exists() and sum(isinstance(r, Step) for r in RunLogReader(path))
+train(200)
+deadline = time.monotonic() + 30
+while logged() < 199 and time.monotonic() < deadline:  # the agent's thread writes them
+    time.sleep(0.05)
+os.closerange(3, 4096)  # (daemonising code, a "clean" subprocess helper)
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+train(500)
+time.sleep(0.5)  # (ten flush intervals: a write into the job's file would be in it now)
+os.write(fd, b"JOBDATA\\n")
+os.close(fd)
+m.stop()
+"""
+
+
+def test_a_job_that_closes_the_log_s_descriptor_gets_none_of_its_lines(tmp_path: Path) -> None:
+    """The job closes every descriptor and opens a file of its own, which gets the number
+    the run log had: the log's lines went into the job's file. The log stops instead
+    (what it wrote before stays readable) and the job's file holds only its own bytes."""
+    import subprocess
+    import sys
+
+    mine = tmp_path / "job_output.bin"
+    proc = subprocess.run([sys.executable, "-c", CLOSING_JOB, str(tmp_path / "run"), str(mine)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert mine.read_bytes() == b"JOBDATA\n"
+    logged = [r for r in RunLogReader(tmp_path / "run" / "run.jsonl") if isinstance(r, Step)]
+    assert len(logged) >= 200 and [s.step for s in logged] == list(range(1, len(logged) + 1))
+
+
+MOVING_JOB = """
+import os, sys, gpuwatch
+os.chdir(sys.argv[1])
+m = gpuwatch.watch(job="cd", runlog_segment_mb=0.02, exporter={"enabled": False},
+                   flush_interval_s=0.05)
+def train(n):
+    for _ in range(n):
+        with m.step(samples=1):
+            pass
+train(1500)
+os.makedirs("elsewhere")
+os.chdir("elsewhere")
+train(1500)
+m.stop()
+"""
+
+
+def test_a_job_that_changes_directory_keeps_its_log_through_rotations(tmp_path: Path) -> None:
+    """The default run directory is relative (``runs/...``): after the job's ``chdir`` the
+    next rotation renamed a path that was not there, and every later record was lost."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MOVING_JOB, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (log,) = (tmp_path / "runs").glob("cd-*/run.jsonl")
+    reader = RunLogReader(log)
+    logged = [r.step for r in reader if isinstance(r, Step)]
+    assert logged == list(range(1, 3001)) and reader.skipped == 0
+    assert not (tmp_path / "elsewhere" / "runs").exists()
