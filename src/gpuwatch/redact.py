@@ -157,6 +157,12 @@ def _masked_value(match: re.Match[str]) -> str:
     return f"{match[1]}{quote}{MASK}{close}"
 
 
+# What a flag looks like (``--model_name_or_path``, ``--fp16=true``, ``-v``, ``-lr``):
+# lower-case words, or a few letters after one dash. A secret's value that starts with
+# "-" (one random token in 64 does) has digits or capitals in it.
+_FLAG = re.compile(r"--[a-z][a-z0-9_.-]*(=.*)?|-[a-z]{1,6}", re.DOTALL)
+
+
 def redact_argv(argv: Sequence[str]) -> list[str]:
     """A command line safe to record: the whole value of a secret-named option masked
     (``--hf-token X``, ``--token=X``, ``KEY=X``, whatever the value holds), then each
@@ -166,8 +172,8 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     for arg in argv:
         if hide_next:
             hide_next = False
-            if not arg.startswith("-"):  # (a flag after a secret-named switch is its own)
-                out.append(MASK)
+            if not _FLAG.fullmatch(arg):  # (a flag after a secret-named switch is its own;
+                out.append(MASK)            # a token may start with "-": -q8Zp3xV...)
                 continue
         name, eq, _ = arg.partition("=")
         # (a dotted config key names its secret last: --config.wandb.key=X, --db.password)

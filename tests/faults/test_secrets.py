@@ -135,6 +135,10 @@ def test_a_secret_shaped_value_is_redacted_without_being_registered(text: str,
 
 
 ARGV = [  # (row id, command line, the secret)
+    ("token-starting-with-a-dash", ["train.py", "--hub-token", "-q8Zp3xV_k2LmN0pQrStUvW"],
+     "-q8Zp3xV_k2LmN0pQrStUvW"),
+    ("lowercase-token-after-a-dash", ["train.py", "--token", "-ab3def9ghijklmnopq"],
+     "-ab3def9ghijklmnopq"),
     ("provider-key-option", ["train.py", "--comet-key", "7f3a9c1e5b2d4f6a8c0e"],
      "7f3a9c1e5b2d4f6a8c0e"),
     ("openai-key-option", ["train.py", "--openai-key", "ARGSECRET9xx"], "ARGSECRET9xx"),
