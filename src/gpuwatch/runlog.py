@@ -689,6 +689,29 @@ def _event_data_ok(name: Any, data: dict[str, Any]) -> bool:
         return False
     if name == "topology":
         devices, gpus = data.get("devices", []), data.get("job_gpus", [])
-        return (type(devices) is list and all(type(d) is dict for d in devices)
-                and (gpus is None or type(gpus) is list))
+        return (type(devices) is list and all(_device_ok(d) for d in devices)
+                and (gpus is None or (type(gpus) is list and all(type(g) is int for g in gpus)))
+                and all(_listed_dicts(data.get(k)) for k in ("p2p", "infiniband")))
     return True
+
+
+def _text(v: Any) -> bool:
+    return type(v) is str
+
+
+# A topology device's known fields and their types (a newer schema's others pass).
+_DEVICE_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "name": _text, "uuid": _text, "index": lambda v: type(v) is int,
+    **{k: _number for k in ("memory_total_bytes", "nvlink_links_active",
+                            "nvlink_bytes_per_second", "pcie_generation", "pcie_generation_max",
+                            "pcie_width", "pcie_width_max", "pcie_bytes_per_second")}}
+
+
+def _device_ok(device: Any) -> bool:
+    return type(device) is dict and all(
+        check(device[k]) for k, check in _DEVICE_FIELDS.items() if device.get(k) is not None)
+
+
+def _listed_dicts(value: Any) -> bool:
+    """Absent, or a list of objects (the P2P map, the InfiniBand ports)."""
+    return value is None or (type(value) is list and all(type(x) is dict for x in value))

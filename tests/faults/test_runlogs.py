@@ -46,6 +46,15 @@ BAD_LINES: list[tuple[str, bytes]] = [  # (row id, one hostile line)
     ("event-total-steps-null", _with(EVENT, name="total_steps", data={"steps": None})),
     ("event-checkpoint-string", _with(EVENT, name="checkpoint_save", data={"seconds": "1s"})),
     ("event-topology-devices-string", _with(EVENT, name="topology", data={"devices": "x"})),
+    # a device field of the wrong type read as valid turned a detector off for the replay
+    ("event-topology-name-number", _with(EVENT, name="topology",
+                                         data={"devices": [{"index": 0, "name": 5090}]})),
+    ("event-topology-memory-string", _with(EVENT, name="topology", data={
+        "devices": [{"index": 0, "memory_total_bytes": "32 GB"}]})),
+    ("event-topology-index-string", _with(EVENT, name="topology",
+                                          data={"devices": [{"index": "0"}]})),
+    ("event-topology-p2p-string", _with(EVENT, name="topology", data={"devices": [],
+                                                                      "p2p": "nvlink"})),
     ("finding-bad-verdict", _with(FINDING, verdict="panic")),
     ("finding-ranks-strings", _with(FINDING, ranks=["0"])),
     ("meta-detection-not-dict", json.dumps({**to_dict(META), "detection": 5}).encode()),
