@@ -279,10 +279,15 @@ class Settings(BaseSettings):
 def _toml_source(
     source: type[TomlConfigSettingsSource], settings_cls: type[BaseSettings], name: str
 ) -> PydanticBaseSettingsSource:
+    path = Path(name)
+    if os.path.lexists(path) and not path.is_file():  # (a directory, a dangling or looping link)
+        raise ConfigError(f"gpuwatch config: {name}: not a readable file")
     try:
         return source(settings_cls)
     except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise ConfigError(f"gpuwatch config: {name}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"gpuwatch config: {name}: nested too deeply") from None
 
 
 def unknown_env_keys(environ: Mapping[str, str]) -> list[str]:

@@ -51,6 +51,7 @@ ROWS: list[tuple[str, dict[str, str], str, str, str]] = [
      "slack.webhook_url"),
     ("toml-table-wrong-type", {}, "[exporter]\nport = [1]\n", "", "exporter.port"),
     ("toml-unknown-key", {}, "smaple_interval_s = 1\n", "", "smaple_interval_s"),
+    ("toml-nested-too-deep", {}, "x = " + "[" * 500 + "]" * 500 + "\n", "", "gpuwatch.toml"),
     ("pyproject-wrong-type", {}, "", "[tool.gpuwatch]\nring_capacity = \"big\"\n",
      "ring_capacity"),
     ("pyproject-malformed", {}, "", "[tool.gpuwatch\n", "pyproject.toml"),
@@ -254,3 +255,14 @@ def test_a_broken_rule_file_shipped_with_gpuwatch_never_raises_into_the_job(
     if enabled == "true":
         (line,) = [x for x in proc.stderr.splitlines() if "data_starvation.yaml" in x]
         assert "gpuwatch is off for this run" in line
+
+
+def test_a_config_file_that_is_no_file_is_one_line(clean_env: Path) -> None:
+    """A directory, or a link to nowhere, named gpuwatch.toml was ignored without a word."""
+    (clean_env / "gpuwatch.toml").mkdir()
+    with pytest.raises(ConfigError, match=r"gpuwatch\.toml: not a readable file"):
+        load_settings()
+    (clean_env / "gpuwatch.toml").rmdir()
+    (clean_env / "gpuwatch.toml").symlink_to(clean_env / "gpuwatch.toml")  # (a loop)
+    with pytest.raises(ConfigError, match=r"gpuwatch\.toml: not a readable file"):
+        load_settings()
