@@ -42,6 +42,8 @@ BASE_LABELS = ("training_job", "run", "host", "rank", "local_rank")
 STEP_BUCKETS = tuple(float(f"{0.001 * 2 ** (k / 3):.4g}") for k in range(52))
 CLIENT_DEADLINE_S = 5.0  # a client has this long, all told, to send a request and read the reply
 MAX_CLIENTS = 16  # clients served at once; more are answered 503 at once
+READER_GRACE_S = 0.2  # a client still sending its request after this may lose its place
+EVICT_WAIT_S = 1.0  # how long a newcomer waits for a place a reader gives up
 MAX_REQUEST_BYTES = 16 * 1024
 LINGER_BYTES = 1 << 20  # read and dropped after refusing a request, at most
 HEALTH = ("faults", "exporter", "run")  # catalogue sources exempt from the series cap
@@ -370,7 +372,10 @@ class Exporter:
     responder (a request line and headers in, cached bytes out): each client is
     served on its own short-lived thread and has CLIENT_DEADLINE_S in all to send
     its request and take the reply, so a slow or hostile client never holds up a
-    scrape; at most MAX_CLIENTS are served at once, the rest get 503 at once.
+    scrape; at most MAX_CLIENTS are served at once. When all are taken, the client
+    that has waited longest without sending its whole request gives its place up to
+    the newcomer (a scraper sends its request at once: idle connections held open,
+    slow-loris style, never shut scrapes out); with none such, 503 at once.
     """
 
     def __init__(self, state: ExporterState, on_error: Any) -> None:
@@ -385,6 +390,8 @@ class Exporter:
         self._cache: tuple[int, bytes] = (-1, b"")
         self._render_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._reading: dict[socket.socket, float] = {}  # clients yet to send their request
+        self._reading_lock = threading.Lock()
         self._served = threading.Condition()
         self._served_version = -1  # the newest state version a scrape has taken in full
         self._scraped = False  # a scrape has asked for /metrics (set before it is answered)
@@ -403,7 +410,16 @@ class Exporter:
 
     def _read_request(self, conn: socket.socket, deadline: float) -> bytes | None:
         """The request line and headers, or None when the client is too slow, too big
-        or gone (it is answered where it can still read)."""
+        or gone (it is answered where it can still read), or gave its place up."""
+        with self._reading_lock:
+            self._reading[conn] = time.monotonic()
+        try:
+            return self._request_of(conn, deadline)
+        finally:
+            with self._reading_lock:
+                self._reading.pop(conn, None)
+
+    def _request_of(self, conn: socket.socket, deadline: float) -> bytes | None:
         request = b""
         while b"\r\n\r\n" not in request:
             if len(request) > MAX_REQUEST_BYTES:
@@ -488,7 +504,7 @@ class Exporter:
                 conn, _ = listener.accept()
             except OSError:
                 return  # closed by stop()
-            if not self._slots.acquire(blocking=False):
+            if not self._slots.acquire(blocking=False) and not self._make_room():
                 with conn, contextlib.suppress(OSError):
                     self.rejected += 1
                     conn.setblocking(False)  # never wait on this client
@@ -500,6 +516,31 @@ class Exporter:
             except RuntimeError:  # no thread to be had: drop this client, keep serving
                 self._slots.release()
                 conn.close()
+
+    def _make_room(self) -> bool:
+        """A place for a newcomer when all are taken: one a reader gives up
+        (``_evict_a_reader``), waited for at most ``EVICT_WAIT_S``; whether it got one."""
+        deadline = time.monotonic() + EVICT_WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
+            self._evict_a_reader()
+            if self._slots.acquire(timeout=min(left, READER_GRACE_S / 4)):
+                return True
+        return False
+
+    def _evict_a_reader(self) -> bool:
+        """End the connection of the client that has waited longest, at least
+        ``READER_GRACE_S``, without sending its whole request; whether there was one."""
+        with self._reading_lock:
+            now = time.monotonic()
+            idle = [(since, conn) for conn, since in self._reading.items()
+                    if now - since >= READER_GRACE_S]
+            if not idle:
+                return False
+            _, conn = min(idle, key=lambda pair: pair[0])
+            self._reading.pop(conn, None)
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)  # (its thread's recv returns: the slot comes free)
+        return True
 
     def start(self, addr: str, port: int, tries: int = 1) -> bool:
         """Bind ``port`` (or, when taken, the next of ``tries`` ports up) and serve;
