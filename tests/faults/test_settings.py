@@ -61,6 +61,13 @@ ROWS: list[tuple[str, dict[str, str], str, str, str]] = [
     ("unknown-price-name", {"GPUWATCH_PRICES": "{\"Z100\": 1.0}"}, "", "", "Z100"),
     ("unknown-detector", {"GPUWATCH_DETECTORS__NOPE__THRESHOLD": "1"}, "", "", "nope"),
     ("unknown-threshold", {}, "[detectors.hang]\nnope = 1\n", "", "nope"),
+    # thresholds a detector cannot judge with (it raised at every judgement, unheard)
+    ("threshold-nan", {"GPUWATCH_DETECTORS__ITERATION_SPEED__SCALE_OUT_GPUS": "nan"}, "", "",
+     "scale_out_gpus"),
+    ("threshold-inf", {}, "[detectors.hang]\nmin_seconds = inf\n", "", "min_seconds"),
+    ("threshold-negative", {}, "[detectors.data_starvation]\ndata_share = -0.3\n", "",
+     "data_share"),
+    ("window-inf", {}, "[detectors.hang]\nwindow_s = inf\n", "", "window_s"),
 ]
 
 

@@ -52,7 +52,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return None
     share = view.interruption_share(now, Interruptions.JUDGED)
     count = kinds.count["eval"] + kinds.count["stall"]
-    if (share < th["interruption_share"] or count < th["min_interruptions"]
+    if (share < th["interruption_share"] or count < max(th["min_interruptions"], 1)
             or kinds.last_t - kinds.first_t < th["spread_ratio"] * (now - start)):
         return None  # rare, few, or a burst (start-up recompiles) rather than a rhythm
     seconds = kinds.seconds["eval"] + kinds.seconds["stall"]

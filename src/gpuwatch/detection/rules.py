@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,7 +29,7 @@ class Rule(BaseModel):
     ``variants`` the wording of detections that are not the rule's main case (chosen by
     the detector, e.g. an ``info`` beside a ``move_to_h100``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     title: str
@@ -39,7 +39,7 @@ class Rule(BaseModel):
     window_s: float = Field(gt=0)
     for_s: float = Field(default=0.0, ge=0)
     min_steps: int = Field(default=0, ge=0)
-    thresholds: dict[str, float]
+    thresholds: dict[str, Annotated[float, Field(ge=0)]]  # (ratios, seconds, counts, bytes)
     summary: str
     action: str
     runbook: str
