@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -234,3 +235,20 @@ def test_the_checkpoint_section_gives_the_saving_rank_s_share_beside_the_mean() 
     html = render(run_of(records), [])
     assert "share of step time, all ranks</td><td>5.0%" in html
     assert "share of rank 0&#x27;s step time</td><td>20%" in html
+
+
+def test_json_outputs_hold_no_number_json_cannot_read() -> None:
+    """A hostile log's 1e308-second steps made a comparison's speed 0 and its time inf:
+    ``compare`` raised ZeroDivisionError and ``--json`` printed ``Infinity``, which no
+    JSON parser reads. Such a number is null; a speed of 0 tells nothing."""
+    from gpuwatch.sinks import comparison, fmt
+
+    def strict(text: str) -> object:
+        def refuse(name: str) -> None:
+            raise ValueError(name)
+        return json.loads(text, parse_constant=refuse)
+
+    assert strict(fmt.json_text({"step": float("inf"), "parts": [float("nan"), 1.5]})) == {
+        "step": None, "parts": [None, 1.5]}
+    assert comparison._speed(0.0) == "" and comparison._speed(float("inf")) == ""
+    assert comparison._speed(2.0) == "2.00x faster"

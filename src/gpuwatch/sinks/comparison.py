@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 from html import escape
 
 from gpuwatch.detection.compare import Comparison
@@ -11,7 +11,7 @@ from gpuwatch.vocabulary import PARTS
 
 
 def comparison_json(c: Comparison) -> str:
-    return json.dumps(c.as_dict(), indent=2)
+    return fmt.json_text(c.as_dict())
 
 
 def _rows(c: Comparison) -> list[tuple[str, str, str, str]]:
@@ -34,7 +34,7 @@ def _rows(c: Comparison) -> list[tuple[str, str, str, str]]:
 
 
 def _speed(v: float | None) -> str:
-    if v is None:
+    if v is None or not 0 < v < math.inf:  # (a hostile log's: no speed to tell)
         return ""
     return f"{v:.2f}x faster" if v >= 1 else f"{1 / v:.2f}x slower"
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from gpuwatch.vocabulary import duration
 
@@ -69,3 +72,19 @@ def wording(summary: str) -> str:
     findings are folded only where their words agree ("waits for data 84%" and "83%"
     do; a hang's "waited 180 s in a collective" and "not in a collective" do not)."""
     return _FIGURE.sub("#", summary)
+
+
+def json_text(value: Any) -> str:
+    """``value`` as indented JSON that any parser reads: a number JSON cannot hold (inf,
+    nan: a hostile log's 1e308-second steps) is null."""
+    return json.dumps(_finite(value), indent=2, default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from gpuwatch.detection.engine import RANK_DETECTORS
@@ -12,7 +11,7 @@ from gpuwatch.sinks import fmt
 
 
 def findings_json(findings: list[Finding]) -> str:
-    return json.dumps([to_dict(f) for f in findings], indent=2, default=str)
+    return fmt.json_text([to_dict(f) for f in findings])
 
 
 def fold_ranks(findings: Sequence[Finding]) -> list[tuple[Finding, list[int]]]:
