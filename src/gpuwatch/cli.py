@@ -186,6 +186,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PermissionError:
         print(redact(f"gpuwatch: command not executable: {cmd[0]}"), file=sys.stderr)
         return 126
+    except OSError as exc:  # (not a program: "Exec format error"; as a shell says, 126)
+        print(redact(f"gpuwatch: cannot run {cmd[0]}: {exc.strerror or exc}"), file=sys.stderr)
+        return 126
     code, stopped_by = _wait_forwarding_signals(child)
     if enabled and out is not None:
         if stopped_by is None:
@@ -501,7 +504,8 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
     from gpuwatch.detection.rules import load_rules
 
     rules = load_rules()
-    url = args.runbook_url or load_settings().runbook_url
+    url = load_settings(**({"runbook_url": args.runbook_url} if args.runbook_url else {})
+                        ).runbook_url  # (the flag checked as the setting is)
     args.dir.mkdir(parents=True, exist_ok=True)
     outputs = {args.dir / RULES_FILE: prometheus_rules(rules, url),
                args.dir / TESTS_FILE: promtool_tests(rules, url)}

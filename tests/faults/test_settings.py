@@ -273,3 +273,20 @@ def test_a_config_file_that_is_no_file_is_one_line(clean_env: Path) -> None:
     (clean_env / "gpuwatch.toml").symlink_to(clean_env / "gpuwatch.toml")  # (a loop)
     with pytest.raises(ConfigError, match=r"gpuwatch\.toml: not a readable file"):
         load_settings()
+
+
+def test_a_program_that_cannot_run_and_a_bad_runbook_flag_are_one_line(
+        clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file that is no program ("Exec format error") left ``gpuwatch run`` with a
+    traceback's status 2, not a shell's 126; ``rules export --runbook-url javascript:...``
+    was written into the alert rules, though the same value as a setting is refused."""
+    garbage = clean_env / "garbage"
+    garbage.write_bytes(b"\x00\x01 not a program")
+    garbage.chmod(0o755)
+    assert cli.main(["run", "--", str(garbage)]) == 126
+    err = capsys.readouterr().err
+    assert "cannot run" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    code = cli.main(["rules", "export", str(clean_env / "rules"),
+                     "--runbook-url", "javascript:alert(1)"])
+    err = capsys.readouterr().err
+    assert code == 2 and "runbook_url" in err and not (clean_env / "rules").exists()
