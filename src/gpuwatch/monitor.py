@@ -155,6 +155,16 @@ class Monitor:
 _current: Monitor | None = None
 
 
+def _forget_after_fork() -> None:
+    """A forked child does not run its parent's agent: its next ``watch`` (or first
+    zero-code mark) starts its own."""
+    global _current
+    _current = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def attach(settings: dict[str, Any], *, rank: int, local_rank: int,
            world_size: int) -> Monitor:
     """``watch`` for a framework adapter that knows this process's place in the job."""

@@ -106,6 +106,19 @@ def test_ranks_forked_as_multiprocessing_processes_keep_their_last_steps(
         assert len(steps(read(out / f"run-rank{rank}.jsonl"))) == done > 10
 
 
+def test_processes_forked_after_the_parent_trained_log_their_own_steps(
+        tmp_path: Path) -> None:
+    """A parent that trained, then forks processes that train (a sweep after a first
+    trial): the children inherited the parent's agent, which does not run in them, and
+    their steps went into a ring nobody read. Each child starts its own."""
+    out = tmp_path / "run"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(SCRIPTS / "fork_after_training.py")), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = sorted(len(steps(read(log))) for log in out.glob("run*.jsonl"))
+    assert logged == [20, 30, 30]
+
+
 def test_torchrun_restart_is_a_second_attempt_not_a_hang(tmp_path: Path) -> None:
     # torch's own elastic restart over gloo fails now and then on a loaded box, with or
     # without gpuwatch (a worker aborts while the new mesh connects): up to three tries of

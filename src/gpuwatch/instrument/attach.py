@@ -13,6 +13,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -99,6 +100,7 @@ def install(start: Callable[[], Push]) -> LazyPush:
     passes ``gpuwatch.monitor.start_agent``)."""
     global _installed
     lazy = _installed = LazyPush(start, in_dataloader_worker)
+    os.register_at_fork(after_in_child=lazy.forget_agent)
     patches: dict[str, Callable[[ModuleType], None]] = {
         name: functools.partial(fn, lazy) for name, fn in PATCHES.items()}
     hook = PostImportHook({n: p for n, p in patches.items() if n not in sys.modules})

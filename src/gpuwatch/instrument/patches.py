@@ -63,6 +63,15 @@ class LazyPush:
         self._starter: int | None = None  # the thread starting it
         self.saving = 0  # timed saves under way on the loop's thread (their writers' are theirs)
 
+    def forget_agent(self) -> None:
+        """In a forked child: the parent's agent does not run here (its ring would fill
+        unread); the child's first mark starts one of its own, as in a child that was
+        forked before any mark."""
+        self.push = self._first
+        self._starting, self._starter = threading.Lock(), None
+        self.loop_thread, self._boundary, self._others = None, _nothing, {}
+        self.saving = 0
+
     def ends_step(self, optimizer: Any) -> bool:
         """Whether ``optimizer``'s step ends a training step. The first optimizer to step
         ends them (with several, as in a GAN, its steps are the steps: one per iteration
