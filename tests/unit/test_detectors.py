@@ -515,6 +515,15 @@ def test_a_collective_wait_with_no_topology_recommends_no_move() -> None:
                   "sync_bottleneck")
     assert across.evidence["link_bytes_per_second"] == 1e9 and across.verdict == "fix_here"
     assert "inter-node link" in across.summary
+    assert "nodes on the same fabric" in across.summary and across.projection is not None
+    # already on H100s: no move to price ("on H100 SXM nodes ... 1.0x", "$65 -> $65")
+    on_h100 = [replace(r, host=f"node-{r.rank}") if isinstance(r, Meta) else r
+               for r in ranks(2, nvlinks=18, name="NVIDIA H100 80GB HBM3")]
+    there = only(judge(on_h100, scope="job",
+                       detectors={"sync_bottleneck": {"inter_node_bytes_per_second": 1e9}}),
+                 "sync_bottleneck")
+    assert there.verdict == "fix_here" and "inter-node link" in there.summary
+    assert there.projection is None and "same fabric" not in there.summary
 
 
 def test_a_malformed_collective_timing_word_does_not_silence_the_detector() -> None:

@@ -180,13 +180,17 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "NCCL (check NCCL_DEBUG=INFO for the transport it picked)."
                            + _rails_advice(rails)}
     elif inter_node:  # no GPU changes the link between nodes: the wait stays
+        there = proj.current is None or proj.current.name != proj.target.name
         text |= {"link": f"bandwidth-bound over {link_name}",
-                 "outcome": f"; on {proj.target.name} nodes on the same fabric the wait stays (the "
-                            f"step {speedup_text(proj.as_dict())} faster, from compute alone)",
+                 "outcome": (f"; on {proj.target.name} nodes on the same fabric the wait stays "
+                             f"(the step {speedup_text(proj.as_dict())} faster, from compute "
+                             "alone)") if there else "",
                  "advice": "The link between nodes bounds the all-reduce on any GPU: a faster "
                            "fabric (more rails, GPUDirect RDMA), hierarchical all-reduce, or "
                            "fewer all-reduces (accumulate gradients over more micro-batches, "
                            "overlap them with backward)." + _rails_advice(rails)}
+        if not there:  # (already on the target: no move to price)
+            return Detection(evidence, ranks, text=text, verdict="fix_here")
         return Detection(_priced(evidence, proj), ranks, text=text, projection=proj.as_dict(),
                          verdict="fix_here")
     elif ctx.decide(proj, otherwise="fix_here") != "move_to_h100":
