@@ -168,7 +168,10 @@ class Agent:
         if identity is None:
             identity, self._settled = self._resolve()
         self.identity = identity
-        self._cwd = Path.cwd()  # (a relative run directory is the job's cwd's at start)
+        try:  # (a relative run directory is the job's cwd's at start)
+            self._cwd = Path.cwd()
+        except OSError:  # (deleted under the job: relative paths stay relative)
+            self._cwd = Path()
         self.out_dir: Path | None = (self._cwd / settings.out_dir if settings.out_dir
                                      else None)
         self.runlog_path: Path | None = None

@@ -290,3 +290,21 @@ def test_a_program_that_cannot_run_and_a_bad_runbook_flag_are_one_line(
                      "--runbook-url", "javascript:alert(1)"])
     err = capsys.readouterr().err
     assert code == 2 and "runbook_url" in err and not (clean_env / "rules").exists()
+
+
+def test_watch_in_a_directory_deleted_under_the_job_never_raises(tmp_path: Path) -> None:
+    """``watch()`` took the job's working directory to anchor relative paths: deleted
+    under the job, ``Path.cwd()`` raised into it, switched on or off."""
+    import subprocess
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    job = (f"import os\nos.chdir({str(gone)!r}); os.rmdir({str(gone)!r})\nimport gpuwatch\n"
+           "for on in (False, True):\n"
+           f"    m = gpuwatch.watch(enabled=on, out_dir={str(tmp_path / 'out')!r},\n"
+           "                       exporter={'enabled': False})\n"
+           "    with m.step(samples=1):\n        pass\n    m.stop()\nprint('trained')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    proc = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "trained", proc.stderr[-2000:]

@@ -47,7 +47,8 @@ def test_a_ddp_hook_the_job_registers_after_a_first_forward_takes_gpuwatch_s_pla
     """DDP takes one comm hook, once; gpuwatch registers its own at the first forward.
     A job that registers its hook after a dry-run forward crashed under ``gpuwatch run``
     ("can only be called once"): its hook now takes gpuwatch's place and runs every
-    backward; a second registration still fails as it does without gpuwatch."""
+    backward; a second registration still fails as it does without gpuwatch. Models let
+    go are collected as they are without it."""
     script = ROOT / "tests" / "integration" / "scripts" / "ddp_hook_after_forward.py"
     plain = run([sys.executable, str(script), mode, str(free_port())], cwd=ROOT, timeout=120)
     hooked = run(gpuwatch_cmd("run", "--out", f"{tmp_path}/run", "--", sys.executable,
@@ -57,4 +58,5 @@ def test_a_ddp_hook_the_job_registers_after_a_first_forward_takes_gpuwatch_s_pla
     got = json.loads(next(line for line in hooked.stdout.splitlines() if line.startswith("{")))
     assert got == expected
     assert got["calls"] == (0 if mode == "builtin" else 10)
+    assert got["alive"] == 0  # (gpuwatch's hook holds no model alive: its parameters)
     assert (got["error"] is not None) == (mode == "twice")

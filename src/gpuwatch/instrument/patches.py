@@ -727,10 +727,13 @@ def patch_ddp(lazy: LazyPush, ddp: Any, pool: EventPool = EVENTS,
 
 def _standing_hook(model: Any) -> Callable[[Any, Any], Any]:
     """The hook gpuwatch registers on a DDP ``model``: the one it holds now (the default
-    all-reduce, until the job registers its own)."""
+    all-reduce, until the job registers its own). It holds the model weakly: the model's
+    reducer holds the hook, and a strong reference back would keep every DDP model (its
+    parameters) alive for good."""
+    held = weakref.ref(model)
 
     def hook(_: Any, bucket: Any) -> Any:
-        state, inner = model._gpuwatch_hook
+        state, inner = held()._gpuwatch_hook  # type: ignore[union-attr]  # (it is running)
         return inner(state, bucket)
 
     return hook

@@ -1,14 +1,17 @@
 """DDP (gloo, one rank) whose own comm hook goes in after a first forward (a dry run to
 check shapes): ``python``, ``builtin`` (``_register_builtin_comm_hook``) or ``twice``
 (a second hook, which DDP refuses with or without gpuwatch). Prints a JSON line: the
-steps trained, the job's hook's calls, and the error a second registration raised.
+steps trained, the job's hook's calls, the error a second registration raised, and how
+many of three more DDP models, trained a step and let go, outlive a collection.
 
     python ddp_hook_after_forward.py MODE PORT
 """
 
+import gc
 import json
 import os
 import sys
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -45,5 +48,13 @@ for _ in range(10):
     model(torch.randn(2, 8)).sum().backward()
     opt.step()
     opt.zero_grad()
+let_go = []
+for _ in range(3):
+    other = DistributedDataParallel(torch.nn.Linear(8, 8))
+    other(torch.randn(2, 8)).sum().backward()
+    let_go.append(weakref.ref(other))
+    del other
+gc.collect()
+alive = sum(ref() is not None for ref in let_go)
 dist.destroy_process_group()
-print(json.dumps({"steps": 10, "calls": calls, "error": error}))
+print(json.dumps({"steps": 10, "calls": calls, "error": error, "alive": alive}))
