@@ -605,7 +605,7 @@ def _chain_stop_handlers() -> None:
     already (main thread only, where handlers are set), and, through ``signal.signal``,
     those the job installs later; once per handler."""
     if not getattr(signal.signal, "gpuwatch_chaining", False):
-        signal.signal = _chaining(signal.signal)
+        signal.signal, signal.getsignal = _chaining(signal.signal), _unwrapping(signal.getsignal)
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in STOP_SIGNALS:
@@ -636,10 +636,31 @@ def _chaining(install: Callable[..., Any]) -> Callable[..., Any]:
                 handler = _chained(handler)
         except Exception as exc:  # (never raised into the job: its handler goes in as is)
             log.debug("gpuwatch: signal %s's handler not chained (%s)", signum, exc)
-        return install(signum, handler)
+        return _unchained(install(signum, handler))
 
     chaining.gpuwatch_chaining = True  # type: ignore[attr-defined]
     return chaining
+
+
+def _unwrapping(read: Callable[..., Any]) -> Callable[..., Any]:
+    """``signal.getsignal`` giving the job's own handler where gpuwatch chained it: code
+    that checks which handler is in (asyncio restores its own only if it still is)
+    sees what it installed."""
+
+    @functools.wraps(read)
+    def getsignal(signum: Any) -> Any:
+        return _unchained(read(signum))
+
+    return getsignal
+
+
+def _unchained(handler: Any) -> Any:
+    """The job's handler behind a chained one; any other handler as it is."""
+    try:
+        return handler.gpuwatch_job_handler if getattr(handler, "gpuwatch_chained",
+                                                       False) else handler
+    except Exception:  # (a handler object of the job's raising on reads: as it is)
+        return handler
 
 
 def _chained(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
@@ -649,6 +670,7 @@ def _chained(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
         return handler(signum, frame)
 
     chained.gpuwatch_chained = True  # type: ignore[attr-defined]
+    chained.gpuwatch_job_handler = handler  # type: ignore[attr-defined]
     return chained
 
 

@@ -201,3 +201,26 @@ def test_a_handler_object_of_the_jobs_that_raises_on_reads_raises_nothing_into_i
     done = subprocess.run([sys.executable, "-c", HANDLER_OBJECT, str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.split() == ["trained"], done.stderr[-2000:]
+
+
+def test_chained_handlers_read_back_as_the_job_s_own(tmp_path: Path) -> None:
+    """gpuwatch chains the handlers a job installs; code that checks which handler is in
+    sees its own: asyncio.run restores Ctrl-C's default only if its handler still is
+    (chained, it was not: a later asyncio.run left Ctrl-C raising in the loop)."""
+    job = f"""
+import asyncio, signal, gpuwatch
+m = gpuwatch.watch(out_dir={str(tmp_path / "out")!r}, exporter={{"enabled": False}})
+asyncio.run(asyncio.sleep(0))
+assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+def mine(signum, frame):
+    pass
+before = signal.signal(signal.SIGTERM, mine)
+assert signal.getsignal(signal.SIGTERM) is mine
+assert signal.signal(signal.SIGTERM, before) is mine
+m.stop()
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    proc = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
