@@ -571,6 +571,33 @@ def test_a_gpu_held_below_its_clocks_by_heat_is_fixed_here_and_moves_nothing(
     assert "throttled" in speed.projection["decision"]["why"]
 
 
+def test_throttling_that_comes_and_goes_or_hits_one_gpu_of_several_is_held() -> None:
+    """Heat that slows the card 20 s of every 40 (half the busy time), and one GPU of two
+    a process drives that is slowed all along: judged over the window per GPU, the
+    finding holds to the end and the time to finish moves nothing meanwhile. A clock
+    that loses under a tenth to the bit is no throttling."""
+    def nvml(t: float, gpu: int, slowed: bool, clock: float = 1.5e9) -> Sample:
+        return Sample(0, START + t, "nvml", {
+            "gpu_utilization_ratio": 0.97, "gpu_clock_event_reasons": float(THERMAL * slowed),
+            "gpu_sm_clock_hertz": clock if slowed else 2.5e9}, gpu=gpu)
+
+    base: list[Record] = [meta(), topology("NVIDIA L40S", 48 * GB, gpus=2),
+                          Event(0, START, "total_steps", {"steps": 2_000_000}),
+                          *steps(600, wall=1.0, tokens=32 * 2048)]
+    cases = {"intermittent": [nvml(t, 0, (t // 20) % 2 == 0) for t in range(1, 601)],
+             "one of two": [nvml(t, g, g == 1) for t in range(1, 601) for g in (0, 1)],
+             "in name only": [nvml(t, 0, (t // 20) % 2 == 0, clock=2.4e9)
+                              for t in range(1, 601)]}
+    for name, readings in cases.items():
+        found = judge([*base, *readings])
+        throttled = [f for f in found if f.detector == "throttling"]
+        if name == "in name only":
+            assert throttled == [], name
+            continue
+        assert [f.state for f in throttled] == ["active"], name
+        assert only(found, "iteration_speed").verdict != "move_to_h100", name
+
+
 def test_progress_records_alone_keep_a_long_eval_from_being_a_hang() -> None:
     """A CPU-side eval (generation on the host, say): GPU idle, yet its batches are logged
     as progress, so no hang; without them the same quiet stretch would be one."""

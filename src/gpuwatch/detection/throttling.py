@@ -2,9 +2,11 @@
 too hot or its board cuts power (NVML's clock-event reasons: thermal slowdown, hardware
 slowdown, power brake). A fault of this machine (cooling, airflow, power supply), not a
 reason to move: projections from a throttled card overstate any card's gain, so none is
-judged until it is fixed (``moves.FIX_FIRST``). Running at the power cap
-(``sw_power_cap``) is how a busy card works, not a fault. One rank slowed among faster
-ones is also the straggler's case, which names the reasons too."""
+judged until it is fixed (``moves.FIX_FIRST``). Judged per GPU over the window (a
+card slowed now and then, or one of several a process drives), where its clock lost at
+least ``min_clock_loss_ratio`` to it. Running at the power cap (``sw_power_cap``) is
+how a busy card works, not a fault. One rank slowed among faster ones is also the
+straggler's case, which names the reasons too."""
 
 from __future__ import annotations
 
@@ -13,36 +15,38 @@ from collections.abc import Iterable
 
 from gpuwatch.detection.context import Context, Detection, recent, window_s
 from gpuwatch.detection.rules import Rule
+from gpuwatch.records import Sample
 from gpuwatch.telemetry import Telemetry
 from gpuwatch.vocabulary import CLOCK_EVENT_REASONS
 
 FAULTS = ("sw_thermal_slowdown", "hw_thermal_slowdown", "hw_slowdown",
           "hw_power_brake_slowdown")
 FAULT_BITS = sum(bit for bit, name in CLOCK_EVENT_REASONS.items() if name in FAULTS)
+LOWEST_FAULT = FAULT_BITS & -FAULT_BITS  # a reading below it has no fault bit
 KEY = "gpu_clock_event_reasons"
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
-    if not any(bits & FAULT_BITS for bits in view.clock_event_reasons()):
-        return None  # (the common case: no GPU of the rank slowed at its newest sample)
-    if recent(view, rule, now) is None:
-        return None
+    since = now - window_s(view, rule)
+    bits = view.figure("nvml", KEY, since)
+    if bits is None or bits.high < LOWEST_FAULT or recent(view, rule, now) is None:
+        return None  # (the common case: no reading in the window had a fault bit)
     th = rule.thresholds
-    busy = [s for s in view.samples_since("nvml", now - window_s(view, rule))
-            if s.values.get("gpu_utilization_ratio", 0.0) >= th["busy_ratio"]]
-    slowed = [s for s in busy if int(s.values.get(KEY, 0)) & FAULT_BITS]
-    if len(busy) < rule.min_steps or len(slowed) < th["throttled_share"] * len(busy):
+    busy: dict[int | None, list[Sample]] = {}
+    for s in view.samples_since("nvml", since):
+        if s.values.get("gpu_utilization_ratio", 0.0) >= th["busy_ratio"]:
+            busy.setdefault(s.gpu, []).append(s)
+    held = [h for samples in busy.values() if len(samples) >= th["min_samples"]
+            and (h := _held(samples, th)) is not None]
+    if not held:
         return None
-    bits = 0
-    for s in slowed:
-        bits |= int(s.values.get(KEY, 0))
-    reasons = [name.replace("_", " ") for bit, name in CLOCK_EVENT_REASONS.items()
-               if bit & bits & FAULT_BITS]
-    gpus = sorted({s.gpu for s in slowed if s.gpu is not None})
-    evidence = {"throttled_share_ratio": len(slowed) / len(busy),
-                "gpus_throttled": float(max(len(gpus), 1))}
+    share, slowed, free = max(held, key=lambda h: h[0])
+    reasons, gpus = 0, sorted({s.gpu for _, sl, _ in held for s in sl if s.gpu is not None})
+    for _, sl, _ in held:
+        for s in sl:
+            reasons |= int(s.values.get(KEY, 0))
+    evidence = {"throttled_share_ratio": share, "gpus_throttled": float(max(len(held), 1))}
     clocks = _mean(s.values.get("gpu_sm_clock_hertz") for s in slowed)
-    free = _mean(s.values.get("gpu_sm_clock_hertz") for s in busy if s not in slowed)
     hottest = max((t for s in slowed if (t := s.values.get("gpu_temperature_celsius"))),
                   default=None)
     clause = ""
@@ -56,8 +60,27 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         evidence["temperature_max_celsius"] = hottest
         clause += f", up to {hottest:.0f} °C"
     text = {"rank": view.rank, "gpus": ", ".join(map(str, gpus)) or "?",
-            "reasons": ", ".join(reasons), "clocks": clause}
+            "reasons": ", ".join(name.replace("_", " ") for bit, name in
+                                 CLOCK_EVENT_REASONS.items() if bit & reasons & FAULT_BITS),
+            "clocks": clause}
     return Detection(evidence, [view.rank], text=text)
+
+
+def _held(busy: list[Sample], th: dict[str, float]
+          ) -> tuple[float, list[Sample], float | None] | None:
+    """One GPU's busy readings: (the share slowed by a fault, those readings, the mean SM
+    clock of the others) where the share reaches ``throttled_share`` and the clock, where
+    both are read, lost at least ``min_clock_loss_ratio`` to it; else None."""
+    slowed = [s for s in busy if int(s.values.get(KEY, 0)) & FAULT_BITS]
+    share = len(slowed) / len(busy)
+    if share < th["throttled_share"]:
+        return None
+    free = _mean(s.values.get("gpu_sm_clock_hertz") for s in busy
+                 if not int(s.values.get(KEY, 0)) & FAULT_BITS)
+    clocks = _mean(s.values.get("gpu_sm_clock_hertz") for s in slowed)
+    if free and clocks is not None and (free - clocks) / free < th["min_clock_loss_ratio"]:
+        return None  # (slowed in name only)
+    return share, slowed, free
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
