@@ -376,6 +376,21 @@ def test_a_job_that_dies_of_an_oom_at_the_limit_is_told_why(died: bool) -> None:
         assert fits == []
 
 
+def test_one_oom_far_below_the_limit_is_no_reason_to_move() -> None:
+    """An A100 80GB holding 30 GB asked once for more than any card holds: the allocator
+    retried once, as it does before every OOM it raises, then raised. That retry is the
+    OOM's, not a second symptom: with memory far from the limit, nothing to move for."""
+    held = {"allocator_reserved_bytes": 30 * GB, "allocator_allocated_bytes": 24 * GB}
+    records: list[Record] = [
+        meta(), topology("NVIDIA A100-SXM4-80GB", 81920 * 2**20),
+        *steps(300, wall=1.0),
+        *samples("allocator", 150, {**held, "allocator_alloc_retries_total": 0.0}),
+        Event(0, START + 150.5, "oom", {"type": "OutOfMemoryError"}),
+        *samples("allocator", 150, {**held, "allocator_alloc_retries_total": 1.0},
+                 start=START + 150)]
+    assert [f for f in judge(records) if f.detector == "fits_on_paper"] == []
+
+
 def test_an_oom_that_cut_the_batch_holds_while_the_batch_stays_cut() -> None:
     """OOM at batch 16, then 8 for the rest of the run (an auto batch-size finder): the
     job does not fit as meant for as long as the batch stays cut, not only while the OOM

@@ -75,7 +75,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     # OOMs that brought the batch down stay a symptom while it stays down
     ooms = view.ooms_since(min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else trained)
     act_ckpt = summary.recompute_share >= th["recompute_share"]
-    symptoms = {"allocator retries": retries > 0, "OOMs": ooms > 0, "batch cut": cut is not None}
+    # (the allocator retries once before every OOM it raises: those retries are the OOM's)
+    symptoms = {"allocator retries": retries > ooms, "OOMs": ooms > 0,
+                "batch cut": cut is not None}
     if not act_ckpt and not any(symptoms.values()):
         return None  # (the common case: nothing to weigh memory against)
     total = card_memory(view, ctx)
