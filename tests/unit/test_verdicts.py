@@ -12,7 +12,7 @@ import pytest
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze
 from gpuwatch.records import Event, Finding, Record, Sample, Step
-from gpuwatch.runlog import encode
+from gpuwatch.runlog import RunLogWriter, encode
 from tests.runs import GB, START, judge, meta, only, samples, steps, topology
 from tests.scenarios import (
     H100,
@@ -545,12 +545,34 @@ def test_nvlink_down_on_sxm_cards_is_a_fault_to_fix_not_a_move(tmp_path: Path) -
                       collective_bytes=int(26e9), total_steps=500_000)
         found = analyze(write(shape, tmp_path / name), Settings()).findings
         sync = only(found, "sync_bottleneck")
-        assert sync.verdict == "fix_here" and "NVLink link" in sync.summary, name
+        assert sync.verdict == "fix_here" and "NVLink reads down" in sync.summary, name
         assert "nvidia-fabricmanager" in sync.action
         assert all(f.verdict != "move_to_h100" for f in found), name
     up = replace(shape, gpu=H100)
     found = analyze(write(up, tmp_path / "up"), Settings()).findings
     assert all("reads down" not in f.summary for f in found)
+    # one GPU's links down (its P2P map without NVLink to the others): the same fault
+    one = tmp_path / "one"
+    one.mkdir()
+    for rank, records in enumerate(simulate(up)):
+        log = RunLogWriter(one / f"run-rank{rank}.jsonl")
+        log.write([_one_link_down(r, 3) for r in records])
+        log.close()
+    found = analyze(sorted(one.glob("run-rank*.jsonl")), Settings()).findings
+    sync = only(found, "sync_bottleneck")
+    assert sync.verdict == "fix_here" and "NVLink reads down" in sync.summary
+    assert all(f.verdict != "move_to_h100" for f in found)
+
+
+def _one_link_down(record: Record, gpu: int) -> Record:
+    """``record`` with GPU ``gpu``'s NVLink down in a topology event."""
+    if not (isinstance(record, Event) and record.name == "topology"):
+        return record
+    data = dict(record.data)
+    data["devices"] = [{**d, "nvlink_links_active": 0} if d["index"] == gpu else d
+                       for d in data["devices"]]
+    data["p2p"] = [{**p, "nvlink": False} if gpu in p["gpus"] else p for p in data["p2p"]]
+    return replace(record, data=data)
 
 
 THERMAL = 0x20 | 0x40  # NVML's software and hardware thermal slowdown bits

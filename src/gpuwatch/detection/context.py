@@ -338,12 +338,22 @@ def host_staged(views: Sequence[RankInput]) -> bool:
 
 def nvlink_down(views: Sequence[RankInput], current: Gpu | None) -> bool:
     """Whether the job runs on several cards built with NVLink (SXM: ``nvlink_built_in``)
-    whose every link reads down in the topology: collectives fall back to PCIe."""
+    one of which the topology reads with every link down: collectives to it fall back to
+    PCIe (a rank seen alone judges its host's GPUs it takes the job to use, as
+    ``pcie_between`` does)."""
     if current is None or not current.nvlink_built_in or max(
             (v.world_size for v in views), default=1) < 2:
         return False
-    devices = [d for v in views for d in job_devices(v)]
-    return bool(devices) and all(d.get("nvlink_links_active", 1) == 0 for d in devices)
+    used: dict[str, set[int]] = {}
+    for v in views:
+        used.setdefault(v.host, set()).update((v.topology or {}).get("job_gpus") or [])
+    for v in views:
+        mine = _peers_gpus(v, used[v.host]) if len(views) == 1 else used[v.host]
+        for d in (v.topology or {}).get("devices") or []:
+            if ((not mine or d.get("index") in mine)
+                    and d.get("nvlink_links_active", 1) == 0):
+                return True
+    return False
 
 
 def pcie_between(views: Sequence[RankInput]) -> bool:

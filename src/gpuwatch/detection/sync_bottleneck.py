@@ -145,10 +145,10 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "would barely help."}
         return Detection(evidence, ranks, text=text, verdict="fix_here")
     if (card := proj.current) is not None and nvlink_down(views, card) and not inter_node:
-        text |= {"link": f"over {link_name}: every NVLink link of these {card.name} cards "
-                         "reads down",
-                 "advice": "These cards are built to talk over NVLink; with every link down "
-                           "the collectives fall back to PCIe. Check `nvidia-smi nvlink "
+        text |= {"link": f"over {link_name}: NVLink reads down on {card.name} cards built "
+                         "with it",
+                 "advice": "These cards are built to talk over NVLink; with a GPU's links down "
+                           "the collectives to it fall back to PCIe. Check `nvidia-smi nvlink "
                            "--status` and `nvidia-smi topo -m`, and on NVSwitch systems the "
                            "fabric manager (nvidia-fabricmanager), then run again: no move is "
                            "judged until the links are up."}
