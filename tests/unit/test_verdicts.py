@@ -470,6 +470,7 @@ def test_a_card_not_known_projects_no_time_on_another() -> None:
     fits = only(judge(t4), "fits_on_paper")
     assert "Tesla T4 is not in gpuwatch's catalogue" in fits.summary
     assert "projected 1.0" not in fits.summary
+    assert fits.projection is None and "speedup_ratio" not in fits.evidence
 
 
 def test_a_long_run_already_on_the_target_is_information_not_a_move() -> None:

@@ -129,7 +129,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         "alloc_retries_total": retries, "ooms_total": float(ooms),
         "recompute_share_ratio": summary.recompute_share, "memory_need_bytes": need,
     }
-    if fits:  # (onto a card that cannot hold the job, a projection is no figure)
+    # (onto a card that cannot hold the job, or from one not known, a projection is no
+    # figure: the speed there is not told)
+    priced = fits and current is not None
+    if priced:
         evidence["speedup_ratio"] = proj.speedup
     if source == len(MEMORY_SOURCES) - 1:
         evidence["whole_card_memory"] = 1.0
@@ -173,7 +176,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
             "symptoms": _named(symptoms),
             "workarounds": "; ".join(workarounds) or "run without the memory workarounds"}
     return Detection(evidence, [view.rank], text=text,
-                     projection=proj.as_dict() if fits else None,
+                     projection=proj.as_dict() if priced else None,
                      verdict=verdict, variant=None if verdict == "move_to_h100" else "too_big")
 
 
