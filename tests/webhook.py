@@ -26,6 +26,7 @@ class ScriptedWebhook:
         self.attempts: list[tuple[float, str]] = []  # (monotonic time, action)
         self.delivered: list[dict[str, Any]] = []  # bodies answered 200
         self.received: list[dict[str, Any]] = []  # every body, whatever the answer
+        self.streamed = 0  # bytes of "flood" answers the client took before it hung up
         self._lock = threading.Lock()
         hook = self
 
@@ -58,6 +59,7 @@ class ScriptedWebhook:
                     with contextlib.suppress(OSError):  # (the client hung up)
                         for _ in range(int(arg)):
                             self.wfile.write(chunk)
+                            hook.streamed += len(chunk)
                     return
                 if name == "garbled":
                     self.send_header("Content-Type", "text/plain; charset=x-no-such-charset")

@@ -1,9 +1,9 @@
 """The run log: JSON Lines written by the agent thread, read back by ``gpuwatch analyze``,
 and the run directory that holds one log per rank and attempt.
 
-Each batch of records goes through a 1 MiB buffer and is flushed, so a killed
-process leaves whole lines behind but for at most one torn last line, which
-the reader skips and counts.
+Each batch of records is encoded into one buffer and written to the file's descriptor
+at once, so a killed process leaves whole lines behind but for at most one torn last
+line, which the reader skips and counts.
 
 The reader trusts nothing: a line that is not JSON, too long, of an unknown kind,
 or whose fields have the wrong types (``null`` or a string where a number
@@ -216,11 +216,11 @@ class RunLogWriter:
         self.path = path
         self.records = 0
         self.segment_bytes = segment_bytes
+        parts = segments(path)  # (appending to a rotated log: numbering goes on)
+        self._parts = _part_number(parts[-1].name) if parts else 0
         self._fd: int | None = self._open(
             os.O_CREAT | (os.O_EXCL if exclusive else 0))
         self._lock = threading.Lock()
-        parts = segments(path)  # (appending to a rotated log: numbering goes on)
-        self._parts = _part_number(parts[-1].name) if parts else 0
         self._rotate_at = segment_bytes
 
     def _open(self, flags: int) -> int:
@@ -295,11 +295,6 @@ class RunLogWriter:
         self._parts += 1
         self._rotate_at = self.segment_bytes
         compress(part)
-
-    def size(self) -> int:
-        """Bytes on disk: the compressed segments and the current file."""
-        paths = [*segments(self.path), self.path]
-        return sum(p.stat().st_size for p in paths if p.exists())
 
     def close(self) -> None:
         """Close (every write is already in the file). Its descriptor is left alone when

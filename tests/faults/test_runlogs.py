@@ -275,14 +275,17 @@ def logged():
     return path.exists() and sum(isinstance(r, Step) for r in RunLogReader(path))
 train(200)
 deadline = time.monotonic() + 30
-while logged() < 199 and time.monotonic() < deadline:  # the agent's thread writes them
+while logged() < 200 and time.monotonic() < deadline:  # the agent's thread writes them
     time.sleep(0.05)
 os.closerange(3, 4096)  # (daemonising code, a "clean" subprocess helper)
 fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
 train(500)
-time.sleep(0.5)  # (ten flush intervals: a write into the job's file would be in it now)
+deadline = time.monotonic() + 30
+while not m.agent.faults.counts["runlog"] and time.monotonic() < deadline:
+    time.sleep(0.05)  # (until the agent tried to write the 500: refused, counted)
 os.write(fd, b"JOBDATA\\n")
 os.close(fd)
+print("refused" if m.agent.faults.counts["runlog"] else "written")
 m.stop()
 """
 
@@ -298,7 +301,7 @@ def test_a_job_that_closes_the_log_s_descriptor_gets_none_of_its_lines(tmp_path:
     proc = subprocess.run([sys.executable, "-c", CLOSING_JOB, str(tmp_path / "run"), str(mine)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert mine.read_bytes() == b"JOBDATA\n"
+    assert proc.stdout.strip() == "refused" and mine.read_bytes() == b"JOBDATA\n"
     logged = [r for r in RunLogReader(tmp_path / "run" / "run.jsonl") if isinstance(r, Step)]
     assert len(logged) >= 200 and [s.step for s in logged] == list(range(1, len(logged) + 1))
 

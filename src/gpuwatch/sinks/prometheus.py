@@ -41,7 +41,7 @@ BASE_LABELS = ("training_job", "run", "host", "rank", "local_rank")
 # interpolated within one bucket is off by at most 26 % of its value.
 STEP_BUCKETS = tuple(float(f"{0.001 * 2 ** (k / 3):.4g}") for k in range(52))
 CLIENT_DEADLINE_S = 5.0  # a client has this long, all told, to send a request and read the reply
-MAX_CLIENTS = 16  # clients served at once; more are answered 503 at once
+MAX_CLIENTS = 16  # clients served at once; a newcomer waits for a reader's place, else 503
 READER_GRACE_S = 0.2  # a client still sending its request after this may lose its place
 EVICT_WAIT_S = 1.0  # how long a newcomer waits for a place a reader gives up
 MAX_REQUEST_BYTES = 16 * 1024
@@ -375,7 +375,8 @@ class Exporter:
     scrape; at most MAX_CLIENTS are served at once. When all are taken, the client
     that has waited longest without sending its whole request gives its place up to
     the newcomer (a scraper sends its request at once: idle connections held open,
-    slow-loris style, never shut scrapes out); with none such, 503 at once.
+    slow-loris style, never shut scrapes out); with none such within ``EVICT_WAIT_S``,
+    503.
     """
 
     def __init__(self, state: ExporterState, on_error: Any) -> None:
@@ -520,9 +521,9 @@ class Exporter:
     def _make_room(self) -> bool:
         """A place for a newcomer when all are taken: one a reader gives up
         (``_evict_a_reader``), waited for at most ``EVICT_WAIT_S``; whether it got one."""
-        deadline = time.monotonic() + EVICT_WAIT_S
+        deadline, evicted = time.monotonic() + EVICT_WAIT_S, False
         while (left := deadline - time.monotonic()) > 0:
-            self._evict_a_reader()
+            evicted = evicted or self._evict_a_reader()  # (one place per newcomer)
             if self._slots.acquire(timeout=min(left, READER_GRACE_S / 4)):
                 return True
         return False
