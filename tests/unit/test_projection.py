@@ -174,6 +174,9 @@ def test_a_busy_card_drawing_little_power_keeps_compute_at_the_low_end() -> None
 def test_a_point_is_shown_as_one_number() -> None:
     same = project(StepParts(compute=1.0), H100, H100)
     assert speedup_text(same.as_dict()) == "1.0\u00d7"
+    # ends 4% apart that print alike: one number, not "1.2-1.2x"
+    close = {"speedup_ratio": 1.22, "speedup_low_ratio": 1.20, "speedup_high_ratio": 1.249}
+    assert speedup_text(close) == "1.2\u00d7"
 
 
 def test_each_part_scales_by_its_own_ratio() -> None:

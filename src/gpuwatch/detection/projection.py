@@ -492,7 +492,7 @@ def speedup_text(p: Mapping[str, Any]) -> str:
     mid = float(p.get("speedup_ratio", 1.0))
     low = float(p.get("speedup_low_ratio", mid))
     high = float(p.get("speedup_high_ratio", mid))
-    if high <= low * POINT_TOLERANCE:
+    if high <= low * POINT_TOLERANCE or _x(low) == _x(high):  # (no "1.2-1.2x")
         return f"{_x(mid)}{TIMES}"
     return f"{_x(low)}{DASH}{_x(high)}{TIMES} ({_x(mid)}{TIMES} at the middle)"
 
