@@ -418,6 +418,20 @@ def ranks(world: int, slow: int | None = None, share: float = 0.6, nbytes: float
     return out
 
 
+def test_two_ranks_starved_by_their_loaders_are_named_in_the_plural() -> None:
+    """Ranks 1 and 3 of four wait for their data half of each step: "Ranks 1, 3 ...
+    take up to ... waiting for their data" (it said "its")."""
+    records: list[Record] = []
+    for r in range(4):
+        records += [meta(r, 4, host="node-0"),
+                    topology("NVIDIA GeForce RTX 5090", 32 * GB, rank=r, gpus=4)]
+        slow = r in (1, 3)
+        records += steps(60, rank=r, data_s=0.05 if slow else 0.001,
+                         compute_s=0.045, collective_s=0.001 if slow else 0.05)
+    f = only(judge(records, scope="job"), "straggler")
+    assert f.ranks == [1, 3] and "waiting for their data" in f.summary
+
+
 def test_a_slow_rank_is_a_straggler_to_fix_not_a_reason_to_buy() -> None:
     findings = judge(ranks(3, slow=2), scope="job")
     f = only(findings, "straggler")

@@ -65,7 +65,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     one = len(slow) == 1
     card, fast_card = card_name(by_rank[worst]), card_name(by_rank[fast])
     mixed = card is not None and fast_card is not None and card != fast_card
-    text = {"who": who(sorted(slow), by_rank), "cause": cause(mine, theirs),
+    text = {"who": who(sorted(slow), by_rank), "cause": cause(mine, theirs, one=len(slow) == 1),
             "them": "it" if one else "them",
             "throttle": (f" ({'its GPU reports' if one else 'their GPUs report'} "
                          f"{', '.join(reasons)})") if reasons else "",
@@ -94,12 +94,14 @@ def who(ranks: list[int], views: dict[int, RankInput]) -> str:
     return f"Ranks {', '.join(spans)} ({where}) take up to"
 
 
-def cause(slow: StepSummary, fast: StepSummary) -> str:
-    """Which part of its step makes the slow rank slower than the fast one, in words."""
+def cause(slow: StepSummary, fast: StepSummary, one: bool = True) -> str:
+    """Which part of its step makes the slow rank (``one``, else the slowest of several)
+    slower than the fast one, in words."""
+    its = "its" if one else "their"
     extra = {
-        f"waiting for its data ({slow.data_share:.0%} of each step)": slow.data_s - fast.data_s,
+        f"waiting for {its} data ({slow.data_share:.0%} of each step)": slow.data_s - fast.data_s,
         "computing": slow.unwaited_compute_s - fast.unwaited_compute_s,
-        "in its optimizer step": slow.optimizer_s - fast.optimizer_s,
+        f"in {its} optimizer step": slow.optimizer_s - fast.optimizer_s,
         "saving checkpoints": slow.checkpoint_s - fast.checkpoint_s,
         "outside the training phases (host work: logging, metrics)": slow.other_s - fast.other_s,
     }
