@@ -7,7 +7,9 @@
 
 import argparse
 import logging
+import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -16,19 +18,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gpuwatch.integrations.lightning import GpuWatchCallback
 
-
-class Tiny(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(),
-                                       torch.nn.Linear(256, 1))
-
-    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.net(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # (the repository: tests.*)
+from tests.tiny_lightning import Tiny
 
 
 def main() -> None:
