@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 from gpuwatch.probes.peers import StepWait
 from gpuwatch.records import Event, Meta, Record, Sample, Step
 from gpuwatch.series import Figure, Series, combined, combined_rise
-from gpuwatch.vocabulary import unwaited_compute_s
+from gpuwatch.vocabulary import LOWEST_SLOWDOWN, SLOWDOWN_BITS, unwaited_compute_s
 
 MAX_STEPS = 8192
 MAX_SAMPLES = 900  # per (source, gpu): 15 minutes at 1 Hz
@@ -181,6 +181,7 @@ class Telemetry:
         self.started = 0.0
         self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
         self.oom_left_step_at = 0.0  # when an OOM last left a step (Unix s; 0: never)
+        self.slowed_at = 0.0  # the newest NVML reading with a slowdown reason (Unix s)
         self.batch = TrainingBatch()
         self.tokens_at: dict[int, int] = {}  # samples in a step -> the newest such step's tokens
         self.saves = SaveTotals()
@@ -212,6 +213,10 @@ class Telemetry:
         for r in records:
             self.add_one(r)
 
+    def _note_slowdown(self, r: Sample) -> None:
+        if int(r.values["gpu_clock_event_reasons"]) & SLOWDOWN_BITS:
+            self.slowed_at = r.t
+
     def add_one(self, r: Record) -> None:
         if isinstance(r, Sample):  # (most records)
             group = (r.source, r.gpu)
@@ -226,6 +231,8 @@ class Telemetry:
             tracked = self._tracked.get(r.source)
             if tracked:
                 self._track(group, seq, r, tracked)
+            if r.values.get("gpu_clock_event_reasons", 0) >= LOWEST_SLOWDOWN:  # (rare)
+                self._note_slowdown(r)
             power = r.values.get("gpu_power_watts")
             if power is not None and self.steps and r.t - self.steps[-1].t <= max(
                     5.0, 2 * self._median):  # (0 before the warm-up ends)

@@ -18,6 +18,12 @@ CLOCK_EVENT_REASONS = {
     0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
 }
+# The reasons a busy card is slowed by a fault of its machine (heat, its board, its power
+# supply): not the power cap, how a busy card works.
+SLOWDOWNS = ("sw_thermal_slowdown", "hw_thermal_slowdown", "hw_slowdown",
+             "hw_power_brake_slowdown")
+SLOWDOWN_BITS = sum(bit for bit, name in CLOCK_EVENT_REASONS.items() if name in SLOWDOWNS)
+LOWEST_SLOWDOWN = SLOWDOWN_BITS & -SLOWDOWN_BITS  # a bitmask below it has none of them
 
 # NVML performance policies whose violation counters (cumulative ns of reduced
 # clocks) are exported as throttle seconds, by reason.

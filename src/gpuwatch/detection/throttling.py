@@ -17,19 +17,14 @@ from gpuwatch.detection.context import Context, Detection, recent, window_s
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Sample
 from gpuwatch.telemetry import Telemetry
-from gpuwatch.vocabulary import CLOCK_EVENT_REASONS
+from gpuwatch.vocabulary import CLOCK_EVENT_REASONS, SLOWDOWN_BITS
 
-FAULTS = ("sw_thermal_slowdown", "hw_thermal_slowdown", "hw_slowdown",
-          "hw_power_brake_slowdown")
-FAULT_BITS = sum(bit for bit, name in CLOCK_EVENT_REASONS.items() if name in FAULTS)
-LOWEST_FAULT = FAULT_BITS & -FAULT_BITS  # a reading below it has no fault bit
 KEY = "gpu_clock_event_reasons"
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     since = now - window_s(view, rule)
-    bits = view.figure("nvml", KEY, since)
-    if bits is None or bits.high < LOWEST_FAULT or recent(view, rule, now) is None:
+    if view.slowed_at < since or recent(view, rule, now) is None:
         return None  # (the common case: no reading in the window had a fault bit)
     th = rule.thresholds
     busy: dict[int | None, list[Sample]] = {}
@@ -61,7 +56,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         clause += f", up to {hottest:.0f} °C"
     text = {"rank": view.rank, "gpus": ", ".join(map(str, gpus)) or "?",
             "reasons": ", ".join(name.replace("_", " ") for bit, name in
-                                 CLOCK_EVENT_REASONS.items() if bit & reasons & FAULT_BITS),
+                                 CLOCK_EVENT_REASONS.items() if bit & reasons & SLOWDOWN_BITS),
             "clocks": clause}
     return Detection(evidence, [view.rank], text=text)
 
@@ -71,12 +66,12 @@ def _held(busy: list[Sample], th: dict[str, float]
     """One GPU's busy readings: (the share slowed by a fault, those readings, the mean SM
     clock of the others) where the share reaches ``throttled_share`` and the clock, where
     both are read, lost at least ``min_clock_loss_ratio`` to it; else None."""
-    slowed = [s for s in busy if int(s.values.get(KEY, 0)) & FAULT_BITS]
+    slowed = [s for s in busy if int(s.values.get(KEY, 0)) & SLOWDOWN_BITS]
     share = len(slowed) / len(busy)
     if share < th["throttled_share"]:
         return None
     free = _mean(s.values.get("gpu_sm_clock_hertz") for s in busy
-                 if not int(s.values.get(KEY, 0)) & FAULT_BITS)
+                 if not int(s.values.get(KEY, 0)) & SLOWDOWN_BITS)
     clocks = _mean(s.values.get("gpu_sm_clock_hertz") for s in slowed)
     if free and clocks is not None and (free - clocks) / free < th["min_clock_loss_ratio"]:
         return None  # (slowed in name only)
