@@ -227,7 +227,11 @@ class RunLogWriter:
         """Open the log's file for appending; remember which file it is."""
         fd = os.open(self.path, flags | os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
                      0o644)
-        info = os.fstat(fd)
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
         self._file_id, self._size = (info.st_dev, info.st_ino), info.st_size
         return fd
 
@@ -282,13 +286,11 @@ class RunLogWriter:
         except OSError:
             self._rotate_at = self._size + self.segment_bytes // 8
             return
-        old_id, old_size = self._file_id, self._size
         try:
-            self._fd = self._open(os.O_CREAT | os.O_EXCL)
+            self._fd = self._open(os.O_CREAT | os.O_EXCL)  # (failing, it changes nothing)
         except OSError:
             with contextlib.suppress(OSError):
                 os.replace(part, self.path)  # (the log as it was: try again later)
-            self._file_id, self._size = old_id, old_size
             self._rotate_at = self._size + self.segment_bytes // 8
             return
         os.close(fd)

@@ -4,7 +4,7 @@ total steps) and the signal helpers several of them read."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -344,11 +344,7 @@ def nvlink_down(views: Sequence[RankInput], current: Gpu | None) -> bool:
     if current is None or not current.nvlink_built_in or max(
             (v.world_size for v in views), default=1) < 2:
         return False
-    used: dict[str, set[int]] = {}
-    for v in views:
-        used.setdefault(v.host, set()).update((v.topology or {}).get("job_gpus") or [])
-    for v in views:
-        mine = _peers_gpus(v, used[v.host]) if len(views) == 1 else used[v.host]
+    for v, mine in _used_gpus(views):
         for d in (v.topology or {}).get("devices") or []:
             if ((not mine or d.get("index") in mine)
                     and d.get("nvlink_links_active", 1) == 0):
@@ -368,19 +364,23 @@ def _pair_without(views: Sequence[RankInput], what: str) -> bool:
     pair of GPUs the job uses there (an absent word says nothing). A rank seen alone
     knows only its own GPU: its peers' are inferred (``_peers_gpus``), so a rank-scope
     projection judges the links as the job-wide one does."""
-    used: dict[str, set[int]] = {}
-    for v in views:
-        used.setdefault(v.host, set()).update((v.topology or {}).get("job_gpus") or [])
-    for v in views:
-        mine = used.get(v.host, set())
-        if len(views) == 1:
-            mine = _peers_gpus(v, mine)
+    for v, mine in _used_gpus(views):
         for pair in (v.topology or {}).get("p2p") or []:
             gpus = pair.get("gpus") if isinstance(pair, dict) else None
             if (isinstance(gpus, list) and len(gpus) == 2 and set(gpus) <= mine
                     and pair.get(what) is False):
                 return True
     return False
+
+
+def _used_gpus(views: Sequence[RankInput]) -> Iterator[tuple[RankInput, set[int]]]:
+    """Each view with the GPUs the job uses on its host (their ``job_gpus`` together; a
+    rank seen alone: its inferred peers', ``_peers_gpus``)."""
+    used: dict[str, set[int]] = {}
+    for v in views:
+        used.setdefault(v.host, set()).update((v.topology or {}).get("job_gpus") or [])
+    for v in views:
+        yield v, (_peers_gpus(v, used[v.host]) if len(views) == 1 else used[v.host])
 
 
 def _peers_gpus(view: RankInput, mine: set[int]) -> set[int]:

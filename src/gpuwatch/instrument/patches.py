@@ -363,9 +363,15 @@ def _hf_checkpoint_dir(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The directory ``Trainer._save_checkpoint(model, trial)`` writes (a plain run's, on
     the process that saves the model); None elsewhere (unsized)."""
     trainer, trial = args[0], (args[2] if len(args) > 2 else kwargs.get("trial"))
-    if trial is not None or not trainer.args.should_save:
+    return hf_checkpoint_dir(trainer.args, trainer.state.global_step) if trial is None else None
+
+
+def hf_checkpoint_dir(training_args: Any, step: int) -> str | None:
+    """Where a Hugging Face ``Trainer`` writes the checkpoint of ``step``, on the process
+    that writes it (``should_save``: one per job, or per node); None on the others."""
+    if not getattr(training_args, "should_save", True):
         return None
-    return os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.state.global_step}")
+    return os.path.join(training_args.output_dir, f"checkpoint-{step}")
 
 
 def patch_safetensors(lazy: LazyPush, module: Any) -> None:
@@ -684,8 +690,6 @@ def patch_ddp(lazy: LazyPush, ddp: Any, pool: EventPool = EVENTS,
         return
     timer = Intervals(pool, lambda: lazy.push)
     register, forward = ddp.register_comm_hook, ddp.forward
-    builtin = getattr(ddp, "_register_builtin_comm_hook", None)
-    original_builtin: Callable[..., Any] = builtin or (lambda *_: None)
     enqueue = queue_callback
 
     def register_comm_hook(self: Any, state: Any, hook: Callable[..., Any]) -> Any:
@@ -695,13 +699,6 @@ def patch_ddp(lazy: LazyPush, ddp: Any, pool: EventPool = EVENTS,
             return None
         self._gpuwatch_hooked = True
         return register(self, state, timed_comm_hook(hook, timer, enqueue))
-
-    def register_builtin_comm_hook(self: Any, comm_hook_type: Any) -> Any:
-        twin = _python_twin(comm_hook_type)
-        if getattr(self, "_gpuwatch_standing_in", False) and twin is not None:
-            return register_comm_hook(self, self.process_group, twin)
-        self._gpuwatch_hooked = True
-        return original_builtin(self, comm_hook_type)
 
     def timed_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not getattr(self, "_gpuwatch_hooked", False):
@@ -719,7 +716,16 @@ def patch_ddp(lazy: LazyPush, ddp: Any, pool: EventPool = EVENTS,
         return forward(self, *args, **kwargs)
 
     ddp.register_comm_hook = functools.wraps(register)(register_comm_hook)
+    builtin = getattr(ddp, "_register_builtin_comm_hook", None)
     if builtin is not None:
+
+        def register_builtin_comm_hook(self: Any, comm_hook_type: Any) -> Any:
+            twin = _python_twin(comm_hook_type)
+            if getattr(self, "_gpuwatch_standing_in", False) and twin is not None:
+                return register_comm_hook(self, self.process_group, twin)
+            self._gpuwatch_hooked = True
+            return builtin(self, comm_hook_type)
+
         ddp._register_builtin_comm_hook = functools.wraps(builtin)(register_builtin_comm_hook)
     ddp.forward = functools.wraps(forward)(timed_forward)
     COVERAGE["ddp"] = "last bucket ready to end of backward"

@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.loop import LoopMarker
+from gpuwatch.instrument.patches import hf_checkpoint_dir
 from gpuwatch.monitor import Monitor, attach, owns_next_agent
 
 
@@ -94,10 +95,9 @@ class GpuWatchCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         now = perf_counter()
         if self._marker is not None:
-            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            mine = getattr(args, "should_save", True)  # (else another process wrote it)
+            path = hf_checkpoint_dir(args, state.global_step)  # (None: another wrote it)
             self._marker.saved(now - self._last,
-                               path if mine and os.path.isdir(path) else None)
+                               path if path is not None and os.path.isdir(path) else None)
         self._last = perf_counter()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
