@@ -180,6 +180,16 @@ JOBS: tuple[Job, ...] = (
         expected=(Verdict("straggler", FIX, (6,)),),
         wrong=(Verdict("sync_bottleneck", MOVE), Verdict("sync_bottleneck", FIX),
                Verdict("underutilised", "info"))),
+    Job("rank_slow_in_some_steps",
+        "DDP on 8 H100s (NVLink), 1 s steps; in about a third of the steps rank 3 computes "
+        "2.5x as long (its host's periodic job, its shard's long sequences) and the other "
+        "seven wait for it; in the rest nobody waits. Rank 3 is last in only about half "
+        "the steps but causes nearly all the waiting: fix rank 3.",
+        Shape(step_s=1.0, duration_s=300, world=8, collective_share=0.05,
+              collective_bytes=int(0.5e9), slow_rank=3, slow_factor=2.5, slow_steps=0.3,
+              memory=Memory(60, 35)),
+        expected=(Verdict("straggler", FIX, (3,)),),
+        wrong=(Verdict("sync_bottleneck", MOVE), Verdict("sync_bottleneck", FIX))),
     Job("pcie_sync_bound",
         "DDP of a 1.5B model on 8 RTX 5090s over PCIe, 3 s steps, every rank waits 40% in "
         "the all-reduce of 3 GB: NVLink H100s would pay.",

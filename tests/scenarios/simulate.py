@@ -12,7 +12,7 @@ a blocking save, a recompile), events, and probe samples every ``sample_s``
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gpuwatch.probes.topology import nvlink_rate, pcie_rate
@@ -100,6 +100,7 @@ class Shape:
     slow_rank: int | None = None
     slow_factor: float = 1.0  # the slow rank's compute, x the others'
     slow_data_share: float | None = None  # instead, the slow rank's data wait (its loader)
+    slow_steps: float = 1.0  # the share of steps the slow rank is slow in (seeded, job-wide)
     accumulation: int = 1  # micro-batches per optimizer step
     batch_size: int = 32
     batch_sizes: tuple[tuple[int, int], ...] = ()  # (step, new training batch size)
@@ -241,8 +242,9 @@ def _steps(shape: Shape, rank: int, rng: random.Random, out: list[Record],
             extra["compute_s"] += shape.recompile_s
             t += shape.recompile_s
             recompile_at = None
-        wall = _typical(shape, rank, rng)
-        parts = _split(shape, rank, wall)
+        slowed = _slowed(shape, n)
+        wall = _typical(shape, rank, rng) * (1.0 if slowed else _unslowed_ratio(shape))
+        parts = _split(shape if slowed else replace(shape, slow_rank=None), rank, wall)
         micro = wall / shape.accumulation
         busy.append(_Busy(t, t + wall, "train"))
         if shape.progress_records and micro >= 1.0 and shape.accumulation > 1:
@@ -301,6 +303,24 @@ def _wait_for_peers(busy: list[_Busy], t: float, seconds: float,
 def _typical(shape: Shape, rank: int, rng: random.Random) -> float:
     """A typical step's wall time on this rank, jittered."""
     return shape.step_s * (1 + rng.uniform(-shape.jitter, shape.jitter))
+
+
+def _slowed(shape: Shape, n: int) -> bool:
+    """Whether the slow rank is slow in the job's ``n``-th step (the same on every rank)."""
+    return shape.slow_rank is not None and (
+        shape.slow_steps >= 1.0 or random.Random(shape.seed * 7919 + n).random()
+        < shape.slow_steps)
+
+
+def _unslowed_ratio(shape: Shape) -> float:
+    """A step's wall time where no rank is slow, x ``step_s`` (which holds the slow rank's
+    extra): the others' wait for it left out."""
+    if shape.slow_rank is None:
+        return 1.0
+    if shape.slow_data_share is not None:
+        return 1.0 - (shape.slow_data_share - shape.data_share)
+    work = 1.0 - shape.data_share - shape.optimizer_share - shape.collective_share
+    return 1.0 - work * (1.0 - 1.0 / shape.slow_factor)
 
 
 def _split(shape: Shape, rank: int, wall: float) -> dict[str, float]:

@@ -3,10 +3,10 @@
 In a step every rank leaves a collective together, so the rank that arrives last waits
 least: that least wait is the transfer itself (bytes over the link, latency), and what
 another rank waits beyond it is time spent waiting for the last rank to arrive. Over
-a window: the mean transfer, each rank's mean skew, and how often each rank was the
-last to arrive (one rank, or a few — a slow node's — most of the time: stragglers;
-changing among most ranks: a rotating imbalance, e.g. variable-length batches or
-uneven MoE routing).
+a window: the mean transfer, each rank's mean skew, and what share of the others'
+waiting each rank caused by arriving last (one rank, or a few — a slow node's — most
+of it: stragglers, even slow in only some steps; spread among most ranks: a rotating
+imbalance, e.g. variable-length batches or uneven MoE routing).
 
 Steps are aligned by step number, never by clock (host clocks differ).
 """
@@ -31,7 +31,7 @@ class SkewSplit:
     wall_s: float
     transfer_s: float  # least wait across ranks
     skew_s: dict[int, float]  # rank -> its wait beyond the least
-    last_share: dict[int, float]  # rank -> share of steps it arrived last (waited least)
+    caused_share: dict[int, float]  # rank -> share of the waiting it caused (arrived last)
 
     @property
     def mean_skew_s(self) -> float:
@@ -46,9 +46,9 @@ class SkewSplit:
         return self.mean_skew_s / self.wall_s
 
     def fixed_last(self, share: float) -> int | None:
-        """The rank that arrived last in at least ``share`` of the steps, if one did."""
-        rank = max(self.last_share, key=lambda r: self.last_share[r])
-        return rank if self.last_share[rank] >= share else None
+        """The rank that caused at least ``share`` of the waiting, if one did."""
+        rank = max(self.caused_share, key=lambda r: self.caused_share[r])
+        return rank if self.caused_share[rank] >= share else None
 
 
 def split(views: Sequence[RankInput], since: float, min_steps: int) -> SkewSplit | None:
@@ -75,6 +75,7 @@ def split(views: Sequence[RankInput], since: float, min_steps: int) -> SkewSplit
     ranks = sorted(per_rank)
     transfer = walls = 0.0
     skew = dict.fromkeys(ranks, 0.0)
+    caused = dict.fromkeys(ranks, 0.0)
     last = dict.fromkeys(ranks, 0.0)
     rows = [per_rank[r] for r in ranks]
     for k in common:
@@ -84,14 +85,19 @@ def split(views: Sequence[RankInput], since: float, min_steps: int) -> SkewSplit
         transfer += least
         walls += math.fsum([w.wall_s for w in step]) / len(step)  # (their fmean)
         tied = []
+        held = 0.0
         for r, wait in zip(ranks, waits, strict=True):
             skew[r] += wait - least
+            held += wait - least
             if wait - least <= TIE_S:
                 tied.append(r)
         for r in tied:  # equal waits: no one rank was last
+            caused[r] += held / len(tied)
             last[r] += 1 / len(tied)
     n = len(common)
     if walls <= 0:
         return None
-    return SkewSplit(n, walls / n, transfer / n, {r: v / n for r, v in skew.items()},
-                     {r: c / n for r, c in last.items()})
+    total = sum(caused.values())
+    shares = {r: c / total for r, c in caused.items()} if total > 0 else \
+        {r: c / n for r, c in last.items()}
+    return SkewSplit(n, walls / n, transfer / n, {r: v / n for r, v in skew.items()}, shares)

@@ -6,9 +6,10 @@ A rank's *work* is its step without its collective wait: data wait, compute, opt
 whatever it does before it arrives. A rank slow to compute and a rank whose own loader
 starves it hold the others back alike; the summary names which part makes it slow.
 
-Where ranks' per-step waits are known (``skew.split``), the slow ranks must also be
-the last to arrive in most steps: a slowness that rotates among most ranks is an
-imbalance (sync_bottleneck's fix-here case), not stragglers."""
+Where ranks' per-step waits are known (``skew.split``), the slow ranks must also have
+caused most of the others' waiting (arriving last; slow in every step or only in
+some): a slowness that rotates among most ranks is an imbalance (sync_bottleneck's
+fix-here case), not stragglers."""
 
 from __future__ import annotations
 
@@ -56,10 +57,10 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                 "others_collective_share_ratio": others_wait, "slow_ranks": float(len(slow))}
     split = skew.split(views, now - max(window_s(v, rule) for v in views), rule.min_steps)
     if split is not None:
-        last = sum(split.last_share[r] for r in slow)
-        if last < th["fixed_rank_share"]:
-            return None  # not the same ranks every step: an imbalance, not stragglers
-        evidence["last_arrival_share_ratio"] = last
+        caused = sum(split.caused_share[r] for r in slow)
+        if caused < th["fixed_rank_share"]:
+            return None  # not the same ranks holding the rest: an imbalance, not stragglers
+        evidence["wait_caused_share_ratio"] = caused
     by_rank = {v.rank: v for v in views}
     reasons = sorted({reason for r in slow for reason in clock_events(by_rank[r])})
     one = len(slow) == 1

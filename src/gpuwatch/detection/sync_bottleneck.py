@@ -2,17 +2,17 @@
 
 Step by step (``skew.split``) the wait is split into transfer (the least wait across
 ranks) and waiting on a slower rank, and the larger part decides. Mostly waiting on a
-rank that changes from step to step: fix here (balance the batches). Mostly waiting
-on one fixed rank: the straggler's case, not this one. Mostly transfer: a move only
-when the bytes over the slowest link the collectives cross explain it (no NVLink,
-bandwidth-bound; a path through host memory, where the GPUs cannot reach each other
-peer to peer, always is); with NVLink already, latency-bound, or a link that could
-carry the bytes far faster: fix here (overlap, bucketing). Mostly point-to-point bytes
-(a pipeline) that even the path's slowest rate moves in a fraction of the wait: the
-pipeline's bubble, fix here (more micro-batches, another schedule). Bound by the link between
-nodes, or by a network between nodes that nothing reports: fix here too (no GPU
-changes the fabric; projections keep that wait). With no bytes or no topology seen,
-nothing tells bandwidth from the rest: ``info``, no move.
+rank that changes from step to step: fix here (balance the batches). Mostly waiting on
+one fixed rank (it caused most of the waiting): the straggler's case, not this one.
+Mostly transfer: a move only when the bytes over the slowest link the collectives cross
+explain it (no NVLink, bandwidth-bound; a path through host memory, where the GPUs
+cannot reach each other peer to peer, always is); with NVLink already, latency-bound, or
+a link that could carry the bytes far faster: fix here (overlap, bucketing). Mostly
+point-to-point bytes (a pipeline) that even the path's slowest rate moves in a fraction
+of the wait: the pipeline's bubble, fix here (more micro-batches, another schedule).
+Bound by the link between nodes, or by a network between nodes that nothing reports: fix
+here too (no GPU changes the fabric; projections keep that wait). With no bytes or no
+topology seen, nothing tells bandwidth from the rest: ``info``, no move.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                 "skew_seconds_per_step": split.mean_skew_s,
                 "collective_bytes_per_step": mean.comm_bytes,
                 "p2p_bytes_per_step": mean.p2p_bytes,
-                "last_arrival_max_share_ratio": max(split.last_share.values())}
+                "wait_caused_max_share_ratio": max(split.caused_share.values())}
     achieved = achieved_bandwidth(views, since)
     if achieved is not None:
         evidence["achieved_bus_bytes_per_second"] = achieved
