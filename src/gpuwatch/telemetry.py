@@ -181,6 +181,7 @@ class Telemetry:
         self.started = 0.0
         self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
         self.oom_left_step_at = 0.0  # when an OOM last left a step (Unix s; 0: never)
+        self.ended = False  # the log ended (``end``)
         self.slowed_at = 0.0  # the newest NVML reading with a slowdown reason (Unix s)
         self.batch = TrainingBatch()
         self.tokens_at: dict[int, int] = {}  # samples in a step -> the newest such step's tokens
@@ -553,9 +554,15 @@ class Telemetry:
 
     @property
     def died_of_oom(self) -> bool:
-        """Whether an OOM left its newest step and no step ended after it (at the end of a
-        log: the process died of it)."""
-        return self.oom_left_step_at > self.last_step_t
+        """Whether the log ended (``end``) with an OOM that left its newest step and no
+        step after it: the process died of it (while it lives, a job may catch one)."""
+        return self.ended and self.oom_left_step_at > self.last_step_t
+
+    def end(self) -> None:
+        """The log ends here. Dying of an OOM is news its detectors judge (a change)."""
+        self.ended = True
+        if self.died_of_oom:
+            self.changed = self.event_stamp = next(_CHANGES)
 
     def open_save(self) -> tuple[float, float] | None:
         """(when, seconds open) of a save its newest agent sample says is being written

@@ -376,6 +376,36 @@ def test_a_job_that_dies_of_an_oom_at_the_limit_is_told_why(died: bool) -> None:
         assert fits == []
 
 
+def test_a_job_that_dies_of_an_oom_in_its_first_steps_is_told_it_does_not_fit() -> None:
+    """Four steps at 97% of a 32 GB card, then an OOM that ends the process: too few
+    steps for any window, yet the job cannot run here as configured. Said at the log's
+    end, with the memory it reached; no card is named, as nothing sized its need."""
+    held = {"allocator_reserved_bytes": 31 * GB, "allocator_allocated_bytes": 16 * GB,
+            "allocator_alloc_retries_total": 0.0}
+    records: list[Record] = [
+        meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB), *steps(4, wall=1.0),
+        *samples("allocator", 4.5, held),
+        Event(0, START + 4.6, "oom", {"type": "OutOfMemoryError"})]
+    f = only(judge(records), "fits_on_paper")
+    assert (f.state, f.verdict, f.severity) == ("active", "fix_here", "critical")
+    assert "died of an out-of-memory error after step 4" in f.summary
+    assert "28.9 of 29.8 GiB (97%)" in f.summary and f.projection is None
+    assert f.evidence["ooms_total"] == 1 and f.evidence["steps_completed"] == 4
+
+
+def test_an_early_oom_the_job_lives_through_is_no_death() -> None:
+    """The same OOM caught by the job, which takes 30 s to rebuild its batch (longer than
+    any ``for_s``) and steps on: not a death, before or after."""
+    held = {"allocator_reserved_bytes": 31 * GB, "allocator_allocated_bytes": 16 * GB,
+            "allocator_alloc_retries_total": 0.0}
+    records: list[Record] = [
+        meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB), *steps(4, wall=1.0),
+        *samples("allocator", 40, held),
+        Event(0, START + 4.6, "oom", {"type": "OutOfMemoryError"}),
+        *steps(6, wall=1.0, start=START + 34, first=5)]
+    assert [f for f in judge(records) if f.detector == "fits_on_paper"] == []
+
+
 def test_one_oom_far_below_the_limit_is_no_reason_to_move() -> None:
     """An A100 80GB holding 30 GB asked once for more than any card holds: the allocator
     retried once, as it does before every OOM it raises, then raised. That retry is the

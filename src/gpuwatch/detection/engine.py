@@ -288,6 +288,9 @@ class Engine:
         OOMs, is raised however briefly it held: the job died of it."""
         if not self._clock:
             return []
+        if self.scope == "rank":
+            for view in self._own.values():
+                view.end()
         changes = self.evaluate(self._clock)
         died = {r for r, v in self._own.items() if self.scope == "rank" and v.died_of_oom}
         for (rule_id, _), j in self._judged.items() if died else ():

@@ -10,7 +10,11 @@ card), or retries while the cache holds far more than live tensors (fragmentatio
 are fixed here. The card the job already runs on is never recommended, and a job
 already on the target gets ``fix_here`` (shard it), naming a bigger card that would
 hold it. A step that waits on its data loader (``data_starvation``, judged first)
-does not make memory alone a reason to move: the move must pay as any other."""
+does not make memory alone a reason to move: the move must pay as any other.
+
+A rank that died of an OOM before its window held enough steps to judge (in its first
+steps, as a job too big for the card does) is told so at the end of its log
+(``died_early``): no need is sized from so few steps, so no card is recommended."""
 
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     th = rule.thresholds
     summary = recent(view, rule, now)
     if summary is None:
-        return None
+        return died_early(view, ctx) if view.died_of_oom else None
     since = now - window_s(view, rule)
     # warm-up's retries and OOMs (cudnn.benchmark's tries, a batch finder) are no pressure:
     # where the window reaches back into it, counters rise from the first reading after
@@ -178,6 +182,28 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     return Detection(evidence, [view.rank], text=text,
                      projection=proj.as_dict() if priced else None,
                      verdict=verdict, variant=None if verdict == "move_to_h100" else "too_big")
+
+
+def died_early(view: Telemetry, ctx: Context) -> Detection:
+    """The rank died of an OOM (known at its log's end) with too few steps to judge: the
+    memory it reached (its peak over the log) and the card's, where read."""
+    total = card_memory(view, ctx)
+    measured = own_memory(view, 0.0)
+    evidence = {"ooms_total": float(view.ooms_since(0.0)),
+                "steps_completed": float(view.steps_seen)}
+    if total and measured is not None:
+        peak, source = measured
+        evidence |= {"memory_peak_ratio": peak / total, "memory_peak_bytes": peak,
+                     "memory_total_bytes": total}
+        memory = (f"its memory at {peak / GIB:.1f} of {total / GIB:.1f} GiB "
+                  f"({peak / total:.0%}) by {MEMORY_SOURCES[source][2]}")
+        card = f"a card with more than {total / GIB:.0f} GiB"
+    else:
+        memory, card = "its memory not read", "a card with more memory"
+    when = f"after step {view.steps_done}" if view.steps_seen else "before its first step"
+    text = {"rank": view.rank, "when": when, "memory": memory, "card": card}
+    return Detection(evidence, [view.rank], text=text, verdict="fix_here",
+                     severity="critical", variant="died_early")
 
 
 def by_design(view: Telemetry, th: dict[str, float], summary: StepSummary, peak: float,
