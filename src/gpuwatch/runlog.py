@@ -40,6 +40,7 @@ import time
 import types
 import typing
 import zlib
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -69,7 +70,8 @@ MAX_EXPANSION = 200
 MIN_EXPANDED_BYTES = 1 << 20  # ... and never before this much
 
 _LOG_NAME = re.compile(r"run(?:-rank(\d+))?(?:\.attempt(\d+))?\.jsonl")
-FOLLOW_TRIES = 10_000  # segments read plus rotations raced, at most, in one reading
+FOLLOW_TRIES = 10_000  # rotations raced, at most, in one reading
+MAX_SEGMENTS = 1_000_000  # segments read, at most, in one reading (64 TB at the default)
 _PART = re.compile(r"\.part(\d+)\.jsonl(?:\.gz)?")
 GZIP_LEVEL = 6  # 20x on the corpus's logs, ~190 MB/s of input on one core (RESULTS.md)
 MAX_ATTEMPTS = 100_000  # a bound on the search for a free log name
@@ -435,22 +437,33 @@ class RunLogReader:
         file is read only once no segment newer than the last one read has appeared
         since it was opened."""
         read = -1  # the newest segment number read
-        for _ in range(FOLLOW_TRIES):  # (each try without a segment to read is a race lost)
-            newer = [p for p in segments(self.path) if _part_number(p.name) > read]
+        listed: deque[Path] = deque()  # segments newer than ``read``, as last listed
+        races = 0
+        for _ in range(MAX_SEGMENTS + FOLLOW_TRIES):
+            if not listed:  # (listed once, not once per segment: thousands are many stats)
+                listed.extend(p for p in segments(self.path) if _part_number(p.name) > read)
+            segment = bool(listed)
             try:
-                if newer:
-                    opened = open(newer[0], "rb")  # noqa: SIM115 (closed by the reader)
-                    read = _part_number(newer[0].name)
-                    yield newer[0], opened
+                if segment:
+                    part = listed.popleft()
+                    opened = open(part, "rb")  # noqa: SIM115 (closed by the reader)
+                    read = _part_number(part.name)
+                    yield part, opened
                     continue
                 opened = open(self.path, "rb")  # noqa: SIM115 (closed by the reader)
             except FileNotFoundError:  # compressed or rotated between the listing and open
-                if newer or any(_part_number(p.name) > read for p in segments(self.path)):
+                listed.clear()
+                races += 1
+                if races < FOLLOW_TRIES and (segment or any(
+                        _part_number(p.name) > read for p in segments(self.path))):
                     continue
                 raise
             if any(_part_number(p.name) > read for p in segments(self.path)):
                 opened.close()  # rotated just now: its content is a segment to read first
-                continue
+                races += 1
+                if races < FOLLOW_TRIES:
+                    continue
+                return
             yield self.path, opened
             return
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze, run_logs
 from gpuwatch.records import Sample, Step
-from gpuwatch.runlog import RunLogReader, RunLogWriter, compress, segments
+from gpuwatch.runlog import RunLogReader, RunLogWriter, compress, encode, segments
 from tests.scenarios import job, write
 
 
@@ -131,3 +131,17 @@ def test_segments_of_one_log_are_not_anothers(tmp_path):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in segments(Path(tmp_path / "run-rank1.jsonl"))] == [
         "run-rank1.part00001.jsonl.gz", "run-rank1.part00002.jsonl"]
+
+
+def test_a_log_of_more_segments_than_races_allowed_is_read_whole(tmp_path):
+    """10,050 segments (a small segment size over a long run): every one is read, in
+    order, listed once rather than once per segment (which took minutes), and none is
+    taken for a rotation raced."""
+    path = tmp_path / "run.jsonl"
+    n = 10_050
+    records = _records(n)
+    for k in range(n):
+        (tmp_path / f"run.part{k + 1}.jsonl.gz").write_bytes(gzip.compress(
+            b"".join(encode(r) for r in records[2 * k:2 * k + 2]), compresslevel=1))
+    path.write_bytes(b"")
+    assert list(RunLogReader(path)) == records
