@@ -9,7 +9,8 @@ Step windows hold *typical* steps only: the first ``WARMUP_STEPS`` steps a proce
 logs (allocation, compilation, worker start) and every interruption (a step more
 than ``INTERRUPTION_MULTIPLE`` times the running median: an eval loop, a blocking
 save, a recompile, a DataLoader epoch restart) are left out of the means and kept
-as progress only.
+as progress only. A long step that carries the job's gradient sync (gradient
+accumulation's all-reduce every N micro-steps, each a step) is the job's rhythm: kept.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an i
 PAUSE_S = 60.0  # a silence this long that a step ends is one of the job's pauses
 BATCH_SIZES = 64  # batch sizes whose tokens per step a rank remembers
 RHYTHM_SHARE = 0.10  # interruptions more frequent than this share of steps are the rhythm
+SYNC_BYTES_MULTIPLE = 4.0  # a long step with this many times the typical bytes is a sync
+SYNCS_KEPT = 5  # the gradient syncs whose gaps give the job's cycle
+CYCLE_LAPSE = 3  # no sync for this many cycles: the rhythm lapsed
+MAX_CYCLE_STEPS = 64  # a longer cycle is taken as this (windows stay within MAX_STEPS)
 GPU_BUSY_RATIO = 0.5  # an interruption the GPU was this busy through is GPU work
 TYPICAL_S = 60.0  # an interruption is weighed against the typical steps of this long before
 # Events that show the job is working between steps (besides steps themselves).
@@ -182,6 +187,10 @@ class Telemetry:
         self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
         self.oom_left_step_at = 0.0  # when an OOM last left a step (Unix s; 0: never)
         self.ended = False  # the log ended (``end``)
+        # steps per cycle of the job's rhythm: 1, or N where a gradient sync every N steps
+        # sets it (gradient accumulation with each micro-batch a step); the newest syncs
+        self.cycle_steps = 1
+        self._syncs: deque[int] = deque(maxlen=SYNCS_KEPT)
         self.slowed_at = 0.0  # the newest NVML reading with a slowdown reason (Unix s)
         self.batch = TrainingBatch()
         self.tokens_at: dict[int, int] = {}  # samples in a step -> the newest such step's tokens
@@ -256,6 +265,9 @@ class Telemetry:
         self.steps.append(s)
         self.steps_done = s.step
         self.steps_seen += 1
+        if self.cycle_steps > 1 and s.step - self._syncs[-1] > CYCLE_LAPSE * self.cycle_steps:
+            self.cycle_steps = 1  # the rhythm lapsed
+            self._syncs.clear()
         if self.last_progress and s.t - self.last_progress >= PAUSE_S:
             self.pauses.append(s.t - self.last_progress)  # a silence that ended on its own
         if s.samples and (s.samples in self.tokens_at or len(self.tokens_at) < BATCH_SIZES):
@@ -272,8 +284,10 @@ class Telemetry:
         ordered = sorted(self._walls)
         self._median = ordered[len(ordered) // 2]  # (the upper median of an even count)
         work = s.tokens or s.samples
-        if (median and s.wall_s > INTERRUPTION_MULTIPLE * median
-                and not self._long_batch(s.wall_s, work)):
+        long = median and s.wall_s > INTERRUPTION_MULTIPLE * median
+        if long and self._syncing(s, median):
+            self._note_sync(s.step)
+        elif long and not self._long_batch(s.wall_s, work):
             self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
             self.interrupting.add(s)
             excess = max(s.wall_s - median - s.checkpoint_s, 0.0)
@@ -290,6 +304,28 @@ class Telemetry:
         if not work or len(per_work) < 5:
             return False
         return wall / work <= INTERRUPTION_MULTIPLE * sorted(per_work)[len(per_work) // 2]
+
+    def _syncing(self, s: Step, median: float) -> bool:
+        """Whether a long step is the job's gradient sync, part of its rhythm: it carries
+        ``SYNC_BYTES_MULTIPLE`` times the bytes of the steps around it (the micro-steps of
+        gradient accumulation carry none) and spent most of its extra time in them. A
+        peer's save or eval makes the next collective long too, but carries no more."""
+        if s.checkpoint_s or s.collective_bytes <= 0:
+            return False
+        typical = mean_step(self.window.sums_since(s.t - s.wall_s - TYPICAL_S))
+        if typical is not None and s.collective_bytes <= (
+                SYNC_BYTES_MULTIPLE * typical.collective_bytes):
+            return False
+        return s.collective_s >= 0.5 * (s.wall_s - median)
+
+    def _note_sync(self, step: int) -> None:
+        """A gradient sync at ``step``: the job's cycle is the (lower) median gap between
+        its recent syncs (steps; from the third on)."""
+        syncs = self._syncs
+        syncs.append(step)
+        gaps = sorted(b - a for a, b in itertools.pairwise(syncs))
+        self.cycle_steps = min(max(gaps[(len(gaps) - 1) // 2], 1), MAX_CYCLE_STEPS) \
+            if len(gaps) >= 2 else 1
 
     def _interruption_kind(self, s: Step, excess: float) -> str:
         """What an interruption was (``Interruptions.KINDS``): eval batches seen in it, a

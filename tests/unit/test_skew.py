@@ -376,3 +376,44 @@ def test_live_judgement_from_published_waits_matches_offline() -> None:
     assert "different one from step to step" in rotating_live.summary
     verdicts = {(f.detector, tuple(f.ranks)) for f in live(slow_rank_two())}
     assert verdicts == {("straggler", (2,))}
+
+
+def accumulating(world: int, every: int, sync_s: float, steps: int = 480) -> list[Record]:
+    """``world`` ranks on one host of GeForce cards without P2P; the loop marks each
+    micro-batch (0.25 s) as a step, and every ``every``-th ends with the all-reduce of
+    the accumulated gradients (2.1 GB, ``sync_s``); the others move no bytes."""
+    out: list[Record] = []
+    for r in range(world):
+        out.append(meta(r, world, host="node-a"))
+        out.append(Event(r, START, "topology", {
+            "devices": [{"index": i, "name": "NVIDIA GeForce RTX 4090",
+                         "nvlink_links_active": 0, "pcie_generation": 4,
+                         "pcie_generation_max": 4, "pcie_width": 16, "pcie_width_max": 16}
+                        for i in range(world)],
+            "job_gpus": [r], "gpu_count": world,
+            "p2p": [{"gpus": [a, b], "nvlink": False, "read": False}
+                    for a in range(world) for b in range(world) if a < b]}))
+        t = START
+        for k in range(1, steps + 1):
+            sync = k % every == 0
+            wall = 0.25 + (sync_s if sync else 0.0)
+            t += wall
+            out.append(Step(rank=r, step=k, t=t, wall_s=wall, compute_s=wall - 0.01,
+                            data_s=0.01, collective_s=sync_s if sync else 0.0,
+                            collective_bytes=int(2.1e9) if sync else 0, samples=4))
+    return out
+
+
+def test_a_gradient_sync_every_sixteenth_micro_step_is_the_jobs_rhythm() -> None:
+    """The all-reduce step is 7x the median and one step in 16 (too rare to be the
+    rhythm by count alone): it carries the job's bytes and its wait, so it is kept in
+    the windows (not an interruption), and the windows span cycles, not micro-steps:
+    27% of the time in a transfer through host memory holds as one verdict."""
+    records = accumulating(4, 16, 1.5)
+    view = Telemetry(0)
+    view.add([r for r in records if r.rank == 0])
+    assert view.cycle_steps == 16 and not any(view.interrupted_by.count.values())
+    f = only(judge(records, scope="job"), "sync_bottleneck")
+    assert f.state == "active" and "bandwidth-bound" in f.summary
+    assert f.evidence["collective_bytes_per_step"] == pytest.approx(2.1e9 / 16, rel=0.1)
+    assert f.evidence["collective_share_ratio"] == pytest.approx(1.5 / 5.5, rel=0.1)

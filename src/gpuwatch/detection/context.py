@@ -250,16 +250,18 @@ STEP_SLACK = 1.25  # a window sized in steps holds this many times min_steps med
 def scale(view: RankInput, rule: Rule) -> float:
     """How much longer than its ``window_s`` a rule looks at this rank (>= 1): enough
     for ``min_steps`` median steps (with ``STEP_SLACK`` for steps that vary), so a 30 s
-    step gets as many steps as a 0.1 s one."""
+    step gets as many steps as a 0.1 s one; cycles of its rhythm where it has one (a
+    gradient sync every N micro-steps: a window of a few micro-steps holds one sync or
+    none, and what it says flickers with them)."""
     median = view.median_step_s()
     if not median or rule.min_steps <= 0:
         return 1.0
-    return max(1.0, STEP_SLACK * rule.min_steps * median / rule.window_s)
+    return max(1.0, STEP_SLACK * rule.min_steps * median * view.cycle_steps / rule.window_s)
 
 
 def window_s(view: RankInput, rule: Rule) -> float:
     """The rule's window on this rank (seconds):
-    max(window_s, STEP_SLACK x min_steps x median step)."""
+    max(window_s, STEP_SLACK x min_steps x median step x steps per cycle)."""
     return rule.window_s * scale(view, rule)
 
 

@@ -9,7 +9,14 @@ from typing import Any
 
 from gpuwatch.probes.peers import LINK_FACTS, PUBLISHED_STEPS, StepWait, decode_steps, encode_steps
 from gpuwatch.series import Figure
-from gpuwatch.telemetry import MAX_STEPS, WARMUP_STEPS, StepSummary, StepWindow, Telemetry
+from gpuwatch.telemetry import (
+    MAX_CYCLE_STEPS,
+    MAX_STEPS,
+    WARMUP_STEPS,
+    StepSummary,
+    StepWindow,
+    Telemetry,
+)
 
 MEDIAN_SPAN_S = 60.0  # a peer's typical step: its mean over this much of its newest totals
 
@@ -28,6 +35,7 @@ def summary(view: Telemetry, host: str, now: float) -> dict[str, Any]:
         "rank": view.rank, "host": host, "t": now,
         "totals": list(view.window.last),
         "steps_total": view.steps_done,
+        "cycle_steps": view.cycle_steps,
         "last_step_t": view.steps[-1].t if view.steps else None,
         "last_progress": view.last_progress,
         "nvlink_links_active": max((d.get("nvlink_links_active", 0) for d in devices),
@@ -65,6 +73,7 @@ class PeerRank:
         self.topology: dict[str, Any] | None = None
         self.window = StepWindow(MAX_STEPS)
         self.steps_done = 0
+        self.cycle_steps = 1
         self.planned_steps: int | None = None
         self.changed = 0  # counts the summaries that said something new
         self.last_progress = 0.0  # its newest step or progress (Unix s, its clock)
@@ -101,6 +110,9 @@ class PeerRank:
         if delta[0] > 0:
             self.window.add_totals(end, delta)
         self.steps_done = s.get("steps_total", self.steps_done)
+        cycle = s.get("cycle_steps")
+        self.cycle_steps = min(cycle, MAX_CYCLE_STEPS) if isinstance(cycle, int) and cycle >= 1 \
+            else 1
         self.last_step_t = max(self.last_step_t, s.get("last_step_t") or 0.0)
         self.last_progress = max(self.last_progress, self.last_step_t,
                                  float(s.get("last_progress") or 0.0))

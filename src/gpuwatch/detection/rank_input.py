@@ -59,6 +59,11 @@ class RankInput(Protocol):
 
     def median_step_s(self) -> float | None: ...
 
+    @property
+    def cycle_steps(self) -> int:
+        """Steps per cycle of its rhythm: 1, or N where a gradient sync comes every N
+        steps (each a micro-batch of gradient accumulation)."""
+
     def step_waits(self, since: float) -> dict[int, StepWait]:
         """Per-step waits by step number (warm-up left out)."""
 
