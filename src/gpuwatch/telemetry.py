@@ -39,6 +39,7 @@ INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an i
 PAUSE_S = 60.0  # a silence this long that a step ends is one of the job's pauses
 BATCH_SIZES = 64  # batch sizes whose tokens per step a rank remembers
 RHYTHM_SHARE = 0.10  # interruptions more frequent than this share of steps are the rhythm
+RECURRING = 2  # an interruption's kind seen this often recurs (once: an event)
 SYNC_BYTES_MULTIPLE = 4.0  # a long step with this many times the typical bytes is a sync
 SYNCS_KEPT = 5  # the gradient syncs whose gaps give the job's cycle
 CYCLE_LAPSE = 3  # no sync for this many cycles: the rhythm lapsed
@@ -573,14 +574,17 @@ class Telemetry:
     def interruption_share(self, now: float, kinds: Iterable[str] | None = None) -> float:
         """The run-long share of time (up to ``now``, Unix s) interruptions took beyond a
         typical step, blocking saves aside: evals, recompiles, epoch restarts; only those
-        of ``kinds`` (``Interruptions.KINDS``) if given. 0 while they are the job's rhythm
-        (over ``RHYTHM_SHARE`` of the steps: the windows' means hold them already)."""
+        of ``kinds`` (``Interruptions.KINDS``) if given, and only kinds seen
+        ``RECURRING`` times (one recompile is an event, not a share of every step to
+        come). 0 while they are the job's rhythm (over ``RHYTHM_SHARE`` of the steps: the
+        windows' means hold them already)."""
         start = self.first_step_start
         by = self.interrupted_by
         if (start is None or now <= start
                 or sum(by.count.values()) > RHYTHM_SHARE * self.steps_seen):
             return 0.0
-        seconds = math.fsum(by.seconds[k] for k in (by.KINDS if kinds is None else kinds))
+        seconds = math.fsum(by.seconds[k] for k in (by.KINDS if kinds is None else kinds)
+                            if by.count[k] >= RECURRING)
         return min(seconds / (now - start), 1.0)
 
     @property

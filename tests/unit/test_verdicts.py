@@ -442,6 +442,20 @@ def test_an_oom_that_cut_the_batch_holds_while_the_batch_stays_cut() -> None:
 
 # -- iteration_speed and underutilised ---------------------------------------------------
 
+def test_one_recompile_is_not_spread_over_the_steps_to_come() -> None:
+    """0.4 s steps with 20 h to go on a 5090 and one 150 s recompile 30 s in (a new
+    shape), a 10-minute log: one event, not a quarter of every step to come; 20 h is
+    under ``min_remaining_hours``, so nothing. Two stalls of the same kind recur:
+    they are spread (time to finish grows by their share)."""
+    once = Shape(step_s=0.4, duration_s=600, gpu=RTX_5090, total_steps=180_000,
+                 recompile_at_s=30, recompile_s=150, memory=Memory(20, 10))
+    assert [f for f in findings_of(once) if f.detector == "iteration_speed"] == []
+    twice = replace(once, total_steps=360_000, recompile_at_s=None,
+                    epoch_every_s=200, epoch_restart_s=75)
+    f = only(findings_of(twice), "iteration_speed")
+    assert f.evidence["step_seconds"] > 0.4 * 1.2  # (two restarts: 150 s of 600)
+
+
 def test_time_to_finish_pays_for_the_run_s_blocking_saves() -> None:
     """Saves are interruptions a window of typical steps leaves out, yet a week-long run
     pays for each: the time left here and on the target both carry the run-long share
