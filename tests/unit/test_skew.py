@@ -17,6 +17,7 @@ from gpuwatch.probes.peers import decode_steps, encode_steps
 from gpuwatch.records import Event, Finding, Record, Step
 from gpuwatch.telemetry import Telemetry
 from tests.runs import START, judge, meta, only
+from tests.scenarios.simulate import Evals, Memory, Saves, Shape, simulate
 
 WALL = 0.1
 N_STEPS = 150
@@ -417,3 +418,20 @@ def test_a_gradient_sync_every_sixteenth_micro_step_is_the_jobs_rhythm() -> None
     assert f.state == "active" and "bandwidth-bound" in f.summary
     assert f.evidence["collective_bytes_per_step"] == pytest.approx(2.1e9 / 16, rel=0.1)
     assert f.evidence["collective_share_ratio"] == pytest.approx(1.5 / 5.5, rel=0.1)
+
+
+@pytest.mark.parametrize("alone", [
+    Evals(every_s=600, seconds=240, ranks=(0,)),
+    Saves(every_s=600, blocking_s=120, nbytes=int(60e9), ranks=(0,))])
+def test_the_wait_for_a_rank_that_evaluates_or_saves_alone_is_no_imbalance(
+        alone: Evals | Saves) -> None:
+    """DDP on 4 H100s, 0.5 s steps; rank 0 alone runs a 240 s eval or writes a 120 s
+    save every 10 minutes and the others wait in the next all-reduce. That one step's
+    wait is rank 0's doing every time: not an imbalance to balance, nor a straggler."""
+    shape = Shape(step_s=0.5, duration_s=1500, world=4, collective_share=0.05,
+                  collective_bytes=int(2e9), memory=Memory(60, 35),
+                  evals=alone if isinstance(alone, Evals) else None,
+                  saves=alone if isinstance(alone, Saves) else None)
+    records = [r for rank in simulate(shape) for r in rank]
+    findings = judge(records, scope="job")
+    assert not [f for f in findings if f.detector in ("sync_bottleneck", "straggler")]
