@@ -265,6 +265,21 @@ def test_a_pipelines_wait_beyond_its_bytes_is_a_bubble_scaled_like_compute() -> 
     assert heavy.now.bubble == 0 and heavy.now.comm == 0.3
 
 
+def test_a_pipeline_whose_all_reduce_carries_most_bytes_still_has_its_bubble() -> None:
+    # PP x DP (3-D parallel): 9.5 GB of the DP pair's all-reduce and 0.5 GB of sends a
+    # step, 0.88 s of wait; PCIe gen4 x16 (31.5 GB/s) moves the 10 GB in 0.32 s, the
+    # other 0.56 s is the stages waiting on each other: compute, not link
+    now = StepParts(compute=1.1, comm=0.88, comm_bytes=10e9, p2p_bytes=0.5e9)
+    pcie = Inputs(link_now=31.5e9, tensor_share=1.0)
+    p = project(now, H100, RTX5090, ranks=8, inputs=pcie)
+    assert p.now.comm == pytest.approx(10e9 / 31.5e9)
+    assert p.now.bubble == pytest.approx(0.88 - 10e9 / 31.5e9)
+    assert p.projected.bubble == pytest.approx(p.now.bubble * FLOPS)
+    # no point-to-point sends at all: no pipeline, the wait is transfer as measured
+    flat = project(now._replace(p2p_bytes=0.0), H100, RTX5090, ranks=8, inputs=pcie)
+    assert flat.now.bubble == 0
+
+
 def test_precision_picks_the_tensor_figure_and_a_card_without_fp8_runs_bf16() -> None:
     fp8 = project(StepParts(compute=1.0), H100, RTX5090, tensor_share=1.0,
                   inputs=Inputs(precision="fp8"))

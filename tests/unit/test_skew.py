@@ -240,6 +240,13 @@ def test_a_pipelines_bubble_is_told_from_its_sends_through_host_memory() -> None
     assert bubble.evidence["p2p_bytes_per_step"] == 64_000_000
     heavy = only(judge(sent(2_000_000_000), scope="job"), "sync_bottleneck")
     assert heavy.verdict == "move_to_h100" and "bandwidth-bound" in heavy.summary
+    # PP x DP: 8 MB of sends beside a DP all-reduce of 8x their bytes, which the path
+    # still moves in a fraction of the wait: the bubble, not latency or NCCL
+    mixed = [replace(r, collective_bytes=9 * r.p2p_bytes) if isinstance(r, Step) else r
+             for r in sent(8_000_000)]
+    dp = only(judge(mixed, scope="job"), "sync_bottleneck")
+    assert dp.verdict == "fix_here" and "the pipeline's bubble" in dp.summary
+    assert "(8 MB point-to-point)" in dp.summary and "NCCL" not in dp.action
 
 
 def test_nvlink_bridges_in_pairs_leave_the_ring_on_pcie() -> None:

@@ -51,6 +51,7 @@ LIGHT_BUSY, LIGHT_POWER_SHARE = 0.6, 0.45
 HOST_STAGED_SHARE = 0.25
 # Range ends closer than this (high / low) are shown as one number.
 POINT_TOLERANCE = 1.03
+PIPELINE_P2P_SHARE = 0.02  # point-to-point sends this share of a step's bytes: a pipeline
 TIMES, DASH = "\u00d7", "\u2013"  # multiplication sign, en dash
 
 
@@ -326,9 +327,10 @@ def _split_idle(now: StepParts, gpu_busy: float | None, notes: list[str]) -> Ste
 def _split_bubble(now: StepParts, current: Gpu | None, inputs: Inputs,
                   notes: list[str]) -> StepParts:
     """Carve a pipeline's bubble out of the collective wait. Where point-to-point sends
-    carry most of the bytes (a pipeline schedule), the wait beyond what those bytes take
-    over today's path (``p2p_rate``) is the stages waiting on each other's compute: it
-    shrinks with compute on a faster card, not with the link."""
+    show a pipeline schedule (``pipelined``), the wait beyond what the step's bytes (its
+    sends and its collectives) take over today's path (``p2p_rate``) is the stages
+    waiting on each other's compute: it shrinks with compute on a faster card, not with
+    the link."""
     if now.comm <= 0 or not pipelined(now.comm_bytes, now.p2p_bytes):
         return now
     rate = p2p_rate(inputs, current)
@@ -339,16 +341,18 @@ def _split_bubble(now: StepParts, current: Gpu | None, inputs: Inputs,
     if bubble <= 0:
         return now
     path = " through host memory" if inputs.host_staged else ""
-    notes.append(f"point-to-point sends carry most of the {now.comm_bytes / 1e6:.0f} MB a step "
-                 f"(a pipeline): {transfer:.3g} s of the wait at {rate / 1e9:.1f} GB/s{path}, "
-                 f"the other {bubble:.3g} s the pipeline's bubble, scaled with compute")
+    notes.append(f"a pipeline (point-to-point sends: {now.p2p_bytes / 1e6:.0f} of the "
+                 f"{now.comm_bytes / 1e6:.0f} MB a step): {transfer:.3g} s of the wait at "
+                 f"{rate / 1e9:.1f} GB/s{path}, the other {bubble:.3g} s the pipeline's "
+                 "bubble, scaled with compute")
     return now._replace(comm=transfer, bubble=bubble)
 
 
 def pipelined(nbytes: float, p2p: float) -> bool:
-    """Whether point-to-point sends carry most of a step's ``nbytes`` bus bytes (a
-    pipeline schedule's activations)."""
-    return 0 < nbytes <= 2 * p2p
+    """Whether a step's ``nbytes`` bus bytes include a pipeline's point-to-point sends
+    (its activations), at least ``PIPELINE_P2P_SHARE`` of them: in a pipeline with data
+    parallelism (3-D parallel) the gradients' all-reduce often carries far more."""
+    return 0 < PIPELINE_P2P_SHARE * nbytes <= p2p
 
 
 def p2p_rate(inputs: Inputs, current: Gpu | None) -> float | None:

@@ -135,9 +135,12 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         else None
     sends_s = mean.comm_bytes / rate if rate else None
     if sends_s is not None and sends_s < th["link_explained_ratio"] * split.transfer_s:
-        text |= {"link": f"the pipeline's bubble: point-to-point sends carry "
-                         f"{mean.comm_bytes / 1e6:.0f} MB per step, at most {sends_s:.2g} s "
-                         f"over {link_name}",
+        moved = (f"point-to-point sends carry {mean.comm_bytes / 1e6:.0f} MB per step"
+                 if mean.p2p_bytes >= mean.comm_bytes else
+                 f"its sends and collectives carry {mean.comm_bytes / 1e6:.0f} MB per step "
+                 f"({mean.p2p_bytes / 1e6:.0f} MB point-to-point)")
+        text |= {"link": f"the pipeline's bubble: {moved}, at most {sends_s:.2g} s over "
+                         f"{link_name}",
                  "advice": "The pipeline's stages wait on each other's compute, not on the "
                            "link: more micro-batches per step (a 1F1B schedule idles "
                            "(stages - 1) / (micro-batches + stages - 1) of it), an interleaved "
