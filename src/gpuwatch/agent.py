@@ -425,7 +425,7 @@ class Agent:
         try:
             self.slack, self._slack_relay = job_notifier(
                 self.settings, self.out_dir, ident.rank, ident.world_size, job_store,
-                on_error=lambda what: self.faults.record("slack", what))
+                on_error=lambda what: self.faults.record("slack", what), run=self.run_id())
         except (OSError, ValueError) as exc:  # load_settings said so at start already
             self.faults.record("slack", f"slack webhook unusable: {type(exc).__name__}")
             return

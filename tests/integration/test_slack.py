@@ -186,6 +186,17 @@ def test_hostile_job_names_reach_slack_escaped(tmp_path: Path) -> None:
     assert "&lt;!channel&gt; &amp; &lt;@U42&gt;" in hook.delivered[0]["blocks"][0]["text"]["text"]
 
 
+def test_the_dashboard_link_selects_the_job_and_run_the_finding_is_of(tmp_path: Path) -> None:
+    with webhook() as hook:
+        n = notifier(hook.url, tmp_path, grafana_url="https://grafana.example",
+                     run="gpt-7f3a")
+        n.notify([finding(1, job="gpt")])
+        assert n.flush(timeout=10)
+        n.stop()
+    raw = json.dumps(hook.delivered[0])
+    assert "/d/gpuwatch-job?var-training_job=gpt&amp;var-run=gpt-7f3a&amp;var-rank=" in raw
+
+
 def test_a_password_in_the_grafana_url_never_reaches_slack(tmp_path: Path) -> None:
     with webhook() as hook:
         n = notifier(hook.url, tmp_path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from gpuwatch.sinks.slack_message import (
 )
 from gpuwatch.sinks.slack_spool import Ledger, Note, Silences, Spool, silence
 from tests.disk import full_disk
+
+ROOT = Path(__file__).resolve().parents[2]
 
 FINDING: dict[str, Any] = {
     "detector": "data_starvation", "verdict": "fix_here", "severity": "warning",
@@ -75,7 +78,7 @@ def test_a_raised_message_has_header_summary_evidence_projection_action_and_link
             "cost per step $0.0009 → $0.0021") in text
     assert "*What to do:* Add DataLoader workers." in text
     assert "*Data wait*\n97% of step, 76 ms of 78 ms" in [x["text"] for x in fields["fields"]]
-    assert ("https://grafana.example/d/gpuwatch-job?var-job=gpt-1b&amp;var-rank=3|dashboard"
+    assert ("https://grafana.example/d/gpuwatch-job?var-training_job=gpt-1b&amp;var-rank=3|dashboard"
             in context["elements"][0]["text"])
     assert body["text"].startswith("gpuwatch: [fix_here] data_starvation on gpt-1b rank 3:")
 
@@ -136,7 +139,21 @@ def test_the_same_detector_on_eight_ranks_is_one_note_naming_all_ranks() -> None
                 if b["type"] == "section" and "text" in b]
     assert len(sections) == 2 and "Rank 3 is not in a collective" in sections[1]
     assert dashboard_link("http://g", {"job": "a b", "ranks": [1, 2]}) == \
-        "http://g/d/gpuwatch-job?var-job=a+b&var-rank=1&var-rank=2"
+        "http://g/d/gpuwatch-job?var-training_job=a+b&var-rank=1&var-rank=2"
+
+
+def test_the_dashboard_link_fills_variables_the_job_dashboard_has() -> None:
+    """Grafana ignores a ``var-`` it does not know, opening every job blended: each
+    variable the link sets must be one of the shipped job dashboard's."""
+    link = dashboard_link("http://g", {"job": "gpt", "run": "gpt-1f2e", "ranks": [0, 3]})
+    path, _, query = link.partition("?")
+    board = json.loads((ROOT / "dashboards" / "gpuwatch-job.json").read_text())
+    assert path.endswith(f"/d/{board['uid']}")
+    names = {v["name"] for v in board["templating"]["list"]}
+    sets = urllib.parse.parse_qs(query)
+    assert {k.removeprefix("var-") for k in sets} <= names
+    assert sets == {"var-training_job": ["gpt"], "var-run": ["gpt-1f2e"],
+                    "var-rank": ["0", "3"]}
 
 
 def test_note_identity_is_fingerprint_episode_and_state() -> None:

@@ -119,7 +119,7 @@ class SlackNotifier:
                  silenced: Iterable[str] = (), grafana_url: str | None = None,
                  relay: Callable[[Note], None] | None = None,
                  on_error: Callable[[str], None] | None = None,
-                 max_retry_after_s: float = RETRY_AFTER_CAP_S) -> None:
+                 max_retry_after_s: float = RETRY_AFTER_CAP_S, run: str | None = None) -> None:
         self.spool = Spool(spool_dir)
         self.spools = [self.spool, *(Spool(p) for p in also if p != spool_dir)]
         self.ledger = Ledger(s.root for s in self.spools)
@@ -138,6 +138,7 @@ class SlackNotifier:
         self._repeat_s = repeat_interval_s
         self._verdicts = set(verdicts)
         self._grafana_url = grafana_url
+        self._run_label = run
         self._relay = relay
         self._on_error = on_error or (lambda what: None)
         self._last_told: dict[str, tuple[float, int]] = {}  # fp -> (Unix time, reminders)
@@ -167,10 +168,18 @@ class SlackNotifier:
             if f.state == "active":
                 if f.fingerprint in self._last_told:
                     continue  # already told this episode
-                if self.accept(Note("raised", plain(to_dict(f)), now)):
+                if self.accept(Note("raised", self._told(f), now)):
                     self._last_told[f.fingerprint] = (now, 0)
             elif self._last_told.pop(f.fingerprint, None) is not None:
-                self.accept(Note("resolved", plain(to_dict(f)), now))  # only what was told
+                self.accept(Note("resolved", self._told(f), now))  # only what was told
+
+    def _told(self, f: Finding) -> dict[str, Any]:
+        """A finding as a note tells it: its fields, and the run it belongs to (the
+        ``run`` label its dashboard link selects)."""
+        told: dict[str, Any] = plain(to_dict(f))
+        if self._run_label:
+            told["run"] = self._run_label
+        return told
 
     def remind(self, active: Iterable[Finding], now: float | None = None) -> None:
         """Re-notify a finding still active ``repeat_interval_s`` after it was last told
@@ -181,7 +190,7 @@ class SlackNotifier:
             told = self._last_told.get(f.fingerprint)
             if told is not None and now - told[0] >= self._repeat_s:
                 n = told[1] + 1
-                self.accept(Note("reminder", plain(to_dict(f)), time.time(), n))
+                self.accept(Note("reminder", self._told(f), time.time(), n))
                 self._last_told[f.fingerprint] = (now, n)
         self._retry_unwritten()
         if not self.sends:
@@ -403,7 +412,7 @@ def notifier_from_settings(settings: Any, spool_dir: Path, *, sends: bool = True
                            also: Sequence[Path] = (), always: bool = False,
                            relay: Callable[[Note], None] | None = None,
                            on_error: Callable[[str], None] | None = None,
-                           ) -> SlackNotifier | None:
+                           run: str | None = None) -> SlackNotifier | None:
     """A notifier for ``settings.slack`` (a ``SlackSettings``), or None when Slack is not
     the path of record (no webhook, or ``slack.delivery`` is ``alertmanager``). Raises
     OSError when the webhook file cannot be read, ValueError when the URL cannot work
@@ -422,22 +431,23 @@ def notifier_from_settings(settings: Any, spool_dir: Path, *, sends: bool = True
                          group_window_s=cfg.group_window_s, max_group=cfg.max_group,
                          timeout_s=cfg.timeout_s, repeat_interval_s=cfg.repeat_interval_s,
                          verdicts=cfg.verdicts, silenced=cfg.silence,
-                         grafana_url=cfg.grafana_url, relay=relay, on_error=on_error)
+                         grafana_url=cfg.grafana_url, relay=relay, on_error=on_error,
+                         run=run)
 
 
 def job_notifier(settings: Any, run_dir: Path, rank: int, world_size: int,
                  store: Callable[[], Any], on_error: Callable[[str], None] | None = None,
-                 ) -> tuple[SlackNotifier | None, StoreRelay | None]:
+                 run: str | None = None) -> tuple[SlackNotifier | None, StoreRelay | None]:
     """The notifier of one rank of a job, and its relay to rank 0 in a multi-rank job:
     rank 0 sends (its own notes and those relayed); the others spool and relay.
     Raises as ``notifier_from_settings`` does."""
     spool = run_dir / SPOOL / f"rank{rank}"
     if world_size < 2:
-        return notifier_from_settings(settings, spool, on_error=on_error), None
+        return notifier_from_settings(settings, spool, on_error=on_error, run=run), None
     relay = StoreRelay(rank, world_size, store, on_error=on_error)
     notifier = notifier_from_settings(settings, spool, sends=rank == 0,
                                       relay=relay.publish if rank else None,
-                                      on_error=on_error)
+                                      on_error=on_error, run=run)
     if notifier is None:
         return None, None
     if rank == 0:

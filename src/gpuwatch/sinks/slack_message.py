@@ -225,8 +225,11 @@ def projection_line(projection: Mapping[str, Any]) -> str | None:
 # -- the message ------------------------------------------------------------------------
 
 def dashboard_link(grafana_url: str, finding: Mapping[str, Any]) -> str:
-    """The job dashboard with its job and rank variables filled in."""
-    query = [("var-job", str(finding.get("job") or ""))]
+    """The job dashboard with its job, run (where the note says it) and rank variables
+    filled in (the dashboard's ``training_job``, ``run`` and ``rank``)."""
+    query = [("var-training_job", str(finding.get("job") or ""))]
+    if finding.get("run"):
+        query.append(("var-run", str(finding["run"])))
     query += [("var-rank", str(r)) for r in finding.get("ranks") or [] if _number(r) is not None]
     return (f"{grafana_url.rstrip('/')}/d/{DASHBOARD_UID}?"
             + urllib.parse.urlencode(query))
