@@ -191,6 +191,9 @@ class Agent:
         self._pid = os.getpid()
         self._nvml_library = load_pynvml() if nvml_library is _DEFAULT else nvml_library
         self._memory_stats = memory_stats
+        # records are stamped on the monotonic clock from the wall clock's reading at
+        # start (``_now``): a wall clock stepped later (NTP, a VM resumed) moves none of
+        # them, steps and samples alike
         self._offset = time.time() - time.perf_counter()
         self.assembler = StepAssembler(self.identity.rank, self._offset)
         self._writer: RunLogWriter | None = None
@@ -345,7 +348,7 @@ class Agent:
         dump = default_dump() if nccl_on else None
         nccl = FlightRecorderProbe(ident.rank, dump) if dump is not None else None
         if ident.world_size > 1:  # what collective waits can be seen, and how
-            self._write([Event(ident.rank, time.time(), "collective_timing",
+            self._write([Event(ident.rank, self._now(), "collective_timing",
                                {**COVERAGE, "nccl_timing": nccl_how})])
         self._start_slack()
         self._start_peers()
@@ -396,7 +399,7 @@ class Agent:
         """Once a sample interval: judge across ranks, remind Slack, redraw the status.
         A failure of one is counted and the others still run."""
         tasks: tuple[tuple[str, Callable[[], None]], ...] = (
-            ("peers", lambda: self._write([], judged=self._judge_across(time.time()))),
+            ("peers", lambda: self._write([], judged=self._judge_across(self._now()))),
             ("slack", self._remind), ("console", self._show_status),
             ("figures", self._publish_figures))
         for component, task in tasks:
@@ -410,11 +413,11 @@ class Agent:
         findings = list(self.engine.findings.values())
         if self.cross_rank is not None:
             findings += self.cross_rank.findings()
-        self.figures = figures(self.telemetry, findings, self.telemetry.clock or time.time())
+        self.figures = figures(self.telemetry, findings, self.telemetry.clock or self._now())
 
     def _show_status(self) -> None:
         if self._console is not None:
-            self._console.show(status_line(self.telemetry, time.time()))
+            self._console.show(status_line(self.telemetry, self._now()))
 
     def _judge_across(self, now: float) -> list[Finding]:
         return self.cross_rank.judge(now) if self.cross_rank is not None else []
@@ -457,7 +460,7 @@ class Agent:
                     gpus = visible_gpu_indices(nvml, env)
                 sampler = NvmlSampler(nvml, gpus, ident.rank, host.pids,
                                       self.settings.pcie_interval_s)
-                self._write([Event(ident.rank, time.time(), "topology",
+                self._write([Event(ident.rank, self._now(), "topology",
                                    read_topology(nvml, gpus))])
         stats = self._memory_stats
         if stats is _DEFAULT:
@@ -466,12 +469,16 @@ class Agent:
             allocator = AllocatorProbe(stats, ident.rank, _nvml_index(gpus, device))
         if self._nvml is None and allocator is None:
             log.warning("gpuwatch: no NVML-visible GPU; monitoring the host only")
-            self._write([Event(ident.rank, time.time(), "host_only",
+            self._write([Event(ident.rank, self._now(), "host_only",
                                {"reason": "no NVML-visible GPU"})])
         return sampler, allocator
 
+    def _now(self) -> float:
+        """Record time (Unix s): the monotonic clock from the wall clock's start."""
+        return time.perf_counter() + self._offset
+
     def _sample(self, records: list[Record], mono: float) -> None:
-        now = time.time()
+        now = self._now()
         for name, probe in self._probes:
             try:
                 records.extend(probe.sample(now, mono))
@@ -497,7 +504,7 @@ class Agent:
         if self._nvml is not None:
             slowest = self._nvml.take_latencies()
             if slowest:
-                records.append(Sample(self.identity.rank, time.time(), "nvml_calls", slowest))
+                records.append(Sample(self.identity.rank, self._now(), "nvml_calls", slowest))
 
     def _drain(self, records: list[Record], final: bool = False) -> None:
         with self._drain_lock:
@@ -530,7 +537,7 @@ class Agent:
         guarded = self._guarded  # one sink failing to close never stops the others
         console, slack, nvml = self._console, self.slack, self._nvml
         if console is not None:
-            guarded("console", lambda: console.show(status_line(self.telemetry, time.time())))
+            guarded("console", lambda: console.show(status_line(self.telemetry, self._now())))
             guarded("console", console.close)
         if self._writer is not None:
             guarded("runlog", self._writer.close)  # a full disk fails here: counted

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from gpuwatch.records import Event, Meta, Sample
+from gpuwatch.records import Event, Meta, Sample, Step
 from tests.integration.conftest import SCRIPTS, gpuwatch_cmd, read, run, steps
 
 pytestmark = pytest.mark.integration
@@ -106,6 +107,22 @@ def test_the_job_and_run_directory_configured_are_the_run_s(
     assert flags.returncode == 0, flags.stderr
     meta = read(tmp_path / "flag_out" / "run.jsonl")[0]
     assert isinstance(meta, Meta) and meta.job == "flagjob"
+
+
+def test_a_wall_clock_stepped_forward_moves_no_record_and_raises_no_hang(
+        tmp_path: Path) -> None:
+    """Two hours forward a third of the way in: samples stamped by the wall clock read
+    then (and steps by the clock at start) made a healthy loop a 7,200 s hang. Every
+    record keeps one clock: the monotonic one from the wall clock's start."""
+    out = tmp_path / "out"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(SCRIPTS / "wall_clock_step.py")), cwd=tmp_path)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
+    records = read(out / "run.jsonl")
+    times = [r.t for r in records if isinstance(r, (Step, Sample, Event))]
+    assert len(steps(records)) == 300 and max(times) - min(times) < 600
+    findings = json.loads((out / "findings.json").read_text())
+    assert [f["detector"] for f in findings if f["detector"] == "hang"] == []
 
 
 def test_a_process_that_never_trains_is_left_alone(tmp_path: Path) -> None:
