@@ -16,13 +16,14 @@ This module is in the lowest layer: everything above may call it, it calls nothi
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 MASK = "***"
 MIN_SECRET_CHARS = 6  # shorter values are too likely to occur by chance to replace
@@ -30,14 +31,16 @@ MIN_SECRET_CHARS = 6  # shorter values are too likely to occur by chance to repl
 _SECRET_WORDS = r"(?:token(?![a-z]|[-_]ids?(?![a-z]))|secret|passw(?:or)?d|passphrase|" \
                 r"(?<=[-_.])pwd|" \
                 r"api[-_]?key|access[-_]?key|private[-_]?key|auth(?![a-z])|credential|" \
-                r"webhook|cookie|session[-_]?key|signature|" \
+                r"webhook|cookie|session[-_]?key|signature|dsn(?![a-z])|" \
                 r"(?:account|storage|encryption|signing|master)[-_]?key)"
 # Whole names that say secret though their words alone do not: --key, --wandb-key,
 # --openai-key, --config.wandb.key, --db-pass, DB_PASS, --cred (not --sort-key,
 # --csv-img-key, --data.sort.key, --first-pass, SSL_KEY_FILE).
 _PROVIDER_KEY = (r"(?:wandb|openai|anthropic|comet|neptune|clearml|ssh|hf|huggingface|cohere|"
-                 r"mistral|groq|pinecone|replicate|openrouter|datadog|sentry)[-_.]?(?:api[-_]?)?key")
-_SECRET_NAMES = (rf"(?:key|pw|{_PROVIDER_KEY}|creds?|(?:(?:db|database|sql|mysql|"
+                 r"mistral|groq|pinecone|replicate|openrouter|datadog|sentry|kaggle|github|"
+                 r"gitlab|slack|stripe|twilio|aws|azure|gcp|hmac|license|licence|ngrok|"
+                 r"together|fireworks|deepseek|voyage|elastic)[-_.]?(?:api[-_]?)?key")
+_SECRET_NAMES = (rf"(?:key|pw|pat|bearer|{_PROVIDER_KEY}|creds?|(?:(?:db|database|sql|mysql|"
                  r"postgres|pg|redis|mongo|admin|user|root|ldap|smtp|mail|ftp|ssh|proxy)[-_])?"
                  r"pass)")
 # Not a secret's name though it holds a secret word: a measure of one (--token-budget,
@@ -87,8 +90,21 @@ _OPTION = re.compile(rf"(?i)((?<![\w.-])--?{_NAME}[\"']?(?:\s*,\s*|\s+))"
                      rf"(?!--?\w)(?:{_QUOTED}|[^\s\"',\])]+)")
 # password: X at a line's start (YAML, credentials files)
 _COLON = re.compile(rf"(?im)^([ \t]*+{_NAME}[ \t]*:[ \t]*)\S.*$")  # (one line each)
-# "api_key": "X" (JSON, YAML flow, Python reprs)
-_FIELD = re.compile(rf"(?i)([\"']{_WORDY}[\"']\s*:\s*[\"'])[^\"']+")
+# "api_key": "X", "wandb_key": "X" (JSON, YAML flow, Python reprs)
+_FIELD = re.compile(rf"(?i)([\"'](?:{_WORDY}|(?:\w+[-_.])?{_PROVIDER_KEY}|{_SECRET_NAMES})[\"']"
+                    r"\s*:\s*[\"'])[^\"']+")
+# user:password@host without a scheme (a proxy setting, a connection string's middle)
+_USERINFO = re.compile(r"(?<![\w/@:.%+-])([\w.~+-]{1,64}):(?!\d+(?:[/@]|$))"
+                       r"([^\s:@/\"']{1,256})@(?=[\w-]+(?:\.[\w-]+)*(?::\d+)?(?![\w@]))")
+# Text with URL-encoded bytes (%2F, %40, %3A) is judged decoded as well, a run of it
+# at a time (each taken whole, never given back: linear time)
+_RUN = re.compile(r"[^\s\"'<>]++")
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+# NAME:value where NAME says secret (HF_TOKEN:hf_x in one argument)
+_NAMED = re.compile(rf"(?i)(?<![\w.-])({_NAME}:)(?!//)\S+")
+# Environment names whose last word says secret though SECRET_NAME's words do not:
+# KAGGLE_KEY, GITHUB_PAT, DB_PW (not SSL_KEY_FILE, PRIMARY_KEY_COLUMN)
+_ENV_SECRET = re.compile(r"(?i)[-_](?:key|pat|pass|pw|pwd)$")
 
 _lock = threading.Lock()
 _forms: tuple[str, ...] = ()  # every form of every registered secret, longest first
@@ -100,8 +116,13 @@ def forms(secret: str) -> set[str]:
     for value in {secret, secret.strip()}:
         if len(value.strip()) < MIN_SECRET_CHARS:
             continue
+        encoded = value.encode()
         out |= {value, json.dumps(value)[1:-1], quote(value, safe=""), quote_plus(value),
-                quote(value), repr(value)[1:-1]}
+                quote(value), repr(value)[1:-1], base64.b64encode(encoded).decode(),
+                base64.urlsafe_b64encode(encoded).decode(),
+                base64.b64encode(encoded).decode().rstrip("="), encoded.hex(),
+                encoded.hex().upper(),
+                re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), quote(value, safe=""))}
     return {f for f in out if len(f.strip()) >= MIN_SECRET_CHARS}
 
 
@@ -126,14 +147,34 @@ NOT_SECRET = frozenset({"PWD", "OLDPWD"})
 def register_environ(environ: Mapping[str, str]) -> None:
     """Register the values of environment variables whose names say secret (HF_TOKEN, ...)."""
     register(*(value for name, value in environ.items()
-               if SECRET_NAME.match(name) and name not in NOT_SECRET))
+               if (SECRET_NAME.match(name) or _ENV_SECRET.search(name))
+               and name not in NOT_SECRET))
 
 
 def redact(text: str) -> str:
     """``text`` with every secret-shaped value and every registered secret masked.
     Shapes go first: a registered value that is only a prefix of a secret-shaped one
     (``https://hooks.slack.com``) must not hide the shape from its pattern."""
+    if "%" in text:
+        text = _RUN.sub(_decoded_if_secret, text)
+    return _redact_plain(text)
+
+
+def _decoded_if_secret(match: re.Match[str]) -> str:
+    """A run of text as it was, or, where it is URL-encoded and decoding shows a secret
+    (``postgresql%3A%2F%2Fuser%3Apw%40host``), decoded and redacted."""
+    run = match[0]
+    if not _PERCENT.search(run):
+        return run
+    decoded = unquote_plus(run)
+    cleaned = _redact_plain(decoded)
+    return run if cleaned == decoded else cleaned
+
+
+def _redact_plain(text: str) -> str:
+    """``redact`` without decoding."""
     text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
+    text = _USERINFO.sub(rf"\1:{MASK}@", text)
     text = _SLACK_HOOK.sub(rf"\1{MASK}", text)
     text = _TOKEN.sub(MASK, text)
     text = _BEARER.sub(rf"\1{MASK}", text)
@@ -143,6 +184,7 @@ def redact(text: str) -> str:
     text = _ASSIGNED.sub(_masked_value, text)
     text = _OPTION.sub(_masked_value, text)
     text = _COLON.sub(rf"\1{MASK}", text)
+    text = _NAMED.sub(rf"\1{MASK}", text)
     for form in _forms:
         if form in text:
             text = text.replace(form, MASK)

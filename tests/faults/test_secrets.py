@@ -3,6 +3,7 @@ of a secret leaves the process: not in logs, errors, the run log's meta, the con
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import socket
@@ -160,6 +161,20 @@ ARGV = [  # (row id, command line, the secret)
     ("cred-option", ["train.py", "--cred", "s3cr3tARGSECRET11"], "ARGSECRET11"),
     ("prefixed-token-value", ["train.py", "--hub", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345"],
      "hf_AbCdEfGh"),
+    ("json-config-provider-key", ["train.py", '--config={"wandb_key":"ARGSECRET12"}'],
+     "ARGSECRET12"),
+    ("url-encoded-credentials", ["train.py",
+                                 "--db-url=postgresql%3A%2F%2Fu%3AARGSECRET13%40host%2Fdb"],
+     "ARGSECRET13"),
+    ("credentials-without-a-scheme", ["train.py", "--proxy=user:ARGSECRET14@proxy:3128"],
+     "ARGSECRET14"),
+    ("bearer-option", ["train.py", "--bearer", "ARGSECRET15zz9"], "ARGSECRET15"),
+    ("name-colon-value", ["train.py", "--env=HF_TOKEN:ARGSECRET16x"], "ARGSECRET16"),
+    ("more-provider-keys", ["train.py", "--kaggleKey", "ARGSECRET17", "--hmac-key",
+                            "ARGSECRET17", "--license-key", "ARGSECRET17", "--pat",
+                            "ARGSECRET17"], "ARGSECRET17"),
+    ("sentry-dsn", ["train.py", "--sentry-dsn", "https://ARGSECRET18@o1.ingest.sentry.io/1"],
+     "ARGSECRET18"),
 ]
 
 
@@ -177,6 +192,20 @@ def test_the_run_log_meta_records_the_command_line_without_its_secrets(
     (meta,) = [r for r in RunLogReader(agent.runlog_path) if isinstance(r, Meta)]
     assert secret not in json.dumps(meta.argv) and secret not in agent.runlog_path.read_text()
     assert meta.argv[0] == argv[0] and len(meta.argv) == len(argv)  # the rest is kept
+
+
+def test_a_secret_from_the_environment_is_masked_in_its_other_encodings() -> None:
+    """Values of KAGGLE_KEY and GITHUB_PAT (names SECRET_NAME's words do not cover) and
+    a registered token passed on in base64, hex or lower-case percent-encoding."""
+    secret = "envSECRET/+=0142"
+    redact.register_environ({"KAGGLE_KEY": "envKAGGLE0143", "GITHUB_PAT": "envPAT0144xyz",
+                             "SSL_KEY_FILE": "/etc/ssl/private/job.pem", "HF_TOKEN": secret})
+    shown = [base64.b64encode(secret.encode()).decode(), secret.encode().hex(),
+             quote(secret, safe="").lower().replace("envsecret", "envSECRET"),
+             "envKAGGLE0143", "envPAT0144xyz"]
+    for form in shown:
+        assert redact.redact(f"--x {form} end") == f"--x {redact.MASK} end", form
+    assert redact.redact("/etc/ssl/private/job.pem") == "/etc/ssl/private/job.pem"
 
 
 def test_fault_log_messages_never_carry_a_secret_from_the_environment(
@@ -253,7 +282,7 @@ def test_a_password_in_the_runbook_url_stays_out_of_the_alert_rules() -> None:
 
 @pytest.mark.parametrize("unit", ["secret", "cookie", "token.", "password", "x-", "a-", "--a",
                                   "api-key", "sk-", "https://a:", "db_pass", "'token':", "-.",
-                                  "x.wandb.", "\n", " \n"])
+                                  "x.wandb.", "\n", " \n", "a%", "u:p@h", "HF_TOKEN:"])
 def test_a_long_argument_is_redacted_in_linear_time(unit: str) -> None:
     """The agent redacts the job's command line on its thread with the GIL held: a
     pattern that backtracks over a long argument (4 KB of "secret" once took 22 s)
