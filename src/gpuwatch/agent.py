@@ -217,7 +217,7 @@ class Agent:
         if self._thread is not None or self.stopped:
             return
         if self.out_dir is not None:  # there from the start: the job may save into it
-            with contextlib.suppress(OSError):  # unwritable: the run-log claim counts it
+            with contextlib.suppress(OSError, ValueError):  # unwritable: the claim counts it
                 self.out_dir.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name="gpuwatch-agent", daemon=True)
         self._thread.start()

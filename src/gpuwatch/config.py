@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,11 +31,24 @@ from pydantic_settings import (
 from gpuwatch.redact import SECRET_NAME, redact, register, register_environ
 
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+# The agent thread's shortest period (s): a shorter one keeps it busy, holding the GIL the
+# training loop needs (1 ms periods made a CPU loop 3x slower)
+MIN_INTERVAL_S = 0.05
 _SECRET_SECTIONS = frozenset({"slack", "grafana"})  # never echo what was given for these
 
 
 class ConfigError(ValueError):
     """A user error in configuration; its message is one line naming the key."""
+
+
+def _no_nul(path: Path) -> Path:
+    if "\x00" in str(path):
+        raise ValueError("a path cannot hold a NUL character")
+    return path
+
+
+# A file-system path: one the OS can open (no NUL), or the setting is an error.
+FsPath = Annotated[Path, AfterValidator(_no_nul)]
 
 
 SECRET_FILE_BYTES = 64 * 1024  # a token or a webhook URL: more is no secret file
@@ -94,7 +107,7 @@ class GrafanaSettings(BaseModel):
 
     url: str | None = None
     token: SecretStr | None = None
-    token_file: Path | None = None
+    token_file: FsPath | None = None
     folder: str = Field(default="gpuwatch", min_length=1)
 
     def secret(self) -> str | None:
@@ -112,9 +125,9 @@ class SlackSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     webhook_url: SecretStr | None = None
-    webhook_url_file: Path | None = None
+    webhook_url_file: FsPath | None = None
     delivery: Literal["auto", "in_process", "alertmanager"] = "auto"
-    repeat_interval_s: float = Field(default=4 * 3600.0, gt=0)
+    repeat_interval_s: float = Field(default=4 * 3600.0, ge=60)
     messages_per_second: float = Field(default=1.0, gt=0, le=10)
     group_window_s: float = Field(default=2.0, ge=0, le=300)
     max_group: int = Field(default=50, ge=1, le=500)
@@ -198,14 +211,14 @@ class Settings(BaseSettings):
                      pattern=r"^[^/\\\x00-\x1f\x7f]+$",
                      description="Job name: the `training_job` label, the run directory prefix "
                                  "(no slash, backslash or control character).")
-    out_dir: Path | None = Field(default=None,
+    out_dir: FsPath | None = Field(default=None,
                                  description="Run directory; default a new "
                                              "runs/<job>-<start time>-<suffix>.")
     attempt: int | None = Field(default=None, ge=0,
                                 description="First attempt number of this launch in its run "
                                             "directory (`gpuwatch run` sets it); torchrun "
                                             "restarts add to it. Default: the next free one.")
-    sample_interval_s: float = Field(default=1.0, gt=0, le=3600,
+    sample_interval_s: float = Field(default=1.0, ge=MIN_INTERVAL_S, le=3600,
                                      description="NVML, allocator and host sampling period.")
     pcie_interval_s: float = Field(default=5.0, ge=1, le=3600,
                                    description="PCIe throughput period (each read blocks ~20 ms).")
@@ -213,7 +226,7 @@ class Settings(BaseSettings):
                                      description="Run-log size (MiB) past which the log is "
                                                  "rotated into a gzip-compressed segment; "
                                                  "0: never rotated.")
-    flush_interval_s: float = Field(default=0.5, gt=0, le=60,
+    flush_interval_s: float = Field(default=0.5, ge=MIN_INTERVAL_S, le=60,
                                     description="How often steps are assembled and logged.")
     ring_capacity: int = Field(default=65536, ge=1024, le=1 << 24,
                                description="Hot-path ring slots (rounded up to a power of 2).")
@@ -221,7 +234,7 @@ class Settings(BaseSettings):
                                    description="NVML indices to sample; default this rank's GPU.")
     nvml: bool = Field(default=True, description="Sample GPUs through NVML.")
     console: bool = Field(default=False, description="Print a live one-line status.")
-    detect_interval_s: float = Field(default=1.0, gt=0, le=600,
+    detect_interval_s: float = Field(default=1.0, ge=MIN_INTERVAL_S, le=600,
                                      description="How often detectors judge (record time).")
     detectors: dict[str, dict[str, float]] = Field(
         default_factory=dict,

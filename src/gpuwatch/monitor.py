@@ -222,9 +222,15 @@ def _start(settings: dict[str, Any],
         log.error("gpuwatch could not start (%s: %s); gpuwatch is off for this run",
                   type(exc).__name__, exc)
         return _inert()
-    _current = Monitor(agent)
-    _current.agent.start()
-    return _current
+    _current = monitor = Monitor(agent)
+    try:
+        agent.start()
+    except Exception as exc:  # no thread to be had, ...: the job runs on, unmonitored
+        log.error("gpuwatch could not start (%s: %s); gpuwatch is off for this run",
+                  type(exc).__name__, exc)
+        _current = None
+        return _inert()
+    return monitor
 
 
 def _inert() -> Monitor:

@@ -68,6 +68,17 @@ ROWS: list[tuple[str, dict[str, str], str, str, str]] = [
     ("threshold-negative", {}, "[detectors.data_starvation]\ndata_share = -0.3\n", "",
      "data_share"),
     ("window-inf", {}, "[detectors.hang]\nwindow_s = inf\n", "", "window_s"),
+    # paths the OS cannot open; periods that keep the agent thread busy
+    ("toml-nul-in-webhook-file", {}, "[slack]\nwebhook_url_file = \"/tmp/a\\u0000b\"\n", "",
+     "slack.webhook_url_file"),
+    ("toml-nul-in-token-file", {}, "[grafana]\ntoken_file = \"/tmp/a\\u0000b\"\n", "",
+     "grafana.token_file"),
+    ("env-sample-interval-tiny", {"GPUWATCH_SAMPLE_INTERVAL_S": "1e-9"}, "", "",
+     "sample_interval_s"),
+    ("env-flush-interval-tiny", {"GPUWATCH_FLUSH_INTERVAL_S": "0.001"}, "", "",
+     "flush_interval_s"),
+    ("env-detect-interval-tiny", {"GPUWATCH_DETECT_INTERVAL_S": "0.001"}, "", "",
+     "detect_interval_s"),
 ]
 
 
@@ -113,6 +124,18 @@ def test_watch_logs_one_line_and_leaves_the_job_unmonitored_never_raising(
     assert names in line and "\n" not in line and SECRET not in line
 
 
+def test_a_run_directory_the_os_cannot_open_is_one_line(
+        clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``out_dir`` with a NUL (a TOML "\\u0000"): the path was taken as given and the
+    first open raised ValueError: a traceback from `gpuwatch run`, into the job from
+    ``watch()``."""
+    (clean_env / "gpuwatch.toml").write_text('out_dir = "runs/a\\u0000b"\n')
+    code = cli.main(["run", "--", sys.executable, "-c", "open('started', 'w')"])
+    err = capsys.readouterr().err
+    assert code == 2 and not (clean_env / "started").exists()
+    assert len(err.strip().splitlines()) == 1 and "out_dir" in err and "NUL" in err, err
+
+
 # watch(**kwargs): bad keyword arguments, the same promise
 KWARGS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-kwarg", {"smaple_interval_s": 1}, "smaple_interval_s"),
@@ -122,6 +145,7 @@ KWARGS: list[tuple[str, dict[str, Any], str]] = [
     ("job-not-string", {"job": ["a"]}, "job"),
     ("secret-not-string", {"slack": {"webhook_url": 12345678}}, "slack.webhook_url"),
     ("ring-capacity-huge", {"ring_capacity": 1 << 40}, "ring_capacity"),
+    ("out-dir-with-nul", {"out_dir": "runs/exp\x001"}, "out_dir"),
 ]
 
 

@@ -53,7 +53,8 @@ def test_unknown_keys_are_named(setup, key, monkeypatch, tmp_path) -> None:  # t
 
 def test_bad_values_are_named_with_what_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPUWATCH_SAMPLE_INTERVAL_S", "-2")
-    with pytest.raises(ConfigError, match=r"sample_interval_s: .*greater than 0.*'-2'"):
+    with pytest.raises(ConfigError,
+                       match=r"sample_interval_s: .*greater than or equal to 0.05.*'-2'"):
         load_settings()
     monkeypatch.delenv("GPUWATCH_SAMPLE_INTERVAL_S")
     with pytest.raises(ConfigError, match="ring_capacity"):
