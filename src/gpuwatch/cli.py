@@ -256,6 +256,7 @@ def _write_findings(out: Path) -> None:
     """After the run: every rank's log through the detectors, into findings.json."""
     from gpuwatch.detection.engine import JOB_DETECTORS
     from gpuwatch.detection.replay import analyze
+    from gpuwatch.runlog import write_whole
     from gpuwatch.sinks.report import findings_json
 
     if not any(out.glob("run*.jsonl")):
@@ -263,7 +264,7 @@ def _write_findings(out: Path) -> None:
         return
     try:
         result = analyze([out], load_settings())
-        (out / "findings.json").write_text(findings_json(result.findings) + "\n")
+        write_whole(out / "findings.json", findings_json(result.findings) + "\n")
         told = live_fingerprints(out)  # rank 0 judged across ranks live and told Slack then
         _notify_job_findings(out, [f for f in result.findings
                                    if f.detector in JOB_DETECTORS and f.fingerprint not in told])
@@ -430,6 +431,7 @@ def _compared(before: Path, after: Path) -> Comparison:
 def cmd_report(args: argparse.Namespace) -> int:
     from gpuwatch.detection.replay import analyze
     from gpuwatch.detection.run_profile import profile
+    from gpuwatch.runlog import write_whole
     from gpuwatch.sinks.html_report import REPORT_NAME, render
 
     rundir = _run_dir(args.rundir)
@@ -441,7 +443,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     comparison = _compared(args.compare, rundir) if args.compare else None
     path = args.out or rundir / REPORT_NAME
     try:
-        path.write_text(render(run, findings, comparison), encoding="utf-8")
+        write_whole(path, render(run, findings, comparison))
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
     print(path)
@@ -459,12 +461,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_dashboards_export(args: argparse.Namespace) -> int:
     from gpuwatch.dashboards import export, kubernetes_configmap
     from gpuwatch.detection.alerts import dump
+    from gpuwatch.runlog import write_whole
 
     for path in export(args.dir):
         print(path)
     if args.kubernetes:
         args.kubernetes.parent.mkdir(parents=True, exist_ok=True)
-        args.kubernetes.write_text(dump(kubernetes_configmap(), by="gpuwatch dashboards export"))
+        write_whole(args.kubernetes, dump(kubernetes_configmap(), by="gpuwatch dashboards export"))
         print(args.kubernetes)
     return 0
 
@@ -502,6 +505,7 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
         promtool_tests,
     )
     from gpuwatch.detection.rules import load_rules
+    from gpuwatch.runlog import write_whole
 
     rules = load_rules()
     url = load_settings(**({"runbook_url": args.runbook_url} if args.runbook_url else {})
@@ -513,7 +517,7 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
         args.kubernetes.parent.mkdir(parents=True, exist_ok=True)
         outputs[args.kubernetes] = kubernetes_rule(rules, url)
     for path, data in outputs.items():
-        path.write_text(dump(data))
+        write_whole(path, dump(data))
         print(path)
     return 0
 

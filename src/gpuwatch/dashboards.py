@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpuwatch.runlog import write_whole
+
 # Every per-job query is scoped by the dashboard's variables; "All" is `.*`, which
 # also matches a label a series does not have (no `namespace` off Kubernetes).
 S = ('namespace=~"$namespace", training_job=~"$training_job", run=~"$run", '
@@ -356,6 +358,6 @@ def export(directory: Path) -> list[Path]:
     written = []
     for d in DASHBOARDS:
         path = directory / f"{d.uid}.json"
-        path.write_text(json.dumps(model(d), indent=2) + "\n")
+        write_whole(path, json.dumps(model(d), indent=2) + "\n")
         written.append(path)
     return written

@@ -111,6 +111,21 @@ def create_run_dir(parent: Path, prefix: str) -> Path:
         return path
 
 
+def write_whole(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) as the file ``path``: into a new file beside it, renamed
+    over it once whole. Never through what stands there: a FIFO (an open for writing
+    would wait for a reader forever) or a link to another file (written over, as root
+    anywhere) is replaced, not followed; a reader never sees half a file."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temp, "x", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+
+
 def _plain(value: Any) -> Any:
     """JSON for what json does not know (paths, sets, numpy scalars): its str or list."""
     if isinstance(value, (set, frozenset, tuple)):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -184,3 +187,22 @@ def test_a_compressed_segment_inflating_past_any_logs_ratio_is_cut(tmp_path: Pat
     reader = RunLogReader(path)
     assert [r.step for r in reader if isinstance(r, Step)] == [1, 2]
     assert reader.skipped > 0 and reader.lines_read < limit // (64 * 1024) + 10
+
+
+def test_a_file_is_written_whole_in_place_of_a_fifo_or_a_link(tmp_path: Path) -> None:
+    """A reused run directory holding a FIFO named findings.json (writing waited for a
+    reader forever: `gpuwatch run` never returned the job's status) or a link named
+    report.html (the file it points to was written over): both replaced, neither
+    followed. In a child process with a deadline: a FIFO opened for writing blocks."""
+    os.mkfifo(tmp_path / "findings.json")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "report.html").symlink_to(victim)
+    code = ("import sys; from pathlib import Path; from gpuwatch.runlog import write_whole; "
+            "d = Path(sys.argv[1]); write_whole(d / 'findings.json', '[]\\n'); "
+            "write_whole(d / 'report.html', '<html></html>')")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+    assert (tmp_path / "findings.json").read_text() == "[]\n"
+    assert not (tmp_path / "report.html").is_symlink() and victim.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "findings.json", "report.html", "victim.txt"]  # no temporary file left

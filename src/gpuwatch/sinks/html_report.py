@@ -19,6 +19,7 @@ from gpuwatch.detection.compare import Comparison, projected_speedup
 from gpuwatch.detection.projection import Gpu, speedup_text
 from gpuwatch.detection.run_profile import RunProfile, profile
 from gpuwatch.records import Finding
+from gpuwatch.runlog import write_whole
 from gpuwatch.sinks import fmt, svg
 from gpuwatch.sinks.comparison import comparison_html
 from gpuwatch.sinks.report import evidence_text, fold_ranks, rank_text
@@ -66,7 +67,7 @@ def write_report(out_dir: Path, findings: list[Finding], run: RunProfile | None 
     """Write ``report.html`` into ``out_dir`` (the run directory) and return its path."""
     run = run if run is not None else profile([out_dir])
     path = out_dir / REPORT_NAME
-    path.write_text(render(run, findings, comparison), encoding="utf-8")
+    write_whole(path, render(run, findings, comparison))
     return path
 
 
