@@ -456,6 +456,21 @@ def test_one_recompile_is_not_spread_over_the_steps_to_come() -> None:
     assert f.evidence["step_seconds"] > 0.4 * 1.2  # (two restarts: 150 s of 600)
 
 
+def test_time_to_finish_moves_to_the_card_that_holds_the_job_memory_says_it_needs() -> None:
+    """An A100 80GB at 79 GB with allocator retries and 27 h to go: fits_on_paper sends
+    it to an H200 (an 80 GB H100 holds no more than the card it is short of); the time
+    to finish must be told for that card too, not for an H100 the same report says
+    cannot hold it."""
+    a100 = ("NVIDIA A100-SXM4-80GB", 80.0, 12, 400.0)
+    shape = Shape(step_s=1.0, duration_s=600, gpu=a100, total_steps=100_000,
+                  memory=Memory(79, 60, retries_per_min=8), utilization=0.9)
+    found = {f.detector: f for f in findings_of(shape)}
+    fits, speed = found["fits_on_paper"], found["iteration_speed"]
+    assert fits.projection is not None and speed.projection is not None
+    assert fits.projection["target"] == speed.projection["target"] == "H200"
+    assert "fit there with room" in fits.action and "workarounds" not in fits.action
+
+
 def test_time_to_finish_pays_for_the_run_s_blocking_saves() -> None:
     """Saves are interruptions a window of typical steps leaves out, yet a week-long run
     pays for each: the time left here and on the target both carry the run-long share

@@ -91,12 +91,14 @@ class Context:
                 return gpu
         return None
 
-    def holding(self, held: float | None, card: float | None) -> Gpu:
+    def holding(self, held: float | None, card: float | None, pressed: bool = False) -> Gpu:
         """The configured target, or where ``held`` bytes (the job's memory today, on a
         card of ``card`` bytes) would not fit ``HOLD_SHARE`` of it, and it has less
         memory than that card, the first bigger card (``BIGGER``) they fit; the target
-        where nothing was measured or no card holds them."""
-        target = self.target_gpu
+        where nothing was measured or no card holds them. ``pressed``: the job is short
+        of memory on its card (``fits_on_paper`` holds), so a card no bigger would be
+        short of it too: only ``HOLD_SHARE`` counts, as ``fits_on_paper`` judges."""
+        target, card = self.target_gpu, None if pressed else card
         if holds(target, held, card):
             return target
         for name in BIGGER:
@@ -164,7 +166,8 @@ class Context:
             peer_bound=transfer_s is None and WAITING in holding,
             latency_bytes=self.latency_bytes, link_explained=self.link_explained,
             transfer_s=transfer_s)
-        proj = project(parts, target or self.holding(held, card), current, ranks=world,
+        pressed = "fits_on_paper" in holding
+        proj = project(parts, target or self.holding(held, card, pressed), current, ranks=world,
                        drop_recompute=drop_recompute, planned_steps=planned,
                        target_gpus=target_gpus, inputs=inputs)
         if world > 1 and units > 0:
