@@ -386,10 +386,13 @@ def test_live_judgement_from_published_waits_matches_offline() -> None:
     assert verdicts == {("straggler", (2,))}
 
 
-def accumulating(world: int, every: int, sync_s: float, steps: int = 480) -> list[Record]:
+def accumulating(world: int, every: int, sync_s: float, steps: int = 480,
+                 slow: float = 1.0) -> list[Record]:
     """``world`` ranks on one host of GeForce cards without P2P; the loop marks each
     micro-batch (0.25 s) as a step, and every ``every``-th ends with the all-reduce of
-    the accumulated gradients (2.1 GB, ``sync_s``); the others move no bytes."""
+    the accumulated gradients (2.1 GB, ``sync_s``); the others move no bytes. The last
+    rank computes ``slow`` times as long: at each sync the others wait for the micro-
+    steps it fell behind by."""
     out: list[Record] = []
     for r in range(world):
         out.append(meta(r, world, host="node-a"))
@@ -402,12 +405,15 @@ def accumulating(world: int, every: int, sync_s: float, steps: int = 480) -> lis
             "p2p": [{"gpus": [a, b], "nvlink": False, "read": False}
                     for a in range(world) for b in range(world) if a < b]}))
         t = START
+        micro = 0.25 * (slow if r == world - 1 else 1.0)
+        behind = every * 0.25 * (slow - 1.0)  # what the others wait at a sync for the last
         for k in range(1, steps + 1):
             sync = k % every == 0
-            wall = 0.25 + (sync_s if sync else 0.0)
+            wait = sync_s + (behind if r != world - 1 else 0.0) if sync else 0.0
+            wall = micro + wait
             t += wall
             out.append(Step(rank=r, step=k, t=t, wall_s=wall, compute_s=wall - 0.01,
-                            data_s=0.01, collective_s=sync_s if sync else 0.0,
+                            data_s=0.01, collective_s=wait,
                             collective_bytes=int(2.1e9) if sync else 0, samples=4))
     return out
 
@@ -442,3 +448,14 @@ def test_the_wait_for_a_rank_that_evaluates_or_saves_alone_is_no_imbalance(
     records = [r for rank in simulate(shape) for r in rank]
     findings = judge(records, scope="job")
     assert not [f for f in findings if f.detector in ("sync_bottleneck", "straggler")]
+
+
+def test_a_straggler_among_accumulating_ranks_is_named_once_from_the_start() -> None:
+    """Rank 3 computes each micro-step 1.3x as long; at each sync (every 8th) the others
+    wait 0.6 s more for it. Each rank's window was sized by its own median step, so the
+    ranks were compared over spans holding different syncs, and the straggler came and
+    went; over one span for all it holds from the start."""
+    records = accumulating(4, 8, 1.0, steps=1200, slow=1.3)
+    stragglers = [f for f in judge(records, scope="job") if f.detector == "straggler"]
+    assert [(f.ranks, f.state) for f in stragglers] == [([3], "active")]
+    assert stragglers[0].first_seen < START + 60

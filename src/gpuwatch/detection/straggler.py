@@ -17,7 +17,7 @@ import itertools
 from collections.abc import Sequence
 
 from gpuwatch.detection import skew
-from gpuwatch.detection.context import Context, Detection, job_devices, recent, window_s
+from gpuwatch.detection.context import Context, Detection, job_devices, window_s
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import StepSummary
@@ -29,7 +29,12 @@ SLOWING = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slo
 
 
 def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> Detection | None:
-    summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
+    # every rank over the same span (the longest of their windows): ranks compared over
+    # different spans (each sized by its own median step) saw different evals, syncs
+    # and stalls, and the gap between them came and went
+    since = now - max(window_s(v, rule) for v in views)
+    summaries = {v.rank: s for v in views if (s := v.summarise(since)) is not None
+                 and s.steps >= rule.min_steps}
     if len(summaries) < 2:
         return None
     work = {r: s.wall_s - s.collective_s for r, s in summaries.items()}
@@ -55,7 +60,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                 "slow_data_seconds": mine.data_s, "fastest_data_seconds": theirs.data_s,
                 "slow_collective_share_ratio": slow_wait,
                 "others_collective_share_ratio": others_wait, "slow_ranks": float(len(slow))}
-    split = skew.split(views, now - max(window_s(v, rule) for v in views), rule.min_steps)
+    split = skew.split(views, since, rule.min_steps)
     if split is not None:
         caused = sum(split.caused_share[r] for r in slow)
         if caused < th["fixed_rank_share"]:
