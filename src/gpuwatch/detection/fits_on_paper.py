@@ -198,7 +198,7 @@ def died_early(view: Telemetry, ctx: Context) -> Detection:
                      "memory_total_bytes": total}
         memory = (f"its memory at {peak / GIB:.1f} of {total / GIB:.1f} GiB "
                   f"({peak / total:.0%}) by {MEMORY_SOURCES[source][2]}")
-        card = f"a card with more than {total / GIB:.0f} GiB"
+        card = f"a card with more than its {total / GIB:.1f} GiB"
     else:
         memory, card = "its memory not read", "a card with more memory"
     when = f"after step {view.steps_done}" if view.steps_seen else "before its first step"

@@ -14,8 +14,9 @@ only if they recur through it (a burst of start-up recompiles is no rhythm).
 
 Mostly evaluations (eval batches seen in them): ``info``, a choice worth its cost being
 known. Else ``fix_here``, the cause named by the part that grew most over a typical
-step: data wait (the loader starting over), compute with the GPU idle (recompiles,
-host work in the step), or time no phase accounts for (work between steps)."""
+step: data wait (the loader starting over, or its storage stalling), compute with the
+GPU idle (recompiles, host work in the step), or time no phase accounts for (work
+between steps)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,13 @@ from gpuwatch.vocabulary import duration
 
 NO_CARD = " A bigger GPU would not help."
 CAUSES = {
-    "data": ("mostly data wait: the DataLoader starting over",
-             "Keep the loader's workers between epochs (persistent_workers=True) and make "
-             "its first batches cheap (prefetch_factor, a lighter worker start-up)." + NO_CARD),
+    "data": ("mostly data wait: the DataLoader starting over (an epoch's workers) or its "
+             "storage stalling",
+             "A loader starting over: keep its workers between epochs "
+             "(persistent_workers=True) and make its first batches cheap (a lighter worker "
+             "start-up). Storage that stalls (network file systems, object stores): more "
+             "workers and a deeper prefetch_factor to ride over it, or shards cached on "
+             "local disk." + NO_CARD),
     "compute": ("mostly compute with the GPU idle: recompiles, host work or an evaluation "
                 "gpuwatch cannot tell as one",
                 "Recompiles (torch.compile meeting new shapes): pad or bucket them "
