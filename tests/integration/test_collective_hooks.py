@@ -1,7 +1,8 @@
 """The collective hooks on real torch code paths (gloo, 2 ranks under torchrun): FSDP2's
 all-gathers and reduce-scatters and its waits, an async all-to-all, batch_isend_irecv,
-blocking send and recv, and functional collectives eager and inside a fullgraph compile
-(where the hooks step aside instead of breaking the graph)."""
+blocking send and recv, gather, scatter and object collectives, and functional
+collectives eager and inside a fullgraph compile (where the hooks step aside instead of
+breaking the graph)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def test_collective_hooks_on_real_torch_paths() -> None:
         # counted once, by the sender (its duration with its bytes); the receiver's wait timed
         sent = {"p2p_bytes": 2000, "durations": 1} if r["rank"] == 0 else {}
         assert r["send_recv"] == {**sent, "closed": 1}
+        # gather and scatter: timed, their bytes once (rooted); object collectives timed
+        # as the whole call (a straggler's wait in them was compute)
+        assert r["rooted"] == {"bytes": 2 * 100 * 4, "durations": 2, "closed": 2}
+        assert r["objects"] == {"closed": 2}
         assert r["compiled_ok"] and r["funcol"] == {"bytes": 32, "waits": 1, "ok": True}
         assert set(r["coverage"]) == {"ddp", "work_wait", "funcol", "fsdp2"}
         assert not [v for v in r["coverage"].values() if v.startswith("not timed")]

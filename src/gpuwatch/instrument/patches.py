@@ -396,7 +396,15 @@ COLLECTIVES: dict[str, tuple[str, str, bool]] = {
     "reduce": ("reduce", "tensor", False),
     "all_to_all_single": ("all_to_all", "input", False),
     "all_to_all": ("all_to_all", "input_tensor_list", False),
+    "gather": ("reduce", "tensor", False),  # (rooted, like a reduce: its bytes once)
+    "scatter": ("broadcast", "tensor", False),  # (rooted, like a broadcast)
     "barrier": ("", "", False),
+    # object collectives: pickled on the host, blocking (their buffers' sizes are
+    # internal); their inner collectives are distributed_c10d's own, never this wrapper's
+    "all_gather_object": ("", "", False),
+    "gather_object": ("", "", False),
+    "broadcast_object_list": ("", "", False),
+    "scatter_object_list": ("", "", False),
     "send": ("send_recv", "tensor", False),
     "recv": ("", "tensor", False),  # (timed; its bytes are the sender's, counted there once)
 }

@@ -1,7 +1,8 @@
 """Run under torchrun (gloo, 2 ranks): the collective hooks on real torch code paths.
 
 Prints one JSON line per rank: the marks the hooks pushed for FSDP2, all-to-all,
-batch_isend_irecv, a blocking send and receive, and a fullgraph-compiled functional collective.
+batch_isend_irecv, a blocking send and receive, gather and scatter, object collectives,
+and a fullgraph-compiled functional collective.
 """
 
 import json
@@ -71,6 +72,15 @@ def main() -> None:
     elif rank == 1:
         dist.recv(torch.empty(500), 0)
     result["send_recv"] = drain()
+
+    gathered = [torch.empty(100) for _ in range(world)] if rank == 0 else None
+    dist.gather(torch.ones(100), gathered, dst=0)
+    dist.scatter(torch.empty(100), [torch.ones(100)] * world if rank == 0 else None, src=0)
+    result["rooted"] = drain()
+    objects: list[object] = [None] * world
+    dist.all_gather_object(objects, {"rank": rank})
+    dist.broadcast_object_list([{"from": 0}], src=0)
+    result["objects"] = drain()
 
     def f(x: torch.Tensor) -> torch.Tensor:
         return funcol.all_reduce(x * 2, "sum", group=dist.group.WORLD) + 1
