@@ -51,7 +51,7 @@ from gpuwatch.instrument.identity import (
     process_group,
     resolve,
 )
-from gpuwatch.instrument.patches import COVERAGE
+from gpuwatch.instrument.patches import COVERAGE, LOADER_WORKERS
 from gpuwatch.instrument.ring import Mark, MarkRing
 from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.pipeline import ExporterSink, Pipeline, RunLogSink, SlackSink
@@ -343,7 +343,7 @@ class Agent:
         )])
         log.info("gpuwatch: rank %d of %d (%s), attempt %d: %s; metrics port %s", ident.rank,
                  ident.world_size, ident.source, self.attempt, self.runlog_path, port)
-        host = HostProbe(ident.rank)
+        host = HostProbe(ident.rank, loader_workers=LOADER_WORKERS.pids)
         nccl_on, nccl_how = timing_setting(os.environ)
         dump = default_dump() if nccl_on else None
         nccl = FlightRecorderProbe(ident.rank, dump) if dump is not None else None

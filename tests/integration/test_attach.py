@@ -125,6 +125,22 @@ def test_a_wall_clock_stepped_forward_moves_no_record_and_raises_no_hang(
     assert [f["detector"] for f in findings if f["detector"] == "hang"] == []
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_workers_counted_are_the_loaders_not_the_jobs_other_children(
+        tmp_path: Path, workers: int) -> None:
+    """An idle helper process (and multiprocessing's resource tracker) beside the loop:
+    with no DataLoader workers the advice was about "its 2 idle workers" (storage or
+    prefetch) instead of loading in worker processes."""
+    out = tmp_path / "out"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(SCRIPTS / "loader_beside_a_helper.py"), str(workers)),
+               cwd=tmp_path, extra_env={"GPUWATCH_SAMPLE_INTERVAL_S": "0.25"})
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
+    counted = {s.values["workers"] for s in read(out / "run.jsonl")
+               if isinstance(s, Sample) and s.source == "host"}
+    assert counted and counted <= {0.0, float(workers)} and float(workers) in counted
+
+
 def test_a_process_that_never_trains_is_left_alone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,

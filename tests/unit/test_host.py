@@ -68,3 +68,33 @@ def test_other_ranks_this_process_launched_are_no_workers() -> None:
         for p in (rank1, worker):
             p.kill()
             p.wait()
+
+
+def test_workers_are_the_loaders_where_the_loaders_are_known() -> None:
+    """A job's other children (a metrics uploader, multiprocessing's resource tracker)
+    are no DataLoader workers: with the loaders' worker pids known, only those count;
+    without, every child but multiprocessing's own helpers."""
+    idle = "import sys; sys.stdin.read()"
+    known: set[int] | None = None
+    probe = HostProbe(rank=0, loader_workers=lambda: known)
+    (before,) = probe.sample(time.time(), time.monotonic())  # (other tests' children)
+    worker, uploader = (subprocess.Popen([sys.executable, "-c", idle], stdin=subprocess.PIPE)
+                        for _ in range(2))
+    tracker = subprocess.Popen([sys.executable, "-c",
+                                f"import multiprocessing.resource_tracker; {idle}"],
+                               stdin=subprocess.PIPE)
+    try:
+        wait_for(lambda: {worker.pid, uploader.pid, tracker.pid}
+                 <= {p.pid for p in psutil.Process().children(True)}, 10, "the children")
+        (guessed,) = probe.sample(time.time(), time.monotonic())
+        assert guessed.values["workers"] == before.values["workers"] + 2  # (not the tracker)
+        known = {worker.pid}
+        (told,) = probe.sample(time.time(), time.monotonic())
+        assert told.values["workers"] == 1
+        known = set()  # a loader without workers (num_workers=0)
+        (none,) = probe.sample(time.time(), time.monotonic())
+        assert none.values["workers"] == 0
+    finally:
+        for child in (worker, uploader, tracker):
+            child.kill()
+            child.wait()

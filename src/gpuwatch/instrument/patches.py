@@ -198,13 +198,58 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
     watch_device(torch, register_optimizer_step_pre_hook)
 
 
-def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush) -> Callable[[Any], Any]:
+class LoaderWorkers:
+    """The DataLoader iterators the job drew batches from (held weakly), for the host
+    probe to tell their worker processes from the job's other children."""
+
+    def __init__(self) -> None:
+        self._iterators: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._seen = False
+
+    def add(self, iterator: Any) -> None:
+        """Note ``iterator`` (once: it is marked)."""
+        iterator._gpuwatch_workers_noted = True
+        self._iterators.add(iterator)
+        self._seen = True
+
+    def pids(self) -> set[int] | None:
+        """The worker processes of the iterators still alive (their pids; none for a
+        loader without workers); None before any batch was drawn through a DataLoader.
+        Only reads: never polls a worker (a waitpid from here could reap the loader's)."""
+        if not self._seen:
+            return None
+        for _ in range(3):  # (the loop adds iterators while this one reads them)
+            try:
+                iterators = list(self._iterators)
+                break
+            except RuntimeError:
+                continue
+        else:
+            return None
+        pids: set[int] = set()
+        for it in iterators:
+            for worker in getattr(it, "_workers", None) or ():
+                pid = getattr(worker, "pid", None)
+                if isinstance(pid, int):
+                    pids.add(pid)
+        return pids
+
+
+LOADER_WORKERS = LoaderWorkers()
+
+
+def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush,
+                      loaders: LoaderWorkers = LOADER_WORKERS) -> Callable[[Any], Any]:
     """Wrap a DataLoader iterator's ``__next__``: the training loop's wait for the batch
     (on its own thread only: a thread that fetches ahead of the loop, a prefetcher,
-    keeps the loop waiting on nothing of its own) and the batch's samples, by loader."""
+    keeps the loop waiting on nothing of its own) and the batch's samples, by loader;
+    each iterator is noted once in ``loaders`` (whose workers are the job's loaders')."""
 
     @functools.wraps(next_batch)
     def timed_next(self: Any) -> Any:
+        if not getattr(self, "_gpuwatch_workers_noted", False):
+            with contextlib.suppress(Exception):  # (an iterator that takes no attribute)
+                loaders.add(self)
         if lazy.off_loop():
             batch = next_batch(self)
         else:

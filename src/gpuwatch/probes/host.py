@@ -1,12 +1,14 @@
-"""Host probe (psutil): process and system CPU, memory, and the CPU of child
-processes. ``workers`` counts every live child (in a training process mostly the
-DataLoader workers, but compile workers and anything else it started too), except
-other ranks of the job this process launched (Lightning's rank 0 starts the others)
-and what they started."""
+"""Host probe (psutil): process and system CPU, memory, and the CPU of the DataLoader
+workers. ``workers`` counts the worker processes of the loaders the job draws batches
+from, where they are known (``loader_workers``: the zero-code DataLoader hook notes
+them); else every live child but multiprocessing's own helpers (its resource tracker,
+its fork server), other ranks of the job this process launched (Lightning's rank 0
+starts the others) and what they started."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -19,11 +21,14 @@ class HostProbe:
     ``process_cpu_cores`` in cores used, ``workers_cpu_ratio`` the mean busy share of
     one worker (1.0: every worker saturates its core)."""
 
-    def __init__(self, rank: int, pid: int | None = None) -> None:
+    def __init__(self, rank: int, pid: int | None = None,
+                 loader_workers: Callable[[], set[int] | None] | None = None) -> None:
         self.rank = rank
+        self._loader_workers = loader_workers
         self._proc = psutil.Process(pid)
         self._children: dict[int, psutil.Process] = {}
         self._ranks: set[int] = set()  # children that are other ranks, and theirs
+        self._helpers: set[int] = set()  # multiprocessing's resource tracker, fork server
         self._known: set[int] = set()  # children already told apart
         self._born_as = _rank_word(_environ(self._proc) or {})  # what it was started with
         self._last: tuple[float, float, float] | None = None  # mono, own cpu, children cpu
@@ -69,9 +74,15 @@ class HostProbe:
         except psutil.Error:
             live = {}
         self._tell_ranks(live)
+        known = self._loader_workers() if self._loader_workers is not None else None
         for pid, p in live.items():
-            if pid not in self._ranks:
+            if pid not in self._ranks and (pid in known if known is not None
+                                           else pid not in self._helpers):
                 self._children.setdefault(pid, p)
+        if known is not None:  # (children counted before the loaders were known)
+            for pid in [pid for pid in self._children if pid not in known and pid in live]:
+                self._dead_cpu += self._child_cpu.pop(pid, 0.0)
+                del self._children[pid]
         for pid, child in list(self._children.items()):
             try:
                 t: Any = child.cpu_times()
@@ -98,8 +109,25 @@ class HostProbe:
             env = _environ(p)
             if parent in self._ranks or (env is not None and _rank_word(env) not in mine):
                 self._ranks.add(pid)
+            elif _multiprocessing_helper(p):
+                self._helpers.add(pid)
         self._known &= set(live)
         self._ranks &= set(live)
+        self._helpers &= set(live)
+
+
+# What multiprocessing's own helper processes run (their command lines say so)
+HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver",
+           "multiprocessing.semaphore_tracker")
+
+
+def _multiprocessing_helper(p: psutil.Process) -> bool:
+    """Whether a child is one of multiprocessing's own helpers, no worker of the job."""
+    try:
+        line = " ".join(p.cmdline())
+    except (psutil.Error, OSError):
+        return False
+    return any(helper in line for helper in HELPERS)
 
 
 def _environ(p: psutil.Process) -> dict[str, str] | None:
