@@ -64,7 +64,7 @@ from gpuwatch.probes.probe import Probe
 from gpuwatch.probes.topology import read_topology
 from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample, utf8
 from gpuwatch.redact import redact_argv
-from gpuwatch.runlog import RunLogWriter, claim_runlog, create_run_dir
+from gpuwatch.runlog import ELSEWHERE, RunLogWriter, claim_runlog, create_run_dir, write_whole
 from gpuwatch.sinks.console import ConsoleStatus, status_line
 from gpuwatch.sinks.prometheus import Exporter, ExporterState, node_name
 from gpuwatch.sinks.slack import SlackNotifier, job_notifier
@@ -320,6 +320,18 @@ class Agent:
             self.out_dir = default_out_dir(self.settings, ident, self._env, job_store(),
                                            pause=self._stop.wait, runs=self._cwd / "runs")
 
+    def _tell_launcher(self, out_dir: Path) -> None:
+        """Under `gpuwatch run`, a job that chose its own run directory says where, in
+        the one `gpuwatch run` chose (which judges the run there at the end)."""
+        given = self._env.get("GPUWATCH_OUT_DIR")
+        if not given:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            launched = Path(given)
+            if launched.resolve() != out_dir.resolve():
+                launched.mkdir(parents=True, exist_ok=True)
+                write_whole(launched / ELSEWHERE, f"{out_dir.resolve()}\n")
+
     def _setup(self) -> None:
         ident, out_dir = self.identity, self.out_dir
         assert out_dir is not None  # set by _settle
@@ -329,6 +341,7 @@ class Agent:
             out_dir, ident.rank, ident.world_size, first,
             segment_bytes=int(self.settings.runlog_segment_mb * 2**20))
         self.runlog_path = self._writer.path
+        self._tell_launcher(out_dir)
         self.pipeline.add("runlog", RunLogSink(self._writer))
         self._start_exporter()
         port = self.exporter.port if self.exporter is not None else None

@@ -260,8 +260,12 @@ def _write_findings(out: Path) -> None:
     from gpuwatch.sinks.report import findings_json
 
     if not any(out.glob("run*.jsonl")):
-        print(f"gpuwatch: no training process reported; nothing in {out}", file=sys.stderr)
-        return
+        elsewhere = _logged_elsewhere(out)
+        if elsewhere is None:
+            print(f"gpuwatch: no training process reported; nothing in {out}", file=sys.stderr)
+            return
+        print(f"gpuwatch: the job chose its own run directory: {elsewhere}", file=sys.stderr)
+        out = elsewhere
     try:
         result = analyze([out], load_settings())
         write_whole(out / "findings.json", findings_json(result.findings) + "\n")
@@ -275,6 +279,18 @@ def _write_findings(out: Path) -> None:
     verdicts = ", ".join(f"{f.detector} [{f.verdict}]" for f in result.findings) or "none"
     print(f"gpuwatch: run log in {out}; findings: {verdicts}", file=sys.stderr)
     _write_report(out, result.findings)
+
+
+def _logged_elsewhere(out: Path) -> Path | None:
+    """Where the job logged instead of ``out`` (its ``watch(out_dir=...)``), as its agent
+    said in ``out``; None if it said nothing, or nothing is there."""
+    from gpuwatch.runlog import ELSEWHERE
+
+    try:
+        there = Path((out / ELSEWHERE).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+    return there if there.is_dir() and any(there.glob("run*.jsonl")) else None
 
 
 def _write_report(out: Path, findings: list[Any]) -> None:

@@ -111,6 +111,11 @@ def create_run_dir(parent: Path, prefix: str) -> Path:
         return path
 
 
+# In the run directory `gpuwatch run` chose, where a job that chose its own (its
+# ``watch(out_dir=...)``) logged instead: that directory's path.
+ELSEWHERE = "logged-elsewhere.txt"
+
+
 def write_whole(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) as the file ``path``: into a new file beside it, renamed
     over it once whole. Never through what stands there: a FIFO (an open for writing

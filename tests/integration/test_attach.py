@@ -141,6 +141,20 @@ def test_the_workers_counted_are_the_loaders_not_the_jobs_other_children(
     assert counted and counted <= {0.0, float(workers)} and float(workers) in counted
 
 
+def test_a_job_that_chooses_its_own_run_directory_is_judged_there(tmp_path: Path) -> None:
+    """``watch(out_dir=...)`` in the job outranks `gpuwatch run --out`: the run was
+    logged there, and `gpuwatch run` said "no training process reported" and judged
+    nothing. The job's agent says where it logged; the run is judged there."""
+    launched, chosen = tmp_path / "launched", tmp_path / "chosen"
+    proc = run(gpuwatch_cmd("run", "--out", str(launched), "--", sys.executable,
+                            str(SCRIPTS / "explicit_loop.py"), str(chosen), "exit"),
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"the job chose its own run directory: {chosen}" in proc.stderr
+    assert "no training process reported" not in proc.stderr
+    assert (chosen / "findings.json").exists() and (chosen / "report.html").exists()
+
+
 def test_a_process_that_never_trains_is_left_alone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
