@@ -76,14 +76,20 @@ def test_firing_gpuwatch_alert_is_routed_to_slack(tmp_path: Path) -> None:
         try:
             api = f"http://127.0.0.1:{port}/api/v2"
             wait_until_up(f"{api}/status")
+            hostile = as_prometheus_sends("GpuwatchFitsOnPaper")
+            hostile["labels"] = {**hostile["labels"], "training_job": "<!channel> & team"}
+            del hostile["labels"]["namespace"]  # (compose: no Kubernetes namespace)
+            hostile["annotations"] = {**hostile["annotations"],
+                                      "summary": "on <!channel> & team rank 0"}
             alert = [as_prometheus_sends("GpuwatchFitsOnPaper"),
-                     as_prometheus_sends("GpuwatchUnderutilised")]  # info: not to Slack
+                     as_prometheus_sends("GpuwatchUnderutilised"),  # info: not to Slack
+                     hostile]
             request = urllib.request.Request(f"{api}/alerts", data=json.dumps(alert).encode(),
                                              headers={"Content-Type": "application/json"},
                                              method="POST")
             assert urllib.request.urlopen(request, timeout=5).status == 200
-            wait_for(lambda: hook.delivered, 30, "Alertmanager calling the Slack webhook",
-                     poll_s=0.2)
+            wait_for(lambda: len(hook.delivered) >= 2, 30,
+                     "Alertmanager calling the Slack webhook for both jobs", poll_s=0.2)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -93,3 +99,11 @@ def test_firing_gpuwatch_alert_is_routed_to_slack(tmp_path: Path) -> None:
     assert rule.title in payload and f"{RUNBOOK}#fits_on_paper" in payload
     assert "GpuwatchUnderutilised" not in payload
     assert "gpt: 1 gpuwatch alert(s) (ml)" in payload  # the job's group, named
+    # a job named to ping the channel pings nobody; no empty "()" without a namespace;
+    # the summary, description and runbook on lines of their own
+    assert "<!channel>" not in payload
+    (other,) = [a for m in hook.delivered for a in m["attachments"]
+                if "&lt;!channel&gt;" in a["title"]]
+    assert other["title"] == "&lt;!channel&gt; &amp; team: 1 gpuwatch alert(s)"
+    assert "on &lt;!channel&gt; &amp; team rank 0\n" in other["text"]
+    assert "\nRunbook: " in other["text"]
