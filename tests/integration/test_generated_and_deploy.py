@@ -81,7 +81,12 @@ def test_every_detector_has_an_alert_and_positive_and_negative_tests() -> None:
         fired, silent = test["alert_rule_test"][1], test["alert_rule_test"][0]
         assert fired["exp_alerts"] and not silent["exp_alerts"]
         assert any(s["values"].startswith("0x") for s in test["input_series"])  # a cleared one
-    lifecycle = {t["name"].split(":")[0] for t in tests[len(rules):]}
+    host = tests[len(rules)]  # one finding alert where no Kubernetes names a namespace
+    assert host["name"].endswith("on a host, no namespace or pod named")
+    (fired,) = host["alert_rule_test"][0]["exp_alerts"]
+    assert "namespace" not in fired["exp_annotations"]["description"]
+    assert "(run gpt-7f3a, host node-a)" in fired["exp_annotations"]["description"]
+    lifecycle = {t["name"].split(":")[0] for t in tests[len(rules) + 1:]}
     assert lifecycle == {"job dies while a finding is active", "job finishes normally",
                          "steps stop while the process is up",
                          "one process of a pod stops answering while another goes on"}

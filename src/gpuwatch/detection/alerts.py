@@ -13,6 +13,7 @@ and checked for staleness.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -32,8 +33,10 @@ VANISHED_WINDOW = "3h"  # how long after a run vanished its alert keeps firing
 STALLED_WINDOW, STALLED_FOR = "10m", "5m"
 RUN_VANISHED = "GpuwatchRunVanished"
 STEPS_STOPPED = "GpuwatchStepsStopped"
-WHERE = ("{{ $labels.training_job }} (run {{ $labels.run }}, namespace "
-         "{{ $labels.namespace }}, pod {{ $labels.pod }}, host {{ $labels.host }})")
+# (Kubernetes's namespace and pod only where there are: not on a host or in compose)
+WHERE = ("{{ $labels.training_job }} (run {{ $labels.run }}"
+         "{{ with $labels.namespace }}, namespace {{ . }}{{ end }}"
+         "{{ with $labels.pod }}, pod {{ . }}{{ end }}, host {{ $labels.host }})")
 
 
 def alert_name(rule: Rule) -> str:
@@ -257,7 +260,27 @@ def promtool_tests(rules: dict[str, Rule], runbook_url: str) -> dict[str, Any]:
     tests = [_finding_test(rule, alert) for rule, alert in zip(rules.values(), alerts,
                                                                 strict=False)]
     return {"rule_files": [RULES_FILE], "evaluation_interval": "1m",
-            "tests": [*tests, *_lifecycle_tests(rules, runbook_url)]}
+            "tests": [*tests, _host_test(next(iter(rules.values())), alerts[0]),
+                      *_lifecycle_tests(rules, runbook_url)]}
+
+
+def _host_test(rule: Rule, alert: dict[str, Any]) -> dict[str, Any]:
+    """On a host or in compose (no Kubernetes namespace or pod), the annotations name
+    neither."""
+    where = {"training_job": "gpt", "run": "gpt-7f3a", "host": "node-a", "job": "gpuwatch",
+             "rank": "0", "local_rank": "0", "instance": "node-a:9410"}
+    labels = {"detector": rule.id, "verdict": rule.verdict, "severity": rule.severity,
+              "subject_rank": "0"}
+    exp_labels = {k: v for k, v in {**where, **labels}.items()
+                  if k not in ("rank", "local_rank", "instance")}
+    rendered = {k: _render(v, exp_labels) for k, v in alert["annotations"].items()}
+    return {"name": f"{alert['alert']}: on a host, no namespace or pod named",
+            "interval": "1m",
+            "input_series": [{"series": _selector("gpuwatch_finding", {**where, **labels}),
+                              "values": "1x30"}],
+            "alert_rule_test": [{"eval_time": "20m", "alertname": alert["alert"],
+                                 "exp_alerts": [{"exp_labels": exp_labels,
+                                                 "exp_annotations": rendered}]}]}
 
 
 def kubernetes_rule(rules: dict[str, Rule], runbook_url: str) -> dict[str, Any]:
@@ -267,7 +290,14 @@ def kubernetes_rule(rules: dict[str, Rule], runbook_url: str) -> dict[str, Any]:
             "spec": prometheus_rules(rules, runbook_url)}
 
 
+_WITH = re.compile(r"\{\{ with \$labels\.(\w+) \}\}(.*?)\{\{ end \}\}")
+
+
 def _render(template: str, labels: dict[str, str]) -> str:
+    """An annotation as Prometheus renders it for ``labels`` (the templates' own forms:
+    ``{{ $labels.x }}``, ``{{ with $labels.x }}...{{ . }}...{{ end }}``)."""
+    template = _WITH.sub(lambda m: m[2].replace("{{ . }}", labels[m[1]])
+                         if labels.get(m[1]) else "", template)
     for key, value in labels.items():
         template = template.replace(f"{{{{ $labels.{key} }}}}", value)
     return template
