@@ -120,7 +120,18 @@ def test_block_kit_limits_hold_and_text_is_cut_at_a_word() -> None:
             if "text" in block:
                 assert len(block["text"]["text"]) <= 3000
             assert len(block.get("fields", [])) <= 10
-    assert "+" in blocks[-1]["elements"][0]["text"]  # the rest are counted, not lost
+    # the 50 past the blocks' ten: listed a line each as far as a section holds, the
+    # rest counted
+    rest = blocks[-1]["text"]["text"]
+    assert rest.startswith("*50 more:*\n• ") and "d10 on" in rest
+    assert "more (the run's findings.json has them all)" in rest
+    few = message([("raised", {**FINDING, "detector": f"d{i}", "ranks": [i],
+                               "fingerprint": f"f{i}", "summary": f"s{i}"})
+                   for i in range(14)])
+    listed = few["blocks"][-1]["text"]["text"]
+    assert [f"d{i}" for i in range(10, 14) if f"d{i} on" in listed] == ["d10", "d11", "d12",
+                                                                        "d13"]
+    assert "findings.json" not in listed  # all four shown: nothing left to count
     assert cut("alpha beta gamma", 12) == "alpha beta…"
     assert cut("a &amp; b", 5) == "a…"  # never half an escape
 
@@ -273,3 +284,7 @@ def test_evidence_no_line_names_is_shown_in_its_own_unit() -> None:
     assert shown["Last progress"] == "2023-11-14 22:13 UTC"
     assert shown["Speedup"] == "2.4\u00d7" and shown["Gpu power"] == "140 W"
     assert shown["Stalled"] == "3 min"
+    per_step = dict(evidence_lines({"transfer_seconds_per_step": 1.174,
+                                    "p2p_bytes_per_step": 4e8, "slow_ranks": 2.0}))
+    assert per_step["Transfer per step"] == "1.17 s"
+    assert per_step["P2p per step"] == "400 MB" and per_step["Slow ranks"] == "2"

@@ -26,7 +26,7 @@ SECTION_CHARS = 3000
 TEXT_CHARS = 3000  # the plain-text fallback (notifications, old clients)
 MAX_BLOCKS = 50
 BLOCKS_PER_NOTE = 4  # section, evidence, context, (room for the link)
-BLOCK_FINDINGS = 10  # findings shown as blocks in one message; the text lists them all
+BLOCK_FINDINGS = 10  # findings shown as blocks in one message; a last section lists the rest
 DASHBOARD_UID = "gpuwatch-job"
 TIMES, DASH = "\u00d7", "\u2013"  # shown in messages
 HIDDEN_EVIDENCE = frozenset({"last_step_time_seconds"})  # the last progress's time says it
@@ -184,10 +184,15 @@ def evidence_lines(evidence: Mapping[str, Any], skip: frozenset[str] = frozenset
 
 
 def _generic(key: str, value: Any) -> tuple[str, str]:
-    unit = next((u for suffix, u in SUFFIX_UNITS if key.endswith(suffix)), None)
-    name = key[: -len(next(s for s, u in SUFFIX_UNITS if u == unit and key.endswith(s)))] \
+    """A key no line took, as a label and its value in the unit its name ends in
+    (``transfer_seconds_per_step``: "Transfer per step", "1.17 s")."""
+    per = "_per_step" if key.endswith("_per_step") else ""
+    stem = key.removesuffix(per)
+    unit = next((u for suffix, u in SUFFIX_UNITS if stem.endswith(suffix)), None)
+    name = stem[: -len(next(s for s, u in SUFFIX_UNITS if u == unit and stem.endswith(s)))] \
         if unit else key
-    label = name.replace("_", " ").strip().capitalize() or key
+    label = (name.replace("_", " ").strip().capitalize() or key) + (" per step" if unit and per
+                                                                    else "")
     number = _number(value)
     if number is None:
         return label, str(value)
@@ -297,9 +302,28 @@ def message(notes: Sequence[tuple[str, Mapping[str, Any]]],
     shown = notes[: min(BLOCK_FINDINGS, (MAX_BLOCKS - 3) // BLOCKS_PER_NOTE)]
     for kind, f in shown:
         blocks += note_blocks(kind, f, grafana_url)
-    if len(notes) > len(shown):
-        blocks.append(_context(f"+{len(notes) - len(shown)} more: see the text of this message"))
+    rest = notes[len(shown):]
+    if rest:  # one line each, as many as a section holds; then how many more
+        listed = _fitting([f"• {headline(k, f)}" for k, f in rest], SECTION_CHARS - 40)
+        more = len(rest) - len(listed)
+        blocks.append(_section(f"*{len(rest)} more:*\n" + "\n".join(listed)
+                               + (f"\n…and {more} more (the run's findings.json has them all)"
+                                  if more else "")))
     return {"text": cut(text, TEXT_CHARS), "blocks": blocks[:MAX_BLOCKS]}
+
+
+def _fitting(lines: Sequence[str], limit: int) -> list[str]:
+    """The first ``lines``, each cut to a line's worth, that fit ``limit`` characters
+    joined by newlines."""
+    out: list[str] = []
+    used = 0
+    for line in lines:
+        line = cut(line, 300)
+        if used + len(line) + 1 > limit:
+            break
+        out.append(line)
+        used += len(line) + 1
+    return out
 
 
 def note_blocks(kind: str, f: Mapping[str, Any], grafana_url: str | None = None
