@@ -160,6 +160,9 @@ class SlackSettings(BaseModel):
         return webhook_problem(url or "")
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "::1"})  # (and 127.0.0.0/8)
+
+
 def webhook_problem(url: str) -> str | None:
     """What makes ``url`` unusable as a webhook (a message without the URL), or None."""
     if not url:
@@ -172,9 +175,13 @@ def webhook_problem(url: str) -> str | None:
     except ValueError:
         return "slack webhook URL cannot be parsed"
     if parts.scheme not in ("https", "http"):
-        return "slack webhook URL must start with https:// (https://hooks.slack.com/services/...)"
+        return "slack webhook URL must start with https://, as Slack's incoming webhooks do"
     if not parts.hostname or port == 0:
         return "slack webhook URL has no host"
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS \
+            and not parts.hostname.startswith("127."):
+        return ("slack webhook URL must start with https:// (plain http:// only to this "
+                "machine: a relay or proxy on localhost)")
     if parts.path in ("", "/"):
         return "slack webhook URL has no path (the /services/... part)"
     return None

@@ -249,11 +249,17 @@ def test_webhooks_that_cannot_work_are_one_line_errors_without_the_url(
     monkeypatch.chdir(tmp_path)
     for url in ("hooks.slack.com/services/T/B/secret", "ftp://h/services/secret",
                 "https://hooks.slack.com", "https://hooks.slack.com/services/T/B/se cret",
-                "https://[::1/services/secret"):
+                "https://[::1/services/secret", "http://hooks.slack.com/services/T/B/secret",
+                "http://relay.example:8080/services/T/B/secret"):
         assert webhook_problem(url) is not None
         with pytest.raises(ConfigError) as err:
             load_settings(slack={"webhook_url": url})
         assert "secret" not in str(err.value) and "\n" not in str(err.value)
+        assert "***" not in str(err.value)  # (no example the redactor takes for a secret)
+    # plain http only to this machine (a local relay; the tests' own endpoint)
+    assert [webhook_problem(u) for u in ("http://127.0.0.1:8080/services/x",
+                                         "http://localhost/hook", "http://[::1]:9/h")] \
+        == [None, None, None]
     assert webhook_problem("https://hooks.slack.com/services/T/B/x") is None
     with pytest.raises(ConfigError, match="webhook_url_file: cannot read it"):
         load_settings(slack={"webhook_url_file": str(tmp_path / "missing")})
