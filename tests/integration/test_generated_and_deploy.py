@@ -89,6 +89,7 @@ def test_every_detector_has_an_alert_and_positive_and_negative_tests() -> None:
     lifecycle = {t["name"].split(":")[0] for t in tests[len(rules) + 1:]}
     assert lifecycle == {"job dies while a finding is active", "job finishes normally",
                          "steps stop while the process is up",
+                         "a long evaluation between steps",
                          "one process of a pod stops answering while another goes on"}
 
 

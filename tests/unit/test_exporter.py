@@ -87,6 +87,15 @@ def test_steps_become_a_histogram_phase_counters_and_totals() -> None:
     assert value(s, "gpuwatch_steps_total") == 10
     assert value(s, "gpuwatch_tokens_total") == 10240
     assert value(s, "gpuwatch_collective_bytes_total") == 1000
+    # progress: the steps, then an evaluation's batches between steps and a finished
+    # save (what keeps GpuwatchStepsStopped quiet through a long evaluation)
+    assert value(s, "gpuwatch_progress_total") == 10
+    state.update([Event(1, 11.0, "progress", {"loader_batches": 4, "eval_batches": 4}),
+                  Event(1, 12.0, "checkpoint_save", {"seconds": 3.0, "bytes": 10}),
+                  Event(1, 12.5, "collective_timing", {})], [], {})
+    after = scrape(state)
+    assert value(after, "gpuwatch_progress_total") == 12
+    assert value(after, "gpuwatch_steps_total") == 10
 
 
 def test_gpu_samples_absent_values_and_clock_events() -> None:

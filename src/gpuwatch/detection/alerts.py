@@ -99,8 +99,9 @@ def lifecycle_alerts(runbook_url: str) -> list[dict[str, Any]]:
                 f"last_over_time(gpuwatch_run_start_time_seconds[{VANISHED_WINDOW}])"
                 f" unless ignoring ({PER_PROCESS}) gpuwatch_run_start_time_seconds"
                 f" unless last_over_time(gpuwatch_run_end_time_seconds[{VANISHED_WINDOW}]))")
+    # (progress, not steps: a long evaluation between steps shows its batches)
     stalled = (f"max without ({PER_PROCESS}) (label_replace("
-               f"increase(gpuwatch_steps_total[{STALLED_WINDOW}]) == 0"
+               f"increase(gpuwatch_progress_total[{STALLED_WINDOW}]) == 0"
                " and gpuwatch_steps_total > 0 unless gpuwatch_run_end_time_seconds,"
                ' "subject_rank", "$1", "rank", "(.*)"))')
     return [
@@ -121,8 +122,9 @@ def lifecycle_alerts(runbook_url: str) -> list[dict[str, Any]]:
              "summary": "Steps stopped on {{ $labels.training_job }} rank "
                         "{{ $labels.subject_rank }} while the process is up",
              "description": (f"Rank {{{{ $labels.subject_rank }}}} of {WHERE} completed "
-                             "no training step in 15 minutes though its process "
-                             "answers scrapes: a hang (collective, data loader, I/O)."),
+                             "no training step, and showed no evaluation or loader "
+                             "progress, in 15 minutes though its process answers "
+                             "scrapes: a hang (collective, data loader, I/O)."),
              "runbook_url": runbook(runbook_url, "steps_stopped")}},
     ]
 
@@ -182,8 +184,11 @@ def _lifecycle_tests(rules: dict[str, Rule], runbook_url: str) -> list[dict[str,
     start = "1700000000x10 stale"
 
     def run_series(rank: int, end: str | None, finding_values: str | None = None,
-                   step_values: str = steps, start_values: str = start) -> list[dict[str, str]]:
+                   step_values: str = steps, start_values: str = start,
+                   progress_values: str | None = None) -> list[dict[str, str]]:
         out = [{"series": _selector("gpuwatch_steps_total", _rank(rank)), "values": step_values},
+               {"series": _selector("gpuwatch_progress_total", _rank(rank)),  # (steps too)
+                "values": progress_values or step_values},
                {"series": _selector("gpuwatch_run_start_time_seconds", _rank(rank)),
                 "values": start_values}]
         if end is not None:
@@ -241,6 +246,13 @@ def _lifecycle_tests(rules: dict[str, Rule], runbook_url: str) -> list[dict[str,
                                      for k, v in stalled["annotations"].items()}}]},
              {"eval_time": "35m", "alertname": RUN_VANISHED, "exp_alerts": []},
          ]},
+        {"name": "a long evaluation between steps: its batches are progress, no alert",
+         "interval": "1m",
+         "input_series": run_series(1, None, step_values="0+10x10 100x50",
+                                    start_values="1700000000x60",
+                                    progress_values="0+10x60"),
+         "alert_rule_test": [{"eval_time": t, "alertname": STEPS_STOPPED, "exp_alerts": []}
+                             for t in ("26m", "45m")]},
         {"name": "one process of a pod stops answering while another goes on: the run "
                  "has not vanished",
          "interval": "1m",

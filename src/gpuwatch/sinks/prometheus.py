@@ -31,6 +31,7 @@ from prometheus_client.core import (
 from gpuwatch.detection.projection import PCIE_BYTES_PER_S, identify
 from gpuwatch.detection.projection import catalogue as gpu_catalogue
 from gpuwatch.records import Event, Finding, Record, Sample, Step
+from gpuwatch.telemetry import PROGRESS_EVENTS
 from gpuwatch.vocabulary import CLOCK_EVENT_REASONS, PARTS, THROTTLE_POLICIES, split_step
 
 log = logging.getLogger("gpuwatch")
@@ -121,7 +122,7 @@ class ExporterState:
         self._faults: dict[str, int] = {}
         self._devices: dict[int, dict[str, Any]] = {}  # NVML index -> topology device
         self._job_gpus: list[int] = []
-        self._run = {"start": time.time() if started is None else started}
+        self._run = {"start": time.time() if started is None else started, "progress": 0.0}
 
     def update(self, records: Iterable[Record], active: list[Finding],
                faults: Mapping[str, int]) -> None:
@@ -129,10 +130,13 @@ class ExporterState:
             for r in records:
                 if isinstance(r, Step):
                     self._add_step(r)
+                    self._run["progress"] += 1
                 elif isinstance(r, Sample):
                     self._latest[(r.source, r.gpu)] = r.values
                 elif isinstance(r, Event) and r.name == "topology":
                     self._add_topology(r.data)
+                elif isinstance(r, Event) and r.name in PROGRESS_EVENTS:
+                    self._run["progress"] += 1
             self._findings = list(active)
             self._faults = dict(faults)
             self.version += 1
