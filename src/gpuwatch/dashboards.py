@@ -25,16 +25,20 @@ S = ('namespace=~"$namespace", training_job=~"$training_job", run=~"$run", '
      'rank=~"$rank"')
 G = f'{S}, gpu=~"$gpu"'
 RATE = "$__rate_interval"
+# Series are kept apart per job, run and rank (with "All" selected, runs of different
+# jobs must never blend into one "rank 0"); legends name the run.
+BY = "training_job, run, rank"
+RANK = "{{run}} rank {{rank}}"
 PER_PROCESS = "instance, endpoint, rank, local_rank"  # as in the alerts
 
 
-def _share(phase: str, by: str = "rank") -> str:
+def _share(phase: str, by: str = BY) -> str:
     return (f'sum by ({by}) (rate(gpuwatch_phase_seconds_total{{{S}, phase="{phase}"}}[{RATE}]))'
             f" / sum by ({by}) (rate(gpuwatch_step_duration_seconds_sum{{{S}}}[{RATE}]))")
 
 
-MEAN_STEP = (f"sum by (rank) (rate(gpuwatch_step_duration_seconds_sum{{{S}}}[{RATE}]))"
-             f" / sum by (rank) (rate(gpuwatch_step_duration_seconds_count{{{S}}}[{RATE}]))")
+MEAN_STEP = (f"sum by ({BY}) (rate(gpuwatch_step_duration_seconds_sum{{{S}}}[{RATE}]))"
+             f" / sum by ({BY}) (rate(gpuwatch_step_duration_seconds_count{{{S}}}[{RATE}]))")
 FINDINGS = f"max without ({PER_PROCESS}) (gpuwatch_finding{{{S}}}) == 1"
 GREEN, YELLOW, RED = "green", "#EAB839", "red"
 
@@ -79,49 +83,50 @@ JOB_LINK = ("Job overview: ${__data.fields.training_job}",
 
 OVERVIEW = Dashboard("gpuwatch-job", "gpuwatch / Job overview", (
     Row("Progress", (
-        Panel("Step time (mean)", ((MEAN_STEP, "rank {{rank}}"),), unit="s"),
+        Panel("Step time (mean)", ((MEAN_STEP, RANK),), unit="s"),
         Panel("Step time p90", ((
-            "histogram_quantile(0.9, sum by (le, rank) "
-            f"(rate(gpuwatch_step_duration_seconds_bucket{{{S}}}[{RATE}])))", "rank {{rank}}"),),
+            f"histogram_quantile(0.9, sum by (le, {BY}) "
+            f"(rate(gpuwatch_step_duration_seconds_bucket{{{S}}}[{RATE}])))", RANK),),
             unit="s"),
         Panel("Throughput", (
-            (f"sum by (training_job) (rate(gpuwatch_samples_total{{{S}}}[{RATE}]))",
-             "samples/s"),
-            (f"sum by (training_job) (rate(gpuwatch_tokens_total{{{S}}}[{RATE}]))",
-             "tokens/s")), unit="short"),
+            (f"sum by (training_job, run) (rate(gpuwatch_samples_total{{{S}}}[{RATE}]))",
+             "{{run}} samples/s"),
+            (f"sum by (training_job, run) (rate(gpuwatch_tokens_total{{{S}}}[{RATE}]))",
+             "{{run}} tokens/s")), unit="short"),
         Panel("Where step time goes", ((
-            f"sum by (phase) (rate(gpuwatch_phase_seconds_total{{{S}}}[{RATE}])) / ignoring(phase)"
-            f" group_left sum(rate(gpuwatch_step_duration_seconds_sum{{{S}}}[{RATE}]))",
-            "{{phase}}"),), unit="percentunit",
+            f"sum by (training_job, run, phase) (rate(gpuwatch_phase_seconds_total{{{S}}}"
+            f"[{RATE}])) / ignoring(phase) group_left sum by (training_job, run) "
+            f"(rate(gpuwatch_step_duration_seconds_sum{{{S}}}[{RATE}]))",
+            "{{run}} {{phase}}"),), unit="percentunit",
             description="Goodput breakdown: each phase's share of step time."),
         Panel("Findings", ((FINDINGS, ""),), kind="table",
               description="Active findings; subject_rank is the rank a finding is about."),
     )),
     Row("GPU", (
         Panel("GPU utilisation", ((f"gpuwatch_gpu_utilization_ratio{{{G}}}",
-                                   "rank {{rank}} gpu {{gpu}}"),), unit="percentunit", cpu=False,
+                                   f"{RANK} gpu {{{{gpu}}}}"),), unit="percentunit", cpu=False,
               thresholds=((None, RED), (0.5, YELLOW), (0.8, GREEN))),
         Panel("GPU memory used", ((
             f"gpuwatch_gpu_memory_used_bytes{{{G}}} / gpuwatch_gpu_memory_total_bytes{{{G}}}",
-            "rank {{rank}} gpu {{gpu}}"),), unit="percentunit", cpu=False,
+            f"{RANK} gpu {{{{gpu}}}}"),), unit="percentunit", cpu=False,
             thresholds=((0.9, YELLOW), (0.97, RED))),
-        Panel("GPU power", ((f"gpuwatch_gpu_power_watts{{{G}}}", "rank {{rank}} gpu {{gpu}}"),),
+        Panel("GPU power", ((f"gpuwatch_gpu_power_watts{{{G}}}", f"{RANK} gpu {{{{gpu}}}}"),),
               unit="watt", cpu=False),
         Panel("Throttled share of time", ((
-            f"max by (rank, gpu, reason) (rate(gpuwatch_gpu_throttle_seconds_total{{{G}}}"
-            f"[{RATE}]))", "rank {{rank}} gpu {{gpu}} {{reason}}"),), unit="percentunit",
+            f"max by ({BY}, gpu, reason) (rate(gpuwatch_gpu_throttle_seconds_total{{{G}}}"
+            f"[{RATE}]))", f"{RANK} gpu {{{{gpu}}}} {{{{reason}}}}"),), unit="percentunit",
             cpu=False,
             thresholds=((0.05, YELLOW), (0.2, RED)),
             description="From NVML's violation counters: seconds of reduced clocks per second."),
         Panel("Tensor activity (dcgm-exporter)", ((
-            "avg by (training_job, rank, gpu) (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"
-            f" * on (UUID) group_left (training_job, rank) gpuwatch_gpu_info{{{G}}})",
-            "rank {{rank}} gpu {{gpu}}"),), unit="percentunit", cpu=False,
+            f"avg by ({BY}, gpu) (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"
+            f" * on (UUID) group_left ({BY}) gpuwatch_gpu_info{{{G}}})",
+            f"{RANK} gpu {{{{gpu}}}}"),), unit="percentunit", cpu=False,
             description="dcgm-exporter's tensor pipe activity of this job's GPUs, joined on "
                         "the GPU UUID (empty without dcgm-exporter)."),
         Panel("Bus bandwidth against the link", (
             (f"gpuwatch_collective_bus_bandwidth_bytes_per_second{{{S}}}",
-             "achieved rank {{rank}}"),
+             f"achieved {RANK}"),
             (f"max by (link) (gpuwatch_gpu_link_bandwidth_bytes_per_second{{{G}}})",
              "{{link}} link")), unit="Bps", cpu=False,
             description="Collective bus bandwidth achieved (NCCL busbw) against the nominal "
@@ -129,18 +134,18 @@ OVERVIEW = Dashboard("gpuwatch-job", "gpuwatch / Job overview", (
     )),
     Row("Host and agent", (
         Panel("Training process CPU", ((
-            f"rate(gpuwatch_process_cpu_seconds_total{{{S}}}[{RATE}])", "rank {{rank}}"),),
+            f"rate(gpuwatch_process_cpu_seconds_total{{{S}}}[{RATE}])", RANK),),
             unit="short", description="Cores used by the training process."),
-        Panel("DataLoader workers busy", ((f"gpuwatch_workers_cpu_ratio{{{S}}}",
-                                           "rank {{rank}}"),), unit="percentunit",
+        Panel("DataLoader workers busy", ((f"gpuwatch_workers_cpu_ratio{{{S}}}", RANK),),
+              unit="percentunit",
               thresholds=((0.9, RED),)),
         Panel("Checkpoint writes", ((
-            f"rate(gpuwatch_checkpoint_bytes_total{{{S}}}[{RATE}])", "rank {{rank}}"),),
+            f"rate(gpuwatch_checkpoint_bytes_total{{{S}}}[{RATE}])", RANK),),
             unit="Bps"),
         Panel("Agent", ((f"rate(gpuwatch_agent_cpu_seconds_total{{{S}}}[{RATE}])",
-                         "agent CPU rank {{rank}}"),
-                        (f"gpuwatch_agent_marks_dropped_total{{{S}}}",
-                         "marks dropped rank {{rank}}")),
+                         f"agent CPU {RANK}"),
+                        (f"increase(gpuwatch_agent_marks_dropped_total{{{S}}}[{RATE}])",
+                         f"marks dropped {RANK}")),
               description="gpuwatch's own cost and health."),
     )),
 ))
@@ -154,49 +159,51 @@ MIGRATION = Dashboard("gpuwatch-migrate", "gpuwatch / Should this job move to H1
             f'max without ({PER_PROCESS}) (gpuwatch_finding{{{S}, verdict="fix_here"}}) == 1',
             ""),), kind="table"),
         Panel("Projected speedup (low end, middle, high end)", (
-            (f"min by (target) (gpuwatch_projected_speedup_low_ratio{{{S}}})",
-             "{{target}} low"),
-            (f"max by (target) (gpuwatch_projected_speedup_ratio{{{S}}})", "{{target}}"),
-            (f"max by (target) (gpuwatch_projected_speedup_high_ratio{{{S}}})",
-             "{{target}} high")),
+            (f"min by (run, target) (gpuwatch_projected_speedup_low_ratio{{{S}}})",
+             "{{run}} {{target}} low"),
+            (f"max by (run, target) (gpuwatch_projected_speedup_ratio{{{S}}})",
+             "{{run}} {{target}}"),
+            (f"max by (run, target) (gpuwatch_projected_speedup_high_ratio{{{S}}})",
+             "{{run}} {{target}} high")),
             kind="stat", unit="x", cpu=False,
             thresholds=((None, "blue"), (1.3, YELLOW), (1.8, GREEN))),
         Panel("Projected cost per step", ((
-            f"max by (target) (gpuwatch_projected_cost_per_step_usd{{{S}}})", "{{target}}"),),
+            f"max by (run, target) (gpuwatch_projected_cost_per_step_usd{{{S}}})",
+            "{{run}} {{target}}"),),
             kind="stat", unit="currencyUSD", cpu=False),
     )),
     Row("Evidence", (
         Panel("Memory headroom", ((
-            f"1 - max by (rank, gpu) (gpuwatch_allocator_reserved_bytes{{{G}}}) / "
-            f"max by (rank, gpu) (gpuwatch_gpu_memory_total_bytes{{{G}}})",
-            "rank {{rank}} gpu {{gpu}}"),), unit="percentunit", cpu=False,
+            f"1 - max by ({BY}, gpu) (gpuwatch_allocator_reserved_bytes{{{G}}}) / "
+            f"max by ({BY}, gpu) (gpuwatch_gpu_memory_total_bytes{{{G}}})",
+            f"{RANK} gpu {{{{gpu}}}}"),), unit="percentunit", cpu=False,
             thresholds=((None, RED), (0.05, YELLOW), (0.2, GREEN))),
         Panel("Allocator retries and OOMs", (
-            (f"sum by (rank) (increase(gpuwatch_allocator_alloc_retries_total{{{S}}}[{RATE}]))",
-             "retries rank {{rank}}"),
-            (f"sum by (rank) (increase(gpuwatch_allocator_ooms_total{{{S}}}[{RATE}]))",
-             "OOMs rank {{rank}}")), cpu=False, thresholds=((1, RED),)),
-        Panel("Activation-checkpoint recompute share", ((_share("recompute"),
-                                                          "rank {{rank}}"),),
+            (f"sum by ({BY}) (increase(gpuwatch_allocator_alloc_retries_total{{{S}}}[{RATE}]))",
+             f"retries {RANK}"),
+            (f"sum by ({BY}) (increase(gpuwatch_allocator_ooms_total{{{S}}}[{RATE}]))",
+             f"OOMs {RANK}")), cpu=False, thresholds=((1, RED),)),
+        Panel("Activation-checkpoint recompute share", ((_share("recompute"), RANK),),
               unit="percentunit", thresholds=((0.15, YELLOW), (0.3, RED))),
-        Panel("Collective wait share", ((_share("collective"), "rank {{rank}}"),),
+        Panel("Collective wait share", ((_share("collective"), RANK),),
               unit="percentunit", thresholds=((0.15, YELLOW), (0.3, RED))),
-        Panel("Data wait share", ((_share("data"), "rank {{rank}}"),), unit="percentunit",
+        Panel("Data wait share", ((_share("data"), RANK),), unit="percentunit",
               thresholds=((0.1, YELLOW), (0.25, RED))),
         Panel("Compute skew across ranks", ((
-            f'max(sum by (rank) (rate(gpuwatch_phase_seconds_total{{{S}, phase="compute"}}'
-            f"[{RATE}]))) / min(sum by (rank) (rate(gpuwatch_phase_seconds_total{{{S}, "
-            f'phase="compute"}}[{RATE}])))', "slowest / fastest"),), unit="x",
+            f'max by (training_job, run) (sum by ({BY}) (rate(gpuwatch_phase_seconds_total'
+            f'{{{S}, phase="compute"}}[{RATE}]))) / min by (training_job, run) (sum by ({BY}) '
+            f'(rate(gpuwatch_phase_seconds_total{{{S}, phase="compute"}}[{RATE}])))',
+            "{{run}} slowest / fastest"),), unit="x",
             thresholds=((1.2, RED),),
             description="Above 1.2 one rank holds the others: a straggler, not a hardware "
                         "limit."),
         Panel("PCIe throughput", (
-            (f"gpuwatch_gpu_pcie_rx_bytes_per_second{{{G}}}", "rx rank {{rank}}"),
-            (f"gpuwatch_gpu_pcie_tx_bytes_per_second{{{G}}}", "tx rank {{rank}}")),
+            (f"gpuwatch_gpu_pcie_rx_bytes_per_second{{{G}}}", f"rx {RANK}"),
+            (f"gpuwatch_gpu_pcie_tx_bytes_per_second{{{G}}}", f"tx {RANK}")),
             unit="Bps", cpu=False),
         Panel("Tensor cores and DRAM (GPM)", (
-            (f"gpuwatch_gpu_tensor_active_ratio{{{G}}}", "tensor rank {{rank}}"),
-            (f"gpuwatch_gpu_dram_active_ratio{{{G}}}", "DRAM rank {{rank}}")),
+            (f"gpuwatch_gpu_tensor_active_ratio{{{G}}}", f"tensor {RANK}"),
+            (f"gpuwatch_gpu_dram_active_ratio{{{G}}}", f"DRAM {RANK}")),
             unit="percentunit", cpu=False),
     )),
 ))
@@ -207,8 +214,10 @@ FLEET = Dashboard("gpuwatch-fleet", "gpuwatch / Fleet", (
             'count(count by (namespace, training_job) (gpuwatch_steps_total{namespace=~'
             '"$namespace"}))', "jobs"),), kind="stat"),
         Panel("Active findings by verdict", ((
-            'count by (verdict) (gpuwatch_finding{namespace=~"$namespace"} == 1)',
-            "{{verdict}}"),), kind="stat", thresholds=((1, YELLOW),)),
+            "count by (verdict) (count by (namespace, training_job, run, detector, verdict) "
+            '(gpuwatch_finding{namespace=~"$namespace"} == 1))',
+            "{{verdict}}"),), kind="stat", thresholds=((1, YELLOW),),
+            description="Findings per verdict, each once however many ranks report it."),
         Panel("Jobs that should move to H100", ((
             'count(count by (namespace, training_job) (gpuwatch_finding{namespace=~"$namespace",'
             ' verdict="move_to_h100"} == 1))', "jobs"),), kind="stat", cpu=False,

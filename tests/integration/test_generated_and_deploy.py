@@ -170,8 +170,8 @@ def test_dcgm_join_of_the_tensor_panel_with_promtool(tmp_path: Path) -> None:
     test = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
         "interval": "1m", "input_series": series,
         "promql_expr_test": [{"expr": expr, "eval_time": "5m", "exp_samples": [
-            {"labels": '{training_job="gpt", rank="0", gpu="3"}', "value": 0.6},
-            {"labels": '{training_job="gpt", rank="1", gpu="5"}', "value": 0.4}]}]}]}
+            {"labels": '{training_job="gpt", run="gpt-1", rank="0", gpu="3"}', "value": 0.6},
+            {"labels": '{training_job="gpt", run="gpt-1", rank="1", gpu="5"}', "value": 0.4}]}]}]}
     (tmp_path / "join.test.yaml").write_text(yaml.safe_dump(test))
     out = subprocess.run([tool(PROMTOOL), "test", "rules", "join.test.yaml"], cwd=tmp_path,
                          capture_output=True, text=True)
@@ -186,15 +186,18 @@ def test_the_throttled_share_stays_a_share_on_a_job_of_two_nodes(tmp_path: Path)
     for var, value in (("$namespace", ".*"), ("$training_job", ".+"), ("$run", ".+"),
                        ("$rank", ".+"), ("$gpu", ".*"), ("$__rate_interval", "5m")):
         expr = expr.replace(var, value)
-    counter = ('gpuwatch_gpu_throttle_seconds_total{{training_job="gpt", run="gpt-1", '
+    counter = ('gpuwatch_gpu_throttle_seconds_total{{training_job="{j}", run="{j}-1", '
                'namespace="ml", host="node-{h}", rank="{r}", gpu="0", reason="power"}}')
-    series = [{"series": counter.format(h=h, r=r), "values": "0+60x10"}
-              for h, r in (("a", 0), ("b", 8))]
+    # (a second job's rank 0, throttled half the time: with "All" selected, kept apart)
+    series = [{"series": counter.format(j=j, h=h, r=r), "values": values}
+              for j, h, r, values in (("gpt", "a", 0, "0+60x10"), ("gpt", "b", 8, "0+60x10"),
+                                      ("bert", "c", 0, "0+30x10"))]
     test = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
         "interval": "1m", "input_series": series,
         "promql_expr_test": [{"expr": expr, "eval_time": "8m", "exp_samples": [
-            {"labels": f'{{rank="{r}", gpu="0", reason="power"}}', "value": 1.0}
-            for r in (0, 8)]}]}]}
+            {"labels": f'{{training_job="{j}", run="{j}-1", rank="{r}", gpu="0", '
+                       'reason="power"}', "value": v}
+            for j, r, v in (("gpt", 0, 1.0), ("gpt", 8, 1.0), ("bert", 0, 0.5))]}]}]}
     (tmp_path / "throttle.test.yaml").write_text(yaml.safe_dump(test))
     out = subprocess.run([tool(PROMTOOL), "test", "rules", "throttle.test.yaml"], cwd=tmp_path,
                          capture_output=True, text=True)
