@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from gpuwatch.detection.run_profile import MAX_BINS, Bins, RunProfile
 from gpuwatch.records import Event, Finding, Record, Sample
 from gpuwatch.sinks.html_report import render
 from gpuwatch.sinks.report import findings_text
-from gpuwatch.sinks.svg import nice_ticks
+from gpuwatch.sinks.svg import Axis, lines, nice_ticks
 from gpuwatch.sinks.trackers import figures
 from gpuwatch.telemetry import Telemetry
 from gpuwatch.vocabulary import PARTS
@@ -252,3 +253,14 @@ def test_json_outputs_hold_no_number_json_cannot_read() -> None:
         "step": None, "parts": [None, 1.5]}
     assert comparison._speed(0.0) == "" and comparison._speed(float("inf")) == ""
     assert comparison._speed(2.0) == "2.00x faster"
+
+
+def test_a_time_axis_in_minutes_ticks_on_round_minutes() -> None:
+    """A 4-minute run read in minutes: ticks were round seconds divided by 60
+    (0.8333, 1.667, 2.5); they fall on round minutes."""
+    chart = lines("x", "x", {"a": ([0.0, 250.0], [0.0, 1.0])},
+                  x_axis=Axis(lambda v: f"{v / 60:.4g}", "minutes since start", 60.0),
+                  fmt_y=str)
+    ticks = re.findall(r'text-anchor="middle">([^<]*)</text>', chart)[:-1]
+    assert ticks and all(float(t) == round(float(t)) for t in ticks), ticks
+    assert "4" in ticks and "minutes since start" in chart

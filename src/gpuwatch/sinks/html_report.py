@@ -124,13 +124,13 @@ def _verdicts(findings: list[Finding]) -> str:
     return f'<section id="verdicts"><h2>Verdicts</h2>{"".join(cards)}</section>'
 
 
-def _time_axis(run: RunProfile) -> tuple[Any, str]:
-    """Tick format and axis label for seconds since the start, in a unit that suits the
-    run's length."""
+def _time_axis(run: RunProfile, note: str = "") -> svg.Axis:
+    """Seconds since the start, read in a unit that suits the run's length (ticks on
+    round numbers of it); ``note`` follows the label."""
     span = max(run.ended - run.started, 0.0) if run.started else 0.0
     scale, name = next(((scale, name) for limit, scale, name in TIME_UNITS if span <= limit),
                        (86400, "days"))
-    return (lambda v: f"{v / scale:.4g}"), f"{name} since start"
+    return svg.Axis(lambda v: f"{v / scale:.4g}", f"{name} since start{note}", scale)
 
 
 def _figure(caption: str, chart: str, legend: str = "") -> str:
@@ -156,10 +156,9 @@ def _phases(run: RunProfile) -> str:
     xs = [values[-1] - run.started for _, values in bins]  # the bin's mean end time
     series = {p: [values[i] for _, values in bins] for i, p in enumerate(PARTS)}
     used = {p: v for p, v in series.items() if any(x > 0 for x in v)}
-    fmt_x, x_label = _time_axis(run)
     markers = _checkpoint_markers(run)
-    chart = svg.stacked_area("phases", title, xs, used, fmt_x=fmt_x, fmt_y=fmt.seconds,
-                             x_label=x_label + (" (dashed: checkpoint saves)" if markers else ""),
+    axis = _time_axis(run, " (dashed: checkpoint saves)" if markers else "")
+    chart = svg.stacked_area("phases", title, xs, used, x_axis=axis, fmt_y=fmt.seconds,
                              markers=markers)
     totals = run.phase_seconds()
     wall = sum(totals.values())
@@ -187,13 +186,12 @@ def _gpus(run: RunProfile) -> str:
         util[label] = ([t - run.started for t, _ in means], [v[0] for _, v in means])
         used[label] = ([t - run.started for t, _ in peaks], [v[1] for _, v in peaks])
     markers = _checkpoint_markers(run)
-    fmt_x, x_label = _time_axis(run)
-    util_chart = svg.lines("gpu_utilization", "GPU utilisation", util, fmt_x=fmt_x,
-                           fmt_y=lambda v: f"{v:.0%}", x_label=x_label,
-                           y_max=1.0, markers=markers)
+    axis = _time_axis(run)
+    util_chart = svg.lines("gpu_utilization", "GPU utilisation", util, x_axis=axis,
+                           fmt_y=lambda v: f"{v:.0%}", y_max=1.0, markers=markers)
     limit = run.memory_limit_bytes
     mem_chart = svg.lines("gpu_memory", "GPU memory used against the card's limit", used,
-                          fmt_x=fmt_x, fmt_y=fmt.nbytes, x_label=x_label,
+                          x_axis=axis, fmt_y=fmt.nbytes,
                           limit=(limit, f"limit {fmt.nbytes(limit)}") if limit else None,
                           markers=markers)
     headroom = ""

@@ -39,6 +39,16 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
             if first + i * step >= lo - 1e-12]
 
 
+@dataclass(frozen=True)
+class Axis:
+    """The x axis: how a value reads (``fmt``), its label, and its unit in data values
+    (ticks fall on round numbers of it: minutes of a run counted in seconds)."""
+
+    fmt: Callable[[float], str]
+    label: str
+    unit: float = 1.0
+
+
 class _Frame:
     """Maps data to pixels and draws the axes."""
 
@@ -54,8 +64,7 @@ class _Frame:
     def y(self, v: float) -> float:
         return H - BOTTOM - (v - self.y_lo) / (self.y_hi - self.y_lo) * (H - TOP - BOTTOM)
 
-    def axes(self, fmt_x: Callable[[float], str], fmt_y: Callable[[float], str],
-             x_label: str) -> list[str]:
+    def axes(self, axis: Axis, fmt_y: Callable[[float], str]) -> list[str]:
         out = [f'<line class="axis" x1="{LEFT}" y1="{H - BOTTOM}" x2="{W - RIGHT}" '
                f'y2="{H - BOTTOM}"/>',
                f'<line class="axis" x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{H - BOTTOM}"/>']
@@ -64,14 +73,15 @@ class _Frame:
             out.append(f'<line class="grid" x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" '
                        f'y2="{y:.1f}"/><text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" '
                        f'text-anchor="end">{escape(fmt_y(v))}</text>')
-        for v in nice_ticks(self.x_lo, self.x_hi, 6):
-            if not fmt_x(v):
+        for tick in nice_ticks(self.x_lo / axis.unit, self.x_hi / axis.unit, 6):
+            v = tick * axis.unit
+            if not axis.fmt(v):
                 continue
             x = self.x(v)
             out.append(f'<text class="tick" x="{x:.1f}" y="{H - BOTTOM + 16}" '
-                       f'text-anchor="middle">{escape(fmt_x(v))}</text>')
+                       f'text-anchor="middle">{escape(axis.fmt(v))}</text>')
         out.append(f'<text class="tick" x="{(LEFT + W - RIGHT) / 2}" y="{H - 4}" '
-                   f'text-anchor="middle">{escape(x_label)}</text>')
+                   f'text-anchor="middle">{escape(axis.label)}</text>')
         return out
 
 
@@ -98,13 +108,12 @@ def _markers(frame: _Frame, markers: Sequence[Marker]) -> list[str]:
 
 
 def stacked_area(name: str, title: str, xs: Sequence[float],
-                 series: Mapping[str, Sequence[float]], *, fmt_x: Callable[[float], str],
-                 fmt_y: Callable[[float], str], x_label: str,
-                 markers: Sequence[Marker] = ()) -> str:
+                 series: Mapping[str, Sequence[float]], *, x_axis: Axis,
+                 fmt_y: Callable[[float], str], markers: Sequence[Marker] = ()) -> str:
     """Series stacked bottom-up in dict order over ``xs`` (ascending)."""
     top = [sum(vals) for vals in zip(*series.values(), strict=True)] if series else []
     frame = _Frame(xs, max(top, default=1.0) * 1.05)
-    body = frame.axes(fmt_x, fmt_y, x_label)
+    body = frame.axes(x_axis, fmt_y)
     base = [0.0] * len(xs)
     for i, (label, vals) in enumerate(series.items()):
         upper = [b + v for b, v in zip(base, vals, strict=True)]
@@ -121,9 +130,8 @@ def stacked_area(name: str, title: str, xs: Sequence[float],
 
 
 def lines(name: str, title: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-          *, fmt_x: Callable[[float], str], fmt_y: Callable[[float], str], x_label: str,
-          y_max: float | None = None, limit: tuple[float, str] | None = None,
-          markers: Sequence[Marker] = ()) -> str:
+          *, x_axis: Axis, fmt_y: Callable[[float], str], y_max: float | None = None,
+          limit: tuple[float, str] | None = None, markers: Sequence[Marker] = ()) -> str:
     """One polyline per series of (xs, ys); ``limit`` draws a dashed (value, label) line.
     NaN values break a line."""
     xs_all = [x for xs, _ in series.values() for x in xs]
@@ -131,7 +139,7 @@ def lines(name: str, title: str, series: Mapping[str, tuple[Sequence[float], Seq
     hi = y_max if y_max is not None else max([*ys_all, limit[0] if limit else 0.0],
                                               default=1.0) * 1.08
     frame = _Frame(xs_all, hi)
-    body = frame.axes(fmt_x, fmt_y, x_label)
+    body = frame.axes(x_axis, fmt_y)
     if limit is not None:
         y = frame.y(limit[0])
         body.append(f'<line class="limit" x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" '
@@ -158,7 +166,7 @@ def bars(name: str, title: str, values: dict[str, float], *, fmt_y: Callable[[fl
     """One bar per label, left to right."""
     n = max(len(values), 1)
     frame = _Frame([-0.5, n - 0.5], max(values.values(), default=0.0) * 1.1 or 1.0)
-    body = frame.axes(lambda v: "", fmt_y, x_label)
+    body = frame.axes(Axis(lambda v: "", x_label), fmt_y)
     width = (W - LEFT - RIGHT) / n * 0.7
     for i, (label, v) in enumerate(values.items()):
         x = frame.x(i) - width / 2
