@@ -142,7 +142,8 @@ def test_report_renders_whatever_a_projection_carries() -> None:
                                  "future_key_seconds": 3.0,
                                  "assumptions": ["an assumption"]})])
     assert "1.2\u20131.9\u00d7 (1.5\u00d7 at the middle)" in html and "an assumption" in html
-    assert "future_key_seconds" in html
+    assert "<td>Future key</td><td>3 s</td>" in html  # a key it does not know: in its unit
+    assert "speedup_low_ratio" not in html  # (no raw keys)
     assert render(run, [finding({"target": "H100 SXM"})])  # nothing to read: still a page
 
 

@@ -22,7 +22,8 @@ from gpuwatch.records import Finding
 from gpuwatch.runlog import write_whole
 from gpuwatch.sinks import fmt, svg
 from gpuwatch.sinks.comparison import comparison_html
-from gpuwatch.sinks.report import evidence_text, fold_ranks, rank_text
+from gpuwatch.sinks.report import fold_ranks, rank_text
+from gpuwatch.sinks.slack_message import evidence_lines
 from gpuwatch.vocabulary import PARTS
 
 REPORT_NAME = "report.html"
@@ -112,7 +113,7 @@ def _verdicts(findings: list[Finding]) -> str:
                      key=lambda pair: (pair[0].state != "active", VERDICT_ORDER[pair[0].verdict]))
     cards = []
     for f, ranks in ordered:
-        evidence = evidence_text(f.evidence)
+        evidence = _table(evidence_lines(f.evidence))
         state = " (resolved)" if f.state == "resolved" else ""
         cards.append(
             f'<div class="finding {f.verdict} {f.state}" data-detector="{escape(f.detector)}">'
@@ -120,7 +121,7 @@ def _verdicts(findings: list[Finding]) -> str:
             f"<b>{escape(f.detector)}</b> · {escape(f.severity)} · {escape(rank_text(f, ranks))}"
             f"{escape(state)}</p><p>{escape(f.summary)}</p>"
             f'<p class="do">Do: {escape(f.action)}</p>'
-            f"<details><summary>evidence</summary>{escape(evidence)}</details></div>")
+            f"<details><summary>evidence</summary>{evidence}</details></div>")
     return f'<section id="verdicts"><h2>Verdicts</h2>{"".join(cards)}</section>'
 
 
@@ -294,9 +295,9 @@ def _projection(findings: list[Finding]) -> str:
                            for k in now if _num(now.get(k)) or _num(proj.get(k)))
             out.append("<table><tr><th>part of the step</th><th>now</th><th>projected</th></tr>"
                        f"{rows}</table>")
-        scalars = [(k, _scalar(k, v)) for k, v in p.items()
-                   if k not in SHOWN and isinstance(v, (int, float, str)) and v is not None]
-        out.append(_table(scalars))
+        scalars = {k: v for k, v in p.items()
+                   if k not in SHOWN and isinstance(v, (int, float, str)) and v is not None}
+        out.append(_table(evidence_lines(scalars)))
         notes = [*(p.get("assumptions") or []), *(p.get("workarounds_dropped") or [])]
         if notes:
             out.append("<p>Assumptions:</p><ul>"
@@ -306,18 +307,6 @@ def _projection(findings: list[Finding]) -> str:
 
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def _scalar(key: str, v: Any) -> str:
-    if isinstance(v, (str, bool)):
-        return str(v)
-    if key.endswith("_usd"):
-        return fmt.usd(v)
-    if key.endswith(("_seconds", "_seconds_now", "_seconds_projected")) or "seconds" in key:
-        return fmt.seconds(v)
-    if key.endswith("_hours") or "hours" in key:
-        return fmt.seconds(v * 3600)
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _finish(run: RunProfile, findings: list[Finding]) -> str:

@@ -102,13 +102,17 @@ def _usd(v: float) -> str:
 
 UNITS: dict[str, Callable[[float], str]] = {
     "pct": _pct, "s": _seconds, "h": _hours, "bytes": _bytes, "rate": _rate, "n": _count,
-    "x": _times, "usd": _usd, "utc": fmt.utc, "w": lambda v: f"{v:.0f} W"}
+    "x": _times, "usd": _usd, "utc": fmt.utc, "w": lambda v: f"{v:.0f} W",
+    "usd_h": lambda v: f"{_usd(v)} per hour"}
 
 # Suffix -> unit for evidence no line below names (longest suffix first).
 SUFFIX_UNITS = (("_bytes_per_second", "rate"), ("_time_seconds", "utc"), ("_watts", "w"),
-                ("_ratio", "pct"), ("_seconds", "s"),
+                ("_usd_per_hour", "usd_h"), ("_ratio", "pct"), ("_seconds", "s"),
                 ("_hours", "h"), ("_bytes", "bytes"), ("_total", "n"), ("_usd", "usd"),
                 ("_steps", "n"), ("_s", "s"))
+
+# Words that make a ``_ratio`` a multiple (x), not a share of something (%)
+MULTIPLES = ("speedup", "work_ratio", "factor", "gain")
 
 # Evidence lines: a label and a template over evidence keys ``{key:unit}``. A line is
 # shown when all its keys are present; keys no line took are shown one by one.
@@ -188,11 +192,15 @@ def _generic(key: str, value: Any) -> tuple[str, str]:
     (``transfer_seconds_per_step``: "Transfer per step", "1.17 s")."""
     per = "_per_step" if key.endswith("_per_step") else ""
     stem = key.removesuffix(per)
-    unit = next((u for suffix, u in SUFFIX_UNITS if stem.endswith(suffix)), None)
-    name = stem[: -len(next(s for s, u in SUFFIX_UNITS if u == unit and stem.endswith(s)))] \
-        if unit else key
+    suffix, unit = next(((sfx, u) for sfx, u in SUFFIX_UNITS if stem.endswith(sfx)),
+                        ("", None))
+    if unit == "pct" and any(word in stem for word in MULTIPLES):
+        unit = "x"  # (a ratio of two times: a speedup, not a share)
+    name = stem.removesuffix(suffix) if unit else key
     label = (name.replace("_", " ").strip().capitalize() or key) + (" per step" if unit and per
                                                                     else "")
+    if isinstance(value, bool):
+        return label, "yes" if value else "no"
     number = _number(value)
     if number is None:
         return label, str(value)
