@@ -327,7 +327,7 @@ class Agent:
         if not given:
             return
         with contextlib.suppress(OSError, ValueError):
-            launched = Path(given)
+            launched = self._cwd / given  # (as out_dir is: where the job started)
             if launched.resolve() != out_dir.resolve():
                 launched.mkdir(parents=True, exist_ok=True)
                 write_whole(launched / ELSEWHERE, f"{out_dir.resolve()}\n")

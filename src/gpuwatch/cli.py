@@ -8,6 +8,7 @@ command); never a traceback. Everything printed is redacted (``gpuwatch.redact``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -176,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out, attempt = run_dir(out, job)
         env.update(GPUWATCH_JOB=job, GPUWATCH_OUT_DIR=str(out.resolve()),
                    GPUWATCH_ATTEMPT=str(attempt))
+        _forget_elsewhere(out)  # (an earlier attempt's word is not this one's)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(BOOTSTRAP_DIR), env.get("PYTHONPATH", "")) if p)
     try:
@@ -279,6 +281,13 @@ def _write_findings(out: Path) -> None:
     verdicts = ", ".join(f"{f.detector} [{f.verdict}]" for f in result.findings) or "none"
     print(f"gpuwatch: run log in {out}; findings: {verdicts}", file=sys.stderr)
     _write_report(out, result.findings)
+
+
+def _forget_elsewhere(out: Path) -> None:
+    from gpuwatch.runlog import ELSEWHERE
+
+    with contextlib.suppress(OSError):
+        (out / ELSEWHERE).unlink()
 
 
 def _logged_elsewhere(out: Path) -> Path | None:
@@ -389,6 +398,20 @@ def live_fingerprints(out: Path) -> set[str]:
             if isinstance(r, Finding)}
 
 
+def _run_id(out: Path) -> str | None:
+    """The run id the run's logs name (their meta line's ``run``); None if none does."""
+    from gpuwatch.records import Meta
+    from gpuwatch.runlog import RunLogReader
+
+    for path in sorted(out.glob("run*.jsonl")):
+        with contextlib.suppress(OSError):
+            for record in RunLogReader(path):
+                if isinstance(record, Meta) and record.run:
+                    return record.run
+                break  # (the meta line is the first)
+    return None
+
+
 def _notify_job_findings(out: Path, findings: list[Any]) -> None:
     """Cross-rank findings exist only once all ranks' logs meet: tell Slack now, and
     deliver what the ranks left spooled (rank 0 may have died before sending it)."""
@@ -396,7 +419,7 @@ def _notify_job_findings(out: Path, findings: list[Any]) -> None:
     from gpuwatch.sinks.slack_spool import SPOOL, spool_dirs
 
     notifier = notifier_from_settings(load_settings(), out / SPOOL / "job",
-                                      also=spool_dirs(out))
+                                      also=spool_dirs(out), run=_run_id(out))
     if notifier is None:
         return
     notifier.notify([dataclasses.replace(f, state="active") for f in findings])

@@ -10,6 +10,7 @@ bad value, garbage where JSON is expected, a malformed TOML file) is a
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import re
 import stat
@@ -160,7 +161,15 @@ class SlackSettings(BaseModel):
         return webhook_problem(url or "")
 
 
-LOOPBACK_HOSTS = frozenset({"localhost", "::1"})  # (and 127.0.0.0/8)
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: ``localhost`` or a loopback address (not a name
+    that merely starts like one: 127.0.0.1.example.com)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def webhook_problem(url: str) -> str | None:
@@ -178,8 +187,7 @@ def webhook_problem(url: str) -> str | None:
         return "slack webhook URL must start with https://, as Slack's incoming webhooks do"
     if not parts.hostname or port == 0:
         return "slack webhook URL has no host"
-    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS \
-            and not parts.hostname.startswith("127."):
+    if parts.scheme == "http" and not _loopback(parts.hostname):
         return ("slack webhook URL must start with https:// (plain http:// only to this "
                 "machine: a relay or proxy on localhost)")
     if parts.path in ("", "/"):

@@ -94,12 +94,14 @@ _COLON = re.compile(rf"(?im)^([ \t]*+{_NAME}[ \t]*:[ \t]*)\S.*$")  # (one line e
 _FIELD = re.compile(rf"(?i)([\"'](?:{_WORDY}|(?:\w+[-_.])?{_PROVIDER_KEY}|{_SECRET_NAMES})[\"']"
                     r"\s*:\s*[\"'])[^\"']+")
 # user:password@host without a scheme (a proxy setting, a connection string's middle)
-_USERINFO = re.compile(r"(?<![\w/@:.%+-])([\w.~+-]{1,64}):(?!\d+(?:[/@]|$))"
-                       r"([^\s:@/\"']{1,256})@(?=[\w-]+(?:\.[\w-]+)*(?::\d+)?(?![\w@]))")
+# (not mailto:a@b, nor an image's tag before its digest: python:3.11@sha256:ab12...)
+_USERINFO = re.compile(r"(?<![\w/@:.%+-])(?!mailto:)([\w.~+-]{1,64}):(?!\d+(?:[/@]|$))"
+                       r"([^\s:@/\"']{1,256})@(?=[\w-]+(?:\.[\w-]+)*(?::\d+)?(?![\w@:]))")
 # Text with URL-encoded bytes (%2F, %40, %3A) is judged decoded as well, a run of it
 # at a time (each taken whole, never given back: linear time)
 _RUN = re.compile(r"[^\s\"'<>]++")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # NAME:value where NAME says secret (HF_TOKEN:hf_x in one argument)
 _NAMED = re.compile(rf"(?i)(?<![\w.-])({_NAME}:)(?!//)\S+")
 # Environment names whose last word says secret though SECRET_NAME's words do not:
@@ -116,13 +118,15 @@ def forms(secret: str) -> set[str]:
     for value in {secret, secret.strip()}:
         if len(value.strip()) < MIN_SECRET_CHARS:
             continue
-        encoded = value.encode()
-        out |= {value, json.dumps(value)[1:-1], quote(value, safe=""), quote_plus(value),
-                quote(value), repr(value)[1:-1], base64.b64encode(encoded).decode(),
+        # (an environment value can hold bytes that are no UTF-8: kept as surrogates)
+        encoded = value.encode("utf-8", "surrogateescape")
+        quoted = quote(encoded, safe="")
+        out |= {value, json.dumps(value)[1:-1], quoted, quote_plus(encoded),
+                quote(encoded), repr(value)[1:-1], base64.b64encode(encoded).decode(),
                 base64.urlsafe_b64encode(encoded).decode(),
                 base64.b64encode(encoded).decode().rstrip("="), encoded.hex(),
                 encoded.hex().upper(),
-                re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), quote(value, safe=""))}
+                re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), quoted)}
     return {f for f in out if len(f.strip()) >= MIN_SECRET_CHARS}
 
 
@@ -168,13 +172,15 @@ def _decoded_if_secret(match: re.Match[str]) -> str:
         return run
     decoded = unquote_plus(run)
     cleaned = _redact_plain(decoded)
-    return run if cleaned == decoded else cleaned
+    if cleaned == decoded:
+        return run
+    # (decoded control characters stay encoded: a %0A must not forge a log line)
+    return _CONTROL.sub(lambda m: f"%{ord(m[0]):02X}", cleaned)
 
 
 def _redact_plain(text: str) -> str:
     """``redact`` without decoding."""
     text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
-    text = _USERINFO.sub(rf"\1:{MASK}@", text)
     text = _SLACK_HOOK.sub(rf"\1{MASK}", text)
     text = _TOKEN.sub(MASK, text)
     text = _BEARER.sub(rf"\1{MASK}", text)
@@ -188,7 +194,8 @@ def _redact_plain(text: str) -> str:
     for form in _forms:
         if form in text:
             text = text.replace(form, MASK)
-    return text
+    # (after the registered values: a password holding ":" and "@" is masked whole)
+    return _USERINFO.sub(rf"\1:{MASK}@", text)
 
 
 def _masked_value(match: re.Match[str]) -> str:

@@ -104,7 +104,9 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     "see https://example.com:8443/users/me@example.com for details",
     "PWD=/home/me/project", "the bearer instrument failed", "the author=alice",
     "design=sig, signal=1, sigma=0.5", "--sort-key loss --csv-img-key filepath",
-    "--data.sort.key=len --trainer.sig=1 --sig 3.0"])
+    "--data.sort.key=len --trainer.sig=1 --sig 3.0",
+    "FROM python:3.11-slim@sha256:4c2c0a5b", "image ubuntu:22.04@sha256:0eb0f877",
+    "contact mailto:alice@example.com", "git@github.com:org/repo.git"])
 def test_ordinary_words_paths_and_hashes_are_no_secrets(text: str) -> None:
     assert redact.redact(text) == text
 
@@ -206,6 +208,25 @@ def test_a_secret_from_the_environment_is_masked_in_its_other_encodings() -> Non
     for form in shown:
         assert redact.redact(f"--x {form} end") == f"--x {redact.MASK} end", form
     assert redact.redact("/etc/ssl/private/job.pem") == "/etc/ssl/private/job.pem"
+
+
+def test_a_registered_password_holding_colon_and_at_is_masked_whole() -> None:
+    """user:password@host's shape must not cut a registered password in two before the
+    registered value is looked for; an environment value that is no UTF-8 is kept
+    (gpuwatch run crashed on it, the job never started)."""
+    redact.register_environ({"DB_PASSWORD": "Tr0ub4dor:horse@Battery-staple",
+                             "LICENSE_KEY": "caf\udce9-1234-5678"})
+    assert redact.redact("password was Tr0ub4dor:horse@Battery-staple") == "password was ***"
+    assert "1234-5678" not in redact.redact("key caf\udce9-1234-5678")
+
+
+def test_url_encoded_control_characters_stay_encoded_once_decoded() -> None:
+    """Decoding a URL-encoded run to find its secret must not turn %0A into a line of
+    its own in the log."""
+    out = redact.redact("open s3://b/d?password%3Dx%0AERROR%20forged%20line")
+    assert "\n" not in out and "password=***" in out
+    crlf = redact.redact("ftp://u%3Apw%40host/a%0D%0Ab")
+    assert "\r" not in crlf and "\n" not in crlf and "pw" not in crlf
 
 
 def test_fault_log_messages_never_carry_a_secret_from_the_environment(

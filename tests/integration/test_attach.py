@@ -153,6 +153,11 @@ def test_a_job_that_chooses_its_own_run_directory_is_judged_there(tmp_path: Path
     assert f"the job chose its own run directory: {chosen}" in proc.stderr
     assert "no training process reported" not in proc.stderr
     assert (chosen / "findings.json").exists() and (chosen / "report.html").exists()
+    # the next attempt in the same directory trains nothing: the last one's word is gone
+    again = run(gpuwatch_cmd("run", "--out", str(launched), "--", sys.executable,
+                             str(SCRIPTS / "no_training.py")), cwd=tmp_path)
+    assert again.returncode == 0 and "no training process reported" in again.stderr, \
+        again.stderr
 
 
 def test_a_process_that_never_trains_is_left_alone(tmp_path: Path) -> None:

@@ -197,6 +197,24 @@ def test_the_dashboard_link_selects_the_job_and_run_the_finding_is_of(tmp_path: 
     assert "/d/gpuwatch-job?var-training_job=gpt&amp;var-run=gpt-7f3a&amp;var-rank=" in raw
 
 
+def test_job_findings_gpuwatch_run_tells_link_to_their_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cross-rank findings `gpuwatch run` judges after the job carry the run the
+    logs name, as the agents' notes do: their dashboard link selects it."""
+    from gpuwatch import cli
+
+    (tmp_path / "run.jsonl").write_text(json.dumps(
+        {"kind": "meta", "schema": 1, "gpuwatch": "t", "job": "gpt", "host": "h", "rank": 0,
+         "local_rank": 0, "world_size": 1, "pid": 1, "started": 1.0, "argv": [],
+         "run": "gpt-7f3a"}) + "\n")
+    with webhook() as hook:
+        monkeypatch.setenv("GPUWATCH_SLACK__WEBHOOK_URL", hook.url)
+        monkeypatch.setenv("GPUWATCH_SLACK__GRAFANA_URL", "https://grafana.example")
+        cli._notify_job_findings(tmp_path, [finding(3, detector="straggler")])
+    raw = json.dumps(hook.delivered)
+    assert "var-training_job=gpt&amp;var-run=gpt-7f3a&amp;var-rank=3" in raw
+
+
 def test_a_password_in_the_grafana_url_never_reaches_slack(tmp_path: Path) -> None:
     with webhook() as hook:
         n = notifier(hook.url, tmp_path,

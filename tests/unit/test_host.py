@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -98,3 +100,30 @@ def test_workers_are_the_loaders_where_the_loaders_are_known() -> None:
         for child in (worker, uploader, tracker):
             child.kill()
             child.wait()
+
+
+def test_workers_the_fork_server_forks_are_workers_not_helpers() -> None:
+    """Under forkserver (Python 3.14's default on Linux) a DataLoader's workers are the
+    fork server's children and share its command line: the server is multiprocessing's
+    helper, its children are workers (they were counted as none)."""
+    idle = "import multiprocessing.forkserver, sys; sys.stdin.read()"
+    probe = HostProbe(rank=0)
+    (before,) = probe.sample(time.time(), time.monotonic())
+    server = subprocess.Popen([sys.executable, "-c", (
+        "import multiprocessing.forkserver, subprocess, sys; "
+        f"w = subprocess.Popen([sys.executable, '-c', {idle!r}], stdin=subprocess.PIPE); "
+        "print(w.pid, flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    worker = int(server.stdout.readline())
+    try:
+        wait_for(lambda: worker in {p.pid for p in psutil.Process().children(True)}, 10,
+                 "the worker")
+        (after,) = probe.sample(time.time(), time.monotonic())
+        assert after.values["workers"] == before.values["workers"] + 1
+        assert worker in probe.pids() and server.pid not in probe.pids()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+        server.kill()
+        server.wait()

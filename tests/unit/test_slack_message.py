@@ -250,7 +250,9 @@ def test_webhooks_that_cannot_work_are_one_line_errors_without_the_url(
     for url in ("hooks.slack.com/services/T/B/secret", "ftp://h/services/secret",
                 "https://hooks.slack.com", "https://hooks.slack.com/services/T/B/se cret",
                 "https://[::1/services/secret", "http://hooks.slack.com/services/T/B/secret",
-                "http://relay.example:8080/services/T/B/secret"):
+                "http://relay.example:8080/services/T/B/secret",
+                "http://127.0.0.1.evil.example/services/T/B/secret",
+                "http://127.attacker.example/services/T/B/secret"):
         assert webhook_problem(url) is not None
         with pytest.raises(ConfigError) as err:
             load_settings(slack={"webhook_url": url})

@@ -393,6 +393,18 @@ def test_a_job_that_dies_of_an_oom_in_its_first_steps_is_told_it_does_not_fit() 
     assert f.evidence["ooms_total"] == 1 and f.evidence["steps_completed"] == 4
 
 
+def test_an_oom_after_a_long_healthy_run_is_no_early_death() -> None:
+    """3,000 steps at a third of the card, then an OOM in a last evaluation 90 s after
+    the last step: the window holds no step, yet the job fit for 3,000 of them."""
+    held = {"allocator_reserved_bytes": 11 * GB, "allocator_allocated_bytes": 8 * GB,
+            "allocator_alloc_retries_total": 0.0}
+    records: list[Record] = [
+        meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB), *steps(300, wall=0.1),
+        *samples("allocator", 390, held),
+        Event(0, START + 390, "oom", {"type": "OutOfMemoryError"})]
+    assert [f for f in judge(records) if f.detector == "fits_on_paper"] == []
+
+
 def test_an_early_oom_the_job_lives_through_is_no_death() -> None:
     """The same OOM caught by the job, which takes 30 s to rebuild its batch (longer than
     any ``for_s``) and steps on: not a death, before or after."""

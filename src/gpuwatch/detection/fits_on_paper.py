@@ -12,8 +12,8 @@ already on the target gets ``fix_here`` (shard it), naming a bigger card that wo
 hold it. A step that waits on its data loader (``data_starvation``, judged first)
 does not make memory alone a reason to move: the move must pay as any other.
 
-A rank that died of an OOM before its window held enough steps to judge (in its first
-steps, as a job too big for the card does) is told so at the end of its log
+A rank that died of an OOM in its first steps, before any window could hold enough of
+them to judge (as a job too big for the card does), is told so at the end of its log
 (``died_early``): no need is sized from so few steps, so no card is recommended."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from gpuwatch.detection.context import (
 from gpuwatch.detection.moves import unknown_card
 from gpuwatch.detection.projection import Gpu, speedup_text
 from gpuwatch.detection.rules import Rule
-from gpuwatch.telemetry import StepSummary, Telemetry
+from gpuwatch.telemetry import WARMUP_STEPS, StepSummary, Telemetry
 
 GIB = 2**30
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
@@ -64,8 +64,9 @@ def own_memory(view: Telemetry, since: float) -> tuple[float, int] | None:
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     th = rule.thresholds
     summary = recent(view, rule, now)
-    if summary is None:
-        return died_early(view, ctx) if view.died_of_oom else None
+    if summary is None:  # (too few steps: died in them, or not judged yet)
+        return died_early(view, ctx) if view.died_of_oom and view.steps_seen < (
+            WARMUP_STEPS + rule.min_steps) else None
     since = now - window_s(view, rule)
     # warm-up's retries and OOMs (cudnn.benchmark's tries, a batch finder) are no pressure:
     # where the window reaches back into it, counters rise from the first reading after

@@ -109,8 +109,8 @@ class HostProbe:
             env = _environ(p)
             if parent in self._ranks or (env is not None and _rank_word(env) not in mine):
                 self._ranks.add(pid)
-            elif _multiprocessing_helper(p):
-                self._helpers.add(pid)
+            elif parent == self._proc.pid and _multiprocessing_helper(p):
+                self._helpers.add(pid)  # (not what the fork server forks: workers)
         self._known &= set(live)
         self._ranks &= set(live)
         self._helpers &= set(live)

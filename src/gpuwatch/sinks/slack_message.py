@@ -312,7 +312,7 @@ def message(notes: Sequence[tuple[str, Mapping[str, Any]]],
         blocks += note_blocks(kind, f, grafana_url)
     rest = notes[len(shown):]
     if rest:  # one line each, as many as a section holds; then how many more
-        listed = _fitting([f"• {headline(k, f)}" for k, f in rest], SECTION_CHARS - 40)
+        listed = _fitting([f"• {headline(k, f)}" for k, f in rest], SECTION_CHARS - 120)
         more = len(rest) - len(listed)
         blocks.append(_section(f"*{len(rest)} more:*\n" + "\n".join(listed)
                                + (f"\n…and {more} more (the run's findings.json has them all)"
