@@ -53,12 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpuwatch", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="gpuwatch", description=(
+        "Live training telemetry and bottleneck detection for PyTorch: what holds a job "
+        "back, what to fix, and whether it should move to an H100."))
     p.add_argument("--version", action="version", version=f"gpuwatch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a training command under the agent, no code change",
-                         usage="gpuwatch run [--out DIR] [--job NAME] -- CMD [ARGS...]")
+                         usage="gpuwatch run [-h] [--out DIR] [--job NAME] -- CMD [ARGS...]")
     run.add_argument("--out", type=Path, help="run directory (default: a new "
                      "runs/<job>-<time>-<suffix>; a reused one gets the next attempt)")
     run.add_argument("--job", help="job name (default: the script's name)")
@@ -67,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a tiny GPT under the agent and show its status")
     demo.add_argument("--seconds", type=_positive, default=30.0, help="how long to train (s)")
-    demo.add_argument("--out", type=Path, help="run directory (default runs/demo-<time>)")
+    demo.add_argument("--out", type=Path, help="run directory (default runs/demo-<time>-<suffix>)")
     demo.set_defaults(handler=cmd_demo)
 
     analyze = sub.add_parser("analyze", help="replay run logs through the detectors")
@@ -105,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     rules = sub.add_parser("rules", help="Prometheus alerting rules from detectors/*.yaml")
     rules_sub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
     rexport = rules_sub.add_parser("export", help="write the rules and their promtool tests")
-    rexport.add_argument("dir", type=Path, nargs="?", default=Path("detectors/prometheus"),
-                         help="output directory (default detectors/prometheus)")
+    rexport.add_argument("dir", type=Path, help="output directory (this repository's: "
+                         "detectors/prometheus)")
     rexport.add_argument("--kubernetes", type=Path, metavar="FILE",
                          help="also write them as a PrometheusRule")
     rexport.add_argument("--runbook-url", default=None, metavar="URL",
@@ -119,11 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     atest = alerts_sub.add_parser("test", help="send one test message to the webhook")
     atest.set_defaults(handler=cmd_alerts_test)
     aflush = alerts_sub.add_parser("flush", help="deliver notifications spooled in run dirs")
-    aflush.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR")
+    aflush.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR",
+                        help="run directories whose spooled notifications to deliver")
     aflush.add_argument("--timeout", type=_positive, default=120.0, help="seconds to try")
     aflush.set_defaults(handler=cmd_alerts_flush)
     asilence = alerts_sub.add_parser("silence", help="stop notes of one job's finding")
-    asilence.add_argument("run", type=Path, metavar="RUNDIR")
+    asilence.add_argument("run", type=Path, metavar="RUNDIR",
+                          help="the run directory whose notifications to silence")
     asilence.add_argument("detector", metavar="DETECTOR", help="detector id, e.g. hang")
     asilence.add_argument("--for", dest="seconds", type=_duration, metavar="DURATION",
                           help="how long (90s, 30m, 4h, 2d; default: for the whole run)")
