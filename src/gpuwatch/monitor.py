@@ -165,6 +165,22 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+class CopiedAsSettings:
+    """A framework callback that copies as its settings alone: a copy (``deepcopy``,
+    ``pickle``: a hyperparameter search's trials, a spawned rank) starts unattached and
+    attaches an agent of its own when it first trains; the running agent (its threads
+    and locks) stays this process's."""
+
+    _settings: dict[str, Any]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_from_settings, (type(self), self._settings))
+
+
+def _from_settings(cls: type[Any], settings: dict[str, Any]) -> Any:
+    return cls(**settings)
+
+
 def attach(settings: dict[str, Any], *, rank: int, local_rank: int,
            world_size: int) -> Monitor:
     """``watch`` for a framework adapter that knows this process's place in the job."""

@@ -372,3 +372,33 @@ def test_a_resumed_hf_run_plans_the_steps_it_has_left(tmp_path: Path) -> None:
     resumed = read(tmp_path / "run" / "run.attempt1.jsonl")
     plans = [e.data["steps"] for e in resumed if isinstance(e, Event) and e.name == "total_steps"]
     assert plans == [6] and len([r for r in resumed if isinstance(r, Step)]) == 6
+
+
+def test_a_callback_that_trained_copies_and_pickles_as_its_settings(tmp_path: Path) -> None:
+    """A hyperparameter search deep-copies its callbacks between trials; a spawn
+    launcher pickles them: once training had begun the copy raised (the agent's locks,
+    the environment). The copy carries the settings and attaches its own agent; the
+    running one stays where it is."""
+    import copy
+    import pickle
+
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from gpuwatch.integrations.huggingface import GpuWatchCallback as HFCallback
+    from gpuwatch.integrations.lightning import GpuWatchCallback as LightningCallback
+
+    settings: dict[str, Any] = {"exporter": {"enabled": False}, "out_dir": str(tmp_path)}
+    hf = HFCallback(**settings)
+    state = TrainerState()
+    state.max_steps = 5
+    hf.on_train_begin(TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=5,
+                                        report_to=[]), state, TrainerControl())
+    try:
+        assert hf.monitor is not None and hf.monitor.agent.started
+        for copied in (copy.deepcopy(hf), pickle.loads(pickle.dumps(hf))):
+            assert type(copied) is HFCallback and copied.monitor is None
+            assert copied._settings == settings
+        lightning = pickle.loads(pickle.dumps(LightningCallback(**settings)))
+        assert lightning._settings == settings and lightning.monitor is None
+    finally:
+        hf.monitor.stop()

@@ -47,7 +47,8 @@ def test_generated_files_are_current(tmp_path: Path) -> None:
     assert len(pairs) == 7
     stale = [str(committed.relative_to(ROOT)) for fresh, committed in pairs
              if fresh.read_text() != committed.read_text()]
-    assert stale == [], "run `gpuwatch rules export` / `gpuwatch dashboards export`"
+    assert stale == [], ("run `gpuwatch rules export detectors/prometheus` / "
+                         "`gpuwatch dashboards export dashboards`")
 
 
 def test_rules_pass_promtool_check_and_their_unit_tests() -> None:

@@ -9,10 +9,10 @@ import math
 from typing import Any
 
 from gpuwatch.instrument.loop import LoopMarker
-from gpuwatch.monitor import Monitor, attach, owns_next_agent
+from gpuwatch.monitor import CopiedAsSettings, Monitor, attach, owns_next_agent
 
 
-class LightningHooks:
+class LightningHooks(CopiedAsSettings):
     """Steps are optimizer steps: a training batch, or with ``accumulate_grad_batches``
     the batches up to the one the optimizer steps in; data wait is the gap before each
     batch starts; backward and optimizer from their hooks; a checkpoint from

@@ -25,10 +25,10 @@ from transformers import TrainerCallback
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.loop import LoopMarker
 from gpuwatch.instrument.patches import hf_checkpoint_dir
-from gpuwatch.monitor import Monitor, attach, owns_next_agent
+from gpuwatch.monitor import CopiedAsSettings, Monitor, attach, owns_next_agent
 
 
-class GpuWatchCallback(TrainerCallback):
+class GpuWatchCallback(CopiedAsSettings, TrainerCallback):
     """Attach gpuwatch to ``Trainer.train`` on every rank; keyword arguments are settings."""
 
     def __init__(self, **settings: Any) -> None:
