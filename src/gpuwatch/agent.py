@@ -588,12 +588,34 @@ def _register(agent: Agent) -> None:
         _lifecycle_installed = True
         atexit.register(stop_all)
         os.register_at_fork(after_in_child=_agents.clear)
+        for name in ("execv", "execve"):  # (os.execl*, execvp* and execvpe call these)
+            exec_ = getattr(os, name, None)
+            if exec_ is not None:
+                setattr(os, name, _stopping_first(exec_))
     # A multiprocessing child (a rank started with multiprocessing.Process) ends in
     # os._exit after its run(): atexit never runs there, its finalizers do.
     util = sys.modules.get("multiprocessing.util")
     if util is not None and _finalized_in != os.getpid():
         _finalized_in = os.getpid()
         util.Finalize(None, _stop_at_process_end, exitpriority=0)
+
+
+EXEC_STOP_S = 2.0  # the most a process replacing itself waits for its agents' last writes
+
+
+def _stopping_first(exec_: Callable[..., Any]) -> Callable[..., Any]:
+    """``os.execv``/``execve`` that stop this process's agents first (their last
+    records written, no last scrape awaited): the new image runs no atexit, and what
+    the old one had not written yet was lost."""
+
+    @functools.wraps(exec_)
+    def stopped_then(*args: Any, **kwargs: Any) -> Any:
+        for agent in list(_agents):
+            with contextlib.suppress(Exception):
+                agent.stop(timeout=EXEC_STOP_S, failed=True)
+        return exec_(*args, **kwargs)
+
+    return stopped_then
 
 
 def _stop_at_process_end() -> None:

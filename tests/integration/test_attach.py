@@ -160,6 +160,17 @@ def test_a_job_that_chooses_its_own_run_directory_is_judged_there(tmp_path: Path
         again.stderr
 
 
+def test_a_process_that_replaces_itself_keeps_every_step_it_logged(tmp_path: Path) -> None:
+    """os.execv runs no atexit: the first image's steps not yet written were lost (21 of
+    300 kept). Its agents write theirs before the image is replaced."""
+    out = tmp_path / "out"
+    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
+                            str(SCRIPTS / "exec_itself.py")), cwd=tmp_path)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
+    first, again = (steps(read(out / name)) for name in ("run.jsonl", "run.attempt1.jsonl"))
+    assert len(first) == 300 and len(again) == 10
+
+
 def test_a_process_that_never_trains_is_left_alone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
