@@ -165,6 +165,29 @@ def test_a_rank_slow_in_a_third_of_the_steps_is_a_straggler_not_an_imbalance() -
     assert not [x for x in findings if x.detector == "sync_bottleneck"]
 
 
+def test_a_rank_whose_mean_is_under_the_work_ratio_holds_the_others_all_the_same() -> None:
+    """Rank 2 is 0.05 s slower in every third step: its mean work is 1.17x the fastest
+    (under work_ratio, 1.2), yet it caused all the waiting, which costs the others 14%
+    of each step: a straggler."""
+    out: list[Record] = []
+    for r in range(4):
+        out.append(meta(r, 4, host=f"node-{r}"))
+        t = START
+        for k in range(1, N_STEPS + 1):
+            slow_step = k % 3 == 0
+            wall = WALL + (0.05 if slow_step else 0.0)
+            if slow_step:
+                wait = 0.004 if r == 2 else 0.054
+            else:
+                wait = 0.004 if k % 4 == r else 0.005
+            t += wall
+            out.append(Step(rank=r, step=k, t=t, wall_s=wall, compute_s=wall - 0.004,
+                            collective_s=wait, collective_bytes=64_000_000, samples=8))
+    f = only(judge(out, scope="job"), "straggler")
+    assert f.ranks == [2] and f.evidence["work_ratio"] < 1.2
+    assert f.evidence["wait_caused_share_ratio"] > 0.9
+
+
 def test_the_same_slow_rank_every_step_is_a_straggler_only() -> None:
     findings = judge(slow_rank_two(), scope="job")
     f = only(findings, "straggler")

@@ -248,6 +248,9 @@ def pcie_slot(device: dict[str, Any]) -> tuple[float, str] | None:
 
 
 STEP_SLACK = 1.25  # a window sized in steps holds this many times min_steps median steps
+# A rule judged over this many of its windows too: what happens in some steps only (a
+# loader's stall every few steps, a rank slow in some) shows its mean over many of them
+LONG_WINDOWS = 6
 
 
 def scale(view: RankInput, rule: Rule) -> float:

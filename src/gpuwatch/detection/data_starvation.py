@@ -6,11 +6,9 @@ window holds one stall or two."""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import Context, Detection, recent, window_s
+from gpuwatch.detection.context import LONG_WINDOWS, Context, Detection, recent, window_s
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
-
-LONG_WINDOWS = 6
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:

@@ -3,8 +3,11 @@ and the others wait for them (fix here: a bigger GPU for everyone would not help
 however long the others' wait).
 
 A rank's *work* is its step without its collective wait: data wait, compute, optimizer,
-whatever it does before it arrives. A rank slow to compute and a rank whose own loader
-starves it hold the others back alike; the summary names which part makes it slow.
+whatever it does before it arrives. A slow rank takes ``work_ratio`` times the fastest's
+work on average, or, slow in only some steps (its mean under that), it caused most of
+the others' waiting; either way its extra costs ``min_extra_share`` of a step. A rank
+slow to compute and a rank whose own loader starves it hold the others back alike; the
+summary names which part makes it slow.
 
 Where ranks' per-step waits are known (``skew.split``), the slow ranks must also have
 caused most of the others' waiting (arriving last; slow in every step or only in
@@ -17,7 +20,7 @@ import itertools
 from collections.abc import Sequence
 
 from gpuwatch.detection import skew
-from gpuwatch.detection.context import Context, Detection, job_devices, window_s
+from gpuwatch.detection.context import LONG_WINDOWS, Context, Detection, job_devices, window_s
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import StepSummary
@@ -31,8 +34,14 @@ SLOWING = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slo
 def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> Detection | None:
     # every rank over the same span (the longest of their windows): ranks compared over
     # different spans (each sized by its own median step) saw different evals, syncs
-    # and stalls, and the gap between them came and went
-    since = now - max(window_s(v, rule) for v in views)
+    # and stalls, and the gap between them came and went. Then over LONG_WINDOWS of it:
+    # a rank slow in some steps only shows its cost over many of them.
+    window = max(window_s(v, rule) for v in views)
+    return _over(views, rule, now - window) or _over(views, rule, now - LONG_WINDOWS * window)
+
+
+def _over(views: Sequence[RankInput], rule: Rule, since: float) -> Detection | None:
+    """The stragglers of the steps since ``since``, if any."""
     summaries = {v.rank: s for v in views if (s := v.summarise(since)) is not None
                  and s.steps >= rule.min_steps}
     if len(summaries) < 2:
@@ -42,9 +51,15 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     if fastest <= 0:
         return None
     th = rule.thresholds
-    slow = {r: w / fastest for r, w in work.items()
-            if w / fastest > th["work_ratio"]
-            and (w - fastest) / summaries[r].mean_step_s >= th["min_extra_share"]}
+    costly = {r: w / fastest for r, w in work.items()
+              if (w - fastest) / summaries[r].mean_step_s >= th["min_extra_share"]}
+    slow = {r: ratio for r, ratio in costly.items() if ratio > th["work_ratio"]}
+    split = None
+    if len(costly) > len(slow):  # slow in only some steps, their mean under work_ratio:
+        split = skew.split(views, since, rule.min_steps)  # what they caused decides
+        if split is not None and sum(split.caused_share[r] for r in costly) >= th[
+                "fixed_rank_share"]:
+            slow = costly
     if not slow or len(slow) > len(summaries) // 2:
         return None  # none, or most: the typical speed, not a few holding the rest back
     waits = [summaries[r].collective_share for r in work if r not in slow]
@@ -60,7 +75,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                 "slow_data_seconds": mine.data_s, "fastest_data_seconds": theirs.data_s,
                 "slow_collective_share_ratio": slow_wait,
                 "others_collective_share_ratio": others_wait, "slow_ranks": float(len(slow))}
-    split = skew.split(views, since, rule.min_steps)
+    split = split or skew.split(views, since, rule.min_steps)
     if split is not None:
         caused = sum(split.caused_share[r] for r in slow)
         if caused < th["fixed_rank_share"]:
