@@ -24,6 +24,7 @@ from gpuwatch.agent import Agent
 from gpuwatch.config import ConfigError, Settings, disabled, load_settings
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
+from gpuwatch.instrument.attach import install_collectives
 from gpuwatch.instrument.attach import installed as hooks_installed
 from gpuwatch.instrument.identity import Identity, explicit
 from gpuwatch.instrument.sizes import saved_at
@@ -241,6 +242,7 @@ def _start(settings: dict[str, Any],
     _current = monitor = Monitor(agent)
     try:
         agent.start()
+        install_collectives(agent.ring.push)  # (its own steps; the collectives' waits)
     except Exception as exc:  # no thread to be had, ...: the job runs on, unmonitored
         log.error("gpuwatch could not start (%s: %s); gpuwatch is off for this run",
                   type(exc).__name__, exc)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, free_port, gpuwatch_cmd, run
+from gpuwatch.config import Settings
+from gpuwatch.detection.replay import analyze
+from tests.integration.conftest import ROOT, free_port, gpuwatch_cmd, read, run, steps
 
 pytestmark = pytest.mark.integration
 SCRIPT = ROOT / "tests" / "integration" / "scripts" / "collective_hooks.py"
@@ -65,3 +67,21 @@ def test_a_ddp_hook_the_job_registers_after_a_first_forward_takes_gpuwatch_s_pla
     assert got["calls"] == (0 if mode == "builtin" else 10)
     assert got["alive"] == 0  # (gpuwatch's hook holds no model alive: its parameters)
     assert (got["error"] is not None) == (mode == "twice")
+
+
+def test_an_agent_the_job_started_times_ddp_s_wait_and_names_the_slow_rank(
+        tmp_path: Path) -> None:
+    """``watch()`` (and the framework callbacks) started the agent without `gpuwatch
+    run`'s hooks: DDP's all-reduce was never timed, so a rank waiting for a slower one
+    logged no collective wait and no straggler was found. The collectives' hooks come
+    with any agent."""
+    out = tmp_path / "run"
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2",
+                str(ROOT / "tests" / "integration" / "scripts" / "watch_ddp_straggler.py"),
+                str(out)], cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    waited = sum(s.collective_s for s in steps(read(out / "run-rank0.jsonl")))
+    assert waited > 320 * 0.015  # most of rank 1's extra 25 ms a step
+    findings = analyze([out], Settings()).findings
+    assert [f.ranks for f in findings if f.detector == "straggler"] == [[1]]

@@ -176,10 +176,8 @@ def test_a_rank_whose_mean_is_under_the_work_ratio_holds_the_others_all_the_same
         for k in range(1, N_STEPS + 1):
             slow_step = k % 3 == 0
             wall = WALL + (0.05 if slow_step else 0.0)
-            if slow_step:
-                wait = 0.004 if r == 2 else 0.054
-            else:
-                wait = 0.004 if k % 4 == r else 0.005
+            last = r == 2 if slow_step else k % 4 == r  # (who arrives last)
+            wait = 0.004 if last else (0.054 if slow_step else 0.005)
             t += wall
             out.append(Step(rank=r, step=k, t=t, wall_s=wall, compute_s=wall - 0.004,
                             collective_s=wait, collective_bytes=64_000_000, samples=8))

@@ -20,7 +20,13 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from gpuwatch.instrument.patches import PATCHES, LazyPush, Push, in_dataloader_worker
+from gpuwatch.instrument.patches import (
+    COLLECTIVE_PATCHES,
+    PATCHES,
+    LazyPush,
+    Push,
+    in_dataloader_worker,
+)
 
 log = logging.getLogger("gpuwatch")
 
@@ -101,12 +107,37 @@ def install(start: Callable[[], Push]) -> LazyPush:
     global _installed
     lazy = _installed = LazyPush(start, in_dataloader_worker)
     os.register_at_fork(after_in_child=lazy.forget_agent)
+    _patch(lazy, PATCHES)
+    return lazy
+
+
+_collectives: LazyPush | None = None  # the collective hooks an agent of the job's started
+
+
+def install_collectives(push: Push) -> None:
+    """Time the job's collectives into ``push`` (the ring of an agent the job's own code
+    started: ``watch()``, a framework callback, which mark their own steps): the
+    zero-code hooks' collective patches alone, installed once per process, then
+    pointed at each new agent. Nothing where the zero-code hooks are installed (they
+    time them already)."""
+    global _collectives
+    if _installed is not None:
+        return
+    if _collectives is not None:
+        _collectives.push = push
+        return
+    lazy = _collectives = LazyPush(lambda: push, in_dataloader_worker)
+    lazy.push = push
+    _patch(lazy, COLLECTIVE_PATCHES)
+
+
+def _patch(lazy: LazyPush, table: dict[str, Callable[[LazyPush, ModuleType], None]]) -> None:
+    """Each of ``table``'s patches on its module: now if it is imported, else when it is."""
     patches: dict[str, Callable[[ModuleType], None]] = {
-        name: functools.partial(fn, lazy) for name, fn in PATCHES.items()}
+        name: functools.partial(fn, lazy) for name, fn in table.items()}
     hook = PostImportHook({n: p for n, p in patches.items() if n not in sys.modules})
     sys.meta_path.insert(0, hook)
     for name, patch in patches.items():
         module = sys.modules.get(name)
         if module is not None:
             _guarded(name, patch)(module)
-    return lazy

@@ -897,6 +897,21 @@ def watch_process_group(lazy: LazyPush, c10d: Any, hints: Hints = HINTS) -> None
         setattr(dist, "init_process_group", init_process_group)  # noqa: B010
 
 
+def patch_ddp_module(lazy: LazyPush, module: Any) -> None:
+    """``torch.nn.parallel.distributed``: its DistributedDataParallel's all-reduce timed."""
+    patch_ddp(lazy, module.DistributedDataParallel)
+
+
+# The collectives' timing alone, for an agent the job's own code started (``watch()``, a
+# framework callback) that marks its own steps, samples and data: their waits become
+# the collective phase of its steps (a straggler's wait in DDP's all-reduce was none).
+COLLECTIVE_PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
+    "torch.nn.parallel.distributed": patch_ddp_module,
+    "torch.distributed": patch_distributed,
+    "torch.distributed._functional_collectives": patch_functional_collectives,
+    "torch.distributed.fsdp._fully_shard._fsdp_param_group": patch_fsdp2,  # torch >= 2.6
+    "torch.distributed._composable.fsdp._fsdp_param_group": patch_fsdp2,  # torch 2.4-2.5
+}
 PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
     "torch": patch_torch,
     "torch.utils.checkpoint": patch_activation_checkpoint,
