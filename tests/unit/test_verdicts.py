@@ -4,6 +4,7 @@ share over the run, fits_on_paper on the job's own memory, never the current car
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -481,6 +482,21 @@ def test_time_to_finish_moves_to_the_card_that_holds_the_job_memory_says_it_need
     assert fits.projection is not None and speed.projection is not None
     assert fits.projection["target"] == speed.projection["target"] == "H200"
     assert "fit there with room" in fits.action and "workarounds" not in fits.action
+
+
+def test_time_to_finish_on_launch_bound_kernels_is_told_as_a_range() -> None:
+    """An L4 busy 90% of the time at a third of its power: small kernels bound by their
+    launches, which a faster card barely shortens. The time there is no single
+    figure from the middle of the projection (18 h for 83 h here) but its range."""
+    shape = Shape(step_s=0.15, duration_s=200, gpu=("NVIDIA L4", 24.0, 0, 72.0),
+                  utilization=0.9, total_steps=2_000_000, memory=Memory(10, 6))
+    records = [replace(r, values={**r.values, "gpu_power_watts": 25.0})
+               if isinstance(r, Sample) and r.source == "nvml" else r
+               for r in simulate(shape)[0]]
+    f = only(judge(records), "iteration_speed")
+    there = re.search(r"here, ([\d.]+)\u2013([\d.]+) h on one", f.summary)
+    assert there is not None, f.summary  # "18.2 to 79.8 h on one H100 SXM", dashed
+    assert float(there[2]) > 2 * float(there[1])
 
 
 def test_time_to_finish_pays_for_the_run_s_blocking_saves() -> None:

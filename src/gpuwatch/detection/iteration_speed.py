@@ -15,9 +15,11 @@ from gpuwatch.detection.context import (
     with_interruptions,
 )
 from gpuwatch.detection.moves import unknown_card
-from gpuwatch.detection.projection import speedup_text
+from gpuwatch.detection.projection import DASH, speedup_text
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
+
+WIDE = 1.5  # the low end's time this many times the middle's: both are told
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
@@ -53,9 +55,13 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         evidence |= {"remaining_hours_scaled": hours_scaled, "scale_out_gpus": scale}
         scaled = f", {hours_scaled:.1f} h on {scale:.0f}"
     verdict = ctx.decide(proj, otherwise="info")
+    hours_low = remaining * proj.slowest.total / 3600
+    # (the middle alone where the low end says otherwise: kernels bound by their
+    # launches, which a faster card barely shortens)
+    there = (f"{hours_target:.1f} h" if hours_low <= WIDE * hours_target
+             else f"{hours_target:.1f}{DASH}{hours_low:.1f} h")
     if verdict == "move_to_h100":
         gpus = f"{world} GPUs" if world > 1 else "one GPU"
-        hours_low = remaining * proj.slowest.total / 3600
         advice = (f"Move to {proj.target.name}: {hours_now / 24:.1f} days become "
                   f"{_span(hours_target)} ({_span(hours_low)} at the low end) on {gpus} "
                   "as now"
@@ -68,7 +74,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         advice = (f"No move to {proj.target.name} ({speedup_text(proj.as_dict())} projected): "
                   f"{proj.economics['decision']['why']}. Scale out or make the step itself "
                   "cheaper.")
-    text = {"target": proj.target.name, "advice": advice, "scaled": scaled,
+    text = {"target": proj.target.name, "advice": advice, "scaled": scaled, "there": there,
             "gpus_now": "one" if world == 1 else f"{world}"}
     return Detection(evidence, [view.rank], text=text,
                      projection=proj.as_dict(), verdict=verdict)
