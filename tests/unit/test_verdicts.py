@@ -499,6 +499,18 @@ def test_time_to_finish_on_launch_bound_kernels_is_told_as_a_range() -> None:
     assert float(there[2]) > 2 * float(there[1])
 
 
+def test_evaluations_spread_over_the_run_are_gpu_work_a_faster_card_shortens() -> None:
+    """15 s of evaluation every minute: a window of training steps leaves them out, the
+    time to finish pays for them, and as forward passes on the GPU they are projected
+    as compute (they were kept as measured, 'on any card')."""
+    shape = Shape(step_s=1.0, duration_s=900, gpu=RTX_5090, total_steps=400_000,
+                  evals=Evals(every_s=60, seconds=15), memory=Memory(20, 10))
+    f = only(findings_of(shape), "iteration_speed")
+    assert f.projection is not None
+    now = f.projection["parts_seconds_now"]
+    assert now["other"] == 0 and now["compute"] > 1.1  # (1 s steps, +20% of evaluation)
+
+
 def test_time_to_finish_pays_for_the_run_s_blocking_saves() -> None:
     """Saves are interruptions a window of typical steps leaves out, yet a week-long run
     pays for each: the time left here and on the target both carry the run-long share

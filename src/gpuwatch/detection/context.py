@@ -411,17 +411,18 @@ def tensor_share(view: RankInput, since: float) -> float | None:
 
 
 def with_interruptions(parts: StepParts, view: Telemetry, now: float) -> StepParts:
-    """``parts`` with the rank's interruptions spread over its steps at their run-long
-    shares: a window of typical steps leaves rare ones out, yet the run pays for each.
-    Blocking saves (``Telemetry.save_share``) become checkpoint time, GPU work through
-    interruptions (a rollout, generation) compute, the rest (evals, recompiles, epoch
-    restarts, waits for a rank working alone: ``Telemetry.interruption_share``) other
-    time, which a projection keeps as measured. The step grows so that each part is
-    its share of it; a window that already holds more checkpoint time keeps its own."""
+    """``parts`` with the rank's interruptions spread over its steps at their run-long shares:
+    a window of typical steps leaves rare ones out, yet the run pays for each. Blocking
+    saves (``Telemetry.save_share``) become checkpoint time, GPU work through
+    interruptions (a rollout, generation, an evaluation's forward passes) compute, the
+    rest (recompiles, epoch restarts, waits for a rank working alone:
+    ``Telemetry.interruption_share``) other time, which a projection keeps as measured.
+    The step grows so that each part is its share of it; a window that already holds
+    more checkpoint time keeps its own."""
     saves, rest = view.save_share(now), view.interruption_share(now)
     if saves + rest <= 0 or saves + rest >= 1:
         return parts
-    gpu = view.interruption_share(now, ("gpu",))
+    gpu = view.interruption_share(now, ("gpu", "eval"))
     total = (parts.total - parts.checkpoint) / (1 - saves - rest)
     checkpoint = max(saves * total, parts.checkpoint)
     return parts._replace(checkpoint=checkpoint, compute=parts.compute + gpu * total,

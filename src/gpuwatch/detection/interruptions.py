@@ -44,9 +44,10 @@ CAUSES = {
               "Find the work between steps (logging, metric gathering, an eval outside the "
               "marked loop) and do it less often or off the training thread." + NO_CARD),
 }
-EVALS = ("mostly evaluations (eval batches ran in them)",  # (GPU work: any card runs them)
+# (GPU work: a faster card runs them faster, as it runs training)
+EVALS = ("mostly evaluations (eval batches ran in them)",
          "Evaluate less often or on fewer batches, or on another GPU: the run pays this "
-         "share for them on any card.")
+         "share for them (a faster card shortens their forward passes as it does training's).")
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
