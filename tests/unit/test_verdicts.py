@@ -482,6 +482,9 @@ def test_time_to_finish_moves_to_the_card_that_holds_the_job_memory_says_it_need
     assert fits.projection is not None and speed.projection is not None
     assert fits.projection["target"] == speed.projection["target"] == "H200"
     assert "fit there with room" in fits.action and "workarounds" not in fits.action
+    # one move per report: memory's (the time to finish is told, but moves nothing)
+    assert (fits.verdict, speed.verdict) == ("move_to_h100", "info")
+    assert "Memory decides" in speed.action
 
 
 def test_time_to_finish_on_launch_bound_kernels_is_told_as_a_range() -> None:

@@ -1,8 +1,9 @@
 """iteration_speed: with the total steps known, time to finish here versus on the target
-GPU (as many GPUs as now, and scaled out): days versus hours. Steps are the window's
-typical ones with the run's blocking saves and other interruptions (evals) spread
-over them (``with_interruptions``): a week-long run pays for every one, and a faster
-card writes no save faster."""
+GPU (as many GPUs as now, and scaled out): days versus hours. On a rank short of memory
+(``fits_on_paper``) it moves nothing: that finding moves it, to a card that holds it.
+Steps are the window's typical ones with the run's blocking saves and other
+interruptions (evals) spread over them (``with_interruptions``): a week-long run pays
+for every one, and a faster card writes no save faster."""
 
 from __future__ import annotations
 
@@ -54,7 +55,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if scale > world:
         evidence |= {"remaining_hours_scaled": hours_scaled, "scale_out_gpus": scale}
         scaled = f", {hours_scaled:.1f} h on {scale:.0f}"
-    verdict = ctx.decide(proj, otherwise="info")
+    # a rank short of memory is moved (or not) by fits_on_paper, to the card that holds
+    # what it needs: one move per report, not a second to another card
+    memory_bound = "fits_on_paper" in ctx.explained.get(view.rank, ())
+    verdict = "info" if memory_bound else ctx.decide(proj, otherwise="info")
     hours_low = remaining * proj.slowest.total / 3600
     # (the middle alone where the low end says otherwise: kernels bound by their
     # launches, which a faster card barely shortens)
@@ -67,6 +71,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                   "as now"
                   + (f" ({_span(hours_scaled)} on {scale:.0f}, scaled out)." if scaled
                      else "."))
+    elif memory_bound:
+        advice = ("Memory decides where this job should run (fits_on_paper's finding names "
+                  f"the card that holds it); this is its time on {proj.target.name} as it runs "
+                  "now.")
     elif current.name == ctx.target:
         advice = (f"The job already runs on {ctx.target}: scale out (data parallel) or make "
                   "the step itself cheaper to finish sooner.")
