@@ -41,6 +41,19 @@ def test_children_cpu_and_process_memory() -> None:
     assert after.values["workers_cpu_seconds_total"] >= v["workers_cpu_seconds_total"]
 
 
+def parent_of_one(preamble: str, idle: str,
+                  env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
+    """A child process (running ``preamble`` first) that starts a grandchild running
+    ``idle``, and the grandchild's pid, once the child told it."""
+    parent = subprocess.Popen([sys.executable, "-c", (
+        f"import subprocess, sys; {preamble}; "
+        f"w = subprocess.Popen([sys.executable, '-c', {idle!r}], stdin=subprocess.PIPE); "
+        "print(w.pid, flush=True); sys.stdin.read()")], env=env, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    return parent, int(parent.stdout.readline())
+
+
 def test_other_ranks_this_process_launched_are_no_workers() -> None:
     """Lightning's rank 0 starts ranks 1.. itself: a child whose environment names
     another rank, and the workers it starts in turn, are not this rank's DataLoader
@@ -50,14 +63,8 @@ def test_other_ranks_this_process_launched_are_no_workers() -> None:
     probe = HostProbe(rank=0)
     env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
     idle = "import sys; sys.stdin.read()"  # idle until its stdin closes (or it is killed)
-    rank1 = subprocess.Popen([sys.executable, "-c", (
-        "import subprocess, sys; "
-        f"w = subprocess.Popen([sys.executable, '-c', {idle!r}], stdin=subprocess.PIPE); "
-        f"print(w.pid, flush=True); {idle}")], env=env, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True)
+    rank1, its_worker = parent_of_one("pass", idle, env)
     worker = subprocess.Popen([sys.executable, "-c", idle], stdin=subprocess.PIPE)
-    assert rank1.stdout is not None
-    its_worker = int(rank1.stdout.readline())
     try:
         wait_for(lambda: its_worker in {p.pid for p in psutil.Process().children(True)}, 10,
                  "rank 1's worker to start")
@@ -109,13 +116,7 @@ def test_workers_the_fork_server_forks_are_workers_not_helpers() -> None:
     idle = "import multiprocessing.forkserver, sys; sys.stdin.read()"
     probe = HostProbe(rank=0)
     (before,) = probe.sample(time.time(), time.monotonic())
-    server = subprocess.Popen([sys.executable, "-c", (
-        "import multiprocessing.forkserver, subprocess, sys; "
-        f"w = subprocess.Popen([sys.executable, '-c', {idle!r}], stdin=subprocess.PIPE); "
-        "print(w.pid, flush=True); sys.stdin.read()")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None
-    worker = int(server.stdout.readline())
+    server, worker = parent_of_one("import multiprocessing.forkserver", idle)
     try:
         wait_for(lambda: worker in {p.pid for p in psutil.Process().children(True)}, 10,
                  "the worker")
