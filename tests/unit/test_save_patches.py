@@ -20,6 +20,7 @@ from gpuwatch.instrument.patches import (
     _closure_outside_the_update,
     _writer_path,
     patch_activation_checkpoint,
+    patch_lightning_save,
     patch_safetensors,
     timed_checkpoint_save,
     timed_loader_next,
@@ -299,3 +300,18 @@ def test_a_distributed_checkpoints_writer_threads_are_part_of_its_save(tmp_path:
     assert codes[1:] == [ring.CHECKPOINT, ring.CHECKPOINT_TARGET, -ring.CHECKPOINT]
     written = sum(p.stat().st_size for p in Writer.path.iterdir())
     assert saved_bytes(marks[2][1]) == written > 0
+
+
+def test_lightning_s_whole_checkpoint_write_is_one_save_sized_by_its_file(
+        tmp_path: Path) -> None:
+    """Lightning and Fabric serialise a checkpoint into memory with torch.save, then
+    write the file through fsspec: with torch.save alone timed, the write (half the
+    save and more) was counted as compute. Lightning's own ``_atomic_save``, patched
+    on a module of its own here, is one save of the file it writes."""
+    cloud_io = pytest.importorskip("lightning.fabric.utilities.cloud_io")
+    lazy, marks = recorder()
+    module = types.SimpleNamespace(_atomic_save=cloud_io._atomic_save)
+    patch_lightning_save(lazy, module)
+    module._atomic_save({"w": torch.zeros(10_000)}, tmp_path / "epoch=0.ckpt")
+    assert [c for c, _ in marks] == [ring.CHECKPOINT, ring.CHECKPOINT_TARGET, -ring.CHECKPOINT]
+    assert saved_size(marks) == (tmp_path / "epoch=0.ckpt").stat().st_size

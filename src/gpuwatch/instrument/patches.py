@@ -4,10 +4,10 @@
   steps and time the optimizer;
 - the DataLoader iterator's ``__next__`` times data wait and counts samples;
 - ``torch.save``, ``torch.distributed.checkpoint.save``/``async_save``,
-  ``safetensors.torch.save_file`` and a Hugging Face ``Trainer``'s
-  ``_save_checkpoint`` time checkpoints (saves within a save are part of it; a save on
-  another thread than the training loop's is a background save: timed, never
-  blocking time);
+  ``safetensors.torch.save_file``, a Hugging Face ``Trainer``'s ``_save_checkpoint``
+  and Lightning's and Fabric's ``_atomic_save`` time checkpoints (saves within a
+  save are part of it; a save on another thread than the training loop's is a
+  background save: timed, never blocking time);
 - ``torch.utils.checkpoint.checkpoint`` counts activation checkpointing and times
   its recompute;
 - ``torch.distributed`` collectives, their async waits, DDP's gradient all-reduce,
@@ -417,6 +417,16 @@ def hf_checkpoint_dir(training_args: Any, step: int) -> str | None:
     if not getattr(training_args, "should_save", True):
         return None
     return os.path.join(training_args.output_dir, f"checkpoint-{step}")
+
+
+def patch_lightning_save(lazy: LazyPush, module: Any) -> None:
+    """Time Lightning's and Fabric's checkpoint write as one save: ``_atomic_save``
+    serialises into memory (``torch.save``, part of it) and then writes the file
+    (fsspec), which ``torch.save`` alone left out; sized by the file."""
+    original = getattr(module, "_atomic_save", None)
+    if original is not None:
+        module._atomic_save = timed_checkpoint_save(original, lazy, target_arg=1,
+                                                    target_kwarg="filepath")
 
 
 def patch_safetensors(lazy: LazyPush, module: Any) -> None:
@@ -918,6 +928,8 @@ PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
     "torch.distributed": patch_distributed,
     "torch.distributed.checkpoint": patch_distributed_checkpoint,
     "safetensors.torch": patch_safetensors,
+    "lightning.fabric.utilities.cloud_io": patch_lightning_save,
+    "lightning_fabric.utilities.cloud_io": patch_lightning_save,
     "transformers.trainer": patch_hf_trainer,
     "torch.distributed._functional_collectives": patch_functional_collectives,
     "torch.distributed.fsdp._fully_shard._fsdp_param_group": patch_fsdp2,  # torch >= 2.6
