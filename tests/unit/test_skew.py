@@ -17,7 +17,7 @@ from gpuwatch.probes.peers import decode_steps, encode_steps
 from gpuwatch.records import Event, Finding, Record, Step
 from gpuwatch.telemetry import Telemetry
 from tests.runs import START, judge, meta, only
-from tests.scenarios.simulate import Evals, Memory, Saves, Shape, simulate
+from tests.scenarios.simulate import L40S, Evals, Memory, Saves, Shape, simulate
 
 WALL = 0.1
 N_STEPS = 150
@@ -480,3 +480,18 @@ def test_a_straggler_among_accumulating_ranks_is_named_once_from_the_start() -> 
     stragglers = [f for f in judge(records, scope="job") if f.detector == "straggler"]
     assert [(f.ranks, f.state) for f in stragglers] == [([3], "active")]
     assert stragglers[0].first_seen < START + 60
+
+
+def test_a_move_for_the_link_is_priced_with_the_run_s_saves_as_time_to_finish_is() -> None:
+    """4 L40S over PCIe, 30% of each step in a 9 GB all-reduce, and rank 0 writing a 15 s
+    blocking save every minute while the others wait: the run pays a fifth of its time
+    for saves no card shortens. sync_bottleneck priced the typical window alone and
+    called the H100 cheaper where the time to finish, with the saves, showed it dearer."""
+    shape = Shape(step_s=1.0, duration_s=600, world=4, gpu=L40S, collective_share=0.3,
+                  collective_bytes=int(9e9), total_steps=100_000, memory=Memory(40, 25),
+                  saves=Saves(every_s=60, blocking_s=15, ranks=(0,)))
+    findings = judge([r for rank in simulate(shape) for r in rank], scope="job")
+    sync = only(findings, "sync_bottleneck")
+    assert sync.projection is not None
+    assert sync.projection["step_seconds_now"] > 1.2  # (1 s steps, with the saves spread)
+    assert sync.projection["decision"]["cheaper_at_low_end"] is False

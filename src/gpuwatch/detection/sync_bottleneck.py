@@ -34,6 +34,7 @@ from gpuwatch.detection.context import (
     spans_nodes,
     uneven_rails,
     window_s,
+    with_interruptions,
 )
 from gpuwatch.detection.projection import (
     Projection,
@@ -44,6 +45,7 @@ from gpuwatch.detection.projection import (
 )
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
+from gpuwatch.telemetry import Telemetry
 
 
 def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> Detection | None:
@@ -61,6 +63,8 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     ranks = sorted(summaries)
     parts = [mean_parts(s) for s in summaries.values()]
     mean = mean_step_parts(parts)
+    if isinstance(views[0], Telemetry):  # (rank 0's own, live and in a replay alike)
+        mean = with_interruptions(mean, views[0], now)  # the run pays its saves and evals
     evidence = {"collective_share_ratio": wait_share,
                 "collective_seconds_per_step": split.transfer_s + split.mean_skew_s,
                 "transfer_seconds_per_step": split.transfer_s,
