@@ -11,6 +11,8 @@ from typing import Any
 from gpuwatch.instrument.loop import LoopMarker
 from gpuwatch.monitor import CopiedAsSettings, Monitor, attach, owns_next_agent
 
+MANUAL_WAIT = 64  # batches a manual optimization may accumulate before its first step
+
 
 class LightningHooks(CopiedAsSettings):
     """Steps are optimizer steps: a training batch, or with ``accumulate_grad_batches``
@@ -31,6 +33,7 @@ class LightningHooks(CopiedAsSettings):
         self._stepped = 0  # optimizer steps in the batch under way
         self._plan: int | None = None  # the plan told at the fit's start, from max_steps
         self._per_batch = 0  # optimizer steps in a stepping batch of a manual optimization
+        self._unstepped = 0  # batches ended since an optimizer last stepped
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit" or (self.monitor is not None and not self.monitor.agent.stopped):
@@ -79,7 +82,7 @@ class LightningHooks(CopiedAsSettings):
         self._marker.plan(plan)
         # (max_steps counts every optimizer's steps: a manual optimization's may be many)
         self._plan = plan if trainer.max_steps and trainer.max_steps > 0 else None
-        self._per_batch = 0
+        self._per_batch = self._unstepped = 0
         self._marker.loop_start()
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any,
@@ -100,9 +103,14 @@ class LightningHooks(CopiedAsSettings):
                            batch_idx: int) -> None:
         manual = not getattr(pl_module, "automatic_optimization", True)
         if self._marker is not None:  # (a batch that only accumulates goes on to the next)
+            # (a manual optimization accumulates its own way: until a first optimizer
+            # step shows it, for at most MANUAL_WAIT batches: one whose optimizers step
+            # past Lightning's hooks must not make the run one endless step)
+            waiting = manual and not self._per_batch and self._unstepped < MANUAL_WAIT
             accumulating = (int(getattr(trainer, "accumulate_grad_batches", 1) or 1) > 1
-                            or (manual and self._per_batch > 0))  # (the job's own)
+                            or (manual and self._per_batch > 0) or waiting)
             self._marker.batch_end(step=self._stepped > 0 or not accumulating)
+            self._unstepped = 0 if self._stepped else self._unstepped + 1
             if manual and self._stepped and not self._per_batch:
                 self._per_batch = self._stepped
                 if self._plan and self._stepped > 1:  # (a GAN's two optimizers)
