@@ -94,6 +94,7 @@ def main() -> None:
     # one write per line: two ranks share the pipe, and print's separate newline write
     # could interleave their lines
     os.write(1, (json.dumps(result) + "\n").encode())
+    dist.barrier()  # (neither rank tears the group down while the other still uses it)
     dist.destroy_process_group()
 
 

@@ -25,4 +25,5 @@ for _ in range(320):
             opt.step()
             opt.zero_grad()
 monitor.stop()
+dist.barrier()  # (neither rank tears the group down while the other still uses it)
 dist.destroy_process_group()
