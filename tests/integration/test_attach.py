@@ -116,7 +116,8 @@ def test_a_wall_clock_stepped_forward_moves_no_record_and_raises_no_hang(
     record keeps one clock: the monotonic one from the wall clock's start."""
     out = tmp_path / "out"
     proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
-                            str(SCRIPTS / "wall_clock_step.py")), cwd=tmp_path)
+                            str(SCRIPTS / "wall_clock_step.py")), cwd=tmp_path,
+               extra_env={"GPUWATCH_SAMPLE_INTERVAL_S": "0.05"})  # (samples after the step)
     assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
     records = read(out / "run.jsonl")
     times = [r.t for r in records if isinstance(r, (Step, Sample, Event))]

@@ -54,8 +54,9 @@ def _over(views: Sequence[RankInput], rule: Rule, since: float) -> Detection | N
     costly = {r: w / fastest for r, w in work.items()
               if (w - fastest) / summaries[r].mean_step_s >= th["min_extra_share"]}
     slow = {r: ratio for r, ratio in costly.items() if ratio > th["work_ratio"]}
-    split = None
-    if len(costly) > len(slow):  # slow in only some steps, their mean under work_ratio:
+    split, compared = None, False  # (the per-step comparison, made once if at all)
+    if len(costly) > len(slow):
+        compared = True  # slow in only some steps, their mean under work_ratio:
         split = skew.split(views, since, rule.min_steps)  # what they caused decides
         if split is not None and sum(split.caused_share[r] for r in costly) >= th[
                 "fixed_rank_share"]:
@@ -75,7 +76,8 @@ def _over(views: Sequence[RankInput], rule: Rule, since: float) -> Detection | N
                 "slow_data_seconds": mine.data_s, "fastest_data_seconds": theirs.data_s,
                 "slow_collective_share_ratio": slow_wait,
                 "others_collective_share_ratio": others_wait, "slow_ranks": float(len(slow))}
-    split = split or skew.split(views, since, rule.min_steps)
+    if not compared:
+        split = skew.split(views, since, rule.min_steps)
     if split is not None:
         caused = sum(split.caused_share[r] for r in slow)
         if caused < th["fixed_rank_share"]:

@@ -4,17 +4,20 @@ child of its own (a metrics uploader, idle), for a few seconds of sampling."""
 import multiprocessing
 import sys
 import time
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 
-def helper() -> None:
-    time.sleep(60)
+def helper(done: Any) -> None:
+    done.wait(60)  # (idle until the job is done)
 
 
 if __name__ == "__main__":
-    uploader = multiprocessing.get_context("spawn").Process(target=helper, daemon=True)
+    spawn = multiprocessing.get_context("spawn")
+    done = spawn.Event()
+    uploader = spawn.Process(target=helper, args=(done,), daemon=True)
     uploader.start()
     data = DataLoader(TensorDataset(torch.randn(4096, 8)), batch_size=8,
                       num_workers=int(sys.argv[1]), persistent_workers=int(sys.argv[1]) > 0)
@@ -26,8 +29,8 @@ if __name__ == "__main__":
             model(x).sum().backward()
             opt.step()
             opt.zero_grad()
-            time.sleep(0.005)
             if time.monotonic() >= deadline:
                 break
-    uploader.terminate()
+    done.set()
+    uploader.join(30)
     print("done")
