@@ -4,10 +4,12 @@ findings whether records arrive one by one (live) or all at once (replay)."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 
 from gpuwatch.config import ConfigError, Settings
+from gpuwatch.detection import iteration_speed
 from gpuwatch.detection.context import Context, Detection
 from gpuwatch.detection.engine import (
     Engine,
@@ -19,7 +21,7 @@ from gpuwatch.detection.engine import (
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Record, Step
 from gpuwatch.telemetry import Telemetry
-from tests.runs import START, meta, samples, steps
+from tests.runs import START, meta, samples, steps, topology
 
 
 def starving_then_fed() -> list[Record]:
@@ -147,3 +149,37 @@ def test_a_condition_back_before_its_finding_resolves_is_not_seen_until_it_holds
     _, calm = shortcuts_agree(engine, records)
     (finding,) = engine.findings.values()
     assert finding.state == "resolved" and calm > 100
+
+
+def test_a_time_to_finish_is_judged_once_a_minute_and_afresh_when_the_log_ends() -> None:
+    """iteration_speed's projection of hours to go stands for its rule's ``refresh_s``
+    (a minute) while it finds something, not at every eighth of its window (a few
+    steps); the log's end judges it afresh, so its steps to go are those left then."""
+    calls: list[tuple[float, bool]] = []  # (when, whether it found something)
+
+    def counted(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
+        found = iteration_speed.detect(view, rule, ctx, now)
+        calls.append((now, found is not None))
+        return found
+
+    engine = engine_from_settings(Settings(total_steps=100_000), "rank")
+    engine.rank_detectors = {"iteration_speed": counted}
+    records = [meta(), topology("NVIDIA H100 80GB HBM3", 80e9), *steps(1200, wall=4.0)]
+    engine.feed(ordered(records))
+    engine.close()
+    finding = next(iter(engine.findings.values()))
+    assert finding.detector == "iteration_speed"
+    last = max(r.step for r in records if isinstance(r, Step))
+    assert finding.evidence["remaining_steps"] == 100_000 - last
+    # (the first two: found, then its own finding explains the rank; the last: the end)
+    found = [t for t, hit in calls if hit][1:-1]
+    assert len(found) >= 15  # (judged from its first 100 s on)
+    assert all(b - a >= 60 for a, b in itertools.pairwise(found))
+
+
+def test_a_rules_refresh_can_be_overridden_and_is_checked() -> None:
+    engine = engine_from_settings(
+        Settings(detectors={"iteration_speed": {"refresh_s": 5}}), "rank")
+    assert engine.rules["iteration_speed"].refresh_s == 5
+    with pytest.raises(ConfigError, match=r"detectors.iteration_speed.refresh_s"):
+        engine_from_settings(Settings(detectors={"iteration_speed": {"refresh_s": -1}}), "rank")

@@ -291,6 +291,7 @@ class Engine:
         if self.scope == "rank":
             for view in self._own.values():
                 view.end()
+        self._judged, self._quiet, self._calm = {}, Quiet(), Calm()  # (all judged afresh)
         changes = self.evaluate(self._clock)
         died = {r for r, v in self._own.items() if self.scope == "rank" and v.died_of_oom}
         for (rule_id, _), j in self._judged.items() if died else ():
@@ -521,7 +522,8 @@ class Engine:
                 and fresh.stalled.isdisjoint(ranks)):
             return previous
         found = detect(views[0] if rule.scope == "rank" else views, rule, self.context, now)
-        refresh_at = now if rule.id in ABSENCE_DRIVEN else now + refresh_s(views, rule)
+        refresh_at = now if rule.id in ABSENCE_DRIVEN else now + refresh_s(views, rule,
+                                                                            found is not None)
         if found is None:
             judgement = Judgement(steps, seen, None, refresh_at)
         else:
@@ -566,10 +568,12 @@ def _works_off_step(view: RankInput, now: float, longest_save_s: float) -> bool:
     return progress > view.last_step_t and now - progress <= HOLD_FRESH_S
 
 
-def refresh_s(views: Sequence[RankInput], rule: Rule) -> float:
+def refresh_s(views: Sequence[RankInput], rule: Rule, found: bool) -> float:
     """How long a judgement of ``views`` stands while only steps come (seconds): the
-    widest of their windows over ``REFRESH_DIVISIONS``."""
-    return max(window_s(v, rule) for v in views) / REFRESH_DIVISIONS
+    widest of their windows over ``REFRESH_DIVISIONS``; one that ``found`` something,
+    at least the rule's ``refresh_s`` (a projection of hours to finish)."""
+    widest = max(window_s(v, rule) for v in views) / REFRESH_DIVISIONS
+    return max(widest, rule.refresh_s) if found else widest
 
 
 def stall_s(view: RankInput) -> float:

@@ -25,7 +25,9 @@ class Wording(BaseModel):
 
 
 class Rule(BaseModel):
-    """One detector's rule file. ``window_s`` in seconds; thresholds as documented in it;
+    """One detector's rule file. ``window_s`` in seconds (``for_s``, ``refresh_s``: how
+    long a detection must hold, and at least how long one stands between judgements, as
+    the window scales); thresholds as documented in it;
     ``variants`` the wording of detections that are not the rule's main case (chosen by
     the detector, e.g. an ``info`` beside a ``move_to_h100``)."""
 
@@ -39,6 +41,7 @@ class Rule(BaseModel):
     window_s: float = Field(gt=0)
     for_s: float = Field(default=0.0, ge=0)
     min_steps: int = Field(default=0, ge=0)
+    refresh_s: float = Field(default=0.0, ge=0)
     thresholds: dict[str, Annotated[float, Field(ge=0)]]  # (ratios, seconds, counts, bytes)
     summary: str
     action: str
@@ -93,6 +96,7 @@ def _rule_file(path: Path, mtime_ns: int) -> Rule:
     return rule
 
 
+TIMING = ("window_s", "for_s", "min_steps", "refresh_s")  # a rule's keys beside thresholds
 # Thresholds renamed, by rule: the old name still sets the new one (configs and recorded
 # run logs written before the rename).
 RENAMED: dict[str, dict[str, str]] = {"straggler": {"compute_ratio": "work_ratio"}}
@@ -104,14 +108,14 @@ def _override(rule: Rule, values: Mapping[str, float]) -> Rule:
     renamed = RENAMED.get(rule.id, {})
     for key, value in values.items():
         key = renamed.get(key, key)
-        if key in ("window_s", "for_s", "min_steps"):
+        if key in TIMING:
             update[key] = value
         elif key in thresholds:
             thresholds[key] = float(value)
         else:
             raise ConfigError(f"gpuwatch config: unknown key 'detectors.{rule.id}.{key}'; "
                               f"{rule.id} has "
-                              + ", ".join(["window_s", "for_s", "min_steps", *thresholds]))
+                              + ", ".join([*TIMING, *thresholds]))
     try:
         return Rule.model_validate({**rule.model_dump(), **update, "thresholds": thresholds})
     except ValidationError as exc:
