@@ -17,7 +17,7 @@ from gpuwatch.probes.peers import decode_steps, encode_steps
 from gpuwatch.records import Event, Finding, Record, Step
 from gpuwatch.telemetry import Telemetry
 from tests.runs import START, judge, meta, only
-from tests.scenarios.simulate import L40S, Evals, Memory, Saves, Shape, simulate
+from tests.scenarios.simulate import L40S, RTX_5090, Evals, Memory, Saves, Shape, simulate
 
 WALL = 0.1
 N_STEPS = 150
@@ -234,11 +234,27 @@ def test_transfer_through_host_memory_is_that_path_s_bandwidth_whatever_the_slot
     host's memory, far below the slot's rate. The wait a gen4 x16 slot would not explain
     is that path's bandwidth, and NVLink would fix it."""
     pcie4 = {"pcie_bytes_per_second": 1.969e9 * 16, "pcie_generation": 4, "pcie_width": 16}
-    records = run(2, transfer, devices=pcie4, same_host=True)
+    records = run(2, transfer, nbytes=400_000_000, devices=pcie4, same_host=True)
     staged = only(judge(with_p2p(records, read=False), scope="job"), "sync_bottleneck")
     assert staged.verdict == "move_to_h100" and "through host memory" in staged.summary
     direct = only(judge(with_p2p(records, read=True), scope="job"), "sync_bottleneck")
     assert direct.verdict == "fix_here" and "not the link's bandwidth" in direct.summary
+
+
+@pytest.mark.parametrize("nbytes", [40_000_000, 200_000_000])
+def test_a_wait_even_the_host_staged_path_would_be_quick_over_is_no_move(nbytes: int) -> None:
+    """4 RTX 5090s without P2P wait 40% of each step (0.4 s) in collectives moving 40 or
+    200 MB: even at the host-staged path's slowest (a quarter of a gen5 slot shared by
+    the 4 GPUs: 4 GB/s) that is 0.01-0.05 s, so the wait is latency, contention or
+    NCCL's transport, which no card fixes. It was a move, "bandwidth-bound through host
+    memory", its own evidence saying the slot would take under 3 ms."""
+    shape = Shape(step_s=1.0, duration_s=300, world=4, gpu=RTX_5090, collective_share=0.4,
+                  collective_bytes=nbytes, memory=Memory(14, 8))
+    f = only(judge([r for rank in simulate(shape) for r in rank], scope="job"),
+             "sync_bottleneck")
+    assert f.verdict == "fix_here" and f.projection is None
+    assert "through host memory" in f.summary and "not the link's bandwidth" in f.summary
+    assert f.evidence["link_seconds_per_step"] < 0.3 * f.evidence["transfer_seconds_per_step"]
 
 
 def test_a_pipelines_bubble_is_told_from_its_sends_through_host_memory() -> None:
@@ -450,7 +466,8 @@ def test_a_gradient_sync_every_sixteenth_micro_step_is_the_jobs_rhythm() -> None
     assert view.cycle_steps == 16 and not any(view.interrupted_by.count.values())
     f = only(judge(records, scope="job"), "sync_bottleneck")
     assert f.state == "active" and "bandwidth-bound" in f.summary
-    assert f.evidence["collective_bytes_per_step"] == pytest.approx(2.1e9 / 16, rel=0.1)
+    # (within the cycles' share a window ending at any step of a cycle holds)
+    assert f.evidence["collective_bytes_per_step"] == pytest.approx(2.1e9 / 16, rel=0.15)
     assert f.evidence["collective_share_ratio"] == pytest.approx(1.5 / 5.5, rel=0.1)
 
 

@@ -381,6 +381,11 @@ def _pair_without(views: Sequence[RankInput], what: str) -> bool:
     return False
 
 
+def gpus_per_host(views: Sequence[RankInput]) -> int:
+    """The most GPUs the job uses on one host (``_used_gpus``; 1 where nothing says)."""
+    return max((len(mine) for _, mine in _used_gpus(views)), default=1) or 1
+
+
 def _used_gpus(views: Sequence[RankInput]) -> Iterator[tuple[RankInput, set[int]]]:
     """Each view with the GPUs the job uses on its host (their ``job_gpus`` together; a
     rank seen alone: its inferred peers', ``_peers_gpus``)."""

@@ -23,6 +23,7 @@ from gpuwatch.detection import skew
 from gpuwatch.detection.context import (
     Context,
     Detection,
+    gpus_per_host,
     has_nvlink,
     host_staged,
     inter_node_link,
@@ -37,6 +38,7 @@ from gpuwatch.detection.context import (
     with_interruptions,
 )
 from gpuwatch.detection.projection import (
+    HOST_STAGED_SHARE,
     Projection,
     mean_step_parts,
     p2p_rate,
@@ -104,15 +106,16 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     proj = ctx.project(views, mean, since, fabric=fabric, transfer_s=split.transfer_s)
     unsized = mean.comm_bytes <= 0  # no collective's bytes were seen
     small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
-    needed = mean.comm_bytes / link if link and not unsized else None  # the link's seconds
-    if needed is not None:
-        evidence["link_seconds_per_step"] = needed
     staged = host_staged(views)
+    rate = link
     if staged:
         link_name += " through host memory (no P2P between the GPUs)"
-    # A host-staged path moves bytes at a fraction of the slot's rate: whatever the slot
-    # could do, the wait is that path's bandwidth.
-    explained = staged or needed is None or needed >= th["link_explained_ratio"] * split.transfer_s
+        if rate is not None:  # (its slowest: see ``staged_floor``)
+            rate = staged_floor(rate, gpus_per_host(views))
+    needed = mean.comm_bytes / rate if rate and not unsized else None  # the link's seconds
+    if needed is not None:
+        evidence["link_seconds_per_step"] = needed
+    explained = needed is None or needed >= th["link_explained_ratio"] * split.transfer_s
     inter_node = "inter-node" in link_name
     if not seen and declared is None:
         text |= {"link": "over links gpuwatch cannot see (no GPU topology: NVML not "
@@ -219,6 +222,15 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         return Detection(_priced(evidence, proj), ranks, text=text, projection=proj.as_dict(),
                          verdict="move_to_h100")
     return Detection(evidence, ranks, text=text, verdict="fix_here")
+
+
+def staged_floor(slot: float, gpus: int) -> float:
+    """The slowest rate (bytes/s) a path through host memory plausibly moves a GPU's
+    bytes at: the projection's ``HOST_STAGED_SHARE`` of its slot, shared by the ``gpus``
+    that stage through the same host memory at once (a ring's every GPU does). A wait
+    that even this rate would move the bytes in a fraction of is not that path's
+    bandwidth (latency, contention, NCCL's transport): no card fixes it."""
+    return slot * HOST_STAGED_SHARE / max(gpus, 1)
 
 
 def _priced(evidence: dict[str, float], proj: Projection) -> dict[str, float]:
