@@ -3,6 +3,7 @@ share over the run, fits_on_paper on the job's own memory, never the current car
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from dataclasses import replace
@@ -579,6 +580,21 @@ def test_a_long_run_already_on_the_target_is_information_not_a_move() -> None:
     f = only(findings_of(Shape(step_s=1.0, duration_s=200, total_steps=1_000_000)),
              "iteration_speed")
     assert f.verdict == "info" and "already runs on H100 SXM" in f.action
+
+
+def test_the_card_nvml_names_beats_a_gpu_model_left_in_the_config() -> None:
+    """``gpu_model`` is for when NVML cannot say: one left from a workstation (RTX 5090)
+    made a job NVML reads as an H100 move to an H100. Where NVML names no card, it
+    still names the card."""
+    shape = Shape(step_s=1.0, duration_s=200, total_steps=1_000_000)
+    f = only(findings_of(shape, gpu_model="RTX 5090"), "iteration_speed")
+    assert f.verdict == "info" and "already runs on H100 SXM" in f.action
+    assert f.projection is not None and f.projection["current"] == "H100 SXM"
+    unseen = [r for r in itertools.chain.from_iterable(simulate(shape))
+              if not (isinstance(r, Event) and r.name == "topology")
+              and not isinstance(r, Sample)]
+    f = only(judge(unseen, gpu_model="RTX 5090"), "iteration_speed")
+    assert f.projection is not None and f.projection["current"] == "RTX 5090"
 
 
 def test_a_job_level_finding_explains_low_utilisation_on_every_rank(tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ WAITING = "waiting_on_slower_ranks"
 
 @dataclass
 class Context:
-    """Run-wide facts for detectors. ``gpu_model`` overrides the GPU seen by NVML;
+    """Run-wide facts for detectors. ``gpu_model`` names the GPU where NVML names none
+    the catalogue knows;
     ``planned_steps`` the steps the run plans (settings.total_steps). The engine sets
     ``explained`` per evaluation: rank -> the detectors whose active findings or
     detected conditions cover that rank (job-scope ones cover every rank)."""
@@ -82,14 +83,14 @@ class Context:
         return self.gpus[self.target]
 
     def current_gpu(self, view: RankInput) -> Gpu | None:
-        """The catalogue entry of the GPU this rank runs on, if known."""
-        if self.gpu_model:
-            return self._identify(self.gpu_model)
+        """The catalogue entry of the GPU this rank runs on, if known: the one NVML names,
+        else the configured ``gpu_model`` (a setting for when NVML cannot say: one left
+        in a config from another machine must not make an H100 an RTX 5090)."""
         for device in job_devices(view):
             gpu = self._identify(device.get("name"))
             if gpu is not None:
                 return gpu
-        return None
+        return self._identify(self.gpu_model)
 
     def holding(self, held: float | None, card: float | None, pressed: bool = False) -> Gpu:
         """The configured target, or where ``held`` bytes (the job's memory today, on a
@@ -116,11 +117,12 @@ class Context:
             self._identified[name] = identify(name, self.gpus)
         return self._identified[name]
 
-
     def device_name(self, view: RankInput) -> str | None:
-        """What NVML calls this rank's card (or the configured model)."""
-        return self.gpu_model or next((d["name"] for d in job_devices(view) if d.get("name")),
-                                      None)
+        """What NVML calls this rank's card (the configured model where NVML names none
+        the catalogue knows)."""
+        named = next((d["name"] for d in job_devices(view) if d.get("name")), None)
+        known = named is not None and self._identify(named) is not None
+        return named if known or not self.gpu_model else self.gpu_model
 
     def project(self, views: Sequence[RankInput], parts: StepParts, since: float, *,
                 target: Gpu | None = None, drop_recompute: bool = False,

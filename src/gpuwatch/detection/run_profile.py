@@ -267,14 +267,14 @@ class RunProfile:
         return out
 
     def gpu(self, gpus: dict[str, Gpu] | None = None) -> Gpu | None:
-        """The catalogue entry of the job's GPU: the run's ``gpu_model`` setting, else NVML's
-        name of rank 0's GPU; prices from the run's ``prices`` setting."""
+        """The catalogue entry of the job's GPU: NVML's name of rank 0's GPU, else the
+        run's ``gpu_model`` setting (``Context.current_gpu``); prices from the run's
+        ``prices`` setting."""
         gpus = gpus or self.catalogue()
-        model = self.detection.get("gpu_model")
-        if isinstance(model, str) and model:
-            return identify(model, gpus)
         name = self.device_names.get(0) or next(iter(self.device_names.values()), None)
-        return identify(name, gpus)
+        model = self.detection.get("gpu_model")
+        return identify(name, gpus) or (identify(model, gpus) if isinstance(model, str)
+                                        and model else None)
 
     def gpu_name(self) -> str | None:
         """What the job ran on, for people: the catalogue name, else NVML's, else None."""
