@@ -275,7 +275,7 @@ def test_a_leak_is_fixed_here_not_moved_to_a_bigger_card() -> None:
 def test_whole_card_memory_is_a_last_resort_and_says_so() -> None:
     shape = replace(job("rtx5090_memory_bound_finetune").shape,
                     memory=Memory(reserved_gb=31.4, allocated_gb=17, retries_per_min=12,
-                                  allocator=False))
+                                  oom_at_s=(3.0,), allocator=False))
     records = [r for r in simulate(shape)[0] if not (
         isinstance(r, Sample) and r.source == "nvml")]
     card_only = [Sample(0, s.t, "nvml", {"gpu_memory_used_bytes": 31.5 * GB,
@@ -325,6 +325,19 @@ def test_a_batch_finder_at_start_is_one_cut_reported_once() -> None:
           if f.detector == "fits_on_paper"]
     assert len(fs) == 1 and fs[0].state == "active"
     assert (fs[0].evidence["batch_size_from"], fs[0].evidence["batch_size_to"]) == (16, 12)
+
+
+def test_a_batch_that_shrinks_in_a_run_that_never_ran_out_of_memory_is_no_cut() -> None:
+    """A sequence-length curriculum (16 x 1024 tokens, then 8 x 2048) logged without
+    tokens (no integration counts them), the caching allocator holding 93% of an RTX
+    5090 as it does: no OOM, no retry, so the smaller batch is a schedule. It was a
+    "batch cut" and a move, its need scaled back to the old batch."""
+    shape = Shape(step_s=1.0, duration_s=300, gpu=RTX_5090, batch_size=16,
+                  batch_sizes=((150, 8),), memory=Memory(reserved_gb=29.8, allocated_gb=17))
+    assert not [f for f in findings_of(shape) if f.detector == "fits_on_paper"]
+    cut = replace(shape, memory=replace(shape.memory, oom_at_s=(140.0,)))
+    f = only(findings_of(cut), "fits_on_paper")
+    assert (f.evidence["batch_size_from"], f.evidence["batch_size_to"]) == (16, 8)
 
 
 def test_an_oom_outside_the_window_is_not_a_symptom_now() -> None:

@@ -73,10 +73,11 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     trained = max(since, view.warmed_at)
     retries = view.counter_rise("allocator", "allocator_alloc_retries_total",
                                 math.nextafter(trained, math.inf) if trained > since else since)
-    cut = view.batch.cut
+    cut, cut_at = view.batch.cut, view.batch.cut_at
+    if not view.oom_times:
+        cut = None  # a run that never ran out of memory cut no batch for it: a schedule
     if cut is not None and summary.tokens >= TOKENS_HELD * view.tokens_at.get(cut[0], 0) > 0:
         cut = None  # tokens per step held: longer sequences in smaller batches (a schedule)
-    cut_at = view.batch.cut_at
     # OOMs that brought the batch down stay a symptom while it stays down
     ooms = view.ooms_since(min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else trained)
     act_ckpt = summary.recompute_share >= th["recompute_share"]
