@@ -34,7 +34,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from gpuwatch._version import __version__
 from gpuwatch.config import Settings, detection_settings
@@ -223,6 +223,7 @@ class Agent:
         self._thread.start()
         _register(self)
         _chain_stop_handlers()
+        _note_failing_exits()
 
     def stop(self, timeout: float = STOP_TIMEOUT_S, failed: bool = False) -> None:
         """Stop the thread, write what is left and close; returns within ``timeout`` seconds,
@@ -716,13 +717,37 @@ def _chained(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
     return chained
 
 
+_failing_exit = False  # the main thread called sys.exit with a failure status
+
+
+def _note_failing_exits() -> None:
+    """Wrap ``sys.exit`` (once) to note a failure status the main thread exits with: a
+    job that catches Ctrl-C or an OOM, cleans up and calls ``sys.exit(1)`` (Lightning
+    does) leaves no other trace of it for the atexit handlers."""
+    if getattr(sys.exit, "gpuwatch_noting", False):
+        return
+    exit_now = sys.exit
+
+    @functools.wraps(exit_now)
+    def noting(status: Any = None) -> NoReturn:
+        global _failing_exit
+        if status not in (None, 0) and threading.current_thread() is threading.main_thread():
+            _failing_exit = True
+        exit_now(status)
+
+    noting.gpuwatch_noting = True  # type: ignore[attr-defined]
+    sys.exit = noting
+
+
 def dying_of_an_exception() -> bool:
     """Whether the process is exiting because an exception (KeyboardInterrupt included)
     went uncaught in its main thread (Python keeps the last one it printed in
-    ``sys.last_value`` before the atexit handlers run), or after a stopping signal
+    ``sys.last_value`` before the atexit handlers run), after a stopping signal
     reached a handler of the job's (``_chain_stop_handlers``: its ``sys.exit`` leaves
-    no other trace)."""
-    return _stop_signalled or getattr(sys, "last_value", None) is not None
+    no other trace), or with a failure status its main thread gave ``sys.exit``
+    (``_note_failing_exits``)."""
+    return (_stop_signalled or _failing_exit
+            or getattr(sys, "last_value", None) is not None)
 
 
 def _nvml_index(gpus: list[int] | None, device: int | None) -> int | None:

@@ -102,6 +102,22 @@ def test_a_scraped_process_dying_of_ctrl_c_does_not_wait_for_a_last_scrape(
     assert took < 20  # it would wait up to 60 s for the next scrape
 
 
+def test_a_scraped_process_that_catches_ctrl_c_and_exits_failed_does_not_wait(
+        tmp_path: Path) -> None:
+    """Lightning's way with Ctrl-C: catch the KeyboardInterrupt, clean up, ``sys.exit(1)``.
+    Nothing of it is left for the atexit handlers but the status, so a scraped process
+    waited the whole ``final_scrape_s`` after Ctrl-C."""
+    proc = _start(tmp_path, "loop", "catch", exporter__port="0",
+                  exporter__final_scrape_s="60")
+    port = wait_for(lambda: next((r.metrics_port for r in RunLogReader(tmp_path / "run.jsonl")
+                                  if isinstance(r, Meta)), None)
+                    if (tmp_path / "run.jsonl").exists() else None, 10, "the metrics port")
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    took = _wait_death(proc, signal.SIGINT)
+    assert proc.returncode == 1 and (tmp_path / "handled").read_text() == "yes"
+    assert took < 20  # it would wait up to 60 s for the next scrape
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_scraped_process_ended_by_its_own_sigterm_handler_does_not_wait_either(
         tmp_path: Path, when: str) -> None:

@@ -2,7 +2,8 @@
 
 MODE: 'loop' (steps forever), 'c-call' (50 steps, then one long torch op in C).
 HANDLER: 'before' or 'after' installs the user's own SIGTERM handler before or after
-gpuwatch.watch(); it writes OUT_DIR/handled and exits 0.
+gpuwatch.watch(); it writes OUT_DIR/handled and exits 0. 'catch' catches Ctrl-C's
+KeyboardInterrupt, cleans up and exits 1 (as Lightning does).
 """
 
 import signal
@@ -38,6 +39,12 @@ print("ready", flush=True)
 if mode == "c-call":
     with monitor.step():
         torch.linalg.matrix_power(x, 1 << 20)  # one C call of many seconds
-while True:
-    with monitor.step(samples=1), monitor.phase("compute"):
-        time.sleep(0.001)
+try:
+    while True:
+        with monitor.step(samples=1), monitor.phase("compute"):
+            time.sleep(0.001)
+except KeyboardInterrupt:
+    if handler != "catch":
+        raise
+    (out / "handled").write_text("yes")
+    sys.exit(1)
