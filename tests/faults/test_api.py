@@ -5,6 +5,7 @@ numbers, never renumbered ones."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,13 @@ def _checkpoint(path: Any) -> Callable[[Monitor], None]:
     return step
 
 
+class RemotePath(os.PathLike[str]):
+    """A path object with no local form (an object store's): its ``__fspath__`` raises."""
+
+    def __fspath__(self) -> str:
+        raise NotImplementedError("s3://bucket/ckpt.pt has no local path")
+
+
 MISUSE: list[tuple[str, Callable[[Monitor], None]]] = [  # each: one step with the misuse in it
     ("phase-list", _phase([])),
     ("phase-dict", _phase({})),
@@ -72,6 +80,8 @@ MISUSE: list[tuple[str, Callable[[Monitor], None]]] = [  # each: one step with t
     ("count-object", _count(object())),
     ("checkpoint-int-path", _checkpoint(123)),
     ("checkpoint-missing-path", _checkpoint("/nonexistent/ckpt.pt")),
+    ("checkpoint-nul-in-path", _checkpoint("ckpt\x00.pt")),
+    ("checkpoint-remote-path", _checkpoint(RemotePath())),
 ]
 
 

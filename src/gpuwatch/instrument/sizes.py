@@ -46,7 +46,7 @@ def saved_at(target: Any, since: float, rank: int | None = None
     try:
         path = os.fspath(target)
         st = os.stat(path)
-    except (OSError, TypeError):
+    except Exception:  # (no file, a NUL, a remote path object's own error: never the job's)
         return None
     if not stat.S_ISDIR(st.st_mode):
         return st.st_size
