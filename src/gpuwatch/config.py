@@ -35,6 +35,7 @@ _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 # The agent thread's shortest period (s): a shorter one keeps it busy, holding the GIL the
 # training loop needs (1 ms periods made a CPU loop 3x slower)
 MIN_INTERVAL_S = 0.05
+MAX_COUNT = 2**63 - 1  # counts a run log holds (its JSON integers are 64-bit)
 _SECRET_SECTIONS = frozenset({"slack", "grafana"})  # never echo what was given for these
 
 
@@ -229,7 +230,7 @@ class Settings(BaseSettings):
     out_dir: FsPath | None = Field(default=None,
                                  description="Run directory; default a new "
                                              "runs/<job>-<start time>-<suffix>.")
-    attempt: int | None = Field(default=None, ge=0,
+    attempt: int | None = Field(default=None, ge=0, le=MAX_COUNT,
                                 description="First attempt number of this launch in its run "
                                             "directory (`gpuwatch run` sets it); torchrun "
                                             "restarts add to it. Default: the next free one.")
@@ -257,7 +258,7 @@ class Settings(BaseSettings):
     target_gpu: str = Field(default="H100 SXM", description="Catalogue GPU to project onto.")
     gpu_model: str | None = Field(default=None,
                                   description="Catalogue GPU this job runs on, if NVML cannot say.")
-    total_steps: int | None = Field(default=None, gt=0,
+    total_steps: int | None = Field(default=None, gt=0, le=MAX_COUNT,
                                     description="Planned steps of the run (time-to-finish).")
     prices: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict,

@@ -34,6 +34,9 @@ ROWS: list[tuple[str, dict[str, str], str, str, str]] = [
     ("env-float-negative", {"GPUWATCH_SAMPLE_INTERVAL_S": "-1"}, "", "", "sample_interval_s"),
     ("env-float-nan", {"GPUWATCH_FLUSH_INTERVAL_S": "nan"}, "", "", "flush_interval_s"),
     ("env-int-huge", {"GPUWATCH_RING_CAPACITY": "1e30"}, "", "", "ring_capacity"),
+    # (the meta line would not encode: its 64-bit integers, and with it the run's identity)
+    ("env-steps-past-64-bits", {"GPUWATCH_TOTAL_STEPS": str(2**64)}, "", "", "total_steps"),
+    ("env-attempt-past-64-bits", {"GPUWATCH_ATTEMPT": "9" * 20}, "", "", "attempt"),
     ("env-bool-word", {"GPUWATCH_NVML": "maybe"}, "", "", "nvml"),
     ("env-nested-port", {"GPUWATCH_EXPORTER__PORT": "99999"}, "", "", "exporter.port"),
     ("env-detector-threshold-word", {"GPUWATCH_DETECTORS__HANG__MIN_SECONDS": "soon"}, "", "",
