@@ -28,6 +28,7 @@ segments, then the log itself, as one stream.
 from __future__ import annotations
 
 import contextlib
+import errno
 import dataclasses
 import gzip
 import itertools
@@ -120,12 +121,18 @@ def write_whole(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) as the file ``path``: into a new file beside it, renamed
     over it once whole. Never through what stands there: a FIFO (an open for writing
     would wait for a reader forever) or a link to another file (written over, as root
-    anywhere) is replaced, not followed; a reader never sees half a file."""
+    anywhere) is replaced, not followed; a reader never sees half a file. Raises
+    OSError naming ``path`` (a directory: IsADirectoryError)."""
+    if not path.name or path.is_dir():  # ("." or "/" has no name to write beside)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temp, "x", encoding="utf-8") as f:
             f.write(text)
         os.replace(temp, path)
+    except OSError as exc:  # (named for what was asked for, not the file beside it)
+        exc.filename, exc.filename2 = str(path), None
+        raise
     finally:
         with contextlib.suppress(OSError):
             temp.unlink()

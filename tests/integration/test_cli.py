@@ -45,3 +45,16 @@ def test_bad_arguments_exit_2_without_traceback(tmp_path: Path, args: list[str])
     proc = run(gpuwatch_cmd(*args), cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "error:" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["dashboards", "export", "d", "--kubernetes", "."],
+                                  ["rules", "export", "r", "--kubernetes", "/"],
+                                  ["rules", "export", "r", "--kubernetes", "/proc/gpuwatch-rules.yaml"]])
+def test_a_file_to_write_that_is_a_directory_or_nowhere_is_one_line(
+        tmp_path: Path, args: list[str]) -> None:
+    """`--kubernetes .` gave a traceback (no file name to write beside); an unwritable
+    path named gpuwatch's temporary file, not the one asked for."""
+    proc = run(gpuwatch_cmd(*args), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("gpuwatch: ") and args[-1] in line and ".tmp" not in line
