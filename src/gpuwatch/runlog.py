@@ -28,8 +28,8 @@ segments, then the log itself, as one stream.
 from __future__ import annotations
 
 import contextlib
-import errno
 import dataclasses
+import errno
 import gzip
 import itertools
 import os

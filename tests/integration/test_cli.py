@@ -49,7 +49,7 @@ def test_bad_arguments_exit_2_without_traceback(tmp_path: Path, args: list[str])
 
 @pytest.mark.parametrize("args", [["dashboards", "export", "d", "--kubernetes", "."],
                                   ["rules", "export", "r", "--kubernetes", "/"],
-                                  ["rules", "export", "r", "--kubernetes", "/proc/gpuwatch-rules.yaml"]])
+                                  ["rules", "export", "r", "--kubernetes", "/proc/gw.yaml"]])
 def test_a_file_to_write_that_is_a_directory_or_nowhere_is_one_line(
         tmp_path: Path, args: list[str]) -> None:
     """`--kubernetes .` gave a traceback (no file name to write beside); an unwritable
