@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpuwatch.detection.compare import compare, projected_speedup
 from gpuwatch.detection.run_profile import MAX_BINS, Bins, RunProfile
@@ -180,6 +183,19 @@ def test_nice_ticks_cover_the_range_in_round_steps() -> None:
     assert nice_ticks(0, 1) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     assert nice_ticks(0, 0.37) == pytest.approx([0, 0.1, 0.2, 0.3])
     assert nice_ticks(5, 5) == [5]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False),
+       st.floats(allow_nan=False, allow_infinity=False))
+def test_nice_ticks_of_any_finite_range_are_few_finite_and_within_it(a: float, b: float) -> None:
+    """A run log's values may be anything finite: step walls of 5e-324 s made the
+    report a traceback (the step underflowed to 0 before its logarithm)."""
+    lo, hi = min(a, b), max(a, b)
+    ticks = nice_ticks(lo, hi)
+    assert ticks and len(ticks) <= 12 and all(math.isfinite(t) for t in ticks)
+    slack = (hi - lo) * 1e-8
+    assert all(lo - slack <= t <= hi + slack for t in ticks)
 
 
 def test_a_rank_finding_alike_on_every_rank_is_shown_once_naming_them() -> None:

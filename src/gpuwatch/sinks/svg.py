@@ -9,6 +9,7 @@ Every chart is an ``<svg>`` with ``data-plot`` naming it and a ``<title>``.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -32,11 +33,14 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
         return [lo] if math.isfinite(lo) else [0.0]
     raw = (hi - lo) / max(count, 1)
-    power = 10 ** math.floor(math.log10(raw))
+    if not sys.float_info.min <= raw < sys.float_info.max / 10:  # (no round step divides it)
+        return [lo, hi]
+    power = 10.0 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.floor(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)
-            if first + i * step >= lo - 1e-12]
+    slack = step * 1e-9  # (float steps: a tick at an end is in)
+    return [t for i in range(int((hi - first) / step + 1e-9) + 1)
+            if lo - slack <= (t := first + i * step) <= hi + slack]
 
 
 @dataclass(frozen=True)
