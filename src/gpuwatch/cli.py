@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -202,7 +203,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         if stopped_by is not None:  # told to stop: end with the command's own status
             print(f"gpuwatch: stopped by {signal.Signals(stopped_by).name}; run log in {out} "
                   f"(`gpuwatch analyze {out}` to judge it)", file=sys.stderr)
-    return code
+    return code if code >= 0 else _die_of(-code)
+
+
+def _die_of(signum: int) -> int:
+    """End this process by the signal that ended the command, as the command ended (its
+    parent sees a death by signal, a shell "Killed"), leaving no core of this process
+    (the command's was its own); 128 + ``signum``, the shell's number for it, where the
+    signal does not end this process."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    with contextlib.suppress(ValueError, OSError):  # (SIGKILL's cannot be set: it is)
+        signal.signal(signum, signal.SIG_DFL)
+    with contextlib.suppress(ValueError, OSError):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        os.kill(os.getpid(), signum)
+    return 128 + signum
 
 
 class _Stopped(BaseException):  # (not an Exception: the replay's own handlers let it by)
@@ -333,8 +351,9 @@ SI_KERNEL = 0x80  # siginfo's si_code of a signal the kernel sent (a terminal's 
 
 
 def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> tuple[int, int | None]:
-    """Wait for the child, passing signals on (``FORWARDED``); its exit status becomes
-    ours. Also returns the last signal that told this process to stop, if any."""
+    """Wait for the child, passing signals on (``FORWARDED``): its exit status
+    (``Popen.returncode``: minus the signal that ended it), and the last signal that told
+    this process to stop, if any."""
     stopped_by: list[int] = []
 
     def forward(signum: int, from_terminal: bool) -> None:
@@ -347,7 +366,7 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> tuple[int, int |
         code = _wait_with_siginfo(child, forward)
     else:  # pragma: no cover (macOS)
         code = _wait_with_handlers(child, forward)
-    return (128 - code if code < 0 else code), (stopped_by[-1] if stopped_by else None)
+    return code, (stopped_by[-1] if stopped_by else None)
 
 
 def _wait_with_siginfo(child: subprocess.Popen[bytes],

@@ -126,3 +126,17 @@ def test_a_signal_during_the_replay_after_the_command_keeps_the_commands_status(
     assert proc.returncode == 0, err
     assert b"stopped by SIGTERM" in err and b"could not analyse" not in err
     assert not (out / "findings.json").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM])
+def test_a_command_killed_by_a_signal_ends_gpuwatch_run_by_that_signal(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    """A parent that asks how the command ended (a scheduler's "killed by signal",
+    Python's negative returncode) is told as it would be without gpuwatch: it read an
+    ordinary exit status, 137 for SIGKILL."""
+    kill_self = f"import os; os.kill(os.getpid(), {int(sig)})"
+    proc = subprocess.Popen([sys.executable, "-m", "gpuwatch", "run", "--out",
+                             str(tmp_path / "run"), "--", sys.executable, "-c", kill_self],
+                            env=_env(), stdin=subprocess.DEVNULL, start_new_session=True)
+    assert _wait(proc) == -sig
+    assert not list(tmp_path.glob("core*"))  # (no core of the wrapper's own)
