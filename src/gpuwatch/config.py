@@ -69,17 +69,25 @@ def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
 
 
 def _secret_file(path: Path) -> str:
+    try:
+        return read_small_file(path, SECRET_FILE_BYTES).decode()
+    except UnicodeDecodeError:
+        raise OSError(errno.EINVAL, "not UTF-8 text", str(path)) from None
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes. Raises OSError
+    naming it otherwise: a FIFO (its open and read would wait for a writer forever), a
+    device (/dev/zero never ends), a larger file, one that grew past ``limit``."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (opening a FIFO must not wait)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if info.st_size > SECRET_FILE_BYTES:
-            raise OSError(errno.EFBIG, f"larger than {SECRET_FILE_BYTES} bytes", str(path))
-        try:
-            return os.read(fd, SECRET_FILE_BYTES + 1).decode()
-        except UnicodeDecodeError:
-            raise OSError(errno.EINVAL, "not UTF-8 text", str(path)) from None
+        data = os.read(fd, limit + 1) if info.st_size <= limit else b""
+        if info.st_size > limit or len(data) > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        return data
     finally:
         os.close(fd)
 

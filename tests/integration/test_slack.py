@@ -292,6 +292,28 @@ def test_a_note_no_message_can_be_made_of_is_quarantined_and_the_others_go(
     assert len(list((tmp_path / "slack-spool" / "quarantine").iterdir())) == 1
 
 
+def test_a_fifo_or_a_device_in_the_spool_is_set_aside_never_waited_on(tmp_path: Path) -> None:
+    """A note that is a FIFO (its read waited for a writer forever: `alerts flush` hung,
+    and `gpuwatch run` with it, its agent stuck at start) or a link to /dev/zero (read
+    until memory ran out), and a FIFO as the silences file (`alerts silence` hung): the
+    notes are quarantined, the silences file counts as none and is replaced."""
+    spool = Spool(tmp_path / "slack-spool" / "rank0")
+    spool.put(Note("raised", {"detector": "hang", "summary": "finding #7", "job": "gpt",
+                              "fingerprint": "x", "verdict": "fix_here", "ranks": [0]}, 1.0))
+    os.mkfifo(spool.directory / f"{'a' * 32}.json")
+    (spool.directory / f"{'b' * 32}.json").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "slack-spool" / "silences.json")
+    with webhook() as hook:
+        flushed = run(gpuwatch_cmd("alerts", "flush", str(tmp_path)), cwd=tmp_path,
+                      timeout=60, extra_env={"GPUWATCH_SLACK__WEBHOOK_URL": hook.url})
+    assert flushed.returncode == 0, flushed.stdout + flushed.stderr
+    assert delivered_numbers(hook.texts()) == [7] and "2 malformed" in flushed.stdout
+    silenced = run(gpuwatch_cmd("alerts", "silence", str(tmp_path), "hang", "--for", "1h"),
+                   cwd=tmp_path, timeout=60)
+    assert silenced.returncode == 0, silenced.stderr
+    assert (tmp_path / "slack-spool" / "silences.json").is_file()
+
+
 def test_a_hanging_webhook_never_slows_the_training_step(tmp_path: Path) -> None:
     import gpuwatch
 

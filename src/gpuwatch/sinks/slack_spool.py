@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpuwatch.config import read_small_file
+
 KINDS = frozenset({"raised", "resolved", "reminder", "test"})
 SPOOL = "slack-spool"
 SERVICE_DIRS = frozenset({"delivered", "locks", "quarantine"})
@@ -139,10 +141,8 @@ class Spool:
         ``quarantine/`` and counted; one deleted meanwhile (delivered) is skipped."""
         out = []
         for path in self.names():
-            try:
-                if path.stat().st_size > MAX_NOTE_BYTES:
-                    raise ValueError("too big for a note")
-                out.append((path, Note.from_json(path.read_bytes())))
+            try:  # (a FIFO or device placed here: set aside, never waited on)
+                out.append((path, Note.from_json(read_small_file(path, MAX_NOTE_BYTES))))
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, UnicodeDecodeError, RecursionError):
@@ -226,7 +226,7 @@ class Ledger:
             done = root / "delivered"
             done.mkdir(parents=True, exist_ok=True)
             for key in keys:
-                fd = os.open(done / key, os.O_WRONLY | os.O_CREAT, 0o600)
+                fd = os.open(done / key, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, 0o600)
                 os.close(fd)
             _fsync_dir(done)
         for root in self.roots:
@@ -256,7 +256,7 @@ def silence(run_dir: Path, detector: str, seconds: float | None, now: float | No
 def read_silences(root: Path) -> dict[str, float | None]:
     """{detector: Unix end time, or None for good}; an unreadable file silences nothing."""
     try:
-        raw = json.loads((root / SILENCES).read_bytes())
+        raw = json.loads(read_small_file(root / SILENCES, MAX_NOTE_BYTES))
     except (OSError, ValueError):
         return {}
     if not isinstance(raw, dict):
