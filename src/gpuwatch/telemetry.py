@@ -561,9 +561,14 @@ class Telemetry:
 
     def saves_wall_s(self, now: float) -> float:
         """Wall time since training (or the first save, if earlier) began, up to ``now``
-        (Unix s): what the run-long save share is of (0 before any blocking save)."""
-        first = self.saves.first_start
-        return 0.0 if first is None else now - min(first, self.first_step_start or first)
+        (Unix s), counted in whole save cycles (``cycle_end``): what the run-long save
+        share is of (0 before any blocking save)."""
+        saves = self.saves
+        first = saves.first_start
+        if first is None:
+            return 0.0
+        return cycle_end(now, saves.last_end, saves.interval_s()) - min(
+            first, self.first_step_start or first)
 
     def save_share(self, now: float) -> float:
         """Blocking save seconds over ``saves_wall_s``: the run-long share of time saves
@@ -585,7 +590,7 @@ class Telemetry:
             return 0.0
         seconds = math.fsum(by.seconds[k] for k in (by.KINDS if kinds is None else kinds)
                             if by.count[k] >= RECURRING)
-        return min(seconds / (now - start), 1.0)
+        return min(seconds / (cycle_end(now, by.last_end, by.interval_s()) - start), 1.0)
 
     @property
     def last_step_t(self) -> float:
@@ -617,6 +622,18 @@ class Telemetry:
         return sorted(latest, key=lambda s: s.gpu or 0)
 
 
+def cycle_end(now: float, last_end: float, interval_s: float | None) -> float:
+    """Up to when (Unix s) a recurring cost's run-long share counts the run: ``now``, or,
+    less than one of its typical intervals after its newest occurrence ended
+    (``last_end``), that end. Read between occurrences the share then counts whole
+    cycles; read up to ``now`` it fell by one cycle in n before each occurrence and rose
+    after it, and a finding at its threshold came and went with every save or eval. Once
+    an interval passes with none, it is read up to ``now`` again (they stopped)."""
+    if interval_s is not None and 0.0 < now - last_end < interval_s:
+        return last_end
+    return now
+
+
 class Interruptions:
     """Run-long totals of the steps left out of the windows as interruptions, by what
     they were (``KINDS``): seconds beyond a typical step (blocking saves aside) and
@@ -628,22 +645,30 @@ class Interruptions:
     KINDS = ("eval", "waited", "gpu", "stall")
     JUDGED = ("eval", "stall")
 
-    __slots__ = ("count", "first_t", "last_t", "seconds", "stalled")
+    __slots__ = ("count", "first_end", "first_t", "last_end", "last_t", "seconds", "stalled")
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.KINDS, 0.0)
         self.count = dict.fromkeys(self.KINDS, 0)
         self.first_t = self.last_t = 0.0
+        self.first_end = self.last_end = 0.0  # of the first and the newest of any kind
         self.stalled = StepWindow(MAX_EVENTS)
 
     def add(self, kind: str, s: Step, excess: float) -> None:
         self.seconds[kind] += excess
         self.count[kind] += 1
+        self.first_end = self.first_end or s.t
+        self.last_end = s.t
         if kind in self.JUDGED:
             self.first_t = self.first_t or s.t
             self.last_t = s.t
         if kind == "stall":
             self.stalled.add(s)
+
+    def interval_s(self) -> float | None:
+        """The mean time from one interruption's end to the next's (s); None before two."""
+        n = sum(self.count.values())
+        return (self.last_end - self.first_end) / (n - 1) if n >= 2 else None
 
 
 class TrainingBatch:
@@ -690,7 +715,7 @@ class SaveTotals:
     """
 
     __slots__ = ("_steps_at_last", "async_saves", "blocking_bytes", "blocking_s",
-                 "checkpoints", "first_start", "last_start", "saves")
+                 "checkpoints", "first_start", "last_end", "last_start", "saves")
 
     def __init__(self) -> None:
         self.saves = 0  # blocking saves
@@ -700,6 +725,7 @@ class SaveTotals:
         self.blocking_bytes = 0.0
         self.first_start: float | None = None
         self.last_start: float | None = None  # of the newest checkpoint
+        self.last_end = 0.0  # when the newest blocking save ended
         self._steps_at_last = -1
 
     def add(self, e: Event, steps: int) -> None:
@@ -713,6 +739,7 @@ class SaveTotals:
         self.blocking_s += seconds
         self.blocking_bytes += float(e.data.get("bytes", 0))
         start = e.t - seconds
+        self.last_end = max(self.last_end, e.t)
         if self.first_start is None or start < self.first_start:
             self.first_start = start
         if steps != self._steps_at_last:

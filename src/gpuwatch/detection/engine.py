@@ -29,7 +29,16 @@ from gpuwatch.detection import (
     throttling,
     underutilised,
 )
-from gpuwatch.detection.context import HOLDING, WAITING, Context, Detection, for_s, scale, window_s
+from gpuwatch.detection.context import (
+    HOLDING,
+    WAITING,
+    Context,
+    Detection,
+    for_s,
+    recent,
+    scale,
+    window_s,
+)
 from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rank_input import RankInput
@@ -499,7 +508,10 @@ class Engine:
         them and their events are the same, no rank is stalled (``stall_s``), and either
         no step came, or the window has moved by less than 1/``REFRESH_DIVISIONS`` of
         itself since, or no step came since the last evaluation (a refresh waits for the
-        next step).
+        next step). One that found something also stands while a window holds too few
+        steps to judge again: ranks working between steps (an eval, a save, a pause)
+        give no evidence that the condition ended (it resolved at every eval, and came
+        back after).
         Absence-driven rules always judge afresh. How long a detection must hold
         (``for_s``, scaled by the slowest rank it names) is set when it is judged."""
         explained = self.context.explained
@@ -521,6 +533,10 @@ class Engine:
                 and rule.id not in ABSENCE_DRIVEN
                 and fresh.stalled.isdisjoint(ranks)):
             return previous
+        if (previous is not None and previous.found is not None and rule.min_steps
+                and rule.id not in ABSENCE_DRIVEN
+                and any(recent(v, rule, now) is None for v in views)):
+            return previous  # too few steps to judge again (an eval, a save, a pause)
         found = detect(views[0] if rule.scope == "rank" else views, rule, self.context, now)
         refresh_at = now if rule.id in ABSENCE_DRIVEN else now + refresh_s(views, rule,
                                                                             found is not None)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from gpuwatch.detection.context import Context, Detection, window_s
 from gpuwatch.detection.rules import Rule
-from gpuwatch.telemetry import Interruptions, Telemetry, mean_step
+from gpuwatch.telemetry import Interruptions, Telemetry, cycle_end, mean_step
 from gpuwatch.vocabulary import duration
 
 NO_CARD = " A bigger GPU would not help."
@@ -58,14 +58,15 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return None
     share = view.interruption_share(now, Interruptions.JUDGED)
     count = kinds.count["eval"] + kinds.count["stall"]
+    run_s = cycle_end(now, kinds.last_end, kinds.interval_s()) - start  # (whole cycles)
     if (share < th["interruption_share"] or count < max(th["min_interruptions"], 1)
-            or kinds.last_t - kinds.first_t < th["spread_ratio"] * (now - start)):
+            or kinds.last_t - kinds.first_t < th["spread_ratio"] * run_s):
         return None  # rare, few, or a burst (start-up recompiles) rather than a rhythm
     seconds = kinds.seconds["eval"] + kinds.seconds["stall"]
     evals = kinds.seconds["eval"] >= kinds.seconds["stall"]
     evidence = {"interruption_share_ratio": share, "interruptions_total": float(count),
                 "seconds_per_interruption": seconds / count,
-                "seconds_between_interruptions": (now - start) / count,
+                "seconds_between_interruptions": run_s / count,
                 "eval_seconds_share_ratio": kinds.seconds["eval"] / seconds}
     if evals:
         cause, advice = EVALS
