@@ -182,6 +182,30 @@ def test_an_eval_loaders_batches_and_waits_are_not_the_training_steps() -> None:
     assert [s.other_s for s in out[:2]] == [0.0, 0.0]
 
 
+def test_an_eval_shorter_than_a_progress_interval_is_told_as_its_step_ends() -> None:
+    """A 0.2 s eval (10 batches of its own loader) between two 30 ms steps: too short for
+    a progress event a second, so its step read as a stall ("work between steps") and
+    never as an eval. Its batches are told as the step ends, once; steps without an
+    eval tell nothing."""
+    train, evals = 1, 2
+    marks: list[tuple[int, float, object]] = []
+    t = 0.0
+    for k in range(6):
+        if k == 3:
+            for _ in range(10):
+                marks += [(ring.LOADER_BATCH, t + 0.02, (evals, 4))]
+                t += 0.02
+        marks += [(ring.LOADER_BATCH, t + 0.01, (train, 4)),
+                  (ring.STEP_BOUNDARY, t + 0.03, None)]
+        t += 0.03
+    records = assemble(marks)
+    progress = events(records, "progress")
+    assert [e.data["eval_batches"] for e in progress] == [10]
+    eval_step = steps(records)[3]
+    assert progress[0].t == eval_step.t and records.index(progress[0]) < records.index(
+        eval_step)  # (told before its step: the step is then judged an eval's)
+
+
 def test_an_eval_inside_a_step_or_before_the_first_is_not_the_training_loaders() -> None:
     """``for batch in train: if step % N == 0: evaluate(); train(batch)``: the eval loader
     is iterated after the training batch came and before the optimizer steps, so its

@@ -16,9 +16,10 @@ them, at the first optimizer's post-step hook.
 Between steps the job may still be working (an eval loop, a long step of many
 micro-batches): loader and eval batches seen more than ``PROGRESS_EVERY_S`` after
 the last step or progress record make a ``progress`` event, at most one per
-``PROGRESS_EVERY_S``. The training batch size is the last batch fetched before a
-step ends (an eval loader's batches come earlier), reported when it changes and
-the new size repeats.
+``PROGRESS_EVERY_S``, and eval batches not told yet one as their step ends (an eval
+shorter than that is an eval too, not a stall). The training batch size is the last
+batch fetched before a step ends (an eval loader's batches come earlier), reported
+when it changes and the new size repeats.
 
 Device timings (collective waits on the GPU timeline) belong to the step they were
 recorded in, which the GPU finishes later: such a step is held back until they are
@@ -323,10 +324,10 @@ class StepAssembler:
         out.append(Event(self.rank, t + self._offset, "checkpoint_save",
                          {"seconds": seconds, "bytes": nbytes}))
 
-    def _progress(self, t: float, out: list[Record]) -> None:
+    def _progress(self, t: float, out: list[Record], every_s: float = PROGRESS_EVERY_S) -> None:
         """A ``progress`` event for the batches seen since the last step or progress
-        record, once that is ``PROGRESS_EVERY_S`` ago."""
-        if t - self._progress_at < PROGRESS_EVERY_S:
+        record, once that is ``every_s`` ago."""
+        if t - self._progress_at < every_s:
             return
         out.append(Event(self.rank, t + self._offset, "progress",
                          {"loader_batches": self._loader_batches,
@@ -382,6 +383,8 @@ class StepAssembler:
             compute = max(rest - other, 0.0)
         if self._last_batch:
             self._track_batch(self._last_batch, t, out)
+        if self._eval_batches:  # (an eval shorter than PROGRESS_EVERY_S: its step held one)
+            self._progress(t, out, every_s=0.0)
         step = Step(
             rank=self.rank, step=self.steps, t=t + self._offset, wall_s=wall,
             data_s=data, compute_s=compute, optimizer_s=opt, checkpoint_s=ckpt,
