@@ -75,17 +75,18 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         advice = ("Memory decides where this job should run (fits_on_paper's finding names "
                   f"the card that holds it); this is its time on {proj.target.name} as it runs "
                   "now.")
-    elif current.name == ctx.target:
-        advice = (f"The job already runs on {ctx.target}: scale out (data parallel) or make "
-                  "the step itself cheaper to finish sooner.")
+    elif current.name == proj.target.name:  # (the target, or the card memory needs)
+        advice = (f"The job already runs on {current.name}: scale out (data parallel) or "
+                  "make the step itself cheaper to finish sooner.")
     else:
         advice = (f"No move to {proj.target.name} ({speedup_text(proj.as_dict())} projected): "
                   f"{proj.economics['decision']['why']}. Scale out or make the step itself "
                   "cheaper.")
     text = {"target": proj.target.name, "advice": advice, "scaled": scaled, "there": there,
             "gpus_now": "one" if world == 1 else f"{world}"}
-    return Detection(evidence, [view.rank], text=text,
-                     projection=proj.as_dict(), verdict=verdict)
+    return Detection(evidence, [view.rank], text=text, projection=proj.as_dict(),
+                     verdict=verdict,
+                     variant="on_its_card" if current.name == proj.target.name else None)
 
 
 def _span(hours: float) -> str:
