@@ -267,7 +267,8 @@ class Settings(BaseSettings):
     gpu_model: str | None = Field(default=None,
                                   description="Catalogue GPU this job runs on, if NVML cannot say.")
     total_steps: int | None = Field(default=None, gt=0, le=MAX_COUNT,
-                                    description="Planned steps of the run (time-to-finish).")
+                                    description="Planned steps of the run (time-to-finish; "
+                                                "a resumed plain loop: those left to it).")
     prices: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict,
         description="USD per GPU-hour by catalogue name (else the catalogue's dated defaults).")
