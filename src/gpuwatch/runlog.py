@@ -131,7 +131,7 @@ def write_whole(path: Path, text: str) -> None:
             f.write(text)
         os.replace(temp, path)
     except OSError as exc:  # (named for what was asked for, not the file beside it)
-        exc.filename, exc.filename2 = str(path), None
+        exc.filename = str(path)
         raise
     finally:
         with contextlib.suppress(OSError):
