@@ -141,6 +141,21 @@ class StepWindow:
         """Mean step over the steps that ended at or after ``since``; None if none."""
         return mean_step(self.sums_since(since))
 
+    def since_holding(self, steps: int) -> float | None:
+        """The latest end time from which the window holds at least ``steps`` steps (Unix
+        s: ``sums_since`` of it counts them), in O(log n); None where it holds fewer."""
+        last = self.last[0]
+        if not self._t or last < steps:
+            return None
+        lo, hi = 0, len(self._t) - 1  # the latest entry with ``steps`` from it on
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if last - self._totals[(mid - 1) * _WIDTH] >= steps:
+                lo = mid
+            else:
+                hi = mid - 1
+        return self._t[lo]
+
     def sums_since(self, since: float) -> tuple[float, ...]:
         """Sums (SUMMED order, the count first) of the steps that ended at or after ``since``."""
         i = bisect.bisect_left(self._t, since)
@@ -173,6 +188,7 @@ class Telemetry:
         self.steps: deque[Step] = deque(maxlen=MAX_STEPS)
         self.window = StepWindow(MAX_STEPS)  # typical steps (what peers are sent)
         self.interrupting = StepWindow(MAX_EVENTS)  # the steps that were interruptions
+        self._interrupting_steps: deque[int] = deque(maxlen=MAX_EVENTS)  # their numbers
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.samples: dict[tuple[str, int | None], deque[Sample]] = {}
         # Running aggregates of the keys detectors ask about, per (source, GPU): made on
@@ -291,6 +307,7 @@ class Telemetry:
         elif long and not self._long_batch(s.wall_s, work):
             self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
             self.interrupting.add(s)
+            self._interrupting_steps.append(s.step)
             excess = max(s.wall_s - median - s.checkpoint_s, 0.0)
             self.interrupted_by.add(self._interruption_kind(s, excess), s, excess)
             return
@@ -393,6 +410,11 @@ class Telemetry:
             return mean_step(tuple(map(operator.add, typical, interrupting)))
         return mean_step(typical)
 
+    def since_holding(self, steps: int) -> float | None:
+        """The latest time from which ``steps`` typical steps ended (Unix s); None before
+        that many."""
+        return self.window.since_holding(steps)
+
     def median_step_s(self) -> float | None:
         """The running median of recent steps (seconds); None before the warm-up ends."""
         return self._median if self._walls else None
@@ -406,13 +428,21 @@ class Telemetry:
         return self.meta.world_size if self.meta else 1
 
     def step_waits(self, since: float) -> dict[int, StepWait]:
-        """Per-step waits by step number of the steps that ended at or after ``since``
-        (warm-up left out)."""
+        """Per-step waits by step number of the steps that ended at or after ``since``:
+        warm-up left out, and interruptions as ``summarise`` leaves them out (an eval
+        every rank ran made one step's wall a minute, and the collectives' share of the
+        window's steps a fraction of theirs)."""
+        skipped: set[int] = set()
+        if self.interruptions and self.interruptions[-1][1] >= since:
+            typical = self.window.sums_since(since)[0]
+            interrupting = self.interrupting.sums_since(since)[0]
+            if interrupting <= RHYTHM_SHARE * (typical + interrupting):  # (rare: left out)
+                skipped = set(self._interrupting_steps)
         out: dict[int, StepWait] = {}
         for s in reversed(self.steps):
             if s.t < since:
                 break
-            if s.step > WARMUP_STEPS:
+            if s.step > WARMUP_STEPS and s.step not in skipped:
                 out[s.step] = StepWait.of(s)
         return out
 

@@ -19,7 +19,7 @@ from gpuwatch.detection.engine import (
     fingerprint,
 )
 from gpuwatch.detection.rules import Rule
-from gpuwatch.records import Record, Step
+from gpuwatch.records import Event, Record, Step
 from gpuwatch.telemetry import Telemetry
 from tests.runs import START, meta, samples, steps, topology
 
@@ -183,3 +183,47 @@ def test_a_rules_refresh_can_be_overridden_and_is_checked() -> None:
     assert engine.rules["iteration_speed"].refresh_s == 5
     with pytest.raises(ConfigError, match=r"detectors.iteration_speed.refresh_s"):
         engine_from_settings(Settings(detectors={"iteration_speed": {"refresh_s": -1}}), "rank")
+
+
+def test_a_condition_that_ended_resolves_though_steps_come_unevenly() -> None:
+    """A starved loader fixed at 300 s, the steps from then on 1 s, 1 s and 3.5 s (a
+    metric logged every third): a window sized by the median step holds fewer than its
+    minimum of them, and is filled back to that minimum rather than left unjudged, so
+    the finding resolves (one standing while its window lacked steps stood for good)."""
+    records = [meta(), *steps(300, wall=1.0, data_s=0.45)]
+    t, n = START + 300, 301
+    while t < START + 1200:
+        for wall in (1.0, 1.0, 3.5):
+            t += wall
+            records.append(Step(rank=0, step=n, t=t, wall_s=wall, data_s=0.03 * wall,
+                                compute_s=0.97 * wall, samples=32))
+            n += 1
+    records += samples("host", 1200, {"workers": 8.0, "workers_cpu_ratio": 0.97})
+    engine = engine_from_settings(Settings(), "rank")
+    changes = engine.feed(ordered(records)) + engine.close()
+    assert [(f.detector, f.state) for f in changes] == [("data_starvation", "active"),
+                                                       ("data_starvation", "resolved")]
+    assert changes[1].last_seen < START + 400
+
+
+@pytest.mark.parametrize("for_s", [3.0, 20.0])
+def test_a_condition_seen_just_before_an_eval_is_not_raised_through_it(for_s: float) -> None:
+    """8 starved steps (a blip), then a 120 s eval between steps: the window reaching
+    back over the eval keeps judging the blip, which must not count as the condition
+    holding for its ``for_s`` meanwhile (scaled: 3.75 s or 25 s); it is raised only
+    where the blip itself lasted about that long, before its rank counts as between
+    steps (``stall_s``: 10 s)."""
+    records = [meta(), *steps(200, wall=1.0, data_s=0.03),
+               *steps(8, wall=1.0, start=START + 200, first=201, data_s=0.9)]
+    records += [Event(0, START + 208 + i, "progress", {"loader_batches": 4, "eval_batches": 4})
+                for i in range(1, 120)]
+    records += steps(200, wall=1.0, start=START + 328, first=300, data_s=0.03)
+    records += samples("host", 540, {"workers": 8.0, "workers_cpu_ratio": 0.2})
+    engine = engine_from_settings(
+        Settings(detectors={"data_starvation": {"for_s": for_s}}), "rank")
+    raised = [f for f in engine.feed(ordered(records)) + engine.close()
+              if f.state == "active"]
+    if for_s > 8:
+        assert raised == []
+    else:
+        assert len(raised) == 1 and raised[0].last_seen <= START + 208 + 10

@@ -206,6 +206,20 @@ def test_an_eval_shorter_than_a_progress_interval_is_told_as_its_step_ends() -> 
         eval_step)  # (told before its step: the step is then judged an eval's)
 
 
+def test_loaders_a_loop_takes_turns_with_are_no_evals() -> None:
+    """Multi-task training fetching from loader A, then B, step by step: each feeds the
+    steps it fetches in, so none of their batches is an eval's (every step's end told
+    them as eval batches, and a stall then read as an eval)."""
+    marks: list[tuple[int, float, object]] = []
+    t = 0.0
+    for k in range(40):
+        marks += [(ring.LOADER_BATCH, t + 0.01, (1 + k % 2, 8)),
+                  (ring.STEP_BOUNDARY, t + 0.1, None)]
+        t += 0.1
+    records = assemble(marks)
+    assert events(records, "progress") == [] and len(steps(records)) == 40
+
+
 def test_an_eval_inside_a_step_or_before_the_first_is_not_the_training_loaders() -> None:
     """``for batch in train: if step % N == 0: evaluate(); train(batch)``: the eval loader
     is iterated after the training batch came and before the optimizer steps, so its

@@ -279,9 +279,21 @@ def for_s(views: Sequence[RankInput], rule: Rule) -> float:
     return rule.for_s * max((scale(v, rule) for v in views), default=1.0)
 
 
+def window_start(view: RankInput, rule: Rule, now: float) -> float:
+    """Where the rule's window on this rank starts (Unix s): ``window_s`` before ``now``,
+    or further back, at its newest ``min_steps`` typical steps, where it holds fewer: a
+    gap (an eval, a save, a pause, steps that stopped) leaves the steps before it to
+    judge, not an empty window that cleared every finding at every eval; steps far
+    longer than their median (a slow one every few) fill it too."""
+    start = now - window_s(view, rule)
+    held = view.since_holding(rule.min_steps)
+    return min(start, held) if held is not None else start
+
+
 def recent(view: RankInput, rule: Rule, now: float) -> StepSummary | None:
-    """The mean step over the rule's window, if the window holds its minimum of steps."""
-    summary = view.summarise(now - window_s(view, rule))
+    """The mean step over the rule's window (``window_start``), if it holds its minimum of
+    steps."""
+    summary = view.summarise(window_start(view, rule, now))
     return summary if summary is not None and summary.steps >= rule.min_steps else None
 
 

@@ -6,13 +6,20 @@ window holds one stall or two."""
 
 from __future__ import annotations
 
-from gpuwatch.detection.context import LONG_WINDOWS, Context, Detection, recent, window_s
+from gpuwatch.detection.context import (
+    LONG_WINDOWS,
+    Context,
+    Detection,
+    recent,
+    window_s,
+    window_start,
+)
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
-    since = now - window_s(view, rule)
+    since = window_start(view, rule, now)
     summary = recent(view, rule, now)
     if summary is None:  # (too few steps now: a stall, an eval; the long window would
         return None      # read an earlier stretch as now)

@@ -29,16 +29,7 @@ from gpuwatch.detection import (
     throttling,
     underutilised,
 )
-from gpuwatch.detection.context import (
-    HOLDING,
-    WAITING,
-    Context,
-    Detection,
-    for_s,
-    recent,
-    scale,
-    window_s,
-)
+from gpuwatch.detection.context import HOLDING, WAITING, Context, Detection, for_s, scale, window_s
 from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rank_input import RankInput
@@ -381,6 +372,9 @@ class Engine:
                 fp, detection = judgement.fp, judgement.found
                 if detection is None:  # (_run returns only what found something)
                     continue
+                if (rule_id not in ABSENCE_DRIVEN and _between_steps(detection.ranks, judged, now)
+                        and not ((f := self._findings.get(fp)) and f.state == "active")):
+                    continue  # (the steps before a gap keep a finding; they start none)
                 seen.add(fp)
                 since = self._pending.setdefault(fp, now)
                 if fp not in self._detected:  # newly detected: it explains from now on
@@ -508,10 +502,7 @@ class Engine:
         them and their events are the same, no rank is stalled (``stall_s``), and either
         no step came, or the window has moved by less than 1/``REFRESH_DIVISIONS`` of
         itself since, or no step came since the last evaluation (a refresh waits for the
-        next step). One that found something also stands while a window holds too few
-        steps to judge again: ranks working between steps (an eval, a save, a pause)
-        give no evidence that the condition ended (it resolved at every eval, and came
-        back after).
+        next step).
         Absence-driven rules always judge afresh. How long a detection must hold
         (``for_s``, scaled by the slowest rank it names) is set when it is judged."""
         explained = self.context.explained
@@ -533,10 +524,6 @@ class Engine:
                 and rule.id not in ABSENCE_DRIVEN
                 and fresh.stalled.isdisjoint(ranks)):
             return previous
-        if (previous is not None and previous.found is not None and rule.min_steps
-                and rule.id not in ABSENCE_DRIVEN
-                and any(recent(v, rule, now) is None for v in views)):
-            return previous  # too few steps to judge again (an eval, a save, a pause)
         found = detect(views[0] if rule.scope == "rank" else views, rule, self.context, now)
         refresh_at = now if rule.id in ABSENCE_DRIVEN else now + refresh_s(views, rule,
                                                                             found is not None)
@@ -573,6 +560,14 @@ class Engine:
             return None
         self.revision += 1
         return finding
+
+
+def _between_steps(ranks: Sequence[int], judged: dict[int, RankInput], now: float) -> bool:
+    """Whether one of ``ranks`` has gone without a step for longer than it may before it
+    counts as stalled (``stall_s``: an eval, a save, a pause, steps that stopped). A
+    window then reaches back to the steps before (``context.recent``): they keep an
+    active finding, but show no new condition holding for its ``for_s``."""
+    return any(now - v.last_step_t > stall_s(v) for r in ranks if (v := judged.get(r)))
 
 
 def _works_off_step(view: RankInput, now: float, longest_save_s: float) -> bool:

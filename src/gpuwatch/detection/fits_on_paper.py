@@ -28,7 +28,7 @@ from gpuwatch.detection.context import (
     first_high,
     mean_parts,
     recent,
-    window_s,
+    window_start,
     with_interruptions,
 )
 from gpuwatch.detection.moves import unknown_card
@@ -67,7 +67,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if summary is None:  # (too few steps: died in them, or not judged yet)
         return died_early(view, ctx) if view.died_of_oom and view.steps_seen < (
             WARMUP_STEPS + rule.min_steps) else None
-    since = now - window_s(view, rule)
+    since = window_start(view, rule, now)
     # warm-up's retries and OOMs (cudnn.benchmark's tries, a batch finder) are no pressure:
     # where the window reaches back into it, counters rise from the first reading after
     trained = max(since, view.warmed_at)

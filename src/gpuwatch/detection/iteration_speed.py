@@ -12,7 +12,7 @@ from gpuwatch.detection.context import (
     Detection,
     mean_parts,
     recent,
-    window_s,
+    window_start,
     with_interruptions,
 )
 from gpuwatch.detection.moves import unknown_card
@@ -27,7 +27,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     planned = ctx.planned_steps or view.planned_steps
     if not planned:
         return None
-    since = now - window_s(view, rule)
+    since = window_start(view, rule, now)
     summary = recent(view, rule, now)
     if summary is None:
         return None

@@ -137,6 +137,9 @@ class PeerRank:
     def summarise(self, since: float) -> StepSummary | None:
         return self.window.since(since)
 
+    def since_holding(self, steps: int) -> float | None:
+        return self.window.since_holding(steps)
+
     def median_step_s(self) -> float | None:
         """Its mean step over the last ``MEDIAN_SPAN_S`` of totals it published (only
         totals travel, not steps)."""

@@ -57,6 +57,10 @@ class RankInput(Protocol):
     def summarise(self, since: float) -> StepSummary | None:
         """The mean step over steps that ended at or after ``since``."""
 
+    def since_holding(self, steps: int) -> float | None:
+        """The latest time from which ``steps`` typical steps ended (Unix s), if it has
+        that many."""
+
     def median_step_s(self) -> float | None: ...
 
     @property

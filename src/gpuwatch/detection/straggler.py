@@ -20,7 +20,14 @@ import itertools
 from collections.abc import Sequence
 
 from gpuwatch.detection import skew
-from gpuwatch.detection.context import LONG_WINDOWS, Context, Detection, job_devices, window_s
+from gpuwatch.detection.context import (
+    LONG_WINDOWS,
+    Context,
+    Detection,
+    job_devices,
+    window_s,
+    window_start,
+)
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import StepSummary
@@ -37,7 +44,8 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     # and stalls, and the gap between them came and went. Then over LONG_WINDOWS of it:
     # a rank slow in some steps only shows its cost over many of them.
     window = max(window_s(v, rule) for v in views)
-    return _over(views, rule, now - window) or _over(views, rule, now - LONG_WINDOWS * window)
+    since = min(window_start(v, rule, now) for v in views)
+    return _over(views, rule, since) or _over(views, rule, now - LONG_WINDOWS * window)
 
 
 def _over(views: Sequence[RankInput], rule: Rule, since: float) -> Detection | None:

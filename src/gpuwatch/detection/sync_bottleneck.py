@@ -34,7 +34,7 @@ from gpuwatch.detection.context import (
     recent,
     spans_nodes,
     uneven_rails,
-    window_s,
+    window_start,
     with_interruptions,
 )
 from gpuwatch.detection.projection import (
@@ -51,7 +51,7 @@ from gpuwatch.telemetry import Telemetry
 
 
 def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> Detection | None:
-    since = now - max(window_s(v, rule) for v in views)
+    since = min(window_start(v, rule, now) for v in views)
     th = rule.thresholds
     summaries = {v.rank: s for v in views if (s := recent(v, rule, now)) is not None}
     if len(summaries) < 2 or len(summaries) < len(views):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from gpuwatch.detection.context import Context, Detection, recent, window_s
+from gpuwatch.detection.context import Context, Detection, recent, window_start
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Sample
 from gpuwatch.telemetry import Telemetry
@@ -23,7 +23,7 @@ KEY = "gpu_clock_event_reasons"
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
-    since = now - window_s(view, rule)
+    since = window_start(view, rule, now)
     if view.slowed_at < since or recent(view, rule, now) is None:
         return None  # (the common case: no reading in the window had a fault bit)
     th = rule.thresholds

@@ -79,6 +79,7 @@ class StepAssembler:
         self._progress_at = 0.0  # perf_counter time of the last step end or progress event
         self._loader_batches = 0  # batches fetched since then
         self._eval_batches = 0  # eval batches done since then
+        self._hooked_evals = False  # some were a framework eval hook's (this step)
         self._by_loader: dict[Loader, list[float]] = {}  # loader -> [samples, data s] this step
         self._fetches: list[tuple[Loader, float, float]] = []  # (loader, wait start, arrival)
         self._loader: Loader = ()  # the loader of the step's newest batch: one that feeds steps
@@ -203,6 +204,7 @@ class StepAssembler:
 
     def _on_eval_batch(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         self._eval_batches += 1
+        self._hooked_evals = True
         self._progress(t, out)
 
     def _on_background_save(self, code: int, t: float, value: Any, out: list[Record]) -> None:
@@ -383,7 +385,10 @@ class StepAssembler:
             compute = max(rest - other, 0.0)
         if self._last_batch:
             self._track_batch(self._last_batch, t, out)
-        if self._eval_batches:  # (an eval shorter than PROGRESS_EVERY_S: its step held one)
+        if self._eval_batches and (evaluating > 0 or self._hooked_evals):
+            # an eval shorter than PROGRESS_EVERY_S: its step held one (a framework's eval
+            # hook said so, or a loader that feeds no step fetched in it; not loaders a
+            # loop takes turns with, each feeding the steps it fetches in)
             self._progress(t, out, every_s=0.0)
         step = Step(
             rank=self.rank, step=self.steps, t=t + self._offset, wall_s=wall,
@@ -437,6 +442,7 @@ class StepAssembler:
         self._prev_end = t
         self._progress_at = t
         self._loader_batches = self._eval_batches = 0
+        self._hooked_evals = False
         for phase in range(_NPHASES):
             acc[phase] = 0.0
             self._timed[phase] = False
