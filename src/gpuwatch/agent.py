@@ -717,22 +717,23 @@ def _chained(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
     return chained
 
 
-_failing_exit = False  # the main thread called sys.exit with a failure status
+_failing_exit_at: float | None = None  # when the main thread last called sys.exit failing
+FAILING_EXIT_S = 60.0  # an exit status older than this was caught: the job went on
 
 
 def _note_failing_exits() -> None:
-    """Wrap ``sys.exit`` (once) to note a failure status the main thread exits with: a
-    job that catches Ctrl-C or an OOM, cleans up and calls ``sys.exit(1)`` (Lightning
-    does) leaves no other trace of it for the atexit handlers."""
+    """Wrap ``sys.exit`` (once) to note when the main thread calls it with a failure
+    status: a job that catches Ctrl-C or an OOM, cleans up and calls ``sys.exit(1)``
+    (Lightning does) leaves no other trace of it for the atexit handlers."""
     if getattr(sys.exit, "gpuwatch_noting", False):
         return
     exit_now = sys.exit
 
     @functools.wraps(exit_now)
     def noting(status: Any = None) -> NoReturn:
-        global _failing_exit
+        global _failing_exit_at
         if status not in (None, 0) and threading.current_thread() is threading.main_thread():
-            _failing_exit = True
+            _failing_exit_at = time.monotonic()
         exit_now(status)
 
     noting.gpuwatch_noting = True  # type: ignore[attr-defined]
@@ -744,10 +745,12 @@ def dying_of_an_exception() -> bool:
     went uncaught in its main thread (Python keeps the last one it printed in
     ``sys.last_value`` before the atexit handlers run), after a stopping signal
     reached a handler of the job's (``_chain_stop_handlers``: its ``sys.exit`` leaves
-    no other trace), or with a failure status its main thread gave ``sys.exit``
-    (``_note_failing_exits``)."""
-    return (_stop_signalled or _failing_exit
-            or getattr(sys, "last_value", None) is not None)
+    no other trace), or with a failure status its main thread gave ``sys.exit`` in the
+    last ``FAILING_EXIT_S`` (``_note_failing_exits``; one caught long before, argparse's
+    at start, is not this exit)."""
+    failed_at = _failing_exit_at
+    return (_stop_signalled or getattr(sys, "last_value", None) is not None
+            or (failed_at is not None and time.monotonic() - failed_at < FAILING_EXIT_S))
 
 
 def _nvml_index(gpus: list[int] | None, device: int | None) -> int | None:

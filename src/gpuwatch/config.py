@@ -35,7 +35,7 @@ _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 # The agent thread's shortest period (s): a shorter one keeps it busy, holding the GIL the
 # training loop needs (1 ms periods made a CPU loop 3x slower)
 MIN_INTERVAL_S = 0.05
-MAX_COUNT = 2**63 - 1  # counts a run log holds (its JSON integers are 64-bit)
+MAX_COUNT = 2**63 - 1  # the largest count a run log holds (its JSON integers are 64-bit)
 _SECRET_SECTIONS = frozenset({"slack", "grafana"})  # never echo what was given for these
 
 

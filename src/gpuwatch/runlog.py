@@ -123,7 +123,7 @@ def write_whole(path: Path, text: str) -> None:
     would wait for a reader forever) or a link to another file (written over, as root
     anywhere) is replaced, not followed; a reader never sees half a file. Raises
     OSError naming ``path`` (a directory: IsADirectoryError)."""
-    if not path.name or path.is_dir():  # ("." or "/" has no name to write beside)
+    if not path.name or (path.is_dir() and not path.is_symlink()):  # (".", "/", a dir)
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:

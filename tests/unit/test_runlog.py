@@ -198,11 +198,16 @@ def test_a_file_is_written_whole_in_place_of_a_fifo_or_a_link(tmp_path: Path) ->
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     (tmp_path / "report.html").symlink_to(victim)
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "summary.json").symlink_to(tmp_path / "kept")  # (a link to a directory)
     code = ("import sys; from pathlib import Path; from gpuwatch.runlog import write_whole; "
             "d = Path(sys.argv[1]); write_whole(d / 'findings.json', '[]\\n'); "
-            "write_whole(d / 'report.html', '<html></html>')")
+            "write_whole(d / 'report.html', '<html></html>'); "
+            "write_whole(d / 'summary.json', '{}')")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
     assert (tmp_path / "findings.json").read_text() == "[]\n"
     assert not (tmp_path / "report.html").is_symlink() and victim.read_text() == "precious"
+    assert (tmp_path / "summary.json").read_text() == "{}" and (tmp_path / "kept").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "findings.json", "report.html", "victim.txt"]  # no temporary file left
+        "findings.json", "kept", "report.html", "summary.json",
+        "victim.txt"]  # no temporary file left

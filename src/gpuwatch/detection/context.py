@@ -62,8 +62,8 @@ WAITING = "waiting_on_slower_ranks"
 @dataclass
 class Context:
     """Run-wide facts for detectors. ``gpu_model`` names the GPU where NVML names none
-    the catalogue knows;
-    ``planned_steps`` the steps the run plans (settings.total_steps). The engine sets
+    the catalogue knows; ``planned_steps`` the steps the run plans
+    (settings.total_steps). The engine sets
     ``explained`` per evaluation: rank -> the detectors whose active findings or
     detected conditions cover that rank (job-scope ones cover every rank)."""
 

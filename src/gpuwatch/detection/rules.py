@@ -25,9 +25,9 @@ class Wording(BaseModel):
 
 
 class Rule(BaseModel):
-    """One detector's rule file. ``window_s`` in seconds (``for_s``, ``refresh_s``: how
-    long a detection must hold, and at least how long one stands between judgements, as
-    the window scales); thresholds as documented in it;
+    """One detector's rule file. ``window_s`` in seconds, as are ``for_s`` (how long a
+    detection must hold, scaled as the window is) and ``refresh_s`` (at least how long
+    one that found something stands between judgements); thresholds as documented in it;
     ``variants`` the wording of detections that are not the rule's main case (chosen by
     the detector, e.g. an ``info`` beside a ``move_to_h100``)."""
 

@@ -33,6 +33,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gpuwatch.config import MAX_COUNT
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EVENTS, EventPool, PendingTimings
 from gpuwatch.instrument.sizes import saved_bytes
@@ -42,7 +43,6 @@ from gpuwatch.vocabulary import COMPUTE_PHASES, Phase
 _NPHASES = max(Phase) + 1
 PROGRESS_EVERY_S = 1.0
 HOLD_STEPS = 64  # a step waits for its device timings behind at most this many steps
-MAX_COUNT = 2**63  # counts from here on are no count (a run-log line holds 64-bit integers)
 Loader = tuple[int, ...]  # a DataLoader as its batches name it (ring.LOADER_BATCH)
 
 
@@ -268,9 +268,9 @@ class StepAssembler:
     def _count(self, value: Any) -> int:
         """A mark's count (samples, tokens, bytes): a number in [0, 2**63) (what a run-log
         line holds), else 0 (counted)."""
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
             return value
-        if isinstance(value, float) and math.isfinite(value) and 0 <= value < MAX_COUNT:
+        if isinstance(value, float) and math.isfinite(value) and 0 <= value <= MAX_COUNT:
             return int(value)
         self.bad_values += 1
         return 0
