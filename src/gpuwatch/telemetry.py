@@ -591,20 +591,23 @@ class Telemetry:
 
     def saves_wall_s(self, now: float) -> float:
         """Wall time since training (or the first save, if earlier) began, up to ``now``
-        (Unix s), counted in whole save cycles (``cycle_end``): what the run-long save
-        share is of (0 before any blocking save)."""
-        saves = self.saves
-        first = saves.first_start
-        if first is None:
-            return 0.0
-        return cycle_end(now, saves.last_end, saves.interval_s()) - min(
-            first, self.first_step_start or first)
+        (Unix s; 0 before any blocking save)."""
+        first = self.saves.first_start
+        return 0.0 if first is None else now - min(first, self.first_step_start or first)
 
     def save_share(self, now: float) -> float:
-        """Blocking save seconds over ``saves_wall_s``: the run-long share of time saves
-        cost the loop."""
+        """The run-long share of time blocking saves cost the loop: a checkpoint's mean
+        seconds over the mean time from one's start to the next's while they recur
+        (``mid_cycle``), else the blocking seconds over ``saves_wall_s``.
+        Counted up to ``now`` it fell a cycle in n before each save and rose after (a
+        finding at its threshold came and went with every save), and a save at the
+        run's start counted one cycle twice."""
+        saves = self.saves
+        interval = saves.interval_s()
+        if interval and mid_cycle(now, saves.last_end, interval):
+            return min(saves.blocking_s / saves.checkpoints / interval, 1.0)
         wall = self.saves_wall_s(now)
-        return min(self.saves.blocking_s / wall, 1.0) if wall > 0 else 0.0
+        return min(saves.blocking_s / wall, 1.0) if wall > 0 else 0.0
 
     def interruption_share(self, now: float, kinds: Iterable[str] | None = None) -> float:
         """The run-long share of time (up to ``now``, Unix s) interruptions took beyond a
@@ -652,16 +655,23 @@ class Telemetry:
         return sorted(latest, key=lambda s: s.gpu or 0)
 
 
+OVERDUE = 1.5  # a recurring cost is overdue this many of its mean intervals after the last
+
+
+def mid_cycle(now: float, last_end: float, interval_s: float | None) -> bool:
+    """Whether a recurring cost (a save, an eval) is still recurring at ``now``: its
+    newest occurrence ended at ``last_end``, and the next is not ``OVERDUE`` (its mean
+    interval ``interval_s``, which lags intervals that grow, times that; None before
+    two occurrences: no rhythm yet)."""
+    return interval_s is not None and 0.0 <= now - last_end < OVERDUE * interval_s
+
+
 def cycle_end(now: float, last_end: float, interval_s: float | None) -> float:
-    """Up to when (Unix s) a recurring cost's run-long share counts the run: ``now``, or,
-    less than one of its typical intervals after its newest occurrence ended
-    (``last_end``), that end. Read between occurrences the share then counts whole
-    cycles; read up to ``now`` it fell by one cycle in n before each occurrence and rose
-    after it, and a finding at its threshold came and went with every save or eval. Once
-    an interval passes with none, it is read up to ``now`` again (they stopped)."""
-    if interval_s is not None and 0.0 < now - last_end < interval_s:
-        return last_end
-    return now
+    """Up to when (Unix s) a recurring cost's run-long share counts the run: its newest
+    occurrence's end while it recurs (``mid_cycle``), so the share counts whole cycles
+    (read up to ``now`` it fell a cycle in n before each occurrence and rose after, and a
+    finding at its threshold came and went with every save or eval); else ``now``."""
+    return last_end if mid_cycle(now, last_end, interval_s) else now
 
 
 class Interruptions:
