@@ -7,7 +7,11 @@ from dataclasses import replace
 
 import pytest
 
+from gpuwatch.config import Settings
+from gpuwatch.detection.engine import engine_from_settings
+from gpuwatch.detection.hang import working_off_step
 from gpuwatch.records import Event, Meta, Record, Sample, Step
+from gpuwatch.telemetry import Telemetry
 from tests.runs import GB, START, judge, meta, only, samples, steps, topology
 
 HEALTHY_GPU = {"gpu_utilization_ratio": 0.93, "gpu_memory_used_bytes": 40 * GB,
@@ -549,3 +553,22 @@ def test_a_malformed_collective_timing_word_does_not_silence_the_detector() -> N
 
 def test_little_collective_wait_is_no_bottleneck() -> None:
     assert judge(ranks(2, share=0.05), scope="job") == []
+
+
+@pytest.mark.parametrize(("cores", "waiting_s", "working"), [
+    (1.0, 0.0, True),    # an export on the CPU, no wait open: working
+    (1.0, 40.0, False),  # a busy-polling barrier: waiting, not working
+    (0.1, 0.0, False)])  # idle
+def test_a_rank_busy_on_its_cpu_between_steps_works_unless_it_waits(
+        cores: float, waiting_s: float, working: bool) -> None:
+    """What tells the job engine a rank works alone between steps (so the others, in
+    their next collective, are waiting for it, not hung), read from figures a replay's
+    digested ranks answer too: its process busy on the CPU outside a wait."""
+    view = Telemetry(0)
+    view.add([meta(), *steps(60, wall=1.0),
+              *samples("host", 60, {"process_cpu_cores": cores}, start=START + 60),
+              *samples("agent", 60, {"agent_cpu_seconds_total": 1.0,
+                                     "open_collective_seconds": waiting_s},
+                       start=START + 60)])
+    th = engine_from_settings(Settings(), "rank").rules["hang"].thresholds
+    assert working_off_step(view, START + 90, th) is working

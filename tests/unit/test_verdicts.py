@@ -59,6 +59,16 @@ def test_without_progress_records_an_idle_gpu_and_cpu_during_an_eval_would_be_a_
     assert "stuck in data" in f.summary
 
 
+def test_ranks_waiting_for_rank_0_at_work_alone_are_not_hung(tmp_path: Path) -> None:
+    """DDP with rank 0 evaluating alone between steps, in a log without progress
+    records: its GPU busy at working power says it works (no hang on rank 0), and the
+    others waiting in their next collective for it are no hang either (they were
+    paged critical at every eval)."""
+    shape = replace(job("ddp_rank0_eval").shape, progress_records=False)
+    found = analyze(write(shape, tmp_path), Settings()).findings
+    assert not [f for f in found if f.detector == "hang"]
+
+
 def test_a_hung_nccl_collective_is_named_by_its_gpu_signature() -> None:
     records = simulate(job("nccl_hang").shape)
     f = only(judge(records[0]), "hang")

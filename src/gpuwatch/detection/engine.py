@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -412,13 +413,14 @@ class Engine:
     def _note_holding(self, judged: dict[int, RankInput], now: float) -> None:
         """Which ranks are working between steps now, holding the others at their next
         collective: a save their newest agent reading says is open (younger than the
-        longest ``hang`` lets a save take, its ``max_save_seconds``), or progress since
-        their newest step (an eval's or a long step's batches); either no older than
+        longest ``hang`` lets a save take, its ``max_save_seconds``), progress since
+        their newest step (an eval's or a long step's batches), or, once they have gone
+        quiet, readings of their GPU or CPU at work (``hang.working_off_step``: previews,
+        an export, in logs without progress records); each no older than
         ``HOLD_FRESH_S``."""
         hang_rule = self.rules.get("hang")
-        longest = hang_rule.thresholds.get("max_save_seconds", float("inf")) if hang_rule \
-            else float("inf")
-        holding = [r for r, v in judged.items() if _works_off_step(v, now, longest)]
+        th = hang_rule.thresholds if hang_rule else {}
+        holding = [r for r, v in judged.items() if _works_off_step(v, now, th)]
         if holding != self._holding:
             self._holding = holding
             self.revision += 1
@@ -570,13 +572,17 @@ def _between_steps(ranks: Sequence[int], judged: dict[int, RankInput], now: floa
     return any(now - v.last_step_t > stall_s(v) for r in ranks if (v := judged.get(r)))
 
 
-def _works_off_step(view: RankInput, now: float, longest_save_s: float) -> bool:
+def _works_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> bool:
     save = view.open_save()
     if (save is not None and now - save[0] <= HOLD_FRESH_S
-            and save[1] + now - save[0] < longest_save_s):
+            and save[1] + now - save[0] < th.get("max_save_seconds", math.inf)):
         return True
     progress = view.last_progress
-    return progress > view.last_step_t and now - progress <= HOLD_FRESH_S
+    if progress > view.last_step_t and now - progress <= HOLD_FRESH_S:
+        return True
+    # (readings asked for only once the rank has gone quiet: not at every evaluation)
+    return (now - max(view.last_step_t, progress) > stall_s(view) and "busy_utilization" in th
+            and hang.working_off_step(view, max(view.last_step_t, now - HOLD_FRESH_S), th))
 
 
 def refresh_s(views: Sequence[RankInput], rule: Rule, found: bool) -> float:

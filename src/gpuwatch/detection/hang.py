@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from collections.abc import Mapping
 
 from gpuwatch.detection.context import HOLDING, Context, Detection
+from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Sample
 from gpuwatch.telemetry import OPEN_SAVE_KEY, Telemetry
 
 WAITS = ("data", "collective")  # phases in which a busy CPU is waiting, not working
+POWER_REFERENCE_S = 300.0  # working power: the most drawn in this long before (seconds)
 # A rank that has paused this many times (``Telemetry.pauses``: silences a step ended)
 # pauses by habit (a worker between trials, an eval loop without markers): a silence up
 # to PAUSE_MARGIN times its longest is its rhythm, not a hang.
@@ -105,6 +108,27 @@ def last_busy(view: Telemetry, th: dict[str, float],
     if signature is None:
         latest = max(latest, _cpu_busy(view, since, th["busy_cpu_cores"]))
     return latest, signature
+
+
+def working_off_step(view: RankInput, since: float, th: Mapping[str, float]) -> bool:
+    """Whether the probes saw this rank working in readings at or after ``since`` (Unix
+    s): its GPU busy (``busy_utilization``) at working power (``working_power_ratio`` of
+    the most it drew in the ``POWER_REFERENCE_S`` before), or its process busy on
+    ``busy_cpu_cores`` outside a wait in data or a collective. What ``last_busy``
+    counts as progress for the rank itself, from figures any rank input answers (a
+    replay's digested ranks too): the job engine's view of a rank that works alone
+    between steps (previews on its GPU, an export on its CPU) while the others wait."""
+    util = view.figure("nvml", "gpu_utilization_ratio", since)
+    power = view.figure("nvml", "gpu_power_watts", since)
+    drawn = view.figure("nvml", "gpu_power_watts", since - POWER_REFERENCE_S)
+    if (util is not None and power is not None and drawn is not None
+            and util.mean >= th["busy_utilization"]
+            and power.mean >= th["working_power_ratio"] * drawn.high):
+        return True
+    cpu = view.figure("host", "process_cpu_cores", since)
+    waits = [view.figure("agent", f"open_{p}_seconds", since) for p in WAITS]
+    return (cpu is not None and cpu.mean >= th["busy_cpu_cores"]
+            and not any(w is not None and w.high > 0 for w in waits))
 
 
 def _cpu_busy(view: Telemetry, since: float, cores: float) -> float:
