@@ -587,7 +587,7 @@ def _register(agent: Agent) -> None:
     _agents.add(agent)
     if not _lifecycle_installed:
         _lifecycle_installed = True
-        atexit.register(stop_all)
+        atexit.register(_stop_at_exit)
         os.register_at_fork(after_in_child=_agents.clear)
         for name in ("execv", "execve"):  # (os.execl*, execvp* and execvpe call these)
             exec_ = getattr(os, name, None)
@@ -625,6 +625,15 @@ def _stop_at_process_end() -> None:
     exc = sys.exc_info()[1]
     stop_all(failed=exc is not None and not (isinstance(exc, SystemExit)
                                              and exc.code in (0, None)))
+
+
+def _stop_at_exit() -> None:
+    """The interpreter's end (atexit): failed where the main thread gave ``sys.exit`` a
+    failure status in the last ``FAILING_EXIT_S`` (``_note_failing_exits``: a job that
+    caught Ctrl-C or an OOM and exits 1; one caught long before, argparse's at start,
+    is not this exit)."""
+    failed_at = _failing_exit_at
+    stop_all(failed=failed_at is not None and time.monotonic() - failed_at < FAILING_EXIT_S)
 
 
 def stop_all(failed: bool = False) -> None:
@@ -724,7 +733,8 @@ FAILING_EXIT_S = 60.0  # an exit status older than this was caught: the job went
 def _note_failing_exits() -> None:
     """Wrap ``sys.exit`` (once) to note when the main thread calls it with a failure
     status: a job that catches Ctrl-C or an OOM, cleans up and calls ``sys.exit(1)``
-    (Lightning does) leaves no other trace of it for the atexit handlers."""
+    (Lightning does) leaves no other trace of it for the atexit handlers
+    (``_stop_at_exit``); an agent stopped by the job's own call is not told."""
     if getattr(sys.exit, "gpuwatch_noting", False):
         return
     exit_now = sys.exit
@@ -745,12 +755,8 @@ def dying_of_an_exception() -> bool:
     went uncaught in its main thread (Python keeps the last one it printed in
     ``sys.last_value`` before the atexit handlers run), after a stopping signal
     reached a handler of the job's (``_chain_stop_handlers``: its ``sys.exit`` leaves
-    no other trace), or with a failure status its main thread gave ``sys.exit`` in the
-    last ``FAILING_EXIT_S`` (``_note_failing_exits``; one caught long before, argparse's
-    at start, is not this exit)."""
-    failed_at = _failing_exit_at
-    return (_stop_signalled or getattr(sys, "last_value", None) is not None
-            or (failed_at is not None and time.monotonic() - failed_at < FAILING_EXIT_S))
+    no other trace)."""
+    return _stop_signalled or getattr(sys, "last_value", None) is not None
 
 
 def _nvml_index(gpus: list[int] | None, device: int | None) -> int | None:

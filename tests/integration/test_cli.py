@@ -33,8 +33,8 @@ def test_demo_trains_prints_status_and_writes_a_run_log(tmp_path: Path) -> None:
     status = [line for line in proc.stderr.splitlines() if line.startswith("gpuwatch | step")]
     assert any("ms/step" in line and "data wait" in line for line in status), proc.stderr
     records = read(out / "run.jsonl")
-    got = steps(records)
-    assert len(got) >= 20
+    got = steps(records)  # (how many in 4 s depends on the box and its load: a few)
+    assert len(got) >= 5 and [s.step for s in got] == list(range(1, len(got) + 1))
     assert all(s.tokens == 16 * 64 and s.compute_s > 0 for s in got)
     assert any(isinstance(r, Sample) and r.source == "host" for r in records)
     assert next(e.name for e in records if isinstance(e, Event)) == "host_only"

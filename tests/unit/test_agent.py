@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gpuwatch import agent as agent_module
 from gpuwatch.agent import Agent
 from gpuwatch.config import ExporterSettings, Settings
 from gpuwatch.instrument import ring
@@ -201,3 +203,14 @@ def test_device_timings_dropped_and_bad_marks_are_counted_in_the_agent_sample(
              "the dropped device timings in an agent sample")
     agent.stop()
     assert counted()["agent_bad_marks_total"] == 2
+
+
+def test_a_caught_failing_exit_does_not_make_an_agent_stop_as_failed() -> None:
+    """The ``sys.exit`` wrapper notes a failing status for the interpreter's end alone:
+    one caught (argparse's at start, a test's) must not keep a later, normal stop from
+    waiting for its last scrape, as it did every agent stopped after it."""
+    agent_module._note_failing_exits()
+    with pytest.raises(SystemExit):
+        sys.exit(2)
+    assert agent_module._failing_exit_at is not None
+    assert not agent_module.dying_of_an_exception()
