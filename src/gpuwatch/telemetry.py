@@ -121,6 +121,7 @@ class StepWindow:
         self._maxlen = maxlen
         self._t = array("d")
         self._totals = array("d")
+        self._counts = array("d")  # the steps summed up to each entry (bisected)
         self.last: tuple[float, ...] = (0.0,) * len(SUMMED)  # cumulative, in SUMMED order
 
     def add(self, s: Step) -> None:
@@ -134,8 +135,10 @@ class StepWindow:
         self.last = tuple(map(operator.add, self.last, values))
         self._t.append(t)
         self._totals.extend(self.last)
+        self._counts.append(self.last[0])
         if len(self._t) > 2 * self._maxlen:  # amortised trim
             del self._t[: self._maxlen], self._totals[: self._maxlen * _WIDTH]
+            del self._counts[: self._maxlen]
 
     def since(self, since: float) -> StepSummary | None:
         """Mean step over the steps that ended at or after ``since``; None if none."""
@@ -147,14 +150,10 @@ class StepWindow:
         last = self.last[0]
         if not self._t or last < steps:
             return None
-        lo, hi = 0, len(self._t) - 1  # the latest entry with ``steps`` from it on
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if last - self._totals[(mid - 1) * _WIDTH] >= steps:
-                lo = mid
-            else:
-                hi = mid - 1
-        return self._t[lo]
+        # the latest entry i with ``steps`` from it on: the steps up to the one before it
+        # (``_counts[i - 1]``) at most ``last - steps``
+        i = bisect.bisect_right(self._counts, last - steps)
+        return self._t[min(i, len(self._t) - 1)]
 
     def sums_since(self, since: float) -> tuple[float, ...]:
         """Sums (SUMMED order, the count first) of the steps that ended at or after ``since``."""
@@ -596,18 +595,24 @@ class Telemetry:
         return 0.0 if first is None else now - min(first, self.first_step_start or first)
 
     def save_share(self, now: float) -> float:
-        """The run-long share of time blocking saves cost the loop: a checkpoint's mean
-        seconds over the mean time from one's start to the next's while they recur
-        (``mid_cycle``), else the blocking seconds over ``saves_wall_s``.
-        Counted up to ``now`` it fell a cycle in n before each save and rose after (a
-        finding at its threshold came and went with every save), and a save at the
-        run's start counted one cycle twice."""
+        """The run-long share of time blocking saves cost the loop: their seconds over
+        the wall time since training (or the first save) began, counted in whole cycles
+        while they recur (``cycle_end``: up to now it fell a cycle in n before each save
+        and rose after, and a finding at its threshold came and went with every save);
+        a seed save, written before the first cycle was half over (right after the
+        first step), is left out with the time up to its end (it closes no cycle: it
+        counted one twice)."""
         saves = self.saves
+        first = saves.first_start
+        if first is None:
+            return 0.0
         interval = saves.interval_s()
-        if interval and mid_cycle(now, saves.last_end, interval):
-            return min(saves.blocking_s / saves.checkpoints / interval, 1.0)
-        wall = self.saves_wall_s(now)
-        return min(saves.blocking_s / wall, 1.0) if wall > 0 else 0.0
+        start = min(first, self.first_step_start or first)
+        blocking = saves.blocking_s
+        if interval and first - start < SEED_SHARE * interval:
+            blocking, start = blocking - saves.first_s, saves.first_end
+        wall = cycle_end(now, saves.last_end, interval) - start
+        return min(blocking / wall, 1.0) if wall > 0 else 0.0
 
     def interruption_share(self, now: float, kinds: Iterable[str] | None = None) -> float:
         """The run-long share of time (up to ``now``, Unix s) interruptions took beyond a
@@ -656,6 +661,7 @@ class Telemetry:
 
 
 OVERDUE = 1.5  # a recurring cost is overdue this many of its mean intervals after the last
+SEED_SHARE = 0.5  # a first save this early in its cycle (of the mean interval) is a seed
 
 
 def mid_cycle(now: float, last_end: float, interval_s: float | None) -> bool:
@@ -755,7 +761,8 @@ class SaveTotals:
     """
 
     __slots__ = ("_steps_at_last", "async_saves", "blocking_bytes", "blocking_s",
-                 "checkpoints", "first_start", "last_end", "last_start", "saves")
+                 "checkpoints", "first_end", "first_s", "first_start", "last_end",
+                 "last_start", "saves")
 
     def __init__(self) -> None:
         self.saves = 0  # blocking saves
@@ -766,6 +773,7 @@ class SaveTotals:
         self.first_start: float | None = None
         self.last_start: float | None = None  # of the newest checkpoint
         self.last_end = 0.0  # when the newest blocking save ended
+        self.first_s = self.first_end = 0.0  # the first checkpoint's seconds, and its end
         self._steps_at_last = -1
 
     def add(self, e: Event, steps: int) -> None:
@@ -786,6 +794,9 @@ class SaveTotals:
             self.checkpoints += 1
             self.last_start = start
             self._steps_at_last = steps
+        if self.checkpoints == 1:
+            self.first_s += seconds
+            self.first_end = max(self.first_end, e.t)
 
     def interval_s(self) -> float | None:
         """The mean time from one checkpoint's start to the next's (s); None before two."""

@@ -286,7 +286,7 @@ def window_start(view: RankInput, rule: Rule, now: float) -> float:
     judge, not an empty window that cleared every finding at every eval; steps far
     longer than their median (a slow one every few) fill it too."""
     start = now - window_s(view, rule)
-    held = view.since_holding(rule.min_steps)
+    held = view.since_holding(rule.min_steps)  # (O(log n): no summary made)
     return min(start, held) if held is not None else start
 
 

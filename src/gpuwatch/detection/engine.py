@@ -31,6 +31,7 @@ from gpuwatch.detection import (
     underutilised,
 )
 from gpuwatch.detection.context import HOLDING, WAITING, Context, Detection, for_s, scale, window_s
+from gpuwatch.detection.hang import HOLD_FRESH_S
 from gpuwatch.detection.moves import Costs
 from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rank_input import RankInput
@@ -165,7 +166,6 @@ class Fresh:
 
 
 CALM_MARGIN_S = 1e-3  # a deadline this near is left to a full evaluation (rounding)
-HOLD_FRESH_S = 30.0  # a sign of work older than this no longer says its rank works
 
 
 @dataclass
@@ -373,7 +373,8 @@ class Engine:
                 fp, detection = judgement.fp, judgement.found
                 if detection is None:  # (_run returns only what found something)
                     continue
-                if (rule_id not in ABSENCE_DRIVEN and _between_steps(detection.ranks, judged, now)
+                if (self.scope == "rank" and rule_id not in ABSENCE_DRIVEN
+                        and _between_steps(detection.ranks, judged, now)
                         and not ((f := self._findings.get(fp)) and f.state == "active")):
                     continue  # (the steps before a gap keep a finding; they start none)
                 seen.add(fp)
@@ -568,7 +569,9 @@ def _between_steps(ranks: Sequence[int], judged: dict[int, RankInput], now: floa
     """Whether one of ``ranks`` has gone without a step for longer than it may before it
     counts as stalled (``stall_s``: an eval, a save, a pause, steps that stopped). A
     window then reaches back to the steps before (``context.recent``): they keep an
-    active finding, but show no new condition holding for its ``for_s``."""
+    active finding, but show no new condition holding for its ``for_s``. (Asked of a
+    rank engine's own ranks only: a peer's newest step, published on its clock every
+    few seconds, reads as a gap that is not there.)"""
     return any(now - v.last_step_t > stall_s(v) for r in ranks if (v := judged.get(r)))
 
 
@@ -582,7 +585,7 @@ def _works_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> boo
         return True
     # (readings asked for only once the rank has gone quiet: not at every evaluation)
     return (now - max(view.last_step_t, progress) > stall_s(view) and "busy_utilization" in th
-            and hang.working_off_step(view, max(view.last_step_t, now - HOLD_FRESH_S), th))
+            and hang.working_off_step(view, now, th))
 
 
 def refresh_s(views: Sequence[RankInput], rule: Rule, found: bool) -> float:

@@ -28,7 +28,8 @@ from gpuwatch.records import Sample
 from gpuwatch.telemetry import OPEN_SAVE_KEY, Telemetry
 
 WAITS = ("data", "collective")  # phases in which a busy CPU is waiting, not working
-POWER_REFERENCE_S = 300.0  # working power: the most drawn in this long before (seconds)
+POWER_REFERENCE_S = 300.0  # working power: the most drawn in this long to the newest step (s)
+HOLD_FRESH_S = 30.0  # a sign of work older than this no longer says its rank works (seconds)
 # A rank that has paused this many times (``Telemetry.pauses``: silences a step ended)
 # pauses by habit (a worker between trials, an eval loop without markers): a silence up
 # to PAUSE_MARGIN times its longest is its rhythm, not a hang.
@@ -110,21 +111,31 @@ def last_busy(view: Telemetry, th: dict[str, float],
     return latest, signature
 
 
-def working_off_step(view: RankInput, since: float, th: Mapping[str, float]) -> bool:
-    """Whether the probes saw this rank working in readings at or after ``since`` (Unix
-    s): its GPU busy (``busy_utilization``) at working power (``working_power_ratio`` of
-    the most it drew in the ``POWER_REFERENCE_S`` before), or its process busy on
-    ``busy_cpu_cores`` outside a wait in data or a collective. What ``last_busy``
-    counts as progress for the rank itself, from figures any rank input answers (a
-    replay's digested ranks too): the job engine's view of a rank that works alone
-    between steps (previews on its GPU, an export on its CPU) while the others wait."""
+def working_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> bool:
+    """Whether the probes see this quiet rank working alone in its readings of the last
+    ``HOLD_FRESH_S`` before ``now`` (Unix s): its GPU busy (``busy_utilization``) at
+    working power (``working_power_ratio`` of the most it drew in the
+    ``POWER_REFERENCE_S`` up to its newest step), or, where its GPU does not show a hung
+    collective's signature (pinned at low power), its process busy on
+    ``busy_cpu_cores`` with no wait in data or a collective open; for at most
+    ``max_save_seconds`` since its newest step (a rank busy longer is hung, however it
+    spins). What ``last_busy`` counts as progress for the rank itself, from figures any
+    rank input answers (a replay's digested ranks too): the job engine's view of a rank
+    at work between steps (previews on its GPU, an export on its CPU) while the others
+    wait for it."""
+    last_step = view.last_step_t
+    if now - last_step >= th["max_save_seconds"]:
+        return False
+    since = max(last_step, now - HOLD_FRESH_S)
     util = view.figure("nvml", "gpu_utilization_ratio", since)
     power = view.figure("nvml", "gpu_power_watts", since)
-    drawn = view.figure("nvml", "gpu_power_watts", since - POWER_REFERENCE_S)
-    if (util is not None and power is not None and drawn is not None
-            and util.mean >= th["busy_utilization"]
-            and power.mean >= th["working_power_ratio"] * drawn.high):
-        return True
+    drawn = view.figure("nvml", "gpu_power_watts", last_step - POWER_REFERENCE_S)
+    if util is not None and power is not None and drawn is not None:
+        working = power.mean >= th["working_power_ratio"] * drawn.high
+        if util.mean >= th["busy_utilization"] and working:
+            return True
+        if util.mean >= th["pinned_utilization"] and not working:
+            return False  # a hung collective's signature: its CPU spins in the wait
     cpu = view.figure("host", "process_cpu_cores", since)
     waits = [view.figure("agent", f"open_{p}_seconds", since) for p in WAITS]
     return (cpu is not None and cpu.mean >= th["busy_cpu_cores"]
