@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import math
 import os
@@ -186,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(BOOTSTRAP_DIR), env.get("PYTHONPATH", "")) if p)
     try:
-        child = subprocess.Popen(cmd, env=env)
+        child = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))
     except FileNotFoundError:
         print(redact(f"gpuwatch: command not found: {cmd[0]}"), file=sys.stderr)
         return 127
@@ -204,6 +205,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"gpuwatch: stopped by {signal.Signals(stopped_by).name}; run log in {out} "
                   f"(`gpuwatch analyze {out}` to judge it)", file=sys.stderr)
     return code if code >= 0 else _die_of(-code)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """For the command's child process (Linux): ask the kernel to SIGKILL it when this
+    process dies, as it would have died had it been run bare; ``gpuwatch run`` killed
+    by SIGKILL (a scheduler's, ``timeout -k``'s) passes on nothing and left it running,
+    holding its GPU. Also if this process died before the child asked (``parent`` is
+    gone). None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def in_child() -> None:  # (between fork and exec: nothing but system calls)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return in_child
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _die_of(signum: int) -> int:

@@ -14,6 +14,7 @@ import sys
 import termios
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.wait import wait_for
@@ -140,3 +141,21 @@ def test_a_command_killed_by_a_signal_ends_gpuwatch_run_by_that_signal(
                             env=_env(), stdin=subprocess.DEVNULL, start_new_session=True)
     assert _wait(proc) == -sig
     assert not list(tmp_path.glob("core*"))  # (no core of the wrapper's own)
+
+
+def test_a_command_dies_with_gpuwatch_run_killed_by_sigkill(tmp_path: Path) -> None:
+    """A scheduler's SIGKILL to the wrapper (``timeout -k``, a supervisor killing one
+    PID) passes on nothing: the command ran on orphaned, holding its GPU; bare, the same
+    kill would have ended it. The kernel now ends it with its parent."""
+    pid_file = tmp_path / "pid"
+    write_pid = ("import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+                 "time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-m", "gpuwatch", "run", "--", sys.executable,
+                             "-c", write_pid, str(pid_file)], env=_env(),
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30, "the command to start")
+    child = psutil.Process(int(pid_file.read_text()))
+    proc.kill()
+    assert _wait(proc) == -signal.SIGKILL
+    wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 10,
+             "the command to end with gpuwatch run")
