@@ -36,6 +36,17 @@ def _start(out: Path, *args: str, **settings: str) -> subprocess.Popen[str]:
     return proc
 
 
+def _scraped(out: Path, *args: str) -> subprocess.Popen[str]:
+    """``_start`` with its endpoint up (a last scrape awaited for up to 60 s at a normal
+    end), once it has been scraped."""
+    proc = _start(out, *args, exporter__port="0", exporter__final_scrape_s="60")
+    port = wait_for(lambda: next((r.metrics_port for r in RunLogReader(out / "run.jsonl")
+                                  if isinstance(r, Meta)), None)
+                    if (out / "run.jsonl").exists() else None, 10, "the metrics port")
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    return proc
+
+
 def _steps(out: Path) -> tuple[list[int], int]:
     path = out / "run.jsonl"
     if not path.exists():
@@ -92,11 +103,7 @@ def test_a_scraped_process_dying_of_ctrl_c_does_not_wait_for_a_last_scrape(
     """The wait for one more scrape (``exporter.final_scrape_s``) is for a run that ends
     on its own: one dying of an uncaught KeyboardInterrupt ends as promptly as without
     gpuwatch, scraped or not."""
-    proc = _start(tmp_path, "loop", exporter__port="0", exporter__final_scrape_s="60")
-    port = wait_for(lambda: next((r.metrics_port for r in RunLogReader(tmp_path / "run.jsonl")
-                                  if isinstance(r, Meta)), None)
-                    if (tmp_path / "run.jsonl").exists() else None, 10, "the metrics port")
-    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    proc = _scraped(tmp_path, "loop")
     took = _wait_death(proc, signal.SIGINT)
     assert proc.returncode in (1, -signal.SIGINT)
     assert took < 20  # it would wait up to 60 s for the next scrape
@@ -107,12 +114,7 @@ def test_a_scraped_process_that_catches_ctrl_c_and_exits_failed_does_not_wait(
     """Lightning's way with Ctrl-C: catch the KeyboardInterrupt, clean up, ``sys.exit(1)``.
     Nothing of it is left for the atexit handlers but the status, so a scraped process
     waited the whole ``final_scrape_s`` after Ctrl-C."""
-    proc = _start(tmp_path, "loop", "catch", exporter__port="0",
-                  exporter__final_scrape_s="60")
-    port = wait_for(lambda: next((r.metrics_port for r in RunLogReader(tmp_path / "run.jsonl")
-                                  if isinstance(r, Meta)), None)
-                    if (tmp_path / "run.jsonl").exists() else None, 10, "the metrics port")
-    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    proc = _scraped(tmp_path, "loop", "catch")
     took = _wait_death(proc, signal.SIGINT)
     assert proc.returncode == 1 and (tmp_path / "handled").read_text() == "yes"
     assert took < 20  # it would wait up to 60 s for the next scrape
@@ -126,12 +128,7 @@ def test_a_scraped_process_ended_by_its_own_sigterm_handler_does_not_wait_either
     ``final_scrape_s`` (20 s by default) after SIGTERM. The job's handler, installed before
     the agent started or after it (``gpuwatch.watch()`` first, as the README shows), is
     chained (it still runs) and the death is known."""
-    proc = _start(tmp_path, "loop", when, exporter__port="0",
-                  exporter__final_scrape_s="60")
-    port = wait_for(lambda: next((r.metrics_port for r in RunLogReader(tmp_path / "run.jsonl")
-                                  if isinstance(r, Meta)), None)
-                    if (tmp_path / "run.jsonl").exists() else None, 10, "the metrics port")
-    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    proc = _scraped(tmp_path, "loop", when)
     took = _wait_death(proc, signal.SIGTERM)
     assert proc.returncode == 0 and (tmp_path / "handled").read_text() == "yes"
     assert took < 20  # it would wait up to 60 s for the next scrape
