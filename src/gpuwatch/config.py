@@ -262,7 +262,8 @@ class Settings(BaseSettings):
                                      description="How often detectors judge (record time).")
     detectors: dict[str, dict[str, float]] = Field(
         default_factory=dict,
-        description="Per-detector overrides: {id: {threshold, window_s or min_steps: value}}.")
+        description="Per-detector overrides: {id: {threshold, window_s, for_s, min_steps "
+                    "or refresh_s: value}}.")
     target_gpu: str = Field(default="H100 SXM", description="Catalogue GPU to project onto.")
     gpu_model: str | None = Field(default=None,
                                   description="Catalogue GPU this job runs on, if NVML cannot say.")
