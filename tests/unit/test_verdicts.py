@@ -407,16 +407,19 @@ def test_a_job_that_dies_of_an_oom_at_the_limit_is_told_why(died: bool) -> None:
         assert fits == []
 
 
-def test_a_job_that_dies_of_an_oom_in_its_first_steps_is_told_it_does_not_fit() -> None:
-    """Four steps at 97% of a 32 GB card, then an OOM that ends the process: too few
-    steps for any window, yet the job cannot run here as configured. Said at the log's
-    end, with the memory it reached; no card is named, as nothing sized its need."""
+@pytest.mark.parametrize("oom_at_s", [4.6, 34.0])
+def test_a_job_that_dies_of_an_oom_in_its_first_steps_is_told_it_does_not_fit(
+        oom_at_s: float) -> None:
+    """Four steps at 97% of a 32 GB card, then an OOM that ends the process, at once or
+    30 s into a long fifth step: too few steps for any window, yet the job cannot run
+    here as configured. Said at the log's end, with the memory it reached; no card is
+    named, as nothing sized its need."""
     held = {"allocator_reserved_bytes": 31 * GB, "allocator_allocated_bytes": 16 * GB,
             "allocator_alloc_retries_total": 0.0}
     records: list[Record] = [
         meta(), topology("NVIDIA GeForce RTX 5090", 32 * GB), *steps(4, wall=1.0),
-        *samples("allocator", 4.5, held),
-        Event(0, START + 4.6, "oom", {"type": "OutOfMemoryError"})]
+        *samples("allocator", oom_at_s - 0.1, held),
+        Event(0, START + oom_at_s, "oom", {"type": "OutOfMemoryError"})]
     f = only(judge(records), "fits_on_paper")
     assert (f.state, f.verdict, f.severity) == ("active", "fix_here", "critical")
     assert "died of an out-of-memory error after step 4" in f.summary

@@ -571,8 +571,10 @@ def _between_steps(ranks: Sequence[int], judged: dict[int, RankInput], now: floa
     window then reaches back to the steps before (``context.recent``): they keep an
     active finding, but show no new condition holding for its ``for_s``. (Asked of a
     rank engine's own ranks only: a peer's newest step, published on its clock every
-    few seconds, reads as a gap that is not there.)"""
-    return any(now - v.last_step_t > stall_s(v) for r in ranks if (v := judged.get(r)))
+    few seconds, reads as a gap that is not there. A rank that died of an OOM is not
+    between steps: its last steps are what it died of.)"""
+    return any(now - v.last_step_t > stall_s(v) for r in ranks if (v := judged.get(r))
+               and not (isinstance(v, Telemetry) and v.died_of_oom))
 
 
 def _works_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> bool:
