@@ -664,20 +664,15 @@ OVERDUE = 1.5  # a recurring cost is overdue this many of its mean intervals aft
 SEED_SHARE = 0.5  # a first save this early in its cycle (of the mean interval) is a seed
 
 
-def mid_cycle(now: float, last_end: float, interval_s: float | None) -> bool:
-    """Whether a recurring cost (a save, an eval) is still recurring at ``now``: its
-    newest occurrence ended at ``last_end``, and the next is not ``OVERDUE`` (its mean
-    interval ``interval_s``, which lags intervals that grow, times that; None before
-    two occurrences: no rhythm yet)."""
-    return interval_s is not None and 0.0 <= now - last_end < OVERDUE * interval_s
-
-
 def cycle_end(now: float, last_end: float, interval_s: float | None) -> float:
-    """Up to when (Unix s) a recurring cost's run-long share counts the run: its newest
-    occurrence's end while it recurs (``mid_cycle``), so the share counts whole cycles
-    (read up to ``now`` it fell a cycle in n before each occurrence and rose after, and a
-    finding at its threshold came and went with every save or eval); else ``now``."""
-    return last_end if mid_cycle(now, last_end, interval_s) else now
+    """Up to when (Unix s) a recurring cost's run-long share counts the run: while it
+    recurs (its newest occurrence ended at ``last_end``, and the next is not
+    ``OVERDUE`` of its mean interval ``interval_s``, which lags intervals that grow;
+    None before two: no rhythm yet), that end, so the share counts whole cycles (read up
+    to ``now`` it fell a cycle in n before each occurrence and rose after, and a finding
+    at its threshold came and went with every save or eval); else ``now``."""
+    recurring = interval_s is not None and 0.0 <= now - last_end < OVERDUE * interval_s
+    return last_end if recurring else now
 
 
 class Interruptions:
