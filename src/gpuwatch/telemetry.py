@@ -611,7 +611,7 @@ class Telemetry:
         blocking = saves.blocking_s
         if interval and first - start < SEED_SHARE * interval:
             blocking, start = blocking - saves.first_s, saves.first_end
-        wall = cycle_end(now, saves.last_end, interval) - start
+        wall = cycle_end(now, saves.last_end, saves.longest_gap_s or None) - start
         return min(blocking / wall, 1.0) if wall > 0 else 0.0
 
     def interruption_share(self, now: float, kinds: Iterable[str] | None = None) -> float:
@@ -628,7 +628,8 @@ class Telemetry:
             return 0.0
         seconds = math.fsum(by.seconds[k] for k in (by.KINDS if kinds is None else kinds)
                             if by.count[k] >= RECURRING)
-        return min(seconds / (cycle_end(now, by.last_end, by.interval_s()) - start), 1.0)
+        return min(seconds / (cycle_end(now, by.last_end, by.longest_gap_s or None) - start),
+                   1.0)
 
     @property
     def last_step_t(self) -> float:
@@ -660,18 +661,19 @@ class Telemetry:
         return sorted(latest, key=lambda s: s.gpu or 0)
 
 
-OVERDUE = 1.5  # a recurring cost is overdue this many of its mean intervals after the last
+OVERDUE = 1.5  # a recurring cost is overdue this many of its longest gaps after the last
 SEED_SHARE = 0.5  # a first save this early in its cycle (of the mean interval) is a seed
 
 
-def cycle_end(now: float, last_end: float, interval_s: float | None) -> float:
+def cycle_end(now: float, last_end: float, longest_s: float | None) -> float:
     """Up to when (Unix s) a recurring cost's run-long share counts the run: while it
     recurs (its newest occurrence ended at ``last_end``, and the next is not
-    ``OVERDUE`` of its mean interval ``interval_s``, which lags intervals that grow;
-    None before two: no rhythm yet), that end, so the share counts whole cycles (read up
-    to ``now`` it fell a cycle in n before each occurrence and rose after, and a finding
-    at its threshold came and went with every save or eval); else ``now``."""
-    recurring = interval_s is not None and 0.0 <= now - last_end < OVERDUE * interval_s
+    ``OVERDUE`` of the longest gap between two, ``longest_s``: a mean would lag gaps that
+    grow and sink under a burst of two; None before two: no rhythm yet), that end, so
+    the share counts whole cycles (read up to ``now`` it fell a cycle in n before each
+    occurrence and rose after, and a finding at its threshold came and went with every
+    save or eval); else ``now``."""
+    recurring = longest_s is not None and 0.0 <= now - last_end < OVERDUE * longest_s
     return last_end if recurring else now
 
 
@@ -686,19 +688,22 @@ class Interruptions:
     KINDS = ("eval", "waited", "gpu", "stall")
     JUDGED = ("eval", "stall")
 
-    __slots__ = ("count", "first_end", "first_t", "last_end", "last_t", "seconds", "stalled")
+    __slots__ = ("count", "first_t", "last_end", "last_t", "longest_gap_s", "seconds",
+                 "stalled")
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.KINDS, 0.0)
         self.count = dict.fromkeys(self.KINDS, 0)
         self.first_t = self.last_t = 0.0
-        self.first_end = self.last_end = 0.0  # of the first and the newest of any kind
+        self.last_end = 0.0  # when the newest of any kind ended (Unix s)
+        self.longest_gap_s = 0.0  # the longest from one's end to the next's (s)
         self.stalled = StepWindow(MAX_EVENTS)
 
     def add(self, kind: str, s: Step, excess: float) -> None:
         self.seconds[kind] += excess
         self.count[kind] += 1
-        self.first_end = self.first_end or s.t
+        if self.last_end:
+            self.longest_gap_s = max(self.longest_gap_s, s.t - self.last_end)
         self.last_end = s.t
         if kind in self.JUDGED:
             self.first_t = self.first_t or s.t
@@ -706,10 +711,6 @@ class Interruptions:
         if kind == "stall":
             self.stalled.add(s)
 
-    def interval_s(self) -> float | None:
-        """The mean time from one interruption's end to the next's (s); None before two."""
-        n = sum(self.count.values())
-        return (self.last_end - self.first_end) / (n - 1) if n >= 2 else None
 
 
 class TrainingBatch:
@@ -757,7 +758,7 @@ class SaveTotals:
 
     __slots__ = ("_steps_at_last", "async_saves", "blocking_bytes", "blocking_s",
                  "checkpoints", "first_end", "first_s", "first_start", "last_end",
-                 "last_start", "saves")
+                 "last_start", "longest_gap_s", "saves")
 
     def __init__(self) -> None:
         self.saves = 0  # blocking saves
@@ -769,6 +770,7 @@ class SaveTotals:
         self.last_start: float | None = None  # of the newest checkpoint
         self.last_end = 0.0  # when the newest blocking save ended
         self.first_s = self.first_end = 0.0  # the first checkpoint's seconds, and its end
+        self.longest_gap_s = 0.0  # the longest from one checkpoint's start to the next's
         self._steps_at_last = -1
 
     def add(self, e: Event, steps: int) -> None:
@@ -787,6 +789,8 @@ class SaveTotals:
             self.first_start = start
         if steps != self._steps_at_last:
             self.checkpoints += 1
+            if self.last_start is not None:
+                self.longest_gap_s = max(self.longest_gap_s, start - self.last_start)
             self.last_start = start
             self._steps_at_last = steps
         if self.checkpoints == 1:

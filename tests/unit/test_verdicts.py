@@ -69,6 +69,56 @@ def test_ranks_waiting_for_rank_0_at_work_alone_are_not_hung(tmp_path: Path) -> 
     assert not [f for f in found if f.detector == "hang"]
 
 
+def test_rank_0_at_work_alone_below_its_peak_power_holds_the_others(tmp_path: Path) -> None:
+    """Rank 0 runs 120 s previews alone every 10 minutes (97% busy at 55% of its TDP,
+    memory-bound decoding; its training power swings 70-100% sample to sample), no
+    progress records: held against its peak power the job engine read a hung
+    collective and paged the others; against the power it draws while stepping, as
+    rank 0's own judgement reads it, it works."""
+    shape = Shape(step_s=1.0, duration_s=1500, world=4, collective_share=0.05,
+                  collective_bytes=int(2e9), memory=Memory(60, 35), progress_records=False,
+                  evals=Evals(every_s=600, seconds=120, ranks=(0,)))
+    ranks = simulate(shape)
+    watts, swing = shape.gpu[3], itertools.count()
+    ranks[0] = [replace(r, values={**r.values, **(
+        {"gpu_utilization_ratio": 0.97, "gpu_power_watts": 0.55 * watts}
+        if r.values["gpu_utilization_ratio"] == 0.85  # (the eval's readings: previews)
+        else {"gpu_power_watts": (0.7 if next(swing) % 2 else 1.0) * watts})})
+                if isinstance(r, Sample) and r.source == "nvml" else r for r in ranks[0]]
+    paths = []
+    for rank, records in enumerate(ranks):
+        writer = RunLogWriter(tmp_path / f"run-rank{rank}.jsonl")
+        writer.write(records)
+        writer.close()
+        paths.append(tmp_path / f"run-rank{rank}.jsonl")
+    found = analyze(paths, Settings()).findings
+    assert not [f for f in found if f.detector == "hang"]
+
+
+def test_a_hung_rank_that_looks_busy_holds_the_others_no_longer_than_a_rank_works_alone(
+        tmp_path: Path) -> None:
+    """Rank 3 stuck in a CUDA kernel that never ends (its GPU at working power, its CPU
+    spinning) while the others wait in the all-reduce: it looks like a rank at work
+    alone, so the others' hang waits, but only ``max_alone_seconds`` (10 minutes), not
+    the 30 minutes a save may take (it was paged at +32 minutes)."""
+    shape = replace(job("nccl_hang").shape, duration_s=1000, stop=Stop(at_s=120, ranks=(3,)))
+    watts, stopped = shape.gpu[3], SIM_START + 121
+    ranks = simulate(shape)
+    ranks[3] = [replace(r, values={**r.values, **(
+        {"process_cpu_cores": 1.0} if r.source == "host" else
+        {"gpu_utilization_ratio": 1.0, "gpu_power_watts": 0.8 * watts})})
+                if isinstance(r, Sample) and r.t > stopped and r.source in ("host", "nvml")
+                else r for r in ranks[3]]
+    paths = []
+    for rank, records in enumerate(ranks):
+        path = tmp_path / f"run-rank{rank}.jsonl"
+        path.write_bytes(b"".join(map(encode, records)))
+        paths.append(path)
+    hung = [f for f in analyze(paths, Settings()).findings if f.detector == "hang"]
+    assert sorted(r for f in hung for r in f.ranks) == [0, 1, 2]
+    assert all(f.first_seen < stopped + 600 + 180 for f in hung)
+
+
 def test_a_hung_nccl_collective_is_named_by_its_gpu_signature() -> None:
     records = simulate(job("nccl_hang").shape)
     f = only(judge(records[0]), "hang")

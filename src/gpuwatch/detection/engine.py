@@ -586,7 +586,7 @@ def _works_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> boo
     if progress > view.last_step_t and now - progress <= HOLD_FRESH_S:
         return True
     # (readings asked for only once the rank has gone quiet: not at every evaluation)
-    return (now - max(view.last_step_t, progress) > stall_s(view) and "busy_utilization" in th
+    return (now - max(view.last_step_t, progress) > stall_s(view) and "max_alone_seconds" in th
             and hang.working_off_step(view, now, th))
 
 

@@ -28,7 +28,6 @@ from gpuwatch.records import Sample
 from gpuwatch.telemetry import OPEN_SAVE_KEY, Telemetry
 
 WAITS = ("data", "collective")  # phases in which a busy CPU is waiting, not working
-POWER_REFERENCE_S = 300.0  # working power: the most drawn in this long to the newest step (s)
 HOLD_FRESH_S = 30.0  # a sign of work older than this no longer says its rank works (seconds)
 # A rank that has paused this many times (``Telemetry.pauses``: silences a step ended)
 # pauses by habit (a worker between trials, an eval loop without markers): a silence up
@@ -114,24 +113,26 @@ def last_busy(view: Telemetry, th: dict[str, float],
 def working_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> bool:
     """Whether the probes see this quiet rank working alone in its readings of the last
     ``HOLD_FRESH_S`` before ``now`` (Unix s): its GPU busy (``busy_utilization``) at
-    working power (``working_power_ratio`` of the most it drew in the
-    ``POWER_REFERENCE_S`` up to its newest step), or, where its GPU does not show a hung
-    collective's signature (pinned at low power), its process busy on
-    ``busy_cpu_cores`` with no wait in data or a collective open; for at most
-    ``max_save_seconds`` since its newest step (a rank busy longer is hung, however it
-    spins). What ``last_busy`` counts as progress for the rank itself, from figures any
-    rank input answers (a replay's digested ranks too): the job engine's view of a rank
-    at work between steps (previews on its GPU, an export on its CPU) while the others
-    wait for it."""
+    working power (``working_power_ratio`` of what it drew while stepping, the
+    reference ``last_busy`` uses), or, where its GPU does not show a hung collective's
+    signature (pinned at low power), its process busy on ``busy_cpu_cores`` with no
+    wait in data or a collective open; for at most ``max_alone_seconds`` since its
+    newest step (1.5 times its longest pause where it pauses by habit): a rank busy
+    longer is taken as hung, however it spins, so the others are paged. What
+    ``last_busy`` counts as progress for the rank itself, from figures any rank input
+    answers (a replay's digested ranks too): the job engine's view of a rank at work
+    between steps (previews on its GPU, an export on its CPU) while the others wait."""
     last_step = view.last_step_t
-    if now - last_step >= th["max_save_seconds"]:
+    pauses = view.pauses if isinstance(view, Telemetry) else ()
+    usual = PAUSE_MARGIN * max(pauses) if len(pauses) >= RHYTHM_PAUSES else 0.0
+    if now - last_step >= max(th["max_alone_seconds"], usual):
         return False
     since = max(last_step, now - HOLD_FRESH_S)
     util = view.figure("nvml", "gpu_utilization_ratio", since)
     power = view.figure("nvml", "gpu_power_watts", since)
-    drawn = view.figure("nvml", "gpu_power_watts", last_step - POWER_REFERENCE_S)
+    drawn = view.working_power_w()
     if util is not None and power is not None and drawn is not None:
-        working = power.mean >= th["working_power_ratio"] * drawn.high
+        working = power.mean >= th["working_power_ratio"] * drawn
         if util.mean >= th["busy_utilization"] and working:
             return True
         if util.mean >= th["pinned_utilization"] and not working:

@@ -140,6 +140,9 @@ class PeerRank:
     def since_holding(self, steps: int) -> float | None:
         return self.window.since_holding(steps)
 
+    def working_power_w(self) -> float | None:
+        return None  # (no samples published)
+
     def median_step_s(self) -> float | None:
         """Its mean step over the last ``MEDIAN_SPAN_S`` of totals it published (only
         totals travel, not steps)."""

@@ -57,6 +57,9 @@ class RankInput(Protocol):
     def summarise(self, since: float) -> StepSummary | None:
         """The mean step over steps that ended at or after ``since``."""
 
+    def working_power_w(self) -> float | None:
+        """Its GPU's median power draw while it was stepping (watts), if known."""
+
     def since_holding(self, steps: int) -> float | None:
         """The latest time from which ``steps`` typical steps ended (Unix s), if it has
         that many."""

@@ -194,9 +194,15 @@ class DigestRank(Telemetry):
 
     def add_digest(self, d: StepDigest) -> None:
         """Take a digest: its step as ``add_one`` takes a step, its readings into the
-        digested series."""
+        digested series; a step's mean power into the power drawn while stepping
+        (``working_power_w``), as ``Telemetry`` takes the samples taken in steps."""
         if d.step is not None:
             self.add_one(d.step)
+            power = [r for (src, _, key), r in d.readings.items()
+                     if src == "nvml" and key == "gpu_power_watts" and r.n]
+            if power:
+                self._stepping_power.append(sum(r.total for r in power) / sum(
+                    r.n for r in power))
         for key, reading in d.readings.items():
             series = self._digested.get(key)
             if series is None:
@@ -225,9 +231,6 @@ class DigestRank(Telemetry):
 
     def uninterrupted(self, source: str, key: str, since: float
                       ) -> tuple[int, float, tuple[int, ...]]:
-        raise self._no_samples()
-
-    def working_power_w(self) -> float | None:
         raise self._no_samples()
 
     def figure(self, source: str, key: str, since: float) -> Figure | None:
