@@ -187,7 +187,6 @@ class Telemetry:
         self.steps: deque[Step] = deque(maxlen=MAX_STEPS)
         self.window = StepWindow(MAX_STEPS)  # typical steps (what peers are sent)
         self.interrupting = StepWindow(MAX_EVENTS)  # the steps that were interruptions
-        self._interrupting_steps: deque[int] = deque(maxlen=MAX_EVENTS)  # their numbers
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.samples: dict[tuple[str, int | None], deque[Sample]] = {}
         # Running aggregates of the keys detectors ask about, per (source, GPU): made on
@@ -306,7 +305,6 @@ class Telemetry:
         elif long and not self._long_batch(s.wall_s, work):
             self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
             self.interrupting.add(s)
-            self._interrupting_steps.append(s.step)
             excess = max(s.wall_s - median - s.checkpoint_s, 0.0)
             self.interrupted_by.add(self._interruption_kind(s, excess), s, excess)
             return
@@ -431,17 +429,17 @@ class Telemetry:
         warm-up left out, and interruptions as ``summarise`` leaves them out (an eval
         every rank ran made one step's wall a minute, and the collectives' share of the
         window's steps a fraction of theirs)."""
-        skipped: set[int] = set()
+        skipped: set[float] = set()  # (the interruptions' end times: their steps')
         if self.interruptions and self.interruptions[-1][1] >= since:
             typical = self.window.sums_since(since)[0]
             interrupting = self.interrupting.sums_since(since)[0]
             if interrupting <= RHYTHM_SHARE * (typical + interrupting):  # (rare: left out)
-                skipped = set(self._interrupting_steps)
+                skipped = {end for _, end in self.interruptions}
         out: dict[int, StepWait] = {}
         for s in reversed(self.steps):
             if s.t < since:
                 break
-            if s.step > WARMUP_STEPS and s.step not in skipped:
+            if s.step > WARMUP_STEPS and s.t not in skipped:
                 out[s.step] = StepWait.of(s)
         return out
 
@@ -611,7 +609,7 @@ class Telemetry:
         blocking = saves.blocking_s
         if interval and first - start < SEED_SHARE * interval:
             blocking, start = blocking - saves.first_s, saves.first_end
-        wall = cycle_end(now, saves.last_end, saves.longest_gap_s or None) - start
+        wall = cycle_end(now, saves.last_end, saves.longest_gap_s) - start
         return min(blocking / wall, 1.0) if wall > 0 else 0.0
 
     def interruption_share(self, now: float, kinds: Iterable[str] | None = None) -> float:
@@ -628,8 +626,7 @@ class Telemetry:
             return 0.0
         seconds = math.fsum(by.seconds[k] for k in (by.KINDS if kinds is None else kinds)
                             if by.count[k] >= RECURRING)
-        return min(seconds / (cycle_end(now, by.last_end, by.longest_gap_s or None) - start),
-                   1.0)
+        return min(seconds / (cycle_end(now, by.last_end, by.longest_gap_s) - start), 1.0)
 
     @property
     def last_step_t(self) -> float:
@@ -665,15 +662,15 @@ OVERDUE = 1.5  # a recurring cost is overdue this many of its longest gaps after
 SEED_SHARE = 0.5  # a first save this early in its cycle (of the mean interval) is a seed
 
 
-def cycle_end(now: float, last_end: float, longest_s: float | None) -> float:
+def cycle_end(now: float, last_end: float, longest_s: float) -> float:
     """Up to when (Unix s) a recurring cost's run-long share counts the run: while it
     recurs (its newest occurrence ended at ``last_end``, and the next is not
     ``OVERDUE`` of the longest gap between two, ``longest_s``: a mean would lag gaps that
-    grow and sink under a burst of two; None before two: no rhythm yet), that end, so
+    grow and sink under a burst of two; 0 before two: no rhythm yet), that end, so
     the share counts whole cycles (read up to ``now`` it fell a cycle in n before each
     occurrence and rose after, and a finding at its threshold came and went with every
     save or eval); else ``now``."""
-    recurring = longest_s is not None and 0.0 <= now - last_end < OVERDUE * longest_s
+    recurring = 0.0 <= now - last_end < OVERDUE * longest_s
     return last_end if recurring else now
 
 

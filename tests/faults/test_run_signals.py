@@ -148,8 +148,8 @@ def test_a_command_dies_with_gpuwatch_run_killed_by_sigkill(tmp_path: Path) -> N
     PID) passes on nothing: the command ran on orphaned, holding its GPU; bare, the same
     kill would have ended it. The kernel now ends it with its parent."""
     pid_file = tmp_path / "pid"
-    write_pid = ("import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
-                 "time.sleep(120)")
+    write_pid = ("import os, signal, sys; open(sys.argv[1], 'w').write(str(os.getpid())); "
+                 "signal.alarm(120); signal.pause()")  # (until killed, at most 120 s)
     proc = subprocess.Popen([sys.executable, "-m", "gpuwatch", "run", "--", sys.executable,
                              "-c", write_pid, str(pid_file)], env=_env(),
                             stdin=subprocess.DEVNULL, start_new_session=True)

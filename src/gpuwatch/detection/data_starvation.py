@@ -21,9 +21,7 @@ from gpuwatch.telemetry import Telemetry
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     since = window_start(view, rule, now)
     summary = recent(view, rule, now)
-    if summary is None:  # (too few steps now: a stall, an eval; the long window would
-        return None      # read an earlier stretch as now)
-    if summary.data_share < rule.thresholds["data_share"]:
+    if summary is None or summary.data_share < rule.thresholds["data_share"]:
         since = now - LONG_WINDOWS * window_s(view, rule)
         summary = view.summarise(since)
         if (summary is None or summary.steps < rule.min_steps

@@ -58,7 +58,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return None
     share = view.interruption_share(now, Interruptions.JUDGED)
     count = kinds.count["eval"] + kinds.count["stall"]
-    run_s = cycle_end(now, kinds.last_end, kinds.longest_gap_s or None) - start  # (cycles)
+    run_s = cycle_end(now, kinds.last_end, kinds.longest_gap_s) - start  # (whole cycles)
     if (share < th["interruption_share"] or count < max(th["min_interruptions"], 1)
             or kinds.last_t - kinds.first_t < th["spread_ratio"] * run_s):
         return None  # rare, few, or a burst (start-up recompiles) rather than a rhythm
