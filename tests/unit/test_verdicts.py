@@ -572,6 +572,26 @@ def test_a_link_bound_job_with_periodic_evals_is_one_finding_from_its_start(
     assert len(evals) == 8 and {f.state for f in evals} == {"active"}
 
 
+@pytest.mark.parametrize("starved", [False, True])
+def test_a_link_bound_job_whose_ranks_wait_on_their_loaders_is_not_moved(
+        tmp_path: Path, starved: bool) -> None:
+    """4 RTX 5090s without P2P, 30% of each 2 s step in a 1.2 GB all-reduce through host
+    memory; starved, every rank also waits 40% of each step on CPU-bound loader
+    workers. The job-scope judgement knew nothing of the ranks' starvation: it moved the
+    job (2x) while every rank's own time to finish said 1.0x."""
+    shape = Shape(step_s=2.0, duration_s=300, world=4, gpu=RTX_5090, collective_share=0.3,
+                  data_share=0.4 if starved else 0.0, workers=3, workers_cpu=0.97,
+                  collective_bytes=int(1.2e9), memory=Memory(18, 10), total_steps=400_000)
+    sync = only(analyze(write(shape, tmp_path), Settings()).findings, "sync_bottleneck")
+    assert sync.projection is not None
+    assumptions = " ".join(sync.projection["assumptions"])
+    if not starved:
+        assert sync.verdict == "move_to_h100" and "data loader" not in assumptions
+        return
+    assert sync.verdict == "fix_here" and "waits on its data loader" in assumptions
+    assert sync.evidence["speedup_ratio"] < 1.1
+
+
 def test_a_save_right_after_the_first_step_is_not_counted_twice() -> None:
     """A seed checkpoint after step 1, then one every 21.5 minutes (90 s each: 7% of
     the run): n saves over the n-1 cycles since the first read 10-13%, past the 10%

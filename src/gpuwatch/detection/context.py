@@ -76,6 +76,9 @@ class Context:
     explained: dict[int, frozenset[str]] = field(default_factory=dict)
     latency_bytes: float = 0.0  # sync_bottleneck's min_bytes_per_step (Inputs.latency_bytes)
     link_explained: float = 0.0  # and its link_explained_ratio (Inputs.link_explained)
+    # data_starvation's data_share: a step that waits this share on its loader is at the
+    # loader's pace (Inputs.loader_bound), judged or not (0: only where judged)
+    loader_share: float = 0.0
     _identified: dict[str, Gpu | None] = field(default_factory=dict)  # device name -> entry
 
     @property
@@ -164,7 +167,8 @@ class Context:
             host_staged=host_staged(views), memory_bytes=held, card_bytes=card,
             fix_first=fix_first,
             loader_bound=any("data_starvation" in self.explained.get(v.rank, ())
-                             for v in views),
+                             for v in views) or (self.loader_share > 0 and any(
+                                 s.data_share >= self.loader_share for s in summaries)),
             peer_bound=transfer_s is None and WAITING in holding,
             latency_bytes=self.latency_bytes, link_explained=self.link_explained,
             transfer_s=transfer_s)

@@ -632,5 +632,7 @@ def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Eng
                       planned_steps=settings.total_steps, costs=Costs.from_settings(settings),
                       precision=settings.precision,
                       latency_bytes=link.get("min_bytes_per_step", 0.0),
-                      link_explained=link.get("link_explained_ratio", 0.0))
+                      link_explained=link.get("link_explained_ratio", 0.0),
+                      loader_share=rules["data_starvation"].thresholds.get("data_share", 0.0)
+                      if "data_starvation" in rules else 0.0)
     return Engine(rules, context, scope=scope, job=job, interval_s=settings.detect_interval_s)
