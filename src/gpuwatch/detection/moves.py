@@ -2,8 +2,8 @@
 gate that decides whether a projection is worth a move.
 
 A move is recommended only when (1) the job cannot run well here at all (memory),
-(2) the target is cheaper per unit of work even at the low end of the speedup range,
-or (3) the time to result shrinks by at least ``min_time_gain`` at the low end, card
+(2) the target is cheaper per unit of work by at least ``min_saving`` even at the low
+end of the speedup range (a few percent is within what a projection knows), or (3) the time to result shrinks by at least ``min_time_gain`` at the low end, card
 for card (a scale-out is open on either card, so it does not count). A job on several
 GPUs whose collectives were not seen at all gets no move by (2) or (3): what looks like
 compute may be communication, which faster math does not shorten; nor does a gain that
@@ -60,13 +60,15 @@ class Costs:
     owned: Mapping[str, OwnedCard] = field(default_factory=dict)
     electricity_usd_per_kwh: float = 0.15
     min_time_gain: float = 1.5
+    min_saving: float = 0.1  # share of the cost per unit a move saves for cost alone
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Costs:
         return cls(owned={name: OwnedCard(o.purchase_usd, o.amortisation_years, o.power_watts)
                           for name, o in settings.owned.items()},
                    electricity_usd_per_kwh=settings.electricity_usd_per_kwh,
-                   min_time_gain=settings.move_min_time_gain)
+                   min_time_gain=settings.move_min_time_gain,
+                   min_saving=settings.move_min_saving)
 
     def hourly(self, gpu: Gpu, measured_watts: float | None = None) -> tuple[float, str]:
         """USD per GPU-hour of ``gpu`` and where the figure comes from."""
@@ -172,6 +174,7 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
     low = gain = p.speedup_low  # the card's own gain: a scale-out is open on either card
     now_cost, worst = e.get("cost_per_unit_now_usd"), e["cost_per_unit_target_worst_usd"]
     cheaper = now_cost is not None and worst < now_cost
+    saves = now_cost is not None and worst < now_cost * (1 - costs.min_saving)
     rule: str | None = None
     if p.current is not None and (p.current.name == p.target.name
                                   or (configured is not None and _at_least(p.current, configured))):
@@ -191,7 +194,7 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
         why = (f"no collective seen on {p.gpus} GPUs: their communication cannot be told "
                "from compute, so the projection is an upper bound (let gpuwatch see the "
                "collectives: torch.distributed calls, a DDP comm hook)")
-    elif cheaper:
+    elif saves:
         rule, why = "cheaper", (f"cheaper per {e['unit']} even at the low end "
                                 f"(${now_cost:.3g} -> ${worst:.3g})")
     elif gain >= costs.min_time_gain:
@@ -203,7 +206,8 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
         cost = (f", {worst / now_cost:.2f}x the cost per {e['unit']}" if now_cost else
                 ", cost now unknown")
         why = (f"the move does not pay: {low:.2f}x at the low end{cost} "
-               f"(a move needs a lower cost or {costs.min_time_gain:g}x the speed)")
+               f"(a move needs {costs.min_saving:.0%} lower cost or "
+               f"{costs.min_time_gain:g}x the speed)")
     verdict: Verdict = MOVE if rule else otherwise
     e["decision"] = {"verdict": verdict, "rule": rule, "why": why,
                      "time_gain_low_ratio": gain, "min_time_gain_ratio": costs.min_time_gain,
