@@ -32,6 +32,9 @@ class SkewSplit:
     transfer_s: float  # least wait across ranks
     skew_s: dict[int, float]  # rank -> its wait beyond the least
     caused_share: dict[int, float]  # rank -> share of the waiting it caused (arrived last)
+    # rank -> how surely it arrives after the others: its mean lateness (the others' mean
+    # wait less its own) over that mean's standard error (inf: late alike in every step)
+    lateness_t: dict[int, float]
 
     @property
     def mean_skew_s(self) -> float:
@@ -77,11 +80,14 @@ def split(views: Sequence[RankInput], since: float, min_steps: int) -> SkewSplit
     skew = dict.fromkeys(ranks, 0.0)
     caused = dict.fromkeys(ranks, 0.0)
     last = dict.fromkeys(ranks, 0.0)
+    late = dict.fromkeys(ranks, 0.0)  # sums of each rank's lateness, and of its squares
+    late_sq = dict.fromkeys(ranks, 0.0)
     rows = [per_rank[r] for r in ranks]
     for k in common:
         step = [row[k] for row in rows]
         waits = [w.wait_s for w in step]
         least = min(waits)
+        total_wait = math.fsum(waits)
         transfer += least
         walls += math.fsum([w.wall_s for w in step]) / len(step)  # (their fmean)
         tied = []
@@ -89,6 +95,9 @@ def split(views: Sequence[RankInput], since: float, min_steps: int) -> SkewSplit
         for r, wait in zip(ranks, waits, strict=True):
             skew[r] += wait - least
             held += wait - least
+            lateness = (total_wait - wait) / (len(waits) - 1) - wait
+            late[r] += lateness
+            late_sq[r] += lateness * lateness
             if wait - least <= TIE_S:
                 tied.append(r)
         for r in tied:  # equal waits: no one rank was last
@@ -100,4 +109,14 @@ def split(views: Sequence[RankInput], since: float, min_steps: int) -> SkewSplit
     total = sum(caused.values())
     shares = {r: c / total for r, c in caused.items()} if total > 0 else \
         {r: c / n for r, c in last.items()}
-    return SkewSplit(n, walls / n, transfer / n, {r: v / n for r, v in skew.items()}, shares)
+    return SkewSplit(n, walls / n, transfer / n, {r: v / n for r, v in skew.items()}, shares,
+                     {r: _t(late[r], late_sq[r], n) for r in ranks})
+
+
+def _t(total: float, squares: float, n: int) -> float:
+    """A mean over its standard error, from ``n`` values' sum and sum of squares."""
+    mean = total / n
+    var = max(squares / n - mean * mean, 0.0) * n / (n - 1) if n > 1 else 0.0
+    if var <= (TIE_S * TIE_S):  # late alike in every step (or never)
+        return math.inf if mean > TIE_S else 0.0
+    return mean / math.sqrt(var / n)

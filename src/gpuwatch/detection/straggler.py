@@ -11,8 +11,10 @@ summary names which part makes it slow.
 
 Where ranks' per-step waits are known (``skew.split``), the slow ranks must also have
 caused most of the others' waiting (arriving last; slow in every step or only in
-some): a slowness that rotates among most ranks is an imbalance (sync_bottleneck's
-fix-here case), not stragglers."""
+some), and arrive late more surely than chance (``min_lateness_t`` standard errors:
+with work that varies from step to step on every rank, one of two ranks is slower
+over a dozen steps by a fifth now and then): a slowness that rotates among most ranks
+is an imbalance (sync_bottleneck's fix-here case), not stragglers."""
 
 from __future__ import annotations
 
@@ -90,6 +92,9 @@ def _over(views: Sequence[RankInput], rule: Rule, since: float) -> Detection | N
         caused = sum(split.caused_share[r] for r in slow)
         if caused < th["fixed_rank_share"]:
             return None  # not the same ranks holding the rest: an imbalance, not stragglers
+        if min(split.lateness_t[r] for r in slow) < th["min_lateness_t"]:
+            return None  # late no more surely than chance makes one of them (batches of
+            # varying length on every rank): an imbalance, not stragglers
         evidence["wait_caused_share_ratio"] = caused
     by_rank = {v.rank: v for v in views}
     reasons = sorted({reason for r in slow for reason in clock_events(by_rank[r])})
