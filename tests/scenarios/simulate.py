@@ -116,6 +116,8 @@ class Shape:
     recompile_s: float = 0.0
     epoch_every_s: float | None = None  # a DataLoader epoch restart (workers respawn)
     epoch_restart_s: float = 0.0
+    restart_workers_cpu: float = 0.02  # the workers' busy share as an epoch restarts (~1:
+    # filling a shuffle buffer)
     stop: Stop | None = None
     progress_records: bool = True  # False: a log from before progress events existed
     sample_s: float = 1.0
@@ -388,7 +390,8 @@ def _samples(shape: Shape, rank: int, out: list[Record], busy: list[_Busy],
         out.append(Sample(rank, t, "host", {
             "process_cpu_seconds_total": cpu_total, "process_cpu_cores": cpu,
             "workers": float(shape.workers),
-            "workers_cpu_ratio": shape.workers_cpu if kind in ("train", "eval") else 0.02}))
+            "workers_cpu_ratio": shape.workers_cpu if kind in ("train", "eval") else
+            shape.restart_workers_cpu if kind == "restart" else 0.02}))
         if mem.allocator:
             out.append(Sample(rank, t, "allocator", {
                 "allocator_reserved_bytes": mem.reserved_gb * GB,

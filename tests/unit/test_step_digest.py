@@ -138,7 +138,7 @@ def test_job_detectors_ask_digested_ranks_only_what_they_digest() -> None:
 def test_a_digested_rank_refuses_what_it_does_not_digest() -> None:
     rank = DigestRank()
     with pytest.raises(LookupError):
-        rank.figure("host", "workers_cpu_ratio", START)
+        rank.figure("host", "process_cpu_seconds_total", START)
     with pytest.raises(LookupError):
         rank.gpu_samples()
     assert rank.figure("nvml", "gpu_utilization_ratio", START) is None  # digested: none yet

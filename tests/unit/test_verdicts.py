@@ -59,6 +59,18 @@ def test_without_progress_records_an_idle_gpu_and_cpu_during_an_eval_would_be_a_
     assert "stuck in data" in f.summary
 
 
+def test_an_epoch_start_whose_loader_workers_fill_a_buffer_is_progress_not_a_hang() -> None:
+    """Every 10 minutes a new epoch: 8 DataLoader workers fill a shuffle buffer for 100 s
+    at full CPU while the loop waits in data, with no progress record: a critical hang
+    ("stuck in data") at each epoch start. Workers that respawned and sit idle that long
+    are still one."""
+    shape = Shape(step_s=0.3, duration_s=1000, epoch_every_s=600, epoch_restart_s=100,
+                  restart_workers_cpu=1.0, progress_records=False)
+    assert [f for f in findings_of(shape) if f.detector == "hang"] == []
+    f = only(findings_of(replace(shape, restart_workers_cpu=0.02)), "hang")
+    assert "stuck in data" in f.summary
+
+
 def test_ranks_waiting_for_rank_0_at_work_alone_are_not_hung(tmp_path: Path) -> None:
     """DDP with rank 0 evaluating alone between steps, in a log without progress
     records: its GPU busy at working power says it works (no hang on rank 0), and the
@@ -943,12 +955,14 @@ def test_progress_records_alone_keep_a_long_eval_from_being_a_hang() -> None:
 
 
 def _idle(r: Record) -> Record:
-    """The record with the GPU idle and the CPU quiet during evals."""
+    """The record with the GPU idle and the CPU quiet during evals (the process's and its
+    loader workers')."""
     if isinstance(r, Sample) and r.source == "nvml" and r.values["gpu_utilization_ratio"] == 0.85:
         return Sample(r.rank, r.t, r.source, {**r.values, "gpu_utilization_ratio": 0.0,
                                               "gpu_power_watts": 60.0}, gpu=r.gpu)
     if isinstance(r, Sample) and r.source == "host" and r.values["process_cpu_cores"] == 1.0:
-        return Sample(r.rank, r.t, r.source, {**r.values, "process_cpu_cores": 0.05})
+        return Sample(r.rank, r.t, r.source, {**r.values, "process_cpu_cores": 0.05,
+                                              "workers_cpu_ratio": 0.02})
     return r
 
 

@@ -6,14 +6,15 @@ batches between steps (a ``progress`` event: an eval loop, an epoch restart, the
 micro-batches of a long step), a finished save (``PROGRESS_EVENTS``), and, for
 logs without those records, what the probes see:
 a save still being written, the GPU busy at its working power (an eval, a long
-step), or the process busy on its CPU outside a wait (a ``torch.compile``
-recompile). Waiting is not progress: an open data or collective phase, or the
-GPU pinned at full utilisation at low power with no step, the signature of a
-hung NCCL collective. Waiting for another rank that works between steps (the job
-engine's ``HOLDING``: a rank-0-only ``torch.save`` or eval holds every other rank at
-its next collective) is no hang: a save's cost is ``checkpoint_overhead``'s. A rank
-that has already paused at least twice and gone on (a worker between trials) is given
-1.5 times its longest pause."""
+step), the process busy on its CPU outside a wait (a ``torch.compile``
+recompile), or its DataLoader workers at full CPU (an epoch's start filling a
+shuffle buffer while the loop waits in data). Waiting is not progress: an open
+data or collective phase, or the GPU pinned at full utilisation at low power with no
+step, the signature of a hung NCCL collective. Waiting for another rank that works
+between steps (the job engine's ``HOLDING``: a rank-0-only ``torch.save`` or eval
+holds every other rank at its next collective) is no hang: a save's cost is
+``checkpoint_overhead``'s. A rank that has already paused at least twice and gone on
+(a worker between trials) is given 1.5 times its longest pause."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ from gpuwatch.telemetry import OPEN_SAVE_KEY, Telemetry
 
 WAITS = ("data", "collective")  # phases in which a busy CPU is waiting, not working
 HOLD_FRESH_S = 30.0  # a sign of work older than this no longer says its rank works (seconds)
+# DataLoader workers this busy (the mean share of each one's core) are at work of their
+# own, not feeding a loop that consumes their batches (a shuffle buffer filling at an
+# epoch's start); a loop that stopped consuming leaves them idle once its prefetch fills
+LOADER_BUSY = 0.8
 # A rank that has paused this many times (``Telemetry.pauses``: silences a step ended)
 # pauses by habit (a worker between trials, an eval loop without markers): a silence up
 # to PAUSE_MARGIN times its longest is its rhythm, not a hang.
@@ -116,9 +121,10 @@ def working_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> bo
     working power (``working_power_ratio`` of what it drew while stepping, the
     reference ``last_busy`` uses), or, where its GPU does not show a hung collective's
     signature (pinned at low power), its process busy on ``busy_cpu_cores`` with no
-    wait in data or a collective open; for at most ``max_alone_seconds`` since its
-    newest step (1.5 times its longest pause where it pauses by habit): a rank busy
-    longer is taken as hung, however it spins, so the others are paged. What
+    wait in data or a collective open, or its DataLoader workers at work
+    (``_loading``); for at most ``max_alone_seconds`` since its newest step (1.5 times
+    its longest pause where it pauses by habit): a rank busy longer is taken as hung,
+    however it spins, so the others are paged. What
     ``last_busy`` counts as progress for the rank itself, from figures any rank input
     answers (a replay's digested ranks too): the job engine's view of a rank at work
     between steps (previews on its GPU, an export on its CPU) while the others wait."""
@@ -137,17 +143,34 @@ def working_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> bo
             return True
         if util.mean >= th["pinned_utilization"] and not working:
             return False  # a hung collective's signature: its CPU spins in the wait
+    workers = view.figure("host", "workers", since)
+    loading = view.figure("host", "workers_cpu_ratio", since)
+    if workers is not None and loading is not None and _loading(
+            workers.mean, loading.mean, th["busy_cpu_cores"]):
+        return True  # its DataLoader workers at work (an epoch's shuffle buffer)
     cpu = view.figure("host", "process_cpu_cores", since)
     waits = [view.figure("agent", f"open_{p}_seconds", since) for p in WAITS]
     return (cpu is not None and cpu.mean >= th["busy_cpu_cores"]
             and not any(w is not None and w.high > 0 for w in waits))
 
 
+def _loading(workers: float, busy: float, cores: float) -> bool:
+    """Whether ``workers`` DataLoader workers, each ``busy`` (share of a core), are at
+    work: ``LOADER_BUSY`` each and ``cores`` in all."""
+    return busy >= LOADER_BUSY and workers * busy >= cores
+
+
 def _cpu_busy(view: Telemetry, since: float, cores: float) -> float:
-    """The newest host sample with the process busy on CPU outside a wait (0 if none)."""
+    """The newest host sample with the process busy on ``cores`` outside a wait, or its
+    DataLoader workers at work (``_loading``: an epoch's start filling a shuffle buffer
+    while the loop waits in data) (0 if none)."""
     agent: dict[float, Sample] = {s.t: s for s in view.samples_since("agent", since)}
     latest = 0.0
     for s in view.samples_since("host", since):
+        if _loading(s.values.get("workers", 0.0), s.values.get("workers_cpu_ratio", 0.0),
+                    cores):
+            latest = max(latest, s.t)
+            continue
         if s.values.get("process_cpu_cores", 0.0) < cores:
             continue
         beside = agent.get(s.t) or view.latest("agent")

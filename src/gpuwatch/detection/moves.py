@@ -3,8 +3,9 @@ gate that decides whether a projection is worth a move.
 
 A move is recommended only when (1) the job cannot run well here at all (memory),
 (2) the target is cheaper per unit of work by at least ``min_saving`` even at the low
-end of the speedup range (a few percent is within what a projection knows), or (3) the time to result shrinks by at least ``min_time_gain`` at the low end, card
-for card (a scale-out is open on either card, so it does not count). A job on several
+end of the speedup range (a few percent is within what a projection knows), or (3)
+the time to result shrinks by at least ``min_time_gain`` at the low end, card for
+card (a scale-out is open on either card, so it does not count). A job on several
 GPUs whose collectives were not seen at all gets no move by (2) or (3): what looks like
 compute may be communication, which faster math does not shorten; nor does a gain that
 comes mostly from faster math where GPU utilisation was not measured (the projection

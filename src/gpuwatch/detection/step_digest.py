@@ -31,10 +31,10 @@ JOB_READINGS: dict[str, tuple[str, ...]] = {
                   "allocator_reserved_bytes"),
     "nccl": ("nccl_bus_bytes_total", "nccl_collective_seconds_total"),
     # every agent sample has the first; the second while a save is open (``open_save``);
-    # the waits, and the process's CPU, tell a rank working alone between steps from
-    # one waiting (``hang.working_off_step``)
+    # the waits, and the CPU of the process and its loader workers, tell a rank working
+    # alone between steps from one waiting (``hang.working_off_step``)
     "agent": (AGENT_CPU_KEY, OPEN_SAVE_KEY, "open_data_seconds", "open_collective_seconds"),
-    "host": ("process_cpu_cores",),
+    "host": ("process_cpu_cores", "workers", "workers_cpu_ratio"),
 }
 JOB_SOURCES = frozenset(JOB_READINGS)
 DIGEST_SPAN_S = 10.0  # while no step comes, a digest closes once its readings span this
