@@ -652,12 +652,23 @@ class Telemetry:
         seconds = agent.values.get(OPEN_SAVE_KEY, 0.0) if agent is not None else 0.0
         return (agent.t, seconds) if agent is not None and seconds > 0 else None
 
+    def sample_interval_s(self, source: str) -> float | None:
+        """How often ``source`` is sampled (seconds): the mean gap over the newest
+        ``INTERVAL_SAMPLES`` of its first GPU's (or its only) series; None with fewer
+        than two."""
+        window = next((w for (src, _), w in self.samples.items() if src == source), None)
+        if window is None or len(window) < 2:
+            return None
+        k = min(len(window), INTERVAL_SAMPLES)
+        return (window[-1].t - window[-k].t) / (k - 1)
+
     def gpu_samples(self) -> list[Sample]:
         """The newest NVML sample of each GPU, by GPU index."""
         latest = [w[-1] for (src, _), w in self.samples.items() if src == "nvml" and w]
         return sorted(latest, key=lambda s: s.gpu or 0)
 
 
+INTERVAL_SAMPLES = 10  # a sampling interval is their mean gap over this many
 OVERDUE = 1.5  # a recurring cost is overdue this many of its longest gaps after the last
 SEED_SHARE = 0.5  # a first save this early in its cycle (of the mean interval) is a seed
 

@@ -916,6 +916,23 @@ def test_a_gpu_held_below_its_clocks_by_heat_is_fixed_here_and_moves_nothing(
     assert "throttled" in speed.projection["decision"]["why"]
 
 
+@pytest.mark.parametrize("every", [1.0, 10.0])
+def test_a_throttled_gpu_sampled_seldom_is_still_seen(every: float) -> None:
+    """NVML read every 10 s (``sample_interval_s``): the minute's window held 6 busy
+    readings, short of the 10 judged, so the hot card went unseen and its time to
+    finish moved the job."""
+    nvml = {"gpu_utilization_ratio": 0.97, "gpu_clock_event_reasons": float(THERMAL),
+            "gpu_sm_clock_hertz": 1.1e9, "gpu_temperature_celsius": 91.0}
+    records: list[Record] = [
+        meta(), topology("NVIDIA L40S", 48 * GB),
+        Event(0, START, "total_steps", {"steps": 2_000_000}),
+        *steps(300, wall=1.0, tokens=32 * 2048),
+        *samples("nvml", 300, nvml, gpu=0, every=every)]
+    found = judge(records)
+    assert only(found, "throttling").evidence["throttled_share_ratio"] == 1.0
+    assert only(found, "iteration_speed").verdict != "move_to_h100"
+
+
 def test_throttling_that_comes_and_goes_or_hits_one_gpu_of_several_is_held() -> None:
     """Heat that slows the card 20 s of every 40 (half the busy time), and one GPU of two
     a process drives that is slowed all along: judged over the window per GPU, the

@@ -3,7 +3,8 @@ too hot or its board cuts power (NVML's clock-event reasons: thermal slowdown, h
 slowdown, power brake). A fault of this machine (cooling, airflow, power supply), not a
 reason to move: projections from a throttled card overstate any card's gain, so none is
 judged until it is fixed (``moves.FIX_FIRST``). Judged per GPU over the window (a
-card slowed now and then, or one of several a process drives), where its clock lost at
+card slowed now and then, or one of several a process drives; reaching back far enough
+for ``min_samples`` readings where NVML is sampled seldom), where its clock lost at
 least ``min_clock_loss_ratio`` to it. Running at the power cap (``sw_power_cap``) is
 how a busy card works, not a fault. One rank slowed among faster ones is also the
 straggler's case, which names the reasons too."""
@@ -23,10 +24,12 @@ KEY = "gpu_clock_event_reasons"
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
-    since = window_start(view, rule, now)
+    th = rule.thresholds
+    # (NVML sampled seldom, the window reaches back for min_samples readings of it)
+    since = min(window_start(view, rule, now),
+                now - th["min_samples"] * (view.sample_interval_s("nvml") or 0.0))
     if view.slowed_at < since or recent(view, rule, now) is None:
         return None  # (the common case: no reading in the window had a fault bit)
-    th = rule.thresholds
     busy: dict[int | None, list[Sample]] = {}
     for s in view.samples_since("nvml", since):
         if s.values.get("gpu_utilization_ratio", 0.0) >= th["busy_ratio"]:
