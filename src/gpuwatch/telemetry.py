@@ -774,14 +774,15 @@ class SaveTotals:
     background part of ``async_save``) is counted but costs the loop no time.
     """
 
-    __slots__ = ("_steps_at_last", "async_saves", "blocking_bytes", "blocking_s",
-                 "checkpoints", "first_end", "first_s", "first_start", "last_end",
-                 "last_start", "longest_gap_s", "saves")
+    __slots__ = ("_steps_at_last", "async_bytes", "async_saves", "blocking_bytes",
+                 "blocking_s", "checkpoints", "first_end", "first_s", "first_start",
+                 "last_end", "last_start", "longest_gap_s", "saves")
 
     def __init__(self) -> None:
         self.saves = 0  # blocking saves
         self.checkpoints = 0  # runs of blocking saves with no step between them
         self.async_saves = 0
+        self.async_bytes = 0.0  # what the background saves wrote
         self.blocking_s = 0.0
         self.blocking_bytes = 0.0
         self.first_start: float | None = None
@@ -797,6 +798,7 @@ class SaveTotals:
         seconds = float(e.data.get("seconds", 0.0))
         if not e.data.get("blocking", True):
             self.async_saves += 1
+            self.async_bytes += float(e.data.get("bytes", 0))
             return
         self.saves += 1
         self.blocking_s += seconds

@@ -212,6 +212,19 @@ def test_background_saves_cost_no_blocking_time() -> None:
     assert [f for f in findings_of(asynchronous) if f.detector == "checkpoint_overhead"] == []
 
 
+def test_an_async_save_whose_staging_blocks_is_told_as_staging_with_its_bytes() -> None:
+    """async_save of 30 GB every 2 minutes whose blocking call (the copy to host memory)
+    takes 20 s: the finding said "20.00 s per save of 0 MB (0 MB/s)" and told the job
+    to save asynchronously, which it does."""
+    staged = Shape(step_s=0.4, duration_s=1200, memory=Memory(50, 30),
+                   saves=Saves(every_s=120, blocking_s=20, nbytes=int(30e9), background_s=60))
+    f = only(findings_of(staged), "checkpoint_overhead")
+    assert "staging the state in host memory" in f.summary
+    assert "30000 MB written in the background" in f.summary and "0 MB/s" not in f.summary
+    assert "Save asynchronously" not in f.action and "pinned" in f.action
+    assert f.evidence["async_bytes_per_save"] == 30e9
+
+
 # -- interruptions ----------------------------------------------------------------------
 
 def test_loader_restarts_rare_among_steps_but_a_third_of_the_run_are_fixed_here() -> None:

@@ -6,7 +6,9 @@ steps is what it costs. A checkpoint is a run of saves with no step between them
 (a model file, then the optimizer's): its time and bytes are the figures per save,
 and the time between checkpoints' starts is how often it comes. Saves written in the
 background (``blocking: false``: a writer thread, the background part of
-``async_save``) cost the loop nothing."""
+``async_save``) cost the loop nothing; the blocking part of an async save (its copy
+of the state to host memory: no bytes written) is told as staging, with the bytes the
+background wrote."""
 
 from __future__ import annotations
 
@@ -41,4 +43,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     text = {"rank": view.rank, "megabytes_per_save": evidence["bytes_per_save"] / 1e6,
             "save_megabytes_per_second": evidence["save_bytes_per_second"] / 1e6,
             "every": duration(evidence["seconds_between_saves"])}
-    return Detection(evidence, [view.rank], text=text)
+    staged = not saves.blocking_bytes and saves.async_saves > 0
+    if staged:  # the blocking part of an async save wrote nothing: it staged the state
+        evidence["async_bytes_per_save"] = saves.async_bytes / saves.async_saves
+        text["megabytes_per_save"] = evidence["async_bytes_per_save"] / 1e6
+    return Detection(evidence, [view.rank], text=text, variant="staging" if staged else None)
