@@ -15,7 +15,7 @@ from gpuwatch.detection.engine import engine_from_settings
 from gpuwatch.detection.peer_view import PeerRank, summary
 from gpuwatch.detection.skew import split
 from gpuwatch.probes.peers import decode_steps, encode_steps
-from gpuwatch.records import Event, Finding, Record, Step
+from gpuwatch.records import Event, Finding, Meta, Record, Step
 from gpuwatch.telemetry import Telemetry
 from tests.runs import START, judge, meta, only
 from tests.scenarios.simulate import L40S, RTX_5090, Evals, Memory, Saves, Shape, simulate
@@ -267,6 +267,31 @@ def test_transfer_through_host_memory_is_that_path_s_bandwidth_whatever_the_slot
     assert staged.verdict == "move_to_h100" and "through host memory" in staged.summary
     direct = only(judge(with_p2p(records, read=True), scope="job"), "sync_bottleneck")
     assert direct.verdict == "fix_here" and "not the link's bandwidth" in direct.summary
+
+
+@pytest.mark.parametrize("port", [25e9, 100e9])
+def test_a_fabric_faster_than_the_path_through_host_memory_is_not_the_link(
+        port: float) -> None:
+    """Two hosts of two GPUs without P2P, one InfiniBand port each, 400 MB a step in a
+    0.06 s wait: the path through host memory (a quarter of a gen4 slot shared by two
+    GPUs: 0.05 s) is the slowest, whatever the port's rate. The host-staged floor was
+    applied to the fabric where the fabric was the slower raw link (at 25 GB/s: "fix
+    the fabric"), and to the slot where the fabric was faster (at 100 GB/s: a move)."""
+    pcie4 = {"pcie_bytes_per_second": 1.969e9 * 16, "pcie_generation": 4, "pcie_width": 16}
+    ib = [{"device": "mlx5_0", "port": 1, "link_layer": "InfiniBand", "bytes_per_second": port}]
+    records: list[Record] = []
+    for r in with_p2p(run(4, transfer, nbytes=400_000_000, devices=pcie4), read=False):
+        if isinstance(r, Meta):
+            r = replace(r, host=f"node-{r.rank // 2}", local_rank=r.rank % 2)
+        elif isinstance(r, Event):
+            gpu = {**r.data["devices"][0], "index": r.rank % 2}
+            r = replace(r, data={**r.data, "devices": [gpu], "job_gpus": [r.rank % 2],
+                                 "infiniband": ib})
+        records.append(r)
+    f = only(judge(records, scope="job"), "sync_bottleneck")
+    assert "PCIe gen 4 x16 through host memory" in f.summary and "InfiniBand" not in f.summary
+    assert f.evidence["link_seconds_per_step"] == pytest.approx(400e6 / (31.5e9 / 4 / 2),
+                                                                rel=0.01)
 
 
 @pytest.mark.parametrize("nbytes", [40_000_000, 200_000_000])

@@ -106,12 +106,14 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     proj = ctx.project(views, mean, since, fabric=fabric, transfer_s=split.transfer_s)
     unsized = mean.comm_bytes <= 0  # no collective's bytes were seen
     small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
-    staged = host_staged(views)
     rate = link
-    if staged:
-        link_name += " through host memory (no P2P between the GPUs)"
-        if rate is not None:  # (its slowest: see ``staged_floor``)
-            rate = staged_floor(rate, gpus_per_host(views))
+    if host_staged(views):  # the GPUs' path through host memory, at its slowest (see
+        # ``staged_floor``): the link, unless a fabric between nodes is slower still
+        within, within_name = slowest_link(views, th["inter_node_bytes_per_second"],
+                                           across_nodes=False)
+        floor = staged_floor(within, gpus_per_host(views)) if within is not None else None
+        if floor is not None and (link is None or floor < link):
+            rate, link_name = floor, within_name + " through host memory (no P2P between the GPUs)"
     needed = mean.comm_bytes / rate if rate and not unsized else None  # the link's seconds
     if needed is not None:
         evidence["link_seconds_per_step"] = needed
@@ -272,9 +274,10 @@ def achieved_bandwidth(views: Sequence[RankInput], since: float) -> float | None
     return nbytes / seconds if seconds > 0 and nbytes > 0 else None
 
 
-def slowest_link(views: Sequence[RankInput], inter_node: float) -> tuple[float | None, str]:
+def slowest_link(views: Sequence[RankInput], inter_node: float,
+                 across_nodes: bool = True) -> tuple[float | None, str]:
     """The slowest link the job's collectives cross (bytes/s per direction) and its name:
-    within a node NVLink, else PCIe; across nodes also the link between them
+    within a node NVLink, else PCIe; ``across_nodes``, also the link between them
     (``inter_node_link``: the setting, else InfiniBand). None where nothing says."""
     links: list[tuple[float, str]] = []
     nvlink = has_nvlink(views)
@@ -284,7 +287,7 @@ def slowest_link(views: Sequence[RankInput], inter_node: float) -> tuple[float |
                 links.append((float(d["nvlink_bytes_per_second"]), "NVLink"))
             elif (slot := pcie_slot(d)) is not None:
                 links.append(slot)
-    between = inter_node_link(views, inter_node)
+    between = inter_node_link(views, inter_node) if across_nodes else None
     if between is not None:
         links.append((between, "the inter-node link" if inter_node > 0 else
                       f"{_link_layer(views)} (inter-node)"))
