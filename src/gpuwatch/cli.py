@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = f"gpuwatch: {exc}" if isinstance(exc, UserError) else str(exc)
         print(redact(text), file=sys.stderr)
         return 2
+    except BrokenPipeError:  # its reader went away (`| head`): end as a piped tool does
+        _mute()
+        return 128 + signal.SIGPIPE
     except OSError as exc:  # a path that cannot be read or written: one line
         where = f": {exc.filename}" if exc.filename else ""
         print(redact(f"gpuwatch: {exc.strerror or exc}{where}"), file=sys.stderr)
@@ -199,12 +202,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 126
     code, stopped_by = _wait_forwarding_signals(child)
     if enabled and out is not None:
-        if stopped_by is None:
-            stopped_by = _until_stopped(lambda: _write_findings(out))
-        if stopped_by is not None:  # told to stop: end with the command's own status
-            print(f"gpuwatch: stopped by {signal.Signals(stopped_by).name}; run log in {out} "
-                  f"(`gpuwatch analyze {out}` to judge it)", file=sys.stderr)
+        try:
+            if stopped_by is None:
+                stopped_by = _until_stopped(lambda: _write_findings(out))
+            if stopped_by is not None:  # told to stop: end with the command's own status
+                print(f"gpuwatch: stopped by {signal.Signals(stopped_by).name}; run log in "
+                      f"{out} (`gpuwatch analyze {out}` to judge it)", file=sys.stderr)
+        except BrokenPipeError:  # its own lines had nowhere to go (`2>&1 | head`, a tee
+            _mute()  # killed by Ctrl-C): the status is still the command's
     return code if code >= 0 else _die_of(-code)
+
+
+def _mute() -> None:
+    """Send this process's own output to /dev/null: its reader went away (a closed pipe),
+    and the flush at exit would fail again (and turn the exit status into 120)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(devnull, stream.fileno())
 
 
 def _die_with_parent(parent: int) -> Callable[[], None] | None:
@@ -236,8 +251,13 @@ def _die_of(signum: int) -> int:
     parent sees a death by signal, a shell "Killed"), leaving no core of this process
     (the command's was its own); 128 + ``signum``, the shell's number for it, where the
     signal does not end this process."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            _mute()
+        except (OSError, ValueError):
+            pass
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     with contextlib.suppress(ValueError, OSError):  # (SIGKILL's cannot be set: it is)

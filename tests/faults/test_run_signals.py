@@ -159,3 +159,20 @@ def test_a_command_dies_with_gpuwatch_run_killed_by_sigkill(tmp_path: Path) -> N
     assert _wait(proc) == -signal.SIGKILL
     wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 10,
              "the command to end with gpuwatch run")
+
+
+@pytest.mark.parametrize("enabled", ["true", "false"])
+def test_gpuwatch_run_whose_output_pipe_closed_ends_with_the_commands_status(
+        tmp_path: Path, enabled: str) -> None:
+    """``gpuwatch run ... 2>&1 | head`` (or a tee killed by Ctrl-C): its own closing lines
+    found the pipe closed, and the BrokenPipeError ended it with 1, the command's 7 lost."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "gpuwatch", "run", "--out", str(tmp_path / "run"), "--",
+             "sh", "-c", "exit 7"], env={**_env(), "GPUWATCH_ENABLED": enabled},
+            stdin=subprocess.DEVNULL, stdout=write, stderr=write, timeout=60, check=False)
+    finally:
+        os.close(write)
+    assert proc.returncode == 7
