@@ -244,6 +244,24 @@ def test_a_note_the_full_disk_refused_is_not_counted_and_is_sent_once_there_is_r
     assert delivered_numbers(hook.texts()) == [1]
 
 
+def test_a_note_posted_whose_delivery_the_disk_cannot_record_is_posted_once(
+        tmp_path: Path) -> None:
+    """Slack took the note, but the ledger could not record it (a full disk; here its
+    ``delivered`` directory cannot be made): the note stayed queued and was posted again
+    every second."""
+    (tmp_path / "slack-spool").mkdir()
+    (tmp_path / "slack-spool" / "delivered").write_text("")  # (no directory can go there)
+    with webhook() as hook:
+        n = notifier(hook.url, tmp_path)
+        n.start()
+        n.notify([finding(1)])
+        assert n.flush(timeout=10)  # (it stayed queued, posted again every second)
+        assert n.pending() == 0 and len(hook.attempts) == 1
+        n.stop()
+    assert delivered_numbers(hook.texts()) == [1]
+    assert n.last_failure is not None and "not recorded as delivered" in n.last_failure
+
+
 def test_malformed_spool_files_neither_stop_flush_nor_kill_a_restarted_agent(
         tmp_path: Path) -> None:
     import gpuwatch

@@ -326,7 +326,13 @@ class SlackNotifier:
             self._bucket.take()
             status, retry_after = self._post(body)
             if status == 200:
-                self.ledger.mark(claim.keys)
+                try:
+                    self.ledger.mark(claim.keys)
+                except OSError as exc:  # posted, but the disk refuses the record (full):
+                    # never posted again from here; another sender may, finding none
+                    self.last_failure = ("posted, but not recorded as delivered: "
+                                         f"{exc.strerror or exc}")
+                    log.warning("gpuwatch: Slack note %s", self.last_failure)
                 self.delivered += len(claimed)
                 for key, copies in claimed:
                     self._forget(key, copies)
