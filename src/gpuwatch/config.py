@@ -401,12 +401,27 @@ def load_settings(**overrides: Any) -> Settings:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(redact(f"gpuwatch config: {type(exc).__name__}: {exc}")) from None
+    except RecursionError:  # JSON in an environment variable nested past the parser's depth
+        raise ConfigError(f"gpuwatch config: {_deepest(os.environ)}: nested too deeply") from None
     for secret in (settings.slack.webhook_url, settings.grafana.token):
         if secret is not None:
             register(secret.get_secret_value())
     if problem := settings.slack.problem():  # a webhook that cannot work: say so at start
         raise ConfigError(f"gpuwatch config: {problem}")
     return settings
+
+
+def _deepest(environ: Mapping[str, str]) -> str:
+    """The gpuwatch environment variable whose value nests brackets deepest."""
+    def depth(text: str) -> int:
+        level = deepest = 0
+        for ch in text:
+            level += (ch in "[{") - (ch in "]}")
+            deepest = max(deepest, level)
+        return deepest
+
+    names = [k for k in environ if k.startswith(Settings.model_config["env_prefix"])]
+    return max(names, key=lambda k: depth(environ[k]), default="an environment variable")
 
 
 def describe_validation_error(exc: ValidationError) -> str:

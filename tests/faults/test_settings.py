@@ -55,6 +55,8 @@ ROWS: list[tuple[str, dict[str, str], str, str, str]] = [
     ("toml-table-wrong-type", {}, "[exporter]\nport = [1]\n", "", "exporter.port"),
     ("toml-unknown-key", {}, "smaple_interval_s = 1\n", "", "smaple_interval_s"),
     ("toml-nested-too-deep", {}, "x = " + "[" * 500 + "]" * 500 + "\n", "", "gpuwatch.toml"),
+    ("env-json-nested-too-deep", {"GPUWATCH_GPUS": "[" * 1200 + "]" * 1200}, "", "",
+     "GPUWATCH_GPUS"),
     ("pyproject-wrong-type", {}, "", "[tool.gpuwatch]\nring_capacity = \"big\"\n",
      "ring_capacity"),
     ("pyproject-malformed", {}, "", "[tool.gpuwatch\n", "pyproject.toml"),

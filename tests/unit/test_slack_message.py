@@ -233,6 +233,10 @@ def test_silences_from_the_run_directory_and_the_setting(tmp_path: Path) -> None
     assert not s.silenced("data_starvation")
     (tmp_path / "slack-spool" / "silences.json").write_text("garbage")
     assert not Silences(tmp_path / "slack-spool").silenced("straggler")
+    (tmp_path / "slack-spool" / "silences.json").write_text('{"a":' * 100_000)  # (too deep)
+    assert not Silences(tmp_path / "slack-spool").silenced("straggler")
+    silence(tmp_path, "hang", None)  # a damaged file is replaced, never a traceback
+    assert Silences(tmp_path / "slack-spool").silenced("hang")
 
 
 @pytest.mark.parametrize(("raw", "seconds"), [

@@ -257,7 +257,7 @@ def read_silences(root: Path) -> dict[str, float | None]:
     """{detector: Unix end time, or None for good}; an unreadable file silences nothing."""
     try:
         raw = json.loads(read_small_file(root / SILENCES, MAX_NOTE_BYTES))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(raw, dict):
         return {}
