@@ -111,10 +111,10 @@ class Monitor:
         checkpoint, collective, recompute."""
         try:
             span = self._phases.get(name)
-        except TypeError:  # an unhashable name: misuse, never an exception
-            span = None
+        except Exception:  # an unhashable name, one whose hash or == raises: misuse,
+            span = None  # never an exception
         if span is None:
-            self.agent.faults.record("api", f"unknown phase {name!r:.60}; choose from "
+            self.agent.faults.record("api", f"unknown phase {_shown(name)}; choose from "
                                      + ", ".join(ring.PHASES))
             return self._noop
         return span
@@ -255,3 +255,12 @@ def _inert() -> Monitor:
     """A monitor whose marks go nowhere: its agent never starts, reads nothing, writes nothing."""
     return Monitor(Agent(Settings.model_construct(enabled=False, nvml=False), nvml_library=None,
                          memory_stats=None, environ={}))
+
+
+def _shown(value: object) -> str:
+    """``value`` as a fault names it: its repr, cut to 60 characters (its type's name
+    where the repr raises: a proxy whose target is gone)."""
+    try:
+        return f"{value!r:.60}"
+    except Exception:
+        return f"<a {type(value).__name__} whose repr raises>"

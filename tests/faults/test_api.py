@@ -65,11 +65,36 @@ class RemotePath(os.PathLike[str]):
         raise NotImplementedError("s3://bucket/ckpt.pt has no local path")
 
 
+class NoRepr:
+    """A proxy whose target is gone: even its repr raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr failed")
+
+
+class HashRaises(str):
+    """A name whose hash raises something other than TypeError."""
+
+    def __hash__(self) -> int:
+        raise ValueError("no hash")
+
+
+class OddInt(int):
+    """An int of its own whose comparisons raise."""
+
+    def __le__(self, other: object) -> bool:
+        raise RuntimeError("cannot compare")
+
+    __ge__ = __lt__ = __gt__ = __le__
+
+
 MISUSE: list[tuple[str, Callable[[Monitor], None]]] = [  # each: one step with the misuse in it
     ("phase-list", _phase([])),
     ("phase-dict", _phase({})),
     ("phase-none", _phase(None)),
     ("phase-unknown", _phase("warmup")),
+    ("phase-repr-raises", _phase(NoRepr())),
+    ("phase-hash-raises", _phase(HashRaises("data"))),
     ("samples-string", _samples("32")),
     ("samples-negative", _samples(-4)),
     ("samples-nan", _samples(float("nan"))),
@@ -78,6 +103,7 @@ MISUSE: list[tuple[str, Callable[[Monitor], None]]] = [  # each: one step with t
     ("tokens-2**64", _samples(None, tokens=2**64)),  # no 64-bit integer holds it
     ("count-10**400", _count(10**400)),  # no float either
     ("count-object", _count(object())),
+    ("count-int-whose-comparisons-raise", _count(OddInt(8))),
     ("checkpoint-int-path", _checkpoint(123)),
     ("checkpoint-missing-path", _checkpoint("/nonexistent/ckpt.pt")),
     ("checkpoint-nul-in-path", _checkpoint("ckpt\x00.pt")),

@@ -111,8 +111,8 @@ class StepAssembler:
                 self._prev_end = self._progress_at = t  # the first mark opens the first step
             try:
                 self._mark(code, t, value, out)
-            except (TypeError, ValueError):  # a value the training code got wrong
-                self.bad_values += 1
+            except Exception:  # a value the training code got wrong (of a type of its
+                self.bad_values += 1  # own whose arithmetic may raise anything)
         self._read_device()
         self._release(out, final)
 
