@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -154,13 +155,16 @@ class Monitor:
 
 
 _current: Monitor | None = None
+_starting = threading.RLock()  # one thread starts the agent; another finds it started
 
 
 def _forget_after_fork() -> None:
     """A forked child does not run its parent's agent: its next ``watch`` (or first
-    zero-code mark) starts its own."""
-    global _current
+    zero-code mark) starts its own (its lock a fresh one: another thread of the parent
+    may have held it at the fork)."""
+    global _current, _starting
     _current = None
+    _starting = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -221,7 +225,14 @@ def start_agent() -> Callable[..., None]:
 def _start(settings: dict[str, Any],
            identity: Callable[[str], Identity] | None) -> Monitor:
     """Start this process's one agent; ``identity`` (given the job name) when the
-    caller knows it, else the agent resolves it (``instrument.identity``)."""
+    caller knows it, else the agent resolves it (``instrument.identity``). Threads that
+    call at once get the one agent the first starts."""
+    with _starting:
+        return _start_one(settings, identity)
+
+
+def _start_one(settings: dict[str, Any],
+               identity: Callable[[str], Identity] | None) -> Monitor:
     global _current
     if _current is not None and not _current.agent.stopped:
         return _current

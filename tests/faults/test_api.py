@@ -6,6 +6,8 @@ numbers, never renumbered ones."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -157,3 +159,31 @@ def test_marks_dropped_at_a_very_high_step_rate_leave_gaps_never_renumbering(
     assert steps == sorted(set(steps)) and steps[-1] == 5000
     assert m.agent.ring.dropped > 0 and len(steps) < 5000
     assert steps[0] > 1  # the first steps were lost in the lap, not renumbered into 1..
+
+
+THREADS_WATCH = """
+import sys, threading
+import gpuwatch
+monitors, start = [], threading.Barrier(4)
+def attach():
+    start.wait()
+    monitors.append(gpuwatch.watch(job="r", out_dir=sys.argv[1], nvml=False,
+                                   exporter={"enabled": False}))
+threads = [threading.Thread(target=attach) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+for m in monitors:
+    with m.step(samples=1):
+        pass
+monitors[0].stop()
+print(len({id(m.agent) for m in monitors}))
+"""
+
+
+def test_threads_that_attach_at_once_share_one_agent(tmp_path: Path) -> None:
+    """Four threads calling ``watch`` at once started four agents, four run logs that
+    a replay reads as four restarts of the process."""
+    proc = subprocess.run([sys.executable, "-c", THREADS_WATCH, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.split() == ["1"]
+    assert [p.name for p in tmp_path.glob("run*.jsonl")] == ["run.jsonl"]
