@@ -198,6 +198,16 @@ def test_nice_ticks_of_any_finite_range_are_few_finite_and_within_it(a: float, b
     assert all(lo - slack <= t <= hi + slack for t in ticks)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300),
+       st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300))
+def test_a_chart_of_one_point_anywhere_is_drawn(x: float, y: float) -> None:
+    """One step stamped 1e17 s: x + 1 is x past 2**53, so the axis had no width and the
+    report was a ZeroDivisionError."""
+    chart = lines("x", "x", {"a": ([x], [y])}, x_axis=Axis(str, "t"), fmt_y=str)
+    assert chart.startswith("<") and "nan" not in chart
+
+
 def test_a_rank_finding_alike_on_every_rank_is_shown_once_naming_them() -> None:
     """A data-parallel job's 8 ranks each find the same time to finish: one block names
     ranks 0-7; a job finding naming its own ranks, and a rank finding unlike the rest

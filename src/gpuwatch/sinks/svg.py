@@ -53,14 +53,20 @@ class Axis:
     unit: float = 1.0
 
 
+def _unit_at(v: float) -> float:
+    """A span to draw a single value over: 1, or wider where adding 1 to ``v`` would
+    change nothing (a float past 2**53: a step time of 1e17 s)."""
+    return max(1.0, abs(v) * 1e-6)
+
+
 class _Frame:
     """Maps data to pixels and draws the axes."""
 
     def __init__(self, xs: Sequence[float], y_hi: float, y_lo: float = 0.0) -> None:
         self.x_lo, self.x_hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
         if self.x_hi <= self.x_lo:
-            self.x_hi = self.x_lo + 1.0
-        self.y_lo, self.y_hi = y_lo, y_hi if y_hi > y_lo else y_lo + 1.0
+            self.x_hi = self.x_lo + _unit_at(self.x_lo)
+        self.y_lo, self.y_hi = y_lo, y_hi if y_hi > y_lo else y_lo + _unit_at(y_lo)
 
     def x(self, v: float) -> float:
         return LEFT + (v - self.x_lo) / (self.x_hi - self.x_lo) * (W - LEFT - RIGHT)
