@@ -734,6 +734,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gpuwatch.demo import run_demo
 
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is not a directory")
     return run_demo(seconds=args.seconds, out_dir=args.out)
 
 

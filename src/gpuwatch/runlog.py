@@ -358,6 +358,9 @@ def claim_runlog(run_dir: Path, rank: int, world_size: int, first_attempt: int,
             return RunLogWriter(run_dir / runlog_name(rank, world_size, attempt),
                                 exclusive=True, segment_bytes=segment_bytes), attempt
         except FileExistsError:
+            if not run_dir.is_dir():  # (the name is taken by a file: no attempt is free)
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory",
+                                         str(run_dir)) from None
             continue
     raise FileExistsError(f"{run_dir}: no free run-log name for rank {rank} after "
                           f"{MAX_ATTEMPTS} attempts")

@@ -141,6 +141,25 @@ def test_a_run_directory_the_os_cannot_open_is_one_line(
     assert len(err.strip().splitlines()) == 1 and "out_dir" in err and "NUL" in err, err
 
 
+def test_a_run_directory_that_is_a_file_is_said_at_once(
+        clean_env: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``out_dir`` naming a file: the agent tried 100,000 run-log names, then said none
+    was free (and its stop waited out its timeout); the demo trained with no log."""
+    taken = clean_env / "taken"
+    taken.write_text("")
+    assert cli.main(["demo", "--seconds", "1", "--out", str(taken)]) == 2
+    assert f"--out {taken} is not a directory" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger="gpuwatch"):
+        m = watch(job="j", out_dir=taken, nvml=False, exporter={"enabled": False})
+        with m.step(samples=1):
+            pass
+        m.stop()
+    text = caplog.text + capsys.readouterr().err
+    assert "not a directory" in text and "no free run-log name" not in text
+    assert "did not stop in time" not in text
+
+
 # watch(**kwargs): bad keyword arguments, the same promise
 KWARGS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-kwarg", {"smaple_interval_s": 1}, "smaple_interval_s"),
