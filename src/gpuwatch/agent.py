@@ -25,8 +25,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import hashlib
 import itertools
 import os
+import re
 import signal
 import sys
 import threading
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gpuwatch._version import __version__
-from gpuwatch.config import Settings, detection_settings
+from gpuwatch.config import MAX_COUNT, Settings, detection_settings
 from gpuwatch.cross_rank import CrossRankJudge
 from gpuwatch.detection.context import Context
 from gpuwatch.detection.engine import Engine, engine_from_settings
@@ -87,12 +89,26 @@ def launch_key(environ: Mapping[str, str]) -> str | None:
     SLURM's job and step; None when the launcher gives none."""
     run_id = environ.get("TORCHELASTIC_RUN_ID", "")
     if run_id and run_id != "none":
-        return run_id
+        return _in_a_name(run_id)
     slurm_job = environ.get("SLURM_JOB_ID")
     if slurm_job:
         step = environ.get("SLURM_STEP_ID")
-        return f"slurm{slurm_job}" + (f".{step}" if step else "")
+        return _in_a_name(f"slurm{slurm_job}" + (f".{step}" if step else ""))
     return None
+
+
+def _in_a_name(key: str) -> str:
+    """A launcher's key as part of a directory name: as it is where it is short and
+    plain, else its plain characters cut short and a digest of the whole (one key, one
+    name; a slash or ``..`` never leads elsewhere, a long key never past NAME_MAX)."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", key).strip(".")
+    if plain == key and len(key) <= MAX_KEY_CHARS:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{plain[:MAX_KEY_CHARS - 13]}-{digest}"
+
+
+MAX_KEY_CHARS = 64  # of a launcher's key in a run directory's name
 
 
 def parent_key(environ: Mapping[str, str]) -> str:
@@ -134,7 +150,8 @@ def default_out_dir(settings: Settings, identity: Identity, environ: Mapping[str
 def restart_count(environ: Mapping[str, str]) -> int:
     """How often torchrun has restarted this worker (0 without torchrun)."""
     value = environ.get("TORCHELASTIC_RESTART_COUNT", "")
-    return int(value) if value.isdigit() else 0
+    count = int(value) if value.isascii() and value.isdigit() else 0
+    return count if count <= MAX_COUNT else 0  # (past what a run log's integers hold)
 
 
 class Agent:

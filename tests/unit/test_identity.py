@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gpuwatch.agent import Agent, default_out_dir
+from gpuwatch.agent import Agent, default_out_dir, restart_count
 from gpuwatch.config import ExporterSettings, Settings
 from gpuwatch.detection.replay import analyze
 from gpuwatch.instrument.identity import Hints, resolve
@@ -203,6 +203,21 @@ def test_default_run_dir_is_shared_by_one_launch_and_new_for_a_lone_process(
     assert spawned.name.endswith(f"-p{os.getppid()}") and spawned == out({}, 3)
     lone = [out({}), out({})]
     assert lone[0] != lone[1] and all(p.is_dir() for p in lone)
+    # a launcher's key is part of one name: never a path elsewhere, never past NAME_MAX
+    for key in ("../../etc/x", "a/b", "x" * 5000, "ü" * 300):
+        made = out({"TORCHELASTIC_RUN_ID": key}, 2)
+        assert made.parent == Path("runs") and len(made.name.encode()) < 100, made
+        assert made == out({"TORCHELASTIC_RUN_ID": key}, 2)
+    assert out({"TORCHELASTIC_RUN_ID": "a/b"}, 2) != out({"TORCHELASTIC_RUN_ID": "a_b"}, 2)
+    assert out({"SLURM_JOB_ID": "9" * 500}, 2).name.startswith("gpt-slurm999")
+
+
+def test_a_restart_count_no_run_log_can_hold_is_none() -> None:
+    """torchrun's restart count past 64 bits (or in digits of another script) lost the
+    meta line, which could not encode it: the run had no identity and no replay."""
+    assert restart_count({"TORCHELASTIC_RESTART_COUNT": "3"}) == 3
+    for value in ("9" * 30, "\u00b2", "-1", "x"):
+        assert restart_count({"TORCHELASTIC_RESTART_COUNT": value}) == 0
 
 
 def test_ranks_of_one_job_take_rank_0_s_run_name_from_the_job_s_store(
