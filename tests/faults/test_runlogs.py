@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +340,40 @@ def test_a_job_that_changes_directory_keeps_its_log_through_rotations(tmp_path: 
     logged = [r.step for r in reader if isinstance(r, Step)]
     assert logged == list(range(1, 3001)) and reader.skipped == 0
     assert not (tmp_path / "elsewhere" / "runs").exists()
+
+
+def _many_ranks(run: Path, ranks: int) -> None:
+    run.mkdir()
+    for rank in range(ranks):
+        writer = RunLogWriter(run / f"run-rank{rank}.jsonl")
+        writer.write([Meta(schema=SCHEMA_VERSION, gpuwatch="test", job="j", host="h",
+                           rank=rank, local_rank=rank, world_size=ranks, pid=1, started=1e9),
+                      *(Step(rank=rank, step=k, t=1e9 + k, wall_s=1.0) for k in range(1, 4))])
+        writer.close()
+
+
+ANALYZE_UNDER_A_LIMIT = """
+import resource, sys
+from gpuwatch import cli
+soft, hard = (int(x) for x in sys.argv[2:4])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+sys.exit(cli.main(["analyze", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("hard", [None, 60])
+def test_a_job_of_more_ranks_than_the_soft_open_file_limit_is_analysed(
+        tmp_path: Path, hard: int | None) -> None:
+    """1,100 ranks under the usual soft limit of 1,024 open files (here 80 ranks under
+    60): every rank's log is read at once, and analyze said "Too many open files",
+    naming the rules directory. The soft limit is raised where the hard one allows;
+    where it does not, one line says so."""
+    _many_ranks(tmp_path / "run", 80)
+    limit = hard if hard is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    proc = subprocess.run([sys.executable, "-c", ANALYZE_UNDER_A_LIMIT, str(tmp_path / "run"),
+                           "60", str(limit)], capture_output=True, text=True, timeout=300)
+    if hard is None:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "80 run logs are read at once" in proc.stderr and "ulimit" in proc.stderr

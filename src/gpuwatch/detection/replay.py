@@ -12,6 +12,7 @@ Records stream: memory stays flat whatever the logs' size.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import heapq
 import itertools
@@ -141,6 +142,7 @@ class Log:
 
 def _analyze(paths: list[Path], settings: Settings, workers: int,
              progress: TextIO | None, delay_s: float) -> Analysis:
+    _room_for_files(len(paths) + SPARE_FILES)
     logs = [_open(path, tag, settings) for tag, path in enumerate(paths)]
     readers = [log.reader for log in logs]
     attempts: dict[int, list[Log]] = {}
@@ -162,6 +164,27 @@ def _analyze(paths: list[Path], settings: Settings, workers: int,
             skipped = sum(r.skipped for r in readers)
     return Analysis(findings=_ordered(engines), records=n_records, skipped_lines=skipped,
                     logs=paths)
+
+
+SPARE_FILES = 64  # open files a replay needs beside its logs (rules, digests, pipes)
+
+
+def _room_for_files(needed: int) -> None:
+    """Raise this process's open-file limit to ``needed`` where the hard limit allows
+    (a replay reads every rank's log at once: a job of over a thousand ranks is over
+    the usual soft limit of 1024); OSError naming the limit where it does not."""
+    try:
+        import resource
+    except ImportError:  # (no such limits here)
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        return
+    raise OSError(errno.EMFILE, f"{needed - SPARE_FILES} run logs are read at once, more "
+                  f"than the open-file limit allows ({hard}; raise it: ulimit -Hn {needed})")
 
 
 @dataclass
