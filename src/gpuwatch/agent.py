@@ -23,6 +23,7 @@ what it held.
 from __future__ import annotations
 
 import atexit
+import builtins
 import contextlib
 import functools
 import hashlib
@@ -752,19 +753,43 @@ def _note_failing_exits() -> None:
     status: a job that catches Ctrl-C or an OOM, cleans up and calls ``sys.exit(1)``
     (Lightning does) leaves no other trace of it for the atexit handlers
     (``_stop_at_exit``); an agent stopped by the job's own call is not told."""
+    for name in ("exit", "quit"):  # the builtins a script may call instead (site's)
+        quitter = getattr(builtins, name, None)
+        if quitter is not None and not isinstance(quitter, _NotingQuitter):
+            setattr(builtins, name, _NotingQuitter(quitter))
     if getattr(sys.exit, "gpuwatch_noting", False):
         return
     exit_now = sys.exit
 
     @functools.wraps(exit_now)
     def noting(status: Any = None) -> NoReturn:
-        global _failing_exit_at
-        if status not in (None, 0) and threading.current_thread() is threading.main_thread():
-            _failing_exit_at = time.monotonic()
+        _note_exit(status)
         exit_now(status)
 
     noting.gpuwatch_noting = True  # type: ignore[attr-defined]
     sys.exit = noting
+
+
+def _note_exit(status: Any) -> None:
+    global _failing_exit_at
+    if status not in (None, 0) and threading.current_thread() is threading.main_thread():
+        _failing_exit_at = time.monotonic()
+
+
+class _NotingQuitter:
+    """The builtin ``exit`` or ``quit`` (what a script calls without ``sys``), noting a
+    failing status as ``sys.exit``'s wrapper does; it reads as the original."""
+
+    def __init__(self, quitter: Any) -> None:
+        self._quitter = quitter
+
+    def __call__(self, code: Any = None) -> NoReturn:
+        _note_exit(code)
+        self._quitter(code)
+        raise SystemExit(code)  # (a quitter that returned)
+
+    def __repr__(self) -> str:
+        return repr(self._quitter)
 
 
 def dying_of_an_exception() -> bool:

@@ -109,12 +109,13 @@ def test_a_scraped_process_dying_of_ctrl_c_does_not_wait_for_a_last_scrape(
     assert took < 20  # it would wait up to 60 s for the next scrape
 
 
+@pytest.mark.parametrize("how", ["catch", "catch-exit"])
 def test_a_scraped_process_that_catches_ctrl_c_and_exits_failed_does_not_wait(
-        tmp_path: Path) -> None:
-    """Lightning's way with Ctrl-C: catch the KeyboardInterrupt, clean up, ``sys.exit(1)``.
-    Nothing of it is left for the atexit handlers but the status, so a scraped process
-    waited the whole ``final_scrape_s`` after Ctrl-C."""
-    proc = _scraped(tmp_path, "loop", "catch")
+        tmp_path: Path, how: str) -> None:
+    """Lightning's way with Ctrl-C: catch the KeyboardInterrupt, clean up, ``sys.exit(1)``
+    (or the builtin ``exit(1)``). Nothing of it is left for the atexit handlers but the
+    status, so a scraped process waited the whole ``final_scrape_s`` after Ctrl-C."""
+    proc = _scraped(tmp_path, "loop", how)
     took = _wait_death(proc, signal.SIGINT)
     assert proc.returncode == 1 and (tmp_path / "handled").read_text() == "yes"
     assert took < 20  # it would wait up to 60 s for the next scrape

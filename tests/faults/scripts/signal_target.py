@@ -3,7 +3,8 @@
 MODE: 'loop' (steps forever), 'c-call' (50 steps, then one long torch op in C).
 HANDLER: 'before' or 'after' installs the user's own SIGTERM handler before or after
 gpuwatch.watch(); it writes OUT_DIR/handled and exits 0. 'catch' catches Ctrl-C's
-KeyboardInterrupt, cleans up and exits 1 (as Lightning does).
+KeyboardInterrupt, cleans up and exits 1 (as Lightning does); 'catch-exit' does the
+same with the builtin ``exit(1)`` (a script without ``sys``).
 """
 
 import signal
@@ -44,7 +45,9 @@ try:
         with monitor.step(samples=1), monitor.phase("compute"):
             time.sleep(0.001)
 except KeyboardInterrupt:
-    if handler != "catch":
+    if not handler.startswith("catch"):
         raise
     (out / "handled").write_text("yes")
+    if handler == "catch-exit":
+        exit(1)  # (the builtin, as a script without sys calls it)
     sys.exit(1)
