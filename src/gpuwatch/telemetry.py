@@ -652,16 +652,6 @@ class Telemetry:
         seconds = agent.values.get(OPEN_SAVE_KEY, 0.0) if agent is not None else 0.0
         return (agent.t, seconds) if agent is not None and seconds > 0 else None
 
-    def slowed_share(self, since: float) -> float:
-        """The share of NVML readings since ``since`` whose clock-event reasons hold a
-        slowdown (heat, hardware, power brake: ``SLOWDOWN_BITS``); 0 without any."""
-        if self.slowed_at < since:
-            return 0.0  # (the common case)
-        readings = self.samples_since("nvml", since)
-        slowed = sum(1 for s in readings
-                     if int(s.values.get("gpu_clock_event_reasons", 0)) & SLOWDOWN_BITS)
-        return slowed / len(readings) if readings else 0.0
-
     def sample_interval_s(self, source: str) -> float | None:
         """How often ``source`` is sampled (seconds): the mean gap over the newest
         ``INTERVAL_SAMPLES`` of its first GPU's (or its only) series; None with fewer

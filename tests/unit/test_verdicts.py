@@ -617,35 +617,6 @@ def test_a_link_bound_job_whose_ranks_wait_on_their_loaders_is_not_moved(
     assert sync.evidence["speedup_ratio"] < 1.1
 
 
-def _hot(record: Record) -> Record:
-    """An NVML reading slowed by heat (1.5 of 2.5 GHz), nine seconds in ten."""
-    if not (isinstance(record, Sample) and record.source == "nvml" and int(record.t) % 10):
-        return record
-    return replace(record, values={**record.values, "gpu_clock_event_reasons": 0x20,
-                                   "gpu_sm_clock_hertz": 1.5e9})
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_link_bound_job_on_throttled_cards_is_not_moved(tmp_path: Path, workers: int) -> None:
-    """4 RTX 5090s too hot to hold their clocks, 40% of each step in a 1.5 GB all-reduce
-    through host memory: every rank's own judgement found the throttling, the job's
-    (which hears none of them) moved the job 4.2x from the throttled cards. Serial and
-    parallel replays alike (the digests carry the slowed share)."""
-    shape = Shape(step_s=2.0, duration_s=300, world=4, gpu=RTX_5090, collective_share=0.4,
-                  collective_bytes=int(1.5e9), memory=Memory(18, 10))
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    for rank, records in enumerate(simulate(shape)):
-        writer = RunLogWriter(logs / f"run-rank{rank}.jsonl")
-        writer.write([_hot(r) for r in records])
-        writer.close()
-    found = analyze([logs], Settings(), workers=workers).findings
-    sync = only(found, "sync_bottleneck")
-    assert sync.verdict == "fix_here" and sync.projection is not None
-    assert "throttled" in sync.projection["decision"]["why"]
-    assert len([f for f in found if f.detector == "throttling"]) == 4
-
-
 def test_a_save_right_after_the_first_step_is_not_counted_twice() -> None:
     """A seed checkpoint after step 1, then one every 21.5 minutes (90 s each: 7% of
     the run): n saves over the n-1 cycles since the first read 10-13%, past the 10%

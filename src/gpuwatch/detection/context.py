@@ -79,9 +79,6 @@ class Context:
     # data_starvation's data_share: a step that waits this share on its loader is at the
     # loader's pace (Inputs.loader_bound), judged or not (0: only where judged)
     loader_share: float = 0.0
-    # throttling's throttled_share: a job's judgement hears none of its ranks' findings,
-    # so a rank whose readings are slowed this share of the time is throttled to it
-    throttled_share: float = 0.0
     _identified: dict[str, Gpu | None] = field(default_factory=dict)  # device name -> entry
 
     @property
@@ -155,9 +152,6 @@ class Context:
                        ("1M samples", samples) if samples > 0 else ("step", 0.0))
         planned = self.planned_steps or view.planned_steps
         holding = {d for v in views for d in self.explained.get(v.rank, ())}
-        if len(views) > 1 and self.throttled_share > 0 and any(
-                v.slowed_share(since) >= self.throttled_share for v in views):
-            holding.add("throttling")  # (a job's judgement: see ``throttled_share``)
         if transfer_s is not None:  # (the ranks were compared: a straggler is told apart)
             holding.discard("straggler")
         fix_first = next((d for d in FIX_FIRST if d in holding), None)

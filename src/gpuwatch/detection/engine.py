@@ -613,12 +613,6 @@ def _fill(template: str, d: Detection, fallback: str) -> str:
         return fallback
 
 
-def _threshold(rules: dict[str, Rule], rule_id: str, name: str) -> float:
-    """A rule's threshold (0 where the rule or the threshold is not there)."""
-    rule = rules.get(rule_id)
-    return rule.thresholds.get(name, 0.0) if rule is not None else 0.0
-
-
 def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Engine:
     """An engine with the shipped rules, the user's overrides and the run's context.
 
@@ -633,11 +627,12 @@ def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Eng
     if settings.gpu_model and identify(settings.gpu_model, gpus) is None:
         raise ConfigError(f"gpuwatch config: unknown gpu_model {settings.gpu_model!r}; "
                           "the catalogue has " + ", ".join(gpus))
+    link = rules["sync_bottleneck"].thresholds if "sync_bottleneck" in rules else {}
     context = Context(gpus=gpus, target=settings.target_gpu, gpu_model=settings.gpu_model,
                       planned_steps=settings.total_steps, costs=Costs.from_settings(settings),
                       precision=settings.precision,
-                      latency_bytes=_threshold(rules, "sync_bottleneck", "min_bytes_per_step"),
-                      link_explained=_threshold(rules, "sync_bottleneck", "link_explained_ratio"),
-                      loader_share=_threshold(rules, "data_starvation", "data_share"),
-                      throttled_share=_threshold(rules, "throttling", "throttled_share"))
+                      latency_bytes=link.get("min_bytes_per_step", 0.0),
+                      link_explained=link.get("link_explained_ratio", 0.0),
+                      loader_share=rules["data_starvation"].thresholds.get("data_share", 0.0)
+                      if "data_starvation" in rules else 0.0)
     return Engine(rules, context, scope=scope, job=job, interval_s=settings.detect_interval_s)

@@ -17,7 +17,6 @@ from gpuwatch.telemetry import (
     StepWindow,
     Telemetry,
 )
-from gpuwatch.vocabulary import SLOWDOWN_BITS
 
 MEDIAN_SPAN_S = 60.0  # a peer's typical step: its mean over this much of its newest totals
 
@@ -163,11 +162,6 @@ class PeerRank:
 
     def clock_event_reasons(self) -> list[int]:
         return [self._clock_reasons] if self._clock_reasons is not None else []
-
-    def slowed_share(self, since: float) -> float:
-        """1 while its published reasons hold a slowdown, else 0 (one reading is all it
-        publishes)."""
-        return 1.0 if (self._clock_reasons or 0) & SLOWDOWN_BITS else 0.0
 
     def timed_collectives(self, since: float) -> tuple[float, float]:
         return 0.0, 0.0

@@ -81,10 +81,6 @@ class RankInput(Protocol):
     def clock_event_reasons(self) -> list[int]:
         """The clock-event reason bits its GPUs report now, one per GPU."""
 
-    def slowed_share(self, since: float) -> float:
-        """The share of its GPU readings since ``since`` slowed by heat or power (0 if
-        none)."""
-
     def timed_collectives(self, since: float) -> tuple[float, float]:
         """Bus bytes and device seconds of the collectives timed in its steps since."""
 

@@ -19,18 +19,13 @@ from typing import NamedTuple
 from gpuwatch.records import Event, Meta, Record, Sample, Step
 from gpuwatch.series import Figure, combined, combined_rise
 from gpuwatch.telemetry import MAX_SAMPLES, OPEN_SAVE_KEY, Telemetry
-from gpuwatch.vocabulary import SLOWDOWN_BITS
 
 AGENT_CPU_KEY = "agent_cpu_seconds_total"
 # The sample keys job-scope detectors read, by source (a test holds them to it).
-# A digested reading of its own: 1 where the clock-event reasons hold a slowdown (a
-# mean of bit masks says nothing), for ``slowed_share``
-SLOWED_KEY = "gpu_slowdown_ratio"
-REASONS_KEY = "gpu_clock_event_reasons"
 JOB_READINGS: dict[str, tuple[str, ...]] = {
     "nvml": ("gpu_utilization_ratio", "gpu_power_watts", "gpu_tensor_active_ratio",
              "gpu_dram_active_ratio", "gpu_pcie_tx_bytes_per_second",
-             "gpu_clock_event_reasons", "gpu_process_memory_bytes", SLOWED_KEY),
+             "gpu_clock_event_reasons", "gpu_process_memory_bytes"),
     # the job's memory, for the card a move must hold (``context.memory_held``)
     "allocator": ("allocator_allocated_peak_bytes", "allocator_reserved_peak_bytes",
                   "allocator_reserved_bytes"),
@@ -109,9 +104,6 @@ class StepDigester:
 
     def _take(self, r: Sample, keys: tuple[str, ...]) -> None:
         values, t = r.values, r.t
-        reasons = values.get(REASONS_KEY) if r.source == "nvml" else None
-        if reasons is not None:
-            values = {**values, SLOWED_KEY: 1.0 if int(reasons) & SLOWDOWN_BITS else 0.0}
         group = self._open.get((r.source, r.gpu))
         if group is None:
             if not self._open:
@@ -259,11 +251,7 @@ class DigestRank(Telemetry):
             return None
         return open_
 
-    def slowed_share(self, since: float) -> float:
-        figure = self.figure("nvml", SLOWED_KEY, since)
-        return figure.mean if figure is not None else 0.0
-
     def clock_event_reasons(self) -> list[int]:
         newest = sorted((gpu or 0, series.newest()) for gpu, series
-                        in self._series_of("nvml", REASONS_KEY))
+                        in self._series_of("nvml", "gpu_clock_event_reasons"))
         return [int(reading[1]) for _, reading in newest if reading is not None]
