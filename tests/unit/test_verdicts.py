@@ -71,6 +71,20 @@ def test_an_epoch_start_whose_loader_workers_fill_a_buffer_is_progress_not_a_han
     assert "stuck in data" in f.summary
 
 
+def test_loader_workers_spinning_on_storage_that_went_away_are_a_hang_all_the_same() -> None:
+    """The loop waits in data from 300 s on while its 4 workers spin at full CPU (a
+    dataset's retry loop after its storage went away): workers at work count as progress
+    for at most ``max_alone_seconds``, then the hang is reported."""
+    shape = Shape(step_s=0.3, duration_s=1500, workers=4,
+                  stop=Stop(at_s=300, ranks=(0,), kind="loader"))
+    spinning = [replace(r, values={**r.values, "workers_cpu_ratio": 1.0})
+                if isinstance(r, Sample) and r.source == "host" and r.t > SIM_START + 300 else r
+                for r in simulate(shape)[0]]
+    f = only(judge(spinning), "hang")
+    assert "stuck in data" in f.summary
+    assert f.first_seen <= SIM_START + 300 + 600 + 61 + 5
+
+
 def test_ranks_waiting_for_rank_0_at_work_alone_are_not_hung(tmp_path: Path) -> None:
     """DDP with rank 0 evaluating alone between steps, in a log without progress
     records: its GPU busy at working power says it works (no hang on rank 0), and the

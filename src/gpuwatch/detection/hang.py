@@ -1,20 +1,19 @@
-"""hang: all progress has stopped for max(min_seconds, median_multiple x median step)
-while the process lives (its agent still reports). Severity critical.
+"""hang: all progress has stopped for max(min_seconds, median_multiple x median step) while
+the process lives (its agent still reports). Severity critical.
 
-Progress is anything that shows the job working: a step, DataLoader or eval
-batches between steps (a ``progress`` event: an eval loop, an epoch restart, the
-micro-batches of a long step), a finished save (``PROGRESS_EVENTS``), and, for
-logs without those records, what the probes see:
-a save still being written, the GPU busy at its working power (an eval, a long
-step), the process busy on its CPU outside a wait (a ``torch.compile``
-recompile), or its DataLoader workers at full CPU (an epoch's start filling a
-shuffle buffer while the loop waits in data). Waiting is not progress: an open
-data or collective phase, or the GPU pinned at full utilisation at low power with no
-step, the signature of a hung NCCL collective. Waiting for another rank that works
-between steps (the job engine's ``HOLDING``: a rank-0-only ``torch.save`` or eval
-holds every other rank at its next collective) is no hang: a save's cost is
-``checkpoint_overhead``'s. A rank that has already paused at least twice and gone on
-(a worker between trials) is given 1.5 times its longest pause."""
+Progress is anything that shows the job working: a step, DataLoader or eval batches
+between steps (a ``progress`` event: an eval loop, an epoch restart, the micro-batches
+of a long step), a finished save (``PROGRESS_EVENTS``), and, for logs without those
+records, what the probes see: a save still being written, the GPU busy at its working
+power (an eval, a long step), the process busy on its CPU outside a wait (a
+``torch.compile`` recompile), or its DataLoader workers at full CPU while it waits for
+data (an epoch's start filling a shuffle buffer; for at most ``max_alone_seconds``).
+Waiting is not progress: an open data or collective phase, or the GPU pinned at full
+utilisation at low power with no step, the signature of a hung NCCL collective. Waiting
+for another rank that works between steps (the job engine's ``HOLDING``: a rank-0-only
+``torch.save`` or eval holds every other rank at its next collective) is no hang: a
+save's cost is ``checkpoint_overhead``'s. A rank that has already paused at least twice
+and gone on (a worker between trials) is given 1.5 times its longest pause."""
 
 from __future__ import annotations
 
@@ -111,7 +110,7 @@ def last_busy(view: Telemetry, th: dict[str, float],
         if 0 < s.values.get(OPEN_SAVE_KEY, 0.0) < th["max_save_seconds"]:
             latest = max(latest, s.t)  # a save still being written
     if signature is None:
-        latest = max(latest, _cpu_busy(view, since, th["busy_cpu_cores"]))
+        latest = max(latest, _cpu_busy(view, since, th))
     return latest, signature
 
 
@@ -121,8 +120,8 @@ def working_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> bo
     working power (``working_power_ratio`` of what it drew while stepping, the
     reference ``last_busy`` uses), or, where its GPU does not show a hung collective's
     signature (pinned at low power), its process busy on ``busy_cpu_cores`` with no
-    wait in data or a collective open, or its DataLoader workers at work
-    (``_loading``); for at most ``max_alone_seconds`` since its newest step (1.5 times
+    wait in data or a collective open, or, waiting for data, its DataLoader workers at
+    work (``_loading``); for at most ``max_alone_seconds`` since its newest step (1.5 times
     its longest pause where it pauses by habit): a rank busy longer is taken as hung,
     however it spins, so the others are paged. What
     ``last_busy`` counts as progress for the rank itself, from figures any rank input
@@ -143,15 +142,17 @@ def working_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> bo
             return True
         if util.mean >= th["pinned_utilization"] and not working:
             return False  # a hung collective's signature: its CPU spins in the wait
+    waits = {p: view.figure("agent", f"open_{p}_seconds", since) for p in WAITS}
     workers = view.figure("host", "workers", since)
     loading = view.figure("host", "workers_cpu_ratio", since)
-    if workers is not None and loading is not None and _loading(
-            workers.mean, loading.mean, th["busy_cpu_cores"]):
-        return True  # its DataLoader workers at work (an epoch's shuffle buffer)
+    data, collective = waits["data"], waits["collective"]
+    if (workers is not None and loading is not None and data is not None and data.high > 0
+            and not (collective is not None and collective.high > 0)
+            and _loading(workers.mean, loading.mean, th["busy_cpu_cores"])):
+        return True  # its DataLoader workers at work as it waits for data (a buffer)
     cpu = view.figure("host", "process_cpu_cores", since)
-    waits = [view.figure("agent", f"open_{p}_seconds", since) for p in WAITS]
     return (cpu is not None and cpu.mean >= th["busy_cpu_cores"]
-            and not any(w is not None and w.high > 0 for w in waits))
+            and not any(w is not None and w.high > 0 for w in waits.values()))
 
 
 def _loading(workers: float, busy: float, cores: float) -> bool:
@@ -160,22 +161,23 @@ def _loading(workers: float, busy: float, cores: float) -> bool:
     return busy >= LOADER_BUSY and workers * busy >= cores
 
 
-def _cpu_busy(view: Telemetry, since: float, cores: float) -> float:
-    """The newest host sample with the process busy on ``cores`` outside a wait, or its
-    DataLoader workers at work (``_loading``: an epoch's start filling a shuffle buffer
-    while the loop waits in data) (0 if none)."""
+def _cpu_busy(view: Telemetry, since: float, th: Mapping[str, float]) -> float:
+    """The newest host sample with the process busy on ``busy_cpu_cores`` outside a
+    wait, or, while it waits for data, its DataLoader workers at work (``_loading``: an
+    epoch's start filling a shuffle buffer), for at most ``max_alone_seconds`` since
+    ``since`` (workers spinning on storage that went away load nothing) (0 if none)."""
+    cores = th["busy_cpu_cores"]
     agent: dict[float, Sample] = {s.t: s for s in view.samples_since("agent", since)}
     latest = 0.0
     for s in view.samples_since("host", since):
-        if _loading(s.values.get("workers", 0.0), s.values.get("workers_cpu_ratio", 0.0),
-                    cores):
-            latest = max(latest, s.t)
-            continue
-        if s.values.get("process_cpu_cores", 0.0) < cores:
-            continue
         beside = agent.get(s.t) or view.latest("agent")
-        waiting = beside is not None and any(
-            beside.values.get(f"open_{p}_seconds", 0.0) > 0 for p in WAITS)
-        if not waiting:
+        opened = {p: beside.values.get(f"open_{p}_seconds", 0.0) > 0 if beside else False
+                  for p in WAITS}
+        loading = (opened["data"] and not opened["collective"]
+                   and s.t - since <= th["max_alone_seconds"]
+                   and _loading(s.values.get("workers", 0.0),
+                                s.values.get("workers_cpu_ratio", 0.0), cores))
+        if loading or (s.values.get("process_cpu_cores", 0.0) >= cores
+                       and not any(opened.values())):
             latest = max(latest, s.t)
     return latest
