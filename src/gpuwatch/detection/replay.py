@@ -142,7 +142,7 @@ class Log:
 
 def _analyze(paths: list[Path], settings: Settings, workers: int,
              progress: TextIO | None, delay_s: float) -> Analysis:
-    _room_for_files(len(paths) + SPARE_FILES)
+    _room_for_files(len(paths))
     logs = [_open(path, tag, settings) for tag, path in enumerate(paths)]
     readers = [log.reader for log in logs]
     attempts: dict[int, list[Log]] = {}
@@ -166,25 +166,30 @@ def _analyze(paths: list[Path], settings: Settings, workers: int,
                     logs=paths)
 
 
-SPARE_FILES = 64  # open files a replay needs beside its logs (rules, digests, pipes)
+SPARE_FILES = 64  # open files a replay may need beside its logs (rules, digests, pipes)
 
 
-def _room_for_files(needed: int) -> None:
-    """Raise this process's open-file limit to ``needed`` where the hard limit allows
-    (a replay reads every rank's log at once: a job of over a thousand ranks is over
-    the usual soft limit of 1024); OSError naming the limit where it does not."""
+def _room_for_files(logs: int) -> None:
+    """Raise this process's open-file limit for ``logs`` run logs and ``SPARE_FILES``,
+    as far as the hard limit allows (a replay reads every rank's log at once: a job of
+    over a thousand ranks is over the usual soft limit of 1024); OSError naming the
+    limit where even the hard one cannot hold the logs themselves."""
     try:
         import resource
     except ImportError:  # (no such limits here)
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = logs + SPARE_FILES
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
-    if hard == resource.RLIM_INFINITY or hard >= needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-        return
-    raise OSError(errno.EMFILE, f"{needed - SPARE_FILES} run logs are read at once, more "
-                  f"than the open-file limit allows ({hard}; raise it: ulimit -Hn {needed})")
+    if hard != resource.RLIM_INFINITY and hard < logs + MIN_SPARE_FILES:
+        raise OSError(errno.EMFILE, f"{logs} run logs are read at once, more than the "
+                      f"open-file limit allows ({hard}; raise it: ulimit -Hn {needed})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY
+                                                else min(needed, hard), hard))
+
+
+MIN_SPARE_FILES = 8  # the fewest a replay needs beside its logs (stdio, rules, a pipe)
 
 
 @dataclass
