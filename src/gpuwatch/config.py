@@ -284,10 +284,6 @@ class Settings(BaseSettings):
     move_min_time_gain: float = Field(default=1.5, ge=1,
                                       description="Time-to-result gain (at the low end of "
                                                   "the range) that alone justifies a move.")
-    move_min_saving: float = Field(default=0.1, ge=0, lt=1,
-                                   description="Share of the cost per unit of work a move "
-                                               "must save (at the low end of the range) "
-                                               "for cost alone to justify it.")
     peers_interval_s: float = Field(default=5.0, ge=0, le=600,
                                     description="Cross-rank summaries through the c10d store "
                                                 "(0: off).")
@@ -346,7 +342,7 @@ def unknown_env_keys(environ: Mapping[str, str]) -> list[str]:
 
 DETECTION_KEYS = frozenset({"detect_interval_s", "detectors", "target_gpu", "gpu_model",
                             "total_steps", "prices", "owned", "electricity_usd_per_kwh",
-                            "precision", "move_min_time_gain", "move_min_saving"})
+                            "precision", "move_min_time_gain"})
 
 
 def detection_settings(settings: Settings) -> dict[str, Any]:

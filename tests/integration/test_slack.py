@@ -584,7 +584,7 @@ def test_webhook_url_is_never_written_to_the_run_log(tmp_path: Path) -> None:
     assert set(meta["detection"]) == {"detect_interval_s", "detectors", "target_gpu",
                                       "gpu_model", "total_steps", "prices", "owned",
                                       "electricity_usd_per_kwh", "precision",
-                                      "move_min_time_gain", "move_min_saving"}
+                                      "move_min_time_gain"}
 
 
 def agent_samples(run_dir: Path) -> list[dict[str, float]]:

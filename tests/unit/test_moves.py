@@ -86,26 +86,29 @@ def test_a_time_to_result_gain_at_the_low_end_is_a_move_even_at_a_higher_cost() 
 
 
 def test_a_scale_out_alone_is_no_reason_to_change_cards() -> None:
-    p = project(STEP, GPUS["H100 SXM"], GPUS["H100 PCIe"], target_gpus=8, gpu_busy=1.0)
+    p = project(STEP, GPUS["H100 SXM"], GPUS["A100 SXM 80GB"], target_gpus=8, gpu_busy=1.0)
     p.economics.clear()
-    # (card for card 4% cheaper: a move only without a margin, see below)
-    assert decide(p, Costs(min_saving=0.0), otherwise="info") == "move_to_h100"
+    assert decide(p, Costs(min_time_gain=1.5), otherwise="info") == "move_to_h100"
+    assert p.as_dict()["decision"]["rule"] == "cheaper"  # card for card
     q = project(STEP, GPUS["H200"], GPUS["H100 SXM"], target_gpus=8, gpu_busy=1.0)
     assert decide(q, Costs(), otherwise="info") == "info"
     assert q.as_dict()["decision"]["time_gain_low_ratio"] == pytest.approx(q.speedup_low)
 
 
-def test_a_saving_within_what_a_projection_knows_is_no_move() -> None:
-    """H100 PCIe to H100 SXM: 1.31x at the low end for 1.36x the price per hour, a few
-    percent cheaper per unit of work. A job already on an H100 was told to move to an
-    H100 for 3%, well inside the projection's own error."""
+def test_another_form_of_the_same_model_must_be_clearly_cheaper() -> None:
+    """H100 PCIe to H100 SXM: 1.31x at the low end for 1.36x the price per hour, 4%
+    cheaper per unit of work: a job already on an H100 was told to move to an H100 for
+    a saving well inside the projection's own error. A100 to H100, 6% cheaper, still
+    moves: another model."""
     p = project(STEP, GPUS["H100 SXM"], GPUS["H100 PCIe"], gpu_busy=1.0)
     assert decide(p, Costs(), otherwise="info") == "info"
     d = p.as_dict()["decision"]
-    assert d["cheaper_at_low_end"] is True and d["rule"] is None
-    assert "a move needs 10% lower cost or 1.5x the speed" in d["why"]
-    q = project(STEP, GPUS["H100 SXM"], GPUS["H100 PCIe"], gpu_busy=1.0)
-    assert decide(q, Costs(min_saving=0.02), otherwise="info") == "move_to_h100"
+    assert d["cheaper_at_low_end"] is False and d["rule"] is None
+    assert "10% lower cost, being another form of its model" in d["why"]
+    cheap = proj("H100 SXM", "H100 PCIe", prices={"H100 SXM": 1.0})  # clearly cheaper
+    assert decide(cheap, Costs(), otherwise="info") == "move_to_h100"
+    other = proj("H100 SXM", "A100 SXM 80GB")
+    assert decide(other, Costs(min_time_gain=10), otherwise="info") == "move_to_h100"
 
 
 def test_a_gain_in_math_whose_gpu_utilisation_was_not_measured_is_no_move() -> None:

@@ -2,19 +2,19 @@
 gate that decides whether a projection is worth a move.
 
 A move is recommended only when (1) the job cannot run well here at all (memory),
-(2) the target is cheaper per unit of work by at least ``min_saving`` even at the low
-end of the speedup range (a few percent is within what a projection knows), or (3)
-the time to result shrinks by at least ``min_time_gain`` at the low end, card for
-card (a scale-out is open on either card, so it does not count). A job on several
+(2) the target is cheaper per unit of work even at the low end of the speedup range,
+or (3) the time to result shrinks by at least ``min_time_gain`` at the low end, card
+for card (a scale-out is open on either card, so it does not count). A job on several
 GPUs whose collectives were not seen at all gets no move by (2) or (3): what looks like
 compute may be communication, which faster math does not shorten; nor does a gain that
 comes mostly from faster math where GPU utilisation was not measured (the projection
 counts all compute as GPU-busy, an upper bound even at its low end). Nor is a move
 recommended by (2) or (3) to a card that cannot hold the job's memory as it runs
 today, nor while the rank is held back in a way no card fixes (``FIX_FIRST``: a
-throttled GPU, host work, slower ranks): fix that first. Never
-to the card the job already runs on. Otherwise the detector's own verdict
-(``fix_here`` or ``info``) stands.
+throttled GPU, host work, slower ranks): fix that first. Never to the card the job
+already runs on; to another form of its model (an H100 PCIe job to an H100 SXM) by (2)
+only when ``SAME_MODEL_SAVING`` cheaper: a few percent is within what a projection
+knows. Otherwise the detector's own verdict (``fix_here`` or ``info``) stands.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ FIX_FIRST = {
                  "here first, then judge a move",
 }
 HOLD_SHARE = 0.9  # a job's memory today must fit this share of a card it moves to
+SAME_MODEL_SAVING = 0.1  # what a move to another form of the card's model must save
 GIB = 2**30
 MOVE: Verdict = "move_to_h100"
 
@@ -61,15 +62,13 @@ class Costs:
     owned: Mapping[str, OwnedCard] = field(default_factory=dict)
     electricity_usd_per_kwh: float = 0.15
     min_time_gain: float = 1.5
-    min_saving: float = 0.1  # share of the cost per unit a move saves for cost alone
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Costs:
         return cls(owned={name: OwnedCard(o.purchase_usd, o.amortisation_years, o.power_watts)
                           for name, o in settings.owned.items()},
                    electricity_usd_per_kwh=settings.electricity_usd_per_kwh,
-                   min_time_gain=settings.move_min_time_gain,
-                   min_saving=settings.move_min_saving)
+                   min_time_gain=settings.move_min_time_gain)
 
     def hourly(self, gpu: Gpu, measured_watts: float | None = None) -> tuple[float, str]:
         """USD per GPU-hour of ``gpu`` and where the figure comes from."""
@@ -158,6 +157,13 @@ def holds(target: Gpu, held: float | None, card: float | None) -> bool:
             or (card is not None and target.memory_bytes >= card))
 
 
+def family(card: Gpu) -> str:
+    """A card's model line: the first word of its name where it names a model (``H100``
+    of ``H100 PCIe``, ``H100 NVL`` and ``H100 SXM``), else its whole name (``RTX 4090``)."""
+    first = card.name.split()[0]
+    return first if any(ch.isdigit() for ch in first) else card.name
+
+
 def _at_least(card: Gpu, target: Gpu) -> bool:
     """Whether ``card`` has at least ``target``'s memory and dense BF16 math."""
     return card.memory_bytes >= target.memory_bytes and card.bf16_flops >= target.bf16_flops
@@ -174,8 +180,11 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
     e = p.economics
     low = gain = p.speedup_low  # the card's own gain: a scale-out is open on either card
     now_cost, worst = e.get("cost_per_unit_now_usd"), e["cost_per_unit_target_worst_usd"]
-    cheaper = now_cost is not None and worst < now_cost
-    saves = now_cost is not None and worst < now_cost * (1 - costs.min_saving)
+    # another form of the same model (H100 PCIe to SXM) must be clearly cheaper: a few
+    # percent is within what a projection knows
+    same_model = p.current is not None and family(p.current) == family(p.target)
+    margin = SAME_MODEL_SAVING if same_model else 0.0
+    cheaper = now_cost is not None and worst < now_cost * (1 - margin)
     rule: str | None = None
     if p.current is not None and (p.current.name == p.target.name
                                   or (configured is not None and _at_least(p.current, configured))):
@@ -195,7 +204,7 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
         why = (f"no collective seen on {p.gpus} GPUs: their communication cannot be told "
                "from compute, so the projection is an upper bound (let gpuwatch see the "
                "collectives: torch.distributed calls, a DDP comm hook)")
-    elif saves:
+    elif cheaper:
         rule, why = "cheaper", (f"cheaper per {e['unit']} even at the low end "
                                 f"(${now_cost:.3g} -> ${worst:.3g})")
     elif gain >= costs.min_time_gain:
@@ -206,9 +215,10 @@ def decide(p: Projection, costs: Costs, *, otherwise: Verdict,
     else:
         cost = (f", {worst / now_cost:.2f}x the cost per {e['unit']}" if now_cost else
                 ", cost now unknown")
+        lower = (f"{SAME_MODEL_SAVING:.0%} lower cost, being another form of its model,"
+                 if same_model else "a lower cost")
         why = (f"the move does not pay: {low:.2f}x at the low end{cost} "
-               f"(a move needs {costs.min_saving:.0%} lower cost or "
-               f"{costs.min_time_gain:g}x the speed)")
+               f"(a move needs {lower} or {costs.min_time_gain:g}x the speed)")
     verdict: Verdict = MOVE if rule else otherwise
     e["decision"] = {"verdict": verdict, "rule": rule, "why": why,
                      "time_gain_low_ratio": gain, "min_time_gain_ratio": costs.min_time_gain,
