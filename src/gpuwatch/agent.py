@@ -753,9 +753,9 @@ def _note_failing_exits() -> None:
     status: a job that catches Ctrl-C or an OOM, cleans up and calls ``sys.exit(1)``
     (Lightning does) leaves no other trace of it for the atexit handlers
     (``_stop_at_exit``); an agent stopped by the job's own call is not told."""
-    for name in ("exit", "quit"):  # the builtins a script may call instead (site's)
-        quitter = getattr(builtins, name, None)
-        if quitter is not None and not isinstance(quitter, _NotingQuitter):
+    for name in ("exit", "quit"):  # the builtins a script may call instead (site's
+        quitter = getattr(builtins, name, None)  # own: a host's are left as they are)
+        if type(quitter).__module__ == "_sitebuiltins":
             setattr(builtins, name, _NotingQuitter(quitter))
     if getattr(sys.exit, "gpuwatch_noting", False):
         return
@@ -777,16 +777,18 @@ def _note_exit(status: Any) -> None:
 
 
 class _NotingQuitter:
-    """The builtin ``exit`` or ``quit`` (what a script calls without ``sys``), noting a
-    failing status as ``sys.exit``'s wrapper does; it reads as the original."""
+    """Site's builtin ``exit`` or ``quit`` (what a script calls without ``sys``), noting
+    a failing status as ``sys.exit``'s wrapper does; otherwise it is the original."""
 
     def __init__(self, quitter: Any) -> None:
         self._quitter = quitter
 
-    def __call__(self, code: Any = None) -> NoReturn:
+    def __call__(self, code: Any = None) -> Any:
         _note_exit(code)
-        self._quitter(code)
-        raise SystemExit(code)  # (a quitter that returned)
+        return self._quitter(code)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._quitter, name)
 
     def __repr__(self) -> str:
         return repr(self._quitter)

@@ -345,9 +345,10 @@ def _write_findings(out: Path) -> None:
         print(redact(f"gpuwatch: could not analyse {out}: {type(exc).__name__}: {exc}"),
               file=sys.stderr)
         return
+    report = _write_report(out, result.findings)  # (before a line that may find no reader)
     verdicts = ", ".join(f"{f.detector} [{f.verdict}]" for f in result.findings) or "none"
     print(f"gpuwatch: run log in {out}; findings: {verdicts}", file=sys.stderr)
-    _write_report(out, result.findings)
+    print(report, file=sys.stderr)
 
 
 def _forget_elsewhere(out: Path) -> None:
@@ -369,16 +370,15 @@ def _logged_elsewhere(out: Path) -> Path | None:
     return there if there.is_dir() and any(there.glob("run*.jsonl")) else None
 
 
-def _write_report(out: Path, findings: list[Any]) -> None:
+def _write_report(out: Path, findings: list[Any]) -> str:
+    """Write the run's report; the line that says where (or why not)."""
     from gpuwatch.sinks.html_report import write_report
 
     try:
         path = write_report(out, findings)
     except Exception as exc:  # the run's exit status must stay the command's
-        print(f"gpuwatch: could not write the report: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return
-    print(f"gpuwatch: report in {path}", file=sys.stderr)
+        return f"gpuwatch: could not write the report: {type(exc).__name__}: {exc}"
+    return f"gpuwatch: report in {path}"
 
 
 # Signals passed on to the command. The ones a terminal sends to its whole foreground
