@@ -305,6 +305,38 @@ def test_recompute_and_collective_are_parts_of_compute_not_extra_time() -> None:
     assert s.compute_s == pytest.approx(1.0)
 
 
+def test_a_collective_waited_in_between_batches_is_no_data_wait() -> None:
+    """Lightning with gradient accumulation: between two micro-batches the rank waits
+    0.2 s in a collective for a slower peer while the data span (batch end to batch
+    start) is open: it read as a data wait (a false data_starvation) and as a collective
+    wait both, the rank's own compute gone."""
+    marks = [(ring.STEP_BEGIN, 0.0, None),
+             (ring.DATA, 0.0, None),
+             (ring.COLLECTIVE, 0.01, None), (-ring.COLLECTIVE, 0.21, None),
+             (-ring.DATA, 0.22, None),
+             (ring.COMPUTE, 0.22, None), (-ring.COMPUTE, 0.32, None),
+             (ring.STEP_END, 0.32, None)]
+    (s,) = steps(assemble(marks))
+    assert s.data_s == pytest.approx(0.02) and s.collective_s == pytest.approx(0.2)
+    assert s.compute_s == pytest.approx(0.3)  # the collective is part of it
+    assert s.wall_s == pytest.approx(s.data_s + s.compute_s + s.other_s)
+
+
+def test_a_saves_own_collectives_are_the_saves_time_not_a_wait() -> None:
+    """A distributed checkpoint's save waits 0.42 s in its own collectives for the rank
+    that pickles: it counted as checkpoint time and as collective wait both (the report
+    summed to more than the step, and a straggler was said to be "computing")."""
+    marks = [(ring.STEP_BEGIN, 0.0, None),
+             (ring.COMPUTE, 0.0, None), (-ring.COMPUTE, 0.09, None),
+             (ring.CHECKPOINT, 0.09, None),
+             (ring.COLLECTIVE, 0.09, None), (-ring.COLLECTIVE, 0.51, None),
+             (-ring.CHECKPOINT, 0.514, None),
+             (ring.STEP_END, 0.514, None)]
+    (s,) = steps(assemble(marks))
+    assert s.checkpoint_s == pytest.approx(0.424) and s.collective_s == 0.0
+    assert s.compute_s == pytest.approx(0.09)
+
+
 def test_point_to_point_bytes_are_collective_bytes_and_kept_apart() -> None:
     marks = [(ring.STEP_BEGIN, 0.0, None), (ring.COLLECTIVE_BYTES, 0.1, 1000),
              (ring.P2P_BYTES, 0.2, 300), (ring.P2P_BYTES, 0.3, 200), (ring.STEP_END, 1.0, None),

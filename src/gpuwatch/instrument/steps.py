@@ -85,6 +85,10 @@ class StepAssembler:
         self._loader: Loader = ()  # the loader of the step's newest batch: one that feeds steps
         self._fed_by: set[Loader] | None = None  # the loaders the last step counted
         self._data_closed_s = 0.0  # the newest data wait closed (for the batch that ends it)
+        # collectives waited in while a data wait was open (a framework's between two
+        # micro-batches): their time, not the loader's
+        self._in_data = 0.0
+        self._loose = 0.0  # collectives waited in outside any marked compute (this step)
         self._waiting_at: float | None = None  # a wait timed elsewhere in progress since
         self._handlers: dict[int, Callable[[int, float, Any, list[Record]], None]] = {
             ring.STEP_END: self._on_step_end, ring.STEP_BOUNDARY: self._on_step_end,
@@ -289,6 +293,7 @@ class StepAssembler:
         self._torn = True
         self._depth = [0] * _NPHASES
         self._ckpt_targets.clear()
+        self._in_data = 0.0
 
     def open_phases(self, now: float) -> dict[str, float]:
         """Phases open at perf_counter time ``now``: name -> seconds open. A wait timed
@@ -312,6 +317,16 @@ class StepAssembler:
         if self._depth[phase]:
             return
         seconds = t - self._opened[phase]
+        if phase == ring.COLLECTIVE:
+            if self._depth[ring.CHECKPOINT]:
+                return  # a save's own collectives (DCP's): the save's time, not a wait
+            if self._depth[ring.DATA]:
+                self._in_data += seconds
+            if not any(self._depth[p] for p in (*COMPUTE_PHASES, ring.OPTIMIZER)):
+                self._loose += seconds  # (compute's part all the same: see ``_finish``)
+        elif phase == ring.DATA:
+            seconds -= self._in_data
+            self._in_data = 0.0
         self._acc[phase] += seconds
         self._timed[phase] = True
         if phase == ring.CHECKPOINT:
@@ -365,6 +380,9 @@ class StepAssembler:
             if self._depth[phase]:
                 acc[phase] += t - self._opened[phase]
                 self._opened[phase] = t
+        if self._depth[ring.DATA]:
+            acc[ring.DATA] -= self._in_data
+            self._in_data = 0.0
         start = self._prev_end if self._prev_end is not None else t
         wall = t - start
         samples, data = self._samples, acc[ring.DATA]
@@ -379,6 +397,8 @@ class StepAssembler:
         compute = sum(acc[p] for p in COMPUTE_PHASES)
         rest = wall - data - opt - ckpt
         if compute > 0.0:
+            compute = min(compute + self._loose, max(rest, 0.0))  # (a collective's wait
+            # outside the marked compute is compute's part, as inside it)
             other = max(rest - compute, 0.0)
         else:  # no compute marked: the rest, but for an eval loop seen through its loader
             other = min(evaluating, max(rest, 0.0))
@@ -449,6 +469,7 @@ class StepAssembler:
         self._samples = self._tokens = self._ckpt_bytes = self._act_ckpt_calls = 0
         self._last_batch = 0  # (a step that fetched none, a prefetching loop's, says no size)
         self._collective_bytes = self._p2p_bytes = self._timed_bytes = 0
+        self._loose = 0.0
         self._by_loader.clear()
         self._fetches.clear()
         self._waiting_at = None  # (a wait that never said it ended ends with its step)
