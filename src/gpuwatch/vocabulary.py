@@ -141,3 +141,12 @@ def duration(v: float | None) -> str:
     if a < 172800:
         return f"{v / 3600:.3g} h"
     return f"{v / 86400:.3g} days"
+
+
+def size(v: float) -> str:
+    """``v`` bytes as B, kB, MB, GB or TB (decimal), whichever reads best."""
+    a = abs(v)
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if a >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.0f} B"

@@ -115,7 +115,7 @@ def test_blocking_checkpoints_are_fixed_here_with_size_and_speed() -> None:
     assert abs(f.evidence["checkpoint_share_ratio"] - 0.3) < 0.02
     assert f.evidence["bytes_per_save"] == 2e9
     assert abs(f.evidence["seconds_per_save"] - 0.3) < 1e-6
-    assert "2000 MB" in f.summary and f.summary.endswith("every 1 s.")  # start to start
+    assert "of 2 GB (6.67 GB/s)" in f.summary and f.summary.endswith("every 1 s.")  # start to start
 
 
 def test_occasional_cheap_checkpoints_are_fine() -> None:

@@ -234,7 +234,7 @@ def test_an_async_save_whose_staging_blocks_is_told_as_staging_with_its_bytes() 
                    saves=Saves(every_s=120, blocking_s=20, nbytes=int(30e9), background_s=60))
     f = only(findings_of(staged), "checkpoint_overhead")
     assert "staging the state in host memory" in f.summary
-    assert "30000 MB written in the background" in f.summary and "0 MB/s" not in f.summary
+    assert "30 GB written in the background" in f.summary and "0 B/s" not in f.summary
     assert "Save asynchronously" not in f.action and "pinned" in f.action
     assert f.evidence["async_bytes_per_save"] == 30e9
 

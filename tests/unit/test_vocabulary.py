@@ -7,7 +7,7 @@ import pytest
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.steps import StepAssembler
 from gpuwatch.records import Record, Step
-from gpuwatch.vocabulary import PARTS, Phase, split_step
+from gpuwatch.vocabulary import PARTS, Phase, size, split_step
 
 
 def test_every_phase_has_one_ring_code_and_one_name() -> None:
@@ -33,3 +33,9 @@ def test_an_assembled_step_splits_into_parts_that_sum_to_its_wall_time() -> None
     assert parts["recompute"] == pytest.approx(0.05)
     assert parts["collective"] == pytest.approx(0.05)
     assert sum(parts.values()) == pytest.approx(step.wall_s)
+
+
+def test_sizes_read_in_the_unit_that_suits_them() -> None:
+    """A 333 kB save read "0 MB (0 MB/s)", a 30 GB one "30000 MB"."""
+    assert [size(v) for v in (0, 999, 333_000, 2e9, 30e9, 1.5e13)] == [
+        "0 B", "999 B", "333 kB", "2 GB", "30 GB", "15 TB"]
