@@ -182,6 +182,28 @@ def test_an_eval_loaders_batches_and_waits_are_not_the_training_steps() -> None:
     assert [s.other_s for s in out[:2]] == [0.0, 0.0]
 
 
+def test_a_training_loader_made_anew_each_epoch_is_no_eval() -> None:
+    """``for epoch ...: for batch in DataLoader(...)``: each epoch's loader is a new one
+    (a new sampler), its first batch a 2 s wait for its workers to start. That batch was
+    counted as an eval's (a loader that fed no step yet), and the stall was told as
+    "mostly evaluations" (info) instead of the loader starting over (fix here)."""
+    marks: list[tuple[int, float, object]] = []
+    t = 0.0
+    for epoch in range(3):
+        loader = (7, 100 + epoch)  # (its dataset, a new sampler every epoch)
+        for k in range(5):
+            wait = 2.0 if k == 0 else 0.01
+            marks += [(ring.DATA, t, None), (-ring.DATA, t + wait, None),
+                      (ring.LOADER_BATCH, t + wait, (*loader, 32)),
+                      (ring.STEP_BOUNDARY, t + wait + 0.1, None)]
+            t += wait + 0.1
+    records = assemble(marks)
+    told = [e.data["eval_batches"] for e in events(records, "progress")]
+    assert told and all(n == 0 for n in told)
+    assert [s.data_s for s in steps(records) if s.data_s > 1] == pytest.approx([2.0] * 3)
+    assert all(s.samples == 32 for s in steps(records))
+
+
 def test_an_eval_shorter_than_a_progress_interval_is_told_as_its_step_ends() -> None:
     """A 0.2 s eval (10 batches of its own loader) between two 30 ms steps: too short for
     a progress event a second, so its step read as a stall ("work between steps") and

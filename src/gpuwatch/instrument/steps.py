@@ -84,6 +84,10 @@ class StepAssembler:
         self._fetches: list[tuple[Loader, float, float]] = []  # (loader, wait start, arrival)
         self._loader: Loader = ()  # the loader of the step's newest batch: one that feeds steps
         self._fed_by: set[Loader] | None = None  # the loaders the last step counted
+        # loaders that fed no step yet, by their one batch in this step (an eval's first,
+        # or a training loader's made anew), and those that fetched more (an eval loop's)
+        self._unsure: dict[Loader, int] = {}
+        self._eval_loaders: set[Loader] = set()
         self._data_closed_s = 0.0  # the newest data wait closed (for the batch that ends it)
         # collectives waited in while a data wait was open (a framework's between two
         # micro-batches): their time, not the loader's
@@ -196,8 +200,14 @@ class StepAssembler:
         self._fetches.append((key, t - self._data_closed_s, t))
         self._data_closed_s = 0.0
         self._loader = key
-        if self._fed_by is not None and key not in self._fed_by:
-            self._eval_batches += 1  # a loader that fed no step yet: an eval loop's, so far
+        if self._fed_by is not None and key not in self._fed_by:  # fed no step yet:
+            if key in self._eval_loaders:  # an eval loop's
+                self._eval_batches += 1
+            elif key in self._unsure:  # a second batch before a step ended: an eval loop's
+                self._eval_loaders.add(key)
+                self._eval_batches += self._unsure.pop(key) + 1
+            else:  # an eval's first, or a training loader's made anew (each epoch): the
+                self._unsure[key] = 1  # step's end tells (``_finish``)
         self._fetched(n, t, out)
 
     def _on_waiting(self, code: int, t: float, value: Any, out: list[Record]) -> None:
@@ -393,6 +403,7 @@ class StepAssembler:
                 samples = int(sum(n for k, (n, _) in self._by_loader.items() if k in feeding))
             data -= sum(w for k, (_, w) in self._by_loader.items() if k not in feeding)
             evaluating = self._evaluating(feeding)
+            self._eval_batches += sum(n for k, n in self._unsure.items() if k not in feeding)
         opt, ckpt = acc[ring.OPTIMIZER], acc[ring.CHECKPOINT]
         compute = sum(acc[p] for p in COMPUTE_PHASES)
         rest = wall - data - opt - ckpt
@@ -472,5 +483,7 @@ class StepAssembler:
         self._loose = 0.0
         self._by_loader.clear()
         self._fetches.clear()
+        self._unsure.clear()
+        self._eval_loaders.clear()
         self._waiting_at = None  # (a wait that never said it ended ends with its step)
         self._timed_s = 0.0
