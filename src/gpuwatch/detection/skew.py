@@ -33,8 +33,7 @@ class SkewSplit:
     skew_s: dict[int, float]  # rank -> its wait beyond the least
     caused_share: dict[int, float]  # rank -> share of the waiting it caused (arrived last)
     # rank -> how surely it arrives after the others: its mean lateness (the others' mean
-    # wait less its own) over the standard error chance gives such a mean, from how the
-    # other ranks' lateness varies step to step (inf: no rank's varies)
+    # wait less its own) over that mean's standard error (inf: late alike in every step)
     lateness_t: dict[int, float]
 
     @property
@@ -110,24 +109,14 @@ def split(views: Sequence[RankInput], since: float, min_steps: int) -> SkewSplit
     total = sum(caused.values())
     shares = {r: c / total for r, c in caused.items()} if total > 0 else \
         {r: c / n for r, c in last.items()}
-    variance = {r: _variance(late[r], late_sq[r], n) for r in ranks}
     return SkewSplit(n, walls / n, transfer / n, {r: v / n for r, v in skew.items()}, shares,
-                     {r: _t(late[r] / n, [v for o, v in variance.items() if o != r], n)
-                      for r in ranks})
+                     {r: _t(late[r], late_sq[r], n) for r in ranks})
 
 
-def _variance(total: float, squares: float, n: int) -> float:
-    """The sample variance of ``n`` values from their sum and sum of squares."""
+def _t(total: float, squares: float, n: int) -> float:
+    """A mean over its standard error, from ``n`` values' sum and sum of squares."""
     mean = total / n
-    return max(squares / n - mean * mean, 0.0) * n / (n - 1) if n > 1 else 0.0
-
-
-def _t(mean: float, others: list[float], n: int) -> float:
-    """A rank's mean lateness over ``n`` steps against the standard error such a mean
-    has by chance: the other ranks' variances of lateness, pooled. (Its own variance
-    would count its slow steps as noise: a rank 3x slow in one step of twelve looks
-    like chance to itself, not to the others' steady steps.)"""
-    var = sum(others) / len(others)
-    if var <= TIE_S * TIE_S:  # the others late alike in every step
+    var = max(squares / n - mean * mean, 0.0) * n / (n - 1) if n > 1 else 0.0
+    if var <= (TIE_S * TIE_S):  # late alike in every step (or never)
         return math.inf if mean > TIE_S else 0.0
     return mean / math.sqrt(var / n)

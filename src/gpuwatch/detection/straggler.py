@@ -11,8 +11,7 @@ summary names which part makes it slow.
 
 Where ranks' per-step waits are known (``skew.split``), the slow ranks must also have
 caused most of the others' waiting (arriving last; slow in every step or only in
-some), and arrive late more surely than chance (``min_lateness_t`` standard errors of
-such a mean, as the other ranks' lateness varies:
+some), and arrive late more surely than chance (``min_lateness_t`` standard errors:
 with work that varies from step to step on every rank, one of two ranks is slower
 over a dozen steps by a fifth now and then): a slowness that rotates among most ranks
 is an imbalance (sync_bottleneck's fix-here case), not stragglers."""
