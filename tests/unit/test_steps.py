@@ -172,9 +172,10 @@ def test_an_eval_loaders_batches_and_waits_are_not_the_training_steps() -> None:
     assert [s.samples for s in out] == [64] * 4
     assert [s.data_s for s in out] == pytest.approx([0.2] * 4)
     assert out[2].wall_s == pytest.approx(4.0)  # the eval is in the step's wall time
-    # the progress it makes is an eval's: batches of a loader that fed no step so far
+    # the progress it makes is an eval's: batches of a loader that fed no step, told as
+    # the step ends (until then, a training loader made anew looks the same)
     evals_seen = [e.data["eval_batches"] for e in events(records, "progress")]
-    assert evals_seen and all(n > 0 for n in evals_seen)
+    assert sum(evals_seen) == 30
     # the eval loop is no training compute: from its first fetch to the next training
     # fetch, 3 s of the step are other time; the training step itself still computes
     assert out[2].other_s == pytest.approx(3.0)
@@ -202,6 +203,39 @@ def test_a_training_loader_made_anew_each_epoch_is_no_eval() -> None:
     assert told and all(n == 0 for n in told)
     assert [s.data_s for s in steps(records) if s.data_s > 1] == pytest.approx([2.0] * 3)
     assert all(s.samples == 32 for s in steps(records))
+
+
+def test_a_training_loader_made_anew_each_epoch_with_micro_batches_is_no_eval() -> None:
+    """The same with gradient accumulation: four micro-batches of the new loader before
+    the step ends looked like an eval loop's."""
+    marks: list[tuple[int, float, object]] = []
+    t = 0.0
+    for epoch in range(3):
+        loader = (7, 100 + epoch)
+        for k in range(3):
+            for micro in range(4):
+                wait = 2.0 if (k, micro) == (0, 1) else 0.01  # (its workers start)
+                marks += [(ring.DATA, t, None), (-ring.DATA, t + wait, None),
+                          (ring.LOADER_BATCH, t + wait, (*loader, 8))]
+                t += wait + 0.05
+            marks.append((ring.STEP_BOUNDARY, t, None))
+    records = assemble(marks)
+    assert sum(e.data["eval_batches"] for e in events(records, "progress")) == 0
+    assert all(s.samples == 32 for s in steps(records))
+
+
+def test_a_collective_a_writer_thread_opened_before_the_data_wait_counts_its_overlap() -> None:
+    """An async save's writer thread gathers from 0 to 0.55 s; the loop waits for data
+    from 0.5 to 0.6 s: only the 0.05 s inside the wait is not the loader's (the whole
+    collective was taken off it: data -0.45 s, compute more than the step)."""
+    marks = [(ring.STEP_BEGIN, 0.0, None),
+             (ring.COLLECTIVE, 0.0, None),
+             (ring.COMPUTE, 0.0, None), (-ring.COMPUTE, 0.5, None),
+             (ring.DATA, 0.5, None), (-ring.COLLECTIVE, 0.55, None), (-ring.DATA, 0.6, None),
+             (ring.COMPUTE, 0.6, None), (-ring.COMPUTE, 1.0, None),
+             (ring.STEP_END, 1.0, None)]
+    (s,) = steps(assemble(marks))
+    assert s.data_s == pytest.approx(0.05) and 0 <= s.compute_s <= s.wall_s
 
 
 def test_an_eval_shorter_than_a_progress_interval_is_told_as_its_step_ends() -> None:

@@ -84,10 +84,9 @@ class StepAssembler:
         self._fetches: list[tuple[Loader, float, float]] = []  # (loader, wait start, arrival)
         self._loader: Loader = ()  # the loader of the step's newest batch: one that feeds steps
         self._fed_by: set[Loader] | None = None  # the loaders the last step counted
-        # loaders that fed no step yet, by their one batch in this step (an eval's first,
-        # or a training loader's made anew), and those that fetched more (an eval loop's)
+        # loaders that fed no step yet, by their batches in this step (an eval's, or a
+        # training loader's made anew): told apart as the step ends
         self._unsure: dict[Loader, int] = {}
-        self._eval_loaders: set[Loader] = set()
         self._data_closed_s = 0.0  # the newest data wait closed (for the batch that ends it)
         # collectives waited in while a data wait was open (a framework's between two
         # micro-batches): their time, not the loader's
@@ -200,14 +199,10 @@ class StepAssembler:
         self._fetches.append((key, t - self._data_closed_s, t))
         self._data_closed_s = 0.0
         self._loader = key
-        if self._fed_by is not None and key not in self._fed_by:  # fed no step yet:
-            if key in self._eval_loaders:  # an eval loop's
-                self._eval_batches += 1
-            elif key in self._unsure:  # a second batch before a step ended: an eval loop's
-                self._eval_loaders.add(key)
-                self._eval_batches += self._unsure.pop(key) + 1
-            else:  # an eval's first, or a training loader's made anew (each epoch): the
-                self._unsure[key] = 1  # step's end tells (``_finish``)
+        if self._fed_by is not None and key not in self._fed_by:  # fed no step yet: an
+            # eval loop's, or a training loader made anew (each epoch, its micro-batches
+            # too): the step's end tells (``_finish``)
+            self._unsure[key] = self._unsure.get(key, 0) + 1
         self._fetched(n, t, out)
 
     def _on_waiting(self, code: int, t: float, value: Any, out: list[Record]) -> None:
@@ -330,12 +325,13 @@ class StepAssembler:
         if phase == ring.COLLECTIVE:
             if self._depth[ring.CHECKPOINT]:
                 return  # a save's own collectives (DCP's): the save's time, not a wait
-            if self._depth[ring.DATA]:
-                self._in_data += seconds
+            if self._depth[ring.DATA]:  # (only the part inside the data wait: one a
+                # writer thread opened before it counts no more than that)
+                self._in_data += t - max(self._opened[phase], self._opened[ring.DATA])
             if not any(self._depth[p] for p in (*COMPUTE_PHASES, ring.OPTIMIZER)):
                 self._loose += seconds  # (compute's part all the same: see ``_finish``)
         elif phase == ring.DATA:
-            seconds -= self._in_data
+            seconds = max(seconds - self._in_data, 0.0)
             self._in_data = 0.0
         self._acc[phase] += seconds
         self._timed[phase] = True
@@ -391,7 +387,7 @@ class StepAssembler:
                 acc[phase] += t - self._opened[phase]
                 self._opened[phase] = t
         if self._depth[ring.DATA]:
-            acc[ring.DATA] -= self._in_data
+            acc[ring.DATA] = max(acc[ring.DATA] - self._in_data, 0.0)
             self._in_data = 0.0
         start = self._prev_end if self._prev_end is not None else t
         wall = t - start
@@ -484,6 +480,5 @@ class StepAssembler:
         self._by_loader.clear()
         self._fetches.clear()
         self._unsure.clear()
-        self._eval_loaders.clear()
         self._waiting_at = None  # (a wait that never said it ended ends with its step)
         self._timed_s = 0.0
