@@ -788,6 +788,8 @@ class _NotingQuitter:
         return self._quitter(code)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_quitter":  # (a copy made without __init__: no original to ask)
+            raise AttributeError(name)
         return getattr(self._quitter, name)
 
     def __repr__(self) -> str:

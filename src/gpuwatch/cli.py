@@ -201,16 +201,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(redact(f"gpuwatch: cannot run {cmd[0]}: {exc.strerror or exc}"), file=sys.stderr)
         return 126
     code, stopped_by = _wait_forwarding_signals(child)
-    if enabled and out is not None:
-        try:
-            if stopped_by is None:
-                stopped_by = _until_stopped(lambda: _write_findings(out))
-            if stopped_by is not None:  # told to stop: end with the command's own status
-                print(f"gpuwatch: stopped by {signal.Signals(stopped_by).name}; run log in "
-                      f"{out} (`gpuwatch analyze {out}` to judge it)", file=sys.stderr)
-        except BrokenPipeError:  # its own lines had nowhere to go (`2>&1 | head`, a tee
-            _mute()  # killed by Ctrl-C): the status is still the command's
+    if enabled and out is not None:  # (its own lines may have nowhere to go: ``_say``)
+        if stopped_by is None:
+            stopped_by = _until_stopped(lambda: _write_findings(out))
+        if stopped_by is not None:  # told to stop: end with the command's own status
+            _say(f"gpuwatch: stopped by {signal.Signals(stopped_by).name}; run log in "
+                 f"{out} (`gpuwatch analyze {out}` to judge it)")
     return code if code >= 0 else _die_of(-code)
+
+
+def _say(text: str) -> None:
+    """One line on stderr; where its reader has gone (a closed pipe: ``2>&1 | head``),
+    none from here on, and the work goes on (the report, the command's status)."""
+    try:
+        print(text, file=sys.stderr)
+    except BrokenPipeError:
+        _mute()
 
 
 def _mute() -> None:
@@ -331,9 +337,9 @@ def _write_findings(out: Path) -> None:
     if not any(out.glob("run*.jsonl")):
         elsewhere = _logged_elsewhere(out)
         if elsewhere is None:
-            print(f"gpuwatch: no training process reported; nothing in {out}", file=sys.stderr)
+            _say(f"gpuwatch: no training process reported; nothing in {out}")
             return
-        print(f"gpuwatch: the job chose its own run directory: {elsewhere}", file=sys.stderr)
+        _say(f"gpuwatch: the job chose its own run directory: {elsewhere}")
         out = elsewhere
     try:
         result = analyze([out], load_settings())
@@ -342,13 +348,12 @@ def _write_findings(out: Path) -> None:
         _notify_job_findings(out, [f for f in result.findings
                                    if f.detector in JOB_DETECTORS and f.fingerprint not in told])
     except Exception as exc:  # the run's exit status must stay the command's
-        print(redact(f"gpuwatch: could not analyse {out}: {type(exc).__name__}: {exc}"),
-              file=sys.stderr)
+        _say(redact(f"gpuwatch: could not analyse {out}: {type(exc).__name__}: {exc}"))
         return
-    report = _write_report(out, result.findings)  # (before a line that may find no reader)
+    report = _write_report(out, result.findings)
     verdicts = ", ".join(f"{f.detector} [{f.verdict}]" for f in result.findings) or "none"
-    print(f"gpuwatch: run log in {out}; findings: {verdicts}", file=sys.stderr)
-    print(report, file=sys.stderr)
+    _say(f"gpuwatch: run log in {out}; findings: {verdicts}")
+    _say(report)
 
 
 def _forget_elsewhere(out: Path) -> None:
@@ -492,8 +497,8 @@ def _notify_job_findings(out: Path, findings: list[Any]) -> None:
         return
     notifier.notify([dataclasses.replace(f, state="active") for f in findings])
     if not notifier.flush(timeout=15):
-        print(f"gpuwatch: Slack notifications spooled in {out}; deliver them with "
-              f"`gpuwatch alerts flush {out}`", file=sys.stderr)
+        _say(f"gpuwatch: Slack notifications spooled in {out}; deliver them with "
+             f"`gpuwatch alerts flush {out}`")
     notifier.stop()
 
 

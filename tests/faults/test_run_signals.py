@@ -161,31 +161,33 @@ def test_a_command_dies_with_gpuwatch_run_killed_by_sigkill(tmp_path: Path) -> N
              "the command to end with gpuwatch run")
 
 
-@pytest.mark.parametrize("enabled", ["true", "false"])
+@pytest.mark.parametrize(("enabled", "own"), [("true", False), ("true", True),
+                                              ("false", False)])
 def test_gpuwatch_run_whose_output_pipe_closed_ends_with_the_commands_status(
-        tmp_path: Path, enabled: str) -> None:
+        tmp_path: Path, enabled: str, own: bool) -> None:
     """``gpuwatch run ... 2>&1 | head`` (or a tee killed by Ctrl-C): its own closing lines
     found the pipe closed, and the BrokenPipeError ended it with 1, the command's 7 lost,
-    and the run's report unwritten."""
+    and the run's report unwritten (also where the job chose its own run directory)."""
     read, write = os.pipe()
     os.close(read)  # the reader has gone
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "gpuwatch", "run", "--out", str(tmp_path / "run"), "--",
-             sys.executable, "-c", STEPS_THEN_EXIT_7],
+             sys.executable, "-c", STEPS_THEN_EXIT_7, str(tmp_path / "own") if own else ""],
             env={**_env(), "GPUWATCH_ENABLED": enabled, "GPUWATCH_NVML": "false"},
             stdin=subprocess.DEVNULL, stdout=write, stderr=write, timeout=120, check=False)
     finally:
         os.close(write)
     assert proc.returncode == 7
     if enabled == "true":
-        assert (tmp_path / "run" / "findings.json").exists()
-        assert (tmp_path / "run" / "report.html").exists()
+        run = tmp_path / ("own" if own else "run")
+        assert (run / "findings.json").exists() and (run / "report.html").exists()
 
 
 STEPS_THEN_EXIT_7 = """
+import sys
 import gpuwatch
-monitor = gpuwatch.watch()
+monitor = gpuwatch.watch(**({"out_dir": sys.argv[1]} if sys.argv[1] else {}))
 for _ in range(3):
     with monitor.step(samples=1):
         pass

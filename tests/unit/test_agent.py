@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
+import copy
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -214,3 +217,14 @@ def test_a_caught_failing_exit_does_not_make_an_agent_stop_as_failed() -> None:
         sys.exit(2)
     assert agent_module._failing_exit_at is not None
     assert not agent_module.dying_of_an_exception()
+
+
+def test_the_noted_builtin_exit_copies_pickles_and_reads_as_sites() -> None:
+    """A job that copies or pickles ``exit`` (a config object holding it) got a
+    RecursionError: the wrapper's attribute forwarding asked itself for its original."""
+    site_exit = builtins.exit
+    agent_module._note_failing_exits()
+    noted = builtins.exit
+    assert repr(noted) == repr(site_exit) and noted.name == "exit"  # type: ignore[attr-defined]
+    for made in (copy.copy(noted), copy.deepcopy(noted), pickle.loads(pickle.dumps(noted))):
+        assert repr(made) == repr(site_exit)
