@@ -121,18 +121,18 @@ def working_off_step(view: RankInput, now: float, th: Mapping[str, float]) -> bo
     reference ``last_busy`` uses), or, where its GPU does not show a hung collective's
     signature (pinned at low power), its process busy on ``busy_cpu_cores`` with no
     wait in data or a collective open, or, waiting for data, its DataLoader workers at
-    work (``_loading``); for at most ``max_alone_seconds`` since its newest step (1.5 times
-    its longest pause where it pauses by habit): a rank busy longer is taken as hung,
-    however it spins, so the others are paged. What
+    work (``_loading``); for at most ``max_alone_seconds`` since its newest step or
+    progress (1.5 times its longest pause where it pauses by habit): a rank busy longer
+    is taken as hung, however it spins, so the others are paged. What
     ``last_busy`` counts as progress for the rank itself, from figures any rank input
     answers (a replay's digested ranks too): the job engine's view of a rank at work
     between steps (previews on its GPU, an export on its CPU) while the others wait."""
-    last_step = view.last_step_t
+    last = max(view.last_step_t, view.last_progress)  # (as the rank's own ``last_busy``)
     pauses = view.pauses if isinstance(view, Telemetry) else ()
     usual = PAUSE_MARGIN * max(pauses) if len(pauses) >= RHYTHM_PAUSES else 0.0
-    if now - last_step >= max(th["max_alone_seconds"], usual):
+    if now - last >= max(th["max_alone_seconds"], usual):
         return False
-    since = max(last_step, now - HOLD_FRESH_S)
+    since = max(last, now - HOLD_FRESH_S)
     util = view.figure("nvml", "gpu_utilization_ratio", since)
     power = view.figure("nvml", "gpu_power_watts", since)
     drawn = view.working_power_w()
