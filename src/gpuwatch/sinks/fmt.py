@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from gpuwatch.vocabulary import duration
+from gpuwatch.vocabulary import duration, size
 
 
 def seconds(v: float | None) -> str:
@@ -18,12 +18,8 @@ def seconds(v: float | None) -> str:
 
 
 def nbytes(v: float | None) -> str:
-    if v is None or v != v:
-        return "—"
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g} {unit}"
-    return f"{v:.0f} B"
+    """``v`` bytes in the unit that suits them ("—" for none)."""
+    return "—" if v is None or v != v else size(v)
 
 
 def share(v: float | None) -> str:

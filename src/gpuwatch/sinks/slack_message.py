@@ -72,15 +72,8 @@ def _hours(v: float) -> str:
     return f"{v:.3g} h" if abs(v) < 48 else f"{v / 24:.3g} days"
 
 
-def _bytes(v: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(v) >= size:
-            return f"{v / size:.3g} {unit}"
-    return f"{v:.0f} B"
-
-
 def _rate(v: float) -> str:
-    return _bytes(v) + "/s"
+    return fmt.nbytes(v) + "/s"
 
 
 def _count(v: float) -> str:
@@ -101,7 +94,7 @@ def _usd(v: float) -> str:
 
 
 UNITS: dict[str, Callable[[float], str]] = {
-    "pct": _pct, "s": _seconds, "h": _hours, "bytes": _bytes, "rate": _rate, "n": _count,
+    "pct": _pct, "s": _seconds, "h": _hours, "bytes": fmt.nbytes, "rate": _rate, "n": _count,
     "x": _times, "usd": _usd, "utc": fmt.utc, "w": lambda v: f"{v:.0f} W",
     "usd_h": lambda v: f"{_usd(v)} per hour"}
 
