@@ -40,14 +40,11 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         "seconds_between_saves": saves.interval_s() or wall / per,
         "wall_seconds": wall,
     }
-    text = {"rank": view.rank, "megabytes_per_save": evidence["bytes_per_save"] / 1e6,
-            "save_megabytes_per_second": evidence["save_bytes_per_second"] / 1e6,
-            "per_save": size(evidence["bytes_per_save"]),
+    text = {"rank": view.rank, "per_save": size(evidence["bytes_per_save"]),
             "save_rate": f"{size(evidence['save_bytes_per_second'])}/s",
             "every": duration(evidence["seconds_between_saves"])}
     staged = not saves.blocking_bytes and saves.async_saves > 0
     if staged:  # the blocking part of an async save wrote nothing: it staged the state
         evidence["async_bytes_per_save"] = saves.async_bytes / saves.async_saves
-        text["megabytes_per_save"] = evidence["async_bytes_per_save"] / 1e6
         text["per_save"] = size(evidence["async_bytes_per_save"])
     return Detection(evidence, [view.rank], text=text, variant="staging" if staged else None)
