@@ -12,6 +12,7 @@ from gpuwatch.config import ConfigError, Settings
 from gpuwatch.detection import iteration_speed
 from gpuwatch.detection.context import Context, Detection
 from gpuwatch.detection.engine import (
+    RECUR_S,
     Engine,
     Quiet,
     _stamps,
@@ -227,3 +228,35 @@ def test_a_condition_seen_just_before_an_eval_is_not_raised_through_it(for_s: fl
         assert raised == []
     else:
         assert len(raised) == 1 and raised[0].last_seen <= START + 208 + 10
+
+
+def starved_in_bursts(bursts: int, fed_s: float, tail_s: float) -> list[Record]:
+    """0.5 s steps: 20 s healthy, then ``bursts`` times 20 s starved for data and
+    ``fed_s`` healthy, then ``tail_s`` healthy."""
+    records: list[Record] = [meta(), *steps(20, wall=0.5)]
+    t, n = START + 20, 41
+    for span, data_s in [*[(20, 0.4), (fed_s, 0.02)] * bursts, (tail_s, 0.02)]:
+        records += steps(span, wall=0.5, start=t, first=n, data_s=data_s)
+        t, n = t + span, n + round(span / 0.5)
+    return ordered([*records, *samples("host", t - START, {"workers": 0.0})])
+
+
+def test_a_condition_that_comes_and_goes_is_one_finding_not_an_alert_at_every_return() -> None:
+    """A loader starved 20 s in every 80 (storage that stalls now and then): after its
+    first return the finding is held through absences like the one before it, so it
+    is raised twice, not at every burst, and resolves once the bursts stop."""
+    engine = engine_from_settings(Settings(), "rank")
+    changes = engine.feed(starved_in_bursts(8, 60, 400)) + engine.close()
+    assert [f.state for f in changes] == ["active", "resolved", "active", "resolved"]
+    last_burst_end = START + 20 + 8 * 80 - 60
+    assert last_burst_end + 60 < changes[-1].last_seen < last_burst_end + 2 * 80
+
+
+def test_a_condition_back_after_a_long_quiet_is_new_and_held_as_usual() -> None:
+    """A return more than ``RECUR_S`` after the condition was last seen is a new
+    episode: it resolves on the rule's own hold (seconds), as the first did."""
+    engine = engine_from_settings(Settings(), "rank")
+    changes = engine.feed(starved_in_bursts(2, RECUR_S + 60, 100)) + engine.close()
+    assert [f.state for f in changes] == ["active", "resolved"] * 2
+    second_end = START + 20 + 2 * (20 + RECUR_S + 60) - (RECUR_S + 60)
+    assert changes[-1].last_seen < second_end + 30

@@ -165,6 +165,7 @@ class Fresh:
     stalled: set[int]
 
 
+RECUR_S = 600.0  # a condition back this soon after it was last seen recurs: ``Engine._hold``
 CALM_MARGIN_S = 1e-3  # a deadline this near is left to a full evaluation (rounding)
 
 
@@ -213,6 +214,8 @@ class Engine:
     _explained_key: tuple[int, ...] = ()  # the revisions and judged key ``_explain`` saw
     revision: int = 0  # changes with what ``covered`` returns
     _holding: list[int] = field(default_factory=list)  # job scope: ranks working off-step
+    _recurs: dict[str, float] = field(default_factory=dict)  # fp -> hold of a flapping one
+    _cleared: dict[str, float] = field(default_factory=dict)  # fp -> last seen, if resolved
     trained_s: float = 0.0  # set by ``retire``: the longest any rank trained past warm-up
 
     def view(self, rank: int) -> Telemetry:
@@ -401,6 +404,7 @@ class Engine:
             last, hold = self._seen_at.get(fp, f.last_seen), self._hold(f, judged)
             if now - last >= hold:
                 self._seen_at.pop(fp, None)
+                self._cleared[fp] = last
                 resolved = replace(f, state="resolved", last_seen=now)
                 self._findings[fp] = resolved
                 self.revision += 1
@@ -443,13 +447,16 @@ class Engine:
 
     def _hold(self, f: Finding, judged: dict[int, RankInput]) -> float:
         """How long a finding stays active after its condition was last seen (seconds):
-        its window, at most a minute, scaled as the window is."""
+        its window, at most a minute, scaled as the window is; for one that came back
+        within ``RECUR_S`` of when its condition was last seen, at least twice the longest
+        such absence (at most ``RECUR_S``): a condition that comes and goes stays one
+        finding, not an alert at every return."""
         rule = self.rules.get(f.detector)
         if rule is None:
             return 0.0
         factor = max((scale(judged[r], rule) for r in f.ranks if r in judged),
                      default=1.0)
-        return min(rule.window_s, 60.0) * factor
+        return max(min(rule.window_s, 60.0) * factor, self._recurs.get(f.fingerprint, 0.0))
 
     def _explain(self, judged: dict[int, RankInput]) -> None:
         """Tell the detectors which findings are active and which conditions are detected
@@ -550,6 +557,12 @@ class Engine:
             return None
         self._seen_at.pop(fp, None)
         self._raised[fp] = d
+        if previous is not None and previous.state == "resolved":  # back after clearing
+            gap = since - self._cleared.pop(fp, previous.last_seen)
+            if gap <= RECUR_S:
+                self._recurs[fp] = min(max(self._recurs.get(fp, 0.0), 2 * gap), RECUR_S)
+            else:
+                self._recurs.pop(fp, None)
         first_seen = previous.first_seen if previous and previous.state == "active" else since
         wording = rule.variants.get(d.variant or "") or rule
         finding = Finding(
