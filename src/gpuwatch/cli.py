@@ -331,10 +331,10 @@ def _write_findings(out: Path) -> None:
     """After the run: every rank's log through the detectors, into findings.json."""
     from gpuwatch.detection.engine import JOB_DETECTORS
     from gpuwatch.detection.replay import analyze
-    from gpuwatch.runlog import write_whole
+    from gpuwatch.runlog import logs_in, write_whole
     from gpuwatch.sinks.report import findings_json
 
-    if not any(out.glob("run*.jsonl")):
+    if not logs_in(out):
         elsewhere = _logged_elsewhere(out)
         if elsewhere is None:
             _say(f"gpuwatch: no training process reported; nothing in {out}")
@@ -366,13 +366,13 @@ def _forget_elsewhere(out: Path) -> None:
 def _logged_elsewhere(out: Path) -> Path | None:
     """Where the job logged instead of ``out`` (its ``watch(out_dir=...)``), as its agent
     said in ``out``; None if it said nothing, or nothing is there."""
-    from gpuwatch.runlog import ELSEWHERE
+    from gpuwatch.runlog import ELSEWHERE, logs_in
 
     try:
         there = Path((out / ELSEWHERE).read_text(encoding="utf-8").strip())
     except (OSError, ValueError):
         return None
-    return there if there.is_dir() and any(there.glob("run*.jsonl")) else None
+    return there if there.is_dir() and logs_in(there) else None
 
 
 def _write_report(out: Path, findings: list[Any]) -> str:
@@ -465,18 +465,18 @@ def _terminal_foreground() -> bool:
 
 def live_fingerprints(out: Path) -> set[str]:
     from gpuwatch.records import Finding
-    from gpuwatch.runlog import RunLogReader
+    from gpuwatch.runlog import RunLogReader, logs_in
 
-    return {r.fingerprint for log in out.glob("run*.jsonl") for r in RunLogReader(log)
+    return {r.fingerprint for log in logs_in(out) for r in RunLogReader(log)
             if isinstance(r, Finding)}
 
 
 def _run_id(out: Path) -> str | None:
     """The run id the run's logs name (their meta line's ``run``); None if none does."""
     from gpuwatch.records import Meta
-    from gpuwatch.runlog import RunLogReader
+    from gpuwatch.runlog import RunLogReader, logs_in
 
-    for path in sorted(out.glob("run*.jsonl")):
+    for path in logs_in(out):
         with contextlib.suppress(OSError):
             for record in RunLogReader(path):
                 if isinstance(record, Meta) and record.run:

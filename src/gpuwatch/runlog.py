@@ -94,7 +94,7 @@ def attempt_of(name: str) -> int | None:
 
 def next_attempt(run_dir: Path) -> int:
     """The attempt after every one already logged in ``run_dir`` (0 for a new run)."""
-    seen = [a for p in run_dir.glob("run*.jsonl") if (a := attempt_of(p.name)) is not None]
+    seen = [a for p in logs_in(run_dir) if (a := attempt_of(p.name)) is not None]
     return max(seen) + 1 if seen else 0
 
 
@@ -170,6 +170,29 @@ def segments(path: Path) -> list[Path]:
             if k not in parts or name.endswith(".gz"):
                 parts[k] = p
     return [parts[k] for k in sorted(parts)]
+
+
+def logs_in(directory: Path) -> list[Path]:
+    """The run logs in ``directory`` (``run*.jsonl``), by name: each log's own file, or
+    its segments where that file is missing (its writer died between making the full
+    file a segment and making the next: the log is its segments). Empty if there are
+    none or it cannot be listed."""
+    try:
+        names = {p.name for p in directory.glob("run*.jsonl") if not is_segment(p.name)}
+    except OSError:
+        return []
+    names.update(f"{stem}.jsonl" for stem in _segment_names(directory)
+                 if stem.startswith("run"))
+    return [directory / name for name in sorted(names)]
+
+
+def log_bytes(path: Path) -> int:
+    """The bytes the log at ``path`` holds on disk: its segments' and its own file's."""
+    total = 0
+    for p in [*segments(path), path]:
+        with contextlib.suppress(OSError):
+            total += p.stat().st_size
+    return total
 
 
 # directory -> (its mtime (ns) when listed, segment names by their log's stem)
@@ -484,9 +507,11 @@ class RunLogReader:
             except FileNotFoundError:  # compressed or rotated between the listing and open
                 listed.clear()
                 races += 1
-                if races < FOLLOW_TRIES and (segment or any(
-                        _part_number(p.name) > read for p in segments(self.path))):
+                newer = any(_part_number(p.name) > read for p in segments(self.path))
+                if races < FOLLOW_TRIES and (segment or newer):
                     continue
+                if read >= 0 and not segment and not newer:
+                    return  # (its writer died mid-rotation: the log is its segments)
                 raise
             if any(_part_number(p.name) > read for p in segments(self.path)):
                 opened.close()  # rotated just now: its content is a segment to read first

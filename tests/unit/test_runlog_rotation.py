@@ -8,7 +8,14 @@ from pathlib import Path
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze, run_logs
 from gpuwatch.records import Sample, Step
-from gpuwatch.runlog import RunLogReader, RunLogWriter, compress, encode, segments
+from gpuwatch.runlog import (
+    RunLogReader,
+    RunLogWriter,
+    compress,
+    encode,
+    next_attempt,
+    segments,
+)
 from tests.scenarios import job, write
 
 
@@ -145,3 +152,25 @@ def test_a_log_of_more_segments_than_races_allowed_is_read_whole(tmp_path):
             b"".join(encode(r) for r in records[2 * k:2 * k + 2]), compresslevel=1))
     path.write_bytes(b"")
     assert list(RunLogReader(path)) == records
+
+
+def test_a_log_whose_writer_died_mid_rotation_is_read_from_its_segments(tmp_path):
+    """A writer killed between making its full file the next segment and making a new
+    file leaves the log's segments and no file of its own name: the log is found in its
+    directory, read whole, analysed as before, and a restart counts it as an attempt."""
+    j = job("nccl_hang")
+    plain = write(j.shape, tmp_path / "plain", job=j.name)
+    died = tmp_path / "died"
+    for p in plain:
+        writer = RunLogWriter(died / p.name, segment_bytes=64 << 10)
+        writer.write(list(RunLogReader(p)))
+        writer.close()
+    victim = died / plain[0].name
+    stem = victim.name.removesuffix(".jsonl")
+    victim.replace(died / f"{stem}.part{len(segments(victim)) + 1:05d}.jsonl")
+    assert not victim.exists()
+    assert [p.name for p in run_logs([died])] == [p.name for p in plain]
+    assert list(RunLogReader(victim)) == list(RunLogReader(plain[0]))
+    settings = Settings(**j.settings)
+    assert analyze([died], settings).findings == analyze([tmp_path / "plain"], settings).findings
+    assert next_attempt(died) == 1

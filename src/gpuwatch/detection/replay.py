@@ -32,7 +32,7 @@ from gpuwatch.config import ConfigError, Settings, replay_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.detection.step_digest import JOB_SOURCES, DigestRank, JobInput, StepDigester
 from gpuwatch.records import Finding, Meta, Record
-from gpuwatch.runlog import RunLogReader, is_segment
+from gpuwatch.runlog import RunLogReader, log_bytes, logs_in, segments
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 TICK_RECORDS = 65536  # the progress bar moves every this many records
@@ -57,15 +57,15 @@ def run_logs(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.glob("run*.jsonl") if not is_segment(f.name))
+            found = logs_in(p)
             if not found:
                 raise FileNotFoundError(f"no run*.jsonl run log in {p}")
-        elif p.exists():
+        elif p.exists() or segments(p):
             found = [p]
         else:
             raise FileNotFoundError(f"no such run log or directory: {p}")
         for f in found:
-            if not f.is_file():
+            if not f.is_file() and (f.exists() or not segments(f)):
                 raise FileNotFoundError(f"not a regular file: {f}")
         out += found
     return out
@@ -148,10 +148,10 @@ def _analyze(paths: list[Path], settings: Settings, workers: int,
     attempts: dict[int, list[Log]] = {}
     for log in logs:
         attempts.setdefault(log.attempt, []).append(log)
-    size = sum(p.stat().st_size for p in paths)
+    size = sum(log_bytes(p) for p in paths)
     parallel = workers > 1 and any(len(a) > 1 for a in attempts.values())
     if parallel:  # the logs of attempts with ranks to compare are read twice: digested first
-        size += sum(log.reader.path.stat().st_size for a in attempts.values() if len(a) > 1
+        size += sum(log_bytes(log.reader.path) for a in attempts.values() if len(a) > 1
                     for log in a)
     with _bar(size, progress, delay_s) as bar:
         if parallel:
@@ -344,7 +344,7 @@ def _progress(bar: tqdm[Any] | None, paths: dict[Future[Any], Path]) -> None:
     for future in as_completed(paths):
         future.result()
         if bar is not None:
-            bar.update(paths[future].stat().st_size)
+            bar.update(log_bytes(paths[future]))
 
 
 def _digest_log(path: Path, index: int, out: Path) -> Path:
