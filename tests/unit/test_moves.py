@@ -18,7 +18,7 @@ from gpuwatch.detection.catalogue import catalogue
 from gpuwatch.detection.engine import engine_from_settings
 from gpuwatch.detection.moves import Costs, OwnedCard, decide, price
 from gpuwatch.detection.projection import Inputs, Projection, StepParts, project, projection_text
-from gpuwatch.records import Event, Record
+from gpuwatch.records import Event, Finding, Record
 from tests.runs import GB, START, judge, meta, only, samples, steps, topology
 
 GPUS = catalogue()
@@ -273,5 +273,33 @@ def test_a_sync_bottleneck_whose_move_does_not_pay_is_fixed_here() -> None:
     assert pays.projection is not None and pays.projection["decision"]["rule"] == "cheaper"
     costly = only(judge(records, scope="job", prices={"H100 SXM": 100.0},
                         move_min_time_gain=50), "sync_bottleneck")
-    assert costly.verdict == "fix_here" and costly.action.startswith("A move does not pay")
+    assert costly.verdict == "fix_here" and costly.action.startswith("The move does not pay: ")
     assert costly.projection is not None and costly.projection["decision"]["rule"] is None
+
+
+def test_a_job_on_mixed_cards_is_projected_from_the_slowest_and_priced_at_each_ranks_own(
+) -> None:
+    """4 ranks bound by an all-reduce without P2P, rank 0 on an H100 PCIe and the rest on
+    RTX 5090s: rank 0's card was taken for every rank's, so the job read as four H100
+    PCIe cards (a move "cheaper" than today's price of four of them). The 5090s pace
+    every step, and today's price is the mean of the four cards'."""
+    def job(first_card: str) -> Finding:
+        records: list[Record] = []
+        for r in range(4):
+            card = first_card if r == 0 else "NVIDIA GeForce RTX 5090"
+            records += [meta(r, 4), topology(card, 80 * GB if r == 0 else 32 * GB, rank=r,
+                                             gpus=4),
+                        *steps(60, rank=r, compute_s=0.095, collective_s=0.06,
+                               collective_bytes=int(64e6))]
+        return only(judge(records, scope="job"), "sync_bottleneck")
+
+    pure, mixed = job("NVIDIA GeForce RTX 5090"), job("NVIDIA H100 PCIe")
+    assert pure.projection is not None and mixed.projection is not None
+    assert mixed.projection["current"] == "RTX 5090"
+    gpus = catalogue()
+    mean = (gpus["H100 PCIe"].price_per_hour + 3 * gpus["RTX 5090"].price_per_hour) / 4
+    assert mixed.projection["price_now_usd_per_hour"] == pytest.approx(mean)
+    assert "1 H100 PCIe" in mixed.projection["price_now_source"]
+    assert mixed.verdict == pure.verdict
+    assert mixed.projection["step_seconds_projected"] == pytest.approx(
+        pure.projection["step_seconds_projected"])

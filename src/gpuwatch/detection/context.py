@@ -139,8 +139,15 @@ class Context:
         the collective wait where the ranks were compared (``Inputs.transfer_s``)."""
         view = views[0]
         held = memory_held(view, since)  # (rank 0's in a job: what live and replay both see)
-        current = self.current_gpu(view)
-        card = card_bytes(view, current)
+        cards = [self.current_gpu(v) for v in views]
+        known = [g for g in cards if g is not None]
+        # ranks on different cards: the slowest paces every step, the smallest bounds
+        # what the job may hold
+        current = min(known, key=lambda g: (g.tensor_flops(self.precision),
+                                            g.memory_bandwidth), default=None)
+        paced = views[cards.index(current)] if current is not None else view
+        card = min((b for v, g in zip(views, cards, strict=True)
+                    if (b := card_bytes(v, g)) is not None), default=None)
         if fabric is None:
             fabric = inter_node_link(views)
         world = max(view.world_size, len(views))
@@ -161,7 +168,7 @@ class Context:
                            for v in views),
             link_now=link_now(views, current), units_per_step=units, unit=unit,
             remaining_steps=planned - view.steps_done if planned else None,
-            device_name=self.device_name(view), precision=self.precision,
+            device_name=self.device_name(paced), precision=self.precision,
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since),
             fabric=fabric, fabric_unseen=fabric is None and spans_nodes(views),
             host_staged=host_staged(views), memory_bytes=held, card_bytes=card,
@@ -181,7 +188,12 @@ class Context:
                                     "taken as its own (data parallel): with tensor or "
                                     "pipeline parallelism ranks share them, and each costs "
                                     "that degree more")
-        price(proj, self.costs)
+        if len({g.name for g in known}) > 1:
+            proj.assumptions.append(
+                "the job's ranks run on different cards: projected from the slowest, "
+                f"rank {paced.rank}'s {current.name if current else ''}, which paces every "
+                "step; priced now at each rank's own")
+        price(proj, self.costs, known)
         return proj
 
     def decide(self, proj: Projection, *, otherwise: Verdict,

@@ -19,7 +19,9 @@ knows. Otherwise the detector's own verdict (``fix_here`` or ``info``) stands.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,10 +86,12 @@ class Costs:
                      f"+ ${card.purchase_usd:,.0f} over {card.amortisation_years:g} years")
 
 
-def price(p: Projection, costs: Costs) -> None:
+def price(p: Projection, costs: Costs, cards: Sequence[Gpu] = ()) -> None:
     """Fill ``p.economics``: cost per step and per unit of work (per 1M tokens or samples
     when counted, else per step) now and on the target at each end of the range, and the
-    time to finish when the remaining steps are known."""
+    time to finish when the remaining steps are known. ``cards``: each rank's card where
+    the job's ranks run on different ones (priced now at their mean, not as
+    ``p.current`` on every rank)."""
     e: dict[str, Any] = {}
     per_unit = _per_unit(p)
     e["unit"] = p.inputs.unit
@@ -103,6 +107,11 @@ def price(p: Projection, costs: Costs) -> None:
         e[f"cost_per_unit_target{end}_usd"] = step_cost(parts.total, target_hourly) * per_unit
     if p.current is not None:
         hourly, source = costs.hourly(p.current, p.inputs.power_watts)
+        if len({card.name for card in cards}) > 1:
+            hourly = math.fsum(costs.hourly(card, p.inputs.power_watts)[0]
+                               for card in cards) / len(cards)
+            source = "the mean of the job's cards: " + ", ".join(
+                f"{n} {name}" for name, n in Counter(c.name for c in cards).most_common())
         e["price_now_usd_per_hour"], e["price_now_source"] = hourly, source
         e["cost_per_step_now_usd"] = step_cost(p.now.total, hourly)
         e["cost_per_unit_now_usd"] = e["cost_per_step_now_usd"] * per_unit

@@ -206,12 +206,13 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         return Detection(_priced(evidence, proj), ranks, text=text, projection=proj.as_dict(),
                          verdict="fix_here")
     elif ctx.decide(proj, otherwise="fix_here") != "move_to_h100":
+        why = proj.economics["decision"]["why"]
         text |= {"link": f"bandwidth-bound over {link_name}",
                  "outcome": f"; on {proj.target.name} with NVLink the step is projected "
                             f"{speedup_text(proj.as_dict())} faster",
-                 "advice": f"A move does not pay ({proj.economics['decision']['why']}): "
-                           "accumulate gradients over more micro-batches and overlap the "
-                           "all-reduce with backward."}
+                 "advice": f"{why[:1].upper()}{why[1:]}. Accumulate "
+                           "gradients over more micro-batches and overlap the all-reduce "
+                           "with backward."}
         return Detection(_priced(evidence, proj), ranks, text=text, projection=proj.as_dict(),
                          verdict="fix_here")
     else:
