@@ -572,3 +572,19 @@ def test_a_rank_busy_on_its_cpu_between_steps_works_unless_it_waits(
                        start=START + 60)])
     th = engine_from_settings(Settings(), "rank").rules["hang"].thresholds
     assert working_off_step(view, START + 90, th) is working
+
+
+def test_a_geforce_card_named_where_nvml_is_not_read_copies_through_host_memory() -> None:
+    """No NVML in the container, ``gpu_model`` naming an RTX 5090: four ranks on a host
+    wait 60 ms of each step in collectives of 400 MB. GeForce cards have no P2P between
+    them, so the bytes go through host memory (a quarter of the slot, shared by the
+    four): 100 ms a step, the wait itself. It was judged at the slot's full rate (6 ms:
+    "not the link's bandwidth, look for a misconfigured NCCL")."""
+    records = [r for r in ranks(4, nbytes=400e6)
+               if not (isinstance(r, Event) and r.name == "topology")]
+    f = only(judge(records, scope="job", gpu_model="RTX 5090"), "sync_bottleneck")
+    assert "through host memory" in f.summary and "not the link" not in f.summary
+    assert f.evidence["staged_bytes_per_second"] == pytest.approx(64e9 / 4 / 4)
+    assert f.evidence["link_seconds_per_step"] == pytest.approx(0.1)
+    h100 = only(judge(records, scope="job", gpu_model="H100 PCIe"), "sync_bottleneck")
+    assert "through host memory" not in h100.summary  # (P2P over PCIe: at the slot's rate)

@@ -300,3 +300,12 @@ def test_evidence_no_line_names_is_shown_in_its_own_unit() -> None:
                                     "p2p_bytes_per_step": 4e8, "slow_ranks": 2.0}))
     assert per_step["Transfer per step"] == "1.17 s"
     assert per_step["P2p per step"] == "400 MB" and per_step["Slow ranks"] == "2"
+
+
+def test_a_link_through_host_memory_shows_the_rate_its_seconds_are_at() -> None:
+    """"Link 63 GB/s ... Link per step 1.52 s" read as a contradiction (3 GB at 63 GB/s
+    is 48 ms): the seconds are at the host-staged rate, which the line now gives."""
+    lines = dict(evidence_lines({"link_bytes_per_second": 63e9,
+                                 "staged_bytes_per_second": 1.97e9,
+                                 "link_seconds_per_step": 1.52}))
+    assert lines == {"Link": "63 GB/s; through host memory 1.97 GB/s a GPU, 1.52 s a step"}

@@ -44,6 +44,7 @@ class Gpu:
     source: str
     source_date: str
     nvlink_built_in: bool = False  # the board carries its NVLink (SXM): never without it
+    peer_to_peer: bool = True  # copies between two such cards over PCIe (GeForce: none)
 
     @property
     def link_bandwidth(self) -> float:
@@ -84,7 +85,8 @@ def catalogue(prices: dict[str, float] | None = None) -> dict[str, Gpu]:
             pcie_gen=int(g["pcie_gen"]), power_watts=float(g["power_w"]),
             price_per_hour=prices.get(name, g["price_per_hour"]), price_source=price_source,
             source=g["source"], source_date=g["source_date"],
-            nvlink_built_in=bool(g.get("nvlink_built_in", False)))
+            nvlink_built_in=bool(g.get("nvlink_built_in", False)),
+            peer_to_peer=bool(g.get("peer_to_peer", True)))
     return out
 
 

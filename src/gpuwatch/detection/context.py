@@ -120,6 +120,20 @@ class Context:
             self._identified[name] = identify(name, self.gpus)
         return self._identified[name]
 
+    def declared_gpu(self, views: Sequence[RankInput]) -> Gpu | None:
+        """The card ``gpu_model`` names where no rank's GPU topology was read (NVML not
+        readable: a container without the device); None where one was, or none named."""
+        if any(job_devices(v) for v in views):
+            return None
+        return self._identify(self.gpu_model)
+
+    def host_staged(self, views: Sequence[RankInput]) -> bool:
+        """``host_staged``: as the topology says, or where none was read, as the declared
+        card's (``peer_to_peer``: GeForce cards copy between each other through host
+        memory)."""
+        declared = self.declared_gpu(views)
+        return host_staged(views) if declared is None else not declared.peer_to_peer
+
     def device_name(self, view: RankInput) -> str | None:
         """What NVML calls this rank's card (the configured model where NVML names none
         the catalogue knows)."""
@@ -171,7 +185,7 @@ class Context:
             device_name=self.device_name(paced), precision=self.precision,
             power_watts=_figure_mean(view, "nvml", "gpu_power_watts", since),
             fabric=fabric, fabric_unseen=fabric is None and spans_nodes(views),
-            host_staged=host_staged(views), memory_bytes=held, card_bytes=card,
+            host_staged=self.host_staged(views), memory_bytes=held, card_bytes=card,
             fix_first=fix_first,
             loader_bound=any("data_starvation" in self.explained.get(v.rank, ())
                              for v in views) or (self.loader_share > 0 and any(

@@ -17,6 +17,7 @@ topology seen, nothing tells bandwidth from the rest: ``info``, no move.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from gpuwatch.detection import skew
@@ -25,7 +26,6 @@ from gpuwatch.detection.context import (
     Detection,
     gpus_per_host,
     has_nvlink,
-    host_staged,
     inter_node_link,
     job_devices,
     mean_parts,
@@ -79,7 +79,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         evidence["achieved_bus_bytes_per_second"] = achieved
     link, link_name = slowest_link(views, th["inter_node_bytes_per_second"])
     seen = any(job_devices(v) for v in views)  # a topology from NVML
-    declared = ctx.current_gpu(views[0]) if not seen and ctx.gpu_model else None
+    declared = ctx.declared_gpu(views)
     if declared is not None and (link is None or declared.link_bandwidth < link):
         link = declared.link_bandwidth  # no topology, but the card is named: its own link
         link_name = (f"{'NVLink' if declared.nvlink_bandwidth else 'PCIe'} "
@@ -107,13 +107,19 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     unsized = mean.comm_bytes <= 0  # no collective's bytes were seen
     small = 0 < mean.comm_bytes < th["min_bytes_per_step"]
     rate = link
-    if host_staged(views):  # the GPUs' path through host memory, at its slowest (see
+    if ctx.host_staged(views):  # the GPUs' path through host memory, at its slowest (see
         # ``staged_floor``): the link, unless a fabric between nodes is slower still
-        within, within_name = slowest_link(views, th["inter_node_bytes_per_second"],
-                                           across_nodes=False)
-        floor = staged_floor(within, gpus_per_host(views)) if within is not None else None
+        if declared is None:
+            within, within_name = slowest_link(views, th["inter_node_bytes_per_second"],
+                                               across_nodes=False)
+            per_host = gpus_per_host(views)
+        else:  # (no topology: the card's slot, shared by the ranks on each host)
+            within, within_name = declared.link_bandwidth, link_name
+            per_host = max(Counter(v.host for v in views).values())
+        floor = staged_floor(within, per_host) if within is not None else None
         if floor is not None and (link is None or floor < link):
             rate, link_name = floor, within_name + " through host memory (no P2P between the GPUs)"
+            evidence["staged_bytes_per_second"] = floor  # (what ``link_seconds`` is at)
     needed = mean.comm_bytes / rate if rate and not unsized else None  # the link's seconds
     if needed is not None:
         evidence["link_seconds_per_step"] = needed

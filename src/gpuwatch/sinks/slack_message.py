@@ -137,6 +137,9 @@ EVIDENCE_LINES: tuple[tuple[str, str], ...] = (
     ("Collective wait", "{collective_share_ratio:pct} of step, {collective_seconds_per_step:s} "
                         "a step"),
     ("Collective traffic", "{collective_bytes_per_step:bytes} a step"),
+    ("Link", "{link_bytes_per_second:rate}; through host memory "
+             "{staged_bytes_per_second:rate} a GPU, {link_seconds_per_step:s} a step"),
+    ("Link", "{link_bytes_per_second:rate}, {link_seconds_per_step:s} a step"),
     ("Wait spread across ranks", "{collective_share_spread_ratio:pct}"),
     ("Remaining", "{remaining_steps:n} steps: {remaining_hours_now:h} here, "
                   "{remaining_hours_target:h} on the target"),
