@@ -1027,3 +1027,14 @@ def test_training_batch_cuts_follow_the_size_that_trained() -> None:
     assert restored.cut == (32, 24)
     restored.change(24, 32, 2.0, steps=200)  # back up: the cut is over
     assert restored.cut is None
+
+
+def test_a_job_of_several_ranks_has_one_time_to_finish(tmp_path: Path) -> None:
+    """Four ranks with days to go: every rank's engine told its own time to finish, four
+    findings with numbers a little apart (the report showed them all). The ranks step
+    together, so rank 0's is the job's."""
+    shape = Shape(step_s=2.0, duration_s=300, world=4, gpu=RTX_5090, collective_share=0.05,
+                  memory=Memory(18, 10), total_steps=400_000)
+    found = [f for f in analyze(write(shape, tmp_path), Settings()).findings
+             if f.detector == "iteration_speed"]
+    assert [f.ranks for f in found] == [[0]]
