@@ -31,6 +31,7 @@ from gpuwatch.runlog import (
     next_attempt,
 )
 from tests.runs import START, meta, samples, steps
+from tests.scenarios import RTX_5090, Memory, Shape, simulate
 from tests.wait import wait_for
 
 
@@ -348,3 +349,25 @@ def test_the_newest_attempt_states_the_run(tmp_path: Path) -> None:
     again = starved(tmp_path / "still", 0.6)
     assert [f.state for f in again] == ["active"] and again[0].first_seen > restarted
     assert again[0].evidence["data_share_ratio"] == pytest.approx(0.6, abs=0.02)
+
+
+def test_a_job_wide_condition_after_an_elastic_restart_on_fewer_ranks_is_one_finding(
+        tmp_path: Path) -> None:
+    """8 RTX 5090s bound by their all-reduce through host memory, restarted (elastic) on
+    6: the move was reported twice, for ranks 0-7 (resolved) and 0-5 (active), the same
+    condition of the same job; it is the newest attempt's, once."""
+    def attempt(world: int, number: int, offset: float) -> None:
+        shape = Shape(step_s=3.0, duration_s=600, world=world, gpu=RTX_5090,
+                      collective_share=0.4, collective_bytes=int(3e9), memory=Memory(26, 14))
+        for rank, records in enumerate(simulate(shape)):
+            moved = [replace(r, attempt=number, started=r.started + offset)
+                     if isinstance(r, Meta) else replace(r, t=r.t + offset)
+                     if hasattr(r, "t") else r for r in records]
+            suffix = f".attempt{number}" if number else ""
+            write_log(tmp_path / f"run-rank{rank}{suffix}.jsonl", moved)
+
+    attempt(8, 0, 0.0)
+    attempt(6, 1, 700.0)
+    sync = [f for f in analyze([tmp_path], Settings()).findings
+            if f.detector == "sync_bottleneck"]
+    assert [(f.ranks, f.state) for f in sync] == [(list(range(6)), "active")]

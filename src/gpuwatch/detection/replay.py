@@ -466,8 +466,8 @@ def _accepted(settings: Settings) -> bool:
 
 def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:
     """Every attempt's findings, the newest attempt's standing for the run: an earlier
-    attempt's finding the same condition (fingerprint) shows again later gives way to
-    the later one, and one still active when its attempt ended was ended by the
+    attempt's finding the same condition (``_condition``) shows again later gives way
+    to the later one, and one still active when its attempt ended was ended by the
     restart (resolved) once a later attempt trained long enough to be judged
     (``JUDGED_S``): a restart that died at start-up resolves nothing."""
     later: set[str] = set()
@@ -475,9 +475,16 @@ def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:
     findings: list[Finding] = []
     for rank_engines, job_engine in reversed(attempts):
         mine = [f for e in [*rank_engines, job_engine] for f in e.findings.values()
-                if f.fingerprint not in later]
+                if _condition(f, len(rank_engines)) not in later]
         findings += [replace(f, state="resolved") if judged and f.state == "active" else f
                      for f in mine]
-        later.update(f.fingerprint for f in mine)
+        later.update(_condition(f, len(rank_engines)) for f in mine)
         judged = judged or max((e.trained_s for e in rank_engines), default=0.0) >= JUDGED_S
     return sorted(findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.first_seen, f.detector))
+
+
+def _condition(f: Finding, ranks: int) -> str:
+    """What a finding is of, across attempts: its fingerprint, or for one that names
+    every rank of its attempt, its detector (a job restarted on fewer or more ranks
+    that shows the same job-wide condition again shows that condition, not another)."""
+    return f"{f.detector}|every rank" if ranks > 1 and len(f.ranks) >= ranks else f.fingerprint
