@@ -196,9 +196,9 @@ def test_days_to_go_on_eight_gpus_whose_collectives_were_not_seen_is_no_move() -
     """FSDP on 8 cards, none of its collectives seen: what reads as compute may be
     communication, which faster math does not shorten, so no move on time or cost. The
     job is as large as the scale-out: no "scaled out" clause."""
-    records = [meta(3, 8), topology("NVIDIA GeForce RTX 5090", 32 * GB, rank=3, gpus=8),
-               *steps(60, wall=0.5, rank=3),
-               *samples("nvml", 60, {"gpu_utilization_ratio": 0.97}, rank=3, gpu=3)]
+    records = [meta(0, 8), topology("NVIDIA GeForce RTX 5090", 32 * GB, rank=0, gpus=8),
+               *steps(60, wall=0.5, rank=0),
+               *samples("nvml", 60, {"gpu_utilization_ratio": 0.97}, rank=0, gpu=0)]
     f = only(judge(records, total_steps=1_000_000), "iteration_speed")
     assert f.verdict == "info" and f.projection is not None
     assert "no collective seen on 8 GPUs" in f.projection["decision"]["why"]

@@ -856,13 +856,13 @@ def test_ranks_waiting_for_a_straggler_are_projected_at_its_pace(tmp_path: Path)
 def test_a_straggler_s_own_slowness_is_no_reason_to_move(tmp_path: Path) -> None:
     """Rank 2 of four L40S computes 1.7x as long as the others (throttled, say): its own
     projection would count the fault as compute a faster card shortens. While a straggler
-    holds the job, no rank's time to finish says move: fix it first."""
+    holds the job, its time to finish (rank 0's) says no move: fix it first."""
     shape = Shape(step_s=1.0, duration_s=1500, world=4, gpu=L40S, slow_rank=2,
                   slow_factor=1.7, collective_share=0.03, total_steps=1_000_000)
     found = analyze(write(shape, tmp_path), Settings()).findings
     assert only(found, "straggler").ranks == [2]
     speeds = [f for f in found if f.detector == "iteration_speed"]
-    assert {r for f in speeds for r in f.ranks} == {0, 1, 2, 3}
+    assert [f.ranks for f in speeds] == [[0]]
     assert all(f.verdict != "move_to_h100" for f in speeds)
     assert all("straggler" in (f.projection or {})["decision"]["why"]
                for f in speeds)
