@@ -6,10 +6,12 @@ Two nets, both applied by :func:`redact`:
   environment variable (``register_environ``) is replaced in every form a platform
   or a library may print it: as given, stripped (a Kubernetes secret made
   ``--from-file`` ends in a newline), JSON-escaped, URL-quoted, ``repr``-escaped;
-- by shape: URL passwords (``https://user:pw@host``), Slack webhook paths,
+- by shape: URL passwords (``https://user:pw@host``) and tokens as a URL's user
+  (``https://<40 hex>@github.com``, ``https://TOKEN:x-oauth-basic@...``), Slack, Discord
+  and Teams webhook paths, connection strings' ``;PWD=``, ``--login user:pw``,
   ``--token X`` / ``--token=X`` arguments and ``API_KEY=X`` assignments whose name
   says secret, and tokens whose issuers give them a telling prefix (``hf_``, ``ghp_``,
-  ``AKIA``, ``sk-``, ``xoxb-``, JWTs...) wherever they stand.
+  ``glsa_``, ``AKIA``, ``sk-``, ``xoxb-``, JWTs...) wherever they stand.
 
 This module is in the lowest layer: everything above may call it, it calls nothing.
 """
@@ -27,10 +29,12 @@ from urllib.parse import quote, quote_plus, unquote_plus
 
 MASK = "***"
 MIN_SECRET_CHARS = 6  # shorter values are too likely to occur by chance to replace
-# (token and auth as words of their own: not max_tokens, tokenizer, pad_token_id, author)
+# (token and auth as words of their own: not max_tokens, tokenizer, pad_token_id, author;
+# authorization as a name's last word: not --authorization-url)
 _SECRET_WORDS = r"(?:token(?![a-z]|[-_]ids?(?![a-z]))|secret|passw(?:or)?d|passphrase|" \
                 r"(?<=[-_.])pwd|" \
                 r"api[-_]?key|access[-_]?key|private[-_]?key|auth(?![a-z])|credential|" \
+                r"authori[sz]ation(?![\w.-])|" \
                 r"webhook|cookie|session[-_]?key|signature|dsn(?![a-z])|" \
                 r"(?:account|storage|encryption|signing|master)[-_]?key)"
 # Whole names that say secret though their words alone do not: --key, --wandb-key,
@@ -39,13 +43,16 @@ _SECRET_WORDS = r"(?:token(?![a-z]|[-_]ids?(?![a-z]))|secret|passw(?:or)?d|passp
 _PROVIDER_KEY = (r"(?:wandb|openai|anthropic|comet|neptune|clearml|ssh|hf|huggingface|cohere|"
                  r"mistral|groq|pinecone|replicate|openrouter|datadog|sentry|kaggle|github|"
                  r"gitlab|slack|stripe|twilio|aws|azure|gcp|hmac|license|licence|ngrok|"
-                 r"together|fireworks|deepseek|voyage|elastic)[-_.]?(?:api[-_]?)?key")
-_SECRET_NAMES = (rf"(?:key|pw|pat|bearer|{_PROVIDER_KEY}|creds?|(?:(?:db|database|sql|mysql|"
-                 r"postgres|pg|redis|mongo|admin|user|root|ldap|smtp|mail|ftp|ssh|proxy)[-_])?"
+                 r"together|fireworks|deepseek|voyage|elastic|sa|gcs)[-_.]?(?:api[-_]?)?key")
+_SECRET_NAMES = (rf"(?:key|pw|pat|bearer|jwt|psk|otp|sas|{_PROVIDER_KEY}|creds?|"
+                 r"(?:(?:db|database|sql|mysql|postgres|pg|redis|mongo|admin|user|root|ldap|"
+                 r"smtp|mail|ftp|ssh|proxy)[-_])?"
                  r"pass)")
 # Not a secret's name though it holds a secret word: a measure of one (--token-budget,
-# --session-key-len), a tokenizer's special token (--pad-token).
-_NOT_SECRET = (r"(?![\w.-]*[-_.](?:len|length|budget|limit|count|size|num|max|min|dim)s?"
+# --session-key-len), a kind of one (--auth-mode, --token-type), a tokenizer's special
+# token (--pad-token).
+_NOT_SECRET = (r"(?![\w.-]*[-_.](?:len|length|budget|limit|count|size|num|max|min|dim|"
+               r"mode|type|method|scheme)s?"
                r"(?![\w.-]))(?!(?:[\w.-]*[-_.])?(?:pad|eos|bos|unk|sep|cls|mask)[-_]?token)")
 # A name holding a secret word, matched in linear time: a lookahead finds the word, then
 # the name is taken whole and never given back (nested "[\w.-]*" around the word made
@@ -59,14 +66,37 @@ SECRET_NAME = re.compile(rf"(?i)^(?:{_WORDY}|{_SECRET_NAMES})$")
 # and "@" unescaped; a port is no password: host:8443/path@x)
 _URL_PASSWORD = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*+://[^\s/:@]*+):"
                            r"(?!\d+(?:/|$))(\S{1,512})@")  # (bounded: linear time)
-# (its path as written, or URL-encoded)
-_SLACK_HOOK = re.compile(r"(?i)(hooks\.slack\.com(?:/|%2F)(?:services|workflows|triggers)"
-                         r"(?:/|%2F))[^\s\"'<>&]+")
-# Tokens whose issuers give them a prefix: Hugging Face, GitHub, GitLab, AWS access key
-# ids, OpenAI/Anthropic-style keys, Slack, Google API keys, JWTs.
+# A token as a URL's user: https://<40 hex>@github.com, https://TOKEN:x-oauth-basic@...,
+# a Sentry DSN's key: 20 or more letters, digits, "_", "-" or "~" with a digit and a
+# letter, or 16 or more with a digit, a capital and a small letter (not git@, jane.doe@,
+# build-bot-2024@)
+_URL_TOKEN_USER = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]*+://)"
+                             r"(?:(?:(?=[\w~-]*?\d)(?=[\w~-]*?[A-Za-z])[\w~-]{20,}+|"
+                             r"(?=[\w~-]*?\d)(?=[\w~-]*?[A-Z])(?=[\w~-]*?[a-z])[\w~-]{16,}+)"
+                             r"(?=@|:[^\s/@]{1,512}@)|[^\s/:@]++(?=:x-oauth-basic@))")
+# Webhook paths: Slack, Discord, Microsoft Teams (as written, or URL-encoded)
+_S = r"(?:/|%2F)"
+_WEBHOOK = re.compile(rf"(?i)((?:hooks\.slack\.com{_S}(?:services|workflows|triggers)|"
+                      rf"(?<![\w-])(?:(?:ptb|canary)\.)?discord(?:app)?\.com{_S}api"
+                      rf"(?:{_S}v\d+)?{_S}webhooks|\.webhook\.office\.com{_S}webhookb2|"
+                      rf"outlook\.office(?:365)?\.com{_S}webhook){_S})[^\s\"'<>&]+")
+# An ODBC or ADO.NET connection string's password: Driver=...;UID=sa;PWD=x; (a value in
+# braces whole: PWD={a;b}). Only after a ";": PWD=/home/me is the shell's directory.
+_CONN_PWD = re.compile(r"(?i)((?<=;)\s*+(?:pwd|password)\s*=\s*)(?:\{[^}\r\n]*+\}?|"
+                       r"[^;\r\n\"']*+)")
+# --login user:pw, --user=user:pw, -u user:pw (curl's, a registry's): the part after the
+# colon (not a uid:gid or a port: digits alone)
+_LOGIN_OPTION = r"(?:--?(?:login|user)|-u)"
+_LOGIN = re.compile(rf"(?i)((?<![\w.-]){_LOGIN_OPTION}(?:\s+|=)[\"']?[^\s:@/\"']{{1,64}}:)"
+                    r"(?!//)(?!\d+(?![^\s\"']))[^\s\"']+")
+_USER_PASSWORD = re.compile(r"([^\s:@/\"']{1,64}:)(?!//)(?!\d+$)(.+)", re.DOTALL)
+# Tokens whose issuers give them a prefix: Hugging Face, GitHub, GitLab, Grafana (service
+# accounts' glsa_, Cloud's glc_), AWS access key ids, OpenAI/Anthropic-style keys, Slack,
+# Google API keys, JWTs.
 _TOKEN = re.compile(r"(?:(?<![\w-])|(?<=%22)|(?<=%27))"  # (URL-quoted too)
                     r"(?:hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}|"
-                    r"github_pat_\w{20,}|glpat-[\w-]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])|"
+                    r"github_pat_\w{20,}|glpat-[\w-]{20,}|glsa_\w{10,}|glc_[\w+/=-]{20,}|"
+                    r"(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])|"
                     r"sk-(?:proj|ant|svcacct|admin)-[\w-]{20,}|sk-[A-Za-z0-9]{32,}|"
                     r"xox[abeprs]-[\w-]{10,}|AIza[\w-]{35}|"
                     r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,})")
@@ -180,8 +210,11 @@ def _decoded_if_secret(match: re.Match[str]) -> str:
 
 def _redact_plain(text: str) -> str:
     """``redact`` without decoding."""
+    text = _URL_TOKEN_USER.sub(rf"\1{MASK}", text)
     text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
-    text = _SLACK_HOOK.sub(rf"\1{MASK}", text)
+    text = _WEBHOOK.sub(rf"\1{MASK}", text)
+    text = _CONN_PWD.sub(_masked_value, text)
+    text = _LOGIN.sub(_masked_value, text)
     text = _TOKEN.sub(MASK, text)
     text = _BEARER.sub(rf"\1{MASK}", text)
     text = _HEADER.sub(rf"\1\2{MASK}", text)
@@ -210,15 +243,22 @@ def _masked_value(match: re.Match[str]) -> str:
 # lower-case words, or a few letters after one dash. A secret's value that starts with
 # "-" (one random token in 64 does) has digits or capitals in it.
 _FLAG = re.compile(r"--[a-z][a-z0-9_.-]*(=.*)?|-[a-z]{1,6}", re.DOTALL)
+_LOGIN_ARG = re.compile(_LOGIN_OPTION, re.IGNORECASE)
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:
     """A command line safe to record: the whole value of a secret-named option masked
-    (``--hf-token X``, ``--token=X``, ``KEY=X``, whatever the value holds), then each
-    argument redacted."""
+    (``--hf-token X``, ``--token=X``, ``KEY=X``, whatever the value holds), the password
+    of ``--login user:pw`` (``--user``, ``-u``), then each argument redacted."""
     out: list[str] = []
-    hide_next = False
+    hide_next = login_next = False
     for arg in argv:
+        if login_next:  # (--login user:pw: the part after the colon)
+            login_next = False
+            if match := _USER_PASSWORD.fullmatch(arg):
+                out.append(f"{match[1]}{MASK}")
+                continue
+        login_next = bool(_LOGIN_ARG.fullmatch(arg))
         if hide_next:
             hide_next = False
             if not _FLAG.fullmatch(arg):  # (a flag after a secret-named switch is its own;

@@ -90,6 +90,22 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     ("whole-name-option", "--key=abcdefSECRET4 and DB_PASS=hunterSECRET5", "SECRET"),
     ("url-quoted-token", "body=%7B%22token%22%3A+%22hf_abcdefghijklmnopqrstuvwxyzABCDEFGH%22%7D",
      "hf_abcdefghij"),
+    ("grafana-service-account-token", "push with glsa_abcdef0123456789 failed",
+     "glsa_abcdef0123456789"),
+    ("grafana-token-in-a-query", "https://grafana.example/?auth_token=glsa_abcdef0123456789",
+     "abcdef0123456789"),
+    ("token-as-the-url-user", "clone https://0123456789abcdef0123456789abcdef01234567@"
+     "github.com/acme/data.git", "0123456789abcdef"),
+    ("token-as-the-url-user-before-x-oauth-basic",
+     "https://Q3v9Zr7KpXw2Lm8NtY4a:x-oauth-basic@github.com/acme", "Q3v9Zr7KpXw2Lm8NtY4a"),
+    ("odbc-connection-string-pwd", "Driver={ODBC 18};Server=db;UID=sa;PWD=Tr0ub4dor-and-3;",
+     "Tr0ub4dor"),
+    ("odbc-pwd-in-braces", "Server=db;Uid=sa;Pwd={Tr0ub;4dor};Encrypt=yes", "4dor"),
+    ("login-user-password", "docker login --login ci:Tr0ub4dorLogin -x", "Tr0ub4dorLogin"),
+    ("discord-webhook", "POST https://discord.com/api/webhooks/1234567/AbCdTr0ub4dorHook failed",
+     "AbCdTr0ub4dorHook"),
+    ("teams-webhook", "https://acme.webhook.office.com/webhookb2/Tr0ub4dorTeams@x/Incoming",
+     "Tr0ub4dorTeams"),
 ]
 
 
@@ -106,7 +122,11 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     "design=sig, signal=1, sigma=0.5", "--sort-key loss --csv-img-key filepath",
     "--data.sort.key=len --trainer.sig=1 --sig 3.0",
     "FROM python:3.11-slim@sha256:4c2c0a5b", "image ubuntu:22.04@sha256:0eb0f877",
-    "contact mailto:alice@example.com", "git@github.com:org/repo.git"])
+    "contact mailto:alice@example.com", "git@github.com:org/repo.git",
+    "https://git@github.com/org/repo.git", "ssh://jane.doe@host.example/x",
+    "ftp://anonymous@ftp.example.org/pub", "https://build-bot-2024@ci.example/x",
+    "docker run --user 1000:1000 img", "PWD=/home/me; cd x", "--auth-mode login",
+    "see https://discord.com/channels/123/456"])
 def test_ordinary_words_paths_and_hashes_are_no_secrets(text: str) -> None:
     assert redact.redact(text) == text
 
@@ -116,7 +136,10 @@ def test_options_named_like_keys_are_not_all_secret() -> None:
             "--keys", "a,b", "--max-tokens", "4096", "--tokenizer", "gpt2", "--author", "alice",
             "--pad_token_id", "0", "--first-pass", "3", "--data.sort.key=len",
             "--trainer.sig", "1", "--sig", "3.0", "--use_auth_token", "--model", "gpt2",
-            "--token-budget", "4096", "--session-key-len", "32", "--pad-token", "0"]
+            "--token-budget", "4096", "--session-key-len", "32", "--pad-token", "0",
+            "--auth-mode", "login", "--token-type", "bearer", "--auth_method", "oauth",
+            "--authorization-url", "https://auth.example/authorize", "--user", "1000:1000",
+            "--login", "alice", "ssh://git@host.example/x.git"]
     assert redact.redact_argv(argv) == argv  # (a switch's next word that is a flag: a flag)
     assert not [n for n in ("SSL_KEY_FILE", "PRIMARY_KEY_COLUMN", "KEYBOARD", "PASSES")
                 if redact.SECRET_NAME.match(n)]
@@ -177,6 +200,16 @@ ARGV = [  # (row id, command line, the secret)
                             "ARGSECRET17"], "ARGSECRET17"),
     ("sentry-dsn", ["train.py", "--sentry-dsn", "https://ARGSECRET18@o1.ingest.sentry.io/1"],
      "ARGSECRET18"),
+    ("token-as-the-url-user", ["train.py", "--data", "https://0123456789abcdef0123456789abcd"
+                               "ef01234567@github.com/acme/data.git"], "0123456789abcdef"),
+    ("odbc-pwd", ["train.py", "--conn", "Driver={ODBC};Server=db;UID=sa;PWD=Tr0ub4dor-and-3;"],
+     "Tr0ub4dor"),
+    ("authorization-option", ["train.py", "--authorization", "ARGSECRET19zz"], "ARGSECRET19"),
+    ("token-as-the-username-before-x-oauth-basic",
+     ["train.py", "--repo", "https://ARGSECRET20zz:x-oauth-basic@github.com"], "ARGSECRET20"),
+    ("login-user-password", ["train.py", "--login", "user:ARGSECRET21zz"], "ARGSECRET21"),
+    ("discord-webhook", ["train.py", "--notify-url",
+                         "https://discord.com/api/webhooks/123/ARGSECRET22zz"], "ARGSECRET22"),
 ]
 
 
