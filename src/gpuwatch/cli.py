@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpuwatch._version import __version__
 from gpuwatch.config import ConfigError, Settings, disabled, load_settings
-from gpuwatch.redact import redact
+from gpuwatch.redact import mask_url, redact
 
 if TYPE_CHECKING:
     from gpuwatch.detection.compare import Comparison
@@ -588,7 +588,7 @@ def cmd_dashboards_push(args: argparse.Namespace) -> int:
     from gpuwatch.grafana import push
 
     grafana = load_settings().grafana
-    url = args.url or grafana.url
+    url = args.url or (grafana.url.get_secret_value() if grafana.url else None)
     if not url:
         raise UserError("dashboards push needs a Grafana URL: --url or GPUWATCH_GRAFANA__URL")
     try:
@@ -601,9 +601,9 @@ def cmd_dashboards_push(args: argparse.Namespace) -> int:
     try:
         pushed = push(url, token, args.folder or grafana.folder)
     except Exception as exc:  # HTTP and connection errors: one line, token never shown
-        raise UserError(f"dashboards push to {url} failed: {type(exc).__name__}: "
+        raise UserError(f"dashboards push to {mask_url(url)} failed: {type(exc).__name__}: "
                         f"{exc}") from None  # main() redacts the token in every form
-    print(redact(f"pushed {', '.join(pushed)} to {url}"))
+    print(redact(f"pushed {', '.join(pushed)} to {mask_url(url)}"))
     return 0
 
 
@@ -621,7 +621,7 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
 
     rules = load_rules()
     url = load_settings(**({"runbook_url": args.runbook_url} if args.runbook_url else {})
-                        ).runbook_url  # (the flag checked as the setting is)
+                        ).runbook_url.get_secret_value()  # (the flag checked as the setting is)
     args.dir.mkdir(parents=True, exist_ok=True)
     outputs = {args.dir / RULES_FILE: prometheus_rules(rules, url),
                args.dir / TESTS_FILE: promtool_tests(rules, url)}

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Secret,
+    SecretStr,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,7 +38,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from gpuwatch.redact import SECRET_NAME, redact, register, register_environ
+from gpuwatch.redact import SECRET_NAME, mask_url, redact, register, register_environ
 
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 # The agent thread's shortest period (s): a shorter one keeps it busy, holding the GIL the
@@ -51,6 +60,26 @@ def _no_nul(path: Path) -> Path:
 
 # A file-system path: one the OS can open (no NUL), or the setting is an error.
 FsPath = Annotated[Path, AfterValidator(_no_nul)]
+
+
+class SecretUrl(Secret[str]):
+    """A URL that may carry credentials (``https://user:pw@host``, a token as its user,
+    ``?auth_token=``). ``repr``, ``str``, JSON dumps and validation errors show it with
+    them masked (``mask_url``); ``get_secret_value()`` is the URL itself, for the code
+    that connects with it."""
+
+    def _display(self) -> str:
+        return mask_url(self.get_secret_value())
+
+
+def _http_url(url: SecretUrl) -> SecretUrl:
+    if not re.match(r"https?://", url.get_secret_value()):
+        raise PydanticCustomError("url_scheme", "an http:// or https:// URL")
+    return url
+
+
+# A URL a person opens (the runbooks): http:// or https://.
+HttpUrl = Annotated[SecretUrl, AfterValidator(_http_url)]
 
 
 SECRET_FILE_BYTES = 64 * 1024  # a token or a webhook URL: more is no secret file
@@ -115,7 +144,7 @@ class GrafanaSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = None
+    url: SecretUrl | None = None
     token: SecretStr | None = None
     token_file: FsPath | None = None
     folder: str = Field(default="gpuwatch", min_length=1)
@@ -145,7 +174,7 @@ class SlackSettings(BaseModel):
     verdicts: list[Literal["move_to_h100", "fix_here", "info"]] = Field(
         default=["move_to_h100", "fix_here"])  # pydantic copies the default per instance
     silence: list[str] = Field(default_factory=list)  # detectors never re-notified
-    grafana_url: str | None = None
+    grafana_url: SecretUrl | None = None  # (shown in messages with its credentials masked)
 
     def url(self) -> str | None:
         """The webhook: ``webhook_url``, else the first line of ``webhook_url_file``."""
@@ -287,9 +316,9 @@ class Settings(BaseSettings):
     peers_interval_s: float = Field(default=5.0, ge=0, le=600,
                                     description="Cross-rank summaries through the c10d store "
                                                 "(0: off).")
-    runbook_url: str = Field(
-        default="https://github.com/gpuwatch/gpuwatch/blob/main/docs/runbooks.md",
-        pattern=r"^https?://", description="Absolute URL of docs/runbooks.md: alerts link "
+    runbook_url: HttpUrl = Field(
+        default=SecretUrl("https://github.com/gpuwatch/gpuwatch/blob/main/docs/runbooks.md"),
+        description="Absolute URL of docs/runbooks.md: alerts link "
                                            "to <runbook_url>#<detector>.")
     exporter: ExporterSettings = Field(default_factory=ExporterSettings,
                                        description="Prometheus endpoint of each process.")
@@ -433,6 +462,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         value = err.get("input")
         secret = (bool(loc) and loc[0] in _SECRET_SECTIONS) or any(SECRET_NAME.match(p)
                                                                   for p in loc)
+        if isinstance(value, str) and ("://" in value or "@" in value):
+            value = mask_url(value)  # (a URL's user may be a token: git://TOKEN@host)
         shown = (not secret and isinstance(value, (int, float, str, type(None)))
                  and len(repr(value)) <= 80)
         msg = PATTERN_HELP.get(key, err["msg"]) if err["type"] == "string_pattern_mismatch" \
@@ -442,8 +473,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 # What a setting's pattern asks, in words (a regular expression is no message).
-PATTERN_HELP = {"job": "no slash, backslash or control character (it names a directory)",
-                "runbook_url": "an http:// or https:// URL"}
+PATTERN_HELP = {"job": "no slash, backslash or control character (it names a directory)"}
 
 
 def describe_settings_error(exc: SettingsError, environ: Mapping[str, str]) -> str:

@@ -194,6 +194,28 @@ def redact(text: str) -> str:
     return _redact_plain(text)
 
 
+# A URL's user and password (its authority up to the last "@"), and a query or fragment
+# parameter (?auth_token=X, #access_token=X)
+_AUTHORITY_USER = re.compile(r"^(\s*+[A-Za-z][A-Za-z0-9+.-]*+://)[^/?#\s]*@")  # (anchored)
+_PARAMETER = re.compile(r"([?&;#])([^=&;#\s]++)=([^&;#\s]*+)")
+
+
+def mask_url(url: str) -> str:
+    """``url`` as it may be shown: its user and password masked whole (a token may be the
+    user: ``https://***@host``), the value of each query or fragment parameter whose name
+    says secret (``?auth_token=***``), then whatever else ``redact`` finds."""
+    url = _AUTHORITY_USER.sub(rf"\1{MASK}@", url, count=1)
+    url = _PARAMETER.sub(_masked_parameter, url)
+    return redact(url)
+
+
+def _masked_parameter(match: re.Match[str]) -> str:
+    name = unquote_plus(match[2])
+    if match[3] and (SECRET_NAME.match(name) or _ENV_SECRET.search(name)):
+        return f"{match[1]}{match[2]}={MASK}"
+    return match[0]
+
+
 def _decoded_if_secret(match: re.Match[str]) -> str:
     """A run of text as it was, or, where it is URL-encoded and decoding shows a secret
     (``postgresql%3A%2F%2Fuser%3Apw%40host``), decoded and redacted."""

@@ -328,10 +328,12 @@ def test_a_command_line_holding_a_secret_names_no_job_and_errors_after_it(
     assert code == 127 and "RUNSECRET" not in err and "command not found" in err
 
 
-def test_a_password_in_the_runbook_url_stays_out_of_the_alert_rules() -> None:
+def test_a_password_or_a_token_in_the_runbook_url_stays_out_of_the_alert_rules() -> None:
     from gpuwatch.detection.alerts import lifecycle_alerts
     rules = json.dumps(lifecycle_alerts("https://wiki:W1kiPassw0rd@wiki.example/runbooks.md"))
     assert "W1kiPassw0rd" not in rules and "wiki.example/runbooks.md#run_vanished" in rules
+    rules = json.dumps(lifecycle_alerts("https://wikitok3n@wiki.example/runbooks.md"))
+    assert "wikitok3n" not in rules and "wiki.example/runbooks.md#run_vanished" in rules
 
 
 @pytest.mark.parametrize("unit", ["secret", "cookie", "token.", "password", "x-", "a-", "--a",

@@ -25,7 +25,7 @@ from tests.webhook import webhook
 pytestmark = pytest.mark.integration
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 AMTOOL = shutil.which("amtool")
-RUNBOOK = Settings().runbook_url
+RUNBOOK = Settings().runbook_url.get_secret_value()
 
 
 def as_prometheus_sends(alertname: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ PROMTOOL = shutil.which("promtool")
 AMTOOL = shutil.which("amtool")
 RULES_DIR = ROOT / "detectors" / "prometheus"
 DEPLOY = ROOT / "deploy"
-RUNBOOK = Settings().runbook_url
+RUNBOOK = Settings().runbook_url.get_secret_value()
 
 
 def tool(name: str | None) -> str:

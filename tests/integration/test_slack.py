@@ -227,6 +227,25 @@ def test_a_password_in_the_grafana_url_never_reaches_slack(tmp_path: Path) -> No
     assert "grafana.example/d/" in raw  # the link is there, its password masked
 
 
+def test_credentials_in_the_grafana_url_setting_never_reach_slack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """slack.grafana_url is shown, never used whole: a token as its user (which no shape
+    of a password finds) or in its query stays out of the message."""
+    from gpuwatch import cli
+
+    (tmp_path / "run.jsonl").write_text(json.dumps(
+        {"kind": "meta", "schema": 1, "gpuwatch": "t", "job": "gpt", "host": "h", "rank": 0,
+         "local_rank": 0, "world_size": 1, "pid": 1, "started": 1.0, "argv": []}) + "\n")
+    with webhook() as hook:
+        monkeypatch.setenv("GPUWATCH_SLACK__WEBHOOK_URL", hook.url)
+        monkeypatch.setenv("GPUWATCH_SLACK__GRAFANA_URL",
+                           "https://gtok3n@grafana.example/?auth_token=glsa_abcdef0123456789")
+        cli._notify_job_findings(tmp_path, [finding(3, detector="straggler")])
+    raw = json.dumps(hook.delivered)
+    assert "gtok3n" not in raw and "abcdef0123456789" not in raw
+    assert "grafana.example/" in raw
+
+
 def test_a_note_the_full_disk_refused_is_not_counted_and_is_sent_once_there_is_room(
         tmp_path: Path) -> None:
     errors: list[str] = []

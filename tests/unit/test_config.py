@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpuwatch.config import ConfigError, load_settings
 
@@ -73,3 +76,88 @@ def test_a_renamed_threshold_still_sets_the_new_one() -> None:
 
     rules = load_rules(overrides={"straggler": {"compute_ratio": 1.5}})
     assert rules["straggler"].thresholds["work_ratio"] == 1.5
+
+
+# -- URL settings carry credentials: shown masked, used whole ----------------------------
+
+GRAFANA_URL = "https://admin:hunter2secret@grafana.example.com"
+DASHBOARD_URL = "https://grafana.example.com/?auth_token=glsa_abcdef0123456789"
+RUNBOOK_URL = "https://wikitok3n@wiki.example.com/runbooks.md"
+
+
+def _shown(settings: object) -> str:
+    from gpuwatch.config import Settings
+
+    assert isinstance(settings, Settings)
+    return "\n".join([repr(settings), str(settings), settings.model_dump_json(),
+                      repr(settings.grafana), str(settings.slack), repr(settings.model_dump()),
+                      str(settings.model_dump(mode="json"))])
+
+
+def test_credentials_in_url_settings_never_appear_in_repr_str_or_dumps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUWATCH_GRAFANA__URL", GRAFANA_URL)
+    monkeypatch.setenv("GPUWATCH_SLACK__GRAFANA_URL", DASHBOARD_URL)
+    monkeypatch.setenv("GPUWATCH_RUNBOOK_URL", RUNBOOK_URL)
+    s = load_settings()
+    shown = _shown(s)
+    for secret in ("hunter2secret", "glsa_abcdef", "abcdef0123456789", "wikitok3n"):
+        assert secret not in shown, secret
+    assert "grafana.example.com" in shown and "wiki.example.com/runbooks.md" in shown
+    # the code that connects gets the URL whole
+    assert s.grafana.url is not None and s.grafana.url.get_secret_value() == GRAFANA_URL
+    assert s.slack.grafana_url is not None
+    assert s.slack.grafana_url.get_secret_value() == DASHBOARD_URL
+    assert s.runbook_url.get_secret_value() == RUNBOOK_URL
+
+
+# (each behind a marker found nowhere else in the settings' text)
+USERINFO = st.text(string.ascii_letters + string.digits + "-._~", max_size=24)
+
+
+@settings(max_examples=100, deadline=None)
+@given(USERINFO, USERINFO, st.sampled_from(["auth_token", "access_token", "api_key",
+                                            "password", "sig", "token"]), USERINFO)
+def test_a_url_settings_user_password_and_token_parameters_are_masked_where_shown(
+        user: str, password: str, parameter: str, token: str) -> None:
+    from gpuwatch.config import GrafanaSettings, Settings, SlackSettings
+
+    host = "grafana.example.com"
+    user, password, token = "Uq7" + user, "Pq7" + password, "Tq7" + token
+    s = Settings(grafana=GrafanaSettings(url=f"https://{user}:{password}@{host}"),
+                 slack=SlackSettings(grafana_url=f"https://{user}@{host}/?{parameter}={token}"),
+                 runbook_url=f"https://{user}:{password}@{host}/runbooks.md")
+    shown = _shown(s)
+    assert user not in shown and password not in shown and token not in shown
+
+
+@pytest.mark.parametrize("setting, url", [
+    ("GPUWATCH_RUNBOOK_URL", "git://wikitok3n@wiki.example.com/runbooks.md"),
+    ("GPUWATCH_RUNBOOK_URL", "ftp://wiki:hunter2secret@wiki.example.com/runbooks.md"),
+    ("GPUWATCH_GRAFANA__URL", "https://wikitok3n@grafana.example.com"),
+])
+def test_a_url_settings_validation_error_shows_it_without_credentials(
+        monkeypatch: pytest.MonkeyPatch, setting: str, url: str) -> None:
+    monkeypatch.setenv(setting, url)
+    if setting == "GPUWATCH_GRAFANA__URL":  # (valid as a URL: made wrong another way)
+        monkeypatch.setenv("GPUWATCH_GRAFANA__FOLDER", "")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    message = str(err.value)
+    assert "wikitok3n" not in message and "hunter2secret" not in message, message
+    if setting == "GPUWATCH_RUNBOOK_URL":
+        assert "runbook_url: an http:// or https:// URL" in message
+        assert "wiki.example.com/runbooks.md" in message  # (what was given, masked)
+
+
+def test_analyze_names_a_bad_runbook_url_without_its_token(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``GPUWATCH_RUNBOOK_URL=git://TOKEN@host gpuwatch analyze DIR`` showed the token in
+    its ``(got '...')``."""
+    from gpuwatch import cli
+
+    monkeypatch.setenv("GPUWATCH_RUNBOOK_URL", "git://Zr7KpXw2wikitok3n@host.example/x")
+    assert cli.main(["analyze", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "runbook_url" in err and "wikitok3n" not in err, err

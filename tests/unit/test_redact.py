@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import string
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuwatch.redact import MASK, redact, redact_argv
+from gpuwatch.redact import MASK, mask_url, redact, redact_argv
 
 HEX = st.text("0123456789abcdef", min_size=40, max_size=40).filter(
     lambda t: any(c.isalpha() for c in t) and any(c.isdigit() for c in t))
@@ -108,3 +109,23 @@ def test_a_grafana_service_account_token_is_masked(body: str) -> None:
     token = f"glsa_{body}_0a1b2c3d"
     assert _gone(token, redact(f"GET /api/search ({token}) -> 401"))
     assert _gone(token, redact(f"https://grafana.example/d/x?auth_token={token}&orgId=1"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(SCHEME, st.one_of(LABEL, TOKEN), st.one_of(st.none(), LABEL, TOKEN), HOST, PATH,
+       st.sampled_from(["auth_token", "access_token", "api_key", "password", "X-Amz-Signature"]),
+       TOKEN)
+def test_a_url_as_shown_has_no_user_password_or_secret_parameter(
+        scheme: str, user: str, password: str | None, host: str, path: str, parameter: str,
+        token: str) -> None:
+    userinfo = user if password is None else f"{user}:{password}"
+    url = f"{scheme}://{userinfo}@{host}{path}?orgId=1&{parameter}={token}"
+    assert mask_url(url) == f"{scheme}://{MASK}@{host}{path}?orgId=1&{parameter}={MASK}"
+
+
+@pytest.mark.parametrize("url", [
+    "https://github.com/gpuwatch/gpuwatch/blob/main/docs/runbooks.md",
+    "https://example.com:8443/users/me@example.com", "mailto:alice@example.com",
+    "https://grafana.example/d/gpuwatch-job?var-training_job=gpt&orgId=1&refresh=30s"])
+def test_a_url_without_credentials_is_shown_as_it_is(url: str) -> None:
+    assert mask_url(url) == url

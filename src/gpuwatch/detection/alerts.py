@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from gpuwatch.detection.rules import Rule
-from gpuwatch.redact import redact
+from gpuwatch.redact import mask_url
 
 RULES_FILE = "gpuwatch.rules.yaml"
 TESTS_FILE = "gpuwatch.rules.test.yaml"
@@ -45,8 +45,9 @@ def alert_name(rule: Rule) -> str:
 
 
 def runbook(runbook_url: str, anchor: str) -> str:
-    """The absolute runbook link: ``runbook_url`` (docs/runbooks.md as served) + anchor."""
-    return redact(f"{runbook_url.split('#', 1)[0]}#{anchor}")
+    """The absolute runbook link: ``runbook_url`` (docs/runbooks.md as served) + anchor,
+    never its credentials (``mask_url``): alerts reach every channel Alertmanager has."""
+    return mask_url(f"{runbook_url.split('#', 1)[0]}#{anchor}")
 
 
 def _duration(seconds: float) -> str:

@@ -437,7 +437,9 @@ def notifier_from_settings(settings: Any, spool_dir: Path, *, sends: bool = True
                          group_window_s=cfg.group_window_s, max_group=cfg.max_group,
                          timeout_s=cfg.timeout_s, repeat_interval_s=cfg.repeat_interval_s,
                          verdicts=cfg.verdicts, silenced=cfg.silence,
-                         grafana_url=cfg.grafana_url, relay=relay, on_error=on_error,
+                         # (the link as shown: the URL's credentials never reach Slack)
+                         grafana_url=None if cfg.grafana_url is None else str(cfg.grafana_url),
+                         relay=relay, on_error=on_error,
                          run=run)
 
 
