@@ -329,6 +329,27 @@ def test_a_note_no_message_can_be_made_of_is_quarantined_and_the_others_go(
     assert len(list((tmp_path / "slack-spool" / "quarantine").iterdir())) == 1
 
 
+def test_a_note_created_at_a_400_digit_time_is_quarantined_and_flush_delivers_the_rest(
+        tmp_path: Path) -> None:
+    """A note whose ``created`` is an integer no float holds (math.isfinite raised
+    OverflowError, which nothing caught): `alerts flush` died with a traceback and the
+    good note beside it was never sent."""
+    spool = Spool(tmp_path / "slack-spool" / "rank0")
+    good = Note("raised", {"detector": "hang", "summary": "finding #7", "job": "gpt",
+                           "fingerprint": "x", "verdict": "fix_here", "ranks": [0]}, 1.0)
+    spool.put(good)
+    (spool.directory / f"{'b' * 32}.json").write_text(
+        good.to_json().decode().replace('"created": 1.0', '"created": 1' + "0" * 400))
+    with webhook() as hook:
+        flushed = run(gpuwatch_cmd("alerts", "flush", str(tmp_path)), cwd=tmp_path,
+                      extra_env={"GPUWATCH_SLACK__WEBHOOK_URL": hook.url})
+    assert flushed.returncode == 0, flushed.stdout + flushed.stderr
+    assert "Traceback" not in flushed.stderr
+    assert delivered_numbers(hook.texts()) == [7] and "1 malformed" in flushed.stdout
+    assert [p.name for p in (tmp_path / "slack-spool" / "quarantine").iterdir()] == \
+        [f"rank0-{'b' * 32}.json"]
+
+
 def test_a_fifo_or_a_device_in_the_spool_is_set_aside_never_waited_on(tmp_path: Path) -> None:
     """A note that is a FIFO (its read waited for a writer forever: `alerts flush` hung,
     and `gpuwatch run` with it, its agent stuck at start) or a link to /dev/zero (read

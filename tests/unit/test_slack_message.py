@@ -182,7 +182,8 @@ def test_malformed_spool_files_are_quarantined_and_counted(tmp_path: Path) -> No
            "3.json": json.dumps({"kind": "raised", "finding": "x", "created": 1}).encode(),
            "4.json": json.dumps({"kind": "boom", "finding": {}, "created": 1}).encode(),
            "5.json": b'{"kind": "raised", "finding": {}, "created": NaN}',
-           "6.json": b"[" * 100_000, "7.json": b" " * (2 << 20)}
+           "6.json": b"[" * 100_000, "7.json": b" " * (2 << 20),
+           "8.json": b'{"kind": "raised", "finding": {}, "created": 1' + b"0" * 400 + b"}"}
     for name, data in bad.items():
         (spool.directory / name).write_bytes(data)
     assert [p for p, _ in spool.pending()] == [good]

@@ -76,9 +76,21 @@ class Note:
         if kind not in KINDS or not isinstance(finding, dict):
             raise ValueError("bad kind or finding")
         if isinstance(created, bool) or not isinstance(created, int | float) or \
-                not math.isfinite(created) or isinstance(seq, bool) or not isinstance(seq, int):
+                isinstance(seq, bool) or not isinstance(seq, int):
             raise ValueError("bad created or seq")
-        return cls(kind, finding, float(created), seq)
+        return cls(kind, finding, _finite(created), seq)
+
+
+def _finite(number: float) -> float:
+    """``number`` as a finite float; ValueError when it is none (NaN, infinite, or an
+    integer too big for a float: 400 digits)."""
+    try:
+        value = float(number)
+    except OverflowError:
+        raise ValueError("number out of range") from None
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
 
 
 def write_durably(path: Path, data: bytes) -> None:
