@@ -586,6 +586,26 @@ def test_alerts_silence_stops_reminders_for_one_finding(tmp_path: Path) -> None:
     assert n.silenced == 1
 
 
+def test_a_silence_ending_at_a_400_digit_time_silences_nothing_and_never_raises(
+        tmp_path: Path) -> None:
+    """silences.json holding an end no float holds: float() raised OverflowError, so
+    `alerts silence` died with a traceback and, in a job, the first silence check raised
+    inside notify() and the rest of its findings were never spooled."""
+    root = tmp_path / "slack-spool"
+    root.mkdir()
+    (root / "silences.json").write_text('{"hang": 1' + "0" * 400 + ', "fits_on_paper": 1e400}')
+    with webhook() as hook:
+        n = notifier(hook.url, tmp_path)
+        n.notify([finding(1, detector="hang"), finding(2), finding(3, detector="straggler")])
+        assert n.flush(timeout=10)
+        n.stop()
+    assert sorted(delivered_numbers(hook.texts())) == [1, 2, 3] and n.silenced == 0
+    silenced = run(gpuwatch_cmd("alerts", "silence", str(tmp_path), "straggler"), cwd=tmp_path)
+    assert silenced.returncode == 0, silenced.stderr
+    assert silenced.stderr == "" and silenced.stdout.count("\n") == 1
+    assert json.loads((root / "silences.json").read_text()) == {"straggler": None}
+
+
 def test_alerts_test_command_and_missing_or_broken_webhook(tmp_path: Path) -> None:
     with webhook() as hook:
         proc = run(gpuwatch_cmd("alerts", "test"), cwd=tmp_path,

@@ -240,6 +240,19 @@ def test_silences_from_the_run_directory_and_the_setting(tmp_path: Path) -> None
     assert Silences(tmp_path / "slack-spool").silenced("hang")
 
 
+@pytest.mark.parametrize("until", ["1" + "0" * 400, "1e400", "-1e400", "NaN", "true", '"x"'])
+def test_a_silence_whose_end_no_float_holds_silences_nothing_and_never_raises(
+        tmp_path: Path, until: str) -> None:
+    (tmp_path / "slack-spool").mkdir()
+    (tmp_path / "slack-spool" / "silences.json").write_text(
+        f'{{"hang": {until}, "straggler": null}}')
+    s = Silences(tmp_path / "slack-spool")
+    assert not s.silenced("hang") and s.silenced("straggler")
+    silence(tmp_path, "data_starvation", 60.0, now=1000.0)  # the unreadable end is dropped
+    assert json.loads((tmp_path / "slack-spool" / "silences.json").read_text()) == \
+        {"data_starvation": 1060.0, "straggler": None}
+
+
 @pytest.mark.parametrize(("raw", "seconds"), [
     ("2", 2.0), (["3"], 3.0), ("inf", 300.0), ("-inf", 1.0), ("nan", 1.0), ("-5", 1.0),
     ("1e308", 300.0), ("garbage", 1.0), (None, 1.0), ("", 1.0),

@@ -266,15 +266,23 @@ def silence(run_dir: Path, detector: str, seconds: float | None, now: float | No
 
 
 def read_silences(root: Path) -> dict[str, float | None]:
-    """{detector: Unix end time, or None for good}; an unreadable file silences nothing."""
+    """{detector: Unix end time, or None for good}; an unreadable file silences nothing,
+    nor does an unreadable end (not a number, or none a float holds: NaN, 1e400, an
+    integer of 400 digits)."""
     try:
         raw = json.loads(read_small_file(root / SILENCES, MAX_NOTE_BYTES))
     except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {str(k): (float(v) if isinstance(v, int | float) and not isinstance(v, bool)
-                     else None) for k, v in raw.items() if v is None or isinstance(v, int | float)}
+    out: dict[str, float | None] = {}
+    for detector, until in raw.items():
+        if until is None:
+            out[detector] = None
+        elif isinstance(until, int | float) and not isinstance(until, bool):
+            with contextlib.suppress(ValueError):
+                out[detector] = _finite(until)
+    return out
 
 
 class Silences:
