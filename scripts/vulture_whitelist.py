@@ -157,3 +157,6 @@ RECORDS_PER_RANK_S  # used by the subprocess code analyze_throughput.py builds a
 mtime_ns  # unused variable (src/gpuwatch/detection/rules.py:80): the cache key of a rule file's version
 _.reducer_override  # unused method (tests/unit/test_parallel_replay.py:72): pickle's hook
 _.redirect_request  # urllib calls it (src/gpuwatch/sinks/slack.py: _NoRedirect)
+_.response_class  # http.client reads it (src/gpuwatch/sinks/slack.py: _Deadline)
+_.http_open  # urllib calls it (src/gpuwatch/sinks/slack.py: _HTTPHandler)
+_.https_open  # urllib calls it (src/gpuwatch/sinks/slack.py: _HTTPSHandler)

@@ -1,6 +1,7 @@
 """A local Slack-webhook stand-in on 127.0.0.1 that answers from a script:
 "ok" (200), "429:V" (Retry-After: V, any text), any other status code ("500", "503",
-"404"), "hang:N" (answers 200 after N s: delivered, late), "reset" (drops the
+"404"), "hang:N" (answers 200 after N s: delivered, late), "trickle:S" (a 200 whose
+head comes one byte every S s, for a minute or until the client hangs up), "reset" (drops the
 connection), "flood:N" (200 with a body of N MiB, streamed until the client hangs up),
 "garbled" (200 in a charset no one knows). After the script it answers ``then``. Every
 body it got is in ``received``."""
@@ -45,6 +46,14 @@ class ScriptedWebhook:
                     return
                 if name == "hang":
                     time.sleep(float(arg))
+                if name == "trickle":
+                    head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"x" * 100_000
+                    with contextlib.suppress(OSError):  # (the client hung up)
+                        for byte in head[:int(60 / float(arg))]:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(float(arg))
+                    return
                 status = 200 if name in ("ok", "hang", "flood", "garbled") else int(name)
                 if status == 200:
                     with hook._lock:

@@ -415,6 +415,28 @@ time.sleep(60)
 """
 
 
+def test_an_answer_trickled_a_byte_at_a_time_fails_at_the_request_s_deadline(
+        tmp_path: Path) -> None:
+    """urlopen's timeout bounds each read of a socket, not the request: an endpoint that
+    answered a byte every 0.2 s held the sender (and the note's lock) for ever. The
+    whole request has ``timeout_s``; then the post has failed, the note is still spooled
+    and its lock is free."""
+    with webhook(["trickle:0.2"]) as hook:
+        n = notifier(hook.url, tmp_path, timeout_s=1.0)
+        n.notify([finding(1)])
+        n.start()
+        wait_for(lambda: hook.attempts, 10, "the first attempt")
+        wait_for(lambda: n.last_failure, 5, "the post to fail at its deadline")
+        failed_after = time.monotonic() - hook.attempts[0][0]
+        key = Note("raised", n._told(finding(1)), 0.0).key
+        claim = n.ledger.claim([key])  # the note's lock was released
+        assert claim.keys == [key]
+        claim.release()
+        n.stop()
+    assert failed_after < 2.0
+    assert n.pending() == 1 and n.delivered == 0
+
+
 def test_spooled_notes_survive_kill_and_are_delivered_once(tmp_path: Path) -> None:
     dead = "http://127.0.0.1:9/services/T0/B0/X"  # nothing listens: connection refused
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(tmp_path), dead],

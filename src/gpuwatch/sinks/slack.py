@@ -11,6 +11,9 @@ Slack said 200, and only then deletes them. In between:
 - at most ``messages_per_second`` messages leave (a token bucket);
 - HTTP 429 waits as long as ``Retry-After`` says (a number of seconds or an HTTP
   date; garbage, negative or absurd values are clamped to 1..``RETRY_AFTER_CAP_S``);
+- a post has ``timeout_s`` in all, from connecting to the answer's last header
+  (``_Deadline``: a socket's timeout bounds one read, and an answer trickled a byte at
+  a time never ended);
 - 5xx, timeouts and connection resets back off exponentially, with jitter;
 - any other 4xx means the webhook is wrong: logged once, the notes dropped.
 
@@ -23,16 +26,20 @@ end of ``gpuwatch run``, or by ``gpuwatch alerts flush``.
 from __future__ import annotations
 
 import email.utils
+import functools
+import http.client
+import io
 import logging
 import math
 import random
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -43,6 +50,8 @@ from gpuwatch.sinks.slack_message import message
 from gpuwatch.sinks.slack_relay import StoreRelay
 from gpuwatch.sinks.slack_spool import SPOOL, Ledger, Note, Silences, Spool, by_key, plain
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 log = logging.getLogger("gpuwatch")
 
 BACKOFF_CAP_S = 60.0
@@ -60,7 +69,80 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+class _AnswerReader(io.RawIOBase):
+    """A socket's bytes, each read given only what is left of a deadline (``left``
+    raises TimeoutError once it has passed)."""
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, left: Callable[[], float]
+                 ) -> None:
+        super().__init__()
+        self._raw, self._sock, self._left = raw, sock, left
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        self._sock.settimeout(self._left())
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _Answer(http.client.HTTPResponse):
+    """An answer whose head must arrive before the request's deadline."""
+
+    def __init__(self, sock: socket.socket, *args: Any, left: Callable[[], float],
+                 **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp = io.BufferedReader(_AnswerReader(self.fp.detach(), sock, left))
+
+
+class _Deadline(http.client.HTTPConnection):
+    """A request that ends ``timeout`` seconds after it began, whatever the other end
+    does: connecting (and the TLS handshake), sending and each read of the answer get
+    only the time left. (A socket's timeout bounds one read: an answer trickled a byte
+    at a time held the sender for ever.) Name resolution is not bounded."""
+
+    def __init__(self, host: str, /, *, timeout: float = 10.0, **kwargs: Any) -> None:
+        super().__init__(host, timeout=timeout, **kwargs)
+        self._deadline = time.monotonic() + timeout
+        self.response_class = functools.partial(_Answer, left=self.left)  # type: ignore[assignment]
+
+    def left(self) -> float:
+        """Seconds left; TimeoutError once none are."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no answer before the deadline")
+        return left
+
+    def connect(self) -> None:
+        self.timeout = self.left()  # the TLS handshake has a deadline of this too
+        super().connect()
+
+    def send(self, data: Any) -> None:
+        if self.sock is None:
+            self.connect()
+        self.sock.settimeout(self.left())  # sendall: a deadline for all of it
+        super().send(data)
+
+
+class _DeadlineHTTPS(_Deadline, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_Deadline, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_DeadlineHTTPS, req)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect, _HTTPHandler, _HTTPSHandler)
 
 
 def retry_after_seconds(raw: object, now: float | None = None,
