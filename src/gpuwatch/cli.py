@@ -687,9 +687,13 @@ def cmd_alerts_flush(args: argparse.Namespace) -> int:
     notifier.flush(timeout=args.timeout)
     notifier.stop()
     left = notifier.pending()
+    unconfirmed = (f", {notifier.unconfirmed} taken but never answered (counted as posted)"
+                   if notifier.unconfirmed else "")
     print(f"gpuwatch: {notifier.delivered} delivered, {left} left, {notifier.silenced} "
           f"silenced, {notifier.dropped} dropped (webhook refused), {notifier.quarantined} "
-          "malformed (moved to slack-spool/quarantine)")
+          f"malformed (moved to slack-spool/quarantine){unconfirmed}")
+    if left and notifier.last_failure:
+        print(redact(f"gpuwatch: the last attempt: {notifier.last_failure}"), file=sys.stderr)
     return 1 if left else 0
 
 

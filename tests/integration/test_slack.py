@@ -437,6 +437,42 @@ def test_an_answer_trickled_a_byte_at_a_time_fails_at_the_request_s_deadline(
     assert n.pending() == 1 and n.delivered == 0
 
 
+def test_a_message_sent_whole_and_never_answered_is_posted_again_late_and_at_most_3_times(
+        tmp_path: Path) -> None:
+    """An endpoint that takes each message and answers after the timeout (Slack may have
+    posted it: a webhook has no idempotency key) got the same message three times in 6 s,
+    at the failure cadence. It is sent again after 30 s, then 2 min, by whichever sender
+    (a later flush too), and after three such posts counts as posted."""
+    def aged(seconds: float) -> None:  # the last unanswered post was this long ago
+        then = time.time() - seconds
+        os.utime(tmp_path / "slack-spool" / "unanswered" / key, (then, then))
+
+    key = Note("raised", {"fingerprint": "fp1", "first_seen": 1.0}, 0.0).key
+    with webhook(then="hang:3") as hook:
+        n = notifier(hook.url, tmp_path, timeout_s=0.5)
+        n.notify([finding(1)])
+        assert not n.flush(timeout=4)
+        n.stop()
+        assert len(hook.attempts) == 1  # not again within 4 s (a failure: after 1 s)
+        assert n.last_failure is not None and "may have posted" in n.last_failure
+        later = notifier(hook.url, tmp_path, timeout_s=0.5)  # another sender, at once
+        assert not later.flush(timeout=1) and len(hook.attempts) == 1
+        later.stop()
+        aged(31)
+        again = notifier(hook.url, tmp_path, timeout_s=0.5)
+        again.start()
+        wait_for(lambda: len(hook.attempts) == 2, 10, "the second post, 30 s after the first")
+        wait_for(lambda: again.last_failure, 5, "the second post to go unanswered")
+        aged(60)  # not yet: 2 min after the second
+        assert not again.flush(timeout=1) and len(hook.attempts) == 2
+        aged(121)
+        assert again.flush(timeout=10)  # the third post, unanswered: counted as posted
+        again.stop()
+    assert len(hook.attempts) == 3 and again.unconfirmed == 1 and again.delivered == 0
+    assert (tmp_path / "slack-spool" / "delivered" / key).exists()
+    assert not (tmp_path / "slack-spool" / "unanswered" / key).exists()
+
+
 def test_spooled_notes_survive_kill_and_are_delivered_once(tmp_path: Path) -> None:
     dead = "http://127.0.0.1:9/services/T0/B0/X"  # nothing listens: connection refused
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(tmp_path), dead],

@@ -15,6 +15,9 @@ Slack said 200, and only then deletes them. In between:
   (``_Deadline``: a socket's timeout bounds one read, and an answer trickled a byte at
   a time never ended);
 - 5xx, timeouts and connection resets back off exponentially, with jitter;
+- a message that went out whole and got no answer in time may have been posted (a
+  webhook has no idempotency key): it is sent again only after ``UNANSWERED_RETRY_S``
+  (30 s, then 2 min), and after three such posts it counts as posted (``unconfirmed``);
 - any other 4xx means the webhook is wrong: logged once, the notes dropped.
 
 In a multi-rank job only rank 0 sends (``sends``); the other ranks spool what they
@@ -52,11 +55,14 @@ from gpuwatch.sinks.slack_spool import SPOOL, Ledger, Note, Silences, Spool, by_
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
+
 log = logging.getLogger("gpuwatch")
 
 BACKOFF_CAP_S = 60.0
 RETRY_AFTER_CAP_S = 300.0
 DEFAULT_RETRY_AFTER_S = 1.0
+UNANSWERED_RETRY_S = (30.0, 120.0)  # waits before posting again what went out unanswered
+SENT_UNANSWERED = 0  # _post's status: the request went out whole, no answer in time
 MAX_UNWRITTEN = 10_000  # notes kept in memory while the spool cannot be written
 TELLS = frozenset({"raised", "reminder"})  # kinds a silence holds back
 
@@ -99,6 +105,10 @@ class _Answer(http.client.HTTPResponse):
         self.fp = io.BufferedReader(_AnswerReader(self.fp.detach(), sock, left))
 
 
+class Unanswered(TimeoutError):
+    """The request went out whole and no answer came in time: it may have been taken."""
+
+
 class _Deadline(http.client.HTTPConnection):
     """A request that ends ``timeout`` seconds after it began, whatever the other end
     does: connecting (and the TLS handshake), sending and each read of the answer get
@@ -126,6 +136,12 @@ class _Deadline(http.client.HTTPConnection):
             self.connect()
         self.sock.settimeout(self.left())  # sendall: a deadline for all of it
         super().send(data)
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        try:
+            return super().getresponse()
+        except TimeoutError as exc:  # (called once the request went out whole)
+            raise Unanswered(str(exc)) from exc
 
 
 class _DeadlineHTTPS(_Deadline, http.client.HTTPSConnection):
@@ -210,6 +226,7 @@ class SlackNotifier:
         self.delivered = 0
         self.dropped = 0
         self.silenced = 0
+        self.unconfirmed = 0  # posted UNANSWERED_RETRY_S + 1 times, never answered
         self.last_failure: str | None = None  # what the last failed post met (for people)
         self._url = webhook_url
         self._bucket = TokenBucket(messages_per_second)
@@ -232,6 +249,7 @@ class SlackNotifier:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_bad_webhook = False
+        self._warned_unanswered = False
         self._backoff_s = 0.0  # the last exponential backoff (s); 0 after a success
         self._not_before = 0.0  # monotonic time before which no attempt is made
 
@@ -369,7 +387,7 @@ class SlackNotifier:
     def _due(self) -> tuple[list[tuple[str, list[tuple[Spool, Path, Note]]]], float]:
         """Notes to post now (delivered, silenced and held ones set aside) and, when
         none, how long to wait."""
-        batch = []
+        batch, now, hold = [], time.time(), 3600.0
         for key, copies in by_key(self.spools):
             note = copies[0][2]
             if self.ledger.delivered(key):  # another sender posted it
@@ -380,14 +398,26 @@ class SlackNotifier:
                 self.silenced += 1
                 self._forget(key, copies)
                 continue
+            if (unanswered := self._unanswered_wait(key, now)) > 0:
+                hold = min(hold, unanswered)
+                continue
             batch.append((key, copies))
             if len(batch) >= self._max_group:
                 return batch, 0.0
         if not batch:
-            return [], 3600.0
+            return [], hold
         youngest = max(self._arrived.get(k, 0.0) for k, _ in batch)
         gather = youngest + self.group_window_s - time.monotonic()
         return (batch, 0.0) if gather <= 0 else ([], gather)  # let the group gather
+
+    def _unanswered_wait(self, key: str, now: float) -> float:
+        """Seconds before a note whose message went out unanswered may be posted again
+        (0: now; a last post dated in the future does not hold it)."""
+        posts, last = self.ledger.unanswered(key)
+        if not posts:
+            return 0.0
+        wait = UNANSWERED_RETRY_S[min(posts, len(UNANSWERED_RETRY_S)) - 1]
+        return last + wait - now if 0 <= now - last < wait else 0.0
 
     def _deliver_some(self) -> float:
         """Send one group if it is due; return how long to wait before trying again."""
@@ -420,9 +450,33 @@ class SlackNotifier:
                     self._forget(key, copies)
                 self._backoff_s = 0.0
                 return 0.0
+            if status == SENT_UNANSWERED:
+                return self._unanswered(claimed)
         finally:
             claim.release()
         return self._after_failure(status, retry_after, claimed)
+
+    def _unanswered(self, claimed: list[tuple[str, list[tuple[Spool, Path, Note]]]]) -> float:
+        """The message went out whole and no answer came: Slack may have posted it. Not
+        a failure to retry at once: recorded (held by the caller's claim), each note is
+        posted again after ``UNANSWERED_RETRY_S``, and after as many such posts as
+        retries plus one counts as posted."""
+        self.ledger.record_unanswered(k for k, _ in claimed)
+        done = [(k, c) for k, c in claimed
+                if self.ledger.unanswered(k)[0] > len(UNANSWERED_RETRY_S)]
+        self.last_failure = (f"no answer within {self._timeout_s:g} s after the message was "
+                             "sent: Slack may have posted it")
+        if done:
+            self.ledger.mark(k for k, _ in done)
+            self.unconfirmed += len(done)
+            for key, copies in done:
+                self._forget(key, copies)
+            if not self._warned_unanswered:
+                self._warned_unanswered = True
+                log.warning("gpuwatch: a Slack message went out whole %d times and no "
+                            "answer came within %g s: counted as posted (raise "
+                            "slack.timeout_s?)", len(UNANSWERED_RETRY_S) + 1, self._timeout_s)
+        return 0.0
 
     def _after_failure(self, status: int | None, retry_after: float,
                        claimed: list[tuple[str, list[tuple[Spool, Path, Note]]]]) -> float:
@@ -446,8 +500,10 @@ class SlackNotifier:
         return delay
 
     def _post(self, body: dict[str, Any]) -> tuple[int | None, float]:
-        """(HTTP status or None for a network failure, seconds Retry-After asks for). The
-        answer's body is not read: its status and headers say all there is."""
+        """(HTTP status, ``SENT_UNANSWERED`` when the request went out whole and no
+        answer came in time, or None for another network failure; seconds Retry-After
+        asks for). The answer's body is not read: its status and headers say all there
+        is."""
         request = urllib.request.Request(
             str(self._url), data=orjson.dumps(body), method="POST",
             headers={"Content-Type": "application/json; charset=utf-8"})
@@ -457,6 +513,9 @@ class SlackNotifier:
         except urllib.error.HTTPError as exc:  # 3xx (not followed), 4xx, 5xx
             status, headers = exc.code, exc.headers
             exc.close()
+        except Unanswered:
+            self._on_error("slack: Unanswered")
+            return SENT_UNANSWERED, 0.0
         except Exception as exc:  # timeouts, resets, refused connections, TLS
             self._on_error(f"slack: {type(exc).__name__}")
             return None, 0.0

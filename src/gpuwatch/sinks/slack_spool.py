@@ -9,6 +9,8 @@ Layout under a run directory's ``slack-spool/`` (the *root*):
 - ``locks/<key>.lock``: a sender holds an exclusive ``flock`` on a note while it
   posts it, so two flushes (or a flush during the job) never post it twice; the
   kernel drops the lock when a sender dies;
+- ``unanswered/<key>``: a note whose message went out whole and got no answer in time
+  (Slack may have posted it), one byte per such post; its time is the last one's;
 - ``quarantine/``: spool files that could not be read, set aside and counted;
 - ``silences.json``: detectors whose reminders are silenced (``alerts silence``).
 
@@ -36,7 +38,7 @@ from gpuwatch.config import read_small_file
 
 KINDS = frozenset({"raised", "resolved", "reminder", "test"})
 SPOOL = "slack-spool"
-SERVICE_DIRS = frozenset({"delivered", "locks", "quarantine"})
+SERVICE_DIRS = frozenset({"delivered", "locks", "quarantine", "unanswered"})
 MAX_NOTE_BYTES = 1 << 20  # a note is a few KiB; anything bigger is not one
 
 
@@ -232,7 +234,8 @@ class Ledger:
 
     def mark(self, keys: Iterable[str]) -> None:
         """Record notes as delivered in every root (durably; OSError is raised), then
-        drop their lock files: whoever locks one later finds it delivered."""
+        drop their lock files and unanswered posts: whoever locks one later finds it
+        delivered."""
         keys = list(keys)
         for root in self.roots:
             done = root / "delivered"
@@ -243,8 +246,30 @@ class Ledger:
             _fsync_dir(done)
         for root in self.roots:
             for key in keys:
-                with contextlib.suppress(OSError):
-                    (root / "locks" / f"{key}.lock").unlink()
+                for path in (root / "locks" / f"{key}.lock", root / "unanswered" / key):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+
+    def unanswered(self, key: str) -> tuple[int, float]:
+        """How many times a note's message went out whole and got no answer in time, and
+        when the last did (Unix time); (0, 0.0) for none."""
+        posts, last = 0, 0.0
+        for root in self.roots:
+            try:
+                stat = (root / "unanswered" / key).stat()
+            except OSError:
+                continue
+            posts, last = max(posts, stat.st_size), max(last, stat.st_mtime)
+        return posts, last
+
+    def record_unanswered(self, keys: Iterable[str]) -> None:
+        """One more post of each note went out whole and got no answer (durably, in every
+        root; OSError is raised). Call it holding the notes' claim."""
+        for key in keys:
+            posts = self.unanswered(key)[0] + 1
+            for root in self.roots:
+                (root / "unanswered").mkdir(parents=True, exist_ok=True)
+                write_durably(root / "unanswered" / key, b"\n" * posts)
 
 
 # -- silences ----------------------------------------------------------------------------
