@@ -6,13 +6,12 @@ training batch cut that persists); when its need fits a bigger card with room: m
 Activation checkpointing alone is a design choice, not a symptom: without pressure
 symptoms it gets no move, at most an ``info`` that turning it off here would save
 its recompute time; with the live tensors at the limit the job fits only by
-recomputing, and it moves where the move pays (as a job that runs here). Symptoms
-while other processes hold the rest of the card (a shared card), or retries while the
-cache holds far more than live tensors (fragmentation), are fixed here. The card the
-job already runs on is never recommended, and a job already on the target gets
-``fix_here`` (shard it), naming a bigger card that would hold it. A step that waits on
-its data loader (``data_starvation``, judged first) does not make memory alone a reason
-to move: the move must pay as any other.
+recomputing, and it moves where the move pays (as a job that runs here). Symptoms while other processes hold the rest of the card (a shared
+card), or retries while the cache holds far more than live tensors (fragmentation),
+are fixed here. The card the job already runs on is never recommended, and a job
+already on the target gets ``fix_here`` (shard it), naming a bigger card that would
+hold it. A step that waits on its data loader (``data_starvation``, judged first)
+does not make memory alone a reason to move: the move must pay as any other.
 
 A rank that died of an OOM in its first steps, before any window could hold enough of
 them to judge (as a job too big for the card does), is told so at the end of its log
