@@ -5,8 +5,7 @@ training batch cut that persists); when its need fits a bigger card with room: m
 
 Activation checkpointing alone is a design choice, not a symptom: without pressure
 symptoms it gets no move, at most an ``info`` that turning it off here would save
-its recompute time; with the live tensors at the limit the job fits only by
-recomputing, and it moves where the move pays (as a job that runs here). Symptoms while other processes hold the rest of the card (a shared
+its recompute time. Symptoms while other processes hold the rest of the card (a shared
 card), or retries while the cache holds far more than live tensors (fragmentation),
 are fixed here. The card the job already runs on is never recommended, and a job
 already on the target gets ``fix_here`` (shard it), naming a bigger card that would
