@@ -92,19 +92,14 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return None
     peak, source = measured
     pressure = peak / total >= th["memory_ratio"]
-    live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
-    strained = any(symptoms.values())  # (it runs short of memory here, not only tight)
-    if not strained:
-        if not (act_ckpt and live is not None and live.high >= th["memory_ratio"] * total):
-            return by_design(view, th, summary, peak, total, since)
-        # live tensors at the limit with activation checkpointing on: the job fits only
-        # by recomputing (it may move where the move pays, as any other)
-        symptoms[f"live tensors at {live.high / total:.0%} of the card"] = True
+    if not any(symptoms.values()):
+        return by_design(view, th, summary, peak, total, since)
     others = other_processes(view, since)
     if (others is not None and not pressure and others >= th["others_ratio"] * total
             and peak + others >= th["memory_ratio"] * total
             and memory_need(view, since, peak, cut, 1.0) <= th["target_headroom"] * total):
         return shared(view, symptoms, others, peak, total)  # (it fits the card alone)
+    live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
     if (live is not None and retries > 0 and not ooms and cut is None
             and live.high < th["live_ratio"] * total
             and peak - live.high >= th["split_cache_ratio"] * total):
@@ -158,7 +153,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         evidence["pcie_rx_bytes_per_second"] = pcie.high
     on_target = current is not None and current.name == ctx.target
     data_bound = "data_starvation" in ctx.explained.get(view.rank, ())
-    cannot_run_here = None if data_bound or not strained else (
+    cannot_run_here = None if data_bound else (
         f"memory at {peak / total:.0%} of the card with "
         + _named(symptoms))
     # (a job on the configured target stays: a bigger card than it is no move to it)
