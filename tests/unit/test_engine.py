@@ -260,3 +260,17 @@ def test_a_condition_back_after_a_long_quiet_is_new_and_held_as_usual() -> None:
     assert [f.state for f in changes] == ["active", "resolved"] * 2
     second_end = START + 20 + 2 * (20 + RECUR_S + 60) - (RECUR_S + 60)
     assert changes[-1].last_seen < second_end + 30
+
+
+def test_a_condition_that_came_and_went_then_stopped_long_before_the_end_is_resolved() -> None:
+    """Bursts of starvation 200 s apart, then fed to the log's end 5 minutes after the
+    last (a fix deployed): held through absences like those (6 minutes) as it recurred, the
+    finding was still active in the report at the end; the end judges it on the rule's
+    own hold."""
+    engine = engine_from_settings(Settings(), "rank")
+    changes = engine.feed(starved_in_bursts(3, 200, 0))
+    assert [f.state for f in changes][-1] == "active"  # (held: the last burst is near)
+    records = steps(100, wall=0.5, start=START + 20 + 3 * 220, first=41 + 3 * 440,
+                    data_s=0.02)
+    engine.feed(records)
+    assert [f.state for f in engine.close()] == ["resolved"]

@@ -287,7 +287,8 @@ class Engine:
         return self.evaluate(self._clock)
 
     def close(self) -> list[Finding]:
-        """A last evaluation at the newest record time (end of run or of the log). A
+        """A last evaluation at the newest record time (end of run or of the log), each
+        finding held as long as its rule holds it (``_hold`` without the recurrences). A
         condition still detected on a rank that died of an OOM, whose detection counts
         OOMs, is raised however briefly it held: the job died of it."""
         if not self._clock:
@@ -296,6 +297,9 @@ class Engine:
             for view in self._own.values():
                 view.end()
         self._judged, self._quiet, self._calm = {}, Quiet(), Calm()  # (all judged afresh)
+        # a finding held through its condition's absences (it came and went) is active at
+        # the end only where its condition was seen within its own hold: no return is due
+        self._recurs = {}
         changes = self.evaluate(self._clock)
         died = {r for r, v in self._own.items() if self.scope == "rank" and v.died_of_oom}
         for (rule_id, _), j in self._judged.items() if died else ():
