@@ -303,3 +303,19 @@ def test_a_job_on_mixed_cards_is_projected_from_the_slowest_and_priced_at_each_r
     assert mixed.verdict == pure.verdict
     assert mixed.projection["step_seconds_projected"] == pytest.approx(
         pure.projection["step_seconds_projected"])
+
+
+def test_a_rank_whose_card_nvml_did_not_name_is_not_the_configured_model_beside_named_ones(
+) -> None:
+    """Four H100 ranks, one of which could not read NVML, with a fleet-wide gpu_model of
+    RTX 5090: that rank's card was taken to be the configured one, the slowest of the
+    job, and the job projected and priced as if on RTX 5090s. The configured model
+    names a card only where NVML names none."""
+    records: list[Record] = []
+    for r in range(4):
+        records += [meta(r, 4), *steps(60, rank=r, compute_s=0.095, collective_s=0.06,
+                                       collective_bytes=int(64e6))]
+        if r != 3:
+            records.append(topology("NVIDIA H100 PCIe", 80 * GB, rank=r, gpus=4))
+    f = only(judge(records, scope="job", gpu_model="RTX 5090"), "sync_bottleneck")
+    assert f.projection is not None and f.projection["current"] == "H100 PCIe"

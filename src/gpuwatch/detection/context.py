@@ -89,11 +89,15 @@ class Context:
         """The catalogue entry of the GPU this rank runs on, if known: the one NVML names,
         else the configured ``gpu_model`` (a setting for when NVML cannot say: one left
         in a config from another machine must not make an H100 an RTX 5090)."""
+        return self._named_gpu(view) or self._identify(self.gpu_model)
+
+    def _named_gpu(self, view: RankInput) -> Gpu | None:
+        """The catalogue entry of the card NVML names for this rank, if it knows one."""
         for device in job_devices(view):
             gpu = self._identify(device.get("name"))
             if gpu is not None:
                 return gpu
-        return self._identify(self.gpu_model)
+        return None
 
     def holding(self, held: float | None, card: float | None, pressed: bool = False) -> Gpu:
         """The configured target, or where ``held`` bytes (the job's memory today, on a
@@ -153,10 +157,13 @@ class Context:
         the collective wait where the ranks were compared (``Inputs.transfer_s``)."""
         view = views[0]
         held = memory_held(view, since)  # (rank 0's in a job: what live and replay both see)
-        cards = [self.current_gpu(v) for v in views]
+        # ranks on different cards (as NVML names them; the configured model only where
+        # it names none): the slowest paces every step, the smallest bounds what the job
+        # may hold
+        cards = [self._named_gpu(v) for v in views]
+        if not any(cards):
+            cards = [self._identify(self.gpu_model)] * len(views)
         known = [g for g in cards if g is not None]
-        # ranks on different cards: the slowest paces every step, the smallest bounds
-        # what the job may hold
         current = min(known, key=lambda g: (g.tensor_flops(self.precision),
                                             g.memory_bandwidth), default=None)
         paced = views[cards.index(current)] if current is not None else view
