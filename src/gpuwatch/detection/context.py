@@ -79,6 +79,7 @@ class Context:
     # data_starvation's data_share: a step that waits this share on its loader is at the
     # loader's pace (Inputs.loader_bound), judged or not (0: only where judged)
     loader_share: float = 0.0
+    first_rank: int = 0  # the job's lowest rank judged: a replay's without rank 0's log
     _identified: dict[str, Gpu | None] = field(default_factory=dict)  # device name -> entry
 
     @property

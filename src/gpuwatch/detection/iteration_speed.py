@@ -1,6 +1,7 @@
 """iteration_speed: with the total steps known, time to finish here versus on the target
 GPU (as many GPUs as now, and scaled out): days versus hours; judged on rank 0 of a job
-of several (every rank's step lasts as long: each waits for the others). On a rank short of memory
+of several (every rank's step lasts as long: each waits for the others), or the lowest
+rank a replay has a log of (``Context.first_rank``). On a rank short of memory
 (``fits_on_paper``) it moves nothing: that finding moves it, to a card that holds it.
 Steps are the window's typical ones with the run's blocking saves and other
 interruptions (evals) spread over them (``with_interruptions``): a week-long run pays
@@ -26,8 +27,8 @@ WIDE = 1.5  # the low end's time this many times the middle's: both are told
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
     planned = ctx.planned_steps or view.planned_steps
-    if not planned or (view.rank != 0 and view.world_size > 1):
-        return None  # (a job's ranks step together: rank 0's time to finish is the job's)
+    if not planned or (view.rank != ctx.first_rank and view.world_size > 1):
+        return None  # (a job's ranks step together: its first rank's time is the job's)
     since = window_start(view, rule, now)
     summary = recent(view, rule, now)
     if summary is None:

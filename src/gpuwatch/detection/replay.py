@@ -129,6 +129,7 @@ class Log:
     attempt: int
     first: Placed | None
     rest: Generator[Placed, None, None]
+    rank: int = 0  # its meta line's
 
     @property
     def placed(self) -> Iterator[Placed]:
@@ -219,7 +220,7 @@ def _bar(total: int, stream: TextIO | None, delay_s: float) -> Iterator[tqdm[Any
 def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], Engine]:
     """One attempt's logs through their rank engines and a job engine of their own, which
     takes each log's meta line, events and step digests where they come in the merge."""
-    rank_engines = [engine_from_settings(log.settings, "rank") for log in logs]
+    rank_engines = [_rank_engine(log.settings, _first_rank(logs)) for log in logs]
     job_engine = _job_engine(logs[0].settings)
     for engine in rank_engines:
         engine.peers = [job_engine]  # a straggler or sync finding explains every rank
@@ -258,6 +259,18 @@ def _ended(log: Log) -> Iterator[tuple[float, int, int, Record | None]]:
     yield from log.placed
     if log.first is not None:
         yield log.reader.clock, log.tag, log.reader.lines_read, None
+
+
+def _rank_engine(settings: Settings, first_rank: int) -> Engine:
+    """A rank engine whose job's first rank is ``first_rank`` (``Context.first_rank``)."""
+    engine = engine_from_settings(settings, "rank")
+    engine.context.first_rank = first_rank
+    return engine
+
+
+def _first_rank(logs: list[Log]) -> int:
+    """The lowest rank an attempt's logs hold (0 unless rank 0's log is missing)."""
+    return min(log.rank for log in logs)
 
 
 def _job_engine(settings: Settings) -> Engine:
@@ -330,7 +343,7 @@ def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) ->
             job_engines.append(job_engine)
             for log in logs:
                 futures[log.tag] = pool.submit(_replay_rank, log.reader.path, log.settings,
-                                               log.tag, timeline)
+                                               log.tag, timeline, _first_rank(logs))
         _progress(bar, {futures[log.tag]: log.reader.path for log in every})
     results = [futures[log.tag].result() for log in every]
     out, done = [], iter(results)
@@ -399,11 +412,11 @@ def _job_pass(settings: Settings, logs: list[Iterator[tuple[Position, JobInput]]
     return job_engine, timeline
 
 
-def _replay_rank(path: Path, settings: Settings, index: int,
-                 timeline: JobTimeline) -> tuple[Engine, int, int]:
+def _replay_rank(path: Path, settings: Settings, index: int, timeline: JobTimeline,
+                 first_rank: int) -> tuple[Engine, int, int]:
     """One log's rank engine, explained by the job engine's timeline (in a worker)."""
     reader = RunLogReader(path)
-    engine = engine_from_settings(settings, "rank")
+    engine = _rank_engine(settings, first_rank)
     engine.peers = [timeline]
     with _without_cyclic_gc():
         for clock, _, line, record in reader.placed(index):
@@ -425,7 +438,7 @@ def _open(path: Path, tag: int, settings: Settings) -> Log:
     meta = first[3] if isinstance(first[3], Meta) else None
     recorded = meta.detection if meta else {}
     return Log(reader, tag, _replayed(recorded, settings),
-               meta.attempt if meta else 0, first, placed)
+               meta.attempt if meta else 0, first, placed, meta.rank if meta else 0)
 
 
 def _replayed(recorded: dict[str, Any], settings: Settings) -> Settings:
