@@ -106,7 +106,7 @@ def test_a_worker_sends_back_its_findings_not_the_rank_s_telemetry(tmp_path):
     """What a worker returns is pickled across to the parent: 64 ranks' windows would
     weigh more than the job engine itself."""
     (log,) = write(job("frequent_blocking_saves").shape, tmp_path)
-    engine, records, _ = _replay_rank(log, Settings(), 0, JobTimeline())
+    engine, records, _ = _replay_rank(log, Settings(), 0, JobTimeline(), 0)
     windows: list[Telemetry] = []
 
     class Sent(pickle.Pickler):
