@@ -48,6 +48,24 @@ def test_data_starvation_with_busy_workers_is_fixed_here() -> None:
     assert "CPU-bound" in f.summary and "A faster GPU would only wait longer" in f.action
 
 
+@pytest.mark.parametrize("host_busy", [1.0, 0.4])
+def test_idle_looking_workers_on_a_saturated_host_wait_for_a_core(host_busy: float) -> None:
+    """Four workers busy-looping on transforms on a 2-core host: each is busy 26% of a
+    core because it waits for one, and they were called "mostly idle: storage or
+    prefetch is the limit". With the host's CPUs saturated they wait for a core; with
+    cores to spare the idle workers do point at storage."""
+    records = [meta(), *steps(30, data_s=0.05),
+               *samples("host", 30, {"workers": 4.0, "workers_cpu_ratio": 0.26,
+                                     "system_cpu_ratio": host_busy})]
+    f = only(judge(records), "data_starvation")
+    assert f.evidence["host_cpu_ratio"] == pytest.approx(host_busy)
+    if host_busy > 0.9:
+        assert "wait for a core" in f.summary and "storage" not in f.summary
+        assert "transforms cheaper" in f.action
+    else:
+        assert "storage or prefetch is the limit" in f.summary
+
+
 def test_a_starved_step_goes_at_its_loader_s_pace_on_any_card() -> None:
     """An RTX 5090 waiting 40% of each step on CPU-bound workers, a week to go: no card
     feeds the step faster, so the time to finish is projected at today's pace and no

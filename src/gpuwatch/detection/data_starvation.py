@@ -36,10 +36,13 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     counted = host.values.get("workers") if host else None
     workers = int(counted) if counted is not None else 0
     busy = view.figure("host", "workers_cpu_ratio", since)
+    system = view.figure("host", "system_cpu_ratio", since)
     if counted is not None:
         evidence["workers"] = float(workers)
     if workers and busy:
         evidence["workers_cpu_ratio"] = busy.mean
+    if workers and system:
+        evidence["host_cpu_ratio"] = system.mean
     if counted is None:  # no host probe: nothing says how batches are loaded
         text = "its DataLoader workers are not known (no host readings)"
         advice = ("Check the loader: enough workers (num_workers), CPU cores for them, "
@@ -53,6 +56,12 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                 f"({evidence['workers_cpu_ratio']:.0%} busy)")
         advice = ("Add DataLoader workers or CPU cores, or make the transforms cheaper "
                   "(move augmentation to the GPU, pre-tokenise, cache decoded data).")
+    elif evidence.get("host_cpu_ratio", 0.0) >= rule.thresholds["host_saturated"]:
+        text = (f"its {workers} DataLoader workers wait for a core: the host's CPUs are "
+                f"{evidence['host_cpu_ratio']:.0%} busy")
+        advice = ("The host's CPUs are the limit: make the transforms cheaper (move "
+                  "augmentation to the GPU, pre-tokenise, cache decoded data), run no more "
+                  "workers than the cores free for them, or give the job more cores.")
     else:
         text = f"its {workers} DataLoader workers are mostly idle: storage or prefetch is the limit"
         advice = ("Read from faster storage, raise prefetch_factor, or use a streaming "
