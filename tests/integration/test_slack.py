@@ -473,6 +473,22 @@ def test_a_message_sent_whole_and_never_answered_is_posted_again_late_and_at_mos
     assert not (tmp_path / "slack-spool" / "unanswered" / key).exists()
 
 
+def test_an_unanswered_post_the_disk_cannot_record_is_not_posted_again_at_once(
+        tmp_path: Path) -> None:
+    """The disk refuses the record of a post that went out whole and got no answer (full;
+    here the record's directory is a file): the sender retried it every second, each
+    one perhaps posted. It holds the note as long as if the record had been written."""
+    (tmp_path / "slack-spool").mkdir()
+    (tmp_path / "slack-spool" / "unanswered").write_bytes(b"")  # (every record refused)
+    with webhook(then="hang:3") as hook:
+        n = notifier(hook.url, tmp_path, timeout_s=0.5)
+        n.notify([finding(1)])
+        assert not n.flush(timeout=4)
+        n.stop()
+    assert len(hook.attempts) == 1
+    assert n.last_failure is not None and "may have posted" in n.last_failure
+
+
 def test_spooled_notes_survive_kill_and_are_delivered_once(tmp_path: Path) -> None:
     dead = "http://127.0.0.1:9/services/T0/B0/X"  # nothing listens: connection refused
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(tmp_path), dead],

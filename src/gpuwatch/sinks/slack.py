@@ -28,6 +28,7 @@ end of ``gpuwatch run``, or by ``gpuwatch alerts flush``.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import http.client
@@ -243,6 +244,8 @@ class SlackNotifier:
         self._last_told: dict[str, tuple[float, int]] = {}  # fp -> (Unix time, reminders)
         self._spooled_keys = {n.key for s in self.spools for _, n in s.pending()}
         self._unwritten: dict[str, Note] = {}  # notes the disk refused, retried
+        # key -> (posts, last one's Unix time) of unanswered posts the disk did not record
+        self._unanswered_here: dict[str, tuple[int, float]] = {}
         self._arrived: dict[str, float] = {}  # key -> monotonic time spooled here
         self._put_lock = threading.Lock()
         self._wake = threading.Event()
@@ -410,10 +413,17 @@ class SlackNotifier:
         gather = youngest + self.group_window_s - time.monotonic()
         return (batch, 0.0) if gather <= 0 else ([], gather)  # let the group gather
 
+    def _unanswered_posts(self, key: str) -> tuple[int, float]:
+        """(posts, Unix time of the last) of a note's message that went out whole and got
+        no answer: on disk (any sender's) or, where the disk refused them, this one's."""
+        posts, last = self.ledger.unanswered(key)
+        here_posts, here_last = self._unanswered_here.get(key, (0, 0.0))
+        return max(posts, here_posts), max(last, here_last)
+
     def _unanswered_wait(self, key: str, now: float) -> float:
         """Seconds before a note whose message went out unanswered may be posted again
         (0: now; a last post dated in the future does not hold it)."""
-        posts, last = self.ledger.unanswered(key)
+        posts, last = self._unanswered_posts(key)
         if not posts:
             return 0.0
         wait = UNANSWERED_RETRY_S[min(posts, len(UNANSWERED_RETRY_S)) - 1]
@@ -461,13 +471,18 @@ class SlackNotifier:
         a failure to retry at once: recorded (held by the caller's claim), each note is
         posted again after ``UNANSWERED_RETRY_S``, and after as many such posts as
         retries plus one counts as posted."""
-        self.ledger.record_unanswered(k for k, _ in claimed)
+        posts = {k: self._unanswered_posts(k)[0] + 1 for k, _ in claimed}
+        try:
+            self.ledger.record_unanswered(posts)
+        except OSError:  # (the disk refuses the record, full: held here, no more often)
+            self._unanswered_here.update({k: (n, time.time()) for k, n in posts.items()})
         done = [(k, c) for k, c in claimed
-                if self.ledger.unanswered(k)[0] > len(UNANSWERED_RETRY_S)]
+                if self._unanswered_posts(k)[0] > len(UNANSWERED_RETRY_S)]
         self.last_failure = (f"no answer within {self._timeout_s:g} s after the message was "
                              "sent: Slack may have posted it")
         if done:
-            self.ledger.mark(k for k, _ in done)
+            with contextlib.suppress(OSError):  # (counted as posted here, whatever the disk)
+                self.ledger.mark(k for k, _ in done)
             self.unconfirmed += len(done)
             for key, copies in done:
                 self._forget(key, copies)
