@@ -81,14 +81,16 @@ _WEBHOOK = re.compile(rf"(?i)((?:hooks\.slack\.com{_S}(?:services|workflows|trig
                       rf"(?:{_S}v\d+)?{_S}webhooks|\.webhook\.office\.com{_S}webhookb2|"
                       rf"outlook\.office(?:365)?\.com{_S}webhook){_S})[^\s\"'<>&]+")
 # An ODBC or ADO.NET connection string's password: Driver=...;UID=sa;PWD=x; (a value in
-# braces whole: PWD={a;b}). Only after a ";": PWD=/home/me is the shell's directory.
+# braces or quotes whole: PWD={a;b}, Password="a;b", PWD='it''s'; else up to the next ";",
+# quotes and all). Only after a ";": PWD=/home/me is the shell's directory.
 _CONN_PWD = re.compile(r"(?i)((?<=;)\s*+(?:pwd|password)\s*=\s*)(?:\{[^}\r\n]*+\}?|"
-                       r"[^;\r\n\"']*+)")
-# --login user:pw, --user=user:pw, -u user:pw (curl's, a registry's): the part after the
-# colon (not a uid:gid or a port: digits alone)
-_LOGIN_OPTION = r"(?:--?(?:login|user)|-u)"
-_LOGIN = re.compile(rf"(?i)((?<![\w.-]){_LOGIN_OPTION}(?:\s+|=)[\"']?[^\s:@/\"']{{1,64}}:)"
-                    r"(?!//)(?!\d+(?![^\s\"']))[^\s\"']+")
+                       r"\"(?:[^\"\r\n]|\"\")*+\"?|'(?:[^'\r\n]|'')*+'?|[^;\r\n]*+)")
+# --login user:pw, --user=user:pw, -u user:pw or -uuser:pw (curl's, a registry's),
+# --proxy-user, --basic-auth, --http-user: the part after the colon (not a uid:gid or a
+# port: digits alone)
+_LOGIN_OPTION = r"(?:--?(?:login|user|proxy-user|basic-auth|http-user)|-u)"
+_LOGIN = re.compile(rf"(?i)((?<![\w.-]){_LOGIN_OPTION}(?:\s+|=|(?<=-u)(?=[^\s=]))[\"']?"
+                    r"[^\s:@/\"']{1,64}:)(?!//)(?!\d+(?![^\s\"']))[^\s\"']+")
 _USER_PASSWORD = re.compile(r"([^\s:@/\"']{1,64}:)(?!//)(?!\d+$)(.+)", re.DOTALL)
 # Tokens whose issuers give them a prefix: Hugging Face, GitHub, GitLab, Grafana (service
 # accounts' glsa_, Cloud's glc_), AWS access key ids, OpenAI/Anthropic-style keys, Slack,

@@ -129,3 +129,19 @@ def test_a_url_as_shown_has_no_user_password_or_secret_parameter(
     "https://grafana.example/d/gpuwatch-job?var-training_job=gpt&orgId=1&refresh=30s"])
 def test_a_url_without_credentials_is_shown_as_it_is(url: str) -> None:
     assert mask_url(url) == url
+
+
+@pytest.mark.parametrize("text", [
+    'Server=db;User Id=sa;Password="p;Secr3tValue";Encrypt=yes',  # quoted (ADO.NET)
+    "Server=db;UID=sa;PWD=ab'Secr3tValue;Encrypt=yes",  # a quote inside
+    "Server=db;UID=sa;PWD='Secr3t''Value';Encrypt=yes",  # quoted, a doubled quote in it
+    "curl -uadmin:Secr3tValue https://x",  # curl's -u with its value attached
+    "curl --proxy-user admin:Secr3tValue https://x",
+    "wget --http-user=admin --basic-auth admin:Secr3tValue https://x",
+])
+def test_quoted_passwords_and_curl_s_login_forms_are_masked(text: str) -> None:
+    """A quoted connection-string password was left whole with the mask before it
+    ("PWD=***'Secr3tValue"), and curl's -uuser:pw and --proxy-user not masked at all."""
+    assert "Secr3t" not in redact(text) and "Value" not in redact(text)
+    assert not any("Secr3t" in a for a in redact_argv(text.split(" ")))
+    assert "Server=db" in redact(text) or "https://x" in redact(text)
