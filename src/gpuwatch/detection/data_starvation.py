@@ -56,7 +56,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                 f"({evidence['workers_cpu_ratio']:.0%} busy)")
         advice = ("Add DataLoader workers or CPU cores, or make the transforms cheaper "
                   "(move augmentation to the GPU, pre-tokenise, cache decoded data).")
-    elif evidence.get("host_cpu_ratio", 0.0) >= rule.thresholds["host_saturated"]:
+    elif (evidence.get("host_cpu_ratio", 0.0) >= rule.thresholds["host_saturated"]
+          and evidence.get("workers_cpu_ratio", 0.0) >= rule.thresholds["workers_contended"]):
         text = (f"its {workers} DataLoader workers wait for a core: the host's CPUs are "
                 f"{evidence['host_cpu_ratio']:.0%} busy")
         advice = ("The host's CPUs are the limit: make the transforms cheaper (move "

@@ -34,7 +34,8 @@ class HostProbe:
         self._last: tuple[float, float, float] | None = None  # mono, own cpu, children cpu
         self._child_cpu: dict[int, float] = {}
         self._dead_cpu = 0.0
-        psutil.cpu_percent(None)  # prime the system-wide counter
+        self._cpu_times = _busy_and_total(psutil.cpu_times())  # (its own baseline: a
+        # library's psutil.cpu_percent(None) would move a shared one)
 
     def pids(self) -> set[int]:
         """This process and its live children (the pids whose GPU memory is the job's)."""
@@ -51,7 +52,7 @@ class HostProbe:
         values: dict[str, float] = {
             "process_cpu_seconds_total": own,
             "process_resident_memory_bytes": float(rss),
-            "system_cpu_ratio": psutil.cpu_percent(None) / 100.0,
+            "system_cpu_ratio": self._system_cpu(),
             "system_memory_used_bytes": float(vm.total - vm.available),
             "system_memory_total_bytes": float(vm.total),
             "workers": float(workers),
@@ -66,6 +67,14 @@ class HostProbe:
                     values["workers_cpu_ratio"] = min(used / dt / workers, 1.0)
         self._last = (mono, own, children_cpu)
         return [Sample(self.rank, now, "host", values)]
+
+    def _system_cpu(self) -> float:
+        """The busy share of the host's CPUs since the last reading (0..1)."""
+        busy, total = _busy_and_total(psutil.cpu_times())
+        last_busy, last_total = self._cpu_times
+        self._cpu_times = (busy, total)
+        return min(max((busy - last_busy) / (total - last_total), 0.0), 1.0) \
+            if total > last_total else 0.0
 
     def _children_cpu(self) -> tuple[float, int]:
         """CPU seconds of all children ever seen (the exited ones' too) and the live count."""
@@ -141,3 +150,11 @@ def _environ(p: psutil.Process) -> dict[str, str] | None:
 def _rank_word(env: Any) -> tuple[str | None, str | None]:
     """What an environment says the process's rank is: (RANK, LOCAL_RANK)."""
     return env.get("RANK"), env.get("LOCAL_RANK")
+
+
+def _busy_and_total(times: Any) -> tuple[float, float]:
+    """CPU seconds busy and in all, from ``psutil.cpu_times()`` (idle and I/O wait are
+    not busy; guest time is counted in user time already)."""
+    fields = times._asdict()
+    total = sum(fields.values()) - fields.get("guest", 0.0) - fields.get("guest_nice", 0.0)
+    return total - fields.get("idle", 0.0) - fields.get("iowait", 0.0), total
