@@ -117,14 +117,19 @@ def test_a_cut_compressed_segment_gives_what_it_holds(tmp_path):
     assert reader.skipped >= 1
 
 
+def _rotated(plain: list[Path], directory: Path) -> None:
+    """Each of the ``plain`` logs written again into ``directory`` in 64 KiB segments."""
+    for p in plain:
+        writer = RunLogWriter(directory / p.name, segment_bytes=64 << 10)
+        writer.write(list(RunLogReader(p)))
+        writer.close()
+
+
 def test_analyze_reads_rotated_logs_with_the_same_findings(tmp_path):
     j = job("nccl_hang")
     plain = write(j.shape, tmp_path / "plain", job=j.name)
     rotated_dir = tmp_path / "rotated"
-    for p in plain:
-        writer = RunLogWriter(rotated_dir / p.name, segment_bytes=64 << 10)
-        writer.write(list(RunLogReader(p)))
-        writer.close()
+    _rotated(plain, rotated_dir)
     assert len(run_logs([rotated_dir])) == len(plain)  # segments are not logs of their own
     assert all(segments(rotated_dir / p.name) for p in plain)
     settings = Settings(**j.settings)
@@ -161,10 +166,7 @@ def test_a_log_whose_writer_died_mid_rotation_is_read_from_its_segments(tmp_path
     j = job("nccl_hang")
     plain = write(j.shape, tmp_path / "plain", job=j.name)
     died = tmp_path / "died"
-    for p in plain:
-        writer = RunLogWriter(died / p.name, segment_bytes=64 << 10)
-        writer.write(list(RunLogReader(p)))
-        writer.close()
+    _rotated(plain, died)
     victim = died / plain[0].name
     stem = victim.name.removesuffix(".jsonl")
     victim.replace(died / f"{stem}.part{len(segments(victim)) + 1:05d}.jsonl")

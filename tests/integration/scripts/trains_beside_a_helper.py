@@ -7,22 +7,21 @@ import sys
 
 import torch
 
-HELPER = """
-import torch
-model = torch.nn.Linear(4, 1)
-opt = torch.optim.SGD(model.parameters(), lr=0.01)
-for _ in range(30):
-    model(torch.randn(2, 4)).sum().backward()
-    opt.step()
-    opt.zero_grad()
-"""
 
-model = torch.nn.Linear(8, 1)
-opt = torch.optim.SGD(model.parameters(), lr=0.01)
-for step in range(60):
-    model(torch.randn(4, 8)).sum().backward()
-    opt.step()
-    opt.zero_grad()
-    if step == 20:
-        subprocess.run([sys.executable, "-c", HELPER], check=True)
-print("done")
+def train(steps: int, width: int) -> None:
+    model = torch.nn.Linear(width, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step in range(steps):
+        model(torch.randn(2, width)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        if step == 20 and "--helper" not in sys.argv:
+            subprocess.run([sys.executable, __file__, "--helper"], check=True)
+
+
+if __name__ == "__main__":
+    if "--helper" in sys.argv:
+        train(30, 4)
+    else:
+        train(60, 8)
+        print("done")
