@@ -608,3 +608,37 @@ def test_a_geforce_card_named_where_nvml_is_not_read_copies_through_host_memory(
     assert f.evidence["link_seconds_per_step"] == pytest.approx(0.1)
     h100 = only(judge(records, scope="job", gpu_model="H100 PCIe"), "sync_bottleneck")
     assert "through host memory" not in h100.summary  # (P2P over PCIe: at the slot's rate)
+
+
+@pytest.mark.parametrize("reserved_gib, recompute", [(52.0, 0.2), (78.0, 0.0)])
+def test_an_allocator_retry_now_and_then_is_no_memory_constraint(
+        reserved_gib: float, recompute: float) -> None:
+    """One allocator retry every 10 minutes (a cache flush, then the allocation): with
+    checkpointing on at 65% of an A100 it was "memory is the constraint: cannot run
+    well here" and a move; on a full card it was raised and cleared at every retry.
+    Retries are a symptom once they recur (``min_retries`` in the window)."""
+    records: list[Record] = [meta(), topology("NVIDIA A100-SXM4-80GB", 80 * GB),
+                             *steps(1800, wall=1.0, recompute_s=recompute)]
+    records += [Sample(0, START + i, "allocator", {
+        "allocator_reserved_bytes": reserved_gib * GB,
+        "allocator_reserved_peak_bytes": reserved_gib * GB,
+        "allocator_allocated_bytes": 30 * GB,
+        "allocator_alloc_retries_total": float(i // 600)}) for i in range(1, 1800)]
+    found = [f for f in judge(records) if f.detector == "fits_on_paper"]
+    assert all(f.verdict == "info" for f in found), found
+
+
+def test_retries_on_a_card_with_room_are_no_reason_the_job_cannot_run_here() -> None:
+    """Retries every 5 s with checkpointing on while the allocator holds 61% of the card
+    (no OOM, no cut): "cannot run well here", a move whatever it costs. The card has
+    room, so a move must pay as any other."""
+    records: list[Record] = [meta(), topology("NVIDIA A100-SXM4-80GB", 80 * GB),
+                             *steps(300, wall=1.0, recompute_s=0.2)]
+    records += [Sample(0, START + i, "allocator", {
+        "allocator_reserved_bytes": 49 * GB, "allocator_reserved_peak_bytes": 49 * GB,
+        "allocator_allocated_bytes": 30 * GB, "allocator_allocated_peak_bytes": 46 * GB,
+        "allocator_alloc_retries_total": float(i // 5)}) for i in range(1, 300)]
+    dear = {"H100 SXM": 1000.0, "H200": 1000.0}
+    found = [f for f in judge(records, prices=dear, move_min_time_gain=50)
+             if f.detector == "fits_on_paper"]
+    assert found and all(f.verdict != "move_to_h100" for f in found), found

@@ -82,7 +82,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     ooms = view.ooms_since(min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else trained)
     act_ckpt = summary.recompute_share >= th["recompute_share"]
     # (the allocator retries once before every OOM it raises: those retries are the OOM's)
-    symptoms = {"allocator retries": retries > ooms, "OOMs": ooms > 0,
+    # (one retry now and then costs a cache flush: retries are a symptom once they recur)
+    symptoms = {"allocator retries": retries - ooms >= th["min_retries"], "OOMs": ooms > 0,
                 "batch cut": cut is not None}
     if not act_ckpt and not any(symptoms.values()):
         return None  # (the common case: nothing to weigh memory against)
@@ -153,7 +154,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         evidence["pcie_rx_bytes_per_second"] = pcie.high
     on_target = current is not None and current.name == ctx.target
     data_bound = "data_starvation" in ctx.explained.get(view.rank, ())
-    cannot_run_here = None if data_bound else (
+    # (it cannot run well here where memory is at the limit, or it ran out: not for
+    # retries on a card with room, which a move must pay for as any other)
+    hard = pressure or ooms > 0 or cut is not None
+    cannot_run_here = None if data_bound or not hard else (
         f"memory at {peak / total:.0%} of the card with "
         + _named(symptoms))
     # (a job on the configured target stays: a bigger card than it is no move to it)
