@@ -2,9 +2,12 @@
 
 Judged over the rule's window, and over ``LONG_WINDOWS`` of them: a loader that stalls
 every few steps (network storage) shows its mean only over several stalls, while one
-window holds one stall or two."""
+window holds one stall or two (where the typical step hardly waits, only the longer
+span judges: two stalls in one window are no starved loader)."""
 
 from __future__ import annotations
+
+import itertools
 
 from gpuwatch.detection.context import (
     LONG_WINDOWS,
@@ -19,14 +22,15 @@ from gpuwatch.telemetry import Telemetry
 
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
+    share = rule.thresholds["data_share"]
     since = window_start(view, rule, now)
     summary = recent(view, rule, now)
-    if summary is None or summary.data_share < rule.thresholds["data_share"]:
+    if summary is None or summary.data_share < share or _in_stalls(view, since, share):
         since = now - LONG_WINDOWS * window_s(view, rule)
         summary = view.summarise(since)
-        if (summary is None or summary.steps < rule.min_steps
-                or summary.data_share < rule.thresholds["data_share"]):
-            return None
+        if (summary is None or summary.steps < rule.min_steps or summary.data_share < share
+                or view.warmed_at > since):  # (the span not trained through yet: a few
+            return None  # stalls at the start are no mean)
     evidence = {
         "data_share_ratio": summary.data_share,
         "data_seconds_per_step": summary.data_share * summary.mean_step_s,
@@ -69,3 +73,13 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                   "dataset format.")
     return Detection(evidence, [view.rank],
                      text={"rank": view.rank, "workers_text": text, "advice": advice})
+
+
+def _in_stalls(view: Telemetry, since: float, share: float) -> bool:
+    """Whether the wait for data since ``since`` is carried by a few steps' stalls: the
+    median step waits less than half ``share`` of itself (a loader stalling now and
+    then on storage: two stalls in one window read as a starved loader, so it is
+    judged over the longer span, where its mean shows)."""
+    shares = sorted(s.data_s / s.wall_s for s in itertools.takewhile(
+        lambda s: s.t >= since, reversed(view.steps)) if s.wall_s > 0)
+    return bool(shares) and shares[len(shares) // 2] < share / 2
