@@ -230,12 +230,14 @@ def test_a_condition_seen_just_before_an_eval_is_not_raised_through_it(for_s: fl
         assert len(raised) == 1 and raised[0].last_seen <= START + 208 + 10
 
 
-def starved_in_bursts(bursts: int, fed_s: float, tail_s: float) -> list[Record]:
+def starved_in_bursts(bursts: int, fed_s: float, tail_s: float,
+                      fed: list[float] | None = None) -> list[Record]:
     """0.5 s steps: 20 s healthy, then ``bursts`` times 20 s starved for data and
-    ``fed_s`` healthy, then ``tail_s`` healthy."""
+    ``fed_s`` healthy (or each of ``fed``'s seconds in turn), then ``tail_s`` healthy."""
     records: list[Record] = [meta(), *steps(20, wall=0.5)]
     t, n = START + 20, 41
-    for span, data_s in [*[(20, 0.4), (fed_s, 0.02)] * bursts, (tail_s, 0.02)]:
+    spans = [part for gap in (fed or [fed_s] * bursts) for part in ((20, 0.4), (gap, 0.02))]
+    for span, data_s in [*spans, (tail_s, 0.02)]:
         records += steps(span, wall=0.5, start=t, first=n, data_s=data_s)
         t, n = t + span, n + round(span / 0.5)
     return ordered([*records, *samples("host", t - START, {"workers": 0.0})])
@@ -253,12 +255,13 @@ def test_a_condition_that_comes_and_goes_is_one_finding_not_an_alert_at_every_re
 
 
 def test_a_condition_back_after_a_long_quiet_is_new_and_held_as_usual() -> None:
-    """A return more than ``RECUR_S`` after the condition was last seen is a new
+    """A return more than twice ``RECUR_S`` after the condition was last seen is a new
     episode: it resolves on the rule's own hold (seconds), as the first did."""
     engine = engine_from_settings(Settings(), "rank")
-    changes = engine.feed(starved_in_bursts(2, RECUR_S + 60, 100)) + engine.close()
+    quiet = 2 * RECUR_S + 60
+    changes = engine.feed(starved_in_bursts(2, quiet, 100)) + engine.close()
     assert [f.state for f in changes] == ["active", "resolved"] * 2
-    second_end = START + 20 + 2 * (20 + RECUR_S + 60) - (RECUR_S + 60)
+    second_end = START + 20 + 2 * (20 + quiet) - quiet
     assert changes[-1].last_seen < second_end + 30
 
 
@@ -274,3 +277,13 @@ def test_a_condition_that_came_and_went_then_stopped_long_before_the_end_is_reso
                     data_s=0.02)
     engine.feed(records)
     assert [f.state for f in engine.close()] == ["resolved"]
+
+
+def test_a_return_just_past_the_longest_hold_keeps_it() -> None:
+    """A condition back after a minute, then gone 11 minutes, then back every 2.5
+    minutes: the return after 11 minutes (past the longest hold, 10) dropped the hold,
+    so the finding was raised and cleared again at each return after it. It is held
+    from then on."""
+    engine = engine_from_settings(Settings(), "rank")
+    changes = engine.feed(starved_in_bursts(0, 0, 0, fed=[60, RECUR_S + 60, 150, 150, 150]))
+    assert [f.state for f in changes] == ["active", "resolved"] * 2 + ["active"]

@@ -165,7 +165,7 @@ class Fresh:
     stalled: set[int]
 
 
-RECUR_S = 600.0  # a condition back this soon after it was last seen recurs: ``Engine._hold``
+RECUR_S = 600.0  # the longest hold of a condition that recurs (``Engine._hold``)
 CALM_MARGIN_S = 1e-3  # a deadline this near is left to a full evaluation (rounding)
 
 
@@ -452,9 +452,9 @@ class Engine:
     def _hold(self, f: Finding, judged: dict[int, RankInput]) -> float:
         """How long a finding stays active after its condition was last seen (seconds):
         its window, at most a minute, scaled as the window is; for one that came back
-        within ``RECUR_S`` of when its condition was last seen, at least twice the longest
-        such absence (at most ``RECUR_S``): a condition that comes and goes stays one
-        finding, not an alert at every return."""
+        within twice ``RECUR_S`` of when its condition was last seen, at least twice the
+        longest such absence (at most ``RECUR_S``): a condition that comes and goes stays
+        one finding, not an alert at every return."""
         rule = self.rules.get(f.detector)
         if rule is None:
             return 0.0
@@ -563,7 +563,7 @@ class Engine:
         self._raised[fp] = d
         if previous is not None and previous.state == "resolved":  # back after clearing
             gap = since - self._cleared.pop(fp, previous.last_seen)
-            if gap <= RECUR_S:
+            if gap <= 2 * RECUR_S:  # (held up to RECUR_S, a return just past it recurs)
                 self._recurs[fp] = min(max(self._recurs.get(fp, 0.0), 2 * gap), RECUR_S)
             else:
                 self._recurs.pop(fp, None)
