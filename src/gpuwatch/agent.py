@@ -135,15 +135,14 @@ def parent_key(environ: Mapping[str, str]) -> str:
             + (f"-m{port}" if port.isdigit() else ""))
 
 
-def _ancestors() -> dict[int, float]:
-    """This process's parent, its parent's and so on: pid -> when it started (Unix s);
-    empty where unknown."""
+def _ancestors() -> frozenset[int]:
+    """The pids of this process's parent, its parent's and so on (empty where unknown)."""
     import psutil
 
     try:
-        return {p.pid: p.create_time() for p in psutil.Process().parents()}
+        return frozenset(p.pid for p in psutil.Process().parents())
     except psutil.Error:
-        return {}
+        return frozenset()
 
 
 def default_out_dir(settings: Settings, identity: Identity, environ: Mapping[str, str],

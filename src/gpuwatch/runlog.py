@@ -32,7 +32,6 @@ import dataclasses
 import errno
 import gzip
 import itertools
-import math
 import os
 import re
 import secrets
@@ -43,7 +42,7 @@ import types
 import typing
 import zlib
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -372,9 +371,6 @@ def compress(part: Path) -> Path:
     return target
 
 
-CLOCK_SLACK_S = 1.0  # a process's start time as the kernel counts it, against time.time()
-
-
 class HeldByAncestor(FileExistsError):
     """The rank's log is written by a process this one descends from (``pid``): this one
     is its helper (a script it runs, a pool it starts) that took its rank from the
@@ -387,12 +383,11 @@ class HeldByAncestor(FileExistsError):
 
 def claim_runlog(run_dir: Path, rank: int, world_size: int, first_attempt: int,
                  segment_bytes: int = 0, host: str = "",
-                 ancestors: Mapping[int, float] | None = None) -> tuple[RunLogWriter, int]:
+                 ancestors: Collection[int] = ()) -> tuple[RunLogWriter, int]:
     """A writer on a new log for ``rank``, at the first attempt from ``first_attempt`` on
     whose file does not exist yet (created exclusively: a reused directory is never
     appended to), and that attempt. Raises HeldByAncestor where a taken one's meta line
-    names one of ``ancestors`` (pid -> when it started, Unix s) on ``host``, started
-    before the log was (a pid a container's next life gave another process is not it)."""
+    names one of ``ancestors`` (pids) on ``host``."""
     for attempt in range(first_attempt, first_attempt + MAX_ATTEMPTS):
         path = run_dir / runlog_name(rank, world_size, attempt)
         try:
@@ -402,8 +397,7 @@ def claim_runlog(run_dir: Path, rank: int, world_size: int, first_attempt: int,
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory",
                                          str(run_dir)) from None
             holder = _writer_of(path) if ancestors else None
-            if (holder is not None and ancestors and holder.host == host
-                    and ancestors.get(holder.pid, math.inf) <= holder.started + CLOCK_SLACK_S):
+            if holder is not None and holder.host == host and holder.pid in ancestors:
                 raise HeldByAncestor(path, holder.pid) from None
             continue
     raise FileExistsError(f"{run_dir}: no free run-log name for rank {rank} after "

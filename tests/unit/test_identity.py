@@ -23,7 +23,6 @@ from gpuwatch.monitor import Monitor
 from gpuwatch.probes.peers import agree_run_key
 from gpuwatch.records import Finding, Meta, Record, Step
 from gpuwatch.runlog import (
-    HeldByAncestor,
     RunLogReader,
     RunLogWriter,
     attempt_of,
@@ -372,20 +371,3 @@ def test_a_job_wide_condition_after_an_elastic_restart_on_fewer_ranks_is_one_fin
     sync = [f for f in analyze([tmp_path], Settings()).findings
             if f.detector == "sync_bottleneck"]
     assert [(f.ranks, f.state) for f in sync] == [(list(range(6)), "active")]
-
-
-def test_a_rank_s_log_written_by_an_ancestor_is_its_helper_s_not_a_restart(
-        tmp_path: Path) -> None:
-    """Rank 1's log written by pid 4243 on node-a: a process descending from 4243 (a
-    helper it runs) is refused the rank; one whose ancestor 4243 started after the log
-    did (a pid a container's next life gave another process) takes the next attempt,
-    as a restart does, and so does one on another host."""
-    write_log(tmp_path / "run-rank1.jsonl", [meta(1, 2)])  # (pid 4243, started START)
-    with pytest.raises(HeldByAncestor) as held:
-        claim_runlog(tmp_path, 1, 2, 0, host="node-a", ancestors={4243: START - 60, 1: 0.0})
-    assert held.value.pid == 4243
-    for host, started in (("node-a", START + 60), ("node-b", START - 60)):
-        writer, attempt = claim_runlog(tmp_path, 1, 2, 0, host=host,
-                                       ancestors={4243: started})
-        assert attempt >= 1
-        writer.close()
