@@ -67,14 +67,7 @@ from gpuwatch.probes.probe import Probe
 from gpuwatch.probes.topology import read_topology
 from gpuwatch.records import SCHEMA_VERSION, Event, Finding, Meta, Record, Sample, utf8
 from gpuwatch.redact import redact_argv
-from gpuwatch.runlog import (
-    ELSEWHERE,
-    HeldByAncestor,
-    RunLogWriter,
-    claim_runlog,
-    create_run_dir,
-    write_whole,
-)
+from gpuwatch.runlog import ELSEWHERE, RunLogWriter, claim_runlog, create_run_dir, write_whole
 from gpuwatch.sinks.console import ConsoleStatus, status_line
 from gpuwatch.sinks.prometheus import Exporter, ExporterState, node_name
 from gpuwatch.sinks.slack import SlackNotifier, job_notifier
@@ -133,16 +126,6 @@ def parent_key(environ: Mapping[str, str]) -> str:
     port = environ.get("MASTER_PORT", "")
     return (f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}-p{os.getppid()}"
             + (f"-m{port}" if port.isdigit() else ""))
-
-
-def _ancestors() -> frozenset[int]:
-    """The pids of this process's parent, its parent's and so on (empty where unknown)."""
-    import psutil
-
-    try:
-        return frozenset(p.pid for p in psutil.Process().parents())
-    except psutil.Error:
-        return frozenset()
 
 
 def default_out_dir(settings: Settings, identity: Identity, environ: Mapping[str, str],
@@ -319,10 +302,6 @@ class Agent:
                 self._wake.wait(timeout)
                 self._wake.clear()
             self._final_flush(time.monotonic() + STOP_TIMEOUT_S)
-        except HeldByAncestor as exc:  # a helper of a rank's process: not the job's steps
-            log.info("gpuwatch: not watched: pid %d, which this process descends from, "
-                     "already logs rank %d in %s", exc.pid, self.identity.rank, exc.filename)
-            self._stop.set()
         except Exception as exc:  # the thread dies, the job does not
             self.faults.record("agent", exc)
         finally:
@@ -379,8 +358,7 @@ class Agent:
         first = (self.settings.attempt or 0) + restart_count(self._env)
         self._writer, self.attempt = claim_runlog(
             out_dir, ident.rank, ident.world_size, first,
-            segment_bytes=int(self.settings.runlog_segment_mb * 2**20), host=ident.host,
-            ancestors=_ancestors())
+            segment_bytes=int(self.settings.runlog_segment_mb * 2**20))
         self.runlog_path = self._writer.path
         self._tell_launcher(out_dir)
         self.pipeline.add("runlog", RunLogSink(self._writer))

@@ -42,7 +42,7 @@ import types
 import typing
 import zlib
 from collections import deque
-from collections.abc import Callable, Collection, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -371,46 +371,22 @@ def compress(part: Path) -> Path:
     return target
 
 
-class HeldByAncestor(FileExistsError):
-    """The rank's log is written by a process this one descends from (``pid``): this one
-    is its helper (a script it runs, a pool it starts) that took its rank from the
-    environment, not a restart of it."""
-
-    def __init__(self, path: Path, pid: int) -> None:
-        super().__init__(errno.EEXIST, f"written by pid {pid}, an ancestor", str(path))
-        self.pid = pid
-
-
 def claim_runlog(run_dir: Path, rank: int, world_size: int, first_attempt: int,
-                 segment_bytes: int = 0, host: str = "",
-                 ancestors: Collection[int] = ()) -> tuple[RunLogWriter, int]:
+                 segment_bytes: int = 0) -> tuple[RunLogWriter, int]:
     """A writer on a new log for ``rank``, at the first attempt from ``first_attempt`` on
     whose file does not exist yet (created exclusively: a reused directory is never
-    appended to), and that attempt. Raises HeldByAncestor where a taken one's meta line
-    names one of ``ancestors`` (pids) on ``host``."""
+    appended to), and that attempt."""
     for attempt in range(first_attempt, first_attempt + MAX_ATTEMPTS):
-        path = run_dir / runlog_name(rank, world_size, attempt)
         try:
-            return RunLogWriter(path, exclusive=True, segment_bytes=segment_bytes), attempt
+            return RunLogWriter(run_dir / runlog_name(rank, world_size, attempt),
+                                exclusive=True, segment_bytes=segment_bytes), attempt
         except FileExistsError:
             if not run_dir.is_dir():  # (the name is taken by a file: no attempt is free)
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory",
                                          str(run_dir)) from None
-            holder = _writer_of(path) if ancestors else None
-            if holder is not None and holder.host == host and holder.pid in ancestors:
-                raise HeldByAncestor(path, holder.pid) from None
             continue
     raise FileExistsError(f"{run_dir}: no free run-log name for rank {rank} after "
                           f"{MAX_ATTEMPTS} attempts")
-
-
-def _writer_of(path: Path) -> Meta | None:
-    """The meta line of the log at ``path`` (its first record), if it has one."""
-    try:
-        first = next(iter(RunLogReader(path)), None)
-    except OSError:
-        return None
-    return first if isinstance(first, Meta) else None
 
 
 class RunLogReader:

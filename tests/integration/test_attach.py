@@ -196,16 +196,3 @@ def test_run_errors_are_one_line(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("gpuwatch config: sample_interval_s:")
     assert "Traceback" not in bad.stderr
-
-
-def test_a_helper_script_the_job_runs_is_no_attempt_of_its_rank(tmp_path: Path) -> None:
-    """A training script that runs a helper training 30 steps of its own: the helper
-    inherited the job's environment, attached, found rank 0's log taken and logged as
-    its next attempt (attempts are restarts: the newest states the run), its steps in
-    the report's figures. A process whose ancestor writes the rank's log is its helper."""
-    out = tmp_path / "out"
-    proc = run(gpuwatch_cmd("run", "--out", str(out), "--", sys.executable,
-                            str(SCRIPTS / "trains_beside_a_helper.py")), cwd=tmp_path)
-    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
-    assert sorted(p.name for p in out.glob("run*.jsonl")) == ["run.jsonl"]
-    assert len(steps(read(out / "run.jsonl"))) == 60
