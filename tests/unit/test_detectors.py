@@ -642,3 +642,20 @@ def test_retries_on_a_card_with_room_are_no_reason_the_job_cannot_run_here() -> 
     found = [f for f in judge(records, prices=dear, move_min_time_gain=50)
              if f.detector == "fits_on_paper"]
     assert found and all(f.verdict != "move_to_h100" for f in found), found
+
+
+def test_a_straggler_s_waiting_is_no_sync_bottleneck_of_its_own() -> None:
+    """Rank 5 of 8 H100s computes 18% longer: the others wait 0.13 s a step on it beyond
+    a 0.16 s transfer. Transfer and waiting together reach the 25% share, and the
+    transfer is the larger: sync_bottleneck said "NVLink could move these bytes in 2 ms:
+    not the link's bandwidth, look for a misconfigured NCCL", coming and going beside
+    the straggler. The transfer alone is 16% of the step: the straggler's finding."""
+    records: list[Record] = []
+    for r in range(8):
+        slow = r == 5
+        records += [meta(r, 8, host="node-0"),
+                    topology("NVIDIA H100 80GB HBM3", 80 * GB, nvlinks=18, rank=r, gpus=8),
+                    *steps(120, wall=1.03, rank=r, compute_s=0.87 if slow else 0.74,
+                           collective_s=0.16 if slow else 0.29, collective_bytes=int(1e9))]
+    found = judge(records, scope="job")
+    assert "sync_bottleneck" not in {f.detector for f in found}, found

@@ -63,6 +63,12 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     if wait_share < th["collective_share"]:
         return None
     ranks = sorted(summaries)
+    # one rank, or a few (judged first), hold the others: stragglers, whose waiting is
+    # their finding's; the transfer alone must reach the share to be this one
+    straggled = (split.fixed_last(th["fixed_rank_share"]) is not None
+                 or any("straggler" in ctx.explained.get(r, ()) for r in ranks))
+    if straggled and split.transfer_share < th["collective_share"]:
+        return None
     parts = [mean_parts(s) for s in summaries.values()]
     mean = mean_step_parts(parts)
     if isinstance(views[0], Telemetry):  # (rank 0's own, live and in a replay alike)
@@ -93,9 +99,8 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     text = {"ranks_n": len(ranks), "outcome": "", "unseen": unseen(views)}
     rails = uneven_rails(views)
     if split.mean_skew_s > split.transfer_s:
-        if (split.fixed_last(th["fixed_rank_share"]) is not None
-                or any("straggler" in ctx.explained.get(r, ()) for r in ranks)):
-            return None  # one rank, or a few (judged first), hold the others: stragglers
+        if straggled:
+            return None
         text |= {"link": "most of it waiting on a slower rank, a different one from step "
                          "to step, not transfer",
                  "advice": "Balance the work per rank per step: bucket or pack variable-length "
