@@ -288,7 +288,10 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             if not _FLAG.fullmatch(arg):  # (a flag after a secret-named switch is its own;
                 out.append(MASK)            # a token may start with "-": -q8Zp3xV...)
                 continue
-        name, eq, _ = arg.partition("=")
+        name, eq, value = arg.partition("=")
+        if eq and _LOGIN_ARG.fullmatch(name) and (match := _USER_PASSWORD.fullmatch(value)):
+            out.append(f"{name}={match[1]}{MASK}")  # (--login=user:pw: as given, not
+            continue  # URL-decoded as text is, where a "+" in the password reads as " ")
         # (a dotted config key names its secret last: --config.wandb.key=X, --db.password)
         last = ".".join(name.lstrip("-").rsplit(".", 2)[-2:])  # (its last two words)
         if (SECRET_NAME.match(name.lstrip("-")) or SECRET_NAME.match(last)) \
