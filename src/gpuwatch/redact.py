@@ -191,9 +191,10 @@ def redact(text: str) -> str:
     """``text`` with every secret-shaped value and every registered secret masked.
     Shapes go first: a registered value that is only a prefix of a secret-shaped one
     (``https://hooks.slack.com``) must not hide the shape from its pattern."""
+    text = _redact_plain(text)  # (first as written: a value spanning runs is one value)
     if "%" in text:
-        text = _RUN.sub(_decoded_if_secret, text)
-    return _redact_plain(text)
+        text = _redact_plain(_RUN.sub(_decoded_if_secret, text))
+    return text
 
 
 # A URL's user and password (its authority up to the last "@"), and a query or fragment

@@ -55,6 +55,7 @@ def test_an_ordinary_user_name_in_a_url_is_kept(scheme: str, user: str, host: st
 
 @settings(max_examples=150, deadline=None)
 @given(PASSWORD.filter(lambda p: not set(p) & set(";{}\"'")), st.booleans(), HOST)
+@example("0000%00<", True, "a.a")  # (a "<" and a "%00": the braced value whole)
 def test_an_odbc_pwd_is_masked(password: str, braced: bool, host: str) -> None:
     value = "{" + password + ";x}" if braced else password
     conn = f"Driver={{ODBC Driver 18}};Server={host};UID=sa;PWD={value};Encrypt=yes"
@@ -64,7 +65,8 @@ def test_an_odbc_pwd_is_masked(password: str, braced: bool, host: str) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(LABEL, PASSWORD.filter(lambda p: ":" not in p and not p.isdigit()),
+@given(LABEL, PASSWORD.filter(lambda p: ":" not in p and not p.isdigit()
+                              and not p.startswith("//")),  # (user://host: a URL)
        st.sampled_from(["--login", "--user", "-u"]))
 @example("a", "0000%00+", "--login")  # (not URL-decoded: the "+" stays no " ")
 def test_the_password_of_a_login_option_is_masked_its_user_kept(user: str, password: str,
