@@ -29,6 +29,7 @@ class ScriptedWebhook:
         self.received: list[dict[str, Any]] = []  # every body, whatever the answer
         self.streamed = 0  # bytes of "flood" answers the client took before it hung up
         self._lock = threading.Lock()
+        self.closed = threading.Event()  # set when the stand-in stops: a trickle ends
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,7 +53,8 @@ class ScriptedWebhook:
                         for byte in head[:int(60 / float(arg))]:
                             self.wfile.write(bytes([byte]))
                             self.wfile.flush()
-                            time.sleep(float(arg))
+                            if hook.closed.wait(float(arg)):  # (the pace of the trickle)
+                                break
                     return
                 status = 200 if name in ("ok", "hang", "flood", "garbled") else int(name)
                 if status == 200:
@@ -97,5 +99,6 @@ def webhook(script: list[str] | None = None, then: str = "ok") -> Iterator[Scrip
     try:
         yield hook
     finally:
+        hook.closed.set()
         hook.server.shutdown()
         hook.server.server_close()

@@ -4,6 +4,7 @@ total steps) and the signal helpers several of them read."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -434,8 +435,11 @@ def _pair_without(views: Sequence[RankInput], what: str) -> bool:
 
 
 def gpus_per_host(views: Sequence[RankInput]) -> int:
-    """The most GPUs the job uses on one host (``_used_gpus``; 1 where nothing says)."""
-    return max((len(mine) for _, mine in _used_gpus(views)), default=1) or 1
+    """The most GPUs the job uses on one host (``_used_gpus``; where no topology names
+    them, its ranks there, as their meta lines name the host; 1 where nothing says)."""
+    ranks_on = Counter(v.host for v in views)
+    return max((len(mine) or ranks_on[v.host] for v, mine in _used_gpus(views)),
+               default=1) or 1
 
 
 def _used_gpus(views: Sequence[RankInput]) -> Iterator[tuple[RankInput, set[int]]]:

@@ -220,7 +220,8 @@ def _bar(total: int, stream: TextIO | None, delay_s: float) -> Iterator[tqdm[Any
 def _replay_attempt(logs: list[Log], reading: Reading) -> tuple[list[Engine], Engine]:
     """One attempt's logs through their rank engines and a job engine of their own, which
     takes each log's meta line, events and step digests where they come in the merge."""
-    rank_engines = [_rank_engine(log.settings, _first_rank(logs)) for log in logs]
+    first_rank = _first_rank(logs)
+    rank_engines = [_rank_engine(log.settings, first_rank) for log in logs]
     job_engine = _job_engine(logs[0].settings)
     for engine in rank_engines:
         engine.peers = [job_engine]  # a straggler or sync finding explains every rank
@@ -341,9 +342,10 @@ def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) ->
             for path in files:
                 path.unlink()  # (digests are ~15% of a log's size: gone once judged)
             job_engines.append(job_engine)
+            first_rank = _first_rank(logs)
             for log in logs:
                 futures[log.tag] = pool.submit(_replay_rank, log.reader.path, log.settings,
-                                               log.tag, timeline, _first_rank(logs))
+                                               log.tag, timeline, first_rank)
         _progress(bar, {futures[log.tag]: log.reader.path for log in every})
     results = [futures[log.tag].result() for log in every]
     out, done = [], iter(results)

@@ -17,7 +17,6 @@ topology seen, nothing tells bandwidth from the rest: ``info``, no move.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 from gpuwatch.detection import skew
@@ -114,14 +113,10 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
     rate = link
     if ctx.host_staged(views):  # the GPUs' path through host memory, at its slowest (see
         # ``staged_floor``): the link, unless a fabric between nodes is slower still
-        if declared is None:
-            within, within_name = slowest_link(views, th["inter_node_bytes_per_second"],
-                                               across_nodes=False)
-            per_host = gpus_per_host(views)
-        else:  # (no topology: the card's slot, shared by the ranks on each host)
-            within, within_name = declared.link_bandwidth, link_name
-            per_host = max(Counter(v.host for v in views).values())
-        floor = staged_floor(within, per_host) if within is not None else None
+        within, within_name = (slowest_link(views, th["inter_node_bytes_per_second"],
+                                            across_nodes=False) if declared is None
+                               else (declared.link_bandwidth, link_name))  # (its slot)
+        floor = staged_floor(within, gpus_per_host(views)) if within is not None else None
         if floor is not None and (link is None or floor < link):
             rate, link_name = floor, within_name + " through host memory (no P2P between the GPUs)"
             evidence["staged_bytes_per_second"] = floor  # (what ``link_seconds`` is at)
