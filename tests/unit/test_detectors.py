@@ -89,6 +89,18 @@ def test_data_starvation_without_workers_says_to_add_them() -> None:
     assert "num_workers" in f.action and "no DataLoader workers" in f.summary
 
 
+def test_data_starvation_counts_the_workers_the_span_had() -> None:
+    """A loader without persistent workers has none for a moment at each epoch's end:
+    a newest reading of 0 among 4 is no job loading in its own process."""
+    records: list[Record] = [meta(), *steps(30, data_s=0.05),
+                             *samples("host", 29, {"workers": 4.0, "workers_cpu_ratio": 0.97}),
+                             Sample(0, START + 30, "host", {"workers": 0.0,
+                                                            "workers_cpu_ratio": 0.97})]
+    f = only(judge(records), "data_starvation")
+    assert f.evidence["workers"] == 4 and "its 4 DataLoader workers are CPU-bound" in f.summary
+    assert "num_workers" not in f.action
+
+
 def test_data_starvation_without_host_readings_claims_nothing_about_workers() -> None:
     """No host probe is no worker count of 0: an absent metric is never zero."""
     f = only(judge([meta(), *steps(30, data_s=0.05)]), "data_starvation")

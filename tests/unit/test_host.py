@@ -109,6 +109,33 @@ def test_workers_are_the_loaders_where_the_loaders_are_known() -> None:
             child.wait()
 
 
+def test_a_loader_restarting_its_workers_keeps_their_interval_s_cpu() -> None:
+    """At an epoch's end a loader without persistent workers drops its iterator (its
+    workers no longer the job's) before the next one's are noted: a read then sees no
+    workers. Their busy share over the interval is still theirs (it was missing, and
+    Prometheus showed the workers panel empty), with their CPU up to this read."""
+    known: set[int] | None = None
+    probe = HostProbe(rank=0, loader_workers=lambda: known)
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        known = {burner.pid}
+        wait_for(lambda: burner.pid in {p.pid for p in psutil.Process().children(True)}, 10,
+                 "the worker")
+        (first,) = probe.sample(time.time(), time.monotonic())
+        assert first.values["workers"] == 1
+        start = first.values["workers_cpu_seconds_total"]
+        wait_for(lambda: sum(psutil.Process(burner.pid).cpu_times()[:2]) > start + 0.3, 10,
+                 "the worker to burn CPU")
+        known = set()  # the old iterator gone, the next one's workers not noted yet
+        (between,) = probe.sample(time.time(), time.monotonic())
+    finally:
+        burner.kill()
+        burner.wait()
+    assert between.values["workers"] == 0
+    assert between.values["workers_cpu_seconds_total"] >= start + 0.3  # up to this read
+    assert between.values["workers_cpu_ratio"] > 0.0
+
+
 def test_workers_the_fork_server_forks_are_workers_not_helpers() -> None:
     """Under forkserver (Python 3.14's default on Linux) a DataLoader's workers are the
     fork server's children and share its command line: the server is multiprocessing's

@@ -36,9 +36,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         "data_seconds_per_step": summary.data_share * summary.mean_step_s,
         "step_seconds": summary.mean_step_s,
     }
-    host = view.latest("host")
-    counted = host.values.get("workers") if host else None
-    workers = int(counted) if counted is not None else 0
+    # the most workers the span had (a loader restarting them at an epoch's end has
+    # none for a moment)
+    counted = view.figure("host", "workers", since)
+    workers = int(counted.high) if counted is not None else 0
     busy = view.figure("host", "workers_cpu_ratio", since)
     system = view.figure("host", "system_cpu_ratio", since)
     if counted is not None:

@@ -31,7 +31,8 @@ class HostProbe:
         self._helpers: set[int] = set()  # multiprocessing's resource tracker, fork server
         self._known: set[int] = set()  # children already told apart
         self._born_as = _rank_word(_environ(self._proc) or {})  # what it was started with
-        self._last: tuple[float, float, float] | None = None  # mono, own cpu, children cpu
+        self._last: tuple[float, float, float, int] | None = None  # mono, own cpu,
+        # children cpu, workers
         self._child_cpu: dict[int, float] = {}
         self._dead_cpu = 0.0
         self._cpu_times = _busy_and_total(psutil.cpu_times())  # (its own baseline: a
@@ -62,10 +63,11 @@ class HostProbe:
             dt = mono - self._last[0]
             if dt > 0:
                 values["process_cpu_cores"] = max(own - self._last[1], 0.0) / dt
-                if workers:
+                ran = max(workers, self._last[3])  # (a loader restarting its workers
+                if ran:  # at an epoch's end has none for a moment: their interval's)
                     used = max(children_cpu - self._last[2], 0.0)
-                    values["workers_cpu_ratio"] = min(used / dt / workers, 1.0)
-        self._last = (mono, own, children_cpu)
+                    values["workers_cpu_ratio"] = min(used / dt / ran, 1.0)
+        self._last = (mono, own, children_cpu, workers)
         return [Sample(self.rank, now, "host", values)]
 
     def _system_cpu(self) -> float:
@@ -90,13 +92,14 @@ class HostProbe:
                 self._children.setdefault(pid, p)
         if known is not None:  # (children counted before the loaders were known)
             for pid in [pid for pid in self._children if pid not in known and pid in live]:
-                self._dead_cpu += self._child_cpu.pop(pid, 0.0)
-                del self._children[pid]
+                seconds = _cpu(self._children.pop(pid))  # (its CPU up to now: it was a
+                last = self._child_cpu.pop(pid, 0.0)  # worker until this read)
+                self._dead_cpu += last if seconds is None else seconds
         for pid, child in list(self._children.items()):
-            try:
-                t: Any = child.cpu_times()
-                self._child_cpu[pid] = t.user + t.system
-            except psutil.Error:  # exited: fold its last reading into the total
+            seconds = _cpu(child)
+            if seconds is not None:
+                self._child_cpu[pid] = seconds
+            else:  # exited: fold its last reading into the total
                 del self._children[pid]
                 self._dead_cpu += self._child_cpu.pop(pid, 0.0)
         total = self._dead_cpu + sum(self._child_cpu.values())
@@ -150,6 +153,15 @@ def _environ(p: psutil.Process) -> dict[str, str] | None:
 def _rank_word(env: Any) -> tuple[str | None, str | None]:
     """What an environment says the process's rank is: (RANK, LOCAL_RANK)."""
     return env.get("RANK"), env.get("LOCAL_RANK")
+
+
+def _cpu(p: psutil.Process) -> float | None:
+    """CPU seconds ``p`` has used (user and system); None once it has exited."""
+    try:
+        t: Any = p.cpu_times()
+    except psutil.Error:
+        return None
+    return float(t.user + t.system)
 
 
 def _busy_and_total(times: Any) -> tuple[float, float]:
