@@ -224,6 +224,10 @@ class Telemetry:
         # leak grows from
         self.allocated_at_start: float | None = None
         self.first_step_start: float | None = None  # start of the first step (Unix s)
+        # when activation checkpointing came on after steps without it (the start of the
+        # first step of the stretch it has been on since; None: off, or on from the start)
+        self.act_ckpt_on_at: float | None = None
+        self._unckpt_seen = False  # a step without activation checkpointing was seen
         self.warmed_at = 0.0  # when warm-up (loading, the first steps) ended (Unix s)
         # recent silences (no step, batch or save for PAUSE_S or more) a step ended (s)
         self.pauses: deque[float] = deque(maxlen=8)
@@ -291,6 +295,10 @@ class Telemetry:
             self.last_progress = s.t
         if self.first_step_start is None:
             self.first_step_start = s.t - s.wall_s
+        if not (s.act_ckpt_calls or s.recompute_s > 0):
+            self._unckpt_seen, self.act_ckpt_on_at = True, None
+        elif self.act_ckpt_on_at is None and self._unckpt_seen:
+            self.act_ckpt_on_at = s.t - s.wall_s
         if self.steps_seen <= WARMUP_STEPS:
             self.warmed_at = s.t
             return

@@ -29,3 +29,14 @@ def test_samples_and_an_oom_event_when_num_ooms_rises() -> None:
     (oom,) = [r for r in third if isinstance(r, Event)]
     assert oom.name == "oom" and oom.data["count"] == 2 and oom.rank == 1
     assert not [r for r in probe.sample(4.0, 4.0) if isinstance(r, Event)]
+
+
+def test_ooms_before_the_first_read_are_the_job_s() -> None:
+    """Seen on an H200 capped as an RTX 5090: the job's batch 16 ran out of memory before
+    the agent's first read (CUDA was initialised less than a second before), and the
+    job halved it. The counter starts with the process: those OOMs are told too."""
+    script = iter([stats(1, 1), stats(1, 1)])
+    probe = AllocatorProbe(lambda: next(script), rank=0, gpu=0)
+    (oom,) = [r for r in probe.sample(1.0, 1.0) if isinstance(r, Event)]
+    assert oom.name == "oom" and oom.data["count"] == 1
+    assert not [r for r in probe.sample(2.0, 2.0) if isinstance(r, Event)]

@@ -329,6 +329,46 @@ def test_memory_bound_consumer_card_should_move_to_h100_with_evidence() -> None:
     assert "H100 SXM" in f.summary and "batch size 12 -> 16" in f.action
 
 
+def checkpointing_after(oom_at: float | None, plain_s: float) -> list[Record]:
+    """Shaped like the suite's run on an H200 capped as an RTX 5090 (no NVML: the card
+    is ``gpu_model``'s): a 0.9B GPT at batch 16 runs out of memory at once, runs ``plain_s``
+    at batch 8 at the card's limit, then turns activation checkpointing on for batch 16
+    (no batch size is seen: its tokens come from no DataLoader); the allocator then
+    reserves 23 of 32 GiB and nothing retries."""
+    gib = 2**30
+    at_limit = {"allocator_reserved_bytes": 31.4 * gib, "allocator_allocated_bytes": 16 * gib,
+                "allocator_allocated_peak_bytes": 31.4 * gib,
+                "allocator_reserved_peak_bytes": 31.4 * gib,
+                "allocator_alloc_retries_total": 1.0, "allocator_ooms_total": 1.0}
+    after = {**at_limit, "allocator_reserved_bytes": 23.2 * gib,
+             "allocator_allocated_bytes": 12.4 * gib}
+    records: list[Record] = [meta(), *steps(plain_s, wall=0.1),
+                             *samples("allocator", plain_s, at_limit),
+                             *steps(120, wall=0.24, start=START + plain_s,
+                                    first=1 + round(plain_s * 10), recompute_s=0.044,
+                                    act_ckpt_calls=16),
+                             *samples("allocator", 120, after, start=START + plain_s)]
+    if oom_at is not None:
+        records.append(Event(0, START + oom_at, "oom", {"count": 1, "source": "allocator"}))
+    return records
+
+
+def test_activation_checkpointing_turned_on_after_an_oom_is_the_workaround_move() -> None:
+    """The job answered an OOM by turning activation checkpointing on: it fits on paper
+    and not in practice, for as long as the workaround stays (it was judged by design, or
+    not at all, once the OOM left the window). Checkpointing on from the first step with
+    a warm-up OOM (a batch finder's, cudnn.benchmark's tries) stays a design choice."""
+    f = only(judge(checkpointing_after(oom_at=0.2, plain_s=11), gpu_model="RTX 5090"),
+             "fits_on_paper")
+    assert f.verdict == "move_to_h100" and f.evidence["ooms_total"] == 1
+    assert f.projection is not None and f.projection["current"] == "RTX 5090"
+    assert f.projection["parts_seconds_projected"]["recompute"] == 0
+    from_start = judge(checkpointing_after(oom_at=0.2, plain_s=0), gpu_model="RTX 5090")
+    assert [x.verdict for x in from_start if x.detector == "fits_on_paper"] in ([], ["info"])
+    no_oom = judge(checkpointing_after(oom_at=None, plain_s=11), gpu_model="RTX 5090")
+    assert [x.verdict for x in no_oom if x.detector == "fits_on_paper"] in ([], ["info"])
+
+
 def test_a_smaller_batch_of_longer_sequences_is_no_batch_cut() -> None:
     """Sequence-length warm-up: 16 x 1024 tokens, then 12 x 1366 (the same tokens per
     step): the batch shrank by schedule, not for memory, so no need is scaled by it."""

@@ -1,7 +1,7 @@
 """fits_on_paper: the model fits the card on paper but not in practice. The job's own
 memory is at the limit and it shows (allocator retries or OOMs inside the window, a
-training batch cut that persists); when its need fits a bigger card with room: move it
-(move_to_h100), else fix it here.
+training batch cut that persists, activation checkpointing turned on after OOMs); when
+its need fits a bigger card with room: move it (move_to_h100), else fix it here.
 
 Activation checkpointing alone is a design choice, not a symptom: without pressure
 symptoms it gets no move, at most an ``info`` that turning it off here would save
@@ -38,7 +38,8 @@ from gpuwatch.telemetry import WARMUP_STEPS, StepSummary, Telemetry
 
 GIB = 2**30
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
-CUT_AFTER_OOM_S = 60.0  # an OOM this long before a batch cut is what cut it
+CUT_AFTER_OOM_S = 60.0  # an OOM this long before a batch cut (or activation
+# checkpointing turned on) is what made the job cut it (turn it on)
 # The job's own memory, best source first: (source, key, what the evidence calls it).
 MEMORY_SOURCES = (
     ("allocator", "allocator_reserved_bytes", "the allocator"),
@@ -78,9 +79,13 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         cut = None  # a run that never ran out of memory cut no batch for it: a schedule
     if cut is not None and summary.tokens >= TOKENS_HELD * view.tokens_at.get(cut[0], 0) > 0:
         cut = None  # tokens per step held: longer sequences in smaller batches (a schedule)
-    # OOMs that brought the batch down stay a symptom while it stays down
-    ooms = view.ooms_since(min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else trained)
     act_ckpt = summary.recompute_share >= th["recompute_share"]
+    # OOMs that brought the batch down, or made the job turn activation checkpointing on,
+    # stay a symptom while the workaround stays (warm-up's too: the job answered them)
+    ooms_from = min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else trained
+    if act_ckpt and view.act_ckpt_on_at is not None:
+        ooms_from = min(ooms_from, view.act_ckpt_on_at - CUT_AFTER_OOM_S)
+    ooms = view.ooms_since(ooms_from)
     # (the allocator retries once before every OOM it raises: those retries are the OOM's)
     # (one retry now and then costs a cache flush: retries are a symptom once they recur)
     symptoms = {"allocator retries": retries - ooms >= th["min_retries"], "OOMs": ooms > 0,

@@ -24,7 +24,9 @@ _KEYS = {
 
 class AllocatorProbe:
     """One Sample per read, plus an ``oom`` Event whenever ``num_ooms`` rises
-    (OOMs the job caught and survived are still seen this way)."""
+    (OOMs the job caught and survived are still seen this way), from 0 at the first read:
+    the counter starts with the process, so OOMs before it (a batch too big for the card,
+    tried and cut at once) are the job's too."""
 
     def __init__(self, memory_stats: Callable[[], Mapping[str, Any]], rank: int,
                  gpu: int | None) -> None:
@@ -41,10 +43,11 @@ class AllocatorProbe:
         values = {key: float(stats[src]) for src, key in _KEYS.items() if src in stats}
         out: list[Record] = [Sample(self.rank, now, "allocator", values, gpu=self.gpu)]
         ooms = values.get("allocator_ooms_total")
-        if ooms is not None:
-            if self._ooms is not None and ooms > self._ooms:
+        if ooms is not None:  # (the count starts at 0 with the process: OOMs before the
+            before = self._ooms if self._ooms is not None else 0.0  # first read are its)
+            if ooms > before:
                 out.append(Event(self.rank, now, "oom",
-                                 {"count": int(ooms - self._ooms), "source": "allocator"}))
+                                 {"count": int(ooms - before), "source": "allocator"}))
             self._ooms = ooms
         return out
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 import gpuwatch
 from gpuwatch.instrument.attach import install
+from gpuwatch.instrument.patches import COVERAGE
 from gpuwatch.monitor import start_agent
 from gpuwatch.records import Step, from_dict
 
@@ -39,12 +40,14 @@ def main(mode: str, out: Path) -> None:
     side = torch.cuda.Stream()
     a = torch.randn(4096, 4096, device="cuda")
     x = torch.randn(1 << 20, device="cuda")
+    busy(a)  # warm-up: cuBLAS's first call and the clocks' ramp made a cold one ~6x longer
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    busy(a)
+    for _ in range(5):
+        busy(a)
     end.record()
     torch.cuda.synchronize()
-    busy_s = start.elapsed_time(end) / 1000
+    busy_s = start.elapsed_time(end) / 1000 / 5
     host_wait = 0.0
     if mode == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(
@@ -54,7 +57,8 @@ def main(mode: str, out: Path) -> None:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 busy(a)  # the all-reduce finishes late, as over a slow link
-                return dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+                work = dist.all_reduce(bucket.buffer(), async_op=True)
+            return work.get_future().then(lambda fut: fut.value()[0])  # (DDP's: one tensor)
 
         model.register_comm_hook(None, slow_allreduce)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -84,7 +88,9 @@ def main(mode: str, out: Path) -> None:
              if isinstance(r := from_dict(json.loads(line)), Step)]
     dist.destroy_process_group()
     print(json.dumps({"steps": len(steps), "collective_s": sum(s.collective_s for s in steps),
-                      "host_wait_s": host_wait, "busy_s": busy_s}))
+                      "host_wait_s": host_wait, "busy_s": busy_s,
+                      "per_step": [round(s.collective_s, 4) for s in steps],
+                      "coverage": dict(COVERAGE)}))
 
 
 if __name__ == "__main__":
