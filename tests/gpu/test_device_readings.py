@@ -25,7 +25,7 @@ def busy(a: Any, n: int) -> Any:
 
 def test_allocator_probe_reads_what_memory_stats_says() -> None:
     from gpuwatch.probes.allocator import AllocatorProbe, torch_memory_stats
-    from gpuwatch.records import Event
+    from gpuwatch.records import Event, Sample
 
     stats = torch_memory_stats(0)
     assert stats is not None
@@ -33,8 +33,11 @@ def test_allocator_probe_reads_what_memory_stats_says() -> None:
     with pytest.raises(torch.OutOfMemoryError):
         torch.empty(1 << 50, dtype=torch.uint8, device="cuda")  # caught: an OOM survived
     probe = AllocatorProbe(stats, rank=0, gpu=0)
-    (sample,) = probe.sample(time.time(), time.monotonic())
+    first = probe.sample(time.time(), time.monotonic())
     truth = torch.cuda.memory_stats(0)
+    (sample,) = [r for r in first if isinstance(r, Sample)]
+    (before,) = [r for r in first if isinstance(r, Event)]  # the OOMs before the first read
+    assert before.name == "oom" and before.data["count"] == truth["num_ooms"]
     assert sample.values["allocator_allocated_bytes"] == truth["allocated_bytes.all.current"]
     assert sample.values["allocator_reserved_bytes"] == truth["reserved_bytes.all.current"]
     assert sample.values["allocator_allocated_bytes"] >= held.numel()
