@@ -122,6 +122,20 @@ def test_not_supported_function_is_absent_and_never_asked_again() -> None:
     assert s.nvml.faults.counts["nvml"] == 0  # unsupported is not a failure
 
 
+def test_what_the_machine_does_not_support_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A query the driver does not support (per-process memory in some VMs, power on
+    some boards) and a GPU without GPM are each said once, and sampling goes on."""
+    lib = FakeNvml([FakeGpu(gpm=False)],
+                   fail={"nvmlDeviceGetComputeRunningProcesses": FakeNvml.NVML_ERROR_NOT_SUPPORTED})
+    with caplog.at_level(logging.INFO, logger="gpuwatch"):
+        s = sampler(lib, pids={1})
+        for i in range(5):
+            assert "gpu_utilization_ratio" in s.sample(float(i), float(i))[0].values
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("nvmlDeviceGetComputeRunningProcesses is not supported" in m for m in said) == 1
+    assert sum("no GPM" in m for m in said) == 1
+
+
 @pytest.mark.parametrize("code", [FakeNvml.NVML_ERROR_GPU_IS_LOST, FakeNvml.NVML_ERROR_UNKNOWN])
 def test_failing_calls_are_counted_and_logged_once(
         code: int, caplog: pytest.LogCaptureFixture) -> None:

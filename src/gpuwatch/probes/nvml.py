@@ -92,6 +92,8 @@ class Nvml:
         except Exception as exc:
             if self._is_unsupported(exc):
                 self._unsupported.add(key)
+                self.faults.note_once(f"nvml:{name}", f"NVML: {name} is not supported on "
+                                      "this machine; its metric is absent")
             else:
                 self.faults.record("nvml", exc)
             return default
@@ -311,6 +313,9 @@ class _Gpm:
         self.handle = handle
         support = nvml.call("nvmlGpmQueryDeviceSupport", handle)
         self.supported = bool(getattr(support, "isSupportedDevice", 0))
+        if not self.supported:  # (pre-Hopper cards, some VMs: projections take the range)
+            nvml.faults.note_once("nvml:gpm", "NVML: no GPM on this GPU; SM, tensor and "
+                                  "DRAM activity are not read")
         self._metrics = [(nvml.const(c), key, scale) for c, (key, scale) in _GPM_METRICS.items()
                          if nvml.const(c) is not None]
         self._prev: Any = None
