@@ -33,6 +33,7 @@ from gpuwatch.vocabulary import LOWEST_SLOWDOWN, SLOWDOWN_BITS, unwaited_compute
 MAX_STEPS = 8192
 MAX_SAMPLES = 900  # per (source, gpu): 15 minutes at 1 Hz
 MAX_EVENTS = 256
+CKPT_STRETCH_STEPS = 10  # steps in a row with(out) activation checkpointing: a switch
 WARMUP_STEPS = 5  # the first steps (allocation, compilation, worker start) are not typical
 MEDIAN_STEPS = 15  # the running median step is taken over this many recent steps
 INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an interruption
@@ -224,10 +225,11 @@ class Telemetry:
         # leak grows from
         self.allocated_at_start: float | None = None
         self.first_step_start: float | None = None  # start of the first step (Unix s)
-        # when activation checkpointing came on after steps without it (the start of the
-        # first step of the stretch it has been on since; None: off, or on from the start)
+        # when activation checkpointing came on after a stretch of CKPT_STRETCH_STEPS
+        # steps without it (the start of its first step; None: off for as long, or on
+        # from the start): a step or a few without it (toggling) move nothing
         self.act_ckpt_on_at: float | None = None
-        self._unckpt_seen = False  # a step without activation checkpointing was seen
+        self._plain_steps = 0  # steps without activation checkpointing in a row
         self.warmed_at = 0.0  # when warm-up (loading, the first steps) ended (Unix s)
         # recent silences (no step, batch or save for PAUSE_S or more) a step ended (s)
         self.pauses: deque[float] = deque(maxlen=8)
@@ -296,9 +298,13 @@ class Telemetry:
         if self.first_step_start is None:
             self.first_step_start = s.t - s.wall_s
         if not (s.act_ckpt_calls or s.recompute_s > 0):
-            self._unckpt_seen, self.act_ckpt_on_at = True, None
-        elif self.act_ckpt_on_at is None and self._unckpt_seen:
-            self.act_ckpt_on_at = s.t - s.wall_s
+            self._plain_steps += 1
+            if self._plain_steps >= CKPT_STRETCH_STEPS:
+                self.act_ckpt_on_at = None
+        else:
+            if self._plain_steps >= CKPT_STRETCH_STEPS:
+                self.act_ckpt_on_at = s.t - s.wall_s
+            self._plain_steps = 0
         if self.steps_seen <= WARMUP_STEPS:
             self.warmed_at = s.t
             return

@@ -32,7 +32,7 @@ def test_allocator_probe_reads_what_memory_stats_says() -> None:
     held = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # 256 MiB
     with pytest.raises(torch.OutOfMemoryError):
         torch.empty(1 << 50, dtype=torch.uint8, device="cuda")  # caught: an OOM survived
-    probe = AllocatorProbe(stats, rank=0, gpu=0)
+    probe = AllocatorProbe(stats, rank=0, gpu=0, told={})
     first = probe.sample(time.time(), time.monotonic())
     truth = torch.cuda.memory_stats(0)
     (sample,) = [r for r in first if isinstance(r, Sample)]

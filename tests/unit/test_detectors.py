@@ -101,6 +101,26 @@ def test_data_starvation_counts_the_workers_the_span_had() -> None:
     assert "num_workers" not in f.action
 
 
+def test_an_eval_loader_s_workers_are_not_the_training_loader_s() -> None:
+    """Training loads in its own process (num_workers=0) and waits half of each step; an
+    eval every 60 s runs 5 s through a loader with 8 workers. Right after an eval the
+    span's most workers were 8: "its 8 workers are mostly idle: storage" was told
+    instead of "load in worker processes"."""
+    records: list[Record] = [meta()]
+    t, n, evals = START, 1, []
+    while t < START + 133:
+        wall = 5.0 if n % 600 == 0 else 0.1  # an eval inside the loop: one long step
+        records.append(Step(rank=0, step=n, t=t + wall, wall_s=wall, data_s=0.05,
+                            compute_s=wall - 0.05, samples=32))
+        if wall > 1:
+            evals.append((t, t + wall))
+        t, n = t + wall, n + 1
+    records += [Sample(0, START + k, "host", {"workers": 8.0 if any(
+        a <= START + k <= b for a, b in evals) else 0.0}) for k in range(1, int(t - START))]
+    f = only(judge(records), "data_starvation")
+    assert f.evidence["workers"] == 0 and "no DataLoader workers" in f.summary
+
+
 def test_data_starvation_without_host_readings_claims_nothing_about_workers() -> None:
     """No host probe is no worker count of 0: an absent metric is never zero."""
     f = only(judge([meta(), *steps(30, data_s=0.05)]), "data_starvation")
@@ -329,14 +349,16 @@ def test_memory_bound_consumer_card_should_move_to_h100_with_evidence() -> None:
     assert "H100 SXM" in f.summary and "batch size 12 -> 16" in f.action
 
 
-def checkpointing_after(oom_at: float | None, plain_s: float) -> list[Record]:
+def checkpointing_after(oom_at: float | None, plain_s: float,
+                        plain_reserved_gib: float = 31.4) -> list[Record]:
     """Shaped like the suite's run on an H200 capped as an RTX 5090 (no NVML: the card
     is ``gpu_model``'s): a 0.9B GPT at batch 16 runs out of memory at once, runs ``plain_s``
     at batch 8 at the card's limit, then turns activation checkpointing on for batch 16
     (no batch size is seen: its tokens come from no DataLoader); the allocator then
     reserves 23 of 32 GiB and nothing retries."""
     gib = 2**30
-    at_limit = {"allocator_reserved_bytes": 31.4 * gib, "allocator_allocated_bytes": 16 * gib,
+    at_limit = {"allocator_reserved_bytes": plain_reserved_gib * gib,
+                "allocator_allocated_bytes": min(16, plain_reserved_gib) * gib,
                 "allocator_allocated_peak_bytes": 31.4 * gib,
                 "allocator_reserved_peak_bytes": 31.4 * gib,
                 "allocator_alloc_retries_total": 1.0, "allocator_ooms_total": 1.0}
@@ -367,6 +389,26 @@ def test_activation_checkpointing_turned_on_after_an_oom_is_the_workaround_move(
     assert [x.verdict for x in from_start if x.detector == "fits_on_paper"] in ([], ["info"])
     no_oom = judge(checkpointing_after(oom_at=None, plain_s=11), gpu_model="RTX 5090")
     assert [x.verdict for x in no_oom if x.detector == "fits_on_paper"] in ([], ["info"])
+
+
+def test_checkpointing_is_an_answer_to_an_oom_only_when_memory_said_so() -> None:
+    """A warm-up OOM (cudnn.benchmark's tries), then 20 s at 9 of 32 GiB, then
+    checkpointing on by plan: no answer to memory, no move. One step without
+    checkpointing among them (a short eval batch) does not end the workaround, and
+    checkpointing that comes and goes with the batch's length is no switch at all."""
+    planned = judge(checkpointing_after(oom_at=0.2, plain_s=20, plain_reserved_gib=9),
+                    gpu_model="RTX 5090")
+    assert "move_to_h100" not in [x.verdict for x in planned if x.detector == "fits_on_paper"]
+    answered = checkpointing_after(oom_at=0.2, plain_s=11)
+    one_plain = [replace(r, recompute_s=0.0, act_ckpt_calls=0)
+                 if isinstance(r, Step) and r.step == 400 else r for r in answered]
+    f = only(judge(one_plain, gpu_model="RTX 5090"), "fits_on_paper")
+    assert f.verdict == "move_to_h100" and f.state == "active"
+    toggling = [replace(r, recompute_s=0.0, act_ckpt_calls=0)
+                if isinstance(r, Step) and r.step % 2 and r.t > START + 11 else r
+                for r in checkpointing_after(oom_at=0.2, plain_s=0)]
+    moves = [x for x in judge(toggling, gpu_model="RTX 5090") if x.verdict == "move_to_h100"]
+    assert moves == []
 
 
 def test_a_smaller_batch_of_longer_sequences_is_no_batch_cut() -> None:

@@ -136,6 +136,25 @@ def test_a_loader_restarting_its_workers_keeps_their_interval_s_cpu() -> None:
     assert between.values["workers_cpu_ratio"] > 0.0
 
 
+def test_a_worker_that_exited_between_reads_is_no_idle_worker() -> None:
+    """A worker busy until it exited before the next read (a loader joins its workers
+    at an epoch's end) took its CPU since the last read with it: that interval has no
+    busy share to tell (it read 0%, and a CPU-bound loader was sent to storage)."""
+    known: set[int] | None = None
+    probe = HostProbe(rank=0, loader_workers=lambda: known)
+    burner = subprocess.Popen([sys.executable, "-c",
+                               "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass"])
+    known = {burner.pid}
+    wait_for(lambda: burner.pid in {p.pid for p in psutil.Process().children(True)}, 10,
+             "the worker")
+    (first,) = probe.sample(time.time(), time.monotonic())
+    assert first.values["workers"] == 1
+    burner.wait()  # joined: it exited busy
+    known = set()
+    (gap,) = probe.sample(time.time(), time.monotonic())
+    assert gap.values["workers"] == 0 and "workers_cpu_ratio" not in gap.values
+
+
 def test_workers_the_fork_server_forks_are_workers_not_helpers() -> None:
     """Under forkserver (Python 3.14's default on Linux) a DataLoader's workers are the
     fork server's children and share its command line: the server is multiprocessing's

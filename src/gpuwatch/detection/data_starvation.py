@@ -36,10 +36,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         "data_seconds_per_step": summary.data_share * summary.mean_step_s,
         "step_seconds": summary.mean_step_s,
     }
-    # the most workers the span had (a loader restarting them at an epoch's end has
-    # none for a moment)
-    counted = view.figure("host", "workers", since)
-    workers = int(counted.high) if counted is not None else 0
+    counted = typical_workers(view, since)
+    workers = counted or 0
     busy = view.figure("host", "workers_cpu_ratio", since)
     system = view.figure("host", "system_cpu_ratio", since)
     if counted is not None:
@@ -74,6 +72,17 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                   "dataset format.")
     return Detection(evidence, [view.rank],
                      text={"rank": view.rank, "workers_text": text, "advice": advice})
+
+
+def typical_workers(view: Telemetry, since: float) -> int | None:
+    """The loader workers the span's steps ran with: the median count of the host
+    readings outside interruptions (all of them if none is): a loader restarting its
+    workers at an epoch's end has none for a moment, an eval loader's workers join
+    them while it runs. None without a reading."""
+    readings = [(s.values["workers"], view.interrupted(s.t))
+                for s in view.samples_since("host", since) if "workers" in s.values]
+    counts = sorted(n for n, out in readings if not out) or sorted(n for n, _ in readings)
+    return int(counts[len(counts) // 2]) if counts else None
 
 
 def _in_stalls(view: Telemetry, since: float, share: float) -> bool:

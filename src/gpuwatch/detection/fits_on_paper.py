@@ -80,12 +80,12 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if cut is not None and summary.tokens >= TOKENS_HELD * view.tokens_at.get(cut[0], 0) > 0:
         cut = None  # tokens per step held: longer sequences in smaller batches (a schedule)
     act_ckpt = summary.recompute_share >= th["recompute_share"]
-    # OOMs that brought the batch down, or made the job turn activation checkpointing on,
-    # stay a symptom while the workaround stays (warm-up's too: the job answered them)
+    # OOMs that brought the batch down, or that the job answered by turning activation
+    # checkpointing on, stay a symptom while the workaround stays
     ooms_from = min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else trained
-    if act_ckpt and view.act_ckpt_on_at is not None:
-        ooms_from = min(ooms_from, view.act_ckpt_on_at - CUT_AFTER_OOM_S)
     ooms = view.ooms_since(ooms_from)
+    if act_ckpt and view.act_ckpt_on_at is not None:
+        ooms += answered_ooms(view, ctx, th["memory_ratio"], ooms_from)
     # (the allocator retries once before every OOM it raises: those retries are the OOM's)
     # (one retry now and then costs a cache flush: retries are a symptom once they recur)
     symptoms = {"allocator retries": retries - ooms >= th["min_retries"], "OOMs": ooms > 0,
@@ -194,6 +194,25 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     return Detection(evidence, [view.rank], text=text,
                      projection=proj.as_dict() if priced else None,
                      verdict=verdict, variant=None if verdict == "move_to_h100" else "too_big")
+
+
+def answered_ooms(view: Telemetry, ctx: Context, memory_ratio: float, counted_from: float
+                  ) -> int:
+    """OOMs the job answered by turning activation checkpointing on: those in the minute
+    before it came on (``Telemetry.act_ckpt_on_at``; before ``counted_from``, where the
+    window's own count starts), warm-up's too, where the job also ran out after warm-up
+    or its memory reached ``memory_ratio`` of the card since (a warm-up OOM, then a
+    planned switch at low memory, is no answer to it)."""
+    on_at = view.act_ckpt_on_at
+    if on_at is None:
+        return 0
+    start = on_at - CUT_AFTER_OOM_S
+    before = [t for t in view.oom_times if start <= t < min(on_at, counted_from)]
+    if not before or any(t >= view.warmed_at for t in before):
+        return len(before)
+    total = card_memory(view, ctx)
+    measured = own_memory(view, start)
+    return len(before) if total and measured and measured[0] >= memory_ratio * total else 0
 
 
 def died_early(view: Telemetry, ctx: Context) -> Detection:

@@ -22,18 +22,24 @@ _KEYS = {
 }
 
 
+# OOMs already told in this process, by device: ``num_ooms`` counts for the whole
+# process, and a later agent in it (a second fit, the next trial) must not tell them again
+TOLD_OOMS: dict[int | None, float] = {}
+
+
 class AllocatorProbe:
     """One Sample per read, plus an ``oom`` Event whenever ``num_ooms`` rises
-    (OOMs the job caught and survived are still seen this way), from 0 at the first read:
-    the counter starts with the process, so OOMs before it (a batch too big for the card,
-    tried and cut at once) are the job's too."""
+    (OOMs the job caught and survived are still seen this way). The counter starts with
+    the process: OOMs before the first read that no earlier probe in the process told
+    (``told``: device -> count; a batch too big for the card, tried and cut before the
+    agent's first read) are told at it."""
 
     def __init__(self, memory_stats: Callable[[], Mapping[str, Any]], rank: int,
-                 gpu: int | None) -> None:
+                 gpu: int | None, told: dict[int | None, float] = TOLD_OOMS) -> None:
         self._memory_stats = memory_stats
         self.rank = rank
         self.gpu = gpu
-        self._ooms: float | None = None
+        self._told = told
 
     def sample(self, now: float, mono: float) -> list[Record]:
         """What the allocator says at ``now`` (``mono`` unused: nothing here is paced)."""
@@ -43,12 +49,12 @@ class AllocatorProbe:
         values = {key: float(stats[src]) for src, key in _KEYS.items() if src in stats}
         out: list[Record] = [Sample(self.rank, now, "allocator", values, gpu=self.gpu)]
         ooms = values.get("allocator_ooms_total")
-        if ooms is not None:  # (the count starts at 0 with the process: OOMs before the
-            before = self._ooms if self._ooms is not None else 0.0  # first read are its)
+        if ooms is not None:
+            before = self._told.get(self.gpu, 0.0)
             if ooms > before:
                 out.append(Event(self.rank, now, "oom",
                                  {"count": int(ooms - before), "source": "allocator"}))
-            self._ooms = ooms
+            self._told[self.gpu] = ooms  # (a reset of the stats starts it again)
         return out
 
 

@@ -31,8 +31,7 @@ class HostProbe:
         self._helpers: set[int] = set()  # multiprocessing's resource tracker, fork server
         self._known: set[int] = set()  # children already told apart
         self._born_as = _rank_word(_environ(self._proc) or {})  # what it was started with
-        self._last: tuple[float, float, float, int] | None = None  # mono, own cpu,
-        # children cpu, workers
+        self._last: tuple[float, float, float] | None = None  # mono, own cpu, children cpu
         self._child_cpu: dict[int, float] = {}
         self._dead_cpu = 0.0
         self._cpu_times = _busy_and_total(psutil.cpu_times())  # (its own baseline: a
@@ -48,7 +47,7 @@ class HostProbe:
             times = proc.cpu_times()
             rss = proc.memory_info().rss
         own = times.user + times.system
-        children_cpu, workers = self._children_cpu()
+        children_cpu, workers, read = self._children_cpu()
         vm = psutil.virtual_memory()
         values: dict[str, float] = {
             "process_cpu_seconds_total": own,
@@ -63,11 +62,13 @@ class HostProbe:
             dt = mono - self._last[0]
             if dt > 0:
                 values["process_cpu_cores"] = max(own - self._last[1], 0.0) / dt
-                ran = max(workers, self._last[3])  # (a loader restarting its workers
-                if ran:  # at an epoch's end has none for a moment: their interval's)
+                # over the workers read up to now (a loader restarting its workers at
+                # an epoch's end may have none live: those it let go still read; those
+                # that exited took their CPU since the last read with them)
+                if read:
                     used = max(children_cpu - self._last[2], 0.0)
-                    values["workers_cpu_ratio"] = min(used / dt / ran, 1.0)
-        self._last = (mono, own, children_cpu, workers)
+                    values["workers_cpu_ratio"] = min(used / dt / read, 1.0)
+        self._last = (mono, own, children_cpu)
         return [Sample(self.rank, now, "host", values)]
 
     def _system_cpu(self) -> float:
@@ -78,8 +79,9 @@ class HostProbe:
         return min(max((busy - last_busy) / (total - last_total), 0.0), 1.0) \
             if total > last_total else 0.0
 
-    def _children_cpu(self) -> tuple[float, int]:
-        """CPU seconds of all children ever seen (the exited ones' too) and the live count."""
+    def _children_cpu(self) -> tuple[float, int, int]:
+        """CPU seconds of all children ever seen (the exited ones' too), the live count,
+        and how many were read now (live, or let go at this read)."""
         try:
             live = {p.pid: p for p in self._proc.children(recursive=True)}
         except psutil.Error:
@@ -90,20 +92,23 @@ class HostProbe:
             if pid not in self._ranks and (pid in known if known is not None
                                            else pid not in self._helpers):
                 self._children.setdefault(pid, p)
+        read = 0  # workers whose CPU up to this read was read
         if known is not None:  # (children counted before the loaders were known)
             for pid in [pid for pid in self._children if pid not in known and pid in live]:
                 seconds = _cpu(self._children.pop(pid))  # (its CPU up to now: it was a
                 last = self._child_cpu.pop(pid, 0.0)  # worker until this read)
                 self._dead_cpu += last if seconds is None else seconds
+                read += seconds is not None
         for pid, child in list(self._children.items()):
             seconds = _cpu(child)
             if seconds is not None:
                 self._child_cpu[pid] = seconds
-            else:  # exited: fold its last reading into the total
+                read += 1
+            else:  # exited: its CPU since the last read is lost; fold that reading in
                 del self._children[pid]
                 self._dead_cpu += self._child_cpu.pop(pid, 0.0)
         total = self._dead_cpu + sum(self._child_cpu.values())
-        return total, len(self._children)
+        return total, len(self._children), read
 
     def _tell_ranks(self, live: dict[int, psutil.Process]) -> None:
         """Note which new children are other ranks (their environment names a rank this
