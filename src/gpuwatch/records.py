@@ -107,6 +107,28 @@ class Event:
     kind: Literal["event"] = "event"
 
 
+class OomTally:
+    """A rank's OOMs from its ``oom`` events. One that leaves a step is told twice: by
+    the exception (``type``) and by the allocator's counter rise (``count``), in either
+    order; caught ones only by the counter, and without allocator readings only the
+    exceptions tell. The rank's OOMs are the larger of the two totals."""
+
+    __slots__ = ("counted", "told", "typed")
+
+    def __init__(self) -> None:
+        self.typed = self.counted = self.told = 0
+
+    def add(self, e: Event) -> int:
+        """The OOMs ``e`` tells that no earlier event of the rank told."""
+        if "type" in e.data:
+            self.typed += 1
+        else:
+            self.counted += max(int(e.data.get("count", 1)), 0)
+        new = max(self.typed, self.counted) - self.told
+        self.told += new
+        return new
+
+
 Verdict = Literal["move_to_h100", "fix_here", "info"]
 Severity = Literal["info", "warning", "critical"]
 

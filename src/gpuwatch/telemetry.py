@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from gpuwatch.probes.peers import StepWait
-from gpuwatch.records import Event, Meta, Record, Sample, Step
+from gpuwatch.records import Event, Meta, OomTally, Record, Sample, Step
 from gpuwatch.series import Figure, Series, combined, combined_rise
 from gpuwatch.vocabulary import LOWEST_SLOWDOWN, SLOWDOWN_BITS, unwaited_compute_s
 
@@ -201,6 +201,7 @@ class Telemetry:
         self.clock = 0.0
         self.started = 0.0
         self.oom_times: deque[float] = deque(maxlen=MAX_EVENTS)
+        self._ooms = OomTally()
         self.oom_left_step_at = 0.0  # when an OOM last left a step (Unix s; 0: never)
         self.ended = False  # the log ended (``end``)
         # steps per cycle of the job's rhythm: 1, or N where a gradient sync every N steps
@@ -394,7 +395,7 @@ class Telemetry:
             if isinstance(batches, (int, float)) and batches > 0:
                 self._eval_at = e.t
         if e.name == "oom":
-            self.oom_times.extend([e.t] * min(int(e.data.get("count", 1)), MAX_EVENTS))
+            self.oom_times.extend([e.t] * min(self._ooms.add(e), MAX_EVENTS))
             if "type" in e.data:
                 self.oom_left_step_at = e.t
         elif e.name == "batch_size_changed":

@@ -291,3 +291,21 @@ def test_a_time_axis_in_minutes_ticks_on_round_minutes() -> None:
     ticks = re.findall(r'text-anchor="middle">([^<]*)</text>', chart)[:-1]
     assert ticks and all(float(t) == round(float(t)) for t in ticks), ticks
     assert "4" in ticks and "minutes since start" in chart
+
+
+@pytest.mark.parametrize("exception_first", [True, False])
+def test_an_oom_told_by_its_exception_and_by_the_allocator_is_one(
+        exception_first: bool) -> None:
+    """An OOM that leaves a step is told by the exception and by the allocator's
+    counter, in either order: one OOM, for the detectors and the report; a caught one
+    (the counter alone) and one on a rank without allocator readings are one each."""
+    first, second = (START + 1, START + 1.5) if exception_first else (START + 1.5, START + 1)
+    typed = Event(0, first, "oom", {"type": "OutOfMemoryError"})
+    counted = Event(0, second, "oom", {"count": 1, "source": "allocator"})
+    pair = [typed, counted] if exception_first else [counted, typed]
+    caught = Event(0, START + 9, "oom", {"count": 1, "source": "allocator"})
+    no_allocator = Event(1, START + 5, "oom", {"type": "OutOfMemoryError"})
+    view = Telemetry()
+    view.add([*pair, caught])
+    assert view.ooms_since(0.0) == 2
+    assert run_of([meta(), meta(1, 2), *pair, caught, no_allocator]).ooms == 3

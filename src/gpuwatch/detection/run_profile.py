@@ -17,7 +17,7 @@ from typing import Any
 
 from gpuwatch.detection.projection import Gpu, catalogue, identify
 from gpuwatch.detection.replay import run_logs
-from gpuwatch.records import Event, Meta, Record, Sample, Step
+from gpuwatch.records import Event, Meta, OomTally, Record, Sample, Step
 from gpuwatch.runlog import RunLogReader
 from gpuwatch.telemetry import WARMUP_STEPS
 from gpuwatch.vocabulary import PARTS, split_step
@@ -141,6 +141,7 @@ class RunProfile:
     memory_peak_bytes: float | None = None  # the largest a GPU's memory use reached
     planned_steps: int | None = None
     ooms: int = 0
+    _oom_tallies: dict[int, OomTally] = field(default_factory=dict)  # by rank
     skipped_lines: int = 0
 
     # -- building ------------------------------------------------------------------
@@ -215,7 +216,7 @@ class RunProfile:
         elif e.name == "total_steps" and not self.planned_steps:
             self.planned_steps = int(e.data.get("steps", 0)) or None
         elif e.name == "oom":
-            self.ooms += int(e.data.get("count", 1))
+            self.ooms += self._oom_tallies.setdefault(e.rank, OomTally()).add(e)
 
     # -- figures -------------------------------------------------------------------
 
