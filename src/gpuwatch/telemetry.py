@@ -745,12 +745,13 @@ class TrainingBatch:
     older logs) is no peak, and sizes that go up and down again are no cut at all.
     """
 
-    __slots__ = ("_since", "current", "cut_at", "flipped", "peak")
+    __slots__ = ("_since", "current", "cut_at", "flipped", "grew", "peak")
 
     def __init__(self) -> None:
         self.peak = 0
         self.current = 0
         self.cut_at: float | None = None  # when the size first fell below its peak
+        self.grew: deque[float] = deque(maxlen=BATCH_SIZES)  # when it rose (a search)
         self.flipped = False  # it rose again after a cut
         self._since = 0  # steps seen when the current size began
 
@@ -758,8 +759,9 @@ class TrainingBatch:
         """The size went from ``before`` to ``after`` at ``t``, ``steps`` steps in."""
         if steps > self._since or not self.current:
             self.peak = max(self.peak, before)  # ``before`` trained at least one step
-        if self.cut_at is not None and after > before:
-            self.flipped = True
+        if after > before:
+            self.grew.append(t)
+            self.flipped = self.cut_at is not None
         self.current, self._since = after, steps
         if after < self.peak and self.cut_at is None:
             self.cut_at = t

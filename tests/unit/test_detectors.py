@@ -384,6 +384,9 @@ def test_activation_checkpointing_turned_on_after_an_oom_is_the_workaround_move(
              "fits_on_paper")
     assert f.verdict == "move_to_h100" and f.evidence["ooms_total"] == 1
     assert f.projection is not None and f.projection["current"] == "RTX 5090"
+    # the allocator's lifetime peak (31.4 GiB, from before checkpointing) is no figure to
+    # double for checkpointing: 50 GiB was told; it ran out at the card's 32 GiB
+    assert f.evidence["memory_need_bytes"] == 32 * 2**30 and "more than" in f.summary
     assert f.projection["parts_seconds_projected"]["recompute"] == 0
     from_start = judge(checkpointing_after(oom_at=0.2, plain_s=0), gpu_model="RTX 5090")
     assert [x.verdict for x in from_start if x.detector == "fits_on_paper"] in ([], ["info"])
@@ -409,6 +412,32 @@ def test_checkpointing_is_an_answer_to_an_oom_only_when_memory_said_so() -> None
                 for r in checkpointing_after(oom_at=0.2, plain_s=0)]
     moves = [x for x in judge(toggling, gpu_model="RTX 5090") if x.verdict == "move_to_h100"]
     assert moves == []
+
+
+def test_a_batch_size_finder_running_out_by_design_is_no_memory_constraint() -> None:
+    """Lightning's batch-size finder on an RTX 4090 grows the batch 2, 4, 8, 16 (3 steps
+    each), runs out at 32, keeps 16 and trains at 96% of the card with no retry: its
+    OOM was the search's. It was told "move" for a minute, then cleared. An OOM a
+    minute after the batch last grew is the job's again."""
+    def finder(oom_at: float) -> list[Record]:
+        records: list[Record] = [meta(), topology("NVIDIA GeForce RTX 4090", 24 * GB)]
+        t, n, size = START, 1, 2
+        for size in (2, 4, 8, 16):
+            records += steps(0.3, start=t, first=n, samples=size)
+            if size > 2:
+                records.append(Event(0, t + 0.2, "batch_size_changed",
+                                     {"from": size // 2, "to": size}))
+            t, n = t + 0.3, n + 3
+        records += [Event(0, START + oom_at, "oom", {"type": "OutOfMemoryError"}),
+                    *steps(120, start=t + 0.5, first=n, samples=16),
+                    *samples("allocator", 121, {"allocator_reserved_bytes": 23 * GB,
+                                                "allocator_allocated_bytes": 12 * GB,
+                                                "allocator_alloc_retries_total": 0.0})]
+        return records
+
+    assert [f for f in judge(finder(oom_at=1.3)) if f.detector == "fits_on_paper"] == []
+    late = [f for f in judge(finder(oom_at=80)) if f.detector == "fits_on_paper"]
+    assert [f.verdict for f in late] == ["move_to_h100"]
 
 
 def test_a_smaller_batch_of_longer_sequences_is_no_batch_cut() -> None:

@@ -36,6 +36,12 @@ def last_step_t(name: str) -> float:
         return max(r["t"] for line in log if (r := json.loads(line))["kind"] == "step")
 
 
+def peak_reserved(name: str) -> float:
+    with gzip.open(DATA / f"{name}.jsonl.gz", "rt") as log:
+        return max(r["values"].get("allocator_reserved_peak_bytes", 0.0) for line in log
+                   if (r := json.loads(line)).get("source") == "allocator")
+
+
 def verdicts(findings: list[Finding]) -> set[tuple[str, str]]:
     return {(f.detector, f.verdict) for f in findings if f.verdict != "info"}
 
@@ -59,6 +65,9 @@ def test_a_job_capped_as_an_rtx_5090_fits_on_paper_and_moves(tmp_path: Path) -> 
     # memory at the limit left the window: checkpointing alone read as a design choice)
     assert f.state == "active" and f.evidence["recompute_share_ratio"] > 0.1
     assert f.last_seen >= last_step_t("consumer_card") - 2.0  # judged so at the end
+    # no more than the same model held uncapped (the lifetime peak from before
+    # checkpointing was doubled again for it: 50 GiB, so a card bigger than needed)
+    assert 32 * 2**30 <= f.evidence["memory_need_bytes"] <= peak_reserved("uncapped")
     assert {v for _, v in verdicts(findings)} == {"move_to_h100"}
 
 

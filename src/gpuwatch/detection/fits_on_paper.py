@@ -38,6 +38,7 @@ from gpuwatch.telemetry import WARMUP_STEPS, StepSummary, Telemetry
 
 GIB = 2**30
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
+SEARCH_S = 30.0  # an OOM this soon after the batch grew is the growing's (a search)
 CUT_AFTER_OOM_S = 60.0  # an OOM this long before a batch cut (or activation
 # checkpointing turned on) is what made the job cut it (turn it on)
 # The job's own memory, best source first: (source, key, what the evidence calls it).
@@ -83,12 +84,13 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     # OOMs that brought the batch down, or that the job answered by turning activation
     # checkpointing on, stay a symptom while the workaround stays
     ooms_from = min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else trained
-    ooms = view.ooms_since(ooms_from)
+    raised = view.ooms_since(ooms_from)
+    ooms = raised - searched_ooms(view, ooms_from)
     if act_ckpt and view.act_ckpt_on_at is not None:
         ooms += answered_ooms(view, ctx, th["memory_ratio"], ooms_from)
     # (the allocator retries once before every OOM it raises: those retries are the OOM's)
     # (one retry now and then costs a cache flush: retries are a symptom once they recur)
-    symptoms = {"allocator retries": retries - ooms >= th["min_retries"], "OOMs": ooms > 0,
+    symptoms = {"allocator retries": retries - raised >= th["min_retries"], "OOMs": ooms > 0,
                 "batch cut": cut is not None}
     if not act_ckpt and not any(symptoms.values()):
         return None  # (the common case: nothing to weigh memory against)
@@ -119,7 +121,15 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return None
     symptoms["activation checkpointing"] = act_ckpt
     current = ctx.current_gpu(view)
-    need = memory_need(view, since, peak, cut, th["act_ckpt_memory_factor"] if act_ckpt else 1.0)
+    workaround_at = max((t for t in (cut_at if cut else None,
+                                     view.act_ckpt_on_at if act_ckpt else None)
+                         if t is not None), default=None)
+    need = memory_need(view, since, peak, cut, th["act_ckpt_memory_factor"] if act_ckpt else 1.0,
+                       workaround_at)
+    if ooms and need <= total:  # (it ran out of memory on this card: more than the card)
+        need, needed = total, f"more than the card's {total / GIB:.1f} GiB needed"
+    else:
+        needed = f"{need / GIB:.1f} GiB needed"
     target = pick_target(ctx, need, th["target_headroom"], current, total)
     fits = target is not None
     shown = target or ctx.target_gpu
@@ -171,17 +181,17 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if fits and verdict == "move_to_h100":
         speed = (f"the step is projected {speedup_text(proj.as_dict())} faster" if current
                  else f"its speed there is not projected: {unknown_card(ctx.device_name(view))}")
-        outcome = f"On {shown.name} it fits ({need / GIB:.1f} GiB needed) and {speed}"
+        outcome = f"On {shown.name} it fits ({needed}) and {speed}"
     elif fits and on_target:
-        outcome = (f"It would fit {shown.name} ({need / GIB:.1f} GiB needed), but it already "
+        outcome = (f"It would fit {shown.name} ({needed}), but it already "
                    f"runs on {ctx.target}: shard it across more GPUs here, or run it on "
                    f"{shown.name}")
     elif fits and data_bound:
-        outcome = (f"It would fit {shown.name} ({need / GIB:.1f} GiB needed), but the step "
+        outcome = (f"It would fit {shown.name} ({needed}), but the step "
                    "waits on its data loader, which no card fixes, and "
                    f"{proj.economics['decision']['why']}: fix the loader first")
     elif fits:
-        outcome = (f"It would fit {shown.name} ({need / GIB:.1f} GiB needed), but "
+        outcome = (f"It would fit {shown.name} ({needed}), but "
                    f"{proj.economics['decision']['why']}: cut its memory here")
     else:
         outcome = (f"It needs {need / GIB:.1f} GiB: no bigger single card in the catalogue "
@@ -196,6 +206,17 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                      verdict=verdict, variant=None if verdict == "move_to_h100" else "too_big")
 
 
+def searched_ooms(view: Telemetry, since: float) -> int:
+    """OOMs since ``since`` that came within ``SEARCH_S`` of the training batch growing:
+    a search for the largest batch that fits (Lightning's batch-size finder grows it
+    until one runs out, then keeps the last that fit) runs out by design."""
+    grew = view.batch.grew
+    if not grew:
+        return 0
+    return sum(1 for t in view.oom_times
+               if t >= since and any(g <= t <= g + SEARCH_S for g in grew))
+
+
 def answered_ooms(view: Telemetry, ctx: Context, memory_ratio: float, counted_from: float
                   ) -> int:
     """OOMs the job answered by turning activation checkpointing on: those in the minute
@@ -207,7 +228,7 @@ def answered_ooms(view: Telemetry, ctx: Context, memory_ratio: float, counted_fr
     if on_at is None:
         return 0
     start = on_at - CUT_AFTER_OOM_S
-    before = [t for t in view.oom_times if start <= t < min(on_at, counted_from)]
+    before = [t for t in view.oom_times if start <= t <= on_at and t < counted_from]
     if not before or any(t >= view.warmed_at for t in before):
         return len(before)
     total = card_memory(view, ctx)
@@ -312,20 +333,33 @@ def leak(view: Telemetry, start: float, held: float, peak: float, total: float,
 
 
 def memory_need(view: Telemetry, since: float, peak: float, cut: tuple[int, int] | None,
-                act_factor: float) -> float:
+                act_factor: float, workaround_at: float | None = None) -> float:
     """Bytes the job would need without its workarounds: what stays allocated between
     steps (weights, gradients, optimizer state: the least allocated seen) plus the
     activations (the live peak above that), scaled back to the original batch and to no
     activation checkpointing, plus the allocator's cache beyond the live peak as it is.
-    Without a live peak reading, the reserved peak is taken as all activations."""
+    Without a live peak reading, the reserved peak is taken as all activations.
+
+    The allocator's peaks are the process's, never reset: where they have not risen
+    since the workaround began (``workaround_at``: the batch cut, checkpointing turned
+    on), they were reached without it (or by the attempt that ran out), which is no
+    figure to scale again: the window's own readings are scaled, and that old peak is
+    the least the job needs."""
     peaks = view.figure("allocator", "allocator_reserved_peak_bytes", since)
-    peak = max(peaks.high, peak) if peaks else peak
-    allocated = view.figure("allocator", "allocator_allocated_bytes", since)
-    static = allocated.low if allocated else peak / 2
     live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
+    allocated = view.figure("allocator", "allocator_allocated_bytes", since)
+    floor = 0.0
+    if workaround_at is not None and live is not None and allocated is not None:
+        since_then = view.figure("allocator", "allocator_allocated_peak_bytes", workaround_at)
+        if since_then is not None and since_then.low >= since_then.high:  # (not risen)
+            floor = max(live.high, peaks.high if peaks else 0.0)
+            live, peaks = allocated, None  # (the window's highest reading, not a peak)
+    peak = max(peaks.high, peak) if peaks else peak
+    static = allocated.low if allocated else peak / 2
     top = min(live.high, peak) if live is not None else peak
     batch_factor = cut[0] / cut[1] if cut is not None else 1.0
-    return static + max(top - static, 0.0) * batch_factor * act_factor + (peak - top)
+    need = static + max(top - static, 0.0) * batch_factor * act_factor + (peak - top)
+    return max(need, floor)
 
 
 def pick_target(ctx: Context, need: float, headroom: float, current: Gpu | None,
