@@ -761,7 +761,8 @@ class TrainingBatch:
             self.peak = max(self.peak, before)  # ``before`` trained at least one step
         if after > before:
             self.grew.append(t)
-            self.flipped = self.cut_at is not None
+            if self.cut_at is not None:
+                self.flipped = True
         self.current, self._since = after, steps
         if after < self.peak and self.cut_at is None:
             self.cut_at = t

@@ -4,6 +4,7 @@ run can fill have data, and the generated alerting rules load and fire."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import yaml
 
 from gpuwatch.dashboards import DASHBOARDS
 from tests.integration.conftest import ROOT, free_port, gpuwatch_cmd, wait_until_up
+from tests.wait import wait_for as wait_until
 
 pytestmark = pytest.mark.integration
 PROMETHEUS = shutil.which("prometheus")
@@ -113,10 +115,10 @@ def test_every_dashboard_query_runs_and_cpu_panels_have_data(prometheus: str) ->
         "never scraped"
     # the checkpoint finding needs its window; step rates need a few scrapes
     assert wait_for(prometheus, 'gpuwatch_finding{detector="checkpoint_overhead"}', 60)
-    deadline = time.monotonic() + 30
-    while (empty := empty_cpu_panels(prometheus)) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert empty == []
+    with contextlib.suppress(AssertionError):  # (the assertion below names the empty ones)
+        wait_until(lambda: not empty_cpu_panels(prometheus), 30, "data in every CPU panel",
+                 poll_s=1.0)
+    assert empty_cpu_panels(prometheus) == []
     jobs = get(f"{prometheus}/api/v1/label/training_job/values"
                "?match[]=gpuwatch_steps_total")["data"]
     assert jobs == ["promtest"]  # what the dashboards' training_job variable lists

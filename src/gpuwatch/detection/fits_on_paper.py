@@ -86,7 +86,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     ooms_from = min(since, cut_at - CUT_AFTER_OOM_S) if cut and cut_at else trained
     raised = view.ooms_since(ooms_from)
     ooms = raised - searched_ooms(view, ooms_from)
-    if act_ckpt and view.act_ckpt_on_at is not None:
+    if act_ckpt:
         ooms += answered_ooms(view, ctx, th["memory_ratio"], ooms_from)
     # (the allocator retries once before every OOM it raises: those retries are the OOM's)
     # (one retry now and then costs a cache flush: retries are a symptom once they recur)
