@@ -1,6 +1,8 @@
 """A DataLoader that cannot keep up: a CPU-heavy transform in the training process
-(num_workers=0). With --healthy-seconds it first trains on cheap data, then switches
-and prints "onset <unix time>", so detection latency can be measured.
+(num_workers=0; --workers N for N worker processes). With --healthy-seconds it first
+trains on cheap data, then switches and prints "onset <unix time>", so detection
+latency can be measured. With --eval-every K, a short evaluation pass every K steps
+over an eval loader of --eval-workers persistent workers, idle between evaluations.
 
     gpuwatch run -- python examples/starved_loader.py --seconds 25
 """
@@ -35,12 +37,17 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=25.0)
     p.add_argument("--healthy-seconds", type=float, default=0.0)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--eval-workers", type=int, default=2)
     args = p.parse_args()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
                           nn.Flatten(), nn.Linear(256, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    evals = DataLoader(Images(slow=False), batch_size=32, num_workers=args.eval_workers,
+                       sampler=range(128), persistent_workers=args.eval_workers > 0)
     start = time.monotonic()
+    steps = 0
     phases = [(False, args.healthy_seconds), (True, args.seconds - args.healthy_seconds)]
     for slow, seconds in phases:
         if seconds <= 0:
@@ -54,6 +61,11 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            steps += 1
+            if args.eval_every and steps % args.eval_every == 0:
+                with torch.no_grad():
+                    for x, _ in evals:
+                        model(x)
             if time.monotonic() >= end:
                 break
     print(f"trained for {time.monotonic() - start:.1f} s")

@@ -375,7 +375,8 @@ class Agent:
         )])
         log.info("gpuwatch: rank %d of %d (%s), attempt %d: %s; metrics port %s", ident.rank,
                  ident.world_size, ident.source, self.attempt, self.runlog_path, port)
-        host = HostProbe(ident.rank, loader_workers=LOADER_WORKERS.pids)
+        host = HostProbe(ident.rank, loader_workers=lambda: LOADER_WORKERS.pids(
+            self.assembler.feeding))  # (the training loaders' workers, not an eval's)
         nccl_on, nccl_how = timing_setting(os.environ)
         dump = default_dump() if nccl_on else None
         nccl = FlightRecorderProbe(ident.rank, dump) if dump is not None else None

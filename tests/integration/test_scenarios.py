@@ -67,10 +67,17 @@ def test_healthy_run_has_nothing_to_fix_or_buy(tmp_path: Path) -> None:
 
 
 def test_starved_dataloader_is_fixed_here_and_reported_in_time(tmp_path: Path) -> None:
+    """Batches made in the training process, with an evaluation every 40 steps over a
+    loader of 4 persistent workers, idle between evaluations: the training loader has no
+    workers (the eval loader's were counted as its, "its 4 DataLoader workers are mostly
+    idle: storage or prefetch is the limit")."""
     out, findings, stdout = scenario(
         tmp_path, sys.executable, str(EXAMPLES / "starved_loader.py"),
-        "--healthy-seconds", "8", "--seconds", "30")
+        "--healthy-seconds", "8", "--seconds", "30", "--eval-every", "40",
+        "--eval-workers", "4")
     assert verdicts(findings) == {("data_starvation", "fix_here")}
+    assert findings[0]["evidence"]["workers"] == 0
+    assert "loaded in the training process itself" in findings[0]["summary"]
     onset = float(next(line.split()[1] for line in stdout.splitlines()
                         if line.startswith("onset")))
     (raised,) = live_findings(out)

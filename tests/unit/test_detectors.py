@@ -48,6 +48,19 @@ def test_data_starvation_with_busy_workers_is_fixed_here() -> None:
     assert "CPU-bound" in f.summary and "A faster GPU would only wait longer" in f.action
 
 
+def test_a_worker_busy_most_of_its_time_is_computing_not_waiting_on_storage() -> None:
+    """One worker busy 78% of its core on a 2-core host 87% busy (the training process
+    takes the rest): under the saturated share, it was called "mostly idle: storage or
+    prefetch is the limit". Busy most of its time, it is computing: cheaper transforms
+    or more workers."""
+    records = [meta(), *steps(30, data_s=0.05),
+               *samples("host", 30, {"workers": 1.0, "workers_cpu_ratio": 0.78,
+                                     "system_cpu_ratio": 0.87})]
+    f = only(judge(records), "data_starvation")
+    assert "its 1 DataLoader worker is mostly computing (78% busy)" in f.summary
+    assert "storage" not in f.summary and "transforms cheaper" in f.action
+
+
 @pytest.mark.parametrize("host_busy, workers_busy", [(1.0, 0.26), (0.4, 0.26), (0.97, 0.01)])
 def test_idle_looking_workers_on_a_saturated_host_wait_for_a_core(
         host_busy: float, workers_busy: float) -> None:

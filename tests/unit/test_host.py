@@ -136,6 +136,45 @@ def test_a_loader_restarting_its_workers_keeps_their_interval_s_cpu() -> None:
     assert between.values["workers_cpu_ratio"] > 0.0
 
 
+def test_a_worker_set_aside_counts_again_from_where_it_was() -> None:
+    """An eval loader's persistent workers stop counting between evaluations and count
+    again at the next: the CPU they used while set aside is no worker's, and what they
+    used before is not counted twice (it came back whole, a jump in the workers' CPU)."""
+    known: set[int] | None = None
+    probe = HostProbe(rank=0, loader_workers=lambda: known)
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    cpu = psutil.Process(burner.pid).cpu_times
+
+    def burned(more: float) -> None:
+        start = sum(cpu()[:2])
+        wait_for(lambda: sum(cpu()[:2]) > start + more, 10, "the worker to burn CPU")
+
+    try:
+        known = {burner.pid}
+        wait_for(lambda: burner.pid in {p.pid for p in psutil.Process().children(True)}, 10,
+                 "the worker")
+        burned(0.2)
+        (counted,) = probe.sample(time.time(), time.monotonic())
+        known = set()  # set aside: the evaluation ended
+        burned(0.3)
+        (aside,) = probe.sample(time.time(), time.monotonic())
+        burned(0.3)
+        before = sum(cpu()[:2])
+        (still,) = probe.sample(time.time(), time.monotonic())
+        known = {burner.pid}  # the next evaluation
+        burned(0.3)
+        (back,) = probe.sample(time.time(), time.monotonic())
+        after = sum(cpu()[:2])
+    finally:
+        burner.kill()
+        burner.wait()
+    total = "workers_cpu_seconds_total"
+    assert aside.values["workers"] == still.values["workers"] == 0 and back.values["workers"] == 1
+    assert aside.values[total] >= counted.values[total] + 0.3  # a worker until that read
+    assert still.values[total] == aside.values[total] and "workers_cpu_ratio" not in still.values
+    assert 0.3 <= back.values[total] - still.values[total] <= after - before
+
+
 def test_a_worker_that_exited_between_reads_is_no_idle_worker() -> None:
     """A worker busy until it exited before the next read (a loader joins its workers
     at an epoch's end) took its CPU since the last read with it: that interval has no

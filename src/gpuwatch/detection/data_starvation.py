@@ -20,9 +20,13 @@ from gpuwatch.detection.context import (
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
+CPU_BOUND_ADVICE = ("Add DataLoader workers or CPU cores, or make the transforms cheaper "
+                    "(move augmentation to the GPU, pre-tokenise, cache decoded data).")
+
 
 def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection | None:
-    share = rule.thresholds["data_share"]
+    th = rule.thresholds
+    share = th["data_share"]
     since = window_start(view, rule, now)
     summary = recent(view, rule, now)
     if summary is None or summary.data_share < share or _in_stalls(view, since, share):
@@ -54,24 +58,31 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         text = "batches are loaded in the training process itself (no DataLoader workers)"
         advice = ("Load in worker processes: DataLoader(num_workers=N, pin_memory=True, "
                   "persistent_workers=True).")
-    elif evidence.get("workers_cpu_ratio", 0.0) >= rule.thresholds["workers_saturated"]:
-        text = (f"its {workers} DataLoader workers are CPU-bound "
-                f"({evidence['workers_cpu_ratio']:.0%} busy)")
-        advice = ("Add DataLoader workers or CPU cores, or make the transforms cheaper "
-                  "(move augmentation to the GPU, pre-tokenise, cache decoded data).")
-    elif (evidence.get("host_cpu_ratio", 0.0) >= rule.thresholds["host_saturated"]
-          and evidence.get("workers_cpu_ratio", 0.0) >= rule.thresholds["workers_contended"]):
-        text = (f"its {workers} DataLoader workers wait for a core: the host's CPUs are "
+    elif (busy_share := evidence.get("workers_cpu_ratio", 0.0)) >= th["workers_saturated"]:
+        text = f"{_its(workers)} CPU-bound ({busy_share:.0%} busy)"
+        advice = CPU_BOUND_ADVICE
+    elif (evidence.get("host_cpu_ratio", 0.0) >= th["host_saturated"]
+          and busy_share >= th["workers_contended"]):
+        text = (f"{_its(workers, 'waits', 'wait')} for a core: the host's CPUs are "
                 f"{evidence['host_cpu_ratio']:.0%} busy")
         advice = ("The host's CPUs are the limit: make the transforms cheaper (move "
                   "augmentation to the GPU, pre-tokenise, cache decoded data), run no more "
                   "workers than the cores free for them, or give the job more cores.")
+    elif busy_share >= th["workers_busy"]:  # most of their time on a core: not storage
+        text = f"{_its(workers)} mostly computing ({busy_share:.0%} busy)"
+        advice = CPU_BOUND_ADVICE
     else:
-        text = f"its {workers} DataLoader workers are mostly idle: storage or prefetch is the limit"
+        text = f"{_its(workers)} mostly idle: storage or prefetch is the limit"
         advice = ("Read from faster storage, raise prefetch_factor, or use a streaming "
                   "dataset format.")
     return Detection(evidence, [view.rank],
                      text={"rank": view.rank, "workers_text": text, "advice": advice})
+
+
+def _its(workers: int, one: str = "is", many: str = "are") -> str:
+    """"its N DataLoader workers are" (one: "worker is"), or another verb's forms."""
+    return (f"its 1 DataLoader worker {one}" if workers == 1
+            else f"its {workers} DataLoader workers {many}")
 
 
 def typical_workers(view: Telemetry, since: float) -> int | None:

@@ -32,7 +32,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from types import ModuleType
 from typing import Any
 
@@ -40,6 +40,7 @@ from gpuwatch.faults import log
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EVENTS, EventPool, Intervals, on_device
 from gpuwatch.instrument.identity import HINTS, Hints
+from gpuwatch.instrument.ring import Loader
 from gpuwatch.instrument.sizes import batch_size, saved_at, saved_bytes, tensor_bytes
 from gpuwatch.vocabulary import bus_bytes
 
@@ -198,24 +199,35 @@ def patch_torch(lazy: LazyPush, torch: Any) -> None:
     watch_device(torch, register_optimizer_step_pre_hook)
 
 
+def loader_key(iterator: Any) -> Loader:
+    """The loader a DataLoader iterator draws for, the same every epoch (its dataset and
+    sampler; two loaders over one dataset split by samplers are two)."""
+    return (id(getattr(iterator, "_dataset", None)), id(getattr(iterator, "_index_sampler", None)))
+
+
 class LoaderWorkers:
     """The DataLoader iterators the job drew batches from (held weakly), for the host
-    probe to tell their worker processes from the job's other children."""
+    probe to tell their worker processes from the job's other children, and the
+    workers of the loaders that feed training from an eval loader's, idle between
+    evaluations."""
 
     def __init__(self) -> None:
         self._iterators: weakref.WeakSet[Any] = weakref.WeakSet()
         self._seen = False
 
     def add(self, iterator: Any) -> None:
-        """Note ``iterator`` (once: it is marked)."""
-        iterator._gpuwatch_workers_noted = True
+        """Note ``iterator`` (once: it is marked with its loader)."""
+        iterator._gpuwatch_loader = loader_key(iterator)
         self._iterators.add(iterator)
         self._seen = True
 
-    def pids(self) -> set[int] | None:
-        """The worker processes of the iterators still alive (their pids; none for a
-        loader without workers); None before any batch was drawn through a DataLoader.
-        Only reads: never polls a worker (a waitpid from here could reap the loader's)."""
+    def pids(self, feeding: Collection[Loader] | None = None) -> set[int] | None:
+        """The worker processes (pids; none for a loader without workers) of the live
+        iterators of the loaders in ``feeding`` (those whose batches feed training
+        steps; None: not known yet, every loader's) and of any iterator a batch is being
+        drawn from now (an eval loader starting up is at work, not idle); None before
+        any batch was drawn through a DataLoader. Only reads: never polls a worker (a
+        waitpid from here could reap the loader's)."""
         if not self._seen:
             return None
         for _ in range(3):  # (the loop adds iterators while this one reads them)
@@ -228,6 +240,9 @@ class LoaderWorkers:
             return None
         pids: set[int] = set()
         for it in iterators:
+            if (feeding is not None and getattr(it, "_gpuwatch_loader", None) not in feeding
+                    and not getattr(it, "_gpuwatch_drawing", False)):
+                continue
             for worker in getattr(it, "_workers", None) or ():
                 pid = getattr(worker, "pid", None)
                 if isinstance(pid, int):
@@ -247,25 +262,32 @@ def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush,
 
     @functools.wraps(next_batch)
     def timed_next(self: Any) -> Any:
-        if not getattr(self, "_gpuwatch_workers_noted", False):
+        loader: Loader | None = getattr(self, "_gpuwatch_loader", None)
+        if loader is None:
             with contextlib.suppress(Exception):  # (an iterator that takes no attribute)
                 loaders.add(self)
-        if lazy.off_loop():
-            batch = next_batch(self)
-        else:
-            lazy.push(ring.DATA)
-            try:
+                loader = self._gpuwatch_loader
+        drawing = loader is not None
+        if drawing:
+            self._gpuwatch_drawing = True
+        try:
+            if lazy.off_loop():
                 batch = next_batch(self)
-            finally:
-                lazy.push(-ring.DATA)
+            else:
+                lazy.push(ring.DATA)
+                try:
+                    batch = next_batch(self)
+                finally:
+                    lazy.push(-ring.DATA)
+        finally:
+            if drawing:
+                self._gpuwatch_drawing = False
         try:
             n = batch_size(batch)
         except Exception:
             n = 0
-        # by loader (its dataset and sampler, the same every epoch; two loaders over one
-        # dataset split by samplers are two): an eval loader's batches are not the step's
-        lazy.push(ring.LOADER_BATCH, (id(getattr(self, "_dataset", None)),
-                                      id(getattr(self, "_index_sampler", None)), n))
+        # by loader (``loader_key``): an eval loader's batches are not the step's
+        lazy.push(ring.LOADER_BATCH, (*(loader or loader_key(self)), n))
         return batch
 
     return timed_next

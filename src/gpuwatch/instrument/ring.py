@@ -41,7 +41,8 @@ _WRITING = -2  # a slot's sequence while a writer fills it
 EVAL_BATCH = 113  # an evaluation batch done (a framework's eval hook)
 BACKGROUND_SAVE = 114  # value: (seconds, bytes) of a save written off the training thread
 COLLECTIVE_DURATION = 115  # value: (seconds, bus bytes) of one blocking collective (host clock)
-LOADER_BATCH = 116  # value: (loader ids..., samples) of the DataLoader batch just fetched
+LOADER_BATCH = 116  # value: (*Loader, samples) of the DataLoader batch just fetched
+Loader = tuple[int, ...]  # a DataLoader as its batches name it: its dataset's and sampler's ids
 WAITING = 117  # value: 1 a wait timed elsewhere begins (DDP's, on the host), 0 it ends
 P2P_BYTES = 118  # value: bus bytes of a point-to-point send (collective bytes too)
 # value: (phase code, seconds, a save's ``sizes.saved_at`` or None) an adapter timed between

@@ -36,6 +36,7 @@ from typing import Any
 from gpuwatch.config import MAX_COUNT
 from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EVENTS, EventPool, PendingTimings
+from gpuwatch.instrument.ring import Loader
 from gpuwatch.instrument.sizes import saved_bytes
 from gpuwatch.records import Event, Record, Step
 from gpuwatch.vocabulary import COMPUTE_PHASES, Phase
@@ -43,7 +44,6 @@ from gpuwatch.vocabulary import COMPUTE_PHASES, Phase
 _NPHASES = max(Phase) + 1
 PROGRESS_EVERY_S = 1.0
 HOLD_STEPS = 64  # a step waits for its device timings behind at most this many steps
-Loader = tuple[int, ...]  # a DataLoader as its batches name it (ring.LOADER_BATCH)
 
 
 class StepAssembler:
@@ -431,6 +431,13 @@ class StepAssembler:
         else:
             out.append(step)
         self._reset(t)
+
+    @property
+    def feeding(self) -> set[Loader] | None:
+        """The loaders whose batches fed the last step (an eval loader's feed none); None
+        before the first step. Read from other threads: the set is replaced, never
+        changed."""
+        return self._fed_by
 
     def _feeding(self) -> set[Loader]:
         """The loaders that feed this step: those the last step counted that fetched here

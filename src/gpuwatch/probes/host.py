@@ -26,19 +26,23 @@ class HostProbe:
         self.rank = rank
         self._loader_workers = loader_workers
         self._proc = psutil.Process(pid)
+        # every live child that has been a worker, read at each read (a worker set aside
+        # for a while, an eval loader's between evaluations, counts from where it was)
         self._children: dict[int, psutil.Process] = {}
+        self._workers: set[int] = set()  # the workers at the last read
         self._ranks: set[int] = set()  # children that are other ranks, and theirs
         self._helpers: set[int] = set()  # multiprocessing's resource tracker, fork server
         self._known: set[int] = set()  # children already told apart
         self._born_as = _rank_word(_environ(self._proc) or {})  # what it was started with
         self._last: tuple[float, float, float] | None = None  # mono, own cpu, children cpu
-        self._child_cpu: dict[int, float] = {}
-        self._dead_cpu = 0.0
+        self._child_cpu: dict[int, float] = {}  # each child's CPU seconds at the last read
+        self._workers_cpu = 0.0  # CPU seconds of workers while they were workers
         self._cpu_times = _busy_and_total(psutil.cpu_times())  # (its own baseline: a
         # library's psutil.cpu_percent(None) would move a shared one)
 
     def pids(self) -> set[int]:
-        """This process and its live children (the pids whose GPU memory is the job's)."""
+        """This process and its live children that have been workers (the pids whose GPU
+        memory is the job's)."""
         return {self._proc.pid, *self._children}
 
     def sample(self, now: float, mono: float) -> list[Sample]:
@@ -80,35 +84,32 @@ class HostProbe:
             if total > last_total else 0.0
 
     def _children_cpu(self) -> tuple[float, int, int]:
-        """CPU seconds of all children ever seen (the exited ones' too), the live count,
-        and how many were read now (live, or let go at this read)."""
+        """CPU seconds the workers used while they were workers (the exited ones' too),
+        the live workers, and how many workers were read now (those that were workers
+        at the last read or are now: their CPU between the two was a worker's)."""
         try:
             live = {p.pid: p for p in self._proc.children(recursive=True)}
         except psutil.Error:
             live = {}
         self._tell_ranks(live)
         known = self._loader_workers() if self._loader_workers is not None else None
-        for pid, p in live.items():
-            if pid not in self._ranks and (pid in known if known is not None
-                                           else pid not in self._helpers):
-                self._children.setdefault(pid, p)
-        read = 0  # workers whose CPU up to this read was read
-        if known is not None:  # (children counted before the loaders were known)
-            for pid in [pid for pid in self._children if pid not in known and pid in live]:
-                seconds = _cpu(self._children.pop(pid))  # (its CPU up to now: it was a
-                last = self._child_cpu.pop(pid, 0.0)  # worker until this read)
-                self._dead_cpu += last if seconds is None else seconds
-                read += seconds is not None
+        workers = {pid for pid in live if pid not in self._ranks and (
+            pid in known if known is not None else pid not in self._helpers)}
+        for pid in workers:
+            self._children.setdefault(pid, live[pid])
+        read = 0
         for pid, child in list(self._children.items()):
             seconds = _cpu(child)
-            if seconds is not None:
-                self._child_cpu[pid] = seconds
-                read += 1
-            else:  # exited: its CPU since the last read is lost; fold that reading in
+            if seconds is None:  # exited: its CPU since the last read is lost
                 del self._children[pid]
-                self._dead_cpu += self._child_cpu.pop(pid, 0.0)
-        total = self._dead_cpu + sum(self._child_cpu.values())
-        return total, len(self._children), read
+                self._child_cpu.pop(pid, None)
+                continue
+            if pid in workers or pid in self._workers:
+                self._workers_cpu += max(seconds - self._child_cpu.get(pid, 0.0), 0.0)
+                read += 1
+            self._child_cpu[pid] = seconds
+        self._workers = workers & self._children.keys()
+        return self._workers_cpu, len(self._workers), read
 
     def _tell_ranks(self, live: dict[int, psutil.Process]) -> None:
         """Note which new children are other ranks (their environment names a rank this
