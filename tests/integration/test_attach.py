@@ -142,6 +142,23 @@ def test_the_workers_counted_are_the_loaders_not_the_jobs_other_children(
     assert counted and counted <= {0.0, float(workers)} and float(workers) in counted
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_without_the_loader_hook_the_workers_are_the_ones_multiprocessing_started(
+        tmp_path: Path, workers: int) -> None:
+    """Under ``watch()`` (or a framework's callback) no loader is known: a program the
+    job runs beside the loop (a logger's service) counted as a DataLoader worker, and a
+    loop loading in its own process was told its 1 worker was mostly idle. The workers
+    are the children multiprocessing started, the loader's."""
+    out = tmp_path / "out"
+    proc = run([sys.executable, str(SCRIPTS / "loader_beside_a_helper.py"), str(workers),
+                "--watch", str(out)], cwd=tmp_path)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
+    (log,) = out.glob("run*.jsonl")
+    counted = {s.values["workers"] for s in read(log)
+               if isinstance(s, Sample) and s.source == "host"}
+    assert counted and counted <= {0.0, float(workers)} and float(workers) in counted
+
+
 def test_a_job_that_chooses_its_own_run_directory_is_judged_there(tmp_path: Path) -> None:
     """``watch(out_dir=...)`` in the job outranks `gpuwatch run --out`: the run was
     logged there, and `gpuwatch run` said "no training process reported" and judged

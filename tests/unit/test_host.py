@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.process
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -16,9 +19,23 @@ from gpuwatch.probes.host import HostProbe
 from tests.wait import wait_for
 
 
+def spin() -> None:
+    while True:
+        pass
+
+
+def forked(target: Callable[[], object] = signal.pause,
+           method: str = "fork") -> multiprocessing.process.BaseProcess:
+    """A child multiprocessing started (as a DataLoader starts its workers), running
+    ``target`` (by default idle until killed)."""
+    child = multiprocessing.get_context(method).Process(target=target, daemon=True)
+    child.start()
+    return child
+
+
 def test_children_cpu_and_process_memory() -> None:
     probe = HostProbe(rank=0)
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    burner = forked(spin)
     try:
         wait_for(lambda: sum(psutil.Process(burner.pid).cpu_times()[:2]) > 0.1, 10,
                  "the burner to run")
@@ -28,7 +45,7 @@ def test_children_cpu_and_process_memory() -> None:
         assert burner.pid in probe.pids()
     finally:
         burner.kill()
-        burner.wait()
+        burner.join(10)
     v = s.values
     assert v["workers"] == 1
     assert v["workers_cpu_ratio"] == pytest.approx(1.0, abs=0.45)  # a shared 2-core box
@@ -64,7 +81,7 @@ def test_other_ranks_this_process_launched_are_no_workers() -> None:
     env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
     idle = "import sys; sys.stdin.read()"  # idle until its stdin closes (or it is killed)
     rank1, its_worker = parent_of_one("pass", idle, env)
-    worker = subprocess.Popen([sys.executable, "-c", idle], stdin=subprocess.PIPE)
+    worker = forked()
     try:
         wait_for(lambda: its_worker in {p.pid for p in psutil.Process().children(True)}, 10,
                  "rank 1's worker to start")
@@ -74,29 +91,33 @@ def test_other_ranks_this_process_launched_are_no_workers() -> None:
     finally:
         with contextlib.suppress(psutil.Error):
             psutil.Process(its_worker).kill()
-        for p in (rank1, worker):
-            p.kill()
-            p.wait()
+        rank1.kill()
+        rank1.wait()
+        worker.kill()
+        worker.join(10)
 
 
 def test_workers_are_the_loaders_where_the_loaders_are_known() -> None:
-    """A job's other children (a metrics uploader, multiprocessing's resource tracker)
-    are no DataLoader workers: with the loaders' worker pids known, only those count;
-    without, every child but multiprocessing's own helpers."""
+    """A job's other children (a metrics uploader, a logger's service, a compiler's
+    worker pool, multiprocessing's resource tracker) are no DataLoader workers: with
+    the loaders' worker pids known, only those count; without, the children
+    multiprocessing started, forked or spawned, but its own helpers (under watch() or
+    a callback an uploader made a loader without workers "its 1 DataLoader workers
+    are mostly idle")."""
     idle = "import sys; sys.stdin.read()"
     known: set[int] | None = None
     probe = HostProbe(rank=0, loader_workers=lambda: known)
     (before,) = probe.sample(time.time(), time.monotonic())  # (other tests' children)
-    worker, uploader = (subprocess.Popen([sys.executable, "-c", idle], stdin=subprocess.PIPE)
-                        for _ in range(2))
+    worker, spawned = forked(), forked(method="spawn")
+    uploader = subprocess.Popen([sys.executable, "-c", idle], stdin=subprocess.PIPE)
     tracker = subprocess.Popen([sys.executable, "-c",
                                 f"import multiprocessing.resource_tracker; {idle}"],
                                stdin=subprocess.PIPE)
     try:
-        wait_for(lambda: {worker.pid, uploader.pid, tracker.pid}
+        wait_for(lambda: {worker.pid, spawned.pid, uploader.pid, tracker.pid}
                  <= {p.pid for p in psutil.Process().children(True)}, 10, "the children")
         (guessed,) = probe.sample(time.time(), time.monotonic())
-        assert guessed.values["workers"] == before.values["workers"] + 2  # (not the tracker)
+        assert guessed.values["workers"] == before.values["workers"] + 2  # forked, spawned
         known = {worker.pid}
         (told,) = probe.sample(time.time(), time.monotonic())
         assert told.values["workers"] == 1
@@ -104,7 +125,10 @@ def test_workers_are_the_loaders_where_the_loaders_are_known() -> None:
         (none,) = probe.sample(time.time(), time.monotonic())
         assert none.values["workers"] == 0
     finally:
-        for child in (worker, uploader, tracker):
+        for process in (worker, spawned):
+            process.kill()
+            process.join(10)
+        for child in (uploader, tracker):
             child.kill()
             child.wait()
 

@@ -1,9 +1,11 @@
 """Host probe (psutil): process and system CPU, memory, and the CPU of the DataLoader
 workers. ``workers`` counts the worker processes of the loaders the job draws batches
 from, where they are known (``loader_workers``: the zero-code DataLoader hook notes
-them); else every live child but multiprocessing's own helpers (its resource tracker,
-its fork server), other ranks of the job this process launched (Lightning's rank 0
-starts the others) and what they started."""
+them); else the live children multiprocessing started (forked from this process, or by
+spawn or a fork server: a loader's workers are), but for its own helpers (its resource
+tracker, its fork server), other ranks of the job this process launched (Lightning's
+rank 0 starts the others) and what they started. Programs the job runs (a logger's
+service, a compiler's worker pool, an uploader) are no loader's workers."""
 
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ class HostProbe:
         self._children: dict[int, psutil.Process] = {}
         self._workers: set[int] = set()  # the workers at the last read
         self._ranks: set[int] = set()  # children that are other ranks, and theirs
-        self._helpers: set[int] = set()  # multiprocessing's resource tracker, fork server
+        # multiprocessing's resource tracker and fork server, and programs the job runs
+        self._others: set[int] = set()
+        self._argv = _cmdline(self._proc)  # what a child forked from this process shows
         self._known: set[int] = set()  # children already told apart
         self._born_as = _rank_word(_environ(self._proc) or {})  # what it was started with
         self._last: tuple[float, float, float] | None = None  # mono, own cpu, children cpu
@@ -91,10 +95,10 @@ class HostProbe:
             live = {p.pid: p for p in self._proc.children(recursive=True)}
         except psutil.Error:
             live = {}
-        self._tell_ranks(live)
+        self._tell_apart(live)
         known = self._loader_workers() if self._loader_workers is not None else None
         workers = {pid for pid in live if pid not in self._ranks and (
-            pid in known if known is not None else pid not in self._helpers)}
+            pid in known if known is not None else pid not in self._others)}
         for pid in workers:
             self._children.setdefault(pid, live[pid])
         read = 0
@@ -111,10 +115,12 @@ class HostProbe:
         self._workers = workers & self._children.keys()
         return self._workers_cpu, len(self._workers), read
 
-    def _tell_ranks(self, live: dict[int, psutil.Process]) -> None:
+    def _tell_apart(self, live: dict[int, psutil.Process]) -> None:
         """Note which new children are other ranks (their environment names a rank this
         process's does not, as it was started or as it is now: a worker inherits one of
-        them) or descend from one. A child whose environment cannot be read is a worker."""
+        them) or descend from one, and which are no workers at all (not started by
+        multiprocessing, or its helpers). A child whose environment cannot be read may
+        be a worker."""
         mine = {self._born_as, _rank_word(os.environ)}
         for pid, p in live.items():
             if pid in self._known:
@@ -127,11 +133,24 @@ class HostProbe:
             env = _environ(p)
             if parent in self._ranks or (env is not None and _rank_word(env) not in mine):
                 self._ranks.add(pid)
-            elif parent == self._proc.pid and _multiprocessing_helper(p):
-                self._helpers.add(pid)  # (not what the fork server forks: workers)
+            elif not self._by_multiprocessing(p, parent):
+                self._others.add(pid)
         self._known &= set(live)
         self._ranks &= set(live)
-        self._helpers &= set(live)
+        self._others &= set(live)
+
+    def _by_multiprocessing(self, p: psutil.Process, parent: int) -> bool:
+        """Whether a child is one multiprocessing started for the job (a loader's worker,
+        say): forked from this process (its command line is this one's) or spawned by
+        multiprocessing, but for multiprocessing's own helpers (not what a fork server
+        forks: workers). One whose command line cannot be read may be."""
+        line = _cmdline(p)
+        if line is None:
+            return True
+        said = " ".join(line)
+        if parent == self._proc.pid and any(helper in said for helper in HELPERS):
+            return False
+        return line == self._argv or "multiprocessing" in said
 
 
 # What multiprocessing's own helper processes run (their command lines say so)
@@ -139,13 +158,12 @@ HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver",
            "multiprocessing.semaphore_tracker")
 
 
-def _multiprocessing_helper(p: psutil.Process) -> bool:
-    """Whether a child is one of multiprocessing's own helpers, no worker of the job."""
+def _cmdline(p: psutil.Process) -> list[str] | None:
     try:
-        line = " ".join(p.cmdline())
+        line: list[str] = p.cmdline()
     except (psutil.Error, OSError):
-        return False
-    return any(helper in line for helper in HELPERS)
+        return None
+    return line
 
 
 def _environ(p: psutil.Process) -> dict[str, str] | None:
