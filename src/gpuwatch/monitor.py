@@ -25,7 +25,7 @@ from gpuwatch.agent import Agent
 from gpuwatch.config import ConfigError, Settings, disabled, load_settings
 from gpuwatch.faults import log
 from gpuwatch.instrument import ring
-from gpuwatch.instrument.attach import install_collectives
+from gpuwatch.instrument.attach import install_own_agent_hooks
 from gpuwatch.instrument.attach import installed as hooks_installed
 from gpuwatch.instrument.identity import Identity, explicit
 from gpuwatch.instrument.sizes import saved_at
@@ -253,7 +253,7 @@ def _start_one(settings: dict[str, Any],
     _current = monitor = Monitor(agent)
     try:
         agent.start()
-        install_collectives(agent.ring.push)  # (its own steps; the collectives' waits)
+        install_own_agent_hooks(agent.ring.push)  # (its own steps; collectives, loaders)
     except Exception as exc:  # no thread to be had, ...: the job runs on, unmonitored
         log.error("gpuwatch could not start (%s: %s); gpuwatch is off for this run",
                   type(exc).__name__, exc)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gpuwatch.records import Event, Meta, Step
+from gpuwatch.records import Event, Meta, Sample, Step
 from tests.integration.conftest import ROOT, gpuwatch_cmd, read, run
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,8 @@ def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
     from tests.tiny_lightning import TinyWithEval
 
     data = TensorDataset(torch.randn(1600, 32), torch.randn(1600, 1))
-    callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False})
+    callback = GpuWatchCallback(out_dir=tmp_path / "run", exporter={"enabled": False},
+                                sample_interval_s=0.25)
     trainer = L.Trainer(max_steps=300, accelerator="cpu", devices=1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[callback, ModelCheckpoint(dirpath=tmp_path / "ckpt",
@@ -48,8 +49,9 @@ def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-        trainer.fit(TinyWithEval(), DataLoader(data, batch_size=16),
-                    DataLoader(data, batch_size=16))
+        trainer.fit(TinyWithEval(), DataLoader(data, batch_size=16, num_workers=1,
+                                               persistent_workers=True),
+                    DataLoader(data, batch_size=16, num_workers=2, persistent_workers=True))
     records = read(tmp_path / "run" / "run.jsonl")
     steps = [r for r in records if isinstance(r, Step)]
     assert len(steps) == 300
@@ -65,6 +67,10 @@ def test_lightning_fit_with_the_callback(tmp_path: Path) -> None:
     plans = [e.data["steps"] for e in records if isinstance(e, Event) and e.name == "total_steps"]
     assert plans == [300]
     assert isinstance(records[0], Meta) and records[0].rank == 0
+    # the training loader's 1 worker, not the validation loader's 2 (idle between passes)
+    workers = sorted(r.values["workers"] for r in records
+                     if isinstance(r, Sample) and r.source == "host" and r.t > steps[60].t)
+    assert len(workers) >= 4 and workers[len(workers) // 2] == 1
 
 
 def test_lightning_ddp_saves_are_closed_on_ranks_that_write_nothing(tmp_path: Path) -> None:

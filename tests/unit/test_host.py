@@ -75,7 +75,6 @@ def test_other_ranks_this_process_launched_are_no_workers() -> None:
     """Lightning's rank 0 starts ranks 1.. itself: a child whose environment names
     another rank, and the workers it starts in turn, are not this rank's DataLoader
     workers (nor its GPU memory); a child that inherited this process's environment is."""
-    import os
 
     probe = HostProbe(rank=0)
     env = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
@@ -220,20 +219,45 @@ def test_a_worker_that_exited_between_reads_is_no_idle_worker() -> None:
 
 def test_workers_the_fork_server_forks_are_workers_not_helpers() -> None:
     """Under forkserver (Python 3.14's default on Linux) a DataLoader's workers are the
-    fork server's children and share its command line: the server is multiprocessing's
-    helper, its children are workers (they were counted as none)."""
-    idle = "import multiprocessing.forkserver, sys; sys.stdin.read()"
+    fork server's children: the server is multiprocessing's helper, no worker; the
+    processes it forks for this one are (they were counted as none)."""
+    import multiprocessing.forkserver
+
     probe = HostProbe(rank=0)
     (before,) = probe.sample(time.time(), time.monotonic())
-    server, worker = parent_of_one("import multiprocessing.forkserver", idle)
+    worker = forked(method="forkserver")
+    server = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    assert worker.pid is not None
     try:
-        wait_for(lambda: worker in {p.pid for p in psutil.Process().children(True)}, 10,
-                 "the worker")
+        wait_for(lambda: {worker.pid, server} <= {p.pid for p in psutil.Process().children(True)},
+                 10, "the worker")
         (after,) = probe.sample(time.time(), time.monotonic())
         assert after.values["workers"] == before.values["workers"] + 1
-        assert worker in probe.pids() and server.pid not in probe.pids()
+        assert worker.pid in probe.pids()
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker, signal.SIGKILL)
-        server.kill()
-        server.wait()
+        worker.kill()
+        worker.join(10)
+
+
+def test_what_a_program_the_job_runs_starts_is_no_worker_of_its() -> None:
+    """A program the job runs (a compiler's worker pool, a logger's service) starting a
+    multiprocessing pool of its own: neither it nor its pool are this process's loader
+    workers (its spawn pool and resource tracker read as 4 workers of a loop with
+    none), whatever their command lines say. Its processes are still the job's (their
+    GPU memory is)."""
+    probe = HostProbe(rank=0)
+    (before,) = probe.sample(time.time(), time.monotonic())
+    program = subprocess.Popen([sys.executable, "-c", (
+        "import multiprocessing as mp, sys\n"
+        "if __name__ == '__main__':\n"
+        "    pool = mp.get_context('spawn').Pool(2)\n"
+        "    print(*[p.pid for p in pool._pool], flush=True)\n"
+        "    sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert program.stdout is not None
+        pool = {int(pid) for pid in program.stdout.readline().split()}
+        (after,) = probe.sample(time.time(), time.monotonic())
+        assert after.values["workers"] == before.values["workers"]
+        assert {program.pid, *pool} <= probe.pids()
+    finally:
+        program.communicate(timeout=60)  # (its stdin closed: it ends, its pool with it)

@@ -67,3 +67,40 @@ def test_an_eval_loaders_idle_workers_are_not_the_training_loaders() -> None:
     assert assembler.feeding is not None and loaders.pids(None) == train_workers | eval_workers
     assert loaders.pids(assembler.feeding) == train_workers
     assert seen_drawing[-1] == train_workers | eval_workers  # drawn from: at work
+
+
+def test_a_training_loader_made_anew_counts_from_its_first_batch() -> None:
+    """A loader made anew each epoch (a new DataLoader with shuffle=True: a new sampler,
+    a new key) fetches the new epoch's first batch before any step says it feeds
+    training: its workers count from that batch (they read as none until the epoch's
+    first step ended, a 0 in every epoch's first reading); an eval loader's count at the
+    first reading after its batches where training drew none meanwhile, not later."""
+    from torch.utils.data import DataLoader
+
+    marks: list[tuple[int, float, Any]] = []
+    clock = itertools.count()
+    lazy = LazyPush(lambda: lambda code, value=None: marks.append(
+        (code, float(next(clock)), value)), lambda: False)
+    loaders = LoaderWorkers()
+    assembler = StepAssembler(rank=0, clock_offset=0.0)
+    data = torch.zeros(64, 4)
+    first = iter(DataLoader(data, batch_size=4, shuffle=True, num_workers=1))
+    fetch = timed_loader_next(type(first).__next__, lazy, loaders)
+    out: list[Record] = []
+    for step in range(1, 4):
+        fetch(first)
+        lazy.push(ring.STEP_BOUNDARY, step)
+    assembler.feed(marks, out)
+    marks.clear()
+    assert loaders.pids(assembler.feeding) == worker_pids(first)
+    evals = iter(DataLoader(data, batch_size=4, num_workers=1))
+    fetch(evals)
+    assert loaders.pids(assembler.feeding) == worker_pids(first) | worker_pids(evals)
+    assert loaders.pids(assembler.feeding) == worker_pids(first)  # not drawn since
+    fetch(evals)
+    fetch(first)  # (training drew too: the eval's batch was an eval's)
+    assert loaders.pids(assembler.feeding) == worker_pids(first)
+    anew = iter(DataLoader(data, batch_size=4, shuffle=True, num_workers=1))
+    fetch(anew)
+    assembler.feed(marks, out)
+    assert worker_pids(anew) <= (loaders.pids(assembler.feeding) or set())

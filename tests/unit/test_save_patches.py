@@ -315,3 +315,16 @@ def test_lightning_s_whole_checkpoint_write_is_one_save_sized_by_its_file(
     module._atomic_save({"w": torch.zeros(10_000)}, tmp_path / "epoch=0.ckpt")
     assert [c for c, _ in marks] == [ring.CHECKPOINT, ring.CHECKPOINT_TARGET, -ring.CHECKPOINT]
     assert saved_size(marks) == (tmp_path / "epoch=0.ckpt").stat().st_size
+
+
+def test_an_agent_that_marks_its_own_data_gets_the_loaders_batches_not_their_wait() -> None:
+    """Under watch() or a callback the loop marks its own data phase: the DataLoader hook
+    tells which loader each batch came from (their workers are the training loader's,
+    not an eval loader's) and times no wait of its own beside the loop's."""
+    from torch.utils.data import DataLoader
+
+    lazy, marks = recorder()
+    iterator = iter(DataLoader(torch.zeros(16, 4), batch_size=8))
+    fetch = timed_loader_next(type(iterator).__next__, lazy, timed=False)
+    fetch(iterator)
+    assert [code for code, _ in marks] == [ring.LOADER_BATCH] and marks[0][1][-1] == 8

@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from gpuwatch.instrument.patches import (
-    COLLECTIVE_PATCHES,
+    OWN_AGENT_PATCHES,
     PATCHES,
     LazyPush,
     Push,
@@ -111,24 +111,24 @@ def install(start: Callable[[], Push]) -> LazyPush:
     return lazy
 
 
-_collectives: LazyPush | None = None  # the collective hooks an agent of the job's started
+_own_agent: LazyPush | None = None  # the hooks of an agent the job's code started
 
 
-def install_collectives(push: Push) -> None:
-    """Time the job's collectives into ``push`` (the ring of an agent the job's own code
-    started: ``watch()``, a framework callback, which mark their own steps): the
-    zero-code hooks' collective patches alone, installed once per process, then
-    pointed at each new agent. Nothing where the zero-code hooks are installed (they
-    time them already)."""
-    global _collectives
+def install_own_agent_hooks(push: Push) -> None:
+    """Time the job's collectives and tell its DataLoaders apart into ``push`` (the ring
+    of an agent the job's own code started: ``watch()``, a framework callback, which
+    mark their own steps, samples and data): ``OWN_AGENT_PATCHES``, installed once per
+    process, then pointed at each new agent. Nothing where the zero-code hooks are
+    installed (they do this already)."""
+    global _own_agent
     if _installed is not None:
         return
-    if _collectives is not None:
-        _collectives.push = push
+    if _own_agent is not None:
+        _own_agent.push = push
         return
-    lazy = _collectives = LazyPush(lambda: push, in_dataloader_worker)
+    lazy = _own_agent = LazyPush(lambda: push, in_dataloader_worker)
     lazy.push = push
-    _patch(lazy, COLLECTIVE_PATCHES)
+    _patch(lazy, OWN_AGENT_PATCHES)
 
 
 def _patch(lazy: LazyPush, table: dict[str, Callable[[LazyPush, ModuleType], None]]) -> None:

@@ -216,7 +216,9 @@ class LoaderWorkers:
         self._seen = False
 
     def add(self, iterator: Any) -> None:
-        """Note ``iterator`` (once: it is marked with its loader)."""
+        """Note ``iterator`` (once: it is marked with its loader and its batches drawn,
+        in all and as of the last ``pids``)."""
+        iterator._gpuwatch_draws = iterator._gpuwatch_told = 0
         iterator._gpuwatch_loader = loader_key(iterator)
         self._iterators.add(iterator)
         self._seen = True
@@ -224,10 +226,12 @@ class LoaderWorkers:
     def pids(self, feeding: Collection[Loader] | None = None) -> set[int] | None:
         """The worker processes (pids; none for a loader without workers) of the live
         iterators of the loaders in ``feeding`` (those whose batches feed training
-        steps; None: not known yet, every loader's) and of any iterator a batch is being
-        drawn from now (an eval loader starting up is at work, not idle); None before
-        any batch was drawn through a DataLoader. Only reads: never polls a worker (a
-        waitpid from here could reap the loader's)."""
+        steps; None: not known yet, every loader's), of any a batch is being drawn from
+        now (an eval loader starting up is at work, not idle) and, where no batch of
+        those was drawn since the last call, of any that was (a training loader made
+        anew, before a step tells it feeds training; an eval loader between two reads
+        while training waited); None before any batch was drawn through a DataLoader.
+        Only reads: never polls a worker (a waitpid from here could reap the loader's)."""
         if not self._seen:
             return None
         for _ in range(3):  # (the loop adds iterators while this one reads them)
@@ -238,11 +242,20 @@ class LoaderWorkers:
                 continue
         else:
             return None
-        pids: set[int] = set()
+        chosen: list[Any] = []
+        drawn_only: list[Any] = []  # drawn since the last call, of loaders feeding no step
+        fed = False  # whether a batch of a loader that feeds steps was drawn since then
         for it in iterators:
-            if (feeding is not None and getattr(it, "_gpuwatch_loader", None) not in feeding
-                    and not getattr(it, "_gpuwatch_drawing", False)):
-                continue
+            draws = getattr(it, "_gpuwatch_draws", 0)
+            drawn, it._gpuwatch_told = draws != getattr(it, "_gpuwatch_told", 0), draws
+            feeds = feeding is None or getattr(it, "_gpuwatch_loader", None) in feeding
+            if feeds or getattr(it, "_gpuwatch_drawing", False):
+                chosen.append(it)
+                fed = fed or (feeds and drawn)
+            elif drawn:
+                drawn_only.append(it)
+        pids: set[int] = set()
+        for it in chosen if fed else chosen + drawn_only:
             for worker in getattr(it, "_workers", None) or ():
                 pid = getattr(worker, "pid", None)
                 if isinstance(pid, int):
@@ -254,11 +267,13 @@ LOADER_WORKERS = LoaderWorkers()
 
 
 def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush,
-                      loaders: LoaderWorkers = LOADER_WORKERS) -> Callable[[Any], Any]:
+                      loaders: LoaderWorkers = LOADER_WORKERS,
+                      timed: bool = True) -> Callable[[Any], Any]:
     """Wrap a DataLoader iterator's ``__next__``: the training loop's wait for the batch
     (on its own thread only: a thread that fetches ahead of the loop, a prefetcher,
-    keeps the loop waiting on nothing of its own) and the batch's samples, by loader;
-    each iterator is noted once in ``loaders`` (whose workers are the job's loaders')."""
+    keeps the loop waiting on nothing of its own; not ``timed``: none, the loop marks
+    its own) and the batch's samples, by loader; each iterator is noted once in
+    ``loaders`` (whose workers are the job's loaders')."""
 
     @functools.wraps(next_batch)
     def timed_next(self: Any) -> Any:
@@ -271,7 +286,7 @@ def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush,
         if drawing:
             self._gpuwatch_drawing = True
         try:
-            if lazy.off_loop():
+            if not timed or lazy.off_loop():
                 batch = next_batch(self)
             else:
                 lazy.push(ring.DATA)
@@ -282,6 +297,7 @@ def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush,
         finally:
             if drawing:
                 self._gpuwatch_drawing = False
+                self._gpuwatch_draws += 1
         try:
             n = batch_size(batch)
         except Exception:
@@ -934,10 +950,20 @@ def patch_ddp_module(lazy: LazyPush, module: Any) -> None:
     patch_ddp(lazy, module.DistributedDataParallel)
 
 
-# The collectives' timing alone, for an agent the job's own code started (``watch()``, a
-# framework callback) that marks its own steps, samples and data: their waits become
-# the collective phase of its steps (a straggler's wait in DDP's all-reduce was none).
-COLLECTIVE_PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
+def patch_loader_batches(lazy: LazyPush, module: Any) -> None:
+    """``torch.utils.data.dataloader``: each batch's loader and samples, the wait
+    untimed (for an agent whose loop marks its own data)."""
+    module._BaseDataLoaderIter.__next__ = timed_loader_next(
+        module._BaseDataLoaderIter.__next__, lazy, timed=False)
+
+
+# For an agent the job's own code started (``watch()``, a framework callback), which
+# marks its own steps, samples and data: the collectives' timing, whose waits become
+# the collective phase of its steps (a straggler's wait in DDP's all-reduce was none),
+# and the DataLoader batches by loader, which tell the training loaders and their
+# workers from an eval loader's and the job's other children.
+OWN_AGENT_PATCHES: dict[str, Callable[[LazyPush, ModuleType], None]] = {
+    "torch.utils.data.dataloader": patch_loader_batches,
     "torch.nn.parallel.distributed": patch_ddp_module,
     "torch.distributed": patch_distributed,
     "torch.distributed._functional_collectives": patch_functional_collectives,

@@ -1,15 +1,16 @@
 """Host probe (psutil): process and system CPU, memory, and the CPU of the DataLoader
 workers. ``workers`` counts the worker processes of the loaders the job draws batches
-from, where they are known (``loader_workers``: the zero-code DataLoader hook notes
-them); else the live children multiprocessing started (forked from this process, or by
-spawn or a fork server: a loader's workers are), but for its own helpers (its resource
-tracker, its fork server), other ranks of the job this process launched (Lightning's
-rank 0 starts the others) and what they started. Programs the job runs (a logger's
-service, a compiler's worker pool, an uploader) are no loader's workers."""
+from, where they are known (``loader_workers``: the DataLoader hook notes them); else
+the live processes multiprocessing started from this one (a loader's workers are; its
+own helpers, a resource tracker or a fork server, are not, nor programs the job runs: a
+logger's service, a compiler's worker pool, an uploader), less other ranks of the job
+this process launched (Lightning's rank 0 starts the others)."""
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,36 +19,52 @@ import psutil
 from gpuwatch.records import Sample
 
 
+def started_by_multiprocessing() -> set[int]:
+    """The pids of the processes multiprocessing started from this one and has not yet
+    found ended (read, never polled: a waitpid from here could reap a loader's worker)."""
+    for _ in range(3):  # (the job starts processes while this reads them)
+        try:
+            children = list(multiprocessing.process._children)  # type: ignore[attr-defined]
+            break
+        except RuntimeError:
+            continue
+    else:
+        return set()
+    return {pid for child in children if isinstance(pid := getattr(child, "pid", None), int)}
+
+
 class HostProbe:
     """One Sample per read. CPU ratios are over the interval since the previous read:
     ``process_cpu_cores`` in cores used, ``workers_cpu_ratio`` the mean busy share of
     one worker (1.0: every worker saturates its core)."""
 
-    def __init__(self, rank: int, pid: int | None = None,
-                 loader_workers: Callable[[], set[int] | None] | None = None) -> None:
+    def __init__(self, rank: int,
+                 loader_workers: Callable[[], set[int] | None] | None = None,
+                 started: Callable[[], set[int]] = started_by_multiprocessing) -> None:
         self.rank = rank
         self._loader_workers = loader_workers
-        self._proc = psutil.Process(pid)
-        # every live child that has been a worker, read at each read (a worker set aside
-        # for a while, an eval loader's between evaluations, counts from where it was)
+        self._started = started
+        self._proc = psutil.Process()
+        # the live children that are or may become workers, read at each read (a worker
+        # set aside for a while, an eval loader's between evaluations, counts from where
+        # it was; one first seen counts from then, unless it was born since the last read)
         self._children: dict[int, psutil.Process] = {}
         self._workers: set[int] = set()  # the workers at the last read
         self._ranks: set[int] = set()  # children that are other ranks, and theirs
-        # multiprocessing's resource tracker and fork server, and programs the job runs
-        self._others: set[int] = set()
-        self._argv = _cmdline(self._proc)  # what a child forked from this process shows
         self._known: set[int] = set()  # children already told apart
+        self._own: set[int] = set()  # the live children that are no other rank's
         self._born_as = _rank_word(_environ(self._proc) or {})  # what it was started with
         self._last: tuple[float, float, float] | None = None  # mono, own cpu, children cpu
+        self._read_at = 0.0  # Unix time of the last read (0: none yet)
         self._child_cpu: dict[int, float] = {}  # each child's CPU seconds at the last read
         self._workers_cpu = 0.0  # CPU seconds of workers while they were workers
         self._cpu_times = _busy_and_total(psutil.cpu_times())  # (its own baseline: a
         # library's psutil.cpu_percent(None) would move a shared one)
 
     def pids(self) -> set[int]:
-        """This process and its live children that have been workers (the pids whose GPU
-        memory is the job's)."""
-        return {self._proc.pid, *self._children}
+        """This process and its live children but other ranks and theirs (the pids whose
+        GPU memory is the job's: its workers', and a program's it runs)."""
+        return {self._proc.pid, *self._own}
 
     def sample(self, now: float, mono: float) -> list[Sample]:
         proc = self._proc
@@ -95,11 +112,12 @@ class HostProbe:
             live = {p.pid: p for p in self._proc.children(recursive=True)}
         except psutil.Error:
             live = {}
-        self._tell_apart(live)
+        self._tell_ranks(live)
+        self._own = live.keys() - self._ranks
         known = self._loader_workers() if self._loader_workers is not None else None
-        workers = {pid for pid in live if pid not in self._ranks and (
-            pid in known if known is not None else pid not in self._others)}
-        for pid in workers:
+        started = self._started()
+        workers = self._own & (known if known is not None else started)
+        for pid in self._own & (started | workers):
             self._children.setdefault(pid, live[pid])
         read = 0
         for pid, child in list(self._children.items()):
@@ -108,19 +126,21 @@ class HostProbe:
                 del self._children[pid]
                 self._child_cpu.pop(pid, None)
                 continue
-            if pid in workers or pid in self._workers:
-                self._workers_cpu += max(seconds - self._child_cpu.get(pid, 0.0), 0.0)
+            last = self._child_cpu.get(pid)
+            if last is None and self._read_at and _born(child) < self._read_at:
+                last = seconds  # (first seen now, its CPU since the last read unknown)
+            elif pid in workers or pid in self._workers:
+                self._workers_cpu += max(seconds - (last or 0.0), 0.0)
                 read += 1
             self._child_cpu[pid] = seconds
         self._workers = workers & self._children.keys()
+        self._read_at = time.time()
         return self._workers_cpu, len(self._workers), read
 
-    def _tell_apart(self, live: dict[int, psutil.Process]) -> None:
+    def _tell_ranks(self, live: dict[int, psutil.Process]) -> None:
         """Note which new children are other ranks (their environment names a rank this
         process's does not, as it was started or as it is now: a worker inherits one of
-        them) or descend from one, and which are no workers at all (not started by
-        multiprocessing, or its helpers). A child whose environment cannot be read may
-        be a worker."""
+        them) or descend from one. A child whose environment cannot be read is none."""
         mine = {self._born_as, _rank_word(os.environ)}
         for pid, p in live.items():
             if pid in self._known:
@@ -133,37 +153,8 @@ class HostProbe:
             env = _environ(p)
             if parent in self._ranks or (env is not None and _rank_word(env) not in mine):
                 self._ranks.add(pid)
-            elif not self._by_multiprocessing(p, parent):
-                self._others.add(pid)
         self._known &= set(live)
         self._ranks &= set(live)
-        self._others &= set(live)
-
-    def _by_multiprocessing(self, p: psutil.Process, parent: int) -> bool:
-        """Whether a child is one multiprocessing started for the job (a loader's worker,
-        say): forked from this process (its command line is this one's) or spawned by
-        multiprocessing, but for multiprocessing's own helpers (not what a fork server
-        forks: workers). One whose command line cannot be read may be."""
-        line = _cmdline(p)
-        if line is None:
-            return True
-        said = " ".join(line)
-        if parent == self._proc.pid and any(helper in said for helper in HELPERS):
-            return False
-        return line == self._argv or "multiprocessing" in said
-
-
-# What multiprocessing's own helper processes run (their command lines say so)
-HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver",
-           "multiprocessing.semaphore_tracker")
-
-
-def _cmdline(p: psutil.Process) -> list[str] | None:
-    try:
-        line: list[str] = p.cmdline()
-    except (psutil.Error, OSError):
-        return None
-    return line
 
 
 def _environ(p: psutil.Process) -> dict[str, str] | None:
@@ -177,6 +168,14 @@ def _environ(p: psutil.Process) -> dict[str, str] | None:
 def _rank_word(env: Any) -> tuple[str | None, str | None]:
     """What an environment says the process's rank is: (RANK, LOCAL_RANK)."""
     return env.get("RANK"), env.get("LOCAL_RANK")
+
+
+def _born(p: psutil.Process) -> float:
+    """When ``p`` started (Unix s); 0 if that cannot be read."""
+    try:
+        return float(p.create_time())
+    except psutil.Error:
+        return 0.0
 
 
 def _cpu(p: psutil.Process) -> float | None:
