@@ -15,8 +15,9 @@ it), with the verdicts a senior engineer expects of each (``EXPECTED``/``FORBIDD
   ``fits_on_paper`` -> move.
 - uncapped: the same ~0.9B model at batch 16 on the whole card, as NVML names it: no
   ``fits_on_paper``.
-- starved: two DataLoader workers running a CPU-heavy transform: ``data_starvation``,
-  fix here.
+- starved: two DataLoader workers running a CPU-heavy transform, and an evaluation every
+  50 steps over a loader of four persistent workers, idle between evaluations:
+  ``data_starvation``, fix here, its 2 workers CPU-bound.
 - checkpoint: model and optimizer ``torch.save`` every 10 steps: ``checkpoint_overhead``,
   fix here.
 
@@ -57,6 +58,7 @@ FORBIDDEN = {"healthy": {"move_to_h100", "fix_here"}, "consumer_card": set(),
              "checkpoint": {"move_to_h100"}}
 SECONDS = {"healthy": 15.0, "consumer_card": 45.0, "uncapped": 15.0, "starved": 20.0,
            "checkpoint": 15.0}
+EVAL_EVERY = 50  # steps between the starved run's evaluations
 
 
 # -- the workloads (run in child processes, under gpuwatch run) -------------------------
@@ -192,7 +194,9 @@ def big_model(torch: Any, smoke: bool, device: str, seconds: float,
 
 def starved(torch: Any, smoke: bool, device: str, seconds: float) -> dict[str, Any]:
     """A small model fed by two DataLoader workers whose transform is CPU-heavy (~4 ms a
-    sample of pure Python): the step waits on the loader."""
+    sample of pure Python): the step waits on the loader. Every ``EVAL_EVERY`` steps, an
+    evaluation over a light loader of four persistent workers (idle in between: not
+    the training loader's workers)."""
     from torch.utils.data import DataLoader, Dataset
 
     s = sizes(smoke)
@@ -210,7 +214,15 @@ def starved(torch: Any, smoke: bool, device: str, seconds: float) -> dict[str, A
 
     model = gpt(torch, **s).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    class Light(Dataset):  # type: ignore[misc,type-arg]
+        def __len__(self) -> int:
+            return 4 * s["batch"]
+
+        def __getitem__(self, i: int) -> Any:
+            return torch.randint(0, s["vocab"], (s["seq"] + 1,))
+
     loader = DataLoader(Heavy(), batch_size=s["batch"], num_workers=2, persistent_workers=True)
+    evals = DataLoader(Light(), batch_size=s["batch"], num_workers=4, persistent_workers=True)
     start, steps = time.perf_counter(), 0
     for tokens in loader:
         tokens = tokens.to(device)
@@ -222,6 +234,10 @@ def starved(torch: Any, smoke: bool, device: str, seconds: float) -> dict[str, A
         opt.step()
         opt.zero_grad(set_to_none=True)
         steps += 1
+        if steps % EVAL_EVERY == 0:
+            with torch.no_grad():
+                for batch in evals:
+                    model(batch.to(device)[:, :-1])
         if time.perf_counter() - start > seconds:
             break
     return {"steps": steps}
