@@ -513,3 +513,22 @@ def test_an_adapters_time_stands_only_where_the_patches_timed_none() -> None:
     assert second.data_s == pytest.approx(0.3) and second.checkpoint_s == pytest.approx(0.2)
     assert [e.data["seconds"] for e in events(out, "checkpoint_save")] == pytest.approx(
         [0.2, 0.2])  # one save each, never the same one twice
+
+
+def test_a_second_loop_s_plan_goes_on_from_the_steps_before_it() -> None:
+    """Two fits in one process (one agent, as under gpuwatch run): each plans its own
+    steps, counted from its first, while the log's steps go on counting. The second
+    fit's 900 planned after 350 steps done are 1250 (it read 350: the job was done); a
+    plan made again within a loop (a GAN's optimizers) keeps that loop's base."""
+    marks: list[tuple[int, float, object]] = [(ring.TOTAL_STEPS, 0.0, 350)]
+    t = 0.0
+    for k in range(1, 351):
+        t = float(k)
+        marks += [(ring.STEP_BEGIN, t - 1, None), (ring.STEP_END, t, None)]
+        if k == 1:
+            marks.append((ring.TOTAL_STEPS, t, 175))  # (re-planned: two optimizers a batch)
+    marks += [(ring.LOOP_END, t, None), (ring.TOTAL_STEPS, t, 900),
+              (ring.STEP_BEGIN, t, None), (ring.STEP_END, t + 1, None)]
+    out = assemble(marks)
+    assert [e.data["steps"] for e in events(out, "total_steps")] == [350, 175, 1250]
+    assert steps(out)[-1].step == 351

@@ -140,6 +140,7 @@ class RunProfile:
     memory_limit_bytes: float | None = None
     memory_peak_bytes: float | None = None  # the largest a GPU's memory use reached
     planned_steps: int | None = None
+    _set_plan: bool = False  # planned_steps is the user's setting (else the newest loop's)
     ooms: int = 0
     _oom_tallies: dict[int, OomTally] = field(default_factory=dict)  # by rank
     skipped_lines: int = 0
@@ -168,6 +169,7 @@ class RunProfile:
         total = self.detection.get("total_steps")
         if isinstance(total, int) and total > 0:
             self.planned_steps = total
+            self._set_plan = True
 
     def _step(self, s: Step) -> None:
         totals = self.ranks.get(s.rank)
@@ -213,8 +215,8 @@ class RunProfile:
                         self.device_names.setdefault(e.rank, str(d["name"]))
                     if d.get("memory_total_bytes"):
                         self._memory(float("nan"), float(d["memory_total_bytes"]))
-        elif e.name == "total_steps" and not self.planned_steps:
-            self.planned_steps = int(e.data.get("steps", 0)) or None
+        elif e.name == "total_steps" and not self._set_plan:  # (the newest loop's plan)
+            self.planned_steps = int(e.data.get("steps", 0)) or self.planned_steps
         elif e.name == "oom":
             self.ooms += self._oom_tallies.setdefault(e.rank, OomTally()).add(e)
 

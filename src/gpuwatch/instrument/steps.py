@@ -56,6 +56,7 @@ class StepAssembler:
         self.device = PendingTimings(events)
         self._offset = clock_offset
         self._explicit = False
+        self._plan_base: int | None = None  # steps ended before the loop that planned
         self._prev_end: float | None = None
         self._depth = [0] * _NPHASES
         self._opened = [0.0] * _NPHASES
@@ -170,6 +171,7 @@ class StepAssembler:
 
     def _on_loop_end(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         self._explicit = False  # (implicit boundaries end steps again after a framework's fit)
+        self._plan_base = None
 
     def _on_lost(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         self._lost()
@@ -247,7 +249,12 @@ class StepAssembler:
             self._saved(seconds, t, out)
 
     def _on_total_steps(self, code: int, t: float, value: Any, out: list[Record]) -> None:
-        out.append(Event(self.rank, t + self._offset, "total_steps", {"steps": int(value)}))
+        """A loop's plan, counted from its first step: the run's is the steps ended before
+        that loop began (a second fit in the same process goes on counting) and it."""
+        if self._plan_base is None:
+            self._plan_base = self.steps
+        out.append(Event(self.rank, t + self._offset, "total_steps",
+                         {"steps": self._plan_base + int(value)}))
 
     def _on_device_timing(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         phase, start, end, nbytes = value
