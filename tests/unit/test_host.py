@@ -198,6 +198,25 @@ def test_a_worker_set_aside_counts_again_from_where_it_was() -> None:
     assert 0.3 <= back.values[total] - still.values[total] <= after - before
 
 
+def test_a_worker_born_since_the_last_read_is_as_busy_as_it_was_alive() -> None:
+    """A loader restarting its workers every epoch: a worker started shortly before a
+    read, busy ever since, is busy, not busy the small share of the interval it lived
+    (young workers read as idle, and a CPU-bound loader was sent to storage)."""
+    probe = HostProbe(rank=0)
+    probe.sample(time.time(), time.monotonic())
+    time.sleep(1.0)  # the interval the CPU ratio is measured over, mostly without it
+    burner = forked(spin)
+    try:
+        wait_for(lambda: sum(psutil.Process(burner.pid).cpu_times()[:2]) > 0.2, 10,
+                 "the worker to burn CPU")
+        (s,) = probe.sample(time.time(), time.monotonic())
+    finally:
+        burner.kill()
+        burner.join(10)
+    assert s.values["workers"] == 1
+    assert s.values["workers_cpu_ratio"] > 0.4  # (it read 0.2 of a 1.2 s interval)
+
+
 def test_a_worker_that_exited_between_reads_is_no_idle_worker() -> None:
     """A worker busy until it exited before the next read (a loader joins its workers
     at an epoch's end) took its CPU since the last read with it: that interval has no

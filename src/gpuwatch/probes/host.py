@@ -55,7 +55,7 @@ class HostProbe:
         self._own: set[int] = set()  # the live children that are no other rank's
         self._born_as = _rank_word(_environ(self._proc) or {})  # what it was started with
         self._last: tuple[float, float, float] | None = None  # mono, own cpu, children cpu
-        self._read_at = 0.0  # Unix time of the last read (0: none yet)
+        self._read_at = 0.0  # ``_boot_clock`` at the last read (0: none yet)
         self._child_cpu: dict[int, float] = {}  # each child's CPU seconds at the last read
         self._workers_cpu = 0.0  # CPU seconds of workers while they were workers
         self._cpu_times = _busy_and_total(psutil.cpu_times())  # (its own baseline: a
@@ -72,7 +72,7 @@ class HostProbe:
             times = proc.cpu_times()
             rss = proc.memory_info().rss
         own = times.user + times.system
-        children_cpu, workers, read = self._children_cpu()
+        children_cpu, workers, alive = self._children_cpu()
         vm = psutil.virtual_memory()
         values: dict[str, float] = {
             "process_cpu_seconds_total": own,
@@ -90,9 +90,9 @@ class HostProbe:
                 # over the workers read up to now (a loader restarting its workers at
                 # an epoch's end may have none live: those it let go still read; those
                 # that exited took their CPU since the last read with them)
-                if read:
+                if alive > 0:
                     used = max(children_cpu - self._last[2], 0.0)
-                    values["workers_cpu_ratio"] = min(used / dt / read, 1.0)
+                    values["workers_cpu_ratio"] = min(used / alive, 1.0)
         self._last = (mono, own, children_cpu)
         return [Sample(self.rank, now, "host", values)]
 
@@ -104,10 +104,12 @@ class HostProbe:
         return min(max((busy - last_busy) / (total - last_total), 0.0), 1.0) \
             if total > last_total else 0.0
 
-    def _children_cpu(self) -> tuple[float, int, int]:
+    def _children_cpu(self) -> tuple[float, int, float]:
         """CPU seconds the workers used while they were workers (the exited ones' too),
-        the live workers, and how many workers were read now (those that were workers
-        at the last read or are now: their CPU between the two was a worker's)."""
+        the live workers, and the seconds the workers read now were alive since the last
+        read (those that were workers at the last read or are now: their CPU between
+        the two was a worker's; one born since counts from its birth: a loader
+        restarting its workers each epoch read as idle as they were young)."""
         try:
             live = {p.pid: p for p in self._proc.children(recursive=True)}
         except psutil.Error:
@@ -119,7 +121,8 @@ class HostProbe:
         workers = self._own & (known if known is not None else started)
         for pid in self._own & (started | workers):
             self._children.setdefault(pid, live[pid])
-        read = 0
+        now = _boot_clock()
+        alive = 0.0
         for pid, child in list(self._children.items()):
             seconds = _cpu(child)
             if seconds is None:  # exited: its CPU since the last read is lost
@@ -127,15 +130,17 @@ class HostProbe:
                 self._child_cpu.pop(pid, None)
                 continue
             last = self._child_cpu.get(pid)
-            if last is None and self._read_at and _born(child) < self._read_at:
+            born = _born(child) if last is None else 0.0
+            if last is None and self._read_at and born < self._read_at:
                 last = seconds  # (first seen now, its CPU since the last read unknown)
             elif pid in workers or pid in self._workers:
                 self._workers_cpu += max(seconds - (last or 0.0), 0.0)
-                read += 1
+                if self._read_at:
+                    alive += now - max(self._read_at, born)
             self._child_cpu[pid] = seconds
         self._workers = workers & self._children.keys()
-        self._read_at = time.time()
-        return self._workers_cpu, len(self._workers), read
+        self._read_at = now
+        return self._workers_cpu, len(self._workers), alive
 
     def _tell_ranks(self, live: dict[int, psutil.Process]) -> None:
         """Note which new children are other ranks (their environment names a rank this
@@ -170,10 +175,19 @@ def _rank_word(env: Any) -> tuple[str | None, str | None]:
     return env.get("RANK"), env.get("LOCAL_RANK")
 
 
+def _boot_clock() -> float:
+    """Seconds on the clock processes' start times are told in (since boot, where the
+    platform says so: a start time in Unix seconds is off by up to a second)."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.time()
+
+
 def _born(p: psutil.Process) -> float:
-    """When ``p`` started (Unix s); 0 if that cannot be read."""
+    """When ``p`` started, on ``_boot_clock``; 0 if that cannot be read."""
     try:
-        return float(p.create_time())
+        started = float(p.create_time())
+        return started - psutil.boot_time() if hasattr(time, "CLOCK_BOOTTIME") else started
     except psutil.Error:
         return 0.0
 
