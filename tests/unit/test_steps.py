@@ -532,3 +532,15 @@ def test_a_second_loop_s_plan_goes_on_from_the_steps_before_it() -> None:
     out = assemble(marks)
     assert [e.data["steps"] for e in events(out, "total_steps")] == [350, 175, 1250]
     assert steps(out)[-1].step == 351
+
+
+def test_a_small_collective_s_duration_is_no_measure_of_the_link() -> None:
+    """A step's 4-byte flag all-reduce, mostly waiting for the other rank, beside 8 MiB
+    of gradients: only the large one's duration measures bandwidth (the flag's made the
+    achieved bus bandwidth 2.5 kB/s on a link moving 1 GB/s)."""
+    marks = [(ring.STEP_BEGIN, 0.0, None),
+             (ring.COLLECTIVE_DURATION, 0.2, (0.05, 8 << 20)),
+             (ring.COLLECTIVE_DURATION, 0.3, (0.02, 4)),
+             (ring.STEP_END, 1.0, None)]
+    (s,) = steps(assemble(marks))
+    assert (s.collective_timed_s, s.collective_timed_bytes) == (0.05, 8 << 20)

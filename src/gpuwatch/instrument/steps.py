@@ -44,6 +44,9 @@ from gpuwatch.vocabulary import COMPUTE_PHASES, Phase
 _NPHASES = max(Phase) + 1
 PROGRESS_EVERY_S = 1.0
 HOLD_STEPS = 64  # a step waits for its device timings behind at most this many steps
+# a collective smaller than this is latency and waiting for the other ranks, not bandwidth:
+# its duration is no measure of the link (a step's 4-byte flag read as 2.5 kB/s achieved)
+MIN_TIMED_BYTES = 1 << 20
 
 
 class StepAssembler:
@@ -132,13 +135,13 @@ class StepAssembler:
             step = held.get(interval.step)
             if step is None:
                 self._acc[interval.phase] += interval.seconds
-                if interval.nbytes:
+                if interval.nbytes >= MIN_TIMED_BYTES:
                     self._timed_s += interval.seconds
                     self._timed_bytes += interval.nbytes
                 continue
             if interval.phase == ring.COLLECTIVE:
                 step.collective_s += interval.seconds
-            if interval.nbytes:
+            if interval.nbytes >= MIN_TIMED_BYTES:
                 step.collective_timed_s += interval.seconds
                 step.collective_timed_bytes += interval.nbytes
 
@@ -263,8 +266,10 @@ class StepAssembler:
     def _on_collective_duration(self, code: int, t: float, value: Any,
                                 out: list[Record]) -> None:
         seconds, nbytes = value
-        self._timed_s += seconds
-        self._timed_bytes += self._count(nbytes)
+        nbytes = self._count(nbytes)
+        if nbytes >= MIN_TIMED_BYTES:
+            self._timed_s += seconds
+            self._timed_bytes += nbytes
 
     def _on_collective_bytes(self, code: int, t: float, value: Any,
                              out: list[Record]) -> None:
