@@ -53,9 +53,9 @@ class Step:
     (exposed collective wait, activation-checkpoint recompute), not extra time.
     ``other_s`` is the wall time no phase accounts for. ``collective_bytes`` are bus
     bytes (nccl-tests convention), ``p2p_bytes`` the part of them point-to-point sends
-    carry (a pipeline's activations, counted by the sender); ``collective_timed_s`` is the full
-    duration of the collectives of 1 MiB or more whose duration was seen and ``collective_timed_bytes``
-    their bus bytes (their ratio is the achieved bus bandwidth).
+    carry (a pipeline's activations, counted by the sender); ``collective_timed_s`` is the
+    full duration of the collectives of 1 MiB or more whose duration was seen and
+    ``collective_timed_bytes`` their bus bytes (their ratio is the achieved bus bandwidth).
     """
 
     rank: int
