@@ -61,6 +61,29 @@ def test_a_worker_busy_most_of_its_time_is_computing_not_waiting_on_storage() ->
     assert "storage" not in f.summary and "transforms cheaper" in f.action
 
 
+def test_a_loader_idle_through_evaluations_is_judged_by_its_training_steps() -> None:
+    """Bursts of 10 s of training whose one worker saturates its core, each followed by
+    a 20 s evaluation while the worker sits idle with its prefetch full: averaged over
+    every host reading, it read 33% busy ("mostly idle: storage or prefetch is the
+    limit"). The readings of the steps judged leave the evaluations out: CPU-bound."""
+    records: list[Record] = [meta()]
+    start, first = START, 1
+    for _ in range(5):
+        records += steps(10, wall=0.1, start=start, first=first, data_s=0.06)
+        first += 100
+        records.append(Step(rank=0, step=first, t=start + 30, wall_s=20.0, compute_s=20.0,
+                            samples=32))  # (the evaluation, between two steps)
+        first += 1
+        records += [Sample(0, start + k, "host", {"workers": 1.0, "workers_cpu_ratio":
+                                                  1.0 if k <= 10 else 0.0,
+                                                  "system_cpu_ratio": 0.6})
+                    for k in range(1, 31)]
+        start += 30
+    f = only(judge(records), "data_starvation")  # (judged last at the end: an evaluation)
+    assert f.evidence["workers_cpu_ratio"] > 0.9
+    assert "its 1 DataLoader worker is CPU-bound" in f.summary
+
+
 @pytest.mark.parametrize("host_busy, workers_busy", [(1.0, 0.26), (0.4, 0.26), (0.97, 0.01)])
 def test_idle_looking_workers_on_a_saturated_host_wait_for_a_core(
         host_busy: float, workers_busy: float) -> None:

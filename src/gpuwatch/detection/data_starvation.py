@@ -18,6 +18,7 @@ from gpuwatch.detection.context import (
     window_start,
 )
 from gpuwatch.detection.rules import Rule
+from gpuwatch.records import Sample
 from gpuwatch.telemetry import Telemetry
 
 CPU_BOUND_ADVICE = ("Add DataLoader workers or CPU cores, or make the transforms cheaper "
@@ -40,16 +41,14 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         "data_seconds_per_step": summary.data_share * summary.mean_step_s,
         "step_seconds": summary.mean_step_s,
     }
-    counted = typical_workers(view, since)
+    counted, busy, system = loader_readings(view, since)
     workers = counted or 0
-    busy = view.figure("host", "workers_cpu_ratio", since)
-    system = view.figure("host", "system_cpu_ratio", since)
     if counted is not None:
         evidence["workers"] = float(workers)
-    if workers and busy:
-        evidence["workers_cpu_ratio"] = busy.mean
-    if workers and system:
-        evidence["host_cpu_ratio"] = system.mean
+    if workers and busy is not None:
+        evidence["workers_cpu_ratio"] = busy
+    if workers and system is not None:
+        evidence["host_cpu_ratio"] = system
     if counted is None:  # no host probe: nothing says how batches are loaded
         text = "its DataLoader workers are not known (no host readings)"
         advice = ("Check the loader: enough workers (num_workers), CPU cores for them, "
@@ -85,15 +84,35 @@ def _its(workers: int, one: str = "is", many: str = "are") -> str:
             else f"its {workers} DataLoader workers {many}")
 
 
-def typical_workers(view: Telemetry, since: float) -> int | None:
-    """The loader workers the span's steps ran with: the median count of the host
-    readings outside interruptions (all of them if none is): a loader restarting its
-    workers at an epoch's end has none for a moment, an eval loader's workers join
-    them while it runs. None without a reading."""
-    readings = [(s.values["workers"], view.interrupted(s.t))
-                for s in view.samples_since("host", since) if "workers" in s.values]
-    counts = sorted(n for n, out in readings if not out) or sorted(n for n, _ in readings)
-    return int(counts[len(counts) // 2]) if counts else None
+def loader_readings(view: Telemetry, since: float
+                    ) -> tuple[int | None, float | None, float | None]:
+    """The loader workers the span's steps ran with (the median count), their mean busy
+    share and the host's (None without such readings), from the host readings of those
+    steps: outside interruptions and no later than the newest step (an eval, a save, one
+    still under way: the workers sit idle then, their prefetch full, and a CPU-bound
+    loader read as waiting on storage; a loader restarting its workers at an epoch's
+    end has none for a moment, an eval loader's workers join them while it runs). A
+    span inside an interruption takes as many of the newest readings of steps before
+    it; all of its own if there are none. None for the count without a reading."""
+    dt = view.sample_interval_s("host") or 0.0
+
+    def of_steps(readings: list[Sample]) -> list[dict[str, float]]:
+        return [s.values for s in readings if s.t <= view.last_step_t and not view.interrupted(
+            s.t) and not view.interrupted(s.t - dt)]  # (a reading tells of the interval before)
+
+    span = view.samples_since("host", since)
+    values = of_steps(span)
+    if span and not values:
+        values = (of_steps(view.samples_since("host", 0.0))[-len(span):]
+                  or [s.values for s in span])
+    counts = sorted(v["workers"] for v in values if "workers" in v)
+    return (int(counts[len(counts) // 2]) if counts else None, _mean(values, "workers_cpu_ratio"),
+            _mean(values, "system_cpu_ratio"))
+
+
+def _mean(values: list[dict[str, float]], key: str) -> float | None:
+    seen = [v[key] for v in values if key in v]
+    return sum(seen) / len(seen) if seen else None
 
 
 def _in_stalls(view: Telemetry, since: float, share: float) -> bool:
