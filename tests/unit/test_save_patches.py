@@ -67,17 +67,23 @@ def test_a_save_on_the_training_thread_is_a_blocking_checkpoint(tmp_path: Path) 
     assert saved_size(marks) == (tmp_path / "a.pt").stat().st_size
 
 
-def test_a_save_on_a_writer_thread_is_a_background_save(tmp_path: Path) -> None:
+@pytest.mark.parametrize("to", ["path", "file"])
+def test_a_save_on_a_writer_thread_is_a_background_save(tmp_path: Path, to: str) -> None:
+    """Sized as a blocking save is: a path's file, or what a file object was written
+    (a writer thread's save to an open file read 0 bytes)."""
     lazy, marks = recorder()
     save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
     lazy.push(ring.STEP_BOUNDARY, 1)  # the loop has marked: this thread is its
-    writer = threading.Thread(target=save, args=({"w": torch.zeros(1000)}, tmp_path / "b.pt"))
-    writer.start()
-    writer.join(timeout=60)
+    path = tmp_path / "b.pt"
+    with path.open("wb") as f:
+        writer = threading.Thread(target=save, args=({"w": torch.zeros(1000)},
+                                                     path if to == "path" else f))
+        writer.start()
+        writer.join(timeout=60)
     assert not writer.is_alive()
     ((code, (seconds, nbytes)),) = marks[1:]
     assert code == ring.BACKGROUND_SAVE
-    assert seconds > 0 and nbytes == (tmp_path / "b.pt").stat().st_size
+    assert seconds > 0 and nbytes == path.stat().st_size > 4000
 
 
 def test_safetensors_saves_are_timed(tmp_path: Path) -> None:

@@ -336,20 +336,16 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
                 target = None
         if lazy.off_loop():
             return _background_save(save, target, lazy, args, kwargs)
-        start = _tell(target)
-        since = time.time()
+        start, since = _tell(target), time.time()
         lazy.push(ring.CHECKPOINT)
         lazy.saving += 1
         try:
             return save(*args, **kwargs)
         finally:
             lazy.saving -= 1
-            if isinstance(target, (str, os.PathLike)):  # (``saved_at``: a large directory later)
-                lazy.push(ring.CHECKPOINT_TARGET, saved_at(target, since, _group_rank()))
-            elif start is not None:
-                end = _tell(target)
-                if end is not None and end > start:
-                    lazy.push(ring.CHECKPOINT_TARGET, end - start)
+            written = _written(target, start, since)
+            if written is not None:
+                lazy.push(ring.CHECKPOINT_TARGET, written)
             lazy.push(-ring.CHECKPOINT)
 
     return timed
@@ -358,14 +354,23 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
 def _background_save(save: Callable[..., Any], target: Any, lazy: LazyPush,
                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A save on a writer thread: timed and sized, but the training loop does not wait."""
-    start, since = time.perf_counter(), time.time()
+    start, since, position = time.perf_counter(), time.time(), _tell(target)
     try:
         return save(*args, **kwargs)
     finally:
-        saved = (saved_at(target, since, _group_rank())
-                 if isinstance(target, (str, os.PathLike)) else None)
-        nbytes = saved_bytes(saved)  # (the writer's thread, not training's)
+        nbytes = saved_bytes(_written(target, position, since))  # (the writer's thread)
         lazy.push(ring.BACKGROUND_SAVE, (time.perf_counter() - start, nbytes))
+
+
+def _written(target: Any, start: int | None,
+             since: float) -> int | tuple[str, float, int | None] | None:
+    """What a save to ``target`` wrote (``sizes.saved_at``): a path's file or directory,
+    or the bytes a file object moved on from ``start`` (its position before); None when
+    nothing tells."""
+    if isinstance(target, (str, os.PathLike)):  # (``saved_at``: a large directory later)
+        return saved_at(target, since, _group_rank())
+    end = _tell(target) if start is not None else None
+    return end - start if start is not None and end is not None and end > start else None
 
 
 def _group_rank() -> int | None:
