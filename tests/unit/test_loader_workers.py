@@ -21,6 +21,16 @@ def worker_pids(iterator: Any) -> set[int]:
     return {w.pid for w in iterator._workers}
 
 
+def hooked() -> tuple[list[tuple[int, float, Any]], LazyPush, LoaderWorkers, StepAssembler]:
+    """Marks as the ring would hand them to the assembler (a clock ticking a second a
+    mark), the hooks' state that pushes them, the loaders noted and the assembler."""
+    marks: list[tuple[int, float, Any]] = []
+    clock = itertools.count()
+    lazy = LazyPush(lambda: lambda code, value=None: marks.append(
+        (code, float(next(clock)), value)), lambda: False)
+    return marks, lazy, LoaderWorkers(), StepAssembler(rank=0, clock_offset=0.0)
+
+
 def test_an_eval_loaders_idle_workers_are_not_the_training_loaders() -> None:
     """A training loader of 2 persistent workers and an eval loader of 2, iterated every
     other step: once a step has told which loader feeds training, only its workers
@@ -28,12 +38,7 @@ def test_an_eval_loaders_idle_workers_are_not_the_training_loaders() -> None:
     starting up is at work, not idle). Before any step, every loader's count."""
     from torch.utils.data import DataLoader
 
-    marks: list[tuple[int, float, Any]] = []
-    clock = itertools.count()
-    lazy = LazyPush(lambda: lambda code, value=None: marks.append(
-        (code, float(next(clock)), value)), lambda: False)
-    loaders = LoaderWorkers()
-    assembler = StepAssembler(rank=0, clock_offset=0.0)
+    marks, lazy, loaders, assembler = hooked()
     seen_drawing: list[set[int] | None] = []
 
     def drawing(iterator: Any) -> Any:  # the eval loader's __next__, noting what counts
@@ -77,12 +82,7 @@ def test_a_training_loader_made_anew_counts_from_its_first_batch() -> None:
     first reading after its batches where training drew none meanwhile, not later."""
     from torch.utils.data import DataLoader
 
-    marks: list[tuple[int, float, Any]] = []
-    clock = itertools.count()
-    lazy = LazyPush(lambda: lambda code, value=None: marks.append(
-        (code, float(next(clock)), value)), lambda: False)
-    loaders = LoaderWorkers()
-    assembler = StepAssembler(rank=0, clock_offset=0.0)
+    marks, lazy, loaders, assembler = hooked()
     data = torch.zeros(64, 4)
     first = iter(DataLoader(data, batch_size=4, shuffle=True, num_workers=1))
     fetch = timed_loader_next(type(first).__next__, lazy, loaders)
