@@ -415,12 +415,20 @@ class Telemetry:
         more often than that they are the job's rhythm (a loader that stalls every few
         steps) and count."""
         typical = self.window.sums_since(since)
-        if not self.interruptions or self.interruptions[-1][1] < since:
-            return mean_step(typical)  # the common case: no interruption in the window
-        interrupting = self.interrupting.sums_since(since)
-        if interrupting[0] > RHYTHM_SHARE * (typical[0] + interrupting[0]):
-            return mean_step(tuple(map(operator.add, typical, interrupting)))
+        if self.rhythmic(since):
+            return mean_step(tuple(map(operator.add, typical,
+                                       self.interrupting.sums_since(since))))
         return mean_step(typical)
+
+    def rhythmic(self, since: float) -> bool:
+        """Whether the interruptions among the steps that ended at or after ``since``
+        are the job's rhythm (over ``RHYTHM_SHARE`` of those steps: a loader that stalls
+        every few steps), counted with the steps; else they are rare, and left out."""
+        if not self.interruptions or self.interruptions[-1][1] < since:
+            return False  # (the common case: no interruption in the window)
+        typical = self.window.sums_since(since)[0]
+        interrupting = self.interrupting.sums_since(since)[0]
+        return interrupting > RHYTHM_SHARE * (typical + interrupting)
 
     def since_holding(self, steps: int) -> float | None:
         """The latest time from which ``steps`` typical steps ended (Unix s); None before
@@ -445,11 +453,9 @@ class Telemetry:
         every rank ran made one step's wall a minute, and the collectives' share of the
         window's steps a fraction of theirs)."""
         skipped: set[float] = set()  # (the interruptions' end times: their steps')
-        if self.interruptions and self.interruptions[-1][1] >= since:
-            typical = self.window.sums_since(since)[0]
-            interrupting = self.interrupting.sums_since(since)[0]
-            if interrupting <= RHYTHM_SHARE * (typical + interrupting):  # (rare: left out)
-                skipped = {end for _, end in self.interruptions}
+        if (self.interruptions and self.interruptions[-1][1] >= since
+                and not self.rhythmic(since)):  # (rare: left out)
+            skipped = {end for _, end in self.interruptions}
         out: dict[int, StepWait] = {}
         for s in reversed(self.steps):
             if s.t < since:

@@ -114,6 +114,11 @@ BUS_FACTOR: dict[str, Callable[[int], float]] = {
 }
 
 
+# A collective of fewer bus bytes is latency and waiting for the other ranks, not bandwidth:
+# its duration is no measure of the link (a step's 4-byte flag read as 2.5 kB/s achieved)
+MIN_BANDWIDTH_BYTES = 1 << 20
+
+
 def bus_bytes(kind: str, total_bytes: int, world_size: int) -> int:
     """Bus bytes of one collective: ``total_bytes`` is the whole buffer (an all-gather's
     output, a reduce-scatter's input, an all-to-all's input); 0 for one rank."""

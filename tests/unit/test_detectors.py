@@ -84,6 +84,30 @@ def test_a_loader_idle_through_evaluations_is_judged_by_its_training_steps() -> 
     assert "its 1 DataLoader worker is CPU-bound" in f.summary
 
 
+def test_a_loader_whose_stalls_are_the_rhythm_is_judged_with_them() -> None:
+    """A loader stalling on storage every eighth step (7 steps of 1 s, then one of 5 s
+    waiting for data): the stalls are the job's rhythm and make its data share, and its
+    workers idle through them, 60% busy between. Leaving the stalls' readings out, as
+    an evaluation's are, it read "mostly computing (60% busy)": the wrong fix."""
+    records: list[Record] = [meta()]
+    t, n = START, 1
+    for _ in range(40):
+        for _ in range(7):
+            t += 1.0
+            records.append(Step(rank=0, step=n, t=t, wall_s=1.0, data_s=0.1, compute_s=0.9,
+                                samples=32))
+            n += 1
+        t += 5.0
+        records.append(Step(rank=0, step=n, t=t, wall_s=5.0, data_s=4.9, compute_s=0.1,
+                            samples=32))
+        n += 1
+    records += [Sample(0, START + k, "host", {
+        "workers": 2.0, "workers_cpu_ratio": 0.6 if 0 < k % 12 <= 7 else 0.02,
+        "system_cpu_ratio": 0.4}) for k in range(1, int(t - START) + 1)]
+    f = only(judge(records), "data_starvation")
+    assert "mostly idle: storage or prefetch is the limit" in f.summary
+
+
 @pytest.mark.parametrize("host_busy, workers_busy", [(1.0, 0.26), (0.4, 0.26), (0.97, 0.01)])
 def test_idle_looking_workers_on_a_saturated_host_wait_for_a_core(
         host_busy: float, workers_busy: float) -> None:

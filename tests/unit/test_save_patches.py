@@ -333,4 +333,4 @@ def test_an_agent_that_marks_its_own_data_gets_the_loaders_batches_not_their_wai
     iterator = iter(DataLoader(torch.zeros(16, 4), batch_size=8))
     fetch = timed_loader_next(type(iterator).__next__, lazy, timed=False)
     fetch(iterator)
-    assert [code for code, _ in marks] == [ring.LOADER_BATCH] and marks[0][1][-1] == 8
+    assert [code for code, _ in marks] == [ring.LOADER_BATCH_UNTIMED] and marks[0][1][-1] == 8

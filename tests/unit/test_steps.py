@@ -544,3 +544,27 @@ def test_a_small_collective_s_duration_is_no_measure_of_the_link() -> None:
              (ring.STEP_END, 1.0, None)]
     (s,) = steps(assemble(marks))
     assert (s.collective_timed_s, s.collective_timed_bytes) == (0.05, 8 << 20)
+
+
+def test_a_loop_that_times_its_own_data_wait_gives_its_batches_none() -> None:
+    """watch() with the batch fetched inside the step's "data" phase, as the README
+    advises, and an evaluation inside a step after its update: the loader hook marks
+    each batch's loader but times no wait (the loop does). The eval batch took the
+    step's data wait as its own, and that step's data read 0 (-0.051 s where the wait
+    came in an earlier step)."""
+    train, evals = (1, 2), (1, 3)
+    marks: list[tuple[int, float, object]] = []
+    t = 0.0
+    for k in range(1, 4):
+        marks += [(ring.STEP_BEGIN, t, None), (ring.DATA, t, None),
+                  (ring.LOADER_BATCH_UNTIMED, t + 0.05, (*train, 8)), (-ring.DATA, t + 0.05, None),
+                  (ring.COMPUTE, t + 0.05, None), (-ring.COMPUTE, t + 0.1, None)]
+        t += 0.1
+        if k == 2:  # an evaluation at the step's end: two batches of its loader
+            marks += [(ring.LOADER_BATCH_UNTIMED, t + 0.01, (*evals, 8)),
+                      (ring.LOADER_BATCH_UNTIMED, t + 0.02, (*evals, 8))]
+            t += 0.03
+        marks.append((ring.STEP_END, t, None))
+    out = steps(assemble(marks))
+    assert [s.data_s for s in out] == pytest.approx([0.05, 0.05, 0.05])
+    assert out[1].other_s == pytest.approx(0.03)  # (the evaluation's time)

@@ -88,17 +88,23 @@ def loader_readings(view: Telemetry, since: float
                     ) -> tuple[int | None, float | None, float | None]:
     """The loader workers the span's steps ran with (the median count), their mean busy
     share and the host's (None without such readings), from the host readings of those
-    steps: outside interruptions and no later than the newest step (an eval, a save, one
-    still under way: the workers sit idle then, their prefetch full, and a CPU-bound
-    loader read as waiting on storage; a loader restarting its workers at an epoch's
-    end has none for a moment, an eval loader's workers join them while it runs). A
-    span inside an interruption takes as many of the newest readings of steps before
-    it; all of its own if there are none. None for the count without a reading."""
+    steps: past warm-up, no later than the newest step, and outside interruptions where
+    those are rare, as ``summarise`` leaves them out (an eval, a save, one still under
+    way: the workers sit idle then, their prefetch full, and a CPU-bound loader read as
+    waiting on storage; a loader restarting its workers at an epoch's end has none for
+    a moment, an eval loader's workers join them while it runs); a loader's stalls that
+    are the job's rhythm count, as they do in the data share. A span inside an
+    interruption takes as many of the newest readings of steps before it; all of its
+    own if there are none. None for the count without a reading."""
     dt = view.sample_interval_s("host") or 0.0
+    rare = not view.rhythmic(since)  # (a loader stalling every few steps: its stalls count)
+
+    def left_out(t: float) -> bool:  # (a reading tells of the interval before it)
+        return (t - dt < view.warmed_at or t > view.last_step_t
+                or (rare and (view.interrupted(t) or view.interrupted(t - dt))))
 
     def of_steps(readings: list[Sample]) -> list[dict[str, float]]:
-        return [s.values for s in readings if s.t <= view.last_step_t and not view.interrupted(
-            s.t) and not view.interrupted(s.t - dt)]  # (a reading tells of the interval before)
+        return [s.values for s in readings if not left_out(s.t)]
 
     span = view.samples_since("host", since)
     values = of_steps(span)

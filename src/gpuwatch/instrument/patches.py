@@ -303,7 +303,8 @@ def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush,
         except Exception:
             n = 0
         # by loader (``loader_key``): an eval loader's batches are not the step's
-        lazy.push(ring.LOADER_BATCH, (*(loader or loader_key(self)), n))
+        lazy.push(ring.LOADER_BATCH if timed else ring.LOADER_BATCH_UNTIMED,
+                  (*(loader or loader_key(self)), n))
         return batch
 
     return timed_next

@@ -49,6 +49,9 @@ P2P_BYTES = 118  # value: bus bytes of a point-to-point send (collective bytes t
 # a framework's hooks: counted only where the patches timed none of that phase in the step
 ADAPTER_SECONDS = 119
 LOOP_END = 120  # a framework's training loop ended: its explicit steps end with it
+# value: (*Loader, samples) of a DataLoader batch whose wait the loop times itself
+# (``watch()``, a callback): its loader alone, no wait of its own
+LOADER_BATCH_UNTIMED = 121
 
 # Phase codes (``vocabulary.Phase``) as plain ints: the hot path pushes them.
 DATA = int(Phase.DATA)

@@ -39,14 +39,11 @@ from gpuwatch.instrument.device import EVENTS, EventPool, PendingTimings
 from gpuwatch.instrument.ring import Loader
 from gpuwatch.instrument.sizes import saved_bytes
 from gpuwatch.records import Event, Record, Step
-from gpuwatch.vocabulary import COMPUTE_PHASES, Phase
+from gpuwatch.vocabulary import COMPUTE_PHASES, MIN_BANDWIDTH_BYTES, Phase
 
 _NPHASES = max(Phase) + 1
 PROGRESS_EVERY_S = 1.0
 HOLD_STEPS = 64  # a step waits for its device timings behind at most this many steps
-# a collective smaller than this is latency and waiting for the other ranks, not bandwidth:
-# its duration is no measure of the link (a step's 4-byte flag read as 2.5 kB/s achieved)
-MIN_TIMED_BYTES = 1 << 20
 
 
 class StepAssembler:
@@ -102,6 +99,7 @@ class StepAssembler:
             ring.STEP_BEGIN: self._on_step_begin, ring.LOST: self._on_lost,
             ring.SAMPLES: self._on_samples, ring.EVAL_BATCH: self._on_eval_batch,
             ring.LOADER_BATCH: self._on_loader_batch, ring.WAITING: self._on_waiting,
+            ring.LOADER_BATCH_UNTIMED: self._on_loader_batch,
             ring.BACKGROUND_SAVE: self._on_background_save, ring.TOKENS: self._on_tokens,
             ring.CHECKPOINT_TARGET: self._on_checkpoint_target,
             ring.PHASE_SECONDS: self._on_phase_seconds,
@@ -135,13 +133,13 @@ class StepAssembler:
             step = held.get(interval.step)
             if step is None:
                 self._acc[interval.phase] += interval.seconds
-                if interval.nbytes >= MIN_TIMED_BYTES:
+                if interval.nbytes >= MIN_BANDWIDTH_BYTES:
                     self._timed_s += interval.seconds
                     self._timed_bytes += interval.nbytes
                 continue
             if interval.phase == ring.COLLECTIVE:
                 step.collective_s += interval.seconds
-            if interval.nbytes >= MIN_TIMED_BYTES:
+            if interval.nbytes >= MIN_BANDWIDTH_BYTES:
                 step.collective_timed_s += interval.seconds
                 step.collective_timed_bytes += interval.nbytes
 
@@ -192,17 +190,20 @@ class StepAssembler:
         self._progress(t, out)
 
     def _on_loader_batch(self, code: int, t: float, value: Any, out: list[Record]) -> None:
-        """A DataLoader batch: its samples and the wait that fetched it, by loader. A step
-        counts the loaders that feed training (``_feeding``); an eval loader iterated
-        between two steps counts for neither."""
+        """A DataLoader batch: its samples and the wait that fetched it (the data wait
+        just closed; none where the loop times its own: ``LOADER_BATCH_UNTIMED``), by
+        loader. A step counts the loaders that feed training (``_feeding``); an eval
+        loader iterated between two steps counts for neither."""
         *loader, n = value
         key = tuple(loader)
         n = self._count(n)
+        waited = self._data_closed_s if code == ring.LOADER_BATCH else 0.0
         spent = self._by_loader.setdefault(key, [0.0, 0.0])
         spent[0] += n
-        spent[1] += self._data_closed_s
-        self._fetches.append((key, t - self._data_closed_s, t))
-        self._data_closed_s = 0.0
+        spent[1] += waited
+        self._fetches.append((key, t - waited, t))
+        if code == ring.LOADER_BATCH:
+            self._data_closed_s = 0.0
         self._loader = key
         if self._fed_by is not None and key not in self._fed_by:  # fed no step yet: an
             # eval loop's, or a training loader made anew (each epoch, its micro-batches
@@ -267,7 +268,7 @@ class StepAssembler:
                                 out: list[Record]) -> None:
         seconds, nbytes = value
         nbytes = self._count(nbytes)
-        if nbytes >= MIN_TIMED_BYTES:
+        if nbytes >= MIN_BANDWIDTH_BYTES:
             self._timed_s += seconds
             self._timed_bytes += nbytes
 
@@ -409,7 +410,8 @@ class StepAssembler:
             feeding = self._feeding()
             if not samples:  # (samples the loop or its framework counts come first)
                 samples = int(sum(n for k, (n, _) in self._by_loader.items() if k in feeding))
-            data -= sum(w for k, (_, w) in self._by_loader.items() if k not in feeding)
+            data = max(data - sum(w for k, (_, w) in self._by_loader.items()
+                                  if k not in feeding), 0.0)
             evaluating = self._evaluating(feeding)
             self._eval_batches += sum(n for k, n in self._unsure.items() if k not in feeding)
         opt, ckpt = acc[ring.OPTIMIZER], acc[ring.CHECKPOINT]
@@ -500,4 +502,5 @@ class StepAssembler:
         self._fetches.clear()
         self._unsure.clear()
         self._waiting_at = None  # (a wait that never said it ended ends with its step)
+        self._data_closed_s = 0.0
         self._timed_s = 0.0

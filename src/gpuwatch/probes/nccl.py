@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gpuwatch.records import Sample
-from gpuwatch.vocabulary import bus_bytes
+from gpuwatch.vocabulary import MIN_BANDWIDTH_BYTES, bus_bytes
 
 MIN_INTERVAL_S = 1.0
 SEEN_LIMIT = 8192
@@ -65,7 +65,8 @@ def default_dump() -> Callable[[], bytes] | None:
 
 
 class FlightRecorderProbe:
-    """Cumulative NCCL-timed collectives: count, seconds, bus bytes (source ``nccl``)."""
+    """Cumulative NCCL-timed collectives (source ``nccl``): their count, and the seconds
+    and bus bytes of those of ``MIN_BANDWIDTH_BYTES`` or more (the achieved bandwidth's)."""
 
     def __init__(self, rank: int, dump: Callable[[], bytes]) -> None:
         self.rank = rank
@@ -104,8 +105,10 @@ class FlightRecorderProbe:
         if len(self._order) > SEEN_LIMIT:
             self._seen.discard(self._order.popleft())
         self.count += 1
-        self.seconds += float(duration) / 1000.0
-        self.bytes += entry_bus_bytes(entry, sizes)
+        nbytes = entry_bus_bytes(entry, sizes)
+        if nbytes >= MIN_BANDWIDTH_BYTES:  # (the achieved bandwidth's: no small ones)
+            self.seconds += float(duration) / 1000.0
+            self.bytes += nbytes
 
 
 def group_sizes(pg_config: dict[str, Any]) -> dict[str, int]:
