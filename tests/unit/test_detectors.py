@@ -84,6 +84,28 @@ def test_a_loader_idle_through_evaluations_is_judged_by_its_training_steps() -> 
     assert "its 1 DataLoader worker is CPU-bound" in f.summary
 
 
+def test_a_loader_never_read_while_it_trained_is_not_told_idle() -> None:
+    """Bursts of 0.5 s of training between 4 s evaluations, host readings once a second:
+    none falls in training, and the evaluations' readings (the worker idle, its prefetch
+    full) told "mostly idle: storage or prefetch is the limit" of an in-memory dataset.
+    Its CPU is not known: the loader is to be checked, storage no likelier than CPU."""
+    records: list[Record] = [meta()]
+    start, first = START, 1
+    for _ in range(40):
+        records += steps(0.5, wall=0.01, start=start, first=first, data_s=0.006)
+        first += 50
+        records.append(Step(rank=0, step=first, t=start + 4.5, wall_s=4.0, compute_s=4.0,
+                            samples=32))  # (the evaluation)
+        first += 1
+        start += 4.5
+    records += [Sample(0, START + k + 0.9, "host", {"workers": 1.0, "workers_cpu_ratio": 0.02,
+                                                    "system_cpu_ratio": 0.5})
+                for k in range(int(start - START)) if (k + 0.9) % 4.5 > 1.5]
+    f = only(judge(records), "data_starvation")
+    assert "its 1 DataLoader worker was not read while it trained" in f.summary
+    assert "storage" not in f.summary.split(";")[1] and "Check the loader" in f.action
+
+
 def test_a_loader_whose_stalls_are_the_rhythm_is_judged_with_them() -> None:
     """A loader stalling on storage every eighth step (7 steps of 1 s, then one of 5 s
     waiting for data): the stalls are the job's rhythm and make its data share, and its

@@ -21,6 +21,8 @@ from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Sample
 from gpuwatch.telemetry import Telemetry
 
+CHECK_ADVICE = ("Check the loader: enough workers (num_workers), CPU cores for them, fast "
+                "enough storage, prefetch_factor, pin_memory.")
 CPU_BOUND_ADVICE = ("Add DataLoader workers or CPU cores, or make the transforms cheaper "
                     "(move augmentation to the GPU, pre-tokenise, cache decoded data).")
 
@@ -51,8 +53,11 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         evidence["host_cpu_ratio"] = system
     if counted is None:  # no host probe: nothing says how batches are loaded
         text = "its DataLoader workers are not known (no host readings)"
-        advice = ("Check the loader: enough workers (num_workers), CPU cores for them, "
-                  "fast enough storage, prefetch_factor, pin_memory.")
+        advice = CHECK_ADVICE
+    elif workers and busy is None:  # (every reading fell in an interruption)
+        text = (f"{_its(workers, 'was', 'were')} not read while it trained (every host "
+                "reading fell in an evaluation, a save or another pause)")
+        advice = CHECK_ADVICE
     elif not workers:
         text = "batches are loaded in the training process itself (no DataLoader workers)"
         advice = ("Load in worker processes: DataLoader(num_workers=N, pin_memory=True, "
@@ -94,8 +99,9 @@ def loader_readings(view: Telemetry, since: float
     waiting on storage; a loader restarting its workers at an epoch's end has none for
     a moment, an eval loader's workers join them while it runs); a loader's stalls that
     are the job's rhythm count, as they do in the data share. A span inside an
-    interruption takes as many of the newest readings of steps before it; all of its
-    own if there are none. None for the count without a reading."""
+    interruption takes as many of the newest readings of steps before it; the count
+    alone from its own if there are none (the shares are then None: not read while the
+    loop trained). None for the count without a reading."""
     dt = view.sample_interval_s("host") or 0.0
     rare = not view.rhythmic(since)  # (a loader stalling every few steps: its stalls count)
 
@@ -109,9 +115,8 @@ def loader_readings(view: Telemetry, since: float
     span = view.samples_since("host", since)
     values = of_steps(span)
     if span and not values:
-        values = (of_steps(view.samples_since("host", 0.0))[-len(span):]
-                  or [s.values for s in span])
-    counts = sorted(v["workers"] for v in values if "workers" in v)
+        values = of_steps(view.samples_since("host", 0.0))[-len(span):]
+    counts = sorted(v["workers"] for v in values or [s.values for s in span] if "workers" in v)
     return (int(counts[len(counts) // 2]) if counts else None, _mean(values, "workers_cpu_ratio"),
             _mean(values, "system_cpu_ratio"))
 
