@@ -61,24 +61,33 @@ def test_a_worker_busy_most_of_its_time_is_computing_not_waiting_on_storage() ->
     assert "storage" not in f.summary and "transforms cheaper" in f.action
 
 
+def trained_between_evaluations(cycles: int, train_s: float, wall: float, data_s: float,
+                                eval_s: float) -> list[Record]:
+    """A rank's meta line, then ``cycles`` bursts of ``train_s`` of steps of ``wall``
+    seconds waiting ``data_s`` each, every burst followed by an evaluation: one step of
+    ``eval_s``, all compute."""
+    records: list[Record] = [meta()]
+    start, first = START, 1
+    for _ in range(cycles):
+        records += steps(train_s, wall=wall, start=start, first=first, data_s=data_s)
+        first += round(train_s / wall)
+        start += train_s + eval_s
+        records.append(Step(rank=0, step=first, t=start, wall_s=eval_s, compute_s=eval_s,
+                            samples=32))
+        first += 1
+    return records
+
+
 def test_a_loader_idle_through_evaluations_is_judged_by_its_training_steps() -> None:
     """Bursts of 10 s of training whose one worker saturates its core, each followed by
     a 20 s evaluation while the worker sits idle with its prefetch full: averaged over
     every host reading, it read 33% busy ("mostly idle: storage or prefetch is the
     limit"). The readings of the steps judged leave the evaluations out: CPU-bound."""
-    records: list[Record] = [meta()]
-    start, first = START, 1
-    for _ in range(5):
-        records += steps(10, wall=0.1, start=start, first=first, data_s=0.06)
-        first += 100
-        records.append(Step(rank=0, step=first, t=start + 30, wall_s=20.0, compute_s=20.0,
-                            samples=32))  # (the evaluation, between two steps)
-        first += 1
-        records += [Sample(0, start + k, "host", {"workers": 1.0, "workers_cpu_ratio":
-                                                  1.0 if k <= 10 else 0.0,
-                                                  "system_cpu_ratio": 0.6})
-                    for k in range(1, 31)]
-        start += 30
+    records = trained_between_evaluations(5, train_s=10, wall=0.1, data_s=0.06, eval_s=20)
+    records += [Sample(0, START + k, "host", {"workers": 1.0, "workers_cpu_ratio":
+                                              1.0 if 0 < k % 30 <= 10 else 0.0,
+                                              "system_cpu_ratio": 0.6})
+                for k in range(1, 151)]
     f = only(judge(records), "data_starvation")  # (judged last at the end: an evaluation)
     assert f.evidence["workers_cpu_ratio"] > 0.9
     assert "its 1 DataLoader worker is CPU-bound" in f.summary
@@ -89,18 +98,10 @@ def test_a_loader_never_read_while_it_trained_is_not_told_idle() -> None:
     none falls in training, and the evaluations' readings (the worker idle, its prefetch
     full) told "mostly idle: storage or prefetch is the limit" of an in-memory dataset.
     Its CPU is not known: the loader is to be checked, storage no likelier than CPU."""
-    records: list[Record] = [meta()]
-    start, first = START, 1
-    for _ in range(40):
-        records += steps(0.5, wall=0.01, start=start, first=first, data_s=0.006)
-        first += 50
-        records.append(Step(rank=0, step=first, t=start + 4.5, wall_s=4.0, compute_s=4.0,
-                            samples=32))  # (the evaluation)
-        first += 1
-        start += 4.5
+    records = trained_between_evaluations(40, train_s=0.5, wall=0.01, data_s=0.006, eval_s=4.0)
     records += [Sample(0, START + k + 0.9, "host", {"workers": 1.0, "workers_cpu_ratio": 0.02,
                                                     "system_cpu_ratio": 0.5})
-                for k in range(int(start - START)) if (k + 0.9) % 4.5 > 1.5]
+                for k in range(180) if (k + 0.9) % 4.5 > 1.5]
     f = only(judge(records), "data_starvation")
     assert "its 1 DataLoader worker was not read while it trained" in f.summary
     assert "storage" not in f.summary.split(";")[1] and "Check the loader" in f.action

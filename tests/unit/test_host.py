@@ -203,8 +203,7 @@ def test_a_worker_born_since_the_last_read_is_as_busy_as_it_was_alive() -> None:
     read, busy ever since, is busy, not busy the small share of the interval it lived
     (young workers read as idle, and a CPU-bound loader was sent to storage)."""
     probe = HostProbe(rank=0)
-    probe.sample(time.time(), time.monotonic())
-    time.sleep(1.0)  # the interval the CPU ratio is measured over, mostly without it
+    probe.sample(time.time(), time.monotonic() - 1.0)  # (a read a second before this one)
     burner = forked(spin)
     try:
         wait_for(lambda: sum(psutil.Process(burner.pid).cpu_times()[:2]) > 0.2, 10,
@@ -214,7 +213,7 @@ def test_a_worker_born_since_the_last_read_is_as_busy_as_it_was_alive() -> None:
         burner.kill()
         burner.join(10)
     assert s.values["workers"] == 1
-    assert s.values["workers_cpu_ratio"] > 0.4  # (it read 0.2 of a 1.2 s interval)
+    assert s.values["workers_cpu_ratio"] > 0.4  # (it read 0.2 s of CPU over the 1.2 s since)
 
 
 def test_a_worker_that_exited_between_reads_is_no_idle_worker() -> None:

@@ -87,9 +87,9 @@ class HostProbe:
             dt = mono - self._last[0]
             if dt > 0:
                 values["process_cpu_cores"] = max(own - self._last[1], 0.0) / dt
-                # over the workers read up to now (a loader restarting its workers at
-                # an epoch's end may have none live: those it let go still read; those
-                # that exited took their CPU since the last read with them)
+                # over the time the workers read now were alive (a loader restarting
+                # its workers at an epoch's end may have none live: those it let go
+                # still read; those that exited took their CPU since the last read)
                 if alive > 0:
                     used = max(children_cpu - self._last[2], 0.0)
                     values["workers_cpu_ratio"] = min(used / alive, 1.0)
@@ -131,7 +131,7 @@ class HostProbe:
                 continue
             last = self._child_cpu.get(pid)
             born = _born(child) if last is None else 0.0
-            if last is None and self._read_at and born < self._read_at:
+            if last is None and self._read_at and born + START_TICK_S < self._read_at:
                 last = seconds  # (first seen now, its CPU since the last read unknown)
             elif pid in workers or pid in self._workers:
                 self._workers_cpu += max(seconds - (last or 0.0), 0.0)
@@ -173,6 +173,11 @@ def _environ(p: psutil.Process) -> dict[str, str] | None:
 def _rank_word(env: Any) -> tuple[str | None, str | None]:
     """What an environment says the process's rank is: (RANK, LOCAL_RANK)."""
     return env.get("RANK"), env.get("LOCAL_RANK")
+
+
+# how finely a process's start time is told (the kernel counts it in clock ticks): one
+# started within a tick of a read may have started after it
+START_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.0
 
 
 def _boot_clock() -> float:
