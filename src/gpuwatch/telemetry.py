@@ -32,6 +32,8 @@ from gpuwatch.vocabulary import LOWEST_SLOWDOWN, SLOWDOWN_BITS, unwaited_compute
 
 MAX_STEPS = 8192
 MAX_SAMPLES = 900  # per (source, gpu): 15 minutes at 1 Hz
+TRIM_EVERY = 64  # samples between trims of a tracked key's series
+SUMMARIES_KEPT = 16  # window summaries kept between steps (a stalled rank's: new each time)
 MAX_EVENTS = 256
 CKPT_STRETCH_STEPS = 10  # steps in a row with(out) activation checkpointing: a switch
 WARMUP_STEPS = 5  # the first steps (allocation, compilation, worker start) are not typical
@@ -186,6 +188,7 @@ class Telemetry:
         self.rank = rank
         self.meta: Meta | None = None
         self.steps: deque[Step] = deque(maxlen=MAX_STEPS)
+        self._waits: deque[StepWait] = deque(maxlen=MAX_STEPS)  # each step's, made once
         self.window = StepWindow(MAX_STEPS)  # typical steps (what peers are sent)
         self.interrupting = StepWindow(MAX_EVENTS)  # the steps that were interruptions
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
@@ -236,6 +239,8 @@ class Telemetry:
         self.pauses: deque[float] = deque(maxlen=8)
         self.last_progress = 0.0  # newest step or progress event time
         self.changed = 0  # a stamp that changes with every step or event (not samples)
+        # the summaries made since the last change: (``changed`` then, since -> summary)
+        self._summaries: tuple[int, dict[float, StepSummary | None]] = (0, {})
         self.event_stamp = 0  # one that changes with every event (not steps or samples)
         self._walls: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent step walls
         self._median = 0.0  # their median (0: none yet)
@@ -251,21 +256,22 @@ class Telemetry:
 
     def add_one(self, r: Record) -> None:
         if isinstance(r, Sample):  # (most records)
-            group = (r.source, r.gpu)
+            source, values = r.source, r.values
+            group = (source, r.gpu)
             window = self.samples.get(group)
             if window is None:
                 window = self.samples[group] = deque(maxlen=MAX_SAMPLES)
                 self._seq[group] = 0
             window.append(r)
-            if self.allocated_at_start is None and self.warmed_at and r.source == "allocator":
-                self.allocated_at_start = r.values.get("allocator_allocated_bytes")
+            if self.allocated_at_start is None and self.warmed_at and source == "allocator":
+                self.allocated_at_start = values.get("allocator_allocated_bytes")
             seq = self._seq[group] = self._seq[group] + 1
-            tracked = self._tracked.get(r.source)
+            tracked = self._tracked.get(source)
             if tracked:
                 self._track(group, seq, r, tracked)
-            if r.values.get("gpu_clock_event_reasons", 0) >= LOWEST_SLOWDOWN:  # (rare)
+            if values.get("gpu_clock_event_reasons", 0) >= LOWEST_SLOWDOWN:  # (rare)
                 self._note_slowdown(r)
-            power = r.values.get("gpu_power_watts")
+            power = values.get("gpu_power_watts")
             if power is not None and self.steps and r.t - self.steps[-1].t <= max(
                     5.0, 2 * self._median):  # (0 before the warm-up ends)
                 self._stepping_power.append(power)
@@ -285,6 +291,7 @@ class Telemetry:
     def _step(self, s: Step) -> None:
         self.changed = next(_CHANGES)
         self.steps.append(s)
+        self._waits.append(StepWait.of(s))
         self.steps_done = s.step
         self.steps_seen += 1
         if self.cycle_steps > 1 and s.step - self._syncs[-1] > CYCLE_LAPSE * self.cycle_steps:
@@ -413,12 +420,19 @@ class Telemetry:
         """The mean step over steps that ended at or after ``since``: warm-up left out,
         and interruptions too while they are rare (under ``RHYTHM_SHARE`` of the steps);
         more often than that they are the job's rhythm (a loader that stalls every few
-        steps) and count."""
+        steps) and count. (Rules whose windows match ask alike: each window's is made
+        once until the next step or event.)"""
+        stamp, made = self._summaries
+        if stamp != self.changed or len(made) >= SUMMARIES_KEPT:
+            made = {}
+            self._summaries = (self.changed, made)
+        elif since in made:
+            return made[since]
         typical = self.window.sums_since(since)
         if self.rhythmic(since):
-            return mean_step(tuple(map(operator.add, typical,
-                                       self.interrupting.sums_since(since))))
-        return mean_step(typical)
+            typical = tuple(map(operator.add, typical, self.interrupting.sums_since(since)))
+        summary = made[since] = mean_step(typical)
+        return summary
 
     def rhythmic(self, since: float) -> bool:
         """Whether the interruptions among the steps that ended at or after ``since``
@@ -457,11 +471,11 @@ class Telemetry:
                 and not self.rhythmic(since)):  # (rare: left out)
             skipped = {end for _, end in self.interruptions}
         out: dict[int, StepWait] = {}
-        for s in reversed(self.steps):
+        for s, wait in zip(reversed(self.steps), reversed(self._waits), strict=True):
             if s.t < since:
                 break
             if s.step > WARMUP_STEPS and s.t not in skipped:
-                out[s.step] = StepWait.of(s)
+                out[s.step] = wait
         return out
 
     def timed_collectives(self, since: float) -> tuple[float, float]:
@@ -578,15 +592,17 @@ class Telemetry:
         if by_key is None:
             by_key = self._series[group] = {k: Series() for k in keys}
             self._key_lists.clear()
-        for key in keys:
-            value = r.values.get(key)
+        values, t = r.values, r.t
+        trim = seq > MAX_SAMPLES and not seq % TRIM_EVERY  # (questions trim first: this
+        for key in keys:  # only bounds memory, to MAX_SAMPLES + TRIM_EVERY readings)
+            value = values.get(key)
             if value is not None:
                 series = by_key.get(key)
                 if series is None:
                     series = by_key[key] = Series()
                     self._key_lists.clear()
-                series.append(seq, r.t, value)
-                if len(series) > MAX_SAMPLES:
+                series.append(seq, t, value)
+                if trim:
                     series.trim(seq - MAX_SAMPLES + 1)
 
     def _interrupted_spans(self, since: float) -> list[tuple[float, float]]:

@@ -129,7 +129,7 @@ class StepDigester:
         self._rank = r.rank
 
     def _close(self, rank: int, t: float, step: Step | None) -> StepDigest:
-        readings = {(source, gpu, key): ReadingSummary(int(a[0]), *a[1:])
+        readings = {(source, gpu, key): ReadingSummary._make(a)  # (its count: an int)
                     for (source, gpu), group in self._open.items() for key, a in group.items()}
         self._open = {}
         return StepDigest(rank, t, step, readings)
