@@ -145,3 +145,25 @@ def test_a_straggler_is_reported_within_the_stated_bound_at_any_step_time(step_s
     onset = START + healthy_s
     assert at is not None, bound
     assert onset <= at <= onset + bound
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(min_value=0.05, max_value=5.0), min_size=12, max_size=40),
+       st.floats(min_value=0.0, max_value=60.0))
+def test_a_window_asked_again_after_each_step_sums_the_steps_it_holds_then(
+        walls: list[float], back: float) -> None:
+    """One view asked the same window at every step (the summary of a window is made
+    once until the next step) answers as a view fed the same steps and asked once."""
+    asked = Telemetry()
+    asked.add_one(meta())
+    steps: list[Record] = [meta()]
+    t = START
+    for n, wall in enumerate(walls, 1):
+        t += wall
+        step = Step(rank=0, step=n, t=t, wall_s=wall, data_s=0.2 * wall, compute_s=0.8 * wall)
+        asked.add_one(step)
+        steps.append(step)
+        since = START + back
+        once = Telemetry()
+        once.add(steps)
+        assert asked.summarise(since) == asked.summarise(since) == once.summarise(since)
