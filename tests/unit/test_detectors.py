@@ -257,6 +257,21 @@ def test_occasional_cheap_checkpoints_are_fine() -> None:
     assert judge(checkpointing(0.03)) == []
 
 
+def test_a_save_share_that_fell_under_its_threshold_by_the_end_is_resolved_there() -> None:
+    """Heavy saves for the first 40 s, cheap ones for the 110 s after: the share was over
+    10% until about 124 s and is 8% when the run ends, within the minute a finding is
+    held after its condition was last seen. The run's share is what the end reports."""
+    out: list[Record] = [meta()]
+    for k, s in enumerate(steps(150)):
+        if k % 10 == 0:
+            seconds = 0.3 if s.t - START < 40 else 0.01
+            s = replace(s, checkpoint_s=seconds, compute_s=s.compute_s - seconds)
+            out.append(Event(0, s.t, "checkpoint_save", {"seconds": seconds, "bytes": int(2e9)}))
+        out.append(s)
+    f = only(judge(out), "checkpoint_overhead")
+    assert f.state == "resolved"
+
+
 # -- hang ----------------------------------------------------------------------------------
 
 def stalled(open_phase: str | None) -> list[Record]:
@@ -366,6 +381,14 @@ def test_time_to_finish_on_an_unknown_gpu_is_only_information() -> None:
     f = only(judge([meta(), *steps(60, wall=0.5)], total_steps=1_000_000), "iteration_speed")
     assert f.verdict == "info" and f.projection is None  # (no other card's time projected)
     assert "its speed and price are unknown" in f.summary
+
+
+def test_a_run_that_finished_its_steps_ends_with_none_to_go() -> None:
+    """Its time to finish was told while steps remained; at the end none remain, however
+    recently "N steps to go" was last judged."""
+    finished = judge([meta(), *steps(60, wall=0.5)], total_steps=120,
+                     detectors={"iteration_speed": {"min_remaining_hours": 0}})
+    assert only(finished, "iteration_speed").state == "resolved"
 
 
 def test_a_short_run_or_unknown_total_is_not_reported() -> None:

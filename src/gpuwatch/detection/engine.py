@@ -66,6 +66,12 @@ JOB_DETECTORS: dict[str, JobDetector] = {
 # named here, seconds since a rank's last progress): what they see is what did *not*
 # happen.
 ABSENCE_DRIVEN = {"hang": "min_seconds"}
+# Judged over the whole run so far (a run-long share of the wall time) or from where the
+# run is now (its time to finish): the last evaluation of a run or log judges the run
+# as it ended, so a finding it does not find again resolves there, whatever its hold
+# (a save share that fell under its threshold over the rest of the run, "698 steps to
+# go" in a run that finished them).
+JUDGED_AT_THE_END = frozenset({"checkpoint_overhead", "interruptions", "iteration_speed"})
 # A judgement over steps is refreshed at the first step to come once new steps have
 # moved its window by this fraction of itself: a new mean differs little before, and
 # judging at every step costs most of a replay of multi-second steps (an event or a
@@ -288,7 +294,8 @@ class Engine:
 
     def close(self) -> list[Finding]:
         """A last evaluation at the newest record time (end of run or of the log), each
-        finding held as long as its rule holds it (``_hold`` without the recurrences). A
+        finding held as long as its rule holds it (``_hold`` without the recurrences), but
+        those of rules ``JUDGED_AT_THE_END`` only where it finds them again. A
         condition still detected on a rank that died of an OOM, whose detection counts
         OOMs, is raised however briefly it held: the job died of it."""
         if not self._clock:
@@ -301,6 +308,12 @@ class Engine:
         # the end only where its condition was seen within its own hold: no return is due
         self._recurs = {}
         changes = self.evaluate(self._clock)
+        for fp, f in self._findings.items():  # (values replaced in place: no resize)
+            if f.state == "active" and f.detector in JUDGED_AT_THE_END and fp not in self._pending:
+                self._cleared[fp] = self._seen_at.pop(fp, f.last_seen)
+                self._findings[fp] = replace(f, state="resolved", last_seen=self._clock)
+                self.revision += 1
+                changes.append(self._findings[fp])
         died = {r for r, v in self._own.items() if self.scope == "rank" and v.died_of_oom}
         for (rule_id, _), j in self._judged.items() if died else ():
             since = self._pending.get(j.fp)
