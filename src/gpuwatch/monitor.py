@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from gpuwatch.instrument import ring
 from gpuwatch.instrument.attach import install_own_agent_hooks
 from gpuwatch.instrument.attach import installed as hooks_installed
 from gpuwatch.instrument.identity import Identity, explicit
+from gpuwatch.instrument.patches import in_dataloader_worker
 from gpuwatch.instrument.sizes import saved_at
 
 
@@ -88,11 +90,12 @@ class CheckpointSpan(Span):
 
 
 class Monitor:
-    """Marks steps and phases of one training process for its agent."""
+    """Marks steps and phases of one training process for its agent (into its ring, or
+    through ``push`` where the agent starts at the first mark)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, push: Callable[..., None] | None = None) -> None:
         self.agent = agent
-        push = agent.ring.push
+        push = agent.ring.push if push is None else push
         self._push = push
         self._step = StepSpan(push)
         self._phases = {name: Span(push, code, -code) for name, code in ring.PHASES.items()}
@@ -238,6 +241,8 @@ def _start_one(settings: dict[str, Any],
         return _current
     if disabled(os.environ, settings):
         return _inert()
+    if rerunning_main():
+        return _FirstMark(settings, identity).monitor
     try:
         loaded = load_settings(**settings)
         if not loaded.enabled:
@@ -264,8 +269,50 @@ def _start_one(settings: dict[str, Any],
 
 def _inert() -> Monitor:
     """A monitor whose marks go nowhere: its agent never starts, reads nothing, writes nothing."""
-    return Monitor(Agent(Settings.model_construct(enabled=False, nvml=False), nvml_library=None,
-                         memory_stats=None, environ={}))
+    return Monitor(Agent(Settings.model_construct(enabled=False, nvml=False,
+                                                  ring_capacity=INERT_RING),
+                         nvml_library=None, memory_stats=None, environ={}))
+
+
+INERT_RING = 1024  # marks an inert agent's ring holds (none is ever read)
+
+
+def rerunning_main() -> bool:
+    """Whether multiprocessing is running the main module again in a child it starts
+    (spawn, forkserver: a DataLoader worker's or an ``mp.spawn`` rank's start-up): a
+    ``watch()`` at the module's top level is then the parent program's, not yet this
+    child's."""
+    process = sys.modules.get("multiprocessing.process")
+    try:
+        return process is not None and bool(getattr(process.current_process(),
+                                                    "_inheriting", False))
+    except Exception:  # (a multiprocessing without it: the child is past its start-up)
+        return False
+
+
+class _FirstMark:
+    """Where a monitor made while multiprocessing ran the main module again in a child
+    (``rerunning_main``) marks: its first mark once that is over, in a process that is
+    not a DataLoader worker (an ``mp.spawn`` rank's first step), starts the process's
+    agent, the monitor's from then on; a DataLoader worker, which marks nothing, starts
+    none (no run log, no port of its own)."""
+
+    def __init__(self, settings: dict[str, Any],
+                 identity: Callable[[str], Identity] | None) -> None:
+        self._settings = settings
+        self._identity = identity
+        self._push: Callable[..., None] | None = None
+        self.monitor = Monitor(_inert().agent, self.push)
+
+    def push(self, code: int, value: Any = None) -> None:
+        push = self._push
+        if push is None:
+            if rerunning_main() or in_dataloader_worker():
+                return
+            started = _start(self._settings, self._identity)
+            self.monitor.agent = started.agent
+            push = self._push = started.agent.ring.push
+        push(code, value)
 
 
 def _shown(value: object) -> str:

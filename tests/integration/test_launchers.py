@@ -89,6 +89,32 @@ def test_mp_spawn_ranks_each_get_their_log_and_port_and_the_slow_one_is_named(
     assert named == [[2]], findings(out)
 
 
+def test_a_top_level_watch_starts_no_agent_in_spawned_loader_workers(tmp_path: Path) -> None:
+    """The README's top-level ``watch()``, DataLoader workers started with "spawn" for two
+    epochs: each worker runs the module's top level again. They each made a run
+    directory of their own (four, empty) and took a metrics port; only the training
+    process logs now."""
+    proc = run([sys.executable, str(SCRIPTS / "top_level_watch.py"), "loader"], cwd=tmp_path,
+               timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = sorted((tmp_path / "runs").glob("*/run*.jsonl"))
+    assert [len(steps(read(log))) for log in logs] == [32], logs
+
+
+def test_a_top_level_watch_starts_each_mp_spawn_rank_s_agent_at_its_first_step(
+        tmp_path: Path) -> None:
+    """The same module's ranks started by torch.multiprocessing.spawn: a rank's
+    ``watch()`` ran while the module was run again in it, and starts the rank's agent
+    at its first step, into the job's directory under its own rank."""
+    proc = run([sys.executable, str(SCRIPTS / "top_level_watch.py"), "ranks"], cwd=tmp_path,
+               timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = sorted((tmp_path / "runs").glob("*/run-rank*.jsonl"))
+    assert [log.name for log in ranks] == ["run-rank0.jsonl", "run-rank1.jsonl"]
+    assert ranks[0].parent == ranks[1].parent
+    assert [len(steps(read(log))) for log in ranks] == [32, 32]
+
+
 def test_ranks_forked_as_multiprocessing_processes_keep_their_last_steps(
         tmp_path: Path) -> None:
     """A forked multiprocessing.Process rank ends in os._exit after its run(): atexit never
