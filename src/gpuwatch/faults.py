@@ -6,15 +6,44 @@ Every message of the ``gpuwatch`` logger is redacted (``gpuwatch.redact``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import Counter
 
 from gpuwatch.redact import RedactingFilter
 
-log = logging.getLogger("gpuwatch")
-if not any(isinstance(f, RedactingFilter) for f in log.filters):
-    log.addFilter(RedactingFilter())
+_logger = logging.getLogger("gpuwatch")
+if not any(isinstance(f, RedactingFilter) for f in _logger.filters):
+    _logger.addFilter(RedactingFilter())
+
+
+class Log:
+    """The ``gpuwatch`` logger, through calls that never raise: a handler that fails (a
+    closed ``sys.stderr`` behind logging's last resort, raising ValueError; a handler of
+    the job's own) loses the message, never the job's step or the agent's thread."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def debug(self, msg: str, *args: object) -> None:
+        self._log(logging.DEBUG, msg, args)
+
+    def info(self, msg: str, *args: object) -> None:
+        self._log(logging.INFO, msg, args)
+
+    def warning(self, msg: str, *args: object) -> None:
+        self._log(logging.WARNING, msg, args)
+
+    def error(self, msg: str, *args: object) -> None:
+        self._log(logging.ERROR, msg, args)
+
+    def _log(self, level: int, msg: str, args: tuple[object, ...]) -> None:
+        with contextlib.suppress(Exception):  # (where nothing can be told, nothing is)
+            self.logger.log(level, msg, *args)
+
+
+log = Log(_logger)
 
 
 class FaultLog:

@@ -26,6 +26,18 @@ def test_normal_exit_flushes_every_step(tmp_path: Path) -> None:
     assert len(steps(read(tmp_path / "run.jsonl"))) == 50
 
 
+def test_a_job_that_closed_its_stderr_loses_no_step_and_gets_no_exception(
+        tmp_path: Path) -> None:
+    """gpuwatch's warnings went to logging's last resort, a closed sys.stderr, which
+    raised ValueError: into the job from bad settings and a misused phase, and in the
+    agent's thread, which died with every step unwritten (0 of 200)."""
+    out = tmp_path / "out"
+    proc = run([sys.executable, str(SCRIPTS / "closed_stderr.py"), str(out), "200"],
+               cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.splitlines() == ["trained 200"], proc.stdout
+    assert len(steps(read(out / "run.jsonl"))) == 200
+
+
 def test_loop_that_raises_keeps_its_traceback_and_the_log(tmp_path: Path) -> None:
     proc = run([sys.executable, SCRIPT, str(tmp_path), "raise"], cwd=tmp_path)
     assert proc.returncode == 1

@@ -10,7 +10,6 @@ sync bottleneck) compare ranks and run wherever several ranks' records meet
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,10 +36,9 @@ from gpuwatch.detection.projection import catalogue, identify
 from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule, Scope, load_rules
 from gpuwatch.detection.step_digest import DigestRank, StepDigest
+from gpuwatch.faults import log
 from gpuwatch.records import Finding, Meta, Record
 from gpuwatch.telemetry import Telemetry
-
-log = logging.getLogger("gpuwatch")
 
 RankDetector = Callable[[Telemetry, Rule, Context, float], Detection | None]
 JobDetector = Callable[[Sequence[RankInput], Rule, Context, float], Detection | None]

@@ -12,7 +12,6 @@ import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import logging
 import os
 import sys
 import threading
@@ -20,6 +19,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
+from gpuwatch.faults import log
 from gpuwatch.instrument.patches import (
     OWN_AGENT_PATCHES,
     PATCHES,
@@ -27,8 +27,6 @@ from gpuwatch.instrument.patches import (
     Push,
     in_dataloader_worker,
 )
-
-log = logging.getLogger("gpuwatch")
 
 
 class _PatchingLoader(importlib.abc.Loader):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import logging
 import socket
 import threading
 import time
@@ -30,11 +29,10 @@ from prometheus_client.core import (
 
 from gpuwatch.detection.projection import PCIE_BYTES_PER_S, identify
 from gpuwatch.detection.projection import catalogue as gpu_catalogue
+from gpuwatch.faults import log
 from gpuwatch.records import Event, Finding, Record, Sample, Step
 from gpuwatch.telemetry import PROGRESS_EVENTS
 from gpuwatch.vocabulary import CLOCK_EVENT_REASONS, PARTS, THROTTLE_POLICIES, split_step
-
-log = logging.getLogger("gpuwatch")
 
 # Never `job` or `instance`: Prometheus owns those (the scrape job, the target).
 BASE_LABELS = ("training_job", "run", "host", "rank", "local_rank")

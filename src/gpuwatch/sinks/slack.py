@@ -33,7 +33,6 @@ import email.utils
 import functools
 import http.client
 import io
-import logging
 import math
 import random
 import socket
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gpuwatch.config import webhook_problem
+from gpuwatch.faults import log
 from gpuwatch.records import Finding, to_dict
 from gpuwatch.redact import redact_tree
 from gpuwatch.sinks.slack_message import message
@@ -57,7 +57,6 @@ from gpuwatch.sinks.slack_spool import SPOOL, Ledger, Note, Silences, Spool, by_
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-log = logging.getLogger("gpuwatch")
 
 BACKOFF_CAP_S = 60.0
 RETRY_AFTER_CAP_S = 300.0
