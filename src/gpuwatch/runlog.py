@@ -721,9 +721,11 @@ def _record(obj: dict[str, Any]) -> Record | None:
         del obj["kind"]
         if _NUMBERS.issuperset(map(type, obj.values())):
             try:
-                return Step(**obj)
+                step = Step(**obj)
             except TypeError:  # a newer schema's fields: the general path below
                 pass
+            else:
+                return step if _possible(step) else None
         obj["kind"] = kind
     spec = _SPECS.get(kind) if type(kind) is str else None
     if spec is None:
@@ -741,9 +743,27 @@ def _record(obj: dict[str, Any]) -> Record | None:
     if kind == "event" and not _event_data_ok(obj.get("name"), obj.get("data", {})):
         return None
     try:
-        return from_dict(obj)
+        record = from_dict(obj)
     except ValueError:
         return None
+    return None if type(record) is Step and not _possible(record) else record
+
+
+# The bounds of a step's durations a clock can measure (seconds): its wall time from a
+# nanosecond to about three years (a longer one, or a part longer, swamps every
+# window's sums), and no part below a microsecond under zero (the writer's rounding).
+MIN_STEP_S, MAX_STEP_S = 1e-9, 1e8
+_ROUNDING_S = 1e-6
+
+
+def _possible(s: Step) -> bool:
+    """Whether a step's durations are ones a clock measured (``MIN_STEP_S`` to
+    ``MAX_STEP_S``, none negative). Its parts are not held to sum to its wall time:
+    a log whose first step counts compile time its wall does not is still read."""
+    durations = (s.data_s, s.compute_s, s.optimizer_s, s.checkpoint_s, s.other_s,
+                 s.collective_s, s.recompute_s, s.collective_timed_s)
+    return (MIN_STEP_S <= s.wall_s <= MAX_STEP_S and min(durations) >= -_ROUNDING_S
+            and max(durations) <= MAX_STEP_S)
 
 
 def _event_data_ok(name: Any, data: dict[str, Any]) -> bool:

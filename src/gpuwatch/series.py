@@ -11,6 +11,7 @@ exactly the readings its probe's bounded window dropped.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,6 +31,19 @@ class Figure:
     @property
     def mean(self) -> float:
         return self.total / self.count
+
+
+def mean_of(values: Iterable[float | None]) -> float | None:
+    """The mean of the values present (None: none is), summed exactly (``math.fsum``);
+    inf or nan where their sum overflows a float (readings no probe writes: a hostile
+    log), never an OverflowError."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return None
+    try:
+        return math.fsum(xs) / len(xs)
+    except OverflowError:
+        return sum(xs) / len(xs)
 
 
 def combined(parts: Iterable[tuple[int | None, Figure, float]]) -> Figure | None:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from gpuwatch.probes.peers import StepWait
 from gpuwatch.records import Event, Meta, OomTally, Record, Sample, Step
-from gpuwatch.series import Figure, Series, combined, combined_rise
+from gpuwatch.series import Figure, Series, combined, combined_rise, mean_of
 from gpuwatch.vocabulary import LOWEST_SLOWDOWN, SLOWDOWN_BITS, unwaited_compute_s
 
 MAX_STEPS = 8192
@@ -391,7 +391,7 @@ class Telemetry:
                 v = sample.values.get("gpu_utilization_ratio")
                 if v is not None and sample.t <= end:
                     busy.append(v)
-        return math.fsum(busy) / len(busy) if busy else None
+        return mean_of(busy)
 
     def _event(self, e: Event) -> None:
         self.changed = self.event_stamp = next(_CHANGES)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,24 @@ def test_truncated_and_garbage_lines_are_skipped_and_counted(tmp_path: Path) -> 
     got = list(reader)
     assert [r.step for r in got if isinstance(r, Step)] == [1, 2, 3]
     assert reader.skipped == 5
+
+
+@pytest.mark.parametrize("field, value", [
+    ("wall_s", 0.0), ("wall_s", 5e-324), ("wall_s", -1.0), ("wall_s", 1e308),
+    ("data_s", -0.5), ("compute_s", 1e308), ("collective_s", -1e308)])
+def test_a_step_no_clock_measured_is_skipped_and_counted(
+        tmp_path: Path, field: str, value: float) -> None:
+    """A step whose wall time or part is negative, denormal or past any run's length
+    (a hostile log) made confident nonsense: "waits for data nan% of each step"."""
+    path = tmp_path / "run.jsonl"
+    w = RunLogWriter(path)
+    bad = Step(rank=0, step=2, t=2.0, wall_s=0.1, data_s=0.02, compute_s=0.08)
+    w.write([META, Step(rank=0, step=1, t=1.0, wall_s=0.1), replace(bad, **{field: value}),
+             Step(rank=0, step=3, t=3.0, wall_s=0.1, data_s=0.05, compute_s=0.05)])
+    w.close()
+    reader = RunLogReader(path)
+    assert [r.step for r in reader if isinstance(r, Step)] == [1, 3]
+    assert reader.skipped == 1
 
 
 def test_lines_naming_another_rank_are_not_the_logs_own(tmp_path: Path) -> None:

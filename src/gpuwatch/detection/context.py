@@ -3,9 +3,8 @@ total steps) and the signal helpers several of them read."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 from gpuwatch.probes.topology import pcie_rate
 from gpuwatch.records import Verdict
+from gpuwatch.series import mean_of
 from gpuwatch.telemetry import StepSummary, Telemetry
 from gpuwatch.vocabulary import split_step
 
@@ -175,8 +175,8 @@ class Context:
             fabric = inter_node_link(views)
         world = max(view.world_size, len(views))
         summaries = [s for v in views if (s := v.summarise(since)) is not None]
-        tokens = _mean(s.tokens for s in summaries) or 0.0
-        samples = _mean(s.samples for s in summaries) or 0.0
+        tokens = mean_of(s.tokens for s in summaries) or 0.0
+        samples = mean_of(s.samples for s in summaries) or 0.0
         tokens, samples = tokens * world, samples * world  # per rank -> the job
         unit, units = (("1M tokens", tokens) if tokens > 0 else
                        ("1M samples", samples) if samples > 0 else ("step", 0.0))
@@ -186,8 +186,8 @@ class Context:
             holding.discard("straggler")
         fix_first = next((d for d in FIX_FIRST if d in holding), None)
         inputs = Inputs(
-            tensor_share=_mean(tensor_share(v, since) for v in views),
-            gpu_busy=_mean(_figure_mean(v, "nvml", "gpu_utilization_ratio", since)
+            tensor_share=mean_of(tensor_share(v, since) for v in views),
+            gpu_busy=mean_of(_figure_mean(v, "nvml", "gpu_utilization_ratio", since)
                            for v in views),
             link_now=link_now(views, current), units_per_step=units, unit=unit,
             remaining_steps=planned - view.steps_done if planned else None,
@@ -230,10 +230,6 @@ def _figure_mean(view: RankInput, source: str, key: str, since: float) -> float 
     figure = view.figure(source, key, since)
     return figure.mean if figure is not None else None
 
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    xs = [v for v in values if v is not None]
-    return math.fsum(xs) / len(xs) if xs else None  # (fmean, without its overhead)
 
 
 def memory_held(view: RankInput, since: float) -> float | None:

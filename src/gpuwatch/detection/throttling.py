@@ -11,12 +11,10 @@ straggler's case, which names the reasons too."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-
 from gpuwatch.detection.context import Context, Detection, recent, window_start
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Sample
+from gpuwatch.series import mean_of
 from gpuwatch.telemetry import Telemetry
 from gpuwatch.vocabulary import CLOCK_EVENT_REASONS, SLOWDOWN_BITS
 
@@ -44,7 +42,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         for s in sl:
             reasons |= int(s.values.get(KEY, 0))
     evidence = {"throttled_share_ratio": share, "gpus_throttled": float(max(len(held), 1))}
-    clocks = _mean(s.values.get("gpu_sm_clock_hertz") for s in slowed)
+    clocks = mean_of(s.values.get("gpu_sm_clock_hertz") for s in slowed)
     hottest = max((t for s in slowed if (t := s.values.get("gpu_temperature_celsius"))),
                   default=None)
     clause = ""
@@ -73,14 +71,10 @@ def _held(busy: list[Sample], th: dict[str, float]
     share = len(slowed) / len(busy)
     if share < th["throttled_share"]:
         return None
-    free = _mean(s.values.get("gpu_sm_clock_hertz") for s in busy
+    free = mean_of(s.values.get("gpu_sm_clock_hertz") for s in busy
                  if not int(s.values.get(KEY, 0)) & SLOWDOWN_BITS)
-    clocks = _mean(s.values.get("gpu_sm_clock_hertz") for s in slowed)
+    clocks = mean_of(s.values.get("gpu_sm_clock_hertz") for s in slowed)
     if free and clocks is not None and (free - clocks) / free < th["min_clock_loss_ratio"]:
         return None  # (slowed in name only)
     return share, slowed, free
 
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    xs = [v for v in values if v is not None]
-    return math.fsum(xs) / len(xs) if xs else None
