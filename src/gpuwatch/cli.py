@@ -38,6 +38,7 @@ class UserError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _escape_what_the_terminal_cannot_show()
     args = _parser().parse_args(argv)
     try:
         code: int = args.handler(args)
@@ -55,6 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _escape_what_the_terminal_cannot_show() -> None:
+    """Characters stdout's or stderr's encoding cannot write (a micro sign, a dash to an ASCII
+    terminal, ``PYTHONIOENCODING=ascii``) are written as escapes, not a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(Exception):  # (closed, or not a text stream of ours)
+                reconfigure(errors="backslashreplace")
 
 
 def _parser() -> argparse.ArgumentParser:

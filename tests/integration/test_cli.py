@@ -9,6 +9,7 @@ import pytest
 from gpuwatch._version import __version__
 from gpuwatch.records import Event, Sample
 from tests.integration.conftest import gpuwatch_cmd, read, run, steps
+from tests.scenarios import job, write
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +59,14 @@ def test_a_file_to_write_that_is_a_directory_or_nowhere_is_one_line(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("gpuwatch: ") and args[-1] in line and ".tmp" not in line
+
+
+def test_analysis_to_a_terminal_that_writes_ascii_escapes_what_it_cannot_show(
+        tmp_path: Path) -> None:
+    """Findings of several ranks name them with an en dash ("ranks 0-3"): to an ASCII stdout
+    that was a UnicodeEncodeError's traceback."""
+    write(job("pcie_sync_bound").shape, tmp_path / "run")
+    proc = run(gpuwatch_cmd("analyze", str(tmp_path / "run")), cwd=tmp_path,
+               extra_env={"PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "\\u2013" in proc.stdout
