@@ -260,10 +260,12 @@ class Settings(BaseSettings):
     )
 
     enabled: bool = Field(default=True, description="false: gpuwatch does nothing at all.")
-    job: str = Field(default="train", min_length=1, max_length=128,
-                     pattern=r"^[^/\\\x00-\x1f\x7f]+$",
-                     description="Job name: the `training_job` label, the run directory prefix "
-                                 "(no slash, backslash or control character).")
+    job: Annotated[str, AfterValidator(redact)] = Field(
+        default="train", min_length=1, max_length=128,
+        pattern=r"^[^/\\\x00-\x1f\x7f-\x9f\u2028\u2029]+$",
+        description="Job name: the `training_job` label, the run directory prefix (no "
+                    "slash, backslash, control character or line separator; a secret in it "
+                    "is masked, everywhere it is shown).")
     out_dir: FsPath | None = Field(default=None,
                                  description="Run directory; default a new "
                                              "runs/<job>-<start time>-<suffix>.")

@@ -59,6 +59,7 @@ from gpuwatch.records import (
     to_dict,
     utf8,
 )
+from gpuwatch.redact import redact
 
 MAX_LINE_BYTES = 4 << 20  # a longer line is not one gpuwatch wrote: skipped unread
 # The writer writes no blank line: a file with this many is no log of its own (a
@@ -746,6 +747,8 @@ def _record(obj: dict[str, Any]) -> Record | None:
         record = from_dict(obj)
     except ValueError:
         return None
+    if type(record) is Meta:  # (its names are shown in reports: a hostile log's too)
+        return dataclasses.replace(record, job=redact(record.job), host=redact(record.host))
     return None if type(record) is Step and not _possible(record) else record
 
 

@@ -161,3 +161,16 @@ def test_analyze_names_a_bad_runbook_url_without_its_token(
     assert cli.main(["analyze", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "runbook_url" in err and "wikitok3n" not in err, err
+
+
+def test_a_secret_in_the_job_name_is_masked_wherever_the_name_goes() -> None:
+    """The job name is the metrics label, the run directory and the report's title: a
+    token pasted into it (``--job "exp --token hf_..."``) went everywhere whole."""
+    token = "hf_" + "abcdefghijklmnopqrstuvwxyz123456"
+    assert token not in load_settings(job=f"exp --token {token}").job
+
+
+@pytest.mark.parametrize("job", ["a\x85b", "a\u2028b", "a\u2029b"])
+def test_a_job_name_with_a_line_separator_is_refused(job: str) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(job=job)

@@ -73,6 +73,21 @@ def test_a_step_no_clock_measured_is_skipped_and_counted(
     assert reader.skipped == 1
 
 
+def test_a_logs_job_and_host_are_read_with_their_secrets_masked(tmp_path: Path) -> None:
+    """A report shows the job and hosts its logs name: a secret in them (a hostile log,
+    an older agent's) was shown whole."""
+    token = "hf_" + "abcdefghijklmnopqrstuvwxyz123456"
+    path = tmp_path / "run.jsonl"
+    w = RunLogWriter(path)
+    w.write([replace(META, job=f"exp --token {token}",
+                     host="https://user:hunter2pass@example.com")])
+    w.close()
+    (meta,) = list(RunLogReader(path))
+    assert isinstance(meta, Meta)
+    assert token not in meta.job and "hunter2pass" not in meta.host
+    assert meta.job.startswith("exp --token ")
+
+
 def test_lines_naming_another_rank_are_not_the_logs_own(tmp_path: Path) -> None:
     """A rank's log holds its rank's records: lines naming thousands of other ranks (a
     hostile or corrupted file) are skipped and counted, never judged as ranks (each
