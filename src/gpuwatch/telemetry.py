@@ -32,6 +32,9 @@ from gpuwatch.vocabulary import LOWEST_SLOWDOWN, SLOWDOWN_BITS, unwaited_compute
 
 MAX_STEPS = 8192
 MAX_SAMPLES = 900  # per (source, gpu): 15 minutes at 1 Hz
+# The (source, GPU) pairs a rank's samples may come from: a few sources on up to a
+# node's GPUs; the readings of others are left out
+MAX_GROUPS = 256
 TRIM_EVERY = 64  # samples between trims of a tracked key's series
 SUMMARIES_KEPT = 16  # window summaries kept between steps (a stalled rank's: new each time)
 MAX_EVENTS = 256
@@ -260,6 +263,8 @@ class Telemetry:
             group = (source, r.gpu)
             window = self.samples.get(group)
             if window is None:
+                if len(self.samples) >= MAX_GROUPS:
+                    return  # (a hostile log's thousands of sources or GPUs: memory stays bounded)
                 window = self.samples[group] = deque(maxlen=MAX_SAMPLES)
                 self._seq[group] = 0
             window.append(r)

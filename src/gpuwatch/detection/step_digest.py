@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from gpuwatch.records import Event, Meta, Record, Sample, Step
 from gpuwatch.series import Figure, combined, combined_rise
-from gpuwatch.telemetry import MAX_SAMPLES, OPEN_SAVE_KEY, Telemetry
+from gpuwatch.telemetry import MAX_GROUPS, MAX_SAMPLES, OPEN_SAVE_KEY, Telemetry
 
 AGENT_CPU_KEY = "agent_cpu_seconds_total"
 # The sample keys job-scope detectors read, by source (a test holds them to it).
@@ -37,6 +37,7 @@ JOB_READINGS: dict[str, tuple[str, ...]] = {
     "host": ("process_cpu_cores", "workers", "workers_cpu_ratio"),
 }
 JOB_SOURCES = frozenset(JOB_READINGS)
+DIGESTED_KEYS = max(map(len, JOB_READINGS.values()))  # (the most of one source)
 DIGEST_SPAN_S = 10.0  # while no step comes, a digest closes once its readings span this
 
 ReadingKey = tuple[str, int | None, str]  # (source, GPU, key)
@@ -106,6 +107,8 @@ class StepDigester:
         values, t = r.values, r.t
         group = self._open.get((r.source, r.gpu))
         if group is None:
+            if len(self._open) >= MAX_GROUPS:
+                return  # (as a rank's telemetry leaves them out)
             if not self._open:
                 self._since = t
             group = self._open[(r.source, r.gpu)] = {}
@@ -206,6 +209,8 @@ class DigestRank(Telemetry):
         for key, reading in d.readings.items():
             series = self._digested.get(key)
             if series is None:
+                if len(self._digested) >= MAX_GROUPS * DIGESTED_KEYS:
+                    continue  # (as a rank's telemetry leaves them out)
                 series = self._digested[key] = ReadingSeries()
             series.append(d.t, reading)
         if d.t > self.clock:
