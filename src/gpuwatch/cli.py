@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import math
 import os
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpuwatch._version import __version__
 from gpuwatch.config import ConfigError, Settings, disabled, load_settings
+from gpuwatch.lifeline import die_with_parent
 from gpuwatch.redact import mask_url, redact
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(BOOTSTRAP_DIR), env.get("PYTHONPATH", "")) if p)
     try:
-        child = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))
+        child = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent(os.getpid()))
     except FileNotFoundError:
         print(redact(f"gpuwatch: command not found: {cmd[0]}"), file=sys.stderr)
         return 127
@@ -239,28 +239,6 @@ def _mute() -> None:
             os.dup2(devnull, stream.fileno())
 
 
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """For the command's child process (Linux): ask the kernel to SIGKILL it when this
-    process dies, as it would have died had it been run bare; ``gpuwatch run`` killed
-    by SIGKILL (a scheduler's, ``timeout -k``'s) passes on nothing and left it running,
-    holding its GPU. Also if this process died before the child asked (``parent`` is
-    gone). None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def in_child() -> None:  # (between fork and exec: nothing but system calls)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return in_child
-
-
-PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _die_of(signum: int) -> int:

@@ -4,6 +4,7 @@ only while nothing it can see changed."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -14,6 +15,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
 from gpuwatch.config import Settings
@@ -24,6 +26,7 @@ from gpuwatch.records import Sample, Step
 from gpuwatch.runlog import RunLogReader, encode
 from gpuwatch.telemetry import Telemetry
 from tests.scenarios import JOBS, job, write
+from tests.wait import wait_for
 
 MULTI_RANK = [j for j in JOBS if j.shape.world > 1]
 
@@ -200,3 +203,24 @@ def test_analysis_forks_workers_only_from_a_single_threaded_process() -> None:
     finally:
         release.set()
         other.join()
+
+
+def test_workers_of_an_analysis_killed_mid_way_die_with_it(tmp_path):
+    """`gpuwatch analyze` killed by SIGKILL (a supervisor's timeout) left its pool's
+    workers waiting for work for ever, orphaned."""
+    logs = write(replace(job("slow_rank_of_four").shape, duration_s=1800), tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "gpuwatch", "analyze", *map(str, logs)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[psutil.Process] = []
+    try:
+        workers = wait_for(lambda: psutil.Process(proc.pid).children(), 60,
+                           "the analysis's workers started")
+        proc.kill()
+        proc.wait(10)
+        wait_for(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
+                                 for w in workers), 10, "the workers ended")
+    finally:
+        for w in workers:
+            with contextlib.suppress(psutil.Error):
+                w.kill()
+        proc.kill()

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from gpuwatch.config import ConfigError, Settings, replay_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.detection.step_digest import JOB_SOURCES, DigestRank, JobInput, StepDigester
+from gpuwatch.lifeline import die_with_parent
 from gpuwatch.records import Finding, Meta, Record
 from gpuwatch.runlog import RunLogReader, log_bytes, logs_in, segments
 
@@ -328,7 +329,8 @@ def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) ->
     for log in every:
         log.close()  # the workers read each log afresh
     with (tempfile.TemporaryDirectory(prefix="gpuwatch-digests-") as tmp,
-          ProcessPoolExecutor(max_workers=min(workers, len(every))) as pool):
+          ProcessPoolExecutor(max_workers=min(workers, len(every)),
+                              initializer=die_with_parent(os.getpid())) as pool):
         pool.submit(int)  # forks every worker now, before this process grows
         compared = [log for logs in attempts if len(logs) > 1 for log in logs]
         digested = {log.tag: pool.submit(_digest_log, log.reader.path, log.tag,
