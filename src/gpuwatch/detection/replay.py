@@ -342,7 +342,7 @@ def _parallel(attempts: list[list[Log]], workers: int, bar: tqdm[Any] | None) ->
             job_engine, timeline = _job_pass(logs[0].settings,
                                              [_digests(path) for path in files])
             for path in files:
-                path.unlink()  # (digests are ~15% of a log's size: gone once judged)
+                path.unlink()  # (gone once judged: as large as a log of short steps)
             job_engines.append(job_engine)
             first_rank = _first_rank(logs)
             for log in logs:
