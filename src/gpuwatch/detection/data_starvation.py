@@ -77,8 +77,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         advice = CPU_BOUND_ADVICE
     else:
         text = f"{_its(workers)} mostly idle: storage or prefetch is the limit"
-        advice = ("Read from faster storage, raise prefetch_factor, or use a streaming "
-                  "dataset format.")
+        advice = ("Add DataLoader workers (idle ones wait on reads: more of them read "
+                  "side by side; a larger prefetch_factor alone reads no faster), read from "
+                  "faster storage or in larger chunks, or use a streaming dataset format.")
     return Detection(evidence, [view.rank],
                      text={"rank": view.rank, "workers_text": text, "advice": advice})
 
