@@ -320,11 +320,11 @@ def _write_findings(out: Path) -> None:
     """After the run: every rank's log through the detectors, into findings.json."""
     from gpuwatch.detection.engine import JOB_DETECTORS
     from gpuwatch.detection.replay import analyze
-    from gpuwatch.runlog import logs_in, write_whole
+    from gpuwatch.runlog import logged_elsewhere, logs_in, write_whole
     from gpuwatch.sinks.report import findings_json
 
     if not logs_in(out):
-        elsewhere = _logged_elsewhere(out)
+        elsewhere = logged_elsewhere(out)
         if elsewhere is None:
             _say(f"gpuwatch: no training process reported; nothing in {out}")
             return
@@ -350,18 +350,6 @@ def _forget_elsewhere(out: Path) -> None:
 
     with contextlib.suppress(OSError):
         (out / ELSEWHERE).unlink()
-
-
-def _logged_elsewhere(out: Path) -> Path | None:
-    """Where the job logged instead of ``out`` (its ``watch(out_dir=...)``), as its agent
-    said in ``out``; None if it said nothing, or nothing is there."""
-    from gpuwatch.runlog import ELSEWHERE, logs_in
-
-    try:
-        there = Path((out / ELSEWHERE).read_text(encoding="utf-8").strip())
-    except (OSError, ValueError):
-        return None
-    return there if there.is_dir() and logs_in(there) else None
 
 
 def _write_report(out: Path, findings: list[Any]) -> str:

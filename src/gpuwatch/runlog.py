@@ -118,6 +118,16 @@ def create_run_dir(parent: Path, prefix: str) -> Path:
 ELSEWHERE = "logged-elsewhere.txt"
 
 
+def logged_elsewhere(directory: Path) -> Path | None:
+    """Where the job logged instead of ``directory`` (its ``watch(out_dir=...)``), as its
+    agent said there; None if it said nothing, or no run log is there."""
+    try:
+        there = Path((directory / ELSEWHERE).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+    return there if there.is_dir() and logs_in(there) else None
+
+
 def write_whole(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) as the file ``path``: into a new file beside it, renamed
     over it once whole. Never through what stands there: a FIFO (an open for writing

@@ -171,6 +171,10 @@ def test_a_job_that_chooses_its_own_run_directory_is_judged_there(tmp_path: Path
     assert f"the job chose its own run directory: {chosen}" in proc.stderr
     assert "no training process reported" not in proc.stderr
     assert (chosen / "findings.json").exists() and (chosen / "report.html").exists()
+    # `gpuwatch analyze` of the directory it was launched with reads the job's logs
+    analyzed = run(gpuwatch_cmd("analyze", str(launched)), cwd=tmp_path)
+    assert analyzed.returncode == 0 and "no run*.jsonl" not in analyzed.stderr, \
+        analyzed.stderr
     # the next attempt in the same directory trains nothing: the last one's word is gone
     again = run(gpuwatch_cmd("run", "--out", str(launched), "--", sys.executable,
                              str(SCRIPTS / "no_training.py")), cwd=tmp_path)

@@ -33,7 +33,7 @@ from gpuwatch.detection.engine import Engine, engine_from_settings
 from gpuwatch.detection.step_digest import JOB_SOURCES, DigestRank, JobInput, StepDigester
 from gpuwatch.lifeline import die_with_parent
 from gpuwatch.records import Finding, Meta, Record
-from gpuwatch.runlog import RunLogReader, log_bytes, logs_in, segments
+from gpuwatch.runlog import RunLogReader, log_bytes, logged_elsewhere, logs_in, segments
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 TICK_RECORDS = 65536  # the progress bar moves every this many records
@@ -58,7 +58,8 @@ def run_logs(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = logs_in(p)
+            there = logged_elsewhere(p)  # (`gpuwatch run --out p` of a job that chose its own)
+            found = logs_in(p) or (logs_in(there) if there is not None else [])
             if not found:
                 raise FileNotFoundError(f"no run*.jsonl run log in {p}")
         elif p.exists() or segments(p):
