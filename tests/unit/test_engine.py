@@ -89,6 +89,9 @@ def test_bad_overrides_and_unknown_gpus_are_one_line_errors() -> None:
         engine_from_settings(Settings(target_gpu="H1000"), "rank")
     with pytest.raises(ConfigError, match=r"unknown gpu_model"):
         engine_from_settings(Settings(gpu_model="Voodoo 2"), "rank")
+    # a misspelt detector silenced nothing, without a word
+    with pytest.raises(ConfigError, match=r"unknown detector 'data_starvaton' in 'slack.silence'"):
+        engine_from_settings(Settings(slack={"silence": ["data_starvaton"]}), "rank")
 
 
 def shortcuts_agree(engine: Engine, records: list[Record]) -> tuple[int, int]:

@@ -644,9 +644,14 @@ def _fill(template: str, d: Detection, fallback: str) -> str:
 def engine_from_settings(settings: Settings, scope: Scope, job: str = "") -> Engine:
     """An engine with the shipped rules, the user's overrides and the run's context.
 
-    Raises ConfigError (one line) for overrides, GPUs or prices that do not exist.
+    Raises ConfigError (one line) for overrides, GPUs, prices or silenced detectors that
+    do not exist.
     """
     rules = load_rules(overrides=settings.detectors)
+    for detector in settings.slack.silence:  # (a typo silenced nothing, without a word)
+        if detector not in rules:
+            raise ConfigError(f"gpuwatch config: unknown detector {detector!r} in "
+                              f"'slack.silence'; choose from {', '.join(sorted(rules))}")
     gpus = catalogue(settings.prices)
     for name in (settings.target_gpu, *settings.prices, *settings.owned):
         if name not in gpus:
