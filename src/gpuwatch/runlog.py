@@ -66,6 +66,9 @@ MAX_LINE_BYTES = 4 << 20  # a longer line is not one gpuwatch wrote: skipped unr
 # compressed segment of nothing but newlines expands a thousandfold): the rest of it
 # is skipped, counted as one line.
 MAX_BLANK_LINES = 100_000
+# Nor is a file with this many lines in a row that hold no record (a compressed
+# segment of "{}" lines inflates to fifty million of them: minutes to read).
+MAX_UNREADABLE_LINES = 100_000
 # A compressed segment ends past this many times its size (gzip gives run logs ~20x):
 # a small file that inflates without end (a "gzip bomb") is cut, not read for hours.
 MAX_EXPANSION = 200
@@ -452,6 +455,7 @@ class RunLogReader:
         for path, opened in self._files():
             self._cut = False  # a compressed segment ended short
             self._blank = 0  # blank lines in this file
+            unreadable, last_bad = 0, -2  # lines in a row that held no record, the last
             with opened as raw:
                 compressed = path.name.endswith(".gz")
                 f = typing.cast(IO[bytes], gzip.GzipFile(fileobj=raw) if compressed else raw)
@@ -476,7 +480,12 @@ class RunLogReader:
                             clock = self.clock = floor
                         record = _record(obj) if obj is not None else None
                         if record is None:
-                            self.skipped += 1
+                            self.skipped += 1  # (in a row: by number, the same with
+                            unreadable = unreadable + 1 if line == last_bad + 1 else 1
+                            last_bad = line  # samples passed over or read)
+                            if unreadable > MAX_UNREADABLE_LINES:
+                                self._cut = True  # (no log of its own: the rest is left)
+                                break
                             continue
                         t = getattr(record, "t", clock)
                         if t > clock:

@@ -17,6 +17,7 @@ from gpuwatch.records import SCHEMA_VERSION, Event, Meta, Record, Sample, Step
 from gpuwatch.runlog import (
     MAX_BLANK_LINES,
     MAX_EXPANSION,
+    MAX_UNREADABLE_LINES,
     MIN_EXPANDED_BYTES,
     RunLogReader,
     RunLogWriter,
@@ -221,6 +222,23 @@ def test_a_compressed_segment_inflating_past_any_logs_ratio_is_cut(tmp_path: Pat
     reader = RunLogReader(path)
     assert [r.step for r in reader if isinstance(r, Step)] == [1, 2]
     assert reader.skipped > 0 and reader.lines_read < limit // (64 * 1024) + 10
+
+
+def test_a_segment_of_lines_that_hold_no_record_ends_after_enough_of_them(
+        tmp_path: Path) -> None:
+    """A 780 KB segment of "{}" lines inflates (within MAX_EXPANSION) to fifty million
+    of them: 47 s of reading nothing. Past MAX_UNREADABLE_LINES in a row the segment
+    ends; the live file after it is still read."""
+    path = tmp_path / "run-rank0.jsonl"
+    w = RunLogWriter(path)
+    w.write([META, Step(rank=0, step=2, t=2.0, wall_s=0.1)])
+    w.close()
+    with gzip.open(tmp_path / "run-rank0.part00001.jsonl.gz", "wb") as f:
+        f.write(encode(META) + b"\n" + encode(Step(rank=0, step=1, t=1.0, wall_s=0.1)) + b"\n")
+        f.write(b"{}\n" * (3 * MAX_UNREADABLE_LINES))
+    reader = RunLogReader(path)
+    assert [r.step for r in reader if isinstance(r, Step)] == [1, 2]
+    assert reader.skipped == MAX_UNREADABLE_LINES + 1
 
 
 def test_a_file_is_written_whole_in_place_of_a_fifo_or_a_link(tmp_path: Path) -> None:
