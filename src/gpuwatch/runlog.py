@@ -455,7 +455,9 @@ class RunLogReader:
         for path, opened in self._files():
             self._cut = False  # a compressed segment ended short
             self._blank = 0  # blank lines in this file
-            unreadable, last_bad = 0, -2  # lines in a row that held no record, the last
+            # lines in a row that held no record, and the newest one's number (a row by
+            # number: the same whether samples between them were passed over or read)
+            unreadable, last_bad = 0, -2
             with opened as raw:
                 compressed = path.name.endswith(".gz")
                 f = typing.cast(IO[bytes], gzip.GzipFile(fileobj=raw) if compressed else raw)
@@ -480,9 +482,9 @@ class RunLogReader:
                             clock = self.clock = floor
                         record = _record(obj) if obj is not None else None
                         if record is None:
-                            self.skipped += 1  # (in a row: by number, the same with
+                            self.skipped += 1
                             unreadable = unreadable + 1 if line == last_bad + 1 else 1
-                            last_bad = line  # samples passed over or read)
+                            last_bad = line
                             if unreadable > MAX_UNREADABLE_LINES:
                                 self._cut = True  # (no log of its own: the rest is left)
                                 break
