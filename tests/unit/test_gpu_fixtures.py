@@ -1,5 +1,6 @@
 """Run logs and NVML readings recorded on a real NVIDIA H200 (``benchmarks/gpu_suite.py``,
-2026-11-30, torch 2.11, driver 580.159.04; see benchmarks/RESULTS.md), replayed here:
+2026-11-30, torch 2.11, driver 580.159.04; the healthy, consumer-card, starved and
+checkpoint logs from session 36's run; see benchmarks/RESULTS.md), replayed here:
 each job gets the verdicts a senior engineer expects of it, and what NVML and GPM
 reported on three kinds of loop reads as that kind of loop to the projection."""
 
@@ -76,6 +77,9 @@ def test_the_same_model_on_the_whole_card_does_not_fit_on_paper(tmp_path: Path) 
 
 
 def test_cpu_bound_loader_workers_are_fixed_here_not_moved(tmp_path: Path) -> None:
+    """Two training workers with a CPU-heavy transform, beside an evaluation every 50
+    steps over a loader of four persistent workers (idle between evaluations): the
+    agent counted the training loader's two."""
     findings = replay("starved", tmp_path)
     assert verdicts(findings) == {("data_starvation", "fix_here")}
     (f,) = [f for f in findings if f.detector == "data_starvation"]
