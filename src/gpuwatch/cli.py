@@ -239,8 +239,6 @@ def _mute() -> None:
             os.dup2(devnull, stream.fileno())
 
 
-
-
 def _die_of(signum: int) -> int:
     """End this process by the signal that ended the command, as the command ended (its
     parent sees a death by signal, a shell "Killed"), leaving no core of this process

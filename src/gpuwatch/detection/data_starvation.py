@@ -19,6 +19,7 @@ from gpuwatch.detection.context import (
 )
 from gpuwatch.detection.rules import Rule
 from gpuwatch.records import Sample
+from gpuwatch.series import mean_of
 from gpuwatch.telemetry import Telemetry
 
 CHECK_ADVICE = ("Check the loader: enough workers (num_workers), CPU cores for them, fast "
@@ -118,13 +119,9 @@ def loader_readings(view: Telemetry, since: float
     if span and not values:
         values = of_steps(view.samples_since("host", 0.0))[-len(span):]
     counts = sorted(v["workers"] for v in values or [s.values for s in span] if "workers" in v)
-    return (int(counts[len(counts) // 2]) if counts else None, _mean(values, "workers_cpu_ratio"),
-            _mean(values, "system_cpu_ratio"))
-
-
-def _mean(values: list[dict[str, float]], key: str) -> float | None:
-    seen = [v[key] for v in values if key in v]
-    return sum(seen) / len(seen) if seen else None
+    return (int(counts[len(counts) // 2]) if counts else None,
+            mean_of(v.get("workers_cpu_ratio") for v in values),
+            mean_of(v.get("system_cpu_ratio") for v in values))
 
 
 def _in_stalls(view: Telemetry, since: float, share: float) -> bool:

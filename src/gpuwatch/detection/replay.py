@@ -58,8 +58,10 @@ def run_logs(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            there = logged_elsewhere(p)  # (`gpuwatch run --out p` of a job that chose its own)
-            found = logs_in(p) or (logs_in(there) if there is not None else [])
+            found = logs_in(p)
+            if not found:  # (`gpuwatch run --out p` of a job that chose its own directory)
+                there = logged_elsewhere(p)
+                found = logs_in(there) if there is not None else []
             if not found:
                 raise FileNotFoundError(f"no run*.jsonl run log in {p}")
         elif p.exists() or segments(p):

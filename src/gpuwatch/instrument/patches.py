@@ -370,8 +370,10 @@ def _written(target: Any, start: int | None,
     nothing tells."""
     if isinstance(target, (str, os.PathLike)):  # (``saved_at``: a large directory later)
         return saved_at(target, since, _group_rank())
-    end = _tell(target) if start is not None else None
-    return end - start if start is not None and end is not None and end > start else None
+    if start is None:
+        return None
+    end = _tell(target)
+    return end - start if end is not None and end > start else None
 
 
 def _group_rank() -> int | None:
