@@ -20,8 +20,8 @@ STEP_TIMES = st.floats(min_value=0.02, max_value=60.0)
 
 def first_finding_bound(rule: Rule, step_s: float, interval_s: float = 1.0) -> float:
     """docs/runbooks.md: a condition on every step from its onset is reported within
-    W + F + W/8 + detect_interval_s + 3 x step, W = max(window_s, 1.25 x min_steps x
-    step), F = for_s x W / window_s, W/8 the refresh, which waits for a step (seconds)."""
+    W + F + W/4 + detect_interval_s + 3 x step, W = max(window_s, 1.25 x min_steps x
+    step), F = for_s x W / window_s, W/4 the refresh, which waits for a step (seconds)."""
     w = max(rule.window_s, STEP_SLACK * rule.min_steps * step_s)
     return w + rule.for_s * w / rule.window_s + w / REFRESH_DIVISIONS + interval_s + 3 * step_s
 
