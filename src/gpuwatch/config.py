@@ -82,6 +82,26 @@ def _http_url(url: SecretUrl) -> SecretUrl:
 HttpUrl = Annotated[SecretUrl, AfterValidator(_http_url)]
 
 
+# A host name as DNS spells it: dot-separated labels of letters, digits and inner hyphens.
+_HOST_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
+
+
+def _bind_address(addr: str) -> str:
+    """An address a server can listen on: an IP address (v4 or v6, brackets allowed) or
+    a host name; not a URL, nor an address with its port (that is ``exporter.port``)."""
+    bare = addr[1:-1] if addr.startswith("[") and addr.endswith("]") else addr
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        if bare is addr and _HOST_NAME.match(addr):
+            return addr
+        raise PydanticCustomError(
+            "bind_address", "an IP address or host name to listen on, without a scheme or "
+            "port (the port is exporter.port)") from None
+    return bare
+
+
 SECRET_FILE_BYTES = 64 * 1024  # a token or a webhook URL: more is no secret file
 
 
@@ -127,7 +147,7 @@ class ExporterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    addr: str = Field(default="127.0.0.1", min_length=1)
+    addr: Annotated[str, AfterValidator(_bind_address)] = "127.0.0.1"
     port: int = Field(default=9410, ge=0, le=65535)
     max_series: int = Field(default=5000, ge=10)
     # False: leave device metrics (the NVML series) to dcgm-exporter; gpuwatch_gpu_info

@@ -174,3 +174,22 @@ def test_a_secret_in_the_job_name_is_masked_wherever_the_name_goes() -> None:
 def test_a_job_name_with_a_line_separator_is_refused(job: str) -> None:
     with pytest.raises(ConfigError):
         load_settings(job=job)
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0:9410", "http://0.0.0.0", "", "node 1", "-node"])
+def test_an_exporter_address_with_a_port_or_scheme_is_named_before_the_start(
+        addr: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint's address is checked where settings are read (``gpuwatch run``
+    fails at once, in one line): it used to fail only as the agent bound its port, in
+    the job, with a warning."""
+    monkeypatch.setenv("GPUWATCH_EXPORTER__ADDR", addr)
+    with pytest.raises(ConfigError, match=r"^gpuwatch config: exporter\.addr: an IP address "
+                                          r"or host name[^\n]*$"):
+        load_settings()
+
+
+@pytest.mark.parametrize(("addr", "bound"), [("0.0.0.0", "0.0.0.0"), ("::", "::"),
+                                             ("[::1]", "::1"), ("node-1.cluster.local.",
+                                                                "node-1.cluster.local.")])
+def test_an_exporter_address_may_be_any_ip_or_host_name(addr: str, bound: str) -> None:
+    assert load_settings(exporter={"addr": addr}).exporter.addr == bound
