@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,8 +69,17 @@ def _escape_what_the_terminal_cannot_show() -> None:
                 reconfigure(errors="backslashreplace")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors (they quote what was given: a token put before
+    ``--``, a bad value) are redacted as everything else printed is; its subcommands'
+    parsers are of this class too."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        super().error(redact(message))
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpuwatch", description=(
+    p = _Parser(prog="gpuwatch", description=(
         "Live training telemetry and bottleneck detection for PyTorch: what holds a job "
         "back, what to fix, and whether it should move to an H100."))
     p.add_argument("--version", action="version", version=f"gpuwatch {__version__}")

@@ -328,6 +328,23 @@ def test_a_command_line_holding_a_secret_names_no_job_and_errors_after_it(
     assert code == 127 and "RUNSECRET" not in err and "command not found" in err
 
 
+@pytest.mark.parametrize("argv", [
+    ["run", "--token=hf_ARGSECRETabcdefghijklmnopqrstu", "--", "python", "-c", "pass"],
+    ["rules", "export", "out", "--bogus=https://u:ARGSECRETpw@x.example/"],
+    ["demo", "--seconds", "hf_ARGSECRETabcdefghijklmnopqrstu"],
+    ["alerts", "silence", "run", "data_starvation", "--for", "xoxb-123456789012-ARGSECRET"],
+])
+def test_an_argument_error_quotes_what_was_given_without_its_secret(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse quotes an argument it refuses (a training flag put before ``--``, a bad
+    value): that line is redacted as every other error is."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "error:" in err and "***" in err, err
+    assert "ARGSECRET" not in err, err
+
+
 def test_a_password_or_a_token_in_the_runbook_url_stays_out_of_the_alert_rules() -> None:
     from gpuwatch.detection.alerts import lifecycle_alerts
     rules = json.dumps(lifecycle_alerts("https://wiki:W1kiPassw0rd@wiki.example/runbooks.md"))
