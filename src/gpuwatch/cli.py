@@ -532,19 +532,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     from gpuwatch.sinks.html_report import REPORT_NAME, render
 
     rundir = _run_dir(args.rundir)
+    path = args.out or rundir / REPORT_NAME
+    _not_a_run_log(path, [rundir, *([args.compare] if args.compare else [])])
     try:
         run = profile([rundir])
         findings = analyze([rundir], load_settings()).findings
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     comparison = _compared(args.compare, rundir) if args.compare else None
-    path = args.out or rundir / REPORT_NAME
     try:
         write_whole(path, render(run, findings, comparison))
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
     print(path)
     return 0
+
+
+def _not_a_run_log(path: Path, run_dirs: Sequence[Path]) -> None:
+    """UserError where the report would be written over a log of these runs (their only
+    record) or as a file a reader takes for a run log (``run*.jsonl``, a segment)."""
+    from gpuwatch.runlog import is_segment, logs_in, segments
+
+    if (path.name.startswith("run") and path.name.endswith(".jsonl")) or is_segment(path.name):
+        raise UserError(f"--out {path}: a report is no run log; choose a name such as "
+                        "report.html")
+    if not path.exists():
+        return
+    for log in (log for d in run_dirs for log in logs_in(d)):
+        for read in (*segments(log), log):
+            with contextlib.suppress(OSError):
+                if os.path.samefile(path, read):
+                    raise UserError(f"--out {path} is the run log {read}: the report would "
+                                    "overwrite it")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -70,3 +70,20 @@ def test_analysis_to_a_terminal_that_writes_ascii_escapes_what_it_cannot_show(
                extra_env={"PYTHONIOENCODING": "ascii"})
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "\\u2013" in proc.stdout
+
+
+@pytest.mark.parametrize("target", ["its own log", "the compared run's log", "a new run log"])
+def test_a_report_is_never_written_over_or_as_a_run_log(tmp_path: Path, target: str) -> None:
+    """`report RUN --out RUN/run.jsonl` replaced the run's only record with HTML, and
+    exited 0; a report named like a run log is read as one, every line unreadable."""
+    after = write(job("vision_small_steps").shape, tmp_path / "after")
+    before = write(job("vision_small_steps").shape, tmp_path / "before")
+    out = {"its own log": after[0], "the compared run's log": before[0],
+           "a new run log": tmp_path / "after" / "run-copy.jsonl"}[target]
+    kept = {p: p.read_bytes() for p in [*after, *before]}
+    proc = run(gpuwatch_cmd("report", str(tmp_path / "after"), "--compare",
+                            str(tmp_path / "before"), "--out", str(out)), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"gpuwatch: --out {out}")
+    assert {p: p.read_bytes() for p in kept} == kept and not (
+        target == "a new run log" and out.exists())
