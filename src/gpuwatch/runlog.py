@@ -331,6 +331,7 @@ class RunLogWriter:
                 if not self._still_mine(fd):
                     self._fd = None  # (never closed here: the number may be the job's now)
                     raise OSError(f"run log {self.path.name}: its file was closed under it")
+                fd, recreated = self._recreated(fd)
                 view = memoryview(buffer)
                 while view:
                     view = view[os.write(fd, view):]
@@ -338,8 +339,35 @@ class RunLogWriter:
                 self.records += n
                 if self.segment_bytes and self._size >= self._rotate_at:
                     self._rotate(fd)
+                if recreated is not None:
+                    raise OSError(recreated)
             if failed is not None:
                 raise failed
+
+    def _recreated(self, fd: int) -> tuple[int, str | None]:
+        """Where the log's file was removed (its run directory deleted while the job
+        runs): a new file under its name (and directory), the lines the old one holds
+        copied in (Linux reads them through /proc), and what happened, for the caller to
+        count; else ``fd``, and None. (Where no new file can be made, the log goes on in
+        the removed one, as it would without this.)"""
+        try:
+            if os.fstat(fd).st_nlink:
+                return fd, None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = self._open(os.O_CREAT | os.O_EXCL)
+        except OSError:
+            return fd, None
+        copied = 0
+        with contextlib.suppress(OSError), open(f"/proc/self/fd/{fd}", "rb") as old:
+            while chunk := old.read(1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(new, view):]
+                copied += len(chunk)
+        os.close(fd)
+        self._fd, self._size = new, self._size + copied
+        return new, (f"run log {self.path}: removed while the job ran; it goes on in a new "
+                     f"file there, which holds the {copied} bytes of the old one")
 
     def _rotate(self, fd: int) -> None:
         """The full file becomes the next compressed segment; a new one takes its name.

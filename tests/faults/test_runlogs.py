@@ -342,6 +342,51 @@ def test_a_job_that_changes_directory_keeps_its_log_through_rotations(tmp_path: 
     assert not (tmp_path / "elsewhere" / "runs").exists()
 
 
+REMOVING_JOB = """
+import shutil, sys, time
+from pathlib import Path
+import gpuwatch
+from gpuwatch.records import Step
+from gpuwatch.runlog import RunLogReader
+run = sys.argv[1]
+m = gpuwatch.watch(job="rm", out_dir=run, exporter={"enabled": False}, flush_interval_s=0.05)
+def train(first, n):
+    for k in range(first, first + n):
+        with m.step(samples=1):
+            pass
+def logged():
+    try:
+        return sum(1 for r in RunLogReader(Path(run) / "run.jsonl") if isinstance(r, Step))
+    except FileNotFoundError:  # (not made yet: the agent starts beside the job)
+        return 0
+train(1, 400)
+deadline = time.monotonic() + 60  # (the agent writes every flush interval)
+while logged() < 400 and time.monotonic() < deadline:
+    time.sleep(0.01)
+shutil.rmtree(run)  # a cleanup script, or a person, deletes the run directory mid-run
+train(401, 400)
+m.stop()
+print("faults", m.agent.faults.counts["runlog"])
+"""
+
+
+def test_a_run_directory_deleted_mid_run_is_made_again_with_every_step(tmp_path: Path) -> None:
+    """Its log went on into the removed file, and the process ended with no run log
+    anywhere, without a word. It is made again, holding the lines written before, and
+    the removal is counted (one fault) and said."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", REMOVING_JOB, str(run)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["faults", "1"] and "removed while the job ran" in proc.stderr
+    reader = RunLogReader(run / "run.jsonl")
+    logged = [r.step for r in reader if isinstance(r, Step)]
+    assert logged == list(range(1, 801)) and reader.skipped == 0
+
+
 def _many_ranks(run: Path, ranks: int) -> None:
     run.mkdir()
     for rank in range(ranks):
