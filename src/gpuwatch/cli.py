@@ -321,7 +321,25 @@ def run_dir(out: Path | None, job: str) -> tuple[Path, int]:
             raise UserError(f"cannot create a run directory under runs/: {exc.strerror}") from None
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is not a directory")
+    _no_one_elses_outputs(out)
     return out, next_attempt(out)
+
+
+FINDINGS_NAME = "findings.json"  # a run's findings, in its directory
+
+
+def _no_one_elses_outputs(out: Path) -> None:
+    """UserError where ``out`` holds a file named as a run's outputs but no run's log
+    (nor a pointer to one): it is someone else's, and the run would replace it."""
+    from gpuwatch.runlog import ELSEWHERE, logs_in
+    from gpuwatch.sinks.html_report import REPORT_NAME
+
+    if not out.is_dir() or logs_in(out) or (out / ELSEWHERE).exists():
+        return
+    for name in (FINDINGS_NAME, REPORT_NAME):
+        if (out / name).exists():
+            raise UserError(f"--out {out} holds a {name} that no gpuwatch run wrote (it has "
+                            "no run log): the run would replace it; choose another directory")
 
 
 def _write_findings(out: Path) -> None:
@@ -340,7 +358,7 @@ def _write_findings(out: Path) -> None:
         out = elsewhere
     try:
         result = analyze([out], load_settings())
-        write_whole(out / "findings.json", findings_json(result.findings) + "\n")
+        write_whole(out / FINDINGS_NAME, findings_json(result.findings) + "\n")
         told = live_fingerprints(out)  # rank 0 judged across ranks live and told Slack then
         _notify_job_findings(out, [f for f in result.findings
                                    if f.detector in JOB_DETECTORS and f.fingerprint not in told])

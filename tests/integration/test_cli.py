@@ -87,3 +87,18 @@ def test_a_report_is_never_written_over_or_as_a_run_log(tmp_path: Path, target: 
     assert proc.stderr.strip().splitlines()[-1].startswith(f"gpuwatch: --out {out}")
     assert {p: p.read_bytes() for p in kept} == kept and not (
         target == "a new run log" and out.exists())
+
+
+@pytest.mark.parametrize("theirs", ["findings.json", "report.html"])
+def test_a_run_into_a_directory_of_someone_else_s_outputs_is_refused(
+        tmp_path: Path, theirs: str) -> None:
+    """`gpuwatch run --out .` in a project directory holding its own findings.json (or
+    report.html) replaced it at the end, without a word. A directory with no run log
+    is no run's: the run is refused before it starts, and the file is kept."""
+    (tmp_path / theirs).write_text("mine\n")
+    ran = tmp_path / "ran"
+    proc = run(gpuwatch_cmd("run", "--out", ".", "--", "python", "-c",
+                            f"open({str(ran)!r}, 'w')"), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert theirs in proc.stderr.strip().splitlines()[-1]
+    assert (tmp_path / theirs).read_text() == "mine\n" and not ran.exists()
