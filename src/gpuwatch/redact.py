@@ -93,20 +93,22 @@ _LOGIN = re.compile(rf"(?i)((?<![\w.-]){_LOGIN_OPTION}(?:\s+|=|(?<=-u)(?=[^\s=])
                     r"[^\s:@/\"']{1,64}:)(?!//)(?!\d+(?![^\s\"']))[^\s\"']+")
 _USER_PASSWORD = re.compile(r"([^\s:@/\"']{1,64}:)(?!//)(?!\d+$)(.+)", re.DOTALL)
 # Tokens whose issuers give them a prefix: Hugging Face, GitHub, GitLab, Grafana (service
-# accounts' glsa_, Cloud's glc_), AWS access key ids, OpenAI/Anthropic-style keys, Slack,
-# Google API keys, JWTs.
+# accounts' glsa_, Cloud's glc_), AWS access key ids, OpenAI/Anthropic-style keys, Slack
+# (bot, user and app-level), Google API keys, JWTs.
 _TOKEN = re.compile(r"(?:(?<![\w-])|(?<=%22)|(?<=%27))"  # (URL-quoted too)
                     r"(?:hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}|"
                     r"github_pat_\w{20,}|glpat-[\w-]{20,}|glsa_\w{10,}|glc_[\w+/=-]{20,}|"
                     r"(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Z])|"
                     r"sk-(?:proj|ant|svcacct|admin)-[\w-]{20,}|sk-[A-Za-z0-9]{32,}|"
-                    r"xox[abeprs]-[\w-]{10,}|AIza[\w-]{35}|"
+                    r"xox[abeprs]-[\w-]{10,}|xapp-[\w-]{10,}|AIza[\w-]{35}|"
                     r"eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,})")
 # (the word after is a credential only if it has a digit: not "token embeddings")
 _BEARER = re.compile(r"(?i)\b((?:bearer|basic|token)\s+(?=[A-Za-z0-9._~+/=-]*\d))"
                      r"[A-Za-z0-9._~+/=-]{8,}")
-# A signed URL's signature (Azure SAS, S3 and GCS presigned): ?sig=X, &X-Amz-Signature=X
-_SIGNED = re.compile(r"(?i)([?&](?:sig|x-amz-signature|x-goog-signature)=)[^&\s\"'<>]+")
+# A signed URL's signature (Azure SAS, S3 and GCS presigned): ?sig=X, &X-Amz-Signature=X;
+# a function key or an OAuth code (?code=X: Azure Functions), a session (;jsessionid=X)
+_SIGNED = re.compile(r"(?i)([?&;](?:sig|x-amz-signature|x-goog-signature|code|jsessionid)=)"
+                     r"[^&;\s\"'<>]+")
 # HTTP headers that carry credentials: "Authorization: ...", "X-Api-Key: ..." (each name
 # from its start, found by a lookahead and never given back: linear time)
 _HEADER = re.compile(r"(?i)(?<![\w-])((?:proxy-)?authorization|"

@@ -78,6 +78,11 @@ SHAPES = [  # (row id, text, the secret part) — never registered: found by sha
     ("aws-access-key-id", "--aws AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
     ("openai-style-key", "--openai sk-proj-AbCdEfGhIjKlMnOpQrStUv", "sk-proj-AbCdEf"),
     ("slack-bot-token", "bot xoxb-1234567890-AbCdEfGhIj", "xoxb-1234567890"),
+    ("slack-app-level-token", "socket mode xapp-1-A0123ABC-1234-abcdefSECRET", "abcdefSECRET"),
+    ("azure-function-key", "GET https://fn.azurewebsites.net/api/f?code=AzFnSECRET77==&x=1",
+     "AzFnSECRET77"),
+    ("java-session-in-url", "GET https://h.example/app;jsessionid=JSESSSECRET9?a=1",
+     "JSESSSECRET9"),
     ("jwt", "cookie eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
      "dozjgNryP4J3jVmNHl0w5N"),
     # command lines and config lines quoted in errors and tracebacks
