@@ -274,12 +274,13 @@ class Telemetry:
             tracked = self._tracked.get(source)
             if tracked:
                 self._track(group, seq, r, tracked)
-            if values.get("gpu_clock_event_reasons", 0) >= LOWEST_SLOWDOWN:  # (rare)
-                self._note_slowdown(r)
-            power = values.get("gpu_power_watts")
-            if power is not None and self.steps and r.t - self.steps[-1].t <= max(
-                    5.0, 2 * self._median):  # (0 before the warm-up ends)
-                self._stepping_power.append(power)
+            if source == "nvml":  # (the readings below are NVML's alone)
+                if values.get("gpu_clock_event_reasons", 0) >= LOWEST_SLOWDOWN:  # (rare)
+                    self._note_slowdown(r)
+                power = values.get("gpu_power_watts")
+                if power is not None and self.steps and r.t - self.steps[-1].t <= max(
+                        5.0, 2 * self._median):  # (0 before the warm-up ends)
+                    self._stepping_power.append(power)
         elif isinstance(r, Step):
             self._step(r)
         elif isinstance(r, Event):
