@@ -508,7 +508,7 @@ class RunLogReader:
                     for line, obj, floor in zip(numbers, self._parse(lines), floors, strict=True):
                         if floor > clock:
                             clock = self.clock = floor
-                        record = _record(obj) if obj is not None else None
+                        record = _record(obj) if type(obj) is dict else None
                         if record is None:
                             self.skipped += 1
                             unreadable = unreadable + 1 if line == last_bad + 1 else 1
@@ -635,13 +635,15 @@ class RunLogReader:
         return lines
 
     @staticmethod
-    def _parse(lines: list[bytes]) -> list[dict[str, Any] | None]:
-        """Each line's object, or None where a line is not a JSON object."""
+    def _parse(lines: list[bytes]) -> list[Any]:
+        """Each line's JSON value (None where a line is not JSON): a record where it is an
+        object. (A line holding several values, ``1,2``, parses in the block as more
+        than one: the block is then parsed line by line.)"""
         try:
             objs: list[Any] = orjson.loads(b"[" + b",".join(lines) + b"]")
         except orjson.JSONDecodeError:
-            objs = [_loads(line) for line in lines]
-        return [o if type(o) is dict else None for o in objs]
+            return [_loads(line) for line in lines]
+        return objs if len(objs) == len(lines) else [_loads(line) for line in lines]
 
 
 # A whole sample line as the writer lays it out, readings all numbers (or null) that

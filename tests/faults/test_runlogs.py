@@ -63,6 +63,9 @@ BAD_LINES: list[tuple[str, bytes]] = [  # (row id, one hostile line)
     ("meta-detection-not-dict", json.dumps({**to_dict(META), "detection": 5}).encode()),
     ("unknown-kind", b'{"kind": "nope", "t": 1}'),
     ("not-an-object", b"[1, 2, 3]"),
+    # several values on one line: the block parsed as one array held more than its lines
+    ("two-values", b"1, 2"),
+    ("two-objects", b'{"kind": "nope"}, {"kind": "nope"}'),
     ("not-json", b"step 1 took 0.5 s"),
     ("binary", bytes(b for b in range(256) if b != ord("\n")) * 4),
     ("invalid-utf8", b'{"kind": "step", "rank": 0, "note": "\xff\xfe"}'),
