@@ -505,6 +505,7 @@ class RunLogReader:
                     else:
                         numbers, lines, floors, last = self._pass_over(numbers, lines,
                                                                        self._sources)
+                    rank: int | None  # (a record's: a finding names none)
                     for line, obj, floor in zip(numbers, self._parse(lines), floors, strict=True):
                         if floor > clock:
                             clock = self.clock = floor
@@ -517,13 +518,15 @@ class RunLogReader:
                                 self._cut = True  # (no log of its own: the rest is left)
                                 break
                             continue
-                        t = getattr(record, "t", clock)
+                        if type(record) is Sample:  # (most lines)
+                            t, rank = record.t, record.rank
+                        else:
+                            t, rank = getattr(record, "t", clock), getattr(record, "rank", owner)
+                            if type(record) is Meta:
+                                owner = rank
                         if t > clock:
                             clock = self.clock = t
-                        rank = getattr(record, "rank", owner)
-                        if type(record) is Meta:
-                            owner = rank
-                        elif owner is not None and rank != owner:  # (its time counts, as a
+                        if rank != owner and owner is not None:  # (its time counts, as a
                             self.skipped += 1  # line passed over does)
                             continue
                         self.records += 1
