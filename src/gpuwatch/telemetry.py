@@ -176,6 +176,17 @@ ZERO = (0.0,) * len(SUMMED)
 _WIDTH = len(SUMMED)
 
 
+class Ending(NamedTuple):
+    """How a rank's log ended: whether an OOM killed it (``Telemetry.died_of_oom``), and
+    what its newest step trained: samples and tokens (0 where not logged), and whether
+    with activation checkpointing."""
+
+    died_of_oom: bool
+    samples: int
+    tokens: int
+    act_ckpt: bool
+
+
 def mean_step(sums: tuple[float, ...]) -> StepSummary | None:
     """The mean step of summed steps (SUMMED order); None for no steps or no time."""
     n = sums[0]
@@ -681,6 +692,14 @@ class Telemetry:
         """Whether the log ended (``end``) with an OOM that left its newest step and no
         step after it: the process died of it (while it lives, a job may catch one)."""
         return self.ended and self.oom_left_step_at > self.last_step_t
+
+    def ending(self) -> Ending:
+        """How the log ended (see ``Ending``); the newest step's figures are 0 before one."""
+        newest = self.steps[-1] if self.steps else None
+        if newest is None:
+            return Ending(self.died_of_oom, 0, 0, False)
+        return Ending(self.died_of_oom, newest.samples, newest.tokens,
+                      bool(newest.act_ckpt_calls or newest.recompute_s > 0))
 
     def end(self) -> None:
         """The log ends here. Dying of an OOM is news its detectors judge (a change)."""

@@ -29,6 +29,7 @@ from gpuwatch.runlog import (
     claim_runlog,
     create_run_dir,
     next_attempt,
+    runlog_name,
 )
 from tests.runs import START, meta, samples, steps
 from tests.scenarios import RTX_5090, Memory, Shape, simulate
@@ -349,6 +350,45 @@ def test_the_newest_attempt_states_the_run(tmp_path: Path) -> None:
     again = starved(tmp_path / "still", 0.6)
     assert [f.state for f in again] == ["active"] and again[0].first_seen > restarted
     assert again[0].evidence["data_share_ratio"] == pytest.approx(0.6, abs=0.02)
+
+
+def _oom_then_restart(run: Path, world: int, restart: dict[str, Any]) -> list[Finding]:
+    """Attempt 0 on an RTX 5090 at 32 samples a step, memory at 97%, killed by an OOM
+    after 15 minutes; attempt 1 (``restart``: its changes) trains 40 minutes after it."""
+    first = Shape(step_s=1.0, duration_s=900, world=world, gpu=RTX_5090, batch_size=32,
+                  memory=Memory(reserved_gb=31.0, allocated_gb=26.0, oom_at_s=(901.5,)))
+    second = replace(first, duration_s=2400, seed=1,
+                     memory=Memory(reserved_gb=30.0, allocated_gb=22.0), **restart)
+    for attempt, shape, shift in ((0, first, 0.0), (1, second, 1000.0)):
+        for rank, records in enumerate(simulate(shape, job="ft")):
+            moved = [replace(r, attempt=attempt, started=r.started + shift)
+                     if isinstance(r, Meta) else replace(r, t=r.t + shift) for r in records]
+            name = runlog_name(rank, world, attempt)
+            write_log(run / name, moved)
+    return [f for f in analyze([run], Settings(), workers=2).findings
+            if f.detector == "fits_on_paper"]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_restart_that_fits_the_job_after_an_oom_keeps_its_memory_finding(
+        tmp_path: Path, world: int) -> None:
+    """The usual answer to an OOM that killed a job: restart it with a smaller batch, or
+    with activation checkpointing on. The memory finding of the attempt that died was
+    resolved by that restart, and the run read as one nothing held back; the batch cut
+    is the symptom itself (the job fits on paper, not at the batch it wanted)."""
+    cut = _oom_then_restart(tmp_path / "cut", world, {"batch_size": 16, "step_s": 0.55})
+    assert sorted(r for f in cut for r in f.ranks) == list(range(world))  # (each died of it)
+    for f in cut:
+        assert (f.state, f.verdict) == ("active", "move_to_h100")
+        assert (f.evidence["batch_size_from"], f.evidence["batch_size_to"]) == (32, 16)
+        assert "down from 32" in f.summary
+    ckpt = _oom_then_restart(tmp_path / "ckpt", world, {"recompute_share": 0.25, "step_s": 1.3})
+    assert len(ckpt) == world and all(
+        f.state == "active" and f.evidence["restart_activation_checkpointing"] == 1 for f in ckpt)
+    # the same job restarted unchanged got past a passing OOM: ended by the restart
+    same = _oom_then_restart(tmp_path / "same", world, {})
+    assert len(same) == world and all(
+        f.state == "resolved" and "batch_size_from" not in f.evidence for f in same)
 
 
 def test_a_job_wide_condition_after_an_elastic_restart_on_fewer_ranks_is_one_finding(

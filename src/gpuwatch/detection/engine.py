@@ -38,7 +38,7 @@ from gpuwatch.detection.rules import Rule, Scope, load_rules
 from gpuwatch.detection.step_digest import DigestRank, StepDigest
 from gpuwatch.faults import log
 from gpuwatch.records import Finding, Meta, Record
-from gpuwatch.telemetry import Telemetry
+from gpuwatch.telemetry import Ending, Telemetry
 
 RankDetector = Callable[[Telemetry, Rule, Context, float], Detection | None]
 JobDetector = Callable[[Sequence[RankInput], Rule, Context, float], Detection | None]
@@ -223,6 +223,7 @@ class Engine:
     _recurs: dict[str, float] = field(default_factory=dict)  # fp -> hold of a flapping one
     _cleared: dict[str, float] = field(default_factory=dict)  # fp -> last seen, if resolved
     trained_s: float = 0.0  # set by ``retire``: the longest any rank trained past warm-up
+    endings: dict[int, Ending] = field(default_factory=dict)  # by ``retire``: own ranks'
 
     def view(self, rank: int) -> Telemetry:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
@@ -235,10 +236,13 @@ class Engine:
         return v
 
     def retire(self) -> None:
-        """Done judging: keep the findings, let go of every rank's telemetry, the peers
-        and the judgements (what a replay keeps of an engine, and a worker sends back)."""
+        """Done judging: keep the findings and how each rank's log ended (``endings``),
+        let go of every rank's telemetry, the peers and the judgements (what a replay
+        keeps of an engine, and a worker sends back)."""
         self.trained_s = max((v.last_step_t - v.warmed_at for v in self.views.values()
                               if v.warmed_at), default=0.0)
+        if self.scope == "rank":
+            self.endings = {r: v.ending() for r, v in self._own.items()}
         self.views, self._own, self.published, self.peers = {}, {}, {}, []
         self._judged, self._raised, self._quiet = {}, {}, Quiet()
         self._judged_cache, self._judged_key, self._explained_key = {}, (), ()

@@ -34,7 +34,7 @@ from gpuwatch.detection.context import (
 from gpuwatch.detection.moves import unknown_card
 from gpuwatch.detection.projection import Gpu, speedup_text
 from gpuwatch.detection.rules import Rule
-from gpuwatch.telemetry import WARMUP_STEPS, StepSummary, Telemetry
+from gpuwatch.telemetry import WARMUP_STEPS, Ending, StepSummary, Telemetry
 
 GIB = 2**30
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
@@ -234,6 +234,25 @@ def answered_ooms(view: Telemetry, ctx: Context, memory_ratio: float, counted_fr
     total = card_memory(view, ctx)
     measured = own_memory(view, start)
     return len(before) if total and measured and measured[0] >= memory_ratio * total else 0
+
+
+def restarted_to_fit(before: Ending, after: Ending) -> tuple[dict[str, float], str] | None:
+    """What a restart did to fit a rank that an OOM killed (``before``: how its log
+    ended; ``after``: how the next attempt's did): trained fewer samples a step (tokens
+    not held: no longer sequences in smaller batches) or turned activation checkpointing
+    on; as evidence and words. None for a restart that changed neither (a transient OOM
+    the same job got past), or after a rank that did not die of one."""
+    if not before.died_of_oom:
+        return None
+    if 0 < after.samples < before.samples and not (
+            after.tokens >= TOKENS_HELD * before.tokens > 0):
+        return ({"batch_size_from": float(before.samples), "batch_size_to": float(after.samples)},
+                f"its restart trains {after.samples} samples a step, down from "
+                f"{before.samples}, to fit")
+    if after.act_ckpt and not before.act_ckpt:
+        return {"restart_activation_checkpointing": 1.0}, (
+            "its restart turned activation checkpointing on to fit")
+    return None
 
 
 def died_early(view: Telemetry, ctx: Context) -> Detection:

@@ -30,10 +30,12 @@ from tqdm import tqdm
 
 from gpuwatch.config import ConfigError, Settings, replay_settings
 from gpuwatch.detection.engine import Engine, engine_from_settings
+from gpuwatch.detection.fits_on_paper import restarted_to_fit
 from gpuwatch.detection.step_digest import JOB_SOURCES, DigestRank, JobInput, StepDigester
 from gpuwatch.lifeline import die_with_parent
 from gpuwatch.records import Finding, Meta, Record
 from gpuwatch.runlog import RunLogReader, log_bytes, logged_elsewhere, logs_in, segments
+from gpuwatch.telemetry import Ending
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 TICK_RECORDS = 65536  # the progress bar moves every this many records
@@ -493,14 +495,36 @@ def _ordered(attempts: list[tuple[list[Engine], Engine]]) -> list[Finding]:
     later: set[str] = set()
     judged = False  # a later attempt trained long enough to be judged
     findings: list[Finding] = []
+    restarted: dict[int, Ending] = {}  # how each rank's log of the next attempt ended
     for rank_engines, job_engine in reversed(attempts):
         mine = [f for e in [*rank_engines, job_engine] for f in e.findings.values()
                 if _condition(f, len(rank_engines)) not in later]
-        findings += [replace(f, state="resolved") if judged and f.state == "active" else f
-                     for f in mine]
+        endings = {r: ending for e in rank_engines for r, ending in e.endings.items()}
+        for f in mine:
+            carried = _fitted_by_restart(f, endings, restarted)
+            findings.append(carried or (replace(f, state="resolved")
+                                        if judged and f.state == "active" else f))
         later.update(_condition(f, len(rank_engines)) for f in mine)
         judged = judged or max((e.trained_s for e in rank_engines), default=0.0) >= JUDGED_S
+        restarted = endings
     return sorted(findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.first_seen, f.detector))
+
+
+def _fitted_by_restart(f: Finding, endings: dict[int, Ending],
+                       restarted: dict[int, Ending]) -> Finding | None:
+    """A memory finding of a rank an OOM killed, which the next attempt answered by
+    fitting the job to the card (``fits_on_paper.restarted_to_fit``): not ended by the
+    restart, but standing, with what the restart did; else None."""
+    if f.detector != "fits_on_paper" or f.state != "active" or len(f.ranks) != 1:
+        return None
+    rank = f.ranks[0]
+    before, after = endings.get(rank), restarted.get(rank)
+    fitted = restarted_to_fit(before, after) if before and after else None
+    if fitted is None:
+        return None
+    evidence, words = fitted
+    return replace(f, evidence={**evidence, **f.evidence},
+                   summary=f"{f.summary.rstrip('.')}; {words}.")
 
 
 def _condition(f: Finding, ranks: int) -> str:
