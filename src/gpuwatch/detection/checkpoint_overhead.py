@@ -23,10 +23,12 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     th = rule.thresholds
     if saves.saves < th["min_saves"] or saves.first_start is None:
         return None  # one save says nothing about how often the run pays for it
+    wall = view.saves_wall_s(now)
+    if wall < th["min_wall_s"] and not view.ended:
+        return None  # (a share over the first seconds is the first, cold saves')
     share = view.save_share(now)
     if share <= 0 or share < th["checkpoint_share"]:
         return None
-    wall = view.saves_wall_s(now)
     per = max(saves.checkpoints, 1)
     evidence = {
         "checkpoint_share_ratio": share,
