@@ -262,7 +262,7 @@ def test_a_save_share_that_fell_under_its_threshold_by_the_end_is_resolved_there
     10% until about 124 s and is 8% when the run ends, within the minute a finding is
     held after its condition was last seen. The run's share is what the end reports."""
     out: list[Record] = [meta()]
-    for k, s in enumerate(steps(150, wall=1.0)):
+    for k, s in enumerate(steps(150)):
         if k % 10 == 0:
             seconds = 0.3 if s.t - START < 40 else 0.01
             s = replace(s, checkpoint_s=seconds, compute_s=s.compute_s - seconds)
