@@ -430,6 +430,36 @@ def test_memory_is_no_reason_to_move_a_step_that_waits_on_its_loader() -> None:
     assert fed.verdict == "move_to_h100"  # the same memory with a fed step: move
 
 
+def test_memory_is_no_reason_to_move_a_step_held_back_by_its_blocking_saves() -> None:
+    """A consumer card at its memory limit whose blocking saves take half of the run: the
+    saves are the fix (a bigger card would not help them), so memory alone moves nothing;
+    the report said "move" beside "a bigger GPU would not help"."""
+    shape = Shape(step_s=0.5, duration_s=400, gpu=RTX_5090,
+                  saves=Saves(every_s=30, blocking_s=15, nbytes=int(5e9)),
+                  memory=Memory(reserved_gb=31.4, allocated_gb=18, retries_per_min=10))
+    found = findings_of(shape)
+    assert only(found, "checkpoint_overhead").verdict == "fix_here"
+    f = only(found, "fits_on_paper")
+    assert f.verdict == "fix_here" and "fix the saves first" in f.summary
+    saved = only(findings_of(replace(shape, saves=None)), "fits_on_paper")
+    assert saved.verdict == "move_to_h100"  # the same memory without the saves: move
+
+
+@pytest.mark.parametrize("gpu", [RTX_5090, L40S])
+def test_checkpointing_and_retries_well_below_the_limit_are_no_reason_to_move(
+        gpu: tuple[str, float, int, float]) -> None:
+    """Activation checkpointing and allocator retries at 60% of the card: two symptoms,
+    but the job would fit this card without checkpointing. It was told to move (cheaper
+    per sample, faster to finish); it is told it may turn checkpointing off here."""
+    shape = Shape(step_s=1.0, duration_s=300, gpu=gpu, recompute_share=0.25,
+                  memory=Memory(reserved_gb=0.6 * gpu[1], allocated_gb=0.35 * gpu[1],
+                                retries_per_min=10))
+    f = only(findings_of(shape), "fits_on_paper")
+    assert (f.verdict, f.evidence["memory_need_bytes"] < f.evidence["memory_total_bytes"]) == (
+        "info", True)
+    assert "allocator retries, with memory at 60% of the card" in f.summary
+
+
 def test_the_card_the_job_runs_on_is_never_recommended() -> None:
     """An H100 job with real memory pressure: the card named is a bigger one, never H100,
     and the verdict is no ``move_to_h100`` (it is on one)."""

@@ -9,8 +9,8 @@ its recompute time. Symptoms while other processes hold the rest of the card (a 
 card), or retries while the cache holds far more than live tensors (fragmentation),
 are fixed here. The card the job already runs on is never recommended, and a job
 already on the target gets ``fix_here`` (shard it), naming a bigger card that would
-hold it. A step that waits on its data loader (``data_starvation``, judged first)
-does not make memory alone a reason to move: the move must pay as any other.
+hold it. A step that waits on its data loader or on blocking saves (``HELD_BY``, judged
+first) does not make memory alone a reason to move: the move must pay as any other.
 
 A rank that died of an OOM in its first steps, before any window could hold enough of
 them to judge (as a job too big for the card does), is told so at the end of its log
@@ -37,6 +37,11 @@ from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import WARMUP_STEPS, Ending, StepSummary, Telemetry
 
 GIB = 2**30
+# Bottlenecks no card fixes, judged before this rule: on a rank held back by one, memory
+# at the limit is no reason of its own to move (the move must pay as any other).
+HELD_BY = (("data_starvation", "the step waits on its data loader", "fix the loader first"),
+           ("checkpoint_overhead", "blocking checkpoint saves take much of its time",
+            "fix the saves first"))
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
 SEARCH_S = 30.0  # an OOM this soon after the batch grew is the growing's (a search)
 CUT_AFTER_OOM_S = 60.0  # an OOM this long before a batch cut (or activation
@@ -126,6 +131,13 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                          if t is not None), default=None)
     need = memory_need(view, since, peak, cut, th["act_ckpt_memory_factor"] if act_ckpt else 1.0,
                        workaround_at)
+    # (it cannot run well here where memory is at the limit, or it ran out: not for
+    # retries on a card with room, which a move must pay for as any other)
+    hard = pressure or ooms > 0 or cut is not None
+    if not hard and need <= th["target_headroom"] * total:
+        # retries and checkpointing below the card's limit, and the job would fit this
+        # card with room without its workarounds: no bigger card is what it needs
+        return by_design(view, th, summary, peak, total, since, retries) if act_ckpt else None
     if ooms and need <= total:  # (it ran out of memory on this card: more than the card)
         need, needed = total, f"more than the card's {total / GIB:.1f} GiB needed"
     else:
@@ -168,11 +180,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if pcie:
         evidence["pcie_rx_bytes_per_second"] = pcie.high
     on_target = current is not None and current.name == ctx.target
-    data_bound = "data_starvation" in ctx.explained.get(view.rank, ())
-    # (it cannot run well here where memory is at the limit, or it ran out: not for
-    # retries on a card with room, which a move must pay for as any other)
-    hard = pressure or ooms > 0 or cut is not None
-    cannot_run_here = None if data_bound or not hard else (
+    held_back = next(((waits, fix) for name, waits, fix in HELD_BY
+                      if name in ctx.explained.get(view.rank, ())), None)
+    cannot_run_here = None if held_back or not hard else (
         f"memory at {peak / total:.0%} of the card with "
         + _named(symptoms))
     # (a job on the configured target stays: a bigger card than it is no move to it)
@@ -186,10 +196,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         outcome = (f"It would fit {shown.name} ({needed}), but it already "
                    f"runs on {ctx.target}: shard it across more GPUs here, or run it on "
                    f"{shown.name}")
-    elif fits and data_bound:
-        outcome = (f"It would fit {shown.name} ({needed}), but the step "
-                   "waits on its data loader, which no card fixes, and "
-                   f"{proj.economics['decision']['why']}: fix the loader first")
+    elif fits and held_back:
+        outcome = (f"It would fit {shown.name} ({needed}), but {held_back[0]}, which no card "
+                   f"fixes, and {proj.economics['decision']['why']}: {held_back[1]}")
     elif fits:
         outcome = (f"It would fit {shown.name} ({needed}), but "
                    f"{proj.economics['decision']['why']}: cut its memory here")
@@ -278,15 +287,19 @@ def died_early(view: Telemetry, ctx: Context) -> Detection:
 
 
 def by_design(view: Telemetry, th: dict[str, float], summary: StepSummary, peak: float,
-              total: float, since: float) -> Detection | None:
-    """Activation checkpointing with no pressure symptom: an ``info`` when turning it off
+              total: float, since: float, retries: float = 0.0) -> Detection | None:
+    """Activation checkpointing with no pressure symptom (``retries`` that recur, but
+    with memory well below the card's limit, are none): an ``info`` when turning it off
     would still fit this card with room, else nothing (it is what lets the job fit)."""
     need = memory_need(view, since, peak, None, th["act_ckpt_memory_factor"])
     if need > total * th["target_headroom"]:
         return None
     evidence = {"recompute_share_ratio": summary.recompute_share, "memory_peak_bytes": peak,
                 "memory_total_bytes": total, "memory_need_bytes": need}
-    text = {"rank": view.rank, "memory_need_gib": need / GIB, "total_gib": total / GIB}
+    room = ("no allocator retries, OOMs or batch cut" if retries < th["min_retries"] else
+            f"{retries:.0f} allocator retries, with memory at {peak / total:.0%} of the card")
+    text = {"rank": view.rank, "memory_need_gib": need / GIB, "total_gib": total / GIB,
+            "room": room}
     return Detection(evidence, [view.rank], text=text, verdict="info", severity="info",
                      variant="by_design")
 
