@@ -918,6 +918,24 @@ def test_a_straggler_s_own_slowness_is_no_reason_to_move(tmp_path: Path) -> None
                for f in speeds)
 
 
+def test_a_transfer_bound_job_keeps_its_sync_finding_beside_a_worse_straggler(
+        tmp_path: Path) -> None:
+    """Eight GeForce cards moving 3 GB a step through host memory, rank 5 starved by its
+    loader: the transfer alone is 30% of the step, over the threshold. The sync finding
+    went away exactly when the straggler got worse than the transfer; it stays, with
+    the transfer's share (the straggler's finding has the waiting for it)."""
+    shape = Shape(step_s=3.0, duration_s=300, world=8, gpu=RTX_5090, collective_share=0.30,
+                  collective_bytes=int(3e9), slow_rank=5, slow_data_share=0.40,
+                  memory=Memory(26, 14))
+    found = analyze(write(shape, tmp_path), Settings()).findings
+    assert only(found, "straggler").ranks == [5]
+    sync = only(found, "sync_bottleneck")
+    assert sync.evidence["collective_share_ratio"] == pytest.approx(0.30, abs=0.03)
+    assert sync.evidence["collective_share_ratio"] == pytest.approx(
+        sync.evidence["transfer_seconds_per_step"] / 3.0, rel=0.05)
+    assert sync.evidence["skew_seconds_per_step"] > sync.evidence["transfer_seconds_per_step"]
+
+
 def test_nvlink_down_on_sxm_cards_is_a_fault_to_fix_not_a_move(tmp_path: Path) -> None:
     """Eight SXM cards whose NVLink links all read down (the fabric manager not running):
     the collectives crawl over PCIe. On H100s and on A100s alike the fix is the links,

@@ -79,6 +79,9 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                 "collective_bytes_per_step": mean.comm_bytes,
                 "p2p_bytes_per_step": mean.p2p_bytes,
                 "wait_caused_max_share_ratio": max(split.caused_share.values())}
+    if straggled:  # (the stragglers' finding has their waiting: this one is the transfer)
+        evidence["collective_share_ratio"] = split.transfer_share
+        evidence["collective_seconds_per_step"] = split.transfer_s
     achieved = achieved_bandwidth(views, since)
     if achieved is not None:
         evidence["achieved_bus_bytes_per_second"] = achieved
@@ -97,9 +100,7 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
         evidence["pcie_tx_bytes_per_second"] = max(pcie)
     text = {"ranks_n": len(ranks), "outcome": "", "unseen": unseen(views)}
     rails = uneven_rails(views)
-    if split.mean_skew_s > split.transfer_s:
-        if straggled:
-            return None
+    if split.mean_skew_s > split.transfer_s and not straggled:
         text |= {"link": "most of it waiting on a slower rank, a different one from step "
                          "to step, not transfer",
                  "advice": "Balance the work per rank per step: bucket or pack variable-length "
