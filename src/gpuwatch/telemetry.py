@@ -41,6 +41,11 @@ MAX_EVENTS = 256
 CKPT_STRETCH_STEPS = 10  # steps in a row with(out) activation checkpointing: a switch
 WARMUP_STEPS = 5  # the first steps (allocation, compilation, worker start) are not typical
 MEDIAN_STEPS = 15  # the running median step is taken over this many recent steps
+# A long step is a long batch where its cost per token (or sample) is about that of the
+# heaviest quarter of the newest WORK_STEPS (by their work): attention's cost per token
+# grows with the sequence, so a batch of the longest sequences costs more per token than
+# the median step does, not more than the other long batches.
+WORK_STEPS = 100
 INTERRUPTION_MULTIPLE = 4.0  # a step this many times the running median is an interruption
 PAUSE_S = 60.0  # a silence this long that a step ends is one of the job's pauses
 BATCH_SIZES = 64  # batch sizes whose tokens per step a rank remembers
@@ -239,6 +244,8 @@ class Telemetry:
         self.interrupted_by = Interruptions()
         self._eval_at = 0.0  # when the newest eval batch was seen (a progress event)
         self._per_work: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent s per token/sample
+        # (work, wall s) of the newest typical steps with work
+        self._work_walls: deque[tuple[int, float]] = deque(maxlen=WORK_STEPS)
         # what the allocator held at the first reading after warm-up (bytes): the floor a
         # leak grows from
         self.allocated_at_start: float | None = None
@@ -349,15 +356,22 @@ class Telemetry:
             return
         if work:
             self._per_work.append(s.wall_s / work)
+            self._work_walls.append((work, s.wall_s))
         self.window.add(s)
 
     def _long_batch(self, wall: float, work: int) -> bool:
-        """Whether a long step is long in proportion to its tokens (or samples): a long
+        """Whether a long step is long in proportion to its tokens (or samples), at the
+        median step's cost per token or the heaviest quarter's (``WORK_STEPS``): a long
         batch (variable-length sequences grouped by length), not an interruption."""
         per_work = self._per_work
         if not work or len(per_work) < 5:
             return False
-        return wall / work <= INTERRUPTION_MULTIPLE * sorted(per_work)[len(per_work) // 2]
+        if wall / work <= INTERRUPTION_MULTIPLE * sorted(per_work)[len(per_work) // 2]:
+            return True
+        works = sorted(n for n, _ in self._work_walls)
+        heavy = works[3 * len(works) // 4]
+        costs = sorted(w / n for n, w in self._work_walls if n >= heavy)
+        return wall / work <= INTERRUPTION_MULTIPLE * costs[len(costs) // 2]
 
     def _syncing(self, s: Step, median: float) -> bool:
         """Whether a long step is the job's gradient sync, part of its rhythm: it carries

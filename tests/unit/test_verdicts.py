@@ -305,6 +305,36 @@ def test_steps_long_in_proportion_to_their_tokens_are_no_stalls() -> None:
     assert only(judge(fixed), "interruptions").verdict == "fix_here"
 
 
+def test_batches_of_the_longest_sequences_costing_more_per_token_are_no_stalls() -> None:
+    """Eight sequences a step, bucketed by length from 64 to 1024 tokens, through
+    attention: the cost per token grows with the length (the 1024-token batches take
+    1.5 s, 4.3x the median step's cost per token). They are as long as the other
+    batches of their length, so no interruption; the same step among steps of its own
+    length taking 0.35 s is one."""
+    rng = random.Random(11)
+    seconds = {64: 0.022, 128: 0.045, 256: 0.113, 512: 0.424, 1024: 1.528}  # measured, CPU
+
+    def run(stall_at: int | None) -> list[Record]:
+        out: list[Record] = [meta()]
+        t = START
+        for k in range(1, 800):
+            length = rng.choices(list(seconds), weights=[30, 30, 20, 13, 7])[0]
+            wall = seconds[length] * rng.uniform(0.95, 1.05)
+            if k == stall_at:
+                length, wall = 1024, 10.0  # a stall in a long batch (an eval, a save)
+            t += wall
+            out.append(Step(rank=0, step=k, t=t, wall_s=wall, compute_s=wall, samples=8,
+                            tokens=8 * length))
+        return out
+
+    assert not [f for f in judge(run(None), detectors={"interruptions": {"min_run_s": 30}})
+                if f.detector == "interruptions"]
+    view = Telemetry()
+    for r in run(600):
+        view.add_one(r)
+    assert sum(view.interrupted_by.count.values()) == 1  # the stall; no batch of 1024 tokens
+
+
 def test_gpu_work_between_steps_is_the_jobs_own_and_scaled_like_compute() -> None:
     """An RL job: a 60 s rollout on the GPU, then 32 one-second optimizer steps. The
     rollout is no stall, and time to finish projects it like compute."""
