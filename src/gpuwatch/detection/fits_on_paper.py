@@ -209,7 +209,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
             "memory_source": MEMORY_SOURCES[source][2],
             "symptoms": _named(symptoms),
             "workarounds": "; ".join(workarounds)
-            or f"it needs {need / GIB:.1f} GiB, which fit there with room"}
+            or f"it needs {needed.removesuffix(' needed')}, which fit there with room"}
     return Detection(evidence, [view.rank], text=text,
                      projection=proj.as_dict() if priced else None,
                      verdict=verdict, variant=None if verdict == "move_to_h100" else "too_big")
