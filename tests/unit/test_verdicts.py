@@ -494,7 +494,7 @@ def test_a_move_for_a_job_that_ran_out_says_the_same_need_in_its_summary_and_act
     """A job that ran out of memory needs "more than the card's" memory: the summary said
     so, and the action named the card's size as what it needs."""
     shape = Shape(step_s=1.0, duration_s=300, gpu=RTX_5090, memory=Memory(
-        reserved_gb=31.4, allocated_gb=18, retries_per_min=10, oom_at_s=(150.0,)))
+        reserved_gb=31.4, allocated_gb=18, retries_per_min=10, oom_at_s=(290.0,)))
     f = only(findings_of(shape), "fits_on_paper")
     assert f.verdict == "move_to_h100" and "more than the card's" in f.summary
     assert "it needs more than the card's" in f.action, f.action
