@@ -976,6 +976,22 @@ def test_a_transfer_bound_job_keeps_its_sync_finding_beside_a_worse_straggler(
     assert sync.evidence["skew_seconds_per_step"] > sync.evidence["transfer_seconds_per_step"]
 
 
+def test_a_move_for_memory_that_would_run_no_faster_says_so(tmp_path: Path) -> None:
+    """Four cards at their memory limit, rank 2 a straggler: the waiting ranks' move
+    read "the step is projected 1.0x faster" beside the straggler's 2.1x. A move that
+    gains no speed is told as one for memory, held back by the slower rank."""
+    shape = Shape(step_s=1.5, duration_s=300, world=4, gpu=L40S, collective_share=0.05,
+                  collective_bytes=int(1e9), slow_rank=2, slow_factor=1.5,
+                  memory=Memory(reserved_gb=47.3, allocated_gb=30, retries_per_min=10))
+    found = analyze(write(shape, tmp_path), Settings()).findings
+    assert only(found, "straggler").ranks == [2]
+    waiting = [f for f in found if f.detector == "fits_on_paper" and f.ranks != [2]]
+    assert waiting and all(f.verdict == "move_to_h100" for f in waiting)
+    for f in waiting:
+        assert "1.0×" not in f.summary and "no faster there while a slower rank holds it" in (
+            f.summary), f.summary
+
+
 def test_nvlink_down_on_sxm_cards_is_a_fault_to_fix_not_a_move(tmp_path: Path) -> None:
     """Eight SXM cards whose NVLink links all read down (the fabric manager not running):
     the collectives crawl over PCIe. On H100s and on A100s alike the fix is the links,

@@ -22,6 +22,7 @@ import math
 
 from gpuwatch.detection.context import (
     BIGGER,
+    WAITING,
     Context,
     Detection,
     card_bytes,
@@ -43,6 +44,7 @@ HELD_BY = (("data_starvation", "the step waits on its data loader", "fix the loa
            ("checkpoint_overhead", "blocking checkpoint saves take much of its time",
             "fix the saves first"))
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
+NO_FASTER = 1.05  # a move projected at most this much faster is for memory alone
 SEARCH_S = 30.0  # an OOM this soon after the batch grew is the growing's (a search)
 CUT_AFTER_OOM_S = 60.0  # an OOM this long before a batch cut (or activation
 # checkpointing turned on) is what made the job cut it (turn it on)
@@ -191,6 +193,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if fits and verdict == "move_to_h100":
         speed = (f"the step is projected {speedup_text(proj.as_dict())} faster" if current
                  else f"its speed there is not projected: {unknown_card(ctx.device_name(view))}")
+        if current and proj.speedup_high < NO_FASTER:  # (moved to run, not to run faster)
+            speed = ("the move is for its memory: the step is projected no faster there"
+                     + (" while a slower rank holds it" if WAITING in ctx.explained.get(
+                         view.rank, ()) else ""))
         outcome = f"On {shown.name} it fits ({needed}) and {speed}"
     elif fits and on_target:
         outcome = (f"It would fit {shown.name} ({needed}), but it already "
