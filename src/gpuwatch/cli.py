@@ -30,6 +30,7 @@ from gpuwatch.redact import mask_url, redact
 
 if TYPE_CHECKING:
     from gpuwatch.detection.compare import Comparison
+    from gpuwatch.detection.replay import Analysis
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
 
@@ -368,6 +369,9 @@ def _write_findings(out: Path) -> None:
     report = _write_report(out, result.findings)
     verdicts = ", ".join(f"{f.detector} [{f.verdict}]" for f in result.findings) or "none"
     _say(f"gpuwatch: run log in {out}; findings: {verdicts}")
+    short = _too_short(result, load_settings())
+    if short:
+        _say(short)
     _say(report)
 
 
@@ -517,10 +521,32 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read {exc.filename or 'a run log'}: "
                         f"{exc.strerror or exc}") from None
     print(findings_json(result.findings) if args.json else findings_text(result.findings))
+    short = _too_short(result, load_settings())
+    if short:
+        print(short, file=sys.stderr)
     if result.skipped_lines:
         print(f"gpuwatch: skipped {result.skipped_lines} unreadable line(s) in "
               f"{len(result.logs)} log(s)", file=sys.stderr)
     return 0
+
+
+def _too_short(result: Analysis, settings: Settings) -> str | None:
+    """Where nothing was found in a run shorter than a run-long rule waits for before it
+    judges (``min_run_s``), a line that says so: "nothing held it back" was more than
+    was judged."""
+    from gpuwatch.detection.engine import engine_from_settings
+    from gpuwatch.vocabulary import duration
+
+    if result.findings or not result.ran_s:
+        return None
+    waits = sorted((rule.thresholds["min_run_s"], rule_id) for rule_id, rule in
+                   engine_from_settings(settings, "rank").rules.items()
+                   if rule.thresholds.get("min_run_s", 0.0) > result.ran_s)
+    if not waits:
+        return None
+    wait, rule_id = waits[0]
+    return (f"gpuwatch: the run ran steps for {duration(result.ran_s)}: {rule_id} judges "
+            f"runs from {duration(wait)} on (detectors.{rule_id}.min_run_s)")
 
 
 def _run_dir(path: Path) -> Path:

@@ -184,12 +184,14 @@ _WIDTH = len(SUMMED)
 class Ending(NamedTuple):
     """How a rank's log ended: whether an OOM killed it (``Telemetry.died_of_oom``), and
     what its newest step trained: samples and tokens (0 where not logged), and whether
-    with activation checkpointing."""
+    with activation checkpointing; how long it ran steps (s, first step's start to the
+    newest step's end)."""
 
     died_of_oom: bool
     samples: int
     tokens: int
     act_ckpt: bool
+    ran_s: float
 
 
 def mean_step(sums: tuple[float, ...]) -> StepSummary | None:
@@ -711,9 +713,10 @@ class Telemetry:
         """How the log ended (see ``Ending``); the newest step's figures are 0 before one."""
         newest = self.steps[-1] if self.steps else None
         if newest is None:
-            return Ending(self.died_of_oom, 0, 0, False)
+            return Ending(self.died_of_oom, 0, 0, False, 0.0)
         return Ending(self.died_of_oom, newest.samples, newest.tokens,
-                      bool(newest.act_ckpt_calls or newest.recompute_s > 0))
+                      bool(newest.act_ckpt_calls or newest.recompute_s > 0),
+                      newest.t - (self.first_step_start or newest.t))
 
     def end(self) -> None:
         """The log ends here. Dying of an OOM is news its detectors judge (a change)."""

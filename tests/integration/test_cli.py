@@ -102,3 +102,18 @@ def test_a_run_into_a_directory_of_someone_else_s_outputs_is_refused(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert theirs in proc.stderr.strip().splitlines()[-1]
     assert (tmp_path / theirs).read_text() == "mine\n" and not ran.exists()
+
+
+def test_a_run_too_short_for_a_run_long_rule_is_not_called_clean(tmp_path: Path) -> None:
+    """An 80 s run found nothing, and said "nothing held this run back": its loader's
+    restarts (41% of it) were never judged, since interruptions judges runs from 5 min.
+    The line under it says so; a run long enough says nothing more."""
+    from tests.scenarios import Shape
+
+    write(Shape(step_s=0.5, duration_s=80), tmp_path / "short")
+    write(Shape(step_s=0.5, duration_s=400), tmp_path / "long")
+    short = run(gpuwatch_cmd("analyze", str(tmp_path / "short")), cwd=tmp_path)
+    assert short.returncode == 0 and short.stdout.startswith("No findings"), short.stderr
+    assert "interruptions judges runs from 5 min on" in short.stderr
+    long = run(gpuwatch_cmd("analyze", str(tmp_path / "long")), cwd=tmp_path)
+    assert long.stdout.startswith("No findings") and "judges runs from" not in long.stderr

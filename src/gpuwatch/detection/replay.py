@@ -43,12 +43,14 @@ TICK_RECORDS = 65536  # the progress bar moves every this many records
 
 @dataclass
 class Analysis:
-    """Every finding of the run (latest state of each), and what the readers skipped."""
+    """Every finding of the run (latest state of each), what the readers skipped, and how
+    long the run ran."""
 
     findings: list[Finding] = field(default_factory=list)
     records: int = 0
     skipped_lines: int = 0
     logs: list[Path] = field(default_factory=list)
+    ran_s: float = 0.0  # the longest any rank ran steps, in any attempt (s)
 
 
 def run_logs(paths: list[Path]) -> list[Path]:
@@ -169,8 +171,10 @@ def _analyze(paths: list[Path], settings: Settings, workers: int,
                        for a in sorted(attempts)]
             n_records = sum(r.records for r in readers)
             skipped = sum(r.skipped for r in readers)
+    ran_s = max((ending.ran_s for rank_engines, _ in engines for e in rank_engines
+                 for ending in e.endings.values()), default=0.0)
     return Analysis(findings=_ordered(engines), records=n_records, skipped_lines=skipped,
-                    logs=paths)
+                    logs=paths, ran_s=ran_s)
 
 
 SPARE_FILES = 64  # open files a replay may need beside its logs (rules, digests, pipes)
