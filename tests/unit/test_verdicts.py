@@ -992,6 +992,22 @@ def test_a_move_for_memory_that_would_run_no_faster_says_so(tmp_path: Path) -> N
             f.summary), f.summary
 
 
+@pytest.mark.parametrize(("gigabytes", "bulk"), [(6.0, True), (0.05, False)])
+def test_a_slow_wait_for_gigabytes_is_not_blamed_on_small_collectives(
+        tmp_path: Path, gigabytes: float, bulk: bool) -> None:
+    """PCIe cards moving 6 GB a step at a quarter of the link's rating: the advice led with
+    "latency (many small collectives)", which gigabytes a step are not; it names the path
+    (a shared switch, crossing CPU sockets). 50 MB a step keeps latency first."""
+    shape = Shape(step_s=2.0, duration_s=300, world=4, gpu=("NVIDIA A100-PCIE-40GB", 40.0, 0,
+                                                            250.0),
+                  collective_share=0.35, collective_bytes=int(gigabytes * 1e9),
+                  memory=Memory(30, 18))
+    f = only(analyze(write(shape, tmp_path), Settings()).findings, "sync_bottleneck")
+    assert "not the link's bandwidth" in f.summary
+    assert ("crossing CPU sockets" in f.action) is bulk
+    assert ("many small collectives" in f.action) is not bulk
+
+
 def test_nvlink_down_on_sxm_cards_is_a_fault_to_fix_not_a_move(tmp_path: Path) -> None:
     """Eight SXM cards whose NVLink links all read down (the fabric manager not running):
     the collectives crawl over PCIe. On H100s and on A100s alike the fix is the links,

@@ -48,6 +48,8 @@ from gpuwatch.detection.rank_input import RankInput
 from gpuwatch.detection.rules import Rule
 from gpuwatch.telemetry import Telemetry
 
+BULK_BYTES_PER_STEP = 1e9  # bus bytes a step past which a slow wait is no latency's
+
 
 def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> Detection | None:
     since = min(window_start(v, rule, now) for v in views)
@@ -192,11 +194,15 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "buffer, larger DDP buckets) and overlap them with backward. A "
                            "faster link would barely help."}
     elif not explained:
+        # (gigabytes a step are no latency: a path slower than the link's rating is)
+        suspects = ("contention: GPUs sharing a PCIe switch's uplink, or traffic crossing "
+                    "CPU sockets (`nvidia-smi topo -m`: SYS or NODE between them), or a "
+                    "misconfigured NCCL" if mean.comm_bytes >= BULK_BYTES_PER_STEP else
+                    "latency (many small collectives), contention or a misconfigured NCCL")
         text |= {"link": f"{link_name} could move these bytes in {needed:.3g} s: not the "
                          "link's bandwidth",
-                 "advice": "The wait is not explained by bytes over the link: look for "
-                           "latency (many small collectives), contention or a misconfigured "
-                           "NCCL (check NCCL_DEBUG=INFO for the transport it picked)."
+                 "advice": f"The wait is not explained by bytes over the link: look for "
+                           f"{suspects} (check NCCL_DEBUG=INFO for the transport it picked)."
                            + _rails_advice(rails)}
     elif inter_node:  # no GPU changes the link between nodes: the wait stays
         there = proj.current is None or proj.current.name != proj.target.name
