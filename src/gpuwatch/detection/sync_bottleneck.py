@@ -164,6 +164,10 @@ def detect(views: Sequence[RankInput], rule: Rule, ctx: Context, now: float) -> 
                            "(stages - 1) / (micro-batches + stages - 1) of it), an interleaved "
                            "or zero-bubble schedule, stages of equal compute. A faster link "
                            "would barely help."}
+        # (the evidence says the seconds the sends were judged by: a pipeline's stages
+        # send to their neighbours, not a ring whose every GPU shares the host's path)
+        evidence["link_seconds_per_step"] = sends_s
+        evidence.pop("staged_bytes_per_second", None)
         return Detection(evidence, ranks, text=text, verdict="fix_here")
     if (card := proj.current) is not None and nvlink_down(views, card) and not inter_node:
         text |= {"link": f"over {link_name}: NVLink reads down on {card.name} cards built "
