@@ -568,3 +568,35 @@ def test_a_loop_that_times_its_own_data_wait_gives_its_batches_none() -> None:
     out = steps(assemble(marks))
     assert [s.data_s for s in out] == pytest.approx([0.05, 0.05, 0.05])
     assert out[1].other_s == pytest.approx(0.03)  # (the evaluation's time)
+
+
+def test_a_step_counts_its_loader_s_token_ids_where_the_loop_counts_none() -> None:
+    """Batches bucketed by length (8 sequences of 64 to 1024 tokens), under `gpuwatch
+    run` or a framework's callback, which count no tokens: a batch of 1024-token
+    sequences took 20x the median step and, with the same samples as the others, read
+    as a stall. Each step now carries its training loader's token ids (an eval loader's
+    are not its); a loop that counts its own keeps them."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from gpuwatch.instrument.patches import timed_loader_next
+    from tests.unit.test_save_patches import recorder
+
+    lengths = [64, 1024, 128]
+    train = DataLoader([torch.zeros(8, n, dtype=torch.long) for n in lengths],
+                       batch_size=None)
+    evals = DataLoader([torch.zeros(4, 512, dtype=torch.long)], batch_size=None)
+    lazy, pushed = recorder()
+    iterator, other = iter(train), iter(evals)
+    fetch = timed_loader_next(type(iterator).__next__, lazy)
+    marks: list[tuple[int, float, object]] = []
+    for k in range(len(lengths)):
+        fetch(iterator)
+        if k == 1:
+            fetch(other)  # an eval batch between two training steps
+        marks += [(code, float(k), value) for code, value in pushed]
+        pushed.clear()
+        marks.append((ring.STEP_BOUNDARY, k + 0.5, None))
+    assert [s.tokens for s in steps(assemble(marks))] == [8 * n for n in lengths]
+    counted = [(ring.TOKENS, 0.1, 100), *marks]  # the loop's own count comes first
+    assert steps(assemble(counted))[0].tokens == 100

@@ -41,7 +41,13 @@ from gpuwatch.instrument import ring
 from gpuwatch.instrument.device import EVENTS, EventPool, Intervals, on_device
 from gpuwatch.instrument.identity import HINTS, Hints
 from gpuwatch.instrument.ring import Loader
-from gpuwatch.instrument.sizes import batch_size, saved_at, saved_bytes, tensor_bytes
+from gpuwatch.instrument.sizes import (
+    batch_size,
+    batch_tokens,
+    saved_at,
+    saved_bytes,
+    tensor_bytes,
+)
 from gpuwatch.vocabulary import bus_bytes
 
 Push = Callable[..., None]
@@ -272,8 +278,8 @@ def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush,
     """Wrap a DataLoader iterator's ``__next__``: the training loop's wait for the batch
     (on its own thread only: a thread that fetches ahead of the loop, a prefetcher,
     keeps the loop waiting on nothing of its own; not ``timed``: none, the loop marks
-    its own) and the batch's samples, by loader; each iterator is noted once in
-    ``loaders`` (whose workers are the job's loaders')."""
+    its own) and the batch's samples (and token ids, where it holds them), by loader;
+    each iterator is noted once in ``loaders`` (whose workers are the job's loaders')."""
 
     @functools.wraps(next_batch)
     def timed_next(self: Any) -> Any:
@@ -299,12 +305,14 @@ def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush,
                 self._gpuwatch_drawing = False
                 self._gpuwatch_draws += 1
         try:
-            n = batch_size(batch)
+            n, tokens = batch_size(batch), batch_tokens(batch)
         except Exception:
-            n = 0
+            n = tokens = 0
         # by loader (``loader_key``): an eval loader's batches are not the step's
-        lazy.push(ring.LOADER_BATCH if timed else ring.LOADER_BATCH_UNTIMED,
-                  (*(loader or loader_key(self)), n))
+        key = loader or loader_key(self)
+        if tokens:
+            lazy.push(ring.LOADER_TOKENS, (*key, tokens))
+        lazy.push(ring.LOADER_BATCH if timed else ring.LOADER_BATCH_UNTIMED, (*key, n))
         return batch
 
     return timed_next

@@ -1,5 +1,6 @@
 """Sizes of what a training loop hands over, read without touching the device: a
-batch's leading dimension, a tensor's bytes, a saved checkpoint's bytes on disk."""
+batch's leading dimension and its token ids, a tensor's bytes, a saved checkpoint's
+bytes on disk."""
 
 from __future__ import annotations
 
@@ -20,6 +21,25 @@ def batch_size(batch: Any, depth: int = 0) -> int:
             return batch_size(batch[0], depth + 1)
         if isinstance(batch, dict) and batch:
             return batch_size(next(iter(batch.values())), depth + 1)
+    return 0
+
+
+def batch_tokens(batch: Any, depth: int = 0) -> int:
+    """Elements of the first tensor-like in a batch where it is token ids: two dimensions
+    (batch, sequence) of integers (a padded batch's padding counted: the work done);
+    else 0 (images, features, no tensor)."""
+    shape = getattr(batch, "shape", None)
+    if shape is not None:
+        dtype = getattr(batch, "dtype", None)
+        integer = (getattr(dtype, "is_floating_point", None) is False  # (torch)
+                   and not getattr(dtype, "is_complex", False)) or getattr(
+                       dtype, "kind", None) in ("i", "u")  # (numpy)
+        return int(shape[0]) * int(shape[1]) if len(shape) == 2 and integer else 0
+    if depth < 3:
+        if isinstance(batch, (list, tuple)) and batch:
+            return batch_tokens(batch[0], depth + 1)
+        if isinstance(batch, dict) and batch:
+            return batch_tokens(next(iter(batch.values())), depth + 1)
     return 0
 
 

@@ -82,6 +82,7 @@ class StepAssembler:
         self._eval_batches = 0  # eval batches done since then
         self._hooked_evals = False  # some were a framework eval hook's (this step)
         self._by_loader: dict[Loader, list[float]] = {}  # loader -> [samples, data s] this step
+        self._tokens_by_loader: dict[Loader, int] = {}  # loader -> token ids this step
         self._fetches: list[tuple[Loader, float, float]] = []  # (loader, wait start, arrival)
         self._loader: Loader = ()  # the loader of the step's newest batch: one that feeds steps
         self._fed_by: set[Loader] | None = None  # the loaders the last step counted
@@ -100,6 +101,7 @@ class StepAssembler:
             ring.SAMPLES: self._on_samples, ring.EVAL_BATCH: self._on_eval_batch,
             ring.LOADER_BATCH: self._on_loader_batch, ring.WAITING: self._on_waiting,
             ring.LOADER_BATCH_UNTIMED: self._on_loader_batch,
+            ring.LOADER_TOKENS: self._on_loader_tokens,
             ring.BACKGROUND_SAVE: self._on_background_save, ring.TOKENS: self._on_tokens,
             ring.CHECKPOINT_TARGET: self._on_checkpoint_target,
             ring.PHASE_SECONDS: self._on_phase_seconds,
@@ -210,6 +212,13 @@ class StepAssembler:
             # too): the step's end tells (``_finish``)
             self._unsure[key] = self._unsure.get(key, 0) + 1
         self._fetched(n, t, out)
+
+    def _on_loader_tokens(self, code: int, t: float, value: Any, out: list[Record]) -> None:
+        """A DataLoader batch's token ids (before its ``LOADER_BATCH``), by loader: the
+        step's tokens where its loop counts none (``_finish``)."""
+        *loader, n = value
+        key = tuple(loader)
+        self._tokens_by_loader[key] = self._tokens_by_loader.get(key, 0) + self._count(n)
 
     def _on_waiting(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         if not value:
@@ -404,12 +413,14 @@ class StepAssembler:
             self._in_data = 0.0
         start = self._prev_end if self._prev_end is not None else t
         wall = t - start
-        samples, data = self._samples, acc[ring.DATA]
+        samples, tokens, data = self._samples, self._tokens, acc[ring.DATA]
         evaluating = 0.0
         if self._by_loader:
             feeding = self._feeding()
             if not samples:  # (samples the loop or its framework counts come first)
                 samples = int(sum(n for k, (n, _) in self._by_loader.items() if k in feeding))
+            if not tokens:  # (as the loop's own tokens do)
+                tokens = sum(n for k, n in self._tokens_by_loader.items() if k in feeding)
             data = max(data - sum(w for k, (_, w) in self._by_loader.items()
                                   if k not in feeding), 0.0)
             evaluating = self._evaluating(feeding)
@@ -435,7 +446,7 @@ class StepAssembler:
             rank=self.rank, step=self.steps, t=t + self._offset, wall_s=wall,
             data_s=data, compute_s=compute, optimizer_s=opt, checkpoint_s=ckpt,
             collective_s=acc[ring.COLLECTIVE], recompute_s=acc[ring.RECOMPUTE],
-            other_s=other, samples=samples, tokens=self._tokens,
+            other_s=other, samples=samples, tokens=tokens,
             checkpoint_bytes=self._ckpt_bytes, collective_bytes=self._collective_bytes,
             p2p_bytes=self._p2p_bytes, act_ckpt_calls=self._act_ckpt_calls,
             collective_timed_s=self._timed_s, collective_timed_bytes=self._timed_bytes,
@@ -499,6 +510,7 @@ class StepAssembler:
         self._collective_bytes = self._p2p_bytes = self._timed_bytes = 0
         self._loose = 0.0
         self._by_loader.clear()
+        self._tokens_by_loader.clear()
         self._fetches.clear()
         self._unsure.clear()
         self._waiting_at = None  # (a wait that never said it ended ends with its step)
