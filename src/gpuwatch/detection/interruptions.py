@@ -44,6 +44,13 @@ CAUSES = {
               "Find the work between steps (logging, metric gathering, an eval outside the "
               "marked loop) and do it less often or off the training thread." + NO_CARD),
 }
+# Stalls that each hold a blocking save, most of their time after it returned
+SAVES = ("mostly after a checkpoint save in each: the checkpoint written or uploaded "
+         "where gpuwatch times no save (torch.save into a buffer, then an upload)",
+         "Upload or copy checkpoints off the training thread (a background thread or "
+         "process), or save with torch.distributed.checkpoint.async_save; save less "
+         "often." + NO_CARD)
+SAVES_SHARE = 0.8  # stalls with a save at least this often are the saves'
 # (GPU work: a faster card runs them faster, as it runs training)
 EVALS = ("mostly evaluations (eval batches ran in them)",
          "Evaluate less often or on fewer batches, or on another GPU: the run pays this "
@@ -79,6 +86,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                 "compute": stalls.unwaited_compute_s - typical.unwaited_compute_s,
                 "other": stalls.other_s - typical.other_s}
         cause, advice = CAUSES[max(grew, key=grew.__getitem__)]
+        if (stalls.checkpoint_s > typical.checkpoint_s
+                and view.saves.saves >= SAVES_SHARE * kinds.count["stall"]):
+            cause, advice = SAVES
         evidence |= {"typical_step_seconds": typical.wall_s,
                      **{f"{part}_seconds_beyond_typical": max(s, 0.0)
                         for part, s in grew.items()}}
