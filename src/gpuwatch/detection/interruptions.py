@@ -85,10 +85,12 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         grew = {"data": stalls.data_s - typical.data_s,
                 "compute": stalls.unwaited_compute_s - typical.unwaited_compute_s,
                 "other": stalls.other_s - typical.other_s}
-        cause, advice = CAUSES[max(grew, key=grew.__getitem__)]
-        if (stalls.checkpoint_s > typical.checkpoint_s
+        part = max(grew, key=grew.__getitem__)
+        cause, advice = CAUSES[part]
+        if (part != "data" and stalls.checkpoint_s > typical.checkpoint_s
                 and view.saves.saves >= SAVES_SHARE * kinds.count["stall"]):
-            cause, advice = SAVES
+            cause, advice = SAVES  # (a save at each epoch's end, then a loader starting
+            # over: the data wait is the loader's)
         evidence |= {"typical_step_seconds": typical.wall_s,
                      **{f"{part}_seconds_beyond_typical": max(s, 0.0)
                         for part, s in grew.items()}}
