@@ -335,28 +335,33 @@ def test_batches_of_the_longest_sequences_costing_more_per_token_are_no_stalls()
     assert sum(view.interrupted_by.count.values()) == 1  # the stall; no batch of 1024 tokens
 
 
-@pytest.mark.parametrize("saving", [True, False])
-def test_stalls_that_each_hold_a_save_are_told_as_the_checkpoint_s(saving: bool) -> None:
+@pytest.mark.parametrize(("saving", "waiting"), [(True, False), (False, False), (True, True)])
+def test_stalls_that_each_hold_a_save_are_told_as_the_checkpoint_s(saving: bool,
+                                                                   waiting: bool) -> None:
     """torch.save into a buffer (0.04 s), then a blocking upload (0.6 s) every 50 steps:
     the upload is compute to gpuwatch, and the stalls were "recompiles, host work or an
     evaluation". Each stall holds a save: the checkpoint's writing or upload is named,
-    and its advice. The same stalls without saves stay compute's."""
+    and its advice. The same stalls without saves stay compute's; a save each epoch
+    before a loader starting over (the stall's time in data wait) stays the loader's."""
     out: list[Record] = [meta()]
     t = START
     for k in range(1, 4000):
         stall = k % 50 == 0
         ckpt = 0.04 if stall and saving else 0.0
         wall = 0.05 + (0.64 if stall else 0.0)
+        data = 0.6 if stall and waiting else 0.0
         t += wall
         if ckpt:
             out.append(Event(0, t - wall + 0.05, "checkpoint_save",
                              {"seconds": ckpt, "bytes": int(57e6)}))
-        out.append(Step(rank=0, step=k, t=t, wall_s=wall, checkpoint_s=ckpt,
-                        compute_s=wall - ckpt, samples=32))
+        out.append(Step(rank=0, step=k, t=t, wall_s=wall, checkpoint_s=ckpt, data_s=data,
+                        compute_s=wall - ckpt - data, samples=32))
     f = only(judge(out, detectors={"interruptions": {"min_run_s": 60}}), "interruptions")
+    told = saving and not waiting
     assert f.verdict == "fix_here"
-    assert ("checkpoint written or uploaded" in f.summary) is saving, f.summary
-    assert ("async_save" in f.action) is saving
+    assert ("checkpoint written or uploaded" in f.summary) is told, f.summary
+    assert ("async_save" in f.action) is told
+    assert ("DataLoader starting over" in f.summary) is waiting
 
 
 def test_gpu_work_between_steps_is_the_jobs_own_and_scaled_like_compute() -> None:
