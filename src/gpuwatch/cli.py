@@ -358,7 +358,9 @@ def _write_findings(out: Path) -> None:
         _say(f"gpuwatch: the job chose its own run directory: {elsewhere}")
         out = elsewhere
     try:
-        result = analyze([out], load_settings())
+        settings = load_settings()
+        result = analyze([out], settings)
+        short = _too_short(result, settings)
         write_whole(out / FINDINGS_NAME, findings_json(result.findings) + "\n")
         told = live_fingerprints(out)  # rank 0 judged across ranks live and told Slack then
         _notify_job_findings(out, [f for f in result.findings
@@ -369,7 +371,6 @@ def _write_findings(out: Path) -> None:
     report = _write_report(out, result.findings)
     verdicts = ", ".join(f"{f.detector} [{f.verdict}]" for f in result.findings) or "none"
     _say(f"gpuwatch: run log in {out}; findings: {verdicts}")
-    short = _too_short(result, load_settings())
     if short:
         _say(short)
     _say(report)
@@ -513,15 +514,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from gpuwatch.detection.replay import analyze
     from gpuwatch.sinks.report import findings_json, findings_text
 
+    settings = load_settings()
     try:
-        result = analyze(list(args.runlogs), load_settings(), progress=sys.stderr)
+        result = analyze(list(args.runlogs), settings, progress=sys.stderr)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:  # unreadable (permissions, a directory, an I/O error)
         raise UserError(f"cannot read {exc.filename or 'a run log'}: "
                         f"{exc.strerror or exc}") from None
     print(findings_json(result.findings) if args.json else findings_text(result.findings))
-    short = _too_short(result, load_settings())
+    short = _too_short(result, settings)
     if short:
         print(short, file=sys.stderr)
     if result.skipped_lines:
