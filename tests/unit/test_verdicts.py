@@ -529,6 +529,20 @@ def test_a_move_for_a_job_that_ran_out_says_the_same_need_in_its_summary_and_act
     assert "it needs more than the card's" in f.action, f.action
 
 
+def test_a_memory_finding_says_the_run_s_earlier_ooms() -> None:
+    """A card at its limit with retries, and two OOMs the job lived through before the
+    last window: the finding said "with allocator retries" and ooms_total 0, as if the
+    run had never run out. Its earlier OOMs are said and counted apart from the window's."""
+    shape = Shape(step_s=1.5, duration_s=300, gpu=L40S, memory=Memory(
+        reserved_gb=47.2, allocated_gb=30, retries_per_min=10, oom_at_s=(120.0, 200.0)))
+    f = only(findings_of(shape), "fits_on_paper")
+    assert f.evidence["ooms_total"] == 0 and f.evidence["ooms_earlier_total"] == 2
+    assert "2 OOMs earlier in the run" in f.summary
+    quiet = only(findings_of(replace(shape, memory=replace(shape.memory, oom_at_s=()))),
+                 "fits_on_paper")
+    assert "ooms_earlier_total" not in quiet.evidence and "earlier" not in quiet.summary
+
+
 def test_the_card_the_job_runs_on_is_never_recommended() -> None:
     """An H100 job with real memory pressure: the card named is a bigger one, never H100,
     and the verdict is no ``move_to_h100`` (it is on one)."""

@@ -160,6 +160,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     workarounds = list(proj.workarounds_dropped)
     if cut is not None:
         workarounds.append(f"batch size {cut[1]} -> {cut[0]}")
+    # (OOMs before the window are no symptom now, but the run had them: said as such)
+    earlier = max(view.ooms_since(0.0) - searched_ooms(view, 0.0) - ooms, 0)
     evidence = {
         "memory_peak_ratio": peak / total, "memory_peak_bytes": peak, "memory_total_bytes": total,
         "alloc_retries_total": retries, "ooms_total": float(ooms),
@@ -174,6 +176,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         evidence["whole_card_memory"] = 1.0
     if cut is not None:
         evidence["batch_size_from"], evidence["batch_size_to"] = float(cut[0]), float(cut[1])
+    if earlier > 0:
+        evidence["ooms_earlier_total"] = float(earlier)
     reserved = view.figure("allocator", "allocator_reserved_bytes", since)
     inactive = view.figure("allocator", "allocator_inactive_split_bytes", since)
     if inactive and reserved and reserved.last > 0:
@@ -213,7 +217,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                    "fits it with room, so cut its memory here")
     text = {"rank": view.rank, "target": shown.name, "outcome": outcome,
             "memory_source": MEMORY_SOURCES[source][2],
-            "symptoms": _named(symptoms),
+            "symptoms": _named(symptoms) + (f"; {earlier} OOMs earlier in the run"
+                                            if earlier else ""),
             "workarounds": "; ".join(workarounds)
             or f"it needs {needed.removesuffix(' needed')}, which fit there with room"}
     return Detection(evidence, [view.rank], text=text,
