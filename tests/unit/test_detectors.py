@@ -324,8 +324,13 @@ def test_no_step_for_a_minute_while_the_process_lives_is_a_critical_hang() -> No
 
 
 def test_a_rank_stuck_outside_collectives_is_named_as_the_one_that_stopped() -> None:
+    """Its advice told it to find the rank that is not in a collective: itself."""
     f = only(judge(stalled("data")), "hang")
     assert "stuck in data" in f.summary and "not in a collective" in f.summary
+    assert "find the one that is not" not in f.action
+    assert "the one the ranks waiting in a collective wait for" in f.action
+    waiting = only(judge(stalled("collective")), "hang")
+    assert "find the one that is not" in waiting.action
 
 
 def test_a_worker_that_pauses_by_habit_is_given_its_usual_pause() -> None:
