@@ -306,12 +306,13 @@ def test_a_short_run_whose_saves_cost_a_third_of_it_is_told_at_its_end() -> None
 
 # -- hang ----------------------------------------------------------------------------------
 
-def stalled(open_phase: str | None) -> list[Record]:
+def stalled(open_phase: str | None, world_size: int = 1) -> list[Record]:
     agent = {"agent_cpu_seconds_total": 1.0}
     if open_phase:
         agent[f"open_{open_phase}_seconds"] = 50.0
     idle = {**HOST, "process_cpu_cores": 0.02}  # a hung process does not use its CPU
-    return [meta(), *steps(10), *samples("agent", 120, agent), *samples("host", 120, idle)]
+    return [meta(world_size=world_size), *steps(10), *samples("agent", 120, agent),
+            *samples("host", 120, idle)]
 
 
 def test_no_step_for_a_minute_while_the_process_lives_is_a_critical_hang() -> None:
@@ -324,13 +325,16 @@ def test_no_step_for_a_minute_while_the_process_lives_is_a_critical_hang() -> No
 
 
 def test_a_rank_stuck_outside_collectives_is_named_as_the_one_that_stopped() -> None:
-    """Its advice told it to find the rank that is not in a collective: itself."""
-    f = only(judge(stalled("data")), "hang")
+    """Its advice (one of two ranks) told it to find the rank that is not in a
+    collective: itself. A process alone keeps the plain advice."""
+    f = only(judge(stalled("data", world_size=2)), "hang")
     assert "stuck in data" in f.summary and "not in a collective" in f.summary
     assert "find the one that is not" not in f.action
     assert "the one the ranks waiting in a collective wait for" in f.action
-    waiting = only(judge(stalled("collective")), "hang")
+    waiting = only(judge(stalled("collective", world_size=2)), "hang")
     assert "find the one that is not" in waiting.action
+    alone = only(judge(stalled("data")), "hang")
+    assert "stuck in data" in alone.summary and "wait for" not in alone.action
 
 
 def test_a_worker_that_pauses_by_habit_is_given_its_usual_pause() -> None:

@@ -86,7 +86,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         where = "it is not in a collective or a marked phase"
     pid = view.meta.pid if view.meta else 0
     # (stuck in a phase of its own: the rank the others wait for, not one to look for)
-    stopped_here = bool(open_phases) and "collective" not in open_phases and signature is None
+    stopped_here = (bool(open_phases) and "collective" not in open_phases and signature is None
+                    and view.world_size > 1)
     return Detection(evidence, [view.rank],
                      text={"rank": view.rank, "host": view.host, "where": where, "pid": pid},
                      variant="stopped_here" if stopped_here else None)
