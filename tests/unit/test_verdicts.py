@@ -543,6 +543,28 @@ def test_a_memory_finding_says_the_run_s_earlier_ooms() -> None:
     assert "ooms_earlier_total" not in quiet.evidence and "earlier" not in quiet.summary
 
 
+def test_a_memory_move_from_a_throttled_card_projects_no_speed() -> None:
+    """A card at its limit with OOMs that also runs thermally throttled 70% of the time:
+    the move for memory stands, but it promised "1.7-3.5x faster" beside the throttling
+    finding that says no projection from this card is judged. It now projects none."""
+    shape = Shape(step_s=1.0, duration_s=300, gpu=RTX_5090, memory=Memory(
+        reserved_gb=31.4, allocated_gb=20, retries_per_min=10, oom_at_s=(290.0,)))
+    (records,) = simulate(shape)
+    throttled: list[Record] = []
+    for k, r in enumerate(records):
+        if isinstance(r, Sample) and r.source == "nvml":
+            slowed = k % 10 < 7
+            r = replace(r, values={**r.values, "gpu_clock_event_reasons": 0x20 if slowed else 0,
+                                   "gpu_sm_clock_hertz": 1.6e9 if slowed else 2.4e9})
+        throttled.append(r)
+    found = judge(throttled)
+    assert only(found, "throttling").verdict == "fix_here"
+    f = only(found, "fits_on_paper")
+    assert f.verdict == "move_to_h100" and f.projection is None
+    assert "speedup_ratio" not in f.evidence and "runs throttled" in f.summary
+    assert only(findings_of(shape), "fits_on_paper").projection is not None  # cool: priced
+
+
 def test_the_card_the_job_runs_on_is_never_recommended() -> None:
     """An H100 job with real memory pressure: the card named is a bigger one, never H100,
     and the verdict is no ``move_to_h100`` (it is on one)."""

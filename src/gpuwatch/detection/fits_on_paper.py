@@ -169,7 +169,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     }
     # (onto a card that cannot hold the job, or from one not known, a projection is no
     # figure: the speed there is not told)
-    priced = fits and current is not None
+    # (nor from a throttled card: its projection would overstate any card's gain)
+    priced = fits and current is not None and proj.inputs.fix_first != "throttling"
     if priced:
         evidence["speedup_ratio"] = proj.speedup
     if source == len(MEMORY_SOURCES) - 1:
@@ -197,7 +198,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if fits and verdict == "move_to_h100":
         speed = (f"the step is projected {speedup_text(proj.as_dict())} faster" if current
                  else f"its speed there is not projected: {unknown_card(ctx.device_name(view))}")
-        if current and proj.speedup_high < NO_FASTER:  # (moved to run, not to run faster)
+        if current and not priced:  # (throttled: its speed is no measure)
+            speed = ("its speed there is not projected from this card, which runs throttled "
+                     "(heat or power): fix that too")
+        elif current and proj.speedup_high < NO_FASTER:  # (moved to run, not to run faster)
             speed = ("the move is for its memory: the step is projected no faster there"
                      + (" while a slower rank holds it" if WAITING in ctx.explained.get(
                          view.rank, ()) else ""))
