@@ -437,8 +437,8 @@ class RunLogReader:
     skipped and counted, and so are lines naming a rank other than the log's own (its
     meta line's). Raises OSError only when a file cannot be opened or read.
 
-    Lines are parsed a block at a time (one JSON array per block); a block with a
-    bad line is parsed again line by line, so one torn line costs only itself.
+    Lines are read a block at a time and parsed one by one, so a torn line costs only
+    itself and no line's value is taken for another's.
 
     ``sample_sources``: read only the samples of these sources; the others are passed
     over unparsed where the writer's own layout shows their source and time (counted in
@@ -640,13 +640,9 @@ class RunLogReader:
     @staticmethod
     def _parse(lines: list[bytes]) -> list[Any]:
         """Each line's JSON value (None where a line is not JSON): a record where it is an
-        object. (A line holding several values, ``1,2``, parses in the block as more
-        than one: the block is then parsed line by line.)"""
-        try:
-            objs: list[Any] = orjson.loads(b"[" + b",".join(lines) + b"]")
-        except orjson.JSONDecodeError:
-            return [_loads(line) for line in lines]
-        return objs if len(objs) == len(lines) else [_loads(line) for line in lines]
+        object. (Parsed as one array, a line holding two values and two lines holding
+        one between them gave values to the wrong lines.)"""
+        return [_loads(line) for line in lines]
 
 
 # A whole sample line as the writer lays it out, readings all numbers (or null) that

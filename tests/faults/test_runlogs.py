@@ -95,6 +95,22 @@ def test_a_hostile_line_is_skipped_and_counted_and_the_rest_is_read(
     assert reader.skipped == 1
 
 
+def test_a_line_of_two_values_balanced_by_two_torn_lines_gives_no_record(
+        tmp_path: Path) -> None:
+    """Parsed a block at a time as one array, a line holding two values and two lines
+    holding one between them ('[1', '2]') made as many values as lines: the second
+    value of the bad line was taken as the next line's record. Each line is its own."""
+    path = tmp_path / "run.jsonl"
+    good = [json.dumps(to_dict(Step(rank=0, step=k, t=10.0 + k, wall_s=0.5))).encode()
+            for k in (1, 2)]
+    hidden = json.dumps(to_dict(Step(rank=0, step=99, t=11.5, wall_s=0.5))).encode()
+    path.write_bytes(json.dumps(to_dict(META)).encode() + b"\n" + b"\n".join(
+        [good[0], b'{"kind": "nope"}, ' + hidden, b"[1", b"2]", good[1]]) + b"\n")
+    reader = RunLogReader(path)
+    assert [r.step for r in reader if isinstance(r, Step)] == [1, 2]
+    assert reader.skipped == 3
+
+
 @pytest.mark.parametrize("bad", [pytest.param(b, id=i) for i, b in BAD_LINES])
 def test_analyze_never_tracebacks_on_a_hostile_line(tmp_path: Path, clean_env: Path,
                                                     capsys: pytest.CaptureFixture[str],
