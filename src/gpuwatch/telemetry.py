@@ -183,15 +183,20 @@ _WIDTH = len(SUMMED)
 
 class Ending(NamedTuple):
     """How a rank's log ended: whether an OOM killed it (``Telemetry.died_of_oom``), and
-    what its newest step trained: samples and tokens (0 where not logged), and whether
-    with activation checkpointing; how long it ran steps (s, first step's start to the
-    newest step's end)."""
+    what its newest steps (``ENDING_STEPS``) trained, step by step at their median:
+    samples and tokens (0 where not logged), and whether with activation checkpointing
+    (most of them); of how many ranks; how long it ran steps (s, first step's start to
+    the newest step's end)."""
 
     died_of_oom: bool
     samples: int
     tokens: int
     act_ckpt: bool
     ran_s: float
+    world_size: int = 1
+
+
+ENDING_STEPS = 50  # the newest steps an ending is read from (a last, partial batch aside)
 
 
 def mean_step(sums: tuple[float, ...]) -> StepSummary | None:
@@ -711,12 +716,14 @@ class Telemetry:
 
     def ending(self) -> Ending:
         """How the log ended (see ``Ending``); the newest step's figures are 0 before one."""
-        newest = self.steps[-1] if self.steps else None
-        if newest is None:
-            return Ending(self.died_of_oom, 0, 0, False, 0.0)
-        return Ending(self.died_of_oom, newest.samples, newest.tokens,
-                      bool(newest.act_ckpt_calls or newest.recompute_s > 0),
-                      newest.t - (self.first_step_start or newest.t))
+        if not self.steps:
+            return Ending(self.died_of_oom, 0, 0, False, 0.0, self.world_size)
+        newest = list(itertools.islice(reversed(self.steps), ENDING_STEPS))
+        samples = sorted(s.samples for s in newest)[len(newest) // 2]
+        tokens = sorted(s.tokens for s in newest)[len(newest) // 2]
+        checkpointed = sum(1 for s in newest if s.act_ckpt_calls or s.recompute_s > 0)
+        return Ending(self.died_of_oom, samples, tokens, 2 * checkpointed > len(newest),
+                      newest[0].t - (self.first_step_start or newest[0].t), self.world_size)
 
     def end(self) -> None:
         """The log ends here. Dying of an OOM is news its detectors judge (a change)."""

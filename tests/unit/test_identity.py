@@ -33,6 +33,7 @@ from gpuwatch.runlog import (
 )
 from tests.runs import START, meta, samples, steps
 from tests.scenarios import RTX_5090, Memory, Shape, simulate
+from tests.scenarios import START as SIM_START
 from tests.wait import wait_for
 
 
@@ -352,9 +353,11 @@ def test_the_newest_attempt_states_the_run(tmp_path: Path) -> None:
     assert again[0].evidence["data_share_ratio"] == pytest.approx(0.6, abs=0.02)
 
 
-def _oom_then_restart(run: Path, world: int, restart: dict[str, Any]) -> list[Finding]:
+def _oom_then_restart(run: Path, world: int, restart: dict[str, Any],
+                      last_batch: int | None = None) -> list[Finding]:
     """Attempt 0 on an RTX 5090 at 32 samples a step, memory at 97%, killed by an OOM
-    after 15 minutes; attempt 1 (``restart``: its changes) trains 40 minutes after it."""
+    after 15 minutes; attempt 1 (``restart``: its changes) trains 40 minutes after it,
+    its last step of ``last_batch`` samples if given (an epoch's partial last batch)."""
     first = Shape(step_s=1.0, duration_s=900, world=world, gpu=RTX_5090, batch_size=32,
                   memory=Memory(reserved_gb=31.0, allocated_gb=26.0, oom_at_s=(901.5,)))
     second = replace(first, duration_s=2400, seed=1,
@@ -363,8 +366,10 @@ def _oom_then_restart(run: Path, world: int, restart: dict[str, Any]) -> list[Fi
         for rank, records in enumerate(simulate(shape, job="ft")):
             moved = [replace(r, attempt=attempt, started=r.started + shift)
                      if isinstance(r, Meta) else replace(r, t=r.t + shift) for r in records]
-            name = runlog_name(rank, world, attempt)
-            write_log(run / name, moved)
+            last = max(k for k, r in enumerate(moved) if isinstance(r, Step))
+            if attempt and last_batch is not None:
+                moved[last] = replace(moved[last], samples=last_batch)  # type: ignore[arg-type]
+            write_log(run / runlog_name(rank, shape.world, attempt), moved)
     return [f for f in analyze([run], Settings(), workers=2).findings
             if f.detector == "fits_on_paper"]
 
@@ -385,10 +390,14 @@ def test_a_restart_that_fits_the_job_after_an_oom_keeps_its_memory_finding(
     ckpt = _oom_then_restart(tmp_path / "ckpt", world, {"recompute_share": 0.25, "step_s": 1.3})
     assert len(ckpt) == world and all(
         f.state == "active" and f.evidence["restart_activation_checkpointing"] == 1 for f in ckpt)
-    # the same job restarted unchanged got past a passing OOM: ended by the restart
-    same = _oom_then_restart(tmp_path / "same", world, {})
+    # the same job restarted unchanged got past a passing OOM: ended by the restart, its
+    # epoch's partial last batch (7 samples) no cut; nor is a restart on twice the ranks
+    # with half the samples each (elastic: the job's batch held)
+    same = _oom_then_restart(tmp_path / "same", world, {}, last_batch=7)
     assert len(same) == world and all(
         f.state == "resolved" and "batch_size_from" not in f.evidence for f in same)
+    wider = _oom_then_restart(tmp_path / "wider", world, {"world": 2 * world, "batch_size": 16})
+    assert wider and all(f.state == "resolved" for f in wider if f.first_seen < SIM_START + 950)
 
 
 def test_a_job_wide_condition_after_an_elastic_restart_on_fewer_ranks_is_one_finding(

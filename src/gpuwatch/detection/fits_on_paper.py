@@ -265,9 +265,10 @@ def restarted_to_fit(before: Ending, after: Ending) -> tuple[dict[str, float], s
     ended; ``after``: how the next attempt's did): trained fewer samples a step (tokens
     not held: no longer sequences in smaller batches) or turned activation checkpointing
     on; as evidence and words. None for a restart that changed neither (a transient OOM
-    the same job got past), or after a rank that did not die of one."""
-    if not before.died_of_oom:
-        return None
+    the same job got past), on another number of ranks, or after a rank that did not die
+    of one."""
+    if not before.died_of_oom or after.world_size != before.world_size:
+        return None  # (an elastic restart on other ranks: per-rank figures are no cut)
     if 0 < after.samples < before.samples and not (
             after.tokens >= TOKENS_HELD * before.tokens > 0):
         return ({"batch_size_from": float(before.samples), "batch_size_to": float(after.samples)},
