@@ -775,19 +775,20 @@ class Interruptions:
     """Run-long totals of the steps left out of the windows as interruptions, by what
     they were (``KINDS``): seconds beyond a typical step (blocking saves aside) and
     counts; when the first and the newest judged one (evals and stalls) ended; the
-    stalls' own steps (their parts, for what grew in them)."""
+    stalls' own steps (their parts, for what grew in them) and how many held a save."""
 
     # eval: eval batches ran in it; waited: mostly a wait in collectives (another rank
     # worked alone); gpu: the GPU busy through it (a rollout, generation); stall: the rest
     KINDS = ("eval", "waited", "gpu", "stall")
     JUDGED = ("eval", "stall")
 
-    __slots__ = ("count", "first_t", "last_end", "last_t", "longest_gap_s", "seconds",
-                 "stalled")
+    __slots__ = ("count", "first_t", "last_end", "last_t", "longest_gap_s", "saving",
+                 "seconds", "stalled")
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.KINDS, 0.0)
         self.count = dict.fromkeys(self.KINDS, 0)
+        self.saving = 0  # stalls that held a blocking save
         self.first_t = self.last_t = 0.0
         self.last_end = 0.0  # when the newest of any kind ended (Unix s)
         self.longest_gap_s = 0.0  # the longest from one's end to the next's (s)
@@ -804,6 +805,8 @@ class Interruptions:
             self.last_t = s.t
         if kind == "stall":
             self.stalled.add(s)
+            if s.checkpoint_s > 0:
+                self.saving += 1
 
 
 

@@ -364,6 +364,25 @@ def test_stalls_that_each_hold_a_save_are_told_as_the_checkpoint_s(saving: bool,
     assert ("DataLoader starting over" in f.summary) is waiting
 
 
+def test_saves_beside_the_stalls_are_not_their_cause() -> None:
+    """Recompile stalls every 50 steps and quick saves in ordinary steps between them
+    (three stalls hold one too): the run's saves outnumber its stalls, but few stalls
+    hold one. They were told as the checkpoint's upload; they stay compute's."""
+    out: list[Record] = [meta()]
+    t = START
+    for k in range(1, 4000):
+        stall, saving = k % 50 == 0, k % 50 == 25 or k in (50, 100, 150)
+        ckpt = 0.04 if saving else 0.0
+        wall = 0.05 + (0.64 if stall else 0.0) + ckpt
+        t += wall
+        if saving:
+            out.append(Event(0, t - 0.01, "checkpoint_save", {"seconds": ckpt, "bytes": 1000}))
+        out.append(Step(rank=0, step=k, t=t, wall_s=wall, checkpoint_s=ckpt,
+                        compute_s=wall - ckpt, samples=32))
+    f = only(judge(out, detectors={"interruptions": {"min_run_s": 60}}), "interruptions")
+    assert "recompiles" in f.summary and "checkpoint" not in f.summary, f.summary
+
+
 def test_gpu_work_between_steps_is_the_jobs_own_and_scaled_like_compute() -> None:
     """An RL job: a 60 s rollout on the GPU, then 32 one-second optimizer steps. The
     rollout is no stall, and time to finish projects it like compute."""

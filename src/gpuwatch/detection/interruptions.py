@@ -87,8 +87,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                 "other": stalls.other_s - typical.other_s}
         part = max(grew, key=grew.__getitem__)
         cause, advice = CAUSES[part]
-        if (part != "data" and stalls.checkpoint_s > typical.checkpoint_s
-                and view.saves.saves >= SAVES_SHARE * kinds.count["stall"]):
+        if part != "data" and kinds.saving >= SAVES_SHARE * kinds.count["stall"]:
             cause, advice = SAVES  # (a save at each epoch's end, then a loader starting
             # over: the data wait is the loader's)
         evidence |= {"typical_step_seconds": typical.wall_s,
