@@ -600,3 +600,24 @@ def test_a_step_counts_its_loader_s_token_ids_where_the_loop_counts_none() -> No
     assert [s.tokens for s in steps(assemble(marks))] == [8 * n for n in lengths]
     counted = [(ring.TOKENS, 0.1, 100), *marks]  # the loop's own count comes first
     assert steps(assemble(counted))[0].tokens == 100
+
+
+def test_token_ids_are_counted_in_hugging_face_batches_and_nowhere_else() -> None:
+    """A Hugging Face collator's BatchEncoding (a UserDict, no dict) gave no samples and
+    no tokens; masks of bools, bytes of a flattened image and floats were counted as
+    tokens. Only signed integer ids of two dimensions are."""
+    from collections import UserDict
+
+    import numpy as np
+    import torch
+
+    from gpuwatch.instrument.sizes import batch_size, batch_tokens
+
+    encoding = UserDict({"input_ids": torch.zeros(4, 64, dtype=torch.long),
+                         "attention_mask": torch.ones(4, 64, dtype=torch.long)})
+    assert (batch_size(encoding), batch_tokens(encoding)) == (4, 256)
+    assert batch_tokens((np.zeros((3, 7), dtype=np.int32), "label")) == 21
+    for other in (torch.ones(4, 64, dtype=torch.bool), torch.zeros(4, 784, dtype=torch.uint8),
+                  torch.zeros(4, 64), torch.zeros(4, 3, 32, 32, dtype=torch.long),
+                  np.zeros((3, 7), dtype=np.uint8), {"x": None}, None):
+        assert batch_tokens(other) == 0, other

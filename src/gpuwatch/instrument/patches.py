@@ -305,9 +305,13 @@ def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush,
                 self._gpuwatch_drawing = False
                 self._gpuwatch_draws += 1
         try:
-            n, tokens = batch_size(batch), batch_tokens(batch)
+            n = batch_size(batch)
         except Exception:
-            n = tokens = 0
+            n = 0
+        try:
+            tokens = batch_tokens(batch)
+        except Exception:
+            tokens = 0
         # by loader (``loader_key``): an eval loader's batches are not the step's
         key = loader or loader_key(self)
         if tokens:

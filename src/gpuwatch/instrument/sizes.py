@@ -7,40 +7,45 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 
-def batch_size(batch: Any, depth: int = 0) -> int:
+def first_tensor(batch: Any, depth: int = 0) -> Any:
+    """The first tensor-like (anything with a ``shape``) in a batch: the batch itself, or
+    the first of a list, tuple or mapping (a Hugging Face ``BatchEncoding`` too), three
+    levels deep at most; None when there is none."""
+    if getattr(batch, "shape", None) is not None:
+        return batch
+    if depth < 3:
+        if isinstance(batch, (list, tuple)) and batch:
+            return first_tensor(batch[0], depth + 1)
+        if isinstance(batch, Mapping) and batch:
+            return first_tensor(next(iter(batch.values())), depth + 1)
+    return None
+
+
+def batch_size(batch: Any) -> int:
     """Leading dimension of the first tensor-like in a batch (0 when there is none)."""
-    shape = getattr(batch, "shape", None)
-    if shape is not None:
-        return int(shape[0]) if len(shape) else 0
-    if depth < 3:
-        if isinstance(batch, (list, tuple)) and batch:
-            return batch_size(batch[0], depth + 1)
-        if isinstance(batch, dict) and batch:
-            return batch_size(next(iter(batch.values())), depth + 1)
-    return 0
+    shape = getattr(first_tensor(batch), "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) else 0
 
 
-def batch_tokens(batch: Any, depth: int = 0) -> int:
+def batch_tokens(batch: Any) -> int:
     """Elements of the first tensor-like in a batch where it is token ids: two dimensions
-    (batch, sequence) of integers (a padded batch's padding counted: the work done);
-    else 0 (images, features, no tensor)."""
-    shape = getattr(batch, "shape", None)
-    if shape is not None:
-        dtype = getattr(batch, "dtype", None)
-        integer = (getattr(dtype, "is_floating_point", None) is False  # (torch)
-                   and not getattr(dtype, "is_complex", False)) or getattr(
-                       dtype, "kind", None) in ("i", "u")  # (numpy)
-        return int(shape[0]) * int(shape[1]) if len(shape) == 2 and integer else 0
-    if depth < 3:
-        if isinstance(batch, (list, tuple)) and batch:
-            return batch_tokens(batch[0], depth + 1)
-        if isinstance(batch, dict) and batch:
-            return batch_tokens(next(iter(batch.values())), depth + 1)
-    return 0
+    (batch, sequence) of signed integers (a padded batch's padding counted: the work
+    done); else 0 (images, bytes, masks, floats, no tensor)."""
+    tensor = first_tensor(batch)
+    shape = getattr(tensor, "shape", None)
+    if shape is None or len(shape) != 2:
+        return 0
+    dtype = getattr(tensor, "dtype", None)
+    ids = ((getattr(dtype, "is_signed", None) is True  # (torch: int8..int64, not bool/uint8)
+            and getattr(dtype, "is_floating_point", None) is False
+            and not getattr(dtype, "is_complex", False))
+           or getattr(dtype, "kind", None) == "i")  # (numpy's signed integers)
+    return int(shape[0]) * int(shape[1]) if ids else 0
 
 
 MAX_ENTRIES = 10_000  # a directory sized for a save is walked no further than this
