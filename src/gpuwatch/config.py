@@ -82,9 +82,10 @@ def _http_url(url: SecretUrl) -> SecretUrl:
 HttpUrl = Annotated[SecretUrl, AfterValidator(_http_url)]
 
 
-# A host name as DNS spells it: dot-separated labels of letters, digits and inner hyphens.
-_HOST_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
+# A host name: dot-separated labels of letters, digits, inner hyphens and underscores (a
+# container's name: trainer_web_1), the last not all digits (a mistyped IP address).
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z)(?:{_LABEL}\.)*(?![0-9]+\.?\Z){_LABEL}\.?\Z")
 
 
 def _bind_address(addr: str) -> str:

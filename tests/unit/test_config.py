@@ -176,7 +176,8 @@ def test_a_job_name_with_a_line_separator_is_refused(job: str) -> None:
         load_settings(job=job)
 
 
-@pytest.mark.parametrize("addr", ["0.0.0.0:9410", "http://0.0.0.0", "", "node 1", "-node"])
+@pytest.mark.parametrize("addr", ["0.0.0.0:9410", "http://0.0.0.0", "", "node 1", "-node",
+                                  "1.2.3.999", "9410"])
 def test_an_exporter_address_with_a_port_or_scheme_is_named_before_the_start(
         addr: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The endpoint's address is checked where settings are read (``gpuwatch run``
@@ -190,6 +191,7 @@ def test_an_exporter_address_with_a_port_or_scheme_is_named_before_the_start(
 
 @pytest.mark.parametrize(("addr", "bound"), [("0.0.0.0", "0.0.0.0"), ("::", "::"),
                                              ("[::1]", "::1"), ("node-1.cluster.local.",
-                                                                "node-1.cluster.local.")])
+                                                                "node-1.cluster.local."),
+                                             ("trainer_web_1", "trainer_web_1")])
 def test_an_exporter_address_may_be_any_ip_or_host_name(addr: str, bound: str) -> None:
     assert load_settings(exporter={"addr": addr}).exporter.addr == bound
