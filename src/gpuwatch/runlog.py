@@ -345,15 +345,25 @@ class RunLogWriter:
                 raise failed
 
     def _recreated(self, fd: int) -> tuple[int, str | None]:
-        """Where the log's file was removed (its run directory deleted while the job
-        runs): a new file under its name (and directory), the lines the old one holds
-        copied in (Linux reads them through /proc), and what happened, for the caller to
-        count; else ``fd``, and None. (Where no new file can be made, the log goes on in
-        the removed one, as it would without this.)"""
+        """Where the log's file was removed while the job runs: in its directory, still
+        there, a new file under its name with the lines the old one holds copied in
+        (Linux reads them through /proc); and what happened, for the caller to count.
+        Where the directory went too (deleted, a temporary one left), the log ends: the
+        descriptor is closed and OSError says so (no directory is made again). Else
+        ``fd``, and None. (Where no new file can be made, the log goes on in the removed
+        one, as it would without this.)"""
         try:
             if os.fstat(fd).st_nlink:
                 return fd, None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return fd, None
+        if not self.path.parent.is_dir():
+            self._fd = None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise OSError(f"run log {self.path}: its run directory was removed while the "
+                          "job ran; the log ends here")
+        try:
             new = self._open(os.O_CREAT | os.O_EXCL)
         except OSError:
             return fd, None

@@ -362,12 +362,12 @@ def test_a_job_that_changes_directory_keeps_its_log_through_rotations(tmp_path: 
 
 
 REMOVING_JOB = """
-import shutil, sys, time
+import os, shutil, sys, time
 from pathlib import Path
 import gpuwatch
 from gpuwatch.records import Step
 from gpuwatch.runlog import RunLogReader
-run = sys.argv[1]
+run, what = sys.argv[1], sys.argv[2]
 m = gpuwatch.watch(job="rm", out_dir=run, exporter={"enabled": False}, flush_interval_s=0.05)
 def train(first, n):
     for k in range(first, first + n):
@@ -382,25 +382,36 @@ train(1, 400)
 deadline = time.monotonic() + 60  # (the agent writes every flush interval)
 while logged() < 400 and time.monotonic() < deadline:
     time.sleep(0.01)
-shutil.rmtree(run)  # a cleanup script, or a person, deletes the run directory mid-run
+if what == "log":
+    os.unlink(Path(run) / "run.jsonl")  # a cleanup script removes the log file
+else:
+    shutil.rmtree(run)  # a person, or a temporary directory's end, removes the directory
 train(401, 400)
 m.stop()
 print("faults", m.agent.faults.counts["runlog"])
 """
 
 
-def test_a_run_directory_deleted_mid_run_is_made_again_with_every_step(tmp_path: Path) -> None:
-    """Its log went on into the removed file, and the process ended with no run log
-    anywhere, without a word. It is made again, holding the lines written before, and
-    the removal is counted (one fault) and said."""
+@pytest.mark.parametrize("what", ["log", "directory"])
+def test_a_run_log_removed_mid_run_is_said_and_made_again_where_its_directory_stands(
+        tmp_path: Path, what: str) -> None:
+    """The log went on into the removed file, and the run ended with no log anywhere,
+    without a word. A log removed from its directory is made again there, holding the
+    lines written before (nothing lost); a directory removed (deleted, or a temporary
+    one the job left) stays removed and the log ends. Either is counted (one fault) and
+    said, and the job is unaffected."""
     import subprocess
     import sys
 
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", REMOVING_JOB, str(run)],
+    proc = subprocess.run([sys.executable, "-c", REMOVING_JOB, str(run), what],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["faults", "1"] and "removed while the job ran" in proc.stderr
+    assert proc.stdout.split() == ["faults", "1"], proc.stderr[-2000:]
+    if what == "directory":
+        assert "run directory was removed" in proc.stderr and not run.exists()
+        return
+    assert "removed while the job ran" in proc.stderr
     reader = RunLogReader(run / "run.jsonl")
     logged = [r.step for r in reader if isinstance(r, Step)]
     assert logged == list(range(1, 801)) and reader.skipped == 0
