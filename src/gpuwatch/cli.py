@@ -539,7 +539,7 @@ def _too_short(result: Analysis, settings: Settings) -> str | None:
     from gpuwatch.detection.engine import engine_from_settings
     from gpuwatch.vocabulary import duration
 
-    if result.findings or not result.ran_s:
+    if result.findings or not result.ran_s > 0:  # (a log whose clock ran back: nothing)
         return None
     waits = sorted((rule.thresholds["min_run_s"], rule_id) for rule_id, rule in
                    engine_from_settings(settings, "rank").rules.items()
