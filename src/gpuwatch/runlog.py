@@ -516,7 +516,10 @@ class RunLogReader:
                         numbers, lines, floors, last = self._pass_over(numbers, lines,
                                                                        self._sources)
                     rank: int | None  # (a record's: a finding names none)
-                    for line, obj, floor in zip(numbers, self._parse(lines), floors, strict=True):
+                    # (each line parsed on its own: parsed as one array, a line holding
+                    # two values and two lines holding one between them gave values to the
+                    # wrong lines)
+                    for line, obj, floor in zip(numbers, map(_loads, lines), floors, strict=True):
                         if floor > clock:
                             clock = self.clock = floor
                         record = _record(obj) if type(obj) is dict else None
@@ -647,13 +650,6 @@ class RunLogReader:
                     return lines or None
         return lines
 
-    @staticmethod
-    def _parse(lines: list[bytes]) -> list[Any]:
-        """Each line's JSON value (None where a line is not JSON): a record where it is an
-        object. (Parsed as one array, a line holding two values and two lines holding
-        one between them gave values to the wrong lines.)"""
-        return [_loads(line) for line in lines]
-
 
 # A whole sample line as the writer lays it out, readings all numbers (or null) that
 # JSON holds as finite doubles: what the full reader would take as a sample, so a line
@@ -668,6 +664,7 @@ _SAMPLE_LINE = re.compile(
 
 
 def _loads(line: bytes) -> Any:
+    """A line's JSON value; None where the line is no JSON."""
     try:
         return orjson.loads(line)
     except orjson.JSONDecodeError:

@@ -193,10 +193,15 @@ class Ending(NamedTuple):
     tokens: int
     act_ckpt: bool
     ran_s: float
-    world_size: int = 1
+    world_size: int
 
 
 ENDING_STEPS = 50  # the newest steps an ending is read from (a last, partial batch aside)
+
+
+def _checkpointed(s: Step) -> bool:
+    """Whether a step ran with activation checkpointing (its regions, or their recompute)."""
+    return bool(s.act_ckpt_calls or s.recompute_s > 0)
 
 
 def mean_step(sums: tuple[float, ...]) -> StepSummary | None:
@@ -250,7 +255,6 @@ class Telemetry:
         # typical step, their blocking saves aside (those are ``saves``)
         self.interrupted_by = Interruptions()
         self._eval_at = 0.0  # when the newest eval batch was seen (a progress event)
-        self._per_work: deque[float] = deque(maxlen=MEDIAN_STEPS)  # recent s per token/sample
         # (work, wall s) of the newest typical steps with work
         self._work_walls: deque[tuple[int, float]] = deque(maxlen=WORK_STEPS)
         # what the allocator held at the first reading after warm-up (bytes): the floor a
@@ -336,7 +340,7 @@ class Telemetry:
             self.last_progress = s.t
         if self.first_step_start is None:
             self.first_step_start = s.t - s.wall_s
-        if not (s.act_ckpt_calls or s.recompute_s > 0):
+        if not _checkpointed(s):
             self._plain_steps += 1
             if self._plain_steps >= CKPT_STRETCH_STEPS:
                 self.act_ckpt_on_at = None
@@ -362,17 +366,18 @@ class Telemetry:
             self.interrupted_by.add(self._interruption_kind(s, excess), s, excess)
             return
         if work:
-            self._per_work.append(s.wall_s / work)
             self._work_walls.append((work, s.wall_s))
         self.window.add(s)
 
     def _long_batch(self, wall: float, work: int) -> bool:
         """Whether a long step is long in proportion to its tokens (or samples), at the
-        median step's cost per token or the heaviest quarter's (``WORK_STEPS``): a long
-        batch (variable-length sequences grouped by length), not an interruption."""
-        per_work = self._per_work
-        if not work or len(per_work) < 5:
+        median step's cost per token (the newest ``MEDIAN_STEPS``) or the heaviest
+        quarter's (``WORK_STEPS``): a long batch (variable-length sequences grouped by
+        length), not an interruption."""
+        recent = list(itertools.islice(reversed(self._work_walls), MEDIAN_STEPS))
+        if not work or len(recent) < 5:
             return False
+        per_work = [w / n for n, w in recent]
         if wall / work <= INTERRUPTION_MULTIPLE * sorted(per_work)[len(per_work) // 2]:
             return True
         works = sorted(n for n, _ in self._work_walls)
@@ -715,13 +720,13 @@ class Telemetry:
         return self.ended and self.oom_left_step_at > self.last_step_t
 
     def ending(self) -> Ending:
-        """How the log ended (see ``Ending``); the newest step's figures are 0 before one."""
+        """How the log ended (see ``Ending``); its step figures are 0 before any step."""
         if not self.steps:
             return Ending(self.died_of_oom, 0, 0, False, 0.0, self.world_size)
         newest = list(itertools.islice(reversed(self.steps), ENDING_STEPS))
         samples = sorted(s.samples for s in newest)[len(newest) // 2]
         tokens = sorted(s.tokens for s in newest)[len(newest) // 2]
-        checkpointed = sum(1 for s in newest if s.act_ckpt_calls or s.recompute_s > 0)
+        checkpointed = sum(1 for s in newest if _checkpointed(s))
         return Ending(self.died_of_oom, samples, tokens, 2 * checkpointed > len(newest),
                       newest[0].t - (self.first_step_start or newest[0].t), self.world_size)
 

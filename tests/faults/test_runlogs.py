@@ -362,11 +362,12 @@ def test_a_job_that_changes_directory_keeps_its_log_through_rotations(tmp_path: 
 
 
 REMOVING_JOB = """
-import os, shutil, sys, time
+import os, shutil, sys
 from pathlib import Path
 import gpuwatch
 from gpuwatch.records import Step
 from gpuwatch.runlog import RunLogReader
+from tests.wait import wait_for
 run, what = sys.argv[1], sys.argv[2]
 m = gpuwatch.watch(job="rm", out_dir=run, exporter={"enabled": False}, flush_interval_s=0.05)
 def train(first, n):
@@ -379,9 +380,7 @@ def logged():
     except FileNotFoundError:  # (not made yet: the agent starts beside the job)
         return 0
 train(1, 400)
-deadline = time.monotonic() + 60  # (the agent writes every flush interval)
-while logged() < 400 and time.monotonic() < deadline:
-    time.sleep(0.01)
+wait_for(lambda: logged() >= 400, 60, "400 steps in the log")  # (written every flush)
 if what == "log":
     os.unlink(Path(run) / "run.jsonl")  # a cleanup script removes the log file
 else:
@@ -404,8 +403,11 @@ def test_a_run_log_removed_mid_run_is_said_and_made_again_where_its_directory_st
     import sys
 
     run = tmp_path / "run"
+    root = str(Path(__file__).resolve().parents[2])  # (its tests.wait)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
     proc = subprocess.run([sys.executable, "-c", REMOVING_JOB, str(run), what],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["faults", "1"], proc.stderr[-2000:]
     if what == "directory":

@@ -42,11 +42,12 @@ from gpuwatch.instrument.device import EVENTS, EventPool, Intervals, on_device
 from gpuwatch.instrument.identity import HINTS, Hints
 from gpuwatch.instrument.ring import Loader
 from gpuwatch.instrument.sizes import (
-    batch_size,
-    batch_tokens,
+    first_tensor,
+    leading_size,
     saved_at,
     saved_bytes,
     tensor_bytes,
+    token_ids,
 )
 from gpuwatch.vocabulary import bus_bytes
 
@@ -304,12 +305,13 @@ def timed_loader_next(next_batch: Callable[[Any], Any], lazy: LazyPush,
             if drawing:
                 self._gpuwatch_drawing = False
                 self._gpuwatch_draws += 1
-        try:
-            n = batch_size(batch)
+        try:  # (the batch's first tensor found once, for its samples and its token ids)
+            tensor = first_tensor(batch)
+            n = leading_size(tensor)
         except Exception:
-            n = 0
+            tensor, n = None, 0
         try:
-            tokens = batch_tokens(batch)
+            tokens = token_ids(tensor)
         except Exception:
             tokens = 0
         # by loader (``loader_key``): an eval loader's batches are not the step's

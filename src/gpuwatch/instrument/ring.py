@@ -53,7 +53,7 @@ LOOP_END = 120  # a framework's training loop ended: its explicit steps end with
 # (``watch()``, a callback): its loader alone, no wait of its own
 LOADER_BATCH_UNTIMED = 121
 # value: (*Loader, tokens) of the DataLoader batch about to be noted: its token ids' count
-# (``sizes.batch_tokens``), for a step whose loop counts none itself
+# (``sizes.token_ids``), for a step whose loop counts none itself
 LOADER_TOKENS = 122
 
 # Phase codes (``vocabulary.Phase``) as plain ints: the hot path pushes them.

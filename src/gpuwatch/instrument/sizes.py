@@ -28,15 +28,24 @@ def first_tensor(batch: Any, depth: int = 0) -> Any:
 
 def batch_size(batch: Any) -> int:
     """Leading dimension of the first tensor-like in a batch (0 when there is none)."""
-    shape = getattr(first_tensor(batch), "shape", None)
-    return int(shape[0]) if shape is not None and len(shape) else 0
+    return leading_size(first_tensor(batch))
 
 
 def batch_tokens(batch: Any) -> int:
-    """Elements of the first tensor-like in a batch where it is token ids: two dimensions
-    (batch, sequence) of signed integers (a padded batch's padding counted: the work
-    done); else 0 (images, bytes, masks, floats, no tensor)."""
-    tensor = first_tensor(batch)
+    """The token ids of the first tensor-like in a batch (``token_ids``)."""
+    return token_ids(first_tensor(batch))
+
+
+def leading_size(tensor: Any) -> int:
+    """A tensor-like's leading dimension (0 for None or a scalar)."""
+    shape = getattr(tensor, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) else 0
+
+
+def token_ids(tensor: Any) -> int:
+    """A tensor-like's elements where it holds token ids: two dimensions (batch,
+    sequence) of signed integers (a padded batch's padding counted: the work done); else
+    0 (images, bytes, masks, floats, None)."""
     shape = getattr(tensor, "shape", None)
     if shape is None or len(shape) != 2:
         return 0
