@@ -287,7 +287,7 @@ class Telemetry:
             self.slowed_at = r.t
 
     def add_one(self, r: Record) -> None:
-        if isinstance(r, Sample):  # (most records)
+        if type(r) is Sample:  # (most records)
             source, values = r.source, r.values
             group = (source, r.gpu)
             window = self.samples.get(group)
@@ -813,6 +813,11 @@ class Interruptions:
             if s.checkpoint_s > 0:
                 self.saving += 1
 
+    @property
+    def mostly_evals(self) -> bool:
+        """Whether evaluations took at least as long as stalls: GPU work, which a faster
+        card runs faster as it runs training."""
+        return self.seconds["eval"] >= self.seconds["stall"]
 
 
 class TrainingBatch:

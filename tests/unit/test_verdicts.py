@@ -523,6 +523,59 @@ def test_memory_is_no_reason_to_move_a_step_held_back_by_its_blocking_saves() ->
     assert saved.verdict == "move_to_h100"  # the same memory without the saves: move
 
 
+def test_memory_is_no_reason_to_move_a_step_held_back_by_its_loader_starting_over() -> None:
+    """A consumer card at its memory limit whose DataLoader starts over each minute for
+    30 s (half the run, rare per step: no starved window, an interruptions finding): the
+    restarts are the fix, so memory alone moves nothing; the report said "move, 1.3x at
+    2.7x the cost" beside "a bigger GPU would not help"."""
+    shape = Shape(step_s=1.0, duration_s=600, gpu=RTX_5090, epoch_every_s=60,
+                  epoch_restart_s=30, memory=Memory(reserved_gb=31.7, allocated_gb=20,
+                                                    retries_per_min=10))
+    found = findings_of(shape)
+    assert only(found, "interruptions").verdict == "fix_here"
+    f = only(found, "fits_on_paper")
+    assert f.verdict == "fix_here" and "fix the stalls first" in f.summary
+    fed = only(findings_of(replace(shape, epoch_every_s=None, epoch_restart_s=0.0)),
+               "fits_on_paper")
+    assert fed.verdict == "move_to_h100"  # the same memory without the restarts: move
+
+
+def with_reserved_peak(records: list[Record], peak_gb: float) -> list[Record]:
+    """``records`` with the allocator's reserved peak in its readings, as a real probe
+    writes it (``reserved_bytes.all.peak``; the simulator writes none)."""
+    return [replace(r, values={**r.values, "allocator_reserved_peak_bytes": peak_gb * GB})
+            if isinstance(r, Sample) and r.source == "allocator" else r for r in records]
+
+
+def test_ooms_between_readings_below_the_limit_are_memory_at_the_limit() -> None:
+    """An L40S job catching an OOM every 90 s: its readings once a second sit at 85% of
+    the card (the allocator has just let its cache go at each), its own reserved peak at
+    the card's limit. It runs out of memory here: it was told nothing at all."""
+    shape = Shape(step_s=1.0, duration_s=600, gpu=L40S,
+                  memory=Memory(reserved_gb=40.8, allocated_gb=28,
+                                oom_at_s=(60, 150, 240, 330, 420, 510)))
+    f = only(judge(with_reserved_peak(simulate(shape)[0], 47.9)), "fits_on_paper")
+    assert f.verdict == "move_to_h100" and f.evidence["memory_peak_ratio"] > 0.99
+    assert f.evidence["ooms_total"] >= 1
+
+
+@pytest.mark.parametrize("read_share", [0.89, 0.91])
+def test_recurring_retries_with_the_reserved_peak_at_the_limit_move_either_side_of_the_ratio(
+        read_share: float) -> None:
+    """Allocator retries every few seconds on a card whose readings once a second sit
+    at 89% or 91% of it, its live tensors at 87% and its reserved peak at 99%: the card
+    fills between readings. Two points of a reading either side of the 90% ratio gave
+    "nothing" or "move, 2.8x": the same job, the same verdict."""
+    shape = Shape(step_s=1.0, duration_s=300, gpu=RTX_5090,
+                  memory=Memory(reserved_gb=read_share * 32, allocated_gb=16,
+                                retries_per_min=10))
+    records = [replace(r, values={**r.values, "allocator_allocated_peak_bytes": 28 * GB})
+               if isinstance(r, Sample) and r.source == "allocator" else r
+               for r in with_reserved_peak(simulate(shape)[0], 31.7)]
+    f = only(judge(records), "fits_on_paper")
+    assert f.verdict == "move_to_h100" and f.evidence["memory_peak_ratio"] > 0.98
+
+
 @pytest.mark.parametrize("gpu", [RTX_5090, L40S])
 def test_checkpointing_and_retries_well_below_the_limit_are_no_reason_to_move(
         gpu: tuple[str, float, int, float]) -> None:

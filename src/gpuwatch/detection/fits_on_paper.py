@@ -42,7 +42,9 @@ GIB = 2**30
 # at the limit is no reason of its own to move (the move must pay as any other).
 HELD_BY = (("data_starvation", "the step waits on its data loader", "fix the loader first"),
            ("checkpoint_overhead", "blocking checkpoint saves take much of its time",
-            "fix the saves first"))
+            "fix the saves first"),
+           ("interruptions", "its steps stall far beyond their usual length",
+            "fix the stalls first"))
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
 NO_FASTER = 1.05  # a move projected at most this much faster is for memory alone
 SEARCH_S = 30.0  # an OOM this soon after the batch grew is the growing's (a search)
@@ -124,6 +126,12 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if (held is not None and start is not None and cut is None
             and held.low - start >= th["leak_ratio"] * total):
         return leak(view, start, held.low, peak, total, retries, ooms)
+    if ooms or symptoms["allocator retries"]:
+        # an OOM or a retry comes where the card is full, which a reading once a second
+        # misses (the allocator has just let its cache go): its own reserved peak says
+        peaked = view.figure("allocator", "allocator_reserved_peak_bytes", since)
+        if peaked is not None and peaked.high >= th["memory_ratio"] * total:
+            pressure, peak = True, max(peak, peaked.high)
     if not (pressure or sum(symptoms.values()) + act_ckpt >= 2):
         return None
     symptoms["activation checkpointing"] = act_ckpt
@@ -188,7 +196,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         evidence["pcie_rx_bytes_per_second"] = pcie.high
     on_target = current is not None and current.name == ctx.target
     held_back = next(((waits, fix) for name, waits, fix in HELD_BY
-                      if name in ctx.explained.get(view.rank, ())), None)
+                      if name in ctx.explained.get(view.rank, ())
+                      # (evaluations are GPU work: a faster card runs them faster)
+                      and not (name == "interruptions" and view.interrupted_by.mostly_evals)),
+                     None)
     cannot_run_here = None if held_back or not hard else (
         f"memory at {peak / total:.0%} of the card with "
         + _named(symptoms))

@@ -70,7 +70,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
             or kinds.last_t - kinds.first_t < th["spread_ratio"] * run_s):
         return None  # rare, few, or a burst (start-up recompiles) rather than a rhythm
     seconds = kinds.seconds["eval"] + kinds.seconds["stall"]
-    evals = kinds.seconds["eval"] >= kinds.seconds["stall"]
+    evals = kinds.mostly_evals
     evidence = {"interruption_share_ratio": share, "interruptions_total": float(count),
                 "seconds_per_interruption": seconds / count,
                 "seconds_between_interruptions": run_s / count,
