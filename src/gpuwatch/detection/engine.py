@@ -42,6 +42,7 @@ from gpuwatch.telemetry import Ending, Telemetry
 
 RankDetector = Callable[[Telemetry, Rule, Context, float], Detection | None]
 JobDetector = Callable[[Sequence[RankInput], Rule, Context, float], Detection | None]
+Detect = Callable[..., Detection | None]  # a rule's detector, of either scope
 
 # Detectors in the order they judge (dict order): a detector sees which conditions the
 # ones before it found in the same evaluation (``Context.explained``), so
@@ -224,6 +225,8 @@ class Engine:
     _cleared: dict[str, float] = field(default_factory=dict)  # fp -> last seen, if resolved
     trained_s: float = 0.0  # set by ``retire``: the longest any rank trained past warm-up
     endings: dict[int, Ending] = field(default_factory=dict)  # by ``retire``: own ranks'
+    _plan_of: tuple[object, object] | None = None  # the rules and detectors of _plan_cache
+    _plan_cache: list[tuple[Rule, Detect]] = field(default_factory=list)
 
     def view(self, rank: int) -> Telemetry:
         """This rank's telemetry (created on first use); the rank becomes this engine's own."""
@@ -380,10 +383,8 @@ class Engine:
         fresh = Fresh(stepped={r for r, stamp in stamps.items()
                                if stamp != self._quiet.stamps.get(r)},
                       stalled={r for r, at in stall_at.items() if now > at})
-        for rule_id in self.rank_detectors if self.scope == "rank" else JOB_DETECTORS:
-            rule = self.rules.get(rule_id)
-            if rule is None or rule.scope != self.scope:
-                continue
+        for rule, detect in self._plan():
+            rule_id = rule.id
             if stale:
                 before = self.context.explained
                 self._explain(judged)
@@ -392,7 +393,8 @@ class Engine:
             if quiet:
                 judgements = self._quiet.found.get(rule_id, [])
             else:
-                judgements = self._quiet.found[rule_id] = self._run(rule, judged, now, fresh)
+                judgements = self._quiet.found[rule_id] = self._run(rule, detect, judged, now,
+                                                                    fresh)
             for judgement in judgements:
                 fp, detection = judgement.fp, judgement.found
                 if detection is None:  # (_run returns only what found something)
@@ -503,22 +505,32 @@ class Engine:
             r: old if (old := before.get(r)) == (new := frozenset(ds)) else new
             for r, ds in explained.items()}
 
-    def _run(self, rule: Rule, judged: dict[int, RankInput], now: float,
+    def _plan(self) -> list[tuple[Rule, Detect]]:
+        """The rules this engine judges, in the order they judge, each with its detector:
+        made again only when ``rules`` or ``rank_detectors`` is replaced."""
+        detectors = self.rank_detectors if self.scope == "rank" else JOB_DETECTORS
+        made_of = self._plan_of
+        if made_of is None or made_of[0] is not self.rules or made_of[1] is not detectors:
+            self._plan_of = (self.rules, detectors)
+            self._plan_cache = [(rule, detect) for rule_id, detect in detectors.items()
+                                if (rule := self.rules.get(rule_id)) is not None
+                                and rule.scope == self.scope]
+        return self._plan_cache
+
+    def _run(self, rule: Rule, detect: Detect, judged: dict[int, RankInput], now: float,
              fresh: Fresh) -> list[Judgement]:
         """The rule's judgements that found something: one of every rank (rank scope),
         one of them all (job scope)."""
         try:
             if rule.scope == "job":
-                job_detect = JOB_DETECTORS.get(rule.id)
-                if job_detect is None:
-                    return []
-                found = self._judge(rule, [*judged.values()], now, job_detect, fresh)
+                found = self._judge(rule, tuple(judged.values()), now, detect, fresh)
                 return [found] if found.found else []
-            rank_detect = self.rank_detectors.get(rule.id)
-            if rank_detect is None:
-                return []
-            return [j for r in judged if (j := self._judge(
-                rule, [self.views[r]], now, rank_detect, fresh)).found]
+            out = []
+            for view in judged.values():
+                judgement = self._judge(rule, (view,), now, detect, fresh)
+                if judgement.found:
+                    out.append(judgement)
+            return out
         except Exception as exc:  # a detector bug must not stop the others or the job
             self.errors += 1
             if self.errors == 1:
@@ -526,8 +538,8 @@ class Engine:
                             type(exc).__name__, exc)
             return []
 
-    def _judge(self, rule: Rule, views: Sequence[RankInput], now: float,
-               detect: Callable[..., Detection | None], fresh: Fresh) -> Judgement:
+    def _judge(self, rule: Rule, views: Sequence[RankInput], now: float, detect: Detect,
+               fresh: Fresh) -> Judgement:
         """The rule's judgement of ``views`` (one rank's telemetry for a rank detector,
         every rank for a job detector). The previous one is reused while what explains
         them and their events are the same, no rank is stalled (``stall_s``), and either

@@ -83,7 +83,7 @@ class StepDigester:
         self._rank = 0  # of the newest open reading
 
     def add(self, r: Record) -> JobInput | None:
-        if isinstance(r, Sample):
+        if type(r) is Sample:
             keys = JOB_READINGS.get(r.source)
             if keys is None:
                 return None
