@@ -540,6 +540,18 @@ def test_memory_is_no_reason_to_move_a_step_held_back_by_its_loader_starting_ove
     assert fed.verdict == "move_to_h100"  # the same memory without the restarts: move
 
 
+def test_a_job_that_ran_out_of_memory_before_the_window_needs_more_than_its_card() -> None:
+    """An OOM early in the run, retries at the limit since: the need is said as more than
+    the card it ran out on, not an estimate below it (which read "1 OOMs earlier")."""
+    shape = Shape(step_s=1.0, duration_s=600, gpu=RTX_5090,
+                  memory=Memory(reserved_gb=31.7, allocated_gb=12, retries_per_min=10,
+                                oom_at_s=(40,)))
+    f = only(findings_of(shape), "fits_on_paper")
+    assert f.evidence["ooms_total"] == 0 and f.evidence["ooms_earlier_total"] == 1
+    assert "more than the card's" in f.summary and "1 OOM earlier" in f.summary
+    assert f.evidence["memory_need_bytes"] >= f.evidence["memory_total_bytes"]
+
+
 def with_reserved_peak(records: list[Record], peak_gb: float) -> list[Record]:
     """``records`` with the allocator's reserved peak in its readings, as a real probe
     writes it (``reserved_bytes.all.peak``; the simulator writes none)."""

@@ -381,8 +381,8 @@ def uneven_rails(views: Sequence[RankInput]) -> str:
     short = sorted(host for host, n in ports.items() if n < most)
     if len(ports) < 2 or not short:
         return ""
-    return "; ".join(f"host {host} has {ports[host]} ports up" for host in short) + \
-        f", the others {most}"
+    return "; ".join(f"host {host} has {ports[host]} port{'s' * (ports[host] != 1)} up"
+                     for host in short) + f", the others {most}"
 
 
 def host_staged(views: Sequence[RankInput]) -> bool:

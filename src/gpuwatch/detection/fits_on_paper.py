@@ -148,7 +148,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         # retries and checkpointing below the card's limit, and the job would fit this
         # card with room without its workarounds: no bigger card is what it needs
         return by_design(view, th, summary, peak, total, since, retries) if act_ckpt else None
-    if ooms and need <= total:  # (it ran out of memory on this card: more than the card)
+    # (OOMs before the window are no symptom now, but the run had them: said as such)
+    earlier = max(view.ooms_since(0.0) - searched_ooms(view, 0.0) - ooms, 0)
+    if (ooms or earlier) and need <= total:  # (it ran out of memory on this card: more)
         need, needed = total, f"more than the card's {total / GIB:.1f} GiB needed"
     else:
         needed = f"{need / GIB:.1f} GiB needed"
@@ -168,8 +170,6 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     workarounds = list(proj.workarounds_dropped)
     if cut is not None:
         workarounds.append(f"batch size {cut[1]} -> {cut[0]}")
-    # (OOMs before the window are no symptom now, but the run had them: said as such)
-    earlier = max(view.ooms_since(0.0) - searched_ooms(view, 0.0) - ooms, 0)
     evidence = {
         "memory_peak_ratio": peak / total, "memory_peak_bytes": peak, "memory_total_bytes": total,
         "alloc_retries_total": retries, "ooms_total": float(ooms),
@@ -232,8 +232,8 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
                    "fits it with room, so cut its memory here")
     text = {"rank": view.rank, "target": shown.name, "outcome": outcome,
             "memory_source": MEMORY_SOURCES[source][2],
-            "symptoms": _named(symptoms) + (f"; {earlier} OOMs earlier in the run"
-                                            if earlier else ""),
+            "symptoms": _named(symptoms) + (
+                f"; {earlier} OOM{'s' * (earlier != 1)} earlier in the run" if earlier else ""),
             "workarounds": "; ".join(workarounds)
             or f"it needs {needed.removesuffix(' needed')}, which fit there with room"}
     return Detection(evidence, [view.rank], text=text,
