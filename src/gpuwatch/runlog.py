@@ -519,7 +519,7 @@ class RunLogReader:
                     # (each line parsed on its own: parsed as one array, a line holding
                     # two values and two lines holding one between them gave values to the
                     # wrong lines)
-                    for line, obj, floor in zip(numbers, map(_loads, lines), floors, strict=True):
+                    for line, obj, floor in zip(numbers, _parsed(lines), floors, strict=True):
                         if floor > clock:
                             clock = self.clock = floor
                         record = _record(obj) if type(obj) is dict else None
@@ -661,6 +661,15 @@ _SAMPLE_LINE = re.compile(
     rb'\{"rank":-?\d{1,18}+,"t":(' + _NUM + rb'),"source":"([a-z_]++)","values":\{(?:'
     + _READING + rb"(?:," + _READING + rb')*+)?+\},"kind":"sample"'
     rb'(?:,"gpu":(?:\d{1,9}+|null))?+\}\s*\Z')
+
+
+def _parsed(lines: list[bytes]) -> list[Any]:
+    """Each line's JSON value, parsed on its own; None for a line that is no JSON (the
+    block is parsed again line by line where one is not)."""
+    try:
+        return list(map(orjson.loads, lines))
+    except orjson.JSONDecodeError:
+        return list(map(_loads, lines))
 
 
 def _loads(line: bytes) -> Any:
