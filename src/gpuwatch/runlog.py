@@ -174,7 +174,12 @@ def encode(record: Record) -> bytes:
 def segments(path: Path) -> list[Path]:
     """The rotated segments of the log at ``path``, oldest first: each part's
     ``.jsonl.gz``, or its ``.jsonl`` where compression never finished. Only regular
-    files: a FIFO or a device (a link to /dev/zero) would be read forever."""
+    files: a FIFO or a device (a link to /dev/zero) would be read forever. A log named
+    through a link (a directory of links gathering a job's logs) has its target's
+    segments: the writer rotated them beside the file, not the link."""
+    with contextlib.suppress(OSError, RuntimeError):  # (a loop of links: none found)
+        if path.is_symlink():
+            path = path.resolve()
     stem = path.name.removesuffix(".jsonl")
     parts: dict[int, Path] = {}
     for name in _segment_names(path.parent).get(stem, ()):

@@ -137,6 +137,23 @@ def test_analyze_reads_rotated_logs_with_the_same_findings(tmp_path):
             == analyze([tmp_path / "plain"], settings).findings)
 
 
+def test_a_rotated_log_named_through_a_link_is_read_whole(tmp_path):
+    """A directory of links gathering a job's logs: each link's log is read with the
+    segments beside its target, not only the newest file (it was, with no word, and a
+    starved job read as clean)."""
+    j = job("llm_pretrain_starved_loader")
+    plain = write(j.shape, tmp_path / "plain", job=j.name)
+    _rotated(plain, tmp_path / "rotated")
+    links = tmp_path / "links"
+    links.mkdir()
+    for p in plain:
+        (links / p.name).symlink_to(Path("..") / "rotated" / p.name)
+    assert all(segments(links / p.name) for p in plain)
+    settings = Settings(**j.settings)
+    found = analyze([links], settings).findings
+    assert found and found == analyze([tmp_path / "plain"], settings).findings
+
+
 def test_segments_of_one_log_are_not_anothers(tmp_path):
     for name in ("run-rank1.part00001.jsonl.gz", "run-rank10.part00001.jsonl.gz",
                  "run-rank1.attempt2.part00001.jsonl.gz", "run-rank1.part00002.jsonl"):
