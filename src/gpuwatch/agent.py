@@ -665,7 +665,7 @@ def stop_all(failed: bool = False) -> None:
             log.warning("gpuwatch: stop failed: %s", exc)
 
 
-_stop_signalled = False  # a stopping signal reached a handler of the job's (chained)
+_stop_signalled = False  # a stopping signal reached a Python handler (chained: the job's, Ctrl-C's)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -689,11 +689,10 @@ def _chain_stop_handlers() -> None:
 
 
 def _to_chain(handler: Any) -> bool:
-    """Whether ``handler`` is a Python handler of the job's not chained yet (Ctrl-C's
-    KeyboardInterrupt, ``default_int_handler``, is left as it is). May raise (a handler
-    object's attribute reads)."""
-    return (callable(handler) and handler is not signal.default_int_handler
-            and not getattr(handler, "gpuwatch_chained", False))
+    """Whether ``handler`` is a Python handler not chained yet: the job's, or Ctrl-C's
+    KeyboardInterrupt (``default_int_handler``: a job that catches it and ends normally
+    is stopping, not ending a run). May raise (a handler object's attribute reads)."""
+    return callable(handler) and not getattr(handler, "gpuwatch_chained", False)
 
 
 def _chaining(install: Callable[..., Any]) -> Callable[..., Any]:
@@ -800,9 +799,9 @@ class _NotingQuitter:
 def dying_of_an_exception() -> bool:
     """Whether the process is exiting because an exception (KeyboardInterrupt included)
     went uncaught in its main thread (Python keeps the last one it printed in
-    ``sys.last_value`` before the atexit handlers run), after a stopping signal
-    reached a handler of the job's (``_chain_stop_handlers``: its ``sys.exit`` leaves
-    no other trace)."""
+    ``sys.last_value`` before the atexit handlers run), or after a stopping signal
+    reached a Python handler (``_chain_stop_handlers``: the job's, whose ``sys.exit``
+    leaves no other trace, or Ctrl-C's, whose KeyboardInterrupt the job caught)."""
     return _stop_signalled or getattr(sys, "last_value", None) is not None
 
 

@@ -121,6 +121,17 @@ def test_a_scraped_process_that_catches_ctrl_c_and_exits_failed_does_not_wait(
     assert took < 20  # it would wait up to 60 s for the next scrape
 
 
+def test_a_scraped_process_that_catches_ctrl_c_and_ends_normally_does_not_wait(
+        tmp_path: Path) -> None:
+    """The common script's way: ``except KeyboardInterrupt:`` save, and end with status 0.
+    Ctrl-C means stop, yet after one scrape the process waited the whole
+    ``final_scrape_s`` (Ctrl-C's own handler was the one stopping handler not chained)."""
+    proc = _scraped(tmp_path, "loop", "catch-return")
+    took = _wait_death(proc, signal.SIGINT)
+    assert proc.returncode == 0 and (tmp_path / "handled").read_text() == "yes"
+    assert took < 20  # it would wait up to 60 s for the next scrape
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_scraped_process_ended_by_its_own_sigterm_handler_does_not_wait_either(
         tmp_path: Path, when: str) -> None:

@@ -4,7 +4,8 @@ MODE: 'loop' (steps forever), 'c-call' (50 steps, then one long torch op in C).
 HANDLER: 'before' or 'after' installs the user's own SIGTERM handler before or after
 gpuwatch.watch(); it writes OUT_DIR/handled and exits 0. 'catch' catches Ctrl-C's
 KeyboardInterrupt, cleans up and exits 1 (as Lightning does); 'catch-exit' does the
-same with the builtin ``exit(1)`` (a script without ``sys``).
+same with the builtin ``exit(1)`` (a script without ``sys``); 'catch-return' catches it,
+saves and ends normally (status 0).
 """
 
 import signal
@@ -48,6 +49,8 @@ except KeyboardInterrupt:
     if not handler.startswith("catch"):
         raise
     (out / "handled").write_text("yes")
+    if handler == "catch-return":
+        sys.exit(0)
     if handler == "catch-exit":
         exit(1)  # (the builtin, as a script without sys calls it)
     sys.exit(1)
