@@ -377,6 +377,9 @@ def _toml_source(
         return source(settings_cls)
     except (OSError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise ConfigError(f"gpuwatch config: {name}: {exc}") from None
+    except (AttributeError, TypeError):  # (pydantic-settings reads the table's keys)
+        table = "[tool.gpuwatch]" if name == "pyproject.toml" else "its top level"
+        raise ConfigError(f"gpuwatch config: {name}: {table} is not a table") from None
     except RecursionError:
         raise ConfigError(f"gpuwatch config: {name}: nested too deeply") from None
 
@@ -385,9 +388,9 @@ def unknown_env_keys(environ: Mapping[str, str]) -> list[str]:
     """GPUWATCH_* variables that name no setting (a typo would otherwise pass silently)."""
     prefix = Settings.model_config["env_prefix"]
     known = set(Settings.model_fields)
-    return sorted(
+    return sorted(  # (any case: the settings read them in any)
         name for name in environ
-        if name.startswith(prefix)
+        if name.upper().startswith(prefix)
         and name[len(prefix):].lower().split("__", 1)[0] not in known
     )
 
@@ -426,7 +429,8 @@ def disabled(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = N
     callers ask this before loading anything, so a broken setting cannot matter."""
     if overrides is not None and overrides.get("enabled") is False:
         return True
-    return environ.get("GPUWATCH_ENABLED", "").strip().lower() in _FALSE
+    return any(value.strip().lower() in _FALSE for name, value in environ.items()
+               if name.upper() == "GPUWATCH_ENABLED")  # (any case, as settings are read)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -468,7 +472,7 @@ def _deepest(environ: Mapping[str, str]) -> str:
             deepest = max(deepest, level)
         return deepest
 
-    names = [k for k in environ if k.startswith(Settings.model_config["env_prefix"])]
+    names = [k for k in environ if k.upper().startswith(Settings.model_config["env_prefix"])]
     return max(names, key=lambda k: depth(environ[k]), default="an environment variable")
 
 

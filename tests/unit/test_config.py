@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuwatch.config import ConfigError, load_settings
+from gpuwatch.config import ConfigError, disabled, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +45,8 @@ def test_precedence_arguments_env_toml_pyproject(monkeypatch: pytest.MonkeyPatch
      "sample_intervall_s"),
     (lambda p, m: (p / "pyproject.toml").write_text("[tool.gpuwatch]\nfoo = 1\n"), "foo"),
     (lambda p, m: m.setenv("GPUWATCH_SAMPLE_INTERVAL", "2"), "GPUWATCH_SAMPLE_INTERVAL"),
+    # (settings are read in any case: a typo in lower case is one too)
+    (lambda p, m: m.setenv("gpuwatch_tagret_gpu", "A100"), "gpuwatch_tagret_gpu"),
 ])
 def test_unknown_keys_are_named(setup, key, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     setup(tmp_path, monkeypatch)
@@ -62,6 +64,27 @@ def test_bad_values_are_named_with_what_was_given(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("GPUWATCH_SAMPLE_INTERVAL_S")
     with pytest.raises(ConfigError, match="ring_capacity"):
         load_settings(ring_capacity=3)
+
+
+@pytest.mark.parametrize("body", ['[[tool.gpuwatch]]\njob = "exp"\n',
+                                  '[tool]\ngpuwatch = "exp"\n', "tool = 3\n"])
+def test_a_pyproject_whose_gpuwatch_settings_are_no_table_is_one_line(
+        tmp_path: Path, body: str) -> None:
+    """An array of tables or a value where the table goes: a traceback from the settings
+    library in every command, and ``gpuwatch run`` never started the job."""
+    (tmp_path / "pyproject.toml").write_text(body)
+    with pytest.raises(ConfigError, match=r"^gpuwatch config: pyproject.toml: \[tool.gpuwatch\] "
+                                          r"is not a table$"):
+        load_settings()
+
+
+def test_the_agent_is_off_for_gpuwatch_enabled_false_in_any_case() -> None:
+    """Settings are read in any case, so ``gpuwatch_enabled=false`` turns the agent off
+    before anything is loaded, as the upper-case name does (a broken setting beside it
+    kept the job from running)."""
+    assert disabled({"gpuwatch_enabled": "false", "GPUWATCH_SAMPLE_INTERVAL_S": "abc"})
+    assert disabled({"GPUWATCH_ENABLED": "0"})
+    assert not disabled({"gpuwatch_enabled": "true"})
 
 
 def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
