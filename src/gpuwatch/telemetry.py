@@ -59,6 +59,7 @@ GPU_BUSY_RATIO = 0.5  # an interruption the GPU was this busy through is GPU wor
 TYPICAL_S = 60.0  # an interruption is weighed against the typical steps of this long before
 # Events that show the job is working between steps (besides steps themselves).
 PROGRESS_EVENTS = frozenset({"progress", "checkpoint_save"})
+EVAL_OOM_S = 3.0  # an OOM this near an eval's batches (its progress records) is the eval's
 OPEN_SAVE_KEY = "open_checkpoint_seconds"  # agent samples: how long a save has been open
 _CHANGES = itertools.count(1)  # stamps of steps and events, unique across views
 
@@ -255,6 +256,8 @@ class Telemetry:
         # typical step, their blocking saves aside (those are ``saves``)
         self.interrupted_by = Interruptions()
         self._eval_at = 0.0  # when the newest eval batch was seen (a progress event)
+        # [first, last] progress times of recent evals' batches (gaps of EVAL_OOM_S apart)
+        self._eval_spans: deque[list[float]] = deque(maxlen=MAX_EVENTS)
         # (work, wall s) of the newest typical steps with work
         self._work_walls: deque[tuple[int, float]] = deque(maxlen=WORK_STEPS)
         # what the allocator held at the first reading after warm-up (bytes): the floor a
@@ -444,6 +447,11 @@ class Telemetry:
             batches = e.data.get("eval_batches")
             if isinstance(batches, (int, float)) and batches > 0:
                 self._eval_at = e.t
+                spans = self._eval_spans
+                if spans and e.t - spans[-1][1] <= EVAL_OOM_S:
+                    spans[-1][1] = max(spans[-1][1], e.t)
+                else:
+                    spans.append([e.t, e.t])
         if e.name == "oom":
             self.oom_times.extend([e.t] * min(self._ooms.add(e), MAX_EVENTS))
             if "type" in e.data:
@@ -556,6 +564,13 @@ class Telemetry:
 
     def ooms_since(self, since: float) -> int:
         return sum(1 for t in self.oom_times if t >= since)
+
+    def training_ooms_since(self, since: float) -> int:
+        """OOMs since ``since`` outside evaluations: none within ``EVAL_OOM_S`` of an
+        eval's batches (an eval batch too big is the eval's to cut, not training's)."""
+        spans = self._eval_spans
+        return sum(1 for t in self.oom_times if t >= since and not any(
+            first - EVAL_OOM_S <= t <= last + EVAL_OOM_S for first, last in spans))
 
     def samples_since(self, source: str, since: float) -> list[Sample]:
         """Every sample of ``source`` (all GPUs) at or after ``since``, oldest first.

@@ -636,10 +636,14 @@ def test_retries_while_live_tensors_fit_with_room_are_fragmentation_fixed_here()
     assert ckpt.verdict == "fix_here" and "fragmented" in ckpt.summary
 
 
-def test_symptoms_on_a_card_other_processes_fill_are_a_shared_card_fixed_here() -> None:
+@pytest.mark.parametrize("peak_gib", [13.8, 22.1])
+def test_symptoms_on_a_card_other_processes_fill_are_a_shared_card_fixed_here(
+        peak_gib: float) -> None:
     """An RTX 4090 beside a notebook holding 9.5 GB: the job reserves 13.8 GB (57%),
     retries and OOMs. It fits the card alone: free it, no move. Without the NVML reading
-    of the job's own processes nothing says the card is shared."""
+    of the job's own processes nothing says the card is shared. So too where the job's
+    own reserved peak reached 92% of the card (it fits alone, if not with 10% to spare):
+    it was told to move."""
     def job(process_gib: float | None) -> list[Record]:
         nvml = {"gpu_memory_used_bytes": 23.3 * GB, "gpu_memory_total_bytes": 24 * GB}
         if process_gib is not None:
@@ -648,7 +652,7 @@ def test_symptoms_on_a_card_other_processes_fill_are_a_shared_card_fixed_here() 
                 *samples("nvml", 60, nvml),
                 *samples("allocator", 60, {
                     "allocator_reserved_bytes": 13.8 * GB,
-                    "allocator_reserved_peak_bytes": 13.8 * GB,
+                    "allocator_reserved_peak_bytes": peak_gib * GB,
                     "allocator_allocated_bytes": 6 * GB,
                     "allocator_allocated_peak_bytes": 13 * GB,
                     "allocator_alloc_retries_total": 0.0, "allocator_ooms_total": 0.0},

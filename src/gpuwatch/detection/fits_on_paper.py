@@ -48,6 +48,7 @@ HELD_BY = (("data_starvation", "the step waits on its data loader", "fix the loa
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
 NO_FASTER = 1.05  # a move projected at most this much faster is for memory alone
 SEARCH_S = 30.0  # an OOM this soon after the batch grew is the growing's (a search)
+RECUR_S = 600.0  # two OOMs in training within this long: a job that keeps running out
 CUT_AFTER_OOM_S = 60.0  # an OOM this long before a batch cut (or activation
 # checkpointing turned on) is what made the job cut it (turn it on)
 # The job's own memory, best source first: (source, key, what the evidence calls it).
@@ -97,6 +98,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     ooms = raised - searched_ooms(view, ooms_from)
     if act_ckpt:
         ooms += answered_ooms(view, ctx, th["memory_ratio"], ooms_from)
+    # OOMs that recur in training keep a job out of memory between them too, however low
+    # a reading once a second finds it (the allocator has just let its cache go)
+    recurring = recurring_ooms(view, now)
+    ooms = max(ooms, recurring)
     # (the allocator retries once before every OOM it raises: those retries are the OOM's)
     # (one retry now and then costs a cache flush: retries are a symptom once they recur)
     symptoms = {"allocator retries": retries - raised >= th["min_retries"], "OOMs": ooms > 0,
@@ -114,7 +119,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     others = other_processes(view, since)
     if (others is not None and not pressure and others >= th["others_ratio"] * total
             and peak + others >= th["memory_ratio"] * total
-            and memory_need(view, since, peak, cut, 1.0) <= th["target_headroom"] * total):
+            and memory_need(view, since, peak, cut, 1.0) <= total):
         return shared(view, symptoms, others, peak, total)  # (it fits the card alone)
     live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
     if (live is not None and retries > 0 and not ooms and cut is None
@@ -126,13 +131,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if (held is not None and start is not None and cut is None
             and held.low - start >= th["leak_ratio"] * total):
         return leak(view, start, held.low, peak, total, retries, ooms)
-    if ooms or symptoms["allocator retries"]:
-        # an OOM or a retry comes where the card is full, which a reading once a second
-        # misses (the allocator has just let its cache go): its own reserved peak says
-        peaked = view.figure("allocator", "allocator_reserved_peak_bytes", since)
-        if peaked is not None and peaked.high >= th["memory_ratio"] * total:
-            pressure, peak = True, max(peak, peaked.high)
-    if not (pressure or sum(symptoms.values()) + act_ckpt >= 2):
+    if not (pressure or recurring or sum(symptoms.values()) + act_ckpt >= 2):
         return None
     symptoms["activation checkpointing"] = act_ckpt
     current = ctx.current_gpu(view)
@@ -197,9 +196,10 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     on_target = current is not None and current.name == ctx.target
     held_back = next(((waits, fix) for name, waits, fix in HELD_BY
                       if name in ctx.explained.get(view.rank, ())
-                      # (evaluations are GPU work: a faster card runs them faster)
-                      and not (name == "interruptions" and view.interrupted_by.mostly_evals)),
-                     None)
+                      # (evaluations are GPU work: a faster card runs them faster; stalls
+                      # beside OOMs may be the job's own recoveries from them)
+                      and not (name == "interruptions"
+                               and (view.interrupted_by.mostly_evals or ooms))), None)
     cannot_run_here = None if held_back or not hard else (
         f"memory at {peak / total:.0%} of the card with "
         + _named(symptoms))
@@ -239,6 +239,16 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     return Detection(evidence, [view.rank], text=text,
                      projection=proj.as_dict() if priced else None,
                      verdict=verdict, variant=None if verdict == "move_to_h100" else "too_big")
+
+
+def recurring_ooms(view: Telemetry, now: float) -> int:
+    """The OOMs in training (past warm-up, outside evaluations and batch searches) of the
+    last ``RECUR_S`` where there are at least two, else 0."""
+    if not view.oom_times or now - view.oom_times[-1] > RECUR_S or not view.warmed_at:
+        return 0
+    since = max(now - RECUR_S, math.nextafter(view.warmed_at, math.inf))
+    count = view.training_ooms_since(since) - searched_ooms(view, since)
+    return count if count >= 2 else 0
 
 
 def searched_ooms(view: Telemetry, since: float) -> int:
