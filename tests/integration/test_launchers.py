@@ -304,3 +304,50 @@ def test_init_process_group_hook_reports_the_group(tmp_path: Path) -> None:
     proc = run([sys.executable, "-c", HOOKED_INIT, str(free_port())], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "(0, 1)"
+
+
+def _bootstrapped(tmp_path: Path, python: str, code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by ``python`` with gpuwatch's bootstrap on PYTHONPATH (as a `gpuwatch
+    run` job's every subprocess has it) and a gpuwatch there that cannot be imported (a
+    Python without gpuwatch's dependencies)."""
+    from gpuwatch.cli import BOOTSTRAP_DIR
+
+    fake = tmp_path / "elsewhere" / "gpuwatch"
+    fake.mkdir(parents=True, exist_ok=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'orjson'\")\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUWATCH_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(BOOTSTRAP_DIR), str(fake.parent)])
+    return subprocess.run([python, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_python_that_cannot_import_gpuwatch_is_told_so_only_if_it_trains(
+        tmp_path: Path) -> None:
+    """A job's tools (a system Python, a CLI in its own venv) get the bootstrap too: each
+    one's stderr had "zero-code attach failed", which breaks tools whose output is read.
+    Such a process now says nothing unless it imports torch, and then once."""
+    tool = _bootstrapped(tmp_path, sys.executable, "print('hi')")
+    assert (tool.returncode, tool.stdout, tool.stderr) == (0, "hi\n", "")
+    trains = _bootstrapped(tmp_path, sys.executable, "import torch, torch.nn; print('hi')")
+    assert trains.returncode == 0 and trains.stdout == "hi\n", trains.stderr
+    assert trains.stderr.count("torch runs unmonitored") == 1 and "orjson" in trains.stderr
+
+
+def test_an_older_python_loads_the_bootstrap_and_the_sitecustomize_it_shadows(
+        tmp_path: Path) -> None:
+    """Python 3.8 could not define the bootstrap (an annotation it cannot subscript): it
+    printed "Error in sitecustomize" into every such process and skipped the site's own
+    sitecustomize (certificates, proxies) that the bootstrap runs after it."""
+    older = sorted(Path(sys.base_prefix).parent.glob("3.[6-9].*/bin/python3"))
+    if not older:
+        pytest.skip("no older Python beside this one")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import builtins\nbuiltins.SITE_RAN = True\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUWATCH_", "PYTHON"))}
+    from gpuwatch.cli import BOOTSTRAP_DIR
+
+    env["PYTHONPATH"] = os.pathsep.join([str(BOOTSTRAP_DIR), str(site)])
+    done = subprocess.run([str(older[0]), "-c", "print(SITE_RAN)"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "True\n", ""), done.stderr
