@@ -579,7 +579,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     rundir = _run_dir(args.rundir)
     path = args.out or rundir / REPORT_NAME
-    _not_a_run_log(path, [rundir, *([args.compare] if args.compare else [])])
+    _nothing_overwritten(path, [rundir, *([args.compare] if args.compare else [])])
     try:
         run = profile([rundir])
         findings = analyze([rundir], load_settings()).findings
@@ -594,10 +594,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_a_run_log(path: Path, run_dirs: Sequence[Path]) -> None:
+def _nothing_overwritten(path: Path, run_dirs: Sequence[Path]) -> None:
     """UserError where the report would be written over a log of these runs (their only
-    record) or as a file a reader takes for a run log (``run*.jsonl``, a segment)."""
+    record), over any other file but an earlier report (findings, a Slack note still
+    to send, the user's own), or as a file a reader takes for a run log
+    (``run*.jsonl``, a segment)."""
     from gpuwatch.runlog import is_segment, logs_in, segments
+    from gpuwatch.sinks.html_report import REPORT_HEAD
 
     if (path.name.startswith("run") and path.name.endswith(".jsonl")) or is_segment(path.name):
         raise UserError(f"--out {path}: a report is no run log; choose a name such as "
@@ -610,6 +613,14 @@ def _not_a_run_log(path: Path, run_dirs: Sequence[Path]) -> None:
                 if os.path.samefile(path, read):
                     raise UserError(f"--out {path} is the run log {read}: the report would "
                                     "overwrite it")
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(REPORT_HEAD))
+    except OSError:
+        return  # (a directory or an unreadable file: writing it says what is wrong)
+    if head and head != REPORT_HEAD:
+        raise UserError(f"--out {path} exists and is no gpuwatch report: the report would "
+                        "overwrite it; choose another name")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -89,6 +89,24 @@ def test_a_report_is_never_written_over_or_as_a_run_log(tmp_path: Path, target: 
         target == "a new run log" and out.exists())
 
 
+def test_a_report_is_written_over_an_earlier_report_but_no_other_file(tmp_path: Path) -> None:
+    """`report RUN --out RUN/findings.json` (or a Slack note still to send) replaced it
+    with HTML without a word. Only an earlier report is written over."""
+    write(job("vision_small_steps").shape, tmp_path / "run")
+    findings = tmp_path / "run" / "findings.json"
+    findings.write_text('{"findings": []}\n')
+    refused = run(gpuwatch_cmd("report", str(tmp_path / "run"), "--out", str(findings)),
+                  cwd=tmp_path)
+    assert refused.returncode == 2 and "no gpuwatch report" in refused.stderr, refused.stderr
+    assert findings.read_text() == '{"findings": []}\n'
+    report = tmp_path / "report.html"
+    for _ in range(2):  # (the second over the first)
+        done = run(gpuwatch_cmd("report", str(tmp_path / "run"), "--out", str(report)),
+                   cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert report.read_bytes().startswith(b"<!DOCTYPE html>")
+
+
 @pytest.mark.parametrize("theirs", ["findings.json", "report.html"])
 def test_a_run_into_a_directory_of_someone_else_s_outputs_is_refused(
         tmp_path: Path, theirs: str) -> None:

@@ -12,7 +12,7 @@ import sys
 
 MYPY = False
 if MYPY:  # (type comments' names, for the checker only: no typing module in old Pythons)
-    from collections.abc import Callable
+    from collections.abc import Callable  # noqa: F401 (named in type comments)
 
 
 def _attach():  # type: () -> None

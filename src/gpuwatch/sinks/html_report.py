@@ -62,6 +62,8 @@ th{background:#eef1f4;font-weight:600}.note{color:#5b6570;font-size:13px}
 .kv td:first-child{color:#4a5560}
 """
 
+REPORT_HEAD = b'<!DOCTYPE html><html lang="en">'  # how every report begins
+
 
 def write_report(out_dir: Path, findings: list[Finding], run: RunProfile | None = None,
                  comparison: Comparison | None = None) -> Path:
@@ -80,7 +82,7 @@ def render(run: RunProfile, findings: list[Finding], comparison: Comparison | No
                 _finish(run, findings)]
     if comparison is not None:
         sections.append(comparison_html(comparison))
-    return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+    return (REPORT_HEAD.decode() + '<head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width,initial-scale=1">'
             '<link rel="icon" href="data:,">'
             f"<title>gpuwatch report: {escape(run.job or 'run')}</title>"
