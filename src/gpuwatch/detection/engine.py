@@ -133,6 +133,15 @@ class Quiet:
     stamps: dict[int, int] = field(default_factory=dict)  # rank -> its ``changed``
     found: dict[str, list[Judgement]] = field(default_factory=dict)
     until: float = float("-inf")
+    # rule -> (what its judgements saw, the first time one of them is due a refresh):
+    # while both hold and no judged rank is stalled, each would be reused (``_judge``)
+    standing: dict[str, tuple[Any, float]] = field(default_factory=dict)
+
+    def stands(self, rule_id: str, sight: Any, now: float, fresh: Fresh) -> bool:
+        """Whether every judgement of the rule stands at ``now`` as it is."""
+        held = self.standing.get(rule_id)
+        return (held is not None and now < held[1] and not fresh.stalled
+                and held[0] == sight)
 
     def holds(self, stamps: dict[int, int], now: float) -> bool:
         """Whether an evaluation at ``now`` of ranks with these ``stamps`` sees what the
@@ -377,6 +386,7 @@ class Engine:
         deadlines: list[float] = []  # when a detection is sustained or a finding resolves
         before = self.context.explained
         self._explain(judged)
+        sight = self._sight(judged)
         quiet = unchanged and self.context.explained == before
         stale = False  # whether what explains changed since ``_explain`` last ran
         stall_at = {r: v.last_progress + stall_s(v) for r, v in judged.items()}
@@ -388,13 +398,18 @@ class Engine:
             if stale:
                 before = self.context.explained
                 self._explain(judged)
+                sight = self._sight(judged)
                 quiet = quiet and self.context.explained == before
             stale = False
-            if quiet:
+            if quiet or self._quiet.stands(rule_id, sight, now, fresh):
                 judgements = self._quiet.found.get(rule_id, [])
             else:
-                judgements = self._quiet.found[rule_id] = self._run(rule, detect, judged, now,
-                                                                    fresh)
+                judgements, due = self._run(rule, detect, judged, now, fresh)
+                self._quiet.found[rule_id] = judgements
+                if due is None:  # (a detector failed: judged again next time)
+                    self._quiet.standing.pop(rule_id, None)
+                else:
+                    self._quiet.standing[rule_id] = (sight, due)
             for judgement in judgements:
                 fp, detection = judgement.fp, judgement.found
                 if detection is None:  # (_run returns only what found something)
@@ -517,26 +532,35 @@ class Engine:
                                 and rule.scope == self.scope]
         return self._plan_cache
 
+    def _sight(self, judged: dict[int, RankInput]) -> tuple[Any, ...]:
+        """What judgements of ``judged`` see of them beside their steps: which ranks,
+        their event stamps and what explains each (``Judgement.seen``, all ranks')."""
+        explained = self.context.explained
+        return (self._judged_key, tuple([v.event_stamp for v in judged.values()]),
+                tuple([explained.get(r, NOTHING) for r in judged]))
+
     def _run(self, rule: Rule, detect: Detect, judged: dict[int, RankInput], now: float,
-             fresh: Fresh) -> list[Judgement]:
+             fresh: Fresh) -> tuple[list[Judgement], float | None]:
         """The rule's judgements that found something: one of every rank (rank scope),
-        one of them all (job scope)."""
+        one of them all (job scope); and the first time one of all its judgements is
+        due a refresh (None where the detector failed)."""
         try:
             if rule.scope == "job":
                 found = self._judge(rule, tuple(judged.values()), now, detect, fresh)
-                return [found] if found.found else []
-            out = []
+                return ([found] if found.found else []), found.refresh_at
+            out, due = [], math.inf
             for view in judged.values():
                 judgement = self._judge(rule, (view,), now, detect, fresh)
+                due = min(due, judgement.refresh_at)
                 if judgement.found:
                     out.append(judgement)
-            return out
+            return out, due
         except Exception as exc:  # a detector bug must not stop the others or the job
             self.errors += 1
             if self.errors == 1:
                 log.warning("gpuwatch: detector %s failed: %s: %s", rule.id,
                             type(exc).__name__, exc)
-            return []
+            return [], None
 
     def _judge(self, rule: Rule, views: Sequence[RankInput], now: float, detect: Detect,
                fresh: Fresh) -> Judgement:
