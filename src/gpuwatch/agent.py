@@ -665,7 +665,8 @@ def stop_all(failed: bool = False) -> None:
             log.warning("gpuwatch: stop failed: %s", exc)
 
 
-_stop_signalled = False  # a stopping signal reached a Python handler (chained: the job's, Ctrl-C's)
+_stop_signalled_at: float | None = None  # (monotonic s) when a stopping signal last
+# reached a Python handler (chained: the job's, Ctrl-C's)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -735,8 +736,8 @@ def _unchained(handler: Any) -> Any:
 
 def _chained(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
     def chained(signum: int, frame: Any) -> Any:
-        global _stop_signalled
-        _stop_signalled = True
+        global _stop_signalled_at
+        _stop_signalled_at = time.monotonic()
         return handler(signum, frame)
 
     chained.gpuwatch_chained = True  # type: ignore[attr-defined]
@@ -745,7 +746,7 @@ def _chained(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
 
 
 _failing_exit_at: float | None = None  # when the main thread last called sys.exit failing
-FAILING_EXIT_S = 60.0  # an exit status older than this was caught: the job went on
+FAILING_EXIT_S = 60.0  # an exit status or stopping signal older than this: the job went on
 
 
 def _note_failing_exits() -> None:
@@ -799,10 +800,13 @@ class _NotingQuitter:
 def dying_of_an_exception() -> bool:
     """Whether the process is exiting because an exception (KeyboardInterrupt included)
     went uncaught in its main thread (Python keeps the last one it printed in
-    ``sys.last_value`` before the atexit handlers run), or after a stopping signal
-    reached a Python handler (``_chain_stop_handlers``: the job's, whose ``sys.exit``
-    leaves no other trace, or Ctrl-C's, whose KeyboardInterrupt the job caught)."""
-    return _stop_signalled or getattr(sys, "last_value", None) is not None
+    ``sys.last_value`` before the atexit handlers run), or within ``FAILING_EXIT_S``
+    of a stopping signal reaching a Python handler (``_chain_stop_handlers``: the job's,
+    whose ``sys.exit`` leaves no other trace, or Ctrl-C's, whose KeyboardInterrupt the
+    job caught; one longer ago, the job lived through and went on)."""
+    signalled = _stop_signalled_at
+    return ((signalled is not None and time.monotonic() - signalled < FAILING_EXIT_S)
+            or getattr(sys, "last_value", None) is not None)
 
 
 def _nvml_index(gpus: list[int] | None, device: int | None) -> int | None:

@@ -256,8 +256,9 @@ class Telemetry:
         # typical step, their blocking saves aside (those are ``saves``)
         self.interrupted_by = Interruptions()
         self._eval_at = 0.0  # when the newest eval batch was seen (a progress event)
-        # [first, last] progress times of recent evals' batches (gaps of EVAL_OOM_S apart)
-        self._eval_spans: deque[list[float]] = deque(maxlen=MAX_EVENTS)
+        # [first, last] of recent evaluation work (Unix s): eval batches' progress times
+        # (gaps of EVAL_OOM_S apart), and long steps of GPU work outside training
+        self._evaluating: deque[list[float]] = deque(maxlen=MAX_EVENTS)
         # (work, wall s) of the newest typical steps with work
         self._work_walls: deque[tuple[int, float]] = deque(maxlen=WORK_STEPS)
         # what the allocator held at the first reading after warm-up (bytes): the floor a
@@ -366,7 +367,10 @@ class Telemetry:
             self.interruptions.append((s.t - s.wall_s, s.t))  # an eval, a save, a recompile
             self.interrupting.add(s)
             excess = max(s.wall_s - median - s.checkpoint_s, 0.0)
-            self.interrupted_by.add(self._interruption_kind(s, excess), s, excess)
+            kind = self._interruption_kind(s, excess)
+            self.interrupted_by.add(kind, s, excess)
+            if kind in ("eval", "gpu"):  # (an eval without progress records: GPU work)
+                self._evaluating.append([s.t - s.wall_s, s.t])
             return
         if work:
             self._work_walls.append((work, s.wall_s))
@@ -447,7 +451,7 @@ class Telemetry:
             batches = e.data.get("eval_batches")
             if isinstance(batches, (int, float)) and batches > 0:
                 self._eval_at = e.t
-                spans = self._eval_spans
+                spans = self._evaluating
                 if spans and e.t - spans[-1][1] <= EVAL_OOM_S:
                     spans[-1][1] = max(spans[-1][1], e.t)
                 else:
@@ -565,12 +569,12 @@ class Telemetry:
     def ooms_since(self, since: float) -> int:
         return sum(1 for t in self.oom_times if t >= since)
 
-    def training_ooms_since(self, since: float) -> int:
-        """OOMs since ``since`` outside evaluations: none within ``EVAL_OOM_S`` of an
-        eval's batches (an eval batch too big is the eval's to cut, not training's)."""
-        spans = self._eval_spans
-        return sum(1 for t in self.oom_times if t >= since and not any(
-            first - EVAL_OOM_S <= t <= last + EVAL_OOM_S for first, last in spans))
+    def training_oom_times(self, since: float) -> list[float]:
+        """When the OOMs since ``since`` outside evaluations came (Unix s): none within
+        ``EVAL_OOM_S`` of an eval's work (an eval batch too big is the eval's to cut, not
+        training's)."""
+        return [t for t in self.oom_times if t >= since and not any(
+            first - EVAL_OOM_S <= t <= last + EVAL_OOM_S for first, last in self._evaluating)]
 
     def samples_since(self, source: str, since: float) -> list[Sample]:
         """Every sample of ``source`` (all GPUs) at or after ``since``, oldest first.

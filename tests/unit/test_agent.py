@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import copy
 import pickle
+import signal
 import sys
 import time
 from pathlib import Path
@@ -216,6 +217,20 @@ def test_a_caught_failing_exit_does_not_make_an_agent_stop_as_failed() -> None:
     with pytest.raises(SystemExit):
         sys.exit(2)
     assert agent_module._failing_exit_at is not None
+    assert not agent_module.dying_of_an_exception()
+
+
+def test_a_stopping_signal_the_job_lived_through_is_no_death_a_minute_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C the job caught and went on from (a notebook's interrupt, a watchdog's
+    ``interrupt_main``) marked the process dying for good: every later normal end
+    skipped its last scrape. A stopping signal counts for ``FAILING_EXIT_S``."""
+    monkeypatch.setattr(agent_module, "_stop_signalled_at", None)  # (restored after)
+    handled: list[int] = []
+    agent_module._chained(lambda signum, frame: handled.append(signum))(signal.SIGINT, None)
+    assert handled == [signal.SIGINT] and agent_module.dying_of_an_exception()
+    monkeypatch.setattr(agent_module, "_stop_signalled_at",
+                        time.monotonic() - agent_module.FAILING_EXIT_S - 1)
     assert not agent_module.dying_of_an_exception()
 
 

@@ -48,7 +48,9 @@ HELD_BY = (("data_starvation", "the step waits on its data loader", "fix the loa
 TOKENS_HELD = 0.9  # a smaller batch with this share of the tokens per step is no cut
 NO_FASTER = 1.05  # a move projected at most this much faster is for memory alone
 SEARCH_S = 30.0  # an OOM this soon after the batch grew is the growing's (a search)
-RECUR_S = 600.0  # two OOMs in training within this long: a job that keeps running out
+RECUR_S = 600.0  # OOMs in training that recur within this long: a job that keeps running out
+INCIDENT_S = 30.0  # OOMs closer than this are one incident (a batch tried again)
+NEAR_LIMIT = 0.75  # ... where the job's memory reaches this share of the card
 CUT_AFTER_OOM_S = 60.0  # an OOM this long before a batch cut (or activation
 # checkpointing turned on) is what made the job cut it (turn it on)
 # The job's own memory, best source first: (source, key, what the evidence calls it).
@@ -98,14 +100,11 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     ooms = raised - searched_ooms(view, ooms_from)
     if act_ckpt:
         ooms += answered_ooms(view, ctx, th["memory_ratio"], ooms_from)
-    # OOMs that recur in training keep a job out of memory between them too, however low
-    # a reading once a second finds it (the allocator has just let its cache go)
     recurring = recurring_ooms(view, now)
-    ooms = max(ooms, recurring)
     # (the allocator retries once before every OOM it raises: those retries are the OOM's)
     # (one retry now and then costs a cache flush: retries are a symptom once they recur)
-    symptoms = {"allocator retries": retries - raised >= th["min_retries"], "OOMs": ooms > 0,
-                "batch cut": cut is not None}
+    symptoms = {"allocator retries": retries - raised >= th["min_retries"],
+                "OOMs": ooms > 0 or recurring > 0, "batch cut": cut is not None}
     if not act_ckpt and not any(symptoms.values()):
         return None  # (the common case: nothing to weigh memory against)
     total = card_memory(view, ctx)
@@ -114,6 +113,19 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return None
     peak, source = measured
     pressure = peak / total >= th["memory_ratio"]
+    live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
+    split = (live is not None and live.high < th["live_ratio"] * total  # a fragmented cache
+             and peak - live.high >= th["split_cache_ratio"] * total)
+    # OOMs that recur in training keep a job out of memory between them too, however
+    # far below the limit a reading once a second finds it (the allocator has just let
+    # its cache go), if not far: not where its memory stays low (a spike: a request no
+    # card may hold), nor from a fragmented cache
+    if recurring and (peak < NEAR_LIMIT * total or split):
+        recurring = 0
+        symptoms["OOMs"] = ooms > 0
+        if not act_ckpt and not any(symptoms.values()):
+            return None
+    ooms = max(ooms, recurring)
     if not any(symptoms.values()):
         return by_design(view, th, summary, peak, total, since)
     others = other_processes(view, since)
@@ -121,10 +133,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
             and peak + others >= th["memory_ratio"] * total
             and memory_need(view, since, peak, cut, 1.0) <= total):
         return shared(view, symptoms, others, peak, total)  # (it fits the card alone)
-    live = view.figure("allocator", "allocator_allocated_peak_bytes", since)
-    if (live is not None and retries > 0 and not ooms and cut is None
-            and live.high < th["live_ratio"] * total
-            and peak - live.high >= th["split_cache_ratio"] * total):
+    if split and live is not None and retries > 0 and not ooms and cut is None:
         return fragmented(view, since, retries, live.high, peak, total)
     held = view.figure("allocator", "allocator_allocated_bytes", since)
     start = view.allocated_at_start
@@ -149,7 +158,9 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
         return by_design(view, th, summary, peak, total, since, retries) if act_ckpt else None
     # (OOMs before the window are no symptom now, but the run had them: said as such)
     earlier = max(view.ooms_since(0.0) - searched_ooms(view, 0.0) - ooms, 0)
-    if (ooms or earlier) and need <= total:  # (it ran out of memory on this card: more)
+    trained_from = math.nextafter(view.warmed_at, math.inf)  # (warm-up's tries aside)
+    ran_out = ooms or view.ooms_since(trained_from) > searched_ooms(view, trained_from)
+    if ran_out and need <= total:  # (it ran out of memory on this card: more than it)
         need, needed = total, f"more than the card's {total / GIB:.1f} GiB needed"
     else:
         needed = f"{need / GIB:.1f} GiB needed"
@@ -243,23 +254,34 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
 
 def recurring_ooms(view: Telemetry, now: float) -> int:
     """The OOMs in training (past warm-up, outside evaluations and batch searches) of the
-    last ``RECUR_S`` where there are at least two, else 0."""
+    last ``RECUR_S`` where they recur: at least two incidents (``INCIDENT_S`` apart),
+    the newest no longer ago than twice the gap between the newest two (the rhythm
+    goes on); else 0."""
     if not view.oom_times or now - view.oom_times[-1] > RECUR_S or not view.warmed_at:
         return 0
     since = max(now - RECUR_S, math.nextafter(view.warmed_at, math.inf))
-    count = view.training_ooms_since(since) - searched_ooms(view, since)
-    return count if count >= 2 else 0
+    times = [t for t in view.training_oom_times(since) if not _searched(view, t)]
+    incidents: list[float] = []
+    for t in times:
+        if not incidents or t - incidents[-1] >= INCIDENT_S:
+            incidents.append(t)
+    if len(incidents) < 2 or now - times[-1] > 2 * (incidents[-1] - incidents[-2]):
+        return 0
+    return len(times)
+
+
+def _searched(view: Telemetry, t: float) -> bool:
+    """Whether an OOM at ``t`` came within ``SEARCH_S`` of the training batch growing."""
+    return any(g <= t <= g + SEARCH_S for g in view.batch.grew)
 
 
 def searched_ooms(view: Telemetry, since: float) -> int:
     """OOMs since ``since`` that came within ``SEARCH_S`` of the training batch growing:
     a search for the largest batch that fits (Lightning's batch-size finder grows it
     until one runs out, then keeps the last that fit) runs out by design."""
-    grew = view.batch.grew
-    if not grew:
+    if not view.batch.grew:
         return 0
-    return sum(1 for t in view.oom_times
-               if t >= since and any(g <= t <= g + SEARCH_S for g in grew))
+    return sum(1 for t in view.oom_times if t >= since and _searched(view, t))
 
 
 def answered_ooms(view: Telemetry, ctx: Context, memory_ratio: float, counted_from: float
