@@ -1,6 +1,7 @@
 """fits_on_paper: the model fits the card on paper but not in practice. The job's own
 memory is at the limit and it shows (allocator retries or OOMs inside the window, a
-training batch cut that persists, activation checkpointing turned on after OOMs); when
+training batch cut that persists, activation checkpointing turned on after OOMs), or it
+keeps running out of memory (OOMs that recur in training: ``recurring_ooms``); when
 its need fits a bigger card with room: move it (move_to_h100), else fix it here.
 
 Activation checkpointing alone is a design choice, not a symptom: without pressure
@@ -9,8 +10,9 @@ its recompute time. Symptoms while other processes hold the rest of the card (a 
 card), or retries while the cache holds far more than live tensors (fragmentation),
 are fixed here. The card the job already runs on is never recommended, and a job
 already on the target gets ``fix_here`` (shard it), naming a bigger card that would
-hold it. A step that waits on its data loader or on blocking saves (``HELD_BY``, judged
-first) does not make memory alone a reason to move: the move must pay as any other.
+hold it. A step that waits on its data loader, on blocking saves or in stalls
+(``HELD_BY``) does not make memory alone a reason to move: the move must pay as any
+other.
 
 A rank that died of an OOM in its first steps, before any window could hold enough of
 them to judge (as a job too big for the card does), is told so at the end of its log
