@@ -46,14 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except (UserError, ConfigError) as exc:
         text = f"gpuwatch: {exc}" if isinstance(exc, UserError) else str(exc)
-        print(redact(text), file=sys.stderr)
+        print(one_line(redact(text)), file=sys.stderr)
         return 2
     except BrokenPipeError:  # its reader went away (`| head`): end as a piped tool does
         _mute()
         return 128 + signal.SIGPIPE
     except OSError as exc:  # a path that cannot be read or written: one line
         where = f": {exc.filename}" if exc.filename else ""
-        print(redact(f"gpuwatch: {exc.strerror or exc}{where}"), file=sys.stderr)
+        print(one_line(redact(f"gpuwatch: {exc.strerror or exc}{where}")), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -76,7 +76,17 @@ class _Parser(argparse.ArgumentParser):
     parsers are of this class too."""
 
     def error(self, message: str) -> typing.NoReturn:
-        super().error(redact(message))
+        super().error(one_line(redact(message)))
+
+
+# control characters as escapes: a path or key holding a newline, an ESC or a bell
+# given by the user stays one line and moves no terminal
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters written as escapes (``\\n``, ``\\x1b``)."""
+    return text.translate(_CONTROLS)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -48,6 +48,17 @@ def test_bad_arguments_exit_2_without_traceback(tmp_path: Path, args: list[str])
     assert "Traceback" not in proc.stderr and "error:" in proc.stderr
 
 
+@pytest.mark.parametrize("args", [["analyze", "a\nb\x1b[31m"], ["demo", "--seconds", "1\n2"]])
+def test_an_argument_holding_control_characters_is_shown_on_one_line(
+        tmp_path: Path, args: list[str]) -> None:
+    """A path holding a newline made the error two lines; an ESC would move the
+    terminal. They are shown as escapes."""
+    proc = run(gpuwatch_cmd(*args), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == (1 if args[0] == "analyze" else 2)
+    assert "\x1b" not in proc.stderr and "\\n" in proc.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("args", [["dashboards", "export", "d", "--kubernetes", "."],
                                   ["rules", "export", "r", "--kubernetes", "/"],
                                   ["rules", "export", "r", "--kubernetes", "/proc/gw.yaml"]])
