@@ -466,9 +466,14 @@ def test_finish_waits_for_one_scrape_to_take_the_end_marker(endpoint: Exporter) 
     assert "gpuwatch_run_end_time_seconds" in body and seen == [True]
 
 
-def test_finish_does_not_wait_when_nothing_ever_scraped() -> None:
+@pytest.mark.parametrize("probed", [False, True])
+def test_finish_does_not_wait_when_nothing_ever_scraped(probed: bool) -> None:
+    """Nothing read /metrics: no scraper will take the end marker. A GET of / (a
+    person's curl, a liveness probe) is no scraper; it made every end wait."""
     exporter = Exporter(ExporterState(LABELS), on_error=lambda exc: None)
     assert exporter.start("127.0.0.1", 0)
+    if probed:
+        urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/", timeout=5).read()
     done = threading.Event()
     threading.Thread(target=lambda: (exporter.finish(60), done.set())).start()
     assert done.wait(10)  # would take 60 s if it waited for a scraper that never comes

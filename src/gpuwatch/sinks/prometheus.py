@@ -479,7 +479,8 @@ class Exporter:
         elif path not in (b"/", b"/metrics"):
             self._send(conn, _response(b"404 Not Found", b"see /metrics\n"), deadline)
         else:
-            self._scraped = self._scraped or method == b"GET"
+            # (a scraper reads /metrics: a person's curl of / or a liveness probe is none)
+            self._scraped = self._scraped or (method == b"GET" and path == b"/metrics")
             try:
                 version, body = self._render()
             except Exception as exc:  # counted, never a traceback in the training log
