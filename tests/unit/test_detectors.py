@@ -324,6 +324,15 @@ def test_no_step_for_a_minute_while_the_process_lives_is_a_critical_hang() -> No
     assert "collective" in f.summary and "another rank stopped first" in f.summary
 
 
+def test_a_hang_the_job_got_past_is_resolved_at_the_run_s_end() -> None:
+    """A rank stuck for two minutes that then stepped on to the end of the run (less
+    than the hang's minute of hold after it): the run ended "critical: hang" active."""
+    records = [*stalled("collective"), *steps(30, start=START + 130, first=11)]
+    f = only(judge(records), "hang")
+    assert f.state == "resolved" and f.evidence["stalled_seconds"] >= 60
+    assert only(judge(stalled("collective")), "hang").state == "active"  # (stuck at the end)
+
+
 def test_a_rank_stuck_outside_collectives_is_named_as_the_one_that_stopped() -> None:
     """Its advice (one of two ranks) told it to find the rank that is not in a
     collective: itself. A process alone keeps the plain advice."""

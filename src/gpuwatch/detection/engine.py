@@ -66,11 +66,13 @@ JOB_DETECTORS: dict[str, JobDetector] = {
 # happen.
 ABSENCE_DRIVEN = {"hang": "min_seconds"}
 # Judged over the whole run so far (a run-long share of the wall time) or from where the
-# run is now (its time to finish): the last evaluation of a run or log judges the run
-# as it ended, so a finding it does not find again resolves there, whatever its hold
-# (a save share that fell under its threshold over the rest of the run, "698 steps to
-# go" in a run that finished them).
-JUDGED_AT_THE_END = frozenset({"checkpoint_overhead", "interruptions", "iteration_speed"})
+# run is now (its time to finish, a rank stuck): the last evaluation of a run or log
+# judges the run as it ended, so a finding it does not find again resolves there,
+# whatever its hold (a save share that fell under its threshold over the rest of the
+# run, "698 steps to go" in a run that finished them, a hang the job got past and
+# stepped on from).
+JUDGED_AT_THE_END = frozenset({"checkpoint_overhead", "hang", "interruptions",
+                               "iteration_speed"})
 # A judgement over steps is refreshed at the first step to come once new steps have
 # moved its window by this fraction of itself: a new mean differs little before, and
 # judging at every step costs most of a replay of multi-second steps (an event or a
