@@ -26,6 +26,7 @@ from gpuwatch.instrument.patches import (
     timed_loader_next,
 )
 from gpuwatch.instrument.sizes import saved_bytes
+from tests.wait import wait_for
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -306,6 +307,50 @@ def test_a_distributed_checkpoints_writer_threads_are_part_of_its_save(tmp_path:
     assert codes[1:] == [ring.CHECKPOINT, ring.CHECKPOINT_TARGET, -ring.CHECKPOINT]
     written = sum(p.stat().st_size for p in Writer.path.iterdir())
     assert saved_bytes(marks[2][1]) == written > 0
+
+
+def test_an_async_save_is_its_staging_then_one_background_save_of_its_checkpoint(
+        tmp_path: Path) -> None:
+    """dcp.async_save returns a future while its writer thread goes on with a torch.save
+    per item: each was a background save of its own (2,672 for 76 checkpoints, ~1 kB
+    each), and the staging call was sized by the writer's first files, so a staging
+    share was told to "use async_save". Now: the call is the blocking part, unsized, and
+    the writing one background save sized by the checkpoint once the future is done."""
+    from concurrent.futures import Future
+
+    lazy, marks = recorder()
+    torch_save = timed_checkpoint_save(torch.save, lazy, target_arg=1)
+    writing = threading.Event()
+
+    def async_save(state: dict[str, Any], *, checkpoint_id: Path) -> Future[None]:
+        checkpoint_id.mkdir()
+        future: Future[None] = Future()
+
+        def write() -> None:
+            writing.wait(60)  # (after the call returned, as DCP's writer thread runs)
+            for k, tensor in state.items():
+                torch_save(tensor, checkpoint_id / f"__0_{k}.distcp")
+            future.set_result(None)
+
+        threading.Thread(target=write).start()
+        return future
+
+    save = timed_checkpoint_save(async_save, lazy, target_kwarg="checkpoint_id")
+    lazy.push(ring.STEP_BOUNDARY, 1)  # the loop has marked: this thread is its
+    future = save({f"w{k}": torch.zeros(1000) for k in range(6)},
+                  checkpoint_id=tmp_path / "step10")
+    assert [code for code, _ in marks][1:] == [ring.CHECKPOINT, -ring.CHECKPOINT]
+    writing.set()
+    future.result(timeout=60)  # (its callbacks run just after: waited for)
+    background = wait_for(lambda: [v for c, v in marks if c == ring.BACKGROUND_SAVE], 60,
+                          "the async save's background save")
+    assert len(background) == 1
+    written = sum(p.stat().st_size for p in (tmp_path / "step10").iterdir())
+    assert saved_bytes(background[0][1]) == written > 6 * 4000
+    later = threading.Thread(target=torch_save, args=(torch.zeros(1), tmp_path / "later.pt"))
+    later.start()  # (a writer thread's own save, once the async one is done: its own)
+    later.join(timeout=60)
+    assert [c for c, _ in marks].count(ring.BACKGROUND_SAVE) == 2
 
 
 def test_lightning_s_whole_checkpoint_write_is_one_save_sized_by_its_file(

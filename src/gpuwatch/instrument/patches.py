@@ -70,6 +70,8 @@ class LazyPush:
         self._starting = threading.Lock()  # held while the first mark starts the agent
         self._starter: int | None = None  # the thread starting it
         self.saving = 0  # timed saves under way on the loop's thread (their writers' are theirs)
+        # asynchronous saves still writing after their call returned (ids of their futures)
+        self.writing: set[int] = set()
 
     def forget_agent(self) -> None:
         """In a forked child: the parent's agent does not run here (its ring would fill
@@ -78,7 +80,7 @@ class LazyPush:
         self.push = self._first
         self._starting, self._starter = threading.Lock(), None
         self.loop_thread, self._boundary, self._others = None, _nothing, {}
-        self.saving = 0
+        self.saving, self.writing = 0, set()
 
     def ends_step(self, optimizer: Any) -> bool:
         """Whether ``optimizer``'s step ends a training step. The first optimizer to step
@@ -333,7 +335,10 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
     arguments (None: unsized). A save made while the loop's own save is under way, on
     the loop (a framework's checkpoint writing its files) or on another thread (a
     distributed checkpoint's writer threads), is a part of that one, not a save of its
-    own."""
+    own. A save whose call returns a future (``async_save``) blocked only for that call
+    (its staging): its writing goes on in the background until the future is done, one
+    background save sized by its target then, of which the saves its writer threads
+    make meanwhile are parts."""
 
     @functools.wraps(save)
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -342,7 +347,7 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
             target = args[target_arg]
         elif target is None and target_arg is not None:
             target = kwargs.get("f")
-        if lazy.saving:  # (part of the save under way)
+        if lazy.saving or (lazy.writing and lazy.off_loop()):  # (part of a save under way)
             return save(*args, **kwargs)
         if target is None and target_of is not None:
             try:
@@ -354,16 +359,54 @@ def timed_checkpoint_save(save: Callable[..., Any], lazy: LazyPush, target_arg: 
         start, since = _tell(target), time.time()
         lazy.push(ring.CHECKPOINT)
         lazy.saving += 1
+        result = None
         try:
-            return save(*args, **kwargs)
+            result = save(*args, **kwargs)
+            return result
         finally:
             lazy.saving -= 1
-            written = _written(target, start, since)
+            later = _future(result)
+            # (an asynchronous save's call wrote nothing yet of its own: its writer's
+            # first files are the background write's, sized when that is done)
+            written = None if later is not None else _written(target, start, since)
             if written is not None:
                 lazy.push(ring.CHECKPOINT_TARGET, written)
             lazy.push(-ring.CHECKPOINT)
+            if later is not None:
+                _written_later(later, target, since, lazy)
 
     return timed
+
+
+def _future(result: Any) -> Any:
+    """The future a save's result completes with where it writes on after returning
+    (``async_save``'s Future, or its response's upload future); else None."""
+    for candidate in (result, getattr(result, "upload_completion", None)):
+        if callable(getattr(candidate, "add_done_callback", None)):
+            return candidate
+    return None
+
+
+def _written_later(future: Any, target: Any, since: float, lazy: LazyPush) -> None:
+    """One background save for an asynchronous save's writing: from its call's return to
+    its future's completion, sized by its target then (``saved_at``: at once, as on the
+    training thread, where a future done already calls back; a large directory later,
+    by the agent). Never raises into the job."""
+    key, begun = id(future), time.perf_counter()
+
+    def done(_: Any) -> None:
+        lazy.writing.discard(key)
+        try:
+            written = _written(target, None, since)
+        except Exception:  # (unsized rather than raised in the writer's thread)
+            written = None
+        lazy.push(ring.BACKGROUND_SAVE, (time.perf_counter() - begun, written))
+
+    lazy.writing.add(key)
+    try:
+        future.add_done_callback(done)
+    except Exception:  # (a future that takes no callback: its writing goes unseen)
+        lazy.writing.discard(key)
 
 
 def _background_save(save: Callable[..., Any], target: Any, lazy: LazyPush,

@@ -232,9 +232,9 @@ class StepAssembler:
         self._progress(t, out)
 
     def _on_background_save(self, code: int, t: float, value: Any, out: list[Record]) -> None:
-        seconds, nbytes = value
+        seconds, written = value  # (bytes, or a ``saved_at`` value to size here)
         out.append(Event(self.rank, t + self._offset, "checkpoint_save",
-                         {"seconds": seconds, "bytes": nbytes, "blocking": False}))
+                         {"seconds": seconds, "bytes": saved_bytes(written), "blocking": False}))
 
     def _on_tokens(self, code: int, t: float, value: Any, out: list[Record]) -> None:
         self._tokens += self._count(value)
