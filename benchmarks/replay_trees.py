@@ -9,6 +9,11 @@ this checkout, or another commit's, e.g. ``git worktree add /tmp/base COMMIT``).
 Reports each tree's CPU seconds, median and [min-max], its ratio to the first tree's
 median, and the records and findings it counted (which should agree).
 
+``--instructions`` counts instead the instructions the analysis executes (under
+valgrind's callgrind: the same run with and without the analysis, imports alike), once
+per tree: deterministic, so a change of a few percent shows on a shared, loaded box
+where CPU seconds drift by more.
+
 LOGDIR can be the throughput benchmark's 8-rank, 30-minute log, written with
 ``python -c "import sys; sys.path[:0] = ['benchmarks', '.']; from analyze_throughput
 import shape; from tests.scenarios import write; from pathlib import Path;
@@ -18,6 +23,7 @@ write(shape(8, 1800), Path('/tmp/log8'))"`` (one line).
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -28,10 +34,19 @@ from pathlib import Path
 from gpuwatch.config import Settings
 from gpuwatch.detection.replay import analyze
 paths = sorted(Path(sys.argv[2]).glob("run*.jsonl"))
-start = time.process_time()
-result = analyze(paths, Settings(), workers=1)
-print(time.process_time() - start, result.records, len(result.findings))
+if sys.argv[3:] != ["imports"]:
+    start = time.process_time()
+    result = analyze(paths, Settings(), workers=1)
+    print(time.process_time() - start, result.records, len(result.findings))
 """
+CALLGRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+
+
+def instructions(tree: str, logdir: str, *mode: str) -> int:
+    """Instructions one fresh process executes (callgrind's count) running ``ONE``."""
+    err = subprocess.run([*CALLGRIND, sys.executable, "-c", ONE, tree, logdir, *mode],
+                         check=True, capture_output=True, text=True).stderr
+    return int(re.search(r"Collected : (\d+)", err).group(1))  # type: ignore[union-attr]
 
 
 def main() -> None:
@@ -39,7 +54,15 @@ def main() -> None:
     p.add_argument("logdir")
     p.add_argument("trees", nargs="+")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--instructions", action="store_true")
     args = p.parse_args()
+    if args.instructions:
+        counts = {tree: instructions(tree, args.logdir) - instructions(tree, args.logdir,
+                                                                       "imports")
+                  for tree in args.trees}
+        for tree, n in counts.items():
+            print(f"{tree}: {n / 1e9:.3f} G instructions  x{n / counts[args.trees[0]]:.3f}")
+        return
     cpu: dict[str, list[float]] = {tree: [] for tree in args.trees}
     counted: dict[str, set[tuple[int, int]]] = {tree: set() for tree in args.trees}
     for _ in range(args.rounds):

@@ -16,7 +16,7 @@ from gpuwatch.config import (
 )
 from gpuwatch.detection.catalogue import catalogue
 from gpuwatch.detection.engine import engine_from_settings
-from gpuwatch.detection.moves import Costs, OwnedCard, decide, price
+from gpuwatch.detection.moves import Costs, OwnedCard, decide, price, unknown_card
 from gpuwatch.detection.projection import Inputs, Projection, StepParts, project, projection_text
 from gpuwatch.records import Event, Finding, Record
 from tests.runs import GB, START, judge, meta, only, samples, steps, topology
@@ -319,3 +319,13 @@ def test_a_rank_whose_card_nvml_did_not_name_is_not_the_configured_model_beside_
             records.append(topology("NVIDIA H100 PCIe", 80 * GB, rank=r, gpus=4))
     f = only(judge(records, scope="job", gpu_model="RTX 5090"), "sync_bottleneck")
     assert f.projection is not None and f.projection["current"] == "H100 PCIe"
+
+
+def test_a_mig_slice_is_told_as_a_slice_of_its_card() -> None:
+    """A job on an H100 MIG 3g.40gb slice was told the card "is not in gpuwatch's
+    catalogue", as if it were some unknown GPU: it runs on a slice of a known one, and
+    a bigger slice or the whole card is the step up."""
+    told = unknown_card("NVIDIA H100 80GB HBM3 MIG 3g.40gb")
+    assert "MIG slice (3g.40gb) of NVIDIA H100 80GB HBM3" in told
+    assert "whole card" in told and "not in gpuwatch's catalogue" not in told
+    assert "not in gpuwatch's catalogue" in unknown_card("NVIDIA A10G")

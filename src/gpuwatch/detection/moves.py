@@ -152,6 +152,11 @@ def _gain_is_compute(p: Projection) -> bool:
 
 def unknown_card(device_name: str | None) -> str:
     """Why a card's speed and price are unknown, and what to set, as a clause."""
+    card, mig, profile = (device_name or "").partition(" MIG ")
+    if mig:  # (NVML's name of a MIG instance: "<card> MIG 3g.40gb")
+        return (f"it runs on a MIG slice ({profile}) of {card}, whose speed and price "
+                "gpuwatch does not know: a bigger slice or the whole card is the first "
+                "step up (set gpu_model and prices to judge it)")
     what = (f"{device_name} is not in gpuwatch's catalogue" if device_name else
             "the card was not seen (no NVML reading, no gpu_model set)")
     return (f"{what}: its speed and price are unknown (set gpu_model to the nearest "
