@@ -384,15 +384,18 @@ def _toml_source(
         raise ConfigError(f"gpuwatch config: {name}: nested too deeply") from None
 
 
+def _ours(name: str) -> bool:
+    """Whether an environment variable is a setting's (``GPUWATCH_*``, in any case: the
+    settings read them in any)."""
+    return name.upper().startswith(Settings.model_config["env_prefix"])
+
+
 def unknown_env_keys(environ: Mapping[str, str]) -> list[str]:
     """GPUWATCH_* variables that name no setting (a typo would otherwise pass silently)."""
     prefix = Settings.model_config["env_prefix"]
     known = set(Settings.model_fields)
-    return sorted(  # (any case: the settings read them in any)
-        name for name in environ
-        if name.upper().startswith(prefix)
-        and name[len(prefix):].lower().split("__", 1)[0] not in known
-    )
+    return sorted(name for name in environ
+                  if _ours(name) and name[len(prefix):].lower().split("__", 1)[0] not in known)
 
 
 DETECTION_KEYS = frozenset({"detect_interval_s", "detectors", "target_gpu", "gpu_model",
@@ -472,7 +475,7 @@ def _deepest(environ: Mapping[str, str]) -> str:
             deepest = max(deepest, level)
         return deepest
 
-    names = [k for k in environ if k.upper().startswith(Settings.model_config["env_prefix"])]
+    names = [k for k in environ if _ours(k)]
     return max(names, key=lambda k: depth(environ[k]), default="an environment variable")
 
 

@@ -611,7 +611,10 @@ def test_token_ids_are_counted_in_hugging_face_batches_and_nowhere_else() -> Non
     import numpy as np
     import torch
 
-    from gpuwatch.instrument.sizes import batch_size, batch_tokens
+    from gpuwatch.instrument.sizes import batch_size, first_tensor, token_ids
+
+    def batch_tokens(batch: object) -> int:  # (what the loader patch counts of a batch)
+        return token_ids(first_tensor(batch))
 
     encoding = UserDict({"input_ids": torch.zeros(4, 64, dtype=torch.long),
                          "attention_mask": torch.ones(4, 64, dtype=torch.long)})

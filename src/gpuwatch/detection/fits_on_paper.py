@@ -207,12 +207,7 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     if pcie:
         evidence["pcie_rx_bytes_per_second"] = pcie.high
     on_target = current is not None and current.name == ctx.target
-    held_back = next(((waits, fix) for name, waits, fix in HELD_BY
-                      if name in ctx.explained.get(view.rank, ())
-                      # (evaluations are GPU work: a faster card runs them faster; stalls
-                      # beside OOMs may be the job's own recoveries from them)
-                      and not (name == "interruptions"
-                               and (view.interrupted_by.mostly_evals or ooms))), None)
+    held_back = _held_back(view, ctx, ooms)
     cannot_run_here = None if held_back or not hard else (
         f"memory at {peak / total:.0%} of the card with "
         + _named(symptoms))
@@ -252,6 +247,16 @@ def detect(view: Telemetry, rule: Rule, ctx: Context, now: float) -> Detection |
     return Detection(evidence, [view.rank], text=text,
                      projection=proj.as_dict() if priced else None,
                      verdict=verdict, variant=None if verdict == "move_to_h100" else "too_big")
+
+
+def _held_back(view: Telemetry, ctx: Context, ooms: int) -> tuple[str, str] | None:
+    """(what holds the step back, what to fix first) of the first of ``HELD_BY`` found on
+    the rank; None if none is. Interruptions hold it back only as stalls: evaluations are
+    GPU work (a faster card runs them faster), and stalls beside OOMs may be the job's
+    own recoveries from them."""
+    found = ctx.explained.get(view.rank, ())
+    return next(((waits, fix) for name, waits, fix in HELD_BY if name in found and not (
+        name == "interruptions" and (view.interrupted_by.mostly_evals or ooms))), None)
 
 
 def recurring_ooms(view: Telemetry, now: float) -> int:

@@ -31,11 +31,6 @@ def batch_size(batch: Any) -> int:
     return leading_size(first_tensor(batch))
 
 
-def batch_tokens(batch: Any) -> int:
-    """The token ids of the first tensor-like in a batch (``token_ids``)."""
-    return token_ids(first_tensor(batch))
-
-
 def leading_size(tensor: Any) -> int:
     """A tensor-like's leading dimension (0 for None or a scalar)."""
     shape = getattr(tensor, "shape", None)
